@@ -1,0 +1,46 @@
+# The two commands the README promises: `make run` and `make test`. Both install what
+# they need on a fresh Debian machine (as root): a venv with the project, and etcd.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= conf/controller.yaml
+PYTEST_ARGS ?=
+# tests and `make run` use the working tree's code over the installed copy
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: run test install system-deps bench bench-gate bench-reconcile bench-coldstart clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.deps: setup.cfg setup.py | $(BIN)/python
+	$(BIN)/pip install -q ".[test]"
+	touch $@
+
+# a regular (non-editable) install: it is what puts twisted/plugins/faasgate.py where
+# twistd finds it; re-run every time so the installed plugin and metadata stay current
+install: $(VENV)/.deps
+	$(BIN)/pip install -q --no-deps --force-reinstall .
+
+system-deps:
+	@missing=""; \
+	command -v etcd >/dev/null || missing="$$missing etcd-server"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
+	command -v xz >/dev/null || missing="$$missing xz-utils"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+run: install system-deps
+	$(BIN)/twistd -n --pidfile= faasgate --config $(CONFIG)
+
+test: install system-deps
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: bench-gate bench-reconcile bench-coldstart
+
+clean:
+	rm -rf $(VENV) build *.egg-info data test-artifacts

@@ -1,0 +1,212 @@
+"""The controller config (controller.yaml): Easegress's FaaSController keys plus ours.
+
+A missing key takes the default documented in README.rst; a partial section keeps the
+defaults of its other keys; relative paths are taken from the file's folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import attrs
+import yaml
+
+from faastwist.fields import FieldError, FieldReader
+from faastwist.spec import check_name, SpecError
+
+
+class ConfigError(FieldError):
+    """The controller config is invalid; twistd prints one line and exits non-zero."""
+
+
+PROVIDERS = ("knative", "process")
+
+
+@attrs.frozen
+class HTTPServerConfig:
+    port: int = 10083
+    address: str = "0.0.0.0"
+    keep_alive: bool = True
+    keep_alive_timeout: float = 60.0
+    https: bool = False
+    cert_file: str = ""
+    key_file: str = ""
+    max_connections: int = 10240
+    max_body_size: int = 128 * 2**20
+    shutdown_timeout: float = 30.0
+    access_log: bool = True
+
+
+@attrs.frozen
+class KnativeConfig:
+    network_layer_url: str = "http://127.0.0.1"
+    host_suffix: str = "example.com"
+    namespace: str = "default"
+    timeout: float = 2.0
+    kubeconfig: str = ""
+
+
+@attrs.frozen
+class EtcdConfig:
+    endpoints: tuple[str, ...] = ()
+    data_dir: str = "./data/etcd"
+    prefix: str = "/faas"
+    timeout: float = 5.0
+
+    @property
+    def embedded(self) -> bool:
+        return not self.endpoints
+
+
+@attrs.frozen
+class ProcessConfig:
+    idle_timeout: float = 300.0
+    cold_start_timeout: float = 30.0
+    data_dir: str = "./data"
+
+
+@attrs.frozen
+class AdminConfig:
+    port: int = 2381
+    address: str = "127.0.0.1"
+    max_body_size: int = 2**20
+
+
+@attrs.frozen
+class ControllerConfig:
+    name: str = "faascontroller"
+    kind: str = "FaaSController"
+    provider: str = "knative"
+    sync_interval: float = 10.0
+    http_server: HTTPServerConfig = HTTPServerConfig()
+    knative: KnativeConfig = KnativeConfig()
+    etcd: EtcdConfig = EtcdConfig()
+    process: ProcessConfig = ProcessConfig()
+    admin: AdminConfig = AdminConfig()
+
+    @classmethod
+    def from_dict(cls, data: object, base_dir: Path | None = None) -> "ControllerConfig":
+        base = base_dir or Path.cwd()
+        reader = FieldReader(data, "", ConfigError)
+        name = reader.string("name", "faascontroller")
+        try:
+            check_name(name)
+        except SpecError as exc:
+            raise ConfigError("name", exc.problem) from None
+        kind = reader.string("kind", "FaaSController")
+        if kind != "FaaSController":
+            raise reader.fail("kind", f"must be FaaSController, got {kind!r}")
+        config = cls(
+            name=name,
+            kind=kind,
+            provider=reader.choice("provider", PROVIDERS, "knative"),
+            sync_interval=reader.duration("syncInterval", 10.0, minimum=0.1),
+            http_server=reader.section("httpServer", lambda r: _read_http(r, base)),
+            knative=reader.section("knative", lambda r: _read_knative(r, base)),
+            etcd=reader.section("etcd", lambda r: _read_etcd(r, base)),
+            process=reader.section("process", lambda r: _read_process(r, base)),
+            admin=reader.section("admin", _read_admin),
+        )
+        reader.finish()
+        return config
+
+
+def _path(value: str, base: Path) -> str:
+    if not value:
+        return value
+    expanded = Path(os.path.expanduser(value))
+    return str(expanded if expanded.is_absolute() else (base / expanded).resolve())
+
+
+def _read_http(reader: FieldReader, base: Path) -> HTTPServerConfig:
+    if reader.boolean("http3", False):
+        raise reader.fail("http3", "is not supported: Twisted has no HTTP/3; set it to false "
+                                   "(HTTP/2 is offered over TLS when the h2 package is installed)")
+    reader.string("certBase64", "")  # Easegress keys, accepted for compatibility
+    reader.string("keyBase64", "")
+    config = HTTPServerConfig(
+        port=reader.integer("port", 10083, 1, 65535),
+        address=reader.string("address", "0.0.0.0"),
+        keep_alive=reader.boolean("keepAlive", True),
+        keep_alive_timeout=reader.duration("keepAliveTimeout", 60.0),
+        https=reader.boolean("https", False),
+        cert_file=_path(reader.string("certFile", ""), base),
+        key_file=_path(reader.string("keyFile", ""), base),
+        max_connections=reader.integer("maxConnections", 10240, 1, 1_000_000),
+        max_body_size=reader.size("maxBodySize", 128 * 2**20),
+        shutdown_timeout=reader.duration("shutdownTimeout", 30.0),
+        access_log=reader.boolean("accessLog", True),
+    )
+    if config.https:
+        for key, value in (("certFile", config.cert_file), ("keyFile", config.key_file)):
+            if not value:
+                raise reader.fail(key, "is required when https is true")
+            if not os.path.isfile(value):
+                raise reader.fail(key, f"no such file: {value}")
+    return config
+
+
+def _read_knative(reader: FieldReader, base: Path) -> KnativeConfig:
+    url = reader.string("networkLayerURL", "http://127.0.0.1").rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise reader.fail("networkLayerURL", f"must be an http:// or https:// URL, got {url!r}")
+    namespace = reader.string("namespace", "default")
+    try:
+        check_name(namespace)
+    except SpecError as exc:
+        raise reader.fail("namespace", exc.problem) from None
+    return KnativeConfig(
+        network_layer_url=url,
+        host_suffix=reader.string("hostSuffix", "example.com").strip("."),
+        namespace=namespace,
+        timeout=reader.duration("timeout", 2.0, minimum=0.001),
+        kubeconfig=_path(reader.string("kubeconfig", ""), base),
+    )
+
+
+def _read_etcd(reader: FieldReader, base: Path) -> EtcdConfig:
+    endpoints = reader.string_list("endpoints", ())
+    for endpoint in endpoints:
+        if not endpoint.startswith(("http://", "https://")):
+            raise reader.fail("endpoints", f"must be http:// or https:// URLs, got {endpoint!r}")
+    prefix = reader.string("prefix", "/faas").rstrip("/")
+    if not prefix.startswith("/"):
+        raise reader.fail("prefix", f"must start with '/', got {prefix!r}")
+    return EtcdConfig(
+        endpoints=tuple(e.rstrip("/") for e in endpoints),
+        data_dir=_path(reader.string("dataDir", "./data/etcd"), base),
+        prefix=prefix,
+        timeout=reader.duration("timeout", 5.0, minimum=0.001),
+    )
+
+
+def _read_process(reader: FieldReader, base: Path) -> ProcessConfig:
+    return ProcessConfig(
+        idle_timeout=reader.duration("idleTimeout", 300.0),
+        cold_start_timeout=reader.duration("coldStartTimeout", 30.0, minimum=0.001),
+        data_dir=_path(reader.string("dataDir", "./data"), base),
+    )
+
+
+def _read_admin(reader: FieldReader) -> AdminConfig:
+    return AdminConfig(
+        port=reader.integer("port", 2381, 1, 65535),
+        address=reader.string("address", "127.0.0.1"),
+        max_body_size=reader.size("maxBodySize", 2**20),
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> ControllerConfig:
+    """Read and validate controller.yaml; every problem is a ConfigError naming the key."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("--config", f"cannot read {file}: {exc.strerror}") from None
+    try:
+        data: Any = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"{file} is not valid YAML: {exc}") from None
+    return ControllerConfig.from_dict(data, file.resolve().parent)

@@ -1,0 +1,163 @@
+"""A small strict reader for the mappings that come from YAML or JSON.
+
+Specs and the controller config are read with it so that every problem is reported
+the same way: the dotted path of the field and what is wrong with it. Unknown keys
+are errors (Easegress drops them silently, so a typo like ``limitedCPU`` goes
+unnoticed there).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping, TypeVar
+
+from faastwist.units import UnitError, parse_duration, parse_size
+
+T = TypeVar("T")
+_MISSING: Any = object()
+
+
+class FieldError(ValueError):
+    """A value at ``path`` is wrong; ``str()`` gives ``path: problem``."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}" if path else problem)
+        self.path = path
+        self.problem = problem
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+
+
+class FieldReader:
+    """Reads typed fields out of one mapping and remembers which keys were used."""
+
+    def __init__(self, data: object, path: str, error: type[FieldError] = FieldError) -> None:
+        self.error = error
+        self.path = path
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise error(path or "(document)", f"must be a mapping, got {_type_name(data)}")
+        for key in data:
+            if not isinstance(key, str):
+                raise error(path or "(document)", f"keys must be strings, got {key!r}")
+        self.data: Mapping[str, Any] = data
+        self.used: set[str] = set()
+
+    def child_path(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def fail(self, key: str, problem: str) -> FieldError:
+        return self.error(self.child_path(key), problem)
+
+    def raw(self, key: str, default: Any = _MISSING) -> Any:
+        self.used.add(key)
+        value = self.data.get(key, None)
+        if value is None:
+            if default is _MISSING:
+                raise self.fail(key, "is required")
+            return default
+        return value
+
+    def string(self, key: str, default: Any = _MISSING) -> Any:
+        value = self.raw(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        if not isinstance(value, str):
+            raise self.fail(key, f"must be a string, got {_type_name(value)}")
+        return value
+
+    def integer(self, key: str, default: Any = _MISSING, low: int | None = None,
+                high: int | None = None) -> Any:
+        value = self.raw(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, f"must be an integer, got {_type_name(value)}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            if high is None:
+                raise self.fail(key, f"must be at least {low}, got {value}")
+            raise self.fail(key, f"must be {low}-{high}, got {value}")
+        return value
+
+    def boolean(self, key: str, default: Any = _MISSING) -> Any:
+        value = self.raw(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(key, f"must be true or false, got {_type_name(value)}")
+        return value
+
+    def duration(self, key: str, default: Any = _MISSING, minimum: float = 0.0) -> Any:
+        value = self.raw(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        try:
+            seconds = parse_duration(value)
+        except UnitError as exc:
+            raise self.fail(key, str(exc)) from None
+        if seconds < minimum:
+            raise self.fail(key, f"must be at least {minimum:g}s, got {value!r}")
+        return seconds
+
+    def size(self, key: str, default: Any = _MISSING) -> Any:
+        value = self.raw(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        try:
+            return parse_size(value)
+        except UnitError as exc:
+            raise self.fail(key, str(exc)) from None
+
+    def choice(self, key: str, choices: Iterable[str], default: Any = _MISSING) -> Any:
+        value = self.string(key, default)
+        options = list(choices)
+        if value not in options:
+            raise self.fail(key, f"must be one of {', '.join(options)}, got {value!r}")
+        return value
+
+    def string_list(self, key: str, default: Any = _MISSING) -> Any:
+        value = self.raw(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        if not isinstance(value, list):
+            raise self.fail(key, f"must be a list of strings, got {_type_name(value)}")
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                raise self.error(f"{self.child_path(key)}[{index}]",
+                                 f"must be a string, got {_type_name(item)}")
+        return tuple(value)
+
+    def string_map(self, key: str, default: Any = _MISSING) -> Any:
+        value = self.raw(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        if not isinstance(value, Mapping):
+            raise self.fail(key, f"must be a mapping of strings, got {_type_name(value)}")
+        out: dict[str, str] = {}
+        for name, item in value.items():
+            if not isinstance(name, str) or not name:
+                raise self.fail(key, f"keys must be non-empty strings, got {name!r}")
+            if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+                raise self.error(f"{self.child_path(key)}.{name}",
+                                 f"must be a string, got {_type_name(item)}")
+            out[name] = str(item)
+        return out
+
+    def section(self, key: str, build: Callable[["FieldReader"], T]) -> T:
+        """Read a nested mapping with ``build``; a missing section reads as empty."""
+        self.used.add(key)
+        reader = FieldReader(self.data.get(key), self.child_path(key), self.error)
+        result = build(reader)
+        reader.finish()
+        return result
+
+    def finish(self) -> None:
+        """Refuse keys nobody asked for, naming the first one."""
+        for key in self.data:
+            if key not in self.used:
+                raise self.fail(key, "unknown field")

@@ -1,0 +1,80 @@
+"""Prometheus metrics, in one registry per service so tests never share state.
+
+Gate metric names and labels follow OpenFaaS's gateway where the meaning is the
+same (``gateway_function_invocation_total{function_name,code}`` and friends), so
+existing dashboards work; the control plane's are ``faastwist_*``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from faastwist.fsm import State
+
+
+class Metrics:
+    """Every metric faastwist exports; pass one instance to each component."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        # gate (OpenFaaS-compatible names)
+        self.invocations = Counter(
+            "gateway_function_invocation", "Function invocations by status code",
+            ["function_name", "code"], registry=r)
+        self.invocation_seconds = Histogram(
+            "gateway_functions_seconds", "Function invocation time taken",
+            ["function_name", "code"], registry=r)
+        self.invocation_started = Counter(
+            "gateway_function_invocation_started", "Function invocations started",
+            ["function_name"], registry=r)
+        self.inflight = Gauge(
+            "gateway_function_inflight_requests", "Requests in flight per function",
+            ["function_name"], registry=r)
+        self.upstream_errors = Counter(
+            "faastwist_gate_upstream_errors", "Upstream failures by kind",
+            ["function_name", "kind"], registry=r)
+        self.bytes_in = Counter(
+            "faastwist_gate_request_bytes", "Request body bytes received from clients",
+            ["function_name"], registry=r)
+        self.bytes_out = Counter(
+            "faastwist_gate_response_bytes", "Response body bytes sent to clients",
+            ["function_name"], registry=r)
+        self.replicas = Gauge(
+            "gateway_service_count", "Ready replicas per function",
+            ["function_name"], registry=r)
+        # control plane
+        self.function_state = Gauge(
+            "faastwist_function_state", "1 for the current state of each function",
+            ["function_name", "state"], registry=r)
+        self.transitions = Counter(
+            "faastwist_fsm_transitions", "FSM transitions applied",
+            ["from", "to", "event"], registry=r)
+        self.reconcile_seconds = Histogram(
+            "faastwist_reconcile_pass_seconds", "Duration of one reconcile pass",
+            registry=r)
+        self.reconcile_errors = Counter(
+            "faastwist_reconcile_errors", "Reconcile passes that ended with an error",
+            ["kind"], registry=r)
+        self.provider_calls = Counter(
+            "faastwist_provider_api_calls", "Provider API calls", ["verb", "code"],
+            registry=r)
+        self.store_operations = Counter(
+            "faastwist_store_operations", "Store operations", ["op", "result"],
+            registry=r)
+        self.watch_reconnects = Counter(
+            "faastwist_store_watch_reconnects", "Store watch restarts", registry=r)
+        self.leader = Gauge(
+            "faastwist_leader", "1 when this node runs the reconciler", registry=r)
+
+    def set_state(self, name: str, state: State | None) -> None:
+        """Export ``state`` as the one current state of ``name`` (None: forget it)."""
+        for candidate in State:
+            if state is None:
+                try:
+                    self.function_state.remove(name, candidate.value)
+                except KeyError:
+                    pass
+            else:
+                self.function_state.labels(name, candidate.value).set(
+                    1 if candidate is state else 0)

@@ -1,0 +1,1 @@
+"""Providers run functions: Knative (a Kubernetes cluster) or local processes."""

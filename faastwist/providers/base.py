@@ -1,0 +1,110 @@
+"""The Provider interface the reconciler and the gate talk to.
+
+The reconciler is level-triggered: each pass it asks ``observe`` for the state of
+every function of the controller in one call, compares that with the store and calls
+deploy/update/stop/start/delete to converge. The gate asks ``acquire`` for an
+upstream per request (which may wait while a replica starts from zero).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Protocol, Sequence
+
+import attrs
+from twisted.internet.defer import Deferred
+
+from faastwist.fsm import Event
+from faastwist.spec import FunctionSpec
+
+
+class ProviderError(Exception):
+    """The provider could not be asked (API down, timeout, auth). Retried next pass;
+    never marks a function failed by itself."""
+
+
+class NoCapacity(Exception):
+    """No replica could serve in time (cold start timed out); the gate answers 503."""
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@attrs.frozen
+class Observation:
+    """What the provider reports about one function it runs.
+
+    ``event`` is None while the provider has not yet acted on the latest change (for
+    Knative: ``observedGeneration != generation``): nothing is concluded then.
+    """
+
+    name: str
+    digest: str = ""          # FunctionSpec.digest() of what is deployed
+    stopped: bool = False     # scaled to zero by a stop
+    event: Event | None = None
+    message: str = ""
+    ext_data: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Upstream:
+    """Where the gate sends a request, and the Host header it sends."""
+
+    scheme: str
+    host: str
+    port: int
+    host_header: str
+
+    @property
+    def origin(self) -> bytes:
+        return f"{self.scheme}://{self.host}:{self.port}".encode()
+
+
+class UpstreamLease(Protocol):
+    """One request's hold on an upstream; ``release`` when the response is done."""
+
+    upstream: Upstream
+
+    def release(self) -> None: ...
+
+
+@attrs.frozen
+class StaticLease:
+    """A lease on an upstream that needs no accounting (Knative: kourier does it)."""
+
+    upstream: Upstream
+
+    def release(self) -> None:
+        return None
+
+
+class Provider(Protocol):
+    kind: str
+
+    def check_spec(self, spec: FunctionSpec) -> None:
+        """Raise SpecError for what this provider cannot run."""
+
+    def observe(self, names: Sequence[str] | None = None) -> Deferred[dict[str, Observation]]:
+        """Observations of the controller's functions (all of them when ``names`` is None)
+        in one call; a function the provider does not run is absent from the result."""
+
+    def deploy(self, spec: FunctionSpec) -> Deferred[None]:
+        """Create the function (it is absent)."""
+
+    def update(self, spec: FunctionSpec) -> Deferred[None]:
+        """Make the running function match ``spec`` (its digest differs)."""
+
+    def stop(self, spec: FunctionSpec) -> Deferred[None]:
+        """Scale to zero and keep it that way until ``start``."""
+
+    def start(self, spec: FunctionSpec) -> Deferred[None]:
+        """Undo ``stop``: the spec's minReplica again."""
+
+    def delete(self, name: str) -> Deferred[None]:
+        """Remove everything of the function; already gone is success."""
+
+    def acquire(self, spec: FunctionSpec) -> UpstreamLease | Deferred[UpstreamLease]:
+        """An upstream for one request; may wait (scale from zero) or fail with NoCapacity."""
+
+    def check(self) -> Deferred[None]:
+        """Succeeds when the provider's backend answers (for /readyz)."""

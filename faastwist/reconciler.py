@@ -1,0 +1,216 @@
+"""The reconciler: level-triggered convergence of the store and the provider.
+
+Each pass reads every function of the controller (one store read) and asks the
+provider about all of them (one call), then for each function makes at most one
+provider call and at most one status write. Because it only compares what is with
+what should be, a crash between two steps leaves nothing orphaned: the next pass
+finishes the job. Admin writes ``kick`` a function so it is handled at once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable, Mapping, Sequence
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from faastwist.fsm import Event, FunctionStatus, InvalidEvent, State, apply_event
+from faastwist.metrics import Metrics
+from faastwist.providers.base import Observation, Provider, ProviderError
+from faastwist.store.base import Conflict, FunctionRecord, FunctionStore, NotFound
+
+log = Logger()
+
+
+@attrs.frozen
+class Plan:
+    """What one pass does for one function: a provider action and/or FSM events."""
+
+    action: str | None = None          # deploy | update | stop | start
+    events: tuple[Event, ...] = ()
+    message: str | None = None
+    ext_data: Mapping[str, str] | None = None
+
+
+def plan(record: FunctionRecord, observation: Observation | None) -> Plan:
+    """Decide what to do for one function; pure, so the table of cases is unit-tested."""
+    status, spec = record.status, record.spec
+    state = status.state
+    wants_running = state in (State.INITIAL, State.ACTIVE, State.FAILED) or (
+        state is State.INACTIVE and status.start_pending)
+    if observation is None:
+        if state is State.ACTIVE:
+            return Plan("deploy", message="recreated: the provider had lost the function")
+        return Plan("deploy", message="deploying")
+    if observation.digest != spec.digest():
+        return Plan("update", message="updating to the current spec")
+    if not wants_running:
+        return Plan(None if observation.stopped else "stop")
+    if observation.stopped:
+        return Plan("start", message="starting")
+    event = observation.event
+    if event is None:
+        return Plan()
+    events: tuple[Event, ...] = (event,)
+    if state is State.FAILED and event is Event.READY:
+        events = (Event.READY, Event.READY)  # failed -> initial -> active: recovered
+    return Plan(events=events, message=observation.message, ext_data=observation.ext_data)
+
+
+def _same(a: FunctionStatus, b: FunctionStatus) -> bool:
+    return attrs.evolve(a, updated=0.0) == attrs.evolve(b, updated=0.0)
+
+
+class Reconciler(Service):
+    """Runs passes every ``interval`` seconds on ``clock``; passes never overlap."""
+
+    name = "reconciler"
+
+    def __init__(self, store: FunctionStore, provider: Provider, clock: IReactorTime,
+                 interval: float, metrics: Metrics | None = None,
+                 is_leader: Callable[[], bool] = lambda: True,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.provider = provider
+        self.clock = clock
+        self.interval = interval
+        self.metrics = metrics or Metrics()
+        self.is_leader = is_leader
+        self.wall_clock = wall_clock
+        self._lock = DeferredLock()
+        self._loop: LoopingCall | None = None
+        self._kicked: set[str] = set()
+        self._kick_call = None
+        self.passes = 0
+        self.last_error: str | None = None
+
+    # -- service ---------------------------------------------------------------------
+    def startService(self) -> None:
+        super().startService()
+        self._loop = LoopingCall(self._scheduled_pass)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=True)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self._kick_call is not None and self._kick_call.active():
+            self._kick_call.cancel()
+        self._kick_call = None
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        # wait for a pass in progress so no provider call outlives the service
+        return self._lock.acquire().addCallback(lambda lock: lock.release())
+
+    def _scheduled_pass(self) -> Deferred[None] | None:
+        if not self.is_leader():
+            return None
+        return self.run_pass()
+
+    def kick(self, name: str) -> None:
+        """Handle ``name`` soon, without waiting for the next interval."""
+        self._kicked.add(name)
+        if self._kick_call is None or not self._kick_call.active():
+            self._kick_call = self.clock.callLater(0, self._run_kicked)
+
+    def _run_kicked(self) -> Deferred[None] | None:
+        names, self._kicked = sorted(self._kicked), set()
+        if not names or not self.is_leader():
+            return None
+        return self.run_pass(names)
+
+    # -- passes ----------------------------------------------------------------------
+    def run_pass(self, names: Sequence[str] | None = None) -> Deferred[None]:
+        """One pass over ``names`` (all functions when None); never fails."""
+        return self._lock.run(self._guarded_pass, names)
+
+    @inlineCallbacks
+    def _guarded_pass(self, names: Sequence[str] | None):
+        started = self.clock.seconds()
+        try:
+            yield self._pass(names)
+            self.last_error = None
+        except ProviderError as exc:
+            self.last_error = str(exc)
+            self.metrics.reconcile_errors.labels("provider").inc()
+            log.warn("reconcile pass skipped, provider unreachable: {error}", error=str(exc))
+        except Exception:
+            self.last_error = "unexpected error"
+            self.metrics.reconcile_errors.labels("internal").inc()
+            log.failure("reconcile pass failed")
+        finally:
+            self.passes += 1
+            self.metrics.reconcile_seconds.observe(self.clock.seconds() - started)
+
+    @inlineCallbacks
+    def _pass(self, names: Sequence[str] | None):
+        records = yield self._read(names)
+        observed = yield self.provider.observe(names)
+        for record in records.values():
+            try:
+                yield self._converge(record, observed.get(record.name))
+            except ProviderError as exc:
+                self.metrics.reconcile_errors.labels("provider").inc()
+                log.warn("function {name}: provider call failed, retrying next pass: {error}",
+                         name=record.name, error=str(exc))
+            except Conflict:
+                log.info("function {name} changed during the pass; next pass takes it",
+                         name=record.name)
+        wanted = set(records)
+        for name in self._orphans(observed, wanted, names):
+            log.info("deleting {name}: the provider runs it but the store has no such function",
+                     name=name)
+            yield self.provider.delete(name)
+
+    @staticmethod
+    def _orphans(observed: Mapping[str, Observation], wanted: set[str],
+                 names: Sequence[str] | None) -> Iterable[str]:
+        scope = set(observed) if names is None else set(names) & set(observed)
+        return sorted(scope - wanted)
+
+    @inlineCallbacks
+    def _read(self, names: Sequence[str] | None):
+        if names is None:
+            listing = yield self.store.list()
+            for name, record in listing.records.items():
+                self.metrics.set_state(name, record.status.state)
+            return listing.records
+        records: dict[str, FunctionRecord] = {}
+        for name in names:
+            try:
+                records[name] = yield self.store.get(name)
+            except NotFound:
+                self.metrics.set_state(name, None)
+        return records
+
+    @inlineCallbacks
+    def _converge(self, record: FunctionRecord, observation: Observation | None):
+        decision = plan(record, observation)
+        if decision.action is not None:
+            log.info("function {name}: {action}", name=record.name, action=decision.action)
+            yield getattr(self.provider, decision.action)(record.spec)
+        status = record.status
+        if decision.message is not None:
+            status = attrs.evolve(status, message=decision.message)
+        if decision.ext_data is not None:
+            status = attrs.evolve(status, ext_data=dict(decision.ext_data))
+        now = self.wall_clock()
+        for event in decision.events:
+            before = status.state
+            try:
+                status = apply_event(status, event, now)
+            except InvalidEvent:
+                # e.g. ready while inactive and no start is wanted: nothing to conclude
+                break
+            self.metrics.transitions.labels(before.value, status.state.value, event.value).inc()
+            if before is not status.state:
+                log.info("function {name}: {before} -> {after} on {event}", name=record.name,
+                         before=before.value, after=status.state.value, event=event.value)
+        if not _same(status, record.status):
+            status = attrs.evolve(status, updated=now)
+            yield self.store.update(record, status=status)
+            self.metrics.set_state(record.name, status.state)

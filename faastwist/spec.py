@@ -1,0 +1,339 @@
+"""The function spec: Easegress's FaaSFunction fields plus faastwist's own.
+
+Validation is strict and every error names its field (``requestAdaptor.path.regexpReplace.regexp:
+does not compile``). The same record serves the Knative and the process providers;
+``check_for_provider`` adds what only one of them requires.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from decimal import Decimal
+from enum import Enum
+from typing import Any, Mapping
+
+import attrs
+import yaml
+
+from faastwist.fields import FieldError, FieldReader
+from faastwist.units import UnitError, format_duration, parse_quantity
+
+
+class SpecError(FieldError):
+    """A function spec is invalid; the admin API answers it with 400."""
+
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+HTTP_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+DEFAULT_TIMEOUT = 60.0
+
+
+class AutoScaleType(str, Enum):
+    RPS = "rps"
+    CONCURRENCY = "concurrency"
+    CPU = "cpu"
+
+
+class ProcessMode(str, Enum):
+    HTTP = "http"   # a long-running HTTP server
+    FORK = "fork"   # one process per request, body on stdin, response on stdout
+
+
+def check_name(value: str, path: str = "name") -> str:
+    if not value:
+        raise SpecError(path, "is required")
+    if len(value) > 63:
+        raise SpecError(path, f"must be at most 63 characters, got {len(value)}")
+    if not DNS1123_LABEL.match(value):
+        raise SpecError(path, f"must be a DNS-1123 label (lower-case letters, digits and '-', "
+                              f"starting and ending with a letter or digit), got {value!r}")
+    return value
+
+
+@attrs.frozen
+class RegexpReplace:
+    regexp: str
+    replace: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"regexp": self.regexp, "replace": self.replace}
+
+
+@attrs.frozen
+class PathAdaptor:
+    """Applied in this order: replace (wins outright), trimPrefix, addPrefix, regexpReplace."""
+
+    replace: str = ""
+    add_prefix: str = ""
+    trim_prefix: str = ""
+    regexp_replace: RegexpReplace | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.replace:
+            out["replace"] = self.replace
+        if self.add_prefix:
+            out["addPrefix"] = self.add_prefix
+        if self.trim_prefix:
+            out["trimPrefix"] = self.trim_prefix
+        if self.regexp_replace is not None:
+            out["regexpReplace"] = self.regexp_replace.to_dict()
+        return out
+
+
+@attrs.frozen
+class HeaderAdaptor:
+    """Applied in this order: del, then set (replaces), then add (appends)."""
+
+    delete: tuple[str, ...] = ()
+    set: Mapping[str, str] = attrs.field(factory=dict)
+    add: Mapping[str, str] = attrs.field(factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.delete:
+            out["del"] = list(self.delete)
+        if self.set:
+            out["set"] = dict(self.set)
+        if self.add:
+            out["add"] = dict(self.add)
+        return out
+
+
+@attrs.frozen
+class RequestAdaptor:
+    """Rewrites a request before it is proxied; order: method, path, header, host, body."""
+
+    host: str = ""
+    method: str = ""
+    path: PathAdaptor = PathAdaptor()
+    header: HeaderAdaptor = HeaderAdaptor()
+    body: str = ""
+
+    @property
+    def is_empty(self) -> bool:
+        return self == RequestAdaptor()
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.host:
+            out["host"] = self.host
+        if self.method:
+            out["method"] = self.method
+        if self.path.to_dict():
+            out["path"] = self.path.to_dict()
+        if self.header.to_dict():
+            out["header"] = self.header.to_dict()
+        if self.body:
+            out["body"] = self.body
+        return out
+
+
+def _read_path_adaptor(reader: FieldReader) -> PathAdaptor:
+    def regexp_replace(inner: FieldReader) -> RegexpReplace | None:
+        if not inner.data:
+            return None
+        pattern = inner.string("regexp")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise inner.fail("regexp", f"does not compile: {exc}") from None
+        return RegexpReplace(pattern, inner.string("replace", ""))
+
+    adaptor = PathAdaptor(
+        replace=reader.string("replace", ""),
+        add_prefix=reader.string("addPrefix", ""),
+        trim_prefix=reader.string("trimPrefix", ""),
+        regexp_replace=reader.section("regexpReplace", regexp_replace),
+    )
+    for key, value in (("replace", adaptor.replace), ("addPrefix", adaptor.add_prefix),
+                       ("trimPrefix", adaptor.trim_prefix)):
+        if value and not value.startswith("/"):
+            raise reader.fail(key, f"must start with '/', got {value!r}")
+    return adaptor
+
+
+def _check_header_names(reader: FieldReader, key: str, names: Any) -> None:
+    for name in names:
+        if not HTTP_TOKEN.match(name):
+            raise reader.fail(key, f"{name!r} is not a valid header name")
+
+
+def _read_header_adaptor(reader: FieldReader) -> HeaderAdaptor:
+    adaptor = HeaderAdaptor(
+        delete=reader.string_list("del", ()),
+        set=reader.string_map("set", {}),
+        add=reader.string_map("add", {}),
+    )
+    _check_header_names(reader, "del", adaptor.delete)
+    _check_header_names(reader, "set", adaptor.set)
+    _check_header_names(reader, "add", adaptor.add)
+    for key, mapping in (("set", adaptor.set), ("add", adaptor.add)):
+        for name, value in mapping.items():
+            if "\r" in value or "\n" in value:
+                raise reader.fail(key, f"value of {name!r} must not contain a line break")
+    return adaptor
+
+
+def _read_request_adaptor(reader: FieldReader) -> RequestAdaptor:
+    method = reader.string("method", "")
+    if method and not HTTP_TOKEN.match(method):
+        raise reader.fail("method", f"is not an HTTP method token, got {method!r}")
+    return RequestAdaptor(
+        host=reader.string("host", ""),
+        method=method.upper(),
+        path=reader.section("path", _read_path_adaptor),
+        header=reader.section("header", _read_header_adaptor),
+        body=reader.string("body", ""),
+    )
+
+
+def _read_quantity(reader: FieldReader, key: str) -> str:
+    value = reader.raw(key, "")
+    if value == "":
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise reader.fail(key, f"must be a Kubernetes quantity like 100m or 128Mi, got {value!r}")
+    try:
+        parse_quantity(value)
+    except UnitError as exc:
+        raise reader.fail(key, str(exc)) from None
+    return str(value)
+
+
+def _read_scale_value(reader: FieldReader) -> str:
+    value = reader.raw("autoScaleValue", "100")
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise reader.fail("autoScaleValue", f"must be a positive number, got {value!r}")
+    try:
+        number = Decimal(str(value).strip())
+    except ArithmeticError:
+        raise reader.fail("autoScaleValue", f"must be a positive number, got {value!r}") from None
+    if not number.is_finite() or number <= 0:
+        raise reader.fail("autoScaleValue", f"must be a positive number, got {value!r}")
+    return str(value).strip()
+
+
+@attrs.frozen
+class FunctionSpec:
+    """One function, as the operator wrote it (after validation and defaults)."""
+
+    name: str
+    image: str = ""
+    port: int | None = None
+    auto_scale_type: AutoScaleType = AutoScaleType.CONCURRENCY
+    auto_scale_value: str = "100"
+    min_replica: int = 0
+    max_replica: int = 0  # 0 = unbounded
+    limit_cpu: str = ""
+    limit_memory: str = ""
+    request_cpu: str = ""
+    request_memory: str = ""
+    request_adaptor: RequestAdaptor = RequestAdaptor()
+    timeout: float = DEFAULT_TIMEOUT
+    # process provider
+    command: tuple[str, ...] = ()
+    env: Mapping[str, str] = attrs.field(factory=dict)
+    mode: ProcessMode = ProcessMode.HTTP
+    readiness_path: str = ""
+
+    @classmethod
+    def from_dict(cls, data: object) -> "FunctionSpec":
+        reader = FieldReader(data, "", SpecError)
+        spec = cls(
+            name=check_name(reader.string("name")),
+            image=reader.string("image", ""),
+            port=reader.integer("port", None, 1, 65535),
+            auto_scale_type=AutoScaleType(reader.choice(
+                "autoScaleType", [t.value for t in AutoScaleType], "concurrency")),
+            auto_scale_value=_read_scale_value(reader),
+            min_replica=reader.integer("minReplica", 0, 0, 1000),
+            max_replica=reader.integer("maxReplica", 0, 0, 1000),
+            limit_cpu=_read_quantity(reader, "limitCPU"),
+            limit_memory=_read_quantity(reader, "limitMemory"),
+            request_cpu=_read_quantity(reader, "requestCPU"),
+            request_memory=_read_quantity(reader, "requestMemory"),
+            request_adaptor=reader.section("requestAdaptor", _read_request_adaptor),
+            timeout=reader.duration("timeout", DEFAULT_TIMEOUT, minimum=0.001),
+            command=reader.string_list("command", ()),
+            env=reader.string_map("env", {}),
+            mode=ProcessMode(reader.choice("mode", [m.value for m in ProcessMode], "http")),
+            readiness_path=reader.string("readinessPath", ""),
+        )
+        reader.finish()
+        if spec.max_replica and spec.min_replica > spec.max_replica:
+            raise SpecError("minReplica", f"must not exceed maxReplica ({spec.max_replica}), "
+                                          f"got {spec.min_replica}")
+        for request_key, limit_key, request, limit in (
+                ("requestCPU", "limitCPU", spec.request_cpu, spec.limit_cpu),
+                ("requestMemory", "limitMemory", spec.request_memory, spec.limit_memory)):
+            if request and limit and parse_quantity(request) > parse_quantity(limit):
+                raise SpecError(request_key, f"must not exceed {limit_key} ({limit}), got {request}")
+        if spec.readiness_path and not spec.readiness_path.startswith("/"):
+            raise SpecError("readinessPath", f"must start with '/', got {spec.readiness_path!r}")
+        return spec
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name}
+        if self.image:
+            out["image"] = self.image
+        if self.port is not None:
+            out["port"] = self.port
+        out.update({
+            "autoScaleType": self.auto_scale_type.value,
+            "autoScaleValue": self.auto_scale_value,
+            "minReplica": self.min_replica,
+            "maxReplica": self.max_replica,
+        })
+        for key, value in (("limitCPU", self.limit_cpu), ("limitMemory", self.limit_memory),
+                           ("requestCPU", self.request_cpu),
+                           ("requestMemory", self.request_memory)):
+            if value:
+                out[key] = value
+        if not self.request_adaptor.is_empty:
+            out["requestAdaptor"] = self.request_adaptor.to_dict()
+        out["timeout"] = format_duration(self.timeout)
+        if self.command:
+            out["command"] = list(self.command)
+        if self.env:
+            out["env"] = dict(self.env)
+        if self.mode is not ProcessMode.HTTP:
+            out["mode"] = self.mode.value
+        if self.readiness_path:
+            out["readinessPath"] = self.readiness_path
+        return out
+
+    def digest(self) -> str:
+        """A short stable hash of the spec; providers label what they deployed with it."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def check_for_provider(self, provider: str) -> None:
+        """Refuse what the chosen provider cannot run, naming the field."""
+        if provider == "knative":
+            if not self.image:
+                raise SpecError("image", "is required for the knative provider")
+            if self.command:
+                raise SpecError("command", "is only for the process provider")
+        elif provider == "process":
+            if not self.command:
+                raise SpecError("command", "is required for the process provider "
+                                           "(an argv list, e.g. [python3, app.py])")
+            if self.auto_scale_type is AutoScaleType.CPU:
+                raise SpecError("autoScaleType", "cpu is not supported by the process provider; "
+                                                 "use rps or concurrency")
+
+
+def spec_from_yaml(text: str | bytes) -> FunctionSpec:
+    """Parse YAML (which includes JSON) into a spec, as SpecError on any problem."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError("", f"body is not valid YAML or JSON: {exc}") from None
+    return FunctionSpec.from_dict(data)
+
+
+def spec_to_yaml(spec: FunctionSpec) -> str:
+    return yaml.safe_dump(spec.to_dict(), sort_keys=False)

@@ -1,0 +1,132 @@
+"""The FunctionStore interface shared by the etcd and in-memory stores.
+
+Every write is a compare-and-swap on the mod revisions of *both* keys of a function
+(spec and status), so an admin update racing a reconciler write never both win: the
+loser gets Conflict and retries with fresh data.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Callable, Literal, Protocol, Sequence
+
+import attrs
+from twisted.internet.defer import Deferred
+
+from faastwist.fsm import FunctionStatus
+from faastwist.spec import FunctionSpec
+
+
+class StoreError(Exception):
+    """Base of the store's domain errors."""
+
+
+class NotFound(StoreError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"function {name} not found")
+        self.name = name
+
+
+class AlreadyExists(StoreError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"function {name} already exists")
+        self.name = name
+
+
+class Conflict(StoreError):
+    """A compare-and-swap lost: someone else wrote the function since it was read."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"function {name} was changed concurrently; read it again and retry")
+        self.name = name
+
+
+class StoreUnavailable(StoreError):
+    """The backing store cannot be reached (etcd down, timeout)."""
+
+
+@attrs.frozen
+class FunctionRecord:
+    """A function's spec and status with the revisions they were read at."""
+
+    spec: FunctionSpec
+    status: FunctionStatus
+    spec_revision: int = 0
+    status_revision: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def to_dict(self) -> dict:
+        return {"spec": self.spec.to_dict(), "status": self.status.to_dict()}
+
+
+@attrs.frozen
+class Listing:
+    """Every function of a controller, and the store revision the list was read at."""
+
+    records: dict[str, FunctionRecord]
+    revision: int
+
+
+@attrs.frozen
+class Change:
+    """One key changed: ``value`` is None when the key was deleted."""
+
+    name: str
+    kind: Literal["spec", "status"]
+    value: FunctionSpec | FunctionStatus | None
+    revision: int
+
+
+class WatchHandle(Protocol):
+    def cancel(self) -> None:
+        """Stop delivering changes; idempotent."""
+
+
+class FunctionStore(Protocol):
+    """Specs and FSM records of one controller's functions."""
+
+    controller: str
+
+    def create(self, spec: FunctionSpec, status: FunctionStatus) -> Deferred[FunctionRecord]:
+        """Write both keys if the function does not exist, else AlreadyExists."""
+
+    def get(self, name: str) -> Deferred[FunctionRecord]:
+        """The function by exact name, else NotFound."""
+
+    def list(self) -> Deferred[Listing]:
+        """All functions of the controller in one read."""
+
+    def update(self, expected: FunctionRecord, spec: FunctionSpec | None = None,
+               status: FunctionStatus | None = None) -> Deferred[FunctionRecord]:
+        """Replace spec and/or status if neither changed since ``expected`` was read."""
+
+    def delete(self, expected: FunctionRecord) -> Deferred[None]:
+        """Remove both keys if neither changed since ``expected`` was read."""
+
+    def watch(self, start_revision: int, on_changes: Callable[[Sequence[Change]], None],
+              on_lost: Callable[[Exception], None]) -> WatchHandle:
+        """Deliver changes after ``start_revision`` in order. ``on_lost`` is called once
+        when the watch cannot resume without a gap (compaction, or the store was gone
+        too long): the consumer must list again and start a new watch."""
+
+    def check(self) -> Deferred[None]:
+        """Succeeds when the store answers; StoreUnavailable otherwise."""
+
+
+def encode_spec(spec: FunctionSpec) -> bytes:
+    return json.dumps(spec.to_dict(), sort_keys=True).encode()
+
+
+def encode_status(status: FunctionStatus) -> bytes:
+    return json.dumps(status.to_dict(), sort_keys=True).encode()
+
+
+def decode_spec(data: bytes) -> FunctionSpec:
+    return FunctionSpec.from_dict(json.loads(data))
+
+
+def decode_status(data: bytes) -> FunctionStatus:
+    return FunctionStatus.from_dict(json.loads(data))

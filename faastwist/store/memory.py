@@ -1,0 +1,157 @@
+"""An in-memory FunctionStore with etcd's revision semantics, for unit tests.
+
+It shares the contract test suite with the etcd store, so code tested against it
+behaves the same against etcd. Watches are delivered synchronously.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import attrs
+from twisted.internet.defer import Deferred, fail, succeed
+
+from faastwist.fsm import FunctionStatus
+from faastwist.spec import FunctionSpec
+from faastwist.store.base import (
+    AlreadyExists,
+    Change,
+    Conflict,
+    FunctionRecord,
+    Listing,
+    NotFound,
+    StoreUnavailable,
+)
+
+
+@attrs.define
+class _MemoryWatch:
+    store: "MemoryStore"
+    on_changes: Callable[[Sequence[Change]], None]
+    on_lost: Callable[[Exception], None]
+    active: bool = True
+
+    def cancel(self) -> None:
+        self.active = False
+        if self in self.store._watches:
+            self.store._watches.remove(self)
+
+
+class MemoryStore:
+    """Keeps records in a dict; ``available = False`` simulates an unreachable store."""
+
+    def __init__(self, controller: str = "faascontroller") -> None:
+        self.controller = controller
+        self.revision = 1
+        self.available = True
+        self._records: dict[str, FunctionRecord] = {}
+        self._history: list[Change] = []
+        self._watches: list[_MemoryWatch] = []
+        self.writes = 0
+
+    def _check(self) -> None:
+        if not self.available:
+            raise StoreUnavailable("memory store marked unavailable")
+
+    def _emit(self, changes: list[Change]) -> None:
+        self._history.extend(changes)
+        for watch in list(self._watches):
+            if watch.active:
+                watch.on_changes(changes)
+
+    def create(self, spec: FunctionSpec, status: FunctionStatus) -> Deferred[FunctionRecord]:
+        try:
+            self._check()
+            if spec.name in self._records:
+                raise AlreadyExists(spec.name)
+        except Exception as exc:
+            return fail(exc)
+        self.revision += 1
+        self.writes += 1
+        record = FunctionRecord(spec, status, self.revision, self.revision)
+        self._records[spec.name] = record
+        self._emit([Change(spec.name, "spec", spec, self.revision),
+                    Change(spec.name, "status", status, self.revision)])
+        return succeed(record)
+
+    def get(self, name: str) -> Deferred[FunctionRecord]:
+        try:
+            self._check()
+            return succeed(self._records[name])
+        except KeyError:
+            return fail(NotFound(name))
+        except Exception as exc:
+            return fail(exc)
+
+    def list(self) -> Deferred[Listing]:
+        try:
+            self._check()
+        except Exception as exc:
+            return fail(exc)
+        return succeed(Listing(dict(self._records), self.revision))
+
+    def _current(self, expected: FunctionRecord) -> FunctionRecord:
+        self._check()
+        current = self._records.get(expected.name)
+        if current is None:
+            raise NotFound(expected.name)
+        if (current.spec_revision, current.status_revision) != (
+                expected.spec_revision, expected.status_revision):
+            raise Conflict(expected.name)
+        return current
+
+    def update(self, expected: FunctionRecord, spec: FunctionSpec | None = None,
+               status: FunctionStatus | None = None) -> Deferred[FunctionRecord]:
+        try:
+            current = self._current(expected)
+        except Exception as exc:
+            return fail(exc)
+        if spec is None and status is None:
+            return succeed(current)
+        self.revision += 1
+        self.writes += 1
+        changes = []
+        record = current
+        if spec is not None:
+            record = attrs.evolve(record, spec=spec, spec_revision=self.revision)
+            changes.append(Change(record.name, "spec", spec, self.revision))
+        if status is not None:
+            record = attrs.evolve(record, status=status, status_revision=self.revision)
+            changes.append(Change(record.name, "status", status, self.revision))
+        self._records[record.name] = record
+        self._emit(changes)
+        return succeed(record)
+
+    def delete(self, expected: FunctionRecord) -> Deferred[None]:
+        try:
+            self._current(expected)
+        except Exception as exc:
+            return fail(exc)
+        self.revision += 1
+        self.writes += 1
+        del self._records[expected.name]
+        self._emit([Change(expected.name, "spec", None, self.revision),
+                    Change(expected.name, "status", None, self.revision)])
+        return succeed(None)
+
+    def watch(self, start_revision: int, on_changes: Callable[[Sequence[Change]], None],
+              on_lost: Callable[[Exception], None]) -> _MemoryWatch:
+        handle = _MemoryWatch(self, on_changes, on_lost)
+        backlog = [c for c in self._history if c.revision > start_revision]
+        if backlog:
+            on_changes(backlog)
+        self._watches.append(handle)
+        return handle
+
+    def lose_watches(self, reason: Exception) -> None:
+        """Test hook: end every watch as a compaction would."""
+        for watch in list(self._watches):
+            watch.cancel()
+            watch.on_lost(reason)
+
+    def check(self) -> Deferred[None]:
+        try:
+            self._check()
+        except Exception as exc:
+            return fail(exc)
+        return succeed(None)

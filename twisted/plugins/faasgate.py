@@ -1,0 +1,3 @@
+from twisted.application.service import ServiceMaker
+
+faasgate = ServiceMaker("faastwist gate", "faastwist.tap", "FaaS gateway and controller for Knative", "faasgate")
