@@ -8,7 +8,7 @@ upstream per request (which may wait while a replica starts from zero).
 
 from __future__ import annotations
 
-from typing import Mapping, Protocol, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -108,3 +108,31 @@ class Provider(Protocol):
 
     def check(self) -> Deferred[None]:
         """Succeeds when the provider's backend answers (for /readyz)."""
+
+
+@attrs.frozen
+class LogLine:
+    """One line a function wrote (OpenFaaS's log message shape)."""
+
+    name: str
+    instance: str
+    timestamp: float
+    text: str
+
+    def to_dict(self) -> dict[str, object]:
+        from datetime import datetime, timezone
+
+        stamp = datetime.fromtimestamp(self.timestamp, tz=timezone.utc)
+        return {"name": self.name, "instance": self.instance,
+                "timestamp": stamp.isoformat().replace("+00:00", "Z"), "text": self.text}
+
+
+class LogSource(Protocol):
+    """Function logs for the admin API's ``/{fn}/logs`` (a provider may offer it)."""
+
+    def read_logs(self, name: str, tail: int | None = None,
+                  since: float | None = None) -> Deferred[list[LogLine]]:
+        """Recent lines, oldest first: the last ``tail`` ones, none older than ``since``."""
+
+    def follow_logs(self, name: str, on_line: Callable[[LogLine], None]) -> Callable[[], None]:
+        """Call ``on_line`` for each new line until the returned function is called."""
