@@ -2,29 +2,71 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
+import attrs
+from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
 from faastwist.config import ConfigError, ControllerConfig, load_config
 
 
+def _port(value: str) -> int:
+    port = int(value)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"must be 1-65535, got {port}")
+    return port
+
+
 class Options(usage.Options):
+    synopsis = "--config PATH [--admin-port N] [--gate-port N]"
     optParameters = [
         ["config", "c", None, "Path to controller.yaml (required)."],
-        ["admin-port", None, None, "Override admin.port.", int],
-        ["gate-port", None, None, "Override httpServer.port.", int],
+        ["admin-port", None, None, "Override admin.port.", _port],
+        ["gate-port", None, None, "Override httpServer.port.", _port],
     ]
 
     def postOptions(self) -> None:
         if not self["config"]:
             raise usage.UsageError("--config is required (e.g. --config conf/controller.yaml)")
         try:
-            self.controller_config: ControllerConfig = load_config(self["config"])
+            config = load_config(self["config"])
         except ConfigError as exc:
             # one line naming the key, not twistd's usage dump: the operator fixes a file
             raise SystemExit(f"faasgate: config error: {exc}") from None
+        if self["admin-port"]:
+            config = attrs.evolve(config, admin=attrs.evolve(config.admin, port=self["admin-port"]))
+        if self["gate-port"]:
+            config = attrs.evolve(config, http_server=attrs.evolve(
+                config.http_server, port=self["gate-port"]))
+        if config.etcd.embedded:
+            from faastwist.store.embedded import MISSING_ETCD_MESSAGE, find_etcd_binary
+
+            if find_etcd_binary() is None:
+                raise SystemExit(f"faasgate: {MISSING_ETCD_MESSAGE}")
+        self.controller_config: ControllerConfig = config
 
 
-def makeService(options: Options):
-    from twisted.application.service import MultiService
+def _exit_non_zero() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
-    return MultiService()
+
+def makeService(options: Options) -> IService:
+    """The only place that touches the global reactor."""
+    from twisted.internet import reactor
+
+    from faastwist.node import FaasNode
+
+    def on_fatal(message: str) -> None:
+        sys.stderr.write(f"faasgate: {message}\n")
+        # stop the services that did start (the embedded etcd among them), then exit 1:
+        # twistd itself has no way to set a non-zero exit status
+        reactor.addSystemEventTrigger("after", "shutdown", _exit_non_zero)
+        reactor.stop()
+
+    top = MultiService()
+    FaasNode(options.controller_config, reactor, on_fatal).setServiceParent(top)
+    return top

@@ -1,0 +1,192 @@
+"""One faasgate node: the store, the provider, the reconciler, the admin API and the gate.
+
+Start-up is ordered and asynchronous (etcd must be healthy before the store connects,
+the route table must be loaded before the gate listens), and shut-down runs in the
+reverse order, one step at a time: the gate drains in-flight requests before the
+provider stops the function processes they are talking to.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Awaitable
+from typing import Any, Callable
+
+from twisted.application.service import IService, Service
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
+from twisted.web.server import Site
+
+from faastwist import __version__
+from faastwist.config import ControllerConfig
+from faastwist.metrics import Metrics
+
+log = Logger()
+
+
+class StartupError(Exception):
+    """The node cannot start (etcd never became healthy, a port is taken...)."""
+
+
+class FaasNode(Service):
+    """The whole node as one IService for twistd."""
+
+    name = "faasgate"
+
+    def __init__(self, config: ControllerConfig, reactor: Any,
+                 on_fatal: Callable[[str], None] | None = None) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.metrics = Metrics()
+        self.on_fatal = on_fatal
+        self.started_at = reactor.seconds()
+        self.node_id = f"{socket.gethostname()}-{os.getpid()}"
+        self._stack: list[tuple[str, Callable[[], Any]]] = []  # what to stop, in order
+        self.ready: Deferred[None] = Deferred()
+        self.store: Any = None
+        self.provider: Any = None
+        self.routes: Any = None
+        self.reconciler: Any = None
+        self.leader: Any = None
+        self.admin: Any = None
+        self.gate: Any = None
+        self.admin_port: Any = None
+
+    # -- helpers ---------------------------------------------------------------------
+    def _push(self, what: str, stop: Callable[[], Any]) -> None:
+        self._stack.append((what, stop))
+
+    def _start_child(self, what: str, service: IService) -> None:
+        service.startService()
+        self._push(what, service.stopService)
+
+    # -- start -----------------------------------------------------------------------
+    def startService(self) -> None:
+        super().startService()
+        starting = ensureDeferred(self._start())
+        starting.addCallbacks(self._started, self._failed)
+
+    def _started(self, _: None) -> None:
+        log.info("faasgate {version} ready: controller {controller}, provider {provider}, "
+                 "gate on {gate}, admin on {admin}", version=__version__,
+                 controller=self.config.name, provider=self.config.provider,
+                 gate=f"{self.config.http_server.address}:{self.config.http_server.port}",
+                 admin=f"{self.config.admin.address}:{self.config.admin.port}")
+        self.ready.callback(None)
+
+    def _failed(self, failure: Any) -> None:
+        if failure.check(StartupError):
+            message = failure.getErrorMessage()
+            log.critical("faasgate cannot start: {message}", message=message)
+        else:
+            message = "unexpected error during start-up"
+            log.failure(message, failure)
+        self.ready.errback(failure)
+        if self.on_fatal is not None:
+            self.on_fatal(message)
+
+    async def _start(self) -> None:
+        await self._start_store()
+        self._start_provider()
+        await self._start_routes()
+        self._start_reconciler()
+        self._start_admin()
+        self._start_gate()
+
+    async def _start_store(self) -> None:
+        from faastwist.store.etcd import EtcdStore
+        from faastwist.store.base import StoreUnavailable
+
+        etcd = self.config.etcd
+        endpoints = list(etcd.endpoints)
+        if etcd.embedded:
+            from faastwist.store.embedded import EmbeddedEtcd
+
+            embedded = EmbeddedEtcd(self.reactor, etcd.data_dir)
+            self._start_child("embedded etcd", embedded)
+            try:
+                endpoints = [await embedded.ready()]
+            except Exception as exc:
+                raise StartupError(f"embedded etcd in {etcd.data_dir} did not start: {exc}")
+        self.store = EtcdStore(self.reactor, endpoints, etcd.prefix, self.config.name,
+                               etcd.timeout, self.metrics)
+        try:
+            await self.store.connect()
+        except StoreUnavailable as exc:
+            raise StartupError(f"etcd at {', '.join(endpoints)} is not reachable: {exc}")
+        self._push("store", self.store.close)
+
+    def _start_provider(self) -> None:
+        if self.config.provider == "knative":
+            from faastwist.providers.knative import KnativeProvider
+
+            self.provider = KnativeProvider(self.config.knative, self.config.name,
+                                            self.reactor, self.metrics)
+        else:
+            from faastwist.providers.process import ProcessProvider
+
+            self.provider = ProcessProvider(self.config.process, self.config.name,
+                                            self.reactor, self.metrics)
+        self._start_child("provider", self.provider)
+
+    async def _start_routes(self) -> None:
+        from faastwist.routes import RouteTable
+
+        self.routes = RouteTable(self.store, self.reactor)
+        self._start_child("route table", self.routes)
+        await self.routes.ready()
+
+    def _start_reconciler(self) -> None:
+        from faastwist.reconciler import Reconciler
+        from faastwist.store.leader import LeaderElection
+
+        self.leader = LeaderElection(self.reactor, self.store, self.node_id)
+        self._start_child("leader election", self.leader)
+        self.reconciler = Reconciler(self.store, self.provider, self.reactor,
+                                     self.config.sync_interval, self.metrics,
+                                     is_leader=self.leader.is_leader)
+        self._start_child("reconciler", self.reconciler)
+
+    def _start_admin(self) -> None:
+        from faastwist.admin import AdminAPI
+
+        admin = self.config.admin
+        log_source = self.provider if hasattr(self.provider, "read_logs") else None
+        self.admin = AdminAPI(self.store, self.config.name, self.provider.check_spec,
+                              self.reconciler.kick, self.reactor, admin.max_body_size,
+                              log_source=log_source)
+        try:
+            self.admin_port = self.reactor.listenTCP(
+                admin.port, Site(self.admin.resource()), interface=admin.address)
+        except Exception as exc:
+            raise StartupError(f"admin.port: cannot listen on {admin.address}:{admin.port}: {exc}")
+        self._push("admin listener", self.admin_port.stopListening)
+
+    def _start_gate(self) -> None:
+        from faastwist.gate import GateService
+
+        http = self.config.http_server
+        self.gate = GateService(http, self.routes, self.provider, self.reactor, self.metrics,
+                                access_log=http.access_log)
+        try:
+            self.gate.startService()
+        except Exception as exc:
+            raise StartupError(f"httpServer.port: cannot listen on {http.address}:{http.port}: {exc}")
+        self._push("gate", self.gate.stopService)
+
+    # -- stop ------------------------------------------------------------------------
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        while self._stack:
+            what, stop = self._stack.pop()
+            try:
+                result = stop()
+                if isinstance(result, (Deferred, Awaitable)):
+                    await result
+            except Exception:
+                log.failure("error while stopping {what}", what=what)
+        log.info("faasgate stopped")
