@@ -44,6 +44,8 @@ def plan(record: FunctionRecord, observation: Observation | None) -> Plan:
     wants_running = state in (State.INITIAL, State.ACTIVE, State.FAILED) or (
         state is State.INACTIVE and status.start_pending)
     if observation is None:
+        if not wants_running:
+            return Plan()  # stopped and gone: nothing to run until a start is asked for
         if state is State.ACTIVE:
             return Plan("deploy", message="recreated: the provider had lost the function")
         return Plan("deploy", message="deploying")
