@@ -1,0 +1,433 @@
+"""The FunctionStore on etcd (through txaioetcd), shared by every node of a controller.
+
+Each function is two keys, ``{prefix}/{controller}/spec/{fn}`` and ``.../status/{fn}``.
+Every access is one etcd transaction: a get reads both keys exactly (never a prefix
+read, so ``demo`` is not confused with ``demo10``) at one revision; writes compare the
+mod revisions of *both* keys, so an admin update racing a reconciler write never both
+win; a failed compare reads the spec key in the same round trip to tell NotFound from
+Conflict. Several endpoints: a call moves on to the next one when the current one
+cannot be reached.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, inlineCallbacks
+from twisted.internet.error import ConnectError, TimeoutError
+from twisted.logger import Logger
+from twisted.web.client import Agent
+from txaioetcd import (
+    Client,
+    CompCreated,
+    CompModified,
+    Error as EtcdError,
+    Failed,
+    KeySet,
+    KeyValue,
+    OpDel,
+    OpGet,
+    OpSet,
+    Transaction,
+)
+
+from faastwist.fsm import FunctionStatus
+from faastwist.metrics import Metrics
+from faastwist.spec import FunctionSpec
+from faastwist.store.base import (
+    AlreadyExists,
+    Change,
+    Conflict,
+    FunctionRecord,
+    Listing,
+    NotFound,
+    StoreError,
+    StoreUnavailable,
+    decode_spec,
+    decode_status,
+    encode_spec,
+    encode_status,
+)
+from faastwist.store.etcdcompat import (
+    EtcdHttp,
+    EtcdHttpError,
+    IncompatibleEtcd,
+    LeaseApi,
+    apply_api_prefix,
+    probe_api_prefix,
+)
+from faastwist.store.etcdwatch import EtcdWatch, KeyEvent
+
+log = Logger()
+
+#: gRPC codes etcd uses for "try again / elsewhere" (DEADLINE_EXCEEDED, UNAVAILABLE).
+_TRANSIENT_CODES = frozenset({4, 14})
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The end of the key range holding every key that starts with ``prefix``."""
+    data = bytearray(prefix)
+    while data and data[-1] == 0xFF:
+        data.pop()
+    if not data:
+        return b"\0"
+    data[-1] += 1
+    return bytes(data)
+
+
+def _describe(exc: BaseException | None, timeout: float) -> str:
+    if isinstance(exc, (CancelledError, TimeoutError)):
+        return f"no answer within {timeout:g}s"
+    if exc is None:
+        return "no endpoint tried"
+    return str(exc) or type(exc).__name__
+
+
+def _result_label(exc: BaseException) -> str:
+    for kind, label in ((NotFound, "not_found"), (AlreadyExists, "already_exists"),
+                        (Conflict, "conflict"), (StoreUnavailable, "unavailable")):
+        if isinstance(exc, kind):
+            return label
+    return "error"
+
+
+def _counted(op: str) -> Callable:
+    """Run the generator method as inlineCallbacks and count its outcome in metrics."""
+
+    def decorate(method: Callable) -> Callable:
+        run = inlineCallbacks(method)
+
+        @functools.wraps(method)
+        def wrapper(self: "EtcdStore", *args: Any, **kwargs: Any) -> Deferred:
+            def done(result: Any) -> Any:
+                self.metrics.store_operations.labels(op, "ok").inc()
+                return result
+
+            def failed(failure: Any) -> Any:
+                self.metrics.store_operations.labels(op, _result_label(failure.value)).inc()
+                return failure
+
+            return run(self, *args, **kwargs).addCallbacks(done, failed)
+        return wrapper
+    return decorate
+
+
+class EtcdStore:
+    """FunctionStore of one controller on an etcd cluster; call ``connect()`` first."""
+
+    def __init__(self, reactor: Any, endpoints: Sequence[str], prefix: str, controller: str,
+                 timeout: float, metrics: Metrics | None = None) -> None:
+        if not endpoints:
+            raise ValueError("etcd.endpoints: at least one endpoint is needed")
+        for endpoint in endpoints:
+            if not endpoint.startswith(("http://", "https://")):
+                raise ValueError(f"etcd.endpoints: {endpoint!r} must be an http:// or https:// URL")
+        if timeout <= 0:
+            raise ValueError(f"etcd timeout must be positive, got {timeout}")
+        self.reactor = reactor
+        self.endpoints = [e.rstrip("/") for e in endpoints]
+        self.prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
+        self.controller = controller
+        self.timeout = timeout
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.base = f"{self.prefix}/{controller}/".encode()
+        self.api_prefix: str | None = None
+        self._http = EtcdHttp(reactor)
+        self._lease: LeaseApi | None = None
+        self._watch_agent = Agent(reactor)  # one connection per stream, never pooled
+        self._clients = {e: Client(reactor, url=e, timeout=timeout) for e in self.endpoints}
+        self._active = 0
+        self._watches: set[EtcdWatch] = set()
+
+    # keys
+
+    def key(self, *parts: str) -> bytes:
+        """``{prefix}/{controller}/{parts...}`` as etcd key bytes."""
+        return self.base + "/".join(parts).encode()
+
+    def _keys(self, name: str) -> tuple[bytes, bytes]:
+        return self.key("spec", name), self.key("status", name)
+
+    def parse_key(self, key: bytes) -> tuple[str, str] | None:
+        """``(kind, name)`` for a spec or status key of this controller, else None."""
+        if not key.startswith(self.base):
+            return None
+        kind, sep, name = key[len(self.base):].decode("utf-8", "replace").partition("/")
+        if not sep or kind not in ("spec", "status") or not name or "/" in name:
+            return None
+        return kind, name
+
+    # connection
+
+    @_counted("connect")
+    def connect(self):
+        """Find a reachable endpoint and the JSON gateway it serves; StoreUnavailable if none."""
+        problems = []
+        for offset in range(len(self.endpoints)):
+            index = (self._active + offset) % len(self.endpoints)
+            endpoint = self.endpoints[index]
+            try:
+                api_prefix = yield probe_api_prefix(self._http, endpoint, self.timeout)
+            except IncompatibleEtcd as exc:
+                problems.append(str(exc))
+                continue
+            except Exception as exc:
+                problems.append(f"{endpoint}: {_describe(exc, self.timeout)}")
+                continue
+            apply_api_prefix(api_prefix)
+            self.api_prefix = api_prefix
+            self._lease = LeaseApi(self._http, api_prefix)
+            self._active = index
+            log.info("etcd store {controller} connected to {endpoint} ({api})",
+                     controller=self.controller, endpoint=endpoint, api=api_prefix)
+            return None
+        raise StoreUnavailable("cannot use etcd: " + "; ".join(problems))
+
+    @inlineCallbacks
+    def _call(self, op: str, request: Callable[[str], Deferred], idempotent: bool):
+        """Run ``request(endpoint)`` with a timeout, moving to the next endpoint when the
+        current one is unreachable. A write moves on only when it surely was not sent
+        (connection refused); retrying a write that may have been applied could turn
+        its own success into a Conflict."""
+        if self.api_prefix is None:
+            yield self.connect()
+        last: BaseException | None = None
+        count = len(self.endpoints)
+        for offset in range(count):
+            index = (self._active + offset) % count
+            d = request(self.endpoints[index])
+            d.addTimeout(self.timeout, self.reactor)
+            try:
+                result = yield d
+            except (Failed, NotFound, AlreadyExists, Conflict):
+                raise
+            except (EtcdError, EtcdHttpError) as exc:
+                if exc.code not in _TRANSIENT_CODES and not (
+                        isinstance(exc, EtcdHttpError) and exc.status >= 500):
+                    raise StoreError(f"etcd refused {op}: {exc.message}") from None
+                last = exc
+            except Exception as exc:
+                last = exc
+            else:
+                self._active = index
+                return result
+            self._active = (index + 1) % count
+            if not (idempotent or isinstance(last, ConnectError)):
+                break
+        raise StoreUnavailable(f"etcd {op} failed ({', '.join(self.endpoints)}): "
+                               f"{_describe(last, self.timeout)}")
+
+    def submit(self, op: str, txn: Transaction, idempotent: bool = False) -> Deferred:
+        """One transaction; txaioetcd.Failed when its compare fails."""
+        return self._call(op, lambda e: self._clients[e].submit(txn, timeout=self.timeout),
+                          idempotent)
+
+    # records
+
+    def _record(self, name: str, spec_kv: KeyValue, status_kv: KeyValue | None) -> FunctionRecord:
+        try:
+            spec = decode_spec(spec_kv.value)
+        except Exception as exc:
+            raise StoreError(f"unreadable spec at {spec_kv.key.decode(errors='replace')}: "
+                             f"{exc}") from None
+        if status_kv is None:
+            # a spec without status (written by hand): the FSM starts afresh; the first
+            # update compares the missing status key's mod revision as 0
+            return FunctionRecord(spec, FunctionStatus.initial(name, 0.0), spec_kv.mod_revision, 0)
+        try:
+            status = decode_status(status_kv.value)
+        except Exception as exc:
+            raise StoreError(f"unreadable status at {status_kv.key.decode(errors='replace')}: "
+                             f"{exc}") from None
+        return FunctionRecord(spec, status, spec_kv.mod_revision, status_kv.mod_revision)
+
+    @_counted("create")
+    def create(self, spec: FunctionSpec, status: FunctionStatus):
+        spec_key, status_key = self._keys(spec.name)
+        txn = Transaction(compare=[CompCreated(spec_key, "==", 0)],
+                          success=[OpSet(spec_key, encode_spec(spec)),
+                                   OpSet(status_key, encode_status(status))])
+        try:
+            result = yield self.submit("create", txn)
+        except Failed:
+            raise AlreadyExists(spec.name) from None
+        revision = result.header.revision
+        return FunctionRecord(spec, status, revision, revision)
+
+    @_counted("get")
+    def get(self, name: str):
+        spec_key, status_key = self._keys(name)
+        txn = Transaction(success=[OpGet(spec_key), OpGet(status_key)])
+        result = yield self.submit("get", txn, idempotent=True)
+        spec_range, status_range = result.responses
+        if not spec_range.kvs:
+            raise NotFound(name)
+        return self._record(name, spec_range.kvs[0],
+                            status_range.kvs[0] if status_range.kvs else None)
+
+    @_counted("list")
+    def list(self):
+        txn = Transaction(success=[OpGet(KeySet(self.base, prefix=True))])
+        result = yield self.submit("list", txn, idempotent=True)
+        specs: dict[str, KeyValue] = {}
+        statuses: dict[str, KeyValue] = {}
+        for kv in result.responses[0].kvs:
+            parsed = self.parse_key(kv.key)
+            if parsed is not None:
+                (specs if parsed[0] == "spec" else statuses)[parsed[1]] = kv
+        records = {name: self._record(name, kv, statuses.get(name)) for name, kv in specs.items()}
+        return Listing(records, result.header.revision)
+
+    def _guard(self, expected: FunctionRecord) -> tuple[bytes, bytes, list]:
+        spec_key, status_key = self._keys(expected.name)
+        return spec_key, status_key, [
+            CompModified(spec_key, "==", expected.spec_revision),
+            CompModified(status_key, "==", expected.status_revision)]
+
+    @staticmethod
+    def _lost_race(name: str, failed: Failed) -> StoreError:
+        """The compare failed: NotFound when the spec is gone, else Conflict."""
+        spec_range = failed.responses[0] if failed.responses else None
+        return Conflict(name) if spec_range is not None and spec_range.kvs else NotFound(name)
+
+    @_counted("update")
+    def update(self, expected: FunctionRecord, spec: FunctionSpec | None = None,
+               status: FunctionStatus | None = None):
+        name = expected.name
+        spec_key, status_key, compare = self._guard(expected)
+        writes = []
+        if spec is not None:
+            writes.append(OpSet(spec_key, encode_spec(spec)))
+        if status is not None:
+            writes.append(OpSet(status_key, encode_status(status)))
+        txn = Transaction(compare=compare,
+                          success=writes or [OpGet(spec_key), OpGet(status_key)],
+                          failure=[OpGet(spec_key)])
+        try:
+            result = yield self.submit("update", txn)
+        except Failed as failed:
+            raise self._lost_race(name, failed) from None
+        if not writes:
+            spec_range, status_range = result.responses
+            return self._record(name, spec_range.kvs[0],
+                                status_range.kvs[0] if status_range.kvs else None)
+        revision = result.header.revision
+        return attrs.evolve(
+            expected,
+            spec=expected.spec if spec is None else spec,
+            status=expected.status if status is None else status,
+            spec_revision=expected.spec_revision if spec is None else revision,
+            status_revision=expected.status_revision if status is None else revision)
+
+    @_counted("delete")
+    def delete(self, expected: FunctionRecord):
+        spec_key, status_key, compare = self._guard(expected)
+        txn = Transaction(compare=compare, success=[OpDel(spec_key), OpDel(status_key)],
+                          failure=[OpGet(spec_key)])
+        try:
+            yield self.submit("delete", txn)
+        except Failed as failed:
+            raise self._lost_race(expected.name, failed) from None
+        return None
+
+    @_counted("check")
+    def check(self):
+        if self.api_prefix is None:
+            yield self.connect()
+            return None
+        yield self._call("check", lambda e: self._clients[e].status(timeout=self.timeout), True)
+        return None
+
+    # watches
+
+    def watch_keys(self, key: bytes, range_end: bytes | None, after_revision: int,
+                   on_events: Callable[[list[KeyEvent]], None],
+                   on_lost: Callable[[Exception], None]) -> EtcdWatch:
+        """A raw resumable watch on ``[key, range_end)`` (the leader election uses it)."""
+        if self.api_prefix is None:
+            raise StoreError("EtcdStore.connect() must succeed before a watch starts")
+        endpoints = self.endpoints[self._active:] + self.endpoints[:self._active]
+        watch: EtcdWatch
+
+        def lost(reason: Exception) -> None:
+            self._watches.discard(watch)
+            on_lost(reason)
+
+        watch = EtcdWatch(self.reactor, self._watch_agent, endpoints, self.api_prefix, key,
+                          range_end, after_revision, on_events, lost,
+                          connect_timeout=self.timeout,
+                          on_reconnect=self.metrics.watch_reconnects.inc)
+        self._watches.add(watch)
+        return watch.start()
+
+    def watch(self, start_revision: int, on_changes: Callable[[Sequence[Change]], None],
+              on_lost: Callable[[Exception], None]) -> "_StoreWatch":
+        """Changes to this controller's functions after ``start_revision``, in order."""
+        def on_events(events: list[KeyEvent]) -> None:
+            changes = []
+            for event in events:
+                parsed = self.parse_key(event.key)
+                if parsed is None:
+                    continue  # the leader key, or a stranger under our prefix
+                kind, name = parsed
+                value: FunctionSpec | FunctionStatus | None = None
+                if event.value is not None:
+                    try:
+                        value = (decode_spec if kind == "spec" else decode_status)(event.value)
+                    except Exception:
+                        log.failure("skipping unreadable {kind} of {name} at revision {revision}",
+                                    kind=kind, name=name, revision=event.mod_revision)
+                        continue
+                changes.append(Change(name, kind, value, event.mod_revision))  # type: ignore[arg-type]
+            if changes:
+                on_changes(changes)
+
+        watch = self.watch_keys(self.base, prefix_end(self.base), start_revision,
+                                on_events, on_lost)
+        return _StoreWatch(self, watch)
+
+    # leases (leader election)
+
+    def lease_grant(self, ttl: int) -> Deferred:
+        """``(lease_id, granted_ttl)``."""
+        return self._call("lease_grant", lambda e: self._lease.grant(e, ttl, self.timeout), False)
+
+    def lease_keepalive(self, lease_id: int) -> Deferred:
+        """The remaining TTL; 0 when the lease has expired."""
+        return self._call("lease_keepalive",
+                          lambda e: self._lease.keepalive(e, lease_id, self.timeout), True)
+
+    def lease_revoke(self, lease_id: int) -> Deferred:
+        return self._call("lease_revoke",
+                          lambda e: self._lease.revoke(e, lease_id, self.timeout), True)
+
+    def close(self) -> Deferred:
+        """Stop every watch and drop pooled connections."""
+        for watch in list(self._watches):
+            watch.cancel()
+        self._watches.clear()
+        closing = [self._http.close()]
+        closing += [client._pool.closeCachedConnections() for client in self._clients.values()]
+        return DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)
+
+
+@attrs.define
+class _StoreWatch:
+    """The WatchHandle of EtcdStore.watch."""
+
+    store: EtcdStore
+    watch: EtcdWatch
+
+    @property
+    def connected(self) -> bool:
+        return self.watch.connected
+
+    @property
+    def last_revision(self) -> int:
+        return self.watch.last_revision
+
+    def cancel(self) -> None:
+        self.watch.cancel()
+        self.store._watches.discard(self.watch)
