@@ -21,7 +21,13 @@ from twisted.logger import Logger
 
 from faastwist.fsm import Event, FunctionStatus, InvalidEvent, State, apply_event
 from faastwist.metrics import Metrics
-from faastwist.providers.base import Observation, Provider, ProviderError
+from faastwist.providers.base import (
+    Observation,
+    Provider,
+    ProviderConflict,
+    ProviderError,
+    ProviderRejected,
+)
 from faastwist.store.base import Conflict, FunctionRecord, FunctionStore, NotFound
 
 log = Logger()
@@ -31,7 +37,7 @@ log = Logger()
 class Plan:
     """What one pass does for one function: a provider action and/or FSM events."""
 
-    action: str | None = None          # deploy | update | stop | start
+    action: str | None = None          # deploy | update | stop | start | delete
     events: tuple[Event, ...] = ()
     message: str | None = None
     ext_data: Mapping[str, str] | None = None
@@ -41,6 +47,9 @@ def plan(record: FunctionRecord, observation: Observation | None) -> Plan:
     """Decide what to do for one function; pure, so the table of cases is unit-tested."""
     status, spec = record.status, record.spec
     state = status.state
+    if state is State.DESTROYED:
+        # deleted over the admin API but the record is still there: remove what runs
+        return Plan(None if observation is None else "delete")
     wants_running = state in (State.INITIAL, State.ACTIVE, State.FAILED) or (
         state is State.INACTIVE and status.start_pending)
     if observation is None:
@@ -50,6 +59,11 @@ def plan(record: FunctionRecord, observation: Observation | None) -> Plan:
             return Plan("deploy", message="recreated: the provider had lost the function")
         return Plan("deploy", message="deploying")
     if observation.digest != spec.digest():
+        # start/stop write the current spec too, so one call converges both differences
+        if wants_running and observation.stopped:
+            return Plan("start", message="starting with the current spec")
+        if not wants_running and not observation.stopped:
+            return Plan("stop")
         return Plan("update", message="updating to the current spec")
     if not wants_running:
         return Plan(None if observation.stopped else "stop")
@@ -155,6 +169,8 @@ class Reconciler(Service):
         for record in records.values():
             try:
                 yield self._converge(record, observed.get(record.name))
+            except ProviderConflict as exc:
+                log.info("function {name}: {error}", name=record.name, error=str(exc))
             except ProviderError as exc:
                 self.metrics.reconcile_errors.labels("provider").inc()
                 log.warn("function {name}: provider call failed, retrying next pass: {error}",
@@ -166,7 +182,12 @@ class Reconciler(Service):
         for name in self._orphans(observed, wanted, names):
             log.info("deleting {name}: the provider runs it but the store has no such function",
                      name=name)
-            yield self.provider.delete(name)
+            try:
+                yield self.provider.delete(name)
+            except ProviderError as exc:
+                self.metrics.reconcile_errors.labels("provider").inc()
+                log.warn("orphan {name}: delete failed, retrying next pass: {error}",
+                         name=name, error=str(exc))
 
     @staticmethod
     def _orphans(observed: Mapping[str, Observation], wanted: set[str],
@@ -194,7 +215,16 @@ class Reconciler(Service):
         decision = plan(record, observation)
         if decision.action is not None:
             log.info("function {name}: {action}", name=record.name, action=decision.action)
-            yield getattr(self.provider, decision.action)(record.spec)
+            try:
+                if decision.action == "delete":
+                    yield self.provider.delete(record.name)
+                else:
+                    yield getattr(self.provider, decision.action)(record.spec)
+            except ProviderRejected as exc:
+                # the provider will never run this spec: say so now, not never
+                log.warn("function {name}: {action} refused: {error}", name=record.name,
+                         action=decision.action, error=str(exc))
+                decision = Plan(events=(Event.ERROR,), message=str(exc))
         status = record.status
         if decision.message is not None:
             status = attrs.evolve(status, message=decision.message)

@@ -22,6 +22,17 @@ class ProviderError(Exception):
     never marks a function failed by itself."""
 
 
+class ProviderConflict(ProviderError):
+    """The object changed between the observation and the write (e.g. Kubernetes 409 on a
+    stale resourceVersion): not a failure, the next pass works from fresh data."""
+
+
+class ProviderRejected(ProviderError):
+    """The provider refused what the spec asks for (e.g. a 422 from the API server, a
+    name taken by something this controller does not manage): the function cannot run,
+    so the reconciler records an error with this message instead of retrying silently."""
+
+
 class NoCapacity(Exception):
     """No replica could serve in time (cold start timed out); the gate answers 503."""
 
