@@ -1,0 +1,193 @@
+"""Operational endpoints on the admin port: /metrics, /healthz, /readyz, .../faas/info.
+
+``/healthz`` answers "is the process alive" (the reactor served this request), for
+liveness probes and the systemd watchdog's human counterpart. ``/readyz`` runs the
+node's named checks (store reachable, watch current, provider reachable), each with
+a timeout, concurrently, and names the failing parts in a 503, so a readiness probe
+or an operator sees *what* is wrong. ``compose`` puts these in front of the admin
+API on one port.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable, Mapping
+
+import yaml
+from klein import Klein
+from prometheus_client.exposition import choose_encoder
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import IResource, Resource
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+
+from faastwist.metrics import Metrics
+
+log = Logger()
+
+Check = Callable[[], "Deferred[Any] | Any"]
+
+#: the paths OpsAPI serves; everything else on the admin port belongs to the admin API
+OPS_PATHS: frozenset[tuple[str, ...]] = frozenset({
+    ("metrics",), ("healthz",), ("readyz",),
+    ("apis", "v1", "faas", "info"), ("apis", "v2", "faas", "info"),
+})
+
+
+def _json(request: Any, code: int, body: Mapping[str, Any]) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return json.dumps(body).encode() + b"\n"
+
+
+def _wants_json(request: Any) -> bool:
+    accept = request.getHeader(b"accept") or b""
+    return b"json" in accept
+
+
+def _describe(failure: Failure, timeout: float) -> str:
+    if failure.check(TimeoutError):
+        return f"timed out after {timeout:g}s"
+    message = failure.getErrorMessage()
+    return message or failure.type.__name__
+
+
+class OpsAPI:
+    """The operational endpoints as a Klein app.
+
+    ``checks`` maps a part's name to a callable returning a Deferred (or a value)
+    that fails when the part is not ready; ``info`` returns the node's info record.
+    """
+
+    app = Klein()
+
+    def __init__(self, metrics: Metrics, checks: Mapping[str, Check],
+                 info: Callable[[], Mapping[str, Any]], clock: IReactorTime,
+                 check_timeout: float = 2.0) -> None:
+        self.metrics = metrics
+        self.checks = dict(checks)
+        self.info = info
+        self.clock = clock
+        self.check_timeout = check_timeout
+        self.stopping = False
+
+    def resource(self) -> IResource:
+        return self.app.resource()
+
+    def mark_stopping(self) -> None:
+        """From now on /readyz answers 503 (shutdown has begun: take us out of rotation)."""
+        self.stopping = True
+
+    # -- errors ------------------------------------------------------------------------
+    @app.handle_errors(HTTPException)
+    def http_error(self, request: Any, failure: Failure) -> bytes:
+        error = failure.value
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            allowed = ", ".join(sorted(error.valid_methods))
+            request.setHeader(b"Allow", allowed.encode())
+            message = (f"method {request.method.decode('ascii', 'replace')} not allowed on "
+                       f"{request.path.decode('utf-8', 'replace')}; allowed: {allowed}")
+        else:
+            message = error.description or error.name
+        return _json(request, error.code or 500, {"code": error.code, "message": message})
+
+    # -- endpoints ---------------------------------------------------------------------
+    @app.route("/metrics", methods=["GET"])
+    def scrape(self, request: Any) -> bytes:
+        accept = request.getHeader(b"accept")
+        # Prometheus asks for OpenMetrics; curl and browsers get the text format
+        encoder, content_type = choose_encoder(accept.decode("latin-1") if accept else "")
+        request.setHeader(b"Content-Type", content_type.encode())
+        return encoder(self.metrics.registry)
+
+    @app.route("/healthz", methods=["GET"])
+    def healthz(self, request: Any) -> bytes:
+        return _json(request, 200, {"status": "ok"})
+
+    @app.route("/readyz", methods=["GET"])
+    def readyz(self, request: Any) -> Deferred[bytes]:
+        return self.readiness().addCallback(
+            lambda result: _json(request, 200 if result.get("status") == "ok" else 503, result))
+
+    @app.route("/apis/v2/faas/info", methods=["GET"])
+    @app.route("/apis/v1/faas/info", methods=["GET"], endpoint="info_v1")
+    def info_endpoint(self, request: Any) -> bytes:
+        body = dict(self.info())
+        if _wants_json(request):
+            return _json(request, 200, body)
+        request.setHeader(b"Content-Type", b"text/vnd.yaml")
+        return yaml.safe_dump(body, sort_keys=False).encode()
+
+    # -- readiness ---------------------------------------------------------------------
+    def readiness(self) -> Deferred[dict[str, Any]]:
+        """Run every check concurrently; a dict with status ok, or code/message naming
+        the parts that failed (and each part's result under ``checks``)."""
+        names = sorted(self.checks)
+        runs = []
+        for name in names:
+            run = maybeDeferred(self.checks[name])
+            run.addTimeout(self.check_timeout, self.clock)
+            runs.append(run)
+
+        def summarise(results: list[tuple[bool, Any]]) -> dict[str, Any]:
+            outcome: dict[str, str] = {}
+            failed: list[str] = []
+            for name, (ok, value) in zip(names, results):
+                if ok:
+                    outcome[name] = "ok"
+                else:
+                    outcome[name] = _describe(value, self.check_timeout)
+                    failed.append(f"{name}: {outcome[name]}")
+            if self.stopping:
+                failed.insert(0, "node: stopping")
+            if not failed:
+                return {"status": "ok", "checks": outcome}
+            log.info("not ready: {failed}", failed="; ".join(failed))
+            return {"code": 503, "message": "not ready: " + "; ".join(failed),
+                    "checks": outcome}
+
+        return DeferredList(runs, consumeErrors=True).addCallback(summarise)
+
+
+def node_info(version: str, provider: str, controller: str, node: str,
+              started_at: float, is_leader: Callable[[], bool],
+              wall_clock: Callable[[], float] = time.time) -> Callable[[], dict[str, Any]]:
+    """The callable OpsAPI's ``info`` wants, built from what the node knows."""
+    def info() -> dict[str, Any]:
+        return {"name": "faastwist", "version": version, "provider": provider,
+                "controller": controller, "node": node,
+                "uptimeSeconds": round(max(0.0, wall_clock() - started_at), 3),
+                "leader": bool(is_leader())}
+    return info
+
+
+class _Composed(Resource):
+    """Sends the OPS_PATHS to the ops resource and everything else to the admin API,
+    leaving the request's path untouched so either side routes it as if it were root."""
+
+    def __init__(self, admin: IResource, ops: IResource) -> None:
+        super().__init__()
+        self.admin = admin
+        self.ops = ops
+
+    def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
+        segments = tuple(s.decode("utf-8", "replace") for s in (path, *request.postpath))
+        # undo the traversal step Site just took, so the chosen resource sees the same
+        # prepath/postpath it would see as the Site's root
+        request.postpath.insert(0, request.prepath.pop())
+        return self.ops if segments in OPS_PATHS else self.admin
+
+    def render(self, request: Any) -> Any:
+        # only reached for an empty path, which HTTP cannot express; admin owns "/"
+        return self.admin.render(request)
+
+
+def compose(admin_resource: IResource, ops_resource: IResource) -> IResource:
+    """One root for the admin port: /metrics, /healthz, /readyz and
+    /apis/v{1,2}/faas/info go to ops (so ``info`` is never taken for a controller
+    name), the rest to the admin API."""
+    return _Composed(admin_resource, ops_resource)
