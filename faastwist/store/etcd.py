@@ -78,6 +78,10 @@ def prefix_end(prefix: bytes) -> bytes:
 
 
 def _describe(exc: BaseException | None, timeout: float) -> str:
+    """A one-line reason; twisted.web wraps a cancelled request in ResponseNeverReceived."""
+    reasons = getattr(exc, "reasons", None)
+    if reasons:
+        exc = reasons[0].value
     if isinstance(exc, (CancelledError, TimeoutError)):
         return f"no answer within {timeout:g}s"
     if exc is None:
