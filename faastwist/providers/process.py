@@ -1,0 +1,296 @@
+"""The process provider: functions as local child processes, for one machine.
+
+OpenFaaS's provider-and-watchdog idea inside faastwist: the same FSM, API and gate as
+with Knative, with local processes behind the Provider interface. State lives in
+memory: after a restart the provider runs nothing, ``observe`` says so, and the
+reconciler deploys again (children of a gate that was killed are swept at start).
+
+Relative paths in a function's ``command`` are taken from the gate's working folder
+(``make run`` runs in the repository root), which is also the children's working folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Callable, Mapping, Sequence, Union
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from faastwist.config import ProcessConfig
+from faastwist.metrics import Metrics
+from faastwist.providers.base import (
+    LogLine,
+    NoCapacity,
+    Observation,
+    ProviderError,
+    UpstreamLease,
+)
+from faastwist.providers.logfile import FunctionLog, read_lines
+from faastwist.providers.orphans import GATE_PID_VAR, OWNER_VAR, kill_orphans, owner_token
+from faastwist.providers.replica import ExitInfo, Replica, group_wrapper
+from faastwist.providers.runtime import ForkRuntime, HttpRuntime, Tuning
+from faastwist.providers.watchdog import Watchdog
+from faastwist.spec import FunctionSpec, ProcessMode, SpecError
+
+log = Logger()
+
+LOG_MAX_BYTES = 10 * 2**20
+SCALE_INTERVAL = 1.0
+# variables of the gate's own supervisor that must not leak into a function
+_PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
+                "LISTEN_FDNAMES", OWNER_VAR, GATE_PID_VAR)
+
+Runtime = Union[HttpRuntime, ForkRuntime]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A loopback port nobody listens on now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+class ProcessProvider(Service):
+    """Runs the controller's functions as children of this process (an IService:
+    stopping it ends every child, and its Deferred fires when all are gone)."""
+
+    kind = "process"
+    name = "process-provider"
+
+    def __init__(self, config: ProcessConfig, controller: str, reactor,
+                 metrics: Metrics | None = None, *, workdir: str | None = None,
+                 base_env: Mapping[str, str] | None = None, tuning: Tuning | None = None,
+                 wall_clock: Callable[[], float] = time.time,
+                 log_max_bytes: int = LOG_MAX_BYTES,
+                 scale_interval: float = SCALE_INTERVAL) -> None:
+        self.config = config
+        self.controller = controller
+        self.reactor = reactor
+        self.metrics = metrics or Metrics()
+        self.workdir = os.path.abspath(workdir or os.getcwd())
+        env = dict(os.environ if base_env is None else base_env)
+        for key in _PRIVATE_ENV:
+            env.pop(key, None)
+        self.base_env = env
+        self.tuning = tuning or Tuning(idle_timeout=config.idle_timeout,
+                                      cold_start_timeout=config.cold_start_timeout)
+        self.wall_clock = wall_clock
+        self.log_dir = Path(config.data_dir) / "logs"
+        self.log_max_bytes = log_max_bytes
+        self.scale_interval = scale_interval
+        self.token = owner_token(controller, config.data_dir)
+        self.wrapper = group_wrapper()
+        self.runtimes: dict[str, Runtime] = {}
+        self.logs: dict[str, FunctionLog] = {}
+        self.threads = ThreadPool(minthreads=0, maxthreads=2, name="process-provider")
+        self._loop: LoopingCall | None = None
+
+    # -- service ---------------------------------------------------------------------
+    def startService(self) -> None:
+        super().startService()
+        kill_orphans(self.token)
+        self.threads.start()
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = self.reactor
+        self._loop.start(self.scale_interval, now=False)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        stops = [runtime.stop() for runtime in self.runtimes.values()]
+        count = sum(len(runtime.pids()) for runtime in self.runtimes.values())
+        if count:
+            log.info("stopping {count} function processes", count=count)
+
+        def finish(_: object) -> None:
+            for function_log in self.logs.values():
+                function_log.file.close()
+            self.threads.stop()
+        return DeferredList(stops, consumeErrors=True).addCallback(finish)
+
+    def _tick(self) -> None:
+        for runtime in list(self.runtimes.values()):
+            try:
+                runtime.tick()
+            except Exception:
+                log.failure("autoscaler tick of {name} failed", name=runtime.spec.name)
+
+    # -- building blocks --------------------------------------------------------------
+    def _log(self, name: str) -> FunctionLog:
+        function_log = self.logs.get(name)
+        if function_log is None:
+            function_log = FunctionLog(name, self.log_dir / f"{name}.log", self.reactor,
+                                       self.log_max_bytes, self.wall_clock)
+            self.logs[name] = function_log
+        return function_log
+
+    def _env(self, spec: FunctionSpec, port: int | None) -> dict[str, str]:
+        env = dict(self.base_env)
+        env["PYTHONUNBUFFERED"] = "1"   # a Python function's prints reach the log at once
+        env.update(spec.env)
+        if port is not None:
+            env["PORT"] = str(port)
+        env["FAASTWIST_FUNCTION"] = spec.name
+        env[OWNER_VAR] = self.token
+        env[GATE_PID_VAR] = str(os.getpid())
+        return env
+
+    def _argv(self, spec: FunctionSpec, env: Mapping[str, str]) -> list[str]:
+        """The command with its program found now (the children's PATH, the workdir)."""
+        program = resolve_program(spec.command[0], env.get("PATH", os.defpath), self.workdir)
+        return [program or spec.command[0], *spec.command[1:]]
+
+    def _make_replica(self, spec: FunctionSpec, on_ready: Callable[[Replica], None],
+                      on_exit: Callable[[Replica, ExitInfo], None]) -> Replica:
+        port = spec.port if spec.port is not None else free_port()
+        env = self._env(spec, port)
+        return Replica(self.reactor, spec.name, self._argv(spec, env), env, self.workdir,
+                       port, spec.readiness_path, self._log(spec.name), on_ready, on_exit,
+                       wrapper=self.wrapper)
+
+    def _make_watchdog(self, spec: FunctionSpec) -> Watchdog:
+        watchdog: Watchdog
+
+        def env() -> dict[str, str]:
+            return self._env(watchdog.spec, None)
+
+        def argv() -> list[str]:
+            return self._argv(watchdog.spec, env())
+        watchdog = Watchdog(self.reactor, spec, argv, env, self.workdir, self._log(spec.name),
+                            wrapper=self.wrapper)
+        return watchdog
+
+    def _new_runtime(self, spec: FunctionSpec) -> Runtime:
+        if spec.mode is ProcessMode.FORK:
+            return ForkRuntime(spec, self.tuning, self._make_watchdog)
+        return HttpRuntime(spec, self.reactor, self.tuning, self._make_replica,
+                           self._ready_count)
+
+    def _ready_count(self, name: str, count: int) -> None:
+        self.metrics.replicas.labels(name).set(count)
+
+    def _runtime_for(self, spec: FunctionSpec) -> tuple[Runtime, Deferred[None] | None]:
+        """The function's runtime, replaced when the mode changed (the old one stops)."""
+        runtime = self.runtimes.get(spec.name)
+        if runtime is not None and runtime.spec.mode is spec.mode:
+            return runtime, None
+        stopping = runtime.stop() if runtime is not None else None
+        runtime = self._new_runtime(spec)
+        self.runtimes[spec.name] = runtime
+        return runtime, stopping
+
+    # -- Provider ---------------------------------------------------------------------
+    def check_spec(self, spec: FunctionSpec) -> None:
+        spec.check_for_provider("process")
+        if spec.port is not None and (spec.min_replica > 1 or spec.max_replica > 1):
+            raise SpecError("port", "a fixed port fits one replica: leave port unset (each "
+                                    "replica then gets a free port as $PORT) or set "
+                                    "minReplica and maxReplica to at most 1")
+        env = self._env(spec, None)
+        program = spec.command[0]
+        if resolve_program(program, env.get("PATH", os.defpath), self.workdir) is None:
+            where = (f"relative to {self.workdir}" if "/" in program
+                     else "on PATH")
+            raise SpecError("command", f"{program!r}: no such executable {where}")
+
+    def observe(self, names: Sequence[str] | None = None) -> Deferred[dict[str, Observation]]:
+        wanted = self.runtimes if names is None else [n for n in names if n in self.runtimes]
+        return succeed({name: self.runtimes[name].observe() for name in wanted})
+
+    def deploy(self, spec: FunctionSpec) -> Deferred[None]:
+        runtime, stopping = self._runtime_for(spec)
+        if runtime.spec != spec:
+            runtime.update(spec)
+        log.info("deploying {name} ({mode}): {command}", name=spec.name, mode=spec.mode.value,
+                 command=" ".join(spec.command))
+        return _after(stopping, runtime.deploy)
+
+    def update(self, spec: FunctionSpec) -> Deferred[None]:
+        runtime = self.runtimes.get(spec.name)
+        if runtime is None:
+            return self.deploy(spec)
+        was_stopped = runtime.stopped
+        runtime, stopping = self._runtime_for(spec)
+        if stopping is not None:
+            return _after(stopping, lambda: succeed(None) if was_stopped else runtime.deploy())
+        return runtime.update(spec)
+
+    def stop(self, spec: FunctionSpec) -> Deferred[None]:
+        runtime, stopping = self._runtime_for(spec)
+        runtime.set_spec(spec)  # what runs now stops: no point rolling to the new spec
+        return _after(stopping, runtime.stop)
+
+    def start(self, spec: FunctionSpec) -> Deferred[None]:
+        runtime, stopping = self._runtime_for(spec)
+        if runtime.spec != spec:
+            runtime.update(spec)
+        return _after(stopping, runtime.start)
+
+    def delete(self, name: str) -> Deferred[None]:
+        runtime = self.runtimes.pop(name, None)
+        stopping = runtime.stop() if runtime is not None else succeed(None)
+
+        def remove_logs(_: object) -> None:
+            function_log = self.logs.pop(name, None)
+            if function_log is None:
+                function_log = FunctionLog(name, self.log_dir / f"{name}.log", self.reactor,
+                                           self.log_max_bytes, self.wall_clock)
+            function_log.file.remove()
+            try:
+                self.metrics.replicas.remove(name)
+            except KeyError:
+                pass
+        return stopping.addCallback(remove_logs)
+
+    def acquire(self, spec: FunctionSpec) -> UpstreamLease | Deferred[UpstreamLease]:
+        runtime = self.runtimes.get(spec.name)
+        if runtime is None:
+            raise NoCapacity(f"function {spec.name} is not running on this node", 5)
+        return runtime.acquire()
+
+    def check(self) -> Deferred[None]:
+        if not self.running:
+            return fail(ProviderError("the process provider is not running"))
+        return succeed(None)
+
+    # -- LogSource ----------------------------------------------------------------------
+    def read_logs(self, name: str, tail: int | None = None,
+                  since: float | None = None) -> Deferred[list[LogLine]]:
+        function_log = self._log(name)
+        function_log.file.flush()
+        return deferToThreadPool(self.reactor, self.threads, read_lines, name,
+                                 function_log.file.path, tail, since)
+
+    def follow_logs(self, name: str, on_line: Callable[[LogLine], None]) -> Callable[[], None]:
+        return self._log(name).follow(on_line)
+
+    # -- introspection (tests, /debug) -----------------------------------------------------
+    def pids(self, name: str | None = None) -> list[int]:
+        runtimes = self.runtimes.values() if name is None else (
+            [self.runtimes[name]] if name in self.runtimes else [])
+        return sorted(pid for runtime in runtimes for pid in runtime.pids())
+
+
+def resolve_program(program: str, path: str, workdir: str) -> str | None:
+    """The executable ``program`` names: a path (relative to ``workdir``) or a name on
+    ``path``; None when there is no such executable."""
+    if "/" in program:
+        full = os.path.join(workdir, os.path.expanduser(program))
+        return full if os.path.isfile(full) and os.access(full, os.X_OK) else None
+    return shutil.which(program, path=path)
+
+
+def _after(first: Deferred[None] | None, then: Callable[[], Deferred[None]]) -> Deferred[None]:
+    if first is None:
+        return then()
+    return first.addCallback(lambda _: then())

@@ -1,0 +1,323 @@
+"""One replica of an HTTP-mode function: a child process, its readiness probe, its logs.
+
+Children run in their own session and process group (``setsid``), so a stop signals
+the whole group, a function's own workers included, and the gate's Ctrl-C reaches
+the gate alone, which then stops them in order. With ``setpriv`` at hand the child
+also gets SIGTERM should the gate die without a shutdown (SIGKILL, a crash).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+from collections import deque
+from enum import Enum
+from typing import Callable, Mapping, Protocol, Sequence
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol as TCPProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
+
+from faastwist.providers.base import LogLine, Upstream
+
+log = Logger()
+
+MAX_LINE = 16384       # longer lines are cut into pieces of this size
+STDERR_TAIL = 20       # stderr lines kept for an error report
+PROBE_FIRST = 0.01     # probe quickly at first: a cold start waits on it
+PROBE_FAST_MAX = 0.05
+PROBE_SLOW = 0.5       # after PROBE_FAST_FOR seconds, a hung start is probed gently
+PROBE_FAST_FOR = 5.0
+LOOPBACK = "127.0.0.1"
+
+
+class LogSink(Protocol):
+    def emit(self, instance: str, stream: str, text: str) -> LogLine: ...
+
+
+_PY_SETSID = "import os, sys; os.setsid(); os.execv(sys.argv[1], sys.argv[1:])"
+
+
+def group_wrapper() -> tuple[str, ...]:
+    """The argv prefix that puts a child into a new session and process group."""
+    setsid = shutil.which("setsid")
+    if setsid is None:
+        return (sys.executable, "-c", _PY_SETSID)
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return (setsid,)
+    return (setsid, setpriv, "--pdeathsig", "TERM", "--")
+
+
+def signal_group(pid: int, sig: int) -> bool:
+    """Signal the child's process group; before the child's setsid has run, the child
+    alone. False when nothing was there to signal."""
+    try:
+        os.killpg(pid, sig)
+        return True
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        return False
+    try:
+        os.kill(pid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+@attrs.frozen
+class ExitInfo:
+    """How a child ended, with the end of its stderr for the error report."""
+
+    code: int | None
+    signal: int | None
+    stderr: tuple[str, ...] = ()
+    expected: bool = False     # we stopped it
+
+    def describe(self) -> str:
+        if self.signal is not None:
+            try:
+                name = signal.Signals(self.signal).name
+            except ValueError:
+                name = str(self.signal)
+            return f"killed by signal {name}"
+        return f"exited with code {self.code}"
+
+
+def exit_of(reason: Failure) -> tuple[int | None, int | None]:
+    value = reason.value
+    if isinstance(value, ProcessDone):
+        return 0, None
+    if isinstance(value, ProcessTerminated):
+        return value.exitCode, value.signal
+    return None, None
+
+
+class LineBuffer:
+    """Cuts a byte stream into text lines (a last partial line comes out at close)."""
+
+    def __init__(self, on_line: Callable[[str], None]) -> None:
+        self.on_line = on_line
+        self.partial = b""
+
+    def feed(self, data: bytes) -> None:
+        pieces = (self.partial + data).split(b"\n")
+        self.partial = pieces.pop()
+        for piece in pieces:
+            self._emit(piece)
+        while len(self.partial) > MAX_LINE:
+            self._emit(self.partial[:MAX_LINE])
+            self.partial = self.partial[MAX_LINE:]
+
+    def _emit(self, piece: bytes) -> None:
+        self.on_line(piece.rstrip(b"\r").decode("utf-8", "replace"))
+
+    def close(self) -> None:
+        if self.partial:
+            self._emit(self.partial)
+            self.partial = b""
+
+
+class _ReplicaProtocol(ProcessProtocol):
+    def __init__(self, replica: "Replica") -> None:
+        self.replica = replica
+        self.buffers = {1: LineBuffer(lambda t: replica._line("stdout", t)),
+                        2: LineBuffer(lambda t: replica._line("stderr", t))}
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        buffer = self.buffers.get(childFD)
+        if buffer is not None:
+            buffer.feed(data)
+
+    def processEnded(self, reason: Failure) -> None:
+        for buffer in self.buffers.values():
+            buffer.close()
+        self.replica._ended(*exit_of(reason))
+
+
+class ReplicaState(str, Enum):
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+    EXITED = "exited"
+
+
+class Replica:
+    """A long-running HTTP server on a loopback port, ready once its probe passes."""
+
+    def __init__(self, reactor, function: str, argv: Sequence[str], env: Mapping[str, str],
+                 cwd: str, port: int, readiness_path: str, sink: LogSink,
+                 on_ready: Callable[["Replica"], None],
+                 on_exit: Callable[["Replica", ExitInfo], None],
+                 ring_size: int = 256, probe_timeout: float = 1.0,
+                 wrapper: Sequence[str] = ()) -> None:
+        self.reactor = reactor
+        self.function = function
+        self.argv = tuple(argv)
+        self.env = dict(env)
+        self.cwd = cwd
+        self.port = port
+        self.readiness_path = readiness_path
+        self.sink = sink
+        self.on_ready = on_ready
+        self.on_exit = on_exit
+        self.probe_timeout = probe_timeout
+        self.wrapper = tuple(wrapper)
+        self.upstream = Upstream("http", LOOPBACK, port, f"{LOOPBACK}:{port}")
+        self.state = ReplicaState.STARTING
+        self.instance = f"{function}-starting"
+        self.pid: int | None = None
+        self.inflight = 0
+        self.draining = False
+        self.generation = 0
+        self.ring: deque[LogLine] = deque(maxlen=ring_size)
+        self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL)
+        self._transport = None
+        self._started_at = 0.0
+        self._probe_call: IDelayedCall | None = None
+        self._probe_delay = PROBE_FIRST
+        self._kill_call: IDelayedCall | None = None
+        self._exited: list[Deferred[None]] = []
+        self._agent: Agent | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state is ReplicaState.READY
+
+    @property
+    def alive(self) -> bool:
+        return self.state is not ReplicaState.EXITED
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        self._started_at = self.reactor.seconds()
+        argv = list(self.wrapper) + list(self.argv)
+        try:
+            self._transport = self.reactor.spawnProcess(
+                _ReplicaProtocol(self), argv[0], argv, env=self.env, path=self.cwd)
+        except OSError as exc:
+            # reported like an exit, on the next turn, so callers see one code path
+            self.stderr_tail.append(f"cannot start {self.argv[0]}: {exc}")
+            self.reactor.callLater(0, self._ended, 127, None)
+            return
+        self.pid = self._transport.pid
+        self.instance = f"{self.function}-{self.pid}"
+        self._probe_call = self.reactor.callLater(PROBE_FIRST, self._probe)
+
+    def stop(self, grace: float) -> Deferred[None]:
+        """SIGTERM to the group, SIGKILL after ``grace``; fires once the child is reaped."""
+        done: Deferred[None] = Deferred()
+        if self.state is ReplicaState.EXITED:
+            done.callback(None)
+            return done
+        self._exited.append(done)
+        if self.state is not ReplicaState.STOPPING:
+            self.state = ReplicaState.STOPPING
+            self._cancel_probe()
+            if self.pid is not None:
+                signal_group(self.pid, signal.SIGTERM)
+                self._kill_call = self.reactor.callLater(grace, self._kill)
+        return done
+
+    def _kill(self) -> None:
+        self._kill_call = None
+        if self.pid is not None and self.state is not ReplicaState.EXITED:
+            log.warn("replica {instance} ignored SIGTERM; sending SIGKILL",
+                     instance=self.instance)
+            signal_group(self.pid, signal.SIGKILL)
+
+    def _ended(self, code: int | None, sig: int | None) -> None:
+        expected = self.state is ReplicaState.STOPPING
+        self.state = ReplicaState.EXITED
+        self._cancel_probe()
+        if self._kill_call is not None and self._kill_call.active():
+            self._kill_call.cancel()
+        self._kill_call = None
+        if self.pid is not None:
+            # whatever the child left in its group (workers, shells) goes with it
+            signal_group_only(self.pid, signal.SIGKILL)
+        info = ExitInfo(code, sig, tuple(self.stderr_tail), expected)
+        waiters, self._exited = self._exited, []
+        try:
+            self.on_exit(self, info)
+        finally:
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def _line(self, stream: str, text: str) -> None:
+        line = self.sink.emit(self.instance, stream, text)
+        self.ring.append(line)
+        if stream == "stderr":
+            self.stderr_tail.append(text)
+
+    # -- readiness ---------------------------------------------------------------------
+    def _cancel_probe(self) -> None:
+        if self._probe_call is not None and self._probe_call.active():
+            self._probe_call.cancel()
+        self._probe_call = None
+
+    def _probe(self) -> None:
+        self._probe_call = None
+        if self.state is not ReplicaState.STARTING:
+            return
+        attempt = self._probe_http() if self.readiness_path else self._probe_tcp()
+        attempt.addTimeout(self.probe_timeout, self.reactor)
+        attempt.addCallbacks(self._probe_passed, self._probe_failed)
+
+    def _probe_tcp(self) -> Deferred:
+        endpoint = TCP4ClientEndpoint(self.reactor, LOOPBACK, self.port,
+                                      timeout=self.probe_timeout)
+        return endpoint.connect(Factory.forProtocol(TCPProtocol)).addCallback(
+            lambda proto: proto.transport.loseConnection())
+
+    def _probe_http(self) -> Deferred:
+        if self._agent is None:
+            self._agent = Agent(self.reactor, connectTimeout=self.probe_timeout,
+                                pool=HTTPConnectionPool(self.reactor, persistent=False))
+        url = f"http://{LOOPBACK}:{self.port}{self.readiness_path}".encode()
+
+        def check(response) -> Deferred:
+            code = response.code
+
+            def verdict(_: object) -> None:
+                if not 200 <= code < 400:
+                    raise ValueError(f"readiness probe answered {code}")
+            return readBody(response).addBoth(verdict)
+        return self._agent.request(b"GET", url).addCallback(check)
+
+    def _probe_passed(self, _: object) -> None:
+        if self.state is not ReplicaState.STARTING:
+            return
+        self.state = ReplicaState.READY
+        log.info("replica {instance} ready on port {port} after {seconds:.3f}s",
+                 instance=self.instance, port=self.port,
+                 seconds=self.reactor.seconds() - self._started_at)
+        self.on_ready(self)
+
+    def _probe_failed(self, _: Failure) -> None:
+        if self.state is not ReplicaState.STARTING:
+            return
+        elapsed = self.reactor.seconds() - self._started_at
+        if elapsed > PROBE_FAST_FOR:
+            delay = PROBE_SLOW
+        else:
+            self._probe_delay = delay = min(self._probe_delay * 2, PROBE_FAST_MAX)
+        self._probe_call = self.reactor.callLater(delay, self._probe)
+
+
+def signal_group_only(pgid: int, sig: int) -> None:
+    """Signal what is left of a process group whose leader is gone (never a lone pid:
+    after the leader is reaped its pid may belong to someone else)."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
