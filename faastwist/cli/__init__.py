@@ -1,0 +1,100 @@
+"""``faastwist``: the operator's command line for a faasgate node.
+
+Talks to the admin REST API (and, for ``invoke``, to the gate) so nobody has to
+hand-write curl calls with YAML content types. Exit codes: 0 ok, 1 the server refused
+or could not be reached (its ``{code, message}`` is printed), 2 usage.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from faastwist.cli.client import AdminClient, ApiError, InputError, Settings, load_settings
+from faastwist.cli.commands import register
+
+__all__ = ["main", "cli", "ApiError", "InputError"]
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class State:
+    """The global flags, turned into settings and a client only when a command needs them."""
+
+    def __init__(self, flags: dict[str, Any]) -> None:
+        self.flags = flags
+        self._client: AdminClient | None = None
+
+    @property
+    def settings(self) -> Settings:
+        return self.client.settings
+
+    @property
+    def client(self) -> AdminClient:
+        if self._client is None:
+            self._client = AdminClient(load_settings(**self.flags))
+        return self._client
+
+
+def _timeout(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    from faastwist.cli.client import _seconds
+
+    try:
+        return _seconds(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.group(context_settings=CONTEXT)
+@click.option("--server", "-s", metavar="URL",
+              help="Admin API URL [env FAASTWIST_SERVER; default http://127.0.0.1:2381].")
+@click.option("--controller", "-c", metavar="NAME",
+              help="Controller name [env FAASTWIST_CONTROLLER; default: the server's].")
+@click.option("--token", metavar="TOKEN",
+              help="Bearer token for the admin API [env FAASTWIST_TOKEN].")
+@click.option("--gate", metavar="URL",
+              help="Gate URL for invoke [env FAASTWIST_GATE; default: the server's host, "
+                   "port 10083].")
+@click.option("--request-timeout", "timeout", metavar="DURATION", callback=_timeout,
+              help="Timeout of each HTTP request, e.g. 10s [env FAASTWIST_TIMEOUT; default 30s].")
+@click.version_option(package_name="faastwist", prog_name="faastwist",
+                      message="%(prog)s %(version)s")
+@click.pass_context
+def cli(ctx: click.Context, server: str | None, controller: str | None, token: str | None,
+        gate: str | None, timeout: float | None) -> None:
+    """Manage the functions of a faastwist controller.
+
+    Settings come from the flags, then FAASTWIST_SERVER / FAASTWIST_CONTROLLER /
+    FAASTWIST_TOKEN / FAASTWIST_GATE, then ~/.config/faastwist/config.yaml (keys server,
+    controller, token, gate, timeout; FAASTWIST_CONFIG names another file).
+
+    Exit status: 0 ok, 1 the server refused or could not be reached, 2 usage.
+    """
+    ctx.obj = State({"server": server, "controller": controller, "token": token,
+                     "gate": gate, "timeout": timeout})
+
+
+register(cli)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The console-script entry point (``faastwist = faastwist.cli:main``)."""
+    try:
+        return cli.main(args=argv, prog_name="faastwist", standalone_mode=True) or 0
+    except SystemExit as exit_:
+        code = exit_.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    except BrokenPipeError:
+        # the reader went away (`faastwist logs f | head`): not an error worth a traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":  # python -m faastwist.cli
+    sys.exit(main())

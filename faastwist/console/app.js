@@ -1,0 +1,455 @@
+/* faastwist console: one page over the admin REST API; no build step, no dependencies.
+ * The list polls every POLL_MS; the open function's detail refreshes with it. */
+"use strict";
+
+const POLL_MS = 1500;
+const TEMPLATE = [
+  "name: echo",
+  "command: [python3, -u, -m, http.server, \"${PORT}\"]",
+  "minReplica: 0",
+  "maxReplica: 2",
+  "autoScaleType: concurrency",
+  "autoScaleValue: \"10\"",
+  "",
+].join("\n");
+
+const state = {
+  config: null,
+  selected: null,        // name of the function in the detail view
+  editing: null,         // null: create; a name: update that function
+  records: new Map(),    // name -> {spec, status}
+  polling: false,
+  logsAt: 0,
+};
+
+const $ = (id) => document.getElementById(id);
+
+function token() { return localStorage.getItem("faastwist.token") || ""; }
+
+class ApiError extends Error {
+  constructor(message, status) { super(message); this.status = status; }
+}
+
+/* One admin API call; resolves to parsed JSON, rejects with the server's message. */
+async function api(method, path, body, contentType) {
+  const headers = { Accept: "application/json" };
+  if (token()) headers.Authorization = "Bearer " + token();
+  if (body !== undefined) headers["Content-Type"] = contentType || "application/yaml";
+  let response;
+  try {
+    response = await fetch(path, { method, headers, body, cache: "no-store" });
+  } catch (err) {
+    throw new ApiError("cannot reach the admin API: " + err.message, 0);
+  }
+  const text = await response.text();
+  let data = null;
+  if (text) {
+    try { data = JSON.parse(text); } catch (err) { data = text; }
+  }
+  if (!response.ok) {
+    const message = data && typeof data === "object" && data.message
+      ? data.message : (typeof data === "string" && data ? data.slice(0, 500)
+                        : "HTTP " + response.status + " " + response.statusText);
+    throw new ApiError(message, response.status);
+  }
+  return data;
+}
+
+function fnPath(name, action) {
+  let path = state.config.apiBase;
+  if (name) path += "/" + encodeURIComponent(name);
+  if (action) path += "/" + action;
+  return path;
+}
+
+/* ---- small YAML emitter, so the editor shows the spec the way operators write it ---- */
+const PLAIN = /^[A-Za-z_/.$][A-Za-z0-9_./:$-]*$/;
+const RESERVED = /^(true|false|yes|no|on|off|null|y|n|~)$/i;
+
+function yamlScalar(value) {
+  if (value === null || value === undefined) return "null";
+  if (typeof value === "number" || typeof value === "boolean") return String(value);
+  const text = String(value);
+  if (PLAIN.test(text) && !RESERVED.test(text) && !/^[0-9.+-]/.test(text)) return text;
+  return JSON.stringify(text);  // a JSON string is a valid YAML double-quoted scalar
+}
+
+const isScalar = (v) => v === null || typeof v !== "object";
+
+/* One-line form (scalars, empty collections, lists of scalars), or null for a block. */
+function inlineYaml(value) {
+  if (Array.isArray(value)) {
+    return value.every(isScalar) ? "[" + value.map(yamlScalar).join(", ") + "]" : null;
+  }
+  if (value && typeof value === "object") return Object.keys(value).length ? null : "{}";
+  return yamlScalar(value);
+}
+
+function blockYaml(value, indent) {
+  const lines = [];
+  const nested = (prefix, item) => {
+    const sub = blockYaml(item, indent + "  ");
+    sub[0] = prefix + sub[0].slice(indent.length + 2);
+    lines.push(...sub);
+  };
+  if (Array.isArray(value)) {
+    for (const item of value) {
+      const line = inlineYaml(item);
+      if (line !== null) lines.push(indent + "- " + line);
+      else if (Array.isArray(item)) { lines.push(indent + "-"); lines.push(...blockYaml(item, indent + "  ")); }
+      else nested(indent + "- ", item);
+    }
+  } else {
+    for (const key of Object.keys(value)) {
+      const line = inlineYaml(value[key]);
+      if (line !== null) lines.push(indent + yamlScalar(key) + ": " + line);
+      else { lines.push(indent + yamlScalar(key) + ":"); lines.push(...blockYaml(value[key], indent + "  ")); }
+    }
+  }
+  return lines;
+}
+
+function dumpYaml(value) {
+  const line = inlineYaml(value);
+  return (line !== null ? line : blockYaml(value, "").join("\n")) + "\n";
+}
+
+/* ---- rendering helpers ---- */
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (key === "class") node.className = value;
+    else if (key.startsWith("data-")) node.setAttribute(key, value);
+    else node[key] = value;
+  }
+  for (const child of children) {
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function badge(status) {
+  const value = (status && status.state) || "unknown";
+  const text = status && status.startPending ? value + " (starting)" : value;
+  return el("span", { class: "badge state-" + value, "data-state": value }, text);
+}
+
+function age(seconds) {
+  seconds = Math.max(0, Math.floor(seconds));
+  if (seconds < 60) return seconds + "s";
+  const minutes = Math.floor(seconds / 60);
+  if (minutes < 60) return minutes + "m";
+  const hours = Math.floor(minutes / 60);
+  if (hours < 24) return hours + "h";
+  return Math.floor(hours / 24) + "d";
+}
+
+function stamp(status) {
+  for (const key of ["created", "createdAt", "updated"]) {
+    if (typeof status[key] === "number" && status[key] > 0) return status[key];
+  }
+  return null;
+}
+
+function showError(id, message) {
+  const node = $(id);
+  node.textContent = message || "";
+  node.hidden = !message;
+}
+
+function banner(message) {
+  const node = $("banner");
+  node.textContent = message || "";
+  node.hidden = !message;
+}
+
+function kv(target, entries) {
+  const node = $(target);
+  node.replaceChildren();
+  for (const [key, value] of entries) {
+    node.append(el("dt", {}, key), el("dd", {}, value === "" || value === undefined ? "-" : value));
+  }
+}
+
+/* ---- the list ---- */
+function recordsOf(data) {
+  if (Array.isArray(data)) return data;
+  if (data && Array.isArray(data.items)) return data.items;
+  if (data && Array.isArray(data.functions)) return data.functions;
+  return [];
+}
+
+function renderList() {
+  const body = $("functions").tBodies[0];
+  const now = Date.now() / 1000;
+  const names = Array.from(state.records.keys()).sort();
+  body.replaceChildren(...names.map((name) => {
+    const { spec, status } = state.records.get(name);
+    const replicas = (spec.minReplica || 0) + ".." + (spec.maxReplica || "*");
+    const image = spec.image || (spec.command || []).join(" ") || "-";
+    const at = stamp(status);
+    const row = el("tr", { "data-name": name, class: name === state.selected ? "selected" : "" },
+      el("td", { class: "name" }, el("a", { href: "#" + encodeURIComponent(name) }, name)),
+      el("td", {}, badge(status)),
+      el("td", {}, status.event || "-"),
+      el("td", {}, replicas),
+      el("td", { class: "image", title: image }, image),
+      el("td", {}, at ? age(now - at) : "-"));
+    return row;
+  }));
+  $("list-empty").hidden = names.length > 0;
+}
+
+async function refresh() {
+  if (state.polling) return;
+  state.polling = true;
+  try {
+    const data = await api("GET", fnPath());
+    state.records = new Map(recordsOf(data).map((r) => [r.spec.name, r]));
+    showError("list-error", "");
+    renderList();
+    if (state.selected) renderDetail();
+  } catch (err) {
+    showError("list-error", err.message);
+    if (err.status === 401 || err.status === 403) banner("The admin API wants a token: set it under 'token'.");
+  } finally {
+    state.polling = false;
+  }
+}
+
+async function loadInfo() {
+  try {
+    const info = await api("GET", state.config.infoPath);
+    const parts = [];
+    if (info.version) parts.push("v" + info.version);
+    if (info.provider) parts.push("provider " + info.provider);
+    if (typeof info.uptime === "number") parts.push("up " + age(info.uptime));
+    if (info.leader !== undefined) parts.push(info.leader ? "leader" : "follower");
+    $("server-info").textContent = parts.join(" \u00b7 ") || "connected";
+  } catch (err) {
+    $("server-info").textContent = "server info unavailable: " + err.message;
+  }
+}
+
+/* ---- the detail view ---- */
+function select(name) {
+  state.selected = name;
+  showError("detail-error", "");
+  notice("");
+  $("invoke-result").hidden = true;
+  $("detail").hidden = !name;
+  if (name) {
+    if (location.hash !== "#" + encodeURIComponent(name)) location.hash = encodeURIComponent(name);
+    renderDetail();
+    loadLogs();
+  } else if (location.hash) {
+    history.replaceState(null, "", location.pathname);
+  }
+  renderList();
+}
+
+function notice(message) {
+  const node = $("detail-notice");
+  node.textContent = message || "";
+  node.hidden = !message;
+}
+
+function renderDetail() {
+  const record = state.records.get(state.selected);
+  $("detail-name").textContent = state.selected;
+  if (!record) {
+    $("detail-badge").replaceWith(Object.assign(badge({ state: "gone" }), { id: "detail-badge" }));
+    return;
+  }
+  const { spec, status } = record;
+  $("detail-badge").replaceWith(Object.assign(badge(status), { id: "detail-badge" }));
+  kv("detail-status", [
+    ["state", status.state],
+    ["event", status.event],
+    ["message", status.message],
+    ["start requested", status.startPending ? "yes" : "no"],
+    ["updated", status.updated ? new Date(status.updated * 1000).toLocaleString() : ""],
+  ]);
+  kv("detail-ext", Object.entries(status.extData || {}));
+  const text = dumpYaml(spec);
+  if ($("detail-spec").textContent !== text) $("detail-spec").textContent = text;
+  if (Date.now() - state.logsAt > 5000) loadLogs();
+}
+
+async function loadLogs() {
+  const name = state.selected;
+  if (!name) return;
+  state.logsAt = Date.now();
+  const headers = {};
+  if (token()) headers.Authorization = "Bearer " + token();
+  try {
+    const response = await fetch(fnPath(name, "logs") + "?tail=100", { headers, cache: "no-store" });
+    const text = await response.text();
+    if (name !== state.selected) return;
+    if (!response.ok) {
+      let message = text;
+      try { message = JSON.parse(text).message || text; } catch (err) { /* plain text */ }
+      $("detail-logs").textContent = "(logs unavailable: " + message + ")";
+      return;
+    }
+    const lines = text.split("\n").filter(Boolean).map((line) => {
+      try {
+        const entry = JSON.parse(line);
+        return (entry.timestamp || "") + " " + (entry.instance || "") + " " + (entry.text || "");
+      } catch (err) { return line; }
+    });
+    $("detail-logs").textContent = lines.length ? lines.join("\n") : "(no log lines yet)";
+  } catch (err) {
+    $("detail-logs").textContent = "(logs unavailable: " + err.message + ")";
+  }
+}
+
+async function lifecycle(action, method, done) {
+  const name = state.selected;
+  showError("detail-error", "");
+  notice("");
+  try {
+    const data = await api(method, fnPath(name, action));
+    if (data && data.spec && data.status) state.records.set(name, data);
+    notice(done);
+  } catch (err) {
+    showError("detail-error", err.message);
+  }
+  await refresh();
+}
+
+let deleteArmed = null;
+function onDelete() {
+  const button = $("btn-delete");
+  if (!deleteArmed) {
+    button.textContent = "Really delete?";
+    deleteArmed = setTimeout(() => { button.textContent = "Delete"; deleteArmed = null; }, 4000);
+    return;
+  }
+  clearTimeout(deleteArmed);
+  deleteArmed = null;
+  button.textContent = "Delete";
+  const name = state.selected;
+  showError("detail-error", "");
+  api("DELETE", fnPath(name)).then(() => {
+    state.records.delete(name);
+    select(null);
+    banner("function " + name + " deleted");
+    setTimeout(() => banner(""), 4000);
+    return refresh();
+  }, (err) => showError("detail-error", err.message));
+}
+
+/* ---- create / update ---- */
+function openEditor(name) {
+  state.editing = name;
+  $("create-panel").hidden = false;
+  $("editor-title").textContent = name ? "Update " + name : "Create a function";
+  $("editor-submit").textContent = name ? "Update" : "Create";
+  $("editor-yaml").value = name && state.records.has(name)
+    ? dumpYaml(state.records.get(name).spec) : TEMPLATE;
+  showError("editor-error", "");
+  $("editor-yaml").focus();
+}
+
+async function submitEditor(event) {
+  event.preventDefault();
+  const text = $("editor-yaml").value;
+  const kind = /^\s*[{[]/.test(text) ? "application/json" : "application/yaml";
+  showError("editor-error", "");
+  try {
+    const data = state.editing
+      ? await api("PUT", fnPath(state.editing), text, kind)
+      : await api("POST", fnPath(), text, kind);
+    const name = (data && data.spec && data.spec.name) || state.editing;
+    $("create-panel").hidden = true;
+    await refresh();
+    if (name) select(name);
+    notice("function " + name + (state.editing ? " updated" : " created"));
+    state.editing = null;
+  } catch (err) {
+    showError("editor-error", err.message);
+  }
+}
+
+/* ---- invoke (relayed to the gate by /console/invoke/{name}/...) ---- */
+async function invoke(event) {
+  event.preventDefault();
+  const name = state.selected;
+  const method = $("invoke-method").value;
+  let path = $("invoke-path").value.trim() || "/";
+  if (!path.startsWith("/")) path = "/" + path;
+  const headers = { "X-Faastwist-Console": "1" };
+  for (const line of $("invoke-headers").value.split("\n")) {
+    if (!line.trim()) continue;
+    const at = line.indexOf(":");
+    if (at < 1) { showError("detail-error", "header line without ':': " + line); return; }
+    headers[line.slice(0, at).trim()] = line.slice(at + 1).trim();
+  }
+  const body = ["GET", "HEAD"].includes(method) ? undefined : $("invoke-body").value;
+  showError("detail-error", "");
+  $("invoke-send").disabled = true;
+  const started = performance.now();
+  try {
+    const response = await fetch("invoke/" + encodeURIComponent(name) + path,
+                                 { method, headers, body, cache: "no-store" });
+    const text = await response.text();
+    const elapsed = performance.now() - started;
+    $("invoke-status").textContent = response.status + " " + response.statusText;
+    $("invoke-status").className = "status-code " + (response.ok ? "ok" : "bad");
+    const relay = response.headers.get("x-faastwist-relay-ms");
+    $("invoke-time").textContent = elapsed.toFixed(1) + " ms" + (relay ? " (gate " + relay + " ms)" : "");
+    const lines = [];
+    response.headers.forEach((value, key) => { if (key !== "x-faastwist-relay-ms") lines.push(key + ": " + value); });
+    $("invoke-response-headers").textContent = lines.join("\n");
+    $("invoke-response").textContent = text;
+    $("invoke-result").hidden = false;
+  } catch (err) {
+    showError("detail-error", "invoke failed: " + err.message);
+  } finally {
+    $("invoke-send").disabled = false;
+  }
+}
+
+/* ---- wiring ---- */
+function fromHash() {
+  const name = decodeURIComponent(location.hash.replace(/^#/, ""));
+  if (name !== (state.selected || "")) select(name || null);
+}
+
+async function boot() {
+  try {
+    const response = await fetch("config.json", { cache: "no-store" });
+    state.config = await response.json();
+  } catch (err) {
+    banner("cannot load the console's config.json: " + err.message);
+    return;
+  }
+  $("controller-name").textContent = "in " + state.config.controller;
+  $("token-input").value = token();
+  $("token-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    localStorage.setItem("faastwist.token", $("token-input").value.trim());
+    banner("");
+    refresh();
+    loadInfo();
+  });
+  $("btn-new").addEventListener("click", () => openEditor(null));
+  $("btn-edit").addEventListener("click", () => openEditor(state.selected));
+  $("btn-editor-close").addEventListener("click", () => { $("create-panel").hidden = true; });
+  $("editor-form").addEventListener("submit", submitEditor);
+  $("btn-start").addEventListener("click", () => lifecycle("start", "PUT", "start requested"));
+  $("btn-stop").addEventListener("click", () => lifecycle("stop", "PUT", "stopped"));
+  $("btn-delete").addEventListener("click", onDelete);
+  $("btn-detail-close").addEventListener("click", () => select(null));
+  $("btn-logs").addEventListener("click", loadLogs);
+  $("invoke-form").addEventListener("submit", invoke);
+  window.addEventListener("hashchange", fromHash);
+  await Promise.all([refresh(), loadInfo()]);
+  fromHash();
+  setInterval(refresh, POLL_MS);
+  setInterval(loadInfo, 15000);
+  document.body.setAttribute("data-ready", "true");
+}
+
+boot();
