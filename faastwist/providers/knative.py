@@ -1,0 +1,336 @@
+"""The Knative provider: functions are Knative Services in one namespace.
+
+Every call to the Kubernetes API goes through the official client on a thread pool
+that this service owns (so the reactor never blocks) and carries ``knative.timeout``.
+``observe()`` is one LIST with the controller's label selector whatever the number of
+functions; the objects it returns are kept, so that a following update/stop/start
+rewrites a ksvc at the resourceVersion just read without another GET (a concurrent
+writer then makes it fail with 409, which is retried next pass, not a failure).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+import urllib3
+from kubernetes import client as kube_client
+from kubernetes import config as kube_config
+from kubernetes.client.rest import ApiException
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, inlineCallbacks
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from faastwist.config import ConfigError, KnativeConfig
+from faastwist.metrics import Metrics
+from faastwist.providers import ksvc
+from faastwist.providers.base import (
+    Observation,
+    ProviderConflict,
+    ProviderError,
+    ProviderRejected,
+    StaticLease,
+)
+from faastwist.providers.static import KnativeRouting
+from faastwist.spec import FunctionSpec
+
+log = Logger()
+
+_SUCCESS_CODE = {"create": "201"}  # the client returns data only for 201 (create) and 200
+
+
+def make_api_client(config: KnativeConfig) -> kube_client.ApiClient:
+    """An ApiClient from ``knative.kubeconfig``, else in-cluster config, else ~/.kube/config.
+
+    Retries are limited to one reconnect: a request that timed out is not sent again
+    (the reconciler retries the whole pass, and the timeout must mean what it says).
+    """
+    configuration = kube_client.Configuration()
+    try:
+        if config.kubeconfig:
+            kube_config.load_kube_config(config_file=config.kubeconfig,
+                                         client_configuration=configuration)
+        else:
+            try:
+                kube_config.load_incluster_config(client_configuration=configuration)
+            except kube_config.ConfigException:
+                kube_config.load_kube_config(config_file=os.path.expanduser("~/.kube/config"),
+                                             client_configuration=configuration)
+    except (kube_config.ConfigException, OSError, ValueError, TypeError) as exc:
+        where = config.kubeconfig or "unset (not in a cluster, and ~/.kube/config)"
+        raise ConfigError("knative.kubeconfig", f"cannot load Kubernetes credentials from "
+                                                f"{where}: {exc}") from None
+    configuration.retries = urllib3.util.Retry(total=1, connect=1, read=0, redirect=0,
+                                               status=0, other=0)
+    return kube_client.ApiClient(configuration)
+
+
+def _status_body(exc: ApiException) -> tuple[str, str]:
+    """(reason, message) of the Kubernetes Status an ApiException carries."""
+    try:
+        body = json.loads(exc.body or "{}")
+    except (TypeError, ValueError):
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    reason = str(body.get("reason") or exc.reason or "")
+    message = str(body.get("message") or exc.reason or "")
+    return reason, message
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    if isinstance(exc, urllib3.exceptions.MaxRetryError):
+        exc = exc.reason or exc
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
+        return False  # urllib3 derives it from ConnectTimeoutError, but it is a refusal
+    return isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError))
+
+
+def _transport_message(exc: BaseException) -> str:
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+        exc = exc.reason
+    return f"{type(exc).__name__}: {exc}"
+
+
+class _ApiFailure(Exception):
+    """An API call that failed, before the verb decides what it means."""
+
+    def __init__(self, verb: str, target: str, status: int, reason: str, message: str) -> None:
+        super().__init__(f"knative {verb} {target}: {status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class KnativeProvider(Service):
+    """Runs a controller's functions as Knative Services (serving.knative.dev/v1)."""
+
+    kind = "knative"
+    name = "provider"
+
+    def __init__(self, config: KnativeConfig, controller: str, reactor: Any,
+                 metrics: Metrics | None = None,
+                 api_client: kube_client.ApiClient | None = None,
+                 max_threads: int = 4) -> None:
+        self.config = config
+        self.controller = controller
+        self.reactor = reactor
+        self.metrics = metrics or Metrics()
+        self._own_client = api_client is None
+        self.api_client = api_client if api_client is not None else make_api_client(config)
+        self.api = kube_client.CustomObjectsApi(self.api_client)
+        self.pool = ThreadPool(minthreads=0, maxthreads=max_threads,
+                               name=f"knative-{controller}")
+        #: the last object read or written per ksvc name; the source of resourceVersions
+        self._seen: dict[str, dict[str, Any]] = {}
+        self.routing = KnativeRouting(config)
+
+    # -- service ---------------------------------------------------------------------
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        # calls in flight end within knative.timeout, so this join is bounded
+        self.pool.stop()
+        if self._own_client:
+            self.api_client.close()
+
+    # -- the Kubernetes calls ----------------------------------------------------------
+    def _call(self, verb: str, target: str, method: Callable[..., Any], *args: Any,
+              **kwargs: Any) -> Deferred[Any]:
+        """Run one client call on the pool; failures become _ApiFailure or ProviderError."""
+        if not self.pool.started:
+            return fail(ProviderError(f"knative provider is not running ({verb} {target})"))
+        kwargs["_request_timeout"] = self.config.timeout
+        d = deferToThreadPool(self.reactor, self.pool, method, ksvc.GROUP, ksvc.VERSION,
+                              self.config.namespace, ksvc.PLURAL, *args, **kwargs)
+
+        def succeeded(result: Any) -> Any:
+            self.metrics.provider_calls.labels(verb, _SUCCESS_CODE.get(verb, "200")).inc()
+            return result
+
+        def failed(failure: Any) -> Any:
+            exc = failure.value
+            if isinstance(exc, ApiException) and exc.status:
+                self.metrics.provider_calls.labels(verb, str(exc.status)).inc()
+                reason, message = _status_body(exc)
+                raise _ApiFailure(verb, target, exc.status, reason, message)
+            if isinstance(exc, ApiException):  # status 0: TLS or request preparation
+                self.metrics.provider_calls.labels(verb, "error").inc()
+                raise ProviderError(f"knative {verb} {target}: {exc.reason}")
+            if _is_timeout(exc):
+                self.metrics.provider_calls.labels(verb, "timeout").inc()
+                raise ProviderError(f"knative {verb} {target}: no answer from the Kubernetes "
+                                    f"API within {self.config.timeout:g}s")
+            if isinstance(exc, (urllib3.exceptions.HTTPError, OSError)):
+                self.metrics.provider_calls.labels(verb, "error").inc()
+                raise ProviderError(f"knative {verb} {target}: Kubernetes API unreachable: "
+                                    f"{_transport_message(exc)}")
+            return failure
+
+        return d.addCallbacks(succeeded, failed)
+
+    @staticmethod
+    def _as_error(failure_exc: _ApiFailure) -> ProviderError:
+        if failure_exc.status in (401, 403):
+            return ProviderError(f"{failure_exc} (check the credentials and RBAC of "
+                                 f"knative.kubeconfig)")
+        if failure_exc.status == 404:
+            return ProviderError(f"{failure_exc} (is Knative Serving installed, and does the "
+                                 f"namespace exist?)")
+        return ProviderError(str(failure_exc))
+
+    def _remember(self, obj: Mapping[str, Any] | None) -> None:
+        if isinstance(obj, dict) and obj.get("metadata", {}).get("name"):
+            self._seen[obj["metadata"]["name"]] = obj
+
+    def _usable(self, obj: Mapping[str, Any]) -> bool:
+        """Ours, and not on its way out (a terminating ksvc counts as gone)."""
+        return ksvc.is_ours(obj, self.controller) and not obj.get("metadata", {}).get(
+            "deletionTimestamp")
+
+    @inlineCallbacks
+    def _get(self, name: str):
+        """The ksvc ``name`` if it exists and is ours, else None."""
+        try:
+            obj = yield self._call("get", name, self.api.get_namespaced_custom_object, name)
+        except _ApiFailure as exc:
+            if exc.status == 404:
+                self._seen.pop(name, None)
+                return None
+            raise self._as_error(exc) from None
+        if not self._usable(obj):
+            self._seen.pop(name, None)
+            return None
+        self._remember(obj)
+        return obj
+
+    # -- Provider ----------------------------------------------------------------------
+    def check_spec(self, spec: FunctionSpec) -> None:
+        spec.check_for_provider("knative")
+
+    def observe(self, names: Sequence[str] | None = None) -> Deferred[dict[str, Observation]]:
+        if names is None:
+            return self._observe_all()
+        return self._observe_some(list(names))
+
+    @inlineCallbacks
+    def _observe_all(self):
+        try:
+            listing = yield self._call("list", ksvc.label_selector(self.controller),
+                                       self.api.list_namespaced_custom_object,
+                                       label_selector=ksvc.label_selector(self.controller))
+        except _ApiFailure as exc:
+            raise self._as_error(exc) from None
+        seen: dict[str, dict[str, Any]] = {}
+        for item in listing.get("items") or ():
+            if self._usable(item):
+                seen[item["metadata"]["name"]] = item
+        self._seen = seen
+        return {name: ksvc.observe_ksvc(obj) for name, obj in seen.items()}
+
+    @inlineCallbacks
+    def _observe_some(self, names: list[str]):
+        out: dict[str, Observation] = {}
+        for name in names:
+            obj = yield self._get(name)
+            if obj is not None:
+                out[name] = ksvc.observe_ksvc(obj)
+        return out
+
+    @inlineCallbacks
+    def deploy(self, spec: FunctionSpec):
+        body = ksvc.build_ksvc(spec, self.controller, self.config.namespace)
+        try:
+            created = yield self._call("create", spec.name,
+                                       self.api.create_namespaced_custom_object, body)
+        except _ApiFailure as exc:
+            if exc.status == 409:
+                yield self._already_exists(spec.name, exc)
+            if exc.status in (400, 422):
+                raise ProviderRejected(f"Kubernetes refused the Knative Service: "
+                                       f"{exc.reason}: {exc.message}") from None
+            raise self._as_error(exc) from None
+        self._remember(created)
+
+    @inlineCallbacks
+    def _already_exists(self, name: str, exc: _ApiFailure):
+        """A create found the name taken: by us (a race: next pass sees it) or not."""
+        try:
+            obj = yield self._call("get", name, self.api.get_namespaced_custom_object, name)
+        except _ApiFailure as again:
+            raise ProviderConflict(f"knative Service {name} exists but cannot be read "
+                                   f"({again.reason}); next pass retries") from None
+        if ksvc.is_ours(obj, self.controller):
+            raise ProviderConflict(f"knative Service {name} appeared meanwhile "
+                                   f"({exc.message}); next pass takes it") from None
+        owner = (obj.get("metadata", {}).get("labels") or {}).get(ksvc.CONTROLLER_LABEL)
+        by = f"controller {owner}" if owner else "something other than faastwist"
+        raise ProviderRejected(f"a Knative Service named {name} already exists in namespace "
+                               f"{self.config.namespace} and is managed by {by}") from None
+
+    @inlineCallbacks
+    def _rewrite(self, verb: str, spec: FunctionSpec, stopped: bool | None):
+        """PUT the ksvc with the spec's template at the resourceVersion last seen;
+        ``stopped`` None keeps the ksvc's current stopped state."""
+        current = self._seen.get(spec.name)
+        if current is None:
+            current = yield self._get(spec.name)
+        if current is None:
+            raise ProviderConflict(f"knative Service {spec.name} is gone; next pass "
+                                   f"creates it")
+        keep = ksvc.is_stopped(current) if stopped is None else stopped
+        body = ksvc.rewrite_ksvc(current, spec, self.controller, keep)
+        try:
+            written = yield self._call(verb, spec.name,
+                                       self.api.replace_namespaced_custom_object,
+                                       spec.name, body)
+        except _ApiFailure as exc:
+            self._seen.pop(spec.name, None)
+            if exc.status in (404, 409):
+                raise ProviderConflict(f"knative Service {spec.name} changed meanwhile "
+                                       f"({exc.reason}); next pass retries") from None
+            if exc.status in (400, 422):
+                raise ProviderRejected(f"Kubernetes refused the Knative Service: "
+                                       f"{exc.reason}: {exc.message}") from None
+            raise self._as_error(exc) from None
+        self._remember(written)
+
+    def update(self, spec: FunctionSpec) -> Deferred[None]:
+        return self._rewrite("update", spec, None)
+
+    def stop(self, spec: FunctionSpec) -> Deferred[None]:
+        return self._rewrite("stop", spec, True)
+
+    def start(self, spec: FunctionSpec) -> Deferred[None]:
+        return self._rewrite("start", spec, False)
+
+    @inlineCallbacks
+    def delete(self, name: str):
+        try:
+            yield self._call("delete", name, self.api.delete_namespaced_custom_object, name)
+        except _ApiFailure as exc:
+            if exc.status != 404:
+                raise self._as_error(exc) from None
+            log.info("knative Service {name} was already gone", name=name)
+        self._seen.pop(name, None)
+        self.routing.forget(name)
+
+    def acquire(self, spec: FunctionSpec) -> StaticLease:
+        """kourier routes by Host, ``{name}.{namespace}.{hostSuffix}``; it balances and
+        holds requests during a cold start itself, so the lease needs no accounting."""
+        return self.routing.acquire(spec)
+
+    @inlineCallbacks
+    def check(self):
+        """The API answers, the credentials work and the ksvc resource exists."""
+        try:
+            yield self._call("check", "services", self.api.list_namespaced_custom_object,
+                             limit=1)
+        except _ApiFailure as exc:
+            raise self._as_error(exc) from None

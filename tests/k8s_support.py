@@ -1,0 +1,309 @@
+"""A real kube-apiserver for tests (../shared/k8s/envtest), and a fake Knative controller.
+
+The apiserver tooling lives beside the project, never in it: it is found through
+``FAASTWIST_ENVTEST`` (the path of the shared ``k8s`` folder, set by ``.ci/run``), and
+tests skip with the reason when it is absent. One apiserver is started per test session
+(about 10 s) and stopped by the pids the envtest script records.
+
+``FakeKnative`` plays Knative Serving's controller: it writes a ksvc's ``/status`` the
+way Knative does (conditions Ready/ConfigurationsReady/RoutesReady, observedGeneration,
+latestCreated/ReadyRevisionName, url), synchronously and only when a test asks, so every
+state Knative can report is reachable deterministically.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterable
+
+from kubernetes import client as kube_client
+from kubernetes import config as kube_config
+from kubernetes.client.rest import ApiException
+
+from faastwist.providers import ksvc
+
+ENV_VAR = "FAASTWIST_ENVTEST"
+
+
+def envtest_unavailable() -> str | None:
+    """Why the envtest apiserver cannot be started here, or None when it can."""
+    folder = os.environ.get(ENV_VAR)
+    if not folder:
+        return (f"{ENV_VAR} is not set: point it at the shared k8s folder with the "
+                f"envtest script (.ci/run does) to run the kube-apiserver tests")
+    script = Path(folder) / "envtest"
+    if not os.access(script, os.X_OK):
+        return f"{ENV_VAR}={folder} has no executable envtest script"
+    for tool in ("etcd", "openssl", "curl", "xz"):
+        if shutil.which(tool) is None:
+            return f"the envtest apiserver needs {tool} on PATH"
+    return None
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_low_ports(count: int, start: int = 20000, end: int = 32000) -> list[int]:
+    """``count`` consecutive free ports below 32768 (outside the ephemeral range, as the
+    envtest script wants), probed from a pid-dependent start so parallel runs differ."""
+    base = start + (os.getpid() * 7) % (end - start - count)
+    for offset in range(0, end - start, count + 1):
+        first = start + (base - start + offset) % (end - start - count)
+        ports = list(range(first, first + count))
+        if all(_port_free(p) for p in ports):
+            return ports
+    raise RuntimeError("no free ports below 32768")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is gone for our purposes
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
+        return state != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+class Envtest:
+    """One etcd + kube-apiserver with the Knative Service CRD, on loopback."""
+
+    def __init__(self, workdir: Path) -> None:
+        reason = envtest_unavailable()
+        if reason:
+            raise RuntimeError(reason)
+        self.script = Path(os.environ[ENV_VAR]) / "envtest"
+        self.workdir = Path(workdir)
+        self.api_port = 0
+        self.etcd_port = 0
+        self.kubeconfig = ""
+        self.pids: dict[str, int] = {}
+
+    def start(self) -> str:
+        # the apiserver, etcd's client port and etcd's peer port (client + 1)
+        self.api_port, self.etcd_port, _ = free_low_ports(3)
+        done = subprocess.run(
+            [str(self.script), "start", str(self.workdir), str(self.api_port),
+             str(self.etcd_port)], capture_output=True, text=True, timeout=180)
+        self._read_pids()
+        if done.returncode != 0:
+            self.stop()
+            raise RuntimeError(f"envtest start failed ({done.returncode}): {done.stderr.strip()}")
+        self.kubeconfig = done.stdout.strip().splitlines()[-1]
+        return self.kubeconfig
+
+    def _read_pids(self) -> None:
+        for name in ("apiserver", "etcd"):
+            pidfile = self.workdir / f"{name}.pid"
+            if pidfile.exists():
+                self.pids[name] = int(pidfile.read_text().strip())
+
+    def stop(self) -> None:
+        """Stop both by pid (the script's stop), and wait until they are gone."""
+        self.resume()  # a stopped process would not act on SIGTERM
+        subprocess.run([str(self.script), "stop", str(self.workdir)], capture_output=True,
+                       timeout=60)
+        deadline = time.monotonic() + 15
+        for pid in self.pids.values():
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        self.pids.clear()
+
+    def pause(self) -> None:
+        """Freeze the apiserver (SIGSTOP): connections open, no answers, as a hung server."""
+        os.kill(self.pids["apiserver"], signal.SIGSTOP)
+
+    def resume(self) -> None:
+        pid = self.pids.get("apiserver")
+        if pid is not None and _alive(pid):
+            os.kill(pid, signal.SIGCONT)
+
+    def api_client(self) -> kube_client.ApiClient:
+        configuration = kube_client.Configuration()
+        kube_config.load_kube_config(config_file=self.kubeconfig,
+                                     client_configuration=configuration)
+        return kube_client.ApiClient(configuration)
+
+
+class CallCounter:
+    """Counts the HTTP requests an ApiClient really sends (wraps its REST client)."""
+
+    def __init__(self, api_client: kube_client.ApiClient) -> None:
+        self.requests: list[tuple[str, str]] = []
+        rest = api_client.rest_client
+        original = rest.request
+
+        def request(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            self.requests.append((method, url.split("?", 1)[0].rsplit("/", 1)[-1]))
+            return original(method, url, *args, **kwargs)
+
+        rest.request = request
+
+    def take(self) -> list[tuple[str, str]]:
+        """The requests since the last take."""
+        out, self.requests = self.requests, []
+        return out
+
+
+def revision(name: str, generation: int) -> str:
+    return f"{name}-{generation:05d}"
+
+
+def _condition(kind: str, status: str, reason: str = "", message: str = "") -> dict[str, str]:
+    out = {"type": kind, "status": status, "lastTransitionTime": "2024-05-01T10:00:00Z"}
+    if reason:
+        out["reason"] = reason
+    if message:
+        out["message"] = message
+    return out
+
+
+class FakeKnative:
+    """Writes ksvc status the way Knative Serving's controller does, when told to."""
+
+    def __init__(self, api_client: kube_client.ApiClient, namespace: str = "default",
+                 domain: str = "example.com") -> None:
+        self.api = kube_client.CustomObjectsApi(api_client)
+        self.namespace = namespace
+        self.domain = domain
+        self.broken_images: set[str] = set()   # images that cannot be pulled
+
+    # -- reading -----------------------------------------------------------------------
+    def get(self, name: str) -> dict[str, Any] | None:
+        try:
+            return self.api.get_namespaced_custom_object(
+                ksvc.GROUP, ksvc.VERSION, self.namespace, ksvc.PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list(self, controller: str | None = None) -> list[dict[str, Any]]:
+        kwargs = {"label_selector": ksvc.label_selector(controller)} if controller else {}
+        return self.api.list_namespaced_custom_object(
+            ksvc.GROUP, ksvc.VERSION, self.namespace, ksvc.PLURAL, **kwargs)["items"]
+
+    # -- writing status ------------------------------------------------------------------
+    def _patch_status(self, obj: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        return self.api.patch_namespaced_custom_object_status(
+            ksvc.GROUP, ksvc.VERSION, self.namespace, ksvc.PLURAL, obj["metadata"]["name"],
+            {"status": status})
+
+    def _base(self, obj: dict[str, Any]) -> tuple[str, int, dict[str, Any]]:
+        name = obj["metadata"]["name"]
+        generation = obj["metadata"]["generation"]
+        previous = obj.get("status") or {}
+        status = {
+            "observedGeneration": generation,
+            "latestCreatedRevisionName": revision(name, generation),
+            # merge patch: None removes a key Knative would not have
+            "latestReadyRevisionName": previous.get("latestReadyRevisionName"),
+            "url": f"http://{name}.{self.namespace}.{self.domain}",
+            "address": {"url": f"http://{name}.{self.namespace}.svc.cluster.local"},
+        }
+        return name, generation, status
+
+    def ready(self, obj: dict[str, Any]) -> dict[str, Any]:
+        name, generation, status = self._base(obj)
+        status["latestReadyRevisionName"] = revision(name, generation)
+        status["traffic"] = [{"revisionName": revision(name, generation),
+                              "latestRevision": True, "percent": 100}]
+        status["conditions"] = [_condition("ConfigurationsReady", "True"),
+                                _condition("Ready", "True"), _condition("RoutesReady", "True")]
+        return self._patch_status(obj, status)
+
+    def failed(self, obj: dict[str, Any], reason: str = "RevisionFailed",
+               message: str | None = None) -> dict[str, Any]:
+        name, generation, status = self._base(obj)
+        image = obj["spec"]["template"]["spec"]["containers"][0]["image"]
+        text = message or (f'Revision "{revision(name, generation)}" failed with message: '
+                           f'Unable to fetch image "{image}": failed to resolve image to '
+                           f'digest: GET https://{image.split("/")[0]}/v2/: dial tcp: '
+                           f'no such host.')
+        routes = (_condition("RoutesReady", "True") if status["latestReadyRevisionName"]
+                  else _condition("RoutesReady", "False", "RevisionMissing",
+                                  f'Configuration "{name}" does not have any ready Revision.'))
+        status["conditions"] = [_condition("ConfigurationsReady", "False", reason, text),
+                                _condition("Ready", "False", reason, text), routes]
+        return self._patch_status(obj, status)
+
+    def unknown(self, obj: dict[str, Any], reason: str = "RevisionMissing") -> dict[str, Any]:
+        name, _, status = self._base(obj)
+        text = f'Configuration "{name}" is waiting for a Revision to become ready.'
+        status["conditions"] = [_condition("ConfigurationsReady", "Unknown", reason, text),
+                                _condition("Ready", "Unknown", reason, text),
+                                _condition("RoutesReady", "Unknown", reason, text)]
+        return self._patch_status(obj, status)
+
+    def mark(self, name: str, verdict: str, **kwargs: Any) -> dict[str, Any]:
+        """Give ``name``'s current generation the verdict ready | failed | unknown."""
+        obj = self.get(name)
+        assert obj is not None, f"no ksvc {name}"
+        return getattr(self, verdict)(obj, **kwargs)
+
+    def reconcile(self, controller: str | None = None, workers: int = 8) -> int:
+        """One pass of the controller: every ksvc whose generation it has not observed
+        gets a verdict (failed for a broken image, else ready). Returns how many."""
+        todo = [obj for obj in self.list(controller)
+                if (obj.get("status") or {}).get("observedGeneration")
+                != obj["metadata"]["generation"]]
+
+        def verdict(obj: dict[str, Any]) -> None:
+            image = obj["spec"]["template"]["spec"]["containers"][0]["image"]
+            (self.failed if image in self.broken_images else self.ready)(obj)
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(verdict, todo))
+        return len(todo)
+
+    # -- behind faastwist's back ------------------------------------------------------------
+    def delete(self, name: str) -> None:
+        self.api.delete_namespaced_custom_object(
+            ksvc.GROUP, ksvc.VERSION, self.namespace, ksvc.PLURAL, name)
+
+    def delete_all(self, controller: str, workers: int = 8) -> None:
+        names = [obj["metadata"]["name"] for obj in self.list(controller)]
+
+        def gone(name: str) -> None:
+            try:
+                self.delete(name)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(gone, names))
+
+    def create_raw(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.api.create_namespaced_custom_object(
+            ksvc.GROUP, ksvc.VERSION, self.namespace, ksvc.PLURAL, body)
+
+    def touch(self, name: str, labels: dict[str, str]) -> dict[str, Any]:
+        """Change metadata (a new resourceVersion, same generation), as another client."""
+        return self.api.patch_namespaced_custom_object(
+            ksvc.GROUP, ksvc.VERSION, self.namespace, ksvc.PLURAL, name,
+            {"metadata": {"labels": labels}})
+
+
+def names(objs: Iterable[dict[str, Any]]) -> list[str]:
+    return sorted(obj["metadata"]["name"] for obj in objs)
