@@ -235,3 +235,46 @@ def _reap_detached() -> Iterator[None]:
         if process.poll() is None:
             process.kill()
         process.wait()
+
+
+_PARENT = """
+import sys
+from twisted.internet import reactor
+from faastwist.store.embedded import EmbeddedEtcd
+service = EmbeddedEtcd(reactor, sys.argv[1])
+service.startService()
+def report(url):
+    print(service.pid, flush=True)
+service.ready().addCallback(report)
+reactor.run()
+"""
+
+
+@pytest.mark.etcd
+def test_a_sigkilled_parent_leaves_no_etcd_behind(tmp_path):
+    """The parent-death signal (setpriv) takes etcd down with a crashed faastwist."""
+    import shutil
+    import subprocess
+    import time
+
+    require_etcd()
+    if shutil.which("setpriv") is None:
+        pytest.skip("no setpriv: no parent-death signal on this system")
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, str(tmp_path / "etcd")],
+                              stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    etcd_pid = None
+    try:
+        etcd_pid = int(parent.stdout.readline())
+        assert alive(etcd_pid)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while alive(etcd_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(etcd_pid)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if etcd_pid is not None and alive(etcd_pid):
+            os.kill(etcd_pid, signal.SIGKILL)
