@@ -189,6 +189,11 @@ class EtcdProcess:
         kvs = data.get("kvs") or []
         return base64.b64decode(kvs[0].get("value", "")) if kvs else None
 
+    def delete(self, key: str | bytes) -> int:
+        """Delete a key; the number of keys deleted."""
+        data = _post(self.client_url + "/v3/kv/deleterange", {"key": _b64(key)})
+        return int(data.get("deleted", 0))
+
     def revision(self) -> int:
         data = _post(self.client_url + "/v3/maintenance/status", {})
         return int(data["header"]["revision"])

@@ -1,0 +1,279 @@
+"""One reconciler per controller across nodes: a lease-held etcd key elects the leader.
+
+A node campaigns by creating ``{prefix}/{controller}/leader`` (value: its node id)
+only if absent, bound to a lease it keeps alive every ttl/3. Leadership is dropped at
+the first keep-alive that fails or finds the lease gone, and ``is_leader()`` also turns
+false by itself when the lease may have run out, so a node cut off from etcd stops
+acting as leader before another node can take over. Followers watch the key and
+campaign again as soon as it disappears (a stopped leader revokes its lease, which
+deletes the key at once; a crashed one's lease expires after ttl).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from txaioetcd import CompCreated, Failed, OpGet, OpSet, Transaction
+from txaioetcd._lease import Lease
+
+from faastwist.metrics import Metrics
+from faastwist.store.etcd import EtcdStore
+from faastwist.store.etcdwatch import EtcdWatch, KeyEvent
+
+log = Logger()
+
+
+class AlwaysLeader(Service):
+    """The single node of a memory-store setup always runs the reconciler."""
+
+    name = "leader-election"
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics
+
+    def startService(self) -> None:
+        Service.startService(self)
+        if self.metrics is not None:
+            self.metrics.leader.set(1)
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        if self.metrics is not None:
+            self.metrics.leader.set(0)
+        return succeed(None)
+
+    def is_leader(self) -> bool:
+        return self.running == 1
+
+    def add_listener(self, listener: Callable[[bool], None]) -> None:
+        """Leadership never changes while running; nothing to report."""
+
+
+class LeaderElection(Service):
+    """Campaigns for the controller's leader key on ``store`` as ``node_id``."""
+
+    name = "leader-election"
+
+    def __init__(self, reactor: Any, store: EtcdStore, node_id: str, ttl: float = 10,
+                 metrics: Metrics | None = None) -> None:
+        if ttl <= 0:
+            raise ValueError(f"leader ttl must be positive, got {ttl}")
+        self.reactor = reactor
+        self.store = store
+        self.node_id = node_id
+        self.ttl = ttl
+        self.metrics = metrics if metrics is not None else store.metrics
+        self.key = store.key("leader")
+        self.holder: str | None = None  # the node id in the key, as last seen
+        self._leader = False
+        self._valid_until = 0.0
+        self._lease_id: int | None = None
+        self._granted_ttl = max(1, math.ceil(ttl))
+        self._watch: EtcdWatch | None = None
+        self._timers: dict[str, IDelayedCall] = {}
+        self._campaigning = False
+        self._again = False
+        self._failures = 0
+        self._listeners: list[Callable[[bool], None]] = []
+
+    # public
+
+    def is_leader(self) -> bool:
+        """True while this node holds the key and its lease cannot have expired yet."""
+        return self._leader and self.reactor.seconds() < self._valid_until
+
+    def add_listener(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener(is_leader)`` on every change of leadership."""
+        self._listeners.append(listener)
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._campaign()
+
+    @inlineCallbacks
+    def stopService(self):
+        """Give up leadership at once (revoking the lease deletes the key)."""
+        Service.stopService(self)
+        for name in list(self._timers):
+            self._cancel(name)
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        self._set_leader(False)
+        lease, self._lease_id = self._lease_id, None
+        if lease is not None:
+            try:
+                yield self.store.lease_revoke(lease)
+            except Exception as exc:
+                log.warn("could not revoke leader lease {lease}: {error}; it expires in "
+                         "{ttl}s", lease=lease, error=str(exc), ttl=self._granted_ttl)
+
+    # campaign
+
+    def _campaign(self) -> None:
+        self._timers.pop("campaign", None)
+        if not self.running or self._leader:
+            return
+        if self._campaigning:
+            self._again = True  # the key changed while a campaign was under way
+            return
+        self._campaigning = True
+        self._again = False
+        d = self._try_once()
+        d.addErrback(self._campaign_failed)
+        d.addBoth(self._campaign_done)
+
+    def _campaign_done(self, _: Any) -> None:
+        self._campaigning = False
+        if self._again and self.running and not self._leader and "campaign" not in self._timers:
+            self._later("campaign", 0, self._campaign)
+        self._again = False
+
+    @inlineCallbacks
+    def _try_once(self):
+        sent = self.reactor.seconds()  # the lease's clock starts no earlier than this
+        lease_id, granted = yield self.store.lease_grant(self._granted_ttl)
+        if not self.running:
+            yield self.store.lease_revoke(lease_id)
+            return
+        txn = Transaction(
+            compare=[CompCreated(self.key, "==", 0)],
+            success=[OpSet(self.key, self.node_id.encode(), lease=Lease(None, None, granted, lease_id))],
+            failure=[OpGet(self.key)])
+        try:
+            result = yield self.store.submit("campaign", txn)
+        except Failed as failed:
+            # someone leads: drop our unused lease, watch the key for its deletion
+            kvs = failed.responses[0].kvs if failed.responses else []
+            self.holder = kvs[0].value.decode("utf-8", "replace") if kvs else None
+            self._failures = 0
+            self._ensure_watch(failed.header.revision)
+            yield self.store.lease_revoke(lease_id)
+            if not kvs:  # it vanished between the compare and the read: go again
+                self._later("campaign", 0, self._campaign)
+            log.debug("{node} follows {holder}", node=self.node_id, holder=self.holder)
+            return
+        if not self.running:
+            yield self.store.lease_revoke(lease_id)
+            return
+        self._lease_id, self._granted_ttl = lease_id, granted
+        self._valid_until = sent + granted
+        self.holder = self.node_id
+        self._failures = 0
+        self._set_leader(True)
+        self._ensure_watch(result.header.revision)
+        self._later("keepalive", granted / 3.0, self._keepalive)
+        log.info("{node} is the leader of {controller} (lease {lease}, ttl {ttl}s)",
+                 node=self.node_id, controller=self.store.controller, lease=lease_id, ttl=granted)
+
+    def _campaign_failed(self, failure: Any) -> None:
+        if not self.running:
+            return
+        delay = self._backoff()
+        log.warn("{node}: leader campaign failed ({error}); again in {delay}s",
+                 node=self.node_id, error=failure.getErrorMessage(), delay=delay)
+        self._later("campaign", delay, self._campaign)
+
+    def _backoff(self) -> float:
+        self._failures += 1
+        return min(self._granted_ttl / 3.0, 0.1 * 2 ** (self._failures - 1))
+
+    # holding
+
+    def _keepalive(self) -> None:
+        self._timers.pop("keepalive", None)
+        lease = self._lease_id
+        if not self._leader or lease is None:
+            return
+        sent = self.reactor.seconds()
+        d = self.store.lease_keepalive(lease)
+
+        def refreshed(remaining: int) -> None:
+            if lease != self._lease_id or not self._leader:
+                return
+            if remaining <= 0:
+                self._step_down("the lease expired")
+                return
+            self._valid_until = sent + remaining
+            self._later("keepalive", self._granted_ttl / 3.0, self._keepalive)
+
+        def failed(failure: Any) -> None:
+            if lease == self._lease_id and self._leader:
+                self._step_down(f"keep-alive failed: {failure.getErrorMessage()}")
+        d.addCallbacks(refreshed, failed)
+
+    def _step_down(self, reason: str) -> None:
+        log.warn("{node} is no longer the leader of {controller}: {reason}",
+                 node=self.node_id, controller=self.store.controller, reason=reason)
+        self._cancel("keepalive")
+        self._set_leader(False)
+        lease, self._lease_id = self._lease_id, None
+        if lease is not None:
+            # so that the key goes now rather than at expiry; fails quietly when etcd is away
+            self.store.lease_revoke(lease).addErrback(lambda _: None)
+        self._later("campaign", self._backoff(), self._campaign)
+
+    def _set_leader(self, leader: bool) -> None:
+        if leader == self._leader:
+            return
+        self._leader = leader
+        if not leader:
+            self._valid_until = 0.0
+        self.metrics.leader.set(1 if leader else 0)
+        for listener in list(self._listeners):
+            try:
+                listener(leader)
+            except Exception:
+                log.failure("leadership listener failed")
+
+    # watching the key
+
+    def _ensure_watch(self, revision: int) -> None:
+        if self._watch is None and self.running:
+            self._watch = self.store.watch_keys(self.key, None, revision, self._key_changed,
+                                                self._watch_lost)
+
+    def _key_changed(self, events: list[KeyEvent]) -> None:
+        last = events[-1]
+        self.holder = None if last.value is None else last.value.decode("utf-8", "replace")
+        if self._leader and self.holder != self.node_id:
+            self._step_down("the leader key was deleted" if self.holder is None
+                            else f"{self.holder} holds the leader key")
+        elif self.holder is None and not self._leader:
+            self._campaign()
+
+    def _watch_lost(self, reason: Exception) -> None:
+        self._watch = None
+        if not self.running:
+            return
+        if not self._leader:
+            # whatever happened meanwhile, a campaign finds out and restarts the watch
+            self._later("campaign", 0, self._campaign)
+            return
+        d = self.store.submit("leader_read", Transaction(success=[OpGet(self.key)]), True)
+
+        def reread(result: Any) -> None:
+            kvs = result.responses[0].kvs
+            self._key_changed([KeyEvent(self.key, kvs[0].value if kvs else None,
+                                        result.header.revision)])
+            self._ensure_watch(result.header.revision)
+
+        def failed(failure: Any) -> None:
+            self._step_down(f"cannot read the leader key: {failure.getErrorMessage()}")
+        d.addCallbacks(reread, failed)
+
+    # timers
+
+    def _later(self, name: str, delay: float, fn: Callable[[], None]) -> None:
+        self._cancel(name)
+        self._timers[name] = self.reactor.callLater(delay, fn)
+
+    def _cancel(self, name: str) -> None:
+        timer = self._timers.pop(name, None)
+        if timer is not None and timer.active():
+            timer.cancel()
