@@ -23,7 +23,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 log = Logger()
@@ -213,6 +213,7 @@ class ConsoleResource(Resource):
                     request.responseHeaders.setRawHeaders(key, values)
             elapsed_ms = (time.monotonic() - started) * 1000
             request.setHeader(b"x-faastwist-relay-ms", f"{elapsed_ms:.1f}".encode())
+            request.setHeader(b"content-length", str(len(body)).encode())
             request.write(body)
             request.finish()
 
@@ -232,3 +233,28 @@ class ConsoleResource(Resource):
                                   f"{failure.getErrorMessage()}")
         request.write(self._error(request, code, message))
         request.finish()
+
+
+class _WithConsole(Resource):
+    """``/console`` and below to the console, every other path to ``root`` untouched."""
+
+    def __init__(self, root: IResource, console: IResource) -> None:
+        super().__init__()
+        self.root = root
+        self.console = console
+
+    def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
+        if path == b"console":
+            return self.console
+        # undo the traversal step Site just took: ``root`` routes as if it were the root
+        request.postpath.insert(0, request.prepath.pop())
+        return self.root
+
+    def render(self, request: Any) -> Any:
+        return self.root.render(request)
+
+
+def mount_console(root: IResource, console: IResource) -> IResource:
+    """A site root serving ``console`` at ``/console/`` in front of ``root`` (the admin
+    port's composed resource): ``Site(mount_console(compose(admin, ops), console))``."""
+    return _WithConsole(root, console)

@@ -135,6 +135,7 @@ def test_relay_forwards_method_path_query_headers_and_body() -> None:
     assert "x-faastwist-console" not in seen["headers"]
     assert response.headers.getRawHeaders("x-echo") == ["yes"]
     assert response.headers.getRawHeaders("set-cookie") is None
+    assert response.length == len(body)    # Content-Length, not chunked
     assert float(response.headers.getRawHeaders("x-faastwist-relay-ms")[0]) >= 0
 
 
@@ -212,3 +213,36 @@ def test_relay_unreachable_gate_is_502() -> None:
 ])
 def test_gate_url_for(address: str, port: int, https: bool, url: str) -> None:
     assert gate_url_for(address, port, https) == url
+
+
+def test_mount_console_in_front_of_another_root() -> None:
+    from faastwist.console_resource import mount_console
+
+    class PathEcho(Resource):
+        isLeaf = True
+
+        def render(self, request: Any) -> bytes:
+            return json.dumps({"prepath": [p.decode() for p in request.prepath],
+                               "postpath": [p.decode() for p in request.postpath]}).encode()
+
+    clock = Clock()
+    console = ConsoleResource(clock, "c", "http://127.0.0.1:1")
+    stub = StubTreq(mount_console(PathEcho(), console))
+
+    def call(path: str) -> tuple[Any, bytes]:
+        out: list[Any] = []
+        d = stub.request("GET", "http://admin" + path, allow_redirects=False)
+        d.addCallback(lambda r: stub.content(r).addCallback(lambda b: out.append((r, b))))
+        stub.flush()
+        return out[0]
+
+    response, body = call("/apis/v2/faas/c/fn")
+    assert json.loads(body) == {"prepath": [], "postpath": ["apis", "v2", "faas", "c", "fn"]}
+    response, body = call("/consoles")
+    assert json.loads(body) == {"prepath": [], "postpath": ["consoles"]}
+    response, body = call("/")
+    assert json.loads(body) == {"prepath": [], "postpath": [""]}
+    response, _ = call("/console")
+    assert (response.code, response.headers.getRawHeaders("location")) == (301, ["/console/"])
+    response, body = call("/console/app.js")
+    assert body == (STATIC_DIR / "app.js").read_bytes()

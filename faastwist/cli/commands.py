@@ -128,7 +128,11 @@ def register(cli: click.Group) -> None:
                   default="table", show_default=True)
     @click.pass_obj
     def list_(obj: Any, output: str) -> None:
-        """List the functions: name, state, last event, replicas, image, age."""
+        """List the functions: name, state, last event, replicas, image, age.
+
+        REPLICAS is min..max from the spec (running count first when the provider
+        reports it); AGE is the time since the function's last state change.
+        """
         client = obj.client
         data = client.call("GET", client.path())
         records = records_of(data)
@@ -316,7 +320,7 @@ def register(cli: click.Group) -> None:
 
 
 def _show(key: str, value: Any) -> str:
-    if key == "uptime" and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if key in ("uptime", "uptimeSeconds") and isinstance(value, (int, float)) and not isinstance(value, bool):
         return human_age(value)
     if isinstance(value, bool):
         return "yes" if value else "no"

@@ -223,7 +223,9 @@ async function loadInfo() {
     const parts = [];
     if (info.version) parts.push("v" + info.version);
     if (info.provider) parts.push("provider " + info.provider);
-    if (typeof info.uptime === "number") parts.push("up " + age(info.uptime));
+    const uptime = typeof info.uptimeSeconds === "number" ? info.uptimeSeconds : info.uptime;
+    if (typeof uptime === "number") parts.push("up " + age(uptime));
+    if (info.node) parts.push("node " + info.node);
     if (info.leader !== undefined) parts.push(info.leader ? "leader" : "follower");
     $("server-info").textContent = parts.join(" \u00b7 ") || "connected";
   } catch (err) {
@@ -270,7 +272,8 @@ function renderDetail() {
     ["start requested", status.startPending ? "yes" : "no"],
     ["updated", status.updated ? new Date(status.updated * 1000).toLocaleString() : ""],
   ]);
-  kv("detail-ext", Object.entries(status.extData || {}));
+  const ext = Object.entries(status.extData || {});
+  kv("detail-ext", ext.length ? ext : [["(none)", ""]]);
   const text = dumpYaml(spec);
   if ($("detail-spec").textContent !== text) $("detail-spec").textContent = text;
   if (Date.now() - state.logsAt > 5000) loadLogs();
