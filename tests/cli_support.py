@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -88,8 +89,11 @@ def require_node() -> None:
 @pytest.fixture(scope="module")
 def cli_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaasNodeProcess]:
     require_node()
-    node = FaasNodeProcess(tmp_path_factory.mktemp("cli-node"), provider="process",
-                           controller="clictl")
+    workdir = tmp_path_factory.mktemp("cli-node")
+    # the example specs' commands are relative to the gate's working folder, as with
+    # `make run` in the repository root
+    shutil.copytree(ROOT / "conf" / "functions", workdir / "conf" / "functions")
+    node = FaasNodeProcess(workdir, provider="process", controller="clictl")
     node.start()
     try:
         yield node

@@ -138,6 +138,36 @@ def test_the_tour_create_wait_list_get_invoke_logs_stop_update_start_delete(
     api_error(run_cli(cli_node, "get", "tour"), "tour", "not found")
 
 
+def test_readme_tour_with_the_example_specs(cli_node) -> None:
+    """The README's tour, command for command, on conf/echo.yaml and conf/wordcount.yaml."""
+    ok(run_cli(cli_node, "status"))
+    assert ok(run_cli(cli_node, "create", "-f", "conf/echo.yaml")).startswith(
+        "function echo created")
+    ok(run_cli(cli_node, "create", "-f", "conf/wordcount.yaml"))
+    ok(run_cli(cli_node, "wait", "echo", "--for", "active"))
+    ok(run_cli(cli_node, "wait", "wordcount", "--for", "active"))
+    rows = {line.split()[0]: line.split() for line in ok(run_cli(cli_node, "list")).splitlines()}
+    assert rows["echo"][1:4] == ["active", "ready", "0..4"]
+    assert rows["wordcount"][1:4] == ["active", "ready", "0..8"]
+    assert ok(run_cli(cli_node, "invoke", "echo", "-d", "hello, faastwist")) == \
+        "V3 Body is \nhello, faastwist"
+    assert ok(run_cli(cli_node, "invoke", "wordcount", "-d", "-",
+                      input="to be or not to be\n")) == "1 6 19\n"
+    wait_for(lambda: ok(run_cli(cli_node, "logs", "echo", "--tail", "5")).strip(), timeout=15)
+    ok(run_cli(cli_node, "stop", "echo"))
+    api_error(run_cli(cli_node, "invoke", "echo", "-d", "again"), "HTTP ")
+    ok(run_cli(cli_node, "start", "echo"))
+    ok(run_cli(cli_node, "wait", "echo"))
+    assert yaml.safe_load(ok(run_cli(cli_node, "get", "echo")))["status"]["state"] == "active"
+    ok(run_cli(cli_node, "stop", "echo"))
+    ok(run_cli(cli_node, "update", "-f", "conf/echo.yaml"))
+    ok(run_cli(cli_node, "wait", "echo"))
+    ok(run_cli(cli_node, "stop", "echo", "wordcount"))
+    ok(run_cli(cli_node, "delete", "echo", "wordcount"))
+    names = ok(run_cli(cli_node, "list", "-o", "name")).split()
+    assert "echo" not in names and "wordcount" not in names
+
+
 def test_create_errors_print_the_api_message(cli_node, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: typo\ncommand: [cat]\nlimitedCPU: 100m\n")

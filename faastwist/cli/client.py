@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -182,13 +183,25 @@ def decode(body: bytes) -> Any:
         return text
 
 
+_TAG = re.compile(r"<[^>]*>")
+_TITLE = re.compile(r"<title>(.*?)</title>", re.I | re.S)
+_PARAGRAPH = re.compile(r"<p>(.*?)</p>", re.I | re.S)
+
+
 def error_message(reply: Reply) -> tuple[str, Any]:
-    """The server's ``{code, message}``, else the body's first 2000 characters."""
+    """The server's ``{code, message}``; else an HTML page's title and first paragraph;
+    else the body's first 2000 characters; else the status line."""
     data = reply.data()
     if isinstance(data, dict) and data.get("message"):
         return str(data["message"]), data.get("code")
     text = reply.body.decode("utf-8", errors="replace").strip()
     reason = http.client.responses.get(reply.status, "")
+    if text.startswith("<") and _TITLE.search(text):
+        parts = [_TITLE.search(text).group(1)]  # type: ignore[union-attr]
+        paragraph = _PARAGRAPH.search(text)
+        if paragraph:
+            parts.append(paragraph.group(1))
+        text = ": ".join(" ".join(_TAG.sub("", part).split()) for part in parts)
     return (text[:2000] or f"HTTP {reply.status} {reason}".strip()), reply.status
 
 

@@ -293,12 +293,14 @@ def register(cli: click.Group) -> None:
         report: dict[str, Any] = {"server": obj.settings.server}
         report.update(info if isinstance(info, dict) else {"info": info})
         healthy = True
+        if "uptimeSeconds" in report and "uptime" not in report:
+            report["uptime"] = report.pop("uptimeSeconds")
         for check in ("healthz", "readyz"):
             reply = client.http.request("GET", f"/{check}")
-            text = reply.body.decode("utf-8", errors="replace").strip()
             ok = reply.status == 200
             healthy = healthy and ok
-            report[check] = "ok" if ok else f"failing (HTTP {reply.status}): {text[:500]}"
+            message, _ = error_message(reply)
+            report[check] = "ok" if ok else f"failing (HTTP {reply.status}): {message}"
         if output == "text":
             width = max(len(key) for key in report) + 1
             for key, value in report.items():
@@ -320,7 +322,7 @@ def register(cli: click.Group) -> None:
 
 
 def _show(key: str, value: Any) -> str:
-    if key in ("uptime", "uptimeSeconds") and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if key == "uptime" and isinstance(value, (int, float)) and not isinstance(value, bool):
         return human_age(value)
     if isinstance(value, bool):
         return "yes" if value else "no"
