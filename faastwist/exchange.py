@@ -1,0 +1,491 @@
+"""One proxied request: route lookup, lease, upstream head, streamed bodies both ways.
+
+An ``Exchange`` carries one request from a client transport (the lean HTTP/1.1
+protocol in gate_fast.py, or the twisted.web resource in gate_web.py, which serves
+HTTPS and HTTP/2) to an upstream connection and back, with back-pressure in both
+directions, the per-function timeout (end to end: lease, connect, response), metrics
+and the access log. The transports implement the small ``Downstream`` interface, so
+both make the same decisions (gate_core.py) and give the same answers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol as TypingProtocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from faastwist.gate_core import (
+    RETRY_AFTER_NOT_ACTIVE,
+    GateError,
+    RequestHead,
+    classify,
+    error_body,
+    error_headers,
+    reason as status_reason,
+    resolve,
+    response_headers,
+    upstream_head,
+)
+from faastwist.metrics import Metrics
+from faastwist.providers.base import NoCapacity
+from faastwist.routes import Route
+from faastwist.upstream import UpstreamConnection, classify_connect_error
+
+if TYPE_CHECKING:
+    from faastwist.gate import Gate
+
+log = Logger()
+access = Logger(namespace="faastwist.access")
+
+#: Body bytes held while the upstream is not connected yet, and replayable on a retry.
+BUFFER_LIMIT = 64 * 1024
+CLIENT_CLOSED = 499  # nginx's code for "the client went away first"
+
+
+class Downstream(TypingProtocol):
+    """A client-side transport as an exchange sees it."""
+
+    body_producer: IPushProducer  # pauses reading the request body
+
+    def send_continue(self) -> None: ...
+
+    def send_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                  length: int | None, bodyless: bool, close: bool) -> None: ...
+
+    def send_data(self, data: bytes) -> None: ...
+
+    def send_end(self) -> None: ...
+
+    def send_simple(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                    body: bytes, close: bool) -> None:
+        """A whole response at once (gate errors); ``headers`` include Content-Length."""
+
+    def abort(self) -> None:
+        """Drop the client connection (a response was cut short)."""
+
+    def register_producer(self, producer: IPushProducer) -> None: ...
+
+    def unregister_producer(self) -> None: ...
+
+    def exchange_done(self, exchange: "Exchange", close: bool) -> None: ...
+
+
+class Children:
+    """Prometheus children of one function, resolved once (labels() is not free)."""
+
+    __slots__ = ("metrics", "name", "started", "inflight", "bytes_in", "bytes_out", "codes")
+
+    def __init__(self, metrics: Metrics, name: str) -> None:
+        self.metrics = metrics
+        self.name = name
+        self.started = metrics.invocation_started.labels(name)
+        self.inflight = metrics.inflight.labels(name)
+        self.bytes_in = metrics.bytes_in.labels(name)
+        self.bytes_out = metrics.bytes_out.labels(name)
+        self.codes: dict[int, tuple[Any, Any]] = {}
+
+    def finished(self, code: int, seconds: float) -> None:
+        pair = self.codes.get(code)
+        if pair is None:
+            label = str(code)
+            pair = self.codes[code] = (self.metrics.invocations.labels(self.name, label),
+                                       self.metrics.invocation_seconds.labels(self.name, label))
+        pair[0].inc()
+        pair[1].observe(seconds)
+
+
+class Exchange:
+    """One proxied request, from its head to the end of its response."""
+
+    __slots__ = (
+        "gate", "down", "head", "started", "route", "children", "call_id", "name",
+        "target", "lease", "waiting", "conn", "timer", "origin", "head_bytes",
+        "body_override", "pending", "pending_size", "sent", "sent_size", "retried",
+        "body_complete", "bytes_in", "bytes_out", "responded", "status", "done",
+        "response_length", "producing_down", "producing_up", "client_paused",
+        "head_only", "ended",
+    )
+
+    def __init__(self, gate: Gate, down: Downstream, head: RequestHead) -> None:
+        self.gate = gate
+        self.down = down
+        self.head = head
+        self.started = gate.clock.seconds()
+        self.route: Route | None = None
+        self.children: Children | None = None
+        self.call_id = b""
+        self.name = ""
+        self.target = head.target
+        self.lease: Any = None
+        self.waiting: Deferred | None = None
+        self.conn: UpstreamConnection | None = None
+        self.timer: Any = None
+        self.origin: Any = None
+        self.head_bytes = b""
+        self.body_override: bytes | None = None
+        self.pending: list[bytes] = []
+        self.pending_size = 0
+        self.sent: list[bytes] | None = []
+        self.sent_size = 0
+        self.retried = False
+        self.body_complete = False
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.responded = False
+        self.status = 0
+        self.done = False
+        self.response_length: int | None = None
+        self.producing_down = False
+        self.producing_up = False
+        self.client_paused = False
+        self.head_only = head.method == b"HEAD"
+        self.ended = 0.0
+
+    # -- start -------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        gate = self.gate
+        gate.inflight += 1
+        head = self.head
+        try:
+            classify(head)
+            self.call_id = head.call_id or gate.call_ids()
+            if not head.chunked and not head.content_length:
+                self.body_complete = True
+            self.name, self.target = resolve(head)
+            route = gate.routes.lookup(self.name)
+            if route is None:
+                if not gate.routes.synced:
+                    raise GateError(503, "the route table is still loading", retry_after=1)
+                raise GateError(404, f"function {self.name} not found")
+            if not route.active:
+                raise GateError(503, f"function {self.name} is not active "
+                                     f"(state: {route.state.value})",
+                                retry_after=RETRY_AFTER_NOT_ACTIVE)
+            if head.content_length is not None and head.content_length > gate.max_body_size:
+                raise GateError(413, f"request body of {head.content_length} bytes exceeds "
+                                     f"the limit of {gate.max_body_size} bytes (maxBodySize)",
+                                close=True)
+        except GateError as error:
+            self.reply_error(error)
+            return
+        self.route = route
+        children = self.children = gate.children(route)
+        children.started.inc()
+        children.inflight.inc()
+        self.timer = gate.clock.callLater(route.timeout, self._timed_out)
+        try:
+            lease = gate.provider.acquire(route.spec)
+        except Exception:
+            self._lease_failed(Failure())
+            return
+        if isinstance(lease, Deferred):
+            self.waiting = lease
+            lease.addCallbacks(self._leased, self._lease_failed)
+        else:
+            self._leased(lease)
+
+    def _lease_failed(self, failure: Failure) -> None:
+        self.waiting = None
+        if self.done:
+            return
+        if failure.check(NoCapacity):
+            error = failure.value
+            self.reply_error(GateError(503, str(error), retry_after=error.retry_after))
+            return
+        if failure.check(GateError):
+            self.reply_error(failure.value)
+            return
+        log.failure("provider could not give an upstream for {function}", failure,
+                    function=self.name)
+        self.reply_error(GateError(503, f"no upstream for function {self.name}: "
+                                        f"{failure.getErrorMessage()}", retry_after=5))
+
+    def _leased(self, lease: Any) -> None:
+        self.waiting = None
+        if self.done:
+            lease.release()
+            return
+        self.lease = lease
+        route = self.route
+        upstream = lease.upstream
+        cached = route.cache.get("upstream")
+        if cached is None or cached[0] is not upstream:
+            cached = route.cache["upstream"] = (
+                upstream, (upstream.scheme, upstream.host, upstream.port),
+                (upstream.host_header or f"{upstream.host}:{upstream.port}").encode())
+        self.origin = cached[1]
+        self.head_bytes, self.body_override = upstream_head(
+            self.head, self.target, route.adaptor, cached[2], self.call_id)
+        if self.head.expect_continue and not self.body_complete:
+            self.down.send_continue()
+        conn = self.gate.pool.get(self.origin)
+        if isinstance(conn, Deferred):
+            conn.addCallbacks(self._connected, self._connect_failed)
+        else:
+            self._connected(conn)
+
+    def _connect_failed(self, failure: Failure) -> None:
+        if self.done:
+            return
+        kind, detail = classify_connect_error(failure)
+        self._upstream_error(kind, detail)
+
+    def _connected(self, conn: UpstreamConnection) -> None:
+        if self.done:
+            conn.release(False)
+            return
+        self.conn = conn
+        if self.retried:
+            conn.send(self, b"".join(self.sent or ()), self.head_only)
+            self._streaming(conn)
+            return
+        out = [self.head_bytes]
+        if self.body_override is not None:
+            out.append(self.body_override)
+        if self.pending:
+            out.extend(self.pending)
+            self.pending = []
+            self.pending_size = 0
+        if self.body_complete and self.head.chunked and self.body_override is None:
+            out.append(b"0\r\n\r\n")
+        data = b"".join(out) if len(out) > 1 else out[0]
+        if self.sent is not None:
+            if len(data) <= BUFFER_LIMIT:
+                self.sent.append(data)
+                self.sent_size = len(data)
+            else:
+                self.sent = None
+        conn.send(self, data, self.head_only)
+        self._streaming(conn)
+
+    def _streaming(self, conn: UpstreamConnection) -> None:
+        """The upstream is connected: let the request body flow, with back-pressure."""
+        if self.done or self.conn is not conn:
+            return
+        if self.client_paused:
+            self.client_paused = False
+            self.down.body_producer.resumeProducing()
+        if not self.body_complete and not self.producing_up:
+            self.producing_up = True
+            conn.transport.registerProducer(self.down.body_producer, True)
+
+    # -- request body from the client --------------------------------------------------
+
+    def body(self, data: bytes) -> None:
+        if self.done:
+            return
+        self.bytes_in += len(data)
+        if self.bytes_in > self.gate.max_body_size:
+            self._too_large()
+            return
+        if self.body_override is not None or self.route is None:
+            return
+        if self.head.chunked:
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        conn = self.conn
+        if conn is None:
+            self.pending.append(data)
+            self.pending_size += len(data)
+            if self.pending_size > BUFFER_LIMIT and not self.client_paused:
+                self.client_paused = True
+                self.down.body_producer.pauseProducing()
+            return
+        self._remember(data)
+        conn.write(data)
+
+    def body_end(self) -> None:
+        if self.body_complete:
+            return
+        self.body_complete = True
+        if self.done or self.route is None:
+            return
+        if self.producing_up and self.conn is not None:
+            self.producing_up = False
+            self.conn.transport.unregisterProducer()
+        if self.head.chunked and self.body_override is None and self.conn is not None:
+            self._remember(b"0\r\n\r\n")
+            self.conn.write(b"0\r\n\r\n")
+
+    def _remember(self, data: bytes) -> None:
+        sent = self.sent
+        if sent is not None:
+            self.sent_size += len(data)
+            if self.sent_size > BUFFER_LIMIT or self.responded:
+                self.sent = None
+            else:
+                sent.append(data)
+
+    def _too_large(self) -> None:
+        error = GateError(413, f"request body exceeds the limit of {self.gate.max_body_size} "
+                               f"bytes (maxBodySize)", close=True)
+        if self.responded:
+            self._abort_both(413)
+        else:
+            self._drop_upstream()
+            self.reply_error(error)
+
+    # -- the upstream's response (UpstreamHandler) -------------------------------------
+
+    def upstream_response(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                          length: int | None, bodyless: bool, connection: bytes | None) -> None:
+        if self.done:
+            return
+        self.responded = True
+        self.sent = None
+        self.status = status
+        self.response_length = length
+        out = response_headers(headers, self.call_id, connection)
+        self.down.send_head(status, reason, out, length, bodyless,
+                            self.gate.draining or not self.gate.keep_alive)
+
+    def upstream_data(self, data: bytes) -> None:
+        if self.done:
+            return
+        self.bytes_out += len(data)
+        self.down.send_data(data)
+        if not self.producing_down and (self.response_length is None
+                                        or self.bytes_out < self.response_length):
+            self.producing_down = True
+            self.down.register_producer(self.conn)
+
+    def upstream_done(self) -> None:
+        if self.done:
+            return
+        self._detach_upstream()
+        self.down.send_end()
+        self._finish(self.status, reusable=self.body_complete)
+
+    def upstream_failed(self, kind: str, detail: str, retryable: bool) -> None:
+        if self.done:
+            return
+        conn = self.conn
+        if (retryable and not self.retried and self.sent is not None and conn is not None
+                and not self.responded):
+            # a pooled connection the upstream had closed meanwhile: send again, once
+            self.retried = True
+            self._detach_upstream()
+            conn.release(False)
+            self.conn = None
+            d = self.gate.pool.connect(self.origin)
+            d.addCallbacks(self._connected, self._connect_failed)
+            return
+        self._upstream_error(kind, detail)
+
+    def _upstream_error(self, kind: str, detail: str) -> None:
+        children = self.children
+        if children is not None:
+            self.gate.metrics.upstream_errors.labels(self.name, kind).inc()
+        if self.responded:
+            log.info("upstream of {function} failed mid-response: {detail}",
+                     function=self.name, detail=detail)
+            self._abort_both(self.status)
+            return
+        self._drop_upstream()
+        origin = "%s://%s:%d" % self.origin if self.origin else "?"
+        self.reply_error(GateError(502, f"upstream of function {self.name} ({origin}) "
+                                        f"failed: {detail}"))
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if self.done:
+            return
+        if self.children is not None:
+            self.gate.metrics.upstream_errors.labels(self.name, "timeout").inc()
+        waiting, self.waiting = self.waiting, None
+        if self.responded:
+            self._abort_both(504)
+        else:
+            self._drop_upstream()
+            timeout = self.route.timeout if self.route is not None else 0
+            self.reply_error(GateError(504, f"function {self.name} did not answer within "
+                                            f"{timeout:g}s (its timeout)"))
+        if waiting is not None:
+            waiting.cancel()
+
+    # -- the client went away ----------------------------------------------------------
+
+    def client_lost(self) -> None:
+        if self.done:
+            return
+        waiting, self.waiting = self.waiting, None
+        self._drop_upstream()
+        self._finish(CLIENT_CLOSED if not self.responded else self.status, reusable=False,
+                     notify=False)
+        if waiting is not None:
+            waiting.cancel()
+
+    # -- endings -----------------------------------------------------------------------
+
+    def reply_error(self, error: GateError) -> None:
+        body = error_body(error.code, error.message)
+        headers = error_headers(error, body, self.call_id or None)
+        close = (error.close or not self.body_complete or self.gate.draining
+                 or not self.gate.keep_alive)
+        self.responded = True
+        self.down.send_simple(error.code, status_reason(error.code), headers, body, close)
+        self._finish(error.code, reusable=False, close=close)
+
+    def _drop_upstream(self) -> None:
+        conn = self.conn
+        if conn is not None:
+            self._detach_upstream()
+            self.conn = None
+            conn.release(False)
+
+    def _detach_upstream(self) -> None:
+        if self.producing_up and self.conn is not None:
+            self.producing_up = False
+            self.conn.transport.unregisterProducer()
+        if self.producing_down:
+            self.producing_down = False
+            self.down.unregister_producer()
+
+    def _abort_both(self, code: int) -> None:
+        self._drop_upstream()
+        self.down.abort()
+        self._finish(code, reusable=False, notify=False)
+
+    def _finish(self, code: int, reusable: bool, close: bool = False,
+                notify: bool = True) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.timer is not None:
+            if self.timer.active():
+                self.timer.cancel()
+            self.timer = None
+        conn = self.conn
+        if conn is not None:
+            self._detach_upstream()
+            self.conn = None
+            conn.release(reusable)
+        if self.client_paused:
+            self.client_paused = False
+            self.down.body_producer.resumeProducing()
+        if self.lease is not None:
+            lease, self.lease = self.lease, None
+            lease.release()
+        gate = self.gate
+        self.ended = gate.clock.seconds()
+        elapsed = self.ended - self.started
+        children = self.children
+        if children is not None:
+            children.inflight.dec()
+            children.finished(code, elapsed)
+            if self.bytes_in:
+                children.bytes_in.inc(self.bytes_in)
+            if self.bytes_out:
+                children.bytes_out.inc(self.bytes_out)
+        if gate.access_log:
+            access.info(
+                "{method} {path} {function} {status} {duration:.4f}s {bytes}B {call_id}",
+                method=self.head.method.decode("latin-1"),
+                path=self.head.target.decode("latin-1"), function=self.name, status=code,
+                duration=elapsed, bytes=self.bytes_out, call_id=self.call_id.decode("latin-1"))
+        gate._ended()
+        if notify:
+            self.down.exchange_done(self, close or not self.body_complete)

@@ -1,0 +1,254 @@
+"""The gate as a twisted.web resource: HTTPS, HTTP/2 over TLS, and any Site.
+
+``GateResource.render`` works in any twisted.web Site (the body has then been read
+into ``request.content`` by twisted.web, as in tests through StubTreq). ``GateSite``
+uses ``StreamingRequest`` instead, which starts the exchange as soon as the head is
+read and passes body chunks on as they arrive, so a 100 MB upload is never held by
+the gate; responses are streamed in both cases.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.web import server
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
+
+from faastwist.exchange import Exchange
+from faastwist.gate_core import RequestHead
+
+try:
+    from twisted.web._http2 import H2Stream
+except ImportError:  # pragma: no cover - h2 not installed
+    H2Stream = None  # type: ignore[assignment,misc]
+
+_FRAMING = (b"content-length", b"transfer-encoding")
+
+
+def _is_h2(request: server.Request) -> bool:
+    return H2Stream is not None and isinstance(request.channel, H2Stream)
+
+
+def request_head(request: server.Request, method: bytes, uri: bytes, version: bytes,
+                 length: int | None) -> RequestHead:
+    """A RequestHead from a twisted.web request; the framing is what the channel read
+    (``length`` None: a body of unknown length, sent upstream chunked)."""
+    headers = [(name.lower(), value)
+               for name, values in request.requestHeaders.getAllRawHeaders()
+               for value in values if name.lower() not in _FRAMING]
+    if length is None:
+        headers.append((b"transfer-encoding", b"chunked"))
+    elif length:
+        headers.append((b"content-length", b"%d" % length))
+    client = request.getClientAddress()
+    return RequestHead(method, uri, headers, getattr(client, "host", ""),
+                       b"https" if request.isSecure() else b"http",
+                       http11=version != b"HTTP/1.0")
+
+
+@implementer(IPushProducer)
+class _PauseReading:
+    """Pauses reading an HTTP/1.x request body (the connection's transport)."""
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.transport.stopProducing()
+
+
+class WebDownstream:
+    """A twisted.web Request as the exchange's Downstream."""
+
+    def __init__(self, request: server.Request) -> None:
+        self.request = request
+        self.h2 = _is_h2(request)
+        self.body_producer = request.channel if self.h2 else _PauseReading(
+            request.channel.transport)
+        self.exchange: Exchange | None = None
+
+    def send_continue(self) -> None:
+        """twisted.web answers Expect: 100-continue itself."""
+
+    def send_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                  length: int | None, bodyless: bool, close: bool) -> None:
+        request = self.request
+        if request._disconnected:
+            return
+        request.setResponseCode(status, reason)
+        raw = request.responseHeaders
+        raw.removeHeader(b"server")  # twisted.web's defaults; the upstream's are passed on
+        raw.removeHeader(b"date")
+        for name, value in headers:
+            raw.addRawHeader(name, value)
+        if length is not None and status not in (204, 304):
+            raw.setRawHeaders(b"content-length", [b"%d" % length])
+        if close and not self.h2:
+            raw.setRawHeaders(b"connection", [b"close"])
+            request.channel.persistent = False
+        request.write(b"")
+
+    def send_data(self, data: bytes) -> None:
+        if not self.request._disconnected:
+            self.request.write(data)
+
+    def send_end(self) -> None:
+        if not self.request._disconnected and not self.request.finished:
+            self.request.finish()
+
+    def send_simple(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                    body: bytes, close: bool) -> None:
+        self.send_head(status, reason, [h for h in headers if h[0] != b"content-length"],
+                       len(body), False, close)
+        self.send_data(body)
+        self.send_end()
+
+    def abort(self) -> None:
+        request = self.request
+        if request._disconnected:
+            return
+        if self.h2:
+            request.channel.abortConnection()
+        else:
+            request.channel.transport.abortConnection()
+
+    def register_producer(self, producer: IPushProducer) -> None:
+        if not self.request._disconnected:
+            self.request.registerProducer(producer, True)
+
+    def unregister_producer(self) -> None:
+        if not self.request._disconnected:
+            self.request.unregisterProducer()
+
+    def exchange_done(self, exchange: Exchange, close: bool) -> None:
+        self.exchange = None
+
+
+class GateResource(Resource):
+    """Proxies every request (a leaf: the gate routes on a header, not the path)."""
+
+    isLeaf = True
+
+    def __init__(self, gate: Any) -> None:
+        super().__init__()
+        self.gate = gate
+
+    def render(self, request: server.Request) -> Any:
+        """A request whose body twisted.web has already read (any Site)."""
+        content = request.content
+        content.seek(0, io.SEEK_END)
+        size = content.tell()
+        content.seek(0)
+        head = request_head(request, request.method, request.uri, request.clientproto, size)
+        down = WebDownstream(request)
+        exchange = down.exchange = self.gate.exchange(down, head)
+        request.notifyFinish().addErrback(lambda _: exchange.client_lost())
+        while not exchange.done:
+            chunk = content.read(65536)
+            if not chunk:
+                break
+            exchange.body(chunk)
+        exchange.body_end()
+        return NOT_DONE_YET
+
+    def start_streaming(self, request: "StreamingRequest") -> None:
+        """The head is read: start the exchange; the body follows chunk by chunk."""
+        if request._disconnected:
+            return
+        head = request_head(request, request.method, request.uri, request.clientproto,
+                            request.gate_length)
+        down = WebDownstream(request)
+        exchange = down.exchange = self.gate.exchange(down, head)
+        request.gate_exchange = exchange
+        request.notifyFinish().addErrback(lambda _: exchange.client_lost())
+        early, request.gate_early = request.gate_early, []
+        for chunk in early:
+            exchange.body(chunk)
+        if request.gate_body_done:
+            exchange.body_end()
+
+
+class StreamingRequest(server.Request):
+    """Starts proxying when the head is read instead of when the body is complete."""
+
+    gate_length: int | None = None
+    gate_exchange: Exchange | None = None
+    gate_body_done = False
+    gate_streaming = False
+    _gate_finish_pending = False
+
+    def gotLength(self, length: int | None) -> None:
+        resource = getattr(self.site, "resource", None)
+        if not isinstance(resource, GateResource):
+            super().gotLength(length)
+            return
+        self.gate_streaming = True
+        self.gate_length = length
+        self.gate_early: list[bytes] = []
+        self.content = io.BytesIO()
+        channel = self.channel
+        if H2Stream is not None and isinstance(channel, H2Stream):
+            method, uri, version = channel.command, channel.path, b"HTTP/2"
+        else:
+            method, uri, version = channel._command, channel._path, channel._version
+        self.method, self.uri, self.clientproto = method, uri, version
+        self.path = uri.split(b"?", 1)[0]
+        self.args = {}
+        # start on the next reactor pass: an HTTP/2 stream is not registered with its
+        # connection until its constructor (which calls us) returns
+        resource.gate.clock.callLater(0, resource.start_streaming, self)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if not self.gate_streaming:
+            super().handleContentChunk(data)
+        elif self.gate_exchange is not None:
+            self.gate_exchange.body(data)
+        elif not self.finished:
+            self.gate_early.append(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not self.gate_streaming:
+            super().requestReceived(command, path, version)
+            return
+        self.gate_body_done = True
+        if self.gate_exchange is not None:
+            self.gate_exchange.body_end()
+        if self._gate_finish_pending:
+            self._gate_finish_pending = False
+            super().finish()
+
+    def finish(self) -> None:
+        if self.gate_streaming and not self.gate_body_done and not self.finished:
+            # answered before the body was read (413, 404, timeout): the channel still
+            # expects the body, so finish when it has come, or close the connection
+            if _is_h2(self):
+                super().finish()
+                return
+            self._gate_finish_pending = True
+            if self.chunked:
+                self.channel.write(b"0\r\n\r\n")
+                self.chunked = 0
+            self.channel.transport.loseConnection()
+            return
+        super().finish()
+
+
+class GateSite(server.Site):
+    """A Site whose requests stream; twisted.web's own access log is off (the gate
+    logs one line per exchange with named fields when accessLog is on)."""
+
+    requestFactory = StreamingRequest
+    noisy = False
+
+    def log(self, request: server.Request) -> None:
+        return None

@@ -1,0 +1,195 @@
+"""The per-node route table: every function's spec and state, kept current by a watch.
+
+Each node lists the store once at start, then follows its watch from the listing's
+revision, so a stop, start or update written on any node changes the routes of every
+node within one watch event (not one sync interval). When the watch is lost (etcd
+compacted past it, or was gone too long) the table lists again and re-watches,
+serving the old routes meanwhile. What the gate needs per request (the compiled
+request adaptor, the name as bytes) is computed here when a route changes, so the hot
+path is one dict lookup.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from twisted.application.service import Service
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from faastwist.fsm import FunctionStatus, State
+from faastwist.gate_core import CompiledAdaptor, compile_adaptor
+from faastwist.metrics import Metrics
+from faastwist.spec import FunctionSpec
+from faastwist.store.base import Change, FunctionStore, Listing, WatchHandle
+
+log = Logger()
+
+
+class Route:
+    """One function as the gate sees it; rebuilt (never mutated) when it changes,
+    except for ``cache``, where the gate keeps per-function hot-path objects."""
+
+    __slots__ = ("name", "spec", "status", "state", "active", "adaptor", "timeout", "cache")
+
+    def __init__(self, spec: FunctionSpec, status: FunctionStatus) -> None:
+        self.name = spec.name
+        self.spec = spec
+        self.status = status
+        self.state: State = status.state
+        self.active = status.state is State.ACTIVE
+        self.adaptor: CompiledAdaptor | None = compile_adaptor(spec.request_adaptor)
+        self.timeout = spec.timeout
+        self.cache: dict[Any, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"<Route {self.name} {self.state.value}>"
+
+
+Listener = Callable[[str, "Route | None"], None]
+
+
+class RouteTable(Service):
+    """Routes of one controller's functions; ``lookup`` is a dict lookup."""
+
+    name = "routes"
+
+    def __init__(self, store: FunctionStore, clock: IReactorTime,
+                 metrics: Metrics | None = None, retry_interval: float = 0.5,
+                 max_retry_interval: float = 10.0) -> None:
+        self.store = store
+        self.clock = clock
+        self.metrics = metrics
+        self.retry_interval = retry_interval
+        self.max_retry_interval = max_retry_interval
+        self.synced = False
+        self._routes: dict[str, Route] = {}
+        self._specs: dict[str, FunctionSpec] = {}
+        self._statuses: dict[str, FunctionStatus] = {}
+        self._watch: WatchHandle | None = None
+        self._retry: IDelayedCall | None = None
+        self._delay = retry_interval
+        self._generation = 0
+        self._listeners: list[Listener] = []
+
+    # -- queries ---------------------------------------------------------------------
+
+    def lookup(self, name: str) -> Route | None:
+        return self._routes.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._routes)
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call ``listener(name, route_or_None)`` whenever a function's route changes."""
+        self._listeners.append(listener)
+
+    # -- service ---------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._sync()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._generation += 1
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+
+    # -- sync ------------------------------------------------------------------------
+
+    def _sync(self) -> None:
+        """List everything, then watch from the listing's revision."""
+        self._retry = None
+        generation = self._generation = self._generation + 1
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+
+        def listed(listing: Listing) -> None:
+            if generation != self._generation or not self.running:
+                return
+            self._delay = self.retry_interval
+            self._replace(listing)
+            self._watch = self.store.watch(
+                listing.revision,
+                lambda changes: self._changed(generation, changes),
+                lambda reason: self._lost(generation, reason))
+
+        def failed(failure: Any) -> None:
+            if generation != self._generation or not self.running:
+                return
+            log.warn("cannot list functions for the route table ({error}); retrying in "
+                     "{delay}s", error=failure.getErrorMessage(), delay=self._delay)
+            self._retry = self.clock.callLater(self._delay, self._sync)
+            self._delay = min(self._delay * 2, self.max_retry_interval)
+
+        d = self.store.list()
+        d.addCallbacks(listed, failed)
+        d.addErrback(lambda f: log.failure("route table sync failed", f))
+
+    def _lost(self, generation: int, reason: Exception) -> None:
+        if generation != self._generation or not self.running:
+            return
+        log.info("route watch lost ({reason}); listing again", reason=str(reason))
+        if self.metrics is not None:
+            self.metrics.watch_reconnects.inc()
+        self._watch = None
+        self._sync()
+
+    def _replace(self, listing: Listing) -> None:
+        old = set(self._routes)
+        self._specs = {name: r.spec for name, r in listing.records.items()}
+        self._statuses = {name: r.status for name, r in listing.records.items()}
+        names = old | set(self._specs)
+        for name in names:
+            self._rebuild(name)
+        self.synced = True
+        log.info("route table synced: {count} functions, {active} active",
+                 count=len(self._routes),
+                 active=sum(1 for r in self._routes.values() if r.active))
+
+    def _changed(self, generation: int, changes: Sequence[Change]) -> None:
+        if generation != self._generation:
+            return
+        touched: set[str] = set()
+        for change in changes:
+            if change.kind == "spec":
+                if change.value is None:
+                    self._specs.pop(change.name, None)
+                else:
+                    self._specs[change.name] = change.value  # type: ignore[assignment]
+            else:
+                if change.value is None:
+                    self._statuses.pop(change.name, None)
+                else:
+                    self._statuses[change.name] = change.value  # type: ignore[assignment]
+            touched.add(change.name)
+        for name in touched:
+            self._rebuild(name)
+
+    def _rebuild(self, name: str) -> None:
+        spec, status = self._specs.get(name), self._statuses.get(name)
+        current = self._routes.get(name)
+        if spec is None or status is None:
+            if current is None:
+                return
+            del self._routes[name]
+            route = None
+        else:
+            if current is not None and current.spec == spec and current.status == status:
+                return
+            try:
+                route = Route(spec, status)
+            except Exception:  # a spec the store accepted but we cannot compile
+                log.failure("cannot build the route of {function}", function=name)
+                self._routes.pop(name, None)
+                route = None
+            else:
+                self._routes[name] = route
+        for listener in self._listeners:
+            listener(name, route)

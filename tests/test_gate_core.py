@@ -1,0 +1,150 @@
+"""The gate's decisions as plain functions: routing, framing, hygiene, adaptor."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from faastwist.gate_core import (
+    CallIds,
+    GateError,
+    RequestHead,
+    classify,
+    compile_adaptor,
+    go_replacement,
+    resolve,
+    response_headers,
+    upstream_head,
+    wants_close,
+)
+from faastwist.spec import FunctionSpec, RequestAdaptor
+
+
+def head(target: bytes = b"/", headers: list[tuple[bytes, bytes]] | None = None,
+         method: bytes = b"GET", http11: bool = True) -> RequestHead:
+    h = RequestHead(method, target, headers or [], "10.1.2.3", b"http", http11)
+    classify(h)
+    return h
+
+
+@pytest.mark.parametrize("template, expected", [
+    ("$1-$2", "b-c"),
+    ("${1}x", "bx"),
+    ("$1x", ""),          # Go reads the longest name: group "1x", which does not exist
+    ("${name}!", "c!"),
+    ("$name", "c"),
+    ("$$1", "$1"),
+    ("$9", ""),
+    ("plain", "plain"),
+])
+def test_go_replacement_templates(template: str, expected: str) -> None:
+    pattern = re.compile(r"a(b)(?P<name>c)")
+    assert pattern.sub(go_replacement(template), "abc") == expected
+
+
+def test_resolve_by_header_keeps_the_target() -> None:
+    assert resolve(head(b"/p?q=1", [(b"x-faas-func-name", b"demo10")])) == ("demo10",
+                                                                          b"/p?q=1")
+
+
+@pytest.mark.parametrize("target, expected", [
+    (b"/function/fn", ("fn", b"/")),
+    (b"/function/fn/", ("fn", b"/")),
+    (b"/function/fn/a/b?c=d", ("fn", b"/a/b?c=d")),
+    (b"/function/fn?c=d", ("fn", b"/?c=d")),
+])
+def test_resolve_by_function_path(target: bytes, expected: tuple[str, bytes]) -> None:
+    assert resolve(head(target)) == expected
+
+
+@pytest.mark.parametrize("target, header", [
+    (b"/", None), (b"/function/", None), (b"/functions/fn", None),
+    (b"/", b""), (b"/", b"UPPER"), (b"/", b"a" * 64), (b"/function/-bad/x", None),
+])
+def test_resolve_refuses_with_400(target: bytes, header: bytes | None) -> None:
+    headers = [] if header is None else [(b"x-faas-func-name", header)]
+    with pytest.raises(GateError) as caught:
+        resolve(head(target, headers))
+    assert caught.value.code == 400
+
+
+def test_classify_framing() -> None:
+    h = head(headers=[(b"content-length", b"12")])
+    assert h.content_length == 12 and not h.chunked
+    h = head(headers=[(b"content-length", b"12"), (b"transfer-encoding", b"chunked")])
+    assert h.content_length is None and h.chunked
+    with pytest.raises(GateError) as caught:
+        head(headers=[(b"content-length", b"1"), (b"content-length", b"2")])
+    assert caught.value.code == 400 and caught.value.close
+    with pytest.raises(GateError):
+        head(headers=[(b"content-length", b"-1")])
+
+
+def test_wants_close() -> None:
+    assert not wants_close(head())
+    assert wants_close(head(headers=[(b"connection", b"Close")]))
+    assert wants_close(head(http11=False))
+    assert not wants_close(head(http11=False, headers=[(b"connection", b"keep-alive")]))
+
+
+def test_upstream_head_bytes() -> None:
+    h = head(b"/x?y", [(b"host", b"gate:10083"), (b"x-faas-func-name", b"f"),
+                       (b"content-length", b"3"), (b"connection", b"x-drop"),
+                       (b"x-drop", b"1"), (b"keep-alive", b"5"), (b"accept", b"*/*"),
+                       (b"x-forwarded-for", b"1.1.1.1"), (b"expect", b"100-continue")],
+             method=b"POST")
+    data, body = upstream_head(h, b"/x?y", None, b"f.ns.example.com", b"id-1")
+    assert body is None
+    assert data == (b"POST /x?y HTTP/1.1\r\n"
+                    b"x-faas-func-name: f\r\n"
+                    b"accept: */*\r\n"
+                    b"x-forwarded-for: 1.1.1.1, 10.1.2.3\r\n"
+                    b"x-forwarded-proto: http\r\n"
+                    b"x-forwarded-host: gate:10083\r\n"
+                    b"x-call-id: id-1\r\n"
+                    b"host: f.ns.example.com\r\n"
+                    b"content-length: 3\r\n\r\n")
+
+
+def test_upstream_head_keeps_chunked_and_sends_nothing_for_no_body() -> None:
+    chunked = head(headers=[(b"transfer-encoding", b"chunked")], method=b"POST")
+    data, _ = upstream_head(chunked, b"/", None, b"h", b"i")
+    assert b"transfer-encoding: chunked\r\n" in data and b"content-length" not in data
+    bodyless = head()
+    data, _ = upstream_head(bodyless, b"/", None, b"h", b"i")
+    assert b"transfer-encoding" not in data and b"content-length" not in data
+
+
+def test_upstream_head_with_adaptor() -> None:
+    adaptor = compile_adaptor(FunctionSpec.from_dict({"name": "f", "requestAdaptor": {
+        "method": "PUT", "path": {"replace": "/r"}, "host": "h.example",
+        "header": {"set": {"X-S": "1"}}, "body": "abc"}}).request_adaptor)
+    h = head(b"/x?q", [(b"content-length", b"10")], method=b"POST")
+    data, body = upstream_head(h, b"/x?q", adaptor, b"provider.host", b"i")
+    assert data.startswith(b"PUT /r?q HTTP/1.1\r\n")
+    assert b"host: h.example\r\n" in data and b"provider.host" not in data
+    assert b"content-length: 3\r\n" in data and b"x-s: 1\r\n" in data
+    assert body == b"abc"
+
+
+def test_response_headers() -> None:
+    out = response_headers([(b"Content-Type", b"text/plain"), (b"Connection", b"X-Secret"),
+                            (b"X-Secret", b"s"), (b"Transfer-Encoding", b"chunked"),
+                            (b"Content-Length", b"5"), (b"X-Call-Id", b"theirs"),
+                            (b"Set-Cookie", b"a=1"), (b"Set-Cookie", b"b=2")],
+                           b"ours", b"X-Secret")
+    assert out == [(b"Content-Type", b"text/plain"), (b"Set-Cookie", b"a=1"),
+                   (b"Set-Cookie", b"b=2"), (b"x-call-id", b"ours")]
+
+
+def test_empty_adaptor_compiles_to_nothing() -> None:
+    assert compile_adaptor(RequestAdaptor()) is None
+
+
+def test_call_ids_are_unique_and_prefixed() -> None:
+    ids = CallIds()
+    seen = {ids() for _ in range(1000)}
+    assert len(seen) == 1000
+    assert all(i.startswith(ids.prefix) for i in seen)
+    assert CallIds().prefix != ids.prefix

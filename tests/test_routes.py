@@ -1,0 +1,137 @@
+"""The route table follows the store: a full list at start and after a watch gap,
+then every watched change at once."""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+
+from faastwist.fsm import Event, FunctionStatus, State, apply_event
+from faastwist.metrics import Metrics
+from faastwist.routes import Route, RouteTable
+from faastwist.spec import FunctionSpec
+from faastwist.store.memory import MemoryStore
+
+
+def spec(name: str, **fields: object) -> FunctionSpec:
+    return FunctionSpec.from_dict({"name": name, "image": "example/fn", **fields})
+
+
+def started(store: MemoryStore, clock: Clock | None = None,
+            metrics: Metrics | None = None) -> RouteTable:
+    table = RouteTable(store, clock or Clock(), metrics)
+    table.startService()
+    return table
+
+
+def set_state(store: MemoryStore, name: str, *events: Event) -> None:
+    record = store.get(name).result
+    status = record.status
+    for event in events:
+        status = apply_event(status, event, 1.0)
+    store.update(record, status=status)
+
+
+def test_start_lists_every_function_with_its_state() -> None:
+    store = MemoryStore()
+    store.create(spec("a"), FunctionStatus("a", State.ACTIVE))
+    store.create(spec("b"), FunctionStatus("b", State.INACTIVE))
+    table = started(store)
+    assert table.synced
+    a, b = table.lookup("a"), table.lookup("b")
+    assert isinstance(a, Route) and a.active and a.state is State.ACTIVE
+    assert b is not None and not b.active and b.state is State.INACTIVE
+    assert table.lookup("c") is None
+    assert table.names() == ["a", "b"]
+
+
+def test_watched_changes_apply_at_once() -> None:
+    store = MemoryStore()
+    store.create(spec("a"), FunctionStatus("a", State.ACTIVE))
+    table = started(store)
+    set_state(store, "a", Event.STOP)
+    assert table.lookup("a").state is State.INACTIVE
+    set_state(store, "a", Event.START, Event.READY)
+    assert table.lookup("a").active
+    store.create(spec("new"), FunctionStatus("new", State.INITIAL))
+    assert table.lookup("new").state is State.INITIAL
+    store.delete(store.get("new").result)
+    assert table.lookup("new") is None
+
+
+def test_a_spec_update_recompiles_the_adaptor_and_keeps_the_state() -> None:
+    store = MemoryStore()
+    store.create(spec("a"), FunctionStatus("a", State.ACTIVE))
+    table = started(store)
+    assert table.lookup("a").adaptor is None
+    record = store.get("a").result
+    store.update(record, spec=spec("a", requestAdaptor={"path": {"addPrefix": "/v2"}},
+                                   timeout="5s"))
+    route = table.lookup("a")
+    assert route.active and route.timeout == 5.0
+    assert route.adaptor is not None and route.adaptor.apply_target(b"/x?q") == b"/v2/x?q"
+
+
+def test_a_lost_watch_lists_again_and_catches_up() -> None:
+    store = MemoryStore()
+    metrics = Metrics()
+    store.create(spec("a"), FunctionStatus("a", State.ACTIVE))
+    table = started(store, metrics=metrics)
+    handle = table._watch
+    handle.cancel()  # events stop arriving, as when etcd compacts past the watch
+    set_state(store, "a", Event.STOP)
+    store.create(spec("b"), FunctionStatus("b", State.ACTIVE))
+    assert table.lookup("a").active and table.lookup("b") is None  # stale meanwhile
+    handle.on_lost(RuntimeError("required revision has been compacted"))
+    assert table.lookup("a").state is State.INACTIVE
+    assert table.lookup("b").active
+    assert metrics.registry.get_sample_value("faastwist_store_watch_reconnects_total") == 1
+    set_state(store, "b", Event.STOP)  # and the new watch delivers
+    assert not table.lookup("b").active
+
+
+def test_a_failed_list_is_retried_with_backoff() -> None:
+    store = MemoryStore()
+    store.create(spec("a"), FunctionStatus("a", State.ACTIVE))
+    store.available = False
+    clock = Clock()
+    table = started(store, clock)
+    assert not table.synced and table.lookup("a") is None
+    clock.advance(0.5)
+    assert not table.synced
+    store.available = True
+    clock.advance(0.9)  # second attempt waits twice as long
+    assert not table.synced
+    clock.advance(0.1)
+    assert table.synced and table.lookup("a").active
+
+
+def test_listeners_hear_every_route_change() -> None:
+    store = MemoryStore()
+    table = started(store)
+    heard: list[tuple[str, str | None]] = []
+    table.subscribe(lambda name, route: heard.append(
+        (name, route.state.value if route else None)))
+    store.create(spec("a"), FunctionStatus("a", State.INITIAL))
+    set_state(store, "a", Event.READY)
+    store.delete(store.get("a").result)
+    assert heard == [("a", "initial"), ("a", "active"), ("a", None)]
+
+
+def test_unchanged_writes_keep_the_route_object() -> None:
+    store = MemoryStore()
+    store.create(spec("a"), FunctionStatus("a", State.ACTIVE))
+    table = started(store)
+    before = table.lookup("a")
+    record = store.get("a").result
+    store.update(record, spec=record.spec)  # same content, new revision
+    assert table.lookup("a") is before
+
+
+def test_stop_ends_the_watch() -> None:
+    store = MemoryStore()
+    store.create(spec("a"), FunctionStatus("a", State.ACTIVE))
+    table = started(store)
+    table.stopService()
+    set_state(store, "a", Event.STOP)
+    assert table.lookup("a").active
+    assert store._watches == []
