@@ -54,10 +54,14 @@ class Echo(BaseHTTPRequestHandler):
                   flush=True)
 
 
+class Server(ThreadingHTTPServer):
+    request_queue_size = 128   # socketserver's 5 drops a burst of new connections
+    daemon_threads = True
+
+
 def main() -> None:
     port = int(os.environ.get("PORT", "8080"))
-    server = ThreadingHTTPServer(("127.0.0.1", port), Echo)
-    server.daemon_threads = True
+    server = Server(("127.0.0.1", port), Echo)
     print(f"echo listening on 127.0.0.1:{port}", flush=True)
     try:
         server.serve_forever()

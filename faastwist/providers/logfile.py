@@ -127,7 +127,8 @@ class FunctionLog:
         self.followers: list[Callable[[LogLine], None]] = []
 
     def emit(self, instance: str, stream: str, text: str) -> LogLine:
-        line = LogLine(self.name, instance, self.wall_clock(), text)
+        # microseconds, as in the file, so a follower and a later read agree on ``since``
+        line = LogLine(self.name, instance, round(self.wall_clock(), 6), text)
         self.file.write(format_record(line, stream))
         for follower in list(self.followers):
             try:
@@ -181,7 +182,7 @@ def read_lines(name: str, path: Path, tail: int | None, since: float | None) -> 
             line = parse_record(name, record)
             if line is None:
                 continue
-            if since is not None and line.timestamp < since:
+            if since is not None and line.timestamp < since - 1e-6:
                 found.reverse()
                 return found
             found.append(line)

@@ -242,16 +242,15 @@ class Replica:
         if self._kill_call is not None and self._kill_call.active():
             self._kill_call.cancel()
         self._kill_call = None
-        if self.pid is not None:
-            # whatever the child left in its group (workers, shells) goes with it
-            signal_group_only(self.pid, signal.SIGKILL)
         info = ExitInfo(code, sig, tuple(self.stderr_tail), expected)
         waiters, self._exited = self._exited, []
         try:
             self.on_exit(self, info)
         finally:
-            for waiter in waiters:
-                waiter.callback(None)
+            # whatever the child left in its group (workers, shells) goes with it, and
+            # a stop is done only when the group is empty
+            group_gone(self.reactor, self.pid).addCallback(
+                lambda _: [waiter.callback(None) for waiter in waiters])
 
     def _line(self, stream: str, text: str) -> None:
         line = self.sink.emit(self.instance, stream, text)
@@ -312,6 +311,31 @@ class Replica:
         else:
             self._probe_delay = delay = min(self._probe_delay * 2, PROBE_FAST_MAX)
         self._probe_call = self.reactor.callLater(delay, self._probe)
+
+
+def group_gone(reactor, pgid: int | None, timeout: float = 2.0) -> Deferred[None]:
+    """SIGKILL what is left of a group whose leader exited; fires once it is empty
+    (or after ``timeout``: a member stuck in the kernel must not hang a shutdown)."""
+    done: Deferred[None] = Deferred()
+    if pgid is None:
+        done.callback(None)
+        return done
+    signal_group_only(pgid, signal.SIGKILL)
+    deadline = reactor.seconds() + timeout
+
+    def check() -> None:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            done.callback(None)
+            return
+        if reactor.seconds() >= deadline:
+            log.warn("process group {pgid} still has members after SIGKILL", pgid=pgid)
+            done.callback(None)
+            return
+        reactor.callLater(0.01, check)
+    check()
+    return done
 
 
 def signal_group_only(pgid: int, sig: int) -> None:

@@ -27,8 +27,8 @@ from faastwist.providers.replica import (
     LineBuffer,
     LogSink,
     exit_of,
+    group_gone,
     signal_group,
-    signal_group_only,
 )
 from faastwist.spec import FunctionSpec
 
@@ -88,9 +88,9 @@ class _ForkProtocol(ProcessProtocol):
 
     def processEnded(self, reason: Failure) -> None:
         self.stderr.close()
-        if self.pid is not None:
-            signal_group_only(self.pid, signal.SIGKILL)
-        self.done.callback(exit_of(reason))
+        result = exit_of(reason)
+        group_gone(self.watchdog.reactor, self.pid).addCallback(
+            lambda _: self.done.callback(result))
 
 
 class _ForkResource(Resource):
