@@ -148,14 +148,13 @@ class LeaderElection(Service):
         try:
             result = yield self.store.submit("campaign", txn)
         except Failed as failed:
-            # someone leads: drop our unused lease, watch the key for its deletion
+            # someone leads (the read ran in the same txn, so it sees that holder): drop
+            # our unused lease and watch the key for its deletion
             kvs = failed.responses[0].kvs if failed.responses else []
             self.holder = kvs[0].value.decode("utf-8", "replace") if kvs else None
             self._failures = 0
             self._ensure_watch(failed.header.revision)
             yield self.store.lease_revoke(lease_id)
-            if not kvs:  # it vanished between the compare and the read: go again
-                self._later("campaign", 0, self._campaign)
             log.debug("{node} follows {holder}", node=self.node_id, holder=self.holder)
             return
         if not self.running:
