@@ -28,11 +28,13 @@ from twisted.web.client import Agent, readBody
 
 log = Logger()
 
+_FIX = ("install it with `apt-get install -y etcd-server`, or set etcd.endpoints in the "
+        "controller config to use an existing etcd cluster")
+
+#: What to tell the operator when no etcd binary exists (tap.py checks at startup).
 ETCD_MISSING_MESSAGE = (
     "the embedded etcd needs the etcd binary, and none was found on PATH "
-    "(nor /usr/bin/etcd, /usr/local/bin/etcd): install it with "
-    "`apt-get install -y etcd-server`, or set etcd.endpoints in the controller config "
-    "to use an existing etcd cluster")
+    "(nor /usr/bin/etcd, /usr/local/bin/etcd): " + _FIX)
 
 ETCD_BINARY_CANDIDATES = ("/usr/bin/etcd", "/usr/local/bin/etcd")
 PORTS_FILE = "ports.json"
@@ -45,8 +47,9 @@ class EmbeddedEtcdError(Exception):
 
 
 class EtcdBinaryMissing(EmbeddedEtcdError):
-    def __init__(self, detail: str = "") -> None:
-        super().__init__(f"{detail}{ETCD_MISSING_MESSAGE}")
+    def __init__(self, binary: str | None = None) -> None:
+        super().__init__(ETCD_MISSING_MESSAGE if binary is None else
+                         f"the etcd binary {binary} is not an executable file: {_FIX}")
 
 
 def find_etcd_binary() -> str | None:
@@ -145,7 +148,7 @@ class EmbeddedEtcd(Service):
         if binary is None:
             raise EtcdBinaryMissing()
         if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
-            raise EtcdBinaryMissing(f"{binary} is not an executable file; ")
+            raise EtcdBinaryMissing(binary)
         self._binary = binary
         os.makedirs(self.data_dir, exist_ok=True)
         Service.startService(self)
