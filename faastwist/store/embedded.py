@@ -35,6 +35,7 @@ _FIX = ("install it with `apt-get install -y etcd-server`, or set etcd.endpoints
 ETCD_MISSING_MESSAGE = (
     "the embedded etcd needs the etcd binary, and none was found on PATH "
     "(nor /usr/bin/etcd, /usr/local/bin/etcd): " + _FIX)
+MISSING_ETCD_MESSAGE = ETCD_MISSING_MESSAGE  # the name tap.py imports
 
 ETCD_BINARY_CANDIDATES = ("/usr/bin/etcd", "/usr/local/bin/etcd")
 PORTS_FILE = "ports.json"
