@@ -177,21 +177,19 @@ def register(cli: click.Group) -> None:
     @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines (Ctrl-C ends).")
     @click.option("--tail", type=click.IntRange(min=0), metavar="N",
                   help="Only the last N lines.")
-    @click.option("--since", callback=_duration, metavar="DURATION",
-                  help="Only lines newer than this, e.g. 10m.")
+    @click.option("--since", metavar="DURATION|TIME",
+                  help="Only lines newer than this: a duration (10m) or an RFC3339 time.")
     @click.option("-o", "--output", type=click.Choice(["text", "raw", "json"]), default="text",
                   show_default=True, help="text: time, instance, line; raw: the line only; "
                                           "json: the API's NDJSON.")
     @click.pass_obj
-    def logs(obj: Any, name: str, follow: bool, tail: int | None, since: float | None,
+    def logs(obj: Any, name: str, follow: bool, tail: int | None, since: str | None,
              output: str) -> None:
         """Print a function's log lines."""
         client = obj.client
-        query: dict[str, Any] = {"tail": tail}
+        query: dict[str, Any] = {"tail": tail, "since": since}
         if follow:
             query["follow"] = "true"
-        if since is not None:
-            query["since"] = f"{time.time() - since:.3f}"
         try:
             for raw in client.stream_lines(client.path(name, "logs", query), follow):
                 _print_log_line(raw, output)
