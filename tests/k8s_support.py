@@ -149,12 +149,14 @@ class CallCounter:
     """Counts the HTTP requests an ApiClient really sends (wraps its REST client)."""
 
     def __init__(self, api_client: kube_client.ApiClient) -> None:
-        self.requests: list[tuple[str, str]] = []
+        self.requests: list[tuple[str, str]] = []   # (method, last path segment)
+        self.urls: list[str] = []                   # every URL, with its query
         rest = api_client.rest_client
         original = rest.request
 
         def request(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
             self.requests.append((method, url.split("?", 1)[0].rsplit("/", 1)[-1]))
+            self.urls.append(url)
             return original(method, url, *args, **kwargs)
 
         rest.request = request
@@ -203,11 +205,32 @@ class FakeKnative:
         return self.api.list_namespaced_custom_object(
             ksvc.GROUP, ksvc.VERSION, self.namespace, ksvc.PLURAL, **kwargs)["items"]
 
+    def settle(self) -> None:
+        """Return once the apiserver's watch cache holds every write made so far.
+
+        The provider LISTs from that cache (not older than its own writes), so a write
+        by someone else, like this fake controller, shows up a few milliseconds later.
+        Tests call this after the fake writes so the next pass sees them for sure: a
+        quorum read gives the current resourceVersion, and a cache LIST not older than
+        it waits until the cache has caught up (the selector matches nothing: cheap).
+        """
+        nothing = f"{ksvc.CONTROLLER_LABEL}=settle.none"
+        current = self.api.list_namespaced_custom_object(
+            ksvc.GROUP, ksvc.VERSION, self.namespace, ksvc.PLURAL, label_selector=nothing,
+            limit=1)["metadata"]["resourceVersion"]
+        self.api.list_namespaced_custom_object(
+            ksvc.GROUP, ksvc.VERSION, self.namespace, ksvc.PLURAL, label_selector=nothing,
+            resource_version=current, resource_version_match="NotOlderThan")
+
     # -- writing status ------------------------------------------------------------------
-    def _patch_status(self, obj: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
-        return self.api.patch_namespaced_custom_object_status(
+    def _patch_status(self, obj: dict[str, Any], status: dict[str, Any],
+                      settle: bool = True) -> dict[str, Any]:
+        written = self.api.patch_namespaced_custom_object_status(
             ksvc.GROUP, ksvc.VERSION, self.namespace, ksvc.PLURAL, obj["metadata"]["name"],
             {"status": status})
+        if settle:
+            self.settle()
+        return written
 
     def _base(self, obj: dict[str, Any]) -> tuple[str, int, dict[str, Any]]:
         name = obj["metadata"]["name"]
@@ -223,17 +246,17 @@ class FakeKnative:
         }
         return name, generation, status
 
-    def ready(self, obj: dict[str, Any]) -> dict[str, Any]:
+    def ready(self, obj: dict[str, Any], settle: bool = True) -> dict[str, Any]:
         name, generation, status = self._base(obj)
         status["latestReadyRevisionName"] = revision(name, generation)
         status["traffic"] = [{"revisionName": revision(name, generation),
                               "latestRevision": True, "percent": 100}]
         status["conditions"] = [_condition("ConfigurationsReady", "True"),
                                 _condition("Ready", "True"), _condition("RoutesReady", "True")]
-        return self._patch_status(obj, status)
+        return self._patch_status(obj, status, settle)
 
     def failed(self, obj: dict[str, Any], reason: str = "RevisionFailed",
-               message: str | None = None) -> dict[str, Any]:
+               message: str | None = None, settle: bool = True) -> dict[str, Any]:
         name, generation, status = self._base(obj)
         image = obj["spec"]["template"]["spec"]["containers"][0]["image"]
         text = message or (f'Revision "{revision(name, generation)}" failed with message: '
@@ -245,7 +268,7 @@ class FakeKnative:
                                   f'Configuration "{name}" does not have any ready Revision.'))
         status["conditions"] = [_condition("ConfigurationsReady", "False", reason, text),
                                 _condition("Ready", "False", reason, text), routes]
-        return self._patch_status(obj, status)
+        return self._patch_status(obj, status, settle)
 
     def unknown(self, obj: dict[str, Any], reason: str = "RevisionMissing") -> dict[str, Any]:
         name, _, status = self._base(obj)
@@ -270,39 +293,47 @@ class FakeKnative:
 
         def verdict(obj: dict[str, Any]) -> None:
             image = obj["spec"]["template"]["spec"]["containers"][0]["image"]
-            (self.failed if image in self.broken_images else self.ready)(obj)
+            (self.failed if image in self.broken_images else self.ready)(obj, settle=False)
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(verdict, todo))
+        self.settle()
         return len(todo)
 
     # -- behind faastwist's back ------------------------------------------------------------
-    def delete(self, name: str) -> None:
+    def delete(self, name: str, settle: bool = True) -> None:
         self.api.delete_namespaced_custom_object(
             ksvc.GROUP, ksvc.VERSION, self.namespace, ksvc.PLURAL, name)
+        if settle:
+            self.settle()
 
     def delete_all(self, controller: str, workers: int = 8) -> None:
         names = [obj["metadata"]["name"] for obj in self.list(controller)]
 
         def gone(name: str) -> None:
             try:
-                self.delete(name)
+                self.delete(name, settle=False)
             except ApiException as exc:
                 if exc.status != 404:
                     raise
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(gone, names))
+        self.settle()
 
     def create_raw(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.api.create_namespaced_custom_object(
+        created = self.api.create_namespaced_custom_object(
             ksvc.GROUP, ksvc.VERSION, self.namespace, ksvc.PLURAL, body)
+        self.settle()
+        return created
 
     def touch(self, name: str, labels: dict[str, str]) -> dict[str, Any]:
         """Change metadata (a new resourceVersion, same generation), as another client."""
-        return self.api.patch_namespaced_custom_object(
+        patched = self.api.patch_namespaced_custom_object(
             ksvc.GROUP, ksvc.VERSION, self.namespace, ksvc.PLURAL, name,
             {"metadata": {"labels": labels}})
+        self.settle()
+        return patched
 
 
 def names(objs: Iterable[dict[str, Any]]) -> list[str]:

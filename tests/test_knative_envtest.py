@@ -349,6 +349,32 @@ def test_stale_resource_version_is_a_conflict_retried_next_pass(cluster: Cluster
 
 
 @pytest_twisted.inlineCallbacks
+def test_lists_come_from_the_watch_cache_but_never_older_than_our_writes(cluster: Cluster):
+    spec = cluster.spec("fresh")
+    yield cluster.provider.observe()              # nothing seen yet: a quorum read
+    yield cluster.provider.deploy(spec)
+    written = cluster.ksvc("fresh")["metadata"]["resourceVersion"]
+    observed = yield cluster.provider.observe()   # must see the create at once
+    assert "fresh" in observed
+    first, second = [u for u in cluster.calls.urls if "labelSelector" in u][-2:]
+    assert "resourceVersion" not in first
+    assert f"resourceVersion={written}&" in second + "&"
+    assert "resourceVersionMatch=NotOlderThan" in second
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_resource_version_from_another_etcd_falls_back_to_a_quorum_read(cluster: Cluster):
+    yield cluster.provider.observe()
+    current = int(cluster.provider._fresh_as_of or 0)
+    assert current > 0
+    cluster.provider._fresh_as_of = str(current + 10_000_000)   # as if etcd was replaced
+    with pytest.raises(ProviderError, match="504"):
+        yield cluster.provider.observe()
+    yield cluster.provider.observe()
+    assert "resourceVersion" not in cluster.calls.urls[-1]
+
+
+@pytest_twisted.inlineCallbacks
 def test_api_server_stopped_for_two_passes_marks_nothing_failed(envtest: Envtest):
     cluster = make_cluster(envtest, timeout=0.5)
     try:
