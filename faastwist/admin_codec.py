@@ -1,0 +1,295 @@
+"""Wire formats of the admin API: request bodies, content negotiation, query parameters.
+
+Kept apart from the routes so the parsing rules (which are about hostile input as much
+as about formats) can be read and tested on their own. Everything here raises
+``ApiError`` with a message that names the offending header, field or parameter.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable, Mapping
+from urllib.parse import parse_qsl
+
+import yaml
+from yaml import events as yaml_events
+from twisted.web.server import Request
+
+from faastwist.units import UnitError, parse_duration
+
+#: Request bodies in these types are read as YAML (JSON is YAML too, but gets a JSON parser).
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/vnd.yaml")
+JSON_TYPE = "application/json"
+#: What ``curl --data-binary @function.yaml`` sends without ``-H``: read as YAML.
+FORM_TYPE = "application/x-www-form-urlencoded"
+ACCEPTED_TYPES = YAML_TYPES + (JSON_TYPE, FORM_TYPE)
+#: Responses are YAML (RFC 9512's type) unless the client accepts JSON.
+YAML_RESPONSE_TYPE = "application/yaml"
+NDJSON_TYPE = "application/x-ndjson"
+
+#: Deeper nesting than this is refused before the document is built: the C composer
+#: recurses on the C stack and crashes the process on deep input (measured: 100k levels).
+MAX_DEPTH = 64
+#: Values a body may expand to, counting every use of a YAML alias (billion laughs).
+MAX_NODES = 100_000
+MAX_TAIL = 100_000
+_CHARSETS = {"utf-8", "utf8", "us-ascii", "ascii"}
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_RFC3339 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+class ApiError(Exception):
+    """An answer other than success: ``code`` and a message for the ``{code, message}`` body."""
+
+    def __init__(self, code: int, message: str,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+def media_type(value: str | None) -> tuple[str, dict[str, str]]:
+    """``text/yaml; charset=UTF-8`` -> ``("text/yaml", {"charset": "utf-8"})``."""
+    if not value:
+        return "", {}
+    main, *raw_params = value.split(";")
+    params: dict[str, str] = {}
+    for raw in raw_params:
+        key, _, val = raw.partition("=")
+        if key.strip():
+            params[key.strip().lower()] = val.strip().strip('"').lower()
+    return main.strip().lower(), params
+
+
+def wants_json(accept: str | None) -> bool:
+    """JSON when ``Accept`` names application/json at least as highly as any YAML type.
+
+    A missing or unrelated Accept (``*/*``, ``text/html``) gets YAML; the API never
+    answers 406, because an error body the client can read beats none.
+    """
+    if not accept:
+        return False
+    json_q = yaml_q = 0.0
+    for part in accept.split(","):
+        kind, params = media_type(part)
+        try:
+            q = float(params.get("q", "1"))
+        except ValueError:
+            q = 0.0
+        if kind == JSON_TYPE:
+            json_q = max(json_q, q)
+        elif kind in YAML_TYPES:
+            yaml_q = max(yaml_q, q)
+    return json_q > 0 and json_q >= yaml_q
+
+
+def encode(data: Any, as_json: bool) -> tuple[bytes, str]:
+    """The response body and its Content-Type."""
+    if as_json:
+        return json.dumps(data, indent=2).encode() + b"\n", JSON_TYPE
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False,
+                          width=1 << 20)  # no folding: one message, one line
+    return text.encode(), YAML_RESPONSE_TYPE
+
+
+def error_body(code: int, message: str) -> dict[str, Any]:
+    return {"code": code, "message": message}
+
+
+# -- request bodies ------------------------------------------------------------------
+
+class BoundedRequest(Request):
+    """A Request that stops storing its body past ``max_body_size``.
+
+    Without it Twisted spools any body, however large, to a temporary file before the
+    handler runs. With it the excess is read and dropped and the handler answers 413.
+    """
+
+    max_body_size: int = 1 << 20
+    body_too_large: bool = False
+    _stored: int = 0
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self.max_body_size:
+            self.body_too_large = True
+            length = 0
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.body_too_large:
+            return
+        self._stored += len(data)
+        if self._stored > self.max_body_size:
+            self.body_too_large = True
+            self.content.seek(0)
+            self.content.truncate()
+            return
+        super().handleContentChunk(data)
+
+
+def bounded_request_factory(max_body_size: int) -> type[BoundedRequest]:
+    """A request class for ``Site(requestFactory=...)`` with the given body limit."""
+    return type("BoundedRequest", (BoundedRequest,), {"max_body_size": max_body_size})
+
+
+def read_body(request: Any, max_body_size: int) -> bytes:
+    """The request body, or 413: Content-Length first, then what actually arrived."""
+    too_large = ApiError(413, f"request body is larger than the limit of {max_body_size} bytes")
+    if getattr(request, "body_too_large", False):
+        raise too_large
+    declared = request.getHeader(b"content-length")
+    if declared is not None:
+        try:
+            if int(declared) > max_body_size:
+                raise too_large
+        except ValueError:
+            raise ApiError(400, "Content-Length: not a number") from None
+    content = request.content
+    if content is None:
+        return b""
+    content.seek(0)
+    body = content.read(max_body_size + 1)
+    if len(body) > max_body_size:
+        raise too_large
+    return body
+
+
+def _check_depth(text: str) -> None:
+    """Refuse deep nesting by walking the (iterative) parser's events before composing."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, (yaml_events.SequenceStartEvent, yaml_events.MappingStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ApiError(400, f"body is nested deeper than {MAX_DEPTH} levels")
+        elif isinstance(event, (yaml_events.SequenceEndEvent, yaml_events.MappingEndEvent)):
+            depth -= 1
+
+
+def _check_expansion(document: Any) -> None:
+    """Refuse documents that expand to too many values (aliases count at every use)."""
+    stack = [document]
+    seen = 0
+    while stack:
+        value = stack.pop()
+        seen += 1
+        if seen > MAX_NODES:
+            raise ApiError(400, f"body expands to more than {MAX_NODES} values "
+                                f"(recursive or repeated YAML aliases?)")
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+
+
+def decode_body(body: bytes, content_type: str | None) -> Any:
+    """The parsed document, or 415 for an unsupported type, 400 for a malformed body."""
+    kind, params = media_type(content_type)
+    if kind and kind not in ACCEPTED_TYPES:
+        raise ApiError(415, f"Content-Type {kind} is not supported; send one of "
+                            f"{', '.join(ACCEPTED_TYPES)}")
+    charset = params.get("charset", "utf-8")
+    if charset not in _CHARSETS:
+        raise ApiError(415, f"Content-Type charset {charset} is not supported; send utf-8")
+    if not body.strip():
+        raise ApiError(400, "request body is empty; send the function spec as YAML or JSON")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"request body is not valid UTF-8: {exc}") from None
+    if kind == JSON_TYPE:
+        try:
+            document = json.loads(text)
+        except RecursionError:
+            raise ApiError(400, "body is not valid JSON: nested too deeply") from None
+        except ValueError as exc:
+            raise ApiError(400, f"body is not valid JSON: {exc}") from None
+    else:
+        try:
+            _check_depth(text)
+            document = yaml.load(text, Loader=_Loader)
+        except ApiError:
+            raise
+        except Exception as exc:  # any parser failure is the body's fault, not ours
+            hint = ""
+            if kind == FORM_TYPE:
+                hint = " (curl -d strips line breaks: send the file with --data-binary @file)"
+            raise ApiError(400, f"body is not valid YAML: {_one_line(exc)}{hint}") from None
+    _check_expansion(document)
+    return document
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+# -- query parameters ----------------------------------------------------------------
+
+def query_params(uri: bytes, known: Iterable[str]) -> dict[str, str]:
+    """The first value of each parameter of ``uri``; an unknown one is an error naming it.
+
+    Parsed here rather than taken from ``request.args`` because Twisted drops a bare
+    flag like ``?follow`` (no ``=``), which users of ``kubectl logs -f`` habits send.
+    """
+    known = tuple(known)
+    _, _, query = uri.partition(b"?")
+    try:
+        pairs = parse_qsl(query.decode("utf-8"), keep_blank_values=True, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        raise ApiError(400, "query parameters must be UTF-8") from None
+    out: dict[str, str] = {}
+    for key, value in pairs:
+        if key not in known:
+            raise ApiError(400, f"{key}: unknown query parameter (known: {', '.join(known)})")
+        out.setdefault(key, value)
+    return out
+
+
+def parse_tail(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit() and len(value) <= 7) or int(value) > MAX_TAIL:
+        raise ApiError(400, f"tail: must be a number of lines from 0 to {MAX_TAIL}, "
+                            f"got {value!r}")
+    return int(value)
+
+
+def parse_follow(value: str | None) -> bool:
+    if value is None:
+        return False
+    lowered = value.lower()
+    if lowered in ("", "true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise ApiError(400, f"follow: must be true or false, got {value!r}")
+
+
+def parse_since(value: str | None, now: float) -> float | None:
+    """Seconds since the epoch from an RFC3339 timestamp or a Go duration before ``now``."""
+    if value is None:
+        return None
+    match = _RFC3339.match(value.strip())
+    if match is not None:
+        year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+        fraction, zone = match.group(7), match.group(8)
+        if zone in ("Z", "z"):
+            tz = timezone.utc
+        else:
+            sign = 1 if zone[0] == "+" else -1
+            tz = timezone(sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
+        try:
+            stamp = datetime(year, month, day, hour, minute, second, tzinfo=tz)
+        except ValueError as exc:
+            raise ApiError(400, f"since: not a valid time: {exc}, got {value!r}") from None
+        return stamp.timestamp() + (float(fraction) if fraction else 0.0)
+    try:
+        return now - parse_duration(value.strip())
+    except UnitError:
+        raise ApiError(400, f"since: expected an RFC3339 timestamp like 2024-05-01T10:00:00Z "
+                            f"or a duration like 5m, got {value!r}") from None
