@@ -46,7 +46,6 @@ from faastwist.spec import FunctionSpec, SpecError
 from faastwist.store.base import (
     AlreadyExists,
     Conflict,
-    FunctionRecord,
     FunctionStore,
     NotFound,
     StoreUnavailable,
