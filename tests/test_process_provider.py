@@ -399,3 +399,32 @@ def test_check_spec_names_the_field(providers):
         provider.check_spec(function_spec(port=8080, maxReplica=2))
     provider.check_spec(function_spec(command=["python3", "conf/functions/echo.py"]))
     provider.check_spec(function_spec(command=[sys.executable, "x"], port=8080, maxReplica=1))
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_readiness_probe_waits_for_a_2xx(providers):
+    provider = providers()
+    server = write_script(Path(provider.config.data_dir).parent, "warming.py", """
+        import os
+        from http.server import BaseHTTPRequestHandler, HTTPServer
+        probes = []
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                probes.append(self.path)
+                code = 503 if len(probes) <= 3 else 200
+                print("probe", len(probes), self.path, code, flush=True)
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            def log_message(self, *args):
+                pass
+        HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+    """)
+    spec = function_spec(name="warming", minReplica=1, readinessPath="/ready?deep=1",
+                         command=[PYTHON, server])
+    await provider.deploy(spec)
+    runtime = provider.runtimes["warming"]
+    await wait_for(lambda: runtime.ready)
+    texts = [l.text for l in await provider.read_logs("warming")]
+    assert texts[:4] == ["probe 1 /ready?deep=1 503", "probe 2 /ready?deep=1 503",
+                         "probe 3 /ready?deep=1 503", "probe 4 /ready?deep=1 200"]

@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class Echo(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"   # keep-alive: the gate reuses its connections
+    disable_nagle_algorithm = True  # headers and body go out as two writes
     server_version = "echo/1.0"
 
     def read_body(self) -> bytes:
