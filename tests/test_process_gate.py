@@ -218,3 +218,17 @@ async def _wait(predicate, timeout: float = 10.0) -> None:
         if reactor.seconds() > deadline:
             raise AssertionError("condition not met in time")
         await deferLater(reactor, 0.02, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_readiness_reaches_the_fsm_without_waiting_for_a_sync_pass(stacks):
+    stack = stacks()
+    stack.provider.on_change = stack.reconciler.kick   # as the node wires it
+    spec = function_spec(name="echo", minReplica=1, command=[PYTHON, "conf/functions/echo.py"])
+    await stack.store.create(spec, FunctionStatus.initial("echo", 0.0))
+    stack.reconciler.kick("echo")                      # as the admin API does on create
+    deadline = reactor.seconds() + 10
+    while (await stack.store.get("echo")).status.state is not State.ACTIVE:  # no run_pass here
+        assert reactor.seconds() < deadline, "the function did not become active"
+        await deferLater(reactor, 0.02, lambda: None)
+    assert stack.reconciler.passes >= 2 and stack.provider.runtimes["echo"].ready

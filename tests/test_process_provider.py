@@ -90,9 +90,12 @@ async def test_deploy_ready_invoke_and_logs(providers):
     spec = function_spec(name="echo", command=[PYTHON, ECHO], minReplica=1,
                          readinessPath="/healthz")
     provider.check_spec(spec)
+    changes: list[str] = []
+    provider.on_change = changes.append
     await provider.deploy(spec)
     assert (await observed(provider, "echo")).event is None      # starting
     await wait_for(lambda: provider.runtimes["echo"].ready)
+    await wait_for(lambda: changes == ["echo"])                 # ready: tell the reconciler
     observation = await observed(provider, "echo")
     assert observation.event is Event.READY and observation.digest == spec.digest()
     code, body, _ = await call(provider, spec, "/tomcat/job/api", b'{"megaease":"hi"}')

@@ -93,6 +93,11 @@ class ProcessProvider(Service):
         self.logs: dict[str, FunctionLog] = {}
         self.threads = ThreadPool(minthreads=0, maxthreads=2, name="process-provider")
         self._loop: LoopingCall | None = None
+        #: called with a function's name when its observation changes on its own (ready,
+        #: crash loop); wire it to Reconciler.kick so the FSM follows at once instead of
+        #: at the next syncInterval
+        self.on_change: Callable[[str], None] | None = None
+        self._announced: dict[str, tuple] = {}
 
     # -- service ---------------------------------------------------------------------
     def startService(self) -> None:
@@ -172,12 +177,28 @@ class ProcessProvider(Service):
 
     def _new_runtime(self, spec: FunctionSpec) -> Runtime:
         if spec.mode is ProcessMode.FORK:
-            return ForkRuntime(spec, self.tuning, self._make_watchdog)
-        return HttpRuntime(spec, self.reactor, self.tuning, self._make_replica,
-                           self._ready_count)
+            return ForkRuntime(spec, self.tuning, self._make_watchdog, self._changed)
+        return HttpRuntime(spec, self.reactor, self.tuning, self._make_replica, self._changed)
 
-    def _ready_count(self, name: str, count: int) -> None:
-        self.metrics.replicas.labels(name).set(count)
+    def _changed(self, name: str, ready: int) -> None:
+        self.metrics.replicas.labels(name).set(ready)
+        runtime = self.runtimes.get(name)
+        if runtime is None or self.on_change is None:
+            return
+        observation = runtime.observe()
+        if observation.event is None:
+            return
+        key = (observation.digest, observation.stopped, observation.event)
+        if self._announced.get(name) != key:
+            self._announced[name] = key
+            self.reactor.callLater(0, self._announce, name)
+
+    def _announce(self, name: str) -> None:
+        if self.on_change is not None and name in self.runtimes:
+            try:
+                self.on_change(name)
+            except Exception:
+                log.failure("on_change for {name} failed", name=name)
 
     def _runtime_for(self, spec: FunctionSpec) -> tuple[Runtime, Deferred[None] | None]:
         """The function's runtime, replaced when the mode changed (the old one stops)."""
@@ -208,6 +229,7 @@ class ProcessProvider(Service):
         return succeed({name: self.runtimes[name].observe() for name in wanted})
 
     def deploy(self, spec: FunctionSpec) -> Deferred[None]:
+        self._announced.pop(spec.name, None)
         runtime, stopping = self._runtime_for(spec)
         if runtime.spec != spec:
             runtime.update(spec)
@@ -216,6 +238,7 @@ class ProcessProvider(Service):
         return _after(stopping, runtime.deploy)
 
     def update(self, spec: FunctionSpec) -> Deferred[None]:
+        self._announced.pop(spec.name, None)
         runtime = self.runtimes.get(spec.name)
         if runtime is None:
             return self.deploy(spec)
@@ -226,11 +249,13 @@ class ProcessProvider(Service):
         return runtime.update(spec)
 
     def stop(self, spec: FunctionSpec) -> Deferred[None]:
+        self._announced.pop(spec.name, None)
         runtime, stopping = self._runtime_for(spec)
         runtime.set_spec(spec)  # what runs now stops: no point rolling to the new spec
         return _after(stopping, runtime.stop)
 
     def start(self, spec: FunctionSpec) -> Deferred[None]:
+        self._announced.pop(spec.name, None)
         runtime, stopping = self._runtime_for(spec)
         if runtime.spec != spec:
             runtime.update(spec)
@@ -238,6 +263,7 @@ class ProcessProvider(Service):
 
     def delete(self, name: str) -> Deferred[None]:
         runtime = self.runtimes.pop(name, None)
+        self._announced.pop(name, None)
         stopping = runtime.stop() if runtime is not None else succeed(None)
 
         def remove_logs(_: object) -> None:

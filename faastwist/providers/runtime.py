@@ -73,12 +73,12 @@ class HttpRuntime:
     """One HTTP-mode function: its replicas and everything that decides their number."""
 
     def __init__(self, spec: FunctionSpec, clock: IReactorTime, tuning: Tuning,
-                 factory: ReplicaFactory, on_ready_count: Callable[[str, int], None]) -> None:
+                 factory: ReplicaFactory, on_change: Callable[[str, int], None]) -> None:
         self.spec = spec
         self.clock = clock
         self.tuning = tuning
         self.factory = factory
-        self.on_ready_count = on_ready_count
+        self.on_change = on_change   # (name, ready replicas) after each change
         self.replicas: list[Replica] = []     # current spec, starting or ready
         self.ready: list[Replica] = []        # current spec, ready and taking requests
         self.retiring: list[Replica] = []     # previous spec, serving until a new one is ready
@@ -123,6 +123,7 @@ class HttpRuntime:
         self.history.clear()
         self.target = self.minimum
         self._fill()
+        self._report()
 
     def stop(self) -> Deferred[None]:
         """Scale to zero and stay there; fires when every child is gone."""
@@ -257,6 +258,7 @@ class HttpRuntime:
         if count >= self.tuning.crash_limit:
             self.error = info
             self._fail_waiters(self.error_message(), self._retry_after())
+            self._report()
         delay = min(self.tuning.backoff_base * 2 ** (count - 1), self.tuning.backoff_max)
         self._cancel_restart()
         self._restart_call = self.clock.callLater(delay, self._restart)
@@ -271,7 +273,8 @@ class HttpRuntime:
         self._restart_call = None
 
     def _report(self) -> None:
-        self.on_ready_count(self.spec.name, len(self.ready))
+        """Tell the provider something observable changed (ready count, error)."""
+        self.on_change(self.spec.name, len(self.ready))
 
     # -- requests -------------------------------------------------------------------------
     def _next_ready(self) -> Replica:
@@ -415,10 +418,12 @@ class ForkRuntime:
     """One fork-mode function: a loopback watchdog, listening while the function runs."""
 
     def __init__(self, spec: FunctionSpec, tuning: Tuning,
-                 make_watchdog: Callable[[FunctionSpec], Watchdog]) -> None:
+                 make_watchdog: Callable[[FunctionSpec], Watchdog],
+                 on_change: Callable[[str, int], None] = lambda name, count: None) -> None:
         self.spec = spec
         self.tuning = tuning
         self.make_watchdog = make_watchdog
+        self.on_change = on_change
         self.watchdog: Watchdog | None = None
         self.stopped = True
 
@@ -427,6 +432,7 @@ class ForkRuntime:
         if self.watchdog is None:
             self.watchdog = self.make_watchdog(self.spec)
             self.watchdog.listen()
+        self.on_change(self.spec.name, 1)
         return succeed(None)
 
     def start(self) -> Deferred[None]:
