@@ -37,8 +37,8 @@ from faastwist.providers.base import (
 from faastwist.providers.logfile import FunctionLog, read_lines
 from faastwist.providers.orphans import GATE_PID_VAR, OWNER_VAR, kill_orphans, owner_token
 from faastwist.providers.replica import ExitInfo, Replica, group_wrapper
-from faastwist.providers.runtime import ForkRuntime, HttpRuntime, Tuning
-from faastwist.providers.watchdog import Watchdog
+from faastwist.providers.runtime import HttpRuntime, Tuning
+from faastwist.providers.watchdog import ForkRuntime, Watchdog
 from faastwist.spec import FunctionSpec, ProcessMode, SpecError
 
 log = Logger()

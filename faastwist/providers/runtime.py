@@ -20,9 +20,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from faastwist.fsm import Event
-from faastwist.providers.base import NoCapacity, Observation, StaticLease, UpstreamLease
+from faastwist.providers.base import NoCapacity, Observation, UpstreamLease
 from faastwist.providers.replica import ExitInfo, Replica
-from faastwist.providers.watchdog import Watchdog
 from faastwist.spec import AutoScaleType, FunctionSpec
 
 log = Logger()
@@ -101,6 +100,7 @@ class HttpRuntime:
         self._configure()
 
     def _configure(self) -> None:
+        self.digest = self.spec.digest()
         self.minimum, self.maximum = replica_bounds(self.spec, self.tuning)
         self.scale_value = float(self.spec.auto_scale_value)
         self.by_concurrency = self.spec.auto_scale_type is AutoScaleType.CONCURRENCY
@@ -386,7 +386,7 @@ class HttpRuntime:
                 f"{last}")
 
     def observe(self) -> Observation:
-        name, digest = self.spec.name, self.spec.digest()
+        name, digest = self.spec.name, self.digest
         if self.stopped:
             return Observation(name, digest, stopped=True)
         if self.error is not None:
@@ -412,61 +412,3 @@ class HttpRuntime:
 
     def pids(self) -> list[int]:
         return [r.pid for r in self.replicas + self.retiring if r.alive and r.pid is not None]
-
-
-class ForkRuntime:
-    """One fork-mode function: a loopback watchdog, listening while the function runs."""
-
-    def __init__(self, spec: FunctionSpec, tuning: Tuning,
-                 make_watchdog: Callable[[FunctionSpec], Watchdog],
-                 on_change: Callable[[str, int], None] = lambda name, count: None) -> None:
-        self.spec = spec
-        self.tuning = tuning
-        self.make_watchdog = make_watchdog
-        self.on_change = on_change
-        self.watchdog: Watchdog | None = None
-        self.stopped = True
-
-    def deploy(self) -> Deferred[None]:
-        self.stopped = False
-        if self.watchdog is None:
-            self.watchdog = self.make_watchdog(self.spec)
-            self.watchdog.listen()
-        self.on_change(self.spec.name, 1)
-        return succeed(None)
-
-    def start(self) -> Deferred[None]:
-        return self.deploy()
-
-    def stop(self) -> Deferred[None]:
-        self.stopped = True
-        watchdog, self.watchdog = self.watchdog, None
-        if watchdog is None:
-            return succeed(None)
-        return watchdog.stop(self.tuning.stop_grace)
-
-    def set_spec(self, spec: FunctionSpec) -> None:
-        self.update(spec)
-
-    def update(self, spec: FunctionSpec) -> Deferred[None]:
-        self.spec = spec
-        if self.watchdog is not None:
-            self.watchdog.set_spec(spec)
-        return succeed(None)
-
-    def acquire(self) -> UpstreamLease:
-        if self.stopped or self.watchdog is None or self.watchdog.upstream is None:
-            raise NoCapacity(f"function {self.spec.name} is stopped", 5)
-        return StaticLease(self.watchdog.upstream)
-
-    def tick(self) -> None:
-        return None
-
-    def observe(self) -> Observation:
-        if self.stopped:
-            return Observation(self.spec.name, self.spec.digest(), stopped=True)
-        return Observation(self.spec.name, self.spec.digest(), event=Event.READY,
-                           message="fork mode: one process per request")
-
-    def pids(self) -> list[int]:
-        return self.watchdog.pids() if self.watchdog is not None else []

@@ -5,6 +5,8 @@ upstreams, so a fork-mode function gets a small twisted.web listener that, per
 request, runs the command with the request body on stdin and the headers as
 ``Http_*`` environment variables, and answers with its stdout. A non-zero exit is a
 500 carrying the end of stderr; the function's timeout kills the process group (504).
+``ForkRuntime`` is what the provider keeps per fork-mode function: the listener while
+the function runs, nothing while it is stopped.
 """
 
 from __future__ import annotations
@@ -12,7 +14,13 @@ from __future__ import annotations
 import signal
 from typing import Callable, Mapping, Sequence
 
-from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, maybeDeferred
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    DeferredSemaphore,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
@@ -20,7 +28,8 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from faastwist.providers.base import Upstream
+from faastwist.fsm import Event
+from faastwist.providers.base import NoCapacity, Observation, StaticLease, Upstream, UpstreamLease
 from faastwist.providers.replica import (
     LOOPBACK,
     STDERR_TAIL,
@@ -30,6 +39,7 @@ from faastwist.providers.replica import (
     group_gone,
     signal_group,
 )
+from faastwist.providers.runtime import Tuning
 from faastwist.spec import FunctionSpec
 
 log = Logger()
@@ -246,3 +256,61 @@ class Watchdog:
             waits.append(protocol.done.addBoth(lambda r, k=kill: k.cancel() if k.active() else r))
         return DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
 
+
+class ForkRuntime:
+    """One fork-mode function: a loopback watchdog, listening while the function runs."""
+
+    def __init__(self, spec: FunctionSpec, tuning: Tuning,
+                 make_watchdog: Callable[[FunctionSpec], Watchdog],
+                 on_change: Callable[[str, int], None] = lambda name, count: None) -> None:
+        self.spec = spec
+        self.tuning = tuning
+        self.make_watchdog = make_watchdog
+        self.on_change = on_change
+        self.watchdog: Watchdog | None = None
+        self.lease: StaticLease | None = None
+        self.stopped = True
+
+    def deploy(self) -> Deferred[None]:
+        self.stopped = False
+        if self.watchdog is None:
+            self.watchdog = self.make_watchdog(self.spec)
+            self.lease = StaticLease(self.watchdog.listen())
+        self.on_change(self.spec.name, 1)
+        return succeed(None)
+
+    def start(self) -> Deferred[None]:
+        return self.deploy()
+
+    def stop(self) -> Deferred[None]:
+        self.stopped = True
+        watchdog, self.watchdog, self.lease = self.watchdog, None, None
+        if watchdog is None:
+            return succeed(None)
+        return watchdog.stop(self.tuning.stop_grace)
+
+    def set_spec(self, spec: FunctionSpec) -> None:
+        self.update(spec)
+
+    def update(self, spec: FunctionSpec) -> Deferred[None]:
+        self.spec = spec
+        if self.watchdog is not None:
+            self.watchdog.set_spec(spec)
+        return succeed(None)
+
+    def acquire(self) -> UpstreamLease:
+        if self.stopped or self.lease is None:
+            raise NoCapacity(f"function {self.spec.name} is stopped", 5)
+        return self.lease   # no accounting: the watchdog bounds its own processes
+
+    def tick(self) -> None:
+        return None
+
+    def observe(self) -> Observation:
+        if self.stopped:
+            return Observation(self.spec.name, self.spec.digest(), stopped=True)
+        return Observation(self.spec.name, self.spec.digest(), event=Event.READY,
+                           message="fork mode: one process per request")
+
+    def pids(self) -> list[int]:
+        return self.watchdog.pids() if self.watchdog is not None else []
