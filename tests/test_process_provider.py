@@ -166,8 +166,14 @@ async def test_fork_mode_stdin_stdout_and_headers(providers):
 
 
 @pytest_twisted.ensureDeferred
-async def test_fork_mode_failure_and_timeout(providers):
+async def test_fork_mode_failure_and_timeout(providers, monkeypatch):
+    monkeypatch.setattr("faastwist.providers.watchdog.MAX_OUTPUT", 10_000)
     provider = providers()
+    chatty = function_spec(name="chatty", mode="fork", command=[
+        PYTHON, "-c", "import sys\nwhile True: sys.stdout.write('x' * 4096)"])
+    await provider.deploy(chatty)
+    code, body, _ = await call(provider, chatty)
+    assert code == 500 and b"wrote more than 10000 bytes to stdout" in body
     failing = function_spec(name="failing", mode="fork", command=[
         PYTHON, "-c", "import sys; sys.stderr.write('bad input\\n'); sys.exit(4)"])
     await provider.deploy(failing)

@@ -45,6 +45,7 @@ from faastwist.spec import FunctionSpec
 log = Logger()
 
 DEFAULT_CONTENT_TYPE = "text/plain; charset=utf-8"
+MAX_OUTPUT = 64 * 2**20   # a response body is held in memory: a runaway writer is cut off
 
 
 def header_env(request: Request) -> dict[str, str]:
@@ -69,6 +70,8 @@ class _ForkProtocol(ProcessProtocol):
         self.watchdog = watchdog
         self.body = body
         self.stdout: list[bytes] = []
+        self.size = 0
+        self.overflow = False
         self.stderr_tail: list[str] = []
         self.instance = f"{watchdog.name}-fork"
         self.stderr = LineBuffer(self._stderr_line)
@@ -89,6 +92,14 @@ class _ForkProtocol(ProcessProtocol):
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD == 1:
+            self.size += len(data)
+            if self.size > MAX_OUTPUT:
+                if not self.overflow:
+                    self.overflow = True
+                    self.stdout.clear()
+                    if self.pid is not None:
+                        signal_group(self.pid, signal.SIGKILL)
+                return
             self.stdout.append(data)
         elif childFD == 2:
             self.stderr.feed(data)
@@ -213,7 +224,10 @@ class Watchdog:
             if timer.active():
                 timer.cancel()
             code, sig = result
-            if timed_out:
+            if protocol.overflow:
+                answer(500, f"function {self.name} wrote more than {MAX_OUTPUT} bytes to "
+                            f"stdout; the process was killed\n")
+            elif timed_out:
                 answer(504, f"function {self.name} timed out after {spec.timeout:g}s\n")
             elif code == 0:
                 answer(200, b"".join(protocol.stdout),
