@@ -35,6 +35,8 @@ from tests.process_support import (
     write_script,
 )
 
+pytestmark = pytest.mark.slow   # real child processes and sockets
+
 ECHO = str(REPO / "conf" / "functions" / "echo.py")
 WORDCOUNT = str(REPO / "conf" / "functions" / "wordcount.py")
 
