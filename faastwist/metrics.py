@@ -7,9 +7,34 @@ existing dashboards work; the control plane's are ``faastwist_*``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from faastwist.fsm import State
+
+
+class _BareNameAlias(Collector):
+    """Also exports a counter under its bare name, without ``_total``.
+
+    OpenFaaS's gateway (Go client) exports ``gateway_function_invocation_started``
+    with no suffix, and dashboards and idlers query that name; prometheus_client
+    always appends ``_total`` to a counter, so the alias is an untyped series with
+    the counter's values.
+    """
+
+    def __init__(self, counter: Counter) -> None:
+        self.counter = counter
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.counter.collect():
+            alias = Metric(family.name, family.documentation, "unknown")
+            for sample in family.samples:
+                if sample.name == family.name + "_total":
+                    alias.add_sample(family.name, sample.labels, sample.value)
+            yield alias
 
 
 class Metrics:
@@ -28,6 +53,7 @@ class Metrics:
         self.invocation_started = Counter(
             "gateway_function_invocation_started", "Function invocations started",
             ["function_name"], registry=r)
+        r.register(_BareNameAlias(self.invocation_started))
         self.inflight = Gauge(
             "gateway_function_inflight_requests", "Requests in flight per function",
             ["function_name"], registry=r)

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 from klein import Klein
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import generate_latest
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -27,6 +27,8 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from faastwist.metrics import Metrics
 
 log = Logger()
+
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 Check = Callable[[], "Deferred[Any] | Any"]
 
@@ -98,11 +100,11 @@ class OpsAPI:
     # -- endpoints ---------------------------------------------------------------------
     @app.route("/metrics", methods=["GET"])
     def scrape(self, request: Any) -> bytes:
-        accept = request.getHeader(b"accept")
-        # Prometheus asks for OpenMetrics; curl and browsers get the text format
-        encoder, content_type = choose_encoder(accept.decode("latin-1") if accept else "")
-        request.setHeader(b"Content-Type", content_type.encode())
-        return encoder(self.metrics.registry)
+        # Always the classic text format, even when Prometheus offers OpenMetrics:
+        # OpenFaaS's bare-named gateway_function_invocation_started (see metrics.py)
+        # cannot sit beside its counter family in OpenMetrics.
+        request.setHeader(b"Content-Type", CONTENT_TYPE)
+        return generate_latest(self.metrics.registry)
 
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request: Any) -> bytes:

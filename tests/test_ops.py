@@ -46,10 +46,6 @@ def _ops(checks: dict | None = None, clock: Clock | None = None,
     return api, StubTreq(api.resource())
 
 
-def _families(text: str) -> dict[str, Any]:
-    return {family.name: family for family in text_string_to_metric_families(text)}
-
-
 def test_metrics_scrape_shows_the_values_set() -> None:
     metrics = Metrics()
     metrics.invocations.labels("demo", "200").inc(3)
@@ -69,16 +65,17 @@ def test_metrics_scrape_shows_the_values_set() -> None:
     code, headers, body = _get(stub, "/metrics")
     assert code == 200
     assert headers["content-type"] == ["text/plain; version=0.0.4; charset=utf-8"]
-    families = _families(body.decode())
-
+    parsed = list(text_string_to_metric_families(body.decode()))
+    families = {family.name: family for family in parsed}
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in families.values() for s in family.samples}
+               for family in parsed for s in family.samples}
     assert samples[("gateway_function_invocation_total",
                     (("code", "200"), ("function_name", "demo")))] == 3
     assert samples[("gateway_function_invocation_total",
                     (("code", "502"), ("function_name", "demo")))] == 1
     assert samples[("gateway_function_invocation_started_total",
                     (("function_name", "demo"),))] == 4
+    assert samples[("gateway_function_invocation_started", (("function_name", "demo"),))] == 4
     assert samples[("gateway_function_inflight_requests", (("function_name", "demo"),))] == 2
     assert samples[("faastwist_gate_upstream_errors_total",
                     (("function_name", "demo"), ("kind", "refused")))] == 1
@@ -107,15 +104,23 @@ def test_metrics_scrape_shows_the_values_set() -> None:
     assert count == [4] and total == [pytest.approx(3.404)]
 
 
-def test_metrics_openmetrics_when_asked() -> None:
+def test_metrics_text_format_even_when_openmetrics_is_offered() -> None:
     metrics = Metrics()
     metrics.invocations.labels("demo", "200").inc()
+    metrics.invocation_started.labels("demo").inc(2)
     _, stub = _ops(metrics=metrics)
     code, headers, body = _get(stub, "/metrics", headers={
-        "Accept": "application/openmetrics-text; version=1.0.0"})
+        "Accept": "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"})
     assert code == 200
-    assert headers["content-type"][0].startswith("application/openmetrics-text")
-    assert body.endswith(b"# EOF\n")
+    assert headers["content-type"] == ["text/plain; version=0.0.4; charset=utf-8"]
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())
+                if f.type == "unknown"}
+    # OpenFaaS's bare name (what its dashboards and idlers query) and the counter's name
+    bare = families["gateway_function_invocation_started"]
+    assert bare.type == "unknown"
+    assert [(s.name, s.labels, s.value) for s in bare.samples] == [
+        ("gateway_function_invocation_started", {"function_name": "demo"}, 2.0)]
+    assert b'gateway_function_invocation_started_total{function_name="demo"} 2.0' in body
     assert b'gateway_function_invocation_total{code="200",function_name="demo"} 1.0' in body
 
 
