@@ -439,3 +439,20 @@ async def test_http_readiness_probe_waits_for_a_2xx(providers):
     texts = [l.text for l in await provider.read_logs("warming")]
     assert texts[:4] == ["probe 1 /ready?deep=1 503", "probe 2 /ready?deep=1 503",
                          "probe 3 /ready?deep=1 503", "probe 4 /ready?deep=1 200"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_before_the_first_deploy_are_held_until_it(providers):
+    provider = providers(tuning=fast_tuning(cold_start_timeout=2.0))
+    spec = function_spec(name="echo", command=[PYTHON, ECHO])
+    early = provider.acquire(spec)                    # the gate restarted: route known,
+    assert isinstance(early, Deferred)                # function not deployed here yet
+    reactor.callLater(0.2, provider.deploy, spec)
+    lease = await early
+    response = await treq.post(lease.upstream.origin.decode(), data=b"early")
+    assert await treq.content(response) == b"V3 Body is \nearly"
+    lease.release()
+    never = function_spec(name="never-deployed", command=[PYTHON, ECHO])
+    quick = providers(tuning=fast_tuning(cold_start_timeout=0.2))
+    with pytest.raises(NoCapacity, match="not deployed on this node within 0.2s"):
+        await quick.acquire(never)
