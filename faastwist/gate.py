@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -262,31 +264,45 @@ class GateService(Service):
         for connection in list(self.limit.open):
             connection.drain()
         inflight = gate.inflight
-
-        def drained(_: Any) -> None:
-            for connection in list(self.limit.open):
-                transport = getattr(connection, "transport", None)
-                if transport is not None:
-                    transport.abortConnection()
-            self.pool.close()
-            log.info("gate stopped")
-
-        def late(failure: Any) -> None:
-            failure.trap(DeferredTimeout)
-            log.warn("gate shutdown: {count} requests still in flight after "
-                     "{timeout}s; closing them", count=gate.inflight,
-                     timeout=self.config.shutdown_timeout)
-
         if inflight:
             log.info("gate draining {count} in-flight requests", count=inflight)
         waiting = gate.wait_idle()
         waiting.addTimeout(self.config.shutdown_timeout, self.reactor)
-        waiting.addErrback(late)
-        waiting.addCallback(drained)
+
+        def drained(result: Any) -> Deferred:
+            late = isinstance(result, Failure)
+            if late:
+                result.trap(DeferredTimeout)
+                log.warn("gate shutdown: {count} requests still in flight after "
+                         "{timeout}s; closing them", count=gate.inflight,
+                         timeout=self.config.shutdown_timeout)
+            # on the next reactor pass: the last response is still being written
+            return deferLater(self.reactor, 0, self._close_connections, late)
+
+        waiting.addBoth(drained)
         if listening is not None:
             waiting.addCallback(lambda _: listening)
         waiting.chainDeferred(stopped)
         return stopped
+
+    def _close_connections(self, abort: bool) -> None:
+        """Close every client connection: flushing what is written when nothing is in
+        flight any more (and aborting after a grace period), at once otherwise."""
+        open_transports = [c.transport for c in list(self.limit.open)
+                           if getattr(c, "transport", None) is not None]
+        for transport in open_transports:
+            if abort:
+                transport.abortConnection()
+            else:
+                transport.loseConnection()
+        if open_transports and not abort:
+            def straggling() -> None:
+                for transport in open_transports:
+                    if getattr(transport, "connected", False):
+                        transport.abortConnection()
+            self.reactor.callLater(2.0, straggling)
+        self.pool.close()
+        log.info("gate stopped")
 
     def address(self) -> tuple[str, int]:
         """Where the gate listens (the port the OS chose when configured as 0)."""

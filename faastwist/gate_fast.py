@@ -30,6 +30,10 @@ from faastwist.gate_core import head_lines
 log = Logger()
 
 MAX_HEAD_SIZE = 64 * 1024
+#: After answering before the request body was read (413, 404, ...), keep reading and
+#: dropping the body this long before closing: closing with unread input makes the
+#: kernel send RST, and a client still uploading would never read the answer.
+LINGER = 5.0
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -123,7 +127,7 @@ class LeanProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self.closing and self.exchange is None:
-            return
+            return  # lingering, or closing: the rest of the input is dropped
         if self.in_head or self.exchange is None:
             self.head_size += len(data)
             if self.head_size > MAX_HEAD_SIZE and self.in_head:
@@ -208,12 +212,19 @@ class LeanProtocol(Protocol):
         if self.exchange is not exchange:
             return
         self.exchange = None
+        still_sending = self.receiving is not None
         if self.receiving is exchange:
             self.receiving = None
         self.last_active = exchange.ended
         if close or self.closing or not self.keep or not self.gate.keep_alive:
             self.closing = True
-            self.transport.loseConnection()
+            if not still_sending:
+                self.transport.loseConnection()
+            else:  # the client is still sending the body: read it away, then close
+                self.receiving = None
+                self.queue = []
+                self._resume(3)
+                self.factory.clock.callLater(LINGER, self.transport.loseConnection)
             return
         if self.queue and not self.starting:
             self._run_queue()

@@ -19,6 +19,7 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from faastwist.exchange import Exchange
+from faastwist.gate_fast import LINGER
 from faastwist.gate_core import RequestHead
 
 try:
@@ -188,7 +189,8 @@ class StreamingRequest(server.Request):
     _gate_finish_pending = False
 
     def gotLength(self, length: int | None) -> None:
-        resource = getattr(self.site, "resource", None)
+        self.site = site = self.channel.site  # server.Request sets it only in process()
+        resource = getattr(site, "resource", None)
         if not isinstance(resource, GateResource):
             super().gotLength(length)
             return
@@ -234,11 +236,16 @@ class StreamingRequest(server.Request):
             if _is_h2(self):
                 super().finish()
                 return
+            # closing now would make the kernel reset the connection under a client
+            # that is still uploading, and it would never read the answer: read the
+            # body away (bounded by LINGER), then finish and close
             self._gate_finish_pending = True
+            self.channel.persistent = False
             if self.chunked:
                 self.channel.write(b"0\r\n\r\n")
                 self.chunked = 0
-            self.channel.transport.loseConnection()
+            clock = self.site.resource.gate.clock
+            clock.callLater(LINGER, self.channel.transport.loseConnection)
             return
         super().finish()
 
