@@ -4,8 +4,8 @@
   parser: counts, codes, histogram buckets and bytes match what was sent; every
   documented metric family is in the scrape.
 - ``--log-format json``: every line the node writes is one JSON object; the access
-  log has one line per gate request with its fields, and ``--no-access-log`` /
-  ``httpServer.accessLog: false`` switch it off.
+  log has one line per gate request with its fields, and ``httpServer.accessLog:
+  false`` switches it off.
 - /readyz turns 503 naming the store when etcd stops, 200 when it is back.
 - A fake NOTIFY_SOCKET (a unix datagram socket bound here) gets READY=1 only once
   the gate and admin ports accept connections, WATCHDOG=1 at WATCHDOG_USEC/2, and
@@ -290,7 +290,8 @@ def test_info_healthz_readyz(json_node) -> None:
 
 
 def test_access_log_switched_off(tmp_path) -> None:
-    n = node(tmp_path / "node", "--log-format", "json", "--no-access-log")
+    n = node(tmp_path / "node", "--log-format", "json",
+             extra={"httpServer": {"accessLog": False}})
     n.start()
     try:
         spec = echo_spec(tmp_path, "quiet")
