@@ -361,3 +361,72 @@ async def test_no_line_is_delivered_after_unsubscribe_returns(pool) -> None:
     await until(lambda: stream.released)
     await deferLater(reactor, 0.05)      # the queued hand-over has run by now
     assert got == []
+
+
+# -- against a real kube-apiserver (envtest; no kubelet, so pods have no log to serve) ----
+
+@pytest.fixture(scope="module")
+def envtest(tmp_path_factory: pytest.TempPathFactory):
+    from tests.k8s_support import Envtest, envtest_unavailable
+
+    reason = envtest_unavailable()
+    if reason:
+        pytest.skip(reason)
+    server = Envtest(tmp_path_factory.mktemp("envtest-logs"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+def _pod(name: str, service: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": {"serving.knative.dev/service": service}},
+            "spec": {"containers": [{"name": "user-container", "image": "dev.local/fn:1"},
+                                    {"name": "queue-proxy", "image": "dev.local/qp:1"}]}}
+
+
+@pytest.mark.envtest
+@pytest_twisted.ensureDeferred
+async def test_real_apiserver_calls(envtest, pool) -> None:
+    """The calls are accepted by a real apiserver: list by label, pod log reads (204 with
+    no body for a pod without a node), follow streams that end and are reopened, and a
+    hung apiserver is a ProviderError within the timeout."""
+    client = envtest.api_client()
+    core = CoreV1Api(client)
+    core.create_namespaced_pod("default", _pod("real-00001-a", "real"))
+    core.create_namespaced_pod("default", _pod("other-00001-a", "other"))
+    core.create_namespaced_pod("default", _pod("real-00001-b", "real"))
+    core.patch_namespaced_pod_status("real-00001-b", "default", {"status": {"phase": "Running"}})
+    metrics = Metrics()
+    clock = Clock()
+    logs = KnativeLogs(lambda: core, "default", reactor, pool, 1.0, clock=clock,
+                       metrics=metrics)
+    try:
+        assert await logs.read_logs("real", tail=10, since=time.time() - 60) == []
+        assert metrics.provider_calls.labels("pods", "200")._value.get() == 1
+        assert metrics.provider_calls.labels("logs", "200")._value.get() == 1  # b only (Running)
+
+        got: list[LogLine] = []
+        unsubscribe = logs.follow_logs("real", got.append)
+        await until(lambda: metrics.provider_calls.labels("logs", "200")._value.get() == 2)
+        await until(lambda: logs.open_streams == 0)      # 204: the stream ends at once
+        clock.advance(5)                                 # the next poll reopens it
+        await until(lambda: metrics.provider_calls.labels("logs", "200")._value.get() == 3)
+        unsubscribe()
+        assert got == []
+
+        envtest.pause()
+        try:
+            started = time.monotonic()
+            with pytest.raises(ProviderError, match="knative logs of real"):
+                await logs.read_logs("real")
+            assert time.monotonic() - started < 5
+        finally:
+            envtest.resume()
+    finally:
+        logs.close()
+        for name in ("real-00001-a", "real-00001-b", "other-00001-a"):
+            core.delete_namespaced_pod(name, "default", grace_period_seconds=0)
+        client.close()
