@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Awaitable
 from typing import Any, Callable
 
 from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.server import Site
 
@@ -52,6 +54,8 @@ class FaasNode(Service):
         self.admin: Any = None
         self.gate: Any = None
         self.admin_port: Any = None
+        self.ops: Any = None
+        self.notifier: Any = None
 
     # -- helpers ---------------------------------------------------------------------
     def _push(self, what: str, stop: Callable[[], Any]) -> None:
@@ -87,12 +91,23 @@ class FaasNode(Service):
             self.on_fatal(message)
 
     async def _start(self) -> None:
+        from faastwist.sdnotify import SystemdNotifier
+
+        # before anything spawns children: it takes NOTIFY_SOCKET out of their environment
+        self.notifier = SystemdNotifier(self.reactor)
+        self.notifier.startService()
         await self._start_store()
         self._start_provider()
         await self._start_routes()
         self._start_reconciler()
         self._start_admin()
         self._start_gate()
+        # popped first at shut-down: STOPPING=1 and /readyz 503 before anything stops
+        self._push("systemd notifier", self.notifier.stopService)
+        self._push("readiness", self.ops.mark_stopping)
+        self.notifier.ready(f"serving: gate {self.config.http_server.address}:"
+                            f"{self.config.http_server.port}, admin {self.config.admin.address}:"
+                            f"{self.config.admin.port}")
 
     async def _start_store(self) -> None:
         from faastwist.store.etcd import EtcdStore
@@ -128,20 +143,28 @@ class FaasNode(Service):
 
             self.provider = ProcessProvider(self.config.process, self.config.name,
                                             self.reactor, self.metrics)
+        if hasattr(self.provider, "on_change"):
+            # readiness and crash loops reach the FSM at once, not at the next sync
+            self.provider.on_change = lambda name: self.reconciler and self.reconciler.kick(name)
         self._start_child("provider", self.provider)
 
     async def _start_routes(self) -> None:
         from faastwist.routes import RouteTable
 
-        self.routes = RouteTable(self.store, self.reactor)
+        self.routes = RouteTable(self.store, self.reactor, self.metrics)
         self._start_child("route table", self.routes)
-        await self.routes.ready()
+        deadline = self.reactor.seconds() + self.config.etcd.timeout * 4
+        while not self.routes.synced:
+            if self.reactor.seconds() > deadline:
+                raise StartupError("the route table could not be loaded from etcd")
+            await deferLater(self.reactor, 0.05, lambda: None)
 
     def _start_reconciler(self) -> None:
         from faastwist.reconciler import Reconciler
         from faastwist.store.leader import LeaderElection
 
-        self.leader = LeaderElection(self.reactor, self.store, self.node_id)
+        self.leader = LeaderElection(self.reactor, self.store, self.node_id,
+                                     metrics=self.metrics)
         self._start_child("leader election", self.leader)
         self.reconciler = Reconciler(self.store, self.provider, self.reactor,
                                      self.config.sync_interval, self.metrics,
@@ -150,15 +173,30 @@ class FaasNode(Service):
 
     def _start_admin(self) -> None:
         from faastwist.admin import AdminAPI
+        from faastwist.admin_codec import bounded_request_factory
+        from faastwist.console_resource import ConsoleResource, gate_url_for, mount_console
+        from faastwist.ops import OpsAPI, compose, node_info
 
-        admin = self.config.admin
+        admin, http = self.config.admin, self.config.http_server
         log_source = self.provider if hasattr(self.provider, "read_logs") else None
         self.admin = AdminAPI(self.store, self.config.name, self.provider.check_spec,
                               self.reconciler.kick, self.reactor, admin.max_body_size,
                               log_source=log_source)
+        self.ops = OpsAPI(
+            self.metrics,
+            {"store": self.store.check, "watch": self._routes_current,
+             "provider": self.provider.check},
+            node_info(__version__, self.config.provider, self.config.name, self.node_id,
+                      time.time(), self.leader.is_leader),
+            self.reactor)
+        console = ConsoleResource(self.reactor, self.config.name,
+                                  gate_url_for(http.address, http.port, http.https),
+                                  max_body_size=admin.max_body_size)
+        root = mount_console(compose(self.admin.resource(), self.ops.resource()), console)
+        site = Site(root, requestFactory=bounded_request_factory(admin.max_body_size),
+                    parsePOSTFormSubmission=False, reactor=self.reactor)
         try:
-            self.admin_port = self.reactor.listenTCP(
-                admin.port, Site(self.admin.resource()), interface=admin.address)
+            self.admin_port = self.reactor.listenTCP(admin.port, site, interface=admin.address)
         except Exception as exc:
             raise StartupError(f"admin.port: cannot listen on {admin.address}:{admin.port}: {exc}")
         self._push("admin listener", self.admin_port.stopListening)
@@ -174,6 +212,10 @@ class FaasNode(Service):
         except Exception as exc:
             raise StartupError(f"httpServer.port: cannot listen on {http.address}:{http.port}: {exc}")
         self._push("gate", self.gate.stopService)
+
+    def _routes_current(self) -> None:
+        if not self.routes.synced:
+            raise RuntimeError("the route table is not in step with the store")
 
     # -- stop ------------------------------------------------------------------------
     def stopService(self) -> Deferred[None]:

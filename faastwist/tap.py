@@ -20,9 +20,11 @@ def _port(value: str) -> int:
 
 
 class Options(usage.Options):
-    synopsis = "--config PATH [--admin-port N] [--gate-port N]"
+    synopsis = "--config PATH [--admin-port N] [--gate-port N] [--log-format text|json]"
     optParameters = [
         ["config", "c", None, "Path to controller.yaml (required)."],
+        ["log-format", None, "text",
+         "text (twistd's) or json (one object per line with the event's fields)."],
         ["admin-port", None, None, "Override admin.port.", _port],
         ["gate-port", None, None, "Override httpServer.port.", _port],
     ]
@@ -30,6 +32,9 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["config"]:
             raise usage.UsageError("--config is required (e.g. --config conf/controller.yaml)")
+        from faastwist.logformat import use_log_format
+
+        use_log_format(self, self["log-format"])
         try:
             config = load_config(self["config"])
         except ConfigError as exc:
