@@ -181,6 +181,8 @@ class _HttpProbe(TCPProtocol):
 
 
 class _ProbeFactory(Factory):
+    noisy = False
+
     def __init__(self, probe: _HttpProbe) -> None:
         self.probe = probe
 
@@ -286,6 +288,9 @@ class Replica:
             self._kill_call.cancel()
         self._kill_call = None
         info = ExitInfo(code, sig, tuple(self.stderr_tail), expected)
+        if expected:
+            log.info("replica {instance} stopped ({how})", instance=self.instance,
+                     how=info.describe())
         waiters, self._exited = self._exited, []
         try:
             self.on_exit(self, info)
@@ -318,7 +323,9 @@ class Replica:
     def _probe_tcp(self) -> Deferred:
         endpoint = TCP4ClientEndpoint(self.reactor, LOOPBACK, self.port,
                                       timeout=self.probe_timeout)
-        return endpoint.connect(Factory.forProtocol(TCPProtocol)).addCallback(
+        factory = Factory.forProtocol(TCPProtocol)
+        factory.noisy = False   # one probe every few ms must not log two lines each
+        return endpoint.connect(factory).addCallback(
             lambda proto: proto.transport.loseConnection())
 
     def _probe_http(self) -> Deferred:
