@@ -76,6 +76,7 @@ class OpsAPI:
         self.clock = clock
         self.check_timeout = check_timeout
         self.stopping = False
+        self._last_failure = ""
 
     def resource(self) -> IResource:
         return self.app.resource()
@@ -146,11 +147,16 @@ class OpsAPI:
                     failed.append(f"{name}: {outcome[name]}")
             if self.stopping:
                 failed.insert(0, "node: stopping")
+            summary = "; ".join(failed)
+            if summary != self._last_failure:  # log changes, not every probe
+                if summary:
+                    log.warn("not ready: {failed}", failed=summary)
+                else:
+                    log.info("ready again: every check passes")
+                self._last_failure = summary
             if not failed:
                 return {"status": "ok", "checks": outcome}
-            log.info("not ready: {failed}", failed="; ".join(failed))
-            return {"code": 503, "message": "not ready: " + "; ".join(failed),
-                    "checks": outcome}
+            return {"code": 503, "message": "not ready: " + summary, "checks": outcome}
 
         return DeferredList(runs, consumeErrors=True).addCallback(summarise)
 

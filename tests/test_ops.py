@@ -261,3 +261,21 @@ def test_compose_routes_ops_paths_and_leaves_the_rest_to_admin() -> None:
     # a controller really named "info" is still reachable below its own path
     assert json.loads(_get(stub, "/apis/v2/faas/info/hello/logs")[2])["admin"] == "info"
     assert _get(stub, "/metrics/extra")[0] == 404
+
+
+def test_readiness_changes_are_logged_once() -> None:
+    from twisted.logger import globalLogPublisher
+
+    state = {"up": True}
+    api, stub = _ops({"store": lambda: succeed(None) if state["up"] else fail(OSError("down"))})
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        for up in (True, False, False, False, True, True):
+            state["up"] = up
+            _get(stub, "/readyz")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    mine = [e for e in events if e.get("log_namespace") == "faastwist.ops"]
+    assert [(e["log_level"].name, e.get("failed")) for e in mine] == [
+        ("warn", "store: down"), ("info", None)]
