@@ -205,22 +205,29 @@ class FakeKnative:
         return self.api.list_namespaced_custom_object(
             ksvc.GROUP, ksvc.VERSION, self.namespace, ksvc.PLURAL, **kwargs)["items"]
 
-    def settle(self) -> None:
-        """Return once the apiserver's watch cache holds every write made so far.
+    # -- the watch cache -------------------------------------------------------------------
+    # The provider LISTs from the apiserver's watch cache (never older than any ksvc it
+    # has seen or written), so a write by someone else, like this fake controller, shows
+    # up there a few milliseconds later. The fake waits for that after each of its
+    # writes, so the next pass of a test sees them for sure.
+    def _cache_list(self, **kwargs: Any) -> list[dict[str, Any]]:
+        return self.api.list_namespaced_custom_object(
+            ksvc.GROUP, ksvc.VERSION, self.namespace, ksvc.PLURAL, **kwargs)["items"]
 
-        The provider LISTs from that cache (not older than its own writes), so a write
-        by someone else, like this fake controller, shows up a few milliseconds later.
-        Tests call this after the fake writes so the next pass sees them for sure: a
-        quorum read gives the current resourceVersion, and a cache LIST not older than
-        it waits until the cache has caught up (the selector matches nothing: cheap).
-        """
-        nothing = f"{ksvc.CONTROLLER_LABEL}=settle.none"
-        current = self.api.list_namespaced_custom_object(
-            ksvc.GROUP, ksvc.VERSION, self.namespace, ksvc.PLURAL, label_selector=nothing,
-            limit=1)["metadata"]["resourceVersion"]
-        self.api.list_namespaced_custom_object(
-            ksvc.GROUP, ksvc.VERSION, self.namespace, ksvc.PLURAL, label_selector=nothing,
-            resource_version=current, resource_version_match="NotOlderThan")
+    def settle(self, *written: dict[str, Any]) -> None:
+        """Return once the watch cache holds the newest of the ``written`` objects."""
+        versions = [int(obj["metadata"]["resourceVersion"]) for obj in written]
+        if versions:
+            self._cache_list(label_selector=f"{ksvc.CONTROLLER_LABEL}=settle.none",
+                             resource_version=str(max(versions)),
+                             resource_version_match="NotOlderThan")
+
+    def settle_gone(self, **selector: str) -> None:
+        """Return once the watch cache no longer lists what ``selector`` matches."""
+        deadline = time.monotonic() + 10
+        while self._cache_list(resource_version="0", **selector):
+            assert time.monotonic() < deadline, f"still listed: {selector}"
+            time.sleep(0.01)
 
     # -- writing status ------------------------------------------------------------------
     def _patch_status(self, obj: dict[str, Any], status: dict[str, Any],
@@ -229,7 +236,7 @@ class FakeKnative:
             ksvc.GROUP, ksvc.VERSION, self.namespace, ksvc.PLURAL, obj["metadata"]["name"],
             {"status": status})
         if settle:
-            self.settle()
+            self.settle(written)
         return written
 
     def _base(self, obj: dict[str, Any]) -> tuple[str, int, dict[str, Any]]:
@@ -291,13 +298,14 @@ class FakeKnative:
                 if (obj.get("status") or {}).get("observedGeneration")
                 != obj["metadata"]["generation"]]
 
-        def verdict(obj: dict[str, Any]) -> None:
+        def verdict(obj: dict[str, Any]) -> dict[str, Any]:
             image = obj["spec"]["template"]["spec"]["containers"][0]["image"]
-            (self.failed if image in self.broken_images else self.ready)(obj, settle=False)
+            return (self.failed if image in self.broken_images else self.ready)(
+                obj, settle=False)
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(verdict, todo))
-        self.settle()
+            written = list(pool.map(verdict, todo))
+        self.settle(*written)
         return len(todo)
 
     # -- behind faastwist's back ------------------------------------------------------------
@@ -305,7 +313,7 @@ class FakeKnative:
         self.api.delete_namespaced_custom_object(
             ksvc.GROUP, ksvc.VERSION, self.namespace, ksvc.PLURAL, name)
         if settle:
-            self.settle()
+            self.settle_gone(field_selector=f"metadata.name={name}")
 
     def delete_all(self, controller: str, workers: int = 8) -> None:
         names = [obj["metadata"]["name"] for obj in self.list(controller)]
@@ -319,12 +327,12 @@ class FakeKnative:
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(gone, names))
-        self.settle()
+        self.settle_gone(label_selector=ksvc.label_selector(controller))
 
     def create_raw(self, body: dict[str, Any]) -> dict[str, Any]:
         created = self.api.create_namespaced_custom_object(
             ksvc.GROUP, ksvc.VERSION, self.namespace, ksvc.PLURAL, body)
-        self.settle()
+        self.settle(created)
         return created
 
     def touch(self, name: str, labels: dict[str, str]) -> dict[str, Any]:
@@ -332,7 +340,7 @@ class FakeKnative:
         patched = self.api.patch_namespaced_custom_object(
             ksvc.GROUP, ksvc.VERSION, self.namespace, ksvc.PLURAL, name,
             {"metadata": {"labels": labels}})
-        self.settle()
+        self.settle(patched)
         return patched
 
 

@@ -363,8 +363,31 @@ def test_lists_come_from_the_watch_cache_but_never_older_than_our_writes(cluster
 
 
 @pytest_twisted.inlineCallbacks
+def test_changes_to_other_resources_do_not_stall_the_list(cluster: Cluster):
+    from kubernetes import client as kube_client
+
+    cluster.knative.create_raw(ksvc.build_ksvc(cluster.spec("calm"), cluster.controller,
+                                               "default"))
+    core = kube_client.CoreV1Api(cluster.knative.api.api_client)
+    name = f"{cluster.controller}-other"
+    # etcd's revision moves on, the ksvc watch cache does not (nothing of it changed):
+    # the first LIST (a quorum read) answers with etcd's revision, which the cache never
+    # reaches; a LIST "not older than" that one would wait 3 s and fail with 504
+    core.create_namespaced_config_map("default", {"metadata": {"name": name}})
+    try:
+        for _ in range(3):
+            observed = yield cluster.provider.observe()
+            assert "calm" in observed
+        assert cluster.provider.metrics.registry.get_sample_value(
+            "faastwist_provider_api_calls_total", {"verb": "list", "code": "200"}) == 3
+        assert "resourceVersionMatch=NotOlderThan" in cluster.calls.urls[-1]
+    finally:
+        core.delete_namespaced_config_map(name, "default")
+
+
+@pytest_twisted.inlineCallbacks
 def test_a_resource_version_from_another_etcd_falls_back_to_a_quorum_read(cluster: Cluster):
-    yield cluster.provider.observe()
+    yield cluster.provider.deploy(cluster.spec("moved"))
     current = int(cluster.provider._fresh_as_of or 0)
     assert current > 0
     cluster.provider._fresh_as_of = str(current + 10_000_000)   # as if etcd was replaced
@@ -502,6 +525,29 @@ def test_check_and_a_provider_that_is_not_running(envtest: Envtest):
     cluster.provider.stopService()
     with pytest.raises(ProviderError, match="not running"):
         yield cluster.provider.observe()
+
+
+@pytest_twisted.inlineCallbacks
+def test_logs_go_to_the_function_pods(cluster: Cluster):
+    from kubernetes import client as kube_client
+
+    core = kube_client.CoreV1Api(cluster.knative.api.api_client)
+    name = f"{cluster.controller}-logs"
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": f"{name}-00001-deployment-x",
+                        "labels": {"serving.knative.dev/service": name}},
+           "spec": {"containers": [{"name": "user-container", "image": "dev.local/fn:1"}]}}
+    core.create_namespaced_pod("default", pod)
+    try:
+        cluster.calls.take()
+        lines = yield cluster.provider.read_logs(name, tail=10)
+        assert lines == []                        # no kubelet here: the pod never runs
+        assert cluster.calls.urls[-1].split("?")[0].endswith("/api/v1/namespaces/default/pods")
+        assert "labelSelector=serving.knative.dev/service%3D" + name in cluster.calls.urls[-1]
+        unsubscribe = cluster.provider.follow_logs(name, lambda line: None)
+        unsubscribe()
+    finally:
+        core.delete_namespaced_pod(pod["metadata"]["name"], "default", grace_period_seconds=0)
 
 
 # -- no apiserver needed ----------------------------------------------------------------

@@ -68,14 +68,14 @@ def test_every_autoscale_type_sets_class_metric_and_target(scale_type: str,
     assert not any("Scale" in key for key in annotations)
 
 
-def test_minimal_spec_has_no_port_nor_resources_and_unbounded_max() -> None:
+def test_minimal_spec_has_no_port_nor_resources_nor_max_scale() -> None:
     spec = FunctionSpec.from_dict({"name": "tiny", "image": "example/tiny"})
     body = ksvc.build_ksvc(spec, "c", "ns")
     template = body["spec"]["template"]
     assert template["spec"]["containers"] == [{"image": "example/tiny"}]
     annotations = template["metadata"]["annotations"]
     assert annotations["autoscaling.knative.dev/min-scale"] == "0"
-    assert annotations["autoscaling.knative.dev/max-scale"] == "0"   # 0 = unbounded
+    assert "autoscaling.knative.dev/max-scale" not in annotations   # 0 = no bound of ours
     assert annotations["autoscaling.knative.dev/metric"] == "concurrency"
     assert annotations["autoscaling.knative.dev/target"] == "100"
     assert body["metadata"]["namespace"] == "ns"

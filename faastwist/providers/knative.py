@@ -3,8 +3,8 @@
 Every call to the Kubernetes API goes through the official client on a thread pool
 that this service owns (so the reactor never blocks) and carries ``knative.timeout``.
 ``observe()`` is one LIST with the controller's label selector whatever the number of
-functions (from the apiserver's watch cache, no older than what this provider last
-saw or wrote); the objects it returns are kept, so that a following update/stop/start
+functions (from the apiserver's watch cache, no older than any ksvc this provider
+has seen or written); the objects it returns are kept, so that a following update/stop/start
 rewrites a ksvc at the resourceVersion just read without another GET (a concurrent
 writer then makes it fail with 409, which is retried next pass, not a failure).
 """
@@ -29,12 +29,14 @@ from faastwist.config import ConfigError, KnativeConfig
 from faastwist.metrics import Metrics
 from faastwist.providers import ksvc
 from faastwist.providers.base import (
+    LogLine,
     Observation,
     ProviderConflict,
     ProviderError,
     ProviderRejected,
     StaticLease,
 )
+from faastwist.providers.knative_logs import KnativeLogs
 from faastwist.providers.static import KnativeRouting
 from faastwist.spec import FunctionSpec
 
@@ -115,7 +117,7 @@ class KnativeProvider(Service):
     def __init__(self, config: KnativeConfig, controller: str, reactor: Any,
                  metrics: Metrics | None = None,
                  api_client: kube_client.ApiClient | None = None,
-                 max_threads: int = 4) -> None:
+                 max_threads: int = 4, max_log_streams: int = 8) -> None:
         self.config = config
         self.controller = controller
         self.reactor = reactor
@@ -127,18 +129,28 @@ class KnativeProvider(Service):
                                name=f"knative-{controller}")
         #: the last object read or written per ksvc name; the source of resourceVersions
         self._seen: dict[str, dict[str, Any]] = {}
-        #: the newest resourceVersion seen; the next LIST must not be older than it
+        #: the newest ksvc resourceVersion seen; the next LIST must not be older than it
         self._fresh_as_of: str | None = None
         self.routing = KnativeRouting(config)
+        # followed log streams hold a thread each: a pool of their own, so that they
+        # can never starve the reconciler's calls
+        self.log_pool = ThreadPool(minthreads=0, maxthreads=max_log_streams + 2,
+                                   name=f"knative-logs-{controller}")
+        self.logs = KnativeLogs(lambda: kube_client.CoreV1Api(self.api_client),
+                                config.namespace, reactor, self.log_pool, config.timeout,
+                                metrics=self.metrics, max_streams=max_log_streams)
 
     # -- service ---------------------------------------------------------------------
     def startService(self) -> None:
         super().startService()
         self.pool.start()
+        self.log_pool.start()
 
     def stopService(self) -> None:
         super().stopService()
-        # calls in flight end within knative.timeout, so this join is bounded
+        self.logs.close()  # ends followed streams so their threads return
+        # calls in flight end within knative.timeout, so these joins are bounded
+        self.log_pool.stop()
         self.pool.stop()
         if self._own_client:
             self.api_client.close()
@@ -188,13 +200,27 @@ class KnativeProvider(Service):
                                  f"namespace exist?)")
         return ProviderError(str(failure_exc))
 
-    def _remember(self, obj: Mapping[str, Any] | None, written: bool = False) -> None:
+    def _remember(self, obj: Mapping[str, Any] | None) -> None:
         if isinstance(obj, dict) and obj.get("metadata", {}).get("name"):
             self._seen[obj["metadata"]["name"]] = obj
-            if written:
-                # a write's resourceVersion is the store's newest revision at that
-                # moment (a read object's may be older than the last LIST: not used)
-                self._fresh_as_of = obj["metadata"].get("resourceVersion") or self._fresh_as_of
+            self._advance(obj["metadata"].get("resourceVersion"))
+
+    def _advance(self, version: str | None) -> None:
+        """Raise the floor of the next LIST to ``version``, the resourceVersion of a ksvc
+        read or written. Only versions of ksvcs qualify: the watch cache of ksvcs reaches
+        them for sure, while a LIST's own version is etcd's global revision, which that
+        cache never reaches while nothing but other resources change (then a LIST "not
+        older than" it waits 3 s and fails with 504)."""
+        if not version:
+            return
+        if self._fresh_as_of is None:
+            self._fresh_as_of = version
+            return
+        try:
+            if int(version) > int(self._fresh_as_of):
+                self._fresh_as_of = version
+        except ValueError:  # not etcd's integers: the later answer is the newer one
+            self._fresh_as_of = version
 
     def _usable(self, obj: Mapping[str, Any]) -> bool:
         """Ours, and not on its way out (a terminating ksvc counts as gone)."""
@@ -243,9 +269,9 @@ class KnativeProvider(Service):
             if isinstance(exc, _ApiFailure):
                 raise self._as_error(exc) from None
             raise
-        self._fresh_as_of = (listing.get("metadata") or {}).get("resourceVersion")
         seen: dict[str, dict[str, Any]] = {}
         for item in listing.get("items") or ():
+            self._advance(item.get("metadata", {}).get("resourceVersion"))
             if self._usable(item):
                 seen[item["metadata"]["name"]] = item
         self._seen = seen
@@ -273,7 +299,7 @@ class KnativeProvider(Service):
                 raise ProviderRejected(f"Kubernetes refused the Knative Service: "
                                        f"{exc.reason}: {exc.message}") from None
             raise self._as_error(exc) from None
-        self._remember(created, written=True)
+        self._remember(created)
 
     @inlineCallbacks
     def _already_exists(self, name: str, exc: _ApiFailure):
@@ -316,7 +342,7 @@ class KnativeProvider(Service):
                 raise ProviderRejected(f"Kubernetes refused the Knative Service: "
                                        f"{exc.reason}: {exc.message}") from None
             raise self._as_error(exc) from None
-        self._remember(written, written=True)
+        self._remember(written)
 
     def update(self, spec: FunctionSpec) -> Deferred[None]:
         return self._rewrite("update", spec, None)
@@ -342,6 +368,14 @@ class KnativeProvider(Service):
         """kourier routes by Host, ``{name}.{namespace}.{hostSuffix}``; it balances and
         holds requests during a cold start itself, so the lease needs no accounting."""
         return self.routing.acquire(spec)
+
+    # -- LogSource: the user-container logs of the function's revision pods -------------
+    def read_logs(self, name: str, tail: int | None = None,
+                  since: float | None = None) -> Deferred[list[LogLine]]:
+        return self.logs.read_logs(name, tail, since)
+
+    def follow_logs(self, name: str, on_line: Callable[[LogLine], None]) -> Callable[[], None]:
+        return self.logs.follow_logs(name, on_line)
 
     @inlineCallbacks
     def check(self):

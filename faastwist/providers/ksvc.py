@@ -47,13 +47,17 @@ def template_annotations(spec: FunctionSpec, stopped: bool = False) -> dict[str,
     documents them; Easegress omits ``metric`` for rps, so Knative then scales on
     concurrency: we always set it)."""
     cpu = spec.auto_scale_type is AutoScaleType.CPU
-    return {
+    out = {
         CLASS_ANNOTATION: HPA_CLASS if cpu else KPA_CLASS,
         METRIC_ANNOTATION: spec.auto_scale_type.value,
         TARGET_ANNOTATION: spec.auto_scale_value,
         MIN_SCALE_ANNOTATION: "0" if stopped else str(spec.min_replica),
-        MAX_SCALE_ANNOTATION: str(spec.max_replica),
     }
+    if spec.max_replica:
+        # maxReplica 0 (unbounded) writes no max-scale: the cluster's default applies,
+        # and a cluster with max-scale-limit set would refuse an explicit "0"
+        out[MAX_SCALE_ANNOTATION] = str(spec.max_replica)
+    return out
 
 
 def container(spec: FunctionSpec) -> dict[str, Any]:
