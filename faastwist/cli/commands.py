@@ -130,8 +130,8 @@ def register(cli: click.Group) -> None:
     def list_(obj: Any, output: str) -> None:
         """List the functions: name, state, last event, replicas, image, age.
 
-        REPLICAS is min..max from the spec (running count first when the provider
-        reports it); AGE is the time since the function's last state change.
+        REPLICAS is min..max from the spec, after "running/" when the provider reports
+        a count (1/0..4); AGE is the time since the function's last state change.
         """
         client = obj.client
         data = client.call("GET", client.path())

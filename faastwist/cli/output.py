@@ -44,24 +44,32 @@ def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
 
 
 def _shorten(text: str, width: int = 40) -> str:
-    return text if len(text) <= width else text[: width - 3] + "..."
+    """Cut from the middle: the end (a script's name, an image's tag) says the most."""
+    if len(text) <= width:
+        return text
+    head = (width - 3) // 3
+    return text[:head] + "..." + text[len(text) - (width - 3 - head):]
 
 
 def replicas(spec: Mapping[str, Any], status: Mapping[str, Any]) -> str:
-    """Running/desired when the provider reports it, else the spec's min..max range."""
+    """The spec's min..max range, prefixed with ``running/`` when the provider reports
+    a count (one cell without spaces, so ``awk`` still splits the table by column)."""
     ext = status.get("extData") or {}
     running = ext.get("replicas") if isinstance(ext, Mapping) else None
     low = spec.get("minReplica", 0)
     high = spec.get("maxReplica", 0) or "*"
     bounds = f"{low}..{high}"
-    return f"{running} ({bounds})" if running not in (None, "") else bounds
+    return f"{running}/{bounds}" if running not in (None, "") else bounds
 
 
 def image(spec: Mapping[str, Any]) -> str:
     if spec.get("image"):
         return _shorten(str(spec["image"]))
-    command = spec.get("command") or []
-    return _shorten(" ".join(str(part) for part in command)) if command else "-"
+    command = [str(part) for part in spec.get("command") or []]
+    if not command:
+        return "-"
+    program = command[0].rstrip("/").rsplit("/", 1)[-1] or command[0]
+    return _shorten(" ".join([program, *command[1:]]))
 
 
 def record_time(status: Mapping[str, Any]) -> float | None:
@@ -81,7 +89,7 @@ def list_rows(records: Iterable[Mapping[str, Any]], now: float) -> list[list[str
         stamp = record_time(status)
         state = str(status.get("state", "?"))
         if status.get("startPending"):
-            state += " (starting)"
+            state += "(starting)"
         rows.append([
             str(spec.get("name") or status.get("name", "?")),
             state,

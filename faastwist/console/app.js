@@ -185,8 +185,12 @@ function renderList() {
   const names = Array.from(state.records.keys()).sort();
   body.replaceChildren(...names.map((name) => {
     const { spec, status } = state.records.get(name);
-    const replicas = (spec.minReplica || 0) + ".." + (spec.maxReplica || "*");
-    const image = spec.image || (spec.command || []).join(" ") || "-";
+    const running = (status.extData || {}).replicas;
+    const bounds = (spec.minReplica || 0) + ".." + (spec.maxReplica || "*");
+    const replicas = running !== undefined && running !== "" ? running + "/" + bounds : bounds;
+    const command = (spec.command || []).slice();
+    if (command.length) command[0] = command[0].split("/").pop() || command[0];
+    const image = spec.image || command.join(" ") || "-";
     const at = stamp(status);
     const row = el("tr", { "data-name": name, class: name === state.selected ? "selected" : "" },
       el("td", { class: "name" }, el("a", { href: "#" + encodeURIComponent(name) }, name)),
