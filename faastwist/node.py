@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.web.server import Site
 
 from faastwist import __version__
-from faastwist.config import ControllerConfig
+from faastwist.config import ConfigError, ControllerConfig
 from faastwist.metrics import Metrics
 
 log = Logger()
@@ -82,6 +82,9 @@ class FaasNode(Service):
     def _failed(self, failure: Any) -> None:
         if failure.check(StartupError):
             message = failure.getErrorMessage()
+            log.critical("faasgate cannot start: {message}", message=message)
+        elif failure.check(ConfigError):
+            message = f"config error: {failure.getErrorMessage()}"
             log.critical("faasgate cannot start: {message}", message=message)
         else:
             message = "unexpected error during start-up"
