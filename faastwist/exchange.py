@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from faastwist.gate_core import (
+    CALL_ID,
     RETRY_AFTER_NOT_ACTIVE,
     GateError,
     RequestHead,
@@ -26,7 +27,6 @@ from faastwist.gate_core import (
     error_headers,
     reason as status_reason,
     resolve,
-    response_headers,
     upstream_head,
 )
 from faastwist.metrics import Metrics
@@ -76,13 +76,15 @@ class Downstream(TypingProtocol):
 class Children:
     """Prometheus children of one function, resolved once (labels() is not free)."""
 
-    __slots__ = ("metrics", "name", "started", "inflight", "bytes_in", "bytes_out", "codes")
+    __slots__ = ("metrics", "name", "started", "active", "bytes_in", "bytes_out", "codes")
 
     def __init__(self, metrics: Metrics, name: str) -> None:
         self.metrics = metrics
         self.name = name
         self.started = metrics.invocation_started.labels(name)
-        self.inflight = metrics.inflight.labels(name)
+        # in flight: a plain counter the gauge reads when scraped (no lock per request)
+        self.active = 0
+        metrics.inflight.labels(name).set_function(lambda: self.active)
         self.bytes_in = metrics.bytes_in.labels(name)
         self.bytes_out = metrics.bytes_out.labels(name)
         self.codes: dict[int, tuple[Any, Any]] = {}
@@ -102,7 +104,7 @@ class Exchange:
 
     __slots__ = (
         "gate", "down", "head", "started", "route", "children", "call_id", "name",
-        "target", "lease", "waiting", "conn", "timer", "origin", "head_bytes",
+        "target", "lease", "waiting", "conn", "origin", "head_bytes",
         "body_override", "pending", "pending_size", "sent", "sent_size", "retried",
         "body_complete", "bytes_in", "bytes_out", "responded", "status", "done",
         "response_length", "producing_down", "producing_up", "client_paused",
@@ -122,7 +124,6 @@ class Exchange:
         self.lease: Any = None
         self.waiting: Deferred | None = None
         self.conn: UpstreamConnection | None = None
-        self.timer: Any = None
         self.origin: Any = None
         self.head_bytes = b""
         self.body_override: bytes | None = None
@@ -175,14 +176,14 @@ class Exchange:
         self.route = route
         children = self.children = gate.children(route)
         children.started.inc()
-        children.inflight.inc()
-        self.timer = gate.clock.callLater(route.timeout, self._timed_out)
+        children.active += 1
+        gate.deadlines[self] = self.started + route.timeout
         try:
             lease = gate.provider.acquire(route.spec)
         except Exception:
             self._lease_failed(Failure())
             return
-        if isinstance(lease, Deferred):
+        if getattr(lease, "upstream", None) is None:  # a Deferred: a cold start, say
             self.waiting = lease
             lease.addCallbacks(self._leased, self._lease_failed)
         else:
@@ -222,9 +223,10 @@ class Exchange:
             self.head, self.target, route.adaptor, cached[2], self.call_id)
         if self.head.expect_continue and not self.body_complete:
             self.down.send_continue()
-        conn = self.gate.pool.get(self.origin)
-        if isinstance(conn, Deferred):
-            conn.addCallbacks(self._connected, self._connect_failed)
+        conn = self.gate.pool.get_idle(self.origin)
+        if conn is None:
+            self.gate.pool.connect(self.origin).addCallbacks(self._connected,
+                                                             self._connect_failed)
         else:
             self._connected(conn)
 
@@ -331,15 +333,15 @@ class Exchange:
     # -- the upstream's response (UpstreamHandler) -------------------------------------
 
     def upstream_response(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
-                          length: int | None, bodyless: bool, connection: bytes | None) -> None:
+                          length: int | None, bodyless: bool) -> None:
         if self.done:
             return
         self.responded = True
         self.sent = None
         self.status = status
         self.response_length = length
-        out = response_headers(headers, self.call_id, connection)
-        self.down.send_head(status, reason, out, length, bodyless,
+        headers.append((CALL_ID, self.call_id))
+        self.down.send_head(status, reason, headers, length, bodyless,
                             self.gate.draining or not self.gate.keep_alive)
 
     def upstream_data(self, data: bytes) -> None:
@@ -389,8 +391,8 @@ class Exchange:
         self.reply_error(GateError(502, f"upstream of function {self.name} ({origin}) "
                                         f"failed: {detail}"))
 
-    def _timed_out(self) -> None:
-        self.timer = None
+    def timed_out(self) -> None:
+        """The function's timeout passed (called by the gate's deadline sweep)."""
         if self.done:
             return
         if self.children is not None:
@@ -454,10 +456,8 @@ class Exchange:
         if self.done:
             return
         self.done = True
-        if self.timer is not None:
-            if self.timer.active():
-                self.timer.cancel()
-            self.timer = None
+        gate = self.gate
+        gate.deadlines.pop(self, None)
         conn = self.conn
         if conn is not None:
             self._detach_upstream()
@@ -469,12 +469,11 @@ class Exchange:
         if self.lease is not None:
             lease, self.lease = self.lease, None
             lease.release()
-        gate = self.gate
         self.ended = gate.clock.seconds()
         elapsed = self.ended - self.started
         children = self.children
         if children is not None:
-            children.inflight.dec()
+            children.active -= 1
             children.finished(code, elapsed)
             if self.bytes_in:
                 children.bytes_in.inc(self.bytes_in)

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout
-from twisted.internet.task import deferLater
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.python.failure import Failure
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol
@@ -31,6 +31,10 @@ from faastwist.routes import Route, RouteTable
 from faastwist.upstream import UpstreamPool
 
 log = Logger()
+
+#: How often the gate looks for requests past their function's timeout: a timeout
+#: fires at most this late.
+TICK = 0.05
 
 
 class Gate:
@@ -51,6 +55,31 @@ class Gate:
         self.draining = False
         self.inflight = 0
         self._idle_waiters: list[Deferred] = []
+        self._children: dict[str, Children] = {}
+        #: exchange -> when its function's timeout passes; swept every TICK seconds
+        #: (cheaper per request than a DelayedCall each: no heap, no cancel)
+        self.deadlines: dict[Exchange, float] = {}
+        self._sweeper: LoopingCall | None = None
+
+    def start(self) -> None:
+        """Start the timeout sweep (GateService does this)."""
+        if self._sweeper is None:
+            self._sweeper = LoopingCall(self._expire)
+            self._sweeper.clock = self.clock
+            self._sweeper.start(TICK, now=False)
+
+    def stop(self) -> None:
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        self._sweeper = None
+
+    def _expire(self) -> None:
+        if not self.deadlines:
+            return
+        now = self.clock.seconds()
+        late = [e for e, deadline in self.deadlines.items() if deadline <= now]
+        for exchange in late:
+            exchange.timed_out()
 
     def exchange(self, down: Downstream, head: RequestHead) -> "Exchange":
         """Start proxying one request whose head has been read."""
@@ -75,9 +104,11 @@ class Gate:
                 d.callback(None)
 
     def children(self, route: Route) -> Children:
-        children = route.cache.get("metrics")
+        """Per-function metric children, kept by name (not per route version, so the
+        in-flight count survives a route change)."""
+        children = self._children.get(route.name)
         if children is None:
-            children = route.cache["metrics"] = Children(self.metrics, route.name)
+            children = self._children[route.name] = Children(self.metrics, route.name)
         return children
 
 
@@ -243,6 +274,7 @@ class GateService(Service):
     def startService(self) -> None:
         super().startService()
         self.gate.draining = False
+        self.gate.start()
         self.pool.start()
         self.port = self.reactor.listenTCP(self.config.port, self.build_factory(),
                                            backlog=1024, interface=self.config.address)
@@ -302,6 +334,7 @@ class GateService(Service):
                         transport.abortConnection()
             self.reactor.callLater(2.0, straggling)
         self.pool.close()
+        self.gate.stop()
         log.info("gate stopped")
 
     def address(self) -> tuple[str, int]:

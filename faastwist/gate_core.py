@@ -146,10 +146,20 @@ def classify(head: RequestHead) -> None:
         head.content_length = None  # RFC 9112 6.3: Transfer-Encoding overrides
 
 
+_TOKENS: dict[bytes, frozenset[bytes]] = {}
+_NOT_NAMES = frozenset({b"keep-alive", b"close", b"upgrade"})
+
+
 def connection_tokens(value: bytes | None) -> frozenset[bytes]:
+    """The lower-case tokens of a Connection header (cached: the same few values recur)."""
     if not value:
         return frozenset()
-    return frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
+    tokens = _TOKENS.get(value)
+    if tokens is None:
+        tokens = frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
+        if len(_TOKENS) < 256:
+            _TOKENS[value] = tokens
+    return tokens
 
 
 def wants_close(head: RequestHead) -> bool:
@@ -371,15 +381,32 @@ def upstream_head(head: RequestHead, target: bytes, adaptor: CompiledAdaptor | N
             + b"\r\n".join(map(b": ".join, headers)) + b"\r\n\r\n"), body
 
 
-def response_headers(headers: Sequence[tuple[bytes, bytes]], call_id: bytes,
-                     connection: bytes | None) -> list[tuple[bytes, bytes]]:
-    """Upstream response headers the client gets: no hop-by-hop (nor those the upstream
-    named in Connection), no framing (the transport sets it), our X-Call-Id."""
-    named = connection_tokens(connection) if connection else None
-    out = [h for h in headers if h[0].lower() not in _RESPONSE_SKIP
-           and not (named and h[0].lower() in named)]
-    out.append((CALL_ID, call_id))
-    return out
+def filter_response(headers: Sequence[tuple[bytes, bytes]]
+                    ) -> tuple[list[tuple[bytes, bytes]], int | None, bool]:
+    """Upstream response headers the client may get, and the upstream's framing.
+
+    Hop-by-hop headers (and those the upstream named in Connection), the framing (the
+    transport sets its own) and X-Call-Id (the gate's replaces it) are dropped; returns
+    (kept headers, Content-Length or None, chunked).
+    """
+    kept = []
+    length: int | None = None
+    chunked = False
+    named: frozenset[bytes] | None = None
+    for header in headers:
+        lower = header[0].lower()
+        if lower in _RESPONSE_SKIP:
+            if lower == b"content-length":
+                length = int(header[1]) if header[1].isdigit() else None
+            elif lower == b"transfer-encoding":
+                chunked = True
+            elif lower == b"connection":
+                named = connection_tokens(header[1]) - _NOT_NAMES
+        else:
+            kept.append(header)
+    if named:
+        kept = [h for h in kept if h[0].lower() not in named]
+    return kept, (None if chunked else length), chunked
 
 
 def head_lines(headers: Iterable[tuple[bytes, bytes]]) -> bytes:

@@ -21,11 +21,13 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from faastwist.exchange import Exchange
 from faastwist.gate_core import GateError, RequestHead, error_body, error_headers, reason
 from faastwist.gate_core import head_lines
+from faastwist.upstream import write_now
 
 log = Logger()
 
@@ -35,23 +37,6 @@ MAX_HEAD_SIZE = 64 * 1024
 #: kernel send RST, and a client still uploading would never read the answer.
 LINGER = 5.0
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-def write_now(transport: Any, data: bytes) -> None:
-    """``transport.write``, but sent at once when nothing is queued before it."""
-    if (transport.dataBuffer or transport._tempDataBuffer or transport.disconnecting
-            or not transport.connected):
-        transport.write(data)
-        return
-    try:
-        sent = transport.socket.send(data)
-    except BlockingIOError:
-        sent = 0
-    except OSError:
-        transport.write(data)  # let Twisted find the error on its next write
-        return
-    if sent < len(data):
-        transport.write(data[sent:])
 
 
 class _Queued:
@@ -139,6 +124,14 @@ class LeanProtocol(Protocol):
             # llhttp stops after an Upgrade/CONNECT head; the gate does not tunnel
             # (Upgrade is hop-by-hop): the request was answered like any other
             pass
+        except httptools.HttpParserCallbackError as exc:
+            # a bug in the gate, not the client's fault: log it, answer 500 if we can
+            log.failure("gate error handling a request from {client}",
+                        Failure(exc.__context__ or exc), client=self.client_ip)
+            if self.exchange is None or self.exchange.done:
+                self._refuse(500, "internal gate error (logged)")
+            else:
+                self.transport.abortConnection()
         except httptools.HttpParserError as exc:
             if self.exchange is None or self.exchange.done:
                 self._refuse(400, f"malformed HTTP request: {exc}")
@@ -256,26 +249,24 @@ class LeanProtocol(Protocol):
 
     def send_head(self, status: int, reason_: bytes, headers: list[tuple[bytes, bytes]],
                   length: int | None, bodyless: bool, close: bool) -> None:
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason_)]
-        for name, value in headers:
-            lines.append(b"%s: %s\r\n" % (name, value))
         if bodyless:
-            if length is not None and status not in (204, 304):
-                lines.append(b"content-length: %d\r\n" % length)
+            framing = (b"content-length: %d\r\n" % length
+                       if length is not None and status not in (204, 304) else b"")
         elif length is not None:
-            lines.append(b"content-length: %d\r\n" % length)
+            framing = b"content-length: %d\r\n" % length
         elif self.http11:
-            lines.append(b"transfer-encoding: chunked\r\n")
+            framing = b"transfer-encoding: chunked\r\n"
             self.chunked = True
         else:
+            framing = b""
             close = True  # HTTP/1.0 and no length: the end of the body is the close
         if close or not self.keep or not self.gate.keep_alive:
             self.closing = True
-            lines.append(b"connection: close\r\n")
+            framing += b"connection: close\r\n"
         elif not self.http11:
-            lines.append(b"connection: keep-alive\r\n")
-        lines.append(b"\r\n")
-        self.pending_head = b"".join(lines)
+            framing += b"connection: keep-alive\r\n"
+        self.pending_head = b"HTTP/1.1 %d %s\r\n%s\r\n%s\r\n" % (
+            status, reason_, b"\r\n".join(map(b": ".join, headers)), framing)
 
     def send_data(self, data: bytes) -> None:
         if self.chunked:

@@ -286,6 +286,7 @@ class MemoryGate:
                                                       namespace="fns", host_suffix="example.com"))
         self.gate = Gate(self.routes, self.provider, self.pool, self.clock, self.metrics,
                          max_body_size=max_body_size)
+        self.gate.start()
         self.resource = GateResource(self.gate)
 
     def add(self, spec: FunctionSpec, state: State = State.ACTIVE) -> None:

@@ -9,6 +9,7 @@ holding them, and counts connections, so tests can see keep-alive reuse and abor
 Paths: ``/stats``; ``/bytes/{n}`` (n bytes with Content-Length); ``/stream/{chunks}/
 {delay_ms}`` (chunked, one chunk per delay); ``/sleep/{ms}``; ``/hold`` (a byte every
 50 ms for 10 s, counting aborts); ``/status/{code}``; ``/close`` (Connection: close);
+``/garbage`` (not HTTP); ``/truncate`` (closes 90 bytes short);
 anything else: a JSON echo of method, path, Host, headers, body length and sha256.
 """
 
@@ -134,6 +135,14 @@ class Handler(BaseHTTPRequestHandler):
             except OSError:
                 bump("aborted")
                 self.close_connection = True
+            return
+        if parts[0] == "garbage":
+            self.wfile.write(b"this is not HTTP\r\n\r\n")
+            self.close_connection = True
+            return
+        if parts[0] == "truncate":
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten..")
+            self.close_connection = True
             return
         if parts[0] == "status":
             self.send_json(int(parts[1]), {"status": int(parts[1])})

@@ -420,6 +420,25 @@ def test_upstream_connections_are_reused(gate: MemoryGate) -> None:
     assert gate.pool.idle_count() == 1
 
 
+def test_a_pooled_connection_the_upstream_dropped_is_retried_once(gate: MemoryGate) -> None:
+    stub = StubTreq(gate.resource)
+    assert call(gate, "GET", "http://g/", {"X-FaaS-Func-Name": "demo10"}, stub=stub).code == 200
+    (client_end, server_end), = gate.connector.connections
+    # the upstream has closed it meanwhile: whatever we send on it now gets a reset
+    server_end.protocol.dataReceived = lambda data: server_end.abortConnection()
+    answer = call(gate, "POST", "http://g/again", {"X-FaaS-Func-Name": "demo10"},
+                  data=b"payload", stub=stub)
+    assert answer.code == 200
+    assert answer.json()["uri"] == "/again" and answer.json()["body"] == "payload"
+    assert len(gate.connector.connections) == 2
+
+
+def test_a_fresh_connection_that_fails_is_not_retried(gate: MemoryGate) -> None:
+    answer = invoke(gate, "/reset")
+    assert_gate_error(answer, 502)
+    assert len(gate.connector.connections) == 1
+
+
 def test_waiting_for_a_lease_then_proxying(gate: MemoryGate) -> None:
     gate.provider.delay = Deferred()
     stub = StubTreq(gate.resource)

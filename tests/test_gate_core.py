@@ -14,7 +14,7 @@ from faastwist.gate_core import (
     compile_adaptor,
     go_replacement,
     resolve,
-    response_headers,
+    filter_response,
     upstream_head,
     wants_close,
 )
@@ -128,14 +128,17 @@ def test_upstream_head_with_adaptor() -> None:
     assert body == b"abc"
 
 
-def test_response_headers() -> None:
-    out = response_headers([(b"Content-Type", b"text/plain"), (b"Connection", b"X-Secret"),
-                            (b"X-Secret", b"s"), (b"Transfer-Encoding", b"chunked"),
-                            (b"Content-Length", b"5"), (b"X-Call-Id", b"theirs"),
-                            (b"Set-Cookie", b"a=1"), (b"Set-Cookie", b"b=2")],
-                           b"ours", b"X-Secret")
-    assert out == [(b"Content-Type", b"text/plain"), (b"Set-Cookie", b"a=1"),
-                   (b"Set-Cookie", b"b=2"), (b"x-call-id", b"ours")]
+def test_filter_response() -> None:
+    kept, length, chunked = filter_response([
+        (b"Content-Type", b"text/plain"), (b"Connection", b"keep-alive, X-Secret"),
+        (b"X-Secret", b"s"), (b"Content-Length", b"5"), (b"X-Call-Id", b"theirs"),
+        (b"Keep-Alive", b"timeout=5"), (b"Set-Cookie", b"a=1"), (b"Set-Cookie", b"b=2")])
+    assert kept == [(b"Content-Type", b"text/plain"), (b"Set-Cookie", b"a=1"),
+                    (b"Set-Cookie", b"b=2")]
+    assert length == 5 and not chunked
+    kept, length, chunked = filter_response([(b"Transfer-Encoding", b"chunked"),
+                                             (b"Content-Length", b"5"), (b"Date", b"d")])
+    assert kept == [(b"Date", b"d")] and length is None and chunked
 
 
 def test_empty_adaptor_compiles_to_nothing() -> None:

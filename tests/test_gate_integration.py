@@ -248,6 +248,21 @@ async def test_error_answers_over_sockets(make_gate: Any) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_broken_upstream_answers(make_gate: Any) -> None:
+    gate = make_gate()
+    status, payload, headers = await curl_json("-H", "X-FaaS-Func-Name: demo10",
+                                               gate.url + "/garbage")
+    assert status == 502 and "invalid HTTP response" in payload["message"]
+    assert headers["x-faas-gate-error"] == "true"
+    # a response cut short after its head was sent: the client's connection is cut too
+    out, err, code = await curl("-H", "X-FaaS-Func-Name: demo10", gate.url + "/truncate")
+    # curl: 18 (closed with outstanding read data) or 56 (reset): never a clean success
+    assert code in (18, 56), (code, err)
+    status, _, _ = await curl_json("-H", "X-FaaS-Func-Name: demo10", gate.url + "/")
+    assert status == 200
+
+
+@pytest_twisted.ensureDeferred
 async def test_body_over_the_limit_is_413_with_or_without_a_length(make_gate: Any,
                                                                   tmp_path: Any) -> None:
     gate = make_gate(max_body_size=MB)
