@@ -497,3 +497,22 @@ def test_streamed_response_arrives_in_order(gate: MemoryGate) -> None:
     answer = invoke(gate, "/chunks", advance=4.0)
     assert answer.code == 200
     assert answer.body == b"chunk0;chunk1;chunk2;"
+
+
+# -- the admin API and the gate share the store --------------------------------------------------
+
+def test_a_stop_through_the_admin_api_makes_the_very_next_request_503(gate: MemoryGate) -> None:
+    from faastwist.admin import AdminAPI
+
+    kicked: list[str] = []
+    admin = AdminAPI(gate.store, "faascontroller",
+                     check_spec=lambda spec: spec.check_for_provider("knative"),
+                     kick=kicked.append, clock=gate.clock)
+    admin_client = StubTreq(admin.resource())
+    assert invoke(gate).code == 200
+    d = admin_client.put("http://admin/apis/v2/faas/faascontroller/demo10/stop")
+    gate.settle(admin_client.flush)
+    assert watch(d)[0].code == 200
+    answer = invoke(gate)
+    assert_gate_error(answer, 503, "demo10 is not active (state: inactive)")
+    assert kicked == ["demo10"]

@@ -539,3 +539,30 @@ async def test_https_with_http2_and_http11(tls_gate: str, tmp_path: Any, version
                                 "--data-binary", f"@{payload}", tls_gate + "/upload")
     assert code == 0, err
     assert json.loads(out)["body_length"] == 5 * MB
+
+
+# -- the admin API on its own port, the gate on another, one store ------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_a_stop_through_the_admin_api_makes_the_very_next_gate_request_503(
+        make_gate: Any) -> None:
+    from faastwist.admin import AdminAPI
+
+    gate = make_gate()
+    admin = AdminAPI(gate.store, "faascontroller",
+                     check_spec=lambda spec: spec.check_for_provider("knative"),
+                     kick=lambda name: None, clock=reactor)
+    port = reactor.listenTCP(0, admin.site(), interface="127.0.0.1")
+    try:
+        admin_url = f"http://127.0.0.1:{port.getHost().port}/apis/v2/faas/faascontroller"
+        status, _, _ = await curl_json("-H", "X-FaaS-Func-Name: demo10", gate.url + "/")
+        assert status == 200
+        out, err, code = await curl("-X", "PUT", "-o", "/dev/null", "-w", "%{http_code}",
+                                    admin_url + "/demo10/stop")
+        assert out == b"200", err
+        status, payload, headers = await curl_json("-H", "X-FaaS-Func-Name: demo10",
+                                                   gate.url + "/")
+        assert status == 503 and "state: inactive" in payload["message"]
+        assert headers["retry-after"] == "5"
+    finally:
+        await port.stopListening()
