@@ -5,6 +5,8 @@ output helpers."""
 from __future__ import annotations
 
 import json
+import os
+import pty
 import signal
 import subprocess
 import sys
@@ -228,6 +230,29 @@ def test_wait_times_out_with_exit_1(cli_node, tmp_path: Path) -> None:
                             for line in progress), result.stderr
     assert "\r" not in result.stderr
     assert elapsed < 15
+    # on a terminal: a spinner redrawn in place
+    leader, follower = pty.openpty()
+    try:
+        spun = subprocess.run([sys.executable, "-m", "faastwist.cli", "wait", "crasher",
+                               "--timeout", "1500ms"], stdout=subprocess.PIPE, stderr=follower,
+                              env=cli_env(cli_node, tmp_path), cwd=str(ROOT), timeout=30)
+        os.close(follower)
+        screen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:   # EIO: the terminal's other end is closed
+                break
+            if not chunk:
+                break
+            screen += chunk
+    finally:
+        os.close(leader)
+    assert spun.returncode == 1
+    text = screen.decode()
+    assert "\r| waiting for crasher to be active: failed" in text
+    assert "\r/ waiting for crasher to be active: failed" in text
+    assert "Error: timed out after 1.5s waiting for crasher" in text
     ok(run_cli(cli_node, "delete", "crasher"))
 
 
@@ -235,15 +260,18 @@ def test_logs_follow_streams_new_lines(cli_node, tmp_path: Path) -> None:
     spec = echo_spec(tmp_path, "follow")
     ok(run_cli(cli_node, "create", "-f", str(spec)))
     ok(run_cli(cli_node, "wait", "follow", "--timeout", "30s"))
+    ok(run_cli(cli_node, "invoke", "follow", "-d", "history-line"))
+    wait_for(lambda: "history-line" in ok(run_cli(cli_node, "logs", "follow", "--tail", "1")))
     env = cli_env(cli_node, tmp_path)
     follower = subprocess.Popen([sys.executable, "-m", "faastwist.cli", "logs", "follow",
-                                 "--follow", "--tail", "0", "-o", "raw"],
+                                 "--follow", "--tail", "1", "-o", "raw"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                                 cwd=str(ROOT), text=True)
     try:
-        time.sleep(1.0)   # let the stream open before the line is written
-        ok(run_cli(cli_node, "invoke", "follow", "-d", "streamed-line"))
         assert follower.stdout is not None
+        # the history line arrives once the stream is open (the API subscribes first)
+        assert "echo POST / 12 bytes: history-line" in follower.stdout.readline()
+        ok(run_cli(cli_node, "invoke", "follow", "-d", "streamed-line"))
         line = follower.stdout.readline()
         assert "echo POST / 13 bytes: streamed-line" in line
         assert follower.poll() is None        # still following

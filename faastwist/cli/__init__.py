@@ -42,10 +42,10 @@ class State:
 def _timeout(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
     if value is None:
         return None
-    from faastwist.cli.client import _seconds
+    from faastwist.cli.client import parse_seconds
 
     try:
-        return _seconds(value)
+        return parse_seconds(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 

@@ -133,7 +133,7 @@ def load_settings(server: str | None, controller: str | None, token: str | None,
     token_value, _ = pick(token, "FAASTWIST_TOKEN", "token", "")
     timeout_value, timeout_from = pick(timeout, "FAASTWIST_TIMEOUT", "timeout", 30.0)
     try:
-        timeout_seconds = _seconds(timeout_value)
+        timeout_seconds = parse_seconds(timeout_value)
     except ValueError as exc:
         raise InputError(f"{timeout_from}: {exc}") from None
     return Settings(
@@ -145,7 +145,7 @@ def load_settings(server: str | None, controller: str | None, token: str | None,
     )
 
 
-def _seconds(value: Any) -> float:
+def parse_seconds(value: Any) -> float:
     from faastwist.units import UnitError, parse_duration
 
     try:

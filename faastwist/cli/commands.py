@@ -11,10 +11,11 @@ from typing import Any, Callable
 import click
 import yaml
 
-from faastwist.cli.client import (ApiError, HTTPClient, InputError, Reply, _seconds,
+from faastwist.cli.client import (ApiError, HTTPClient, InputError, Reply, parse_seconds,
                                   error_message, API_PREFIX)
 from faastwist.cli.output import (LIST_COLUMNS, Progress, describe_state, dump, human_age,
                                   list_rows, records_of, status_of, table)
+from faastwist.units import format_duration
 
 WAIT_STATES = ("active", "inactive", "failed", "initial", "deleted")
 POLL_INTERVAL = 0.5
@@ -50,7 +51,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: Any) -> float |
     if value is None:
         return None
     try:
-        return _seconds(value)
+        return parse_seconds(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -276,7 +277,7 @@ def register(cli: click.Group) -> None:
                 time.sleep(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
         finally:
             progress.done()
-        raise ApiError(f"timed out after {human_age(timeout)} waiting for {name} to be {target};"
+        raise ApiError(f"timed out after {format_duration(timeout)} waiting for {name} to be {target};"
                        f" it is {current}")
 
     @cli.command()
