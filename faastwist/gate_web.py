@@ -231,23 +231,27 @@ class StreamingRequest(server.Request):
 
     def finish(self) -> None:
         if self.gate_streaming and not self.gate_body_done and not self.finished:
-            # answered before the body was read (413, 404, timeout): the channel still
-            # expects the body, so finish when it has come, or close the connection
-            if _is_h2(self):
-                super().finish()
-                return
-            # closing now would make the kernel reset the connection under a client
-            # that is still uploading, and it would never read the answer: read the
-            # body away (bounded by LINGER), then finish and close
+            # answered before the body was read (413, 404, timeout). Ending the response
+            # now would make the kernel reset an HTTP/1 connection under a client still
+            # uploading (it would never read the answer), and on HTTP/2 Twisted cannot
+            # take DATA for a stream it has ended. So read the body away and finish when
+            # it is complete, bounded by LINGER; then close (HTTP/1) or reset the stream.
             self._gate_finish_pending = True
+            clock = self.channel.site.resource.gate.clock
+            if _is_h2(self):
+                clock.callLater(LINGER, self._gate_give_up)
+                return
             self.channel.persistent = False
             if self.chunked:
                 self.channel.write(b"0\r\n\r\n")
                 self.chunked = 0
-            clock = self.site.resource.gate.clock
             clock.callLater(LINGER, self.channel.transport.loseConnection)
             return
         super().finish()
+
+    def _gate_give_up(self) -> None:
+        if self._gate_finish_pending and not self._disconnected:
+            self.channel.abortConnection()
 
 
 class GateSite(server.Site):

@@ -505,7 +505,8 @@ def tls_gate(upstream: UpstreamProcess, tmp_path: Any) -> Any:
     store.create(FunctionSpec(name="demo10", image="x"), FunctionStatus("demo10", State.ACTIVE))
     routes = RouteTable(store, reactor)
     routes.startService()
-    service = GateService(gate_config(https=True, cert_file=cert, key_file=key), routes,
+    service = GateService(gate_config(https=True, cert_file=cert, key_file=key,
+                                      max_body_size=6 * MB), routes,
                           Routing(upstream.url, closed_port()), reactor, Metrics(),
                           access_log=False)
     service.startService()
@@ -539,6 +540,15 @@ async def test_https_with_http2_and_http11(tls_gate: str, tmp_path: Any, version
                                 "--data-binary", f"@{payload}", tls_gate + "/upload")
     assert code == 0, err
     assert json.loads(out)["body_length"] == 5 * MB
+
+    # over the limit, with a length and without one (streamed): 413, read before closing
+    with open(payload, "wb") as handle:
+        handle.truncate(8 * MB)
+    for upload in (f"--data-binary @{payload}", f"-T {payload}", "-T -"):
+        out, err, code = await getProcessOutputAndValue("sh", ["-c",
+            f"head -c {8 * MB} /dev/zero | curl -sS -k {version} -o /dev/null "
+            f"-w '%{{http_code}}' -H 'X-FaaS-Func-Name: demo10' {upload} {tls_gate}/"])
+        assert (out, code) == (b"413", 0), (upload, out, err)
 
 
 # -- the admin API on its own port, the gate on another, one store ------------------------------
