@@ -516,3 +516,30 @@ def test_a_stop_through_the_admin_api_makes_the_very_next_request_503(gate: Memo
     answer = invoke(gate)
     assert_gate_error(answer, 503, "demo10 is not active (state: inactive)")
     assert kicked == ["demo10"]
+
+
+def test_access_log_has_one_line_per_request_with_named_fields(gate: MemoryGate) -> None:
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "faastwist.access":
+            events.append(event)
+
+    gate.gate.access_log = True
+    globalLogPublisher.addObserver(observe)
+    try:
+        invoke(gate, "/p?q=1", method="POST", data=b"abc", headers={"X-Call-Id": "c-1"})
+        invoke(gate, name="missing")
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert len(events) == 2
+    first = events[0]
+    assert (first["function"], first["method"], first["path"], first["status"],
+            first["call_id"]) == ("demo10", "POST", "/p?q=1", 200, "c-1")
+    assert first["bytes"] > 0 and first["duration"] >= 0
+    assert (events[1]["function"], events[1]["status"]) == ("missing", 404)
+    gate.gate.access_log = False
+    invoke(gate)
+    assert len(events) == 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 import time
 from typing import Any, Callable
 
@@ -245,6 +246,21 @@ async def test_error_answers_over_sockets(make_gate: Any) -> None:
             assert headers["retry-after"] == "5"
         if code == 504:
             assert 0.9 < time.monotonic() - started < 2.5
+
+
+@pytest_twisted.ensureDeferred
+async def test_http10_clients(make_gate: Any) -> None:
+    gate = make_gate()
+    out, err, code = await curl("--http1.0", "-i", "-H", "X-FaaS-Func-Name: demo10",
+                                gate.url + "/one")
+    assert code == 0 and re.match(rb"HTTP/1\.[01] 200 ", out), (out, err)
+    assert json.loads(out.partition(b"\r\n\r\n")[2])["path"] == "/one"
+    # a chunked upstream answer reaches an HTTP/1.0 client delimited by the close
+    out, err, code = await curl("--http1.0", "-i", "-H", "X-FaaS-Func-Name: demo10",
+                                gate.url + "/stream/3/10")
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert code == 0 and b"chunked" not in head.lower(), head
+    assert body == b"chunk 0\nchunk 1\nchunk 2\n"
 
 
 @pytest_twisted.ensureDeferred
