@@ -63,7 +63,7 @@ def test_the_tour_create_wait_list_get_invoke_logs_stop_update_start_delete(
     spec = echo_spec(tmp_path, "tour", env={"GREETING": "hi"})
 
     out = ok(run_cli(cli_node, "create", "-f", str(spec)))
-    assert out.startswith("function tour created")
+    assert out.strip() == "function tour created (state: initial)"
 
     api_error(run_cli(cli_node, "create", "-f", str(spec)), "tour", "already exists")
 
@@ -117,13 +117,14 @@ def test_the_tour_create_wait_list_get_invoke_logs_stop_update_start_delete(
         assert json.loads(entry)["name"] == "tour"
 
     out = ok(run_cli(cli_node, "stop", "tour"))
-    assert out.startswith("function tour stopped")
+    assert out.strip() == "function tour stopped (state: inactive)"
     ok(run_cli(cli_node, "wait", "tour", "--for", "inactive", "--timeout", "20s"))
     api_error(run_cli(cli_node, "stop", "tour"), "invalid event: stop, current state: inactive")
     api_error(run_cli(cli_node, "invoke", "tour", "-d", "x"), "HTTP ")
 
     spec.write_text(spec.read_text().replace("GREETING: hi", "GREETING: hello again"))
-    assert ok(run_cli(cli_node, "update", "-f", str(spec))).startswith("function tour updated")
+    assert ok(run_cli(cli_node, "update", "-f", str(spec))).strip() == \
+        "function tour updated (state: initial)"
     ok(run_cli(cli_node, "wait", "tour", "--timeout", "30s"))
     assert json.loads(ok(run_cli(cli_node, "invoke", "tour", "-d", "y")))["greeting"] \
         == "hello again"
@@ -132,10 +133,11 @@ def test_the_tour_create_wait_list_get_invoke_logs_stop_update_start_delete(
 
     ok(run_cli(cli_node, "stop", "tour"))
     ok(run_cli(cli_node, "wait", "tour", "--for", "inactive", "--timeout", "20s"))
-    assert ok(run_cli(cli_node, "start", "tour")).startswith("function tour start requested")
+    assert ok(run_cli(cli_node, "start", "tour")).strip() == \
+        "function tour started (state: inactive, start requested)"
     ok(run_cli(cli_node, "wait", "tour", "--for", "active", "--timeout", "30s"))
     ok(run_cli(cli_node, "stop", "tour"))
-    assert ok(run_cli(cli_node, "delete", "tour")).startswith("function tour deleted")
+    assert ok(run_cli(cli_node, "delete", "tour")).strip() == "function tour deleted"
     ok(run_cli(cli_node, "wait", "tour", "--for", "deleted", "--timeout", "20s"))
     api_error(run_cli(cli_node, "get", "tour"), "tour", "not found")
 

@@ -81,9 +81,14 @@ def spec_name(body: bytes, path: str) -> str:
 
 
 def _summary(data: Any, fallback: str) -> tuple[str, str]:
+    """The name and new state from a write's answer (the provider's message there is
+    from before the write, so it is left to get/wait)."""
     status = status_of(data)
     name = str(status.get("name") or fallback)
-    return name, describe_state(status) if status.get("state") else ""
+    state = str(status.get("state") or "")
+    if state and status.get("startPending"):
+        state += ", start requested"
+    return name, state
 
 
 def register(cli: click.Group) -> None:
@@ -99,7 +104,7 @@ def register(cli: click.Group) -> None:
         client = obj.client
         data = client.call("POST", client.path(), body, kind)
         name, state = _summary(data, "")
-        click.echo(f"function {name} created" + (f": {state}" if state else ""))
+        click.echo(f"function {name} created" + (f" (state: {state})" if state else ""))
 
     @cli.command()
     @click.argument("name", required=False, metavar="[NAME]", shell_complete=_complete_names)
@@ -113,7 +118,7 @@ def register(cli: click.Group) -> None:
         client = obj.client
         data = client.call("PUT", client.path(name), body, kind)
         _, state = _summary(data, name)
-        click.echo(f"function {name} updated" + (f": {state}" if state else ""))
+        click.echo(f"function {name} updated" + (f" (state: {state})" if state else ""))
 
     @cli.command()
     @_name_argument()
@@ -165,11 +170,12 @@ def register(cli: click.Group) -> None:
                     failed.append(name)
                     continue
                 _, state = _summary(data, name)
-                click.echo(f"function {name} {past}" + (f": {state}" if state else ""))
+                shown = state and action != ""      # a deleted function has no state to show
+                click.echo(f"function {name} {past}" + (f" (state: {state})" if shown else ""))
             if failed:
                 raise click.exceptions.Exit(1)
 
-    _lifecycle("start", "PUT", "start", "start requested")
+    _lifecycle("start", "PUT", "start", "started")
     _lifecycle("stop", "PUT", "stop", "stopped")
     _lifecycle("delete", "DELETE", "", "deleted")
 
