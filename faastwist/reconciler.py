@@ -192,7 +192,10 @@ class Reconciler(Service):
     @staticmethod
     def _orphans(observed: Mapping[str, Observation], wanted: set[str],
                  names: Sequence[str] | None) -> Iterable[str]:
-        scope = set(observed) if names is None else set(names) & set(observed)
+        # a kicked name the store no longer has is deleted even when the provider does
+        # not report it (a stopped process function leaves logs behind; "already gone"
+        # is success for every provider)
+        scope = set(observed) if names is None else set(names)
         return sorted(scope - wanted)
 
     @inlineCallbacks
