@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # tests and `make run` use the working tree's code over the installed copy
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run test install system-deps bench bench-gate bench-reconcile bench-coldstart clean
+.PHONY: run test install system-deps browser-deps bench bench-gate bench-reconcile bench-coldstart clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,13 +34,24 @@ system-deps:
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
 
+# the console's end-to-end test drives Debian's chromium; `make run` does not need it
+browser-deps:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  echo "installing: chromium chromium-driver (for the console's browser test)"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	fi
+
 run: install system-deps
 	$(BIN)/twistd -n --pidfile= faasgate --config $(CONFIG)
 
-test: install system-deps
+test: install system-deps browser-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: bench-gate bench-reconcile bench-coldstart
+
+bench-coldstart: install
+	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
+	$(BIN)/python bench/coldstart.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info data test-artifacts
