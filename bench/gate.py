@@ -12,7 +12,9 @@ proxies that all route on ``X-FaaS-Func-Name`` and send ``Host: demo10.default.e
   it on);
 - twisted: ``twisted.web.proxy.ReverseProxyResource`` behind a resource that checks
   the same header (Twisted's own reverse proxy, the baseline);
-- nginx: one worker, ``map $http_x_faas_func_name``, keep-alive upstream pool.
+- nginx: one worker, ``map $http_x_faas_func_name``, keep-alive upstream pool;
+- gate-web (only with ``--only ... gate-web``): the gate's twisted.web transport, which
+  serves HTTPS and HTTP/2, measured on plain HTTP for comparison.
 
 Each proxy is one process on one worker. wrk (one thread) runs at concurrency 1, 16
 and 64 for ``--duration`` seconds after a short warm-up; the table gives req/s, p50
@@ -48,7 +50,8 @@ CONCURRENCY = (1, 16, 64)
 
 # -- the proxies, as child processes ------------------------------------------------------
 
-def serve_gate(port: int, upstream_port: int, access_log: bool, profile: str | None) -> None:
+def serve_gate(port: int, upstream_port: int, access_log: bool, profile: str | None,
+               transport: str = "fast") -> None:
     """The gate with every feature on, as the benchmark's child process."""
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver, LogLevel
@@ -79,7 +82,7 @@ def serve_gate(port: int, upstream_port: int, access_log: bool, profile: str | N
         network_layer_url=f"http://127.0.0.1:{upstream_port}",
         namespace="default", host_suffix="example.com"))
     service = GateService(HTTPServerConfig(port=port, address="127.0.0.1"), routes, provider,
-                          reactor, Metrics(), access_log=access_log, transport="fast")
+                          reactor, Metrics(), access_log=access_log, transport=transport)
     service.startService()
     profiler = None
     if profile:
@@ -285,16 +288,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--access-log", action="store_true", help="gate access log on")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per cell, keeping the best by req/s (on a shared machine "
+                             "other load only ever makes a run slower)")
     parser.add_argument("--profile", action="store_true",
                         help="run the gate under cProfile at c16 and print where time goes")
     parser.add_argument("--only", nargs="*", default=["nginx", "twisted", "gate"],
-                        choices=["nginx", "twisted", "gate"])
+                        choices=["nginx", "twisted", "gate", "gate-web"],
+                        help="proxies to measure (gate-web: the gate's twisted.web "
+                             "transport, which serves HTTPS/HTTP2, on plain HTTP)")
     parser.add_argument("--json", help="also write the results to this file")
-    if len(sys.argv) > 1 and sys.argv[1] in ("serve-gate", "serve-twisted"):
+    if len(sys.argv) > 1 and sys.argv[1] in ("serve-gate", "serve-gate-web", "serve-twisted"):
         mode, port, upstream = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-        if mode == "serve-gate":
+        if mode.startswith("serve-gate"):
             profile = sys.argv[sys.argv.index("--profile") + 1] if "--profile" in sys.argv else None
-            serve_gate(port, upstream, "--access-log" in sys.argv, profile)
+            serve_gate(port, upstream, "--access-log" in sys.argv, profile,
+                       "web" if mode == "serve-gate-web" else "fast")
         else:
             serve_twisted(port, upstream)
         return
@@ -330,7 +339,8 @@ def main() -> None:
 
         if args.profile:
             prof = str(workdir / "gate.prof")
-            process, port = start_proxy("gate", ["--profile", prof])
+            process, port = start_proxy("gate", ["--profile", prof] + (
+                ["--access-log"] if args.access_log else []))
             measured = run_wrk(port, 16, args.duration)
             processes.stop(process)
             requests = int(measured["rps"] * args.duration) + 1
@@ -340,19 +350,21 @@ def main() -> None:
                 shutil.copy(prof, os.environ["BENCH_KEEP_PROFILE"])
             return
 
-        order = [name for name in ("nginx", "twisted", "gate") if name in args.only]
+        order = [n for n in ("nginx", "twisted", "gate", "gate-web") if n in args.only]
         for name in order:
-            extra = ["--access-log"] if name == "gate" and args.access_log else []
+            extra = ["--access-log"] if name.startswith("gate") and args.access_log else []
             process, port = start_proxy(name, extra)
             run_wrk(port, 16, 1.0)  # warm-up: connections, caches, JIT-free but allocators
             results[name] = {}
             for connections in CONCURRENCY:
-                results[name][connections] = run_wrk(port, connections, args.duration)
+                runs = [run_wrk(port, connections, args.duration)
+                        for _ in range(max(1, args.repeat))]
+                results[name][connections] = max(runs, key=lambda r: r["rps"])
                 print(f"{name} c{connections}: {results[name][connections]['rps']:.0f} req/s",
                       file=sys.stderr, flush=True)
             processes.stop(process)
         print(f"loopback, {os.cpu_count()} cores, one worker per proxy, wrk -t1, "
-              f"{args.duration:g}s per run, gate access log "
+              f"{args.duration:g}s per run, best of {max(1, args.repeat)}, gate access log "
               f"{'on' if args.access_log else 'off'}; Python {sys.version.split()[0]}")
         print(table(results))
         failures = [(n, c, r) for n, by_c in results.items() for c, r in by_c.items()

@@ -108,7 +108,7 @@ class Exchange:
         "body_override", "pending", "pending_size", "sent", "sent_size", "retried",
         "body_complete", "bytes_in", "bytes_out", "responded", "status", "done",
         "response_length", "producing_down", "producing_up", "client_paused",
-        "head_only", "ended",
+        "head_only", "ended", "terminated",
     )
 
     def __init__(self, gate: Gate, down: Downstream, head: RequestHead) -> None:
@@ -144,6 +144,7 @@ class Exchange:
         self.client_paused = False
         self.head_only = head.method == b"HEAD"
         self.ended = 0.0
+        self.terminated = False  # the chunked body's last chunk went upstream
 
     # -- start -------------------------------------------------------------------------
 
@@ -241,26 +242,26 @@ class Exchange:
             conn.release(False)
             return
         self.conn = conn
-        if self.retried:
-            conn.send(self, b"".join(self.sent or ()), self.head_only)
-            self._streaming(conn)
-            return
-        out = [self.head_bytes]
-        if self.body_override is not None:
-            out.append(self.body_override)
-        if self.pending:
+        if self.retried:  # everything sent on the connection that died, once more
+            out = [b"".join(self.sent or ())]
+        else:
+            out = [self.head_bytes]
+            if self.body_override is not None:
+                out.append(self.body_override)
+        if self.pending:  # body read while no connection was there
             out.extend(self.pending)
             self.pending = []
             self.pending_size = 0
-        if self.body_complete and self.head.chunked and self.body_override is None:
+        if (self.body_complete and self.head.chunked and self.body_override is None
+                and not self.terminated):
             out.append(b"0\r\n\r\n")
+            self.terminated = True
         data = b"".join(out) if len(out) > 1 else out[0]
-        if self.sent is not None:
-            if len(data) <= BUFFER_LIMIT:
-                self.sent.append(data)
-                self.sent_size = len(data)
-            else:
-                self.sent = None
+        if self.retried or len(data) > BUFFER_LIMIT:
+            self.sent = None  # no second retry; or too much to keep for one
+        elif self.sent is not None:
+            self.sent.append(data)
+            self.sent_size = len(data)
         conn.send(self, data, self.head_only)
         self._streaming(conn)
 
@@ -308,7 +309,9 @@ class Exchange:
         if self.producing_up and self.conn is not None:
             self.producing_up = False
             self.conn.transport.unregisterProducer()
+            self.down.body_producer.resumeProducing()
         if self.head.chunked and self.body_override is None and self.conn is not None:
+            self.terminated = True
             self._remember(b"0\r\n\r\n")
             self.conn.write(b"0\r\n\r\n")
 
@@ -442,6 +445,9 @@ class Exchange:
         if self.producing_up and self.conn is not None:
             self.producing_up = False
             self.conn.transport.unregisterProducer()
+            # the upstream may have paused the client's body, and unregistering does
+            # not resume it: do, or a kept-alive client connection would stall
+            self.down.body_producer.resumeProducing()
         if self.producing_down:
             self.producing_down = False
             self.down.unregister_producer()
