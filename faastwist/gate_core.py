@@ -30,6 +30,7 @@ import os
 import re
 from http import HTTPStatus
 from itertools import count
+from urllib.parse import quote
 from typing import Callable, Iterable, Sequence
 
 from twisted.logger import Logger
@@ -176,6 +177,12 @@ def resolve(head: RequestHead) -> tuple[str, bytes]:
     The X-FaaS-Func-Name header wins and the target is forwarded unchanged; otherwise
     ``/function/{name}/rest`` (OpenFaaS style) forwards ``/rest`` and the query.
     """
+    if head.target[:1] != b"/" and head.target[:4].lower() == b"http":
+        # absolute-form (a client that treats the gate as a forward proxy): forward the
+        # origin-form; the function is still chosen by the header or /function/ path
+        _, _, rest = head.target.partition(b"//")
+        slash = rest.find(b"/")
+        head.target = rest[slash:] if slash != -1 else b"/"
     if head.func is not None:
         raw = head.func.strip()
         name = raw.decode("latin-1")
@@ -257,7 +264,7 @@ class CompiledAdaptor:
                     if _adaptable(n, "set")]
         self.add = [(n.lower().encode(), v.encode()) for n, v in header.add.items()
                     if _adaptable(n, "add")]
-        self.host = adaptor.host.encode() if adaptor.host else None
+        self.host = _host_bytes(adaptor.host)
         self.body = adaptor.body.encode() if adaptor.body else None
 
     def apply_headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -286,25 +293,39 @@ def _adaptable(name: str, key: str) -> bool:
     return True
 
 
+def _path_bytes(path: str) -> bytes:
+    """A path as it may appear in a request line: what is not allowed there (spaces,
+    line breaks, non-ASCII) percent-encoded, so no adaptor can break the request."""
+    return quote(path, safe="/:@!$&'()*+,;=%-._~").encode("ascii")
+
+
+def _host_bytes(host: str) -> bytes | None:
+    if not host:
+        return None
+    if any(c.isspace() or ord(c) < 32 or ord(c) > 126 for c in host):
+        log.warn("requestAdaptor.host: {host!r} is not a valid Host and is ignored", host=host)
+        return None
+    return host.encode("ascii")
+
+
 def _compile_path(adaptor: RequestAdaptor) -> Callable[[bytes], bytes] | None:
     spec = adaptor.path
     if spec.replace:
-        replaced = spec.replace.encode()
+        replaced = _path_bytes(spec.replace)
         return lambda _path: replaced
     steps: list[Callable[[bytes], bytes]] = []
     if spec.trim_prefix:
-        prefix = spec.trim_prefix.encode()
+        prefix = _path_bytes(spec.trim_prefix)
         steps.append(lambda p: p[len(prefix):] if p.startswith(prefix) else p)
     if spec.add_prefix:
-        added = spec.add_prefix.encode()
+        added = _path_bytes(spec.add_prefix)
         steps.append(lambda p: added + p)
     if spec.regexp_replace is not None:
         pattern = re.compile(spec.regexp_replace.regexp)
         replacement = go_replacement(spec.regexp_replace.replace)
 
         def regexp(p: bytes) -> bytes:
-            text = p.decode("latin-1")
-            return pattern.sub(replacement, text).encode("latin-1", "replace")
+            return _path_bytes(pattern.sub(replacement, p.decode("latin-1")))
 
         steps.append(regexp)
     if not steps:

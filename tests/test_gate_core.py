@@ -151,3 +151,23 @@ def test_call_ids_are_unique_and_prefixed() -> None:
     assert len(seen) == 1000
     assert all(i.startswith(ids.prefix) for i in seen)
     assert CallIds().prefix != ids.prefix
+
+
+def test_absolute_form_targets_are_forwarded_in_origin_form() -> None:
+    assert resolve(head(b"http://gate.example:10083/a?b", [(b"x-faas-func-name", b"fn")])
+                   ) == ("fn", b"/a?b")
+    assert resolve(head(b"http://gate.example/function/fn/x")) == ("fn", b"/x")
+    assert resolve(head(b"http://gate.example", [(b"x-faas-func-name", b"fn")])) == ("fn", b"/")
+
+
+def test_adaptor_values_cannot_break_the_request_line_or_the_host() -> None:
+    adaptor = compile_adaptor(FunctionSpec.from_dict({"name": "f", "requestAdaptor": {
+        "path": {"addPrefix": "/a b\r\nX-Injected: 1"},
+        "host": "evil.example\r\nX-Injected: 1"}}).request_adaptor)
+    assert adaptor is not None
+    assert adaptor.apply_target(b"/p?q") == b"/a%20b%0D%0AX-Injected:%201/p?q"
+    assert adaptor.host is None
+    regexp = compile_adaptor(FunctionSpec.from_dict({"name": "f", "requestAdaptor": {
+        "path": {"regexpReplace": {"regexp": "^/(.*)$", "replace": "/x y/$1"}}}}
+    ).request_adaptor)
+    assert regexp.apply_target(b"/p") == b"/x%20y/p"
