@@ -10,7 +10,7 @@ accepting, let in-flight requests finish (bounded by shutdownTimeout), then clos
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout
@@ -79,7 +79,12 @@ class Gate:
         now = self.clock.seconds()
         late = [e for e, deadline in self.deadlines.items() if deadline <= now]
         for exchange in late:
-            exchange.timed_out()
+            try:
+                exchange.timed_out()
+            except Exception:  # a bug must not stop the sweep for every other request
+                log.failure("timing out a request to {function} failed",
+                            function=exchange.name)
+                self.deadlines.pop(exchange, None)
 
     def exchange(self, down: Downstream, head: RequestHead) -> "Exchange":
         """Start proxying one request whose head has been read."""

@@ -22,7 +22,7 @@ from twisted.internet.error import (
     DNSLookupError,
     TimeoutError as ConnectTimeout,
 )
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
