@@ -69,6 +69,22 @@ def free_low_ports(count: int, start: int = 20000, end: int = 32000) -> list[int
     raise RuntimeError("no free ports below 32768")
 
 
+def _state(pid: int) -> str:
+    """The process state letter from /proc (R, S, D, T, Z, ...), '' when gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
+    except (OSError, IndexError):
+        return ""
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    return all(_state(int(task)) in ("T", "t", "") for task in tasks)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -76,11 +92,7 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:  # a zombie is gone for our purposes
-        state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
-        return state != "Z"
-    except (OSError, IndexError):
-        return False
+    return _state(pid) not in ("", "Z")  # a zombie is gone for our purposes
 
 
 class Envtest:
@@ -130,8 +142,15 @@ class Envtest:
         self.pids.clear()
 
     def pause(self) -> None:
-        """Freeze the apiserver (SIGSTOP): connections open, no answers, as a hung server."""
-        os.kill(self.pids["apiserver"], signal.SIGSTOP)
+        """Freeze the apiserver (SIGSTOP): connections open, no answers, as a hung server.
+        Returns once the kernel reports it stopped (a thread busy in the kernel stops only
+        when it leaves it)."""
+        pid = self.pids["apiserver"]
+        os.kill(pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while not _all_threads_stopped(pid):
+            assert time.monotonic() < deadline, f"apiserver {pid} did not stop"
+            time.sleep(0.005)
 
     def resume(self) -> None:
         pid = self.pids.get("apiserver")

@@ -50,7 +50,8 @@ class World:
     reconciler: Reconciler
 
     def create(self, fn: FunctionSpec) -> FunctionRecord:
-        record = result(self.store.create(fn, FunctionStatus.initial(fn.name, self.clock.seconds())))
+        initial = FunctionStatus.initial(fn.name, self.clock.seconds())
+        record = result(self.store.create(fn, initial))
         self.reconciler.kick(fn.name)
         return record
 

@@ -3,10 +3,11 @@
 Every call to the Kubernetes API goes through the official client on a thread pool
 that this service owns (so the reactor never blocks) and carries ``knative.timeout``.
 ``observe()`` is one LIST with the controller's label selector whatever the number of
-functions (from the apiserver's watch cache, no older than any ksvc this provider
-has seen or written); the objects it returns are kept, so that a following update/stop/start
-rewrites a ksvc at the resourceVersion just read without another GET (a concurrent
-writer then makes it fail with 409, which is retried next pass, not a failure).
+functions (from the apiserver's watch cache, no older than any ksvc this provider has
+seen or written); the objects it returns are kept, so that a following update, stop
+or start rewrites a ksvc at the resourceVersion just read without another GET (a
+concurrent writer then makes it fail with 409, which is retried next pass, not a
+failure).
 """
 
 from __future__ import annotations
@@ -257,8 +258,8 @@ class KnativeProvider(Service):
         selector = ksvc.label_selector(self.controller)
         kwargs: dict[str, Any] = {"label_selector": selector}
         if self._fresh_as_of:
-            # served from the apiserver's watch cache (5x cheaper than a quorum read of
-            # etcd at N=1000), yet never older than anything this provider saw or wrote
+            # served from the apiserver's watch cache (3-5x cheaper than a quorum read of
+            # etcd at N=1000), yet never older than any ksvc this provider saw or wrote
             kwargs.update(resource_version=self._fresh_as_of,
                           resource_version_match="NotOlderThan")
         try:
