@@ -278,7 +278,36 @@ def test_delete_removes_the_ksvc_and_gone_is_fine(cluster: Cluster):
     yield wait_for(lambda: cluster.ksvc("del") is None)
     yield cluster.provider.delete("del")          # already gone: success
     assert cluster.metrics.registry.get_sample_value(
+        "faastwist_provider_api_calls_total", {"verb": "get", "code": "404"}) == 1
+
+    yield cluster.provider.deploy(cluster.spec("del"))
+    yield cluster.provider.observe()
+    cluster.knative.delete("del")                 # gone behind our back, since observed
+    yield cluster.provider.delete("del")          # DELETE answers 404: success too
+    assert cluster.metrics.registry.get_sample_value(
         "faastwist_provider_api_calls_total", {"verb": "delete", "code": "404"}) == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_delete_never_touches_a_ksvc_that_is_not_ours(cluster: Cluster):
+    name = f"{cluster.controller}-mine-or-not"
+    yield cluster.provider.deploy(cluster.spec(name))
+    yield cluster.provider.observe()
+    cluster.knative.delete(name)                  # replaced by someone else's, same name
+    cluster.knative.create_raw(ksvc.build_ksvc(cluster.spec(name), "someone-else", "default"))
+    try:
+        with pytest.raises(ProviderConflict):     # the uid we saw is not there any more
+            yield cluster.provider.delete(name)
+        assert cluster.ksvc(name) is not None
+        yield cluster.provider.delete(name)       # not observed: read first, not ours
+        assert cluster.ksvc(name) is not None
+        yield cluster.store.create(cluster.spec(name), FunctionStatus.initial(name, 0.0))
+        yield cluster.admin(name, Event.DELETE)   # the kicked pass deletes what is ours only
+        yield cluster.reconciler.run_pass([name])
+        assert cluster.ksvc(name) is not None
+        assert cluster.reconciler.last_error is None
+    finally:
+        cluster.knative.delete(name)
 
 
 @pytest_twisted.inlineCallbacks

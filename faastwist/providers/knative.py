@@ -356,14 +356,31 @@ class KnativeProvider(Service):
 
     @inlineCallbacks
     def delete(self, name: str):
+        """Delete the ksvc ``name`` if it is ours. The reconciler may ask for a name it has
+        not observed (a kicked function the store no longer has): a ksvc of that name that
+        another controller or a person manages is left alone. The delete carries the uid
+        seen, so an object recreated meanwhile is never deleted by mistake."""
+        self.routing.forget(name)
+        current = self._seen.get(name)
+        if current is None:
+            current = yield self._get(name)
+        if current is None:
+            log.info("knative Service {name}: nothing of ours to delete", name=name)
+            return
+        uid = current.get("metadata", {}).get("uid")
+        options = {"preconditions": {"uid": uid}} if uid else None
         try:
-            yield self._call("delete", name, self.api.delete_namespaced_custom_object, name)
+            yield self._call("delete", name, self.api.delete_namespaced_custom_object, name,
+                             body=options)
         except _ApiFailure as exc:
+            if exc.status == 409:   # the uid differs: not the object we saw any more
+                self._seen.pop(name, None)
+                raise ProviderConflict(f"knative Service {name} was replaced meanwhile; "
+                                       f"next pass decides") from None
             if exc.status != 404:
                 raise self._as_error(exc) from None
             log.info("knative Service {name} was already gone", name=name)
         self._seen.pop(name, None)
-        self.routing.forget(name)
 
     def acquire(self, spec: FunctionSpec) -> StaticLease:
         """kourier routes by Host, ``{name}.{namespace}.{hostSuffix}``; it balances and
