@@ -1,6 +1,6 @@
 """Gate benchmark on loopback: faastwist's gate against nginx and Twisted's own proxy.
 
-    PYTHONPATH=. .venv/bin/python bench/gate.py              # the table (about 90 s)
+    PYTHONPATH=. .venv/bin/python bench/gate.py              # the table (about a minute)
     PYTHONPATH=. .venv/bin/python bench/gate.py --profile    # cProfile of the gate at c16
 
 One fixed upstream (nginx, one worker, a 17-byte answer over keep-alive) serves three
@@ -212,7 +212,8 @@ class Processes:
 def nginx(processes: Processes, workdir: Path, name: str, body: str, port: int) -> subprocess.Popen:
     config = workdir / f"{name}.conf"
     config.write_text(NGINX_MAIN.format(dir=workdir, name=name, body=body))
-    process = processes.start(["nginx", "-c", str(config), "-p", str(workdir)],
+    process = processes.start(["nginx", "-c", str(config), "-p", str(workdir),
+                               "-e", str(workdir / f"{name}.startup.log")],
                               stderr=subprocess.DEVNULL)
     wait_listening(port, process)
     return process
