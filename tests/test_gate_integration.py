@@ -245,7 +245,7 @@ async def test_error_answers_over_sockets(make_gate: Any) -> None:
         if code == 503:
             assert headers["retry-after"] == "5"
         if code == 504:
-            assert 0.9 < time.monotonic() - started < 2.5
+            assert 0.9 < time.monotonic() - started < 4.0
 
 
 @pytest_twisted.ensureDeferred
@@ -350,7 +350,8 @@ async def test_slow_chunked_response_is_streamed_as_it_comes(make_gate: Any) -> 
     total = time.monotonic() - started
     assert status == 200 and headers["transfer-encoding"] == "chunked"
     assert body == b"".join(b"chunk %d\n" % i for i in range(6))
-    assert client.first_body_at - started < 0.5 < total
+    assert total > 0.8  # the upstream took 6 x 150 ms
+    assert client.first_body_at - started < total / 2  # the first chunk did not wait
     client.transport.loseConnection()
 
 
@@ -429,7 +430,7 @@ async def test_idle_connections_close_after_keep_alive_timeout(make_gate: Any) -
     assert (await client.request("/"))[0] == 200
     started = time.monotonic()
     await client.closed()
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 3.0
 
 
 @pytest_twisted.ensureDeferred
@@ -469,7 +470,7 @@ async def test_graceful_shutdown_is_bounded(make_gate: Any) -> None:
     await deferLater(reactor, 0.1, lambda: None)
     started = time.monotonic()
     await gate.service.stopService()
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 3.0
     await client.closed()
 
 
