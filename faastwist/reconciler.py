@@ -43,8 +43,14 @@ class Plan:
     ext_data: Mapping[str, str] | None = None
 
 
-def plan(record: FunctionRecord, observation: Observation | None) -> Plan:
-    """Decide what to do for one function; pure, so the table of cases is unit-tested."""
+def plan(record: FunctionRecord, observation: Observation | None, now: float = 0.0,
+         start_grace: float = 0.0) -> Plan:
+    """Decide what to do for one function; pure, so the table of cases is unit-tested.
+
+    ``start_grace``: for this long after a start was asked for, *pending* is not yet a
+    verdict (a Knative start rolls out a new revision, Ready=Unknown meanwhile); after
+    it, the table's inactive + pending -> failed applies.
+    """
     status, spec = record.status, record.spec
     state = status.state
     if state is State.DESTROYED:
@@ -72,6 +78,9 @@ def plan(record: FunctionRecord, observation: Observation | None) -> Plan:
     event = observation.event
     if event is None:
         return Plan()
+    if (event is Event.PENDING and state is State.INACTIVE and status.start_pending
+            and now - status.updated < start_grace):
+        return Plan()  # the start is still rolling out
     events: tuple[Event, ...] = (event,)
     if state is State.FAILED and event is Event.READY:
         events = (Event.READY, Event.READY)  # failed -> initial -> active: recovered
@@ -90,7 +99,8 @@ class Reconciler(Service):
     def __init__(self, store: FunctionStore, provider: Provider, clock: IReactorTime,
                  interval: float, metrics: Metrics | None = None,
                  is_leader: Callable[[], bool] = lambda: True,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time,
+                 start_grace: float = 120.0) -> None:
         self.store = store
         self.provider = provider
         self.clock = clock
@@ -98,6 +108,7 @@ class Reconciler(Service):
         self.metrics = metrics or Metrics()
         self.is_leader = is_leader
         self.wall_clock = wall_clock
+        self.start_grace = start_grace
         self._lock = DeferredLock()
         self._loop: LoopingCall | None = None
         self._kicked: set[str] = set()
@@ -215,7 +226,7 @@ class Reconciler(Service):
 
     @inlineCallbacks
     def _converge(self, record: FunctionRecord, observation: Observation | None):
-        decision = plan(record, observation)
+        decision = plan(record, observation, self.wall_clock(), self.start_grace)
         if decision.action is not None:
             log.info("function {name}: {action}", name=record.name, action=decision.action)
             try:

@@ -130,7 +130,8 @@ def make_cluster(server: Envtest, timeout: float = 5.0) -> Cluster:
     calls = CallCounter(provider.api_client)
     store = MemoryStore(controller)
     clock = Clock()
-    reconciler = Reconciler(store, provider, clock, 10.0, metrics, wall_clock=time.time)
+    reconciler = Reconciler(store, provider, clock, 10.0, metrics, wall_clock=time.time,
+                            start_grace=0.0)  # the FSM walk wants inactive + pending at once
     knative = FakeKnative(server.api_client())
     provider.startService()
     return Cluster(controller, store, provider, reconciler, knative, metrics, calls, clock)

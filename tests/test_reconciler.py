@@ -146,10 +146,21 @@ def _obs(fn: FunctionSpec | None = None, stopped: bool = False, event: Event | N
      Plan(events=(Event.READY, Event.READY), message="msg", ext_data={"Ready.status": "x"})),
     (State.ACTIVE, False, _obs(event=Event.ERROR),
      Plan(events=(Event.ERROR,), message="msg", ext_data={"Ready.status": "x"})),
+    (State.INACTIVE, True, _obs(event=Event.PENDING),
+     Plan(events=(Event.PENDING,), message="msg", ext_data={"Ready.status": "x"})),
 ])
 def test_plan(state: State, pending: bool, observation: Observation | None,
               expected: Plan) -> None:
     assert plan(_record(state, pending), observation) == expected
+
+
+def test_plan_holds_a_pending_start_within_the_grace() -> None:
+    record = _record(State.INACTIVE, True)   # start asked for at updated = 0.0
+    assert plan(record, _obs(event=Event.PENDING), now=10.0, start_grace=60.0) == Plan()
+    assert plan(record, _obs(event=Event.PENDING), now=60.0, start_grace=60.0).events == (
+        Event.PENDING,)
+    assert plan(record, _obs(event=Event.ERROR), now=10.0, start_grace=60.0).events == (
+        Event.ERROR,)
 
 
 # -- passes ------------------------------------------------------------------------------
@@ -306,6 +317,23 @@ def test_pending_start_survives_a_restart(world: World) -> None:
     assert world.provider.verbs("start") == ["fn"]
 
 
+def test_start_rolling_out_is_not_failed_within_the_grace(world: World) -> None:
+    active(world)
+    world.admin("fn", Event.STOP)
+    world.tick(0)
+    world.admin("fn", Event.START)
+    world.tick(0)
+    world.provider.report("fn", Event.PENDING, "Ready is Unknown: RevisionMissing")
+    world.tick(world.reconciler.start_grace - 1)
+    result(world.reconciler.run_pass())
+    status = world.status("fn")
+    assert (status.state, status.start_pending) == (State.INACTIVE, True)
+    world.provider.report("fn", Event.READY, "ready")
+    result(world.reconciler.run_pass())
+    assert world.status("fn").state is State.ACTIVE
+    assert world.transitions(State.INACTIVE, State.FAILED, Event.PENDING) == 0
+
+
 def test_start_that_stays_pending_fails(world: World) -> None:
     active(world)
     world.admin("fn", Event.STOP)
@@ -313,6 +341,7 @@ def test_start_that_stays_pending_fails(world: World) -> None:
     world.admin("fn", Event.START)
     world.tick(0)
     world.provider.report("fn", Event.PENDING, "Ready is Unknown: RevisionMissing")
+    world.tick(world.reconciler.start_grace)
     result(world.reconciler.run_pass())
     status = world.status("fn")
     assert status.state is State.FAILED
