@@ -49,6 +49,15 @@ test: install system-deps browser-deps
 
 bench: bench-gate bench-reconcile bench-coldstart
 
+bench-gate: install
+	@command -v nginx >/dev/null && command -v wrk >/dev/null || { \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light wrk; }
+	$(BIN)/python bench/gate.py $(BENCH_GATE_ARGS)
+
+# the real kube-apiserver from ../shared/k8s (needs etcd, openssl, curl, xz)
+bench-reconcile: install system-deps
+	FAASTWIST_ENVTEST=$${FAASTWIST_ENVTEST:-$(CURDIR)/../shared/k8s} $(BIN)/python bench/reconcile.py
+
 bench-coldstart: install
 	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
 	$(BIN)/python bench/coldstart.py
