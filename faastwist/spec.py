@@ -155,10 +155,22 @@ def _read_path_adaptor(reader: FieldReader) -> PathAdaptor:
     return adaptor
 
 
+#: Headers the gate frames or sets itself; an adaptor that touched them would break the
+#: request (Host has its own adaptor field).
+NOT_ADAPTABLE_HEADERS = frozenset({
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+    "upgrade", "proxy-authenticate", "proxy-authorization", "host", "content-length", "expect",
+})
+HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+
+
 def _check_header_names(reader: FieldReader, key: str, names: Any) -> None:
     for name in names:
         if not HTTP_TOKEN.match(name):
             raise reader.fail(key, f"{name!r} is not a valid header name")
+        if name.lower() in NOT_ADAPTABLE_HEADERS:
+            hint = "; use requestAdaptor.host" if name.lower() == "host" else ""
+            raise reader.fail(key, f"{name!r} is managed by the gate and cannot be adapted{hint}")
 
 
 def _read_header_adaptor(reader: FieldReader) -> HeaderAdaptor:
@@ -181,8 +193,12 @@ def _read_request_adaptor(reader: FieldReader) -> RequestAdaptor:
     method = reader.string("method", "")
     if method and not HTTP_TOKEN.match(method):
         raise reader.fail("method", f"is not an HTTP method token, got {method!r}")
+    host = reader.string("host", "")
+    if host and not HOST.match(host):
+        raise reader.fail("host", f"must be a host name or address with an optional port, "
+                                  f"got {host!r}")
     return RequestAdaptor(
-        host=reader.string("host", ""),
+        host=host,
         method=method.upper(),
         path=reader.section("path", _read_path_adaptor),
         header=reader.section("header", _read_header_adaptor),
@@ -332,6 +348,8 @@ def spec_from_yaml(text: str | bytes) -> FunctionSpec:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise SpecError("", f"body is not valid YAML or JSON: {exc}") from None
+    except RecursionError:
+        raise SpecError("", "body is nested too deeply") from None
     return FunctionSpec.from_dict(data)
 
 

@@ -18,7 +18,7 @@ from faastwist.gate_core import (
     upstream_head,
     wants_close,
 )
-from faastwist.spec import FunctionSpec, RequestAdaptor
+from faastwist.spec import FunctionSpec, PathAdaptor, RequestAdaptor
 
 
 def head(target: bytes = b"/", headers: list[tuple[bytes, bytes]] | None = None,
@@ -161,9 +161,11 @@ def test_absolute_form_targets_are_forwarded_in_origin_form() -> None:
 
 
 def test_adaptor_values_cannot_break_the_request_line_or_the_host() -> None:
-    adaptor = compile_adaptor(FunctionSpec.from_dict({"name": "f", "requestAdaptor": {
-        "path": {"addPrefix": "/a b\r\nX-Injected: 1"},
-        "host": "evil.example\r\nX-Injected: 1"}}).request_adaptor)
+    # spec validation refuses such a host; the gate defends itself anyway (records
+    # stored before that check, or built in code), so build the adaptor directly
+    adaptor = compile_adaptor(RequestAdaptor(
+        host="evil.example\r\nX-Injected: 1",
+        path=PathAdaptor(add_prefix="/a b\r\nX-Injected: 1")))
     assert adaptor is not None
     assert adaptor.apply_target(b"/p?q") == b"/a%20b%0D%0AX-Injected:%201/p?q"
     assert adaptor.host is None

@@ -83,6 +83,16 @@ def _error(data) -> SpecError:
      "requestAdaptor.header.set", "not a valid header name"),
     ({"name": "f", "requestAdaptor": {"header": {"add": {"X": "a\nb"}}}},
      "requestAdaptor.header.add", "line break"),
+    ({"name": "f", "requestAdaptor": {"header": {"set": {"Host": "x"}}}},
+     "requestAdaptor.header.set", "use requestAdaptor.host"),
+    ({"name": "f", "requestAdaptor": {"header": {"add": {"Transfer-Encoding": "chunked"}}}},
+     "requestAdaptor.header.add", "managed by the gate"),
+    ({"name": "f", "requestAdaptor": {"header": {"del": ["content-length"]}}},
+     "requestAdaptor.header.del", "managed by the gate"),
+    ({"name": "f", "requestAdaptor": {"host": "a b.example.com"}},
+     "requestAdaptor.host", "host name or address"),
+    ({"name": "f", "requestAdaptor": {"host": "a.example.com\r\nX-Evil: 1"}},
+     "requestAdaptor.host", "host name or address"),
     ({"name": "f", "requestAdaptor": {"header": {"del": "X"}}},
      "requestAdaptor.header.del", "list of strings"),
     ({"name": "f", "requestAdaptor": []}, "requestAdaptor", "must be a mapping"),
@@ -105,6 +115,8 @@ def test_document_must_be_a_mapping():
     assert "must be a mapping" in str(_error([1, 2]))
     with pytest.raises(SpecError, match="not valid YAML"):
         spec_from_yaml("name: [unclosed")
+    with pytest.raises(SpecError):
+        spec_from_yaml("[" * 100_000)
 
 
 def test_provider_specific_checks():
