@@ -45,19 +45,6 @@ DEMO10 = {
 BROKEN = "dev.local/does-not-exist:1"
 
 
-@pytest.fixture(scope="module")
-def envtest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Envtest]:
-    reason = envtest_unavailable()
-    if reason:
-        pytest.skip(reason)
-    server = Envtest(tmp_path_factory.mktemp("envtest"))
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-
-
 @attrs.define
 class Cluster:
     """One controller's world: store, provider, reconciler, and the fake Knative."""

@@ -365,21 +365,6 @@ async def test_no_line_is_delivered_after_unsubscribe_returns(pool) -> None:
 
 # -- against a real kube-apiserver (envtest; no kubelet, so pods have no log to serve) ----
 
-@pytest.fixture(scope="module")
-def envtest(tmp_path_factory: pytest.TempPathFactory):
-    from tests.k8s_support import Envtest, envtest_unavailable
-
-    reason = envtest_unavailable()
-    if reason:
-        pytest.skip(reason)
-    server = Envtest(tmp_path_factory.mktemp("envtest-logs"))
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-
-
 def _pod(name: str, service: str) -> dict:
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "labels": {"serving.knative.dev/service": service}},

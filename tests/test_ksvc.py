@@ -47,9 +47,14 @@ def test_demo10_becomes_exactly_this_ksvc() -> None:
                 "ports": [{"containerPort": 8089}],
                 "resources": {"limits": {"cpu": "180m", "memory": "100Mi"},
                               "requests": {"cpu": "80m", "memory": "20Mi"}},
-            }]},
+            }], "timeoutSeconds": 60},
         }},
     }
+
+
+def test_the_functions_timeout_is_the_revisions_timeout() -> None:
+    assert ksvc.template(demo10(timeout="1m30s"))["spec"]["timeoutSeconds"] == 90
+    assert ksvc.template(demo10(timeout="250ms"))["spec"]["timeoutSeconds"] == 1
 
 
 @pytest.mark.parametrize("scale_type, scale_class", [

@@ -189,11 +189,13 @@ def test_valid_specs_round_trip_through_yaml(data):
     assert again.digest() == spec.digest()
 
 
+def _containers(inner: st.SearchStrategy) -> st.SearchStrategy:
+    return st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
-    max_leaves=12,
-)
+    _containers, max_leaves=12)
 field_names = st.sampled_from([
     "name", "image", "port", "autoScaleType", "autoScaleValue", "minReplica", "maxReplica",
     "limitCPU", "limitMemory", "requestCPU", "requestMemory", "requestAdaptor", "timeout",

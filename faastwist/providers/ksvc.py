@@ -8,6 +8,7 @@ Observation (which FSM event, if any, the reconciler may conclude from it).
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Mapping
 
 from faastwist.fsm import Event
@@ -79,7 +80,10 @@ def container(spec: FunctionSpec) -> dict[str, Any]:
 def template(spec: FunctionSpec, stopped: bool = False) -> dict[str, Any]:
     return {
         "metadata": {"annotations": template_annotations(spec, stopped)},
-        "spec": {"containers": [container(spec)]},
+        # the function's timeout, end to end: the gate answers 504 at it, and Knative's
+        # queue-proxy gives up at the same moment instead of at its own default (300s)
+        "spec": {"containers": [container(spec)],
+                 "timeoutSeconds": max(1, math.ceil(spec.timeout))},
     }
 
 

@@ -1,0 +1,24 @@
+"""Fixtures shared across test modules."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+from tests.k8s_support import Envtest, envtest_unavailable
+
+
+@pytest.fixture(scope="session")
+def envtest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Envtest]:
+    """One real kube-apiserver (../shared/k8s, via FAASTWIST_ENVTEST) for the whole run:
+    it takes ~10 s to start. Tests keep apart by controller and function names."""
+    reason = envtest_unavailable()
+    if reason:
+        pytest.skip(reason)
+    server = Envtest(tmp_path_factory.mktemp("envtest"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
