@@ -263,6 +263,11 @@ class EmbeddedEtcd(Service):
         setpriv = shutil.which("setpriv")
         if setpriv:
             args = [setpriv, "--pdeathsig", "TERM", "--"] + args
+        setsid = shutil.which("setsid")
+        if setsid:
+            # a session of its own: Ctrl-C in the terminal of `make run` reaches faasgate
+            # only, which then stops etcd last, after the services that still use it
+            args = [setsid] + args
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
         log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         null_fd = os.open(os.devnull, os.O_RDONLY)
