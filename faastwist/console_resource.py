@@ -16,15 +16,16 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import quote
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer, IResponse
-from zope.interface import implementer
+from twisted.web.iweb import IResponse
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
+
+from faastwist.bodyproducer import BytesProducer
 
 log = Logger()
 
@@ -58,28 +59,6 @@ def gate_url_for(address: str, port: int, https: bool = False) -> str:
         host = f"[{host}]"
     return f"{'https' if https else 'http'}://{host}:{port}"
 
-
-@implementer(IBodyProducer)
-class BytesProducer:
-    """A body already in memory, sent with its Content-Length in one write (no cooperator,
-    so no hidden use of the global reactor)."""
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        consumer.write(self.body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 class ConsoleResource(Resource):

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from faastwist.cli.client import AdminClient, ApiError, InputError, Settings, load_settings
-from faastwist.cli.commands import register
+from faastwist.cli.commands import duration_option, register
 
 __all__ = ["main", "cli", "ApiError", "InputError"]
 
@@ -39,17 +39,6 @@ class State:
         return self._client
 
 
-def _timeout(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    if value is None:
-        return None
-    from faastwist.cli.client import parse_seconds
-
-    try:
-        return parse_seconds(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
 @click.group(context_settings=CONTEXT)
 @click.option("--server", "-s", metavar="URL",
               help="Admin API URL [env FAASTWIST_SERVER; default http://127.0.0.1:2381].")
@@ -60,7 +49,7 @@ def _timeout(ctx: click.Context, param: click.Parameter, value: str | None) -> f
 @click.option("--gate", metavar="URL",
               help="Gate URL for invoke [env FAASTWIST_GATE; default: the server's host, "
                    "port 10083].")
-@click.option("--request-timeout", "timeout", metavar="DURATION", callback=_timeout,
+@click.option("--request-timeout", "timeout", metavar="DURATION", callback=duration_option,
               help="Timeout of each HTTP request, e.g. 10s [env FAASTWIST_TIMEOUT; default 30s].")
 @click.version_option(package_name="faastwist", prog_name="faastwist",
                       message="%(prog)s %(version)s")

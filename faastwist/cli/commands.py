@@ -47,7 +47,8 @@ def _name_argument(multiple: bool = False) -> Callable[[Any], Any]:
                           shell_complete=_complete_names)
 
 
-def _duration(ctx: click.Context, param: click.Parameter, value: Any) -> float | None:
+def duration_option(ctx: click.Context, param: click.Parameter, value: Any) -> float | None:
+    """click callback: a Go duration (``30s``) or seconds, as float seconds."""
     if value is None:
         return None
     try:
@@ -254,7 +255,7 @@ def register(cli: click.Group) -> None:
     @_name_argument()
     @click.option("--for", "target", type=click.Choice(WAIT_STATES), default="active",
                   show_default=True, help="The state to wait for (deleted: until it is gone).")
-    @click.option("--timeout", callback=_duration, default="60s", show_default=True,
+    @click.option("--timeout", callback=duration_option, default="60s", show_default=True,
                   metavar="DURATION")
     @click.pass_obj
     def wait(obj: Any, name: str, target: str, timeout: float) -> None:

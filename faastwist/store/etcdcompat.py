@@ -17,9 +17,9 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer
-from zope.interface import implementer
+from twisted.web.iweb import IAgent
 
+from faastwist.bodyproducer import BytesProducer
 from faastwist.store.base import StoreError
 
 log = Logger()
@@ -103,27 +103,6 @@ class EtcdHttp:
             return self._pool.closeCachedConnections()
         return succeed(None)
 
-
-@implementer(IBodyProducer)
-class BytesProducer:
-    """A request body already in memory, written in one go (no cooperator, no clock)."""
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        consumer.write(self.body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 @inlineCallbacks

@@ -26,7 +26,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
 from faastwist.store.base import StoreError
-from faastwist.store.etcdcompat import BytesProducer
+from faastwist.bodyproducer import BytesProducer
 
 log = Logger()
 
