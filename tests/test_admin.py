@@ -7,6 +7,7 @@ kick records what it was asked; time is a task.Clock plus a fixed wall clock.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Callable
 
 import attrs
@@ -33,23 +34,8 @@ CONTROLLER = "faascontroller"
 BASE = f"http://admin.test/apis/v2/faas/{CONTROLLER}"
 NOW = 1_700_000_000.0
 
-DEMO10 = b"""\
-name: demo10
-image: dev.local/colordeploy:17.0
-port: 8089
-autoScaleType: rps
-autoScaleValue: "111"
-minReplica: 1
-maxReplica: 3
-limitCPU: 180m
-limitMemory: 100Mi
-requestCPU: 80m
-requestMemory: 20Mi
-requestAdaptor:
-  header:
-    set:
-      X-Func1: func-demo-10
-"""
+# the seed's demo10 spec (Easegress's FaaSFunction example), as shipped in conf/
+DEMO10 = (Path(__file__).resolve().parent.parent / "conf" / "function.yaml").read_bytes()
 
 
 def knative_check(spec: FunctionSpec) -> None:
@@ -322,7 +308,7 @@ def test_json_body_errors_name_json(admin: Admin) -> None:
 
 def test_form_encoded_body_hints_at_data_binary(admin: Admin) -> None:
     # curl -d @file.yaml strips the line breaks, which leaves broken YAML
-    flattened = DEMO10.replace(b"\n", b"")
+    flattened = b"".join(line for line in DEMO10.splitlines() if not line.startswith(b"#"))
     reply = admin.create(flattened,
                          headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert reply.code == 400

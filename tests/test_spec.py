@@ -1,6 +1,7 @@
 """Function spec validation: every field, error paths, round trips."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -10,23 +11,8 @@ from faastwist.spec import (
     AutoScaleType, FunctionSpec, ProcessMode, SpecError, spec_from_yaml, spec_to_yaml,
 )
 
-DEMO10 = """
-name: demo10
-image: dev.local/colordeploy:17.0
-port: 8089
-autoScaleType: rps
-autoScaleValue: "111"
-minReplica: 1
-maxReplica: 3
-limitCPU: 180m
-limitMemory: 100Mi
-requestCPU: 80m
-requestMemory: 20Mi
-requestAdaptor:
-  header:
-    set:
-      X-Func1: func-demo-10
-"""
+# the seed's demo10 spec (Easegress's FaaSFunction example), as shipped in conf/
+DEMO10 = (Path(__file__).resolve().parent.parent / "conf" / "function.yaml").read_text()
 
 
 def test_demo10_parses_with_every_field():
