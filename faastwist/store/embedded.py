@@ -26,6 +26,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, readBody
 
+from faastwist.timers import NamedTimers
+
 log = Logger()
 
 _FIX = ("install it with `apt-get install -y etcd-server`, or set etcd.endpoints in the "
@@ -136,7 +138,7 @@ class EmbeddedEtcd(Service):
         self._transport: Any = None
         self._failures = 0
         self._stopping = False
-        self._timers: dict[str, IDelayedCall] = {}
+        self._timers = NamedTimers(reactor)
         self._waiters: list[tuple[Deferred, IDelayedCall]] = []
         self._gone: list[Deferred] = []
         self._fatal: EmbeddedEtcdError | None = None
@@ -161,15 +163,14 @@ class EmbeddedEtcd(Service):
         """SIGTERM, SIGKILL after ``stop_grace``; fires when the process is gone."""
         Service.stopService(self)
         self._stopping = True
-        for name in list(self._timers):
-            self._cancel(name)
+        self._timers.cancel_all()
         self._fail_waiters(EmbeddedEtcdError("the embedded etcd was stopped"))
         if self._transport is None:
             return succeed(None)
         gone: Deferred[None] = Deferred()
         self._gone.append(gone)
         self._signal("TERM")
-        self._later("kill", self.stop_grace, self._escalate)
+        self._timers.later("kill", self.stop_grace, self._escalate)
         return gone
 
     def ready(self) -> Deferred[str]:
@@ -214,7 +215,7 @@ class EmbeddedEtcd(Service):
 
         def wait_gone() -> None:
             if _pid_alive(pid) and self.reactor.seconds() < deadline:
-                self._later("orphan", 0.05, wait_gone)
+                self._timers.later("orphan", 0.05, wait_gone)
             elif not self._stopping:
                 self._spawn()
         wait_gone()
@@ -242,7 +243,7 @@ class EmbeddedEtcd(Service):
         return client, peer
 
     def _spawn(self) -> None:
-        self._timers.pop("restart", None)
+        self._timers.fired("restart")
         if self._stopping or not self.running:
             return
         client, peer = self._ports()
@@ -290,7 +291,7 @@ class EmbeddedEtcd(Service):
             json.dump({"pid": self.pid, "owner": os.getpid()}, f)
         log.info("embedded etcd pid {pid} starting on {url} (data {dir}, log {log_path})",
                  pid=self.pid, url=self.client_url, dir=self.data_dir, log_path=self.log_path)
-        self._later("health", 0.05, self._check_health)
+        self._timers.later("health", 0.05, self._check_health)
 
     def _ended(self, protocol: _EtcdProtocol, reason: Failure) -> None:
         if protocol is not self._protocol:
@@ -298,9 +299,9 @@ class EmbeddedEtcd(Service):
         pid, self.pid = self.pid, None
         self._protocol = self._transport = None
         self.healthy = False
-        self._cancel("health")
+        self._timers.cancel("health")
         if self._stopping:
-            self._cancel("kill")
+            self._timers.cancel("kill")
             try:
                 os.remove(os.path.join(self.data_dir, PID_FILE))
             except OSError:
@@ -318,7 +319,7 @@ class EmbeddedEtcd(Service):
     def _schedule_restart(self) -> float:
         delay = min(self.max_backoff, 0.5 * 2 ** self._failures)
         self._failures += 1
-        self._later("restart", delay, self._spawn)
+        self._timers.later("restart", delay, self._spawn)
         return delay
 
     def _signal(self, name: str) -> None:
@@ -329,7 +330,7 @@ class EmbeddedEtcd(Service):
                 pass
 
     def _escalate(self) -> None:
-        self._timers.pop("kill", None)
+        self._timers.fired("kill")
         log.warn("embedded etcd pid {pid} ignored SIGTERM for {grace}s; sending SIGKILL",
                  pid=self.pid, grace=self.stop_grace)
         self._signal("KILL")
@@ -337,7 +338,7 @@ class EmbeddedEtcd(Service):
     # health
 
     def _check_health(self) -> None:
-        self._timers.pop("health", None)
+        self._timers.fired("health")
         if self._transport is None or self.client_url is None:
             return
         d = self._agent.request(b"GET", (self.client_url + "/health").encode())
@@ -357,7 +358,7 @@ class EmbeddedEtcd(Service):
         if self._transport is None or self._stopping:
             return
         if not healthy:
-            self._later("health", 0.1, self._check_health)
+            self._timers.later("health", 0.1, self._check_health)
             return
         self.healthy = True
         self._failures = 0
@@ -379,13 +380,3 @@ class EmbeddedEtcd(Service):
             timer.cancel()
             d.errback(error)
 
-    # timers
-
-    def _later(self, name: str, delay: float, fn: Any) -> None:
-        self._cancel(name)
-        self._timers[name] = self.reactor.callLater(delay, fn)
-
-    def _cancel(self, name: str) -> None:
-        timer = self._timers.pop(name, None)
-        if timer is not None and timer.active():
-            timer.cancel()

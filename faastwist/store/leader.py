@@ -16,7 +16,6 @@ from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
-from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from txaioetcd import CompCreated, Failed, OpGet, OpSet, Transaction
 from txaioetcd._lease import Lease
@@ -24,6 +23,7 @@ from txaioetcd._lease import Lease
 from faastwist.metrics import Metrics
 from faastwist.store.etcd import EtcdStore
 from faastwist.store.etcdwatch import EtcdWatch, KeyEvent
+from faastwist.timers import NamedTimers
 
 log = Logger()
 
@@ -75,7 +75,7 @@ class LeaderElection(Service):
         self._lease_id: int | None = None
         self._granted_ttl = max(1, math.ceil(ttl))
         self._watch: EtcdWatch | None = None
-        self._timers: dict[str, IDelayedCall] = {}
+        self._timers = NamedTimers(reactor)
         self._campaigning = False
         self._again = False
         self._failures = 0
@@ -99,8 +99,7 @@ class LeaderElection(Service):
     def stopService(self):
         """Give up leadership at once (revoking the lease deletes the key)."""
         Service.stopService(self)
-        for name in list(self._timers):
-            self._cancel(name)
+        self._timers.cancel_all()
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
@@ -116,7 +115,7 @@ class LeaderElection(Service):
     # campaign
 
     def _campaign(self) -> None:
-        self._timers.pop("campaign", None)
+        self._timers.fired("campaign")
         if not self.running or self._leader:
             return
         if self._campaigning:
@@ -131,7 +130,7 @@ class LeaderElection(Service):
     def _campaign_done(self, _: Any) -> None:
         self._campaigning = False
         if self._again and self.running and not self._leader and "campaign" not in self._timers:
-            self._later("campaign", 0, self._campaign)
+            self._timers.later("campaign", 0, self._campaign)
         self._again = False
 
     @inlineCallbacks
@@ -166,7 +165,7 @@ class LeaderElection(Service):
         self._failures = 0
         self._set_leader(True)
         self._ensure_watch(result.header.revision)
-        self._later("keepalive", granted / 3.0, self._keepalive)
+        self._timers.later("keepalive", granted / 3.0, self._keepalive)
         log.info("{node} is the leader of {controller} (lease {lease}, ttl {ttl}s)",
                  node=self.node_id, controller=self.store.controller, lease=lease_id, ttl=granted)
 
@@ -176,7 +175,7 @@ class LeaderElection(Service):
         delay = self._backoff()
         log.warn("{node}: leader campaign failed ({error}); again in {delay}s",
                  node=self.node_id, error=failure.getErrorMessage(), delay=delay)
-        self._later("campaign", delay, self._campaign)
+        self._timers.later("campaign", delay, self._campaign)
 
     def _backoff(self) -> float:
         self._failures += 1
@@ -185,7 +184,7 @@ class LeaderElection(Service):
     # holding
 
     def _keepalive(self) -> None:
-        self._timers.pop("keepalive", None)
+        self._timers.fired("keepalive")
         lease = self._lease_id
         if not self._leader or lease is None:
             return
@@ -199,7 +198,7 @@ class LeaderElection(Service):
                 self._step_down("the lease expired")
                 return
             self._valid_until = sent + remaining
-            self._later("keepalive", self._granted_ttl / 3.0, self._keepalive)
+            self._timers.later("keepalive", self._granted_ttl / 3.0, self._keepalive)
 
         def failed(failure: Any) -> None:
             if lease == self._lease_id and self._leader:
@@ -209,13 +208,13 @@ class LeaderElection(Service):
     def _step_down(self, reason: str) -> None:
         log.warn("{node} is no longer the leader of {controller}: {reason}",
                  node=self.node_id, controller=self.store.controller, reason=reason)
-        self._cancel("keepalive")
+        self._timers.cancel("keepalive")
         self._set_leader(False)
         lease, self._lease_id = self._lease_id, None
         if lease is not None:
             # so that the key goes now rather than at expiry; fails quietly when etcd is away
             self.store.lease_revoke(lease).addErrback(lambda _: None)
-        self._later("campaign", self._backoff(), self._campaign)
+        self._timers.later("campaign", self._backoff(), self._campaign)
 
     def _set_leader(self, leader: bool) -> None:
         if leader == self._leader:
@@ -252,7 +251,7 @@ class LeaderElection(Service):
             return
         if not self._leader:
             # whatever happened meanwhile, a campaign finds out and restarts the watch
-            self._later("campaign", 0, self._campaign)
+            self._timers.later("campaign", 0, self._campaign)
             return
         d = self.store.submit("leader_read", Transaction(success=[OpGet(self.key)]), True)
 
@@ -266,13 +265,3 @@ class LeaderElection(Service):
             self._step_down(f"cannot read the leader key: {failure.getErrorMessage()}")
         d.addCallbacks(reread, failed)
 
-    # timers
-
-    def _later(self, name: str, delay: float, fn: Callable[[], None]) -> None:
-        self._cancel(name)
-        self._timers[name] = self.reactor.callLater(delay, fn)
-
-    def _cancel(self, name: str) -> None:
-        timer = self._timers.pop(name, None)
-        if timer is not None and timer.active():
-            timer.cancel()
