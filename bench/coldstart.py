@@ -53,13 +53,13 @@ def serve(data_dir: str) -> None:
     from twisted.internet import defer, reactor
 
     from faastwist.config import HTTPServerConfig, ProcessConfig
-    from faastwist.fsm import FunctionStatus, State
-    from faastwist.gate import GateService
+    from faastwist.model.fsm import FunctionStatus, State
+    from faastwist.gate.service import GateService
     from faastwist.metrics import Metrics
     from faastwist.providers.process import ProcessProvider
-    from faastwist.reconciler import Reconciler
-    from faastwist.routes import RouteTable
-    from faastwist.spec import FunctionSpec
+    from faastwist.lifecycle.reconciler import Reconciler
+    from faastwist.gate.routes import RouteTable
+    from faastwist.model.spec import FunctionSpec
     from faastwist.store.memory import MemoryStore
 
     python = interpreter()

@@ -51,19 +51,19 @@ CONCURRENCY = (1, 16, 64)
 # -- the proxies, as child processes ------------------------------------------------------
 
 def serve_gate(port: int, upstream_port: int, access_log: bool, profile: str | None,
-               transport: str = "fast") -> None:
+               transport: str = "lean") -> None:
     """The gate with every feature on, as the benchmark's child process."""
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver, LogLevel
     from twisted.logger import FilteringLogObserver, LogLevelFilterPredicate
 
     from faastwist.config import HTTPServerConfig, KnativeConfig
-    from faastwist.fsm import FunctionStatus, State
-    from faastwist.gate import GateService
+    from faastwist.model.fsm import FunctionStatus, State
+    from faastwist.gate.service import GateService
     from faastwist.metrics import Metrics
-    from faastwist.providers.static import KnativeRouting
-    from faastwist.routes import RouteTable
-    from faastwist.spec import FunctionSpec
+    from faastwist.providers.kourier import KnativeRouting
+    from faastwist.gate.routes import RouteTable
+    from faastwist.model.spec import FunctionSpec
     from faastwist.store.memory import MemoryStore
 
     level = LogLevel.info if access_log else LogLevel.warn
@@ -304,7 +304,7 @@ def main() -> None:
         if mode.startswith("serve-gate"):
             profile = sys.argv[sys.argv.index("--profile") + 1] if "--profile" in sys.argv else None
             serve_gate(port, upstream, "--access-log" in sys.argv, profile,
-                       "web" if mode == "serve-gate-web" else "fast")
+                       "web" if mode == "serve-gate-web" else "lean")
         else:
             serve_twisted(port, upstream)
         return

@@ -27,11 +27,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from faastwist.config import KnativeConfig  # noqa: E402
-from faastwist.fsm import Event, FunctionStatus, State, apply_event  # noqa: E402
+from faastwist.model.fsm import Event, FunctionStatus, State, apply_event  # noqa: E402
 from faastwist.metrics import Metrics  # noqa: E402
 from faastwist.providers.knative import KnativeProvider  # noqa: E402
-from faastwist.reconciler import Reconciler  # noqa: E402
-from faastwist.spec import FunctionSpec  # noqa: E402
+from faastwist.lifecycle.reconciler import Reconciler  # noqa: E402
+from faastwist.model.spec import FunctionSpec  # noqa: E402
 from faastwist.store.memory import MemoryStore  # noqa: E402
 from tests.k8s_support import (  # noqa: E402
     CallCounter,

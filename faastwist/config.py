@@ -13,8 +13,8 @@ from typing import Any
 import attrs
 import yaml
 
-from faastwist.fields import FieldError, FieldReader
-from faastwist.spec import check_name, SpecError
+from faastwist.util.fields import FieldError, FieldReader
+from faastwist.model.spec import check_name, SpecError
 
 
 class ConfigError(FieldError):

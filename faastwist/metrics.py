@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from faastwist.fsm import State
+from faastwist.model.fsm import State
 
 
 class _BareNameAlias(Collector):

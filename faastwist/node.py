@@ -152,7 +152,7 @@ class FaasNode(Service):
         self._start_child("provider", self.provider)
 
     async def _start_routes(self) -> None:
-        from faastwist.routes import RouteTable
+        from faastwist.gate.routes import RouteTable
 
         self.routes = RouteTable(self.store, self.reactor, self.metrics)
         self._start_child("route table", self.routes)
@@ -163,7 +163,7 @@ class FaasNode(Service):
             await deferLater(self.reactor, 0.05, lambda: None)
 
     def _start_reconciler(self) -> None:
-        from faastwist.reconciler import Reconciler
+        from faastwist.lifecycle.reconciler import Reconciler
         from faastwist.store.leader import LeaderElection
 
         self.leader = LeaderElection(self.reactor, self.store, self.node_id,
@@ -175,10 +175,10 @@ class FaasNode(Service):
         self._start_child("reconciler", self.reconciler)
 
     def _start_admin(self) -> None:
-        from faastwist.admin import AdminAPI
-        from faastwist.admin_codec import bounded_request_factory
-        from faastwist.console_resource import ConsoleResource, gate_url_for, mount_console
-        from faastwist.ops import OpsAPI, compose, node_info
+        from faastwist.admin.api import AdminAPI
+        from faastwist.admin.codec import bounded_request_factory
+        from faastwist.admin.console import ConsoleResource, gate_url_for, mount_console
+        from faastwist.admin.ops import OpsAPI, compose, node_info
 
         admin, http = self.config.admin, self.config.http_server
         log_source = self.provider if hasattr(self.provider, "read_logs") else None
@@ -205,7 +205,7 @@ class FaasNode(Service):
         self._push("admin listener", self.admin_port.stopListening)
 
     def _start_gate(self) -> None:
-        from faastwist.gate import GateService
+        from faastwist.gate.service import GateService
 
         http = self.config.http_server
         self.gate = GateService(http, self.routes, self.provider, self.reactor, self.metrics,

@@ -31,7 +31,7 @@ import yaml
 from node_support import ROOT, FaasNodeProcess, free_port
 
 #: what ``twistd faasgate`` with the process provider imports to start
-NODE_MODULES = ("faastwist.admin", "faastwist.gate", "faastwist.routes", "faastwist.store.etcd",
+NODE_MODULES = ("faastwist.admin.api", "faastwist.gate.service", "faastwist.gate.routes", "faastwist.store.etcd",
                 "faastwist.store.embedded", "faastwist.store.leader",
                 "faastwist.providers.process")
 

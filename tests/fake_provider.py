@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 
-from faastwist.fsm import Event
+from faastwist.model.fsm import Event
 from faastwist.providers.base import (
     Observation,
     ProviderConflict,
@@ -22,7 +22,7 @@ from faastwist.providers.base import (
     StaticLease,
     Upstream,
 )
-from faastwist.spec import FunctionSpec
+from faastwist.model.spec import FunctionSpec
 
 
 @attrs.define

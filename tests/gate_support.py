@@ -26,15 +26,15 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from faastwist.config import HTTPServerConfig, KnativeConfig
-from faastwist.fsm import FunctionStatus, State
-from faastwist.gate import Gate
-from faastwist.gate_web import GateResource
+from faastwist.model.fsm import FunctionStatus, State
+from faastwist.gate.context import GateContext
+from faastwist.gate.web import GateResource
 from faastwist.metrics import Metrics
-from faastwist.providers.static import KnativeRouting
-from faastwist.routes import RouteTable
-from faastwist.spec import FunctionSpec
+from faastwist.providers.kourier import KnativeRouting
+from faastwist.gate.routes import RouteTable
+from faastwist.model.spec import FunctionSpec
 from faastwist.store.memory import MemoryStore
-from faastwist.upstream import UpstreamPool
+from faastwist.gate.upstream import UpstreamPool
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -284,10 +284,10 @@ class MemoryGate:
         self.pool = UpstreamPool(self.clock, connector=self.connector)
         self.provider = CountingRouting(KnativeConfig(network_layer_url="http://10.0.0.1",
                                                       namespace="fns", host_suffix="example.com"))
-        self.gate = Gate(self.routes, self.provider, self.pool, self.clock, self.metrics,
+        self.context = GateContext(self.routes, self.provider, self.pool, self.clock, self.metrics,
                          max_body_size=max_body_size)
-        self.gate.start()
-        self.resource = GateResource(self.gate)
+        self.context.start()
+        self.resource = GateResource(self.context)
 
     def add(self, spec: FunctionSpec, state: State = State.ACTIVE) -> None:
         self.store.create(spec, FunctionStatus(spec.name, state))

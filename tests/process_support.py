@@ -21,7 +21,7 @@ from faastwist.providers.base import Upstream
 from faastwist.providers.process import ProcessProvider
 from faastwist.providers.replica import ExitInfo
 from faastwist.providers.runtime import Tuning
-from faastwist.spec import FunctionSpec
+from faastwist.model.spec import FunctionSpec
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

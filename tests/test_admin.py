@@ -23,10 +23,10 @@ from twisted.logger import globalLogPublisher
 from twisted.web.server import Site
 from treq.testing import StubTreq
 
-from faastwist.admin import AdminAPI
-from faastwist.fsm import Event, State, apply_event
+from faastwist.admin.api import AdminAPI
+from faastwist.model.fsm import Event, State, apply_event
 from faastwist.providers.base import LogLine
-from faastwist.spec import FunctionSpec
+from faastwist.model.spec import FunctionSpec
 from faastwist.store.base import FunctionRecord
 from faastwist.store.memory import MemoryStore
 

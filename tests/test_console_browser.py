@@ -139,7 +139,7 @@ def test_console_create_list_invoke_stop_delete(browser, cli_node, tmp_path: Pat
     page = Page(browser, ARTIFACTS)
     status, _, _ = http("GET", f"{cli_node.admin_root}/console/app.js")
     assert status == 200, ("the admin port does not serve the console at /console/ "
-                           "(node.py must mount faastwist.console_resource)")
+                           "(node.py must mount faastwist.admin.console)")
 
     browser.get(f"{cli_node.admin_root}/console")      # the redirect adds the slash
     page.wait("the page to boot", lambda: page.css("body[data-ready=true]"))

@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from faastwist.console_resource import STATIC_DIR, ConsoleResource, gate_url_for
+from faastwist.admin.console import STATIC_DIR, ConsoleResource, gate_url_for
 
 
 class EchoGate(Resource):
@@ -216,7 +216,7 @@ def test_gate_url_for(address: str, port: int, https: bool, url: str) -> None:
 
 
 def test_mount_console_in_front_of_another_root() -> None:
-    from faastwist.console_resource import mount_console
+    from faastwist.admin.console import mount_console
 
     class PathEcho(Resource):
         isLeaf = True

@@ -16,8 +16,8 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 
 from etcd_support import require_etcd
-from faastwist.fsm import FunctionStatus
-from faastwist.spec import FunctionSpec
+from faastwist.model.fsm import FunctionStatus
+from faastwist.model.spec import FunctionSpec
 from faastwist.store.embedded import (
     ETCD_MISSING_MESSAGE,
     EmbeddedEtcd,

@@ -3,11 +3,11 @@
 import pytest
 from hypothesis import given, strategies as st
 
-from faastwist.fsm import (
+from faastwist.model.fsm import (
     Event, FunctionStatus, InvalidEvent, State, TRANSITIONS, apply_event, next_state,
 )
 
-# DESIGN.md's table, transcribed independently of faastwist.fsm.TRANSITIONS
+# DESIGN.md's table, transcribed independently of faastwist.model.fsm.TRANSITIONS
 _TABLE = """
 initial  | active  | initial | failed | -        | -        | initial | destroyed
 active   | active  | failed  | failed | -        | inactive | -       | -

@@ -11,11 +11,11 @@ import pytest
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 
-from faastwist.fsm import Event, State, apply_event
+from faastwist.model.fsm import Event, State, apply_event
 from faastwist.providers.base import NoCapacity
-from faastwist.routes import RouteTable
-from faastwist.gate_core import compile_adaptor
-from faastwist.spec import HeaderAdaptor, RequestAdaptor, SpecError
+from faastwist.gate.routes import RouteTable
+from faastwist.gate.adaptor import compile_adaptor
+from faastwist.model.spec import HeaderAdaptor, RequestAdaptor, SpecError
 
 from gate_support import MemoryGate, function
 
@@ -401,7 +401,7 @@ def test_routes_not_loaded_yet_is_503() -> None:
     g.add(function("demo10"))
     g.store.available = False
     g.routes.stopService()
-    g.gate.routes = routes = RouteTable(g.store, g.clock)
+    g.context.routes = routes = RouteTable(g.store, g.clock)
     routes.startService()
     answer = invoke(g)
     assert_gate_error(answer, 503, "route table")
@@ -482,7 +482,7 @@ def test_client_disconnect_aborts_the_upstream_request(gate: MemoryGate) -> None
     assert gate.provider.released == 1
     assert gate.counter("gateway_function_invocation_total",
                         {"function_name": "demo10", "code": "499"}) == 1
-    assert gate.gate.inflight == 0
+    assert gate.context.inflight == 0
 
 
 def test_metrics_count_invocations_by_code(gate: MemoryGate) -> None:
@@ -508,7 +508,7 @@ def test_streamed_response_arrives_in_order(gate: MemoryGate) -> None:
 # -- the admin API and the gate share the store --------------------------------------------------
 
 def test_a_stop_through_the_admin_api_makes_the_very_next_request_503(gate: MemoryGate) -> None:
-    from faastwist.admin import AdminAPI
+    from faastwist.admin.api import AdminAPI
 
     kicked: list[str] = []
     admin = AdminAPI(gate.store, "faascontroller",
@@ -533,7 +533,7 @@ def test_access_log_has_one_line_per_request_with_named_fields(gate: MemoryGate)
         if event.get("log_namespace") == "faastwist.access":
             events.append(event)
 
-    gate.gate.access_log = True
+    gate.context.access_log = True
     globalLogPublisher.addObserver(observe)
     try:
         invoke(gate, "/p?q=1", method="POST", data=b"abc", headers={"X-Call-Id": "c-1"})
@@ -546,6 +546,6 @@ def test_access_log_has_one_line_per_request_with_named_fields(gate: MemoryGate)
             first["call_id"]) == ("demo10", "POST", "/p?q=1", 200, "c-1")
     assert first["bytes"] > 0 and first["duration"] >= 0
     assert (events[1]["function"], events[1]["status"]) == ("missing", 404)
-    gate.gate.access_log = False
+    gate.context.access_log = False
     invoke(gate)
     assert len(events) == 2

@@ -6,19 +6,10 @@ import re
 
 import pytest
 
-from faastwist.gate_core import (
-    CallIds,
-    GateError,
-    RequestHead,
-    classify,
-    compile_adaptor,
-    go_replacement,
-    resolve,
-    filter_response,
-    upstream_head,
-    wants_close,
-)
-from faastwist.spec import FunctionSpec, PathAdaptor, RequestAdaptor
+from faastwist.gate.adaptor import compile_adaptor, go_replacement
+from faastwist.gate.decisions import CallIds, GateError, RequestHead, classify, resolve, upstream_head, wants_close
+from faastwist.gate.wire import filter_response
+from faastwist.model.spec import FunctionSpec, PathAdaptor, RequestAdaptor
 
 
 def head(target: bytes = b"/", headers: list[tuple[bytes, bytes]] | None = None,

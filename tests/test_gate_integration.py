@@ -25,13 +25,13 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 
 from faastwist.config import KnativeConfig
-from faastwist.fsm import FunctionStatus, State
-from faastwist.gate import GateService
+from faastwist.model.fsm import FunctionStatus, State
+from faastwist.gate.service import GateService
 from faastwist.metrics import Metrics
 from faastwist.providers.base import StaticLease, Upstream
-from faastwist.providers.static import KnativeRouting
-from faastwist.routes import RouteTable
-from faastwist.spec import FunctionSpec
+from faastwist.providers.kourier import KnativeRouting
+from faastwist.gate.routes import RouteTable
+from faastwist.model.spec import FunctionSpec
 from faastwist.store.memory import MemoryStore
 
 from gate_support import UpstreamProcess, gate_config, rss_bytes
@@ -75,7 +75,7 @@ class GateUnderTest:
         self.url = f"http://127.0.0.1:{self.port}"
 
 
-@pytest.fixture(params=["fast", "web"])
+@pytest.fixture(params=["lean", "web"])
 def make_gate(request: Any, upstream: UpstreamProcess) -> Any:
     made: list[GateService] = []
 
@@ -388,7 +388,7 @@ async def test_client_disconnect_aborts_the_upstream_request(make_gate: Any,
         return stats["aborted"] > before["aborted"]
 
     await eventually(aborted)
-    await eventually(lambda: gate.service.gate.inflight == 0)
+    await eventually(lambda: gate.service.context.inflight == 0)
 
 
 @pytest_twisted.ensureDeferred
@@ -573,7 +573,7 @@ async def test_https_with_http2_and_http11(tls_gate: str, tmp_path: Any, version
 @pytest_twisted.ensureDeferred
 async def test_a_stop_through_the_admin_api_makes_the_very_next_gate_request_503(
         make_gate: Any) -> None:
-    from faastwist.admin import AdminAPI
+    from faastwist.admin.api import AdminAPI
 
     gate = make_gate()
     admin = AdminAPI(gate.store, "faascontroller",

@@ -22,13 +22,13 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock, deferLater
 
 from faastwist.config import KnativeConfig
-from faastwist.fsm import TRANSITIONS, Event, FunctionStatus, State, apply_event
+from faastwist.model.fsm import TRANSITIONS, Event, FunctionStatus, State, apply_event
 from faastwist.metrics import Metrics
 from faastwist.providers import ksvc
 from faastwist.providers.base import ProviderConflict, ProviderError, ProviderRejected
 from faastwist.providers.knative import KnativeProvider
-from faastwist.reconciler import Reconciler
-from faastwist.spec import FunctionSpec
+from faastwist.lifecycle.reconciler import Reconciler
+from faastwist.model.spec import FunctionSpec
 from faastwist.store.memory import MemoryStore
 from tests.k8s_support import CallCounter, Envtest, FakeKnative, envtest_unavailable
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from faastwist.fsm import Event
+from faastwist.model.fsm import Event
 from faastwist.providers import ksvc
-from faastwist.spec import FunctionSpec
+from faastwist.model.spec import FunctionSpec
 
 DEMO10 = {
     "name": "demo10", "image": "dev.local/colordeploy:17.0", "port": 8089,

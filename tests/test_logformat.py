@@ -32,7 +32,7 @@ def _lines(stream: io.StringIO) -> list[dict]:
 
 def test_named_fields_become_json_fields() -> None:
     out = io.StringIO()
-    log = Logger(namespace="faastwist.gate", observer=json_file_observer(out))
+    log = Logger(namespace="faastwist.gate.service", observer=json_file_observer(out))
     log.info("{method} {path} -> {status}", method="GET", path="/hello", status=200,
              function_name="demo", duration=0.0123, bytes_out=42, call_id="abc",
              tags=["a", "b"], extra={"k": 1})
@@ -40,14 +40,14 @@ def test_named_fields_become_json_fields() -> None:
     first, second = _lines(out)
     assert first["message"] == "GET /hello -> 200"
     assert first["level"] == "info"
-    assert first["namespace"] == "faastwist.gate"
+    assert first["namespace"] == "faastwist.gate.service"
     assert first["time"].endswith("Z") and "T" in first["time"]
     for key, value in {"method": "GET", "path": "/hello", "status": 200, "function_name": "demo",
                        "duration": 0.0123, "bytes_out": 42, "call_id": "abc",
                        "tags": ["a", "b"], "extra": {"k": 1}}.items():
         assert first[key] == value
     assert not any(key.startswith("log_") for key in first)
-    assert second == {"time": second["time"], "level": "warn", "namespace": "faastwist.gate",
+    assert second == {"time": second["time"], "level": "warn", "namespace": "faastwist.gate.service",
                       "message": "plain warning"}
 
 
@@ -68,7 +68,7 @@ def test_unencodable_fields_are_left_out_and_reserved_names_kept_apart() -> None
 
 def test_failure_carries_exception_and_traceback() -> None:
     out = io.StringIO()
-    log = Logger(namespace="faastwist.reconciler", observer=json_file_observer(out))
+    log = Logger(namespace="faastwist.lifecycle.reconciler", observer=json_file_observer(out))
     try:
         {}["missing"]
     except KeyError:

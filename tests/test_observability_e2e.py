@@ -95,7 +95,7 @@ class ObsNode(FaasNodeProcess):
 #: what node.py / tap.py must contain once they wire this issue's pieces
 WIRING = (("the --log-format option (faastwist.logformat.use_log_format)", "use_log_format"),
           ("the systemd notifier (faastwist.sdnotify.SystemdNotifier)", "SystemdNotifier"),
-          ("OpsAPI on the admin port (faastwist.ops.compose)", "compose("))
+          ("OpsAPI on the admin port (faastwist.admin.ops.compose)", "compose("))
 
 
 def require_wiring() -> None:

@@ -13,9 +13,9 @@ from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
-from faastwist.fsm import State
+from faastwist.model.fsm import State
 from faastwist.metrics import Metrics
-from faastwist.ops import OpsAPI, compose, node_info
+from faastwist.admin.ops import OpsAPI, compose, node_info
 
 BASE = "http://admin.test"
 
@@ -276,6 +276,6 @@ def test_readiness_changes_are_logged_once() -> None:
             _get(stub, "/readyz")
     finally:
         globalLogPublisher.removeObserver(events.append)
-    mine = [e for e in events if e.get("log_namespace") == "faastwist.ops"]
+    mine = [e for e in events if e.get("log_namespace") == "faastwist.admin.ops"]
     assert [(e["log_level"].name, e.get("failed")) for e in mine] == [
         ("warn", "store: down"), ("info", None)]

@@ -18,12 +18,12 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import deferLater
 
-from faastwist.fsm import Event, FunctionStatus, State, apply_event
-from faastwist.gate import GateService
+from faastwist.model.fsm import Event, FunctionStatus, State, apply_event
+from faastwist.gate.service import GateService
 from faastwist.metrics import Metrics
-from faastwist.reconciler import Reconciler
-from faastwist.routes import RouteTable
-from faastwist.spec import FunctionSpec
+from faastwist.lifecycle.reconciler import Reconciler
+from faastwist.gate.routes import RouteTable
+from faastwist.model.spec import FunctionSpec
 from faastwist.store.memory import MemoryStore
 from tests.process_support import PYTHON, REPO, alive, fast_tuning, function_spec, make_provider
 

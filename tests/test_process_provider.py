@@ -19,11 +19,11 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.task import deferLater
 
-from faastwist.fsm import Event
+from faastwist.model.fsm import Event
 from faastwist.providers.base import LogLine, NoCapacity
 from faastwist.providers.orphans import GATE_PID_VAR, OWNER_VAR, find_orphans
 from faastwist.providers.process import ProcessProvider
-from faastwist.spec import SpecError
+from faastwist.model.spec import SpecError
 from tests.process_support import (
     PYTHON,
     REPO,

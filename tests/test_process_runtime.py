@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet.task import Clock
 
-from faastwist.fsm import Event
+from faastwist.model.fsm import Event
 from faastwist.providers.base import NoCapacity
 from faastwist.providers.runtime import HttpRuntime, replica_bounds
 from tests.process_support import FakeFactory, fast_tuning, function_spec

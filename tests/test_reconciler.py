@@ -14,11 +14,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from faastwist.fsm import Event, FunctionStatus, State, apply_event
+from faastwist.model.fsm import Event, FunctionStatus, State, apply_event
 from faastwist.metrics import Metrics
 from faastwist.providers.base import Observation
-from faastwist.reconciler import Plan, Reconciler, plan
-from faastwist.spec import FunctionSpec
+from faastwist.lifecycle.reconciler import Plan, Reconciler, plan
+from faastwist.model.spec import FunctionSpec
 from faastwist.store.base import FunctionRecord
 from faastwist.store.memory import MemoryStore
 from tests.fake_provider import FakeProvider

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 
-from faastwist.fsm import Event, FunctionStatus, State, apply_event
+from faastwist.model.fsm import Event, FunctionStatus, State, apply_event
 from faastwist.metrics import Metrics
-from faastwist.routes import Route, RouteTable
-from faastwist.spec import FunctionSpec
+from faastwist.gate.routes import Route, RouteTable
+from faastwist.model.spec import FunctionSpec
 from faastwist.store.memory import MemoryStore
 
 

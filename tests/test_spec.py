@@ -7,7 +7,7 @@ import pytest
 import yaml
 from hypothesis import given, settings, strategies as st
 
-from faastwist.spec import (
+from faastwist.model.spec import (
     AutoScaleType, FunctionSpec, ProcessMode, SpecError, spec_from_yaml, spec_to_yaml,
 )
 

@@ -21,9 +21,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from etcd_support import EtcdProcess, etcd_process, etcd_server, free_port, unique_prefix  # noqa: F401
-from faastwist.fsm import FunctionStatus, State
+from faastwist.model.fsm import FunctionStatus, State
 from faastwist.metrics import Metrics
-from faastwist.spec import FunctionSpec
+from faastwist.model.spec import FunctionSpec
 from faastwist.store.base import (
     AlreadyExists,
     Change,

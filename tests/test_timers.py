@@ -2,7 +2,7 @@
 
 from twisted.internet.task import Clock
 
-from faastwist.timers import NamedTimers
+from faastwist.util.timers import NamedTimers
 
 
 def test_a_name_has_at_most_one_pending_call_and_all_can_be_cancelled() -> None:

@@ -5,7 +5,7 @@ from decimal import Decimal
 import pytest
 from hypothesis import given, strategies as st
 
-from faastwist.units import UnitError, format_duration, parse_duration, parse_quantity, parse_size
+from faastwist.util.units import UnitError, format_duration, parse_duration, parse_quantity, parse_size
 
 
 @pytest.mark.parametrize("text, seconds", [

@@ -146,7 +146,7 @@ def load_settings(server: str | None, controller: str | None, token: str | None,
 
 
 def parse_seconds(value: Any) -> float:
-    from faastwist.units import UnitError, parse_duration
+    from faastwist.util.units import UnitError, parse_duration
 
     try:
         seconds = parse_duration(value)

@@ -15,7 +15,7 @@ from faastwist.cli.client import (ApiError, HTTPClient, InputError, Reply, parse
                                   error_message, API_PREFIX)
 from faastwist.cli.output import (LIST_COLUMNS, Progress, describe_state, dump, human_age,
                                   list_rows, records_of, status_of, table)
-from faastwist.units import format_duration
+from faastwist.util.units import format_duration
 
 WAIT_STATES = ("active", "inactive", "failed", "initial", "deleted")
 POLL_INTERVAL = 0.5

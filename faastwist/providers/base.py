@@ -13,8 +13,8 @@ from typing import Callable, Mapping, Protocol, Sequence
 import attrs
 from twisted.internet.defer import Deferred
 
-from faastwist.fsm import Event
-from faastwist.spec import FunctionSpec
+from faastwist.model.fsm import Event
+from faastwist.model.spec import FunctionSpec
 
 
 class ProviderError(Exception):

@@ -38,8 +38,8 @@ from faastwist.providers.base import (
     StaticLease,
 )
 from faastwist.providers.knative_logs import KnativeLogs
-from faastwist.providers.static import KnativeRouting
-from faastwist.spec import FunctionSpec
+from faastwist.providers.kourier import KnativeRouting
+from faastwist.model.spec import FunctionSpec
 
 log = Logger()
 

@@ -11,9 +11,9 @@ import copy
 import math
 from typing import Any, Mapping
 
-from faastwist.fsm import Event
+from faastwist.model.fsm import Event
 from faastwist.providers.base import Observation
-from faastwist.spec import AutoScaleType, FunctionSpec
+from faastwist.model.spec import AutoScaleType, FunctionSpec
 
 GROUP = "serving.knative.dev"
 VERSION = "v1"

@@ -39,7 +39,7 @@ from faastwist.providers.orphans import GATE_PID_VAR, OWNER_VAR, kill_orphans, o
 from faastwist.providers.replica import ExitInfo, Replica, group_wrapper
 from faastwist.providers.runtime import HttpRuntime, Tuning
 from faastwist.providers.watchdog import ForkRuntime, Watchdog
-from faastwist.spec import FunctionSpec, ProcessMode, SpecError
+from faastwist.model.spec import FunctionSpec, ProcessMode, SpecError
 
 log = Logger()
 

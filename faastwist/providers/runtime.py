@@ -19,10 +19,10 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from faastwist.fsm import Event
+from faastwist.model.fsm import Event
 from faastwist.providers.base import NoCapacity, Observation, UpstreamLease
 from faastwist.providers.replica import ExitInfo, Replica
-from faastwist.spec import AutoScaleType, FunctionSpec
+from faastwist.model.spec import AutoScaleType, FunctionSpec
 
 log = Logger()
 

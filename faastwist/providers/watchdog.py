@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from faastwist.fsm import Event
+from faastwist.model.fsm import Event
 from faastwist.providers.base import NoCapacity, Observation, StaticLease, Upstream, UpstreamLease
 from faastwist.providers.replica import (
     LOOPBACK,
@@ -40,7 +40,7 @@ from faastwist.providers.replica import (
     signal_group,
 )
 from faastwist.providers.runtime import Tuning
-from faastwist.spec import FunctionSpec
+from faastwist.model.spec import FunctionSpec
 
 log = Logger()
 

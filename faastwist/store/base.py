@@ -13,8 +13,8 @@ from typing import Callable, Literal, Protocol, Sequence
 import attrs
 from twisted.internet.defer import Deferred
 
-from faastwist.fsm import FunctionStatus
-from faastwist.spec import FunctionSpec
+from faastwist.model.fsm import FunctionStatus
+from faastwist.model.spec import FunctionSpec
 
 
 class StoreError(Exception):

@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, readBody
 
-from faastwist.timers import NamedTimers
+from faastwist.util.timers import NamedTimers
 
 log = Logger()
 

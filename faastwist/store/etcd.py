@@ -33,9 +33,9 @@ from txaioetcd import (
     Transaction,
 )
 
-from faastwist.fsm import FunctionStatus
+from faastwist.model.fsm import FunctionStatus
 from faastwist.metrics import Metrics
-from faastwist.spec import FunctionSpec
+from faastwist.model.spec import FunctionSpec
 from faastwist.store.base import (
     AlreadyExists,
     Change,

@@ -19,7 +19,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 
-from faastwist.bodyproducer import BytesProducer
+from faastwist.util.bodyproducer import BytesProducer
 from faastwist.store.base import StoreError
 
 log = Logger()

@@ -26,7 +26,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
 from faastwist.store.base import StoreError
-from faastwist.bodyproducer import BytesProducer
+from faastwist.util.bodyproducer import BytesProducer
 
 log = Logger()
 

@@ -23,7 +23,7 @@ from txaioetcd._lease import Lease
 from faastwist.metrics import Metrics
 from faastwist.store.etcd import EtcdStore
 from faastwist.store.etcdwatch import EtcdWatch, KeyEvent
-from faastwist.timers import NamedTimers
+from faastwist.util.timers import NamedTimers
 
 log = Logger()
 

@@ -11,8 +11,8 @@ from typing import Callable, Sequence
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 
-from faastwist.fsm import FunctionStatus
-from faastwist.spec import FunctionSpec
+from faastwist.model.fsm import FunctionStatus
+from faastwist.model.spec import FunctionSpec
 from faastwist.store.base import (
     AlreadyExists,
     Change,

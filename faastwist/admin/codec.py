@@ -17,7 +17,7 @@ import yaml
 from yaml import events as yaml_events
 from twisted.web.server import Request
 
-from faastwist.units import UnitError, parse_duration
+from faastwist.util.units import UnitError, parse_duration
 
 #: Request bodies in these types are read as YAML (JSON is YAML too, but gets a JSON parser).
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/vnd.yaml")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
-from faastwist.units import UnitError, parse_duration, parse_size
+from faastwist.util.units import UnitError, parse_duration, parse_size
 
 T = TypeVar("T")
 _MISSING: Any = object()

@@ -10,32 +10,27 @@ both make the same decisions (gate_core.py) and give the same answers.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol as TypingProtocol
+from typing import Any, Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from faastwist.gate_core import (
-    CALL_ID,
+from faastwist.gate.context import FunctionMetrics, GateContext
+from faastwist.gate.decisions import (
     RETRY_AFTER_NOT_ACTIVE,
     GateError,
     RequestHead,
     classify,
-    error_body,
     error_headers,
-    reason as status_reason,
     resolve,
     upstream_head,
 )
-from faastwist.metrics import Metrics
+from faastwist.gate.wire import CALL_ID, error_body, reason as status_reason
 from faastwist.providers.base import NoCapacity
-from faastwist.routes import Route
-from faastwist.upstream import UpstreamConnection, classify_connect_error
-
-if TYPE_CHECKING:
-    from faastwist.gate import Gate
+from faastwist.gate.routes import Route
+from faastwist.gate.upstream import UpstreamConnection, classify_connect_error
 
 log = Logger()
 access = Logger(namespace="faastwist.access")
@@ -73,37 +68,11 @@ class Downstream(TypingProtocol):
     def exchange_done(self, exchange: "Exchange", close: bool) -> None: ...
 
 
-class Children:
-    """Prometheus children of one function, resolved once (labels() is not free)."""
-
-    __slots__ = ("metrics", "name", "started", "active", "bytes_in", "bytes_out", "codes")
-
-    def __init__(self, metrics: Metrics, name: str) -> None:
-        self.metrics = metrics
-        self.name = name
-        self.started = metrics.invocation_started.labels(name)
-        # in flight: a plain counter the gauge reads when scraped (no lock per request)
-        self.active = 0
-        metrics.inflight.labels(name).set_function(lambda: self.active)
-        self.bytes_in = metrics.bytes_in.labels(name)
-        self.bytes_out = metrics.bytes_out.labels(name)
-        self.codes: dict[int, tuple[Any, Any]] = {}
-
-    def finished(self, code: int, seconds: float) -> None:
-        pair = self.codes.get(code)
-        if pair is None:
-            label = str(code)
-            pair = self.codes[code] = (self.metrics.invocations.labels(self.name, label),
-                                       self.metrics.invocation_seconds.labels(self.name, label))
-        pair[0].inc()
-        pair[1].observe(seconds)
-
-
 class Exchange:
     """One proxied request, from its head to the end of its response."""
 
     __slots__ = (
-        "gate", "down", "head", "started", "route", "children", "call_id", "name",
+        "context", "down", "head", "started", "route", "meters", "call_id", "name",
         "target", "lease", "waiting", "conn", "origin", "head_bytes",
         "body_override", "pending", "pending_size", "sent", "sent_size", "retried",
         "body_complete", "bytes_in", "bytes_out", "responded", "status", "done",
@@ -111,13 +80,13 @@ class Exchange:
         "head_only", "ended", "terminated",
     )
 
-    def __init__(self, gate: Gate, down: Downstream, head: RequestHead) -> None:
-        self.gate = gate
+    def __init__(self, context: GateContext, down: Downstream, head: RequestHead) -> None:
+        self.context = context
         self.down = down
         self.head = head
-        self.started = gate.clock.seconds()
+        self.started = context.clock.seconds()
         self.route: Route | None = None
-        self.children: Children | None = None
+        self.meters: FunctionMetrics | None = None
         self.call_id = b""
         self.name = ""
         self.target = head.target
@@ -149,38 +118,38 @@ class Exchange:
     # -- start -------------------------------------------------------------------------
 
     def begin(self) -> None:
-        gate = self.gate
-        gate.inflight += 1
+        context = self.context
+        context.inflight += 1
         head = self.head
         try:
             classify(head)
-            self.call_id = head.call_id or gate.call_ids()
+            self.call_id = head.call_id or context.call_ids()
             if not head.chunked and not head.content_length:
                 self.body_complete = True
             self.name, self.target = resolve(head)
-            route = gate.routes.lookup(self.name)
+            route = context.routes.lookup(self.name)
             if route is None:
-                if not gate.routes.synced:
+                if not context.routes.synced:
                     raise GateError(503, "the route table is still loading", retry_after=1)
                 raise GateError(404, f"function {self.name} not found")
             if not route.active:
                 raise GateError(503, f"function {self.name} is not active "
                                      f"(state: {route.state.value})",
                                 retry_after=RETRY_AFTER_NOT_ACTIVE)
-            if head.content_length is not None and head.content_length > gate.max_body_size:
+            if head.content_length is not None and head.content_length > context.max_body_size:
                 raise GateError(413, f"request body of {head.content_length} bytes exceeds "
-                                     f"the limit of {gate.max_body_size} bytes (maxBodySize)",
+                                     f"the limit of {context.max_body_size} bytes (maxBodySize)",
                                 close=True)
         except GateError as error:
             self.reply_error(error)
             return
         self.route = route
-        children = self.children = gate.children(route)
-        children.started.inc()
-        children.active += 1
-        gate.deadlines[self] = self.started + route.timeout
+        meters = self.meters = context.function_metrics(route)
+        meters.started.inc()
+        meters.active += 1
+        context.deadlines[self] = self.started + route.timeout
         try:
-            lease = gate.provider.acquire(route.spec)
+            lease = context.provider.acquire(route.spec)
         except Exception:
             self._lease_failed(Failure())
             return
@@ -224,9 +193,9 @@ class Exchange:
             self.head, self.target, route.adaptor, cached[2], self.call_id)
         if self.head.expect_continue and not self.body_complete:
             self.down.send_continue()
-        conn = self.gate.pool.get_idle(self.origin)
+        conn = self.context.pool.get_idle(self.origin)
         if conn is None:
-            self.gate.pool.connect(self.origin).addCallbacks(self._connected,
+            self.context.pool.connect(self.origin).addCallbacks(self._connected,
                                                              self._connect_failed)
         else:
             self._connected(conn)
@@ -282,7 +251,7 @@ class Exchange:
         if self.done:
             return
         self.bytes_in += len(data)
-        if self.bytes_in > self.gate.max_body_size:
+        if self.bytes_in > self.context.max_body_size:
             self._too_large()
             return
         if self.body_override is not None or self.route is None:
@@ -325,7 +294,7 @@ class Exchange:
                 sent.append(data)
 
     def _too_large(self) -> None:
-        error = GateError(413, f"request body exceeds the limit of {self.gate.max_body_size} "
+        error = GateError(413, f"request body exceeds the limit of {self.context.max_body_size} "
                                f"bytes (maxBodySize)", close=True)
         if self.responded:
             self._abort_both(413)
@@ -345,7 +314,7 @@ class Exchange:
         self.response_length = length
         headers.append((CALL_ID, self.call_id))
         self.down.send_head(status, reason, headers, length, bodyless,
-                            self.gate.draining or not self.gate.keep_alive)
+                            self.context.draining or not self.context.keep_alive)
 
     def upstream_data(self, data: bytes) -> None:
         if self.done:
@@ -375,15 +344,15 @@ class Exchange:
             self._detach_upstream()
             conn.release(False)
             self.conn = None
-            d = self.gate.pool.connect(self.origin)
+            d = self.context.pool.connect(self.origin)
             d.addCallbacks(self._connected, self._connect_failed)
             return
         self._upstream_error(kind, detail)
 
     def _upstream_error(self, kind: str, detail: str) -> None:
-        children = self.children
-        if children is not None:
-            self.gate.metrics.upstream_errors.labels(self.name, kind).inc()
+        meters = self.meters
+        if meters is not None:
+            self.context.metrics.upstream_errors.labels(self.name, kind).inc()
         if self.responded:
             log.info("upstream of {function} failed mid-response: {detail}",
                      function=self.name, detail=detail)
@@ -398,8 +367,8 @@ class Exchange:
         """The function's timeout passed (called by the gate's deadline sweep)."""
         if self.done:
             return
-        if self.children is not None:
-            self.gate.metrics.upstream_errors.labels(self.name, "timeout").inc()
+        if self.meters is not None:
+            self.context.metrics.upstream_errors.labels(self.name, "timeout").inc()
         waiting, self.waiting = self.waiting, None
         if self.responded:
             self._abort_both(504)
@@ -428,8 +397,8 @@ class Exchange:
     def reply_error(self, error: GateError) -> None:
         body = error_body(error.code, error.message)
         headers = error_headers(error, body, self.call_id or None)
-        close = (error.close or not self.body_complete or self.gate.draining
-                 or not self.gate.keep_alive)
+        close = (error.close or not self.body_complete or self.context.draining
+                 or not self.context.keep_alive)
         self.responded = True
         self.down.send_simple(error.code, status_reason(error.code), headers, body, close)
         self._finish(error.code, reusable=False, close=close)
@@ -462,8 +431,8 @@ class Exchange:
         if self.done:
             return
         self.done = True
-        gate = self.gate
-        gate.deadlines.pop(self, None)
+        context = self.context
+        context.deadlines.pop(self, None)
         conn = self.conn
         if conn is not None:
             self._detach_upstream()
@@ -475,22 +444,22 @@ class Exchange:
         if self.lease is not None:
             lease, self.lease = self.lease, None
             lease.release()
-        self.ended = gate.clock.seconds()
+        self.ended = context.clock.seconds()
         elapsed = self.ended - self.started
-        children = self.children
-        if children is not None:
-            children.active -= 1
-            children.finished(code, elapsed)
+        meters = self.meters
+        if meters is not None:
+            meters.active -= 1
+            meters.finished(code, elapsed)
             if self.bytes_in:
-                children.bytes_in.inc(self.bytes_in)
+                meters.bytes_in.inc(self.bytes_in)
             if self.bytes_out:
-                children.bytes_out.inc(self.bytes_out)
-        if gate.access_log:
+                meters.bytes_out.inc(self.bytes_out)
+        if context.access_log:
             access.info(
                 "{method} {path} {function} {status} {duration:.4f}s {bytes}B {call_id}",
                 method=self.head.method.decode("latin-1"),
                 path=self.head.target.decode("latin-1"), function=self.name, status=code,
                 duration=elapsed, bytes=self.bytes_out, call_id=self.call_id.decode("latin-1"))
-        gate._ended()
+        context._ended()
         if notify:
             self.down.exchange_done(self, close or not self.body_complete)

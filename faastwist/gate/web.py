@@ -18,9 +18,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from faastwist.exchange import Exchange
-from faastwist.gate_fast import LINGER
-from faastwist.gate_core import RequestHead
+from faastwist.gate.context import GateContext
+from faastwist.gate.exchange import Exchange
+from faastwist.gate.wire import LINGER
+from faastwist.gate.decisions import RequestHead
 
 try:
     from twisted.web._http2 import H2Stream
@@ -140,9 +141,9 @@ class GateResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, gate: Any) -> None:
+    def __init__(self, context: GateContext) -> None:
         super().__init__()
-        self.gate = gate
+        self.context = context
 
     def render(self, request: server.Request) -> Any:
         """A request whose body twisted.web has already read (any Site)."""
@@ -152,7 +153,8 @@ class GateResource(Resource):
         content.seek(0)
         head = request_head(request, request.method, request.uri, request.clientproto, size)
         down = WebDownstream(request)
-        exchange = down.exchange = self.gate.exchange(down, head)
+        exchange = down.exchange = Exchange(self.context, down, head)
+        exchange.begin()
         request.notifyFinish().addErrback(lambda _: exchange.client_lost())
         while not exchange.done:
             chunk = content.read(65536)
@@ -169,7 +171,8 @@ class GateResource(Resource):
         head = request_head(request, request.method, request.uri, request.clientproto,
                             request.gate_length)
         down = WebDownstream(request)
-        exchange = down.exchange = self.gate.exchange(down, head)
+        exchange = down.exchange = Exchange(self.context, down, head)
+        exchange.begin()
         request.gate_exchange = exchange
         request.notifyFinish().addErrback(lambda _: exchange.client_lost())
         early, request.gate_early = request.gate_early, []
@@ -208,7 +211,7 @@ class StreamingRequest(server.Request):
         self.args = {}
         # start on the next reactor pass: an HTTP/2 stream is not registered with its
         # connection until its constructor (which calls us) returns
-        resource.gate.clock.callLater(0, resource.start_streaming, self)
+        resource.context.clock.callLater(0, resource.start_streaming, self)
 
     def handleContentChunk(self, data: bytes) -> None:
         if not self.gate_streaming:
@@ -237,7 +240,7 @@ class StreamingRequest(server.Request):
             # take DATA for a stream it has ended. So read the body away and finish when
             # it is complete, bounded by LINGER; then close (HTTP/1) or reset the stream.
             self._gate_finish_pending = True
-            clock = self.channel.site.resource.gate.clock
+            clock = self.channel.site.resource.context.clock
             if _is_h2(self):
                 clock.callLater(LINGER, self._gate_give_up)
                 return

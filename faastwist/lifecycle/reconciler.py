@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from faastwist.fsm import Event, FunctionStatus, InvalidEvent, State, apply_event
+from faastwist.model.fsm import Event, FunctionStatus, InvalidEvent, State, apply_event
 from faastwist.metrics import Metrics
 from faastwist.providers.base import (
     Observation,

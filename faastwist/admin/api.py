@@ -26,7 +26,7 @@ from twisted.web.server import Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import RequestRedirect
 
-from faastwist.admin_codec import (
+from faastwist.admin.codec import (
     NDJSON_TYPE,
     ApiError,
     bounded_request_factory,
@@ -40,9 +40,9 @@ from faastwist.admin_codec import (
     read_body,
     wants_json,
 )
-from faastwist.fsm import Event, FunctionStatus, InvalidEvent, apply_event
+from faastwist.model.fsm import Event, FunctionStatus, InvalidEvent, apply_event
 from faastwist.providers.base import LogLine, LogSource, ProviderError
-from faastwist.spec import FunctionSpec, SpecError
+from faastwist.model.spec import FunctionSpec, SpecError
 from faastwist.store.base import (
     AlreadyExists,
     Conflict,

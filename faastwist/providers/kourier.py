@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from faastwist.config import KnativeConfig
 from faastwist.providers.base import StaticLease, Upstream
-from faastwist.spec import FunctionSpec
+from faastwist.model.spec import FunctionSpec
 
 
 def parse_origin(url: str) -> tuple[str, str, int]:

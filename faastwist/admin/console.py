@@ -25,11 +25,11 @@ from twisted.web.iweb import IResponse
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from faastwist.bodyproducer import BytesProducer
+from faastwist.util.bodyproducer import BytesProducer
 
 log = Logger()
 
-STATIC_DIR = Path(__file__).resolve().parent / "console"
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATIC_FILES: Mapping[str, str] = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",

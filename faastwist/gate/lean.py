@@ -17,25 +17,22 @@ from typing import Any
 
 import httptools
 from twisted.internet import tcp
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from faastwist.exchange import Exchange
-from faastwist.gate_core import GateError, RequestHead, error_body, error_headers, reason
-from faastwist.gate_core import head_lines
-from faastwist.upstream import write_now
+from faastwist.gate.context import GateContext
+from faastwist.gate.exchange import Exchange
+from faastwist.gate.decisions import GateError, RequestHead, error_headers
+from faastwist.gate.limits import ConnectionLimit, RejectProtocol
+from faastwist.gate.wire import LINGER, error_body, head_lines, reason, write_now
 
 log = Logger()
 
 MAX_HEAD_SIZE = 64 * 1024
-#: After answering before the request body was read (413, 404, ...), keep reading and
-#: dropping the body this long before closing: closing with unread input makes the
-#: kernel send RST, and a client still uploading would never read the answer.
-LINGER = 5.0
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -63,7 +60,7 @@ class LeanProtocol(Protocol):
 
     def __init__(self, factory: "LeanFactory", client_ip: str) -> None:
         self.factory = factory
-        self.gate = factory.gate
+        self.context = factory.context
         self.client_ip = client_ip
         self.parser = httptools.HttpRequestParser(self)
         self.exchange: Exchange | None = None
@@ -196,7 +193,7 @@ class LeanProtocol(Protocol):
         self.http11 = head.http11
         self.chunked = False
         self.pending_head = b""
-        exchange = Exchange(self.gate, self, head)
+        exchange = Exchange(self.context, self, head)
         self.exchange = self.receiving = exchange
         exchange.begin()
         return exchange
@@ -209,7 +206,7 @@ class LeanProtocol(Protocol):
         if self.receiving is exchange:
             self.receiving = None
         self.last_active = exchange.ended
-        if close or self.closing or not self.keep or not self.gate.keep_alive:
+        if close or self.closing or not self.keep or not self.context.keep_alive:
             self.closing = True
             if not still_sending:
                 self.transport.loseConnection()
@@ -260,7 +257,7 @@ class LeanProtocol(Protocol):
         else:
             framing = b""
             close = True  # HTTP/1.0 and no length: the end of the body is the close
-        if close or not self.keep or not self.gate.keep_alive:
+        if close or not self.keep or not self.context.keep_alive:
             self.closing = True
             framing += b"connection: close\r\n"
         elif not self.http11:
@@ -289,7 +286,7 @@ class LeanProtocol(Protocol):
                     body: bytes, close: bool) -> None:
         if self.lost:
             return
-        if close or not self.keep or not self.gate.keep_alive:
+        if close or not self.keep or not self.context.keep_alive:
             self.closing = True
             headers = headers + [(b"connection", b"close")]
         elif not self.http11:
@@ -348,9 +345,9 @@ class LeanFactory(Factory):
 
     noisy = False
 
-    def __init__(self, gate: Any, limit: Any, clock: Any, keep_alive_timeout: float,
+    def __init__(self, context: GateContext, limit: ConnectionLimit, clock: IReactorTime, keep_alive_timeout: float,
                  reject: bytes) -> None:
-        self.gate = gate
+        self.context = context
         self.limit = limit
         self.clock = clock
         self.keep_alive_timeout = keep_alive_timeout
@@ -371,7 +368,7 @@ class LeanFactory(Factory):
     def buildProtocol(self, addr: Any) -> Protocol:
         protocol = LeanProtocol(self, getattr(addr, "host", ""))
         if not self.limit.admit(protocol):
-            from faastwist.gate import RejectProtocol
+
             return RejectProtocol(self.reject, self.clock)
         return protocol
 

@@ -17,8 +17,8 @@ from typing import Any, Mapping
 import attrs
 import yaml
 
-from faastwist.fields import FieldError, FieldReader
-from faastwist.units import UnitError, format_duration, parse_quantity
+from faastwist.util.fields import FieldError, FieldReader
+from faastwist.util.units import UnitError, format_duration, parse_quantity
 
 
 class SpecError(FieldError):

@@ -17,10 +17,10 @@ from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from faastwist.fsm import FunctionStatus, State
-from faastwist.gate_core import CompiledAdaptor, compile_adaptor
+from faastwist.model.fsm import FunctionStatus, State
+from faastwist.gate.adaptor import CompiledAdaptor, compile_adaptor
 from faastwist.metrics import Metrics
-from faastwist.spec import FunctionSpec
+from faastwist.model.spec import FunctionSpec
 from faastwist.store.base import Change, FunctionStore, Listing, WatchHandle
 
 log = Logger()

@@ -8,55 +8,27 @@ X-Forwarded-*, call id, request adaptor) and which response headers go back.
 Header names in a ``RequestHead`` are lower-case bytes (as in HTTP/2); the upstream
 request is sent with lower-case names, which HTTP/1.1 treats as equal.
 
-The request adaptor is applied in this fixed order:
-
-1. method (replaces the method);
-2. path, on the path only (the query string is kept): ``replace`` wins outright;
-   otherwise ``trimPrefix``, then ``addPrefix``, then ``regexpReplace`` (Go syntax
-   ``$1``/``${name}`` in the replacement, as Easegress);
-3. headers: ``del``, then ``set`` (replaces every value), then ``add`` (appends);
-   hop-by-hop and framing headers (Connection, Content-Length, Transfer-Encoding, ...)
-   and Host cannot be adapted this way and are skipped with a warning;
-4. host: replaces the Host sent upstream, including the one Knative routes on (use
-   it for a DomainMapping host); without it the provider's Host is sent;
-5. body: replaces the request body (the client's body is read and dropped);
-   Content-Length is set to its length.
+The request adaptor is in adaptor.py, the wire helpers in wire.py.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
-from http import HTTPStatus
 from itertools import count
-from urllib.parse import quote
-from typing import Callable, Iterable, Sequence
 
-from twisted.logger import Logger
 
-from faastwist.spec import DNS1123_LABEL, RequestAdaptor
+from faastwist.gate.adaptor import CompiledAdaptor
+from faastwist.gate.wire import CALL_ID, HOP_BY_HOP, connection_tokens
+from faastwist.model.spec import DNS1123_LABEL
 
-log = Logger()
 
 FUNC_HEADER = b"x-faas-func-name"
-CALL_ID = b"x-call-id"
 GATE_ERROR = b"x-faas-gate-error"
 FUNCTION_PREFIX = b"/function/"
 
-#: Hop-by-hop headers (RFC 9110 7.6.1 and the usual non-standard ones): never forwarded.
-HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-    b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization",
-})
 #: Request headers the gate sets itself (framing, Host, forwarding, Expect, call id).
 _MANAGED = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-forwarded-for",
                          b"x-forwarded-proto", b"x-forwarded-host", CALL_ID}
-#: Response headers the gate never passes through (it frames the response itself).
-_RESPONSE_SKIP = HOP_BY_HOP | {b"content-length", CALL_ID}
-#: Names a request adaptor may not touch.
-_NOT_ADAPTABLE = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
-
 RETRY_AFTER_NOT_ACTIVE = 5
 
 
@@ -70,17 +42,6 @@ class GateError(Exception):
         self.message = message
         self.retry_after = retry_after
         self.close = close  # the client connection cannot be reused after this answer
-
-
-def reason(code: int) -> bytes:
-    try:
-        return HTTPStatus(code).phrase.encode()
-    except ValueError:
-        return b"Unknown"
-
-
-def error_body(code: int, message: str) -> bytes:
-    return json.dumps({"code": code, "message": message}).encode()
 
 
 def error_headers(error: GateError, body: bytes, call_id: bytes | None) -> list[tuple[bytes, bytes]]:
@@ -147,22 +108,6 @@ def classify(head: RequestHead) -> None:
         head.content_length = None  # RFC 9112 6.3: Transfer-Encoding overrides
 
 
-_TOKENS: dict[bytes, frozenset[bytes]] = {}
-_NOT_NAMES = frozenset({b"keep-alive", b"close", b"upgrade"})
-
-
-def connection_tokens(value: bytes | None) -> frozenset[bytes]:
-    """The lower-case tokens of a Connection header (cached: the same few values recur)."""
-    if not value:
-        return frozenset()
-    tokens = _TOKENS.get(value)
-    if tokens is None:
-        tokens = frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
-        if len(_TOKENS) < 256:
-            _TOKENS[value] = tokens
-    return tokens
-
-
 def wants_close(head: RequestHead) -> bool:
     """Whether the client asked to close after this exchange (HTTP/1.0 defaults to it)."""
     tokens = connection_tokens(head.connection)
@@ -209,141 +154,6 @@ def resolve(head: RequestHead) -> tuple[str, bytes]:
                                  f"(a DNS-1123 label)")
     raise GateError(400, "no function named: send the X-FaaS-Func-Name header or call "
                          "/function/{name}/...")
-
-
-# -- request adaptor ---------------------------------------------------------------------
-
-_GO_TEMPLATE = re.compile(r"\$(\$|\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))")
-
-
-def go_replacement(template: str) -> Callable[["re.Match[str]"], str]:
-    """A re.sub replacement function with Go's Regexp.Expand semantics.
-
-    ``$1``/``${1}``/``$name``/``${name}`` insert a group (unknown or unmatched: empty),
-    ``$$`` is a literal ``$``; Go takes the longest name, so ``$1x`` is group ``1x``.
-    """
-    parts: list[tuple[bool, str | int]] = []  # (is_group, text or group reference)
-    position = 0
-    for match in _GO_TEMPLATE.finditer(template):
-        parts.append((False, template[position:match.start()]))
-        if match.group(1) == "$":
-            parts.append((False, "$"))
-        else:
-            ref = match.group(2) or match.group(3)
-            parts.append((True, int(ref) if ref.isdigit() else ref))
-        position = match.end()
-    parts.append((False, template[position:]))
-
-    def expand(found: "re.Match[str]") -> str:
-        out = []
-        for is_group, part in parts:
-            if not is_group:
-                out.append(part)  # type: ignore[arg-type]
-                continue
-            try:
-                out.append(found.group(part) or "")
-            except (IndexError, KeyError):
-                out.append("")
-        return "".join(out)  # type: ignore[arg-type]
-
-    return expand
-
-
-class CompiledAdaptor:
-    """A RequestAdaptor prepared once per route change, applied per request."""
-
-    __slots__ = ("method", "path", "delete", "set", "add", "host", "body")
-
-    def __init__(self, adaptor: RequestAdaptor) -> None:
-        self.method = adaptor.method.encode() if adaptor.method else None
-        self.path = _compile_path(adaptor)
-        header = adaptor.header
-        self.delete = frozenset(n.lower().encode() for n in header.delete
-                                if _adaptable(n, "del"))
-        self.set = [(n.lower().encode(), v.encode()) for n, v in header.set.items()
-                    if _adaptable(n, "set")]
-        self.add = [(n.lower().encode(), v.encode()) for n, v in header.add.items()
-                    if _adaptable(n, "add")]
-        self.host = _host_bytes(adaptor.host)
-        self.body = adaptor.body.encode() if adaptor.body else None
-
-    def apply_headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        """del, then set, then add."""
-        if self.delete or self.set:
-            gone = self.delete | {n for n, _ in self.set}
-            headers = [h for h in headers if h[0] not in gone]
-        if self.set:
-            headers.extend(self.set)
-        if self.add:
-            headers.extend(self.add)
-        return headers
-
-    def apply_target(self, target: bytes) -> bytes:
-        if self.path is None:
-            return target
-        path, mark, query = target.partition(b"?")
-        return self.path(path) + mark + query
-
-
-def _adaptable(name: str, key: str) -> bool:
-    if name.lower().encode() in _NOT_ADAPTABLE:
-        log.warn("requestAdaptor.header.{key}: {name} is managed by the gate and is "
-                 "ignored (use requestAdaptor.host for Host)", key=key, name=name)
-        return False
-    return True
-
-
-def _path_bytes(path: str) -> bytes:
-    """A path as it may appear in a request line: what is not allowed there (spaces,
-    line breaks, non-ASCII) percent-encoded, so no adaptor can break the request."""
-    return quote(path, safe="/:@!$&'()*+,;=%-._~").encode("ascii")
-
-
-def _host_bytes(host: str) -> bytes | None:
-    if not host:
-        return None
-    if any(c.isspace() or ord(c) < 32 or ord(c) > 126 for c in host):
-        log.warn("requestAdaptor.host: {host!r} is not a valid Host and is ignored", host=host)
-        return None
-    return host.encode("ascii")
-
-
-def _compile_path(adaptor: RequestAdaptor) -> Callable[[bytes], bytes] | None:
-    spec = adaptor.path
-    if spec.replace:
-        replaced = _path_bytes(spec.replace)
-        return lambda _path: replaced
-    steps: list[Callable[[bytes], bytes]] = []
-    if spec.trim_prefix:
-        prefix = _path_bytes(spec.trim_prefix)
-        steps.append(lambda p: p[len(prefix):] if p.startswith(prefix) else p)
-    if spec.add_prefix:
-        added = _path_bytes(spec.add_prefix)
-        steps.append(lambda p: added + p)
-    if spec.regexp_replace is not None:
-        pattern = re.compile(spec.regexp_replace.regexp)
-        replacement = go_replacement(spec.regexp_replace.replace)
-
-        def regexp(p: bytes) -> bytes:
-            return _path_bytes(pattern.sub(replacement, p.decode("latin-1")))
-
-        steps.append(regexp)
-    if not steps:
-        return None
-
-    def apply(path: bytes) -> bytes:
-        for step in steps:
-            path = step(path)
-        return path if path.startswith(b"/") else b"/" + path
-
-    return apply
-
-
-def compile_adaptor(adaptor: RequestAdaptor) -> CompiledAdaptor | None:
-    """None when the adaptor changes nothing, so the hot path can skip it."""
-    if adaptor.is_empty:
-        return None
-    return CompiledAdaptor(adaptor)
 
 
 # -- call ids ----------------------------------------------------------------------------
@@ -402,33 +212,3 @@ def upstream_head(head: RequestHead, target: bytes, adaptor: CompiledAdaptor | N
             + b"\r\n".join(map(b": ".join, headers)) + b"\r\n\r\n"), body
 
 
-def filter_response(headers: Sequence[tuple[bytes, bytes]]
-                    ) -> tuple[list[tuple[bytes, bytes]], int | None, bool]:
-    """Upstream response headers the client may get, and the upstream's framing.
-
-    Hop-by-hop headers (and those the upstream named in Connection), the framing (the
-    transport sets its own) and X-Call-Id (the gate's replaces it) are dropped; returns
-    (kept headers, Content-Length or None, chunked).
-    """
-    kept = []
-    length: int | None = None
-    chunked = False
-    named: frozenset[bytes] | None = None
-    for header in headers:
-        lower = header[0].lower()
-        if lower in _RESPONSE_SKIP:
-            if lower == b"content-length":
-                length = int(header[1]) if header[1].isdigit() else None
-            elif lower == b"transfer-encoding":
-                chunked = True
-            elif lower == b"connection":
-                named = connection_tokens(header[1]) - _NOT_NAMES
-        else:
-            kept.append(header)
-    if named:
-        kept = [h for h in kept if h[0].lower() not in named]
-    return kept, (None if chunked else length), chunked
-
-
-def head_lines(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
-    return b"".join([n + b": " + v + b"\r\n" for n, v in headers])

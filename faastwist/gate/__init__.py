@@ -1,0 +1,28 @@
+"""The traffic gate: routes each request to its function and streams it there.
+
+Layers, lowest first; a module imports only from layers below it, never a sibling of
+its own layer:
+
+1. ``wire``: HTTP/1.1 wire code shared by both transports and the upstream client
+   (hop-by-hop list, Connection tokens, response filtering, the ``{code, message}``
+   body, direct send).
+2. ``adaptor``: the request adaptor, compiled once per route change.
+3. ``decisions``: the gate's decisions over a small request-head record (which
+   function, which error, the upstream head), independent of any transport.
+4. ``routes`` (the route table, fed by the store's watch) and ``upstream`` (the pooled
+   upstream client).
+5. ``context``: what every exchange shares (routes, provider, pool, clock, metrics).
+6. ``exchange``: one proxied request, transport-independent.
+7. ``limits`` (maxConnections), ``lean`` (the lean HTTP/1.1 transport) and ``web``
+   (the twisted.web transport: HTTPS, HTTP/2).
+8. ``service``: the ``GateService`` that listens and drains.
+"""
+
+from faastwist.gate.context import GateContext
+from faastwist.gate.decisions import GateError, RequestHead
+from faastwist.gate.routes import Route, RouteTable
+from faastwist.gate.service import GateService
+from faastwist.gate.upstream import UpstreamPool
+
+__all__ = ["GateContext", "GateError", "GateService", "RequestHead", "Route", "RouteTable",
+           "UpstreamPool"]

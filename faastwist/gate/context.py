@@ -1,0 +1,136 @@
+"""What every exchange of one gate shares: routes, provider, pool, clock, metrics.
+
+The transports hand it to each ``Exchange``; the service owns it. It imports nothing
+from the transports or the exchange (exchanges register themselves in ``deadlines``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol as TypingProtocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from faastwist.gate.decisions import CallIds
+from faastwist.gate.routes import Route, RouteTable
+from faastwist.gate.upstream import UpstreamPool
+from faastwist.metrics import Metrics
+from faastwist.providers.base import Provider
+
+log = Logger(namespace="faastwist.gate")
+
+
+class Expiring(TypingProtocol):
+    """An exchange as the timeout sweep sees it."""
+
+    name: str
+
+    def timed_out(self) -> None: ...
+
+
+class FunctionMetrics:
+    """One function's Prometheus series, resolved once (``labels()`` is not free)."""
+
+    __slots__ = ("metrics", "name", "started", "active", "bytes_in", "bytes_out", "codes")
+
+    def __init__(self, metrics: Metrics, name: str) -> None:
+        self.metrics = metrics
+        self.name = name
+        self.started = metrics.invocation_started.labels(name)
+        # in flight: a plain counter the gauge reads when scraped (no lock per request)
+        self.active = 0
+        metrics.inflight.labels(name).set_function(lambda: self.active)
+        self.bytes_in = metrics.bytes_in.labels(name)
+        self.bytes_out = metrics.bytes_out.labels(name)
+        self.codes: dict[int, tuple[Any, Any]] = {}
+
+    def finished(self, code: int, seconds: float) -> None:
+        pair = self.codes.get(code)
+        if pair is None:
+            label = str(code)
+            pair = self.codes[code] = (self.metrics.invocations.labels(self.name, label),
+                                       self.metrics.invocation_seconds.labels(self.name, label))
+        pair[0].inc()
+        pair[1].observe(seconds)
+
+
+
+#: How often the gate looks for requests past their function's timeout: a timeout
+#: fires at most this late.
+TICK = 0.05
+
+
+class GateContext:
+    """What every exchange shares: routes, provider, pool, config, metrics, counters."""
+
+    def __init__(self, routes: RouteTable, provider: Provider, pool: UpstreamPool,
+                 clock: IReactorTime, metrics: Metrics, max_body_size: int, keep_alive: bool = True,
+                 access_log: bool = False, call_ids: CallIds | None = None) -> None:
+        self.routes = routes
+        self.provider = provider
+        self.pool = pool
+        self.clock = clock
+        self.metrics = metrics
+        self.max_body_size = max_body_size
+        self.keep_alive = keep_alive
+        self.access_log = access_log
+        self.call_ids = call_ids or CallIds()
+        self.draining = False
+        self.inflight = 0
+        self._idle_waiters: list[Deferred] = []
+        self._function_metrics: dict[str, FunctionMetrics] = {}
+        #: exchange -> when its function's timeout passes; swept every TICK seconds
+        #: (cheaper per request than a DelayedCall each: no heap, no cancel)
+        self.deadlines: dict[Expiring, float] = {}
+        self._sweeper: LoopingCall | None = None
+
+    def start(self) -> None:
+        """Start the timeout sweep (GateService does this)."""
+        if self._sweeper is None:
+            self._sweeper = LoopingCall(self._expire)
+            self._sweeper.clock = self.clock
+            self._sweeper.start(TICK, now=False)
+
+    def stop(self) -> None:
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        self._sweeper = None
+
+    def _expire(self) -> None:
+        if not self.deadlines:
+            return
+        now = self.clock.seconds()
+        late = [e for e, deadline in self.deadlines.items() if deadline <= now]
+        for exchange in late:
+            try:
+                exchange.timed_out()
+            except Exception:  # a bug must not stop the sweep for every other request
+                log.failure("timing out a request to {function} failed",
+                            function=exchange.name)
+                self.deadlines.pop(exchange, None)
+
+    def wait_idle(self) -> Deferred:
+        """Fires when no exchange is in flight."""
+        d: Deferred = Deferred()
+        if self.inflight == 0:
+            d.callback(None)
+        else:
+            self._idle_waiters.append(d)
+        return d
+
+    def _ended(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0 and self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def function_metrics(self, route: Route) -> FunctionMetrics:
+        """Per-function metric children, kept by name (not per route version, so the
+        in-flight count survives a route change)."""
+        found = self._function_metrics.get(route.name)
+        if found is None:
+            found = self._function_metrics[route.name] = FunctionMetrics(self.metrics, route.name)
+        return found

@@ -1,0 +1,95 @@
+"""Connection limits: maxConnections for both transports, and the 503 past it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+
+from faastwist.gate.decisions import GateError, error_headers
+from faastwist.gate.wire import error_body, head_lines, reason
+
+
+class ConnectionLimit:
+    """Counts open client connections against maxConnections."""
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = maximum
+        self.open: set[Any] = set()
+        self.refused = 0
+
+    def admit(self, connection: Any) -> bool:
+        if len(self.open) >= self.maximum:
+            self.refused += 1
+            return False
+        self.open.add(connection)
+        return True
+
+    def leave(self, connection: Any) -> None:
+        self.open.discard(connection)
+
+
+def over_limit_response(maximum: int) -> bytes:
+    error = GateError(503, f"too many connections (maxConnections is {maximum}); retry",
+                      retry_after=1)
+    body = error_body(error.code, error.message)
+    headers = error_headers(error, body, None) + [(b"connection", b"close")]
+    return b"HTTP/1.1 503 " + reason(503) + b"\r\n" + head_lines(headers) + b"\r\n" + body
+
+
+class RejectProtocol(Protocol):
+    """A connection over maxConnections: read the request head, answer 503, close.
+
+    Reading first matters: closing a socket with unread input makes the kernel send
+    RST, and the client would see a reset instead of the 503."""
+
+    def __init__(self, response: bytes, clock: Any, grace: float = 2.0) -> None:
+        self.response = response
+        self.clock = clock
+        self.grace = grace
+        self.timer: Any = None
+
+    def connectionMade(self) -> None:
+        self.timer = self.clock.callLater(self.grace, self.transport.loseConnection)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.response:
+            self.transport.write(self.response)
+            self.response = b""
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+
+
+class _CountedConnection(ProtocolWrapper):
+    def drain(self) -> None:
+        """twisted.web connections finish their request (Connection: close)."""
+
+
+class LimitingFactory(WrappingFactory):
+    """maxConnections in front of a twisted.web Site (the lean transport counts itself)."""
+
+    protocol = _CountedConnection
+    noisy = False
+
+    def __init__(self, wrapped: Factory, limit: ConnectionLimit, clock: Any) -> None:
+        super().__init__(wrapped)
+        self.limit = limit
+        self.clock = clock
+        self.reject = over_limit_response(limit.maximum)
+
+    def buildProtocol(self, addr: Any) -> Protocol | None:
+        protocol = super().buildProtocol(addr)
+        if protocol is None:
+            return None
+        if not self.limit.admit(protocol):
+            return RejectProtocol(self.reject, self.clock)
+        return protocol
+
+    def unregisterProtocol(self, protocol: Any) -> None:
+        self.limit.leave(protocol)
+        super().unregisterProtocol(protocol)

@@ -1,0 +1,179 @@
+"""The traffic gate service: listens on httpServer and proxies to the functions.
+
+Plain HTTP is served by the lean HTTP/1.1 transport (lean.py); HTTPS by the
+twisted.web resource (web.py), with HTTP/2 offered through ALPN when the h2
+package is installed. Both hand each request to an ``Exchange`` (exchange.py), so the
+answers are the same. The service enforces maxConnections (a connection over the limit
+gets a 503 and is closed; the others are unaffected) and shuts down gracefully: stop
+accepting, let in-flight requests finish (bounded by shutdownTimeout), then close.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from faastwist.config import HTTPServerConfig
+from faastwist.gate.context import GateContext
+from faastwist.gate.limits import ConnectionLimit, LimitingFactory, over_limit_response
+from faastwist.metrics import Metrics
+from faastwist.providers.base import Provider
+from faastwist.gate.routes import RouteTable
+from faastwist.gate.upstream import UpstreamPool
+
+log = Logger(namespace="faastwist.gate")
+
+def tls_options(cert_file: str, key_file: str) -> Any:
+    """Server TLS options from PEM files (a chain after the leaf is sent too), offering
+    HTTP/2 through ALPN when the h2 package is installed."""
+    from twisted.internet import ssl
+
+    with open(cert_file, "rb") as handle:
+        chain = handle.read()
+    with open(key_file, "rb") as handle:
+        key = handle.read()
+    marker = b"-----BEGIN CERTIFICATE-----"
+    certs = [marker + part for part in chain.split(marker)[1:]]
+    if not certs:
+        raise ValueError(f"{cert_file}: no PEM certificate found")
+    leaf = ssl.PrivateCertificate.loadPEM(certs[0] + b"\n" + key)
+    extra = [ssl.Certificate.loadPEM(c).original for c in certs[1:]]
+    protocols = [b"http/1.1"]
+    try:
+        import h2  # noqa: F401
+        protocols.insert(0, b"h2")
+    except ImportError:  # pragma: no cover
+        pass
+    return ssl.CertificateOptions(privateKey=leaf.privateKey.original,
+                                  certificate=leaf.original, extraCertChain=extra,
+                                  acceptableProtocols=protocols)
+
+
+class GateService(Service):
+    """Listens on httpServer and proxies every request to its function's upstream.
+
+    ``transport``: ``auto`` (lean HTTP/1.1 for plain HTTP, twisted.web for HTTPS),
+    ``lean`` or ``web`` (tests run the same behaviour tests over both).
+    """
+
+    name = "gate"
+
+    def __init__(self, config: HTTPServerConfig, routes: RouteTable, provider: Provider,
+                 reactor: Any, metrics: Metrics, access_log: bool,
+                 pool: UpstreamPool | None = None, transport: str = "auto") -> None:
+        if transport not in ("auto", "lean", "web"):
+            raise ValueError(f"transport must be auto, lean or web, got {transport!r}")
+        self.config = config
+        self.reactor = reactor
+        self.transport = transport
+        self.pool = pool if pool is not None else UpstreamPool(reactor)
+        self.context = GateContext(routes, provider, self.pool, reactor, metrics, config.max_body_size,
+                         keep_alive=config.keep_alive, access_log=access_log)
+        self.limit = ConnectionLimit(config.max_connections)
+        self.port: IListeningPort | None = None
+
+    @property
+    def kind(self) -> str:
+        """Which transport serves (lean or web)."""
+        if self.transport == "auto":
+            return "web" if self.config.https else "lean"
+        return self.transport
+
+    def build_factory(self) -> Factory:
+        config = self.config
+        if self.kind == "lean":
+            from faastwist.gate.lean import LeanFactory
+            factory: Factory = LeanFactory(self.context, self.limit, self.reactor,
+                                           config.keep_alive_timeout,
+                                           over_limit_response(self.limit.maximum))
+        else:
+            from faastwist.gate.web import GateResource, GateSite
+            site = GateSite(GateResource(self.context), timeout=config.keep_alive_timeout or None)
+            factory = LimitingFactory(site, self.limit, self.reactor)
+        if config.https:
+            if self.kind == "lean":
+                raise ValueError("https is served by the twisted.web transport, not lean")
+            from twisted.protocols.tls import TLSMemoryBIOFactory
+            factory = TLSMemoryBIOFactory(tls_options(config.cert_file, config.key_file),
+                                          False, factory)
+        return factory
+
+    def startService(self) -> None:
+        super().startService()
+        self.context.draining = False
+        self.context.start()
+        self.pool.start()
+        self.port = self.reactor.listenTCP(self.config.port, self.build_factory(),
+                                           backlog=1024, interface=self.config.address)
+        host = self.port.getHost()
+        log.info("gate listening on {address}:{port} ({transport}{tls})",
+                 address=host.host, port=host.port, transport=self.kind,
+                 tls=", TLS" if self.config.https else "")
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        context = self.context
+        context.draining = True
+        port, self.port = self.port, None
+        stopped: Deferred = Deferred()
+        if port is not None:
+            listening = port.stopListening()
+        else:
+            listening = None
+        for connection in list(self.limit.open):
+            connection.drain()
+        inflight = context.inflight
+        if inflight:
+            log.info("gate draining {count} in-flight requests", count=inflight)
+        waiting = context.wait_idle()
+        waiting.addTimeout(self.config.shutdown_timeout, self.reactor)
+
+        def drained(result: Any) -> Deferred:
+            late = isinstance(result, Failure)
+            if late:
+                result.trap(DeferredTimeout)
+                log.warn("gate shutdown: {count} requests still in flight after "
+                         "{timeout}s; closing them", count=context.inflight,
+                         timeout=self.config.shutdown_timeout)
+            # on the next reactor pass: the last response is still being written
+            return deferLater(self.reactor, 0, self._close_connections, late)
+
+        waiting.addBoth(drained)
+        if listening is not None:
+            waiting.addCallback(lambda _: listening)
+        waiting.chainDeferred(stopped)
+        return stopped
+
+    def _close_connections(self, abort: bool) -> None:
+        """Close every client connection: flushing what is written when nothing is in
+        flight any more (and aborting after a grace period), at once otherwise."""
+        open_transports = [c.transport for c in list(self.limit.open)
+                           if getattr(c, "transport", None) is not None]
+        for transport in open_transports:
+            if abort:
+                transport.abortConnection()
+            else:
+                transport.loseConnection()
+        if open_transports and not abort:
+            def straggling() -> None:
+                for transport in open_transports:
+                    if getattr(transport, "connected", False):
+                        transport.abortConnection()
+            self.reactor.callLater(2.0, straggling)
+        self.pool.close()
+        self.context.stop()
+        log.info("gate stopped")
+
+    def address(self) -> tuple[str, int]:
+        """Where the gate listens (the port the OS chose when configured as 0)."""
+        if self.port is None:
+            raise RuntimeError("the gate is not listening")
+        host = self.port.getHost()
+        return host.host, host.port
