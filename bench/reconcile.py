@@ -33,12 +33,8 @@ from faastwist.providers.knative import KnativeProvider  # noqa: E402
 from faastwist.lifecycle.reconciler import Reconciler  # noqa: E402
 from faastwist.model.spec import FunctionSpec  # noqa: E402
 from faastwist.store.memory import MemoryStore  # noqa: E402
-from tests.k8s_support import (  # noqa: E402
-    CallCounter,
-    Envtest,
-    FakeKnative,
-    envtest_unavailable,
-)
+from tests.support.k8s import Envtest, envtest_unavailable  # noqa: E402
+from faastwist.testing.knative import CallCounter, FakeKnative  # noqa: E402
 
 
 def spec(name: str) -> FunctionSpec:

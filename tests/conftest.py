@@ -6,7 +6,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.k8s_support import Envtest, envtest_unavailable
+from tests.support.k8s import Envtest, envtest_unavailable
 
 
 @pytest.fixture(scope="session")

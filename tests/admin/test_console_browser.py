@@ -1,0 +1,233 @@
+"""The web console end to end: Debian's headless Chromium (driven by Selenium through
+chromedriver) against a real faasgate node's admin port.
+
+Loads /console/, creates a function from YAML, sees it listed with its state, invokes
+it through the gate and sees the response, stops it and sees the badge change, sees a
+change made elsewhere (through the API) without reloading, sees the API's error
+messages inline, deletes it. Screenshots go to test-artifacts/. Skips, saying why, only
+when no browser, driver or selenium is installed (``make test`` installs them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import yaml
+
+from tests.support.cli import cli_node, echo_spec  # noqa: F401 (fixture)
+from tests.support.node import ROOT, http
+
+pytestmark = pytest.mark.slow
+
+ARTIFACTS = ROOT / "test-artifacts"
+BROWSER_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-quic", "--disable-dev-shm-usage", "--window-size=1400,1000")
+INSTALL_HINT = "apt-get install -y chromium chromium-driver (make test installs them)"
+
+
+def find(*candidates: str) -> str | None:
+    for candidate in candidates:
+        found = shutil.which(candidate) if "/" not in candidate else (
+            candidate if os.access(candidate, os.X_OK) else None)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    """A headless Chromium session with a fresh profile; quit (and its driver stopped by
+    pid) at teardown."""
+    chromium = find("/usr/bin/chromium", "chromium")
+    driver_path = find("/usr/bin/chromedriver", "chromedriver")
+    if chromium is None or driver_path is None:
+        pytest.skip(f"no headless browser: chromium={chromium}, chromedriver={driver_path}; "
+                    f"{INSTALL_HINT}")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.options import Options
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("selenium is not installed (pip install .[test])")
+    options = Options()
+    options.binary_location = chromium
+    for flag in BROWSER_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    service = Service(executable_path=driver_path, log_output=str(tmp_path / "chromedriver.log"))
+    driver = webdriver.Chrome(service=service, options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        try:
+            driver.quit()
+        finally:
+            process = getattr(service, "process", None)
+            if process is not None and process.poll() is None:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait(5)
+
+
+class Page:
+    """The console's page as the test sees it: finders and waits by element id."""
+
+    def __init__(self, driver: Any, artifacts: Path) -> None:
+        from selenium.webdriver.common.by import By
+
+        self.driver = driver
+        self.by = By
+        self.artifacts = artifacts
+
+    def el(self, element_id: str) -> Any:
+        return self.driver.find_element(self.by.ID, element_id)
+
+    def css(self, selector: str) -> list[Any]:
+        return self.driver.find_elements(self.by.CSS_SELECTOR, selector)
+
+    def text(self, element_id: str) -> str:
+        return self.el(element_id).text
+
+    def wait(self, what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
+        deadline = time.monotonic() + timeout
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                value = check()
+                if value:
+                    return value
+            except Exception as exc:   # stale element while the list re-renders
+                last_error = exc
+            time.sleep(0.1)
+        self.shot("timeout")
+        raise AssertionError(f"timed out waiting for {what} (last error: {last_error!r});\n"
+                             f"page text:\n{self.driver.find_element(self.by.TAG_NAME, 'body').text}")
+
+    def fill(self, element_id: str, value: str) -> None:
+        element = self.el(element_id)
+        element.clear()
+        element.send_keys(value)
+
+    def click(self, element_id: str) -> None:
+        self.el(element_id).click()
+
+    def row_state(self, name: str) -> str | None:
+        badges = self.css(f'#functions tr[data-name="{name}"] .badge')
+        return badges[0].get_attribute("data-state") if badges else None
+
+    def shot(self, label: str) -> Path:
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        path = self.artifacts / f"console-{label}.png"
+        self.driver.save_screenshot(str(path))
+        return path
+
+
+def visible_error(page: Page, element_id: str) -> str:
+    element = page.el(element_id)
+    return element.text if element.is_displayed() else ""
+
+
+def test_console_create_list_invoke_stop_delete(browser, cli_node, tmp_path: Path) -> None:
+    page = Page(browser, ARTIFACTS)
+    status, _, _ = http("GET", f"{cli_node.admin_root}/console/app.js")
+    assert status == 200, ("the admin port does not serve the console at /console/ "
+                           "(node.py must mount faastwist.admin.console)")
+
+    browser.get(f"{cli_node.admin_root}/console")      # the redirect adds the slash
+    page.wait("the page to boot", lambda: page.css("body[data-ready=true]"))
+    assert browser.current_url == f"{cli_node.admin_root}/console/"
+    page.wait("server info", lambda: "provider process" in page.text("server-info"))
+    assert "clictl" in page.text("controller-name")
+
+    # create from YAML
+    spec_text = echo_spec(tmp_path, "webfn", env={"GREETING": "from the browser"}).read_text()
+    page.click("btn-new")
+    page.fill("editor-yaml", spec_text)
+    page.click("editor-submit")
+    page.wait("webfn listed", lambda: page.row_state("webfn"))
+    page.wait("webfn active", lambda: page.row_state("webfn") == "active")
+    page.wait("the detail view", lambda: page.el("detail").is_displayed()
+              and page.text("detail-name") == "webfn")
+    assert "GREETING" in page.text("detail-spec")
+    page.shot("active")
+
+    # the API's error, inline: the same function again, then a typo'd field
+    page.click("btn-new")
+    page.fill("editor-yaml", spec_text)
+    page.click("editor-submit")
+    assert "already exists" in page.wait("the create error",
+                                         lambda: visible_error(page, "editor-error"))
+    page.fill("editor-yaml", "name: typo\ncommand: [cat]\nlimitedCPU: 1\n")
+    page.click("editor-submit")
+    page.wait("the spec error", lambda: "limitedCPU" in visible_error(page, "editor-error"))
+    assert "unknown field" in visible_error(page, "editor-error")
+    page.click("btn-editor-close")
+
+    # invoke through the gate
+    page.el("invoke-method").send_keys("POST")
+    page.fill("invoke-path", "/from/browser")
+    page.fill("invoke-headers", "X-Test: selenium\nContent-Type: text/plain")
+    page.fill("invoke-body", "ping")
+    page.click("invoke-send")
+    page.wait("the invoke response", lambda: page.text("invoke-status").startswith("200"))
+    answer = json.loads(page.text("invoke-response"))
+    assert answer == {"method": "POST", "path": "/from/browser", "body": "ping",
+                      "greeting": "from the browser", "xTest": "selenium"}
+    assert page.text("invoke-time").endswith(")") and " ms" in page.text("invoke-time")
+    assert "content-type: application/json" in page.text("invoke-response-headers")
+    page.shot("invoked")
+
+    # recent logs show the request the function logged
+    def logs_show_request() -> bool:
+        page.click("btn-logs")
+        time.sleep(0.3)
+        return "echo POST /from/browser 4 bytes: ping" in page.text("detail-logs")
+    page.wait("the function's log line", logs_show_request, timeout=20)
+
+    # stop: the badge changes, in the list and in the detail view
+    page.click("btn-stop")
+    page.wait("webfn inactive", lambda: page.row_state("webfn") == "inactive")
+    page.wait("the detail badge", lambda: page.css("#detail-badge[data-state=inactive]"))
+    page.shot("stopped")
+    page.click("btn-stop")
+    page.wait("the stop error", lambda: "invalid event: stop, current state: inactive"
+              in visible_error(page, "detail-error"))
+
+    # a change made elsewhere shows up without a reload (the page polls)
+    code, _, body = http("PUT", f"{cli_node.admin_url}/webfn/start",
+                         headers={"Accept": "application/json"})
+    assert code == 200, body
+    page.wait("webfn active again", lambda: page.row_state("webfn") == "active")
+
+    # update from the form: the editor starts from the current spec
+    page.click("btn-edit")
+    assert "from the browser" in page.el("editor-yaml").get_attribute("value")
+    page.fill("editor-yaml", spec_text.replace("from the browser", "updated"))
+    page.click("editor-submit")
+    assert "invalid event: update, current state: active" in page.wait(
+        "the update error", lambda: visible_error(page, "editor-error"))
+    page.click("btn-editor-close")
+
+    # delete: refused while active, then stop and delete (two clicks: arm, confirm)
+    page.click("btn-delete")
+    page.click("btn-delete")
+    page.wait("the delete error", lambda: "active" in visible_error(page, "detail-error"))
+    page.click("btn-stop")
+    page.wait("webfn inactive", lambda: page.row_state("webfn") == "inactive")
+    page.click("btn-delete")
+    page.click("btn-delete")
+    page.wait("webfn gone from the list", lambda: page.row_state("webfn") is None
+              and page.css("#functions tbody"))
+    page.wait("the detail view closed", lambda: not page.el("detail").is_displayed())
+    shot = page.shot("deleted")
+    assert shot.stat().st_size > 1000
+    code, _, _ = http("GET", f"{cli_node.admin_url}/webfn", headers={"Accept": "application/json"})
+    assert code == 404

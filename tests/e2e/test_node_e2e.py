@@ -1,0 +1,191 @@
+"""End to end: a real ``twistd -n faasgate`` with its embedded etcd, driven over HTTP.
+
+The control plane's promise: everything lives in etcd, so SIGTERM and a new start lose
+nothing - not a function, not a state, not a pending start - and no function process
+outlives the node that ran it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from faastwist.testing.knative import FakeKnative
+from tests.support.node import FaasNodeProcess, free_port, http
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def state_of(node: FaasNodeProcess, name: str) -> str | None:
+    status, body = node.json("GET", f"/{name}")
+    return body["status"]["state"] if status == 200 else None
+
+
+def pids_running(marker: str) -> list[int]:
+    """Processes whose command line mentions ``marker`` (a path unique to the test)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (entry / "stat").read_text().split()[2]
+        except OSError:
+            continue
+        if marker in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def test_sigterm_and_restart_lose_nothing(tmp_path: Path) -> None:
+    echo = tmp_path / "fn" / "echo.py"   # a copy: its path identifies this test's processes
+    echo.parent.mkdir()
+    shutil.copy(ROOT / "conf" / "functions" / "echo.py", echo)
+
+    def spec(name: str, **extra: Any) -> str:
+        return yaml.safe_dump({"name": name, "command": [PYTHON, str(echo)],
+                               "readinessPath": "/healthz", "minReplica": 1, **extra})
+
+    node = FaasNodeProcess(tmp_path / "node", provider="process").start()
+    try:
+        for name in ("served", "held", "starting"):
+            assert node.json("POST", "", spec(name))[0] == 201
+        broken = yaml.safe_dump({"name": "broken", "command": [
+            "/bin/sh", "-c", f"echo boom >&2; exit 3 # {echo}"], "minReplica": 1})
+        assert node.json("POST", "", broken)[0] == 201
+        for name in ("served", "held", "starting"):
+            wait_for(lambda: state_of(node, name) == "active", what=f"{name} active")
+        wait_for(lambda: state_of(node, "broken") == "failed", what="broken failed")
+        assert node.json("PUT", "/held/stop")[0] == 200
+        assert node.json("PUT", "/starting/stop")[0] == 200
+        status, _, body = http("POST", f"{node.gate_url}/tomcat/job/api", b'{"n": 1}',
+                               {"X-FaaS-Func-Name": "served"})
+        assert (status, body) == (200, b'V3 Body is \n{"n": 1}')
+        wait_for(lambda: len(pids_running(str(echo))) == 1, what="held/starting stopped")
+        status, before = node.json("GET", "")
+        assert status == 200
+        failed = next(f for f in before if f["spec"]["name"] == "broken")["status"]
+        assert failed["extData"]["exitCode"] == "3" and "boom" in failed["extData"]["stderr"]
+        # a start asked for just before SIGTERM: the record in etcd says so, and it is
+        # carried out whether the stop or the start wins the race (unit tests pin down
+        # the restart case: test_reconciler.test_pending_start_survives_a_restart)
+        assert node.json("PUT", "/starting/start")[0] == 200
+    finally:
+        code = node.stop()
+    assert code in (0, -signal.SIGTERM), node.log()
+    assert pids_running(str(echo)) == [], "a function process outlived the node"
+
+    again = FaasNodeProcess(tmp_path / "node", provider="process").start()
+    try:
+        status, after = again.json("GET", "")
+        assert status == 200
+        assert [f["spec"] for f in after] == [f["spec"] for f in before]
+        states = {f["spec"]["name"]: f["status"]["state"] for f in after}
+        assert states["served"] == "active" and states["held"] == "inactive"
+        assert states["broken"] == "failed"
+        wait_for(lambda: state_of(again, "starting") == "active", what="pending start")
+        status, _, body = http("POST", f"{again.gate_url}/x", b"again",
+                               {"X-FaaS-Func-Name": "served"}, timeout=30)
+        assert (status, body) == (200, b"V3 Body is \nagain")
+        assert state_of(again, "held") == "inactive"
+        assert state_of(again, "broken") == "failed"
+    finally:
+        assert again.stop() in (0, -signal.SIGTERM), again.log()
+    assert pids_running(str(echo)) == []
+
+
+def test_the_seed_tour_against_a_real_kube_apiserver(tmp_path: Path, envtest) -> None:
+    """The Easegress tour with provider knative, over HTTP: the ksvc is really created
+    (and validated by the CRD schema); demo10 stays initial until the tests' fake
+    Knative controller reports it ready, then it is active within two sync intervals."""
+    from kubernetes import client as kube_client
+
+    namespace = "e2e-tour"
+    core = kube_client.CoreV1Api(envtest.api_client())
+    try:
+        core.create_namespace({"metadata": {"name": namespace}})
+    except kube_client.ApiException as exc:
+        assert exc.status == 409
+    custom = kube_client.CustomObjectsApi(envtest.api_client())
+
+    def ksvc() -> dict | None:
+        try:
+            return custom.get_namespaced_custom_object(
+                "serving.knative.dev", "v1", namespace, "services", "demo10")
+        except kube_client.ApiException as exc:
+            assert exc.status == 404
+            return None
+
+    node = FaasNodeProcess(tmp_path / "node", provider="knative", controller="tour", extra={
+        "knative": {"kubeconfig": envtest.kubeconfig, "namespace": namespace,
+                    "networkLayerURL": f"http://127.0.0.1:{free_port()}"}}).start()
+    try:
+        body = (ROOT / "conf" / "function.yaml").read_bytes()
+        status, headers, _ = http("POST", node.admin_url, body,
+                                  {"Content-Type": "text/vnd.yaml"})
+        assert status == 201
+        assert headers["Location"] == "/apis/v2/faas/tour/demo10"
+        status, text = http("GET", f"{node.admin_url}/demo10")[::2]
+        assert status == 200 and yaml.safe_load(text)["status"]["state"] == "initial"
+        status, _, text = http("POST", node.admin_url, body, {"Content-Type": "text/vnd.yaml"})
+        assert status == 409 and yaml.safe_load(text) == {
+            "code": 409, "message": "function demo10 already exists"}
+        status, _, text = http("PUT", f"{node.admin_url}/demo10/stop")
+        assert status == 409 and yaml.safe_load(text) == {
+            "code": 409, "message": "invalid event: stop, current state: initial"}
+        created = wait_for(ksvc, what="the Knative Service")
+        annotations = created["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["autoscaling.knative.dev/metric"] == "rps"
+        assert annotations["autoscaling.knative.dev/target"] == "111"
+        assert created["metadata"]["labels"] == {"faastwist.io/controller": "tour"}
+
+        # Knative (the tests' fake controller) says ready: active within two sync
+        # intervals (tests/support/node.py runs the node with syncInterval 1s)
+        knative = FakeKnative(envtest.api_client(), namespace=namespace)
+        knative.mark("demo10", "ready")
+        marked = time.monotonic()
+        wait_for(lambda: state_of(node, "demo10") == "active", timeout=10, what="active")
+        assert time.monotonic() - marked < 2.0
+        status, _, body = http("POST", f"{node.gate_url}/tomcat/job/api", b"{}",
+                               {"X-FaaS-Func-Name": "demo10"})
+        assert status == 502  # routed to networkLayerURL, where nothing listens in this test
+        assert node.json("PUT", "/demo10/stop")[0] == 200
+        wait_for(lambda: (ksvc() or {}).get("spec", {}).get("template", {}).get(
+            "metadata", {}).get("annotations", {}).get(
+            "autoscaling.knative.dev/min-scale") == "0", what="min-scale 0")
+        assert node.json("PUT", "/demo10/start")[0] == 200
+        wait_for(lambda: ksvc()["spec"]["template"]["metadata"]["annotations"][
+            "autoscaling.knative.dev/min-scale"] == "1", what="min-scale restored")
+        knative.mark("demo10", "ready")
+        wait_for(lambda: state_of(node, "demo10") == "active", timeout=10, what="restarted")
+        assert node.json("DELETE", "/demo10")[1] == {
+            "code": 409, "message": "invalid event: delete, current state: active"}
+        assert node.json("PUT", "/demo10/stop")[0] == 200
+        status, _, text = http("DELETE", f"{node.admin_url}/demo10")
+        assert status == 200
+        assert http("GET", f"{node.admin_url}/demo10")[0] == 404
+        wait_for(lambda: ksvc() is None, what="the Knative Service to go")
+    finally:
+        assert node.stop() in (0, -signal.SIGTERM), node.log()

@@ -1,0 +1,470 @@
+"""The reconciler on a task.Clock with the in-memory store and the fake provider.
+
+Admin operations are done the way admin.py does them: ``fsm.apply_event`` on the
+record read from the store, a compare-and-swap write, then ``kick``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from faastwist.model.fsm import Event, FunctionStatus, State, apply_event
+from faastwist.metrics import Metrics
+from faastwist.providers.base import Observation
+from faastwist.lifecycle.reconciler import Plan, Reconciler, plan
+from faastwist.model.spec import FunctionSpec
+from faastwist.store.base import FunctionRecord
+from faastwist.store.memory import MemoryStore
+from faastwist.testing.provider import FakeProvider
+
+INTERVAL = 10.0
+
+
+def result(d: Deferred[Any]) -> Any:
+    """The result of a Deferred that has already fired (everything here is synchronous)."""
+    out: list[Any] = []
+    d.addBoth(out.append)
+    assert out, "the Deferred has not fired"
+    if isinstance(out[0], Failure):
+        out[0].raiseException()
+    return out[0]
+
+
+def spec(name: str = "fn", **fields: Any) -> FunctionSpec:
+    return FunctionSpec.from_dict({"name": name, "image": "example/img:1", "port": 8080,
+                                   **fields})
+
+
+@attrs.define
+class World:
+    clock: Clock
+    store: MemoryStore
+    provider: FakeProvider
+    metrics: Metrics
+    reconciler: Reconciler
+
+    def create(self, fn: FunctionSpec) -> FunctionRecord:
+        initial = FunctionStatus.initial(fn.name, self.clock.seconds())
+        record = result(self.store.create(fn, initial))
+        self.reconciler.kick(fn.name)
+        return record
+
+    def admin(self, name: str, event: Event, new_spec: FunctionSpec | None = None) -> None:
+        record = result(self.store.get(name))
+        status = apply_event(record.status, event, self.clock.seconds())
+        if status.state is State.DESTROYED:
+            result(self.store.delete(record))
+        else:
+            result(self.store.update(record, spec=new_spec, status=status))
+        self.reconciler.kick(name)
+
+    def status(self, name: str) -> FunctionStatus:
+        return result(self.store.get(name)).status
+
+    def tick(self, seconds: float = INTERVAL) -> None:
+        self.clock.advance(seconds)
+
+    def transitions(self, before: State, after: State, event: Event) -> float:
+        return self.metrics.registry.get_sample_value(
+            "faastwist_fsm_transitions_total",
+            {"from": before.value, "to": after.value, "event": event.value}) or 0.0
+
+    def errors(self, kind: str) -> float:
+        return self.metrics.registry.get_sample_value(
+            "faastwist_reconcile_errors_total", {"kind": kind}) or 0.0
+
+
+@pytest.fixture
+def world() -> World:
+    clock = Clock()
+    clock.advance(1_000)
+    store = MemoryStore("c1")
+    provider = FakeProvider()
+    metrics = Metrics()
+    reconciler = Reconciler(store, provider, clock, INTERVAL, metrics,
+                            wall_clock=clock.seconds)
+    w = World(clock, store, provider, metrics, reconciler)
+    yield w
+    if reconciler.running:
+        result(reconciler.stopService())
+
+
+def active(w: World, name: str = "fn", **fields: Any) -> None:
+    """Bring a function to active the normal way."""
+    w.create(spec(name, **fields))
+    w.tick(0)
+    w.provider.report(name, Event.READY, "ready")
+    w.reconciler.kick(name)
+    w.tick(0)
+    assert w.status(name).state is State.ACTIVE
+
+
+# -- plan(): the decision table ----------------------------------------------------------
+
+def _record(state: State, start_pending: bool = False, fn: FunctionSpec | None = None
+            ) -> FunctionRecord:
+    fn = fn or spec()
+    return FunctionRecord(fn, FunctionStatus(fn.name, state, start_pending=start_pending))
+
+
+def _obs(fn: FunctionSpec | None = None, stopped: bool = False, event: Event | None = None,
+         digest: str | None = None) -> Observation:
+    fn = fn or spec()
+    return Observation(fn.name, fn.digest() if digest is None else digest, stopped, event,
+                       "msg", {"Ready.status": "x"})
+
+
+@pytest.mark.parametrize("state, pending, observation, expected", [
+    (State.INITIAL, False, None, Plan("deploy", message="deploying")),
+    (State.ACTIVE, False, None,
+     Plan("deploy", message="recreated: the provider had lost the function")),
+    (State.FAILED, False, None, Plan("deploy", message="deploying")),
+    (State.INACTIVE, False, None, Plan()),
+    (State.INACTIVE, True, None, Plan("deploy", message="deploying")),
+    (State.DESTROYED, False, None, Plan()),
+    (State.DESTROYED, False, _obs(), Plan("delete")),
+    (State.INITIAL, False, _obs(digest="old"),
+     Plan("update", message="updating to the current spec")),
+    (State.INITIAL, False, _obs(digest="old", stopped=True),
+     Plan("start", message="starting with the current spec")),
+    (State.INACTIVE, False, _obs(digest="old"), Plan("stop")),
+    (State.INACTIVE, False, _obs(digest="old", stopped=True),
+     Plan("update", message="updating to the current spec")),
+    (State.ACTIVE, False, _obs(), Plan()),                       # nothing reported yet
+    (State.INACTIVE, False, _obs(event=Event.READY), Plan("stop")),
+    (State.INACTIVE, False, _obs(stopped=True, event=Event.READY), Plan()),
+    (State.INACTIVE, True, _obs(stopped=True), Plan("start", message="starting")),
+    (State.INITIAL, False, _obs(event=Event.READY),
+     Plan(events=(Event.READY,), message="msg", ext_data={"Ready.status": "x"})),
+    (State.FAILED, False, _obs(event=Event.READY),
+     Plan(events=(Event.READY, Event.READY), message="msg", ext_data={"Ready.status": "x"})),
+    (State.ACTIVE, False, _obs(event=Event.ERROR),
+     Plan(events=(Event.ERROR,), message="msg", ext_data={"Ready.status": "x"})),
+    (State.INACTIVE, True, _obs(event=Event.PENDING),
+     Plan(events=(Event.PENDING,), message="msg", ext_data={"Ready.status": "x"})),
+])
+def test_plan(state: State, pending: bool, observation: Observation | None,
+              expected: Plan) -> None:
+    assert plan(_record(state, pending), observation) == expected
+
+
+def test_plan_holds_a_pending_start_within_the_grace() -> None:
+    record = _record(State.INACTIVE, True)   # start asked for at updated = 0.0
+    assert plan(record, _obs(event=Event.PENDING), now=10.0, start_grace=60.0) == Plan()
+    assert plan(record, _obs(event=Event.PENDING), now=60.0, start_grace=60.0).events == (
+        Event.PENDING,)
+    assert plan(record, _obs(event=Event.ERROR), now=10.0, start_grace=60.0).events == (
+        Event.ERROR,)
+
+
+# -- passes ------------------------------------------------------------------------------
+
+def test_created_function_is_deployed_then_active_when_ready(world: World) -> None:
+    world.reconciler.startService()          # first pass at once
+    world.create(spec())
+    world.tick(0)                            # the kick: no wait for the interval
+    assert world.provider.verbs("deploy") == ["fn"]
+    assert world.status("fn").state is State.INITIAL
+    assert world.status("fn").message == "deploying"
+    world.tick()                             # Knative has not looked yet: nothing concluded
+    assert world.status("fn").state is State.INITIAL
+    world.provider.report("fn", Event.READY, "revision fn-00001 is ready",
+                          {"Ready.status": "True"})
+    world.tick()
+    status = world.status("fn")
+    assert status.state is State.ACTIVE
+    assert status.event is Event.READY
+    assert status.ext_data == {"Ready.status": "True"}
+    assert status.updated == world.clock.seconds()
+    assert world.provider.verbs("deploy") == ["fn"]
+
+
+def test_error_keeps_reason_and_message(world: World) -> None:
+    world.create(spec())
+    world.tick(0)
+    world.provider.report("fn", Event.ERROR, "Ready is False: RevisionFailed: bad image",
+                          {"Ready.status": "False", "Ready.reason": "RevisionFailed"})
+    result(world.reconciler.run_pass())
+    status = world.status("fn")
+    assert status.state is State.FAILED
+    assert status.message == "Ready is False: RevisionFailed: bad image"
+    assert status.ext_data["Ready.reason"] == "RevisionFailed"
+
+
+def test_fix_by_update_goes_initial_then_active(world: World) -> None:
+    world.create(spec())
+    world.tick(0)
+    world.provider.report("fn", Event.ERROR, "bad image")
+    result(world.reconciler.run_pass())
+    assert world.status("fn").state is State.FAILED
+    fixed = spec(image="example/img:2")
+    world.admin("fn", Event.UPDATE, fixed)
+    world.tick(0)
+    assert world.status("fn").state is State.INITIAL
+    assert world.provider.verbs("update") == ["fn"]
+    assert world.provider.running["fn"].digest == fixed.digest()
+    world.provider.report("fn", Event.READY, "ready")
+    result(world.reconciler.run_pass())
+    assert world.status("fn").state is State.ACTIVE
+
+
+def test_provider_recovered_goes_failed_initial_active_in_one_pass(world: World) -> None:
+    world.create(spec())
+    world.tick(0)
+    world.provider.report("fn", Event.ERROR, "ProgressDeadlineExceeded")
+    result(world.reconciler.run_pass())
+    assert world.status("fn").state is State.FAILED
+    world.provider.report("fn", Event.READY, "ready")
+    writes = world.store.writes
+    result(world.reconciler.run_pass())
+    assert world.status("fn").state is State.ACTIVE
+    assert world.store.writes == writes + 1
+    assert world.transitions(State.FAILED, State.INITIAL, Event.READY) == 1
+    assert world.transitions(State.INITIAL, State.ACTIVE, Event.READY) == 1
+
+
+def test_unreachable_provider_marks_nothing_failed_and_converges_later(world: World) -> None:
+    active(world, "a")
+    active(world, "b")
+    world.provider.available = False
+    world.create(spec("c"))                  # an admin write while the backend is down
+    writes = world.store.writes
+    world.reconciler.startService()
+    world.tick(0)
+    world.tick()
+    world.tick()
+    assert world.errors("provider") >= 2
+    assert world.reconciler.last_error and "unreachable" in world.reconciler.last_error
+    assert world.store.writes == writes      # nothing concluded from an error of the API
+    assert [world.status(n).state for n in "abc"] == [State.ACTIVE, State.ACTIVE,
+                                                      State.INITIAL]
+    world.provider.available = True
+    world.tick()
+    assert world.reconciler.last_error is None
+    assert "c" in world.provider.running
+    world.provider.report("c", Event.READY)
+    world.tick()
+    assert [world.status(n).state for n in "abc"] == [State.ACTIVE] * 3
+
+
+def test_function_lost_by_the_provider_is_recreated_and_recorded(world: World) -> None:
+    active(world)
+    del world.provider.running["fn"]
+    result(world.reconciler.run_pass())
+    assert world.provider.verbs("deploy") == ["fn", "fn"]
+    status = world.status("fn")
+    assert status.state is State.ACTIVE
+    assert status.message == "recreated: the provider had lost the function"
+
+
+def test_orphans_are_deleted(world: World) -> None:
+    active(world)
+    result(world.provider.deploy(spec("ghost")))
+    result(world.reconciler.run_pass())
+    assert world.provider.verbs("delete") == ["ghost"]
+    assert set(world.provider.running) == {"fn"}
+
+
+def test_kicked_pass_touches_only_that_function(world: World) -> None:
+    world.reconciler.startService()
+    result(world.provider.deploy(spec("ghost")))   # an orphan: only a full pass sees it
+    world.create(spec("fn"))
+    calls = len(world.provider.calls)
+    world.tick(0)
+    assert world.provider.calls[calls:] == [("observe", "fn"), ("deploy", "fn")]
+    world.tick(INTERVAL)
+    assert world.provider.verbs("delete") == ["ghost"]
+
+
+def test_stop_then_start_honours_the_pending_start(world: World) -> None:
+    active(world)
+    world.admin("fn", Event.STOP)
+    world.tick(0)
+    assert world.provider.verbs("stop") == ["fn"]
+    assert world.provider.running["fn"].stopped
+    assert world.status("fn").state is State.INACTIVE
+    calls = len(world.provider.calls)
+    result(world.reconciler.run_pass())      # stopped and meant to be: nothing to do
+    assert world.provider.calls[calls:] == [("observe", "*")]
+
+    world.admin("fn", Event.START)
+    assert world.status("fn").start_pending
+    world.tick(0)
+    assert world.provider.verbs("start") == ["fn"]
+    assert not world.provider.running["fn"].stopped
+    assert world.status("fn").state is State.INACTIVE   # waits for the verdict
+    world.provider.report("fn", Event.READY, "ready")
+    result(world.reconciler.run_pass())
+    status = world.status("fn")
+    assert status.state is State.ACTIVE
+    assert not status.start_pending
+
+
+def test_pending_start_survives_a_restart(world: World) -> None:
+    active(world)
+    world.admin("fn", Event.STOP)
+    world.tick(0)
+    world.admin("fn", Event.START)           # kicked, but this reconciler never runs it
+    fresh = Reconciler(world.store, world.provider, world.clock, INTERVAL, Metrics(),
+                       wall_clock=world.clock.seconds)
+    result(fresh.run_pass())
+    assert world.provider.verbs("start") == ["fn"]
+
+
+def test_start_rolling_out_is_not_failed_within_the_grace(world: World) -> None:
+    active(world)
+    world.admin("fn", Event.STOP)
+    world.tick(0)
+    world.admin("fn", Event.START)
+    world.tick(0)
+    world.provider.report("fn", Event.PENDING, "Ready is Unknown: RevisionMissing")
+    world.tick(world.reconciler.start_grace - 1)
+    result(world.reconciler.run_pass())
+    status = world.status("fn")
+    assert (status.state, status.start_pending) == (State.INACTIVE, True)
+    world.provider.report("fn", Event.READY, "ready")
+    result(world.reconciler.run_pass())
+    assert world.status("fn").state is State.ACTIVE
+    assert world.transitions(State.INACTIVE, State.FAILED, Event.PENDING) == 0
+
+
+def test_start_that_stays_pending_fails(world: World) -> None:
+    active(world)
+    world.admin("fn", Event.STOP)
+    world.tick(0)
+    world.admin("fn", Event.START)
+    world.tick(0)
+    world.provider.report("fn", Event.PENDING, "Ready is Unknown: RevisionMissing")
+    world.tick(world.reconciler.start_grace)
+    result(world.reconciler.run_pass())
+    status = world.status("fn")
+    assert status.state is State.FAILED
+    assert not status.start_pending
+    assert status.message == "Ready is Unknown: RevisionMissing"
+
+
+def test_update_of_a_stopped_function_is_one_start_call(world: World) -> None:
+    active(world)
+    world.admin("fn", Event.STOP)
+    world.tick(0)
+    newer = spec(image="example/img:2")
+    world.admin("fn", Event.UPDATE, newer)   # inactive + update -> initial: run it again
+    world.tick(0)
+    assert world.provider.verbs("start") == ["fn"]
+    assert world.provider.verbs("update") == []
+    assert world.provider.running["fn"].digest == newer.digest()
+    assert not world.provider.running["fn"].stopped
+
+
+def test_stopped_function_lost_by_the_provider_stays_gone(world: World) -> None:
+    active(world)
+    world.admin("fn", Event.STOP)
+    world.tick(0)
+    del world.provider.running["fn"]
+    result(world.reconciler.run_pass())
+    assert world.provider.verbs("deploy") == ["fn"]   # only the first one
+    world.admin("fn", Event.START)
+    world.tick(0)
+    assert world.provider.verbs("deploy") == ["fn", "fn"]
+
+
+def test_delete_removes_what_runs(world: World) -> None:
+    active(world)
+    world.admin("fn", Event.STOP)
+    world.tick(0)
+    world.admin("fn", Event.DELETE)
+    world.tick(0)
+    assert world.provider.verbs("delete") == ["fn"]
+    assert world.provider.running == {}
+
+
+def test_destroyed_record_left_in_the_store_is_cleaned_up(world: World) -> None:
+    active(world)
+    record = result(world.store.get("fn"))
+    destroyed = attrs.evolve(record.status, state=State.DESTROYED)
+    result(world.store.update(record, status=destroyed))
+    result(world.reconciler.run_pass())
+    assert world.provider.verbs("delete") == ["fn"]
+    calls = len(world.provider.calls)
+    result(world.reconciler.run_pass())
+    assert world.provider.calls[calls:] == [("observe", "*")]
+
+
+def test_refused_spec_fails_at_once_with_the_reason(world: World) -> None:
+    world.provider.reject["fn"] = "Kubernetes refused the Knative Service: Invalid: bad port"
+    world.create(spec())
+    world.tick(0)
+    status = world.status("fn")
+    assert status.state is State.FAILED
+    assert status.message == "Kubernetes refused the Knative Service: Invalid: bad port"
+    writes = world.store.writes
+    result(world.reconciler.run_pass())      # tried again, same verdict: no new write
+    assert world.store.writes == writes
+    assert world.provider.verbs("deploy") == ["fn", "fn"]
+
+
+def test_lost_race_is_retried_next_pass_not_an_error(world: World) -> None:
+    active(world)
+    world.admin("fn", Event.STOP)
+    world.provider.conflict_once.add("fn")
+    world.tick(0)
+    assert not world.provider.running["fn"].stopped
+    assert world.errors("provider") == 0
+    result(world.reconciler.run_pass())
+    assert world.provider.running["fn"].stopped
+    assert world.provider.verbs("stop") == ["fn", "fn"]
+
+
+def test_steady_pass_is_one_observe_and_no_write(world: World) -> None:
+    for i in range(50):
+        world.create(spec(f"f{i}"))
+    world.tick(0)
+    for i in range(50):
+        world.provider.report(f"f{i}", Event.READY, "ready")
+    result(world.reconciler.run_pass())
+    assert all(world.status(f"f{i}").state is State.ACTIVE for i in range(50))
+    calls, writes = len(world.provider.calls), world.store.writes
+    result(world.reconciler.run_pass())
+    assert world.provider.calls[calls:] == [("observe", "*")]
+    assert world.store.writes == writes
+    for i in range(0, 50, 10):               # 10% change: one status write each
+        world.provider.report(f"f{i}", Event.ERROR, "OOMKilled")
+    result(world.reconciler.run_pass())
+    assert world.provider.calls[calls + 1:] == [("observe", "*")]
+    assert world.store.writes == writes + 5
+
+
+def test_passes_follow_the_interval_on_the_clock(world: World) -> None:
+    world.reconciler.startService()
+    assert world.reconciler.passes == 1
+    world.tick(INTERVAL - 0.1)
+    assert world.reconciler.passes == 1
+    world.tick(0.1)
+    assert world.reconciler.passes == 2
+
+
+def test_follower_does_not_reconcile(world: World) -> None:
+    world.reconciler.is_leader = lambda: False
+    world.reconciler.startService()
+    world.create(spec())
+    world.tick(0)
+    world.tick()
+    assert world.provider.calls == []
+
+
+def test_stop_service_waits_for_the_pass_in_flight(world: World) -> None:
+    gate: Deferred[dict[str, Observation]] = Deferred()
+    world.provider.observe = lambda names=None: gate   # type: ignore[method-assign]
+    world.reconciler.startService()
+    stopped = world.reconciler.stopService()
+    fired: list[object] = []
+    stopped.addBoth(fired.append)
+    assert fired == []
+    gate.callback({})
+    assert fired == [None]

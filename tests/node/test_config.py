@@ -1,0 +1,104 @@
+"""controller.yaml: defaults, partial sections, relative paths, errors naming the key."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from faastwist.config import ConfigError, ControllerConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_empty_document_gives_every_default(tmp_path):
+    config = ControllerConfig.from_dict(None, tmp_path)
+    assert config.name == "faascontroller" and config.provider == "knative"
+    assert config.sync_interval == 10.0
+    assert config.http_server.port == 10083 and config.http_server.keep_alive_timeout == 60.0
+    assert config.http_server.max_connections == 10240
+    assert config.knative.namespace == "default" and config.knative.timeout == 2.0
+    assert config.etcd.embedded and config.etcd.prefix == "/faas"
+    assert config.etcd.data_dir == str(tmp_path / "data" / "etcd")
+    assert config.process.idle_timeout == 300.0 and config.process.cold_start_timeout == 30.0
+    assert (config.admin.address, config.admin.port) == ("127.0.0.1", 2381)
+    assert config.admin.max_body_size == 2**20
+
+
+def test_partial_section_keeps_other_defaults(tmp_path):
+    config = ControllerConfig.from_dict(
+        {"httpServer": {"port": 8080}, "knative": {"hostSuffix": "fn.local"},
+         "syncInterval": "1m30s"}, tmp_path)
+    assert config.http_server.port == 8080 and config.http_server.keep_alive
+    assert config.knative.host_suffix == "fn.local" and config.knative.namespace == "default"
+    assert config.sync_interval == 90.0
+
+
+def test_easegress_controller_document_is_accepted(tmp_path):
+    config = ControllerConfig.from_dict({
+        "name": "faascontroller", "kind": "FaaSController", "provider": "knative",
+        "syncInterval": "10s",
+        "httpServer": {"http3": False, "port": 10083, "keepAlive": True,
+                       "keepAliveTimeout": "60s", "https": False, "certBase64": None,
+                       "keyBase64": None, "maxConnections": 10240},
+        "knative": {"networkLayerURL": "http://10.109.159.129", "hostSuffix": "example.com"},
+    }, tmp_path)
+    assert config.knative.network_layer_url == "http://10.109.159.129"
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"httpServer": {"port": 0}}, "httpServer.port: must be 1-65535, got 0"),
+    ({"httpServer": {"http3": True}}, "httpServer.http3: is not supported"),
+    ({"httpServer": {"https": True}}, "httpServer.certFile: is required when https is true"),
+    ({"httpServer": {"keepAliveTimeout": "1 minute"}}, "httpServer.keepAliveTimeout: expected"),
+    ({"provider": "lambda"}, "provider: must be one of knative, process"),
+    ({"kind": "Pipeline"}, "kind: must be FaaSController"),
+    ({"name": "Bad_Name"}, "name: must be a DNS-1123 label"),
+    ({"syncInterval": "0s"}, "syncInterval: must be at least 0.1s"),
+    ({"knative": {"networkLayerURL": "10.0.0.1"}}, "knative.networkLayerURL: must be an http"),
+    ({"knative": {"timout": "2s"}}, "knative.timout: unknown field"),
+    ({"etcd": {"endpoints": "http://x"}}, "etcd.endpoints: must be a list"),
+    ({"etcd": {"endpoints": ["127.0.0.1:2379"]}}, "etcd.endpoints: must be http"),
+    ({"etcd": {"prefix": "faas"}}, "etcd.prefix: must start with '/'"),
+    ({"admin": {"maxBodySize": "lots"}}, "admin.maxBodySize: expected a Kubernetes quantity"),
+    ({"httpServer": []}, "httpServer: must be a mapping"),
+    ({"extra": 1}, "extra: unknown field"),
+])
+def test_errors_name_the_key(tmp_path, data, message):
+    with pytest.raises(ConfigError) as info:
+        ControllerConfig.from_dict(data, tmp_path)
+    assert str(info.value).startswith(message)
+
+
+def test_relative_paths_are_taken_from_the_files_folder(tmp_path):
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "c.yaml"
+    path.write_text("etcd: {dataDir: ./state}\nknative: {kubeconfig: ../kube.yaml}\n")
+    config = load_config(path)
+    assert config.etcd.data_dir == str(tmp_path / "sub" / "state")
+    assert config.knative.kubeconfig == str(tmp_path / "kube.yaml")
+
+
+def test_unreadable_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("httpServer: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_shipped_configs_are_valid():
+    for path in sorted((ROOT / "conf").glob("controller*.yaml")):
+        load_config(path)
+
+
+def test_twistd_exits_non_zero_with_one_line_naming_the_key(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("httpServer: {port: 0}\n")
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "twistd"), "-n", "faasgate", "--config", str(bad)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert result.returncode != 0
+    assert result.stderr.strip() == "faasgate: config error: httpServer.port: must be 1-65535, got 0"

@@ -1,0 +1,593 @@
+"""One contract for every FunctionStore: the in-memory fake and etcd behave the same.
+
+The etcd variant runs against a real etcd (tests/support/etcd.py); the tests at the end
+cover what only etcd has: reconnects, compaction, outages, endpoints, the /v3 probe.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+import pytest
+import pytest_twisted
+import txaioetcd._client_commons as txaio_commons
+import txaioetcd._client_tx as txaio_tx
+from twisted.internet import reactor
+from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from tests.support.etcd import EtcdProcess, etcd_process, etcd_server, free_port, unique_prefix  # noqa: F401
+from faastwist.model.fsm import FunctionStatus, State
+from faastwist.metrics import Metrics
+from faastwist.model.spec import FunctionSpec
+from faastwist.store.base import (
+    AlreadyExists,
+    Change,
+    Conflict,
+    FunctionRecord,
+    NotFound,
+    StoreError,
+    StoreUnavailable,
+)
+from faastwist.store.etcd import EtcdStore
+from faastwist.store.etcdcompat import applied_api_prefix
+from faastwist.store.etcdwatch import Compacted, StoreReset
+from faastwist.store.memory import MemoryStore
+
+
+def spec(name: str, image: str = "registry.local/fn:1") -> FunctionSpec:
+    return FunctionSpec(name=name, image=image, port=8080)
+
+
+def status(name: str, state: State = State.INITIAL, message: str = "") -> FunctionStatus:
+    return FunctionStatus(name=name, state=state, message=message, updated=1.0)
+
+
+@inlineCallbacks
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition"):
+    """Let the reactor run until ``predicate()`` holds (etcd watches are asynchronous)."""
+    deadline = reactor.seconds() + timeout
+    while not predicate():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"{what} not met within {timeout}s")
+        yield deferLater(reactor, 0.02, lambda: None)
+
+
+@pytest.fixture(params=["memory", pytest.param("etcd", marks=pytest.mark.etcd)])
+def make_store(request: pytest.FixtureRequest):
+    """``make_store(controller=...) -> Deferred[store]``; all stores of one test share a
+    fresh key prefix, so they see each other like two nodes of one cluster."""
+    made: list[EtcdStore] = []
+    memory: dict[str, MemoryStore] = {}
+    if request.param == "etcd":
+        server: EtcdProcess = request.getfixturevalue("etcd_server")
+        prefix = unique_prefix(request.node.name[:20])
+
+    @inlineCallbacks
+    def make(controller: str = "faascontroller", timeout: float = 5.0):
+        if request.param == "memory":
+            return memory.setdefault(controller, MemoryStore(controller))
+        store = EtcdStore(reactor, [server.client_url], prefix, controller, timeout)
+        made.append(store)
+        yield store.connect()
+        return store
+
+    make.kind = request.param  # type: ignore[attr-defined]
+    yield make
+    for store in made:
+        pytest_twisted.blockon(store.close())
+
+
+def collect() -> tuple[list[Change], list[Exception], Callable, Callable]:
+    changes: list[Change] = []
+    lost: list[Exception] = []
+    return changes, lost, changes.extend, lost.append
+
+
+# -- create / get / list -----------------------------------------------------------------
+
+@pytest_twisted.inlineCallbacks
+def test_create_then_get_returns_what_was_written(make_store):
+    store = yield make_store()
+    created = yield store.create(spec("demo"), status("demo"))
+    assert created.spec_revision > 0 and created.spec_revision == created.status_revision
+    got = yield store.get("demo")
+    assert got == created
+    assert got.spec == spec("demo") and got.status == status("demo")
+
+
+@pytest_twisted.inlineCallbacks
+def test_create_twice_is_already_exists(make_store):
+    store = yield make_store()
+    yield store.create(spec("demo"), status("demo"))
+    with pytest.raises(AlreadyExists, match="demo already exists"):
+        yield store.create(spec("demo", "other:2"), status("demo"))
+    got = yield store.get("demo")
+    assert got.spec.image == "registry.local/fn:1"
+
+
+@pytest_twisted.inlineCallbacks
+def test_get_missing_is_not_found(make_store):
+    store = yield make_store()
+    with pytest.raises(NotFound, match="function nope not found"):
+        yield store.get("nope")
+
+
+@pytest_twisted.inlineCallbacks
+def test_reads_are_exact_keys_demo_is_not_demo10(make_store):
+    store = yield make_store()
+    yield store.create(spec("demo10"), status("demo10"))
+    with pytest.raises(NotFound):
+        yield store.get("demo")
+    with pytest.raises(NotFound):
+        yield store.get("demo1")
+    yield store.create(spec("demo", "image:demo"), status("demo"))
+    got = yield store.get("demo")
+    assert got.spec.image == "image:demo"
+    record10 = yield store.get("demo10")
+    yield store.delete(record10)
+    got = yield store.get("demo")
+    assert got.name == "demo"
+
+
+@pytest_twisted.inlineCallbacks
+def test_list_returns_every_function_and_the_read_revision(make_store):
+    store = yield make_store()
+    empty = yield store.list()
+    assert empty.records == {}
+    a = yield store.create(spec("a"), status("a"))
+    b = yield store.create(spec("b"), status("b", State.ACTIVE))
+    listing = yield store.list()
+    assert listing.records == {"a": a, "b": b}
+    assert listing.revision >= b.spec_revision > a.spec_revision
+
+
+@pytest_twisted.inlineCallbacks
+def test_controllers_are_separate(make_store):
+    one = yield make_store("ctl")
+    two = yield make_store("ctl2")
+    yield one.create(spec("a"), status("a"))
+    yield two.create(spec("b"), status("b"))
+    listing = yield one.list()
+    assert sorted(listing.records) == ["a"]
+    with pytest.raises(NotFound):
+        yield one.get("b")
+
+
+# -- update / delete: compare-and-swap on both keys ------------------------------------------
+
+@pytest_twisted.inlineCallbacks
+def test_update_status_only_moves_the_status_revision(make_store):
+    store = yield make_store()
+    record = yield store.create(spec("demo"), status("demo"))
+    updated = yield store.update(record, status=status("demo", State.ACTIVE, "ready"))
+    assert updated.spec_revision == record.spec_revision
+    assert updated.status_revision > record.status_revision
+    assert updated.status.state is State.ACTIVE
+    assert (yield store.get("demo")) == updated
+
+
+@pytest_twisted.inlineCallbacks
+def test_update_spec_and_both(make_store):
+    store = yield make_store()
+    record = yield store.create(spec("demo"), status("demo"))
+    updated = yield store.update(record, spec=spec("demo", "image:2"))
+    assert updated.spec.image == "image:2" and updated.status_revision == record.status_revision
+    both = yield store.update(updated, spec=spec("demo", "image:3"),
+                              status=status("demo", State.FAILED))
+    assert both.spec_revision == both.status_revision > updated.spec_revision
+    assert (yield store.get("demo")) == both
+
+
+@pytest_twisted.inlineCallbacks
+def test_update_without_changes_returns_the_current_record(make_store):
+    store = yield make_store()
+    record = yield store.create(spec("demo"), status("demo"))
+    same = yield store.update(record)
+    assert same == record
+
+
+@pytest_twisted.inlineCallbacks
+def test_stale_update_is_conflict_and_changes_nothing(make_store):
+    store = yield make_store()
+    record = yield store.create(spec("demo"), status("demo"))
+    fresh = yield store.update(record, status=status("demo", State.ACTIVE))
+    with pytest.raises(Conflict, match="changed concurrently"):
+        yield store.update(record, spec=spec("demo", "image:stale"))
+    assert (yield store.get("demo")) == fresh
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_status_write_invalidates_a_spec_read_and_vice_versa(make_store):
+    store = yield make_store()
+    record = yield store.create(spec("demo"), status("demo"))
+    yield store.update(record, spec=spec("demo", "image:2"))
+    with pytest.raises(Conflict):
+        yield store.update(record, status=status("demo", State.ACTIVE))
+
+
+@pytest_twisted.inlineCallbacks
+def test_racing_updates_exactly_one_wins(make_store):
+    store = yield make_store()
+    rival = yield make_store()  # another node of the same controller (memory: the same)
+    record = yield store.create(spec("demo"), status("demo"))
+    results = yield DeferredList([
+        store.update(record, spec=spec("demo", "image:admin")),
+        rival.update(record, status=status("demo", State.ACTIVE)),
+    ], consumeErrors=True)
+    wins = [value for ok, value in results if ok]
+    losses = [value for ok, value in results if not ok]
+    assert len(wins) == 1 and len(losses) == 1
+    assert losses[0].check(Conflict)
+    assert (yield store.get("demo")) == wins[0]
+
+
+@pytest_twisted.inlineCallbacks
+def test_update_or_delete_of_a_missing_function_is_not_found(make_store):
+    store = yield make_store()
+    record = yield store.create(spec("demo"), status("demo"))
+    yield store.delete(record)
+    with pytest.raises(NotFound):
+        yield store.update(record, status=status("demo", State.ACTIVE))
+    with pytest.raises(NotFound):
+        yield store.delete(record)
+    ghost = FunctionRecord(spec("ghost"), status("ghost"), 7, 7)
+    with pytest.raises(NotFound):
+        yield store.delete(ghost)
+
+
+@pytest_twisted.inlineCallbacks
+def test_delete_removes_both_keys_and_allows_recreate(make_store):
+    store = yield make_store()
+    record = yield store.create(spec("demo"), status("demo"))
+    stale = record
+    record = yield store.update(record, status=status("demo", State.INACTIVE))
+    with pytest.raises(Conflict):
+        yield store.delete(stale)
+    yield store.delete(record)
+    with pytest.raises(NotFound):
+        yield store.get("demo")
+    assert (yield store.list()).records == {}
+    again = yield store.create(spec("demo", "image:new"), status("demo"))
+    assert again.spec_revision > record.status_revision
+    # the old record does not match the new incarnation
+    with pytest.raises(Conflict):
+        yield store.update(record, status=status("demo", State.ACTIVE))
+
+
+# -- watch -------------------------------------------------------------------------------
+
+@pytest_twisted.inlineCallbacks
+def test_watch_delivers_puts_and_deletes_in_order(make_store):
+    store = yield make_store()
+    start = (yield store.list()).revision
+    changes, lost, on_changes, on_lost = collect()
+    handle = store.watch(start, on_changes, on_lost)
+    created = yield store.create(spec("demo"), status("demo"))
+    updated = yield store.update(created, status=status("demo", State.ACTIVE))
+    yield store.delete(updated)
+    yield wait_for(lambda: len(changes) >= 5, what="five changes")
+    handle.cancel()
+    assert [(c.name, c.kind, c.value) for c in changes] == [
+        ("demo", "spec", spec("demo")),
+        ("demo", "status", status("demo")),
+        ("demo", "status", status("demo", State.ACTIVE)),
+        ("demo", "spec", None),
+        ("demo", "status", None),
+    ]
+    revisions = [c.revision for c in changes]
+    assert revisions == sorted(revisions)
+    assert revisions[0] == created.spec_revision and revisions[2] == updated.status_revision
+    assert lost == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_watch_from_an_old_revision_replays(make_store):
+    store = yield make_store()
+    start = (yield store.list()).revision
+    a = yield store.create(spec("a"), status("a"))
+    yield store.update(a, spec=spec("a", "image:2"))
+    yield store.create(spec("b"), status("b"))
+    changes, lost, on_changes, on_lost = collect()
+    handle = store.watch(start, on_changes, on_lost)
+    yield wait_for(lambda: len(changes) >= 5, what="replayed changes")
+    # the replay is followed by live changes
+    yield store.create(spec("c"), status("c"))
+    yield wait_for(lambda: len(changes) >= 7, what="live changes")
+    handle.cancel()
+    assert [(c.name, c.kind) for c in changes] == [
+        ("a", "spec"), ("a", "status"), ("a", "spec"), ("b", "spec"), ("b", "status"),
+        ("c", "spec"), ("c", "status")]
+    assert changes[2].value == spec("a", "image:2")
+    # starting at a revision delivers only what came after it
+    later: list[Change] = []
+    handle = store.watch(changes[2].revision, later.extend, on_lost)
+    yield wait_for(lambda: len(later) >= 4, what="changes after a revision")
+    handle.cancel()
+    assert [c.name for c in later] == ["b", "b", "c", "c"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_cancelled_watch_delivers_nothing_more(make_store):
+    store = yield make_store()
+    start = (yield store.list()).revision
+    changes, lost, on_changes, on_lost = collect()
+    handle = store.watch(start, on_changes, on_lost)
+    yield store.create(spec("a"), status("a"))
+    yield wait_for(lambda: len(changes) == 2, what="first changes")
+    handle.cancel()
+    handle.cancel()  # idempotent
+    yield store.create(spec("b"), status("b"))
+    yield deferLater(reactor, 0.2, lambda: None)
+    assert [c.name for c in changes] == ["a", "a"]
+
+
+# -- etcd only ---------------------------------------------------------------------------
+
+def etcd_store(server: EtcdProcess, timeout: float = 5.0, endpoints: list[str] | None = None,
+               prefix: str | None = None, metrics: Metrics | None = None) -> EtcdStore:
+    return EtcdStore(reactor, endpoints or [server.client_url], prefix or unique_prefix(),
+                     "faascontroller", timeout, metrics)
+
+
+@pytest.mark.etcd
+@pytest_twisted.inlineCallbacks
+def test_connect_points_txaioetcd_at_the_v3_gateway(etcd_server):
+    store = etcd_store(etcd_server)
+    yield store.connect()
+    try:
+        assert store.api_prefix == "/v3" == applied_api_prefix()
+        assert txaio_commons.ENDPOINT_PUT == "{}/v3/kv/put"
+        assert txaio_tx.ENDPOINT_SUBMIT == "{}/v3/kv/txn"
+        assert txaio_tx.ENDPOINT_WATCH == "{}/v3/watch"
+        yield store.check()
+    finally:
+        yield store.close()
+
+
+@pytest.mark.etcd
+@pytest_twisted.inlineCallbacks
+def test_keys_layout_and_foreign_keys_are_ignored(etcd_server):
+    store = etcd_store(etcd_server)
+    yield store.connect()
+    try:
+        start = (yield store.list()).revision
+        changes, lost, on_changes, on_lost = collect()
+        handle = store.watch(start, on_changes, on_lost)
+        record = yield store.create(spec("demo"), status("demo"))
+        spec_raw = etcd_server.get(f"{store.prefix}/faascontroller/spec/demo")
+        status_raw = etcd_server.get(f"{store.prefix}/faascontroller/status/demo")
+        assert json.loads(spec_raw)["image"] == "registry.local/fn:1"
+        assert json.loads(status_raw)["state"] == "initial"
+        # neighbours under the prefix that are not spec/status keys of a function
+        etcd_server.put(f"{store.prefix}/faascontroller/leader", "node-1")
+        etcd_server.put(f"{store.prefix}/faascontroller/spec/a/b", "{}")
+        etcd_server.put(f"{store.prefix}/faascontroller2/spec/x", "{}")
+        yield store.update(record, status=status("demo", State.ACTIVE))
+        yield wait_for(lambda: len(changes) >= 3, what="three changes")
+        handle.cancel()
+        assert [(c.kind, c.name) for c in changes] == [
+            ("spec", "demo"), ("status", "demo"), ("status", "demo")]
+        assert sorted((yield store.list()).records) == ["demo"]
+    finally:
+        yield store.close()
+
+
+@pytest.mark.etcd
+@pytest_twisted.inlineCallbacks
+def test_unreadable_value_is_a_store_error_naming_the_key(etcd_server):
+    store = etcd_store(etcd_server)
+    yield store.connect()
+    try:
+        etcd_server.put(f"{store.prefix}/faascontroller/spec/broken", "not json")
+        with pytest.raises(StoreError, match="unreadable spec at .*/spec/broken"):
+            yield store.get("broken")
+    finally:
+        yield store.close()
+
+
+@pytest.mark.etcd
+@pytest_twisted.inlineCallbacks
+def test_a_spec_without_status_reads_as_initial_and_can_be_repaired(etcd_server):
+    store = etcd_store(etcd_server)
+    yield store.connect()
+    try:
+        etcd_server.put(f"{store.prefix}/faascontroller/spec/handmade",
+                        json.dumps(spec("handmade").to_dict()))
+        record = yield store.get("handmade")
+        assert record.status.state is State.INITIAL and record.status_revision == 0
+        repaired = yield store.update(record, status=status("handmade", State.ACTIVE))
+        assert (yield store.get("handmade")) == repaired
+    finally:
+        yield store.close()
+
+
+@pytest.mark.etcd
+@pytest_twisted.inlineCallbacks
+def test_watch_resumes_after_etcd_restarts_without_losing_changes(etcd_process):
+    metrics = Metrics()
+    store = etcd_store(etcd_process, timeout=1.0, metrics=metrics)
+    yield store.connect()
+    try:
+        start = (yield store.list()).revision
+        changes, lost, on_changes, on_lost = collect()
+        handle = store.watch(start, on_changes, on_lost)
+        a = yield store.create(spec("a"), status("a"))
+        yield wait_for(lambda: len(changes) == 2, what="changes before the restart")
+        etcd_process.stop()
+        yield deferLater(reactor, 0.4, lambda: None)  # the watch retries against a dead port
+        etcd_process.start()
+        # written before the watch is back: the resume must replay it
+        a = yield store.update(a, status=status("a", State.ACTIVE))
+        yield store.create(spec("b"), status("b"))
+        yield wait_for(lambda: len(changes) >= 5, timeout=10, what="changes after the restart")
+        yield store.delete(a)
+        yield wait_for(lambda: len(changes) >= 7, what="changes after the resume")
+        handle.cancel()
+        assert [(c.name, c.kind, c.value is None) for c in changes] == [
+            ("a", "spec", False), ("a", "status", False), ("a", "status", False),
+            ("b", "spec", False), ("b", "status", False),
+            ("a", "spec", True), ("a", "status", True)]
+        assert [c.revision for c in changes] == sorted(c.revision for c in changes)
+        assert lost == []
+        assert metrics.registry.get_sample_value("faastwist_store_watch_reconnects_total") >= 1
+    finally:
+        yield store.close()
+
+
+@pytest.mark.etcd
+@pytest_twisted.inlineCallbacks
+def test_watch_from_a_compacted_revision_calls_on_lost_once(etcd_process):
+    store = etcd_store(etcd_process)
+    yield store.connect()
+    try:
+        start = (yield store.list()).revision
+        a = yield store.create(spec("a"), status("a"))
+        yield store.update(a, status=status("a", State.ACTIVE))
+        compacted_at = etcd_process.compact()
+        changes, lost, on_changes, on_lost = collect()
+        store.watch(start, on_changes, on_lost)
+        yield wait_for(lambda: lost, what="on_lost")
+        yield store.create(spec("b"), status("b"))
+        yield deferLater(reactor, 0.2, lambda: None)
+        assert changes == [] and len(lost) == 1
+        assert isinstance(lost[0], Compacted)
+        assert lost[0].compact_revision == compacted_at
+        # the consumer's remedy: list again and watch from the listing's revision
+        listing = yield store.list()
+        assert sorted(listing.records) == ["a", "b"]
+        handle = store.watch(listing.revision, on_changes, on_lost)
+        yield store.create(spec("c"), status("c"))
+        yield wait_for(lambda: len(changes) == 2, what="changes on the new watch")
+        handle.cancel()
+        assert [c.name for c in changes] == ["c", "c"] and len(lost) == 1
+    finally:
+        yield store.close()
+
+
+@pytest.mark.etcd
+@pytest_twisted.inlineCallbacks
+def test_a_watch_on_a_wiped_etcd_reports_the_reset(etcd_process, tmp_path):
+    store = etcd_store(etcd_process, timeout=1.0)
+    yield store.connect()
+    try:
+        for name in ("a", "b", "c"):
+            yield store.create(spec(name), status(name))
+        seen = (yield store.list()).revision
+        changes, lost, on_changes, on_lost = collect()
+        store.watch(seen, on_changes, on_lost)
+        yield deferLater(reactor, 0.1, lambda: None)
+        etcd_process.stop()
+        import shutil
+        shutil.rmtree(f"{etcd_process.data_dir}/data")
+        etcd_process.start()  # same URL, revision back to 1
+        yield wait_for(lambda: lost, timeout=10, what="on_lost after the wipe")
+        assert isinstance(lost[0], StoreReset) and changes == []
+    finally:
+        yield store.close()
+
+
+@pytest.mark.etcd
+@pytest_twisted.inlineCallbacks
+def test_every_call_is_store_unavailable_when_etcd_is_down(etcd_process):
+    metrics = Metrics()
+    store = etcd_store(etcd_process, timeout=0.5, metrics=metrics)
+    yield store.connect()
+    record = yield store.create(spec("a"), status("a"))
+    etcd_process.stop()
+    try:
+        for call in (lambda: store.get("a"), store.list, store.check,
+                     lambda: store.create(spec("b"), status("b")),
+                     lambda: store.update(record, status=status("a", State.ACTIVE)),
+                     lambda: store.delete(record)):
+            started = reactor.seconds()
+            with pytest.raises(StoreUnavailable, match="etcd .* failed"):
+                yield call()
+            assert reactor.seconds() - started < 2  # bounded by the timeout, never a hang
+        assert metrics.registry.get_sample_value(
+            "faastwist_store_operations_total", {"op": "get", "result": "unavailable"}) == 1
+        fresh = etcd_store(etcd_process, timeout=0.5)
+        with pytest.raises(StoreUnavailable, match=f"cannot use etcd: {etcd_process.client_url}"):
+            yield fresh.connect()
+        # and it recovers once etcd is back
+        etcd_process.start()
+        assert (yield store.get("a")) == record
+    finally:
+        yield store.close()
+
+
+class _Silent(Protocol):
+    """Accepts a connection and never answers (a hung etcd)."""
+
+
+@pytest.mark.etcd
+@pytest_twisted.inlineCallbacks
+def test_a_hung_endpoint_times_out_and_the_next_endpoint_serves(etcd_server):
+    port = reactor.listenTCP(0, Factory.forProtocol(_Silent), interface="127.0.0.1")
+    hung = f"http://127.0.0.1:{port.getHost().port}"
+    dead = f"http://127.0.0.1:{free_port()}"
+    try:
+        lonely = etcd_store(etcd_server, timeout=0.3, endpoints=[hung])
+        with pytest.raises(StoreUnavailable, match="no answer within 0.3s"):
+            yield lonely.connect()
+        store = etcd_store(etcd_server, timeout=0.3, endpoints=[dead, hung, etcd_server.client_url])
+        yield store.connect()
+        record = yield store.create(spec("a"), status("a"))
+        assert (yield store.get("a")) == record
+        assert store.endpoints[store._active] == etcd_server.client_url
+        yield store.close()
+        yield lonely.close()
+    finally:
+        yield port.stopListening()
+
+
+class _OnlyV3beta(Resource):
+    """Answers maintenance/status on /v3beta only, like etcd 3.3."""
+
+    isLeaf = True
+
+    def render_POST(self, request: Any) -> bytes:
+        if request.path == b"/v3beta/maintenance/status":
+            return json.dumps({"header": {"revision": "1"}, "version": "3.3.27"}).encode()
+        request.setResponseCode(404)
+        return b"404 page not found"
+
+
+class _NotEtcd(Resource):
+    isLeaf = True
+
+    def render_POST(self, request: Any) -> bytes:
+        request.setResponseCode(404)
+        return b"no such thing"
+
+
+@pytest_twisted.inlineCallbacks
+def test_probe_picks_v3beta_and_refuses_a_server_without_a_gateway():
+    from twisted.web.client import Agent
+
+    from faastwist.store.etcdcompat import EtcdHttp, IncompatibleEtcd, probe_api_prefix
+
+    for resource, expected in ((_OnlyV3beta(), "/v3beta"), (_NotEtcd(), None)):
+        port = reactor.listenTCP(0, Site(resource), interface="127.0.0.1")
+        http = EtcdHttp(reactor, Agent(reactor))
+        url = f"http://127.0.0.1:{port.getHost().port}"
+        try:
+            if expected:
+                assert (yield probe_api_prefix(http, url, 2.0)) == expected
+            else:
+                with pytest.raises(IncompatibleEtcd, match="serves none of the JSON gateways "
+                                                           "/v3, /v3beta"):
+                    yield probe_api_prefix(http, url, 2.0)
+        finally:
+            yield port.stopListening()
+
+
+def test_constructor_refuses_bad_endpoints():
+    with pytest.raises(ValueError, match="at least one endpoint"):
+        EtcdStore(reactor, [], "/faas", "c", 1.0)
+    with pytest.raises(ValueError, match="'127.0.0.1:2379' must be an http"):
+        EtcdStore(reactor, ["127.0.0.1:2379"], "/faas", "c", 1.0)
