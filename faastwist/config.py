@@ -14,6 +14,7 @@ import attrs
 import yaml
 
 from faastwist.util.fields import FieldError, FieldReader
+from faastwist.util.users import UserError, resolve_identity
 from faastwist.model.spec import check_name, SpecError
 
 
@@ -65,6 +66,9 @@ class ProcessConfig:
     idle_timeout: float = 300.0
     cold_start_timeout: float = 30.0
     data_dir: str = "./data"
+    user: str = ""        # empty: nobody when the node runs as root, else the node's user
+    group: str = ""
+    config_dir: str = ""  # the folder of controller.yaml (files there may be staged)
 
 
 @attrs.frozen
@@ -183,11 +187,19 @@ def _read_etcd(reader: FieldReader, base: Path) -> EtcdConfig:
 
 
 def _read_process(reader: FieldReader, base: Path) -> ProcessConfig:
-    return ProcessConfig(
+    config = ProcessConfig(
         idle_timeout=reader.duration("idleTimeout", 300.0),
         cold_start_timeout=reader.duration("coldStartTimeout", 30.0, minimum=0.001),
         data_dir=_path(reader.string("dataDir", "./data"), base),
+        user=reader.string("user", ""),
+        group=reader.string("group", ""),
+        config_dir=str(base.resolve()),
     )
+    try:
+        resolve_identity(config.user, config.group)
+    except UserError as exc:
+        raise reader.fail(exc.key, exc.problem) from None
+    return config
 
 
 def _read_admin(reader: FieldReader) -> AdminConfig:

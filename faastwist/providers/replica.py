@@ -1,17 +1,15 @@
 """One replica of an HTTP-mode function: a child process, its readiness probe, its logs.
 
-Children run in their own session and process group (``setsid``), so a stop signals
-the whole group, a function's own workers included, and the gate's Ctrl-C reaches
-the gate alone, which then stops them in order. With ``setpriv`` at hand the child
-also gets SIGTERM should the gate die without a shutdown (SIGKILL, a crash).
+Children run in their own session and process group (the launch prefix of
+``faastwist.providers.isolation``), so a stop signals the whole group, a function's
+own workers included, and the gate's Ctrl-C reaches the gate alone, which then stops
+them in order; the child also gets SIGTERM should the gate die without a shutdown.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import sys
 from collections import deque
 from enum import Enum
 from typing import Callable, Mapping, Protocol, Sequence
@@ -40,20 +38,6 @@ LOOPBACK = "127.0.0.1"
 
 class LogSink(Protocol):
     def emit(self, instance: str, stream: str, text: str) -> LogLine: ...
-
-
-_PY_SETSID = "import os, sys; os.setsid(); os.execv(sys.argv[1], sys.argv[1:])"
-
-
-def group_wrapper() -> tuple[str, ...]:
-    """The argv prefix that puts a child into a new session and process group."""
-    setsid = shutil.which("setsid")
-    if setsid is None:
-        return (sys.executable, "-c", _PY_SETSID)
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        return (setsid,)
-    return (setsid, setpriv, "--pdeathsig", "TERM", "--")
 
 
 def signal_group(pid: int, sig: int) -> bool:
