@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Callable, Collection, Mapping, Sequence, Union
 
+import attrs
+
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
@@ -48,6 +50,7 @@ from faastwist.providers.isolation import (
     search_path,
     stage,
 )
+from faastwist.providers.limits import CgroupTree, Limits, limits_for, looks_oom
 from faastwist.providers.replica import ExitInfo, Replica
 from faastwist.providers.runtime import HttpRuntime, Tuning
 from faastwist.providers.watchdog import ForkRuntime, Watchdog
@@ -85,7 +88,8 @@ class ProcessProvider(Service):
                  identity: Identity | None = None,
                  stage_roots: Sequence[str] | None = None,
                  reserved_ports: Collection[int] = (),
-                 tools: Tools | None = None) -> None:
+                 tools: Tools | None = None,
+                 cgroups: CgroupTree | None | str = "detect") -> None:
         self.config = config
         self.controller = controller
         self.reactor = reactor
@@ -102,6 +106,12 @@ class ProcessProvider(Service):
         #: the node's own ports: a spec's port may not be one of them
         self.reserved_ports = frozenset(reserved_ports)
         self.tools = tools or Tools.find()
+        #: cgroup v2 subtree for limits (found at start), or None: rlimits apply
+        self.cgroups: CgroupTree | None = None
+        self._detect_cgroups = cgroups == "detect"
+        if not isinstance(cgroups, str):
+            self.cgroups = cgroups
+        self._cgroup_serial = 0
         self.tuning = tuning or Tuning(idle_timeout=config.idle_timeout,
                                       cold_start_timeout=config.cold_start_timeout)
         self.wall_clock = wall_clock
@@ -131,8 +141,12 @@ class ProcessProvider(Service):
         # the function user must not read the logs of any function
         self.log_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.log_dir, 0o700)
-        log.info("functions run as {user}:{group} in {folder}", user=self.identity.user,
-                 group=self.identity.group, folder=self.functions_dir)
+        if self._detect_cgroups:
+            self.cgroups = CgroupTree.detect()
+        log.info("functions run as {user}:{group} in {folder}; limits by {how}",
+                 user=self.identity.user, group=self.identity.group,
+                 folder=self.functions_dir,
+                 how="cgroup v2" if self.cgroups is not None else "rlimits")
         self.threads.start()
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self.reactor
@@ -188,7 +202,7 @@ class ProcessProvider(Service):
         return plan_command(spec, self.identity, self.workdir, self.path,
                             self.home(spec.name), self.stage_roots, (self.data_dir,))
 
-    def _argv(self, spec: FunctionSpec) -> list[str]:
+    def _argv(self, spec: FunctionSpec, cgroup: Path | None = None) -> list[str]:
         """The whole argv: the launch prefix, then the command as staged for the
         function user (planned and copied once per command, not per process)."""
         cached = self._staged.get(spec.name)
@@ -204,26 +218,68 @@ class ProcessProvider(Service):
                 staging = Staging(spec.command, ())
             cached = (spec.command, staging)
             self._staged[spec.name] = cached
-        return [*launch_prefix(self.identity, tools=self.tools), *cached[1].argv]
+        limits = self.limits(spec)
+        procs = str(cgroup / "cgroup.procs") if cgroup is not None else None
+        prefix = launch_prefix(self.identity, dict(limits.rlimits), procs, tools=self.tools)
+        return [*prefix, *cached[1].argv]
+
+    def limits(self, spec: FunctionSpec) -> Limits:
+        return limits_for(spec, self.cgroups is not None)
+
+    def _cgroup(self, spec: FunctionSpec, name: str) -> Path | None:
+        limits = self.limits(spec)
+        if self.cgroups is None or (limits.memory is None and limits.cpu is None):
+            return None
+        try:
+            return self.cgroups.create(name, limits)
+        except OSError as exc:
+            log.warn("function {name}: cannot create cgroup {cgroup}: {error}",
+                     name=spec.name, cgroup=name, error=str(exc))
+            return None
+
+    def _oom_judge(self, spec: FunctionSpec, cgroup: Path | None) -> Callable[..., bool]:
+        """Tells whether an exit was the memory limit (cgroup: memory.events counted an
+        OOM kill since the last look; rlimit: the exit and stderr say so)."""
+        seen = [CgroupTree.oom_kills(cgroup) if cgroup is not None else 0]
+        limits = self.limits(spec)
+
+        def judge(code: int | None, stderr: Sequence[str]) -> bool:
+            if cgroup is not None:
+                kills = CgroupTree.oom_kills(cgroup)
+                was, seen[0] = seen[0], kills
+                return kills > was
+            return looks_oom(code, tuple(stderr), limits)
+        return judge
 
     def _make_replica(self, spec: FunctionSpec, on_ready: Callable[[Replica], None],
                       on_exit: Callable[[Replica, ExitInfo], None]) -> Replica:
         port = spec.port if spec.port is not None else free_port()
         env = self._env(spec, port)
-        return Replica(self.reactor, spec.name, self._argv(spec), env, self.home(spec.name),
-                       port, spec.readiness_path, self._log(spec.name), on_ready, on_exit)
+        self._cgroup_serial += 1
+        cgroup = self._cgroup(spec, f"{spec.name}-{self._cgroup_serial}")
+        judge = self._oom_judge(spec, cgroup)
+
+        def classify(info: ExitInfo) -> ExitInfo:
+            oom = judge(info.code, info.stderr)
+            if cgroup is not None:
+                self.reactor.callLater(3.0, CgroupTree.remove, cgroup)
+            return attrs.evolve(info, oom=oom) if oom else info
+        return Replica(self.reactor, spec.name, self._argv(spec, cgroup), env,
+                       self.home(spec.name), port, spec.readiness_path, self._log(spec.name),
+                       on_ready, on_exit, classify=classify)
 
     def _make_watchdog(self, spec: FunctionSpec) -> Watchdog:
         watchdog: Watchdog
+        cgroup = self._cgroup(spec, spec.name)
 
         def env() -> dict[str, str]:
             return self._env(watchdog.spec, None)
 
         def argv() -> list[str]:
-            return self._argv(watchdog.spec)
+            return self._argv(watchdog.spec, cgroup)
         self._argv(spec)   # the folder exists before the first request
         watchdog = Watchdog(self.reactor, spec, argv, env, self.home(spec.name),
-                            self._log(spec.name))
+                            self._log(spec.name), oom=self._oom_judge(spec, cgroup))
         return watchdog
 
     def _new_runtime(self, spec: FunctionSpec) -> Runtime:
@@ -275,7 +331,17 @@ class ProcessProvider(Service):
 
     def observe(self, names: Sequence[str] | None = None) -> Deferred[dict[str, Observation]]:
         wanted = self.runtimes if names is None else [n for n in names if n in self.runtimes]
-        return succeed({name: self.runtimes[name].observe() for name in wanted})
+        return succeed({name: self._observe(self.runtimes[name]) for name in wanted})
+
+    def _observe(self, runtime: Runtime) -> Observation:
+        """The runtime's observation plus who the function runs as and which limits
+        apply (extData)."""
+        observation = runtime.observe()
+        if observation.stopped:
+            return observation
+        extra = {"user": f"{self.identity.user}:{self.identity.group}",
+                 **self.limits(runtime.spec).describe()}
+        return attrs.evolve(observation, ext_data={**extra, **observation.ext_data})
 
     def deploy(self, spec: FunctionSpec) -> Deferred[None]:
         self._announced.pop(spec.name, None)

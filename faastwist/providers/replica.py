@@ -65,8 +65,11 @@ class ExitInfo:
     signal: int | None
     stderr: tuple[str, ...] = ()
     expected: bool = False     # we stopped it
+    oom: bool = False          # it went past limitMemory
 
     def describe(self) -> str:
+        if self.oom:
+            return "ran out of memory (over limitMemory)"
         if self.signal is not None:
             try:
                 name = signal.Signals(self.signal).name
@@ -189,7 +192,7 @@ class Replica:
                  on_ready: Callable[["Replica"], None],
                  on_exit: Callable[["Replica", ExitInfo], None],
                  ring_size: int = 256, probe_timeout: float = 1.0,
-                 wrapper: Sequence[str] = ()) -> None:
+                 classify: Callable[[ExitInfo], ExitInfo] | None = None) -> None:
         self.reactor = reactor
         self.function = function
         self.argv = tuple(argv)
@@ -201,7 +204,8 @@ class Replica:
         self.on_ready = on_ready
         self.on_exit = on_exit
         self.probe_timeout = probe_timeout
-        self.wrapper = tuple(wrapper)
+        #: refines an exit (e.g. marks it OOM) before on_exit sees it
+        self.classify = classify
         self.upstream = Upstream("http", LOOPBACK, port, f"{LOOPBACK}:{port}")
         self.state = ReplicaState.STARTING
         self.instance = f"{function}-starting"
@@ -229,7 +233,7 @@ class Replica:
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
         self._started_at = self.reactor.seconds()
-        argv = list(self.wrapper) + list(self.argv)
+        argv = list(self.argv)
         try:
             self._transport = self.reactor.spawnProcess(
                 _ReplicaProtocol(self), argv[0], argv, env=self.env, path=self.cwd)
@@ -272,6 +276,8 @@ class Replica:
             self._kill_call.cancel()
         self._kill_call = None
         info = ExitInfo(code, sig, tuple(self.stderr_tail), expected)
+        if self.classify is not None:
+            info = self.classify(info)
         if expected:
             log.info("replica {instance} stopped ({how})", instance=self.instance,
                      how=info.describe())
