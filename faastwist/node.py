@@ -13,6 +13,7 @@ import socket
 import time
 from collections.abc import Awaitable
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -47,6 +48,7 @@ class FaasNode(Service):
         self._stack: list[tuple[str, Callable[[], Any]]] = []  # what to stop, in order
         self.ready: Deferred[None] = Deferred()
         self.store: Any = None
+        self.embedded_etcd: Any = None
         self.provider: Any = None
         self.routes: Any = None
         self.reconciler: Any = None
@@ -122,6 +124,7 @@ class FaasNode(Service):
             from faastwist.store.embedded import EmbeddedEtcd
 
             embedded = EmbeddedEtcd(self.reactor, etcd.data_dir)
+            self.embedded_etcd = embedded
             self._start_child("embedded etcd", embedded)
             try:
                 endpoints = [await embedded.ready()]
@@ -135,6 +138,20 @@ class FaasNode(Service):
             raise StartupError(f"etcd at {', '.join(endpoints)} is not reachable: {exc}")
         self._push("store", self.store.close)
 
+    def node_ports(self) -> set[int]:
+        """This node's own ports (gate, admin, etcd client and peer on this machine):
+        a function may not claim one (its traffic would go to the node)."""
+        ports = {self.config.http_server.port, self.config.admin.port}
+        urls = list(self.config.etcd.endpoints)
+        embedded = self.embedded_etcd
+        if embedded is not None:
+            urls += [u for u in (embedded.client_url, embedded.peer_url) if u]
+        for url in urls:
+            port = urlsplit(url).port
+            if port:
+                ports.add(port)
+        return ports
+
     def _start_provider(self) -> None:
         if self.config.provider == "knative":
             from faastwist.providers.knative import KnativeProvider
@@ -145,7 +162,8 @@ class FaasNode(Service):
             from faastwist.providers.process import ProcessProvider
 
             self.provider = ProcessProvider(self.config.process, self.config.name,
-                                            self.reactor, self.metrics)
+                                            self.reactor, self.metrics,
+                                            reserved_ports=self.node_ports)
         if hasattr(self.provider, "on_change"):
             # readiness and crash loops reach the FSM at once, not at the next sync
             self.provider.on_change = lambda name: self.reconciler and self.reconciler.kick(name)

@@ -87,7 +87,7 @@ class ProcessProvider(Service):
                  scale_interval: float = SCALE_INTERVAL,
                  identity: Identity | None = None,
                  stage_roots: Sequence[str] | None = None,
-                 reserved_ports: Collection[int] = (),
+                 reserved_ports: Collection[int] | Callable[[], Collection[int]] = (),
                  tools: Tools | None = None,
                  cgroups: CgroupTree | None | str = "detect") -> None:
         self.config = config
@@ -103,8 +103,9 @@ class ProcessProvider(Service):
         if stage_roots is None:
             stage_roots = [config.config_dir] if config.config_dir else []
         self.stage_roots = tuple(stage_roots)
-        #: the node's own ports: a spec's port may not be one of them
-        self.reserved_ports = frozenset(reserved_ports)
+        #: the node's own ports (or a callable giving them now): a spec's port may not
+        #: be one of them
+        self.reserved_ports = reserved_ports
         self.tools = tools or Tools.find()
         #: cgroup v2 subtree for limits (found at start), or None: rlimits apply
         self.cgroups: CgroupTree | None = None
@@ -324,7 +325,9 @@ class ProcessProvider(Service):
             raise SpecError("port", "a fixed port fits one replica: leave port unset (each "
                                     "replica then gets a free port as $PORT) or set "
                                     "minReplica and maxReplica to at most 1")
-        if spec.port is not None and spec.port in self.reserved_ports:
+        reserved = (self.reserved_ports() if callable(self.reserved_ports)
+                    else self.reserved_ports)
+        if spec.port is not None and spec.port in reserved:
             raise SpecError("port", f"{spec.port} is one of this node's own ports (gate, "
                                     f"admin, etcd, queue); a function may not claim it")
         self._plan(spec)

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from faastwist.providers.base import LogLine, Upstream
+from faastwist.providers.sockets import owns_listener
 
 log = Logger()
 
@@ -192,7 +193,8 @@ class Replica:
                  on_ready: Callable[["Replica"], None],
                  on_exit: Callable[["Replica", ExitInfo], None],
                  ring_size: int = 256, probe_timeout: float = 1.0,
-                 classify: Callable[[ExitInfo], ExitInfo] | None = None) -> None:
+                 classify: Callable[[ExitInfo], ExitInfo] | None = None,
+                 owner_check: Callable[[int, int], bool | None] = owns_listener) -> None:
         self.reactor = reactor
         self.function = function
         self.argv = tuple(argv)
@@ -206,6 +208,9 @@ class Replica:
         self.probe_timeout = probe_timeout
         #: refines an exit (e.g. marks it OOM) before on_exit sees it
         self.classify = classify
+        #: (pgid, port) -> does the group hold the port's listening socket?
+        self.owner_check = owner_check
+        self._foreign_warned = False
         self.upstream = Upstream("http", LOOPBACK, port, f"{LOOPBACK}:{port}")
         self.state = ReplicaState.STARTING
         self.instance = f"{function}-starting"
@@ -326,6 +331,15 @@ class Replica:
 
     def _probe_passed(self, _: object) -> None:
         if self.state is not ReplicaState.STARTING:
+            return
+        if self.pid is not None and self.owner_check(self.pid, self.port) is False:
+            # something answers on the port, but not this replica: never proxy to it
+            if not self._foreign_warned:
+                self._foreign_warned = True
+                log.warn("replica {instance}: port {port} answers, but its listening "
+                         "socket is not the replica's; waiting for the replica's own",
+                         instance=self.instance, port=self.port)
+            self._probe_failed(Failure(ValueError("foreign listener")))
             return
         self.state = ReplicaState.READY
         log.info("replica {instance} ready on port {port} after {seconds:.3f}s",

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
 
 from faastwist.config import ConfigError, ControllerConfig
 from faastwist.model.spec import SpecError
@@ -29,7 +30,9 @@ from faastwist.providers.isolation import (
 )
 from faastwist.util.users import UserError, can_access, resolve_identity
 from tests.providers.test_process_provider import call, providers, wait_for  # noqa: F401
-from tests.support.process import PYTHON, function_spec, write_script
+from tests.support.process import PYTHON, REPO, function_spec, write_script
+
+ECHO = str(REPO / "conf" / "functions" / "echo.py")
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
 SECRETS = {"FAASTWIST_ADMIN_TOKEN": "s3cret-token", "NOTIFY_SOCKET": "/run/systemd/notify",
@@ -234,3 +237,52 @@ def test_launch_prefix_drops_to_the_function_user(tools):
                                                    [str(identity.gid)])
     assert int(limit) == 512 * 1024
     assert int(sid) != os.getsid(0)
+
+
+def test_a_spec_cannot_claim_the_nodes_ports(providers):
+    provider = providers(reserved_ports=lambda: {2381, 10083})
+    with pytest.raises(SpecError, match="port: 2381 is one of this node's own ports"):
+        provider.check_spec(function_spec(command=[PYTHON, "-c", "pass"], port=2381))
+    provider.check_spec(function_spec(command=[PYTHON, "-c", "pass"], port=2382))
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_readiness_needs_the_replicas_own_listener(providers):
+    """Something else answers on the function's fixed port: the replica never becomes
+    ready, so the gate never proxies there; once it listens itself, it is ready."""
+    from twisted.internet.protocol import Factory, Protocol
+
+    provider = providers()
+    squatter = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+    port = squatter.getHost().port
+    try:
+        spec = function_spec(name="late", port=port, minReplica=1, command=[
+            PYTHON, "-c", "import time; time.sleep(30)"])
+        await provider.deploy(spec)
+        replica = provider.runtimes["late"].replicas[0]
+        await wait_for(lambda: replica._foreign_warned, timeout=5)
+        await deferLater(reactor, 0.3, lambda: None)
+        assert not replica.ready
+    finally:
+        await squatter.stopListening()
+    await provider.delete("late")
+    # the real thing: its own listener on a fixed port is accepted
+    server = function_spec(name="own", minReplica=1, command=[PYTHON, ECHO])
+    await provider.deploy(server)
+    await wait_for(lambda: provider.runtimes["own"].ready)
+
+
+def test_owns_listener_through_proc():
+    import socket as socketlib
+
+    from faastwist.providers.sockets import listening_inodes, owns_listener
+
+    with socketlib.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert listening_inodes(port) == {os.fstat(listener.fileno()).st_ino}
+        assert owns_listener(os.getpgrp(), port) is True
+        assert owns_listener(os.getpgrp() + 1_000_000, port) is False
+    assert owns_listener(os.getpgrp(), port) is False
