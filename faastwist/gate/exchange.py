@@ -380,6 +380,20 @@ class Exchange:
         if waiting is not None:
             waiting.cancel()
 
+    def bad_request(self, message: str) -> None:
+        """The client's body cannot be parsed (bad chunk framing): 400 and close when
+        the answer has not begun, else end both sides."""
+        if self.done:
+            return
+        waiting, self.waiting = self.waiting, None
+        if self.responded:
+            self._abort_both(self.status)
+        else:
+            self._drop_upstream()
+            self.reply_error(GateError(400, message, close=True))
+        if waiting is not None:
+            waiting.cancel()
+
     # -- the client went away ----------------------------------------------------------
 
     def client_lost(self) -> None:

@@ -81,6 +81,8 @@ class LeanProtocol(Protocol):
         self.body_producer = self
         self._pauses = 0
         self.starting = False
+        self.failed = False                 # the parser gave up on this connection's input
+        self.bad_input: str | None = None   # the 400 owed once earlier requests are answered
 
     # -- connection --------------------------------------------------------------------
 
@@ -108,8 +110,8 @@ class LeanProtocol(Protocol):
             self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
-        if self.closing and self.exchange is None:
-            return  # lingering, or closing: the rest of the input is dropped
+        if self.failed or (self.closing and self.exchange is None):
+            return  # lingering, closing, or past unparseable bytes: the rest is dropped
         if self.in_head or self.exchange is None:
             self.head_size += len(data)
             if self.head_size > MAX_HEAD_SIZE and self.in_head:
@@ -130,15 +132,35 @@ class LeanProtocol(Protocol):
             else:
                 self.transport.abortConnection()
         except httptools.HttpParserError as exc:
-            if self.exchange is None or self.exchange.done:
-                self._refuse(400, f"malformed HTTP request: {exc}")
-            else:
-                log.info("malformed request data from {client}: {error}",
-                         client=self.client_ip, error=str(exc))
-                self.transport.abortConnection()
+            self._malformed(f"malformed HTTP request: {exc}")
+
+    def _malformed(self, message: str) -> None:
+        """The input cannot be parsed further: 400, then close. Requests that were
+        read whole before the bad bytes are answered first, in order; a request whose
+        body is broken gets the 400 itself if its answer has not begun."""
+        self.failed = True
+        if self.closing:
+            return    # already answered (an error that closes): the rest is noise
+        self._pause(4)
+        receiving = self.receiving
+        self.receiving = None
+        exchange = self.exchange
+        if isinstance(receiving, _Queued):
+            self.queue.remove(receiving)      # the broken one: never started
+        elif receiving is not None and exchange is receiving and not exchange.done:
+            self.queue = []
+            self.bad_input = None
+            exchange.bad_request(message)     # its body is broken: 400 (or abort)
+            return
+        self.bad_input = message
+        if exchange is None and not self.queue:
+            self._refuse(400, message)
 
     def _refuse(self, code: int, message: str) -> None:
         """Answer a request the parser could not make sense of, and close."""
+        self.bad_input = None
+        if self.closing or self.lost:
+            return
         error = GateError(code, message, close=True)
         body = error_body(code, message)
         headers = error_headers(error, body, None) + [(b"connection", b"close")]
@@ -218,6 +240,8 @@ class LeanProtocol(Protocol):
             return
         if self.queue and not self.starting:
             self._run_queue()
+        if self.bad_input is not None and self.exchange is None and not self.queue:
+            self._refuse(400, self.bad_input)
 
     def _run_queue(self) -> None:
         """Start queued (pipelined) requests in order; one may finish at once (an
@@ -237,6 +261,8 @@ class LeanProtocol(Protocol):
             self.starting = False
         if not self.queue:
             self._resume(2)
+        if self.bad_input is not None and self.exchange is None and not self.queue:
+            self._refuse(400, self.bad_input)
 
     # -- Downstream --------------------------------------------------------------------
 
