@@ -31,6 +31,8 @@ class HTTPServerConfig:
     address: str = "0.0.0.0"
     keep_alive: bool = True
     keep_alive_timeout: float = 60.0
+    header_timeout: float = 10.0       # a request head must arrive within this (408)
+    body_idle_timeout: float = 30.0    # a request body that stalls this long is cut
     https: bool = False
     cert_file: str = ""
     key_file: str = ""
@@ -135,6 +137,8 @@ def _read_http(reader: FieldReader, base: Path) -> HTTPServerConfig:
         address=reader.string("address", "0.0.0.0"),
         keep_alive=reader.boolean("keepAlive", True),
         keep_alive_timeout=reader.duration("keepAliveTimeout", 60.0),
+        header_timeout=reader.duration("headerTimeout", 10.0, minimum=0.001),
+        body_idle_timeout=reader.duration("bodyIdleTimeout", 30.0, minimum=0.001),
         https=reader.boolean("https", False),
         cert_file=_path(reader.string("certFile", ""), base),
         key_file=_path(reader.string("keyFile", ""), base),

@@ -24,6 +24,7 @@ from twisted.web.server import Site
 from faastwist import __version__
 from faastwist.config import ConfigError, ControllerConfig
 from faastwist.metrics import Metrics
+from faastwist.util.fdreserve import FdReserve, ReservedListener, guard_listener
 
 log = Logger()
 
@@ -49,6 +50,7 @@ class FaasNode(Service):
         self.ready: Deferred[None] = Deferred()
         self.store: Any = None
         self.embedded_etcd: Any = None
+        self.fd_reserve = FdReserve()
         self.provider: Any = None
         self.routes: Any = None
         self.reconciler: Any = None
@@ -220,6 +222,9 @@ class FaasNode(Service):
             self.admin_port = self.reactor.listenTCP(admin.port, site, interface=admin.address)
         except Exception as exc:
             raise StartupError(f"admin.port: cannot listen on {admin.address}:{admin.port}: {exc}")
+        # out of descriptors (gate connections), the admin port still accepts: it spends
+        # descriptors held back from the start
+        guard_listener(self.admin_port, lambda sock: ReservedListener(sock, self.fd_reserve))
         self._push("admin listener", self.admin_port.stopListening)
 
     def _start_gate(self) -> None:
@@ -227,7 +232,7 @@ class FaasNode(Service):
 
         http = self.config.http_server
         self.gate = GateService(http, self.routes, self.provider, self.reactor, self.metrics,
-                                access_log=http.access_log)
+                                access_log=http.access_log, fd_reserve=self.fd_reserve)
         try:
             self.gate.startService()
         except Exception as exc:

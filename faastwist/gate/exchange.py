@@ -380,7 +380,7 @@ class Exchange:
         if waiting is not None:
             waiting.cancel()
 
-    def bad_request(self, message: str) -> None:
+    def bad_request(self, message: str, code: int = 400) -> None:
         """The client's body cannot be parsed (bad chunk framing): 400 and close when
         the answer has not begun, else end both sides."""
         if self.done:
@@ -390,7 +390,7 @@ class Exchange:
             self._abort_both(self.status)
         else:
             self._drop_upstream()
-            self.reply_error(GateError(400, message, close=True))
+            self.reply_error(GateError(code, message, close=True))
         if waiting is not None:
             waiting.cancel()
 

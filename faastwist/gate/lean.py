@@ -81,6 +81,9 @@ class LeanProtocol(Protocol):
         self.body_producer = self
         self._pauses = 0
         self.starting = False
+        self.head_began = 0.0               # when the head being read began (or the connect)
+        self.body_seen = 0.0                # when the body being received last moved
+        self.first = True                   # no request read yet on this connection
         self.failed = False                 # the parser gave up on this connection's input
         self.bad_input: str | None = None   # the 400 owed once earlier requests are answered
 
@@ -93,7 +96,7 @@ class LeanProtocol(Protocol):
             transport.setTcpNoDelay(True)
         except (AttributeError, OSError):
             pass
-        self.last_active = self.factory.clock.seconds()
+        self.last_active = self.head_began = self.factory.clock.seconds()
 
     def connectionLost(self, reason: Any = None) -> None:
         self.lost = True
@@ -156,6 +159,24 @@ class LeanProtocol(Protocol):
         if exchange is None and not self.queue:
             self._refuse(400, message)
 
+    def head_timed_out(self) -> None:
+        self.failed = True
+        self._refuse(408, f"the request head did not arrive within "
+                          f"{self.factory.header_timeout:g}s (headerTimeout)")
+
+    def body_timed_out(self) -> None:
+        """The body stalled: the request is cut (408 when its answer has not begun)."""
+        message = (f"the request body stalled for more than "
+                   f"{self.factory.body_idle_timeout:g}s (bodyIdleTimeout)")
+        receiving, self.receiving = self.receiving, None
+        self.failed = True
+        exchange = self.exchange
+        if receiving is exchange and exchange is not None and not exchange.done:
+            exchange.bad_request(message, 408)
+        else:
+            self.queue = []
+            self._refuse(408, message)
+
     def _refuse(self, code: int, message: str) -> None:
         """Answer a request the parser could not make sense of, and close."""
         self.bad_input = None
@@ -172,6 +193,8 @@ class LeanProtocol(Protocol):
     # -- httptools callbacks -----------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if not self.first:
+            self.head_began = self.factory.clock.seconds()
         self.in_head = True
         self.url = b""
         self.headers = []
@@ -185,7 +208,9 @@ class LeanProtocol(Protocol):
     def on_headers_complete(self) -> None:
         parser = self.parser
         self.in_head = False
+        self.first = False
         self.head_size = 0
+        self.body_seen = self.factory.clock.seconds()
         head = RequestHead(parser.get_method(), self.url, self.headers, self.client_ip,
                            b"http", parser.get_http_version() == "1.1")
         keep = parser.should_keep_alive()
@@ -199,6 +224,7 @@ class LeanProtocol(Protocol):
 
     def on_body(self, body: bytes) -> None:
         receiving = self.receiving
+        self.body_seen = self.factory.clock.seconds()
         if receiving is not None:
             receiving.body(body)
 
@@ -359,6 +385,7 @@ class LeanProtocol(Protocol):
             return
         self._pauses &= ~reason_
         if not self._pauses and not self.lost:
+            self.body_seen = self.factory.clock.seconds()   # a pause is not a stall
             self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
@@ -371,20 +398,26 @@ class LeanFactory(Factory):
 
     noisy = False
 
-    def __init__(self, context: GateContext, limit: ConnectionLimit, clock: IReactorTime, keep_alive_timeout: float,
-                 reject: bytes) -> None:
+    def __init__(self, context: GateContext, limit: ConnectionLimit, clock: IReactorTime,
+                 keep_alive_timeout: float, reject: bytes, header_timeout: float = 10.0,
+                 body_idle_timeout: float = 30.0) -> None:
         self.context = context
         self.limit = limit
         self.clock = clock
         self.keep_alive_timeout = keep_alive_timeout
+        self.header_timeout = header_timeout
+        self.body_idle_timeout = body_idle_timeout
         self.reject = reject
         self._sweeper: LoopingCall | None = None
 
     def startFactory(self) -> None:
-        if self.keep_alive_timeout > 0 and self._sweeper is None:
+        if self._sweeper is None:
+            # one sweep for every connection's timers (no timer per request)
+            shortest = min(t for t in (self.keep_alive_timeout, self.header_timeout,
+                                       self.body_idle_timeout) if t > 0)
             self._sweeper = LoopingCall(self._sweep)
             self._sweeper.clock = self.clock
-            self._sweeper.start(min(max(self.keep_alive_timeout / 4, 0.05), 5.0), now=False)
+            self._sweeper.start(min(max(shortest / 4, 0.05), 5.0), now=False)
 
     def stopFactory(self) -> None:
         if self._sweeper is not None and self._sweeper.running:
@@ -399,9 +432,22 @@ class LeanFactory(Factory):
         return protocol
 
     def _sweep(self) -> None:
-        deadline = self.clock.seconds() - self.keep_alive_timeout
+        now = self.clock.seconds()
+        deadline = now - self.keep_alive_timeout
+        head_deadline = now - self.header_timeout
+        body_deadline = now - self.body_idle_timeout
         for protocol in list(self.limit.open):
-            if (isinstance(protocol, LeanProtocol) and protocol.exchange is None
-                    and not protocol.queue and protocol.last_active < deadline):
+            if not isinstance(protocol, LeanProtocol) or protocol.closing:
+                continue
+            if ((protocol.in_head or (protocol.first and protocol.exchange is None))
+                    and protocol.head_began < head_deadline):
+                # a head that trickles in (or never comes) holds a connection: 408
+                protocol.head_timed_out()
+            elif (protocol.receiving is not None and not protocol._pauses
+                  and protocol.body_seen < body_deadline):
+                protocol.body_timed_out()
+            elif (self.keep_alive_timeout > 0 and protocol.exchange is None
+                  and not protocol.queue and not protocol.in_head
+                  and protocol.last_active < deadline):
                 protocol.closing = True
                 protocol.transport.loseConnection()

@@ -7,6 +7,7 @@ closes the connection.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import time
@@ -143,3 +144,122 @@ async def test_a_body_after_head_or_204_never_becomes_a_response(make_gate: Any,
     for _ in range(3):
         raw = await send(gate, request(path="/again", extra="Connection: close\r\n"))
         assert statuses(raw) == [200] and b"smuggled" not in raw, raw
+
+
+def slow_client(port: int, first: bytes, wait: float) -> tuple[bytes, float]:
+    """Send ``first``, then nothing; returns what came back and when the gate closed."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=wait + 5) as sock:
+        if first:
+            sock.sendall(first)
+        received = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except (socket.timeout, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            received += chunk
+    return received, time.monotonic() - started
+
+
+@pytest.mark.parametrize("first", [b"", b"GET / HTTP/1.1\r\nHost: gate\r\n"],
+                         ids=["nothing", "half-a-head"])
+@pytest_twisted.ensureDeferred
+async def test_a_slow_head_is_cut_at_header_timeout_while_others_are_served(
+        make_gate: Any, first: bytes) -> None:
+    if make_gate.kind != "lean":
+        pytest.skip("headerTimeout is the lean transport's (HTTPS listeners: keepAliveTimeout)")
+    gate = make_gate(header_timeout=0.6)
+    slow = deferToThread(slow_client, gate.port, first, 5.0)
+    for _ in range(3):   # others are served meanwhile
+        raw = await send(gate, request(extra="Connection: close\r\n"))
+        assert statuses(raw) == [200], raw
+    raw, took = await slow
+    assert statuses(raw) == [408], raw
+    assert b"headerTimeout" in raw
+    assert 0.5 < took < 3.0, took
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stalled_body_is_cut_at_body_idle_timeout(make_gate: Any) -> None:
+    if make_gate.kind != "lean":
+        pytest.skip("bodyIdleTimeout is the lean transport's")
+    gate = make_gate(body_idle_timeout=0.6)
+    raw, took = await deferToThread(
+        slow_client, gate.port, request("POST", extra="Content-Length: 10\r\n") + b"abc", 5.0)
+    assert statuses(raw) == [408], raw
+    assert b"bodyIdleTimeout" in raw
+    assert 0.5 < took < 3.0, took
+
+
+FLOOD = r"""
+import socket, sys, time, urllib.request
+gate, admin = int(sys.argv[1]), int(sys.argv[2])
+time.sleep(1.0)          # the test lowers its descriptor limit meanwhile
+held = []
+for _ in range(120):
+    try:
+        held.append(socket.create_connection(("127.0.0.1", gate), timeout=2))
+    except OSError:
+        pass
+time.sleep(1.0)
+try:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz", timeout=5) as r:
+        print("admin", r.status, r.read().decode())
+except Exception as exc:
+    print("admin failed", exc)
+shed = 0
+for s in held:
+    s.settimeout(0.2)
+    try:
+        if s.recv(10) == b"":
+            shed += 1
+    except OSError:
+        pass
+print("shed", shed)
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_running_out_of_descriptors_never_takes_the_admin_port_down(
+        make_gate: Any, monkeypatch: Any) -> None:
+    import resource
+    import sys as sys_
+
+    from twisted.internet import reactor
+    from twisted.internet.utils import getProcessOutputAndValue
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+    from twisted.web.static import Data
+
+    from faastwist.util.fdreserve import ReservedListener, guard_listener
+
+    gate = make_gate()
+    service = gate.service
+    bursts: list[int] = []
+    monkeypatch.setattr(service, "_shedding", bursts.append)
+    root = Resource()
+    root.putChild(b"healthz", Data(b"ok", "text/plain"))
+    admin = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
+    guard_listener(admin, lambda sock: ReservedListener(sock, service.fd_reserve))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    flood = getProcessOutputAndValue(sys_.executable, ["-c", FLOOD, str(gate.port),
+                                                      str(admin.getHost().port)])
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 25, hard))
+    try:
+        out, err, code = await flood
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        await admin.stopListening()
+    text = out.decode()
+    assert code == 0, err
+    assert "admin 200 ok" in text, text
+    shed = int(text.split("shed ")[1])
+    assert shed > 0, text
+    assert len(bursts) == 1, bursts      # logged once for the burst, not per connection
+    # the gate recovers: descriptors freed, it serves again
+    service.fd_reserve.refill()
+    raw = await send(gate, request(extra="Connection: close\r\n"))
+    assert statuses(raw) == [200], raw
