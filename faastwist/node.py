@@ -23,6 +23,7 @@ from twisted.web.server import Site
 from faastwist import __version__
 from faastwist.config import ConfigError, ControllerConfig
 from faastwist.metrics import Metrics
+from faastwist.providers.base import ChangeNotifier, LogSource
 
 log = Logger()
 
@@ -146,7 +147,7 @@ class FaasNode(Service):
 
             self.provider = ProcessProvider(self.config.process, self.config.name,
                                             self.reactor, self.metrics)
-        if hasattr(self.provider, "on_change"):
+        if isinstance(self.provider, ChangeNotifier):
             # readiness and crash loops reach the FSM at once, not at the next sync
             self.provider.on_change = lambda name: self.reconciler and self.reconciler.kick(name)
         self._start_child("provider", self.provider)
@@ -181,7 +182,7 @@ class FaasNode(Service):
         from faastwist.admin.ops import OpsAPI, compose, node_info
 
         admin, http = self.config.admin, self.config.http_server
-        log_source = self.provider if hasattr(self.provider, "read_logs") else None
+        log_source = self.provider if isinstance(self.provider, LogSource) else None
         self.admin = AdminAPI(self.store, self.config.name, self.provider.check_spec,
                               self.reconciler.kick, self.reactor, admin.max_body_size,
                               log_source=log_source)
