@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTCP
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.server import Site
@@ -33,11 +34,15 @@ class StartupError(Exception):
 
 
 class FaasNode(Service):
-    """The whole node as one IService for twistd."""
+    """The whole node as one IService for twistd.
+
+    ``reactor`` is the global reactor: the parts need its timers, TCP, processes and
+    threads (IReactorTime, IReactorTCP, IReactorProcess, IReactorFromThreads).
+    """
 
     name = "faasgate"
 
-    def __init__(self, config: ControllerConfig, reactor: Any,
+    def __init__(self, config: ControllerConfig, reactor: IReactorTCP,
                  on_fatal: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.reactor = reactor

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
+from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import RequestRedirect
 
@@ -64,7 +65,7 @@ def _ndjson(line: LogLine) -> bytes:
     return json.dumps(line.to_dict()).encode() + b"\n"
 
 
-def _header(request: Any, name: bytes) -> str | None:
+def _header(request: IRequest, name: bytes) -> str | None:
     value = request.getHeader(name)
     if value is None:
         return None
@@ -102,7 +103,7 @@ class AdminAPI:
                     parsePOSTFormSubmission=False, reactor=self.clock)
 
     # -- helpers ---------------------------------------------------------------------
-    def respond(self, request: Any, code: int, data: Any,
+    def respond(self, request: IRequest, code: int, data: Any,
                 headers: Mapping[str, str] | None = None) -> bytes:
         body, content_type = encode(data, wants_json(_header(request, b"accept")))
         request.setResponseCode(code)
@@ -112,7 +113,7 @@ class AdminAPI:
             request.setHeader(name.encode(), value.encode())
         return body
 
-    def error(self, request: Any, code: int, message: str,
+    def error(self, request: IRequest, code: int, message: str,
               headers: Mapping[str, str] | None = None) -> bytes:
         return self.respond(request, code, error_body(code, message), headers)
 
@@ -139,7 +140,7 @@ class AdminAPI:
             log.failure("kicking the reconciler for {name} failed; its next pass takes it",
                         name=name)
 
-    def _read_spec(self, request: Any, default_name: str | None = None) -> FunctionSpec:
+    def _read_spec(self, request: IRequest, default_name: str | None = None) -> FunctionSpec:
         body = read_body(request, self.max_body_size)
         document = decode_body(body, _header(request, b"content-type"))
         if default_name is not None and isinstance(document, dict) and "name" not in document:
@@ -160,7 +161,7 @@ class AdminAPI:
 
     # -- routes ----------------------------------------------------------------------
     @app.route("/healthz", methods=["GET"], strict_slashes=False)
-    async def healthz(self, request: Any) -> bytes:
+    async def healthz(self, request: IRequest) -> bytes:
         try:
             await self._store(self.store.check())
         except Exception as exc:
@@ -171,7 +172,7 @@ class AdminAPI:
         return self.respond(request, 200, {"status": "ok"})
 
     @app.route(BASE, methods=["POST"], strict_slashes=False)
-    async def create(self, request: Any, version: str, controller: str) -> bytes:
+    async def create(self, request: IRequest, version: str, controller: str) -> bytes:
         self._check_controller(controller)
         spec = self._read_spec(request)
         status = FunctionStatus.initial(spec.name, self.wall_clock())
@@ -181,27 +182,27 @@ class AdminAPI:
                             {"Location": self._location(version, controller, spec.name)})
 
     @app.route(BASE, methods=["GET"], strict_slashes=False)
-    async def list_functions(self, request: Any, version: str, controller: str) -> bytes:
+    async def list_functions(self, request: IRequest, version: str, controller: str) -> bytes:
         self._check_controller(controller)
         listing = await self._store(self.store.list())
         records = [listing.records[name].to_dict() for name in sorted(listing.records)]
         return self.respond(request, 200, records)
 
     @app.route(FUNCTION, methods=["GET"], strict_slashes=False)
-    async def get_function(self, request: Any, version: str, controller: str,
+    async def get_function(self, request: IRequest, version: str, controller: str,
                            fn: str) -> bytes:
         self._check_controller(controller)
         record = await self._store(self.store.get(fn))
         return self.respond(request, 200, record.to_dict())
 
     @app.route(FUNCTION + "/status", methods=["GET"], strict_slashes=False)
-    async def get_status(self, request: Any, version: str, controller: str, fn: str) -> bytes:
+    async def get_status(self, request: IRequest, version: str, controller: str, fn: str) -> bytes:
         self._check_controller(controller)
         record = await self._store(self.store.get(fn))
         return self.respond(request, 200, record.status.to_dict())
 
     @app.route(FUNCTION, methods=["PUT"], strict_slashes=False)
-    async def update(self, request: Any, version: str, controller: str, fn: str) -> bytes:
+    async def update(self, request: IRequest, version: str, controller: str, fn: str) -> bytes:
         self._check_controller(controller)
         spec = self._read_spec(request, default_name=fn)
         record = await self._store(self.store.get(fn))
@@ -214,7 +215,7 @@ class AdminAPI:
         self._kick(fn)
         return self.respond(request, 200, updated.to_dict())
 
-    async def _operator_event(self, request: Any, controller: str, fn: str,
+    async def _operator_event(self, request: IRequest, controller: str, fn: str,
                               event: Event) -> bytes:
         self._check_controller(controller)
         record = await self._store(self.store.get(fn))
@@ -224,15 +225,15 @@ class AdminAPI:
         return self.respond(request, 200, updated.to_dict())
 
     @app.route(FUNCTION + "/start", methods=["PUT"], strict_slashes=False)
-    def start(self, request: Any, version: str, controller: str, fn: str) -> Any:
+    def start(self, request: IRequest, version: str, controller: str, fn: str) -> Any:
         return self._operator_event(request, controller, fn, Event.START)
 
     @app.route(FUNCTION + "/stop", methods=["PUT"], strict_slashes=False)
-    def stop(self, request: Any, version: str, controller: str, fn: str) -> Any:
+    def stop(self, request: IRequest, version: str, controller: str, fn: str) -> Any:
         return self._operator_event(request, controller, fn, Event.STOP)
 
     @app.route(FUNCTION, methods=["DELETE"], strict_slashes=False)
-    async def delete(self, request: Any, version: str, controller: str, fn: str) -> bytes:
+    async def delete(self, request: IRequest, version: str, controller: str, fn: str) -> bytes:
         """Remove the function from the store; the reconciler removes what the provider runs."""
         self._check_controller(controller)
         record = await self._store(self.store.get(fn))
@@ -243,7 +244,7 @@ class AdminAPI:
                                            "status": destroyed.to_dict()})
 
     @app.route(FUNCTION + "/logs", methods=["GET"], strict_slashes=False)
-    async def logs(self, request: Any, version: str, controller: str, fn: str) -> Any:
+    async def logs(self, request: IRequest, version: str, controller: str, fn: str) -> Any:
         """NDJSON log lines; with ``follow`` the response stays open and streams new ones."""
         self._check_controller(controller)
         await self._store(self.store.get(fn))
@@ -264,7 +265,7 @@ class AdminAPI:
         request.setHeader(b"content-length", b"%d" % len(body))
         return body
 
-    async def _follow(self, request: Any, source: LogSource, name: str,
+    async def _follow(self, request: IRequest, source: LogSource, name: str,
                       tail: int | None, since: float | None) -> None:
         # Subscribe before reading history so no line falls between the two; lines that
         # arrive meanwhile wait in `pending` and are sent after history, minus duplicates.
@@ -301,32 +302,32 @@ class AdminAPI:
 
     # -- errors (first matching handler wins, so the catch-all comes last) --------------
     @app.handle_errors(ApiError)
-    def _api_error(self, request: Any, failure: Failure) -> bytes:
+    def _api_error(self, request: IRequest, failure: Failure) -> bytes:
         exc = failure.value
         return self.error(request, exc.code, exc.message, exc.headers)
 
     @app.handle_errors(SpecError)
-    def _spec_error(self, request: Any, failure: Failure) -> bytes:
+    def _spec_error(self, request: IRequest, failure: Failure) -> bytes:
         return self.error(request, 400, str(failure.value))
 
     @app.handle_errors(NotFound)
-    def _not_found(self, request: Any, failure: Failure) -> bytes:
+    def _not_found(self, request: IRequest, failure: Failure) -> bytes:
         return self.error(request, 404, str(failure.value))
 
     @app.handle_errors(AlreadyExists, Conflict, InvalidEvent)
-    def _conflict(self, request: Any, failure: Failure) -> bytes:
+    def _conflict(self, request: IRequest, failure: Failure) -> bytes:
         return self.error(request, 409, str(failure.value))
 
     @app.handle_errors(StoreUnavailable)
-    def _store_unavailable(self, request: Any, failure: Failure) -> bytes:
+    def _store_unavailable(self, request: IRequest, failure: Failure) -> bytes:
         return self.error(request, 503, f"function store unavailable: {failure.value}")
 
     @app.handle_errors(ProviderError)
-    def _provider_error(self, request: Any, failure: Failure) -> bytes:
+    def _provider_error(self, request: IRequest, failure: Failure) -> bytes:
         return self.error(request, 502, f"the provider could not be asked: {failure.value}")
 
     @app.handle_errors(HTTPException)
-    def _routing_error(self, request: Any, failure: Failure) -> bytes:
+    def _routing_error(self, request: IRequest, failure: Failure) -> bytes:
         exc = failure.value
         method = request.method.decode("latin-1")
         path = request.path.decode("latin-1")
@@ -342,7 +343,7 @@ class AdminAPI:
         return self.error(request, exc.code or 500, exc.description or exc.name)
 
     @app.handle_errors(Exception)
-    def _unexpected(self, request: Any, failure: Failure) -> bytes:
+    def _unexpected(self, request: IRequest, failure: Failure) -> bytes:
         log.failure("admin request {method} {path} failed", failure,
                     method=request.method.decode("latin-1"),
                     path=request.path.decode("latin-1"))
@@ -362,7 +363,7 @@ class _Utf8Guard(Resource):
         self._inner = inner
         self._api = api
 
-    def render(self, request: Any) -> Any:
+    def render(self, request: IRequest) -> Any:
         try:
             b"/".join(request.prepath + request.postpath).decode("utf-8")
             request.getRequestHostname().decode("utf-8")

@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl
 import yaml
 from yaml import events as yaml_events
 from twisted.web.server import Request
+from twisted.web.iweb import IRequest
 
 from faastwist.util.units import UnitError, parse_duration
 
@@ -136,7 +137,7 @@ def bounded_request_factory(max_body_size: int) -> type[BoundedRequest]:
     return type("BoundedRequest", (BoundedRequest,), {"max_body_size": max_body_size})
 
 
-def read_body(request: Any, max_body_size: int) -> bytes:
+def read_body(request: IRequest, max_body_size: int) -> bytes:
     """The request body, or 413: Content-Length first, then what actually arrived."""
     too_large = ApiError(413, f"request body is larger than the limit of {max_body_size} bytes")
     if getattr(request, "body_too_large", False):

@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
+from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from faastwist.metrics import Metrics
@@ -39,14 +40,14 @@ OPS_PATHS: frozenset[tuple[str, ...]] = frozenset({
 })
 
 
-def _json(request: Any, code: int, body: Mapping[str, Any]) -> bytes:
+def _json(request: IRequest, code: int, body: Mapping[str, Any]) -> bytes:
     request.setResponseCode(code)
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Cache-Control", b"no-store")
     return json.dumps(body).encode() + b"\n"
 
 
-def _wants_json(request: Any) -> bool:
+def _wants_json(request: IRequest) -> bool:
     accept = request.getHeader(b"accept") or b""
     return b"json" in accept
 
@@ -87,7 +88,7 @@ class OpsAPI:
 
     # -- errors ------------------------------------------------------------------------
     @app.handle_errors(HTTPException)
-    def http_error(self, request: Any, failure: Failure) -> bytes:
+    def http_error(self, request: IRequest, failure: Failure) -> bytes:
         error = failure.value
         if isinstance(error, MethodNotAllowed) and error.valid_methods:
             allowed = ", ".join(sorted(error.valid_methods))
@@ -100,7 +101,7 @@ class OpsAPI:
 
     # -- endpoints ---------------------------------------------------------------------
     @app.route("/metrics", methods=["GET"])
-    def scrape(self, request: Any) -> bytes:
+    def scrape(self, request: IRequest) -> bytes:
         # Always the classic text format, even when Prometheus offers OpenMetrics:
         # OpenFaaS's bare-named gateway_function_invocation_started (see metrics.py)
         # cannot sit beside its counter family in OpenMetrics.
@@ -108,17 +109,17 @@ class OpsAPI:
         return generate_latest(self.metrics.registry)
 
     @app.route("/healthz", methods=["GET"])
-    def healthz(self, request: Any) -> bytes:
+    def healthz(self, request: IRequest) -> bytes:
         return _json(request, 200, {"status": "ok"})
 
     @app.route("/readyz", methods=["GET"])
-    def readyz(self, request: Any) -> Deferred[bytes]:
+    def readyz(self, request: IRequest) -> Deferred[bytes]:
         return self.readiness().addCallback(
             lambda result: _json(request, 200 if result.get("status") == "ok" else 503, result))
 
     @app.route("/apis/v2/faas/info", methods=["GET"])
     @app.route("/apis/v1/faas/info", methods=["GET"], endpoint="info_v1")
-    def info_endpoint(self, request: Any) -> bytes:
+    def info_endpoint(self, request: IRequest) -> bytes:
         body = dict(self.info())
         if _wants_json(request):
             return _json(request, 200, body)
@@ -182,14 +183,14 @@ class _Composed(Resource):
         self.admin = admin
         self.ops = ops
 
-    def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
+    def getChildWithDefault(self, path: bytes, request: IRequest) -> IResource:
         segments = tuple(s.decode("utf-8", "replace") for s in (path, *request.postpath))
         # undo the traversal step Site just took, so the chosen resource sees the same
         # prepath/postpath it would see as the Site's root
         request.postpath.insert(0, request.prepath.pop())
         return self.ops if segments in OPS_PATHS else self.admin
 
-    def render(self, request: Any) -> Any:
+    def render(self, request: IRequest) -> Any:
         # only reached for an empty path, which HTTP cannot express; admin owns "/"
         return self.admin.render(request)
 

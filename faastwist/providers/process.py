@@ -24,6 +24,7 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
+from twisted.internet.interfaces import IReactorProcess
 
 from faastwist.config import ProcessConfig
 from faastwist.metrics import Metrics
@@ -66,7 +67,7 @@ class ProcessProvider(Service):
     kind = "process"
     name = "process-provider"
 
-    def __init__(self, config: ProcessConfig, controller: str, reactor,
+    def __init__(self, config: ProcessConfig, controller: str, reactor: IReactorProcess,
                  metrics: Metrics | None = None, *, workdir: str | None = None,
                  base_env: Mapping[str, str] | None = None, tuning: Tuning | None = None,
                  wall_clock: Callable[[], float] = time.time,

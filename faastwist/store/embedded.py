@@ -20,7 +20,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorProcess
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -119,7 +119,7 @@ class EmbeddedEtcd(Service):
 
     name = "embedded-etcd"
 
-    def __init__(self, reactor: Any, data_dir: str, etcd_binary: str | None = None,
+    def __init__(self, reactor: IReactorProcess, data_dir: str, etcd_binary: str | None = None,
                  startup_timeout: float = 30.0, *, stop_grace: float = 10.0,
                  max_backoff: float = 30.0) -> None:
         self.reactor = reactor
