@@ -5,8 +5,8 @@ racing writer makes one side lose with 409 instead of both silently winning) and
 kicks the reconciler; it never calls the provider except ``check_spec``, so a slow or
 unreachable Kubernetes cannot hang an admin request or leave half-done work behind.
 
-Served under ``/apis/v2/faas/{controller}`` and, for Easegress clients, ``/apis/v1/...``;
-``/healthz`` at the root. Every answer, errors included, is YAML (``application/yaml``)
+Served under ``/apis/v2/faas/{controller}`` and, for Easegress clients, ``/apis/v1/...``
+(``/healthz`` and the other probes are ``ops``'s). Every answer, errors included, is YAML (``application/yaml``)
 unless ``Accept`` prefers ``application/json``; errors are ``{code, message}``.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, TypeVar
 
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred
@@ -32,14 +32,13 @@ from faastwist.admin.codec import (
     ApiError,
     bounded_request_factory,
     decode_body,
-    encode,
-    error_body,
     parse_follow,
     parse_since,
     parse_tail,
     query_params,
     read_body,
-    wants_json,
+    respond,
+    respond_error,
 )
 from faastwist.model.fsm import Event, FunctionStatus, InvalidEvent, apply_event
 from faastwist.providers.base import LogLine, LogSource, ProviderError
@@ -95,7 +94,7 @@ class AdminAPI:
 
     def resource(self) -> IResource:
         """The API as a resource tree root (its own paths start at ``/``)."""
-        return _Utf8Guard(self.app.resource(), self)
+        return _Utf8Guard(self.app.resource())
 
     def site(self) -> Site:
         """A Site that also stops storing request bodies past ``max_body_size``."""
@@ -103,20 +102,6 @@ class AdminAPI:
                     parsePOSTFormSubmission=False, reactor=self.clock)
 
     # -- helpers ---------------------------------------------------------------------
-    def respond(self, request: IRequest, code: int, data: Any,
-                headers: Mapping[str, str] | None = None) -> bytes:
-        body, content_type = encode(data, wants_json(_header(request, b"accept")))
-        request.setResponseCode(code)
-        request.setHeader(b"content-type", content_type.encode())
-        request.setHeader(b"content-length", b"%d" % len(body))
-        for name, value in (headers or {}).items():
-            request.setHeader(name.encode(), value.encode())
-        return body
-
-    def error(self, request: IRequest, code: int, message: str,
-              headers: Mapping[str, str] | None = None) -> bytes:
-        return self.respond(request, code, error_body(code, message), headers)
-
     def _check_controller(self, controller: str) -> None:
         if controller != self.controller:
             raise ApiError(404, f"controller {controller} not found; this server runs "
@@ -160,17 +145,6 @@ class AdminAPI:
         return f"/apis/{version}/faas/{controller}/{name}"
 
     # -- routes ----------------------------------------------------------------------
-    @app.route("/healthz", methods=["GET"], strict_slashes=False)
-    async def healthz(self, request: IRequest) -> bytes:
-        try:
-            await self._store(self.store.check())
-        except Exception as exc:
-            message = exc.message if isinstance(exc, ApiError) else str(exc)
-            log.warn("health check: function store unavailable: {error}", error=message)
-            return self.error(request, 503, f"function store ({type(self.store).__name__}) "
-                                            f"unavailable: {message}")
-        return self.respond(request, 200, {"status": "ok"})
-
     @app.route(BASE, methods=["POST"], strict_slashes=False)
     async def create(self, request: IRequest, version: str, controller: str) -> bytes:
         self._check_controller(controller)
@@ -178,7 +152,7 @@ class AdminAPI:
         status = FunctionStatus.initial(spec.name, self.wall_clock())
         record = await self._store(self.store.create(spec, status))
         self._kick(spec.name)
-        return self.respond(request, 201, record.to_dict(),
+        return respond(request, 201, record.to_dict(),
                             {"Location": self._location(version, controller, spec.name)})
 
     @app.route(BASE, methods=["GET"], strict_slashes=False)
@@ -186,20 +160,20 @@ class AdminAPI:
         self._check_controller(controller)
         listing = await self._store(self.store.list())
         records = [listing.records[name].to_dict() for name in sorted(listing.records)]
-        return self.respond(request, 200, records)
+        return respond(request, 200, records)
 
     @app.route(FUNCTION, methods=["GET"], strict_slashes=False)
     async def get_function(self, request: IRequest, version: str, controller: str,
                            fn: str) -> bytes:
         self._check_controller(controller)
         record = await self._store(self.store.get(fn))
-        return self.respond(request, 200, record.to_dict())
+        return respond(request, 200, record.to_dict())
 
     @app.route(FUNCTION + "/status", methods=["GET"], strict_slashes=False)
     async def get_status(self, request: IRequest, version: str, controller: str, fn: str) -> bytes:
         self._check_controller(controller)
         record = await self._store(self.store.get(fn))
-        return self.respond(request, 200, record.status.to_dict())
+        return respond(request, 200, record.status.to_dict())
 
     @app.route(FUNCTION, methods=["PUT"], strict_slashes=False)
     async def update(self, request: IRequest, version: str, controller: str, fn: str) -> bytes:
@@ -213,7 +187,7 @@ class AdminAPI:
         status = apply_event(record.status, Event.UPDATE, self.wall_clock())
         updated = await self._store(self.store.update(record, spec=spec, status=status))
         self._kick(fn)
-        return self.respond(request, 200, updated.to_dict())
+        return respond(request, 200, updated.to_dict())
 
     async def _operator_event(self, request: IRequest, controller: str, fn: str,
                               event: Event) -> bytes:
@@ -222,7 +196,7 @@ class AdminAPI:
         status = apply_event(record.status, event, self.wall_clock())
         updated = await self._store(self.store.update(record, status=status))
         self._kick(fn)
-        return self.respond(request, 200, updated.to_dict())
+        return respond(request, 200, updated.to_dict())
 
     @app.route(FUNCTION + "/start", methods=["PUT"], strict_slashes=False)
     def start(self, request: IRequest, version: str, controller: str, fn: str) -> Any:
@@ -240,7 +214,7 @@ class AdminAPI:
         destroyed = apply_event(record.status, Event.DELETE, self.wall_clock())
         await self._store(self.store.delete(record))
         self._kick(fn)
-        return self.respond(request, 200, {"spec": record.spec.to_dict(),
+        return respond(request, 200, {"spec": record.spec.to_dict(),
                                            "status": destroyed.to_dict()})
 
     @app.route(FUNCTION + "/logs", methods=["GET"], strict_slashes=False)
@@ -304,27 +278,27 @@ class AdminAPI:
     @app.handle_errors(ApiError)
     def _api_error(self, request: IRequest, failure: Failure) -> bytes:
         exc = failure.value
-        return self.error(request, exc.code, exc.message, exc.headers)
+        return respond_error(request, exc.code, exc.message, exc.headers)
 
     @app.handle_errors(SpecError)
     def _spec_error(self, request: IRequest, failure: Failure) -> bytes:
-        return self.error(request, 400, str(failure.value))
+        return respond_error(request, 400, str(failure.value))
 
     @app.handle_errors(NotFound)
     def _not_found(self, request: IRequest, failure: Failure) -> bytes:
-        return self.error(request, 404, str(failure.value))
+        return respond_error(request, 404, str(failure.value))
 
     @app.handle_errors(AlreadyExists, Conflict, InvalidEvent)
     def _conflict(self, request: IRequest, failure: Failure) -> bytes:
-        return self.error(request, 409, str(failure.value))
+        return respond_error(request, 409, str(failure.value))
 
     @app.handle_errors(StoreUnavailable)
     def _store_unavailable(self, request: IRequest, failure: Failure) -> bytes:
-        return self.error(request, 503, f"function store unavailable: {failure.value}")
+        return respond_error(request, 503, f"function store unavailable: {failure.value}")
 
     @app.handle_errors(ProviderError)
     def _provider_error(self, request: IRequest, failure: Failure) -> bytes:
-        return self.error(request, 502, f"the provider could not be asked: {failure.value}")
+        return respond_error(request, 502, f"the provider could not be asked: {failure.value}")
 
     @app.handle_errors(HTTPException)
     def _routing_error(self, request: IRequest, failure: Failure) -> bytes:
@@ -333,21 +307,21 @@ class AdminAPI:
         path = request.path.decode("latin-1")
         if isinstance(exc, MethodNotAllowed):
             allowed = ", ".join(sorted(exc.valid_methods or ()))
-            return self.error(request, 405, f"method {method} is not allowed on {path}; "
+            return respond_error(request, 405, f"method {method} is not allowed on {path}; "
                                             f"allowed: {allowed}", {"Allow": allowed})
         if isinstance(exc, RequestRedirect):
-            return self.error(request, exc.code, f"moved to {exc.new_url}",
+            return respond_error(request, exc.code, f"moved to {exc.new_url}",
                               {"Location": exc.new_url})
         if exc.code == 404:
-            return self.error(request, 404, f"no such route: {method} {path}")
-        return self.error(request, exc.code or 500, exc.description or exc.name)
+            return respond_error(request, 404, f"no such route: {method} {path}")
+        return respond_error(request, exc.code or 500, exc.description or exc.name)
 
     @app.handle_errors(Exception)
     def _unexpected(self, request: IRequest, failure: Failure) -> bytes:
         log.failure("admin request {method} {path} failed", failure,
                     method=request.method.decode("latin-1"),
                     path=request.path.decode("latin-1"))
-        return self.error(request, 500, "internal error; the controller log has the details")
+        return respond_error(request, 500, "internal error; the controller log has the details")
 
 
 class _Utf8Guard(Resource):
@@ -358,15 +332,14 @@ class _Utf8Guard(Resource):
 
     isLeaf = True
 
-    def __init__(self, inner: IResource, api: AdminAPI) -> None:
+    def __init__(self, inner: IResource) -> None:
         super().__init__()
         self._inner = inner
-        self._api = api
 
     def render(self, request: IRequest) -> Any:
         try:
             b"/".join(request.prepath + request.postpath).decode("utf-8")
             request.getRequestHostname().decode("utf-8")
         except UnicodeDecodeError:
-            return self._api.error(request, 400, "the request path and Host must be UTF-8")
+            return respond_error(request, 400, "the request path and Host must be UTF-8")
         return self._inner.render(request)

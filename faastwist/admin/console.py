@@ -27,6 +27,8 @@ from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.iweb import IRequest
 from twisted.internet.interfaces import IReactorTime
 
+from faastwist.admin.codec import respond_error
+from faastwist.gate.wire import HOP_BY_HOP
 from faastwist.util.bodyproducer import BytesProducer
 
 log = Logger()
@@ -39,15 +41,9 @@ STATIC_FILES: Mapping[str, str] = {
 }
 CONSOLE_HEADER = b"x-faastwist-console"
 # not forwarded to the gate: hop-by-hop, framing, and what the browser adds for the admin origin
-_DROP_REQUEST = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization", b"te",
-    b"trailer", b"transfer-encoding", b"upgrade", b"host", b"content-length", b"cookie",
-    b"origin", b"referer", CONSOLE_HEADER,
-})
-_DROP_RESPONSE = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
-    b"upgrade", b"content-length", b"set-cookie",
-})
+_DROP_REQUEST = HOP_BY_HOP | {
+    b"host", b"content-length", b"cookie", b"origin", b"referer", CONSOLE_HEADER}
+_DROP_RESPONSE = HOP_BY_HOP | {b"content-length", b"set-cookie"}
 
 
 def gate_url_for(address: str, port: int, https: bool = False) -> str:
@@ -124,9 +120,7 @@ class ConsoleResource(Resource):
 
     @staticmethod
     def _error(request: IRequest, code: int, message: str) -> bytes:
-        request.setResponseCode(code)
-        request.setHeader(b"content-type", b"application/json")
-        return json.dumps({"code": code, "message": message}).encode()
+        return respond_error(request, code, message, as_json=True)
 
     # -- the invoke relay ----------------------------------------------------------------
     def _invoke(self, request: IRequest, rest: list[str]) -> bytes | int:

@@ -10,11 +10,9 @@ API on one port.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any, Callable, Mapping
 
-import yaml
 from klein import Klein
 from prometheus_client.exposition import generate_latest
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError, maybeDeferred
@@ -25,6 +23,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from faastwist.admin.codec import error_body, respond, respond_error
 from faastwist.metrics import Metrics
 
 log = Logger()
@@ -40,16 +39,8 @@ OPS_PATHS: frozenset[tuple[str, ...]] = frozenset({
 })
 
 
-def _json(request: IRequest, code: int, body: Mapping[str, Any]) -> bytes:
-    request.setResponseCode(code)
-    request.setHeader(b"Content-Type", b"application/json")
-    request.setHeader(b"Cache-Control", b"no-store")
-    return json.dumps(body).encode() + b"\n"
-
-
-def _wants_json(request: IRequest) -> bool:
-    accept = request.getHeader(b"accept") or b""
-    return b"json" in accept
+#: probes must not be answered from a cache
+_NO_STORE = {"Cache-Control": "no-store"}
 
 
 def _describe(failure: Failure, timeout: float) -> str:
@@ -97,7 +88,7 @@ class OpsAPI:
                        f"{request.path.decode('utf-8', 'replace')}; allowed: {allowed}")
         else:
             message = error.description or error.name
-        return _json(request, error.code or 500, {"code": error.code, "message": message})
+        return respond_error(request, error.code or 500, message, _NO_STORE, as_json=True)
 
     # -- endpoints ---------------------------------------------------------------------
     @app.route("/metrics", methods=["GET"])
@@ -110,21 +101,18 @@ class OpsAPI:
 
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request: IRequest) -> bytes:
-        return _json(request, 200, {"status": "ok"})
+        return respond(request, 200, {"status": "ok"}, _NO_STORE, as_json=True)
 
     @app.route("/readyz", methods=["GET"])
     def readyz(self, request: IRequest) -> Deferred[bytes]:
         return self.readiness().addCallback(
-            lambda result: _json(request, 200 if result.get("status") == "ok" else 503, result))
+            lambda result: respond(request, 200 if result.get("status") == "ok" else 503,
+                                   result, _NO_STORE, as_json=True))
 
     @app.route("/apis/v2/faas/info", methods=["GET"])
     @app.route("/apis/v1/faas/info", methods=["GET"], endpoint="info_v1")
     def info_endpoint(self, request: IRequest) -> bytes:
-        body = dict(self.info())
-        if _wants_json(request):
-            return _json(request, 200, body)
-        request.setHeader(b"Content-Type", b"text/vnd.yaml")
-        return yaml.safe_dump(body, sort_keys=False).encode()
+        return respond(request, 200, dict(self.info()))
 
     # -- readiness ---------------------------------------------------------------------
     def readiness(self) -> Deferred[dict[str, Any]]:
@@ -157,7 +145,7 @@ class OpsAPI:
                 self._last_failure = summary
             if not failed:
                 return {"status": "ok", "checks": outcome}
-            return {"code": 503, "message": "not ready: " + summary, "checks": outcome}
+            return {**error_body(503, "not ready: " + summary), "checks": outcome}
 
         return DeferredList(runs, consumeErrors=True).addCallback(summarise)
 

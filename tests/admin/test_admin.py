@@ -618,18 +618,6 @@ def test_unavailable_store_is_503(admin: Admin) -> None:
     assert admin.kicks == ["demo10"]
 
 
-def test_healthz(admin: Admin) -> None:
-    ok = admin.request("GET", "http://admin.test/healthz")
-    assert ok.code == 200
-    assert ok.data == {"status": "ok"}
-    admin.store.available = False
-    down = admin.request("GET", "http://admin.test/healthz", headers={"Accept": "application/json"})
-    assert down.code == 503
-    assert down.data["code"] == 503
-    assert "MemoryStore" in down.data["message"]
-    assert "memory store marked unavailable" in down.data["message"]
-
-
 def test_hung_store_times_out_with_503() -> None:
     admin = Admin(store=HangingStore(CONTROLLER))
     d = admin.http.get(BASE + "/demo10")
