@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence, Union
@@ -41,6 +40,7 @@ from faastwist.providers.replica import ExitInfo, Replica, group_wrapper
 from faastwist.providers.runtime import HttpRuntime, Tuning
 from faastwist.providers.watchdog import ForkRuntime, Watchdog
 from faastwist.model.spec import FunctionSpec, ProcessMode, SpecError
+from faastwist.util.ports import free_port
 
 log = Logger()
 
@@ -51,13 +51,6 @@ _PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", 
                 "LISTEN_FDNAMES", OWNER_VAR, GATE_PID_VAR)
 
 Runtime = Union[HttpRuntime, ForkRuntime]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A loopback port nobody listens on now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
 
 
 class ProcessProvider(Service):

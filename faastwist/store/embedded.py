@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 from typing import Any
 
 from twisted.application.service import Service
@@ -26,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, readBody
 
+from faastwist.util.ports import free_port, port_is_free
 from faastwist.util.timers import NamedTimers
 
 log = Logger()
@@ -64,23 +64,6 @@ def find_etcd_binary() -> str | None:
         if os.path.isfile(path) and os.access(path, os.X_OK):
             return path
     return None
-
-
-def port_is_free(port: int) -> bool:
-    """Whether a listener could bind 127.0.0.1:port now (SO_REUSEADDR, as etcd does)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _pid_alive(pid: int) -> bool:
