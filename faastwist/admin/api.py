@@ -12,6 +12,7 @@ unless ``Accept`` prefers ``application/json``; errors are ``{code, message}``.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from typing import Any, Callable, TypeVar
@@ -53,11 +54,30 @@ from faastwist.store.base import (
 
 log = Logger()
 T = TypeVar("T")
+Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 BASE = "/apis/<any(v1, v2):version>/faas/<controller>"
 FUNCTION = BASE + "/<fn>"
 DEFAULT_MAX_BODY_SIZE = 1 << 20
 DEFAULT_STORE_TIMEOUT = 10.0
+
+
+def controller_route(app: Klein, url: str, method: str) -> Callable[[Handler], Handler]:
+    """``app.route`` for a path under ``BASE`` that first checks its ``controller``.
+
+    A name other than this server's controller is a 404 naming both, raised before the
+    handler runs, so no handler repeats the check (and none can forget it).
+    """
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        def checked(self: AdminAPI, request: IRequest, *, controller: str, **kwargs: str) -> Any:
+            if controller != self.controller:
+                raise ApiError(404, f"controller {controller} not found; this server runs "
+                                    f"controller {self.controller}")
+            return handler(self, request, controller=controller, **kwargs)
+        route = app.route(url, methods=[method], strict_slashes=False)
+        return route(checked)  # type: ignore[return-value]
+    return decorate
 
 
 def _ndjson(line: LogLine) -> bytes:
@@ -102,11 +122,6 @@ class AdminAPI:
                     parsePOSTFormSubmission=False, reactor=self.clock)
 
     # -- helpers ---------------------------------------------------------------------
-    def _check_controller(self, controller: str) -> None:
-        if controller != self.controller:
-            raise ApiError(404, f"controller {controller} not found; this server runs "
-                                f"controller {self.controller}")
-
     def _timed(self, d: Deferred[T], what: str, code: int) -> Deferred[T]:
         """Bound a call so a hung store or log source cannot hold a request forever."""
         def on_timeout(result: Any, timeout: float) -> Any:
@@ -145,9 +160,8 @@ class AdminAPI:
         return f"/apis/{version}/faas/{controller}/{name}"
 
     # -- routes ----------------------------------------------------------------------
-    @app.route(BASE, methods=["POST"], strict_slashes=False)
+    @controller_route(app, BASE, "POST")
     async def create(self, request: IRequest, version: str, controller: str) -> bytes:
-        self._check_controller(controller)
         spec = self._read_spec(request)
         status = FunctionStatus.initial(spec.name, self.wall_clock())
         record = await self._store(self.store.create(spec, status))
@@ -155,29 +169,25 @@ class AdminAPI:
         return respond(request, 201, record.to_dict(),
                             {"Location": self._location(version, controller, spec.name)})
 
-    @app.route(BASE, methods=["GET"], strict_slashes=False)
+    @controller_route(app, BASE, "GET")
     async def list_functions(self, request: IRequest, version: str, controller: str) -> bytes:
-        self._check_controller(controller)
         listing = await self._store(self.store.list())
         records = [listing.records[name].to_dict() for name in sorted(listing.records)]
         return respond(request, 200, records)
 
-    @app.route(FUNCTION, methods=["GET"], strict_slashes=False)
+    @controller_route(app, FUNCTION, "GET")
     async def get_function(self, request: IRequest, version: str, controller: str,
                            fn: str) -> bytes:
-        self._check_controller(controller)
         record = await self._store(self.store.get(fn))
         return respond(request, 200, record.to_dict())
 
-    @app.route(FUNCTION + "/status", methods=["GET"], strict_slashes=False)
+    @controller_route(app, FUNCTION + "/status", "GET")
     async def get_status(self, request: IRequest, version: str, controller: str, fn: str) -> bytes:
-        self._check_controller(controller)
         record = await self._store(self.store.get(fn))
         return respond(request, 200, record.status.to_dict())
 
-    @app.route(FUNCTION, methods=["PUT"], strict_slashes=False)
+    @controller_route(app, FUNCTION, "PUT")
     async def update(self, request: IRequest, version: str, controller: str, fn: str) -> bytes:
-        self._check_controller(controller)
         spec = self._read_spec(request, default_name=fn)
         record = await self._store(self.store.get(fn))
         if spec.name != fn:
@@ -189,27 +199,24 @@ class AdminAPI:
         self._kick(fn)
         return respond(request, 200, updated.to_dict())
 
-    async def _operator_event(self, request: IRequest, controller: str, fn: str,
-                              event: Event) -> bytes:
-        self._check_controller(controller)
+    async def _operator_event(self, request: IRequest, fn: str, event: Event) -> bytes:
         record = await self._store(self.store.get(fn))
         status = apply_event(record.status, event, self.wall_clock())
         updated = await self._store(self.store.update(record, status=status))
         self._kick(fn)
         return respond(request, 200, updated.to_dict())
 
-    @app.route(FUNCTION + "/start", methods=["PUT"], strict_slashes=False)
+    @controller_route(app, FUNCTION + "/start", "PUT")
     def start(self, request: IRequest, version: str, controller: str, fn: str) -> Any:
-        return self._operator_event(request, controller, fn, Event.START)
+        return self._operator_event(request, fn, Event.START)
 
-    @app.route(FUNCTION + "/stop", methods=["PUT"], strict_slashes=False)
+    @controller_route(app, FUNCTION + "/stop", "PUT")
     def stop(self, request: IRequest, version: str, controller: str, fn: str) -> Any:
-        return self._operator_event(request, controller, fn, Event.STOP)
+        return self._operator_event(request, fn, Event.STOP)
 
-    @app.route(FUNCTION, methods=["DELETE"], strict_slashes=False)
+    @controller_route(app, FUNCTION, "DELETE")
     async def delete(self, request: IRequest, version: str, controller: str, fn: str) -> bytes:
         """Remove the function from the store; the reconciler removes what the provider runs."""
-        self._check_controller(controller)
         record = await self._store(self.store.get(fn))
         destroyed = apply_event(record.status, Event.DELETE, self.wall_clock())
         await self._store(self.store.delete(record))
@@ -217,10 +224,9 @@ class AdminAPI:
         return respond(request, 200, {"spec": record.spec.to_dict(),
                                            "status": destroyed.to_dict()})
 
-    @app.route(FUNCTION + "/logs", methods=["GET"], strict_slashes=False)
+    @controller_route(app, FUNCTION + "/logs", "GET")
     async def logs(self, request: IRequest, version: str, controller: str, fn: str) -> Any:
         """NDJSON log lines; with ``follow`` the response stays open and streams new ones."""
-        self._check_controller(controller)
         await self._store(self.store.get(fn))
         source = self.log_source
         if source is None:
