@@ -13,6 +13,7 @@ reactor pass). Keep-alive, pipelining (requests answered in order), the idle tim
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import httptools
@@ -34,6 +35,15 @@ log = Logger()
 
 MAX_HEAD_SIZE = 64 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class Pause(enum.Flag):
+    """Why the lean transport stopped reading a client; it reads again when none holds."""
+
+    NONE = 0
+    BACK_PRESSURE = enum.auto()   # the upstream cannot take the request body as fast
+    PIPELINE = enum.auto()        # pipelined requests wait for the current answer
+    BAD_INPUT = enum.auto()       # the input stopped making sense: read no more
 
 
 class _Queued:
@@ -79,7 +89,7 @@ class LeanProtocol(Protocol):
         self.direct = False
         self.last_active = 0.0
         self.body_producer = self
-        self._pauses = 0
+        self._pauses = Pause.NONE
         self.starting = False
         self.head_began = 0.0               # when the head being read began (or the connect)
         self.body_seen = 0.0                # when the body being received last moved
@@ -144,7 +154,7 @@ class LeanProtocol(Protocol):
         self.failed = True
         if self.closing:
             return    # already answered (an error that closes): the rest is noise
-        self._pause(4)
+        self._pause(Pause.BAD_INPUT)
         receiving = self.receiving
         self.receiving = None
         exchange = self.exchange
@@ -220,7 +230,7 @@ class LeanProtocol(Protocol):
             queued = _Queued(head, keep)
             self.queue.append(queued)
             self.receiving = queued
-            self._pause(2)  # read no further until the queue is answered
+            self._pause(Pause.PIPELINE)  # read no further until the queue is answered
 
     def on_body(self, body: bytes) -> None:
         receiving = self.receiving
@@ -261,7 +271,7 @@ class LeanProtocol(Protocol):
             else:  # the client is still sending the body: read it away, then close
                 self.receiving = None
                 self.queue = []
-                self._resume(3)
+                self._resume(Pause.BACK_PRESSURE | Pause.PIPELINE)
                 self.factory.clock.callLater(LINGER, self.transport.loseConnection)
             return
         if self.queue and not self.starting:
@@ -286,7 +296,7 @@ class LeanProtocol(Protocol):
         finally:
             self.starting = False
         if not self.queue:
-            self._resume(2)
+            self._resume(Pause.PIPELINE)
         if self.bad_input is not None and self.exchange is None and not self.queue:
             self._refuse(400, self.bad_input)
 
@@ -368,22 +378,22 @@ class LeanProtocol(Protocol):
     # -- IPushProducer: pauses reading the client (request body back-pressure) ---------
 
     def pauseProducing(self) -> None:
-        self._pause(1)
+        self._pause(Pause.BACK_PRESSURE)
 
     def resumeProducing(self) -> None:
-        self._resume(1)
+        self._resume(Pause.BACK_PRESSURE)
 
-    def _pause(self, reason_: int) -> None:
-        """Reasons are bits: 1 = body back-pressure, 2 = pipelined requests queued."""
+    def _pause(self, why: Pause) -> None:
+        """Stop reading the client while any reason holds (reasons are independent)."""
         before = self._pauses
-        self._pauses |= reason_
+        self._pauses |= why
         if not before and not self.lost:
             self.transport.pauseProducing()
 
-    def _resume(self, reason_: int) -> None:
-        if not self._pauses & reason_:
+    def _resume(self, why: Pause) -> None:
+        if not self._pauses & why:
             return
-        self._pauses &= ~reason_
+        self._pauses &= ~why
         if not self._pauses and not self.lost:
             self.body_seen = self.factory.clock.seconds()   # a pause is not a stall
             self.transport.resumeProducing()

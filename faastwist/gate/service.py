@@ -16,7 +16,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.python.failure import Failure
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IReactorTCP
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
@@ -67,7 +67,7 @@ class GateService(Service):
     name = "gate"
 
     def __init__(self, config: HTTPServerConfig, routes: RouteTable, provider: Provider,
-                 reactor: Any, metrics: Metrics, access_log: bool,
+                 reactor: IReactorTCP, metrics: Metrics, access_log: bool,
                  pool: UpstreamPool | None = None, transport: str = "auto",
                  fd_reserve: FdReserve | None = None) -> None:
         if transport not in ("auto", "lean", "web"):

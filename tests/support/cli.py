@@ -29,7 +29,7 @@ from typing import Any, Iterator, Mapping
 import pytest
 import yaml
 
-from tests.support.node import ROOT, FaasNodeProcess, free_port
+from tests.support.node import ROOT, FaasNodeProcess
 from tests.support.process import PYTHON as FUNCTION_PYTHON
 
 #: what ``twistd faasgate`` with the process provider imports to start
@@ -172,4 +172,4 @@ def wait_for(check: Any, timeout: float = 30.0, interval: float = 0.2) -> Any:
 
 
 __all__ = ["cli_node", "echo_spec", "run_cli", "cli_env", "wait_for", "require_node",
-           "FaasNodeProcess", "free_port", "ECHO_APP"]
+           "FaasNodeProcess", "ECHO_APP"]
