@@ -306,6 +306,30 @@ def test_json_body_errors_name_json(admin: Admin) -> None:
     assert "not valid JSON" in reply.data["message"]
 
 
+@pytest.mark.parametrize("body, content_type, message", [
+    (b"name: demo\nimage: i\ncommand: [a]\nimage: j\n", "application/yaml",
+     "image: duplicate key (line 4, column 1); each key may appear once"),
+    (b"name: demo\nimage: i\nrequestAdaptor:\n  header:\n    set: {A: x, A: y}\n",
+     "application/yaml", "A: duplicate key (line 5, column 17); each key may appear once"),
+    (b'{"name": "demo", "image": "i", "name": "other"}', "application/json",
+     "name: duplicate key; each key may appear once"),
+    (b'{"name": "demo", "image": "i", "env": {"A": "1", "A": "2"}}', "application/json",
+     "A: duplicate key; each key may appear once"),
+])
+def test_a_duplicate_key_is_400_naming_it(admin: Admin, body: bytes, content_type: str,
+                                          message: str) -> None:
+    reply = admin.create(body, headers={"Content-Type": content_type})
+    assert reply.code == 400, reply.body
+    assert reply.data["message"] == message
+
+
+def test_yaml_merge_keys_may_still_be_overridden(admin: Admin) -> None:
+    reply = admin.create(b"name: demo\nimage: i\nrequestAdaptor:\n  header:\n"
+                         b"    set: &s {A: x}\n    add: {<<: *s, A: y}\n")
+    assert reply.code == 201, reply.body
+    assert reply.data["spec"]["requestAdaptor"]["header"]["add"] == {"A": "y"}
+
+
 def test_form_encoded_body_hints_at_data_binary(admin: Admin) -> None:
     # curl -d @file.yaml strips the line breaks, which leaves broken YAML
     flattened = b"".join(line for line in DEMO10.splitlines() if not line.startswith(b"#"))
