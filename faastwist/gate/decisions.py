@@ -56,6 +56,8 @@ def error_headers(error: GateError, body: bytes, call_id: bytes | None) -> list[
         headers.append((b"retry-after", str(error.retry_after).encode()))
     if error.code == 405:
         headers.append((b"allow", ALLOWED_METHODS))
+    elif error.code == 401:
+        headers.append((b"www-authenticate", b'Bearer realm="faastwist function"'))
     if call_id:
         headers.append((CALL_ID, call_id))
     return headers
