@@ -15,6 +15,7 @@ import click
 
 from faastwist.cli.client import AdminClient, ApiError, InputError, Settings, load_settings
 from faastwist.cli.commands import duration_option, register
+from faastwist.cli.keys import register as register_keys
 
 __all__ = ["main", "cli", "ApiError", "InputError"]
 
@@ -69,6 +70,7 @@ def cli(ctx: click.Context, server: str | None, controller: str | None, token: s
 
 
 register(cli)
+register_keys(cli)
 
 
 def main(argv: list[str] | None = None) -> int:
