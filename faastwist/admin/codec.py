@@ -181,7 +181,7 @@ def bounded_request_factory(max_body_size: int) -> type[BoundedRequest]:
 def read_body(request: IRequest, max_body_size: int) -> bytes:
     """The request body, or 413: Content-Length first, then what actually arrived."""
     too_large = ApiError(413, f"request body is larger than the limit of {max_body_size} bytes")
-    if getattr(request, "body_too_large", False):
+    if isinstance(request, BoundedRequest) and request.body_too_large:
         raise too_large
     declared = request.getHeader(b"content-length")
     if declared is not None:
