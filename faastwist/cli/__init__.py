@@ -9,34 +9,14 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
-
 import click
 
-from faastwist.cli.client import AdminClient, ApiError, InputError, Settings, load_settings
-from faastwist.cli.commands import duration_option, register
+from faastwist.cli.client import CliContext, CommandFailed, InputError
+from faastwist.cli.commands import COMMANDS, duration_option
 
-__all__ = ["main", "cli", "ApiError", "InputError"]
+__all__ = ["main", "cli", "CliContext", "CommandFailed", "InputError"]
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-class State:
-    """The global flags, turned into settings and a client only when a command needs them."""
-
-    def __init__(self, flags: dict[str, Any]) -> None:
-        self.flags = flags
-        self._client: AdminClient | None = None
-
-    @property
-    def settings(self) -> Settings:
-        return self.client.settings
-
-    @property
-    def client(self) -> AdminClient:
-        if self._client is None:
-            self._client = AdminClient(load_settings(**self.flags))
-        return self._client
 
 
 @click.group(context_settings=CONTEXT)
@@ -64,11 +44,12 @@ def cli(ctx: click.Context, server: str | None, controller: str | None, token: s
 
     Exit status: 0 ok, 1 the server refused or could not be reached, 2 usage.
     """
-    ctx.obj = State({"server": server, "controller": controller, "token": token,
-                     "gate": gate, "timeout": timeout})
+    ctx.obj = CliContext({"server": server, "controller": controller, "token": token,
+                          "gate": gate, "timeout": timeout})
 
 
-register(cli)
+for _command in COMMANDS:
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> int:

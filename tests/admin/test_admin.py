@@ -220,6 +220,22 @@ def test_demo10_easegress_flow(admin: Admin) -> None:
     assert admin.kicks == ["demo10", "demo10"]  # the create and the delete, nothing else
 
 
+def test_status_times_are_rfc3339_in_every_answer(admin: Admin) -> None:
+    """``updated`` is RFC 3339 text (UTC, milliseconds) in YAML and JSON answers; the
+    store keeps epoch seconds."""
+    stamp = "2023-11-14T22:13:20.000Z"   # NOW
+    created = admin.create()
+    assert created.data["status"]["updated"] == stamp
+    assert "updated: '2023-11-14T22:13:20.000Z'" in created.body.decode()  # text, not a YAML date
+    as_json = admin.request("GET", "/demo10", headers={"Accept": "application/json"})
+    assert json.loads(as_json.body)["status"]["updated"] == stamp
+    assert admin.request("GET", "").data[0]["status"]["updated"] == stamp
+    assert admin.request("GET", "/demo10/status").data["updated"] == stamp
+    assert admin.request("PUT", "/demo10", DEMO10).data["status"]["updated"] == stamp
+    assert fired(admin.store.get("demo10")).status.updated == NOW
+    assert admin.request("DELETE", "/demo10").data["status"]["updated"] == stamp
+
+
 def test_v1_alias_serves_the_same_api(admin: Admin) -> None:
     v1 = f"http://admin.test/apis/v1/faas/{CONTROLLER}"
     created = admin.request("POST", v1, DEMO10)

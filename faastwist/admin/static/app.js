@@ -144,9 +144,18 @@ function age(seconds) {
   return Math.floor(hours / 24) + "d";
 }
 
+// epoch seconds from an RFC 3339 time (what the API answers) or a number (older servers)
+function seconds(value) {
+  if (typeof value === "number") return value > 0 ? value : null;
+  if (typeof value !== "string" || !value) return null;
+  const ms = Date.parse(value);
+  return Number.isNaN(ms) ? null : ms / 1000;
+}
+
 function stamp(status) {
   for (const key of ["created", "createdAt", "updated"]) {
-    if (typeof status[key] === "number" && status[key] > 0) return status[key];
+    const at = seconds(status[key]);
+    if (at !== null) return at;
   }
   return null;
 }
@@ -268,13 +277,14 @@ function renderDetail() {
     return;
   }
   const { spec, status } = record;
+  const updated = seconds(status.updated);
   $("detail-badge").replaceWith(Object.assign(badge(status), { id: "detail-badge" }));
   kv("detail-status", [
     ["state", status.state],
     ["event", status.event],
     ["message", status.message],
     ["start requested", status.startPending ? "yes" : "no"],
-    ["updated", status.updated ? new Date(status.updated * 1000).toLocaleString() : ""],
+    ["updated", updated !== null ? new Date(updated * 1000).toLocaleString() : ""],
   ]);
   const ext = Object.entries(status.extData || {});
   kv("detail-ext", ext.length ? ext : [["(none)", ""]]);
