@@ -56,6 +56,8 @@ class FaasNode(Service):
         self.admin_port: Any = None
         self.ops: Any = None
         self.notifier: Any = None
+        self.authorizer: Any = None
+        self.auth_files: Any = None
 
     # -- helpers ---------------------------------------------------------------------
     def _push(self, what: str, stop: Callable[[], Any]) -> None:
@@ -195,7 +197,8 @@ class FaasNode(Service):
         console = ConsoleResource(self.reactor, self.config.name,
                                   gate_url_for(http.address, http.port, http.https),
                                   max_body_size=admin.max_body_size)
-        root = mount_console(compose(self.admin.resource(), self.ops.resource()), console)
+        root = self._guard(mount_console(compose(self.admin.resource(), self.ops.resource()),
+                                         console))
         site = Site(root, requestFactory=bounded_request_factory(admin.max_body_size),
                     parsePOSTFormSubmission=False, reactor=self.reactor)
         try:
@@ -203,6 +206,42 @@ class FaasNode(Service):
         except Exception as exc:
             raise StartupError(f"admin.port: cannot listen on {admin.address}:{admin.port}: {exc}")
         self._push("admin listener", self.admin_port.stopListening)
+
+    def _guard(self, root: Any) -> Any:
+        """Put the Host/Origin/credential checks in front of the admin port's root."""
+        from faastwist.admin.guard import AdminGuard
+        from faastwist.auth.authorizer import Authorizer, anonymous_role
+        from faastwist.auth.origin import OriginPolicy
+        from faastwist.auth.reload import AuthFiles
+        from faastwist.auth.tokens import TokenFileError
+
+        admin = self.config.admin
+        auth = admin.auth
+        self.authorizer = Authorizer(anonymous=anonymous_role(auth.anonymous))
+        self.auth_files = AuthFiles(self.authorizer, self.reactor, auth.tokens_file,
+                                    auth.basic_user_file, auth.basic_password_file)
+        try:
+            self.auth_files.load()
+        except (TokenFileError, OSError) as exc:
+            raise StartupError(f"admin.auth.tokensFile: {exc}") from None
+        self._start_child("admin auth files", self.auth_files)
+        own = [socket.gethostname()]
+        if admin.address not in ("", "0.0.0.0", "::"):
+            own.append(admin.address)
+        policy = OriginPolicy.build(admin.scheme, admin.port, own, admin.allowed_hosts,
+                                    admin.allowed_origins)
+        if auth.anonymous != "none":
+            log.warn("admin.auth.anonymous is {anonymous}: callers without credentials may "
+                     "{what} on {address}:{port}", anonymous=auth.anonymous,
+                     what="change everything" if auth.anonymous == "admin" else "read",
+                     address=admin.address, port=admin.port)
+        return AdminGuard(root, self.authorizer, policy, metrics_open=auth.metrics_open)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the admin credentials (and the TLS certificates)."""
+        log.info("SIGHUP: reloading credentials and certificates")
+        if getattr(self, "auth_files", None) is not None:
+            self.auth_files.reload("SIGHUP")
 
     def _start_gate(self) -> None:
         from faastwist.gate.service import GateService
