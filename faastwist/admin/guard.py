@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from twisted.web.resource import IResource, Resource
 
-from faastwist.admin.codec import encode, error_body, wants_json
+from faastwist.admin.codec import respond_error
 from faastwist.auth.authorizer import Authorizer, Decision
 from faastwist.auth.origin import OriginPolicy
 
@@ -56,13 +56,8 @@ class _Refusal(Resource):
         self.headers = headers
 
     def render(self, request: Any) -> bytes:
-        body, content_type = encode(error_body(self.code, self.message),
-                                    wants_json(_header(request, b"accept")))
-        request.setResponseCode(self.code)
-        request.setHeader(b"content-type", content_type.encode())
-        request.setHeader(b"content-length", b"%d" % len(body))
-        request.setHeader(b"cache-control", b"no-store")
-        for name, value in self.headers:
+        body = respond_error(request, self.code, self.message, {"Cache-Control": "no-store"})
+        for name, value in self.headers:  # addRawHeader: WWW-Authenticate may come twice
             request.responseHeaders.addRawHeader(name.encode(), value.encode())
         return body
 

@@ -6,3 +6,10 @@ rules), then ``reload`` (a service that keeps an Authorizer in step with its fil
 A package of its own, not part of ``admin/``, so the gate's OpenFaaS ``/system/*`` API
 and the CLI use the same rules without importing the admin API.
 """
+
+from faastwist.auth.authorizer import Authorizer, BasicCredentials, Decision
+from faastwist.auth.origin import OriginPolicy
+from faastwist.auth.tokens import Role, TokenEntry, hash_token
+
+__all__ = ["Authorizer", "BasicCredentials", "Decision", "OriginPolicy", "Role", "TokenEntry",
+           "hash_token"]

@@ -110,13 +110,13 @@ def test_admin_token_creates_and_same_origin_writes_pass(node: Node) -> None:
 
 
 @pytest.mark.parametrize("path, code", [
-    ("/healthz", 200), ("/readyz", 200), ("/healthz/", 200), ("/console/", 200),
+    ("/healthz", 200), ("/readyz", 200), ("/healthz/", 404),  # open, then not found ("/console/", 200),
     ("/console/app.js", 200), ("/console/config.json", 200),
     ("/apis/v2/faas/info", 401), ("/metrics", 401), ("/console/invoke/f/", 401),
     ("/healthz/../apis/v2/faas/ctl", 401),
 ])
 def test_open_and_closed_paths(node: Node, path: str, code: int) -> None:
-    assert node.call("GET", ROOT + path)[0] == code
+    assert node.call("GET", ROOT + path)[0] == code, path
 
 
 def test_probes_skip_the_host_check(node: Node) -> None:
