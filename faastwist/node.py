@@ -64,6 +64,7 @@ class FaasNode(Service):
         self.notifier: Any = None
         self.authorizer: Any = None
         self.auth_files: Any = None
+        self.admin_tls: Any = None
 
     # -- helpers ---------------------------------------------------------------------
     def _push(self, what: str, stop: Callable[[], Any]) -> None:
@@ -205,8 +206,19 @@ class FaasNode(Service):
                                   max_body_size=admin.max_body_size)
         root = self._guard(mount_console(compose(self.admin.resource(), self.ops.resource()),
                                          console))
-        site = Site(root, requestFactory=bounded_request_factory(admin.max_body_size),
-                    parsePOSTFormSubmission=False, reactor=self.reactor)
+        site: Any = Site(root, requestFactory=bounded_request_factory(admin.max_body_size),
+                         parsePOSTFormSubmission=False, reactor=self.reactor)
+        if admin.https:
+            from twisted.protocols.tls import TLSMemoryBIOFactory
+
+            from faastwist.util.tls import ReloadableTLS
+
+            try:
+                self.admin_tls = ReloadableTLS(admin.cert_file, admin.key_file, [b"http/1.1"])
+            except Exception as exc:
+                raise StartupError(f"admin.certFile/keyFile: cannot load {admin.cert_file} and "
+                                   f"{admin.key_file}: {exc}") from None
+            site = TLSMemoryBIOFactory(self.admin_tls, False, site)
         try:
             self.admin_port = self.reactor.listenTCP(admin.port, site, interface=admin.address)
         except Exception as exc:
@@ -246,8 +258,18 @@ class FaasNode(Service):
     def reload(self) -> None:
         """SIGHUP: re-read the admin credentials (and the TLS certificates)."""
         log.info("SIGHUP: reloading credentials and certificates")
-        if getattr(self, "auth_files", None) is not None:
+        if self.auth_files is not None:
             self.auth_files.reload("SIGHUP")
+        for what, reload in (("admin", self.admin_tls.reload if self.admin_tls else None),
+                             ("gate", self.gate.reload_tls if self.gate else None)):
+            if reload is None:
+                continue
+            try:
+                reload()
+                log.info("the {what} certificate was reloaded", what=what)
+            except Exception as exc:
+                log.error("the {what} certificate was not reloaded, the previous one stays: "
+                          "{error}", what=what, error=str(exc))
 
     def _start_gate(self) -> None:
         from faastwist.gate.service import GateService
