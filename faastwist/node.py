@@ -187,6 +187,7 @@ class FaasNode(Service):
         from faastwist.admin.api import AdminAPI
         from faastwist.admin.codec import bounded_request_factory
         from faastwist.admin.console import ConsoleResource, gate_url_for, mount_console
+        from faastwist.admin.openapi import document as openapi_document
         from faastwist.admin.ops import OpsAPI, compose, node_info
 
         admin, http = self.config.admin, self.config.http_server
@@ -200,7 +201,7 @@ class FaasNode(Service):
              "provider": self.provider.check},
             node_info(__version__, self.config.provider, self.config.name, self.node_id,
                       time.time(), self.leader.is_leader),
-            self.reactor)
+            self.reactor, openapi=openapi_document(self.config.name))
         console = ConsoleResource(self.reactor, self.config.name,
                                   gate_url_for(http.address, http.port, http.https),
                                   max_body_size=admin.max_body_size)

@@ -25,7 +25,7 @@ from faastwist.auth.origin import OriginPolicy
 READ_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 PROBES: frozenset[tuple[str, ...]] = frozenset({("healthz",), ("readyz",)})
 OPEN: frozenset[tuple[str, ...]] = PROBES | frozenset({
-    ("apis", "v2", "faas", "openapi.json"), ("apis", "v1", "faas", "openapi.json"),
+    ("apis", "v2", "faas", "openapi.json"),
     ("console",), ("console", ""), ("console", "index.html"), ("console", "app.js"),
     ("console", "style.css"), ("console", "config.json"),
 })

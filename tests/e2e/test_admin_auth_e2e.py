@@ -22,7 +22,7 @@ from faastwist.auth.tokens import hash_token
 from tests.support.cli import require_node, run_cli, wait_for
 from tests.support.node import FaasNodeProcess, http
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 JSON = {"Accept": "application/json"}
 PWNED = 'name: pwned\ncommand: [sh, -c, "id > pwned.txt"]\n'

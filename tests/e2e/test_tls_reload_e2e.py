@@ -17,7 +17,7 @@ from tests.support.cli import require_node, wait_for
 from tests.support.node import FaasNodeProcess, http
 from tests.support.tls import common_name, self_signed
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 @pytest.fixture
