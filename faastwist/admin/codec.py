@@ -24,9 +24,10 @@ from faastwist.util.units import UnitError, parse_duration
 #: Request bodies in these types are read as YAML (JSON is YAML too, but gets a JSON parser).
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/vnd.yaml")
 JSON_TYPE = "application/json"
-#: What ``curl --data-binary @function.yaml`` sends without ``-H``: read as YAML.
-FORM_TYPE = "application/x-www-form-urlencoded"
-ACCEPTED_TYPES = YAML_TYPES + (JSON_TYPE, FORM_TYPE)
+ACCEPTED_TYPES = YAML_TYPES + (JSON_TYPE,)
+#: What an HTML form (or a cross-site ``fetch`` without a CORS preflight) can send, and
+#: ``curl -d`` without ``-H``: never read as a spec, so another site cannot post one.
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
 #: Responses are YAML (RFC 9512's type) unless the client accepts JSON.
 YAML_RESPONSE_TYPE = "application/yaml"
 NDJSON_TYPE = "application/x-ndjson"
@@ -232,6 +233,11 @@ def _check_expansion(document: Any) -> None:
 def decode_body(body: bytes, content_type: str | None) -> Any:
     """The parsed document, or 415 for an unsupported type, 400 for a malformed body."""
     kind, params = media_type(content_type)
+    if kind in FORM_TYPES:
+        raise ApiError(415, f"Content-Type {kind} is not read as a spec (HTML forms and other "
+                            f"sites' pages can send it); send one of "
+                            f"{', '.join(ACCEPTED_TYPES)}, e.g. curl -H "
+                            f"'Content-Type: application/yaml' --data-binary @function.yaml")
     if kind and kind not in ACCEPTED_TYPES:
         raise ApiError(415, f"Content-Type {kind} is not supported; send one of "
                             f"{', '.join(ACCEPTED_TYPES)}")
@@ -258,10 +264,7 @@ def decode_body(body: bytes, content_type: str | None) -> Any:
         except ApiError:
             raise
         except Exception as exc:  # any parser failure is the body's fault, not ours
-            hint = ""
-            if kind == FORM_TYPE:
-                hint = " (curl -d strips line breaks: send the file with --data-binary @file)"
-            raise ApiError(400, f"body is not valid YAML: {_one_line(exc)}{hint}") from None
+            raise ApiError(400, f"body is not valid YAML: {_one_line(exc)}") from None
     _check_expansion(document)
     return document
 

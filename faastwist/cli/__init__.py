@@ -13,6 +13,7 @@ import click
 
 from faastwist.cli.client import CliContext, CommandFailed, InputError
 from faastwist.cli.commands import COMMANDS, duration_option
+from faastwist.cli.token import token as token_commands
 
 __all__ = ["main", "cli", "CliContext", "CommandFailed", "InputError"]
 
@@ -40,7 +41,9 @@ def cli(ctx: click.Context, server: str | None, controller: str | None, token: s
 
     Settings come from the flags, then FAASTWIST_SERVER / FAASTWIST_CONTROLLER /
     FAASTWIST_TOKEN / FAASTWIST_GATE, then ~/.config/faastwist/config.yaml (keys server,
-    controller, token, gate, timeout; FAASTWIST_CONFIG names another file).
+    controller, token, gate, timeout; FAASTWIST_CONFIG names another file). Without a
+    token, the one the node wrote beside its tokens file is used when FAASTWIST_NODE_CONFIG
+    (the node's controller.yaml) or FAASTWIST_TOKENS_FILE says where that is.
 
     Exit status: 0 ok, 1 the server refused or could not be reached, 2 usage.
     """
@@ -50,6 +53,7 @@ def cli(ctx: click.Context, server: str | None, controller: str | None, token: s
 
 for _command in COMMANDS:
     cli.add_command(_command)
+cli.add_command(token_commands)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -132,6 +132,10 @@ def load_settings(server: str | None, controller: str | None, token: str | None,
     gate_value, gate_from = pick(gate, "FAASTWIST_GATE", "gate", "")
     controller_value, _ = pick(controller, "FAASTWIST_CONTROLLER", "controller", None)
     token_value, _ = pick(token, "FAASTWIST_TOKEN", "token", "")
+    if not token_value:
+        from faastwist.cli.token import token_from_node
+
+        token_value = token_from_node(env)
     timeout_value, timeout_from = pick(timeout, "FAASTWIST_TIMEOUT", "timeout", 30.0)
     try:
         timeout_seconds = parse_seconds(timeout_value)

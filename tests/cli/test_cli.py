@@ -293,8 +293,8 @@ def test_settings_flags_over_env_over_config_file(cli_node, tmp_path: Path) -> N
     config_dir = tmp_path / ".config" / "faastwist"
     config_dir.mkdir(parents=True)
     (config_dir / "config.yaml").write_text(
-        f"server: {cli_node.admin_root}\ncontroller: clictl\n")
-    no_server = {"FAASTWIST_SERVER": "", "FAASTWIST_GATE": ""}
+        f"server: {cli_node.admin_root}\ncontroller: clictl\ntoken: {cli_node.token}\n")
+    no_server = {"FAASTWIST_SERVER": "", "FAASTWIST_GATE": "", "FAASTWIST_TOKEN": ""}
     # the file alone is enough
     result = run_cli(None, "list", "-o", "json", home=tmp_path, env=no_server)
     assert isinstance(json.loads(ok(result)), list)
