@@ -5,8 +5,15 @@ from __future__ import annotations
 from typing import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.support.k8s import Envtest, envtest_unavailable
+
+# Property tests check behaviour, not speed: no per-example deadline, so a loaded machine
+# (CI, several suites at once) cannot turn a correct example into a failure.
+settings.register_profile("faastwist", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("faastwist")
 
 
 @pytest.fixture(scope="session")
