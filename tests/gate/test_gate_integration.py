@@ -401,7 +401,9 @@ async def test_max_connections_refuses_new_connections_cleanly(make_gate: Any) -
     status, headers, body = await third.request("/")
     assert status == 503 and headers["x-faas-gate-error"] == "true"
     assert headers["connection"] == "close"
-    assert "maxConnections" in json.loads(body)["message"]
+    assert headers["retry-after"] == "1"
+    assert json.loads(body) == {
+        "code": 503, "message": "too many connections (maxConnections is 2); retry"}
     await third.closed()
     assert (await first.request("/"))[0] == 200  # the admitted ones are unaffected
     assert (await second.request("/"))[0] == 200
