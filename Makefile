@@ -1,5 +1,6 @@
 # The two commands the README promises: `make run` and `make test`. Both install what
-# they need on a fresh Debian machine (as root): a venv with the project, and etcd.
+# they need on a fresh Debian machine (as root): a venv with the project, etcd and
+# nats-server (the embedded async queue).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -26,6 +27,7 @@ install: $(VENV)/.deps
 system-deps:
 	@missing=""; \
 	command -v etcd >/dev/null || missing="$$missing etcd-server"; \
+	command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing="$$missing nats-server"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	command -v xz >/dev/null || missing="$$missing xz-utils"; \

@@ -75,6 +75,8 @@ class AdminAPI:
     """Routes and error mapping of the admin API; ``resource()`` or ``site()`` serves it."""
 
     app = Klein()
+    #: the node's queue service when async invocations are on (admin/asyncapi.py)
+    async_calls: Any = None
 
     def __init__(self, store: FunctionStore, controller: str,
                  check_spec: Callable[[FunctionSpec], None], kick: Callable[[str], None],
@@ -369,3 +371,7 @@ class _Utf8Guard(Resource):
         except UnicodeDecodeError:
             return self._api.error(request, 400, "the request path and Host must be UTF-8")
         return self._inner.render(request)
+
+
+# the async-call routes register themselves on AdminAPI.app
+from faastwist.admin import asyncapi  # noqa: E402,F401

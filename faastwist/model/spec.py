@@ -254,6 +254,9 @@ class FunctionSpec:
     env: Mapping[str, str] = attrs.field(factory=dict)
     mode: ProcessMode = ProcessMode.HTTP
     readiness_path: str = ""
+    # asynchronous invocations (0: the controller's queue.concurrency / maxAttempts)
+    async_concurrency: int = 0
+    max_attempts: int = 0
 
     @classmethod
     def from_dict(cls, data: object) -> "FunctionSpec":
@@ -277,6 +280,8 @@ class FunctionSpec:
             env=reader.string_map("env", {}),
             mode=ProcessMode(reader.choice("mode", [m.value for m in ProcessMode], "http")),
             readiness_path=reader.string("readinessPath", ""),
+            async_concurrency=reader.integer("asyncConcurrency", 0, 0, 10000),
+            max_attempts=reader.integer("maxAttempts", 0, 0, 100),
         )
         reader.finish()
         if spec.max_replica and spec.min_replica > spec.max_replica:
@@ -319,6 +324,10 @@ class FunctionSpec:
             out["mode"] = self.mode.value
         if self.readiness_path:
             out["readinessPath"] = self.readiness_path
+        if self.async_concurrency:
+            out["asyncConcurrency"] = self.async_concurrency
+        if self.max_attempts:
+            out["maxAttempts"] = self.max_attempts
         return out
 
     def digest(self) -> str:
