@@ -75,7 +75,8 @@ class AdminAPI:
     """Routes and error mapping of the admin API; ``resource()`` or ``site()`` serves it."""
 
     app = Klein()
-    #: the node's queue service when async invocations are on (admin/asyncapi.py)
+    #: the node's queue service when async invocations are on (admin/asyncapi.py adds
+    #: the routes: import it to serve them)
     async_calls: Any = None
 
     def __init__(self, store: FunctionStore, controller: str,
@@ -371,7 +372,3 @@ class _Utf8Guard(Resource):
         except UnicodeDecodeError:
             return self._api.error(request, 400, "the request path and Host must be UTF-8")
         return self._inner.render(request)
-
-
-# the async-call routes register themselves on AdminAPI.app
-from faastwist.admin import asyncapi  # noqa: E402,F401

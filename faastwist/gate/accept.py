@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import TYPE_CHECKING, Any, Protocol as TypingProtocol
+from typing import Any, Protocol as TypingProtocol
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -21,9 +21,6 @@ from twisted.python.failure import Failure
 from faastwist.gate.decisions import ASYNC_HEADER, GateError
 from faastwist.gate.routes import Route
 from faastwist.gate.wire import CALL_ID
-
-if TYPE_CHECKING:
-    from faastwist.gate.exchange import Exchange
 
 CALLBACK_HEADER = b"x-callback-url"
 #: Call ids become NATS subject tokens and key-value keys: keep them to this alphabet.
@@ -70,7 +67,7 @@ class Accept:
 
     __slots__ = ("exchange", "route", "queue", "chunks", "size", "callback")
 
-    def __init__(self, exchange: "Exchange", route: Route, queue: Enqueuer,
+    def __init__(self, exchange: Any, route: Route, queue: Enqueuer,
                  callback: str | None) -> None:
         self.exchange = exchange
         self.route = route
@@ -119,7 +116,7 @@ class Accept:
             retry_after=1))
 
 
-def begin_async(exchange: "Exchange", route: Route) -> Accept | None:
+def begin_async(exchange: Any, route: Route) -> Accept | None:
     """Check an async request for ``route``; an Accept to feed the body to, or None
     when it was answered with an error."""
     queue: Enqueuer | None = exchange.context.queue

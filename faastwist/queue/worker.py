@@ -19,6 +19,7 @@ import random
 from typing import Any, Callable
 
 from twisted.internet.defer import ensureDeferred
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from faastwist.gate.routes import Route
@@ -43,7 +44,9 @@ INACTIVE_RECHECK = 5.0
 #: How long a fetch waits for the first message.
 FETCH_WAIT = 2.0
 #: Ack wait beyond the function's own timeout (the outcome still has to be stored).
-ACK_MARGIN = 30.0
+ACK_MARGIN = 10.0
+#: Tries of a step after the function ran (0.5 s apart) before leaving it to redelivery.
+PERSIST = 40
 CALLBACKS = "callbacks"
 
 
@@ -158,7 +161,8 @@ class Worker:
         if free <= 0:
             return
         loop.pulling = True
-        d = self.bridge.call(self.js.fetch, loop.key, free, FETCH_WAIT, timeout=FETCH_WAIT + 5)
+        d = self.bridge.call(self.js.fetch, loop.key, free, FETCH_WAIT,
+                             timeout=FETCH_WAIT * 2 + 5)
         d.addCallbacks(self._fetched, self._fetch_failed, (loop,), None, (loop,))
 
     def _fetched(self, messages: list[Any], loop: Loop) -> None:
@@ -237,7 +241,7 @@ class Worker:
             delay = self.backoff.delay(attempts, self.random(), retry_after)
             await self._status(call, "queued", attempts, answer.status,
                                nextAttempt=self.reactor.seconds() + delay)
-            await self.bridge.call(self.js.nak, msg, delay)
+            await self._persist(self.js.nak, msg, delay)
             self.metrics.async_retries.labels(call.function).inc()
             return
         if decision is Decision.DEAD:
@@ -249,20 +253,34 @@ class Worker:
         await self._status(call, state, attempts, answer.status)
         if call.callback:
             await self._publish_callback(call, outcome, answer.body)
-        await self.bridge.call(self.js.ack, msg)
+        await self._persist(self.js.ack, msg)
         self.metrics.async_done.labels(call.function, state).inc()
+
+    async def _persist(self, function: Any, *args: Any) -> Any:
+        """A step after the function ran, repeated while NATS is away (up to PERSIST
+        tries): giving up would leave the message to be redelivered, and the function
+        to run again, only after the ack wait."""
+        for attempt in range(PERSIST):
+            try:
+                return await self.bridge.call(function, *args)
+            except Exception as exc:
+                if attempt == PERSIST - 1 or not self.running:
+                    raise
+                log.debug("queue step {step} failed ({error}); again", step=function.__name__,
+                          error=str(exc))
+                await deferLater(self.reactor, 0.5, lambda: None)
 
     async def _dead(self, msg: Any, call: Any, outcome: Outcome, body: bytes = b"") -> None:
         """Store the call in the dead letters (its request body, the last outcome)."""
         headers = call_headers(call, dedup=False)
         headers.update(outcome_headers(outcome))
-        await self.bridge.call(self.js.publish, self.names.dead_subject(call.function, call.call_id),
-                               call.body, headers, self.config.timeout)
+        await self._persist(self.js.publish, self.names.dead_subject(call.function, call.call_id),
+                            call.body, headers, self.config.timeout)
         await self._status(call, "dead", outcome.attempts, outcome.status or None,
                            reason=outcome.reason)
         if call.callback and outcome.attempts:
             await self._publish_callback(call, outcome, body)
-        await self.bridge.call(self.js.ack, msg)
+        await self._persist(self.js.ack, msg)
         self.metrics.async_dead.labels(call.function).inc()
         self.metrics.async_done.labels(call.function, "dead").inc()
         log.info("call {call_id} of {function} moved to the dead letters: {reason}",
@@ -271,15 +289,15 @@ class Worker:
     async def _publish_callback(self, call: Any, outcome: Outcome, body: bytes) -> None:
         headers = call_headers(call, dedup=False)
         headers.update(outcome_headers(outcome))
-        await self.bridge.call(self.js.publish,
-                               self.names.callback_subject(call.function, call.call_id),
-                               body, headers, self.config.timeout)
+        await self._persist(self.js.publish,
+                            self.names.callback_subject(call.function, call.call_id),
+                            body, headers, self.config.timeout)
 
     async def _status(self, call: Any, state: str, attempts: int, last_status: Any,
                       reason: str = "", **extra: Any) -> None:
         record = status_record(call, state, self.reactor.seconds(), attempts, last_status,
                                reason, **extra)
-        await self.bridge.call(self.js.put_status, call.call_id, record)
+        await self._persist(self.js.put_status, call.call_id, record)
 
     # -- callbacks -----------------------------------------------------------------------
 
