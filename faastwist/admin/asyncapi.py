@@ -15,16 +15,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from faastwist.admin.api import FUNCTION, AdminAPI
-from faastwist.admin.codec import ApiError, query_params
+from faastwist.admin.api import FUNCTION, AdminAPI, controller_route
+from faastwist.admin.codec import ApiError, query_params, respond
 from faastwist.model.spec import SpecError, check_name
 
 CALL_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 app = AdminAPI.app
 
 
-def _queue(api: AdminAPI, controller: str, fn: str, call_id: str | None = None) -> Any:
-    api._check_controller(controller)
+def _queue(api: AdminAPI, fn: str, call_id: str | None = None) -> Any:
     try:
         check_name(fn, "function")
     except SpecError as exc:
@@ -48,42 +47,42 @@ async def _ask(api: AdminAPI, coroutine: Any) -> Any:
         raise ApiError(503, f"the queue is unavailable: {exc}") from None
 
 
-@app.route(FUNCTION + "/async/<call_id>", methods=["GET"], strict_slashes=False)
+@controller_route(app, FUNCTION + "/async/<call_id>", "GET")
 async def async_status(self: AdminAPI, request: Any, version: str, controller: str, fn: str,
                        call_id: str) -> bytes:
-    queue = _queue(self, controller, fn, call_id)
+    queue = _queue(self, fn, call_id)
     record = await _ask(self, queue.status(fn, call_id))
     if record is None:
         raise ApiError(404, f"no call {call_id} of function {fn} (unknown, or its record "
                             f"expired: queue.statusTTL)")
-    return self.respond(request, 200, record)
+    return respond(request, 200, record)
 
 
-@app.route(FUNCTION + "/async/<call_id>/retry", methods=["POST"], strict_slashes=False)
+@controller_route(app, FUNCTION + "/async/<call_id>/retry", "POST")
 async def async_retry(self: AdminAPI, request: Any, version: str, controller: str, fn: str,
                       call_id: str) -> bytes:
-    queue = _queue(self, controller, fn, call_id)
+    queue = _queue(self, fn, call_id)
     record = await _ask(self, queue.retry(fn, call_id))
     if record is None:
         raise ApiError(404, f"no dead letter {call_id} of function {fn}")
-    return self.respond(request, 202, record)
+    return respond(request, 202, record)
 
 
-@app.route(FUNCTION + "/async", methods=["GET"], strict_slashes=False)
+@controller_route(app, FUNCTION + "/async", "GET")
 async def async_dead_letters(self: AdminAPI, request: Any, version: str, controller: str,
                              fn: str) -> bytes:
-    queue = _queue(self, controller, fn)
+    queue = _queue(self, fn)
     params = query_params(request.uri, ("limit",))
     raw = params.get("limit") or "1000"
     if not raw.isdigit() or not 1 <= int(raw) <= 10000:
         raise ApiError(400, "limit: must be a number from 1 to 10000")
     entries = await _ask(self, queue.dead_letters(fn, int(raw)))
-    return self.respond(request, 200, {"function": fn, "deadLetters": entries})
+    return respond(request, 200, {"function": fn, "deadLetters": entries})
 
 
-@app.route(FUNCTION + "/async", methods=["DELETE"], strict_slashes=False)
+@controller_route(app, FUNCTION + "/async", "DELETE")
 async def async_purge(self: AdminAPI, request: Any, version: str, controller: str,
                       fn: str) -> bytes:
-    queue = _queue(self, controller, fn)
+    queue = _queue(self, fn)
     await _ask(self, queue.purge(fn))
-    return self.respond(request, 200, {"function": fn, "purged": True})
+    return respond(request, 200, {"function": fn, "purged": True})

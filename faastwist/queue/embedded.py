@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, readBody
 
-from faastwist.store.embedded import free_port, port_is_free
+from faastwist.util.ports import free_port, port_is_free
 from faastwist.util.timers import NamedTimers
 
 log = Logger()

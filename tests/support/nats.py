@@ -24,7 +24,7 @@ from typing import Iterator
 import pytest
 
 from faastwist.queue.embedded import find_nats_binary
-from tests.support.etcd import free_port
+from faastwist.util.ports import free_port
 
 
 class NatsProcess:
