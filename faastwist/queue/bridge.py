@@ -86,11 +86,19 @@ class AsyncioBridge(Service):
         limit = self.default_timeout if timeout is None else timeout
 
         async def bounded() -> Any:
+            # asyncio.wait, not wait_for: a TimeoutError the coroutine raises itself
+            # (nats-py does) must not pass for the bridge's own timeout
+            task = asyncio.ensure_future(function(*args, **kwargs))
             try:
-                return await asyncio.wait_for(function(*args, **kwargs), limit)
-            except asyncio.TimeoutError:
+                done, _ = await asyncio.wait({task}, timeout=limit)
+            except asyncio.CancelledError:
+                task.cancel()
+                raise
+            if not done:
+                task.cancel()
                 name = getattr(function, "__name__", "call")
-                raise BridgeTimeout(f"{name} did not finish within {limit:g}s") from None
+                raise BridgeTimeout(f"{name} did not finish within {limit:g}s")
+            return task.result()
 
         future = asyncio.run_coroutine_threadsafe(bounded(), loop)
         d: Deferred[Any] = Deferred(lambda _: future.cancel())

@@ -171,7 +171,7 @@ class JetStream:
             return []
         try:
             return await sub.fetch(batch, timeout=wait)
-        except NatsTimeout:
+        except (NatsTimeout, TimeoutError):  # nats-py raises either when none came
             return []
 
     @staticmethod

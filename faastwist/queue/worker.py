@@ -173,8 +173,8 @@ class Worker:
             d.addErrback(lambda f, k=loop.key: log.failure(
                 "queued message of {consumer} failed", f, consumer=k))
             d.addBoth(self._handled, loop)
-        if loop.key not in (CALLBACKS,) and not messages and self.routes.lookup(loop.key) is None:
-            self._retire(loop)
+        if loop.key != CALLBACKS and not messages and self.routes.lookup(loop.key) is None:
+            self._maybe_retire(loop)
             return
         self._pull(loop)
 
@@ -189,10 +189,24 @@ class Worker:
                       error=failure.getErrorMessage())
             loop.retry = self.reactor.callLater(1.0, self._pull, loop)
 
+    def _maybe_retire(self, loop: Loop) -> None:
+        """A deleted function's fetch came back empty: drop its consumer once nothing
+        is left in it (calls waiting for a redelivery still go to the dead letters)."""
+        d = self.bridge.call(self.js.pending, self.names.calls, self.names.consumer(loop.key))
+
+        def counted(pending: tuple[int, int, Any]) -> None:
+            if pending[0] or pending[1] or loop.inflight or self.routes.lookup(loop.key):
+                self._pull(loop)
+            else:
+                self._retire(loop)
+
+        def failed(failure: Any) -> None:
+            if self.running:
+                loop.retry = self.reactor.callLater(1.0, self._pull, loop)
+
+        d.addCallbacks(counted, failed)
+
     def _retire(self, loop: Loop) -> None:
-        """A deleted function's queue is empty: drop its consumer."""
-        if loop.inflight:
-            return
         self.loops.pop(loop.key, None)
         self._settings.pop(loop.key, None)
         self.bridge.call(self.js.unbind, loop.key, self.names.calls,
