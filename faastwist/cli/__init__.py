@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from faastwist.cli.client import AdminClient, ApiError, InputError, Settings, load_settings
+from faastwist.cli.asynccmd import register_async
 from faastwist.cli.commands import duration_option, register
 
 __all__ = ["main", "cli", "ApiError", "InputError"]
@@ -69,6 +70,7 @@ def cli(ctx: click.Context, server: str | None, controller: str | None, token: s
 
 
 register(cli)
+register_async(cli)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -335,3 +335,35 @@ def test_two_nodes_share_the_queue_and_run_each_call_once(
         codes = [node.stop() for node in nodes]
         nats.stop()
     assert all(code in (0, -signal.SIGTERM) for code in codes)
+
+
+def test_cli_invoke_async_and_async_commands(tmp_path: Path, callbacks: Callbacks) -> None:
+    from tests.support.cli import run_cli
+
+    node = node_for(tmp_path).start()
+    try:
+        deploy(node, tmp_path, "fn")
+        result = run_cli(node, "invoke", "fn", "--async", "--callback", callbacks.url,
+                         "--path", "/ok", "-d", "via cli")
+        assert result.returncode == 0, result.stderr
+        call_id = result.stdout.split("call id ")[1].strip()
+        assert callbacks.first(call_id)[1] == b"echo:via cli"
+        got = run_cli(node, "async", "get", "fn", call_id, "-o", "json")
+        assert got.returncode == 0 and json.loads(got.stdout)["state"] == "succeeded"
+        failing = run_cli(node, "invoke", "fn", "--async", "--path", "/fail")
+        dead = failing.stdout.split("call id ")[1].strip()
+        wait_for(lambda: dead in run_cli(node, "async", "list", "fn").stdout, what="dead")
+        listing = run_cli(node, "async", "list", "fn").stdout
+        assert "CALL ID" in listing and "no attempts left" in listing
+        assert run_cli(node, "async", "retry", "fn", dead).returncode == 0
+        assert json.loads(run_cli(node, "async", "get", "fn", dead, "-o", "json").stdout)[
+            "state"] in ("queued", "running", "dead")
+        missing = run_cli(node, "async", "get", "fn", "nope")
+        assert missing.returncode == 1 and "no call nope" in missing.stderr
+        wait_for(lambda: dead in run_cli(node, "async", "list", "fn").stdout, what="dead again")
+        assert run_cli(node, "async", "purge", "fn", "--yes").returncode == 0
+        assert dead not in run_cli(node, "async", "list", "fn").stdout
+        refused = run_cli(node, "invoke", "fn", "--callback", callbacks.url)
+        assert refused.returncode == 2 and "needs --async" in refused.stderr
+    finally:
+        assert node.stop() in (0, -signal.SIGTERM), node.log()
