@@ -13,7 +13,7 @@ UNIT_MARKERS := not etcd and not envtest and not slow and not process and not e2
 export PYTHONPATH := $(CURDIR)
 
 
-.PHONY: run test unit install system-deps browser-deps bench bench-gate bench-reconcile bench-coldstart clean
+.PHONY: run test unit install system-deps browser-deps bench bench-gate bench-reconcile bench-coldstart bench-async clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,7 +56,7 @@ test: install system-deps browser-deps
 unit: $(VENV)/.deps
 	$(BIN)/pytest -m "$(UNIT_MARKERS)" $(PYTEST_ARGS)
 
-bench: bench-gate bench-reconcile bench-coldstart
+bench: bench-gate bench-reconcile bench-coldstart bench-async
 
 bench-gate: install
 	@command -v nginx >/dev/null && command -v wrk >/dev/null || { \
@@ -70,6 +70,10 @@ bench-reconcile: install system-deps
 bench-coldstart: install
 	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
 	$(BIN)/python bench/coldstart.py
+
+bench-async: install system-deps
+	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
+	$(BIN)/python bench/async.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info data test-artifacts
