@@ -94,7 +94,7 @@ class Metrics:
             "faastwist_leader", "1 when this node runs the reconciler", registry=r)
         # asynchronous invocations
         self.async_queued = Gauge(
-            "faastwist_async_queued", "Calls waiting in the queue (cluster-wide)",
+            "faastwist_async_queued", "Calls not finished yet: waiting, running or between attempts (cluster-wide)",
             ["function_name"], registry=r)
         self.async_inflight = Gauge(
             "faastwist_async_inflight", "Queued calls running on this node",

@@ -255,11 +255,11 @@ class QueueService:
         now = time.time()
         for name in self.routes.names():
             try:
-                waiting, _, oldest = await self.bridge.call(
+                waiting, delivered, oldest = await self.bridge.call(
                     js.pending, self.names.calls, self.names.consumer(name))
             except Exception:
                 continue
-            self.metrics.async_queued.labels(name).set(waiting)
+            self.metrics.async_queued.labels(name).set(waiting + delivered)
             self.metrics.async_oldest.labels(name).set(max(0.0, now - oldest) if oldest else 0)
 
 

@@ -52,9 +52,10 @@ class Callbacks:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with owner.lock:
-                    owner.received.setdefault(self.headers.get("X-Call-Id", ""), []).append(
-                        ({k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(204)
+                    got = owner.received.setdefault(self.headers.get("X-Call-Id", ""), [])
+                    got.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                    failing = self.path == "/flaky-hook" and len(got) <= 2
+                self.send_response(503 if failing else 204)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -111,7 +112,7 @@ def node_for(tmp_path: Path, name: str = "node", **queue: Any) -> FaasNodeProces
 def test_accept_run_callback_retry_and_dead_letters(tmp_path: Path, callbacks: Callbacks) -> None:
     node = node_for(tmp_path).start()
     try:
-        deploy(node, tmp_path, "fn")
+        state = deploy(node, tmp_path, "fn")
         # unknown function: 404, nothing queued
         status, _, body = enqueue(node, "nope/ok", b"x", X_Callback_Url=callbacks.url)
         assert status == 404, body
@@ -125,6 +126,17 @@ def test_accept_run_callback_retry_and_dead_letters(tmp_path: Path, callbacks: C
         assert got["x-function-name"] == "fn" and got["x-function-status"] == "200"
         assert got["x-fn"] == "yes" and float(got["x-duration-seconds"]) >= 0
         assert got["x-faas-attempts"] == "1"
+        # a callback answered 503 twice is sent again, without running the function again
+        flaky_hook = callbacks.url.replace("/hook", "/flaky-hook")
+        status, headers, _ = enqueue(node, "fn/ok", b"once", X_Callback_Url=flaky_hook)
+        hooked = headers["x-call-id"]
+        wait_for(lambda: len(callbacks.received.get(hooked, [])) == 3, what="3 callback tries")
+        assert [b for _, b in callbacks.received[hooked]] == [b"echo:once"] * 3
+        assert (state / "calls.log").read_text().split().count(hooked) == 1
+        wait_for(lambda: node.json("GET", f"/fn/async/{hooked}")[1].get("callback"),
+                 what="the callback result in the status")
+        assert node.json("GET", f"/fn/async/{hooked}")[1]["callback"] == {
+            "status": 204, "attempts": 3}
         # the header form, and a sync request through the same gate meanwhile
         status, headers, _ = http("POST", f"{node.gate_url}/ok", b"hdr",
                                   {"X-FaaS-Func-Name": "fn", "X-FaaS-Async": "true",
@@ -198,6 +210,9 @@ def test_stop_keeps_calls_queued_and_delete_dead_letters_them(
         time.sleep(1.0)
         assert call_id not in callbacks.received
         assert node.json("GET", f"/fn/async/{call_id}")[1]["state"] == "queued"
+        metric = 'faastwist_async_queued{function_name="fn"} 1.0'
+        wait_for(lambda: metric in http("GET", f"{node.admin_root}/metrics")[2].decode(),
+                 timeout=15, what="the queued gauge")
         assert node.json("PUT", "/fn/start")[0] == 200
         assert callbacks.first(call_id)[1] == b"echo:later"
         # stopped again, a call queued, then the function deleted: a dead letter
