@@ -79,7 +79,7 @@ class Exchange:
         "body_override", "pending", "pending_size", "sent", "sent_size", "retried",
         "body_complete", "bytes_in", "bytes_out", "responded", "status", "done",
         "response_length", "producing_down", "producing_up", "client_paused",
-        "head_only", "ended", "terminated", "accept",
+        "head_only", "ended", "terminated", "accept", "replay",
     )
 
     def __init__(self, context: GateContext, down: Downstream, head: RequestHead) -> None:
@@ -117,6 +117,9 @@ class Exchange:
         self.ended = 0.0
         self.terminated = False  # the chunked body's last chunk went upstream
         self.accept: Accept | None = None  # an asynchronous call being queued
+        #: a queued call run by the queue's worker: its key and rate were checked when
+        #: it was accepted (the key is not stored with it)
+        self.replay = False
 
     # -- start -------------------------------------------------------------------------
 
@@ -135,9 +138,9 @@ class Exchange:
                 if not context.routes.synced:
                     raise GateError(503, "the route table is still loading", retry_after=1)
                 raise GateError(404, f"function {self.name} not found")
-            if route.key_digests:
+            if route.key_digests and not self.replay:
                 self._check_key(route)
-            if route.rate_limit is not None:
+            if route.rate_limit is not None and not self.replay:
                 self._check_rate(route)
             if head.async_call:  # queued, even for an inactive function
                 self.accept = begin_async(self, route)

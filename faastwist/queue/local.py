@@ -3,7 +3,9 @@
 The worker drives an ``Exchange`` (the same object a client request gets) with an
 in-memory Downstream, so a queued call meets exactly what a synchronous one does:
 route lookup, request adaptor, scale from zero, the per-function timeout, upstream
-retries, metrics and the access log. The answer is collected in memory, bounded:
+retries, metrics and the access log. The function's key and rate limit were applied
+when the call was accepted (the key is stripped, never stored in the queue), so the
+replay skips those two. The answer is collected in memory, bounded:
 a body over ``limit`` bytes is dropped (the callback says so) rather than stored.
 """
 
@@ -127,6 +129,7 @@ def invoke(context: GateContext, call: QueuedCall, limit: int) -> Deferred[Answe
     """Run ``call`` through the gate; fires with its Answer (never fails)."""
     down = MemoryDownstream(context.clock, limit)
     exchange = Exchange(context, down, request_head(call))  # type: ignore[arg-type]
+    exchange.replay = True  # key and rate limit were applied when the call was accepted
     exchange.begin()
     if not exchange.done and not exchange.body_complete:
         if call.body:

@@ -121,3 +121,22 @@ async def test_nats_away_is_503_never_202(gate) -> None:
     while not queue.js.connected:
         await deferLater(reactor, 0.05, lambda: None)
     assert (await curl(url, "-d", "x"))[0] == 202
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_keyed_function_needs_its_key_to_queue_and_the_key_is_not_stored(gate) -> None:
+    from faastwist.model.keys import KeySet, new_key
+
+    service, queue, _ = gate
+    key, entry = new_key("2026-01-01T00:00:00Z")
+    await service.context.routes.store.put_keys("fn", KeySet((entry,)), 0)
+    while not service.context.routes.lookup("fn").key_digests:
+        await deferLater(reactor, 0.01, lambda: None)
+    url = "http://127.0.0.1:%d/async-function/fn" % service.address()[1]
+    status, _, body = await curl(url, "-d", "x")
+    assert status == 401, body
+    status, headers, _ = await curl(url, "-d", "x", "-H", f"X-API-Key: {key}")
+    assert status == 202
+    msg = await queue.bridge.call(queue.js.last_message, queue.names.calls,
+                                  queue.names.call_subject("fn", headers["x-call-id"]))
+    assert key not in msg.headers["Faas-Headers"]
