@@ -140,3 +140,21 @@ async def test_a_keyed_function_needs_its_key_to_queue_and_the_key_is_not_stored
     msg = await queue.bridge.call(queue.js.last_message, queue.names.calls,
                                   queue.names.call_subject("fn", headers["x-call-id"]))
     assert key not in msg.headers["Faas-Headers"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_workers_replay_is_not_asked_for_the_key_again(gate) -> None:
+    from faastwist.gate.accept import QueuedCall
+    from faastwist.model.keys import KeySet, new_key
+    from faastwist.queue.local import invoke
+
+    service, _, _ = gate
+    _, entry = new_key("2026-01-01T00:00:00Z")
+    await service.context.routes.store.put_keys("fn", KeySet((entry,)), 0)
+    while not service.context.routes.lookup("fn").key_digests:
+        await deferLater(reactor, 0.01, lambda: None)
+    call = QueuedCall(function="fn", call_id="r1", method="POST", target="/", headers=(),
+                      client_ip="127.0.0.1", body=b"x", callback=None, enqueued=0.0)
+    answer = await invoke(service.context, call, 1000)
+    # the fake provider's upstream (port 80) answers or refuses; the gate's 401 never comes
+    assert answer.status != 401
