@@ -117,6 +117,8 @@ def request_head(call: QueuedCall) -> RequestHead:
     X-FaaS-Func-Name to its function, its call id, its length."""
     headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in call.headers
                if n != "x-faas-func-name"]
+    if not any(name == b"host" for name, _ in headers):
+        headers.append((b"host", b"localhost"))  # HTTP/1.1 requires one; the gate checks
     headers.append((FUNC_HEADER, call.function.encode()))
     headers.append((CALL_ID, call.call_id.encode()))
     if call.body or call.method not in ("GET", "HEAD", "DELETE", "OPTIONS"):

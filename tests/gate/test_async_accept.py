@@ -157,4 +157,4 @@ async def test_the_workers_replay_is_not_asked_for_the_key_again(gate) -> None:
                       client_ip="127.0.0.1", body=b"x", callback=None, enqueued=0.0)
     answer = await invoke(service.context, call, 1000)
     # the fake provider's upstream (port 80) answers or refuses; the gate's 401 never comes
-    assert answer.status != 401
+    assert answer.status not in (400, 401), answer
