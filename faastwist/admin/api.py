@@ -97,6 +97,9 @@ class AdminAPI:
     """Routes and error mapping of the admin API; ``resource()`` or ``site()`` serves it."""
 
     app = Klein()
+    #: the node's queue service when async invocations are on (admin/asyncapi.py adds
+    #: the routes: import it to serve them)
+    async_calls: Any = None
 
     def __init__(self, store: FunctionStore, controller: str,
                  check_spec: Callable[[FunctionSpec], None], kick: Callable[[str], None],
