@@ -1,0 +1,3 @@
+"""Several nodes on one etcd: node sessions (lease, node key, reports), node-local
+convergence of process replicas, and the rule that folds the nodes' reports into the
+FSM's events (the leader's view). Layered above store/, providers/ and lifecycle/."""
