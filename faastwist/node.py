@@ -231,7 +231,7 @@ class FaasNode(Service):
         log_source = self.provider if hasattr(self.provider, "read_logs") else None
         self.admin = AdminAPI(self.store, self.config.name, self.provider.check_spec,
                               self.reconciler.kick, self.reactor, admin.max_body_size,
-                              log_source=log_source)
+                              log_source=log_source, cache=self._cached_records)
         self.ops = OpsAPI(
             self.metrics,
             {"etcd": self.store.check, "watch": self._routes_current,
@@ -262,6 +262,12 @@ class FaasNode(Service):
         except Exception as exc:
             raise StartupError(f"httpServer.port: cannot listen on {http.address}:{http.port}: {exc}")
         self._push("gate", self.gate.stopService)
+
+    def _cached_records(self) -> dict[str, Any]:
+        from faastwist.store.base import FunctionRecord
+
+        return {name: FunctionRecord(spec, status)
+                for name, (spec, status) in self.routes.snapshot().items()}
 
     def _provider_ready(self) -> Any:
         if self.converger is not None:

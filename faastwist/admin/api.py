@@ -17,7 +17,7 @@ import time
 from typing import Any, Callable, Mapping, TypeVar
 
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -46,6 +46,7 @@ from faastwist.model.spec import FunctionSpec, SpecError
 from faastwist.store.base import (
     AlreadyExists,
     Conflict,
+    FunctionRecord,
     FunctionStore,
     NotFound,
     StoreUnavailable,
@@ -58,6 +59,8 @@ BASE = "/apis/<any(v1, v2):version>/faas/<controller>"
 FUNCTION = BASE + "/<fn>"
 DEFAULT_MAX_BODY_SIZE = 1 << 20
 DEFAULT_STORE_TIMEOUT = 10.0
+DEFAULT_READ_TIMEOUT = 2.0
+STALE_HEADER = "X-FaaS-Stale"
 
 
 def _ndjson(line: LogLine) -> bytes:
@@ -81,7 +84,9 @@ class AdminAPI:
                  clock: IReactorTime, max_body_size: int = DEFAULT_MAX_BODY_SIZE,
                  log_source: LogSource | None = None,
                  wall_clock: Callable[[], float] = time.time,
-                 store_timeout: float = DEFAULT_STORE_TIMEOUT) -> None:
+                 store_timeout: float = DEFAULT_STORE_TIMEOUT,
+                 cache: Callable[[], Mapping[str, FunctionRecord]] | None = None,
+                 read_timeout: float = DEFAULT_READ_TIMEOUT) -> None:
         self.store = store
         self.controller = controller
         self.check_spec = check_spec
@@ -91,6 +96,8 @@ class AdminAPI:
         self.log_source = log_source
         self.wall_clock = wall_clock
         self.store_timeout = store_timeout
+        self.cache = cache
+        self.read_timeout = read_timeout
 
     def resource(self) -> IResource:
         """The API as a resource tree root (its own paths start at ``/``)."""
@@ -131,6 +138,28 @@ class AdminAPI:
 
     def _store(self, d: Deferred[T]) -> Deferred[T]:
         return self._timed(d, "the function store", 503)
+
+    async def _read(self, read: Callable[[], Deferred[T]]) -> tuple[T | None, bool]:
+        """``(result, False)`` from the store; ``(None, True)`` when the store did not
+        answer within ``read_timeout`` and a watch-fed cache can answer instead."""
+        if self.cache is None:
+            return await self._store(read()), False
+        d = read()
+        try:
+            return await d.addTimeout(self.read_timeout, self.clock), False
+        except (StoreUnavailable, CancelledError, TimeoutError) as exc:
+            log.warn("admin read answered from the watch cache: the store did not answer "
+                     "({error})", error=str(exc) or type(exc).__name__)
+            return None, True
+
+    def _stale_record(self, name: str) -> FunctionRecord:
+        record = self.cache().get(name) if self.cache is not None else None
+        if record is None:
+            raise NotFound(name)
+        return record
+
+    def _stale(self, request: Any, data: Any) -> bytes:
+        return self.respond(request, 200, data, {STALE_HEADER: "true"})
 
     def _kick(self, name: str) -> None:
         try:
@@ -183,7 +212,11 @@ class AdminAPI:
     @app.route(BASE, methods=["GET"], strict_slashes=False)
     async def list_functions(self, request: Any, version: str, controller: str) -> bytes:
         self._check_controller(controller)
-        listing = await self._store(self.store.list())
+        listing, stale = await self._read(self.store.list)
+        if stale:
+            cached = self.cache()
+            return self._stale(request, [dict(cached[name].to_dict(), stale=True)
+                                         for name in sorted(cached)])
         records = [listing.records[name].to_dict() for name in sorted(listing.records)]
         return self.respond(request, 200, records)
 
@@ -191,13 +224,18 @@ class AdminAPI:
     async def get_function(self, request: Any, version: str, controller: str,
                            fn: str) -> bytes:
         self._check_controller(controller)
-        record = await self._store(self.store.get(fn))
+        record, stale = await self._read(lambda: self.store.get(fn))
+        if stale:
+            return self._stale(request, dict(self._stale_record(fn).to_dict(), stale=True))
         return self.respond(request, 200, record.to_dict())
 
     @app.route(FUNCTION + "/status", methods=["GET"], strict_slashes=False)
     async def get_status(self, request: Any, version: str, controller: str, fn: str) -> bytes:
         self._check_controller(controller)
-        record = await self._store(self.store.get(fn))
+        record, stale = await self._read(lambda: self.store.get(fn))
+        if stale:
+            return self._stale(request, dict(self._stale_record(fn).status.to_dict(),
+                                             stale=True))
         return self.respond(request, 200, record.status.to_dict())
 
     @app.route(FUNCTION, methods=["PUT"], strict_slashes=False)

@@ -103,3 +103,73 @@ def test_create_via_a_follower_is_active_on_every_gate_within_1s(cluster: Cluste
           f"after {served_after:.3f}s")
     assert active_after < 1.0
     assert served_after < 1.5
+
+
+TTL = 3.0  # the fixture's etcd.leaseTTL
+
+
+def test_leader_kill9_under_load_fails_nothing_and_a_new_leader_acts_within_ttl(
+        cluster: Cluster) -> None:
+    from tests.support.cluster import Load
+
+    first = cluster.nodes[0]
+    assert first.json("POST", "", spec(cluster, "base"))[0] == 201
+    wait_for(lambda: all(serves(n, "base") for n in cluster.nodes), 20, what="base served")
+    leader = cluster.leader()
+    survivors = [n for n in cluster.nodes if n is not leader]
+    load = Load([f"{n.gate_url}/function/base/" for n in survivors], threads=4).start()
+    time.sleep(0.5)
+    killed = time.monotonic()
+    cluster.kill9(leader)
+    code, body = survivors[0].json("POST", "", spec(cluster, "after"))
+    assert code == 201, body
+    wait_for(lambda: state(survivors[1], "after") == "active", TTL + 5, what="after active")
+    took = time.monotonic() - killed
+    new_leader = cluster.leader(among=survivors, timeout=1)
+    time.sleep(0.5)
+    outcomes = load.stop()
+    print(f"leader kill -9: new function active {took:.2f}s after the kill (ttl {TTL}s); "
+          f"new leader {cluster.info(new_leader)['node']}; survivor requests {outcomes}")
+    assert load.failures == [], load.failures[:5]
+    assert outcomes.get(200, 0) > 20
+    assert took < TTL + 1
+    for node in survivors:
+        assert serves(node, "after")
+
+
+def test_sigstopped_leader_writes_nothing_and_every_gate_serves_the_update(
+        cluster: Cluster) -> None:
+    import os
+    import signal
+
+    first = cluster.nodes[0]
+    assert first.json("POST", "", spec(cluster, "code"))[0] == 201
+    wait_for(lambda: all(serves(n, "code") for n in cluster.nodes), 20, what="v1 served")
+    leader = cluster.leader()
+    others = [n for n in cluster.nodes if n is not leader]
+    writes = 'faastwist_store_operations_total{op="update"'
+    before = cluster.metric(leader, writes)
+    os.kill(leader.process.pid, signal.SIGSTOP)
+    try:
+        cluster.leader(among=others, timeout=TTL + 3)
+        # the FSM updates a stopped function (inactive -> initial -> active): stop on one
+        # node, update on another
+        assert others[0].json("PUT", "/code/stop")[0] == 200
+        updated = time.monotonic()
+        code, body = others[1].json("PUT", "/code", spec(cluster, "code", version="v2"))
+        assert code == 200, body
+        took = wait_for(lambda: all(serves(n, "code", "v2") for n in others), 5,
+                        what="v2 on the live nodes")
+        assert took < 2.0, took
+        wait_for(lambda: state(others[1], "code") == "active", 5, what="code active again")
+    finally:
+        os.kill(leader.process.pid, signal.SIGCONT)
+    resumed = time.monotonic()
+    took = wait_for(lambda: serves(leader, "code", "v2"), 5, what="v2 on the ex-leader")
+    print(f"SIGSTOP/SIGCONT: update served by the live gates, then by the ex-leader "
+          f"{took:.2f}s after SIGCONT ({time.monotonic() - updated:.1f}s after the update)")
+    assert took < 2.0
+    time.sleep(1.0)
+    assert cluster.metric(leader, writes) == before, "the ex-leader wrote to etcd"
+    assert cluster.info(leader)["leader"] is False
+    assert state(leader, "code") == "active"

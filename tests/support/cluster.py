@@ -187,6 +187,32 @@ class Cluster:
                 pass
         self.etcd.stop()
 
+    def kill9(self, node: FaasNodeProcess) -> None:
+        """SIGKILL the node by pid (a crash); its replicas die of their parent-death
+        signal, and any straggler is killed by pid here."""
+        assert node.process is not None
+        pid = node.process.pid
+        children = descendants(pid)
+        os.kill(pid, signal.SIGKILL)
+        node.process.wait()
+        node.process = None
+        deadline = time.monotonic() + 5
+        for child in children:
+            while _alive(child) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(child):
+                try:
+                    os.kill(child, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def metric(self, node: FaasNodeProcess, line_start: str) -> float:
+        """The sum of the /metrics samples whose line starts with ``line_start``."""
+        status, _, body = http("GET", f"{node.admin_root}/metrics", timeout=5)
+        assert status == 200
+        return sum(float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines()
+                   if line.startswith(line_start))
+
     def node(self, node_id: str) -> FaasNodeProcess:
         return self.nodes[int(node_id[1:])]
 
@@ -216,6 +242,79 @@ class Cluster:
     def followers(self) -> list[FaasNodeProcess]:
         leader = self.leader()
         return [n for n in self.nodes if n is not leader]
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (by parent pid, transitively)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat(int(entry))
+            if fields is not None and fields[0] != "Z":
+                parents[int(entry)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        current = frontier.pop()
+        for child, parent in parents.items():
+            if parent == current:
+                found.append(child)
+                frontier.append(child)
+    return found
+
+
+class Load:
+    """Threads sending GETs to ``urls`` in a loop; every outcome is counted."""
+
+    def __init__(self, urls: list[str], threads: int = 4, timeout: float = 10.0) -> None:
+        import threading
+
+        self.urls = urls
+        self.timeout = timeout
+        self.outcomes: dict[Any, int] = {}
+        self.failures: list[tuple[float, str, Any]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
+                         for i in range(threads)]
+
+    def start(self) -> "Load":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def _run(self, index: int) -> None:
+        i = index
+        while not self._stop.is_set():
+            url = self.urls[i % len(self.urls)]
+            i += 1
+            try:
+                status, _, _ = http("GET", url, timeout=self.timeout)
+                outcome: Any = status
+            except Exception as exc:  # connection reset, timeout: a failure too
+                outcome = type(exc).__name__
+            with self._lock:
+                self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+                if outcome != 200:
+                    self.failures.append((time.monotonic(), url, outcome))
+
+    def stop(self) -> dict[Any, int]:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(self.timeout + 5)
+        return dict(self.outcomes)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.02,
