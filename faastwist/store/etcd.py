@@ -264,7 +264,15 @@ class EtcdStore:
                                    OpSet(status_key, encode_status(status))],
                           failure=[OpGet(spec_key), OpGet(status_key)])
         try:
-            result = yield self.submit("create", txn)
+            try:
+                result = yield self.submit("create", txn)
+            except OutcomeUnknown:
+                current = yield self._settle(spec.name)
+                if current is not None:
+                    if current.spec == spec:
+                        return current  # it was applied
+                    raise AlreadyExists(spec.name) from None
+                result = yield self.submit("create", txn)  # it was not: once more
         except Failed as failed:
             # a create retried after an unknown outcome finds its own spec: that is success
             existing = self._existing(spec.name, failed)
@@ -273,6 +281,28 @@ class EtcdStore:
             raise AlreadyExists(spec.name) from None
         revision = result.header.revision
         return FunctionRecord(spec, status, revision, revision)
+
+    @inlineCallbacks
+    def _settle(self, name: str):
+        """After a write whose answer was lost: the function as it is now (None when
+        absent), read on any endpoint; OutcomeUnknown when that read fails too."""
+        spec_key, status_key = self._keys(name)
+        txn = Transaction(success=[OpGet(spec_key), OpGet(status_key)])
+        try:
+            result = yield self.submit("settle", txn, idempotent=True)
+        except StoreUnavailable as exc:
+            raise OutcomeUnknown(f"etcd write to {name}: outcome unknown, and it cannot be "
+                                 f"read back ({exc}); read the function before retrying") from None
+        spec_range, status_range = result.responses
+        if not spec_range.kvs:
+            return None
+        return self._record(name, spec_range.kvs[0],
+                            status_range.kvs[0] if status_range.kvs else None)
+
+    @staticmethod
+    def _unchanged(current: FunctionRecord, expected: FunctionRecord) -> bool:
+        return (current.spec_revision == expected.spec_revision
+                and current.status_revision == expected.status_revision)
 
     def _existing(self, name: str, failed: Failed) -> FunctionRecord | None:
         try:
@@ -346,7 +376,18 @@ class EtcdStore:
                           success=writes or [OpGet(spec_key), OpGet(status_key)],
                           failure=[OpGet(spec_key)] + self._fence_reads(fence))
         try:
-            result = yield self.submit("update", txn)
+            try:
+                result = yield self.submit("update", txn)
+            except OutcomeUnknown:
+                current = yield self._settle(name)
+                if current is None:
+                    raise NotFound(name) from None
+                if ((spec is None or current.spec == spec)
+                        and (status is None or current.status == status)):
+                    return current  # it was applied
+                if not self._unchanged(current, expected):
+                    raise Conflict(name) from None
+                result = yield self.submit("update", txn)  # it was not: once more
         except Failed as failed:
             raise self._lost_race(name, failed, fence) from None
         if not writes:
@@ -368,7 +409,15 @@ class EtcdStore:
                           success=[OpDel(spec_key), OpDel(status_key)],
                           failure=[OpGet(spec_key)] + self._fence_reads(fence))
         try:
-            yield self.submit("delete", txn)
+            try:
+                yield self.submit("delete", txn)
+            except OutcomeUnknown:
+                current = yield self._settle(expected.name)
+                if current is None:
+                    return None  # it was applied
+                if not self._unchanged(current, expected):
+                    raise Conflict(expected.name) from None
+                yield self.submit("delete", txn)  # it was not: once more
         except Failed as failed:
             raise self._lost_race(expected.name, failed, fence) from None
         return None

@@ -93,11 +93,15 @@ def test_create_via_a_follower_is_active_on_every_gate_within_1s(cluster: Cluste
     # warm up: the interpreter's first start is slow on a loaded machine
     assert follower.json("POST", "", spec(cluster, "warm"))[0] == 201
     wait_for(lambda: all(serves(n, "warm") for n in cluster.nodes), 20, what="warm-up")
+    # fork mode: ready as soon as deployed, so this measures the control path (admin
+    # write on a follower -> every node's watch -> deploy -> reports -> leader -> FSM)
+    quick = yaml.safe_dump({"name": "quick", "mode": "fork", "command": ["/bin/echo", "hi"]})
     started = time.monotonic()
-    assert follower.json("POST", "", spec(cluster, "quick"))[0] == 201
+    assert follower.json("POST", "", quick)[0] == 201
     wait_for(lambda: state(follower, "quick") == "active", 5, what="quick active")
     active_after = time.monotonic() - started
-    wait_for(lambda: all(serves(n, "quick") for n in cluster.nodes), 5, what="served")
+    wait_for(lambda: all(call(n, "quick", timeout=2) == (200, b"hi\n") for n in cluster.nodes),
+             5, what="served")
     served_after = time.monotonic() - started
     print(f"create via follower: active after {active_after:.3f}s, served on all gates "
           f"after {served_after:.3f}s")
@@ -173,3 +177,117 @@ def test_sigstopped_leader_writes_nothing_and_every_gate_serves_the_update(
     assert cluster.metric(leader, writes) == before, "the ex-leader wrote to etcd"
     assert cluster.info(leader)["leader"] is False
     assert state(leader, "code") == "active"
+
+
+def _member_of(node_id: str, count: int = 3) -> int:
+    import zlib
+    return zlib.crc32(node_id.encode()) % count
+
+
+def test_killing_the_etcd_member_a_node_uses_fails_no_admin_write(cluster: Cluster) -> None:
+    used = _member_of("n0")
+    cluster.etcd.members[used].kill()
+    results = []
+    for i, node in enumerate(cluster.nodes * 2):
+        name = f"w{i}"
+        results.append(("create", name, node.json("POST", "", yaml.safe_dump(
+            {"name": name, "mode": "fork", "command": ["/bin/echo", name]}))[0]))
+    for i in range(6):
+        wait_for(lambda: state(cluster.nodes[0], f"w{i}") == "active", 10, what=f"w{i} active")
+    for i, node in enumerate(cluster.nodes * 2):
+        results.append(("stop", f"w{i}", node.json("PUT", f"/w{(i + 1) % 6}/stop")[0]))
+    print(f"etcd member {used} killed: admin writes {[r[2] for r in results]}")
+    assert all(code in (200, 201) for _, _, code in results), results
+
+
+def test_quorum_loss_gates_serve_reads_are_stale_and_readyz_names_etcd(
+        cluster: Cluster) -> None:
+    first = cluster.nodes[0]
+    assert first.json("POST", "", spec(cluster, "q"))[0] == 201
+    wait_for(lambda: all(serves(n, "q") for n in cluster.nodes), 20, what="q served")
+    wait_for(lambda: state(first, "q") == "active", 5)
+    for member in cluster.etcd.members[1:]:
+        member.kill()
+    lost = time.monotonic()
+    for node in cluster.nodes:
+        assert call(node, "q") == (200, b"version v1")
+
+    def not_ready_naming_etcd(node: FaasNodeProcess) -> bool:
+        code, _, body = http("GET", f"{node.admin_root}/readyz", timeout=10)
+        return code == 503 and "etcd" in json.loads(body)["message"]
+    took = wait_for(lambda: all(not_ready_naming_etcd(n) for n in cluster.nodes), 15,
+                    what="readyz 503 naming etcd")
+    print(f"quorum lost: every /readyz 503 naming etcd after {took:.2f}s")
+    for node in cluster.nodes:
+        asked = time.monotonic()
+        code, headers, body = http("GET", f"{node.admin_url}/q",
+                                   headers={"Accept": "application/json"}, timeout=10)
+        answered = time.monotonic() - asked
+        document = json.loads(body)
+        assert code == 200, document
+        assert {k.lower(): v for k, v in headers.items()}.get("x-faas-stale") == "true"
+        assert document["stale"] is True and document["status"]["state"] == "active"
+        assert answered < 5.0
+        code, headers, body = http("GET", node.admin_url, headers={"Accept": "application/json"},
+                                   timeout=10)
+        assert code == 200
+        assert {k.lower(): v for k, v in headers.items()}.get("x-faas-stale") == "true"
+        assert [f["spec"]["name"] for f in json.loads(body)] == ["q"]
+    for node in cluster.nodes:
+        assert call(node, "q") == (200, b"version v1")
+    # quorum back: a leader within ttl + 1 s, every node ready again
+    for member in cluster.etcd.members[1:]:
+        cluster.etcd.restart(member)
+    back = time.monotonic()
+    cluster.etcd.wait_healthy(30)
+    print(f"etcd healthy {time.monotonic() - back:.2f}s after its members restarted")
+    leader = cluster.leader(timeout=TTL + 5)
+    took = time.monotonic() - back
+    print(f"quorum back after {back - lost:.1f}s: leader {cluster.info(leader)['node']} "
+          f"after {took:.2f}s")
+    assert took < TTL + 1
+    wait_for(lambda: all(http("GET", f"{n.admin_root}/readyz")[0] == 200 for n in cluster.nodes),
+             10, what="ready again")
+    assert first.json("PUT", "/q/stop")[0] == 200
+
+
+def test_restarted_node_is_ready_only_when_it_serves(cluster: Cluster) -> None:
+    first = cluster.nodes[0]
+    assert first.json("POST", "", spec(cluster, "r"))[0] == 201
+    wait_for(lambda: all(serves(n, "r") for n in cluster.nodes), 20, what="r served")
+    wait_for(lambda: state(first, "r") == "active", 5)
+    leader = cluster.leader()
+    cluster.kill9(leader)   # the hardest case: its leader key outlives it by the ttl
+    started = time.monotonic()
+    leader.start()
+    seen_not_ready = False
+    while True:
+        code, _, body = http("GET", f"{leader.admin_root}/readyz", timeout=10)
+        if code == 200:
+            break
+        seen_not_ready = True
+        assert time.monotonic() - started < 30, body
+        time.sleep(0.02)
+    ready_after = time.monotonic() - started
+    assert call(leader, "r", timeout=2) == (200, b"version v1")
+    print(f"restart: readyz 200 {ready_after:.2f}s after start (503 before: "
+          f"{seen_not_ready}), first request served at once")
+    info = cluster.info(leader)
+    assert info["leaderNode"]["id"] in {"n0", "n1", "n2"}
+    assert sorted(n["id"] for n in info["nodes"]) == ["n0", "n1", "n2"]
+
+
+def test_stop_under_load_answers_only_200_and_503(cluster: Cluster) -> None:
+    from tests.support.cluster import Load
+
+    first = cluster.nodes[0]
+    assert first.json("POST", "", spec(cluster, "s"))[0] == 201
+    wait_for(lambda: all(serves(n, "s") for n in cluster.nodes), 20, what="s served")
+    load = Load([f"{n.gate_url}/function/s/" for n in cluster.nodes], threads=16).start()
+    time.sleep(1.0)
+    assert cluster.nodes[1].json("PUT", "/s/stop")[0] == 200
+    time.sleep(1.5)
+    outcomes = load.stop()
+    print(f"stop under c16 load: {outcomes}")
+    assert set(outcomes) <= {200, 503}, outcomes
+    assert outcomes.get(200, 0) > 0 and outcomes.get(503, 0) > 0
