@@ -25,7 +25,7 @@ from twisted.logger import Logger
 
 from faastwist.cluster.reports import Report
 from faastwist.cluster.session import NodeSession
-from faastwist.lifecycle.reconciler import plan
+from faastwist.lifecycle.reconciler import PROVIDER_CALLS, Action, plan
 from faastwist.model.fsm import Event, State
 from faastwist.store.base import FunctionRecord
 
@@ -126,19 +126,16 @@ class LocalConverger(Service):
                 log.info("function {name}: deleting the local replicas", name=name)
                 yield self.provider.delete(name)
             return
-        decision = plan(FunctionRecord(route.spec, route.status), observation)
-        action = decision.action
+        record = FunctionRecord(route.spec, route.status)
+        action = plan(record, observation).action
         if action is None:
             return
         if route.state is State.DESTROYED:
-            action = "delete"
-        if action in ("stop", "delete") and runtime is not None:
+            action = Action.DELETE
+        if action in (Action.STOP, Action.DELETE) and runtime is not None:
             yield self._drain(name, runtime.spec.timeout)
-        log.info("function {name}: {action} on this node", name=name, action=action)
-        if action == "delete":
-            yield self.provider.delete(name)
-        else:
-            yield getattr(self.provider, action)(route.spec)
+        log.info("function {name}: {action} on this node", name=name, action=action.value)
+        yield PROVIDER_CALLS[action](self.provider, record)
 
     @inlineCallbacks
     def _drain(self, name: str, timeout: float):

@@ -21,7 +21,7 @@ from twisted.internet.defer import (
     maybeDeferred,
     succeed,
 )
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorProcess
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -130,7 +130,7 @@ class Watchdog:
     """The loopback listener of one fork-mode function; ``spec`` is read per request,
     so an update takes effect on the next request without a restart."""
 
-    def __init__(self, reactor, spec: FunctionSpec, executable_argv: Callable[[], Sequence[str]],
+    def __init__(self, reactor: IReactorProcess, spec: FunctionSpec, executable_argv: Callable[[], Sequence[str]],
                  env: Callable[[], Mapping[str, str]], cwd: str, sink: LogSink,
                  wrapper: Sequence[str] = ()) -> None:
         self.reactor = reactor
