@@ -50,6 +50,7 @@ from faastwist.store.base import (
     FunctionRecord,
     FunctionStore,
     NotFound,
+    OutcomeUnknown,
     StoreUnavailable,
 )
 
@@ -63,6 +64,7 @@ DEFAULT_MAX_BODY_SIZE = 1 << 20
 DEFAULT_STORE_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 2.0
 STALE_HEADER = "X-FaaS-Stale"
+RETRY_WINDOW = 600.0  # how long a create of unknown outcome is recognised when retried
 
 
 def controller_route(app: Klein, url: str, method: str) -> Callable[[Handler], Handler]:
@@ -117,6 +119,7 @@ class AdminAPI:
         self.wall_clock = wall_clock
         self.store_timeout = store_timeout
         self.cache = cache
+        self._unknown: dict[str, tuple[FunctionSpec, float]] = {}  # creates of unknown outcome
         self.read_timeout = read_timeout
 
     def resource(self) -> IResource:
@@ -152,6 +155,19 @@ class AdminAPI:
             log.warn("admin read answered from the watch cache: the store did not answer "
                      "({error})", error=str(exc) or type(exc).__name__)
             return None, True
+
+    async def _retried_create(self, spec: FunctionSpec) -> FunctionRecord:
+        """A create this node answered ``outcome unknown`` for, sent again with the same
+        spec, finds its own function: that is the create succeeding, not a 409."""
+        remembered = self._unknown.get(spec.name)
+        if remembered is None or remembered[0] != spec or (
+                self.clock.seconds() - remembered[1] > RETRY_WINDOW):
+            raise AlreadyExists(spec.name)
+        record = await self._store(self.store.get(spec.name))
+        if record.spec != spec:
+            raise AlreadyExists(spec.name)
+        del self._unknown[spec.name]
+        return record
 
     def _stale_record(self, name: str) -> FunctionRecord:
         record = self.cache().get(name) if self.cache is not None else None
@@ -193,7 +209,16 @@ class AdminAPI:
     async def create(self, request: IRequest, version: str, controller: str) -> bytes:
         spec = self._read_spec(request)
         status = FunctionStatus.initial(spec.name, self.wall_clock())
-        record = await self._store(self.store.create(spec, status))
+        try:
+            record = await self._store(self.store.create(spec, status))
+        except OutcomeUnknown:
+            now = self.clock.seconds()
+            self._unknown = {n: v for n, v in self._unknown.items()
+                             if now - v[1] <= RETRY_WINDOW}
+            self._unknown[spec.name] = (spec, now)
+            raise
+        except AlreadyExists:
+            record = await self._retried_create(spec)
         self._kick(spec.name)
         return respond(request, 201, record.to_dict(),
                             {"Location": self._location(version, controller, spec.name)})
@@ -335,6 +360,10 @@ class AdminAPI:
     @app.handle_errors(AlreadyExists, Conflict, InvalidEvent)
     def _conflict(self, request: IRequest, failure: Failure) -> bytes:
         return respond_error(request, 409, str(failure.value))
+
+    @app.handle_errors(OutcomeUnknown)
+    def _outcome_unknown(self, request: IRequest, failure: Failure) -> bytes:
+        return respond_error(request, 503, f"outcome unknown: {failure.value}")
 
     @app.handle_errors(StoreUnavailable)
     def _store_unavailable(self, request: IRequest, failure: Failure) -> bytes:

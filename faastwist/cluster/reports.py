@@ -12,7 +12,8 @@ vanish); the leader folds the reports of the *live* nodes (those whose
 - every live node ready -> ready;
 - any node without a verdict yet -> nothing concluded; otherwise (some pending) -> pending.
 
-``extData`` gets ``nodes`` (``n0=ready n1=pending``) and one ``node.<id>`` entry per node.
+``extData`` gets ``nodes`` (``n0=ready n1=pending``), one ``node.<id>`` entry per node,
+and ``replicas``: the fewest ready replicas any live node has (minReplica is per node).
 """
 
 from __future__ import annotations
@@ -76,6 +77,9 @@ def aggregate(name: str, reports: Mapping[str, Report], live: Sequence[str]) -> 
                              for node in sorted(live))}
     for node, report in present.items():
         ext[f"node.{node}"] = report.message or report.verdict
+    counts = [r.ext_data.get("replicas") for r in present.values()]
+    if counts and all(c is not None and c.isdigit() for c in counts):
+        ext["replicas"] = str(min(int(c) for c in counts))  # the fewest any gate has
     agreed = (len(present) == len(live)
               and all(r.digest == first.digest and r.stopped == first.stopped
                       for r in present.values()))
@@ -87,6 +91,7 @@ def aggregate(name: str, reports: Mapping[str, Report], live: Sequence[str]) -> 
         return Observation(name, first.digest, True, None, "stopped on every node", ext)
     failed = [r for r in present.values() if r.event is Event.ERROR]
     if failed:
+        ext.update(failed[0].ext_data)  # the first failing node's details, unprefixed
         for report in failed:
             for key, value in report.ext_data.items():
                 ext[f"{report.node}.{key}"] = value

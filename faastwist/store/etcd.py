@@ -274,11 +274,7 @@ class EtcdStore:
                         return current  # it was applied
                     raise AlreadyExists(spec.name) from None
                 result = yield self.submit("create", txn)  # it was not: once more
-        except Failed as failed:
-            # a create retried after an unknown outcome finds its own spec: that is success
-            existing = self._existing(spec.name, failed)
-            if existing is not None and existing.spec == spec:
-                return existing
+        except Failed:
             raise AlreadyExists(spec.name) from None
         revision = result.header.revision
         return FunctionRecord(spec, status, revision, revision)
@@ -304,16 +300,6 @@ class EtcdStore:
     def _unchanged(current: FunctionRecord, expected: FunctionRecord) -> bool:
         return (current.spec_revision == expected.spec_revision
                 and current.status_revision == expected.status_revision)
-
-    def _existing(self, name: str, failed: Failed) -> FunctionRecord | None:
-        try:
-            spec_range, status_range = failed.responses
-            if not spec_range.kvs:
-                return None
-            return self._record(name, spec_range.kvs[0],
-                                status_range.kvs[0] if status_range.kvs else None)
-        except Exception:
-            return None
 
     @_counted("get")
     def get(self, name: str):
