@@ -29,6 +29,13 @@ VERSIONED = textwrap.dedent('''
         protocol_version = "HTTP/1.1"
 
         def do_GET(self):
+            if self.path.endswith("/big"):   # more than any socket buffer holds
+                self.send_response(200)
+                self.send_header("Content-Length", str(1 << 30))
+                self.end_headers()
+                chunk = b"x" * 65536
+                while True:
+                    self.wfile.write(chunk)
             body = ("version " + os.environ.get("VERSION", "?")).encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
@@ -291,3 +298,49 @@ def test_stop_under_load_answers_only_200_and_503(cluster: Cluster) -> None:
     print(f"stop under c16 load: {outcomes}")
     assert set(outcomes) <= {200, 503}, outcomes
     assert outcomes.get(200, 0) > 0 and outcomes.get(503, 0) > 0
+
+
+def test_a_replica_killed_under_back_pressure_ends_the_request_within_1s(
+        cluster: Cluster) -> None:
+    import os
+    import signal
+    import socket
+
+    from tests.support.cluster import descendants
+
+    node = cluster.nodes[0]
+    assert node.json("POST", "", spec(cluster, "big"))[0] == 201
+    wait_for(lambda: serves(node, "big"), 20, what="big served")
+    exits = 'faastwist_gate_upstream_errors_total{function_name="big",kind="exit"}'
+    client = socket.create_connection(("127.0.0.1", node.gate_port), timeout=5)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    client.sendall(b"GET /function/big/big HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert client.recv(4096).startswith(b"HTTP/1.1 200")
+    time.sleep(1.0)   # we read no more: the gate pauses the replica's connection
+    script_path = str(script(cluster))
+    replicas = []
+    for pid in descendants(node.process.pid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if script_path.encode() in cmdline.read():
+                    replicas.append(pid)
+        except OSError:
+            pass
+    assert replicas
+    killed = time.monotonic()
+    for pid in replicas:
+        os.kill(pid, signal.SIGKILL)
+    took = wait_for(lambda: cluster.metric(node, exits) >= 1, 5, what="the exit noticed")
+    # the client's connection is cut: reading ends (EOF or reset), never hangs
+    client.settimeout(2)
+    ended = False
+    try:
+        while client.recv(1 << 20):
+            pass
+        ended = True
+    except ConnectionResetError:
+        ended = True
+    client.close()
+    print(f"replica kill -9 under back-pressure: noticed after {took:.3f}s, client cut "
+          f"{time.monotonic() - killed:.3f}s after the kill")
+    assert ended and took < 1.0
