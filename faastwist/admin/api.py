@@ -38,8 +38,10 @@ from faastwist.admin.codec import (
     parse_tail,
     query_params,
     read_body,
+    record_document,
     respond,
     respond_error,
+    status_document,
 )
 from faastwist.model.fsm import Event, FunctionStatus, InvalidEvent, apply_event
 from faastwist.providers.base import LogLine, LogSource, ProviderError
@@ -220,7 +222,7 @@ class AdminAPI:
         except AlreadyExists:
             record = await self._retried_create(spec)
         self._kick(spec.name)
-        return respond(request, 201, record.to_dict(),
+        return respond(request, 201, record_document(record),
                             {"Location": self._location(version, controller, spec.name)})
 
     @controller_route(app, BASE, "GET")
@@ -228,9 +230,9 @@ class AdminAPI:
         listing, stale = await self._read(self.store.list)
         if stale:
             cached = self.cache()
-            return self._stale(request, [dict(cached[name].to_dict(), stale=True)
+            return self._stale(request, [dict(record_document(cached[name]), stale=True)
                                          for name in sorted(cached)])
-        records = [listing.records[name].to_dict() for name in sorted(listing.records)]
+        records = [record_document(listing.records[name]) for name in sorted(listing.records)]
         return respond(request, 200, records)
 
     @controller_route(app, FUNCTION, "GET")
@@ -238,16 +240,17 @@ class AdminAPI:
                            fn: str) -> bytes:
         record, stale = await self._read(lambda: self.store.get(fn))
         if stale:
-            return self._stale(request, dict(self._stale_record(fn).to_dict(), stale=True))
-        return respond(request, 200, record.to_dict())
+            return self._stale(request, dict(record_document(self._stale_record(fn)),
+                                             stale=True))
+        return respond(request, 200, record_document(record))
 
     @controller_route(app, FUNCTION + "/status", "GET")
     async def get_status(self, request: IRequest, version: str, controller: str, fn: str) -> bytes:
         record, stale = await self._read(lambda: self.store.get(fn))
         if stale:
-            return self._stale(request, dict(self._stale_record(fn).status.to_dict(),
+            return self._stale(request, dict(status_document(self._stale_record(fn).status),
                                              stale=True))
-        return respond(request, 200, record.status.to_dict())
+        return respond(request, 200, status_document(record.status))
 
     @controller_route(app, FUNCTION, "PUT")
     async def update(self, request: IRequest, version: str, controller: str, fn: str) -> bytes:
@@ -260,14 +263,14 @@ class AdminAPI:
         status = apply_event(record.status, Event.UPDATE, self.wall_clock())
         updated = await self._store(self.store.update(record, spec=spec, status=status))
         self._kick(fn)
-        return respond(request, 200, updated.to_dict())
+        return respond(request, 200, record_document(updated))
 
     async def _operator_event(self, request: IRequest, fn: str, event: Event) -> bytes:
         record = await self._store(self.store.get(fn))
         status = apply_event(record.status, event, self.wall_clock())
         updated = await self._store(self.store.update(record, status=status))
         self._kick(fn)
-        return respond(request, 200, updated.to_dict())
+        return respond(request, 200, record_document(updated))
 
     @controller_route(app, FUNCTION + "/start", "PUT")
     def start(self, request: IRequest, version: str, controller: str, fn: str) -> Any:
@@ -285,7 +288,7 @@ class AdminAPI:
         await self._store(self.store.delete(record))
         self._kick(fn)
         return respond(request, 200, {"spec": record.spec.to_dict(),
-                                           "status": destroyed.to_dict()})
+                                           "status": status_document(destroyed)})
 
     @controller_route(app, FUNCTION + "/logs", "GET")
     async def logs(self, request: IRequest, version: str, controller: str, fn: str) -> Any:
