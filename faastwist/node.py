@@ -9,6 +9,7 @@ provider stops the function processes they are talking to.
 from __future__ import annotations
 
 import os
+import socket
 import time
 import zlib
 from collections.abc import Awaitable
