@@ -242,7 +242,8 @@ class FaasNode(Service):
         log_source = self.provider if isinstance(self.provider, LogSource) else None
         self.admin = AdminAPI(self.store, self.config.name, self.provider.check_spec,
                               self.reconciler.kick, self.reactor, admin.max_body_size,
-                              log_source=log_source, cache=self._cached_records)
+                              log_source=log_source, cache=self._cached_records,
+                              node_id=self.node_id)
         self.ops = OpsAPI(
             self.metrics,
             {"etcd": self.store.check, "watch": self._routes_current,

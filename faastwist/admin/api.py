@@ -110,7 +110,7 @@ class AdminAPI:
                  wall_clock: Callable[[], float] = time.time,
                  store_timeout: float = DEFAULT_STORE_TIMEOUT,
                  cache: Callable[[], Mapping[str, FunctionRecord]] | None = None,
-                 read_timeout: float = DEFAULT_READ_TIMEOUT) -> None:
+                 read_timeout: float = DEFAULT_READ_TIMEOUT, node_id: str = "this node") -> None:
         self.store = store
         self.controller = controller
         self.check_spec = check_spec
@@ -123,6 +123,7 @@ class AdminAPI:
         self.cache = cache
         self._unknown: dict[str, tuple[FunctionSpec, float]] = {}  # creates of unknown outcome
         self.read_timeout = read_timeout
+        self.node_id = node_id
 
     def resource(self) -> IResource:
         """The API as a resource tree root (its own paths start at ``/``)."""
@@ -298,6 +299,11 @@ class AdminAPI:
         if source is None:
             raise ApiError(501, "function logs are not available: this controller's provider "
                                 "has no log source")
+        runs_here = getattr(source, "runs_here", None)
+        if runs_here is not None and not runs_here(fn):
+            # the process provider's logs are node-local: never an empty 200
+            raise ApiError(404, f"function {fn} has not run on node {self.node_id}, so it "
+                                f"has no logs here; ask a node that runs it")
         params = query_params(request.uri, ("tail", "since", "follow"))
         tail = parse_tail(params.get("tail"))
         since = parse_since(params.get("since"), self.wall_clock())
