@@ -59,6 +59,7 @@ class FaasNode(Service):
         self.ready: Deferred[None] = Deferred()
         self.store: Any = None
         self.embedded_etcd: Any = None
+        self.embedded_nats: Any = None
         self.fd_reserve = FdReserve()
         self.provider: Any = None
         self.routes: Any = None
@@ -160,17 +161,23 @@ class FaasNode(Service):
         self.etcd_endpoints = endpoints
 
     def node_ports(self) -> set[int]:
-        """This node's own ports (gate, admin, etcd client and peer on this machine):
-        a function may not claim one (its traffic would go to the node)."""
-        ports = {self.config.http_server.port, self.config.admin.port}
-        urls = list(self.config.etcd.endpoints)
+        """This node's own ports (gate, admin, etcd client and peer, the queue's
+        nats-server) on this machine: a function may not claim one (its traffic would
+        go to the node)."""
+        ports = self._own_ports() | {self.config.http_server.port}
+        urls = list(self.config.etcd.endpoints) + list(self.config.queue.nats_urls)
         embedded = self.embedded_etcd
         if embedded is not None:
             urls += [u for u in (embedded.client_url, embedded.peer_url) if u]
         for url in urls:
-            port = urlsplit(url).port
+            try:
+                port = urlsplit(url).port
+            except ValueError:
+                continue
             if port:
                 ports.add(port)
+        if self.embedded_nats is not None:
+            ports.update(p for p in self.embedded_nats.ports if p)
         return ports
 
     def _start_provider(self) -> None:
@@ -270,7 +277,8 @@ class FaasNode(Service):
         if queue.embedded:
             from faastwist.queue.embedded import EmbeddedNats, EmbeddedNatsError
 
-            embedded = EmbeddedNats(self.reactor, queue.data_dir, queue.max_body_size)
+            embedded = self.embedded_nats = EmbeddedNats(self.reactor, queue.data_dir,
+                                                         queue.max_body_size)
             try:
                 self._start_child("embedded nats-server", embedded)
             except EmbeddedNatsError as exc:
