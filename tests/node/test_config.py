@@ -158,3 +158,10 @@ def test_twistd_refuses_anonymous_admin_on_the_network(tmp_path):
     assert result.stderr.startswith("faasgate: config error: admin.auth.anonymous: admin on "
                                     "the non-loopback")
     assert "admin.allowInsecure: true" in result.stderr
+
+
+def test_make_run_keeps_its_tokens_where_the_readme_tour_reads_them():
+    # README: TOKEN=$(cat data/admin-tokens.admin) from the repository root
+    config = load_config(ROOT / "conf" / "controller.yaml")
+    assert config.admin.auth.tokens_file == str(ROOT / "data" / "admin-tokens")
+    assert config.admin.auth.anonymous == "none"
