@@ -419,7 +419,7 @@ def test_check_spec_names_the_field(providers):
     with pytest.raises(SpecError, match="port.*fixed port fits one replica"):
         provider.check_spec(function_spec(port=8080, maxReplica=2))
     provider.check_spec(function_spec(command=["python3", "conf/functions/echo.py"]))
-    provider.check_spec(function_spec(command=[sys.executable, "x"], port=8080, maxReplica=1))
+    provider.check_spec(function_spec(command=[PYTHON, "x"], port=8080, maxReplica=1))
 
 
 @pytest_twisted.ensureDeferred
