@@ -45,6 +45,7 @@ from faastwist.admin.codec import (
     status_document,
 )
 from faastwist.model.fsm import Event, FunctionStatus, InvalidEvent, apply_event
+from faastwist.model.keys import new_key
 from faastwist.providers.base import LogLine, LogSource, ProviderError
 from faastwist.model.spec import FunctionSpec, SpecError
 from faastwist.store.base import (
@@ -61,6 +62,7 @@ log = Logger()
 T = TypeVar("T")
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
+MAX_KEYS = 10     # per function: enough for rotation, not a user database
 BASE = "/apis/<any(v1, v2):version>/faas/<controller>"
 FUNCTION = BASE + "/<fn>"
 DEFAULT_MAX_BODY_SIZE = 1 << 20
@@ -287,6 +289,51 @@ class AdminAPI:
         self._kick(fn)
         return respond(request, 200, {"spec": record.spec.to_dict(),
                                            "status": status_document(destroyed)})
+
+    # -- invocation keys: shown once, stored as SHA-256 only -------------------------
+    @controller_route(app, FUNCTION + "/keys", "POST")
+    async def create_key(self, request: IRequest, version: str, controller: str,
+                         fn: str) -> bytes:
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.wall_clock()))
+        key, entry = new_key(created)
+        for _ in range(5):   # another writer may win the compare-and-swap: read again
+            keys, revision = await self._store(self.store.get_keys(fn))
+            if len(keys.entries) >= MAX_KEYS:
+                raise ApiError(409, f"function {fn} has {MAX_KEYS} keys already: revoke one "
+                                    f"first")
+            try:
+                await self._store(self.store.put_keys(fn, keys.add(entry), revision))
+                break
+            except Conflict:
+                continue
+        else:
+            raise ApiError(409, f"the keys of {fn} kept changing concurrently; retry")
+        return respond(request, 201, {
+            **entry.public(), "key": key,
+            "message": "this key is shown only now: store it (callers send it as "
+                       "'Authorization: Bearer KEY' or 'X-API-Key: KEY')"},
+            {"Location": f"{self._location(version, controller, fn)}/keys/{entry.id}"})
+
+    @controller_route(app, FUNCTION + "/keys", "GET")
+    async def list_keys(self, request: IRequest, version: str, controller: str,
+                        fn: str) -> bytes:
+        keys, _ = await self._store(self.store.get_keys(fn))
+        return respond(request, 200, [entry.public() for entry in keys.entries])
+
+    @controller_route(app, FUNCTION + "/keys/<key_id>", "DELETE")
+    async def revoke_key(self, request: IRequest, version: str, controller: str, fn: str,
+                         key_id: str) -> bytes:
+        for _ in range(5):
+            keys, revision = await self._store(self.store.get_keys(fn))
+            entry = keys.find(key_id)
+            if entry is None:
+                raise ApiError(404, f"function {fn} has no key {key_id!r}")
+            try:
+                await self._store(self.store.put_keys(fn, keys.without(key_id), revision))
+                return respond(request, 200, {**entry.public(), "revoked": True})
+            except Conflict:
+                continue
+        raise ApiError(409, f"the keys of {fn} kept changing concurrently; retry")
 
     @controller_route(app, FUNCTION + "/logs", "GET")
     async def logs(self, request: IRequest, version: str, controller: str, fn: str) -> Any:

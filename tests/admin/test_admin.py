@@ -439,7 +439,8 @@ def test_update_of_unknown_function_is_404(admin: Admin) -> None:
 CONTROLLER_ROUTES = [
     ("POST", ""), ("GET", ""), ("GET", "/demo10"), ("PUT", "/demo10"), ("DELETE", "/demo10"),
     ("PUT", "/demo10/start"), ("PUT", "/demo10/stop"), ("GET", "/demo10/status"),
-    ("GET", "/demo10/logs"),
+    ("GET", "/demo10/logs"), ("POST", "/demo10/keys"), ("GET", "/demo10/keys"),
+    ("DELETE", "/demo10/keys/k1"),
 ]
 
 
@@ -447,7 +448,8 @@ def test_the_controller_check_covers_every_api_route() -> None:
     """Each route under /apis/.../faas/<controller> is in CONTROLLER_ROUTES (so the test
     below covers it): a new route cannot skip the controller check unnoticed."""
     prefix = "/apis/<any(v1, v2):version>/faas/<controller>"
-    routes = {(method, rule.rule[len(prefix):].replace("<fn>", "demo10"))
+    routes = {(method, rule.rule[len(prefix):].replace("<fn>", "demo10")
+               .replace("<key_id>", "k1"))
               for rule in AdminAPI.app.url_map.iter_rules() if rule.rule.startswith(prefix)
               for method in rule.methods - {"HEAD", "OPTIONS"}}
     assert routes == set(CONTROLLER_ROUTES)
@@ -909,3 +911,41 @@ def test_random_documents_never_make_a_5xx(document: Any, as_json: bool, put: bo
     reply = admin.request("PUT" if put else "POST", "/demo10" if put else "", body,
                           headers=headers)
     assert reply.code < 500, reply.body
+
+
+# -- invocation keys -----------------------------------------------------------------------
+
+def test_keys_are_created_shown_once_listed_by_id_and_revoked(admin: Admin) -> None:
+    from faastwist.model.keys import digest
+
+    admin.create()
+    accept = {"Accept": "application/json"}
+    first = admin.request("POST", "/demo10/keys", headers=accept)
+    assert first.code == 201, first.body
+    key = first.data["key"]
+    assert key.startswith("fk_") and "shown only now" in first.data["message"]
+    assert first.header("Location").endswith(f"/faascontroller/demo10/keys/{first.data['id']}")
+    second = admin.request("POST", "/demo10/keys", headers=accept)
+    stored, _ = fired(admin.store.get_keys("demo10"))
+    assert [e.sha256 for e in stored.entries] == [digest(key), digest(second.data["key"])]
+    listing = admin.request("GET", "/demo10/keys", headers=accept)
+    assert listing.code == 200
+    assert listing.data == [{"id": first.data["id"], "created": first.data["created"]},
+                            {"id": second.data["id"], "created": second.data["created"]}]
+    assert key not in listing.body.decode() and digest(key) not in listing.body.decode()
+    revoked = admin.request("DELETE", f"/demo10/keys/{first.data['id']}", headers=accept)
+    assert (revoked.code, revoked.data["revoked"]) == (200, True)
+    again = admin.request("DELETE", f"/demo10/keys/{first.data['id']}", headers=accept)
+    assert again.code == 404 and first.data["id"] in again.data["message"]
+    assert admin.request("GET", "/demo10/keys", headers=accept).data == [
+        {"id": second.data["id"], "created": second.data["created"]}]
+    assert admin.request("POST", "/nope/keys", headers=accept).code == 404
+    assert admin.request("GET", "/nope/keys", headers=accept).code == 404
+
+
+def test_at_most_ten_keys(admin: Admin) -> None:
+    admin.create()
+    for _ in range(10):
+        assert admin.request("POST", "/demo10/keys").code == 201
+    refused = admin.request("POST", "/demo10/keys", headers={"Accept": "application/json"})
+    assert refused.code == 409 and "revoke one first" in refused.data["message"]
