@@ -52,9 +52,10 @@ VERSIONED = textwrap.dedent('''
 
 
 def script(cluster: Cluster) -> Path:
-    path = cluster.workdir / "fn.py"
+    path = cluster.shared_dir / "fn.py"
     if not path.exists():
         path.write_text(VERSIONED)
+        path.chmod(0o644)
     return path
 
 
