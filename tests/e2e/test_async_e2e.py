@@ -7,6 +7,7 @@ import json
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -80,22 +81,41 @@ def callbacks() -> Iterator[Callbacks]:
     receiver.close()
 
 
-def function_spec(tmp_path: Path, name: str, **extra: Any) -> str:
-    state = tmp_path / "state" / name
-    state.mkdir(parents=True, exist_ok=True)
-    script = tmp_path / "asyncfn.py"
+STATE_ROOT = Path("/nonexistent")
+
+
+@pytest.fixture(autouse=True)
+def state_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Where the test functions write what they saw: outside pytest's tmp (mode 0700),
+    since functions run as an unprivileged user."""
+    root = Path(tempfile.mkdtemp(prefix="faastwist-async-"))
+    root.chmod(0o777)
+    monkeypatch.setattr(sys.modules[__name__], "STATE_ROOT", root)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def function_spec(node: FaasNodeProcess, name: str, **extra: Any) -> str:
+    state = STATE_ROOT / name
+    state.mkdir(exist_ok=True)
+    state.chmod(0o777)
+    # in the node's config folder: staged into the function's own folder
+    script = node.workdir / "fn" / "asyncfn.py"
     if not script.exists():
+        script.parent.mkdir(exist_ok=True)
         shutil.copy(ROOT / "tests" / "support" / "asyncfn.py", script)
+        script.chmod(0o644)
     return yaml.safe_dump({"name": name, "command": [PYTHON, str(script)],
                            "env": {"STATE_DIR": str(state)}, "readinessPath": "/healthz",
                            "minReplica": 1, **extra})
 
 
 def deploy(node: FaasNodeProcess, tmp_path: Path, name: str, **extra: Any) -> Path:
-    assert node.json("POST", "", function_spec(tmp_path, name, **extra))[0] == 201
+    created = node.json("POST", "", function_spec(node, name, **extra))
+    assert created[0] == 201, created
     wait_for(lambda: node.json("GET", f"/{name}")[1]["status"]["state"] == "active",
              what=f"{name} active")
-    return tmp_path / "state" / name
+    return STATE_ROOT / name
 
 
 def enqueue(node: FaasNodeProcess, path: str, body: bytes = b"", **headers: str) -> tuple[int, dict, bytes]:
