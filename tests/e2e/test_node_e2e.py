@@ -120,6 +120,7 @@ def test_sigterm_and_restart_lose_nothing(tmp_path: Path) -> None:
     assert pids_running(echo.name) == []
 
 
+@pytest.mark.envtest
 def test_the_seed_tour_against_a_real_kube_apiserver(tmp_path: Path, envtest) -> None:
     """The Easegress tour with provider knative, over HTTP: the ksvc is really created
     (and validated by the CRD schema); demo10 stays initial until the tests' fake

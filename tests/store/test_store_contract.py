@@ -58,6 +58,19 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "c
         yield deferLater(reactor, 0.02, lambda: None)
 
 
+@inlineCallbacks
+def delivered_to_watchers(store, after: int, name: str):
+    """Return once a fresh watch from ``after`` has been sent ``name``'s changes: the
+    store has published them, so a watch that should not get them has had its chance
+    (an explicit point to check "nothing more happened" at, instead of a sleep)."""
+    seen, _, on_changes, on_lost = collect()
+    probe = store.watch(after, on_changes, on_lost)
+    try:
+        yield wait_for(lambda: any(c.name == name for c in seen), what=f"{name} published")
+    finally:
+        probe.cancel()
+
+
 @pytest.fixture(params=["memory", pytest.param("etcd", marks=pytest.mark.etcd)])
 def make_store(request: pytest.FixtureRequest):
     """``make_store(controller=...) -> Deferred[store]``; all stores of one test share a
@@ -323,7 +336,7 @@ def test_a_cancelled_watch_delivers_nothing_more(make_store):
     handle.cancel()
     handle.cancel()  # idempotent
     yield store.create(spec("b"), status("b"))
-    yield deferLater(reactor, 0.2, lambda: None)
+    yield delivered_to_watchers(store, start, "b")
     assert [c.name for c in changes] == ["a", "a"]
 
 
@@ -454,7 +467,7 @@ def test_watch_from_a_compacted_revision_calls_on_lost_once(etcd_process):
         store.watch(start, on_changes, on_lost)
         yield wait_for(lambda: lost, what="on_lost")
         yield store.create(spec("b"), status("b"))
-        yield deferLater(reactor, 0.2, lambda: None)
+        yield delivered_to_watchers(store, (yield store.list()).revision - 1, "b")
         assert changes == [] and len(lost) == 1
         assert isinstance(lost[0], Compacted)
         assert lost[0].compact_revision == compacted_at

@@ -16,7 +16,6 @@ node needs is not in the tree yet.
 from __future__ import annotations
 
 import atexit
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -32,10 +31,6 @@ import yaml
 from tests.support.node import ROOT, FaasNodeProcess
 from tests.support.process import PYTHON as FUNCTION_PYTHON
 
-#: what ``twistd faasgate`` with the process provider imports to start
-NODE_MODULES = ("faastwist.admin.api", "faastwist.gate.service", "faastwist.gate.routes", "faastwist.store.etcd",
-                "faastwist.store.embedded", "faastwist.store.leader",
-                "faastwist.providers.process")
 
 ECHO_APP = '''\
 """A test function: answers with what it got as JSON, and logs one line per request."""
@@ -77,20 +72,8 @@ ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Echo).serve_forever(
 '''
 
 
-def missing_node_modules() -> list[str]:
-    return [name for name in NODE_MODULES if importlib.util.find_spec(name) is None]
-
-
-def require_node() -> None:
-    """Skip (with the reason) only while a module the node needs is absent."""
-    missing = missing_node_modules()
-    if missing:
-        pytest.skip(f"the faasgate node cannot start yet: {', '.join(missing)} not in the tree")
-
-
 @pytest.fixture(scope="module")
 def cli_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaasNodeProcess]:
-    require_node()
     workdir = tmp_path_factory.mktemp("cli-node")
     # the example specs' commands are relative to the gate's working folder, as with
     # `make run` in the repository root
@@ -172,5 +155,5 @@ def wait_for(check: Any, timeout: float = 30.0, interval: float = 0.2) -> Any:
         time.sleep(interval)
 
 
-__all__ = ["cli_node", "echo_spec", "run_cli", "cli_env", "wait_for", "require_node",
+__all__ = ["cli_node", "echo_spec", "run_cli", "cli_env", "wait_for",
            "FaasNodeProcess", "ECHO_APP"]
