@@ -402,3 +402,22 @@ def test_cli_invoke_async_and_async_commands(tmp_path: Path, callbacks: Callback
         assert refused.returncode == 2 and "needs --async" in refused.stderr
     finally:
         assert node.stop() in (0, -signal.SIGTERM), node.log()
+
+
+def test_calls_for_an_inactive_function_expire_after_max_age(
+        tmp_path: Path, callbacks: Callbacks) -> None:
+    node = node_for(tmp_path, maxAge="2s").start()
+    try:
+        deploy(node, tmp_path, "fn")
+        assert node.json("PUT", "/fn/stop")[0] == 200
+        wait_for(lambda: node.json("GET", "/fn")[1]["status"]["state"] == "inactive")
+        call_id = enqueue(node, "fn/ok", b"late", X_Callback_Url=callbacks.url)[1]["x-call-id"]
+        entry = wait_for(lambda: next((e for e in node.json("GET", "/fn/async")[1]["deadLetters"]
+                                       if e["callId"] == call_id), None), timeout=30,
+                         what="the expired call in the dead letters")
+        assert "was not active within queue.maxAge (state: inactive)" in entry["reason"]
+        assert entry["attempts"] == 0
+        assert node.json("GET", f"/fn/async/{call_id}")[1]["state"] == "dead"
+        assert call_id not in callbacks.received  # it never ran: no callback
+    finally:
+        assert node.stop() in (0, -signal.SIGTERM), node.log()
