@@ -11,15 +11,18 @@ PYTEST_ARGS ?=
 COVERAGE ?= --cov --cov-report=term
 # `make mutate MUTATE_ARGS="gate/adaptor -j 1"`: some modules, fewer jobs (.ci/mutate.py)
 MUTATE_ARGS ?=
+# the fast tier: no root, no apt, no external process (markers in setup.cfg)
+UNIT_MARKERS := not etcd and not envtest and not slow and not process and not e2e and not nats and not cluster
 # tests and `make run` use the working tree's code over the installed copy
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run test mutate install system-deps browser-deps bench bench-gate bench-reconcile bench-coldstart clean
+
+.PHONY: run test unit mutate install system-deps browser-deps bench bench-gate bench-reconcile bench-coldstart clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.deps: setup.cfg setup.py | $(BIN)/python
+$(VENV)/.deps: setup.cfg setup.py pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q ".[test]"
 	touch $@
 
@@ -56,6 +59,10 @@ test: install system-deps browser-deps
 # mutation testing of the decision modules against their unit tests (mutmut's mutants)
 mutate: $(VENV)/.deps
 	$(BIN)/python .ci/mutate.py $(MUTATE_ARGS)
+
+# the fast tier only: needs the venv, nothing else (runs as any user)
+unit: $(VENV)/.deps
+	$(BIN)/pytest -m "$(UNIT_MARKERS)" $(PYTEST_ARGS)
 
 bench: bench-gate bench-reconcile bench-coldstart
 

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EQUIVALENT_FILE = ROOT / ".ci" / "mutants-equivalent.txt"
 GOAL = 90.0
 #: the unit tier (as `make unit`): no external process, no real etcd or apiserver
-UNIT = "not etcd and not envtest and not slow and not e2e and not nats and not cluster"
+UNIT = "not etcd and not envtest and not slow and not process and not e2e and not nats and not cluster"
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import os
 from typing import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.support.k8s import ENV_VAR, Envtest, envtest_unavailable
 
@@ -25,6 +26,12 @@ def pytest_report_header(config: pytest.Config) -> str:
     if os.environ.get(ENV_VAR):
         return f"{ENV_VAR}={os.environ[ENV_VAR]}: the envtest tests run"
     return f"{ENV_VAR} is not set: the envtest tests are deselected"
+
+# Property tests check behaviour, not speed: no per-example deadline, so a loaded machine
+# (CI, several suites at once) cannot turn a correct example into a failure.
+settings.register_profile("faastwist", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("faastwist")
 
 
 @pytest.fixture(scope="session")

@@ -14,9 +14,38 @@ from faastwist.model.spec import FunctionSpec, PathAdaptor, RequestAdaptor
 
 def head(target: bytes = b"/", headers: list[tuple[bytes, bytes]] | None = None,
          method: bytes = b"GET", http11: bool = True) -> RequestHead:
-    h = RequestHead(method, target, headers or [], "10.1.2.3", b"http", http11)
+    headers = list(headers or [])
+    if not any(name == b"host" for name, _ in headers):
+        headers.insert(0, (b"host", b"gate"))   # HTTP/1.1 requires it
+    h = RequestHead(method, target, headers, "10.1.2.3", b"http", http11)
     classify(h)
     return h
+
+
+@pytest.mark.parametrize("method, headers, code, message", [
+    (b"GET", [(b"x-faas-func-name", b"a"), (b"x-faas-func-name", b"b")], 400,
+     "X-FaaS-Func-Name: sent twice"),
+    (b"GET", [(b"host", b"a"), (b"host", b"b")], 400, "Host: sent twice"),
+    (b"GET", [], 400, "Host: an HTTP/1.1 request must carry it"),
+    (b"POST", [(b"host", b"a"), (b"transfer-encoding", b"gzip")], 400,
+     "Transfer-Encoding: the final coding must be chunked (applied once)"),
+    (b"POST", [(b"host", b"a"), (b"transfer-encoding", b"chunked"),
+               (b"transfer-encoding", b"chunked")], 400,
+     "Transfer-Encoding: the final coding must be chunked (applied once)"),
+    (b"CONNECT", [(b"host", b"a")], 405, "CONNECT is not served by the gate"),
+    (b"TRACE", [(b"host", b"a")], 405, "TRACE is not served by the gate"),
+])
+def test_classify_refuses_what_could_be_read_two_ways(method, headers, code, message) -> None:
+    with pytest.raises(GateError) as caught:
+        classify(RequestHead(method, b"/", headers, "10.1.2.3"))
+    assert (caught.value.code, caught.value.message, caught.value.close) == (code, message, True)
+
+
+def test_classify_accepts_chunked_after_other_codings_and_http10_without_host() -> None:
+    h = RequestHead(b"POST", b"/", [(b"host", b"a"), (b"transfer-encoding", b"gzip, Chunked")])
+    classify(h)
+    assert h.chunked and h.content_length is None
+    classify(RequestHead(b"GET", b"/", [], "10.1.2.3", http11=False))
 
 
 @pytest.mark.parametrize("template, expected", [

@@ -623,3 +623,49 @@ def test_access_log_has_one_line_per_request_with_named_fields(gate: MemoryGate)
     gate.context.access_log = False
     invoke(gate)
     assert len(events) == 2
+
+
+# -- invocation keys and rate limits ---------------------------------------------------------
+
+def test_a_function_with_keys_needs_one_before_any_upstream_work() -> None:
+    from faastwist.model.keys import KeySet, new_key
+
+    g = MemoryGate()
+    g.add(function("locked"))
+    first, entry1 = new_key("2026-01-01T00:00:00Z")
+    second, entry2 = new_key("2026-01-02T00:00:00Z")
+    g.store.put_keys("locked", KeySet((entry1, entry2)), 0)
+    missing = invoke(g, name="locked")
+    assert_gate_error(missing, 401, "function locked needs a key")
+    assert missing.header("WWW-Authenticate") == 'Bearer realm="faastwist function"'
+    assert_gate_error(invoke(g, name="locked", headers={"X-API-Key": "fk_wrong"}), 401,
+                      "the key is not valid")
+    assert g.upstream.requests == [] and g.provider.out == 0
+    assert g.counter("faastwist_gate_unauthorized_total", {"function_name": "locked"}) == 2
+    # both keys are valid at once (rotation); the key itself is not forwarded
+    for headers in ({"X-API-Key": first}, {"Authorization": f"Bearer {second}"}):
+        answer = invoke(g, name="locked", headers=headers)
+        assert answer.code == 200, answer.body
+        sent = {k.lower() for k in answer.json()["headers"]}
+        assert "x-api-key" not in sent and "authorization" not in sent
+    # revoking one: the other still works, the revoked one is refused at once
+    g.store.put_keys("locked", KeySet((entry2,)), g.store._keys["locked"][1])
+    assert invoke(g, name="locked", headers={"X-API-Key": first}).code == 401
+    assert invoke(g, name="locked", headers={"X-API-Key": second}).code == 200
+
+
+def test_rate_limit_is_a_token_bucket_per_function_with_exact_retry_after() -> None:
+    g = MemoryGate()
+    g.add(function("limited", rateLimit={"rps": 0.5, "burst": 2}))
+    g.add(function("free"))
+    assert [invoke(g, name="limited").code for _ in range(2)] == [200, 200]
+    refused = invoke(g, name="limited")
+    assert_gate_error(refused, 429, "over its rate limit of 0.5 requests/s (burst 2) "
+                                    "on this node")
+    assert refused.header("Retry-After") == "2"        # one token at 0.5/s: 2 s
+    g.clock.advance(1.5)
+    assert invoke(g, name="limited").header("Retry-After") == "1"   # 0.5 s left
+    g.clock.advance(0.5)
+    assert invoke(g, name="limited").code == 200
+    assert [invoke(g, name="free").code for _ in range(5)] == [200] * 5
+    assert g.counter("faastwist_gate_rate_limited_total", {"function_name": "limited"}) == 2

@@ -34,9 +34,11 @@ from faastwist.gate.routes import RouteTable
 from faastwist.model.spec import FunctionSpec
 from faastwist.store.etcd import EtcdStore
 from faastwist.store.memory import MemoryStore
+from faastwist.util.ports import free_port
 
 from tests.support.etcd import etcd_server, unique_prefix  # noqa: F401 (fixture)
 from tests.support.gate import UpstreamProcess, gate_config, rss_bytes
+from tests.support.tls import self_signed
 
 pytestmark = pytest.mark.slow
 MB = 2**20
@@ -52,21 +54,14 @@ def upstream() -> Any:
 class Routing(KnativeRouting):
     """Knative routing to the upstream process, except ``refused``: a closed port."""
 
-    def __init__(self, url: str, closed_port: int) -> None:
+    def __init__(self, url: str, free_port: int) -> None:
         super().__init__(KnativeConfig(network_layer_url=url))
-        self.closed = StaticLease(Upstream("http", "127.0.0.1", closed_port, "refused"))
+        self.closed = StaticLease(Upstream("http", "127.0.0.1", free_port, "refused"))
 
     def acquire(self, spec: FunctionSpec) -> Any:
         if spec.name == "refused":
             return self.closed
         return super().acquire(spec)
-
-
-def closed_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class GateUnderTest:
@@ -97,7 +92,7 @@ def make_gate(request: Any, upstream: UpstreamProcess) -> Any:
                 store.create(spec, FunctionStatus(spec.name, state))
         routes = RouteTable(store, reactor)
         routes.startService()
-        service = GateService(gate_config(**config), routes, Routing(upstream.url, closed_port()),
+        service = GateService(gate_config(**config), routes, Routing(upstream.url, free_port()),
                               reactor, Metrics(), access_log=False, transport=request.param)
         service.startService()
         made.append(service)
@@ -497,34 +492,6 @@ async def test_concurrent_requests(make_gate: Any) -> None:
 
 # -- HTTPS and HTTP/2 (the twisted.web transport) ---------------------------------------------
 
-def self_signed(directory: Any) -> tuple[str, str]:
-    """A throwaway certificate for 127.0.0.1 (cert file, key file)."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return str(cert_file), str(key_file)
-
-
 @pytest.fixture
 def tls_gate(upstream: UpstreamProcess, tmp_path: Any) -> Any:
     cert, key = self_signed(tmp_path)
@@ -534,7 +501,7 @@ def tls_gate(upstream: UpstreamProcess, tmp_path: Any) -> Any:
     routes.startService()
     service = GateService(gate_config(https=True, cert_file=cert, key_file=key,
                                       max_body_size=6 * MB), routes,
-                          Routing(upstream.url, closed_port()), reactor, Metrics(),
+                          Routing(upstream.url, free_port()), reactor, Metrics(),
                           access_log=False)
     service.startService()
     assert service.kind == "web"

@@ -20,7 +20,8 @@ from twisted.internet.task import deferLater
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from tests.support.etcd import EtcdProcess, etcd_process, etcd_server, free_port, unique_prefix  # noqa: F401
+from faastwist.util.ports import free_port
+from tests.support.etcd import EtcdProcess, etcd_process, etcd_server, unique_prefix  # noqa: F401
 from faastwist.model.fsm import FunctionStatus, State
 from faastwist.metrics import Metrics
 from faastwist.model.spec import FunctionSpec
@@ -604,3 +605,43 @@ def test_constructor_refuses_bad_endpoints():
         EtcdStore(reactor, [], "/faas", "c", 1.0)
     with pytest.raises(ValueError, match="'127.0.0.1:2379' must be an http"):
         EtcdStore(reactor, ["127.0.0.1:2379"], "/faas", "c", 1.0)
+
+
+# -- invocation keys ---------------------------------------------------------------------
+
+@pytest_twisted.inlineCallbacks
+def test_keys_next_to_spec_and_status(make_store):
+    from faastwist.model.keys import KeyEntry, KeySet
+
+    store = yield make_store()
+    with pytest.raises(NotFound):
+        yield store.get_keys("demo")
+    with pytest.raises(NotFound):
+        yield store.put_keys("demo", KeySet(), 0)
+    yield store.create(spec("demo"), status("demo"))
+    yield store.create(spec("demo10"), status("demo10"))
+    keys, revision = yield store.get_keys("demo")
+    assert (keys, revision) == (KeySet(), 0)
+    changes, lost, on_changes, on_lost = collect()
+    start = (yield store.list()).revision
+    watch = store.watch(start, on_changes, on_lost)
+    one = KeySet((KeyEntry("a1", "d" * 64, "2026-01-01T00:00:00Z"),))
+    revision = yield store.put_keys("demo", one, 0)
+    assert (yield store.get_keys("demo")) == (one, revision)
+    assert (yield store.get_keys("demo10")) == (KeySet(), 0)   # exact names
+    with pytest.raises(Conflict):
+        yield store.put_keys("demo", KeySet(), 0)                # lost the race
+    two = one.add(KeyEntry("b2", "e" * 64, "2026-01-02T00:00:00Z"))
+    revision = yield store.put_keys("demo", two, revision)
+    listing = yield store.list()
+    assert listing.keys == {"demo": two}
+    yield wait_for(lambda: [c.value for c in changes if c.kind == "keys"] == [one, two],
+                   what="keys changes")
+    # deleting the function deletes its keys (and says so to watchers)
+    yield store.delete((yield store.get("demo")))
+    yield wait_for(lambda: any(c.kind == "keys" and c.value is None for c in changes),
+                   what="keys deletion")
+    yield store.create(spec("demo"), status("demo"))
+    assert (yield store.get_keys("demo")) == (KeySet(), 0)
+    watch.cancel()
+    assert lost == []
