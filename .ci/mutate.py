@@ -64,7 +64,10 @@ TARGETS = (
            functions=("plan", "_same")),
     Target("faastwist/store/memory.py", ("tests/store/test_store_contract.py",),
            functions=("create", "_current", "update", "delete")),
-    Target("faastwist/admin/auth.py", ("tests/admin/test_auth.py",), optional=True),
+    Target("faastwist/auth/authorizer.py", ("tests/auth/test_authorizer.py",)),
+    Target("faastwist/auth/origin.py", ("tests/auth/test_origin.py",)),
+    Target("faastwist/admin/guard.py", ("tests/admin/test_guard.py",)),
+    Target("faastwist/gate/access.py", ("tests/gate/test_access.py",)),
     Target("faastwist/queue/policy.py", ("tests/queue/test_policy.py",), optional=True),
 )
 
@@ -389,10 +392,19 @@ def main(argv: list[str] | None = None) -> int:
             if missing:
                 raise SystemExit(f"mutate: {target.path}: no test file {missing}: fix TARGETS")
             scores.append(run_target(target, works, equivalents))
+            summary(scores[-1])  # as each module ends: a long run can be stopped early
     finally:
         os.chdir(ROOT)
         shutil.rmtree(top, ignore_errors=True)
     return report(scores, absent, equivalents)
+
+
+def summary(s: Score) -> None:
+    print(f"{s.target.path}: {len(s.mutants)} mutants, {s.killed} killed, {s.equivalent} "
+          f"equivalent, {len(s.survivors)} survived: {s.percent:.1f}% in {s.seconds:.0f}s",
+          flush=True)
+    for mutant in s.survivors:
+        print(f"# line {mutant.line}\n{mutant.block()}", flush=True)
 
 
 def report(scores: list[Score], absent: list[str], equivalents: dict) -> int:
