@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,13 @@ class ConfigError(FieldError):
 
 
 PROVIDERS = ("knative", "process")
+NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def default_node_id() -> str:
+    """The host name, trimmed to what a node id may hold (stable across restarts)."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:63].lstrip("._-")
+    return host or "node"
 
 
 @attrs.frozen
@@ -58,6 +67,7 @@ class EtcdConfig:
     data_dir: str = "./data/etcd"
     prefix: str = "/faas"
     timeout: float = 5.0
+    lease_ttl: float = 10.0
 
     @property
     def embedded(self) -> bool:
@@ -134,6 +144,7 @@ class QueueConfig:
 class ControllerConfig:
     name: str = "faascontroller"
     kind: str = "FaaSController"
+    node_id: str = attrs.field(factory=lambda: default_node_id())
     provider: str = "knative"
     sync_interval: float = 10.0
     http_server: HTTPServerConfig = HTTPServerConfig()
@@ -155,9 +166,14 @@ class ControllerConfig:
         kind = reader.string("kind", "FaaSController")
         if kind != "FaaSController":
             raise reader.fail("kind", f"must be FaaSController, got {kind!r}")
+        node_id = reader.string("nodeId", "") or default_node_id()
+        if not NODE_ID.fullmatch(node_id):
+            raise reader.fail("nodeId", f"must be 1-63 letters, digits, '.', '_' or '-', "
+                                        f"got {node_id!r}")
         config = cls(
             name=name,
             kind=kind,
+            node_id=node_id,
             provider=reader.choice("provider", PROVIDERS, "knative"),
             sync_interval=reader.duration("syncInterval", 10.0, minimum=0.1),
             http_server=reader.section("httpServer", lambda r: _read_http(r, base)),
@@ -235,6 +251,7 @@ def _read_etcd(reader: FieldReader, base: Path) -> EtcdConfig:
         data_dir=_path(reader.string("dataDir", "./data/etcd"), base),
         prefix=prefix,
         timeout=reader.duration("timeout", 5.0, minimum=0.001),
+        lease_ttl=reader.duration("leaseTTL", 10.0, minimum=1.0),
     )
 
 

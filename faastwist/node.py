@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+import zlib
 from collections.abc import Awaitable
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -51,7 +52,9 @@ class FaasNode(Service):
         self.metrics = Metrics()
         self.on_fatal = on_fatal
         self.started_at = reactor.seconds()
-        self.node_id = f"{socket.gethostname()}-{os.getpid()}"
+        self.node_id = config.node_id
+        self.session: Any = None
+        self.converger: Any = None
         self._stack: list[tuple[str, Callable[[], Any]]] = []  # what to stop, in order
         self.ready: Deferred[None] = Deferred()
         self.store: Any = None
@@ -117,6 +120,7 @@ class FaasNode(Service):
         await self._start_store()
         self._start_provider()
         await self._start_routes()
+        self._start_session()
         self._start_reconciler()
         await self._start_queue()
         self._start_admin()
@@ -146,7 +150,8 @@ class FaasNode(Service):
             except Exception as exc:
                 raise StartupError(f"embedded etcd in {etcd.data_dir} did not start: {exc}")
         self.store = EtcdStore(self.reactor, endpoints, etcd.prefix, self.config.name,
-                               etcd.timeout, self.metrics)
+                               etcd.timeout, self.metrics,
+                               start_index=zlib.crc32(self.node_id.encode()))
         try:
             await self.store.connect()
         except StoreUnavailable as exc:
@@ -181,9 +186,37 @@ class FaasNode(Service):
                                             self.reactor, self.metrics,
                                             reserved_ports=self.node_ports)
         if isinstance(self.provider, ChangeNotifier):
-            # readiness and crash loops reach the FSM at once, not at the next sync
-            self.provider.on_change = lambda name: self.reconciler and self.reconciler.kick(name)
+            # readiness and crash loops reach this node's report (and so the leader's
+            # FSM) at once, not at the next sync
+            self.provider.on_change = self._provider_changed
         self._start_child("provider", self.provider)
+
+    def _provider_changed(self, name: str) -> None:
+        if self.converger is not None:
+            self.converger.report(name)
+        elif self.reconciler is not None:
+            self.reconciler.kick(name)
+
+    @property
+    def node_local(self) -> bool:
+        """Functions run on every node (process provider), not in a shared cluster."""
+        return self.config.provider == "process"
+
+    def _start_session(self) -> None:
+        from faastwist.cluster.local import LocalConverger
+        from faastwist.cluster.session import NodeSession
+
+        admin, http = self.config.admin, self.config.http_server
+        self.session = NodeSession(self.reactor, self.store, self.node_id,
+                                   self.config.etcd.lease_ttl,
+                                   {"admin": f"{admin.address}:{admin.port}",
+                                    "gate": f"{http.address}:{http.port}",
+                                    "pid": os.getpid(), "version": __version__})
+        self._start_child("node session", self.session)
+        if self.node_local:
+            self.converger = LocalConverger(self.routes, self.provider, self.session,
+                                            self.reactor, self.config.sync_interval)
+            self._start_child("local converger", self.converger)
 
     async def _start_routes(self) -> None:
         from faastwist.gate.routes import RouteTable
@@ -201,12 +234,27 @@ class FaasNode(Service):
         from faastwist.store.leader import LeaderElection
 
         self.leader = LeaderElection(self.reactor, self.store, self.node_id,
-                                     metrics=self.metrics)
-        self._start_child("leader election", self.leader)
-        self.reconciler = Reconciler(self.store, self.provider, self.reactor,
+                                     ttl=self.config.etcd.lease_ttl, metrics=self.metrics)
+        provider: Any = self.provider
+        if self.node_local:
+            from faastwist.cluster.reports import ClusterView
+
+            provider = ClusterView(self.provider, self.session.read_reports)
+        self.reconciler = Reconciler(self.store, provider, self.reactor,
                                      self.config.sync_interval, self.metrics,
-                                     is_leader=self.leader.is_leader)
+                                     is_leader=self.leader.is_leader, fence=self.leader.fence)
+        self.leader.add_listener(self.reconciler.leadership_changed)
+        # the leader acts within one watch event of a write on any node, and of a report
+        self.routes.subscribe(lambda name, route: self.reconciler.kick(name))
+        self.session.on_reports_changed(self._reports_changed)
         self._start_child("reconciler", self.reconciler)
+        self._start_child("leader election", self.leader)
+
+    def _reports_changed(self, name: str | None) -> None:
+        if name is not None:
+            self.reconciler.kick(name)
+        elif self.leader.is_leader():
+            self.reconciler.run_pass()
 
     async def _start_queue(self) -> None:
         """The async queue: connected (and the embedded nats-server healthy) before the
@@ -274,13 +322,14 @@ class FaasNode(Service):
         log_source = self.provider if isinstance(self.provider, LogSource) else None
         self.admin = AdminAPI(self.store, self.config.name, self.provider.check_spec,
                               self.reconciler.kick, self.reactor, admin.max_body_size,
-                              log_source=log_source)
+                              log_source=log_source, cache=self._cached_records,
+                              node_id=self.node_id)
         self.ops = OpsAPI(
             self.metrics,
-            {"store": self.store.check, "watch": self._routes_current,
-             "provider": self.provider.check},
+            {"etcd": self.store.check, "watch": self._routes_current,
+             "provider": self._provider_ready},
             node_info(__version__, self.config.provider, self.config.name, self.node_id,
-                      time.time(), self.leader.is_leader),
+                      time.time(), self.leader.is_leader, self._cluster_info),
             self.reactor, openapi=openapi_document(self.config.name))
         console = ConsoleResource(self.reactor, self.config.name,
                                   gate_url_for(http.address, http.port, http.https),
@@ -366,6 +415,27 @@ class FaasNode(Service):
         except Exception as exc:
             raise StartupError(f"httpServer.port: cannot listen on {http.address}:{http.port}: {exc}")
         self._push("gate", self.gate.stopService)
+
+    def _cached_records(self) -> dict[str, Any]:
+        from faastwist.store.base import FunctionRecord
+
+        return {name: FunctionRecord(spec, status)
+                for name, (spec, status) in self.routes.snapshot().items()}
+
+    def _provider_ready(self) -> Any:
+        if self.converger is not None:
+            self.converger.check()
+        return self.provider.check()
+
+    def _cluster_info(self) -> dict[str, Any]:
+        members = self.session.members if self.session is not None else {}
+        holder = self.node_id if self.leader.is_leader() else self.leader.holder
+        leader = None
+        if holder is not None:
+            leader = {"id": holder, "admin": members.get(holder, {}).get("admin")}
+        nodes = [{"id": node, "admin": record.get("admin"), "gate": record.get("gate")}
+                 for node, record in sorted(members.items())]
+        return {"leaderNode": leader, "nodes": nodes}
 
     def _routes_current(self) -> None:
         if not self.routes.synced:

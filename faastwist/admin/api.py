@@ -15,10 +15,10 @@ from __future__ import annotations
 import functools
 import json
 import time
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -50,8 +50,10 @@ from faastwist.model.spec import FunctionSpec, SpecError
 from faastwist.store.base import (
     AlreadyExists,
     Conflict,
+    FunctionRecord,
     FunctionStore,
     NotFound,
+    OutcomeUnknown,
     StoreUnavailable,
 )
 
@@ -63,6 +65,9 @@ BASE = "/apis/<any(v1, v2):version>/faas/<controller>"
 FUNCTION = BASE + "/<fn>"
 DEFAULT_MAX_BODY_SIZE = 1 << 20
 DEFAULT_STORE_TIMEOUT = 10.0
+DEFAULT_READ_TIMEOUT = 2.0
+STALE_HEADER = "X-FaaS-Stale"
+RETRY_WINDOW = 600.0  # how long a create of unknown outcome is recognised when retried
 
 
 def controller_route(app: Klein, url: str, method: str) -> Callable[[Handler], Handler]:
@@ -100,7 +105,9 @@ class AdminAPI:
                  clock: IReactorTime, max_body_size: int = DEFAULT_MAX_BODY_SIZE,
                  log_source: LogSource | None = None,
                  wall_clock: Callable[[], float] = time.time,
-                 store_timeout: float = DEFAULT_STORE_TIMEOUT) -> None:
+                 store_timeout: float = DEFAULT_STORE_TIMEOUT,
+                 cache: Callable[[], Mapping[str, FunctionRecord]] | None = None,
+                 read_timeout: float = DEFAULT_READ_TIMEOUT, node_id: str = "this node") -> None:
         self.store = store
         self.controller = controller
         self.check_spec = check_spec
@@ -110,6 +117,10 @@ class AdminAPI:
         self.log_source = log_source
         self.wall_clock = wall_clock
         self.store_timeout = store_timeout
+        self.cache = cache
+        self._unknown: dict[str, tuple[FunctionSpec, float]] = {}  # creates of unknown outcome
+        self.read_timeout = read_timeout
+        self.node_id = node_id
 
     def resource(self) -> IResource:
         """The API as a resource tree root (its own paths start at ``/``)."""
@@ -131,6 +142,41 @@ class AdminAPI:
 
     def _store(self, d: Deferred[T]) -> Deferred[T]:
         return self._timed(d, "the function store", 503)
+
+    async def _read(self, read: Callable[[], Deferred[T]]) -> tuple[T | None, bool]:
+        """``(result, False)`` from the store; ``(None, True)`` when the store did not
+        answer within ``read_timeout`` and a watch-fed cache can answer instead."""
+        if self.cache is None:
+            return await self._store(read()), False
+        d = read()
+        try:
+            return await d.addTimeout(self.read_timeout, self.clock), False
+        except (StoreUnavailable, CancelledError, TimeoutError) as exc:
+            log.warn("admin read answered from the watch cache: the store did not answer "
+                     "({error})", error=str(exc) or type(exc).__name__)
+            return None, True
+
+    async def _retried_create(self, spec: FunctionSpec) -> FunctionRecord:
+        """A create this node answered ``outcome unknown`` for, sent again with the same
+        spec, finds its own function: that is the create succeeding, not a 409."""
+        remembered = self._unknown.get(spec.name)
+        if remembered is None or remembered[0] != spec or (
+                self.clock.seconds() - remembered[1] > RETRY_WINDOW):
+            raise AlreadyExists(spec.name)
+        record = await self._store(self.store.get(spec.name))
+        if record.spec != spec:
+            raise AlreadyExists(spec.name)
+        del self._unknown[spec.name]
+        return record
+
+    def _stale_record(self, name: str) -> FunctionRecord:
+        record = self.cache().get(name) if self.cache is not None else None
+        if record is None:
+            raise NotFound(name)
+        return record
+
+    def _stale(self, request: Any, data: Any) -> bytes:
+        return respond(request, 200, data, {STALE_HEADER: "true"})
 
     def _kick(self, name: str) -> None:
         try:
@@ -163,26 +209,45 @@ class AdminAPI:
     async def create(self, request: IRequest, version: str, controller: str) -> bytes:
         spec = self._read_spec(request)
         status = FunctionStatus.initial(spec.name, self.wall_clock())
-        record = await self._store(self.store.create(spec, status))
+        try:
+            record = await self._store(self.store.create(spec, status))
+        except OutcomeUnknown:
+            now = self.clock.seconds()
+            self._unknown = {n: v for n, v in self._unknown.items()
+                             if now - v[1] <= RETRY_WINDOW}
+            self._unknown[spec.name] = (spec, now)
+            raise
+        except AlreadyExists:
+            record = await self._retried_create(spec)
         self._kick(spec.name)
         return respond(request, 201, record_document(record),
                             {"Location": self._location(version, controller, spec.name)})
 
     @controller_route(app, BASE, "GET")
     async def list_functions(self, request: IRequest, version: str, controller: str) -> bytes:
-        listing = await self._store(self.store.list())
+        listing, stale = await self._read(self.store.list)
+        if stale:
+            cached = self.cache()
+            return self._stale(request, [dict(record_document(cached[name]), stale=True)
+                                         for name in sorted(cached)])
         records = [record_document(listing.records[name]) for name in sorted(listing.records)]
         return respond(request, 200, records)
 
     @controller_route(app, FUNCTION, "GET")
     async def get_function(self, request: IRequest, version: str, controller: str,
                            fn: str) -> bytes:
-        record = await self._store(self.store.get(fn))
+        record, stale = await self._read(lambda: self.store.get(fn))
+        if stale:
+            return self._stale(request, dict(record_document(self._stale_record(fn)),
+                                             stale=True))
         return respond(request, 200, record_document(record))
 
     @controller_route(app, FUNCTION + "/status", "GET")
     async def get_status(self, request: IRequest, version: str, controller: str, fn: str) -> bytes:
-        record = await self._store(self.store.get(fn))
+        record, stale = await self._read(lambda: self.store.get(fn))
+        if stale:
+            return self._stale(request, dict(status_document(self._stale_record(fn).status),
+                                             stale=True))
         return respond(request, 200, status_document(record.status))
 
     @controller_route(app, FUNCTION, "PUT")
@@ -231,6 +296,11 @@ class AdminAPI:
         if source is None:
             raise ApiError(501, "function logs are not available: this controller's provider "
                                 "has no log source")
+        runs_here = getattr(source, "runs_here", None)
+        if runs_here is not None and not runs_here(fn):
+            # the process provider's logs are node-local: never an empty 200
+            raise ApiError(404, f"function {fn} has not run on node {self.node_id}, so it "
+                                f"has no logs here; ask a node that runs it")
         params = query_params(request.uri, ("tail", "since", "follow"))
         tail = parse_tail(params.get("tail"))
         since = parse_since(params.get("since"), self.wall_clock())
@@ -296,6 +366,10 @@ class AdminAPI:
     @app.handle_errors(AlreadyExists, Conflict, InvalidEvent)
     def _conflict(self, request: IRequest, failure: Failure) -> bytes:
         return respond_error(request, 409, str(failure.value))
+
+    @app.handle_errors(OutcomeUnknown)
+    def _outcome_unknown(self, request: IRequest, failure: Failure) -> bytes:
+        return respond_error(request, 503, f"outcome unknown: {failure.value}")
 
     @app.handle_errors(StoreUnavailable)
     def _store_unavailable(self, request: IRequest, failure: Failure) -> bytes:

@@ -353,6 +353,13 @@ def _show(key: str, value: Any) -> str:
         return human_age(value)
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if key == "leaderNode" and isinstance(value, dict):
+        return f"{value.get('id')} (admin {value.get('admin') or 'unknown'})"
+    if key == "leaderNode" and value is None:
+        return "none (no leader elected right now)"
+    if key == "nodes" and isinstance(value, list):
+        return ", ".join(f"{n.get('id')} (admin {n.get('admin')}, gate {n.get('gate')})"
+                         for n in value if isinstance(n, dict)) or "none"
     if isinstance(value, (dict, list)):
         return json.dumps(value)
     return str(value)

@@ -223,6 +223,8 @@ class Exchange:
             lease.release()
             return
         self.lease = lease
+        if hasattr(lease, "on_lost"):   # a local replica: its death ends this at once
+            lease.on_lost = self.upstream_lost
         route = self.route
         upstream = lease.upstream
         cached = route.cache.get("upstream")
@@ -396,6 +398,16 @@ class Exchange:
             d.addCallbacks(self._connected, self._connect_failed)
             return
         self._upstream_error(kind, detail)
+
+    def upstream_lost(self, detail: str) -> None:
+        """The replica behind this request died: 502 if nothing was answered yet, else
+        cut the client's connection, now (whatever back-pressure paused meanwhile)."""
+        if self.done:
+            return
+        waiting, self.waiting = self.waiting, None
+        self._upstream_error("exit", detail)
+        if waiting is not None:
+            waiting.cancel()
 
     def _upstream_error(self, kind: str, detail: str) -> None:
         meters = self.meters

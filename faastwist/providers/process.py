@@ -457,6 +457,13 @@ class ProcessProvider(Service):
         return deferToThreadPool(self.reactor, self.threads, read_lines, name,
                                  function_log.file.path, tail, since)
 
+    def runs_here(self, name: str) -> bool:
+        """Whether this node runs ``name`` or kept logs of it (logs are node-local)."""
+        if name in self.runtimes or name in self.logs:
+            return True
+        path = self.log_dir / f"{name}.log"
+        return path.exists() or path.with_name(path.name + ".1").exists()
+
     def follow_logs(self, name: str, on_line: Callable[[LogLine], None]) -> Callable[[], None]:
         return self._log(name).follow(on_line)
 

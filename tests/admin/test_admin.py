@@ -770,6 +770,15 @@ def test_logs_without_a_log_source_are_501(admin: Admin) -> None:
     assert "no log source" in reply.data["message"]
 
 
+def test_logs_of_a_function_that_never_ran_on_this_node_say_so(
+        logs: tuple[Admin, FakeLogSource]) -> None:
+    admin, source = logs
+    source.runs_here = lambda name: name != "demo10"   # type: ignore[attr-defined]
+    reply = admin.request("GET", "/demo10/logs")
+    assert reply.code == 404
+    assert "has not run on node" in reply.data["message"]
+
+
 class StreamReader(Protocol):
     """Keeps what a streaming response delivered, and can hang up like a client."""
 

@@ -105,6 +105,21 @@ def test_twistd_exits_non_zero_with_one_line_naming_the_key(tmp_path):
     assert result.stderr.strip() == "faasgate: config error: httpServer.port: must be 1-65535, got 0"
 
 
+def test_node_id_and_lease_ttl() -> None:
+    import socket
+
+    config = ControllerConfig.from_dict({"nodeId": "gate-1", "etcd": {"leaseTTL": "4s"}})
+    assert config.node_id == "gate-1" and config.etcd.lease_ttl == 4.0
+    default = ControllerConfig.from_dict({})
+    assert default.etcd.lease_ttl == 10.0
+    assert default.node_id and default.node_id[0].isalnum()
+    assert default.node_id.split("-")[0] in socket.gethostname() or default.node_id == "node"
+    with pytest.raises(ConfigError, match="nodeId"):
+        ControllerConfig.from_dict({"nodeId": "a/b"})
+    with pytest.raises(ConfigError, match="leaseTTL"):
+        ControllerConfig.from_dict({"etcd": {"leaseTTL": "100ms"}})
+
+
 def test_admin_auth_defaults_and_paths(tmp_path):
     config = ControllerConfig.from_dict(None, tmp_path)
     auth = config.admin.auth
