@@ -117,6 +117,30 @@ class AdminConfig:
 
 
 @attrs.frozen
+class QueueConfig:
+    """Asynchronous invocations on NATS JetStream (see README, "Asynchronous invocations")."""
+
+    enabled: bool = True
+    nats_urls: tuple[str, ...] = ()
+    data_dir: str = "./data/nats"
+    max_age: float = 24 * 3600.0
+    max_body_size: int = 2**20
+    max_attempts: int = 5
+    concurrency: int = 8
+    callback_concurrency: int = 32
+    callback_timeout: float = 10.0
+    callback_allow: tuple[str, ...] = ()
+    backoff_base: float = 1.0
+    backoff_max: float = 300.0
+    status_ttl: float = 24 * 3600.0
+    timeout: float = 5.0
+
+    @property
+    def embedded(self) -> bool:
+        return not self.nats_urls
+
+
+@attrs.frozen
 class ControllerConfig:
     name: str = "faascontroller"
     kind: str = "FaaSController"
@@ -128,6 +152,7 @@ class ControllerConfig:
     etcd: EtcdConfig = EtcdConfig()
     process: ProcessConfig = ProcessConfig()
     admin: AdminConfig = AdminConfig()
+    queue: QueueConfig = QueueConfig()
 
     @classmethod
     def from_dict(cls, data: object, base_dir: Path | None = None) -> "ControllerConfig":
@@ -156,6 +181,7 @@ class ControllerConfig:
             etcd=reader.section("etcd", lambda r: _read_etcd(r, base)),
             process=reader.section("process", lambda r: _read_process(r, base)),
             admin=reader.section("admin", lambda r: _read_admin(r, base)),
+            queue=reader.section("queue", lambda r: _read_queue(r, base)),
         )
         reader.finish()
         return config
@@ -318,6 +344,42 @@ def _read_admin(reader: FieldReader, base: Path) -> AdminConfig:
             f"admin on the non-loopback admin.address {config.address!r} lets anyone who "
             f"reaches the port run commands on this machine; use tokens, or set "
             f"admin.allowInsecure: true if you mean it")
+    return config
+
+
+def _read_queue(reader: FieldReader, base: Path) -> QueueConfig:
+    urls = reader.string_list("natsURLs", ())
+    for url in urls:
+        if not url.startswith(("nats://", "tls://")):
+            raise reader.fail("natsURLs", f"must be nats:// or tls:// URLs, got {url!r}")
+    allow = reader.string_list("callbackAllow", ())
+    for network in allow:
+        try:
+            ipaddress.ip_network(network.strip(), strict=False)
+        except ValueError:
+            raise reader.fail("callbackAllow", f"{network!r} is not an IP address or CIDR "
+                                               f"network") from None
+    config = QueueConfig(
+        enabled=reader.boolean("enabled", True),
+        nats_urls=tuple(urls),
+        data_dir=_path(reader.string("dataDir", "./data/nats"), base),
+        max_age=reader.duration("maxAge", 24 * 3600.0, minimum=1.0),
+        max_body_size=reader.size("maxBodySize", 2**20),
+        max_attempts=reader.integer("maxAttempts", 5, 1, 100),
+        concurrency=reader.integer("concurrency", 8, 1, 10000),
+        callback_concurrency=reader.integer("callbackConcurrency", 32, 1, 10000),
+        callback_timeout=reader.duration("callbackTimeout", 10.0, minimum=0.001),
+        callback_allow=tuple(allow),
+        backoff_base=reader.duration("backoffBase", 1.0, minimum=0.001),
+        backoff_max=reader.duration("backoffMax", 300.0, minimum=0.001),
+        status_ttl=reader.duration("statusTTL", 24 * 3600.0, minimum=60.0),
+        timeout=reader.duration("timeout", 5.0, minimum=0.001),
+    )
+    if config.max_body_size > 64 * 2**20:
+        raise reader.fail("maxBodySize", "must be at most 64Mi (a queued call is one NATS "
+                                         "message)")
+    if config.backoff_base > config.backoff_max:
+        raise reader.fail("backoffBase", "must not exceed backoffMax")
     return config
 
 

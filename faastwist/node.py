@@ -72,6 +72,8 @@ class FaasNode(Service):
         self.authorizer: Any = None
         self.auth_files: Any = None
         self.admin_tls: Any = None
+        self.queue: Any = None
+        self.etcd_endpoints: list[str] = []
 
     # -- helpers ---------------------------------------------------------------------
     def _push(self, what: str, stop: Callable[[], Any]) -> None:
@@ -120,8 +122,10 @@ class FaasNode(Service):
         await self._start_routes()
         self._start_session()
         self._start_reconciler()
+        await self._start_queue()
         self._start_admin()
         self._start_gate()
+        self._attach_queue()
         # popped first at shut-down: STOPPING=1 and /readyz 503 before anything stops
         self._push("systemd notifier", self.notifier.stopService)
         self._push("readiness", self.ops.mark_stopping)
@@ -153,6 +157,7 @@ class FaasNode(Service):
         except StoreUnavailable as exc:
             raise StartupError(f"etcd at {', '.join(endpoints)} is not reachable: {exc}")
         self._push("store", self.store.close)
+        self.etcd_endpoints = endpoints
 
     def node_ports(self) -> set[int]:
         """This node's own ports (gate, admin, etcd client and peer on this machine):
@@ -251,7 +256,62 @@ class FaasNode(Service):
         elif self.leader.is_leader():
             self.reconciler.run_pass()
 
+    async def _start_queue(self) -> None:
+        """The async queue: connected (and the embedded nats-server healthy) before the
+        gate listens, stopped after it."""
+        queue = self.config.queue
+        if not queue.enabled:
+            return
+        from faastwist.queue.service import QueueService
+
+        self.queue = QueueService(queue, self.config.name, self.reactor, self.metrics,
+                                  self.routes, self._own_ports())
+        embedded = None
+        if queue.embedded:
+            from faastwist.queue.embedded import EmbeddedNats, EmbeddedNatsError
+
+            embedded = EmbeddedNats(self.reactor, queue.data_dir, queue.max_body_size)
+            try:
+                self._start_child("embedded nats-server", embedded)
+            except EmbeddedNatsError as exc:
+                raise StartupError(f"queue: {exc}")
+        try:
+            await self.queue.start(embedded)
+        except Exception as exc:
+            raise StartupError(f"queue: the embedded nats-server in {queue.data_dir} did not "
+                               f"start: {exc}")
+        finally:
+            self._push("queue connection", self.queue.stop)
+
+    def _own_ports(self) -> set[int]:
+        """The node's ports a callback must never reach: admin, etcd (client and peer)."""
+        from urllib.parse import urlsplit
+
+        ports = {self.config.admin.port}
+        for url in self.etcd_endpoints:
+            try:
+                ports.add(urlsplit(url).port or 2379)
+            except ValueError:
+                pass
+        try:
+            with open(os.path.join(self.config.etcd.data_dir, "ports.json")) as f:
+                import json
+
+                ports.update(int(p) for p in json.load(f).values())
+        except (OSError, ValueError, TypeError, AttributeError):
+            pass
+        return ports
+
+    def _attach_queue(self) -> None:
+        if self.queue is None:
+            return
+        self.queue.attach(self.gate.context)
+        self.admin.async_calls = self.queue
+        # popped before the gate: no new calls are fetched while it drains
+        self._push("queue workers", self.queue.stop_worker)
+
     def _start_admin(self) -> None:
+        from faastwist.admin import asyncapi  # noqa: F401 (adds the async-call routes)
         from faastwist.admin.api import AdminAPI
         from faastwist.admin.codec import bounded_request_factory
         from faastwist.admin.console import ConsoleResource, gate_url_for, mount_console

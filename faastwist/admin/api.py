@@ -33,6 +33,7 @@ from faastwist.admin.codec import (
     ApiError,
     bounded_request_factory,
     decode_body,
+    header_text,
     parse_follow,
     parse_since,
     parse_tail,
@@ -92,17 +93,13 @@ def _ndjson(line: LogLine) -> bytes:
     return json.dumps(line.to_dict()).encode() + b"\n"
 
 
-def _header(request: IRequest, name: bytes) -> str | None:
-    value = request.getHeader(name)
-    if value is None:
-        return None
-    return value.decode("latin-1") if isinstance(value, bytes) else value
-
-
 class AdminAPI:
     """Routes and error mapping of the admin API; ``resource()`` or ``site()`` serves it."""
 
     app = Klein()
+    #: the node's queue service when async invocations are on (admin/asyncapi.py adds
+    #: the routes: import it to serve them)
+    async_calls: Any = None
 
     def __init__(self, store: FunctionStore, controller: str,
                  check_spec: Callable[[FunctionSpec], None], kick: Callable[[str], None],
@@ -191,7 +188,7 @@ class AdminAPI:
 
     def _read_spec(self, request: IRequest, default_name: str | None = None) -> FunctionSpec:
         body = read_body(request, self.max_body_size)
-        document = decode_body(body, _header(request, b"content-type"))
+        document = decode_body(body, header_text(request, b"content-type"))
         if default_name is not None and isinstance(document, dict) and "name" not in document:
             document = {"name": default_name, **document}
         try:

@@ -12,6 +12,7 @@ import sys
 import click
 
 from faastwist.cli.client import CliContext, CommandFailed, InputError
+from faastwist.cli.asynccmd import async_commands
 from faastwist.cli.commands import COMMANDS, duration_option
 from faastwist.cli.token import token as token_commands
 
@@ -54,6 +55,7 @@ def cli(ctx: click.Context, server: str | None, controller: str | None, token: s
 for _command in COMMANDS:
     cli.add_command(_command)
 cli.add_command(token_commands)
+cli.add_command(async_commands)
 
 
 def main(argv: list[str] | None = None) -> int:

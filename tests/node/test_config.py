@@ -173,3 +173,34 @@ def test_twistd_refuses_anonymous_admin_on_the_network(tmp_path):
     assert result.stderr.startswith("faasgate: config error: admin.auth.anonymous: admin on "
                                     "the non-loopback")
     assert "admin.allowInsecure: true" in result.stderr
+
+
+def test_queue_defaults_and_overrides(tmp_path):
+    queue = ControllerConfig.from_dict({}, tmp_path).queue
+    assert queue.enabled and queue.embedded and queue.nats_urls == ()
+    assert queue.data_dir == str(tmp_path / "data" / "nats")
+    assert (queue.max_age, queue.max_body_size, queue.max_attempts, queue.concurrency) == (
+        86400.0, 2**20, 5, 8)
+    queue = ControllerConfig.from_dict({"queue": {
+        "natsURLs": ["nats://10.0.0.1:4222", "tls://n2:4222"], "maxAge": "1h",
+        "maxBodySize": "4Mi", "maxAttempts": 3, "concurrency": 2,
+        "callbackAllow": ["10.0.0.0/8", "2001:db8::1"], "backoffBase": "100ms"}}, tmp_path).queue
+    assert not queue.embedded and queue.nats_urls == ("nats://10.0.0.1:4222", "tls://n2:4222")
+    assert (queue.max_age, queue.max_body_size, queue.max_attempts, queue.concurrency,
+            queue.backoff_base) == (3600.0, 4 * 2**20, 3, 2, 0.1)
+    assert queue.callback_allow == ("10.0.0.0/8", "2001:db8::1")
+
+
+@pytest.mark.parametrize("queue,message", [
+    ({"natsURLs": ["http://x:4222"]}, "queue.natsURLs: must be nats:// or tls:// URLs"),
+    ({"callbackAllow": ["lan"]}, "queue.callbackAllow: 'lan' is not an IP address"),
+    ({"maxAttempts": 0}, "queue.maxAttempts"),
+    ({"concurrency": -1}, "queue.concurrency"),
+    ({"maxBodySize": "1Gi"}, "queue.maxBodySize: must be at most 64Mi"),
+    ({"backoffBase": "10m", "backoffMax": "1m"}, "queue.backoffBase: must not exceed"),
+    ({"maxAge": "0s"}, "queue.maxAge"),
+    ({"bogus": 1}, "queue.bogus: unknown field"),
+])
+def test_queue_errors_name_the_key(tmp_path, queue, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("*", r"\*")):
+        ControllerConfig.from_dict({"queue": queue}, tmp_path)
