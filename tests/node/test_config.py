@@ -162,6 +162,7 @@ def test_anonymous_admin_needs_allow_insecure_off_loopback(tmp_path):
     assert config.admin.allow_insecure
 
 
+@pytest.mark.process
 def test_twistd_refuses_anonymous_admin_on_the_network(tmp_path):
     bad = tmp_path / "c.yaml"
     bad.write_text("admin: {address: 0.0.0.0, auth: {anonymous: admin}}\n")
