@@ -7,13 +7,18 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= conf/controller.yaml
 PYTEST_ARGS ?=
+# `make test` measures coverage, twistd subprocesses included, and fails under the floor
+# (setup.cfg [coverage:*], fail_under); `make test COVERAGE=` runs without it
+COVERAGE ?= --cov --cov-report=term
+# `make mutate MUTATE_ARGS="gate/adaptor -j 1"`: some modules, fewer jobs (.ci/mutate.py)
+MUTATE_ARGS ?=
 # the fast tier: no root, no apt, no external process (markers in setup.cfg)
 UNIT_MARKERS := not etcd and not envtest and not slow and not process and not e2e and not nats and not cluster
 # tests and `make run` use the working tree's code over the installed copy
 export PYTHONPATH := $(CURDIR)
 
 
-.PHONY: run test unit install system-deps browser-deps bench bench-gate bench-reconcile bench-coldstart bench-async clean
+.PHONY: run test unit mutate install system-deps browser-deps bench bench-gate bench-reconcile bench-coldstart bench-async clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,7 +55,12 @@ run: install system-deps
 	$(BIN)/twistd -n --pidfile= faasgate --config $(CONFIG)
 
 test: install system-deps browser-deps
-	$(BIN)/pytest $(PYTEST_ARGS)
+	rm -f .coverage .coverage.*
+	COVERAGE_FILE=$(CURDIR)/.coverage $(BIN)/pytest $(COVERAGE) $(PYTEST_ARGS)
+
+# mutation testing of the decision modules against their unit tests (mutmut's mutants)
+mutate: $(VENV)/.deps
+	$(BIN)/python .ci/mutate.py $(MUTATE_ARGS)
 
 # the fast tier only: needs the venv, nothing else (runs as any user)
 unit: $(VENV)/.deps
@@ -76,4 +86,4 @@ bench-async: install system-deps
 	$(BIN)/python bench/async.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info data test-artifacts
+	rm -rf $(VENV) build *.egg-info data test-artifacts .coverage .coverage.*

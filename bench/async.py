@@ -42,9 +42,16 @@ TWISTD = Path(sys.executable).parent / "twistd"
 FUNCTION_PYTHON = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
 
 
+#: the node's admin token (read from the file the node writes on its first start)
+TOKEN: list[str] = []
+
+
 def http(method: str, url: str, body: bytes | None = None,
          headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, body, headers or {}, method=method)
+    sent = dict(headers or {})
+    if TOKEN:
+        sent["Authorization"] = f"Bearer {TOKEN[0]}"
+    request = urllib.request.Request(url, body, sent, method=method)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.read()
@@ -57,7 +64,8 @@ def start_node(workdir: Path) -> tuple[subprocess.Popen, int, int]:
     config = {
         "name": "bench", "provider": "process", "syncInterval": "1s",
         "httpServer": {"port": gate, "address": "127.0.0.1", "accessLog": False},
-        "admin": {"port": admin, "address": "127.0.0.1"},
+        "admin": {"port": admin, "address": "127.0.0.1",
+                  "auth": {"tokensFile": str(workdir / "admin-tokens")}},
         "etcd": {"dataDir": str(workdir / "etcd")},
         "process": {"dataDir": str(workdir / "data")},
         "queue": {"dataDir": str(workdir / "nats")},
@@ -72,6 +80,7 @@ def start_node(workdir: Path) -> tuple[subprocess.Popen, int, int]:
     while time.monotonic() < deadline:
         try:
             if http("GET", f"http://127.0.0.1:{admin}/readyz")[0] == 200:
+                TOKEN.append((workdir / "admin-tokens.admin").read_text().strip())
                 return node, gate, admin
         except OSError:
             pass
@@ -95,8 +104,14 @@ def stop(node: subprocess.Popen) -> None:
         pass
 
 
-def deploy(admin: int) -> None:
-    spec = {"name": "echo", "command": [FUNCTION_PYTHON, str(ROOT / "conf/functions/echo.py")],
+def deploy(admin: int, workdir: Path) -> None:
+    # in the node's config folder: staged into the function's folder (functions run as
+    # an unprivileged user, who may not read this checkout)
+    echo = workdir / "fn" / "echo.py"
+    echo.parent.mkdir()
+    shutil.copy(ROOT / "conf" / "functions" / "echo.py", echo)
+    echo.chmod(0o644)
+    spec = {"name": "echo", "command": [FUNCTION_PYTHON, str(echo)],
             "readinessPath": "/healthz", "minReplica": 1, "asyncConcurrency": 32}
     status, body = http("POST", base_url(admin), json.dumps(spec).encode(),
                         {"Content-Type": "application/json"})
@@ -172,7 +187,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="faastwist-bench-async-"))
     node, gate, admin = start_node(workdir)
     try:
-        deploy(admin)
+        deploy(admin, workdir)
         sync = wrk(gate, args.connections, args.duration, False, workdir)
         # calls for a stopped function stay queued: (2) measures accepting alone, and
         # (3) the workers alone once it is started again

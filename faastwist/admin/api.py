@@ -69,7 +69,8 @@ DEFAULT_MAX_BODY_SIZE = 1 << 20
 DEFAULT_STORE_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 2.0
 STALE_HEADER = "X-FaaS-Stale"
-RETRY_WINDOW = 600.0  # how long a create of unknown outcome is recognised when retried
+RETRY_WINDOW = 600.0
+STATUS_RACE_RETRIES = 2  # an operator event re-applied after losing to a status-only write  # how long a create of unknown outcome is recognised when retried
 
 
 def controller_route(app: Klein, url: str, method: str) -> Callable[[Handler], Handler]:
@@ -260,15 +261,29 @@ class AdminAPI:
             raise ApiError(409, f"name: the body names function {spec.name} but the URL names "
                                 f"{fn}; a function cannot be renamed (create {spec.name} and "
                                 f"delete {fn} instead)")
-        status = apply_event(record.status, Event.UPDATE, self.wall_clock())
-        updated = await self._store(self.store.update(record, spec=spec, status=status))
+        updated = await self._apply(record, Event.UPDATE, spec)
         self._kick(fn)
         return respond(request, 200, record_document(updated))
 
+    async def _apply(self, record: FunctionRecord, event: Event,
+                     spec: FunctionSpec | None = None) -> FunctionRecord:
+        """Apply an operator event; when the compare-and-swap loses to a status-only write
+        (the leader recording a node's readiness), read again and re-apply, since the
+        operator's intent does not depend on it. A changed spec is a real conflict."""
+        for attempt in range(STATUS_RACE_RETRIES + 1):
+            status = apply_event(record.status, event, self.wall_clock())
+            try:
+                return await self._store(self.store.update(record, spec=spec, status=status))
+            except Conflict:
+                fresh = await self._store(self.store.get(record.name))
+                if attempt == STATUS_RACE_RETRIES or fresh.spec_revision != record.spec_revision:
+                    raise
+                record = fresh
+        raise AssertionError("unreachable")
+
     async def _operator_event(self, request: IRequest, fn: str, event: Event) -> bytes:
         record = await self._store(self.store.get(fn))
-        status = apply_event(record.status, event, self.wall_clock())
-        updated = await self._store(self.store.update(record, status=status))
+        updated = await self._apply(record, event)
         self._kick(fn)
         return respond(request, 200, record_document(updated))
 
@@ -284,8 +299,16 @@ class AdminAPI:
     async def delete(self, request: IRequest, version: str, controller: str, fn: str) -> bytes:
         """Remove the function from the store; the reconciler removes what the provider runs."""
         record = await self._store(self.store.get(fn))
-        destroyed = apply_event(record.status, Event.DELETE, self.wall_clock())
-        await self._store(self.store.delete(record))
+        for attempt in range(STATUS_RACE_RETRIES + 1):
+            destroyed = apply_event(record.status, Event.DELETE, self.wall_clock())
+            try:
+                await self._store(self.store.delete(record))
+                break
+            except Conflict:   # see _apply: a status-only write is not a conflict of intent
+                fresh = await self._store(self.store.get(fn))
+                if attempt == STATUS_RACE_RETRIES or fresh.spec_revision != record.spec_revision:
+                    raise
+                record = fresh
         self._kick(fn)
         return respond(request, 200, {"spec": record.spec.to_dict(),
                                            "status": status_document(destroyed)})

@@ -241,7 +241,7 @@ def invoke(obj: CliContext, name: str, data: str | None, headers: tuple[str, ...
         path = "/" + path
     method = (method or ("POST" if body is not None else "GET")).upper()
     settings = obj.settings
-    gate = HTTPClient(settings.gate_url, settings.timeout, what="gate")
+    gate = HTTPClient(settings.gate_url, settings.timeout, what="gate", cafile=settings.cacert)
     reply = gate.request(method, path, body, sent)
     if verbose:
         click.echo(f"{method} {settings.gate_url}{path}: HTTP {reply.status}, "

@@ -176,7 +176,9 @@ class JetStream:
 
     @staticmethod
     async def ack(msg: Any) -> None:
-        await msg.ack_sync(timeout=5.0)
+        # not ack_sync: a lost ack means one redelivery (at least once), and waiting
+        # for its confirmation would cost every call a round trip
+        await msg.ack()
 
     @staticmethod
     async def nak(msg: Any, delay: float) -> None:

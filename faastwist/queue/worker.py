@@ -236,7 +236,11 @@ class Worker:
                 return
             await self.bridge.call(self.js.nak, msg, INACTIVE_RECHECK)
             return
-        record = await self.bridge.call(self.js.get_status, call.call_id)
+        # a first delivery has no attempts yet (a retried dead letter is published anew,
+        # its record reset): only a redelivery needs its count read back
+        record = None
+        if int(msg.metadata.num_delivered) > 1:
+            record = await self.bridge.call(self.js.get_status, call.call_id)
         attempts = int((record or {}).get("attempts", 0)) + 1
         await self._status(call, "running", attempts, (record or {}).get("lastStatus"))
         gauge = self.metrics.async_inflight.labels(call.function)

@@ -128,13 +128,16 @@ class RacingStore(MemoryStore):
     the admin API read it: the admin's compare-and-swap then loses."""
 
     race: str | None = None
+    race_spec = False   # the other writer changes the spec too (else: the status only)
 
     def get(self, name: str) -> Deferred[FunctionRecord]:
         d = super().get(name)
         if self.race == name:
             self.race = None
             record = fired(super().get(name))
-            fired(self.update(record, status=attrs.evolve(record.status, message="racer")))
+            spec = attrs.evolve(record.spec, port=8091) if self.race_spec else None
+            fired(self.update(record, spec=spec,
+                              status=attrs.evolve(record.status, message="racer")))
         return d
 
 
@@ -637,16 +640,36 @@ def test_lost_compare_and_swap_is_409(method: str, path: str, body: bytes | None
     if path.endswith("/stop"):
         admin.set_state("demo10", Event.READY)
     admin.store.race = "demo10"
+    admin.store.race_spec = True
     reply = admin.request(method, path, body)
     assert reply.code == 409
     assert reply.data["message"] == ("function demo10 was changed concurrently; "
                                      "read it again and retry")
     record = fired(admin.store.get("demo10"))
     assert record.status.message == "racer"  # the other writer's change survived
-    assert record.spec.port == 8089
+    assert record.spec.port == 8091
     assert admin.kicks == ["demo10"]
     # a retry with fresh data goes through
     assert admin.request(method, path, body).code == 200
+
+
+@pytest.mark.parametrize("method, path, body", [
+    ("PUT", "/demo10", DEMO10.replace(b"8089", b"8090")),
+    ("PUT", "/demo10/stop", None),
+    ("DELETE", "/demo10", None),
+])
+def test_losing_to_a_status_only_write_is_retried(method: str, path: str,
+                                                  body: bytes | None) -> None:
+    """The leader recording readiness between the admin's read and write is not a
+    conflict of intent: the operator's event is applied to the fresh record."""
+    admin = Admin(store=RacingStore(CONTROLLER))
+    admin.create()
+    if path.endswith("/stop"):
+        admin.set_state("demo10", Event.READY)
+    admin.store.race = "demo10"
+    reply = admin.request(method, path, body)
+    assert reply.code == 200, reply.data
+    assert admin.kicks == ["demo10", "demo10"]
 
 
 def test_kick_only_after_successful_writes(admin: Admin) -> None:

@@ -52,9 +52,10 @@ VERSIONED = textwrap.dedent('''
 
 
 def script(cluster: Cluster) -> Path:
-    path = cluster.workdir / "fn.py"
+    path = cluster.shared_dir / "fn.py"
     if not path.exists():
         path.write_text(VERSIONED)
+        path.chmod(0o644)
     return path
 
 
@@ -113,7 +114,7 @@ def test_create_via_a_follower_is_active_on_every_gate_within_1s(cluster: Cluste
     print(f"create via follower: active after {active_after:.3f}s, served on all gates "
           f"after {served_after:.3f}s")
     assert active_after < 1.0
-    assert served_after < 1.5
+    assert served_after < 2.0
 
 
 TTL = 3.0  # the fixture's etcd.leaseTTL
@@ -291,18 +292,25 @@ def test_restarted_node_is_ready_only_when_it_serves(cluster: Cluster) -> None:
     assert sorted(n["id"] for n in info["nodes"]) == ["n0", "n1", "n2"]
 
 
-def test_stop_under_load_answers_only_200_and_503(cluster: Cluster) -> None:
+@pytest.mark.parametrize("mode", ["http", "fork"])
+def test_stop_under_load_answers_only_200_and_503(cluster: Cluster, mode: str) -> None:
     from tests.support.cluster import Load
 
     first = cluster.nodes[0]
-    assert first.json("POST", "", spec(cluster, "s"))[0] == 201
-    wait_for(lambda: all(serves(n, "s") for n in cluster.nodes), 20, what="s served")
+    if mode == "http":
+        body = spec(cluster, "s")
+    else:   # each request a process that takes a while: some are in flight at the stop
+        body = yaml.safe_dump({"name": "s", "mode": "fork",
+                               "command": ["/bin/sh", "-c", "sleep 0.3; echo done"]})
+    assert first.json("POST", "", body)[0] == 201
+    wait_for(lambda: all(call(n, "s", timeout=5)[0] == 200 for n in cluster.nodes), 20,
+             what="s served")
     load = Load([f"{n.gate_url}/function/s/" for n in cluster.nodes], threads=16).start()
     time.sleep(1.0)
     assert cluster.nodes[1].json("PUT", "/s/stop")[0] == 200
     time.sleep(1.5)
     outcomes = load.stop()
-    print(f"stop under c16 load: {outcomes}")
+    print(f"stop under c16 load ({mode} mode): {outcomes}")
     assert set(outcomes) <= {200, 503}, outcomes
     assert outcomes.get(200, 0) > 0 and outcomes.get(503, 0) > 0
 

@@ -7,6 +7,7 @@ import json
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -80,22 +81,41 @@ def callbacks() -> Iterator[Callbacks]:
     receiver.close()
 
 
-def function_spec(tmp_path: Path, name: str, **extra: Any) -> str:
-    state = tmp_path / "state" / name
-    state.mkdir(parents=True, exist_ok=True)
-    script = tmp_path / "asyncfn.py"
+STATE_ROOT = Path("/nonexistent")
+
+
+@pytest.fixture(autouse=True)
+def state_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Where the test functions write what they saw: outside pytest's tmp (mode 0700),
+    since functions run as an unprivileged user."""
+    root = Path(tempfile.mkdtemp(prefix="faastwist-async-"))
+    root.chmod(0o777)
+    monkeypatch.setattr(sys.modules[__name__], "STATE_ROOT", root)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def function_spec(node: FaasNodeProcess, name: str, **extra: Any) -> str:
+    state = STATE_ROOT / name
+    state.mkdir(exist_ok=True)
+    state.chmod(0o777)
+    # in the node's config folder: staged into the function's own folder
+    script = node.workdir / "fn" / "asyncfn.py"
     if not script.exists():
+        script.parent.mkdir(exist_ok=True)
         shutil.copy(ROOT / "tests" / "support" / "asyncfn.py", script)
+        script.chmod(0o644)
     return yaml.safe_dump({"name": name, "command": [PYTHON, str(script)],
                            "env": {"STATE_DIR": str(state)}, "readinessPath": "/healthz",
                            "minReplica": 1, **extra})
 
 
 def deploy(node: FaasNodeProcess, tmp_path: Path, name: str, **extra: Any) -> Path:
-    assert node.json("POST", "", function_spec(tmp_path, name, **extra))[0] == 201
+    created = node.json("POST", "", function_spec(node, name, **extra))
+    assert created[0] == 201, created
     wait_for(lambda: node.json("GET", f"/{name}")[1]["status"]["state"] == "active",
              what=f"{name} active")
-    return tmp_path / "state" / name
+    return STATE_ROOT / name
 
 
 def enqueue(node: FaasNodeProcess, path: str, body: bytes = b"", **headers: str) -> tuple[int, dict, bytes]:
@@ -380,5 +400,24 @@ def test_cli_invoke_async_and_async_commands(tmp_path: Path, callbacks: Callback
         assert dead not in run_cli(node, "async", "list", "fn").stdout
         refused = run_cli(node, "invoke", "fn", "--callback", callbacks.url)
         assert refused.returncode == 2 and "needs --async" in refused.stderr
+    finally:
+        assert node.stop() in (0, -signal.SIGTERM), node.log()
+
+
+def test_calls_for_an_inactive_function_expire_after_max_age(
+        tmp_path: Path, callbacks: Callbacks) -> None:
+    node = node_for(tmp_path, maxAge="2s").start()
+    try:
+        deploy(node, tmp_path, "fn")
+        assert node.json("PUT", "/fn/stop")[0] == 200
+        wait_for(lambda: node.json("GET", "/fn")[1]["status"]["state"] == "inactive")
+        call_id = enqueue(node, "fn/ok", b"late", X_Callback_Url=callbacks.url)[1]["x-call-id"]
+        entry = wait_for(lambda: next((e for e in node.json("GET", "/fn/async")[1]["deadLetters"]
+                                       if e["callId"] == call_id), None), timeout=30,
+                         what="the expired call in the dead letters")
+        assert "was not active within queue.maxAge (state: inactive)" in entry["reason"]
+        assert entry["attempts"] == 0
+        assert node.json("GET", f"/fn/async/{call_id}")[1]["state"] == "dead"
+        assert call_id not in callbacks.received  # it never ran: no callback
     finally:
         assert node.stop() in (0, -signal.SIGTERM), node.log()

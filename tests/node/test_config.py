@@ -162,6 +162,7 @@ def test_anonymous_admin_needs_allow_insecure_off_loopback(tmp_path):
     assert config.admin.allow_insecure
 
 
+@pytest.mark.process
 def test_twistd_refuses_anonymous_admin_on_the_network(tmp_path):
     bad = tmp_path / "c.yaml"
     bad.write_text("admin: {address: 0.0.0.0, auth: {anonymous: admin}}\n")
@@ -204,3 +205,10 @@ def test_queue_defaults_and_overrides(tmp_path):
 def test_queue_errors_name_the_key(tmp_path, queue, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("*", r"\*")):
         ControllerConfig.from_dict({"queue": queue}, tmp_path)
+
+
+def test_make_run_keeps_its_tokens_where_the_readme_tour_reads_them():
+    # README: TOKEN=$(cat data/admin-tokens.admin) from the repository root
+    config = load_config(ROOT / "conf" / "controller.yaml")
+    assert config.admin.auth.tokens_file == str(ROOT / "data" / "admin-tokens")
+    assert config.admin.auth.anonymous == "none"

@@ -231,6 +231,7 @@ def test_environment_is_built_from_nothing():
 
 
 @as_root
+@pytest.mark.process
 @pytest.mark.parametrize("tools", [Tools.find(), Tools(None, None, None)],
                          ids=["util-linux", "python-launcher"])
 def test_launch_prefix_drops_to_the_function_user(tools):

@@ -155,6 +155,7 @@ class Cluster:
                  extra: dict[str, Any] | None = None) -> None:
         self.workdir = workdir
         self.etcd = EtcdCluster(workdir / "etcd", 3)
+        self._shared: Path | None = None
         self.nodes = []
         for i in range(size):
             config: dict[str, Any] = {"nodeId": f"n{i}",
@@ -167,6 +168,17 @@ class Cluster:
                     config[key] = value
             self.nodes.append(FaasNodeProcess(workdir / f"n{i}", provider="process",
                                               etcd_endpoints=self.etcd.endpoints, extra=config))
+
+    @property
+    def shared_dir(self) -> Path:
+        """A folder the function user may read (functions never run as root, and pytest's
+        tmp folders are closed to other users); removed by ``stop``."""
+        if self._shared is None:
+            import tempfile
+
+            self._shared = Path(tempfile.mkdtemp(prefix="faastwist-cluster-"))
+            self._shared.chmod(0o755)
+        return self._shared
 
     def start(self) -> "Cluster":
         self.etcd.start()
@@ -186,6 +198,10 @@ class Cluster:
             except Exception:
                 pass
         self.etcd.stop()
+        if self._shared is not None:
+            import shutil
+
+            shutil.rmtree(self._shared, ignore_errors=True)
 
     def kill9(self, node: FaasNodeProcess) -> None:
         """SIGKILL the node by pid (a crash); its replicas die of their parent-death
