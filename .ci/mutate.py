@@ -151,6 +151,16 @@ def mutable_lines(source: str, functions: tuple[str, ...]) -> set[int]:
     return lines
 
 
+def statement_starts(source: str) -> dict[int, int]:
+    """Each line's innermost enclosing statement's first line (what coverage records)."""
+    starts: dict[int, int] = {}
+    nodes = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.stmt)]
+    for node in sorted(nodes, key=lambda n: (n.end_lineno - n.lineno), reverse=True):
+        for line in range(node.lineno, node.end_lineno + 1):
+            starts[line] = node.lineno
+    return starts
+
+
 def make_mutants(path: str, source: str, functions: tuple[str, ...]) -> list[Mutant]:
     from mutmut import Context, list_mutations, mutate
 
@@ -287,6 +297,7 @@ def run_target(target: Target, works: list[Path], equivalents: dict) -> Score:
     by_line, baseline = coverage_by_line(works[0], target)
     os.environ.pop("COVERAGE_FILE", None)
     timeout = max(60.0, 4 * baseline)
+    starts = statement_starts(source)
     queue = list(score.mutants)
     running: dict[int, tuple[Mutant, Path, float]] = {}
     free = list(works)
@@ -303,12 +314,12 @@ def run_target(target: Target, works: list[Path], equivalents: dict) -> Score:
         while queue or running:
             while queue and free:
                 mutant = queue.pop(0)
-                if mutant.line not in by_line:
-                    record(mutant, SURVIVED)  # no test runs this line
-                    continue
                 work = free.pop()
                 (work / target.path).write_text(mutant.source)  # type: ignore[attr-defined]
-                tests = by_line[mutant.line] or list(target.tests)
+                # coverage names a statement's first line; a mutant may sit on a later line
+                # of it; a line no test runs still gets every test (it must survive them)
+                tests = (by_line.get(mutant.line) or by_line.get(starts.get(mutant.line, 0))
+                         or list(target.tests))
                 running[start(work, tests)] = (mutant, work, time.monotonic())
             for pid, (mutant, work, started) in list(running.items()):
                 status = finish(pid, started, timeout, block=False)
