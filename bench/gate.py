@@ -59,6 +59,7 @@ def serve_gate(port: int, upstream_port: int, access_log: bool, profile: str | N
 
     from faastwist.config import HTTPServerConfig, KnativeConfig
     from faastwist.model.fsm import FunctionStatus, State
+    from faastwist.gate.accesslog import AccessLog
     from faastwist.gate.service import GateService
     from faastwist.metrics import Metrics
     from faastwist.providers.kourier import KnativeRouting
@@ -66,10 +67,15 @@ def serve_gate(port: int, upstream_port: int, access_log: bool, profile: str | N
     from faastwist.model.spec import FunctionSpec
     from faastwist.store.memory import MemoryStore
 
-    level = LogLevel.info if access_log else LogLevel.warn
-    sink = open(os.devnull, "w") if access_log else sys.stderr
+    # as under twistd: the log observer and the access log share one file (the
+    # gate's log, in the benchmark's work folder)
+    log_file = open(os.environ.get("BENCH_GATE_LOG", os.devnull), "a")
     globalLogBeginner.beginLoggingTo([FilteringLogObserver(
-        textFileLogObserver(sink), [LogLevelFilterPredicate(defaultLogLevel=level)])])
+        textFileLogObserver(log_file), [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)])])
+
+    def write(text: str) -> None:
+        log_file.write(text)
+        log_file.flush()
     store = MemoryStore()
     spec = FunctionSpec.from_dict({
         "name": FUNCTION, "image": "bench/demo10", "timeout": "30s",
@@ -82,7 +88,8 @@ def serve_gate(port: int, upstream_port: int, access_log: bool, profile: str | N
         network_layer_url=f"http://127.0.0.1:{upstream_port}",
         namespace="default", host_suffix="example.com"))
     service = GateService(HTTPServerConfig(port=port, address="127.0.0.1"), routes, provider,
-                          reactor, Metrics(), access_log=access_log, transport=transport)
+                          reactor, Metrics(), access_log=access_log, transport=transport,
+                          access=AccessLog(reactor, write, json=False))
     service.startService()
     profiler = None
     if profile:
@@ -96,6 +103,7 @@ def serve_gate(port: int, upstream_port: int, access_log: bool, profile: str | N
             profiler.dump_stats(profile)
 
     reactor.addSystemEventTrigger("before", "shutdown", dump)  # SIGTERM stops the reactor
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
 
 
@@ -322,7 +330,8 @@ def main() -> None:
         nginx(processes, workdir, "upstream",
               NGINX_UPSTREAM.format(port=upstream_port, answer=BODY), upstream_port)
         python = sys.executable
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
 
         def start_proxy(name: str, extra: list[str] | None = None) -> tuple[subprocess.Popen, int]:
             port = free_port()
@@ -332,7 +341,8 @@ def main() -> None:
             else:
                 log = open(workdir / f"{name}.log", "wb")
                 process = processes.start([python, __file__, f"serve-{name}", str(port),
-                                           str(upstream_port), *(extra or [])], env=env,
+                                           str(upstream_port), *(extra or [])],
+                                          env=dict(env, BENCH_GATE_LOG=str(workdir / "gate-log")),
                                           stdout=log, stderr=subprocess.STDOUT)
                 wait_listening(port, process)
             check(port)

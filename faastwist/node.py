@@ -205,11 +205,15 @@ class FaasNode(Service):
         self._push("admin listener", self.admin_port.stopListening)
 
     def _start_gate(self) -> None:
+        from faastwist.gate.accesslog import AccessLog
         from faastwist.gate.service import GateService
+        from faastwist.logformat import access_sink
 
         http = self.config.http_server
+        sink, json_lines = access_sink()
         self.gate = GateService(http, self.routes, self.provider, self.reactor, self.metrics,
-                                access_log=http.access_log)
+                                access_log=http.access_log,
+                                access=AccessLog(self.reactor, sink, json_lines))
         try:
             self.gate.startService()
         except Exception as exc:
