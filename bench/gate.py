@@ -307,6 +307,8 @@ def main() -> None:
                         help="proxies to measure (gate-web: the gate's twisted.web "
                              "transport, which serves HTTPS/HTTP2, on plain HTTP)")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--concurrency", type=int, nargs="*", default=list(CONCURRENCY),
+                        help="wrk connection counts to run")
     if len(sys.argv) > 1 and sys.argv[1] in ("serve-gate", "serve-gate-web", "serve-twisted"):
         mode, port, upstream = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
         if mode.startswith("serve-gate"):
@@ -367,7 +369,7 @@ def main() -> None:
             process, port = start_proxy(name, extra)
             run_wrk(port, 16, 1.0)  # warm-up: connections, caches, JIT-free but allocators
             results[name] = {}
-            for connections in CONCURRENCY:
+            for connections in args.concurrency:
                 runs = [run_wrk(port, connections, args.duration)
                         for _ in range(max(1, args.repeat))]
                 results[name][connections] = max(runs, key=lambda r: r["rps"])
