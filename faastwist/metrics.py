@@ -232,9 +232,10 @@ class Metrics:
             "gateway_service_count", "Ready replicas per function",
             ["function_name"], registry=r)
         # control plane
-        self.function_state = Gauge(
-            "faastwist_function_state", "1 for the current state of each function",
-            ["function_name", "state"], registry=r)
+        #: name -> current State; exported at scrape time (the reconciler sets it for
+        #: every function on every pass: 10,000 functions, 50,000 gauge writes)
+        self.states: dict[str, State] = {}
+        r.register(_StateCollector(self.states))
         self.transitions = Counter(
             "faastwist_fsm_transitions", "FSM transitions applied",
             ["from", "to", "event"], registry=r)
@@ -257,12 +258,29 @@ class Metrics:
 
     def set_state(self, name: str, state: State | None) -> None:
         """Export ``state`` as the one current state of ``name`` (None: forget it)."""
-        for candidate in State:
-            if state is None:
-                try:
-                    self.function_state.remove(name, candidate.value)
-                except KeyError:
-                    pass
-            else:
-                self.function_state.labels(name, candidate.value).set(
-                    1 if candidate is state else 0)
+        if state is None:
+            self.states.pop(name, None)
+        else:
+            self.states[name] = state
+
+
+class _StateCollector(Collector):
+    """faastwist_function_state: 1 for each function's current state, 0 for the others."""
+
+    def __init__(self, states: dict[str, State]) -> None:
+        self.states = states
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("faastwist_function_state",
+                                "1 for the current state of each function",
+                                labels=["function_name", "state"])
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("faastwist_function_state",
+                                   "1 for the current state of each function",
+                                   labels=["function_name", "state"])
+        values = [state.value for state in State]
+        for name, current in sorted(self.states.items()):
+            for value in values:
+                family.add_metric([name, value], 1 if value == current.value else 0)
+        yield family

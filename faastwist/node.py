@@ -185,6 +185,7 @@ class FaasNode(Service):
         self.admin = AdminAPI(self.store, self.config.name, self.provider.check_spec,
                               self.reconciler.kick, self.reactor, admin.max_body_size,
                               log_source=log_source)
+        self._push("admin encoder", self.admin.close)
         self.ops = OpsAPI(
             self.metrics,
             {"store": self.store.check, "watch": self._routes_current,

@@ -10,13 +10,13 @@ finishes the job. Admin writes ``kick`` a function so it is handled at once.
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
 from faastwist.model.fsm import Event, FunctionStatus, InvalidEvent, State, apply_event
@@ -88,7 +88,15 @@ def plan(record: FunctionRecord, observation: Observation | None, now: float = 0
 
 
 def _same(a: FunctionStatus, b: FunctionStatus) -> bool:
-    return attrs.evolve(a, updated=0.0) == attrs.evolve(b, updated=0.0)
+    """Equal but for ``updated`` (field by field: no copies, this runs per function)."""
+    return (a.state is b.state and a.event is b.event and a.message == b.message
+            and a.start_pending == b.start_pending and a.name == b.name
+            and a.ext_data == b.ext_data)
+
+
+#: A pass gives the reactor back after this long (seconds), so 10,000 functions do not
+#: stall the gate and the admin API for the length of the pass.
+SLICE = 0.005
 
 
 class Reconciler(Service):
@@ -115,6 +123,7 @@ class Reconciler(Service):
         self._kick_call = None
         self.passes = 0
         self.last_error: str | None = None
+        self._transition_counters: dict[tuple, Any] = {}
 
     # -- service ---------------------------------------------------------------------
     def startService(self) -> None:
@@ -177,9 +186,16 @@ class Reconciler(Service):
     def _pass(self, names: Sequence[str] | None):
         records = yield self._read(names)
         observed = yield self.provider.observe(names)
+        clock = self.clock
+        slice_end = clock.seconds() + SLICE
         for record in records.values():
+            if clock.seconds() > slice_end:
+                yield deferLater(clock, 0, lambda: None)
+                slice_end = clock.seconds() + SLICE
             try:
-                yield self._converge(record, observed.get(record.name))
+                converging = self._converge(record, observed.get(record.name))
+                if converging is not None:
+                    yield converging
             except ProviderConflict as exc:
                 log.info("function {name}: {error}", name=record.name, error=str(exc))
             except ProviderError as exc:
@@ -224,39 +240,57 @@ class Reconciler(Service):
                 self.metrics.set_state(name, None)
         return records
 
-    @inlineCallbacks
-    def _converge(self, record: FunctionRecord, observation: Observation | None):
+    def _converge(self, record: FunctionRecord,
+                  observation: Observation | None) -> Deferred[None] | None:
+        """Converge one function; None when there was nothing to do (no Deferred, no
+        generator: a steady pass over 10,000 functions is mostly this)."""
         decision = plan(record, observation, self.wall_clock(), self.start_grace)
-        if decision.action is not None:
-            log.info("function {name}: {action}", name=record.name, action=decision.action)
-            try:
-                if decision.action == "delete":
-                    yield self.provider.delete(record.name)
-                else:
-                    yield getattr(self.provider, decision.action)(record.spec)
-            except ProviderRejected as exc:
-                # the provider will never run this spec: say so now, not never
-                log.warn("function {name}: {action} refused: {error}", name=record.name,
-                         action=decision.action, error=str(exc))
-                decision = Plan(events=(Event.ERROR,), message=str(exc))
+        if decision.action is None:
+            return self._settle(record, decision)
+        return self._act(record, decision)
+
+    @inlineCallbacks
+    def _act(self, record: FunctionRecord, decision: Plan):
+        log.info("function {name}: {action}", name=record.name, action=decision.action)
+        try:
+            if decision.action == "delete":
+                yield self.provider.delete(record.name)
+            else:
+                yield getattr(self.provider, decision.action)(record.spec)
+        except ProviderRejected as exc:
+            # the provider will never run this spec: say so now, not never
+            log.warn("function {name}: {action} refused: {error}", name=record.name,
+                     action=decision.action, error=str(exc))
+            decision = Plan(events=(Event.ERROR,), message=str(exc))
+        yield self._settle(record, decision)
+
+    def _settle(self, record: FunctionRecord, decision: Plan) -> Deferred[None] | None:
+        """Apply the plan's events and message to the status; write it if it changed."""
         status = record.status
-        if decision.message is not None:
+        if decision.message is not None and decision.message != status.message:
             status = attrs.evolve(status, message=decision.message)
-        if decision.ext_data is not None:
+        if decision.ext_data is not None and decision.ext_data != status.ext_data:
             status = attrs.evolve(status, ext_data=dict(decision.ext_data))
-        now = self.wall_clock()
         for event in decision.events:
             before = status.state
             try:
-                status = apply_event(status, event, now)
+                # the time is set once below, and only when the record changes
+                status = apply_event(status, event, status.updated)
             except InvalidEvent:
                 # e.g. ready while inactive and no start is wanted: nothing to conclude
                 break
-            self.metrics.transitions.labels(before.value, status.state.value, event.value).inc()
+            key = (before, status.state, event)
+            counter = self._transition_counters.get(key)
+            if counter is None:
+                counter = self._transition_counters[key] = self.metrics.transitions.labels(
+                    before.value, status.state.value, event.value)
+            counter.inc()
             if before is not status.state:
                 log.info("function {name}: {before} -> {after} on {event}", name=record.name,
                          before=before.value, after=status.state.value, event=event.value)
-        if not _same(status, record.status):
-            status = attrs.evolve(status, updated=now)
-            yield self.store.update(record, status=status)
-            self.metrics.set_state(record.name, status.state)
+        if _same(status, record.status):
+            return None
+        status = attrs.evolve(status, updated=self.wall_clock())
+        state = status.state
+        return self.store.update(record, status=status).addCallback(
+            lambda _: self.metrics.set_state(record.name, state))

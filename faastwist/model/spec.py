@@ -232,6 +232,11 @@ def _read_scale_value(reader: FieldReader) -> str:
     return str(value).strip()
 
 
+_SCALE_TYPES = tuple(t.value for t in AutoScaleType)
+_NO_ADAPTOR = RequestAdaptor()
+_MODES = tuple(m.value for m in ProcessMode)
+
+
 @attrs.frozen
 class FunctionSpec:
     """One function, as the operator wrote it (after validation and defaults)."""
@@ -254,6 +259,9 @@ class FunctionSpec:
     env: Mapping[str, str] = attrs.field(factory=dict)
     mode: ProcessMode = ProcessMode.HTTP
     readiness_path: str = ""
+    #: ``digest()``, computed once (the reconciler compares it for every function on
+    #: every pass); not a field of the spec: no init, no comparison, no repr
+    _digest: str | None = attrs.field(default=None, init=False, eq=False, repr=False)
 
     @classmethod
     def from_dict(cls, data: object) -> "FunctionSpec":
@@ -263,7 +271,7 @@ class FunctionSpec:
             image=reader.string("image", ""),
             port=reader.integer("port", None, 1, 65535),
             auto_scale_type=AutoScaleType(reader.choice(
-                "autoScaleType", [t.value for t in AutoScaleType], "concurrency")),
+                "autoScaleType", _SCALE_TYPES, "concurrency")),
             auto_scale_value=_read_scale_value(reader),
             min_replica=reader.integer("minReplica", 0, 0, 1000),
             max_replica=reader.integer("maxReplica", 0, 0, 1000),
@@ -271,11 +279,12 @@ class FunctionSpec:
             limit_memory=_read_quantity(reader, "limitMemory"),
             request_cpu=_read_quantity(reader, "requestCPU"),
             request_memory=_read_quantity(reader, "requestMemory"),
-            request_adaptor=reader.section("requestAdaptor", _read_request_adaptor),
+            request_adaptor=reader.section("requestAdaptor", _read_request_adaptor,
+                                           _NO_ADAPTOR),
             timeout=reader.duration("timeout", DEFAULT_TIMEOUT, minimum=0.001),
             command=reader.string_list("command", ()),
             env=reader.string_map("env", {}),
-            mode=ProcessMode(reader.choice("mode", [m.value for m in ProcessMode], "http")),
+            mode=ProcessMode(reader.choice("mode", _MODES, "http")),
             readiness_path=reader.string("readinessPath", ""),
         )
         reader.finish()
@@ -323,8 +332,12 @@ class FunctionSpec:
 
     def digest(self) -> str:
         """A short stable hash of the spec; providers label what they deployed with it."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        digest = self._digest
+        if digest is None:
+            canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+            digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+            object.__setattr__(self, "_digest", digest)  # frozen: a cache, not a change
+        return digest
 
     def check_for_provider(self, provider: str) -> None:
         """Refuse what the chosen provider cannot run, naming the field."""

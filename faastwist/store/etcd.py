@@ -40,9 +40,11 @@ from faastwist.store.base import (
     AlreadyExists,
     Change,
     Conflict,
+    Expired,
     FunctionRecord,
     Listing,
     NotFound,
+    Page,
     StoreError,
     StoreUnavailable,
     decode_spec,
@@ -61,6 +63,9 @@ from faastwist.store.etcdcompat import (
 from faastwist.store.etcdwatch import EtcdWatch, KeyEvent
 
 log = Logger()
+
+#: Functions per read when listing everything (two range reads per page).
+LIST_PAGE = 250
 
 #: gRPC codes etcd uses for "try again / elsewhere" (DEADLINE_EXCEEDED, UNAVAILABLE).
 _TRANSIENT_CODES = frozenset({4, 14})
@@ -273,16 +278,69 @@ class EtcdStore:
 
     @_counted("list")
     def list(self):
-        txn = Transaction(success=[OpGet(KeySet(self.base, prefix=True))])
-        result = yield self.submit("list", txn, idempotent=True)
+        """Every function at one revision, read page by page: one read of 20,000 keys
+        is parsed in one go on the reactor (about half a second at 10,000 functions,
+        measured), pages of ``LIST_PAGE`` leave it free in between."""
+        records: dict[str, FunctionRecord] = {}
+        after, revision = "", 0
+        while True:
+            page = yield self._page(after, LIST_PAGE, revision, "")
+            records.update(page.records)
+            revision = page.revision
+            if not page.remaining or not page.records:
+                return Listing(records, revision)
+            after = page.last
+
+    @_counted("list_page")
+    def list_page(self, after: str = "", limit: int = 500, revision: int = 0,
+                  prefix: str = ""):
+        page = yield self._page(after, limit, revision, prefix)
+        return page
+
+    @inlineCallbacks
+    def _page(self, after: str, limit: int, revision: int, prefix: str):
+        """Specs in name order from after ``after``, then the statuses of the same names,
+        both at the first read's revision."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        spec_base, status_base = self.key("spec", ""), self.key("status", "")
+        start = spec_base + (after.encode() + b"\0" if after and after >= prefix
+                             else prefix.encode())
+        end = prefix_end(spec_base + prefix.encode()) if prefix else prefix_end(spec_base)
+        specs_range = yield self._range(start, end, limit, revision)
+        if not revision:
+            revision = specs_range.header.revision
         specs: dict[str, KeyValue] = {}
-        statuses: dict[str, KeyValue] = {}
-        for kv in result.responses[0].kvs:
+        for kv in specs_range.kvs:
             parsed = self.parse_key(kv.key)
             if parsed is not None:
-                (specs if parsed[0] == "spec" else statuses)[parsed[1]] = kv
+                specs[parsed[1]] = kv
+        statuses: dict[str, KeyValue] = {}
+        if specs:
+            first, last = min(specs), max(specs)
+            status_range = yield self._range(status_base + first.encode(),
+                                             status_base + last.encode() + b"\0", 0, revision)
+            for kv in status_range.kvs:
+                parsed = self.parse_key(kv.key)
+                if parsed is not None and parsed[1] in specs:
+                    statuses[parsed[1]] = kv
         records = {name: self._record(name, kv, statuses.get(name)) for name, kv in specs.items()}
-        return Listing(records, result.header.revision)
+        total = int(specs_range.count or 0)
+        return Page(records, revision, max(total - len(specs_range.kvs), 0))
+
+    def _range(self, start: bytes, end: bytes, limit: int, revision: int) -> Deferred:
+        txn = Transaction(success=[OpGet(KeySet(start, range_end=end), limit=limit or None,
+                                         revision=revision or None)])
+
+        def first(result: Any) -> Any:
+            return result.responses[0]
+
+        def compacted(failure: Any) -> Any:
+            failure.trap(StoreError)
+            if "compacted" in str(failure.value):
+                raise Expired(f"revision {revision} was compacted: {failure.value}")
+            return failure
+        return self.submit("list", txn, idempotent=True).addCallbacks(first, compacted)
 
     def _guard(self, expected: FunctionRecord) -> tuple[bytes, bytes, list]:
         spec_key, status_key = self._keys(expected.name)
