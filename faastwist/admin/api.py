@@ -29,7 +29,9 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import RequestRedirect
 
 from faastwist.admin.codec import (
+    JSON_TYPE,
     NDJSON_TYPE,
+    YAML_RESPONSE_TYPE,
     ApiError,
     bounded_request_factory,
     decode_body,
@@ -68,6 +70,7 @@ DEFAULT_STORE_TIMEOUT = 10.0
 DEFAULT_PAGE = 100
 #: records from which a list is built and encoded off the reactor
 THREAD_THRESHOLD = 200
+LINE_CACHE = 50_000
 
 
 def _ndjson(line: LogLine) -> bytes:
@@ -102,6 +105,8 @@ class AdminAPI:
         self.wall_clock = wall_clock
         self.store_timeout = store_timeout
         self._pool: ThreadPool | None = None
+        #: (name, spec revision, status revision) -> the record as one JSON line
+        self._lines: dict[tuple[str, int, int], str] = {}
 
     def resource(self) -> IResource:
         """The API as a resource tree root (its own paths start at ``/``)."""
@@ -131,17 +136,51 @@ class AdminAPI:
         as_json = wants_json(_header(request, b"accept"))
         size = len(getattr(source, "records", source))  # type: ignore[arg-type]
         if size < THREAD_THRESHOLD or not hasattr(self.clock, "callFromThread"):
-            body, content_type = encode(build(source), as_json)
+            body, content_type = self._encode_records(build(source), as_json, size)
         else:
             if self._pool is None:
                 self._pool = ThreadPool(minthreads=0, maxthreads=1, name="admin-encode")
                 self._pool.start()
             body, content_type = await deferToThreadPool(
-                self.clock, self._pool, lambda: encode(build(source), as_json))
+                self.clock, self._pool,
+                lambda: self._encode_records(build(source), as_json, size))
         request.setResponseCode(code)
         request.setHeader(b"content-type", content_type.encode())
         request.setHeader(b"content-length", b"%d" % len(body))
         return body
+
+    def _encode_records(self, data: Any, as_json: bool, size: int) -> tuple[bytes, str]:
+        """``data`` (FunctionRecords, or ``{items: [...], metadata}``) as a body.
+
+        Small: as ``encode`` writes any answer. Large (``THREAD_THRESHOLD`` or more
+        functions): one function per line, as JSON; for YAML too, in YAML's flow style
+        (JSON is YAML), since block YAML of 10,000 functions takes seconds even with
+        libyaml. Each function's line is kept for as long as its record is unchanged
+        (by name and both revisions), so a console or a client polling the full list
+        pays for the functions that changed, not for all of them.
+        """
+        paged = isinstance(data, dict)
+        records = data["items"] if paged else data
+        if size < THREAD_THRESHOLD:
+            items = [r.to_dict() for r in records]
+            return encode({**data, "items": items} if paged else items, as_json)
+        cache, lines = self._lines, []
+        for record in records:
+            key = (record.name, record.spec_revision, record.status_revision)
+            line = cache.get(key)
+            if line is None or key[1] == 0:  # no revision to tell versions apart: encode
+                line = json.dumps(record.to_dict())
+                if len(cache) >= LINE_CACHE:
+                    cache.clear()
+                cache[key] = line
+            lines.append(line)
+        text = "[\n" + ",\n".join(lines) + "\n]"
+        if paged:
+            text = ('{"items": ' + text + ', "metadata": '
+                    + json.dumps(data["metadata"]) + "}")
+        if as_json:
+            return text.encode() + b"\n", JSON_TYPE
+        return text.encode() + b"\n", YAML_RESPONSE_TYPE
 
     def close(self) -> None:
         """Stop the encoding thread (the node does this at shutdown)."""
@@ -234,7 +273,7 @@ class AdminAPI:
             else:
                 records = (await self._store(self.store.list())).records
             return await self.respond_large(request, 200, records, lambda r: [
-                r[name].to_dict() for name in sorted(r)])
+                r[name] for name in sorted(r)])
         limit = parse_limit(params.get("limit"), DEFAULT_PAGE)
         after, revision = "", 0
         if params.get("continue"):
@@ -252,7 +291,7 @@ class AdminAPI:
         token = encode_continue(page.last, page.revision, prefix) if page.remaining else ""
 
         def body(p: Page) -> dict:
-            return {"items": [p.records[name].to_dict() for name in sorted(p.records)],
+            return {"items": [p.records[name] for name in sorted(p.records)],
                     "metadata": {"continue": token, "remainingItemCount": p.remaining,
                                  "resourceVersion": str(p.revision)}}
         return await self.respond_large(request, 200, page, body)

@@ -64,8 +64,8 @@ from faastwist.store.etcdwatch import EtcdWatch, KeyEvent
 
 log = Logger()
 
-#: Functions per read when listing everything (two range reads per page).
-LIST_PAGE = 250
+#: Functions per read when listing everything (one transaction per page).
+LIST_PAGE = 500
 
 #: gRPC codes etcd uses for "try again / elsewhere" (DEADLINE_EXCEEDED, UNAVAILABLE).
 _TRANSIENT_CODES = frozenset({4, 14})
@@ -299,48 +299,54 @@ class EtcdStore:
 
     @inlineCallbacks
     def _page(self, after: str, limit: int, revision: int, prefix: str):
-        """Specs in name order from after ``after``, then the statuses of the same names,
-        both at the first read's revision."""
+        """Specs in name order from after ``after``, and the statuses of the same names,
+        at one revision: one transaction reads both ranges with the same bounds and
+        limit (every function has both keys); when they do not line up (a spec written
+        by hand without its status) the statuses of those names are read again."""
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         spec_base, status_base = self.key("spec", ""), self.key("status", "")
-        start = spec_base + (after.encode() + b"\0" if after and after >= prefix
-                             else prefix.encode())
-        end = prefix_end(spec_base + prefix.encode()) if prefix else prefix_end(spec_base)
-        specs_range = yield self._range(start, end, limit, revision)
+        begin = (after.encode() + b"\0") if after and after >= prefix else prefix.encode()
+        end_of = (lambda base: prefix_end(base + prefix.encode()) if prefix
+                  else prefix_end(base))
+        ranges = yield self._ranges(
+            [(spec_base + begin, end_of(spec_base)), (status_base + begin, end_of(status_base))],
+            limit, revision)
+        specs_range, status_range = ranges
         if not revision:
             revision = specs_range.header.revision
-        specs: dict[str, KeyValue] = {}
-        for kv in specs_range.kvs:
-            parsed = self.parse_key(kv.key)
-            if parsed is not None:
-                specs[parsed[1]] = kv
-        statuses: dict[str, KeyValue] = {}
-        if specs:
+        specs = self._by_name(specs_range.kvs)
+        statuses = self._by_name(status_range.kvs)
+        if specs and list(statuses) != list(specs):
             first, last = min(specs), max(specs)
-            status_range = yield self._range(status_base + first.encode(),
-                                             status_base + last.encode() + b"\0", 0, revision)
-            for kv in status_range.kvs:
-                parsed = self.parse_key(kv.key)
-                if parsed is not None and parsed[1] in specs:
-                    statuses[parsed[1]] = kv
+            (status_range,) = yield self._ranges(
+                [(status_base + first.encode(), status_base + last.encode() + b"\0")], 0,
+                revision)
+            statuses = self._by_name(status_range.kvs)
         records = {name: self._record(name, kv, statuses.get(name)) for name, kv in specs.items()}
         total = int(specs_range.count or 0)
         return Page(records, revision, max(total - len(specs_range.kvs), 0))
 
-    def _range(self, start: bytes, end: bytes, limit: int, revision: int) -> Deferred:
-        txn = Transaction(success=[OpGet(KeySet(start, range_end=end), limit=limit or None,
-                                         revision=revision or None)])
+    def _by_name(self, kvs: Sequence[KeyValue]) -> dict[str, KeyValue]:
+        out: dict[str, KeyValue] = {}
+        for kv in kvs:
+            parsed = self.parse_key(kv.key)
+            if parsed is not None:
+                out[parsed[1]] = kv
+        return out
 
-        def first(result: Any) -> Any:
-            return result.responses[0]
+    def _ranges(self, bounds: Sequence[tuple[bytes, bytes]], limit: int,
+                revision: int) -> Deferred:
+        txn = Transaction(success=[OpGet(KeySet(start, range_end=end), limit=limit or None,
+                                         revision=revision or None) for start, end in bounds])
 
         def compacted(failure: Any) -> Any:
             failure.trap(StoreError)
             if "compacted" in str(failure.value):
                 raise Expired(f"revision {revision} was compacted: {failure.value}")
             return failure
-        return self.submit("list", txn, idempotent=True).addCallbacks(first, compacted)
+        return self.submit("list", txn, idempotent=True).addCallbacks(
+            lambda result: result.responses, compacted)
 
     def _guard(self, expected: FunctionRecord) -> tuple[bytes, bytes, list]:
         spec_key, status_key = self._keys(expected.name)

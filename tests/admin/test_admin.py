@@ -922,23 +922,27 @@ async def test_a_large_list_is_encoded_off_the_reactor_thread() -> None:
         store.create(spec, FunctionStatus.initial(spec.name, 0.0))
     api = AdminAPI(store, CONTROLLER, lambda spec: None, lambda name: None, reactor)
     threads: list[str] = []
-    encode = api_module.encode
+    encode = AdminAPI._encode_records
 
-    def spy(data: Any, as_json: bool) -> Any:
+    def spy(self: AdminAPI, data: Any, as_json: bool, size: int) -> Any:
         threads.append(threading.current_thread().name)
-        return encode(data, as_json)
+        return encode(self, data, as_json, size)
     port = reactor.listenTCP(0, api.site(), interface="127.0.0.1")
-    api_module.encode = spy
+    api._encode_records = spy.__get__(api)  # type: ignore[method-assign]
     try:
         url = f"http://127.0.0.1:{port.getHost().port}/apis/v2/faas/{CONTROLLER}"
         response = await treq.get(url, headers={"Accept": "application/json"})
         listed = json.loads(await treq.content(response))
+        as_yaml = await treq.get(url, headers={"Accept": "application/yaml"})
+        listed_yaml = yaml.safe_load(await treq.content(as_yaml))
         small = await treq.get(url + "?limit=3", headers={"Accept": "application/json"})
         await treq.content(small)
     finally:
-        api_module.encode = encode
         await port.stopListening()
         api.close()
     assert response.code == 200 and len(listed) == api_module.THREAD_THRESHOLD + 5
+    assert listed[0] == (await store.get("f0000")).to_dict()
+    assert listed_yaml == listed                             # flow-style YAML: the same data
+    assert as_yaml.headers.getRawHeaders("content-type") == ["application/yaml"]
     assert threads[0] != threading.current_thread().name   # the big one: the API's thread
-    assert threads[1] == threading.current_thread().name   # a page: inline
+    assert threads[2] == threading.current_thread().name   # a page: inline
