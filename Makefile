@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # tests and `make run` use the working tree's code over the installed copy
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run test install system-deps browser-deps bench bench-gate bench-reconcile bench-coldstart clean
+.PHONY: run test install system-deps browser-deps bench bench-gate bench-scale bench-reconcile bench-coldstart clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,12 +47,19 @@ run: install system-deps
 test: install system-deps browser-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-bench: bench-gate bench-reconcile bench-coldstart
+bench: bench-gate bench-scale bench-reconcile bench-coldstart
 
 bench-gate: install
 	@command -v nginx >/dev/null && command -v wrk >/dev/null || { \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light wrk; }
 	$(BIN)/python bench/gate.py $(BENCH_GATE_ARGS)
+
+# a real node (twistd) on a real etcd with 10,000 functions: start-up, memory, admin
+# list latency and the gate's p99 while lists run
+bench-scale: install system-deps
+	@command -v nginx >/dev/null && command -v wrk >/dev/null || { \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light wrk; }
+	$(BIN)/python bench/scale.py $(BENCH_SCALE_ARGS)
 
 # the real kube-apiserver from ../shared/k8s (needs etcd, openssl, curl, xz)
 bench-reconcile: install system-deps
