@@ -228,6 +228,13 @@ class Metrics:
         self.upstream_errors = _ErrorView(self.gate)
         self.bytes_in = _CounterView(self.gate, "bytes_in")
         self.bytes_out = _CounterView(self.gate, "bytes_out")
+        # refusals (rare by nature): ordinary prometheus_client counters
+        self.rate_limited = Counter(
+            "faastwist_gate_rate_limited", "Requests refused with 429 by the function's "
+            "rateLimit (per node)", ["function_name"], registry=r)
+        self.unauthorized = Counter(
+            "faastwist_gate_unauthorized", "Requests refused with 401 (no or a wrong "
+            "function key)", ["function_name"], registry=r)
         self.replicas = Gauge(
             "gateway_service_count", "Ready replicas per function",
             ["function_name"], registry=r)

@@ -13,9 +13,11 @@ import socket
 import time
 from collections.abc import Awaitable
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTCP
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.server import Site
@@ -23,6 +25,8 @@ from twisted.web.server import Site
 from faastwist import __version__
 from faastwist.config import ConfigError, ControllerConfig
 from faastwist.metrics import Metrics
+from faastwist.providers.base import ChangeNotifier, LogSource
+from faastwist.util.fdreserve import FdReserve, ReservedListener, guard_listener
 
 log = Logger()
 
@@ -32,11 +36,15 @@ class StartupError(Exception):
 
 
 class FaasNode(Service):
-    """The whole node as one IService for twistd."""
+    """The whole node as one IService for twistd.
+
+    ``reactor`` is the global reactor: the parts need its timers, TCP, processes and
+    threads (IReactorTime, IReactorTCP, IReactorProcess, IReactorFromThreads).
+    """
 
     name = "faasgate"
 
-    def __init__(self, config: ControllerConfig, reactor: Any,
+    def __init__(self, config: ControllerConfig, reactor: IReactorTCP,
                  on_fatal: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.reactor = reactor
@@ -47,6 +55,8 @@ class FaasNode(Service):
         self._stack: list[tuple[str, Callable[[], Any]]] = []  # what to stop, in order
         self.ready: Deferred[None] = Deferred()
         self.store: Any = None
+        self.embedded_etcd: Any = None
+        self.fd_reserve = FdReserve()
         self.provider: Any = None
         self.routes: Any = None
         self.reconciler: Any = None
@@ -56,6 +66,9 @@ class FaasNode(Service):
         self.admin_port: Any = None
         self.ops: Any = None
         self.notifier: Any = None
+        self.authorizer: Any = None
+        self.auth_files: Any = None
+        self.admin_tls: Any = None
 
     # -- helpers ---------------------------------------------------------------------
     def _push(self, what: str, stop: Callable[[], Any]) -> None:
@@ -122,6 +135,7 @@ class FaasNode(Service):
             from faastwist.store.embedded import EmbeddedEtcd
 
             embedded = EmbeddedEtcd(self.reactor, etcd.data_dir)
+            self.embedded_etcd = embedded
             self._start_child("embedded etcd", embedded)
             try:
                 endpoints = [await embedded.ready()]
@@ -135,6 +149,20 @@ class FaasNode(Service):
             raise StartupError(f"etcd at {', '.join(endpoints)} is not reachable: {exc}")
         self._push("store", self.store.close)
 
+    def node_ports(self) -> set[int]:
+        """This node's own ports (gate, admin, etcd client and peer on this machine):
+        a function may not claim one (its traffic would go to the node)."""
+        ports = {self.config.http_server.port, self.config.admin.port}
+        urls = list(self.config.etcd.endpoints)
+        embedded = self.embedded_etcd
+        if embedded is not None:
+            urls += [u for u in (embedded.client_url, embedded.peer_url) if u]
+        for url in urls:
+            port = urlsplit(url).port
+            if port:
+                ports.add(port)
+        return ports
+
     def _start_provider(self) -> None:
         if self.config.provider == "knative":
             from faastwist.providers.knative import KnativeProvider
@@ -145,8 +173,9 @@ class FaasNode(Service):
             from faastwist.providers.process import ProcessProvider
 
             self.provider = ProcessProvider(self.config.process, self.config.name,
-                                            self.reactor, self.metrics)
-        if hasattr(self.provider, "on_change"):
+                                            self.reactor, self.metrics,
+                                            reserved_ports=self.node_ports)
+        if isinstance(self.provider, ChangeNotifier):
             # readiness and crash loops reach the FSM at once, not at the next sync
             self.provider.on_change = lambda name: self.reconciler and self.reconciler.kick(name)
         self._start_child("provider", self.provider)
@@ -178,10 +207,11 @@ class FaasNode(Service):
         from faastwist.admin.api import AdminAPI
         from faastwist.admin.codec import bounded_request_factory
         from faastwist.admin.console import ConsoleResource, gate_url_for, mount_console
+        from faastwist.admin.openapi import document as openapi_document
         from faastwist.admin.ops import OpsAPI, compose, node_info
 
         admin, http = self.config.admin, self.config.http_server
-        log_source = self.provider if hasattr(self.provider, "read_logs") else None
+        log_source = self.provider if isinstance(self.provider, LogSource) else None
         self.admin = AdminAPI(self.store, self.config.name, self.provider.check_spec,
                               self.reconciler.kick, self.reactor, admin.max_body_size,
                               log_source=log_source)
@@ -192,18 +222,79 @@ class FaasNode(Service):
              "provider": self.provider.check},
             node_info(__version__, self.config.provider, self.config.name, self.node_id,
                       time.time(), self.leader.is_leader),
-            self.reactor)
+            self.reactor, openapi=openapi_document(self.config.name))
         console = ConsoleResource(self.reactor, self.config.name,
                                   gate_url_for(http.address, http.port, http.https),
                                   max_body_size=admin.max_body_size)
-        root = mount_console(compose(self.admin.resource(), self.ops.resource()), console)
-        site = Site(root, requestFactory=bounded_request_factory(admin.max_body_size),
-                    parsePOSTFormSubmission=False, reactor=self.reactor)
+        root = self._guard(mount_console(compose(self.admin.resource(), self.ops.resource()),
+                                         console))
+        site: Any = Site(root, requestFactory=bounded_request_factory(admin.max_body_size),
+                         parsePOSTFormSubmission=False, reactor=self.reactor)
+        if admin.https:
+            from twisted.protocols.tls import TLSMemoryBIOFactory
+
+            from faastwist.util.tls import ReloadableTLS
+
+            try:
+                self.admin_tls = ReloadableTLS(admin.cert_file, admin.key_file, [b"http/1.1"])
+            except Exception as exc:
+                raise StartupError(f"admin.certFile/keyFile: cannot load {admin.cert_file} and "
+                                   f"{admin.key_file}: {exc}") from None
+            site = TLSMemoryBIOFactory(self.admin_tls, False, site)
         try:
             self.admin_port = self.reactor.listenTCP(admin.port, site, interface=admin.address)
         except Exception as exc:
             raise StartupError(f"admin.port: cannot listen on {admin.address}:{admin.port}: {exc}")
+        # out of descriptors (gate connections), the admin port still accepts: it spends
+        # descriptors held back from the start
+        guard_listener(self.admin_port, lambda sock: ReservedListener(sock, self.fd_reserve))
         self._push("admin listener", self.admin_port.stopListening)
+
+    def _guard(self, root: Any) -> Any:
+        """Put the Host/Origin/credential checks in front of the admin port's root."""
+        from faastwist.admin.guard import AdminGuard
+        from faastwist.auth.authorizer import Authorizer, anonymous_role
+        from faastwist.auth.origin import OriginPolicy
+        from faastwist.auth.reload import AuthFiles
+        from faastwist.auth.tokens import TokenFileError
+
+        admin = self.config.admin
+        auth = admin.auth
+        self.authorizer = Authorizer(anonymous=anonymous_role(auth.anonymous))
+        self.auth_files = AuthFiles(self.authorizer, self.reactor, auth.tokens_file,
+                                    auth.basic_user_file, auth.basic_password_file)
+        try:
+            self.auth_files.load()
+        except (TokenFileError, OSError) as exc:
+            raise StartupError(f"admin.auth.tokensFile: {exc}") from None
+        self._start_child("admin auth files", self.auth_files)
+        own = [socket.gethostname()]
+        if admin.address not in ("", "0.0.0.0", "::"):
+            own.append(admin.address)
+        policy = OriginPolicy.build(admin.scheme, admin.port, own, admin.allowed_hosts,
+                                    admin.allowed_origins)
+        if auth.anonymous != "none":
+            log.warn("admin.auth.anonymous is {anonymous}: callers without credentials may "
+                     "{what} on {address}:{port}", anonymous=auth.anonymous,
+                     what="change everything" if auth.anonymous == "admin" else "read",
+                     address=admin.address, port=admin.port)
+        return AdminGuard(root, self.authorizer, policy, metrics_open=auth.metrics_open)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the admin credentials (and the TLS certificates)."""
+        log.info("SIGHUP: reloading credentials and certificates")
+        if self.auth_files is not None:
+            self.auth_files.reload("SIGHUP")
+        for what, reload in (("admin", self.admin_tls.reload if self.admin_tls else None),
+                             ("gate", self.gate.reload_tls if self.gate else None)):
+            if reload is None:
+                continue
+            try:
+                reload()
+                log.info("the {what} certificate was reloaded", what=what)
+            except Exception as exc:
+                log.error("the {what} certificate was not reloaded, the previous one stays: "
+                          "{error}", what=what, error=str(exc))
 
     def _start_gate(self) -> None:
         from faastwist.gate.accesslog import AccessLog
@@ -213,7 +304,7 @@ class FaasNode(Service):
         http = self.config.http_server
         sink, json_lines = access_sink()
         self.gate = GateService(http, self.routes, self.provider, self.reactor, self.metrics,
-                                access_log=http.access_log,
+                                access_log=http.access_log, fd_reserve=self.fd_reserve,
                                 access=AccessLog(self.reactor, sink, json_lines))
         try:
             self.gate.startService()

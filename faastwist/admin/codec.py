@@ -9,23 +9,26 @@ from __future__ import annotations
 
 import base64
 import json
-import re
-from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Mapping
 from urllib.parse import parse_qsl
 
 import yaml
 from yaml import events as yaml_events
 from twisted.web.server import Request
+from twisted.web.iweb import IRequest
 
+from faastwist.model.fsm import FunctionStatus
+from faastwist.store.base import FunctionRecord
+from faastwist.util.times import format_rfc3339, parse_rfc3339
 from faastwist.util.units import UnitError, parse_duration
 
 #: Request bodies in these types are read as YAML (JSON is YAML too, but gets a JSON parser).
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/vnd.yaml")
 JSON_TYPE = "application/json"
-#: What ``curl --data-binary @function.yaml`` sends without ``-H``: read as YAML.
-FORM_TYPE = "application/x-www-form-urlencoded"
-ACCEPTED_TYPES = YAML_TYPES + (JSON_TYPE, FORM_TYPE)
+ACCEPTED_TYPES = YAML_TYPES + (JSON_TYPE,)
+#: What an HTML form (or a cross-site ``fetch`` without a CORS preflight) can send, and
+#: ``curl -d`` without ``-H``: never read as a spec, so another site cannot post one.
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
 #: Responses are YAML (RFC 9512's type) unless the client accepts JSON.
 YAML_RESPONSE_TYPE = "application/yaml"
 NDJSON_TYPE = "application/x-ndjson"
@@ -37,9 +40,41 @@ MAX_DEPTH = 64
 MAX_NODES = 100_000
 MAX_TAIL = 100_000
 _CHARSETS = {"utf-8", "utf8", "us-ascii", "ascii"}
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_RFC3339 = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+_BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
+    """The safe loader, refusing a key that appears twice in one mapping (YAML says
+    keys are unique; PyYAML keeps the last one, so a typo'd second ``command`` would
+    silently win). Merge keys (``<<``) may still be overridden, as YAML intends."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                continue   # an unhashable key: the base constructor reports it
+            if duplicate:
+                mark = key_node.start_mark
+                raise ApiError(400, f"{key}: duplicate key (line {mark.line + 1}, column "
+                                    f"{mark.column + 1}); each key may appear once")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json object_pairs_hook: a key twice in one object is a 400 naming it."""
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise ApiError(400, f"{key}: duplicate key; each key may appear once")
+        document[key] = value
+    return document
+
 
 
 class ApiError(Exception):
@@ -103,7 +138,49 @@ def encode(data: Any, as_json: bool) -> tuple[bytes, str]:
 
 
 def error_body(code: int, message: str) -> dict[str, Any]:
+    """The ``{code, message}`` body of every error on the admin port (API, ops, console)."""
     return {"code": code, "message": message}
+
+
+def respond(request: IRequest, code: int, data: Any,
+            headers: Mapping[str, str] | None = None, *, as_json: bool | None = None) -> bytes:
+    """Set the status and headers for ``data`` and return its encoded body.
+
+    YAML or JSON as the request's Accept prefers (``wants_json``); ``as_json`` forces
+    the choice for endpoints that always answer one format (probes, the console).
+    """
+    if as_json is None:
+        accept = request.getHeader(b"accept")
+        as_json = wants_json(accept.decode("latin-1") if isinstance(accept, bytes) else accept)
+    body, content_type = encode(data, as_json)
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", content_type.encode())
+    request.setHeader(b"content-length", b"%d" % len(body))
+    for name, value in (headers or {}).items():
+        request.setHeader(name.encode(), value.encode())
+    return body
+
+
+def respond_error(request: IRequest, code: int, message: str,
+                  headers: Mapping[str, str] | None = None, *,
+                  as_json: bool | None = None) -> bytes:
+    """A ``{code, message}`` answer (see ``respond`` for the format)."""
+    return respond(request, code, error_body(code, message), headers, as_json=as_json)
+
+
+# -- documents -----------------------------------------------------------------------
+
+def status_document(status: FunctionStatus) -> dict[str, Any]:
+    """A status as the API answers it: ``updated`` in RFC 3339 (the store keeps epoch
+    seconds; a status that was never stamped has none)."""
+    document = status.to_dict()
+    document["updated"] = format_rfc3339(status.updated) if status.updated > 0 else None
+    return document
+
+
+def record_document(record: FunctionRecord) -> dict[str, Any]:
+    """A function's spec and status as the API answers them."""
+    return {"spec": record.spec.to_dict(), "status": status_document(record.status)}
 
 
 # -- request bodies ------------------------------------------------------------------
@@ -142,10 +219,10 @@ def bounded_request_factory(max_body_size: int) -> type[BoundedRequest]:
     return type("BoundedRequest", (BoundedRequest,), {"max_body_size": max_body_size})
 
 
-def read_body(request: Any, max_body_size: int) -> bytes:
+def read_body(request: IRequest, max_body_size: int) -> bytes:
     """The request body, or 413: Content-Length first, then what actually arrived."""
     too_large = ApiError(413, f"request body is larger than the limit of {max_body_size} bytes")
-    if getattr(request, "body_too_large", False):
+    if isinstance(request, BoundedRequest) and request.body_too_large:
         raise too_large
     declared = request.getHeader(b"content-length")
     if declared is not None:
@@ -196,6 +273,11 @@ def _check_expansion(document: Any) -> None:
 def decode_body(body: bytes, content_type: str | None) -> Any:
     """The parsed document, or 415 for an unsupported type, 400 for a malformed body."""
     kind, params = media_type(content_type)
+    if kind in FORM_TYPES:
+        raise ApiError(415, f"Content-Type {kind} is not read as a spec (HTML forms and other "
+                            f"sites' pages can send it); send one of "
+                            f"{', '.join(ACCEPTED_TYPES)}, e.g. curl -H "
+                            f"'Content-Type: application/yaml' --data-binary @function.yaml")
     if kind and kind not in ACCEPTED_TYPES:
         raise ApiError(415, f"Content-Type {kind} is not supported; send one of "
                             f"{', '.join(ACCEPTED_TYPES)}")
@@ -210,7 +292,7 @@ def decode_body(body: bytes, content_type: str | None) -> Any:
         raise ApiError(400, f"request body is not valid UTF-8: {exc}") from None
     if kind == JSON_TYPE:
         try:
-            document = json.loads(text)
+            document = json.loads(text, object_pairs_hook=_unique_pairs)
         except RecursionError:
             raise ApiError(400, "body is not valid JSON: nested too deeply") from None
         except ValueError as exc:
@@ -222,10 +304,7 @@ def decode_body(body: bytes, content_type: str | None) -> Any:
         except ApiError:
             raise
         except Exception as exc:  # any parser failure is the body's fault, not ours
-            hint = ""
-            if kind == FORM_TYPE:
-                hint = " (curl -d strips line breaks: send the file with --data-binary @file)"
-            raise ApiError(400, f"body is not valid YAML: {_one_line(exc)}{hint}") from None
+            raise ApiError(400, f"body is not valid YAML: {_one_line(exc)}") from None
     _check_expansion(document)
     return document
 
@@ -280,20 +359,12 @@ def parse_since(value: str | None, now: float) -> float | None:
     """Seconds since the epoch from an RFC3339 timestamp or a Go duration before ``now``."""
     if value is None:
         return None
-    match = _RFC3339.match(value.strip())
-    if match is not None:
-        year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
-        fraction, zone = match.group(7), match.group(8)
-        if zone in ("Z", "z"):
-            tz = timezone.utc
-        else:
-            sign = 1 if zone[0] == "+" else -1
-            tz = timezone(sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
-        try:
-            stamp = datetime(year, month, day, hour, minute, second, tzinfo=tz)
-        except ValueError as exc:
-            raise ApiError(400, f"since: not a valid time: {exc}, got {value!r}") from None
-        return stamp.timestamp() + (float(fraction) if fraction else 0.0)
+    try:
+        stamp = parse_rfc3339(value)
+    except ValueError as exc:
+        raise ApiError(400, f"since: {exc}, got {value!r}") from None
+    if stamp is not None:
+        return stamp
     try:
         return now - parse_duration(value.strip())
     except UnitError:

@@ -14,9 +14,9 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout
-from twisted.internet.task import deferLater
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.python.failure import Failure
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IReactorTCP
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
@@ -25,37 +25,13 @@ from faastwist.gate.accesslog import AccessLog
 from faastwist.gate.context import GateContext
 from faastwist.gate.limits import ConnectionLimit, LimitingFactory, over_limit_response
 from faastwist.metrics import Metrics
+from faastwist.util.tls import ReloadableTLS
 from faastwist.providers.base import Provider
 from faastwist.gate.routes import RouteTable
 from faastwist.gate.upstream import UpstreamPool
+from faastwist.util.fdreserve import FdReserve, SheddingListener, guard_listener
 
 log = Logger(namespace="faastwist.gate")
-
-def tls_options(cert_file: str, key_file: str) -> Any:
-    """Server TLS options from PEM files (a chain after the leaf is sent too), offering
-    HTTP/2 through ALPN when the h2 package is installed."""
-    from twisted.internet import ssl
-
-    with open(cert_file, "rb") as handle:
-        chain = handle.read()
-    with open(key_file, "rb") as handle:
-        key = handle.read()
-    marker = b"-----BEGIN CERTIFICATE-----"
-    certs = [marker + part for part in chain.split(marker)[1:]]
-    if not certs:
-        raise ValueError(f"{cert_file}: no PEM certificate found")
-    leaf = ssl.PrivateCertificate.loadPEM(certs[0] + b"\n" + key)
-    extra = [ssl.Certificate.loadPEM(c).original for c in certs[1:]]
-    protocols = [b"http/1.1"]
-    try:
-        import h2  # noqa: F401
-        protocols.insert(0, b"h2")
-    except ImportError:  # pragma: no cover
-        pass
-    return ssl.CertificateOptions(privateKey=leaf.privateKey.original,
-                                  certificate=leaf.original, extraCertChain=extra,
-                                  acceptableProtocols=protocols)
-
 
 class GateService(Service):
     """Listens on httpServer and proxies every request to its function's upstream.
@@ -67,9 +43,9 @@ class GateService(Service):
     name = "gate"
 
     def __init__(self, config: HTTPServerConfig, routes: RouteTable, provider: Provider,
-                 reactor: Any, metrics: Metrics, access_log: bool,
+                 reactor: IReactorTCP, metrics: Metrics, access_log: bool,
                  pool: UpstreamPool | None = None, transport: str = "auto",
-                 access: AccessLog | None = None) -> None:
+                 fd_reserve: FdReserve | None = None, access: AccessLog | None = None) -> None:
         if transport not in ("auto", "lean", "web"):
             raise ValueError(f"transport must be auto, lean or web, got {transport!r}")
         self.config = config
@@ -81,6 +57,10 @@ class GateService(Service):
                                    access=access)
         self.limit = ConnectionLimit(config.max_connections)
         self.port: IListeningPort | None = None
+        self.tls: ReloadableTLS | None = None
+        #: descriptors held for the admin port (the node's); the gate sheds before them
+        self.fd_reserve = fd_reserve
+        self._refill: Any = None
 
     @property
     def kind(self) -> str:
@@ -95,7 +75,9 @@ class GateService(Service):
             from faastwist.gate.lean import LeanFactory
             factory: Factory = LeanFactory(self.context, self.limit, self.reactor,
                                            config.keep_alive_timeout,
-                                           over_limit_response(self.limit.maximum))
+                                           over_limit_response(self.limit.maximum),
+                                           header_timeout=config.header_timeout,
+                                           body_idle_timeout=config.body_idle_timeout)
         else:
             from faastwist.gate.web import GateResource, GateSite
             site = GateSite(GateResource(self.context), timeout=config.keep_alive_timeout or None)
@@ -104,9 +86,15 @@ class GateService(Service):
             if self.kind == "lean":
                 raise ValueError("https is served by the twisted.web transport, not lean")
             from twisted.protocols.tls import TLSMemoryBIOFactory
-            factory = TLSMemoryBIOFactory(tls_options(config.cert_file, config.key_file),
-                                          False, factory)
+            self.tls = ReloadableTLS(config.cert_file, config.key_file)
+            factory = TLSMemoryBIOFactory(self.tls, False, factory)
         return factory
+
+    def reload_tls(self) -> None:
+        """Load the certificate files again for new connections (SIGHUP); open
+        connections keep theirs. Raises, keeping the old one, when the files are bad."""
+        if self.tls is not None:
+            self.tls.reload()
 
     def startService(self) -> None:
         super().startService()
@@ -115,13 +103,27 @@ class GateService(Service):
         self.pool.start()
         self.port = self.reactor.listenTCP(self.config.port, self.build_factory(),
                                            backlog=1024, interface=self.config.address)
+        if self.fd_reserve is None:
+            self.fd_reserve = FdReserve()
+        guard_listener(self.port, lambda sock: SheddingListener(
+            sock, self.fd_reserve, lambda count: self._shedding(count)))
+        self._refill = LoopingCall(self.fd_reserve.refill)
+        self._refill.clock = self.reactor
+        self._refill.start(1.0, now=False)
         host = self.port.getHost()
         log.info("gate listening on {address}:{port} ({transport}{tls})",
                  address=host.host, port=host.port, transport=self.kind,
                  tls=", TLS" if self.config.https else "")
 
+    def _shedding(self, count: int) -> None:
+        log.warn("out of file descriptors: shedding new gate connections ({count} so far "
+                 "in this burst; the admin port keeps {held} in reserve)", count=count,
+                 held=len(self.fd_reserve.held) if self.fd_reserve else 0)
+
     def stopService(self) -> Deferred:
         super().stopService()
+        if self._refill is not None and self._refill.running:
+            self._refill.stop()
         context = self.context
         context.draining = True
         port, self.port = self.port, None

@@ -22,7 +22,7 @@ from twisted.internet.error import (
     DNSLookupError,
     TimeoutError as ConnectTimeout,
 )
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTCP
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -196,7 +196,10 @@ class UpstreamConnection(Protocol):
             return
         kept, length, chunked = filter_response(self._headers)
         bodyless = self._head_only or status in (204, 304)
-        self._close_delimited = not bodyless and not chunked and length is None
+        # after an answer without a body (HEAD, 204, 304) the connection is never
+        # reused: a function that sends a body anyway would otherwise have those bytes
+        # read as the next request's response; one new connection is the price
+        self._close_delimited = bodyless or (not chunked and length is None)
         self._responded = True
         handler = self.handler
         if handler is None:
@@ -266,7 +269,7 @@ Connector = Callable[[Origin, Factory], Deferred]
 class UpstreamPool:
     """Idle connections per origin (LIFO: the warmest first)."""
 
-    def __init__(self, reactor: Any, connect_timeout: float = 10.0,
+    def __init__(self, reactor: IReactorTCP, connect_timeout: float = 10.0,
                  max_idle_per_origin: int = 256, idle_timeout: float = 50.0,
                  connector: Connector | None = None) -> None:
         self.reactor = reactor

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from decimal import Decimal
 from enum import Enum
@@ -238,6 +239,29 @@ _MODES = tuple(m.value for m in ProcessMode)
 
 
 @attrs.frozen
+class RateLimit:
+    """A token bucket per function per node: ``rps`` tokens a second, ``burst`` at most."""
+
+    rps: float
+    burst: int
+
+    def to_dict(self) -> dict[str, Any]:
+        rps: Any = int(self.rps) if float(self.rps).is_integer() else self.rps
+        return {"rps": rps, "burst": self.burst}
+
+
+def _read_rate_limit(reader: FieldReader) -> RateLimit | None:
+    if not reader.data:
+        return None
+    rps = reader.raw("rps")
+    if isinstance(rps, bool) or not isinstance(rps, (int, float)) or not 0 < rps <= 1e6:
+        raise reader.fail("rps", f"must be a number of requests per second above 0 (at most "
+                                 f"1000000), got {rps!r}")
+    burst = reader.integer("burst", max(1, math.ceil(rps)), 1, 1_000_000)
+    return RateLimit(float(rps), burst)
+
+
+@attrs.frozen
 class FunctionSpec:
     """One function, as the operator wrote it (after validation and defaults)."""
 
@@ -259,6 +283,7 @@ class FunctionSpec:
     env: Mapping[str, str] = attrs.field(factory=dict)
     mode: ProcessMode = ProcessMode.HTTP
     readiness_path: str = ""
+    rate_limit: RateLimit | None = None
     #: ``digest()``, computed once (the reconciler compares it for every function on
     #: every pass); not a field of the spec: no init, no comparison, no repr
     _digest: str | None = attrs.field(default=None, init=False, eq=False, repr=False)
@@ -286,6 +311,7 @@ class FunctionSpec:
             env=reader.string_map("env", {}),
             mode=ProcessMode(reader.choice("mode", _MODES, "http")),
             readiness_path=reader.string("readinessPath", ""),
+            rate_limit=reader.section("rateLimit", _read_rate_limit),
         )
         reader.finish()
         if spec.max_replica and spec.min_replica > spec.max_replica:
@@ -328,6 +354,8 @@ class FunctionSpec:
             out["mode"] = self.mode.value
         if self.readiness_path:
             out["readinessPath"] = self.readiness_path
+        if self.rate_limit is not None:
+            out["rateLimit"] = self.rate_limit.to_dict()
         return out
 
     def digest(self) -> str:

@@ -21,7 +21,7 @@ from twisted.internet.defer import (
     maybeDeferred,
     succeed,
 )
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorProcess
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -130,9 +130,9 @@ class Watchdog:
     """The loopback listener of one fork-mode function; ``spec`` is read per request,
     so an update takes effect on the next request without a restart."""
 
-    def __init__(self, reactor, spec: FunctionSpec, executable_argv: Callable[[], Sequence[str]],
+    def __init__(self, reactor: IReactorProcess, spec: FunctionSpec, executable_argv: Callable[[], Sequence[str]],
                  env: Callable[[], Mapping[str, str]], cwd: str, sink: LogSink,
-                 wrapper: Sequence[str] = ()) -> None:
+                 oom: Callable[[int | None, Sequence[str]], bool] | None = None) -> None:
         self.reactor = reactor
         self.spec = spec
         self.name = spec.name
@@ -140,7 +140,9 @@ class Watchdog:
         self.env = env
         self.cwd = cwd
         self.sink = sink
-        self.wrapper = tuple(wrapper)
+        #: tells whether an exit was the memory limit (see faastwist.providers.limits)
+        self.oom = oom
+        self.oom_kills = 0
         self.running: dict[int, _ForkProtocol] = {}
         self.inflight = 0
         self.served = 0
@@ -195,7 +197,7 @@ class Watchdog:
         protocol = _ForkProtocol(self, body)
         env = dict(self.env())
         env.update(header_env(request))
-        argv = list(self.wrapper) + list(self.executable_argv())
+        argv = list(self.executable_argv())
         try:
             self.reactor.spawnProcess(protocol, argv[0], argv, env=env, path=self.cwd)
         except OSError as exc:
@@ -224,9 +226,16 @@ class Watchdog:
             if timer.active():
                 timer.cancel()
             code, sig = result
+            out_of_memory = (code != 0 and self.oom is not None
+                             and self.oom(code, protocol.stderr_tail))
+            if out_of_memory:
+                self.oom_kills += 1
             if protocol.overflow:
                 answer(500, f"function {self.name} wrote more than {MAX_OUTPUT} bytes to "
                             f"stdout; the process was killed\n")
+            elif out_of_memory:
+                answer(500, f"function {self.name} ran out of memory (limitMemory "
+                            f"{spec.limit_memory}); the process was ended\n")
             elif timed_out:
                 answer(504, f"function {self.name} timed out after {spec.timeout:g}s\n")
             elif code == 0:
@@ -329,8 +338,12 @@ class ForkRuntime:
     def observe(self) -> Observation:
         if self.stopped:
             return Observation(self.spec.name, self.spec.digest(), stopped=True)
+        ext = {}
+        if self.watchdog is not None and self.watchdog.oom_kills:
+            ext["oomKills"] = str(self.watchdog.oom_kills)
+            ext["reason"] = "OOM"
         return Observation(self.spec.name, self.spec.digest(), event=Event.READY,
-                           message="fork mode: one process per request")
+                           message="fork mode: one process per request", ext_data=ext)
 
     def pids(self) -> list[int]:
         return self.watchdog.pids() if self.watchdog is not None else []

@@ -19,6 +19,7 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredList, inlin
 from twisted.internet.error import ConnectError, TimeoutError
 from twisted.logger import Logger
 from twisted.web.client import Agent
+from twisted.internet.interfaces import IReactorTCP
 from txaioetcd import (
     Client,
     CompCreated,
@@ -34,6 +35,7 @@ from txaioetcd import (
 )
 
 from faastwist.model.fsm import FunctionStatus
+from faastwist.model.keys import KeySet as FunctionKeys
 from faastwist.metrics import Metrics
 from faastwist.model.spec import FunctionSpec
 from faastwist.store.base import (
@@ -126,7 +128,7 @@ def _counted(op: str) -> Callable:
 class EtcdStore:
     """FunctionStore of one controller on an etcd cluster; call ``connect()`` first."""
 
-    def __init__(self, reactor: Any, endpoints: Sequence[str], prefix: str, controller: str,
+    def __init__(self, reactor: IReactorTCP, endpoints: Sequence[str], prefix: str, controller: str,
                  timeout: float, metrics: Metrics | None = None) -> None:
         if not endpoints:
             raise ValueError("etcd.endpoints: at least one endpoint is needed")
@@ -160,11 +162,11 @@ class EtcdStore:
         return self.key("spec", name), self.key("status", name)
 
     def parse_key(self, key: bytes) -> tuple[str, str] | None:
-        """``(kind, name)`` for a spec or status key of this controller, else None."""
+        """``(kind, name)`` for a spec, status or keys key of this controller, else None."""
         if not key.startswith(self.base):
             return None
         kind, sep, name = key[len(self.base):].decode("utf-8", "replace").partition("/")
-        if not sep or kind not in ("spec", "status") or not name or "/" in name:
+        if not sep or kind not in ("spec", "status", "keys") or not name or "/" in name:
             return None
         return kind, name
 
@@ -288,8 +290,20 @@ class EtcdStore:
             records.update(page.records)
             revision = page.revision
             if not page.remaining or not page.records:
-                return Listing(records, revision)
+                break
             after = page.last
+        # invocation keys: few functions have them; one read at the same revision
+        keys_base = self.key("keys", "")
+        (keys_range,) = yield self._ranges([(keys_base, prefix_end(keys_base))], 0, revision)
+        keys: dict[str, FunctionKeys] = {}
+        for name, kv in self._by_name(keys_range.kvs).items():
+            if name not in records:
+                continue
+            try:
+                keys[name] = FunctionKeys.decode(kv.value)
+            except Exception:
+                log.failure("unreadable keys of {name}", name=name)
+        return Listing(records, revision, keys)
 
     @_counted("list_page")
     def list_page(self, after: str = "", limit: int = 500, revision: int = 0,
@@ -392,13 +406,39 @@ class EtcdStore:
     @_counted("delete")
     def delete(self, expected: FunctionRecord):
         spec_key, status_key, compare = self._guard(expected)
-        txn = Transaction(compare=compare, success=[OpDel(spec_key), OpDel(status_key)],
+        txn = Transaction(compare=compare, success=[OpDel(spec_key), OpDel(status_key),
+                                                    OpDel(self.key("keys", expected.name))],
                           failure=[OpGet(spec_key)])
         try:
             yield self.submit("delete", txn)
         except Failed as failed:
             raise self._lost_race(expected.name, failed) from None
         return None
+
+    @_counted("get_keys")
+    def get_keys(self, name: str):
+        txn = Transaction(success=[OpGet(self.key("spec", name)), OpGet(self.key("keys", name))])
+        result = yield self.submit("get_keys", txn, idempotent=True)
+        spec_range, keys_range = result.responses
+        if not spec_range.kvs:
+            raise NotFound(name)
+        if not keys_range.kvs:
+            return FunctionKeys(), 0
+        kv = keys_range.kvs[0]
+        return FunctionKeys.decode(kv.value), kv.mod_revision
+
+    @_counted("put_keys")
+    def put_keys(self, name: str, keys: FunctionKeys, expected_revision: int):
+        spec_key, keys_key = self.key("spec", name), self.key("keys", name)
+        txn = Transaction(compare=[CompModified(keys_key, "==", expected_revision),
+                                   CompCreated(spec_key, ">", 0)],
+                          success=[OpSet(keys_key, keys.encode())],
+                          failure=[OpGet(spec_key)])
+        try:
+            result = yield self.submit("put_keys", txn)
+        except Failed as failed:
+            raise self._lost_race(name, failed) from None
+        return result.header.revision
 
     @_counted("check")
     def check(self):
@@ -440,10 +480,12 @@ class EtcdStore:
                 if parsed is None:
                     continue  # the leader key, or a stranger under our prefix
                 kind, name = parsed
-                value: FunctionSpec | FunctionStatus | None = None
+                value: FunctionSpec | FunctionStatus | FunctionKeys | None = None
                 if event.value is not None:
                     try:
-                        value = (decode_spec if kind == "spec" else decode_status)(event.value)
+                        decode = {"spec": decode_spec, "status": decode_status,
+                                  "keys": FunctionKeys.decode}[kind]
+                        value = decode(event.value)
                     except Exception:
                         log.failure("skipping unreadable {kind} of {name} at revision {revision}",
                                     kind=kind, name=name, revision=event.mod_revision)

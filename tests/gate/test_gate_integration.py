@@ -32,9 +32,13 @@ from faastwist.providers.base import StaticLease, Upstream
 from faastwist.providers.kourier import KnativeRouting
 from faastwist.gate.routes import RouteTable
 from faastwist.model.spec import FunctionSpec
+from faastwist.store.etcd import EtcdStore
 from faastwist.store.memory import MemoryStore
+from faastwist.util.ports import free_port
 
+from tests.support.etcd import etcd_server, unique_prefix  # noqa: F401 (fixture)
 from tests.support.gate import UpstreamProcess, gate_config, rss_bytes
+from tests.support.tls import self_signed
 
 pytestmark = pytest.mark.slow
 MB = 2**20
@@ -50,9 +54,9 @@ def upstream() -> Any:
 class Routing(KnativeRouting):
     """Knative routing to the upstream process, except ``refused``: a closed port."""
 
-    def __init__(self, url: str, closed_port: int) -> None:
+    def __init__(self, url: str, free_port: int) -> None:
         super().__init__(KnativeConfig(network_layer_url=url))
-        self.closed = StaticLease(Upstream("http", "127.0.0.1", closed_port, "refused"))
+        self.closed = StaticLease(Upstream("http", "127.0.0.1", free_port, "refused"))
 
     def acquire(self, spec: FunctionSpec) -> Any:
         if spec.name == "refused":
@@ -60,40 +64,39 @@ class Routing(KnativeRouting):
         return super().acquire(spec)
 
 
-def closed_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class GateUnderTest:
-    def __init__(self, service: GateService, store: MemoryStore) -> None:
+    def __init__(self, service: GateService, store: Any, routes: RouteTable) -> None:
         self.service = service
         self.store = store
+        self.routes = routes
         self.port = service.address()[1]
         self.url = f"http://127.0.0.1:{self.port}"
+
+
+FUNCTIONS = ((FunctionSpec(name="demo10", image="x"), State.ACTIVE),
+             (FunctionSpec(name="off", image="x"), State.INACTIVE),
+             (FunctionSpec(name="slow", image="x", timeout=1.0), State.ACTIVE),
+             (FunctionSpec(name="refused", image="x"), State.ACTIVE))
 
 
 @pytest.fixture(params=["lean", "web"])
 def make_gate(request: Any, upstream: UpstreamProcess) -> Any:
     made: list[GateService] = []
 
-    def make(**config: Any) -> GateUnderTest:
-        store = MemoryStore()
-        for spec, state in (
-                (FunctionSpec(name="demo10", image="x"), State.ACTIVE),
-                (FunctionSpec(name="off", image="x"), State.INACTIVE),
-                (FunctionSpec(name="slow", image="x", timeout=1.0), State.ACTIVE),
-                (FunctionSpec(name="refused", image="x"), State.ACTIVE)):
-            store.create(spec, FunctionStatus(spec.name, state))
+    def make(store: Any = None, **config: Any) -> GateUnderTest:
+        """A gate on ``store`` (already holding FUNCTIONS), or on a fresh MemoryStore;
+        with a real store, await ``routes_loaded(gate)`` before the first request."""
+        if store is None:
+            store = MemoryStore()
+            for spec, state in FUNCTIONS:
+                store.create(spec, FunctionStatus(spec.name, state))
         routes = RouteTable(store, reactor)
         routes.startService()
-        service = GateService(gate_config(**config), routes, Routing(upstream.url, closed_port()),
+        service = GateService(gate_config(**config), routes, Routing(upstream.url, free_port()),
                               reactor, Metrics(), access_log=False, transport=request.param)
         service.startService()
         made.append(service)
-        return GateUnderTest(service, store)
+        return GateUnderTest(service, store, routes)
 
     make.kind = request.param  # type: ignore[attr-defined]
     yield make
@@ -401,7 +404,9 @@ async def test_max_connections_refuses_new_connections_cleanly(make_gate: Any) -
     status, headers, body = await third.request("/")
     assert status == 503 and headers["x-faas-gate-error"] == "true"
     assert headers["connection"] == "close"
-    assert "maxConnections" in json.loads(body)["message"]
+    assert headers["retry-after"] == "1"
+    assert json.loads(body) == {
+        "code": 503, "message": "too many connections (maxConnections is 2); retry"}
     await third.closed()
     assert (await first.request("/"))[0] == 200  # the admitted ones are unaffected
     assert (await second.request("/"))[0] == 200
@@ -487,34 +492,6 @@ async def test_concurrent_requests(make_gate: Any) -> None:
 
 # -- HTTPS and HTTP/2 (the twisted.web transport) ---------------------------------------------
 
-def self_signed(directory: Any) -> tuple[str, str]:
-    """A throwaway certificate for 127.0.0.1 (cert file, key file)."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return str(cert_file), str(key_file)
-
-
 @pytest.fixture
 def tls_gate(upstream: UpstreamProcess, tmp_path: Any) -> Any:
     cert, key = self_signed(tmp_path)
@@ -524,7 +501,7 @@ def tls_gate(upstream: UpstreamProcess, tmp_path: Any) -> Any:
     routes.startService()
     service = GateService(gate_config(https=True, cert_file=cert, key_file=key,
                                       max_body_size=6 * MB), routes,
-                          Routing(upstream.url, closed_port()), reactor, Metrics(),
+                          Routing(upstream.url, free_port()), reactor, Metrics(),
                           access_log=False)
     service.startService()
     assert service.kind == "web"
@@ -570,12 +547,38 @@ async def test_https_with_http2_and_http11(tls_gate: str, tmp_path: Any, version
 
 # -- the admin API on its own port, the gate on another, one store ------------------------------
 
+@pytest.fixture(params=["memory", pytest.param("etcd", marks=pytest.mark.etcd)])
+def any_store(request: Any) -> Any:
+    """The in-memory store, or an EtcdStore on a real etcd (fresh key prefix)."""
+    if request.param == "memory":
+        yield None
+        return
+    server = request.getfixturevalue("etcd_server")
+    store = EtcdStore(reactor, [server.client_url], unique_prefix("gate"), "faascontroller",
+                      5.0, Metrics())
+    pytest_twisted.blockon(store.connect())
+    for spec, state in FUNCTIONS:
+        pytest_twisted.blockon(store.create(spec, FunctionStatus(spec.name, state)))
+    yield store
+    pytest_twisted.blockon(store.close())
+
+
+async def routes_loaded(gate: GateUnderTest, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not gate.routes.synced:
+        assert time.monotonic() < deadline, "the route table did not load"
+        await deferLater(reactor, 0.01, lambda: None)
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_stop_through_the_admin_api_makes_the_very_next_gate_request_503(
-        make_gate: Any) -> None:
+        make_gate: Any, any_store: Any) -> None:
+    """The admin API and the gate of one node share the store; with etcd the gate's
+    route table follows a watch, and the stop still acts on the very next request."""
     from faastwist.admin.api import AdminAPI
 
-    gate = make_gate()
+    gate = make_gate(store=any_store)
+    await routes_loaded(gate)
     admin = AdminAPI(gate.store, "faascontroller",
                      check_spec=lambda spec: spec.check_for_provider("knative"),
                      kick=lambda name: None, clock=reactor)
@@ -591,5 +594,33 @@ async def test_a_stop_through_the_admin_api_makes_the_very_next_gate_request_503
                                                    gate.url + "/")
         assert status == 503 and "state: inactive" in payload["message"]
         assert headers["retry-after"] == "5"
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stop_acts_on_the_next_request_of_an_already_open_connection(
+        make_gate: Any, any_store: Any) -> None:
+    """No process start between the stop's 200 and the next request (curl's above):
+    the connection is open and the request leaves as soon as the admin API answers."""
+    from faastwist.admin.api import AdminAPI
+
+    gate = make_gate(store=any_store)
+    await routes_loaded(gate)
+    admin = AdminAPI(gate.store, "faascontroller",
+                     check_spec=lambda spec: spec.check_for_provider("knative"),
+                     kick=lambda name: None, clock=reactor)
+    port = reactor.listenTCP(0, admin.site(), interface="127.0.0.1")
+    try:
+        admin_url = f"http://127.0.0.1:{port.getHost().port}/apis/v2/faas/faascontroller"
+        client = await raw_client(gate)
+        assert (await client.request("/"))[0] == 200
+        response = await treq.put(admin_url + "/demo10/stop")
+        assert response.code == 200
+        status, headers, body = await client.request("/")
+        assert status == 503, body
+        assert "state: inactive" in json.loads(body)["message"]
+        assert headers["retry-after"] == "5"
+        client.transport.loseConnection()
     finally:
         await port.stopListening()

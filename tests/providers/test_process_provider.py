@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.task import deferLater
 
 from faastwist.model.fsm import Event
-from faastwist.providers.base import LogLine, NoCapacity
+from faastwist.providers.base import ChangeNotifier, LogLine, LogSource, NoCapacity
 from faastwist.providers.orphans import GATE_PID_VAR, OWNER_VAR, find_orphans
 from faastwist.providers.process import ProcessProvider
 from faastwist.model.spec import SpecError
@@ -84,6 +84,16 @@ async def call(provider: ProcessProvider, spec, path: str = "/", body: bytes = b
         return response.code, await treq.content(response), response
     finally:
         lease.release()
+
+
+def test_declares_its_optional_capabilities(providers) -> None:
+    """The node wires on_change and the log endpoint by these isinstance checks."""
+    from faastwist.testing.provider import FakeProvider
+
+    provider = providers()
+    assert isinstance(provider, ChangeNotifier) and isinstance(provider, LogSource)
+    fake = FakeProvider()
+    assert not isinstance(fake, ChangeNotifier) and not isinstance(fake, LogSource)
 
 
 @pytest_twisted.ensureDeferred
@@ -234,7 +244,7 @@ async def test_cold_start_timeout_is_503_material_not_a_forward(providers):
     with pytest.raises(NoCapacity) as refused:
         await maybeDeferred(provider.acquire, spec)
     assert "did not become ready within 0.3s" in str(refused.value)
-    assert refused.value.retry_after >= 1
+    assert refused.value.retry_after == 1  # ceil(0.3 / 6), at least 1
 
 
 @pytest_twisted.ensureDeferred
@@ -409,7 +419,7 @@ def test_check_spec_names_the_field(providers):
     with pytest.raises(SpecError, match="port.*fixed port fits one replica"):
         provider.check_spec(function_spec(port=8080, maxReplica=2))
     provider.check_spec(function_spec(command=["python3", "conf/functions/echo.py"]))
-    provider.check_spec(function_spec(command=[sys.executable, "x"], port=8080, maxReplica=1))
+    provider.check_spec(function_spec(command=[PYTHON, "x"], port=8080, maxReplica=1))
 
 
 @pytest_twisted.ensureDeferred
