@@ -116,7 +116,7 @@ def store_updates(node: FaasNodeProcess) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-def wait_for(predicate: Any, timeout: float, what: str) -> float:
+def wait_for(predicate: Any, timeout: float, what: str, pause: float = 0.02) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         try:
@@ -124,7 +124,7 @@ def wait_for(predicate: Any, timeout: float, what: str) -> float:
                 return time.monotonic() - started
         except OSError:
             pass
-        time.sleep(0.02)
+        time.sleep(pause)
     raise RuntimeError(f"{what}: not within {timeout}s")
 
 
@@ -221,7 +221,8 @@ def main() -> None:
         node = started("first start")
         # the first pass records every function's provider verdict (10,000 status
         # writes); measure the steady state after it
-        waited = wait_for(lambda: store_updates(node) >= len(specs), 900, "the first pass")
+        waited = wait_for(lambda: store_updates(node) >= len(specs), 900, "the first pass",
+                          pause=2.0)  # a scrape of 10,000 functions is megabytes
         print(f"first reconcile pass (deploys, {len(specs)} status writes): done "
               f"{waited:.1f}s after the node was ready", flush=True)
         node.stop()
@@ -229,7 +230,7 @@ def main() -> None:
         node = started("restart (SIGTERM, start)")
         wait_for(lambda: http("GET", f"{node.gate_url}/function/hot/", timeout=5)[0] == 200, 60,
                  "hot ready")
-        wait_for(lambda: reconcile_passes(node)[0] >= 2, 600, "the first pass")
+        wait_for(lambda: reconcile_passes(node)[0] >= 2, 600, "the first pass", pause=2.0)
         time.sleep(1.0)
         rss = rss_kib(node.process.pid)
         print(f"node RSS {rss / 1024:.1f} MiB, empty node {base_rss / 1024:.1f} MiB: "
@@ -269,7 +270,8 @@ def main() -> None:
               f"while {len(lists)} full lists ran {busy['rps']:.0f} req/s p99 "
               f"{busy['p99_ms']:.1f} ms", flush=True)
         before = reconcile_passes(node)
-        wait_for(lambda: reconcile_passes(node)[0] >= before[0] + 2, 120, "two more passes")
+        wait_for(lambda: reconcile_passes(node)[0] >= before[0] + 2, 120, "two more passes",
+                 pause=2.0)
         after = reconcile_passes(node)
         print(f"steady reconcile pass with {len(specs)} functions: "
               f"{(after[1] - before[1]) / (after[0] - before[0]) * 1000:.0f} ms "

@@ -287,7 +287,7 @@ class _StateCollector(Collector):
                                    "1 for the current state of each function",
                                    labels=["function_name", "state"])
         values = [state.value for state in State]
-        for name, current in sorted(self.states.items()):
+        for name, current in sorted(list(self.states.items())):  # one copy, then read
             for value in values:
                 family.add_metric([name, value], 1 if value == current.value else 0)
         yield family

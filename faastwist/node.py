@@ -223,6 +223,7 @@ class FaasNode(Service):
             node_info(__version__, self.config.provider, self.config.name, self.node_id,
                       time.time(), self.leader.is_leader),
             self.reactor, openapi=openapi_document(self.config.name))
+        self._push("metrics scrape thread", self.ops.close)
         console = ConsoleResource(self.reactor, self.config.name,
                                   gate_url_for(http.address, http.port, http.https),
                                   max_body_size=admin.max_body_size)
