@@ -54,6 +54,7 @@ class GateContext:
         #: where access-log lines go (buffered to the log's stream, or log events)
         self.access = access if access is not None else AccessLog(clock)
         self.call_ids = call_ids or CallIds()
+        self.queue: Any = None  # an accept.Enqueuer when async invocations are on
         self.draining = False
         self.inflight = 0
         self._idle_waiters: list[Deferred] = []

@@ -52,6 +52,14 @@ class Expired(StoreError):
     """A page was asked for at a revision the store has compacted away."""
 
 
+class OutcomeUnknown(StoreUnavailable):
+    """A write was sent but no answer came: it may or may not have been applied."""
+
+
+class Fenced(StoreError):
+    """A leader's write was refused: this node no longer holds the leader key."""
+
+
 @attrs.frozen
 class FunctionRecord:
     """A function's spec and status with the revisions they were read at."""
@@ -130,10 +138,12 @@ class FunctionStore(Protocol):
         at most ``limit``, at ``revision`` (0: now); Expired when compacted away."""
 
     def update(self, expected: FunctionRecord, spec: FunctionSpec | None = None,
-               status: FunctionStatus | None = None) -> Deferred[FunctionRecord]:
-        """Replace spec and/or status if neither changed since ``expected`` was read."""
+               status: FunctionStatus | None = None,
+               fence: Sequence[Any] = ()) -> Deferred[FunctionRecord]:
+        """Replace spec and/or status if neither changed since ``expected`` was read
+        (and, for the leader, if the ``fence`` comparisons on its key still hold)."""
 
-    def delete(self, expected: FunctionRecord) -> Deferred[None]:
+    def delete(self, expected: FunctionRecord, fence: Sequence[Any] = ()) -> Deferred[None]:
         """Remove both keys if neither changed since ``expected`` was read."""
 
     def watch(self, start_revision: int, on_changes: Callable[[Sequence[Change]], None],
