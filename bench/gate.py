@@ -1,25 +1,30 @@
 """Gate benchmark on loopback: faastwist's gate against nginx and Twisted's own proxy.
 
-    PYTHONPATH=. .venv/bin/python bench/gate.py              # the table (about a minute)
-    PYTHONPATH=. .venv/bin/python bench/gate.py --profile    # cProfile of the gate at c16
+    PYTHONPATH=. .venv/bin/python bench/gate.py              # the table (about 2 minutes)
+    PYTHONPATH=. .venv/bin/python bench/gate.py --profile --access-log   # calls per request
 
-One fixed upstream (nginx, one worker, a 17-byte answer over keep-alive) serves three
-proxies that all route on ``X-FaaS-Func-Name`` and send ``Host: demo10.default.example.com``:
+One fixed upstream (nginx, one worker, a 17-byte answer over keep-alive) serves the
+proxies, which all route on ``X-FaaS-Func-Name`` and send
+``Host: demo10.default.example.com``:
 
-- gate: faastwist's GateService (lean HTTP/1.1 transport) with every feature on: route
-  table from a store, request adaptor, header hygiene, X-Forwarded-*, call ids,
-  Prometheus metrics, per-function timeout; access log off (``--access-log`` turns
-  it on);
+- nginx: one worker, ``map $http_x_faas_func_name``, keep-alive upstream pool (the
+  reference);
 - twisted: ``twisted.web.proxy.ReverseProxyResource`` behind a resource that checks
   the same header (Twisted's own reverse proxy, the baseline);
-- nginx: one worker, ``map $http_x_faas_func_name``, keep-alive upstream pool;
-- gate-web (only with ``--only ... gate-web``): the gate's twisted.web transport, which
+- gate: faastwist's GateService (lean HTTP/1.1 transport) with every feature on: route
+  table from a store, request adaptor, header hygiene, X-Forwarded-*, call ids,
+  Prometheus counts, per-function timeout, and the access log on, written to a file
+  as under twistd; then the same with the access log off, the same under the other
+  interpreter (Debian's CPython when this is not it), and the same with 10,000
+  functions in its route table (one of them called);
+- gate-web (only with ``--only gate-web``): the gate's twisted.web transport, which
   serves HTTPS and HTTP/2, measured on plain HTTP for comparison.
 
-Each proxy is one process on one worker. wrk (one thread) runs at concurrency 1, 16
-and 64 for ``--duration`` seconds after a short warm-up; the table gives req/s, p50
-and p99, and each figure as a ratio to nginx and to the Twisted baseline. Every process
-the benchmark starts is stopped by its pid; only 127.0.0.1 is used.
+The interpreters are named with their build (``sysconfig`` CONFIG_ARGS). Each proxy is
+one process; wrk (one thread) runs each concurrency level for ``--duration`` seconds
+after a short warm-up; the table gives req/s, p50 and p99, and each as a ratio to nginx
+and to Twisted's proxy at the same concurrency. Every process the benchmark starts is
+stopped by its pid; only 127.0.0.1 is used.
 """
 
 from __future__ import annotations
@@ -47,13 +52,12 @@ from faastwist.util.ports import free_port  # noqa: E402
 FUNCTION = "demo10"
 HOST = "demo10.default.example.com"
 BODY = "hello from demo10"
-CONCURRENCY = (1, 16, 64)
 
 
 # -- the proxies, as child processes ------------------------------------------------------
 
 def serve_gate(port: int, upstream_port: int, access_log: bool, profile: str | None,
-               transport: str = "lean") -> None:
+               transport: str = "lean", functions: int = 1) -> None:
     """The gate with every feature on, as the benchmark's child process."""
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver, LogLevel
@@ -61,6 +65,7 @@ def serve_gate(port: int, upstream_port: int, access_log: bool, profile: str | N
 
     from faastwist.config import HTTPServerConfig, KnativeConfig
     from faastwist.model.fsm import FunctionStatus, State
+    from faastwist.gate.accesslog import AccessLog
     from faastwist.gate.service import GateService
     from faastwist.metrics import Metrics
     from faastwist.providers.kourier import KnativeRouting
@@ -68,23 +73,33 @@ def serve_gate(port: int, upstream_port: int, access_log: bool, profile: str | N
     from faastwist.model.spec import FunctionSpec
     from faastwist.store.memory import MemoryStore
 
-    level = LogLevel.info if access_log else LogLevel.warn
-    sink = open(os.devnull, "w") if access_log else sys.stderr
+    # as under twistd: the log observer and the access log share one file (the
+    # gate's log, in the benchmark's work folder)
+    log_file = open(os.environ.get("BENCH_GATE_LOG", os.devnull), "a")
     globalLogBeginner.beginLoggingTo([FilteringLogObserver(
-        textFileLogObserver(sink), [LogLevelFilterPredicate(defaultLogLevel=level)])])
+        textFileLogObserver(log_file), [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)])])
+
+    def write(text: str) -> None:
+        log_file.write(text)
+        log_file.flush()
     store = MemoryStore()
     spec = FunctionSpec.from_dict({
         "name": FUNCTION, "image": "bench/demo10", "timeout": "30s",
         "requestAdaptor": {"header": {"set": {"X-Bench": "1"}, "del": ["X-Unwanted"]},
                            "path": {"addPrefix": "/fn"}}})
     store.create(spec, FunctionStatus(FUNCTION, State.ACTIVE))
+    for i in range(functions - 1):  # others in the route table, never called
+        other = FunctionSpec.from_dict({"name": f"fn{i:05d}", "image": "bench/other",
+                                        "requestAdaptor": {"path": {"addPrefix": "/o"}}})
+        store.create(other, FunctionStatus(other.name, State.ACTIVE))
     routes = RouteTable(store, reactor)
     routes.startService()
     provider = KnativeRouting(KnativeConfig(
         network_layer_url=f"http://127.0.0.1:{upstream_port}",
         namespace="default", host_suffix="example.com"))
     service = GateService(HTTPServerConfig(port=port, address="127.0.0.1"), routes, provider,
-                          reactor, Metrics(), access_log=access_log, transport=transport)
+                          reactor, Metrics(), access_log=access_log, transport=transport,
+                          access=AccessLog(reactor, write, json=False))
     service.startService()
     profiler = None
     if profile:
@@ -98,6 +113,7 @@ def serve_gate(port: int, upstream_port: int, access_log: bool, profile: str | N
             profiler.dump_stats(profile)
 
     reactor.addSystemEventTrigger("before", "shutdown", dump)  # SIGTERM stops the reactor
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
 
 
@@ -251,7 +267,7 @@ def run_wrk(port: int, connections: int, duration: float) -> dict[str, float]:
 
 
 def table(results: dict[str, dict[int, dict[str, float]]]) -> str:
-    lines = [f"{'proxy':<9}{'c':>4}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}   "
+    lines = [f"{'proxy':<22}{'c':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}   "
              f"{'vs nginx (req/s p50 p99)':<27}{'vs twisted (req/s p50 p99)':<27}"]
     for name, by_c in results.items():
         for c, r in by_c.items():
@@ -263,7 +279,7 @@ def table(results: dict[str, dict[int, dict[str, float]]]) -> str:
                                   f"{r['p99_ms'] / b['p99_ms']:6.2f}")
                 else:
                     ratios.append("")
-            lines.append(f"{name:<9}{c:>4}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}"
+            lines.append(f"{name:<22}{c:>5}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}"
                          f"{r['p99_ms']:>9.2f}   {ratios[0]:<27}{ratios[1]:<27}")
     return "\n".join(lines)
 
@@ -281,26 +297,88 @@ def profile_calls(path: str, requests: int) -> str:
             f"{total_calls / max(requests, 1):.0f} calls per request\n" + out.getvalue())
 
 
+def interpreter_info(python: str) -> dict[str, Any]:
+    """Version, path and whether the build is optimized, as ``python`` reports it."""
+    code = ("import json, os, sys, sysconfig; a = sysconfig.get_config_var('CONFIG_ARGS') or ''; "
+            "print(json.dumps({'version': sys.version.split()[0], 'executable': sys.executable, "
+            "'pgo': '--enable-optimizations' in a, 'lto': '--with-lto' in a, "
+            "'debian': sys.executable.startswith('/usr/bin/') and os.path.exists("
+            "'/etc/debian_version')}))")
+    info = json.loads(subprocess.run([python, "-c", code], capture_output=True, text=True,
+                                     check=True).stdout)
+    if info["pgo"] or info["lto"]:
+        info["build"] = "optimized (CONFIG_ARGS: " + ", ".join(
+            f for f, on in (("--enable-optimizations", info["pgo"]), ("--with-lto", info["lto"]))
+            if on) + ")"
+    elif info["debian"]:
+        info["build"] = ("Debian's package: CONFIG_ARGS has neither --enable-optimizations "
+                         "nor --with-lto; Debian builds it with PGO and LTO from debian/rules")
+    else:
+        info["build"] = "not optimized (CONFIG_ARGS has neither --enable-optimizations nor --with-lto)"
+    return info
+
+
+def other_interpreter() -> str | None:
+    """Debian's CPython of the same minor version, when it is not the one running and it
+    can load this venv's packages (the gate then runs under it too)."""
+    candidate = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    if not os.path.exists(candidate) or os.path.realpath(candidate) == os.path.realpath(
+            sys.executable):
+        return None
+    check = subprocess.run([candidate, "-c", "import httptools, twisted, prometheus_client"],
+                           env=dict(os.environ, PYTHONPATH=child_path()), capture_output=True)
+    return candidate if check.returncode == 0 else None
+
+
+def child_path() -> str:
+    """PYTHONPATH for the proxies: the tree, then this interpreter's packages (so another
+    interpreter of the same version runs the gate with the same dependencies)."""
+    import sysconfig
+
+    paths = [str(ROOT), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    paths += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join(dict.fromkeys(paths))
+
+
+#: (row, proxy, concurrency levels); "gate" rows have the access log on
+ROWS = [
+    ("nginx", "nginx", (1, 16, 256, 1024)),
+    ("twisted", "twisted", (16, 256)),
+    ("gate", "gate", (1, 16, 256, 1024)),
+    ("gate, log off", "gate", (16,)),
+    ("gate, other python", "gate", (16,)),
+    ("gate, 10k functions", "gate", (16,)),
+]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
-    parser.add_argument("--access-log", action="store_true", help="gate access log on")
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs per cell, keeping the best by req/s (on a shared machine "
                              "other load only ever makes a run slower)")
     parser.add_argument("--profile", action="store_true",
                         help="run the gate under cProfile at c16 and print where time goes")
-    parser.add_argument("--only", nargs="*", default=["nginx", "twisted", "gate"],
-                        choices=["nginx", "twisted", "gate", "gate-web"],
-                        help="proxies to measure (gate-web: the gate's twisted.web "
-                             "transport, which serves HTTPS/HTTP2, on plain HTTP)")
+    parser.add_argument("--access-log", action="store_true",
+                        help="with --profile: the access log on")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="rows to measure (default: all): " + ", ".join(r[0] for r in ROWS)
+                             + ", gate-web (the twisted.web transport on plain HTTP)")
+    parser.add_argument("--functions", type=int, default=10000,
+                        help="functions in the route table of the '10k functions' row")
+    parser.add_argument("--python", help="the other interpreter (default: Debian's "
+                                         "/usr/bin/python3.X when it is not this one)")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--concurrency", type=int, nargs="*", default=None,
+                        help="wrk connection counts (default: per row)")
     if len(sys.argv) > 1 and sys.argv[1] in ("serve-gate", "serve-gate-web", "serve-twisted"):
         mode, port, upstream = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
         if mode.startswith("serve-gate"):
             profile = sys.argv[sys.argv.index("--profile") + 1] if "--profile" in sys.argv else None
+            functions = (int(sys.argv[sys.argv.index("--functions") + 1])
+                         if "--functions" in sys.argv else 1)
             serve_gate(port, upstream, "--access-log" in sys.argv, profile,
-                       "web" if mode == "serve-gate-web" else "lean")
+                       "web" if mode == "serve-gate-web" else "lean", functions)
         else:
             serve_twisted(port, upstream)
         return
@@ -317,10 +395,10 @@ def main() -> None:
         upstream_port = free_port()
         nginx(processes, workdir, "upstream",
               NGINX_UPSTREAM.format(port=upstream_port, answer=BODY), upstream_port)
-        python = sys.executable
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONPATH=child_path(), BENCH_GATE_LOG=str(workdir / "gate-log"))
 
-        def start_proxy(name: str, extra: list[str] | None = None) -> tuple[subprocess.Popen, int]:
+        def start_proxy(name: str, python: str = sys.executable,
+                        extra: list[str] | None = None) -> tuple[subprocess.Popen, int]:
             port = free_port()
             if name == "nginx":
                 process = nginx(processes, workdir, "proxy", NGINX_PROXY.format(
@@ -330,13 +408,13 @@ def main() -> None:
                 process = processes.start([python, __file__, f"serve-{name}", str(port),
                                            str(upstream_port), *(extra or [])], env=env,
                                           stdout=log, stderr=subprocess.STDOUT)
-                wait_listening(port, process)
+                wait_listening(port, process, timeout=60)
             check(port)
             return process, port
 
         if args.profile:
             prof = str(workdir / "gate.prof")
-            process, port = start_proxy("gate", ["--profile", prof] + (
+            process, port = start_proxy("gate", extra=["--profile", prof] + (
                 ["--access-log"] if args.access_log else []))
             measured = run_wrk(port, 16, args.duration)
             processes.stop(process)
@@ -347,22 +425,44 @@ def main() -> None:
                 shutil.copy(prof, os.environ["BENCH_KEEP_PROFILE"])
             return
 
-        order = [n for n in ("nginx", "twisted", "gate", "gate-web") if n in args.only]
-        for name in order:
-            extra = ["--access-log"] if name.startswith("gate") and args.access_log else []
-            process, port = start_proxy(name, extra)
-            run_wrk(port, 16, 1.0)  # warm-up: connections, caches, JIT-free but allocators
-            results[name] = {}
-            for connections in CONCURRENCY:
+        here = interpreter_info(sys.executable)
+        other = args.python or other_interpreter()
+        print(f"interpreter: Python {here['version']} ({here['executable']}): {here['build']}")
+        if other:
+            there = interpreter_info(other)
+            print(f"other interpreter: Python {there['version']} ({there['executable']}): "
+                  f"{there['build']}")
+        print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} "
+              f"{os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} at the start", flush=True)
+        rows = [r for r in ROWS if args.only is None or r[0] in args.only]
+        if args.only and "gate-web" in args.only:
+            rows.append(("gate-web", "gate-web", (16,)))
+        for label, proxy, levels in rows:
+            python, extra = sys.executable, []
+            if proxy.startswith("gate") and label != "gate, log off":
+                extra.append("--access-log")
+            if label == "gate, other python":
+                if not other:
+                    print("(no other interpreter: the 'gate, other python' row is skipped)")
+                    continue
+                python = other
+                label = f"gate, python {interpreter_info(other)['version']}"
+            if label == "gate, 10k functions":
+                extra += ["--functions", str(args.functions)]
+            process, port = start_proxy(proxy, python, extra)
+            run_wrk(port, 16, 1.0)  # warm-up: connections, caches, allocators
+            results[label] = {}
+            for connections in args.concurrency or levels:
                 runs = [run_wrk(port, connections, args.duration)
                         for _ in range(max(1, args.repeat))]
-                results[name][connections] = max(runs, key=lambda r: r["rps"])
-                print(f"{name} c{connections}: {results[name][connections]['rps']:.0f} req/s",
+                results[label][connections] = max(runs, key=lambda r: r["rps"])
+                print(f"{label} c{connections}: {results[label][connections]['rps']:.0f} req/s",
                       file=sys.stderr, flush=True)
             processes.stop(process)
-        print(f"loopback, {os.cpu_count()} cores, one worker per proxy, wrk -t1, "
-              f"{args.duration:g}s per run, best of {max(1, args.repeat)}, gate access log "
-              f"{'on' if args.access_log else 'off'}; Python {sys.version.split()[0]}")
+        print(f"loopback, one process per proxy (nginx: worker_processes 1), wrk -t1, "
+              f"{args.duration:g}s per run, best of {max(1, args.repeat)}; gate rows with the "
+              f"access log on (to a file) unless 'log off'; load average at the end "
+              f"{os.getloadavg()[0]:.2f}")
         print(table(results))
         failures = [(n, c, r) for n, by_c in results.items() for c, r in by_c.items()
                     if r["non2xx"] or r["socket_errors"]]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import IO, Any, Mapping
+from typing import IO, Any, Callable, Mapping
 
 from twisted.logger import FileLogObserver, ILogObserver, LogEvent, formatEvent
 from twisted.python import usage
@@ -117,6 +117,49 @@ def json_file_observer(stream: IO[Any]) -> ILogObserver:
 
 
 _destination: str | None = None  # set by use_log_format from twistd's --logfile
+TEXT_FACTORY_NAME = "faastwist.logformat.text_observer"
+
+#: where the gate's access log writes its batches: (write whole lines, json?), set
+#: when one of this module's observers opened the log's stream
+_access: tuple[Callable[[str], None], bool] | None = None
+
+
+def access_sink() -> tuple[Callable[[str], None] | None, bool]:
+    """The log's stream for the gate's buffered access log, and whether it takes JSON.
+
+    (None, False) unless one of this module's observers writes the log (twistd's
+    ``--syslog`` or another ``--logger``, tests): the access log then logs events.
+    """
+    if _access is None:
+        return None, False
+    return _access
+
+
+def _open_destination() -> IO[Any]:
+    """stdout, or twistd's --logfile (rotated on SIGUSR1, as twistd's own does)."""
+    if _destination is None:
+        return sys.stdout
+    from twisted.python.logfile import LogFile
+
+    logfile = LogFile.fromFullPath(_destination)
+    import signal
+
+    if not signal.getsignal(signal.SIGUSR1):
+        def rotate(signum: int, frame: Any) -> None:
+            from twisted.internet import reactor
+
+            reactor.callFromThread(logfile.rotate)  # type: ignore[attr-defined]
+        signal.signal(signal.SIGUSR1, rotate)
+    return logfile
+
+
+def _register(stream: IO[Any], json_lines: bool) -> None:
+    global _access
+
+    def write(text: str) -> None:
+        stream.write(text)
+        stream.flush()
+    _access = (write, json_lines)
 
 
 def json_observer() -> ILogObserver:
@@ -125,40 +168,53 @@ def json_observer() -> ILogObserver:
     Called by twistd before it redirects stdout into the log, so ``sys.stdout`` is
     still the real stream here (journald's, under systemd).
     """
-    if _destination is None:
-        return json_file_observer(sys.stdout)
-    from twisted.python.logfile import LogFile
+    stream = _open_destination()
+    _register(stream, True)
+    return json_file_observer(stream)
 
-    return json_file_observer(LogFile.fromFullPath(_destination))
+
+def text_observer() -> ILogObserver:
+    """twistd ``--logger`` factory for ``--log-format text``: twistd's own text observer
+    on twistd's own destination, whose stream the access log then shares."""
+    from twisted.logger import textFileLogObserver
+
+    stream = _open_destination()
+    _register(stream, False)
+    return textFileLogObserver(stream)
 
 
 def use_log_format(options: usage.Options, log_format: str) -> None:
     """Apply ``--log-format`` from the faasgate plugin's ``postOptions``.
 
-    ``text`` leaves twistd's own observer alone. ``json`` sets twistd's ``--logger``
-    to ``json_observer`` unless the operator chose a logger already, and follows
-    twistd's ``--logfile`` when one was given. Raises UsageError for an unknown
-    format or a combination twistd cannot honour.
+    Both formats set twistd's ``--logger`` to this module's observer for that format
+    (so the gate's access log can write to the same stream in batches), on twistd's
+    destination (``--logfile``, stdout with ``--nodaemon``, else twistd.log), unless
+    the operator chose a logger or ``--syslog`` (then twistd's own observer stays, and
+    the access log logs events through it). Raises UsageError for an unknown format
+    or a combination twistd cannot honour.
     """
     if log_format not in LOG_FORMATS:
         raise usage.UsageError(f"--log-format must be one of {', '.join(LOG_FORMATS)}, "
                                f"got {log_format!r}")
-    if log_format == "text":
-        return
     parent: Mapping[str, Any] | None = getattr(options, "parent", None)
     if parent is None:
         return  # not under twistd (a test building the service directly)
     if parent.get("logger"):
         return  # an explicit --logger wins
     if parent.get("syslog"):
+        if log_format == "text":
+            return  # twistd's syslog observer
         raise usage.UsageError("--log-format json and --syslog both choose the log "
                                "destination; use one of them")
     global _destination
     logfile = parent.get("logfile")
+    if logfile == "-" and not parent.get("nodaemon") and log_format == "text":
+        return  # twistd refuses this itself ("Daemons cannot log to stdout")
     if logfile and logfile != "-":
         _destination = logfile
     elif not logfile and not parent.get("nodaemon"):
         _destination = "twistd.log"  # where twistd itself would write as a daemon
     else:
         _destination = None
-    parent["logger"] = FACTORY_NAME  # type: ignore[index]
+    parent["logger"] = (  # type: ignore[index]
+        FACTORY_NAME if log_format == "json" else TEXT_FACTORY_NAME)

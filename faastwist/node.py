@@ -332,6 +332,7 @@ class FaasNode(Service):
                               self.reconciler.kick, self.reactor, admin.max_body_size,
                               log_source=log_source, cache=self._cached_records,
                               node_id=self.node_id)
+        self._push("admin encoder", self.admin.close)
         self.ops = OpsAPI(
             self.metrics,
             {"etcd": self.store.check, "watch": self._routes_current,
@@ -339,6 +340,7 @@ class FaasNode(Service):
             node_info(__version__, self.config.provider, self.config.name, self.node_id,
                       time.time(), self.leader.is_leader, self._cluster_info),
             self.reactor, openapi=openapi_document(self.config.name))
+        self._push("metrics scrape thread", self.ops.close)
         console = ConsoleResource(self.reactor, self.config.name,
                                   gate_url_for(http.address, http.port, http.https),
                                   max_body_size=admin.max_body_size)
@@ -413,11 +415,15 @@ class FaasNode(Service):
                           "{error}", what=what, error=str(exc))
 
     def _start_gate(self) -> None:
+        from faastwist.gate.accesslog import AccessLog
         from faastwist.gate.service import GateService
+        from faastwist.logformat import access_sink
 
         http = self.config.http_server
+        sink, json_lines = access_sink()
         self.gate = GateService(http, self.routes, self.provider, self.reactor, self.metrics,
-                                access_log=http.access_log, fd_reserve=self.fd_reserve)
+                                access_log=http.access_log, fd_reserve=self.fd_reserve,
+                                access=AccessLog(self.reactor, sink, json_lines))
         try:
             self.gate.startService()
         except Exception as exc:

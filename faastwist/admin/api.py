@@ -19,9 +19,11 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.threads import deferToThreadPool
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 from twisted.web.iweb import IRequest
@@ -29,12 +31,18 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import RequestRedirect
 
 from faastwist.admin.codec import (
+    JSON_TYPE,
     NDJSON_TYPE,
+    YAML_RESPONSE_TYPE,
     ApiError,
     bounded_request_factory,
     decode_body,
+    decode_continue,
+    encode,
+    encode_continue,
     header_text,
     parse_follow,
+    parse_limit,
     parse_since,
     parse_tail,
     query_params,
@@ -43,6 +51,7 @@ from faastwist.admin.codec import (
     respond,
     respond_error,
     status_document,
+    wants_json,
 )
 from faastwist.model.fsm import Event, FunctionStatus, InvalidEvent, apply_event
 from faastwist.model.keys import new_key
@@ -51,10 +60,12 @@ from faastwist.model.spec import FunctionSpec, SpecError
 from faastwist.store.base import (
     AlreadyExists,
     Conflict,
+    Expired,
     FunctionRecord,
     FunctionStore,
     NotFound,
     OutcomeUnknown,
+    Page,
     StoreUnavailable,
 )
 
@@ -67,6 +78,10 @@ BASE = "/apis/<any(v1, v2):version>/faas/<controller>"
 FUNCTION = BASE + "/<fn>"
 DEFAULT_MAX_BODY_SIZE = 1 << 20
 DEFAULT_STORE_TIMEOUT = 10.0
+DEFAULT_PAGE = 100
+#: records from which a list is built and encoded off the reactor
+THREAD_THRESHOLD = 200
+LINE_CACHE = 50_000
 DEFAULT_READ_TIMEOUT = 2.0
 STALE_HEADER = "X-FaaS-Stale"
 RETRY_WINDOW = 600.0
@@ -120,6 +135,9 @@ class AdminAPI:
         self.log_source = log_source
         self.wall_clock = wall_clock
         self.store_timeout = store_timeout
+        self._pool: ThreadPool | None = None
+        #: (name, spec revision, status revision) -> the record as one JSON line
+        self._lines: dict[tuple[str, int, int], str] = {}
         self.cache = cache
         self._unknown: dict[str, tuple[FunctionSpec, float]] = {}  # creates of unknown outcome
         self.read_timeout = read_timeout
@@ -135,6 +153,64 @@ class AdminAPI:
                     parsePOSTFormSubmission=False, reactor=self.clock)
 
     # -- helpers ---------------------------------------------------------------------
+    async def respond_large(self, request: IRequest, code: int, source: T,
+                            build: Callable[[T], Any]) -> bytes:
+        """``respond(build(source))``, built and encoded on the API's own thread when
+        ``source`` is large: a list of 10,000 functions costs seconds of CPU, and on
+        the reactor that would stall every gate request meanwhile."""
+        as_json = wants_json(header_text(request, b"accept"))
+        size = len(getattr(source, "records", source))  # type: ignore[arg-type]
+        if size < THREAD_THRESHOLD or not hasattr(self.clock, "callFromThread"):
+            body, content_type = self._encode_records(build(source), as_json, size)
+        else:
+            if self._pool is None:
+                self._pool = ThreadPool(minthreads=0, maxthreads=1, name="admin-encode")
+                self._pool.start()
+            body, content_type = await deferToThreadPool(
+                self.clock, self._pool,  # type: ignore[arg-type]
+                lambda: self._encode_records(build(source), as_json, size))
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", content_type.encode())
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return body
+
+    def _encode_records(self, data: Any, as_json: bool, size: int) -> tuple[bytes, str]:
+        """``data`` (FunctionRecords, or ``{items: [...], metadata}``) as a body.
+
+        Small: as ``respond`` writes any answer. Large (``THREAD_THRESHOLD`` or more
+        functions): one function per line, as JSON; for YAML too, in YAML's flow style
+        (JSON is YAML), since block YAML of 10,000 functions takes seconds even with
+        libyaml. Each function's line is kept for as long as its record is unchanged
+        (by name and both revisions), so a console or a client polling the full list
+        pays for the functions that changed, not for all of them.
+        """
+        paged = isinstance(data, dict)
+        records = data["items"] if paged else data
+        if size < THREAD_THRESHOLD:
+            items = [record_document(r) for r in records]
+            return encode({**data, "items": items} if paged else items, as_json)
+        cache, lines = self._lines, []
+        for record in records:
+            key = (record.name, record.spec_revision, record.status_revision)
+            line = cache.get(key)
+            if line is None or key[1] == 0:  # no revision to tell versions apart: encode
+                line = json.dumps(record_document(record))
+                if len(cache) >= LINE_CACHE:
+                    cache.clear()
+                cache[key] = line
+            lines.append(line)
+        text = "[\n" + ",\n".join(lines) + "\n]"
+        if paged:
+            text = ('{"items": ' + text + ', "metadata": '
+                    + json.dumps(data["metadata"]) + "}")
+        return text.encode() + b"\n", JSON_TYPE if as_json else YAML_RESPONSE_TYPE
+
+    def close(self) -> None:
+        """Stop the encoding thread (the node does this at shutdown)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.stop()
+
     def _timed(self, d: Deferred[T], what: str, code: int) -> Deferred[T]:
         """Bound a call so a hung store or log source cannot hold a request forever."""
         def on_timeout(result: Any, timeout: float) -> Any:
@@ -228,13 +304,47 @@ class AdminAPI:
 
     @controller_route(app, BASE, "GET")
     async def list_functions(self, request: IRequest, version: str, controller: str) -> bytes:
-        listing, stale = await self._read(self.store.list)
-        if stale:
-            cached = self.cache()
-            return self._stale(request, [dict(record_document(cached[name]), stale=True)
-                                         for name in sorted(cached)])
-        records = [record_document(listing.records[name]) for name in sorted(listing.records)]
-        return respond(request, 200, records)
+        """Every function (a list), or with ``limit``/``continue`` one page of them
+        (``{items, metadata: {continue, remainingItemCount, resourceVersion}}``, as
+        Kubernetes lists do); ``prefix`` keeps the names that start with it."""
+        params = query_params(request.uri, ("limit", "continue", "prefix"))
+        prefix = params.get("prefix", "")
+        if len(prefix) > 63:
+            raise ApiError(400, "prefix: a function name is at most 63 characters")
+        if "limit" not in params and "continue" not in params:
+            if prefix:
+                page = await self._store(self.store.list_page("", 1 << 30, 0, prefix))
+                records = page.records
+            else:
+                listing, stale = await self._read(self.store.list)
+                if stale:
+                    cached = self.cache()
+                    return self._stale(request, [dict(record_document(cached[name]), stale=True)
+                                                 for name in sorted(cached)])
+                records = listing.records
+            return await self.respond_large(request, 200, records, lambda r: [
+                r[name] for name in sorted(r)])
+        limit = parse_limit(params.get("limit"), DEFAULT_PAGE)
+        after, revision = "", 0
+        if params.get("continue"):
+            after, revision, token_prefix = decode_continue(params["continue"])
+            if "prefix" in params and prefix != token_prefix:
+                raise ApiError(400, "prefix: must be the one the continue token was made "
+                                    f"with ({token_prefix!r}), or left out")
+            prefix = token_prefix
+        try:
+            page = await self._store(self.store.list_page(after, limit, revision, prefix))
+        except Expired:
+            raise ApiError(410, "continue: the listing this token continues has expired "
+                                "(the store compacted its revision); list again from the "
+                                "first page") from None
+        token = encode_continue(page.last, page.revision, prefix) if page.remaining else ""
+
+        def body(p: Page) -> dict:
+            return {"items": [p.records[name] for name in sorted(p.records)],
+                    "metadata": {"continue": token, "remainingItemCount": p.remaining,
+                                 "resourceVersion": str(p.revision)}}
+        return await self.respond_large(request, 200, page, body)
 
     @controller_route(app, FUNCTION, "GET")
     async def get_function(self, request: IRequest, version: str, controller: str,

@@ -7,6 +7,7 @@ as about formats) can be read and tested on their own. Everything here raises
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any, Iterable, Mapping
 from urllib.parse import parse_qsl
@@ -130,12 +131,17 @@ def wants_json(accept: str | None) -> bool:
     return json_q > 0 and json_q >= yaml_q
 
 
+#: libyaml's emitter when PyYAML was built with it: 20-50 times faster than the pure
+#: Python one (a list of 10,000 functions: about 1 s instead of 40 s, measured)
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def encode(data: Any, as_json: bool) -> tuple[bytes, str]:
     """The response body and its Content-Type."""
     if as_json:
         return json.dumps(data, indent=2).encode() + b"\n", JSON_TYPE
-    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False,
-                          width=1 << 20)  # no folding: one message, one line
+    text = yaml.dump(data, Dumper=_DUMPER, sort_keys=False, allow_unicode=True,
+                     default_flow_style=False, width=1 << 20)  # no folding: one message, one line
     return text.encode(), YAML_RESPONSE_TYPE
 
 
@@ -371,3 +377,39 @@ def parse_since(value: str | None, now: float) -> float | None:
     except UnitError:
         raise ApiError(400, f"since: expected an RFC3339 timestamp like 2024-05-01T10:00:00Z "
                             f"or a duration like 5m, got {value!r}") from None
+
+
+# -- paging: limit + continue, as Kubernetes lists do ---------------------------------------
+
+MAX_LIMIT = 1000
+
+
+def parse_limit(value: str | None, default: int) -> int:
+    if value is None or value == "":
+        return default
+    if not (value.isascii() and value.isdigit() and len(value) <= 5) or not (
+            1 <= int(value) <= MAX_LIMIT):
+        raise ApiError(400, f"limit: must be a number of functions from 1 to {MAX_LIMIT}, "
+                            f"got {value!r}")
+    return int(value)
+
+
+def encode_continue(after: str, revision: int, prefix: str) -> str:
+    """An opaque token: where the next page starts, and the revision of the first."""
+    raw = json.dumps({"a": after, "r": revision, "p": prefix}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_continue(token: str) -> tuple[str, int, str]:
+    """(after, revision, prefix) of a token from ``encode_continue``; 400 otherwise."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        data = json.loads(raw)
+        after, revision, prefix = data["a"], data["r"], data["p"]
+        if not (isinstance(after, str) and isinstance(prefix, str) and type(revision) is int
+                and revision > 0 and len(after) <= 63 and len(prefix) <= 63):
+            raise ValueError
+    except Exception:
+        raise ApiError(400, "continue: not a token from this API (pass the "
+                            "metadata.continue of the previous page as is)") from None
+    return after, revision, prefix

@@ -13,10 +13,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from faastwist.gate.accesslog import AccessLog
 from faastwist.gate.decisions import CallIds
 from faastwist.gate.routes import Route, RouteTable
 from faastwist.gate.upstream import UpstreamPool
-from faastwist.metrics import Metrics
+from faastwist.metrics import FunctionCounts, Metrics
 from faastwist.providers.base import Provider
 
 log = Logger(namespace="faastwist.gate")
@@ -30,33 +31,6 @@ class Expiring(TypingProtocol):
     def timed_out(self) -> None: ...
 
 
-class FunctionMetrics:
-    """One function's Prometheus series, resolved once (``labels()`` is not free)."""
-
-    __slots__ = ("metrics", "name", "started", "active", "bytes_in", "bytes_out", "codes")
-
-    def __init__(self, metrics: Metrics, name: str) -> None:
-        self.metrics = metrics
-        self.name = name
-        self.started = metrics.invocation_started.labels(name)
-        # in flight: a plain counter the gauge reads when scraped (no lock per request)
-        self.active = 0
-        metrics.inflight.labels(name).set_function(lambda: self.active)
-        self.bytes_in = metrics.bytes_in.labels(name)
-        self.bytes_out = metrics.bytes_out.labels(name)
-        self.codes: dict[int, tuple[Any, Any]] = {}
-
-    def finished(self, code: int, seconds: float) -> None:
-        pair = self.codes.get(code)
-        if pair is None:
-            label = str(code)
-            pair = self.codes[code] = (self.metrics.invocations.labels(self.name, label),
-                                       self.metrics.invocation_seconds.labels(self.name, label))
-        pair[0].inc()
-        pair[1].observe(seconds)
-
-
-
 #: How often the gate looks for requests past their function's timeout: a timeout
 #: fires at most this late.
 TICK = 0.05
@@ -67,7 +41,8 @@ class GateContext:
 
     def __init__(self, routes: RouteTable, provider: Provider, pool: UpstreamPool,
                  clock: IReactorTime, metrics: Metrics, max_body_size: int, keep_alive: bool = True,
-                 access_log: bool = False, call_ids: CallIds | None = None) -> None:
+                 access_log: bool = False, call_ids: CallIds | None = None,
+                 access: AccessLog | None = None) -> None:
         self.routes = routes
         self.provider = provider
         self.pool = pool
@@ -76,12 +51,13 @@ class GateContext:
         self.max_body_size = max_body_size
         self.keep_alive = keep_alive
         self.access_log = access_log
+        #: where access-log lines go (buffered to the log's stream, or log events)
+        self.access = access if access is not None else AccessLog(clock)
         self.call_ids = call_ids or CallIds()
         self.queue: Any = None  # an accept.Enqueuer when async invocations are on
         self.draining = False
         self.inflight = 0
         self._idle_waiters: list[Deferred] = []
-        self._function_metrics: dict[str, FunctionMetrics] = {}
         #: function -> (its rateLimit, its token bucket on this node)
         self.buckets: dict[str, tuple[Any, Any]] = {}
         #: exchange -> when its function's timeout passes; swept every TICK seconds
@@ -90,7 +66,9 @@ class GateContext:
         self._sweeper: LoopingCall | None = None
 
     def start(self) -> None:
-        """Start the timeout sweep (GateService does this)."""
+        """Start the timeout sweep and the access log's flush timer (GateService does
+        this)."""
+        self.access.start()
         if self._sweeper is None:
             self._sweeper = LoopingCall(self._expire)
             self._sweeper.clock = self.clock
@@ -100,6 +78,7 @@ class GateContext:
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
         self._sweeper = None
+        self.access.stop()  # the last lines, once every exchange is over
 
     def _expire(self) -> None:
         if not self.deadlines:
@@ -130,10 +109,10 @@ class GateContext:
             for d in waiters:
                 d.callback(None)
 
-    def function_metrics(self, route: Route) -> FunctionMetrics:
-        """Per-function metric children, kept by name (not per route version, so the
-        in-flight count survives a route change)."""
-        found = self._function_metrics.get(route.name)
+    def function_metrics(self, route: Route) -> FunctionCounts:
+        """The function's plain counters (kept by name, not per route version, so the
+        in-flight count survives a route change); cached on the route."""
+        found = route.cache.get("counts")
         if found is None:
-            found = self._function_metrics[route.name] = FunctionMetrics(self.metrics, route.name)
+            found = route.cache["counts"] = self.metrics.gate.counts(route.name)
         return found

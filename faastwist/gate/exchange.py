@@ -18,8 +18,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from faastwist.gate.accept import Accept, begin_async
-from faastwist.gate.context import FunctionMetrics, GateContext
 from faastwist.gate.access import TokenBucket, key_allowed, presented_key, retry_after
+from faastwist.gate.context import GateContext
+from faastwist.metrics import FunctionCounts
 from faastwist.gate.decisions import (
     RETRY_AFTER_NOT_ACTIVE,
     GateError,
@@ -35,7 +36,6 @@ from faastwist.gate.routes import Route
 from faastwist.gate.upstream import UpstreamConnection, classify_connect_error
 
 log = Logger()
-access = Logger(namespace="faastwist.access")
 
 #: Body bytes held while the upstream is not connected yet, and replayable on a retry.
 BUFFER_LIMIT = 64 * 1024
@@ -88,7 +88,7 @@ class Exchange:
         self.head = head
         self.started = context.clock.seconds()
         self.route: Route | None = None
-        self.meters: FunctionMetrics | None = None
+        self.meters: FunctionCounts | None = None
         self.call_id = b""
         self.name = ""
         self.target = head.target
@@ -160,7 +160,7 @@ class Exchange:
             return
         self.route = route
         meters = self.meters = context.function_metrics(route)
-        meters.started.inc()
+        meters.started += 1
         meters.active += 1
         context.deadlines[self] = self.started + route.timeout
         try:
@@ -412,7 +412,7 @@ class Exchange:
     def _upstream_error(self, kind: str, detail: str) -> None:
         meters = self.meters
         if meters is not None:
-            self.context.metrics.upstream_errors.labels(self.name, kind).inc()
+            meters.error(kind)
         if self.responded:
             log.info("upstream of {function} failed mid-response: {detail}",
                      function=self.name, detail=detail)
@@ -428,7 +428,7 @@ class Exchange:
         if self.done:
             return
         if self.meters is not None:
-            self.context.metrics.upstream_errors.labels(self.name, "timeout").inc()
+            self.meters.error("timeout")
         waiting, self.waiting = self.waiting, None
         if self.responded:
             self._abort_both(504)
@@ -531,16 +531,12 @@ class Exchange:
         if meters is not None:
             meters.active -= 1
             meters.finished(code, elapsed)
-            if self.bytes_in:
-                meters.bytes_in.inc(self.bytes_in)
-            if self.bytes_out:
-                meters.bytes_out.inc(self.bytes_out)
+            meters.bytes_in += self.bytes_in
+            meters.bytes_out += self.bytes_out
         if context.access_log:
-            access.info(
-                "{method} {path} {function} {status} {duration:.4f}s {bytes}B {call_id}",
-                method=self.head.method.decode("latin-1"),
-                path=self.head.target.decode("latin-1"), function=self.name, status=code,
-                duration=elapsed, bytes=self.bytes_out, call_id=self.call_id.decode("latin-1"))
+            head = self.head
+            context.access.record(self.ended, head.method, head.target, self.name, code,
+                                  elapsed, self.bytes_out, self.call_id)
         context._ended()
         if notify:
             self.down.exchange_done(self, close or not self.body_complete)

@@ -21,6 +21,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from faastwist.config import HTTPServerConfig
+from faastwist.gate.accesslog import AccessLog
 from faastwist.gate.context import GateContext
 from faastwist.gate.limits import ConnectionLimit, LimitingFactory, over_limit_response
 from faastwist.metrics import Metrics
@@ -44,7 +45,7 @@ class GateService(Service):
     def __init__(self, config: HTTPServerConfig, routes: RouteTable, provider: Provider,
                  reactor: IReactorTCP, metrics: Metrics, access_log: bool,
                  pool: UpstreamPool | None = None, transport: str = "auto",
-                 fd_reserve: FdReserve | None = None) -> None:
+                 fd_reserve: FdReserve | None = None, access: AccessLog | None = None) -> None:
         if transport not in ("auto", "lean", "web"):
             raise ValueError(f"transport must be auto, lean or web, got {transport!r}")
         self.config = config
@@ -52,7 +53,8 @@ class GateService(Service):
         self.transport = transport
         self.pool = pool if pool is not None else UpstreamPool(reactor)
         self.context = GateContext(routes, provider, self.pool, reactor, metrics, config.max_body_size,
-                         keep_alive=config.keep_alive, access_log=access_log)
+                                   keep_alive=config.keep_alive, access_log=access_log,
+                                   access=access)
         self.limit = ConnectionLimit(config.max_connections)
         self.port: IListeningPort | None = None
         self.tls: ReloadableTLS | None = None

@@ -134,6 +134,10 @@ def apply_event(status: FunctionStatus, event: Event, now: float, *,
         start_pending = False
     elif event is Event.PENDING and status.state is State.INACTIVE:
         start_pending = False
+    if (new_state is status.state and event is status.event and message is None
+            and ext_data is None and start_pending == status.start_pending
+            and now == status.updated):
+        return status  # nothing changes: no copy (the reconciler's pass, per function)
     return attrs.evolve(
         status,
         state=new_state,

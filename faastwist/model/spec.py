@@ -233,6 +233,11 @@ def _read_scale_value(reader: FieldReader) -> str:
     return str(value).strip()
 
 
+_SCALE_TYPES = tuple(t.value for t in AutoScaleType)
+_NO_ADAPTOR = RequestAdaptor()
+_MODES = tuple(m.value for m in ProcessMode)
+
+
 @attrs.frozen
 class RateLimit:
     """A token bucket per function per node: ``rps`` tokens a second, ``burst`` at most."""
@@ -282,6 +287,9 @@ class FunctionSpec:
     # asynchronous invocations (0: the controller's queue.concurrency / maxAttempts)
     async_concurrency: int = 0
     max_attempts: int = 0
+    #: ``digest()``, computed once (the reconciler compares it for every function on
+    #: every pass); not a field of the spec: no init, no comparison, no repr
+    _digest: str | None = attrs.field(default=None, init=False, eq=False, repr=False)
 
     @classmethod
     def from_dict(cls, data: object) -> "FunctionSpec":
@@ -291,7 +299,7 @@ class FunctionSpec:
             image=reader.string("image", ""),
             port=reader.integer("port", None, 1, 65535),
             auto_scale_type=AutoScaleType(reader.choice(
-                "autoScaleType", [t.value for t in AutoScaleType], "concurrency")),
+                "autoScaleType", _SCALE_TYPES, "concurrency")),
             auto_scale_value=_read_scale_value(reader),
             min_replica=reader.integer("minReplica", 0, 0, 1000),
             max_replica=reader.integer("maxReplica", 0, 0, 1000),
@@ -299,11 +307,12 @@ class FunctionSpec:
             limit_memory=_read_quantity(reader, "limitMemory"),
             request_cpu=_read_quantity(reader, "requestCPU"),
             request_memory=_read_quantity(reader, "requestMemory"),
-            request_adaptor=reader.section("requestAdaptor", _read_request_adaptor),
+            request_adaptor=reader.section("requestAdaptor", _read_request_adaptor,
+                                           _NO_ADAPTOR),
             timeout=reader.duration("timeout", DEFAULT_TIMEOUT, minimum=0.001),
             command=reader.string_list("command", ()),
             env=reader.string_map("env", {}),
-            mode=ProcessMode(reader.choice("mode", [m.value for m in ProcessMode], "http")),
+            mode=ProcessMode(reader.choice("mode", _MODES, "http")),
             readiness_path=reader.string("readinessPath", ""),
             rate_limit=reader.section("rateLimit", _read_rate_limit),
             async_concurrency=reader.integer("asyncConcurrency", 0, 0, 10000),
@@ -360,8 +369,12 @@ class FunctionSpec:
 
     def digest(self) -> str:
         """A short stable hash of the spec; providers label what they deployed with it."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        digest = self._digest
+        if digest is None:
+            canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+            digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+            object.__setattr__(self, "_digest", digest)  # frozen: a cache, not a change
+        return digest
 
     def check_for_provider(self, provider: str) -> None:
         """Refuse what the chosen provider cannot run, naming the field."""

@@ -20,7 +20,7 @@ from typing import Callable, Collection, Mapping, Sequence, Union
 import attrs
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -127,8 +127,6 @@ class ProcessProvider(Service):
         #: at the next syncInterval
         self.on_change: Callable[[str], None] | None = None
         self._announced: dict[str, tuple] = {}
-        # requests for functions not deployed yet (the first pass after a restart)
-        self._awaiting: dict[str, list[tuple[Deferred, object]]] = {}
 
     # -- service ---------------------------------------------------------------------
     def startService(self) -> None:
@@ -152,8 +150,6 @@ class ProcessProvider(Service):
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
-        for name in list(self._awaiting):
-            self._fail_awaiting(name, "the gate is shutting down")
         stops = [runtime.stop() for runtime in self.runtimes.values()]
         count = sum(len(runtime.pids()) for runtime in self.runtimes.values())
         if count:
@@ -353,19 +349,7 @@ class ProcessProvider(Service):
             runtime.update(spec)
         log.info("deploying {name} ({mode}): {command}", name=spec.name, mode=spec.mode.value,
                  command=" ".join(spec.command))
-        return _after(stopping, runtime.deploy).addCallback(self._deployed, spec.name)
-
-    def _deployed(self, result: None, name: str) -> None:
-        """Hand the requests that arrived before the deploy to the function."""
-        runtime = self.runtimes.get(name)
-        for waiter, timer in self._awaiting.pop(name, []):
-            if timer.active():
-                timer.cancel()
-            if runtime is None:
-                waiter.errback(NoCapacity(f"function {name} is not running", 5))
-            else:
-                maybeDeferred(runtime.acquire).chainDeferred(waiter)
-        return result
+        return _after(stopping, runtime.deploy)
 
     def update(self, spec: FunctionSpec) -> Deferred[None]:
         self._announced.pop(spec.name, None)
@@ -394,7 +378,6 @@ class ProcessProvider(Service):
     def delete(self, name: str) -> Deferred[None]:
         runtime = self.runtimes.pop(name, None)
         self._announced.pop(name, None)
-        self._fail_awaiting(name, "deleted")
         stopping = runtime.stop() if runtime is not None else succeed(None)
         self._staged.pop(name, None)
 
@@ -417,38 +400,17 @@ class ProcessProvider(Service):
             return runtime.acquire()
         if not self.running:
             raise NoCapacity(f"function {spec.name} is not running on this node", 5)
-        # active in the store but not deployed here yet (the gate restarted and the
-        # reconciler's first pass is still to come): hold it like a cold start
-        return self._await_deploy(spec.name)
+        # active in the store (the gate asks only for active routes) but not deployed
+        # here yet: the node restarted and the reconciler's first pass has not reached
+        # it (with 10,000 functions that pass takes a while). Deploy it now, like a
+        # cold start; the pass then finds it running and has nothing to do.
+        return self.deploy(spec).addCallback(lambda _: self._acquire_deployed(spec.name))
 
-    def _await_deploy(self, name: str) -> Deferred[UpstreamLease]:
-        def cancel(waiter: Deferred) -> None:
-            entries = self._awaiting.get(name, [])
-            for entry in entries:
-                if entry[0] is waiter:
-                    entries.remove(entry)
-                    if entry[1].active():
-                        entry[1].cancel()
-                    break
-
-        def expire() -> None:
-            entries = self._awaiting.get(name, [])
-            for entry in list(entries):
-                if entry[0] is waiter:
-                    entries.remove(entry)
-            waiter.errback(NoCapacity(
-                f"function {name} was not deployed on this node within "
-                f"{self.tuning.cold_start_timeout:g}s", 5))
-        waiter: Deferred[UpstreamLease] = Deferred(cancel)
-        timer = self.reactor.callLater(self.tuning.cold_start_timeout, expire)
-        self._awaiting.setdefault(name, []).append((waiter, timer))
-        return waiter
-
-    def _fail_awaiting(self, name: str, why: str) -> None:
-        for waiter, timer in self._awaiting.pop(name, []):
-            if timer.active():
-                timer.cancel()
-            waiter.errback(NoCapacity(f"function {name}: {why}", 5))
+    def _acquire_deployed(self, name: str) -> UpstreamLease | Deferred[UpstreamLease]:
+        runtime = self.runtimes.get(name)
+        if runtime is None:
+            raise NoCapacity(f"function {name} was deleted", 5)
+        return runtime.acquire()
 
     def check(self) -> Deferred[None]:
         if not self.running:

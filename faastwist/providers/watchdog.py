@@ -295,12 +295,18 @@ class ForkRuntime:
         self.stopped = True
 
     def deploy(self) -> Deferred[None]:
+        """Ready at once; the loopback listener opens on the first request (a node with
+        10,000 fork-mode functions would otherwise hold 10,000 listening sockets, and
+        open them all while it starts)."""
         self.stopped = False
-        if self.watchdog is None:
-            self.watchdog = self.make_watchdog(self.spec)
-            self.lease = StaticLease(self.watchdog.listen())
         self.on_change(self.spec.name, 1)
         return succeed(None)
+
+    def _lease(self) -> StaticLease:
+        if self.lease is None:
+            self.watchdog = self.make_watchdog(self.spec)
+            self.lease = StaticLease(self.watchdog.listen())
+        return self.lease
 
     def start(self) -> Deferred[None]:
         return self.deploy()
@@ -322,9 +328,9 @@ class ForkRuntime:
         return succeed(None)
 
     def acquire(self) -> UpstreamLease:
-        if self.stopped or self.lease is None:
+        if self.stopped:
             raise NoCapacity(f"function {self.spec.name} is stopped", 5)
-        return self.lease   # no accounting: the watchdog bounds its own processes
+        return self._lease()   # no accounting: the watchdog bounds its own processes
 
     def tick(self) -> None:
         return None

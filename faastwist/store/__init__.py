@@ -4,16 +4,18 @@ from faastwist.store.base import (
     AlreadyExists,
     Change,
     Conflict,
+    Expired,
     FunctionRecord,
     FunctionStore,
     Listing,
     NotFound,
+    Page,
     StoreError,
     StoreUnavailable,
     WatchHandle,
 )
 
 __all__ = [
-    "AlreadyExists", "Change", "Conflict", "FunctionRecord", "FunctionStore", "Listing",
-    "NotFound", "StoreError", "StoreUnavailable", "WatchHandle",
+    "AlreadyExists", "Change", "Conflict", "Expired", "FunctionRecord", "FunctionStore",
+    "Listing", "NotFound", "Page", "StoreError", "StoreUnavailable", "WatchHandle",
 ]

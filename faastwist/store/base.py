@@ -48,6 +48,10 @@ class StoreUnavailable(StoreError):
     """The backing store cannot be reached (etcd down, timeout)."""
 
 
+class Expired(StoreError):
+    """A page was asked for at a revision the store has compacted away."""
+
+
 class OutcomeUnknown(StoreUnavailable):
     """A write was sent but no answer came: it may or may not have been applied."""
 
@@ -83,6 +87,23 @@ class Listing:
 
 
 @attrs.frozen
+class Page:
+    """Up to ``limit`` functions in name order, read at ``revision``.
+
+    ``remaining`` functions (in the same range) come after the last one; list the next
+    page after ``last`` at the same revision for a consistent listing.
+    """
+
+    records: dict[str, FunctionRecord]
+    revision: int
+    remaining: int
+
+    @property
+    def last(self) -> str:
+        return max(self.records) if self.records else ""
+
+
+@attrs.frozen
 class Change:
     """One key changed: ``value`` is None when the key was deleted."""
 
@@ -109,7 +130,12 @@ class FunctionStore(Protocol):
         """The function by exact name, else NotFound."""
 
     def list(self) -> Deferred[Listing]:
-        """All functions of the controller in one read."""
+        """All functions of the controller at one revision."""
+
+    def list_page(self, after: str = "", limit: int = 500, revision: int = 0,
+                  prefix: str = "") -> Deferred[Page]:
+        """Functions named after ``after`` (and starting with ``prefix``) in name order,
+        at most ``limit``, at ``revision`` (0: now); Expired when compacted away."""
 
     def update(self, expected: FunctionRecord, spec: FunctionSpec | None = None,
                status: FunctionStatus | None = None,
@@ -147,9 +173,35 @@ def encode_status(status: FunctionStatus) -> bytes:
     return json.dumps(status.to_dict(), sort_keys=True).encode()
 
 
-def decode_spec(data: bytes) -> FunctionSpec:
+#: Decoded values by their stored bytes. Every list (the route table's, each reconcile
+#: pass, the admin API's) reads every function again, and validating a spec costs
+#: about 0.15 ms: 1.5 s of a busy reactor per list at 10,000 functions. Records are
+#: frozen, so one decoded value serves every reader of the same bytes.
+_DECODED: dict[bytes, Any] = {}
+_DECODED_MAX = 100_000
+
+
+def _memo(data: bytes, decode: Callable[[bytes], Any]) -> Any:
+    found = _DECODED.get(data)
+    if found is None:
+        found = decode(data)
+        if len(_DECODED) >= _DECODED_MAX:
+            _DECODED.clear()  # old revisions pile up on a busy controller: start over
+        _DECODED[bytes(data)] = found
+    return found
+
+
+def _spec(data: bytes) -> FunctionSpec:
     return FunctionSpec.from_dict(json.loads(data))
 
 
-def decode_status(data: bytes) -> FunctionStatus:
+def _status(data: bytes) -> FunctionStatus:
     return FunctionStatus.from_dict(json.loads(data))
+
+
+def decode_spec(data: bytes) -> FunctionSpec:
+    return _memo(b"p" + data, lambda d: _spec(d[1:]))
+
+
+def decode_status(data: bytes) -> FunctionStatus:
+    return _memo(b"s" + data, lambda d: _status(d[1:]))

@@ -44,9 +44,11 @@ from faastwist.store.base import (
     AlreadyExists,
     Change,
     Conflict,
+    Expired,
     FunctionRecord,
     Listing,
     NotFound,
+    Page,
     StoreError,
     Fenced,
     OutcomeUnknown,
@@ -67,6 +69,9 @@ from faastwist.store.etcdcompat import (
 from faastwist.store.etcdwatch import EtcdWatch, KeyEvent
 
 log = Logger()
+
+#: Functions per read when listing everything (one transaction per page).
+LIST_PAGE = 500
 
 #: gRPC codes etcd uses for "try again / elsewhere" (DEADLINE_EXCEEDED, UNAVAILABLE).
 _TRANSIENT_CODES = frozenset({4, 14})
@@ -315,25 +320,87 @@ class EtcdStore:
 
     @_counted("list")
     def list(self):
-        txn = Transaction(success=[OpGet(KeySet(self.base, prefix=True))])
-        result = yield self.submit("list", txn, idempotent=True)
-        specs: dict[str, KeyValue] = {}
-        statuses: dict[str, KeyValue] = {}
+        """Every function at one revision, read page by page: one read of 20,000 keys
+        is parsed in one go on the reactor (about half a second at 10,000 functions,
+        measured), pages of ``LIST_PAGE`` leave it free in between."""
+        records: dict[str, FunctionRecord] = {}
+        after, revision = "", 0
+        while True:
+            page = yield self._page(after, LIST_PAGE, revision, "")
+            records.update(page.records)
+            revision = page.revision
+            if not page.remaining or not page.records:
+                break
+            after = page.last
+        # invocation keys: few functions have them; one read at the same revision
+        keys_base = self.key("keys", "")
+        (keys_range,) = yield self._ranges([(keys_base, prefix_end(keys_base))], 0, revision)
         keys: dict[str, FunctionKeys] = {}
-        for kv in result.responses[0].kvs:
-            parsed = self.parse_key(kv.key)
-            if parsed is None:
+        for name, kv in self._by_name(keys_range.kvs).items():
+            if name not in records:
                 continue
-            if parsed[0] == "keys":
-                try:
-                    keys[parsed[1]] = FunctionKeys.decode(kv.value)
-                except Exception:
-                    log.failure("unreadable keys of {name}", name=parsed[1])
-                continue
-            (specs if parsed[0] == "spec" else statuses)[parsed[1]] = kv
+            try:
+                keys[name] = FunctionKeys.decode(kv.value)
+            except Exception:
+                log.failure("unreadable keys of {name}", name=name)
+        return Listing(records, revision, keys)
+
+    @_counted("list_page")
+    def list_page(self, after: str = "", limit: int = 500, revision: int = 0,
+                  prefix: str = ""):
+        page = yield self._page(after, limit, revision, prefix)
+        return page
+
+    @inlineCallbacks
+    def _page(self, after: str, limit: int, revision: int, prefix: str):
+        """Specs in name order from after ``after``, and the statuses of the same names,
+        at one revision: one transaction reads both ranges with the same bounds and
+        limit (every function has both keys); when they do not line up (a spec written
+        by hand without its status) the statuses of those names are read again."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        spec_base, status_base = self.key("spec", ""), self.key("status", "")
+        begin = (after.encode() + b"\0") if after and after >= prefix else prefix.encode()
+        end_of = (lambda base: prefix_end(base + prefix.encode()) if prefix
+                  else prefix_end(base))
+        ranges = yield self._ranges(
+            [(spec_base + begin, end_of(spec_base)), (status_base + begin, end_of(status_base))],
+            limit, revision)
+        specs_range, status_range = ranges
+        if not revision:
+            revision = specs_range.header.revision
+        specs = self._by_name(specs_range.kvs)
+        statuses = self._by_name(status_range.kvs)
+        if specs and list(statuses) != list(specs):
+            first, last = min(specs), max(specs)
+            (status_range,) = yield self._ranges(
+                [(status_base + first.encode(), status_base + last.encode() + b"\0")], 0,
+                revision)
+            statuses = self._by_name(status_range.kvs)
         records = {name: self._record(name, kv, statuses.get(name)) for name, kv in specs.items()}
-        return Listing(records, result.header.revision,
-                       {name: k for name, k in keys.items() if name in records})
+        total = int(specs_range.count or 0)
+        return Page(records, revision, max(total - len(specs_range.kvs), 0))
+
+    def _by_name(self, kvs: Sequence[KeyValue]) -> dict[str, KeyValue]:
+        out: dict[str, KeyValue] = {}
+        for kv in kvs:
+            parsed = self.parse_key(kv.key)
+            if parsed is not None:
+                out[parsed[1]] = kv
+        return out
+
+    def _ranges(self, bounds: Sequence[tuple[bytes, bytes]], limit: int,
+                revision: int) -> Deferred:
+        txn = Transaction(success=[OpGet(KeySet(start, range_end=end), limit=limit or None,
+                                         revision=revision or None) for start, end in bounds])
+
+        def compacted(failure: Any) -> Any:
+            failure.trap(StoreError)
+            if "compacted" in str(failure.value):
+                raise Expired(f"revision {revision} was compacted: {failure.value}")
+            return failure
+        return self.submit("list", txn, idempotent=True).addCallbacks(
+            lambda result: result.responses, compacted)
 
     def _guard(self, expected: FunctionRecord) -> tuple[bytes, bytes, list]:
         spec_key, status_key = self._keys(expected.name)

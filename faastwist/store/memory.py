@@ -21,6 +21,7 @@ from faastwist.store.base import (
     FunctionRecord,
     Listing,
     NotFound,
+    Page,
     StoreUnavailable,
 )
 
@@ -92,6 +93,19 @@ class MemoryStore:
             return fail(exc)
         return succeed(Listing(dict(self._records), self.revision,
                                {name: keys for name, (keys, _) in self._keys.items()}))
+
+    def list_page(self, after: str = "", limit: int = 500, revision: int = 0,
+                  prefix: str = "") -> Deferred[Page]:
+        """A page of the current records (memory keeps no history: ``revision`` only
+        comes back in the page, as etcd's would)."""
+        try:
+            self._check()
+        except Exception as exc:
+            return fail(exc)
+        names = sorted(n for n in self._records if n > after and n.startswith(prefix))
+        chosen = names[:limit]
+        return succeed(Page({n: self._records[n] for n in chosen}, revision or self.revision,
+                            len(names) - len(chosen)))
 
     def _current(self, expected: FunctionRecord) -> FunctionRecord:
         self._check()

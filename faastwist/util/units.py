@@ -37,11 +37,26 @@ class UnitError(ValueError):
     """A value that does not parse; the message says what was expected."""
 
 
+_PARSED_DURATIONS: dict[str, float] = {}
+
+
 def parse_duration(value: object) -> float:
     """Seconds from a Go duration string (``10s``, ``1m30s``, ``500ms``) or a number.
 
     A bare number is taken as seconds, which is what YAML gives for ``timeout: 5``.
     """
+    if type(value) is str:
+        found = _PARSED_DURATIONS.get(value)
+        if found is not None:
+            return found
+        seconds = _parse_duration(value)
+        if len(_PARSED_DURATIONS) < 1024:  # the same few values recur in every spec
+            _PARSED_DURATIONS[value] = seconds
+        return seconds
+    return _parse_duration(value)
+
+
+def _parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise UnitError(f"expected a duration like 10s, got {value!r}")
     if isinstance(value, (int, float)):

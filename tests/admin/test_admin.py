@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import attrs
 import pytest
+import pytest_twisted
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,7 +25,7 @@ from twisted.web.server import Site
 from treq.testing import StubTreq
 
 from faastwist.admin.api import AdminAPI
-from faastwist.model.fsm import Event, State, apply_event
+from faastwist.model.fsm import Event, FunctionStatus, State, apply_event
 from faastwist.providers.base import LogLine
 from faastwist.model.spec import FunctionSpec
 from faastwist.store.base import FunctionRecord
@@ -263,6 +264,54 @@ def test_list_is_sorted_and_carries_spec_and_status(admin: Admin) -> None:
     assert listed.code == 200
     assert [f["spec"]["name"] for f in listed.data] == ["alpha", "bravo", "charlie"]
     assert all(f["status"]["state"] == "initial" for f in listed.data)
+
+
+def test_list_pages_with_limit_and_continue_and_filters_by_prefix(admin: Admin) -> None:
+    names = ["alpha", "beta-1", "beta-2", "beta-3", "gamma"]
+    for name in reversed(names):
+        assert admin.create(spec_yaml(name)).code == 201
+    first = admin.request("GET", "?limit=2")
+    assert first.code == 200
+    assert [f["spec"]["name"] for f in first.data["items"]] == ["alpha", "beta-1"]
+    meta = first.data["metadata"]
+    assert meta["remainingItemCount"] == 3 and meta["continue"] and meta["resourceVersion"]
+    second = admin.request("GET", "?limit=2&continue=" + meta["continue"])
+    assert [f["spec"]["name"] for f in second.data["items"]] == ["beta-2", "beta-3"]
+    third = admin.request("GET", "?limit=2&continue=" + second.data["metadata"]["continue"])
+    assert [f["spec"]["name"] for f in third.data["items"]] == ["gamma"]
+    assert third.data["metadata"] == {"continue": "", "remainingItemCount": 0,
+                                      "resourceVersion": meta["resourceVersion"]}
+    # a search: names that start with the prefix, paged the same way
+    beta = admin.request("GET", "?prefix=beta&limit=2")
+    assert [f["spec"]["name"] for f in beta.data["items"]] == ["beta-1", "beta-2"]
+    rest = admin.request("GET", "?continue=" + beta.data["metadata"]["continue"])
+    assert [f["spec"]["name"] for f in rest.data["items"]] == ["beta-3"]
+    assert [f["spec"]["name"] for f in admin.request("GET", "?prefix=beta-").data] == [
+        "beta-1", "beta-2", "beta-3"]                   # no limit: a plain list, filtered
+    assert [f["spec"]["name"] for f in admin.request("GET", "").data] == names
+    yaml_page = admin.request("GET", "?limit=1", headers={"Accept": "application/yaml"})
+    assert yaml.safe_load(yaml_page.body)["items"][0]["spec"]["name"] == "alpha"
+
+
+@pytest.mark.parametrize("query, field", [
+    ("?limit=0", "limit"), ("?limit=1001", "limit"), ("?limit=x", "limit"),
+    ("?limit=-1", "limit"), ("?continue=garbage", "continue"),
+    ("?continue=eyJhIjoxfQ", "continue"), ("?prefix=" + "x" * 64, "prefix"),
+    ("?page=2", "page"),
+])
+def test_list_paging_refuses_bad_parameters_naming_them(admin: Admin, query: str,
+                                                        field: str) -> None:
+    reply = admin.request("GET", query)
+    assert reply.code == 400
+    assert reply.data["message"].startswith(field), reply.data
+
+
+def test_a_continue_token_keeps_its_prefix(admin: Admin) -> None:
+    for name in ("a1", "a2", "b1"):
+        admin.create(spec_yaml(name))
+    token = admin.request("GET", "?prefix=a&limit=1").data["metadata"]["continue"]
+    reply = admin.request("GET", f"?prefix=b&continue={token}")
+    assert reply.code == 400 and reply.data["message"].startswith("prefix")
 
 
 def test_status_route_returns_the_status_record_only(admin: Admin) -> None:
@@ -936,6 +985,47 @@ def test_random_documents_never_make_a_5xx(document: Any, as_json: bool, put: bo
     assert reply.code < 500, reply.body
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_large_list_is_encoded_off_the_reactor_thread() -> None:
+    import threading
+
+    import treq
+    from twisted.internet import reactor
+
+    import faastwist.admin.api as api_module
+
+    store = MemoryStore(CONTROLLER)
+    for i in range(api_module.THREAD_THRESHOLD + 5):
+        spec = FunctionSpec.from_dict({"name": f"f{i:04d}", "image": "i"})
+        store.create(spec, FunctionStatus.initial(spec.name, 0.0))
+    api = AdminAPI(store, CONTROLLER, lambda spec: None, lambda name: None, reactor)
+    threads: list[str] = []
+    encode = AdminAPI._encode_records
+
+    def spy(self: AdminAPI, data: Any, as_json: bool, size: int) -> Any:
+        threads.append(threading.current_thread().name)
+        return encode(self, data, as_json, size)
+    port = reactor.listenTCP(0, api.site(), interface="127.0.0.1")
+    api._encode_records = spy.__get__(api)  # type: ignore[method-assign]
+    try:
+        url = f"http://127.0.0.1:{port.getHost().port}/apis/v2/faas/{CONTROLLER}"
+        response = await treq.get(url, headers={"Accept": "application/json"})
+        listed = json.loads(await treq.content(response))
+        as_yaml = await treq.get(url, headers={"Accept": "application/yaml"})
+        listed_yaml = yaml.safe_load(await treq.content(as_yaml))
+        small = await treq.get(url + "?limit=3", headers={"Accept": "application/json"})
+        await treq.content(small)
+    finally:
+        await port.stopListening()
+        api.close()
+    assert response.code == 200 and len(listed) == api_module.THREAD_THRESHOLD + 5
+    from faastwist.admin.codec import record_document
+
+    assert listed[0] == record_document(await store.get("f0000"))
+    assert listed_yaml == listed                             # flow-style YAML: the same data
+    assert as_yaml.headers.getRawHeaders("content-type") == ["application/yaml"]
+    assert threads[0] != threading.current_thread().name   # the big one: the API's thread
+    assert threads[2] == threading.current_thread().name   # a page: inline
 # -- invocation keys -----------------------------------------------------------------------
 
 def test_keys_are_created_shown_once_listed_by_id_and_revoked(admin: Admin) -> None:

@@ -240,3 +240,37 @@ def test_console_create_list_invoke_stop_delete(browser, cli_node, tmp_path: Pat
     assert shot.stat().st_size > 1000
     code, _, _ = http("GET", f"{cli_node.admin_url}/webfn", headers={"Accept": "application/json"})
     assert code == 404
+
+
+def test_console_pages_and_searches_instead_of_listing_everything(browser, cli_node) -> None:
+    """120 functions: the console shows pages of 50 and finds one by name prefix."""
+    names = [f"pg{i:03d}" for i in range(120)]
+    for name in names:
+        code, _, body = http("POST", cli_node.admin_url,
+                             f"name: {name}\nmode: fork\ncommand: [/bin/cat]\n",
+                             headers={"Content-Type": "application/yaml"})
+        assert code == 201, body
+    page = Page(browser, ARTIFACTS)
+    try:
+        browser.get(f"{cli_node.admin_root}/console/")
+        page.wait("the page to boot", lambda: page.css("body[data-ready=true]"))
+
+        def rows() -> list[str]:
+            return [r.get_attribute("data-name") for r in page.css("#functions tbody tr")]
+        # (the list re-renders every 1.5 s: read it inside page.wait, which retries)
+        page.wait("the first page", lambda: rows() == names[:50])
+        page.wait("the pager", lambda: "page 1" in page.text("page-info")
+                  and "70 more" in page.text("page-info"))
+        page.click("btn-next")
+        page.wait("the second page", lambda: rows() == names[50:100]
+                  and "page 2" in page.text("page-info"))
+        page.click("btn-prev")
+        page.wait("back on the first page", lambda: rows() == names[:50])
+        page.fill("search", "pg11")
+        page.wait("the search's rows", lambda: rows() == [f"pg11{i}" for i in range(10)]
+                  and page.el("btn-next").get_attribute("disabled") is not None)
+        page.shot("paged")
+    finally:
+        for name in names:
+            http("PUT", f"{cli_node.admin_url}/{name}/stop")
+            http("DELETE", f"{cli_node.admin_url}/{name}")

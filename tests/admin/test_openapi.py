@@ -76,7 +76,8 @@ def test_the_spec_schema_names_every_top_level_spec_field() -> None:
     properties = document("ctl")["components"]["schemas"]["FunctionSpec"]["properties"]
     assert set(properties) == set(full) == set(FunctionSpec.from_dict(full).to_dict())
     # a field added to FunctionSpec must be added to the document (and to ``full``)
-    assert len(attrs.fields(FunctionSpec)) == len(properties)
+    # (fields with init=False are caches, such as the digest, not part of the spec)
+    assert len([f for f in attrs.fields(FunctionSpec) if f.init]) == len(properties)
 
 
 def _check(name: str, instance: object) -> None:

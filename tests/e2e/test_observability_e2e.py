@@ -286,6 +286,26 @@ def test_access_log_switched_off(tmp_path) -> None:
         n.stop()
 
 
+def test_access_log_lines_are_all_written_at_sigterm(tmp_path) -> None:
+    """The access log is written in batches (every 0.5 s): a SIGTERM right after the
+    requests still leaves one line per request, in twistd's text format."""
+    n = node(tmp_path / "node")          # --log-format text (the default)
+    n.start()
+    try:
+        spec = echo_spec(tmp_path, "burst")
+        create_active(n, spec, "burst")
+        for i in range(40):
+            assert http("GET", n.gate_url + f"/function/burst/r{i}")[0] == 200
+    finally:
+        code = n.stop()                  # SIGTERM at once, within the flush interval
+    assert code in (0, -signal.SIGTERM), n.log()   # twistd ends with the signal it got
+    text = n.log_path.read_text(errors="replace")
+    lines = [line for line in text.splitlines() if "[faastwist.access#info]" in line]
+    paths = [line.split("] ", 1)[1].split()[1] for line in lines]
+    assert paths == [f"/function/burst/r{i}" for i in range(40)], text[-3000:]
+    assert all(" burst 200 " in line for line in lines)
+
+
 @pytest.mark.etcd
 def test_readyz_follows_etcd(tmp_path) -> None:
     etcd = EtcdProcess(str(tmp_path / "etcd"))

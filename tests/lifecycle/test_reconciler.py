@@ -480,6 +480,48 @@ def test_stop_service_waits_for_the_pass_in_flight(world: World) -> None:
     assert fired == [None]
 
 
+class _SlowWrites(MemoryStore):
+    """Status writes that wait until released, to see how many a pass has in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[tuple[Deferred, Any]] = []
+
+    def update(self, expected: FunctionRecord, spec: FunctionSpec | None = None,
+               status: FunctionStatus | None = None, **kwargs: Any) -> Deferred[FunctionRecord]:
+        d: Deferred[FunctionRecord] = Deferred()
+        self.held.append((d, lambda: super(_SlowWrites, self).update(expected, spec, status,
+                                                                     **kwargs)))
+        return d
+
+    def release(self) -> int:
+        held, self.held = self.held, []
+        for d, write in held:
+            write().chainDeferred(d)
+        return len(held)
+
+
+def test_a_pass_keeps_a_window_of_writes_in_flight_and_finishes_them_all() -> None:
+    from faastwist.lifecycle.reconciler import WINDOW
+
+    store = _SlowWrites()
+    provider = FakeProvider()
+    for i in range(WINDOW * 3):
+        fn = spec(f"f{i:03d}")
+        store.create(fn, FunctionStatus.initial(fn.name, 0.0))
+    reconciler = Reconciler(store, provider, Clock(), 10.0, Metrics(), wall_clock=lambda: 5.0)
+    finished: list[Any] = []
+    reconciler.run_pass().addCallback(finished.append)
+    assert len(store.held) == WINDOW            # WINDOW writes at once, not one, not all
+    released = 0
+    while not finished:
+        count = store.release()
+        assert 0 < count <= WINDOW
+        released += count
+    assert released == WINDOW * 3 and reconciler.last_error is None
+    assert [verb for verb, _ in provider.calls].count("deploy") == WINDOW * 3
+    listing = result(store.list())
+    assert all(r.status.message == "deploying" for r in listing.records.values())
 # -- leadership: act at once when won, stop at once when lost, fence every write -------
 
 class Leadership:

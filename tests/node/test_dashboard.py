@@ -27,6 +27,8 @@ def exported() -> dict[str, set[str]]:
         labels = set(getattr(collector, "_labelnames", ()) or
                      getattr(getattr(collector, "counter", None), "_labelnames", ()))
         for family in collector.collect():
+            # a custom collector (the gate's GateCollector) names its labels per family
+            family_labels = labels | set(getattr(family, "_labelnames", ()))
             if family.type == "counter":
                 names = [family.name + "_total"]
             elif family.type == "histogram":
@@ -34,7 +36,7 @@ def exported() -> dict[str, set[str]]:
             else:
                 names = [family.name]
             for name in names:
-                out[name] = labels | ({"le"} if name.endswith("_bucket") else set())
+                out[name] = family_labels | ({"le"} if name.endswith("_bucket") else set())
     return out
 
 

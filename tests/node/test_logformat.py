@@ -130,6 +130,7 @@ def _parse(parent: dict, argv: list[str]) -> _Sub:
 def _reset_destination():
     yield
     logformat._destination = None
+    logformat._access = None
 
 
 def test_use_log_format_fills_twistd_logger() -> None:
@@ -153,6 +154,14 @@ def test_use_log_format_fills_twistd_logger() -> None:
 
     parent = {"logger": None, "logfile": None, "nodaemon": True, "syslog": False}
     _parse(parent, ["--log-format", "text"])
+    assert parent["logger"] == "faastwist.logformat.text_observer"
+
+    # twistd's syslog observer, and its own refusal of a daemon logging to stdout, stay
+    parent = {"logger": None, "logfile": None, "nodaemon": True, "syslog": True}
+    _parse(parent, ["--log-format", "text"])
+    assert parent["logger"] is None
+    parent = {"logger": None, "logfile": "-", "nodaemon": False, "syslog": False}
+    _parse(parent, ["--log-format", "text"])
     assert parent["logger"] is None
 
 
@@ -169,6 +178,25 @@ def test_json_observer_follows_logfile(tmp_path) -> None:
     Logger(namespace="t", observer=observer).info("to the file {n}", n=1)
     (line,) = [json.loads(x) for x in (tmp_path / "faasgate.log").read_text().splitlines()]
     assert line["message"] == "to the file 1" and line["n"] == 1
+    # the gate's access log writes its batches to the same file, as JSON
+    write, json_lines = logformat.access_sink()
+    assert json_lines is True
+    write('{"namespace": "faastwist.access"}\n')
+    assert (tmp_path / "faasgate.log").read_text().splitlines()[-1] == (
+        '{"namespace": "faastwist.access"}')
+
+
+def test_text_observer_is_twistds_format_and_shares_its_file(tmp_path) -> None:
+    assert logformat.access_sink() == (None, False)
+    logformat._destination = str(tmp_path / "faasgate.log")
+    observer = logformat.text_observer()
+    Logger(namespace="t.ns", observer=observer).info("hello {n}", n=1)
+    write, json_lines = logformat.access_sink()
+    assert json_lines is False
+    write("access line\n")
+    lines = (tmp_path / "faasgate.log").read_text().splitlines()
+    assert len(lines) == 2 and lines[0].endswith(" [t.ns#info] hello 1")
+    assert lines[1] == "access line"
 
 
 PROBE_TAP = '''

@@ -452,17 +452,35 @@ async def test_http_readiness_probe_waits_for_a_2xx(providers):
 
 
 @pytest_twisted.ensureDeferred
-async def test_requests_before_the_first_deploy_are_held_until_it(providers):
+async def test_a_request_before_the_first_deploy_deploys_the_function(providers):
     provider = providers(tuning=fast_tuning(cold_start_timeout=2.0))
     spec = function_spec(name="echo", command=[PYTHON, ECHO])
-    early = provider.acquire(spec)                    # the gate restarted: route known,
+    early = provider.acquire(spec)                    # the node restarted: route known,
     assert isinstance(early, Deferred)                # function not deployed here yet
-    reactor.callLater(0.2, provider.deploy, spec)
+    assert "echo" in provider.runtimes                # ... so the gate's request deploys it
     lease = await early
     response = await treq.post(lease.upstream.origin.decode(), data=b"early")
     assert await treq.content(response) == b"V3 Body is \nearly"
     lease.release()
-    never = function_spec(name="never-deployed", command=[PYTHON, ECHO])
-    quick = providers(tuning=fast_tuning(cold_start_timeout=0.2))
-    with pytest.raises(NoCapacity, match="not deployed on this node within 0.2s"):
-        await quick.acquire(never)
+    # the reconciler's pass then finds it running: ready, nothing to deploy
+    (observation,) = (await provider.observe(["echo"])).values()
+    assert observation.event is Event.READY and not observation.stopped
+    await provider.deploy(spec)                       # and a deploy anyway is harmless
+    assert provider.pids("echo") and len(provider.runtimes) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_fork_mode_listens_only_once_asked(providers):
+    provider = providers()
+    spec = function_spec(name="wc", mode="fork", command=["/usr/bin/wc", "-c"])
+    await provider.deploy(spec)
+    runtime = provider.runtimes["wc"]
+    assert runtime.watchdog is None                   # deployed and ready, no socket yet
+    (observation,) = (await provider.observe(["wc"])).values()
+    assert observation.event is Event.READY
+    lease = provider.acquire(spec)
+    response = await treq.post(lease.upstream.origin.decode(), data=b"12345")
+    assert (await treq.content(response)).strip() == b"5"
+    assert runtime.watchdog is not None and provider.acquire(spec) is lease
+    await provider.stop(spec)
+    assert runtime.watchdog is None

@@ -161,6 +161,40 @@ def test_list_returns_every_function_and_the_read_revision(make_store):
 
 
 @pytest_twisted.inlineCallbacks
+def test_pages_in_name_order_with_prefix_and_a_consistent_revision(make_store, monkeypatch):
+    import faastwist.store.etcd as etcd_module
+
+    monkeypatch.setattr(etcd_module, "LIST_PAGE", 2)  # list() itself reads pages of 2
+    store = yield make_store()
+    other = yield make_store("ctl2")
+    yield other.create(spec("a0"), status("a0"))       # another controller: never listed
+    names = ["a1", "a2", "a3", "b1", "b10", "b2", "c"]
+    created = {}
+    for name in reversed(names):
+        created[name] = yield store.create(spec(name), status(name, State.ACTIVE))
+    first = yield store.list_page(limit=3)
+    assert list(first.records) == ["a1", "a2", "a3"] and first.remaining == 4
+    assert first.records["a2"] == created["a2"] and first.last == "a3"
+    second = yield store.list_page(after=first.last, limit=3, revision=first.revision)
+    assert list(second.records) == ["b1", "b10", "b2"] and second.remaining == 1
+    last = yield store.list_page(after=second.last, limit=3, revision=first.revision)
+    assert list(last.records) == ["c"] and last.remaining == 0
+    prefixed = yield store.list_page(prefix="b1", limit=10)
+    assert list(prefixed.records) == ["b1", "b10"] and prefixed.remaining == 0
+    resumed = yield store.list_page(prefix="b", after="b1", limit=1)
+    assert list(resumed.records) == ["b10"] and resumed.remaining == 1
+    listing = yield store.list()
+    assert listing.records == created
+    if make_store.kind == "etcd":
+        # a page at the first revision does not see what was written after it
+        yield store.create(spec("a15"), status("a15"))
+        again = yield store.list_page(after="a1", limit=1, revision=first.revision)
+        assert list(again.records) == ["a2"]
+        now = yield store.list_page(after="a1", limit=1)
+        assert list(now.records) == ["a15"]
+
+
+@pytest_twisted.inlineCallbacks
 def test_controllers_are_separate(make_store):
     one = yield make_store("ctl")
     two = yield make_store("ctl2")

@@ -1,8 +1,12 @@
 /* faastwist console: one page over the admin REST API; no build step, no dependencies.
- * The list polls every POLL_MS; the open function's detail refreshes with it. */
+ * The list shows one page of PAGE_SIZE functions (limit + continue, name order) and a
+ * name-prefix search, and polls that page every POLL_MS, never the whole list: with
+ * 10,000 functions a full list is megabytes. The open function's detail refreshes with
+ * it (fetched on its own when it is not on the page). */
 "use strict";
 
 const POLL_MS = 1500;
+const PAGE_SIZE = 50;
 const TEMPLATE = [
   "name: echo",
   "command: [python3, -u, -m, http.server, \"${PORT}\"]",
@@ -17,7 +21,12 @@ const state = {
   config: null,
   selected: null,        // name of the function in the detail view
   editing: null,         // null: create; a name: update that function
-  records: new Map(),    // name -> {spec, status}
+  records: new Map(),    // name -> {spec, status}: the page shown
+  detail: null,          // {spec, status} of the selected function when not on the page
+  prefix: "",            // the search
+  tokens: [""],          // continue token of each page up to the current one
+  next: "",              // continue token of the page after this one
+  remaining: 0,
   polling: false,
   logsAt: 0,
 };
@@ -212,17 +221,62 @@ function renderList() {
       el("td", {}, at ? age(now - at) : "-"));
     return row;
   }));
-  $("list-empty").hidden = names.length > 0;
+  $("list-empty").hidden = names.length > 0 || !!state.prefix;
+}
+
+function listQuery() {
+  const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
+  const token = state.tokens[state.tokens.length - 1];
+  if (token) query.set("continue", token);
+  else if (state.prefix) query.set("prefix", state.prefix);
+  return "?" + query.toString();
+}
+
+function renderPager() {
+  const page = state.tokens.length;
+  const shown = state.records.size;
+  $("page-info").textContent = shown
+    ? "page " + page + (state.remaining ? " \u00b7 " + state.remaining + " more" : "") : "";
+  $("btn-prev").disabled = page <= 1;
+  $("btn-next").disabled = !state.next;
+}
+
+function turn(step) {
+  if (step > 0 && state.next) state.tokens.push(state.next);
+  else if (step < 0 && state.tokens.length > 1) state.tokens.pop();
+  else return;
+  refresh();
+}
+
+function search(prefix) {
+  state.prefix = prefix.trim().toLowerCase();
+  state.tokens = [""];
+  refresh();
 }
 
 async function refresh() {
   if (state.polling) return;
   state.polling = true;
   try {
-    const data = await api("GET", fnPath());
+    let data;
+    try {
+      data = await api("GET", fnPath() + listQuery());
+    } catch (err) {
+      if (err.status !== 410) throw err;
+      state.tokens = [""];   // the listing expired: back to the first page
+      data = await api("GET", fnPath() + listQuery());
+    }
     state.records = new Map(recordsOf(data).map((r) => [r.spec.name, r]));
+    const meta = (data && data.metadata) || {};
+    state.next = meta.continue || "";
+    state.remaining = meta.remainingItemCount || 0;
+    if (state.selected && !state.records.has(state.selected)) {
+      try { state.detail = await api("GET", fnPath(state.selected)); }
+      catch (err) { state.detail = null; }
+    }
     showError("list-error", "");
     renderList();
+    renderPager();
     if (state.selected) renderDetail();
   } catch (err) {
     showError("list-error", err.message);
@@ -273,6 +327,7 @@ function select(name) {
   $("detail").hidden = !name;
   if (name) {
     if (location.hash !== "#" + encodeURIComponent(name)) location.hash = encodeURIComponent(name);
+    if (!recordOf(name) && state.config) refresh();   // not on this page: fetch it
     renderDetail();
     loadLogs();
   } else if (location.hash) {
@@ -287,8 +342,15 @@ function notice(message) {
   node.hidden = !message;
 }
 
+/* The record of a function: from the page shown, else the one fetched for the detail. */
+function recordOf(name) {
+  return state.records.get(name) ||
+    (state.detail && state.detail.spec && state.detail.spec.name === name
+      ? state.detail : undefined);
+}
+
 function renderDetail() {
-  const record = state.records.get(state.selected);
+  const record = recordOf(state.selected);
   $("detail-name").textContent = state.selected;
   if (!record) {
     $("detail-badge").replaceWith(Object.assign(badge({ state: "gone" }), { id: "detail-badge" }));
@@ -381,8 +443,8 @@ function openEditor(name) {
   $("create-panel").hidden = false;
   $("editor-title").textContent = name ? "Update " + name : "Create a function";
   $("editor-submit").textContent = name ? "Update" : "Create";
-  $("editor-yaml").value = name && state.records.has(name)
-    ? dumpYaml(state.records.get(name).spec) : TEMPLATE;
+  $("editor-yaml").value = name && recordOf(name)
+    ? dumpYaml(recordOf(name).spec) : TEMPLATE;
   showError("editor-error", "");
   $("editor-yaml").focus();
 }
@@ -484,6 +546,13 @@ async function boot() {
   $("btn-detail-close").addEventListener("click", () => select(null));
   $("btn-logs").addEventListener("click", loadLogs);
   $("invoke-form").addEventListener("submit", invoke);
+  $("btn-prev").addEventListener("click", () => turn(-1));
+  $("btn-next").addEventListener("click", () => turn(1));
+  let typing = null;
+  $("search").addEventListener("input", (e) => {
+    clearTimeout(typing);
+    typing = setTimeout(() => search(e.target.value), 250);
+  });
   window.addEventListener("hashchange", fromHash);
   await Promise.all([refresh(), loadInfo()]);
   fromHash();

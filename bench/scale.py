@@ -1,0 +1,292 @@
+"""Control-plane scale: a real ``twistd faasgate`` node with N functions in a real etcd.
+
+    PYTHONPATH=. .venv/bin/python bench/scale.py --functions 10000
+
+An etcd is started in a temporary folder and filled directly (transactions of 64 keys)
+with N fork-mode process functions (``cat``: one process per request) in state active
+plus one HTTP-mode function (``hot``, a small Python server) that carries the gate
+traffic. Then a node (process provider) is started on that etcd and measured:
+
+- ready: from spawn to ``/readyz`` 200, and to the first answer of a fork-mode
+  function through the gate;
+- memory: the node's RSS against a node started with no function (per function);
+- admin list: latency of the full list (JSON and YAML) and of one page (``limit``);
+- the gate's p99 while the admin list runs: wrk on ``hot`` (c4) while a client lists
+  all N functions in a loop (JSON, then YAML), against wrk alone;
+- route lookups: req/s through the gate to ``hot`` with N functions routed (compare
+  with ``bench/gate.py``'s one function);
+- the reconciler: ``faastwist_reconcile_pass_seconds`` (sum / count) from /metrics.
+
+Every process it starts (etcd, the node, wrk) is stopped by pid; only 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from faastwist.model.fsm import FunctionStatus, State  # noqa: E402
+from faastwist.model.spec import FunctionSpec  # noqa: E402
+from faastwist.store.base import encode_spec, encode_status  # noqa: E402
+from tests.support.etcd import EtcdProcess  # noqa: E402
+from tests.support.node import FaasNodeProcess, free_port, http  # noqa: E402
+
+PREFIX = "/faas"
+#: the function the gate traffic goes to: nginx in one process (fast, so the gate's
+#: latency is what is measured), run by the process provider like any HTTP function
+HOT_NGINX = """
+daemon off; master_process off; worker_processes 1; pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off; client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi; uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
+    keepalive_requests 1000000;
+    server {{ listen 127.0.0.1:{port}; location / {{ return 200 "hello from hot"; }} }}
+}}
+"""
+CONTROLLER = "faascontroller"
+
+
+def b64(data: bytes | str) -> str:
+    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
+
+
+def fill(etcd: EtcdProcess, specs: list[FunctionSpec]) -> None:
+    """Write spec and status keys straight into etcd, 32 functions per transaction."""
+    now = time.time()
+    url = f"{etcd.client_url}/v3/kv/txn"
+    for start in range(0, len(specs), 32):
+        ops = []
+        for spec in specs[start:start + 32]:
+            status = FunctionStatus(spec.name, State.ACTIVE, updated=now)
+            ops.append({"requestPut": {"key": b64(f"{PREFIX}/{CONTROLLER}/spec/{spec.name}"),
+                                       "value": b64(encode_spec(spec))}})
+            ops.append({"requestPut": {"key": b64(f"{PREFIX}/{CONTROLLER}/status/{spec.name}"),
+                                       "value": b64(encode_status(status))}})
+        request = urllib.request.Request(url, json.dumps({"success": ops}).encode(),
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            response.read()
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of the node process alone (not etcd, not function processes)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def reconcile_passes(node: FaasNodeProcess) -> tuple[float, float]:
+    """(passes completed, total seconds) from the node's /metrics."""
+    text = http("GET", f"{node.admin_root}/metrics")[2].decode()
+    total = re.search(r"^faastwist_reconcile_pass_seconds_sum (\S+)$", text, re.M)
+    count = re.search(r"^faastwist_reconcile_pass_seconds_count (\S+)$", text, re.M)
+    return (float(count.group(1)) if count else 0.0), (float(total.group(1)) if total else 0.0)
+
+
+def store_updates(node: FaasNodeProcess) -> float:
+    """Successful etcd updates the node made (status writes, mostly)."""
+    text = http("GET", f"{node.admin_root}/metrics")[2].decode()
+    found = re.search(r'^faastwist_store_operations_total\{op="update",result="ok"\} (\S+)$',
+                      text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def wait_for(predicate: Any, timeout: float, what: str, pause: float = 0.02) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            if predicate():
+                return time.monotonic() - started
+        except OSError:
+            pass
+        time.sleep(pause)
+    raise RuntimeError(f"{what}: not within {timeout}s")
+
+
+def wrk(url: str, connections: int, duration: float, function: str = "hot") -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
+         "-H", f"X-FaaS-Func-Name: {function}", url],
+        capture_output=True, text=True, timeout=duration + 30, check=True).stdout
+    units = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
+    for pct in ("50", "99"):
+        match = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        result[f"p{pct}_ms"] = float(match.group(1)) * units[match.group(2)]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    result["non2xx"] = int(errors.group(1)) if errors else 0
+    return result
+
+
+def timed_get(url: str, accept: str) -> tuple[float, int, bytes]:
+    started = time.perf_counter()
+    status, headers, body = http("GET", url, headers={"Accept": accept}, timeout=120)
+    return time.perf_counter() - started, status, body
+
+
+def start_node(workdir: Path, etcd: EtcdProcess, extra: dict | None = None) -> tuple[FaasNodeProcess, float]:
+    node = FaasNodeProcess(workdir, provider="process", etcd_endpoints=[etcd.client_url],
+                           extra={"etcd": {"prefix": PREFIX}, "syncInterval": "10s",
+                                  "httpServer": {"accessLog": False}, **(extra or {})})
+    started = time.monotonic()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    log = open(node.log_path, "ab")
+    node.process = subprocess.Popen(node.command(), cwd=node.workdir, stdout=log,
+                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    log.close()
+
+    def ready() -> bool:
+        if node.process.poll() is not None:
+            raise RuntimeError(f"faasgate exited:\n{node.log()}")
+        return http("GET", f"{node.admin_root}/readyz", timeout=2)[0] == 200
+    wait_for(ready, 120, "node ready")
+    return node, time.monotonic() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--functions", type=int, default=10000)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    parser.add_argument("--page", type=int, default=100, help="page size of the paged list")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="faastwist-bench-scale-"))
+    etcd = EtcdProcess(str(workdir / "etcd"))
+    nodes: list[FaasNodeProcess] = []
+    try:
+        etcd.start()
+        # an empty node first: the baseline for memory
+        empty, _ = start_node(workdir / "empty", etcd, {"etcd": {"prefix": "/empty"}})
+        nodes.append(empty)
+        base_rss = rss_kib(empty.process.pid)
+        empty.stop()
+        nodes.remove(empty)
+
+        hot_port = free_port()
+        # functions run as an unprivileged user when the node is root: let it in
+        os.chmod(workdir, 0o755)
+        (workdir / "hot").mkdir()
+        os.chmod(workdir / "hot", 0o777)
+        (workdir / "hot.conf").write_text(HOT_NGINX.format(dir=workdir / "hot", port=hot_port))
+        specs = [FunctionSpec.from_dict({
+            "name": "hot", "port": hot_port, "minReplica": 1, "maxReplica": 1,
+            "command": ["nginx", "-c", str(workdir / "hot.conf"), "-p", str(workdir / "hot"),
+                        "-e", str(workdir / "hot" / "error.log")]})]
+        specs += [FunctionSpec.from_dict({"name": f"f{i:05d}", "mode": "fork",
+                                          "command": ["/bin/cat"], "timeout": "10s"})
+                  for i in range(args.functions)]
+        started = time.monotonic()
+        fill(etcd, specs)
+        print(f"etcd filled with {len(specs)} functions in {time.monotonic() - started:.1f}s",
+              file=sys.stderr, flush=True)
+
+        fork_path = "/function/f%05d/" % (args.functions // 2)
+
+        def started(label: str) -> FaasNodeProcess:
+            node, ready_s = start_node(workdir / "node", etcd)
+            nodes.append(node)
+            cpu = cpu_seconds(node.process.pid)
+            fork_url = node.gate_url + fork_path
+            first = wait_for(lambda: http("POST", fork_url, b"hello", timeout=5)[0] == 200, 60,
+                             "first fork-mode answer")
+            print(f"{label}: node ready (/readyz 200) {ready_s:.2f}s after spawn with "
+                  f"{len(specs)} functions ({cpu:.2f}s of CPU by then; load average "
+                  f"{os.getloadavg()[0]:.1f}); a fork-mode function answered "
+                  f"{first:.2f}s later", flush=True)
+            return node
+        node = started("first start")
+        # the first pass records every function's provider verdict (10,000 status
+        # writes); measure the steady state after it
+        waited = wait_for(lambda: store_updates(node) >= len(specs), 900, "the first pass",
+                          pause=2.0)  # a scrape of 10,000 functions is megabytes
+        print(f"first reconcile pass (deploys, {len(specs)} status writes): done "
+              f"{waited:.1f}s after the node was ready", flush=True)
+        node.stop()
+        nodes.remove(node)
+        node = started("restart (SIGTERM, start)")
+        wait_for(lambda: http("GET", f"{node.gate_url}/function/hot/", timeout=5)[0] == 200, 60,
+                 "hot ready")
+        wait_for(lambda: reconcile_passes(node)[0] >= 2, 600, "the first pass", pause=2.0)
+        time.sleep(1.0)
+        rss = rss_kib(node.process.pid)
+        print(f"node RSS {rss / 1024:.1f} MiB, empty node {base_rss / 1024:.1f} MiB: "
+              f"{(rss - base_rss) / len(specs):.2f} KiB per function", flush=True)
+
+        listing = f"{node.admin_url}"
+        for accept in ("application/json", "application/yaml"):
+            runs = [timed_get(listing, accept) for _ in range(3)]
+            best = min(r[0] for r in runs)
+            status, body = runs[-1][1], runs[-1][2]
+            print(f"admin list of {len(specs)} ({accept}): {best * 1000:.0f} ms best of 3, "
+                  f"{len(body) / 1e6:.1f} MB, status {status}", flush=True)
+        pages, token = [], ""
+        for _ in range(5):
+            query = f"?limit={args.page}" + (f"&continue={token}" if token else "")
+            took, status, body = timed_get(listing + query, "application/json")
+            pages.append(took)
+            token = json.loads(body)["metadata"]["continue"]
+        print(f"admin list, pages of {args.page} (JSON, limit + continue): "
+              f"{sorted(pages)[len(pages) // 2] * 1000:.0f} ms median of {len(pages)}",
+              flush=True)
+
+        alone = wrk(f"{node.gate_url}/", 16, args.duration)
+        stop = threading.Event()
+        lists: list[float] = []
+
+        def lister() -> None:
+            while not stop.is_set():
+                for accept in ("application/json", "application/yaml"):
+                    lists.append(timed_get(listing, accept)[0])
+        thread = threading.Thread(target=lister, daemon=True)
+        thread.start()
+        busy = wrk(f"{node.gate_url}/", 16, args.duration)
+        stop.set()
+        thread.join(120)
+        print(f"gate to 'hot' at c16: alone {alone['rps']:.0f} req/s p99 {alone['p99_ms']:.1f} ms; "
+              f"while {len(lists)} full lists ran {busy['rps']:.0f} req/s p99 "
+              f"{busy['p99_ms']:.1f} ms", flush=True)
+        before = reconcile_passes(node)
+        wait_for(lambda: reconcile_passes(node)[0] >= before[0] + 2, 120, "two more passes",
+                 pause=2.0)
+        after = reconcile_passes(node)
+        print(f"steady reconcile pass with {len(specs)} functions: "
+              f"{(after[1] - before[1]) / (after[0] - before[0]) * 1000:.0f} ms "
+              f"(mean of {after[0] - before[0]:.0f}; it yields to the reactor every 5 ms)",
+              flush=True)
+    except Exception:
+        for node in nodes:
+            print(node.log()[-3000:], file=sys.stderr)
+        raise
+    finally:
+        for node in nodes:
+            node.stop()
+        etcd.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
