@@ -254,6 +254,9 @@ def test_console_pages_and_searches_instead_of_listing_everything(browser, cli_n
     try:
         browser.get(f"{cli_node.admin_root}/console/")
         page.wait("the page to boot", lambda: page.css("body[data-ready=true]"))
+        page.wait("the token prompt", lambda: page.el("token-input").is_displayed())
+        page.fill("token-input", cli_node.token)
+        page.el("token-input").submit()
 
         def rows() -> list[str]:
             return [r.get_attribute("data-name") for r in page.css("#functions tbody tr")]
