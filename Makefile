@@ -1,5 +1,6 @@
 # The two commands the README promises: `make run` and `make test`. Both install what
-# they need on a fresh Debian machine (as root): a venv with the project, and etcd.
+# they need on a fresh Debian machine (as root): a venv with the project, etcd and
+# nats-server (the embedded async queue).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -17,7 +18,7 @@ UNIT_MARKERS := not etcd and not envtest and not slow and not process and not e2
 export PYTHONPATH := $(CURDIR)
 
 
-.PHONY: run test unit mutate install system-deps browser-deps bench bench-gate bench-reconcile bench-coldstart clean
+.PHONY: run test unit mutate install system-deps browser-deps bench bench-gate bench-reconcile bench-coldstart bench-async clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +35,7 @@ install: $(VENV)/.deps
 system-deps:
 	@missing=""; \
 	command -v etcd >/dev/null || missing="$$missing etcd-server"; \
+	command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing="$$missing nats-server"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	command -v xz >/dev/null || missing="$$missing xz-utils"; \
@@ -64,7 +66,7 @@ mutate: $(VENV)/.deps
 unit: $(VENV)/.deps
 	$(BIN)/pytest -m "$(UNIT_MARKERS)" $(PYTEST_ARGS)
 
-bench: bench-gate bench-reconcile bench-coldstart
+bench: bench-gate bench-reconcile bench-coldstart bench-async
 
 bench-gate: install
 	@command -v nginx >/dev/null && command -v wrk >/dev/null || { \
@@ -78,6 +80,10 @@ bench-reconcile: install system-deps
 bench-coldstart: install
 	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
 	$(BIN)/python bench/coldstart.py
+
+bench-async: install system-deps
+	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
+	$(BIN)/python bench/async.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info data test-artifacts .coverage .coverage.*

@@ -100,6 +100,14 @@ def media_type(value: str | None) -> tuple[str, dict[str, str]]:
     return main.strip().lower(), params
 
 
+def header_text(request: IRequest, name: bytes) -> str | None:
+    """A request header as text (latin-1, as HTTP/1.1 defines it), None when absent."""
+    value = request.getHeader(name)
+    if value is None:
+        return None
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
 def wants_json(accept: str | None) -> bool:
     """JSON when ``Accept`` names application/json at least as highly as any YAML type.
 
@@ -144,8 +152,7 @@ def respond(request: IRequest, code: int, data: Any,
     the choice for endpoints that always answer one format (probes, the console).
     """
     if as_json is None:
-        accept = request.getHeader(b"accept")
-        as_json = wants_json(accept.decode("latin-1") if isinstance(accept, bytes) else accept)
+        as_json = wants_json(header_text(request, b"accept"))
     body, content_type = encode(data, as_json)
     request.setResponseCode(code)
     request.setHeader(b"content-type", content_type.encode())

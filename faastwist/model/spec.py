@@ -279,6 +279,9 @@ class FunctionSpec:
     mode: ProcessMode = ProcessMode.HTTP
     readiness_path: str = ""
     rate_limit: RateLimit | None = None
+    # asynchronous invocations (0: the controller's queue.concurrency / maxAttempts)
+    async_concurrency: int = 0
+    max_attempts: int = 0
 
     @classmethod
     def from_dict(cls, data: object) -> "FunctionSpec":
@@ -303,6 +306,8 @@ class FunctionSpec:
             mode=ProcessMode(reader.choice("mode", [m.value for m in ProcessMode], "http")),
             readiness_path=reader.string("readinessPath", ""),
             rate_limit=reader.section("rateLimit", _read_rate_limit),
+            async_concurrency=reader.integer("asyncConcurrency", 0, 0, 10000),
+            max_attempts=reader.integer("maxAttempts", 0, 0, 100),
         )
         reader.finish()
         if spec.max_replica and spec.min_replica > spec.max_replica:
@@ -347,6 +352,10 @@ class FunctionSpec:
             out["readinessPath"] = self.readiness_path
         if self.rate_limit is not None:
             out["rateLimit"] = self.rate_limit.to_dict()
+        if self.async_concurrency:
+            out["asyncConcurrency"] = self.async_concurrency
+        if self.max_attempts:
+            out["maxAttempts"] = self.max_attempts
         return out
 
     def digest(self) -> str:
