@@ -68,7 +68,7 @@ TARGETS = (
     Target("faastwist/auth/origin.py", ("tests/auth/test_origin.py",)),
     Target("faastwist/admin/guard.py", ("tests/admin/test_guard.py",)),
     Target("faastwist/gate/access.py", ("tests/gate/test_access.py",)),
-    Target("faastwist/queue/policy.py", ("tests/queue/test_policy.py",), optional=True),
+    Target("faastwist/queue/policy.py", ("tests/queue/test_policy.py",)),
 )
 
 #: imported once in the parent, shared by every forked child (never faastwist itself,

@@ -127,7 +127,8 @@ class LocalConverger(Service):
                 yield self.provider.delete(name)
             return
         record = FunctionRecord(route.spec, route.status)
-        action = plan(record, observation).action
+        # only the provider action is used here: now and start_grace shape FSM events
+        action = plan(record, observation, self.clock.seconds(), 0.0).action
         if action is None:
             return
         if route.state is State.DESTROYED:

@@ -64,8 +64,8 @@ class Plan:
     ext_data: Mapping[str, str] | None = None
 
 
-def plan(record: FunctionRecord, observation: Observation | None, now: float = 0.0,
-         start_grace: float = 0.0) -> Plan:
+def plan(record: FunctionRecord, observation: Observation | None, now: float,
+         start_grace: float) -> Plan:
     """Decide what to do for one function; pure, so the table of cases is unit-tested.
 
     ``start_grace``: for this long after a start was asked for, *pending* is not yet a

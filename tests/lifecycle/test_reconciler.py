@@ -151,7 +151,7 @@ def _obs(fn: FunctionSpec | None = None, stopped: bool = False, event: Event | N
 ])
 def test_plan(state: State, pending: bool, observation: Observation | None,
               expected: Plan) -> None:
-    assert plan(_record(state, pending), observation) == expected
+    assert plan(_record(state, pending), observation, now=100.0, start_grace=0.0) == expected
 
 
 def test_every_action_calls_its_provider_method() -> None:
