@@ -381,14 +381,15 @@ def test_systemd_notify_lifecycle(tmp_path) -> None:
         assert http("GET", n.admin_url, headers=ACCEPT_JSON)[0] == 200
         # the watchdog pings at WATCHDOG_USEC / 2 = 0.5 s
         receive(lambda: sum(1 for t, m, _, _ in events
-                            if m == "WATCHDOG=1" and t > ready_at) >= 3, 5)
+                            if m == "WATCHDOG=1" and t > ready_at) >= 5, 8)
         pings = [t for t, m, _, _ in events if m == "WATCHDOG=1" and t > ready_at]
         gaps = [b - a for a, b in zip(pings, pings[1:])]
-        # every ping comes before systemd's 1 s watchdog would fire; on average one per
-        # 0.5 s (a single late tick is followed by an early one: LoopingCall keeps its
-        # schedule, so one gap alone may be short on a loaded machine)
+        # every ping comes before systemd's 1 s watchdog would fire; one gap alone may be
+        # short on a loaded machine (LoopingCall keeps its schedule: a late tick is
+        # followed by an early one)
         assert all(gap < 1.0 for gap in gaps), gaps
-        assert 0.3 < (pings[-1] - pings[0]) / len(gaps) < 0.8, gaps
+        # the typical gap is the interval (a ping at READY may come right before a tick)
+        assert 0.3 < sorted(gaps)[len(gaps) // 2] < 0.8, gaps
         # children (the embedded etcd) do not get the unit's notify socket
         kids = _children(n.process.pid)
         assert kids
