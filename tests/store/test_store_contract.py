@@ -679,3 +679,21 @@ def test_keys_next_to_spec_and_status(make_store):
     assert (yield store.get_keys("demo")) == (KeySet(), 0)
     watch.cancel()
     assert lost == []
+
+
+def test_the_memory_store_counts_each_successful_write_once():
+    """``writes`` is what tests check "nothing was written" with: one per create, update
+    and delete that took effect, none for a refused compare-and-swap."""
+    from faastwist.store.base import Conflict
+
+    store = MemoryStore()
+    created = store.create(spec("a"), status("a")).result
+    assert store.writes == 1
+    updated = store.update(created, status=status("a", State.ACTIVE)).result
+    assert store.writes == 2
+    refused: list = []
+    store.update(created, status=status("a", State.FAILED)).addErrback(refused.append)
+    assert refused[0].check(Conflict)
+    assert store.writes == 2
+    store.delete(updated)
+    assert store.writes == 3
