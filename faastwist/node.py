@@ -56,6 +56,7 @@ class FaasNode(Service):
         self.admin_port: Any = None
         self.ops: Any = None
         self.notifier: Any = None
+        self.openfaas: Any = None
 
     # -- helpers ---------------------------------------------------------------------
     def _push(self, what: str, stop: Callable[[], Any]) -> None:
@@ -195,7 +196,9 @@ class FaasNode(Service):
         console = ConsoleResource(self.reactor, self.config.name,
                                   gate_url_for(http.address, http.port, http.https),
                                   max_body_size=admin.max_body_size)
-        root = mount_console(compose(self.admin.resource(), self.ops.resource()), console)
+        self.openfaas = self._openfaas_api()
+        root = mount_console(compose(self.admin.resource(), self.ops.resource(),
+                                     self.openfaas.resource()), console)
         site = Site(root, requestFactory=bounded_request_factory(admin.max_body_size),
                     parsePOSTFormSubmission=False, reactor=self.reactor)
         try:
@@ -204,12 +207,33 @@ class FaasNode(Service):
             raise StartupError(f"admin.port: cannot listen on {admin.address}:{admin.port}: {exc}")
         self._push("admin listener", self.admin_port.stopListening)
 
+    @property
+    def namespace(self) -> str:
+        """The one namespace OpenFaaS clients see: Knative's, or OpenFaaS's default."""
+        if self.config.provider == "knative":
+            return self.config.knative.namespace
+        from faastwist.admin.openfaas_model import DEFAULT_NAMESPACE
+        return DEFAULT_NAMESPACE
+
+    def _openfaas_api(self) -> Any:
+        from faastwist.admin.openfaas import OpenFaaSAPI, Versions
+        from faastwist.util.revision import source_revision
+
+        versions = Versions(orchestration=self.config.provider,
+                            sha=source_revision(os.path.dirname(__file__)))
+        return OpenFaaSAPI(self.store, self.provider, self.reconciler.kick, self.metrics,
+                           self.reactor, versions, self.namespace,
+                           max_body_size=self.config.admin.max_body_size)
+
     def _start_gate(self) -> None:
         from faastwist.gate.service import GateService
 
         http = self.config.http_server
         self.gate = GateService(http, self.routes, self.provider, self.reactor, self.metrics,
                                 access_log=http.access_log)
+        admin = self.admin_port.getHost()
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(admin.host, admin.host)
+        self.gate.context.serve_system(host, admin.port, self.namespace)
         try:
             self.gate.startService()
         except Exception as exc:

@@ -12,7 +12,6 @@ unless ``Accept`` prefers ``application/json``; errors are ``{code, message}``.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any, Callable, Mapping, TypeVar
 
@@ -27,7 +26,6 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import RequestRedirect
 
 from faastwist.admin.codec import (
-    NDJSON_TYPE,
     ApiError,
     bounded_request_factory,
     decode_body,
@@ -40,8 +38,9 @@ from faastwist.admin.codec import (
     read_body,
     wants_json,
 )
+from faastwist.admin.logstream import send_logs
 from faastwist.model.fsm import Event, FunctionStatus, InvalidEvent, apply_event
-from faastwist.providers.base import LogLine, LogSource, ProviderError
+from faastwist.providers.base import LogSource, ProviderError
 from faastwist.model.spec import FunctionSpec, SpecError
 from faastwist.store.base import (
     AlreadyExists,
@@ -58,10 +57,6 @@ BASE = "/apis/<any(v1, v2):version>/faas/<controller>"
 FUNCTION = BASE + "/<fn>"
 DEFAULT_MAX_BODY_SIZE = 1 << 20
 DEFAULT_STORE_TIMEOUT = 10.0
-
-
-def _ndjson(line: LogLine) -> bytes:
-    return json.dumps(line.to_dict()).encode() + b"\n"
 
 
 def _header(request: Any, name: bytes) -> str | None:
@@ -255,49 +250,8 @@ class AdminAPI:
         tail = parse_tail(params.get("tail"))
         since = parse_since(params.get("since"), self.wall_clock())
         follow = parse_follow(params.get("follow")) and request.method != b"HEAD"
-        if follow:
-            return await self._follow(request, source, fn, tail, since)
-        lines = await self._timed(source.read_logs(fn, tail=tail, since=since),
-                                  "the log source", 504)
-        body = b"".join(_ndjson(line) for line in lines)
-        request.setHeader(b"content-type", NDJSON_TYPE.encode())
-        request.setHeader(b"content-length", b"%d" % len(body))
-        return body
-
-    async def _follow(self, request: Any, source: LogSource, name: str,
-                      tail: int | None, since: float | None) -> None:
-        # Subscribe before reading history so no line falls between the two; lines that
-        # arrive meanwhile wait in `pending` and are sent after history, minus duplicates.
-        pending: list[LogLine] = []
-        state = {"live": False, "done": False}
-
-        def on_line(line: LogLine) -> None:
-            if state["done"]:
-                return
-            if state["live"]:
-                request.write(_ndjson(line))
-            else:
-                pending.append(line)
-
-        unsubscribe = source.follow_logs(name, on_line)
-        try:
-            history = await self._timed(source.read_logs(name, tail=tail, since=since),
-                                        "the log source", 504)
-            request.setResponseCode(200)
-            request.setHeader(b"content-type", NDJSON_TYPE.encode())
-            request.setHeader(b"cache-control", b"no-cache")
-            seen = set(history)
-            request.write(b"".join(_ndjson(line) for line in history))  # sends the headers
-            request.write(b"".join(_ndjson(line) for line in pending if line not in seen))
-            pending.clear()
-            state["live"] = True
-            finished = request.notifyFinish()
-            finished.addErrback(lambda _: None)  # the client went away: that is the end
-            await finished
-        finally:
-            state["done"] = True
-            unsubscribe()
-        return None
+        return await send_logs(request, source, fn, tail, since, follow,
+                               lambda d: self._timed(d, "the log source", 504))
 
     # -- errors (first matching handler wins, so the catch-all comes last) --------------
     @app.handle_errors(ApiError)

@@ -39,6 +39,8 @@ from faastwist.providers.orphans import GATE_PID_VAR, OWNER_VAR, kill_orphans, o
 from faastwist.providers.replica import ExitInfo, Replica, group_wrapper
 from faastwist.providers.runtime import HttpRuntime, Tuning
 from faastwist.providers.watchdog import ForkRuntime, Watchdog
+from faastwist.providers.watchdogd import DEFAULT_TIMEOUT_VAR, fprocess_argv, watchdog_argv
+from faastwist.providers.watchdogenv import read_settings
 from faastwist.model.spec import FunctionSpec, ProcessMode, SpecError
 
 log = Logger()
@@ -163,7 +165,14 @@ class ProcessProvider(Service):
                       on_exit: Callable[[Replica, ExitInfo], None]) -> Replica:
         port = spec.port if spec.port is not None else free_port()
         env = self._env(spec, port)
-        return Replica(self.reactor, spec.name, self._argv(spec, env), env, self.workdir,
+        if spec.watchdog:
+            # each replica is a watchdog process that runs envProcess once per request
+            env["fprocess"] = spec.env_process
+            env[DEFAULT_TIMEOUT_VAR] = repr(spec.timeout)
+            argv = watchdog_argv(env)
+        else:
+            argv = self._argv(spec, env)
+        return Replica(self.reactor, spec.name, argv, env, self.workdir,
                        port, spec.readiness_path, self._log(spec.name), on_ready, on_exit,
                        wrapper=self.wrapper)
 
@@ -175,8 +184,9 @@ class ProcessProvider(Service):
 
         def argv() -> list[str]:
             return self._argv(watchdog.spec, env())
-        watchdog = Watchdog(self.reactor, spec, argv, env, self.workdir, self._log(spec.name),
-                            wrapper=self.wrapper)
+        watchdog = Watchdog(self.reactor, read_settings(spec, classic=False), argv, env,
+                            self.workdir, self._log(spec.name), wrapper=self.wrapper)
+        watchdog.spec = spec
         return watchdog
 
     def _new_runtime(self, spec: FunctionSpec) -> Runtime:
@@ -222,11 +232,21 @@ class ProcessProvider(Service):
                                     "replica then gets a free port as $PORT) or set "
                                     "minReplica and maxReplica to at most 1")
         env = self._env(spec, None)
-        program = spec.command[0]
+        if spec.watchdog:
+            read_settings(spec, classic=True)
+            try:
+                program = fprocess_argv(spec.env_process)[0]
+            except ValueError as exc:
+                raise SpecError("envProcess", str(exc)) from None
+            field = "envProcess"
+        else:
+            if spec.mode is ProcessMode.FORK:
+                read_settings(spec, classic=False)
+            program, field = spec.command[0], "command"
         if resolve_program(program, env.get("PATH", os.defpath), self.workdir) is None:
             where = (f"relative to {self.workdir}" if "/" in program
                      else "on PATH")
-            raise SpecError("command", f"{program!r}: no such executable {where}")
+            raise SpecError(field, f"{program!r}: no such executable {where}")
 
     def observe(self, names: Sequence[str] | None = None) -> Deferred[dict[str, Observation]]:
         wanted = self.runtimes if names is None else [n for n in names if n in self.runtimes]
