@@ -6,15 +6,18 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= conf/controller.yaml
 PYTEST_ARGS ?=
+# the fast tier: no root, no apt, no external process (markers in setup.cfg)
+UNIT_MARKERS := not etcd and not envtest and not slow and not process and not e2e and not nats and not cluster
 # tests and `make run` use the working tree's code over the installed copy
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run test install system-deps browser-deps bench bench-gate bench-reconcile bench-coldstart clean
+
+.PHONY: run test unit install system-deps browser-deps bench bench-gate bench-reconcile bench-coldstart clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.deps: setup.cfg setup.py | $(BIN)/python
+$(VENV)/.deps: setup.cfg setup.py pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q ".[test]"
 	touch $@
 
@@ -46,6 +49,10 @@ run: install system-deps
 
 test: install system-deps browser-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# the fast tier only: needs the venv, nothing else (runs as any user)
+unit: $(VENV)/.deps
+	$(BIN)/pytest -m "$(UNIT_MARKERS)" $(PYTEST_ARGS)
 
 bench: bench-gate bench-reconcile bench-coldstart
 

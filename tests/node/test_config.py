@@ -93,6 +93,7 @@ def test_shipped_configs_are_valid():
         load_config(path)
 
 
+@pytest.mark.process
 def test_twistd_exits_non_zero_with_one_line_naming_the_key(tmp_path):
     bad = tmp_path / "c.yaml"
     bad.write_text("httpServer: {port: 0}\n")

@@ -196,6 +196,7 @@ def makeService(options):
     ["lfprobe", "--log-format", "json"],
     ["--logger", "faastwist.logformat.json_observer", "lfprobe"],
 ])
+@pytest.mark.process
 def test_twistd_installs_the_json_observer(tmp_path, argv) -> None:
     """Measured, not assumed: a real twistd 26 run with a probe plugin."""
     (tmp_path / "lfprobe_tap.py").write_text(textwrap.dedent(PROBE_TAP))

@@ -5,8 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.process  # starts real processes
 
 
 def _clean_env() -> dict[str, str]:

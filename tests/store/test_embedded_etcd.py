@@ -27,6 +27,8 @@ from faastwist.store.embedded import (
 )
 from faastwist.store.etcd import EtcdStore
 
+pytestmark = pytest.mark.process  # starts real processes
+
 
 def alive(pid: int) -> bool:
     try:

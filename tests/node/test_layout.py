@@ -1,0 +1,147 @@
+"""The package layout holds: no import cycle between modules or packages, few top-level
+modules, and every test file in a folder named for the package it tests.
+
+Imports are read from the source (every ``import``/``from`` anywhere in a module,
+including those inside functions and ``TYPE_CHECKING`` blocks), so a lazy import cannot
+hide a cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "faastwist"
+MAX_TOP_LEVEL_MODULES = 8
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def all_modules() -> dict[str, Path]:
+    return {module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def imports_of(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The faastwist modules a module imports (``from a.b import c`` is ``a.b.c`` when
+    ``c`` is a module, else ``a.b``)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules
+                     else node.module for alias in node.names]
+        else:
+            continue
+        found.update(name for name in names if name in modules)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    modules = all_modules()
+    return {name: imports_of(path, modules) - {name} for name, path in modules.items()}
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one member (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(edges.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def package_of(module: str) -> str:
+    """``faastwist.gate.lean`` -> ``faastwist.gate``; a top-level module is its own node."""
+    return ".".join(module.split(".")[:2])
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycle_between_modules() -> None:
+    assert cycles(graph()) == []
+
+
+def test_no_import_cycle_between_packages() -> None:
+    packages: dict[str, set[str]] = {}
+    for module, targets in graph().items():
+        source = package_of(module)
+        packages.setdefault(source, set()).update(
+            package_of(t) for t in targets if package_of(t) != source)
+    assert cycles(packages) == []
+
+
+def test_util_imports_nothing_else_of_faastwist() -> None:
+    offenders = {module: sorted(t for t in targets if not t.startswith("faastwist.util"))
+                 for module, targets in graph().items() if module.startswith("faastwist.util")}
+    assert {m: t for m, t in offenders.items() if t} == {}
+
+
+def test_nothing_in_the_node_imports_the_testing_fakes() -> None:
+    users = sorted(module for module, targets in graph().items()
+                   if not module.startswith("faastwist.testing")
+                   and any(t.startswith("faastwist.testing") for t in targets))
+    assert users == []
+
+
+def test_the_transports_and_the_upstream_client_never_import_each_other() -> None:
+    edges = graph()
+    peers = {"faastwist.gate.lean", "faastwist.gate.web", "faastwist.gate.upstream"}
+    assert {m: sorted(edges[m] & peers) for m in peers if edges[m] & peers} == {}
+
+
+def test_few_top_level_modules() -> None:
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= MAX_TOP_LEVEL_MODULES, top
+
+
+def test_every_package_declares_its_public_names() -> None:
+    missing = sorted(module_name(init) for init in PACKAGE.rglob("__init__.py")
+                     if "__all__" not in init.read_text()
+                     and module_name(init) != "faastwist")
+    assert missing == []
+
+
+def test_every_test_file_lives_in_a_folder_named_for_what_it_tests() -> None:
+    folders = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    # node: the top-level modules (tap, node, config, ...), packaging and this layout;
+    # e2e: whole nodes as real processes
+    allowed = folders | {"node", "e2e"}
+    misplaced = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")
+                       if p.parent.name not in allowed or p.parent.parent != ROOT / "tests")
+    assert misplaced == []
