@@ -39,6 +39,7 @@ from faastwist.admin.codec import (
     wants_json,
 )
 from faastwist.admin.logstream import send_logs
+from faastwist.admin.rollout import rollout
 from faastwist.model.fsm import Event, FunctionStatus, InvalidEvent, apply_event
 from faastwist.providers.base import LogSource, ProviderError
 from faastwist.model.spec import FunctionSpec, SpecError
@@ -206,6 +207,20 @@ class AdminAPI:
                                 f"delete {fn} instead)")
         status = apply_event(record.status, Event.UPDATE, self.wall_clock())
         updated = await self._store(self.store.update(record, spec=spec, status=status))
+        self._kick(fn)
+        return self.respond(request, 200, updated.to_dict())
+
+    @app.route(FUNCTION + "/rollout", methods=["PUT"], strict_slashes=False)
+    async def rollout(self, request: Any, version: str, controller: str, fn: str) -> bytes:
+        """A rolling update: an active function keeps serving while the new spec rolls
+        out (the FSM's update would need a stop first); otherwise as update."""
+        self._check_controller(controller)
+        spec = self._read_spec(request, default_name=fn)
+        if spec.name != fn:
+            raise ApiError(409, f"name: the body names function {spec.name} but the URL names "
+                                f"{fn}; a function cannot be renamed")
+        record = await self._store(self.store.get(fn))
+        updated = await self._store(rollout(self.store, record, spec, self.wall_clock()))
         self._kick(fn)
         return self.respond(request, 200, updated.to_dict())
 

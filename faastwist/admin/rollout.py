@@ -13,13 +13,9 @@ from __future__ import annotations
 import attrs
 from twisted.internet.defer import Deferred, succeed
 
-from faastwist.model.fsm import Event, State, apply_event
+from faastwist.model.fsm import ROLLOUT_KEY, Event, State, apply_event
 from faastwist.model.spec import FunctionSpec
 from faastwist.store.base import FunctionRecord, FunctionStore
-
-#: extData key under which a rollout's outcome is reported while the old version serves
-ROLLOUT_KEY = "rollout"
-
 
 def rollout(store: FunctionStore, record: FunctionRecord, spec: FunctionSpec,
             now: float) -> Deferred[FunctionRecord]:
@@ -28,8 +24,8 @@ def rollout(store: FunctionStore, record: FunctionRecord, spec: FunctionSpec,
     if status.state is State.ACTIVE:
         if spec == record.spec:
             return succeed(record)
-        ext = {k: v for k, v in status.ext_data.items() if not k.startswith(ROLLOUT_KEY)}
-        ext[ROLLOUT_KEY] = f"rolling out {spec.digest()}"
+        ext = dict(status.ext_data)
+        ext[ROLLOUT_KEY] = "in progress"
         status = attrs.evolve(status, message=f"rolling out a new version ({spec.digest()})",
                               ext_data=ext, updated=now)
     else:

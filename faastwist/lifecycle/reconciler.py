@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from faastwist.model.fsm import Event, FunctionStatus, InvalidEvent, State, apply_event
+from faastwist.model.fsm import ROLLOUT_KEY, Event, FunctionStatus, InvalidEvent, State, apply_event
 from faastwist.metrics import Metrics
 from faastwist.providers.base import (
     Observation,
@@ -81,6 +81,15 @@ def plan(record: FunctionRecord, observation: Observation | None, now: float = 0
     if (event is Event.PENDING and state is State.INACTIVE and status.start_pending
             and now - status.updated < start_grace):
         return Plan()  # the start is still rolling out
+    if (state is State.ACTIVE and observation.serving_previous
+            and event in (Event.PENDING, Event.ERROR)):
+        # a rolling update that is not live: the old version serves, so stay active
+        failed = event is Event.ERROR
+        prefix = ("update failed; the previous version keeps serving: " if failed else
+                  "update rolling out; the previous version serves meanwhile: ")
+        return Plan(message=prefix + observation.message,
+                    ext_data={**observation.ext_data,
+                              ROLLOUT_KEY: "failed" if failed else "in progress"})
     events: tuple[Event, ...] = (event,)
     if state is State.FAILED and event is Event.READY:
         events = (Event.READY, Event.READY)  # failed -> initial -> active: recovered

@@ -57,6 +57,9 @@ TRANSITIONS: Mapping[tuple[State, Event], State] = {
     (S.FAILED, E.DELETE): S.DESTROYED,
 }
 
+#: extData key of a rolling update's progress while the previous version serves
+ROLLOUT_KEY = "rollout"
+
 #: Events an operator sends through the admin API; the others come from the provider.
 OPERATOR_EVENTS = frozenset({E.START, E.STOP, E.UPDATE, E.DELETE})
 

@@ -23,6 +23,8 @@ API_VERSION = f"{GROUP}/{VERSION}"
 CONTROLLER_LABEL = "faastwist.io/controller"
 DIGEST_ANNOTATION = "faastwist.io/spec-digest"
 STOPPED_ANNOTATION = "faastwist.io/stopped"
+#: The container variable OpenFaaS's watchdog reads its command from (envProcess)
+FPROCESS_ENV = "fprocess"
 
 _AUTOSCALING = "autoscaling.knative.dev/"
 CLASS_ANNOTATION = _AUTOSCALING + "class"
@@ -64,6 +66,13 @@ def template_annotations(spec: FunctionSpec, stopped: bool = False) -> dict[str,
 def container(spec: FunctionSpec) -> dict[str, Any]:
     """The one container of the revision: image, port and resources as written."""
     out: dict[str, Any] = {"image": spec.image}
+    env = dict(spec.env)
+    if spec.env_process:
+        env[FPROCESS_ENV] = spec.env_process  # what OpenFaaS's watchdog in the image runs
+    if env:
+        out["env"] = [{"name": key, "value": value} for key, value in sorted(env.items())]
+    if spec.read_only_root_filesystem:
+        out["securityContext"] = {"readOnlyRootFilesystem": True}
     if spec.port is not None:
         out["ports"] = [{"containerPort": spec.port}]
     resources: dict[str, dict[str, str]] = {}
@@ -78,8 +87,12 @@ def container(spec: FunctionSpec) -> dict[str, Any]:
 
 
 def template(spec: FunctionSpec, stopped: bool = False) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"annotations": {**spec.annotations,
+                                                **template_annotations(spec, stopped)}}
+    if spec.labels:
+        metadata["labels"] = dict(spec.labels)
     return {
-        "metadata": {"annotations": template_annotations(spec, stopped)},
+        "metadata": metadata,
         # the function's timeout, end to end: the gate answers 504 at it, and Knative's
         # queue-proxy gives up at the same moment instead of at its own default (300s)
         "spec": {"containers": [container(spec)],
@@ -105,8 +118,8 @@ def build_ksvc(spec: FunctionSpec, controller: str, namespace: str,
         "metadata": {
             "name": spec.name,
             "namespace": namespace,
-            "labels": {CONTROLLER_LABEL: controller},
-            "annotations": our_annotations(spec, stopped),
+            "labels": {**spec.labels, CONTROLLER_LABEL: controller},
+            "annotations": {**spec.annotations, **our_annotations(spec, stopped)},
         },
         "spec": {"template": template(spec, stopped)},
     }
@@ -126,10 +139,12 @@ def rewrite_ksvc(current: Mapping[str, Any], spec: FunctionSpec, controller: str
     metadata = body.setdefault("metadata", {})
     metadata.pop("managedFields", None)
     labels = dict(metadata.get("labels") or {})
+    labels.update(spec.labels)
     labels[CONTROLLER_LABEL] = controller
     metadata["labels"] = labels
     annotations = {key: value for key, value in (metadata.get("annotations") or {}).items()
                    if key not in (DIGEST_ANNOTATION, STOPPED_ANNOTATION)}
+    annotations.update(spec.annotations)
     annotations.update(our_annotations(spec, stopped))
     metadata["annotations"] = annotations
     body.setdefault("spec", {})["template"] = template(spec, stopped)
@@ -210,6 +225,12 @@ def observe_ksvc(ksvc: Mapping[str, Any]) -> Observation:
     metadata = ksvc.get("metadata") or {}
     annotations = metadata.get("annotations") or {}
     event, message, ext_data = conditions_event(ksvc)
+    status = ksvc.get("status") or {}
+    created = status.get("latestCreatedRevisionName")
+    serving = status.get("latestReadyRevisionName")
+    routes = [c for c in status.get("conditions") or () if c.get("type") == "RoutesReady"]
+    previous = bool(serving and created and created != serving
+                    and not any(c.get("status") == "False" for c in routes))
     return Observation(
         name=metadata.get("name", ""),
         digest=annotations.get(DIGEST_ANNOTATION, ""),
@@ -217,4 +238,5 @@ def observe_ksvc(ksvc: Mapping[str, Any]) -> Observation:
         event=event,
         message=message,
         ext_data=ext_data,
+        serving_previous=previous,
     )

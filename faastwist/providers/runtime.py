@@ -407,13 +407,14 @@ class HttpRuntime:
         name, digest = self.spec.name, self.digest
         if self.stopped:
             return Observation(name, digest, stopped=True)
+        previous = any(r.ready and not r.draining for r in self.retiring)
         if self.error is not None:
             ext = {"exitCode": "" if self.error.code is None else str(self.error.code),
                    "stderr": "\n".join(self.error.stderr), "restarts": str(len(self.exits))}
             if self.error.signal is not None:
                 ext["signal"] = str(self.error.signal)
             return Observation(name, digest, event=Event.ERROR, message=self.error_message(),
-                               ext_data=ext)
+                               ext_data=ext, serving_previous=previous)
         ready = len(self.ready)
         if ready >= self.minimum:
             self.settled = True
@@ -425,8 +426,10 @@ class HttpRuntime:
         waited = self.clock.seconds() - self.since
         message = f"{ready} of {self.minimum} replicas ready after {waited:.0f}s"
         if waited < self.tuning.cold_start_timeout:
-            return Observation(name, digest, event=None, message=message)
-        return Observation(name, digest, event=Event.PENDING, message=message)
+            return Observation(name, digest, event=None, message=message,
+                               serving_previous=previous)
+        return Observation(name, digest, event=Event.PENDING, message=message,
+                           serving_previous=previous)
 
     def pids(self) -> list[int]:
         return [r.pid for r in self.replicas + self.retiring if r.alive and r.pid is not None]

@@ -856,3 +856,26 @@ def test_random_documents_never_make_a_5xx(document: Any, as_json: bool, put: bo
     reply = admin.request("PUT" if put else "POST", "/demo10" if put else "", body,
                           headers=headers)
     assert reply.code < 500, reply.body
+
+
+def test_rollout_keeps_an_active_function_active_and_updates_others_as_update(
+        admin: Admin) -> None:
+    admin.create()
+    admin.set_state("demo10", Event.READY)
+    assert admin.state("demo10") is State.ACTIVE
+    new = DEMO10.replace(b"colordeploy:17.0", b"colordeploy:18.0")
+    assert admin.request("PUT", "/demo10", new).code == 409   # the FSM table still refuses
+    rolled = admin.request("PUT", "/demo10/rollout", new)
+    assert rolled.code == 200
+    assert rolled.data["status"]["state"] == "active"
+    assert rolled.data["status"]["extData"]["rollout"] == "in progress"
+    assert fired(admin.store.get("demo10")).spec.image == "dev.local/colordeploy:18.0"
+    assert admin.kicks[-1] == "demo10"
+    same = admin.request("PUT", "/demo10/rollout", new)   # nothing to roll: no write
+    assert same.code == 200 and same.data["status"]["state"] == "active"
+    admin.set_state("demo10", Event.STOP)
+    stopped = admin.request("PUT", "/demo10/rollout", DEMO10)
+    assert stopped.data["status"]["state"] == "initial"
+    assert admin.request("PUT", "/ghost/rollout", spec_yaml("ghost")).code == 404
+    assert admin.request("PUT", "/demo10/rollout", spec_yaml("other")).code == 409
+    assert admin.request("PUT", "/demo10/rollout", b"port: -1").code == 400
