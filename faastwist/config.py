@@ -75,6 +75,12 @@ class AdminConfig:
 
 
 @attrs.frozen
+class SecretsConfig:
+    #: the node key that encrypts OpenFaaS secrets in etcd (created 0600 on first start)
+    key_file: str = "./data/secrets.key"
+
+
+@attrs.frozen
 class ControllerConfig:
     name: str = "faascontroller"
     kind: str = "FaaSController"
@@ -85,6 +91,7 @@ class ControllerConfig:
     etcd: EtcdConfig = EtcdConfig()
     process: ProcessConfig = ProcessConfig()
     admin: AdminConfig = AdminConfig()
+    secrets: SecretsConfig = SecretsConfig()
 
     @classmethod
     def from_dict(cls, data: object, base_dir: Path | None = None) -> "ControllerConfig":
@@ -108,6 +115,8 @@ class ControllerConfig:
             etcd=reader.section("etcd", lambda r: _read_etcd(r, base)),
             process=reader.section("process", lambda r: _read_process(r, base)),
             admin=reader.section("admin", _read_admin),
+            secrets=reader.section("secrets", lambda r: SecretsConfig(
+                key_file=_path(r.string("keyFile", "./data/secrets.key"), base))),
         )
         reader.finish()
         return config

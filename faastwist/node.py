@@ -57,6 +57,7 @@ class FaasNode(Service):
         self.ops: Any = None
         self.notifier: Any = None
         self.openfaas: Any = None
+        self.secrets: Any = None
 
     # -- helpers ---------------------------------------------------------------------
     def _push(self, what: str, stop: Callable[[], Any]) -> None:
@@ -135,6 +136,12 @@ class FaasNode(Service):
         except StoreUnavailable as exc:
             raise StartupError(f"etcd at {', '.join(endpoints)} is not reachable: {exc}")
         self._push("store", self.store.close)
+        from faastwist.store.secrets import KeyFileError, SecretStore, load_key
+
+        try:
+            self.secrets = SecretStore(self.store, load_key(self.config.secrets.key_file))
+        except KeyFileError as exc:
+            raise StartupError(str(exc)) from None
 
     def _start_provider(self) -> None:
         if self.config.provider == "knative":
@@ -150,6 +157,7 @@ class FaasNode(Service):
         if hasattr(self.provider, "on_change"):
             # readiness and crash loops reach the FSM at once, not at the next sync
             self.provider.on_change = lambda name: self.reconciler and self.reconciler.kick(name)
+        self.provider.secrets = self.secrets
         self._start_child("provider", self.provider)
 
     async def _start_routes(self) -> None:
@@ -223,7 +231,7 @@ class FaasNode(Service):
                             sha=source_revision(os.path.dirname(__file__)))
         return OpenFaaSAPI(self.store, self.provider, self.reconciler.kick, self.metrics,
                            self.reactor, versions, self.namespace,
-                           max_body_size=self.config.admin.max_body_size)
+                           max_body_size=self.config.admin.max_body_size, secrets=self.secrets)
 
     def _start_gate(self) -> None:
         from faastwist.gate.service import GateService

@@ -63,3 +63,24 @@ async def send_logs(request: Any, source: LogSource, name: str, tail: int | None
         state["done"] = True
         unsubscribe()
     return None
+
+
+class OneInstance:
+    """A log source narrowed to one instance (``?instance=``)."""
+
+    def __init__(self, source: Any, instance: str) -> None:
+        self.source = source
+        self.instance = instance
+
+    def read_logs(self, name: str, tail: int | None = None,
+                  since: float | None = None) -> Deferred[list[LogLine]]:
+        d = self.source.read_logs(name, tail=None, since=since)
+
+        def narrow(lines: list[LogLine]) -> list[LogLine]:
+            mine = [line for line in lines if line.instance == self.instance]
+            return mine[-tail:] if tail else mine
+        return d.addCallback(narrow)
+
+    def follow_logs(self, name: str, on_line: Callable[[LogLine], None]) -> Callable[[], None]:
+        return self.source.follow_logs(
+            name, lambda line: on_line(line) if line.instance == self.instance else None)

@@ -35,14 +35,15 @@ from faastwist.admin.codec import (
     query_params,
     read_body,
 )
-from faastwist.admin.logstream import send_logs
-from faastwist.admin.openfaas_model import deployment_to_spec, function_status
+from faastwist.admin.logstream import OneInstance, send_logs
+from faastwist.admin.openfaas_model import deployment_to_spec, function_status, read_secret
 from faastwist.admin.rollout import rollout
 from faastwist.metrics import Metrics
 from faastwist.model.fsm import Event, FunctionStatus, InvalidEvent, State, apply_event
 from faastwist.model.spec import FunctionSpec, SpecError
 from faastwist.providers.base import LogLine, Observation, ProviderError
 from faastwist.store.base import AlreadyExists, Conflict, FunctionStore, NotFound, StoreUnavailable
+from faastwist.store.secrets import SecretExists, SecretNotFound
 
 log = Logger()
 T = TypeVar("T")
@@ -74,8 +75,9 @@ class OpenFaaSAPI:
                  metrics: Metrics, clock: IReactorTime, versions: Versions,
                  namespace: str, guard: Guard = allow_all,
                  max_body_size: int = 1 << 20, store_timeout: float = STORE_TIMEOUT,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time, secrets: Any = None) -> None:
         self.store = store
+        self.secrets = secrets
         self.provider = provider
         self.kick = kick
         self.metrics = metrics
@@ -201,15 +203,23 @@ class OpenFaaSAPI:
             raise ApiError(400, f"namespace: this gate serves namespace {self.namespace} "
                                 f"only, got {namespace!r}")
 
-    def _spec(self, request: Any, base: FunctionSpec | None = None) -> FunctionSpec:
-        spec = deployment_to_spec(self._document(request), self.namespace, base)
-        self.provider.check_spec(spec)
-        return spec
+    async def _check_secrets(self, spec: FunctionSpec) -> None:
+        """A deployment naming a secret that does not exist is refused now (400), not
+        left failing at its first start."""
+        if not spec.secrets:
+            return
+        known = set(await self._timed(self._secret_store().names()))
+        for index, name in enumerate(spec.secrets):
+            if name not in known:
+                raise ApiError(400, f"secrets[{index}]: secret {name} not found; create it "
+                                    f"with POST /system/secrets first")
 
     @app.route("/system/functions", methods=["POST"])
     async def deploy(self, request: Any) -> bytes:
         self.guard(request)
-        spec = self._spec(request)
+        spec = deployment_to_spec(self._document(request), self.namespace)
+        self.provider.check_spec(spec)
+        await self._check_secrets(spec)
         status = FunctionStatus.initial(spec.name, self.wall_clock())
         await self._timed(self.store.create(spec, status))
         self.kick(spec.name)
@@ -223,6 +233,7 @@ class OpenFaaSAPI:
         record = await self._timed(self.store.get(name))
         spec = deployment_to_spec(document, self.namespace, record.spec)
         self.provider.check_spec(spec)
+        await self._check_secrets(spec)
         await self._timed(rollout(self.store, record, spec, self.wall_clock()))
         self.kick(name)
         return self._accepted(request)
@@ -265,6 +276,38 @@ class OpenFaaSAPI:
             self.kick(name)
         return self._accepted(request)
 
+    # -- secrets (values go in, never out) ----------------------------------------------
+    def _secret_store(self) -> Any:
+        if self.secrets is None:
+            raise ApiError(501, "secrets are not available on this node")
+        return self.secrets
+
+    @app.route("/system/secrets", methods=["GET"])
+    async def list_secrets(self, request: Any) -> bytes:
+        self.guard(request)
+        self._check_namespace_param(request)
+        names = await self._timed(self._secret_store().names())
+        return self._json(request, 200, [{"name": n, "namespace": self.namespace}
+                                         for n in names])
+
+    @app.route("/system/secrets", methods=["POST", "PUT"])
+    async def write_secret(self, request: Any) -> bytes:
+        self.guard(request)
+        store = self._secret_store()
+        name, value = read_secret(self._document(request), self.namespace)
+        if request.method == b"POST":
+            await self._timed(store.create(name, value))
+        else:
+            await self._timed(store.replace(name, value))
+        return self._accepted(request)
+
+    @app.route("/system/secrets", methods=["DELETE"])
+    async def delete_secret(self, request: Any) -> bytes:
+        self.guard(request)
+        name = self._name_field(self._document(request), "name")
+        await self._timed(self._secret_store().delete(name))
+        return self._accepted(request)
+
     # -- the rest ----------------------------------------------------------------------
     @app.route("/system/info", methods=["GET"])
     def info(self, request: Any) -> bytes:
@@ -305,7 +348,7 @@ class OpenFaaSAPI:
 
         def shape(line: LogLine) -> dict[str, Any]:
             return {**line.to_dict(), "namespace": namespace}
-        source = self.provider if not instance else _OneInstance(self.provider, instance)
+        source = self.provider if not instance else OneInstance(self.provider, instance)
         return await send_logs(request, source, name, tail, since, follow,
                                lambda d: self._timed(d, "the log source", 504), shape)
 
@@ -321,11 +364,11 @@ class OpenFaaSAPI:
     def _spec_error(self, request: Any, failure: Failure) -> bytes:
         return self._json(request, 400, {"code": 400, "message": str(failure.value)})
 
-    @app.handle_errors(NotFound)
+    @app.handle_errors(NotFound, SecretNotFound)
     def _not_found(self, request: Any, failure: Failure) -> bytes:
         return self._json(request, 404, {"code": 404, "message": str(failure.value)})
 
-    @app.handle_errors(AlreadyExists, Conflict, InvalidEvent)
+    @app.handle_errors(AlreadyExists, Conflict, InvalidEvent, SecretExists)
     def _conflict(self, request: Any, failure: Failure) -> bytes:
         return self._json(request, 409, {"code": 409, "message": str(failure.value)})
 
@@ -357,24 +400,3 @@ class OpenFaaSAPI:
                     path=request.path.decode("latin-1"))
         return self._json(request, 500, {"code": 500, "message":
                                          "internal error; the node's log has the details"})
-
-
-class _OneInstance:
-    """A log source narrowed to one instance (``?instance=``)."""
-
-    def __init__(self, source: Any, instance: str) -> None:
-        self.source = source
-        self.instance = instance
-
-    def read_logs(self, name: str, tail: int | None = None,
-                  since: float | None = None) -> Deferred[list[LogLine]]:
-        d = self.source.read_logs(name, tail=None, since=since)
-
-        def narrow(lines: list[LogLine]) -> list[LogLine]:
-            mine = [line for line in lines if line.instance == self.instance]
-            return mine[-tail:] if tail else mine
-        return d.addCallback(narrow)
-
-    def follow_logs(self, name: str, on_line: Callable[[LogLine], None]) -> Callable[[], None]:
-        return self.source.follow_logs(
-            name, lambda line: on_line(line) if line.instance == self.instance else None)

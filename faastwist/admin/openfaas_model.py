@@ -10,14 +10,17 @@ default minimum is one replica; ``zero: true`` lets an idle function go to zero)
 
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
 import attrs
 
 from faastwist.model.fsm import FunctionStatus, State
-from faastwist.model.spec import FunctionSpec, SpecError
+from faastwist.model.spec import SECRET_NAME, FunctionSpec, SpecError
 from faastwist.providers.watchdogenv import read_settings
+from faastwist.store.secrets import MAX_SECRET_SIZE
 from faastwist.util.fields import FieldReader
 
 SCALE_MIN = "com.openfaas.scale.min"
@@ -175,3 +178,32 @@ def function_status(spec: FunctionSpec, status: FunctionStatus, namespace: str,
     out["availableReplicas"] = available
     out["createdAt"] = rfc3339(status.created or status.updated)
     return out
+
+
+def read_secret(document: Any, namespace: str) -> tuple[str, bytes]:
+    """``(name, value)`` of an OpenFaaS Secret: ``value`` (text) or ``rawValue`` (base64)."""
+    reader = FieldReader(document, "", SpecError)
+    name = reader.string("name")
+    if not SECRET_NAME.match(name):
+        raise SpecError("name", f"must be a secret name (letters, digits, '-', '_' and '.'), "
+                                f"got {name!r}")
+    given_namespace = reader.string("namespace", "")
+    if given_namespace and given_namespace != namespace:
+        raise SpecError("namespace", f"this gate serves namespace {namespace} only, got "
+                                     f"{given_namespace!r}")
+    value = reader.string("value", "")
+    raw = reader.string("rawValue", "")
+    if value and raw:
+        raise SpecError("rawValue", "give value or rawValue, not both")
+    if raw:
+        try:
+            data = base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError):
+            raise SpecError("rawValue", "must be base64") from None
+    else:
+        data = value.encode()
+    if not data:
+        raise SpecError("value", "is required (or rawValue, base64)")
+    if len(data) > MAX_SECRET_SIZE:
+        raise SpecError("value", f"must be at most {MAX_SECRET_SIZE} bytes")
+    return name, data

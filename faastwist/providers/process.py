@@ -23,6 +23,7 @@ from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, 
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from faastwist.config import ProcessConfig
@@ -32,8 +33,12 @@ from faastwist.providers.base import (
     NoCapacity,
     Observation,
     ProviderError,
+    ProviderRejected,
     UpstreamLease,
 )
+from faastwist.providers.secretfiles import SECRETS_DIR_VAR, SecretFiles
+from faastwist.store.base import StoreError
+from faastwist.store.secrets import SecretStore, reveal_deferred
 from faastwist.providers.logfile import FunctionLog, read_lines
 from faastwist.providers.orphans import GATE_PID_VAR, OWNER_VAR, kill_orphans, owner_token
 from faastwist.providers.replica import ExitInfo, Replica, group_wrapper
@@ -102,6 +107,9 @@ class ProcessProvider(Service):
         self._announced: dict[str, tuple] = {}
         # requests for functions not deployed yet (the first pass after a restart)
         self._awaiting: dict[str, list[tuple[Deferred, object]]] = {}
+        #: where the functions' secrets come from (the node sets it); None: no secrets
+        self.secrets: SecretStore | None = None
+        self.secret_files = SecretFiles(Path(config.data_dir) / "secrets")
 
     # -- service ---------------------------------------------------------------------
     def startService(self) -> None:
@@ -152,6 +160,9 @@ class ProcessProvider(Service):
         if port is not None:
             env["PORT"] = str(port)
         env["FAASTWIST_FUNCTION"] = spec.name
+        secrets_dir = self.secret_files.path(spec.name) if spec.secrets else None
+        if secrets_dir is not None:
+            env[SECRETS_DIR_VAR] = secrets_dir
         env[OWNER_VAR] = self.token
         env[GATE_PID_VAR] = str(os.getpid())
         return env
@@ -252,7 +263,27 @@ class ProcessProvider(Service):
         wanted = self.runtimes if names is None else [n for n in names if n in self.runtimes]
         return succeed({name: self.runtimes[name].observe() for name in wanted})
 
+    def _secrets_ready(self, spec: FunctionSpec) -> Deferred[None]:
+        """Write the secrets ``spec`` names into its folder before replicas start; a
+        secret that does not exist is a ProviderRejected (the function fails, saying so)."""
+        if not spec.secrets:
+            if self.secret_files.path(spec.name) is not None:
+                return deferToThreadPool(self.reactor, self.threads,
+                                         self.secret_files.remove, spec.name)
+            return succeed(None)
+
+        def rejected(failure: Failure) -> None:
+            failure.trap(StoreError)
+            raise ProviderRejected(f"secrets: {failure.getErrorMessage()}")
+        d = reveal_deferred(self.secrets, spec.secrets)
+        d.addCallback(lambda values: deferToThreadPool(
+            self.reactor, self.threads, self.secret_files.write, spec.name, values))
+        return d.addCallbacks(lambda _: None, rejected)
+
     def deploy(self, spec: FunctionSpec) -> Deferred[None]:
+        return self._secrets_ready(spec).addCallback(lambda _: self._deploy(spec))
+
+    def _deploy(self, spec: FunctionSpec) -> Deferred[None]:
         self._announced.pop(spec.name, None)
         runtime, stopping = self._runtime_for(spec)
         if runtime.spec != spec:
@@ -274,10 +305,13 @@ class ProcessProvider(Service):
         return result
 
     def update(self, spec: FunctionSpec) -> Deferred[None]:
+        return self._secrets_ready(spec).addCallback(lambda _: self._update(spec))
+
+    def _update(self, spec: FunctionSpec) -> Deferred[None]:
         self._announced.pop(spec.name, None)
         runtime = self.runtimes.get(spec.name)
         if runtime is None:
-            return self.deploy(spec)
+            return self._deploy(spec)
         was_stopped = runtime.stopped
         runtime, stopping = self._runtime_for(spec)
         if stopping is not None:
@@ -291,6 +325,9 @@ class ProcessProvider(Service):
         return _after(stopping, runtime.stop)
 
     def start(self, spec: FunctionSpec) -> Deferred[None]:
+        return self._secrets_ready(spec).addCallback(lambda _: self._start(spec))
+
+    def _start(self, spec: FunctionSpec) -> Deferred[None]:
         self._announced.pop(spec.name, None)
         runtime, stopping = self._runtime_for(spec)
         if runtime.spec != spec:
@@ -309,6 +346,7 @@ class ProcessProvider(Service):
                 function_log = FunctionLog(name, self.log_dir / f"{name}.log", self.reactor,
                                            self.log_max_bytes, self.wall_clock)
             function_log.file.remove()
+            self.secret_files.remove(name)
             try:
                 self.metrics.replicas.remove(name)
             except KeyError:

@@ -248,3 +248,59 @@ def test_update_through_openfaas_and_easegress_created_function(node, tmp_path: 
     wait_for(lambda: function(node, "egfn").get("availableReplicas") == 1, timeout=40)
     remove(node, "egfn")
     wait_for(lambda: node.json("GET", "/egfn")[0] == 404)
+
+
+def test_secrets_are_written_encrypted_and_read_by_the_function_that_names_them(node):
+    import base64
+    import os
+    import stat
+
+    code, _, data = call(node, "POST", "/system/secrets", {"name": "db-pass",
+                                                           "value": "s3cret-Value-42"})
+    assert code == 202, data
+    assert call(node, "POST", "/system/secrets", {"name": "db-pass", "value": "x"})[0] == 409
+    raw = base64.b64encode(b"\x00binary\xff").decode()
+    assert call(node, "POST", "/system/secrets", {"name": "blob", "rawValue": raw})[0] == 202
+    code, _, data = call(node, "GET", "/system/secrets")
+    assert code == 200
+    assert json.loads(data) == [{"name": "blob", "namespace": "openfaas-fn"},
+                                {"name": "db-pass", "namespace": "openfaas-fn"}]
+    for body, needle in (({"name": "ghost", "value": "v"}, "ghost"),):
+        got, _, reply = call(node, "PUT", "/system/secrets", body)
+        assert got == 404 and needle in json.loads(reply)["message"]
+    for bad, field in (({"value": "v"}, "name"), ({"name": "a/b", "value": "v"}, "name"),
+                       ({"name": "n", "rawValue": "%%%"}, "rawValue"),
+                       ({"name": "n"}, "value")):
+        got, _, reply = call(node, "POST", "/system/secrets", bad)
+        assert got == 400 and json.loads(reply)["message"].startswith(field), reply
+    # the key file is the node's alone, and etcd holds ciphertext only
+    key_file = node.workdir / "data" / "secrets.key"
+    assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+    etcd_files = [p for p in (node.workdir / "etcd").rglob("*") if p.is_file()]
+    dump = b"".join(p.read_bytes() for p in etcd_files)
+    assert b"/.secrets/ofctl/db-pass" in dump and b"s3cret-Value-42" not in dump
+    # a deployment naming a missing secret is refused
+    code, _, data = call(node, "POST", "/system/functions",
+                         {"service": "nosecret", "envProcess": "cat", "secrets": ["nope"]})
+    assert code == 400 and "secrets[0]" in json.loads(data)["message"]
+    reader = "sh -c 'cat \"$FAASTWIST_SECRETS_DIR/db-pass\"; ls \"$FAASTWIST_SECRETS_DIR\"'"
+    deploy(node, "secfn", envProcess=reader, secrets=["db-pass"])
+    assert function(node, "secfn")["secrets"] == ["db-pass"]
+    code, _, data = call(node, "GET", "/function/secfn")
+    assert (code, data) == (200, b"s3cret-Value-42db-pass\n")
+    # another function gets no secrets folder
+    deploy(node, "othfn", envProcess="sh -c 'echo \"[$FAASTWIST_SECRETS_DIR]\"'")
+    assert call(node, "GET", "/function/othfn")[2] == b"[]\n"
+    # an updated secret reaches the function at its next (rolling) start
+    assert call(node, "PUT", "/system/secrets", {"name": "db-pass", "value": "rotated"})[0] == 202
+    code, _, _ = call(node, "PUT", "/system/functions",
+                      {"service": "secfn", "envProcess": reader, "secrets": ["db-pass"],
+                       "labels": {"rev": "2"}})
+    assert code == 202
+    wait_for(lambda: call(node, "GET", "/function/secfn")[2] == b"rotateddb-pass\n", timeout=40)
+    for name in ("secfn", "othfn"):
+        remove(node, name)
+    for name in ("db-pass", "blob"):
+        assert call(node, "DELETE", "/system/secrets", {"name": name})[0] == 202
+    assert call(node, "DELETE", "/system/secrets", {"name": "db-pass"})[0] == 404
+    assert json.loads(call(node, "GET", "/system/secrets")[2]) == []
