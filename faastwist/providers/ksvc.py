@@ -25,6 +25,8 @@ DIGEST_ANNOTATION = "faastwist.io/spec-digest"
 STOPPED_ANNOTATION = "faastwist.io/stopped"
 #: The container variable OpenFaaS's watchdog reads its command from (envProcess)
 FPROCESS_ENV = "fprocess"
+SECRETS_VOLUME = "openfaas-secrets"
+SECRETS_PATH = "/var/openfaas/secrets"
 
 _AUTOSCALING = "autoscaling.knative.dev/"
 CLASS_ANNOTATION = _AUTOSCALING + "class"
@@ -73,6 +75,9 @@ def container(spec: FunctionSpec) -> dict[str, Any]:
         out["env"] = [{"name": key, "value": value} for key, value in sorted(env.items())]
     if spec.read_only_root_filesystem:
         out["securityContext"] = {"readOnlyRootFilesystem": True}
+    if spec.secrets:
+        out["volumeMounts"] = [{"name": SECRETS_VOLUME, "mountPath": SECRETS_PATH,
+                                "readOnly": True}]
     if spec.port is not None:
         out["ports"] = [{"containerPort": spec.port}]
     resources: dict[str, dict[str, str]] = {}
@@ -91,13 +96,19 @@ def template(spec: FunctionSpec, stopped: bool = False) -> dict[str, Any]:
                                                 **template_annotations(spec, stopped)}}
     if spec.labels:
         metadata["labels"] = dict(spec.labels)
-    return {
-        "metadata": metadata,
+    pod: dict[str, Any] = {
+        "containers": [container(spec)],
         # the function's timeout, end to end: the gate answers 504 at it, and Knative's
         # queue-proxy gives up at the same moment instead of at its own default (300s)
-        "spec": {"containers": [container(spec)],
-                 "timeoutSeconds": max(1, math.ceil(spec.timeout))},
+        "timeoutSeconds": max(1, math.ceil(spec.timeout)),
     }
+    if spec.secrets:
+        # each secret is a Kubernetes Secret of that name (the provider writes it) with
+        # one key, the name: files at /var/openfaas/secrets/<name>, as in OpenFaaS
+        pod["volumes"] = [{"name": SECRETS_VOLUME, "projected": {"sources": [
+            {"secret": {"name": name, "items": [{"key": name, "path": name}]}}
+            for name in spec.secrets]}}]
+    return {"metadata": metadata, "spec": pod}
 
 
 def our_annotations(spec: FunctionSpec, stopped: bool) -> dict[str, str]:

@@ -662,3 +662,58 @@ def test_openfaas_fields_reach_the_ksvc_and_a_failed_rollout_keeps_the_old_revis
     yield cluster.reconciler.run_pass()
     status = yield cluster.state("wd")
     assert status.state is State.ACTIVE and "rollout" not in status.ext_data
+
+
+class _Secrets:
+    """The encrypted store's reveal, with values the test chose (the store itself is
+    tested against etcd; here the Kubernetes side is what is under test)."""
+
+    def __init__(self, values: dict[str, bytes]) -> None:
+        self.values = values
+
+    def reveal(self, names: Any) -> Any:
+        from twisted.internet.defer import fail, succeed
+        from faastwist.store.secrets import SecretNotFound
+
+        missing = [n for n in names if n not in self.values]
+        if missing:
+            return fail(SecretNotFound(missing[0]))
+        return succeed({n: self.values[n] for n in names})
+
+
+@pytest_twisted.inlineCallbacks
+def test_secrets_become_kubernetes_secrets_mounted_at_the_openfaas_path(
+        cluster: Cluster, envtest: Envtest):
+    import base64
+    from kubernetes import client as kube_client
+
+    cluster.provider.secrets = _Secrets({"db-pass": b"s3cret", "api-key": b"k1"})
+    spec = cluster.spec("sec", secrets=["db-pass", "api-key"], envProcess="cat")
+    yield cluster.create(spec)
+    yield cluster.reconciler.run_pass()
+    template = cluster.ksvc("sec")["spec"]["template"]["spec"]
+    [container] = template["containers"]
+    assert container["volumeMounts"] == [{"name": "openfaas-secrets", "readOnly": True,
+                                          "mountPath": "/var/openfaas/secrets"}]
+    [volume] = template["volumes"]
+    assert [s["secret"]["name"] for s in volume["projected"]["sources"]] == ["db-pass",
+                                                                           "api-key"]
+    core = kube_client.CoreV1Api(envtest.api_client())
+    secret = core.read_namespaced_secret("db-pass", "default")
+    assert base64.b64decode(secret.data["db-pass"]) == b"s3cret"
+    assert secret.metadata.labels == {"faastwist.io/controller": cluster.controller}
+    # a new value reaches Kubernetes at the next rollout
+    cluster.provider.secrets.values["db-pass"] = b"rotated"
+    record = yield cluster.store.get("sec")
+    from faastwist.admin.rollout import rollout
+    yield rollout(cluster.store, record, attrs.evolve(spec, labels={"rev": "2"}), time.time())
+    yield cluster.reconciler.run_pass()
+    secret = core.read_namespaced_secret("db-pass", "default")
+    assert base64.b64decode(secret.data["db-pass"]) == b"rotated"
+    # a function naming a secret that does not exist fails, saying which
+    yield cluster.create(cluster.spec("nosec", secrets=["ghost"]))
+    yield cluster.reconciler.run_pass()
+    status = yield cluster.state("nosec")
+    assert status.state is State.FAILED and "secret ghost not found" in status.message
+    for name in ("db-pass", "api-key"):
+        core.delete_namespaced_secret(name, "default")
