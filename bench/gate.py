@@ -42,6 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from faastwist.util.ports import free_port  # noqa: E402
+
 FUNCTION = "demo10"
 HOST = "demo10.default.example.com"
 BODY = "hello from demo10"
@@ -164,12 +166,6 @@ NGINX_PROXY = """
 
 
 # -- orchestration ---------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def wait_listening(port: int, process: subprocess.Popen, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout

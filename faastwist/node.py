@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTCP
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.server import Site
@@ -23,6 +24,7 @@ from twisted.web.server import Site
 from faastwist import __version__
 from faastwist.config import ConfigError, ControllerConfig
 from faastwist.metrics import Metrics
+from faastwist.providers.base import ChangeNotifier, LogSource
 
 log = Logger()
 
@@ -32,11 +34,15 @@ class StartupError(Exception):
 
 
 class FaasNode(Service):
-    """The whole node as one IService for twistd."""
+    """The whole node as one IService for twistd.
+
+    ``reactor`` is the global reactor: the parts need its timers, TCP, processes and
+    threads (IReactorTime, IReactorTCP, IReactorProcess, IReactorFromThreads).
+    """
 
     name = "faasgate"
 
-    def __init__(self, config: ControllerConfig, reactor: Any,
+    def __init__(self, config: ControllerConfig, reactor: IReactorTCP,
                  on_fatal: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.reactor = reactor
@@ -154,7 +160,7 @@ class FaasNode(Service):
 
             self.provider = ProcessProvider(self.config.process, self.config.name,
                                             self.reactor, self.metrics)
-        if hasattr(self.provider, "on_change"):
+        if isinstance(self.provider, ChangeNotifier):
             # readiness and crash loops reach the FSM at once, not at the next sync
             self.provider.on_change = lambda name: self.reconciler and self.reconciler.kick(name)
         self.provider.secrets = self.secrets
@@ -190,7 +196,7 @@ class FaasNode(Service):
         from faastwist.admin.ops import OpsAPI, compose, node_info
 
         admin, http = self.config.admin, self.config.http_server
-        log_source = self.provider if hasattr(self.provider, "read_logs") else None
+        log_source = self.provider if isinstance(self.provider, LogSource) else None
         self.admin = AdminAPI(self.store, self.config.name, self.provider.check_spec,
                               self.reconciler.kick, self.reactor, admin.max_body_size,
                               log_source=log_source)

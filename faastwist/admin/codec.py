@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl
 import yaml
 from yaml import events as yaml_events
 from twisted.web.server import Request
+from twisted.web.iweb import IRequest
 
 from faastwist.util.units import UnitError, parse_duration
 
@@ -97,7 +98,34 @@ def encode(data: Any, as_json: bool) -> tuple[bytes, str]:
 
 
 def error_body(code: int, message: str) -> dict[str, Any]:
+    """The ``{code, message}`` body of every error on the admin port (API, ops, console)."""
     return {"code": code, "message": message}
+
+
+def respond(request: IRequest, code: int, data: Any,
+            headers: Mapping[str, str] | None = None, *, as_json: bool | None = None) -> bytes:
+    """Set the status and headers for ``data`` and return its encoded body.
+
+    YAML or JSON as the request's Accept prefers (``wants_json``); ``as_json`` forces
+    the choice for endpoints that always answer one format (probes, the console).
+    """
+    if as_json is None:
+        accept = request.getHeader(b"accept")
+        as_json = wants_json(accept.decode("latin-1") if isinstance(accept, bytes) else accept)
+    body, content_type = encode(data, as_json)
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", content_type.encode())
+    request.setHeader(b"content-length", b"%d" % len(body))
+    for name, value in (headers or {}).items():
+        request.setHeader(name.encode(), value.encode())
+    return body
+
+
+def respond_error(request: IRequest, code: int, message: str,
+                  headers: Mapping[str, str] | None = None, *,
+                  as_json: bool | None = None) -> bytes:
+    """A ``{code, message}`` answer (see ``respond`` for the format)."""
+    return respond(request, code, error_body(code, message), headers, as_json=as_json)
 
 
 # -- request bodies ------------------------------------------------------------------
@@ -136,7 +164,7 @@ def bounded_request_factory(max_body_size: int) -> type[BoundedRequest]:
     return type("BoundedRequest", (BoundedRequest,), {"max_body_size": max_body_size})
 
 
-def read_body(request: Any, max_body_size: int) -> bytes:
+def read_body(request: IRequest, max_body_size: int) -> bytes:
     """The request body, or 413: Content-Length first, then what actually arrived."""
     too_large = ApiError(413, f"request body is larger than the limit of {max_body_size} bytes")
     if getattr(request, "body_too_large", False):

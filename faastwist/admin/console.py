@@ -24,7 +24,11 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.iweb import IRequest
+from twisted.internet.interfaces import IReactorTime
 
+from faastwist.admin.codec import respond_error
+from faastwist.gate.wire import HOP_BY_HOP
 from faastwist.util.bodyproducer import BytesProducer
 
 log = Logger()
@@ -37,15 +41,9 @@ STATIC_FILES: Mapping[str, str] = {
 }
 CONSOLE_HEADER = b"x-faastwist-console"
 # not forwarded to the gate: hop-by-hop, framing, and what the browser adds for the admin origin
-_DROP_REQUEST = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization", b"te",
-    b"trailer", b"transfer-encoding", b"upgrade", b"host", b"content-length", b"cookie",
-    b"origin", b"referer", CONSOLE_HEADER,
-})
-_DROP_RESPONSE = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
-    b"upgrade", b"content-length", b"set-cookie",
-})
+_DROP_REQUEST = HOP_BY_HOP | {
+    b"host", b"content-length", b"cookie", b"origin", b"referer", CONSOLE_HEADER}
+_DROP_RESPONSE = HOP_BY_HOP | {b"content-length", b"set-cookie"}
 
 
 def gate_url_for(address: str, port: int, https: bool = False) -> str:
@@ -66,7 +64,7 @@ class ConsoleResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, reactor: Any, controller: str, gate_url: str, *,
+    def __init__(self, reactor: IReactorTime, controller: str, gate_url: str, *,
                  api_prefix: str = "/apis/v2/faas", invoke_timeout: float = 60.0,
                  max_body_size: int = 2**20, agent: Any = None,
                  static_dir: Path = STATIC_DIR) -> None:
@@ -90,7 +88,7 @@ class ConsoleResource(Resource):
         self.agent = agent
 
     # -- routing -----------------------------------------------------------------------
-    def render(self, request: Request) -> bytes | int:
+    def render(self, request: IRequest) -> bytes | int:
         path = [segment.decode("utf-8", errors="replace") for segment in request.postpath]
         if not path:
             return self._redirect_to_slash(request)
@@ -110,7 +108,7 @@ class ConsoleResource(Resource):
         request.setHeader(b"content-type", STATIC_FILES[head].encode())
         return self.files[head]
 
-    def _redirect_to_slash(self, request: Request) -> bytes:
+    def _redirect_to_slash(self, request: IRequest) -> bytes:
         target = b"/" + b"/".join(request.prepath) + b"/"
         query = request.uri.partition(b"?")[2]
         if query:
@@ -121,13 +119,11 @@ class ConsoleResource(Resource):
         return b"moved to " + target + b"\n"
 
     @staticmethod
-    def _error(request: Request, code: int, message: str) -> bytes:
-        request.setResponseCode(code)
-        request.setHeader(b"content-type", b"application/json")
-        return json.dumps({"code": code, "message": message}).encode()
+    def _error(request: IRequest, code: int, message: str) -> bytes:
+        return respond_error(request, code, message, as_json=True)
 
     # -- the invoke relay ----------------------------------------------------------------
-    def _invoke(self, request: Request, rest: list[str]) -> bytes | int:
+    def _invoke(self, request: IRequest, rest: list[str]) -> bytes | int:
         if request.getHeader(CONSOLE_HEADER) != b"1":
             return self._error(request, 403, "the invoke relay answers only the console "
                                              "(header X-Faastwist-Console: 1)")
@@ -179,7 +175,7 @@ class ConsoleResource(Resource):
         request.notifyFinish().addErrback(disconnected)
         return NOT_DONE_YET
 
-    def _read(self, response: IResponse, request: Request, started: float,
+    def _read(self, response: IResponse, request: IRequest, started: float,
               gone: list[bool]) -> Deferred[None]:
         reading = readBody(response)
 
@@ -198,7 +194,7 @@ class ConsoleResource(Resource):
 
         return reading.addCallback(relay)
 
-    def _failed(self, failure: Failure, request: Request, name: str,
+    def _failed(self, failure: Failure, request: IRequest, name: str,
                 timed_out: list[bool], gone: list[bool]) -> None:
         if gone:
             return
@@ -222,14 +218,14 @@ class _WithConsole(Resource):
         self.root = root
         self.console = console
 
-    def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
+    def getChildWithDefault(self, path: bytes, request: IRequest) -> IResource:
         if path == b"console":
             return self.console
         # undo the traversal step Site just took: ``root`` routes as if it were the root
         request.postpath.insert(0, request.prepath.pop())
         return self.root
 
-    def render(self, request: Any) -> Any:
+    def render(self, request: IRequest) -> Any:
         return self.root.render(request)
 
 

@@ -10,11 +10,9 @@ API on one port.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any, Callable, Mapping
 
-import yaml
 from klein import Klein
 from prometheus_client.exposition import generate_latest
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError, maybeDeferred
@@ -22,8 +20,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
+from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from faastwist.admin.codec import error_body, respond, respond_error
 from faastwist.metrics import Metrics
 
 log = Logger()
@@ -39,16 +39,8 @@ OPS_PATHS: frozenset[tuple[str, ...]] = frozenset({
 })
 
 
-def _json(request: Any, code: int, body: Mapping[str, Any]) -> bytes:
-    request.setResponseCode(code)
-    request.setHeader(b"Content-Type", b"application/json")
-    request.setHeader(b"Cache-Control", b"no-store")
-    return json.dumps(body).encode() + b"\n"
-
-
-def _wants_json(request: Any) -> bool:
-    accept = request.getHeader(b"accept") or b""
-    return b"json" in accept
+#: probes must not be answered from a cache
+_NO_STORE = {"Cache-Control": "no-store"}
 
 
 def _describe(failure: Failure, timeout: float) -> str:
@@ -87,7 +79,7 @@ class OpsAPI:
 
     # -- errors ------------------------------------------------------------------------
     @app.handle_errors(HTTPException)
-    def http_error(self, request: Any, failure: Failure) -> bytes:
+    def http_error(self, request: IRequest, failure: Failure) -> bytes:
         error = failure.value
         if isinstance(error, MethodNotAllowed) and error.valid_methods:
             allowed = ", ".join(sorted(error.valid_methods))
@@ -96,11 +88,11 @@ class OpsAPI:
                        f"{request.path.decode('utf-8', 'replace')}; allowed: {allowed}")
         else:
             message = error.description or error.name
-        return _json(request, error.code or 500, {"code": error.code, "message": message})
+        return respond_error(request, error.code or 500, message, _NO_STORE, as_json=True)
 
     # -- endpoints ---------------------------------------------------------------------
     @app.route("/metrics", methods=["GET"])
-    def scrape(self, request: Any) -> bytes:
+    def scrape(self, request: IRequest) -> bytes:
         # Always the classic text format, even when Prometheus offers OpenMetrics:
         # OpenFaaS's bare-named gateway_function_invocation_started (see metrics.py)
         # cannot sit beside its counter family in OpenMetrics.
@@ -108,22 +100,19 @@ class OpsAPI:
         return generate_latest(self.metrics.registry)
 
     @app.route("/healthz", methods=["GET"])
-    def healthz(self, request: Any) -> bytes:
-        return _json(request, 200, {"status": "ok"})
+    def healthz(self, request: IRequest) -> bytes:
+        return respond(request, 200, {"status": "ok"}, _NO_STORE, as_json=True)
 
     @app.route("/readyz", methods=["GET"])
-    def readyz(self, request: Any) -> Deferred[bytes]:
+    def readyz(self, request: IRequest) -> Deferred[bytes]:
         return self.readiness().addCallback(
-            lambda result: _json(request, 200 if result.get("status") == "ok" else 503, result))
+            lambda result: respond(request, 200 if result.get("status") == "ok" else 503,
+                                   result, _NO_STORE, as_json=True))
 
     @app.route("/apis/v2/faas/info", methods=["GET"])
     @app.route("/apis/v1/faas/info", methods=["GET"], endpoint="info_v1")
-    def info_endpoint(self, request: Any) -> bytes:
-        body = dict(self.info())
-        if _wants_json(request):
-            return _json(request, 200, body)
-        request.setHeader(b"Content-Type", b"text/vnd.yaml")
-        return yaml.safe_dump(body, sort_keys=False).encode()
+    def info_endpoint(self, request: IRequest) -> bytes:
+        return respond(request, 200, dict(self.info()))
 
     # -- readiness ---------------------------------------------------------------------
     def readiness(self) -> Deferred[dict[str, Any]]:
@@ -156,7 +145,7 @@ class OpsAPI:
                 self._last_failure = summary
             if not failed:
                 return {"status": "ok", "checks": outcome}
-            return {"code": 503, "message": "not ready: " + summary, "checks": outcome}
+            return {**error_body(503, "not ready: " + summary), "checks": outcome}
 
         return DeferredList(runs, consumeErrors=True).addCallback(summarise)
 
@@ -183,7 +172,7 @@ class _Composed(Resource):
         self.ops = ops
         self.system = system
 
-    def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
+    def getChildWithDefault(self, path: bytes, request: IRequest) -> IResource:
         segments = tuple(s.decode("utf-8", "replace") for s in (path, *request.postpath))
         # undo the traversal step Site just took, so the chosen resource sees the same
         # prepath/postpath it would see as the Site's root
@@ -192,7 +181,7 @@ class _Composed(Resource):
             return self.system
         return self.ops if segments in OPS_PATHS else self.admin
 
-    def render(self, request: Any) -> Any:
+    def render(self, request: IRequest) -> Any:
         # only reached for an empty path, which HTTP cannot express; admin owns "/"
         return self.admin.render(request)
 

@@ -159,7 +159,7 @@ class Exchange:
         except Exception:
             self._lease_failed(Failure())
             return
-        if getattr(lease, "upstream", None) is None:  # a Deferred: a cold start, say
+        if isinstance(lease, Deferred):  # a cold start, say
             self.waiting = lease
             lease.addCallbacks(self._leased, self._lease_failed)
         else:

@@ -13,6 +13,7 @@ reactor pass). Keep-alive, pipelining (requests answered in order), the idle tim
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import httptools
@@ -34,6 +35,14 @@ log = Logger()
 
 MAX_HEAD_SIZE = 64 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class Pause(enum.Flag):
+    """Why the lean transport stopped reading a client; it reads again when none holds."""
+
+    NONE = 0
+    BACK_PRESSURE = enum.auto()   # the upstream cannot take the request body as fast
+    PIPELINE = enum.auto()        # pipelined requests wait for the current answer
 
 
 class _Queued:
@@ -79,7 +88,7 @@ class LeanProtocol(Protocol):
         self.direct = False
         self.last_active = 0.0
         self.body_producer = self
-        self._pauses = 0
+        self._pauses = Pause.NONE
         self.starting = False
 
     # -- connection --------------------------------------------------------------------
@@ -173,7 +182,7 @@ class LeanProtocol(Protocol):
             queued = _Queued(head, keep)
             self.queue.append(queued)
             self.receiving = queued
-            self._pause(2)  # read no further until the queue is answered
+            self._pause(Pause.PIPELINE)  # read no further until the queue is answered
 
     def on_body(self, body: bytes) -> None:
         receiving = self.receiving
@@ -213,7 +222,7 @@ class LeanProtocol(Protocol):
             else:  # the client is still sending the body: read it away, then close
                 self.receiving = None
                 self.queue = []
-                self._resume(3)
+                self._resume(Pause.BACK_PRESSURE | Pause.PIPELINE)
                 self.factory.clock.callLater(LINGER, self.transport.loseConnection)
             return
         if self.queue and not self.starting:
@@ -236,7 +245,7 @@ class LeanProtocol(Protocol):
         finally:
             self.starting = False
         if not self.queue:
-            self._resume(2)
+            self._resume(Pause.PIPELINE)
 
     # -- Downstream --------------------------------------------------------------------
 
@@ -316,22 +325,22 @@ class LeanProtocol(Protocol):
     # -- IPushProducer: pauses reading the client (request body back-pressure) ---------
 
     def pauseProducing(self) -> None:
-        self._pause(1)
+        self._pause(Pause.BACK_PRESSURE)
 
     def resumeProducing(self) -> None:
-        self._resume(1)
+        self._resume(Pause.BACK_PRESSURE)
 
-    def _pause(self, reason_: int) -> None:
-        """Reasons are bits: 1 = body back-pressure, 2 = pipelined requests queued."""
+    def _pause(self, why: Pause) -> None:
+        """Stop reading the client while any reason holds (reasons are independent)."""
         before = self._pauses
-        self._pauses |= reason_
+        self._pauses |= why
         if not before and not self.lost:
             self.transport.pauseProducing()
 
-    def _resume(self, reason_: int) -> None:
-        if not self._pauses & reason_:
+    def _resume(self, why: Pause) -> None:
+        if not self._pauses & why:
             return
-        self._pauses &= ~reason_
+        self._pauses &= ~why
         if not self._pauses and not self.lost:
             self.transport.resumeProducing()
 

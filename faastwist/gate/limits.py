@@ -6,6 +6,7 @@ from typing import Any
 
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.internet.interfaces import IReactorTime
 
 from faastwist.gate.decisions import GateError, error_headers
 from faastwist.gate.wire import error_body, head_lines, reason
@@ -44,7 +45,7 @@ class RejectProtocol(Protocol):
     Reading first matters: closing a socket with unread input makes the kernel send
     RST, and the client would see a reset instead of the 503."""
 
-    def __init__(self, response: bytes, clock: Any, grace: float = 2.0) -> None:
+    def __init__(self, response: bytes, clock: IReactorTime, grace: float = 2.0) -> None:
         self.response = response
         self.clock = clock
         self.grace = grace
@@ -76,7 +77,7 @@ class LimitingFactory(WrappingFactory):
     protocol = _CountedConnection
     noisy = False
 
-    def __init__(self, wrapped: Factory, limit: ConnectionLimit, clock: Any) -> None:
+    def __init__(self, wrapped: Factory, limit: ConnectionLimit, clock: IReactorTime) -> None:
         super().__init__(wrapped)
         self.limit = limit
         self.clock = clock

@@ -16,7 +16,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IReactorTCP
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
@@ -66,7 +66,7 @@ class GateService(Service):
     name = "gate"
 
     def __init__(self, config: HTTPServerConfig, routes: RouteTable, provider: Provider,
-                 reactor: Any, metrics: Metrics, access_log: bool,
+                 reactor: IReactorTCP, metrics: Metrics, access_log: bool,
                  pool: UpstreamPool | None = None, transport: str = "auto") -> None:
         if transport not in ("auto", "lean", "web"):
             raise ValueError(f"transport must be auto, lean or web, got {transport!r}")

@@ -22,7 +22,7 @@ from twisted.internet.error import (
     DNSLookupError,
     TimeoutError as ConnectTimeout,
 )
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTCP
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -266,7 +266,7 @@ Connector = Callable[[Origin, Factory], Deferred]
 class UpstreamPool:
     """Idle connections per origin (LIFO: the warmest first)."""
 
-    def __init__(self, reactor: Any, connect_timeout: float = 10.0,
+    def __init__(self, reactor: IReactorTCP, connect_timeout: float = 10.0,
                  max_idle_per_origin: int = 256, idle_timeout: float = 50.0,
                  connector: Connector | None = None) -> None:
         self.reactor = reactor

@@ -9,6 +9,7 @@ finishes the job. Admin writes ``kick`` a function so it is handled at once.
 
 from __future__ import annotations
 
+import enum
 import time
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -33,11 +34,31 @@ from faastwist.store.base import Conflict, FunctionRecord, FunctionStore, NotFou
 log = Logger()
 
 
+class Action(enum.Enum):
+    """The one provider call a pass may make for a function."""
+
+    DEPLOY = "deploy"
+    UPDATE = "update"
+    STOP = "stop"
+    START = "start"
+    DELETE = "delete"
+
+
+#: How each action calls the provider (delete takes the name: the spec may be gone).
+PROVIDER_CALLS: Mapping[Action, Callable[[Provider, FunctionRecord], Deferred[None]]] = {
+    Action.DEPLOY: lambda provider, record: provider.deploy(record.spec),
+    Action.UPDATE: lambda provider, record: provider.update(record.spec),
+    Action.STOP: lambda provider, record: provider.stop(record.spec),
+    Action.START: lambda provider, record: provider.start(record.spec),
+    Action.DELETE: lambda provider, record: provider.delete(record.name),
+}
+
+
 @attrs.frozen
 class Plan:
     """What one pass does for one function: a provider action and/or FSM events."""
 
-    action: str | None = None          # deploy | update | stop | start | delete
+    action: Action | None = None
     events: tuple[Event, ...] = ()
     message: str | None = None
     ext_data: Mapping[str, str] | None = None
@@ -55,26 +76,26 @@ def plan(record: FunctionRecord, observation: Observation | None, now: float = 0
     state = status.state
     if state is State.DESTROYED:
         # deleted over the admin API but the record is still there: remove what runs
-        return Plan(None if observation is None else "delete")
+        return Plan(None if observation is None else Action.DELETE)
     wants_running = state in (State.INITIAL, State.ACTIVE, State.FAILED) or (
         state is State.INACTIVE and status.start_pending)
     if observation is None:
         if not wants_running:
             return Plan()  # stopped and gone: nothing to run until a start is asked for
         if state is State.ACTIVE:
-            return Plan("deploy", message="recreated: the provider had lost the function")
-        return Plan("deploy", message="deploying")
+            return Plan(Action.DEPLOY, message="recreated: the provider had lost the function")
+        return Plan(Action.DEPLOY, message="deploying")
     if observation.digest != spec.digest():
         # start/stop write the current spec too, so one call converges both differences
         if wants_running and observation.stopped:
-            return Plan("start", message="starting with the current spec")
+            return Plan(Action.START, message="starting with the current spec")
         if not wants_running and not observation.stopped:
-            return Plan("stop")
-        return Plan("update", message="updating to the current spec")
+            return Plan(Action.STOP)
+        return Plan(Action.UPDATE, message="updating to the current spec")
     if not wants_running:
-        return Plan(None if observation.stopped else "stop")
+        return Plan(None if observation.stopped else Action.STOP)
     if observation.stopped:
-        return Plan("start", message="starting")
+        return Plan(Action.START, message="starting")
     event = observation.event
     if event is None:
         return Plan()
@@ -237,16 +258,14 @@ class Reconciler(Service):
     def _converge(self, record: FunctionRecord, observation: Observation | None):
         decision = plan(record, observation, self.wall_clock(), self.start_grace)
         if decision.action is not None:
-            log.info("function {name}: {action}", name=record.name, action=decision.action)
+            action = decision.action.value
+            log.info("function {name}: {action}", name=record.name, action=action)
             try:
-                if decision.action == "delete":
-                    yield self.provider.delete(record.name)
-                else:
-                    yield getattr(self.provider, decision.action)(record.spec)
+                yield PROVIDER_CALLS[decision.action](self.provider, record)
             except ProviderRejected as exc:
                 # the provider will never run this spec: say so now, not never
                 log.warn("function {name}: {action} refused: {error}", name=record.name,
-                         action=decision.action, error=str(exc))
+                         action=action, error=str(exc))
                 decision = Plan(events=(Event.ERROR,), message=str(exc))
         status = record.status
         if decision.message is not None:

@@ -8,7 +8,7 @@ upstream per request (which may wait while a replica starts from zero).
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -93,6 +93,19 @@ class StaticLease:
 
 
 class Provider(Protocol):
+    """What runs the functions: Knative services, or local processes.
+
+    The reconciler drives the lifecycle calls (``deploy`` .. ``delete``) from what
+    ``observe`` reports; the gate only calls ``acquire``; the admin API only calls
+    ``check_spec`` (so a slow backend cannot hang it) and the ops endpoints ``check``.
+    Every call that talks to the backend returns a Deferred and never blocks the
+    reactor. A provider is also an ``IService``: the node starts and stops it.
+
+    Optional capabilities are separate protocols, checked with ``isinstance``:
+    ``ChangeNotifier`` (it reports changes between reconcile passes) and ``LogSource``
+    (it serves function logs).
+    """
+
     kind: str
 
     def check_spec(self, spec: FunctionSpec) -> None:
@@ -141,6 +154,18 @@ class LogLine:
                 "timestamp": stamp.isoformat().replace("+00:00", "Z"), "text": self.text}
 
 
+@runtime_checkable
+class ChangeNotifier(Protocol):
+    """A provider that notices changes on its own (a replica became ready, a crash loop).
+
+    The node sets ``on_change`` to the reconciler's ``kick``, so the FSM follows at once
+    instead of at the next ``syncInterval``; None (the default) turns it off.
+    """
+
+    on_change: Callable[[str], None] | None
+
+
+@runtime_checkable
 class LogSource(Protocol):
     """Function logs for the admin API's ``/{fn}/logs`` (a provider may offer it)."""
 

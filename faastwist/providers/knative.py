@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred, fail, inlineCallbacks
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
+from twisted.internet.interfaces import IReactorFromThreads
 
 from faastwist.config import ConfigError, KnativeConfig
 from faastwist.metrics import Metrics
@@ -127,7 +128,7 @@ class KnativeProvider(Service):
     kind = "knative"
     name = "provider"
 
-    def __init__(self, config: KnativeConfig, controller: str, reactor: Any,
+    def __init__(self, config: KnativeConfig, controller: str, reactor: IReactorFromThreads,
                  metrics: Metrics | None = None,
                  api_client: kube_client.ApiClient | None = None,
                  max_threads: int = 4, max_log_streams: int = 8) -> None:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Iterator
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import ReadTimeoutError
 from twisted.internet.defer import Deferred, DeferredList, fail, inlineCallbacks
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -116,7 +116,7 @@ class _Stream:
 class KnativeLogs:
     """LogSource over CoreV1Api for a namespace's Knative revision pods."""
 
-    def __init__(self, core_api_factory: Callable[[], Any], namespace: str, reactor: Any,
+    def __init__(self, core_api_factory: Callable[[], Any], namespace: str, reactor: IReactorFromThreads,
                  threadpool: ThreadPool, timeout: float, *, clock: IReactorTime | None = None,
                  wall_clock: Callable[[], float] = time.time, poll_interval: float = 5.0,
                  read_timeout: float = 300.0, max_streams: int | None = None,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence, Union
@@ -25,6 +24,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
+from twisted.internet.interfaces import IReactorProcess
 
 from faastwist.config import ProcessConfig
 from faastwist.metrics import Metrics
@@ -47,6 +47,7 @@ from faastwist.providers.watchdog import ForkRuntime, Watchdog
 from faastwist.providers.watchdogd import DEFAULT_TIMEOUT_VAR, fprocess_argv, watchdog_argv
 from faastwist.providers.watchdogenv import read_settings
 from faastwist.model.spec import FunctionSpec, ProcessMode, SpecError
+from faastwist.util.ports import free_port
 
 log = Logger()
 
@@ -59,13 +60,6 @@ _PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", 
 Runtime = Union[HttpRuntime, ForkRuntime]
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A loopback port nobody listens on now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
-
-
 class ProcessProvider(Service):
     """Runs the controller's functions as children of this process (an IService:
     stopping it ends every child, and its Deferred fires when all are gone)."""
@@ -73,7 +67,7 @@ class ProcessProvider(Service):
     kind = "process"
     name = "process-provider"
 
-    def __init__(self, config: ProcessConfig, controller: str, reactor,
+    def __init__(self, config: ProcessConfig, controller: str, reactor: IReactorProcess,
                  metrics: Metrics | None = None, *, workdir: str | None = None,
                  base_env: Mapping[str, str] | None = None, tuning: Tuning | None = None,
                  wall_clock: Callable[[], float] = time.time,

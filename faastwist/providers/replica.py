@@ -20,7 +20,7 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol as TCPProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -200,7 +200,7 @@ class ReplicaState(str, Enum):
 class Replica:
     """A long-running HTTP server on a loopback port, ready once its probe passes."""
 
-    def __init__(self, reactor, function: str, argv: Sequence[str], env: Mapping[str, str],
+    def __init__(self, reactor: IReactorProcess, function: str, argv: Sequence[str], env: Mapping[str, str],
                  cwd: str, port: int, readiness_path: str, sink: LogSink,
                  on_ready: Callable[["Replica"], None],
                  on_exit: Callable[["Replica", ExitInfo], None],
@@ -354,7 +354,7 @@ class Replica:
         self._probe_call = self.reactor.callLater(delay, self._probe)
 
 
-def group_gone(reactor, pgid: int | None, timeout: float = 2.0) -> Deferred[None]:
+def group_gone(reactor: IReactorTime, pgid: int | None, timeout: float = 2.0) -> Deferred[None]:
     """SIGKILL what is left of a group whose leader exited; fires once it is empty
     (or after ``timeout``: a member stuck in the kernel must not hang a shutdown)."""
     done: Deferred[None] = Deferred()

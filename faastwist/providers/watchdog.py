@@ -23,7 +23,7 @@ from twisted.internet.defer import (
     maybeDeferred,
     succeed,
 )
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorProcess
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -126,7 +126,7 @@ class Watchdog:
     process provider it serves fork-mode functions in-process; ``watchdogd`` runs it
     as each replica of an envProcess function (OpenFaaS's classic watchdog)."""
 
-    def __init__(self, reactor, settings: WatchdogSettings,
+    def __init__(self, reactor: IReactorProcess, settings: WatchdogSettings,
                  executable_argv: Callable[[], Sequence[str]],
                  env: Callable[[], Mapping[str, str]], cwd: str, sink: LogSink,
                  wrapper: Sequence[str] = ()) -> None:

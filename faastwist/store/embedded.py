@@ -14,18 +14,18 @@ import json
 import os
 import shutil
 import signal
-import socket
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorProcess
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, readBody
 
+from faastwist.util.ports import free_port, port_is_free
 from faastwist.util.timers import NamedTimers
 
 log = Logger()
@@ -66,23 +66,6 @@ def find_etcd_binary() -> str | None:
     return None
 
 
-def port_is_free(port: int) -> bool:
-    """Whether a listener could bind 127.0.0.1:port now (SO_REUSEADDR, as etcd does)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _pid_alive(pid: int) -> bool:
     """Whether ``pid`` runs; a zombie (dead, not yet reaped) holds no lock and counts as gone."""
     try:
@@ -119,7 +102,7 @@ class EmbeddedEtcd(Service):
 
     name = "embedded-etcd"
 
-    def __init__(self, reactor: Any, data_dir: str, etcd_binary: str | None = None,
+    def __init__(self, reactor: IReactorProcess, data_dir: str, etcd_binary: str | None = None,
                  startup_timeout: float = 30.0, *, stop_grace: float = 10.0,
                  max_backoff: float = 30.0) -> None:
         self.reactor = reactor

@@ -19,6 +19,7 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredList, inlin
 from twisted.internet.error import ConnectError, TimeoutError
 from twisted.logger import Logger
 from twisted.web.client import Agent
+from twisted.internet.interfaces import IReactorTCP
 from txaioetcd import (
     Client,
     CompCreated,
@@ -121,7 +122,7 @@ def _counted(op: str) -> Callable:
 class EtcdStore:
     """FunctionStore of one controller on an etcd cluster; call ``connect()`` first."""
 
-    def __init__(self, reactor: Any, endpoints: Sequence[str], prefix: str, controller: str,
+    def __init__(self, reactor: IReactorTCP, endpoints: Sequence[str], prefix: str, controller: str,
                  timeout: float, metrics: Metrics | None = None) -> None:
         if not endpoints:
             raise ValueError("etcd.endpoints: at least one endpoint is needed")

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
+from twisted.internet.interfaces import IReactorTCP
 
 from faastwist.util.bodyproducer import BytesProducer
 from faastwist.store.base import StoreError
@@ -61,7 +62,7 @@ class IncompatibleEtcd(StoreError):
 class EtcdHttp:
     """JSON POSTs to etcd's gRPC gateway, on the injected reactor, with a timeout each."""
 
-    def __init__(self, reactor: Any, agent: IAgent | None = None) -> None:
+    def __init__(self, reactor: IReactorTCP, agent: IAgent | None = None) -> None:
         self.reactor = reactor
         self._pool: HTTPConnectionPool | None = None
         if agent is None:

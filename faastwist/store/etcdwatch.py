@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -105,7 +105,7 @@ class _LineStream(Protocol):
 class EtcdWatch:
     """Watches ``[key, range_end)`` for changes after ``after_revision`` until cancelled."""
 
-    def __init__(self, reactor: Any, agent: IAgent, endpoints: Sequence[str], api_prefix: str,
+    def __init__(self, reactor: IReactorTime, agent: IAgent, endpoints: Sequence[str], api_prefix: str,
                  key: bytes, range_end: bytes | None, after_revision: int,
                  on_events: Callable[[list[KeyEvent]], None],
                  on_lost: Callable[[Exception], None], *,

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
+from twisted.internet.interfaces import IReactorTime
 from txaioetcd import CompCreated, Failed, OpGet, OpSet, Transaction
 from txaioetcd._lease import Lease
 
@@ -59,7 +60,7 @@ class LeaderElection(Service):
 
     name = "leader-election"
 
-    def __init__(self, reactor: Any, store: EtcdStore, node_id: str, ttl: float = 10,
+    def __init__(self, reactor: IReactorTime, store: EtcdStore, node_id: str, ttl: float = 10,
                  metrics: Metrics | None = None) -> None:
         if ttl <= 0:
             raise ValueError(f"leader ttl must be positive, got {ttl}")

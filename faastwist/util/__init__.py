@@ -1,9 +1,12 @@
-"""Small helpers with no faastwist imports: field readers, units, timers, a body producer."""
+"""Small helpers with no faastwist imports: field readers, units, timers, a body producer,
+loopback ports."""
 
 from faastwist.util.bodyproducer import BytesProducer
 from faastwist.util.fields import FieldError, FieldReader
+from faastwist.util.ports import free_port, port_is_free
 from faastwist.util.timers import NamedTimers
 from faastwist.util.units import UnitError, format_duration, parse_duration, parse_quantity, parse_size
 
 __all__ = ["BytesProducer", "FieldError", "FieldReader", "NamedTimers", "UnitError",
-           "format_duration", "parse_duration", "parse_quantity", "parse_size"]
+           "format_duration", "free_port", "parse_duration", "parse_quantity", "parse_size",
+           "port_is_free"]

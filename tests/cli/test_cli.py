@@ -18,7 +18,8 @@ import yaml
 
 from tests.support.cli import cli_env, cli_node, echo_spec, run_cli, wait_for  # noqa: F401
 from faastwist.cli.output import Progress, human_age, list_rows, table
-from tests.support.node import ROOT, free_port
+from faastwist.util.ports import free_port
+from tests.support.node import ROOT
 
 pytestmark = pytest.mark.slow
 

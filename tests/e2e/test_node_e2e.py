@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from faastwist.testing.knative import FakeKnative
-from tests.support.node import FaasNodeProcess, free_port, http
+from faastwist.util.ports import free_port
+from tests.support.node import FaasNodeProcess, http
 
 pytestmark = pytest.mark.slow
 

@@ -33,6 +33,7 @@ from faastwist.providers.kourier import KnativeRouting
 from faastwist.gate.routes import RouteTable
 from faastwist.model.spec import FunctionSpec
 from faastwist.store.memory import MemoryStore
+from faastwist.util.ports import free_port
 
 from tests.support.gate import UpstreamProcess, gate_config, rss_bytes
 
@@ -50,21 +51,14 @@ def upstream() -> Any:
 class Routing(KnativeRouting):
     """Knative routing to the upstream process, except ``refused``: a closed port."""
 
-    def __init__(self, url: str, closed_port: int) -> None:
+    def __init__(self, url: str, free_port: int) -> None:
         super().__init__(KnativeConfig(network_layer_url=url))
-        self.closed = StaticLease(Upstream("http", "127.0.0.1", closed_port, "refused"))
+        self.closed = StaticLease(Upstream("http", "127.0.0.1", free_port, "refused"))
 
     def acquire(self, spec: FunctionSpec) -> Any:
         if spec.name == "refused":
             return self.closed
         return super().acquire(spec)
-
-
-def closed_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class GateUnderTest:
@@ -89,7 +83,7 @@ def make_gate(request: Any, upstream: UpstreamProcess) -> Any:
             store.create(spec, FunctionStatus(spec.name, state))
         routes = RouteTable(store, reactor)
         routes.startService()
-        service = GateService(gate_config(**config), routes, Routing(upstream.url, closed_port()),
+        service = GateService(gate_config(**config), routes, Routing(upstream.url, free_port()),
                               reactor, Metrics(), access_log=False, transport=request.param)
         service.startService()
         made.append(service)
@@ -524,7 +518,7 @@ def tls_gate(upstream: UpstreamProcess, tmp_path: Any) -> Any:
     routes.startService()
     service = GateService(gate_config(https=True, cert_file=cert, key_file=key,
                                       max_body_size=6 * MB), routes,
-                          Routing(upstream.url, closed_port()), reactor, Metrics(),
+                          Routing(upstream.url, free_port()), reactor, Metrics(),
                           access_log=False)
     service.startService()
     assert service.kind == "web"

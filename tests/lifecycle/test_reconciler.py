@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from faastwist.model.fsm import Event, FunctionStatus, State, apply_event
 from faastwist.metrics import Metrics
 from faastwist.providers.base import Observation
-from faastwist.lifecycle.reconciler import Plan, Reconciler, plan
+from faastwist.lifecycle.reconciler import PROVIDER_CALLS, Action, Plan, Reconciler, plan
 from faastwist.model.spec import FunctionSpec
 from faastwist.store.base import FunctionRecord
 from faastwist.store.memory import MemoryStore
@@ -121,25 +121,25 @@ def _obs(fn: FunctionSpec | None = None, stopped: bool = False, event: Event | N
 
 
 @pytest.mark.parametrize("state, pending, observation, expected", [
-    (State.INITIAL, False, None, Plan("deploy", message="deploying")),
+    (State.INITIAL, False, None, Plan(Action.DEPLOY, message="deploying")),
     (State.ACTIVE, False, None,
-     Plan("deploy", message="recreated: the provider had lost the function")),
-    (State.FAILED, False, None, Plan("deploy", message="deploying")),
+     Plan(Action.DEPLOY, message="recreated: the provider had lost the function")),
+    (State.FAILED, False, None, Plan(Action.DEPLOY, message="deploying")),
     (State.INACTIVE, False, None, Plan()),
-    (State.INACTIVE, True, None, Plan("deploy", message="deploying")),
+    (State.INACTIVE, True, None, Plan(Action.DEPLOY, message="deploying")),
     (State.DESTROYED, False, None, Plan()),
-    (State.DESTROYED, False, _obs(), Plan("delete")),
+    (State.DESTROYED, False, _obs(), Plan(Action.DELETE)),
     (State.INITIAL, False, _obs(digest="old"),
-     Plan("update", message="updating to the current spec")),
+     Plan(Action.UPDATE, message="updating to the current spec")),
     (State.INITIAL, False, _obs(digest="old", stopped=True),
-     Plan("start", message="starting with the current spec")),
-    (State.INACTIVE, False, _obs(digest="old"), Plan("stop")),
+     Plan(Action.START, message="starting with the current spec")),
+    (State.INACTIVE, False, _obs(digest="old"), Plan(Action.STOP)),
     (State.INACTIVE, False, _obs(digest="old", stopped=True),
-     Plan("update", message="updating to the current spec")),
+     Plan(Action.UPDATE, message="updating to the current spec")),
     (State.ACTIVE, False, _obs(), Plan()),                       # nothing reported yet
-    (State.INACTIVE, False, _obs(event=Event.READY), Plan("stop")),
+    (State.INACTIVE, False, _obs(event=Event.READY), Plan(Action.STOP)),
     (State.INACTIVE, False, _obs(stopped=True, event=Event.READY), Plan()),
-    (State.INACTIVE, True, _obs(stopped=True), Plan("start", message="starting")),
+    (State.INACTIVE, True, _obs(stopped=True), Plan(Action.START, message="starting")),
     (State.INITIAL, False, _obs(event=Event.READY),
      Plan(events=(Event.READY,), message="msg", ext_data={"Ready.status": "x"})),
     (State.FAILED, False, _obs(event=Event.READY),
@@ -152,6 +152,16 @@ def _obs(fn: FunctionSpec | None = None, stopped: bool = False, event: Event | N
 def test_plan(state: State, pending: bool, observation: Observation | None,
               expected: Plan) -> None:
     assert plan(_record(state, pending), observation) == expected
+
+
+def test_every_action_calls_its_provider_method() -> None:
+    """The dispatch table covers every Action and calls the provider method of its name."""
+    assert set(PROVIDER_CALLS) == set(Action)
+    provider = FakeProvider()
+    record = _record(State.INITIAL)
+    for action in (Action.DEPLOY, Action.UPDATE, Action.STOP, Action.START, Action.DELETE):
+        PROVIDER_CALLS[action](provider, record)
+    assert provider.calls == [(action.value, record.name) for action in Action]
 
 
 def test_plan_holds_a_pending_start_within_the_grace() -> None:

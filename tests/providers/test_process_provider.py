@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.task import deferLater
 
 from faastwist.model.fsm import Event
-from faastwist.providers.base import LogLine, NoCapacity
+from faastwist.providers.base import ChangeNotifier, LogLine, LogSource, NoCapacity
 from faastwist.providers.orphans import GATE_PID_VAR, OWNER_VAR, find_orphans
 from faastwist.providers.process import ProcessProvider
 from faastwist.model.spec import SpecError
@@ -84,6 +84,16 @@ async def call(provider: ProcessProvider, spec, path: str = "/", body: bytes = b
         return response.code, await treq.content(response), response
     finally:
         lease.release()
+
+
+def test_declares_its_optional_capabilities(providers) -> None:
+    """The node wires on_change and the log endpoint by these isinstance checks."""
+    from faastwist.testing.provider import FakeProvider
+
+    provider = providers()
+    assert isinstance(provider, ChangeNotifier) and isinstance(provider, LogSource)
+    fake = FakeProvider()
+    assert not isinstance(fake, ChangeNotifier) and not isinstance(fake, LogSource)
 
 
 @pytest_twisted.ensureDeferred

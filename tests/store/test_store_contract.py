@@ -20,7 +20,8 @@ from twisted.internet.task import deferLater
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from tests.support.etcd import EtcdProcess, etcd_process, etcd_server, free_port, unique_prefix  # noqa: F401
+from faastwist.util.ports import free_port
+from tests.support.etcd import EtcdProcess, etcd_process, etcd_server, unique_prefix  # noqa: F401
 from faastwist.model.fsm import FunctionStatus, State
 from faastwist.metrics import Metrics
 from faastwist.model.spec import FunctionSpec

@@ -28,7 +28,7 @@ from typing import Any, Iterator, Mapping
 import pytest
 import yaml
 
-from tests.support.node import ROOT, FaasNodeProcess, free_port
+from tests.support.node import ROOT, FaasNodeProcess
 
 #: what ``twistd faasgate`` with the process provider imports to start
 NODE_MODULES = ("faastwist.admin.api", "faastwist.gate.service", "faastwist.gate.routes", "faastwist.store.etcd",
@@ -156,4 +156,4 @@ def wait_for(check: Any, timeout: float = 30.0, interval: float = 0.2) -> Any:
 
 
 __all__ = ["cli_node", "echo_spec", "run_cli", "cli_env", "wait_for", "require_node",
-           "FaasNodeProcess", "free_port", "ECHO_APP"]
+           "FaasNodeProcess", "ECHO_APP"]

@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -34,6 +33,8 @@ import urllib.request
 from typing import Iterator
 
 import pytest
+
+from faastwist.util.ports import free_port
 
 ETCD_BINARY_CANDIDATES = ("/usr/bin/etcd", "/usr/local/bin/etcd")
 _counter = itertools.count()
@@ -56,13 +57,6 @@ def require_etcd() -> str:
     if binary is None:
         pytest.skip("no etcd binary (apt-get install -y etcd-server)")
     return binary
-
-
-def free_port() -> int:
-    """A loopback TCP port that is free right now (chosen by the OS)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def unique_prefix(name: str = "t") -> str:

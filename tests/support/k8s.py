@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 from kubernetes import client as kube_client
 from kubernetes import config as kube_config
+
+from faastwist.util.ports import port_is_free
 
 ENV_VAR = "FAASTWIST_ENVTEST"
 
@@ -37,16 +38,6 @@ def envtest_unavailable() -> str | None:
     return None
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_low_ports(count: int, start: int = 20000, end: int = 32000) -> list[int]:
     """``count`` consecutive free ports below 32768 (outside the ephemeral range, as the
     envtest script wants), probed from a pid-dependent start so parallel runs differ."""
@@ -54,7 +45,7 @@ def free_low_ports(count: int, start: int = 20000, end: int = 32000) -> list[int
     for offset in range(0, end - start, count + 1):
         first = start + (base - start + offset) % (end - start - count)
         ports = list(range(first, first + count))
-        if all(_port_free(p) for p in ports):
+        if all(port_is_free(p) for p in ports):
             return ports
     raise RuntimeError("no free ports below 32768")
 
