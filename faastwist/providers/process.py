@@ -36,7 +36,7 @@ from faastwist.providers.base import (
     ProviderRejected,
     UpstreamLease,
 )
-from faastwist.providers.secretfiles import SECRETS_DIR_VAR, SecretFiles
+from faastwist.providers.secretfiles import SECRETS_DIR_VAR, SecretFiles, find_bwrap
 from faastwist.store.base import StoreError
 from faastwist.store.secrets import SecretStore, reveal_deferred
 from faastwist.providers.logfile import FunctionLog, read_lines
@@ -72,7 +72,7 @@ class ProcessProvider(Service):
                  base_env: Mapping[str, str] | None = None, tuning: Tuning | None = None,
                  wall_clock: Callable[[], float] = time.time,
                  log_max_bytes: int = LOG_MAX_BYTES,
-                 scale_interval: float = SCALE_INTERVAL) -> None:
+                 scale_interval: float = SCALE_INTERVAL, sandbox: bool = True) -> None:
         self.config = config
         self.controller = controller
         self.reactor = reactor
@@ -103,12 +103,15 @@ class ProcessProvider(Service):
         self._awaiting: dict[str, list[tuple[Deferred, object]]] = {}
         #: where the functions' secrets come from (the node sets it); None: no secrets
         self.secrets: SecretStore | None = None
-        self.secret_files = SecretFiles(Path(config.data_dir) / "secrets")
+        self.secret_files = SecretFiles(Path(config.data_dir) / "secrets",
+                                        find_bwrap() if sandbox else None)
 
     # -- service ---------------------------------------------------------------------
     def startService(self) -> None:
         super().startService()
         kill_orphans(self.token)
+        if self.secret_files.bwrap is not None:
+            self.secret_files.prepare()
         self.threads.start()
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self.reactor
@@ -154,7 +157,7 @@ class ProcessProvider(Service):
         if port is not None:
             env["PORT"] = str(port)
         env["FAASTWIST_FUNCTION"] = spec.name
-        secrets_dir = self.secret_files.path(spec.name) if spec.secrets else None
+        _, secrets_dir = self.secret_files.sandbox(spec.name, bool(spec.secrets))
         if secrets_dir is not None:
             env[SECRETS_DIR_VAR] = secrets_dir
         env[OWNER_VAR] = self.token
@@ -177,6 +180,7 @@ class ProcessProvider(Service):
             argv = watchdog_argv(env)
         else:
             argv = self._argv(spec, env)
+        argv = self.secret_files.sandbox(spec.name, bool(spec.secrets))[0] + argv
         return Replica(self.reactor, spec.name, argv, env, self.workdir,
                        port, spec.readiness_path, self._log(spec.name), on_ready, on_exit,
                        wrapper=self.wrapper)
@@ -188,7 +192,8 @@ class ProcessProvider(Service):
             return self._env(watchdog.spec, None)
 
         def argv() -> list[str]:
-            return self._argv(watchdog.spec, env())
+            sandbox = self.secret_files.sandbox(watchdog.spec.name, bool(watchdog.spec.secrets))
+            return sandbox[0] + self._argv(watchdog.spec, env())
         watchdog = Watchdog(self.reactor, read_settings(spec, classic=False), argv, env,
                             self.workdir, self._log(spec.name), wrapper=self.wrapper)
         watchdog.spec = spec

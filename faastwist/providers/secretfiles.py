@@ -1,30 +1,64 @@
 """A process function's secrets as files: one folder per function, one file per secret.
 
-The folder's path reaches the function as ``FAASTWIST_SECRETS_DIR`` (OpenFaaS functions
-read ``/var/openfaas/secrets/<name>``; here the folder is wherever the node keeps it).
-Folders are created with a random name under ``{dataDir}/secrets``, which is not
-listable (mode 0311): a function learns only its own folder's path, and the files are
-0400. Functions run as the node's user, so this keeps secrets from other functions by
-path, not by user: separate users per function would be stronger.
+Folders are created with a random name under ``{dataDir}/secrets`` (not listable, mode
+0311; files 0400). Where bubblewrap works (Debian's ``bwrap``), every function process
+runs in a mount namespace in which that whole tree is an empty tmpfs and only its own
+folder is bound read-only at OpenFaaS's path ``/var/openfaas/secrets``: no function can
+read another's secrets, whatever its user. Without bubblewrap the folder's own path is
+given, so secrets are kept from other functions by an unlisted random path only.
+Either way ``FAASTWIST_SECRETS_DIR`` names the folder as the function sees it.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Mapping
 
 SECRETS_DIR_VAR = "FAASTWIST_SECRETS_DIR"
+OPENFAAS_SECRETS_PATH = "/var/openfaas/secrets"
+
+
+def find_bwrap() -> str | None:
+    """bubblewrap's path if it can make a mount namespace here (probed once, at start)."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return None
+    try:
+        probe = subprocess.run([bwrap, "--dev-bind", "/", "/", "--tmpfs", "/mnt", "true"],
+                               capture_output=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bwrap if probe.returncode == 0 else None
 
 
 class SecretFiles:
     """Writes and removes the secret folders; blocking: call it on a thread."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], bwrap: str | None = None) -> None:
         self.root = Path(root)
         self.folders: dict[str, Path] = {}
+        self.bwrap = bwrap
+
+    def sandbox(self, function: str, wants_secrets: bool) -> tuple[list[str], str | None]:
+        """The argv prefix a function process starts with, and its secrets folder as it
+        sees it (None: no secrets)."""
+        folder = self.folders.get(function) if wants_secrets else None
+        if self.bwrap is None:
+            return [], str(folder) if folder is not None else None
+        prefix = [self.bwrap, "--dev-bind", "/", "/", "--tmpfs", str(self.root)]
+        if folder is None:
+            return prefix + ["--"], None
+        return prefix + ["--ro-bind", str(folder), OPENFAAS_SECRETS_PATH, "--"], \
+            OPENFAAS_SECRETS_PATH
+
+    def prepare(self) -> None:
+        """Create the (unlistable) root, so that the sandbox always has it to hide."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o311)
 
     def write(self, function: str, values: Mapping[str, bytes]) -> str:
         """Make ``function``'s folder hold exactly ``values``; returns its path."""

@@ -253,6 +253,7 @@ def test_update_through_openfaas_and_easegress_created_function(node, tmp_path: 
 def test_secrets_are_written_encrypted_and_read_by_the_function_that_names_them(node):
     import base64
     import os
+    import shutil
     import stat
 
     code, _, data = call(node, "POST", "/system/secrets", {"name": "db-pass",
@@ -288,9 +289,23 @@ def test_secrets_are_written_encrypted_and_read_by_the_function_that_names_them(
     assert function(node, "secfn")["secrets"] == ["db-pass"]
     code, _, data = call(node, "GET", "/function/secfn")
     assert (code, data) == (200, b"s3cret-Value-42db-pass\n")
-    # another function gets no secrets folder
-    deploy(node, "othfn", envProcess="sh -c 'echo \"[$FAASTWIST_SECRETS_DIR]\"'")
-    assert call(node, "GET", "/function/othfn")[2] == b"[]\n"
+    root = node.workdir / "data" / "secrets"
+    [folder] = [p for p in root.iterdir() if p.name.startswith("secfn-")]
+    assert stat.S_IMODE(os.stat(folder / "db-pass").st_mode) == 0o400
+    sandboxed = shutil.which("bwrap") is not None
+    if sandboxed:   # bubblewrap: OpenFaaS's path, and the node's folders are hidden
+        deploy(node, "pathfn", envProcess="cat /var/openfaas/secrets/db-pass",
+               secrets=["db-pass"])
+        assert call(node, "GET", "/function/pathfn")[2] == b"s3cret-Value-42"
+        remove(node, "pathfn")
+    # another function gets no secrets folder, and cannot read the one of secfn even
+    # when it knows its path (it runs as the same user: the sandbox hides it)
+    spy = f"sh -c 'echo \"[$FAASTWIST_SECRETS_DIR]\"; cat {folder}/db-pass'"
+    deploy(node, "othfn", envProcess=spy)
+    code, _, data = call(node, "GET", "/function/othfn")
+    assert data.startswith(b"[]\n")
+    if sandboxed:
+        assert code == 500 and b"No such file" in data and b"s3cret" not in data
     # an updated secret reaches the function at its next (rolling) start
     assert call(node, "PUT", "/system/secrets", {"name": "db-pass", "value": "rotated"})[0] == 202
     code, _, _ = call(node, "PUT", "/system/functions",
