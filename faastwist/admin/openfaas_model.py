@@ -171,7 +171,9 @@ def function_status(spec: FunctionSpec, status: FunctionStatus, namespace: str,
                                                 and status.start_pending)
     if desired is None:
         desired = max(spec.min_replica, 1) if running else 0
-    if available is None:
+    if available is None or status.state is not State.ACTIVE:
+        # only an active function gets traffic: a ready replica of one that is not
+        # active yet is not available to a caller
         available = desired if status.state is State.ACTIVE else 0
     out["invocationCount"] = invocations
     out["replicas"] = desired

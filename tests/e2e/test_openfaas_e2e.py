@@ -17,7 +17,7 @@ import pytest
 from tests.support.cli import require_node, wait_for
 from tests.support.node import FaasNodeProcess, http
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.etcd]
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +166,18 @@ def test_watchdog_limits_failures_and_logs(node):
     assert any(t.startswith("Wrote 0 Bytes - Duration: ") for t in texts)
     assert all(line["name"] == "busyfn" and line["namespace"] == "openfaas-fn"
                for line in lines)
+    # follow streams through the gate's relay: a new invocation's lines arrive
+    import socket
+    with socket.create_connection(("127.0.0.1", node.gate_port), timeout=10) as sock:
+        sock.sendall(b"GET /system/logs?name=busyfn&tail=1&follow=true HTTP/1.1\r\n"
+                     b"Host: gate\r\n\r\n")
+        received = sock.recv(65536)
+        assert received.startswith(b"HTTP/1.1 200")
+        assert call(node, "GET", "/function/busyfn")[0] == 200
+        deadline = time.monotonic() + 10
+        while received.count(b"Wrote 0 Bytes") < 2 and time.monotonic() < deadline:
+            received += sock.recv(65536)
+        assert b"Forking fprocess." in received and received.count(b"Wrote 0 Bytes") == 2
     code, _, _ = call(node, "GET", "/system/logs")
     assert code == 400
     code, _, _ = call(node, "GET", "/system/logs?name=nosuch")

@@ -16,7 +16,7 @@ import yaml
 from tests.support.cli import require_node, run_cli, wait_for
 from tests.support.node import FaasNodeProcess, http
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.etcd]
 
 VERSIONED_APP = '''\
 import os
