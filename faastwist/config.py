@@ -6,6 +6,7 @@ defaults of its other keys; relative paths are taken from the file's folder.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any
@@ -67,11 +68,36 @@ class ProcessConfig:
     data_dir: str = "./data"
 
 
+ANONYMOUS = ("none", "read", "admin")
+
+
+@attrs.frozen
+class AuthConfig:
+    """admin.auth: who may call the admin API (README "Security")."""
+
+    tokens_file: str = "./data/admin-tokens"
+    basic_user_file: str = ""
+    basic_password_file: str = ""
+    anonymous: str = "none"
+    metrics_open: bool = False
+
+
 @attrs.frozen
 class AdminConfig:
     port: int = 2381
     address: str = "127.0.0.1"
     max_body_size: int = 2**20
+    auth: AuthConfig = AuthConfig()
+    allow_insecure: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    https: bool = False
+    cert_file: str = ""
+    key_file: str = ""
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.https else "http"
 
 
 @attrs.frozen
@@ -114,7 +140,7 @@ class ControllerConfig:
             knative=reader.section("knative", lambda r: _read_knative(r, base)),
             etcd=reader.section("etcd", lambda r: _read_etcd(r, base)),
             process=reader.section("process", lambda r: _read_process(r, base)),
-            admin=reader.section("admin", _read_admin),
+            admin=reader.section("admin", lambda r: _read_admin(r, base)),
             secrets=reader.section("secrets", lambda r: SecretsConfig(
                 key_file=_path(r.string("keyFile", "./data/secrets.key"), base))),
         )
@@ -149,11 +175,7 @@ def _read_http(reader: FieldReader, base: Path) -> HTTPServerConfig:
         access_log=reader.boolean("accessLog", True),
     )
     if config.https:
-        for key, value in (("certFile", config.cert_file), ("keyFile", config.key_file)):
-            if not value:
-                raise reader.fail(key, "is required when https is true")
-            if not os.path.isfile(value):
-                raise reader.fail(key, f"no such file: {value}")
+        _check_tls_files(reader, config.cert_file, config.key_file)
     return config
 
 
@@ -199,12 +221,80 @@ def _read_process(reader: FieldReader, base: Path) -> ProcessConfig:
     )
 
 
-def _read_admin(reader: FieldReader) -> AdminConfig:
-    return AdminConfig(
+def is_loopback(address: str) -> bool:
+    """True for an address only this machine can reach (``localhost`` included)."""
+    if address.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_tls_files(reader: FieldReader, cert_file: str, key_file: str) -> None:
+    for key, value in (("certFile", cert_file), ("keyFile", key_file)):
+        if not value:
+            raise reader.fail(key, "is required when https is true")
+        if not os.path.isfile(value):
+            raise reader.fail(key, f"no such file: {value}")
+
+
+def _read_basic(reader: FieldReader, base: Path) -> tuple[str, str]:
+    if not reader.data:
+        return "", ""
+    files = []
+    for key in ("userFile", "passwordFile"):
+        path = _path(reader.string(key, ""), base)
+        if not path:
+            raise reader.fail(key, "is required when basicAuth is set")
+        if not os.path.isfile(path):
+            raise reader.fail(key, f"no such file: {path}")
+        files.append(path)
+    return files[0], files[1]
+
+
+def _read_auth(reader: FieldReader, base: Path) -> AuthConfig:
+    tokens_file = _path(reader.string("tokensFile", "./data/admin-tokens"), base)
+    if not tokens_file:
+        raise reader.fail("tokensFile", "must be a file path")
+    user_file, password_file = reader.section("basicAuth", lambda r: _read_basic(r, base))
+    return AuthConfig(
+        tokens_file=tokens_file,
+        basic_user_file=user_file,
+        basic_password_file=password_file,
+        anonymous=reader.choice("anonymous", ANONYMOUS, "none"),
+        metrics_open=reader.boolean("metricsOpen", False),
+    )
+
+
+def _read_admin(reader: FieldReader, base: Path) -> AdminConfig:
+    config = AdminConfig(
         port=reader.integer("port", 2381, 1, 65535),
         address=reader.string("address", "127.0.0.1"),
         max_body_size=reader.size("maxBodySize", 2**20),
+        auth=reader.section("auth", lambda r: _read_auth(r, base)),
+        allow_insecure=reader.boolean("allowInsecure", False),
+        allowed_hosts=reader.string_list("allowedHosts", ()),
+        allowed_origins=reader.string_list("allowedOrigins", ()),
+        https=reader.boolean("https", False),
+        cert_file=_path(reader.string("certFile", ""), base),
+        key_file=_path(reader.string("keyFile", ""), base),
     )
+    for origin in config.allowed_origins:
+        if not origin.startswith(("http://", "https://")) or origin.count("/") > 3 \
+                or origin.rstrip("/").count("/") != 2:
+            raise reader.fail("allowedOrigins", f"must be origins like https://ops.example:8443 "
+                                                f"(scheme, host, optional port), got {origin!r}")
+    if config.https:
+        _check_tls_files(reader, config.cert_file, config.key_file)
+    if (config.auth.anonymous == "admin" and not is_loopback(config.address)
+            and not config.allow_insecure):
+        raise reader.error(
+            "admin.auth.anonymous",
+            f"admin on the non-loopback admin.address {config.address!r} lets anyone who "
+            f"reaches the port run commands on this machine; use tokens, or set "
+            f"admin.allowInsecure: true if you mean it")
+    return config
 
 
 def load_config(path: str | os.PathLike[str]) -> ControllerConfig:

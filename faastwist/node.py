@@ -64,6 +64,9 @@ class FaasNode(Service):
         self.notifier: Any = None
         self.openfaas: Any = None
         self.secrets: Any = None
+        self.authorizer: Any = None
+        self.auth_files: Any = None
+        self.admin_tls: Any = None
 
     # -- helpers ---------------------------------------------------------------------
     def _push(self, what: str, stop: Callable[[], Any]) -> None:
@@ -193,6 +196,7 @@ class FaasNode(Service):
         from faastwist.admin.api import AdminAPI
         from faastwist.admin.codec import bounded_request_factory
         from faastwist.admin.console import ConsoleResource, gate_url_for, mount_console
+        from faastwist.admin.openapi import document as openapi_document
         from faastwist.admin.ops import OpsAPI, compose, node_info
 
         admin, http = self.config.admin, self.config.http_server
@@ -206,15 +210,27 @@ class FaasNode(Service):
              "provider": self.provider.check},
             node_info(__version__, self.config.provider, self.config.name, self.node_id,
                       time.time(), self.leader.is_leader),
-            self.reactor)
+            self.reactor, openapi=openapi_document(self.config.name))
         console = ConsoleResource(self.reactor, self.config.name,
                                   gate_url_for(http.address, http.port, http.https),
                                   max_body_size=admin.max_body_size)
         self.openfaas = self._openfaas_api()
-        root = mount_console(compose(self.admin.resource(), self.ops.resource(),
-                                     self.openfaas.resource()), console)
-        site = Site(root, requestFactory=bounded_request_factory(admin.max_body_size),
-                    parsePOSTFormSubmission=False, reactor=self.reactor)
+        # the guard covers OpenFaaS's /system/* too (also when relayed by the gate)
+        root = self._guard(mount_console(compose(self.admin.resource(), self.ops.resource(),
+                                                 self.openfaas.resource()), console))
+        site: Any = Site(root, requestFactory=bounded_request_factory(admin.max_body_size),
+                         parsePOSTFormSubmission=False, reactor=self.reactor)
+        if admin.https:
+            from twisted.protocols.tls import TLSMemoryBIOFactory
+
+            from faastwist.util.tls import ReloadableTLS
+
+            try:
+                self.admin_tls = ReloadableTLS(admin.cert_file, admin.key_file, [b"http/1.1"])
+            except Exception as exc:
+                raise StartupError(f"admin.certFile/keyFile: cannot load {admin.cert_file} and "
+                                   f"{admin.key_file}: {exc}") from None
+            site = TLSMemoryBIOFactory(self.admin_tls, False, site)
         try:
             self.admin_port = self.reactor.listenTCP(admin.port, site, interface=admin.address)
         except Exception as exc:
@@ -239,6 +255,52 @@ class FaasNode(Service):
                            self.reactor, versions, self.namespace,
                            max_body_size=self.config.admin.max_body_size, secrets=self.secrets)
 
+    def _guard(self, root: Any) -> Any:
+        """Put the Host/Origin/credential checks in front of the admin port's root."""
+        from faastwist.admin.guard import AdminGuard
+        from faastwist.auth.authorizer import Authorizer, anonymous_role
+        from faastwist.auth.origin import OriginPolicy
+        from faastwist.auth.reload import AuthFiles
+        from faastwist.auth.tokens import TokenFileError
+
+        admin = self.config.admin
+        auth = admin.auth
+        self.authorizer = Authorizer(anonymous=anonymous_role(auth.anonymous))
+        self.auth_files = AuthFiles(self.authorizer, self.reactor, auth.tokens_file,
+                                    auth.basic_user_file, auth.basic_password_file)
+        try:
+            self.auth_files.load()
+        except (TokenFileError, OSError) as exc:
+            raise StartupError(f"admin.auth.tokensFile: {exc}") from None
+        self._start_child("admin auth files", self.auth_files)
+        own = [socket.gethostname()]
+        if admin.address not in ("", "0.0.0.0", "::"):
+            own.append(admin.address)
+        policy = OriginPolicy.build(admin.scheme, admin.port, own, admin.allowed_hosts,
+                                    admin.allowed_origins)
+        if auth.anonymous != "none":
+            log.warn("admin.auth.anonymous is {anonymous}: callers without credentials may "
+                     "{what} on {address}:{port}", anonymous=auth.anonymous,
+                     what="change everything" if auth.anonymous == "admin" else "read",
+                     address=admin.address, port=admin.port)
+        return AdminGuard(root, self.authorizer, policy, metrics_open=auth.metrics_open)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the admin credentials (and the TLS certificates)."""
+        log.info("SIGHUP: reloading credentials and certificates")
+        if self.auth_files is not None:
+            self.auth_files.reload("SIGHUP")
+        for what, reload in (("admin", self.admin_tls.reload if self.admin_tls else None),
+                             ("gate", self.gate.reload_tls if self.gate else None)):
+            if reload is None:
+                continue
+            try:
+                reload()
+                log.info("the {what} certificate was reloaded", what=what)
+            except Exception as exc:
+                log.error("the {what} certificate was not reloaded, the previous one stays: "
+                          "{error}", what=what, error=str(exc))
+
     def _start_gate(self) -> None:
         from faastwist.gate.service import GateService
 
@@ -247,7 +309,9 @@ class FaasNode(Service):
                                 access_log=http.access_log)
         admin = self.admin_port.getHost()
         host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(admin.host, admin.host)
-        self.gate.context.serve_system(host, admin.port, self.namespace)
+        # the admin port's guard (credentials, Host, Origin) applies to what is relayed
+        self.gate.context.serve_system(host, admin.port, self.namespace,
+                                       scheme=self.config.admin.scheme)
         try:
             self.gate.startService()
         except Exception as exc:

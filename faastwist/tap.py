@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import attrs
@@ -73,5 +74,12 @@ def makeService(options: Options) -> IService:
         reactor.stop()
 
     top = MultiService()
-    FaasNode(options.controller_config, reactor, on_fatal).setServiceParent(top)
+    node = FaasNode(options.controller_config, reactor, on_fatal)
+    node.setServiceParent(top)
+
+    def on_sighup(signum: int, frame: object) -> None:
+        reactor.callFromThread(node.reload)
+
+    # SIGHUP reloads credentials and certificates (its default would end the process)
+    signal.signal(signal.SIGHUP, on_sighup)
     return top

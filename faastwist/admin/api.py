@@ -36,8 +36,10 @@ from faastwist.admin.codec import (
     parse_tail,
     query_params,
     read_body,
+    record_document,
     respond,
     respond_error,
+    status_document,
 )
 from faastwist.admin.logstream import send_logs
 from faastwist.admin.rollout import rollout
@@ -162,25 +164,25 @@ class AdminAPI:
         status = FunctionStatus.initial(spec.name, self.wall_clock())
         record = await self._store(self.store.create(spec, status))
         self._kick(spec.name)
-        return respond(request, 201, record.to_dict(),
+        return respond(request, 201, record_document(record),
                             {"Location": self._location(version, controller, spec.name)})
 
     @controller_route(app, BASE, "GET")
     async def list_functions(self, request: IRequest, version: str, controller: str) -> bytes:
         listing = await self._store(self.store.list())
-        records = [listing.records[name].to_dict() for name in sorted(listing.records)]
+        records = [record_document(listing.records[name]) for name in sorted(listing.records)]
         return respond(request, 200, records)
 
     @controller_route(app, FUNCTION, "GET")
     async def get_function(self, request: IRequest, version: str, controller: str,
                            fn: str) -> bytes:
         record = await self._store(self.store.get(fn))
-        return respond(request, 200, record.to_dict())
+        return respond(request, 200, record_document(record))
 
     @controller_route(app, FUNCTION + "/status", "GET")
     async def get_status(self, request: IRequest, version: str, controller: str, fn: str) -> bytes:
         record = await self._store(self.store.get(fn))
-        return respond(request, 200, record.status.to_dict())
+        return respond(request, 200, status_document(record.status))
 
     @controller_route(app, FUNCTION, "PUT")
     async def update(self, request: IRequest, version: str, controller: str, fn: str) -> bytes:
@@ -193,7 +195,7 @@ class AdminAPI:
         status = apply_event(record.status, Event.UPDATE, self.wall_clock())
         updated = await self._store(self.store.update(record, spec=spec, status=status))
         self._kick(fn)
-        return respond(request, 200, updated.to_dict())
+        return respond(request, 200, record_document(updated))
 
     @controller_route(app, FUNCTION + "/rollout", "PUT")
     async def rollout(self, request: IRequest, version: str, controller: str, fn: str) -> bytes:
@@ -206,14 +208,14 @@ class AdminAPI:
         record = await self._store(self.store.get(fn))
         updated = await self._store(rollout(self.store, record, spec, self.wall_clock()))
         self._kick(fn)
-        return respond(request, 200, updated.to_dict())
+        return respond(request, 200, record_document(updated))
 
     async def _operator_event(self, request: IRequest, fn: str, event: Event) -> bytes:
         record = await self._store(self.store.get(fn))
         status = apply_event(record.status, event, self.wall_clock())
         updated = await self._store(self.store.update(record, status=status))
         self._kick(fn)
-        return respond(request, 200, updated.to_dict())
+        return respond(request, 200, record_document(updated))
 
     @controller_route(app, FUNCTION + "/start", "PUT")
     def start(self, request: IRequest, version: str, controller: str, fn: str) -> Any:
@@ -231,7 +233,7 @@ class AdminAPI:
         await self._store(self.store.delete(record))
         self._kick(fn)
         return respond(request, 200, {"spec": record.spec.to_dict(),
-                                           "status": destroyed.to_dict()})
+                                           "status": status_document(destroyed)})
 
     @controller_route(app, FUNCTION + "/logs", "GET")
     async def logs(self, request: IRequest, version: str, controller: str, fn: str) -> Any:

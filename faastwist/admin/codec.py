@@ -8,8 +8,6 @@ as about formats) can be read and tested on their own. Everything here raises
 from __future__ import annotations
 
 import json
-import re
-from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Mapping
 from urllib.parse import parse_qsl
 
@@ -18,14 +16,18 @@ from yaml import events as yaml_events
 from twisted.web.server import Request
 from twisted.web.iweb import IRequest
 
+from faastwist.model.fsm import FunctionStatus
+from faastwist.store.base import FunctionRecord
+from faastwist.util.times import format_rfc3339, parse_rfc3339
 from faastwist.util.units import UnitError, parse_duration
 
 #: Request bodies in these types are read as YAML (JSON is YAML too, but gets a JSON parser).
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/vnd.yaml")
 JSON_TYPE = "application/json"
-#: What ``curl --data-binary @function.yaml`` sends without ``-H``: read as YAML.
-FORM_TYPE = "application/x-www-form-urlencoded"
-ACCEPTED_TYPES = YAML_TYPES + (JSON_TYPE, FORM_TYPE)
+ACCEPTED_TYPES = YAML_TYPES + (JSON_TYPE,)
+#: What an HTML form (or a cross-site ``fetch`` without a CORS preflight) can send, and
+#: ``curl -d`` without ``-H``: never read as a spec, so another site cannot post one.
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
 #: Responses are YAML (RFC 9512's type) unless the client accepts JSON.
 YAML_RESPONSE_TYPE = "application/yaml"
 NDJSON_TYPE = "application/x-ndjson"
@@ -38,8 +40,6 @@ MAX_NODES = 100_000
 MAX_TAIL = 100_000
 _CHARSETS = {"utf-8", "utf8", "us-ascii", "ascii"}
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_RFC3339 = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 
 
 class ApiError(Exception):
@@ -128,6 +128,22 @@ def respond_error(request: IRequest, code: int, message: str,
     return respond(request, code, error_body(code, message), headers, as_json=as_json)
 
 
+# -- documents -----------------------------------------------------------------------
+
+def status_document(status: FunctionStatus) -> dict[str, Any]:
+    """A status as the API answers it: ``updated`` in RFC 3339 (the store keeps epoch
+    seconds; a status that was never stamped has none)."""
+    document = status.to_dict()
+    document["updated"] = format_rfc3339(status.updated) if status.updated > 0 else None
+    document["created"] = format_rfc3339(status.created) if status.created > 0 else None
+    return document
+
+
+def record_document(record: FunctionRecord) -> dict[str, Any]:
+    """A function's spec and status as the API answers them."""
+    return {"spec": record.spec.to_dict(), "status": status_document(record.status)}
+
+
 # -- request bodies ------------------------------------------------------------------
 
 class BoundedRequest(Request):
@@ -167,7 +183,7 @@ def bounded_request_factory(max_body_size: int) -> type[BoundedRequest]:
 def read_body(request: IRequest, max_body_size: int) -> bytes:
     """The request body, or 413: Content-Length first, then what actually arrived."""
     too_large = ApiError(413, f"request body is larger than the limit of {max_body_size} bytes")
-    if getattr(request, "body_too_large", False):
+    if isinstance(request, BoundedRequest) and request.body_too_large:
         raise too_large
     declared = request.getHeader(b"content-length")
     if declared is not None:
@@ -218,6 +234,11 @@ def _check_expansion(document: Any) -> None:
 def decode_body(body: bytes, content_type: str | None) -> Any:
     """The parsed document, or 415 for an unsupported type, 400 for a malformed body."""
     kind, params = media_type(content_type)
+    if kind in FORM_TYPES:
+        raise ApiError(415, f"Content-Type {kind} is not read as a spec (HTML forms and other "
+                            f"sites' pages can send it); send one of "
+                            f"{', '.join(ACCEPTED_TYPES)}, e.g. curl -H "
+                            f"'Content-Type: application/yaml' --data-binary @function.yaml")
     if kind and kind not in ACCEPTED_TYPES:
         raise ApiError(415, f"Content-Type {kind} is not supported; send one of "
                             f"{', '.join(ACCEPTED_TYPES)}")
@@ -244,10 +265,7 @@ def decode_body(body: bytes, content_type: str | None) -> Any:
         except ApiError:
             raise
         except Exception as exc:  # any parser failure is the body's fault, not ours
-            hint = ""
-            if kind == FORM_TYPE:
-                hint = " (curl -d strips line breaks: send the file with --data-binary @file)"
-            raise ApiError(400, f"body is not valid YAML: {_one_line(exc)}{hint}") from None
+            raise ApiError(400, f"body is not valid YAML: {_one_line(exc)}") from None
     _check_expansion(document)
     return document
 
@@ -302,20 +320,12 @@ def parse_since(value: str | None, now: float) -> float | None:
     """Seconds since the epoch from an RFC3339 timestamp or a Go duration before ``now``."""
     if value is None:
         return None
-    match = _RFC3339.match(value.strip())
-    if match is not None:
-        year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
-        fraction, zone = match.group(7), match.group(8)
-        if zone in ("Z", "z"):
-            tz = timezone.utc
-        else:
-            sign = 1 if zone[0] == "+" else -1
-            tz = timezone(sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
-        try:
-            stamp = datetime(year, month, day, hour, minute, second, tzinfo=tz)
-        except ValueError as exc:
-            raise ApiError(400, f"since: not a valid time: {exc}, got {value!r}") from None
-        return stamp.timestamp() + (float(fraction) if fraction else 0.0)
+    try:
+        stamp = parse_rfc3339(value)
+    except ValueError as exc:
+        raise ApiError(400, f"since: {exc}, got {value!r}") from None
+    if stamp is not None:
+        return stamp
     try:
         return now - parse_duration(value.strip())
     except UnitError:

@@ -40,9 +40,14 @@ STATIC_FILES: Mapping[str, str] = {
     "style.css": "text/css; charset=utf-8",
 }
 CONSOLE_HEADER = b"x-faastwist-console"
+#: the function's own Authorization, sent apart from the admin token the relay checks
+FORWARD_AUTHORIZATION = b"x-faastwist-forward-authorization"
 # not forwarded to the gate: hop-by-hop, framing, and what the browser adds for the admin origin
 _DROP_REQUEST = HOP_BY_HOP | {
-    b"host", b"content-length", b"cookie", b"origin", b"referer", CONSOLE_HEADER}
+    b"host", b"content-length", b"cookie", b"origin", b"referer", CONSOLE_HEADER,
+    FORWARD_AUTHORIZATION,
+    b"authorization",  # the admin token never reaches a function
+}
 _DROP_RESPONSE = HOP_BY_HOP | {b"content-length", b"set-cookie"}
 
 
@@ -144,6 +149,9 @@ class ConsoleResource(Resource):
             if key.lower() not in _DROP_REQUEST and not key.lower().startswith(b"sec-"):
                 headers.setRawHeaders(key, values)
         headers.setRawHeaders(b"x-faas-func-name", [name.encode()])
+        forwarded = request.getHeader(FORWARD_AUTHORIZATION)
+        if forwarded:
+            headers.setRawHeaders(b"authorization", [forwarded])
         producer = BytesProducer(body) if body or request.method in (
             b"POST", b"PUT", b"PATCH") else None
         started = time.monotonic()

@@ -7,8 +7,9 @@ stop dance: deploy creates the function in ``initial`` (the reconciler deploys i
 update is a rolling update (rollout.py), delete removes the records (the reconciler
 stops what runs), and scale sets minReplica without restarting anything. Codes are the
 ones faas-netes answers (202 for writes), because clients check them exactly; bodies
-are JSON with or without a Content-Type. Every route first passes ``guard``, the one
-place admin authentication applies.
+are JSON with or without a Content-Type. Authentication, Host and Origin checks are the
+admin port's (``admin/guard.py`` wraps this app with the rest of the port, and the gate
+relays ``/system/*`` there), so OpenFaaS clients use the node's tokens or HTTP Basic.
 """
 
 from __future__ import annotations
@@ -48,13 +49,8 @@ from faastwist.store.secrets import SecretExists, SecretNotFound
 log = Logger()
 T = TypeVar("T")
 
-Guard = Callable[[Any], None]
 STORE_TIMEOUT = 10.0
 OBSERVE_TIMEOUT = 3.0
-
-
-def allow_all(request: Any) -> None:
-    """The guard until admin authentication is configured: every request passes."""
 
 
 @attrs.frozen
@@ -73,7 +69,7 @@ class OpenFaaSAPI:
 
     def __init__(self, store: FunctionStore, provider: Any, kick: Callable[[str], None],
                  metrics: Metrics, clock: IReactorTime, versions: Versions,
-                 namespace: str, guard: Guard = allow_all,
+                 namespace: str,
                  max_body_size: int = 1 << 20, store_timeout: float = STORE_TIMEOUT,
                  wall_clock: Callable[[], float] = time.time, secrets: Any = None) -> None:
         self.store = store
@@ -84,7 +80,6 @@ class OpenFaaSAPI:
         self.clock = clock
         self.versions = versions
         self.namespace = namespace
-        self.guard = guard
         self.max_body_size = max_body_size
         self.store_timeout = store_timeout
         self.wall_clock = wall_clock
@@ -177,7 +172,6 @@ class OpenFaaSAPI:
     # -- functions ---------------------------------------------------------------------
     @app.route("/system/functions", methods=["GET"])
     async def list_functions(self, request: Any) -> bytes:
-        self.guard(request)
         self._check_namespace_param(request)
         listing = await self._timed(self.store.list())
         observed = await self._observe(None)
@@ -189,7 +183,6 @@ class OpenFaaSAPI:
 
     @app.route("/system/function/<name>", methods=["GET"])
     async def get_function(self, request: Any, name: str) -> bytes:
-        self.guard(request)
         self._check_namespace_param(request)
         record = await self._timed(self.store.get(name))
         observed = await self._observe([name])
@@ -216,7 +209,6 @@ class OpenFaaSAPI:
 
     @app.route("/system/functions", methods=["POST"])
     async def deploy(self, request: Any) -> bytes:
-        self.guard(request)
         spec = deployment_to_spec(self._document(request), self.namespace)
         self.provider.check_spec(spec)
         await self._check_secrets(spec)
@@ -227,7 +219,6 @@ class OpenFaaSAPI:
 
     @app.route("/system/functions", methods=["PUT"])
     async def update(self, request: Any) -> bytes:
-        self.guard(request)
         document = self._document(request)
         name = self._name_field(document, "service")
         record = await self._timed(self.store.get(name))
@@ -241,7 +232,6 @@ class OpenFaaSAPI:
     @app.route("/system/functions", methods=["DELETE"])
     async def delete(self, request: Any) -> bytes:
         """Stop and delete in one: the reconciler removes what the provider runs."""
-        self.guard(request)
         name = self._name_field(self._document(request), "functionName")
         record = await self._timed(self.store.get(name))
         await self._timed(self.store.delete(record))
@@ -252,7 +242,6 @@ class OpenFaaSAPI:
     async def scale(self, request: Any, name: str) -> bytes:
         """minReplica becomes the count; replicas follow without a restart. Zero keeps
         the function deployed: the next invocation scales it from zero."""
-        self.guard(request)
         document = self._document(request)
         if not isinstance(document, dict):
             raise ApiError(400, "body must be a JSON object")
@@ -284,7 +273,6 @@ class OpenFaaSAPI:
 
     @app.route("/system/secrets", methods=["GET"])
     async def list_secrets(self, request: Any) -> bytes:
-        self.guard(request)
         self._check_namespace_param(request)
         names = await self._timed(self._secret_store().names())
         return self._json(request, 200, [{"name": n, "namespace": self.namespace}
@@ -292,7 +280,6 @@ class OpenFaaSAPI:
 
     @app.route("/system/secrets", methods=["POST", "PUT"])
     async def write_secret(self, request: Any) -> bytes:
-        self.guard(request)
         store = self._secret_store()
         name, value = read_secret(self._document(request), self.namespace)
         if request.method == b"POST":
@@ -303,7 +290,6 @@ class OpenFaaSAPI:
 
     @app.route("/system/secrets", methods=["DELETE"])
     async def delete_secret(self, request: Any) -> bytes:
-        self.guard(request)
         name = self._name_field(self._document(request), "name")
         await self._timed(self._secret_store().delete(name))
         return self._accepted(request)
@@ -311,7 +297,6 @@ class OpenFaaSAPI:
     # -- the rest ----------------------------------------------------------------------
     @app.route("/system/info", methods=["GET"])
     def info(self, request: Any) -> bytes:
-        self.guard(request)
         versions = self.versions
         return self._json(request, 200, {
             "provider": {"provider": "faastwist", "orchestration": versions.orchestration,
@@ -323,12 +308,10 @@ class OpenFaaSAPI:
 
     @app.route("/system/namespaces", methods=["GET"])
     def namespaces(self, request: Any) -> bytes:
-        self.guard(request)
         return self._json(request, 200, [self.namespace])
 
     @app.route("/system/logs", methods=["GET"])
     async def logs(self, request: Any) -> Any:
-        self.guard(request)
         params = query_params(request.uri, ("name", "namespace", "instance", "tail", "since",
                                             "follow"))
         name = params.get("name", "")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime, timezone
 from typing import Any, Mapping
 
 import attrs
@@ -22,6 +21,7 @@ from faastwist.model.spec import SECRET_NAME, FunctionSpec, SpecError
 from faastwist.providers.watchdogenv import read_settings
 from faastwist.store.secrets import MAX_SECRET_SIZE
 from faastwist.util.fields import FieldReader
+from faastwist.util.times import format_rfc3339
 
 SCALE_MIN = "com.openfaas.scale.min"
 SCALE_MAX = "com.openfaas.scale.max"
@@ -134,11 +134,6 @@ def deployment_to_spec(document: Any, namespace: str,
     return spec
 
 
-def rfc3339(timestamp: float) -> str:
-    stamp = datetime.fromtimestamp(timestamp, tz=timezone.utc)
-    return stamp.isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def function_status(spec: FunctionSpec, status: FunctionStatus, namespace: str,
                     invocations: float, available: int | None,
                     desired: int | None) -> dict[str, Any]:
@@ -178,7 +173,7 @@ def function_status(spec: FunctionSpec, status: FunctionStatus, namespace: str,
     out["invocationCount"] = invocations
     out["replicas"] = desired
     out["availableReplicas"] = available
-    out["createdAt"] = rfc3339(status.created or status.updated)
+    out["createdAt"] = format_rfc3339(status.created or status.updated)
     return out
 
 

@@ -10,6 +10,8 @@ API on one port.
 
 from __future__ import annotations
 
+import json
+
 import time
 from typing import Any, Callable, Mapping
 
@@ -36,6 +38,7 @@ Check = Callable[[], "Deferred[Any] | Any"]
 OPS_PATHS: frozenset[tuple[str, ...]] = frozenset({
     ("metrics",), ("healthz",), ("readyz",),
     ("apis", "v1", "faas", "info"), ("apis", "v2", "faas", "info"),
+    ("apis", "v2", "faas", "openapi.json"),
 })
 
 
@@ -61,8 +64,10 @@ class OpsAPI:
 
     def __init__(self, metrics: Metrics, checks: Mapping[str, Check],
                  info: Callable[[], Mapping[str, Any]], clock: IReactorTime,
-                 check_timeout: float = 2.0) -> None:
+                 check_timeout: float = 2.0,
+                 openapi: Mapping[str, Any] | None = None) -> None:
         self.metrics = metrics
+        self.openapi = json.dumps(openapi, indent=1).encode() if openapi is not None else None
         self.checks = dict(checks)
         self.info = info
         self.clock = clock
@@ -108,6 +113,15 @@ class OpsAPI:
         return self.readiness().addCallback(
             lambda result: respond(request, 200 if result.get("status") == "ok" else 503,
                                    result, _NO_STORE, as_json=True))
+
+    @app.route("/apis/v2/faas/openapi.json", methods=["GET"])
+    def openapi_document(self, request: IRequest) -> bytes:
+        if self.openapi is None:
+            return respond_error(request, 404, "this node serves no OpenAPI document",
+                                 as_json=True)
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Content-Length", b"%d" % len(self.openapi))
+        return self.openapi
 
     @app.route("/apis/v2/faas/info", methods=["GET"])
     @app.route("/apis/v1/faas/info", methods=["GET"], endpoint="info_v1")

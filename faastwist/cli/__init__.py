@@ -9,34 +9,15 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
-
 import click
 
-from faastwist.cli.client import AdminClient, ApiError, InputError, Settings, load_settings
-from faastwist.cli.commands import duration_option, register
+from faastwist.cli.client import CliContext, CommandFailed, InputError
+from faastwist.cli.commands import COMMANDS, duration_option
+from faastwist.cli.token import token as token_commands
 
-__all__ = ["main", "cli", "ApiError", "InputError"]
+__all__ = ["main", "cli", "CliContext", "CommandFailed", "InputError"]
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-class State:
-    """The global flags, turned into settings and a client only when a command needs them."""
-
-    def __init__(self, flags: dict[str, Any]) -> None:
-        self.flags = flags
-        self._client: AdminClient | None = None
-
-    @property
-    def settings(self) -> Settings:
-        return self.client.settings
-
-    @property
-    def client(self) -> AdminClient:
-        if self._client is None:
-            self._client = AdminClient(load_settings(**self.flags))
-        return self._client
 
 
 @click.group(context_settings=CONTEXT)
@@ -60,15 +41,19 @@ def cli(ctx: click.Context, server: str | None, controller: str | None, token: s
 
     Settings come from the flags, then FAASTWIST_SERVER / FAASTWIST_CONTROLLER /
     FAASTWIST_TOKEN / FAASTWIST_GATE, then ~/.config/faastwist/config.yaml (keys server,
-    controller, token, gate, timeout; FAASTWIST_CONFIG names another file).
+    controller, token, gate, timeout; FAASTWIST_CONFIG names another file). Without a
+    token, the one the node wrote beside its tokens file is used when FAASTWIST_NODE_CONFIG
+    (the node's controller.yaml) or FAASTWIST_TOKENS_FILE says where that is.
 
     Exit status: 0 ok, 1 the server refused or could not be reached, 2 usage.
     """
-    ctx.obj = State({"server": server, "controller": controller, "token": token,
-                     "gate": gate, "timeout": timeout})
+    ctx.obj = CliContext({"server": server, "controller": controller, "token": token,
+                          "gate": gate, "timeout": timeout})
 
 
-register(cli)
+for _command in COMMANDS:
+    cli.add_command(_command)
+cli.add_command(token_commands)
 
 
 def main(argv: list[str] | None = None) -> int:

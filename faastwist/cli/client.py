@@ -28,8 +28,9 @@ API_PREFIX = "/apis/v2/faas"
 CONFIG_KEYS = ("server", "controller", "token", "gate", "timeout")
 
 
-class ApiError(click.ClickException):
-    """The server refused (its ``{code, message}``) or could not be reached: exit 1."""
+class CommandFailed(click.ClickException):
+    """The server refused (its ``{code, message}``), could not be reached, or a wait timed
+    out: the command prints ``Error: ...`` and exits 1."""
 
     exit_code = 1
 
@@ -131,6 +132,10 @@ def load_settings(server: str | None, controller: str | None, token: str | None,
     gate_value, gate_from = pick(gate, "FAASTWIST_GATE", "gate", "")
     controller_value, _ = pick(controller, "FAASTWIST_CONTROLLER", "controller", None)
     token_value, _ = pick(token, "FAASTWIST_TOKEN", "token", "")
+    if not token_value:
+        from faastwist.cli.token import token_from_node
+
+        token_value = token_from_node(env)
     timeout_value, timeout_from = pick(timeout, "FAASTWIST_TIMEOUT", "timeout", 30.0)
     try:
         timeout_seconds = parse_seconds(timeout_value)
@@ -236,7 +241,7 @@ class HTTPClient:
             return connection, connection.getresponse()
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
-            raise ApiError(f"cannot reach the {self.what} at {self.base}: {_reason(exc)}") from None
+            raise CommandFailed(f"cannot reach the {self.what} at {self.base}: {_reason(exc)}") from None
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: Mapping[str, str] | None = None, timeout: float | None = None) -> Reply:
@@ -245,7 +250,7 @@ class HTTPClient:
         try:
             data = response.read()
         except (OSError, http.client.HTTPException) as exc:
-            raise ApiError(f"the {self.what} at {self.base} broke off: {_reason(exc)}") from None
+            raise CommandFailed(f"the {self.what} at {self.base} broke off: {_reason(exc)}") from None
         finally:
             connection.close()
         return Reply(response.status, response.headers, data, time.monotonic() - started)
@@ -293,7 +298,7 @@ class AdminClient:
     def check(self, reply: Reply) -> Any:
         if reply.status >= 400:
             message, code = error_message(reply)
-            raise ApiError(message, reply.status, code)
+            raise CommandFailed(message, reply.status, code)
         return reply.data()
 
     def call(self, method: str, path: str, body: bytes | None = None,
@@ -314,9 +319,28 @@ class AdminClient:
                 try:
                     line = response.readline()
                 except (OSError, http.client.HTTPException) as exc:
-                    raise ApiError(f"the log stream broke off: {_reason(exc)}") from None
+                    raise CommandFailed(f"the log stream broke off: {_reason(exc)}") from None
                 if not line:
                     return
                 yield line
         finally:
             connection.close()
+
+
+class CliContext:
+    """The click context object: the global flags, turned into settings and a client
+    only when a command needs them (``completion`` and ``--help`` need neither)."""
+
+    def __init__(self, flags: dict[str, Any]) -> None:
+        self.flags = flags
+        self._client: AdminClient | None = None
+
+    @property
+    def settings(self) -> Settings:
+        return self.client.settings
+
+    @property
+    def client(self) -> AdminClient:
+        if self._client is None:
+            self._client = AdminClient(load_settings(**self.flags))
+        return self._client

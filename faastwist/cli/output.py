@@ -10,6 +10,8 @@ from typing import IO, Any, Iterable, Mapping, Sequence
 import click
 import yaml
 
+from faastwist.util.times import parse_rfc3339
+
 LIST_COLUMNS = ("NAME", "STATE", "EVENT", "REPLICAS", "IMAGE", "AGE")
 
 
@@ -73,10 +75,18 @@ def image(spec: Mapping[str, Any]) -> str:
 
 
 def record_time(status: Mapping[str, Any]) -> float | None:
-    """When the function was created if the server says, else its last state change."""
+    """When the function was created if the server says, else its last state change:
+    RFC 3339 text (what the API answers) or epoch seconds (what older servers sent)."""
     for key in ("created", "createdAt", "creationTimestamp", "updated"):
         value = status.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        if isinstance(value, str):
+            try:
+                stamp = parse_rfc3339(value)
+            except ValueError:
+                stamp = None
+            if stamp is not None:
+                return stamp
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
             return float(value)
     return None
 

@@ -95,14 +95,14 @@ class GateContext:
         self.namespace = b""
 
     def serve_system(self, host: str, port: int, namespace: str = "",
-                     timeout: float = SYSTEM_TIMEOUT) -> None:
+                     timeout: float = SYSTEM_TIMEOUT, scheme: str = "http") -> None:
         """Relay OpenFaaS's API paths to the admin listener at ``host:port`` (through the
         same exchange as a function call: streamed, bounded, one code path for both
         transports); invocation paths name ``namespace`` as ``/function/f.namespace``."""
         host_header = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.system = Route(FunctionSpec(name="openfaas-api", timeout=timeout),
                             FunctionStatus(name="openfaas-api", state=State.ACTIVE))
-        self.system_lease = StaticLease(Upstream("http", host, port, host_header))
+        self.system_lease = StaticLease(Upstream(scheme, host, port, host_header))
         self.namespace = namespace.encode()
 
     def start(self) -> None:

@@ -24,37 +24,12 @@ from faastwist.config import HTTPServerConfig
 from faastwist.gate.context import GateContext
 from faastwist.gate.limits import ConnectionLimit, LimitingFactory, over_limit_response
 from faastwist.metrics import Metrics
+from faastwist.util.tls import ReloadableTLS
 from faastwist.providers.base import Provider
 from faastwist.gate.routes import RouteTable
 from faastwist.gate.upstream import UpstreamPool
 
 log = Logger(namespace="faastwist.gate")
-
-def tls_options(cert_file: str, key_file: str) -> Any:
-    """Server TLS options from PEM files (a chain after the leaf is sent too), offering
-    HTTP/2 through ALPN when the h2 package is installed."""
-    from twisted.internet import ssl
-
-    with open(cert_file, "rb") as handle:
-        chain = handle.read()
-    with open(key_file, "rb") as handle:
-        key = handle.read()
-    marker = b"-----BEGIN CERTIFICATE-----"
-    certs = [marker + part for part in chain.split(marker)[1:]]
-    if not certs:
-        raise ValueError(f"{cert_file}: no PEM certificate found")
-    leaf = ssl.PrivateCertificate.loadPEM(certs[0] + b"\n" + key)
-    extra = [ssl.Certificate.loadPEM(c).original for c in certs[1:]]
-    protocols = [b"http/1.1"]
-    try:
-        import h2  # noqa: F401
-        protocols.insert(0, b"h2")
-    except ImportError:  # pragma: no cover
-        pass
-    return ssl.CertificateOptions(privateKey=leaf.privateKey.original,
-                                  certificate=leaf.original, extraCertChain=extra,
-                                  acceptableProtocols=protocols)
-
 
 class GateService(Service):
     """Listens on httpServer and proxies every request to its function's upstream.
@@ -78,6 +53,7 @@ class GateService(Service):
                          keep_alive=config.keep_alive, access_log=access_log)
         self.limit = ConnectionLimit(config.max_connections)
         self.port: IListeningPort | None = None
+        self.tls: ReloadableTLS | None = None
 
     @property
     def kind(self) -> str:
@@ -101,9 +77,15 @@ class GateService(Service):
             if self.kind == "lean":
                 raise ValueError("https is served by the twisted.web transport, not lean")
             from twisted.protocols.tls import TLSMemoryBIOFactory
-            factory = TLSMemoryBIOFactory(tls_options(config.cert_file, config.key_file),
-                                          False, factory)
+            self.tls = ReloadableTLS(config.cert_file, config.key_file)
+            factory = TLSMemoryBIOFactory(self.tls, False, factory)
         return factory
+
+    def reload_tls(self) -> None:
+        """Load the certificate files again for new connections (SIGHUP); open
+        connections keep theirs. Raises, keeping the old one, when the files are bad."""
+        if self.tls is not None:
+            self.tls.reload()
 
     def startService(self) -> None:
         super().startService()

@@ -31,7 +31,7 @@ from faastwist.providers.base import (
 )
 from faastwist.store.base import Conflict, FunctionRecord, FunctionStore, NotFound
 
-log = Logger()
+log = Logger(namespace="faastwist.reconciler")  # stable: operators filter on it
 
 
 class Action(enum.Enum):

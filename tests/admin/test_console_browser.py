@@ -144,6 +144,15 @@ def test_console_create_list_invoke_stop_delete(browser, cli_node, tmp_path: Pat
     browser.get(f"{cli_node.admin_root}/console")      # the redirect adds the slash
     page.wait("the page to boot", lambda: page.css("body[data-ready=true]"))
     assert browser.current_url == f"{cli_node.admin_root}/console/"
+    # no token yet: the page asks for one (the admin API answers 401), and keeps it in
+    # this tab's sessionStorage once given
+    page.wait("the token prompt", lambda: "wants a token" in page.text("banner")
+              and page.el("token-input").is_displayed())
+    page.fill("token-input", cli_node.token)
+    page.el("token-input").submit()
+    page.wait("the token kept", lambda: browser.execute_script(
+        "return sessionStorage.getItem('faastwist.token')") == cli_node.token)
+    assert browser.execute_script("return localStorage.getItem('faastwist.token')") is None
     page.wait("server info", lambda: "provider process" in page.text("server-info"))
     assert "clictl" in page.text("controller-name")
 

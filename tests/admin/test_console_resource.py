@@ -139,6 +139,19 @@ def test_relay_forwards_method_path_query_headers_and_body() -> None:
     assert float(response.headers.getRawHeaders("x-faastwist-relay-ms")[0]) >= 0
 
 
+def test_relay_never_forwards_the_admin_token_but_forwards_the_functions() -> None:
+    h = Harness()
+    _, body = h.call("GET", "/console/invoke/echo/", headers={
+        **CONSOLE, "Authorization": "Bearer admin-token"})
+    assert "authorization" not in json.loads(body)["headers"]
+    _, body = h.call("GET", "/console/invoke/echo/", headers={
+        **CONSOLE, "Authorization": "Bearer admin-token",
+        "X-Faastwist-Forward-Authorization": "Bearer fn-key"})
+    headers = json.loads(body)["headers"]
+    assert headers["authorization"] == ["Bearer fn-key"]
+    assert "x-faastwist-forward-authorization" not in headers
+
+
 def test_relay_root_path_without_body() -> None:
     response, body = Harness().call("GET", "/console/invoke/echo", headers=CONSOLE)
     seen = json.loads(body)

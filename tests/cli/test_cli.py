@@ -293,8 +293,8 @@ def test_settings_flags_over_env_over_config_file(cli_node, tmp_path: Path) -> N
     config_dir = tmp_path / ".config" / "faastwist"
     config_dir.mkdir(parents=True)
     (config_dir / "config.yaml").write_text(
-        f"server: {cli_node.admin_root}\ncontroller: clictl\n")
-    no_server = {"FAASTWIST_SERVER": "", "FAASTWIST_GATE": ""}
+        f"server: {cli_node.admin_root}\ncontroller: clictl\ntoken: {cli_node.token}\n")
+    no_server = {"FAASTWIST_SERVER": "", "FAASTWIST_GATE": "", "FAASTWIST_TOKEN": ""}
     # the file alone is enough
     result = run_cli(None, "list", "-o", "json", home=tmp_path, env=no_server)
     assert isinstance(json.loads(ok(result)), list)
@@ -388,7 +388,7 @@ def test_table_aligns_columns() -> None:
 def test_list_rows_from_records() -> None:
     records = [
         {"spec": {"name": "b", "image": "reg/x:1", "minReplica": 1, "maxReplica": 3},
-         "status": {"state": "active", "event": "ready", "updated": 1000.0}},
+         "status": {"state": "active", "event": "ready", "updated": "1970-01-01T00:16:40.000Z"}},
         {"spec": {"name": "a", "command": ["python3", "app.py"], "minReplica": 0,
                   "maxReplica": 0},
          "status": {"state": "inactive", "event": "", "startPending": True,
@@ -398,6 +398,10 @@ def test_list_rows_from_records() -> None:
         ["a", "inactive(starting)", "-", "0/0..*", "python3 app.py", "-"],
         ["b", "active", "ready", "1..3", "reg/x:1", "2h"],
     ]
+    # epoch seconds (older servers) still give an age; text that is no time gives none
+    records[1]["status"]["updated"] = 1000.0 + 3600
+    records[0]["status"]["updated"] = "yesterday"
+    assert [row[-1] for row in list_rows(records, now=1000.0 + 7200)] == ["1h", "-"]
 
 
 def test_image_column_keeps_the_ends_of_long_values() -> None:

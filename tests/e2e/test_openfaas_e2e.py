@@ -35,8 +35,12 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaasNodeProcess]:
 
 def call(node: FaasNodeProcess, method: str, path: str, body: Any = None,
          headers: dict[str, str] | None = None, base: str | None = None,
-         timeout: float = 20.0) -> tuple[int, dict, bytes]:
+         timeout: float = 20.0, auth: bool = True) -> tuple[int, dict, bytes]:
+    """An HTTP call to the gate (or ``base``); OpenFaaS's API gets the node's token."""
     data = json.dumps(body) if body is not None and not isinstance(body, (str, bytes)) else body
+    headers = dict(headers or {})
+    if auth and path.startswith("/system/"):
+        headers.setdefault("Authorization", f"Bearer {node.token}")
     code, got, payload = http(method, (base or node.gate_url) + path, data, headers or {},
                               timeout=timeout)
     return code, {k.lower(): v for k, v in got.items()}, payload
@@ -73,6 +77,16 @@ def test_info_namespaces_healthz_on_the_gate_and_admin_port(node):
         assert (code, json.loads(data)) == (200, ["openfaas-fn"])
     code, _, data = call(node, "GET", "/healthz")
     assert code == 200
+    # the admin port's credentials guard OpenFaaS's API on the gate too
+    for method, path in (("GET", "/system/functions"), ("GET", "/system/info"),
+                         ("POST", "/system/functions"), ("GET", "/system/secrets")):
+        code, headers, data = call(node, method, path, {} if method == "POST" else None,
+                                   auth=False)
+        assert code == 401, (method, path, data)
+        assert "www-authenticate" in headers
+    code, _, _ = call(node, "GET", "/system/functions", auth=False,
+                      headers={"Authorization": "Bearer not-a-token"})
+    assert code == 401
     code, _, data = call(node, "GET", "/system/nope")
     assert code == 404 and json.loads(data)["code"] == 404
     code, headers, _ = call(node, "PATCH", "/system/functions", {})
@@ -170,7 +184,8 @@ def test_watchdog_limits_failures_and_logs(node):
     import socket
     with socket.create_connection(("127.0.0.1", node.gate_port), timeout=10) as sock:
         sock.sendall(b"GET /system/logs?name=busyfn&tail=1&follow=true HTTP/1.1\r\n"
-                     b"Host: gate\r\n\r\n")
+                     b"Host: gate\r\nAuthorization: Bearer " + node.token.encode()
+                     + b"\r\n\r\n")
         received = sock.recv(65536)
         assert received.startswith(b"HTTP/1.1 200")
         assert call(node, "GET", "/function/busyfn")[0] == 200

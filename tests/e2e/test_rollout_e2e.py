@@ -73,7 +73,8 @@ def hammer(url: str, stop: threading.Event, codes: Counter, bodies: Counter,
 def test_openfaas_update_under_c16_load_has_no_failed_request(node):
     body = {"service": "rolling", "image": "x", "envProcess": "echo v1",
             "labels": {"com.openfaas.scale.min": "2"}}
-    code, _, data = http("POST", node.gate_url + "/system/functions", json.dumps(body))
+    auth = {"Authorization": f"Bearer {node.token}"}
+    code, _, data = http("POST", node.gate_url + "/system/functions", json.dumps(body), auth)
     assert code == 202, data
     url = node.gate_url + "/function/rolling"
     wait_for(lambda: http("GET", url)[2] == b"v1\n", timeout=40)
@@ -81,7 +82,7 @@ def test_openfaas_update_under_c16_load_has_no_failed_request(node):
     threads = hammer(url, stop, codes, bodies)
     time.sleep(1.5)
     body["envProcess"] = "echo v2"
-    code, _, data = http("PUT", node.gate_url + "/system/functions", json.dumps(body))
+    code, _, data = http("PUT", node.gate_url + "/system/functions", json.dumps(body), auth)
     assert code == 202, data
     wait_for(lambda: bodies[b"v2\n"] > 50, timeout=40)
     time.sleep(1.0)

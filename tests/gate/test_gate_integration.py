@@ -36,6 +36,7 @@ from faastwist.store.memory import MemoryStore
 from faastwist.util.ports import free_port
 
 from tests.support.gate import UpstreamProcess, gate_config, rss_bytes
+from tests.support.tls import self_signed
 
 pytestmark = pytest.mark.slow
 MB = 2**20
@@ -480,34 +481,6 @@ async def test_concurrent_requests(make_gate: Any) -> None:
 
 
 # -- HTTPS and HTTP/2 (the twisted.web transport) ---------------------------------------------
-
-def self_signed(directory: Any) -> tuple[str, str]:
-    """A throwaway certificate for 127.0.0.1 (cert file, key file)."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return str(cert_file), str(key_file)
-
 
 @pytest.fixture
 def tls_gate(upstream: UpstreamProcess, tmp_path: Any) -> Any:

@@ -103,3 +103,58 @@ def test_twistd_exits_non_zero_with_one_line_naming_the_key(tmp_path):
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert result.returncode != 0
     assert result.stderr.strip() == "faasgate: config error: httpServer.port: must be 1-65535, got 0"
+
+
+def test_admin_auth_defaults_and_paths(tmp_path):
+    config = ControllerConfig.from_dict(None, tmp_path)
+    auth = config.admin.auth
+    assert auth.tokens_file == str(tmp_path / "data" / "admin-tokens")
+    assert (auth.anonymous, auth.metrics_open, auth.basic_user_file) == ("none", False, "")
+    assert not config.admin.allow_insecure and not config.admin.https
+    (tmp_path / "u").write_text("admin")
+    (tmp_path / "p").write_text("pw")
+    config = ControllerConfig.from_dict({"admin": {"auth": {
+        "tokensFile": "secrets/t", "anonymous": "read", "metricsOpen": True,
+        "basicAuth": {"userFile": "u", "passwordFile": "p"}},
+        "allowedHosts": ["ops.example"], "allowedOrigins": ["https://ops.example"]}}, tmp_path)
+    auth = config.admin.auth
+    assert auth.tokens_file == str(tmp_path / "secrets" / "t")
+    assert auth.basic_password_file == str(tmp_path / "p") and auth.metrics_open
+    assert config.admin.allowed_hosts == ("ops.example",)
+
+
+@pytest.mark.parametrize("admin, message", [
+    ({"auth": {"anonymous": "root"}}, "admin.auth.anonymous: must be one of none, read, admin"),
+    ({"auth": {"basicAuth": {"userFile": "nope"}}}, "admin.auth.basicAuth.userFile: no such file"),
+    ({"address": "0.0.0.0", "auth": {"anonymous": "admin"}},
+     "admin.auth.anonymous: admin on the non-loopback admin.address '0.0.0.0'"),
+    ({"https": True}, "admin.certFile: is required when https is true"),
+    ({"allowedOrigins": ["ops.example"]}, "admin.allowedOrigins: must be origins"),
+    ({"auth": {"tokenFile": "x"}}, "admin.auth.tokenFile: unknown field"),
+])
+def test_admin_auth_errors_name_the_key(tmp_path, admin, message):
+    with pytest.raises(ConfigError) as caught:
+        ControllerConfig.from_dict({"admin": admin}, tmp_path)
+    assert str(caught.value).startswith(message)
+
+
+def test_anonymous_admin_needs_allow_insecure_off_loopback(tmp_path):
+    assert ControllerConfig.from_dict(
+        {"admin": {"address": "::1", "auth": {"anonymous": "admin"}}}, tmp_path)
+    config = ControllerConfig.from_dict(
+        {"admin": {"address": "0.0.0.0", "allowInsecure": True,
+                   "auth": {"anonymous": "admin"}}}, tmp_path)
+    assert config.admin.allow_insecure
+
+
+def test_twistd_refuses_anonymous_admin_on_the_network(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("admin: {address: 0.0.0.0, auth: {anonymous: admin}}\n")
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "twistd"), "-n", "faasgate", "--config", str(bad)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert result.returncode != 0
+    assert result.stderr.startswith("faasgate: config error: admin.auth.anonymous: admin on "
+                                    "the non-loopback")
+    assert "admin.allowInsecure: true" in result.stderr

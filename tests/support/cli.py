@@ -125,6 +125,7 @@ def cli_env(node: FaasNodeProcess | None, home: Path, **extra: str) -> dict[str,
     if node is not None:
         env["FAASTWIST_SERVER"] = node.admin_root
         env["FAASTWIST_GATE"] = node.gate_url
+        env["FAASTWIST_TOKEN"] = node.token
     env.update(extra)
     return env
 

@@ -7,6 +7,11 @@ Usage::
     node.admin_url          # http://127.0.0.1:<port>/apis/v2/faas/faascontroller
     node.gate_url           # http://127.0.0.1:<port>
     node.stop()             # SIGTERM, waits; SIGKILL after a grace period
+    node.token              # the node's admin token (its tokens file is made up front)
+
+Authentication: each node gets a tokens file with one admin token (``node.token``), and
+``http()`` sends ``Authorization: Bearer`` with it to that node's admin port unless the
+caller sets Authorization itself or passes ``auth=False`` (tests about authentication).
 
 Every process is stopped by pid; the embedded etcd is the node's child and goes with it
 (the node stops it on SIGTERM; ``stop`` also kills anything left in its process group).
@@ -21,6 +26,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -33,13 +39,41 @@ ROOT = Path(__file__).resolve().parents[2]
 TWISTD = Path(sys.executable).parent / "twistd"
 
 
+#: admin "host:port" -> token of the nodes these helpers started (see ``http``)
+ADMIN_TOKENS: dict[str, str] = {}
+
+
+def write_tokens_file(path: Path, role: str = "admin") -> str:
+    """A tokens file with one new token of ``role``; returns the token."""
+    from faastwist.auth.tokens import hash_token, new_token
+
+    token = new_token()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{role} {hash_token(token)}\n")
+    path.chmod(0o600)
+    return token
+
+
 def http(method: str, url: str, body: bytes | str | None = None,
-         headers: dict[str, str] | None = None, timeout: float = 10.0) -> tuple[int, dict, bytes]:
-    """A blocking HTTP call for tests: (status, headers, body); never raises on 4xx/5xx."""
+         headers: dict[str, str] | None = None, timeout: float = 10.0,
+         auth: bool = True) -> tuple[int, dict, bytes]:
+    """A blocking HTTP call for tests: (status, headers, body); never raises on 4xx/5xx.
+
+    To the admin port of a node started here it adds that node's admin token, unless
+    ``auth`` is false or the caller sent its own Authorization."""
     data = body.encode() if isinstance(body, str) else body
-    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    sent = dict(headers or {})
+    token = ADMIN_TOKENS.get(urllib.parse.urlsplit(url).netloc)
+    if auth and token and not any(k.lower() == "authorization" for k in sent):
+        sent["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=data, method=method, headers=sent)
+    context = None
+    if url.startswith("https:"):  # the tests' own throwaway certificates
+        import ssl
+
+        context = ssl._create_unverified_context()
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as error:
         return error.code, dict(error.headers), error.read()
@@ -48,7 +82,8 @@ def http(method: str, url: str, body: bytes | str | None = None,
 class FaasNodeProcess:
     def __init__(self, workdir: Path, provider: str = "process", controller: str = "faascontroller",
                  etcd_endpoints: list[str] | None = None, extra: dict[str, Any] | None = None,
-                 args: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+                 args: list[str] | None = None, env: dict[str, str] | None = None,
+                 make_tokens: bool = True) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.controller = controller
@@ -68,6 +103,15 @@ class FaasNodeProcess:
                 config[key].update(value)
             else:
                 config[key] = value
+        auth = config["admin"].setdefault("auth", {})
+        self.tokens_file = Path(auth.setdefault("tokensFile",
+                                                str(self.workdir / "admin-tokens")))
+        if make_tokens and not self.tokens_file.exists():
+            token = write_tokens_file(self.tokens_file)
+            Path(f"{self.tokens_file}.admin").write_text(token + "\n")
+        self._find_token()
+        self.admin_scheme = "https" if config["admin"].get("https") else "http"
+        self.gate_scheme = "https" if config["httpServer"].get("https") else "http"
         self.config_path = self.workdir / "controller.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = self.workdir / "faasgate.log"
@@ -75,9 +119,17 @@ class FaasNodeProcess:
         self.env = env or {}
         self.process: subprocess.Popen | None = None
 
+    def _find_token(self) -> None:
+        """The admin token beside the tokens file (ours, or the one the node made)."""
+        from faastwist.auth.tokens import read_admin_token
+
+        self.token = read_admin_token(self.tokens_file) or ""
+        if self.token:
+            ADMIN_TOKENS[f"127.0.0.1:{self.admin_port}"] = self.token
+
     @property
     def admin_root(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
+        return f"{self.admin_scheme}://127.0.0.1:{self.admin_port}"
 
     @property
     def admin_url(self) -> str:
@@ -85,7 +137,7 @@ class FaasNodeProcess:
 
     @property
     def gate_url(self) -> str:
-        return f"http://127.0.0.1:{self.gate_port}"
+        return f"{self.gate_scheme}://127.0.0.1:{self.gate_port}"
 
     def command(self) -> list[str]:
         return [str(TWISTD), "-n", "--pidfile=", "faasgate", "--config", str(self.config_path),
@@ -102,6 +154,8 @@ class FaasNodeProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"faasgate exited with {self.process.returncode}:\n{self.log()}")
+            if not self.token:
+                self._find_token()
             try:
                 status, _, _ = http("GET", f"{self.admin_url}", headers={"Accept": "application/json"},
                                     timeout=2)
@@ -139,9 +193,9 @@ class FaasNodeProcess:
         return process.returncode
 
     def json(self, method: str, path: str = "", body: str | None = None,
-             content_type: str = "application/yaml") -> tuple[int, Any]:
+             content_type: str = "application/yaml", auth: bool = True) -> tuple[int, Any]:
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type
-        status, _, data = http(method, f"{self.admin_url}{path}", body, headers)
+        status, _, data = http(method, f"{self.admin_url}{path}", body, headers, auth=auth)
         return status, json.loads(data) if data else None

@@ -24,7 +24,9 @@ const state = {
 
 const $ = (id) => document.getElementById(id);
 
-function token() { return localStorage.getItem("faastwist.token") || ""; }
+/* The admin token lives in this tab's sessionStorage only: gone when the tab closes,
+ * never shared with other tabs or written to disk by the page. */
+function token() { return sessionStorage.getItem("faastwist.token") || ""; }
 
 class ApiError extends Error {
   constructor(message, status) { super(message); this.status = status; }
@@ -144,9 +146,18 @@ function age(seconds) {
   return Math.floor(hours / 24) + "d";
 }
 
+// epoch seconds from an RFC 3339 time (what the API answers) or a number (older servers)
+function seconds(value) {
+  if (typeof value === "number") return value > 0 ? value : null;
+  if (typeof value !== "string" || !value) return null;
+  const ms = Date.parse(value);
+  return Number.isNaN(ms) ? null : ms / 1000;
+}
+
 function stamp(status) {
   for (const key of ["created", "createdAt", "updated"]) {
-    if (typeof status[key] === "number" && status[key] > 0) return status[key];
+    const at = seconds(status[key]);
+    if (at !== null) return at;
   }
   return null;
 }
@@ -215,10 +226,19 @@ async function refresh() {
     if (state.selected) renderDetail();
   } catch (err) {
     showError("list-error", err.message);
-    if (err.status === 401 || err.status === 403) banner("The admin API wants a token: set it under 'token'.");
+    if (err.status === 401 || err.status === 403) askForToken(err.status);
   } finally {
     state.polling = false;
   }
+}
+
+function askForToken(status) {
+  banner(status === 403
+    ? "This token may only read: paste an admin token under 'token' to change anything."
+    : "The admin API wants a token: paste it under 'token' (on the node's machine it is in "
+      + "the file named by admin.auth.tokensFile plus '.admin', e.g. data/admin-tokens.admin).");
+  $("token-details").open = true;
+  $("token-input").focus();
 }
 
 async function loadInfo() {
@@ -268,13 +288,14 @@ function renderDetail() {
     return;
   }
   const { spec, status } = record;
+  const updated = seconds(status.updated);
   $("detail-badge").replaceWith(Object.assign(badge(status), { id: "detail-badge" }));
   kv("detail-status", [
     ["state", status.state],
     ["event", status.event],
     ["message", status.message],
     ["start requested", status.startPending ? "yes" : "no"],
-    ["updated", status.updated ? new Date(status.updated * 1000).toLocaleString() : ""],
+    ["updated", updated !== null ? new Date(updated * 1000).toLocaleString() : ""],
   ]);
   const ext = Object.entries(status.extData || {});
   kv("detail-ext", ext.length ? ext : [["(none)", ""]]);
@@ -391,8 +412,12 @@ async function invoke(event) {
     if (!line.trim()) continue;
     const at = line.indexOf(":");
     if (at < 1) { showError("detail-error", "header line without ':': " + line); return; }
-    headers[line.slice(0, at).trim()] = line.slice(at + 1).trim();
+    let key = line.slice(0, at).trim();
+    // the relay's own Authorization is the admin token; the function's travels apart
+    if (key.toLowerCase() === "authorization") key = "X-Faastwist-Forward-Authorization";
+    headers[key] = line.slice(at + 1).trim();
   }
+  if (token()) headers.Authorization = "Bearer " + token();
   const body = ["GET", "HEAD"].includes(method) ? undefined : $("invoke-body").value;
   showError("detail-error", "");
   $("invoke-send").disabled = true;
@@ -436,7 +461,8 @@ async function boot() {
   $("token-input").value = token();
   $("token-form").addEventListener("submit", (e) => {
     e.preventDefault();
-    localStorage.setItem("faastwist.token", $("token-input").value.trim());
+    sessionStorage.setItem("faastwist.token", $("token-input").value.trim());
+    $("token-details").open = false;
     banner("");
     refresh();
     loadInfo();

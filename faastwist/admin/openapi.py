@@ -1,0 +1,226 @@
+"""The OpenAPI 3 document of the admin port, served at ``/apis/v2/faas/openapi.json``.
+
+Written by hand as data (not generated from the routes) so it is a contract the tests
+hold the code to: ``openapi-spec-validator`` checks the document and a schemathesis
+run against a real node checks every answer against it. ``document(controller)`` fills
+in this node's controller name, the only value the ``controller`` path segment takes.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+PREFIX = "/apis/v2/faas"
+NAME_PATTERN = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+_JSON = "application/json"
+_YAML = "application/yaml"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _content(schema: dict[str, Any]) -> dict[str, Any]:
+    # YAML unless Accept prefers JSON: both carry the same document
+    return {_JSON: {"schema": schema}, _YAML: {"schema": schema}}
+
+
+def _answer(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": _content(schema)}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    """Error answers: the ones named, plus those any call can get (400 bad path or
+    query, 401/403 from the credentials check, 421 from the Host check)."""
+    return {str(code): {"$ref": f"#/components/responses/E{code}"}
+            for code in sorted({*codes, 400, 401, 403, 421})}
+
+
+_NAME = {"name": "fn", "in": "path", "required": True, "description": "function name",
+         "schema": {"type": "string", "maxLength": 253}, "example": "sleeper"}
+_SPEC_BODY = {"required": True, "description": "a function spec",
+              "content": {_YAML: {"schema": _ref("FunctionSpec")},
+                          _JSON: {"schema": _ref("FunctionSpec")}}}
+
+_STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+_SCHEMAS: dict[str, Any] = {
+    "Error": {"type": "object", "required": ["code", "message"],
+              "properties": {"code": {"type": "integer"}, "message": {"type": "string"}}},
+    "FunctionSpec": {
+        "type": "object", "required": ["name"], "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 63},
+            "image": {"type": "string"},
+            "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+            "autoScaleType": {"type": "string", "enum": ["rps", "concurrency", "cpu"]},
+            "autoScaleValue": {"oneOf": [{"type": "string"}, {"type": "integer"}]},
+            "minReplica": {"type": "integer", "minimum": 0, "maximum": 1000},
+            "maxReplica": {"type": "integer", "minimum": 0, "maximum": 1000},
+            "limitCPU": {"type": "string"}, "limitMemory": {"type": "string"},
+            "requestCPU": {"type": "string"}, "requestMemory": {"type": "string"},
+            "requestAdaptor": {"type": "object"},
+            "timeout": {"type": "string", "description": "a Go duration, e.g. 30s"},
+            "command": {"type": "array", "items": {"type": "string"},
+                        "description": "argv of a process-provider function"},
+            "env": _STRING_MAP,
+            "mode": {"type": "string", "enum": ["http", "fork"]},
+            "readinessPath": {"type": "string"},
+        },
+        "example": {"name": "sleeper", "command": ["sleep", "600"], "minReplica": 0,
+                    "maxReplica": 1},
+    },
+    "FunctionStatus": {
+        "type": "object", "required": ["name", "state"],
+        "properties": {
+            "name": {"type": "string"},
+            "state": {"type": "string",
+                      "enum": ["initial", "active", "inactive", "failed", "destroyed"]},
+            "event": {"type": "string"}, "extData": {"type": "object"},
+            "message": {"type": "string"}, "updated": {"type": "number"},
+            "startPending": {"type": "boolean"},
+        },
+    },
+    "FunctionRecord": {
+        "type": "object", "required": ["spec", "status"],
+        "properties": {"spec": {"type": "object"}, "status": _ref("FunctionStatus")},
+    },
+    "Info": {"type": "object", "required": ["name", "version", "controller"],
+             "properties": {"name": {"type": "string"}, "version": {"type": "string"},
+                            "provider": {"type": "string"}, "controller": {"type": "string"},
+                            "node": {"type": "string"}, "uptimeSeconds": {"type": "number"},
+                            "leader": {"type": "boolean"}}},
+    "Readiness": {"type": "object",
+                  "properties": {"status": {"type": "string"}, "code": {"type": "integer"},
+                                 "message": {"type": "string"},
+                                 "checks": _STRING_MAP}},
+}
+
+
+def _operation(op_id: str, summary: str, ok: dict[str, Any], *errors: int,
+               body: bool = False, parameters: list[Any] | None = None,
+               public: bool = False) -> dict[str, Any]:
+    operation: dict[str, Any] = {"operationId": op_id, "summary": summary,
+                                 "responses": {**ok, **_errors(*errors)}}
+    if public:
+        operation["security"] = []
+        operation["responses"] = {**ok, **{k: v for k, v in _errors(*errors).items()
+                                           if k not in ("401", "403")}}
+    if body:
+        operation["requestBody"] = _SPEC_BODY
+    if parameters:
+        operation["parameters"] = parameters
+    return operation
+
+
+def _build() -> dict[str, Any]:
+    record = _answer("the function's spec and status", _ref("FunctionRecord"))
+    base, function = f"{PREFIX}/{{controller}}", f"{PREFIX}/{{controller}}/{{fn}}"
+    logs_query = [
+        {"name": "tail", "in": "query", "schema": {"type": "integer", "minimum": 0,
+                                                   "maximum": 100000}},
+        {"name": "since", "in": "query", "schema": {"type": "string"},
+         "description": "RFC 3339 time or a Go duration before now"},
+        {"name": "follow", "in": "query", "schema": {"type": "boolean", "enum": [False]},
+         "description": "true streams new lines until the client goes (not fuzzed)"},
+    ]
+    paths: dict[str, Any] = {
+        base: {
+            "get": _operation("listFunctions", "every function with its status",
+                              {"200": _answer("the functions", {"type": "array",
+                                                                "items": _ref("FunctionRecord")})},
+                              404, 503),
+            "post": _operation("createFunction", "create a function (state initial)",
+                               {"201": {**record, "headers": {"Location": {
+                                   "schema": {"type": "string"}}}}},
+                               404, 409, 413, 415, 503, body=True),
+        },
+        function: {
+            "get": _operation("getFunction", "one function", {"200": record}, 404, 503),
+            "put": _operation("updateFunction", "replace the spec (event update)",
+                              {"200": record}, 404, 409, 413, 415, 503, body=True),
+            "delete": _operation("deleteFunction", "delete (not while active)",
+                                 {"200": record}, 404, 409, 503),
+        },
+        f"{function}/status": {"get": _operation(
+            "getFunctionStatus", "the status alone",
+            {"200": _answer("the status", _ref("FunctionStatus"))}, 404, 503)},
+        f"{function}/start": {"put": _operation("startFunction", "event start",
+                                                {"200": record}, 404, 409, 503)},
+        f"{function}/stop": {"put": _operation("stopFunction", "event stop",
+                                               {"200": record}, 404, 409, 503)},
+        f"{function}/logs": {"get": _operation(
+            "functionLogs", "log lines as NDJSON",
+            {"200": {"description": "one JSON object per line",
+                     "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}},
+            404, 501, 503, 504, parameters=logs_query)},
+        f"{PREFIX}/info": {"get": _operation(
+            "info", "this node: version, provider, controller, leader",
+            {"200": _answer("the node", _ref("Info"))})},
+        f"{PREFIX}/openapi.json": {"get": _operation(
+            "openapi", "this document",
+            {"200": {"description": "OpenAPI 3", "content": {_JSON: {"schema": {
+                "type": "object"}}}}}, public=True)},
+        "/healthz": {"get": _operation(
+            "healthz", "liveness", {"200": {"description": "alive", "content": {_JSON: {
+                "schema": {"type": "object"}}}}}, public=True)},
+        "/readyz": {"get": _operation(
+            "readyz", "readiness: store, watch, provider",
+            {"200": {"description": "ready", "content": {_JSON: {"schema": _ref("Readiness")}}},
+             "503": {"description": "not ready", "content": {_JSON: {
+                 "schema": _ref("Readiness")}}}}, public=True)},
+        "/metrics": {"get": _operation(
+            "metrics", "Prometheus text format (open when admin.auth.metricsOpen)",
+            {"200": {"description": "metrics", "content": {"text/plain": {
+                "schema": {"type": "string"}}}}})},
+    }
+    for path, item in paths.items():
+        if "{controller}" in path:
+            item["parameters"] = [{"$ref": "#/components/parameters/controller"}]
+            if "{fn}" in path:
+                item["parameters"].append(_NAME)
+    responses = {
+        f"E{code}": _answer(text, _ref("Error")) for code, text in (
+            (400, "bad request: the message names the field or parameter"),
+            (401, "no or bad credentials"),
+            (403, "a read token on a change, or a change from a foreign Origin"),
+            (404, "no such function, controller or route"),
+            (409, "refused by the state machine, already exists, or a racing writer won"),
+            (413, "the body is larger than admin.maxBodySize"),
+            (415, "the Content-Type is not YAML or JSON (form bodies are never specs)"),
+            (421, "the Host is not one of this node's names"),
+            (501, "this provider has no log source"),
+            (503, "the function store is unavailable"),
+            (504, "the log source did not answer in time"))}
+    responses["E401"]["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "faastwist admin API", "version": "2",
+                 "description": "Functions of one faastwist controller (Easegress FaaS "
+                                "API compatible); also served under /apis/v1/faas."},
+        "paths": paths,
+        "components": {
+            "schemas": _SCHEMAS,
+            "responses": responses,
+            "parameters": {"controller": {
+                "name": "controller", "in": "path", "required": True,
+                "description": "the controller this node runs",
+                "schema": {"type": "string", "enum": ["faascontroller"]}}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "a token from admin.auth.tokensFile"},
+                "basic": {"type": "http", "scheme": "basic",
+                          "description": "admin.auth.basicAuth, when configured"}},
+        },
+        "security": [{"bearer": []}, {"basic": []}],
+    }
+
+
+_TEMPLATE = _build()
+
+
+def document(controller: str) -> dict[str, Any]:
+    """The document for a node running ``controller``."""
+    doc = copy.deepcopy(_TEMPLATE)
+    doc["components"]["parameters"]["controller"]["schema"]["enum"] = [controller]
+    return doc

@@ -1,0 +1,136 @@
+"""The admin port's guard over the real admin API, ops endpoints and console (in memory).
+
+Includes the issue's cross-site reproduction: a form-encoded POST from another site's
+page that would create ``command: [sh, -c, "id > pwned.txt"]``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+from treq.testing import StubTreq
+
+from faastwist.admin.api import AdminAPI
+from faastwist.admin.console import ConsoleResource, mount_console
+from faastwist.admin.guard import AdminGuard
+from faastwist.admin.ops import OpsAPI, compose
+from faastwist.auth.authorizer import Authorizer
+from faastwist.auth.origin import OriginPolicy
+from faastwist.auth.tokens import Role, TokenEntry, hash_token
+from faastwist.metrics import Metrics
+from faastwist.model.spec import FunctionSpec
+from faastwist.store.memory import MemoryStore
+from tests.admin.test_admin import fired
+
+ADMIN, READ = "tok-admin", "tok-read"
+ROOT = "http://127.0.0.1:2381"
+API = f"{ROOT}/apis/v2/faas/ctl"
+PWNED = b"name: pwned\ncommand: [sh, -c, \"id > pwned.txt\"]\n"
+
+
+def process_check(spec: FunctionSpec) -> None:
+    spec.check_for_provider("process")
+
+
+class Node:
+    def __init__(self, anonymous: Role | None = None, metrics_open: bool = False) -> None:
+        clock = Clock()
+        self.store = MemoryStore("ctl")
+        api = AdminAPI(self.store, "ctl", process_check, lambda name: None, clock)
+        ops = OpsAPI(Metrics(), {}, lambda: {"controller": "ctl"}, clock)
+        console = ConsoleResource(clock, "ctl", "http://127.0.0.1:1", agent=object())
+        self.authorizer = Authorizer([TokenEntry(Role.ADMIN, hash_token(ADMIN)),
+                                      TokenEntry(Role.READ, hash_token(READ))], anonymous)
+        policy = OriginPolicy.build("http", 2381, ["nodehost"])
+        root = AdminGuard(mount_console(compose(api.resource(), ops.resource()), console),
+                          self.authorizer, policy, metrics_open)
+        self.http = StubTreq(root)
+
+    def call(self, method: str, url: str, body: bytes | None = None,
+             token: str | None = None, **headers: str) -> tuple[int, Any, bytes]:
+        sent = {k.replace("_", "-"): v for k, v in headers.items()}
+        sent.setdefault("Accept", "application/json")
+        if token:
+            sent["Authorization"] = f"Bearer {token}"
+        d = self.http.request(method, url, data=body, headers=sent)
+        self.http.flush()
+        response = fired(d)
+        content = self.http.content(response)
+        self.http.flush()
+        return response.code, response.headers, fired(content)
+
+    def functions(self) -> list[str]:
+        return sorted(fired(self.store.list()).records)
+
+
+@pytest.fixture
+def node() -> Node:
+    return Node()
+
+
+def test_cross_site_form_post_creates_nothing_even_for_anonymous_admin() -> None:
+    node = Node(anonymous=Role.ADMIN)
+    code, _, body = node.call("POST", API, PWNED, Content_Type="application/x-www-form-urlencoded",
+                              Origin="http://evil.example")
+    assert code == 403 and "Origin" in json.loads(body)["message"]
+    # the same form post without an Origin (a non-browser client) is still not a spec
+    code, _, body = node.call("POST", API, PWNED, Content_Type="text/plain")
+    assert code == 415
+    assert node.functions() == []
+
+
+def test_dns_rebinding_host_is_421_even_for_reads(node: Node) -> None:
+    code, _, body = node.call("GET", API, token=ADMIN, Host="evil.example:2381")
+    assert code == 421 and "admin.allowedHosts" in json.loads(body)["message"]
+    assert node.call("GET", API, token=ADMIN, Host="nodehost:2381")[0] == 200
+
+
+@pytest.mark.parametrize("method, path, token, code", [
+    ("GET", "", None, 401), ("GET", "", READ, 200), ("GET", "", ADMIN, 200),
+    ("GET", "/x", "wrong", 401),
+    ("POST", "", READ, 403), ("PUT", "/x/stop", READ, 403), ("DELETE", "/x", None, 401),
+])
+def test_credentials(node: Node, method: str, path: str, token: str | None, code: int) -> None:
+    got, headers, body = node.call(method, API + path, b"" if method != "GET" else None,
+                                   token=token)
+    assert got == code, body
+    if code == 401:
+        assert headers.getRawHeaders("www-authenticate") == ['Bearer realm="faastwist"']
+        assert set(json.loads(body)) == {"code", "message"}
+
+
+def test_admin_token_creates_and_same_origin_writes_pass(node: Node) -> None:
+    code, _, body = node.call("POST", API, PWNED.replace(b"pwned", b"ok"), token=ADMIN,
+                              Content_Type="application/yaml", Origin=ROOT)
+    assert code == 201, body
+    assert node.functions() == ["ok"]
+
+
+@pytest.mark.parametrize("path, code", [
+    ("/healthz", 200), ("/readyz", 200), ("/healthz/", 404),  # open, then not found ("/console/", 200),
+    ("/console/app.js", 200), ("/console/config.json", 200),
+    ("/apis/v2/faas/info", 401), ("/metrics", 401), ("/console/invoke/f/", 401),
+    ("/healthz/../apis/v2/faas/ctl", 401),
+])
+def test_open_and_closed_paths(node: Node, path: str, code: int) -> None:
+    assert node.call("GET", ROOT + path)[0] == code, path
+
+
+def test_probes_skip_the_host_check(node: Node) -> None:
+    assert node.call("GET", ROOT + "/readyz", Host="10-0-0-7.pod:2381")[0] == 200
+    assert node.call("GET", ROOT + "/readyz", Host="evil.example")[0] == 200
+
+
+def test_metrics_switch() -> None:
+    assert Node(metrics_open=True).call("GET", ROOT + "/metrics")[0] == 200
+    assert Node().call("GET", ROOT + "/metrics", token=READ)[0] == 200
+
+
+def test_anonymous_read_may_not_write() -> None:
+    node = Node(anonymous=Role.READ)
+    assert node.call("GET", API)[0] == 200
+    assert node.call("POST", API, PWNED, Content_Type="application/yaml")[0] == 401
+    assert node.functions() == []

@@ -1,0 +1,74 @@
+"""AuthFiles: first load creates the file; a change or reload() swaps the credentials."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from twisted.internet.task import Clock
+
+from faastwist.auth.authorizer import Authorizer
+from faastwist.auth.reload import AuthFiles
+from faastwist.auth.tokens import Role, TokenFileError, add_token, read_admin_token
+
+
+def bearer(token: str) -> str:
+    return f"Bearer {token}"
+
+
+def test_first_load_creates_the_file_and_polling_picks_up_changes(tmp_path: Path) -> None:
+    clock, auth = Clock(), Authorizer()
+    path = tmp_path / "data" / "admin-tokens"
+    files = AuthFiles(auth, clock, str(path))
+    files.load()
+    first = read_admin_token(path)
+    assert first and auth.check(bearer(first), True).allowed
+    files.startService()
+    try:
+        token, _ = add_token(path, Role.READ)
+        assert not auth.check(bearer(token), False).allowed   # not yet polled
+        clock.advance(2.0)
+        assert auth.check(bearer(token), False).allowed
+        assert auth.check(bearer(token), True).code == 403
+    finally:
+        files.stopService()
+    assert not clock.getDelayedCalls()
+
+
+def test_a_broken_file_keeps_the_previous_tokens(tmp_path: Path) -> None:
+    clock, auth = Clock(), Authorizer()
+    path = tmp_path / "admin-tokens"
+    files = AuthFiles(auth, clock, str(path))
+    files.load()
+    token = read_admin_token(path)
+    path.write_text("admin not-a-hash\n")
+    assert files.reload() is False
+    assert auth.check(bearer(token), True).allowed
+    path.write_text("")
+    assert files.reload() is True
+    assert auth.check(bearer(token), True).code == 401
+
+
+def test_first_load_of_a_broken_file_fails(tmp_path: Path) -> None:
+    path = tmp_path / "admin-tokens"
+    path.write_text("superuser " + "0" * 64 + "\n")
+    with pytest.raises(TokenFileError, match="role must be admin or read"):
+        AuthFiles(Authorizer(), Clock(), str(path)).load()
+
+
+def test_basic_auth_files_are_read_and_reloaded(tmp_path: Path) -> None:
+    import base64
+
+    user, password = tmp_path / "user", tmp_path / "password"
+    user.write_text("admin\n")
+    password.write_text("one\n")
+    auth = Authorizer()
+    files = AuthFiles(auth, Clock(), str(tmp_path / "tokens"), str(user), str(password))
+    files.load()
+    header = "Basic " + base64.b64encode(b"admin:one").decode()
+    assert auth.check(header, True).allowed
+    password.write_text("two\n")
+    os.utime(password, (1, 1))
+    files.poll()
+    assert auth.check(header, True).code == 401

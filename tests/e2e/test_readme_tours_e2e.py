@@ -1,0 +1,86 @@
+"""The README's curl and CLI tours, pasted as they are, on a node with authentication on.
+
+The node runs in a folder laid out like the repository (``conf/`` with the example
+functions, ``data/`` for state) and creates its own tokens file there on first start,
+as ``make run`` does; only the two port numbers of the tour are replaced by free ones.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.support.cli import require_node
+from tests.support.node import ROOT, FaasNodeProcess
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+README = (ROOT / "README.rst").read_text()
+
+
+def code_block_after(heading: str) -> str:
+    """The first code block after ``heading``, dedented."""
+    section = README[README.index(heading):]
+    match = re.search(r"\.\. code-block:: \w+\n\n((?:   .*\n|\n)+)", section)
+    assert match, f"no code block after {heading}"
+    return "\n".join(line[3:] for line in match.group(1).splitlines()) + "\n"
+
+
+@pytest.fixture
+def tour_node(tmp_path: Path) -> Iterator[FaasNodeProcess]:
+    require_node()
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    node = FaasNodeProcess(tmp_path, make_tokens=False, extra={
+        "admin": {"auth": {"tokensFile": str(tmp_path / "data" / "admin-tokens")}},
+        "process": {"dataDir": str(tmp_path / "data")}})
+    # the CLI tour's FAASTWIST_NODE_CONFIG=conf/controller.yaml is this node's config
+    shutil.copy(node.config_path, tmp_path / "conf" / "controller.yaml")
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+def localise(script: str, node: FaasNodeProcess) -> str:
+    return (script.replace("127.0.0.1:2381", f"127.0.0.1:{node.admin_port}")
+            .replace("127.0.0.1:10083", f"127.0.0.1:{node.gate_port}"))
+
+
+def run(script: str, node: FaasNodeProcess, **env: str) -> str:
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                            cwd=node.workdir, timeout=240,
+                            env={"PATH": "/usr/bin:/bin", "HOME": str(node.workdir),
+                                 "PYTHONPATH": str(ROOT), **env})
+    return result.stdout + result.stderr
+
+
+def test_curl_tour(tour_node: FaasNodeProcess) -> None:
+    script = code_block_after("A tour with curl")
+    assert "TOKEN=$(cat data/admin-tokens.admin)" in script
+    output = run(localise(script, tour_node), tour_node)
+    assert "authentication required" not in output and "401" not in output, output
+    assert "V3 Body is" in output and "1 6 19" in output, output
+    assert "function echo already exists" in output, output
+    assert "invalid event: stop, current state: inactive" in output, output
+    assert output.count("state: destroyed") == 2, output
+
+
+def test_cli_tour(tour_node: FaasNodeProcess) -> None:
+    lines = [line[2:].split("  #")[0] for line in
+             code_block_after("Operating with the CLI").splitlines() if line.startswith("$ ")]
+    assert lines[0] == "export FAASTWIST_NODE_CONFIG=conf/controller.yaml"
+    prelude = f'faastwist() {{ {sys.executable} -m faastwist.cli "$@"; }}\n'
+    output = run(prelude + "\n".join(lines) + "\n", tour_node,
+                 FAASTWIST_SERVER=tour_node.admin_root, FAASTWIST_GATE=tour_node.gate_url)
+    assert "authentication required" not in output, output
+    assert "function echo created" in output and "function echo is active" in output, output
+    assert "V3 Body is" in output and "1 6 19" in output, output
+    assert "HTTP 503 from echo" in output, output
+    assert "deleted" in output, output
