@@ -66,6 +66,12 @@ _SCHEMAS: dict[str, Any] = {
             "env": _STRING_MAP,
             "mode": {"type": "string", "enum": ["http", "fork"]},
             "readinessPath": {"type": "string"},
+            "envProcess": {"type": "string",
+                           "description": "OpenFaaS's fprocess, run once per request"},
+            "labels": _STRING_MAP, "annotations": _STRING_MAP,
+            "constraints": {"type": "array", "items": {"type": "string"}},
+            "secrets": {"type": "array", "items": {"type": "string"}},
+            "readOnlyRootFilesystem": {"type": "boolean"},
         },
         "example": {"name": "sleeper", "command": ["sleep", "600"], "minReplica": 0,
                     "maxReplica": 1},
@@ -79,6 +85,8 @@ _SCHEMAS: dict[str, Any] = {
             "event": {"type": "string"}, "extData": {"type": "object"},
             "message": {"type": "string"}, "updated": {"type": "number"},
             "startPending": {"type": "boolean"},
+            "created": {"type": "string", "nullable": True,
+                        "description": "RFC 3339 time of the function's creation"},
         },
     },
     "FunctionRecord": {
@@ -149,6 +157,9 @@ def _build() -> dict[str, Any]:
                                                 {"200": record}, 404, 409, 503)},
         f"{function}/stop": {"put": _operation("stopFunction", "event stop",
                                                {"200": record}, 404, 409, 503)},
+        f"{function}/rollout": {"put": _operation(
+            "rolloutFunction", "rolling update: an active function keeps serving",
+            {"200": record}, 404, 409, 413, 415, 503, body=True)},
         f"{function}/logs": {"get": _operation(
             "functionLogs", "log lines as NDJSON",
             {"200": {"description": "one JSON object per line",
