@@ -29,7 +29,9 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from faastwist import __version__
 from faastwist.admin.codec import (
+    FORM_TYPES,
     ApiError,
+    media_type,
     parse_follow,
     parse_since,
     parse_tail,
@@ -42,7 +44,7 @@ from faastwist.admin.rollout import rollout
 from faastwist.metrics import Metrics
 from faastwist.model.fsm import Event, FunctionStatus, InvalidEvent, State, apply_event
 from faastwist.model.spec import FunctionSpec, SpecError
-from faastwist.providers.base import LogLine, Observation, ProviderError
+from faastwist.providers.base import LogLine, LogSource, Observation, ProviderError
 from faastwist.store.base import AlreadyExists, Conflict, FunctionStore, NotFound, StoreUnavailable
 from faastwist.store.secrets import SecretExists, SecretNotFound
 
@@ -60,6 +62,11 @@ class Versions:
     orchestration: str
     sha: str
     release: str = __version__
+
+
+def _header(request: Any, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
 class OpenFaaSAPI:
@@ -113,7 +120,12 @@ class OpenFaaSAPI:
         return b""
 
     def _document(self, request: Any) -> Any:
-        """The JSON body, whatever Content-Type says (faas-cli sends none at times)."""
+        """The JSON body, with or without a Content-Type; but never what an HTML form can
+        send (a cross-site page could make a browser send it with its credentials)."""
+        kind, _ = media_type(_header(request, b"content-type"))
+        if kind in FORM_TYPES:
+            raise ApiError(415, f"Content-Type {kind} is not accepted: send JSON "
+                                f"(application/json, or no Content-Type)")
         body = read_body(request, self.max_body_size)
         if not body.strip():
             raise ApiError(400, "request body is empty; send JSON")
@@ -129,7 +141,7 @@ class OpenFaaSAPI:
             raise ApiError(400, "body must be a JSON object")
         value = document.get(key)
         if not isinstance(value, str) or not value:
-            raise ApiError(400, f"{key}: is required (a function name)")
+            raise ApiError(400, f"{key}: is required (a name)")
         namespace = document.get("namespace")
         if namespace not in (None, "", self.namespace):
             raise ApiError(400, f"namespace: this gate serves namespace {self.namespace} "
@@ -320,7 +332,7 @@ class OpenFaaSAPI:
         if params.get("namespace", "") not in ("", self.namespace):
             raise ApiError(400, f"namespace: this gate serves namespace {self.namespace} only")
         await self._timed(self.store.get(name))
-        if not hasattr(self.provider, "read_logs"):
+        if not isinstance(self.provider, LogSource):
             raise ApiError(501, "function logs are not available from this provider")
         raw_tail = params.get("tail")
         tail = None if raw_tail and raw_tail.startswith("-") else parse_tail(raw_tail)  # -1: all

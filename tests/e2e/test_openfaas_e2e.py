@@ -248,6 +248,11 @@ def test_codes_for_bad_and_unknown_requests(node):
         got, _, data = call(node, method, path, body)
         assert got == code, (method, path, body, data)
         assert needle in json.loads(data)["message"], data
+    # what an HTML form can send is never read (a cross-site page could send it)
+    for kind in ("text/plain", "application/x-www-form-urlencoded"):
+        got, _, data = call(node, "POST", "/system/functions",
+                            {"service": "form", "envProcess": "cat"}, {"Content-Type": kind})
+        assert got == 415, data
     # JSON with a Content-Type too; the duplicate deploy is a conflict
     body = json.dumps({"service": "dup", "envProcess": "cat"})
     for _ in range(2):
