@@ -15,6 +15,7 @@ import attrs
 import yaml
 
 from faastwist.util.fields import FieldError, FieldReader
+from faastwist.util.users import UserError, resolve_identity
 from faastwist.model.spec import check_name, SpecError
 
 
@@ -31,6 +32,8 @@ class HTTPServerConfig:
     address: str = "0.0.0.0"
     keep_alive: bool = True
     keep_alive_timeout: float = 60.0
+    header_timeout: float = 10.0       # a request head must arrive within this (408)
+    body_idle_timeout: float = 30.0    # a request body that stalls this long is cut
     https: bool = False
     cert_file: str = ""
     key_file: str = ""
@@ -66,6 +69,9 @@ class ProcessConfig:
     idle_timeout: float = 300.0
     cold_start_timeout: float = 30.0
     data_dir: str = "./data"
+    user: str = ""        # empty: nobody when the node runs as root, else the node's user
+    group: str = ""
+    config_dir: str = ""  # the folder of controller.yaml (files there may be staged)
 
 
 ANONYMOUS = ("none", "read", "admin")
@@ -166,6 +172,8 @@ def _read_http(reader: FieldReader, base: Path) -> HTTPServerConfig:
         address=reader.string("address", "0.0.0.0"),
         keep_alive=reader.boolean("keepAlive", True),
         keep_alive_timeout=reader.duration("keepAliveTimeout", 60.0),
+        header_timeout=reader.duration("headerTimeout", 10.0, minimum=0.001),
+        body_idle_timeout=reader.duration("bodyIdleTimeout", 30.0, minimum=0.001),
         https=reader.boolean("https", False),
         cert_file=_path(reader.string("certFile", ""), base),
         key_file=_path(reader.string("keyFile", ""), base),
@@ -214,11 +222,19 @@ def _read_etcd(reader: FieldReader, base: Path) -> EtcdConfig:
 
 
 def _read_process(reader: FieldReader, base: Path) -> ProcessConfig:
-    return ProcessConfig(
+    config = ProcessConfig(
         idle_timeout=reader.duration("idleTimeout", 300.0),
         cold_start_timeout=reader.duration("coldStartTimeout", 30.0, minimum=0.001),
         data_dir=_path(reader.string("dataDir", "./data"), base),
+        user=reader.string("user", ""),
+        group=reader.string("group", ""),
+        config_dir=str(base.resolve()),
     )
+    try:
+        resolve_identity(config.user, config.group)
+    except UserError as exc:
+        raise reader.fail(exc.key, exc.problem) from None
+    return config
 
 
 def is_loopback(address: str) -> bool:

@@ -60,6 +60,12 @@ class Metrics:
         self.upstream_errors = Counter(
             "faastwist_gate_upstream_errors", "Upstream failures by kind",
             ["function_name", "kind"], registry=r)
+        self.rate_limited = Counter(
+            "faastwist_gate_rate_limited", "Requests refused with 429 by the function's "
+            "rateLimit (per node)", ["function_name"], registry=r)
+        self.unauthorized = Counter(
+            "faastwist_gate_unauthorized", "Requests refused with 401 (no or a wrong "
+            "function key)", ["function_name"], registry=r)
         self.bytes_in = Counter(
             "faastwist_gate_request_bytes", "Request body bytes received from clients",
             ["function_name"], registry=r)

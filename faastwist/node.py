@@ -13,6 +13,7 @@ import socket
 import time
 from collections.abc import Awaitable
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -25,6 +26,7 @@ from faastwist import __version__
 from faastwist.config import ConfigError, ControllerConfig
 from faastwist.metrics import Metrics
 from faastwist.providers.base import ChangeNotifier, LogSource
+from faastwist.util.fdreserve import FdReserve, ReservedListener, guard_listener
 
 log = Logger()
 
@@ -53,6 +55,8 @@ class FaasNode(Service):
         self._stack: list[tuple[str, Callable[[], Any]]] = []  # what to stop, in order
         self.ready: Deferred[None] = Deferred()
         self.store: Any = None
+        self.embedded_etcd: Any = None
+        self.fd_reserve = FdReserve()
         self.provider: Any = None
         self.routes: Any = None
         self.reconciler: Any = None
@@ -133,6 +137,7 @@ class FaasNode(Service):
             from faastwist.store.embedded import EmbeddedEtcd
 
             embedded = EmbeddedEtcd(self.reactor, etcd.data_dir)
+            self.embedded_etcd = embedded
             self._start_child("embedded etcd", embedded)
             try:
                 endpoints = [await embedded.ready()]
@@ -152,6 +157,20 @@ class FaasNode(Service):
         except KeyFileError as exc:
             raise StartupError(str(exc)) from None
 
+    def node_ports(self) -> set[int]:
+        """This node's own ports (gate, admin, etcd client and peer on this machine):
+        a function may not claim one (its traffic would go to the node)."""
+        ports = {self.config.http_server.port, self.config.admin.port}
+        urls = list(self.config.etcd.endpoints)
+        embedded = self.embedded_etcd
+        if embedded is not None:
+            urls += [u for u in (embedded.client_url, embedded.peer_url) if u]
+        for url in urls:
+            port = urlsplit(url).port
+            if port:
+                ports.add(port)
+        return ports
+
     def _start_provider(self) -> None:
         if self.config.provider == "knative":
             from faastwist.providers.knative import KnativeProvider
@@ -162,7 +181,8 @@ class FaasNode(Service):
             from faastwist.providers.process import ProcessProvider
 
             self.provider = ProcessProvider(self.config.process, self.config.name,
-                                            self.reactor, self.metrics)
+                                            self.reactor, self.metrics,
+                                            reserved_ports=self.node_ports)
         if isinstance(self.provider, ChangeNotifier):
             # readiness and crash loops reach the FSM at once, not at the next sync
             self.provider.on_change = lambda name: self.reconciler and self.reconciler.kick(name)
@@ -235,6 +255,9 @@ class FaasNode(Service):
             self.admin_port = self.reactor.listenTCP(admin.port, site, interface=admin.address)
         except Exception as exc:
             raise StartupError(f"admin.port: cannot listen on {admin.address}:{admin.port}: {exc}")
+        # out of descriptors (gate connections), the admin port still accepts: it spends
+        # descriptors held back from the start
+        guard_listener(self.admin_port, lambda sock: ReservedListener(sock, self.fd_reserve))
         self._push("admin listener", self.admin_port.stopListening)
 
     @property
@@ -306,7 +329,7 @@ class FaasNode(Service):
 
         http = self.config.http_server
         self.gate = GateService(http, self.routes, self.provider, self.reactor, self.metrics,
-                                access_log=http.access_log)
+                                access_log=http.access_log, fd_reserve=self.fd_reserve)
         admin = self.admin_port.getHost()
         host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(admin.host, admin.host)
         # the admin port's guard (credentials, Host, Origin) applies to what is relayed

@@ -31,6 +31,7 @@ from faastwist.admin.codec import (
     ApiError,
     bounded_request_factory,
     decode_body,
+    header_text,
     parse_follow,
     parse_since,
     parse_tail,
@@ -82,11 +83,6 @@ def controller_route(app: Klein, url: str, method: str) -> Callable[[Handler], H
     return decorate
 
 
-def _header(request: IRequest, name: bytes) -> str | None:
-    value = request.getHeader(name)
-    if value is None:
-        return None
-    return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
 class AdminAPI:
@@ -140,7 +136,7 @@ class AdminAPI:
 
     def _read_spec(self, request: IRequest, default_name: str | None = None) -> FunctionSpec:
         body = read_body(request, self.max_body_size)
-        document = decode_body(body, _header(request, b"content-type"))
+        document = decode_body(body, header_text(request, b"content-type"))
         if default_name is not None and isinstance(document, dict) and "name" not in document:
             document = {"name": default_name, **document}
         try:

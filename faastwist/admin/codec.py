@@ -39,7 +39,41 @@ MAX_DEPTH = 64
 MAX_NODES = 100_000
 MAX_TAIL = 100_000
 _CHARSETS = {"utf-8", "utf8", "us-ascii", "ascii"}
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
+    """The safe loader, refusing a key that appears twice in one mapping (YAML says
+    keys are unique; PyYAML keeps the last one, so a typo'd second ``command`` would
+    silently win). Merge keys (``<<``) may still be overridden, as YAML intends."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                continue   # an unhashable key: the base constructor reports it
+            if duplicate:
+                mark = key_node.start_mark
+                raise ApiError(400, f"{key}: duplicate key (line {mark.line + 1}, column "
+                                    f"{mark.column + 1}); each key may appear once")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json object_pairs_hook: a key twice in one object is a 400 naming it."""
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise ApiError(400, f"{key}: duplicate key; each key may appear once")
+        document[key] = value
+    return document
+
 
 
 class ApiError(Exception):
@@ -64,6 +98,14 @@ def media_type(value: str | None) -> tuple[str, dict[str, str]]:
         if key.strip():
             params[key.strip().lower()] = val.strip().strip('"').lower()
     return main.strip().lower(), params
+
+
+def header_text(request: IRequest, name: bytes) -> str | None:
+    """A request header as text (latin-1, as HTTP/1.1 defines it), None when absent."""
+    value = request.getHeader(name)
+    if value is None:
+        return None
+    return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
 def wants_json(accept: str | None) -> bool:
@@ -110,8 +152,7 @@ def respond(request: IRequest, code: int, data: Any,
     the choice for endpoints that always answer one format (probes, the console).
     """
     if as_json is None:
-        accept = request.getHeader(b"accept")
-        as_json = wants_json(accept.decode("latin-1") if isinstance(accept, bytes) else accept)
+        as_json = wants_json(header_text(request, b"accept"))
     body, content_type = encode(data, as_json)
     request.setResponseCode(code)
     request.setHeader(b"content-type", content_type.encode())
@@ -253,7 +294,7 @@ def decode_body(body: bytes, content_type: str | None) -> Any:
         raise ApiError(400, f"request body is not valid UTF-8: {exc}") from None
     if kind == JSON_TYPE:
         try:
-            document = json.loads(text)
+            document = json.loads(text, object_pairs_hook=_unique_pairs)
         except RecursionError:
             raise ApiError(400, "body is not valid JSON: nested too deeply") from None
         except ValueError as exc:

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
-from faastwist.admin.codec import respond_error
+from faastwist.admin.codec import header_text, respond_error
 from faastwist.auth.authorizer import Authorizer, Decision
 from faastwist.auth.origin import OriginPolicy
 
@@ -30,13 +31,6 @@ OPEN: frozenset[tuple[str, ...]] = PROBES | frozenset({
     ("console", "style.css"), ("console", "config.json"),
 })
 METRICS = ("metrics",)
-
-
-def _header(request: Any, name: bytes) -> str | None:
-    value = request.getHeader(name)
-    if value is None:
-        return None
-    return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
 def is_write(method: bytes) -> bool:
@@ -55,7 +49,7 @@ class _Refusal(Resource):
         self.message = message
         self.headers = headers
 
-    def render(self, request: Any) -> bytes:
+    def render(self, request: IRequest) -> bytes:
         body = respond_error(request, self.code, self.message, {"Cache-Control": "no-store"})
         for name, value in self.headers:  # addRawHeader: WWW-Authenticate may come twice
             request.responseHeaders.addRawHeader(name.encode(), value.encode())
@@ -73,35 +67,35 @@ class AdminGuard(Resource):
         self.policy = policy
         self.metrics_open = metrics_open
 
-    def refusal(self, request: Any, segments: tuple[str, ...]) -> _Refusal | None:
+    def refusal(self, request: IRequest, segments: tuple[str, ...]) -> _Refusal | None:
         """The answer that stops this request, or None to let it through."""
         if segments in PROBES:
             return None
-        host = _header(request, b"host")
+        host = header_text(request, b"host")
         if not self.policy.host_allowed(host):
             return _Refusal(421, f"Host {host!r} is not one of this node's names; a browser "
                                  f"sent here by another site's DNS name is refused (add the "
                                  f"name to admin.allowedHosts if it is yours)")
         write = is_write(request.method)
-        origin = _header(request, b"origin")
+        origin = header_text(request, b"origin")
         if write and origin is not None and not self.policy.origin_allowed(origin, host):
             return _Refusal(403, f"Origin {origin!r} may not change anything here: "
                                  f"cross-site writes are refused (add the origin to "
                                  f"admin.allowedOrigins if it is yours)")
         if segments in OPEN or (segments == METRICS and self.metrics_open):
             return None
-        decision: Decision = self.authorizer.check(_header(request, b"authorization"), write)
+        decision: Decision = self.authorizer.check(header_text(request, b"authorization"), write)
         if decision.allowed:
             return None
         return _Refusal(decision.code, decision.message, decision.headers)
 
-    def _segments(self, request: Any) -> tuple[str, ...]:
+    def _segments(self, request: IRequest) -> tuple[str, ...]:
         raw = [*request.prepath, *request.postpath]
         if len(raw) > 1 and raw[-1] == b"" and raw[0] != b"console":
             raw.pop()  # /healthz/ is /healthz (the routes ignore a trailing slash too)
         return tuple(s.decode("utf-8", "replace") for s in raw)
 
-    def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
+    def getChildWithDefault(self, path: bytes, request: IRequest) -> IResource:
         refusal = self.refusal(request, self._segments(request))
         if refusal is not None:
             return refusal
@@ -109,7 +103,7 @@ class AdminGuard(Resource):
         request.postpath.insert(0, request.prepath.pop())
         return self.root
 
-    def render(self, request: Any) -> Any:
+    def render(self, request: IRequest) -> Any:
         refusal = self.refusal(request, self._segments(request))
         if refusal is not None:
             return refusal.render(request)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -53,7 +54,7 @@ class AuthFiles(Service):
 
     name = "admin auth files"
 
-    def __init__(self, authorizer: Authorizer, clock: Any, tokens_file: str,
+    def __init__(self, authorizer: Authorizer, clock: IReactorTime, tokens_file: str,
                  basic_user_file: str = "", basic_password_file: str = "",
                  poll_interval: float = POLL_INTERVAL) -> None:
         self.authorizer = authorizer

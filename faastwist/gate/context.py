@@ -85,6 +85,8 @@ class GateContext:
         self.inflight = 0
         self._idle_waiters: list[Deferred] = []
         self._function_metrics: dict[str, FunctionMetrics] = {}
+        #: function -> (its rateLimit, its token bucket on this node)
+        self.buckets: dict[str, tuple[Any, Any]] = {}
         #: exchange -> when its function's timeout passes; swept every TICK seconds
         #: (cheaper per request than a DelayedCall each: no heap, no cancel)
         self.deadlines: dict[Expiring, float] = {}

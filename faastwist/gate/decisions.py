@@ -33,6 +33,10 @@ DURATION = b"x-duration-seconds"
 _MANAGED = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-forwarded-for",
                          b"x-forwarded-proto", b"x-forwarded-host", CALL_ID}
 RETRY_AFTER_NOT_ACTIVE = 5
+#: methods the gate answers itself with 405: CONNECT would open a tunnel through the
+#: gate, TRACE would echo the client's credentials back to a script
+REFUSED_METHODS = frozenset({b"CONNECT", b"TRACE"})
+ALLOWED_METHODS = b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"
 
 
 class GateError(Exception):
@@ -53,6 +57,10 @@ def error_headers(error: GateError, body: bytes, call_id: bytes | None) -> list[
                (b"content-length", str(len(body)).encode())]
     if error.retry_after is not None:
         headers.append((b"retry-after", str(error.retry_after).encode()))
+    if error.code == 405:
+        headers.append((b"allow", ALLOWED_METHODS))
+    elif error.code == 401:
+        headers.append((b"www-authenticate", b'Bearer realm="faastwist function"'))
     if call_id:
         headers.append((CALL_ID, call_id))
     return headers
@@ -84,13 +92,25 @@ class RequestHead:
 
 
 def classify(head: RequestHead) -> None:
-    """Pick out the headers the gate acts on, in one pass; GateError(400) on bad framing."""
+    """Pick out the headers the gate acts on, in one pass; GateError(400) on bad framing
+    or on what two parties could read two ways (a doubled Host or function name), 405
+    for CONNECT and TRACE."""
+    if head.method in REFUSED_METHODS:
+        raise GateError(405, f"{head.method.decode('latin-1')} is not served by the gate",
+                        close=True)
+    coding = None
+    host_seen = False
     for name, value in head.headers:
         if name not in _MANAGED and name != FUNC_HEADER:
             continue
         if name == FUNC_HEADER:
+            if head.func is not None:
+                raise GateError(400, "X-FaaS-Func-Name: sent twice", close=True)
             head.func = value
         elif name == b"host":
+            if host_seen:
+                raise GateError(400, "Host: sent twice", close=True)
+            host_seen = True
             head.host = value
         elif name == CALL_ID:
             head.call_id = value
@@ -103,11 +123,19 @@ def classify(head: RequestHead) -> None:
             head.content_length = int(value)
         elif name == b"transfer-encoding":
             head.chunked = True
+            coding = value if coding is None else coding + b"," + value
         elif name == b"connection":
             head.connection = value if head.connection is None else head.connection + b"," + value
         elif name == b"expect":
             head.expect_continue = value.lower() == b"100-continue"
+    if head.http11 and not host_seen:
+        raise GateError(400, "Host: an HTTP/1.1 request must carry it", close=True)
     if head.chunked:
+        codings = [c.strip().lower() for c in coding.split(b",") if c.strip()]
+        if not codings or codings[-1] != b"chunked" or codings.count(b"chunked") != 1:
+            # RFC 9112 6.3: the body's length cannot be known: 400, then close
+            raise GateError(400, "Transfer-Encoding: the final coding must be chunked "
+                                 "(applied once)", close=True)
         head.content_length = None  # RFC 9112 6.3: Transfer-Encoding overrides
 
 

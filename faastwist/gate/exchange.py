@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from faastwist.gate.context import FunctionMetrics, GateContext
+from faastwist.gate.access import TokenBucket, key_allowed, presented_key, retry_after
 from faastwist.gate.decisions import (
     DURATION,
     RETRY_AFTER_NOT_ACTIVE,
@@ -138,6 +139,10 @@ class Exchange:
                 if not context.routes.synced:
                     raise GateError(503, "the route table is still loading", retry_after=1)
                 raise GateError(404, f"function {self.name} not found")
+            if route.key_digests:
+                self._check_key(route)
+            if route.rate_limit is not None:
+                self._check_rate(route)
             if not route.active:
                 raise GateError(503, f"function {self.name} is not active "
                                      f"(state: {route.state.value})",
@@ -171,6 +176,33 @@ class Exchange:
         self.name = route.name
         self.context.deadlines[self] = self.started + route.timeout
         self._leased(self.context.system_lease)
+
+    def _check_key(self, route: Route) -> None:
+        """401 unless the caller presents one of the function's keys (before any
+        upstream work or scale from zero); the key itself is not forwarded."""
+        head = self.head
+        key, header = presented_key(head.headers)
+        if not key_allowed(key, route.key_digests):
+            self.context.metrics.unauthorized.labels(self.name).inc()
+            raise GateError(401, f"function {self.name} needs a key: send it as "
+                                 f"'Authorization: Bearer KEY' or 'X-API-Key: KEY'"
+                            if key is None else f"function {self.name}: the key is not valid")
+        head.headers = [h for h in head.headers if h[0] != header]
+
+    def _check_rate(self, route: Route) -> None:
+        limit = route.rate_limit
+        context = self.context
+        entry = context.buckets.get(self.name)
+        now = context.clock.seconds()
+        if entry is None or entry[0] != limit:
+            entry = context.buckets[self.name] = (limit, TokenBucket(limit.rps, limit.burst,
+                                                                     now))
+        wait = entry[1].take(now)
+        if wait:
+            context.metrics.rate_limited.labels(self.name).inc()
+            raise GateError(429, f"function {self.name} is over its rate limit of "
+                                 f"{limit.rps:g} requests/s (burst {limit.burst}) on this node",
+                            retry_after=retry_after(wait))
 
     def _lease_failed(self, failure: Failure) -> None:
         self.waiting = None
@@ -393,6 +425,20 @@ class Exchange:
             timeout = self.route.timeout if self.route is not None else 0
             self.reply_error(GateError(504, f"function {self.name} did not answer within "
                                             f"{timeout:g}s (its timeout)"))
+        if waiting is not None:
+            waiting.cancel()
+
+    def bad_request(self, message: str, code: int = 400) -> None:
+        """The client's body cannot be parsed (bad chunk framing): 400 and close when
+        the answer has not begun, else end both sides."""
+        if self.done:
+            return
+        waiting, self.waiting = self.waiting, None
+        if self.responded:
+            self._abort_both(self.status)
+        else:
+            self._drop_upstream()
+            self.reply_error(GateError(code, message, close=True))
         if waiting is not None:
             waiting.cancel()
 

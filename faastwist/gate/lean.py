@@ -43,6 +43,7 @@ class Pause(enum.Flag):
     NONE = 0
     BACK_PRESSURE = enum.auto()   # the upstream cannot take the request body as fast
     PIPELINE = enum.auto()        # pipelined requests wait for the current answer
+    BAD_INPUT = enum.auto()       # the input stopped making sense: read no more
 
 
 class _Queued:
@@ -90,6 +91,11 @@ class LeanProtocol(Protocol):
         self.body_producer = self
         self._pauses = Pause.NONE
         self.starting = False
+        self.head_began = 0.0               # when the head being read began (or the connect)
+        self.body_seen = 0.0                # when the body being received last moved
+        self.first = True                   # no request read yet on this connection
+        self.failed = False                 # the parser gave up on this connection's input
+        self.bad_input: str | None = None   # the 400 owed once earlier requests are answered
 
     # -- connection --------------------------------------------------------------------
 
@@ -100,7 +106,7 @@ class LeanProtocol(Protocol):
             transport.setTcpNoDelay(True)
         except (AttributeError, OSError):
             pass
-        self.last_active = self.factory.clock.seconds()
+        self.last_active = self.head_began = self.factory.clock.seconds()
 
     def connectionLost(self, reason: Any = None) -> None:
         self.lost = True
@@ -117,8 +123,8 @@ class LeanProtocol(Protocol):
             self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
-        if self.closing and self.exchange is None:
-            return  # lingering, or closing: the rest of the input is dropped
+        if self.failed or (self.closing and self.exchange is None):
+            return  # lingering, closing, or past unparseable bytes: the rest is dropped
         if self.in_head or self.exchange is None:
             self.head_size += len(data)
             if self.head_size > MAX_HEAD_SIZE and self.in_head:
@@ -139,15 +145,53 @@ class LeanProtocol(Protocol):
             else:
                 self.transport.abortConnection()
         except httptools.HttpParserError as exc:
-            if self.exchange is None or self.exchange.done:
-                self._refuse(400, f"malformed HTTP request: {exc}")
-            else:
-                log.info("malformed request data from {client}: {error}",
-                         client=self.client_ip, error=str(exc))
-                self.transport.abortConnection()
+            self._malformed(f"malformed HTTP request: {exc}")
+
+    def _malformed(self, message: str) -> None:
+        """The input cannot be parsed further: 400, then close. Requests that were
+        read whole before the bad bytes are answered first, in order; a request whose
+        body is broken gets the 400 itself if its answer has not begun."""
+        self.failed = True
+        if self.closing:
+            return    # already answered (an error that closes): the rest is noise
+        self._pause(Pause.BAD_INPUT)
+        receiving = self.receiving
+        self.receiving = None
+        exchange = self.exchange
+        if isinstance(receiving, _Queued):
+            self.queue.remove(receiving)      # the broken one: never started
+        elif receiving is not None and exchange is receiving and not exchange.done:
+            self.queue = []
+            self.bad_input = None
+            exchange.bad_request(message)     # its body is broken: 400 (or abort)
+            return
+        self.bad_input = message
+        if exchange is None and not self.queue:
+            self._refuse(400, message)
+
+    def head_timed_out(self) -> None:
+        self.failed = True
+        self._refuse(408, f"the request head did not arrive within "
+                          f"{self.factory.header_timeout:g}s (headerTimeout)")
+
+    def body_timed_out(self) -> None:
+        """The body stalled: the request is cut (408 when its answer has not begun)."""
+        message = (f"the request body stalled for more than "
+                   f"{self.factory.body_idle_timeout:g}s (bodyIdleTimeout)")
+        receiving, self.receiving = self.receiving, None
+        self.failed = True
+        exchange = self.exchange
+        if receiving is exchange and exchange is not None and not exchange.done:
+            exchange.bad_request(message, 408)
+        else:
+            self.queue = []
+            self._refuse(408, message)
 
     def _refuse(self, code: int, message: str) -> None:
         """Answer a request the parser could not make sense of, and close."""
+        self.bad_input = None
+        if self.closing or self.lost:
+            return
         error = GateError(code, message, close=True)
         body = error_body(code, message)
         headers = error_headers(error, body, None) + [(b"connection", b"close")]
@@ -159,6 +203,8 @@ class LeanProtocol(Protocol):
     # -- httptools callbacks -----------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if not self.first:
+            self.head_began = self.factory.clock.seconds()
         self.in_head = True
         self.url = b""
         self.headers = []
@@ -172,7 +218,9 @@ class LeanProtocol(Protocol):
     def on_headers_complete(self) -> None:
         parser = self.parser
         self.in_head = False
+        self.first = False
         self.head_size = 0
+        self.body_seen = self.factory.clock.seconds()
         head = RequestHead(parser.get_method(), self.url, self.headers, self.client_ip,
                            b"http", parser.get_http_version() == "1.1")
         keep = parser.should_keep_alive()
@@ -186,6 +234,7 @@ class LeanProtocol(Protocol):
 
     def on_body(self, body: bytes) -> None:
         receiving = self.receiving
+        self.body_seen = self.factory.clock.seconds()
         if receiving is not None:
             receiving.body(body)
 
@@ -227,6 +276,8 @@ class LeanProtocol(Protocol):
             return
         if self.queue and not self.starting:
             self._run_queue()
+        if self.bad_input is not None and self.exchange is None and not self.queue:
+            self._refuse(400, self.bad_input)
 
     def _run_queue(self) -> None:
         """Start queued (pipelined) requests in order; one may finish at once (an
@@ -246,6 +297,8 @@ class LeanProtocol(Protocol):
             self.starting = False
         if not self.queue:
             self._resume(Pause.PIPELINE)
+        if self.bad_input is not None and self.exchange is None and not self.queue:
+            self._refuse(400, self.bad_input)
 
     # -- Downstream --------------------------------------------------------------------
 
@@ -342,6 +395,7 @@ class LeanProtocol(Protocol):
             return
         self._pauses &= ~why
         if not self._pauses and not self.lost:
+            self.body_seen = self.factory.clock.seconds()   # a pause is not a stall
             self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
@@ -354,20 +408,26 @@ class LeanFactory(Factory):
 
     noisy = False
 
-    def __init__(self, context: GateContext, limit: ConnectionLimit, clock: IReactorTime, keep_alive_timeout: float,
-                 reject: bytes) -> None:
+    def __init__(self, context: GateContext, limit: ConnectionLimit, clock: IReactorTime,
+                 keep_alive_timeout: float, reject: bytes, header_timeout: float = 10.0,
+                 body_idle_timeout: float = 30.0) -> None:
         self.context = context
         self.limit = limit
         self.clock = clock
         self.keep_alive_timeout = keep_alive_timeout
+        self.header_timeout = header_timeout
+        self.body_idle_timeout = body_idle_timeout
         self.reject = reject
         self._sweeper: LoopingCall | None = None
 
     def startFactory(self) -> None:
-        if self.keep_alive_timeout > 0 and self._sweeper is None:
+        if self._sweeper is None:
+            # one sweep for every connection's timers (no timer per request)
+            shortest = min(t for t in (self.keep_alive_timeout, self.header_timeout,
+                                       self.body_idle_timeout) if t > 0)
             self._sweeper = LoopingCall(self._sweep)
             self._sweeper.clock = self.clock
-            self._sweeper.start(min(max(self.keep_alive_timeout / 4, 0.05), 5.0), now=False)
+            self._sweeper.start(min(max(shortest / 4, 0.05), 5.0), now=False)
 
     def stopFactory(self) -> None:
         if self._sweeper is not None and self._sweeper.running:
@@ -382,9 +442,22 @@ class LeanFactory(Factory):
         return protocol
 
     def _sweep(self) -> None:
-        deadline = self.clock.seconds() - self.keep_alive_timeout
+        now = self.clock.seconds()
+        deadline = now - self.keep_alive_timeout
+        head_deadline = now - self.header_timeout
+        body_deadline = now - self.body_idle_timeout
         for protocol in list(self.limit.open):
-            if (isinstance(protocol, LeanProtocol) and protocol.exchange is None
-                    and not protocol.queue and protocol.last_active < deadline):
+            if not isinstance(protocol, LeanProtocol) or protocol.closing:
+                continue
+            if ((protocol.in_head or (protocol.first and protocol.exchange is None))
+                    and protocol.head_began < head_deadline):
+                # a head that trickles in (or never comes) holds a connection: 408
+                protocol.head_timed_out()
+            elif (protocol.receiving is not None and not protocol._pauses
+                  and protocol.body_seen < body_deadline):
+                protocol.body_timed_out()
+            elif (self.keep_alive_timeout > 0 and protocol.exchange is None
+                  and not protocol.queue and not protocol.in_head
+                  and protocol.last_active < deadline):
                 protocol.closing = True
                 protocol.transport.loseConnection()

@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from faastwist.model.fsm import FunctionStatus, State
+from faastwist.model.keys import KeySet
 from faastwist.gate.adaptor import CompiledAdaptor, compile_adaptor
 from faastwist.metrics import Metrics
 from faastwist.model.spec import FunctionSpec
@@ -30,10 +31,17 @@ class Route:
     """One function as the gate sees it; rebuilt (never mutated) when it changes,
     except for ``cache``, where the gate keeps per-function hot-path objects."""
 
-    __slots__ = ("name", "spec", "status", "state", "active", "adaptor", "timeout", "cache")
+    __slots__ = ("name", "spec", "status", "state", "active", "adaptor", "timeout", "cache",
+                 "keys", "key_digests", "rate_limit")
 
-    def __init__(self, spec: FunctionSpec, status: FunctionStatus) -> None:
+    def __init__(self, spec: FunctionSpec, status: FunctionStatus,
+                 keys: KeySet | None = None) -> None:
         self.name = spec.name
+        self.keys = keys or KeySet()
+        #: SHA-256 hex digests (bytes) of the keys callers must present; empty: open
+        self.key_digests: frozenset[bytes] = frozenset(
+            d.encode() for d in self.keys.digests())
+        self.rate_limit = spec.rate_limit
         self.spec = spec
         self.status = status
         self.state: State = status.state
@@ -66,6 +74,7 @@ class RouteTable(Service):
         self._routes: dict[str, Route] = {}
         self._specs: dict[str, FunctionSpec] = {}
         self._statuses: dict[str, FunctionStatus] = {}
+        self._keys: dict[str, KeySet] = {}
         self._watch: WatchHandle | None = None
         self._retry: IDelayedCall | None = None
         self._delay = retry_interval
@@ -145,6 +154,7 @@ class RouteTable(Service):
         old = set(self._routes)
         self._specs = {name: r.spec for name, r in listing.records.items()}
         self._statuses = {name: r.status for name, r in listing.records.items()}
+        self._keys = dict(listing.keys)
         names = old | set(self._specs)
         for name in names:
             self._rebuild(name)
@@ -158,7 +168,12 @@ class RouteTable(Service):
             return
         touched: set[str] = set()
         for change in changes:
-            if change.kind == "spec":
+            if change.kind == "keys":
+                if change.value is None:
+                    self._keys.pop(change.name, None)
+                else:
+                    self._keys[change.name] = change.value  # type: ignore[assignment]
+            elif change.kind == "spec":
                 if change.value is None:
                     self._specs.pop(change.name, None)
                 else:
@@ -174,6 +189,7 @@ class RouteTable(Service):
 
     def _rebuild(self, name: str) -> None:
         spec, status = self._specs.get(name), self._statuses.get(name)
+        keys = self._keys.get(name, KeySet())
         current = self._routes.get(name)
         if spec is None or status is None:
             if current is None:
@@ -181,10 +197,11 @@ class RouteTable(Service):
             del self._routes[name]
             route = None
         else:
-            if current is not None and current.spec == spec and current.status == status:
+            if (current is not None and current.spec == spec and current.status == status
+                    and current.keys == keys):
                 return
             try:
-                route = Route(spec, status)
+                route = Route(spec, status, keys)
             except Exception:  # a spec the store accepted but we cannot compile
                 log.failure("cannot build the route of {function}", function=name)
                 self._routes.pop(name, None)

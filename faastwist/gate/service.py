@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout
-from twisted.internet.task import deferLater
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.python.failure import Failure
 from twisted.internet.interfaces import IListeningPort, IReactorTCP
 from twisted.internet.protocol import Factory
@@ -28,6 +28,7 @@ from faastwist.util.tls import ReloadableTLS
 from faastwist.providers.base import Provider
 from faastwist.gate.routes import RouteTable
 from faastwist.gate.upstream import UpstreamPool
+from faastwist.util.fdreserve import FdReserve, SheddingListener, guard_listener
 
 log = Logger(namespace="faastwist.gate")
 
@@ -42,7 +43,8 @@ class GateService(Service):
 
     def __init__(self, config: HTTPServerConfig, routes: RouteTable, provider: Provider,
                  reactor: IReactorTCP, metrics: Metrics, access_log: bool,
-                 pool: UpstreamPool | None = None, transport: str = "auto") -> None:
+                 pool: UpstreamPool | None = None, transport: str = "auto",
+                 fd_reserve: FdReserve | None = None) -> None:
         if transport not in ("auto", "lean", "web"):
             raise ValueError(f"transport must be auto, lean or web, got {transport!r}")
         self.config = config
@@ -54,6 +56,9 @@ class GateService(Service):
         self.limit = ConnectionLimit(config.max_connections)
         self.port: IListeningPort | None = None
         self.tls: ReloadableTLS | None = None
+        #: descriptors held for the admin port (the node's); the gate sheds before them
+        self.fd_reserve = fd_reserve
+        self._refill: Any = None
 
     @property
     def kind(self) -> str:
@@ -68,7 +73,9 @@ class GateService(Service):
             from faastwist.gate.lean import LeanFactory
             factory: Factory = LeanFactory(self.context, self.limit, self.reactor,
                                            config.keep_alive_timeout,
-                                           over_limit_response(self.limit.maximum))
+                                           over_limit_response(self.limit.maximum),
+                                           header_timeout=config.header_timeout,
+                                           body_idle_timeout=config.body_idle_timeout)
         else:
             from faastwist.gate.web import GateResource, GateSite
             site = GateSite(GateResource(self.context), timeout=config.keep_alive_timeout or None)
@@ -94,13 +101,27 @@ class GateService(Service):
         self.pool.start()
         self.port = self.reactor.listenTCP(self.config.port, self.build_factory(),
                                            backlog=1024, interface=self.config.address)
+        if self.fd_reserve is None:
+            self.fd_reserve = FdReserve()
+        guard_listener(self.port, lambda sock: SheddingListener(
+            sock, self.fd_reserve, lambda count: self._shedding(count)))
+        self._refill = LoopingCall(self.fd_reserve.refill)
+        self._refill.clock = self.reactor
+        self._refill.start(1.0, now=False)
         host = self.port.getHost()
         log.info("gate listening on {address}:{port} ({transport}{tls})",
                  address=host.host, port=host.port, transport=self.kind,
                  tls=", TLS" if self.config.https else "")
 
+    def _shedding(self, count: int) -> None:
+        log.warn("out of file descriptors: shedding new gate connections ({count} so far "
+                 "in this burst; the admin port keeps {held} in reserve)", count=count,
+                 held=len(self.fd_reserve.held) if self.fd_reserve else 0)
+
     def stopService(self) -> Deferred:
         super().stopService()
+        if self._refill is not None and self._refill.running:
+            self._refill.stop()
         context = self.context
         context.draining = True
         port, self.port = self.port, None

@@ -196,7 +196,10 @@ class UpstreamConnection(Protocol):
             return
         kept, length, chunked = filter_response(self._headers)
         bodyless = self._head_only or status in (204, 304)
-        self._close_delimited = not bodyless and not chunked and length is None
+        # after an answer without a body (HEAD, 204, 304) the connection is never
+        # reused: a function that sends a body anyway would otherwise have those bytes
+        # read as the next request's response; one new connection is the price
+        self._close_delimited = bodyless or (not chunked and length is None)
         self._responded = True
         handler = self.handler
         if handler is None:

@@ -42,7 +42,12 @@ def request_head(request: server.Request, method: bytes, uri: bytes, version: by
     headers = [(name.lower(), value)
                for name, values in request.requestHeaders.getAllRawHeaders()
                for value in values if name.lower() not in _FRAMING]
-    if length is None:
+    codings = request.requestHeaders.getRawHeaders(b"transfer-encoding")
+    if codings:
+        # as sent: the gate's decisions check the final coding is chunked (twisted.web
+        # reads an unknown coding as no body at all)
+        headers += [(b"transfer-encoding", value) for value in codings]
+    elif length is None:
         headers.append((b"transfer-encoding", b"chunked"))
     elif length:
         headers.append((b"content-length", b"%d" % length))

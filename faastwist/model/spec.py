@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from decimal import Decimal
 from enum import Enum
@@ -234,6 +235,29 @@ def _read_scale_value(reader: FieldReader) -> str:
 
 
 @attrs.frozen
+class RateLimit:
+    """A token bucket per function per node: ``rps`` tokens a second, ``burst`` at most."""
+
+    rps: float
+    burst: int
+
+    def to_dict(self) -> dict[str, Any]:
+        rps: Any = int(self.rps) if float(self.rps).is_integer() else self.rps
+        return {"rps": rps, "burst": self.burst}
+
+
+def _read_rate_limit(reader: FieldReader) -> RateLimit | None:
+    if not reader.data:
+        return None
+    rps = reader.raw("rps")
+    if isinstance(rps, bool) or not isinstance(rps, (int, float)) or not 0 < rps <= 1e6:
+        raise reader.fail("rps", f"must be a number of requests per second above 0 (at most "
+                                 f"1000000), got {rps!r}")
+    burst = reader.integer("burst", max(1, math.ceil(rps)), 1, 1_000_000)
+    return RateLimit(float(rps), burst)
+
+
+@attrs.frozen
 class FunctionSpec:
     """One function, as the operator wrote it (after validation and defaults)."""
 
@@ -262,6 +286,7 @@ class FunctionSpec:
     constraints: tuple[str, ...] = ()
     secrets: tuple[str, ...] = ()
     read_only_root_filesystem: bool = False
+    rate_limit: RateLimit | None = None
 
     @classmethod
     def from_dict(cls, data: object) -> "FunctionSpec":
@@ -291,6 +316,7 @@ class FunctionSpec:
             constraints=reader.string_list("constraints", ()),
             secrets=reader.string_list("secrets", ()),
             read_only_root_filesystem=reader.boolean("readOnlyRootFilesystem", False),
+            rate_limit=reader.section("rateLimit", _read_rate_limit),
         )
         reader.finish()
         if spec.env_process and not spec.env_process.strip():
@@ -350,6 +376,8 @@ class FunctionSpec:
             out["secrets"] = list(self.secrets)
         if self.read_only_root_filesystem:
             out["readOnlyRootFilesystem"] = True
+        if self.rate_limit is not None:
+            out["rateLimit"] = self.rate_limit.to_dict()
         return out
 
     @property

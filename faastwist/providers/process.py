@@ -6,16 +6,19 @@ memory: after a restart the provider runs nothing, ``observe`` says so, and the
 reconciler deploys again (children of a gate that was killed are swept at start).
 
 Relative paths in a function's ``command`` are taken from the gate's working folder
-(``make run`` runs in the repository root), which is also the children's working folder.
+(``make run`` runs in the repository root). The children run as the function user in
+their own folder with an environment of their own (``faastwist.providers.isolation``).
 """
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import time
 from pathlib import Path
-from typing import Callable, Mapping, Sequence, Union
+from typing import Callable, Collection, Mapping, Sequence, Union
+
+import attrs
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
@@ -36,26 +39,42 @@ from faastwist.providers.base import (
     ProviderRejected,
     UpstreamLease,
 )
+from faastwist.providers.logfile import FunctionLog, read_lines
 from faastwist.providers.secretfiles import SECRETS_DIR_VAR, SecretFiles, find_bwrap
+from faastwist.providers.watchdogd import (
+    DEFAULT_TIMEOUT_VAR,
+    FORK_PREFIX_VAR,
+    fprocess_argv,
+    watchdog_argv,
+)
+from faastwist.providers.watchdogenv import read_settings
 from faastwist.store.base import StoreError
 from faastwist.store.secrets import SecretStore, reveal_deferred
-from faastwist.providers.logfile import FunctionLog, read_lines
 from faastwist.providers.orphans import GATE_PID_VAR, OWNER_VAR, kill_orphans, owner_token
-from faastwist.providers.replica import ExitInfo, Replica, group_wrapper
+from faastwist.providers.isolation import (
+    Staging,
+    Tools,
+    function_env,
+    functions_root,
+    launch_prefix,
+    plan_command,
+    prepare_home,
+    remove_home,
+    search_path,
+    stage,
+)
+from faastwist.providers.limits import CgroupTree, Limits, limits_for, looks_oom
+from faastwist.providers.replica import ExitInfo, Replica
 from faastwist.providers.runtime import HttpRuntime, Tuning
 from faastwist.providers.watchdog import ForkRuntime, Watchdog
-from faastwist.providers.watchdogd import DEFAULT_TIMEOUT_VAR, fprocess_argv, watchdog_argv
-from faastwist.providers.watchdogenv import read_settings
 from faastwist.model.spec import FunctionSpec, ProcessMode, SpecError
 from faastwist.util.ports import free_port
+from faastwist.util.users import Identity, resolve_identity
 
 log = Logger()
 
 LOG_MAX_BYTES = 10 * 2**20
 SCALE_INTERVAL = 1.0
-# variables of the gate's own supervisor that must not leak into a function
-_PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
-                "LISTEN_FDNAMES", OWNER_VAR, GATE_PID_VAR)
 
 Runtime = Union[HttpRuntime, ForkRuntime]
 
@@ -72,16 +91,35 @@ class ProcessProvider(Service):
                  base_env: Mapping[str, str] | None = None, tuning: Tuning | None = None,
                  wall_clock: Callable[[], float] = time.time,
                  log_max_bytes: int = LOG_MAX_BYTES,
-                 scale_interval: float = SCALE_INTERVAL, sandbox: bool = True) -> None:
+                 scale_interval: float = SCALE_INTERVAL,
+                 identity: Identity | None = None,
+                 stage_roots: Sequence[str] | None = None,
+                 reserved_ports: Collection[int] | Callable[[], Collection[int]] = (),
+                 tools: Tools | None = None,
+                 cgroups: CgroupTree | None | str = "detect", sandbox: bool = True) -> None:
         self.config = config
         self.controller = controller
         self.reactor = reactor
         self.metrics = metrics or Metrics()
         self.workdir = os.path.abspath(workdir or os.getcwd())
-        env = dict(os.environ if base_env is None else base_env)
-        for key in _PRIVATE_ENV:
-            env.pop(key, None)
-        self.base_env = env
+        #: who the children run as (never root: see faastwist.util.users)
+        self.identity = identity or resolve_identity(config.user, config.group)
+        node_env = os.environ if base_env is None else base_env
+        self.path = search_path(node_env.get("PATH", os.defpath), self.identity)
+        self.data_dir = os.path.abspath(config.data_dir)
+        if stage_roots is None:
+            stage_roots = [config.config_dir] if config.config_dir else []
+        self.stage_roots = tuple(stage_roots)
+        #: the node's own ports (or a callable giving them now): a spec's port may not
+        #: be one of them
+        self.reserved_ports = reserved_ports
+        self.tools = tools or Tools.find()
+        #: cgroup v2 subtree for limits (found at start), or None: rlimits apply
+        self.cgroups: CgroupTree | None = None
+        self._detect_cgroups = cgroups == "detect"
+        if not isinstance(cgroups, str):
+            self.cgroups = cgroups
+        self._cgroup_serial = 0
         self.tuning = tuning or Tuning(idle_timeout=config.idle_timeout,
                                       cold_start_timeout=config.cold_start_timeout)
         self.wall_clock = wall_clock
@@ -89,9 +127,11 @@ class ProcessProvider(Service):
         self.log_max_bytes = log_max_bytes
         self.scale_interval = scale_interval
         self.token = owner_token(controller, config.data_dir)
-        self.wrapper = group_wrapper()
+        self.functions_dir, self.passthrough = functions_root(config.data_dir, self.identity,
+                                                              self.token)
         self.runtimes: dict[str, Runtime] = {}
         self.logs: dict[str, FunctionLog] = {}
+        self._staged: dict[str, tuple[tuple[str, ...], Staging]] = {}
         self.threads = ThreadPool(minthreads=0, maxthreads=2, name="process-provider")
         self._loop: LoopingCall | None = None
         #: called with a function's name when its observation changes on its own (ready,
@@ -103,15 +143,24 @@ class ProcessProvider(Service):
         self._awaiting: dict[str, list[tuple[Deferred, object]]] = {}
         #: where the functions' secrets come from (the node sets it); None: no secrets
         self.secrets: SecretStore | None = None
-        self.secret_files = SecretFiles(Path(config.data_dir) / "secrets",
-                                        find_bwrap() if sandbox else None)
+        self.secret_files = SecretFiles(
+            Path(self.functions_dir) / ".secrets", self.identity,
+            find_bwrap(launch_prefix(self.identity, tools=self.tools)) if sandbox else None)
 
     # -- service ---------------------------------------------------------------------
     def startService(self) -> None:
         super().startService()
         kill_orphans(self.token)
-        if self.secret_files.bwrap is not None:
-            self.secret_files.prepare()
+        self.secret_files.prepare()
+        # the function user must not read the logs of any function
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.log_dir, 0o700)
+        if self._detect_cgroups:
+            self.cgroups = CgroupTree.detect()
+        log.info("functions run as {user}:{group} in {folder}; limits by {how}",
+                 user=self.identity.user, group=self.identity.group,
+                 folder=self.functions_dir,
+                 how="cgroup v2" if self.cgroups is not None else "rlimits")
         self.threads.start()
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self.reactor
@@ -132,6 +181,10 @@ class ProcessProvider(Service):
             for function_log in self.logs.values():
                 function_log.file.close()
             self.threads.stop()
+            try:
+                os.rmdir(self.functions_dir)   # gone when no function is left
+            except OSError:
+                pass
         return DeferredList(stops, consumeErrors=True).addCallback(finish)
 
     def _tick(self) -> None:
@@ -150,52 +203,125 @@ class ProcessProvider(Service):
             self.logs[name] = function_log
         return function_log
 
+    def home(self, name: str) -> str:
+        """The function's own folder: its HOME and working folder."""
+        return os.path.join(self.functions_dir, name)
+
     def _env(self, spec: FunctionSpec, port: int | None) -> dict[str, str]:
-        env = dict(self.base_env)
-        env["PYTHONUNBUFFERED"] = "1"   # a Python function's prints reach the log at once
-        env.update(spec.env)
-        if port is not None:
-            env["PORT"] = str(port)
-        env["FAASTWIST_FUNCTION"] = spec.name
+        own = {"FAASTWIST_FUNCTION": spec.name, OWNER_VAR: self.token,
+               GATE_PID_VAR: str(os.getpid())}
         _, secrets_dir = self.secret_files.sandbox(spec.name, bool(spec.secrets))
         if secrets_dir is not None:
-            env[SECRETS_DIR_VAR] = secrets_dir
-        env[OWNER_VAR] = self.token
-        env[GATE_PID_VAR] = str(os.getpid())
-        return env
+            own[SECRETS_DIR_VAR] = secrets_dir
+        return function_env(spec, self.identity, self.home(spec.name), self.path, port, own)
 
-    def _argv(self, spec: FunctionSpec, env: Mapping[str, str]) -> list[str]:
-        """The command with its program found now (the children's PATH, the workdir)."""
-        program = resolve_program(spec.command[0], env.get("PATH", os.defpath), self.workdir)
-        return [program or spec.command[0], *spec.command[1:]]
+    def _plan(self, spec: FunctionSpec) -> Staging:
+        return plan_command(spec, self.identity, self.workdir, self.path,
+                            self.home(spec.name), self.stage_roots, (self.data_dir,))
+
+    def _watchdog_argv(self, spec: FunctionSpec, env: dict[str, str],
+                       cgroup: Path | None) -> list[str]:
+        """A watchdog replica: the node's own code (its interpreter, which the function
+        user may not be able to run) in the function's cgroup, session and sandbox; each
+        request's process gets the function user's launch prefix (``env``)."""
+        prepare_home(self.home(spec.name), self.identity, self.passthrough)
+        limits = self.limits(spec)
+        procs = str(cgroup / "cgroup.procs") if cgroup is not None else None
+        fork_prefix = launch_prefix(self.identity, dict(limits.rlimits), None, tools=self.tools)
+        full = launch_prefix(self.identity, dict(limits.rlimits), procs, tools=self.tools)
+        join = list(full[:len(full) - len(fork_prefix)])
+        env["fprocess"] = spec.env_process
+        env[DEFAULT_TIMEOUT_VAR] = repr(spec.timeout)
+        env[FORK_PREFIX_VAR] = json.dumps(list(fork_prefix))
+        setsid = [self.tools.setsid] if self.tools.setsid else []
+        sandbox, _ = self.secret_files.sandbox(spec.name, bool(spec.secrets))
+        return [*join, *setsid, *sandbox, *watchdog_argv(env)]
+
+    def _argv(self, spec: FunctionSpec, cgroup: Path | None = None) -> list[str]:
+        """The whole argv: the launch prefix, then the command as staged for the
+        function user (planned and copied once per command, not per process)."""
+        command = spec.command
+        cached = self._staged.get(spec.name)
+        if cached is None or cached[0] != command:
+            try:
+                staging = self._plan(spec)
+                prepare_home(self.home(spec.name), self.identity, self.passthrough)
+                stage(staging, self.identity)
+            except (SpecError, OSError) as exc:
+                # it passed check_spec: a file changed since; the start fails visibly
+                log.warn("function {name}: cannot prepare its command: {error}",
+                         name=spec.name, error=str(exc))
+                staging = Staging(command, ())
+            cached = (command, staging)
+            self._staged[spec.name] = cached
+        limits = self.limits(spec)
+        procs = str(cgroup / "cgroup.procs") if cgroup is not None else None
+        prefix = launch_prefix(self.identity, dict(limits.rlimits), procs, tools=self.tools)
+        # bubblewrap behind the launch prefix: the function's session and process group
+        # hold the sandbox's monitor too, so stopping the group stops both
+        sandbox, _ = self.secret_files.sandbox(spec.name, bool(spec.secrets))
+        return [*prefix, *sandbox, *cached[1].argv]
+
+    def limits(self, spec: FunctionSpec) -> Limits:
+        return limits_for(spec, self.cgroups is not None)
+
+    def _cgroup(self, spec: FunctionSpec, name: str) -> Path | None:
+        limits = self.limits(spec)
+        if self.cgroups is None or (limits.memory is None and limits.cpu is None):
+            return None
+        try:
+            return self.cgroups.create(name, limits)
+        except OSError as exc:
+            log.warn("function {name}: cannot create cgroup {cgroup}: {error}",
+                     name=spec.name, cgroup=name, error=str(exc))
+            return None
+
+    def _oom_judge(self, spec: FunctionSpec, cgroup: Path | None) -> Callable[..., bool]:
+        """Tells whether an exit was the memory limit (cgroup: memory.events counted an
+        OOM kill since the last look; rlimit: the exit and stderr say so)."""
+        seen = [CgroupTree.oom_kills(cgroup) if cgroup is not None else 0]
+        limits = self.limits(spec)
+
+        def judge(code: int | None, stderr: Sequence[str]) -> bool:
+            if cgroup is not None:
+                kills = CgroupTree.oom_kills(cgroup)
+                was, seen[0] = seen[0], kills
+                return kills > was
+            return looks_oom(code, tuple(stderr), limits)
+        return judge
 
     def _make_replica(self, spec: FunctionSpec, on_ready: Callable[[Replica], None],
                       on_exit: Callable[[Replica, ExitInfo], None]) -> Replica:
         port = spec.port if spec.port is not None else free_port()
         env = self._env(spec, port)
-        if spec.watchdog:
-            # each replica is a watchdog process that runs envProcess once per request
-            env["fprocess"] = spec.env_process
-            env[DEFAULT_TIMEOUT_VAR] = repr(spec.timeout)
-            argv = watchdog_argv(env)
-        else:
-            argv = self._argv(spec, env)
-        argv = self.secret_files.sandbox(spec.name, bool(spec.secrets))[0] + argv
-        return Replica(self.reactor, spec.name, argv, env, self.workdir,
-                       port, spec.readiness_path, self._log(spec.name), on_ready, on_exit,
-                       wrapper=self.wrapper)
+        self._cgroup_serial += 1
+        cgroup = self._cgroup(spec, f"{spec.name}-{self._cgroup_serial}")
+        judge = self._oom_judge(spec, cgroup)
+
+        def classify(info: ExitInfo) -> ExitInfo:
+            oom = judge(info.code, info.stderr)
+            if cgroup is not None:
+                self.reactor.callLater(3.0, CgroupTree.remove, cgroup)
+            return attrs.evolve(info, oom=oom) if oom else info
+        argv = (self._watchdog_argv(spec, env, cgroup) if spec.watchdog
+                else self._argv(spec, cgroup))
+        return Replica(self.reactor, spec.name, argv, env,
+                       self.home(spec.name), port, spec.readiness_path, self._log(spec.name),
+                       on_ready, on_exit, classify=classify)
 
     def _make_watchdog(self, spec: FunctionSpec) -> Watchdog:
         watchdog: Watchdog
+        cgroup = self._cgroup(spec, spec.name)
 
         def env() -> dict[str, str]:
             return self._env(watchdog.spec, None)
 
         def argv() -> list[str]:
-            sandbox = self.secret_files.sandbox(watchdog.spec.name, bool(watchdog.spec.secrets))
-            return sandbox[0] + self._argv(watchdog.spec, env())
+            return self._argv(watchdog.spec, cgroup)
+        self._argv(spec)   # the folder exists before the first request
         watchdog = Watchdog(self.reactor, read_settings(spec, classic=False), argv, env,
-                            self.workdir, self._log(spec.name), wrapper=self.wrapper)
+                            self.home(spec.name), self._log(spec.name),
+                            oom=self._oom_judge(spec, cgroup))
         watchdog.spec = spec
         return watchdog
 
@@ -241,26 +367,39 @@ class ProcessProvider(Service):
             raise SpecError("port", "a fixed port fits one replica: leave port unset (each "
                                     "replica then gets a free port as $PORT) or set "
                                     "minReplica and maxReplica to at most 1")
-        env = self._env(spec, None)
+        reserved = (self.reserved_ports() if callable(self.reserved_ports)
+                    else self.reserved_ports)
+        if spec.port is not None and spec.port in reserved:
+            raise SpecError("port", f"{spec.port} is one of this node's own ports (gate, "
+                                    f"admin, etcd, queue); a function may not claim it")
         if spec.watchdog:
             read_settings(spec, classic=True)
             try:
                 program = fprocess_argv(spec.env_process)[0]
             except ValueError as exc:
                 raise SpecError("envProcess", str(exc)) from None
-            field = "envProcess"
-        else:
-            if spec.mode is ProcessMode.FORK:
-                read_settings(spec, classic=False)
-            program, field = spec.command[0], "command"
-        if resolve_program(program, env.get("PATH", os.defpath), self.workdir) is None:
-            where = (f"relative to {self.workdir}" if "/" in program
-                     else "on PATH")
-            raise SpecError(field, f"{program!r}: no such executable {where}")
+            try:
+                self._plan(attrs.evolve(spec, command=(program,), env_process=""))
+            except SpecError as exc:
+                raise SpecError("envProcess", exc.problem) from None
+            return
+        if spec.mode is ProcessMode.FORK:
+            read_settings(spec, classic=False)
+        self._plan(spec)
 
     def observe(self, names: Sequence[str] | None = None) -> Deferred[dict[str, Observation]]:
         wanted = self.runtimes if names is None else [n for n in names if n in self.runtimes]
-        return succeed({name: self.runtimes[name].observe() for name in wanted})
+        return succeed({name: self._observe(self.runtimes[name]) for name in wanted})
+
+    def _observe(self, runtime: Runtime) -> Observation:
+        """The runtime's observation plus who the function runs as and which limits
+        apply (extData)."""
+        observation = runtime.observe()
+        if observation.stopped:
+            return observation
+        extra = {"user": f"{self.identity.user}:{self.identity.group}",
+                 **self.limits(runtime.spec).describe()}
+        return attrs.evolve(observation, ext_data={**extra, **observation.ext_data})
 
     def _secrets_ready(self, spec: FunctionSpec) -> Deferred[None]:
         """Write the secrets ``spec`` names into its folder before replicas start; a
@@ -288,7 +427,7 @@ class ProcessProvider(Service):
         if runtime.spec != spec:
             runtime.update(spec)
         log.info("deploying {name} ({mode}): {command}", name=spec.name, mode=spec.mode.value,
-                 command=" ".join(spec.command))
+                 command=" ".join(spec.command) or f"watchdog: {spec.env_process}")
         return _after(stopping, runtime.deploy).addCallback(self._deployed, spec.name)
 
     def _deployed(self, result: None, name: str) -> None:
@@ -338,14 +477,16 @@ class ProcessProvider(Service):
         self._announced.pop(name, None)
         self._fail_awaiting(name, "deleted")
         stopping = runtime.stop() if runtime is not None else succeed(None)
+        self._staged.pop(name, None)
 
         def remove_logs(_: object) -> None:
+            remove_home(self.home(name))
+            self.secret_files.remove(name)
             function_log = self.logs.pop(name, None)
             if function_log is None:
                 function_log = FunctionLog(name, self.log_dir / f"{name}.log", self.reactor,
                                            self.log_max_bytes, self.wall_clock)
             function_log.file.remove()
-            self.secret_files.remove(name)
             try:
                 self.metrics.replicas.remove(name)
             except KeyError:
@@ -412,15 +553,6 @@ class ProcessProvider(Service):
         runtimes = self.runtimes.values() if name is None else (
             [self.runtimes[name]] if name in self.runtimes else [])
         return sorted(pid for runtime in runtimes for pid in runtime.pids())
-
-
-def resolve_program(program: str, path: str, workdir: str) -> str | None:
-    """The executable ``program`` names: a path (relative to ``workdir``) or a name on
-    ``path``; None when there is no such executable."""
-    if "/" in program:
-        full = os.path.join(workdir, os.path.expanduser(program))
-        return full if os.path.isfile(full) and os.access(full, os.X_OK) else None
-    return shutil.which(program, path=path)
 
 
 def _after(first: Deferred[None] | None, then: Callable[[], Deferred[None]]) -> Deferred[None]:

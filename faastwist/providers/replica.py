@@ -1,17 +1,15 @@
 """One replica of an HTTP-mode function: a child process, its readiness probe, its logs.
 
-Children run in their own session and process group (``setsid``), so a stop signals
-the whole group, a function's own workers included, and the gate's Ctrl-C reaches
-the gate alone, which then stops them in order. With ``setpriv`` at hand the child
-also gets SIGTERM should the gate die without a shutdown (SIGKILL, a crash).
+Children run in their own session and process group (the launch prefix of
+``faastwist.providers.isolation``), so a stop signals the whole group, a function's
+own workers included, and the gate's Ctrl-C reaches the gate alone, which then stops
+them in order; the child also gets SIGTERM should the gate die without a shutdown.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import sys
 from collections import deque
 from enum import Enum
 from typing import Callable, Mapping, Protocol, Sequence
@@ -26,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from faastwist.providers.base import LogLine, Upstream
+from faastwist.providers.sockets import owns_listener
 
 log = Logger()
 
@@ -40,20 +39,6 @@ LOOPBACK = "127.0.0.1"
 
 class LogSink(Protocol):
     def emit(self, instance: str, stream: str, text: str) -> LogLine: ...
-
-
-_PY_SETSID = "import os, sys; os.setsid(); os.execv(sys.argv[1], sys.argv[1:])"
-
-
-def group_wrapper() -> tuple[str, ...]:
-    """The argv prefix that puts a child into a new session and process group."""
-    setsid = shutil.which("setsid")
-    if setsid is None:
-        return (sys.executable, "-c", _PY_SETSID)
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        return (setsid,)
-    return (setsid, setpriv, "--pdeathsig", "TERM", "--")
 
 
 def signal_group(pid: int, sig: int) -> bool:
@@ -81,8 +66,11 @@ class ExitInfo:
     signal: int | None
     stderr: tuple[str, ...] = ()
     expected: bool = False     # we stopped it
+    oom: bool = False          # it went past limitMemory
 
     def describe(self) -> str:
+        if self.oom:
+            return "ran out of memory (over limitMemory)"
         if self.signal is not None:
             try:
                 name = signal.Signals(self.signal).name
@@ -205,7 +193,8 @@ class Replica:
                  on_ready: Callable[["Replica"], None],
                  on_exit: Callable[["Replica", ExitInfo], None],
                  ring_size: int = 256, probe_timeout: float = 1.0,
-                 wrapper: Sequence[str] = ()) -> None:
+                 classify: Callable[[ExitInfo], ExitInfo] | None = None,
+                 owner_check: Callable[[int, int], bool | None] = owns_listener) -> None:
         self.reactor = reactor
         self.function = function
         self.argv = tuple(argv)
@@ -217,7 +206,11 @@ class Replica:
         self.on_ready = on_ready
         self.on_exit = on_exit
         self.probe_timeout = probe_timeout
-        self.wrapper = tuple(wrapper)
+        #: refines an exit (e.g. marks it OOM) before on_exit sees it
+        self.classify = classify
+        #: (pgid, port) -> does the group hold the port's listening socket?
+        self.owner_check = owner_check
+        self._foreign_warned = False
         self.upstream = Upstream("http", LOOPBACK, port, f"{LOOPBACK}:{port}")
         self.state = ReplicaState.STARTING
         self.instance = f"{function}-starting"
@@ -245,7 +238,7 @@ class Replica:
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
         self._started_at = self.reactor.seconds()
-        argv = list(self.wrapper) + list(self.argv)
+        argv = list(self.argv)
         try:
             self._transport = self.reactor.spawnProcess(
                 _ReplicaProtocol(self), argv[0], argv, env=self.env, path=self.cwd)
@@ -288,6 +281,8 @@ class Replica:
             self._kill_call.cancel()
         self._kill_call = None
         info = ExitInfo(code, sig, tuple(self.stderr_tail), expected)
+        if self.classify is not None:
+            info = self.classify(info)
         if expected:
             log.info("replica {instance} stopped ({how})", instance=self.instance,
                      how=info.describe())
@@ -336,6 +331,15 @@ class Replica:
 
     def _probe_passed(self, _: object) -> None:
         if self.state is not ReplicaState.STARTING:
+            return
+        if self.pid is not None and self.owner_check(self.pid, self.port) is False:
+            # something answers on the port, but not this replica: never proxy to it
+            if not self._foreign_warned:
+                self._foreign_warned = True
+                log.warn("replica {instance}: port {port} answers, but its listening "
+                         "socket is not the replica's; waiting for the replica's own",
+                         instance=self.instance, port=self.port)
+            self._probe_failed(Failure(ValueError("foreign listener")))
             return
         self.state = ReplicaState.READY
         log.info("replica {instance} ready on port {port} after {seconds:.3f}s",

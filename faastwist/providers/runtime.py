@@ -94,6 +94,7 @@ class HttpRuntime:
         self.waiters: list[tuple[Deferred, IDelayedCall]] = []
         self.exits: deque[tuple[float, ExitInfo]] = deque()
         self.error: ExitInfo | None = None
+        self.oom_kills = 0                    # exits past limitMemory, since the deploy
         self.inflight = 0
         self.peak = 0
         self.requests = 0
@@ -126,6 +127,7 @@ class HttpRuntime:
         self.settled = self.minimum == 0
         self.exits.clear()
         self.error = None
+        self.oom_kills = 0
         self.history.clear()
         self.target = self.minimum
         self._fill()
@@ -266,6 +268,8 @@ class HttpRuntime:
         if info.expected or not current or self.stopped:
             return
         now = self.clock.seconds()
+        if info.oom:
+            self.oom_kills += 1
         self.exits.append((now, info))
         while self.exits and now - self.exits[0][0] > self.tuning.crash_window:
             self.exits.popleft()
@@ -413,6 +417,10 @@ class HttpRuntime:
                    "stderr": "\n".join(self.error.stderr), "restarts": str(len(self.exits))}
             if self.error.signal is not None:
                 ext["signal"] = str(self.error.signal)
+            if self.error.oom:
+                ext["reason"] = "OOM"
+            if self.oom_kills:
+                ext["oomKills"] = str(self.oom_kills)
             return Observation(name, digest, event=Event.ERROR, message=self.error_message(),
                                ext_data=ext, serving_previous=previous)
         ready = len(self.ready)
@@ -421,8 +429,11 @@ class HttpRuntime:
         if self.settled:
             message = (f"{ready} of {self.target} replicas ready" if self.target
                        else "scaled to zero; the first request starts a replica")
+            ext = {"replicas": str(ready), "desired": str(self.target)}
+            if self.oom_kills:
+                ext.update(oomKills=str(self.oom_kills), reason="OOM")
             return Observation(name, digest, event=Event.READY, message=message,
-                               ext_data={"replicas": str(ready), "desired": str(self.target)})
+                               ext_data=ext)
         waited = self.clock.seconds() - self.since
         message = f"{ready} of {self.minimum} replicas ready after {waited:.0f}s"
         if waited < self.tuning.cold_start_timeout:

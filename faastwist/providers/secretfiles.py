@@ -16,20 +16,22 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping, Sequence
 
 SECRETS_DIR_VAR = "FAASTWIST_SECRETS_DIR"
 OPENFAAS_SECRETS_PATH = "/var/openfaas/secrets"
+ENV = shutil.which("env") or "/usr/bin/env"
 
 
-def find_bwrap() -> str | None:
-    """bubblewrap's path if it can make a mount namespace here (probed once, at start)."""
+def find_bwrap(launch: Sequence[str] = ()) -> str | None:
+    """bubblewrap's path if it can make a mount namespace here when started behind
+    ``launch`` (the function user's launch prefix); probed once, at start."""
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         return None
     try:
-        probe = subprocess.run([bwrap, "--dev-bind", "/", "/", "--tmpfs", "/mnt", "true"],
-                               capture_output=True, timeout=5)
+        probe = subprocess.run([*launch, bwrap, "--dev-bind", "/", "/", "--tmpfs", "/mnt",
+                                "true"], capture_output=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
     return bwrap if probe.returncode == 0 else None
@@ -38,9 +40,11 @@ def find_bwrap() -> str | None:
 class SecretFiles:
     """Writes and removes the secret folders; blocking: call it on a thread."""
 
-    def __init__(self, root: str | os.PathLike[str], bwrap: str | None = None) -> None:
+    def __init__(self, root: str | os.PathLike[str], identity: Any = None,
+                 bwrap: str | None = None) -> None:
         self.root = Path(root)
         self.folders: dict[str, Path] = {}
+        self.identity = identity   # the function user: owns the files it reads
         self.bwrap = bwrap
 
     def sandbox(self, function: str, wants_secrets: bool) -> tuple[list[str], str | None]:
@@ -50,15 +54,24 @@ class SecretFiles:
         if self.bwrap is None:
             return [], str(folder) if folder is not None else None
         prefix = [self.bwrap, "--dev-bind", "/", "/", "--tmpfs", str(self.root)]
+        # bwrap sets PWD; the function's environment stays what the node chose
+        tail = ["--", ENV, "-u", "PWD"]
         if folder is None:
-            return prefix + ["--"], None
-        return prefix + ["--ro-bind", str(folder), OPENFAAS_SECRETS_PATH, "--"], \
+            return prefix + tail, None
+        return prefix + ["--ro-bind", str(folder), OPENFAAS_SECRETS_PATH] + tail, \
             OPENFAAS_SECRETS_PATH
 
     def prepare(self) -> None:
-        """Create the (unlistable) root, so that the sandbox always has it to hide."""
+        """Create the (unlistable) root, so that the sandbox always has it to hide, and
+        OpenFaaS's mount point (an unprivileged bwrap cannot create it); without it the
+        sandbox is off."""
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o311)
+        if self.bwrap is not None:
+            try:
+                os.makedirs(OPENFAAS_SECRETS_PATH, mode=0o755, exist_ok=True)
+            except OSError:
+                self.bwrap = None
 
     def write(self, function: str, values: Mapping[str, bytes]) -> str:
         """Make ``function``'s folder hold exactly ``values``; returns its path."""
@@ -74,12 +87,19 @@ class SecretFiles:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(value)
+            self._own(temporary)
             os.replace(temporary, folder / name)
         for stale in folder.iterdir():
             if stale.name not in values:
                 stale.unlink()
         os.chmod(folder, 0o500)
+        self._own(folder)
         return str(folder)
+
+    def _own(self, path: Path) -> None:
+        identity = self.identity
+        if identity is not None and getattr(identity, "switch", False):
+            os.chown(path, identity.uid, identity.gid)
 
     def remove(self, function: str) -> None:
         folder = self.folders.pop(function, None)

@@ -129,7 +129,7 @@ class Watchdog:
     def __init__(self, reactor: IReactorProcess, settings: WatchdogSettings,
                  executable_argv: Callable[[], Sequence[str]],
                  env: Callable[[], Mapping[str, str]], cwd: str, sink: LogSink,
-                 wrapper: Sequence[str] = ()) -> None:
+                 oom: Callable[[int | None, Sequence[str]], bool] | None = None) -> None:
         self.reactor = reactor
         self.settings = settings
         self.spec: FunctionSpec | None = None
@@ -138,7 +138,9 @@ class Watchdog:
         self.env = env
         self.cwd = cwd
         self.sink = sink
-        self.wrapper = tuple(wrapper)
+        #: tells whether an exit was the memory limit (see faastwist.providers.limits)
+        self.oom = oom
+        self.oom_kills = 0
         self.running: dict[int, _ForkProtocol] = {}
         self.inflight = 0
         self.admitted = 0
@@ -214,14 +216,14 @@ class Watchdog:
         env = dict(self.env())
         env.update(header_env(request.requestHeaders.getAllRawHeaders(), request.method,
                               request.uri, request.getHeader(b"host") or b"", len(body)))
-        argv = list(self.wrapper) + list(self.executable_argv())
+        argv = list(self.executable_argv())
         if settings.classic:
             self._log("Forking fprocess.")
         try:
             self.reactor.spawnProcess(protocol, argv[0], argv, env=env, path=self.cwd)
         except OSError as exc:
             release(None)
-            self._answer(request, gone, 500, f"cannot start {argv[len(self.wrapper)]}: {exc}\n")
+            self._answer(request, gone, 500, f"cannot start {argv[-1]}: {exc}\n")
             return
         assert protocol.pid is not None
         pid = protocol.pid
@@ -246,9 +248,17 @@ class Watchdog:
             output = b"".join(protocol.stdout)
             code, sig = result
             status = 200
+            out_of_memory = (code != 0 and self.oom is not None
+                             and self.oom(code, protocol.stderr_tail))
+            if out_of_memory:
+                self.oom_kills += 1
             if protocol.overflow:
                 status, output = 500, (f"function {self.name} wrote more than {MAX_OUTPUT} "
                                        f"bytes to stdout; the process was killed\n").encode()
+            elif out_of_memory:
+                limit = self.spec.limit_memory if self.spec is not None else "?"
+                status, output = 500, (f"function {self.name} ran out of memory (limitMemory "
+                                       f"{limit}); the process was ended\n").encode()
             elif timed_out and why == "timeout":
                 status, output = 504, (f"function {self.name} timed out after "
                                        f"{deadline:g}s\n").encode()
@@ -353,8 +363,12 @@ class ForkRuntime:
     def observe(self) -> Observation:
         if self.stopped:
             return Observation(self.spec.name, self.spec.digest(), stopped=True)
+        ext = {}
+        if self.watchdog is not None and self.watchdog.oom_kills:
+            ext["oomKills"] = str(self.watchdog.oom_kills)
+            ext["reason"] = "OOM"
         return Observation(self.spec.name, self.spec.digest(), event=Event.READY,
-                           message="fork mode: one process per request")
+                           message="fork mode: one process per request", ext_data=ext)
 
     def pids(self) -> list[int]:
         return self.watchdog.pids() if self.watchdog is not None else []

@@ -11,8 +11,10 @@ provider keeps as the function's log.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import Mapping
@@ -20,6 +22,8 @@ from typing import Mapping
 #: The folder that holds the faastwist package, put on the child's sys.path.
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 DEFAULT_TIMEOUT_VAR = "FAASTWIST_TIMEOUT"
+#: JSON argv each request's process starts behind (the function user's launch prefix)
+FORK_PREFIX_VAR = "FAASTWIST_FORK_PREFIX"
 STOP_GRACE = 5.0
 
 
@@ -50,12 +54,13 @@ def main() -> None:
     from twisted.internet import reactor
 
     from faastwist.model.spec import FunctionSpec
-    from faastwist.providers.replica import group_wrapper, LOOPBACK
+    from faastwist.providers.replica import LOOPBACK
     from faastwist.providers.watchdog import Watchdog
     from faastwist.providers.watchdogenv import read_settings
 
     env = dict(os.environ)
     try:
+        prefix = json.loads(env.pop(FORK_PREFIX_VAR, "[]"))
         argv = fprocess_argv(env.get("fprocess", ""))
         port = int(env["PORT"])
         spec = FunctionSpec(name=env.get("FAASTWIST_FUNCTION", "function"),
@@ -64,8 +69,12 @@ def main() -> None:
     except (KeyError, ValueError) as exc:
         sys.stderr.write(f"watchdog cannot start: {exc}\n")
         sys.exit(2)
-    watchdog = Watchdog(reactor, settings, lambda: argv, lambda: env, os.getcwd(),
-                        _StderrSink(), wrapper=group_wrapper())
+    # each run as the function user in a session of its own (the launch prefix), so a
+    # timeout ends all it started; without a prefix, a session of its own at least
+    setsid = shutil.which("setsid")
+    run = [*prefix, *argv] if prefix else ([setsid, *argv] if setsid else argv)
+    watchdog = Watchdog(reactor, settings, lambda: run, lambda: env, os.getcwd(),
+                        _StderrSink())
     watchdog.listen(port, LOOPBACK)
     sys.stderr.write(f"Listening on port: {port}\n")
     sys.stderr.flush()

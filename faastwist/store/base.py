@@ -1,5 +1,7 @@
 """The FunctionStore interface shared by the etcd and in-memory stores.
 
+A function may also have a third key, its invocation keys (hashes only).
+
 Every write is a compare-and-swap on the mod revisions of *both* keys of a function
 (spec and status), so an admin update racing a reconciler write never both win: the
 loser gets Conflict and retries with fresh data.
@@ -14,6 +16,7 @@ import attrs
 from twisted.internet.defer import Deferred
 
 from faastwist.model.fsm import FunctionStatus
+from faastwist.model.keys import KeySet
 from faastwist.model.spec import FunctionSpec
 
 
@@ -68,6 +71,7 @@ class Listing:
 
     records: dict[str, FunctionRecord]
     revision: int
+    keys: dict[str, KeySet] = attrs.field(factory=dict)   # functions that have keys
 
 
 @attrs.frozen
@@ -75,8 +79,8 @@ class Change:
     """One key changed: ``value`` is None when the key was deleted."""
 
     name: str
-    kind: Literal["spec", "status"]
-    value: FunctionSpec | FunctionStatus | None
+    kind: Literal["spec", "status", "keys"]
+    value: FunctionSpec | FunctionStatus | KeySet | None
     revision: int
 
 
@@ -114,6 +118,15 @@ class FunctionStore(Protocol):
 
     def check(self) -> Deferred[None]:
         """Succeeds when the store answers; StoreUnavailable otherwise."""
+
+    def get_keys(self, name: str) -> Deferred[tuple[KeySet, int]]:
+        """The function's invocation keys and their revision (0: none yet); NotFound
+        when the function does not exist."""
+
+    def put_keys(self, name: str, keys: KeySet, expected_revision: int) -> Deferred[int]:
+        """Replace the keys if they did not change since ``expected_revision`` (else
+        Conflict) and the function exists (else NotFound); the new revision. Deleting
+        the function deletes its keys."""
 
 
 def encode_spec(spec: FunctionSpec) -> bytes:

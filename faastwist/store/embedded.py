@@ -113,6 +113,7 @@ class EmbeddedEtcd(Service):
         self.max_backoff = max_backoff
         self.log_path = os.path.join(self.data_dir, LOG_FILE)
         self.client_url: str | None = None
+        self.peer_url: str | None = None
         self.pid: int | None = None
         self.restarts = 0
         self.healthy = False
@@ -231,7 +232,7 @@ class EmbeddedEtcd(Service):
             return
         client, peer = self._ports()
         self.client_url = f"http://127.0.0.1:{client}"
-        peer_url = f"http://127.0.0.1:{peer}"
+        peer_url = self.peer_url = f"http://127.0.0.1:{peer}"
         args = [self._binary, "--name", "faastwist",
                 "--data-dir", os.path.join(self.data_dir, "data"),
                 "--listen-client-urls", self.client_url,

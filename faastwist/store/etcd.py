@@ -35,6 +35,7 @@ from txaioetcd import (
 )
 
 from faastwist.model.fsm import FunctionStatus
+from faastwist.model.keys import KeySet as FunctionKeys
 from faastwist.metrics import Metrics
 from faastwist.model.spec import FunctionSpec
 from faastwist.store.base import (
@@ -156,11 +157,11 @@ class EtcdStore:
         return self.key("spec", name), self.key("status", name)
 
     def parse_key(self, key: bytes) -> tuple[str, str] | None:
-        """``(kind, name)`` for a spec or status key of this controller, else None."""
+        """``(kind, name)`` for a spec, status or keys key of this controller, else None."""
         if not key.startswith(self.base):
             return None
         kind, sep, name = key[len(self.base):].decode("utf-8", "replace").partition("/")
-        if not sep or kind not in ("spec", "status") or not name or "/" in name:
+        if not sep or kind not in ("spec", "status", "keys") or not name or "/" in name:
             return None
         return kind, name
 
@@ -278,12 +279,21 @@ class EtcdStore:
         result = yield self.submit("list", txn, idempotent=True)
         specs: dict[str, KeyValue] = {}
         statuses: dict[str, KeyValue] = {}
+        keys: dict[str, FunctionKeys] = {}
         for kv in result.responses[0].kvs:
             parsed = self.parse_key(kv.key)
-            if parsed is not None:
-                (specs if parsed[0] == "spec" else statuses)[parsed[1]] = kv
+            if parsed is None:
+                continue
+            if parsed[0] == "keys":
+                try:
+                    keys[parsed[1]] = FunctionKeys.decode(kv.value)
+                except Exception:
+                    log.failure("unreadable keys of {name}", name=parsed[1])
+                continue
+            (specs if parsed[0] == "spec" else statuses)[parsed[1]] = kv
         records = {name: self._record(name, kv, statuses.get(name)) for name, kv in specs.items()}
-        return Listing(records, result.header.revision)
+        return Listing(records, result.header.revision,
+                       {name: k for name, k in keys.items() if name in records})
 
     def _guard(self, expected: FunctionRecord) -> tuple[bytes, bytes, list]:
         spec_key, status_key = self._keys(expected.name)
@@ -329,13 +339,39 @@ class EtcdStore:
     @_counted("delete")
     def delete(self, expected: FunctionRecord):
         spec_key, status_key, compare = self._guard(expected)
-        txn = Transaction(compare=compare, success=[OpDel(spec_key), OpDel(status_key)],
+        txn = Transaction(compare=compare, success=[OpDel(spec_key), OpDel(status_key),
+                                                    OpDel(self.key("keys", expected.name))],
                           failure=[OpGet(spec_key)])
         try:
             yield self.submit("delete", txn)
         except Failed as failed:
             raise self._lost_race(expected.name, failed) from None
         return None
+
+    @_counted("get_keys")
+    def get_keys(self, name: str):
+        txn = Transaction(success=[OpGet(self.key("spec", name)), OpGet(self.key("keys", name))])
+        result = yield self.submit("get_keys", txn, idempotent=True)
+        spec_range, keys_range = result.responses
+        if not spec_range.kvs:
+            raise NotFound(name)
+        if not keys_range.kvs:
+            return FunctionKeys(), 0
+        kv = keys_range.kvs[0]
+        return FunctionKeys.decode(kv.value), kv.mod_revision
+
+    @_counted("put_keys")
+    def put_keys(self, name: str, keys: FunctionKeys, expected_revision: int):
+        spec_key, keys_key = self.key("spec", name), self.key("keys", name)
+        txn = Transaction(compare=[CompModified(keys_key, "==", expected_revision),
+                                   CompCreated(spec_key, ">", 0)],
+                          success=[OpSet(keys_key, keys.encode())],
+                          failure=[OpGet(spec_key)])
+        try:
+            result = yield self.submit("put_keys", txn)
+        except Failed as failed:
+            raise self._lost_race(name, failed) from None
+        return result.header.revision
 
     @_counted("check")
     def check(self):
@@ -377,10 +413,12 @@ class EtcdStore:
                 if parsed is None:
                     continue  # the leader key, or a stranger under our prefix
                 kind, name = parsed
-                value: FunctionSpec | FunctionStatus | None = None
+                value: FunctionSpec | FunctionStatus | FunctionKeys | None = None
                 if event.value is not None:
                     try:
-                        value = (decode_spec if kind == "spec" else decode_status)(event.value)
+                        decode = {"spec": decode_spec, "status": decode_status,
+                                  "keys": FunctionKeys.decode}[kind]
+                        value = decode(event.value)
                     except Exception:
                         log.failure("skipping unreadable {kind} of {name} at revision {revision}",
                                     kind=kind, name=name, revision=event.mod_revision)

@@ -12,6 +12,7 @@ import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 
 from faastwist.model.fsm import FunctionStatus
+from faastwist.model.keys import KeySet
 from faastwist.model.spec import FunctionSpec
 from faastwist.store.base import (
     AlreadyExists,
@@ -45,6 +46,7 @@ class MemoryStore:
         self.revision = 1
         self.available = True
         self._records: dict[str, FunctionRecord] = {}
+        self._keys: dict[str, tuple[KeySet, int]] = {}
         self._history: list[Change] = []
         self._watches: list[_MemoryWatch] = []
         self.writes = 0
@@ -88,7 +90,8 @@ class MemoryStore:
             self._check()
         except Exception as exc:
             return fail(exc)
-        return succeed(Listing(dict(self._records), self.revision))
+        return succeed(Listing(dict(self._records), self.revision,
+                               {name: keys for name, (keys, _) in self._keys.items()}))
 
     def _current(self, expected: FunctionRecord) -> FunctionRecord:
         self._check()
@@ -130,9 +133,36 @@ class MemoryStore:
         self.revision += 1
         self.writes += 1
         del self._records[expected.name]
-        self._emit([Change(expected.name, "spec", None, self.revision),
-                    Change(expected.name, "status", None, self.revision)])
+        changes = [Change(expected.name, "spec", None, self.revision),
+                   Change(expected.name, "status", None, self.revision)]
+        if self._keys.pop(expected.name, None) is not None:
+            changes.append(Change(expected.name, "keys", None, self.revision))
+        self._emit(changes)
         return succeed(None)
+
+    def get_keys(self, name: str) -> Deferred[tuple[KeySet, int]]:
+        try:
+            self._check()
+            if name not in self._records:
+                raise NotFound(name)
+        except Exception as exc:
+            return fail(exc)
+        return succeed(self._keys.get(name, (KeySet(), 0)))
+
+    def put_keys(self, name: str, keys: KeySet, expected_revision: int) -> Deferred[int]:
+        try:
+            self._check()
+            if name not in self._records:
+                raise NotFound(name)
+            if self._keys.get(name, (None, 0))[1] != expected_revision:
+                raise Conflict(name)
+        except Exception as exc:
+            return fail(exc)
+        self.revision += 1
+        self.writes += 1
+        self._keys[name] = (keys, self.revision)
+        self._emit([Change(name, "keys", keys, self.revision)])
+        return succeed(self.revision)
 
     def watch(self, start_revision: int, on_changes: Callable[[Sequence[Change]], None],
               on_lost: Callable[[Exception], None]) -> _MemoryWatch:

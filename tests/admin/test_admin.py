@@ -334,6 +334,30 @@ def test_form_types_are_never_read_as_specs(admin: Admin, content_type: str) -> 
     assert admin.kicks == [] and fired(admin.store.list()).records == {}
 
 
+@pytest.mark.parametrize("body, content_type, message", [
+    (b"name: demo\nimage: i\ncommand: [a]\nimage: j\n", "application/yaml",
+     "image: duplicate key (line 4, column 1); each key may appear once"),
+    (b"name: demo\nimage: i\nrequestAdaptor:\n  header:\n    set: {A: x, A: y}\n",
+     "application/yaml", "A: duplicate key (line 5, column 17); each key may appear once"),
+    (b'{"name": "demo", "image": "i", "name": "other"}', "application/json",
+     "name: duplicate key; each key may appear once"),
+    (b'{"name": "demo", "image": "i", "env": {"A": "1", "A": "2"}}', "application/json",
+     "A: duplicate key; each key may appear once"),
+])
+def test_a_duplicate_key_is_400_naming_it(admin: Admin, body: bytes, content_type: str,
+                                          message: str) -> None:
+    reply = admin.create(body, headers={"Content-Type": content_type})
+    assert reply.code == 400, reply.body
+    assert reply.data["message"] == message
+
+
+def test_yaml_merge_keys_may_still_be_overridden(admin: Admin) -> None:
+    reply = admin.create(b"name: demo\nimage: i\nrequestAdaptor:\n  header:\n"
+                         b"    set: &s {A: x}\n    add: {<<: *s, A: y}\n")
+    assert reply.code == 201, reply.body
+    assert reply.data["spec"]["requestAdaptor"]["header"]["add"] == {"A": "y"}
+
+
 # -- content types -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("content_type", [

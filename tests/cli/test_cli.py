@@ -20,6 +20,7 @@ from tests.support.cli import cli_env, cli_node, echo_spec, run_cli, wait_for  #
 from faastwist.cli.output import Progress, human_age, list_rows, table
 from faastwist.util.ports import free_port
 from tests.support.node import ROOT
+from tests.support.process import PYTHON as FUNCTION_PYTHON
 
 pytestmark = pytest.mark.slow
 
@@ -219,7 +220,7 @@ def test_several_names_report_each_failure(cli_node, tmp_path: Path) -> None:
 def test_wait_times_out_with_exit_1(cli_node, tmp_path: Path) -> None:
     spec = tmp_path / "crash.yaml"
     spec.write_text(yaml.safe_dump({"name": "crasher", "minReplica": 1,
-                                    "command": [sys.executable, "-c", "raise SystemExit(3)"]}))
+                                    "command": [FUNCTION_PYTHON, "-c", "raise SystemExit(3)"]}))
     ok(run_cli(cli_node, "create", "-f", str(spec)))
     started = time.monotonic()
     result = run_cli(cli_node, "wait", "crasher", "--for", "active", "--timeout", "2s")

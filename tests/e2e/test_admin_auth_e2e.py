@@ -19,7 +19,7 @@ from typing import Iterator
 import pytest
 
 from faastwist.auth.tokens import hash_token
-from tests.support.cli import require_node, run_cli, wait_for
+from tests.support.cli import run_cli, wait_for
 from tests.support.node import FaasNodeProcess, http
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -31,7 +31,6 @@ PWNED = 'name: pwned\ncommand: [sh, -c, "id > pwned.txt"]\n'
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaasNodeProcess]:
     """A node whose tokens file does not exist before it starts."""
-    require_node()
     workdir = tmp_path_factory.mktemp("auth-node")
     node = FaasNodeProcess(workdir, controller="authctl", make_tokens=False, extra={
         "admin": {"auth": {"tokensFile": str(workdir / "secret" / "admin-tokens")}}})
@@ -44,7 +43,6 @@ def fresh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaasNodeProcess]
 
 @pytest.fixture(scope="module")
 def anonymous(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaasNodeProcess]:
-    require_node()
     workdir = tmp_path_factory.mktemp("anon-node")
     node = FaasNodeProcess(workdir, controller="anonctl",
                            extra={"admin": {"auth": {"anonymous": "admin"}}})

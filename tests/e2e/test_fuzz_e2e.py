@@ -17,7 +17,6 @@ from typing import Iterator
 
 import pytest
 
-from tests.support.cli import require_node
 from tests.support.node import FaasNodeProcess, http
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -30,7 +29,6 @@ MAX_EXAMPLES = 8
 
 @pytest.fixture(scope="module")
 def fuzzed_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaasNodeProcess]:
-    require_node()
     if not SCHEMATHESIS.exists() and shutil.which("schemathesis") is None:
         pytest.skip("schemathesis is not installed (pip install .[test])")
     node = FaasNodeProcess(tmp_path_factory.mktemp("fuzz-node"), controller="fuzzctl")

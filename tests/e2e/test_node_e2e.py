@@ -65,8 +65,11 @@ def pids_running(marker: str) -> list[int]:
 
 
 def test_sigterm_and_restart_lose_nothing(tmp_path: Path) -> None:
-    echo = tmp_path / "fn" / "echo.py"   # a copy: its path identifies this test's processes
-    echo.parent.mkdir()
+    # a copy in the node's config folder (staged into each function's folder: the
+    # function user cannot enter pytest's tmp); its unique name identifies this test's
+    # processes
+    echo = tmp_path / "node" / "fn" / f"echo-{os.getpid()}-{id(tmp_path):x}.py"
+    echo.parent.mkdir(parents=True)
     shutil.copy(ROOT / "conf" / "functions" / "echo.py", echo)
 
     def spec(name: str, **extra: Any) -> str:
@@ -78,7 +81,7 @@ def test_sigterm_and_restart_lose_nothing(tmp_path: Path) -> None:
         for name in ("served", "held", "starting"):
             assert node.json("POST", "", spec(name))[0] == 201
         broken = yaml.safe_dump({"name": "broken", "command": [
-            "/bin/sh", "-c", f"echo boom >&2; exit 3 # {echo}"], "minReplica": 1})
+            "/bin/sh", "-c", f"echo boom >&2; exit 3 # {echo.name}"], "minReplica": 1})
         assert node.json("POST", "", broken)[0] == 201
         for name in ("served", "held", "starting"):
             wait_for(lambda: state_of(node, name) == "active", what=f"{name} active")
@@ -88,7 +91,7 @@ def test_sigterm_and_restart_lose_nothing(tmp_path: Path) -> None:
         status, _, body = http("POST", f"{node.gate_url}/tomcat/job/api", b'{"n": 1}',
                                {"X-FaaS-Func-Name": "served"})
         assert (status, body) == (200, b'V3 Body is \n{"n": 1}')
-        wait_for(lambda: len(pids_running(str(echo))) == 1, what="held/starting stopped")
+        wait_for(lambda: len(pids_running(echo.name)) == 1, what="held/starting stopped")
         status, before = node.json("GET", "")
         assert status == 200
         failed = next(f for f in before if f["spec"]["name"] == "broken")["status"]
@@ -100,7 +103,7 @@ def test_sigterm_and_restart_lose_nothing(tmp_path: Path) -> None:
     finally:
         code = node.stop()
     assert code in (0, -signal.SIGTERM), node.log()
-    assert pids_running(str(echo)) == [], "a function process outlived the node"
+    assert pids_running(echo.name) == [], "a function process outlived the node"
 
     again = FaasNodeProcess(tmp_path / "node", provider="process").start()
     try:
@@ -118,9 +121,10 @@ def test_sigterm_and_restart_lose_nothing(tmp_path: Path) -> None:
         assert state_of(again, "broken") == "failed"
     finally:
         assert again.stop() in (0, -signal.SIGTERM), again.log()
-    assert pids_running(str(echo)) == []
+    assert pids_running(echo.name) == []
 
 
+@pytest.mark.envtest
 def test_the_seed_tour_against_a_real_kube_apiserver(tmp_path: Path, envtest) -> None:
     """The Easegress tour with provider knative, over HTTP: the ksvc is really created
     (and validated by the CRD schema); demo10 stays initial until the tests' fake

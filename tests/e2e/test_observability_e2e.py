@@ -17,7 +17,6 @@ Tests skip, with the reason, only while a module the node needs is not in the tr
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import signal
@@ -32,7 +31,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 import faastwist
-from tests.support.cli import echo_spec, require_node
+from tests.support.cli import echo_spec
 from tests.support.etcd import EtcdProcess
 from tests.support.node import FaasNodeProcess, http
 
@@ -92,27 +91,7 @@ class ObsNode(FaasNodeProcess):
         return self
 
 
-#: what node.py / tap.py must contain once they wire this issue's pieces
-WIRING = (("the --log-format option (faastwist.logformat.use_log_format)", "use_log_format"),
-          ("the systemd notifier (faastwist.sdnotify.SystemdNotifier)", "SystemdNotifier"),
-          ("OpsAPI on the admin port (faastwist.admin.ops.compose)", "compose("))
-
-
-def require_wiring() -> None:
-    """Skip, naming what is missing, while a module the node needs is absent or the
-    node does not yet wire the observability pieces; run for real once it does."""
-    require_node()
-    import faastwist.node
-    import faastwist.tap
-
-    source = inspect.getsource(faastwist.tap) + inspect.getsource(faastwist.node)
-    missing = [what for what, needle in WIRING if needle not in source]
-    if missing:
-        pytest.skip("node.py/tap.py do not wire issue 6 yet: " + "; ".join(missing))
-
-
 def node(workdir: Path, *args: str, **kwargs: Any) -> ObsNode:
-    require_wiring()
     return ObsNode(workdir, args=list(args), **kwargs)
 
 

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.support.cli import require_node, wait_for
+from tests.support.cli import wait_for
 from tests.support.node import FaasNodeProcess, http
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.etcd]
@@ -22,7 +22,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.etcd]
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaasNodeProcess]:
-    require_node()
     workdir = tmp_path_factory.mktemp("openfaas-node")
     node = FaasNodeProcess(workdir, provider="process", controller="ofctl",
                            extra={"process": {"idleTimeout": "5m"}})

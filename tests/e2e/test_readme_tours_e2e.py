@@ -16,7 +16,6 @@ from typing import Iterator
 
 import pytest
 
-from tests.support.cli import require_node
 from tests.support.node import ROOT, FaasNodeProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -34,7 +33,6 @@ def code_block_after(heading: str) -> str:
 
 @pytest.fixture
 def tour_node(tmp_path: Path) -> Iterator[FaasNodeProcess]:
-    require_node()
     shutil.copytree(ROOT / "conf", tmp_path / "conf")
     node = FaasNodeProcess(tmp_path, make_tokens=False, extra={
         "admin": {"auth": {"tokensFile": str(tmp_path / "data" / "admin-tokens")}},

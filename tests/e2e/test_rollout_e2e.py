@@ -13,7 +13,7 @@ from typing import Iterator
 import pytest
 import yaml
 
-from tests.support.cli import require_node, run_cli, wait_for
+from tests.support.cli import run_cli, wait_for
 from tests.support.node import FaasNodeProcess, http
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.etcd]
@@ -43,7 +43,6 @@ ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), App).serve_forever()
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaasNodeProcess]:
-    require_node()
     workdir = tmp_path_factory.mktemp("rollout-node")
     (workdir / "versioned.py").write_text(VERSIONED_APP)
     node = FaasNodeProcess(workdir, provider="process", controller="rollctl")

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.support.cli import require_node, wait_for
+from tests.support.cli import wait_for
 from tests.support.node import FaasNodeProcess, http
 from tests.support.tls import common_name, self_signed
 
@@ -22,7 +22,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 @pytest.fixture
 def tls_node(tmp_path: Path) -> Iterator[FaasNodeProcess]:
-    require_node()
     cert, key = self_signed(tmp_path / "certs", "first")
     node = FaasNodeProcess(tmp_path / "node", controller="tlsctl", extra={
         "admin": {"https": True, "certFile": cert, "keyFile": key},

@@ -14,9 +14,38 @@ from faastwist.model.spec import FunctionSpec, PathAdaptor, RequestAdaptor
 
 def head(target: bytes = b"/", headers: list[tuple[bytes, bytes]] | None = None,
          method: bytes = b"GET", http11: bool = True) -> RequestHead:
-    h = RequestHead(method, target, headers or [], "10.1.2.3", b"http", http11)
+    headers = list(headers or [])
+    if not any(name == b"host" for name, _ in headers):
+        headers.insert(0, (b"host", b"gate"))   # HTTP/1.1 requires it
+    h = RequestHead(method, target, headers, "10.1.2.3", b"http", http11)
     classify(h)
     return h
+
+
+@pytest.mark.parametrize("method, headers, code, message", [
+    (b"GET", [(b"x-faas-func-name", b"a"), (b"x-faas-func-name", b"b")], 400,
+     "X-FaaS-Func-Name: sent twice"),
+    (b"GET", [(b"host", b"a"), (b"host", b"b")], 400, "Host: sent twice"),
+    (b"GET", [], 400, "Host: an HTTP/1.1 request must carry it"),
+    (b"POST", [(b"host", b"a"), (b"transfer-encoding", b"gzip")], 400,
+     "Transfer-Encoding: the final coding must be chunked (applied once)"),
+    (b"POST", [(b"host", b"a"), (b"transfer-encoding", b"chunked"),
+               (b"transfer-encoding", b"chunked")], 400,
+     "Transfer-Encoding: the final coding must be chunked (applied once)"),
+    (b"CONNECT", [(b"host", b"a")], 405, "CONNECT is not served by the gate"),
+    (b"TRACE", [(b"host", b"a")], 405, "TRACE is not served by the gate"),
+])
+def test_classify_refuses_what_could_be_read_two_ways(method, headers, code, message) -> None:
+    with pytest.raises(GateError) as caught:
+        classify(RequestHead(method, b"/", headers, "10.1.2.3"))
+    assert (caught.value.code, caught.value.message, caught.value.close) == (code, message, True)
+
+
+def test_classify_accepts_chunked_after_other_codings_and_http10_without_host() -> None:
+    h = RequestHead(b"POST", b"/", [(b"host", b"a"), (b"transfer-encoding", b"gzip, Chunked")])
+    classify(h)
+    assert h.chunked and h.content_length is None
+    classify(RequestHead(b"GET", b"/", [], "10.1.2.3", http11=False))
 
 
 @pytest.mark.parametrize("template, expected", [
@@ -83,7 +112,9 @@ def test_upstream_head_bytes() -> None:
     h = head(b"/x?y", [(b"host", b"gate:10083"), (b"x-faas-func-name", b"f"),
                        (b"content-length", b"3"), (b"connection", b"x-drop"),
                        (b"x-drop", b"1"), (b"keep-alive", b"5"), (b"accept", b"*/*"),
-                       (b"x-forwarded-for", b"1.1.1.1"), (b"expect", b"100-continue")],
+                       (b"x-forwarded-for", b"1.1.1.1"), (b"expect", b"100-continue"),
+                       (b"trailer", b"x-sum"), (b"te", b"trailers"), (b"upgrade", b"h2c"),
+                       (b"proxy-authorization", b"Basic a"), (b"proxy-connection", b"k")],
              method=b"POST")
     data, body = upstream_head(h, b"/x?y", None, b"f.ns.example.com", b"id-1")
     assert body is None
@@ -119,11 +150,37 @@ def test_upstream_head_with_adaptor() -> None:
     assert body == b"abc"
 
 
+def test_upstream_head_with_every_adaptor_step() -> None:
+    """The adaptor's steps in the upstream head bytes: the adaptor's headers come after
+    the client's and before Host, Host is the adaptor's, the body's length frames it."""
+    adaptor = compile_adaptor(FunctionSpec.from_dict({"name": "f", "requestAdaptor": {
+        "method": "PATCH",
+        "path": {"trimPrefix": "/api", "addPrefix": "/fn",
+                 "regexpReplace": {"regexp": "^/fn/(v[0-9]+)", "replace": "/$1-fn"}},
+        "header": {"del": ["X-Del"], "set": {"X-Set": "s"}, "add": {"X-Set": "a"}},
+        "host": "h.example", "body": "abcd"}}).request_adaptor)
+    h = head(b"/api/v1/x?q", [(b"content-length", b"10"), (b"x-del", b"1"),
+                              (b"x-set", b"client"), (b"trailer", b"x-sum")], method=b"POST")
+    data, body = upstream_head(h, b"/api/v1/x?q", adaptor, b"provider.host", b"i")
+    assert data == (b"PATCH /v1-fn/x?q HTTP/1.1\r\n"
+                    b"x-forwarded-for: 10.1.2.3\r\n"
+                    b"x-forwarded-proto: http\r\n"
+                    b"x-forwarded-host: gate\r\n"
+                    b"x-call-id: i\r\n"
+                    b"x-set: s\r\n"
+                    b"x-set: a\r\n"
+                    b"host: h.example\r\n"
+                    b"content-length: 4\r\n\r\n")
+    assert body == b"abcd"
+
+
 def test_filter_response() -> None:
     kept, length, chunked = filter_response([
         (b"Content-Type", b"text/plain"), (b"Connection", b"keep-alive, X-Secret"),
         (b"X-Secret", b"s"), (b"Content-Length", b"5"), (b"X-Call-Id", b"theirs"),
-        (b"Keep-Alive", b"timeout=5"), (b"Set-Cookie", b"a=1"), (b"Set-Cookie", b"b=2")])
+        (b"Keep-Alive", b"timeout=5"), (b"Trailer", b"X-Sum"), (b"Upgrade", b"h2c"),
+        (b"Proxy-Authenticate", b"Basic"), (b"TE", b"trailers"),
+        (b"Set-Cookie", b"a=1"), (b"Set-Cookie", b"b=2")])
     assert kept == [(b"Content-Type", b"text/plain"), (b"Set-Cookie", b"a=1"),
                     (b"Set-Cookie", b"b=2")]
     assert length == 5 and not chunked
@@ -164,3 +221,16 @@ def test_adaptor_values_cannot_break_the_request_line_or_the_host() -> None:
         "path": {"regexpReplace": {"regexp": "^/(.*)$", "replace": "/x y/$1"}}}}
     ).request_adaptor)
     assert regexp.apply_target(b"/p") == b"/x%20y/p"
+
+
+def test_the_max_connections_answer_is_a_503_with_retry_after_1_and_close() -> None:
+    from faastwist.gate.limits import over_limit_response
+
+    body = b'{"code": 503, "message": "too many connections (maxConnections is 3); retry"}'
+    assert over_limit_response(3) == (
+        b"HTTP/1.1 503 Service Unavailable\r\n"
+        b"content-type: application/json\r\n"
+        b"x-faas-gate-error: true\r\n"
+        b"content-length: %d\r\n"
+        b"retry-after: 1\r\n"
+        b"connection: close\r\n\r\n" % len(body)) + body

@@ -166,6 +166,49 @@ def test_no_capacity_is_503_with_the_providers_message_and_retry_after(gate: Mem
     assert answer.header("Retry-After") == "7"
 
 
+def test_a_provider_failure_that_is_not_no_capacity_is_503_with_retry_after_5(
+        gate: MemoryGate) -> None:
+    """Any other exception from acquire (a provider bug, a lost API client) is logged
+    and answered 503 with Retry-After: 5, never a traceback or a hung request."""
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        gate.provider.fail_with = RuntimeError("the API client is gone")
+        answer = invoke(gate)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert_gate_error(answer, 503, "no upstream for function demo10: the API client is gone")
+    assert answer.header("Retry-After") == "5"
+    assert gate.upstream.requests == []
+    logged = [e for e in events if e.get("log_failure") is not None]
+    assert [e["function"] for e in logged] == ["demo10"]
+    assert logged[0]["log_failure"].check(RuntimeError)
+
+
+def test_a_provider_failure_after_a_wait_is_503_with_retry_after_5(gate: MemoryGate) -> None:
+    from faastwist.providers.base import ProviderError
+
+    later: Deferred = Deferred()
+    gate.provider.acquire = lambda spec: later  # type: ignore[method-assign]
+    stub = StubTreq(gate.resource)
+    d = stub.get("http://gate.example/", headers={"X-FaaS-Func-Name": "demo10"})
+    got = watch(d)
+    gate.settle(stub.flush)
+    assert not got
+    later.errback(ProviderError("backend unreachable"))
+    gate.settle(stub.flush)
+    response = got[0]
+    assert response.code == 503
+    assert response.headers.getRawHeaders(b"Retry-After") == [b"5"]
+    body = watch(response.content())
+    gate.settle(stub.flush)
+    assert json.loads(body[0]) == {
+        "code": 503, "message": "no upstream for function demo10: backend unreachable"}
+    assert gate.upstream.requests == []
+
+
 def test_refused_upstream_is_502(gate: MemoryGate) -> None:
     gate.connector.refuse = True
     answer = invoke(gate)
@@ -244,11 +287,12 @@ def test_hop_by_hop_and_connection_named_headers_are_not_forwarded(gate: MemoryG
         "Upgrade": "websocket",
         "Proxy-Authorization": "Basic abc",
         "Proxy-Connection": "keep-alive",
+        "Trailer": "X-Checksum",
         "X-Kept": "yes",
     })
     headers = answer.json()["headers"]
     for name in ("connection", "x-private", "keep-alive", "te", "upgrade",
-                 "proxy-authorization", "proxy-connection"):
+                 "proxy-authorization", "proxy-connection", "trailer"):
         assert name not in headers, name
     assert headers["x-kept"] == ["yes"]
 
@@ -268,6 +312,9 @@ def test_response_hop_by_hop_headers_are_stripped_and_call_id_is_the_gates(
     answer = invoke(gate, "/hop", headers={"X-Call-Id": "client-42"})
     assert answer.header("X-Secret") is None
     assert answer.header("Keep-Alive") is None
+    assert answer.header("Trailer") is None
+    assert answer.header("Proxy-Authenticate") is None
+    assert answer.header("Upgrade") is None
     assert answer.header("X-Kept") == "yes"
     assert answer.headers.getRawHeaders(b"X-Call-Id") == [b"client-42"]
 
@@ -360,18 +407,45 @@ def test_adaptor_cannot_touch_framing_headers() -> None:
 
 
 def test_adaptor_order_all_together() -> None:
+    """Every step at once, in the README's order: method; path trimPrefix, addPrefix,
+    regexpReplace (query kept); headers del, set, add; host; body (and its length).
+
+    The regexp only matches the path after trimPrefix *and* addPrefix ran, and the
+    header values tell del/set/add apart, so any reordering changes the result."""
     seen = adapted({
         "method": "PATCH",
-        "path": {"trimPrefix": "/api", "addPrefix": "/fn"},
-        "header": {"del": ["X-A"], "set": {"X-A": "set"}, "add": {"X-A": "added"}},
+        "path": {"trimPrefix": "/api", "addPrefix": "/fn",
+                 "regexpReplace": {"regexp": "^/fn/(v[0-9]+)/(.*)$", "replace": "/$2/${1}"}},
+        "header": {"del": ["X-A", "X-Gone"], "set": {"X-A": "set", "X-B": "set"},
+                   "add": {"X-A": "added", "X-C": "added"}},
         "host": "custom.example",
         "body": "B",
-    }, headers={"X-A": "client"})
+    }, headers={"X-A": ["client", "client2"], "X-B": "client", "X-Gone": "client",
+                "X-Kept": "client"}, method="GET", data=b"the client's body")
     assert seen["method"] == "PATCH"
-    assert seen["uri"] == "/fn/v1/items?q=1"
-    assert seen["headers"]["x-a"] == ["set", "added"]
-    assert seen["headers"]["host"] == ["custom.example"]
+    assert seen["uri"] == "/items/v1?q=1"
+    headers = seen["headers"]
+    assert headers["x-a"] == ["set", "added"]
+    assert headers["x-b"] == ["set"]
+    assert headers["x-c"] == ["added"]
+    assert "x-gone" not in headers
+    assert headers["x-kept"] == ["client"]
+    assert headers["host"] == ["custom.example"]
+    assert headers["content-length"] == ["1"]
     assert seen["body"] == "B"
+
+
+@pytest.mark.parametrize("path_adaptor, expected", [
+    # each pair of steps in the wrong order gives a different path than the right one
+    ({"trimPrefix": "/api", "addPrefix": "/api"}, "/api/v1/items"),    # add-then-trim: /v1/...
+    ({"addPrefix": "/fn", "regexpReplace": {"regexp": "^/fn", "replace": "/x"}},
+     "/x/api/v1/items"),                                                # regexp first: /fn/api
+    ({"trimPrefix": "/api", "regexpReplace": {"regexp": "^/api", "replace": "/y"}},
+     "/v1/items"),                                                      # regexp first: /y/v1
+    ({"regexpReplace": {"regexp": "^/api/v1/items$", "replace": "items"}}, "/items"),
+])
+def test_adaptor_path_steps_run_in_order(path_adaptor: dict[str, Any], expected: str) -> None:
+    assert adapted({"path": path_adaptor}, path="/api/v1/items")["uri"] == expected
 
 
 # -- routes follow the store ------------------------------------------------------------------
@@ -584,3 +658,49 @@ def test_answers_carry_start_time_and_duration(gate: MemoryGate) -> None:
     answer = invoke(gate, "/hello")
     assert answer.header("X-Start-Time") == "1700000000250000000"
     assert float(answer.header("X-Duration-Seconds")) >= 0.0
+
+
+# -- invocation keys and rate limits ---------------------------------------------------------
+
+def test_a_function_with_keys_needs_one_before_any_upstream_work() -> None:
+    from faastwist.model.keys import KeySet, new_key
+
+    g = MemoryGate()
+    g.add(function("locked"))
+    first, entry1 = new_key("2026-01-01T00:00:00Z")
+    second, entry2 = new_key("2026-01-02T00:00:00Z")
+    g.store.put_keys("locked", KeySet((entry1, entry2)), 0)
+    missing = invoke(g, name="locked")
+    assert_gate_error(missing, 401, "function locked needs a key")
+    assert missing.header("WWW-Authenticate") == 'Bearer realm="faastwist function"'
+    assert_gate_error(invoke(g, name="locked", headers={"X-API-Key": "fk_wrong"}), 401,
+                      "the key is not valid")
+    assert g.upstream.requests == [] and g.provider.out == 0
+    assert g.counter("faastwist_gate_unauthorized_total", {"function_name": "locked"}) == 2
+    # both keys are valid at once (rotation); the key itself is not forwarded
+    for headers in ({"X-API-Key": first}, {"Authorization": f"Bearer {second}"}):
+        answer = invoke(g, name="locked", headers=headers)
+        assert answer.code == 200, answer.body
+        sent = {k.lower() for k in answer.json()["headers"]}
+        assert "x-api-key" not in sent and "authorization" not in sent
+    # revoking one: the other still works, the revoked one is refused at once
+    g.store.put_keys("locked", KeySet((entry2,)), g.store._keys["locked"][1])
+    assert invoke(g, name="locked", headers={"X-API-Key": first}).code == 401
+    assert invoke(g, name="locked", headers={"X-API-Key": second}).code == 200
+
+
+def test_rate_limit_is_a_token_bucket_per_function_with_exact_retry_after() -> None:
+    g = MemoryGate()
+    g.add(function("limited", rateLimit={"rps": 0.5, "burst": 2}))
+    g.add(function("free"))
+    assert [invoke(g, name="limited").code for _ in range(2)] == [200, 200]
+    refused = invoke(g, name="limited")
+    assert_gate_error(refused, 429, "over its rate limit of 0.5 requests/s (burst 2) "
+                                    "on this node")
+    assert refused.header("Retry-After") == "2"        # one token at 0.5/s: 2 s
+    g.clock.advance(1.5)
+    assert invoke(g, name="limited").header("Retry-After") == "1"   # 0.5 s left
+    g.clock.advance(0.5)
+    assert invoke(g, name="limited").code == 200
+    assert [invoke(g, name="free").code for _ in range(5)] == [200] * 5
+    assert g.counter("faastwist_gate_rate_limited_total", {"function_name": "limited"}) == 2

@@ -32,9 +32,11 @@ from faastwist.providers.base import StaticLease, Upstream
 from faastwist.providers.kourier import KnativeRouting
 from faastwist.gate.routes import RouteTable
 from faastwist.model.spec import FunctionSpec
+from faastwist.store.etcd import EtcdStore
 from faastwist.store.memory import MemoryStore
 from faastwist.util.ports import free_port
 
+from tests.support.etcd import etcd_server, unique_prefix  # noqa: F401 (fixture)
 from tests.support.gate import UpstreamProcess, gate_config, rss_bytes
 from tests.support.tls import self_signed
 
@@ -63,32 +65,38 @@ class Routing(KnativeRouting):
 
 
 class GateUnderTest:
-    def __init__(self, service: GateService, store: MemoryStore) -> None:
+    def __init__(self, service: GateService, store: Any, routes: RouteTable) -> None:
         self.service = service
         self.store = store
+        self.routes = routes
         self.port = service.address()[1]
         self.url = f"http://127.0.0.1:{self.port}"
+
+
+FUNCTIONS = ((FunctionSpec(name="demo10", image="x"), State.ACTIVE),
+             (FunctionSpec(name="off", image="x"), State.INACTIVE),
+             (FunctionSpec(name="slow", image="x", timeout=1.0), State.ACTIVE),
+             (FunctionSpec(name="refused", image="x"), State.ACTIVE))
 
 
 @pytest.fixture(params=["lean", "web"])
 def make_gate(request: Any, upstream: UpstreamProcess) -> Any:
     made: list[GateService] = []
 
-    def make(**config: Any) -> GateUnderTest:
-        store = MemoryStore()
-        for spec, state in (
-                (FunctionSpec(name="demo10", image="x"), State.ACTIVE),
-                (FunctionSpec(name="off", image="x"), State.INACTIVE),
-                (FunctionSpec(name="slow", image="x", timeout=1.0), State.ACTIVE),
-                (FunctionSpec(name="refused", image="x"), State.ACTIVE)):
-            store.create(spec, FunctionStatus(spec.name, state))
+    def make(store: Any = None, **config: Any) -> GateUnderTest:
+        """A gate on ``store`` (already holding FUNCTIONS), or on a fresh MemoryStore;
+        with a real store, await ``routes_loaded(gate)`` before the first request."""
+        if store is None:
+            store = MemoryStore()
+            for spec, state in FUNCTIONS:
+                store.create(spec, FunctionStatus(spec.name, state))
         routes = RouteTable(store, reactor)
         routes.startService()
         service = GateService(gate_config(**config), routes, Routing(upstream.url, free_port()),
                               reactor, Metrics(), access_log=False, transport=request.param)
         service.startService()
         made.append(service)
-        return GateUnderTest(service, store)
+        return GateUnderTest(service, store, routes)
 
     make.kind = request.param  # type: ignore[attr-defined]
     yield make
@@ -396,7 +404,9 @@ async def test_max_connections_refuses_new_connections_cleanly(make_gate: Any) -
     status, headers, body = await third.request("/")
     assert status == 503 and headers["x-faas-gate-error"] == "true"
     assert headers["connection"] == "close"
-    assert "maxConnections" in json.loads(body)["message"]
+    assert headers["retry-after"] == "1"
+    assert json.loads(body) == {
+        "code": 503, "message": "too many connections (maxConnections is 2); retry"}
     await third.closed()
     assert (await first.request("/"))[0] == 200  # the admitted ones are unaffected
     assert (await second.request("/"))[0] == 200
@@ -537,12 +547,38 @@ async def test_https_with_http2_and_http11(tls_gate: str, tmp_path: Any, version
 
 # -- the admin API on its own port, the gate on another, one store ------------------------------
 
+@pytest.fixture(params=["memory", pytest.param("etcd", marks=pytest.mark.etcd)])
+def any_store(request: Any) -> Any:
+    """The in-memory store, or an EtcdStore on a real etcd (fresh key prefix)."""
+    if request.param == "memory":
+        yield None
+        return
+    server = request.getfixturevalue("etcd_server")
+    store = EtcdStore(reactor, [server.client_url], unique_prefix("gate"), "faascontroller",
+                      5.0, Metrics())
+    pytest_twisted.blockon(store.connect())
+    for spec, state in FUNCTIONS:
+        pytest_twisted.blockon(store.create(spec, FunctionStatus(spec.name, state)))
+    yield store
+    pytest_twisted.blockon(store.close())
+
+
+async def routes_loaded(gate: GateUnderTest, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not gate.routes.synced:
+        assert time.monotonic() < deadline, "the route table did not load"
+        await deferLater(reactor, 0.01, lambda: None)
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_stop_through_the_admin_api_makes_the_very_next_gate_request_503(
-        make_gate: Any) -> None:
+        make_gate: Any, any_store: Any) -> None:
+    """The admin API and the gate of one node share the store; with etcd the gate's
+    route table follows a watch, and the stop still acts on the very next request."""
     from faastwist.admin.api import AdminAPI
 
-    gate = make_gate()
+    gate = make_gate(store=any_store)
+    await routes_loaded(gate)
     admin = AdminAPI(gate.store, "faascontroller",
                      check_spec=lambda spec: spec.check_for_provider("knative"),
                      kick=lambda name: None, clock=reactor)
@@ -558,5 +594,33 @@ async def test_a_stop_through_the_admin_api_makes_the_very_next_gate_request_503
                                                    gate.url + "/")
         assert status == 503 and "state: inactive" in payload["message"]
         assert headers["retry-after"] == "5"
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stop_acts_on_the_next_request_of_an_already_open_connection(
+        make_gate: Any, any_store: Any) -> None:
+    """No process start between the stop's 200 and the next request (curl's above):
+    the connection is open and the request leaves as soon as the admin API answers."""
+    from faastwist.admin.api import AdminAPI
+
+    gate = make_gate(store=any_store)
+    await routes_loaded(gate)
+    admin = AdminAPI(gate.store, "faascontroller",
+                     check_spec=lambda spec: spec.check_for_provider("knative"),
+                     kick=lambda name: None, clock=reactor)
+    port = reactor.listenTCP(0, admin.site(), interface="127.0.0.1")
+    try:
+        admin_url = f"http://127.0.0.1:{port.getHost().port}/apis/v2/faas/faascontroller"
+        client = await raw_client(gate)
+        assert (await client.request("/"))[0] == 200
+        response = await treq.put(admin_url + "/demo10/stop")
+        assert response.code == 200
+        status, headers, body = await client.request("/")
+        assert status == 503, body
+        assert "state: inactive" in json.loads(body)["message"]
+        assert headers["retry-after"] == "5"
+        client.transport.loseConnection()
     finally:
         await port.stopListening()

@@ -30,7 +30,7 @@ from faastwist.providers.knative import KnativeProvider
 from faastwist.lifecycle.reconciler import Reconciler
 from faastwist.model.spec import FunctionSpec
 from faastwist.store.memory import MemoryStore
-from tests.support.k8s import Envtest, envtest_unavailable
+from tests.support.k8s import Envtest
 from faastwist.testing.knative import CallCounter, FakeKnative
 
 pytestmark = [pytest.mark.envtest]

@@ -19,6 +19,7 @@ import pytest_twisted
 from kubernetes.client import CoreV1Api, V1ObjectMeta, V1Pod, V1PodList, V1PodStatus
 from kubernetes.client.exceptions import ApiException
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.python.threadpool import ThreadPool
 
@@ -164,6 +165,14 @@ def make(api: FakeCoreV1Api, pool: ThreadPool, clock: Clock | None = None,
                        wall_clock=lambda: NOW, **kwargs)
 
 
+async def handed_over() -> None:
+    """Return once every callFromThread queued before this call has run: the reactor's
+    thread-call queue is FIFO, so a reader thread's last hand-over runs before this."""
+    d: Deferred = Deferred()
+    reactor.callFromThread(d.callback, None)
+    await d
+
+
 async def until(condition, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -280,9 +289,9 @@ async def test_follow_streams_new_lines_and_new_pods(pool, chunked) -> None:
     assert all(s.shut.is_set() for streams in api.streams.values() for s in streams)
     stream.push(f"{stamp(9)} after unsubscribe\n".encode())
     await until(lambda: logs.open_streams == 0)
-    await deferLater(reactor, 0.02)
-    assert len(got) == 3
     await until(lambda: all(s.released for ss in api.streams.values() for s in ss))
+    await handed_over()                     # the readers are done and their lines queued
+    assert len(got) == 3
     clock.advance(30)                       # no more polling once unsubscribed
     assert len([c for c in api.calls if c[0] == "list"]) == 2
 
@@ -321,9 +330,11 @@ async def test_follow_waits_for_pending_pods_and_respects_the_stream_limit(pool)
     logs = make(api, pool, clock=clock, max_streams=1)
     got: list[LogLine] = []
     unsubscribe = logs.follow_logs("demo", got.append)
-    await until(lambda: logs.open_streams == 1)
-    await deferLater(reactor, 0.02)
+    # the poll decides synchronously: one stream registered, the others not opened
+    await until(lambda: "demo-2" in api.streams)
+    assert logs.open_streams == 1
     assert set(api.streams) == {"demo-2"}            # Pending not opened; limit of 1 held
+    assert [c[1] for c in api.calls if c[0] == "log"] == ["demo-2"]
     unsubscribe()
     await until(lambda: logs.open_streams == 0)
 
@@ -359,7 +370,7 @@ async def test_no_line_is_delivered_after_unsubscribe_returns(pool) -> None:
         time.sleep(0.001)
     unsubscribe()
     await until(lambda: stream.released)
-    await deferLater(reactor, 0.05)      # the queued hand-over has run by now
+    await handed_over()                  # the queued hand-over has run by now
     assert got == []
 
 

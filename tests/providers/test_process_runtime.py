@@ -89,7 +89,7 @@ def test_cold_start_timeout_answers_no_capacity_with_retry_after():
     failure = got[0]
     assert failure.check(NoCapacity)
     assert "did not become ready within 3s" in str(failure.value)
-    assert failure.value.retry_after >= 1
+    assert failure.value.retry_after == 1            # ceil(3 / 6), at least 1
     # a replica that becomes ready later serves the next request at once
     factory.made[0].become_ready()
     lease = runtime.acquire()
@@ -208,6 +208,21 @@ def test_rps_autoscale_follows_request_rate():
     assert runtime.target == 1
 
 
+@pytest.mark.parametrize("cold_start_timeout, retry_after", [
+    (1, 1), (6, 1), (6.5, 2), (12, 2), (13, 3), (30, 5), (120, 5)])
+def test_retry_after_without_a_pending_restart_is_a_sixth_of_the_cold_start_timeout(
+        cold_start_timeout, retry_after):
+    """ceil(min(coldStartTimeout, 30s) / 6), at least 1: a client retries about six
+    times within one cold start, and never waits more than 5s between tries."""
+    clock, factory = Clock(), FakeFactory()
+    runtime, _ = make_runtime(clock, factory,
+                              tuning=fast_tuning(cold_start_timeout=cold_start_timeout))
+    got = results([runtime.acquire()])
+    clock.advance(cold_start_timeout + 0.01)
+    assert got[0].check(NoCapacity)
+    assert got[0].value.retry_after == retry_after
+
+
 def test_crash_restarts_with_backoff_then_crash_loop_is_an_error():
     clock, factory = Clock(), FakeFactory()
     tuning = fast_tuning(backoff_base=1.0, backoff_max=30.0)
@@ -233,7 +248,12 @@ def test_crash_restarts_with_backoff_then_crash_loop_is_an_error():
     # while failing, requests are refused at once with the reason
     with pytest.raises(NoCapacity) as refused:
         runtime.acquire()
-    assert "crash-looping" in str(refused.value) and refused.value.retry_after >= 1
+    assert "crash-looping" in str(refused.value)
+    assert refused.value.retry_after == 4            # the restart is 1s * 2**2 away
+    clock.advance(1.5)
+    with pytest.raises(NoCapacity) as refused:
+        runtime.acquire()
+    assert refused.value.retry_after == 3            # ceil(2.5): rounded up, never early
     # a later successful start recovers
     clock.advance(4.1)
     assert len(factory.made) == 4

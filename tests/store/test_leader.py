@@ -52,6 +52,12 @@ class Cluster:
     def leaders(self) -> list[LeaderElection]:
         return [node for node in self.nodes if node.is_leader()]
 
+    def agreed(self) -> bool:
+        """Every node has campaigned and seen the same holder: a second leader could
+        only come from the key disappearing, not from a campaign still under way."""
+        holders = {node.holder for node in self.nodes}
+        return len(holders) == 1 and None not in holders
+
     @inlineCallbacks
     def stop(self):
         for node in self.nodes:
@@ -72,7 +78,7 @@ def test_exactly_one_leader_and_a_stop_hands_over_within_ttl(etcd_server):
     yield cluster.start()
     try:
         yield wait_for(lambda: cluster.leaders(), what="a leader")
-        yield deferLater(reactor, 0.3, lambda: None)  # the other one has campaigned too
+        yield wait_for(cluster.agreed, what="the other node has campaigned too")
         (leader,) = cluster.leaders()
         (follower,) = [n for n in cluster.nodes if n is not leader]
         assert etcd_server.get(cluster.key) == leader.node_id.encode()
@@ -131,8 +137,9 @@ def test_leadership_is_lost_with_etcd_and_regained_after_it_returns(etcd_process
         # the old key lives until its (unrevokable meanwhile) lease expires, then one wins
         yield wait_for(lambda: len(cluster.leaders()) == 1, timeout=TTL + 6,
                        what="a leader after etcd returned")
-        yield deferLater(reactor, 0.3, lambda: None)
-        assert len(cluster.leaders()) == 1
+        yield wait_for(cluster.agreed, what="every node has seen the new holder")
+        (leader,) = cluster.leaders()
+        assert {node.holder for node in cluster.nodes} == {leader.node_id}
     finally:
         yield cluster.stop()
 

@@ -58,6 +58,19 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "c
         yield deferLater(reactor, 0.02, lambda: None)
 
 
+@inlineCallbacks
+def delivered_to_watchers(store, after: int, name: str):
+    """Return once a fresh watch from ``after`` has been sent ``name``'s changes: the
+    store has published them, so a watch that should not get them has had its chance
+    (an explicit point to check "nothing more happened" at, instead of a sleep)."""
+    seen, _, on_changes, on_lost = collect()
+    probe = store.watch(after, on_changes, on_lost)
+    try:
+        yield wait_for(lambda: any(c.name == name for c in seen), what=f"{name} published")
+    finally:
+        probe.cancel()
+
+
 @pytest.fixture(params=["memory", pytest.param("etcd", marks=pytest.mark.etcd)])
 def make_store(request: pytest.FixtureRequest):
     """``make_store(controller=...) -> Deferred[store]``; all stores of one test share a
@@ -323,7 +336,7 @@ def test_a_cancelled_watch_delivers_nothing_more(make_store):
     handle.cancel()
     handle.cancel()  # idempotent
     yield store.create(spec("b"), status("b"))
-    yield deferLater(reactor, 0.2, lambda: None)
+    yield delivered_to_watchers(store, start, "b")
     assert [c.name for c in changes] == ["a", "a"]
 
 
@@ -454,7 +467,7 @@ def test_watch_from_a_compacted_revision_calls_on_lost_once(etcd_process):
         store.watch(start, on_changes, on_lost)
         yield wait_for(lambda: lost, what="on_lost")
         yield store.create(spec("b"), status("b"))
-        yield deferLater(reactor, 0.2, lambda: None)
+        yield delivered_to_watchers(store, (yield store.list()).revision - 1, "b")
         assert changes == [] and len(lost) == 1
         assert isinstance(lost[0], Compacted)
         assert lost[0].compact_revision == compacted_at
@@ -592,3 +605,43 @@ def test_constructor_refuses_bad_endpoints():
         EtcdStore(reactor, [], "/faas", "c", 1.0)
     with pytest.raises(ValueError, match="'127.0.0.1:2379' must be an http"):
         EtcdStore(reactor, ["127.0.0.1:2379"], "/faas", "c", 1.0)
+
+
+# -- invocation keys ---------------------------------------------------------------------
+
+@pytest_twisted.inlineCallbacks
+def test_keys_next_to_spec_and_status(make_store):
+    from faastwist.model.keys import KeyEntry, KeySet
+
+    store = yield make_store()
+    with pytest.raises(NotFound):
+        yield store.get_keys("demo")
+    with pytest.raises(NotFound):
+        yield store.put_keys("demo", KeySet(), 0)
+    yield store.create(spec("demo"), status("demo"))
+    yield store.create(spec("demo10"), status("demo10"))
+    keys, revision = yield store.get_keys("demo")
+    assert (keys, revision) == (KeySet(), 0)
+    changes, lost, on_changes, on_lost = collect()
+    start = (yield store.list()).revision
+    watch = store.watch(start, on_changes, on_lost)
+    one = KeySet((KeyEntry("a1", "d" * 64, "2026-01-01T00:00:00Z"),))
+    revision = yield store.put_keys("demo", one, 0)
+    assert (yield store.get_keys("demo")) == (one, revision)
+    assert (yield store.get_keys("demo10")) == (KeySet(), 0)   # exact names
+    with pytest.raises(Conflict):
+        yield store.put_keys("demo", KeySet(), 0)                # lost the race
+    two = one.add(KeyEntry("b2", "e" * 64, "2026-01-02T00:00:00Z"))
+    revision = yield store.put_keys("demo", two, revision)
+    listing = yield store.list()
+    assert listing.keys == {"demo": two}
+    yield wait_for(lambda: [c.value for c in changes if c.kind == "keys"] == [one, two],
+                   what="keys changes")
+    # deleting the function deletes its keys (and says so to watchers)
+    yield store.delete((yield store.get("demo")))
+    yield wait_for(lambda: any(c.kind == "keys" and c.value is None for c in changes),
+                   what="keys deletion")
+    yield store.create(spec("demo"), status("demo"))
+    assert (yield store.get_keys("demo")) == (KeySet(), 0)
+    watch.cancel()
+    assert lost == []

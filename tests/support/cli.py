@@ -15,7 +15,7 @@ node needs is not in the tree yet.
 
 from __future__ import annotations
 
-import importlib.util
+import atexit
 import os
 import shutil
 import subprocess
@@ -29,11 +29,8 @@ import pytest
 import yaml
 
 from tests.support.node import ROOT, FaasNodeProcess
+from tests.support.process import PYTHON as FUNCTION_PYTHON
 
-#: what ``twistd faasgate`` with the process provider imports to start
-NODE_MODULES = ("faastwist.admin.api", "faastwist.gate.service", "faastwist.gate.routes", "faastwist.store.etcd",
-                "faastwist.store.embedded", "faastwist.store.leader",
-                "faastwist.providers.process")
 
 ECHO_APP = '''\
 """A test function: answers with what it got as JSON, and logs one line per request."""
@@ -75,20 +72,8 @@ ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Echo).serve_forever(
 '''
 
 
-def missing_node_modules() -> list[str]:
-    return [name for name in NODE_MODULES if importlib.util.find_spec(name) is None]
-
-
-def require_node() -> None:
-    """Skip (with the reason) only while a module the node needs is absent."""
-    missing = missing_node_modules()
-    if missing:
-        pytest.skip(f"the faasgate node cannot start yet: {', '.join(missing)} not in the tree")
-
-
 @pytest.fixture(scope="module")
 def cli_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaasNodeProcess]:
-    require_node()
     workdir = tmp_path_factory.mktemp("cli-node")
     # the example specs' commands are relative to the gate's working folder, as with
     # `make run` in the repository root
@@ -101,12 +86,26 @@ def cli_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaasNodeProce
         node.stop()
 
 
+_APP_DIR: list[Path] = []
+
+
+def echo_app() -> Path:
+    """The echo app, in a folder the function user may read (functions never run as
+    root, and pytest's tmp folders are closed to other users); removed at exit."""
+    if not _APP_DIR:
+        folder = Path(tempfile.mkdtemp(prefix="faastwist-echo-app-"))
+        folder.chmod(0o755)
+        (folder / "echo_app.py").write_text(ECHO_APP)
+        (folder / "echo_app.py").chmod(0o644)
+        atexit.register(shutil.rmtree, folder, True)
+        _APP_DIR.append(folder)
+    return _APP_DIR[0] / "echo_app.py"
+
+
 def echo_spec(folder: Path, name: str, **fields: Any) -> Path:
-    """Write the echo app and a spec running it; returns the spec file's path."""
-    app = folder / "echo_app.py"
-    if not app.exists():
-        app.write_text(ECHO_APP)
-    spec: dict[str, Any] = {"name": name, "command": [sys.executable, str(app)],
+    """Write a spec running the echo app; returns the spec file's path."""
+    app = echo_app()
+    spec: dict[str, Any] = {"name": name, "command": [FUNCTION_PYTHON, str(app)],
                             "minReplica": 1, "maxReplica": 1}
     spec.update(fields)
     path = folder / f"{name}.yaml"
@@ -156,5 +155,5 @@ def wait_for(check: Any, timeout: float = 30.0, interval: float = 0.2) -> Any:
         time.sleep(interval)
 
 
-__all__ = ["cli_node", "echo_spec", "run_cli", "cli_env", "wait_for", "require_node",
+__all__ = ["cli_node", "echo_spec", "run_cli", "cli_env", "wait_for",
            "FaasNodeProcess", "ECHO_APP"]

@@ -210,6 +210,9 @@ class EchoResource(Resource):
             request.setHeader(b"connection", b"x-secret")
             request.setHeader(b"x-secret", b"1")
             request.setHeader(b"keep-alive", b"timeout=5")
+            request.setHeader(b"trailer", b"x-checksum")
+            request.setHeader(b"proxy-authenticate", b"Basic")
+            request.setHeader(b"upgrade", b"h2c")
             request.setHeader(b"x-call-id", b"upstream-made")
             request.setHeader(b"x-kept", b"yes")
             return b"hop"

@@ -9,6 +9,7 @@ and check with ``alive`` that every pid they saw is gone at the end.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import textwrap
 from pathlib import Path
@@ -24,7 +25,9 @@ from faastwist.providers.runtime import Tuning
 from faastwist.model.spec import FunctionSpec
 
 REPO = Path(__file__).resolve().parents[2]
-PYTHON = sys.executable
+# functions run as an unprivileged user (nobody when the tests run as root): their
+# interpreter must be one that user may run (a pyenv build under /root is not)
+PYTHON = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
 
 
 def function_spec(**fields: Any) -> FunctionSpec:
@@ -76,7 +79,7 @@ def make_provider(reactor: Any, data_dir: Path, tuning: Tuning | None = None,
                   **kwargs: Any) -> ProcessProvider:
     provider = ProcessProvider(ProcessConfig(data_dir=str(data_dir)), "faascontroller",
                                reactor, workdir=str(REPO), tuning=tuning or fast_tuning(),
-                               **kwargs)
+                               **{"stage_roots": [str(Path(data_dir).parent)], **kwargs})
     provider.startService()
     return provider
 

@@ -144,6 +144,17 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten..")
             self.close_connection = True
             return
+        if parts[0] in ("headbody", "nocontent"):
+            # a function that breaks HTTP: a body after a HEAD answer or a 204, shaped
+            # like a whole second response (it must never reach anyone as one)
+            smuggled = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled"
+            if parts[0] == "nocontent":
+                self.wfile.write(b"HTTP/1.1 204 No Content\r\n\r\n" + smuggled)
+                return
+            if self.command == "HEAD":
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+                                 + smuggled)
+                return
         if parts[0] == "status":
             self.send_json(int(parts[1]), {"status": int(parts[1])})
             return
