@@ -181,6 +181,7 @@ class ProcessProvider(Service):
             for function_log in self.logs.values():
                 function_log.file.close()
             self.threads.stop()
+            self.secret_files.clear()
             try:
                 os.rmdir(self.functions_dir)   # gone when no function is left
             except OSError:

@@ -107,6 +107,15 @@ class SecretFiles:
             os.chmod(folder, 0o700)
             shutil.rmtree(folder, ignore_errors=True)
 
+    def clear(self) -> None:
+        """Remove every folder and the root (the provider stops; a start writes them
+        again before any replica starts)."""
+        for function in list(self.folders):
+            self.remove(function)
+        if self.root.is_dir():
+            os.chmod(self.root, 0o700)
+            shutil.rmtree(self.root, ignore_errors=True)
+
     def path(self, function: str) -> str | None:
         folder = self.folders.get(function)
         return str(folder) if folder is not None else None

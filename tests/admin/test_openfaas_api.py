@@ -95,7 +95,8 @@ def test_info_namespaces_and_errors(world: World) -> None:
     assert world.request("GET", "/system/secrets")[0] == 501   # no secret store here
     assert world.request("POST", "/system/functions", "[1,", {})[0] == 400
     code, error = world.request("POST", "/system/functions", {"service": "x", "envProcess": "c"},
-                                {"Content-Type": "application/x-www-form-urlencoded"})
+                                {"Content-Type": "application/x-www-form-urlencoded",
+                                 "Origin": "http://admin"})
     assert code == 415 and "JSON" in error["message"]
     assert world.request("POST", "/system/scale-function/f", {"replicas": True})[0] == 400
     assert world.request("POST", "/system/scale-function/f",
