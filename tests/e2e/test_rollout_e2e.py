@@ -4,6 +4,7 @@ version leaves the old one serving (the function stays active, the status says w
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import threading
 import time
@@ -17,6 +18,8 @@ from tests.support.cli import run_cli, wait_for
 from tests.support.node import FaasNodeProcess, http
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.etcd]
+#: Debian's interpreter: functions run as an unprivileged user, who may not run the venv's
+PYTHON = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
 
 VERSIONED_APP = '''\
 import os
@@ -96,14 +99,14 @@ def test_openfaas_update_under_c16_load_has_no_failed_request(node):
 
 
 def test_failing_update_leaves_the_old_version_serving(node, tmp_path):
-    spec = {"name": "keeper", "command": [sys.executable, "versioned.py"],
+    spec = {"name": "keeper", "command": [PYTHON, "versioned.py"],
             "env": {"VERSION": "good"}, "minReplica": 1, "readinessPath": "/"}
     code, _ = node.json("POST", "", yaml.safe_dump(spec))
     assert code == 201
     url = node.gate_url + "/function/keeper"
     wait_for(lambda: http("GET", url)[2] == b"good", timeout=40)
     # the new version exits at once: it never becomes ready
-    bad = dict(spec, command=[sys.executable, "-c", "import sys; sys.exit(7)"],
+    bad = dict(spec, command=[PYTHON, "-c", "import sys; sys.exit(7)"],
                env={"VERSION": "bad"})
     spec_file = tmp_path / "keeper.yaml"
     spec_file.write_text(yaml.safe_dump(bad))
