@@ -1,18 +1,24 @@
 # The two commands the README promises: `make run` and `make test`. Both install what
-# they need on a fresh Debian machine (as root): a venv with the project, and etcd.
+# they need on a fresh Debian machine (as root): a venv with the project, etcd and
+# nats-server (the embedded async queue).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= conf/controller.yaml
 PYTEST_ARGS ?=
+# `make test` measures coverage, twistd subprocesses included, and fails under the floor
+# (setup.cfg [coverage:*], fail_under); `make test COVERAGE=` runs without it
+COVERAGE ?= --cov --cov-report=term
+# `make mutate MUTATE_ARGS="gate/adaptor -j 1"`: some modules, fewer jobs (.ci/mutate.py)
+MUTATE_ARGS ?=
 # the fast tier: no root, no apt, no external process (markers in setup.cfg)
 UNIT_MARKERS := not etcd and not envtest and not slow and not process and not e2e and not nats and not cluster
 # tests and `make run` use the working tree's code over the installed copy
 export PYTHONPATH := $(CURDIR)
 
 
-.PHONY: run test unit install system-deps browser-deps bench bench-gate bench-reconcile bench-coldstart clean
+.PHONY: run test unit mutate install system-deps browser-deps bench bench-gate bench-reconcile bench-coldstart bench-async clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +35,7 @@ install: $(VENV)/.deps
 system-deps:
 	@missing=""; \
 	command -v etcd >/dev/null || missing="$$missing etcd-server"; \
+	command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing="$$missing nats-server"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	command -v xz >/dev/null || missing="$$missing xz-utils"; \
@@ -49,13 +56,18 @@ run: install system-deps
 	$(BIN)/twistd -n --pidfile= faasgate --config $(CONFIG)
 
 test: install system-deps browser-deps
-	$(BIN)/pytest $(PYTEST_ARGS)
+	rm -f .coverage .coverage.*
+	COVERAGE_FILE=$(CURDIR)/.coverage $(BIN)/pytest $(COVERAGE) $(PYTEST_ARGS)
+
+# mutation testing of the decision modules against their unit tests (mutmut's mutants)
+mutate: $(VENV)/.deps
+	$(BIN)/python .ci/mutate.py $(MUTATE_ARGS)
 
 # the fast tier only: needs the venv, nothing else (runs as any user)
 unit: $(VENV)/.deps
 	$(BIN)/pytest -m "$(UNIT_MARKERS)" $(PYTEST_ARGS)
 
-bench: bench-gate bench-reconcile bench-coldstart
+bench: bench-gate bench-reconcile bench-coldstart bench-async
 
 bench-gate: install
 	@command -v nginx >/dev/null && command -v wrk >/dev/null || { \
@@ -70,5 +82,9 @@ bench-coldstart: install
 	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
 	$(BIN)/python bench/coldstart.py
 
+bench-async: install system-deps
+	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
+	$(BIN)/python bench/async.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info data test-artifacts
+	rm -rf $(VENV) build *.egg-info data test-artifacts .coverage .coverage.*

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,13 @@ class ConfigError(FieldError):
 
 
 PROVIDERS = ("knative", "process")
+NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def default_node_id() -> str:
+    """The host name, trimmed to what a node id may hold (stable across restarts)."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:63].lstrip("._-")
+    return host or "node"
 
 
 @attrs.frozen
@@ -58,6 +67,7 @@ class EtcdConfig:
     data_dir: str = "./data/etcd"
     prefix: str = "/faas"
     timeout: float = 5.0
+    lease_ttl: float = 10.0
 
     @property
     def embedded(self) -> bool:
@@ -113,9 +123,34 @@ class SecretsConfig:
 
 
 @attrs.frozen
+class QueueConfig:
+    """Asynchronous invocations on NATS JetStream (see README, "Asynchronous invocations")."""
+
+    enabled: bool = True
+    nats_urls: tuple[str, ...] = ()
+    data_dir: str = "./data/nats"
+    max_age: float = 24 * 3600.0
+    max_body_size: int = 2**20
+    max_attempts: int = 5
+    concurrency: int = 8
+    callback_concurrency: int = 32
+    callback_timeout: float = 10.0
+    callback_allow: tuple[str, ...] = ()
+    backoff_base: float = 1.0
+    backoff_max: float = 300.0
+    status_ttl: float = 24 * 3600.0
+    timeout: float = 5.0
+
+    @property
+    def embedded(self) -> bool:
+        return not self.nats_urls
+
+
+@attrs.frozen
 class ControllerConfig:
     name: str = "faascontroller"
     kind: str = "FaaSController"
+    node_id: str = attrs.field(factory=lambda: default_node_id())
     provider: str = "knative"
     sync_interval: float = 10.0
     http_server: HTTPServerConfig = HTTPServerConfig()
@@ -124,6 +159,7 @@ class ControllerConfig:
     process: ProcessConfig = ProcessConfig()
     admin: AdminConfig = AdminConfig()
     secrets: SecretsConfig = SecretsConfig()
+    queue: QueueConfig = QueueConfig()
 
     @classmethod
     def from_dict(cls, data: object, base_dir: Path | None = None) -> "ControllerConfig":
@@ -137,9 +173,14 @@ class ControllerConfig:
         kind = reader.string("kind", "FaaSController")
         if kind != "FaaSController":
             raise reader.fail("kind", f"must be FaaSController, got {kind!r}")
+        node_id = reader.string("nodeId", "") or default_node_id()
+        if not NODE_ID.fullmatch(node_id):
+            raise reader.fail("nodeId", f"must be 1-63 letters, digits, '.', '_' or '-', "
+                                        f"got {node_id!r}")
         config = cls(
             name=name,
             kind=kind,
+            node_id=node_id,
             provider=reader.choice("provider", PROVIDERS, "knative"),
             sync_interval=reader.duration("syncInterval", 10.0, minimum=0.1),
             http_server=reader.section("httpServer", lambda r: _read_http(r, base)),
@@ -149,6 +190,7 @@ class ControllerConfig:
             admin=reader.section("admin", lambda r: _read_admin(r, base)),
             secrets=reader.section("secrets", lambda r: SecretsConfig(
                 key_file=_path(r.string("keyFile", "./data/secrets.key"), base))),
+            queue=reader.section("queue", lambda r: _read_queue(r, base)),
         )
         reader.finish()
         return config
@@ -218,6 +260,7 @@ def _read_etcd(reader: FieldReader, base: Path) -> EtcdConfig:
         data_dir=_path(reader.string("dataDir", "./data/etcd"), base),
         prefix=prefix,
         timeout=reader.duration("timeout", 5.0, minimum=0.001),
+        lease_ttl=reader.duration("leaseTTL", 10.0, minimum=1.0),
     )
 
 
@@ -310,6 +353,42 @@ def _read_admin(reader: FieldReader, base: Path) -> AdminConfig:
             f"admin on the non-loopback admin.address {config.address!r} lets anyone who "
             f"reaches the port run commands on this machine; use tokens, or set "
             f"admin.allowInsecure: true if you mean it")
+    return config
+
+
+def _read_queue(reader: FieldReader, base: Path) -> QueueConfig:
+    urls = reader.string_list("natsURLs", ())
+    for url in urls:
+        if not url.startswith(("nats://", "tls://")):
+            raise reader.fail("natsURLs", f"must be nats:// or tls:// URLs, got {url!r}")
+    allow = reader.string_list("callbackAllow", ())
+    for network in allow:
+        try:
+            ipaddress.ip_network(network.strip(), strict=False)
+        except ValueError:
+            raise reader.fail("callbackAllow", f"{network!r} is not an IP address or CIDR "
+                                               f"network") from None
+    config = QueueConfig(
+        enabled=reader.boolean("enabled", True),
+        nats_urls=tuple(urls),
+        data_dir=_path(reader.string("dataDir", "./data/nats"), base),
+        max_age=reader.duration("maxAge", 24 * 3600.0, minimum=1.0),
+        max_body_size=reader.size("maxBodySize", 2**20),
+        max_attempts=reader.integer("maxAttempts", 5, 1, 100),
+        concurrency=reader.integer("concurrency", 8, 1, 10000),
+        callback_concurrency=reader.integer("callbackConcurrency", 32, 1, 10000),
+        callback_timeout=reader.duration("callbackTimeout", 10.0, minimum=0.001),
+        callback_allow=tuple(allow),
+        backoff_base=reader.duration("backoffBase", 1.0, minimum=0.001),
+        backoff_max=reader.duration("backoffMax", 300.0, minimum=0.001),
+        status_ttl=reader.duration("statusTTL", 24 * 3600.0, minimum=60.0),
+        timeout=reader.duration("timeout", 5.0, minimum=0.001),
+    )
+    if config.max_body_size > 64 * 2**20:
+        raise reader.fail("maxBodySize", "must be at most 64Mi (a queued call is one NATS "
+                                         "message)")
+    if config.backoff_base > config.backoff_max:
+        raise reader.fail("backoffBase", "must not exceed backoffMax")
     return config
 
 

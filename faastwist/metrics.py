@@ -98,6 +98,31 @@ class Metrics:
             "faastwist_store_watch_reconnects", "Store watch restarts", registry=r)
         self.leader = Gauge(
             "faastwist_leader", "1 when this node runs the reconciler", registry=r)
+        # asynchronous invocations
+        self.async_queued = Gauge(
+            "faastwist_async_queued", "Calls not finished yet: waiting, running or between attempts (cluster-wide)",
+            ["function_name"], registry=r)
+        self.async_inflight = Gauge(
+            "faastwist_async_inflight", "Queued calls running on this node",
+            ["function_name"], registry=r)
+        self.async_oldest = Gauge(
+            "faastwist_async_oldest_seconds", "Age of the oldest unfinished queued call",
+            ["function_name"], registry=r)
+        self.async_accepted = Counter(
+            "faastwist_async_accepted", "Calls stored in the queue (202 answered)",
+            ["function_name"], registry=r)
+        self.async_done = Counter(
+            "faastwist_async_completed", "Queued calls finished, by outcome",
+            ["function_name", "outcome"], registry=r)
+        self.async_retries = Counter(
+            "faastwist_async_retries", "Queued calls scheduled for another attempt",
+            ["function_name"], registry=r)
+        self.async_dead = Counter(
+            "faastwist_async_dead_letters", "Queued calls moved to the dead letters",
+            ["function_name"], registry=r)
+        self.async_callbacks = Counter(
+            "faastwist_async_callbacks", "Callback deliveries, by result",
+            ["function_name", "result"], registry=r)
 
     def set_state(self, name: str, state: State | None) -> None:
         """Export ``state`` as the one current state of ``name`` (None: forget it)."""

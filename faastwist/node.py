@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+import zlib
 from collections.abc import Awaitable
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -51,7 +52,9 @@ class FaasNode(Service):
         self.metrics = Metrics()
         self.on_fatal = on_fatal
         self.started_at = reactor.seconds()
-        self.node_id = f"{socket.gethostname()}-{os.getpid()}"
+        self.node_id = config.node_id
+        self.session: Any = None
+        self.converger: Any = None
         self._stack: list[tuple[str, Callable[[], Any]]] = []  # what to stop, in order
         self.ready: Deferred[None] = Deferred()
         self.store: Any = None
@@ -71,6 +74,8 @@ class FaasNode(Service):
         self.authorizer: Any = None
         self.auth_files: Any = None
         self.admin_tls: Any = None
+        self.queue: Any = None
+        self.etcd_endpoints: list[str] = []
 
     # -- helpers ---------------------------------------------------------------------
     def _push(self, what: str, stop: Callable[[], Any]) -> None:
@@ -117,9 +122,12 @@ class FaasNode(Service):
         await self._start_store()
         self._start_provider()
         await self._start_routes()
+        self._start_session()
         self._start_reconciler()
+        await self._start_queue()
         self._start_admin()
         self._start_gate()
+        self._attach_queue()
         # popped first at shut-down: STOPPING=1 and /readyz 503 before anything stops
         self._push("systemd notifier", self.notifier.stopService)
         self._push("readiness", self.ops.mark_stopping)
@@ -144,12 +152,14 @@ class FaasNode(Service):
             except Exception as exc:
                 raise StartupError(f"embedded etcd in {etcd.data_dir} did not start: {exc}")
         self.store = EtcdStore(self.reactor, endpoints, etcd.prefix, self.config.name,
-                               etcd.timeout, self.metrics)
+                               etcd.timeout, self.metrics,
+                               start_index=zlib.crc32(self.node_id.encode()))
         try:
             await self.store.connect()
         except StoreUnavailable as exc:
             raise StartupError(f"etcd at {', '.join(endpoints)} is not reachable: {exc}")
         self._push("store", self.store.close)
+        self.etcd_endpoints = endpoints
         from faastwist.store.secrets import KeyFileError, SecretStore, load_key
 
         try:
@@ -184,10 +194,38 @@ class FaasNode(Service):
                                             self.reactor, self.metrics,
                                             reserved_ports=self.node_ports)
         if isinstance(self.provider, ChangeNotifier):
-            # readiness and crash loops reach the FSM at once, not at the next sync
-            self.provider.on_change = lambda name: self.reconciler and self.reconciler.kick(name)
+            # readiness and crash loops reach this node's report (and so the leader's
+            # FSM) at once, not at the next sync
+            self.provider.on_change = self._provider_changed
         self.provider.secrets = self.secrets
         self._start_child("provider", self.provider)
+
+    def _provider_changed(self, name: str) -> None:
+        if self.converger is not None:
+            self.converger.report(name)
+        elif self.reconciler is not None:
+            self.reconciler.kick(name)
+
+    @property
+    def node_local(self) -> bool:
+        """Functions run on every node (process provider), not in a shared cluster."""
+        return self.config.provider == "process"
+
+    def _start_session(self) -> None:
+        from faastwist.cluster.local import LocalConverger
+        from faastwist.cluster.session import NodeSession
+
+        admin, http = self.config.admin, self.config.http_server
+        self.session = NodeSession(self.reactor, self.store, self.node_id,
+                                   self.config.etcd.lease_ttl,
+                                   {"admin": f"{admin.address}:{admin.port}",
+                                    "gate": f"{http.address}:{http.port}",
+                                    "pid": os.getpid(), "version": __version__})
+        self._start_child("node session", self.session)
+        if self.node_local:
+            self.converger = LocalConverger(self.routes, self.provider, self.session,
+                                            self.reactor, self.config.sync_interval)
+            self._start_child("local converger", self.converger)
 
     async def _start_routes(self) -> None:
         from faastwist.gate.routes import RouteTable
@@ -205,14 +243,84 @@ class FaasNode(Service):
         from faastwist.store.leader import LeaderElection
 
         self.leader = LeaderElection(self.reactor, self.store, self.node_id,
-                                     metrics=self.metrics)
-        self._start_child("leader election", self.leader)
-        self.reconciler = Reconciler(self.store, self.provider, self.reactor,
+                                     ttl=self.config.etcd.lease_ttl, metrics=self.metrics)
+        provider: Any = self.provider
+        if self.node_local:
+            from faastwist.cluster.reports import ClusterView
+
+            provider = ClusterView(self.provider, self.session.read_reports)
+        self.reconciler = Reconciler(self.store, provider, self.reactor,
                                      self.config.sync_interval, self.metrics,
-                                     is_leader=self.leader.is_leader)
+                                     is_leader=self.leader.is_leader, fence=self.leader.fence)
+        self.leader.add_listener(self.reconciler.leadership_changed)
+        # the leader acts within one watch event of a write on any node, and of a report
+        self.routes.subscribe(lambda name, route: self.reconciler.kick(name))
+        self.session.on_reports_changed(self._reports_changed)
         self._start_child("reconciler", self.reconciler)
+        self._start_child("leader election", self.leader)
+
+    def _reports_changed(self, name: str | None) -> None:
+        if name is not None:
+            self.reconciler.kick(name)
+        elif self.leader.is_leader():
+            self.reconciler.run_pass()
+
+    async def _start_queue(self) -> None:
+        """The async queue: connected (and the embedded nats-server healthy) before the
+        gate listens, stopped after it."""
+        queue = self.config.queue
+        if not queue.enabled:
+            return
+        from faastwist.queue.service import QueueService
+
+        self.queue = QueueService(queue, self.config.name, self.reactor, self.metrics,
+                                  self.routes, self._own_ports())
+        embedded = None
+        if queue.embedded:
+            from faastwist.queue.embedded import EmbeddedNats, EmbeddedNatsError
+
+            embedded = EmbeddedNats(self.reactor, queue.data_dir, queue.max_body_size)
+            try:
+                self._start_child("embedded nats-server", embedded)
+            except EmbeddedNatsError as exc:
+                raise StartupError(f"queue: {exc}")
+        try:
+            await self.queue.start(embedded)
+        except Exception as exc:
+            raise StartupError(f"queue: the embedded nats-server in {queue.data_dir} did not "
+                               f"start: {exc}")
+        finally:
+            self._push("queue connection", self.queue.stop)
+
+    def _own_ports(self) -> set[int]:
+        """The node's ports a callback must never reach: admin, etcd (client and peer)."""
+        from urllib.parse import urlsplit
+
+        ports = {self.config.admin.port}
+        for url in self.etcd_endpoints:
+            try:
+                ports.add(urlsplit(url).port or 2379)
+            except ValueError:
+                pass
+        try:
+            with open(os.path.join(self.config.etcd.data_dir, "ports.json")) as f:
+                import json
+
+                ports.update(int(p) for p in json.load(f).values())
+        except (OSError, ValueError, TypeError, AttributeError):
+            pass
+        return ports
+
+    def _attach_queue(self) -> None:
+        if self.queue is None:
+            return
+        self.queue.attach(self.gate.context)
+        self.admin.async_calls = self.queue
+        # popped before the gate: no new calls are fetched while it drains
+        self._push("queue workers", self.queue.stop_worker)
 
     def _start_admin(self) -> None:
+        from faastwist.admin import asyncapi  # noqa: F401 (adds the async-call routes)
         from faastwist.admin.api import AdminAPI
         from faastwist.admin.codec import bounded_request_factory
         from faastwist.admin.console import ConsoleResource, gate_url_for, mount_console
@@ -223,13 +331,14 @@ class FaasNode(Service):
         log_source = self.provider if isinstance(self.provider, LogSource) else None
         self.admin = AdminAPI(self.store, self.config.name, self.provider.check_spec,
                               self.reconciler.kick, self.reactor, admin.max_body_size,
-                              log_source=log_source)
+                              log_source=log_source, cache=self._cached_records,
+                              node_id=self.node_id)
         self.ops = OpsAPI(
             self.metrics,
-            {"store": self.store.check, "watch": self._routes_current,
-             "provider": self.provider.check},
+            {"etcd": self.store.check, "watch": self._routes_current,
+             "provider": self._provider_ready},
             node_info(__version__, self.config.provider, self.config.name, self.node_id,
-                      time.time(), self.leader.is_leader),
+                      time.time(), self.leader.is_leader, self._cluster_info),
             self.reactor, openapi=openapi_document(self.config.name))
         console = ConsoleResource(self.reactor, self.config.name,
                                   gate_url_for(http.address, http.port, http.https),
@@ -340,6 +449,27 @@ class FaasNode(Service):
         except Exception as exc:
             raise StartupError(f"httpServer.port: cannot listen on {http.address}:{http.port}: {exc}")
         self._push("gate", self.gate.stopService)
+
+    def _cached_records(self) -> dict[str, Any]:
+        from faastwist.store.base import FunctionRecord
+
+        return {name: FunctionRecord(spec, status)
+                for name, (spec, status) in self.routes.snapshot().items()}
+
+    def _provider_ready(self) -> Any:
+        if self.converger is not None:
+            self.converger.check()
+        return self.provider.check()
+
+    def _cluster_info(self) -> dict[str, Any]:
+        members = self.session.members if self.session is not None else {}
+        holder = self.node_id if self.leader.is_leader() else self.leader.holder
+        leader = None
+        if holder is not None:
+            leader = {"id": holder, "admin": members.get(holder, {}).get("admin")}
+        nodes = [{"id": node, "admin": record.get("admin"), "gate": record.get("gate")}
+                 for node, record in sorted(members.items())]
+        return {"leaderNode": leader, "nodes": nodes}
 
     def _routes_current(self) -> None:
         if not self.routes.synced:

@@ -51,6 +51,11 @@ class Options(usage.Options):
 
             if find_etcd_binary() is None:
                 raise SystemExit(f"faasgate: {MISSING_ETCD_MESSAGE}")
+        if config.queue.enabled and config.queue.embedded:
+            from faastwist.queue.embedded import MISSING_NATS_MESSAGE, find_nats_binary
+
+            if find_nats_binary() is None:
+                raise SystemExit(f"faasgate: {MISSING_NATS_MESSAGE}")
         self.controller_config: ControllerConfig = config
 
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -45,13 +45,16 @@ from faastwist.admin.codec import (
 from faastwist.admin.logstream import send_logs
 from faastwist.admin.rollout import rollout
 from faastwist.model.fsm import Event, FunctionStatus, InvalidEvent, apply_event
+from faastwist.model.keys import new_key
 from faastwist.providers.base import LogSource, ProviderError
 from faastwist.model.spec import FunctionSpec, SpecError
 from faastwist.store.base import (
     AlreadyExists,
     Conflict,
+    FunctionRecord,
     FunctionStore,
     NotFound,
+    OutcomeUnknown,
     StoreUnavailable,
 )
 
@@ -59,10 +62,15 @@ log = Logger()
 T = TypeVar("T")
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
+MAX_KEYS = 10     # per function: enough for rotation, not a user database
 BASE = "/apis/<any(v1, v2):version>/faas/<controller>"
 FUNCTION = BASE + "/<fn>"
 DEFAULT_MAX_BODY_SIZE = 1 << 20
 DEFAULT_STORE_TIMEOUT = 10.0
+DEFAULT_READ_TIMEOUT = 2.0
+STALE_HEADER = "X-FaaS-Stale"
+RETRY_WINDOW = 600.0
+STATUS_RACE_RETRIES = 2  # an operator event re-applied after losing to a status-only write  # how long a create of unknown outcome is recognised when retried
 
 
 def controller_route(app: Klein, url: str, method: str) -> Callable[[Handler], Handler]:
@@ -89,13 +97,18 @@ class AdminAPI:
     """Routes and error mapping of the admin API; ``resource()`` or ``site()`` serves it."""
 
     app = Klein()
+    #: the node's queue service when async invocations are on (admin/asyncapi.py adds
+    #: the routes: import it to serve them)
+    async_calls: Any = None
 
     def __init__(self, store: FunctionStore, controller: str,
                  check_spec: Callable[[FunctionSpec], None], kick: Callable[[str], None],
                  clock: IReactorTime, max_body_size: int = DEFAULT_MAX_BODY_SIZE,
                  log_source: LogSource | None = None,
                  wall_clock: Callable[[], float] = time.time,
-                 store_timeout: float = DEFAULT_STORE_TIMEOUT) -> None:
+                 store_timeout: float = DEFAULT_STORE_TIMEOUT,
+                 cache: Callable[[], Mapping[str, FunctionRecord]] | None = None,
+                 read_timeout: float = DEFAULT_READ_TIMEOUT, node_id: str = "this node") -> None:
         self.store = store
         self.controller = controller
         self.check_spec = check_spec
@@ -105,6 +118,10 @@ class AdminAPI:
         self.log_source = log_source
         self.wall_clock = wall_clock
         self.store_timeout = store_timeout
+        self.cache = cache
+        self._unknown: dict[str, tuple[FunctionSpec, float]] = {}  # creates of unknown outcome
+        self.read_timeout = read_timeout
+        self.node_id = node_id
 
     def resource(self) -> IResource:
         """The API as a resource tree root (its own paths start at ``/``)."""
@@ -126,6 +143,41 @@ class AdminAPI:
 
     def _store(self, d: Deferred[T]) -> Deferred[T]:
         return self._timed(d, "the function store", 503)
+
+    async def _read(self, read: Callable[[], Deferred[T]]) -> tuple[T | None, bool]:
+        """``(result, False)`` from the store; ``(None, True)`` when the store did not
+        answer within ``read_timeout`` and a watch-fed cache can answer instead."""
+        if self.cache is None:
+            return await self._store(read()), False
+        d = read()
+        try:
+            return await d.addTimeout(self.read_timeout, self.clock), False
+        except (StoreUnavailable, CancelledError, TimeoutError) as exc:
+            log.warn("admin read answered from the watch cache: the store did not answer "
+                     "({error})", error=str(exc) or type(exc).__name__)
+            return None, True
+
+    async def _retried_create(self, spec: FunctionSpec) -> FunctionRecord:
+        """A create this node answered ``outcome unknown`` for, sent again with the same
+        spec, finds its own function: that is the create succeeding, not a 409."""
+        remembered = self._unknown.get(spec.name)
+        if remembered is None or remembered[0] != spec or (
+                self.clock.seconds() - remembered[1] > RETRY_WINDOW):
+            raise AlreadyExists(spec.name)
+        record = await self._store(self.store.get(spec.name))
+        if record.spec != spec:
+            raise AlreadyExists(spec.name)
+        del self._unknown[spec.name]
+        return record
+
+    def _stale_record(self, name: str) -> FunctionRecord:
+        record = self.cache().get(name) if self.cache is not None else None
+        if record is None:
+            raise NotFound(name)
+        return record
+
+    def _stale(self, request: Any, data: Any) -> bytes:
+        return respond(request, 200, data, {STALE_HEADER: "true"})
 
     def _kick(self, name: str) -> None:
         try:
@@ -158,26 +210,45 @@ class AdminAPI:
     async def create(self, request: IRequest, version: str, controller: str) -> bytes:
         spec = self._read_spec(request)
         status = FunctionStatus.initial(spec.name, self.wall_clock())
-        record = await self._store(self.store.create(spec, status))
+        try:
+            record = await self._store(self.store.create(spec, status))
+        except OutcomeUnknown:
+            now = self.clock.seconds()
+            self._unknown = {n: v for n, v in self._unknown.items()
+                             if now - v[1] <= RETRY_WINDOW}
+            self._unknown[spec.name] = (spec, now)
+            raise
+        except AlreadyExists:
+            record = await self._retried_create(spec)
         self._kick(spec.name)
         return respond(request, 201, record_document(record),
                             {"Location": self._location(version, controller, spec.name)})
 
     @controller_route(app, BASE, "GET")
     async def list_functions(self, request: IRequest, version: str, controller: str) -> bytes:
-        listing = await self._store(self.store.list())
+        listing, stale = await self._read(self.store.list)
+        if stale:
+            cached = self.cache()
+            return self._stale(request, [dict(record_document(cached[name]), stale=True)
+                                         for name in sorted(cached)])
         records = [record_document(listing.records[name]) for name in sorted(listing.records)]
         return respond(request, 200, records)
 
     @controller_route(app, FUNCTION, "GET")
     async def get_function(self, request: IRequest, version: str, controller: str,
                            fn: str) -> bytes:
-        record = await self._store(self.store.get(fn))
+        record, stale = await self._read(lambda: self.store.get(fn))
+        if stale:
+            return self._stale(request, dict(record_document(self._stale_record(fn)),
+                                             stale=True))
         return respond(request, 200, record_document(record))
 
     @controller_route(app, FUNCTION + "/status", "GET")
     async def get_status(self, request: IRequest, version: str, controller: str, fn: str) -> bytes:
-        record = await self._store(self.store.get(fn))
+        record, stale = await self._read(lambda: self.store.get(fn))
+        if stale:
+            return self._stale(request, dict(status_document(self._stale_record(fn).status),
+                                             stale=True))
         return respond(request, 200, status_document(record.status))
 
     @controller_route(app, FUNCTION, "PUT")
@@ -188,8 +259,7 @@ class AdminAPI:
             raise ApiError(409, f"name: the body names function {spec.name} but the URL names "
                                 f"{fn}; a function cannot be renamed (create {spec.name} and "
                                 f"delete {fn} instead)")
-        status = apply_event(record.status, Event.UPDATE, self.wall_clock())
-        updated = await self._store(self.store.update(record, spec=spec, status=status))
+        updated = await self._apply(record, Event.UPDATE, spec)
         self._kick(fn)
         return respond(request, 200, record_document(updated))
 
@@ -206,10 +276,25 @@ class AdminAPI:
         self._kick(fn)
         return respond(request, 200, record_document(updated))
 
+    async def _apply(self, record: FunctionRecord, event: Event,
+                     spec: FunctionSpec | None = None) -> FunctionRecord:
+        """Apply an operator event; when the compare-and-swap loses to a status-only write
+        (the leader recording a node's readiness), read again and re-apply, since the
+        operator's intent does not depend on it. A changed spec is a real conflict."""
+        for attempt in range(STATUS_RACE_RETRIES + 1):
+            status = apply_event(record.status, event, self.wall_clock())
+            try:
+                return await self._store(self.store.update(record, spec=spec, status=status))
+            except Conflict:
+                fresh = await self._store(self.store.get(record.name))
+                if attempt == STATUS_RACE_RETRIES or fresh.spec_revision != record.spec_revision:
+                    raise
+                record = fresh
+        raise AssertionError("unreachable")
+
     async def _operator_event(self, request: IRequest, fn: str, event: Event) -> bytes:
         record = await self._store(self.store.get(fn))
-        status = apply_event(record.status, event, self.wall_clock())
-        updated = await self._store(self.store.update(record, status=status))
+        updated = await self._apply(record, event)
         self._kick(fn)
         return respond(request, 200, record_document(updated))
 
@@ -225,11 +310,64 @@ class AdminAPI:
     async def delete(self, request: IRequest, version: str, controller: str, fn: str) -> bytes:
         """Remove the function from the store; the reconciler removes what the provider runs."""
         record = await self._store(self.store.get(fn))
-        destroyed = apply_event(record.status, Event.DELETE, self.wall_clock())
-        await self._store(self.store.delete(record))
+        for attempt in range(STATUS_RACE_RETRIES + 1):
+            destroyed = apply_event(record.status, Event.DELETE, self.wall_clock())
+            try:
+                await self._store(self.store.delete(record))
+                break
+            except Conflict:   # see _apply: a status-only write is not a conflict of intent
+                fresh = await self._store(self.store.get(fn))
+                if attempt == STATUS_RACE_RETRIES or fresh.spec_revision != record.spec_revision:
+                    raise
+                record = fresh
         self._kick(fn)
         return respond(request, 200, {"spec": record.spec.to_dict(),
                                            "status": status_document(destroyed)})
+
+    # -- invocation keys: shown once, stored as SHA-256 only -------------------------
+    @controller_route(app, FUNCTION + "/keys", "POST")
+    async def create_key(self, request: IRequest, version: str, controller: str,
+                         fn: str) -> bytes:
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.wall_clock()))
+        key, entry = new_key(created)
+        for _ in range(5):   # another writer may win the compare-and-swap: read again
+            keys, revision = await self._store(self.store.get_keys(fn))
+            if len(keys.entries) >= MAX_KEYS:
+                raise ApiError(409, f"function {fn} has {MAX_KEYS} keys already: revoke one "
+                                    f"first")
+            try:
+                await self._store(self.store.put_keys(fn, keys.add(entry), revision))
+                break
+            except Conflict:
+                continue
+        else:
+            raise ApiError(409, f"the keys of {fn} kept changing concurrently; retry")
+        return respond(request, 201, {
+            **entry.public(), "key": key,
+            "message": "this key is shown only now: store it (callers send it as "
+                       "'Authorization: Bearer KEY' or 'X-API-Key: KEY')"},
+            {"Location": f"{self._location(version, controller, fn)}/keys/{entry.id}"})
+
+    @controller_route(app, FUNCTION + "/keys", "GET")
+    async def list_keys(self, request: IRequest, version: str, controller: str,
+                        fn: str) -> bytes:
+        keys, _ = await self._store(self.store.get_keys(fn))
+        return respond(request, 200, [entry.public() for entry in keys.entries])
+
+    @controller_route(app, FUNCTION + "/keys/<key_id>", "DELETE")
+    async def revoke_key(self, request: IRequest, version: str, controller: str, fn: str,
+                         key_id: str) -> bytes:
+        for _ in range(5):
+            keys, revision = await self._store(self.store.get_keys(fn))
+            entry = keys.find(key_id)
+            if entry is None:
+                raise ApiError(404, f"function {fn} has no key {key_id!r}")
+            try:
+                await self._store(self.store.put_keys(fn, keys.without(key_id), revision))
+                return respond(request, 200, {**entry.public(), "revoked": True})
+            except Conflict:
+                continue
+        raise ApiError(409, f"the keys of {fn} kept changing concurrently; retry")
 
     @controller_route(app, FUNCTION + "/logs", "GET")
     async def logs(self, request: IRequest, version: str, controller: str, fn: str) -> Any:
@@ -239,6 +377,11 @@ class AdminAPI:
         if source is None:
             raise ApiError(501, "function logs are not available: this controller's provider "
                                 "has no log source")
+        runs_here = getattr(source, "runs_here", None)
+        if runs_here is not None and not runs_here(fn):
+            # the process provider's logs are node-local: never an empty 200
+            raise ApiError(404, f"function {fn} has not run on node {self.node_id}, so it "
+                                f"has no logs here; ask a node that runs it")
         params = query_params(request.uri, ("tail", "since", "follow"))
         tail = parse_tail(params.get("tail"))
         since = parse_since(params.get("since"), self.wall_clock())
@@ -263,6 +406,10 @@ class AdminAPI:
     @app.handle_errors(AlreadyExists, Conflict, InvalidEvent)
     def _conflict(self, request: IRequest, failure: Failure) -> bytes:
         return respond_error(request, 409, str(failure.value))
+
+    @app.handle_errors(OutcomeUnknown)
+    def _outcome_unknown(self, request: IRequest, failure: Failure) -> bytes:
+        return respond_error(request, 503, f"outcome unknown: {failure.value}")
 
     @app.handle_errors(StoreUnavailable)
     def _store_unavailable(self, request: IRequest, failure: Failure) -> bytes:

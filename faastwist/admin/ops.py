@@ -166,13 +166,18 @@ class OpsAPI:
 
 def node_info(version: str, provider: str, controller: str, node: str,
               started_at: float, is_leader: Callable[[], bool],
+              cluster: Callable[[], Mapping[str, Any]] | None = None,
               wall_clock: Callable[[], float] = time.time) -> Callable[[], dict[str, Any]]:
-    """The callable OpsAPI's ``info`` wants, built from what the node knows."""
+    """The callable OpsAPI's ``info`` wants, built from what the node knows; ``cluster``
+    adds which node leads (``leaderNode``: id and admin address) and the live ``nodes``."""
     def info() -> dict[str, Any]:
-        return {"name": "faastwist", "version": version, "provider": provider,
+        body = {"name": "faastwist", "version": version, "provider": provider,
                 "controller": controller, "node": node,
                 "uptimeSeconds": round(max(0.0, wall_clock() - started_at), 3),
                 "leader": bool(is_leader())}
+        if cluster is not None:
+            body.update(cluster())
+        return body
     return info
 
 

@@ -49,6 +49,18 @@ def _read_secret(path: str, what: str) -> str:
     return value
 
 
+def _check_private(path: str) -> None:
+    """Refuse a credentials file that others may write: they could add their own token."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # reading it reports the problem
+    if mode & 0o022:
+        raise TokenFileError(f"{path} is writable by group or others (mode "
+                             f"{mode & 0o777:04o}): anyone who can write it can add a token; "
+                             f"chmod 600 {path}")
+
+
 class AuthFiles(Service):
     """Loads the credentials into ``authorizer`` and reloads them on change or SIGHUP."""
 
@@ -69,6 +81,8 @@ class AuthFiles(Service):
         return (self.tokens_file, *(p for p in self.basic_files if p))
 
     def _read(self) -> tuple[tuple[TokenEntry, ...], BasicCredentials | None]:
+        for path in self._paths():
+            _check_private(path)
         tokens = read_tokens(self.tokens_file)
         user_file, password_file = self.basic_files
         basic = None

@@ -12,8 +12,10 @@ import sys
 import click
 
 from faastwist.cli.client import CliContext, CommandFailed, InputError
+from faastwist.cli.asynccmd import async_commands
 from faastwist.cli.commands import COMMANDS, duration_option
 from faastwist.cli.token import token as token_commands
+from faastwist.cli.keys import key as key_commands
 
 __all__ = ["main", "cli", "CliContext", "CommandFailed", "InputError"]
 
@@ -27,6 +29,9 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
               help="Controller name [env FAASTWIST_CONTROLLER; default: the server's].")
 @click.option("--token", metavar="TOKEN",
               help="Bearer token for the admin API [env FAASTWIST_TOKEN].")
+@click.option("--node-config", metavar="PATH",
+              help="The node's controller.yaml: without a token, use the admin token the node "
+                   "wrote beside its tokens file [env FAASTWIST_NODE_CONFIG].")
 @click.option("--gate", metavar="URL",
               help="Gate URL for invoke [env FAASTWIST_GATE; default: the server's host, "
                    "port 10083].")
@@ -36,17 +41,22 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
                       message="%(prog)s %(version)s")
 @click.pass_context
 def cli(ctx: click.Context, server: str | None, controller: str | None, token: str | None,
-        gate: str | None, timeout: float | None) -> None:
+        node_config: str | None, gate: str | None, timeout: float | None) -> None:
     """Manage the functions of a faastwist controller.
 
     Settings come from the flags, then FAASTWIST_SERVER / FAASTWIST_CONTROLLER /
     FAASTWIST_TOKEN / FAASTWIST_GATE, then ~/.config/faastwist/config.yaml (keys server,
     controller, token, gate, timeout; FAASTWIST_CONFIG names another file). Without a
-    token, the one the node wrote beside its tokens file is used when FAASTWIST_NODE_CONFIG
-    (the node's controller.yaml) or FAASTWIST_TOKENS_FILE says where that is.
+    token, the one the node wrote beside its tokens file is used when --node-config /
+    FAASTWIST_NODE_CONFIG (the node's controller.yaml) or FAASTWIST_TOKENS_FILE says
+    where that is.
 
     Exit status: 0 ok, 1 the server refused or could not be reached, 2 usage.
     """
+    if token is None and node_config:
+        from faastwist.cli.token import NODE_CONFIG_ENV, token_from_node
+
+        token = token_from_node({NODE_CONFIG_ENV: node_config}) or None
     ctx.obj = CliContext({"server": server, "controller": controller, "token": token,
                           "gate": gate, "timeout": timeout})
 
@@ -54,6 +64,8 @@ def cli(ctx: click.Context, server: str | None, controller: str | None, token: s
 for _command in COMMANDS:
     cli.add_command(_command)
 cli.add_command(token_commands)
+cli.add_command(async_commands)
+cli.add_command(key_commands)
 
 
 def main(argv: list[str] | None = None) -> int:

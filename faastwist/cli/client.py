@@ -25,7 +25,7 @@ DEFAULT_SERVER = "http://127.0.0.1:2381"
 DEFAULT_CONTROLLER = "faascontroller"
 DEFAULT_GATE_PORT = 10083
 API_PREFIX = "/apis/v2/faas"
-CONFIG_KEYS = ("server", "controller", "token", "gate", "timeout")
+CONFIG_KEYS = ("server", "controller", "token", "gate", "timeout", "cacert")
 
 
 class CommandFailed(click.ClickException):
@@ -59,6 +59,7 @@ class Settings:
     token: str = ""
     gate: str = ""                  # "": the server's host on the gate's default port
     timeout: float = 30.0
+    cacert: str = ""                # PEM file of CAs to trust for https:// (else the system's)
 
     @property
     def gate_url(self) -> str:
@@ -141,12 +142,17 @@ def load_settings(server: str | None, controller: str | None, token: str | None,
         timeout_seconds = parse_seconds(timeout_value)
     except ValueError as exc:
         raise InputError(f"{timeout_from}: {exc}") from None
+    cacert_value, cacert_from = pick(None, "FAASTWIST_CACERT", "cacert", "")
+    cacert = os.path.expanduser(str(cacert_value)) if cacert_value else ""
+    if cacert and not os.path.isfile(cacert):
+        raise InputError(f"{cacert_from}: no such file: {cacert}")
     return Settings(
         server=check_url(str(server_value), server_from),
         controller=str(controller_value) if controller_value else None,
         token=str(token_value),
         gate=check_url(str(gate_value), gate_from) if gate_value else "",
         timeout=timeout_seconds,
+        cacert=cacert,
     )
 
 
@@ -214,7 +220,7 @@ class HTTPClient:
     """One base URL; each call opens a connection (the CLI makes a handful)."""
 
     def __init__(self, base: str, timeout: float, headers: Mapping[str, str] | None = None,
-                 what: str = "server") -> None:
+                 what: str = "server", cafile: str = "") -> None:
         self.base = base.rstrip("/")
         parts = urlsplit(self.base)
         self.https = parts.scheme == "https"
@@ -224,10 +230,15 @@ class HTTPClient:
         self.timeout = timeout
         self.headers = dict(headers or {})
         self.what = what
+        self.cafile = cafile
 
     def _connect(self, timeout: float | None) -> http.client.HTTPConnection:
         if self.https:
-            return http.client.HTTPSConnection(self.host, self.port, timeout=timeout)
+            import ssl
+
+            context = ssl.create_default_context(cafile=self.cafile or None)
+            return http.client.HTTPSConnection(self.host, self.port, timeout=timeout,
+                                               context=context)
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
     def open(self, method: str, path: str, body: bytes | None = None,
@@ -272,7 +283,8 @@ class AdminClient:
         headers = {"Accept": "application/json", "User-Agent": "faastwist-cli"}
         if settings.token:
             headers["Authorization"] = f"Bearer {settings.token}"
-        self.http = HTTPClient(settings.server, settings.timeout, headers, "faastwist admin API")
+        self.http = HTTPClient(settings.server, settings.timeout, headers, "faastwist admin API",
+                               cafile=settings.cacert)
         self._controller = settings.controller
 
     @property

@@ -217,12 +217,22 @@ def logs(obj: CliContext, name: str, follow: bool, tail: int | None, since: str 
 @click.option("--path", default="/", show_default=True, help="Path sent to the function.")
 @click.option("-i", "--include", is_flag=True, help="Print the status line and headers.")
 @click.option("-v", "--verbose", is_flag=True, help="Print status and timing to stderr.")
+@click.option("--async", "queued", is_flag=True,
+              help="Queue the call (202 and its call id); see `faastwist async`.")
+@click.option("--callback", metavar="URL", help="With --async: POST the answer here.")
 @click.pass_obj
 def invoke(obj: CliContext, name: str, data: str | None, headers: tuple[str, ...],
-           method: str | None, path: str, include: bool, verbose: bool) -> None:
+           method: str | None, path: str, include: bool, verbose: bool, queued: bool,
+           callback: str | None) -> None:
     """Call a function through the gate (X-FaaS-Func-Name routing)."""
     body = _read_data(data)
     sent = {"X-FaaS-Func-Name": name}
+    if callback and not queued:
+        raise click.BadParameter("needs --async", param_hint="--callback")
+    if queued:
+        sent["X-FaaS-Async"] = "true"
+    if callback:
+        sent["X-Callback-Url"] = callback
     for header in headers:
         key, sep, value = header.partition(":")
         if not sep or not key.strip():
@@ -232,7 +242,7 @@ def invoke(obj: CliContext, name: str, data: str | None, headers: tuple[str, ...
         path = "/" + path
     method = (method or ("POST" if body is not None else "GET")).upper()
     settings = obj.settings
-    gate = HTTPClient(settings.gate_url, settings.timeout, what="gate")
+    gate = HTTPClient(settings.gate_url, settings.timeout, what="gate", cafile=settings.cacert)
     reply = gate.request(method, path, body, sent)
     if verbose:
         click.echo(f"{method} {settings.gate_url}{path}: HTTP {reply.status}, "
@@ -246,6 +256,9 @@ def invoke(obj: CliContext, name: str, data: str | None, headers: tuple[str, ...
     if reply.status >= 400 and not include:
         message, _ = error_message(reply)
         raise CommandFailed(f"HTTP {reply.status} from {name}: {message}", reply.status)
+    if queued and not include:
+        click.echo(f"queued: call id {reply.headers.get('x-call-id', '?')}")
+        return
     sys.stdout.buffer.write(reply.body)
     if reply.body and not reply.body.endswith(b"\n") and sys.stdout.isatty():
         sys.stdout.buffer.write(b"\n")
@@ -341,6 +354,13 @@ def _show(key: str, value: Any) -> str:
         return human_age(value)
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if key == "leaderNode" and isinstance(value, dict):
+        return f"{value.get('id')} (admin {value.get('admin') or 'unknown'})"
+    if key == "leaderNode" and value is None:
+        return "none (no leader elected right now)"
+    if key == "nodes" and isinstance(value, list):
+        return ", ".join(f"{n.get('id')} (admin {n.get('admin')}, gate {n.get('gate')})"
+                         for n in value if isinstance(n, dict)) or "none"
     if isinstance(value, (dict, list)):
         return json.dumps(value)
     return str(value)

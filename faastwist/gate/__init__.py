@@ -11,7 +11,8 @@ its own layer:
    function, which error, the upstream head), independent of any transport.
 4. ``routes`` (the route table, fed by the store's watch) and ``upstream`` (the pooled
    upstream client).
-5. ``context``: what every exchange shares (routes, provider, pool, clock, metrics).
+5. ``context``: what every exchange shares (routes, provider, pool, clock, metrics);
+   ``accept``: queueing an asynchronous call (the exchange is passed in, not imported).
 6. ``exchange``: one proxied request, transport-independent.
 7. ``limits`` (maxConnections), ``lean`` (the lean HTTP/1.1 transport) and ``web``
    (the twisted.web transport: HTTPS, HTTP/2).

@@ -81,6 +81,7 @@ class GateContext:
         self.keep_alive = keep_alive
         self.access_log = access_log
         self.call_ids = call_ids or CallIds()
+        self.queue: Any = None  # an accept.Enqueuer when async invocations are on
         self.draining = False
         self.inflight = 0
         self._idle_waiters: list[Deferred] = []

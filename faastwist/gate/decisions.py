@@ -28,10 +28,14 @@ FUNCTION_PREFIX = b"/function/"
 SYSTEM_PREFIX = b"/system/"
 START_TIME = b"x-start-time"
 DURATION = b"x-duration-seconds"
+ASYNC_HEADER = b"x-faas-async"
+ASYNC_PREFIX = b"/async-function/"
 
 #: Request headers the gate sets itself (framing, Host, forwarding, Expect, call id).
 _MANAGED = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-forwarded-for",
                          b"x-forwarded-proto", b"x-forwarded-host", CALL_ID}
+#: Every header name ``classify`` acts on: one set lookup per header on the hot path.
+_ACTED = frozenset(_MANAGED | {FUNC_HEADER, ASYNC_HEADER})
 RETRY_AFTER_NOT_ACTIVE = 5
 #: methods the gate answers itself with 405: CONNECT would open a tunnel through the
 #: gate, TRACE would echo the client's credentials back to a script
@@ -71,7 +75,7 @@ class RequestHead:
 
     __slots__ = ("method", "target", "http11", "headers", "client_ip", "scheme",
                  "host", "func", "call_id", "xff", "content_length", "chunked",
-                 "connection", "expect_continue")
+                 "connection", "expect_continue", "async_call")
 
     def __init__(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
                  client_ip: str = "", scheme: bytes = b"http", http11: bool = True) -> None:
@@ -89,6 +93,7 @@ class RequestHead:
         self.chunked = False
         self.connection: bytes | None = None
         self.expect_continue = False
+        self.async_call = False  # to be queued (X-FaaS-Async: true or /async-function/)
 
 
 def classify(head: RequestHead) -> None:
@@ -101,12 +106,14 @@ def classify(head: RequestHead) -> None:
     coding = None
     host_seen = False
     for name, value in head.headers:
-        if name not in _MANAGED and name != FUNC_HEADER:
+        if name not in _ACTED:
             continue
         if name == FUNC_HEADER:
             if head.func is not None:
                 raise GateError(400, "X-FaaS-Func-Name: sent twice", close=True)
             head.func = value
+        elif name == ASYNC_HEADER:
+            head.async_call = value.strip().lower() == b"true"
         elif name == b"host":
             if host_seen:
                 raise GateError(400, "Host: sent twice", close=True)
@@ -159,7 +166,8 @@ def resolve(head: RequestHead, namespace: bytes = b"") -> tuple[str, bytes]:
     """The function a request is for and the target to forward, or GateError(400).
 
     The X-FaaS-Func-Name header wins and the target is forwarded unchanged; otherwise
-    ``/function/{name}/rest`` (OpenFaaS style) forwards ``/rest`` and the query;
+    ``/function/{name}/rest`` (OpenFaaS style) forwards ``/rest`` and the query, and
+    ``/async-function/{name}/rest`` does the same and marks the request to be queued;
     ``/function/{name}.{namespace}/rest`` names the gate's one namespace.
     """
     if head.target[:1] != b"/" and head.target[:4].lower() == b"http":
@@ -176,8 +184,12 @@ def resolve(head: RequestHead, namespace: bytes = b"") -> tuple[str, bytes]:
                                  f"(a DNS-1123 label)")
         return name, head.target
     target = head.target
-    if target.startswith(FUNCTION_PREFIX):
-        rest = target[len(FUNCTION_PREFIX):]
+    prefix = FUNCTION_PREFIX
+    if not target.startswith(prefix) and target.startswith(ASYNC_PREFIX):
+        prefix = ASYNC_PREFIX
+        head.async_call = True
+    if target.startswith(prefix):
+        rest = target[len(prefix):]
         cut = len(rest)
         for stop in (b"/", b"?"):
             index = rest.find(stop)
@@ -196,8 +208,8 @@ def resolve(head: RequestHead, namespace: bytes = b"") -> tuple[str, bytes]:
                 forwarded = b"/" + forwarded
             return name, forwarded
         if name:
-            raise GateError(400, f"/function/{name}: {name!r} is not a function name "
-                                 f"(a DNS-1123 label)")
+            raise GateError(400, f"{prefix.decode()}{name}: {name!r} is not a function "
+                                 f"name (a DNS-1123 label)")
     raise GateError(400, "no function named: send the X-FaaS-Func-Name header or call "
                          "/function/{name}/...")
 

@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from faastwist.gate.accept import Accept, begin_async
 from faastwist.gate.context import FunctionMetrics, GateContext
 from faastwist.gate.access import TokenBucket, key_allowed, presented_key, retry_after
 from faastwist.gate.decisions import (
@@ -81,7 +82,7 @@ class Exchange:
         "body_override", "pending", "pending_size", "sent", "sent_size", "retried",
         "body_complete", "bytes_in", "bytes_out", "responded", "status", "done",
         "response_length", "producing_down", "producing_up", "client_paused",
-        "head_only", "ended", "terminated",
+        "head_only", "ended", "terminated", "accept", "replay",
     )
 
     def __init__(self, context: GateContext, down: Downstream, head: RequestHead) -> None:
@@ -118,6 +119,10 @@ class Exchange:
         self.head_only = head.method == b"HEAD"
         self.ended = 0.0
         self.terminated = False  # the chunked body's last chunk went upstream
+        self.accept: Accept | None = None  # an asynchronous call being queued
+        #: a queued call run by the queue's worker: its key and rate were checked when
+        #: it was accepted (the key is not stored with it)
+        self.replay = False
 
     # -- start -------------------------------------------------------------------------
 
@@ -139,10 +144,15 @@ class Exchange:
                 if not context.routes.synced:
                     raise GateError(503, "the route table is still loading", retry_after=1)
                 raise GateError(404, f"function {self.name} not found")
-            if route.key_digests:
+            if route.key_digests and not self.replay:
                 self._check_key(route)
-            if route.rate_limit is not None:
+            if route.rate_limit is not None and not self.replay:
                 self._check_rate(route)
+            if head.async_call:  # queued, even for an inactive function
+                self.accept = begin_async(self, route)
+                if self.accept is not None and self.body_complete:
+                    self.accept.body_end()
+                return
             if not route.active:
                 raise GateError(503, f"function {self.name} is not active "
                                      f"(state: {route.state.value})",
@@ -226,6 +236,8 @@ class Exchange:
             lease.release()
             return
         self.lease = lease
+        if hasattr(lease, "on_lost"):   # a local replica: its death ends this at once
+            lease.on_lost = self.upstream_lost
         route = self.route
         upstream = lease.upstream
         cached = route.cache.get("upstream")
@@ -296,6 +308,9 @@ class Exchange:
         if self.done:
             return
         self.bytes_in += len(data)
+        if self.accept is not None:
+            self.accept.body(data)
+            return
         if self.bytes_in > self.context.max_body_size:
             self._too_large()
             return
@@ -318,6 +333,9 @@ class Exchange:
         if self.body_complete:
             return
         self.body_complete = True
+        if self.accept is not None and not self.done:
+            self.accept.body_end()
+            return
         if self.done or self.route is None:
             return
         if self.producing_up and self.conn is not None:
@@ -397,6 +415,16 @@ class Exchange:
             return
         self._upstream_error(kind, detail)
 
+    def upstream_lost(self, detail: str) -> None:
+        """The replica behind this request died: 502 if nothing was answered yet, else
+        cut the client's connection, now (whatever back-pressure paused meanwhile)."""
+        if self.done:
+            return
+        waiting, self.waiting = self.waiting, None
+        self._upstream_error("exit", detail)
+        if waiting is not None:
+            waiting.cancel()
+
     def _upstream_error(self, kind: str, detail: str) -> None:
         meters = self.meters
         if meters is not None:
@@ -464,6 +492,13 @@ class Exchange:
         self.responded = True
         self.down.send_simple(error.code, status_reason(error.code), headers, body, close)
         self._finish(error.code, reusable=False, close=close)
+
+    def reply_simple(self, code: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """A whole answer of the gate's own that is not an error (202 for a queued call)."""
+        close = not self.body_complete or self.context.draining or not self.context.keep_alive
+        self.responded = True
+        self.down.send_simple(code, status_reason(code), headers, body, close)
+        self._finish(code, reusable=False, close=close)
 
     def _drop_upstream(self) -> None:
         conn = self.conn

@@ -89,6 +89,12 @@ class RouteTable(Service):
     def names(self) -> list[str]:
         return sorted(self._routes)
 
+    def snapshot(self) -> dict[str, tuple[FunctionSpec, FunctionStatus]]:
+        """Every function's spec and status as the watch last delivered them (what the
+        admin API answers, marked stale, when etcd has no quorum)."""
+        return {name: (spec, self._statuses[name]) for name, spec in self._specs.items()
+                if name in self._statuses}
+
     def subscribe(self, listener: Listener) -> None:
         """Call ``listener(name, route_or_None)`` whenever a function's route changes."""
         self._listeners.append(listener)

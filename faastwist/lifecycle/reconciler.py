@@ -29,7 +29,7 @@ from faastwist.providers.base import (
     ProviderError,
     ProviderRejected,
 )
-from faastwist.store.base import Conflict, FunctionRecord, FunctionStore, NotFound
+from faastwist.store.base import Conflict, Fenced, FunctionRecord, FunctionStore, NotFound
 
 log = Logger(namespace="faastwist.reconciler")  # stable: operators filter on it
 
@@ -121,6 +121,11 @@ def _same(a: FunctionStatus, b: FunctionStatus) -> bool:
     return attrs.evolve(a, updated=0.0) == attrs.evolve(b, updated=0.0)
 
 
+class LeadershipLost(Exception):
+    """The pass stops: this node no longer leads (checked before every provider call and
+    write; the store's fence refuses the write anyway)."""
+
+
 class Reconciler(Service):
     """Runs passes every ``interval`` seconds on ``clock``; passes never overlap."""
 
@@ -130,7 +135,8 @@ class Reconciler(Service):
                  interval: float, metrics: Metrics | None = None,
                  is_leader: Callable[[], bool] = lambda: True,
                  wall_clock: Callable[[], float] = time.time,
-                 start_grace: float = 120.0) -> None:
+                 start_grace: float = 120.0,
+                 fence: Callable[[], Sequence] = lambda: ()) -> None:
         self.store = store
         self.provider = provider
         self.clock = clock
@@ -139,6 +145,7 @@ class Reconciler(Service):
         self.is_leader = is_leader
         self.wall_clock = wall_clock
         self.start_grace = start_grace
+        self.fence = fence
         self._lock = DeferredLock()
         self._loop: LoopingCall | None = None
         self._kicked: set[str] = set()
@@ -168,6 +175,23 @@ class Reconciler(Service):
             return None
         return self.run_pass()
 
+    def leadership_changed(self, leader: bool) -> None:
+        """A new leader acts at once (a full pass); a lost lease stops the pass under way
+        at its next step (every step checks ``is_leader`` first)."""
+        if leader and self.running:
+            log.info("leader: running a full reconcile pass now")
+            self.run_pass()
+
+    def _require_leader(self) -> None:
+        if not self.is_leader():
+            raise LeadershipLost()
+
+    def _fence(self) -> Sequence:
+        try:
+            return self.fence()
+        except Exception as exc:
+            raise LeadershipLost(str(exc)) from None
+
     def kick(self, name: str) -> None:
         """Handle ``name`` soon, without waiting for the next interval."""
         self._kicked.add(name)
@@ -189,8 +213,13 @@ class Reconciler(Service):
     def _guarded_pass(self, names: Sequence[str] | None):
         started = self.clock.seconds()
         try:
+            if not self.is_leader():
+                return
             yield self._pass(names)
             self.last_error = None
+        except (LeadershipLost, Fenced) as exc:
+            log.info("reconcile pass stopped: this node no longer leads ({error})",
+                     error=str(exc) or "lease lost")
         except ProviderError as exc:
             self.last_error = str(exc)
             self.metrics.reconcile_errors.labels("provider").inc()
@@ -208,6 +237,7 @@ class Reconciler(Service):
         records = yield self._read(names)
         observed = yield self.provider.observe(names)
         for record in records.values():
+            self._require_leader()
             try:
                 yield self._converge(record, observed.get(record.name))
             except ProviderConflict as exc:
@@ -221,6 +251,7 @@ class Reconciler(Service):
                          name=record.name)
         wanted = set(records)
         for name in self._orphans(observed, wanted, names):
+            self._require_leader()
             log.info("deleting {name}: the provider runs it but the store has no such function",
                      name=name)
             try:
@@ -260,6 +291,7 @@ class Reconciler(Service):
         if decision.action is not None:
             action = decision.action.value
             log.info("function {name}: {action}", name=record.name, action=action)
+            self._require_leader()  # provider writes (Kubernetes) only while the lease holds
             try:
                 yield PROVIDER_CALLS[decision.action](self.provider, record)
             except ProviderRejected as exc:
@@ -286,5 +318,6 @@ class Reconciler(Service):
                          before=before.value, after=status.state.value, event=event.value)
         if not _same(status, record.status):
             status = attrs.evolve(status, updated=now)
-            yield self.store.update(record, status=status)
+            self._require_leader()
+            yield self.store.update(record, status=status, fence=self._fence())
             self.metrics.set_state(record.name, status.state)

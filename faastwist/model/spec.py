@@ -287,6 +287,9 @@ class FunctionSpec:
     secrets: tuple[str, ...] = ()
     read_only_root_filesystem: bool = False
     rate_limit: RateLimit | None = None
+    # asynchronous invocations (0: the controller's queue.concurrency / maxAttempts)
+    async_concurrency: int = 0
+    max_attempts: int = 0
 
     @classmethod
     def from_dict(cls, data: object) -> "FunctionSpec":
@@ -317,6 +320,8 @@ class FunctionSpec:
             secrets=reader.string_list("secrets", ()),
             read_only_root_filesystem=reader.boolean("readOnlyRootFilesystem", False),
             rate_limit=reader.section("rateLimit", _read_rate_limit),
+            async_concurrency=reader.integer("asyncConcurrency", 0, 0, 10000),
+            max_attempts=reader.integer("maxAttempts", 0, 0, 100),
         )
         reader.finish()
         if spec.env_process and not spec.env_process.strip():
@@ -378,6 +383,10 @@ class FunctionSpec:
             out["readOnlyRootFilesystem"] = True
         if self.rate_limit is not None:
             out["rateLimit"] = self.rate_limit.to_dict()
+        if self.async_concurrency:
+            out["asyncConcurrency"] = self.async_concurrency
+        if self.max_attempts:
+            out["maxAttempts"] = self.max_attempts
         return out
 
     @property

@@ -52,6 +52,7 @@ from faastwist.store.base import StoreError
 from faastwist.store.secrets import SecretStore, reveal_deferred
 from faastwist.providers.orphans import GATE_PID_VAR, OWNER_VAR, kill_orphans, owner_token
 from faastwist.providers.isolation import (
+    SYSTEM_ROOT,
     Staging,
     Tools,
     function_env,
@@ -182,10 +183,15 @@ class ProcessProvider(Service):
                 function_log.file.close()
             self.threads.stop()
             self.secret_files.clear()
-            try:
-                os.rmdir(self.functions_dir)   # gone when no function is left
-            except OSError:
-                pass
+            if self.functions_dir.startswith(SYSTEM_ROOT + "/"):
+                # outside the data folder they are scratch: staged copies, working
+                # folders; the next start stages again
+                remove_home(self.functions_dir)
+            else:
+                try:
+                    os.rmdir(self.functions_dir)   # gone when no function is left
+                except OSError:
+                    pass
         return DeferredList(stops, consumeErrors=True).addCallback(finish)
 
     def _tick(self) -> None:
@@ -545,6 +551,13 @@ class ProcessProvider(Service):
         function_log.file.flush()
         return deferToThreadPool(self.reactor, self.threads, read_lines, name,
                                  function_log.file.path, tail, since)
+
+    def runs_here(self, name: str) -> bool:
+        """Whether this node runs ``name`` or kept logs of it (logs are node-local)."""
+        if name in self.runtimes or name in self.logs:
+            return True
+        path = self.log_dir / f"{name}.log"
+        return path.exists() or path.with_name(path.name + ".1").exists()
 
     def follow_logs(self, name: str, on_line: Callable[[LogLine], None]) -> Callable[[], None]:
         return self._log(name).follow(on_line)

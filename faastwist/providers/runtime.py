@@ -61,16 +61,27 @@ def replica_bounds(spec: FunctionSpec, tuning: Tuning) -> tuple[int, int]:
 class ProcessLease:
     """A request's hold on one replica; counts towards in-flight until released."""
 
-    __slots__ = ("upstream", "_runtime", "_replica")
+    __slots__ = ("upstream", "on_lost", "_runtime", "_replica")
 
     def __init__(self, runtime: "HttpRuntime", replica: Replica) -> None:
         self.upstream = replica.upstream
+        #: set by the request holding the lease: called when the replica dies under it,
+        #: so the request ends at once (its connection may be paused by back-pressure,
+        #: and a paused connection never reports the upstream's close)
+        self.on_lost: Callable[[str], None] | None = None
         self._runtime: HttpRuntime | None = runtime
         self._replica = replica
 
+    def lost(self, why: str) -> None:
+        on_lost, self.on_lost = self.on_lost, None
+        if on_lost is not None and self._runtime is not None:
+            on_lost(why)
+
     def release(self) -> None:
         runtime, self._runtime = self._runtime, None
+        self.on_lost = None
         if runtime is not None:
+            runtime.leases.get(self._replica, set()).discard(self)
             runtime.release(self._replica)
 
 
@@ -96,6 +107,7 @@ class HttpRuntime:
         self.error: ExitInfo | None = None
         self.oom_kills = 0                    # exits past limitMemory, since the deploy
         self.inflight = 0
+        self.leases: dict[Replica, set[ProcessLease]] = {}  # the requests on each replica
         self.peak = 0
         self.requests = 0
         self.last_activity = self.since
@@ -260,6 +272,8 @@ class HttpRuntime:
             waiter.callback(self._lease(self._next_ready()))
 
     def _on_exit(self, replica: Replica, info: ExitInfo) -> None:
+        for lease in list(self.leases.pop(replica, ())):
+            lease.lost(f"replica {replica.instance} exited ({info.describe()})")
         current = replica in self.replicas
         for group in (self.replicas, self.ready, self.retiring):
             if replica in group:
@@ -312,7 +326,9 @@ class HttpRuntime:
             self.peak = self.inflight
             if self.by_concurrency:
                 self._want(math.ceil(self.inflight / self.scale_value))
-        return ProcessLease(self, replica)
+        lease = ProcessLease(self, replica)
+        self.leases.setdefault(replica, set()).add(lease)
+        return lease
 
     def acquire(self) -> UpstreamLease | Deferred[UpstreamLease]:
         if self.stopped:

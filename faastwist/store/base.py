@@ -10,7 +10,7 @@ loser gets Conflict and retries with fresh data.
 from __future__ import annotations
 
 import json
-from typing import Callable, Literal, Protocol, Sequence
+from typing import Any, Callable, Literal, Protocol, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -46,6 +46,14 @@ class Conflict(StoreError):
 
 class StoreUnavailable(StoreError):
     """The backing store cannot be reached (etcd down, timeout)."""
+
+
+class OutcomeUnknown(StoreUnavailable):
+    """A write was sent but no answer came: it may or may not have been applied."""
+
+
+class Fenced(StoreError):
+    """A leader's write was refused: this node no longer holds the leader key."""
 
 
 @attrs.frozen
@@ -104,10 +112,12 @@ class FunctionStore(Protocol):
         """All functions of the controller in one read."""
 
     def update(self, expected: FunctionRecord, spec: FunctionSpec | None = None,
-               status: FunctionStatus | None = None) -> Deferred[FunctionRecord]:
-        """Replace spec and/or status if neither changed since ``expected`` was read."""
+               status: FunctionStatus | None = None,
+               fence: Sequence[Any] = ()) -> Deferred[FunctionRecord]:
+        """Replace spec and/or status if neither changed since ``expected`` was read
+        (and, for the leader, if the ``fence`` comparisons on its key still hold)."""
 
-    def delete(self, expected: FunctionRecord) -> Deferred[None]:
+    def delete(self, expected: FunctionRecord, fence: Sequence[Any] = ()) -> Deferred[None]:
         """Remove both keys if neither changed since ``expected`` was read."""
 
     def watch(self, start_revision: int, on_changes: Callable[[Sequence[Change]], None],

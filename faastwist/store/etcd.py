@@ -20,10 +20,12 @@ from twisted.internet.error import ConnectError, TimeoutError
 from twisted.logger import Logger
 from twisted.web.client import Agent
 from twisted.internet.interfaces import IReactorTCP
+from txaioetcd._lease import Lease
 from txaioetcd import (
     Client,
     CompCreated,
     CompModified,
+    CompValue,
     Error as EtcdError,
     Failed,
     KeySet,
@@ -46,6 +48,8 @@ from faastwist.store.base import (
     Listing,
     NotFound,
     StoreError,
+    Fenced,
+    OutcomeUnknown,
     StoreUnavailable,
     decode_spec,
     decode_status,
@@ -124,7 +128,7 @@ class EtcdStore:
     """FunctionStore of one controller on an etcd cluster; call ``connect()`` first."""
 
     def __init__(self, reactor: IReactorTCP, endpoints: Sequence[str], prefix: str, controller: str,
-                 timeout: float, metrics: Metrics | None = None) -> None:
+                 timeout: float, metrics: Metrics | None = None, start_index: int = 0) -> None:
         if not endpoints:
             raise ValueError("etcd.endpoints: at least one endpoint is needed")
         for endpoint in endpoints:
@@ -144,7 +148,9 @@ class EtcdStore:
         self._lease: LeaseApi | None = None
         self._watch_agent = Agent(reactor)  # one connection per stream, never pooled
         self._clients = {e: Client(reactor, url=e, timeout=timeout) for e in self.endpoints}
-        self._active = 0
+        # nodes start at different endpoints (the caller passes a node-specific index),
+        # so losing one member does not hit every node's connection at once
+        self._active = start_index % len(self.endpoints)
         self._watches: set[EtcdWatch] = set()
 
     # keys
@@ -221,7 +227,10 @@ class EtcdStore:
                 return result
             self._active = (index + 1) % count
             if not (idempotent or isinstance(last, ConnectError)):
-                break
+                raise OutcomeUnknown(
+                    f"etcd {op}: outcome unknown (sent to {self.endpoints[index]}, no answer: "
+                    f"{_describe(last, self.timeout)}); read the function again before "
+                    f"retrying") from None
         raise StoreUnavailable(f"etcd {op} failed ({', '.join(self.endpoints)}): "
                                f"{_describe(last, self.timeout)}")
 
@@ -254,13 +263,44 @@ class EtcdStore:
         spec_key, status_key = self._keys(spec.name)
         txn = Transaction(compare=[CompCreated(spec_key, "==", 0)],
                           success=[OpSet(spec_key, encode_spec(spec)),
-                                   OpSet(status_key, encode_status(status))])
+                                   OpSet(status_key, encode_status(status))],
+                          failure=[OpGet(spec_key), OpGet(status_key)])
         try:
-            result = yield self.submit("create", txn)
+            try:
+                result = yield self.submit("create", txn)
+            except OutcomeUnknown:
+                current = yield self._settle(spec.name)
+                if current is not None:
+                    if current.spec == spec:
+                        return current  # it was applied
+                    raise AlreadyExists(spec.name) from None
+                result = yield self.submit("create", txn)  # it was not: once more
         except Failed:
             raise AlreadyExists(spec.name) from None
         revision = result.header.revision
         return FunctionRecord(spec, status, revision, revision)
+
+    @inlineCallbacks
+    def _settle(self, name: str):
+        """After a write whose answer was lost: the function as it is now (None when
+        absent), read on any endpoint; OutcomeUnknown when that read fails too."""
+        spec_key, status_key = self._keys(name)
+        txn = Transaction(success=[OpGet(spec_key), OpGet(status_key)])
+        try:
+            result = yield self.submit("settle", txn, idempotent=True)
+        except StoreUnavailable as exc:
+            raise OutcomeUnknown(f"etcd write to {name}: outcome unknown, and it cannot be "
+                                 f"read back ({exc}); read the function before retrying") from None
+        spec_range, status_range = result.responses
+        if not spec_range.kvs:
+            return None
+        return self._record(name, spec_range.kvs[0],
+                            status_range.kvs[0] if status_range.kvs else None)
+
+    @staticmethod
+    def _unchanged(current: FunctionRecord, expected: FunctionRecord) -> bool:
+        return (current.spec_revision == expected.spec_revision
+                and current.status_revision == expected.status_revision)
 
     @_counted("get")
     def get(self, name: str):
@@ -302,16 +342,28 @@ class EtcdStore:
             CompModified(status_key, "==", expected.status_revision)]
 
     @staticmethod
-    def _lost_race(name: str, failed: Failed) -> StoreError:
-        """The compare failed: NotFound when the spec is gone, else Conflict."""
-        spec_range = failed.responses[0] if failed.responses else None
+    def _fence_reads(fence: Sequence[Any]) -> list:
+        return [OpGet(fence[0].key)] if fence else []
+
+    @staticmethod
+    def _lost_race(name: str, failed: Failed, fence: Sequence[Any] = ()) -> StoreError:
+        """The compare failed: Fenced when the leader key moved, NotFound when the spec
+        is gone, else Conflict."""
+        responses = failed.responses or []
+        if fence and len(responses) > 1:
+            leader = responses[1].kvs[0] if responses[1].kvs else None
+            if not all(_holds(comp, leader) for comp in fence):
+                return Fenced(f"not written: this node no longer holds the leader key "
+                              f"(its holder: {leader.value.decode('utf-8', 'replace') if leader else 'none'})")
+        spec_range = responses[0] if responses else None
         return Conflict(name) if spec_range is not None and spec_range.kvs else NotFound(name)
 
     @_counted("update")
     def update(self, expected: FunctionRecord, spec: FunctionSpec | None = None,
-               status: FunctionStatus | None = None):
+               status: FunctionStatus | None = None, fence: Sequence[Any] = ()):
         name = expected.name
         spec_key, status_key, compare = self._guard(expected)
+        compare += list(fence)
         writes = []
         if spec is not None:
             writes.append(OpSet(spec_key, encode_spec(spec)))
@@ -319,11 +371,22 @@ class EtcdStore:
             writes.append(OpSet(status_key, encode_status(status)))
         txn = Transaction(compare=compare,
                           success=writes or [OpGet(spec_key), OpGet(status_key)],
-                          failure=[OpGet(spec_key)])
+                          failure=[OpGet(spec_key)] + self._fence_reads(fence))
         try:
-            result = yield self.submit("update", txn)
+            try:
+                result = yield self.submit("update", txn)
+            except OutcomeUnknown:
+                current = yield self._settle(name)
+                if current is None:
+                    raise NotFound(name) from None
+                if ((spec is None or current.spec == spec)
+                        and (status is None or current.status == status)):
+                    return current  # it was applied
+                if not self._unchanged(current, expected):
+                    raise Conflict(name) from None
+                result = yield self.submit("update", txn)  # it was not: once more
         except Failed as failed:
-            raise self._lost_race(name, failed) from None
+            raise self._lost_race(name, failed, fence) from None
         if not writes:
             spec_range, status_range = result.responses
             return self._record(name, spec_range.kvs[0],
@@ -337,15 +400,24 @@ class EtcdStore:
             status_revision=expected.status_revision if status is None else revision)
 
     @_counted("delete")
-    def delete(self, expected: FunctionRecord):
+    def delete(self, expected: FunctionRecord, fence: Sequence[Any] = ()):
         spec_key, status_key, compare = self._guard(expected)
-        txn = Transaction(compare=compare, success=[OpDel(spec_key), OpDel(status_key),
-                                                    OpDel(self.key("keys", expected.name))],
-                          failure=[OpGet(spec_key)])
+        txn = Transaction(compare=compare + list(fence),
+                          success=[OpDel(spec_key), OpDel(status_key),
+                                   OpDel(self.key("keys", expected.name))],
+                          failure=[OpGet(spec_key)] + self._fence_reads(fence))
         try:
-            yield self.submit("delete", txn)
+            try:
+                yield self.submit("delete", txn)
+            except OutcomeUnknown:
+                current = yield self._settle(expected.name)
+                if current is None:
+                    return None  # it was applied
+                if not self._unchanged(current, expected):
+                    raise Conflict(expected.name) from None
+                yield self.submit("delete", txn)  # it was not: once more
         except Failed as failed:
-            raise self._lost_race(expected.name, failed) from None
+            raise self._lost_race(expected.name, failed, fence) from None
         return None
 
     @_counted("get_keys")
@@ -375,11 +447,28 @@ class EtcdStore:
 
     @_counted("check")
     def check(self):
+        """A linearizable read: it needs a quorum (a member's status answers without one)."""
         if self.api_prefix is None:
             yield self.connect()
             return None
-        yield self._call("check", lambda e: self._clients[e].status(timeout=self.timeout), True)
+        txn = Transaction(success=[OpGet(self.key("leader"))])
+        yield self.submit("check", txn, idempotent=True)
         return None
+
+    # plain keys (node registrations, reports)
+
+    def put(self, key: bytes, value: bytes, lease_id: int | None = None) -> Deferred:
+        lease = None if lease_id is None else Lease(None, None, 0, lease_id)
+        return self.submit("put", Transaction(success=[OpSet(key, value, lease=lease)]), True)
+
+    def delete_key(self, key: bytes) -> Deferred:
+        return self.submit("delete_key", Transaction(success=[OpDel(key)]), True)
+
+    def read_prefixes(self, *prefixes: bytes) -> Deferred:
+        """``([[KeyValue...] per prefix], revision)`` read at one revision."""
+        txn = Transaction(success=[OpGet(KeySet(p, prefix=True)) for p in prefixes])
+        d = self.submit("read_prefixes", txn, True)
+        return d.addCallback(lambda r: ([list(x.kvs) for x in r.responses], r.header.revision))
 
     # watches
 
@@ -454,6 +543,17 @@ class EtcdStore:
         closing = [self._http.close()]
         closing += [client._pool.closeCachedConnections() for client in self._clients.values()]
         return DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)
+
+
+def _holds(comp: Any, kv: KeyValue | None) -> bool:
+    """Whether the leader key ``kv`` still satisfies one fence comparison."""
+    if kv is None:
+        return False
+    if isinstance(comp, CompModified):
+        return kv.mod_revision == comp.mod_revision
+    if isinstance(comp, CompValue):
+        return kv.value == comp.value
+    return True
 
 
 @attrs.define

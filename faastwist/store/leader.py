@@ -18,7 +18,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 from twisted.internet.interfaces import IReactorTime
-from txaioetcd import CompCreated, Failed, OpGet, OpSet, Transaction
+from txaioetcd import CompCreated, CompModified, CompValue, Failed, OpGet, OpSet, Transaction
 from txaioetcd._lease import Lease
 
 from faastwist.metrics import Metrics
@@ -27,6 +27,10 @@ from faastwist.store.etcdwatch import EtcdWatch, KeyEvent
 from faastwist.util.timers import NamedTimers
 
 log = Logger()
+
+
+class NotLeader(Exception):
+    """A leader-only step was about to run on a node that does not (or no longer) lead."""
 
 
 class AlwaysLeader(Service):
@@ -54,6 +58,9 @@ class AlwaysLeader(Service):
     def add_listener(self, listener: Callable[[bool], None]) -> None:
         """Leadership never changes while running; nothing to report."""
 
+    def fence(self) -> list:
+        return []
+
 
 class LeaderElection(Service):
     """Campaigns for the controller's leader key on ``store`` as ``node_id``."""
@@ -71,6 +78,7 @@ class LeaderElection(Service):
         self.metrics = metrics if metrics is not None else store.metrics
         self.key = store.key("leader")
         self.holder: str | None = None  # the node id in the key, as last seen
+        self.fence_revision = 0  # the mod revision of our write of the key while we lead
         self._leader = False
         self._valid_until = 0.0
         self._lease_id: int | None = None
@@ -91,6 +99,15 @@ class LeaderElection(Service):
     def add_listener(self, listener: Callable[[bool], None]) -> None:
         """Call ``listener(is_leader)`` on every change of leadership."""
         self._listeners.append(listener)
+
+    def fence(self) -> list:
+        """The comparisons that make a write conditional on this node still leading:
+        the key holds our id *and* was last written by our campaign (a later holder,
+        even one with our id after a restart, wrote it at a newer revision)."""
+        if not self.is_leader():
+            raise NotLeader(f"{self.node_id} is not the leader (holder: {self.holder})")
+        return [CompModified(self.key, "==", self.fence_revision),
+                CompValue(self.key, "==", self.node_id.encode())]
 
     def startService(self) -> None:
         Service.startService(self)
@@ -148,26 +165,50 @@ class LeaderElection(Service):
         try:
             result = yield self.store.submit("campaign", txn)
         except Failed as failed:
-            # someone leads (the read ran in the same txn, so it sees that holder): drop
-            # our unused lease and watch the key for its deletion
+            # someone leads (the read ran in the same txn, so it sees that holder)
             kvs = failed.responses[0].kvs if failed.responses else []
-            self.holder = kvs[0].value.decode("utf-8", "replace") if kvs else None
+            holder = kvs[0].value.decode("utf-8", "replace") if kvs else None
+            if holder == self.node_id and kvs:
+                # our own id from before an outage or a restart: take the key back now
+                # instead of waiting for the old lease to run out
+                result = yield self._take_back(kvs[0], lease_id, granted)
+                if result is not None:
+                    self._won(result, lease_id, granted, sent, "took back its leader key")
+                    return
+            if holder != self.holder:
+                log.info("{node} follows {holder} as leader of {controller}",
+                         node=self.node_id, holder=holder, controller=self.store.controller)
+            self.holder = holder
             self._failures = 0
             self._ensure_watch(failed.header.revision)
             yield self.store.lease_revoke(lease_id)
-            log.debug("{node} follows {holder}", node=self.node_id, holder=self.holder)
             return
+        self._won(result, lease_id, granted, sent, "is the leader")
+
+    def _take_back(self, kv: Any, lease_id: int, granted: int) -> Deferred:
+        """Rebind the key holding our id to our new lease, if nobody changed it meanwhile."""
+        txn = Transaction(
+            compare=[CompModified(self.key, "==", kv.mod_revision),
+                     CompValue(self.key, "==", self.node_id.encode())],
+            success=[OpSet(self.key, self.node_id.encode(),
+                           lease=Lease(None, None, granted, lease_id))])
+        d = self.store.submit("campaign", txn)
+        d.addErrback(lambda f: f.trap(Failed) and None)
+        return d
+
+    def _won(self, result: Any, lease_id: int, granted: int, sent: float, how: str) -> None:
         if not self.running:
-            yield self.store.lease_revoke(lease_id)
+            self.store.lease_revoke(lease_id).addErrback(lambda _: None)
             return
         self._lease_id, self._granted_ttl = lease_id, granted
         self._valid_until = sent + granted
+        self.fence_revision = result.header.revision
         self.holder = self.node_id
         self._failures = 0
         self._set_leader(True)
         self._ensure_watch(result.header.revision)
         self._timers.later("keepalive", granted / 3.0, self._keepalive)
-        log.info("{node} is the leader of {controller} (lease {lease}, ttl {ttl}s)",
+        log.info("{node} {how} of {controller} (lease {lease}, ttl {ttl}s)", how=how,
                  node=self.node_id, controller=self.store.controller, lease=lease_id, ttl=granted)
 
     def _campaign_failed(self, failure: Any) -> None:
@@ -239,7 +280,11 @@ class LeaderElection(Service):
 
     def _key_changed(self, events: list[KeyEvent]) -> None:
         last = events[-1]
-        self.holder = None if last.value is None else last.value.decode("utf-8", "replace")
+        holder = None if last.value is None else last.value.decode("utf-8", "replace")
+        if holder is not None and holder != self.holder and holder != self.node_id:
+            log.info("{node} follows {holder} as leader of {controller}", node=self.node_id,
+                     holder=holder, controller=self.store.controller)
+        self.holder = holder
         if self._leader and self.holder != self.node_id:
             self._step_down("the leader key was deleted" if self.holder is None
                             else f"{self.holder} holds the leader key")

@@ -6,7 +6,7 @@ behaves the same against etcd. Watches are delivered synchronously.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
@@ -104,7 +104,7 @@ class MemoryStore:
         return current
 
     def update(self, expected: FunctionRecord, spec: FunctionSpec | None = None,
-               status: FunctionStatus | None = None) -> Deferred[FunctionRecord]:
+               status: FunctionStatus | None = None, fence: Sequence[Any] = ()) -> Deferred[FunctionRecord]:
         try:
             current = self._current(expected)
         except Exception as exc:
@@ -125,7 +125,7 @@ class MemoryStore:
         self._emit(changes)
         return succeed(record)
 
-    def delete(self, expected: FunctionRecord) -> Deferred[None]:
+    def delete(self, expected: FunctionRecord, fence: Sequence[Any] = ()) -> Deferred[None]:
         try:
             self._current(expected)
         except Exception as exc:

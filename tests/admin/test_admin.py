@@ -128,13 +128,16 @@ class RacingStore(MemoryStore):
     the admin API read it: the admin's compare-and-swap then loses."""
 
     race: str | None = None
+    race_spec = False   # the other writer changes the spec too (else: the status only)
 
     def get(self, name: str) -> Deferred[FunctionRecord]:
         d = super().get(name)
         if self.race == name:
             self.race = None
             record = fired(super().get(name))
-            fired(self.update(record, status=attrs.evolve(record.status, message="racer")))
+            spec = attrs.evolve(record.spec, port=8091) if self.race_spec else None
+            fired(self.update(record, spec=spec,
+                              status=attrs.evolve(record.status, message="racer")))
         return d
 
 
@@ -440,6 +443,10 @@ CONTROLLER_ROUTES = [
     ("POST", ""), ("GET", ""), ("GET", "/demo10"), ("PUT", "/demo10"), ("DELETE", "/demo10"),
     ("PUT", "/demo10/start"), ("PUT", "/demo10/stop"), ("GET", "/demo10/status"),
     ("GET", "/demo10/logs"), ("PUT", "/demo10/rollout"),
+
+
+    ("GET", "/demo10/logs"), ("POST", "/demo10/keys"), ("GET", "/demo10/keys"),
+    ("DELETE", "/demo10/keys/k1"),
 ]
 
 
@@ -447,7 +454,8 @@ def test_the_controller_check_covers_every_api_route() -> None:
     """Each route under /apis/.../faas/<controller> is in CONTROLLER_ROUTES (so the test
     below covers it): a new route cannot skip the controller check unnoticed."""
     prefix = "/apis/<any(v1, v2):version>/faas/<controller>"
-    routes = {(method, rule.rule[len(prefix):].replace("<fn>", "demo10"))
+    routes = {(method, rule.rule[len(prefix):].replace("<fn>", "demo10")
+               .replace("<key_id>", "k1"))
               for rule in AdminAPI.app.url_map.iter_rules() if rule.rule.startswith(prefix)
               for method in rule.methods - {"HEAD", "OPTIONS"}}
     assert routes == set(CONTROLLER_ROUTES)
@@ -635,16 +643,36 @@ def test_lost_compare_and_swap_is_409(method: str, path: str, body: bytes | None
     if path.endswith("/stop"):
         admin.set_state("demo10", Event.READY)
     admin.store.race = "demo10"
+    admin.store.race_spec = True
     reply = admin.request(method, path, body)
     assert reply.code == 409
     assert reply.data["message"] == ("function demo10 was changed concurrently; "
                                      "read it again and retry")
     record = fired(admin.store.get("demo10"))
     assert record.status.message == "racer"  # the other writer's change survived
-    assert record.spec.port == 8089
+    assert record.spec.port == 8091
     assert admin.kicks == ["demo10"]
     # a retry with fresh data goes through
     assert admin.request(method, path, body).code == 200
+
+
+@pytest.mark.parametrize("method, path, body", [
+    ("PUT", "/demo10", DEMO10.replace(b"8089", b"8090")),
+    ("PUT", "/demo10/stop", None),
+    ("DELETE", "/demo10", None),
+])
+def test_losing_to_a_status_only_write_is_retried(method: str, path: str,
+                                                  body: bytes | None) -> None:
+    """The leader recording readiness between the admin's read and write is not a
+    conflict of intent: the operator's event is applied to the fresh record."""
+    admin = Admin(store=RacingStore(CONTROLLER))
+    admin.create()
+    if path.endswith("/stop"):
+        admin.set_state("demo10", Event.READY)
+    admin.store.race = "demo10"
+    reply = admin.request(method, path, body)
+    assert reply.code == 200, reply.data
+    assert admin.kicks == ["demo10", "demo10"]
 
 
 def test_kick_only_after_successful_writes(admin: Admin) -> None:
@@ -768,6 +796,15 @@ def test_logs_without_a_log_source_are_501(admin: Admin) -> None:
     reply = admin.request("GET", "/demo10/logs")
     assert reply.code == 501
     assert "no log source" in reply.data["message"]
+
+
+def test_logs_of_a_function_that_never_ran_on_this_node_say_so(
+        logs: tuple[Admin, FakeLogSource]) -> None:
+    admin, source = logs
+    source.runs_here = lambda name: name != "demo10"   # type: ignore[attr-defined]
+    reply = admin.request("GET", "/demo10/logs")
+    assert reply.code == 404
+    assert "has not run on node" in reply.data["message"]
 
 
 class StreamReader(Protocol):
@@ -923,3 +960,41 @@ def test_rollout_keeps_an_active_function_active_and_updates_others_as_update(
     assert admin.request("PUT", "/ghost/rollout", spec_yaml("ghost")).code == 404
     assert admin.request("PUT", "/demo10/rollout", spec_yaml("other")).code == 409
     assert admin.request("PUT", "/demo10/rollout", b"port: -1").code == 400
+
+
+# -- invocation keys -----------------------------------------------------------------------
+
+def test_keys_are_created_shown_once_listed_by_id_and_revoked(admin: Admin) -> None:
+    from faastwist.model.keys import digest
+
+    admin.create()
+    accept = {"Accept": "application/json"}
+    first = admin.request("POST", "/demo10/keys", headers=accept)
+    assert first.code == 201, first.body
+    key = first.data["key"]
+    assert key.startswith("fk_") and "shown only now" in first.data["message"]
+    assert first.header("Location").endswith(f"/faascontroller/demo10/keys/{first.data['id']}")
+    second = admin.request("POST", "/demo10/keys", headers=accept)
+    stored, _ = fired(admin.store.get_keys("demo10"))
+    assert [e.sha256 for e in stored.entries] == [digest(key), digest(second.data["key"])]
+    listing = admin.request("GET", "/demo10/keys", headers=accept)
+    assert listing.code == 200
+    assert listing.data == [{"id": first.data["id"], "created": first.data["created"]},
+                            {"id": second.data["id"], "created": second.data["created"]}]
+    assert key not in listing.body.decode() and digest(key) not in listing.body.decode()
+    revoked = admin.request("DELETE", f"/demo10/keys/{first.data['id']}", headers=accept)
+    assert (revoked.code, revoked.data["revoked"]) == (200, True)
+    again = admin.request("DELETE", f"/demo10/keys/{first.data['id']}", headers=accept)
+    assert again.code == 404 and first.data["id"] in again.data["message"]
+    assert admin.request("GET", "/demo10/keys", headers=accept).data == [
+        {"id": second.data["id"], "created": second.data["created"]}]
+    assert admin.request("POST", "/nope/keys", headers=accept).code == 404
+    assert admin.request("GET", "/nope/keys", headers=accept).code == 404
+
+
+def test_at_most_ten_keys(admin: Admin) -> None:
+    admin.create()
+    for _ in range(10):
+        assert admin.request("POST", "/demo10/keys").code == 201
+    refused = admin.request("POST", "/demo10/keys", headers={"Accept": "application/json"})
+    assert refused.code == 409 and "revoke one first" in refused.data["message"]

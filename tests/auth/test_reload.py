@@ -72,3 +72,18 @@ def test_basic_auth_files_are_read_and_reloaded(tmp_path: Path) -> None:
     os.utime(password, (1, 1))
     files.poll()
     assert auth.check(header, True).code == 401
+
+
+def test_a_file_others_may_write_is_refused(tmp_path: Path) -> None:
+    clock, auth = Clock(), Authorizer()
+    path = tmp_path / "admin-tokens"
+    files = AuthFiles(auth, clock, str(path))
+    files.load()
+    token = read_admin_token(path)
+    path.chmod(0o666)
+    assert files.reload() is False                      # the old tokens stay
+    assert auth.check(bearer(token), True).allowed
+    with pytest.raises(TokenFileError, match="writable by group or others"):
+        AuthFiles(Authorizer(), clock, str(path)).load()
+    path.chmod(0o644)                                    # readable by others is fine
+    assert files.reload() is True

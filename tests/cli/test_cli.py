@@ -58,6 +58,10 @@ def test_status_shows_server_info_and_health(cli_node) -> None:
     assert lines["server"].strip() == cli_node.admin_root
     data = json.loads(ok(run_cli(cli_node, "status", "-o", "json")))
     assert data["controller"] == "clictl" and data["leader"] is True
+    admin = cli_node.admin_root.split("//", 1)[1]
+    assert data["leaderNode"] == {"id": data["node"], "admin": admin}
+    assert lines["leaderNode"].strip() == f"{data['node']} (admin {admin})"
+    assert lines["nodes"].strip().startswith(f"{data['node']} (admin {admin}, gate ")
 
 
 def test_the_tour_create_wait_list_get_invoke_logs_stop_update_start_delete(

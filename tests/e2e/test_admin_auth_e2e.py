@@ -92,6 +92,9 @@ def test_cli_finds_the_node_token_from_its_config(fresh: FaasNodeProcess) -> Non
                      env={"FAASTWIST_TOKEN": "", "FAASTWIST_NODE_CONFIG": str(fresh.config_path)})
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == []
+    result = run_cli(fresh, "--node-config", str(fresh.config_path), "list", "-o", "json",
+                     env={"FAASTWIST_TOKEN": ""})
+    assert result.returncode == 0, result.stderr
     result = run_cli(fresh, "list", env={"FAASTWIST_TOKEN": ""})
     assert result.returncode == 1 and "authentication required" in result.stderr
 

@@ -265,7 +265,7 @@ def test_info_healthz_readyz(json_node) -> None:
     status, _, body = http("GET", f"{json_node.admin_root}/readyz")
     assert status == 200, body
     ready = json.loads(body)
-    assert ready["status"] == "ok" and set(ready["checks"]) >= {"store", "provider"}
+    assert ready["status"] == "ok" and set(ready["checks"]) >= {"etcd", "provider"}
 
 
 def test_access_log_switched_off(tmp_path) -> None:
@@ -303,7 +303,7 @@ def test_readyz_follows_etcd(tmp_path) -> None:
         status, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(readyz()),
                                 30, "readyz 503 once etcd is down")
         assert body["code"] == 503
-        assert "store" in body["message"] and body["checks"]["store"] != "ok"
+        assert "etcd" in body["message"] and body["checks"]["etcd"] != "ok"
         assert body["checks"]["provider"] == "ok"
         # liveness is not readiness: the process is still alive
         assert http("GET", f"{n.admin_root}/healthz")[0] == 200

@@ -5,6 +5,7 @@ certificate it started with), a new connection gets the new certificate."""
 from __future__ import annotations
 
 import http.client as httpc
+import json
 import shutil
 import signal
 import ssl
@@ -13,7 +14,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.support.cli import wait_for
+from tests.support.cli import run_cli, wait_for
 from tests.support.node import FaasNodeProcess, http
 from tests.support.tls import common_name, self_signed
 
@@ -57,6 +58,12 @@ def peer_name(connection: httpc.HTTPSConnection) -> str:
 def test_sighup_swaps_certificates_without_dropping_connections(
         tls_node: FaasNodeProcess, tmp_path: Path) -> None:
     node = tls_node
+    # the CLI trusts the node's self-signed certificate through FAASTWIST_CACERT
+    cert = str(node.workdir.parent / "certs" / "cert.pem")
+    listed = run_cli(node, "list", "-o", "json", env={"FAASTWIST_CACERT": cert})
+    assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stderr
+    untrusted = run_cli(node, "list")
+    assert untrusted.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
     auth = {"Authorization": f"Bearer {node.token}"}
     admin = connect(node.admin_port)
     gate = connect(node.gate_port)

@@ -165,7 +165,7 @@ def test_upstream_head_with_every_adaptor_step() -> None:
     assert data == (b"PATCH /v1-fn/x?q HTTP/1.1\r\n"
                     b"x-forwarded-for: 10.1.2.3\r\n"
                     b"x-forwarded-proto: http\r\n"
-                    b"x-forwarded-host: gate\r\n"
+                    b"x-forwarded-host: gate\r\n"     # the client's Host (head() sends one)
                     b"x-call-id: i\r\n"
                     b"x-set: s\r\n"
                     b"x-set: a\r\n"

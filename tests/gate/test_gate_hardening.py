@@ -263,3 +263,16 @@ async def test_running_out_of_descriptors_never_takes_the_admin_port_down(
     service.fd_reserve.refill()
     raw = await send(gate, request(extra="Connection: close\r\n"))
     assert statuses(raw) == [200], raw
+
+
+@pytest.mark.parametrize("path", ["/clte", "/twocl"])
+@pytest_twisted.ensureDeferred
+async def test_upstream_framing_doubt_closes_that_upstream_connection(make_gate: Any,
+                                                                     path: str) -> None:
+    gate = make_gate()
+    raw = await send(gate, request(path=path, extra="Connection: close\r\n"))
+    assert statuses(raw) == [502], raw
+    assert b"smuggled" not in raw
+    for _ in range(3):   # nothing the bad upstream connection held is read again
+        raw = await send(gate, request(path="/after", extra="Connection: close\r\n"))
+        assert statuses(raw) == [200] and b"smuggled" not in raw, raw

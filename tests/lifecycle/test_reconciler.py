@@ -495,3 +495,78 @@ def test_stop_service_waits_for_the_pass_in_flight(world: World) -> None:
     assert fired == []
     gate.callback({})
     assert fired == [None]
+
+
+# -- leadership: act at once when won, stop at once when lost, fence every write -------
+
+class Leadership:
+    def __init__(self) -> None:
+        self.leading = False
+        self.fences: list[list] = []
+
+    def is_leader(self) -> bool:
+        return self.leading
+
+    def fence(self) -> list:
+        fence = ["held"]
+        self.fences.append(fence)
+        return fence
+
+
+class FencedStore(MemoryStore):
+    """Records the fence every status write carried."""
+
+    def __init__(self, controller: str) -> None:
+        super().__init__(controller)
+        self.fences: list[Any] = []
+
+    def update(self, expected, spec=None, status=None, fence=()):
+        self.fences.append(list(fence))
+        return super().update(expected, spec=spec, status=status, fence=fence)
+
+
+def _led_world() -> tuple[World, Leadership, FencedStore]:
+    clock = Clock()
+    clock.advance(1_000)
+    store = FencedStore("c1")
+    provider = FakeProvider()
+    lead = Leadership()
+    reconciler = Reconciler(store, provider, clock, INTERVAL, Metrics(),
+                            is_leader=lead.is_leader, fence=lead.fence,
+                            wall_clock=clock.seconds)
+    return World(clock, store, provider, Metrics(), reconciler), lead, store
+
+
+def test_a_new_leader_runs_a_full_pass_at_once_and_fences_its_writes() -> None:
+    w, lead, store = _led_world()
+    w.reconciler.startService()
+    w.create(spec("a"))
+    w.tick(0)
+    assert w.provider.calls == []                    # a follower does nothing
+    lead.leading = True
+    w.reconciler.leadership_changed(True)            # no wait for the next interval
+    assert w.provider.verbs("deploy") == ["a"]
+    w.provider.report("a", Event.READY, "ready")
+    w.reconciler.kick("a")
+    w.tick(0)
+    assert w.status("a").state is State.ACTIVE
+    assert store.fences and all(f == ["held"] for f in store.fences)
+    result(w.reconciler.stopService())
+
+
+def test_losing_the_lease_stops_the_pass_before_its_next_provider_call() -> None:
+    w, lead, store = _led_world()
+    lead.leading = True
+    for name in ("a", "b"):
+        w.create(spec(name))
+    calls: list[str] = []
+    original = w.provider.deploy
+
+    def deploy_then_lose(fn):
+        calls.append(fn.name)
+        lead.leading = False                          # the lease ran out meanwhile
+        return original(fn)
+    w.provider.deploy = deploy_then_lose
+    result(w.reconciler.run_pass())
+    assert calls == ["a"]                             # b was not touched
+    assert store.fences == []                         # and no status was written

@@ -76,3 +76,41 @@ def test_random_event_sequences_stay_in_defined_states(events):
                 with pytest.raises(InvalidEvent):
                     apply_event(status, later, 0.0)
             break
+
+
+def test_operator_events_are_the_admin_apis_four():
+    from faastwist.model.fsm import OPERATOR_EVENTS
+
+    assert OPERATOR_EVENTS == {Event.START, Event.STOP, Event.UPDATE, Event.DELETE}
+
+
+def test_invalid_event_names_the_event_and_the_state():
+    with pytest.raises(InvalidEvent) as info:
+        next_state(State.ACTIVE, Event.START)
+    assert info.value.event is Event.START and info.value.state is State.ACTIVE
+
+
+def test_a_new_status_and_a_sparse_record_have_the_documented_defaults():
+    for status in (FunctionStatus("f"), FunctionStatus.from_dict({"name": "f", "state": "initial"})):
+        assert status.state is State.INITIAL and status.event is None
+        assert status.ext_data == {} and status.message == ""
+        assert status.updated == 0.0 and status.start_pending is False
+
+
+def test_start_pending_is_kept_by_a_pending_verdict_and_cleared_by_the_others():
+    # a record with a start waiting in initial (as stored): "pending" is no verdict there
+    started = FunctionStatus("f", State.INITIAL, Event.START, start_pending=True)
+    still = apply_event(started, Event.PENDING, 2.0)
+    assert still.state is State.INITIAL and still.start_pending is True
+    for event, state in ((Event.READY, State.ACTIVE), (Event.ERROR, State.FAILED),
+                         (Event.UPDATE, State.INITIAL), (Event.DELETE, State.DESTROYED)):
+        after = apply_event(still, event, 3.0)
+        assert after.state is state and after.start_pending is False, event
+    # inactive -> start stays inactive until the provider answers; pending there is the
+    # verdict "it did not come up": failed, and the start is over
+    waiting = apply_event(FunctionStatus("f", State.INACTIVE), Event.START, 1.0)
+    assert waiting.state is State.INACTIVE and waiting.start_pending is True
+    verdict = apply_event(waiting, Event.PENDING, 2.0)
+    assert verdict.state is State.FAILED and verdict.start_pending is False
+    stopped = apply_event(apply_event(waiting, Event.READY, 2.0), Event.STOP, 3.0)
+    assert stopped.state is State.INACTIVE and stopped.start_pending is False

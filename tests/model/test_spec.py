@@ -208,3 +208,15 @@ def test_any_text_is_a_spec_or_a_clean_spec_error(text):
         pass
     except UnicodeDecodeError:  # pragma: no cover - yaml decodes bytes itself
         pytest.fail("undecodable bytes must be a SpecError")
+
+
+def test_async_fields_round_trip_and_are_checked():
+    spec = FunctionSpec.from_dict({"name": "f", "asyncConcurrency": 3, "maxAttempts": 7})
+    assert (spec.async_concurrency, spec.max_attempts) == (3, 7)
+    assert FunctionSpec.from_dict(spec.to_dict()) == spec
+    assert "asyncConcurrency" not in FunctionSpec.from_dict({"name": "f"}).to_dict()
+    for data, path in (({"asyncConcurrency": -1}, "asyncConcurrency"),
+                       ({"maxAttempts": 101}, "maxAttempts"),
+                       ({"maxAttempts": "x"}, "maxAttempts")):
+        with pytest.raises(SpecError, match=path):
+            FunctionSpec.from_dict({"name": "f", **data})

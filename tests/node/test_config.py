@@ -105,6 +105,21 @@ def test_twistd_exits_non_zero_with_one_line_naming_the_key(tmp_path):
     assert result.stderr.strip() == "faasgate: config error: httpServer.port: must be 1-65535, got 0"
 
 
+def test_node_id_and_lease_ttl() -> None:
+    import socket
+
+    config = ControllerConfig.from_dict({"nodeId": "gate-1", "etcd": {"leaseTTL": "4s"}})
+    assert config.node_id == "gate-1" and config.etcd.lease_ttl == 4.0
+    default = ControllerConfig.from_dict({})
+    assert default.etcd.lease_ttl == 10.0
+    assert default.node_id and default.node_id[0].isalnum()
+    assert default.node_id.split("-")[0] in socket.gethostname() or default.node_id == "node"
+    with pytest.raises(ConfigError, match="nodeId"):
+        ControllerConfig.from_dict({"nodeId": "a/b"})
+    with pytest.raises(ConfigError, match="leaseTTL"):
+        ControllerConfig.from_dict({"etcd": {"leaseTTL": "100ms"}})
+
+
 def test_admin_auth_defaults_and_paths(tmp_path):
     config = ControllerConfig.from_dict(None, tmp_path)
     auth = config.admin.auth
@@ -147,6 +162,7 @@ def test_anonymous_admin_needs_allow_insecure_off_loopback(tmp_path):
     assert config.admin.allow_insecure
 
 
+@pytest.mark.process
 def test_twistd_refuses_anonymous_admin_on_the_network(tmp_path):
     bad = tmp_path / "c.yaml"
     bad.write_text("admin: {address: 0.0.0.0, auth: {anonymous: admin}}\n")
@@ -158,3 +174,41 @@ def test_twistd_refuses_anonymous_admin_on_the_network(tmp_path):
     assert result.stderr.startswith("faasgate: config error: admin.auth.anonymous: admin on "
                                     "the non-loopback")
     assert "admin.allowInsecure: true" in result.stderr
+
+
+def test_queue_defaults_and_overrides(tmp_path):
+    queue = ControllerConfig.from_dict({}, tmp_path).queue
+    assert queue.enabled and queue.embedded and queue.nats_urls == ()
+    assert queue.data_dir == str(tmp_path / "data" / "nats")
+    assert (queue.max_age, queue.max_body_size, queue.max_attempts, queue.concurrency) == (
+        86400.0, 2**20, 5, 8)
+    queue = ControllerConfig.from_dict({"queue": {
+        "natsURLs": ["nats://10.0.0.1:4222", "tls://n2:4222"], "maxAge": "1h",
+        "maxBodySize": "4Mi", "maxAttempts": 3, "concurrency": 2,
+        "callbackAllow": ["10.0.0.0/8", "2001:db8::1"], "backoffBase": "100ms"}}, tmp_path).queue
+    assert not queue.embedded and queue.nats_urls == ("nats://10.0.0.1:4222", "tls://n2:4222")
+    assert (queue.max_age, queue.max_body_size, queue.max_attempts, queue.concurrency,
+            queue.backoff_base) == (3600.0, 4 * 2**20, 3, 2, 0.1)
+    assert queue.callback_allow == ("10.0.0.0/8", "2001:db8::1")
+
+
+@pytest.mark.parametrize("queue,message", [
+    ({"natsURLs": ["http://x:4222"]}, "queue.natsURLs: must be nats:// or tls:// URLs"),
+    ({"callbackAllow": ["lan"]}, "queue.callbackAllow: 'lan' is not an IP address"),
+    ({"maxAttempts": 0}, "queue.maxAttempts"),
+    ({"concurrency": -1}, "queue.concurrency"),
+    ({"maxBodySize": "1Gi"}, "queue.maxBodySize: must be at most 64Mi"),
+    ({"backoffBase": "10m", "backoffMax": "1m"}, "queue.backoffBase: must not exceed"),
+    ({"maxAge": "0s"}, "queue.maxAge"),
+    ({"bogus": 1}, "queue.bogus: unknown field"),
+])
+def test_queue_errors_name_the_key(tmp_path, queue, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("*", r"\*")):
+        ControllerConfig.from_dict({"queue": queue}, tmp_path)
+
+
+def test_make_run_keeps_its_tokens_where_the_readme_tour_reads_them():
+    # README: TOKEN=$(cat data/admin-tokens.admin) from the repository root
+    config = load_config(ROOT / "conf" / "controller.yaml")
+    assert config.admin.auth.tokens_file == str(ROOT / "data" / "admin-tokens")
+    assert config.admin.auth.anonymous == "none"

@@ -126,6 +126,12 @@ async def test_http_and_fork_functions_run_unprivileged_with_a_clean_environment
         assert staged.read_text() == Path(http_script).read_text()
     await provider.delete("who-http")
     assert not os.path.exists(provider.home("who-http"))
+    # pytest's tmp is closed to the function user: the folders are scratch under
+    # /var/lib/faastwist, gone when the provider stops
+    assert provider.functions_dir.startswith("/var/lib/faastwist/") == (os.geteuid() == 0)
+    await provider.stopService()
+    if os.geteuid() == 0:
+        assert not os.path.exists(provider.functions_dir)
 
 
 @as_root
@@ -225,6 +231,7 @@ def test_environment_is_built_from_nothing():
 
 
 @as_root
+@pytest.mark.process
 @pytest.mark.parametrize("tools", [Tools.find(), Tools(None, None, None)],
                          ids=["util-linux", "python-launcher"])
 def test_launch_prefix_drops_to_the_function_user(tools):

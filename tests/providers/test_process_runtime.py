@@ -330,3 +330,23 @@ def test_fixed_port_allows_one_replica():
     assert replica_bounds(function_spec(port=8080, minReplica=0), fast_tuning()) == (0, 1)
     assert replica_bounds(function_spec(maxReplica=0), fast_tuning(max_replicas=8)) == (0, 8)
     assert replica_bounds(function_spec(maxReplica=3), fast_tuning()) == (0, 3)
+
+
+def test_a_replica_exit_tells_every_request_on_it_at_once():
+    clock, factory = Clock(), FakeFactory()
+    runtime, _ = make_runtime(clock, factory, minReplica=2, maxReplica=2)
+    for replica in factory.made:
+        replica.become_ready()
+    leases = [runtime.acquire() for _ in range(4)]
+    lost: list[tuple[int, str]] = []
+    for i, lease in enumerate(leases):
+        lease.on_lost = lambda why, i=i: lost.append((i, why))
+    leases[0].release()                       # finished before: not told
+    dying = leases[1]._replica
+    dying.crash(code=137)
+    on_dying = [i for i, lease in enumerate(leases) if lease._replica is dying and i != 0]
+    assert sorted(i for i, _ in lost) == on_dying and on_dying
+    assert all("exited" in why for _, why in lost)
+    for lease in leases[1:]:
+        lease.release()                       # releasing after the loss is harmless
+    assert runtime.inflight == 0 and runtime.leases.get(dying) is None

@@ -172,3 +172,58 @@ def test_always_leader_follows_its_service_state():
     leader.stopService()
     assert not leader.is_leader()
     assert metrics.registry.get_sample_value("faastwist_leader") == 0
+
+
+@pytest.mark.etcd
+@pytest_twisted.inlineCallbacks
+def test_a_restarted_node_takes_its_own_key_back_at_once(etcd_server):
+    """The old process died without revoking (kill -9): its key outlives it by the ttl,
+    but the same node id coming back takes it over at once."""
+    cluster = Cluster(etcd_server, ["node-a"])
+    yield cluster.start()
+    (old,) = cluster.nodes
+    yield wait_for(old.is_leader, what="a leader")
+    old._timers.cancel_all()        # a crash: no keep-alive, no revoke
+    old._watch.cancel()
+    old.running = False
+    again = LeaderElection(reactor, cluster.stores[0], "node-a", ttl=TTL)
+    started = reactor.seconds()
+    again.startService()
+    try:
+        yield wait_for(again.is_leader, timeout=TTL, what="the key taken back")
+        assert reactor.seconds() - started < 1.0
+        assert again.fence_revision > old.fence_revision
+    finally:
+        yield again.stopService()
+        yield cluster.stores[0].close()
+
+
+@pytest.mark.etcd
+@pytest_twisted.inlineCallbacks
+def test_a_fenced_write_of_an_ex_leader_is_refused(etcd_server):
+    from faastwist.model.fsm import FunctionStatus
+    from faastwist.model.spec import FunctionSpec
+    from faastwist.store.base import Fenced
+
+    cluster = Cluster(etcd_server, ["node-a", "node-b"])
+    yield cluster.start()
+    try:
+        yield wait_for(lambda: cluster.leaders(), what="a leader")
+        (leader,) = cluster.leaders()
+        store = cluster.stores[cluster.nodes.index(leader)]
+        fn = FunctionSpec.from_dict({"name": "fenced", "image": "x/y:1"})
+        record = yield store.create(fn, FunctionStatus.initial("fenced", 0.0))
+        fence = leader.fence()
+        record = yield store.update(record, status=FunctionStatus.initial("fenced", 1.0),
+                                    fence=fence)
+        # the other node takes over (the key was deleted, as when the lease ran out)
+        etcd_server.delete(cluster.key)
+        yield wait_for(lambda: any(n.is_leader() and n is not leader for n in cluster.nodes),
+                       what="another leader")
+        with pytest.raises(Fenced):
+            yield store.update(record, status=FunctionStatus.initial("fenced", 2.0),
+                               fence=fence)
+        current = yield store.get("fenced")
+        assert current.status.updated == 1.0
+    finally:
+        yield cluster.stop()

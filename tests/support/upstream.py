@@ -144,6 +144,13 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten..")
             self.close_connection = True
             return
+        if parts[0] in ("clte", "twocl"):
+            # framing a proxy could read two ways: a length and chunked, two lengths
+            framing = (b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n"
+                       if parts[0] == "clte" else b"Content-Length: 5\r\nContent-Length: 30\r\n")
+            self.wfile.write(b"HTTP/1.1 200 OK\r\n" + framing + b"\r\n5\r\nhello\r\n0\r\n\r\n"
+                             + b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled")
+            return
         if parts[0] in ("headbody", "nocontent"):
             # a function that breaks HTTP: a body after a HEAD answer or a 204, shaped
             # like a whole second response (it must never reach anyone as one)

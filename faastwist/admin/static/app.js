@@ -251,6 +251,13 @@ async function loadInfo() {
     if (typeof uptime === "number") parts.push("up " + age(uptime));
     if (info.node) parts.push("node " + info.node);
     if (info.leader !== undefined) parts.push(info.leader ? "leader" : "follower");
+    if (info.leaderNode && !info.leader) {
+      parts.push("leader " + info.leaderNode.id +
+                 (info.leaderNode.admin ? " (admin " + info.leaderNode.admin + ")" : ""));
+    }
+    if (Array.isArray(info.nodes) && info.nodes.length) {
+      parts.push(info.nodes.length + " nodes: " + info.nodes.map((n) => n.id).join(", "));
+    }
     $("server-info").textContent = parts.join(" \u00b7 ") || "connected";
   } catch (err) {
     $("server-info").textContent = "server info unavailable: " + err.message;

@@ -1,0 +1,441 @@
+#!/usr/bin/env python3
+"""Mutation testing of the modules that hold decisions (``make mutate``).
+
+mutmut (2.x, the ``test`` extra) makes the mutants: its parser, its operators, its
+``# pragma: no mutate``. This script runs them, each module against its fast unit tests
+only, each mutant in a forked child of one warm process: pytest, Twisted and the other
+dependencies are imported once, the ``faastwist`` package never in the parent, so each
+child imports the mutated source fresh. That is several times faster than the pytest
+process per mutant that ``mutmut run`` starts, which matters on a small shared machine.
+
+The work happens in a copy of the tree (the checkout is never modified, an interrupted
+run leaves nothing behind). A mutant is *killed* when its tests fail, error or time out;
+it *survives* when they pass. A survivor is either killed by a new test or listed, with
+why it cannot change behaviour, in ``.ci/mutants-equivalent.txt``; listed survivors are
+subtracted. The score is killed / (mutants - listed equivalents); under GOAL in any
+module the run fails and prints the survivors in the file's format.
+
+    python .ci/mutate.py                 # every module in TARGETS
+    python .ci/mutate.py gate/adaptor    # the targets whose path contains the word
+    python .ci/mutate.py --list          # the targets and their tests
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EQUIVALENT_FILE = ROOT / ".ci" / "mutants-equivalent.txt"
+GOAL = 90.0
+#: the unit tier (as `make unit`): no external process, no real etcd or apiserver
+UNIT = "not etcd and not envtest and not slow and not process and not e2e and not nats and not cluster"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One module to mutate, the unit tests that must catch its mutants and, optionally,
+    the functions (or methods) to mutate when only part of the module holds decisions."""
+
+    path: str
+    tests: tuple[str, ...]
+    functions: tuple[str, ...] = ()
+    #: a module another branch brings: absent here, it is listed as such, not an error
+    optional: bool = False
+
+
+# To add a module: one line, with the fastest tests that exercise it.
+TARGETS = (
+    Target("faastwist/model/fsm.py", ("tests/model/test_fsm.py",)),
+    Target("faastwist/model/spec.py", ("tests/model/test_spec.py",)),
+    Target("faastwist/config.py", ("tests/node/test_config.py",)),
+    Target("faastwist/gate/decisions.py", ("tests/gate/test_decisions.py", "tests/gate/test_gate.py")),
+    Target("faastwist/gate/adaptor.py", ("tests/gate/test_decisions.py", "tests/gate/test_gate.py")),
+    Target("faastwist/gate/routes.py", ("tests/gate/test_routes.py", "tests/gate/test_gate.py")),
+    Target("faastwist/lifecycle/reconciler.py", ("tests/lifecycle/test_reconciler.py",),
+           functions=("plan", "_same")),
+    Target("faastwist/store/memory.py", ("tests/store/test_store_contract.py",),
+           functions=("create", "_current", "update", "delete")),
+    Target("faastwist/auth/authorizer.py", ("tests/auth/test_authorizer.py",)),
+    Target("faastwist/auth/origin.py", ("tests/auth/test_origin.py",)),
+    Target("faastwist/admin/guard.py", ("tests/admin/test_guard.py",)),
+    Target("faastwist/gate/access.py", ("tests/gate/test_access.py",)),
+    Target("faastwist/queue/policy.py", ("tests/queue/test_policy.py",), optional=True),
+)
+
+#: imported once in the parent, shared by every forked child (never faastwist itself,
+#: and never twisted.internet.reactor: pytest-twisted installs the reactor in the child)
+WARM = ("attr", "attrs", "yaml", "click", "httptools", "prometheus_client", "hypothesis",
+        "pytest", "_pytest.python", "_pytest.fixtures", "twisted.internet.defer",
+        "twisted.internet.task", "twisted.internet.protocol", "twisted.web.server",
+        "twisted.web.resource", "twisted.web.client", "twisted.logger", "twisted.python.failure",
+        "twisted.internet.epollreactor", "treq", "treq.testing", "klein", "kubernetes.client",
+        "greenlet", "txaioetcd")
+
+KILLED, SURVIVED, TIMEOUT = "killed", "survived", "timeout"
+
+
+@dataclass
+class Mutant:
+    path: str
+    line: int  # 1-based
+    original: str
+    mutated: str
+    status: str = ""
+
+    def key(self) -> tuple[str, str, str]:
+        return self.path, self.original.strip(), self.mutated.strip()
+
+    def block(self, why: str = "?") -> str:
+        return (f"{self.path}\n  - {self.original.strip()}\n  + {self.mutated.strip()}\n"
+                f"  why: {why}\n")
+
+
+@dataclass
+class Score:
+    target: Target
+    mutants: list[Mutant] = field(default_factory=list)
+    equivalent: int = 0
+    seconds: float = 0.0
+
+    @property
+    def killed(self) -> int:
+        return sum(m.status in (KILLED, TIMEOUT) for m in self.mutants)
+
+    @property
+    def survivors(self) -> list[Mutant]:
+        return [m for m in self.mutants if m.status == SURVIVED]
+
+    @property
+    def percent(self) -> float:
+        counted = len(self.mutants) - self.equivalent
+        return 100.0 * self.killed / counted if counted else 100.0
+
+
+# -- which lines may be mutated -------------------------------------------------------------
+
+def mutable_lines(source: str, functions: tuple[str, ...]) -> set[int]:
+    """1-based line numbers whose mutants count: inside ``functions`` when given, never a
+    docstring or a log call (log text and level are not behaviour the README promises)."""
+    tree = ast.parse(source)
+    lines = set(range(1, source.count("\n") + 2))
+    if functions:
+        lines = set()
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in functions:
+                lines.update(range(node.lineno, node.end_lineno + 1))
+        missing = set(functions) - {n.name for n in ast.walk(tree)
+                                    if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        if missing:
+            raise SystemExit(f"mutate: no function {sorted(missing)} in the module")
+    for node in ast.walk(tree):
+        skip = None
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                    and isinstance(body[0].value.value, str)):
+                skip = body[0]
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and isinstance(node.func.value, ast.Name) and node.func.value.id == "log"):
+            skip = node
+        if skip is not None:
+            lines.difference_update(range(skip.lineno, skip.end_lineno + 1))
+    return lines
+
+
+def make_mutants(path: str, source: str, functions: tuple[str, ...]) -> list[Mutant]:
+    from mutmut import Context, list_mutations, mutate
+
+    allowed = mutable_lines(source, functions)
+    original_lines = source.split("\n")
+    mutants = []
+    for mutation_id in list_mutations(Context(source=source, filename=path)):
+        number = mutation_id.line_number + 1
+        if number not in allowed:
+            continue
+        mutated_source, count = mutate(Context(source=source, mutation_id=mutation_id,
+                                               filename=path))
+        assert count == 1, mutation_id
+        mutated_lines = mutated_source.split("\n")
+        # a mutation changes one line, or deletes/joins it: show what became of it
+        changed = mutated_lines[number - 1] if len(mutated_lines) == len(original_lines) else ""
+        mutants.append(Mutant(path, number, original_lines[number - 1], changed))
+        mutants[-1].source = mutated_source  # type: ignore[attr-defined]
+    return mutants
+
+
+# -- the equivalents file ------------------------------------------------------------------------
+
+def read_equivalents(path: Path) -> dict[tuple[str, str, str], str]:
+    """``{(module, original, mutated): why}`` from blocks of path / ``  - `` / ``  + `` /
+    ``  why:`` lines; ``#`` lines and blank lines between blocks are ignored."""
+    found: dict[tuple[str, str, str], str] = {}
+    if not path.exists():
+        return found
+    block: list[str] = []
+    for number, line in enumerate(path.read_text().splitlines() + [""], 1):
+        if line.startswith("#"):
+            continue
+        if line.strip():
+            block.append(line)
+            continue
+        if not block:
+            continue
+        if (len(block) != 4 or not block[1].startswith("  - ") or not block[2].startswith("  + ")
+                or not block[3].startswith("  why: ") or not block[3][7:].strip()
+                or block[3][7:].strip() == "?"):
+            raise SystemExit(f"{path}:{number - len(block)}: a block is the module path, "
+                             f"'  - original', '  + mutated', '  why: reason' (got {block!r})")
+        found[(block[0].strip(), block[1][4:].strip(), block[2][4:].strip())] = block[3][7:].strip()
+        block = []
+    return found
+
+
+# -- running tests in forked children -------------------------------------------------------------
+
+def _child(work: Path, args: list[str]) -> None:
+    """In a forked child: run pytest in ``work`` quietly and exit with its code."""
+    code = 3
+    try:
+        os.setpgid(0, 0)  # its own group: a timeout kills what it started, too
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        os.chdir(work)
+        sys.path.insert(0, str(work))
+        os.environ["PYTHONPATH"] = str(work)
+        import hypothesis
+        import pytest
+
+        # explore less per property test: a mutant is usually caught in the first few
+        # examples, and the full run (make test) keeps the tests' own numbers
+        hypothesis.settings.register_profile("mutate", max_examples=25, deadline=None,
+                                             database=None)
+        hypothesis.settings.load_profile("mutate")
+        code = pytest.main(["-x", "-q", "-p", "no:cacheprovider", "-m", UNIT,
+                            "-o", "addopts=", *args])
+    finally:
+        os._exit(int(code))
+
+
+def start(work: Path, args: list[str]) -> int:
+    pid = os.fork()
+    if pid == 0:
+        _child(work, args)
+    return pid
+
+
+def finish(pid: int, started: float, timeout: float, block: bool) -> str | None:
+    """The mutant's status once its child ended (None while it runs); past ``timeout``
+    the child's group is killed and the mutant counts as killed (TIMEOUT)."""
+    done, status = os.waitpid(pid, 0 if block else os.WNOHANG)
+    if done:
+        return SURVIVED if os.waitstatus_to_exitcode(status) == 0 else KILLED
+    if time.monotonic() - started > timeout:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(pid, 0)
+        return TIMEOUT
+    return None
+
+
+def coverage_by_line(work: Path, target: Target) -> tuple[dict[int, list[str]], float]:
+    """Run the target's tests once on the original module, with coverage contexts: which
+    tests run each line (pytest node ids), and how long the run took."""
+    data_file = work / ".coverage.mutate"
+    module = target.path[:-3].replace("/", ".")
+    started = time.monotonic()
+    os.environ["COVERAGE_FILE"] = str(data_file)
+    pid = start(work, [f"--cov={module}", "--cov-context=test", "--cov-report=",
+                       *target.tests])
+    status = finish(pid, started, 900, block=True)
+    elapsed = time.monotonic() - started
+    if status != SURVIVED:
+        raise SystemExit(f"mutate: the tests of {target.path} fail without any mutant: "
+                         f"pytest -m '{UNIT}' {' '.join(target.tests)}")
+    import coverage
+
+    data = coverage.CoverageData(basename=str(data_file))
+    data.read()
+    path = str(work / target.path)
+    by_line: dict[int, list[str]] = {}
+    for line, contexts in (data.contexts_by_lineno(path) or {}).items():
+        ids = sorted({c.rsplit("|", 1)[0] for c in contexts if c})
+        by_line[line] = ids if all(contexts) else []  # "": run at import: every test
+    data_file.unlink(missing_ok=True)
+    return by_line, elapsed
+
+
+def run_target(target: Target, works: list[Path], equivalents: dict) -> Score:
+    score = Score(target)
+    began = time.monotonic()
+    source = (works[0] / target.path).read_text()
+    score.mutants = make_mutants(target.path, source, target.functions)
+    print(f"{target.path}: {len(score.mutants)} mutants, tests: {' '.join(target.tests)}",
+          flush=True)
+    os.environ.pop("COVERAGE_FILE", None)
+    by_line, baseline = coverage_by_line(works[0], target)
+    os.environ.pop("COVERAGE_FILE", None)
+    timeout = max(60.0, 4 * baseline)
+    queue = list(score.mutants)
+    running: dict[int, tuple[Mutant, Path, float]] = {}
+    free = list(works)
+    done = 0
+
+    def record(mutant: Mutant, status: str) -> None:
+        nonlocal done
+        mutant.status = status
+        done += 1
+        print({KILLED: ".", TIMEOUT: "T", SURVIVED: "S"}[status],
+              end="\n" if done % 60 == 0 else "", flush=True)
+
+    try:
+        while queue or running:
+            while queue and free:
+                mutant = queue.pop(0)
+                if mutant.line not in by_line:
+                    record(mutant, SURVIVED)  # no test runs this line
+                    continue
+                work = free.pop()
+                (work / target.path).write_text(mutant.source)  # type: ignore[attr-defined]
+                tests = by_line[mutant.line] or list(target.tests)
+                running[start(work, tests)] = (mutant, work, time.monotonic())
+            for pid, (mutant, work, started) in list(running.items()):
+                status = finish(pid, started, timeout, block=False)
+                if status is not None:
+                    del running[pid]
+                    (work / target.path).write_text(source)
+                    free.append(work)
+                    record(mutant, status)
+            time.sleep(0.01)
+    finally:
+        for pid in running:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        for work in works:
+            (work / target.path).write_text(source)
+    print(flush=True)
+    score.equivalent = sum(m.key() in equivalents for m in score.survivors)
+    for mutant in score.survivors:
+        if mutant.key() in equivalents:
+            mutant.status = "equivalent"
+    score.seconds = time.monotonic() - began
+    return score
+
+
+def copy_tree(work: Path) -> None:
+    ignore = shutil.ignore_patterns(".git", ".venv", "venv", "__pycache__", "build", "data",
+                                    "test-artifacts", "*.egg-info", ".mutmut-cache",
+                                    ".hypothesis", ".coverage*", "htmlcov")
+    for entry in ROOT.iterdir():
+        if entry.name in (".git", ".venv", "venv", "build", "data", "test-artifacts"):
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, work / entry.name, ignore=ignore)
+        else:
+            shutil.copy2(entry, work / entry.name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("only", nargs="*", help="run the targets whose path contains a word")
+    parser.add_argument("--list", action="store_true", help="list the targets and stop")
+    parser.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1,
+                        help="mutants tested at once (default: one per CPU)")
+    args = parser.parse_args(argv)
+    targets = [t for t in TARGETS if not args.only or any(w in t.path for w in args.only)]
+    if not targets:
+        parser.error(f"no target matches {args.only}")
+    if args.list:
+        for target in targets:
+            scope = f" (only {', '.join(target.functions)})" if target.functions else ""
+            print(f"{target.path}{scope}: {' '.join(target.tests)}")
+        return 0
+    equivalents = read_equivalents(EQUIVALENT_FILE)
+    # a SIGTERM (make interrupted, CI's time out) still stops every child and cleans up
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    top = Path(tempfile.mkdtemp(prefix="faastwist-mutate-"))
+    works = [top / f"w{n}" for n in range(max(1, args.jobs))]
+    work = works[0]
+    scores: list[Score] = []
+    absent: list[str] = []
+    try:
+        for each in works:
+            each.mkdir()
+            copy_tree(each)
+        os.chdir(work)
+        sys.dont_write_bytecode = True  # a mutant must never run from a stale .pyc
+        os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
+        for name in WARM:
+            __import__(name)
+        assert not any(m == "faastwist" or m.startswith("faastwist.") for m in sys.modules)
+        for target in targets:
+            if not (work / target.path).exists():
+                if target.optional:
+                    absent.append(target.path)
+                    continue
+                raise SystemExit(f"mutate: {target.path} does not exist: fix TARGETS")
+            missing = [t for t in target.tests if not (work / t).exists()]
+            if missing:
+                raise SystemExit(f"mutate: {target.path}: no test file {missing}: fix TARGETS")
+            scores.append(run_target(target, works, equivalents))
+            summary(scores[-1])  # as each module ends: a long run can be stopped early
+    finally:
+        os.chdir(ROOT)
+        shutil.rmtree(top, ignore_errors=True)
+    return report(scores, absent, equivalents)
+
+
+def summary(s: Score) -> None:
+    print(f"{s.target.path}: {len(s.mutants)} mutants, {s.killed} killed, {s.equivalent} "
+          f"equivalent, {len(s.survivors)} survived: {s.percent:.1f}% in {s.seconds:.0f}s",
+          flush=True)
+    for mutant in s.survivors:
+        print(f"# line {mutant.line}\n{mutant.block()}", flush=True)
+
+
+def report(scores: list[Score], absent: list[str], equivalents: dict) -> int:
+    print(f"\n{'module':<36} {'mutants':>7} {'killed':>6} {'equiv':>5} {'survived':>8} "
+          f"{'score':>6} {'time':>6}")
+    for s in scores:
+        print(f"{s.target.path:<36} {len(s.mutants):>7} {s.killed:>6} {s.equivalent:>5} "
+              f"{len(s.survivors):>8} {s.percent:>5.1f}% {s.seconds:>5.0f}s")
+    for path in absent:
+        print(f"{path:<36} not in this tree")
+    failing = [s for s in scores if s.percent < GOAL]
+    survivors = [m for s in scores for m in s.survivors]
+    if survivors:
+        print(f"\nSurvivors: kill each with a test, or add it with why it is equivalent "
+              f"to {EQUIVALENT_FILE.relative_to(ROOT)}:\n")
+        for mutant in survivors:
+            print(f"# line {mutant.line}")
+            print(mutant.block())
+    seen = {m.key() for s in scores for m in s.mutants}
+    ran = {s.target.path for s in scores}
+    stale = [k for k in equivalents if k[0] in ran and k not in seen]
+    if stale:
+        print(f"Listed in {EQUIVALENT_FILE.name} but no longer a mutant (remove them):")
+        for path, original, mutated in stale:
+            print(f"  {path}: {original}  ->  {mutated}")
+    if failing:
+        print(f"\nunder {GOAL:g}%: {', '.join(s.target.path for s in failing)}")
+        return 1
+    print(f"\nevery module at or over {GOAL:g}% of its mutants killed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Per-node observations of node-local functions, and the rule that folds them into one.
+
+With the process provider every node runs its own replicas, so "is the function ready"
+has one answer per node. Each node writes its observation to
+``{prefix}/{controller}/report/{fn}/{node}`` (bound to its lease: a dead node's reports
+vanish); the leader folds the reports of the *live* nodes (those whose
+``.../node/{id}`` key exists) into one Observation for the FSM:
+
+- every live node reported the same spec digest and stop state, else nothing is
+  concluded yet (``event`` None);
+- any node in error -> error, the message naming the node(s);
+- every live node ready -> ready;
+- any node without a verdict yet -> nothing concluded; otherwise (some pending) -> pending.
+
+``extData`` gets ``nodes`` (``n0=ready n1=pending``), one ``node.<id>`` entry per node,
+and ``replicas``: the fewest ready replicas any live node has (minReplica is per node).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping, Sequence
+
+import attrs
+from twisted.internet.defer import Deferred, succeed
+
+from faastwist.model.fsm import Event
+from faastwist.model.spec import FunctionSpec
+from faastwist.providers.base import Observation
+
+
+@attrs.frozen
+class Report:
+    """One node's observation of one function."""
+
+    node: str
+    digest: str
+    stopped: bool
+    event: Event | None
+    message: str = ""
+    ext_data: Mapping[str, str] = attrs.field(factory=dict)
+
+    @classmethod
+    def of(cls, node: str, observation: Observation) -> "Report":
+        return cls(node, observation.digest, observation.stopped, observation.event,
+                   observation.message, dict(observation.ext_data))
+
+    def encode(self) -> bytes:
+        return json.dumps({"node": self.node, "digest": self.digest, "stopped": self.stopped,
+                           "event": None if self.event is None else self.event.value,
+                           "message": self.message, "extData": dict(self.ext_data)},
+                          sort_keys=True).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> "Report":
+        doc = json.loads(data)
+        event = doc.get("event")
+        return cls(str(doc["node"]), str(doc.get("digest", "")), bool(doc.get("stopped")),
+                   None if event is None else Event(event), str(doc.get("message", "")),
+                   {str(k): str(v) for k, v in (doc.get("extData") or {}).items()})
+
+    @property
+    def verdict(self) -> str:
+        if self.stopped:
+            return "stopped"
+        return "starting" if self.event is None else self.event.value
+
+
+def aggregate(name: str, reports: Mapping[str, Report], live: Sequence[str]) -> Observation | None:
+    """The cluster's observation of ``name`` from the live nodes' reports (None: no
+    live node reported it)."""
+    present = {node: reports[node] for node in sorted(live) if node in reports}
+    if not present:
+        return None
+    first = next(iter(present.values()))
+    ext = {"nodes": " ".join(f"{node}={present[node].verdict if node in present else 'none'}"
+                             for node in sorted(live))}
+    for node, report in present.items():
+        ext[f"node.{node}"] = report.message or report.verdict
+    counts = [r.ext_data.get("replicas") for r in present.values()]
+    if counts and all(c is not None and c.isdigit() for c in counts):
+        ext["replicas"] = str(min(int(c) for c in counts))  # the fewest any gate has
+    agreed = (len(present) == len(live)
+              and all(r.digest == first.digest and r.stopped == first.stopped
+                      for r in present.values()))
+    if not agreed:
+        missing = sorted(set(live) - set(present))
+        why = f"waiting for {', '.join(missing)}" if missing else "nodes are converging"
+        return Observation(name, first.digest, first.stopped, None, why, ext)
+    if first.stopped:
+        return Observation(name, first.digest, True, None, "stopped on every node", ext)
+    failed = [r for r in present.values() if r.event is Event.ERROR]
+    if failed:
+        ext.update(failed[0].ext_data)  # the first failing node's details, unprefixed
+        for report in failed:
+            for key, value in report.ext_data.items():
+                ext[f"{report.node}.{key}"] = value
+        message = "; ".join(f"node {r.node}: {r.message}" for r in failed)
+        return Observation(name, first.digest, False, Event.ERROR, message, ext)
+    if all(r.event is Event.READY for r in present.values()):
+        return Observation(name, first.digest, False, Event.READY,
+                           f"ready on {len(present)} of {len(live)} nodes", ext)
+    if any(r.event is None for r in present.values()):
+        return Observation(name, first.digest, False, None, "starting", ext)
+    pending = [r for r in present.values() if r.event is Event.PENDING]
+    message = "; ".join(f"node {r.node}: {r.message}" for r in pending)
+    return Observation(name, first.digest, False, Event.PENDING, message, ext)
+
+
+class ClusterView:
+    """What the leader's reconciler sees as its provider when functions are node-local:
+    ``observe`` folds the nodes' reports; the writes are done by every node's
+    LocalConverger from the store, so here they have nothing left to do."""
+
+    def __init__(self, local: Any, read_reports: Any) -> None:
+        self.local = local
+        self.kind = local.kind
+        self._read = read_reports  # () -> Deferred[(reports by fn by node, live nodes)]
+
+    def check_spec(self, spec: FunctionSpec) -> None:
+        self.local.check_spec(spec)
+
+    def observe(self, names: Sequence[str] | None = None) -> Deferred[dict[str, Observation]]:
+        def fold(result: tuple[dict[str, dict[str, Report]], list[str]]) -> dict[str, Observation]:
+            by_function, live = result
+            wanted = by_function if names is None else [n for n in names if n in by_function]
+            folded = {}
+            for name in wanted:
+                observation = aggregate(name, by_function[name], live)
+                if observation is not None:
+                    folded[name] = observation
+            return folded
+        return self._read().addCallback(fold)
+
+    def deploy(self, spec: FunctionSpec) -> Deferred[None]:
+        return succeed(None)
+
+    update = stop = start = deploy
+
+    def delete(self, name: str) -> Deferred[None]:
+        return succeed(None)
+
+    def acquire(self, spec: FunctionSpec) -> Any:
+        return self.local.acquire(spec)
+
+    def check(self) -> Deferred[None]:
+        return self.local.check()

@@ -1,0 +1,285 @@
+"""This node's presence in the cluster: a lease, its node key, its reports; and the
+other nodes and their reports as seen through one watch.
+
+The node key ``{prefix}/{controller}/node/{id}`` (value: the node's addresses) and
+every report ``.../report/{fn}/{id}`` are bound to the node's own lease, kept alive
+every ttl/3: when the node dies its key and reports vanish with the lease, so the
+leader's count of live nodes and their verdicts never includes a dead one. When the
+lease is found expired (an etcd outage longer than the ttl) a new one is granted and
+the key and every report are written again. A restarted node with the same id simply
+overwrites its old keys.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.logger import Logger
+
+from faastwist.cluster.reports import Report
+from faastwist.store.etcd import EtcdStore, prefix_end
+from faastwist.store.etcdwatch import KeyEvent
+from faastwist.util.timers import NamedTimers
+
+log = Logger()
+
+
+class NodeSession(Service):
+    name = "node-session"
+
+    def __init__(self, reactor: Any, store: EtcdStore, node_id: str, ttl: float,
+                 record: dict[str, Any]) -> None:
+        self.reactor = reactor
+        self.store = store
+        self.node_id = node_id
+        self.ttl = max(1, int(round(ttl)))
+        self.record = dict(record, id=node_id)
+        self.node_prefix = store.key("node", "")
+        self.report_prefix = store.key("report", "")
+        self.members: dict[str, dict[str, Any]] = {}  # live node id -> its record
+        self.reports: dict[str, dict[str, Report]] = {}  # fn -> node -> report (watch-fed)
+        self.lease_id: int | None = None
+        self.registered = False
+        self._mine: dict[str, bytes] = {}      # what this node reports, by function
+        self._written: dict[str, bytes | None] = {}  # what etcd has (as far as we know)
+        self._dirty: set[str] = set()          # reports still to write or withdraw
+        self._timers = NamedTimers(reactor)
+        self._watches: list[Any] = []
+        self._listeners: list[Callable[[str | None], None]] = []
+        self._failures = 0
+
+    # -- public ----------------------------------------------------------------------
+    def on_reports_changed(self, listener: Callable[[str | None], None]) -> None:
+        """``listener(fn)`` when a report of ``fn`` changed; ``listener(None)`` when the
+        set of live nodes changed."""
+        self._listeners.append(listener)
+
+    def report(self, name: str, report: Report | None) -> None:
+        """Publish (or, with None, withdraw) this node's observation of ``name``."""
+        if report is None:
+            self._mine.pop(name, None)
+        else:
+            self._mine[name] = report.encode()
+        self._flush(name)
+
+    def live(self) -> list[str]:
+        return sorted(self.members)
+
+    def read_reports(self) -> Deferred:
+        """A fresh read for the leader: (reports by fn by node, live node ids)."""
+        def parse(result: tuple[list[list[Any]], int]) -> tuple[dict, list[str]]:
+            (nodes, reports), _ = result
+            live = sorted(self._node_of(kv.key) for kv in nodes)
+            by_function: dict[str, dict[str, Report]] = {}
+            for kv in reports:
+                parsed = self._report_of(kv.key, kv.value)
+                if parsed is not None:
+                    by_function.setdefault(parsed[0], {})[parsed[1].node] = parsed[1]
+            return by_function, live
+        return self.store.read_prefixes(self.node_prefix, self.report_prefix).addCallback(parse)
+
+    # -- service ---------------------------------------------------------------------
+    def startService(self) -> None:
+        super().startService()
+        self._establish()
+        self._list_and_watch()
+
+    @inlineCallbacks
+    def stopService(self):
+        super().stopService()
+        self._timers.cancel_all()
+        for watch in self._watches:
+            watch.cancel()
+        self._watches = []
+        lease, self.lease_id = self.lease_id, None
+        if lease is not None:
+            try:  # the node key and the reports go with it, at once
+                yield self.store.lease_revoke(lease)
+            except Exception as exc:
+                log.warn("could not revoke node lease {lease}: {error}", lease=lease,
+                         error=str(exc))
+
+    # -- lease -----------------------------------------------------------------------
+    def _establish(self) -> None:
+        self._timers.fired("establish")
+        if not self.running:
+            return
+        d = self._grant_and_register()
+        d.addErrback(self._establish_failed)
+
+    @inlineCallbacks
+    def _grant_and_register(self):
+        lease_id, granted = yield self.store.lease_grant(self.ttl)
+        if not self.running:
+            yield self.store.lease_revoke(lease_id)
+            return
+        self.lease_id = lease_id
+        self._written.clear()
+        yield self.store.put(self.store.key("node", self.node_id),
+                             json.dumps(self.record, sort_keys=True).encode(), lease_id)
+        self.registered = True
+        self._failures = 0
+        log.info("node {node} joined controller {controller} (lease {lease}, ttl {ttl}s)",
+                 node=self.node_id, controller=self.store.controller, lease=lease_id,
+                 ttl=granted)
+        self._timers.later("keepalive", granted / 3.0, self._keepalive)
+        for name in sorted(set(self._mine) | self._dirty):
+            self._flush(name)
+
+    def _establish_failed(self, failure: Any) -> None:
+        if not self.running:
+            return
+        self._failures += 1
+        delay = min(self.ttl / 3.0, 0.1 * 2 ** (self._failures - 1))
+        log.warn("node {node}: cannot register in etcd ({error}); again in {delay}s",
+                 node=self.node_id, error=failure.getErrorMessage(), delay=delay)
+        self._timers.later("establish", delay, self._establish)
+
+    def _keepalive(self) -> None:
+        self._timers.fired("keepalive")
+        lease = self.lease_id
+        if lease is None or not self.running:
+            return
+        d = self.store.lease_keepalive(lease)
+
+        def refreshed(remaining: int) -> None:
+            if lease != self.lease_id or not self.running:
+                return
+            if remaining <= 0:
+                log.warn("node {node}: its lease expired; registering again",
+                         node=self.node_id)
+                self.lease_id = None
+                self.registered = False
+                self._establish()
+                return
+            self._timers.later("keepalive", self.ttl / 3.0, self._keepalive)
+            for name in sorted(self._dirty):
+                self._flush(name)
+
+        def failed(failure: Any) -> None:
+            if lease == self.lease_id and self.running:
+                self._timers.later("keepalive", min(1.0, self.ttl / 3.0), self._keepalive)
+        d.addCallbacks(refreshed, failed)
+
+    def _flush(self, name: str) -> None:
+        """Bring etcd's copy of this node's report of ``name`` in line; a failure leaves
+        it dirty for the next keep-alive."""
+        lease = self.lease_id
+        self._dirty.add(name)
+        if lease is None:
+            return
+        value = self._mine.get(name)
+        if name in self._written and self._written[name] == value:
+            self._dirty.discard(name)
+            return
+        key = self.store.key("report", name, self.node_id)
+        d = (self.store.delete_key(key) if value is None else self.store.put(key, value, lease))
+
+        def done(_: Any) -> None:
+            if lease == self.lease_id:
+                self._written[name] = value
+                if self._mine.get(name) == value:
+                    self._dirty.discard(name)
+
+        def failed(failure: Any) -> None:
+            self._written.pop(name, None)
+            log.info("report of {name} not written yet ({error}); retried",
+                     name=name, error=failure.getErrorMessage())
+        d.addCallbacks(done, failed)
+
+    # -- watching the others -----------------------------------------------------------
+    def _list_and_watch(self) -> None:
+        self._timers.fired("watch")
+        if not self.running:
+            return
+        for watch in self._watches:
+            watch.cancel()
+        self._watches = []
+
+        def listed(result: tuple[list[list[Any]], int]) -> None:
+            (nodes, reports), revision = result
+            self.members = {}
+            self.reports = {}
+            for kv in nodes:
+                self._apply_node(kv.key, kv.value)
+            for kv in reports:
+                self._apply_report(kv.key, kv.value)
+            for prefix in (self.node_prefix, self.report_prefix):
+                self._watches.append(self.store.watch_keys(
+                    prefix, prefix_end(prefix), revision, self._events, self._lost))
+            self._notify(None)
+
+        def failed(failure: Any) -> None:
+            if self.running:
+                self._timers.later("watch", 1.0, self._list_and_watch)
+        d = self.store.read_prefixes(self.node_prefix, self.report_prefix)
+        d.addCallbacks(listed, failed)
+
+    def _lost(self, reason: Exception) -> None:
+        if self.running and "watch" not in self._timers:
+            self._timers.later("watch", 0.1, self._list_and_watch)
+
+    def _events(self, events: list[KeyEvent]) -> None:
+        touched: set[str | None] = set()
+        for event in events:
+            if event.key.startswith(self.node_prefix):
+                self._apply_node(event.key, event.value)
+                touched.add(None)
+            else:
+                name = self._apply_report(event.key, event.value)
+                if name is not None:
+                    touched.add(name)
+        for name in touched:
+            self._notify(name)
+
+    def _node_of(self, key: bytes) -> str:
+        return key[len(self.node_prefix):].decode("utf-8", "replace")
+
+    def _apply_node(self, key: bytes, value: bytes | None) -> None:
+        node = self._node_of(key)
+        if value is None:
+            if self.members.pop(node, None) is not None:
+                log.info("node {other} left controller {controller}", other=node,
+                         controller=self.store.controller)
+            return
+        try:
+            record = json.loads(value)
+        except ValueError:
+            record = {}
+        if node not in self.members and node != self.node_id:
+            log.info("node {other} joined controller {controller}", other=node,
+                     controller=self.store.controller)
+        self.members[node] = record if isinstance(record, dict) else {}
+
+    def _report_of(self, key: bytes, value: bytes) -> tuple[str, Report] | None:
+        rest = key[len(self.report_prefix):].decode("utf-8", "replace")
+        name, _, node = rest.partition("/")
+        try:
+            report = Report.decode(value)
+        except Exception:
+            return None
+        return (name, report) if node == report.node else None
+
+    def _apply_report(self, key: bytes, value: bytes | None) -> str | None:
+        rest = key[len(self.report_prefix):].decode("utf-8", "replace")
+        name, _, node = rest.partition("/")
+        if not name or not node:
+            return None
+        if value is None:
+            self.reports.get(name, {}).pop(node, None)
+            return name
+        parsed = self._report_of(key, value)
+        if parsed is None:
+            return None
+        self.reports.setdefault(name, {})[node] = parsed[1]
+        return name
+
+    def _notify(self, name: str | None) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(name)
+            except Exception:
+                log.failure("report listener failed")

@@ -1,0 +1,13 @@
+"""Asynchronous invocations on NATS JetStream.
+
+Modules, lowest first: ``policy`` (pure retry, backoff and callback-target rules),
+``bridge`` (the only asyncio module: a loop on a thread, results as Deferreds),
+``jetstream`` (streams, consumers, key-value, as coroutines the bridge runs),
+``messages`` (how calls and outcomes are laid out as messages), ``embedded`` (a
+supervised local nats-server), ``local`` (a queued call through a gate Exchange),
+``callback`` (safe callback POSTs), ``worker`` (pull loops, retries, dead letters),
+``service`` (the node's queue: accept, workers, visibility).
+"""
+
+__all__ = ["bridge", "callback", "embedded", "jetstream", "local", "messages", "policy",
+           "service", "worker"]

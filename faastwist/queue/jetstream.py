@@ -1,0 +1,255 @@
+"""The queue's JetStream objects and the coroutines that use them (run by the bridge).
+
+Per controller ``C``:
+
+- stream ``FAAS_CALLS_C`` (work-queue retention, file storage), subjects
+  ``faas.C.call.{function}.{callId}``: the queued calls. One durable pull consumer per
+  function (``call-{function}``), shared by every node, its ``max_ack_pending`` the
+  function's async concurrency: the server itself bounds the calls in flight across the
+  cluster, and one function's backlog never holds another's slots. The call id in the
+  subject makes "is this call still queued" one direct lookup.
+- stream ``FAAS_CALLBACKS_C``, subjects ``faas.C.callback.{function}.{callId}``: answers
+  waiting to be POSTed to their X-Callback-Url (so a failing callback is retried
+  without running the function again); one durable consumer ``callbacks``.
+- stream ``FAAS_DEAD_C`` (limits retention, kept until retried or purged), subjects
+  ``faas.C.dead.{function}.{callId}``: calls that used up their attempts, expired
+  waiting for an inactive function, or whose function was deleted.
+- key-value bucket ``FAAS_STATUS_C``: one JSON record per call id (state, attempts,
+  last status and time), expiring after ``queue.statusTTL``.
+
+Every function here is a coroutine run on the bridge's loop; this module does not
+import asyncio itself (bridge.py is the only one that does).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import nats
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import api
+from nats.js.errors import KeyNotFoundError, NotFoundError
+
+DUPLICATE_WINDOW = 120.0
+FETCH_WAIT = 2.0
+
+
+class Names:
+    """Stream, subject, consumer and bucket names of one controller."""
+
+    def __init__(self, controller: str) -> None:
+        self.controller = controller
+        self.calls = f"FAAS_CALLS_{controller}"
+        self.callbacks = f"FAAS_CALLBACKS_{controller}"
+        self.dead = f"FAAS_DEAD_{controller}"
+        self.status = f"FAAS_STATUS_{controller}"
+
+    def call_subject(self, function: str, call_id: str = ">") -> str:
+        return f"faas.{self.controller}.call.{function}.{call_id}"
+
+    def callback_subject(self, function: str, call_id: str = ">") -> str:
+        return f"faas.{self.controller}.callback.{function}.{call_id}"
+
+    def dead_subject(self, function: str, call_id: str = ">") -> str:
+        return f"faas.{self.controller}.dead.{function}.{call_id}"
+
+    @staticmethod
+    def consumer(function: str) -> str:
+        return f"call-{function}"
+
+
+class JetStream:
+    """One NATS connection and the controller's streams, consumers and bucket."""
+
+    def __init__(self, urls: list[str], names: Names, status_ttl: float,
+                 on_state: Any = None) -> None:
+        self.urls = urls
+        self.names = names
+        self.status_ttl = status_ttl
+        self.on_state = on_state  # called (from the loop) with "connected"/"disconnected"
+        self.nc: Any = None
+        self.js: Any = None
+        self.kv: Any = None
+        self._subs: dict[str, Any] = {}
+
+    # -- connection and set-up -----------------------------------------------------------
+
+    async def connect(self, connect_timeout: float) -> int:
+        """Connect (reconnecting forever afterwards) and create what is missing.
+        Returns the server's max_payload."""
+
+        async def disconnected() -> None:
+            if self.on_state:
+                self.on_state("disconnected")
+
+        async def reconnected() -> None:
+            if self.on_state:
+                self.on_state("connected")
+
+        async def error(exc: Exception) -> None:
+            pass  # reconnects are reported through the two callbacks above
+
+        self.nc = await nats.connect(
+            servers=self.urls, name="faastwist", connect_timeout=max(1, int(connect_timeout)),
+            allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
+            disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error)
+        self.js = self.nc.jetstream(timeout=connect_timeout)
+        n = self.names
+        await self._ensure_stream(n.calls, [n.call_subject("*")], api.RetentionPolicy.WORK_QUEUE)
+        await self._ensure_stream(n.callbacks, [n.callback_subject("*")],
+                                  api.RetentionPolicy.WORK_QUEUE)
+        await self._ensure_stream(n.dead, [n.dead_subject("*")], api.RetentionPolicy.LIMITS)
+        try:
+            self.kv = await self.js.key_value(n.status)
+        except (NotFoundError, Exception):
+            self.kv = await self.js.create_key_value(
+                bucket=n.status, history=1, ttl=self.status_ttl,
+                storage=api.StorageType.FILE)
+        if self.on_state:
+            self.on_state("connected")
+        return int(self.nc.max_payload)
+
+    async def _ensure_stream(self, name: str, subjects: list[str],
+                             retention: api.RetentionPolicy) -> None:
+        try:
+            await self.js.stream_info(name)
+            return
+        except NotFoundError:
+            pass
+        await self.js.add_stream(name=name, subjects=subjects, retention=retention,
+                                 storage=api.StorageType.FILE,
+                                 duplicate_window=DUPLICATE_WINDOW)
+
+    @property
+    def connected(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
+
+    async def close(self) -> None:
+        if self.nc is not None and not self.nc.is_closed:
+            await self.nc.close()
+
+    # -- publishing ------------------------------------------------------------------------
+
+    async def publish(self, subject: str, payload: bytes, headers: dict[str, str],
+                      timeout: float) -> int:
+        """Publish and wait for JetStream's ack; the stream sequence."""
+        ack = await self.js.publish(subject, payload, timeout=timeout, headers=headers)
+        return int(ack.seq)
+
+    # -- consuming -------------------------------------------------------------------------
+
+    async def bind(self, key: str, stream: str, durable: str, subject: str,
+                   max_ack_pending: int, ack_wait: float) -> None:
+        """Create or update the durable pull consumer and bind a subscription to it."""
+        config = api.ConsumerConfig(
+            durable_name=durable, filter_subject=subject, ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=ack_wait, max_deliver=-1, max_ack_pending=max_ack_pending,
+            deliver_policy=api.DeliverPolicy.ALL)
+        await self.js.add_consumer(stream, config)
+        if key not in self._subs:
+            self._subs[key] = await self.js.pull_subscribe_bind(durable=durable, stream=stream)
+
+    async def unbind(self, key: str, stream: str | None = None,
+                     durable: str | None = None) -> None:
+        sub = self._subs.pop(key, None)
+        if sub is not None:
+            await sub.unsubscribe()
+        if stream and durable:
+            try:
+                await self.js.delete_consumer(stream, durable)
+            except NotFoundError:
+                pass
+
+    async def consumer_names(self, stream: str) -> list[str]:
+        return [info.name for info in await self.js.consumers_info(stream)]
+
+    async def fetch(self, key: str, batch: int, wait: float = FETCH_WAIT) -> list[Any]:
+        """Up to ``batch`` messages, waiting at most ``wait`` for the first; [] if none."""
+        sub = self._subs.get(key)
+        if sub is None:
+            return []
+        try:
+            return await sub.fetch(batch, timeout=wait)
+        except (NatsTimeout, TimeoutError):  # nats-py raises either when none came
+            return []
+
+    @staticmethod
+    async def ack(msg: Any) -> None:
+        # not ack_sync: a lost ack means one redelivery (at least once), and waiting
+        # for its confirmation would cost every call a round trip
+        await msg.ack()
+
+    @staticmethod
+    async def nak(msg: Any, delay: float) -> None:
+        await msg.nak(delay=delay)
+
+    async def pending(self, stream: str, durable: str) -> tuple[int, int, float | None]:
+        """(waiting, in flight, enqueue time of the oldest unacknowledged message)."""
+        info = await self.js.consumer_info(stream, durable)
+        oldest = None
+        if info.num_pending or info.num_ack_pending:
+            first = (info.ack_floor.stream_seq or 0) + 1
+            try:
+                msg = await self.js.get_msg(stream, seq=first, next=True,
+                                            subject=info.config.filter_subject)
+                oldest = _enqueued(msg.headers)
+            except NotFoundError:
+                pass
+        return int(info.num_pending), int(info.num_ack_pending), oldest
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    async def last_message(self, stream: str, subject: str) -> Any:
+        """The last message on ``subject``, or None."""
+        try:
+            return await self.js.get_msg(stream, subject=subject)
+        except NotFoundError:
+            return None
+
+    async def list_messages(self, stream: str, subject: str, limit: int) -> list[Any]:
+        """Messages matching ``subject`` (wildcards allowed), oldest first."""
+        out: list[Any] = []
+        seq = 1
+        while len(out) < limit:
+            try:
+                msg = await self.js.get_msg(stream, seq=seq, next=True, subject=subject)
+            except NotFoundError:
+                break
+            out.append(msg)
+            seq = int(msg.seq) + 1
+        return out
+
+    async def delete_message(self, stream: str, seq: int) -> None:
+        try:
+            await self.js.delete_msg(stream, seq)
+        except NotFoundError:
+            pass
+
+    async def purge(self, stream: str, subject: str) -> bool:
+        return bool(await self.js.purge_stream(stream, subject=subject))
+
+    # -- status records --------------------------------------------------------------------
+
+    async def get_status(self, call_id: str) -> dict[str, Any] | None:
+        try:
+            entry = await self.kv.get(call_id)
+        except KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        try:
+            record = json.loads(entry.value)
+        except ValueError:
+            return None
+        return record if isinstance(record, dict) else None
+
+    async def put_status(self, call_id: str, record: dict[str, Any]) -> None:
+        await self.kv.put(call_id, json.dumps(record, separators=(",", ":")).encode())
+
+
+def _enqueued(headers: dict[str, str] | None) -> float | None:
+    try:
+        return float((headers or {}).get("Faas-Enqueued", ""))
+    except ValueError:
+        return None

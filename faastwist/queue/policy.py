@@ -1,0 +1,153 @@
+"""Pure decisions of the async queue: what is retried, after how long, and where a
+callback may go. No I/O here, so every rule is unit-tested with exact values.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from email.utils import parsedate_to_datetime
+from enum import Enum
+from typing import Iterable
+from urllib.parse import urlsplit
+
+import attrs
+
+#: Status used for "no HTTP answer at all" (connection refused, reset, timeout).
+NO_ANSWER = 0
+#: Addresses a callback may never reach, whatever the allow-list says: cloud metadata
+#: services (AWS, GCP, Azure, Alibaba on 169.254.0.0/16; AWS's IPv6 fd00:ec2::254) and
+#: link-local ranges in general.
+ALWAYS_DENIED = tuple(ipaddress.ip_network(n) for n in (
+    "169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128", "100.100.100.200/32"))
+
+
+class Outcome(str, Enum):
+    DONE = "done"          # a final answer: 2xx/3xx, or a 4xx other than 429, or 501
+    RETRY = "retry"        # retryable and attempts are left
+    DEAD = "dead"          # retryable but this was the last attempt
+
+
+def retryable(status: int) -> bool:
+    """Connection errors (NO_ANSWER), 429 and 5xx except 501 are worth another try."""
+    if status == NO_ANSWER or status == 429:
+        return True
+    return 500 <= status <= 599 and status != 501
+
+
+def decide(status: int, attempts: int, max_attempts: int) -> Outcome:
+    """What to do after attempt number ``attempts`` (1-based) answered ``status``."""
+    if not retryable(status):
+        return Outcome.DONE
+    return Outcome.RETRY if attempts < max_attempts else Outcome.DEAD
+
+
+@attrs.frozen
+class Backoff:
+    """Exponential backoff with jitter: attempt n waits between half and all of
+    ``base * 2**(n-1)`` (capped at ``cap``); a Retry-After, when longer, wins (up to
+    ``retry_after_cap``, so a function cannot park a message for a day)."""
+
+    base: float = 1.0
+    cap: float = 300.0
+    retry_after_cap: float = 3600.0
+
+    def delay(self, attempts: int, jitter: float, retry_after: float | None = None) -> float:
+        """``jitter`` is a random number in [0, 1) (injected, so tests are exact)."""
+        ceiling = min(self.cap, self.base * 2 ** max(attempts - 1, 0))
+        wait = ceiling / 2 + ceiling / 2 * jitter
+        if retry_after is not None and retry_after > wait:
+            wait = min(retry_after, self.retry_after_cap)
+        return wait
+
+
+def parse_retry_after(value: str | bytes | None, now: float) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP-date), or None."""
+    if not value:
+        return None
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    text = text.strip()
+    if text.isdigit():
+        return float(int(text))
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+# -- callback targets (SSRF) -------------------------------------------------------------
+
+class CallbackRefused(Exception):
+    """A callback URL that faastwist will not call; the message names why."""
+
+
+@attrs.frozen
+class CallbackRules:
+    """Where callbacks may go.
+
+    ``allow``: when not empty, only these networks; ``node_ports``: the node's own
+    admin, etcd and NATS ports, refused on loopback and on the node's own addresses;
+    ``local_addresses``: this node's addresses (besides loopback).
+    """
+
+    allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    node_ports: frozenset[int] = frozenset()
+    local_addresses: frozenset[str] = frozenset()
+
+
+def parse_networks(values: Iterable[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """CIDRs or single addresses; ValueError naming the bad one."""
+    out = []
+    for value in values:
+        try:
+            out.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address or CIDR network") from None
+    return tuple(out)
+
+
+def split_callback_url(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of an http(s) callback URL, or CallbackRefused."""
+    if len(url) > 2048:
+        raise CallbackRefused("X-Callback-Url is longer than 2048 characters")
+    if not url.isascii():
+        raise CallbackRefused("X-Callback-Url must be ASCII (use punycode and %-escapes)")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise CallbackRefused(f"X-Callback-Url is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise CallbackRefused("X-Callback-Url must be an http:// or https:// URL")
+    if not parts.hostname:
+        raise CallbackRefused("X-Callback-Url has no host")
+    if parts.username is not None or parts.password is not None:
+        raise CallbackRefused("X-Callback-Url must not carry credentials")
+    if any(c in url for c in "\r\n\0 "):
+        raise CallbackRefused("X-Callback-Url contains a control character or space")
+    return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)
+
+
+def check_target(address: str, port: int, rules: CallbackRules) -> None:
+    """Refuse (CallbackRefused) a resolved callback address the rules do not allow."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        raise CallbackRefused(f"{address!r} is not an IP address") from None
+    mapped = getattr(ip, "ipv4_mapped", None)
+    if mapped is not None:
+        ip = mapped
+    for network in ALWAYS_DENIED:
+        if ip.version == network.version and ip in network:
+            raise CallbackRefused(f"callbacks to {ip} ({network}, link-local or cloud "
+                                  f"metadata) are never allowed")
+    if ip.is_multicast:
+        raise CallbackRefused(f"callbacks to the multicast address {ip} are not allowed")
+    own = ip.is_loopback or ip.is_unspecified or str(ip) in rules.local_addresses
+    if own and port in rules.node_ports:
+        raise CallbackRefused(f"callbacks to this node's own admin, etcd or NATS port "
+                              f"({ip}:{port}) are not allowed")
+    if rules.allow and not any(ip.version == n.version and ip in n for n in rules.allow):
+        raise CallbackRefused(f"{ip} is not in queue.callbackAllow")

@@ -1,0 +1,275 @@
+"""The async queue of one node: the NATS connection, accepting calls, the workers,
+and what the admin API shows of them.
+
+Start-up (``start``, awaited by the node before the gate listens): the asyncio
+bridge, the embedded nats-server when ``queue.natsURLs`` is empty, the connection and
+the controller's streams. The workers start once the gate exists (``attach``): they
+run calls through the gate's own exchange. With an external NATS that is down at
+start, the node still starts: accepting answers 503 until the connection is up.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from typing import Any
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+
+from faastwist.config import QueueConfig
+from faastwist.gate.accept import QueuedCall, QueueUnavailable
+from faastwist.metrics import Metrics
+from faastwist.queue.bridge import AsyncioBridge
+from faastwist.queue.callback import CallbackSender
+from faastwist.queue.jetstream import JetStream, Names
+from faastwist.queue.messages import (
+    BadMessage,
+    call_headers,
+    read_call,
+    read_outcome,
+    status_record,
+)
+from faastwist.queue.policy import CallbackRefused, CallbackRules, check_target
+from faastwist.queue.policy import parse_networks, split_callback_url
+
+log = Logger(namespace="faastwist.queue")
+
+METRICS_INTERVAL = 5.0
+
+
+def local_addresses() -> frozenset[str]:
+    """This host's own addresses (besides loopback), as far as its name resolves."""
+    found: set[str] = set()
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None):
+            found.add(str(info[4][0]))
+    except OSError:
+        pass
+    return frozenset(found)
+
+
+class QueueService:
+    """Owns the bridge, the NATS connection and the workers; the gate's Enqueuer."""
+
+    def __init__(self, config: QueueConfig, controller: str, reactor: Any, metrics: Metrics,
+                 routes: Any, node_ports: set[int]) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.metrics = metrics
+        self.routes = routes
+        self.names = Names(controller)
+        self.bridge = AsyncioBridge(reactor, config.timeout)
+        self.embedded: Any = None
+        self.js: JetStream | None = None
+        self.max_body_size = config.max_body_size
+        self.node_ports = set(node_ports)
+        self.rules = CallbackRules(parse_networks(config.callback_allow),
+                                   frozenset(self.node_ports), local_addresses())
+        self.sender = CallbackSender(reactor, self.rules, config.callback_timeout)
+        self.worker: Any = None
+        self._meter: LoopingCall | None = None
+        self._connecting = False
+
+    # -- start and stop ------------------------------------------------------------------
+
+    async def start(self, embedded: Any = None) -> None:
+        """Connect (waiting for the embedded server, if any); with external URLs an
+        unreachable NATS does not stop the node: it keeps trying in the background."""
+        self.bridge.startService()
+        urls = list(self.config.nats_urls)
+        if embedded is not None:
+            self.embedded = embedded
+            urls = [await embedded.ready()]
+            self.node_ports.update(p for p in embedded.ports if p)
+            self.rules = CallbackRules(self.rules.allow, frozenset(self.node_ports),
+                                       self.rules.local_addresses)
+            self.sender.rules = self.rules
+        self.js = JetStream(urls, self.names, self.config.status_ttl, self._connection)
+        try:
+            await self._connect()
+        except Exception as exc:
+            if embedded is not None:
+                raise
+            log.warn("NATS at {urls} is not reachable ({error}); asynchronous calls get "
+                     "503 until it is", urls=", ".join(urls), error=str(exc))
+            self._connect_later()
+
+    async def _connect(self) -> None:
+        assert self.js is not None
+        max_payload = await self.bridge.call(self.js.connect, self.config.timeout,
+                                             timeout=self.config.timeout * 3)
+        room = max_payload - 128 * 1024
+        if room < self.max_body_size:
+            log.warn("the NATS server's max_payload ({payload}) leaves room for bodies of "
+                     "{room} bytes only; queue.maxBodySize is lowered to that",
+                     payload=max_payload, room=room)
+            self.max_body_size = max(room, 0)
+
+    def _connect_later(self) -> None:
+        async def retry() -> None:
+            while self.js is not None and not self.js.connected:
+                await deferLater(self.reactor, 2.0, lambda: None)
+                try:
+                    await self._connect()
+                except Exception:
+                    continue
+            if self.worker is not None and not self.worker.running:
+                self.worker.start()
+        ensureDeferred(retry()).addErrback(lambda f: log.failure("NATS connect loop", f))
+
+    def _connection(self, state: str) -> None:
+        """Called on the asyncio thread when the connection drops or comes back."""
+        self.reactor.callFromThread(log.info, "NATS connection {state}", state=state)
+
+    def attach(self, context: Any) -> None:
+        """The gate exists: accept through it and start the workers."""
+        from faastwist.queue.worker import Worker
+
+        context.queue = self
+        self.worker = Worker(self, context)
+        if self.js is not None and self.js.connected:
+            self.worker.start()
+        self._meter = LoopingCall(self._measure)
+        self._meter.clock = self.reactor
+        self._meter.start(METRICS_INTERVAL, now=False)
+
+    def stop_worker(self) -> None:
+        if self._meter is not None and self._meter.running:
+            self._meter.stop()
+        if self.worker is not None:
+            self.worker.stop()
+
+    async def stop(self) -> None:
+        """Close the connection and the bridge (after the gate and the workers)."""
+        js, self.js = self.js, None
+        if js is not None:
+            try:
+                await self.bridge.call(js.close, timeout=5.0)
+            except Exception:
+                pass
+        await self.bridge.stopService()
+        await self.sender.close()
+
+    # -- accepting (gate.accept.Enqueuer) ------------------------------------------------
+
+    def check_callback(self, url: str) -> None:
+        """Refuse a malformed callback URL, or a literal address the rules forbid;
+        host names are checked when the callback is sent (they may change)."""
+        try:
+            _, host, port = split_callback_url(url)
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                return
+            check_target(host, port, self.rules)
+        except CallbackRefused as exc:
+            raise ValueError(f"X-Callback-Url: {exc}") from None
+
+    def submit(self, call: QueuedCall) -> Deferred[Any]:
+        js = self.js
+        if js is None or not js.connected:
+            d: Deferred[Any] = Deferred()
+            d.errback(QueueUnavailable("NATS is not connected"))
+            return d
+        d = self.bridge.call(js.publish, self.names.call_subject(call.function, call.call_id),
+                             call.body, call_headers(call), self.config.timeout)
+
+        def stored(seq: int) -> int:
+            self.metrics.async_accepted.labels(call.function).inc()
+            return seq
+
+        def failed(failure: Any) -> None:
+            raise QueueUnavailable(failure.getErrorMessage() or failure.type.__name__)
+
+        d.addCallbacks(stored, failed)
+        return d
+
+    # -- visibility (the admin API) ------------------------------------------------------
+
+    def _require(self) -> JetStream:
+        if self.js is None or not self.js.connected:
+            raise QueueUnavailable("NATS is not connected")
+        return self.js
+
+    async def status(self, function: str, call_id: str) -> dict[str, Any] | None:
+        js = self._require()
+        record = await self.bridge.call(js.get_status, call_id)
+        if record is not None and record.get("function") == function:
+            if record.get("state") == "dead":
+                record.update(await self._dead_details(function, call_id) or {})
+            return record
+        msg = await self.bridge.call(js.last_message, self.names.calls,
+                                     self.names.call_subject(function, call_id))
+        if msg is not None:
+            call = read_call(msg.headers, b"")
+            return status_record(call, "queued", time.time())
+        dead = await self._dead_details(function, call_id)
+        if dead is not None:
+            return dead
+        return None
+
+    async def _dead_details(self, function: str, call_id: str) -> dict[str, Any] | None:
+        js = self._require()
+        msg = await self.bridge.call(js.last_message, self.names.dead,
+                                     self.names.dead_subject(function, call_id))
+        return None if msg is None else _dead_entry(msg)
+
+    async def dead_letters(self, function: str, limit: int = 1000) -> list[dict[str, Any]]:
+        js = self._require()
+        messages = await self.bridge.call(js.list_messages, self.names.dead,
+                                          self.names.dead_subject(function), limit,
+                                          timeout=self.config.timeout * 6)
+        return [entry for entry in map(_dead_entry, messages) if entry is not None]
+
+    async def retry(self, function: str, call_id: str) -> dict[str, Any] | None:
+        """Queue a dead letter again with fresh attempts; None when there is none."""
+        js = self._require()
+        msg = await self.bridge.call(js.last_message, self.names.dead,
+                                     self.names.dead_subject(function, call_id))
+        if msg is None:
+            return None
+        call = read_call(msg.headers, msg.data)
+        record = status_record(call, "queued", time.time(), 0, None, "", retried=True)
+        await self.bridge.call(js.put_status, call.call_id, record)
+        await self.bridge.call(js.publish, self.names.call_subject(function, call_id),
+                               call.body, call_headers(call, dedup=False), self.config.timeout)
+        await self.bridge.call(js.delete_message, self.names.dead, int(msg.seq))
+        return record
+
+    async def purge(self, function: str) -> None:
+        js = self._require()
+        await self.bridge.call(js.purge, self.names.dead, self.names.dead_subject(function))
+
+    # -- metrics -------------------------------------------------------------------------
+
+    def _measure(self) -> Deferred[Any]:
+        return ensureDeferred(self._measure_all())
+
+    async def _measure_all(self) -> None:
+        js = self.js
+        if js is None or not js.connected:
+            return
+        now = time.time()
+        for name in self.routes.names():
+            try:
+                waiting, delivered, oldest = await self.bridge.call(
+                    js.pending, self.names.calls, self.names.consumer(name))
+            except Exception:
+                continue
+            self.metrics.async_queued.labels(name).set(waiting + delivered)
+            self.metrics.async_oldest.labels(name).set(max(0.0, now - oldest) if oldest else 0)
+
+
+def _dead_entry(msg: Any) -> dict[str, Any] | None:
+    try:
+        call = read_call(msg.headers, b"")
+        outcome = read_outcome(msg.headers)
+    except BadMessage:
+        return None
+    entry = status_record(call, "dead", msg.time.timestamp() if msg.time else 0.0,
+                          outcome.attempts, outcome.status or None, outcome.reason)
+    entry["deadAt"] = entry.pop("updated")
+    return entry

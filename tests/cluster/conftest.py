@@ -1,0 +1,1 @@
+from tests.support.cluster import cluster  # noqa: F401 (fixture)

@@ -1,0 +1,93 @@
+"""The rule that folds the live nodes' reports into one observation (unit tier)."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import succeed
+
+from faastwist.cluster.reports import ClusterView, Report, aggregate
+from faastwist.model.fsm import Event
+
+
+def report(node: str, event: Event | None = Event.READY, digest: str = "d1",
+           stopped: bool = False, message: str = "", **ext: str) -> Report:
+    return Report(node, digest, stopped, event, message, ext)
+
+
+def by_node(*reports: Report) -> dict[str, Report]:
+    return {r.node: r for r in reports}
+
+
+LIVE = ["n0", "n1", "n2"]
+
+
+def test_ready_only_when_every_live_node_is_ready() -> None:
+    folded = aggregate("f", by_node(report("n0", replicas="2"), report("n1", replicas="1"),
+                                    report("n2", replicas="3")), LIVE)
+    assert folded.event is Event.READY and folded.digest == "d1"
+    assert folded.ext_data["nodes"] == "n0=ready n1=ready n2=ready"
+    assert folded.ext_data["replicas"] == "1"   # the fewest any gate has
+    assert folded.message == "ready on 3 of 3 nodes"
+
+
+def test_a_missing_live_node_concludes_nothing_and_a_dead_one_does_not_count() -> None:
+    two = by_node(report("n0"), report("n1"))
+    waiting = aggregate("f", two, LIVE)
+    assert waiting.event is None and "waiting for n2" in waiting.message
+    assert waiting.ext_data["nodes"] == "n0=ready n1=ready n2=none"
+    # n2's lease ran out: its node key is gone, so it is no longer live
+    assert aggregate("f", two, ["n0", "n1"]).event is Event.READY
+    # a report of a node that is not live (its node key vanished first) is ignored
+    assert aggregate("f", by_node(report("n0"), report("gone", Event.ERROR)), ["n0"]).event \
+        is Event.READY
+    assert aggregate("f", {}, LIVE) is None
+
+
+def test_error_names_the_node_and_keeps_its_details() -> None:
+    folded = aggregate("f", by_node(report("n0"), report("n1", Event.ERROR, message="exit 3",
+                                                         exitCode="3"),
+                                    report("n2", None)), LIVE)
+    assert folded.event is Event.ERROR
+    assert folded.message == "node n1: exit 3"
+    assert folded.ext_data["exitCode"] == "3" and folded.ext_data["n1.exitCode"] == "3"
+
+
+def test_disagreeing_digests_or_stop_states_conclude_nothing() -> None:
+    assert aggregate("f", by_node(report("n0"), report("n1", digest="d2"), report("n2")),
+                     LIVE).event is None
+    mixed = aggregate("f", by_node(report("n0", stopped=True), report("n1"), report("n2")),
+                      LIVE)
+    assert mixed.event is None
+    stopped = aggregate("f", by_node(*(report(n, None, stopped=True) for n in LIVE)), LIVE)
+    assert stopped.stopped and stopped.event is None
+
+
+def test_pending_when_some_pending_and_none_failed_or_starting() -> None:
+    folded = aggregate("f", by_node(report("n0"), report("n1", Event.PENDING, message="0 of 1"),
+                                    report("n2")), LIVE)
+    assert folded.event is Event.PENDING and folded.message == "node n1: 0 of 1"
+    starting = aggregate("f", by_node(report("n0"), report("n1", None), report("n2")), LIVE)
+    assert starting.event is None
+
+
+def test_report_round_trips_and_checks_its_node() -> None:
+    original = report("n1", Event.ERROR, message="boom", exitCode="3")
+    assert Report.decode(original.encode()) == original
+    assert Report.decode(report("n1", None).encode()).event is None
+
+
+def test_cluster_view_folds_reports_and_leaves_the_writes_to_the_nodes() -> None:
+    class Local:
+        kind = "process"
+
+    reports = {"f": by_node(*(report(n) for n in LIVE)), "g": by_node(report("n0"))}
+    view = ClusterView(Local(), lambda: succeed((reports, LIVE)))
+    observed: dict = {}
+    view.observe().addCallback(observed.update)
+    assert observed["f"].event is Event.READY and observed["g"].event is None
+    only: dict = {}
+    view.observe(["g", "absent"]).addCallback(only.update)
+    assert set(only) == {"g"}
+    done: list = []
+    view.deploy(None).addCallback(done.append)
+    view.delete("f").addCallback(done.append)
+    assert done == [None, None]

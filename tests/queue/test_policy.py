@@ -1,0 +1,114 @@
+"""The queue's pure rules, with exact values: what is retried, how long to wait, and
+which callback targets are refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from faastwist.queue.policy import (
+    NO_ANSWER,
+    Backoff,
+    CallbackRefused,
+    CallbackRules,
+    Outcome,
+    check_target,
+    decide,
+    parse_networks,
+    parse_retry_after,
+    retryable,
+    split_callback_url,
+)
+
+
+@pytest.mark.parametrize("status,expected", [
+    (NO_ANSWER, True), (429, True), (500, True), (502, True), (503, True), (504, True),
+    (599, True), (501, False), (200, False), (202, False), (302, False), (400, False),
+    (404, False), (413, False), (499, False),
+])
+def test_retryable(status: int, expected: bool) -> None:
+    assert retryable(status) is expected
+
+
+def test_decide_counts_attempts() -> None:
+    assert decide(500, 1, 5) is Outcome.RETRY
+    assert decide(500, 4, 5) is Outcome.RETRY
+    assert decide(500, 5, 5) is Outcome.DEAD
+    assert decide(NO_ANSWER, 1, 1) is Outcome.DEAD
+    assert decide(404, 1, 5) is Outcome.DONE
+    assert decide(200, 5, 5) is Outcome.DONE
+    assert decide(501, 1, 5) is Outcome.DONE
+
+
+def test_backoff_is_exponential_with_jitter_and_capped() -> None:
+    backoff = Backoff(base=1.0, cap=10.0, retry_after_cap=60.0)
+    assert backoff.delay(1, 0.0) == 0.5
+    assert backoff.delay(1, 0.5) == 0.75
+    assert backoff.delay(2, 0.0) == 1.0
+    assert backoff.delay(3, 1.0) == 4.0
+    assert backoff.delay(4, 0.0) == 4.0
+    assert backoff.delay(10, 0.0) == 5.0   # capped at 10: half of it without jitter
+    assert backoff.delay(10, 0.999) == pytest.approx(9.995)
+
+
+def test_retry_after_wins_when_longer_and_is_capped() -> None:
+    backoff = Backoff(base=1.0, cap=10.0, retry_after_cap=60.0)
+    assert backoff.delay(1, 0.0, retry_after=30.0) == 30.0
+    assert backoff.delay(1, 0.0, retry_after=0.1) == 0.5
+    assert backoff.delay(1, 0.0, retry_after=86400.0) == 60.0
+
+
+def test_parse_retry_after() -> None:
+    now = 1_700_000_000.0  # 2023-11-14T22:13:20Z
+    assert parse_retry_after(b"120", now) == 120.0
+    assert parse_retry_after(" 7 ", now) == 7.0
+    assert parse_retry_after(b"Tue, 14 Nov 2023 22:13:50 GMT", now) == 30.0
+    assert parse_retry_after(b"Tue, 14 Nov 2023 22:00:00 GMT", now) == 0.0
+    assert parse_retry_after(b"soon", now) is None
+    assert parse_retry_after(b"-5", now) is None
+    assert parse_retry_after(None, now) is None
+
+
+def test_split_callback_url() -> None:
+    assert split_callback_url("http://example.com/hook") == ("http", "example.com", 80)
+    assert split_callback_url("https://example.com:8443/x") == ("https", "example.com", 8443)
+    assert split_callback_url("http://[::1]:9/") == ("http", "::1", 9)
+    for bad in ("ftp://example.com/", "http:///nohost", "http://u:p@example.com/",
+                "http://example.com:99999/", "http://exämple.com/", "x" * 3000,
+                "file:///etc/passwd", "gopher://127.0.0.1:2381/"):
+        with pytest.raises(CallbackRefused):
+            split_callback_url(bad)
+
+
+RULES = CallbackRules(node_ports=frozenset({2381, 2379, 4222}),
+                      local_addresses=frozenset({"10.1.2.3"}))
+
+
+@pytest.mark.parametrize("address,port", [
+    ("169.254.169.254", 80), ("169.254.0.1", 8080), ("fd00:ec2::254", 80),
+    ("fe80::1", 80), ("::ffff:169.254.169.254", 80), ("100.100.100.200", 80),
+    ("127.0.0.1", 2381), ("127.0.0.5", 2379), ("::1", 4222), ("0.0.0.0", 2381),
+    ("10.1.2.3", 4222), ("224.0.0.1", 80),
+])
+def test_refused_targets(address: str, port: int) -> None:
+    with pytest.raises(CallbackRefused):
+        check_target(address, port, RULES)
+
+
+@pytest.mark.parametrize("address,port", [
+    ("127.0.0.1", 8080), ("10.1.2.3", 80), ("93.184.216.34", 443), ("2001:db8::1", 80),
+    ("10.9.9.9", 2381),   # another machine's port 2381 is not this node's admin
+])
+def test_allowed_targets(address: str, port: int) -> None:
+    check_target(address, port, RULES)
+
+
+def test_allow_list_restricts_to_its_networks() -> None:
+    rules = CallbackRules(allow=parse_networks(["10.0.0.0/8", "2001:db8::/32"]))
+    check_target("10.200.0.1", 80, rules)
+    check_target("2001:db8::7", 80, rules)
+    with pytest.raises(CallbackRefused, match="callbackAllow"):
+        check_target("192.168.1.1", 80, rules)
+    with pytest.raises(CallbackRefused, match="metadata"):  # never, even if allowed
+        check_target("169.254.169.254", 80, CallbackRules(allow=parse_networks(["0.0.0.0/0"])))
+    with pytest.raises(ValueError, match="'nope'"):
+        parse_networks(["nope"])

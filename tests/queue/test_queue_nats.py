@@ -1,0 +1,104 @@
+"""The queue against a real nats-server: the embedded supervisor, storing calls, the
+status lookups, and refusing (never losing) calls while NATS is away."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from faastwist.config import QueueConfig
+from faastwist.gate.accept import QueuedCall, QueueUnavailable
+from faastwist.metrics import Metrics
+from faastwist.queue.embedded import EmbeddedNats
+from faastwist.queue.service import QueueService
+from tests.support.nats import nats_server  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.nats
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(") ", 1)[1][:1] != "Z"
+
+
+async def wait_for(predicate, timeout: float = 15.0) -> None:
+    deadline = reactor.seconds() + timeout
+    while not predicate():
+        assert reactor.seconds() < deadline, "condition not met in time"
+        await deferLater(reactor, 0.05, lambda: None)
+
+
+class NoRoutes:
+    def names(self) -> list[str]:
+        return []
+
+
+def call(call_id: str, function: str = "fn") -> QueuedCall:
+    return QueuedCall(function=function, call_id=call_id, method="POST", target="/x?y=1",
+                      headers=(("content-type", "text/plain"), ("x-a", "b\u00e9")),
+                      client_ip="10.0.0.9", body=b"body \x00\xff", callback=None,
+                      enqueued=1700000000.25)
+
+
+@pytest_twisted.ensureDeferred
+async def test_embedded_server_restarts_on_the_same_url_and_stops(tmp_path) -> None:
+    server = EmbeddedNats(reactor, str(tmp_path / "nats"), 2**20)
+    server.startService()
+    try:
+        url = await server.ready()
+        assert url.startswith("nats://127.0.0.1:")
+        first = server.pid
+        os.kill(first, signal.SIGKILL)
+        await wait_for(lambda: server.pid not in (None, first) and server.healthy)
+        assert await server.ready() == url  # same port: clients reconnect to it
+        assert server.restarts == 1
+    finally:
+        pid = server.pid
+        await server.stopService()
+    assert pid is not None and not alive(pid)
+
+
+@pytest_twisted.ensureDeferred
+async def test_submit_status_and_refusal_while_nats_is_away(nats_server) -> None:
+    config = QueueConfig(nats_urls=(nats_server.url,), timeout=1.0)
+    queue = QueueService(config, "ctl", reactor, Metrics(), NoRoutes(), {2381})
+    await queue.start()
+    try:
+        await queue.submit(call("c1"))
+        record = await queue.status("fn", "c1")
+        assert record["state"] == "queued" and record["callId"] == "c1"
+        assert await queue.status("other", "c1") is None
+        assert await queue.status("fn", "nope") is None
+        # the same call id again within the duplicate window: stored once
+        await queue.submit(call("c1"))
+        waiting = await queue.bridge.call(queue.js.list_messages, queue.names.calls,
+                                          queue.names.call_subject("fn"), 10)
+        assert [m.subject for m in waiting] == ["faas.ctl.call.fn.c1"]
+        from faastwist.queue.messages import read_call
+        assert read_call(waiting[0].headers, waiting[0].data) == call("c1")
+        # a callback to the node's own admin port, or to metadata, is refused up front
+        with pytest.raises(ValueError, match="admin"):
+            queue.check_callback("http://127.0.0.1:2381/x")
+        with pytest.raises(ValueError, match="metadata"):
+            queue.check_callback("http://169.254.169.254/latest")
+        queue.check_callback("http://example.com/hook")  # names: checked when sent
+        nats_server.kill()
+        await wait_for(lambda: not queue.js.connected)
+        with pytest.raises(QueueUnavailable):
+            await queue.submit(call("c2"))
+        nats_server.start()
+        await wait_for(lambda: queue.js.connected, timeout=20)
+        await queue.submit(call("c3"))
+        assert (await queue.status("fn", "c3"))["state"] == "queued"
+        assert (await queue.status("fn", "c1"))["state"] == "queued"  # survived the kill
+    finally:
+        await queue.stop()
