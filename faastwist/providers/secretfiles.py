@@ -53,7 +53,9 @@ class SecretFiles:
         folder = self.folders.get(function) if wants_secrets else None
         if self.bwrap is None:
             return [], str(folder) if folder is not None else None
-        prefix = [self.bwrap, "--dev-bind", "/", "/", "--tmpfs", str(self.root)]
+        # --die-with-parent: the sandboxed process dies with the node (a kill -9 included)
+        prefix = [self.bwrap, "--die-with-parent", "--dev-bind", "/", "/", "--tmpfs",
+                  str(self.root)]
         # bwrap sets PWD; the function's environment stays what the node chose
         tail = ["--", ENV, "-u", "PWD"]
         if folder is None:
