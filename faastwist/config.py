@@ -117,6 +117,12 @@ class AdminConfig:
 
 
 @attrs.frozen
+class SecretsConfig:
+    #: the node key that encrypts OpenFaaS secrets in etcd (created 0600 on first start)
+    key_file: str = "./data/secrets.key"
+
+
+@attrs.frozen
 class QueueConfig:
     """Asynchronous invocations on NATS JetStream (see README, "Asynchronous invocations")."""
 
@@ -152,6 +158,7 @@ class ControllerConfig:
     etcd: EtcdConfig = EtcdConfig()
     process: ProcessConfig = ProcessConfig()
     admin: AdminConfig = AdminConfig()
+    secrets: SecretsConfig = SecretsConfig()
     queue: QueueConfig = QueueConfig()
 
     @classmethod
@@ -181,6 +188,8 @@ class ControllerConfig:
             etcd=reader.section("etcd", lambda r: _read_etcd(r, base)),
             process=reader.section("process", lambda r: _read_process(r, base)),
             admin=reader.section("admin", lambda r: _read_admin(r, base)),
+            secrets=reader.section("secrets", lambda r: SecretsConfig(
+                key_file=_path(r.string("keyFile", "./data/secrets.key"), base))),
             queue=reader.section("queue", lambda r: _read_queue(r, base)),
         )
         reader.finish()

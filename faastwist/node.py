@@ -70,6 +70,8 @@ class FaasNode(Service):
         self.admin_port: Any = None
         self.ops: Any = None
         self.notifier: Any = None
+        self.openfaas: Any = None
+        self.secrets: Any = None
         self.authorizer: Any = None
         self.auth_files: Any = None
         self.admin_tls: Any = None
@@ -159,6 +161,12 @@ class FaasNode(Service):
             raise StartupError(f"etcd at {', '.join(endpoints)} is not reachable: {exc}")
         self._push("store", self.store.close)
         self.etcd_endpoints = endpoints
+        from faastwist.store.secrets import KeyFileError, SecretStore, load_key
+
+        try:
+            self.secrets = SecretStore(self.store, load_key(self.config.secrets.key_file))
+        except KeyFileError as exc:
+            raise StartupError(str(exc)) from None
 
     def node_ports(self) -> set[int]:
         """This node's own ports (gate, admin, etcd client and peer, the queue's
@@ -196,6 +204,7 @@ class FaasNode(Service):
             # readiness and crash loops reach this node's report (and so the leader's
             # FSM) at once, not at the next sync
             self.provider.on_change = self._provider_changed
+        self.provider.secrets = self.secrets
         self._start_child("provider", self.provider)
 
     def _provider_changed(self, name: str) -> None:
@@ -344,8 +353,10 @@ class FaasNode(Service):
         console = ConsoleResource(self.reactor, self.config.name,
                                   gate_url_for(http.address, http.port, http.https),
                                   max_body_size=admin.max_body_size)
-        root = self._guard(mount_console(compose(self.admin.resource(), self.ops.resource()),
-                                         console))
+        self.openfaas = self._openfaas_api()
+        # the guard covers OpenFaaS's /system/* too (also when relayed by the gate)
+        root = self._guard(mount_console(compose(self.admin.resource(), self.ops.resource(),
+                                                 self.openfaas.resource()), console))
         site: Any = Site(root, requestFactory=bounded_request_factory(admin.max_body_size),
                          parsePOSTFormSubmission=False, reactor=self.reactor)
         if admin.https:
@@ -367,6 +378,24 @@ class FaasNode(Service):
         # descriptors held back from the start
         guard_listener(self.admin_port, lambda sock: ReservedListener(sock, self.fd_reserve))
         self._push("admin listener", self.admin_port.stopListening)
+
+    @property
+    def namespace(self) -> str:
+        """The one namespace OpenFaaS clients see: Knative's, or OpenFaaS's default."""
+        if self.config.provider == "knative":
+            return self.config.knative.namespace
+        from faastwist.admin.openfaas_model import DEFAULT_NAMESPACE
+        return DEFAULT_NAMESPACE
+
+    def _openfaas_api(self) -> Any:
+        from faastwist.admin.openfaas import OpenFaaSAPI, Versions
+        from faastwist.util.revision import source_revision
+
+        versions = Versions(orchestration=self.config.provider,
+                            sha=source_revision(os.path.dirname(__file__)))
+        return OpenFaaSAPI(self.store, self.provider, self.reconciler.kick, self.metrics,
+                           self.reactor, versions, self.namespace,
+                           max_body_size=self.config.admin.max_body_size, secrets=self.secrets)
 
     def _guard(self, root: Any) -> Any:
         """Put the Host/Origin/credential checks in front of the admin port's root."""
@@ -424,6 +453,11 @@ class FaasNode(Service):
         self.gate = GateService(http, self.routes, self.provider, self.reactor, self.metrics,
                                 access_log=http.access_log, fd_reserve=self.fd_reserve,
                                 access=AccessLog(self.reactor, sink, json_lines))
+        admin = self.admin_port.getHost()
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(admin.host, admin.host)
+        # the admin port's guard (credentials, Host, Origin) applies to what is relayed
+        self.gate.context.serve_system(host, admin.port, self.namespace,
+                                       scheme=self.config.admin.scheme)
         try:
             self.gate.startService()
         except Exception as exc:

@@ -32,7 +32,6 @@ from werkzeug.routing import RequestRedirect
 
 from faastwist.admin.codec import (
     JSON_TYPE,
-    NDJSON_TYPE,
     YAML_RESPONSE_TYPE,
     ApiError,
     bounded_request_factory,
@@ -53,9 +52,11 @@ from faastwist.admin.codec import (
     status_document,
     wants_json,
 )
+from faastwist.admin.logstream import send_logs
+from faastwist.admin.rollout import rollout
 from faastwist.model.fsm import Event, FunctionStatus, InvalidEvent, apply_event
 from faastwist.model.keys import new_key
-from faastwist.providers.base import LogLine, LogSource, ProviderError
+from faastwist.providers.base import LogSource, ProviderError
 from faastwist.model.spec import FunctionSpec, SpecError
 from faastwist.store.base import (
     AlreadyExists,
@@ -106,8 +107,6 @@ def controller_route(app: Klein, url: str, method: str) -> Callable[[Handler], H
     return decorate
 
 
-def _ndjson(line: LogLine) -> bytes:
-    return json.dumps(line.to_dict()).encode() + b"\n"
 
 
 class AdminAPI:
@@ -375,6 +374,19 @@ class AdminAPI:
         self._kick(fn)
         return respond(request, 200, record_document(updated))
 
+    @controller_route(app, FUNCTION + "/rollout", "PUT")
+    async def rollout(self, request: IRequest, version: str, controller: str, fn: str) -> bytes:
+        """A rolling update: an active function keeps serving while the new spec rolls
+        out (the FSM's update would need a stop first); otherwise as update."""
+        spec = self._read_spec(request, default_name=fn)
+        if spec.name != fn:
+            raise ApiError(409, f"name: the body names function {spec.name} but the URL names "
+                                f"{fn}; a function cannot be renamed")
+        record = await self._store(self.store.get(fn))
+        updated = await self._store(rollout(self.store, record, spec, self.wall_clock()))
+        self._kick(fn)
+        return respond(request, 200, record_document(updated))
+
     async def _apply(self, record: FunctionRecord, event: Event,
                      spec: FunctionSpec | None = None) -> FunctionRecord:
         """Apply an operator event; when the compare-and-swap loses to a status-only write
@@ -485,49 +497,8 @@ class AdminAPI:
         tail = parse_tail(params.get("tail"))
         since = parse_since(params.get("since"), self.wall_clock())
         follow = parse_follow(params.get("follow")) and request.method != b"HEAD"
-        if follow:
-            return await self._follow(request, source, fn, tail, since)
-        lines = await self._timed(source.read_logs(fn, tail=tail, since=since),
-                                  "the log source", 504)
-        body = b"".join(_ndjson(line) for line in lines)
-        request.setHeader(b"content-type", NDJSON_TYPE.encode())
-        request.setHeader(b"content-length", b"%d" % len(body))
-        return body
-
-    async def _follow(self, request: IRequest, source: LogSource, name: str,
-                      tail: int | None, since: float | None) -> None:
-        # Subscribe before reading history so no line falls between the two; lines that
-        # arrive meanwhile wait in `pending` and are sent after history, minus duplicates.
-        pending: list[LogLine] = []
-        state = {"live": False, "done": False}
-
-        def on_line(line: LogLine) -> None:
-            if state["done"]:
-                return
-            if state["live"]:
-                request.write(_ndjson(line))
-            else:
-                pending.append(line)
-
-        unsubscribe = source.follow_logs(name, on_line)
-        try:
-            history = await self._timed(source.read_logs(name, tail=tail, since=since),
-                                        "the log source", 504)
-            request.setResponseCode(200)
-            request.setHeader(b"content-type", NDJSON_TYPE.encode())
-            request.setHeader(b"cache-control", b"no-cache")
-            seen = set(history)
-            request.write(b"".join(_ndjson(line) for line in history))  # sends the headers
-            request.write(b"".join(_ndjson(line) for line in pending if line not in seen))
-            pending.clear()
-            state["live"] = True
-            finished = request.notifyFinish()
-            finished.addErrback(lambda _: None)  # the client went away: that is the end
-            await finished
-        finally:
-            state["done"] = True
-            unsubscribe()
-        return None
+        return await send_logs(request, source, fn, tail, since, follow,
+                               lambda d: self._timed(d, "the log source", 504))
 
     # -- errors (first matching handler wins, so the catch-all comes last) --------------
     @app.handle_errors(ApiError)

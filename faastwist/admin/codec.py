@@ -182,6 +182,7 @@ def status_document(status: FunctionStatus) -> dict[str, Any]:
     seconds; a status that was never stamped has none)."""
     document = status.to_dict()
     document["updated"] = format_rfc3339(status.updated) if status.updated > 0 else None
+    document["created"] = format_rfc3339(status.created) if status.created > 0 else None
     return document
 
 

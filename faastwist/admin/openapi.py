@@ -66,6 +66,12 @@ _SCHEMAS: dict[str, Any] = {
             "env": _STRING_MAP,
             "mode": {"type": "string", "enum": ["http", "fork"]},
             "readinessPath": {"type": "string"},
+            "envProcess": {"type": "string",
+                           "description": "OpenFaaS's fprocess, run once per request"},
+            "labels": _STRING_MAP, "annotations": _STRING_MAP,
+            "constraints": {"type": "array", "items": {"type": "string"}},
+            "secrets": {"type": "array", "items": {"type": "string"}},
+            "readOnlyRootFilesystem": {"type": "boolean"},
             "rateLimit": {"type": "object", "required": ["rps"], "additionalProperties": False,
                           "description": "a token bucket per function per node (429 past it)",
                           "properties": {"rps": {"type": "number", "exclusiveMinimum": True,
@@ -93,6 +99,8 @@ _SCHEMAS: dict[str, Any] = {
                         "description": "the last change, RFC 3339 in UTC",
                         "example": "2026-11-28T18:04:55.123Z"},
             "startPending": {"type": "boolean"},
+            "created": {"type": "string", "nullable": True,
+                        "description": "RFC 3339 time of the function's creation"},
         },
     },
     "FunctionRecord": {
@@ -169,6 +177,9 @@ def _build() -> dict[str, Any]:
                                                 {"200": record}, 404, 409, 503)},
         f"{function}/stop": {"put": _operation("stopFunction", "event stop",
                                                {"200": record}, 404, 409, 503)},
+        f"{function}/rollout": {"put": _operation(
+            "rolloutFunction", "rolling update: an active function keeps serving",
+            {"200": record}, 404, 409, 413, 415, 503, body=True)},
         f"{function}/logs": {"get": _operation(
             "functionLogs", "log lines as NDJSON",
             {"200": {"description": "one JSON object per line",

@@ -203,16 +203,19 @@ class _Composed(Resource):
     """Sends the OPS_PATHS to the ops resource and everything else to the admin API,
     leaving the request's path untouched so either side routes it as if it were root."""
 
-    def __init__(self, admin: IResource, ops: IResource) -> None:
+    def __init__(self, admin: IResource, ops: IResource, system: IResource | None) -> None:
         super().__init__()
         self.admin = admin
         self.ops = ops
+        self.system = system
 
     def getChildWithDefault(self, path: bytes, request: IRequest) -> IResource:
         segments = tuple(s.decode("utf-8", "replace") for s in (path, *request.postpath))
         # undo the traversal step Site just took, so the chosen resource sees the same
         # prepath/postpath it would see as the Site's root
         request.postpath.insert(0, request.prepath.pop())
+        if path == b"system" and self.system is not None:
+            return self.system
         return self.ops if segments in OPS_PATHS else self.admin
 
     def render(self, request: IRequest) -> Any:
@@ -220,8 +223,9 @@ class _Composed(Resource):
         return self.admin.render(request)
 
 
-def compose(admin_resource: IResource, ops_resource: IResource) -> IResource:
+def compose(admin_resource: IResource, ops_resource: IResource,
+            system_resource: IResource | None = None) -> IResource:
     """One root for the admin port: /metrics, /healthz, /readyz and
     /apis/v{1,2}/faas/info go to ops (so ``info`` is never taken for a controller
-    name), the rest to the admin API."""
-    return _Composed(admin_resource, ops_resource)
+    name), /system/... to OpenFaaS's API, the rest to the admin API."""
+    return _Composed(admin_resource, ops_resource, system_resource)

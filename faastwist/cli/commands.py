@@ -111,11 +111,12 @@ def create(obj: CliContext, path: str) -> None:
               help="Spec in YAML or JSON; - reads stdin.")
 @click.pass_obj
 def update(obj: CliContext, name: str | None, path: str) -> None:
-    """Replace a function's spec (NAME defaults to the spec's name)."""
+    """Replace a function's spec (NAME defaults to the spec's name); an active
+    function keeps serving while the new version rolls out."""
     body, kind = read_spec_file(path)
     name = name or spec_name(body, path)
     client = obj.client
-    data = client.call("PUT", client.path(name), body, kind)
+    data = client.call("PUT", client.path(name, "rollout"), body, kind)
     _, state = _summary(data, name)
     click.echo(f"function {name} updated" + (f" (state: {state})" if state else ""))
 

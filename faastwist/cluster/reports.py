@@ -39,16 +39,20 @@ class Report:
     event: Event | None
     message: str = ""
     ext_data: Mapping[str, str] = attrs.field(factory=dict)
+    #: a rolling update is not live on this node but the previous version serves there
+    serving_previous: bool = False
 
     @classmethod
     def of(cls, node: str, observation: Observation) -> "Report":
         return cls(node, observation.digest, observation.stopped, observation.event,
-                   observation.message, dict(observation.ext_data))
+                   observation.message, dict(observation.ext_data),
+                   observation.serving_previous)
 
     def encode(self) -> bytes:
         return json.dumps({"node": self.node, "digest": self.digest, "stopped": self.stopped,
                            "event": None if self.event is None else self.event.value,
-                           "message": self.message, "extData": dict(self.ext_data)},
+                           "message": self.message, "extData": dict(self.ext_data),
+                           "servingPrevious": self.serving_previous},
                           sort_keys=True).encode()
 
     @classmethod
@@ -57,7 +61,8 @@ class Report:
         event = doc.get("event")
         return cls(str(doc["node"]), str(doc.get("digest", "")), bool(doc.get("stopped")),
                    None if event is None else Event(event), str(doc.get("message", "")),
-                   {str(k): str(v) for k, v in (doc.get("extData") or {}).items()})
+                   {str(k): str(v) for k, v in (doc.get("extData") or {}).items()},
+                   bool(doc.get("servingPrevious", False)))
 
     @property
     def verdict(self) -> str:
@@ -96,7 +101,8 @@ def aggregate(name: str, reports: Mapping[str, Report], live: Sequence[str]) -> 
             for key, value in report.ext_data.items():
                 ext[f"{report.node}.{key}"] = value
         message = "; ".join(f"node {r.node}: {r.message}" for r in failed)
-        return Observation(name, first.digest, False, Event.ERROR, message, ext)
+        return Observation(name, first.digest, False, Event.ERROR, message, ext,
+                           serving_previous=all(r.serving_previous for r in failed))
     if all(r.event is Event.READY for r in present.values()):
         return Observation(name, first.digest, False, Event.READY,
                            f"ready on {len(present)} of {len(live)} nodes", ext)
@@ -104,7 +110,8 @@ def aggregate(name: str, reports: Mapping[str, Report], live: Sequence[str]) -> 
         return Observation(name, first.digest, False, None, "starting", ext)
     pending = [r for r in present.values() if r.event is Event.PENDING]
     message = "; ".join(f"node {r.node}: {r.message}" for r in pending)
-    return Observation(name, first.digest, False, Event.PENDING, message, ext)
+    return Observation(name, first.digest, False, Event.PENDING, message, ext,
+                       serving_previous=all(r.serving_previous for r in pending))
 
 
 class ClusterView:

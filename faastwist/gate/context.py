@@ -18,7 +18,9 @@ from faastwist.gate.decisions import CallIds
 from faastwist.gate.routes import Route, RouteTable
 from faastwist.gate.upstream import UpstreamPool
 from faastwist.metrics import FunctionCounts, Metrics
-from faastwist.providers.base import Provider
+from faastwist.model.fsm import FunctionStatus, State
+from faastwist.model.spec import FunctionSpec
+from faastwist.providers.base import Provider, StaticLease, Upstream
 
 log = Logger(namespace="faastwist.gate")
 
@@ -34,6 +36,8 @@ class Expiring(TypingProtocol):
 #: How often the gate looks for requests past their function's timeout: a timeout
 #: fires at most this late.
 TICK = 0.05
+#: The bound on one request to OpenFaaS's API through the gate (a followed log stream)
+SYSTEM_TIMEOUT = 24 * 3600.0
 
 
 class GateContext:
@@ -64,6 +68,21 @@ class GateContext:
         #: (cheaper per request than a DelayedCall each: no heap, no cancel)
         self.deadlines: dict[Expiring, float] = {}
         self._sweeper: LoopingCall | None = None
+        #: where /system/* and /healthz go (the admin listener), None: not served
+        self.system: Route | None = None
+        self.system_lease: StaticLease | None = None
+        self.namespace = b""
+
+    def serve_system(self, host: str, port: int, namespace: str = "",
+                     timeout: float = SYSTEM_TIMEOUT, scheme: str = "http") -> None:
+        """Relay OpenFaaS's API paths to the admin listener at ``host:port`` (through the
+        same exchange as a function call: streamed, bounded, one code path for both
+        transports); invocation paths name ``namespace`` as ``/function/f.namespace``."""
+        host_header = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.system = Route(FunctionSpec(name="openfaas-api", timeout=timeout),
+                            FunctionStatus(name="openfaas-api", state=State.ACTIVE))
+        self.system_lease = StaticLease(Upstream(scheme, host, port, host_header))
+        self.namespace = namespace.encode()
 
     def start(self) -> None:
         """Start the timeout sweep and the access log's flush timer (GateService does

@@ -25,6 +25,9 @@ from faastwist.model.spec import DNS1123_LABEL
 FUNC_HEADER = b"x-faas-func-name"
 GATE_ERROR = b"x-faas-gate-error"
 FUNCTION_PREFIX = b"/function/"
+SYSTEM_PREFIX = b"/system/"
+START_TIME = b"x-start-time"
+DURATION = b"x-duration-seconds"
 ASYNC_HEADER = b"x-faas-async"
 ASYNC_PREFIX = b"/async-function/"
 
@@ -151,12 +154,21 @@ def wants_close(head: RequestHead) -> bool:
     return b"keep-alive" not in tokens
 
 
-def resolve(head: RequestHead) -> tuple[str, bytes]:
+def is_system(target: bytes) -> bool:
+    """Whether a request (without X-FaaS-Func-Name) is for OpenFaaS's API on the gate:
+    ``/system/...`` or ``/healthz``."""
+    if target[:8] == SYSTEM_PREFIX:
+        return True
+    return target[:8] == b"/healthz" and (len(target) == 8 or target[8:9] == b"?")
+
+
+def resolve(head: RequestHead, namespace: bytes = b"") -> tuple[str, bytes]:
     """The function a request is for and the target to forward, or GateError(400).
 
     The X-FaaS-Func-Name header wins and the target is forwarded unchanged; otherwise
     ``/function/{name}/rest`` (OpenFaaS style) forwards ``/rest`` and the query, and
-    ``/async-function/{name}/rest`` does the same and marks the request to be queued.
+    ``/async-function/{name}/rest`` does the same and marks the request to be queued;
+    ``/function/{name}.{namespace}/rest`` names the gate's one namespace.
     """
     if head.target[:1] != b"/" and head.target[:4].lower() == b"http":
         # absolute-form (a client that treats the gate as a forward proxy): forward the
@@ -183,7 +195,13 @@ def resolve(head: RequestHead) -> tuple[str, bytes]:
             index = rest.find(stop)
             if index != -1 and index < cut:
                 cut = index
-        name = rest[:cut].decode("latin-1")
+        raw_name = rest[:cut]
+        if namespace and b"." in raw_name:
+            raw_name, _, asked = raw_name.partition(b".")
+            if asked != namespace:
+                raise GateError(404, f"namespace {asked.decode('latin-1')!r} not found; "
+                                     f"this gate serves {namespace.decode('latin-1')}")
+        name = raw_name.decode("latin-1")
         if name and DNS1123_LABEL.match(name) and len(name) <= 63:
             forwarded = rest[cut:]
             if not forwarded.startswith(b"/"):

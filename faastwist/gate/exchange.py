@@ -22,11 +22,14 @@ from faastwist.gate.access import TokenBucket, key_allowed, presented_key, retry
 from faastwist.gate.context import GateContext
 from faastwist.metrics import FunctionCounts
 from faastwist.gate.decisions import (
+    DURATION,
     RETRY_AFTER_NOT_ACTIVE,
+    START_TIME,
     GateError,
     RequestHead,
     classify,
     error_headers,
+    is_system,
     resolve,
     upstream_head,
 )
@@ -132,7 +135,10 @@ class Exchange:
             self.call_id = head.call_id or context.call_ids()
             if not head.chunked and not head.content_length:
                 self.body_complete = True
-            self.name, self.target = resolve(head)
+            if head.func is None and context.system is not None and is_system(head.target):
+                self._begin_system()
+                return
+            self.name, self.target = resolve(head, context.namespace)
             route = context.routes.lookup(self.name)
             if route is None:
                 if not context.routes.synced:
@@ -173,6 +179,13 @@ class Exchange:
             lease.addCallbacks(self._leased, self._lease_failed)
         else:
             self._leased(lease)
+
+    def _begin_system(self) -> None:
+        """OpenFaaS's API on the gate's port: relayed to the admin listener."""
+        route = self.route = self.context.system
+        self.name = route.name
+        self.context.deadlines[self] = self.started + route.timeout
+        self._leased(self.context.system_lease)
 
     def _check_key(self, route: Route) -> None:
         """401 unless the caller presents one of the function's keys (before any
@@ -362,7 +375,10 @@ class Exchange:
         self.sent = None
         self.status = status
         self.response_length = length
+        started = self.started
         headers.append((CALL_ID, self.call_id))
+        headers.append((START_TIME, b"%d000" % (started * 1e6)))  # Unix ns (microsecond precision)
+        headers.append((DURATION, b"%.6f" % (self.context.clock.seconds() - started)))
         self.down.send_head(status, reason, headers, length, bodyless,
                             self.context.draining or not self.context.keep_alive)
 

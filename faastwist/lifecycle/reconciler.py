@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
-from faastwist.model.fsm import Event, FunctionStatus, InvalidEvent, State, apply_event
+from faastwist.model.fsm import ROLLOUT_KEY, Event, FunctionStatus, InvalidEvent, State, apply_event
 from faastwist.metrics import Metrics
 from faastwist.providers.base import (
     Observation,
@@ -102,6 +102,15 @@ def plan(record: FunctionRecord, observation: Observation | None, now: float,
     if (event is Event.PENDING and state is State.INACTIVE and status.start_pending
             and now - status.updated < start_grace):
         return Plan()  # the start is still rolling out
+    if (state is State.ACTIVE and observation.serving_previous
+            and event in (Event.PENDING, Event.ERROR)):
+        # a rolling update that is not live: the old version serves, so stay active
+        failed = event is Event.ERROR
+        prefix = ("update failed; the previous version keeps serving: " if failed else
+                  "update rolling out; the previous version serves meanwhile: ")
+        return Plan(message=prefix + observation.message,
+                    ext_data={**observation.ext_data,
+                              ROLLOUT_KEY: "failed" if failed else "in progress"})
     events: tuple[Event, ...] = (event,)
     if state is State.FAILED and event is Event.READY:
         events = (Event.READY, Event.READY)  # failed -> initial -> active: recovered
@@ -120,6 +129,11 @@ def _same(a: FunctionStatus, b: FunctionStatus) -> bool:
 SLICE = 0.005
 #: Functions converging at once in a pass (provider calls and status writes in flight).
 WINDOW = 16
+
+
+class LeadershipLost(Exception):
+    """The pass stops: this node no longer leads (checked before every provider call and
+    write; the store's fence refuses the write anyway)."""
 
 
 class LeadershipLost(Exception):

@@ -57,6 +57,9 @@ TRANSITIONS: Mapping[tuple[State, Event], State] = {
     (S.FAILED, E.DELETE): S.DESTROYED,
 }
 
+#: extData key of a rolling update's progress while the previous version serves
+ROLLOUT_KEY = "rollout"
+
 #: Events an operator sends through the admin API; the others come from the provider.
 OPERATOR_EVENTS = frozenset({E.START, E.STOP, E.UPDATE, E.DELETE})
 
@@ -88,10 +91,11 @@ class FunctionStatus:
     message: str = ""
     updated: float = 0.0
     start_pending: bool = False
+    created: float = 0.0  # when the function was created (OpenFaaS's createdAt)
 
     @classmethod
     def initial(cls, name: str, now: float) -> "FunctionStatus":
-        return cls(name=name, state=State.INITIAL, updated=now)
+        return cls(name=name, state=State.INITIAL, updated=now, created=now)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -102,6 +106,7 @@ class FunctionStatus:
             "message": self.message,
             "updated": self.updated,
             "startPending": self.start_pending,
+            "created": self.created,
         }
 
     @classmethod
@@ -115,6 +120,7 @@ class FunctionStatus:
             message=data.get("message", ""),
             updated=float(data.get("updated", 0.0)),
             start_pending=bool(data.get("startPending", False)),
+            created=float(data.get("created", 0.0)),
         )
 
 

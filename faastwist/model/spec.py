@@ -27,6 +27,7 @@ class SpecError(FieldError):
 
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+SECRET_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,251}[A-Za-z0-9])?$")
 HTTP_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 DEFAULT_TIMEOUT = 60.0
 
@@ -283,6 +284,13 @@ class FunctionSpec:
     env: Mapping[str, str] = attrs.field(factory=dict)
     mode: ProcessMode = ProcessMode.HTTP
     readiness_path: str = ""
+    # OpenFaaS FunctionDeployment fields, kept as given so they round-trip
+    env_process: str = ""       # the watchdog's fprocess: run once per request
+    labels: Mapping[str, str] = attrs.field(factory=dict)
+    annotations: Mapping[str, str] = attrs.field(factory=dict)
+    constraints: tuple[str, ...] = ()
+    secrets: tuple[str, ...] = ()
+    read_only_root_filesystem: bool = False
     rate_limit: RateLimit | None = None
     # asynchronous invocations (0: the controller's queue.concurrency / maxAttempts)
     async_concurrency: int = 0
@@ -314,11 +322,23 @@ class FunctionSpec:
             env=reader.string_map("env", {}),
             mode=ProcessMode(reader.choice("mode", _MODES, "http")),
             readiness_path=reader.string("readinessPath", ""),
+            env_process=reader.string("envProcess", ""),
+            labels=reader.string_map("labels", {}),
+            annotations=reader.string_map("annotations", {}),
+            constraints=reader.string_list("constraints", ()),
+            secrets=reader.string_list("secrets", ()),
+            read_only_root_filesystem=reader.boolean("readOnlyRootFilesystem", False),
             rate_limit=reader.section("rateLimit", _read_rate_limit),
             async_concurrency=reader.integer("asyncConcurrency", 0, 0, 10000),
             max_attempts=reader.integer("maxAttempts", 0, 0, 100),
         )
         reader.finish()
+        if spec.env_process and not spec.env_process.strip():
+            raise SpecError("envProcess", "must not be blank")
+        for index, secret in enumerate(spec.secrets):
+            if not SECRET_NAME.match(secret):
+                raise SpecError(f"secrets[{index}]", f"must be a secret name (letters, digits, "
+                                                     f"'-', '_' and '.'), got {secret!r}")
         if spec.max_replica and spec.min_replica > spec.max_replica:
             raise SpecError("minReplica", f"must not exceed maxReplica ({spec.max_replica}), "
                                           f"got {spec.min_replica}")
@@ -359,6 +379,17 @@ class FunctionSpec:
             out["mode"] = self.mode.value
         if self.readiness_path:
             out["readinessPath"] = self.readiness_path
+        if self.env_process:
+            out["envProcess"] = self.env_process
+        for key, mapping in (("labels", self.labels), ("annotations", self.annotations)):
+            if mapping:
+                out[key] = dict(mapping)
+        if self.constraints:
+            out["constraints"] = list(self.constraints)
+        if self.secrets:
+            out["secrets"] = list(self.secrets)
+        if self.read_only_root_filesystem:
+            out["readOnlyRootFilesystem"] = True
         if self.rate_limit is not None:
             out["rateLimit"] = self.rate_limit.to_dict()
         if self.async_concurrency:
@@ -366,6 +397,12 @@ class FunctionSpec:
         if self.max_attempts:
             out["maxAttempts"] = self.max_attempts
         return out
+
+    @property
+    def watchdog(self) -> bool:
+        """An envProcess function without a command of its own: each replica is a
+        watchdog that runs envProcess once per request (OpenFaaS's classic contract)."""
+        return bool(self.env_process) and not self.command
 
     def digest(self) -> str:
         """A short stable hash of the spec; providers label what they deployed with it."""
@@ -384,9 +421,13 @@ class FunctionSpec:
             if self.command:
                 raise SpecError("command", "is only for the process provider")
         elif provider == "process":
-            if not self.command:
-                raise SpecError("command", "is required for the process provider "
-                                           "(an argv list, e.g. [python3, app.py])")
+            if not self.command and not self.env_process:
+                raise SpecError("command", "is required for the process provider when "
+                                           "envProcess is not set: a deployment needs "
+                                           "envProcess (run once per request, as OpenFaaS's "
+                                           "watchdog does) or command (an argv list of an "
+                                           "HTTP server, e.g. [python3, app.py]); the process "
+                                           "provider runs commands and does not pull images")
             if self.auto_scale_type is AutoScaleType.CPU:
                 raise SpecError("autoScaleType", "cpu is not supported by the process provider; "
                                                  "use rps or concurrency")

@@ -55,6 +55,9 @@ class Observation:
     event: Event | None = None
     message: str = ""
     ext_data: Mapping[str, str] = attrs.field(factory=dict)
+    #: a rolling update is not live (yet, or failed) but the previous version still
+    #: serves: an active function stays active, with the reason in its status
+    serving_previous: bool = False
 
 
 @attrs.frozen

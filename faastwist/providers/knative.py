@@ -12,6 +12,7 @@ failure).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from typing import Any, Callable, Mapping, Sequence
@@ -110,6 +111,17 @@ class _ApiFailure(Exception):
         self.message = message
 
 
+def _put_secret(core: Any, namespace: str, name: str, body: dict[str, Any],
+                timeout: float) -> None:
+    """Create the Secret, or replace it when it exists (blocking: on the pool)."""
+    try:
+        core.create_namespaced_secret(namespace, body, _request_timeout=timeout)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        core.replace_namespaced_secret(name, namespace, body, _request_timeout=timeout)
+
+
 class KnativeProvider(Service):
     """Runs a controller's functions as Knative Services (serving.knative.dev/v1)."""
 
@@ -134,6 +146,9 @@ class KnativeProvider(Service):
         #: the newest ksvc resourceVersion seen; the next LIST must not be older than it
         self._fresh_as_of: str | None = None
         self.routing = KnativeRouting(config)
+        #: the encrypted secret store the Kubernetes Secrets are written from (the node
+        #: sets it); None: a function naming a secret is rejected
+        self.secrets: Any = None
         # followed log streams hold a thread each: a pool of their own, so that they
         # can never starve the reconciler's calls
         self.log_pool = ThreadPool(minthreads=0, maxthreads=max_log_streams + 2,
@@ -289,7 +304,43 @@ class KnativeProvider(Service):
         return out
 
     @inlineCallbacks
+    def _sync_secrets(self, spec: FunctionSpec):
+        """Write the Kubernetes Secrets ``spec`` mounts (one key each, named after the
+        secret, labelled with the controller) from the encrypted store, before the
+        revision that mounts them; a missing secret is a ProviderRejected."""
+        if not spec.secrets:
+            return
+        from faastwist.store.base import StoreError
+        from faastwist.store.secrets import reveal_deferred
+
+        try:
+            values = yield reveal_deferred(self.secrets, spec.secrets)
+        except StoreError as exc:
+            raise ProviderRejected(f"secrets: {exc}") from None
+        core = kube_client.CoreV1Api(self.api_client)
+        namespace, timeout = self.config.namespace, self.config.timeout
+        for name, value in values.items():
+            body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                    "metadata": {"name": name,
+                                 "labels": {ksvc.CONTROLLER_LABEL: self.controller}},
+                    "data": {name: base64.b64encode(value).decode()}}
+            try:
+                yield deferToThreadPool(self.reactor, self.pool, _put_secret, core, namespace,
+                                        name, body, timeout)
+            except ApiException as exc:
+                reason, message = _status_body(exc)
+                if exc.status in (400, 403, 422):
+                    raise ProviderRejected(f"Kubernetes refused Secret {name}: {reason}: "
+                                           f"{message}") from None
+                raise ProviderError(f"knative secret {name}: {exc.status} {reason}: "
+                                    f"{message}") from None
+            except Exception as exc:
+                raise ProviderError(f"knative secret {name}: "
+                                    f"{_transport_message(exc)}") from None
+
+    @inlineCallbacks
     def deploy(self, spec: FunctionSpec):
+        yield self._sync_secrets(spec)
         body = ksvc.build_ksvc(spec, self.controller, self.config.namespace)
         try:
             created = yield self._call("create", spec.name,
@@ -330,6 +381,8 @@ class KnativeProvider(Service):
             raise ProviderConflict(f"knative Service {spec.name} is gone; next pass "
                                    f"creates it")
         keep = ksvc.is_stopped(current) if stopped is None else stopped
+        if not keep:
+            yield self._sync_secrets(spec)
         body = ksvc.rewrite_ksvc(current, spec, self.controller, keep)
         try:
             written = yield self._call(verb, spec.name,

@@ -23,6 +23,10 @@ API_VERSION = f"{GROUP}/{VERSION}"
 CONTROLLER_LABEL = "faastwist.io/controller"
 DIGEST_ANNOTATION = "faastwist.io/spec-digest"
 STOPPED_ANNOTATION = "faastwist.io/stopped"
+#: The container variable OpenFaaS's watchdog reads its command from (envProcess)
+FPROCESS_ENV = "fprocess"
+SECRETS_VOLUME = "openfaas-secrets"
+SECRETS_PATH = "/var/openfaas/secrets"
 
 _AUTOSCALING = "autoscaling.knative.dev/"
 CLASS_ANNOTATION = _AUTOSCALING + "class"
@@ -64,6 +68,16 @@ def template_annotations(spec: FunctionSpec, stopped: bool = False) -> dict[str,
 def container(spec: FunctionSpec) -> dict[str, Any]:
     """The one container of the revision: image, port and resources as written."""
     out: dict[str, Any] = {"image": spec.image}
+    env = dict(spec.env)
+    if spec.env_process:
+        env[FPROCESS_ENV] = spec.env_process  # what OpenFaaS's watchdog in the image runs
+    if env:
+        out["env"] = [{"name": key, "value": value} for key, value in sorted(env.items())]
+    if spec.read_only_root_filesystem:
+        out["securityContext"] = {"readOnlyRootFilesystem": True}
+    if spec.secrets:
+        out["volumeMounts"] = [{"name": SECRETS_VOLUME, "mountPath": SECRETS_PATH,
+                                "readOnly": True}]
     if spec.port is not None:
         out["ports"] = [{"containerPort": spec.port}]
     resources: dict[str, dict[str, str]] = {}
@@ -78,13 +92,23 @@ def container(spec: FunctionSpec) -> dict[str, Any]:
 
 
 def template(spec: FunctionSpec, stopped: bool = False) -> dict[str, Any]:
-    return {
-        "metadata": {"annotations": template_annotations(spec, stopped)},
+    metadata: dict[str, Any] = {"annotations": {**spec.annotations,
+                                                **template_annotations(spec, stopped)}}
+    if spec.labels:
+        metadata["labels"] = dict(spec.labels)
+    pod: dict[str, Any] = {
+        "containers": [container(spec)],
         # the function's timeout, end to end: the gate answers 504 at it, and Knative's
         # queue-proxy gives up at the same moment instead of at its own default (300s)
-        "spec": {"containers": [container(spec)],
-                 "timeoutSeconds": max(1, math.ceil(spec.timeout))},
+        "timeoutSeconds": max(1, math.ceil(spec.timeout)),
     }
+    if spec.secrets:
+        # each secret is a Kubernetes Secret of that name (the provider writes it) with
+        # one key, the name: files at /var/openfaas/secrets/<name>, as in OpenFaaS
+        pod["volumes"] = [{"name": SECRETS_VOLUME, "projected": {"sources": [
+            {"secret": {"name": name, "items": [{"key": name, "path": name}]}}
+            for name in spec.secrets]}}]
+    return {"metadata": metadata, "spec": pod}
 
 
 def our_annotations(spec: FunctionSpec, stopped: bool) -> dict[str, str]:
@@ -105,8 +129,8 @@ def build_ksvc(spec: FunctionSpec, controller: str, namespace: str,
         "metadata": {
             "name": spec.name,
             "namespace": namespace,
-            "labels": {CONTROLLER_LABEL: controller},
-            "annotations": our_annotations(spec, stopped),
+            "labels": {**spec.labels, CONTROLLER_LABEL: controller},
+            "annotations": {**spec.annotations, **our_annotations(spec, stopped)},
         },
         "spec": {"template": template(spec, stopped)},
     }
@@ -126,10 +150,12 @@ def rewrite_ksvc(current: Mapping[str, Any], spec: FunctionSpec, controller: str
     metadata = body.setdefault("metadata", {})
     metadata.pop("managedFields", None)
     labels = dict(metadata.get("labels") or {})
+    labels.update(spec.labels)
     labels[CONTROLLER_LABEL] = controller
     metadata["labels"] = labels
     annotations = {key: value for key, value in (metadata.get("annotations") or {}).items()
                    if key not in (DIGEST_ANNOTATION, STOPPED_ANNOTATION)}
+    annotations.update(spec.annotations)
     annotations.update(our_annotations(spec, stopped))
     metadata["annotations"] = annotations
     body.setdefault("spec", {})["template"] = template(spec, stopped)
@@ -210,6 +236,12 @@ def observe_ksvc(ksvc: Mapping[str, Any]) -> Observation:
     metadata = ksvc.get("metadata") or {}
     annotations = metadata.get("annotations") or {}
     event, message, ext_data = conditions_event(ksvc)
+    status = ksvc.get("status") or {}
+    created = status.get("latestCreatedRevisionName")
+    serving = status.get("latestReadyRevisionName")
+    routes = [c for c in status.get("conditions") or () if c.get("type") == "RoutesReady"]
+    previous = bool(serving and created and created != serving
+                    and not any(c.get("status") == "False" for c in routes))
     return Observation(
         name=metadata.get("name", ""),
         digest=annotations.get(DIGEST_ANNOTATION, ""),
@@ -217,4 +249,5 @@ def observe_ksvc(ksvc: Mapping[str, Any]) -> Observation:
         event=event,
         message=message,
         ext_data=ext_data,
+        serving_previous=previous,
     )

@@ -12,6 +12,7 @@ their own folder with an environment of their own (``faastwist.providers.isolati
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.internet.interfaces import IReactorProcess
 
@@ -34,9 +36,20 @@ from faastwist.providers.base import (
     NoCapacity,
     Observation,
     ProviderError,
+    ProviderRejected,
     UpstreamLease,
 )
 from faastwist.providers.logfile import FunctionLog, read_lines
+from faastwist.providers.secretfiles import SECRETS_DIR_VAR, SecretFiles, find_bwrap
+from faastwist.providers.watchdogd import (
+    DEFAULT_TIMEOUT_VAR,
+    FORK_PREFIX_VAR,
+    fprocess_argv,
+    watchdog_argv,
+)
+from faastwist.providers.watchdogenv import read_settings
+from faastwist.store.base import StoreError
+from faastwist.store.secrets import SecretStore, reveal_deferred
 from faastwist.providers.orphans import GATE_PID_VAR, OWNER_VAR, kill_orphans, owner_token
 from faastwist.providers.isolation import (
     SYSTEM_ROOT,
@@ -84,7 +97,7 @@ class ProcessProvider(Service):
                  stage_roots: Sequence[str] | None = None,
                  reserved_ports: Collection[int] | Callable[[], Collection[int]] = (),
                  tools: Tools | None = None,
-                 cgroups: CgroupTree | None | str = "detect") -> None:
+                 cgroups: CgroupTree | None | str = "detect", sandbox: bool = True) -> None:
         self.config = config
         self.controller = controller
         self.reactor = reactor
@@ -127,11 +140,17 @@ class ProcessProvider(Service):
         #: at the next syncInterval
         self.on_change: Callable[[str], None] | None = None
         self._announced: dict[str, tuple] = {}
+        #: where the functions' secrets come from (the node sets it); None: no secrets
+        self.secrets: SecretStore | None = None
+        self.secret_files = SecretFiles(
+            Path(self.functions_dir) / ".secrets", self.identity,
+            find_bwrap(launch_prefix(self.identity, tools=self.tools)) if sandbox else None)
 
     # -- service ---------------------------------------------------------------------
     def startService(self) -> None:
         super().startService()
         kill_orphans(self.token)
+        self.secret_files.prepare()
         # the function user must not read the logs of any function
         self.log_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.log_dir, 0o700)
@@ -159,6 +178,7 @@ class ProcessProvider(Service):
             for function_log in self.logs.values():
                 function_log.file.close()
             self.threads.stop()
+            self.secret_files.clear()
             if self.functions_dir.startswith(SYSTEM_ROOT + "/"):
                 # outside the data folder they are scratch: staged copies, working
                 # folders; the next start stages again
@@ -193,17 +213,39 @@ class ProcessProvider(Service):
     def _env(self, spec: FunctionSpec, port: int | None) -> dict[str, str]:
         own = {"FAASTWIST_FUNCTION": spec.name, OWNER_VAR: self.token,
                GATE_PID_VAR: str(os.getpid())}
+        _, secrets_dir = self.secret_files.sandbox(spec.name, bool(spec.secrets))
+        if secrets_dir is not None:
+            own[SECRETS_DIR_VAR] = secrets_dir
         return function_env(spec, self.identity, self.home(spec.name), self.path, port, own)
 
     def _plan(self, spec: FunctionSpec) -> Staging:
         return plan_command(spec, self.identity, self.workdir, self.path,
                             self.home(spec.name), self.stage_roots, (self.data_dir,))
 
+    def _watchdog_argv(self, spec: FunctionSpec, env: dict[str, str],
+                       cgroup: Path | None) -> list[str]:
+        """A watchdog replica: the node's own code (its interpreter, which the function
+        user may not be able to run) in the function's cgroup, session and sandbox; each
+        request's process gets the function user's launch prefix (``env``)."""
+        prepare_home(self.home(spec.name), self.identity, self.passthrough)
+        limits = self.limits(spec)
+        procs = str(cgroup / "cgroup.procs") if cgroup is not None else None
+        fork_prefix = launch_prefix(self.identity, dict(limits.rlimits), None, tools=self.tools)
+        full = launch_prefix(self.identity, dict(limits.rlimits), procs, tools=self.tools)
+        join = list(full[:len(full) - len(fork_prefix)])
+        env["fprocess"] = spec.env_process
+        env[DEFAULT_TIMEOUT_VAR] = repr(spec.timeout)
+        env[FORK_PREFIX_VAR] = json.dumps(list(fork_prefix))
+        setsid = [self.tools.setsid] if self.tools.setsid else []
+        sandbox, _ = self.secret_files.sandbox(spec.name, bool(spec.secrets))
+        return [*join, *setsid, *sandbox, *watchdog_argv(env)]
+
     def _argv(self, spec: FunctionSpec, cgroup: Path | None = None) -> list[str]:
         """The whole argv: the launch prefix, then the command as staged for the
         function user (planned and copied once per command, not per process)."""
+        command = spec.command
         cached = self._staged.get(spec.name)
-        if cached is None or cached[0] != spec.command:
+        if cached is None or cached[0] != command:
             try:
                 staging = self._plan(spec)
                 prepare_home(self.home(spec.name), self.identity, self.passthrough)
@@ -212,13 +254,16 @@ class ProcessProvider(Service):
                 # it passed check_spec: a file changed since; the start fails visibly
                 log.warn("function {name}: cannot prepare its command: {error}",
                          name=spec.name, error=str(exc))
-                staging = Staging(spec.command, ())
-            cached = (spec.command, staging)
+                staging = Staging(command, ())
+            cached = (command, staging)
             self._staged[spec.name] = cached
         limits = self.limits(spec)
         procs = str(cgroup / "cgroup.procs") if cgroup is not None else None
         prefix = launch_prefix(self.identity, dict(limits.rlimits), procs, tools=self.tools)
-        return [*prefix, *cached[1].argv]
+        # bubblewrap behind the launch prefix: the function's session and process group
+        # hold the sandbox's monitor too, so stopping the group stops both
+        sandbox, _ = self.secret_files.sandbox(spec.name, bool(spec.secrets))
+        return [*prefix, *sandbox, *cached[1].argv]
 
     def limits(self, spec: FunctionSpec) -> Limits:
         return limits_for(spec, self.cgroups is not None)
@@ -261,7 +306,9 @@ class ProcessProvider(Service):
             if cgroup is not None:
                 self.reactor.callLater(3.0, CgroupTree.remove, cgroup)
             return attrs.evolve(info, oom=oom) if oom else info
-        return Replica(self.reactor, spec.name, self._argv(spec, cgroup), env,
+        argv = (self._watchdog_argv(spec, env, cgroup) if spec.watchdog
+                else self._argv(spec, cgroup))
+        return Replica(self.reactor, spec.name, argv, env,
                        self.home(spec.name), port, spec.readiness_path, self._log(spec.name),
                        on_ready, on_exit, classify=classify)
 
@@ -275,8 +322,10 @@ class ProcessProvider(Service):
         def argv() -> list[str]:
             return self._argv(watchdog.spec, cgroup)
         self._argv(spec)   # the folder exists before the first request
-        watchdog = Watchdog(self.reactor, spec, argv, env, self.home(spec.name),
-                            self._log(spec.name), oom=self._oom_judge(spec, cgroup))
+        watchdog = Watchdog(self.reactor, read_settings(spec, classic=False), argv, env,
+                            self.home(spec.name), self._log(spec.name),
+                            oom=self._oom_judge(spec, cgroup))
+        watchdog.spec = spec
         return watchdog
 
     def _new_runtime(self, spec: FunctionSpec) -> Runtime:
@@ -326,6 +375,19 @@ class ProcessProvider(Service):
         if spec.port is not None and spec.port in reserved:
             raise SpecError("port", f"{spec.port} is one of this node's own ports (gate, "
                                     f"admin, etcd, queue); a function may not claim it")
+        if spec.watchdog:
+            read_settings(spec, classic=True)
+            try:
+                program = fprocess_argv(spec.env_process)[0]
+            except ValueError as exc:
+                raise SpecError("envProcess", str(exc)) from None
+            try:
+                self._plan(attrs.evolve(spec, command=(program,), env_process=""))
+            except SpecError as exc:
+                raise SpecError("envProcess", exc.problem) from None
+            return
+        if spec.mode is ProcessMode.FORK:
+            read_settings(spec, classic=False)
         self._plan(spec)
 
     def observe(self, names: Sequence[str] | None = None) -> Deferred[dict[str, Observation]]:
@@ -342,20 +404,43 @@ class ProcessProvider(Service):
                  **self.limits(runtime.spec).describe()}
         return attrs.evolve(observation, ext_data={**extra, **observation.ext_data})
 
+    def _secrets_ready(self, spec: FunctionSpec) -> Deferred[None]:
+        """Write the secrets ``spec`` names into its folder before replicas start; a
+        secret that does not exist is a ProviderRejected (the function fails, saying so)."""
+        if not spec.secrets:
+            if self.secret_files.path(spec.name) is not None:
+                return deferToThreadPool(self.reactor, self.threads,
+                                         self.secret_files.remove, spec.name)
+            return succeed(None)
+
+        def rejected(failure: Failure) -> None:
+            failure.trap(StoreError)
+            raise ProviderRejected(f"secrets: {failure.getErrorMessage()}")
+        d = reveal_deferred(self.secrets, spec.secrets)
+        d.addCallback(lambda values: deferToThreadPool(
+            self.reactor, self.threads, self.secret_files.write, spec.name, values))
+        return d.addCallbacks(lambda _: None, rejected)
+
     def deploy(self, spec: FunctionSpec) -> Deferred[None]:
+        return self._secrets_ready(spec).addCallback(lambda _: self._deploy(spec))
+
+    def _deploy(self, spec: FunctionSpec) -> Deferred[None]:
         self._announced.pop(spec.name, None)
         runtime, stopping = self._runtime_for(spec)
         if runtime.spec != spec:
             runtime.update(spec)
         log.info("deploying {name} ({mode}): {command}", name=spec.name, mode=spec.mode.value,
-                 command=" ".join(spec.command))
+                 command=" ".join(spec.command) or f"watchdog: {spec.env_process}")
         return _after(stopping, runtime.deploy)
 
     def update(self, spec: FunctionSpec) -> Deferred[None]:
+        return self._secrets_ready(spec).addCallback(lambda _: self._update(spec))
+
+    def _update(self, spec: FunctionSpec) -> Deferred[None]:
         self._announced.pop(spec.name, None)
         runtime = self.runtimes.get(spec.name)
         if runtime is None:
-            return self.deploy(spec)
+            return self._deploy(spec)
         was_stopped = runtime.stopped
         runtime, stopping = self._runtime_for(spec)
         if stopping is not None:
@@ -369,6 +454,9 @@ class ProcessProvider(Service):
         return _after(stopping, runtime.stop)
 
     def start(self, spec: FunctionSpec) -> Deferred[None]:
+        return self._secrets_ready(spec).addCallback(lambda _: self._start(spec))
+
+    def _start(self, spec: FunctionSpec) -> Deferred[None]:
         self._announced.pop(spec.name, None)
         runtime, stopping = self._runtime_for(spec)
         if runtime.spec != spec:
@@ -383,6 +471,7 @@ class ProcessProvider(Service):
 
         def remove_logs(_: object) -> None:
             remove_home(self.home(name))
+            self.secret_files.remove(name)
             function_log = self.logs.pop(name, None)
             if function_log is None:
                 function_log = FunctionLog(name, self.log_dir / f"{name}.log", self.reactor,

@@ -46,6 +46,12 @@ ReplicaFactory = Callable[[FunctionSpec, Callable[[Replica], None],
                            Callable[[Replica, ExitInfo], None]], Replica]
 
 
+def _unscaled(spec: FunctionSpec) -> FunctionSpec:
+    """``spec`` without what a scale changes (the bounds, OpenFaaS's scaling labels)."""
+    labels = {k: v for k, v in spec.labels.items() if not k.startswith("com.openfaas.scale.")}
+    return attrs.evolve(spec, min_replica=0, max_replica=0, labels=labels)
+
+
 def replica_bounds(spec: FunctionSpec, tuning: Tuning) -> tuple[int, int]:
     """(min, max) replicas: a fixed port fits one replica; max 0 is the provider's cap."""
     upper = 1 if spec.port is not None else (spec.max_replica or tuning.max_replicas)
@@ -158,10 +164,22 @@ class HttpRuntime:
 
     def update(self, spec: FunctionSpec) -> Deferred[None]:
         """Roll to ``spec``: the old replicas serve until a new one is ready (a fixed
-        port cannot be shared, so then the old ones go first)."""
+        port cannot be shared, so then the old ones go first). A change of the replica
+        bounds alone (a scale) restarts nothing: the count follows the new bounds."""
         old, self.spec = self.spec, spec
         self._configure()
         if self.stopped:
+            return succeed(None)
+        if _unscaled(old) == _unscaled(spec):
+            target = max(self.minimum, min(self.target, self.maximum))
+            if self.minimum < old.min_replica:
+                target = self.minimum   # scaled down: idle replicas go now
+            if target > self.target:
+                self._want(target)
+            elif target < self.target:
+                self._shrink(target)
+            self.settled = len(self.ready) >= self.minimum or self.settled
+            self._report()
             return succeed(None)
         if old.port is not None or spec.port is not None:
             keep_target = self.target
@@ -409,6 +427,7 @@ class HttpRuntime:
         name, digest = self.spec.name, self.digest
         if self.stopped:
             return Observation(name, digest, stopped=True)
+        previous = any(r.ready and not r.draining for r in self.retiring)
         if self.error is not None:
             ext = {"exitCode": "" if self.error.code is None else str(self.error.code),
                    "stderr": "\n".join(self.error.stderr), "restarts": str(len(self.exits))}
@@ -419,14 +438,14 @@ class HttpRuntime:
             if self.oom_kills:
                 ext["oomKills"] = str(self.oom_kills)
             return Observation(name, digest, event=Event.ERROR, message=self.error_message(),
-                               ext_data=ext)
+                               ext_data=ext, serving_previous=previous)
         ready = len(self.ready)
         if ready >= self.minimum:
             self.settled = True
         if self.settled:
             message = (f"{ready} of {self.target} replicas ready" if self.target
                        else "scaled to zero; the first request starts a replica")
-            ext = {"replicas": str(ready)}
+            ext = {"replicas": str(ready), "desired": str(self.target)}
             if self.oom_kills:
                 ext.update(oomKills=str(self.oom_kills), reason="OOM")
             return Observation(name, digest, event=Event.READY, message=message,
@@ -434,8 +453,10 @@ class HttpRuntime:
         waited = self.clock.seconds() - self.since
         message = f"{ready} of {self.minimum} replicas ready after {waited:.0f}s"
         if waited < self.tuning.cold_start_timeout:
-            return Observation(name, digest, event=None, message=message)
-        return Observation(name, digest, event=Event.PENDING, message=message)
+            return Observation(name, digest, event=None, message=message,
+                               serving_previous=previous)
+        return Observation(name, digest, event=Event.PENDING, message=message,
+                           serving_previous=previous)
 
     def pids(self) -> list[int]:
         return [r.pid for r in self.replicas + self.retiring if r.alive and r.pid is not None]

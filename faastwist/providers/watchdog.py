@@ -1,10 +1,12 @@
-"""Fork mode: one process per request, behind a loopback HTTP listener.
+"""One process per request, behind an HTTP listener: OpenFaaS's classic watchdog.
 
-OpenFaaS's classic watchdog idea inside faastwist: the gate only speaks HTTP to
-upstreams, so a fork-mode function gets a small twisted.web listener that, per
-request, runs the command with the request body on stdin and the headers as
-``Http_*`` environment variables, and answers with its stdout. A non-zero exit is a
-500 carrying the end of stderr; the function's timeout kills the process group (504).
+The gate only speaks HTTP to upstreams, so a command run per request gets a small
+twisted.web listener that, per request, runs it with the request body on stdin and the
+head as ``Http_*`` environment variables, and answers with its stdout. A non-zero exit
+is a 500 carrying the output; the function's timeout kills the process group (504),
+``exec_timeout``/``write_timeout`` too (500, as the classic watchdog answers);
+``max_inflight`` refuses with 429. Fork-mode functions run it inside the gate;
+envProcess functions run it as each replica's process (watchdogd.py).
 ``ForkRuntime`` is what the provider keeps per fork-mode function: the listener while
 the function runs, nothing while it is stopped.
 """
@@ -40,35 +42,27 @@ from faastwist.providers.replica import (
     signal_group,
 )
 from faastwist.providers.runtime import Tuning
+from faastwist.providers.watchdogenv import (
+    DEFAULT_CONTENT_TYPE,
+    WatchdogSettings,
+    header_env,
+    read_settings,
+)
 from faastwist.model.spec import FunctionSpec
 
 log = Logger()
 
-DEFAULT_CONTENT_TYPE = "text/plain; charset=utf-8"
 MAX_OUTPUT = 64 * 2**20   # a response body is held in memory: a runaway writer is cut off
 
 
-def header_env(request: Request) -> dict[str, str]:
-    """The classic watchdog's request environment: ``Http_X_Name`` per header, plus
-    ``Http_Method``, ``Http_Path`` and ``Http_Query``."""
-    env: dict[str, str] = {}
-    for raw_name, values in request.requestHeaders.getAllRawHeaders():
-        name = raw_name.decode("latin-1")
-        key = "Http_" + "_".join(part.capitalize() for part in name.split("-"))
-        env[key] = ",".join(v.decode("latin-1") for v in values)
-    path, _, query = request.uri.decode("latin-1").partition("?")
-    env["Http_Method"] = request.method.decode("latin-1")
-    env["Http_Path"] = path
-    env["Http_Query"] = query
-    return env
-
-
 class _ForkProtocol(ProcessProtocol):
-    """Collects stdout as the body; stderr goes to the function log, line by line."""
+    """Collects stdout as the body (stderr too with combine_output); other stderr goes
+    to the function log, line by line."""
 
-    def __init__(self, watchdog: "Watchdog", body: bytes) -> None:
+    def __init__(self, watchdog: "Watchdog", body: bytes, combine: bool) -> None:
         self.watchdog = watchdog
         self.body = body
+        self.combine = combine
         self.stdout: list[bytes] = []
         self.size = 0
         self.overflow = False
@@ -91,7 +85,7 @@ class _ForkProtocol(ProcessProtocol):
         del self.stderr_tail[:-STDERR_TAIL]
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
-        if childFD == 1:
+        if childFD == 1 or (childFD == 2 and self.combine):
             self.size += len(data)
             if self.size > MAX_OUTPUT:
                 if not self.overflow:
@@ -127,15 +121,19 @@ class _ForkResource(Resource):
 
 
 class Watchdog:
-    """The loopback listener of one fork-mode function; ``spec`` is read per request,
-    so an update takes effect on the next request without a restart."""
+    """An HTTP listener that runs a command per request. ``settings`` are read per
+    request, so an update takes effect on the next request without a restart. In the
+    process provider it serves fork-mode functions in-process; ``watchdogd`` runs it
+    as each replica of an envProcess function (OpenFaaS's classic watchdog)."""
 
-    def __init__(self, reactor: IReactorProcess, spec: FunctionSpec, executable_argv: Callable[[], Sequence[str]],
+    def __init__(self, reactor: IReactorProcess, settings: WatchdogSettings,
+                 executable_argv: Callable[[], Sequence[str]],
                  env: Callable[[], Mapping[str, str]], cwd: str, sink: LogSink,
                  oom: Callable[[int | None, Sequence[str]], bool] | None = None) -> None:
         self.reactor = reactor
-        self.spec = spec
-        self.name = spec.name
+        self.settings = settings
+        self.spec: FunctionSpec | None = None
+        self.name = settings.name
         self.executable_argv = executable_argv
         self.env = env
         self.cwd = cwd
@@ -145,46 +143,65 @@ class Watchdog:
         self.oom_kills = 0
         self.running: dict[int, _ForkProtocol] = {}
         self.inflight = 0
+        self.admitted = 0
         self.served = 0
         self._port = None
         self._limit: DeferredSemaphore | None = None
         self.upstream: Upstream | None = None
 
-    def listen(self) -> Upstream:
-        site = Site(_ForkResource(self))
+    def listen(self, port: int = 0, interface: str = LOOPBACK) -> Upstream:
+        site = Site(_ForkResource(self), timeout=self.settings.read_timeout or None)
         site.noisy = False
         site.displayTracebacks = False
         site.log = lambda request: None   # the gate keeps the access log
-        self._port = self.reactor.listenTCP(0, site, interface=LOOPBACK)
+        self._port = self.reactor.listenTCP(port, site, interface=interface)
         port = self._port.getHost().port
-        self.upstream = Upstream("http", LOOPBACK, port, f"{LOOPBACK}:{port}")
+        self.upstream = Upstream("http", interface, port, f"{interface}:{port}")
         return self.upstream
 
     def set_spec(self, spec: FunctionSpec) -> None:
         self.spec = spec
+        self.set_settings(read_settings(spec, classic=False))
+
+    def set_settings(self, settings: WatchdogSettings) -> None:
+        self.settings = settings
         self._limit = None
 
     @property
     def limit(self) -> DeferredSemaphore | None:
-        """maxReplica, when set, bounds the processes running at once (others queue)."""
-        if self._limit is None and self.spec.max_replica > 0:
-            self._limit = DeferredSemaphore(self.spec.max_replica)
+        """Fork mode's maxReplica, when set, bounds the processes running at once
+        (others queue); max_inflight refuses instead (429)."""
+        if self._limit is None and self.settings.queue > 0:
+            self._limit = DeferredSemaphore(self.settings.queue)
         return self._limit
 
+    def _log(self, text: str) -> None:
+        self.sink.emit(self.name, "stderr", text)
+
     def handle(self, request: Request) -> None:
-        body = request.content.read() if request.content is not None else b""
-        spec = self.spec
+        settings = self.settings
         gone: list[bool] = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
+        if settings.max_inflight and self.admitted >= settings.max_inflight:
+            self._answer(request, gone, 429, f"Concurrent request limit exceeded. Max "
+                                             f"concurrent requests: {settings.max_inflight}\n")
+            return
+        body = request.content.read() if request.content is not None else b""
+        self.admitted += 1
+        request.notifyFinish().addBoth(self._left, gone)
         limit = self.limit
         started = self.reactor.seconds()
         if limit is None:
-            self._run(request, spec, body, started, gone)
+            self._run(request, settings, body, started, gone)
             return
         limit.acquire().addCallback(
-            lambda token: self._run(request, spec, body, started, gone, token))
+            lambda token: self._run(request, settings, body, started, gone, token))
 
-    def _run(self, request: Request, spec: FunctionSpec, body: bytes, started: float,
+    def _left(self, result: object, gone: list[bool]) -> None:
+        self.admitted -= 1
+        if isinstance(result, Failure):
+            gone.append(True)
+
+    def _run(self, request: Request, settings: WatchdogSettings, body: bytes, started: float,
              gone: list[bool], token: DeferredSemaphore | None = None) -> None:
         def release(result: object) -> object:
             if token is not None:
@@ -193,16 +210,20 @@ class Watchdog:
         if gone:
             release(None)
             return
-        remaining = max(spec.timeout - (self.reactor.seconds() - started), 0.001)
-        protocol = _ForkProtocol(self, body)
+        deadline, why = settings.kill_after
+        remaining = max(deadline - (self.reactor.seconds() - started), 0.001)
+        protocol = _ForkProtocol(self, body, settings.combine_output)
         env = dict(self.env())
-        env.update(header_env(request))
+        env.update(header_env(request.requestHeaders.getAllRawHeaders(), request.method,
+                              request.uri, request.getHeader(b"host") or b"", len(body)))
         argv = list(self.executable_argv())
+        if settings.classic:
+            self._log("Forking fprocess.")
         try:
             self.reactor.spawnProcess(protocol, argv[0], argv, env=env, path=self.cwd)
         except OSError as exc:
             release(None)
-            self._answer(request, gone, 500, f"cannot start {spec.command[0]}: {exc}\n")
+            self._answer(request, gone, 500, f"cannot start {argv[-1]}: {exc}\n")
             return
         assert protocol.pid is not None
         pid = protocol.pid
@@ -212,12 +233,11 @@ class Watchdog:
 
         def on_timeout() -> None:
             timed_out.append(True)
+            if settings.classic:
+                self._log(f"Killing process: {why} of {deadline:g}s exceeded")
             signal_group(pid, signal.SIGKILL)
         timer: IDelayedCall = self.reactor.callLater(remaining, on_timeout)
         request.notifyFinish().addErrback(lambda _: self._abandon(pid))
-
-        def answer(code: int, data: bytes | str, kind: str = DEFAULT_CONTENT_TYPE) -> None:
-            self._answer(request, gone, code, data, kind)
 
         def finished(result: tuple[int | None, int | None]) -> None:
             self.running.pop(pid, None)
@@ -225,26 +245,37 @@ class Watchdog:
             self.served += 1
             if timer.active():
                 timer.cancel()
+            output = b"".join(protocol.stdout)
             code, sig = result
+            status = 200
             out_of_memory = (code != 0 and self.oom is not None
                              and self.oom(code, protocol.stderr_tail))
             if out_of_memory:
                 self.oom_kills += 1
             if protocol.overflow:
-                answer(500, f"function {self.name} wrote more than {MAX_OUTPUT} bytes to "
-                            f"stdout; the process was killed\n")
+                status, output = 500, (f"function {self.name} wrote more than {MAX_OUTPUT} "
+                                       f"bytes to stdout; the process was killed\n").encode()
             elif out_of_memory:
-                answer(500, f"function {self.name} ran out of memory (limitMemory "
-                            f"{spec.limit_memory}); the process was ended\n")
+                limit = self.spec.limit_memory if self.spec is not None else "?"
+                status, output = 500, (f"function {self.name} ran out of memory (limitMemory "
+                                       f"{limit}); the process was ended\n").encode()
+            elif timed_out and why == "timeout":
+                status, output = 504, (f"function {self.name} timed out after "
+                                       f"{deadline:g}s\n").encode()
             elif timed_out:
-                answer(504, f"function {self.name} timed out after {spec.timeout:g}s\n")
-            elif code == 0:
-                answer(200, b"".join(protocol.stdout),
-                       spec.env.get("content_type", DEFAULT_CONTENT_TYPE))
-            else:
-                why = f"exit code {code}" if sig is None else f"signal {sig}"
-                tail = "\n".join(protocol.stderr_tail)
-                answer(500, f"function {self.name} failed ({why})\n{tail}\n")
+                status = 500
+                output += f"function {self.name} killed: {why} of {deadline:g}s exceeded\n".encode()
+            elif code != 0:
+                status = 500
+                how = f"exit code {code}" if sig is None else f"signal {sig}"
+                tail = "" if settings.combine_output else "\n".join(protocol.stderr_tail) + "\n"
+                output += f"function {self.name} failed ({how})\n{tail}".encode()
+            if settings.write_debug:
+                self._log(output[:4096].decode("utf-8", "replace").rstrip("\n"))
+            self._answer(request, gone, status, output, settings.content_type)
+            if settings.classic:
+                self._log(f"Wrote {len(output)} Bytes - Duration: "
+                          f"{self.reactor.seconds() - started:.6f}s")
         protocol.done.addCallback(finished).addBoth(release)
 
     def _abandon(self, pid: int) -> None:

@@ -491,8 +491,8 @@ def test_update_of_unknown_function_is_404(admin: Admin) -> None:
 CONTROLLER_ROUTES = [
     ("POST", ""), ("GET", ""), ("GET", "/demo10"), ("PUT", "/demo10"), ("DELETE", "/demo10"),
     ("PUT", "/demo10/start"), ("PUT", "/demo10/stop"), ("GET", "/demo10/status"),
-    ("GET", "/demo10/logs"), ("POST", "/demo10/keys"), ("GET", "/demo10/keys"),
-    ("DELETE", "/demo10/keys/k1"),
+    ("GET", "/demo10/logs"), ("PUT", "/demo10/rollout"), ("POST", "/demo10/keys"),
+    ("GET", "/demo10/keys"), ("DELETE", "/demo10/keys/k1"),
 ]
 
 
@@ -1026,6 +1026,31 @@ async def test_a_large_list_is_encoded_off_the_reactor_thread() -> None:
     assert as_yaml.headers.getRawHeaders("content-type") == ["application/yaml"]
     assert threads[0] != threading.current_thread().name   # the big one: the API's thread
     assert threads[2] == threading.current_thread().name   # a page: inline
+
+
+def test_rollout_keeps_an_active_function_active_and_updates_others_as_update(
+        admin: Admin) -> None:
+    admin.create()
+    admin.set_state("demo10", Event.READY)
+    assert admin.state("demo10") is State.ACTIVE
+    new = DEMO10.replace(b"colordeploy:17.0", b"colordeploy:18.0")
+    assert admin.request("PUT", "/demo10", new).code == 409   # the FSM table still refuses
+    rolled = admin.request("PUT", "/demo10/rollout", new)
+    assert rolled.code == 200
+    assert rolled.data["status"]["state"] == "active"
+    assert rolled.data["status"]["extData"]["rollout"] == "in progress"
+    assert fired(admin.store.get("demo10")).spec.image == "dev.local/colordeploy:18.0"
+    assert admin.kicks[-1] == "demo10"
+    same = admin.request("PUT", "/demo10/rollout", new)   # nothing to roll: no write
+    assert same.code == 200 and same.data["status"]["state"] == "active"
+    admin.set_state("demo10", Event.STOP)
+    stopped = admin.request("PUT", "/demo10/rollout", DEMO10)
+    assert stopped.data["status"]["state"] == "initial"
+    assert admin.request("PUT", "/ghost/rollout", spec_yaml("ghost")).code == 404
+    assert admin.request("PUT", "/demo10/rollout", spec_yaml("other")).code == 409
+    assert admin.request("PUT", "/demo10/rollout", b"port: -1").code == 400
+
+
 # -- invocation keys -----------------------------------------------------------------------
 
 def test_keys_are_created_shown_once_listed_by_id_and_revoked(admin: Admin) -> None:

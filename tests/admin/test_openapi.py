@@ -71,7 +71,9 @@ def test_the_spec_schema_names_every_top_level_spec_field() -> None:
             "limitMemory": "64Mi", "requestCPU": "1", "requestMemory": "32Mi",
             "requestAdaptor": {"host": "h"}, "timeout": "5s", "command": ["true"],
             "env": {"A": "b"}, "mode": "fork", "readinessPath": "/r",
-            "rateLimit": {"rps": 5, "burst": 10}, "asyncConcurrency": 2, "maxAttempts": 3}
+            "rateLimit": {"rps": 5, "burst": 10}, "asyncConcurrency": 2, "maxAttempts": 3,
+            "envProcess": "cat", "labels": {"a": "b"}, "annotations": {"c": "d"},
+            "constraints": ["x == y"], "secrets": ["s"], "readOnlyRootFilesystem": True}
     FunctionSpec.from_dict(full)   # a real spec, so the list below is the spec's
     properties = document("ctl")["components"]["schemas"]["FunctionSpec"]["properties"]
     assert set(properties) == set(full) == set(FunctionSpec.from_dict(full).to_dict())

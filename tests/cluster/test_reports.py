@@ -91,3 +91,17 @@ def test_cluster_view_folds_reports_and_leaves_the_writes_to_the_nodes() -> None
     view.deploy(None).addCallback(done.append)
     view.delete("f").addCallback(done.append)
     assert done == [None, None]
+
+
+def test_a_rollout_that_is_not_live_keeps_serving_previous_through_the_reports() -> None:
+    from faastwist.cluster.reports import Report, aggregate
+    from faastwist.model.fsm import Event
+    from faastwist.providers.base import Observation
+
+    seen = Observation("f", "d1", event=Event.ERROR, message="crash", serving_previous=True)
+    report = Report.decode(Report.of("n0", seen).encode())
+    assert report.serving_previous
+    both = {"n0": report, "n1": Report("n1", "d1", False, Event.ERROR, "crash", {}, True)}
+    assert aggregate("f", both, ["n0", "n1"]).serving_previous
+    one = {"n0": report, "n1": Report("n1", "d1", False, Event.ERROR, "crash")}
+    assert not aggregate("f", one, ["n0", "n1"]).serving_previous   # n1 serves nothing

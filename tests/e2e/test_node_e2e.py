@@ -45,15 +45,19 @@ def state_of(node: FaasNodeProcess, name: str) -> str | None:
 
 
 def pids_running(marker: str) -> list[int]:
-    """Processes whose command line mentions ``marker`` (a path unique to the test)."""
+    """Function processes whose command line mentions ``marker`` (a path unique to the
+    test); bubblewrap's sandbox monitor in front of a replica is not one of them."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
             state = (entry / "stat").read_text().split()[2]
         except OSError:
+            continue
+        cmdline = b" ".join(argv).decode(errors="replace")
+        if os.path.basename(argv[0]) == b"bwrap":
             continue
         if marker in cmdline and state != "Z":
             found.append(int(entry.name))

@@ -625,6 +625,41 @@ def test_access_log_has_one_line_per_request_with_named_fields(gate: MemoryGate)
     assert len(events) == 2
 
 
+# -- OpenFaaS: /system/* relayed to the admin listener, namespaces, timing headers ---------
+
+def test_system_paths_and_healthz_go_to_the_admin_listener_when_served(gate: MemoryGate) -> None:
+    assert call(gate, "GET", "http://gate.example/system/info").code == 400  # not served yet
+    gate.context.serve_system("127.0.0.1", 2381, "openfaas-fn")
+    for path in ("/system/info", "/system/functions?x=1", "/healthz", "/healthz?full=1"):
+        answer = call(gate, "POST", "http://gate.example" + path, data=b'{"a": 1}')
+        assert answer.code == 200, path
+        seen = answer.json()
+        assert seen["uri"] == path and seen["body"] == '{"a": 1}'
+        assert seen["headers"]["host"] == ["127.0.0.1:2381"]
+    # a function named by header is a function call, whatever its path
+    assert invoke(gate, "/system/info").json()["headers"]["host"] == ["demo10.fns.example.com"]
+    assert_gate_error(call(gate, "GET", "http://gate.example/healthzz"), 400)
+    assert gate.counter("gateway_function_invocation_started_total",
+                        {"function_name": "openfaas-api"}) == 0
+
+
+def test_function_path_may_name_the_one_namespace(gate: MemoryGate) -> None:
+    gate.context.serve_system("::1", 2381, "openfaas-fn")
+    assert call(gate, "GET", "http://gate.example/system/info").json()["headers"]["host"] == [
+        "[::1]:2381"]
+    answer = call(gate, "GET", "http://gate.example/function/demo10.openfaas-fn/x?y=1")
+    assert answer.code == 200 and answer.json()["uri"] == "/x?y=1"
+    assert_gate_error(call(gate, "GET", "http://gate.example/function/demo10.other/x"), 404,
+                      "namespace 'other' not found")
+
+
+def test_answers_carry_start_time_and_duration(gate: MemoryGate) -> None:
+    gate.clock.advance(1_700_000_000.25)
+    answer = invoke(gate, "/hello")
+    assert answer.header("X-Start-Time") == "1700000000250000000"
+    assert float(answer.header("X-Duration-Seconds")) >= 0.0
+
+
 # -- invocation keys and rate limits ---------------------------------------------------------
 
 def test_a_function_with_keys_needs_one_before_any_upstream_work() -> None:

@@ -173,6 +173,26 @@ def test_plan_holds_a_pending_start_within_the_grace() -> None:
         Event.ERROR,)
 
 
+AT = {"now": 100.0, "start_grace": 0.0}  # plan() takes both from its caller (main)
+
+
+def test_plan_keeps_an_active_function_active_while_the_previous_version_serves() -> None:
+    record = _record(State.ACTIVE, False)
+    base = _obs(event=Event.ERROR)
+    failed = plan(record, attrs.evolve(base, message="crash-looping",
+                                       ext_data={"exitCode": "7"}, serving_previous=True), **AT)
+    assert failed.events == () and failed.action is None
+    assert failed.message == "update failed; the previous version keeps serving: crash-looping"
+    assert failed.ext_data == {"exitCode": "7", "rollout": "failed"}
+    waiting = plan(record, attrs.evolve(_obs(event=Event.PENDING), serving_previous=True), **AT)
+    assert waiting.events == () and waiting.ext_data["rollout"] == "in progress"
+    # nothing serves: the table applies
+    assert plan(record, _obs(event=Event.ERROR), **AT).events == (Event.ERROR,)
+    # a function that is not active yet has no previous version to keep
+    assert plan(_record(State.INITIAL, False),
+                attrs.evolve(base, serving_previous=True), **AT).events == (Event.ERROR,)
+
+
 # -- passes ------------------------------------------------------------------------------
 
 def test_created_function_is_deployed_then_active_when_ready(world: World) -> None:

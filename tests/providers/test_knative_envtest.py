@@ -606,3 +606,114 @@ def test_missing_kubeconfig_is_a_config_error(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="knative.kubeconfig: cannot load"):
         KnativeProvider(KnativeConfig(kubeconfig=str(tmp_path / "nope")), "c", reactor)
+
+
+# -- OpenFaaS deployments and rolling updates ------------------------------------------------
+
+@pytest_twisted.inlineCallbacks
+def test_openfaas_fields_reach_the_ksvc_and_a_failed_rollout_keeps_the_old_revision(
+        cluster: Cluster):
+    from faastwist.admin.rollout import rollout
+
+    spec = cluster.spec("wd", envProcess="cat", env={"write_debug": "true"},
+                        labels={"team": "a", "com.openfaas.scale.min": "1"},
+                        annotations={"topic": "orders"}, readOnlyRootFilesystem=True)
+    yield cluster.create(spec)
+    yield cluster.reconciler.run_pass()
+    obj = cluster.ksvc("wd")
+    assert obj["metadata"]["labels"] == {"team": "a", "com.openfaas.scale.min": "1",
+                                         "faastwist.io/controller": cluster.controller}
+    assert obj["metadata"]["annotations"]["topic"] == "orders"
+    template = obj["spec"]["template"]
+    assert template["metadata"]["labels"]["team"] == "a"
+    assert template_annotations(obj)["topic"] == "orders"
+    [container] = template["spec"]["containers"]
+    assert {"name": "fprocess", "value": "cat"} in container["env"]
+    assert {"name": "write_debug", "value": "true"} in container["env"]
+    assert container["securityContext"] == {"readOnlyRootFilesystem": True}
+    cluster.knative.reconcile(cluster.controller)
+    yield cluster.reconciler.run_pass()
+    assert (yield cluster.state("wd")).state is State.ACTIVE
+    # a rollout to an image that cannot run: Knative keeps routing to the old revision
+    cluster.knative.broken_images.add(BROKEN)
+    record = yield cluster.store.get("wd")
+    new = attrs.evolve(spec, image=BROKEN)
+    yield rollout(cluster.store, record, new, time.time())
+    yield cluster.reconciler.run_pass()
+    status = yield cluster.state("wd")
+    assert status.state is State.ACTIVE and status.ext_data["rollout"] == "in progress"
+    cluster.knative.mark("wd", "unknown")                 # the new revision is starting
+    yield cluster.reconciler.run_pass()
+    status = yield cluster.state("wd")
+    assert status.state is State.ACTIVE and status.ext_data["rollout"] == "in progress"
+    assert "the previous version serves meanwhile" in status.message
+    cluster.knative.mark("wd", "failed")
+    yield cluster.reconciler.run_pass()
+    status = yield cluster.state("wd")
+    assert status.state is State.ACTIVE and status.ext_data["rollout"] == "failed"
+    assert "update failed; the previous version keeps serving" in status.message
+    obj = cluster.ksvc("wd")
+    assert obj["status"]["latestReadyRevisionName"] != obj["status"]["latestCreatedRevisionName"]
+    # the next rollout fixes it
+    record = yield cluster.store.get("wd")
+    yield rollout(cluster.store, record, attrs.evolve(spec, image="dev.local/fn:2"), time.time())
+    yield cluster.reconciler.run_pass()
+    cluster.knative.reconcile(cluster.controller)
+    yield cluster.reconciler.run_pass()
+    status = yield cluster.state("wd")
+    assert status.state is State.ACTIVE and "rollout" not in status.ext_data
+
+
+class _Secrets:
+    """The encrypted store's reveal, with values the test chose (the store itself is
+    tested against etcd; here the Kubernetes side is what is under test)."""
+
+    def __init__(self, values: dict[str, bytes]) -> None:
+        self.values = values
+
+    def reveal(self, names: Any) -> Any:
+        from twisted.internet.defer import fail, succeed
+        from faastwist.store.secrets import SecretNotFound
+
+        missing = [n for n in names if n not in self.values]
+        if missing:
+            return fail(SecretNotFound(missing[0]))
+        return succeed({n: self.values[n] for n in names})
+
+
+@pytest_twisted.inlineCallbacks
+def test_secrets_become_kubernetes_secrets_mounted_at_the_openfaas_path(
+        cluster: Cluster, envtest: Envtest):
+    import base64
+    from kubernetes import client as kube_client
+
+    cluster.provider.secrets = _Secrets({"db-pass": b"s3cret", "api-key": b"k1"})
+    spec = cluster.spec("sec", secrets=["db-pass", "api-key"], envProcess="cat")
+    yield cluster.create(spec)
+    yield cluster.reconciler.run_pass()
+    template = cluster.ksvc("sec")["spec"]["template"]["spec"]
+    [container] = template["containers"]
+    assert container["volumeMounts"] == [{"name": "openfaas-secrets", "readOnly": True,
+                                          "mountPath": "/var/openfaas/secrets"}]
+    [volume] = template["volumes"]
+    assert [s["secret"]["name"] for s in volume["projected"]["sources"]] == ["db-pass",
+                                                                           "api-key"]
+    core = kube_client.CoreV1Api(envtest.api_client())
+    secret = core.read_namespaced_secret("db-pass", "default")
+    assert base64.b64decode(secret.data["db-pass"]) == b"s3cret"
+    assert secret.metadata.labels == {"faastwist.io/controller": cluster.controller}
+    # a new value reaches Kubernetes at the next rollout
+    cluster.provider.secrets.values["db-pass"] = b"rotated"
+    record = yield cluster.store.get("sec")
+    from faastwist.admin.rollout import rollout
+    yield rollout(cluster.store, record, attrs.evolve(spec, labels={"rev": "2"}), time.time())
+    yield cluster.reconciler.run_pass()
+    secret = core.read_namespaced_secret("db-pass", "default")
+    assert base64.b64decode(secret.data["db-pass"]) == b"rotated"
+    # a function naming a secret that does not exist fails, saying which
+    yield cluster.create(cluster.spec("nosec", secrets=["ghost"]))
+    yield cluster.reconciler.run_pass()
+    status = yield cluster.state("nosec")
+    assert status.state is State.FAILED and "secret ghost not found" in status.message
+    for name in ("db-pass", "api-key"):
+        core.delete_namespaced_secret(name, "default")

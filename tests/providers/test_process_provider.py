@@ -484,3 +484,29 @@ async def test_fork_mode_listens_only_once_asked(providers):
     assert runtime.watchdog is not None and provider.acquire(spec) is lease
     await provider.stop(spec)
     assert runtime.watchdog is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_envprocess_replicas_are_watchdog_processes(providers):
+    """An envProcess function without a command: each replica is a watchdog process
+    that runs envProcess once per request (OpenFaaS's classic contract)."""
+    provider = providers()
+    spec = function_spec(name="wd", command=[], envProcess="tr a-z A-Z", minReplica=2,
+                         env={"content_type": "text/x-upper", "write_debug": "true"})
+    provider.check_spec(spec)
+    await provider.deploy(spec)
+    await wait_for(lambda: len(provider.runtimes["wd"].ready) == 2)
+    assert len(provider.pids("wd")) == 2
+    code, body, response = await call(provider, spec, "/", b"hello")
+    assert (code, body) == (200, b"HELLO")
+    assert response.headers.getRawHeaders("content-type") == ["text/x-upper"]
+    texts = [line.text for line in await provider.read_logs("wd")]
+    assert "Forking fprocess." in texts and "HELLO" in texts   # write_debug logs the output
+    assert any(t.startswith("Wrote 5 Bytes - Duration: ") for t in texts)
+    with pytest.raises(SpecError, match="envProcess.*no-such-tool"):
+        provider.check_spec(function_spec(name="x", command=[], envProcess="no-such-tool -x"))
+    with pytest.raises(SpecError, match="env.exec_timeout"):
+        provider.check_spec(function_spec(name="x", command=[], envProcess="cat",
+                                          env={"exec_timeout": "soon"}))
+    with pytest.raises(SpecError, match="command: is required.*envProcess"):
+        provider.check_spec(function_spec(name="x", command=[]))

@@ -39,7 +39,7 @@ def test_min_replicas_start_on_deploy_and_pending_until_ready():
     assert runtime.observe().event is None
     factory.made[1].become_ready()
     observation = runtime.observe()
-    assert observation.event is Event.READY and observation.ext_data == {"replicas": "2"}
+    assert observation.event is Event.READY and observation.ext_data == {"replicas": "2", "desired": "2"}
     assert counts[-1] == ("fn", 2)
 
 

@@ -1,0 +1,394 @@
+"""OpenFaaS's gateway API (``/system/*``), served on the gate's port and the admin port.
+
+faas-cli, OpenFaaS's UI and their integrations speak this API; it writes the same store
+records as the Easegress-style API, so a function created through one is listed,
+updated, scaled and deleted through the other. The verbs map onto the FSM without a
+stop dance: deploy creates the function in ``initial`` (the reconciler deploys it),
+update is a rolling update (rollout.py), delete removes the records (the reconciler
+stops what runs), and scale sets minReplica without restarting anything. Codes are the
+ones faas-netes answers (202 for writes), because clients check them exactly; bodies
+are JSON with or without a Content-Type. Authentication, Host and Origin checks are the
+admin port's (``admin/guard.py`` wraps this app with the rest of the port, and the gate
+relays ``/system/*`` there), so OpenFaaS clients use the node's tokens or HTTP Basic.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from typing import Any, Callable, Mapping, TypeVar
+
+import attrs
+from klein import Klein
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+
+from faastwist import __version__
+from faastwist.admin.codec import (
+    FORM_TYPES,
+    ApiError,
+    media_type,
+    parse_follow,
+    parse_since,
+    parse_tail,
+    query_params,
+    read_body,
+)
+from faastwist.admin.logstream import OneInstance, send_logs
+from faastwist.admin.openfaas_model import deployment_to_spec, function_status, read_secret
+from faastwist.admin.rollout import rollout
+from faastwist.metrics import Metrics
+from faastwist.model.fsm import Event, FunctionStatus, InvalidEvent, State, apply_event
+from faastwist.model.spec import FunctionSpec, SpecError
+from faastwist.providers.base import LogLine, LogSource, Observation, ProviderError
+from faastwist.store.base import AlreadyExists, Conflict, FunctionStore, NotFound, StoreUnavailable
+from faastwist.store.secrets import SecretExists, SecretNotFound
+
+log = Logger()
+T = TypeVar("T")
+
+STORE_TIMEOUT = 10.0
+OBSERVE_TIMEOUT = 3.0
+
+
+@attrs.frozen
+class Versions:
+    """What /system/info reports."""
+
+    orchestration: str
+    sha: str
+    release: str = __version__
+
+
+def _header(request: Any, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+class OpenFaaSAPI:
+    """The ``/system/*`` routes and ``/healthz`` as a Klein app."""
+
+    app = Klein()
+
+    def __init__(self, store: FunctionStore, provider: Any, kick: Callable[[str], None],
+                 metrics: Metrics, clock: IReactorTime, versions: Versions,
+                 namespace: str,
+                 max_body_size: int = 1 << 20, store_timeout: float = STORE_TIMEOUT,
+                 wall_clock: Callable[[], float] = time.time, secrets: Any = None) -> None:
+        self.store = store
+        self.secrets = secrets
+        self.provider = provider
+        self.kick = kick
+        self.metrics = metrics
+        self.clock = clock
+        self.versions = versions
+        self.namespace = namespace
+        self.max_body_size = max_body_size
+        self.store_timeout = store_timeout
+        self.wall_clock = wall_clock
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    # -- helpers -----------------------------------------------------------------------
+    def _timed(self, d: Deferred[T], what: str = "the function store",
+               code: int = 503, timeout: float | None = None) -> Deferred[T]:
+        limit = self.store_timeout if timeout is None else timeout
+
+        def on_timeout(result: Any, _: float) -> Any:
+            if isinstance(result, Failure) and result.check(CancelledError):
+                raise ApiError(code, f"{what} did not answer within {limit:g}s")
+            return result
+        return d.addTimeout(limit, self.clock, onTimeoutCancel=on_timeout)
+
+    @staticmethod
+    def _json(request: Any, code: int, data: Any) -> bytes:
+        body = json.dumps(data).encode()
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return body
+
+    @staticmethod
+    def _accepted(request: Any) -> bytes:
+        request.setResponseCode(202)
+        request.setHeader(b"content-length", b"0")
+        return b""
+
+    def _document(self, request: Any) -> Any:
+        """The JSON body, whatever the Content-Type (``curl -d`` says form-urlencoded);
+        but from a browser (it sends ``Origin``) never what an HTML form can send, which a
+        cross-site page could make it send with cached credentials."""
+        kind, _ = media_type(_header(request, b"content-type"))
+        if kind in FORM_TYPES and request.getHeader(b"origin") is not None:
+            raise ApiError(415, f"Content-Type {kind} is not accepted: send JSON "
+                                f"(application/json, or no Content-Type)")
+        body = read_body(request, self.max_body_size)
+        if not body.strip():
+            raise ApiError(400, "request body is empty; send JSON")
+        try:
+            return json.loads(body)
+        except RecursionError:
+            raise ApiError(400, "body is not valid JSON: nested too deeply") from None
+        except ValueError as exc:
+            raise ApiError(400, f"body is not valid JSON: {exc}") from None
+
+    def _name_field(self, document: Any, key: str) -> str:
+        if not isinstance(document, dict):
+            raise ApiError(400, "body must be a JSON object")
+        value = document.get(key)
+        if not isinstance(value, str) or not value:
+            raise ApiError(400, f"{key}: is required (a name)")
+        namespace = document.get("namespace")
+        if namespace not in (None, "", self.namespace):
+            raise ApiError(400, f"namespace: this gate serves namespace {self.namespace} "
+                                f"only, got {namespace!r}")
+        return value
+
+    def _invocations(self) -> dict[str, float]:
+        """Invocations per function, every status code, from the gate's plain counters."""
+        return {name: float(sum(cell[0] for cell in counts.codes.values()))
+                for name, counts in list(self.metrics.gate.functions.items())}
+
+    async def _observe(self, names: list[str] | None) -> Mapping[str, Observation]:
+        """What the provider reports (ready replicas), or nothing if it cannot say now:
+        a listing is never refused because Kubernetes is slow."""
+        try:
+            return await self._timed(self.provider.observe(names), "the provider", 503,
+                                     OBSERVE_TIMEOUT)
+        except (ApiError, ProviderError) as exc:
+            log.info("function status without the provider's counts: {error}", error=str(exc))
+            return {}
+
+    def _status(self, spec: FunctionSpec, status: FunctionStatus,
+                observation: Observation | None, invocations: Mapping[str, float]) -> dict:
+        available = desired = None
+        if observation is not None and not observation.stopped:
+            ext = observation.ext_data
+            if str(ext.get("replicas", "")).isdigit():
+                available = int(ext["replicas"])
+            if str(ext.get("desired", "")).isdigit():
+                desired = int(ext["desired"])
+        elif observation is not None:
+            available = desired = 0
+        return function_status(spec, status, self.namespace, invocations.get(spec.name, 0.0),
+                               available, desired)
+
+    # -- functions ---------------------------------------------------------------------
+    @app.route("/system/functions", methods=["GET"])
+    async def list_functions(self, request: Any) -> bytes:
+        self._check_namespace_param(request)
+        listing = await self._timed(self.store.list())
+        observed = await self._observe(None)
+        invocations = self._invocations()
+        body = [self._status(r.spec, r.status, observed.get(name), invocations)
+                for name, r in sorted(listing.records.items())
+                if r.status.state is not State.DESTROYED]
+        return self._json(request, 200, body)
+
+    @app.route("/system/function/<name>", methods=["GET"])
+    async def get_function(self, request: Any, name: str) -> bytes:
+        self._check_namespace_param(request)
+        record = await self._timed(self.store.get(name))
+        observed = await self._observe([name])
+        return self._json(request, 200, self._status(record.spec, record.status,
+                                                     observed.get(name), self._invocations()))
+
+    def _check_namespace_param(self, request: Any) -> None:
+        params = query_params(request.uri, ("namespace",))
+        namespace = params.get("namespace", "")
+        if namespace not in ("", self.namespace):
+            raise ApiError(400, f"namespace: this gate serves namespace {self.namespace} "
+                                f"only, got {namespace!r}")
+
+    async def _check_secrets(self, spec: FunctionSpec) -> None:
+        """A deployment naming a secret that does not exist is refused now (400), not
+        left failing at its first start."""
+        if not spec.secrets:
+            return
+        known = set(await self._timed(self._secret_store().names()))
+        for index, name in enumerate(spec.secrets):
+            if name not in known:
+                raise ApiError(400, f"secrets[{index}]: secret {name} not found; create it "
+                                    f"with POST /system/secrets first")
+
+    @app.route("/system/functions", methods=["POST"])
+    async def deploy(self, request: Any) -> bytes:
+        spec = deployment_to_spec(self._document(request), self.namespace)
+        self.provider.check_spec(spec)
+        await self._check_secrets(spec)
+        status = FunctionStatus.initial(spec.name, self.wall_clock())
+        await self._timed(self.store.create(spec, status))
+        self.kick(spec.name)
+        return self._accepted(request)
+
+    @app.route("/system/functions", methods=["PUT"])
+    async def update(self, request: Any) -> bytes:
+        document = self._document(request)
+        name = self._name_field(document, "service")
+        record = await self._timed(self.store.get(name))
+        spec = deployment_to_spec(document, self.namespace, record.spec)
+        self.provider.check_spec(spec)
+        await self._check_secrets(spec)
+        await self._timed(rollout(self.store, record, spec, self.wall_clock()))
+        self.kick(name)
+        return self._accepted(request)
+
+    @app.route("/system/functions", methods=["DELETE"])
+    async def delete(self, request: Any) -> bytes:
+        """Stop and delete in one: the reconciler removes what the provider runs."""
+        name = self._name_field(self._document(request), "functionName")
+        record = await self._timed(self.store.get(name))
+        await self._timed(self.store.delete(record))
+        self.kick(name)
+        return self._accepted(request)
+
+    @app.route("/system/scale-function/<name>", methods=["POST"])
+    async def scale(self, request: Any, name: str) -> bytes:
+        """minReplica becomes the count; replicas follow without a restart. Zero keeps
+        the function deployed: the next invocation scales it from zero."""
+        document = self._document(request)
+        if not isinstance(document, dict):
+            raise ApiError(400, "body must be a JSON object")
+        service = document.get("serviceName")
+        if service not in (None, "", name):
+            raise ApiError(400, f"serviceName: {service!r} does not match the path's {name!r}")
+        replicas = document.get("replicas")
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or not 0 <= replicas <= 1000:
+            raise ApiError(400, f"replicas: must be a whole number 0-1000, got {replicas!r}")
+        record = await self._timed(self.store.get(name))
+        spec = record.spec
+        maximum = spec.max_replica
+        if maximum and replicas > maximum:
+            maximum = replicas
+        spec = attrs.evolve(spec, min_replica=replicas, max_replica=maximum)
+        status = record.status
+        if status.state is State.INACTIVE and replicas > 0 and not status.start_pending:
+            status = apply_event(status, Event.START, self.wall_clock())
+        if spec != record.spec or status != record.status:
+            await self._timed(self.store.update(record, spec=spec, status=status))
+            self.kick(name)
+        return self._accepted(request)
+
+    # -- secrets (values go in, never out) ----------------------------------------------
+    def _secret_store(self) -> Any:
+        if self.secrets is None:
+            raise ApiError(501, "secrets are not available on this node")
+        return self.secrets
+
+    @app.route("/system/secrets", methods=["GET"])
+    async def list_secrets(self, request: Any) -> bytes:
+        self._check_namespace_param(request)
+        names = await self._timed(self._secret_store().names())
+        return self._json(request, 200, [{"name": n, "namespace": self.namespace}
+                                         for n in names])
+
+    @app.route("/system/secrets", methods=["POST", "PUT"])
+    async def write_secret(self, request: Any) -> bytes:
+        store = self._secret_store()
+        name, value = read_secret(self._document(request), self.namespace)
+        if request.method == b"POST":
+            await self._timed(store.create(name, value))
+        else:
+            await self._timed(store.replace(name, value))
+        return self._accepted(request)
+
+    @app.route("/system/secrets", methods=["DELETE"])
+    async def delete_secret(self, request: Any) -> bytes:
+        name = self._name_field(self._document(request), "name")
+        await self._timed(self._secret_store().delete(name))
+        return self._accepted(request)
+
+    # -- the rest ----------------------------------------------------------------------
+    @app.route("/system/info", methods=["GET"])
+    def info(self, request: Any) -> bytes:
+        versions = self.versions
+        return self._json(request, 200, {
+            "provider": {"provider": "faastwist", "orchestration": versions.orchestration,
+                         "version": {"sha": versions.sha, "release": versions.release}},
+            "version": {"sha": versions.sha, "release": versions.release,
+                        "commit_message": ""},
+            "arch": platform.machine(),
+        })
+
+    @app.route("/system/namespaces", methods=["GET"])
+    def namespaces(self, request: Any) -> bytes:
+        return self._json(request, 200, [self.namespace])
+
+    @app.route("/system/logs", methods=["GET"])
+    async def logs(self, request: Any) -> Any:
+        params = query_params(request.uri, ("name", "namespace", "instance", "tail", "since",
+                                            "follow"))
+        name = params.get("name", "")
+        if not name:
+            raise ApiError(400, "name: is required (the function whose logs to read)")
+        if params.get("namespace", "") not in ("", self.namespace):
+            raise ApiError(400, f"namespace: this gate serves namespace {self.namespace} only")
+        await self._timed(self.store.get(name))
+        if not isinstance(self.provider, LogSource):
+            raise ApiError(501, "function logs are not available from this provider")
+        raw_tail = params.get("tail")
+        tail = None if raw_tail and raw_tail.startswith("-") else parse_tail(raw_tail)  # -1: all
+        since = parse_since(params.get("since"), self.wall_clock())
+        follow = parse_follow(params.get("follow"))
+        instance = params.get("instance", "")
+        namespace = self.namespace
+
+        def shape(line: LogLine) -> dict[str, Any]:
+            return {**line.to_dict(), "namespace": namespace}
+        source = self.provider if not instance else OneInstance(self.provider, instance)
+        return await send_logs(request, source, name, tail, since, follow,
+                               lambda d: self._timed(d, "the log source", 504), shape)
+
+    # -- errors --------------------------------------------------------------------------
+    @app.handle_errors(ApiError)
+    def _api_error(self, request: Any, failure: Failure) -> bytes:
+        exc = failure.value
+        for key, value in exc.headers.items():
+            request.setHeader(key.encode(), value.encode())
+        return self._json(request, exc.code, {"code": exc.code, "message": exc.message})
+
+    @app.handle_errors(SpecError)
+    def _spec_error(self, request: Any, failure: Failure) -> bytes:
+        return self._json(request, 400, {"code": 400, "message": str(failure.value)})
+
+    @app.handle_errors(NotFound, SecretNotFound)
+    def _not_found(self, request: Any, failure: Failure) -> bytes:
+        return self._json(request, 404, {"code": 404, "message": str(failure.value)})
+
+    @app.handle_errors(AlreadyExists, Conflict, InvalidEvent, SecretExists)
+    def _conflict(self, request: Any, failure: Failure) -> bytes:
+        return self._json(request, 409, {"code": 409, "message": str(failure.value)})
+
+    @app.handle_errors(StoreUnavailable)
+    def _unavailable(self, request: Any, failure: Failure) -> bytes:
+        return self._json(request, 503, {"code": 503, "message":
+                                         f"function store unavailable: {failure.value}"})
+
+    @app.handle_errors(HTTPException)
+    def _routing(self, request: Any, failure: Failure) -> bytes:
+        exc = failure.value
+        method, path = request.method.decode("latin-1"), request.path.decode("latin-1")
+        if isinstance(exc, MethodNotAllowed):
+            allowed = ", ".join(sorted(exc.valid_methods or ()))
+            request.setHeader(b"allow", allowed.encode())
+            return self._json(request, 405, {"code": 405, "message":
+                                             f"method {method} is not allowed on {path}; "
+                                             f"allowed: {allowed}"})
+        if exc.code == 404:
+            return self._json(request, 404, {"code": 404, "message":
+                                             f"no such route: {method} {path}"})
+        return self._json(request, exc.code or 500, {"code": exc.code,
+                                                     "message": exc.description or exc.name})
+
+    @app.handle_errors(Exception)
+    def _unexpected(self, request: Any, failure: Failure) -> bytes:
+        log.failure("OpenFaaS API request {method} {path} failed", failure,
+                    method=request.method.decode("latin-1"),
+                    path=request.path.decode("latin-1"))
+        return self._json(request, 500, {"code": 500, "message":
+                                         "internal error; the node's log has the details"})

@@ -1,0 +1,33 @@
+"""The rolling update: a new spec for a function that keeps serving meanwhile.
+
+Easegress's FSM refuses ``update`` while a function is active (stop, update, start:
+downtime). A rollout writes the new spec and keeps an active function active; the
+reconciler sees the digest differ and has the provider roll (new replicas or revision
+first, traffic moves when they are ready, the old ones drain). A function that is not
+active is updated as the FSM says (``update`` event). Shared by ``PUT .../rollout`` on
+the admin API, OpenFaaS's ``PUT /system/functions`` and the CLI's ``update``.
+"""
+
+from __future__ import annotations
+
+import attrs
+from twisted.internet.defer import Deferred, succeed
+
+from faastwist.model.fsm import ROLLOUT_KEY, Event, State, apply_event
+from faastwist.model.spec import FunctionSpec
+from faastwist.store.base import FunctionRecord, FunctionStore
+
+def rollout(store: FunctionStore, record: FunctionRecord, spec: FunctionSpec,
+            now: float) -> Deferred[FunctionRecord]:
+    """Write ``spec``; an active function stays active (InvalidEvent if destroyed)."""
+    status = record.status
+    if status.state is State.ACTIVE:
+        if spec == record.spec:
+            return succeed(record)
+        ext = dict(status.ext_data)
+        ext[ROLLOUT_KEY] = "in progress"
+        status = attrs.evolve(status, message=f"rolling out a new version ({spec.digest()})",
+                              ext_data=ext, updated=now)
+    else:
+        status = apply_event(status, Event.UPDATE, now)
+    return store.update(record, spec=spec, status=status)

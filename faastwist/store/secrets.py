@@ -1,0 +1,146 @@
+"""OpenFaaS secrets in etcd, encrypted with a key only the nodes hold.
+
+Values are sealed with Fernet (AES-128-CBC + HMAC-SHA256, from ``cryptography``) under
+the node key file (``secrets.keyFile``, created 0600 on first start; every node of a
+cluster needs the same file), so a copy of etcd, a backup or a watch on its keys shows
+names and ciphertext only. Keys: ``{prefix}/.secrets/{controller}/{name}`` (outside the
+controller's function prefix, so listing or watching functions never reads them). A
+value is never returned by the API: only the providers ``reveal`` it to the functions
+that name it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from cryptography.fernet import Fernet, InvalidToken
+from twisted.internet.defer import Deferred, inlineCallbacks
+from txaioetcd import CompCreated, CompVersion, KeySet, OpDel, OpGet, OpSet, Transaction
+from txaioetcd import Failed
+
+from faastwist.store.base import StoreError
+
+MAX_SECRET_SIZE = 512 * 1024
+
+
+class SecretNotFound(StoreError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"secret {name} not found")
+        self.name = name
+
+
+class SecretExists(StoreError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"secret {name} already exists; update it with PUT")
+        self.name = name
+
+
+class KeyFileError(Exception):
+    """The key file cannot be read or created (the node does not start)."""
+
+
+def load_key(path: str) -> Fernet:
+    """The node key from ``path``; a new one (0600, created exclusively) if absent."""
+    file = Path(path)
+    try:
+        if not file.exists():
+            file.parent.mkdir(parents=True, exist_ok=True)
+            key = Fernet.generate_key()
+            try:
+                fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:   # another node process made it meanwhile
+                pass
+            else:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(key + b"\n")
+        mode = file.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise KeyFileError(f"secrets.keyFile: {path} is readable by others (mode "
+                               f"{mode:o}); chmod 600 it")
+        return Fernet(file.read_bytes().strip())
+    except (OSError, ValueError) as exc:
+        raise KeyFileError(f"secrets.keyFile: {path}: {exc}") from None
+
+
+class SecretStore:
+    """Encrypted secrets of one controller in the etcd store (``EtcdStore.submit``)."""
+
+    def __init__(self, store: Any, box: Fernet) -> None:
+        self.store = store
+        self.box = box
+        self.base = f"{store.prefix}/.secrets/{store.controller}/".encode()
+
+    def _key(self, name: str) -> bytes:
+        return self.base + name.encode()
+
+    @inlineCallbacks
+    def names(self):
+        txn = Transaction(success=[OpGet(KeySet(self.base, prefix=True), keys_only=True)])
+        result = yield self.store.submit("secret_list", txn, idempotent=True)
+        return sorted(kv.key[len(self.base):].decode("utf-8", "replace")
+                      for kv in result.responses[0].kvs)
+
+    def _seal(self, value: bytes) -> bytes:
+        return self.box.encrypt(value)
+
+    @inlineCallbacks
+    def create(self, name: str, value: bytes):
+        key = self._key(name)
+        txn = Transaction(compare=[CompCreated(key, "==", 0)],
+                          success=[OpSet(key, self._seal(value))])
+        try:
+            yield self.store.submit("secret_create", txn)
+        except Failed:
+            raise SecretExists(name) from None
+
+    @inlineCallbacks
+    def replace(self, name: str, value: bytes):
+        key = self._key(name)
+        txn = Transaction(compare=[CompVersion(key, ">", 0)],
+                          success=[OpSet(key, self._seal(value))])
+        try:
+            yield self.store.submit("secret_update", txn)
+        except Failed:
+            raise SecretNotFound(name) from None
+
+    @inlineCallbacks
+    def delete(self, name: str):
+        key = self._key(name)
+        txn = Transaction(compare=[CompVersion(key, ">", 0)], success=[OpDel(key)])
+        try:
+            yield self.store.submit("secret_delete", txn)
+        except Failed:
+            raise SecretNotFound(name) from None
+
+    @inlineCallbacks
+    def reveal(self, names: Iterable[str]):
+        """``{name: value}`` for ``names``; SecretNotFound for the first one missing."""
+        wanted = list(dict.fromkeys(names))
+        if not wanted:
+            return {}
+        txn = Transaction(success=[OpGet(self._key(name)) for name in wanted])
+        result = yield self.store.submit("secret_get", txn, idempotent=True)
+        out: dict[str, bytes] = {}
+        for name, response in zip(wanted, result.responses):
+            if not response.kvs:
+                raise SecretNotFound(name)
+            try:
+                out[name] = self.box.decrypt(response.kvs[0].value)
+            except InvalidToken:
+                raise StoreError(f"secret {name} cannot be decrypted with this node's key "
+                                 f"(secrets.keyFile differs between nodes?)") from None
+        return out
+
+
+def reveal_deferred(secrets: SecretStore | None, names: Iterable[str]) -> Deferred:
+    """``reveal`` that also works without a secret store (no names: nothing to do)."""
+    from twisted.internet.defer import fail, succeed
+
+    names = list(names)
+    if not names:
+        return succeed({})
+    if secrets is None:
+        return fail(StoreError("secrets are not available on this node"))
+    return secrets.reveal(names)

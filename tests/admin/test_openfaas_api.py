@@ -1,0 +1,107 @@
+"""OpenFaaS's /system/* routes in memory (MemoryStore, FakeProvider): codes and writes.
+
+The same routes against a real node, over the gate, are in tests/e2e/test_openfaas_e2e.py.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from treq.testing import StubTreq
+
+from faastwist.admin.openfaas import OpenFaaSAPI, Versions
+from faastwist.metrics import Metrics
+from faastwist.model.fsm import Event, State, apply_event
+from faastwist.store.memory import MemoryStore
+from faastwist.testing.provider import FakeProvider
+
+NS = "openfaas-fn"
+
+
+def fired(d: Deferred) -> Any:
+    out: list[Any] = []
+    d.addBoth(out.append)
+    assert out, "not fired"
+    if hasattr(out[0], "raiseException"):
+        out[0].raiseException()
+    return out[0]
+
+
+class World:
+    def __init__(self) -> None:
+        self.store = MemoryStore("ctl")
+        self.provider = FakeProvider()
+        self.kicks: list[str] = []
+        self.metrics = Metrics()
+        self.api = OpenFaaSAPI(self.store, self.provider, self.kicks.append, self.metrics,
+                               Clock(), Versions("process", "abc123"), NS,
+                               wall_clock=lambda: 1.7e9)
+        self.http = StubTreq(self.api.resource())
+
+    def request(self, method: str, path: str, body: Any = None,
+                headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        data = None if body is None else (body if isinstance(body, (bytes, str))
+                                          else json.dumps(body))
+        d = self.http.request(method, "http://admin" + path, data=data, headers=headers or {})
+        self.http.flush()
+        response = fired(d)
+        content = fired(response.content())
+        return response.code, json.loads(content) if content else None
+
+    def state(self, name: str) -> State:
+        return fired(self.store.get(name)).status.state
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+def test_deploy_list_get_scale_delete(world: World) -> None:
+    body = {"service": "f1", "image": "img", "envProcess": "cat",
+            "labels": {"com.openfaas.scale.min": "2"}}
+    assert world.request("POST", "/system/functions", body) == (202, None)
+    assert world.kicks == ["f1"] and world.state("f1") is State.INITIAL
+    code, listed = world.request("GET", "/system/functions")
+    assert code == 200 and [f["name"] for f in listed] == ["f1"]
+    assert listed[0]["availableReplicas"] == 0     # not active yet
+    record = fired(world.store.get("f1"))
+    fired(world.store.update(record, status=apply_event(record.status, Event.READY, 1.7e9)))
+    code, got = world.request("GET", "/system/function/f1")
+    assert (code, got["replicas"], got["availableReplicas"]) == (200, 2, 2)
+    assert got["createdAt"] == "2023-11-14T22:13:20.000Z"
+    assert world.request("POST", "/system/scale-function/f1", {"replicas": 0})[0] == 202
+    spec = fired(world.store.get("f1")).spec
+    assert spec.min_replica == 0 and world.state("f1") is State.ACTIVE
+    assert world.request("PUT", "/system/functions",
+                         {"service": "f1", "image": "img", "envProcess": "rev"})[0] == 202
+    record = fired(world.store.get("f1"))
+    assert record.spec.env_process == "rev" and record.status.state is State.ACTIVE
+    assert record.status.ext_data["rollout"] == "in progress"
+    assert world.request("DELETE", "/system/functions", {"functionName": "f1"})[0] == 202
+    assert world.request("GET", "/system/function/f1")[0] == 404
+
+
+def test_info_namespaces_and_errors(world: World) -> None:
+    code, info = world.request("GET", "/system/info")
+    assert code == 200 and info["provider"]["version"] == {"sha": "abc123",
+                                                           "release": info["version"]["release"]}
+    assert world.request("GET", "/system/namespaces") == (200, [NS])
+    assert world.request("GET", "/system/functions?namespace=other")[0] == 400
+    assert world.request("GET", "/system/secrets")[0] == 501   # no secret store here
+    assert world.request("POST", "/system/functions", "[1,", {})[0] == 400
+    code, error = world.request("POST", "/system/functions", {"service": "x", "envProcess": "c"},
+                                {"Content-Type": "application/x-www-form-urlencoded",
+                                 "Origin": "http://admin"})
+    assert code == 415 and "JSON" in error["message"]
+    assert world.request("POST", "/system/scale-function/f", {"replicas": True})[0] == 400
+    assert world.request("POST", "/system/scale-function/f",
+                         {"serviceName": "g", "replicas": 1})[0] == 400
+    assert world.request("GET", "/system/logs?name=x")[0] == 404
+    assert world.request("GET", "/system/logs?bogus=1")[0] == 400
+    assert world.request("PATCH", "/system/functions", {})[0] == 405
+    assert world.kicks == []

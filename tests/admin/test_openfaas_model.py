@@ -1,0 +1,102 @@
+"""FunctionDeployment -> FunctionSpec -> FunctionStatus, and the secret body."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from faastwist.admin.openfaas_model import (
+    deployment_to_spec,
+    function_status,
+    read_secret,
+)
+from faastwist.model.fsm import FunctionStatus, State
+from faastwist.model.spec import FunctionSpec, SpecError
+
+NS = "openfaas-fn"
+FULL = {
+    "service": "fn1", "image": "reg/fn:1", "namespace": NS, "envProcess": "cat",
+    "envVars": {"A": "1", "exec_timeout": "90s"},
+    "labels": {"team": "x", "com.openfaas.scale.min": "2", "com.openfaas.scale.max": "5"},
+    "annotations": {"note": "y"}, "constraints": ["node.os == linux"],
+    "secrets": ["db-pass"], "limits": {"memory": "128Mi", "cpu": "500m"},
+    "requests": {"memory": "64Mi", "cpu": "100m"}, "readOnlyRootFilesystem": True,
+    "network": "func_functions",   # old faas-cli field: ignored, as OpenFaaS does
+}
+
+
+def test_every_field_round_trips_as_given() -> None:
+    spec = deployment_to_spec(FULL, NS)
+    assert (spec.min_replica, spec.max_replica) == (2, 5)
+    assert spec.timeout == 91.0          # outlasts exec_timeout, so its 500 gets through
+    status = function_status(spec, FunctionStatus("fn1", State.ACTIVE, created=1.5e9),
+                             NS, 7.0, 2, 2)
+    for key, value in FULL.items():
+        if key not in ("service", "network"):
+            assert status[key] == value, key
+    assert status["name"] == "fn1"
+    assert (status["replicas"], status["availableReplicas"], status["invocationCount"]) == (
+        2, 2, 7.0)
+    assert status["createdAt"] == "2017-07-14T02:40:00.000Z"
+    # and through the store's encoding
+    again = FunctionSpec.from_dict(spec.to_dict())
+    assert again == spec
+
+
+def test_defaults_and_scale_labels() -> None:
+    spec = deployment_to_spec({"service": "f", "image": "i"}, NS)
+    assert (spec.min_replica, spec.max_replica) == (1, 0)   # OpenFaaS's default minimum
+    zero = deployment_to_spec({"service": "f", "labels": {"com.openfaas.scale.zero": "true"}},
+                              NS)
+    assert zero.min_replica == 0
+    status = function_status(spec, FunctionStatus("f", State.INACTIVE), NS, 0.0, None, None)
+    assert (status["replicas"], status["availableReplicas"]) == (0, 0)
+    assert "labels" not in status and status["image"] == "i"
+
+
+def test_an_update_keeps_what_openfaas_cannot_name() -> None:
+    base = FunctionSpec.from_dict({"name": "f", "command": ["python3", "app.py"], "port": 9000,
+                                   "env": {"OLD": "1"}})
+    spec = deployment_to_spec({"service": "f", "image": "new", "envVars": {"NEW": "2"}}, NS,
+                              base)
+    assert spec.command == ("python3", "app.py") and spec.port == 9000
+    assert dict(spec.env) == {"NEW": "2"} and spec.image == "new"
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"image": "i"}, "service"),
+    ({"service": "Not_Valid"}, "service"),
+    ({"service": "f", "namespace": "other"}, "namespace"),
+    ({"service": "f", "limits": {"memory": "lots"}}, "limits.memory"),
+    ({"service": "f", "requests": {"cpu": True}}, "requests.cpu"),
+    ({"service": "f", "envVars": {"write_timeout": "later"}}, "envVars.write_timeout"),
+    ({"service": "f", "envVars": {"max_inflight": "-1"}}, "envVars.max_inflight"),
+    ({"service": "f", "envVars": {"combine_output": "maybe"}}, "envVars.combine_output"),
+    ({"service": "f", "labels": {"com.openfaas.scale.min": "many"}},
+     "labels.com.openfaas.scale.min"),
+    ({"service": "f", "labels": {"com.openfaas.scale.min": "3",
+                                 "com.openfaas.scale.max": "2"}},
+     "labels.com.openfaas.scale.min"),
+    ({"service": "f", "secrets": ["a/b"]}, "secrets[0]"),
+    ({"service": "f", "envProcess": "  "}, "envProcess"),
+    ({"service": "f", "readOnlyRootFilesystem": "yes"}, "readOnlyRootFilesystem"),
+    (["not", "an", "object"], "(document)"),
+])
+def test_errors_name_the_deployments_field(body: object, field: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        deployment_to_spec(body, NS)
+    assert str(caught.value).startswith(field + ":"), str(caught.value)
+
+
+def test_secret_bodies() -> None:
+    assert read_secret({"name": "a", "value": "v"}, NS) == ("a", b"v")
+    raw = base64.b64encode(b"\x00\xff").decode()
+    assert read_secret({"name": "a", "rawValue": raw, "namespace": NS}, NS) == ("a", b"\x00\xff")
+    for body, field in (({"value": "v"}, "name"), ({"name": "../x", "value": "v"}, "name"),
+                        ({"name": "a"}, "value"), ({"name": "a", "rawValue": "!!"}, "rawValue"),
+                        ({"name": "a", "value": "v", "rawValue": raw}, "rawValue"),
+                        ({"name": "a", "value": "v", "namespace": "x"}, "namespace")):
+        with pytest.raises(SpecError) as caught:
+            read_secret(body, NS)
+        assert str(caught.value).startswith(field + ":")
