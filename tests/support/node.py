@@ -33,7 +33,23 @@ from typing import Any
 
 import yaml
 
-from faastwist.util.ports import free_port
+from faastwist.util.ports import free_port, port_is_free
+
+_HANDED_OUT: set[int] = set()
+
+
+def node_port() -> int:
+    """A free port below the kernel's ephemeral range (32768 up): the node's own children
+    (embedded etcd, nats-server, replicas) take theirs from the OS in that range, so they
+    can never grab the gate or admin port chosen here before the node binds it."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        if port not in _HANDED_OUT and port_is_free(port):
+            _HANDED_OUT.add(port)
+            return port
+    return free_port()
 
 ROOT = Path(__file__).resolve().parents[2]
 TWISTD = Path(sys.executable).parent / "twistd"
@@ -87,8 +103,8 @@ class FaasNodeProcess:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.controller = controller
-        self.admin_port = free_port()
-        self.gate_port = free_port()
+        self.admin_port = node_port()
+        self.gate_port = node_port()
         config: dict[str, Any] = {
             "name": controller,
             "provider": provider,
