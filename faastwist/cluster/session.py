@@ -26,6 +26,11 @@ from faastwist.util.timers import NamedTimers
 
 log = Logger()
 
+#: Reports per etcd transaction (etcd refuses more than --max-txn-ops, 128 by default).
+REPORT_BATCH = 64
+#: Report transactions in flight at once.
+REPORT_WRITES = 4
+
 
 class NodeSession(Service):
     name = "node-session"
@@ -46,6 +51,8 @@ class NodeSession(Service):
         self._mine: dict[str, bytes] = {}      # what this node reports, by function
         self._written: dict[str, bytes | None] = {}  # what etcd has (as far as we know)
         self._dirty: set[str] = set()          # reports still to write or withdraw
+        self._sending: set[str] = set()        # reports whose write is in flight
+        self._writes = 0                       # report transactions in flight
         self._timers = NamedTimers(reactor)
         self._watches: list[Any] = []
         self._listeners: list[Callable[[str | None], None]] = []
@@ -165,30 +172,65 @@ class NodeSession(Service):
         d.addCallbacks(refreshed, failed)
 
     def _flush(self, name: str) -> None:
-        """Bring etcd's copy of this node's report of ``name`` in line; a failure leaves
-        it dirty for the next keep-alive."""
-        lease = self.lease_id
+        """Mark this node's report of ``name`` for writing; the writes of one reactor
+        turn go out together (``_write_dirty``)."""
         self._dirty.add(name)
-        if lease is None:
+        if self.lease_id is not None and "flush" not in self._timers:
+            self._timers.later("flush", 0, self._write_dirty)
+
+    def _write_dirty(self) -> None:
+        """Bring etcd's copy of this node's dirty reports in line, ``REPORT_BATCH`` keys
+        per transaction and at most ``REPORT_WRITES`` transactions in flight: at start
+        a node reports every function (10,000 one-key writes took most of a start-up's
+        CPU, measured). A key already in flight waits for its write to finish (two
+        writes of one key in flight could land in either order); a failure leaves the
+        report dirty for the next keep-alive."""
+        self._timers.fired("flush")
+        lease = self.lease_id
+        if lease is None or not self.running:
             return
-        value = self._mine.get(name)
-        if name in self._written and self._written[name] == value:
-            self._dirty.discard(name)
-            return
-        key = self.store.key("report", name, self.node_id)
-        d = (self.store.delete_key(key) if value is None else self.store.put(key, value, lease))
+        batch: list[tuple[str, bytes | None]] = []
+        for name in sorted(self._dirty - self._sending):
+            value = self._mine.get(name)
+            if name in self._written and self._written[name] == value:
+                self._dirty.discard(name)
+                continue
+            batch.append((name, value))
+            if len(batch) == REPORT_BATCH:
+                if self._writes >= REPORT_WRITES:
+                    return  # the next one to finish starts the rest
+                self._write(lease, batch)
+                batch = []
+        if batch and self._writes < REPORT_WRITES:
+            self._write(lease, batch)
+
+    def _write(self, lease: int, batch: list[tuple[str, bytes | None]]) -> None:
+        names = {name for name, _ in batch}
+        self._sending |= names
+        self._writes += 1
+        d = self.store.put_many([(self.store.key("report", name, self.node_id), value)
+                                 for name, value in batch], lease)
 
         def done(_: Any) -> None:
             if lease == self.lease_id:
-                self._written[name] = value
-                if self._mine.get(name) == value:
-                    self._dirty.discard(name)
+                for name, value in batch:
+                    self._written[name] = value
+                    if self._mine.get(name) == value:
+                        self._dirty.discard(name)
 
         def failed(failure: Any) -> None:
-            self._written.pop(name, None)
-            log.info("report of {name} not written yet ({error}); retried",
-                     name=name, error=failure.getErrorMessage())
+            for name, _ in batch:
+                self._written.pop(name, None)
+            log.info("{count} reports not written yet ({error}); retried", count=len(batch),
+                     error=failure.getErrorMessage())
+
+        def finished(_: Any) -> None:
+            self._writes -= 1
+            self._sending -= names
+            if self._dirty - self._sending and self.lease_id is not None:
+                self._timers.later("flush", 0, self._write_dirty)
         d.addCallbacks(done, failed)
+        d.addBoth(finished)
 
     # -- watching the others -----------------------------------------------------------
     def _list_and_watch(self) -> None:

@@ -528,6 +528,14 @@ class EtcdStore:
         lease = None if lease_id is None else Lease(None, None, 0, lease_id)
         return self.submit("put", Transaction(success=[OpSet(key, value, lease=lease)]), True)
 
+    def put_many(self, items: Sequence[tuple[bytes, bytes | None]],
+                 lease_id: int | None = None) -> Deferred:
+        """Write (or, where the value is None, delete) several keys in one transaction."""
+        lease = None if lease_id is None else Lease(None, None, 0, lease_id)
+        ops = [OpDel(key) if value is None else OpSet(key, value, lease=lease)
+               for key, value in items]
+        return self.submit("put_many", Transaction(success=ops), True)
+
     def delete_key(self, key: bytes) -> Deferred:
         return self.submit("delete_key", Transaction(success=[OpDel(key)]), True)
 
