@@ -49,6 +49,7 @@ class NodeSession(Service):
         self.lease_id: int | None = None
         self.registered = False
         self._mine: dict[str, bytes] = {}      # what this node reports, by function
+        self._reported: dict[str, Report] = {}  # the same, decoded (to skip encoding)
         self._written: dict[str, bytes | None] = {}  # what etcd has (as far as we know)
         self._dirty: set[str] = set()          # reports still to write or withdraw
         self._sending: set[str] = set()        # reports whose write is in flight
@@ -68,7 +69,11 @@ class NodeSession(Service):
         """Publish (or, with None, withdraw) this node's observation of ``name``."""
         if report is None:
             self._mine.pop(name, None)
+            self._reported.pop(name, None)
         else:
+            if self._reported.get(name) == report and name in self._mine:
+                return  # unchanged (every full pass reports every function again)
+            self._reported[name] = report
             self._mine[name] = report.encode()
         self._flush(name)
 

@@ -26,6 +26,9 @@ from faastwist.store.base import Change, FunctionStore, Listing, WatchHandle
 
 log = Logger()
 
+_NO_KEYS = KeySet()
+_NO_DIGESTS: frozenset[bytes] = frozenset()
+
 
 class Route:
     """One function as the gate sees it; rebuilt (never mutated) when it changes,
@@ -37,10 +40,10 @@ class Route:
     def __init__(self, spec: FunctionSpec, status: FunctionStatus,
                  keys: KeySet | None = None) -> None:
         self.name = spec.name
-        self.keys = keys or KeySet()
+        self.keys = keys or _NO_KEYS
         #: SHA-256 hex digests (bytes) of the keys callers must present; empty: open
         self.key_digests: frozenset[bytes] = frozenset(
-            d.encode() for d in self.keys.digests())
+            d.encode() for d in self.keys.digests()) if self.keys.entries else _NO_DIGESTS
         self.rate_limit = spec.rate_limit
         self.spec = spec
         self.status = status
