@@ -318,6 +318,10 @@ class NodeSession(Service):
         if value is None:
             self.reports.get(name, {}).pop(node, None)
             return name
+        if node == self.node_id and self._mine.get(name) == value:
+            # this node's own write coming back: no need to decode it again
+            self.reports.setdefault(name, {})[node] = self._reported[name]
+            return name
         parsed = self._report_of(key, value)
         if parsed is None:
             return None
