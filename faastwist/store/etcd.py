@@ -18,7 +18,7 @@ import attrs
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, inlineCallbacks
 from twisted.internet.error import ConnectError, TimeoutError
 from twisted.logger import Logger
-from twisted.web.client import Agent
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.internet.interfaces import IReactorTCP
 from txaioetcd._lease import Lease
 from txaioetcd import (
@@ -72,6 +72,8 @@ log = Logger()
 
 #: Functions per read when listing everything (one transaction per page).
 LIST_PAGE = 500
+#: Idle connections kept per etcd endpoint.
+POOLED_CONNECTIONS = 24
 
 #: gRPC codes etcd uses for "try again / elsewhere" (DEADLINE_EXCEEDED, UNAVAILABLE).
 _TRANSIENT_CODES = frozenset({4, 14})
@@ -152,7 +154,8 @@ class EtcdStore:
         self._http = EtcdHttp(reactor)
         self._lease: LeaseApi | None = None
         self._watch_agent = Agent(reactor)  # one connection per stream, never pooled
-        self._clients = {e: Client(reactor, url=e, timeout=timeout) for e in self.endpoints}
+        self._clients = {e: Client(reactor, url=e, timeout=timeout,
+                                   pool=_pool(reactor)) for e in self.endpoints}
         # nodes start at different endpoints (the caller passes a node-specific index),
         # so losing one member does not hit every node's connection at once
         self._active = start_index % len(self.endpoints)
@@ -618,6 +621,16 @@ class EtcdStore:
         closing = [self._http.close()]
         closing += [client._pool.closeCachedConnections() for client in self._clients.values()]
         return DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)
+
+
+def _pool(reactor: IReactorTCP) -> HTTPConnectionPool:
+    """Persistent connections to one endpoint: as many kept as writes run at once (the
+    reconciler has 16 in flight, the session 4); Twisted keeps 2 by default, so every
+    other request opened and closed a connection of its own."""
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = POOLED_CONNECTIONS
+    pool.cachedConnectionTimeout = 60
+    return pool
 
 
 def _holds(comp: Any, kv: KeyValue | None) -> bool:
