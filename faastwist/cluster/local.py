@@ -34,6 +34,8 @@ log = Logger()
 DRAIN_POLL = 0.05
 #: Functions looked at per reactor turn by a full pass.
 CHUNK = 100
+#: Functions a "not yet serving" answer names.
+NAMED = 10
 
 
 class NotServing(Exception):
@@ -103,7 +105,11 @@ class LocalConverger(Service):
             elif runtime is not None and runtime.observe().event in (Event.READY, Event.ERROR):
                 owed.discard(name)
         if owed:
-            raise NotServing(f"not yet serving {', '.join(sorted(owed))}")
+            # a few names, and how many: /readyz polled during a 10,000-function start
+            # answered (and logged) every owed name, 145 KB a poll
+            first = sorted(owed)[:NAMED]
+            more = f" and {len(owed) - len(first)} more" if len(owed) > len(first) else ""
+            raise NotServing(f"not yet serving {', '.join(first)}{more}")
 
     # -- convergence -----------------------------------------------------------------
     def _route_changed(self, name: str, route: Any) -> None:

@@ -55,6 +55,17 @@ def test_full_pass_deploys_everything_a_chunk_per_reactor_turn(tmp_path: Path) -
     converger = LocalConverger(routes, provider, session, clock, 10.0)
     try:
         converger.startService()   # the first full pass starts at once
+        # not ready meanwhile: the answer names a few of the functions, and counts them
+        try:
+            converger.check()
+        except NotServing as exc:
+            owed = count - local_module.CHUNK
+            named = [f"f{i:04d}" for i in range(local_module.CHUNK,
+                                                local_module.CHUNK + local_module.NAMED)]
+            assert str(exc) == (f"not yet serving {', '.join(named)} and "
+                                f"{owed - local_module.NAMED} more")
+        else:
+            raise AssertionError("ready before the functions were deployed")
         # each reactor turn takes one chunk more, never all of them at once
         seen = []
         for _ in range(4):
