@@ -255,7 +255,7 @@ class FaasNode(Service):
         if self.node_local:
             from faastwist.cluster.reports import ClusterView
 
-            provider = ClusterView(self.provider, self.session.read_reports)
+            provider = ClusterView(self.provider, self.session.read_reports, self.reactor)
         self.reconciler = Reconciler(self.store, provider, self.reactor,
                                      self.config.sync_interval, self.metrics,
                                      is_leader=self.leader.is_leader, fence=self.leader.fence)

@@ -30,6 +30,8 @@ log = Logger()
 REPORT_BATCH = 64
 #: Report transactions in flight at once.
 REPORT_WRITES = 4
+#: Decoded reports kept (cleared when full).
+DECODED_MAX = 100_000
 
 
 class NodeSession(Service):
@@ -50,6 +52,9 @@ class NodeSession(Service):
         self.registered = False
         self._mine: dict[str, bytes] = {}      # what this node reports, by function
         self._reported: dict[str, Report] = {}  # the same, decoded (to skip encoding)
+        #: reports by their stored bytes: the leader reads every report each pass, and
+        #: an unchanged one (the same object) is folded from its cache (ClusterView)
+        self._decoded: dict[bytes, Report] = {}
         self._written: dict[str, bytes | None] = {}  # what etcd has (as far as we know)
         self._dirty: set[str] = set()          # reports still to write or withdraw
         self._sending: set[str] = set()        # reports whose write is in flight
@@ -304,10 +309,15 @@ class NodeSession(Service):
     def _report_of(self, key: bytes, value: bytes) -> tuple[str, Report] | None:
         rest = key[len(self.report_prefix):].decode("utf-8", "replace")
         name, _, node = rest.partition("/")
-        try:
-            report = Report.decode(value)
-        except Exception:
-            return None
+        report = self._decoded.get(value)
+        if report is None:
+            try:
+                report = Report.decode(value)
+            except Exception:
+                return None
+            if len(self._decoded) >= DECODED_MAX:
+                self._decoded.clear()
+            self._decoded[bytes(value)] = report
         return (name, report) if node == report.node else None
 
     def _apply_report(self, key: bytes, value: bytes | None) -> str | None:

@@ -105,3 +105,37 @@ def test_a_rollout_that_is_not_live_keeps_serving_previous_through_the_reports()
     assert aggregate("f", both, ["n0", "n1"]).serving_previous
     one = {"n0": report, "n1": Report("n1", "d1", False, Event.ERROR, "crash")}
     assert not aggregate("f", one, ["n0", "n1"]).serving_previous   # n1 serves nothing
+
+
+def test_cluster_view_folds_a_chunk_per_reactor_turn_and_reuses_unchanged_folds() -> None:
+    from twisted.internet.task import Clock
+
+    from faastwist.cluster import reports as reports_module
+
+    class Local:
+        kind = "process"
+
+    clock = Clock()
+    count = reports_module.CHUNK * 2 + 1
+    reports = {f"f{i:04d}": by_node(*(report(n) for n in LIVE)) for i in range(count)}
+    live = list(LIVE)
+    view = ClusterView(Local(), lambda: succeed((reports, live)), clock)
+    observed: dict = {}
+    view.observe().addCallback(observed.update)
+    assert observed == {}                       # one chunk folded, the reactor's turn again
+    clock.advance(0)
+    assert len(observed) == count and all(o.event is Event.READY for o in observed.values())
+    # the same report objects: the same observations; a changed report or live set: new
+    reports["f0001"] = by_node(report("n0"), report("n1", Event.ERROR, message="exit 3"),
+                               report("n2"))
+    again: dict = {}
+    view.observe().addCallback(again.update)
+    clock.advance(0)
+    assert again["f0000"] is observed["f0000"]
+    assert again["f0001"].event is Event.ERROR and again["f0001"].message == "node n1: exit 3"
+    live.remove("n2")                           # n2's lease ran out
+    third: dict = {}
+    view.observe().addCallback(third.update)
+    clock.advance(0)
+    assert third["f0000"] is not observed["f0000"]
+    assert third["f0000"].message == "ready on 2 of 2 nodes"   # n2's report no longer counts
