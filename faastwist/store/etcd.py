@@ -619,10 +619,25 @@ class EtcdStore:
         return self.submit("delete_key", Transaction(success=[OpDel(key)]), True)
 
     def read_prefixes(self, *prefixes: bytes) -> Deferred:
-        """``([[KeyValue...] per prefix], revision)`` read at one revision."""
-        txn = Transaction(success=[OpGet(KeySet(p, prefix=True)) for p in prefixes])
-        d = self.submit("read_prefixes", txn, True)
-        return d.addCallback(lambda r: ([list(x.kvs) for x in r.responses], r.header.revision))
+        """``([[KeyValue...] per prefix], revision)`` read at one revision (as plain JSON:
+        the leader reads every node's report of every function each pass)."""
+        ops = [{"request_range": {"key": _b64(p), "range_end": _b64(prefix_end(p))}}
+               for p in prefixes]
+
+        def request(endpoint: str) -> Deferred:
+            return self._http.post(f"{endpoint}{self.api_prefix}/kv/txn", {"success": ops},
+                                   self.timeout)
+
+        def parsed(answer: dict) -> tuple[list[list[KeyValue]], int]:
+            out = []
+            for response in answer.get("responses") or []:
+                found = response.get("response_range") or response.get("responseRange") or {}
+                out.append([KeyValue(base64.b64decode(kv.get("key", "")),
+                                     base64.b64decode(kv.get("value", "")),
+                                     mod_revision=int(kv.get("mod_revision", 0)))
+                            for kv in found.get("kvs") or ()])
+            return out, int(answer.get("header", {}).get("revision", 0))
+        return self._call("read_prefixes", request, True).addCallback(parsed)
 
     # watches
 

@@ -95,6 +95,12 @@ def test_many_reports_are_written_in_few_bounded_transactions(etcd_server) -> No
         assert max(sizes) <= session_module.REPORT_BATCH
         assert len(sizes) == -(-300 // session_module.REPORT_BATCH)  # full batches
         assert max(flight for _, flight in recording.batches) <= session_module.REPORT_WRITES
+        # the leader's fresh read: every report by function and node, and the live nodes
+        by_function, live = yield session.read_reports()
+        assert live == ["n0"] and sorted(by_function) == names
+        assert by_function["f0007"]["n0"] == observed("n0", Event.READY)
+        again, _ = yield session.read_reports()
+        assert again["f0007"]["n0"] is by_function["f0007"]["n0"]   # decoded once
         # nothing changed: reporting the same observation again writes nothing
         for name in names:
             session.report(name, observed("n0", Event.READY))
