@@ -85,7 +85,8 @@ class LocalConverger(Service):
                 if not self.running:
                     return
             for name in names[start:start + CHUNK]:
-                self.want(name)
+                if name in self._busy or self._action(name) is not None:
+                    self.want(name)
                 self.report(name)
         if self._deploys:
             log.info("deployed {count} of {total} functions on this node",
@@ -136,11 +137,25 @@ class LocalConverger(Service):
                          "{interval}s", name=name, error=str(exc), interval=self.interval)
             self.report(name)
 
+    def _action(self, name: str) -> Action | None:
+        """What converging ``name`` would do now (None: nothing), without doing it; a
+        full pass looks at every function, and most need nothing."""
+        route = self.routes.lookup(name)
+        runtime = self.provider.runtimes.get(name)
+        if route is None:
+            return None if runtime is None else Action.DELETE
+        observation = None if runtime is None else runtime.observe()
+        # only the provider action is used here: now and start_grace shape FSM events
+        action = plan(FunctionRecord(route.spec, route.status), observation,
+                      self.clock.seconds(), 0.0).action
+        if action is not None and route.state is State.DESTROYED:
+            return Action.DELETE
+        return action
+
     @inlineCallbacks
     def _converge(self, name: str):
         route = self.routes.lookup(name)
         runtime = self.provider.runtimes.get(name)
-        observation = None if runtime is None else runtime.observe()
         if route is None:
             if runtime is not None:
                 yield self._drain(name, runtime.spec.timeout)
@@ -148,12 +163,9 @@ class LocalConverger(Service):
                 yield self.provider.delete(name)
             return
         record = FunctionRecord(route.spec, route.status)
-        # only the provider action is used here: now and start_grace shape FSM events
-        action = plan(record, observation, self.clock.seconds(), 0.0).action
+        action = self._action(name)
         if action is None:
             return
-        if route.state is State.DESTROYED:
-            action = Action.DELETE
         if action in (Action.STOP, Action.DELETE) and runtime is not None:
             yield self._drain(name, runtime.spec.timeout)
         if action is Action.DEPLOY:

@@ -105,3 +105,34 @@ def test_a_stopped_converger_ends_its_pass_at_the_next_chunk(tmp_path: Path) -> 
     finally:
         provider.stopService()
         routes.stopService()
+
+
+def test_a_later_full_pass_acts_only_where_something_differs(tmp_path: Path) -> None:
+    clock = Clock()
+    store = MemoryStore()
+    for i in range(50):
+        spec = FunctionSpec.from_dict({"name": f"h{i:02d}", "mode": "fork",
+                                       "command": ["/bin/cat"]})
+        store.create(spec, FunctionStatus(spec.name, State.ACTIVE, updated=0.0))
+    routes = RouteTable(store, clock)
+    routes.startService()
+    provider = make_provider(clock, tmp_path / "data")
+    converger = LocalConverger(routes, provider, ReportLog(), clock, 10.0)
+    try:
+        converger.startService()
+        clock.advance(0)
+        assert len(provider.runtimes) == 50
+        calls: list[str] = []
+        deploy = provider.deploy
+        provider.deploy = lambda spec: calls.append(spec.name) or deploy(spec)
+        started = converger._run
+        runs: list[str] = []
+        converger._run = lambda name: runs.append(name) or started(name)
+        provider.runtimes.pop("h07")   # lost behind the converger's back
+        clock.advance(10.0)            # the next full pass
+        assert calls == ["h07"] and runs == ["h07"]
+        assert "h07" in provider.runtimes
+    finally:
+        converger.stopService()
+        provider.stopService()
+        routes.stopService()
