@@ -30,6 +30,8 @@ log = Logger()
 REPORT_BATCH = 64
 #: Report transactions in flight at once.
 REPORT_WRITES = 4
+#: Reports per read when the leader reads them all.
+REPORT_PAGE = 1000
 #: Decoded reports kept (cleared when full).
 DECODED_MAX = 100_000
 
@@ -85,18 +87,25 @@ class NodeSession(Service):
     def live(self) -> list[str]:
         return sorted(self.members)
 
-    def read_reports(self) -> Deferred:
-        """A fresh read for the leader: (reports by fn by node, live node ids)."""
-        def parse(result: tuple[list[list[Any]], int]) -> tuple[dict, list[str]]:
-            (nodes, reports), _ = result
-            live = sorted(self._node_of(kv.key) for kv in nodes)
-            by_function: dict[str, dict[str, Report]] = {}
-            for kv in reports:
+    @inlineCallbacks
+    def read_reports(self):
+        """A fresh read for the leader: (reports by fn by node, live node ids), in pages
+        of ``REPORT_PAGE`` at one revision, each parsed as it comes (10,000 reports in
+        one answer were one reactor turn of ~0.1 s, every pass)."""
+        (nodes,), revision = yield self.store.read_prefixes(self.node_prefix)
+        live = sorted(self._node_of(kv.key) for kv in nodes)
+        by_function: dict[str, dict[str, Report]] = {}
+        after = b""
+        while True:
+            kvs, more = yield self.store.read_page(self.report_prefix, after, REPORT_PAGE,
+                                                   revision)
+            for kv in kvs:
                 parsed = self._report_of(kv.key, kv.value)
                 if parsed is not None:
                     by_function.setdefault(parsed[0], {})[parsed[1].node] = parsed[1]
-            return by_function, live
-        return self.store.read_prefixes(self.node_prefix, self.report_prefix).addCallback(parse)
+            if not more or not kvs:
+                return by_function, live
+            after = kvs[-1].key
 
     # -- service ---------------------------------------------------------------------
     def startService(self) -> None:

@@ -618,6 +618,46 @@ class EtcdStore:
     def delete_key(self, key: bytes) -> Deferred:
         return self.submit("delete_key", Transaction(success=[OpDel(key)]), True)
 
+    def read_page(self, prefix: bytes, after: bytes, limit: int, revision: int) -> Deferred:
+        """``([KeyValue...], more)``: keys under ``prefix`` after ``after`` (from the
+        start when empty), at most ``limit``, at ``revision`` (Expired if compacted)."""
+        begin = after + b"\0" if after else prefix
+        d = self._raw_kvs([(begin, prefix_end(prefix))], limit, revision)
+        return d.addCallback(lambda ranges: (ranges[0][0], ranges[0][1]))
+
+    def _raw_kvs(self, bounds: Sequence[tuple[bytes, bytes]], limit: int,
+                 revision: int) -> Deferred:
+        """``[(kvs, more)]`` of one transaction of range reads, as KeyValues."""
+        ops = []
+        for start, end in bounds:
+            op: dict[str, Any] = {"key": _b64(start), "range_end": _b64(end)}
+            if limit:
+                op["limit"] = limit
+            if revision:
+                op["revision"] = revision
+            ops.append({"request_range": op})
+
+        def request(endpoint: str) -> Deferred:
+            return self._http.post(f"{endpoint}{self.api_prefix}/kv/txn", {"success": ops},
+                                   self.timeout)
+
+        def parsed(answer: dict) -> list:
+            out = []
+            for response in answer.get("responses") or []:
+                found = response.get("response_range") or response.get("responseRange") or {}
+                out.append(([KeyValue(base64.b64decode(kv.get("key", "")),
+                                      base64.b64decode(kv.get("value", "")),
+                                      mod_revision=int(kv.get("mod_revision", 0)))
+                             for kv in found.get("kvs") or ()], bool(found.get("more"))))
+            return out
+
+        def compacted(failure: Any) -> Any:
+            failure.trap(StoreError)
+            if "compacted" in str(failure.value):
+                raise Expired(f"revision {revision} was compacted: {failure.value}")
+            return failure
+        return self._call("read", request, True).addCallbacks(parsed, compacted)
+
     def read_prefixes(self, *prefixes: bytes) -> Deferred:
         """``([[KeyValue...] per prefix], revision)`` read at one revision (as plain JSON:
         the leader reads every node's report of every function each pass)."""

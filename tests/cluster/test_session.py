@@ -80,7 +80,8 @@ def stored_reports(store: EtcdStore, node: str):
 
 
 @pytest_twisted.inlineCallbacks
-def test_many_reports_are_written_in_few_bounded_transactions(etcd_server) -> None:
+def test_many_reports_are_written_in_few_bounded_transactions(etcd_server,
+                                                              monkeypatch) -> None:
     store, session = yield started_session(etcd_server)
     recording = Recording(store)
     try:
@@ -101,6 +102,9 @@ def test_many_reports_are_written_in_few_bounded_transactions(etcd_server) -> No
         assert by_function["f0007"]["n0"] == observed("n0", Event.READY)
         again, _ = yield session.read_reports()
         assert again["f0007"]["n0"] is by_function["f0007"]["n0"]   # decoded once
+        monkeypatch.setattr(session_module, "REPORT_PAGE", 64)      # read in 5 pages
+        paged, live = yield session.read_reports()
+        assert paged == by_function and live == ["n0"]
         # nothing changed: reporting the same observation again writes nothing
         for name in names:
             session.report(name, observed("n0", Event.READY))
