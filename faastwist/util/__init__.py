@@ -1,5 +1,5 @@
 """Small helpers with no faastwist imports: field readers, units, RFC 3339 times, timers,
-a body producer, loopback ports."""
+a body producer, loopback ports, a supervised child server (supervised, imported by name)."""
 
 from faastwist.util.bodyproducer import BytesProducer
 from faastwist.util.fields import FieldError, FieldReader
