@@ -12,7 +12,9 @@ SIGTERM"), which ends the process without running ``atexit``. Measured: a node s
 So, while the tests are measured, ``twistd_command`` runs a node through this module's
 ``__main__``: it adds a reactor trigger that saves the data once the shutdown is over
 (every service, the node's own ``stopService`` included, has stopped by then), and then
-runs twistd exactly as the ``twistd`` script does. faastwist itself knows nothing of
+runs twistd exactly as the ``twistd`` script does. A test that starts a Python child with
+an environment of its own adds ``coverage_env()`` to it (without it the child is not
+measured at all: tests/node/test_config.py's twistd runs read 0% of tap's refusals). faastwist itself knows nothing of
 coverage; a node the tests SIGKILL loses its data, as any crashed process would.
 """
 
@@ -22,7 +24,10 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["TWISTD", "measuring", "twistd_command"]
+__all__ = ["TWISTD", "coverage_env", "measuring", "twistd_command"]
+
+#: what a child needs to measure itself and write where the run's data goes
+_CARRIED = ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START", "COVERAGE_FILE")
 
 TWISTD = Path(sys.executable).parent / "twistd"
 
@@ -32,6 +37,12 @@ def measuring() -> bool:
     subprocess patch, or its older COVERAGE_PROCESS_START, is in the environment)."""
     return bool(os.environ.get("COVERAGE_PROCESS_CONFIG")
                 or os.environ.get("COVERAGE_PROCESS_START"))
+
+
+def coverage_env() -> dict[str, str]:
+    """The coverage variables of this process, for a child started with an environment
+    of its own (one without them is not measured)."""
+    return {name: os.environ[name] for name in _CARRIED if name in os.environ}
 
 
 def twistd_command(args: list[str]) -> list[str]:
