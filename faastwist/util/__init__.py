@@ -1,5 +1,6 @@
 """Small helpers with no faastwist imports: field readers, units, RFC 3339 times, timers,
-a body producer, loopback ports.
+a body producer, loopback ports, a supervised child server (``supervised``, imported by
+its module name).
 
 The names below are loaded on first use (PEP 562), so that importing one helper module
 (``faastwist.util.times`` from the CLI, say) does not import Twisted through the body

@@ -173,9 +173,12 @@ def _script(tmp_path, name: str, body: str) -> str:
 
 @pytest_twisted.inlineCallbacks
 def test_ready_times_out_with_a_clear_error_and_stop_escalates_to_sigkill(services, tmp_path):
-    # an "etcd" that never answers /health and ignores SIGTERM
+    # an "etcd" that never answers /health and ignores SIGTERM (once it says so: on a
+    # loaded machine a SIGTERM sent before the handler is in place would end it at once)
+    ignoring = tmp_path / "ignoring"
     binary = _script(tmp_path, "stubborn", "import signal, time\n"
                                            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                                           f"open({str(ignoring)!r}, 'w').close()\n"
                                            "time.sleep(60)\n")
     service = start(services, str(tmp_path / "data"), etcd_binary=binary,
                     startup_timeout=0.5, stop_grace=0.3)
@@ -183,6 +186,7 @@ def test_ready_times_out_with_a_clear_error_and_stop_escalates_to_sigkill(servic
         yield service.ready()
     pid = service.pid
     assert alive(pid)
+    yield wait_for(ignoring.exists, timeout=30, what="the stub ignoring SIGTERM")
     started = reactor.seconds()
     yield service.stopService()
     assert reactor.seconds() - started >= 0.3  # it needed the SIGKILL
