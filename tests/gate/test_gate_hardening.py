@@ -169,8 +169,6 @@ def slow_client(port: int, first: bytes, wait: float) -> tuple[bytes, float]:
 @pytest_twisted.ensureDeferred
 async def test_a_slow_head_is_cut_at_header_timeout_while_others_are_served(
         make_gate: Any, first: bytes) -> None:
-    if make_gate.kind != "lean":
-        pytest.skip("headerTimeout is the lean transport's (HTTPS listeners: keepAliveTimeout)")
     gate = make_gate(header_timeout=0.6)
     slow = deferToThread(slow_client, gate.port, first, 5.0)
     for _ in range(3):   # others are served meanwhile
@@ -183,12 +181,15 @@ async def test_a_slow_head_is_cut_at_header_timeout_while_others_are_served(
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_stalled_body_is_cut_at_body_idle_timeout(make_gate: Any) -> None:
-    if make_gate.kind != "lean":
-        pytest.skip("bodyIdleTimeout is the lean transport's")
+async def test_a_stalled_body_is_cut_at_body_idle_timeout_while_others_are_served(
+        make_gate: Any) -> None:
     gate = make_gate(body_idle_timeout=0.6)
-    raw, took = await deferToThread(
-        slow_client, gate.port, request("POST", extra="Content-Length: 10\r\n") + b"abc", 5.0)
+    slow = deferToThread(slow_client, gate.port,
+                         request("POST", extra="Content-Length: 10\r\n") + b"abc", 5.0)
+    for _ in range(3):   # others are served meanwhile
+        raw = await send(gate, request(extra="Connection: close\r\n"))
+        assert statuses(raw) == [200], raw
+    raw, took = await slow
     assert statuses(raw) == [408], raw
     assert b"bodyIdleTimeout" in raw
     assert 0.5 < took < 3.0, took
