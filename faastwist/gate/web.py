@@ -279,7 +279,7 @@ class StreamingRequest(server.Request):
             if self.chunked:
                 self.channel.write(b"0\r\n\r\n")
                 self.chunked = 0
-            clock.callLater(LINGER, self.channel.transport.loseConnection)
+            clock.callLater(LINGER, self.channel.loseConnection)
             return
         super().finish()
 
@@ -322,7 +322,7 @@ class StreamingRequest(server.Request):
             if self.chunked:
                 channel.write(b"0\r\n\r\n")
                 self.chunked = 0
-            channel.transport.loseConnection()
+            channel.loseConnection()   # (it unregisters itself: TLS would wait for it)
             return
         if self.finished or not self.startedWriting:
             channel.abortConnection()      # nothing to end cleanly: reset at once

@@ -254,6 +254,7 @@ if H2Connection is not None:
                                        additional_data=head_message(
                                            self.header_timeout).encode())
             self.transport.write(self.conn.data_to_send())
+            self.transport.unregisterProducer()   # (TLS would wait for it before closing)
             self.transport.loseConnection()
             self._abortingCall = self._reactor.callLater(LINGER, self.forceAbortClient)
 
