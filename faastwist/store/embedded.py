@@ -5,7 +5,9 @@ directory (so a restart serves the same URL), restarts it with backoff when it d
 and on stop sends SIGTERM, then SIGKILL after a grace period, and fires only when the
 process is gone. Where ``setpriv`` exists the child also gets a parent-death signal, so
 even a SIGKILLed faastwist leaves no etcd behind; an orphan of an earlier run that
-still holds the data directory is found through the pid file and stopped.
+still holds the data directory is found through the pid file and stopped. With ``tls``
+(the node always passes it) etcd serves https and takes only clients whose certificate
+its private CA signed (see etcdtls.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, readBody
 
+from faastwist.store.etcdtls import EtcdTLS
 from faastwist.util.ports import free_port, port_is_free
 from faastwist.util.timers import NamedTimers
 
@@ -104,7 +107,7 @@ class EmbeddedEtcd(Service):
 
     def __init__(self, reactor: IReactorProcess, data_dir: str, etcd_binary: str | None = None,
                  startup_timeout: float = 30.0, *, stop_grace: float = 10.0,
-                 max_backoff: float = 30.0) -> None:
+                 max_backoff: float = 30.0, tls: EtcdTLS | None = None) -> None:
         self.reactor = reactor
         self.data_dir = os.path.abspath(data_dir)
         self.etcd_binary = etcd_binary
@@ -117,7 +120,9 @@ class EmbeddedEtcd(Service):
         self.pid: int | None = None
         self.restarts = 0
         self.healthy = False
-        self._agent = Agent(reactor)
+        #: client-certificate TLS (the node's): https URLs, only CA-signed clients
+        self.tls = tls
+        self._agent = Agent(reactor, contextFactory=tls.policy()) if tls else Agent(reactor)
         self._protocol: _EtcdProtocol | None = None
         self._transport: Any = None
         self._failures = 0
@@ -231,8 +236,9 @@ class EmbeddedEtcd(Service):
         if self._stopping or not self.running:
             return
         client, peer = self._ports()
-        self.client_url = f"http://127.0.0.1:{client}"
-        peer_url = self.peer_url = f"http://127.0.0.1:{peer}"
+        scheme = "https" if self.tls is not None else "http"
+        self.client_url = f"{scheme}://127.0.0.1:{client}"
+        peer_url = self.peer_url = f"{scheme}://127.0.0.1:{peer}"
         args = [self._binary, "--name", "faastwist",
                 "--data-dir", os.path.join(self.data_dir, "data"),
                 "--listen-client-urls", self.client_url,
@@ -245,6 +251,8 @@ class EmbeddedEtcd(Service):
                 # bounded history: without compaction the database grows until etcd's
                 # space quota stops every write
                 "--auto-compaction-mode", "periodic", "--auto-compaction-retention", "1h"]
+        if self.tls is not None:
+            args += self.tls.server_args()
         setpriv = shutil.which("setpriv")
         if setpriv:
             args = [setpriv, "--pdeathsig", "TERM", "--"] + args
