@@ -119,6 +119,9 @@ def test_memory_and_cpu_limits_are_enforced_and_reported(tmp_path: Path) -> None
         assert status["extData"].get("cpuLimit", "").startswith(mechanism), status
 
         # memory: the allocation kills the replica (not the node), and the status says so
+        eater = json.loads(http("GET", f"{node.gate_url}/function/eat/")[2])["pid"]
+        eater_cgroups = v1_folders(eater) if mechanism == "cgroup v1" else []
+        assert all(f.is_dir() for f in eater_cgroups), eater_cgroups
         code, _, _ = http("GET", f"{node.gate_url}/function/eat/eat", timeout=30)
         assert code in (502, 503), code
 
@@ -131,6 +134,8 @@ def test_memory_and_cpu_limits_are_enforced_and_reported(tmp_path: Path) -> None
         assert int(ext["oomKills"]) >= 1, status
         assert ext["memoryLimit"].startswith(f"{mechanism} memory."), status
         assert "67108864" in ext["memoryLimit"], status
+        # the killed replica's cgroups go with it (the node keeps running)
+        wait_for(lambda: not any(f.exists() for f in eater_cgroups), timeout=20)
         # the node is fine: it serves, a new replica of the function answers again
         assert http("GET", f"http://127.0.0.1:{node.admin_port}/healthz")[0] == 200
         wait_for(lambda: http("GET", f"{node.gate_url}/function/eat/")[0] == 200, timeout=40)
