@@ -238,6 +238,9 @@ class CgroupV1Tree:
                 parent = points[controller] / own[controller].lstrip("/") / f"faastwist-{token}"
                 parent.mkdir(exist_ok=True)
                 _remove_children(parent)     # what a previous run left
+                # and the empty parents of nodes that were killed (-9): rmdir takes only
+                # empty ones, and a live node makes its parent again when it needs it
+                _remove_children(parent.parent, prefix="faastwist-", keep=parent)
                 parents.append(parent)
             memory, cpu = parents
             if not (memory / "memory.limit_in_bytes").exists():
@@ -253,8 +256,8 @@ class CgroupV1Tree:
         """A fresh child in each hierarchy, the limits written (memory before memsw:
         the kernel wants memsw >= memory)."""
         memory, cpu = self.memory / name, self.cpu / name
-        memory.mkdir(exist_ok=True)
-        cpu.mkdir(exist_ok=True)
+        memory.mkdir(parents=True, exist_ok=True)
+        cpu.mkdir(parents=True, exist_ok=True)
         try:
             if limits.memory is not None:
                 (memory / "memory.limit_in_bytes").write_text(str(limits.memory))
@@ -276,9 +279,11 @@ class CgroupV1Tree:
             Cgroup(1, (parent,)).remove()
 
 
-def _remove_children(parent: Path) -> None:
+def _remove_children(parent: Path, prefix: str = "", keep: Path | None = None) -> None:
+    """rmdir the sub-folders (named ``prefix``...) of ``parent``: the empty ones go."""
     try:
-        children = [child for child in parent.iterdir() if child.is_dir()]
+        children = [child for child in parent.iterdir() if child.is_dir()
+                    and child.name.startswith(prefix) and child != keep]
     except OSError:
         return
     Cgroup(0, tuple(children)).remove()

@@ -70,7 +70,13 @@ def test_cgroup_v1_detection_limits_and_oom_count(tmp_path: Path):
     proc, mounts, memory = fake_v1(tmp_path)
     parent = memory / "outer" / "faastwist-tok"
     (parent / "left-over").mkdir()                    # a previous run's: swept
+    (memory / "outer" / "faastwist-dead").mkdir()     # a killed node's empty parent: swept
+    busy = memory / "outer" / "faastwist-busy"        # a live node's, with a replica: kept
+    (busy / "fn-1").mkdir(parents=True)
+    (memory / "outer" / "other").mkdir()              # not ours: never touched
     tree = CgroupV1Tree.detect("tok", str(proc), str(mounts))
+    assert not (memory / "outer" / "faastwist-dead").exists()
+    assert (busy / "fn-1").is_dir() and (memory / "outer" / "other").is_dir()
     assert tree is not None and tree.kind == "v1+memsw"
     assert tree.memory == parent and tree.cpu == tmp_path / "cpu,cpuacct" / "faastwist-tok"
     assert not (parent / "left-over").exists()
@@ -92,6 +98,10 @@ def test_cgroup_v1_detection_limits_and_oom_count(tmp_path: Path):
     (parent / "fn-1" / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\n")
     (parent / "fn-1" / "memory.failcnt").write_text("5\n")   # older kernels
     assert cgroup.oom_kills() == 5
+    # its parent swept by another node's start while it had no replica: made again
+    import shutil
+    shutil.rmtree(tree.memory)
+    assert tree.create("fn-2", limits).memory == parent / "fn-2" and (parent / "fn-2").is_dir()
     # without swap accounting: the memory limit alone
     proc, mounts, memory = fake_v1(tmp_path / "noswap", memsw=False)
     tree = CgroupV1Tree.detect("tok", str(proc), str(mounts))
