@@ -5,7 +5,9 @@ ports picked once and kept in the data directory (so a restart serves the same U
 restart with backoff when etcd dies, SIGTERM then SIGKILL at stop, and a parent-death
 signal so even a SIGKILLed faastwist leaves no etcd behind. Of etcd's own: an orphan of
 an earlier run that still holds the data directory is found through the pid file and
-stopped, and an etcd of a live node refuses the start.
+stopped, and an etcd of a live node refuses the start. With ``tls`` (the node always
+passes it) etcd serves https and takes only clients whose certificate its private CA
+signed (see etcdtls.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from typing import Any
 
 from twisted.internet.interfaces import IReactorProcess
 from twisted.logger import Logger
+from twisted.web.client import Agent
 
+from faastwist.store.etcdtls import EtcdTLS
 from faastwist.util.supervised import SupervisedChild, find_binary, persisted_ports
 
 log = Logger()
@@ -86,11 +90,16 @@ class EmbeddedEtcd(SupervisedChild):
 
     def __init__(self, reactor: IReactorProcess, data_dir: str, etcd_binary: str | None = None,
                  startup_timeout: float = 30.0, *, stop_grace: float = 10.0,
-                 max_backoff: float = 30.0) -> None:
+                 max_backoff: float = 30.0, tls: EtcdTLS | None = None) -> None:
         super().__init__(reactor, data_dir, LOG_FILE, startup_timeout=startup_timeout,
                          stop_grace=stop_grace, max_backoff=max_backoff)
         self.etcd_binary = etcd_binary
         self.peer_url: str | None = None
+        #: client-certificate TLS (the node's): https URLs, only CA-signed clients; the
+        #: health checks present the node's certificate too
+        self.tls = tls
+        if tls is not None:
+            self._agent = Agent(reactor, contextFactory=tls.policy())
 
     @property
     def client_url(self) -> str | None:
@@ -137,8 +146,9 @@ class EmbeddedEtcd(SupervisedChild):
     def _command(self) -> tuple[list[str], dict[str, str]]:
         client, peer = persisted_ports(os.path.join(self.data_dir, PORTS_FILE),
                                        ("client", "peer"), self.what)
-        self.url = f"http://127.0.0.1:{client}"
-        peer_url = self.peer_url = f"http://127.0.0.1:{peer}"
+        scheme = "https" if self.tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{client}"
+        peer_url = self.peer_url = f"{scheme}://127.0.0.1:{peer}"
         args = [self._binary, "--name", "faastwist",
                 "--data-dir", os.path.join(self.data_dir, "data"),
                 "--listen-client-urls", self.url,
@@ -151,6 +161,8 @@ class EmbeddedEtcd(SupervisedChild):
                 # bounded history: without compaction the database grows until etcd's
                 # space quota stops every write
                 "--auto-compaction-mode", "periodic", "--auto-compaction-retention", "1h"]
+        if self.tls is not None:
+            args += self.tls.server_args()
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
         return args, env
 
