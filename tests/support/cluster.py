@@ -125,8 +125,12 @@ class Cluster:
 
     def start(self) -> "Cluster":
         self.etcd.start()
+        # spawned together, then waited for: their start-ups overlap (one after another
+        # was most of each cluster test's set-up)
         for node in self.nodes:
-            node.start()
+            node.spawn()
+        for node in self.nodes:
+            node.wait_ready()
         return self
 
     def stop(self) -> None:

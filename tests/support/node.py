@@ -161,12 +161,22 @@ class FaasNodeProcess:
                                *self.args])
 
     def start(self, timeout: float = 60.0) -> "FaasNodeProcess":
+        self.spawn()
+        return self.wait_ready(timeout)
+
+    def spawn(self) -> None:
+        """Start the process without waiting (a cluster spawns its nodes together)."""
         env = dict(os.environ, PYTHONPATH=str(ROOT), **self.env)
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(self.command(), cwd=self.workdir, stdout=log,
                                         stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)
         log.close()
+
+    def wait_ready(self, timeout: float = 60.0) -> "FaasNodeProcess":
+        """Wait until the spawned node's admin API answers; stop it and fail if it
+        exits or does not answer within ``timeout``."""
+        assert self.process is not None, "spawn() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
