@@ -20,6 +20,7 @@ from typing import Any
 from faastwist.metrics import BUCKETS, FunctionCounts, Metrics
 
 Delta = dict[str, dict[str, Any]]
+_NOTHING: tuple[int, int, int, int, dict[int, list[Any]], dict[str, int]] = (0, 0, 0, 0, {}, {})
 
 
 def _refusals(counter: Any) -> dict[str, float]:
@@ -44,13 +45,11 @@ class CountsReporter:
     def delta(self) -> Delta:
         out: Delta = {}
         for name, f in list(self.metrics.gate.functions.items()):
-            before = self._sent.get(name)
+            old = self._sent.get(name) or _NOTHING
             now = (f.started, f.active, f.bytes_in, f.bytes_out, f.codes, f.errors)
-            if before is not None and before[:4] == now[:4] and before[4] == f.codes \
-                    and before[5] == f.errors:
+            if old[:4] == now[:4] and old[4] == f.codes and old[5] == f.errors:
                 continue
             entry: dict[str, Any] = {}
-            old = before or (0, 0, 0, 0, {}, {})
             for key, index in (("s", 0), ("a", 1), ("i", 2), ("o", 3)):
                 if now[index] != old[index]:
                     entry[key] = now[index] - old[index]
