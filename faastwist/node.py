@@ -489,7 +489,7 @@ class FaasNode(Service):
         try:
             await self.workers.start()
         except WorkerStartError as exc:
-            raise StartupError(f"httpServer.workers: {exc}") from None
+            raise StartupError(str(exc)) from None
         except Exception as exc:
             raise StartupError(f"httpServer.workers: the workers did not start: {exc}") from None
 

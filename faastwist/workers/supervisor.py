@@ -144,8 +144,8 @@ class WorkerPool(Service):
         try:
             check_free(http["address"], http["port"])
         except OSError as exc:
-            raise WorkerStartError(f"cannot listen on {http['address']}:{http['port']}: "
-                                   f"{exc.strerror or exc}") from None
+            raise WorkerStartError(f"httpServer.port: cannot listen on {http['address']}:"
+                                   f"{http['port']}: {exc.strerror or exc}") from None
         waits = [self._spawn(slot) for slot in self.slots]
         done = DeferredList(waits, fireOnOneErrback=True, consumeErrors=True)
         done.addErrback(lambda f: f.value.subFailure)  # the first worker's failure
@@ -199,7 +199,8 @@ class WorkerPool(Service):
                   index=slot.index, pid=slot.pid, problem=problem)
         starting, slot.starting = slot.starting, None
         if starting is not None:
-            starting.errback(WorkerStartError(problem))
+            starting.errback(WorkerStartError(f"httpServer.workers: worker {slot.index} cannot "
+                                              f"serve: {problem}"))
 
     # -- running -----------------------------------------------------------------------
     def relay(self, slot: _Slot, fd: int, data: bytes) -> None:
@@ -239,8 +240,8 @@ class WorkerPool(Service):
                      pid=slot.pid, how=how)
             return
         if starting is not None:  # it never served: a start-up problem, no restart
-            starting.errback(WorkerStartError(f"worker {slot.index} exited ({how}) before "
-                                              f"serving"))
+            starting.errback(WorkerStartError(f"httpServer.workers: worker {slot.index} "
+                                              f"exited ({how}) before serving"))
             return
         if self.reactor.seconds() - slot.started > STABLE_AFTER:
             slot.delay = BACKOFF_FIRST

@@ -181,3 +181,25 @@ def test_no_worker_outlives_a_killed_node(tmp_path: Path) -> None:
                  what="the workers to exit after the node was killed")
     finally:
         node.stop()
+
+
+def test_a_port_already_served_stops_the_start_naming_the_key(tmp_path: Path) -> None:
+    """Even a listener in a reuseport group (a node left running, say) is refused: the
+    workers would silently share its traffic otherwise."""
+    node = FaasNodeProcess(tmp_path / "node", provider="process",
+                           extra={"httpServer": {"workers": 2}})
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", node.gate_port))
+        taken.listen()
+        try:
+            try:
+                node.start()  # the admin port may answer before the gate fails
+            except RuntimeError:
+                pass
+            code = node.process.wait(60)
+            log = node.log_path.read_text()
+        finally:
+            node.stop()
+    assert code == 1
+    assert f"httpServer.port: cannot listen on 127.0.0.1:{node.gate_port}" in log
