@@ -437,7 +437,8 @@ class FaasNode(Service):
         if self.workers is not None:
             self.workers.reload()
         for what, reload in (("admin", self.admin_tls.reload if self.admin_tls else None),
-                             ("gate", self.gate.reload_tls if self.gate else None)):
+                             ("gate", self.gate.reload_tls
+                              if self.gate and self.workers is None else None)):
             if reload is None:
                 continue
             try:

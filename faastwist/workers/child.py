@@ -180,8 +180,11 @@ class Worker:
     def reload(self) -> None:
         if self.gate is None:
             return
+        if self.gate.tls is None:
+            return
         try:
             self.gate.reload_tls()
+            log.info("gate worker {index}: the gate certificate was reloaded", index=self.index)
         except Exception as exc:
             log.error("gate worker {index}: the certificate was not reloaded, the previous "
                       "one stays: {error}", index=self.index, error=str(exc))

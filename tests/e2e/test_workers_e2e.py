@@ -203,3 +203,35 @@ def test_a_port_already_served_stops_the_start_naming_the_key(tmp_path: Path) ->
             node.stop()
     assert code == 1
     assert f"httpServer.port: cannot listen on 127.0.0.1:{node.gate_port}" in log
+
+
+def test_sighup_reloads_the_certificate_in_every_worker(tmp_path: Path) -> None:
+    import ssl
+
+    from tests.support.tls import common_name, self_signed
+
+    cert, key = self_signed(tmp_path / "certs", "first")
+    node = start_node(tmp_path, https=True, certFile=cert, keyFile=key)
+    context = ssl._create_unverified_context()
+
+    def names(count: int = 24) -> set[str]:
+        """The certificates new connections get (spread across the workers)."""
+        seen = set()
+        for _ in range(count):
+            with socket.create_connection(("127.0.0.1", node.gate_port), timeout=10) as raw:
+                with context.wrap_socket(raw) as tls:
+                    seen.add(common_name(tls.getpeercert(binary_form=True)))
+        return seen
+
+    try:
+        assert names() == {"first"}
+        new_cert, new_key = self_signed(tmp_path / "new", "second")
+        shutil.copy(new_cert, cert)
+        shutil.copy(new_key, key)
+        node.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: node.log_path.read_text().count("the gate certificate was reloaded")
+                 == 2, what="both workers reloaded")
+        assert names() == {"second"}
+        assert http("GET", f"{node.gate_url}/", headers={"X-FaaS-Func-Name": "x"})[0] == 404
+    finally:
+        node.stop()
