@@ -17,13 +17,15 @@ with the request adaptor on). Rows, at c16 unless ``--concurrency`` says otherwi
   the worker: no lease round trip to the main process).
 
 Every gate row has the access log on (written to a file). N is 1, 2 and the number of
-cores (os.cpu_count(); duplicates dropped).
+cores (os.cpu_count(); duplicates dropped). The gate runs under Debian's CPython when it
+is there (the interpreter and its build are printed first), like bench/gate.py's
+"other python" row.
 
 How to read it on a small machine: wrk, the upstream nginx, the main process and the
 workers all need CPU. On 2 cores, two gate workers share them with wrk and the upstream,
 so the raw req/s of "2 workers" cannot show what two free cores would give. The table
 therefore also gives the gate's CPU time during the run (main process and workers,
-from /proc) and req/s per gate CPU-second: when that efficiency holds as N grows, N
+from /proc, over every run of the cell) and requests per gate CPU-second: when that efficiency holds as N grows, N
 workers serve N times one worker's rate wherever each worker has a core. The line
 "two workers vs one" states both the measured ratio and that projection. ``--pin``
 puts wrk and the upstream on CPU 0 with taskset (the gate processes then get the rest).
@@ -188,6 +190,9 @@ def main() -> None:
     parser.add_argument("--pin", action="store_true",
                         help="wrk and the upstream nginx on CPU 0 (taskset)")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--python", help="the gate's interpreter (default: Debian's "
+                                         "/usr/bin/python3.X when it can load this venv's "
+                                         "packages, else this one)")
     if len(sys.argv) > 1 and sys.argv[1] == "serve":
         serve(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5]))
         return
@@ -217,11 +222,15 @@ def main() -> None:
                 runs.append(parse_wrk(out))
             else:
                 runs.append(gatebench.run_wrk(port, c, args.duration))
-        return max(runs, key=lambda r: r["rps"])
+        best = dict(max(runs, key=lambda r: r["rps"]))
+        best["requests"] = sum(r["rps"] for r in runs) * round(args.duration)  # every run
+        return best
 
     try:
-        here = gatebench.interpreter_info(sys.executable)
-        print(f"interpreter: Python {here['version']} ({here['executable']}): {here['build']}")
+        python = args.python or gatebench.other_interpreter() or sys.executable
+        here = gatebench.interpreter_info(python)
+        print(f"gate interpreter: Python {here['version']} ({here['executable']}): "
+              f"{here['build']}")
         print(f"machine: {cores} cores, load average {os.getloadavg()[0]:.2f} at the start; "
               f"wrk -t1 -c{c}, {args.duration:g}s per run, best of {max(1, args.repeat)}"
               + ("; wrk and the upstream pinned to CPU 0" if pin else "; nothing pinned"),
@@ -240,7 +249,7 @@ def main() -> None:
         for n in [0] + counts:
             port = free_port()
             log = open(workdir / f"serve-{n}.out", "wb")
-            process = processes.start([sys.executable, __file__, "serve", str(port),
+            process = processes.start([python, __file__, "serve", str(port),
                                        str(upstream), str(n), str(workdir)], env=env,
                                       stdout=log, stderr=subprocess.STDOUT)
             gatebench.wait_listening(port, process, timeout=90)
@@ -251,7 +260,7 @@ def main() -> None:
             after = gate_cpu(process.pid)
             row["cpu_s"] = sum(after.get(p, 0.0) - before.get(p, 0.0) for p in after)
             row["main_cpu_s"] = after[process.pid] - before[process.pid]
-            row["rps_per_cpu"] = row["rps"] * args.duration / max(row["cpu_s"], 1e-9)
+            row["rps_per_cpu"] = row["requests"] / max(row["cpu_s"], 1e-9)
             results["gate, one process" if n == 0 else label("gate", n)] = row
             processes.stop(process)
         report(results, counts, c, args.duration)

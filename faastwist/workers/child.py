@@ -72,6 +72,7 @@ class Worker:
         self.ticker: LoopingCall | None = None
         self.setup_done = False
         self.stopping = False
+        self._stop_asked = False
 
     # -- messages ------------------------------------------------------------------------
     def received(self, message: Message) -> None:
@@ -90,6 +91,12 @@ class Worker:
         else:
             log.warn("gate worker: unknown message {op}", op=op)
 
+    def stop_reactor(self) -> None:
+        """Begin the shutdown (draining) once, whatever asks for it how often."""
+        if not self._stop_asked:
+            self._stop_asked = True
+            self.reactor.stop()
+
     def channel_lost(self, why: str) -> None:
         self.calls.fail_all("the control channel closed")
         if self.provider is not None and hasattr(self.provider, "channel_lost"):
@@ -97,7 +104,7 @@ class Worker:
         if not self.stopping:
             log.warn("gate worker {index}: the node's main process is gone ({why}); "
                      "stopping", index=self.index, why=why)
-            self.reactor.stop()
+            self.stop_reactor()
 
     # -- start ---------------------------------------------------------------------------
     async def start(self, setup: Message) -> None:
@@ -169,7 +176,7 @@ class Worker:
                   problem=failure.getErrorMessage())
         self.channel.send({"op": "failed", "message": failure.getErrorMessage()})
         self.stopping = True
-        self.channel.close().addBoth(lambda _: self.reactor.stop())
+        self.channel.close().addBoth(lambda _: self.stop_reactor())
 
     # -- running -------------------------------------------------------------------------
     def report(self) -> None:
@@ -226,13 +233,20 @@ def main(argv: list[str] | None = None) -> None:
     def on_sighup(signum: int, frame: object) -> None:
         reactor.callFromThread(worker.reload)  # type: ignore[attr-defined]
 
+    def on_stop(signum: int, frame: object) -> None:
+        # the node's SIGTERM and a terminal's or systemd's signal to the whole group may
+        # both arrive: the first one drains, the others change nothing
+        reactor.callFromThread(worker.stop_reactor)  # type: ignore[attr-defined]
+
     signal.signal(signal.SIGHUP, on_sighup)
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
     reactor.adoptStreamConnection(CONTROL_FD, socket.AF_UNIX,  # type: ignore[attr-defined]
                                   ChannelFactory(worker.channel))
     os.close(CONTROL_FD)  # the reactor holds a duplicate
     reactor.callLater(60.0, lambda: None if worker.setup_done else (  # type: ignore[attr-defined]
-        sys.stderr.write("no setup message within 60s\n"), reactor.stop()))
-    reactor.run()  # type: ignore[attr-defined]
+        sys.stderr.write("no setup message within 60s\n"), worker.stop_reactor()))
+    reactor.run(installSignalHandlers=False)  # type: ignore[attr-defined]
     # everything is drained, reported and written: skip the interpreter's teardown
     # (half a second and more of freeing objects, while the node waits to exit)
     sys.stdout.flush()

@@ -88,6 +88,7 @@ class _Slot:
         self.delay = BACKOFF_FIRST
         self.restart: IDelayedCall | None = None
         self.starting: Deferred[None] | None = None
+        self.replacing = False  # a restart, not the node's start: failures retry
         self.ended: list[Deferred[None]] = []
 
 
@@ -239,10 +240,11 @@ class WorkerPool(Service):
             log.info("gate worker {index} (pid {pid}) exited ({how})", index=slot.index,
                      pid=slot.pid, how=how)
             return
-        if starting is not None:  # it never served: a start-up problem, no restart
+        if starting is not None:  # it never served
             starting.errback(WorkerStartError(f"httpServer.workers: worker {slot.index} "
                                               f"exited ({how}) before serving"))
-            return
+            if not slot.replacing:
+                return  # the node's start fails (and says why); nothing to restart
         if self.reactor.seconds() - slot.started > STABLE_AFTER:
             slot.delay = BACKOFF_FIRST
         delay, slot.delay = slot.delay, min(slot.delay * 2, BACKOFF_MAX)
@@ -254,7 +256,16 @@ class WorkerPool(Service):
         slot.restart = None
         if self.stopping:
             return
-        self._spawn(slot).addErrback(
+        slot.replacing = True
+        try:
+            starting = self._spawn(slot)
+        except Exception as exc:  # out of descriptors or processes: try again later
+            delay, slot.delay = slot.delay, min(slot.delay * 2, BACKOFF_MAX)
+            log.error("gate worker {index} could not be started ({error}); trying again in "
+                      "{delay}s", index=slot.index, error=str(exc), delay=delay)
+            slot.restart = self.reactor.callLater(delay, self._respawn, slot)
+            return
+        starting.addErrback(
             lambda f: log.error("gate worker {index} did not start again: {problem}",
                                 index=slot.index, problem=f.getErrorMessage()))
 
