@@ -235,3 +235,64 @@ def test_sighup_reloads_the_certificate_in_every_worker(tmp_path: Path) -> None:
         assert http("GET", f"{node.gate_url}/", headers={"X-FaaS-Func-Name": "x"})[0] == 404
     finally:
         node.stop()
+
+
+@pytest.mark.envtest
+def test_knative_functions_through_two_workers(tmp_path: Path, envtest) -> None:
+    """With Knative each worker derives kourier's address and Host itself: a real
+    kube-apiserver holds the ksvc, a local HTTP server stands in for kourier and answers
+    with the Host it was sent."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from faastwist.testing.knative import FakeKnative
+
+    class Kourier(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            answer = f"{self.headers['Host']} {self.path} ".encode() + body
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    kourier = ThreadingHTTPServer(("127.0.0.1", 0), Kourier)
+    serving = threading.Thread(target=kourier.serve_forever, daemon=True)
+    serving.start()
+    namespace = "e2e-workers"
+    from kubernetes import client as kube_client
+
+    try:
+        kube_client.CoreV1Api(envtest.api_client()).create_namespace(
+            {"metadata": {"name": namespace}})
+    except kube_client.ApiException as exc:
+        assert exc.status == 409
+    node = FaasNodeProcess(tmp_path / "node", provider="knative", controller="wk", extra={
+        "httpServer": {"workers": 2},
+        "knative": {"kubeconfig": envtest.kubeconfig, "namespace": namespace,
+                    "networkLayerURL": f"http://127.0.0.1:{kourier.server_address[1]}"}})
+    node.start()
+    try:
+        wait_for(lambda: http("GET", f"{node.admin_root}/readyz")[0] == 200, what="readyz")
+        assert len(worker_pids(node.process.pid)) == 2
+        spec = yaml.safe_dump({"name": "kfn", "image": "example/kfn"})
+        assert node.json("POST", "", spec)[0] == 201
+        knative = FakeKnative(envtest.api_client(), namespace=namespace)
+        wait_for(lambda: knative.get("kfn") is not None, what="the Knative Service")
+        knative.mark("kfn", "ready")
+        wait_for(lambda: node.json("GET", "/kfn")[1]["status"]["state"] == "active",
+                 what="kfn active")
+        for i in range(30):
+            status, _, body = call(node, f"/function/kfn/p{i}", b"%d" % i)
+            assert (status, body) == (200, f"kfn.{namespace}.example.com /p{i} {i}".encode())
+        wait_for(lambda: metric(node, r'gateway_function_invocation_total\{code="200",'
+                                      r'function_name="kfn"\}') == 30, what="30 counted")
+    finally:
+        code = node.stop()
+        kourier.shutdown()
+        kourier.server_close()
+    assert code in (0, -signal.SIGTERM), node.log()
