@@ -14,7 +14,12 @@ with the request adaptor on). Rows, at c16 unless ``--concurrency`` says otherwi
   processes on one SO_REUSEPORT port, each with its route table from the same etcd,
   logs and access-log lines relayed through the main process to one file, counts
   reported every second. The provider is Knative's routing (the upstream is derived in
-  the worker: no lease round trip to the main process).
+  the worker: no lease round trip to the main process);
+- gate, N workers, leases via main (N > 1): the same, but each request's upstream is
+  acquired from and released to the main process over the control channel, as with the
+  process provider (the main answers from Knative's routing, so the figure is the cost of
+  the round trip, not of a replica). Its "main CPU s" is what the main process spends on
+  the workers' leases.
 
 Every gate row has the access log on (written to a file). N is 1, 2 and the number of
 cores (os.cpu_count(); duplicates dropped). The gate runs under Debian's CPython when it
@@ -61,9 +66,11 @@ def label(kind: str, n: int) -> str:
 
 # -- the gate under test, as a child process ----------------------------------------------
 
-def serve(port: int, upstream: int, count: int, workdir: Path) -> None:
+def serve(port: int, upstream: int, count: int, workdir: Path, relay: bool = False) -> None:
     """The gate with the embedded etcd: in this process (count 0) or with ``count``
-    worker processes (the node's WorkerPool)."""
+    worker processes (the node's WorkerPool). ``relay``: the workers ask this process
+    for every request's upstream, as with the process provider (here the main answers
+    from Knative's routing, so only the round trip is measured, not a replica's)."""
     from twisted.internet import reactor
     from twisted.internet.defer import ensureDeferred
     from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate,
@@ -121,9 +128,15 @@ def serve(port: int, upstream: int, count: int, workdir: Path) -> None:
             gate.startService()
             stops.append(gate.stopService)
             return
-        pool = WorkerPool(count, worker_setup(config, [url], ("127.0.0.1", 1), "default",
-                                              None, False),
-                          reactor, None, None, metrics, lambda: None, write, 5.0)
+        setup = worker_setup(config, [url], ("127.0.0.1", 1), "default", None, False)
+        routes = provider = None
+        if relay:
+            setup["provider"] = "process"
+            routes = RouteTable(store, reactor, metrics)
+            routes.startService()
+            provider = KnativeRouting(config.knative)
+        pool = WorkerPool(count, setup, reactor, routes, provider, metrics, lambda: None,
+                          write, 5.0)
         stops.append(pool.stopService)
         await pool.start()
 
@@ -194,7 +207,8 @@ def main() -> None:
                                          "/usr/bin/python3.X when it can load this venv's "
                                          "packages, else this one)")
     if len(sys.argv) > 1 and sys.argv[1] == "serve":
-        serve(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5]))
+        serve(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5]),
+              "relay" in sys.argv[6:])
         return
     args = parser.parse_args()
     for tool in ("nginx", "wrk", "etcd") + (("taskset",) if args.pin else ()):
@@ -246,11 +260,13 @@ def main() -> None:
             results[label("nginx", n)] = wrk(port)
             processes.stop(processes.children[-1])
         env = dict(os.environ, PYTHONPATH=gatebench.child_path())
-        for n in [0] + counts:
+        runs = [(n, False) for n in [0] + counts] + [(n, True) for n in counts if n > 1]
+        for n, relay in runs:
             port = free_port()
-            log = open(workdir / f"serve-{n}.out", "wb")
+            log = open(workdir / f"serve-{n}{'-relay' if relay else ''}.out", "wb")
             process = processes.start([python, __file__, "serve", str(port),
-                                       str(upstream), str(n), str(workdir)], env=env,
+                                       str(upstream), str(n), str(workdir)]
+                                      + (["relay"] if relay else []), env=env,
                                       stdout=log, stderr=subprocess.STDOUT)
             gatebench.wait_listening(port, process, timeout=90)
             gatebench.check(port)
@@ -261,7 +277,8 @@ def main() -> None:
             row["cpu_s"] = sum(after.get(p, 0.0) - before.get(p, 0.0) for p in after)
             row["main_cpu_s"] = after[process.pid] - before[process.pid]
             row["rps_per_cpu"] = row["requests"] / max(row["cpu_s"], 1e-9)
-            results["gate, one process" if n == 0 else label("gate", n)] = row
+            name = "gate, one process" if n == 0 else label("gate", n)
+            results[name + (", leases via main" if relay else "")] = row
             processes.stop(process)
         report(results, counts, c, args.duration)
         if args.json:
@@ -300,18 +317,18 @@ def parse_wrk(out: str) -> dict[str, Any]:
 
 def report(results: dict[str, dict[str, Any]], counts: list[int], c: int,
            duration: float) -> None:
-    print(f"{'proxy':<22}{'c':>4}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'vs nginx N':>11}"
+    print(f"{'proxy':<36}{'c':>4}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'vs nginx N':>11}"
           f"{'gate CPU s':>11}{'main CPU s':>11}{'req/CPU-s':>10}")
     for name, r in results.items():
         ratio = ""
         if name.startswith("gate, ") and "worker" in name:
-            base = results.get(name.replace("gate", "nginx"))
+            base = results.get(name.replace("gate", "nginx").replace(", leases via main", ""))
             ratio = f"{r['rps'] / base['rps']:.2f}" if base else ""
         elif name == "gate, one process":
             ratio = f"{r['rps'] / results[label('nginx', 1)]['rps']:.2f}"
         cpu = (f"{r['cpu_s']:>11.2f}{r['main_cpu_s']:>11.2f}{r['rps_per_cpu']:>10.0f}"
                if "cpu_s" in r else "")
-        print(f"{name:<22}{c:>4}{r['rps']:>9.0f}{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}"
+        print(f"{name:<36}{c:>4}{r['rps']:>9.0f}{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}"
               f"{ratio:>11}{cpu}")
         if r["non2xx"] or r["socket_errors"]:
             print(f"  warning: {r['non2xx']} non-2xx, socket errors: {r['socket_errors']}")
