@@ -247,11 +247,6 @@ def main(argv: list[str] | None = None) -> None:
     reactor.callLater(60.0, lambda: None if worker.setup_done else (  # type: ignore[attr-defined]
         sys.stderr.write("no setup message within 60s\n"), worker.stop_reactor()))
     reactor.run(installSignalHandlers=False)  # type: ignore[attr-defined]
-    # everything is drained, reported and written: skip the interpreter's teardown
-    # (half a second and more of freeing objects, while the node waits to exit)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
 
 
 if __name__ == "__main__":
