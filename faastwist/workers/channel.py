@@ -41,15 +41,20 @@ class BadMessage(ValueError):
     """A line that is not a JSON object with an ``op`` string."""
 
 
+#: one encoder for every message (``json.dumps`` with options builds one per call)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_DECODE = json.JSONDecoder().decode
+
+
 def encode(message: Message) -> bytes:
     """One line: ``message`` as compact JSON and a newline."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    return _ENCODER.encode(message).encode() + b"\n"
 
 
 def decode(line: bytes) -> Message:
     """The message on ``line`` (without its newline); BadMessage when it is not one."""
     try:
-        message = json.loads(line)
+        message = _DECODE(line.decode())
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadMessage(f"not JSON: {exc}") from None
     if not isinstance(message, dict) or not isinstance(message.get("op"), str):
