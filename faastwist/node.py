@@ -344,10 +344,12 @@ class FaasNode(Service):
                               log_source=log_source, cache=self._cached_records,
                               node_id=self.node_id)
         self._push("admin encoder", self.admin.close)
+        checks = {"etcd": self.store.check, "watch": self._routes_current,
+                  "provider": self._provider_ready}
+        if http.workers > 1:
+            checks["gate workers"] = self._workers_ready
         self.ops = OpsAPI(
-            self.metrics,
-            {"etcd": self.store.check, "watch": self._routes_current,
-             "provider": self._provider_ready, "gate workers": self._workers_ready},
+            self.metrics, checks,
             node_info(__version__, self.config.provider, self.config.name, self.node_id,
                       time.time(), self.leader.is_leader, self._cluster_info),
             self.reactor, openapi=openapi_document(self.config.name))

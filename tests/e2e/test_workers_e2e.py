@@ -6,6 +6,7 @@ worker, and no worker outlives the node.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -103,6 +104,8 @@ def test_two_workers_serve_one_port_with_one_view(tmp_path: Path, state_root: Pa
     try:
         workers = worker_pids(node.process.pid)
         assert node.process.pid not in workers
+        ready = http("GET", f"{node.admin_root}/readyz")[2]
+        assert json.loads(ready)["checks"]["gate workers"] == "ok"
         state = deploy(node, state_root, "fn")  # minReplica 0: the first call starts a replica
         status, _, body = call(node, body=b"cold")
         assert (status, body) == (200, b"echo:cold")
