@@ -73,6 +73,7 @@ def serve(port: int, upstream: int, count: int, workdir: Path, relay: bool = Fal
     from Knative's routing, so only the round trip is measured, not a replica's)."""
     from twisted.internet import reactor
     from twisted.internet.defer import ensureDeferred
+    from twisted.internet.task import deferLater
     from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate,
                                 globalLogBeginner, textFileLogObserver)
 
@@ -119,9 +120,14 @@ def serve(port: int, upstream: int, count: int, workdir: Path, relay: bool = Fal
             await store.create(spec, FunctionStatus(gatebench.FUNCTION, State.ACTIVE))
         except Exception:
             pass  # there from an earlier run in this folder
+        async def synced(routes: Any) -> None:  # as the node: routes before the port
+            routes.startService()
+            while not routes.synced:
+                await deferLater(reactor, 0.05, lambda: None)
+
         if count == 0:
             routes = RouteTable(store, reactor, metrics)
-            routes.startService()
+            await synced(routes)
             gate = GateService(config.http_server, routes, KnativeRouting(config.knative),
                                reactor, metrics, access_log=True,
                                access=AccessLog(reactor, write, json=False))
@@ -133,7 +139,7 @@ def serve(port: int, upstream: int, count: int, workdir: Path, relay: bool = Fal
         if relay:
             setup["provider"] = "process"
             routes = RouteTable(store, reactor, metrics)
-            routes.startService()
+            await synced(routes)
             provider = KnativeRouting(config.knative)
         pool = WorkerPool(count, setup, reactor, routes, provider, metrics, lambda: None,
                           write, 5.0)
