@@ -28,13 +28,41 @@ def collecting(max_length: int = 1 << 20) -> tuple[Channel, list, list]:
 
 
 def test_encode_is_one_compact_line_and_decodes_back() -> None:
-    line = encode({"op": "acquire", "id": 7, "fn": "échos"})
+    message = {"op": "counts", "counts": {"échos": {"s": 1}}}
+    line = encode(message)
     assert line.endswith(b"\n") and line.count(b"\n") == 1 and b" " not in line
-    assert decode(line[:-1]) == {"op": "acquire", "id": 7, "fn": "échos"}
+    assert line.startswith(b"{") and decode(line[:-1]) == message
+
+
+@pytest.mark.parametrize("message, line", [
+    ({"op": "acquire", "id": 7, "fn": "echo"}, b"A 7 echo"),
+    ({"op": "reply", "id": 7, "lease": 3,
+      "upstream": ["http", "127.0.0.1", 40001, "127.0.0.1:40001"]},
+     b"L 7 3 http 127.0.0.1 40001 127.0.0.1:40001"),
+    ({"op": "release", "lease": 3}, b"R 3"),
+])
+def test_the_per_request_messages_have_a_short_form(message: dict, line: bytes) -> None:
+    assert encode(message) == line + b"\n"
+    assert decode(line) == message
+
+
+@pytest.mark.parametrize("message", [
+    {"op": "acquire", "id": 7, "fn": "two words"},
+    {"op": "acquire", "id": "7", "fn": "echo"},
+    {"op": "reply", "id": 7, "message": "function echo is stopped", "retryAfter": 5},
+    {"op": "reply", "id": 7, "lease": 3, "upstream": ["http", "::1", 1, "a b"]},
+    {"op": "reply", "id": 7, "lease": True, "upstream": ["http", "::1", 1, "h"]},
+    {"op": "release", "lease": 3, "extra": 1},
+])
+def test_other_shapes_go_as_json_and_come_back_the_same(message: dict) -> None:
+    line = encode(message)
+    assert line.startswith(b"{") and decode(line[:-1]) == message
 
 
 @pytest.mark.parametrize("line", [b"not json", b"[1, 2]", b'{"id": 1}', b'{"op": 3}',
-                                  b"\xff\xfe", b""])
+                                  b"\xff\xfe", b"", b"A x echo", b"A 1", b"A 1 ",
+                                  b"L 1 2 http h", b"L 1 2 http h port hh", b"R", b"Z 1",
+                                  b"R 1 2"])
 def test_decode_refuses_what_is_not_a_message(line: bytes) -> None:
     with pytest.raises(BadMessage):
         decode(line)
