@@ -144,10 +144,18 @@ class FaasNode(Service):
 
         etcd = self.config.etcd
         endpoints = list(etcd.endpoints)
+        etcd_tls = None
         if etcd.embedded:
             from faastwist.store.embedded import EmbeddedEtcd
+            from faastwist.store.etcdtls import ensure_tls
 
-            embedded = EmbeddedEtcd(self.reactor, etcd.data_dir)
+            # only the node may reach it: functions share its loopback (etcdtls.py)
+            try:
+                tls = ensure_tls(etcd.data_dir)
+                etcd_tls = tls.policy()
+            except (OSError, ValueError) as exc:
+                raise StartupError(f"embedded etcd TLS files in {etcd.data_dir}/tls: {exc}")
+            embedded = EmbeddedEtcd(self.reactor, etcd.data_dir, tls=tls)
             self.embedded_etcd = embedded
             self._start_child("embedded etcd", embedded)
             try:
@@ -156,7 +164,7 @@ class FaasNode(Service):
                 raise StartupError(f"embedded etcd in {etcd.data_dir} did not start: {exc}")
         self.store = EtcdStore(self.reactor, endpoints, etcd.prefix, self.config.name,
                                etcd.timeout, self.metrics,
-                               start_index=zlib.crc32(self.node_id.encode()))
+                               start_index=zlib.crc32(self.node_id.encode()), tls=etcd_tls)
         try:
             await self.store.connect()
         except StoreUnavailable as exc:

@@ -86,7 +86,10 @@ class GateService(Service):
                                            body_idle_timeout=config.body_idle_timeout)
         else:
             from faastwist.gate.web import GateResource, GateSite
-            site = GateSite(GateResource(self.context), timeout=config.keep_alive_timeout or None)
+            site = GateSite(GateResource(self.context), reactor=self.reactor,
+                            timeout=config.keep_alive_timeout or None,
+                            header_timeout=config.header_timeout,
+                            body_idle_timeout=config.body_idle_timeout)
             factory = LimitingFactory(site, self.limit, self.reactor)
         if config.https:
             if self.kind == "lean":

@@ -19,6 +19,7 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredList, inlin
 from twisted.internet.error import ConnectError, TimeoutError
 from twisted.logger import Logger
 from twisted.web.client import Agent
+from twisted.web.iweb import IPolicyForHTTPS
 from twisted.internet.interfaces import IReactorTCP
 from txaioetcd._lease import Lease
 from txaioetcd import (
@@ -36,6 +37,7 @@ from txaioetcd import (
     Transaction,
 )
 
+from faastwist.store.etcdtls import TLSClient
 from faastwist.model.fsm import FunctionStatus
 from faastwist.model.keys import KeySet as FunctionKeys
 from faastwist.metrics import Metrics
@@ -133,7 +135,8 @@ class EtcdStore:
     """FunctionStore of one controller on an etcd cluster; call ``connect()`` first."""
 
     def __init__(self, reactor: IReactorTCP, endpoints: Sequence[str], prefix: str, controller: str,
-                 timeout: float, metrics: Metrics | None = None, start_index: int = 0) -> None:
+                 timeout: float, metrics: Metrics | None = None, start_index: int = 0,
+                 tls: IPolicyForHTTPS | None = None) -> None:
         if not endpoints:
             raise ValueError("etcd.endpoints: at least one endpoint is needed")
         for endpoint in endpoints:
@@ -149,10 +152,14 @@ class EtcdStore:
         self.metrics = metrics if metrics is not None else Metrics()
         self.base = f"{self.prefix}/{controller}/".encode()
         self.api_prefix: str | None = None
-        self._http = EtcdHttp(reactor)
+        self._http = EtcdHttp(reactor, tls=tls)
         self._lease: LeaseApi | None = None
-        self._watch_agent = Agent(reactor)  # one connection per stream, never pooled
-        self._clients = {e: Client(reactor, url=e, timeout=timeout) for e in self.endpoints}
+        # one connection per stream, never pooled
+        self._watch_agent = (Agent(reactor, contextFactory=tls) if tls is not None
+                             else Agent(reactor))
+        self._clients = {e: (Client(reactor, url=e, timeout=timeout) if tls is None
+                             else TLSClient(reactor, e, timeout, tls))
+                         for e in self.endpoints}
         # nodes start at different endpoints (the caller passes a node-specific index),
         # so losing one member does not hit every node's connection at once
         self._active = start_index % len(self.endpoints)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from faastwist.config import ConfigError, ControllerConfig, load_config
+from tests.support.covered import coverage_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,7 +101,8 @@ def test_twistd_exits_non_zero_with_one_line_naming_the_key(tmp_path):
     result = subprocess.run(
         [str(Path(sys.executable).parent / "twistd"), "-n", "faasgate", "--config", str(bad)],
         capture_output=True, text=True, cwd=tmp_path, timeout=60,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
+             **coverage_env()})
     assert result.returncode != 0
     assert result.stderr.strip() == "faasgate: config error: httpServer.port: must be 1-65535, got 0"
 
@@ -169,7 +171,8 @@ def test_twistd_refuses_anonymous_admin_on_the_network(tmp_path):
     result = subprocess.run(
         [str(Path(sys.executable).parent / "twistd"), "-n", "faasgate", "--config", str(bad)],
         capture_output=True, text=True, cwd=tmp_path, timeout=60,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
+             **coverage_env()})
     assert result.returncode != 0
     assert result.stderr.startswith("faasgate: config error: admin.auth.anonymous: admin on "
                                     "the non-loopback")

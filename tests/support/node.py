@@ -15,6 +15,8 @@ caller sets Authorization itself or passes ``auth=False`` (tests about authentic
 
 Every process is stopped by pid; the embedded etcd is the node's child and goes with it
 (the node stops it on SIGTERM; ``stop`` also kills anything left in its process group).
+While coverage measures the tests, a node runs through ``tests.support.covered``, which
+saves the node's coverage data after its shutdown (twistd's own exit would lose it).
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -34,6 +35,7 @@ from typing import Any
 import yaml
 
 from faastwist.util.ports import free_port, port_is_free
+from tests.support.covered import twistd_command
 
 _HANDED_OUT: set[int] = set()
 
@@ -52,7 +54,6 @@ def node_port() -> int:
     return free_port()
 
 ROOT = Path(__file__).resolve().parents[2]
-TWISTD = Path(sys.executable).parent / "twistd"
 
 
 #: admin "host:port" -> token of the nodes these helpers started (see ``http``)
@@ -156,8 +157,8 @@ class FaasNodeProcess:
         return f"{self.gate_scheme}://127.0.0.1:{self.gate_port}"
 
     def command(self) -> list[str]:
-        return [str(TWISTD), "-n", "--pidfile=", "faasgate", "--config", str(self.config_path),
-                *self.args]
+        return twistd_command(["-n", "--pidfile=", "faasgate", "--config", str(self.config_path),
+                               *self.args])
 
     def start(self, timeout: float = 60.0) -> "FaasNodeProcess":
         env = dict(os.environ, PYTHONPATH=str(ROOT), **self.env)
