@@ -102,7 +102,10 @@ def serve(port: int, upstream: int, count: int, workdir: Path, relay: bool = Fal
         "knative": {"networkLayerURL": f"http://127.0.0.1:{upstream}"},
         "httpServer": {"port": port, "address": "127.0.0.1", "workers": max(count, 1)},
     }, workdir)
-    etcd = EmbeddedEtcd(reactor, str(workdir / f"etcd-{count}"))
+    from faastwist.store.etcdtls import ensure_tls
+
+    etcd_tls = ensure_tls(str(workdir / f"etcd-{count}"))  # as the node runs it
+    etcd = EmbeddedEtcd(reactor, str(workdir / f"etcd-{count}"), tls=etcd_tls)
     metrics = Metrics()
     stops: list[Any] = []
 
@@ -110,7 +113,8 @@ def serve(port: int, upstream: int, count: int, workdir: Path, relay: bool = Fal
         etcd.startService()
         stops.append(etcd.stopService)
         url = await etcd.ready()
-        store = EtcdStore(reactor, [url], config.etcd.prefix, config.name, 5.0, metrics)
+        store = EtcdStore(reactor, [url], config.etcd.prefix, config.name, 5.0, metrics,
+                          tls=etcd_tls.policy())
         await store.connect()
         spec = FunctionSpec.from_dict({
             "name": gatebench.FUNCTION, "image": "bench/demo10", "timeout": "30s",
@@ -134,7 +138,8 @@ def serve(port: int, upstream: int, count: int, workdir: Path, relay: bool = Fal
             gate.startService()
             stops.append(gate.stopService)
             return
-        setup = worker_setup(config, [url], ("127.0.0.1", 1), "default", None, False)
+        setup = worker_setup(config, [url], ("127.0.0.1", 1), "default", None, False,
+                             etcd_tls)
         routes = provider = None
         if relay:
             setup["provider"] = "process"

@@ -78,6 +78,7 @@ class FaasNode(Service):
         self.admin_tls: Any = None
         self.queue: Any = None
         self.etcd_endpoints: list[str] = []
+        self.etcd_tls_files: Any = None  # the embedded etcd's CA and client certificate
 
     # -- helpers ---------------------------------------------------------------------
     def _push(self, what: str, stop: Callable[[], Any]) -> None:
@@ -151,7 +152,7 @@ class FaasNode(Service):
 
             # only the node may reach it: functions share its loopback (etcdtls.py)
             try:
-                tls = ensure_tls(etcd.data_dir)
+                tls = self.etcd_tls_files = ensure_tls(etcd.data_dir)
                 etcd_tls = tls.policy()
             except (OSError, ValueError) as exc:
                 raise StartupError(f"embedded etcd TLS files in {etcd.data_dir}/tls: {exc}")
@@ -492,7 +493,7 @@ class FaasNode(Service):
         sink, json_lines = access_sink()
         system = self.gate.context.system_lease.upstream
         setup = worker_setup(self.config, self.etcd_endpoints, (system.host, system.port),
-                             self.namespace, self.queue, json_lines)
+                             self.namespace, self.queue, json_lines, self.etcd_tls_files)
         provider = None if self.config.provider == "knative" else self.provider
         self.workers = WorkerPool(http.workers, setup, self.reactor, self.routes, provider,
                                   self.metrics, lambda: self.queue, sink, http.shutdown_timeout)

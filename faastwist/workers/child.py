@@ -121,8 +121,14 @@ class Worker:
         http = HTTPServerConfig(**setup["http"])
         metrics = Metrics()
         etcd = setup["etcd"]
+        tls = None
+        if etcd.get("tls"):
+            from faastwist.store.etcdtls import EtcdTLS
+
+            tls = EtcdTLS(**etcd["tls"]).policy()
         self.store = EtcdStore(self.reactor, etcd["endpoints"], etcd["prefix"], setup["name"],
-                               float(etcd["timeout"]), metrics, start_index=self.index)
+                               float(etcd["timeout"]), metrics, start_index=self.index,
+                               tls=tls)
         await self.store.connect()
         self.routes = RouteTable(self.store, self.reactor, metrics)
         self.routes.startService()

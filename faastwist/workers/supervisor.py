@@ -53,12 +53,15 @@ class WorkerStartError(Exception):
 
 
 def worker_setup(config: ControllerConfig, etcd_endpoints: list[str], admin: tuple[str, int],
-                 namespace: str, queue: Any, log_json: bool) -> Message:
-    """Everything a worker needs, as its first message (minus its index)."""
+                 namespace: str, queue: Any, log_json: bool, etcd_tls: Any = None) -> Message:
+    """Everything a worker needs, as its first message (minus its index).
+    ``etcd_tls``: the embedded etcd's ``EtcdTLS`` (its files; the worker runs as the
+    node's user and presents the node's client certificate)."""
     setup: Message = {
         "op": "setup", "name": config.name, "http": attrs.asdict(config.http_server),
         "etcd": {"endpoints": list(etcd_endpoints), "prefix": config.etcd.prefix,
-                 "timeout": config.etcd.timeout},
+                 "timeout": config.etcd.timeout,
+                 "tls": attrs.asdict(etcd_tls) if etcd_tls is not None else None},
         "provider": config.provider, "knative": attrs.asdict(config.knative),
         "acquireTimeout": config.process.cold_start_timeout + 10.0,
         "system": {"host": admin[0], "port": admin[1], "scheme": config.admin.scheme,
