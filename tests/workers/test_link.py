@@ -236,3 +236,53 @@ def test_counts_from_a_worker_reach_the_nodes_metrics() -> None:
     assert (counts.started, counts.active) == (3, 1)
     worker.close()
     assert counts.active == 0 and counts.started == 3
+
+
+class Failing:
+    """A provider whose backend breaks: at once, or after a wait."""
+
+    def __init__(self, later: bool) -> None:
+        self.later = later
+        self.waiting: list = []
+
+    def acquire(self, spec: Any) -> Any:
+        if not self.later:
+            raise RuntimeError("backend exploded")
+        from twisted.internet.defer import Deferred
+
+        d: Deferred = Deferred()
+        self.waiting.append(d)
+        return d
+
+
+def test_a_broken_provider_is_a_503_with_its_reason_not_a_hang() -> None:
+    node = Node()
+    node.provider = Failing(later=False)  # type: ignore[assignment]
+    worker = node.worker()
+    got = worker.acquire(node)
+    assert got[0].check(NoCapacity) and "backend exploded" in got[0].getErrorMessage()
+    later = Failing(later=True)
+    worker.link.provider = later
+    got = worker.acquire(node)
+    assert got == [] and len(later.waiting) == 1
+    later.waiting[0].errback(RuntimeError("lost the API"))
+    worker.pipe.pump()
+    assert got[0].check(NoCapacity) and got[0].value.retry_after == 5
+    assert "lost the API" in got[0].getErrorMessage()
+
+
+def test_malformed_messages_from_a_worker_are_logged_and_dropped() -> None:
+    node = Node()
+    node.queue = Recorded()
+    worker = node.worker()
+    for message in ({"op": "teleport"}, {"op": "acquire", "fn": "fn"},
+                    {"op": "acquire", "id": 1, "fn": 7}, {"op": "release", "lease": 99},
+                    {"op": "cancel", "id": 42}):
+        worker.channel.send(message)
+    worker.pipe.pump()
+    assert worker.link.leases == {} and worker.link.acquiring == {}
+    replies: list = []
+    worker.calls.call("enqueue", 5.0, call={"function": "fn"}).addCallback(replies.append)
+    worker.pipe.pump()
+    assert replies[0]["ok"] is False and "call.body is missing" in replies[0]["message"]
+    assert node.queue.calls == [] and node.runtime.inflight == 0

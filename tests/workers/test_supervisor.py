@@ -3,12 +3,22 @@
 
 from __future__ import annotations
 
+import signal
+
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from faastwist.metrics import Metrics
-from faastwist.workers.supervisor import BACKOFF_FIRST, BACKOFF_MAX, WorkerPool, _Slot
+from faastwist.workers.supervisor import (
+    BACKOFF_FIRST,
+    BACKOFF_MAX,
+    KILL_AFTER,
+    WorkerPool,
+    WorkerStartError,
+    _Slot,
+)
 from faastwist.workers.supervisor import _WorkerProcess
 
 
@@ -68,3 +78,90 @@ def test_no_restart_while_stopping_and_readiness_names_the_missing() -> None:
     slot.process = object()
     workers.ended(slot, Failure(ProcessTerminated(0)))
     assert slot.restart is None and clock.getDelayedCalls() == []
+
+
+class Held:
+    """A worker process as the pool sees it: signals are recorded, it ends when told."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.signals: list[int] = []
+
+    def signalProcess(self, signum: int) -> None:
+        self.signals.append(signum)
+
+
+def capture() -> tuple[list, object]:
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    seen: list = []
+
+    def observer(event: dict) -> None:
+        if event.get("log_namespace") == "faastwist.workers":
+            seen.append((event["log_level"].name, formatEvent(event)))
+    globalLogPublisher.addObserver(observer)
+    return seen, observer
+
+
+def test_without_a_log_stream_lines_become_events_and_stderr_is_a_warning() -> None:
+    from twisted.logger import globalLogPublisher
+
+    workers = pool(Clock())
+    slot = workers.slots[0]
+    slot.pid = 4242
+    seen, observer = capture()
+    try:
+        process = _WorkerProcess(workers, slot)
+        process.childDataReceived(1, b"2026 [faastwist.gate#info] listening\n\n")
+        process.childDataReceived(2, b"Traceback (most recent call last):\n")
+        process.childDataReceived(2, b"x" * (1 << 20) + b"y")  # a huge line: passed on
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert seen[0] == ("info", "2026 [faastwist.gate#info] listening")
+    assert seen[1] == ("warn", "gate worker 0 (pid 4242): Traceback (most recent call last):")
+    assert seen[2][0] == "warn" and seen[2][1].endswith("xy")
+
+
+def test_a_worker_that_cannot_serve_fails_the_start_naming_the_key() -> None:
+    workers = pool(Clock())
+    slot = workers.slots[1]
+    slot.starting = Deferred()
+    failures: list = []
+    slot.starting.addErrback(failures.append)
+    link = slot.link = object()  # type: ignore[assignment]
+    workers._failed(slot, object(), "stale")  # type: ignore[arg-type]  # an old link: ignored
+    assert failures == []
+    workers._failed(slot, link, "Couldn't listen on 127.0.0.1:80")  # type: ignore[arg-type]
+    assert failures[0].check(WorkerStartError)
+    assert failures[0].getErrorMessage() == (
+        "httpServer.workers: worker 1 cannot serve: Couldn't listen on 127.0.0.1:80")
+
+
+def test_a_restart_that_cannot_spawn_is_tried_again_later() -> None:
+    clock = Clock()  # it has no spawnProcess: spawning raises, as out of processes would
+    workers = pool(clock)
+    workers.startService()
+    slot = workers.slots[0]
+    workers._respawn(slot)
+    assert slot.restart is not None and slot.restart.getTime() == BACKOFF_FIRST
+    workers.stopping = True
+    clock.advance(BACKOFF_FIRST)
+    assert slot.restart is None and clock.getDelayedCalls() == []
+
+
+def test_stop_signals_every_worker_and_kills_the_stragglers() -> None:
+    clock = Clock()
+    workers = pool(clock)
+    workers.startService()
+    first, second = Held(11), Held(12)
+    workers.slots[0].process, workers.slots[1].process = first, second
+    workers.slots[0].restart = clock.callLater(3, lambda: None)
+    done: list = []
+    workers.stopService().addCallback(done.append)
+    assert first.signals == second.signals == [signal.SIGTERM]
+    workers.ended(workers.slots[0], Failure(ProcessTerminated(0)))
+    clock.advance(5.0 + KILL_AFTER)  # shutdownTimeout (5 s here) and the grace after it
+    assert first.signals == [signal.SIGTERM] and second.signals == [signal.SIGTERM, signal.SIGKILL]
+    assert done == []
+    workers.ended(workers.slots[1], Failure(ProcessTerminated(signal=9)))
+    assert len(done) == 1 and clock.getDelayedCalls() == []
