@@ -25,7 +25,7 @@ UNIT_MARKERS := not etcd and not envtest and not slow and not process and not e2
 export PYTHONPATH := $(CURDIR)
 
 
-.PHONY: run test unit mutate install system-deps browser-deps bench bench-gate bench-scale bench-reconcile bench-coldstart bench-async clean
+.PHONY: run test unit mutate install system-deps browser-deps bench bench-gate bench-workers bench-scale bench-reconcile bench-coldstart bench-async clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -74,12 +74,18 @@ mutate: $(VENV)/.deps
 unit: $(VENV)/.deps
 	$(BIN)/pytest -m "$(UNIT_MARKERS)" $(PYTEST_ARGS)
 
-bench: bench-gate bench-scale bench-reconcile bench-coldstart bench-async
+bench: bench-gate bench-workers bench-scale bench-reconcile bench-coldstart bench-async
 
 bench-gate: install
 	@command -v nginx >/dev/null && command -v wrk >/dev/null || { \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light wrk; }
 	$(BIN)/python bench/gate.py $(BENCH_GATE_ARGS)
+
+# httpServer.workers: N gate worker processes against nginx with N workers (N = 1, 2, cores)
+bench-workers: install system-deps
+	@command -v nginx >/dev/null && command -v wrk >/dev/null || { \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light wrk; }
+	$(BIN)/python bench/workers.py $(BENCH_WORKERS_ARGS)
 
 # a real node (twistd) on a real etcd with 10,000 functions: start-up, memory, admin
 # list latency and the gate's p99 while lists run

@@ -215,3 +215,23 @@ def test_make_run_keeps_its_tokens_where_the_readme_tour_reads_them():
     config = load_config(ROOT / "conf" / "controller.yaml")
     assert config.admin.auth.tokens_file == str(ROOT / "data" / "admin-tokens")
     assert config.admin.auth.anonymous == "none"
+
+
+def test_http_workers_default_auto_and_range(tmp_path, monkeypatch):
+    assert ControllerConfig.from_dict(None, tmp_path).http_server.workers == 1
+    read = lambda value: ControllerConfig.from_dict(  # noqa: E731
+        {"httpServer": {"workers": value}}, tmp_path).http_server.workers
+    assert read(2) == 2 and read(64) == 64
+    monkeypatch.setattr("os.cpu_count", lambda: 6)
+    assert read("auto") == 6
+    monkeypatch.setattr("os.cpu_count", lambda: 200)
+    assert read("auto") == 64
+    monkeypatch.setattr("os.cpu_count", lambda: None)
+    assert read("auto") == 1
+
+
+@pytest.mark.parametrize("value", [0, 65, -1, "two", "2", 1.5, True, [2]])
+def test_http_workers_errors_name_the_key(tmp_path, value):
+    with pytest.raises(ConfigError) as info:
+        ControllerConfig.from_dict({"httpServer": {"workers": value}}, tmp_path)
+    assert str(info.value).startswith("httpServer.workers: must be an integer 1-64 or auto")
