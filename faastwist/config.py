@@ -50,6 +50,7 @@ class HTTPServerConfig:
     max_body_size: int = 128 * 2**20
     shutdown_timeout: float = 30.0
     access_log: bool = True
+    workers: int = 1                   # gate processes on the port (SO_REUSEPORT)
 
 
 @attrs.frozen
@@ -223,10 +224,24 @@ def _read_http(reader: FieldReader, base: Path) -> HTTPServerConfig:
         max_body_size=reader.size("maxBodySize", 128 * 2**20),
         shutdown_timeout=reader.duration("shutdownTimeout", 30.0),
         access_log=reader.boolean("accessLog", True),
+        workers=_read_workers(reader),
     )
     if config.https:
         _check_tls_files(reader, config.cert_file, config.key_file)
     return config
+
+
+MAX_WORKERS = 64
+
+
+def _read_workers(reader: FieldReader) -> int:
+    """httpServer.workers: 1..64, or ``auto`` (one per core, capped at 64)."""
+    value = reader.raw("workers", 1)
+    if value == "auto":
+        return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        raise reader.fail("workers", f"must be an integer 1-{MAX_WORKERS} or auto, got {value!r}")
+    return value
 
 
 def _read_knative(reader: FieldReader, base: Path) -> KnativeConfig:

@@ -78,6 +78,7 @@ class FaasNode(Service):
         self.leader: Any = None
         self.admin: Any = None
         self.gate: Any = None
+        self.workers: Any = None  # the gate worker processes (httpServer.workers > 1)
         self.admin_port: Any = None
         self.ops: Any = None
         self.notifier: Any = None
@@ -88,6 +89,7 @@ class FaasNode(Service):
         self.admin_tls: Any = None
         self.queue: Any = None
         self.etcd_endpoints: list[str] = []
+        self.etcd_tls_files: Any = None  # the embedded etcd's CA and client certificate
 
     # -- helpers ---------------------------------------------------------------------
     def _push(self, what: str, stop: Callable[[], Any]) -> None:
@@ -140,6 +142,7 @@ class FaasNode(Service):
         await self._start_queue()
         self._start_admin()
         self._start_gate()
+        await self._start_workers()
         self._attach_queue()
         # popped first at shut-down: STOPPING=1 and /readyz 503 before anything stops
         self._push("systemd notifier", self.notifier.stopService)
@@ -154,10 +157,18 @@ class FaasNode(Service):
 
         etcd = self.config.etcd
         endpoints = list(etcd.endpoints)
+        etcd_tls = None
         if etcd.embedded:
             from faastwist.store.embedded import EmbeddedEtcd
+            from faastwist.store.etcdtls import ensure_tls
 
-            embedded = EmbeddedEtcd(self.reactor, etcd.data_dir)
+            # only the node may reach it: functions share its loopback (etcdtls.py)
+            try:
+                tls = self.etcd_tls_files = ensure_tls(etcd.data_dir)
+                etcd_tls = tls.policy()
+            except (OSError, ValueError) as exc:
+                raise StartupError(f"embedded etcd TLS files in {etcd.data_dir}/tls: {exc}")
+            embedded = EmbeddedEtcd(self.reactor, etcd.data_dir, tls=tls)
             self.embedded_etcd = embedded
             self._start_child("embedded etcd", embedded)
             try:
@@ -166,7 +177,7 @@ class FaasNode(Service):
                 raise StartupError(f"embedded etcd in {etcd.data_dir} did not start: {exc}")
         self.store = EtcdStore(self.reactor, endpoints, etcd.prefix, self.config.name,
                                etcd.timeout, self.metrics,
-                               start_index=zlib.crc32(self.node_id.encode()))
+                               start_index=zlib.crc32(self.node_id.encode()), tls=etcd_tls)
         try:
             await self.store.connect()
         except StoreUnavailable as exc:
@@ -354,10 +365,12 @@ class FaasNode(Service):
                               log_source=log_source, cache=self._cached_records,
                               node_id=self.node_id)
         self._push("admin encoder", self.admin.close)
+        checks = {"etcd": self.store.check, "watch": self._routes_current,
+                  "provider": self._provider_ready}
+        if http.workers > 1:
+            checks["gate workers"] = self._workers_ready
         self.ops = OpsAPI(
-            self.metrics,
-            {"etcd": self.store.check, "watch": self._routes_current,
-             "provider": self._provider_ready},
+            self.metrics, checks,
             node_info(__version__, self.config.provider, self.config.name, self.node_id,
                       time.time(), self.leader.is_leader, self._cluster_info),
             self.reactor, openapi=openapi_document(self.config.name))
@@ -444,8 +457,11 @@ class FaasNode(Service):
         log.info("SIGHUP: reloading credentials and certificates")
         if self.auth_files is not None:
             self.auth_files.reload("SIGHUP")
+        if self.workers is not None:
+            self.workers.reload()
         for what, reload in (("admin", self.admin_tls.reload if self.admin_tls else None),
-                             ("gate", self.gate.reload_tls if self.gate else None)):
+                             ("gate", self.gate.reload_tls
+                              if self.gate and self.workers is None else None)):
             if reload is None:
                 continue
             try:
@@ -462,9 +478,11 @@ class FaasNode(Service):
 
         http = self.config.http_server
         sink, json_lines = access_sink()
+        # with worker processes this gate does not listen: it runs the queue's calls
         self.gate = GateService(http, self.routes, self.provider, self.reactor, self.metrics,
                                 access_log=http.access_log, fd_reserve=self.fd_reserve,
-                                access=AccessLog(self.reactor, sink, json_lines))
+                                access=AccessLog(self.reactor, sink, json_lines),
+                                serve=http.workers == 1)
         admin = self.admin_port.getHost()
         host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(admin.host, admin.host)
         # the admin port's guard (credentials, Host, Origin) applies to what is relayed
@@ -475,6 +493,33 @@ class FaasNode(Service):
         except Exception as exc:
             raise StartupError(f"httpServer.port: cannot listen on {http.address}:{http.port}: {exc}")
         self._push("gate", self.gate.stopService)
+
+    async def _start_workers(self) -> None:
+        """httpServer.workers > 1: the gate's port is served by worker processes."""
+        http = self.config.http_server
+        if http.workers == 1:
+            return
+        from faastwist.logformat import access_sink
+        from faastwist.workers.supervisor import WorkerPool, WorkerStartError, worker_setup
+
+        sink, json_lines = access_sink()
+        system = self.gate.context.system_lease.upstream
+        setup = worker_setup(self.config, self.etcd_endpoints, (system.host, system.port),
+                             self.namespace, self.queue, json_lines, self.etcd_tls_files)
+        provider = None if self.config.provider == "knative" else self.provider
+        self.workers = WorkerPool(http.workers, setup, self.reactor, self.routes, provider,
+                                  self.metrics, lambda: self.queue, sink, http.shutdown_timeout)
+        self._push("gate workers", self.workers.stopService)
+        try:
+            await self.workers.start()
+        except WorkerStartError as exc:
+            raise StartupError(str(exc)) from None
+        except Exception as exc:
+            raise StartupError(f"httpServer.workers: the workers did not start: {exc}") from None
+
+    def _workers_ready(self) -> None:
+        if self.workers is not None:
+            self.workers.check()
 
     def _cached_records(self) -> dict[str, Any]:
         from faastwist.store.base import FunctionRecord

@@ -195,7 +195,9 @@ class LocalConverger(Service):
         if runtime is None:
             self.session.report(name, None)
             return
-        self.session.report(name, Report.of(self.session.node_id, runtime.observe()))
+        observe = getattr(self.provider, "observe_runtime", None)   # with its user, limits
+        observation = observe(runtime) if observe is not None else runtime.observe()
+        self.session.report(name, Report.of(self.session.node_id, observation))
 
 
 def _inflight(runtime: Any) -> int:

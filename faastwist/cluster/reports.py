@@ -13,7 +13,9 @@ vanish); the leader folds the reports of the *live* nodes (those whose
 - any node without a verdict yet -> nothing concluded; otherwise (some pending) -> pending.
 
 ``extData`` gets ``nodes`` (``n0=ready n1=pending``), one ``node.<id>`` entry per node,
-and ``replicas``: the fewest ready replicas any live node has (minReplica is per node).
+``replicas``: the fewest ready replicas any live node has (minReplica is per node),
+``user``/``memoryLimit``/``cpuLimit`` (once when every node says the same, else per
+node) and ``oomKills`` (the sum; then ``reason: OOM``).
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ def aggregate(name: str, reports: Mapping[str, Report], live: Sequence[str]) -> 
     counts = [r.ext_data.get("replicas") for r in present.values()]
     if counts and all(c is not None and c.isdigit() for c in counts):
         ext["replicas"] = str(min(int(c) for c in counts))  # the fewest any gate has
+    _carry(ext, list(present.values()))
     agreed = (len(present) == len(live)
               and all(r.digest == first.digest and r.stopped == first.stopped
                       for r in present.values()))
@@ -113,6 +116,27 @@ def aggregate(name: str, reports: Mapping[str, Report], live: Sequence[str]) -> 
     message = "; ".join(f"node {r.node}: {r.message}" for r in pending)
     return Observation(name, first.digest, False, Event.PENDING, message, ext,
                        serving_previous=all(r.serving_previous for r in pending))
+
+
+#: what each node says about how it runs the function (its user, how limits apply)
+_SHARED = ("user", "memoryLimit", "cpuLimit")
+
+
+def _carry(ext: dict[str, str], reports: list[Report]) -> None:
+    """The nodes' details a ready function keeps: a shared value once (else one per
+    node, ``{node}.{key}``), and the OOM kills of every node added up."""
+    for key in _SHARED:
+        values = {r.ext_data.get(key) for r in reports}
+        if len(values) == 1 and None not in values:
+            ext[key] = str(values.pop())
+            continue
+        for report in reports:
+            if key in report.ext_data:
+                ext[f"{report.node}.{key}"] = report.ext_data[key]
+    kills = sum(int(r.ext_data.get("oomKills", "0")) for r in reports
+                if r.ext_data.get("oomKills", "0").isdigit())
+    if kills:
+        ext.update(oomKills=str(kills), reason="OOM")
 
 
 #: Functions folded per reactor turn.

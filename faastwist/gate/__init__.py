@@ -15,7 +15,8 @@ its own layer:
    ``accept``: queueing an asynchronous call (the exchange is passed in, not imported).
 6. ``exchange``: one proxied request, transport-independent.
 7. ``limits`` (maxConnections), ``lean`` (the lean HTTP/1.1 transport) and ``web``
-   (the twisted.web transport: HTTPS, HTTP/2).
+   (the twisted.web transport: HTTPS, HTTP/2), whose connections (slow-client
+   timeouts) are ``webchannel``'s.
 8. ``service``: the ``GateService`` that listens and drains.
 """
 

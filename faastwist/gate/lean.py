@@ -171,6 +171,8 @@ class LeanProtocol(Protocol):
 
     def head_timed_out(self) -> None:
         self.failed = True
+        log.info("request head from {client} incomplete after {timeout}s: 408, closing",
+                 client=self.client_ip, timeout=self.factory.header_timeout)
         self._refuse(408, f"the request head did not arrive within "
                           f"{self.factory.header_timeout:g}s (headerTimeout)")
 
@@ -178,6 +180,9 @@ class LeanProtocol(Protocol):
         """The body stalled: the request is cut (408 when its answer has not begun)."""
         message = (f"the request body stalled for more than "
                    f"{self.factory.body_idle_timeout:g}s (bodyIdleTimeout)")
+        log.info("request body from {client} stalled for {timeout}s: cut ({protocol})",
+                 client=self.client_ip, timeout=self.factory.body_idle_timeout,
+                 protocol="HTTP/1.1")
         receiving, self.receiving = self.receiving, None
         self.failed = True
         exchange = self.exchange

@@ -10,7 +10,7 @@ accepting, let in-flight requests finish (bounded by shutdownTimeout), then clos
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout
@@ -45,7 +45,9 @@ class GateService(Service):
     def __init__(self, config: HTTPServerConfig, routes: RouteTable, provider: Provider,
                  reactor: IReactorTCP, metrics: Metrics, access_log: bool,
                  pool: UpstreamPool | None = None, transport: str = "auto",
-                 fd_reserve: FdReserve | None = None, access: AccessLog | None = None) -> None:
+                 fd_reserve: FdReserve | None = None, access: AccessLog | None = None,
+                 serve: bool = True,
+                 listen: Callable[[Factory], IListeningPort] | None = None) -> None:
         if transport not in ("auto", "lean", "web"):
             raise ValueError(f"transport must be auto, lean or web, got {transport!r}")
         self.config = config
@@ -61,6 +63,10 @@ class GateService(Service):
         #: descriptors held for the admin port (the node's); the gate sheds before them
         self.fd_reserve = fd_reserve
         self._refill: Any = None
+        #: False: no listener (the node's worker processes serve the port; this gate
+        #: runs the queue's calls); ``listen``: how to listen (a worker's SO_REUSEPORT)
+        self.serve = serve
+        self.listen = listen
 
     @property
     def kind(self) -> str:
@@ -80,7 +86,10 @@ class GateService(Service):
                                            body_idle_timeout=config.body_idle_timeout)
         else:
             from faastwist.gate.web import GateResource, GateSite
-            site = GateSite(GateResource(self.context), timeout=config.keep_alive_timeout or None)
+            site = GateSite(GateResource(self.context), reactor=self.reactor,
+                            timeout=config.keep_alive_timeout or None,
+                            header_timeout=config.header_timeout,
+                            body_idle_timeout=config.body_idle_timeout)
             factory = LimitingFactory(site, self.limit, self.reactor)
         if config.https:
             if self.kind == "lean":
@@ -101,8 +110,13 @@ class GateService(Service):
         self.context.draining = False
         self.context.start()
         self.pool.start()
-        self.port = self.reactor.listenTCP(self.config.port, self.build_factory(),
-                                           backlog=1024, interface=self.config.address)
+        if not self.serve:
+            return
+        if self.listen is not None:
+            self.port = self.listen(self.build_factory())
+        else:
+            self.port = self.reactor.listenTCP(self.config.port, self.build_factory(),
+                                               backlog=1024, interface=self.config.address)
         if self.fd_reserve is None:
             self.fd_reserve = FdReserve()
         guard_listener(self.port, lambda sock: SheddingListener(

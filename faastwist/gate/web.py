@@ -12,7 +12,8 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -22,6 +23,7 @@ from faastwist.gate.context import GateContext
 from faastwist.gate.exchange import Exchange
 from faastwist.gate.wire import LINGER
 from faastwist.gate.decisions import RequestHead
+from faastwist.gate.webchannel import BodyWatch, body_message, gate_channel, reset_stream
 
 try:
     from twisted.web._http2 import H2Stream
@@ -29,6 +31,7 @@ except ImportError:  # pragma: no cover - h2 not installed
     H2Stream = None  # type: ignore[assignment,misc]
 
 _FRAMING = (b"content-length", b"transfer-encoding")
+log = Logger(namespace="faastwist.gate")
 
 
 def _is_h2(request: server.Request) -> bool:
@@ -59,19 +62,27 @@ def request_head(request: server.Request, method: bytes, uri: bytes, version: by
 
 @implementer(IPushProducer)
 class _PauseReading:
-    """Pauses reading an HTTP/1.x request body (the connection's transport)."""
+    """Pauses reading a request body (an HTTP/1.x connection's transport, or an HTTP/2
+    stream); a pause also holds the request's body idle watch (it is not a stall)."""
 
-    def __init__(self, transport: Any) -> None:
-        self.transport = transport
+    def __init__(self, target: Any, request: "StreamingRequest | server.Request") -> None:
+        self.target = target
+        self.request = request
 
     def pauseProducing(self) -> None:
-        self.transport.pauseProducing()
+        watch = getattr(self.request, "gate_watch", None)
+        if watch is not None:
+            watch.pause()
+        self.target.pauseProducing()
 
     def resumeProducing(self) -> None:
-        self.transport.resumeProducing()
+        self.target.resumeProducing()
+        watch = getattr(self.request, "gate_watch", None)
+        if watch is not None:
+            watch.resume()
 
     def stopProducing(self) -> None:
-        self.transport.stopProducing()
+        self.target.stopProducing()
 
 
 class WebDownstream:
@@ -80,8 +91,8 @@ class WebDownstream:
     def __init__(self, request: server.Request) -> None:
         self.request = request
         self.h2 = _is_h2(request)
-        self.body_producer = request.channel if self.h2 else _PauseReading(
-            request.channel.transport)
+        self.body_producer = _PauseReading(
+            request.channel if self.h2 else request.channel.transport, request)
         self.exchange: Exchange | None = None
 
     def send_continue(self) -> None:
@@ -124,6 +135,8 @@ class WebDownstream:
         request = self.request
         if request._disconnected:
             return
+        if isinstance(request, StreamingRequest):
+            request._gate_stop_watch()
         if self.h2:
             request.channel.abortConnection()
         else:
@@ -194,7 +207,9 @@ class StreamingRequest(server.Request):
     gate_exchange: Exchange | None = None
     gate_body_done = False
     gate_streaming = False
+    gate_watch: BodyWatch | None = None
     _gate_finish_pending = False
+    _gate_cut = False
 
     def gotLength(self, length: int | None) -> None:
         self.site = site = self.channel.site  # server.Request sets it only in process()
@@ -214,14 +229,21 @@ class StreamingRequest(server.Request):
         self.method, self.uri, self.clientproto = method, uri, version
         self.path = uri.split(b"?", 1)[0]
         self.args = {}
+        clock = resource.context.clock
+        if length != 0:
+            self.gate_watch = BodyWatch(clock, getattr(site, "body_idle_timeout", 30.0),
+                                        self._gate_body_stalled)
         # start on the next reactor pass: an HTTP/2 stream is not registered with its
         # connection until its constructor (which calls us) returns
-        resource.context.clock.callLater(0, resource.start_streaming, self)
+        clock.callLater(0, resource.start_streaming, self)
 
     def handleContentChunk(self, data: bytes) -> None:
         if not self.gate_streaming:
             super().handleContentChunk(data)
-        elif self.gate_exchange is not None:
+            return
+        if self.gate_watch is not None:
+            self.gate_watch.moved()
+        if self.gate_exchange is not None:
             self.gate_exchange.body(data)
         elif not self.finished:
             self.gate_early.append(data)
@@ -231,6 +253,7 @@ class StreamingRequest(server.Request):
             super().requestReceived(command, path, version)
             return
         self.gate_body_done = True
+        self._gate_stop_watch()
         if self.gate_exchange is not None:
             self.gate_exchange.body_end()
         if self._gate_finish_pending:
@@ -245,6 +268,9 @@ class StreamingRequest(server.Request):
             # take DATA for a stream it has ended. So read the body away and finish when
             # it is complete, bounded by LINGER; then close (HTTP/1) or reset the stream.
             self._gate_finish_pending = True
+            if self._gate_cut:
+                self._gate_close()
+                return
             clock = self.channel.site.resource.context.clock
             if _is_h2(self):
                 clock.callLater(LINGER, self._gate_give_up)
@@ -253,13 +279,63 @@ class StreamingRequest(server.Request):
             if self.chunked:
                 self.channel.write(b"0\r\n\r\n")
                 self.chunked = 0
-            clock.callLater(LINGER, self.channel.transport.loseConnection)
+            clock.callLater(LINGER, self.channel.loseConnection)
             return
         super().finish()
 
     def _gate_give_up(self) -> None:
         if self._gate_finish_pending and not self._disconnected:
+            self._gate_stop_watch()
             self.channel.abortConnection()
+
+    def _gate_stop_watch(self) -> None:
+        watch, self.gate_watch = self.gate_watch, None
+        if watch is not None:
+            watch.stop()
+
+    def _gate_body_stalled(self) -> None:
+        """No body bytes for bodyIdleTimeout while the gate read: 408 when the answer
+        has not begun (the exchange logs and counts it), the request cut otherwise."""
+        watch, self.gate_watch = self.gate_watch, None
+        if self._disconnected or self.gate_body_done or watch is None:
+            return
+        exchange = self.gate_exchange
+        if not self._gate_finish_pending and (exchange is None or exchange.done):
+            return   # aborted already (an HTTP/2 reset): nothing is waiting
+        log.info("request body from {client} stalled for {timeout}s: cut ({protocol})",
+                 client=getattr(self.getClientAddress(), "host", ""), timeout=watch.timeout,
+                 protocol="HTTP/2" if _is_h2(self) else "HTTP/1.1")
+        self._gate_cut = True
+        if exchange is not None and not exchange.done:
+            exchange.bad_request(body_message(watch.timeout), 408)
+        if self._gate_finish_pending and not self._disconnected:
+            self._gate_close()
+
+    def _gate_close(self) -> None:
+        """End a request whose body stalled, now: HTTP/1.1 closes the connection once
+        the answer is written; HTTP/2 ends the response and then resets the stream with
+        NO_ERROR (RFC 9113 8.1: stop sending), the connection serves its other streams."""
+        self._gate_finish_pending = False
+        channel = self.channel
+        if not _is_h2(self):
+            channel.persistent = False
+            if self.chunked:
+                channel.write(b"0\r\n\r\n")
+                self.chunked = 0
+            channel.loseConnection()   # (it unregisters itself: TLS would wait for it)
+            return
+        if self.finished or not self.startedWriting:
+            channel.abortConnection()      # nothing to end cleanly: reset at once
+            return
+        connection, stream_id = channel._conn, channel.streamID
+        ended = connection._streamCleanupCallbacks.get(stream_id)
+        super().finish()
+        if ended is not None:
+            ended.addCallback(lambda _: reset_stream(connection, stream_id))
+
+    def connectionLost(self, reason: Any) -> None:
+        self._gate_stop_watch()
+        super().connectionLost(reason)
 
 
 class GateSite(server.Site):
@@ -267,7 +343,17 @@ class GateSite(server.Site):
     logs one line per exchange with named fields when accessLog is on)."""
 
     requestFactory = StreamingRequest
+    protocol = gate_channel
     noisy = False
+
+    def __init__(self, resource: GateResource, *, reactor: IReactorTime,
+                 timeout: float | None = None, header_timeout: float = 10.0,
+                 body_idle_timeout: float = 30.0) -> None:
+        super().__init__(resource, timeout=timeout, reactor=reactor)
+        #: a request head must be complete this long after the connect or its first byte
+        self.header_timeout = header_timeout
+        #: a request body that does not move this long (while read) is cut
+        self.body_idle_timeout = body_idle_timeout
 
     def log(self, request: server.Request) -> None:
         return None

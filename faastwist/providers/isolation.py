@@ -66,7 +66,8 @@ _PY_LAUNCH = (
     "os.execv(sys.argv[2], sys.argv[2:])\n"
 )
 
-_JOIN_CGROUP = 'echo $$ > "$0" && exec "$@"'
+# join every cgroup.procs file in $0 (":"-separated: v1 has one per controller), then exec
+_JOIN_CGROUP = 'IFS=:; for f in $0; do echo $$ > "$f" || exit 125; done; exec "$@"'
 
 
 def launch_prefix(identity: Identity, rlimits: Mapping[str, int] = {},

@@ -64,7 +64,8 @@ from faastwist.providers.isolation import (
     search_path,
     stage,
 )
-from faastwist.providers.limits import CgroupTree, Limits, limits_for, looks_oom
+from faastwist.providers.limits import (Cgroup, Cgroups, Limits, detect_cgroups, limits_for,
+                                        looks_oom)
 from faastwist.providers.replica import ExitInfo, Replica
 from faastwist.providers.runtime import HttpRuntime, Tuning
 from faastwist.providers.watchdog import ForkRuntime, Watchdog
@@ -97,7 +98,7 @@ class ProcessProvider(Service):
                  stage_roots: Sequence[str] | None = None,
                  reserved_ports: Collection[int] | Callable[[], Collection[int]] = (),
                  tools: Tools | None = None,
-                 cgroups: CgroupTree | None | str = "detect", sandbox: bool = True) -> None:
+                 cgroups: Cgroups | None | str = "detect", sandbox: bool = True) -> None:
         self.config = config
         self.controller = controller
         self.reactor = reactor
@@ -115,8 +116,8 @@ class ProcessProvider(Service):
         #: be one of them
         self.reserved_ports = reserved_ports
         self.tools = tools or Tools.find()
-        #: cgroup v2 subtree for limits (found at start), or None: rlimits apply
-        self.cgroups: CgroupTree | None = None
+        #: cgroups for limits (v2, else v1: found at start), or None: rlimits apply
+        self.cgroups: Cgroups | None = None
         self._detect_cgroups = cgroups == "detect"
         if not isinstance(cgroups, str):
             self.cgroups = cgroups
@@ -155,11 +156,11 @@ class ProcessProvider(Service):
         self.log_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.log_dir, 0o700)
         if self._detect_cgroups:
-            self.cgroups = CgroupTree.detect()
+            self.cgroups = detect_cgroups(self.token)
         log.info("functions run as {user}:{group} in {folder}; limits by {how}",
                  user=self.identity.user, group=self.identity.group,
                  folder=self.functions_dir,
-                 how="cgroup v2" if self.cgroups is not None else "rlimits")
+                 how=f"cgroup {self.cgroups.kind}" if self.cgroups is not None else "rlimits")
         self.threads.start()
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self.reactor
@@ -179,6 +180,8 @@ class ProcessProvider(Service):
                 function_log.file.close()
             self.threads.stop()
             self.secret_files.clear()
+            if self.cgroups is not None:
+                self.cgroups.close()   # the replicas' cgroups (and v1's node parents)
             if self.functions_dir.startswith(SYSTEM_ROOT + "/"):
                 # outside the data folder they are scratch: staged copies, working
                 # folders; the next start stages again
@@ -223,13 +226,13 @@ class ProcessProvider(Service):
                             self.home(spec.name), self.stage_roots, (self.data_dir,))
 
     def _watchdog_argv(self, spec: FunctionSpec, env: dict[str, str],
-                       cgroup: Path | None) -> list[str]:
+                       cgroup: Cgroup | None) -> list[str]:
         """A watchdog replica: the node's own code (its interpreter, which the function
         user may not be able to run) in the function's cgroup, session and sandbox; each
         request's process gets the function user's launch prefix (``env``)."""
         prepare_home(self.home(spec.name), self.identity, self.passthrough)
         limits = self.limits(spec)
-        procs = str(cgroup / "cgroup.procs") if cgroup is not None else None
+        procs = cgroup.procs if cgroup is not None else None
         fork_prefix = launch_prefix(self.identity, dict(limits.rlimits), None, tools=self.tools)
         full = launch_prefix(self.identity, dict(limits.rlimits), procs, tools=self.tools)
         join = list(full[:len(full) - len(fork_prefix)])
@@ -240,7 +243,7 @@ class ProcessProvider(Service):
         sandbox, _ = self.secret_files.sandbox(spec.name, bool(spec.secrets))
         return [*join, *setsid, *sandbox, *watchdog_argv(env)]
 
-    def _argv(self, spec: FunctionSpec, cgroup: Path | None = None) -> list[str]:
+    def _argv(self, spec: FunctionSpec, cgroup: Cgroup | None = None) -> list[str]:
         """The whole argv: the launch prefix, then the command as staged for the
         function user (planned and copied once per command, not per process)."""
         command = spec.command
@@ -258,7 +261,7 @@ class ProcessProvider(Service):
             cached = (command, staging)
             self._staged[spec.name] = cached
         limits = self.limits(spec)
-        procs = str(cgroup / "cgroup.procs") if cgroup is not None else None
+        procs = cgroup.procs if cgroup is not None else None
         prefix = launch_prefix(self.identity, dict(limits.rlimits), procs, tools=self.tools)
         # bubblewrap behind the launch prefix: the function's session and process group
         # hold the sandbox's monitor too, so stopping the group stops both
@@ -266,9 +269,9 @@ class ProcessProvider(Service):
         return [*prefix, *sandbox, *cached[1].argv]
 
     def limits(self, spec: FunctionSpec) -> Limits:
-        return limits_for(spec, self.cgroups is not None)
+        return limits_for(spec, self.cgroups)
 
-    def _cgroup(self, spec: FunctionSpec, name: str) -> Path | None:
+    def _cgroup(self, spec: FunctionSpec, name: str) -> Cgroup | None:
         limits = self.limits(spec)
         if self.cgroups is None or (limits.memory is None and limits.cpu is None):
             return None
@@ -279,15 +282,15 @@ class ProcessProvider(Service):
                      name=spec.name, cgroup=name, error=str(exc))
             return None
 
-    def _oom_judge(self, spec: FunctionSpec, cgroup: Path | None) -> Callable[..., bool]:
-        """Tells whether an exit was the memory limit (cgroup: memory.events counted an
-        OOM kill since the last look; rlimit: the exit and stderr say so)."""
-        seen = [CgroupTree.oom_kills(cgroup) if cgroup is not None else 0]
+    def _oom_judge(self, spec: FunctionSpec, cgroup: Cgroup | None) -> Callable[..., bool]:
+        """Tells whether an exit was the memory limit (cgroup: it counted an OOM kill
+        since the last look; rlimit: the exit and stderr say so)."""
+        seen = [cgroup.oom_kills() if cgroup is not None else 0]
         limits = self.limits(spec)
 
         def judge(code: int | None, stderr: Sequence[str]) -> bool:
             if cgroup is not None:
-                kills = CgroupTree.oom_kills(cgroup)
+                kills = cgroup.oom_kills()
                 was, seen[0] = seen[0], kills
                 return kills > was
             return looks_oom(code, tuple(stderr), limits)
@@ -304,7 +307,7 @@ class ProcessProvider(Service):
         def classify(info: ExitInfo) -> ExitInfo:
             oom = judge(info.code, info.stderr)
             if cgroup is not None:
-                self.reactor.callLater(3.0, CgroupTree.remove, cgroup)
+                self.reactor.callLater(3.0, cgroup.remove)
             return attrs.evolve(info, oom=oom) if oom else info
         argv = (self._watchdog_argv(spec, env, cgroup) if spec.watchdog
                 else self._argv(spec, cgroup))
@@ -392,11 +395,11 @@ class ProcessProvider(Service):
 
     def observe(self, names: Sequence[str] | None = None) -> Deferred[dict[str, Observation]]:
         wanted = self.runtimes if names is None else [n for n in names if n in self.runtimes]
-        return succeed({name: self._observe(self.runtimes[name]) for name in wanted})
+        return succeed({name: self.observe_runtime(self.runtimes[name]) for name in wanted})
 
-    def _observe(self, runtime: Runtime) -> Observation:
+    def observe_runtime(self, runtime: Runtime) -> Observation:
         """The runtime's observation plus who the function runs as and which limits
-        apply (extData)."""
+        apply (extData); what this node reports in a cluster too."""
         observation = runtime.observe()
         if observation.stopped:
             return observation

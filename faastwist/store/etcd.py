@@ -20,6 +20,7 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredList, inlin
 from twisted.internet.error import ConnectError, TimeoutError
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IPolicyForHTTPS
 from twisted.internet.interfaces import IReactorTCP
 from txaioetcd._lease import Lease
 from txaioetcd import (
@@ -37,6 +38,7 @@ from txaioetcd import (
     Transaction,
 )
 
+from faastwist.store.etcdtls import TLSClient
 from faastwist.model.fsm import FunctionStatus
 from faastwist.model.keys import KeySet as FunctionKeys
 from faastwist.metrics import Metrics
@@ -138,7 +140,8 @@ class EtcdStore:
     """FunctionStore of one controller on an etcd cluster; call ``connect()`` first."""
 
     def __init__(self, reactor: IReactorTCP, endpoints: Sequence[str], prefix: str, controller: str,
-                 timeout: float, metrics: Metrics | None = None, start_index: int = 0) -> None:
+                 timeout: float, metrics: Metrics | None = None, start_index: int = 0,
+                 tls: IPolicyForHTTPS | None = None) -> None:
         if not endpoints:
             raise ValueError("etcd.endpoints: at least one endpoint is needed")
         for endpoint in endpoints:
@@ -154,11 +157,16 @@ class EtcdStore:
         self.metrics = metrics if metrics is not None else Metrics()
         self.base = f"{self.prefix}/{controller}/".encode()
         self.api_prefix: str | None = None
-        self._http = EtcdHttp(reactor)
+        self._http = EtcdHttp(reactor, tls=tls)
         self._lease: LeaseApi | None = None
-        self._watch_agent = Agent(reactor)  # one connection per stream, never pooled
-        self._clients = {e: Client(reactor, url=e, timeout=timeout,
-                                   pool=_pool(reactor)) for e in self.endpoints}
+        # one connection per stream, never pooled
+        self._watch_agent = (Agent(reactor, contextFactory=tls) if tls is not None
+                             else Agent(reactor))
+        self._clients = {e: (Client(reactor, url=e, timeout=timeout) if tls is None
+                             else TLSClient(reactor, e, timeout, tls))
+                         for e in self.endpoints}
+        for client in self._clients.values():
+            _keep_connections(client._pool)
         # nodes start at different endpoints (the caller passes a node-specific index),
         # so losing one member does not hit every node's connection at once
         self._active = start_index % len(self.endpoints)
@@ -758,14 +766,12 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _pool(reactor: IReactorTCP) -> HTTPConnectionPool:
-    """Persistent connections to one endpoint: as many kept as writes run at once (the
+def _keep_connections(pool: HTTPConnectionPool) -> None:
+    """Keep as many idle connections to an endpoint as writes run at once (the
     reconciler has 16 in flight, the session 4); Twisted keeps 2 by default, so every
     other request opened and closed a connection of its own."""
-    pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = POOLED_CONNECTIONS
     pool.cachedConnectionTimeout = 60
-    return pool
 
 
 def _holds(comp: Any, kv: KeyValue | None) -> bool:

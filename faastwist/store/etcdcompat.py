@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent
+from twisted.web.iweb import IAgent, IPolicyForHTTPS
 from twisted.internet.interfaces import IReactorTCP
 
 from faastwist.util.bodyproducer import BytesProducer
@@ -62,14 +62,16 @@ class IncompatibleEtcd(StoreError):
 class EtcdHttp:
     """JSON POSTs to etcd's gRPC gateway, on the injected reactor, with a timeout each."""
 
-    def __init__(self, reactor: IReactorTCP, agent: IAgent | None = None) -> None:
+    def __init__(self, reactor: IReactorTCP, agent: IAgent | None = None,
+                 tls: IPolicyForHTTPS | None = None) -> None:
         self.reactor = reactor
         self._pool: HTTPConnectionPool | None = None
         if agent is None:
             self._pool = HTTPConnectionPool(reactor, persistent=True)
             self._pool.maxPersistentPerHost = 4
             self._pool._factory.noisy = False  # one log line per connection otherwise
-            agent = Agent(reactor, pool=self._pool)
+            agent = (Agent(reactor, contextFactory=tls, pool=self._pool) if tls is not None
+                     else Agent(reactor, pool=self._pool))
         self.agent = agent
 
     @inlineCallbacks

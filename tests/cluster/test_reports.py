@@ -107,6 +107,23 @@ def test_a_rollout_that_is_not_live_keeps_serving_previous_through_the_reports()
     assert not aggregate("f", one, ["n0", "n1"]).serving_previous   # n1 serves nothing
 
 
+def test_a_ready_function_keeps_how_it_runs_and_its_oom_kills() -> None:
+    limit = "cgroup v1 memory.limit_in_bytes=67108864"
+    folded = aggregate("f", by_node(
+        report("n0", user="nobody:nogroup", memoryLimit=limit, oomKills="2", reason="OOM"),
+        report("n1", user="nobody:nogroup", memoryLimit=limit, oomKills="1", reason="OOM"),
+        report("n2", user="nobody:nogroup", memoryLimit="rlimit RLIMIT_AS=67108864")), LIVE)
+    assert folded.event is Event.READY
+    ext = folded.ext_data
+    assert ext["user"] == "nobody:nogroup"                   # alike on every node: once
+    assert "memoryLimit" not in ext                           # not alike: per node
+    assert ext["n0.memoryLimit"] == ext["n1.memoryLimit"] == limit
+    assert ext["n2.memoryLimit"] == "rlimit RLIMIT_AS=67108864"
+    assert (ext["oomKills"], ext["reason"]) == ("3", "OOM")
+    quiet = aggregate("f", by_node(*(report(n, user="u") for n in LIVE)), LIVE)
+    assert "oomKills" not in quiet.ext_data and "reason" not in quiet.ext_data
+
+
 def test_cluster_view_folds_a_chunk_per_reactor_turn_and_reuses_unchanged_folds() -> None:
     from twisted.internet.task import Clock
 

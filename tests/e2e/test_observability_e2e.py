@@ -62,8 +62,8 @@ DOCUMENTED = {
 
 
 class ObsNode(FaasNodeProcess):
-    """FaasNodeProcess on NODE_ROOT, with a start that can skip the wait (the notify
-    test watches the start-up itself)."""
+    """FaasNodeProcess on NODE_ROOT; ``spawn`` alone skips the wait (the notify test
+    watches the start-up itself)."""
 
     def spawn(self) -> None:
         env = dict(os.environ, **self.env)
@@ -72,23 +72,6 @@ class ObsNode(FaasNodeProcess):
             self.process = subprocess.Popen(self.command(), cwd=self.workdir, stdout=out,
                                             stderr=subprocess.STDOUT, env=env,
                                             start_new_session=True)
-
-    def start(self, timeout: float = 60.0) -> "ObsNode":
-        self.spawn()
-
-        def up() -> bool:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"faasgate exited with {self.process.returncode}:\n"
-                                   f"{self.log()}")
-            return http("GET", self.admin_url, headers=ACCEPT_JSON, timeout=2)[0] == 200
-
-        try:
-            wait_for(up, timeout, "the node's admin API")
-        except AssertionError:
-            self.stop()
-            raise
-        return self
 
 
 def node(workdir: Path, *args: str, **kwargs: Any) -> ObsNode:

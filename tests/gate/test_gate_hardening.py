@@ -169,8 +169,6 @@ def slow_client(port: int, first: bytes, wait: float) -> tuple[bytes, float]:
 @pytest_twisted.ensureDeferred
 async def test_a_slow_head_is_cut_at_header_timeout_while_others_are_served(
         make_gate: Any, first: bytes) -> None:
-    if make_gate.kind != "lean":
-        pytest.skip("headerTimeout is the lean transport's (HTTPS listeners: keepAliveTimeout)")
     gate = make_gate(header_timeout=0.6)
     slow = deferToThread(slow_client, gate.port, first, 5.0)
     for _ in range(3):   # others are served meanwhile
@@ -183,12 +181,15 @@ async def test_a_slow_head_is_cut_at_header_timeout_while_others_are_served(
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_stalled_body_is_cut_at_body_idle_timeout(make_gate: Any) -> None:
-    if make_gate.kind != "lean":
-        pytest.skip("bodyIdleTimeout is the lean transport's")
+async def test_a_stalled_body_is_cut_at_body_idle_timeout_while_others_are_served(
+        make_gate: Any) -> None:
     gate = make_gate(body_idle_timeout=0.6)
-    raw, took = await deferToThread(
-        slow_client, gate.port, request("POST", extra="Content-Length: 10\r\n") + b"abc", 5.0)
+    slow = deferToThread(slow_client, gate.port,
+                         request("POST", extra="Content-Length: 10\r\n") + b"abc", 5.0)
+    for _ in range(3):   # others are served meanwhile
+        raw = await send(gate, request(extra="Connection: close\r\n"))
+        assert statuses(raw) == [200], raw
+    raw, took = await slow
     assert statuses(raw) == [408], raw
     assert b"bodyIdleTimeout" in raw
     assert 0.5 < took < 3.0, took
@@ -276,3 +277,211 @@ async def test_upstream_framing_doubt_closes_that_upstream_connection(make_gate:
     for _ in range(3):   # nothing the bad upstream connection held is read again
         raw = await send(gate, request(path="/after", extra="Connection: close\r\n"))
         assert statuses(raw) == [200] and b"smuggled" not in raw, raw
+
+
+# -- slow clients over TLS: HTTP/1.1 and HTTP/2 (the twisted.web transport) --------------------
+
+HEAD, BODY = 1.0, 1.5   # long enough for the other clients' requests on a loaded machine
+
+
+@pytest.fixture
+def tls_gate(upstream: Any, tmp_path: Any) -> Any:
+    """An HTTPS gate (HTTP/2 through ALPN) with short head and body timeouts."""
+    from twisted.internet import reactor
+
+    from faastwist.gate.routes import RouteTable
+    from faastwist.gate.service import GateService
+    from faastwist.metrics import Metrics
+    from faastwist.model.fsm import FunctionStatus, State
+    from faastwist.model.spec import FunctionSpec
+    from faastwist.store.memory import MemoryStore
+    from faastwist.util.ports import free_port
+    from tests.gate.test_gate_integration import Routing
+    from tests.support.gate import gate_config
+    from tests.support.tls import self_signed
+
+    cert, key = self_signed(tmp_path)
+    store = MemoryStore()
+    store.create(FunctionSpec(name="demo10", image="x"), FunctionStatus("demo10", State.ACTIVE))
+    routes = RouteTable(store, reactor)
+    routes.startService()
+    service = GateService(gate_config(https=True, cert_file=cert, key_file=key,
+                                      header_timeout=HEAD, body_idle_timeout=BODY),
+                          routes, Routing(upstream.url, free_port()), reactor, Metrics(),
+                          access_log=False)
+    service.startService()
+    assert service.kind == "web"
+    yield service.address()[1]
+    pytest_twisted.blockon(service.stopService())
+
+
+def tls_socket(port: int, alpn: str = "http/1.1", timeout: float = 8.0) -> Any:
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols([alpn])
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock = context.wrap_socket(raw)
+    assert sock.selected_alpn_protocol() == alpn
+    return sock
+
+
+def read_until_closed(sock: Any) -> tuple[bytes, float]:
+    started = time.monotonic()
+    received = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except (socket.timeout, OSError):
+            break
+        if not chunk:
+            break
+        received += chunk
+    return received, time.monotonic() - started
+
+
+def tls_slow_client(port: int, first: bytes | None) -> tuple[bytes, float]:
+    """``None``: a TCP connection that never starts TLS; else TLS, ``first``, silence."""
+    started = time.monotonic()
+    if first is None:
+        with socket.create_connection(("127.0.0.1", port), timeout=8) as sock:
+            received, _ = read_until_closed(sock)
+    else:
+        with tls_socket(port) as sock:
+            if first:
+                sock.sendall(first)
+            received, _ = read_until_closed(sock)
+    return received, time.monotonic() - started
+
+
+async def served_over_tls(port: int) -> None:
+    """Three requests on fresh connections, over HTTP/1.1 and HTTP/2: each 200."""
+    from tests.gate.test_gate_integration import curl
+
+    for version in ("--http1.1", "--http2", "--http1.1"):
+        out, err, code = await curl("-k", version, "-o", "/dev/null", "-w", "%{http_code}",
+                                    "-H", "X-FaaS-Func-Name: demo10",
+                                    f"https://127.0.0.1:{port}/meanwhile")
+        assert (out, code) == (b"200", 0), (version, out, err)
+
+
+@pytest.mark.parametrize("first", [None, b"", b"GET / HTTP/1.1\r\nHost: gate\r\n"],
+                         ids=["no-tls-handshake", "nothing", "half-a-head"])
+@pytest_twisted.ensureDeferred
+async def test_tls_a_slow_head_is_cut_at_header_timeout_while_others_are_served(
+        tls_gate: int, first: bytes | None) -> None:
+    slow = deferToThread(tls_slow_client, tls_gate, first)
+    await served_over_tls(tls_gate)
+    raw, took = await slow
+    if first is None:
+        assert raw == b""          # no TLS session: dropped, nothing can be answered
+    else:
+        assert statuses(raw) == [408], raw
+        assert b"headerTimeout" in raw
+    assert HEAD - 0.1 < took < HEAD + 3.0, took
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_a_stalled_body_is_cut_at_body_idle_timeout_while_others_are_served(
+        tls_gate: int) -> None:
+    slow = deferToThread(tls_slow_client, tls_gate,
+                         request("POST", extra="Content-Length: 10\r\n") + b"abc")
+    await served_over_tls(tls_gate)
+    raw, took = await slow
+    assert statuses(raw) == [408], raw
+    assert b"bodyIdleTimeout" in raw
+    assert BODY - 0.1 < took < BODY + 3.0, took
+
+
+def h2_headers(path: str, method: str = "GET", length: int | None = None) -> list[Any]:
+    headers = [(":method", method), (":path", path), (":scheme", "https"),
+               (":authority", "gate"), ("x-faas-func-name", "demo10")]
+    if length is not None:
+        headers.append(("content-length", str(length)))
+    return headers
+
+
+def h2_stalled_stream(port: int) -> dict[str, Any]:
+    """One HTTP/2 connection: stream 1 stalls its body; stream 3 is asked meanwhile;
+    after stream 1 is cut, stream 5 is asked on the same connection."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    seen: dict[str, Any] = {"status": {}, "reset": {}, "ended": [], "body": {}}
+    with tls_socket(port, "h2") as sock:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=True, header_encoding="utf-8"))
+        conn.initiate_connection()
+        conn.send_headers(1, h2_headers("/stalled", "POST", 10))
+        conn.send_data(1, b"abc")
+        conn.send_headers(3, h2_headers("/meanwhile"), end_stream=True)
+        sock.sendall(conn.data_to_send())
+        started = time.monotonic()
+        asked_after = False
+        while 5 not in seen["status"] or 5 not in seen["ended"]:
+            data = sock.recv(65536)
+            if not data:
+                seen["closed"] = True
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    seen["status"][event.stream_id] = int(dict(event.headers)[":status"])
+                    if event.stream_id == 1:
+                        seen["cut_after"] = time.monotonic() - started
+                elif isinstance(event, h2.events.DataReceived):
+                    seen["body"][event.stream_id] = seen["body"].get(event.stream_id,
+                                                                     b"") + event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length,
+                                                   event.stream_id)
+                elif isinstance(event, h2.events.StreamEnded):
+                    seen["ended"].append(event.stream_id)
+                    if event.stream_id == 3:
+                        seen["meanwhile_at"] = time.monotonic() - started
+                elif isinstance(event, h2.events.StreamReset):
+                    seen["reset"][event.stream_id] = int(event.error_code)
+            if 1 in seen["reset"] and not asked_after:
+                asked_after = True
+                conn.send_headers(5, h2_headers("/after"), end_stream=True)
+            sock.sendall(conn.data_to_send())
+    return seen
+
+
+@pytest_twisted.ensureDeferred
+async def test_h2_a_stalled_stream_is_reset_and_its_connection_serves_the_others(
+        tls_gate: int) -> None:
+    seen = await deferToThread(h2_stalled_stream, tls_gate)
+    assert "closed" not in seen, seen
+    assert seen["status"] == {1: 408, 3: 200, 5: 200}, seen
+    assert seen["meanwhile_at"] < seen["cut_after"], seen   # served while 1 waited
+    assert BODY - 0.1 < seen["cut_after"] < BODY + 3.0, seen
+    assert seen["reset"] == {1: 0}, seen                    # NO_ERROR: stop sending
+    assert b"bodyIdleTimeout" in seen["body"].get(1, b""), seen
+
+
+def h2_stalled_header_block(port: int) -> tuple[bytes, float]:
+    """HEADERS without END_HEADERS and no CONTINUATION: the connection stalls."""
+    import h2.config
+    import h2.connection
+    from hyperframe.frame import HeadersFrame
+
+    started = time.monotonic()              # the head is timed from the connect
+    with tls_socket(port, "h2") as sock:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        block = conn.encoder.encode(h2_headers("/never"))
+        sock.sendall(conn.data_to_send() + HeadersFrame(1, block[:4]).serialize())
+        received, _ = read_until_closed(sock)
+    return received, time.monotonic() - started
+
+
+@pytest_twisted.ensureDeferred
+async def test_h2_a_stalled_header_block_closes_its_connection_while_others_are_served(
+        tls_gate: int) -> None:
+    slow = deferToThread(h2_stalled_header_block, tls_gate)
+    await served_over_tls(tls_gate)
+    raw, took = await slow
+    assert b"headerTimeout" in raw          # the GOAWAY's debug data
+    assert HEAD - 0.1 < took < HEAD + 3.0, took

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from faastwist.config import ConfigError, ControllerConfig, load_config
+from tests.support.covered import coverage_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,7 +101,8 @@ def test_twistd_exits_non_zero_with_one_line_naming_the_key(tmp_path):
     result = subprocess.run(
         [str(Path(sys.executable).parent / "twistd"), "-n", "faasgate", "--config", str(bad)],
         capture_output=True, text=True, cwd=tmp_path, timeout=60,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
+             **coverage_env()})
     assert result.returncode != 0
     assert result.stderr.strip() == "faasgate: config error: httpServer.port: must be 1-65535, got 0"
 
@@ -169,7 +171,8 @@ def test_twistd_refuses_anonymous_admin_on_the_network(tmp_path):
     result = subprocess.run(
         [str(Path(sys.executable).parent / "twistd"), "-n", "faasgate", "--config", str(bad)],
         capture_output=True, text=True, cwd=tmp_path, timeout=60,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
+             **coverage_env()})
     assert result.returncode != 0
     assert result.stderr.startswith("faasgate: config error: admin.auth.anonymous: admin on "
                                     "the non-loopback")
@@ -212,3 +215,23 @@ def test_make_run_keeps_its_tokens_where_the_readme_tour_reads_them():
     config = load_config(ROOT / "conf" / "controller.yaml")
     assert config.admin.auth.tokens_file == str(ROOT / "data" / "admin-tokens")
     assert config.admin.auth.anonymous == "none"
+
+
+def test_http_workers_default_auto_and_range(tmp_path, monkeypatch):
+    assert ControllerConfig.from_dict(None, tmp_path).http_server.workers == 1
+    read = lambda value: ControllerConfig.from_dict(  # noqa: E731
+        {"httpServer": {"workers": value}}, tmp_path).http_server.workers
+    assert read(2) == 2 and read(64) == 64
+    monkeypatch.setattr("os.cpu_count", lambda: 6)
+    assert read("auto") == 6
+    monkeypatch.setattr("os.cpu_count", lambda: 200)
+    assert read("auto") == 64
+    monkeypatch.setattr("os.cpu_count", lambda: None)
+    assert read("auto") == 1
+
+
+@pytest.mark.parametrize("value", [0, 65, -1, "two", "2", 1.5, True, [2]])
+def test_http_workers_errors_name_the_key(tmp_path, value):
+    with pytest.raises(ConfigError) as info:
+        ControllerConfig.from_dict({"httpServer": {"workers": value}}, tmp_path)
+    assert str(info.value).startswith("httpServer.workers: must be an integer 1-64 or auto")

@@ -9,6 +9,7 @@ hide a cycle.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +44,9 @@ def imports_of(path: Path, modules: dict[str, Path]) -> set[str]:
     return found
 
 
+@functools.lru_cache(maxsize=1)
 def graph() -> dict[str, set[str]]:
+    """Parsed once per run: the tests below only read it."""
     modules = all_modules()
     return {name: imports_of(path, modules) - {name} for name, path in modules.items()}
 

@@ -350,7 +350,9 @@ async def test_close_cancels_every_follower(pool) -> None:
     await until(lambda: logs.open_streams == 2)
     logs.close()
     await until(lambda: logs.open_streams == 0)
-    assert all(s.shut.is_set() for ss in api.streams.values() for s in ss)
+    # a reading thread that had not yet stored its response when close() ran shuts it
+    # as soon as it does (it checks ``cancelled``): wait for that, bounded by until()
+    await until(lambda: all(s.shut.is_set() for ss in api.streams.values() for s in ss))
 
 
 @pytest_twisted.ensureDeferred

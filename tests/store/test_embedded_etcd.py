@@ -173,9 +173,12 @@ def _script(tmp_path, name: str, body: str) -> str:
 
 @pytest_twisted.inlineCallbacks
 def test_ready_times_out_with_a_clear_error_and_stop_escalates_to_sigkill(services, tmp_path):
-    # an "etcd" that never answers /health and ignores SIGTERM
+    # an "etcd" that never answers /health and ignores SIGTERM (once it says so: on a
+    # loaded machine a SIGTERM sent before the handler is in place would end it at once)
+    ignoring = tmp_path / "ignoring"
     binary = _script(tmp_path, "stubborn", "import signal, time\n"
                                            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                                           f"open({str(ignoring)!r}, 'w').close()\n"
                                            "time.sleep(60)\n")
     service = start(services, str(tmp_path / "data"), etcd_binary=binary,
                     startup_timeout=0.5, stop_grace=0.3)
@@ -183,6 +186,7 @@ def test_ready_times_out_with_a_clear_error_and_stop_escalates_to_sigkill(servic
         yield service.ready()
     pid = service.pid
     assert alive(pid)
+    yield wait_for(ignoring.exists, timeout=30, what="the stub ignoring SIGTERM")
     started = reactor.seconds()
     yield service.stopService()
     assert reactor.seconds() - started >= 0.3  # it needed the SIGKILL
@@ -280,3 +284,65 @@ def test_a_sigkilled_parent_leaves_no_etcd_behind(tmp_path):
             parent.wait()
         if etcd_pid is not None and alive(etcd_pid):
             os.kill(etcd_pid, signal.SIGKILL)
+
+
+def test_tls_files_are_made_once_private_and_kept(tmp_path):
+    from faastwist.store.etcdtls import ensure_tls
+
+    tls = ensure_tls(str(tmp_path / "etcd"))
+    folder = tmp_path / "etcd" / "tls"
+    assert oct(folder.stat().st_mode & 0o777) == "0o700"
+    for path in (tls.ca_file, tls.cert_file, tls.key_file, tls.client_cert, tls.client_key):
+        assert oct(os.stat(path).st_mode & 0o777) == "0o600", path
+    before = open(tls.ca_file).read()
+    assert ensure_tls(str(tmp_path / "etcd")) == tls and open(tls.ca_file).read() == before
+    os.remove(tls.client_key)          # one missing: a new set (the old CA is unusable alone)
+    assert open(ensure_tls(str(tmp_path / "etcd")).ca_file).read() != before
+
+
+def plain_put(url: str, cert: tuple[str, str] | None, ca: str) -> str:
+    """A kv put from another client (a thread: blocking ssl); what happened."""
+    import ssl
+    import urllib.request
+
+    context = ssl.create_default_context(cafile=ca)
+    if cert is not None:
+        context.load_cert_chain(*cert)
+    body = json.dumps({"key": "L2ZhYXMveA==", "value": "eQ=="}).encode()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url + "/v3/kv/put", body),
+                                    timeout=5, context=context) as response:
+            return f"status {response.status}"
+    except Exception as exc:  # the refusal is what is measured
+        return f"refused: {type(exc).__name__}: {exc}"
+
+
+@pytest.mark.etcd
+@pytest_twisted.inlineCallbacks
+def test_with_tls_only_the_nodes_certificate_gets_in(services, tmp_path):
+    from twisted.internet.threads import deferToThread
+
+    from faastwist.store.etcdtls import ensure_tls
+
+    require_etcd()
+    data_dir = str(tmp_path / "etcd")
+    tls = ensure_tls(data_dir)
+    service = start(services, data_dir, tls=tls)
+    url = yield service.ready()
+    assert url.startswith("https://127.0.0.1:") and service.peer_url.startswith("https://")
+    store = EtcdStore(reactor, [url], "/faas", "faascontroller", 5.0, tls=tls.policy())
+    yield store.connect()
+    yield store.create(FunctionSpec(name="demo", image="img:1"),
+                       FunctionStatus.initial("demo", 1.0))
+    records = yield store.list()
+    assert list(records.records) == ["demo"]
+    without = yield deferToThread(plain_put, url, None, tls.ca_file)
+    assert without.startswith("refused: "), without   # the handshake fails (alert or EOF)
+    # another CA's certificate is refused as well
+    other = ensure_tls(str(tmp_path / "other"))
+    foreign = yield deferToThread(plain_put, url, (other.client_cert, other.client_key),
+                                  tls.ca_file)
+    assert foreign.startswith("refused: "), foreign
+    mine = yield deferToThread(plain_put, url, (tls.client_cert, tls.client_key), tls.ca_file)
+    assert mine == "status 200", mine
+    yield store.close()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -26,80 +25,22 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from tests.support.etcd import free_port, require_etcd
+from tests.support.etcd import EtcdProcess, require_etcd
 from tests.support.node import FaasNodeProcess, http
 
 
-class EtcdMember:
-    """One member of a static etcd cluster on 127.0.0.1."""
-
-    def __init__(self, binary: str, name: str, data_dir: Path) -> None:
-        self.binary = binary
-        self.name = name
-        self.data_dir = data_dir
-        self.client_port = free_port()
-        self.peer_port = free_port()
-        while self.peer_port == self.client_port:
-            self.peer_port = free_port()
-        self.client_url = f"http://127.0.0.1:{self.client_port}"
-        self.peer_url = f"http://127.0.0.1:{self.peer_port}"
-        self.log_path = data_dir / f"{name}.log"
-        self.process: subprocess.Popen | None = None
-        self.initial_cluster = ""
-        self.started_once = False
-
-    def spawn(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [self.binary, "--name", self.name, "--data-dir", str(self.data_dir / "data"),
-                 "--listen-client-urls", self.client_url,
-                 "--advertise-client-urls", self.client_url,
-                 "--listen-peer-urls", self.peer_url,
-                 "--initial-advertise-peer-urls", self.peer_url,
-                 "--initial-cluster", self.initial_cluster,
-                 "--initial-cluster-state", "existing" if self.started_once else "new",
-                 "--initial-cluster-token", "faastwist-test",
-                 "--heartbeat-interval", "50", "--election-timeout", "500",
-                 "--logger", "zap"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
-        self.started_once = True
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.client_url + "/health", timeout=1) as response:
-                return json.loads(response.read()).get("health") == "true"
-        except (OSError, ValueError):
-            return False
-
-    def kill(self) -> None:
-        """SIGKILL by pid (a crash)."""
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
-
-    def stop(self, grace: float = 5.0) -> None:
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
+#: fast elections: the tests kill members and wait for a new etcd leader
+ELECTION_ARGS = ("--initial-cluster-token", "faastwist-test",
+                 "--heartbeat-interval", "50", "--election-timeout", "500")
 
 
 class EtcdCluster:
+    """A static etcd cluster of ``size`` members (``EtcdProcess``), ``m0``.. on loopback."""
+
     def __init__(self, workdir: Path, size: int = 3) -> None:
         binary = require_etcd()
-        self.members = [EtcdMember(binary, f"m{i}", workdir / f"m{i}") for i in range(size)]
+        self.members = [EtcdProcess(str(workdir / f"m{i}"), binary, f"m{i}", ELECTION_ARGS)
+                        for i in range(size)]
         initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         for member in self.members:
             member.initial_cluster = initial
@@ -119,12 +60,14 @@ class EtcdCluster:
         while time.monotonic() < deadline:
             alive = [m for m in self.members if m.alive]
             if alive and all(m.healthy() for m in alive):
+                for member in alive:  # a restart now joins the cluster it formed
+                    member.started_once = True
                 return
             time.sleep(0.05)
         raise RuntimeError("etcd cluster not healthy within %ss; logs in %s"
-                           % (timeout, self.members[0].data_dir.parent))
+                           % (timeout, Path(self.members[0].data_dir).parent))
 
-    def restart(self, member: EtcdMember) -> None:
+    def restart(self, member: EtcdProcess) -> None:
         member.spawn()
 
     def stop(self) -> None:
@@ -182,8 +125,12 @@ class Cluster:
 
     def start(self) -> "Cluster":
         self.etcd.start()
+        # spawned together, then waited for: their start-ups overlap (one after another
+        # was most of each cluster test's set-up)
         for node in self.nodes:
-            node.start()
+            node.spawn()
+        for node in self.nodes:
+            node.wait_ready()
         return self
 
     def stop(self) -> None:

@@ -75,15 +75,22 @@ class EtcdProcess:
     """One etcd member on 127.0.0.1 with its data in ``data_dir``.
 
     Ports are chosen at construction and kept across stop()/start(), so clients can
-    reconnect to the same URL after a restart.
+    reconnect to the same URL after a restart. Alone by default; a member of a static
+    cluster (tests/support/cluster.py) when given its ``name`` and the ``initial_cluster``
+    of all members (set before the first spawn) and extra flags such as faster elections.
     """
 
-    def __init__(self, data_dir: str, binary: str | None = None) -> None:
+    def __init__(self, data_dir: str, binary: str | None = None, name: str = "test",
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.binary = binary or require_etcd()
         self.data_dir = str(data_dir)
+        self.name = name
+        self.extra_args = extra_args
+        self.initial_cluster: str | None = None
         self._choose_ports()
         self.log_path = os.path.join(self.data_dir, "etcd.log")
         self.process: subprocess.Popen | None = None
+        #: healthy once (a cluster's member then restarts as "existing")
         self.started_once = False
 
     def _choose_ports(self) -> None:
@@ -92,10 +99,15 @@ class EtcdProcess:
         while self.peer_port == self.client_port:
             self.peer_port = free_port()
         self.client_url = f"http://127.0.0.1:{self.client_port}"
+        self.peer_url = f"http://127.0.0.1:{self.peer_port}"
 
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def start(self, timeout: float = 15.0) -> None:
         """Start etcd and wait until /health says healthy (blocking; startup ~0.5 s).
@@ -103,7 +115,7 @@ class EtcdProcess:
         On the very first start, ports another process grabbed meanwhile are replaced
         (up to three times); a restart keeps the URL clients already use.
         """
-        if self.process is not None and self.process.poll() is None:
+        if self.alive:
             return
         for attempt in range(3):
             try:
@@ -113,18 +125,30 @@ class EtcdProcess:
                     raise RuntimeError(f"etcd ports taken; see {self.log_path}") from None
                 self._choose_ports()
 
-    def _start_once(self, timeout: float) -> None:
+    def spawn(self) -> None:
+        """Start the process and return at once (a cluster's members must all be up
+        before any of them is healthy)."""
         os.makedirs(self.data_dir, exist_ok=True)
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        initial = self.initial_cluster or f"{self.name}={self.peer_url}"
+        # a cluster's member rejoins; a lone member whose data was wiped starts anew
+        state = "existing" if self.initial_cluster and self.started_once else "new"
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [self.binary, "--name", "test", "--data-dir", os.path.join(self.data_dir, "data"),
+                [self.binary, "--name", self.name,
+                 "--data-dir", os.path.join(self.data_dir, "data"),
                  "--listen-client-urls", self.client_url,
                  "--advertise-client-urls", self.client_url,
-                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                 "--initial-cluster", f"test={peer}", "--logger", "zap"],
+                 "--listen-peer-urls", self.peer_url,
+                 "--initial-advertise-peer-urls", self.peer_url,
+                 "--initial-cluster", initial,
+                 "--initial-cluster-state", state,
+                 "--logger", "zap", *self.extra_args],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
+
+    def _start_once(self, timeout: float) -> None:
+        self.spawn()
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             code = self.process.poll()

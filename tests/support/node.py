@@ -15,6 +15,8 @@ caller sets Authorization itself or passes ``auth=False`` (tests about authentic
 
 Every process is stopped by pid; the embedded etcd is the node's child and goes with it
 (the node stops it on SIGTERM; ``stop`` also kills anything left in its process group).
+While coverage measures the tests, a node runs through ``tests.support.covered``, which
+saves the node's coverage data after its shutdown (twistd's own exit would lose it).
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -34,6 +35,7 @@ from typing import Any
 import yaml
 
 from faastwist.util.ports import free_port, port_is_free
+from tests.support.covered import twistd_command
 
 _HANDED_OUT: set[int] = set()
 
@@ -52,7 +54,6 @@ def node_port() -> int:
     return free_port()
 
 ROOT = Path(__file__).resolve().parents[2]
-TWISTD = Path(sys.executable).parent / "twistd"
 
 
 #: admin "host:port" -> token of the nodes these helpers started (see ``http``)
@@ -156,16 +157,26 @@ class FaasNodeProcess:
         return f"{self.gate_scheme}://127.0.0.1:{self.gate_port}"
 
     def command(self) -> list[str]:
-        return [str(TWISTD), "-n", "--pidfile=", "faasgate", "--config", str(self.config_path),
-                *self.args]
+        return twistd_command(["-n", "--pidfile=", "faasgate", "--config", str(self.config_path),
+                               *self.args])
 
     def start(self, timeout: float = 60.0) -> "FaasNodeProcess":
+        self.spawn()
+        return self.wait_ready(timeout)
+
+    def spawn(self) -> None:
+        """Start the process without waiting (a cluster spawns its nodes together)."""
         env = dict(os.environ, PYTHONPATH=str(ROOT), **self.env)
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(self.command(), cwd=self.workdir, stdout=log,
                                         stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)
         log.close()
+
+    def wait_ready(self, timeout: float = 60.0) -> "FaasNodeProcess":
+        """Wait until the spawned node's admin API answers; stop it and fail if it
+        exits or does not answer within ``timeout``."""
+        assert self.process is not None, "spawn() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -1,0 +1,15 @@
+"""Gate worker processes: ``httpServer.workers: N`` serves the gate port from N
+processes (SO_REUSEPORT), with the control plane in the node's main process.
+
+- ``channel``: the line-per-message JSON control channel and its request/reply calls;
+- ``listen``: the SO_REUSEPORT listener and the port check;
+- ``counts``: a worker's gate counts as deltas, added into the node's metrics;
+- ``remote``: a worker's provider and queue, served by the main process;
+- ``link``: the main process's side of one worker's channel;
+- ``supervisor``: the ``WorkerPool`` that starts, restarts and drains the workers;
+- ``child``: the worker process itself (``python -m faastwist.workers.child``).
+"""
+
+from faastwist.workers.supervisor import WorkerPool, WorkerStartError, worker_setup
+
+__all__ = ["WorkerPool", "WorkerStartError", "worker_setup"]

@@ -1,0 +1,262 @@
+"""A gate worker process: ``python -m faastwist.workers.child --parent PID --index N``.
+
+Started by the node's ``WorkerPool`` with its control channel on fd 3. It waits for
+the ``setup`` message, then runs one gate like the one-process node's: its own
+reactor, route table (listed and watched from the node's etcd), upstream pool,
+timeouts, limits and access log, listening on httpServer's port with SO_REUSEPORT.
+The upstream comes from the main process over the channel (process provider), or is
+derived locally (Knative: kourier's address and a Host header, no accounting).
+
+Logs (events and access lines, in the node's --log-format) go to stdout, which the
+main process writes into the node's log. SIGTERM or SIGINT drain it (stop accepting,
+finish in-flight requests within shutdownTimeout), then it sends its last counts and
+exits; so does the loss of its control channel (the node is gone). SIGHUP, or a
+``reload`` message, loads the certificate files again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    Logger,
+    globalLogBeginner,
+    textFileLogObserver,
+)
+
+from faastwist.config import HTTPServerConfig, KnativeConfig
+from faastwist.workers.channel import Calls, Channel, ChannelFactory, Message
+
+log = Logger(namespace="faastwist.workers")
+
+CONTROL_FD = 3
+PR_SET_PDEATHSIG = 1
+COUNTS_INTERVAL = 1.0
+
+
+def die_with_parent(parent: int) -> None:
+    """Ask the kernel for SIGTERM when the parent dies; exit now if it already has."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the channel's close still stops us
+        pass
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+class Worker:
+    """One worker's life: setup, serve, drain."""
+
+    def __init__(self, reactor: Any, index: int) -> None:
+        self.reactor = reactor
+        self.index = index
+        self.channel = Channel(self.received, self.channel_lost)
+        self.calls = Calls(self.channel, reactor)
+        self.gate: Any = None
+        self.store: Any = None
+        self.routes: Any = None
+        self.provider: Any = None
+        self.reporter: Any = None
+        self.ticker: LoopingCall | None = None
+        self.setup_done = False
+        self.stopping = False
+        self._stop_asked = False
+
+    # -- messages ------------------------------------------------------------------------
+    def received(self, message: Message) -> None:
+        op = message["op"]
+        if op == "setup":
+            if not self.setup_done:
+                self.setup_done = True
+                ensureDeferred(self.start(message)).addErrback(self._start_failed)
+        elif op == "reply":
+            self.calls.answer(message)
+        elif op == "lost":
+            if self.provider is not None and hasattr(self.provider, "lost"):
+                self.provider.lost(message)
+        elif op == "reload":
+            self.reload()
+        else:
+            log.warn("gate worker: unknown message {op}", op=op)
+
+    def stop_reactor(self) -> None:
+        """Begin the shutdown (draining) once, whatever asks for it how often."""
+        if not self._stop_asked:
+            self._stop_asked = True
+            self.reactor.stop()
+
+    def channel_lost(self, why: str) -> None:
+        self.calls.fail_all("the control channel closed")
+        if self.provider is not None and hasattr(self.provider, "channel_lost"):
+            self.provider.channel_lost()
+        if not self.stopping:
+            log.warn("gate worker {index}: the node's main process is gone ({why}); "
+                     "stopping", index=self.index, why=why)
+            self.stop_reactor()
+
+    # -- start ---------------------------------------------------------------------------
+    async def start(self, setup: Message) -> None:
+        from faastwist.gate.accesslog import AccessLog
+        from faastwist.gate.routes import RouteTable
+        from faastwist.gate.service import GateService
+        from faastwist.metrics import Metrics
+        from faastwist.store.etcd import EtcdStore
+        from faastwist.workers.counts import CountsReporter
+        from faastwist.workers.listen import listen_reuseport
+        from faastwist.workers.remote import RemoteProvider, RemoteQueue
+
+        sink = self._start_logging(bool(setup.get("logJson")))
+        http = HTTPServerConfig(**setup["http"])
+        metrics = Metrics()
+        etcd = setup["etcd"]
+        tls = None
+        if etcd.get("tls"):
+            from faastwist.store.etcdtls import EtcdTLS
+
+            tls = EtcdTLS(**etcd["tls"]).policy()
+        self.store = EtcdStore(self.reactor, etcd["endpoints"], etcd["prefix"], setup["name"],
+                               float(etcd["timeout"]), metrics, start_index=self.index,
+                               tls=tls)
+        await self.store.connect()
+        self.routes = RouteTable(self.store, self.reactor, metrics)
+        self.routes.startService()
+        deadline = self.reactor.seconds() + float(etcd["timeout"]) * 4
+        while not self.routes.synced:
+            if self.reactor.seconds() > deadline:
+                raise RuntimeError("the route table could not be loaded from etcd")
+            await deferLater(self.reactor, 0.05, lambda: None)
+        if setup["provider"] == "knative":
+            from faastwist.providers.kourier import KnativeRouting
+
+            self.provider = KnativeRouting(KnativeConfig(**setup["knative"]))
+        else:
+            self.provider = RemoteProvider(self.calls, float(setup["acquireTimeout"]))
+        self.gate = GateService(
+            http, self.routes, self.provider, self.reactor, metrics,
+            access_log=http.access_log, access=AccessLog(self.reactor, sink, sink is not None
+                                                         and bool(setup.get("logJson"))),
+            listen=lambda factory: listen_reuseport(self.reactor, http.address, http.port,
+                                                    factory))
+        system = setup["system"]
+        self.gate.context.serve_system(system["host"], int(system["port"]),
+                                       system["namespace"], scheme=system["scheme"])
+        if setup.get("queue"):
+            self.gate.context.queue = RemoteQueue.from_setup(self.calls, setup["queue"])
+        self.gate.startService()
+        self.reporter = CountsReporter(metrics)
+        self.ticker = LoopingCall(self.report)
+        self.ticker.clock = self.reactor
+        self.ticker.start(COUNTS_INTERVAL, now=False)
+        self.reactor.addSystemEventTrigger("before", "shutdown", self.stop)
+        self.channel.send({"op": "ready", "pid": os.getpid(), "port": self.gate.address()[1]})
+
+    def _start_logging(self, json_lines: bool) -> Any:
+        """The node's log format on stdout; the access log's sink writes there too."""
+        from faastwist.logformat import json_file_observer
+
+        stream = sys.stdout
+        observer = json_file_observer(stream) if json_lines else textFileLogObserver(stream)
+        globalLogBeginner.beginLoggingTo([FilteringLogObserver(
+            observer, [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)])],
+            redirectStandardIO=False)
+
+        def write(text: str) -> None:
+            stream.write(text)
+            stream.flush()
+        return write
+
+    def _start_failed(self, failure: Any) -> None:
+        log.error("gate worker {index} cannot serve: {problem}", index=self.index,
+                  problem=failure.getErrorMessage())
+        self.channel.send({"op": "failed", "message": failure.getErrorMessage()})
+        self.stopping = True
+        self.channel.close().addBoth(lambda _: self.stop_reactor())
+
+    # -- running -------------------------------------------------------------------------
+    def report(self) -> None:
+        delta = self.reporter.delta()
+        if delta:
+            self.channel.send({"op": "counts", "counts": delta})
+
+    def reload(self) -> None:
+        if self.gate is None:
+            return
+        if self.gate.tls is None:
+            return
+        try:
+            self.gate.reload_tls()
+            log.info("gate worker {index}: the gate certificate was reloaded", index=self.index)
+        except Exception as exc:
+            log.error("gate worker {index}: the certificate was not reloaded, the previous "
+                      "one stays: {error}", index=self.index, error=str(exc))
+
+    # -- stop ----------------------------------------------------------------------------
+    def stop(self) -> Deferred[None]:
+        """Drain the gate, send the last counts, close the channel."""
+        self.stopping = True
+        if self.ticker is not None and self.ticker.running:
+            self.ticker.stop()
+
+        def drained(_: Any) -> Deferred[None]:
+            if self.routes is not None:
+                self.routes.stopService()
+            self.report()
+            closing = self.channel.close()
+            closing.addTimeout(5.0, self.reactor)
+            closing.addErrback(lambda _: None)
+            if self.store is not None:
+                closing.addBoth(lambda _: self.store.close())
+            return closing
+
+        stopping = self.gate.stopService() if self.gate is not None else Deferred()
+        if self.gate is None:
+            stopping.callback(None)
+        return stopping.addBoth(drained).addErrback(lambda _: None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="faastwist.workers.child")
+    parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--index", type=int, default=0)
+    args = parser.parse_args(argv)
+    die_with_parent(args.parent)
+    from twisted.internet import reactor
+
+    worker = Worker(reactor, args.index)
+
+    def on_sighup(signum: int, frame: object) -> None:
+        reactor.callFromThread(worker.reload)  # type: ignore[attr-defined]
+
+    def on_stop(signum: int, frame: object) -> None:
+        # the node's SIGTERM and a terminal's or systemd's signal to the whole group may
+        # both arrive: the first one drains, the others change nothing
+        reactor.callFromThread(worker.stop_reactor)  # type: ignore[attr-defined]
+
+    signal.signal(signal.SIGHUP, on_sighup)
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    reactor.adoptStreamConnection(CONTROL_FD, socket.AF_UNIX,  # type: ignore[attr-defined]
+                                  ChannelFactory(worker.channel))
+    os.close(CONTROL_FD)  # the reactor holds a duplicate
+    reactor.callLater(60.0, lambda: None if worker.setup_done else (  # type: ignore[attr-defined]
+        sys.stderr.write("no setup message within 60s\n"), worker.stop_reactor()))
+    reactor.run(installSignalHandlers=False)  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["Worker", "main"]
