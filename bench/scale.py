@@ -2,22 +2,28 @@
 
     PYTHONPATH=. .venv/bin/python bench/scale.py --functions 10000
 
-An etcd is started in a temporary folder and filled directly (transactions of 64 keys)
-with N fork-mode process functions (``cat``: one process per request) in state active
-plus one HTTP-mode function (``hot``, a small Python server) that carries the gate
-traffic. Then a node (process provider) is started on that etcd and measured:
+An etcd is started in a temporary folder and filled directly (transactions of 32
+functions) with N fork-mode process functions (``cat``: one process per request) in
+state active plus one HTTP-mode function (``hot``, nginx run by the process provider)
+that carries the gate traffic. Nodes (process provider, default config otherwise: the
+async queue with its embedded nats-server is on) are started on that etcd and measured:
 
-- ready: from spawn to ``/readyz`` 200, and to the first answer of a fork-mode
-  function through the gate;
-- memory: the node's RSS against a node started with no function (per function);
-- admin list: latency of the full list (JSON and YAML) and of one page (``limit``);
-- the gate's p99 while the admin list runs: wrk on ``hot`` (c4) while a client lists
-  all N functions in a loop (JSON, then YAML), against wrk alone;
-- route lookups: req/s through the gate to ``hot`` with N functions routed (compare
-  with ``bench/gate.py``'s one function);
-- the reconciler: ``faastwist_reconcile_pass_seconds`` (sum / count) from /metrics.
+- the interpreter the node runs on, and whether it is an optimized build;
+- a node with ``hot`` alone: req/s through the gate (the one-function reference), and
+  its RSS (the baseline for memory per function);
+- the first start with N functions: ready (``/readyz`` 200) wall time and the node's CPU
+  seconds by then, and how long the first reconcile pass takes (it writes every
+  function's status: the provider's verdict);
+- a restart (SIGTERM, start) with N settled functions: ready wall and CPU, the first
+  answer of a fork-mode function; memory per function (RSS against the one-function
+  node); the steady reconcile pass (``faastwist_reconcile_pass_seconds``);
+- admin list latency: full list (JSON and YAML) and one page (``limit`` + ``continue``);
+- the gate (wrk c16 on ``hot``): req/s and p99 idle, and while a client lists all N
+  functions in a loop (JSON, then YAML); req/s with N functions against one.
 
-Every process it starts (etcd, the node, wrk) is stopped by pid; only 127.0.0.1.
+The machine's load average is printed with every figure: on a shared machine wall
+times follow it, CPU seconds much less. Every process it starts (etcd, the nodes, wrk)
+is stopped by pid; only 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import os
 import re
 import shutil
 import subprocess
+import sysconfig
 import sys
 import tempfile
 import threading
@@ -68,7 +75,7 @@ def b64(data: bytes | str) -> str:
     return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
 
 
-def fill(etcd: EtcdProcess, specs: list[FunctionSpec]) -> None:
+def fill(etcd: EtcdProcess, specs: list[FunctionSpec], prefix: str = PREFIX) -> None:
     """Write spec and status keys straight into etcd, 32 functions per transaction."""
     now = time.time()
     url = f"{etcd.client_url}/v3/kv/txn"
@@ -76,9 +83,9 @@ def fill(etcd: EtcdProcess, specs: list[FunctionSpec]) -> None:
         ops = []
         for spec in specs[start:start + 32]:
             status = FunctionStatus(spec.name, State.ACTIVE, updated=now)
-            ops.append({"requestPut": {"key": b64(f"{PREFIX}/{CONTROLLER}/spec/{spec.name}"),
+            ops.append({"requestPut": {"key": b64(f"{prefix}/{CONTROLLER}/spec/{spec.name}"),
                                        "value": b64(encode_spec(spec))}})
-            ops.append({"requestPut": {"key": b64(f"{PREFIX}/{CONTROLLER}/status/{spec.name}"),
+            ops.append({"requestPut": {"key": b64(f"{prefix}/{CONTROLLER}/status/{spec.name}"),
                                        "value": b64(encode_status(status))}})
         request = urllib.request.Request(url, json.dumps({"success": ops}).encode(),
                                          {"Content-Type": "application/json"})
@@ -149,23 +156,56 @@ def timed_get(url: str, accept: str) -> tuple[float, int, bytes]:
     return time.perf_counter() - started, status, body
 
 
-def start_node(workdir: Path, etcd: EtcdProcess, extra: dict | None = None) -> tuple[FaasNodeProcess, float]:
+def start_node(workdir: Path, etcd: EtcdProcess, nodes: list[FaasNodeProcess],
+               prefix: str = PREFIX) -> tuple[FaasNodeProcess, float]:
+    """Spawn a node and wait for /readyz 200; it is in ``nodes`` (to be stopped) at once."""
     node = FaasNodeProcess(workdir, provider="process", etcd_endpoints=[etcd.client_url],
-                           extra={"etcd": {"prefix": PREFIX}, "syncInterval": "10s",
-                                  "httpServer": {"accessLog": False}, **(extra or {})})
+                           extra={"etcd": {"prefix": prefix}, "syncInterval": "10s",
+                                  "httpServer": {"accessLog": False}})
     started = time.monotonic()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     log = open(node.log_path, "ab")
     node.process = subprocess.Popen(node.command(), cwd=node.workdir, stdout=log,
                                     stderr=subprocess.STDOUT, env=env, start_new_session=True)
     log.close()
+    nodes.append(node)
 
     def ready() -> bool:
         if node.process.poll() is not None:
             raise RuntimeError(f"faasgate exited:\n{node.log()}")
         return http("GET", f"{node.admin_root}/readyz", timeout=2)[0] == 200
-    wait_for(ready, 120, "node ready")
+    wait_for(ready, 300, "node ready", pause=0.05)
     return node, time.monotonic() - started
+
+
+def stop_node(node: FaasNodeProcess, nodes: list[FaasNodeProcess]) -> None:
+    node.stop(grace=60)
+    nodes.remove(node)
+
+
+def interpreter() -> str:
+    """The interpreter the nodes run on (this one: twistd is its venv's) and its build."""
+    args = sysconfig.get_config_var("CONFIG_ARGS") or ""
+    flags = [f for f in ("--enable-optimizations", "--with-lto") if f in args]
+    build = ("optimized (" + ", ".join(flags) + ")") if flags else (
+        "not optimized (CONFIG_ARGS has neither --enable-optimizations nor --with-lto)")
+    return f"{sys.executable} {sys.version.split()[0]}, {build}"
+
+
+def hot_spec(workdir: Path) -> FunctionSpec:
+    port = free_port()
+    folder = workdir / "hot"
+    folder.mkdir()
+    os.chmod(folder, 0o777)   # the function runs as an unprivileged user
+    (workdir / "hot.conf").write_text(HOT_NGINX.format(dir=folder, port=port))
+    return FunctionSpec.from_dict({
+        "name": "hot", "port": port, "minReplica": 1, "maxReplica": 1,
+        "command": ["nginx", "-c", str(workdir / "hot.conf"), "-p", str(folder),
+                    "-e", str(folder / "error.log")]})
+
+
+def load() -> str:
+    return f"load average {os.getloadavg()[0]:.1f}"
 
 
 def main() -> None:
@@ -175,66 +215,71 @@ def main() -> None:
     parser.add_argument("--page", type=int, default=100, help="page size of the paged list")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="faastwist-bench-scale-"))
+    os.chmod(workdir, 0o755)   # the function user reaches hot's folder through it
     etcd = EtcdProcess(str(workdir / "etcd"))
     nodes: list[FaasNodeProcess] = []
+    print(f"interpreter: {interpreter()}; {os.cpu_count()} cores; {load()}", flush=True)
     try:
         etcd.start()
-        # an empty node first: the baseline for memory
-        empty, _ = start_node(workdir / "empty", etcd, {"etcd": {"prefix": "/empty"}})
-        nodes.append(empty)
-        base_rss = rss_kib(empty.process.pid)
-        empty.stop()
-        nodes.remove(empty)
+        hot = hot_spec(workdir)
+        # the reference: a node with one function (hot) under its own prefix
+        fill(etcd, [hot], prefix="/one")
+        one, _ = start_node(workdir / "one", etcd, nodes, prefix="/one")
+        wait_for(lambda: http("GET", f"{one.gate_url}/function/hot/", timeout=5)[0] == 200,
+                 60, "hot ready (one function)")
+        time.sleep(2.0)
+        base_rss = rss_kib(one.process.pid)
+        single = wrk(f"{one.gate_url}/", 16, args.duration)
+        print(f"one function: gate to 'hot' at c16 {single['rps']:.0f} req/s p99 "
+              f"{single['p99_ms']:.1f} ms; node RSS {base_rss / 1024:.1f} MiB ({load()})",
+              flush=True)
+        stop_node(one, nodes)
 
-        hot_port = free_port()
-        # functions run as an unprivileged user when the node is root: let it in
-        os.chmod(workdir, 0o755)
-        (workdir / "hot").mkdir()
-        os.chmod(workdir / "hot", 0o777)
-        (workdir / "hot.conf").write_text(HOT_NGINX.format(dir=workdir / "hot", port=hot_port))
-        specs = [FunctionSpec.from_dict({
-            "name": "hot", "port": hot_port, "minReplica": 1, "maxReplica": 1,
-            "command": ["nginx", "-c", str(workdir / "hot.conf"), "-p", str(workdir / "hot"),
-                        "-e", str(workdir / "hot" / "error.log")]})]
-        specs += [FunctionSpec.from_dict({"name": f"f{i:05d}", "mode": "fork",
-                                          "command": ["/bin/cat"], "timeout": "10s"})
-                  for i in range(args.functions)]
+        specs = [hot] + [FunctionSpec.from_dict({"name": f"f{i:05d}", "mode": "fork",
+                                                 "command": ["/bin/cat"], "timeout": "10s"})
+                         for i in range(args.functions)]
         started = time.monotonic()
         fill(etcd, specs)
         print(f"etcd filled with {len(specs)} functions in {time.monotonic() - started:.1f}s",
               file=sys.stderr, flush=True)
-
         fork_path = "/function/f%05d/" % (args.functions // 2)
 
-        def started(label: str) -> FaasNodeProcess:
-            node, ready_s = start_node(workdir / "node", etcd)
-            nodes.append(node)
+        def started_node(label: str) -> FaasNodeProcess:
+            node, ready_s = start_node(workdir / "node", etcd, nodes)
             cpu = cpu_seconds(node.process.pid)
             fork_url = node.gate_url + fork_path
             first = wait_for(lambda: http("POST", fork_url, b"hello", timeout=5)[0] == 200, 60,
                              "first fork-mode answer")
             print(f"{label}: node ready (/readyz 200) {ready_s:.2f}s after spawn with "
-                  f"{len(specs)} functions ({cpu:.2f}s of CPU by then; load average "
-                  f"{os.getloadavg()[0]:.1f}); a fork-mode function answered "
-                  f"{first:.2f}s later", flush=True)
+                  f"{len(specs)} functions, {cpu:.2f}s of CPU by then ({load()}); a "
+                  f"fork-mode function answered {first:.2f}s later", flush=True)
             return node
-        node = started("first start")
-        # the first pass records every function's provider verdict (10,000 status
-        # writes); measure the steady state after it
-        waited = wait_for(lambda: store_updates(node) >= len(specs), 900, "the first pass",
+        node = started_node("first start")
+        # the first pass records every function's provider verdict (a status write
+        # each); measure the steady state after it
+        waited = wait_for(lambda: store_updates(node) >= len(specs), 1800, "the first pass",
                           pause=2.0)  # a scrape of 10,000 functions is megabytes
-        print(f"first reconcile pass (deploys, {len(specs)} status writes): done "
-              f"{waited:.1f}s after the node was ready", flush=True)
-        node.stop()
-        nodes.remove(node)
-        node = started("restart (SIGTERM, start)")
+        print(f"first reconcile pass ({len(specs)} status writes): done {waited:.1f}s after "
+              f"the node was ready ({load()})", flush=True)
+        stop_node(node, nodes)
+        node = started_node("restart (SIGTERM, start)")
         wait_for(lambda: http("GET", f"{node.gate_url}/function/hot/", timeout=5)[0] == 200, 60,
                  "hot ready")
-        wait_for(lambda: reconcile_passes(node)[0] >= 2, 600, "the first pass", pause=2.0)
+        wait_for(lambda: reconcile_passes(node)[0] >= 2, 600, "the first passes", pause=2.0)
         time.sleep(1.0)
         rss = rss_kib(node.process.pid)
-        print(f"node RSS {rss / 1024:.1f} MiB, empty node {base_rss / 1024:.1f} MiB: "
-              f"{(rss - base_rss) / len(specs):.2f} KiB per function", flush=True)
+        print(f"node RSS {rss / 1024:.1f} MiB, one-function node {base_rss / 1024:.1f} MiB: "
+              f"{(rss - base_rss) / (len(specs) - 1):.2f} KiB per function", flush=True)
+        before = reconcile_passes(node)
+        cpu_before = cpu_seconds(node.process.pid)
+        wait_for(lambda: reconcile_passes(node)[0] >= before[0] + 2, 300, "two more passes",
+                 pause=1.0)
+        after = reconcile_passes(node)
+        print(f"steady reconcile pass with {len(specs)} functions: "
+              f"{(after[1] - before[1]) / (after[0] - before[0]) * 1000:.0f} ms (mean of "
+              f"{after[0] - before[0]:.0f}, every 10s; the node used "
+              f"{cpu_seconds(node.process.pid) - cpu_before:.2f}s of CPU meanwhile; {load()})",
+              flush=True)
 
         listing = f"{node.admin_url}"
         for accept in ("application/json", "application/yaml"):
@@ -242,7 +287,7 @@ def main() -> None:
             best = min(r[0] for r in runs)
             status, body = runs[-1][1], runs[-1][2]
             print(f"admin list of {len(specs)} ({accept}): {best * 1000:.0f} ms best of 3, "
-                  f"{len(body) / 1e6:.1f} MB, status {status}", flush=True)
+                  f"{len(body) / 1e6:.1f} MB, status {status} ({load()})", flush=True)
         pages, token = [], ""
         for _ in range(5):
             query = f"?limit={args.page}" + (f"&continue={token}" if token else "")
@@ -266,23 +311,18 @@ def main() -> None:
         busy = wrk(f"{node.gate_url}/", 16, args.duration)
         stop.set()
         thread.join(120)
-        print(f"gate to 'hot' at c16: alone {alone['rps']:.0f} req/s p99 {alone['p99_ms']:.1f} ms; "
-              f"while {len(lists)} full lists ran {busy['rps']:.0f} req/s p99 "
-              f"{busy['p99_ms']:.1f} ms", flush=True)
-        before = reconcile_passes(node)
-        wait_for(lambda: reconcile_passes(node)[0] >= before[0] + 2, 120, "two more passes",
-                 pause=2.0)
-        after = reconcile_passes(node)
-        print(f"steady reconcile pass with {len(specs)} functions: "
-              f"{(after[1] - before[1]) / (after[0] - before[0]) * 1000:.0f} ms "
-              f"(mean of {after[0] - before[0]:.0f}; it yields to the reactor every 5 ms)",
-              flush=True)
-    except Exception:
+        print(f"gate to 'hot' at c16 with {len(specs)} functions: idle {alone['rps']:.0f} "
+              f"req/s p99 {alone['p99_ms']:.1f} ms; while {len(lists)} full lists ran "
+              f"(JSON and YAML in turn, {min(lists):.2f}-{max(lists):.2f}s each) "
+              f"{busy['rps']:.0f} req/s p99 {busy['p99_ms']:.1f} ms ({load()})", flush=True)
+        print(f"routed req/s, {len(specs)} functions against one: {alone['rps']:.0f} / "
+              f"{single['rps']:.0f} = {alone['rps'] / single['rps']:.3f}", flush=True)
+    except BaseException:
         for node in nodes:
             print(node.log()[-3000:], file=sys.stderr)
         raise
     finally:
-        for node in nodes:
+        for node in list(nodes):
             node.stop()
         etcd.stop()
         shutil.rmtree(workdir, ignore_errors=True)

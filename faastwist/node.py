@@ -8,6 +8,7 @@ provider stops the function processes they are talking to.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import time
@@ -30,6 +31,16 @@ from faastwist.providers.base import ChangeNotifier, LogSource
 from faastwist.util.fdreserve import FdReserve, ReservedListener, guard_listener
 
 log = Logger()
+
+
+def freeze_heap() -> int:
+    """Leave what start-up built (routes, specs, runtimes) out of the cyclic garbage
+    collector's passes: with 10,000 functions each full collection walked millions of
+    objects and stalled the gate ~0.3 s (measured: p99 284 ms with no other load).
+    Refcounting still frees them when they are dropped. Returns how many were frozen."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 class StartupError(Exception):
@@ -95,6 +106,7 @@ class FaasNode(Service):
         starting.addCallbacks(self._started, self._failed)
 
     def _started(self, _: None) -> None:
+        freeze_heap()
         log.info("faasgate {version} ready: controller {controller}, provider {provider}, "
                  "gate on {gate}, admin on {admin}", version=__version__,
                  controller=self.config.name, provider=self.config.provider,
@@ -266,7 +278,7 @@ class FaasNode(Service):
         if self.node_local:
             from faastwist.cluster.reports import ClusterView
 
-            provider = ClusterView(self.provider, self.session.read_reports)
+            provider = ClusterView(self.provider, self.session.read_reports, self.reactor)
         self.reconciler = Reconciler(self.store, provider, self.reactor,
                                      self.config.sync_interval, self.metrics,
                                      is_leader=self.leader.is_leader, fence=self.leader.fence)

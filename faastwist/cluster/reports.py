@@ -24,7 +24,8 @@ import json
 from typing import Any, Mapping, Sequence
 
 import attrs
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.task import deferLater
 
 from faastwist.model.fsm import Event
 from faastwist.model.spec import FunctionSpec
@@ -138,30 +139,61 @@ def _carry(ext: dict[str, str], reports: list[Report]) -> None:
         ext.update(oomKills=str(kills), reason="OOM")
 
 
+#: Functions folded per reactor turn.
+CHUNK = 500
+
+
 class ClusterView:
     """What the leader's reconciler sees as its provider when functions are node-local:
     ``observe`` folds the nodes' reports; the writes are done by every node's
     LocalConverger from the store, so here they have nothing left to do."""
 
-    def __init__(self, local: Any, read_reports: Any) -> None:
+    def __init__(self, local: Any, read_reports: Any, clock: Any = None) -> None:
         self.local = local
         self.kind = local.kind
         self._read = read_reports  # () -> Deferred[(reports by fn by node, live nodes)]
+        self.clock = clock  # with a clock, a fold gives the reactor back every CHUNK
+        #: name -> (live nodes, its reports, the observation folded from them)
+        self._folded: dict[str, tuple[tuple[str, ...], tuple[Report, ...], Observation | None]] = {}
 
     def check_spec(self, spec: FunctionSpec) -> None:
         self.local.check_spec(spec)
 
     def observe(self, names: Sequence[str] | None = None) -> Deferred[dict[str, Observation]]:
-        def fold(result: tuple[dict[str, dict[str, Report]], list[str]]) -> dict[str, Observation]:
-            by_function, live = result
-            wanted = by_function if names is None else [n for n in names if n in by_function]
-            folded = {}
-            for name in wanted:
-                observation = aggregate(name, by_function[name], live)
+        return self._read().addCallback(self._fold, names)
+
+    @inlineCallbacks
+    def _fold(self, result: tuple[dict[str, dict[str, Report]], list[str]],
+              names: Sequence[str] | None):
+        """Fold every function's reports, ``CHUNK`` functions per reactor turn (10,000
+        took ~0.3 s in one, every pass); a function whose live nodes and report
+        objects (decoded once per stored value) did not change keeps its observation."""
+        by_function, live = result
+        live_key = tuple(sorted(live))
+        wanted = list(by_function if names is None else
+                      [n for n in names if n in by_function])
+        folded: dict[str, Observation] = {}
+        memo, fresh = self._folded, {}
+        for start in range(0, len(wanted), CHUNK):
+            if start and self.clock is not None:
+                yield deferLater(self.clock, 0, lambda: None)
+            for name in wanted[start:start + CHUNK]:
+                reports = by_function[name]
+                key = tuple(reports[node] for node in sorted(reports))
+                cached = memo.get(name)
+                if (cached is not None and cached[0] == live_key and len(cached[1]) == len(key)
+                        and all(a is b for a, b in zip(cached[1], key))):
+                    observation = cached[2]
+                else:
+                    observation = aggregate(name, reports, live)
+                fresh[name] = (live_key, key, observation)
                 if observation is not None:
                     folded[name] = observation
-            return folded
-        return self._read().addCallback(fold)
+        if names is None:
+            self._folded = fresh   # functions gone since are forgotten
+        else:
+            memo.update(fresh)
+        return folded
 
     def deploy(self, spec: FunctionSpec) -> Deferred[None]:
         return succeed(None)

@@ -129,11 +129,8 @@ def _same(a: FunctionStatus, b: FunctionStatus) -> bool:
 SLICE = 0.005
 #: Functions converging at once in a pass (provider calls and status writes in flight).
 WINDOW = 16
-
-
-class LeadershipLost(Exception):
-    """The pass stops: this node no longer leads (checked before every provider call and
-    write; the store's fence refuses the write anyway)."""
+#: Kicked functions read one by one; more than this are read with one list.
+KICKED_READS = 64
 
 
 class LeadershipLost(Exception):
@@ -326,6 +323,17 @@ class Reconciler(Service):
                 self.metrics.set_state(name, record.status.state)
             return listing.records
         records: dict[str, FunctionRecord] = {}
+        if len(names) > KICKED_READS:
+            # many kicks at once (a node's start-up reports every function): one paged
+            # list, not thousands of reads one after the other
+            listing = yield self.store.list()
+            for name in names:
+                record = listing.records.get(name)
+                if record is None:
+                    self.metrics.set_state(name, None)
+                else:
+                    records[name] = record
+            return records
         for name in names:
             try:
                 records[name] = yield self.store.get(name)

@@ -48,6 +48,10 @@ class Names:
     def call_subject(self, function: str, call_id: str = ">") -> str:
         return f"faas.{self.controller}.call.{function}.{call_id}"
 
+    def function_of_call(self, subject: str) -> str:
+        """The function a call's subject names (``faas.C.call.{function}.{callId}``)."""
+        return subject[len(self.controller) + 11:].partition(".")[0]
+
     def callback_subject(self, function: str, call_id: str = ">") -> str:
         return f"faas.{self.controller}.callback.{function}.{call_id}"
 
@@ -72,6 +76,7 @@ class JetStream:
         self.js: Any = None
         self.kv: Any = None
         self._subs: dict[str, Any] = {}
+        self._wake_sub: Any = None
 
     # -- connection and set-up -----------------------------------------------------------
 
@@ -160,6 +165,32 @@ class JetStream:
                 await self.js.delete_consumer(stream, durable)
             except NotFoundError:
                 pass
+
+    async def watch_calls(self, on_function: Any) -> None:
+        """``on_function(name)`` (on the loop) whenever a call of ``name`` is published:
+        a plain subscription on the calls' subjects, so a function's pull loop runs
+        only while it has work (10,000 loops waiting in a fetch each were 5,000 fetches
+        a second). nats-py subscribes again after a reconnect."""
+        function_of = self.names.function_of_call
+
+        async def received(msg: Any) -> None:
+            on_function(function_of(msg.subject))
+        if self._wake_sub is None:
+            self._wake_sub = await self.nc.subscribe(self.names.call_subject("*"), cb=received)
+
+    async def backlog(self, stream: str, subjects: str) -> dict[str, int]:
+        """Messages stored per subject of ``stream`` matching ``subjects``, only where
+        there are some (one request, its size the backlog's, not the functions')."""
+        info = await self.js.stream_info(stream, subjects_filter=subjects)
+        return dict(info.state.subjects or {})
+
+    async def oldest(self, stream: str, subject: str) -> float | None:
+        """The enqueue time of the oldest message stored on ``subject``."""
+        try:
+            msg = await self.js.get_msg(stream, seq=1, next=True, subject=subject)
+        except NotFoundError:
+            return None
+        return _enqueued(msg.headers)
 
     async def consumer_names(self, stream: str) -> list[str]:
         return [info.name for info in await self.js.consumers_info(stream)]

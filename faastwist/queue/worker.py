@@ -6,6 +6,13 @@ consumer. A loop asks for at most as many messages as it has free slots, and the
 consumer's ``max_ack_pending`` (the function's ``asyncConcurrency``) bounds the calls
 in flight across the cluster, so a slow function only ever waits for itself.
 
+A function's loop runs only while it has work: it is woken when a call of the function
+is published (a plain subscription on the calls' subjects), when a call it put back is
+due, and by a sweep every ``SWEEP_INTERVAL`` that finds the functions with stored calls
+(redeliveries after a node died); it binds its consumer the first time it is woken, and
+goes idle after a fetch that found nothing. With 10,000 functions, a loop each always
+waiting in a fetch was 5,000 fetches a second, and the node never became ready.
+
 A call is acknowledged only after its outcome is stored (the status record, the
 callback message, the dead letter): a node that dies mid-call leaves the message
 unacknowledged, and JetStream redelivers it after the ack wait (at least once). A
@@ -18,8 +25,8 @@ from __future__ import annotations
 import random
 from typing import Any, Callable
 
-from twisted.internet.defer import ensureDeferred
-from twisted.internet.task import deferLater
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
 from faastwist.gate.routes import Route
@@ -48,12 +55,15 @@ ACK_MARGIN = 10.0
 #: Tries of a step after the function ran (0.5 s apart) before leaving it to redelivery.
 PERSIST = 40
 CALLBACKS = "callbacks"
+#: How often the node looks for functions with stored calls and wakes their loops.
+SWEEP_INTERVAL = 5.0
 
 
 class Loop:
     """One pull loop: a consumer, its slots on this node, and what runs now."""
 
-    __slots__ = ("key", "limit", "inflight", "pulling", "bound", "retry", "handler")
+    __slots__ = ("key", "limit", "inflight", "pulling", "bound", "binding", "wanted", "retry",
+                 "handler", "bind_args")
 
     def __init__(self, key: str, limit: int, handler: Callable[[Any], Any]) -> None:
         self.key = key
@@ -61,8 +71,11 @@ class Loop:
         self.inflight = 0
         self.pulling = False
         self.bound = False
+        self.binding = False
+        self.wanted = False   # woken while a fetch was under way: fetch again after it
         self.retry: Any = None
         self.handler = handler
+        self.bind_args: tuple = ()   # stream, durable, subject, limit, ack wait
 
 
 class Worker:
@@ -83,6 +96,9 @@ class Worker:
         self.loops: dict[str, Loop] = {}
         self.running = False
         self._settings: dict[str, tuple[int, float]] = {}
+        self._wakes: dict[str, Any] = {}     # function -> its delayed wake-up
+        self._absent: set[str] = set()       # functions with calls but no route, last sweep
+        self._sweeper: LoopingCall | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -98,22 +114,88 @@ class Worker:
         loop = self.loops[CALLBACKS] = Loop(CALLBACKS, self.config.callback_concurrency,
                                             self._deliver)
         names = self.names
-        self._bind(loop, names.callbacks, CALLBACKS, names.callback_subject("*"),
-                   self.config.callback_concurrency, self.config.callback_timeout + ACK_MARGIN)
+        loop.bind_args = (names.callbacks, CALLBACKS, names.callback_subject("*"),
+                          self.config.callback_concurrency,
+                          self.config.callback_timeout + ACK_MARGIN)
+        self._bind(loop)
+        reactor = self.reactor
+        self.bridge.call(self.js.watch_calls,
+                         lambda name: reactor.callFromThread(self.wake, name)).addErrback(
+            lambda f: log.warn("cannot subscribe to the queued calls ({error}); the sweep "
+                               "finds them", error=f.getErrorMessage()))
+        self._sweeper = LoopingCall(self._sweep)
+        self._sweeper.clock = reactor
+        self._sweeper.start(SWEEP_INTERVAL, now=True)
 
     def _orphans(self, durables: list[str]) -> None:
         for durable in durables:
             name = durable[len("call-"):]
             if durable.startswith("call-") and name not in self.loops and self.running:
-                loop = self.loops[name] = Loop(name, self.config.concurrency, self._run)
-                self._bind(loop, self.names.calls, durable, self.names.call_subject(name),
-                           self.config.concurrency, ACK_MARGIN)
+                self._adopt(name)
+
+    def _adopt(self, name: str) -> None:
+        """Drain the calls of a function that is gone into the dead letters."""
+        loop = self.loops[name] = Loop(name, self.config.concurrency, self._run)
+        loop.bind_args = (self.names.calls, self.names.consumer(name),
+                          self.names.call_subject(name), self.config.concurrency, ACK_MARGIN)
+        loop.wanted = True
+        self._bind(loop)
 
     def stop(self) -> None:
         self.running = False
-        for loop in self.loops.values():
-            if loop.retry is not None and loop.retry.active():
-                loop.retry.cancel()
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        for call in [loop.retry for loop in self.loops.values()] + list(self._wakes.values()):
+            if call is not None and call.active():
+                call.cancel()
+        self._wakes.clear()
+
+    # -- waking ----------------------------------------------------------------------------
+
+    def wake(self, name: str) -> None:
+        """A call of ``name`` may be waiting: pull until its consumer has none ready."""
+        self._wakes.pop(name, None)
+        loop = self.loops.get(name)
+        if loop is None or not self.running:
+            return  # not a function of this node's table (the sweep takes orphans)
+        loop.wanted = True
+        if loop.bound:
+            self._pull(loop)
+        elif not loop.binding:
+            self._bind(loop)
+
+    def _wake_later(self, name: str, delay: float) -> None:
+        """Wake ``name`` when a call it put back (negative acknowledgement) is due."""
+        current = self._wakes.get(name)
+        due = self.reactor.seconds() + delay
+        if current is not None and current.active():
+            if current.getTime() <= due:
+                return
+            current.cancel()
+        self._wakes[name] = self.reactor.callLater(delay + 0.05, self.wake, name)
+
+    def _sweep(self) -> Deferred[None]:
+        d = self.bridge.call(self.js.backlog, self.names.calls, self.names.call_subject("*"))
+        d.addCallback(self._swept)
+        d.addErrback(lambda f: log.debug("queue sweep failed: {error}",
+                                         error=f.getErrorMessage()))
+        return d
+
+    def _swept(self, subjects: dict[str, int]) -> None:
+        absent = set()
+        for name in {self.names.function_of_call(subject) for subject in subjects}:
+            if name in self.loops:
+                self.wake(name)
+            elif self.routes.lookup(name) is None:
+                absent.add(name)
+        # calls of a function this node has no route for: it was deleted, or created so
+        # recently that the watch has not brought it yet; so only when seen twice
+        for name in absent & self._absent:
+            if self.running and name not in self.loops:
+                log.info("calls of {function}, which no longer exists, go to the dead "
+                         "letters", function=name)
+                self._adopt(name)
+        self._absent = absent
 
     def inflight(self) -> int:
         return sum(loop.inflight for loop in self.loops.values())
@@ -125,7 +207,12 @@ class Worker:
             return
         loop = self.loops.get(name)
         if route is None:
-            return  # the loop (if any) drains the function's calls into the dead letters
+            if loop is not None and (loop.bound or loop.binding):
+                self.wake(name)  # it drains the function's calls into the dead letters
+            elif loop is not None:
+                del self.loops[name]  # never bound: the sweep finds calls left, if any
+                self._settings.pop(name, None)
+            return
         concurrency = route.spec.async_concurrency or self.config.concurrency
         settings = (concurrency, route.timeout + ACK_MARGIN)
         if loop is not None and self._settings.get(name) == settings:
@@ -134,23 +221,26 @@ class Worker:
         if loop is None:
             loop = self.loops[name] = Loop(name, concurrency, self._run)
         loop.limit = concurrency
-        self._bind(loop, self.names.calls, self.names.consumer(name),
-                   self.names.call_subject(name), *settings)
+        loop.bind_args = (self.names.calls, self.names.consumer(name),
+                          self.names.call_subject(name), *settings)
+        if loop.bound or loop.binding:
+            self._bind(loop)  # new settings for a consumer in use; others bind when woken
 
-    def _bind(self, loop: Loop, stream: str, durable: str, subject: str, limit: int,
-              ack_wait: float) -> None:
-        d = self.bridge.call(self.js.bind, loop.key, stream, durable, subject, limit, ack_wait)
+    def _bind(self, loop: Loop) -> None:
+        loop.binding = True
+        d = self.bridge.call(self.js.bind, loop.key, *loop.bind_args)
 
         def bound(_: Any) -> None:
+            loop.binding = False
             loop.bound = True
             self._pull(loop)
 
         def failed(failure: Any) -> None:
+            loop.binding = False
             log.warn("cannot bind the queue consumer {consumer}: {error}; retrying",
-                     consumer=durable, error=failure.getErrorMessage())
+                     consumer=loop.bind_args[1], error=failure.getErrorMessage())
             if self.running:
-                loop.retry = self.reactor.callLater(
-                    1.0, self._bind, loop, stream, durable, subject, limit, ack_wait)
+                loop.retry = self.reactor.callLater(1.0, self._bind, loop)
 
         d.addCallbacks(bound, failed)
 
@@ -161,6 +251,7 @@ class Worker:
         if free <= 0:
             return
         loop.pulling = True
+        loop.wanted = False
         d = self.bridge.call(self.js.fetch, loop.key, free, FETCH_WAIT,
                              timeout=FETCH_WAIT * 2 + 5)
         d.addCallbacks(self._fetched, self._fetch_failed, (loop,), None, (loop,))
@@ -173,9 +264,12 @@ class Worker:
             d.addErrback(lambda f, k=loop.key: log.failure(
                 "queued message of {consumer} failed", f, consumer=k))
             d.addBoth(self._handled, loop)
-        if loop.key != CALLBACKS and not messages and self.routes.lookup(loop.key) is None:
-            self._maybe_retire(loop)
-            return
+        if loop.key != CALLBACKS and not messages:
+            if self.routes.lookup(loop.key) is None:
+                self._maybe_retire(loop)
+                return
+            if not loop.wanted:
+                return  # idle until a call is published or the sweep finds one
         self._pull(loop)
 
     def _handled(self, _: Any, loop: Loop) -> None:
@@ -235,6 +329,7 @@ class Worker:
                     f"(state: {route.state.value})")))
                 return
             await self.bridge.call(self.js.nak, msg, INACTIVE_RECHECK)
+            self._wake_later(call.function, INACTIVE_RECHECK)
             return
         # a first delivery has no attempts yet (a retried dead letter is published anew,
         # its record reset): only a redelivery needs its count read back
@@ -260,6 +355,7 @@ class Worker:
             await self._status(call, "queued", attempts, answer.status,
                                nextAttempt=self.reactor.seconds() + delay)
             await self._persist(self.js.nak, msg, delay)
+            self._wake_later(call.function, delay)
             self.metrics.async_retries.labels(call.function).inc()
             return
         if decision is Decision.DEAD:

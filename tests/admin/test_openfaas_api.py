@@ -105,3 +105,31 @@ def test_info_namespaces_and_errors(world: World) -> None:
     assert world.request("GET", "/system/logs?bogus=1")[0] == 400
     assert world.request("PATCH", "/system/functions", {})[0] == 405
     assert world.kicks == []
+
+
+def test_a_large_function_list_is_built_a_chunk_per_reactor_turn() -> None:
+    from faastwist.admin import openfaas as openfaas_module
+    from faastwist.model.fsm import FunctionStatus
+    from faastwist.model.spec import FunctionSpec
+
+    clock = Clock()
+    store = MemoryStore("ctl")
+    count = openfaas_module.LIST_CHUNK * 2 + 3
+    for i in range(count):
+        spec = FunctionSpec.from_dict({"name": f"f{i:04d}", "image": "example/f"})
+        state = State.DESTROYED if i == 5 else State.ACTIVE
+        store.create(spec, FunctionStatus(spec.name, state, updated=1.7e9))
+    api = OpenFaaSAPI(store, FakeProvider(), lambda name: None, Metrics(), clock,
+                      Versions("process", "abc123"), NS, wall_clock=lambda: 1.7e9)
+    http = StubTreq(api.resource())
+    d = http.request("GET", "http://admin/system/functions")
+    http.flush()
+    done: list = []
+    d.addCallback(lambda response: response.content()).addBoth(done.append)
+    assert not done                  # the first chunk only, in the request's turn
+    assert len(clock.getDelayedCalls()) == 1   # the rest: at the reactor's next turn
+    clock.advance(0)
+    http.flush()
+    listed = json.loads(done[0])
+    assert [f["name"] for f in listed] == [f"f{i:04d}" for i in range(count) if i != 5]
+    assert listed[0]["namespace"] == NS

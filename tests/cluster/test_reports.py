@@ -122,3 +122,37 @@ def test_a_ready_function_keeps_how_it_runs_and_its_oom_kills() -> None:
     assert (ext["oomKills"], ext["reason"]) == ("3", "OOM")
     quiet = aggregate("f", by_node(*(report(n, user="u") for n in LIVE)), LIVE)
     assert "oomKills" not in quiet.ext_data and "reason" not in quiet.ext_data
+
+
+def test_cluster_view_folds_a_chunk_per_reactor_turn_and_reuses_unchanged_folds() -> None:
+    from twisted.internet.task import Clock
+
+    from faastwist.cluster import reports as reports_module
+
+    class Local:
+        kind = "process"
+
+    clock = Clock()
+    count = reports_module.CHUNK * 2 + 1
+    reports = {f"f{i:04d}": by_node(*(report(n) for n in LIVE)) for i in range(count)}
+    live = list(LIVE)
+    view = ClusterView(Local(), lambda: succeed((reports, live)), clock)
+    observed: dict = {}
+    view.observe().addCallback(observed.update)
+    assert observed == {}                       # one chunk folded, the reactor's turn again
+    clock.advance(0)
+    assert len(observed) == count and all(o.event is Event.READY for o in observed.values())
+    # the same report objects: the same observations; a changed report or live set: new
+    reports["f0001"] = by_node(report("n0"), report("n1", Event.ERROR, message="exit 3"),
+                               report("n2"))
+    again: dict = {}
+    view.observe().addCallback(again.update)
+    clock.advance(0)
+    assert again["f0000"] is observed["f0000"]
+    assert again["f0001"].event is Event.ERROR and again["f0001"].message == "node n1: exit 3"
+    live.remove("n2")                           # n2's lease ran out
+    third: dict = {}
+    view.observe().addCallback(third.update)
+    clock.advance(0)
+    assert third["f0000"] is not observed["f0000"]
+    assert third["f0000"].message == "ready on 2 of 2 nodes"   # n2's report no longer counts

@@ -135,3 +135,37 @@ def test_stop_ends_the_watch() -> None:
     set_state(store, "a", Event.STOP)
     assert table.lookup("a").active
     assert store._watches == []
+
+
+def test_a_large_table_is_rebuilt_a_chunk_per_reactor_turn_then_swapped_whole() -> None:
+    from faastwist.gate import routes as routes_module
+
+    clock = Clock()
+    store = MemoryStore()
+    count = routes_module.CHUNK * 2 + 3
+    for i in range(count):
+        store.create(spec(f"f{i:04d}"), FunctionStatus(f"f{i:04d}", State.ACTIVE))
+    heard: list[str] = []
+    table = RouteTable(store, clock)
+    table.subscribe(lambda name, route: heard.append(name))
+    table.startService()
+    # one chunk built, nothing served yet, no watch yet
+    assert not table.synced and table.lookup("f0000") is None and table._watch is None
+    clock.advance(0)
+    assert table.synced and len(table.names()) == count and table._watch is not None
+    assert len(heard) == count
+    kept = table.lookup("f0001")
+    # a lost watch lists again: the old table serves until the new one is whole, a
+    # change made meanwhile arrives through the new watch, unchanged routes are kept
+    handle = table._watch
+    handle.cancel()
+    set_state(store, "f0000", Event.STOP)
+    heard.clear()
+    handle.on_lost(RuntimeError("required revision has been compacted"))
+    assert table.lookup("f0000").active            # the old table, still whole
+    set_state(store, "f0002", Event.STOP)           # written during the rebuild
+    clock.advance(0)
+    assert table.lookup("f0000").state is State.INACTIVE
+    assert table.lookup("f0002").state is State.INACTIVE   # through the new watch
+    assert table.lookup("f0001") is kept
+    assert sorted(heard) == ["f0000", "f0002"]

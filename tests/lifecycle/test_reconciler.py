@@ -312,6 +312,29 @@ def test_kicked_pass_touches_only_that_function(world: World) -> None:
     assert world.provider.verbs("delete") == ["ghost"]
 
 
+def test_many_kicks_at_once_are_read_with_one_list_and_touch_only_them(world: World) -> None:
+    from faastwist.lifecycle import reconciler as reconciler_module
+
+    world.reconciler.startService()
+    result(world.provider.deploy(spec("ghost")))   # an orphan: only a full pass sees it
+    count = reconciler_module.KICKED_READS + 10
+    for i in range(count + 5):   # written by another node: not kicked here
+        name = f"k{i:03d}"
+        result(world.store.create(spec(name), FunctionStatus.initial(name, 0.0)))
+    reads = []
+    store_get, store_list = world.store.get, world.store.list
+    world.store.get = lambda name: reads.append(("get", name)) or store_get(name)
+    world.store.list = lambda: reads.append(("list", None)) or store_list()
+    kicked = [f"k{i:03d}" for i in range(count)] + ["gone"]   # one deleted meanwhile
+    for name in kicked:
+        world.reconciler.kick(name)
+    world.tick(0)
+    assert reads == [("list", None)]
+    assert sorted(world.provider.verbs("deploy")) == ["ghost"] + kicked[:-1]  # not the others
+    assert world.provider.verbs("delete") == ["gone"]   # a kicked name the store lacks
+    assert "ghost" in world.provider.running
+
+
 def test_stop_then_start_honours_the_pending_start(world: World) -> None:
     active(world)
     world.admin("fn", Event.STOP)

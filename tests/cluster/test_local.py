@@ -1,0 +1,138 @@
+"""The local converger's full pass: every function deployed and reported, a chunk of
+functions per reactor turn (10,000 in one turn held the gate for a second)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.task import Clock
+
+from faastwist.cluster import local as local_module
+from faastwist.cluster.local import LocalConverger, NotServing
+from faastwist.gate.routes import RouteTable
+from faastwist.model.fsm import FunctionStatus, State
+from faastwist.model.spec import FunctionSpec
+from faastwist.store.memory import MemoryStore
+from tests.support.process import make_provider
+
+
+def one_turn(clock: Clock) -> None:
+    """Run the calls due now that were scheduled before this turn (Clock.advance also
+    runs the ones they schedule, which a reactor leaves for its next turn)."""
+    for call in [c for c in clock.getDelayedCalls() if c.getTime() <= clock.seconds()]:
+        clock.calls.remove(call)
+        call.called = True
+        call.func(*call.args, **call.kw)
+
+
+class ReportLog:
+    """The node session's report side, recorded (the session's etcd writes have their
+    own tests on a real etcd in test_session.py)."""
+
+    node_id = "n0"
+
+    def __init__(self) -> None:
+        self.reports: dict[str, Any] = {}
+
+    def report(self, name: str, report: Any) -> None:
+        self.reports[name] = report
+
+
+def test_full_pass_deploys_everything_a_chunk_per_reactor_turn(tmp_path: Path) -> None:
+    clock = Clock()
+    store = MemoryStore()
+    count = local_module.CHUNK * 3 + 7
+    for i in range(count):
+        spec = FunctionSpec.from_dict({"name": f"f{i:04d}", "mode": "fork",
+                                       "command": ["/bin/cat"]})
+        store.create(spec, FunctionStatus(spec.name, State.ACTIVE, updated=0.0))
+    routes = RouteTable(store, clock)
+    routes.startService()
+    assert routes.synced
+    provider = make_provider(clock, tmp_path / "data")
+    session = ReportLog()
+    converger = LocalConverger(routes, provider, session, clock, 10.0)
+    try:
+        converger.startService()   # the first full pass starts at once
+        # not ready meanwhile: the answer names a few of the functions, and counts them
+        try:
+            converger.check()
+        except NotServing as exc:
+            owed = count - local_module.CHUNK
+            named = [f"f{i:04d}" for i in range(local_module.CHUNK,
+                                                local_module.CHUNK + local_module.NAMED)]
+            assert str(exc) == (f"not yet serving {', '.join(named)} and "
+                                f"{owed - local_module.NAMED} more")
+        else:
+            raise AssertionError("ready before the functions were deployed")
+        # each reactor turn takes one chunk more, never all of them at once
+        seen = []
+        for _ in range(4):
+            seen.append(len(provider.runtimes))
+            one_turn(clock)
+        assert seen == [local_module.CHUNK * k for k in (1, 2, 3, 4)][:3] + [count]
+        try:
+            converger.check()
+        except NotServing as exc:
+            raise AssertionError(f"not ready after the pass: {exc}") from None
+        assert sorted(session.reports) == sorted(routes.names())
+        assert all(r is not None and r.digest == routes.lookup(n).spec.digest()
+                   for n, r in session.reports.items())
+    finally:
+        converger.stopService()
+        provider.stopService()
+        routes.stopService()
+
+
+def test_a_stopped_converger_ends_its_pass_at_the_next_chunk(tmp_path: Path) -> None:
+    clock = Clock()
+    store = MemoryStore()
+    for i in range(local_module.CHUNK * 2):
+        spec = FunctionSpec.from_dict({"name": f"g{i:04d}", "mode": "fork",
+                                       "command": ["/bin/cat"]})
+        store.create(spec, FunctionStatus(spec.name, State.ACTIVE, updated=0.0))
+    routes = RouteTable(store, clock)
+    routes.startService()
+    provider = make_provider(clock, tmp_path / "data")
+    converger = LocalConverger(routes, provider, ReportLog(), clock, 10.0)
+    try:
+        converger.startService()
+        assert len(provider.runtimes) == local_module.CHUNK
+        converger.stopService()
+        one_turn(clock)
+        assert len(provider.runtimes) == local_module.CHUNK
+    finally:
+        provider.stopService()
+        routes.stopService()
+
+
+def test_a_later_full_pass_acts_only_where_something_differs(tmp_path: Path) -> None:
+    clock = Clock()
+    store = MemoryStore()
+    for i in range(50):
+        spec = FunctionSpec.from_dict({"name": f"h{i:02d}", "mode": "fork",
+                                       "command": ["/bin/cat"]})
+        store.create(spec, FunctionStatus(spec.name, State.ACTIVE, updated=0.0))
+    routes = RouteTable(store, clock)
+    routes.startService()
+    provider = make_provider(clock, tmp_path / "data")
+    converger = LocalConverger(routes, provider, ReportLog(), clock, 10.0)
+    try:
+        converger.startService()
+        clock.advance(0)
+        assert len(provider.runtimes) == 50
+        calls: list[str] = []
+        deploy = provider.deploy
+        provider.deploy = lambda spec: calls.append(spec.name) or deploy(spec)
+        started = converger._run
+        runs: list[str] = []
+        converger._run = lambda name: runs.append(name) or started(name)
+        provider.runtimes.pop("h07")   # lost behind the converger's back
+        clock.advance(10.0)            # the next full pass
+        assert calls == ["h07"] and runs == ["h07"]
+        assert "h07" in provider.runtimes
+    finally:
+        converger.stopService()
+        provider.stopService()
+        routes.stopService()
