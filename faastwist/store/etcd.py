@@ -162,11 +162,10 @@ class EtcdStore:
         # one connection per stream, never pooled
         self._watch_agent = (Agent(reactor, contextFactory=tls) if tls is not None
                              else Agent(reactor))
-        self._clients = {e: (Client(reactor, url=e, timeout=timeout) if tls is None
-                             else TLSClient(reactor, e, timeout, tls))
+        self._clients = {e: (Client(reactor, url=e, timeout=timeout, pool=_pool(reactor))
+                             if tls is None
+                             else TLSClient(reactor, e, timeout, tls, pool=_pool(reactor)))
                          for e in self.endpoints}
-        for client in self._clients.values():
-            _keep_connections(client._pool)
         # nodes start at different endpoints (the caller passes a node-specific index),
         # so losing one member does not hit every node's connection at once
         self._active = start_index % len(self.endpoints)
@@ -766,12 +765,14 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _keep_connections(pool: HTTPConnectionPool) -> None:
-    """Keep as many idle connections to an endpoint as writes run at once (the
+def _pool(reactor: IReactorTCP) -> HTTPConnectionPool:
+    """Persistent connections to one endpoint: as many kept as writes run at once (the
     reconciler has 16 in flight, the session 4); Twisted keeps 2 by default, so every
     other request opened and closed a connection of its own."""
+    pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = POOLED_CONNECTIONS
     pool.cachedConnectionTimeout = 60
+    return pool
 
 
 def _holds(comp: Any, kv: KeyValue | None) -> bool:

@@ -21,7 +21,7 @@ import treq
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.interfaces import IReactorTCP
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
-from twisted.web.client import Agent
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
 from txaioetcd import Client
 from zope.interface import implementer
@@ -71,8 +71,8 @@ class TLSClient(Client):
     global one, so both go through an Agent with ``tls`` here."""
 
     def __init__(self, reactor: IReactorTCP, url: str, timeout: float,
-                 tls: IPolicyForHTTPS) -> None:
-        super().__init__(reactor, url=url, timeout=timeout)
+                 tls: IPolicyForHTTPS, pool: HTTPConnectionPool | None = None) -> None:
+        super().__init__(reactor, url=url, timeout=timeout, pool=pool)
         self._agent = Agent(reactor, contextFactory=tls, pool=self._pool)
         self._clock = reactor
 
