@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import gc
+import importlib.metadata
 import os
 import shutil
 import signal
@@ -211,10 +213,14 @@ def read_equivalents(path: Path) -> dict[tuple[str, str, str], str]:
 
 # -- running tests in forked children -------------------------------------------------------------
 
-def _child(work: Path, args: list[str]) -> None:
-    """In a forked child: run pytest in ``work`` quietly and exit with its code."""
+def _child(work: Path, args: list[str], cache: bool = False) -> None:
+    """In a forked child: run pytest in ``work`` quietly and exit with its code.
+
+    ``cache``: write bytecode (the baseline run only: it leaves pytest's assertion-
+    rewritten test modules cached for the mutants' children, which only read them)."""
     code = 3
     try:
+        sys.dont_write_bytecode = not cache
         os.setpgid(0, 0)  # its own group: a timeout kills what it started, too
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, 1)
@@ -236,11 +242,23 @@ def _child(work: Path, args: list[str]) -> None:
         os._exit(int(code))
 
 
-def start(work: Path, args: list[str]) -> int:
+def start(work: Path, args: list[str], cache: bool = False) -> int:
     pid = os.fork()
     if pid == 0:
-        _child(work, args)
+        _child(work, args, cache)
     return pid
+
+
+def share_test_cache(works: list[Path]) -> None:
+    """After a baseline run in ``works[0]``: drop the bytecode of ``faastwist`` (a mutant
+    of the same size written in the same second would run the original's .pyc) and
+    give the other copies pytest's rewritten tests (never mutated; the copies keep the
+    sources' mtimes, so the cache stays valid there)."""
+    for cache in (works[0] / "faastwist").rglob("__pycache__"):
+        shutil.rmtree(cache, ignore_errors=True)
+    for cache in (works[0] / "tests").rglob("__pycache__"):
+        for other in works[1:]:
+            shutil.copytree(cache, other / cache.relative_to(works[0]), dirs_exist_ok=True)
 
 
 def finish(pid: int, started: float, timeout: float, block: bool) -> str | None:
@@ -267,7 +285,7 @@ def coverage_by_line(work: Path, target: Target) -> tuple[dict[int, list[str]], 
     started = time.monotonic()
     os.environ["COVERAGE_FILE"] = str(data_file)
     pid = start(work, [f"--cov={module}", "--cov-context=test", "--cov-report=",
-                       *target.tests])
+                       *target.tests], cache=True)
     status = finish(pid, started, 900, block=True)
     elapsed = time.monotonic() - started
     if status != SURVIVED:
@@ -296,6 +314,7 @@ def run_target(target: Target, works: list[Path], equivalents: dict) -> Score:
     os.environ.pop("COVERAGE_FILE", None)
     by_line, baseline = coverage_by_line(works[0], target)
     os.environ.pop("COVERAGE_FILE", None)
+    share_test_cache(works)
     timeout = max(60.0, 4 * baseline)
     starts = statement_starts(source)
     queue = list(score.mutants)
@@ -392,6 +411,13 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
         for name in WARM:
             __import__(name)
+        # pytest's plugins too: each child would import them again (schemathesis alone
+        # takes seconds) and assertion-rewrite them without a bytecode cache
+        for plugin in importlib.metadata.entry_points(group="pytest11"):
+            plugin.load()
+        # what the parent holds is never collected: each child's gc.collect (pytest runs
+        # several at its end) then neither walks it nor copies its pages on write
+        gc.freeze()
         assert not any(m == "faastwist" or m.startswith("faastwist.") for m in sys.modules)
         for target in targets:
             if not (work / target.path).exists():

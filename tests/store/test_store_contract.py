@@ -687,13 +687,15 @@ def test_the_memory_store_counts_each_successful_write_once():
     from faastwist.store.base import Conflict
 
     store = MemoryStore()
-    created = store.create(spec("a"), status("a")).result
+    store.create(spec("b"), status("b"))
     assert store.writes == 1
-    updated = store.update(created, status=status("a", State.ACTIVE)).result
+    created = store.create(spec("a"), status("a")).result
     assert store.writes == 2
+    updated = store.update(created, status=status("a", State.ACTIVE)).result
+    assert store.writes == 3
     refused: list = []
     store.update(created, status=status("a", State.FAILED)).addErrback(refused.append)
     assert refused[0].check(Conflict)
-    assert store.writes == 2
-    store.delete(updated)
     assert store.writes == 3
+    store.delete(updated)
+    assert store.writes == 4
