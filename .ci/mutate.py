@@ -70,6 +70,9 @@ TARGETS = (
     Target("faastwist/auth/origin.py", ("tests/auth/test_origin.py",)),
     Target("faastwist/admin/guard.py", ("tests/admin/test_guard.py",)),
     Target("faastwist/gate/access.py", ("tests/gate/test_access.py",)),
+    # the key and rate-limit rules as the gate applies them (the rest of the module is I/O)
+    Target("faastwist/gate/exchange.py", ("tests/gate/test_access.py", "tests/gate/test_gate.py"),
+           functions=("_check_key", "_check_rate")),
     Target("faastwist/queue/policy.py", ("tests/queue/test_policy.py",)),
 )
 

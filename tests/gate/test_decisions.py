@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 
 import pytest
+from twisted.logger import globalLogPublisher
 
 from faastwist.gate.adaptor import compile_adaptor, go_replacement
 from faastwist.gate.decisions import CallIds, GateError, RequestHead, classify, resolve, upstream_head, wants_close
 from faastwist.gate.wire import filter_response
-from faastwist.model.spec import FunctionSpec, PathAdaptor, RequestAdaptor
+from faastwist.model.spec import FunctionSpec, HeaderAdaptor, PathAdaptor, RequestAdaptor
 
 
 def head(target: bytes = b"/", headers: list[tuple[bytes, bytes]] | None = None,
@@ -234,3 +235,48 @@ def test_the_max_connections_answer_is_a_503_with_retry_after_1_and_close() -> N
         b"content-length: %d\r\n"
         b"retry-after: 1\r\n"
         b"connection: close\r\n\r\n" % len(body)) + body
+
+
+def test_go_replacement_inserts_nothing_for_a_group_that_did_not_take_part() -> None:
+    pattern = re.compile(r"/(a)?(b)")
+    assert pattern.sub(go_replacement("[$1|${2}]"), "/b") == "[|b]"
+
+
+def test_adaptor_set_alone_replaces_every_value_the_client_sent() -> None:
+    adaptor = compile_adaptor(RequestAdaptor(header=HeaderAdaptor(set={"X-S": "gate"})))
+    assert adaptor.apply_headers([(b"x-s", b"c1"), (b"x-k", b"k"), (b"x-s", b"c2")]) == [
+        (b"x-k", b"k"), (b"x-s", b"gate")]
+
+
+def test_adaptor_skips_host_and_expect_in_every_header_step_with_a_warning() -> None:
+    """Host and Expect are the gate's (Host: requestAdaptor.host), like the framing
+    headers; each skipped name is logged with the step that named it."""
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        adaptor = compile_adaptor(RequestAdaptor(header=HeaderAdaptor(
+            delete=("Host", "X-D"), set={"Expect": "100-continue", "X-S": "s"},
+            add={"HOST": "h", "X-A": "a"})))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert adaptor.apply_headers([(b"host", b"client"), (b"expect", b"100-continue"),
+                                  (b"x-d", b"d")]) == [
+        (b"host", b"client"), (b"expect", b"100-continue"), (b"x-s", b"s"), (b"x-a", b"a")]
+    skipped = sorted((e["key"], e["name"]) for e in events if "key" in e)
+    assert skipped == [("add", "HOST"), ("del", "Host"), ("set", "Expect")]
+
+
+@pytest.mark.parametrize("host, kept", [
+    ("a~b.example:8080", b"a~b.example:8080"),   # every printable ASCII is kept, up to ~
+    ("x!y", b"x!y"),
+    ("a\x7fb", None),                             # DEL
+    ("a\x00b", None),                             # controls that are not white space
+    ("a\x1fb", None),
+    ("a\tb", None),
+    ("a b", None),
+    ("caf\u00e9", None),
+])
+def test_adaptor_host_is_kept_only_when_it_is_printable_ascii(host: str,
+                                                              kept: bytes | None) -> None:
+    adaptor = compile_adaptor(RequestAdaptor(host=host))
+    assert adaptor is not None and adaptor.host == kept
