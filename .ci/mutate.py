@@ -287,8 +287,9 @@ def coverage_by_line(work: Path, target: Target) -> tuple[dict[int, list[str]], 
     module = target.path[:-3].replace("/", ".")
     started = time.monotonic()
     os.environ["COVERAGE_FILE"] = str(data_file)
+    # no floor here: setup.cfg's fail_under is for the whole suite, not one module
     pid = start(work, [f"--cov={module}", "--cov-context=test", "--cov-report=",
-                       *target.tests], cache=True)
+                       "--cov-fail-under=0", *target.tests], cache=True)
     status = finish(pid, started, 900, block=True)
     elapsed = time.monotonic() - started
     if status != SURVIVED:
