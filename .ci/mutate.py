@@ -50,6 +50,9 @@ class Target:
     path: str
     tests: tuple[str, ...]
     functions: tuple[str, ...] = ()
+    #: which of the tests run (pytest -m): the unit tier, unless a module's decisions are
+    #: only exercised against a real server that starts fast (etcd)
+    marks: str = UNIT
     #: a module another branch brings: absent here, it is listed as such, not an error
     optional: bool = False
 
@@ -66,6 +69,11 @@ TARGETS = (
            functions=("plan", "_same")),
     Target("faastwist/store/memory.py", ("tests/store/test_store_contract.py",),
            functions=("create", "_current", "update", "delete")),
+    # etcd's compare-and-swap: the compares a write is guarded by and what a failed one
+    # means, against the contract suite's etcd variant (a real etcd per child: ~1 s)
+    Target("faastwist/store/etcd.py", ("tests/store/test_store_contract.py",),
+           functions=("_guard", "_fence_reads", "_lost_race", "_holds", "_unchanged"),
+           marks="etcd and not slow"),
     Target("faastwist/auth/authorizer.py", ("tests/auth/test_authorizer.py",)),
     Target("faastwist/auth/origin.py", ("tests/auth/test_origin.py",)),
     Target("faastwist/admin/guard.py", ("tests/admin/test_guard.py",)),
@@ -239,7 +247,7 @@ def _child(work: Path, args: list[str], cache: bool = False) -> None:
         hypothesis.settings.register_profile("mutate", max_examples=25, deadline=None,
                                              database=None)
         hypothesis.settings.load_profile("mutate")
-        code = pytest.main(["-x", "-q", "-p", "no:cacheprovider", "-m", UNIT,
+        code = pytest.main(["-x", "-q", "-p", "no:cacheprovider",
                             "-o", "addopts=", *args])
     finally:
         os._exit(int(code))
@@ -288,13 +296,13 @@ def coverage_by_line(work: Path, target: Target) -> tuple[dict[int, list[str]], 
     started = time.monotonic()
     os.environ["COVERAGE_FILE"] = str(data_file)
     # no floor here: setup.cfg's fail_under is for the whole suite, not one module
-    pid = start(work, [f"--cov={module}", "--cov-context=test", "--cov-report=",
-                       "--cov-fail-under=0", *target.tests], cache=True)
+    pid = start(work, ["-m", target.marks, f"--cov={module}", "--cov-context=test",
+                       "--cov-report=", "--cov-fail-under=0", *target.tests], cache=True)
     status = finish(pid, started, 900, block=True)
     elapsed = time.monotonic() - started
     if status != SURVIVED:
         raise SystemExit(f"mutate: the tests of {target.path} fail without any mutant: "
-                         f"pytest -m '{UNIT}' {' '.join(target.tests)}")
+                         f"pytest -m '{target.marks}' {' '.join(target.tests)}")
     import coverage
 
     data = coverage.CoverageData(basename=str(data_file))
@@ -343,7 +351,8 @@ def run_target(target: Target, works: list[Path], equivalents: dict) -> Score:
                 # of it; a line no test runs still gets every test (it must survive them)
                 tests = (by_line.get(mutant.line) or by_line.get(starts.get(mutant.line, 0))
                          or list(target.tests))
-                running[start(work, tests)] = (mutant, work, time.monotonic())
+                running[start(work, ["-m", target.marks, *tests])] = (mutant, work,
+                                                                        time.monotonic())
             for pid, (mutant, work, started) in list(running.items()):
                 status = finish(pid, started, timeout, block=False)
                 if status is not None:
