@@ -740,6 +740,10 @@ def test_a_fenced_write_is_refused_naming_the_holder_and_a_stale_one_is_a_confli
             yield store.update(record, status=status("fenced", State.FAILED),
                                fence=[CompModified(leader_key, "==", moved), fence[1]])
         assert str(caught.value) == refused("node-b")
+        etcd_server.put(leader_key, b"\xffnode")  # not UTF-8: still named, not an error
+        with pytest.raises(Fenced) as caught:
+            yield store.update(record, status=status("fenced", State.FAILED), fence=fence)
+        assert str(caught.value) == refused("\ufffdnode")
         etcd_server.delete(leader_key)
         with pytest.raises(Fenced) as caught:
             yield store.delete(record, fence=fence)
