@@ -2,8 +2,9 @@
 """Mutation testing of the modules that hold decisions (``make mutate``).
 
 mutmut (2.x, the ``test`` extra) makes the mutants: its parser, its operators, its
-``# pragma: no mutate``. This script runs them, each module against its fast unit tests
-only, each mutant in a forked child of one warm process: pytest, Twisted and the other
+``# pragma: no mutate``. This script runs them, each module against its fast tests only
+(the unit tier, or a target's own ``-m`` expression: etcd's starts a real etcd), each
+mutant in a forked child of one warm process: pytest, its plugins, Twisted and the other
 dependencies are imported once, the ``faastwist`` package never in the parent, so each
 child imports the mutated source fresh. That is several times faster than the pytest
 process per mutant that ``mutmut run`` starts, which matters on a small shared machine.
