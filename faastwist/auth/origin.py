@@ -98,7 +98,10 @@ class OriginPolicy:
             return True
         if normal == "null" or "://" not in normal:
             return False
-        parts = urlsplit(normal)
+        try:
+            parts = urlsplit(normal)
+        except ValueError:  # an unbalanced [ or ] ("Invalid IPv6 URL"): not an origin
+            return False
         if parts.scheme != self.scheme or parts.path or parts.query or not parts.netloc:
             return False
         target = split_host(parts.netloc, parts.scheme)

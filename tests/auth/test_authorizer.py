@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from faastwist.auth.authorizer import Authorizer, BasicCredentials, anonymous_role
+from faastwist.auth.authorizer import Authorizer, BasicCredentials, Decision, anonymous_role
 from faastwist.auth.tokens import Role, TokenEntry, hash_token
 
 ADMIN, READ = "admin-secret", "read-secret"
@@ -39,7 +39,7 @@ def test_tokens_without_anonymous(header: str | None, write: bool, code: int) ->
 
 def test_basic_auth_is_admin_and_advertised() -> None:
     auth = Authorizer(TOKENS, basic=BasicCredentials("admin", "pa:ss"))
-    assert auth.check(basic("admin", "pa:ss"), True).role is Role.ADMIN
+    assert auth.check(basic("admin", "pa:ss"), True) == Decision(True, 200, "", Role.ADMIN, ())
     assert auth.check(basic("admin", "nope"), False).code == 401
     assert auth.check("Basic !!notbase64", False).code == 401
     assert ("WWW-Authenticate", 'Basic realm="Restricted"') in auth.check(None, False).headers
@@ -67,7 +67,67 @@ def test_replace_swaps_tokens() -> None:
     assert auth.check(f"Bearer {READ}", False).code == 401
 
 
+def test_replace_swaps_the_basic_credentials_too() -> None:
+    auth = Authorizer(TOKENS)
+    assert auth.check(basic("ops", "pw"), True).code == 401
+    auth.replace(TOKENS, BasicCredentials("ops", "pw"))
+    assert auth.check(basic("ops", "pw"), True) == Decision(True, 200, "", Role.ADMIN, ())
+    auth.replace(TOKENS, None)
+    assert auth.check(basic("ops", "pw"), True).code == 401
+
+
+def test_basic_credentials_with_characters_outside_base64_are_refused() -> None:
+    """Not cleaned up into valid ones: what is sent is what is checked."""
+    auth = Authorizer(TOKENS, basic=BasicCredentials("admin", "pa:ss"))
+    encoded = base64.b64encode(b"admin:pa:ss").decode()
+    assert auth.check(f"Basic {encoded[:4]}!{encoded[4:]}", False).code == 401
+    assert auth.check(f"Basic {encoded}", False).allowed
+
+
+BEARER = ("WWW-Authenticate", 'Bearer realm="faastwist"')
+BASIC = ("WWW-Authenticate", 'Basic realm="Restricted"')
+
+
+@pytest.mark.parametrize("basic_on, anonymous, header, write, expected", [
+    (False, None, f"Bearer {ADMIN}", True, Decision(True, 200, "", Role.ADMIN, ())),
+    (False, None, f"Bearer {READ}", False, Decision(True, 200, "", Role.READ, ())),
+    (False, Role.READ, None, False, Decision(True, 200, "", Role.READ, ())),
+    (False, None, None, False, Decision(
+        False, 401, "authentication required: send Authorization: Bearer TOKEN (the node's "
+                    "admin token is in its tokensFile + '.admin')", None, (BEARER,))),
+    (True, None, " ", False, Decision(
+        False, 401, "authentication required: send Authorization: Bearer TOKEN or HTTP Basic "
+                    "(the node's admin token is in its tokensFile + '.admin')", None,
+        (BEARER, BASIC))),
+    (False, None, "Bearer nope", False, Decision(
+        False, 401, "Authorization: the bearer token is not valid (unknown or revoked)", None,
+        (BEARER,))),
+    (False, None, basic("u", "p"), False, Decision(
+        False, 401, "Authorization: HTTP Basic is not enabled on this node "
+                    "(admin.auth.basicAuth); send a bearer token", None, (BEARER,))),
+    (True, None, basic("admin", "wrong"), False, Decision(
+        False, 401, "Authorization: wrong user or password", None, (BEARER, BASIC))),
+    (False, None, "Digest x", False, Decision(
+        False, 401, "Authorization: unsupported scheme 'digest'; send Bearer TOKEN", None,
+        (BEARER,))),
+    (False, Role.READ, None, True, Decision(
+        False, 401, "authentication required: anonymous callers may only read; send an "
+                    "admin token to change anything", None, (BEARER,))),
+    (False, None, f"Bearer {READ}", True, Decision(
+        False, 403, "forbidden: this token has the read role; changes need an admin token",
+        Role.READ, ())),
+])
+def test_every_decision_exactly(basic_on: bool, anonymous: Role | None, header: str | None,
+                                write: bool, expected: Decision) -> None:
+    """The whole answer, message included: it is the ``{code, message}`` a client reads."""
+    auth = Authorizer(TOKENS, anonymous=anonymous,
+                      basic=BasicCredentials("admin", "pa:ss") if basic_on else None)
+    assert auth.check(header, write) == expected
+
+
 def test_anonymous_role_choices() -> None:
     assert anonymous_role("none") is None
-    with pytest.raises(ValueError, match="none, read, admin"):
+    assert anonymous_role("read") is Role.READ and anonymous_role("admin") is Role.ADMIN
+    with pytest.raises(ValueError) as caught:
         anonymous_role("root")
+    assert str(caught.value) == "must be one of none, read, admin, got 'root'"

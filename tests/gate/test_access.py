@@ -52,3 +52,5 @@ def test_token_bucket_exact_values() -> None:
 
 def test_retry_after_rounds_up_and_is_never_zero() -> None:
     assert [retry_after(w) for w in (0.01, 0.5, 1.0, 1.2, 8.0)] == [1, 1, 1, 2, 8]
+    # a nanosecond over a whole second is float noise (rps of 1/3 ...), more is not
+    assert [retry_after(w) for w in (2.0 + 0.9e-9, 2.0 + 1.5e-9)] == [2, 3]

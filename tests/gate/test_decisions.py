@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 
 import pytest
+from twisted.logger import globalLogPublisher
 
 from faastwist.gate.adaptor import compile_adaptor, go_replacement
-from faastwist.gate.decisions import CallIds, GateError, RequestHead, classify, resolve, upstream_head, wants_close
+from faastwist.gate.decisions import (CallIds, GateError, RequestHead, classify, error_headers,
+                                      resolve, upstream_head, wants_close)
 from faastwist.gate.wire import filter_response
-from faastwist.model.spec import FunctionSpec, PathAdaptor, RequestAdaptor
+from faastwist.model.spec import FunctionSpec, HeaderAdaptor, PathAdaptor, RequestAdaptor
 
 
 def head(target: bytes = b"/", headers: list[tuple[bytes, bytes]] | None = None,
@@ -234,3 +236,143 @@ def test_the_max_connections_answer_is_a_503_with_retry_after_1_and_close() -> N
         b"content-length: %d\r\n"
         b"retry-after: 1\r\n"
         b"connection: close\r\n\r\n" % len(body)) + body
+
+
+def test_go_replacement_inserts_nothing_for_a_group_that_did_not_take_part() -> None:
+    pattern = re.compile(r"/(a)?(b)")
+    assert pattern.sub(go_replacement("[$1|${2}]"), "/b") == "[|b]"
+
+
+def test_adaptor_set_alone_replaces_every_value_the_client_sent() -> None:
+    adaptor = compile_adaptor(RequestAdaptor(header=HeaderAdaptor(set={"X-S": "gate"})))
+    assert adaptor.apply_headers([(b"x-s", b"c1"), (b"x-k", b"k"), (b"x-s", b"c2")]) == [
+        (b"x-k", b"k"), (b"x-s", b"gate")]
+
+
+def test_adaptor_skips_host_and_expect_in_every_header_step_with_a_warning() -> None:
+    """Host and Expect are the gate's (Host: requestAdaptor.host), like the framing
+    headers; each skipped name is logged with the step that named it."""
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        adaptor = compile_adaptor(RequestAdaptor(header=HeaderAdaptor(
+            delete=("Host", "X-D"), set={"Expect": "100-continue", "X-S": "s"},
+            add={"HOST": "h", "X-A": "a"})))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert adaptor.apply_headers([(b"host", b"client"), (b"expect", b"100-continue"),
+                                  (b"x-d", b"d")]) == [
+        (b"host", b"client"), (b"expect", b"100-continue"), (b"x-s", b"s"), (b"x-a", b"a")]
+    skipped = sorted((e["key"], e["name"]) for e in events if "key" in e)
+    assert skipped == [("add", "HOST"), ("del", "Host"), ("set", "Expect")]
+
+
+@pytest.mark.parametrize("host, kept", [
+    ("a~b.example:8080", b"a~b.example:8080"),   # every printable ASCII is kept, up to ~
+    ("x!y", b"x!y"),
+    ("a\x7fb", None),                             # DEL
+    ("a\x00b", None),                             # controls that are not white space
+    ("a\x1fb", None),
+    ("a\tb", None),
+    ("a b", None),
+    ("caf\u00e9", None),
+])
+def test_adaptor_host_is_kept_only_when_it_is_printable_ascii(host: str,
+                                                              kept: bytes | None) -> None:
+    adaptor = compile_adaptor(RequestAdaptor(host=host))
+    assert adaptor is not None and adaptor.host == kept
+
+
+# -- every decision pinned (mutation testing found these untested) --------------------------
+
+def test_async_is_asked_by_header_or_by_path() -> None:
+    assert head(b"/", [(b"x-faas-async", b" True ")]).async_call
+    assert not head(b"/", [(b"x-faas-async", b"false")]).async_call
+    assert not head(b"/").async_call
+    h = head(b"/async-function/fn/x?q")
+    assert resolve(h) == ("fn", b"/x?q") and h.async_call
+    h = head(b"/function/fn/async-function/x")
+    assert resolve(h) == ("fn", b"/async-function/x") and not h.async_call
+
+
+def test_what_the_client_did_not_send_is_absent() -> None:
+    """No call id (the async intake tells absent from invalid), no Expect, no body
+    framing; an HTTP/1.0 request without Host gets no X-Forwarded-Host."""
+    h = head(b"/", [(b"x-faas-func-name", b"fn")])
+    assert h.call_id is None and not h.expect_continue and not h.chunked
+    old = RequestHead(b"GET", b"/", [(b"x-faas-func-name", b"fn")], "10.1.2.3", http11=False)
+    classify(old)
+    data, _ = upstream_head(old, b"/", None, b"up", b"i")
+    assert b"x-forwarded-host" not in data
+
+
+def test_expect_100_continue_only() -> None:
+    assert head(b"/", [(b"expect", b"100-Continue")]).expect_continue
+    assert not head(b"/", [(b"expect", b"something")]).expect_continue
+    assert not head(b"/", [(b"x-forwarded-proto", b"100-continue")]).expect_continue
+
+
+def test_repeated_headers_are_joined() -> None:
+    h = head(b"/", [(b"x-forwarded-for", b"1.1.1.1"), (b"x-forwarded-for", b"2.2.2.2"),
+                    (b"transfer-encoding", b"gzip"), (b"transfer-encoding", b"chunked"),
+                    (b"connection", b"keep-alive"), (b"connection", b"close")], method=b"POST")
+    assert h.chunked and wants_close(h)
+    data, _ = upstream_head(h, b"/", None, b"up", b"i")
+    assert b"x-forwarded-for: 1.1.1.1, 2.2.2.2, 10.1.2.3\r\n" in data
+
+
+@pytest.mark.parametrize("headers, message", [
+    ([(b"content-length", b"x")], "invalid Content-Length header"),
+    ([(b"content-length", b"1"), (b"content-length", b"2")], "invalid Content-Length header"),
+    ([(b"transfer-encoding", b" , ")],
+     "Transfer-Encoding: the final coding must be chunked (applied once)"),
+])
+def test_bad_framing_is_a_400_that_closes(headers, message) -> None:
+    with pytest.raises(GateError) as caught:
+        classify(RequestHead(b"POST", b"/", [(b"host", b"a"), *headers], "10.1.2.3"))
+    assert (caught.value.code, caught.value.message, caught.value.close) == (400, message, True)
+
+
+def test_a_gate_error_keeps_the_connection_unless_told() -> None:
+    assert GateError(404, "not found").close is False
+
+
+def test_error_headers_allow_on_405_only() -> None:
+    allow = (b"allow", b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS")
+    assert allow in error_headers(GateError(405, "no"), b"{}", None)
+    assert all(name != b"allow" for name, _ in error_headers(GateError(406, "no"), b"{}", None))
+
+
+@pytest.mark.parametrize("target, headers, namespace, expected", [
+    (b"*", [(b"x-faas-func-name", b"fn")], b"", ("fn", b"*")),          # not absolute-form
+    (b"/", [(b"x-faas-func-name", b"a" * 63)], b"", ("a" * 63, b"/")),
+    (b"/function/" + b"a" * 63 + b"/x", [], b"", ("a" * 63, b"/x")),
+    (b"/function/fn.prod/x", [], b"prod", ("fn", b"/x")),
+])
+def test_resolve_accepts(target, headers, namespace, expected) -> None:
+    assert resolve(head(target, headers), namespace) == expected
+
+
+@pytest.mark.parametrize("target, headers, namespace, code, message", [
+    (b"/", [(b"x-faas-func-name", b"a" * 64)], b"", 400,
+     f"X-FaaS-Func-Name: {'a' * 64!r} is not a function name (a DNS-1123 label)"),
+    (b"/function/" + b"a" * 64 + b"/x", [], b"", 400,
+     f"/function/{'a' * 64}: {'a' * 64!r} is not a function name (a DNS-1123 label)"),
+    (b"/function/fn.prod/x", [], b"", 400,
+     "/function/fn.prod: 'fn.prod' is not a function name (a DNS-1123 label)"),
+    (b"/function/fn.dev/x", [], b"prod", 404,
+     "namespace 'dev' not found; this gate serves prod"),
+    (b"/other", [], b"", 400,
+     "no function named: send the X-FaaS-Func-Name header or call /function/{name}/..."),
+])
+def test_resolve_refuses_exactly(target, headers, namespace, code, message) -> None:
+    with pytest.raises(GateError) as caught:
+        resolve(head(target, headers), namespace)
+    assert (caught.value.code, caught.value.message) == (code, message)
+
+
+def test_call_ids_are_16_hex_digits_then_a_hex_counter_from_1() -> None:
+    ids = CallIds()
+    assert re.fullmatch(rb"[0-9a-f]{16}-", ids.prefix)
+    assert [ids() for _ in range(16)][::15] == [ids.prefix + b"1", ids.prefix + b"10"]
+    assert CallIds(b"fixed")() == b"fixed-1"

@@ -671,10 +671,12 @@ def test_a_function_with_keys_needs_one_before_any_upstream_work() -> None:
     second, entry2 = new_key("2026-01-02T00:00:00Z")
     g.store.put_keys("locked", KeySet((entry1, entry2)), 0)
     missing = invoke(g, name="locked")
-    assert_gate_error(missing, 401, "function locked needs a key")
+    assert assert_gate_error(missing, 401)["message"] == (
+        "function locked needs a key: send it as 'Authorization: Bearer KEY' or "
+        "'X-API-Key: KEY'")
     assert missing.header("WWW-Authenticate") == 'Bearer realm="faastwist function"'
-    assert_gate_error(invoke(g, name="locked", headers={"X-API-Key": "fk_wrong"}), 401,
-                      "the key is not valid")
+    wrong = assert_gate_error(invoke(g, name="locked", headers={"X-API-Key": "fk_wrong"}), 401)
+    assert wrong["message"] == "function locked: the key is not valid"
     assert g.upstream.requests == [] and g.provider.out == 0
     assert g.counter("faastwist_gate_unauthorized_total", {"function_name": "locked"}) == 2
     # both keys are valid at once (rotation); the key itself is not forwarded

@@ -3,13 +3,43 @@ then every watched change at once."""
 
 from __future__ import annotations
 
+import attrs
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from faastwist.model.fsm import Event, FunctionStatus, State, apply_event
 from faastwist.metrics import Metrics
 from faastwist.gate.routes import Route, RouteTable
 from faastwist.model.spec import FunctionSpec
+from faastwist.model.spec import PathAdaptor, RegexpReplace, RequestAdaptor
+from faastwist.store.base import Change
 from faastwist.store.memory import MemoryStore
+
+
+class HeldStore(MemoryStore):
+    """The in-memory store with each list() answered when the test says (as etcd's
+    answer may come after the table was stopped and started again), and the watch
+    callbacks kept so a test can deliver what a store could send."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[Deferred] = []
+        self.watchers: list = []
+
+    def list(self) -> Deferred:
+        d: Deferred = Deferred()
+        self.held.append(d)
+        return d
+
+    def answer(self, index: int) -> None:
+        self.held[index].callback(MemoryStore.list(self).result)
+
+    def refuse(self, index: int) -> None:
+        self.held[index].errback(RuntimeError("etcd: no leader"))
+
+    def watch(self, start_revision, on_changes, on_lost):
+        self.watchers.append((on_changes, on_lost))
+        return super().watch(start_revision, on_changes, on_lost)
 
 
 def spec(name: str, **fields: object) -> FunctionSpec:
@@ -110,7 +140,7 @@ def test_listeners_hear_every_route_change() -> None:
     table = started(store)
     heard: list[tuple[str, str | None]] = []
     table.subscribe(lambda name, route: heard.append(
-        (name, route.state.value if route else None)))
+        (name, None if route is None else route.state.value)))
     store.create(spec("a"), FunctionStatus("a", State.INITIAL))
     set_state(store, "a", Event.READY)
     store.delete(store.get("a").result)
@@ -169,3 +199,130 @@ def test_a_large_table_is_rebuilt_a_chunk_per_reactor_turn_then_swapped_whole() 
     assert table.lookup("f0002").state is State.INACTIVE   # through the new watch
     assert table.lookup("f0001") is kept
     assert sorted(heard) == ["f0000", "f0002"]
+
+
+def test_a_route_reads_as_its_name_and_state() -> None:
+    store = MemoryStore()
+    store.create(spec("a"), FunctionStatus("a", State.ACTIVE))
+    assert repr(started(store).lookup("a")) == "<Route a active>"
+
+
+def test_snapshot_is_every_function_the_watch_delivered() -> None:
+    store = MemoryStore()
+    table = RouteTable(store, Clock())
+    assert table.snapshot() == {}                      # before the first listing
+    store.create(spec("a"), FunctionStatus("a", State.ACTIVE))
+    table.startService()
+    set_state(store, "a", Event.STOP)
+    assert table.snapshot() == {"a": (spec("a"), store.get("a").result.status)}
+
+
+def test_a_listing_answered_after_a_restart_is_ignored() -> None:
+    """Only the last start's listing counts (a stale one would start a second watch and
+    could roll the routes back); so do its failures and its watch's loss."""
+    store = HeldStore()
+    store.create(spec("a"), FunctionStatus("a", State.ACTIVE))
+    clock = Clock()
+    table = RouteTable(store, clock)
+    for _ in range(3):
+        table.startService()
+        table.stopService()
+    table.startService()
+    store.answer(0)
+    store.refuse(1)
+    store.answer(2)
+    assert not table.synced and store._watches == [] and clock.getDelayedCalls() == []
+    store.answer(3)
+    assert table.synced and table.lookup("a").active and len(store._watches) == 1
+    # a restart after a sync: one watch again, and the old one's loss changes nothing
+    old_lost = store.watchers[0][1]
+    table.stopService()
+    table.startService()
+    store.answer(4)
+    assert len(store._watches) == 1 and len(store.held) == 5
+    old_lost(RuntimeError("compacted"))
+    assert len(store.held) == 5
+
+
+def test_stopping_twice_or_before_starting_is_harmless() -> None:
+    store = MemoryStore()
+    store.create(spec("a"), FunctionStatus("a", State.ACTIVE))
+    RouteTable(store, Clock()).stopService()
+    table = started(store)
+    table.stopService()
+    table.stopService()
+    store.available = False
+    clock = Clock()
+    failing = started(store, clock)
+    failing.stopService()
+    failing.stopService()
+    assert clock.getDelayedCalls() == []
+
+
+def test_the_retry_delay_starts_at_half_a_second_doubles_to_10s_and_resets() -> None:
+    store = MemoryStore()
+    store.create(spec("a"), FunctionStatus("a", State.ACTIVE))
+    store.available = False
+    clock = Clock()
+    table = started(store, clock)
+    # attempts at 0.5, 1.5, 3.5, 7.5, 15.5, then every 10 s: 25.5, 35.5
+    # (binary fractions of a second: the Clock adds them exactly)
+    clock.pump([0.25] * 101)   # to 25.25 s, one step at a time
+    store.available = True
+    clock.advance(0.125)
+    assert not table.synced
+    clock.advance(0.125)
+    assert table.synced
+    # a success resets the delay: the next failed listing is retried after 0.5 s
+    store.available = False
+    handle = table._watch
+    handle.cancel()  # as etcd ends a watch it compacted past
+    handle.on_lost(RuntimeError("compacted"))
+    store.available = True
+    clock.advance(0.25)
+    assert len(store._watches) == 0
+    clock.advance(0.25)
+    assert len(store._watches) == 1
+
+
+def test_the_first_retry_is_after_half_a_second() -> None:
+    store = MemoryStore()
+    store.create(spec("a"), FunctionStatus("a", State.ACTIVE))
+    store.available = False
+    clock = Clock()
+    table = started(store, clock)
+    store.available = True
+    clock.advance(0.25)
+    assert not table.synced
+    clock.advance(0.25)
+    assert table.synced
+
+
+def test_a_status_without_its_spec_makes_no_route_and_no_noise() -> None:
+    store = HeldStore()
+    table = RouteTable(store, Clock())
+    heard: list = []
+    table.subscribe(lambda name, route: heard.append((name, route)))
+    table.startService()
+    store.answer(0)
+    on_changes = store.watchers[0][0]
+    on_changes([Change("ghost", "status", FunctionStatus("ghost", State.ACTIVE), 9)])
+    on_changes([Change("lone", "spec", spec("lone"), 10)])
+    assert table.lookup("ghost") is None and table.lookup("lone") is None and heard == []
+
+
+def test_a_spec_the_gate_cannot_compile_removes_its_route_only() -> None:
+    """A record stored before validation caught it (here: a regexp Python cannot
+    compile): that function has no route, the others keep theirs."""
+    store = MemoryStore()
+    store.create(spec("good"), FunctionStatus("good", State.ACTIVE))
+    store.create(spec("bad"), FunctionStatus("bad", State.ACTIVE))
+    table = started(store)
+    heard: list = []
+    table.subscribe(lambda name, route: heard.append((name, route)))
+    record = store.get("bad").result
+    broken = attrs.evolve(record.spec, request_adaptor=RequestAdaptor(
+        path=PathAdaptor(regexp_replace=RegexpReplace("(", "x"))))
+    store.update(record, spec=broken)
+    assert table.lookup("bad") is None and heard == [("bad", None)]
+    assert table.lookup("good").active

@@ -186,6 +186,7 @@ def test_plan_keeps_an_active_function_active_while_the_previous_version_serves(
     assert failed.ext_data == {"exitCode": "7", "rollout": "failed"}
     waiting = plan(record, attrs.evolve(_obs(event=Event.PENDING), serving_previous=True), **AT)
     assert waiting.events == () and waiting.ext_data["rollout"] == "in progress"
+    assert waiting.message == "update rolling out; the previous version serves meanwhile: msg"
     # nothing serves: the table applies
     assert plan(record, _obs(event=Event.ERROR), **AT).events == (Event.ERROR,)
     # a function that is not active yet has no previous version to keep

@@ -1,5 +1,6 @@
 """The lifecycle FSM against DESIGN.md's table, cell by cell, plus random walks."""
 
+import attrs
 import pytest
 from hypothesis import given, strategies as st
 
@@ -114,3 +115,35 @@ def test_start_pending_is_kept_by_a_pending_verdict_and_cleared_by_the_others():
     assert verdict.state is State.FAILED and verdict.start_pending is False
     stopped = apply_event(apply_event(waiting, Event.READY, 2.0), Event.STOP, 3.0)
     assert stopped.state is State.INACTIVE and stopped.start_pending is False
+
+
+def test_a_rollouts_progress_is_under_extdata_rollout() -> None:
+    """README: extData.rollout is ``in progress``, then ``failed`` or gone."""
+    from faastwist.model.fsm import ROLLOUT_KEY
+
+    assert ROLLOUT_KEY == "rollout"
+
+
+def test_a_record_written_before_created_existed_reads_as_created_0() -> None:
+    assert FunctionStatus.from_dict({"name": "a", "state": "active"}).created == 0.0
+    assert FunctionStatus("a").created == 0.0
+    assert FunctionStatus.initial("a", 7.0).created == 7.0
+
+
+def test_only_an_event_that_changes_nothing_returns_the_same_record() -> None:
+    """The reconciler applies an event per function per pass: when nothing changes the
+    record itself comes back (no copy, no write); any change gives a new record."""
+    ready = apply_event(FunctionStatus("a", State.INACTIVE, updated=5.0), Event.READY, 5.0)
+    assert apply_event(ready, Event.READY, 5.0) is ready
+    # the state changes although the event is the one before (FAILED -READY-> INITIAL
+    # -READY-> ACTIVE), at the same instant
+    initial = apply_event(FunctionStatus("a", State.FAILED, updated=5.0), Event.READY, 5.0)
+    assert initial.state is State.INITIAL
+    assert apply_event(initial, Event.READY, 5.0).state is State.ACTIVE
+    # the same state, but another event, a message, extData, start_pending or a later time
+    assert apply_event(ready, Event.PENDING, 5.0).event is Event.PENDING  # ACTIVE stays
+    assert apply_event(ready, Event.READY, 5.0, message="m").message == "m"
+    assert dict(apply_event(ready, Event.READY, 5.0, ext_data={"k": "v"}).ext_data) == {"k": "v"}
+    pending = attrs.evolve(ready, start_pending=True)
+    assert apply_event(pending, Event.READY, 5.0).start_pending is False
+    assert apply_event(ready, Event.READY, 6.0).updated == 6.0

@@ -235,3 +235,46 @@ def test_http_workers_errors_name_the_key(tmp_path, value):
     with pytest.raises(ConfigError) as info:
         ControllerConfig.from_dict({"httpServer": {"workers": value}}, tmp_path)
     assert str(info.value).startswith("httpServer.workers: must be an integer 1-64 or auto")
+
+
+def _documented_defaults(base: str, node_id: str) -> "ControllerConfig":
+    """Every default README documents, written out (paths under ``base``)."""
+    from faastwist.config import (AdminConfig, AuthConfig, EtcdConfig, HTTPServerConfig,
+                                  KnativeConfig, ProcessConfig, QueueConfig, SecretsConfig)
+
+    return ControllerConfig(
+        name="faascontroller", kind="FaaSController", node_id=node_id, provider="knative",
+        sync_interval=10.0,
+        http_server=HTTPServerConfig(
+            port=10083, address="0.0.0.0", keep_alive=True, keep_alive_timeout=60.0,
+            header_timeout=10.0, body_idle_timeout=30.0, https=False, cert_file="",
+            key_file="", max_connections=10240, max_body_size=128 * 2**20,
+            shutdown_timeout=30.0, access_log=True),
+        knative=KnativeConfig(network_layer_url="http://127.0.0.1", host_suffix="example.com",
+                              namespace="default", timeout=2.0, kubeconfig=""),
+        etcd=EtcdConfig(endpoints=(), data_dir=f"{base}data/etcd", prefix="/faas",
+                        timeout=5.0, lease_ttl=10.0),
+        process=ProcessConfig(idle_timeout=300.0, cold_start_timeout=30.0,
+                              data_dir=f"{base}data", user="", group="",
+                              config_dir=base.rstrip("/") if base != "./" else ""),
+        admin=AdminConfig(
+            port=2381, address="127.0.0.1", max_body_size=2**20,
+            auth=AuthConfig(tokens_file=f"{base}data/admin-tokens", basic_user_file="",
+                            basic_password_file="", anonymous="none", metrics_open=False),
+            allow_insecure=False, allowed_hosts=(), allowed_origins=(), https=False,
+            cert_file="", key_file=""),
+        secrets=SecretsConfig(key_file=f"{base}data/secrets.key"),
+        queue=QueueConfig(
+            enabled=True, nats_urls=(), data_dir=f"{base}data/nats", max_age=86400.0,
+            max_body_size=2**20, max_attempts=5, concurrency=8, callback_concurrency=32,
+            callback_timeout=10.0, callback_allow=(), backoff_base=1.0, backoff_max=300.0,
+            status_ttl=86400.0, timeout=5.0))
+
+
+def test_every_default_exactly_from_the_file_and_in_code(tmp_path):
+    """An empty controller.yaml gives each documented default (paths from the file's
+    folder), and so does building the config in code (paths left relative)."""
+    config = ControllerConfig.from_dict(None, tmp_path)
+    assert config == _documented_defaults(f"{tmp_path}/", config.node_id)
+    built = ControllerConfig()
+    assert built == _documented_defaults("./", built.node_id)

@@ -112,3 +112,90 @@ def test_allow_list_restricts_to_its_networks() -> None:
         check_target("169.254.169.254", 80, CallbackRules(allow=parse_networks(["0.0.0.0/0"])))
     with pytest.raises(ValueError, match="'nope'"):
         parse_networks(["nope"])
+
+
+def test_no_answer_is_status_0_and_600_is_not_a_server_error() -> None:
+    assert NO_ANSWER == 0 and retryable(0)
+    assert not retryable(600)
+
+
+def test_retry_after_is_capped_at_an_hour_by_default() -> None:
+    backoff = Backoff(base=1.0, cap=10.0)
+    assert backoff.delay(1, 0.0, retry_after=7200.0) == 3600.0
+    assert backoff.delay(1, 0.0, retry_after=3599.0) == 3599.0
+
+
+def test_a_retry_after_equal_to_the_backoff_changes_nothing() -> None:
+    """Only a longer Retry-After wins (and is capped): an equal one leaves the backoff's
+    wait as it is, even above the Retry-After cap."""
+    backoff = Backoff(base=200.0, cap=300.0, retry_after_cap=60.0)
+    assert backoff.delay(1, 0.0, retry_after=100.0) == 100.0
+    assert backoff.delay(1, 0.0, retry_after=100.5) == 60.0
+
+
+def test_a_retry_after_date_without_a_time_zone_is_ignored() -> None:
+    now = 1_700_000_000.0
+    assert parse_retry_after(b"Tue, 14 Nov 2023 22:13:50 -0000", now) is None
+    assert parse_retry_after(b"Tue, 14 Nov 2023 22:13:50 +0000", now) == 30.0
+
+
+def test_networks_may_be_written_with_host_bits_set() -> None:
+    import ipaddress
+
+    assert parse_networks([" 10.1.2.3/8 ", "2001:db8::1"]) == (
+        ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::1/128"))
+    with pytest.raises(ValueError) as caught:
+        parse_networks(["10.0.0.0/8", "nope"])
+    assert str(caught.value) == "'nope' is not an IP address or CIDR network"
+
+
+def test_default_rules_allow_any_ordinary_target() -> None:
+    check_target("127.0.0.1", 2381, CallbackRules())
+    check_target("10.1.2.3", 80, CallbackRules())
+
+
+@pytest.mark.parametrize("url, parts", [
+    ("https://example.com/", ("https", "example.com", 443)),
+    ("http://example.com/X-Hook?X=1", ("http", "example.com", 80)),
+    ("http://example.com/" + "a" * (2048 - 19), ("http", "example.com", 80)),  # 2048 chars
+])
+def test_callback_urls_accepted(url: str, parts: tuple[str, str, int]) -> None:
+    assert split_callback_url(url) == parts
+
+
+@pytest.mark.parametrize("url, message", [
+    ("http://example.com/" + "a" * (2049 - 19),
+     "X-Callback-Url is longer than 2048 characters"),
+    ("http://exämple.com/", "X-Callback-Url must be ASCII (use punycode and %-escapes)"),
+    ("http://example.com:99999/",
+     "X-Callback-Url is not a valid URL: Port out of range 0-65535"),
+    ("ftp://example.com/", "X-Callback-Url must be an http:// or https:// URL"),
+    ("http:///nohost", "X-Callback-Url has no host"),
+    ("http://u@example.com/", "X-Callback-Url must not carry credentials"),
+    ("http://:p@example.com/", "X-Callback-Url must not carry credentials"),
+    ("http://example.com/a b", "X-Callback-Url contains a control character or space"),
+    ("http://example.com/a\0b", "X-Callback-Url contains a control character or space"),
+])
+def test_callback_urls_refused_with_the_reason(url: str, message: str) -> None:
+    with pytest.raises(CallbackRefused) as caught:
+        split_callback_url(url)
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("address, port, rules, message", [
+    ("example.com", 80, RULES, "'example.com' is not an IP address"),
+    ("fe80::1%eth0", 80, RULES,
+     "callbacks to fe80::1 (fe80::/10, link-local or cloud metadata) are never allowed"),
+    ("::ffff:169.254.169.254", 80, RULES, "callbacks to 169.254.169.254 (169.254.0.0/16, "
+                                          "link-local or cloud metadata) are never allowed"),
+    ("224.0.0.1", 80, RULES, "callbacks to the multicast address 224.0.0.1 are not allowed"),
+    ("127.0.0.1", 2381, RULES, "callbacks to this node's own admin, etcd or NATS port "
+                               "(127.0.0.1:2381) are not allowed"),
+    ("192.168.1.1", 80, CallbackRules(allow=parse_networks(["10.0.0.0/8"])),
+     "192.168.1.1 is not in queue.callbackAllow"),
+])
+def test_refused_targets_name_the_reason(address: str, port: int, rules: CallbackRules,
+                                         message: str) -> None:
+    with pytest.raises(CallbackRefused) as caught:
+        check_target(address, port, rules)
+    assert str(caught.value) == message

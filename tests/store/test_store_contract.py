@@ -687,13 +687,108 @@ def test_the_memory_store_counts_each_successful_write_once():
     from faastwist.store.base import Conflict
 
     store = MemoryStore()
-    created = store.create(spec("a"), status("a")).result
+    store.create(spec("b"), status("b"))
     assert store.writes == 1
-    updated = store.update(created, status=status("a", State.ACTIVE)).result
+    created = store.create(spec("a"), status("a")).result
     assert store.writes == 2
+    updated = store.update(created, status=status("a", State.ACTIVE)).result
+    assert store.writes == 3
     refused: list = []
     store.update(created, status=status("a", State.FAILED)).addErrback(refused.append)
     assert refused[0].check(Conflict)
-    assert store.writes == 2
-    store.delete(updated)
     assert store.writes == 3
+    store.delete(updated)
+    assert store.writes == 4
+
+
+@pytest.mark.etcd
+@pytest_twisted.inlineCallbacks
+def test_a_fenced_write_is_refused_naming_the_holder_and_a_stale_one_is_a_conflict(
+        etcd_server):
+    """A write guarded by the leader key (its value and revision): refused as Fenced
+    with the key's holder once the key moved, changed hands or is gone; while the
+    fence holds, a lost compare-and-swap is the usual Conflict."""
+    from txaioetcd import CompModified, CompValue
+
+    from faastwist.store.base import Fenced
+
+    store = etcd_store(etcd_server)
+    yield store.connect()
+    leader_key = (unique_prefix() + "/leader").encode()
+    try:
+        record = yield store.create(spec("fenced"), status("fenced"))
+        held = etcd_server.put(leader_key, b"node-a")
+        fence = [CompModified(leader_key, "==", held), CompValue(leader_key, "==", b"node-a")]
+        stale = record
+        record = yield store.update(record, status=status("fenced", State.ACTIVE), fence=fence)
+        with pytest.raises(Conflict):
+            yield store.update(stale, status=status("fenced", State.FAILED), fence=fence)
+        # a fence of one comparison reads the key too
+        with pytest.raises(Conflict):
+            yield store.update(stale, status=status("fenced", State.FAILED), fence=fence[:1])
+
+        def refused(holder: str):
+            return (f"not written: this node no longer holds the leader key "
+                    f"(its holder: {holder})")
+
+        etcd_server.put(leader_key, b"node-a")  # the same value, written again: moved
+        with pytest.raises(Fenced) as caught:
+            yield store.update(record, status=status("fenced", State.FAILED), fence=fence)
+        assert str(caught.value) == refused("node-a")
+        moved = etcd_server.put(leader_key, b"node-b")
+        with pytest.raises(Fenced) as caught:  # the revision alone would pass: the value
+            yield store.update(record, status=status("fenced", State.FAILED),
+                               fence=[CompModified(leader_key, "==", moved), fence[1]])
+        assert str(caught.value) == refused("node-b")
+        etcd_server.put(leader_key, b"\xffnode")  # not UTF-8: still named, not an error
+        with pytest.raises(Fenced) as caught:
+            yield store.update(record, status=status("fenced", State.FAILED), fence=fence)
+        assert str(caught.value) == refused("\ufffdnode")
+        etcd_server.delete(leader_key)
+        with pytest.raises(Fenced) as caught:
+            yield store.delete(record, fence=fence)
+        assert str(caught.value) == refused("none")
+        assert (yield store.get("fenced")).status.state is State.ACTIVE
+    finally:
+        yield store.close()
+
+
+@pytest.mark.etcd
+@pytest_twisted.inlineCallbacks
+def test_a_write_whose_answer_was_lost_is_settled_by_reading_back(etcd_server):
+    """OutcomeUnknown (the transaction may or may not have been applied): when the
+    record is as expected the write is sent once more; when someone else wrote
+    meanwhile it is a Conflict."""
+    from twisted.internet.defer import fail
+
+    from faastwist.store.base import OutcomeUnknown
+
+    store = etcd_store(etcd_server)
+    yield store.connect()
+    real = store.submit
+    lost: list[str] = []
+
+    def submit(op, txn, idempotent=False):
+        if op in ("update", "delete") and lost:
+            lost.pop()
+            return fail(OutcomeUnknown("the answer was lost"))
+        return real(op, txn, idempotent)
+
+    store.submit = submit
+    try:
+        record = yield store.create(spec("lost"), status("lost"))
+        lost.append("once")
+        record = yield store.update(record, status=status("lost", State.ACTIVE))
+        assert (yield store.get("lost")).status.state is State.ACTIVE
+        other = yield store.get("lost")
+        yield store.update(other, spec=spec("lost", image="registry.local/fn:2"))  # another writer
+        lost.append("once")
+        with pytest.raises(Conflict):
+            yield store.update(record, status=status("lost", State.FAILED))
+        current = yield store.get("lost")
+        lost.append("once")
+        yield store.delete(current)
+        with pytest.raises(NotFound):
+            yield store.get("lost")
+    finally:
+        yield store.close()
