@@ -7,12 +7,18 @@ a parent-death signal so a SIGKILLed node leaves no server behind. Its JetStream
 is under the data folder (so queued calls survive a restart of the server or of the
 node). The server is configured by a file (the command line has no max_payload) and is
 healthy when its monitoring endpoint's ``/healthz`` says ok.
+
+Clients must present a token (kept in the data folder, mode 0600, made at first start and
+written only into the 0600 config file, never onto a command line that ``ps`` shows):
+function processes share the node's loopback, and without it any of them could publish
+calls, or read and acknowledge (delete) every queued one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 from typing import Any
 
 from faastwist.util.supervised import SupervisedChild, find_binary, persisted_ports
@@ -25,6 +31,8 @@ MISSING_NATS_MESSAGE = (
     "queue.natsURLs to use an existing NATS cluster, or set queue.enabled: false")
 #: Room for the request head the gate stores next to a body of maxBodySize.
 HEAD_ROOM = 128 * 1024
+#: The clients' token, in the data folder.
+TOKEN_FILE = "client.token"
 
 
 class EmbeddedNatsError(Exception):
@@ -61,15 +69,30 @@ class EmbeddedNats(SupervisedChild):
             raise EmbeddedNatsError(MISSING_NATS_MESSAGE)
         self._start_with(binary)
 
+    @property
+    def token(self) -> str:
+        """The token clients present (made at first use, then read from the data folder)."""
+        path = os.path.join(self.data_dir, TOKEN_FILE)
+        try:
+            with open(path) as f:
+                token = f.read().strip()
+            if token:
+                return token
+        except FileNotFoundError:
+            pass
+        token = secrets.token_hex(32)
+        _write_private(path, token + "\n")
+        return token
+
     def _write_config(self, client: int, monitor: int) -> str:
         path = os.path.join(self.data_dir, "nats.conf")
         store = json.dumps(os.path.join(self.data_dir, "jetstream"))
         # JSON strings are valid NATS config strings
         text = (f"server_name: faastwist\nhost: 127.0.0.1\nport: {client}\n"
                 f"http: \"127.0.0.1:{monitor}\"\nmax_payload: {self.max_payload}\n"
+                f"authorization {{\n  token: {json.dumps(self.token)}\n}}\n"
                 f"jetstream {{\n  store_dir: {store}\n}}\n")
-        with open(path, "w") as f:
-            f.write(text)
+        _write_private(path, text)
         return path
 
     def _command(self) -> tuple[list[str], dict[str, str]]:
@@ -84,3 +107,11 @@ class EmbeddedNats(SupervisedChild):
 
     def _healthy(self, answer: Any) -> bool:
         return answer.get("status") == "ok"
+
+
+def _write_private(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` readable by the owner only (also when it existed)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(text)

@@ -67,8 +67,10 @@ class JetStream:
     """One NATS connection and the controller's streams, consumers and bucket."""
 
     def __init__(self, urls: list[str], names: Names, status_ttl: float,
-                 on_state: Any = None) -> None:
+                 on_state: Any = None, token: str | None = None) -> None:
         self.urls = urls
+        #: the embedded server's client token (None: the URLs carry any credentials)
+        self.token = token
         self.names = names
         self.status_ttl = status_ttl
         self.on_state = on_state  # called (from the loop) with "connected"/"disconnected"
@@ -98,7 +100,8 @@ class JetStream:
         self.nc = await nats.connect(
             servers=self.urls, name="faastwist", connect_timeout=max(1, int(connect_timeout)),
             allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
-            disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error)
+            disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error,
+            token=self.token)
         self.js = self.nc.jetstream(timeout=connect_timeout)
         n = self.names
         await self._ensure_stream(n.calls, [n.call_subject("*")], api.RetentionPolicy.WORK_QUEUE)

@@ -81,6 +81,7 @@ class QueueService:
         unreachable NATS does not stop the node: it keeps trying in the background."""
         self.bridge.startService()
         urls = list(self.config.nats_urls)
+        token = None
         if embedded is not None:
             self.embedded = embedded
             urls = [await embedded.ready()]
@@ -88,7 +89,9 @@ class QueueService:
             self.rules = CallbackRules(self.rules.allow, frozenset(self.node_ports),
                                        self.rules.local_addresses)
             self.sender.rules = self.rules
-        self.js = JetStream(urls, self.names, self.config.status_ttl, self._connection)
+            token = embedded.token
+        self.js = JetStream(urls, self.names, self.config.status_ttl, self._connection,
+                            token=token)
         try:
             await self._connect()
         except Exception as exc:

@@ -3,6 +3,7 @@ status lookups, and refusing (never losing) calls while NATS is away."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -65,6 +66,43 @@ async def test_embedded_server_restarts_on_the_same_url_and_stops(tmp_path) -> N
         pid = server.pid
         await server.stopService()
     assert pid is not None and not alive(pid)
+
+
+@pytest_twisted.ensureDeferred
+async def test_embedded_server_refuses_clients_without_its_token(tmp_path) -> None:
+    """A function process shares the node's loopback: without the token it can neither
+    publish calls nor read (and acknowledge away) the queued ones."""
+    import socket
+    import stat
+
+    data = tmp_path / "nats"
+    server = EmbeddedNats(reactor, str(data), 2**20)
+    server.startService()
+    try:
+        url = await server.ready()
+        port = int(url.rsplit(":", 1)[1])
+
+        def session(connect: dict) -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                info = s.recv(4096)
+                assert info.startswith(b"INFO ") and b'"auth_required":true' in info
+                s.sendall(b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n")
+                answer = b""
+                while b"\r\n" not in answer:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    answer += chunk
+                return answer
+
+        assert b"Authorization Violation" in session({"verbose": False})
+        assert b"Authorization Violation" in session({"verbose": False, "auth_token": "x"})
+        assert session({"verbose": False, "auth_token": server.token}).startswith(b"PONG")
+        for name in ("client.token", "nats.conf"):
+            assert stat.S_IMODE(os.stat(data / name).st_mode) == 0o600, name
+        assert server.token not in open(f"/proc/{server.pid}/cmdline").read()
+    finally:
+        await server.stopService()
 
 
 @pytest_twisted.ensureDeferred
