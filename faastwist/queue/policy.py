@@ -130,6 +130,21 @@ def split_callback_url(url: str) -> tuple[str, str, int]:
     return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)
 
 
+def refuse_callback_url(url: str, rules: CallbackRules) -> None:
+    """At accept time: ValueError naming ``X-Callback-Url`` for a malformed callback URL
+    or a literal address the rules forbid; host names are checked when the callback is
+    sent (what they resolve to may change)."""
+    try:
+        _, host, port = split_callback_url(url)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return
+        check_target(host, port, rules)
+    except CallbackRefused as exc:
+        raise ValueError(f"X-Callback-Url: {exc}") from None
+
+
 def check_target(address: str, port: int, rules: CallbackRules) -> None:
     """Refuse (CallbackRefused) a resolved callback address the rules do not allow."""
     try:

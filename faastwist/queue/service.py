@@ -10,7 +10,6 @@ start, the node still starts: accepting answers 503 until the connection is up.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import time
 from typing import Any
@@ -32,8 +31,7 @@ from faastwist.queue.messages import (
     read_outcome,
     status_record,
 )
-from faastwist.queue.policy import CallbackRefused, CallbackRules, check_target
-from faastwist.queue.policy import parse_networks, split_callback_url
+from faastwist.queue.policy import CallbackRules, parse_networks, refuse_callback_url
 
 log = Logger(namespace="faastwist.queue")
 
@@ -162,15 +160,7 @@ class QueueService:
     def check_callback(self, url: str) -> None:
         """Refuse a malformed callback URL, or a literal address the rules forbid;
         host names are checked when the callback is sent (they may change)."""
-        try:
-            _, host, port = split_callback_url(url)
-            try:
-                ipaddress.ip_address(host)
-            except ValueError:
-                return
-            check_target(host, port, self.rules)
-        except CallbackRefused as exc:
-            raise ValueError(f"X-Callback-Url: {exc}") from None
+        refuse_callback_url(url, self.rules)
 
     def submit(self, call: QueuedCall) -> Deferred[Any]:
         js = self.js

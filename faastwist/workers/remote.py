@@ -17,7 +17,6 @@ after that answer, as in a one-process gate.
 from __future__ import annotations
 
 import base64
-import ipaddress
 from typing import Any, Callable
 
 import attrs
@@ -26,13 +25,7 @@ from twisted.internet.defer import Deferred
 from faastwist.gate.accept import QueuedCall, QueueUnavailable
 from faastwist.model.spec import FunctionSpec
 from faastwist.providers.base import NoCapacity, Upstream
-from faastwist.queue.policy import (
-    CallbackRefused,
-    CallbackRules,
-    check_target,
-    parse_networks,
-    split_callback_url,
-)
+from faastwist.queue.policy import CallbackRules, parse_networks, refuse_callback_url
 from faastwist.workers.channel import Calls, ChannelDown, Message
 
 #: Retry-After when the main process cannot be asked
@@ -165,15 +158,7 @@ class RemoteQueue:
 
     def check_callback(self, url: str) -> None:
         """The queue's own check (a literal address the rules forbid is refused)."""
-        try:
-            _, host, port = split_callback_url(url)
-            try:
-                ipaddress.ip_address(host)
-            except ValueError:
-                return
-            check_target(host, port, self.rules)
-        except CallbackRefused as exc:
-            raise ValueError(f"X-Callback-Url: {exc}") from None
+        refuse_callback_url(url, self.rules)
 
     def submit(self, call: QueuedCall) -> Deferred[Any]:
         d = self.calls.call("enqueue", self.timeout, call=call_to_message(call))

@@ -17,6 +17,7 @@ from faastwist.queue.policy import (
     parse_retry_after,
     retryable,
     split_callback_url,
+    refuse_callback_url,
 )
 
 
@@ -199,3 +200,16 @@ def test_refused_targets_name_the_reason(address: str, port: int, rules: Callbac
     with pytest.raises(CallbackRefused) as caught:
         check_target(address, port, rules)
     assert str(caught.value) == message
+
+
+def test_refuse_callback_url_at_accept_time() -> None:
+    """Malformed URLs and forbidden literal addresses are refused naming the header; a
+    host name passes (it is checked against the rules when the callback is sent)."""
+    with pytest.raises(ValueError, match=r"^X-Callback-Url: X-Callback-Url must be an http"):
+        refuse_callback_url("ftp://example.com/x", RULES)
+    with pytest.raises(ValueError, match=r"^X-Callback-Url: callbacks to this node's own"):
+        refuse_callback_url("http://127.0.0.1:2381/x", RULES)
+    with pytest.raises(ValueError, match=r"^X-Callback-Url: callbacks to 169\.254\.169\.254"):
+        refuse_callback_url("http://169.254.169.254/latest", RULES)
+    assert refuse_callback_url("http://127.0.0.1:8080/x", RULES) is None      # not a node port
+    assert refuse_callback_url("http://localhost:2381/x", RULES) is None      # a name: at send
