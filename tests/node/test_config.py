@@ -255,3 +255,65 @@ def test_every_default_exactly_from_the_file_and_in_code(tmp_path):
     assert config == _documented_defaults(f"{tmp_path}/", config.node_id)
     built = ControllerConfig()
     assert built == _documented_defaults("./", built.node_id)
+
+
+def test_every_key_is_read_from_its_own_name(tmp_path):
+    """Each key set to a value that is not its default comes back exactly where it
+    belongs (a misspelt key name in the reader would leave the default)."""
+    from faastwist.config import (AdminConfig, AuthConfig, EtcdConfig, HTTPServerConfig,
+                                  KnativeConfig, ProcessConfig, QueueConfig, SecretsConfig)
+
+    user = "nobody"   # a user functions may run as (never root), on any Debian
+    data = {
+        "name": "ctl2", "nodeId": "node-7", "provider": "process", "syncInterval": "3s",
+        "httpServer": {"port": 9001, "address": "127.0.0.2", "keepAlive": False,
+                       "keepAliveTimeout": "7s", "headerTimeout": "3s",
+                       "bodyIdleTimeout": "4s", "https": False, "certFile": "c.pem",
+                       "keyFile": "k.pem", "maxConnections": 12, "maxBodySize": "2Ki",
+                       "shutdownTimeout": "5s", "accessLog": False},
+        "knative": {"networkLayerURL": "https://kourier.local/", "hostSuffix": ".fn.local.",
+                    "namespace": "team-a", "timeout": "3s", "kubeconfig": "kube.yaml"},
+        "etcd": {"endpoints": ["http://10.0.0.1:2379/"], "dataDir": "e", "prefix": "/x/",
+                 "timeout": "6s", "leaseTTL": "7s"},
+        "process": {"idleTimeout": "8s", "coldStartTimeout": "9s", "dataDir": "p",
+                    "user": user, "group": ""},
+        "admin": {"port": 2400, "address": "127.0.0.3", "maxBodySize": "3Ki",
+                  "auth": {"tokensFile": "t", "anonymous": "read", "metricsOpen": True},
+                  "allowedHosts": ["ops.local"], "allowedOrigins": ["https://ops.local:8443"],
+                  "https": False, "certFile": "ac.pem", "keyFile": "ak.pem"},
+        "secrets": {"keyFile": "s.key"},
+        "queue": {"enabled": False, "natsURLs": ["nats://10.0.0.2:4222"], "dataDir": "n",
+                  "maxAge": "2h", "maxBodySize": "4Ki", "maxAttempts": 3, "concurrency": 2,
+                  "callbackConcurrency": 4, "callbackTimeout": "2s",
+                  "callbackAllow": ["10.0.0.0/8"], "backoffBase": "2s", "backoffMax": "1m",
+                  "statusTTL": "1h", "timeout": "4s"},
+    }
+    base = f"{tmp_path}/"
+    assert ControllerConfig.from_dict(data, tmp_path) == ControllerConfig(
+        name="ctl2", kind="FaaSController", node_id="node-7", provider="process",
+        sync_interval=3.0,
+        http_server=HTTPServerConfig(
+            port=9001, address="127.0.0.2", keep_alive=False, keep_alive_timeout=7.0,
+            header_timeout=3.0, body_idle_timeout=4.0, https=False, cert_file=base + "c.pem",
+            key_file=base + "k.pem", max_connections=12, max_body_size=2048,
+            shutdown_timeout=5.0, access_log=False),
+        knative=KnativeConfig(network_layer_url="https://kourier.local",
+                              host_suffix="fn.local", namespace="team-a", timeout=3.0,
+                              kubeconfig=base + "kube.yaml"),
+        etcd=EtcdConfig(endpoints=("http://10.0.0.1:2379",), data_dir=base + "e",
+                        prefix="/x", timeout=6.0, lease_ttl=7.0),
+        process=ProcessConfig(idle_timeout=8.0, cold_start_timeout=9.0, data_dir=base + "p",
+                              user=user, group="", config_dir=str(tmp_path.resolve())),
+        admin=AdminConfig(
+            port=2400, address="127.0.0.3", max_body_size=3072,
+            auth=AuthConfig(tokens_file=base + "t", basic_user_file="",
+                            basic_password_file="", anonymous="read", metrics_open=True),
+            allow_insecure=False, allowed_hosts=("ops.local",),
+            allowed_origins=("https://ops.local:8443",), https=False,
+            cert_file=base + "ac.pem", key_file=base + "ak.pem"),
+        secrets=SecretsConfig(key_file=base + "s.key"),
+        queue=QueueConfig(
+            enabled=False, nats_urls=("nats://10.0.0.2:4222",), data_dir=base + "n",
+            max_age=7200.0, max_body_size=4096, max_attempts=3, concurrency=2,
+            callback_concurrency=4, callback_timeout=2.0, callback_allow=("10.0.0.0/8",),
+            backoff_base=2.0, backoff_max=60.0, status_ttl=3600.0, timeout=4.0))
