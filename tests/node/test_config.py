@@ -317,3 +317,28 @@ def test_every_key_is_read_from_its_own_name(tmp_path):
             max_age=7200.0, max_body_size=4096, max_attempts=3, concurrency=2,
             callback_concurrency=4, callback_timeout=2.0, callback_allow=("10.0.0.0/8",),
             backoff_base=2.0, backoff_max=60.0, status_ttl=3600.0, timeout=4.0))
+
+
+@pytest.mark.parametrize("section, key, lowest, highest", [
+    ("httpServer", "port", 1, 65535), ("admin", "port", 1, 65535),
+    ("httpServer", "maxConnections", 1, 1_000_000),
+    ("httpServer", "headerTimeout", "1ms", None), ("httpServer", "bodyIdleTimeout", "1ms", None),
+    ("knative", "timeout", "1ms", None), ("etcd", "timeout", "1ms", None),
+    ("etcd", "leaseTTL", "1s", None), ("process", "coldStartTimeout", "1ms", None),
+    ("queue", "maxAge", "1s", None), ("queue", "maxAttempts", 1, 100),
+    ("queue", "concurrency", 1, 10000), ("queue", "callbackConcurrency", 1, 10000),
+    ("queue", "callbackTimeout", "1ms", None), ("queue", "backoffBase", "1ms", None),
+    ("queue", "statusTTL", "60s", None), ("queue", "timeout", "1ms", None),
+])
+def test_the_bounds_themselves_are_accepted(tmp_path, section, key, lowest, highest):
+    """README's ranges are inclusive; one step past either end is refused, naming it."""
+    for value in (lowest, highest):
+        if value is not None:
+            ControllerConfig.from_dict({section: {key: value}}, tmp_path)
+    below = lowest - 1 if isinstance(lowest, int) else "0.5ms" if lowest.endswith("ms") \
+        else "59s" if lowest == "60s" else "0.5s"
+    with pytest.raises(ConfigError, match=f"^{section}.{key}: "):
+        ControllerConfig.from_dict({section: {key: below}}, tmp_path)
+    if highest is not None:
+        with pytest.raises(ConfigError, match=f"^{section}.{key}: "):
+            ControllerConfig.from_dict({section: {key: highest + 1}}, tmp_path)
