@@ -342,3 +342,67 @@ def test_the_bounds_themselves_are_accepted(tmp_path, section, key, lowest, high
     if highest is not None:
         with pytest.raises(ConfigError, match=f"^{section}.{key}: "):
             ControllerConfig.from_dict({section: {key: highest + 1}}, tmp_path)
+
+
+def test_the_default_node_id_is_the_host_name_made_valid(monkeypatch):
+    from faastwist.config import default_node_id
+
+    for host, node_id in (("--My Host!.example", "My-Host-.example"),
+                          ("a" * 70, "a" * 63), ("...", "node"), ("", "node")):
+        monkeypatch.setattr("socket.gethostname", lambda host=host: host)
+        assert default_node_id() == node_id
+        assert ControllerConfig().node_id == node_id
+
+
+@pytest.mark.parametrize("address, loopback", [
+    ("localhost", True), ("[LOCALHOST]", True), ("127.0.0.5", True), ("[::1]", True),
+    ("0.0.0.0", False), ("10.1.2.3", False), ("nodehost", False),
+])
+def test_loopback_admin_addresses(tmp_path, address, loopback):
+    """Anonymous admin is refused off loopback unless allowInsecure says so."""
+    data = {"admin": {"address": address, "auth": {"anonymous": "admin"}}}
+    if loopback:
+        assert ControllerConfig.from_dict(data, tmp_path).admin.address == address
+        return
+    with pytest.raises(ConfigError) as info:
+        ControllerConfig.from_dict(data, tmp_path)
+    assert str(info.value) == (
+        f"admin.auth.anonymous: admin on the non-loopback admin.address {address!r} lets "
+        f"anyone who reaches the port run commands on this machine; use tokens, or set "
+        f"admin.allowInsecure: true if you mean it")
+
+
+def test_tls_and_basic_auth_files_must_exist_and_keep_their_roles(tmp_path):
+    from faastwist.config import AdminConfig
+
+    for name in ("c.pem", "k.pem", "user", "password"):
+        (tmp_path / name).write_text("x")
+    config = ControllerConfig.from_dict({
+        "httpServer": {"https": True, "certFile": "c.pem", "keyFile": "k.pem"},
+        "admin": {"https": True, "certFile": "c.pem", "keyFile": "k.pem",
+                  "auth": {"basicAuth": {"userFile": "user", "passwordFile": "password"}}},
+    }, tmp_path)
+    assert config.admin.scheme == "https" and AdminConfig().scheme == "http"
+    assert (config.admin.auth.basic_user_file, config.admin.auth.basic_password_file) == (
+        str(tmp_path / "user"), str(tmp_path / "password"))
+    for data, message in (
+            ({"admin": {"https": True, "certFile": "c.pem", "keyFile": "gone.pem"}},
+             f"admin.keyFile: no such file: {tmp_path / 'gone.pem'}"),
+            ({"admin": {"auth": {"basicAuth": {"userFile": "user"}}}},
+             "admin.auth.basicAuth.passwordFile: is required when basicAuth is set"),
+            ({"admin": {"auth": {"basicAuth": {"userFile": "user", "passwordFile": "no"}}}},
+             f"admin.auth.basicAuth.passwordFile: no such file: {tmp_path / 'no'}"),
+            ({"admin": {"auth": {"tokensFile": ""}}},
+             "admin.auth.tokensFile: must be a file path"),
+            ({"admin": {"allowedOrigins": ["https://ops.example:8443/x"]}},
+             "admin.allowedOrigins: must be origins like https://ops.example:8443 (scheme, "
+             "host, optional port), got 'https://ops.example:8443/x'"),
+            ({"admin": {"allowedOrigins": ["ops.example"]}},
+             "admin.allowedOrigins: must be origins like https://ops.example:8443 (scheme, "
+             "host, optional port), got 'ops.example'")):
+        with pytest.raises(ConfigError) as info:
+            ControllerConfig.from_dict(data, tmp_path)
+        assert str(info.value) == message
+    assert ControllerConfig.from_dict(
+        {"admin": {"allowedOrigins": ["http://ops.example/", "https://[::1]:8443"]}},
+        tmp_path).admin.allowed_origins == ("http://ops.example/", "https://[::1]:8443")
