@@ -406,3 +406,33 @@ def test_tls_and_basic_auth_files_must_exist_and_keep_their_roles(tmp_path):
     assert ControllerConfig.from_dict(
         {"admin": {"allowedOrigins": ["http://ops.example/", "https://[::1]:8443"]}},
         tmp_path).admin.allowed_origins == ("http://ops.example/", "https://[::1]:8443")
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"httpServer": {"http3": True}},
+     "httpServer.http3: is not supported: Twisted has no HTTP/3; set it to false "
+     "(HTTP/2 is offered over TLS when the h2 package is installed)"),
+    ({"queue": {"natsURLs": ["http://x:4222"]}},
+     "queue.natsURLs: must be nats:// or tls:// URLs, got 'http://x:4222'"),
+    ({"queue": {"callbackAllow": ["10.0.0.0/8", "intranet"]}},
+     "queue.callbackAllow: 'intranet' is not an IP address or CIDR network"),
+    ({"queue": {"maxBodySize": "65Mi"}},
+     "queue.maxBodySize: must be at most 64Mi (a queued call is one NATS message)"),
+    ({"queue": {"backoffBase": "2m", "backoffMax": "1m"}},
+     "queue.backoffBase: must not exceed backoffMax"),
+])
+def test_more_errors_exactly(tmp_path, data, message):
+    with pytest.raises(ConfigError) as info:
+        ControllerConfig.from_dict(data, tmp_path)
+    assert str(info.value) == message
+
+
+def test_accepted_forms(tmp_path):
+    config = ControllerConfig.from_dict({
+        "etcd": {"endpoints": ["https://10.0.0.1:2379/"], "prefix": "/tenantX/"},
+        "queue": {"natsURLs": ["tls://10.0.0.2:4222"], "callbackAllow": [" 10.1.2.3/8 "],
+                  "maxBodySize": "64Mi", "backoffBase": "1m", "backoffMax": "1m"},
+    }, tmp_path)
+    assert config.etcd.endpoints == ("https://10.0.0.1:2379",) and config.etcd.prefix == "/tenantX"
+    assert config.queue.callback_allow == (" 10.1.2.3/8 ",)
+    assert config.queue.max_body_size == 64 * 2**20
