@@ -278,3 +278,184 @@ def test_every_default_exactly_from_the_file_and_in_code(tmp_path):
     assert config == _documented_defaults(f"{tmp_path}/", config.node_id)
     built = ControllerConfig()
     assert built == _documented_defaults("./", built.node_id)
+
+
+def test_every_key_is_read_from_its_own_name(tmp_path):
+    """Each key set to a value that is not its default comes back exactly where it
+    belongs (a misspelt key name in the reader would leave the default)."""
+    from faastwist.config import (AdminConfig, AuthConfig, EtcdConfig, HTTPServerConfig,
+                                  KnativeConfig, ProcessConfig, QueueConfig, SecretsConfig)
+
+    user = "nobody"   # a user functions may run as (never root), on any Debian
+    data = {
+        "name": "ctl2", "nodeId": "node-7", "provider": "process", "syncInterval": "3s",
+        "httpServer": {"port": 9001, "address": "127.0.0.2", "keepAlive": False,
+                       "keepAliveTimeout": "7s", "headerTimeout": "3s",
+                       "bodyIdleTimeout": "4s", "https": False, "certFile": "c.pem",
+                       "keyFile": "k.pem", "maxConnections": 12, "maxBodySize": "2Ki",
+                       "shutdownTimeout": "5s", "accessLog": False},
+        "knative": {"networkLayerURL": "https://kourier.local/", "hostSuffix": ".fn.local.",
+                    "namespace": "team-a", "timeout": "3s", "kubeconfig": "kube.yaml"},
+        "etcd": {"endpoints": ["http://10.0.0.1:2379/"], "dataDir": "e", "prefix": "/x/",
+                 "timeout": "6s", "leaseTTL": "7s"},
+        "process": {"idleTimeout": "8s", "coldStartTimeout": "9s", "dataDir": "p",
+                    "user": user, "group": ""},
+        "admin": {"port": 2400, "address": "127.0.0.3", "maxBodySize": "3Ki",
+                  "auth": {"tokensFile": "t", "anonymous": "read", "metricsOpen": True},
+                  "allowedHosts": ["ops.local"], "allowedOrigins": ["https://ops.local:8443"],
+                  "https": False, "certFile": "ac.pem", "keyFile": "ak.pem"},
+        "secrets": {"keyFile": "s.key"},
+        "queue": {"enabled": False, "natsURLs": ["nats://10.0.0.2:4222"], "dataDir": "n",
+                  "maxAge": "2h", "maxBodySize": "4Ki", "maxAttempts": 3, "concurrency": 2,
+                  "callbackConcurrency": 4, "callbackTimeout": "2s",
+                  "callbackAllow": ["10.0.0.0/8"], "backoffBase": "2s", "backoffMax": "1m",
+                  "statusTTL": "1h", "timeout": "4s"},
+    }
+    base = f"{tmp_path}/"
+    assert ControllerConfig.from_dict(data, tmp_path) == ControllerConfig(
+        name="ctl2", kind="FaaSController", node_id="node-7", provider="process",
+        sync_interval=3.0,
+        http_server=HTTPServerConfig(
+            port=9001, address="127.0.0.2", keep_alive=False, keep_alive_timeout=7.0,
+            header_timeout=3.0, body_idle_timeout=4.0, https=False, cert_file=base + "c.pem",
+            key_file=base + "k.pem", max_connections=12, max_body_size=2048,
+            shutdown_timeout=5.0, access_log=False),
+        knative=KnativeConfig(network_layer_url="https://kourier.local",
+                              host_suffix="fn.local", namespace="team-a", timeout=3.0,
+                              kubeconfig=base + "kube.yaml"),
+        etcd=EtcdConfig(endpoints=("http://10.0.0.1:2379",), data_dir=base + "e",
+                        prefix="/x", timeout=6.0, lease_ttl=7.0),
+        process=ProcessConfig(idle_timeout=8.0, cold_start_timeout=9.0, data_dir=base + "p",
+                              user=user, group="", config_dir=str(tmp_path.resolve())),
+        admin=AdminConfig(
+            port=2400, address="127.0.0.3", max_body_size=3072,
+            auth=AuthConfig(tokens_file=base + "t", basic_user_file="",
+                            basic_password_file="", anonymous="read", metrics_open=True),
+            allow_insecure=False, allowed_hosts=("ops.local",),
+            allowed_origins=("https://ops.local:8443",), https=False,
+            cert_file=base + "ac.pem", key_file=base + "ak.pem"),
+        secrets=SecretsConfig(key_file=base + "s.key"),
+        queue=QueueConfig(
+            enabled=False, nats_urls=("nats://10.0.0.2:4222",), data_dir=base + "n",
+            max_age=7200.0, max_body_size=4096, max_attempts=3, concurrency=2,
+            callback_concurrency=4, callback_timeout=2.0, callback_allow=("10.0.0.0/8",),
+            backoff_base=2.0, backoff_max=60.0, status_ttl=3600.0, timeout=4.0))
+
+
+@pytest.mark.parametrize("section, key, lowest, highest", [
+    ("httpServer", "port", 1, 65535), ("admin", "port", 1, 65535),
+    ("httpServer", "maxConnections", 1, 1_000_000),
+    ("httpServer", "headerTimeout", "1ms", None), ("httpServer", "bodyIdleTimeout", "1ms", None),
+    ("knative", "timeout", "1ms", None), ("etcd", "timeout", "1ms", None),
+    ("etcd", "leaseTTL", "1s", None), ("process", "coldStartTimeout", "1ms", None),
+    ("queue", "maxAge", "1s", None), ("queue", "maxAttempts", 1, 100),
+    ("queue", "concurrency", 1, 10000), ("queue", "callbackConcurrency", 1, 10000),
+    ("queue", "callbackTimeout", "1ms", None), ("queue", "backoffBase", "1ms", None),
+    ("queue", "statusTTL", "60s", None), ("queue", "timeout", "1ms", None),
+])
+def test_the_bounds_themselves_are_accepted(tmp_path, section, key, lowest, highest):
+    """README's ranges are inclusive; one step past either end is refused, naming it."""
+    for value in (lowest, highest):
+        if value is not None:
+            ControllerConfig.from_dict({section: {key: value}}, tmp_path)
+    below = lowest - 1 if isinstance(lowest, int) else "0.5ms" if lowest.endswith("ms") \
+        else "59s" if lowest == "60s" else "0.5s"
+    with pytest.raises(ConfigError, match=f"^{section}.{key}: "):
+        ControllerConfig.from_dict({section: {key: below}}, tmp_path)
+    if highest is not None:
+        with pytest.raises(ConfigError, match=f"^{section}.{key}: "):
+            ControllerConfig.from_dict({section: {key: highest + 1}}, tmp_path)
+
+
+def test_the_default_node_id_is_the_host_name_made_valid(monkeypatch):
+    from faastwist.config import default_node_id
+
+    for host, node_id in (("--My Host!.example", "My-Host-.example"),
+                          ("a" * 70, "a" * 63), ("...", "node"), ("", "node")):
+        monkeypatch.setattr("socket.gethostname", lambda host=host: host)
+        assert default_node_id() == node_id
+        assert ControllerConfig().node_id == node_id
+
+
+@pytest.mark.parametrize("address, loopback", [
+    ("localhost", True), ("[LOCALHOST]", True), ("127.0.0.5", True), ("[::1]", True),
+    ("0.0.0.0", False), ("10.1.2.3", False), ("nodehost", False),
+])
+def test_loopback_admin_addresses(tmp_path, address, loopback):
+    """Anonymous admin is refused off loopback unless allowInsecure says so."""
+    data = {"admin": {"address": address, "auth": {"anonymous": "admin"}}}
+    if loopback:
+        assert ControllerConfig.from_dict(data, tmp_path).admin.address == address
+        return
+    with pytest.raises(ConfigError) as info:
+        ControllerConfig.from_dict(data, tmp_path)
+    assert str(info.value) == (
+        f"admin.auth.anonymous: admin on the non-loopback admin.address {address!r} lets "
+        f"anyone who reaches the port run commands on this machine; use tokens, or set "
+        f"admin.allowInsecure: true if you mean it")
+
+
+def test_tls_and_basic_auth_files_must_exist_and_keep_their_roles(tmp_path):
+    from faastwist.config import AdminConfig
+
+    for name in ("c.pem", "k.pem", "user", "password"):
+        (tmp_path / name).write_text("x")
+    config = ControllerConfig.from_dict({
+        "httpServer": {"https": True, "certFile": "c.pem", "keyFile": "k.pem"},
+        "admin": {"https": True, "certFile": "c.pem", "keyFile": "k.pem",
+                  "auth": {"basicAuth": {"userFile": "user", "passwordFile": "password"}}},
+    }, tmp_path)
+    assert config.admin.scheme == "https" and AdminConfig().scheme == "http"
+    assert (config.admin.auth.basic_user_file, config.admin.auth.basic_password_file) == (
+        str(tmp_path / "user"), str(tmp_path / "password"))
+    for data, message in (
+            ({"admin": {"https": True, "certFile": "c.pem", "keyFile": "gone.pem"}},
+             f"admin.keyFile: no such file: {tmp_path / 'gone.pem'}"),
+            ({"admin": {"auth": {"basicAuth": {"userFile": "user"}}}},
+             "admin.auth.basicAuth.passwordFile: is required when basicAuth is set"),
+            ({"admin": {"auth": {"basicAuth": {"userFile": "user", "passwordFile": "no"}}}},
+             f"admin.auth.basicAuth.passwordFile: no such file: {tmp_path / 'no'}"),
+            ({"admin": {"auth": {"tokensFile": ""}}},
+             "admin.auth.tokensFile: must be a file path"),
+            ({"admin": {"allowedOrigins": ["https://ops.example:8443/x"]}},
+             "admin.allowedOrigins: must be origins like https://ops.example:8443 (scheme, "
+             "host, optional port), got 'https://ops.example:8443/x'"),
+            ({"admin": {"allowedOrigins": ["ops.example"]}},
+             "admin.allowedOrigins: must be origins like https://ops.example:8443 (scheme, "
+             "host, optional port), got 'ops.example'")):
+        with pytest.raises(ConfigError) as info:
+            ControllerConfig.from_dict(data, tmp_path)
+        assert str(info.value) == message
+    assert ControllerConfig.from_dict(
+        {"admin": {"allowedOrigins": ["http://ops.example/", "https://[::1]:8443"]}},
+        tmp_path).admin.allowed_origins == ("http://ops.example/", "https://[::1]:8443")
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"httpServer": {"http3": True}},
+     "httpServer.http3: is not supported: Twisted has no HTTP/3; set it to false "
+     "(HTTP/2 is offered over TLS when the h2 package is installed)"),
+    ({"queue": {"natsURLs": ["http://x:4222"]}},
+     "queue.natsURLs: must be nats:// or tls:// URLs, got 'http://x:4222'"),
+    ({"queue": {"callbackAllow": ["10.0.0.0/8", "intranet"]}},
+     "queue.callbackAllow: 'intranet' is not an IP address or CIDR network"),
+    ({"queue": {"maxBodySize": "65Mi"}},
+     "queue.maxBodySize: must be at most 64Mi (a queued call is one NATS message)"),
+    ({"queue": {"backoffBase": "2m", "backoffMax": "1m"}},
+     "queue.backoffBase: must not exceed backoffMax"),
+])
+def test_more_errors_exactly(tmp_path, data, message):
+    with pytest.raises(ConfigError) as info:
+        ControllerConfig.from_dict(data, tmp_path)
+    assert str(info.value) == message
+
+
+def test_accepted_forms(tmp_path):
+    config = ControllerConfig.from_dict({
+        "etcd": {"endpoints": ["https://10.0.0.1:2379/"], "prefix": "/tenantX/"},
+        "queue": {"natsURLs": ["tls://10.0.0.2:4222"], "callbackAllow": [" 10.1.2.3/8 "],
+                  "maxBodySize": "64Mi", "backoffBase": "1m", "backoffMax": "1m"},
+    }, tmp_path)
+    assert config.etcd.endpoints == ("https://10.0.0.1:2379",) and config.etcd.prefix == "/tenantX"
+    assert config.queue.callback_allow == (" 10.1.2.3/8 ",)
+    assert config.queue.max_body_size == 64 * 2**20
