@@ -639,3 +639,39 @@ def test_losing_the_lease_stops_the_pass_before_its_next_provider_call() -> None
     result(w.reconciler.run_pass())
     assert calls == ["a"]                             # b was not touched
     assert store.fences == []                         # and no status was written
+
+
+def test_kicks_during_a_pass_wait_for_one_pass_over_all_of_them(world: World) -> None:
+    """Kicks that arrive one watch batch at a time while a pass runs are handled by one
+    pass after it, not by one queued pass per batch (each pass reads every report)."""
+    world.reconciler.startService()
+    for name in ("a", "b", "c", "d"):
+        result(world.store.create(spec(name), FunctionStatus.initial(name, 0.0)))
+    held: list[Deferred] = []
+    observed: list[Any] = []
+    observe = world.provider.observe
+
+    def slow_observe(names=None):
+        observed.append(sorted(names) if names is not None else None)
+        gate: Deferred = Deferred()
+        held.append(gate)
+        return gate.addCallback(lambda _: result(observe(names)))
+
+    world.provider.observe = slow_observe
+    world.reconciler.kick("a")
+    world.tick(0)
+    assert observed == [["a"]]              # the first pass runs, held in observe
+    for name in ("b", "c", "d"):            # three watch batches, one turn each
+        world.reconciler.kick(name)
+        world.tick(0)
+    assert observed == [["a"]]              # queued behind it, not run yet
+    held[0].callback(None)
+    assert observed == [["a"], ["b", "c", "d"]]   # one pass for all three
+    world.reconciler.kick("a")              # kicked while that one runs: one more after
+    world.tick(0)
+    held[1].callback(None)
+    assert observed == [["a"], ["b", "c", "d"], ["a"]]
+    held[2].callback(None)
+    world.tick(0)
+    assert observed == [["a"], ["b", "c", "d"], ["a"]]   # nothing left over
+    assert sorted(world.provider.verbs("deploy")) == ["a", "b", "c", "d"]
