@@ -246,13 +246,16 @@ def test_quorum_loss_gates_serve_reads_are_stale_and_readyz_names_etcd(
     # quorum back: a leader within ttl + 1 s, every node ready again
     for member in cluster.etcd.members[1:]:
         cluster.etcd.restart(member)
-    back = time.monotonic()
+    restarted = time.monotonic()
     cluster.etcd.wait_healthy(30)
-    print(f"etcd healthy {time.monotonic() - back:.2f}s after its members restarted")
+    # the bound is ours from the moment etcd serves again (etcd's own recovery, 1-6 s
+    # here depending on load, is etcd's, not the nodes')
+    back = time.monotonic()
+    print(f"etcd healthy {back - restarted:.2f}s after its members restarted")
     leader = cluster.leader(timeout=TTL + 5)
     took = time.monotonic() - back
     print(f"quorum back after {back - lost:.1f}s: leader {cluster.info(leader)['node']} "
-          f"after {took:.2f}s")
+          f"{took:.2f}s after etcd was healthy")
     assert took < TTL + 1
     wait_for(lambda: all(http("GET", f"{n.admin_root}/readyz")[0] == 200 for n in cluster.nodes),
              10, what="ready again")
