@@ -403,14 +403,7 @@ class EtcdStore:
                     revision: int) -> Deferred:
         """``[(kvs by name, count, revision)]`` of one transaction of range reads; the
         kvs as etcd's JSON gateway gives them (base64 key and value)."""
-        ops = []
-        for start, end in bounds:
-            op: dict[str, Any] = {"key": _b64(start), "range_end": _b64(end)}
-            if limit:
-                op["limit"] = limit
-            if revision:
-                op["revision"] = revision
-            ops.append({"request_range": op})
+        ops = _range_ops(bounds, limit, revision)
         body = {"success": ops}
 
         def request(endpoint: str) -> Deferred:
@@ -635,14 +628,7 @@ class EtcdStore:
     def _raw_kvs(self, bounds: Sequence[tuple[bytes, bytes]], limit: int,
                  revision: int) -> Deferred:
         """``[(kvs, more)]`` of one transaction of range reads, as KeyValues."""
-        ops = []
-        for start, end in bounds:
-            op: dict[str, Any] = {"key": _b64(start), "range_end": _b64(end)}
-            if limit:
-                op["limit"] = limit
-            if revision:
-                op["revision"] = revision
-            ops.append({"request_range": op})
+        ops = _range_ops(bounds, limit, revision)
 
         def request(endpoint: str) -> Deferred:
             return self._http.post(f"{endpoint}{self.api_prefix}/kv/txn", {"success": ops},
@@ -763,6 +749,21 @@ class EtcdStore:
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+def _range_ops(bounds: Sequence[tuple[bytes, bytes]], limit: int,
+               revision: int) -> list[dict[str, Any]]:
+    """The range reads of one etcd transaction (JSON gateway form); 0: no limit, or
+    the current revision."""
+    ops = []
+    for start, end in bounds:
+        op: dict[str, Any] = {"key": _b64(start), "range_end": _b64(end)}
+        if limit:
+            op["limit"] = limit
+        if revision:
+            op["revision"] = revision
+        ops.append({"request_range": op})
+    return ops
 
 
 def _pool(reactor: IReactorTCP) -> HTTPConnectionPool:
