@@ -120,9 +120,10 @@ def serve(port: int, upstream: int, count: int, workdir: Path, relay: bool = Fal
             "name": gatebench.FUNCTION, "image": "bench/demo10", "timeout": "30s",
             "requestAdaptor": {"header": {"set": {"X-Bench": "1"}, "del": ["X-Unwanted"]},
                                "path": {"addPrefix": "/fn"}}})
+        from faastwist.store.base import AlreadyExists
         try:
             await store.create(spec, FunctionStatus(gatebench.FUNCTION, State.ACTIVE))
-        except Exception:
+        except AlreadyExists:
             pass  # there from an earlier run in this folder
         async def synced(routes: Any) -> None:  # as the node: routes before the port
             routes.startService()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from abc import ABCMeta, abstractmethod
 from typing import Any
 
 from twisted.application.service import Service
@@ -76,7 +77,7 @@ class _Protocol(ProcessProtocol):
         self.owner._ended(self, reason)
 
 
-class SupervisedChild(Service):
+class SupervisedChild(Service, metaclass=ABCMeta):
     """Supervises one child server whose data lives in ``data_dir``.
 
     A subclass sets ``what`` and ``error`` and implements ``_command``, ``_health_url``
@@ -117,16 +118,17 @@ class SupervisedChild(Service):
 
     # the subclass's part
 
+    @abstractmethod
     def _command(self) -> tuple[list[str], dict[str, str]]:
         """The child's argv and environment; sets ``self.url`` (called at every spawn)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _health_url(self) -> str:
-        raise NotImplementedError
+        """Where the child answers its health check."""
 
+    @abstractmethod
     def _healthy(self, answer: Any) -> bool:
         """Whether the decoded JSON answer of ``_health_url`` says healthy."""
-        raise NotImplementedError
 
     def _begin(self) -> None:
         """What startService does once the folder exists: start the child."""
