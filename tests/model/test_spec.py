@@ -10,6 +10,7 @@ from hypothesis import given, settings, strategies as st
 from faastwist.model.spec import (
     AutoScaleType, FunctionSpec, ProcessMode, SpecError, spec_from_yaml, spec_to_yaml,
 )
+from tests.support.properties import examples
 
 # the seed's demo10 spec (Easegress's FaaSFunction example), as shipped in conf/
 DEMO10 = (Path(__file__).resolve().parents[2] / "conf" / "function.yaml").read_text()
@@ -164,7 +165,7 @@ specs = st.builds(
 )
 
 
-@settings(max_examples=150)
+@settings(max_examples=examples(150))
 @given(specs)
 def test_valid_specs_round_trip_through_yaml(data):
     if data["minReplica"] > data["maxReplica"] and data["maxReplica"]:
@@ -188,7 +189,7 @@ field_names = st.sampled_from([
     "command", "env", "mode", "readinessPath", "unknown"])
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.one_of(json_values, st.dictionaries(field_names, json_values, max_size=8)))
 def test_any_mapping_is_a_spec_or_a_clean_spec_error(data):
     try:
@@ -199,7 +200,7 @@ def test_any_mapping_is_a_spec_or_a_clean_spec_error(data):
         assert FunctionSpec.from_dict(spec.to_dict()) == spec
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(st.text(max_size=40) | st.binary(max_size=40))
 def test_any_text_is_a_spec_or_a_clean_spec_error(text):
     try:
