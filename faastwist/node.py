@@ -364,7 +364,7 @@ class FaasNode(Service):
                               self.reconciler.kick, self.reactor, admin.max_body_size,
                               log_source=log_source, cache=self._cached_records,
                               node_id=self.node_id)
-        self._push("admin encoder", self.admin.close)
+        self._push("admin list writer", self.admin.close)
         checks = {"etcd": self.store.check, "watch": self._routes_current,
                   "provider": self._provider_ready}
         if http.workers > 1:
@@ -420,7 +420,8 @@ class FaasNode(Service):
                             sha=source_revision(os.path.dirname(__file__)))
         return OpenFaaSAPI(self.store, self.provider, self.reconciler.kick, self.metrics,
                            self.reactor, versions, self.namespace,
-                           max_body_size=self.config.admin.max_body_size, secrets=self.secrets)
+                           max_body_size=self.config.admin.max_body_size, secrets=self.secrets,
+                           slicer=self.admin.slicer)   # the admin port's lists: one budget
 
     def _guard(self, root: Any) -> Any:
         """Put the Host/Origin/credential checks in front of the admin port's root."""
