@@ -172,7 +172,7 @@ class AdminAPI:
             request.setHeader(b"content-length", b"%d" % len(body))
             return body
         request.setHeader(b"content-type", (JSON_TYPE if as_json else YAML_RESPONSE_TYPE).encode())
-        pieces = list_pieces((records[name] for name in names), self._lines, stale, metadata)
+        pieces = list_pieces(records, names, self._lines, stale, metadata)
         return await stream(request, self.slicer, pieces)
 
     def close(self) -> None:

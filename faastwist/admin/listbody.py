@@ -18,7 +18,8 @@ takes seconds even with libyaml.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Iterator
+from operator import is_
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from twisted.internet.task import NotPaused, SchedulerStopped, TaskFinished, TaskStopped
 from twisted.internet.interfaces import IPushProducer
@@ -43,13 +44,19 @@ LINE_CACHE = 50_000
 
 
 class LineCache:
-    """Each function's JSON line, kept for as long as its record is unchanged (by name
-    and both revisions): a console or a client polling the full list pays for the
-    functions that changed, not for all of them."""
+    """Encoded functions, kept for as long as they are unchanged: a console or a client
+    polling the full list pays for the functions that changed, not for all of them.
+
+    Two levels: each run of ``STEP`` records as one encoded piece, known by the record
+    objects themselves (the store hands out the same frozen object while a function
+    is unchanged, and an entry holds its records, so their ids are not reused
+    meanwhile): a list of 10,000 unchanged functions is 625 lookups; and each
+    function's JSON line by name and both revisions, for the runs that changed."""
 
     def __init__(self, limit: int = LINE_CACHE) -> None:
         self.limit = limit
         self._lines: dict[tuple[str, int, int], str] = {}
+        self._pieces: dict[tuple[int, ...], tuple[tuple[FunctionRecord, ...], bytes]] = {}
 
     def line(self, record: FunctionRecord, stale: bool = False) -> str:
         if stale:  # from the watch cache: no revisions, and marked
@@ -63,25 +70,35 @@ class LineCache:
             self._lines[key] = line
         return line
 
+    def piece(self, records: tuple[FunctionRecord, ...], stale: bool = False) -> bytes:
+        """``records``' lines, each after ``,\\n``, as UTF-8."""
+        if stale:
+            return "".join([",\n" + self.line(r, True) for r in records]).encode()
+        key = tuple(map(id, records))
+        found = self._pieces.get(key)
+        if found is not None and all(map(is_, found[0], records)):
+            return found[1]
+        piece = "".join([",\n" + self.line(r) for r in records]).encode()
+        if len(self._pieces) * STEP >= self.limit:
+            self._pieces.clear()
+        self._pieces[key] = (records, piece)
+        return piece
 
-def list_pieces(records: Iterable[FunctionRecord], cache: LineCache, stale: bool = False,
-                metadata: dict[str, Any] | None = None) -> Iterator[str]:
-    """The body as text, one piece per ``STEP`` functions (each piece is a step's
-    work: ``records`` may be a generator that builds them as it goes)."""
-    yield '{"items": [\n' if metadata is not None else "[\n"
-    batch: list[str] = []
-    separator = ""
-    for record in records:
-        batch.append(cache.line(record, stale))
-        if len(batch) == STEP:
-            yield separator + ",\n".join(batch)
-            batch, separator = [], ",\n"
-    if batch:
-        yield separator + ",\n".join(batch)
+
+def list_pieces(records: Mapping[str, FunctionRecord], names: Sequence[str],
+                cache: LineCache, stale: bool = False,
+                metadata: dict[str, Any] | None = None) -> Iterator[bytes]:
+    """The body of ``records[name] for name in names``, one piece per ``STEP``
+    functions (each piece is one step's work, records fetched as it goes)."""
+    yield b'{"items": [\n' if metadata is not None else b"[\n"
+    get = records.__getitem__
+    for start in range(0, len(names), STEP):
+        piece = cache.piece(tuple(map(get, names[start:start + STEP])), stale)
+        yield piece[2:] if start == 0 else piece   # the first without its ",\n"
     tail = "\n]"
     if metadata is not None:
         tail += ', "metadata": ' + json.dumps(metadata) + "}"
-    yield tail + "\n"
+    yield (tail + "\n").encode()
 
 
 @implementer(IPushProducer)
@@ -115,15 +132,15 @@ class _Producer:
             pass
 
 
-async def stream(request: IRequest, slicer: Slicer, pieces: Iterable[str],
+async def stream(request: IRequest, slicer: Slicer, pieces: Iterable[bytes],
                  flush: int = FLUSH) -> bytes:
-    """Write ``pieces`` (text, sent as UTF-8) to ``request`` as ``slicer`` runs them,
-    after the status and headers the caller set. Returns ``b""`` (nothing more to
-    write) when all is written or the client went away; when a piece cannot be made,
-    or the node stops meanwhile, the response is cut (see ``_cut``)."""
+    """Write ``pieces`` to ``request`` as ``slicer`` runs them, after the status and
+    headers the caller set. Returns ``b""`` (nothing more to write) when all is
+    written or the client went away; when a piece cannot be made, or the node stops
+    meanwhile, the response is cut (see ``_cut``)."""
     if getattr(request, "_disconnected", False):
         return b""
-    buffered: list[str] = []
+    buffered: list[bytes] = []
     size = 0
 
     def steps() -> Iterator[None]:
@@ -132,12 +149,12 @@ async def stream(request: IRequest, slicer: Slicer, pieces: Iterable[str],
             buffered.append(piece)
             size += len(piece)
             if size >= flush:
-                request.write("".join(buffered).encode())
+                request.write(b"".join(buffered))
                 buffered.clear()
                 size = 0
             yield None
         if buffered:
-            request.write("".join(buffered).encode())
+            request.write(b"".join(buffered))
 
     task = slicer.cooperate(steps())
     producer = _Producer(task)

@@ -197,7 +197,7 @@ class OpenFaaSAPI:
         request.setHeader(b"content-type", b"application/json")
         pieces = self._list_pieces(listing.records, names, observed, invocations)
         if len(names) < STREAM_THRESHOLD:
-            body = "".join(pieces).encode()
+            body = b"".join(pieces)
             request.setHeader(b"content-length", b"%d" % len(body))
             return body
         # built, encoded and written in reactor slices: 10,000 functions in one turn
@@ -206,9 +206,9 @@ class OpenFaaSAPI:
 
     def _list_pieces(self, records: Mapping[str, Any], names: list[str],
                      observed: Mapping[str, Observation],
-                     invocations: Mapping[str, float]) -> Iterator[str]:
+                     invocations: Mapping[str, float]) -> Iterator[bytes]:
         """``[{...}, {...}]``, one piece per ``STEP`` functions (destroyed ones left out)."""
-        yield "["
+        yield b"["
         separator = ""
         for start in range(0, len(names), STEP):
             parts = []
@@ -218,9 +218,9 @@ class OpenFaaSAPI:
                     parts.append(json.dumps(self._status(r.spec, r.status, observed.get(name),
                                                          invocations)))
             if parts:
-                yield separator + ", ".join(parts)
+                yield (separator + ", ".join(parts)).encode()
                 separator = ", "
-        yield "]"
+        yield b"]"
 
     @app.route("/system/function/<name>", methods=["GET"])
     async def get_function(self, request: Any, name: str) -> bytes:

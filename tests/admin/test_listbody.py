@@ -98,6 +98,40 @@ def expected_lines(records: list[FunctionRecord], **extra: Any) -> str:
     return ",\n".join(json.dumps(dict(record_document(r), **extra)) for r in records)
 
 
+def test_an_unchanged_list_is_not_encoded_again_and_a_change_costs_its_function(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import attrs
+
+    import faastwist.admin.listbody as listbody
+
+    encoded: list[str] = []
+    document = listbody.record_document
+
+    def counted(record: FunctionRecord) -> dict:
+        encoded.append(record.name)
+        return document(record)
+    monkeypatch.setattr(listbody, "record_document", counted)
+    records = {r.name: attrs.evolve(r, spec_revision=i + 1, status_revision=i + 1)
+               for i, r in enumerate(records_of(filled(3 * STEP + 5)))}
+    names = sorted(records)
+    cache = LineCache()
+
+    def body() -> bytes:
+        return b"".join(listbody.list_pieces(records, names, cache))
+    first = body()
+    assert first == ("[\n" + expected_lines([records[n] for n in names]) + "\n]\n").encode()
+    assert sorted(encoded) == names
+    encoded.clear()
+    assert body() == first and encoded == []         # the same records: no encoding
+    name = names[STEP + 3]                           # a new status: only it is encoded
+    records[name] = attrs.evolve(records[name], status_revision=999,
+                                 status=attrs.evolve(records[name].status, message="moved"))
+    records[names[0]] = attrs.evolve(records[names[0]])   # a copy: known by its revisions
+    changed = body()
+    assert encoded == [name]
+    assert changed == ("[\n" + expected_lines([records[n] for n in names]) + "\n]\n").encode()
+
+
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
