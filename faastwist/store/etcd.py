@@ -340,14 +340,25 @@ class EtcdStore:
         is parsed in one go on the reactor (about half a second at 10,000 functions,
         measured), pages of ``LIST_PAGE`` leave it free in between."""
         records: dict[str, FunctionRecord] = {}
-        after, revision = "", 0
+        raw = yield self._raw_page("", LIST_PAGE, 0, "")
         while True:
-            page = yield self._page(after, LIST_PAGE, revision, "")
-            records.update(page.records)
-            revision = page.revision
-            if not page.remaining or not page.records:
+            specs, statuses, remaining, revision = raw
+            if remaining and specs:
+                # etcd reads the next page while this one is decoded: at 10,000
+                # functions etcd's share of a list is ~0.8 s, ours ~1 s, one after
+                # the other until this read ahead (a node's start-up waits for it)
+                ahead = self._raw_page(max(specs), LIST_PAGE, revision, "")
+            else:
+                ahead = None
+            try:
+                records.update(self._decoded(specs, statuses))
+            except BaseException:
+                if ahead is not None:
+                    ahead.addErrback(lambda _: None)  # the list failed: nobody waits
+                raise
+            if ahead is None:
                 break
-            after = page.last
+            raw = yield ahead
         # invocation keys: few functions have them; one read at the same revision
         keys_base = self.key("keys", "")
         (keys_range,) = yield self._ranges([(keys_base, prefix_end(keys_base))], 0, revision)
@@ -369,10 +380,22 @@ class EtcdStore:
 
     @inlineCallbacks
     def _page(self, after: str, limit: int, revision: int, prefix: str):
+        specs, statuses, remaining, revision = yield self._raw_page(after, limit, revision,
+                                                                    prefix)
+        return Page(self._decoded(specs, statuses), revision, remaining)
+
+    def _decoded(self, specs: dict[str, dict], statuses: dict[str, dict]
+                 ) -> dict[str, FunctionRecord]:
+        return {name: self._raw_record(name, kv, statuses.get(name))
+                for name, kv in specs.items()}
+
+    @inlineCallbacks
+    def _raw_page(self, after: str, limit: int, revision: int, prefix: str):
         """Specs in name order from after ``after``, and the statuses of the same names,
         at one revision: one transaction reads both ranges with the same bounds and
         limit (every function has both keys); when they do not line up (a spec written
         by hand without its status) the statuses of those names are read again.
+        ``(specs, statuses, remaining, revision)``, the kvs by name not yet decoded.
 
         Read as plain JSON, not through txaioetcd's objects: a record is known by its
         name and both mod revisions, so a function unchanged since an earlier read
@@ -395,9 +418,7 @@ class EtcdStore:
             ((statuses, _, _),) = yield self._raw_ranges(
                 [(status_base + first.encode(), status_base + last.encode() + b"\0")], 0,
                 revision)
-        records = {name: self._raw_record(name, kv, statuses.get(name))
-                   for name, kv in specs.items()}
-        return Page(records, revision, max(total - len(specs), 0))
+        return specs, statuses, max(total - len(specs), 0), revision
 
     def _raw_ranges(self, bounds: Sequence[tuple[bytes, bytes]], limit: int,
                     revision: int) -> Deferred:

@@ -66,12 +66,23 @@ def test_full_pass_deploys_everything_a_chunk_per_reactor_turn(tmp_path: Path) -
                                 f"{owed - local_module.NAMED} more")
         else:
             raise AssertionError("ready before the functions were deployed")
-        # each reactor turn takes one chunk more, never all of them at once
-        seen = []
-        for _ in range(4):
+        first = converger.first_pass()
+        fired: list[None] = []
+        first.addCallback(fired.append)
+        # each reactor turn takes one chunk more, never all of them at once; the first
+        # pass reports after its deploys, a chunk per turn too, and only then lets the
+        # reconciler judge (first_pass)
+        seen, reported = [], []
+        for _ in range(6):
             seen.append(len(provider.runtimes))
+            reported.append(len(session.reports))
+            assert not fired
             one_turn(clock)
-        assert seen == [local_module.CHUNK * k for k in (1, 2, 3, 4)][:3] + [count]
+        chunk = local_module.CHUNK
+        assert seen == [chunk, 2 * chunk, 3 * chunk] + [count] * 3
+        assert reported == [0, 0, 0, chunk, 2 * chunk, 3 * chunk]
+        one_turn(clock)
+        assert fired == [None]
         try:
             converger.check()
         except NotServing as exc:
@@ -79,6 +90,9 @@ def test_full_pass_deploys_everything_a_chunk_per_reactor_turn(tmp_path: Path) -
         assert sorted(session.reports) == sorted(routes.names())
         assert all(r is not None and r.digest == routes.lookup(n).spec.digest()
                    for n, r in session.reports.items())
+        after: list[None] = []
+        converger.first_pass().addCallback(after.append)
+        assert after == [None]   # asked after the first pass: fires at once
     finally:
         converger.stopService()
         provider.stopService()
