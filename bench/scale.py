@@ -35,7 +35,6 @@ import os
 import re
 import shutil
 import subprocess
-import sysconfig
 import sys
 import tempfile
 import threading
@@ -53,6 +52,9 @@ from faastwist.model.spec import FunctionSpec  # noqa: E402
 from faastwist.store.base import encode_spec, encode_status  # noqa: E402
 from tests.support.etcd import EtcdProcess  # noqa: E402
 from tests.support.node import FaasNodeProcess, free_port, http  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+import gate as gatebench  # noqa: E402  (bench/gate.py: the interpreter helpers)
 
 PREFIX = "/faas"
 #: the function the gate traffic goes to: nginx in one process (fast, so the gate's
@@ -156,16 +158,25 @@ def timed_get(url: str, accept: str) -> tuple[float, int, bytes]:
     return time.perf_counter() - started, status, body
 
 
+#: the nodes' interpreter (``--python``): None is this one, through the venv's twistd
+NODE_PYTHON: str | None = None
+TWISTD_RUN = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+
+
 def start_node(workdir: Path, etcd: EtcdProcess, nodes: list[FaasNodeProcess],
                prefix: str = PREFIX) -> tuple[FaasNodeProcess, float]:
     """Spawn a node and wait for /readyz 200; it is in ``nodes`` (to be stopped) at once."""
     node = FaasNodeProcess(workdir, provider="process", etcd_endpoints=[etcd.client_url],
                            extra={"etcd": {"prefix": prefix}, "syncInterval": "10s",
                                   "httpServer": {"accessLog": False}})
-    started = time.monotonic()
+    command = node.command()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if NODE_PYTHON is not None:   # another interpreter, with this venv's packages
+        command = [NODE_PYTHON, "-c", TWISTD_RUN, *command[1:]]
+        env["PYTHONPATH"] = gatebench.child_path()
+    started = time.monotonic()
     log = open(node.log_path, "ab")
-    node.process = subprocess.Popen(node.command(), cwd=node.workdir, stdout=log,
+    node.process = subprocess.Popen(command, cwd=node.workdir, stdout=log,
                                     stderr=subprocess.STDOUT, env=env, start_new_session=True)
     log.close()
     nodes.append(node)
@@ -184,12 +195,9 @@ def stop_node(node: FaasNodeProcess, nodes: list[FaasNodeProcess]) -> None:
 
 
 def interpreter() -> str:
-    """The interpreter the nodes run on (this one: twistd is its venv's) and its build."""
-    args = sysconfig.get_config_var("CONFIG_ARGS") or ""
-    flags = [f for f in ("--enable-optimizations", "--with-lto") if f in args]
-    build = ("optimized (" + ", ".join(flags) + ")") if flags else (
-        "not optimized (CONFIG_ARGS has neither --enable-optimizations nor --with-lto)")
-    return f"{sys.executable} {sys.version.split()[0]}, {build}"
+    """The interpreter the nodes run on and its build."""
+    info = gatebench.interpreter_info(NODE_PYTHON or sys.executable)
+    return f"{info['executable']} {info['version']}, {info['build']}"
 
 
 def hot_spec(workdir: Path) -> FunctionSpec:
@@ -213,7 +221,18 @@ def main() -> None:
     parser.add_argument("--functions", type=int, default=10000)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--page", type=int, default=100, help="page size of the paged list")
+    parser.add_argument("--python", help="the nodes' interpreter: a path, or 'debian' for "
+                                         "Debian's /usr/bin/python3.X with this venv's "
+                                         "packages (default: this one)")
     args = parser.parse_args()
+    global NODE_PYTHON
+    if args.python == "debian":
+        NODE_PYTHON = gatebench.other_interpreter()
+        if NODE_PYTHON is None:
+            parser.error("--python debian: no Debian CPython of this version can load "
+                         "this venv's packages")
+    elif args.python:
+        NODE_PYTHON = args.python
     workdir = Path(tempfile.mkdtemp(prefix="faastwist-bench-scale-"))
     os.chmod(workdir, 0o755)   # the function user reaches hot's folder through it
     etcd = EtcdProcess(str(workdir / "etcd"))
