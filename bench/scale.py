@@ -14,9 +14,10 @@ async queue with its embedded nats-server is on) are started on that etcd and me
 - the first start with N functions: ready (``/readyz`` 200) wall time and the node's CPU
   seconds by then, and how long the first reconcile pass takes (it writes every
   function's status: the provider's verdict);
-- a restart (SIGTERM, start) with N settled functions: ready wall and CPU, the first
-  answer of a fork-mode function; memory per function (RSS against the one-function
-  node); the steady reconcile pass (``faastwist_reconcile_pass_seconds``);
+- restarts (SIGTERM, start; ``--restarts``, 3) with N settled functions: ready wall and
+  CPU, the first answer of a fork-mode function, and the median over every start;
+  memory per function (RSS against the one-function node); the steady reconcile pass
+  (``faastwist_reconcile_pass_seconds``);
 - admin list latency: full list (JSON and YAML) and one page (``limit`` + ``continue``);
 - the gate (wrk c16 on ``hot``): req/s and p99 idle, and while a client lists all N
   functions in a loop (JSON, then YAML); req/s with N functions against one.
@@ -221,6 +222,8 @@ def main() -> None:
     parser.add_argument("--functions", type=int, default=10000)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--page", type=int, default=100, help="page size of the paged list")
+    parser.add_argument("--restarts", type=int, default=3,
+                        help="restarts (SIGTERM, start) measured after the first start")
     parser.add_argument("--python", help="the nodes' interpreter: a path, or 'debian' for "
                                          "Debian's /usr/bin/python3.X with this venv's "
                                          "packages (default: this one)")
@@ -263,9 +266,12 @@ def main() -> None:
               file=sys.stderr, flush=True)
         fork_path = "/function/f%05d/" % (args.functions // 2)
 
+        readies: list[tuple[float, float]] = []
+
         def started_node(label: str) -> FaasNodeProcess:
             node, ready_s = start_node(workdir / "node", etcd, nodes)
             cpu = cpu_seconds(node.process.pid)
+            readies.append((ready_s, cpu))
             fork_url = node.gate_url + fork_path
             first = wait_for(lambda: http("POST", fork_url, b"hello", timeout=5)[0] == 200, 60,
                              "first fork-mode answer")
@@ -280,8 +286,13 @@ def main() -> None:
                           pause=2.0)  # a scrape of 10,000 functions is megabytes
         print(f"first reconcile pass ({len(specs)} status writes): done {waited:.1f}s after "
               f"the node was ready ({load()})", flush=True)
-        stop_node(node, nodes)
-        node = started_node("restart (SIGTERM, start)")
+        for restart in range(args.restarts):
+            stop_node(node, nodes)
+            node = started_node(f"restart {restart + 1} (SIGTERM, start)")
+        walls, cpus = sorted(r[0] for r in readies), sorted(r[1] for r in readies)
+        print(f"ready after spawn, {len(readies)} starts: median {walls[len(walls) // 2]:.2f}s "
+              f"({walls[0]:.2f}-{walls[-1]:.2f}s), CPU median {cpus[len(cpus) // 2]:.2f}s "
+              f"({cpus[0]:.2f}-{cpus[-1]:.2f}s)", flush=True)
         wait_for(lambda: http("GET", f"{node.gate_url}/function/hot/", timeout=5)[0] == 200, 60,
                  "hot ready")
         wait_for(lambda: reconcile_passes(node)[0] >= 2, 600, "the first passes", pause=2.0)

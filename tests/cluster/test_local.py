@@ -93,6 +93,10 @@ def test_full_pass_deploys_everything_a_chunk_per_reactor_turn(tmp_path: Path) -
         after: list[None] = []
         converger.first_pass().addCallback(after.append)
         assert after == [None]   # asked after the first pass: fires at once
+        # each deployed fork-mode function counts one ready replica in /metrics
+        assert provider.metrics.registry.get_sample_value(
+            "gateway_service_count", {"function_name": f"f{count - 1:04d}"}) == 1
+        assert len(provider.metrics.replicas) == count
     finally:
         converger.stopService()
         provider.stopService()
