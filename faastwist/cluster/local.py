@@ -107,10 +107,15 @@ class LocalConverger(Service):
                 if not self.running:
                     return
             for name in names[start:start + CHUNK]:
-                if name in self._busy or self._action(name) is not None:
-                    self.want(name)   # reports once it converged
-                else:
-                    self.report(name)
+                try:
+                    if name in self._busy or self._action(name) is not None:
+                        self.want(name)   # reports once it converged
+                    else:
+                        self.report(name)
+                except Exception:
+                    # one function's failure must not end the pass (nor, in the first
+                    # one, keep the reconciler waiting for it), nor the LoopingCall
+                    log.failure("converging {name} failed", name=name)
         if self._deploys:
             log.info("deployed {count} of {total} functions on this node",
                      count=self._deploys, total=len(names))

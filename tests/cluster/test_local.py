@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 
 from faastwist.cluster import local as local_module
 from faastwist.cluster.local import LocalConverger, NotServing
@@ -150,6 +151,48 @@ def test_a_later_full_pass_acts_only_where_something_differs(tmp_path: Path) -> 
         clock.advance(10.0)            # the next full pass
         assert calls == ["h07"] and runs == ["h07"]
         assert "h07" in provider.runtimes
+    finally:
+        converger.stopService()
+        provider.stopService()
+        routes.stopService()
+
+
+def test_a_function_that_fails_to_converge_does_not_end_the_pass(tmp_path: Path) -> None:
+    """One function whose convergence raises is logged; the others are deployed, the
+    first pass still ends (the reconciler waits for it) and the next pass runs."""
+    clock = Clock()
+    store = MemoryStore()
+    for name in ("a", "b", "c"):
+        spec = FunctionSpec.from_dict({"name": name, "mode": "fork", "command": ["/bin/cat"]})
+        store.create(spec, FunctionStatus(spec.name, State.ACTIVE, updated=0.0))
+    routes = RouteTable(store, clock)
+    routes.startService()
+    provider = make_provider(clock, tmp_path / "data")
+    converger = LocalConverger(routes, provider, ReportLog(), clock, 10.0)
+    action = converger._action
+    failures = []
+
+    def broken(name: str):
+        if name == "b":
+            failures.append(name)
+            raise RuntimeError("b cannot be planned")
+        return action(name)
+    converger._action = broken
+    done: list[None] = []
+    converger.first_pass().addCallback(done.append)
+    try:
+        with capturedLogs() as events:
+            converger.startService()
+            clock.advance(0)
+        assert sorted(provider.runtimes) == ["a", "c"]
+        assert done == [None]
+        logged = [e for e in events if e.get("log_failure") is not None]
+        assert [(e["name"], e["log_failure"].getErrorMessage()) for e in logged] == [
+            ("b", "b cannot be planned")]
+        converger._action = action
+        clock.advance(10.0)                   # the loop still runs: b is deployed now
+        assert sorted(provider.runtimes) == ["a", "b", "c"]
+        assert failures == ["b"]
     finally:
         converger.stopService()
         provider.stopService()
