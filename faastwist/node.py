@@ -33,6 +33,10 @@ from faastwist.util.heap import StartupCollector
 log = Logger()
 
 
+#: seconds the reconciler waits at most for the local converger's first pass
+WARMUP_LIMIT = 120.0
+
+
 class StartupError(Exception):
     """The node cannot start (etcd never became healthy, a port is taken...)."""
 
@@ -276,7 +280,10 @@ class FaasNode(Service):
             from faastwist.cluster.reports import ClusterView
 
             provider = ClusterView(self.provider, self.session.read_reports, self.reactor)
-        warmup = self.converger.first_pass() if self.converger is not None else None
+        warmup = None
+        if self.converger is not None:
+            # the reconciler waits for this node's own first pass, but not for ever
+            warmup = self.converger.first_pass().addTimeout(WARMUP_LIMIT, self.reactor)
         self.reconciler = Reconciler(self.store, provider, self.reactor,
                                      self.config.sync_interval, self.metrics,
                                      is_leader=self.leader.is_leader, fence=self.leader.fence,

@@ -136,7 +136,8 @@ class LocalConverger(Service):
                 self.report(name)
         waiters, self._first = self._first or [], None
         for waiter in waiters:
-            waiter.callback(None)
+            if not waiter.called:   # one that gave up waiting (timed out) is done
+                waiter.callback(None)
 
     # -- readiness -------------------------------------------------------------------
     def check(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
@@ -193,6 +194,32 @@ def test_a_function_that_fails_to_converge_does_not_end_the_pass(tmp_path: Path)
         clock.advance(10.0)                   # the loop still runs: b is deployed now
         assert sorted(provider.runtimes) == ["a", "b", "c"]
         assert failures == ["b"]
+    finally:
+        converger.stopService()
+        provider.stopService()
+        routes.stopService()
+
+
+def test_a_waiter_that_gave_up_on_the_first_pass_is_left_alone(tmp_path: Path) -> None:
+    clock = Clock()
+    store = MemoryStore()
+    spec = FunctionSpec.from_dict({"name": "a", "mode": "fork", "command": ["/bin/cat"]})
+    store.create(spec, FunctionStatus(spec.name, State.ACTIVE, updated=0.0))
+    routes = RouteTable(store, clock)
+    routes.startService()
+    provider = make_provider(clock, tmp_path / "data")
+    converger = LocalConverger(routes, provider, ReportLog(), clock, 10.0)
+    impatient = converger.first_pass()
+    outcomes: list[Any] = []
+    impatient.addBoth(outcomes.append)
+    impatient.cancel()                    # what addTimeout does when it gives up
+    patient: list[None] = []
+    converger.first_pass().addCallback(patient.append)
+    try:
+        converger.startService()
+        clock.advance(0)                  # the first pass ends: no AlreadyCalledError
+        assert patient == [None]
+        assert len(outcomes) == 1 and outcomes[0].check(CancelledError)
     finally:
         converger.stopService()
         provider.stopService()

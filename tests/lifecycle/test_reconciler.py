@@ -730,3 +730,17 @@ def test_a_follower_warms_up_without_a_pass(world: World) -> None:
         assert reconciler.passes == 0
     finally:
         result(reconciler.stopService())
+
+
+def test_a_warm_up_that_timed_out_starts_the_passes_too(world: World) -> None:
+    warmup: Deferred[None] = Deferred()
+    reconciler = Reconciler(world.store, world.provider, world.clock, INTERVAL, Metrics(),
+                            wall_clock=world.clock.seconds, warmup=warmup)
+    result(world.store.create(spec("a"), FunctionStatus.initial("a", 0.0)))
+    reconciler.startService()
+    try:
+        assert world.provider.verbs("deploy") == []
+        warmup.errback(TimeoutError("the node's first pass took too long"))
+        assert world.provider.verbs("deploy") == ["a"]
+    finally:
+        result(reconciler.stopService())
