@@ -101,43 +101,49 @@ class LocalConverger(Service):
         turn held the gate for a second at start-up, and ~0.1 s every interval after."""
         names = sorted(set(self.routes.names()) | set(self.provider.runtimes))
         self._deploys = 0
-        for start in range(0, len(names), CHUNK):
-            if start:
-                yield deferLater(self.clock, 0, lambda: None)
-                if not self.running:
-                    return
-            for name in names[start:start + CHUNK]:
-                try:
-                    if name in self._busy or self._action(name) is not None:
-                        self.want(name)   # reports once it converged
-                    else:
-                        self.report(name)
-                except Exception:
-                    # one function's failure must not end the pass (nor, in the first
-                    # one, keep the reconciler waiting for it), nor the LoopingCall
-                    log.failure("converging {name} failed", name=name)
+        if not (yield self._chunked(names, self._look_at)):
+            return
         if self._deploys:
             log.info("deployed {count} of {total} functions on this node",
                      count=self._deploys, total=len(names))
         if self._quiet:
             yield self._report_held()
 
+    def _look_at(self, name: str) -> None:
+        try:
+            if name in self._busy or self._action(name) is not None:
+                self.want(name)   # reports once it converged
+            else:
+                self.report(name)
+        except Exception:
+            # one function's failure must not end the pass (nor, in the first one,
+            # keep the reconciler waiting for it), nor the LoopingCall
+            log.failure("converging {name} failed", name=name)
+
     @inlineCallbacks
     def _report_held(self):
         """The end of the first pass: report what it held back, ``CHUNK`` per turn."""
         self._quiet = False
         held, self._held = list(self._held), {}
-        for start in range(0, len(held), CHUNK):
-            if start:
-                yield deferLater(self.clock, 0, lambda: None)
-                if not self.running:
-                    return
-            for name in held[start:start + CHUNK]:
-                self.report(name)
+        if not (yield self._chunked(held, self.report)):
+            return
         waiters, self._first = self._first or [], None
         for waiter in waiters:
             if not waiter.called:   # one that gave up waiting (timed out) is done
                 waiter.callback(None)
+
+    @inlineCallbacks
+    def _chunked(self, names: list[str], step: Any):
+        """``step(name)`` for each of ``names``, ``CHUNK`` per reactor turn; False when
+        the service stopped before the end."""
+        for start in range(0, len(names), CHUNK):
+            if start:
+                yield deferLater(self.clock, 0, lambda: None)
+                if not self.running:
+                    return False
+            for name in names[start:start + CHUNK]:
+                step(name)
+        return True
 
     # -- readiness -------------------------------------------------------------------
     def check(self) -> None:
