@@ -240,14 +240,12 @@ def _child(work: Path, args: list[str], cache: bool = False) -> None:
         os.chdir(work)
         sys.path.insert(0, str(work))
         os.environ["PYTHONPATH"] = str(work)
-        import hypothesis
+        # Hypothesis's "mutate" profile (tests/support/properties.py, loaded by the tests'
+        # conftest): a quarter of each property test's examples, the same ones every run,
+        # no shrinking; make test keeps the tests' own counts
+        os.environ["FAASTWIST_HYPOTHESIS_PROFILE"] = "mutate"
         import pytest
 
-        # explore less per property test: a mutant is usually caught in the first few
-        # examples, and the full run (make test) keeps the tests' own numbers
-        hypothesis.settings.register_profile("mutate", max_examples=25, deadline=None,
-                                             database=None)
-        hypothesis.settings.load_profile("mutate")
         code = pytest.main(["-x", "-q", "-p", "no:cacheprovider",
                             "-o", "addopts=", *args])
     finally:

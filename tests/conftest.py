@@ -6,9 +6,9 @@ import os
 from typing import Iterator
 
 import pytest
-from hypothesis import HealthCheck, settings
 
 from tests.support.k8s import ENV_VAR, Envtest, envtest_unavailable
+from tests.support.properties import load_profile
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -27,11 +27,9 @@ def pytest_report_header(config: pytest.Config) -> str:
         return f"{ENV_VAR}={os.environ[ENV_VAR]}: the envtest tests run"
     return f"{ENV_VAR} is not set: the envtest tests are deselected"
 
-# Property tests check behaviour, not speed: no per-example deadline, so a loaded machine
-# (CI, several suites at once) cannot turn a correct example into a failure.
-settings.register_profile("faastwist", deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile("faastwist")
+# Hypothesis: no per-example deadline (tests/support/properties.py says why); the
+# mutation runner selects its own profile there
+load_profile()
 
 
 @pytest.fixture(scope="session")

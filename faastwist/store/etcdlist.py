@@ -209,9 +209,9 @@ class EtcdLists:
         return self.slicer.run(steps()).addCallback(lambda _: out)
 
     @inlineCallbacks
-    def _chunk(self, after: bytes, limit: int, revision: int, prefix: bytes):
-        """Up to ``limit`` functions after the name ``after`` (raw), and their statuses:
-        ``(records, revision, remaining, last raw name)``.
+    def _raw_chunk(self, after: bytes, limit: int, revision: int, prefix: bytes):
+        """Up to ``limit`` functions after the name ``after`` (raw), and their statuses,
+        not yet decoded: ``(items for _decode, revision, remaining, last raw name)``.
 
         One transaction reads both ranges with the same bounds and limit (every
         function has both keys); when they do not line up (a spec written by hand
@@ -231,11 +231,18 @@ class EtcdLists:
                 [(status_base + first.encode(), status_base + last.encode() + b"\0")], 0,
                 revision), revision)
             statuses = self._by_name(_ranges_of(answer)[1][0][0])
-        records = yield self._decode([(name, kv, statuses.get(name), None)
-                                      for name, kv in specs.items()])
+        items = [(name, kv, statuses.get(name), None) for name, kv in specs.items()]
         last_raw = (base64.b64decode(spec_kvs[-1].get("key", ""))[len(spec_base):]
                     if spec_kvs else after)
-        return records, revision, max(total - len(spec_kvs), 0), last_raw
+        return items, revision, max(total - len(spec_kvs), 0), last_raw
+
+    @inlineCallbacks
+    def _chunk(self, after: bytes, limit: int, revision: int, prefix: bytes):
+        """``_raw_chunk`` with its records decoded: ``(records, revision, remaining,
+        last raw name)``."""
+        items, revision, remaining, last = yield self._raw_chunk(after, limit, revision, prefix)
+        records = yield self._decode(items)
+        return records, revision, remaining, last
 
     @inlineCallbacks
     def page(self, after: str, limit: int, revision: int, prefix: str):
@@ -293,13 +300,21 @@ class EtcdLists:
     def _everything(self):
         self.full_reads += 1
         records: dict[str, FunctionRecord] = {}
-        after, revision = b"", 0
+        raw = yield self._raw_chunk(b"", LIST_PAGE, 0, b"")
         while True:
-            got, revision, remaining, after = yield self._chunk(after, LIST_PAGE, revision,
-                                                                b"")
-            records.update(got)
-            if not remaining:
+            items, revision, remaining, after = raw
+            # etcd reads the next page while this one is decoded: one after the other,
+            # etcd's share and ours add up (a node's start-up waits for this list)
+            ahead = self._raw_chunk(after, LIST_PAGE, revision, b"") if remaining else None
+            try:
+                records.update((yield self._decode(items)))
+            except BaseException:
+                if ahead is not None:
+                    ahead.addErrback(lambda _: None)  # the list failed: nobody waits
+                raise
+            if ahead is None:
                 break
+            raw = yield ahead
         # at the same revision: the invocation keys (few functions have them) and how
         # many spec and status keys there are (the next list's check)
         spec_base, status_base, keys_base = self._bases()

@@ -3,13 +3,16 @@
 import json
 from pathlib import Path
 
+import attrs
 import pytest
 import yaml
 from hypothesis import given, settings, strategies as st
 
 from faastwist.model.spec import (
-    AutoScaleType, FunctionSpec, ProcessMode, SpecError, spec_from_yaml, spec_to_yaml,
+    AutoScaleType, FunctionSpec, HeaderAdaptor, PathAdaptor, ProcessMode, RateLimit,
+    RegexpReplace, RequestAdaptor, SpecError, spec_from_yaml, spec_to_yaml,
 )
+from tests.support.properties import examples
 
 # the seed's demo10 spec (Easegress's FaaSFunction example), as shipped in conf/
 DEMO10 = (Path(__file__).resolve().parents[2] / "conf" / "function.yaml").read_text()
@@ -164,7 +167,7 @@ specs = st.builds(
 )
 
 
-@settings(max_examples=150)
+@settings(max_examples=examples(150))
 @given(specs)
 def test_valid_specs_round_trip_through_yaml(data):
     if data["minReplica"] > data["maxReplica"] and data["maxReplica"]:
@@ -188,7 +191,7 @@ field_names = st.sampled_from([
     "command", "env", "mode", "readinessPath", "unknown"])
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.one_of(json_values, st.dictionaries(field_names, json_values, max_size=8)))
 def test_any_mapping_is_a_spec_or_a_clean_spec_error(data):
     try:
@@ -199,7 +202,7 @@ def test_any_mapping_is_a_spec_or_a_clean_spec_error(data):
         assert FunctionSpec.from_dict(spec.to_dict()) == spec
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(st.text(max_size=40) | st.binary(max_size=40))
 def test_any_text_is_a_spec_or_a_clean_spec_error(text):
     try:
@@ -220,3 +223,295 @@ def test_async_fields_round_trip_and_are_checked():
                        ({"maxAttempts": "x"}, "maxAttempts")):
         with pytest.raises(SpecError, match=path):
             FunctionSpec.from_dict({"name": "f", **data})
+
+
+# -- every field, every default and every message, exactly ---------------------------------
+
+#: every field set to a value that is not its default (one of each form the reader takes)
+FULL = {
+    "name": "full-1", "image": "img:2", "port": 8080, "autoScaleType": "rps",
+    "autoScaleValue": " 2.5 ", "minReplica": 2, "maxReplica": 5, "limitCPU": "2",
+    "limitMemory": "1Gi", "requestCPU": "500m", "requestMemory": "256Mi",
+    "requestAdaptor": {
+        "host": "a.example:8080", "method": "post", "body": "{}",
+        "path": {"replace": "/r", "addPrefix": "/p", "trimPrefix": "/t",
+                 "regexpReplace": {"regexp": "^/a(.*)$", "replace": "/b$1"}},
+        "header": {"del": ["X-Old"], "set": {"X-S": "1"}, "add": {"X-A": "2"}}},
+    "timeout": "1m30s", "command": ["python3", "app.py"], "env": {"A": "1", "B": 2},
+    "mode": "fork", "readinessPath": "/healthz", "envProcess": "cat",
+    "labels": {"team": "a"}, "annotations": {"note": "x"},
+    "constraints": ["node.platform.os == linux"], "secrets": ["db-pass", "api.key_2"],
+    "readOnlyRootFilesystem": True, "rateLimit": {"rps": 2.5, "burst": 7},
+    "asyncConcurrency": 3, "maxAttempts": 9,
+}
+
+
+def test_every_field_is_read_from_its_own_key_and_written_back_to_it():
+    """A misspelt key in the reader would leave that field's default; in to_dict, write
+    the value under another name (the store and the providers keep to_dict's form)."""
+    spec = FunctionSpec.from_dict(FULL)
+    assert spec == FunctionSpec(
+        name="full-1", image="img:2", port=8080, auto_scale_type=AutoScaleType.RPS,
+        auto_scale_value="2.5", min_replica=2, max_replica=5, limit_cpu="2",
+        limit_memory="1Gi", request_cpu="500m", request_memory="256Mi",
+        request_adaptor=RequestAdaptor(
+            host="a.example:8080", method="POST", body="{}",
+            path=PathAdaptor(replace="/r", add_prefix="/p", trim_prefix="/t",
+                             regexp_replace=RegexpReplace("^/a(.*)$", "/b$1")),
+            header=HeaderAdaptor(delete=("X-Old",), set={"X-S": "1"}, add={"X-A": "2"})),
+        timeout=90.0, command=("python3", "app.py"), env={"A": "1", "B": "2"},
+        mode=ProcessMode.FORK, readiness_path="/healthz", env_process="cat",
+        labels={"team": "a"}, annotations={"note": "x"},
+        constraints=("node.platform.os == linux",), secrets=("db-pass", "api.key_2"),
+        read_only_root_filesystem=True, rate_limit=RateLimit(2.5, 7), async_concurrency=3,
+        max_attempts=9)
+    assert spec.to_dict() == {
+        "name": "full-1", "image": "img:2", "port": 8080, "autoScaleType": "rps",
+        "autoScaleValue": "2.5", "minReplica": 2, "maxReplica": 5, "limitCPU": "2",
+        "limitMemory": "1Gi", "requestCPU": "500m", "requestMemory": "256Mi",
+        "requestAdaptor": {
+            "host": "a.example:8080", "method": "POST", "body": "{}",
+            "path": {"replace": "/r", "addPrefix": "/p", "trimPrefix": "/t",
+                     "regexpReplace": {"regexp": "^/a(.*)$", "replace": "/b$1"}},
+            "header": {"del": ["X-Old"], "set": {"X-S": "1"}, "add": {"X-A": "2"}}},
+        "timeout": "1m30s", "command": ["python3", "app.py"], "env": {"A": "1", "B": "2"},
+        "mode": "fork", "readinessPath": "/healthz", "envProcess": "cat",
+        "labels": {"team": "a"}, "annotations": {"note": "x"},
+        "constraints": ["node.platform.os == linux"], "secrets": ["db-pass", "api.key_2"],
+        "readOnlyRootFilesystem": True, "rateLimit": {"rps": 2.5, "burst": 7},
+        "asyncConcurrency": 3, "maxAttempts": 9}
+    assert FunctionSpec.from_dict(spec.to_dict()) == spec
+
+
+#: what a spec of only a name is (README's defaults), every field written out
+EMPTY_ADAPTOR = RequestAdaptor(
+    host="", method="", body="",
+    path=PathAdaptor(replace="", add_prefix="", trim_prefix="", regexp_replace=None),
+    header=HeaderAdaptor(delete=(), set={}, add={}))
+DEFAULTS = FunctionSpec(
+    name="f", image="", port=None, auto_scale_type=AutoScaleType.CONCURRENCY,
+    auto_scale_value="100", min_replica=0, max_replica=0, limit_cpu="", limit_memory="",
+    request_cpu="", request_memory="", request_adaptor=EMPTY_ADAPTOR, timeout=60.0,
+    command=(), env={}, mode=ProcessMode.HTTP, readiness_path="", env_process="", labels={},
+    annotations={}, constraints=(), secrets=(), read_only_root_filesystem=False,
+    rate_limit=None, async_concurrency=0, max_attempts=0)
+
+
+def test_every_default_exactly_from_a_document_and_in_code():
+    """The gate and the watchdog build specs in code (FunctionSpec(name=..., timeout=...)):
+    the record's own defaults must be the documented ones too."""
+    assert FunctionSpec.from_dict({"name": "f"}) == DEFAULTS
+    assert FunctionSpec(name="f") == DEFAULTS
+    assert RequestAdaptor() == EMPTY_ADAPTOR and RequestAdaptor().is_empty
+    assert FunctionSpec.from_dict({"name": "f"}).to_dict() == {
+        "name": "f", "autoScaleType": "concurrency", "autoScaleValue": "100",
+        "minReplica": 0, "maxReplica": 0, "timeout": "1m"}
+    # a section that is present keeps its other fields' defaults
+    adaptor = FunctionSpec.from_dict({"name": "f", "requestAdaptor": {"body": "x"}}
+                                     ).request_adaptor
+    assert adaptor == attrs.evolve(EMPTY_ADAPTOR, body="x") and not adaptor.is_empty
+    assert adaptor.to_dict() == {"body": "x"}
+    path = FunctionSpec.from_dict({"name": "f", "requestAdaptor": {
+        "path": {"regexpReplace": {"regexp": "^/a"}}}}).request_adaptor.path
+    assert path == PathAdaptor(regexp_replace=RegexpReplace("^/a", ""))
+    assert path.to_dict() == {"regexpReplace": {"regexp": "^/a", "replace": ""}}
+
+
+_MANAGED = ("Connection", "Keep-Alive", "Proxy-Connection", "TE", "Trailer",
+            "Transfer-Encoding", "Upgrade", "Proxy-Authenticate", "Proxy-Authorization",
+            "Content-Length", "Expect")
+
+
+@pytest.mark.parametrize("name", _MANAGED)
+def test_every_header_the_gate_manages_is_refused_in_each_list(name):
+    for key, value in (("del", [name.lower()]), ("set", {name: "x"}), ("add", {name.upper(): "x"})):
+        error = _error({"name": "f", "requestAdaptor": {"header": {key: value}}})
+        shown = value[0] if key == "del" else next(iter(value))
+        assert str(error) == (f"requestAdaptor.header.{key}: {shown!r} is managed by the gate "
+                              f"and cannot be adapted")
+    header = FunctionSpec.from_dict({"name": "f", "requestAdaptor": {"header": {
+        "set": {f"X-{name}": "1"}}}}).request_adaptor.header
+    assert header.set == {f"X-{name}": "1"}
+
+
+_RPS = "must be a number of requests per second above 0 (at most 1000000), got"
+_QUANTITY = "must be a Kubernetes quantity like 100m or 128Mi, got"
+_DNS = ("must be a DNS-1123 label (lower-case letters, digits and '-', starting and ending "
+        "with a letter or digit), got")
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"name": None}, "name: is required"),
+    ({"name": ""}, "name: is required"),
+    ({"name": "a" * 64}, "name: must be at most 63 characters, got 64"),
+    ({"name": "Demo"}, f"name: {_DNS} 'Demo'"),
+    ({"requestAdaptor": {"path": {"regexpReplace": {"regexp": "("}}}},
+     "requestAdaptor.path.regexpReplace.regexp: does not compile: missing ), unterminated "
+     "subpattern at position 0"),
+    ({"requestAdaptor": {"path": {"replace": "r"}}},
+     "requestAdaptor.path.replace: must start with '/', got 'r'"),
+    ({"requestAdaptor": {"path": {"addPrefix": "p"}}},
+     "requestAdaptor.path.addPrefix: must start with '/', got 'p'"),
+    ({"requestAdaptor": {"path": {"trimPrefix": "t"}}},
+     "requestAdaptor.path.trimPrefix: must start with '/', got 't'"),
+    ({"requestAdaptor": {"header": {"del": ["Bad Name"]}}},
+     "requestAdaptor.header.del: 'Bad Name' is not a valid header name"),
+    ({"requestAdaptor": {"header": {"set": {"Host": "x"}}}},
+     "requestAdaptor.header.set: 'Host' is managed by the gate and cannot be adapted; use "
+     "requestAdaptor.host"),
+    ({"requestAdaptor": {"header": {"add": {"host": "x"}}}},
+     "requestAdaptor.header.add: 'host' is managed by the gate and cannot be adapted; use "
+     "requestAdaptor.host"),
+    ({"requestAdaptor": {"header": {"set": {"X": "a\rb"}}}},
+     "requestAdaptor.header.set: value of 'X' must not contain a line break"),
+    ({"requestAdaptor": {"header": {"add": {"X": "a\nb"}}}},
+     "requestAdaptor.header.add: value of 'X' must not contain a line break"),
+    ({"requestAdaptor": {"method": "G ET"}},
+     "requestAdaptor.method: is not an HTTP method token, got 'G ET'"),
+    ({"requestAdaptor": {"host": "a b"}},
+     "requestAdaptor.host: must be a host name or address with an optional port, got 'a b'"),
+    ({"limitCPU": True}, f"limitCPU: {_QUANTITY} True"),
+    ({"requestMemory": [1]}, f"requestMemory: {_QUANTITY} [1]"),
+    ({"autoScaleValue": True}, "autoScaleValue: must be a positive number, got True"),
+    ({"autoScaleValue": [1]}, "autoScaleValue: must be a positive number, got [1]"),
+    ({"autoScaleValue": "lots"}, "autoScaleValue: must be a positive number, got 'lots'"),
+    ({"autoScaleValue": "0"}, "autoScaleValue: must be a positive number, got '0'"),
+    ({"autoScaleValue": -2}, "autoScaleValue: must be a positive number, got -2"),
+    ({"autoScaleValue": "NaN"}, "autoScaleValue: must be a positive number, got 'NaN'"),
+    ({"autoScaleValue": "Infinity"}, "autoScaleValue: must be a positive number, got 'Infinity'"),
+    ({"rateLimit": {"burst": 2}}, "rateLimit.rps: is required"),
+    ({"rateLimit": {"rps": 0}}, f"rateLimit.rps: {_RPS} 0"),
+    ({"rateLimit": {"rps": True}}, f"rateLimit.rps: {_RPS} True"),
+    ({"rateLimit": {"rps": "5"}}, f"rateLimit.rps: {_RPS} '5'"),
+    ({"rateLimit": {"rps": 1_000_001}}, f"rateLimit.rps: {_RPS} 1000001"),
+    ({"rateLimit": {"rps": 5, "burst": 0}}, "rateLimit.burst: must be 1-1000000, got 0"),
+    ({"rateLimit": {"rps": 5, "burst": 1_000_001}},
+     "rateLimit.burst: must be 1-1000000, got 1000001"),
+    ({"rateLimit": {"rps": 5, "bust": 2}}, "rateLimit.bust: unknown field"),
+    ({"envProcess": " \t"}, "envProcess: must not be blank"),
+    ({"secrets": ["ok", "bad name"]},
+     "secrets[1]: must be a secret name (letters, digits, '-', '_' and '.'), got 'bad name'"),
+    ({"minReplica": 3, "maxReplica": 2}, "minReplica: must not exceed maxReplica (2), got 3"),
+    ({"requestCPU": "2", "limitCPU": "1"}, "requestCPU: must not exceed limitCPU (1), got 2"),
+    ({"requestMemory": "2Gi", "limitMemory": "1Gi"},
+     "requestMemory: must not exceed limitMemory (1Gi), got 2Gi"),
+    ({"readinessPath": "healthz"}, "readinessPath: must start with '/', got 'healthz'"),
+    ({"maxReplica": 1001}, "maxReplica: must be 0-1000, got 1001"),
+    ({"asyncConcurrency": 10_001}, "asyncConcurrency: must be 0-10000, got 10001"),
+    ({"maxAttempts": -1}, "maxAttempts: must be 0-100, got -1"),
+    ({"readOnlyRootFilesystem": "yes"}, "readOnlyRootFilesystem: must be true or false, got a "
+                                        "string"),
+])
+def test_each_error_message_exactly(data, message):
+    """What an operator reads: the dotted key and the problem, word for word."""
+    assert str(_error({"name": "f", **data})) == message
+
+
+@pytest.mark.parametrize("data", [
+    {"name": "a" * 63}, {"maxReplica": 0}, {"maxReplica": 1000}, {"minReplica": 4, "maxReplica": 4},
+    {"requestCPU": "1", "limitCPU": "1000m"}, {"requestMemory": "1Gi", "limitMemory": "1Gi"},
+    {"asyncConcurrency": 0}, {"asyncConcurrency": 10_000}, {"maxAttempts": 0},
+    {"maxAttempts": 100}, {"rateLimit": {"rps": 1_000_000, "burst": 1_000_000}},
+    {"rateLimit": {"rps": 0.001, "burst": 1}}, {"secrets": ["a", "A.b_c-9"]},
+    {"envProcess": "cat", "readinessPath": "/"},
+])
+def test_the_bounds_themselves_are_accepted(data):
+    """README's ranges are inclusive: each end is a valid spec and reads back as given."""
+    spec = FunctionSpec.from_dict({"name": "f", **data})
+    written = spec.to_dict()
+    for key, value in data.items():
+        if key == "name" or value:  # to_dict leaves out a field at its default (0)
+            assert written[key] == value
+    assert FunctionSpec.from_dict(written) == spec
+
+
+def test_rate_limit_burst_defaults_to_one_second_of_rps():
+    read = lambda limit: FunctionSpec.from_dict({"name": "f", "rateLimit": limit}).rate_limit  # noqa: E731
+    assert read({"rps": 0.5}) == RateLimit(0.5, 1)
+    assert read({"rps": 3.2}) == RateLimit(3.2, 4)
+    assert read({"rps": 20}) == RateLimit(20.0, 20)
+    assert read({}) is None and read(None) is None
+    assert RateLimit(20.0, 20).to_dict() == {"rps": 20, "burst": 20}
+    assert isinstance(RateLimit(20.0, 20).to_dict()["rps"], int)
+    assert RateLimit(0.5, 1).to_dict() == {"rps": 0.5, "burst": 1}
+
+
+def test_watchdog_means_envprocess_without_a_command():
+    def watchdog(**fields) -> bool:
+        return FunctionSpec.from_dict({"name": "f", **fields}).watchdog
+
+    assert watchdog(envProcess="cat") is True
+    assert watchdog(envProcess="cat", command=["python3", "app.py"]) is False
+    assert watchdog(command=["python3", "app.py"]) is False
+    assert watchdog() is False
+
+
+def test_digest_is_stable_and_only_a_cache():
+    """Providers label what they deployed with the digest: a new form of it after an
+    upgrade would redeploy every function; the cache must not leak into copies,
+    comparisons or repr."""
+    assert spec_from_yaml(DEMO10).digest() == "6322f95dee3f17cf"
+    # the same spec with its mappings in another order: the same digest
+    a = FunctionSpec.from_dict({"name": "f", "env": {"A": "1", "B": "2"},
+                                "labels": {"x": "1", "y": "2"}})
+    b = FunctionSpec.from_dict({"name": "f", "env": {"B": "2", "A": "1"},
+                                "labels": {"y": "2", "x": "1"}})
+    text = repr(a)
+    assert a.digest() == b.digest()
+    assert repr(a) == text
+    c = FunctionSpec.from_dict(a.to_dict())
+    a.digest()
+    assert a == c  # c never computed its digest
+    scaled = attrs.evolve(a, min_replica=2)
+    assert scaled.digest() != a.digest()
+    assert scaled.digest() == FunctionSpec.from_dict(scaled.to_dict()).digest()
+    with pytest.raises(TypeError):
+        FunctionSpec(name="f", digest="0" * 16)  # type: ignore[call-arg]
+
+
+def test_yaml_keeps_the_fields_in_the_documented_order():
+    spec = FunctionSpec.from_dict({"name": "f", "image": "i", "labels": {"b": "1", "a": "2"}})
+    assert spec_to_yaml(spec) == (
+        "name: f\nimage: i\nautoScaleType: concurrency\nautoScaleValue: '100'\n"
+        "minReplica: 0\nmaxReplica: 0\ntimeout: 1m\nlabels:\n  b: '1'\n  a: '2'\n")
+
+
+def test_too_deep_documents_are_refused_with_or_without_libyaml(monkeypatch):
+    import faastwist.model.spec as module
+
+    deep = "[" * 100_000
+    if yaml.__with_libyaml__:  # libyaml's scanner stops at 1000 levels, in milliseconds
+        assert str(_yaml_error(deep)).startswith(
+            "body is not valid YAML or JSON: while increasing flow level\n"
+            "exceeded maximum nesting depth")
+    # PyYAML built without libyaml: the pure-Python loader recurses until Python stops it
+    monkeypatch.setattr(module, "_SAFE_LOADER", yaml.SafeLoader)
+    error = _yaml_error("[" * 1100)
+    assert (error.path, str(error)) == ("", "body is nested too deeply")
+    error = _yaml_error("name: [unclosed")
+    assert error.path == "" and str(error).startswith("body is not valid YAML or JSON: ")
+
+
+def _yaml_error(text: str) -> SpecError:
+    with pytest.raises(SpecError) as info:
+        spec_from_yaml(text)
+    return info.value
+
+
+def test_provider_messages_exactly():
+    def problem(provider: str, **fields) -> str:
+        with pytest.raises(SpecError) as info:
+            FunctionSpec.from_dict({"name": "f", **fields}).check_for_provider(provider)
+        return str(info.value)
+
+    assert problem("process", image="i") == (
+        "command: is required for the process provider when envProcess is not set: a "
+        "deployment needs envProcess (run once per request, as OpenFaaS's watchdog does) or "
+        "command (an argv list of an HTTP server, e.g. [python3, app.py]); the process "
+        "provider runs commands and does not pull images")
+    assert problem("process", command=["x"], autoScaleType="cpu") == (
+        "autoScaleType: cpu is not supported by the process provider; use rps or concurrency")
+    assert problem("knative") == "image: is required for the knative provider"
+    assert problem("knative", image="i", command=["x"]) == (
+        "command: is only for the process provider")
+    FunctionSpec.from_dict({"name": "f", "envProcess": "cat"}).check_for_provider("process")

@@ -251,3 +251,45 @@ def test_records_are_decoded_a_step_per_turn_of_the_stores_slicer(etcd_server,  
     finally:
         yield writer.close()
         yield store.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_next_page_is_read_while_this_one_is_decoded(etcd_server,  # noqa: F811
+                                                         monkeypatch):
+    monkeypatch.setattr(etcdlist_module, "LIST_PAGE", 2 * etcdlist_module.DECODE_STEP)
+    clock = Clock()
+    prefix = unique_prefix("ahead")
+    writer = EtcdStore(reactor, [etcd_server.client_url], prefix, CONTROLLER, 10.0)
+    store = EtcdStore(reactor, [etcd_server.client_url], prefix, CONTROLLER, 10.0,
+                      slicer=Slicer(clock, budget=0))
+    events: list[str] = []
+    txn, record = store.lists._txn, store.lists._record
+    monkeypatch.setattr(store.lists, "_txn", lambda *a: (events.append("read"), txn(*a))[1])
+    monkeypatch.setattr(store.lists, "_record",
+                        lambda *a: (events.append("decoded"), record(*a))[1])
+    try:
+        count = 5 * etcdlist_module.DECODE_STEP
+        for start in range(0, count, 32):   # etcd takes at most 128 operations a txn
+            ops = []
+            for i in range(start, min(start + 32, count)):
+                name = f"a{i:03d}"
+                ops += [(writer.key("spec", name), encode_spec(spec(name))),
+                        (writer.key("status", name), encode_status(status(name)))]
+            yield writer.put_many(ops)
+        done: list = []
+        store.list().addBoth(done.append)
+        while not done:
+            yield deferLater(reactor, 0.01, lambda: None)
+            turn(clock)
+        assert len(done[0].records) == count
+        page = 2 * etcdlist_module.DECODE_STEP
+        decoded = [i for i, e in enumerate(events) if e == "decoded"]
+        reads = [i for i, e in enumerate(events) if e == "read"]
+        pages = [decoded[k:k + page] for k in range(0, count, page)]
+        assert len(pages) == 3 and len(reads) >= 3
+        # each next page was asked for before this one's decoding ended
+        for k in range(1, len(pages)):
+            assert reads[k] < pages[k - 1][-1]
+    finally:
+        yield writer.close()
+        yield store.close()
