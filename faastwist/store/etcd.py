@@ -246,13 +246,13 @@ class EtcdStore:
     # records
 
     def _record(self, name: str, spec_kv: KeyValue, status_kv: KeyValue | None) -> FunctionRecord:
-        spec = decoded("spec", spec_kv.key, spec_kv.value)
+        spec = decoded("spec", spec_kv.value, lambda: spec_kv.key)
         if status_kv is None:
             # a spec without status (written by hand): the FSM starts afresh; the first
             # update compares the missing status key's mod revision as 0
             return FunctionRecord(spec, FunctionStatus.initial(name, 0.0),  # type: ignore[arg-type]
                                   spec_kv.mod_revision, 0)
-        status = decoded("status", status_kv.key, status_kv.value)
+        status = decoded("status", status_kv.value, lambda: status_kv.key)
         return FunctionRecord(spec, status, spec_kv.mod_revision,  # type: ignore[arg-type]
                               status_kv.mod_revision)
 

@@ -19,7 +19,7 @@ list reads everything again. Decoding runs in reactor slices (``Slicer``).
 from __future__ import annotations
 
 import base64
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -86,12 +86,13 @@ def range_ops(bounds: Sequence[tuple[bytes, bytes]], limit: int, revision: int,
     return ops
 
 
-def decoded(kind: str, key: bytes, value: bytes) -> FunctionSpec | FunctionStatus:
-    """A stored spec or status; StoreError naming the key when it cannot be read."""
+def decoded(kind: str, value: bytes, key: Callable[[], bytes]) -> FunctionSpec | FunctionStatus:
+    """A stored spec or status; StoreError naming its key (``key()``, only made then)
+    when it cannot be read."""
     try:
         return decode_spec(value) if kind == "spec" else decode_status(value)
     except Exception as exc:
-        raise StoreError(f"unreadable {kind} at {key.decode(errors='replace')}: "
+        raise StoreError(f"unreadable {kind} at {key().decode(errors='replace')}: "
                          f"{exc}") from None
 
 
@@ -178,11 +179,12 @@ class EtcdLists:
         if found is not None:
             return found
         key = self.store.key
-        spec = (decoded("spec", key("spec", name), base64.b64decode(spec_kv.get("value", "")))
+        spec = (decoded("spec", base64.b64decode(spec_kv.get("value", "")),
+                        lambda: key("spec", name))
                 if spec_kv is not None else previous.spec)  # type: ignore[union-attr]
         if status_kv is not None:
-            status = decoded("status", key("status", name),
-                             base64.b64decode(status_kv.get("value", "")))
+            status = decoded("status", base64.b64decode(status_kv.get("value", "")),
+                             lambda: key("status", name))
         elif previous is not None:
             status = previous.status
         else:
