@@ -14,9 +14,10 @@ async queue with its embedded nats-server is on) are started on that etcd and me
 - the first start with N functions: ready (``/readyz`` 200) wall time and the node's CPU
   seconds by then, and how long the first reconcile pass takes (it writes every
   function's status: the provider's verdict);
-- a restart (SIGTERM, start) with N settled functions: ready wall and CPU, the first
-  answer of a fork-mode function; memory per function (RSS against the one-function
-  node); the steady reconcile pass (``faastwist_reconcile_pass_seconds``);
+- restarts (SIGTERM, start; ``--restarts``, 3) with N settled functions: ready wall and
+  CPU, the first answer of a fork-mode function, and the median over every start;
+  memory per function (RSS against the one-function node); the steady reconcile pass
+  (``faastwist_reconcile_pass_seconds``);
 - admin list latency: full list (JSON and YAML) and one page (``limit`` + ``continue``);
 - the gate (wrk c16 on ``hot``): req/s and p99 idle, and while a client lists all N
   functions in a loop (JSON, then YAML); req/s with N functions against one.
@@ -35,7 +36,6 @@ import os
 import re
 import shutil
 import subprocess
-import sysconfig
 import sys
 import tempfile
 import threading
@@ -53,6 +53,9 @@ from faastwist.model.spec import FunctionSpec  # noqa: E402
 from faastwist.store.base import encode_spec, encode_status  # noqa: E402
 from tests.support.etcd import EtcdProcess  # noqa: E402
 from tests.support.node import FaasNodeProcess, free_port, http  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+import gate as gatebench  # noqa: E402  (bench/gate.py: the interpreter helpers)
 
 PREFIX = "/faas"
 #: the function the gate traffic goes to: nginx in one process (fast, so the gate's
@@ -156,16 +159,25 @@ def timed_get(url: str, accept: str) -> tuple[float, int, bytes]:
     return time.perf_counter() - started, status, body
 
 
+#: the nodes' interpreter (``--python``): None is this one, through the venv's twistd
+NODE_PYTHON: str | None = None
+TWISTD_RUN = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+
+
 def start_node(workdir: Path, etcd: EtcdProcess, nodes: list[FaasNodeProcess],
                prefix: str = PREFIX) -> tuple[FaasNodeProcess, float]:
     """Spawn a node and wait for /readyz 200; it is in ``nodes`` (to be stopped) at once."""
     node = FaasNodeProcess(workdir, provider="process", etcd_endpoints=[etcd.client_url],
                            extra={"etcd": {"prefix": prefix}, "syncInterval": "10s",
                                   "httpServer": {"accessLog": False}})
-    started = time.monotonic()
+    command = node.command()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if NODE_PYTHON is not None:   # another interpreter, with this venv's packages
+        command = [NODE_PYTHON, "-c", TWISTD_RUN, *command[1:]]
+        env["PYTHONPATH"] = gatebench.child_path()
+    started = time.monotonic()
     log = open(node.log_path, "ab")
-    node.process = subprocess.Popen(node.command(), cwd=node.workdir, stdout=log,
+    node.process = subprocess.Popen(command, cwd=node.workdir, stdout=log,
                                     stderr=subprocess.STDOUT, env=env, start_new_session=True)
     log.close()
     nodes.append(node)
@@ -184,12 +196,9 @@ def stop_node(node: FaasNodeProcess, nodes: list[FaasNodeProcess]) -> None:
 
 
 def interpreter() -> str:
-    """The interpreter the nodes run on (this one: twistd is its venv's) and its build."""
-    args = sysconfig.get_config_var("CONFIG_ARGS") or ""
-    flags = [f for f in ("--enable-optimizations", "--with-lto") if f in args]
-    build = ("optimized (" + ", ".join(flags) + ")") if flags else (
-        "not optimized (CONFIG_ARGS has neither --enable-optimizations nor --with-lto)")
-    return f"{sys.executable} {sys.version.split()[0]}, {build}"
+    """The interpreter the nodes run on and its build."""
+    info = gatebench.interpreter_info(NODE_PYTHON or sys.executable)
+    return f"{info['executable']} {info['version']}, {info['build']}"
 
 
 def hot_spec(workdir: Path) -> FunctionSpec:
@@ -213,7 +222,20 @@ def main() -> None:
     parser.add_argument("--functions", type=int, default=10000)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--page", type=int, default=100, help="page size of the paged list")
+    parser.add_argument("--restarts", type=int, default=3,
+                        help="restarts (SIGTERM, start) measured after the first start")
+    parser.add_argument("--python", help="the nodes' interpreter: a path, or 'debian' for "
+                                         "Debian's /usr/bin/python3.X with this venv's "
+                                         "packages (default: this one)")
     args = parser.parse_args()
+    global NODE_PYTHON
+    if args.python == "debian":
+        NODE_PYTHON = gatebench.other_interpreter()
+        if NODE_PYTHON is None:
+            parser.error("--python debian: no Debian CPython of this version can load "
+                         "this venv's packages")
+    elif args.python:
+        NODE_PYTHON = args.python
     workdir = Path(tempfile.mkdtemp(prefix="faastwist-bench-scale-"))
     os.chmod(workdir, 0o755)   # the function user reaches hot's folder through it
     etcd = EtcdProcess(str(workdir / "etcd"))
@@ -244,9 +266,12 @@ def main() -> None:
               file=sys.stderr, flush=True)
         fork_path = "/function/f%05d/" % (args.functions // 2)
 
+        readies: list[tuple[float, float]] = []
+
         def started_node(label: str) -> FaasNodeProcess:
             node, ready_s = start_node(workdir / "node", etcd, nodes)
             cpu = cpu_seconds(node.process.pid)
+            readies.append((ready_s, cpu))
             fork_url = node.gate_url + fork_path
             first = wait_for(lambda: http("POST", fork_url, b"hello", timeout=5)[0] == 200, 60,
                              "first fork-mode answer")
@@ -261,8 +286,13 @@ def main() -> None:
                           pause=2.0)  # a scrape of 10,000 functions is megabytes
         print(f"first reconcile pass ({len(specs)} status writes): done {waited:.1f}s after "
               f"the node was ready ({load()})", flush=True)
-        stop_node(node, nodes)
-        node = started_node("restart (SIGTERM, start)")
+        for restart in range(args.restarts):
+            stop_node(node, nodes)
+            node = started_node(f"restart {restart + 1} (SIGTERM, start)")
+        walls, cpus = sorted(r[0] for r in readies), sorted(r[1] for r in readies)
+        print(f"ready after spawn, {len(readies)} starts: median {walls[len(walls) // 2]:.2f}s "
+              f"({walls[0]:.2f}-{walls[-1]:.2f}s), CPU median {cpus[len(cpus) // 2]:.2f}s "
+              f"({cpus[0]:.2f}-{cpus[-1]:.2f}s)", flush=True)
         wait_for(lambda: http("GET", f"{node.gate_url}/function/hot/", timeout=5)[0] == 200, 60,
                  "hot ready")
         wait_for(lambda: reconcile_passes(node)[0] >= 2, 600, "the first passes", pause=2.0)

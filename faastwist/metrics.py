@@ -235,9 +235,11 @@ class Metrics:
         self.unauthorized = Counter(
             "faastwist_gate_unauthorized", "Requests refused with 401 (no or a wrong "
             "function key)", ["function_name"], registry=r)
-        self.replicas = Gauge(
-            "gateway_service_count", "Ready replicas per function",
-            ["function_name"], registry=r)
+        #: name -> ready replicas (process provider); exported at scrape time: a labelled
+        #: gauge child per function cost ~60 us each to create, 0.6 s of a 10,000-function
+        #: node's start-up
+        self.replicas: dict[str, int] = {}
+        r.register(_ReplicaCollector(self.replicas))
         # control plane
         #: name -> current State; exported at scrape time (the reconciler sets it for
         #: every function on every pass: 10,000 functions, 50,000 gauge writes)
@@ -294,6 +296,26 @@ class Metrics:
             self.states.pop(name, None)
         else:
             self.states[name] = state
+
+
+class _ReplicaCollector(Collector):
+    """gateway_service_count (OpenFaaS's name): ready replicas per function."""
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        self.counts = counts
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily("gateway_service_count", "Ready replicas per function",
+                                 labels=["function_name"])
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for name, count in sorted(list(self.counts.items())):  # one copy, then read
+            family.add_metric([name], count)
+        yield family
 
 
 class _StateCollector(Collector):

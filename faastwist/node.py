@@ -8,12 +8,11 @@ provider stops the function processes they are talking to.
 
 from __future__ import annotations
 
-import gc
 import os
 import socket
 import time
 import zlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator, Mapping
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -29,18 +28,35 @@ from faastwist.config import ConfigError, ControllerConfig
 from faastwist.metrics import Metrics
 from faastwist.providers.base import ChangeNotifier, LogSource
 from faastwist.util.fdreserve import FdReserve, ReservedListener, guard_listener
+from faastwist.util.heap import StartupCollector
 
 log = Logger()
 
 
-def freeze_heap() -> int:
-    """Leave what start-up built (routes, specs, runtimes) out of the cyclic garbage
-    collector's passes: with 10,000 functions each full collection walked millions of
-    objects and stalled the gate ~0.3 s (measured: p99 284 ms with no other load).
-    Refcounting still frees them when they are dropped. Returns how many were frozen."""
-    gc.collect()
-    gc.freeze()
-    return gc.get_freeze_count()
+#: seconds the reconciler waits at most for the local converger's first pass
+WARMUP_LIMIT = 120.0
+
+
+class _WatchedRecords(Mapping[str, Any]):
+    """The route table's functions as FunctionRecords, each built when it is read: the
+    stale admin list reads them a step at a time (10,000 built at once: ~20 ms of one
+    reactor turn)."""
+
+    def __init__(self, pairs: Mapping[str, tuple[Any, Any]]) -> None:
+        from faastwist.store.base import FunctionRecord
+
+        self._pairs = pairs
+        self._record = FunctionRecord
+
+    def __getitem__(self, name: str) -> Any:
+        spec, status = self._pairs[name]
+        return self._record(spec, status)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._pairs)
+
+    def __len__(self) -> int:
+        return len(self._pairs)
 
 
 class StartupError(Exception):
@@ -102,11 +118,16 @@ class FaasNode(Service):
     # -- start -----------------------------------------------------------------------
     def startService(self) -> None:
         super().startService()
+        self.collector = StartupCollector(self.reactor)
+        self.collector.hold()   # until the tables are built (util/heap.py)
         starting = ensureDeferred(self._start())
         starting.addCallbacks(self._started, self._failed)
 
     def _started(self, _: None) -> None:
-        freeze_heap()
+        if self.converger is not None:  # after its first pass: what start-up built
+            self.converger.first_pass().addCallback(lambda _: self.collector.release())
+        else:
+            self.collector.release()
         log.info("faasgate {version} ready: controller {controller}, provider {provider}, "
                  "gate on {gate}, admin on {admin}", version=__version__,
                  controller=self.config.name, provider=self.config.provider,
@@ -124,6 +145,7 @@ class FaasNode(Service):
         else:
             message = "unexpected error during start-up"
             log.failure(message, failure)
+        self.collector.release()
         self.ready.errback(failure)
         if self.on_fatal is not None:
             self.on_fatal(message)
@@ -135,6 +157,7 @@ class FaasNode(Service):
         self.notifier = SystemdNotifier(self.reactor)
         self.notifier.startService()
         await self._start_store()
+        self._spawn_nats()
         self._start_provider()
         await self._start_routes()
         self._start_session()
@@ -279,9 +302,14 @@ class FaasNode(Service):
             from faastwist.cluster.reports import ClusterView
 
             provider = ClusterView(self.provider, self.session.read_reports, self.reactor)
+        warmup = None
+        if self.converger is not None:
+            # the reconciler waits for this node's own first pass, but not for ever
+            warmup = self.converger.first_pass().addTimeout(WARMUP_LIMIT, self.reactor)
         self.reconciler = Reconciler(self.store, provider, self.reactor,
                                      self.config.sync_interval, self.metrics,
-                                     is_leader=self.leader.is_leader, fence=self.leader.fence)
+                                     is_leader=self.leader.is_leader, fence=self.leader.fence,
+                                     warmup=warmup)
         self.leader.add_listener(self.reconciler.leadership_changed)
         # the leader acts within one watch event of a write on any node, and of a report
         self.routes.subscribe(lambda name, route: self.reconciler.kick(name))
@@ -305,23 +333,27 @@ class FaasNode(Service):
 
         self.queue = QueueService(queue, self.config.name, self.reactor, self.metrics,
                                   self.routes, self._own_ports())
-        embedded = None
-        if queue.embedded:
-            from faastwist.queue.embedded import EmbeddedNats, EmbeddedNatsError
-
-            embedded = self.embedded_nats = EmbeddedNats(self.reactor, queue.data_dir,
-                                                         queue.max_body_size)
-            try:
-                self._start_child("embedded nats-server", embedded)
-            except EmbeddedNatsError as exc:
-                raise StartupError(f"queue: {exc}")
         try:
-            await self.queue.start(embedded)
+            await self.queue.start(self.embedded_nats)
         except Exception as exc:
             raise StartupError(f"queue: the embedded nats-server in {queue.data_dir} did not "
                                f"start: {exc}")
         finally:
             self._push("queue connection", self.queue.stop)
+
+    def _spawn_nats(self) -> None:
+        """The embedded nats-server starts while the route table loads (it is waited
+        for in ``_start_queue``): a 10,000-function node's start-up is shorter by it."""
+        queue = self.config.queue
+        if not (queue.enabled and queue.embedded):
+            return
+        from faastwist.queue.embedded import EmbeddedNats, EmbeddedNatsError
+
+        self.embedded_nats = EmbeddedNats(self.reactor, queue.data_dir, queue.max_body_size)
+        try:
+            self._start_child("embedded nats-server", self.embedded_nats)
+        except EmbeddedNatsError as exc:
+            raise StartupError(f"queue: {exc}")
 
     def _own_ports(self) -> set[int]:
         """The node's ports a callback must never reach: admin, etcd (client and peer)."""
@@ -364,7 +396,7 @@ class FaasNode(Service):
                               self.reconciler.kick, self.reactor, admin.max_body_size,
                               log_source=log_source, cache=self._cached_records,
                               node_id=self.node_id)
-        self._push("admin encoder", self.admin.close)
+        self._push("admin list writer", self.admin.close)
         checks = {"etcd": self.store.check, "watch": self._routes_current,
                   "provider": self._provider_ready}
         if http.workers > 1:
@@ -420,7 +452,8 @@ class FaasNode(Service):
                             sha=source_revision(os.path.dirname(__file__)))
         return OpenFaaSAPI(self.store, self.provider, self.reconciler.kick, self.metrics,
                            self.reactor, versions, self.namespace,
-                           max_body_size=self.config.admin.max_body_size, secrets=self.secrets)
+                           max_body_size=self.config.admin.max_body_size, secrets=self.secrets,
+                           slicer=self.admin.slicer)   # the admin port's lists: one budget
 
     def _guard(self, root: Any) -> Any:
         """Put the Host/Origin/credential checks in front of the admin port's root."""
@@ -521,11 +554,8 @@ class FaasNode(Service):
         if self.workers is not None:
             self.workers.check()
 
-    def _cached_records(self) -> dict[str, Any]:
-        from faastwist.store.base import FunctionRecord
-
-        return {name: FunctionRecord(spec, status)
-                for name, (spec, status) in self.routes.snapshot().items()}
+    def _cached_records(self) -> Mapping[str, Any]:
+        return _WatchedRecords(self.routes.snapshot())
 
     def _provider_ready(self) -> Any:
         if self.converger is not None:

@@ -13,17 +13,14 @@ unless ``Accept`` prefers ``application/json``; errors are ``{code, message}``.
 from __future__ import annotations
 
 import functools
-import json
 import time
 from typing import Any, Callable, Mapping, TypeVar
 
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
-from twisted.internet.threads import deferToThreadPool
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 from twisted.web.iweb import IRequest
@@ -52,12 +49,14 @@ from faastwist.admin.codec import (
     status_document,
     wants_json,
 )
+from faastwist.admin.listbody import LineCache, list_pieces, stream
 from faastwist.admin.logstream import send_logs
 from faastwist.admin.rollout import rollout
 from faastwist.model.fsm import Event, FunctionStatus, InvalidEvent, apply_event
 from faastwist.model.keys import new_key
 from faastwist.providers.base import LogSource, ProviderError
 from faastwist.model.spec import FunctionSpec, SpecError
+from faastwist.util.slices import Slicer
 from faastwist.store.base import (
     AlreadyExists,
     Conflict,
@@ -66,7 +65,6 @@ from faastwist.store.base import (
     FunctionStore,
     NotFound,
     OutcomeUnknown,
-    Page,
     StoreUnavailable,
 )
 
@@ -80,9 +78,8 @@ FUNCTION = BASE + "/<fn>"
 DEFAULT_MAX_BODY_SIZE = 1 << 20
 DEFAULT_STORE_TIMEOUT = 10.0
 DEFAULT_PAGE = 100
-#: records from which a list is built and encoded off the reactor
-THREAD_THRESHOLD = 200
-LINE_CACHE = 50_000
+#: functions from which a list is streamed in reactor slices (one JSON line each)
+STREAM_THRESHOLD = 200
 DEFAULT_READ_TIMEOUT = 2.0
 STALE_HEADER = "X-FaaS-Stale"
 RETRY_WINDOW = 600.0
@@ -128,7 +125,8 @@ class AdminAPI:
                  wall_clock: Callable[[], float] = time.time,
                  store_timeout: float = DEFAULT_STORE_TIMEOUT,
                  cache: Callable[[], Mapping[str, FunctionRecord]] | None = None,
-                 read_timeout: float = DEFAULT_READ_TIMEOUT, node_id: str = "this node") -> None:
+                 read_timeout: float = DEFAULT_READ_TIMEOUT, node_id: str = "this node",
+                 slicer: Slicer | None = None) -> None:
         self.store = store
         self.controller = controller
         self.check_spec = check_spec
@@ -138,9 +136,9 @@ class AdminAPI:
         self.log_source = log_source
         self.wall_clock = wall_clock
         self.store_timeout = store_timeout
-        self._pool: ThreadPool | None = None
-        #: (name, spec revision, status revision) -> the record as one JSON line
-        self._lines: dict[tuple[str, int, int], str] = {}
+        #: runs the encoding of large lists (shared with the OpenFaaS list: one budget)
+        self.slicer = slicer if slicer is not None else Slicer(clock)
+        self._lines = LineCache()
         self.cache = cache
         self._unknown: dict[str, tuple[FunctionSpec, float]] = {}  # creates of unknown outcome
         self.read_timeout = read_timeout
@@ -156,67 +154,30 @@ class AdminAPI:
                     parsePOSTFormSubmission=False, reactor=self.clock)
 
     # -- helpers ---------------------------------------------------------------------
-    async def respond_large(self, request: IRequest, code: int, source: T,
-                            build: Callable[[T], Any], stale: bool = False) -> bytes:
-        """``respond(build(source))``, built and encoded on the API's own thread when
-        ``source`` is large: a list of 10,000 functions costs seconds of CPU, and on
-        the reactor that would stall every gate request meanwhile."""
+    async def respond_list(self, request: IRequest, records: Mapping[str, FunctionRecord],
+                           stale: bool = False, metadata: dict[str, Any] | None = None) -> bytes:
+        """``records`` in name order (as ``{items, metadata}`` when ``metadata`` is
+        given). Fewer than ``STREAM_THRESHOLD``: as ``respond`` writes any answer.
+        More: one function per line, encoded and written in reactor slices
+        (admin/listbody.py); a list of 10,000 functions costs seconds of CPU, and in
+        one go it would stall every gate request meanwhile."""
         as_json = wants_json(header_text(request, b"accept"))
-        size = len(getattr(source, "records", source))  # type: ignore[arg-type]
-        if size < THREAD_THRESHOLD or not hasattr(self.clock, "callFromThread"):
-            body, content_type = self._encode_records(build(source), as_json, size, stale)
-        else:
-            if self._pool is None:
-                self._pool = ThreadPool(minthreads=0, maxthreads=1, name="admin-encode")
-                self._pool.start()
-            body, content_type = await deferToThreadPool(
-                self.clock, self._pool,  # type: ignore[arg-type]
-                lambda: self._encode_records(build(source), as_json, size, stale))
-        request.setResponseCode(code)
-        request.setHeader(b"content-type", content_type.encode())
-        request.setHeader(b"content-length", b"%d" % len(body))
-        return body
-
-    def _encode_records(self, data: Any, as_json: bool, size: int,
-                        stale: bool = False) -> tuple[bytes, str]:
-        """``data`` (FunctionRecords, or ``{items: [...], metadata}``) as a body.
-
-        Small: as ``respond`` writes any answer. Large (``THREAD_THRESHOLD`` or more
-        functions): one function per line, as JSON; for YAML too, in YAML's flow style
-        (JSON is YAML), since block YAML of 10,000 functions takes seconds even with
-        libyaml. Each function's line is kept for as long as its record is unchanged
-        (by name and both revisions), so a console or a client polling the full list
-        pays for the functions that changed, not for all of them.
-        """
-        paged = isinstance(data, dict)
-        records = data["items"] if paged else data
-        if size < THREAD_THRESHOLD:
-            items = [_marked(record_document(r), stale) for r in records]
-            return encode({**data, "items": items} if paged else items, as_json)
-        cache, lines = self._lines, []
-        for record in records:
-            if stale:  # from the watch cache: no revisions, and marked
-                lines.append(json.dumps(dict(record_document(record), stale=True)))
-                continue
-            key = (record.name, record.spec_revision, record.status_revision)
-            line = cache.get(key)
-            if line is None or key[1] == 0:  # no revision to tell versions apart: encode
-                line = json.dumps(record_document(record))
-                if len(cache) >= LINE_CACHE:
-                    cache.clear()
-                cache[key] = line
-            lines.append(line)
-        text = "[\n" + ",\n".join(lines) + "\n]"
-        if paged:
-            text = ('{"items": ' + text + ', "metadata": '
-                    + json.dumps(data["metadata"]) + "}")
-        return text.encode() + b"\n", JSON_TYPE if as_json else YAML_RESPONSE_TYPE
+        names = sorted(records)
+        request.setResponseCode(200)
+        if len(names) < STREAM_THRESHOLD:
+            items = [_marked(record_document(records[name]), stale) for name in names]
+            body, content_type = encode(items if metadata is None
+                                        else {"items": items, "metadata": metadata}, as_json)
+            request.setHeader(b"content-type", content_type.encode())
+            request.setHeader(b"content-length", b"%d" % len(body))
+            return body
+        request.setHeader(b"content-type", (JSON_TYPE if as_json else YAML_RESPONSE_TYPE).encode())
+        pieces = list_pieces(records, names, self._lines, stale, metadata)
+        return await stream(request, self.slicer, pieces)
 
     def close(self) -> None:
-        """Stop the encoding thread (the node does this at shutdown)."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.stop()
+        """Stop writing lists (the node does this at shutdown)."""
+        self.slicer.stop()
 
     def _timed(self, d: Deferred[T], what: str, code: int) -> Deferred[T]:
         """Bound a call so a hung store or log source cannot hold a request forever."""
@@ -331,12 +292,10 @@ class AdminAPI:
                 _, stale = await self._read(self.store.check)
                 if stale:
                     request.setHeader(STALE_HEADER.encode(), b"true")
-                    return await self.respond_large(request, 200, self.cache(), lambda r: [
-                        r[name] for name in sorted(r)], stale=True)
+                    return await self.respond_list(request, self.cache(), stale=True)
                 listing = await self._store(self.store.list())
                 records = listing.records
-            return await self.respond_large(request, 200, records, lambda r: [
-                r[name] for name in sorted(r)])
+            return await self.respond_list(request, records)
         limit = parse_limit(params.get("limit"), DEFAULT_PAGE)
         after, revision = "", 0
         if params.get("continue"):
@@ -352,12 +311,9 @@ class AdminAPI:
                                 "(the store compacted its revision); list again from the "
                                 "first page") from None
         token = encode_continue(page.last, page.revision, prefix) if page.remaining else ""
-
-        def body(p: Page) -> dict:
-            return {"items": [p.records[name] for name in sorted(p.records)],
-                    "metadata": {"continue": token, "remainingItemCount": p.remaining,
-                                 "resourceVersion": str(p.revision)}}
-        return await self.respond_large(request, 200, page, body)
+        return await self.respond_list(request, page.records, metadata={
+            "continue": token, "remainingItemCount": page.remaining,
+            "resourceVersion": str(page.revision)})
 
     @controller_route(app, FUNCTION, "GET")
     async def get_function(self, request: IRequest, version: str, controller: str,

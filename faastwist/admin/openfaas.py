@@ -17,13 +17,12 @@ from __future__ import annotations
 import json
 import platform
 import time
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import attrs
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
@@ -39,6 +38,7 @@ from faastwist.admin.codec import (
     query_params,
     read_body,
 )
+from faastwist.admin.listbody import STEP, stream
 from faastwist.admin.logstream import OneInstance, send_logs
 from faastwist.admin.openfaas_model import deployment_to_spec, function_status, read_secret
 from faastwist.admin.rollout import rollout
@@ -48,11 +48,12 @@ from faastwist.model.spec import FunctionSpec, SpecError
 from faastwist.providers.base import LogLine, LogSource, Observation, ProviderError
 from faastwist.store.base import AlreadyExists, Conflict, FunctionStore, NotFound, StoreUnavailable
 from faastwist.store.secrets import SecretExists, SecretNotFound
+from faastwist.util.slices import Slicer
 
 log = Logger()
 
-#: Functions of /system/functions built and encoded per reactor turn.
-LIST_CHUNK = 200
+#: Functions from which /system/functions is streamed in reactor slices.
+STREAM_THRESHOLD = 200
 T = TypeVar("T")
 
 STORE_TIMEOUT = 10.0
@@ -82,7 +83,8 @@ class OpenFaaSAPI:
                  metrics: Metrics, clock: IReactorTime, versions: Versions,
                  namespace: str,
                  max_body_size: int = 1 << 20, store_timeout: float = STORE_TIMEOUT,
-                 wall_clock: Callable[[], float] = time.time, secrets: Any = None) -> None:
+                 wall_clock: Callable[[], float] = time.time, secrets: Any = None,
+                 slicer: Slicer | None = None) -> None:
         self.store = store
         self.secrets = secrets
         self.provider = provider
@@ -94,6 +96,7 @@ class OpenFaaSAPI:
         self.max_body_size = max_body_size
         self.store_timeout = store_timeout
         self.wall_clock = wall_clock
+        self.slicer = slicer if slicer is not None else Slicer(clock)
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -189,23 +192,35 @@ class OpenFaaSAPI:
         listing = await self._timed(self.store.list())
         observed = await self._observe(None)
         invocations = self._invocations()
-        # built and encoded LIST_CHUNK functions per reactor turn: 10,000 in one turn
-        # stalled the gate that shares the reactor (the same text as one json.dumps)
         names = sorted(listing.records)
-        parts: list[str] = []
-        for start in range(0, len(names), LIST_CHUNK):
-            if start:
-                await deferLater(self.clock, 0, lambda: None)
-            for name in names[start:start + LIST_CHUNK]:
-                r = listing.records[name]
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"application/json")
+        pieces = self._list_pieces(listing.records, names, observed, invocations)
+        if len(names) < STREAM_THRESHOLD:
+            body = b"".join(pieces)
+            request.setHeader(b"content-length", b"%d" % len(body))
+            return body
+        # built, encoded and written in reactor slices: 10,000 functions in one turn
+        # stalled the gate that shares the reactor (the same text as one json.dumps)
+        return await stream(request, self.slicer, pieces)
+
+    def _list_pieces(self, records: Mapping[str, Any], names: list[str],
+                     observed: Mapping[str, Observation],
+                     invocations: Mapping[str, float]) -> Iterator[bytes]:
+        """``[{...}, {...}]``, one piece per ``STEP`` functions (destroyed ones left out)."""
+        yield b"["
+        separator = ""
+        for start in range(0, len(names), STEP):
+            parts = []
+            for name in names[start:start + STEP]:
+                r = records[name]
                 if r.status.state is not State.DESTROYED:
                     parts.append(json.dumps(self._status(r.spec, r.status, observed.get(name),
                                                          invocations)))
-        body = ("[" + ", ".join(parts) + "]").encode()
-        request.setResponseCode(200)
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"content-length", b"%d" % len(body))
-        return body
+            if parts:
+                yield (separator + ", ".join(parts)).encode()
+                separator = ", "
+        yield b"]"
 
     @app.route("/system/function/<name>", methods=["GET"])
     async def get_function(self, request: Any, name: str) -> bytes:

@@ -148,7 +148,8 @@ class Reconciler(Service):
                  is_leader: Callable[[], bool] = lambda: True,
                  wall_clock: Callable[[], float] = time.time,
                  start_grace: float = 120.0,
-                 fence: Callable[[], Sequence] = lambda: ()) -> None:
+                 fence: Callable[[], Sequence] = lambda: (),
+                 warmup: Deferred[None] | None = None) -> None:
         self.store = store
         self.provider = provider
         self.clock = clock
@@ -167,6 +168,12 @@ class Reconciler(Service):
         self.last_error: str | None = None
         self._transition_counters: dict[tuple, Any] = {}
         self._stopping = False
+        #: passes wait for ``warmup`` (the node's own functions deployed and reported):
+        #: at a 10,000-function start-up a pass judging reports that are not written
+        #: yet only competed with the deploys for the CPU, and kicked itself again
+        self._warm = warmup is None
+        if warmup is not None:
+            warmup.addBoth(self._warmed)
 
     # -- service ---------------------------------------------------------------------
     def startService(self) -> None:
@@ -187,6 +194,14 @@ class Reconciler(Service):
         # wait for a pass in progress so no provider call outlives the service
         return self._lock.acquire().addCallback(lambda lock: lock.release())
 
+    def _warmed(self, result: Any) -> None:
+        self._warm = True
+        self._kicked.clear()  # the full pass below looks at every function
+        if self.running and self.is_leader():
+            log.info("leader: this node's functions are deployed; running a full "
+                     "reconcile pass now")
+            self.run_pass()
+
     def _scheduled_pass(self) -> Deferred[None] | None:
         if not self.is_leader():
             return None
@@ -195,7 +210,7 @@ class Reconciler(Service):
     def leadership_changed(self, leader: bool) -> None:
         """A new leader acts at once (a full pass); a lost lease stops the pass under way
         at its next step (every step checks ``is_leader`` first)."""
-        if leader and self.running:
+        if leader and self.running and self._warm:
             log.info("leader: running a full reconcile pass now")
             self.run_pass()
 
@@ -220,7 +235,7 @@ class Reconciler(Service):
         lock: that one takes every name kicked until it starts. (One queued pass per
         watch batch piled up hundreds of passes at a node's start-up, each reading every
         node's reports: a 2,000-function node ran them back to back for minutes.)"""
-        if self._kick_queued or not self._kicked:
+        if self._kick_queued or not self._kicked or not self._warm:
             return None
         self._kick_queued = True
         return self._lock.run(self._kicked_pass)
@@ -234,7 +249,10 @@ class Reconciler(Service):
 
     # -- passes ----------------------------------------------------------------------
     def run_pass(self, names: Sequence[str] | None = None) -> Deferred[None]:
-        """One pass over ``names`` (all functions when None); never fails."""
+        """One pass over ``names`` (all functions when None); never fails. Before the
+        warm-up it does nothing: a full pass follows the warm-up."""
+        if not self._warm:
+            return succeed(None)
         return self._lock.run(self._guarded_pass, names)
 
     @inlineCallbacks

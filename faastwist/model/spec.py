@@ -116,7 +116,7 @@ class RequestAdaptor:
 
     @property
     def is_empty(self) -> bool:
-        return self == RequestAdaptor()
+        return self == _NO_ADAPTOR
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -141,6 +141,8 @@ class ProcessProvider(Service):
         #: at the next syncInterval
         self.on_change: Callable[[str], None] | None = None
         self._announced: dict[str, tuple] = {}
+        #: name -> (a runtime's observation, it with user and limits): see observe_runtime
+        self._described: dict[str, tuple[Observation, Observation]] = {}
         #: where the functions' secrets come from (the node sets it); None: no secrets
         self.secrets: SecretStore | None = None
         self.secret_files = SecretFiles(
@@ -337,7 +339,7 @@ class ProcessProvider(Service):
         return HttpRuntime(spec, self.reactor, self.tuning, self._make_replica, self._changed)
 
     def _changed(self, name: str, ready: int) -> None:
-        self.metrics.replicas.labels(name).set(ready)
+        self.metrics.replicas[name] = ready
         runtime = self.runtimes.get(name)
         if runtime is None or self.on_change is None:
             return
@@ -403,9 +405,14 @@ class ProcessProvider(Service):
         observation = runtime.observe()
         if observation.stopped:
             return observation
+        last = self._described.get(observation.name)
+        if last is not None and last[0] is observation:  # unchanged: the same answer
+            return last[1]
         extra = {"user": f"{self.identity.user}:{self.identity.group}",
                  **self.limits(runtime.spec).describe()}
-        return attrs.evolve(observation, ext_data={**extra, **observation.ext_data})
+        described = attrs.evolve(observation, ext_data={**extra, **observation.ext_data})
+        self._described[observation.name] = (observation, described)
+        return described
 
     def _secrets_ready(self, spec: FunctionSpec) -> Deferred[None]:
         """Write the secrets ``spec`` names into its folder before replicas start; a
@@ -486,10 +493,8 @@ class ProcessProvider(Service):
                 function_log = FunctionLog(name, self.log_dir / f"{name}.log", self.reactor,
                                            self.log_max_bytes, self.wall_clock)
             function_log.file.remove()
-            try:
-                self.metrics.replicas.remove(name)
-            except KeyError:
-                pass
+            self.metrics.replicas.pop(name, None)
+            self._described.pop(name, None)
         return stopping.addCallback(remove_logs)
 
     def acquire(self, spec: FunctionSpec) -> UpstreamLease | Deferred[UpstreamLease]:

@@ -324,6 +324,9 @@ class ForkRuntime:
         self.watchdog: Watchdog | None = None
         self.lease: StaticLease | None = None
         self.stopped = True
+        #: the last observation and what it was made from: a node reports every
+        #: function every pass, and an unchanged answer is then the same object
+        self._observed: tuple[FunctionSpec, bool, int, Observation] | None = None
 
     def deploy(self) -> Deferred[None]:
         """Ready at once; the loopback listener opens on the first request (a node with
@@ -367,14 +370,20 @@ class ForkRuntime:
         return None
 
     def observe(self) -> Observation:
+        kills = self.watchdog.oom_kills if self.watchdog is not None else 0
+        last = self._observed
+        if (last is not None and last[0] is self.spec and last[1] == self.stopped
+                and last[2] == kills):
+            return last[3]
         if self.stopped:
-            return Observation(self.spec.name, self.spec.digest(), stopped=True)
-        ext = {}
-        if self.watchdog is not None and self.watchdog.oom_kills:
-            ext["oomKills"] = str(self.watchdog.oom_kills)
-            ext["reason"] = "OOM"
-        return Observation(self.spec.name, self.spec.digest(), event=Event.READY,
-                           message="fork mode: one process per request", ext_data=ext)
+            observation = Observation(self.spec.name, self.spec.digest(), stopped=True)
+        else:
+            ext = {"oomKills": str(kills), "reason": "OOM"} if kills else {}
+            observation = Observation(self.spec.name, self.spec.digest(), event=Event.READY,
+                                      message="fork mode: one process per request",
+                                      ext_data=ext)
+        self._observed = (self.spec, self.stopped, kills, observation)
+        return observation
 
     def pids(self) -> list[int]:
         return self.watchdog.pids() if self.watchdog is not None else []

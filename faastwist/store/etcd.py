@@ -30,7 +30,6 @@ from txaioetcd import (
     CompValue,
     Error as EtcdError,
     Failed,
-    KeySet,
     KeyValue,
     OpDel,
     OpGet,
@@ -49,9 +48,7 @@ from faastwist.store.base import (
     Conflict,
     Expired,
     FunctionRecord,
-    Listing,
     NotFound,
-    Page,
     StoreError,
     Fenced,
     OutcomeUnknown,
@@ -69,30 +66,17 @@ from faastwist.store.etcdcompat import (
     apply_api_prefix,
     probe_api_prefix,
 )
+from faastwist.store.etcdlist import EtcdLists, b64, decoded, prefix_end, range_ops
 from faastwist.store.etcdwatch import EtcdWatch, KeyEvent
+from faastwist.util.slices import Slicer
 
 log = Logger()
 
-#: Functions per read when listing everything (one transaction per page).
-LIST_PAGE = 500
-#: Entries kept by each memo of the raw list reads (cleared when full).
-_MEMO_MAX = 50_000
 #: Idle connections kept per etcd endpoint.
 POOLED_CONNECTIONS = 24
 
 #: gRPC codes etcd uses for "try again / elsewhere" (DEADLINE_EXCEEDED, UNAVAILABLE).
 _TRANSIENT_CODES = frozenset({4, 14})
-
-
-def prefix_end(prefix: bytes) -> bytes:
-    """The end of the key range holding every key that starts with ``prefix``."""
-    data = bytearray(prefix)
-    while data and data[-1] == 0xFF:
-        data.pop()
-    if not data:
-        return b"\0"
-    data[-1] += 1
-    return bytes(data)
 
 
 def _describe(exc: BaseException | None, timeout: float) -> str:
@@ -141,7 +125,7 @@ class EtcdStore:
 
     def __init__(self, reactor: IReactorTCP, endpoints: Sequence[str], prefix: str, controller: str,
                  timeout: float, metrics: Metrics | None = None, start_index: int = 0,
-                 tls: IPolicyForHTTPS | None = None) -> None:
+                 tls: IPolicyForHTTPS | None = None, slicer: Slicer | None = None) -> None:
         if not endpoints:
             raise ValueError("etcd.endpoints: at least one endpoint is needed")
         for endpoint in endpoints:
@@ -170,9 +154,8 @@ class EtcdStore:
         # so losing one member does not hit every node's connection at once
         self._active = start_index % len(self.endpoints)
         self._watches: set[EtcdWatch] = set()
-        #: base64 key -> (kind, name) or None; (name, spec rev, status rev) -> record
-        self._raw_names: dict[str, tuple[str, str] | None] = {}
-        self._raw_records: dict[tuple[str, int, int], FunctionRecord] = {}
+        #: lists and pages (decoded in reactor slices: ``slicer``, else the store's own)
+        self.lists = EtcdLists(self, slicer if slicer is not None else Slicer(reactor))
 
     # keys
 
@@ -263,21 +246,15 @@ class EtcdStore:
     # records
 
     def _record(self, name: str, spec_kv: KeyValue, status_kv: KeyValue | None) -> FunctionRecord:
-        try:
-            spec = decode_spec(spec_kv.value)
-        except Exception as exc:
-            raise StoreError(f"unreadable spec at {spec_kv.key.decode(errors='replace')}: "
-                             f"{exc}") from None
+        spec = decoded("spec", spec_kv.value, lambda: spec_kv.key)
         if status_kv is None:
             # a spec without status (written by hand): the FSM starts afresh; the first
             # update compares the missing status key's mod revision as 0
-            return FunctionRecord(spec, FunctionStatus.initial(name, 0.0), spec_kv.mod_revision, 0)
-        try:
-            status = decode_status(status_kv.value)
-        except Exception as exc:
-            raise StoreError(f"unreadable status at {status_kv.key.decode(errors='replace')}: "
-                             f"{exc}") from None
-        return FunctionRecord(spec, status, spec_kv.mod_revision, status_kv.mod_revision)
+            return FunctionRecord(spec, FunctionStatus.initial(name, 0.0),  # type: ignore[arg-type]
+                                  spec_kv.mod_revision, 0)
+        status = decoded("status", status_kv.value, lambda: status_kv.key)
+        return FunctionRecord(spec, status, spec_kv.mod_revision,  # type: ignore[arg-type]
+                              status_kv.mod_revision)
 
     @_counted("create")
     def create(self, spec: FunctionSpec, status: FunctionStatus):
@@ -336,150 +313,16 @@ class EtcdStore:
 
     @_counted("list")
     def list(self):
-        """Every function at one revision, read page by page: one read of 20,000 keys
-        is parsed in one go on the reactor (about half a second at 10,000 functions,
-        measured), pages of ``LIST_PAGE`` leave it free in between."""
-        records: dict[str, FunctionRecord] = {}
-        after, revision = "", 0
-        while True:
-            page = yield self._page(after, LIST_PAGE, revision, "")
-            records.update(page.records)
-            revision = page.revision
-            if not page.remaining or not page.records:
-                break
-            after = page.last
-        # invocation keys: few functions have them; one read at the same revision
-        keys_base = self.key("keys", "")
-        (keys_range,) = yield self._ranges([(keys_base, prefix_end(keys_base))], 0, revision)
-        keys: dict[str, FunctionKeys] = {}
-        for name, kv in self._by_name(keys_range.kvs).items():
-            if name not in records:
-                continue
-            try:
-                keys[name] = FunctionKeys.decode(kv.value)
-            except Exception:
-                log.failure("unreadable keys of {name}", name=name)
-        return Listing(records, revision, keys)
+        """Every function at one revision (see etcdlist: after the first, a list reads
+        what changed since the one before)."""
+        listing = yield self.lists.list()
+        return listing
 
     @_counted("list_page")
     def list_page(self, after: str = "", limit: int = 500, revision: int = 0,
                   prefix: str = ""):
-        page = yield self._page(after, limit, revision, prefix)
+        page = yield self.lists.page(after, limit, revision, prefix)
         return page
-
-    @inlineCallbacks
-    def _page(self, after: str, limit: int, revision: int, prefix: str):
-        """Specs in name order from after ``after``, and the statuses of the same names,
-        at one revision: one transaction reads both ranges with the same bounds and
-        limit (every function has both keys); when they do not line up (a spec written
-        by hand without its status) the statuses of those names are read again.
-
-        Read as plain JSON, not through txaioetcd's objects: a record is known by its
-        name and both mod revisions, so a function unchanged since an earlier read
-        costs a dict lookup, not two base64 decodes and a parse (a list of 10,000
-        costs the reactor ~0.1 s instead of ~0.5 s, measured)."""
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit}")
-        spec_base, status_base = self.key("spec", ""), self.key("status", "")
-        begin = (after.encode() + b"\0") if after and after >= prefix else prefix.encode()
-        end_of = (lambda base: prefix_end(base + prefix.encode()) if prefix
-                  else prefix_end(base))
-        ranges = yield self._raw_ranges(
-            [(spec_base + begin, end_of(spec_base)), (status_base + begin, end_of(status_base))],
-            limit, revision)
-        (specs, total, read_at), (statuses, _, _) = ranges
-        if not revision:
-            revision = read_at
-        if specs and list(statuses) != list(specs):
-            first, last = min(specs), max(specs)
-            ((statuses, _, _),) = yield self._raw_ranges(
-                [(status_base + first.encode(), status_base + last.encode() + b"\0")], 0,
-                revision)
-        records = {name: self._raw_record(name, kv, statuses.get(name))
-                   for name, kv in specs.items()}
-        return Page(records, revision, max(total - len(specs), 0))
-
-    def _raw_ranges(self, bounds: Sequence[tuple[bytes, bytes]], limit: int,
-                    revision: int) -> Deferred:
-        """``[(kvs by name, count, revision)]`` of one transaction of range reads; the
-        kvs as etcd's JSON gateway gives them (base64 key and value)."""
-        ops = _range_ops(bounds, limit, revision)
-        body = {"success": ops}
-
-        def request(endpoint: str) -> Deferred:
-            return self._http.post(f"{endpoint}{self.api_prefix}/kv/txn", body, self.timeout)
-
-        def parsed(answer: dict) -> list:
-            read_at = int(answer.get("header", {}).get("revision", 0))
-            out = []
-            for response in answer.get("responses") or []:
-                found = response.get("response_range") or response.get("responseRange") or {}
-                out.append((self._raw_by_name(found.get("kvs") or ()),
-                            int(found.get("count") or 0), read_at))
-            return out
-
-        def compacted(failure: Any) -> Any:
-            failure.trap(StoreError)
-            if "compacted" in str(failure.value):
-                raise Expired(f"revision {revision} was compacted: {failure.value}")
-            return failure
-        return self._call("list", request, True).addCallbacks(parsed, compacted)
-
-    def _raw_by_name(self, kvs: Sequence[dict]) -> dict[str, dict]:
-        out: dict[str, dict] = {}
-        names = self._raw_names
-        for kv in kvs:
-            key = kv.get("key", "")
-            parsed = names.get(key, False)
-            if parsed is False:
-                parsed = self.parse_key(base64.b64decode(key))
-                if len(names) >= _MEMO_MAX:
-                    names.clear()
-                names[key] = parsed
-            if parsed is not None:
-                out[parsed[1]] = kv
-        return out
-
-    def _raw_record(self, name: str, spec_kv: dict, status_kv: dict | None) -> FunctionRecord:
-        spec_revision = int(spec_kv.get("mod_revision", 0))
-        status_revision = int(status_kv.get("mod_revision", 0)) if status_kv else 0
-        memo = self._raw_records
-        found = memo.get((name, spec_revision, status_revision))
-        if found is not None:
-            return found
-        record = self._record(
-            name, KeyValue(self.key("spec", name), base64.b64decode(spec_kv.get("value", "")),
-                           mod_revision=spec_revision),
-            None if status_kv is None else KeyValue(
-                self.key("status", name), base64.b64decode(status_kv.get("value", "")),
-                mod_revision=status_revision))
-        if status_kv is None:
-            return record  # its status is made up here: not worth keeping
-        if len(memo) >= _MEMO_MAX:
-            memo.clear()
-        memo[(name, spec_revision, status_revision)] = record
-        return record
-
-    def _by_name(self, kvs: Sequence[KeyValue]) -> dict[str, KeyValue]:
-        out: dict[str, KeyValue] = {}
-        for kv in kvs:
-            parsed = self.parse_key(kv.key)
-            if parsed is not None:
-                out[parsed[1]] = kv
-        return out
-
-    def _ranges(self, bounds: Sequence[tuple[bytes, bytes]], limit: int,
-                revision: int) -> Deferred:
-        txn = Transaction(success=[OpGet(KeySet(start, range_end=end), limit=limit or None,
-                                         revision=revision or None) for start, end in bounds])
-
-        def compacted(failure: Any) -> Any:
-            failure.trap(StoreError)
-            if "compacted" in str(failure.value):
-                raise Expired(f"revision {revision} was compacted: {failure.value}")
-            return failure
-        return self.submit("list", txn, idempotent=True).addCallbacks(
-            lambda result: result.responses, compacted)
 
     def _guard(self, expected: FunctionRecord) -> tuple[bytes, bytes, list]:
         spec_key, status_key = self._keys(expected.name)
@@ -628,7 +471,7 @@ class EtcdStore:
     def _raw_kvs(self, bounds: Sequence[tuple[bytes, bytes]], limit: int,
                  revision: int) -> Deferred:
         """``[(kvs, more)]`` of one transaction of range reads, as KeyValues."""
-        ops = _range_ops(bounds, limit, revision)
+        ops = range_ops(bounds, limit, revision)
 
         def request(endpoint: str) -> Deferred:
             return self._http.post(f"{endpoint}{self.api_prefix}/kv/txn", {"success": ops},
@@ -654,7 +497,7 @@ class EtcdStore:
     def read_prefixes(self, *prefixes: bytes) -> Deferred:
         """``([[KeyValue...] per prefix], revision)`` read at one revision (as plain JSON:
         the leader reads every node's report of every function each pass)."""
-        ops = [{"request_range": {"key": _b64(p), "range_end": _b64(prefix_end(p))}}
+        ops = [{"request_range": {"key": b64(p), "range_end": b64(prefix_end(p))}}
                for p in prefixes]
 
         def request(endpoint: str) -> Deferred:
@@ -745,25 +588,6 @@ class EtcdStore:
         closing = [self._http.close()]
         closing += [client._pool.closeCachedConnections() for client in self._clients.values()]
         return DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _range_ops(bounds: Sequence[tuple[bytes, bytes]], limit: int,
-               revision: int) -> list[dict[str, Any]]:
-    """The range reads of one etcd transaction (JSON gateway form); 0: no limit, or
-    the current revision."""
-    ops = []
-    for start, end in bounds:
-        op: dict[str, Any] = {"key": _b64(start), "range_end": _b64(end)}
-        if limit:
-            op["limit"] = limit
-        if revision:
-            op["revision"] = revision
-        ops.append({"request_range": op})
-    return ops
 
 
 def _pool(reactor: IReactorTCP) -> HTTPConnectionPool:

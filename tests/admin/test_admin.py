@@ -12,7 +12,6 @@ from typing import Any, Callable
 
 import attrs
 import pytest
-import pytest_twisted
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -25,7 +24,7 @@ from twisted.web.server import Site
 from treq.testing import StubTreq
 
 from faastwist.admin.api import AdminAPI
-from faastwist.model.fsm import Event, FunctionStatus, State, apply_event
+from faastwist.model.fsm import Event, State, apply_event
 from faastwist.providers.base import LogLine
 from faastwist.model.spec import FunctionSpec
 from faastwist.store.base import FunctionRecord
@@ -983,101 +982,6 @@ def test_random_documents_never_make_a_5xx(document: Any, as_json: bool, put: bo
     reply = admin.request("PUT" if put else "POST", "/demo10" if put else "", body,
                           headers=headers)
     assert reply.code < 500, reply.body
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_large_list_is_encoded_off_the_reactor_thread() -> None:
-    import threading
-
-    import treq
-    from twisted.internet import reactor
-
-    import faastwist.admin.api as api_module
-
-    store = MemoryStore(CONTROLLER)
-    for i in range(api_module.THREAD_THRESHOLD + 5):
-        spec = FunctionSpec.from_dict({"name": f"f{i:04d}", "image": "i"})
-        store.create(spec, FunctionStatus.initial(spec.name, 0.0))
-    api = AdminAPI(store, CONTROLLER, lambda spec: None, lambda name: None, reactor)
-    threads: list[str] = []
-    encode = AdminAPI._encode_records
-
-    def spy(self: AdminAPI, *args: Any) -> Any:
-        threads.append(threading.current_thread().name)
-        return encode(self, *args)
-    port = reactor.listenTCP(0, api.site(), interface="127.0.0.1")
-    api._encode_records = spy.__get__(api)  # type: ignore[method-assign]
-    try:
-        url = f"http://127.0.0.1:{port.getHost().port}/apis/v2/faas/{CONTROLLER}"
-        response = await treq.get(url, headers={"Accept": "application/json"})
-        listed = json.loads(await treq.content(response))
-        as_yaml = await treq.get(url, headers={"Accept": "application/yaml"})
-        listed_yaml = yaml.safe_load(await treq.content(as_yaml))
-        small = await treq.get(url + "?limit=3", headers={"Accept": "application/json"})
-        await treq.content(small)
-    finally:
-        await port.stopListening()
-        api.close()
-    assert response.code == 200 and len(listed) == api_module.THREAD_THRESHOLD + 5
-    from faastwist.admin.codec import record_document
-
-    assert listed[0] == record_document(await store.get("f0000"))
-    assert listed_yaml == listed                             # flow-style YAML: the same data
-    assert as_yaml.headers.getRawHeaders("content-type") == ["application/yaml"]
-    assert threads[0] != threading.current_thread().name   # the big one: the API's thread
-    assert threads[2] == threading.current_thread().name   # a page: inline
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_slow_full_list_is_not_stale_and_a_stale_one_is_encoded_off_the_reactor(
-        ) -> None:
-    import threading
-
-    import treq
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
-
-    import faastwist.admin.api as api_module
-    from faastwist.store.base import FunctionRecord
-
-    store = MemoryStore(CONTROLLER)
-    count = api_module.THREAD_THRESHOLD + 5
-    for i in range(count):
-        spec = FunctionSpec.from_dict({"name": f"f{i:04d}", "image": "i"})
-        store.create(spec, FunctionStatus.initial(spec.name, 0.0))
-    cached = {r.name: FunctionRecord(r.spec, r.status)
-              for r in (await store.list()).records.values()}
-    api = AdminAPI(store, CONTROLLER, lambda spec: None, lambda name: None, reactor,
-                   cache=lambda: cached, read_timeout=0.2)
-    threads: list[str] = []
-    encode = AdminAPI._encode_records
-
-    def spy(self: AdminAPI, *args: Any) -> Any:
-        threads.append(threading.current_thread().name)
-        return encode(self, *args)
-    api._encode_records = spy.__get__(api)  # type: ignore[method-assign]
-    listing = store.list
-
-    def slow_list() -> Any:   # longer than read_timeout: a busy node's 10,000 functions
-        return deferLater(reactor, 0.6, listing)
-    store.list = slow_list  # type: ignore[method-assign]
-    port = reactor.listenTCP(0, api.site(), interface="127.0.0.1")
-    try:
-        url = f"http://127.0.0.1:{port.getHost().port}/apis/v2/faas/{CONTROLLER}"
-        slow = await treq.get(url, headers={"Accept": "application/json"})
-        slow_items = json.loads(await treq.content(slow))
-        store.available = False   # no quorum: the store does not answer
-        stale = await treq.get(url, headers={"Accept": "application/yaml"})
-        stale_items = yaml.safe_load(await treq.content(stale))
-    finally:
-        await port.stopListening()
-        api.close()
-    assert slow.code == 200 and slow.headers.getRawHeaders(api_module.STALE_HEADER) is None
-    assert len(slow_items) == count and not any("stale" in item for item in slow_items)
-    assert stale.code == 200 and stale.headers.getRawHeaders(api_module.STALE_HEADER) == ["true"]
-    assert [item["spec"]["name"] for item in stale_items] == sorted(cached)
-    assert all(item["stale"] is True for item in stale_items)
-    assert threads[1] != threading.current_thread().name   # the stale one: the API's thread
 
 
 def test_rollout_keeps_an_active_function_active_and_updates_others_as_update(

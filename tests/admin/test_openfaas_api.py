@@ -107,29 +107,38 @@ def test_info_namespaces_and_errors(world: World) -> None:
     assert world.kicks == []
 
 
-def test_a_large_function_list_is_built_a_chunk_per_reactor_turn() -> None:
+def test_a_large_function_list_is_written_a_step_per_turn_in_the_same_form() -> None:
     from faastwist.admin import openfaas as openfaas_module
+    from faastwist.admin.listbody import STEP
     from faastwist.model.fsm import FunctionStatus
     from faastwist.model.spec import FunctionSpec
+    from faastwist.util.slices import Slicer
+    from tests.support.turns import turn
 
     clock = Clock()
     store = MemoryStore("ctl")
-    count = openfaas_module.LIST_CHUNK * 2 + 3
+    count = openfaas_module.STREAM_THRESHOLD + 3 * STEP + 3
     for i in range(count):
         spec = FunctionSpec.from_dict({"name": f"f{i:04d}", "image": "example/f"})
         state = State.DESTROYED if i == 5 else State.ACTIVE
         store.create(spec, FunctionStatus(spec.name, state, updated=1.7e9))
+    # a budget of 0: one step (STEP functions) per turn
     api = OpenFaaSAPI(store, FakeProvider(), lambda name: None, Metrics(), clock,
-                      Versions("process", "abc123"), NS, wall_clock=lambda: 1.7e9)
+                      Versions("process", "abc123"), NS, wall_clock=lambda: 1.7e9,
+                      slicer=Slicer(clock, budget=0))
     http = StubTreq(api.resource())
     d = http.request("GET", "http://admin/system/functions")
     http.flush()
     done: list = []
     d.addCallback(lambda response: response.content()).addBoth(done.append)
-    assert not done                  # the first chunk only, in the request's turn
-    assert len(clock.getDelayedCalls()) == 1   # the rest: at the reactor's next turn
-    clock.advance(0)
-    http.flush()
+    turns = 0
+    while not done:
+        assert turns <= count, "the list never finished"
+        turn(clock)
+        http.flush()
+        turns += 1
+    assert turns > count // STEP     # not in one go: a step per turn
     listed = json.loads(done[0])
     assert [f["name"] for f in listed] == [f"f{i:04d}" for i in range(count) if i != 5]
     assert listed[0]["namespace"] == NS
+    assert done[0] == ("[" + ", ".join(json.dumps(f) for f in listed) + "]").encode()

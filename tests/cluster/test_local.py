@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 
 from faastwist.cluster import local as local_module
 from faastwist.cluster.local import LocalConverger, NotServing
@@ -66,12 +68,23 @@ def test_full_pass_deploys_everything_a_chunk_per_reactor_turn(tmp_path: Path) -
                                 f"{owed - local_module.NAMED} more")
         else:
             raise AssertionError("ready before the functions were deployed")
-        # each reactor turn takes one chunk more, never all of them at once
-        seen = []
-        for _ in range(4):
+        first = converger.first_pass()
+        fired: list[None] = []
+        first.addCallback(fired.append)
+        # each reactor turn takes one chunk more, never all of them at once; the first
+        # pass reports after its deploys, a chunk per turn too, and only then lets the
+        # reconciler judge (first_pass)
+        seen, reported = [], []
+        for _ in range(6):
             seen.append(len(provider.runtimes))
+            reported.append(len(session.reports))
+            assert not fired
             one_turn(clock)
-        assert seen == [local_module.CHUNK * k for k in (1, 2, 3, 4)][:3] + [count]
+        chunk = local_module.CHUNK
+        assert seen == [chunk, 2 * chunk, 3 * chunk] + [count] * 3
+        assert reported == [0, 0, 0, chunk, 2 * chunk, 3 * chunk]
+        one_turn(clock)
+        assert fired == [None]
         try:
             converger.check()
         except NotServing as exc:
@@ -79,6 +92,13 @@ def test_full_pass_deploys_everything_a_chunk_per_reactor_turn(tmp_path: Path) -
         assert sorted(session.reports) == sorted(routes.names())
         assert all(r is not None and r.digest == routes.lookup(n).spec.digest()
                    for n, r in session.reports.items())
+        after: list[None] = []
+        converger.first_pass().addCallback(after.append)
+        assert after == [None]   # asked after the first pass: fires at once
+        # each deployed fork-mode function counts one ready replica in /metrics
+        assert provider.metrics.registry.get_sample_value(
+            "gateway_service_count", {"function_name": f"f{count - 1:04d}"}) == 1
+        assert len(provider.metrics.replicas) == count
     finally:
         converger.stopService()
         provider.stopService()
@@ -132,6 +152,74 @@ def test_a_later_full_pass_acts_only_where_something_differs(tmp_path: Path) -> 
         clock.advance(10.0)            # the next full pass
         assert calls == ["h07"] and runs == ["h07"]
         assert "h07" in provider.runtimes
+    finally:
+        converger.stopService()
+        provider.stopService()
+        routes.stopService()
+
+
+def test_a_function_that_fails_to_converge_does_not_end_the_pass(tmp_path: Path) -> None:
+    """One function whose convergence raises is logged; the others are deployed, the
+    first pass still ends (the reconciler waits for it) and the next pass runs."""
+    clock = Clock()
+    store = MemoryStore()
+    for name in ("a", "b", "c"):
+        spec = FunctionSpec.from_dict({"name": name, "mode": "fork", "command": ["/bin/cat"]})
+        store.create(spec, FunctionStatus(spec.name, State.ACTIVE, updated=0.0))
+    routes = RouteTable(store, clock)
+    routes.startService()
+    provider = make_provider(clock, tmp_path / "data")
+    converger = LocalConverger(routes, provider, ReportLog(), clock, 10.0)
+    action = converger._action
+    failures = []
+
+    def broken(name: str):
+        if name == "b":
+            failures.append(name)
+            raise RuntimeError("b cannot be planned")
+        return action(name)
+    converger._action = broken
+    done: list[None] = []
+    converger.first_pass().addCallback(done.append)
+    try:
+        with capturedLogs() as events:
+            converger.startService()
+            clock.advance(0)
+        assert sorted(provider.runtimes) == ["a", "c"]
+        assert done == [None]
+        logged = [e for e in events if e.get("log_failure") is not None]
+        assert [(e["name"], e["log_failure"].getErrorMessage()) for e in logged] == [
+            ("b", "b cannot be planned")]
+        converger._action = action
+        clock.advance(10.0)                   # the loop still runs: b is deployed now
+        assert sorted(provider.runtimes) == ["a", "b", "c"]
+        assert failures == ["b"]
+    finally:
+        converger.stopService()
+        provider.stopService()
+        routes.stopService()
+
+
+def test_a_waiter_that_gave_up_on_the_first_pass_is_left_alone(tmp_path: Path) -> None:
+    clock = Clock()
+    store = MemoryStore()
+    spec = FunctionSpec.from_dict({"name": "a", "mode": "fork", "command": ["/bin/cat"]})
+    store.create(spec, FunctionStatus(spec.name, State.ACTIVE, updated=0.0))
+    routes = RouteTable(store, clock)
+    routes.startService()
+    provider = make_provider(clock, tmp_path / "data")
+    converger = LocalConverger(routes, provider, ReportLog(), clock, 10.0)
+    impatient = converger.first_pass()
+    outcomes: list[Any] = []
+    impatient.addBoth(outcomes.append)
+    impatient.cancel()                    # what addTimeout does when it gives up
+    patient: list[None] = []
+    converger.first_pass().addCallback(patient.append)
+    try:
+        converger.startService()
+        clock.advance(0)                  # the first pass ends: no AlreadyCalledError
+        assert patient == [None]
+        assert len(outcomes) == 1 and outcomes[0].check(CancelledError)
     finally:
         converger.stopService()
         provider.stopService()

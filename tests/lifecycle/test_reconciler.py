@@ -675,3 +675,72 @@ def test_kicks_during_a_pass_wait_for_one_pass_over_all_of_them(world: World) ->
     world.tick(0)
     assert observed == [["a"], ["b", "c", "d"], ["a"]]   # nothing left over
     assert sorted(world.provider.verbs("deploy")) == ["a", "b", "c", "d"]
+
+
+def test_no_pass_before_the_warm_up_then_one_full_pass(world: World) -> None:
+    """With a warm-up (the node's own functions deployed and reported), passes wait for
+    it: scheduled, kicked, asked for or on leadership; then one full pass runs."""
+    warmup: Deferred[None] = Deferred()
+    leading = [True]
+    reconciler = Reconciler(world.store, world.provider, world.clock, INTERVAL, Metrics(),
+                            wall_clock=world.clock.seconds, is_leader=lambda: leading[0],
+                            warmup=warmup)
+    for name in ("a", "b"):
+        result(world.store.create(spec(name), FunctionStatus.initial(name, 0.0)))
+    observed: list[Any] = []
+    observe = world.provider.observe
+
+    def recorded(names=None):
+        observed.append(sorted(names) if names is not None else None)
+        return observe(names)
+
+    world.provider.observe = recorded
+    reconciler.startService()
+    try:
+        reconciler.leadership_changed(True)
+        reconciler.kick("a")
+        done: list[None] = []
+        reconciler.run_pass().addCallback(done.append)
+        assert done == [None]            # answers at once, having done nothing
+        world.tick(INTERVAL * 3)         # scheduled passes too
+        assert observed == []
+        assert reconciler.passes == 0
+        warmup.callback(None)
+        assert observed == [None]        # one full pass; the kick is part of it
+        world.tick(0)
+        assert observed == [None]
+        assert sorted(world.provider.verbs("deploy")) == ["a", "b"]
+        reconciler.kick("b")             # warm: kicks run as usual
+        world.tick(0)
+        assert observed == [None, ["b"]]
+    finally:
+        result(reconciler.stopService())
+
+
+def test_a_follower_warms_up_without_a_pass(world: World) -> None:
+    warmup: Deferred[None] = Deferred()
+    reconciler = Reconciler(world.store, world.provider, world.clock, INTERVAL, Metrics(),
+                            is_leader=lambda: False, warmup=warmup)
+    result(world.store.create(spec("a"), FunctionStatus.initial("a", 0.0)))
+    reconciler.startService()
+    try:
+        warmup.callback(None)
+        world.tick(INTERVAL)
+        assert world.provider.verbs("deploy") == []
+        assert reconciler.passes == 0
+    finally:
+        result(reconciler.stopService())
+
+
+def test_a_warm_up_that_timed_out_starts_the_passes_too(world: World) -> None:
+    warmup: Deferred[None] = Deferred()
+    reconciler = Reconciler(world.store, world.provider, world.clock, INTERVAL, Metrics(),
+                            wall_clock=world.clock.seconds, warmup=warmup)
+    result(world.store.create(spec("a"), FunctionStatus.initial("a", 0.0)))
+    reconciler.startService()
+    try:
+        assert world.provider.verbs("deploy") == []
+        warmup.errback(TimeoutError("the node's first pass took too long"))
+        assert world.provider.verbs("deploy") == ["a"]
+    finally:
+        result(reconciler.stopService())

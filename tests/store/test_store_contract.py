@@ -162,9 +162,10 @@ def test_list_returns_every_function_and_the_read_revision(make_store):
 
 @pytest_twisted.inlineCallbacks
 def test_pages_in_name_order_with_prefix_and_a_consistent_revision(make_store, monkeypatch):
-    import faastwist.store.etcd as etcd_module
+    import faastwist.store.etcdlist as etcdlist_module
 
-    monkeypatch.setattr(etcd_module, "LIST_PAGE", 2)  # list() itself reads pages of 2
+    # list() and list_page() read pages of 2 (a page of 3 is two reads)
+    monkeypatch.setattr(etcdlist_module, "LIST_PAGE", 2)
     store = yield make_store()
     other = yield make_store("ctl2")
     yield other.create(spec("a0"), status("a0"))       # another controller: never listed
