@@ -15,7 +15,8 @@ FAASTWIST_ENVTEST ?= $(wildcard $(abspath $(CURDIR)/../shared/k8s))
 export FAASTWIST_ENVTEST
 # the floor is setup.cfg's fail_under (measured with the kube-apiserver tests); without
 # them the Knative provider is barely exercised, so the floor is the figure measured so
-COVERAGE_FLOOR_NO_ENVTEST ?= 88
+# (91.8% on 29 Nov 2026, rounded down; README, Development)
+COVERAGE_FLOOR_NO_ENVTEST ?= 91
 COVERAGE_FLOOR := $(if $(FAASTWIST_ENVTEST),,--cov-fail-under=$(COVERAGE_FLOOR_NO_ENVTEST))
 # `make mutate MUTATE_ARGS="gate/adaptor -j 1"`: some modules, fewer jobs (.ci/mutate.py)
 MUTATE_ARGS ?=
