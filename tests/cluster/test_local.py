@@ -224,3 +224,40 @@ def test_a_waiter_that_gave_up_on_the_first_pass_is_left_alone(tmp_path: Path) -
         converger.stopService()
         provider.stopService()
         routes.stopService()
+
+
+def test_the_provider_observes_every_runtime_a_chunk_per_turn(tmp_path: Path,
+                                                              monkeypatch: Any) -> None:
+    import faastwist.providers.process as process_module
+
+    monkeypatch.setattr(process_module, "OBSERVE_CHUNK", 100)
+    clock = Clock()
+    store = MemoryStore()
+    for i in range(250):
+        spec = FunctionSpec.from_dict({"name": f"o{i:03d}", "mode": "fork",
+                                       "command": ["/bin/cat"]})
+        store.create(spec, FunctionStatus(spec.name, State.ACTIVE, updated=0.0))
+    routes = RouteTable(store, clock)
+    routes.startService()
+    provider = make_provider(clock, tmp_path / "data")
+    converger = LocalConverger(routes, provider, ReportLog(), clock, 10.0)
+    try:
+        converger.startService()
+        clock.advance(0)
+        assert len(provider.runtimes) == 250
+        answers: list[dict] = []
+        provider.observe().addCallback(answers.append)
+        assert answers == []                 # the first chunk only
+        provider.runtimes.pop("o249")        # gone before its chunk: not observed
+        one_turn(clock)
+        assert answers == []
+        one_turn(clock)
+        assert len(answers) == 1 and sorted(answers[0]) == [f"o{i:03d}" for i in range(249)]
+        assert all(o.event is not None for o in answers[0].values())
+        small: list[dict] = []
+        provider.observe(["o001", "nope"]).addCallback(small.append)
+        assert [sorted(s) for s in small] == [["o001"]]   # one chunk: at once
+    finally:
+        converger.stopService()
+        provider.stopService()
+        routes.stopService()
