@@ -95,6 +95,10 @@ WARM = ("attr", "attrs", "yaml", "click", "httptools", "prometheus_client", "hyp
         "greenlet", "txaioetcd")
 
 KILLED, SURVIVED, TIMEOUT = "killed", "survived", "timeout"
+#: the tests named could not run (pytest's exit code 4, usage error: an id not found, e.g.
+#: a parametrized id made from a mutated constant; 5, no tests collected): neither a kill
+#: nor a survival; the mutant is tested again with its test files whole
+NOT_RUN = "not run"
 
 
 @dataclass
@@ -272,11 +276,14 @@ def share_test_cache(works: list[Path]) -> None:
 
 
 def finish(pid: int, started: float, timeout: float, block: bool) -> str | None:
-    """The mutant's status once its child ended (None while it runs); past ``timeout``
-    the child's group is killed and the mutant counts as killed (TIMEOUT)."""
+    """The mutant's status once its child ended (None while it runs): killed when its
+    tests failed or errored (a mutant that breaks the module's import fails collection,
+    pytest's 2), NOT_RUN when pytest could not run them; past ``timeout`` the child's
+    group is killed and the mutant counts as killed (TIMEOUT)."""
     done, status = os.waitpid(pid, 0 if block else os.WNOHANG)
     if done:
-        return SURVIVED if os.waitstatus_to_exitcode(status) == 0 else KILLED
+        code = os.waitstatus_to_exitcode(status)
+        return SURVIVED if code == 0 else NOT_RUN if code in (4, 5) else KILLED
     if time.monotonic() - started > timeout:
         try:
             os.killpg(pid, signal.SIGKILL)
@@ -315,6 +322,23 @@ def coverage_by_line(work: Path, target: Target) -> tuple[dict[int, list[str]], 
     return by_line, elapsed
 
 
+def tests_for(line: int, by_line: dict[int, list[str]], starts: dict[int, int]) -> list[str]:
+    """The tests that ran the statement a mutant is in ([] for all of them).
+
+    Both the mutant's line and its statement's first line count: mutmut names the line
+    of the node it changed, and in a condition over several lines that can be a line
+    only some runs reach (``a or b \\ or c`` made ``a and b or c`` is named on the
+    second line, which a test that stops at ``b`` never runs, yet that test tells the
+    two apart); a line no test runs gets every test (it must survive them all)."""
+    chosen: set[str] = set()
+    for number in {line, starts.get(line, line)}:
+        ids = by_line.get(number)
+        if ids == []:  # run at import: every test runs it
+            return []
+        chosen.update(ids or ())
+    return sorted(chosen)
+
+
 def run_target(target: Target, works: list[Path], equivalents: dict) -> Score:
     score = Score(target)
     began = time.monotonic()
@@ -328,8 +352,8 @@ def run_target(target: Target, works: list[Path], equivalents: dict) -> Score:
     share_test_cache(works)
     timeout = max(60.0, 4 * baseline)
     starts = statement_starts(source)
-    queue = list(score.mutants)
-    running: dict[int, tuple[Mutant, Path, float]] = {}
+    queue = [(mutant, False) for mutant in score.mutants]  # (mutant, with whole test files)
+    running: dict[int, tuple[Mutant, Path, float, bool]] = {}
     free = list(works)
     done = 0
 
@@ -343,22 +367,27 @@ def run_target(target: Target, works: list[Path], equivalents: dict) -> Score:
     try:
         while queue or running:
             while queue and free:
-                mutant = queue.pop(0)
+                mutant, whole = queue.pop(0)
                 work = free.pop()
                 (work / target.path).write_text(mutant.source)  # type: ignore[attr-defined]
-                # coverage names a statement's first line; a mutant may sit on a later line
-                # of it; a line no test runs still gets every test (it must survive them)
-                tests = (by_line.get(mutant.line) or by_line.get(starts.get(mutant.line, 0))
-                         or list(target.tests))
-                running[start(work, ["-m", target.marks, *tests])] = (mutant, work,
-                                                                        time.monotonic())
-            for pid, (mutant, work, started) in list(running.items()):
+                tests = (list(target.tests) if whole
+                         else tests_for(mutant.line, by_line, starts) or list(target.tests))
+                running[start(work, ["-m", target.marks, *tests])] = (
+                    mutant, work, time.monotonic(), whole or tests == list(target.tests))
+            for pid, (mutant, work, started, whole) in list(running.items()):
                 status = finish(pid, started, timeout, block=False)
                 if status is not None:
                     del running[pid]
                     (work / target.path).write_text(source)
                     free.append(work)
-                    record(mutant, status)
+                    if status != NOT_RUN:
+                        record(mutant, status)
+                    elif not whole:
+                        queue.insert(0, (mutant, True))
+                    else:
+                        raise SystemExit(f"mutate: pytest could not run the tests of "
+                                         f"{target.path} (exit code 4 or 5) for the mutant "
+                                         f"on line {mutant.line}:\n{mutant.block()}")
             time.sleep(0.01)
     finally:
         for pid in running:

@@ -81,12 +81,17 @@ def test_relative_paths_are_taken_from_the_files_folder(tmp_path):
 
 
 def test_unreadable_and_invalid_files(tmp_path):
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError) as info:
         load_config(tmp_path / "missing.yaml")
+    assert (info.value.path, str(info.value)) == (
+        "--config", f"--config: cannot read {tmp_path / 'missing.yaml'}: No such file or directory")
     bad = tmp_path / "bad.yaml"
     bad.write_text("httpServer: [\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError) as info:
         load_config(bad)
+    # no key to name: the message is the file's problem alone
+    assert info.value.path == ""
+    assert str(info.value).startswith(f"{bad} is not valid YAML: while parsing a flow node")
 
 
 def test_shipped_configs_are_valid():
@@ -189,7 +194,8 @@ def test_queue_defaults_and_overrides(tmp_path):
         "natsURLs": ["nats://10.0.0.1:4222", "tls://n2:4222"], "maxAge": "1h",
         "maxBodySize": "4Mi", "maxAttempts": 3, "concurrency": 2,
         "callbackAllow": ["10.0.0.0/8", "2001:db8::1"], "backoffBase": "100ms"}}, tmp_path).queue
-    assert not queue.embedded and queue.nats_urls == ("nats://10.0.0.1:4222", "tls://n2:4222")
+    assert queue.embedded is False
+    assert queue.nats_urls == ("nats://10.0.0.1:4222", "tls://n2:4222")
     assert (queue.max_age, queue.max_body_size, queue.max_attempts, queue.concurrency,
             queue.backoff_base) == (3600.0, 4 * 2**20, 3, 2, 0.1)
     assert queue.callback_allow == ("10.0.0.0/8", "2001:db8::1")
@@ -370,7 +376,7 @@ def test_the_bounds_themselves_are_accepted(tmp_path, section, key, lowest, high
 def test_the_default_node_id_is_the_host_name_made_valid(monkeypatch):
     from faastwist.config import default_node_id
 
-    for host, node_id in (("--My Host!.example", "My-Host-.example"),
+    for host, node_id in (("--My Host!.example", "My-Host-.example"), ("Xhost", "Xhost"),
                           ("a" * 70, "a" * 63), ("...", "node"), ("", "node")):
         monkeypatch.setattr("socket.gethostname", lambda host=host: host)
         assert default_node_id() == node_id
@@ -380,6 +386,7 @@ def test_the_default_node_id_is_the_host_name_made_valid(monkeypatch):
 @pytest.mark.parametrize("address, loopback", [
     ("localhost", True), ("[LOCALHOST]", True), ("127.0.0.5", True), ("[::1]", True),
     ("0.0.0.0", False), ("10.1.2.3", False), ("nodehost", False),
+    ("localhostX", False), ("X::1", False), ("127.0.0.1X", False),
 ])
 def test_loopback_admin_addresses(tmp_path, address, loopback):
     """Anonymous admin is refused off loopback unless allowInsecure says so."""
@@ -443,6 +450,22 @@ def test_tls_and_basic_auth_files_must_exist_and_keep_their_roles(tmp_path):
      "queue.maxBodySize: must be at most 64Mi (a queued call is one NATS message)"),
     ({"queue": {"backoffBase": "2m", "backoffMax": "1m"}},
      "queue.backoffBase: must not exceed backoffMax"),
+    ({"queue": {"backoffBase": "1ms", "backoffMax": "0.5ms"}},
+     "queue.backoffMax: must be at least 0.001s, got '0.5ms'"),
+    ({"nodeId": "a/b"}, "nodeId: must be 1-63 letters, digits, '.', '_' or '-', got 'a/b'"),
+    ({"nodeId": "n" * 64}, f"nodeId: must be 1-63 letters, digits, '.', '_' or '-', got {'n' * 64!r}"),
+    ({"knative": {"namespace": "Team_A"}},
+     "knative.namespace: must be a DNS-1123 label (lower-case letters, digits and '-', "
+     "starting and ending with a letter or digit), got 'Team_A'"),
+    ({"admin": {"allowedOrigins": ["ftp://ops.example"]}},
+     "admin.allowedOrigins: must be origins like https://ops.example:8443 (scheme, host, "
+     "optional port), got 'ftp://ops.example'"),
+    ({"admin": {"allowedOrigins": ["https://ops.example//"]}},
+     "admin.allowedOrigins: must be origins like https://ops.example:8443 (scheme, host, "
+     "optional port), got 'https://ops.example//'"),
+    ({"admin": {"allowedOrigins": ["https://ops.example/X"]}},
+     "admin.allowedOrigins: must be origins like https://ops.example:8443 (scheme, host, "
+     "optional port), got 'https://ops.example/X'"),
 ])
 def test_more_errors_exactly(tmp_path, data, message):
     with pytest.raises(ConfigError) as info:
@@ -451,6 +474,17 @@ def test_more_errors_exactly(tmp_path, data, message):
 
 
 def test_accepted_forms(tmp_path):
+    """Only the characters the README names are trimmed (a trailing '/', the suffix's
+    dots), whatever the value ends with."""
+    config = ControllerConfig.from_dict({
+        "knative": {"networkLayerURL": "http://gatewayX/", "hostSuffix": ".fnX."},
+        "etcd": {"endpoints": ["http://etcdX/"]}}, tmp_path)
+    assert config.knative.network_layer_url == "http://gatewayX"
+    assert config.knative.host_suffix == "fnX"
+    assert config.etcd.endpoints == ("http://etcdX",)
+    # endpoints given: the node runs no etcd of its own (and none given: it does)
+    assert config.etcd.embedded is False
+    assert ControllerConfig.from_dict({}, tmp_path).etcd.embedded is True
     config = ControllerConfig.from_dict({
         "etcd": {"endpoints": ["https://10.0.0.1:2379/"], "prefix": "/tenantX/"},
         "queue": {"natsURLs": ["tls://10.0.0.2:4222"], "callbackAllow": [" 10.1.2.3/8 "],
@@ -459,3 +493,7 @@ def test_accepted_forms(tmp_path):
     assert config.etcd.endpoints == ("https://10.0.0.1:2379",) and config.etcd.prefix == "/tenantX"
     assert config.queue.callback_allow == (" 10.1.2.3/8 ",)
     assert config.queue.max_body_size == 64 * 2**20
+    # backoffMax's own minimum is the same 1 ms as backoffBase's (which must not exceed it)
+    queue = ControllerConfig.from_dict(
+        {"queue": {"backoffBase": "1ms", "backoffMax": "1ms"}}, tmp_path).queue
+    assert (queue.backoff_base, queue.backoff_max) == (0.001, 0.001)
