@@ -141,14 +141,17 @@ class Cluster:
         ids = [f"n{i}" for i in range(len(self.nodes))]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                if all(sorted(n["id"] for n in self.info(node)["nodes"]) == ids
-                       for node in self.nodes):
-                    return
-            except (OSError, AssertionError, KeyError, ValueError):
-                pass
+            if self._formed(ids):
+                return
             time.sleep(0.05)
         raise RuntimeError(f"the nodes did not all see each other within {timeout}s")
+
+    def _formed(self, ids: list[str]) -> bool:
+        try:
+            return all(sorted(n["id"] for n in self.info(node)["nodes"]) == ids
+                       for node in self.nodes)
+        except (OSError, AssertionError, KeyError, ValueError):  # a node not answering yet
+            return False
 
     def stop(self) -> None:
         for node in self.nodes:
