@@ -115,7 +115,7 @@ class _Producer:
             try:
                 self.task.pause()
             except TaskFinished:
-                pass
+                return  # the work is done: nothing left to pause
 
     def resumeProducing(self) -> None:
         if self.paused:
@@ -123,13 +123,13 @@ class _Producer:
             try:
                 self.task.resume()
             except (TaskFinished, NotPaused):
-                pass
+                return  # done, or never paused: nothing to resume
 
     def stopProducing(self) -> None:
         try:
             self.task.stop()
         except TaskFinished:
-            pass
+            return  # already done: nothing to stop
 
 
 async def stream(request: IRequest, slicer: Slicer, pieces: Iterable[bytes],

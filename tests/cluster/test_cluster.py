@@ -172,7 +172,10 @@ def test_sigstopped_leader_writes_nothing_and_every_gate_serves_the_update(
         assert code == 200, body
         took = wait_for(lambda: all(serves(n, "code", "v2") for n in others), 5,
                         what="v2 on the live nodes")
-        assert took < 2.0, took
+        # a replica start and four etcd round trips (status, reports, status, watch):
+        # 1.8-2.5 s at load average 3-4 on 2 cores, on this stop's code and the one
+        # before it alike (2 s failed one CI run in three)
+        assert took < 3.0, took
         wait_for(lambda: state(others[1], "code") == "active", 5, what="code active again")
     finally:
         os.kill(leader.process.pid, signal.SIGCONT)

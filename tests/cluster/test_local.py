@@ -41,20 +41,40 @@ class ReportLog:
         self.reports[name] = report
 
 
+class Local:
+    """A route table over a memory store of active fork-mode functions, a real process
+    provider and a converger, on a Clock (``stop()`` stops them)."""
+
+    def __init__(self, tmp_path: Path, names: list[str]) -> None:
+        self.clock = Clock()
+        store = MemoryStore()
+        for name in names:
+            spec = FunctionSpec.from_dict({"name": name, "mode": "fork",
+                                           "command": ["/bin/cat"]})
+            store.create(spec, FunctionStatus(spec.name, State.ACTIVE, updated=0.0))
+        self.routes = RouteTable(store, self.clock)
+        self.routes.startService()
+        self.provider = make_provider(self.clock, tmp_path / "data")
+        self.session = ReportLog()
+        self.converger = LocalConverger(self.routes, self.provider, self.session, self.clock,
+                                        10.0)
+
+    def parts(self) -> tuple[Clock, RouteTable, Any, LocalConverger]:
+        return self.clock, self.routes, self.provider, self.converger
+
+    def stop(self) -> None:
+        if self.converger.running:
+            self.converger.stopService()
+        self.provider.stopService()
+        self.routes.stopService()
+
+
 def test_full_pass_deploys_everything_a_chunk_per_reactor_turn(tmp_path: Path) -> None:
-    clock = Clock()
-    store = MemoryStore()
     count = local_module.CHUNK * 3 + 7
-    for i in range(count):
-        spec = FunctionSpec.from_dict({"name": f"f{i:04d}", "mode": "fork",
-                                       "command": ["/bin/cat"]})
-        store.create(spec, FunctionStatus(spec.name, State.ACTIVE, updated=0.0))
-    routes = RouteTable(store, clock)
-    routes.startService()
+    local = Local(tmp_path, [f"f{i:04d}" for i in range(count)])
+    clock, routes, provider, converger = local.parts()
+    session = local.session
     assert routes.synced
-    provider = make_provider(clock, tmp_path / "data")
-    session = ReportLog()
-    converger = LocalConverger(routes, provider, session, clock, 10.0)
     try:
         converger.startService()   # the first full pass starts at once
         # not ready meanwhile: the answer names a few of the functions, and counts them
@@ -100,22 +120,12 @@ def test_full_pass_deploys_everything_a_chunk_per_reactor_turn(tmp_path: Path) -
             "gateway_service_count", {"function_name": f"f{count - 1:04d}"}) == 1
         assert len(provider.metrics.replicas) == count
     finally:
-        converger.stopService()
-        provider.stopService()
-        routes.stopService()
+        local.stop()
 
 
 def test_a_stopped_converger_ends_its_pass_at_the_next_chunk(tmp_path: Path) -> None:
-    clock = Clock()
-    store = MemoryStore()
-    for i in range(local_module.CHUNK * 2):
-        spec = FunctionSpec.from_dict({"name": f"g{i:04d}", "mode": "fork",
-                                       "command": ["/bin/cat"]})
-        store.create(spec, FunctionStatus(spec.name, State.ACTIVE, updated=0.0))
-    routes = RouteTable(store, clock)
-    routes.startService()
-    provider = make_provider(clock, tmp_path / "data")
-    converger = LocalConverger(routes, provider, ReportLog(), clock, 10.0)
+    local = Local(tmp_path, [f"g{i:04d}" for i in range(local_module.CHUNK * 2)])
+    clock, routes, provider, converger = local.parts()
     try:
         converger.startService()
         assert len(provider.runtimes) == local_module.CHUNK
@@ -123,21 +133,12 @@ def test_a_stopped_converger_ends_its_pass_at_the_next_chunk(tmp_path: Path) -> 
         one_turn(clock)
         assert len(provider.runtimes) == local_module.CHUNK
     finally:
-        provider.stopService()
-        routes.stopService()
+        local.stop()
 
 
 def test_a_later_full_pass_acts_only_where_something_differs(tmp_path: Path) -> None:
-    clock = Clock()
-    store = MemoryStore()
-    for i in range(50):
-        spec = FunctionSpec.from_dict({"name": f"h{i:02d}", "mode": "fork",
-                                       "command": ["/bin/cat"]})
-        store.create(spec, FunctionStatus(spec.name, State.ACTIVE, updated=0.0))
-    routes = RouteTable(store, clock)
-    routes.startService()
-    provider = make_provider(clock, tmp_path / "data")
-    converger = LocalConverger(routes, provider, ReportLog(), clock, 10.0)
+    local = Local(tmp_path, [f"h{i:02d}" for i in range(50)])
+    clock, routes, provider, converger = local.parts()
     try:
         converger.startService()
         clock.advance(0)
@@ -153,23 +154,14 @@ def test_a_later_full_pass_acts_only_where_something_differs(tmp_path: Path) -> 
         assert calls == ["h07"] and runs == ["h07"]
         assert "h07" in provider.runtimes
     finally:
-        converger.stopService()
-        provider.stopService()
-        routes.stopService()
+        local.stop()
 
 
 def test_a_function_that_fails_to_converge_does_not_end_the_pass(tmp_path: Path) -> None:
     """One function whose convergence raises is logged; the others are deployed, the
     first pass still ends (the reconciler waits for it) and the next pass runs."""
-    clock = Clock()
-    store = MemoryStore()
-    for name in ("a", "b", "c"):
-        spec = FunctionSpec.from_dict({"name": name, "mode": "fork", "command": ["/bin/cat"]})
-        store.create(spec, FunctionStatus(spec.name, State.ACTIVE, updated=0.0))
-    routes = RouteTable(store, clock)
-    routes.startService()
-    provider = make_provider(clock, tmp_path / "data")
-    converger = LocalConverger(routes, provider, ReportLog(), clock, 10.0)
+    local = Local(tmp_path, ["a", "b", "c"])
+    clock, routes, provider, converger = local.parts()
     action = converger._action
     failures = []
 
@@ -195,20 +187,12 @@ def test_a_function_that_fails_to_converge_does_not_end_the_pass(tmp_path: Path)
         assert sorted(provider.runtimes) == ["a", "b", "c"]
         assert failures == ["b"]
     finally:
-        converger.stopService()
-        provider.stopService()
-        routes.stopService()
+        local.stop()
 
 
 def test_a_waiter_that_gave_up_on_the_first_pass_is_left_alone(tmp_path: Path) -> None:
-    clock = Clock()
-    store = MemoryStore()
-    spec = FunctionSpec.from_dict({"name": "a", "mode": "fork", "command": ["/bin/cat"]})
-    store.create(spec, FunctionStatus(spec.name, State.ACTIVE, updated=0.0))
-    routes = RouteTable(store, clock)
-    routes.startService()
-    provider = make_provider(clock, tmp_path / "data")
-    converger = LocalConverger(routes, provider, ReportLog(), clock, 10.0)
+    local = Local(tmp_path, ["a"])
+    clock, routes, provider, converger = local.parts()
     impatient = converger.first_pass()
     outcomes: list[Any] = []
     impatient.addBoth(outcomes.append)
@@ -221,6 +205,31 @@ def test_a_waiter_that_gave_up_on_the_first_pass_is_left_alone(tmp_path: Path) -
         assert patient == [None]
         assert len(outcomes) == 1 and outcomes[0].check(CancelledError)
     finally:
-        converger.stopService()
-        provider.stopService()
-        routes.stopService()
+        local.stop()
+
+
+def test_the_provider_observes_every_runtime_a_chunk_per_turn(tmp_path: Path,
+                                                              monkeypatch: Any) -> None:
+    import faastwist.providers.process as process_module
+
+    monkeypatch.setattr(process_module, "OBSERVE_CHUNK", 100)
+    local = Local(tmp_path, [f"o{i:03d}" for i in range(250)])
+    clock, routes, provider, converger = local.parts()
+    try:
+        converger.startService()
+        clock.advance(0)
+        assert len(provider.runtimes) == 250
+        answers: list[dict] = []
+        provider.observe().addCallback(answers.append)
+        assert answers == []                 # the first chunk only
+        provider.runtimes.pop("o249")        # gone before its chunk: not observed
+        one_turn(clock)
+        assert answers == []
+        one_turn(clock)
+        assert len(answers) == 1 and sorted(answers[0]) == [f"o{i:03d}" for i in range(249)]
+        assert all(o.event is not None for o in answers[0].values())
+        small: list[dict] = []
+        provider.observe(["o001", "nope"]).addCallback(small.append)
+        assert [sorted(s) for s in small] == [["o001"]]   # one chunk: at once
+    finally:
+        local.stop()

@@ -326,3 +326,72 @@ def test_a_spec_the_gate_cannot_compile_removes_its_route_only() -> None:
     store.update(record, spec=broken)
     assert table.lookup("bad") is None and heard == [("bad", None)]
     assert table.lookup("good").active
+
+
+def _turn(clock: Clock) -> None:
+    """Run the calls due now that were scheduled before this turn (Clock.advance would
+    also run what they schedule, which a reactor leaves for its next turn)."""
+    for call in [c for c in clock.getDelayedCalls() if c.getTime() <= clock.seconds()]:
+        clock.calls.remove(call)
+        call.called = True
+        call.func(*call.args, **call.kw)
+
+
+def _filled(count: int) -> MemoryStore:
+    store = MemoryStore()
+    for i in range(count):
+        store.create(spec(f"f{i:04d}"), FunctionStatus(f"f{i:04d}", State.ACTIVE))
+    return store
+
+
+def test_a_rebuild_takes_500_routes_per_turn_and_no_empty_turn() -> None:
+    for count, turns in ((1001, 2), (1000, 1), (500, 0)):
+        clock = Clock()
+        table = RouteTable(_filled(count), clock)
+        table.startService()
+        for _ in range(turns):
+            assert not table.synced, count
+            _turn(clock)
+        assert table.synced and len(table.names()) == count, count
+        assert clock.getDelayedCalls() == [], count
+
+
+def test_a_rebuild_overtaken_by_a_new_listing_stops_and_starts_no_watch() -> None:
+    clock = Clock()
+    store = _filled(1001)
+    table = RouteTable(store, clock)
+    table.startService()               # the first chunk; the rest waits for turns
+    table._sync()                      # a new listing (as a lost watch makes) meanwhile
+    for _ in range(4):
+        _turn(clock)
+    assert table.synced and len(table.names()) == 1001
+    assert len(store._watches) == 1    # the overtaken rebuild neither swapped nor watched
+
+
+def test_a_spec_whose_status_is_gone_has_no_route_and_logs_no_failure() -> None:
+    from twisted.logger import capturedLogs
+
+    store = MemoryStore()
+    store.create(spec("a"), FunctionStatus("a", State.ACTIVE))
+    table = started(store)
+    with capturedLogs() as events:
+        table._changed(table._generation, [Change("a", "status", None, 99)])
+    assert table.lookup("a") is None
+    assert [e for e in events if e.get("log_failure") is not None] == []
+
+
+def test_a_stale_listing_does_not_reset_the_retry_backoff() -> None:
+    """A listing answered after a restart is ignored whole: it must not reset the
+    backoff the current start's failures built up."""
+    store = HeldStore()
+    store.create(spec("a"), FunctionStatus("a", State.ACTIVE))
+    clock = Clock()
+    table = RouteTable(store, clock, retry_interval=0.5)
+    table.startService()               # listing 0, held
+    table.stopService()
+    table.startService()               # listing 1
+    store.refuse(1)                    # retried in 0.5 s, then 1 s
+    store.answer(0)                    # the first start's listing, late: ignored
+    clock.advance(0.5)                 # listing 2
+    store.refuse(2)
+    assert [c.getTime() - clock.seconds() for c in clock.getDelayedCalls()] == [1.0]

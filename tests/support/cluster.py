@@ -131,7 +131,27 @@ class Cluster:
             node.spawn()
         for node in self.nodes:
             node.wait_ready()
+        self.wait_formed()
         return self
+
+    def wait_formed(self, timeout: float = 30.0) -> None:
+        """Until every node lists every node as live (its session joined): a node's
+        admin API answers before its lease is granted, and on a loaded machine a test
+        that began at once saw a function made active with two of three nodes."""
+        ids = [f"n{i}" for i in range(len(self.nodes))]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._formed(ids):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"the nodes did not all see each other within {timeout}s")
+
+    def _formed(self, ids: list[str]) -> bool:
+        try:
+            return all(sorted(n["id"] for n in self.info(node)["nodes"]) == ids
+                       for node in self.nodes)
+        except (OSError, AssertionError, KeyError, ValueError):  # a node not answering yet
+            return False
 
     def stop(self) -> None:
         for node in self.nodes:
