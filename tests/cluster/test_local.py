@@ -16,16 +16,8 @@ from faastwist.gate.routes import RouteTable
 from faastwist.model.fsm import FunctionStatus, State
 from faastwist.model.spec import FunctionSpec
 from faastwist.store.memory import MemoryStore
+from tests.support.turns import turn
 from tests.support.process import make_provider
-
-
-def one_turn(clock: Clock) -> None:
-    """Run the calls due now that were scheduled before this turn (Clock.advance also
-    runs the ones they schedule, which a reactor leaves for its next turn)."""
-    for call in [c for c in clock.getDelayedCalls() if c.getTime() <= clock.seconds()]:
-        clock.calls.remove(call)
-        call.called = True
-        call.func(*call.args, **call.kw)
 
 
 class ReportLog:
@@ -99,11 +91,11 @@ def test_full_pass_deploys_everything_a_chunk_per_reactor_turn(tmp_path: Path) -
             seen.append(len(provider.runtimes))
             reported.append(len(session.reports))
             assert not fired
-            one_turn(clock)
+            turn(clock)
         chunk = local_module.CHUNK
         assert seen == [chunk, 2 * chunk, 3 * chunk] + [count] * 3
         assert reported == [0, 0, 0, chunk, 2 * chunk, 3 * chunk]
-        one_turn(clock)
+        turn(clock)
         assert fired == [None]
         try:
             converger.check()
@@ -130,7 +122,7 @@ def test_a_stopped_converger_ends_its_pass_at_the_next_chunk(tmp_path: Path) -> 
         converger.startService()
         assert len(provider.runtimes) == local_module.CHUNK
         converger.stopService()
-        one_turn(clock)
+        turn(clock)
         assert len(provider.runtimes) == local_module.CHUNK
     finally:
         local.stop()
@@ -223,9 +215,9 @@ def test_the_provider_observes_every_runtime_a_chunk_per_turn(tmp_path: Path,
         provider.observe().addCallback(answers.append)
         assert answers == []                 # the first chunk only
         provider.runtimes.pop("o249")        # gone before its chunk: not observed
-        one_turn(clock)
+        turn(clock)
         assert answers == []
-        one_turn(clock)
+        turn(clock)
         assert len(answers) == 1 and sorted(answers[0]) == [f"o{i:03d}" for i in range(249)]
         assert all(o.event is not None for o in answers[0].values())
         small: list[dict] = []

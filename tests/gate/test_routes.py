@@ -14,6 +14,7 @@ from faastwist.model.spec import FunctionSpec
 from faastwist.model.spec import PathAdaptor, RegexpReplace, RequestAdaptor
 from faastwist.store.base import Change
 from faastwist.store.memory import MemoryStore
+from tests.support.turns import turn
 
 
 class HeldStore(MemoryStore):
@@ -328,15 +329,6 @@ def test_a_spec_the_gate_cannot_compile_removes_its_route_only() -> None:
     assert table.lookup("good").active
 
 
-def _turn(clock: Clock) -> None:
-    """Run the calls due now that were scheduled before this turn (Clock.advance would
-    also run what they schedule, which a reactor leaves for its next turn)."""
-    for call in [c for c in clock.getDelayedCalls() if c.getTime() <= clock.seconds()]:
-        clock.calls.remove(call)
-        call.called = True
-        call.func(*call.args, **call.kw)
-
-
 def _filled(count: int) -> MemoryStore:
     store = MemoryStore()
     for i in range(count):
@@ -351,7 +343,7 @@ def test_a_rebuild_takes_500_routes_per_turn_and_no_empty_turn() -> None:
         table.startService()
         for _ in range(turns):
             assert not table.synced, count
-            _turn(clock)
+            turn(clock)
         assert table.synced and len(table.names()) == count, count
         assert clock.getDelayedCalls() == [], count
 
@@ -363,7 +355,7 @@ def test_a_rebuild_overtaken_by_a_new_listing_stops_and_starts_no_watch() -> Non
     table.startService()               # the first chunk; the rest waits for turns
     table._sync()                      # a new listing (as a lost watch makes) meanwhile
     for _ in range(4):
-        _turn(clock)
+        turn(clock)
     assert table.synced and len(table.names()) == 1001
     assert len(store._watches) == 1    # the overtaken rebuild neither swapped nor watched
 
