@@ -21,7 +21,7 @@ COVERAGE_FLOOR := $(if $(FAASTWIST_ENVTEST),,--cov-fail-under=$(COVERAGE_FLOOR_N
 # `make mutate MUTATE_ARGS="gate/adaptor -j 1"`: some modules, fewer jobs (.ci/mutate.py)
 MUTATE_ARGS ?=
 # the fast tier: no root, no apt, no external process (markers in setup.cfg)
-UNIT_MARKERS := not etcd and not envtest and not slow and not process and not e2e and not nats and not cluster
+UNIT_MARKERS := not etcd and not envtest and not slow and not process and not e2e and not nats and not cluster and not sandbox
 # tests and `make run` use the working tree's code over the installed copy
 export PYTHONPATH := $(CURDIR)
 

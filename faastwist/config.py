@@ -17,7 +17,7 @@ import attrs
 import yaml
 
 from faastwist.util.fields import FieldError, FieldReader
-from faastwist.util.users import UserError, resolve_identity
+from faastwist.util.users import UidRange, UserError, resolve_identity
 from faastwist.model.spec import check_name, SpecError
 
 
@@ -83,6 +83,11 @@ class ProcessConfig:
     user: str = ""        # empty: nobody when the node runs as root, else the node's user
     group: str = ""
     config_dir: str = ""  # the folder of controller.yaml (files there may be staged)
+    #: a uid per function from this range (a root node with no ``user`` set)
+    uid_range: str = "200000-265535"
+    disk_limit: int = 128 * 2**20    # bytes of a replica's HOME and of its /tmp (tmpfs)
+    pids_limit: int = 512            # processes and threads of one function (per uid)
+    network: str = "host"            # host | none (sandbox.Network)
 
 
 ANONYMOUS = ("none", "read", "admin")
@@ -287,9 +292,16 @@ def _read_process(reader: FieldReader, base: Path) -> ProcessConfig:
         user=reader.string("user", ""),
         group=reader.string("group", ""),
         config_dir=str(base.resolve()),
+        uid_range=reader.string("uidRange", "200000-265535"),
+        disk_limit=reader.size("diskLimit", 128 * 2**20),
+        pids_limit=reader.integer("pidsLimit", 512, low=16),
+        network=reader.choice("network", ("host", "none"), "host"),
     )
+    if config.disk_limit < 2**20:
+        raise reader.fail("diskLimit", f"must be at least 1Mi, got {config.disk_limit}")
     try:
         resolve_identity(config.user, config.group)
+        UidRange.parse(config.uid_range)
     except UserError as exc:
         raise reader.fail(exc.key, exc.problem) from None
     return config

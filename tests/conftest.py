@@ -7,25 +7,35 @@ from typing import Iterator
 
 import pytest
 
+from tests.support.facilities import sandbox_unavailable
 from tests.support.k8s import ENV_VAR, Envtest, envtest_unavailable
 from tests.support.properties import load_profile
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Without FAASTWIST_ENVTEST the ``envtest`` tests are deselected (counted as such),
-    not skipped: a skip would look like a test that ran and had nothing to check."""
-    if os.environ.get(ENV_VAR):
-        return
-    deselected = [item for item in items if item.get_closest_marker("envtest")]
+    not skipped: a skip would look like a test that ran and had nothing to check. The
+    same for the ``sandbox`` tests where no sandbox can be made (tests/support/facilities)."""
+    missing = set()
+    if not os.environ.get(ENV_VAR):
+        missing.add("envtest")
+    if any(item.get_closest_marker("sandbox") for item in items) and sandbox_unavailable():
+        missing.add("sandbox")
+    deselected = [item for item in items
+                  if any(item.get_closest_marker(marker) for marker in missing)]
     if deselected:
-        items[:] = [item for item in items if not item.get_closest_marker("envtest")]
+        items[:] = [item for item in items if item not in deselected]
         config.hook.pytest_deselected(items=deselected)
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    if os.environ.get(ENV_VAR):
-        return f"{ENV_VAR}={os.environ[ENV_VAR]}: the envtest tests run"
-    return f"{ENV_VAR} is not set: the envtest tests are deselected"
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    lines = [f"{ENV_VAR}={os.environ[ENV_VAR]}: the envtest tests run"
+             if os.environ.get(ENV_VAR) else
+             f"{ENV_VAR} is not set: the envtest tests are deselected"]
+    reason = sandbox_unavailable()
+    lines.append(f"the sandbox tests are deselected: {reason}" if reason
+                 else "function sandboxes can be made: the sandbox tests run")
+    return lines
 
 # Hypothesis: no per-example deadline (tests/support/properties.py says why); the
 # mutation runner selects its own profile there

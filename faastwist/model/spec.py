@@ -262,6 +262,24 @@ def _read_rate_limit(reader: FieldReader) -> RateLimit | None:
     return RateLimit(float(rps), burst)
 
 
+#: Environment variables a spec may not set: they change what the dynamic loader, a
+#: shell or an interpreter loads or runs before the function's own code (a function
+#: would otherwise run a library of its own choosing in any helper that kept them), and
+#: faastwist's own markers.
+LOADER_PREFIXES = ("LD_", "PYTHON", "BASH_FUNC_", "FAASTWIST_", "PERL5")
+LOADER_NAMES = frozenset({"BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS4", "IFS",
+                          "PERLLIB", "PERLIO", "RUBYOPT", "RUBYLIB", "NODE_OPTIONS",
+                          "NODE_PATH", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "GLIBC_TUNABLES",
+                          "GCONV_PATH", "HOSTALIASES", "LOCALDOMAIN", "RES_OPTIONS",
+                          "NLSPATH", "LOCPATH", "GETCONF_DIR"})
+
+
+def loader_variable(key: str) -> bool:
+    """Whether ``key`` is one a spec's ``env`` may not set (case-insensitive)."""
+    upper = key.upper()
+    return upper in LOADER_NAMES or upper.startswith(LOADER_PREFIXES)
+
+
 @attrs.frozen
 class FunctionSpec:
     """One function, as the operator wrote it (after validation and defaults)."""
@@ -333,6 +351,11 @@ class FunctionSpec:
             max_attempts=reader.integer("maxAttempts", 0, 0, 100),
         )
         reader.finish()
+        for key in spec.env:
+            if loader_variable(key):
+                raise SpecError(f"env.{key}", "is refused: it changes how programs load or "
+                                              "start (LD_*, PYTHON*, ...: see README, "
+                                              "Function isolation)")
         if spec.env_process and not spec.env_process.strip():
             raise SpecError("envProcess", "must not be blank")
         for index, secret in enumerate(spec.secrets):

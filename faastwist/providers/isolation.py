@@ -83,7 +83,7 @@ def launch_prefix(identity: Identity, rlimits: Mapping[str, int] = {},
         if rlimits:
             prefix.append(tools.prlimit)
             for name, value in sorted(rlimits.items()):
-                option = {"RLIMIT_AS": "--as", "RLIMIT_CPU": "--cpu"}[name]
+                option = {"RLIMIT_AS": "--as", "RLIMIT_CPU": "--cpu", "RLIMIT_NPROC": "--nproc"}[name]
                 prefix.append(f"{option}={value}:{value}")
             prefix.append("--")
         prefix.append(tools.setpriv)
@@ -157,7 +157,7 @@ class Staging:
 
 
 def plan_command(spec: FunctionSpec, identity: Identity, workdir: str, path: str,
-                 home: str, stage_roots: Sequence[str], forbidden: Sequence[str] = ()
+                 code: str, stage_roots: Sequence[str], forbidden: Sequence[str] = ()
                  ) -> Staging:
     """Resolve and, where needed, stage every file ``command`` names; SpecError naming
     ``command`` when the function user could not run it."""
@@ -199,7 +199,7 @@ def plan_command(spec: FunctionSpec, identity: Identity, workdir: str, path: str
             raise SpecError("command", f"{element!r} is larger than {STAGE_MAX_BYTES} bytes: "
                                        f"too large to copy; make it readable by user "
                                        f"{identity.user} where it is")
-        target = os.path.join(home, "code", os.path.relpath(real, root))
+        target = os.path.join(code, os.path.relpath(real, root))
         copies.append((real, target))
         argv.append(target)
     return Staging(tuple(argv), tuple(copies))
@@ -215,39 +215,105 @@ def functions_root(data_dir: str, identity: Identity, token: str) -> tuple[str, 
     return os.path.join(SYSTEM_ROOT, token), (SYSTEM_ROOT,)
 
 
-def prepare_home(home: str, identity: Identity, passthrough: Sequence[str]) -> None:
-    """Create the function's folder (0700, its user's) under folders it may pass
-    through but not list (mode 0711)."""
-    functions = os.path.dirname(home)
+@attrs.frozen
+class FunctionFolders:
+    """A function's folders on the host: ``root`` (the node's, mode 0711), ``code``
+    inside it (the staged copies: the node's, read-only for everyone else) and
+    ``home`` inside it (its HOME and working folder: a tmpfs mount point in the
+    sandbox, else a folder of the function's uid)."""
+
+    root: str
+
+    @property
+    def code(self) -> str:
+        return os.path.join(self.root, "code")
+
+    @property
+    def home(self) -> str:
+        return os.path.join(self.root, "home")
+
+
+def _fresh_folder(path: str, mode: int) -> None:
+    """``path`` as a real folder of this process's user with ``mode``: whatever else is
+    there (a symlink, a file, a folder someone else owns) is removed first, without
+    following a link (shutil.rmtree does not follow them on Linux)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        info = None
+    if info is not None and (not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid()):
+        if stat.S_ISDIR(info.st_mode):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+        info = None
+    if info is None:
+        os.mkdir(path, mode)
+    os.chmod(path, mode, follow_symlinks=False)
+
+
+def prepare_folders(folders: FunctionFolders, identity: Identity,
+                    passthrough: Sequence[str], sandboxed: bool) -> None:
+    """Create the function's folders. The node owns ``root`` and ``code``, so the
+    function can never plant a link or a file where the node later copies, changes
+    modes or runs anything; ``home`` is a mount point in the sandbox, else the
+    function's own (0700)."""
+    functions = os.path.dirname(folders.root)
     os.makedirs(functions, exist_ok=True)
     if identity.switch:
         for folder in (*passthrough, functions):
             mode = stat.S_IMODE(os.stat(folder).st_mode)
             os.chmod(folder, (mode & ~0o066) | 0o011)
-    os.makedirs(home, mode=HOME_MODE, exist_ok=True)
-    if identity.switch:
-        os.chown(home, identity.uid, identity.gid)
-        os.chmod(home, HOME_MODE)
+    _fresh_folder(folders.root, 0o711)
+    _fresh_folder(folders.code, 0o755)
+    if sandboxed or not identity.switch:
+        _fresh_folder(folders.home, HOME_MODE if not identity.switch else 0o755)
+        return
+    # no sandbox: the home is on disk and the function's own
+    try:
+        info = os.lstat(folders.home)
+    except FileNotFoundError:
+        info = None
+    if info is None or not stat.S_ISDIR(info.st_mode) or info.st_uid != identity.uid:
+        if info is not None:
+            _fresh_folder(folders.home, HOME_MODE)   # someone else's: start clean
+        else:
+            os.mkdir(folders.home, HOME_MODE)
+        os.chown(folders.home, identity.uid, identity.gid, follow_symlinks=False)
+    os.chmod(folders.home, HOME_MODE, follow_symlinks=False)
 
 
-def stage(staging: Staging, identity: Identity) -> None:
-    """Copy the staged files (read-only for the function; its folder owns them)."""
+def stage(staging: Staging) -> None:
+    """Copy the staged files into the node's code folder (0444, or 0555 for a program):
+    never through a link, never into a folder the function could write."""
     for source, target in staging.copies:
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
+        folder = os.path.dirname(target)
+        _make_folders(folder)
+        temporary = f"{target}.staging"
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
         executable = os.stat(source).st_mode & 0o111
-        os.chmod(target, 0o555 if executable else 0o444)
-        folder = Path(target).parent
-        home = Path(target)
-        while home.name != "code":
-            home = home.parent
-        if identity.switch:
-            while True:
-                os.chown(folder, identity.uid, identity.gid)
-                if folder == home:
-                    break
-                folder = folder.parent
-            os.chown(target, identity.uid, identity.gid)
+        with open(source, "rb") as reader:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                         0o600)
+            with os.fdopen(fd, "wb") as writer:
+                shutil.copyfileobj(reader, writer)
+                os.fchmod(writer.fileno(), 0o555 if executable else 0o444)
+        os.replace(temporary, target)
+
+
+def _make_folders(folder: str) -> None:
+    """``os.makedirs`` that refuses to pass through a symlink."""
+    missing: list[str] = []
+    while not os.path.lexists(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    if os.path.islink(folder):
+        raise OSError(f"{folder} is a symlink: not staging through it")
+    for path in reversed(missing):
+        os.mkdir(path, 0o755)
 
 
 def remove_home(home: str) -> None:

@@ -40,30 +40,15 @@ from faastwist.providers.base import (
     UpstreamLease,
 )
 from faastwist.providers.logfile import FunctionLog, read_lines
-from faastwist.providers.secretfiles import SECRETS_DIR_VAR, SecretFiles, find_bwrap
-from faastwist.providers.watchdogd import (
-    DEFAULT_TIMEOUT_VAR,
-    FORK_PREFIX_VAR,
-    fprocess_argv,
-    watchdog_argv,
-)
-from faastwist.providers.watchdogenv import read_settings
+from faastwist.providers.classicwatchdog import SETTINGS_VAR
+from faastwist.providers.launch import Launcher
+from faastwist.providers.sandbox import Network
+from faastwist.providers.secretfiles import SecretFiles
+from faastwist.providers.watchdogenv import fprocess_argv, read_settings, settings_json
 from faastwist.store.base import StoreError
 from faastwist.store.secrets import SecretStore, reveal_deferred
 from faastwist.providers.orphans import GATE_PID_VAR, OWNER_VAR, kill_orphans, owner_token
-from faastwist.providers.isolation import (
-    SYSTEM_ROOT,
-    Staging,
-    Tools,
-    function_env,
-    functions_root,
-    launch_prefix,
-    plan_command,
-    prepare_home,
-    remove_home,
-    search_path,
-    stage,
-)
+from faastwist.providers.isolation import Tools
 from faastwist.providers.limits import (Cgroup, Cgroups, Limits, detect_cgroups, limits_for,
                                         looks_oom)
 from faastwist.providers.replica import ExitInfo, Replica
@@ -71,7 +56,7 @@ from faastwist.providers.runtime import HttpRuntime, Tuning
 from faastwist.providers.watchdog import ForkRuntime, Watchdog
 from faastwist.model.spec import FunctionSpec, ProcessMode, SpecError
 from faastwist.util.ports import free_port
-from faastwist.util.users import Identity, resolve_identity
+from faastwist.util.users import Identity
 
 log = Logger()
 
@@ -107,18 +92,22 @@ class ProcessProvider(Service):
         self.reactor = reactor
         self.metrics = metrics or Metrics()
         self.workdir = os.path.abspath(workdir or os.getcwd())
-        #: who the children run as (never root: see faastwist.util.users)
-        self.identity = identity or resolve_identity(config.user, config.group)
         node_env = os.environ if base_env is None else base_env
-        self.path = search_path(node_env.get("PATH", os.defpath), self.identity)
         self.data_dir = os.path.abspath(config.data_dir)
         if stage_roots is None:
             stage_roots = [config.config_dir] if config.config_dir else []
-        self.stage_roots = tuple(stage_roots)
+        self.token = owner_token(controller, config.data_dir)
+        #: who the children run as (never root; a uid per function) and in which
+        #: sandbox: faastwist.providers.launch
+        self.launcher = Launcher(config, self.token, workdir=self.workdir,
+                                 node_path=node_env.get("PATH", os.defpath),
+                                 identity=identity, stage_roots=tuple(stage_roots),
+                                 tools=tools, sandbox=sandbox)
+        self.identity = self.launcher.identity
+        self.path = self.launcher.path
         #: the node's own ports (or a callable giving them now): a spec's port may not
         #: be one of them
         self.reserved_ports = reserved_ports
-        self.tools = tools or Tools.find()
         #: cgroups for limits (v2, else v1: found at start), or None: rlimits apply
         self.cgroups: Cgroups | None = None
         self._detect_cgroups = cgroups == "detect"
@@ -131,12 +120,9 @@ class ProcessProvider(Service):
         self.log_dir = Path(config.data_dir) / "logs"
         self.log_max_bytes = log_max_bytes
         self.scale_interval = scale_interval
-        self.token = owner_token(controller, config.data_dir)
-        self.functions_dir, self.passthrough = functions_root(config.data_dir, self.identity,
-                                                              self.token)
+        self.functions_dir = self.launcher.functions_dir
         self.runtimes: dict[str, Runtime] = {}
         self.logs: dict[str, FunctionLog] = {}
-        self._staged: dict[str, tuple[tuple[str, ...], Staging]] = {}
         self.threads = ThreadPool(minthreads=0, maxthreads=2, name="process-provider")
         self._loop: LoopingCall | None = None
         #: called with a function's name when its observation changes on its own (ready,
@@ -148,23 +134,25 @@ class ProcessProvider(Service):
         self._described: dict[str, tuple[Observation, Observation]] = {}
         #: where the functions' secrets come from (the node sets it); None: no secrets
         self.secrets: SecretStore | None = None
-        self.secret_files = SecretFiles(
-            Path(self.functions_dir) / ".secrets", self.identity,
-            find_bwrap(launch_prefix(self.identity, tools=self.tools)) if sandbox else None)
+        self.secret_files = SecretFiles(Path(self.functions_dir) / ".secrets",
+                                        self.launcher.identity_of)
 
     # -- service ---------------------------------------------------------------------
     def startService(self) -> None:
         super().startService()
         kill_orphans(self.token)
+        self.launcher.start()
         self.secret_files.prepare()
         # the function user must not read the logs of any function
         self.log_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.log_dir, 0o700)
         if self._detect_cgroups:
             self.cgroups = detect_cgroups(self.token)
-        log.info("functions run as {user}:{group} in {folder}; limits by {how}",
-                 user=self.identity.user, group=self.identity.group,
-                 folder=self.functions_dir,
+        log.info("functions run as {user} in {folder}; sandbox: {sandbox}; limits by {how}",
+                 user=("a uid each from process.uidRange " + self.config.uid_range
+                       if self.launcher.uid_range is not None
+                       else f"{self.identity.user}:{self.identity.group}"),
+                 folder=self.functions_dir, sandbox=self.launcher.sandbox.describe(),
                  how=f"cgroup {self.cgroups.kind}" if self.cgroups is not None else "rlimits")
         self.threads.start()
         self._loop = LoopingCall(self._tick)
@@ -187,15 +175,7 @@ class ProcessProvider(Service):
             self.secret_files.clear()
             if self.cgroups is not None:
                 self.cgroups.close()   # the replicas' cgroups (and v1's node parents)
-            if self.functions_dir.startswith(SYSTEM_ROOT + "/"):
-                # outside the data folder they are scratch: staged copies, working
-                # folders; the next start stages again
-                remove_home(self.functions_dir)
-            else:
-                try:
-                    os.rmdir(self.functions_dir)   # gone when no function is left
-                except OSError:
-                    pass
+            self.launcher.finish()
         return DeferredList(stops, consumeErrors=True).addCallback(finish)
 
     def _tick(self) -> None:
@@ -215,63 +195,38 @@ class ProcessProvider(Service):
         return function_log
 
     def home(self, name: str) -> str:
-        """The function's own folder: its HOME and working folder."""
-        return os.path.join(self.functions_dir, name)
+        """The function's HOME and working folder (a tmpfs of its own in the sandbox)."""
+        return self.launcher.folders(name).home
+
+    def _own(self) -> dict[str, str]:
+        """The markers every function process carries (orphans.py)."""
+        return {OWNER_VAR: self.token, GATE_PID_VAR: str(os.getpid())}
 
     def _env(self, spec: FunctionSpec, port: int | None) -> dict[str, str]:
-        own = {"FAASTWIST_FUNCTION": spec.name, OWNER_VAR: self.token,
-               GATE_PID_VAR: str(os.getpid())}
-        _, secrets_dir = self.secret_files.sandbox(spec.name, bool(spec.secrets))
-        if secrets_dir is not None:
-            own[SECRETS_DIR_VAR] = secrets_dir
-        return function_env(spec, self.identity, self.home(spec.name), self.path, port, own)
+        own = {"FAASTWIST_FUNCTION": spec.name, **self._own()}
+        return self.launcher.environment(spec, port, own, self._secrets_folder(spec))
 
-    def _plan(self, spec: FunctionSpec) -> Staging:
-        return plan_command(spec, self.identity, self.workdir, self.path,
-                            self.home(spec.name), self.stage_roots, (self.data_dir,))
+    def _secrets_folder(self, spec: FunctionSpec) -> str | None:
+        return self.secret_files.path(spec.name) if spec.secrets else None
 
-    def _watchdog_argv(self, spec: FunctionSpec, env: dict[str, str],
-                       cgroup: Cgroup | None) -> list[str]:
-        """A watchdog replica: the node's own code (its interpreter, which the function
-        user may not be able to run) in the function's cgroup, session and sandbox; each
-        request's process gets the function user's launch prefix (``env``)."""
-        prepare_home(self.home(spec.name), self.identity, self.passthrough)
-        limits = self.limits(spec)
+    def _launch(self, spec: FunctionSpec, program: list[str], env: Mapping[str, str],
+                cgroup: Cgroup | None, network: Network | None = None
+                ) -> tuple[list[str], dict[str, str]]:
+        """(argv, launch environment) of one process of ``spec`` (launch.py)."""
         procs = cgroup.procs if cgroup is not None else None
-        fork_prefix = launch_prefix(self.identity, dict(limits.rlimits), None, tools=self.tools)
-        full = launch_prefix(self.identity, dict(limits.rlimits), procs, tools=self.tools)
-        join = list(full[:len(full) - len(fork_prefix)])
+        return self.launcher.launch(spec, program, env, dict(self.limits(spec).rlimits),
+                                    procs, self._own(), self._secrets_folder(spec),
+                                    network)
+
+    def _program(self, spec: FunctionSpec, env: dict[str, str]) -> list[str]:
+        """What runs inside the sandbox: the staged command, or (envProcess) the classic
+        watchdog with its checked settings."""
+        staging = self.launcher.prepare(spec)
+        if not spec.watchdog:
+            return list(staging.argv)
         env["fprocess"] = spec.env_process
-        env[DEFAULT_TIMEOUT_VAR] = repr(spec.timeout)
-        env[FORK_PREFIX_VAR] = json.dumps(list(fork_prefix))
-        setsid = [self.tools.setsid] if self.tools.setsid else []
-        sandbox, _ = self.secret_files.sandbox(spec.name, bool(spec.secrets))
-        return [*join, *setsid, *sandbox, *watchdog_argv(env)]
-
-    def _argv(self, spec: FunctionSpec, cgroup: Cgroup | None = None) -> list[str]:
-        """The whole argv: the launch prefix, then the command as staged for the
-        function user (planned and copied once per command, not per process)."""
-        command = spec.command
-        cached = self._staged.get(spec.name)
-        if cached is None or cached[0] != command:
-            try:
-                staging = self._plan(spec)
-                prepare_home(self.home(spec.name), self.identity, self.passthrough)
-                stage(staging, self.identity)
-            except (SpecError, OSError) as exc:
-                # it passed check_spec: a file changed since; the start fails visibly
-                log.warn("function {name}: cannot prepare its command: {error}",
-                         name=spec.name, error=str(exc))
-                staging = Staging(command, ())
-            cached = (command, staging)
-            self._staged[spec.name] = cached
-        limits = self.limits(spec)
-        procs = cgroup.procs if cgroup is not None else None
-        prefix = launch_prefix(self.identity, dict(limits.rlimits), procs, tools=self.tools)
-        # bubblewrap behind the launch prefix: the function's session and process group
-        # hold the sandbox's monitor too, so stopping the group stops both
-        sandbox, _ = self.secret_files.sandbox(spec.name, bool(spec.secrets))
-        return [*prefix, *sandbox, *cached[1].argv]
+        env[SETTINGS_VAR] = settings_json(read_settings(spec, classic=True))
+        return self.launcher.watchdog_program()
 
     def limits(self, spec: FunctionSpec) -> Limits:
         return limits_for(spec, self.cgroups)
@@ -314,9 +269,8 @@ class ProcessProvider(Service):
             if cgroup is not None:
                 self.reactor.callLater(3.0, cgroup.remove)
             return attrs.evolve(info, oom=oom) if oom else info
-        argv = (self._watchdog_argv(spec, env, cgroup) if spec.watchdog
-                else self._argv(spec, cgroup))
-        return Replica(self.reactor, spec.name, argv, env,
+        argv, launch_env = self._launch(spec, self._program(spec, env), env, cgroup)
+        return Replica(self.reactor, spec.name, argv, launch_env,
                        self.home(spec.name), port, spec.readiness_path, self._log(spec.name),
                        on_ready, on_exit, classify=classify)
 
@@ -327,10 +281,12 @@ class ProcessProvider(Service):
         def env() -> dict[str, str]:
             return self._env(watchdog.spec, None)
 
-        def argv() -> list[str]:
-            return self._argv(watchdog.spec, cgroup)
-        self._argv(spec)   # the folder exists before the first request
-        watchdog = Watchdog(self.reactor, read_settings(spec, classic=False), argv, env,
+        def launch(env: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
+            spec = watchdog.spec
+            return self._launch(spec, list(self.launcher.prepare(spec).argv), env, cgroup,
+                                self.launcher.network)
+        self.launcher.prepare(spec)   # the folders exist before the first request
+        watchdog = Watchdog(self.reactor, read_settings(spec, classic=False), launch, env,
                             self.home(spec.name), self._log(spec.name),
                             oom=self._oom_judge(spec, cgroup))
         watchdog.spec = spec
@@ -383,6 +339,7 @@ class ProcessProvider(Service):
         if spec.port is not None and spec.port in reserved:
             raise SpecError("port", f"{spec.port} is one of this node's own ports (gate, "
                                     f"admin, etcd, queue); a function may not claim it")
+        self.launcher.check(spec)
         if spec.watchdog:
             read_settings(spec, classic=True)
             try:
@@ -390,13 +347,13 @@ class ProcessProvider(Service):
             except ValueError as exc:
                 raise SpecError("envProcess", str(exc)) from None
             try:
-                self._plan(attrs.evolve(spec, command=(program,), env_process=""))
+                self.launcher.plan(attrs.evolve(spec, command=(program,), env_process=""))
             except SpecError as exc:
                 raise SpecError("envProcess", exc.problem) from None
             return
         if spec.mode is ProcessMode.FORK:
             read_settings(spec, classic=False)
-        self._plan(spec)
+        self.launcher.plan(spec)
 
     @inlineCallbacks
     def observe(self, names: Sequence[str] | None = None):
@@ -422,7 +379,7 @@ class ProcessProvider(Service):
         last = self._described.get(observation.name)
         if last is not None and last[0] is observation:  # unchanged: the same answer
             return last[1]
-        extra = {"user": f"{self.identity.user}:{self.identity.group}",
+        extra = {**self.launcher.describe(observation.name),
                  **self.limits(runtime.spec).describe()}
         described = attrs.evolve(observation, ext_data={**extra, **observation.ext_data})
         self._described[observation.name] = (observation, described)
@@ -497,10 +454,10 @@ class ProcessProvider(Service):
         runtime = self.runtimes.pop(name, None)
         self._announced.pop(name, None)
         stopping = runtime.stop() if runtime is not None else succeed(None)
-        self._staged.pop(name, None)
 
         def remove_logs(_: object) -> None:
-            remove_home(self.home(name))
+            self.launcher.remove(name)
+            self.launcher.forget(name)
             self.secret_files.remove(name)
             function_log = self.logs.pop(name, None)
             if function_log is None:

@@ -6,7 +6,7 @@ head as ``Http_*`` environment variables, and answers with its stdout. A non-zer
 is a 500 carrying the output; the function's timeout kills the process group (504),
 ``exec_timeout``/``write_timeout`` too (500, as the classic watchdog answers);
 ``max_inflight`` refuses with 429. Fork-mode functions run it inside the gate;
-envProcess functions run it as each replica's process (watchdogd.py).
+envProcess replicas run classicwatchdog.py instead, inside their sandbox.
 ``ForkRuntime`` is what the provider keeps per fork-mode function: the listener while
 the function runs, nothing while it is stopped.
 """
@@ -123,18 +123,19 @@ class _ForkResource(Resource):
 class Watchdog:
     """An HTTP listener that runs a command per request. ``settings`` are read per
     request, so an update takes effect on the next request without a restart. In the
-    process provider it serves fork-mode functions in-process; ``watchdogd`` runs it
-    as each replica of an envProcess function (OpenFaaS's classic watchdog)."""
+    process provider it serves fork-mode functions in-process."""
 
     def __init__(self, reactor: IReactorProcess, settings: WatchdogSettings,
-                 executable_argv: Callable[[], Sequence[str]],
+                 launch: Callable[[Mapping[str, str]], tuple[Sequence[str], Mapping[str, str]]],
                  env: Callable[[], Mapping[str, str]], cwd: str, sink: LogSink,
                  oom: Callable[[int | None, Sequence[str]], bool] | None = None) -> None:
         self.reactor = reactor
         self.settings = settings
         self.spec: FunctionSpec | None = None
         self.name = settings.name
-        self.executable_argv = executable_argv
+        #: (the function's environment) -> (argv, the launch's own environment): the
+        #: request's variables reach only the function's process (sandbox.py)
+        self.launch = launch
         self.env = env
         self.cwd = cwd
         self.sink = sink
@@ -216,12 +217,14 @@ class Watchdog:
         env = dict(self.env())
         env.update(header_env(request.requestHeaders.getAllRawHeaders(), request.method,
                               request.uri, request.getHeader(b"host") or b"", len(body)))
-        argv = list(self.executable_argv())
+        argv, launch_env = self.launch(env)
+        argv = list(argv)
         if settings.classic:
             self._log("Forking fprocess.")
         try:
-            self.reactor.spawnProcess(protocol, argv[0], argv, env=env, path=self.cwd)
-        except OSError as exc:
+            self.reactor.spawnProcess(protocol, argv[0], argv, env=dict(launch_env),
+                                      path=self.cwd)
+        except (OSError, ValueError) as exc:   # ValueError: a NUL in an argument
             release(None)
             self._answer(request, gone, 500, f"cannot start {argv[-1]}: {exc}\n")
             return

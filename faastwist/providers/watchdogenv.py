@@ -9,6 +9,8 @@ and each request's head becomes ``Http_*`` variables for the forked process.
 
 from __future__ import annotations
 
+import json
+import shlex
 from typing import Iterable, Mapping
 
 import attrs
@@ -120,3 +122,17 @@ def header_env(headers: Iterable[tuple[bytes, Iterable[bytes]]], method: bytes, 
     env["Http_Host"] = host.decode("latin-1")
     env["Http_ContentLength"] = str(content_length)
     return env
+
+
+def fprocess_argv(fprocess: str) -> list[str]:
+    """envProcess split as a shell would split words (no shell runs it), or ValueError."""
+    argv = shlex.split(fprocess)
+    if not argv:
+        raise ValueError("is empty")
+    return argv
+
+
+def settings_json(settings: WatchdogSettings) -> str:
+    """The checked settings as the classic watchdog replica reads them
+    (classicwatchdog.py: it cannot import this module)."""
+    return json.dumps(attrs.asdict(settings))

@@ -9,9 +9,11 @@ error, not silently ignored).
 from __future__ import annotations
 
 import grp
+import hashlib
 import os
 import pwd
 import stat
+from typing import Callable
 
 import attrs
 
@@ -114,4 +116,57 @@ def can_access(path: str, uid: int, gids: tuple[int, ...], want: int) -> bool:
                 return False
         return _allowed(os.stat(real), uid, gids, want)
     except OSError:
+        return False
+
+
+@attrs.frozen
+class UidRange:
+    """``process.uidRange``: the uids (and gids, the same numbers) functions run as, one
+    per function, so that no function can signal, trace or read another."""
+
+    first: int
+    last: int
+
+    @classmethod
+    def parse(cls, text: str) -> "UidRange":
+        """``FIRST-LAST``; UserError naming ``uidRange`` when it is not a usable range."""
+        first, sep, last = text.strip().partition("-")
+        if not sep or not first.strip().isdigit() or not last.strip().isdigit():
+            raise UserError("uidRange", f"must be FIRST-LAST (e.g. 200000-265535), "
+                                        f"got {text!r}")
+        low, high = int(first), int(last)
+        if low < 1000 or high < low or high >= 2**32 - 1:
+            raise UserError("uidRange", f"must lie within 1000-4294967294 with FIRST <= "
+                                        f"LAST, got {text!r}")
+        return cls(low, high)
+
+    @property
+    def size(self) -> int:
+        return self.last - self.first + 1
+
+    def uid_for(self, name: str, taken: Callable[[int], bool] = lambda uid: False) -> int:
+        """The function's uid: from a hash of its name, the next free one when another
+        function (or an account of this machine) holds it; UserError when all are taken."""
+        start = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") % self.size
+        for step in range(self.size):
+            uid = self.first + (start + step) % self.size
+            if not taken(uid):
+                return uid
+        raise UserError("uidRange", f"all {self.size} uids are taken")
+
+    def identity(self, uid: int) -> Identity:
+        return Identity(str(uid), uid, str(uid), uid, switch=True)
+
+
+def account_exists(uid: int) -> bool:
+    """A uid of this machine's accounts (or a group's gid): never given to a function."""
+    try:
+        pwd.getpwuid(uid)
+        return True
+    except KeyError:
+        pass
+    try:
+        grp.getgrgid(uid)
+        return True
+    except KeyError:
         return False

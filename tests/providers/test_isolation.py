@@ -49,16 +49,15 @@ def readable(path):
         return False
 def listable(path):
     try:
-        os.listdir(path)
-        return True
+        return os.listdir(path)
     except OSError:
-        return False
+        return None
 data = os.environ["PROBE_DATA"]
 report = {"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(),
           "cwd": os.getcwd(), "env": dict(os.environ),
           "log": readable(os.path.join(data, "logs", "other.log")),
           "token": readable(os.path.join(data, "admin-tokens")),
-          "data": listable(data)}
+          "data": listable(data), "home": [os.stat(".").st_uid, os.stat(".").st_mode & 0o777]}
 """
 HTTP_REPORT = REPORT + """
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -88,17 +87,23 @@ def _check(report: dict, provider, name: str) -> None:
     env = report["env"]
     for key in SECRETS:
         assert key not in env, key
-    assert report["uid"] == provider.identity.uid
+    assert report["uid"] == provider.launcher.identity_of(name).uid
     if os.geteuid() == 0:
         assert report["uid"] != 0 and report["gid"] != 0 and 0 not in report["groups"]
-        assert not report["log"] and not report["token"] and not report["data"]
+        assert not report["log"] and not report["token"]
+        # the sandbox shows an empty folder in its place; without it, a closed one
+        assert report["data"] == ([] if provider.launcher.sandbox.available else None)
     assert report["cwd"] == provider.home(name) == env["HOME"]
     assert {k for k in env if not k.startswith("Http_")} <= {"PATH", "HOME", "USER", "LOGNAME", "PYTHONUNBUFFERED", "PORT",
                         "PROBE_DATA", "FAASTWIST_FUNCTION", "FAASTWIST_OWNER",
-                        "FAASTWIST_GATE_PID", "LC_CTYPE"}
+                        "FAASTWIST_GATE_PID", "LC_CTYPE", "PWD"}
     assert "/root" not in env["PATH"]
-    home = os.stat(provider.home(name))
-    assert (home.st_uid, home.st_mode & 0o777) == (provider.identity.uid, 0o700)
+    # its home is its own, 0700: a tmpfs in the sandbox (the folder on the host is the
+    # node's mount point), else the folder itself
+    assert report["home"] == [report["uid"], 0o700]
+    if provider.launcher.sandbox.available:
+        home = os.stat(provider.home(name))
+        assert (home.st_uid, home.st_mode & 0o777) == (os.geteuid(), 0o755)
 
 
 @pytest.mark.slow
@@ -122,7 +127,7 @@ async def test_http_and_fork_functions_run_unprivileged_with_a_clean_environment
         assert code == 200, body
         _check(json.loads(body), provider, spec.name)
     if os.geteuid() == 0:
-        staged = Path(provider.home("who-http")) / "code" / "report_http.py"
+        staged = Path(provider.launcher.folders("who-http").code) / "report_http.py"
         assert staged.read_text() == Path(http_script).read_text()
     await provider.delete("who-http")
     assert not os.path.exists(provider.home("who-http"))
@@ -201,16 +206,16 @@ def test_command_staging_rules(tmp_path):
     os.chmod(in_data, 0o644)
     outside = write_script(tmp_path, "elsewhere.py", "print('x')\n")
     path = search_path(os.environ["PATH"], identity)
-    home = str(tmp_path / "home")
+    code = str(tmp_path / "fn" / "code")
 
     def plan(*command):
         return plan_command(function_spec(command=list(command)), identity, str(tmp_path),
-                            path, home, [str(config_dir)], [str(data)])
+                            path, code, [str(config_dir)], [str(data)])
     staged = plan(PYTHON, "-u", script, "word")
-    assert staged.argv == (PYTHON, "-u", f"{home}/code/fn.py", "word")
-    assert staged.copies == ((str(Path(script).resolve()), f"{home}/code/fn.py"),)
+    assert staged.argv == (PYTHON, "-u", f"{code}/fn.py", "word")
+    assert staged.copies == ((str(Path(script).resolve()), f"{code}/fn.py"),)
     # a relative path is taken from the workdir (here tmp_path)
-    assert plan(PYTHON, "conf/fn.py").argv[1] == f"{home}/code/fn.py"
+    assert plan(PYTHON, "conf/fn.py").argv[1] == f"{code}/fn.py"
     for refused in (private, in_data, outside):
         with pytest.raises(SpecError, match="command: .*user nobody cannot read it"):
             plan(PYTHON, refused)

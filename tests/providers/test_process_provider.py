@@ -29,6 +29,7 @@ from tests.support.process import (
     REPO,
     alive,
     fast_tuning,
+    function_pids,
     function_spec,
     group_members,
     make_provider,
@@ -289,9 +290,12 @@ async def test_stop_and_delete_leave_no_process_behind(providers):
     await provider.deploy(spec)
     await wait_for(lambda: len(provider.runtimes["forker"].ready) == 2)
     lines = await provider.read_logs("forker")
-    workers = [int(l.text.split()[1]) for l in lines if l.text.startswith("worker")]
+    assert len([l for l in lines if l.text.startswith("worker")]) == 2
+    # the replicas and their sleeping children, as the host sees them (each replica
+    # has a PID namespace of its own: the pids it logs are not these)
+    workers = await wait_for(lambda: len(function_pids("forker")) == 4 and function_pids("forker"))
     pids = provider.pids("forker")
-    assert len(workers) == 2 and len(pids) == 2
+    assert len(pids) == 2
     assert all(alive(pid) for pid in workers + pids)
     await provider.stop(spec)
     assert (await observed(provider, "forker")).stopped

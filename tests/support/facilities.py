@@ -1,0 +1,32 @@
+"""What this machine offers the tests that need more than Python: checked once per run.
+
+A test that needs a facility carries its marker; where the facility is missing,
+tests/conftest.py deselects it and the report header says why (a skip would look like a
+test that ran and had nothing to check). Where the facility is present, the test runs and
+fails if the product does not use it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+
+
+@functools.lru_cache(maxsize=None)
+def sandbox_unavailable() -> str | None:
+    """Why function sandboxes cannot be made here (None: they can): the node must run
+    as root (a uid per function) and bubblewrap must make user and PID namespaces."""
+    if os.geteuid() != 0:
+        return "not root: a uid per function needs the node to run as root"
+    bwrap, setpriv = shutil.which("bwrap"), shutil.which("setpriv")
+    if bwrap is None or setpriv is None:
+        return "bubblewrap (bwrap) or setpriv is not installed"
+    probe = subprocess.run([setpriv, "--reuid", "200000", "--regid", "200000",
+                            "--clear-groups", bwrap, "--unshare-user", "--unshare-pid",
+                            "--ro-bind", "/", "/", "--proc", "/proc", "true"],
+                           capture_output=True, timeout=10, cwd="/")
+    if probe.returncode != 0:
+        return f"bwrap cannot make namespaces here: {probe.stderr.decode(errors='replace')}"
+    return None
