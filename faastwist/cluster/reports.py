@@ -14,8 +14,8 @@ vanish); the leader folds the reports of the *live* nodes (those whose
 
 ``extData`` gets ``nodes`` (``n0=ready n1=pending``), one ``node.<id>`` entry per node,
 ``replicas``: the fewest ready replicas any live node has (minReplica is per node),
-``user``/``memoryLimit``/``cpuLimit`` (once when every node says the same, else per
-node) and ``oomKills`` (the sum; then ``reason: OOM``).
+``user``/``sandbox``/``memoryLimit``/``cpuLimit``/``pidsLimit``/``diskLimit``/``network``
+(once when every node says the same, else per node) and ``oomKills`` (the sum; then ``reason: OOM``).
 """
 
 from __future__ import annotations
@@ -118,8 +118,9 @@ def aggregate(name: str, reports: Mapping[str, Report], live: Sequence[str]) -> 
                        serving_previous=all(r.serving_previous for r in pending))
 
 
-#: what each node says about how it runs the function (its user, how limits apply)
-_SHARED = ("user", "memoryLimit", "cpuLimit")
+#: what each node says about how it runs the function (its user, its sandbox, how limits
+#: apply)
+_SHARED = ("user", "sandbox", "memoryLimit", "cpuLimit", "pidsLimit", "diskLimit", "network")
 
 
 def _carry(ext: dict[str, str], reports: list[Report]) -> None:

@@ -106,7 +106,7 @@ for top in ("/var/lib/faastwist", os.environ["DATA"]):
     for folder, _, files in os.walk(top):
         for name in files:
             try:
-                if b"holder-secret-value" in open(os.path.join(folder, name), "rb").read():
+                if ("holder-secret-" + "value").encode() in open(os.path.join(folder, name), "rb").read():
                     found.append(os.path.join(folder, name))
             except OSError:
                 pass
@@ -267,8 +267,9 @@ def test_staging_never_follows_a_link_the_function_planted(hostile: FaasNodeProc
         assert attempts[name].startswith("refused: OSError [Errno 30]"), attempts
     # an update stages again (and a restart would too): the victim is untouched
     spec["env"]["ROUND"] = "2"
+    assert node.json("PUT", "/stager/stop")[0] == 200
     status, reply = node.json("PUT", "/stager", yaml.safe_dump(spec))
-    assert status == 200, reply
+    assert status == 200, reply    # inactive -> initial: the reconciler deploys it
     _wait(lambda: _invoke(node, "stager")[0] == 200, what="stager serving again")
     info = victim.stat()
     assert (info.st_uid, info.st_mode & 0o777, victim.read_text()) == (0, 0o600, "root only\n")
@@ -369,6 +370,7 @@ def test_processes_and_disk_are_limited(hostile: FaasNodeProcess) -> None:
     assert status == 200 and b"fork failed: BlockingIOError" in raw, raw
     status, document = node.json("GET", "/forker")
     ext = document["status"]["extData"]
+    print("extData:", ext)
     assert ext["pidsLimit"] == "RLIMIT_NPROC=64" and ext["diskLimit"] == str(16 * 2**20)
     assert ext["sandbox"].startswith("bubblewrap")
     # the node is fine
