@@ -18,7 +18,7 @@ import yaml
 from faastwist.providers.limits import CgroupV1Tree
 from tests.support.cli import wait_for
 from tests.support.node import FaasNodeProcess, http
-from tests.support.process import PYTHON
+from tests.support.process import PYTHON, function_pids
 
 pytestmark = pytest.mark.slow
 
@@ -103,7 +103,9 @@ def test_memory_and_cpu_limits_are_enforced_and_reported(tmp_path: Path) -> None
                      timeout=40)
 
         # CPU: about 0.2 of a core over 3 s of wall time, though it would take a whole one
-        pid = json.loads(http("GET", f"{node.gate_url}/function/spin/")[2])["pid"]
+        # the host's pid of the replica (the one it reports is its PID namespace's)
+        assert http("GET", f"{node.gate_url}/function/spin/")[0] == 200
+        pid = max(function_pids("spin"))
         if mechanism == "cgroup v1":
             folders = v1_folders(pid)
             assert len(folders) == 2 and all(f.parent.name.startswith("faastwist-")
@@ -119,7 +121,8 @@ def test_memory_and_cpu_limits_are_enforced_and_reported(tmp_path: Path) -> None
         assert status["extData"].get("cpuLimit", "").startswith(mechanism), status
 
         # memory: the allocation kills the replica (not the node), and the status says so
-        eater = json.loads(http("GET", f"{node.gate_url}/function/eat/")[2])["pid"]
+        assert http("GET", f"{node.gate_url}/function/eat/")[0] == 200
+        eater = max(function_pids("eat"))
         eater_cgroups = v1_folders(eater) if mechanism == "cgroup v1" else []
         assert all(f.is_dir() for f in eater_cgroups), eater_cgroups
         code, _, _ = http("GET", f"{node.gate_url}/function/eat/eat", timeout=30)
