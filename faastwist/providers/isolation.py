@@ -1,23 +1,26 @@
-"""What a function process may see: its user, its environment, its folder, its files.
+"""What a function process may see: its user, its environment, its folders, its files.
 
-Every child of the process provider (HTTP replicas and fork-mode processes) starts
-through one argv prefix that puts it into its own session (``setsid``), applies its
-resource limits (``prlimit``, or a cgroup it joins before anything else runs), and
-drops to the function identity (``setpriv``, which also asks for SIGTERM should the
-gate die). Its environment is built from scratch: ``PATH`` (the node's folders the
-function user may search), ``HOME`` (its own folder), ``PORT``, the spec's ``env``
+Every child of the process provider (HTTP replicas, fork-mode processes, envProcess
+replicas) starts through one argv prefix that puts it into its own session (``setsid``),
+applies its resource limits (``prlimit``, or a cgroup it joins before anything else runs),
+and drops to the function's identity (``setpriv``, which also asks for SIGTERM should the
+gate die); sandbox.py adds what follows. Its environment is built from scratch: ``PATH``
+(the node's folders the function user may search), ``HOME``, ``PORT``, the spec's ``env``
 and faastwist's own variables; never the node's tokens, ``NOTIFY_SOCKET`` or other
-settings. Its working folder is ``{data}/functions/{name}``, owned by the function
-user (mode 0700); the data folder itself is made 0711, so the function can reach its
-folder without listing or reading anything else there. When the folders above the data
-folder are closed to that user (a clone under root's home), the functions' folders go
-to ``/var/lib/faastwist/{token}`` instead.
+settings.
 
-A function's own files often sit where the function user cannot read them (a clone
-under root's home, mode 0700). Files named in ``command`` that lie inside the config
-folder and that their own mode lets anyone read are copied ("staged") into the
-function's folder, and ``command`` points at the copies; anything else the function
-user cannot reach makes the spec invalid (400 naming ``command``).
+A function's folders (``FunctionFolders``) are the node's: ``{functions}/{name}`` (0711)
+holds ``code/`` (the staged copies, read-only to everyone else) and ``home/`` (the
+function's HOME: a tmpfs mount point in the sandbox, else a folder of its uid). The data
+folder itself is made 0711, so a function can reach its folder without listing or reading
+anything else there. When the folders above the data folder are closed to function users
+(a clone under root's home), the functions' folders go to ``/var/lib/faastwist/{token}``.
+
+A function's own files often sit where its user cannot read them (a clone under root's
+home, mode 0700). Files named in ``command`` that lie inside the config folder and that
+their own mode lets anyone read are copied ("staged") into ``code/``, and ``command``
+points at the copies; anything else the function user cannot reach makes the spec
+invalid (400 naming ``command``). No copy ever follows a link.
 """
 
 from __future__ import annotations
@@ -314,7 +317,3 @@ def _make_folders(folder: str) -> None:
         raise OSError(f"{folder} is a symlink: not staging through it")
     for path in reversed(missing):
         os.mkdir(path, 0o755)
-
-
-def remove_home(home: str) -> None:
-    shutil.rmtree(home, ignore_errors=True)
