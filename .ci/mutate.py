@@ -83,6 +83,10 @@ TARGETS = (
     Target("faastwist/gate/exchange.py", ("tests/gate/test_access.py", "tests/gate/test_gate.py"),
            functions=("_check_key", "_check_rate")),
     Target("faastwist/queue/policy.py", ("tests/queue/test_policy.py",)),
+    # the sandbox's argv (its order is the isolation) and the uid per function
+    Target("faastwist/providers/sandbox.py", ("tests/providers/test_sandbox.py",)),
+    Target("faastwist/util/users.py", ("tests/providers/test_sandbox.py",),
+           functions=("parse", "uid_for", "identity", "account_exists")),
 )
 
 #: imported once in the parent, shared by every forked child (never faastwist itself,

@@ -9,6 +9,7 @@ import yaml
 from hypothesis import given, settings, strategies as st
 
 from faastwist.model.spec import (
+    loader_variable,
     AutoScaleType, FunctionSpec, HeaderAdaptor, PathAdaptor, ProcessMode, RateLimit,
     RegexpReplace, RequestAdaptor, SpecError, spec_from_yaml, spec_to_yaml,
 )
@@ -515,3 +516,21 @@ def test_provider_messages_exactly():
     assert problem("knative", image="i", command=["x"]) == (
         "command: is only for the process provider")
     FunctionSpec.from_dict({"name": "f", "envProcess": "cat"}).check_for_provider("process")
+
+
+@pytest.mark.parametrize("key", ["LD_PRELOAD", "LD_LIBRARY_PATH", "ld_audit", "PYTHONPATH",
+                                 "PYTHONSTARTUP", "BASH_ENV", "ENV", "BASH_FUNC_x%%",
+                                 "PERL5OPT", "NODE_OPTIONS", "GLIBC_TUNABLES", "GCONV_PATH",
+                                 "FAASTWIST_OWNER", "IFS", "JAVA_TOOL_OPTIONS", "RUBYOPT"])
+def test_loader_variables_are_refused(key: str) -> None:
+    assert loader_variable(key)
+    with pytest.raises(SpecError) as raised:
+        FunctionSpec.from_dict({"name": "f", "command": ["x"], "env": {key: "v"}})
+    assert str(raised.value).startswith(f"env.{key}: is refused")
+
+
+@pytest.mark.parametrize("key", ["NODE_ENV", "MALLOC_ARENA_MAX", "PATH", "LANG", "TZ",
+                                 "HOME", "fprocess", "exec_timeout", "MY_LD_THING"])
+def test_ordinary_variables_pass(key: str) -> None:
+    assert not loader_variable(key)
+    assert FunctionSpec.from_dict({"name": "f", "command": ["x"], "env": {key: "v"}}).env

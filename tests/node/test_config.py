@@ -497,3 +497,22 @@ def test_accepted_forms(tmp_path):
     queue = ControllerConfig.from_dict(
         {"queue": {"backoffBase": "1ms", "backoffMax": "1ms"}}, tmp_path).queue
     assert (queue.backoff_base, queue.backoff_max) == (0.001, 0.001)
+
+
+@pytest.mark.parametrize("process, message", [
+    ({"uidRange": "9-5"}, "process.uidRange: must lie within 1000-4294967294"),
+    ({"uidRange": "abc"}, "process.uidRange: must be FIRST-LAST"),
+    ({"diskLimit": "512Ki"}, "process.diskLimit: must be at least 1Mi"),
+    ({"pidsLimit": 8}, "process.pidsLimit: must be at least 16, got 8"),
+    ({"network": "loopback"}, "process.network: must be one of host, none"),
+])
+def test_config_names_the_process_key(tmp_path: Path, process: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        ControllerConfig.from_dict({"provider": "process", "process": process}, tmp_path)
+    assert str(raised.value).startswith(message)
+
+
+def test_config_defaults(tmp_path: Path) -> None:
+    config = ControllerConfig.from_dict({"provider": "process"}, tmp_path).process
+    assert (config.uid_range, config.disk_limit, config.pids_limit, config.network) == (
+        "200000-265535", 128 * 2**20, 512, "host")

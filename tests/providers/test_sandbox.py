@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from faastwist.config import ConfigError, ControllerConfig
-from faastwist.model.spec import FunctionSpec, SpecError, loader_variable
 from faastwist.providers import classicwatchdog
 from faastwist.providers.isolation import FunctionFolders, Staging, prepare_folders, stage
 from faastwist.providers.sandbox import (
@@ -125,43 +123,6 @@ def test_uid_range_parse_and_one_uid_per_function() -> None:
             UidRange.parse(bad)
         assert raised.value.key == "uidRange"
     assert UidRange.parse("1000-4294967294").size == 4294967294 - 1000 + 1
-
-
-@pytest.mark.parametrize("key", ["LD_PRELOAD", "LD_LIBRARY_PATH", "ld_audit", "PYTHONPATH",
-                                 "PYTHONSTARTUP", "BASH_ENV", "ENV", "BASH_FUNC_x%%",
-                                 "PERL5OPT", "NODE_OPTIONS", "GLIBC_TUNABLES", "GCONV_PATH",
-                                 "FAASTWIST_OWNER", "IFS", "JAVA_TOOL_OPTIONS", "RUBYOPT"])
-def test_loader_variables_are_refused(key: str) -> None:
-    assert loader_variable(key)
-    with pytest.raises(SpecError) as raised:
-        FunctionSpec.from_dict({"name": "f", "command": ["x"], "env": {key: "v"}})
-    assert str(raised.value).startswith(f"env.{key}: is refused")
-
-
-@pytest.mark.parametrize("key", ["NODE_ENV", "MALLOC_ARENA_MAX", "PATH", "LANG", "TZ",
-                                 "HOME", "fprocess", "exec_timeout", "MY_LD_THING"])
-def test_ordinary_variables_pass(key: str) -> None:
-    assert not loader_variable(key)
-    assert FunctionSpec.from_dict({"name": "f", "command": ["x"], "env": {key: "v"}}).env
-
-
-@pytest.mark.parametrize("process, message", [
-    ({"uidRange": "9-5"}, "process.uidRange: must lie within 1000-4294967294"),
-    ({"uidRange": "abc"}, "process.uidRange: must be FIRST-LAST"),
-    ({"diskLimit": "512Ki"}, "process.diskLimit: must be at least 1Mi"),
-    ({"pidsLimit": 8}, "process.pidsLimit: must be at least 16, got 8"),
-    ({"network": "loopback"}, "process.network: must be one of host, none"),
-])
-def test_config_names_the_process_key(tmp_path: Path, process: dict, message: str) -> None:
-    with pytest.raises(ConfigError) as raised:
-        ControllerConfig.from_dict({"provider": "process", "process": process}, tmp_path)
-    assert str(raised.value).startswith(message)
-
-
-def test_config_defaults(tmp_path: Path) -> None:
-    config = ControllerConfig.from_dict({"provider": "process"}, tmp_path).process
-    assert (config.uid_range, config.disk_limit, config.pids_limit, config.network) == (
-        "200000-265535", 128 * 2**20, 512, "host")
 
 
 def test_staging_replaces_a_planted_link_and_never_writes_through_it(tmp_path: Path) -> None:
