@@ -151,11 +151,13 @@ def in_place_folders(argv: Sequence[str], code: str | None) -> tuple[str, ...]:
             continue
         if os.path.isfile(element):
             folder = os.path.dirname(element)
-            if folder != "/" and folder not in folders and not _system(folder):
+            if folder not in folders and not _system(folder):
                 folders.append(folder)
     return tuple(folders)
 
 
 def _system(folder: str) -> bool:
-    """Folders every sandbox sees anyway (read-only /): no bind needed."""
-    return folder.split("/")[1] in {"usr", "bin", "sbin", "lib", "lib64", "etc", "opt"}
+    """Folders every sandbox sees anyway (read-only /): no bind needed (nor wanted: a
+    bind of / itself would undo the hidden folders)."""
+    return folder == "/" or folder.split("/")[1] in {"usr", "bin", "sbin", "lib", "lib64",
+                                                     "etc", "opt"}

@@ -4,6 +4,7 @@ may not set, and staging that never follows a link (fast tier: no root needed)."
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from email.message import Message
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from faastwist.providers import classicwatchdog
+from faastwist.providers import sandbox as sandbox_module
 from faastwist.providers.isolation import FunctionFolders, Staging, prepare_folders, stage
 from faastwist.providers.sandbox import (
     OPENFAAS_SECRETS_PATH,
@@ -26,7 +28,7 @@ from faastwist.providers.sandbox import (
 )
 from faastwist.providers.secretfiles import SecretFiles
 from faastwist.providers.watchdogenv import header_env
-from faastwist.util.users import UidRange, UserError, resolve_identity
+from faastwist.util.users import UidRange, UserError, account_exists, resolve_identity
 
 LAYOUT = Layout(home="/data/functions/f/home", code="/data/functions/f/code",
                 binds=("/tmp/t/conf",), hidden=("/data", "/var/lib/faastwist"),
@@ -195,3 +197,121 @@ def test_the_classic_watchdog_runs_without_the_node_packages(tmp_path: Path) -> 
                             env={"PATH": ROOT_PATH}, timeout=20, cwd=str(tmp_path))
     assert result.returncode == 2
     assert result.stderr.decode().startswith("watchdog cannot start: KeyError('FAASTWIST_WATCHDOG')")
+
+
+def test_the_whole_argv_for_one_layout() -> None:
+    """The sandbox is its argv: every option and its order, pinned."""
+    assert bwrap_options(LAYOUT, {"A": "1"}) == [
+        "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+        "--unshare-cgroup-try", "--disable-userns", "--die-with-parent",
+        "--hostname", "function",
+        "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
+        "--size", "5242880", "--tmpfs", "/tmp",
+        "--size", "65536", "--tmpfs", "/data", "--size", "65536", "--tmpfs", "/var/lib/faastwist",
+        "--size", "5242880", "--perms", "0700", "--tmpfs", "/data/functions/f/home",
+        "--ro-bind", "/data/functions/f/code", "/data/functions/f/code",
+        "--ro-bind", "/tmp/t/conf", "/tmp/t/conf",
+        "--ro-bind", "/data/functions/.secrets/f-x", "/var/openfaas/secrets",
+        "--remount-ro", "/data", "--remount-ro", "/var/lib/faastwist",
+        "--chdir", "/data/functions/f/home", "--clearenv", "--setenv", "A", "1"]
+
+
+def test_defaults_and_descriptions() -> None:
+    assert attrs_fields(Layout(home="/h")) == {
+        "home": "/h", "code": None, "binds": (), "hidden": (), "secrets": None,
+        "disk": 128 * 2**20, "network": Network.HOST}
+    assert (Network("host"), Network("none")) == (Network.HOST, Network.NONE)
+    assert Sandbox(None).reason == "" and not Sandbox(None).available
+    assert Sandbox("/usr/bin/bwrap").available
+    assert Sandbox("/usr/bin/bwrap").describe() == (
+        "bubblewrap: user, pid, ipc, uts and mount namespaces; no capabilities")
+    assert OPENFAAS_SECRETS_PATH == "/var/openfaas/secrets"
+    assert ROOT_PATH == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    assert sandbox_module.ENV == (shutil.which("env") or "/usr/bin/env")
+    assert os.path.basename(sandbox_module.ENV) == "env"
+
+
+def attrs_fields(record: object) -> dict:
+    import attrs
+    return attrs.asdict(record, recurse=False)
+
+
+# checks what the probe is started with: the bwrap argv ends "-- true", PATH only, cwd /
+PROBE_CHECK = """
+import os, sys
+args = sys.argv[1:]
+problems = []
+if args[0] != "/opt/bwrap": problems.append("bwrap " + args[0])
+if args[-2:] != ["--", "true"]: problems.append("tail " + repr(args[-2:]))
+if args[args.index("--setenv") + 1:args.index("--setenv") + 3] != ["PATH", os.environ["PATH"]]:
+    problems.append("setenv")
+if "--size" not in args or args[args.index("--size") + 1] != str(2**20): problems.append("size")
+env = {k: v for k, v in os.environ.items() if k != "LC_CTYPE"}   # Python's own (PEP 538)
+if env != {"PATH": "%s"}: problems.append("env " + repr(env))
+if os.getcwd() != "/": problems.append("cwd " + os.getcwd())
+if problems:
+    sys.stderr.write("; ".join(problems) + "\\n")
+    sys.exit(1)
+""" % ROOT_PATH
+
+
+def test_the_probe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(sandbox_module.shutil, "which", lambda name, path=None: None)
+    assert detect_sandbox([], "/tmp/home") == Sandbox(None, "bubblewrap (bwrap) is not installed")
+    monkeypatch.setattr(sandbox_module.shutil, "which",
+                        lambda name, path=None: "/opt/bwrap" if (name, path) == ("bwrap", ROOT_PATH) else None)
+    assert detect_sandbox([sys.executable, "-c", PROBE_CHECK], "/tmp/home") == Sandbox("/opt/bwrap")
+    missing = detect_sandbox([str(tmp_path / "nothing")], "/tmp/home")
+    assert missing.bwrap is None and missing.reason.startswith(
+        "bwrap did not run: [Errno 2] No such file or directory")
+    silent = detect_sandbox(["/bin/sh", "-c", "exit 3"], "/tmp/home")
+    assert silent == Sandbox(None, "bwrap cannot make namespaces here: exit 3")
+    many = detect_sandbox(["/bin/sh", "-c", "printf 'one\\n\\377 two\\n' >&2; exit 1"], "/tmp/home")
+    assert many.reason == "bwrap cannot make namespaces here: \ufffd two"
+
+
+def test_in_place_folders_details(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "x.py").write_text("")
+    (tmp_path / "a" / "y.py").write_text("")
+    (tmp_path / "b" / "z.py").write_text("")
+    argv = ["prog", "-c", f"{tmp_path}/a/x.py\0", f"{tmp_path}/a/x.py", f"{tmp_path}/a/y.py",
+            str(tmp_path / "a"), f"{tmp_path}/b/z.py"]
+    assert in_place_folders(argv, None) == (f"{tmp_path}/a", f"{tmp_path}/b")
+    assert in_place_folders(argv, f"{tmp_path}/a") == (f"{tmp_path}/b",)
+    assert in_place_folders([f"{tmp_path}/a", f"{tmp_path}/ab/x"], f"{tmp_path}/a") == ()
+    for folder in ("/", "/usr/lib", "/bin", "/sbin", "/lib", "/lib64", "/etc/x", "/opt/y"):
+        assert sandbox_module._system(folder), folder
+    for folder in ("/tmp/usr", "/srv/bin", "/home/etc"):
+        assert not sandbox_module._system(folder), folder
+
+
+def test_uid_range_messages_and_the_same_uid_everywhere() -> None:
+    uids = UidRange.parse("200000-265535")
+    # a hash of the name: every node (and every version) gives echo the same uid
+    assert (uids.uid_for("echo"), uids.uid_for("wordcount")) == (221918, 221512)
+    assert UidRange.parse(" 1000-1000 ") == UidRange(1000, 1000)
+    for bad, problem in (
+            ("x", "must be FIRST-LAST (e.g. 200000-265535), got 'x'"),
+            ("1-x", "must be FIRST-LAST (e.g. 200000-265535), got '1-x'"),
+            ("5-9", "must lie within 1000-4294967294 with FIRST <= LAST, got '5-9'"),
+            ("2000-1999", "must lie within 1000-4294967294 with FIRST <= LAST, got '2000-1999'")):
+        with pytest.raises(UserError) as raised:
+            UidRange.parse(bad)
+        assert (raised.value.key, raised.value.problem) == ("uidRange", problem)
+    with pytest.raises(UserError) as raised:
+        UidRange(1000, 1001).uid_for("f", lambda uid: True)
+    assert (raised.value.key, raised.value.problem) == ("uidRange", "all 2 uids are taken")
+
+
+def test_accounts_are_never_given_to_functions() -> None:
+    import grp
+    import pwd
+    assert account_exists(0)
+    users = {entry.pw_uid for entry in pwd.getpwall()}
+    group_only = next(g.gr_gid for g in grp.getgrall() if g.gr_gid not in users)
+    assert account_exists(group_only)
+    free = next(uid for uid in range(3_999_000, 4_000_000) if uid not in users
+                and uid not in {g.gr_gid for g in grp.getgrall()})
+    assert not account_exists(free)
