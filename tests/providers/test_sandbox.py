@@ -270,7 +270,10 @@ def test_the_probe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert many.reason == "bwrap cannot make namespaces here: \ufffd two"
 
 
-def test_in_place_folders_details(tmp_path: Path) -> None:
+def test_in_place_folders_details(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("relative.py").write_text("")     # a relative name is a word, never a bind
+    assert in_place_folders(["relative.py"], None) == ()
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     (tmp_path / "a" / "x.py").write_text("")
