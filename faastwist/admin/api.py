@@ -37,6 +37,7 @@ from faastwist.admin.codec import (
     encode,
     encode_continue,
     header_text,
+    parse_flag,
     parse_follow,
     parse_limit,
     parse_since,
@@ -438,14 +439,25 @@ class AdminAPI:
     @controller_route(app, FUNCTION + "/keys/<key_id>", "DELETE")
     async def revoke_key(self, request: IRequest, version: str, controller: str, fn: str,
                          key_id: str) -> bytes:
-        for _ in range(5):
+        """Revoke one key. Without keys a function is open to anyone, so the last one
+        goes only with ``?open=true``: a revoke meant to lock out a leaked key must never
+        open the function instead (create the replacement first, then revoke)."""
+        opening = parse_flag("open", query_params(request.uri, ("open",)).get("open"))
+        for _ in range(5):   # the compare-and-swap makes "the last key" exact under races
             keys, revision = await self._store(self.store.get_keys(fn))
             entry = keys.find(key_id)
             if entry is None:
                 raise ApiError(404, f"function {fn} has no key {key_id!r}")
+            if len(keys.entries) == 1 and not opening:
+                raise ApiError(409, f"key {key_id} is the last key of function {fn}: "
+                                    f"revoking it would open {fn} to anyone; create its "
+                                    f"replacement first, or revoke with open=true to open "
+                                    f"{fn} on purpose")
             try:
-                await self._store(self.store.put_keys(fn, keys.without(key_id), revision))
-                return respond(request, 200, {**entry.public(), "revoked": True})
+                remaining = keys.without(key_id)
+                await self._store(self.store.put_keys(fn, remaining, revision))
+                return respond(request, 200, {**entry.public(), "revoked": True,
+                                              "open": not remaining.entries})
             except Conflict:
                 continue
         raise ApiError(409, f"the keys of {fn} kept changing concurrently; retry")

@@ -352,7 +352,8 @@ def parse_tail(value: str | None) -> int | None:
     return int(value)
 
 
-def parse_follow(value: str | None) -> bool:
+def parse_flag(name: str, value: str | None) -> bool:
+    """A boolean query parameter: absent is false, a bare ``?name`` is true."""
     if value is None:
         return False
     lowered = value.lower()
@@ -360,7 +361,11 @@ def parse_follow(value: str | None) -> bool:
         return True
     if lowered in ("false", "0", "no"):
         return False
-    raise ApiError(400, f"follow: must be true or false, got {value!r}")
+    raise ApiError(400, f"{name}: must be true or false, got {value!r}")
+
+
+def parse_follow(value: str | None) -> bool:
+    return parse_flag("follow", value)
 
 
 def parse_since(value: str | None, now: float) -> float | None:

@@ -1037,6 +1037,63 @@ def test_keys_are_created_shown_once_listed_by_id_and_revoked(admin: Admin) -> N
     assert admin.request("GET", "/nope/keys", headers=accept).code == 404
 
 
+def test_the_last_key_is_revoked_only_with_open_true(admin: Admin) -> None:
+    """Issue 21: revoking the last key opened the function (200 without a key). A revoke
+    is meant to shut someone out, so the last key goes only when the operator says
+    the function is to be open."""
+    admin.create()
+    accept = {"Accept": "application/json"}
+    only = admin.request("POST", "/demo10/keys", headers=accept).data
+    refused = admin.request("DELETE", f"/demo10/keys/{only['id']}", headers=accept)
+    assert (refused.code, refused.data["message"]) == (409, (
+        f"key {only['id']} is the last key of function demo10: revoking it would open "
+        f"demo10 to anyone; create its replacement first, or revoke with open=true to "
+        f"open demo10 on purpose"))
+    stored, _ = fired(admin.store.get_keys("demo10"))
+    assert [e.id for e in stored.entries] == [only["id"]]          # still closed
+    for value in ("false", "0", "no"):
+        assert admin.request("DELETE", f"/demo10/keys/{only['id']}?open={value}").code == 409
+    bad = admin.request("DELETE", f"/demo10/keys/{only['id']}?open=maybe", headers=accept)
+    assert (bad.code, bad.data["message"]) == (400, "open: must be true or false, got 'maybe'")
+    # rotation: the replacement first, then the old key goes (the function stays closed)
+    second = admin.request("POST", "/demo10/keys", headers=accept).data
+    revoked = admin.request("DELETE", f"/demo10/keys/{only['id']}", headers=accept)
+    assert (revoked.code, revoked.data["revoked"], revoked.data["open"]) == (200, True, False)
+    # on purpose: open=true (a bare ?open too) lets the last one go
+    opened = admin.request("DELETE", f"/demo10/keys/{second['id']}?open", headers=accept)
+    assert (opened.code, opened.data["open"]) == (200, True)
+    assert fired(admin.store.get_keys("demo10"))[0].entries == ()
+    # a wrong id is still 404, whatever open says
+    assert admin.request("DELETE", "/demo10/keys/nope?open=true").code == 404
+
+
+def test_two_racing_revokes_cannot_both_take_the_last_two_keys(admin: Admin) -> None:
+    """The check and the write are one compare-and-swap: of two revokes that each saw
+    two keys, the loser re-reads, finds the last key and is refused."""
+    admin.create()
+    ids = [admin.request("POST", "/demo10/keys", headers={"Accept": "application/json"})
+           .data["id"] for _ in range(2)]
+    store = admin.store
+    real_get = store.get_keys
+    seen: list[Any] = []
+
+    def stale_once(name: str) -> Any:
+        d = real_get(name)
+        if not seen:   # the first read is the state before the other revoke wrote
+            seen.append(fired(d))
+            # the other revoke wins in between
+            keys, revision = seen[0]
+            fired(store.put_keys(name, keys.without(ids[1]), revision))
+            return succeed(seen[0])
+        return d
+
+    store.get_keys = stale_once   # type: ignore[method-assign]
+    answer = admin.request("DELETE", f"/demo10/keys/{ids[0]}",
+                           headers={"Accept": "application/json"})
+    assert answer.code == 409 and "is the last key" in answer.data["message"], answer.body
+    assert [e.id for e in fired(real_get("demo10"))[0].entries] == [ids[0]]
+
+
 def test_at_most_ten_keys(admin: Admin) -> None:
     admin.create()
     for _ in range(10):
