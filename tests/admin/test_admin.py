@@ -42,6 +42,10 @@ def knative_check(spec: FunctionSpec) -> None:
     spec.check_for_provider("knative")
 
 
+def process_check(spec: FunctionSpec) -> None:
+    spec.check_for_provider("process")
+
+
 def spec_yaml(name: str, image: str = "dev.local/app:1", **extra: Any) -> bytes:
     return yaml.safe_dump({"name": name, "image": image, **extra}).encode()
 
@@ -365,6 +369,60 @@ def test_billion_laughs_is_refused_before_it_expands(admin: Admin) -> None:
     reply = admin.create(body)
     assert reply.code == 400
     assert "expands to more than" in reply.data["message"]
+
+
+def alias_bomb(refs: int = 90_000, length: int = 9_000) -> bytes:
+    """Issue 21's shape: one long string and tens of thousands of aliases to it; under
+    100k values, but ~800 MB once written out (as the store and every listing would)."""
+    return (f"name: bomb\nimage: &s {'x' * length}\ncommand: ["
+            + ",".join(["*s"] * refs) + "]\n").encode()
+
+
+def test_an_alias_bomb_is_refused_by_its_expanded_bytes() -> None:
+    import tracemalloc
+
+    admin = Admin(check_spec=process_check)
+    body = alias_bomb()
+    assert len(body) < 900 * 1024
+    tracemalloc.start()
+    try:
+        reply = admin.create(body)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (reply.code, reply.data["message"]) == (400, (
+        "body expands to more than 1048576 bytes, the limit for a spec (YAML aliases "
+        "count at every use)"))
+    assert peak < 64 * 2**20, peak     # the parse, not gigabytes of copies
+    assert admin.store.writes == 0
+
+
+def test_the_expansion_limit_is_the_larger_of_1mib_and_maxbodysize() -> None:
+    body = alias_bomb(refs=200, length=9_000)     # 1.8 MB written out
+    assert Admin(check_spec=process_check).create(body).code == 400
+    bigger = Admin(max_body_size=4 << 20, check_spec=process_check)
+    reply = bigger.create(body, headers={"Accept": "application/json"})
+    assert reply.code == 201, reply.body
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+    | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=6)
+    | st.dictionaries(st.text(max_size=10), inner, max_size=6),
+    max_leaves=40))
+def test_a_body_without_aliases_never_exceeds_its_own_size(document: Any) -> None:
+    """The limit only refuses amplification: what a document counts is at most the
+    bytes of the body it came from, in either YAML style or JSON."""
+    from faastwist.admin.codec import check_expansion
+
+    for text in (yaml.safe_dump(document, default_flow_style=None, allow_unicode=True),
+                 yaml.safe_dump(document, default_flow_style=True, allow_unicode=True,
+                                width=1 << 20)):
+        check_expansion(yaml.safe_load(text), len(text.encode()))
+    text = json.dumps(document, ensure_ascii=False)
+    check_expansion(json.loads(text), len(text.encode()))
 
 
 def test_json_body_errors_name_json(admin: Admin) -> None:

@@ -1,0 +1,64 @@
+"""Issue 21's attacks on the admin plane's and the gate's inputs, on a real ``twistd``
+node (process provider, embedded etcd): each is refused cleanly and the node stays
+responsive and small.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.support.node import FaasNodeProcess, http
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+JSON = {"Accept": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaasNodeProcess]:
+    workdir = tmp_path_factory.mktemp("hostile-node")
+    node = FaasNodeProcess(workdir, controller="hostile")
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+def peak_rss(pid: int) -> int:
+    """The process's peak resident size in bytes (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_900kib_alias_bomb_is_refused_promptly_without_growing_the_node(
+        node: FaasNodeProcess) -> None:
+    """Issue 21: a 900 KiB body of aliases to one long string was ~1.2 GiB of memory and
+    froze the reactor 6-9 s; its expanded size is now counted in bytes and capped."""
+    head = f"name: bomb\nimage: &anchor000 {'x' * 9000}\ncommand: [*anchor000"
+    refs = (900 * 1024 - len(head) - 2) // len(",*anchor000")
+    body = head + ",*anchor000" * refs + "]\n"
+    assert 899 * 1024 < len(body) <= 900 * 1024 and refs < 100_000   # under the value cap
+    assert node.process is not None
+    before = peak_rss(node.process.pid)
+    started = time.monotonic()
+    status, _, data = http("POST", node.admin_url, body,
+                           {**JSON, "Content-Type": "application/yaml"})
+    elapsed = time.monotonic() - started
+    assert status == 400, data
+    assert json.loads(data)["message"] == (
+        "body expands to more than 1048576 bytes, the limit for a spec (YAML aliases count "
+        "at every use)")
+    assert elapsed < 5, elapsed
+    grown = peak_rss(node.process.pid) - before
+    assert grown < 200 * 2**20, grown
+    # the reactor is free: the gate and the admin port answer at once
+    assert http("GET", node.gate_url + "/healthz", timeout=2)[0] == 200
+    assert node.json("GET")[0] == 200
