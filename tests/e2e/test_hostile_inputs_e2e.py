@@ -62,3 +62,42 @@ def test_a_900kib_alias_bomb_is_refused_promptly_without_growing_the_node(
     # the reactor is free: the gate and the admin port answer at once
     assert http("GET", node.gate_url + "/healthz", timeout=2)[0] == 200
     assert node.json("GET")[0] == 200
+
+
+def test_adaptor_refusals_name_the_field(node: FaasNodeProcess) -> None:
+    for adaptor, field in (
+            ({"header": {"set": {"X-A": "a\u0000b"}}}, "requestAdaptor.header.set"),
+            ({"header": {"add": {"X-A": "a\u000bb"}}}, "requestAdaptor.header.add"),
+            ({"header": {"add": {"X-A": "a\u000cb"}}}, "requestAdaptor.header.add"),
+            ({"path": {"regexpReplace": {"regexp": "^/(a)\\1$", "replace": "/"}}},
+             "requestAdaptor.path.regexpReplace.regexp")):
+        body = json.dumps({"name": "adapted", "command": ["true"], "requestAdaptor": adaptor})
+        status, data = node.json("POST", "", body, content_type="application/json")
+        assert status == 400, data
+        assert data["message"].startswith(field + ": "), data
+    assert node.json("GET", "/adapted")[0] == 404
+
+
+def test_a_backtracking_path_regexp_answers_at_once(node: FaasNodeProcess,
+                                                     tmp_path: Path) -> None:
+    """Issue 21: one 33-byte path froze the gate 8 s through ``^/(a+)+$``."""
+    import yaml
+
+    from tests.support.cli import echo_spec, wait_for
+
+    spec = yaml.safe_load(echo_spec(tmp_path, "regexfn", requestAdaptor={"path": {
+        "regexpReplace": {"regexp": "^/(a+)+$", "replace": "/matched/$1"}}}).read_text())
+    status, data = node.json("POST", "", json.dumps(spec), content_type="application/json")
+    assert status == 201, data
+    wait_for(lambda: http("GET", node.gate_url + "/function/regexfn/aa")[0] == 200, 60)
+    try:
+        path = "/" + "a" * 31 + "!"
+        started = time.monotonic()
+        status, _, body = http("GET", node.gate_url + "/function/regexfn" + path, timeout=5)
+        assert time.monotonic() - started < 2
+        assert status == 200 and json.loads(body)["path"] == path
+        status, _, body = http("GET", node.gate_url + "/function/regexfn/aaa")
+        assert json.loads(body)["path"] == "/matched/aaa"
+    finally:
+        node.json("PUT", "/regexfn/stop")
+        node.json("DELETE", "/regexfn")
