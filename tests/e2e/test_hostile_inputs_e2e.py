@@ -101,3 +101,22 @@ def test_a_backtracking_path_regexp_answers_at_once(node: FaasNodeProcess,
     finally:
         node.json("PUT", "/regexfn/stop")
         node.json("DELETE", "/regexfn")
+
+
+def test_cleartext_http2_request_line_is_505_then_close(node: FaasNodeProcess) -> None:
+    """Issue 21: ``GET / HTTP/2.0`` in cleartext was served as HTTP/1."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", node.gate_port), timeout=5) as sock:
+        sock.sendall(b"GET /healthz HTTP/2.0\r\nHost: 127.0.0.1\r\n\r\n"
+                     b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        received = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 505 HTTP Version Not Supported\r\n"), received
+    assert received.count(b"HTTP/1.1 200") == 0     # closed: the next request unserved
+    body = json.loads(received.partition(b"\r\n\r\n")[2])
+    assert body["code"] == 505 and body["message"].startswith("HTTP/2.0 is not supported")
