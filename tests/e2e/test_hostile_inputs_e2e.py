@@ -120,3 +120,25 @@ def test_cleartext_http2_request_line_is_505_then_close(node: FaasNodeProcess) -
     assert received.count(b"HTTP/1.1 200") == 0     # closed: the next request unserved
     body = json.loads(received.partition(b"\r\n\r\n")[2])
     assert body["code"] == 505 and body["message"].startswith("HTTP/2.0 is not supported")
+
+
+def test_a_call_id_with_spaces_cannot_forge_access_log_fields(node: FaasNodeProcess) -> None:
+    """Issue 21: ``X-Call-Id`` with spaces forged fields in the text access log."""
+    from tests.support.cli import wait_for
+
+    forged = 'x 200 0.0001s 0B "forged'
+    status, headers, _ = http("GET", node.gate_url + "/function/nosuch/probe-forge",
+                              headers={"X-Call-Id": forged})
+    assert status == 404
+    assert {k.lower(): v for k, v in headers.items()}["x-call-id"] == forged   # as sent
+
+    def line() -> str | None:
+        for text in node.log_path.read_text(errors="replace").splitlines():
+            if "[faastwist.access#info]" in text and "/function/nosuch/probe-forge" in text:
+                return text
+        return None
+
+    logged = wait_for(line, 10)   # the access log is flushed every 0.5 s
+    fields = logged.split("] ", 1)[1].split(" ")
+    assert fields == ["GET", "/function/nosuch/probe-forge", "nosuch", "404", fields[4], fields[5],
+                      "x\\x20200\\x200.0001s\\x200B\\x20\\x22forged"], logged
