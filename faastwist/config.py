@@ -199,6 +199,7 @@ class ControllerConfig:
             queue=reader.section("queue", lambda r: _read_queue(r, base)),
         )
         reader.finish()
+        check_anonymous(config)
         return config
 
 
@@ -373,14 +374,30 @@ def _read_admin(reader: FieldReader, base: Path) -> AdminConfig:
                                                 f"(scheme, host, optional port), got {origin!r}")
     if config.https:
         _check_tls_files(reader, config.cert_file, config.key_file)
-    if (config.auth.anonymous == "admin" and not is_loopback(config.address)
-            and not config.allow_insecure):
-        raise reader.error(
-            "admin.auth.anonymous",
-            f"admin on the non-loopback admin.address {config.address!r} lets anyone who "
-            f"reaches the port run commands on this machine; use tokens, or set "
-            f"admin.allowInsecure: true if you mean it")
     return config
+
+
+#: what an anonymous role gives whoever reaches a listener that serves the admin API
+_ANONYMOUS_EXPOSURE = {"admin": "run commands on this machine",
+                       "read": "read every function's spec, environment and logs"}
+
+
+def check_anonymous(config: "ControllerConfig") -> None:
+    """Anonymous access is judged by every listener that serves the admin API: the admin
+    port, and the gate, which relays OpenFaaS's ``/system/*`` to it. Off loopback it
+    needs ``admin.allowInsecure``."""
+    role = config.admin.auth.anonymous
+    if role == "none" or config.admin.allow_insecure:
+        return
+    for key, address in (("admin.address", config.admin.address),
+                         ("httpServer.address", config.http_server.address)):
+        if not is_loopback(address):
+            relay = " (the gate relays /system/* to the admin API)" if key[0] == "h" else ""
+            raise ConfigError(
+                "admin.auth.anonymous",
+                f"{role} on the non-loopback {key} {address!r}{relay} lets anyone who "
+                f"reaches that port {_ANONYMOUS_EXPOSURE[role]}; use tokens, or set "
+                f"admin.allowInsecure: true if you mean it")
 
 
 def _read_queue(reader: FieldReader, base: Path) -> QueueConfig:

@@ -453,7 +453,8 @@ class FaasNode(Service):
         return OpenFaaSAPI(self.store, self.provider, self.reconciler.kick, self.metrics,
                            self.reactor, versions, self.namespace,
                            max_body_size=self.config.admin.max_body_size, secrets=self.secrets,
-                           slicer=self.admin.slicer)   # the admin port's lists: one budget
+                           slicer=self.admin.slicer,   # the admin port's lists: one budget
+                           parser=self.admin.parser)   # and one pool of parsing threads
 
     def _guard(self, root: Any) -> Any:
         """Put the Host/Origin/credential checks in front of the admin port's root."""

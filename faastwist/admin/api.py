@@ -29,6 +29,7 @@ from werkzeug.routing import RequestRedirect
 
 from faastwist.admin.codec import (
     JSON_TYPE,
+    MAX_EXPANDED_BYTES,
     YAML_RESPONSE_TYPE,
     ApiError,
     bounded_request_factory,
@@ -37,6 +38,7 @@ from faastwist.admin.codec import (
     encode,
     encode_continue,
     header_text,
+    parse_flag,
     parse_follow,
     parse_limit,
     parse_since,
@@ -51,6 +53,7 @@ from faastwist.admin.codec import (
 )
 from faastwist.admin.listbody import LineCache, list_pieces, stream
 from faastwist.admin.logstream import send_logs
+from faastwist.admin.parsing import BodyParser
 from faastwist.admin.rollout import rollout
 from faastwist.model.fsm import Event, FunctionStatus, InvalidEvent, apply_event
 from faastwist.model.keys import new_key
@@ -106,6 +109,22 @@ def controller_route(app: Klein, url: str, method: str) -> Callable[[Handler], H
 
 
 
+def parse_spec(body: bytes, content_type: str | None, default_name: str | None,
+               max_expanded: int) -> FunctionSpec:
+    """Decode and validate a spec body (pure: runs on a parser thread)."""
+    document = decode_body(body, content_type, max_expanded)
+    if default_name is not None and isinstance(document, dict) and "name" not in document:
+        document = {"name": default_name, **document}
+    try:
+        return FunctionSpec.from_dict(document)
+    except SpecError:
+        raise
+    except Exception as exc:
+        # the body made the validator trip: the client's problem, but log it as our bug
+        log.failure("validating a function spec raised unexpectedly")
+        raise ApiError(400, f"the spec could not be read: {exc}") from None
+
+
 def _marked(document: dict, stale: bool) -> dict:
     return dict(document, stale=True) if stale else document
 
@@ -126,8 +145,10 @@ class AdminAPI:
                  store_timeout: float = DEFAULT_STORE_TIMEOUT,
                  cache: Callable[[], Mapping[str, FunctionRecord]] | None = None,
                  read_timeout: float = DEFAULT_READ_TIMEOUT, node_id: str = "this node",
-                 slicer: Slicer | None = None) -> None:
+                 slicer: Slicer | None = None, parser: BodyParser | None = None) -> None:
         self.store = store
+        #: parses spec bodies off the reactor (shared with the OpenFaaS API)
+        self.parser = parser if parser is not None else BodyParser(clock)
         self.controller = controller
         self.check_spec = check_spec
         self.kick = kick
@@ -176,8 +197,9 @@ class AdminAPI:
         return await stream(request, self.slicer, pieces)
 
     def close(self) -> None:
-        """Stop writing lists (the node does this at shutdown)."""
+        """Stop writing lists and parsing bodies (the node does this at shutdown)."""
         self.slicer.stop()
+        self.parser.close()
 
     def _timed(self, d: Deferred[T], what: str, code: int) -> Deferred[T]:
         """Bound a call so a hung store or log source cannot hold a request forever."""
@@ -232,19 +254,12 @@ class AdminAPI:
             log.failure("kicking the reconciler for {name} failed; its next pass takes it",
                         name=name)
 
-    def _read_spec(self, request: IRequest, default_name: str | None = None) -> FunctionSpec:
+    async def _read_spec(self, request: IRequest,
+                         default_name: str | None = None) -> FunctionSpec:
+        """The body as a checked spec; parsed and validated on the parser's threads."""
         body = read_body(request, self.max_body_size)
-        document = decode_body(body, header_text(request, b"content-type"))
-        if default_name is not None and isinstance(document, dict) and "name" not in document:
-            document = {"name": default_name, **document}
-        try:
-            spec = FunctionSpec.from_dict(document)
-        except SpecError:
-            raise
-        except Exception as exc:
-            # the body made the validator trip: the client's problem, but log it as our bug
-            log.failure("validating a function spec raised unexpectedly")
-            raise ApiError(400, f"the spec could not be read: {exc}") from None
+        spec = await self.parser.run(parse_spec, body, header_text(request, b"content-type"),
+                                     default_name, max(MAX_EXPANDED_BYTES, self.max_body_size))
         self.check_spec(spec)
         return spec
 
@@ -254,7 +269,7 @@ class AdminAPI:
     # -- routes ----------------------------------------------------------------------
     @controller_route(app, BASE, "POST")
     async def create(self, request: IRequest, version: str, controller: str) -> bytes:
-        spec = self._read_spec(request)
+        spec = await self._read_spec(request)
         status = FunctionStatus.initial(spec.name, self.wall_clock())
         try:
             record = await self._store(self.store.create(spec, status))
@@ -334,7 +349,7 @@ class AdminAPI:
 
     @controller_route(app, FUNCTION, "PUT")
     async def update(self, request: IRequest, version: str, controller: str, fn: str) -> bytes:
-        spec = self._read_spec(request, default_name=fn)
+        spec = await self._read_spec(request, default_name=fn)
         record = await self._store(self.store.get(fn))
         if spec.name != fn:
             raise ApiError(409, f"name: the body names function {spec.name} but the URL names "
@@ -348,7 +363,7 @@ class AdminAPI:
     async def rollout(self, request: IRequest, version: str, controller: str, fn: str) -> bytes:
         """A rolling update: an active function keeps serving while the new spec rolls
         out (the FSM's update would need a stop first); otherwise as update."""
-        spec = self._read_spec(request, default_name=fn)
+        spec = await self._read_spec(request, default_name=fn)
         if spec.name != fn:
             raise ApiError(409, f"name: the body names function {spec.name} but the URL names "
                                 f"{fn}; a function cannot be renamed")
@@ -438,14 +453,25 @@ class AdminAPI:
     @controller_route(app, FUNCTION + "/keys/<key_id>", "DELETE")
     async def revoke_key(self, request: IRequest, version: str, controller: str, fn: str,
                          key_id: str) -> bytes:
-        for _ in range(5):
+        """Revoke one key. Without keys a function is open to anyone, so the last one
+        goes only with ``?open=true``: a revoke meant to lock out a leaked key must never
+        open the function instead (create the replacement first, then revoke)."""
+        opening = parse_flag("open", query_params(request.uri, ("open",)).get("open"))
+        for _ in range(5):   # the compare-and-swap makes "the last key" exact under races
             keys, revision = await self._store(self.store.get_keys(fn))
             entry = keys.find(key_id)
             if entry is None:
                 raise ApiError(404, f"function {fn} has no key {key_id!r}")
+            if len(keys.entries) == 1 and not opening:
+                raise ApiError(409, f"key {key_id} is the last key of function {fn}: "
+                                    f"revoking it would open {fn} to anyone; create its "
+                                    f"replacement first, or revoke with open=true to open "
+                                    f"{fn} on purpose")
             try:
-                await self._store(self.store.put_keys(fn, keys.without(key_id), revision))
-                return respond(request, 200, {**entry.public(), "revoked": True})
+                remaining = keys.without(key_id)
+                await self._store(self.store.put_keys(fn, remaining, revision))
+                return respond(request, 200, {**entry.public(), "revoked": True,
+                                              "open": not remaining.entries})
             except Conflict:
                 continue
         raise ApiError(409, f"the keys of {fn} kept changing concurrently; retry")

@@ -38,6 +38,12 @@ NDJSON_TYPE = "application/x-ndjson"
 MAX_DEPTH = 64
 #: Values a body may expand to, counting every use of a YAML alias (billion laughs).
 MAX_NODES = 100_000
+#: Bytes a body may expand to, counting every use of a YAML alias: at least what the
+#: document would take written out without aliases (strings' UTF-8 bytes, numbers as
+#: written, one byte per mapping, list, boolean or null). A body without aliases never
+#: exceeds its own size, so this only refuses amplification (a 900 KiB body of aliases to a long
+#: string was once 1.2 GiB of memory when the spec was stored).
+MAX_EXPANDED_BYTES = 1 << 20
 MAX_TAIL = 100_000
 _CHARSETS = {"utf-8", "utf8", "us-ascii", "ascii"}
 _BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -261,25 +267,42 @@ def _check_depth(text: str) -> None:
             depth -= 1
 
 
-def _check_expansion(document: Any) -> None:
-    """Refuse documents that expand to too many values (aliases count at every use)."""
+def check_expansion(document: Any, max_bytes: int = MAX_EXPANDED_BYTES) -> None:
+    """Refuse documents that expand to too many values or bytes (aliases count at every
+    use); the walk stops as soon as either limit is passed."""
     stack = [document]
     seen = 0
+    size = 0
     while stack:
         value = stack.pop()
         seen += 1
         if seen > MAX_NODES:
             raise ApiError(400, f"body expands to more than {MAX_NODES} values "
                                 f"(recursive or repeated YAML aliases?)")
-        if isinstance(value, dict):
+        if isinstance(value, str):
+            size += len(value.encode("utf-8", "surrogatepass"))
+        elif isinstance(value, bytes):
+            size += len(value)
+        elif isinstance(value, dict):
+            size += 1
             stack.extend(value.keys())
             stack.extend(value.values())
         elif isinstance(value, (list, tuple)):
+            size += 1
             stack.extend(value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            size += len(repr(value))
+        else:   # true, false, null: one byte at least; a timestamp: ten at least
+            size += 1 if value is None or isinstance(value, bool) else 10
+        if size > max_bytes:
+            raise ApiError(400, f"body expands to more than {max_bytes} bytes, the limit "
+                                f"for a spec (YAML aliases count at every use)")
 
 
-def decode_body(body: bytes, content_type: str | None) -> Any:
-    """The parsed document, or 415 for an unsupported type, 400 for a malformed body."""
+def decode_body(body: bytes, content_type: str | None,
+                max_expanded: int = MAX_EXPANDED_BYTES) -> Any:
+    """The parsed document, or 415 for an unsupported type, 400 for a malformed body or
+    one that expands past ``max_expanded`` bytes. Pure: the API runs it off the reactor."""
     kind, params = media_type(content_type)
     if kind in FORM_TYPES:
         raise ApiError(415, f"Content-Type {kind} is not read as a spec (HTML forms and other "
@@ -313,7 +336,7 @@ def decode_body(body: bytes, content_type: str | None) -> Any:
             raise
         except Exception as exc:  # any parser failure is the body's fault, not ours
             raise ApiError(400, f"body is not valid YAML: {_one_line(exc)}") from None
-    _check_expansion(document)
+    check_expansion(document, max_expanded)
     return document
 
 
@@ -352,7 +375,8 @@ def parse_tail(value: str | None) -> int | None:
     return int(value)
 
 
-def parse_follow(value: str | None) -> bool:
+def parse_flag(name: str, value: str | None) -> bool:
+    """A boolean query parameter: absent is false, a bare ``?name`` is true."""
     if value is None:
         return False
     lowered = value.lower()
@@ -360,7 +384,11 @@ def parse_follow(value: str | None) -> bool:
         return True
     if lowered in ("false", "0", "no"):
         return False
-    raise ApiError(400, f"follow: must be true or false, got {value!r}")
+    raise ApiError(400, f"{name}: must be true or false, got {value!r}")
+
+
+def parse_follow(value: str | None) -> bool:
+    return parse_flag("follow", value)
 
 
 def parse_since(value: str | None, now: float) -> float | None:

@@ -50,6 +50,18 @@ _DROP_REQUEST = HOP_BY_HOP | {
 }
 _DROP_RESPONSE = HOP_BY_HOP | {b"content-length", b"set-cookie"}
 
+#: Every console answer: the page runs only its own files (no inline script or style,
+#: nothing from elsewhere), talks only to its own origin, and is never framed (another
+#: site cannot overlay it and trick clicks: X-Frame-Options for browsers that predate
+#: frame-ancestors).
+CONSOLE_CSP = (b"default-src 'none'; script-src 'self'; style-src 'self'; "
+               b"connect-src 'self'; img-src 'self' data:; form-action 'self'; "
+               b"base-uri 'none'; frame-ancestors 'none'")
+#: What a function answers through the relay is data for the page, never a document of
+#: the admin origin: no script, no plugin, not framed, sandboxed if ever opened.
+RELAY_CSP = b"default-src 'none'; sandbox; frame-ancestors 'none'"
+_FRAMING = ((b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"))
+
 
 def gate_url_for(address: str, port: int, https: bool = False) -> str:
     """The URL this node's gate answers on, from httpServer.address/port/https."""
@@ -94,6 +106,7 @@ class ConsoleResource(Resource):
 
     # -- routing -----------------------------------------------------------------------
     def render(self, request: IRequest) -> bytes | int:
+        _protect(request, CONSOLE_CSP)
         path = [segment.decode("utf-8", errors="replace") for segment in request.postpath]
         if not path:
             return self._redirect_to_slash(request)
@@ -106,7 +119,6 @@ class ConsoleResource(Resource):
             request.setHeader(b"allow", b"GET, HEAD")
             return self._error(request, 405, f"{request.method.decode()} is not allowed here")
         request.setHeader(b"cache-control", b"no-cache")
-        request.setHeader(b"x-content-type-options", b"nosniff")
         if head == "config.json":
             request.setHeader(b"content-type", b"application/json")
             return self.config
@@ -194,6 +206,7 @@ class ConsoleResource(Resource):
             for key, values in response.headers.getAllRawHeaders():
                 if key.lower() not in _DROP_RESPONSE:
                     request.responseHeaders.setRawHeaders(key, values)
+            _protect(request, RELAY_CSP)   # after the function's: ours win
             elapsed_ms = (time.monotonic() - started) * 1000
             request.setHeader(b"x-faastwist-relay-ms", f"{elapsed_ms:.1f}".encode())
             request.setHeader(b"content-length", str(len(body)).encode())
@@ -216,6 +229,12 @@ class ConsoleResource(Resource):
                                   f"{failure.getErrorMessage()}")
         request.write(self._error(request, code, message))
         request.finish()
+
+
+def _protect(request: IRequest, policy: bytes) -> None:
+    request.setHeader(b"content-security-policy", policy)
+    for name, value in _FRAMING:
+        request.setHeader(name, value)
 
 
 class _WithConsole(Resource):

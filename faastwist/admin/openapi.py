@@ -194,10 +194,13 @@ def _build() -> dict[str, Any]:
                               404, 503),
         },
         f"{function}/keys/{{key_id}}": {"delete": _operation(
-            "revokeKey", "revoke one invocation key",
+            "revokeKey", "revoke one invocation key (the last one only with open=true: "
+                         "without keys the function is open to anyone; else 409)",
             {"200": _answer("the revoked key", _ref("KeyEntry"))}, 404, 409, 503,
             parameters=[{"name": "key_id", "in": "path", "required": True,
-                         "schema": {"type": "string", "maxLength": 64}}])},
+                         "schema": {"type": "string", "maxLength": 64}},
+                        {"name": "open", "in": "query", "schema": {"type": "boolean"},
+                         "description": "true: the last key may go, opening the function"}])},
         f"{PREFIX}/info": {"get": _operation(
             "info", "this node: version, provider, controller, leader",
             {"200": _answer("the node", _ref("Info"))})},

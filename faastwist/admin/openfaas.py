@@ -41,6 +41,7 @@ from faastwist.admin.codec import (
 from faastwist.admin.listbody import STEP, stream
 from faastwist.admin.logstream import OneInstance, send_logs
 from faastwist.admin.openfaas_model import deployment_to_spec, function_status, read_secret
+from faastwist.admin.parsing import BodyParser
 from faastwist.admin.rollout import rollout
 from faastwist.metrics import Metrics
 from faastwist.model.fsm import Event, FunctionStatus, InvalidEvent, State, apply_event
@@ -74,6 +75,16 @@ def _header(request: Any, name: bytes) -> str | None:
     return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
+def _parse_json(body: bytes) -> Any:
+    """A JSON body, or 400 (pure: runs on a parser thread)."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ApiError(400, "body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:
+        raise ApiError(400, f"body is not valid JSON: {exc}") from None
+
+
 class OpenFaaSAPI:
     """The ``/system/*`` routes and ``/healthz`` as a Klein app."""
 
@@ -84,8 +95,10 @@ class OpenFaaSAPI:
                  namespace: str,
                  max_body_size: int = 1 << 20, store_timeout: float = STORE_TIMEOUT,
                  wall_clock: Callable[[], float] = time.time, secrets: Any = None,
-                 slicer: Slicer | None = None) -> None:
+                 slicer: Slicer | None = None, parser: BodyParser | None = None) -> None:
         self.store = store
+        #: parses bodies off the reactor (the node shares the Easegress API's)
+        self.parser = parser if parser is not None else BodyParser(clock)
         self.secrets = secrets
         self.provider = provider
         self.kick = kick
@@ -126,10 +139,11 @@ class OpenFaaSAPI:
         request.setHeader(b"content-length", b"0")
         return b""
 
-    def _document(self, request: Any) -> Any:
+    async def _document(self, request: Any) -> Any:
         """The JSON body, whatever the Content-Type (``curl -d`` says form-urlencoded);
         but from a browser (it sends ``Origin``) never what an HTML form can send, which a
-        cross-site page could make it send with cached credentials."""
+        cross-site page could make it send with cached credentials. Parsed off the
+        reactor."""
         kind, _ = media_type(_header(request, b"content-type"))
         if kind in FORM_TYPES and request.getHeader(b"origin") is not None:
             raise ApiError(415, f"Content-Type {kind} is not accepted: send JSON "
@@ -137,12 +151,7 @@ class OpenFaaSAPI:
         body = read_body(request, self.max_body_size)
         if not body.strip():
             raise ApiError(400, "request body is empty; send JSON")
-        try:
-            return json.loads(body)
-        except RecursionError:
-            raise ApiError(400, "body is not valid JSON: nested too deeply") from None
-        except ValueError as exc:
-            raise ApiError(400, f"body is not valid JSON: {exc}") from None
+        return await self.parser.run(_parse_json, body)
 
     def _name_field(self, document: Any, key: str) -> str:
         if not isinstance(document, dict):
@@ -250,7 +259,7 @@ class OpenFaaSAPI:
 
     @app.route("/system/functions", methods=["POST"])
     async def deploy(self, request: Any) -> bytes:
-        spec = deployment_to_spec(self._document(request), self.namespace)
+        spec = deployment_to_spec(await self._document(request), self.namespace)
         self.provider.check_spec(spec)
         await self._check_secrets(spec)
         status = FunctionStatus.initial(spec.name, self.wall_clock())
@@ -260,7 +269,7 @@ class OpenFaaSAPI:
 
     @app.route("/system/functions", methods=["PUT"])
     async def update(self, request: Any) -> bytes:
-        document = self._document(request)
+        document = await self._document(request)
         name = self._name_field(document, "service")
         record = await self._timed(self.store.get(name))
         spec = deployment_to_spec(document, self.namespace, record.spec)
@@ -273,7 +282,7 @@ class OpenFaaSAPI:
     @app.route("/system/functions", methods=["DELETE"])
     async def delete(self, request: Any) -> bytes:
         """Stop and delete in one: the reconciler removes what the provider runs."""
-        name = self._name_field(self._document(request), "functionName")
+        name = self._name_field(await self._document(request), "functionName")
         record = await self._timed(self.store.get(name))
         await self._timed(self.store.delete(record))
         self.kick(name)
@@ -283,7 +292,7 @@ class OpenFaaSAPI:
     async def scale(self, request: Any, name: str) -> bytes:
         """minReplica becomes the count; replicas follow without a restart. Zero keeps
         the function deployed: the next invocation scales it from zero."""
-        document = self._document(request)
+        document = await self._document(request)
         if not isinstance(document, dict):
             raise ApiError(400, "body must be a JSON object")
         service = document.get("serviceName")
@@ -322,7 +331,7 @@ class OpenFaaSAPI:
     @app.route("/system/secrets", methods=["POST", "PUT"])
     async def write_secret(self, request: Any) -> bytes:
         store = self._secret_store()
-        name, value = read_secret(self._document(request), self.namespace)
+        name, value = read_secret(await self._document(request), self.namespace)
         if request.method == b"POST":
             await self._timed(store.create(name, value))
         else:
@@ -331,7 +340,7 @@ class OpenFaaSAPI:
 
     @app.route("/system/secrets", methods=["DELETE"])
     async def delete_secret(self, request: Any) -> bytes:
-        name = self._name_field(self._document(request), "name")
+        name = self._name_field(await self._document(request), "name")
         await self._timed(self._secret_store().delete(name))
         return self._accepted(request)
 

@@ -46,6 +46,18 @@ def anonymous_role(value: str) -> Role | None:
     return None if value == "none" else Role(value)
 
 
+def presents_credentials(authorization: str | None) -> bool:
+    """Whether an ``Authorization`` value carries credentials at all. faas-cli sends
+    ``Authorization: Bearer `` with an empty token when not logged in: that is no
+    credentials (the anonymous rules apply), not a bad token."""
+    if authorization is None:
+        return False
+    scheme, _, value = authorization.strip().partition(" ")
+    if not scheme:
+        return False
+    return bool(value.strip()) or scheme.lower() != "bearer"
+
+
 def _equal(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
 
@@ -98,7 +110,7 @@ class Authorizer:
 
     def authenticate(self, authorization: str | None) -> Decision:
         """The caller's role, or a 401 naming what was wrong with the credentials."""
-        if authorization is None or not authorization.strip():
+        if not presents_credentials(authorization):
             if self.anonymous is None:
                 how = "Authorization: Bearer TOKEN"
                 if self.basic is not None:
@@ -132,7 +144,7 @@ class Authorizer:
             return decision
         assert decision.role is not None
         if not decision.role.allows(write):
-            if authorization is None or not authorization.strip():
+            if not presents_credentials(authorization):
                 return self._unauthorized("authentication required: anonymous callers may "
                                           "only read; send an admin token to change anything")
             return Decision(False, 403, "forbidden: this token has the read role; changes "

@@ -58,9 +58,15 @@ def list_(obj: CliContext, name: str, output: str) -> None:
 @key.command(name="revoke")
 @click.argument("name", metavar="FN")
 @click.argument("key_id", metavar="ID")
+@click.option("--open", "opening", is_flag=True,
+              help="Allow revoking FN's last key, which opens FN to anyone.")
 @click.pass_obj
-def revoke(obj: CliContext, name: str, key_id: str) -> None:
-    """Revoke FN's key ID at once (other keys stay valid)."""
+def revoke(obj: CliContext, name: str, key_id: str, opening: bool) -> None:
+    """Revoke FN's key ID at once (other keys stay valid). The last key is refused
+    unless --open: without keys anyone may call FN."""
     client = obj.client
-    client.call("DELETE", client.path(name, "keys/" + quote(key_id, safe="")))
+    path = client.path(name, "keys/" + quote(key_id, safe=""))
+    data = client.call("DELETE", path + ("?open=true" if opening else ""))
     click.echo(f"key {key_id} of function {name} revoked")
+    if data.get("open"):
+        click.echo(f"function {name} has no keys now: anyone may call it", err=True)

@@ -16,11 +16,16 @@ and the named fields ``method``, ``path``, ``function``, ``status``, ``duration`
 to (``faastwist.logformat.access_sink``); without one (twistd's ``--syslog``, a
 custom ``--logger``, tests) each line is a twisted.logger event as before.
 
+In text the client's method, path and call id are escaped (``text_field``): a call id
+with spaces or a line break cannot forge fields or lines. JSON quotes every field, so
+there they are logged as received.
+
 No faastwist imports: the lowest layer of the gate.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from json.encoder import encode_basestring_ascii as _quote  # type: ignore[attr-defined]
 from typing import Callable
@@ -36,6 +41,23 @@ _event_log = Logger(namespace=NAMESPACE)
 _log = Logger(namespace="faastwist.gate")
 
 Sink = Callable[[str], None]
+
+#: What a text field may not hold: a space or a control character would let a client
+#: (its X-Call-Id, its request line) forge fields or whole lines; a quote, a backslash
+#: or a byte past ASCII would make the line ambiguous to parsers.
+_UNSAFE = re.compile(rb'[\x00-\x20"\\\x7f-\xff]')
+
+
+def _hex(found: "re.Match[bytes]") -> bytes:
+    return b"\\x%02x" % found.group()[0]
+
+
+def text_field(value: bytes) -> str:
+    """``value`` as one space-free, printable ASCII field: each unsafe byte as ``\\xHH``
+    (nginx's escaping); a value with none, the common case, costs one regex search."""
+    if _UNSAFE.search(value) is None:
+        return value.decode("ascii")
+    return _UNSAFE.sub(_hex, value).decode("ascii")
 
 
 class AccessLog:
@@ -86,26 +108,29 @@ class AccessLog:
     def record(self, when: float, method: bytes, path: bytes, function: str, status: int,
                duration: float, size: int, call_id: bytes) -> None:
         """One request's line (``when``: the end of the request, epoch seconds)."""
-        m = method.decode("latin-1")
-        p = path.decode("latin-1")
-        c = call_id.decode("latin-1")
-        if self.sink is None:
-            _event_log.info(FORMAT, method=m, path=p, function=function, status=status,
-                            duration=duration, bytes=size, call_id=c)
+        if self.sink is None:   # a text observer formats the fields: the safe forms
+            _event_log.info(FORMAT, method=text_field(method), path=text_field(path),
+                            function=function or "-", status=status, duration=duration,
+                            bytes=size, call_id=text_field(call_id))
             return
         second = int(when)
         if second != self._second:
             self._second = second
             self._stamp = self._format_second(second)
-        message = "%s %s %s %d %.4fs %dB %s" % (m, p, function, status, duration, size, c)
-        if self.json:
+        if self.json:   # JSON quotes every field: the values as received
+            m = method.decode("latin-1")
+            p = path.decode("latin-1")
+            c = call_id.decode("latin-1")
+            message = "%s %s %s %d %.4fs %dB %s" % (m, p, function, status, duration, size, c)
             line = ('{"time": "%s.%03dZ", "level": "info", "namespace": "faastwist.access", '
                     '"message": %s, "method": %s, "path": %s, "function": %s, "status": %d, '
                     '"duration": %.6f, "bytes": %d, "call_id": %s}\n' % (
                         self._stamp, int((when - second) * 1000), _quote(message), _quote(m),
                         _quote(p), _quote(function), status, duration, size, _quote(c)))
         else:
-            line = "%s [faastwist.access#info] %s\n" % (self._stamp, message)
+            line = "%s [faastwist.access#info] %s %s %s %d %.4fs %dB %s\n" % (
+                self._stamp, text_field(method), text_field(path), function or "-", status,
+                duration, size, text_field(call_id))
         lines = self.lines
         lines.append(line)
         if len(lines) >= self.max_lines:

@@ -29,11 +29,24 @@ from faastwist.gate.context import GateContext
 from faastwist.gate.exchange import Exchange
 from faastwist.gate.decisions import GateError, RequestHead, error_headers
 from faastwist.gate.limits import ConnectionLimit, RejectProtocol
-from faastwist.gate.wire import LINGER, error_body, head_lines, reason, write_now
+from faastwist.gate.wire import (
+    LINGER,
+    error_body,
+    head_lines,
+    reason,
+    unsupported_version_message,
+    write_now,
+)
 
 log = Logger()
 
 MAX_HEAD_SIZE = 64 * 1024
+SPOKEN_VERSIONS = ("1.0", "1.1")
+
+
+class UnsupportedVersion(Exception):
+    """Raised from the parser's callback to stop it at a head of another HTTP version
+    (``GET / HTTP/2.0`` in cleartext must not be served as HTTP/1)."""
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -95,7 +108,8 @@ class LeanProtocol(Protocol):
         self.body_seen = 0.0                # when the body being received last moved
         self.first = True                   # no request read yet on this connection
         self.failed = False                 # the parser gave up on this connection's input
-        self.bad_input: str | None = None   # the 400 owed once earlier requests are answered
+        #: the 400 (or 505) owed once earlier requests are answered
+        self.bad_input: tuple[int, str] | None = None
 
     # -- connection --------------------------------------------------------------------
 
@@ -137,6 +151,9 @@ class LeanProtocol(Protocol):
             # (Upgrade is hop-by-hop): the request was answered like any other
             pass
         except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, UnsupportedVersion):
+                self._malformed(str(exc.__context__), 505)
+                return
             # a bug in the gate, not the client's fault: log it, answer 500 if we can
             log.failure("gate error handling a request from {client}",
                         Failure(exc.__context__ or exc), client=self.client_ip)
@@ -145,12 +162,16 @@ class LeanProtocol(Protocol):
             else:
                 self.transport.abortConnection()
         except httptools.HttpParserError as exc:
+            if str(exc) == "Invalid HTTP version":   # llhttp: not 0.9, 1.0, 1.1 or 2.0
+                self._malformed(unsupported_version_message(None), 505)
+                return
             self._malformed(f"malformed HTTP request: {exc}")
 
-    def _malformed(self, message: str) -> None:
-        """The input cannot be parsed further: 400, then close. Requests that were
-        read whole before the bad bytes are answered first, in order; a request whose
-        body is broken gets the 400 itself if its answer has not begun."""
+    def _malformed(self, message: str, code: int = 400) -> None:
+        """The input cannot be parsed further: 400 (505 for an HTTP version the gate
+        does not speak), then close. Requests that were read whole before the bad bytes
+        are answered first, in order; a request whose body is broken gets the 400
+        itself if its answer has not begun."""
         self.failed = True
         if self.closing:
             return    # already answered (an error that closes): the rest is noise
@@ -165,9 +186,9 @@ class LeanProtocol(Protocol):
             self.bad_input = None
             exchange.bad_request(message)     # its body is broken: 400 (or abort)
             return
-        self.bad_input = message
+        self.bad_input = (code, message)
         if exchange is None and not self.queue:
-            self._refuse(400, message)
+            self._refuse(code, message)
 
     def head_timed_out(self) -> None:
         self.failed = True
@@ -226,8 +247,11 @@ class LeanProtocol(Protocol):
         self.first = False
         self.head_size = 0
         self.body_seen = self.factory.clock.seconds()
+        version = parser.get_http_version()
+        if version not in SPOKEN_VERSIONS:   # llhttp also passes 0.9 and 2.0
+            raise UnsupportedVersion(unsupported_version_message(version))
         head = RequestHead(parser.get_method(), self.url, self.headers, self.client_ip,
-                           b"http", parser.get_http_version() == "1.1")
+                           b"http", version == "1.1")
         keep = parser.should_keep_alive()
         if self.exchange is None and not self.queue:
             self._start(head, keep)
@@ -282,7 +306,7 @@ class LeanProtocol(Protocol):
         if self.queue and not self.starting:
             self._run_queue()
         if self.bad_input is not None and self.exchange is None and not self.queue:
-            self._refuse(400, self.bad_input)
+            self._refuse(*self.bad_input)
 
     def _run_queue(self) -> None:
         """Start queued (pipelined) requests in order; one may finish at once (an
@@ -303,7 +327,7 @@ class LeanProtocol(Protocol):
         if not self.queue:
             self._resume(Pause.PIPELINE)
         if self.bad_input is not None and self.exchange is None and not self.queue:
-            self._refuse(400, self.bad_input)
+            self._refuse(*self.bad_input)
 
     # -- Downstream --------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ close; ``bodyIdleTimeout``: the request is cut); these classes do the same here:
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -29,7 +30,13 @@ from twisted.logger import Logger
 from twisted.web import http
 
 from faastwist.gate.decisions import GateError, error_headers
-from faastwist.gate.wire import LINGER, error_body, head_lines, reason
+from faastwist.gate.wire import (
+    LINGER,
+    error_body,
+    head_lines,
+    reason,
+    unsupported_version_message,
+)
 
 try:
     import h2.errors
@@ -108,6 +115,21 @@ def _handshake_done(transport: Any) -> bool:
     return bool(getattr(transport, "_handshakeDone", True))
 
 
+_VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])")
+
+
+def other_version(request_line: bytes) -> str | None:
+    """``"2.0"`` for ``GET / HTTP/2.0``: a well-formed version other than 1.0 and 1.1;
+    None for those two and for what is not a version at all (a 400 then)."""
+    parts = request_line.split(b" ")
+    if len(parts) != 3:
+        return None
+    found = _VERSION.fullmatch(parts[2])
+    if found is None or parts[2] in (b"HTTP/1.0", b"HTTP/1.1"):
+        return None
+    return f"{found.group(1).decode()}.{found.group(2).decode()}"
+
+
 def timeout_response(code: int, message: str) -> bytes:
     error = GateError(code, message, close=True)
     body = error_body(code, message)
@@ -158,6 +180,25 @@ class GateChannel(http.HTTPChannel):
         _cancel(self._gate_head)
         self._gate_head = None
         super().allHeadersReceived()
+
+    def lineReceived(self, line: bytes) -> None:
+        # a request line of another HTTP version: 505 {code, message} and close
+        # (twisted.web would answer a bare 400)
+        if line and self.persistent and self._HTTPChannel__first_line:  # type: ignore[attr-defined]
+            version = other_version(line)
+            if version is not None:
+                self._refuse_version(version)
+                return
+        super().lineReceived(line)
+
+    def _refuse_version(self, version: str) -> None:
+        _cancel(self._gate_head)
+        self._gate_head = None
+        self.persistent = False     # what follows on this connection is dropped
+        self.setTimeout(None)
+        self.transport.write(timeout_response(505, unsupported_version_message(version)))
+        self.loseConnection()
+        self._gate_abort = self.callLater(LINGER, self.transport.abortConnection)
 
     def _head_timed_out(self) -> None:
         self._gate_head = None

@@ -38,6 +38,13 @@ def error_body(code: int, message: str) -> bytes:
     return json.dumps({"code": code, "message": message}).encode()
 
 
+def unsupported_version_message(version: str | None) -> str:
+    """The 505's message: what the gate speaks on a cleartext connection."""
+    what = f"HTTP/{version}" if version else "this HTTP version"
+    return (f"{what} is not supported: send HTTP/1.1 or HTTP/1.0 (HTTP/2 is served over "
+            f"TLS only, when httpServer.https is on)")
+
+
 _TOKENS: dict[bytes, frozenset[bytes]] = {}
 _NOT_NAMES = frozenset({b"keep-alive", b"close", b"upgrade"})
 

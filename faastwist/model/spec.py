@@ -19,6 +19,7 @@ import attrs
 import yaml
 
 from faastwist.util.fields import FieldError, FieldReader
+from faastwist.util.linear import PatternError, compile_linear
 from faastwist.util.units import UnitError, format_duration, parse_quantity
 
 
@@ -139,9 +140,9 @@ def _read_path_adaptor(reader: FieldReader) -> PathAdaptor:
             return None
         pattern = inner.string("regexp")
         try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise inner.fail("regexp", f"does not compile: {exc}") from None
+            compile_linear(pattern)
+        except PatternError as exc:
+            raise inner.fail("regexp", str(exc)) from None
         return RegexpReplace(pattern, inner.string("replace", ""))
 
     adaptor = PathAdaptor(
@@ -186,9 +187,24 @@ def _read_header_adaptor(reader: FieldReader) -> HeaderAdaptor:
     _check_header_names(reader, "add", adaptor.add)
     for key, mapping in (("set", adaptor.set), ("add", adaptor.add)):
         for name, value in mapping.items():
-            if "\r" in value or "\n" in value:
-                raise reader.fail(key, f"value of {name!r} must not contain a line break")
+            bad = control_character(value)
+            if bad is not None:
+                what = "a line break" if bad in "\r\n" else f"control character {bad!r}"
+                raise reader.fail(key, f"value of {name!r} must not contain {what} (no "
+                                       f"control characters in header values)")
     return adaptor
+
+
+#: C0 controls (tab included), DEL and the C1 controls: never in an adapted header value
+#: (NUL, CR, LF split or end a header in some parser; VT, FF and the rest are read
+#: differently by different servers, which is how requests get smuggled)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def control_character(value: str) -> str | None:
+    """The first control character in ``value``, or None."""
+    found = _CONTROL.search(value)
+    return found.group() if found else None
 
 
 def _read_request_adaptor(reader: FieldReader) -> RequestAdaptor:

@@ -42,6 +42,10 @@ def knative_check(spec: FunctionSpec) -> None:
     spec.check_for_provider("knative")
 
 
+def process_check(spec: FunctionSpec) -> None:
+    spec.check_for_provider("process")
+
+
 def spec_yaml(name: str, image: str = "dev.local/app:1", **extra: Any) -> bytes:
     return yaml.safe_dump({"name": name, "image": image, **extra}).encode()
 
@@ -365,6 +369,60 @@ def test_billion_laughs_is_refused_before_it_expands(admin: Admin) -> None:
     reply = admin.create(body)
     assert reply.code == 400
     assert "expands to more than" in reply.data["message"]
+
+
+def alias_bomb(refs: int = 90_000, length: int = 9_000) -> bytes:
+    """Issue 21's shape: one long string and tens of thousands of aliases to it; under
+    100k values, but ~800 MB once written out (as the store and every listing would)."""
+    return (f"name: bomb\nimage: &s {'x' * length}\ncommand: ["
+            + ",".join(["*s"] * refs) + "]\n").encode()
+
+
+def test_an_alias_bomb_is_refused_by_its_expanded_bytes() -> None:
+    import tracemalloc
+
+    admin = Admin(check_spec=process_check)
+    body = alias_bomb()
+    assert len(body) < 900 * 1024
+    tracemalloc.start()
+    try:
+        reply = admin.create(body)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (reply.code, reply.data["message"]) == (400, (
+        "body expands to more than 1048576 bytes, the limit for a spec (YAML aliases "
+        "count at every use)"))
+    assert peak < 64 * 2**20, peak     # the parse, not gigabytes of copies
+    assert admin.store.writes == 0
+
+
+def test_the_expansion_limit_is_the_larger_of_1mib_and_maxbodysize() -> None:
+    body = alias_bomb(refs=200, length=9_000)     # 1.8 MB written out
+    assert Admin(check_spec=process_check).create(body).code == 400
+    bigger = Admin(max_body_size=4 << 20, check_spec=process_check)
+    reply = bigger.create(body, headers={"Accept": "application/json"})
+    assert reply.code == 201, reply.body
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+    | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=6)
+    | st.dictionaries(st.text(max_size=10), inner, max_size=6),
+    max_leaves=40))
+def test_a_body_without_aliases_never_exceeds_its_own_size(document: Any) -> None:
+    """The limit only refuses amplification: what a document counts is at most the
+    bytes of the body it came from, in either YAML style or JSON."""
+    from faastwist.admin.codec import check_expansion
+
+    for text in (yaml.safe_dump(document, default_flow_style=None, allow_unicode=True),
+                 yaml.safe_dump(document, default_flow_style=True, allow_unicode=True,
+                                width=1 << 20)):
+        check_expansion(yaml.safe_load(text), len(text.encode()))
+    text = json.dumps(document, ensure_ascii=False)
+    check_expansion(json.loads(text), len(text.encode()))
 
 
 def test_json_body_errors_name_json(admin: Admin) -> None:
@@ -1035,6 +1093,63 @@ def test_keys_are_created_shown_once_listed_by_id_and_revoked(admin: Admin) -> N
         {"id": second.data["id"], "created": second.data["created"]}]
     assert admin.request("POST", "/nope/keys", headers=accept).code == 404
     assert admin.request("GET", "/nope/keys", headers=accept).code == 404
+
+
+def test_the_last_key_is_revoked_only_with_open_true(admin: Admin) -> None:
+    """Issue 21: revoking the last key opened the function (200 without a key). A revoke
+    is meant to shut someone out, so the last key goes only when the operator says
+    the function is to be open."""
+    admin.create()
+    accept = {"Accept": "application/json"}
+    only = admin.request("POST", "/demo10/keys", headers=accept).data
+    refused = admin.request("DELETE", f"/demo10/keys/{only['id']}", headers=accept)
+    assert (refused.code, refused.data["message"]) == (409, (
+        f"key {only['id']} is the last key of function demo10: revoking it would open "
+        f"demo10 to anyone; create its replacement first, or revoke with open=true to "
+        f"open demo10 on purpose"))
+    stored, _ = fired(admin.store.get_keys("demo10"))
+    assert [e.id for e in stored.entries] == [only["id"]]          # still closed
+    for value in ("false", "0", "no"):
+        assert admin.request("DELETE", f"/demo10/keys/{only['id']}?open={value}").code == 409
+    bad = admin.request("DELETE", f"/demo10/keys/{only['id']}?open=maybe", headers=accept)
+    assert (bad.code, bad.data["message"]) == (400, "open: must be true or false, got 'maybe'")
+    # rotation: the replacement first, then the old key goes (the function stays closed)
+    second = admin.request("POST", "/demo10/keys", headers=accept).data
+    revoked = admin.request("DELETE", f"/demo10/keys/{only['id']}", headers=accept)
+    assert (revoked.code, revoked.data["revoked"], revoked.data["open"]) == (200, True, False)
+    # on purpose: open=true (a bare ?open too) lets the last one go
+    opened = admin.request("DELETE", f"/demo10/keys/{second['id']}?open", headers=accept)
+    assert (opened.code, opened.data["open"]) == (200, True)
+    assert fired(admin.store.get_keys("demo10"))[0].entries == ()
+    # a wrong id is still 404, whatever open says
+    assert admin.request("DELETE", "/demo10/keys/nope?open=true").code == 404
+
+
+def test_two_racing_revokes_cannot_both_take_the_last_two_keys(admin: Admin) -> None:
+    """The check and the write are one compare-and-swap: of two revokes that each saw
+    two keys, the loser re-reads, finds the last key and is refused."""
+    admin.create()
+    ids = [admin.request("POST", "/demo10/keys", headers={"Accept": "application/json"})
+           .data["id"] for _ in range(2)]
+    store = admin.store
+    real_get = store.get_keys
+    seen: list[Any] = []
+
+    def stale_once(name: str) -> Any:
+        d = real_get(name)
+        if not seen:   # the first read is the state before the other revoke wrote
+            seen.append(fired(d))
+            # the other revoke wins in between
+            keys, revision = seen[0]
+            fired(store.put_keys(name, keys.without(ids[1]), revision))
+            return succeed(seen[0])
+        return d
+
+    store.get_keys = stale_once   # type: ignore[method-assign]
+    answer = admin.request("DELETE", f"/demo10/keys/{ids[0]}",
+                           headers={"Accept": "application/json"})
+    assert answer.code == 409 and "is the last key" in answer.data["message"], answer.body
+    assert [e.id for e in fired(real_get("demo10"))[0].entries] == [ids[0]]
 
 
 def test_at_most_ten_keys(admin: Admin) -> None:

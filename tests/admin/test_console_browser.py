@@ -63,6 +63,7 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     for flag in BROWSER_FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})   # CSP reports
     service = Service(executable_path=driver_path, log_output=str(tmp_path / "chromedriver.log"))
     driver = webdriver.Chrome(service=service, options=options)
     driver.set_page_load_timeout(30)
@@ -129,6 +130,12 @@ class Page:
         path = self.artifacts / f"console-{label}.png"
         self.driver.save_screenshot(str(path))
         return path
+
+
+def csp_reports(driver: Any) -> list[str]:
+    """The browser console's Content-Security-Policy messages since the last call."""
+    return [entry["message"] for entry in driver.get_log("browser")
+            if "Content Security Policy" in entry["message"]]
 
 
 def visible_error(page: Page, element_id: str) -> str:
@@ -241,6 +248,29 @@ def test_console_create_list_invoke_stop_delete(browser, cli_node, tmp_path: Pat
     assert shot.stat().st_size > 1000
     code, _, _ = http("GET", f"{cli_node.admin_url}/webfn", headers={"Accept": "application/json"})
     assert code == 404
+    # all of the above ran under the console's Content-Security-Policy, which the
+    # browser enforced without refusing anything the page does
+    status, headers, _ = http("GET", f"{cli_node.admin_root}/console/")
+    assert "script-src 'self'" in headers["Content-Security-Policy"]
+    assert csp_reports(browser) == []
+
+
+def test_another_site_cannot_frame_the_console(browser, cli_node, tmp_path: Path) -> None:
+    """Issue 21: the console could be framed (clickjacking). A page of another origin
+    that frames it gets the browser's refusal, and the frame shows nothing of it."""
+    page = Page(browser, ARTIFACTS)
+    framing = tmp_path / "framing.html"
+    framing.write_text(f'<!doctype html><iframe id="f" src="{cli_node.admin_root}/console/" '
+                       f'width="800" height="600"></iframe>')
+    browser.get(framing.as_uri())
+    refused = page.wait("the browser's refusal", lambda: [
+        m for m in csp_reports(browser) if "frame-ancestors 'none'" in m], timeout=15)
+    assert cli_node.admin_root in refused[0]
+    page.shot("framed")
+    # the same page, opened on its own, boots (the policy does not break the console)
+    browser.get(f"{cli_node.admin_root}/console/")
+    page.wait("the page to boot", lambda: page.css("body[data-ready=true]"))
+    assert csp_reports(browser) == []
 
 
 def test_console_pages_and_searches_instead_of_listing_everything(browser, cli_node) -> None:

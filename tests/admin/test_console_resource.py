@@ -259,3 +259,56 @@ def test_mount_console_in_front_of_another_root() -> None:
     assert (response.code, response.headers.getRawHeaders("location")) == (301, ["/console/"])
     response, body = call("/console/app.js")
     assert body == (STATIC_DIR / "app.js").read_bytes()
+
+
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+       "img-src 'self' data:; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+
+
+@pytest.mark.parametrize("method, path, code", [
+    ("GET", "/console/", 200), ("GET", "/console/index.html", 200),
+    ("GET", "/console/app.js", 200), ("GET", "/console/config.json", 200),
+    ("GET", "/console", 301), ("GET", "/console/nope", 404), ("POST", "/console/", 405),
+    ("GET", "/console/invoke/echo/", 403)])
+def test_every_console_answer_forbids_framing_and_foreign_code(method: str, path: str,
+                                                              code: int) -> None:
+    """Issue 21: the console could be framed (no CSP, no X-Frame-Options)."""
+    response, _ = Harness().call(method, path, data=b"x" if method == "POST" else None)
+    assert response.code == code
+    assert response.headers.getRawHeaders("content-security-policy") == [CSP]
+    assert response.headers.getRawHeaders("x-frame-options") == ["DENY"]
+    assert response.headers.getRawHeaders("x-content-type-options") == ["nosniff"]
+
+
+def test_the_page_has_no_inline_script_or_style() -> None:
+    """What the policy allows is all the page needs (the browser test runs it)."""
+    import re
+
+    page = (STATIC_DIR / "index.html").read_text()
+    assert re.findall(r"<script[^>]*>", page) == ['<script src="app.js">']
+    assert "<style" not in page and " style=" not in page
+    assert not re.search(r"\son[a-z]+=", page)      # no inline event handlers
+    script = (STATIC_DIR / "app.js").read_text()
+    assert "eval(" not in script and "new Function" not in script
+    assert "innerHTML" not in script and "setAttribute(\"style" not in script
+
+
+class FramingGate(Resource):
+    """A function that tries to make its answer a document of the admin origin."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", b"text/html")
+        request.setHeader(b"content-security-policy", b"default-src *")
+        request.setHeader(b"x-frame-options", b"ALLOWALL")
+        return b"<script>alert(1)</script>"
+
+
+def test_relayed_answers_carry_a_sandbox_policy_over_the_functions() -> None:
+    response, body = Harness(gate_root=FramingGate()).call("GET", "/console/invoke/evil/",
+                                                           headers=CONSOLE)
+    assert body == b"<script>alert(1)</script>"
+    assert response.headers.getRawHeaders("content-security-policy") == [
+        "default-src 'none'; sandbox; frame-ancestors 'none'"]
+    assert response.headers.getRawHeaders("x-frame-options") == ["DENY"]

@@ -198,3 +198,57 @@ def test_the_guard_checks_a_request_rendered_at_its_own_level() -> None:
     allowed = DummyRequest([])
     allowed.requestHeaders.setRawHeaders(b"authorization", [f"Bearer {ADMIN}".encode()])
     assert guard.render(allowed) == b"root" and opened == [b"GET"]
+
+
+def test_a_relayed_clients_host_is_held_to_the_host_rule(node: Node) -> None:
+    """The gate relays /system/* with its own Host and the client's in X-Forwarded-Host:
+    a rebinding name is 421 there too; a direct client cannot pass with that header."""
+    code, _, body = node.call("GET", API, token=ADMIN, X_Forwarded_Host="evil.example:10083")
+    assert (code, json.loads(body)["message"]) == (421, (
+        "X-Forwarded-Host 'evil.example:10083' is not one of this node's names; a browser "
+        "sent here by another site's DNS name is refused (add the name to "
+        "admin.allowedHosts if it is yours)"))
+    assert node.call("GET", API, token=ADMIN, X_Forwarded_Host="nodehost:10083")[0] == 200
+    assert node.call("GET", API, token=ADMIN, X_Forwarded_Host="10.1.2.3:10083")[0] == 200
+    # a good forwarded host never excuses a bad Host
+    assert node.call("GET", API, token=ADMIN, Host="evil.example",
+                     X_Forwarded_Host="127.0.0.1")[0] == 421
+    # the probes skip the check, as for Host
+    assert node.call("GET", ROOT + "/healthz", X_Forwarded_Host="evil.example")[0] == 200
+
+
+def test_every_forwarded_host_value_is_checked(node: Node) -> None:
+    headers = {"Authorization": f"Bearer {ADMIN}", "Accept": "application/json",
+               "X-Forwarded-Host": ["127.0.0.1", "evil.example"]}
+    d = node.http.request("GET", API, headers=headers)
+    node.http.flush()
+    assert fired(d).code == 421
+
+
+def test_refusals_on_system_paths_are_json_for_openfaas_clients(node: Node) -> None:
+    """faas-cli sends no Accept and reads ``{code, message}`` JSON; the challenge stays."""
+    for path, headers, code in (
+            ("/system/functions", {}, 401),
+            ("/system/functions", {"Authorization": "Bearer "}, 401),   # faas-cli, logged out
+            ("/system/functions", {"Host": "evil.example"}, 421)):
+        d = node.http.request("GET", ROOT + path, headers=headers)
+        node.http.flush()
+        response = fired(d)
+        body = fired(node.http.content(response))
+        assert response.code == code
+        assert response.headers.getRawHeaders("content-type") == ["application/json"]
+        assert set(json.loads(body)) == {"code", "message"}
+        if code == 401:
+            assert response.headers.getRawHeaders("www-authenticate") == [
+                'Bearer realm="faastwist"']
+    # the Easegress API keeps answering YAML to a client that does not ask for JSON
+    d = node.http.request("GET", API)
+    node.http.flush()
+    assert fired(d).headers.getRawHeaders("content-type") == ["application/yaml"]
+
+
+def test_an_empty_bearer_is_anonymous_on_the_admin_port() -> None:
+    node = Node(anonymous=Role.READ)
+    assert node.call("GET", API, Authorization="Bearer ")[0] == 200
+    code, _, body = node.call("POST", API, b"", Authorization="Bearer ")
+    assert code == 401 and "anonymous callers may only read" in json.loads(body)["message"]

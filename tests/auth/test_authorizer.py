@@ -131,3 +131,24 @@ def test_anonymous_role_choices() -> None:
     with pytest.raises(ValueError) as caught:
         anonymous_role("root")
     assert str(caught.value) == "must be one of none, read, admin, got 'root'"
+
+
+@pytest.mark.parametrize("header", ["Bearer ", "Bearer", "bearer    ", " Bearer \t"])
+def test_an_empty_bearer_token_is_no_credentials(header: str) -> None:
+    """faas-cli sends ``Authorization: Bearer `` when not logged in: the anonymous rules
+    apply to it, exactly as to a request without the header."""
+    for anonymous in (None, Role.READ, Role.ADMIN):
+        auth = Authorizer(TOKENS, anonymous=anonymous)
+        for write in (False, True):
+            assert auth.check(header, write) == auth.check(None, write), (anonymous, write)
+    assert Authorizer(TOKENS, anonymous=Role.READ).check(header, False).allowed
+    assert Authorizer(TOKENS, anonymous=Role.ADMIN).check(header, True).role is Role.ADMIN
+
+
+def test_presents_credentials() -> None:
+    from faastwist.auth.authorizer import presents_credentials
+
+    assert [presents_credentials(h) for h in (None, "", "  ", "Bearer ", "Bearer")] == [
+        False] * 5
+    assert [presents_credentials(h) for h in ("Bearer x", "Basic ", "Digest", "x")] == [
+        True] * 4

@@ -48,6 +48,14 @@ def test_keys_rotation_and_rate_limit_end_to_end(cli_node, tmp_path: Path) -> No
     assert call(cli_node, "locked", {"X-API-Key": second})[0] == 200
     refused = run_cli(cli_node, "key", "revoke", "locked", ids[0])
     assert refused.returncode == 1 and ids[0] in refused.stderr
+    # issue 21: the last key does not go (that would open the function) unless --open
+    last = run_cli(cli_node, "key", "revoke", "locked", ids[1])
+    assert last.returncode == 1 and "is the last key of function locked" in last.stderr
+    assert call(cli_node, "locked")[0] == 401
+    assert call(cli_node, "locked", {"X-API-Key": second})[0] == 200
+    opened = ok(run_cli(cli_node, "key", "revoke", "locked", ids[1], "--open"))
+    assert "anyone may call it" in opened.stderr
+    wait_for(lambda: call(cli_node, "locked")[0] == 200)
 
     # past the rate: 429 with Retry-After (burst 2 at 0.2/s: the third waits 5 s)
     ok(run_cli(cli_node, "create", "-f", str(echo_spec(

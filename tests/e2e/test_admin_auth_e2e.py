@@ -13,6 +13,7 @@ import os
 import signal
 import stat
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Iterator
 
@@ -158,3 +159,51 @@ def test_anonymous_admin_still_serves_same_origin_writes(anonymous: FaasNodeProc
         auth=False)
     assert status == 201, body
     assert http("DELETE", f"{anonymous.admin_url}/fine", auth=False)[0] in (200, 409)
+
+
+DEPLOY = json.dumps({"service": "pwned", "image": "x", "envProcess": "id"})
+
+
+def test_the_gates_system_relay_applies_the_admin_host_and_origin_checks(
+        anonymous: FaasNodeProcess) -> None:
+    """Issue 21: a foreign Host got 421 on the admin port but 200 through the gate."""
+    url = anonymous.gate_url + "/system/functions"
+    gate_host = urllib.parse.urlsplit(anonymous.gate_url).netloc
+    status, headers, body = http("POST", url, DEPLOY, {"Host": "evil.example:" +
+                                                       gate_host.rsplit(":", 1)[1]}, auth=False)
+    assert status == 421, body
+    assert headers["Content-Type"] == "application/json"
+    assert json.loads(body)["message"].startswith("X-Forwarded-Host 'evil.example:")
+    status, _, body = http("GET", url, headers={"Host": "evil.example"}, auth=False)
+    assert status == 421, body
+    # a page the gate serves (any function's) has the gate's origin, not the admin's
+    status, _, body = http("POST", url, DEPLOY, {"Origin": anonymous.gate_url}, auth=False)
+    assert status == 403 and "Origin" in json.loads(body)["message"], body
+    status, _, body = http("POST", url, DEPLOY, {"Origin": "http://evil.example"}, auth=False)
+    assert status == 403, body
+    # the same name the gate is reached by, from a non-browser client: served
+    assert http("GET", url, auth=False)[0] == 200
+    time.sleep(1.5)  # a reconcile pass or more
+    assert json.loads(http("GET", url, auth=False)[2]) == []
+
+
+def test_faas_cli_logged_out_gets_json_401_through_the_gate(fresh: FaasNodeProcess) -> None:
+    """faas-cli sends ``Authorization: Bearer `` when not logged in: no credentials, so
+    the anonymous rule (none here) answers, as JSON with the challenge."""
+    for url in (fresh.gate_url + "/system/functions", fresh.admin_root + "/system/functions"):
+        status, headers, body = http("GET", url, headers={"Authorization": "Bearer "})
+        assert status == 401, (url, body)
+        assert headers["Content-Type"] == "application/json"
+        assert headers["WWW-Authenticate"] == 'Bearer realm="faastwist"'
+        assert json.loads(body)["message"].startswith("authentication required")
+    status, _, body = http("GET", fresh.admin_url, headers={"Authorization": "Bearer "})
+    assert status == 401 and b"authentication required" in body
+
+
+def test_an_empty_bearer_is_anonymous_through_the_gate(anonymous: FaasNodeProcess) -> None:
+    url = anonymous.gate_url + "/system/functions"
+    status, _, body = http("GET", url, headers={"Authorization": "Bearer "})
+    assert status == 200 and json.loads(body) == []
+    status, _, body = http("GET", anonymous.admin_url,
+                           headers={**JSON, "Authorization": "Bearer "})
+    assert status == 200, body

@@ -183,7 +183,7 @@ def test_watchdog_limits_failures_and_logs(node):
     import socket
     with socket.create_connection(("127.0.0.1", node.gate_port), timeout=10) as sock:
         sock.sendall(b"GET /system/logs?name=busyfn&tail=1&follow=true HTTP/1.1\r\n"
-                     b"Host: gate\r\nAuthorization: Bearer " + node.token.encode()
+                     b"Host: localhost\r\nAuthorization: Bearer " + node.token.encode()
                      + b"\r\n\r\n")
         received = sock.recv(65536)
         assert received.startswith(b"HTTP/1.1 200")

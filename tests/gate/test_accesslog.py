@@ -117,3 +117,60 @@ def test_local_time_offset_in_text_mode() -> None:
     _record(access)
     access.flush()
     assert out[0].startswith(time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(int(WHEN))))
+
+
+FORGED = b"x 200 0.0001s 0B forged\r\n2026-01-01T00:00:00+0000 [faastwist.access#info] \"q\\"
+
+
+def test_a_call_id_with_spaces_cannot_forge_fields_or_lines_in_text() -> None:
+    """Issue 21: ``X-Call-Id`` with spaces forged fields in the text access log."""
+    clock, out, access = _log(False)
+    _record(access, path=b'/a b"\x01\xe9', call_id=FORGED)
+    access.stop()
+    (batch,) = out
+    assert batch.count("\n") == 1 and batch.endswith("\n")
+    message = batch.split(" [faastwist.access#info] ", 1)[1].rstrip("\n")
+    fields = message.split(" ")
+    assert fields == ["POST", "/a\\x20b\\x22\\x01\\xe9", "demo10", "200", "0.0123s", "17B",
+                      "x\\x20200\\x200.0001s\\x200B\\x20forged\\x0d\\x0a2026-01-01T00:00:00"
+                      "+0000\\x20[faastwist.access#info]\\x20\\x22q\\x5c"]
+    assert batch.isascii()
+
+
+def test_text_fields_escape_exactly_the_unsafe_bytes() -> None:
+    from faastwist.gate.accesslog import text_field
+
+    safe = bytes(range(0x21, 0x7f)).replace(b'"', b"").replace(b"\\", b"")
+    assert text_field(safe) == safe.decode()
+    for byte in [*range(0x21), 0x22, 0x5c, *range(0x7f, 0x100)]:
+        assert text_field(bytes([byte])) == "\\x%02x" % byte
+
+
+def test_json_keeps_the_values_as_received_quoted() -> None:
+    clock, out, access = _log(True)
+    _record(access, call_id=FORGED)
+    access.stop()
+    line = json.loads(out[0])
+    assert line["call_id"] == FORGED.decode("latin-1") and out[0].count("\n") == 1
+
+
+def test_log_events_carry_the_escaped_fields_and_a_dash_for_no_function() -> None:
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        access = AccessLog(Clock())
+        access.record(WHEN, b"GET", b"/x", "", 400, 0.001, 10, b"a b")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    (event,) = [e for e in events if e.get("log_namespace") == "faastwist.access"]
+    text = formatEventAsClassicLogText(event)
+    assert text.endswith("GET /x - 400 0.0010s 10B a\\x20b\n")
+
+
+def test_no_function_is_a_dash_in_text() -> None:
+    clock, out, access = _log(False)
+    access.record(WHEN, b"GET", b"/", "", 400, 0.001, 10, b"c")
+    access.stop()
+    assert out[0].endswith("[faastwist.access#info] GET / - 400 0.0010s 10B c\n")

@@ -376,3 +376,46 @@ def test_call_ids_are_16_hex_digits_then_a_hex_counter_from_1() -> None:
     assert re.fullmatch(rb"[0-9a-f]{16}-", ids.prefix)
     assert [ids() for _ in range(16)][::15] == [ids.prefix + b"1", ids.prefix + b"10"]
     assert CallIds(b"fixed")() == b"fixed-1"
+
+
+def test_a_backtracking_bomb_in_regexp_replace_answers_at_once() -> None:
+    """Issue 21: ``^/(a+)+$`` against a 33-byte path froze the gate 8 s on Python's
+    backtracking ``re``; on RE2 the time is linear in the path (microseconds here)."""
+    import time
+
+    adaptor = compile_adaptor(FunctionSpec.from_dict({"name": "f", "requestAdaptor": {
+        "path": {"regexpReplace": {"regexp": "^/(a+)+$", "replace": "/matched/$1"}}}}
+    ).request_adaptor)
+    assert adaptor is not None
+    path = b"/" + b"a" * 31 + b"!"
+    assert len(path) == 33   # the issue's path
+    started = time.perf_counter()
+    for _ in range(100):
+        assert adaptor.apply_target(path + b"?q") == path + b"?q"   # no match: unchanged
+    assert time.perf_counter() - started < 0.5
+    # a path that matches is still rewritten as Go's regexp would
+    assert adaptor.apply_target(b"/aaa?x=1") == b"/matched/aaa?x=1"
+
+
+def test_regexp_replace_runs_on_re2() -> None:
+    """Go (RE2) semantics where Python's differ: ``$`` is the end of the text only."""
+    adaptor = compile_adaptor(FunctionSpec.from_dict({"name": "f", "requestAdaptor": {
+        "path": {"regexpReplace": {"regexp": "^/x$", "replace": "/y"}}}}).request_adaptor)
+    assert adaptor is not None
+    assert adaptor.apply_target(b"/x") == b"/y"
+    assert adaptor.apply_target(b"/x\n") == b"/x%0A"    # Python's $ would match here
+
+
+def test_adaptor_header_values_with_control_characters_are_not_sent() -> None:
+    """Specs refuse them; a record stored before that rule is defended at the gate."""
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        adaptor = compile_adaptor(RequestAdaptor(header=HeaderAdaptor(
+            set={"X-Nul": "a\x00b", "X-Ok": "fine"}, add={"X-Vt": "a\x0bb", "X-Ff": "\x0c"})))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert adaptor is not None
+    assert adaptor.apply_headers([]) == [(b"x-ok", b"fine")]
+    assert sorted((e["key"], e["name"]) for e in events if "key" in e) == [
+        ("add", "X-Ff"), ("add", "X-Vt"), ("set", "X-Nul")]

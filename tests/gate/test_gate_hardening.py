@@ -7,6 +7,7 @@ closes the connection.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -485,3 +486,28 @@ async def test_h2_a_stalled_header_block_closes_its_connection_while_others_are_
     raw, took = await slow
     assert b"headerTimeout" in raw          # the GOAWAY's debug data
     assert HEAD - 0.1 < took < HEAD + 3.0, took
+
+
+@pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/3.0", b"HTTP/0.9", b"HTTP/1.2",
+                                     b"HTTP/2.1"])
+@pytest_twisted.ensureDeferred
+async def test_other_http_versions_are_505_then_close(make_gate: Any, version: bytes) -> None:
+    """Issue 21: ``GET / HTTP/2.0`` in cleartext was served as HTTP/1."""
+    gate = make_gate()
+    raw = await send(gate, b"GET / " + version + b"\r\nHost: gate\r\n"
+                     b"X-FaaS-Func-Name: demo10\r\n\r\n")
+    assert statuses(raw) == [505], raw
+    assert raw.endswith(b"<EOF>") or raw.endswith(b"<RESET>"), raw
+    assert b"connection: close" in raw.lower()
+    body = json.loads(raw.partition(b"\r\n\r\n")[2].rpartition(b"<")[0])
+    assert body["code"] == 505 and "is not supported: send HTTP/1.1" in body["message"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pipelined_other_version_is_505_after_the_answers_before_it(
+        make_gate: Any) -> None:
+    gate = make_gate()
+    raw = await send(gate, request() + b"GET / HTTP/2.0\r\nHost: gate\r\n"
+                     b"X-FaaS-Func-Name: demo10\r\n\r\n" + request())
+    assert statuses(raw) == [200, 505], raw
+    assert raw.endswith(b"<EOF>") or raw.endswith(b"<RESET>"), raw

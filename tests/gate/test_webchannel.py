@@ -4,6 +4,7 @@ machine), against the in-memory upstream of tests/support/gate.py."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterator
 
 import h2.config
@@ -301,3 +302,32 @@ def test_h2_a_stalled_header_block_closes_the_connection_an_idle_one_stays(
     client.advance(0.2)
     assert client.closing
     assert b"headerTimeout" in client.received()
+
+
+def test_another_http_version_is_505_then_close_and_nothing_reaches_the_upstream(
+        gate: MemoryGate) -> None:
+    client = Client(gate)
+    aborted: list[bool] = []
+    client.transport.abortConnection = lambda: aborted.append(True)  # type: ignore
+    client.send(b"GET /x HTTP/2.0\r\nHost: gate\r\nX-FaaS-Func-Name: demo10\r\n\r\n"
+                + GET)
+    raw = client.received()
+    assert status(raw) == 505 and b"connection: close" in raw and client.closing
+    assert b'"HTTP/2.0 is not supported: send HTTP/1.1 or HTTP/1.0' in raw
+    assert len(re.findall(rb"HTTP/1\.1 \d{3} ", raw)) == 1   # the pipelined GET: not served
+    assert gate.upstream.requests == []
+    client.advance(HEAD + 1)
+    assert client.received() == b""             # no 408 after the 505 either
+    client.advance(LINGER)
+    assert aborted == [True]                     # a client that does not read: gone
+
+
+def test_other_version_parses_only_well_formed_versions() -> None:
+    from faastwist.gate.webchannel import other_version
+
+    assert other_version(b"GET / HTTP/2.0") == "2.0"
+    assert other_version(b"PRI * HTTP/2.0") == "2.0"
+    assert other_version(b"GET / HTTP/0.9") == "0.9"
+    for line in (b"GET / HTTP/1.1", b"GET / HTTP/1.0", b"GET / HTTP/1.01", b"GET / HTTP/2",
+                 b"GET / http/2.0", b"GET /  HTTP/2.0", b"GET / HTTP/2.0 x", b"GET"):
+        assert other_version(line) is None, line

@@ -347,8 +347,15 @@ _DNS = ("must be a DNS-1123 label (lower-case letters, digits and '-', starting 
     ({"name": "a" * 64}, "name: must be at most 63 characters, got 64"),
     ({"name": "Demo"}, f"name: {_DNS} 'Demo'"),
     ({"requestAdaptor": {"path": {"regexpReplace": {"regexp": "("}}}},
-     "requestAdaptor.path.regexpReplace.regexp: does not compile: missing ), unterminated "
-     "subpattern at position 0"),
+     "requestAdaptor.path.regexpReplace.regexp: does not compile on RE2 (linear time, as "
+     "Go's regexp): missing ): ("),
+    # what only a backtracking engine runs: refused when the spec is read
+    ({"requestAdaptor": {"path": {"regexpReplace": {"regexp": r"^/(a)\1$"}}}},
+     "requestAdaptor.path.regexpReplace.regexp: does not compile on RE2 (linear time, as "
+     "Go's regexp): invalid escape sequence: \\1"),
+    ({"requestAdaptor": {"path": {"regexpReplace": {"regexp": "^/(?=a)"}}}},
+     "requestAdaptor.path.regexpReplace.regexp: does not compile on RE2 (linear time, as "
+     "Go's regexp): invalid perl operator: (?="),
     ({"requestAdaptor": {"path": {"replace": "r"}}},
      "requestAdaptor.path.replace: must start with '/', got 'r'"),
     ({"requestAdaptor": {"path": {"addPrefix": "p"}}},
@@ -364,9 +371,17 @@ _DNS = ("must be a DNS-1123 label (lower-case letters, digits and '-', starting 
      "requestAdaptor.header.add: 'host' is managed by the gate and cannot be adapted; use "
      "requestAdaptor.host"),
     ({"requestAdaptor": {"header": {"set": {"X": "a\rb"}}}},
-     "requestAdaptor.header.set: value of 'X' must not contain a line break"),
+     "requestAdaptor.header.set: value of 'X' must not contain a line break (no control "
+     "characters in header values)"),
     ({"requestAdaptor": {"header": {"add": {"X": "a\nb"}}}},
-     "requestAdaptor.header.add: value of 'X' must not contain a line break"),
+     "requestAdaptor.header.add: value of 'X' must not contain a line break (no control "
+     "characters in header values)"),
+    ({"requestAdaptor": {"header": {"set": {"X": "a\x00b"}}}},
+     "requestAdaptor.header.set: value of 'X' must not contain control character '\\x00' "
+     "(no control characters in header values)"),
+    ({"requestAdaptor": {"header": {"add": {"X": "a\x0bb"}}}},
+     "requestAdaptor.header.add: value of 'X' must not contain control character '\\x0b' "
+     "(no control characters in header values)"),
     ({"requestAdaptor": {"method": "G ET"}},
      "requestAdaptor.method: is not an HTTP method token, got 'G ET'"),
     ({"requestAdaptor": {"host": "a b"}},
@@ -534,3 +549,20 @@ def test_loader_variables_are_refused(key: str) -> None:
 def test_ordinary_variables_pass(key: str) -> None:
     assert not loader_variable(key)
     assert FunctionSpec.from_dict({"name": "f", "command": ["x"], "env": {key: "v"}}).env
+
+
+@pytest.mark.parametrize("key", ["set", "add"])
+@pytest.mark.parametrize("code", [*range(0x20), 0x7f, *range(0x80, 0xa0)])
+def test_every_control_character_is_refused_in_adaptor_header_values(key, code):
+    """Issue 21: NUL, VT and FF were accepted (only CR and LF were refused)."""
+    error = _error({"name": "f", "requestAdaptor": {"header": {key: {"X-A": f"a{chr(code)}b"}}}})
+    assert error.path == f"requestAdaptor.header.{key}"
+    assert error.problem.startswith("value of 'X-A' must not contain ")
+
+
+@pytest.mark.parametrize("value", ["plain", "with space", "caf\u00e9", "~!#$%&'*+-.^_`|",
+                                   "\u00a0nbsp", "a=b; c=\"d\""])
+def test_printable_adaptor_header_values_are_kept(value):
+    spec = FunctionSpec.from_dict({"name": "f", "requestAdaptor": {"header": {
+        "set": {"X-A": value}, "add": {"X-B": value}}}})
+    assert spec.request_adaptor.header.set == {"X-A": value}

@@ -135,7 +135,8 @@ def test_admin_auth_defaults_and_paths(tmp_path):
     assert not config.admin.allow_insecure and not config.admin.https
     (tmp_path / "u").write_text("admin")
     (tmp_path / "p").write_text("pw")
-    config = ControllerConfig.from_dict({"admin": {"auth": {
+    config = ControllerConfig.from_dict({"httpServer": {"address": "127.0.0.1"},
+                                         "admin": {"auth": {
         "tokensFile": "secrets/t", "anonymous": "read", "metricsOpen": True,
         "basicAuth": {"userFile": "u", "passwordFile": "p"}},
         "allowedHosts": ["ops.example"], "allowedOrigins": ["https://ops.example"]}}, tmp_path)
@@ -150,6 +151,11 @@ def test_admin_auth_defaults_and_paths(tmp_path):
     ({"auth": {"basicAuth": {"userFile": "nope"}}}, "admin.auth.basicAuth.userFile: no such file"),
     ({"address": "0.0.0.0", "auth": {"anonymous": "admin"}},
      "admin.auth.anonymous: admin on the non-loopback admin.address '0.0.0.0'"),
+    ({"auth": {"anonymous": "admin"}},
+     "admin.auth.anonymous: admin on the non-loopback httpServer.address '0.0.0.0' (the "
+     "gate relays /system/* to the admin API)"),
+    ({"auth": {"anonymous": "read"}},
+     "admin.auth.anonymous: read on the non-loopback httpServer.address '0.0.0.0'"),
     ({"https": True}, "admin.certFile: is required when https is true"),
     ({"allowedOrigins": ["ops.example"]}, "admin.allowedOrigins: must be origins"),
     ({"auth": {"tokenFile": "x"}}, "admin.auth.tokenFile: unknown field"),
@@ -160,13 +166,50 @@ def test_admin_auth_errors_name_the_key(tmp_path, admin, message):
     assert str(caught.value).startswith(message)
 
 
+LOOPBACK_GATE = {"address": "127.0.0.1"}
+
+
 def test_anonymous_admin_needs_allow_insecure_off_loopback(tmp_path):
     assert ControllerConfig.from_dict(
-        {"admin": {"address": "::1", "auth": {"anonymous": "admin"}}}, tmp_path)
+        {"httpServer": LOOPBACK_GATE,
+         "admin": {"address": "::1", "auth": {"anonymous": "admin"}}}, tmp_path)
     config = ControllerConfig.from_dict(
         {"admin": {"address": "0.0.0.0", "allowInsecure": True,
                    "auth": {"anonymous": "admin"}}}, tmp_path)
     assert config.admin.allow_insecure
+
+
+@pytest.mark.parametrize("role", ["read", "admin"])
+@pytest.mark.parametrize("gate, admin, refused", [
+    ("127.0.0.1", "127.0.0.1", None),
+    ("::1", "localhost", None),
+    ("0.0.0.0", "127.0.0.1", "httpServer.address '0.0.0.0' (the gate relays /system/* to "
+                             "the admin API)"),
+    ("10.1.2.3", "127.0.0.1", "httpServer.address '10.1.2.3' (the gate relays /system/* to "
+                              "the admin API)"),
+    ("127.0.0.1", "0.0.0.0", "admin.address '0.0.0.0'"),
+])
+def test_anonymous_access_is_judged_by_the_gate_that_relays_system_too(
+        tmp_path, role, gate, admin, refused):
+    """The gate relays /system/* to the admin API: anonymous access through a gate that
+    listens beyond loopback is as open as an admin port there."""
+    data = {"httpServer": {"address": gate},
+            "admin": {"address": admin, "auth": {"anonymous": role}}}
+    if refused is None:
+        assert ControllerConfig.from_dict(data, tmp_path).admin.auth.anonymous == role
+    else:
+        with pytest.raises(ConfigError) as caught:
+            ControllerConfig.from_dict(data, tmp_path)
+        what = {"admin": "run commands on this machine",
+                "read": "read every function's spec, environment and logs"}[role]
+        assert str(caught.value) == (
+            f"admin.auth.anonymous: {role} on the non-loopback {refused} lets anyone who "
+            f"reaches that port {what}; use tokens, or set admin.allowInsecure: true if "
+            f"you mean it")
+        data["admin"]["allowInsecure"] = True
+        assert ControllerConfig.from_dict(data, tmp_path).admin.allow_insecure
+    data["admin"]["auth"]["anonymous"] = "none"
+    assert ControllerConfig.from_dict(data, tmp_path).admin.auth.anonymous == "none"
 
 
 @pytest.mark.process
@@ -182,6 +225,23 @@ def test_twistd_refuses_anonymous_admin_on_the_network(tmp_path):
     assert result.stderr.startswith("faasgate: config error: admin.auth.anonymous: admin on "
                                     "the non-loopback")
     assert "admin.allowInsecure: true" in result.stderr
+
+
+@pytest.mark.process
+def test_twistd_refuses_anonymous_read_through_a_gate_on_the_network(tmp_path):
+    """The issue's case: the admin port on loopback, the gate (which relays /system/*)
+    on its default 0.0.0.0."""
+    bad = tmp_path / "c.yaml"
+    bad.write_text("admin: {address: 127.0.0.1, auth: {anonymous: read}}\n")
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "twistd"), "-n", "faasgate", "--config", str(bad)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", **coverage_env()})
+    assert result.returncode != 0
+    assert result.stderr.startswith(
+        "faasgate: config error: admin.auth.anonymous: read on the non-loopback "
+        "httpServer.address '0.0.0.0' (the gate relays /system/* to the admin API)")
+    assert not (tmp_path / "data").exists()   # refused before anything started
 
 
 def test_queue_defaults_and_overrides(tmp_path):
@@ -390,7 +450,8 @@ def test_the_default_node_id_is_the_host_name_made_valid(monkeypatch):
 ])
 def test_loopback_admin_addresses(tmp_path, address, loopback):
     """Anonymous admin is refused off loopback unless allowInsecure says so."""
-    data = {"admin": {"address": address, "auth": {"anonymous": "admin"}}}
+    data = {"httpServer": LOOPBACK_GATE,
+            "admin": {"address": address, "auth": {"anonymous": "admin"}}}
     if loopback:
         assert ControllerConfig.from_dict(data, tmp_path).admin.address == address
         return
@@ -398,7 +459,7 @@ def test_loopback_admin_addresses(tmp_path, address, loopback):
         ControllerConfig.from_dict(data, tmp_path)
     assert str(info.value) == (
         f"admin.auth.anonymous: admin on the non-loopback admin.address {address!r} lets "
-        f"anyone who reaches the port run commands on this machine; use tokens, or set "
+        f"anyone who reaches that port run commands on this machine; use tokens, or set "
         f"admin.allowInsecure: true if you mean it")
 
 
