@@ -7,7 +7,6 @@ import json
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +17,7 @@ import pytest
 import yaml
 
 from tests.support.node import FaasNodeProcess, http
+from tests.support.statehub import StateHub
 
 pytestmark = [pytest.mark.slow, pytest.mark.nats]
 
@@ -82,23 +82,24 @@ def callbacks() -> Iterator[Callbacks]:
 
 
 STATE_ROOT = Path("/nonexistent")
+STATE_URL = "http://127.0.0.1:9/unset"
 
 
 @pytest.fixture(autouse=True)
-def state_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Where the test functions write what they saw: outside pytest's tmp (mode 0700),
-    since functions run as an unprivileged user."""
-    root = Path(tempfile.mkdtemp(prefix="faastwist-async-"))
-    root.chmod(0o777)
+def state_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """Where the test functions' reports land (a function writes no host file: it
+    reports to the state hub, which writes here)."""
+    root = tmp_path / "state"
+    root.mkdir()
+    hub = StateHub(root)
     monkeypatch.setattr(sys.modules[__name__], "STATE_ROOT", root)
+    monkeypatch.setattr(sys.modules[__name__], "STATE_URL", hub.url)
     yield root
-    shutil.rmtree(root, ignore_errors=True)
+    hub.close()
 
 
 def function_spec(node: FaasNodeProcess, name: str, **extra: Any) -> str:
-    state = STATE_ROOT / name
-    state.mkdir(exist_ok=True)
-    state.chmod(0o777)
+    (STATE_ROOT / name).mkdir(exist_ok=True)
     # in the node's config folder: staged into the function's own folder
     script = node.workdir / "fn" / "asyncfn.py"
     if not script.exists():
@@ -106,7 +107,8 @@ def function_spec(node: FaasNodeProcess, name: str, **extra: Any) -> str:
         shutil.copy(ROOT / "tests" / "support" / "asyncfn.py", script)
         script.chmod(0o644)
     return yaml.safe_dump({"name": name, "command": [PYTHON, str(script)],
-                           "env": {"STATE_DIR": str(state)}, "readinessPath": "/healthz",
+                           "env": {"STATE_URL": f"{STATE_URL}/OP/{name}"},
+                           "readinessPath": "/healthz",
                            "minReplica": 1, **extra})
 
 

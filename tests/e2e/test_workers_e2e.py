@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
+from tests.support.statehub import StateHub
 from tests.support.node import FaasNodeProcess, http
 from tests.support.procs import alive, established_on, worker_pids
 
@@ -54,27 +54,32 @@ def start_node(tmp_path: Path, **http_server: Any) -> FaasNodeProcess:
 
 
 @pytest.fixture
-def state_root() -> Iterator[Path]:
-    """Where the function writes what it saw: outside pytest's tmp (mode 0700), since
-    functions run as an unprivileged user."""
-    root = Path(tempfile.mkdtemp(prefix="faastwist-workers-"))
-    root.chmod(0o777)
+def state_root(tmp_path: Path) -> Iterator[Path]:
+    """Where the function's reports land (it writes no host file: it reports to the
+    state hub, which writes here; ``state_root.hub`` is its URL)."""
+    root = tmp_path / "state"
+    root.mkdir()
+    hub = StateHub(root)
+    HUBS[root] = hub.url
     yield root
-    shutil.rmtree(root, ignore_errors=True)
+    hub.close()
+
+
+HUBS: dict[Path, str] = {}
 
 
 def deploy(node: FaasNodeProcess, state_root: Path, name: str, **extra: Any) -> Path:
     """The tests' asyncfn as a process function (from zero unless told otherwise)."""
     state = state_root / name
     state.mkdir(exist_ok=True)
-    state.chmod(0o777)
     script = node.workdir / "fn" / "asyncfn.py"
     if not script.exists():
         script.parent.mkdir(exist_ok=True)
         shutil.copy(ROOT / "tests" / "support" / "asyncfn.py", script)
         script.chmod(0o644)
     spec = yaml.safe_dump({"name": name, "command": [PYTHON, str(script)],
-                           "env": {"STATE_DIR": str(state)}, "readinessPath": "/healthz",
+                           "env": {"STATE_URL": f"{HUBS[state_root]}/OP/{name}"},
+                           "readinessPath": "/healthz",
                            **extra})
     assert node.json("POST", "", spec)[0] == 201
     wait_for(lambda: node.json("GET", f"/{name}")[1]["status"]["state"] == "active",

@@ -3,17 +3,26 @@
 
 Paths: ``/ok`` echoes the body (200, ``X-Fn: yes``); ``/flaky`` answers 500 twice per
 call id, then 200; ``/fail`` always 500; ``/slow?ms=N`` sleeps N ms then 200;
-``/healthz``. Every call appends its X-Call-Id to $STATE_DIR/calls.log, and the most
-calls seen at once goes to $STATE_DIR/max-concurrent.
+``/healthz``. Every call appends its X-Call-Id to ``calls.log``, and the most calls seen
+at once goes to ``max-concurrent``: through the tests' state hub at $STATE_URL
+(tests/support/statehub.py), since a function cannot write the host's files.
 """
 
 import os
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-STATE = os.environ["STATE_DIR"]
+STATE = os.environ["STATE_URL"]   # {hub}/{op}/{function}/{name} once completed
+
+
+def state(op, name, body=b""):
+    url = STATE.replace("/OP/", "/" + op + "/") + "/" + name
+    with urllib.request.urlopen(urllib.request.Request(url, body, method="POST"),
+                                timeout=10) as answer:
+        return answer.read()
 lock = threading.Lock()
 running = [0, 0]  # now, most
 
@@ -43,17 +52,12 @@ class Handler(BaseHTTPRequestHandler):
         with lock:
             running[0] += 1
             running[1] = max(running)
-            with open(os.path.join(STATE, "max-concurrent"), "w") as f:
-                f.write(str(running[1]))
-            with open(os.path.join(STATE, "calls.log"), "a") as f:
-                f.write(call_id + "\n")
+            state("write", "max-concurrent", str(running[1]).encode())
+            state("append", "calls.log", (call_id + "\n").encode())
         try:
             url = urlsplit(self.path)
             if url.path == "/flaky":
-                marker = os.path.join(STATE, "flaky-" + call_id)
-                with lock:
-                    count = int(open(marker).read()) if os.path.exists(marker) else 0
-                    open(marker, "w").write(str(count + 1))
+                count = int(state("incr", "flaky-" + call_id))
                 return self.answer(500 if count < 2 else 200, b"try %d" % (count + 1))
             if url.path == "/fail":
                 return self.answer(500, b"always fails")
