@@ -200,12 +200,13 @@ class Launcher:
             limits["RLIMIT_NPROC"] = self.config.pids_limit   # per uid: per function
         prefix = launch_prefix(identity, limits, cgroup_procs, tools=self.tools)
         folders = self.folders(spec.name)
-        binds = in_place_folders(program, folders.code)
+        node_binds: tuple[str, ...] = ()
         if spec.watchdog:
-            binds = (*binds, FunctionFolders(self.runtime_dir).code)
+            node_binds = (FunctionFolders(self.runtime_dir).code,)
         if secrets is not None and not self.secrets_mount:
-            binds, secrets = (*binds, secrets), None
-        layout = Layout(home=folders.home, code=folders.code, binds=binds,
+            node_binds, secrets = (*node_binds, secrets), None
+        layout = Layout(home=folders.home, code=folders.code,
+                        binds=in_place_folders(program, folders.code), node_binds=node_binds,
                         hidden=self.hidden(), secrets=secrets, disk=self.config.disk_limit,
                         network=network or self.network)
         return [*prefix, *self.sandbox.wrap(layout, env, program)], root_env(own)

@@ -54,7 +54,8 @@ class Layout:
 
     home: str                         # its HOME and working folder (writable)
     code: str | None = None           # staged copies, bound read-only at the same path
-    binds: tuple[str, ...] = ()       # folders bound read-only at their own path
+    binds: tuple[str, ...] = ()       # the command's folders, read-only at their own path
+    node_binds: tuple[str, ...] = ()  # the node's helpers, read-only at their own path
     hidden: tuple[str, ...] = ()      # node folders replaced by empty, read-only ones
     secrets: str | None = None        # bound read-only at OPENFAAS_SECRETS_PATH
     disk: int = 128 * 2**20           # bytes of HOME (and of /tmp)
@@ -97,12 +98,16 @@ def bwrap_options(layout: Layout, env: Mapping[str, str]) -> list[str]:
         options.append("--unshare-net")
     options += ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
                 "--size", size, "--tmpfs", "/tmp"]
+    # the command's own folders before the hiding: a folder that holds the node's
+    # data folder (a config folder does) shows it hidden all the same
+    for folder in layout.binds:
+        options += ["--ro-bind", folder, folder]
     for folder in layout.hidden:
         options += ["--size", "65536", "--tmpfs", folder]
     options += ["--size", size, "--perms", "0700", "--tmpfs", layout.home]
     if layout.code is not None:
         options += ["--ro-bind", layout.code, layout.code]
-    for folder in layout.binds:
+    for folder in layout.node_binds:
         options += ["--ro-bind", folder, folder]
     if layout.secrets is not None:
         options += ["--ro-bind", layout.secrets, OPENFAAS_SECRETS_PATH]

@@ -30,7 +30,7 @@ from faastwist.providers.isolation import (
 )
 from faastwist.util.users import UserError, can_access, resolve_identity
 from tests.providers.test_process_provider import call, providers, wait_for  # noqa: F401
-from tests.support.process import PYTHON, REPO, function_spec, write_script
+from tests.support.process import PYTHON, REPO, function_spec, make_provider, write_script
 
 ECHO = str(REPO / "conf" / "functions" / "echo.py")
 
@@ -298,3 +298,34 @@ def test_owns_listener_through_proc():
         assert owns_listener(os.getpgrp(), port) is True
         assert owns_listener(os.getpgrp() + 1_000_000, port) is False
     assert owns_listener(os.getpgrp(), port) is False
+
+
+@pytest.mark.sandbox
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_a_command_beside_the_data_folder_runs_and_the_data_stays_hidden():
+    """A command file used in place from a folder that also holds the node's data folder
+    (a config folder often does): the folder is bound, the data folder still hidden."""
+    folder = Path(tempfile.mkdtemp(prefix="faastwist-open-"))
+    provider = None
+    try:
+        folder.chmod(0o755)
+        (folder / "data").mkdir()
+        (folder / "data" / "secret").write_text("node only")
+        script = write_script(folder, "show.py", """
+            import json, os, sys
+            sys.stdout.write(json.dumps(os.listdir(os.environ["DATA"])))
+        """)
+        os.chmod(script, 0o644)
+        provider = make_provider(reactor, folder / "data", stage_roots=[])
+        spec = function_spec(name="beside", command=[PYTHON, script], mode="fork",
+                             env={"DATA": str(folder / "data")})
+        provider.check_spec(spec)
+        await provider.deploy(spec)
+        code, body, _ = await call(provider, spec)
+        # only the way to its own folders (mount points), nothing of the node's
+        assert (code, json.loads(body)) == (200, ["functions"]), body
+    finally:
+        if provider is not None:
+            await provider.stopService()
+        shutil.rmtree(folder, ignore_errors=True)

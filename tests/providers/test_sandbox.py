@@ -31,7 +31,8 @@ from faastwist.providers.watchdogenv import header_env
 from faastwist.util.users import UidRange, UserError, account_exists, resolve_identity
 
 LAYOUT = Layout(home="/data/functions/f/home", code="/data/functions/f/code",
-                binds=("/tmp/t/conf",), hidden=("/data", "/var/lib/faastwist"),
+                binds=("/tmp/t/conf",), node_binds=("/data/functions/.runtime/code",),
+                hidden=("/data", "/var/lib/faastwist"),
                 secrets="/data/functions/.secrets/f-x", disk=5 * 2**20)
 
 
@@ -74,7 +75,8 @@ def test_mount_order_read_only_system_then_private_places() -> None:
     assert min(i for i, o in enumerate(options) if o == "--remount-ro") > max(
         i for i, o in enumerate(options) if o == "--ro-bind")
     binds = [(options[i + 1], options[i + 2]) for i, o in enumerate(options) if o == "--ro-bind"]
-    assert binds == [("/", "/"), (LAYOUT.code, LAYOUT.code), ("/tmp/t/conf", "/tmp/t/conf"),
+    assert binds == [("/", "/"), ("/tmp/t/conf", "/tmp/t/conf"), (LAYOUT.code, LAYOUT.code),
+                     (LAYOUT.node_binds[0], LAYOUT.node_binds[0]),
                      (LAYOUT.secrets, OPENFAAS_SECRETS_PATH)]
     assert _pairs(options, "--chdir") == [LAYOUT.home]
 
@@ -207,10 +209,11 @@ def test_the_whole_argv_for_one_layout() -> None:
         "--hostname", "function",
         "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
         "--size", "5242880", "--tmpfs", "/tmp",
+        "--ro-bind", "/tmp/t/conf", "/tmp/t/conf",
         "--size", "65536", "--tmpfs", "/data", "--size", "65536", "--tmpfs", "/var/lib/faastwist",
         "--size", "5242880", "--perms", "0700", "--tmpfs", "/data/functions/f/home",
         "--ro-bind", "/data/functions/f/code", "/data/functions/f/code",
-        "--ro-bind", "/tmp/t/conf", "/tmp/t/conf",
+        "--ro-bind", "/data/functions/.runtime/code", "/data/functions/.runtime/code",
         "--ro-bind", "/data/functions/.secrets/f-x", "/var/openfaas/secrets",
         "--remount-ro", "/data", "--remount-ro", "/var/lib/faastwist",
         "--chdir", "/data/functions/f/home", "--clearenv", "--setenv", "A", "1"]
@@ -218,7 +221,7 @@ def test_the_whole_argv_for_one_layout() -> None:
 
 def test_defaults_and_descriptions() -> None:
     assert attrs_fields(Layout(home="/h")) == {
-        "home": "/h", "code": None, "binds": (), "hidden": (), "secrets": None,
+        "home": "/h", "code": None, "binds": (), "node_binds": (), "hidden": (), "secrets": None,
         "disk": 128 * 2**20, "network": Network.HOST}
     assert (Network("host"), Network("none")) == (Network.HOST, Network.NONE)
     assert Sandbox(None).reason == "" and not Sandbox(None).available
