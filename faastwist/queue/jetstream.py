@@ -26,10 +26,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import attrs
 import nats
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import APIError, KeyNotFoundError, NotFoundError
 
 DUPLICATE_WINDOW = 120.0
 FETCH_WAIT = 2.0
@@ -62,13 +63,40 @@ class Names:
     def consumer(function: str) -> str:
         return f"call-{function}"
 
+    @staticmethod
+    def call_key(function: str, call_id: str) -> str:
+        """A call's identity: its id within its function (the status record's key and
+        JetStream's de-duplication id). The same X-Call-Id sent to two functions is two
+        calls; keyed by the id alone, the second was dropped as a duplicate."""
+        return f"{function}.{call_id}"
+
+
+@attrs.frozen
+class StreamLimits:
+    """What the server enforces on the controller's streams (``queue.maxBytes``):
+    the calls and callbacks streams refuse a new message when full (discard new: a
+    queued call is never dropped to make room); the dead letters drop their oldest."""
+
+    max_bytes: int = -1
+
+
+#: JetStream's error codes for a stream that is full (bytes, messages, storage).
+FULL_ERRORS = frozenset({10077, 10047, 10027})
+
+
+def is_full(exc: BaseException) -> bool:
+    """Whether a publish failed because the stream or the server's storage is full."""
+    return isinstance(exc, APIError) and getattr(exc, "err_code", None) in FULL_ERRORS
+
 
 class JetStream:
     """One NATS connection and the controller's streams, consumers and bucket."""
 
     def __init__(self, urls: list[str], names: Names, status_ttl: float,
-                 on_state: Any = None, token: str | None = None) -> None:
+                 on_state: Any = None, token: str | None = None,
+                 limits: StreamLimits = StreamLimits()) -> None:
         self.urls = urls
+        self.limits = limits
         #: the embedded server's client token (None: the URLs carry any credentials)
         self.token = token
         self.names = names
@@ -104,10 +132,13 @@ class JetStream:
             token=self.token)
         self.js = self.nc.jetstream(timeout=connect_timeout)
         n = self.names
-        await self._ensure_stream(n.calls, [n.call_subject("*")], api.RetentionPolicy.WORK_QUEUE)
+        new, old = api.DiscardPolicy.NEW, api.DiscardPolicy.OLD
+        await self._ensure_stream(n.calls, [n.call_subject("*")],
+                                  api.RetentionPolicy.WORK_QUEUE, new)
         await self._ensure_stream(n.callbacks, [n.callback_subject("*")],
-                                  api.RetentionPolicy.WORK_QUEUE)
-        await self._ensure_stream(n.dead, [n.dead_subject("*")], api.RetentionPolicy.LIMITS)
+                                  api.RetentionPolicy.WORK_QUEUE, new)
+        await self._ensure_stream(n.dead, [n.dead_subject("*")], api.RetentionPolicy.LIMITS,
+                                  old)
         try:
             self.kv = await self.js.key_value(n.status)
         except (NotFoundError, Exception):
@@ -119,15 +150,30 @@ class JetStream:
         return int(self.nc.max_payload)
 
     async def _ensure_stream(self, name: str, subjects: list[str],
-                             retention: api.RetentionPolicy) -> None:
+                             retention: api.RetentionPolicy,
+                             discard: api.DiscardPolicy) -> None:
+        """Create the stream, or bring an existing one's limits to the configured ones
+        (a stream made by an older version, or before ``queue.maxBytes`` changed)."""
+        limits = self.limits
         try:
-            await self.js.stream_info(name)
-            return
+            info = await self.js.stream_info(name)
         except NotFoundError:
-            pass
-        await self.js.add_stream(name=name, subjects=subjects, retention=retention,
-                                 storage=api.StorageType.FILE,
-                                 duplicate_window=DUPLICATE_WINDOW)
+            await self.js.add_stream(name=name, subjects=subjects, retention=retention,
+                                     storage=api.StorageType.FILE,
+                                     duplicate_window=DUPLICATE_WINDOW,
+                                     max_bytes=limits.max_bytes, discard=discard)
+            return
+        config = info.config
+        if (config.max_bytes, api.DiscardPolicy(config.discard)) != (limits.max_bytes,
+                                                                      discard):
+            config.max_bytes = limits.max_bytes
+            config.discard = discard
+            await self.js.update_stream(config)
+
+    async def stream_limits(self, name: str) -> tuple[int, str]:
+        """(max_bytes, discard policy) the server holds for ``name``."""
+        config = (await self.js.stream_info(name)).config
+        return int(config.max_bytes), api.DiscardPolicy(config.discard).value
 
     @property
     def connected(self) -> bool:
@@ -194,6 +240,19 @@ class JetStream:
         except NotFoundError:
             return None
         return _enqueued(msg.headers)
+
+    async def queued(self, function: str) -> int:
+        """Calls of ``function`` stored in the calls stream (waiting or running): from
+        its consumer when it exists (one small answer), else from the stream's
+        per-subject counts (before any node bound the consumer)."""
+        n = self.names
+        try:
+            info = await self.js.consumer_info(n.calls, n.consumer(function))
+            return int(info.num_pending) + int(info.num_ack_pending)
+        except NotFoundError:
+            pass
+        info = await self.js.stream_info(n.calls, subjects_filter=n.call_subject(function))
+        return sum(int(c) for c in (info.state.subjects or {}).values())
 
     async def consumer_names(self, stream: str) -> list[str]:
         return [info.name for info in await self.js.consumers_info(stream)]
@@ -265,9 +324,9 @@ class JetStream:
 
     # -- status records --------------------------------------------------------------------
 
-    async def get_status(self, call_id: str) -> dict[str, Any] | None:
+    async def get_status(self, function: str, call_id: str) -> dict[str, Any] | None:
         try:
-            entry = await self.kv.get(call_id)
+            entry = await self.kv.get(Names.call_key(function, call_id))
         except KeyNotFoundError:
             return None
         if not entry.value:
@@ -278,8 +337,9 @@ class JetStream:
             return None
         return record if isinstance(record, dict) else None
 
-    async def put_status(self, call_id: str, record: dict[str, Any]) -> None:
-        await self.kv.put(call_id, json.dumps(record, separators=(",", ":")).encode())
+    async def put_status(self, function: str, call_id: str, record: dict[str, Any]) -> None:
+        value = json.dumps(record, separators=(",", ":")).encode()
+        await self.kv.put(Names.call_key(function, call_id), value)
 
 
 def _enqueued(headers: dict[str, str] | None) -> float | None:

@@ -335,7 +335,7 @@ class Worker:
         # its record reset): only a redelivery needs its count read back
         record = None
         if int(msg.metadata.num_delivered) > 1:
-            record = await self.bridge.call(self.js.get_status, call.call_id)
+            record = await self.bridge.call(self.js.get_status, call.function, call.call_id)
         attempts = int((record or {}).get("attempts", 0)) + 1
         await self._status(call, "running", attempts, (record or {}).get("lastStatus"))
         gauge = self.metrics.async_inflight.labels(call.function)
@@ -411,7 +411,7 @@ class Worker:
                       reason: str = "", **extra: Any) -> None:
         record = status_record(call, state, self.reactor.seconds(), attempts, last_status,
                                reason, **extra)
-        await self._persist(self.js.put_status, call.call_id, record)
+        await self._persist(self.js.put_status, call.function, call.call_id, record)
 
     # -- callbacks -----------------------------------------------------------------------
 
@@ -445,9 +445,9 @@ class Worker:
         await self.bridge.call(self.js.ack, msg)
 
     async def _callback_result(self, call: Any, result: dict[str, Any]) -> None:
-        record = await self.bridge.call(self.js.get_status, call.call_id)
+        record = await self.bridge.call(self.js.get_status, call.function, call.call_id)
         if record is None:
             return
         record["callback"] = result
-        await self.bridge.call(self.js.put_status, call.call_id, record)
+        await self.bridge.call(self.js.put_status, call.function, call.call_id, record)
 

@@ -190,10 +190,16 @@ def test_queue_defaults_and_overrides(tmp_path):
     assert queue.data_dir == str(tmp_path / "data" / "nats")
     assert (queue.max_age, queue.max_body_size, queue.max_attempts, queue.concurrency) == (
         86400.0, 2**20, 5, 8)
+    assert (queue.max_bytes, queue.max_queued, queue.ack_wait, queue.monitor_port) == (
+        2**30, 1000, 5.0, 0)
     queue = ControllerConfig.from_dict({"queue": {
         "natsURLs": ["nats://10.0.0.1:4222", "tls://n2:4222"], "maxAge": "1h",
         "maxBodySize": "4Mi", "maxAttempts": 3, "concurrency": 2,
-        "callbackAllow": ["10.0.0.0/8", "2001:db8::1"], "backoffBase": "100ms"}}, tmp_path).queue
+        "callbackAllow": ["10.0.0.0/8", "2001:db8::1"], "backoffBase": "100ms",
+        "maxBytes": "64Mi", "maxQueued": 20, "ackWait": "2s", "monitorPort": 8222}},
+        tmp_path).queue
+    assert (queue.max_bytes, queue.max_queued, queue.ack_wait, queue.monitor_port) == (
+        64 * 2**20, 20, 2.0, 8222)
     assert queue.embedded is False
     assert queue.nats_urls == ("nats://10.0.0.1:4222", "tls://n2:4222")
     assert (queue.max_age, queue.max_body_size, queue.max_attempts, queue.concurrency,
@@ -209,6 +215,10 @@ def test_queue_defaults_and_overrides(tmp_path):
     ({"maxBodySize": "1Gi"}, "queue.maxBodySize: must be at most 64Mi"),
     ({"backoffBase": "10m", "backoffMax": "1m"}, "queue.backoffBase: must not exceed"),
     ({"maxAge": "0s"}, "queue.maxAge"),
+    ({"maxBytes": "2Mi"}, "queue.maxBytes: must hold at least four calls of maxBodySize"),
+    ({"maxQueued": 0}, "queue.maxQueued: must be 1-10000000"),
+    ({"ackWait": "100ms"}, "queue.ackWait"),
+    ({"monitorPort": 70000}, "queue.monitorPort: must be 0-65535"),
     ({"bogus": 1}, "queue.bogus: unknown field"),
 ])
 def test_queue_errors_name_the_key(tmp_path, queue, message):

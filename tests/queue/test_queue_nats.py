@@ -42,6 +42,9 @@ class NoRoutes:
     def names(self) -> list[str]:
         return []
 
+    def lookup(self, name: str) -> None:
+        return None
+
 
 def call(call_id: str, function: str = "fn") -> QueuedCall:
     return QueuedCall(function=function, call_id=call_id, method="POST", target="/x?y=1",
@@ -140,3 +143,66 @@ async def test_submit_status_and_refusal_while_nats_is_away(nats_server) -> None
         assert (await queue.status("fn", "c1"))["state"] == "queued"  # survived the kill
     finally:
         await queue.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_queue_max_bytes_is_a_stream_limit_and_a_full_queue_is_507(nats_server) -> None:
+    """queue.maxBytes is enforced by JetStream itself (discard new on the calls and
+    callbacks, discard old on the dead letters), set on existing streams too; a call
+    the full stream refuses is a QueueFull 507, never a 202 and never a dropped call."""
+    from faastwist.gate.accept import QueueFull
+    from faastwist.queue.jetstream import Names
+
+    names = Names("ctl")
+    queue = None
+
+    async def old_stream() -> tuple[int, str]:
+        """The calls stream as an older version made it: no limits."""
+        import nats
+        from nats.js import api
+
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        await js.add_stream(name=names.calls, subjects=[names.call_subject("*")],
+                            retention=api.RetentionPolicy.WORK_QUEUE)
+        config = (await js.stream_info(names.calls)).config
+        await nc.close()
+        return config.max_bytes, api.DiscardPolicy(config.discard).value
+
+    try:
+        bridge_owner = QueueService(QueueConfig(nats_urls=(nats_server.url,)), "ctl",
+                                    reactor, Metrics(), NoRoutes(), set())
+        bridge_owner.bridge.startService()
+        assert await bridge_owner.bridge.call(old_stream) == (-1, "old")
+        await bridge_owner.bridge.stopService()
+
+        mib = 2**20
+        config = QueueConfig(nats_urls=(nats_server.url,), timeout=2.0, max_bytes=3 * mib,
+                             max_body_size=mib)
+        queue = QueueService(config, "ctl", reactor, Metrics(), NoRoutes(), set())
+        await queue.start()
+        js = queue.js
+        assert await queue.bridge.call(js.stream_limits, names.calls) == (3 * mib, "new")
+        assert await queue.bridge.call(js.stream_limits, names.callbacks) == (3 * mib, "new")
+        assert await queue.bridge.call(js.stream_limits, names.dead) == (3 * mib, "old")
+        body = b"x" * (mib - 4096)
+        stored = []
+        for i in range(3):
+            stored.append(await queue.submit(attrs_evolve(call(f"big{i}"), body=body)))
+        with pytest.raises(QueueFull) as refused:
+            await queue.submit(attrs_evolve(call("big3"), body=body))
+        assert (refused.value.code, refused.value.retry_after) == (507, 30)
+        assert "queue.maxBytes" in refused.value.message
+        waiting = await queue.bridge.call(js.list_messages, names.calls,
+                                          names.call_subject("fn"), 10)
+        assert [m.subject.rsplit(".", 1)[1] for m in waiting] == ["big0", "big1", "big2"]
+        assert queue.metrics.async_refused.labels("fn", "queue-full")._value.get() == 1
+    finally:
+        if queue is not None:
+            await queue.stop()
+
+
+def attrs_evolve(value, **changes):
+    import attrs
+
+    return attrs.evolve(value, **changes)
