@@ -23,7 +23,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.nats]
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
-FAST_RETRIES = {"backoffBase": "50ms", "backoffMax": "200ms"}
+# the callback receiver listens on loopback, refused unless listed
+FAST_RETRIES = {"backoffBase": "50ms", "backoffMax": "200ms", "callbackAllow": ["127.0.0.1"]}
 
 
 def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> Any:
