@@ -200,3 +200,44 @@ def check_target(address: str, port: int, rules: CallbackRules) -> None:
                               f"queue.callbackAllow lists it")
     if rules.allow and not allowed:
         raise CallbackRefused(f"{ip} is not in queue.callbackAllow")
+
+
+# -- queue quotas --------------------------------------------------------------------------
+
+class Admission(str, Enum):
+    ADMIT = "admit"        # under the function's maxQueued by a count fresh enough
+    COUNT = "count"        # the count is unknown or stale: ask the server first
+    FULL = "full"          # at or over maxQueued by a fresh count: 429
+
+
+class QueuedCounts:
+    """How many calls each function has queued, as this node knows it: the server's
+    count (``counted``) plus the calls this node stored since (``stored``). A count
+    older than ``fresh`` seconds is asked again before a call is admitted, so the
+    limit holds exactly on one node and, across nodes, within what the others store
+    in ``fresh`` seconds; a refusal needs no round trip (a flood of calls to a full
+    function costs the queue nothing)."""
+
+    def __init__(self, fresh: float = 1.0) -> None:
+        self.fresh = fresh
+        self._counts: dict[str, tuple[int, float]] = {}   # function -> (count, when)
+
+    def take(self, function: str, limit: int, now: float) -> Admission:
+        """Admit one call (counted at once, before it is stored: calls being
+        published together cannot all slip under the limit), or say why not."""
+        entry = self._counts.get(function)
+        if entry is None or now - entry[1] >= self.fresh or now < entry[1]:
+            return Admission.COUNT
+        if entry[0] >= limit:
+            return Admission.FULL
+        self._counts[function] = (entry[0] + 1, entry[1])
+        return Admission.ADMIT
+
+    def counted(self, function: str, count: int, now: float) -> None:
+        """The server's count of ``function``'s calls, asked at ``now``."""
+        self._counts[function] = (count, now)
+
+    def forget(self, older_than: float) -> None:
+        """Drop counts taken before ``older_than`` (functions no longer called)."""
+        for name in [n for n, (_, when) in self._counts.items() if when < older_than]:
+            del self._counts[name]

@@ -71,6 +71,66 @@ async def test_embedded_server_restarts_on_the_same_url_and_stops(tmp_path) -> N
     assert pid is not None and not alive(pid)
 
 
+def listening_ports(pid: int) -> set[int]:
+    """TCP ports in LISTEN state owned by process ``pid`` (from /proc)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        with open(f"/proc/{pid}/net/{table}") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+@pytest_twisted.ensureDeferred
+async def test_embedded_monitoring_port_is_off_unless_configured(tmp_path) -> None:
+    """Functions share the node's loopback: by default the embedded server listens on
+    its client port only (health is asked over the client protocol, with the token);
+    queue.monitorPort opens the monitoring endpoint on loopback."""
+    from faastwist.util.ports import free_port
+
+    server = EmbeddedNats(reactor, str(tmp_path / "off"), 2**20)
+    server.startService()
+    try:
+        url = await server.ready()
+        assert listening_ports(server.pid) == {int(url.rsplit(":", 1)[1])}
+        assert "http" not in (tmp_path / "off" / "nats.conf").read_text()
+    finally:
+        await server.stopService()
+    monitor = free_port()
+    server = EmbeddedNats(reactor, str(tmp_path / "on"), 2**20, monitor_port=monitor)
+    server.startService()
+    try:
+        url = await server.ready()
+        assert listening_ports(server.pid) == {int(url.rsplit(":", 1)[1]), monitor}
+        assert server.ports == (int(url.rsplit(":", 1)[1]), monitor)
+    finally:
+        await server.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_embedded_health_needs_jetstream_and_the_token(tmp_path) -> None:
+    """The health probe is a real JetStream request: with a wrong token it fails."""
+    server = EmbeddedNats(reactor, str(tmp_path / "nats"), 2**20)
+    server.startService()
+    try:
+        await server.ready()
+        assert await server._probe() is True
+        (tmp_path / "nats" / "client.token").write_text("wrong\n")
+        assert await server._probe() is False
+    finally:
+        await server.stopService()
+
+
 @pytest_twisted.ensureDeferred
 async def test_embedded_server_refuses_clients_without_its_token(tmp_path) -> None:
     """A function process shares the node's loopback: without the token it can neither
