@@ -14,8 +14,9 @@ Per controller ``C``:
 - stream ``FAAS_DEAD_C`` (limits retention, kept until retried or purged), subjects
   ``faas.C.dead.{function}.{callId}``: calls that used up their attempts, expired
   waiting for an inactive function, or whose function was deleted.
-- key-value bucket ``FAAS_STATUS_C``: one JSON record per call id (state, attempts,
-  last status and time), expiring after ``queue.statusTTL``.
+- key-value bucket ``FAAS_STATUS_C``: one JSON record per call, keyed
+  ``{function}.{callId}`` (state, attempts, last status and time), expiring after
+  ``queue.statusTTL``.
 
 Every function here is a coroutine run on the bridge's loop; this module does not
 import asyncio itself (bridge.py is the only one that does).
@@ -24,7 +25,7 @@ import asyncio itself (bridge.py is the only one that does).
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 import nats
@@ -33,7 +34,6 @@ from nats.js import api
 from nats.js.errors import APIError, KeyNotFoundError, NotFoundError
 
 DUPLICATE_WINDOW = 120.0
-FETCH_WAIT = 2.0
 
 
 class Names:
@@ -105,7 +105,7 @@ class JetStream:
         self.nc: Any = None
         self.js: Any = None
         self.kv: Any = None
-        self._subs: dict[str, Any] = {}
+        self._consumers: dict[str, tuple[str, str]] = {}   # key -> (stream, durable)
         self._wake_sub: Any = None
 
     # -- connection and set-up -----------------------------------------------------------
@@ -195,20 +195,17 @@ class JetStream:
 
     async def bind(self, key: str, stream: str, durable: str, subject: str,
                    max_ack_pending: int, ack_wait: float) -> None:
-        """Create or update the durable pull consumer and bind a subscription to it."""
+        """Create or update the durable pull consumer that ``pull(key, ...)`` asks."""
         config = api.ConsumerConfig(
             durable_name=durable, filter_subject=subject, ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=ack_wait, max_deliver=-1, max_ack_pending=max_ack_pending,
             deliver_policy=api.DeliverPolicy.ALL)
         await self.js.add_consumer(stream, config)
-        if key not in self._subs:
-            self._subs[key] = await self.js.pull_subscribe_bind(durable=durable, stream=stream)
+        self._consumers[key] = (stream, durable)
 
     async def unbind(self, key: str, stream: str | None = None,
                      durable: str | None = None) -> None:
-        sub = self._subs.pop(key, None)
-        if sub is not None:
-            await sub.unsubscribe()
+        self._consumers.pop(key, None)
         if stream and durable:
             try:
                 await self.js.delete_consumer(stream, durable)
@@ -257,15 +254,47 @@ class JetStream:
     async def consumer_names(self, stream: str) -> list[str]:
         return [info.name for info in await self.js.consumers_info(stream)]
 
-    async def fetch(self, key: str, batch: int, wait: float = FETCH_WAIT) -> list[Any]:
-        """Up to ``batch`` messages, waiting at most ``wait`` for the first; [] if none."""
-        sub = self._subs.get(key)
-        if sub is None:
-            return []
+    async def pull(self, key: str, batch: int, expires: float,
+                   deliver: Callable[[Any], None]) -> int:
+        """One pull request for up to ``batch`` messages of ``key``'s consumer, each
+        handed to ``deliver`` the moment it arrives (nats-py's fetch returned only
+        with a full batch or at its timeout, holding the first messages meanwhile:
+        they counted against max_ack_pending while nothing ran). Ends when the batch
+        is delivered, the request expires (``expires`` seconds) or the server ends it
+        (a status message); the number delivered."""
+        consumer = self._consumers.get(key)
+        if consumer is None:
+            return 0
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        got = 0
         try:
-            return await sub.fetch(batch, timeout=wait)
-        except (NatsTimeout, TimeoutError):  # nats-py raises either when none came
-            return []
+            request = {"batch": batch, "expires": int(expires * 1e9)}
+            await self.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{consumer[0]}.{consumer[1]}",
+                                  json.dumps(request).encode(), reply=inbox)
+            while got < batch:
+                try:
+                    msg = await sub.next_msg(timeout=expires + 2.0)
+                except (NatsTimeout, TimeoutError):
+                    break
+                status = (msg.headers or {}).get("Status")
+                if status == "100":
+                    continue  # a heartbeat
+                if status is not None:
+                    break  # 404 no messages, 408 expired, 409 consumer gone or changed
+                got += 1
+                deliver(msg)
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception:
+                pass  # the connection is gone: so is the subscription
+        return got
+
+    @staticmethod
+    async def progress(msg: Any) -> None:
+        """Tell the server the call is still running: its ack wait starts again."""
+        await msg.in_progress()
 
     @staticmethod
     async def ack(msg: Any) -> None:

@@ -2,20 +2,24 @@
 
 Every node runs one pull loop per function on the function's durable consumer (shared
 by all nodes: each message goes to one of them) and one loop on the callbacks
-consumer. A loop asks for at most as many messages as it has free slots, and the
-consumer's ``max_ack_pending`` (the function's ``asyncConcurrency``) bounds the calls
-in flight across the cluster, so a slow function only ever waits for itself.
+consumer. A loop asks for as many messages as it has free slots, runs each the moment
+it arrives and asks again as soon as a request ends, so while calls wait the calls in
+flight stay at the limit; the consumer's ``max_ack_pending`` (the function's
+``asyncConcurrency``) bounds them across the cluster, so a slow function only ever
+waits for itself.
 
 A function's loop runs only while it has work: it is woken when a call of the function
 is published (a plain subscription on the calls' subjects), when a call it put back is
 due, and by a sweep every ``SWEEP_INTERVAL`` that finds the functions with stored calls
 (redeliveries after a node died); it binds its consumer the first time it is woken, and
-goes idle after a fetch that found nothing. With 10,000 functions, a loop each always
+goes idle after a pull request that found nothing. With 10,000 functions, a loop each always
 waiting in a fetch was 5,000 fetches a second, and the node never became ready.
 
 A call is acknowledged only after its outcome is stored (the status record, the
-callback message, the dead letter): a node that dies mid-call leaves the message
-unacknowledged, and JetStream redelivers it after the ack wait (at least once). A
+callback message, the dead letter). While it runs, the node tells the server so
+every third of ``queue.ackWait`` (an in-progress acknowledgement): a node that dies
+mid-call leaves the message unacknowledged, and JetStream redelivers it one ack wait
+later (at least once), whatever the function's timeout. A
 retry is a negative acknowledgement with a delay; attempts are counted in the call's
 status record, so waiting for an inactive function does not use them up.
 """
@@ -48,10 +52,8 @@ log = Logger(namespace="faastwist.queue")
 
 #: How long a call for an inactive function waits before it is looked at again.
 INACTIVE_RECHECK = 5.0
-#: How long a fetch waits for the first message.
-FETCH_WAIT = 2.0
-#: Ack wait beyond the function's own timeout (the outcome still has to be stored).
-ACK_MARGIN = 10.0
+#: How long a pull request waits on the server for messages before it expires.
+PULL_EXPIRES = 2.0
 #: Tries of a step after the function ran (0.5 s apart) before leaving it to redelivery.
 PERSIST = 40
 CALLBACKS = "callbacks"
@@ -115,8 +117,7 @@ class Worker:
                                             self._deliver)
         names = self.names
         loop.bind_args = (names.callbacks, CALLBACKS, names.callback_subject("*"),
-                          self.config.callback_concurrency,
-                          self.config.callback_timeout + ACK_MARGIN)
+                          self.config.callback_concurrency, self.config.ack_wait)
         self._bind(loop)
         reactor = self.reactor
         self.bridge.call(self.js.watch_calls,
@@ -137,7 +138,8 @@ class Worker:
         """Drain the calls of a function that is gone into the dead letters."""
         loop = self.loops[name] = Loop(name, self.config.concurrency, self._run)
         loop.bind_args = (self.names.calls, self.names.consumer(name),
-                          self.names.call_subject(name), self.config.concurrency, ACK_MARGIN)
+                          self.names.call_subject(name), self.config.concurrency,
+                          self.config.ack_wait)
         loop.wanted = True
         self._bind(loop)
 
@@ -214,7 +216,7 @@ class Worker:
                 self._settings.pop(name, None)
             return
         concurrency = route.spec.async_concurrency or self.config.concurrency
-        settings = (concurrency, route.timeout + ACK_MARGIN)
+        settings = (concurrency, self.config.ack_wait)
         if loop is not None and self._settings.get(name) == settings:
             return
         self._settings[name] = settings
@@ -245,6 +247,9 @@ class Worker:
         d.addCallbacks(bound, failed)
 
     def _pull(self, loop: Loop) -> None:
+        """Ask for as many messages as the loop has free slots; each runs the moment it
+        arrives, and the next request goes out as soon as this one ends, so the calls
+        in flight stay at the limit while there are calls to run."""
         if not self.running or loop.pulling or not loop.bound:
             return
         free = loop.limit - loop.inflight
@@ -252,19 +257,38 @@ class Worker:
             return
         loop.pulling = True
         loop.wanted = False
-        d = self.bridge.call(self.js.fetch, loop.key, free, FETCH_WAIT,
-                             timeout=FETCH_WAIT * 2 + 5)
-        d.addCallbacks(self._fetched, self._fetch_failed, (loop,), None, (loop,))
+        reactor = self.reactor
 
-    def _fetched(self, messages: list[Any], loop: Loop) -> None:
+        def deliver(msg: Any) -> None:  # on the bridge's loop thread
+            reactor.callFromThread(self._dispatch, loop, msg)
+
+        d = self.bridge.call(self.js.pull, loop.key, free, PULL_EXPIRES, deliver,
+                             timeout=PULL_EXPIRES + 5)
+        d.addCallbacks(self._pulled, self._fetch_failed, (loop,), None, (loop,))
+
+    def _dispatch(self, loop: Loop, msg: Any) -> None:
+        """Run one delivered message, telling the server it is in progress every third
+        of the ack wait: a node that dies leaves its calls to be redelivered after one
+        ack wait (``queue.ackWait``), not after the function's whole timeout."""
+        if not self.running:
+            self.bridge.call(self.js.nak, msg, 0).addErrback(lambda _: None)
+            return
+        loop.inflight += 1
+        ticker = LoopingCall(self._progress, msg)
+        ticker.clock = self.reactor
+        ticker.start(self.config.ack_wait / 3, now=False)
+        d = ensureDeferred(loop.handler(msg))
+        d.addErrback(lambda f, k=loop.key: log.failure(
+            "queued message of {consumer} failed", f, consumer=k))
+        d.addBoth(self._handled, loop, ticker)
+
+    def _progress(self, msg: Any) -> None:
+        self.bridge.call(self.js.progress, msg).addErrback(lambda f: log.debug(
+            "in-progress acknowledgement failed: {error}", error=f.getErrorMessage()))
+
+    def _pulled(self, count: int, loop: Loop) -> None:
         loop.pulling = False
-        for msg in messages:
-            loop.inflight += 1
-            d = ensureDeferred(loop.handler(msg))
-            d.addErrback(lambda f, k=loop.key: log.failure(
-                "queued message of {consumer} failed", f, consumer=k))
-            d.addBoth(self._handled, loop)
-        if loop.key != CALLBACKS and not messages:
+        if loop.key != CALLBACKS and not count:
             if self.routes.lookup(loop.key) is None:
                 self._maybe_retire(loop)
                 return
@@ -272,7 +296,9 @@ class Worker:
                 return  # idle until a call is published or the sweep finds one
         self._pull(loop)
 
-    def _handled(self, _: Any, loop: Loop) -> None:
+    def _handled(self, _: Any, loop: Loop, ticker: LoopingCall) -> None:
+        if ticker.running:
+            ticker.stop()
         loop.inflight -= 1
         self._pull(loop)
 
