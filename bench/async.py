@@ -102,7 +102,7 @@ def start_node(workdir: Path, nats_url: str = "") -> tuple[subprocess.Popen, int
             break
         time.sleep(0.2)
     stop(node)
-    raise SystemExit(f"the node did not start; see {workdir / 'node.log'}")
+    raise SystemExit(f"the node did not start:\n{(workdir / 'node.log').read_text()[-3000:]}")
 
 
 def stop(node: subprocess.Popen) -> None:
