@@ -422,3 +422,32 @@ def test_calls_for_an_inactive_function_expire_after_max_age(
         assert call_id not in callbacks.received  # it never ran: no callback
     finally:
         assert node.stop() in (0, -signal.SIGTERM), node.log()
+
+
+def test_anonymous_calls_to_a_stopped_function_are_bounded(tmp_path: Path) -> None:
+    """The issue's attack: anonymous 1 MiB calls to stopped functions. Each function
+    keeps at most its maxQueued (429 after), the whole queue at most queue.maxBytes
+    (507 after); every refusal says why with Retry-After, nothing refused is stored."""
+    node = node_for(tmp_path, maxQueued=5, maxBytes="8Mi").start()
+    try:
+        for name in ("a", "b"):
+            deploy(node, tmp_path, name)
+            assert node.json("PUT", f"/{name}/stop")[0] == 200
+            wait_for(lambda: node.json("GET", f"/{name}")[1]["status"]["state"] == "inactive")
+        body = b"x" * (2**20 - 1024)
+        codes = [enqueue(node, "a/ok", body)[0] for _ in range(8)]
+        assert codes == [202] * 5 + [429] * 3
+        status, headers, answer = enqueue(node, "a/ok", body)
+        assert (status, headers["retry-after"]) == (429, "1")
+        assert json.loads(answer)["message"].startswith("function a has 5 calls queued")
+        # b fills what is left of the 8 MiB stream: then the queue itself is full
+        codes = [enqueue(node, "b/ok", body)[0] for _ in range(4)]
+        assert codes[:2] == [202, 202] and codes[-1] == 507, codes
+        status, headers, answer = enqueue(node, "b/ok", body)
+        assert (status, headers["retry-after"]) == (507, "30")
+        assert "queue.maxBytes" in json.loads(answer)["message"]
+        metrics = http("GET", f"{node.admin_root}/metrics")[2].decode()
+        assert 'faastwist_async_refused_total{function_name="a",reason="function-full"} 4.0' \
+            in metrics
+    finally:
+        assert node.stop() in (0, -signal.SIGTERM), node.log()
