@@ -451,3 +451,37 @@ def test_anonymous_calls_to_a_stopped_function_are_bounded(tmp_path: Path) -> No
             in metrics
     finally:
         assert node.stop() in (0, -signal.SIGTERM), node.log()
+
+
+def test_a_killed_nodes_calls_run_on_another_node_after_one_ack_wait(tmp_path: Path) -> None:
+    """Node a runs every slot of a slow function when it is SIGKILLed: node b runs those
+    calls again one queue.ackWait later (a's in-progress acknowledgements stopped), not
+    after the function's timeout (the issue measured slots taken for ~70 s)."""
+    from tests.support.nats import NatsProcess
+
+    nats = NatsProcess(str(tmp_path / "nats"))
+    nats.start()
+    a = node_for(tmp_path, "a", natsURLs=[nats.url], ackWait="2s")
+    b = node_for(tmp_path, "b", natsURLs=[nats.url], ackWait="2s")
+    try:
+        a.start()
+        state = deploy(a, tmp_path, "slow", asyncConcurrency=4)
+        ids = [enqueue(a, "slow/slow?ms=12000", b"")[1]["x-call-id"] for _ in range(4)]
+        log = state / "calls.log"
+        runs = lambda: log.read_text().split() if log.exists() else []  # noqa: E731
+        wait_for(lambda: sorted(runs()) == sorted(ids), what="a runs all four")
+        b.start()
+        deploy(b, tmp_path, "slow", asyncConcurrency=4)
+        # b's start and deploy take longer than ackWait: a kept its calls meanwhile with
+        # in-progress acknowledgements (none was delivered again)
+        assert sorted(runs()) == sorted(ids), "a call ran twice while its node lived"
+        a.process.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        a.process.wait(10)
+        wait_for(lambda: sorted(runs()) == sorted(ids * 2), timeout=30,
+                 what="b runs a's four calls")
+        assert time.monotonic() - killed < 2.0 + 3.0
+    finally:
+        codes = [node.stop() for node in (b, a)]
+        nats.stop()
+    assert codes[0] in (0, -signal.SIGTERM)
