@@ -11,6 +11,11 @@ Per controller ``C``:
 - stream ``FAAS_CALLBACKS_C``, subjects ``faas.C.callback.{function}.{callId}``: answers
   waiting to be POSTed to their X-Callback-Url (so a failing callback is retried
   without running the function again); one durable consumer ``callbacks``.
+- stream ``FAAS_DELAYED_C``, subjects ``faas.C.delayed.{function}.{callId}``: calls
+  waiting for their next attempt (header ``Faas-Due``), moved out of the calls stream
+  so that a call in its backoff does not hold one of its function's
+  ``max_ack_pending`` slots; one durable consumer ``delayed`` puts each back into the
+  calls stream when it is due.
 - stream ``FAAS_DEAD_C`` (limits retention, kept until retried or purged), subjects
   ``faas.C.dead.{function}.{callId}``: calls that used up their attempts, expired
   waiting for an inactive function, or whose function was deleted.
@@ -43,6 +48,7 @@ class Names:
         self.controller = controller
         self.calls = f"FAAS_CALLS_{controller}"
         self.callbacks = f"FAAS_CALLBACKS_{controller}"
+        self.delayed = f"FAAS_DELAYED_{controller}"
         self.dead = f"FAAS_DEAD_{controller}"
         self.status = f"FAAS_STATUS_{controller}"
 
@@ -53,8 +59,15 @@ class Names:
         """The function a call's subject names (``faas.C.call.{function}.{callId}``)."""
         return subject[len(self.controller) + 11:].partition(".")[0]
 
+    def function_of_delayed(self, subject: str) -> str:
+        """The function a delayed call's subject names."""
+        return subject[len(self.controller) + 14:].partition(".")[0]
+
     def callback_subject(self, function: str, call_id: str = ">") -> str:
         return f"faas.{self.controller}.callback.{function}.{call_id}"
+
+    def delayed_subject(self, function: str, call_id: str = ">") -> str:
+        return f"faas.{self.controller}.delayed.{function}.{call_id}"
 
     def dead_subject(self, function: str, call_id: str = ">") -> str:
         return f"faas.{self.controller}.dead.{function}.{call_id}"
@@ -136,6 +149,8 @@ class JetStream:
         await self._ensure_stream(n.calls, [n.call_subject("*")],
                                   api.RetentionPolicy.WORK_QUEUE, new)
         await self._ensure_stream(n.callbacks, [n.callback_subject("*")],
+                                  api.RetentionPolicy.WORK_QUEUE, new)
+        await self._ensure_stream(n.delayed, [n.delayed_subject("*")],
                                   api.RetentionPolicy.WORK_QUEUE, new)
         await self._ensure_stream(n.dead, [n.dead_subject("*")], api.RetentionPolicy.LIMITS,
                                   old)

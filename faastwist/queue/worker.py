@@ -50,13 +50,28 @@ from faastwist.queue.policy import parse_retry_after
 
 log = Logger(namespace="faastwist.queue")
 
+#: Headers of a delayed call: its attempts so far, and when it is due (epoch seconds).
+ATTEMPTS = "Faas-Attempts-So-Far"
+DUE = "Faas-Due"
+
+
+def _attempts(headers: Any) -> int:
+    try:
+        return max(0, int((headers or {}).get(ATTEMPTS, 0)))
+    except (TypeError, ValueError):
+        return 0
+
 #: How long a call for an inactive function waits before it is looked at again.
 INACTIVE_RECHECK = 5.0
 #: How long a pull request waits on the server for messages before it expires.
 PULL_EXPIRES = 2.0
 #: Tries of a step after the function ran (0.5 s apart) before leaving it to redelivery.
 PERSIST = 40
-CALLBACKS = "callbacks"
+#: Keys of the two loops that are not a function's (function names have no "_").
+CALLBACKS = "_callbacks"
+DELAYED = "_delayed"
+#: Delayed calls handled at once by a node (each is a quick republish or put-back).
+DELAYED_CONCURRENCY = 64
 #: How often the node looks for functions with stored calls and wakes their loops.
 SWEEP_INTERVAL = 5.0
 
@@ -116,8 +131,14 @@ class Worker:
         loop = self.loops[CALLBACKS] = Loop(CALLBACKS, self.config.callback_concurrency,
                                             self._deliver)
         names = self.names
-        loop.bind_args = (names.callbacks, CALLBACKS, names.callback_subject("*"),
+        loop.bind_args = (names.callbacks, "callbacks", names.callback_subject("*"),
                           self.config.callback_concurrency, self.config.ack_wait)
+        self._bind(loop)
+        # calls waiting for their next attempt: max_ack_pending without a useful bound
+        # (a delayed call put back until it is due holds a slot of this consumer only)
+        loop = self.loops[DELAYED] = Loop(DELAYED, DELAYED_CONCURRENCY, self._release)
+        loop.bind_args = (names.delayed, "delayed", names.delayed_subject("*"), 1_000_000,
+                          self.config.ack_wait)
         self._bind(loop)
         reactor = self.reactor
         self.bridge.call(self.js.watch_calls,
@@ -288,7 +309,7 @@ class Worker:
 
     def _pulled(self, count: int, loop: Loop) -> None:
         loop.pulling = False
-        if loop.key != CALLBACKS and not count:
+        if loop.key not in (CALLBACKS, DELAYED) and not count:
             if self.routes.lookup(loop.key) is None:
                 self._maybe_retire(loop)
                 return
@@ -359,10 +380,12 @@ class Worker:
             return
         # a first delivery has no attempts yet (a retried dead letter is published anew,
         # its record reset): only a redelivery needs its count read back
+        # a call back from the delayed stream carries its attempts so far
+        prior = _attempts(msg.headers)
         record = None
         if int(msg.metadata.num_delivered) > 1:
             record = await self.bridge.call(self.js.get_status, call.function, call.call_id)
-        attempts = int((record or {}).get("attempts", 0)) + 1
+        attempts = max(prior, int((record or {}).get("attempts", 0))) + 1
         await self._status(call, "running", attempts, (record or {}).get("lastStatus"))
         gauge = self.metrics.async_inflight.labels(call.function)
         gauge.inc()
@@ -378,10 +401,9 @@ class Worker:
             retry_after = parse_retry_after(dict(answer.headers).get(b"retry-after"),
                                             self.reactor.seconds())
             delay = self.backoff.delay(attempts, self.random(), retry_after)
-            await self._status(call, "queued", attempts, answer.status,
-                               nextAttempt=self.reactor.seconds() + delay)
-            await self._persist(self.js.nak, msg, delay)
-            self._wake_later(call.function, delay)
+            due = self.reactor.seconds() + delay
+            await self._status(call, "queued", attempts, answer.status, nextAttempt=due)
+            await self._delay(msg, call, attempts, due)
             self.metrics.async_retries.labels(call.function).inc()
             return
         if decision is Decision.DEAD:
@@ -395,6 +417,45 @@ class Worker:
             await self._publish_callback(call, outcome, answer.body)
         await self._persist(self.js.ack, msg)
         self.metrics.async_done.labels(call.function, state).inc()
+
+    async def _delay(self, msg: Any, call: Any, attempts: int, due: float) -> None:
+        """Move a call to the delayed stream until ``due``: a negative acknowledgement
+        with a delay would keep it counted in its function's max_ack_pending for the
+        whole backoff, and a few failing calls would stop every other call of it."""
+        headers = call_headers(call, dedup=False)
+        headers[ATTEMPTS] = str(attempts)
+        headers[DUE] = repr(due)
+        # once per stored message, even if this node dies before acknowledging it (the
+        # stream sequence: a dead letter retried later is a new message, not a duplicate)
+        key = self.names.call_key(call.function, call.call_id)
+        headers["Nats-Msg-Id"] = f"{key}.d{int(msg.metadata.sequence.stream)}"
+        await self._persist(self.js.publish,
+                            self.names.delayed_subject(call.function, call.call_id),
+                            call.body, headers, self.config.timeout)
+        await self._persist(self.js.ack, msg)
+
+    async def _release(self, msg: Any) -> None:
+        """A delayed call: put back until it is due, then queued again (the calls
+        stream de-duplicates a second release of the same attempt)."""
+        headers = dict(msg.headers or {})
+        try:
+            due = float(headers.pop(DUE))
+            function = self.names.function_of_delayed(msg.subject)
+            call_id = headers["Faas-Call-Id"]
+        except (KeyError, ValueError):
+            log.warn("dropping a delayed call faastwist cannot read: {subject}",
+                     subject=msg.subject)
+            await self.bridge.call(self.js.ack, msg)
+            return
+        wait = due - self.reactor.seconds()
+        if wait > 0.01:
+            await self.bridge.call(self.js.nak, msg, wait)
+            return
+        key = self.names.call_key(function, call_id)
+        headers["Nats-Msg-Id"] = f"{key}.r{int(msg.metadata.sequence.stream)}"
+        await self._persist(self.js.publish, self.names.call_subject(function, call_id),
+                            msg.data or b"", headers, self.config.timeout)
+        await self._persist(self.js.ack, msg)
 
     async def _persist(self, function: Any, *args: Any) -> Any:
         """A step after the function ran, repeated while NATS is away (up to PERSIST

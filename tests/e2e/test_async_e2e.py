@@ -485,3 +485,27 @@ def test_a_killed_nodes_calls_run_on_another_node_after_one_ack_wait(tmp_path: P
         codes = [node.stop() for node in (b, a)]
         nats.stop()
     assert codes[0] in (0, -signal.SIGTERM)
+
+
+def test_a_call_in_its_backoff_does_not_hold_its_functions_slot(
+        tmp_path: Path, callbacks: Callbacks) -> None:
+    """asyncConcurrency 1 and a call that fails with a 10-20 s backoff: the function's
+    next call runs at once (the failing one waits in the delayed stream, not in the
+    consumer's only max_ack_pending slot), and the failing one is tried again later
+    with its attempts counted."""
+    node = node_for(tmp_path, backoffBase="10s", backoffMax="20s", maxAttempts=2).start()
+    try:
+        deploy(node, tmp_path, "one", asyncConcurrency=1)
+        failing = enqueue(node, "one/fail", b"", X_Callback_Url=callbacks.url)[1]["x-call-id"]
+        wait_for(lambda: node.json("GET", f"/one/async/{failing}")[1].get("attempts") == 1
+                 and node.json("GET", f"/one/async/{failing}")[1]["state"] == "queued",
+                 what="the first attempt failed")
+        started = time.monotonic()
+        quick = enqueue(node, "one/ok", b"q", X_Callback_Url=callbacks.url)[1]["x-call-id"]
+        assert callbacks.first(quick)[1] == b"echo:q"
+        assert time.monotonic() - started < 5.0, "the quick call waited for the backoff"
+        got, _ = callbacks.first(failing)   # the second (last) attempt, then dead
+        assert got["x-faas-attempts"] == "2"
+        assert node.json("GET", f"/one/async/{failing}")[1]["state"] == "dead"
+    finally:
+        assert node.stop() in (0, -signal.SIGTERM), node.log()
