@@ -53,6 +53,8 @@ log = Logger(namespace="faastwist.queue")
 #: Headers of a delayed call: its attempts so far, and when it is due (epoch seconds).
 ATTEMPTS = "Faas-Attempts-So-Far"
 DUE = "Faas-Due"
+#: Where a delayed message goes back to: "call" (the calls stream) or "callback".
+BACK = "Faas-Back"
 
 
 def _attempts(headers: Any) -> int:
@@ -418,20 +420,23 @@ class Worker:
         await self._persist(self.js.ack, msg)
         self.metrics.async_done.labels(call.function, state).inc()
 
-    async def _delay(self, msg: Any, call: Any, attempts: int, due: float) -> None:
-        """Move a call to the delayed stream until ``due``: a negative acknowledgement
-        with a delay would keep it counted in its function's max_ack_pending for the
-        whole backoff, and a few failing calls would stop every other call of it."""
-        headers = call_headers(call, dedup=False)
+    async def _delay(self, msg: Any, call: Any, attempts: int, due: float,
+                     back: str = "call") -> None:
+        """Move a call (``back="call"``) or a callback (``"callback"``) to the delayed
+        stream until ``due``: a negative acknowledgement with a delay would keep it
+        counted in its consumer's max_ack_pending for the whole backoff, and a few
+        failing calls (or callbacks to one dead receiver) would stop all the others."""
+        headers = dict(msg.headers or {})
         headers[ATTEMPTS] = str(attempts)
         headers[DUE] = repr(due)
+        headers[BACK] = back
         # once per stored message, even if this node dies before acknowledging it (the
         # stream sequence: a dead letter retried later is a new message, not a duplicate)
         key = self.names.call_key(call.function, call.call_id)
-        headers["Nats-Msg-Id"] = f"{key}.d{int(msg.metadata.sequence.stream)}"
+        headers["Nats-Msg-Id"] = f"{key}.{back}.d{int(msg.metadata.sequence.stream)}"
         await self._persist(self.js.publish,
                             self.names.delayed_subject(call.function, call.call_id),
-                            call.body, headers, self.config.timeout)
+                            msg.data or b"", headers, self.config.timeout)
         await self._persist(self.js.ack, msg)
 
     async def _release(self, msg: Any) -> None:
@@ -440,6 +445,7 @@ class Worker:
         headers = dict(msg.headers or {})
         try:
             due = float(headers.pop(DUE))
+            back = headers.pop(BACK, "call")
             function = self.names.function_of_delayed(msg.subject)
             call_id = headers["Faas-Call-Id"]
         except (KeyError, ValueError):
@@ -453,8 +459,10 @@ class Worker:
             return
         key = self.names.call_key(function, call_id)
         headers["Nats-Msg-Id"] = f"{key}.r{int(msg.metadata.sequence.stream)}"
-        await self._persist(self.js.publish, self.names.call_subject(function, call_id),
-                            msg.data or b"", headers, self.config.timeout)
+        subject = (self.names.callback_subject(function, call_id) if back == "callback"
+                   else self.names.call_subject(function, call_id))
+        await self._persist(self.js.publish, subject, msg.data or b"", headers,
+                            self.config.timeout)
         await self._persist(self.js.ack, msg)
 
     async def _persist(self, function: Any, *args: Any) -> Any:
@@ -510,7 +518,8 @@ class Worker:
             log.warn("dropping a callback faastwist cannot read: {error}", error=str(exc))
             await self.bridge.call(self.js.ack, msg)
             return
-        delivery = int(msg.metadata.num_delivered)
+        # deliveries so far: those before a backoff travel with the message
+        delivery = _attempts(msg.headers) + int(msg.metadata.num_delivered)
         counter = self.metrics.async_callbacks
         try:
             status = await self.service.sender.send(call.callback or "", call.call_id,
@@ -525,7 +534,8 @@ class Worker:
         decision = decide(status, delivery, self.config.max_attempts)
         if decision is Decision.RETRY:
             counter.labels(call.function, "retried").inc()
-            await self.bridge.call(self.js.nak, msg, self.backoff.delay(delivery, self.random()))
+            due = self.reactor.seconds() + self.backoff.delay(delivery, self.random())
+            await self._delay(msg, call, delivery, due, back="callback")
             return
         counter.labels(call.function, "delivered" if decision is Decision.DONE else "failed").inc()
         await self._callback_result(call, {"status": status, "attempts": delivery})

@@ -509,3 +509,27 @@ def test_a_call_in_its_backoff_does_not_hold_its_functions_slot(
         assert node.json("GET", f"/one/async/{failing}")[1]["state"] == "dead"
     finally:
         assert node.stop() in (0, -signal.SIGTERM), node.log()
+
+
+def test_a_callback_in_its_backoff_does_not_hold_the_callback_slot(
+        tmp_path: Path, callbacks: Callbacks) -> None:
+    """callbackConcurrency 1 and a receiver that is down (10-20 s backoff): another
+    call's callback is still delivered at once."""
+    from faastwist.util.ports import free_port
+
+    node = node_for(tmp_path, backoffBase="10s", backoffMax="20s",
+                    callbackConcurrency=1).start()
+    try:
+        deploy(node, tmp_path, "fn")
+        down = f"http://127.0.0.1:{free_port()}/nobody"
+        lost = enqueue(node, "fn/ok", b"", X_Callback_Url=down)[1]["x-call-id"]
+        retried = 'faastwist_async_callbacks_total{function_name="fn",result="retried"} 1.0'
+        wait_for(lambda: retried in http("GET", f"{node.admin_root}/metrics")[2].decode(),
+                 what="the first callback try failed")
+        started = time.monotonic()
+        quick = enqueue(node, "fn/ok", b"q", X_Callback_Url=callbacks.url)[1]["x-call-id"]
+        assert callbacks.first(quick)[1] == b"echo:q"
+        assert time.monotonic() - started < 5.0, "the callback waited for another's backoff"
+        assert lost not in callbacks.received
+    finally:
+        assert node.stop() in (0, -signal.SIGTERM), node.log()
