@@ -284,7 +284,8 @@ def _documented_defaults(base: str, node_id: str) -> "ControllerConfig":
             enabled=True, nats_urls=(), data_dir=f"{base}data/nats", max_age=86400.0,
             max_body_size=2**20, max_attempts=5, concurrency=8, callback_concurrency=32,
             callback_timeout=10.0, callback_allow=(), backoff_base=1.0, backoff_max=300.0,
-            status_ttl=86400.0, timeout=5.0))
+            status_ttl=86400.0, timeout=5.0, max_bytes=2**30, max_queued=1000, ack_wait=5.0,
+            monitor_port=0))
 
 
 def test_every_default_exactly_from_the_file_and_in_code(tmp_path):
@@ -325,7 +326,8 @@ def test_every_key_is_read_from_its_own_name(tmp_path):
                   "maxAge": "2h", "maxBodySize": "4Ki", "maxAttempts": 3, "concurrency": 2,
                   "callbackConcurrency": 4, "callbackTimeout": "2s",
                   "callbackAllow": ["10.0.0.0/8"], "backoffBase": "2s", "backoffMax": "1m",
-                  "statusTTL": "1h", "timeout": "4s"},
+                  "statusTTL": "1h", "timeout": "4s", "maxBytes": "5Mi", "maxQueued": 7,
+                  "ackWait": "3s", "monitorPort": 8223},
     }
     base = f"{tmp_path}/"
     assert ControllerConfig.from_dict(data, tmp_path) == ControllerConfig(
@@ -355,7 +357,8 @@ def test_every_key_is_read_from_its_own_name(tmp_path):
             enabled=False, nats_urls=("nats://10.0.0.2:4222",), data_dir=base + "n",
             max_age=7200.0, max_body_size=4096, max_attempts=3, concurrency=2,
             callback_concurrency=4, callback_timeout=2.0, callback_allow=("10.0.0.0/8",),
-            backoff_base=2.0, backoff_max=60.0, status_ttl=3600.0, timeout=4.0))
+            backoff_base=2.0, backoff_max=60.0, status_ttl=3600.0, timeout=4.0,
+            max_bytes=5 * 2**20, max_queued=7, ack_wait=3.0, monitor_port=8223))
 
 
 @pytest.mark.parametrize("section, key, lowest, highest", [
@@ -368,6 +371,7 @@ def test_every_key_is_read_from_its_own_name(tmp_path):
     ("queue", "concurrency", 1, 10000), ("queue", "callbackConcurrency", 1, 10000),
     ("queue", "callbackTimeout", "1ms", None), ("queue", "backoffBase", "1ms", None),
     ("queue", "statusTTL", "60s", None), ("queue", "timeout", "1ms", None),
+    ("queue", "maxQueued", 1, 10_000_000), ("queue", "monitorPort", 0, 65535),
 ])
 def test_the_bounds_themselves_are_accepted(tmp_path, section, key, lowest, highest):
     """README's ranges are inclusive; one step past either end is refused, naming it."""
