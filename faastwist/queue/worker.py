@@ -19,9 +19,9 @@ A call is acknowledged only after its outcome is stored (the status record, the
 callback message, the dead letter). While it runs, the node tells the server so
 every third of ``queue.ackWait`` (an in-progress acknowledgement): a node that dies
 mid-call leaves the message unacknowledged, and JetStream redelivers it one ack wait
-later (at least once), whatever the function's timeout. A
-retry is a negative acknowledgement with a delay; attempts are counted in the call's
-status record, so waiting for an inactive function does not use them up.
+later (at least once), whatever the function's timeout. A retry waits in the delayed
+stream (``steps.py``); attempts are counted in the call's status record and travel
+with a delayed call, so waiting for an inactive function does not use them up.
 """
 
 from __future__ import annotations
@@ -30,45 +30,23 @@ import random
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from faastwist.gate.routes import Route
 from faastwist.model.fsm import State
 from faastwist.queue.local import Answer, invoke
-from faastwist.queue.messages import (
-    BadMessage,
-    Outcome,
-    call_headers,
-    outcome_headers,
-    read_call,
-    read_outcome,
-    status_record,
-)
-from faastwist.queue.policy import Backoff, CallbackRefused, Outcome as Decision, decide
-from faastwist.queue.policy import parse_retry_after
+from faastwist.queue.messages import BadMessage, Outcome, read_call
+from faastwist.queue.policy import Backoff, Outcome as Decision, decide, parse_retry_after
+from faastwist.queue.steps import Steps, attempts_so_far
 
 log = Logger(namespace="faastwist.queue")
 
-#: Headers of a delayed call: its attempts so far, and when it is due (epoch seconds).
-ATTEMPTS = "Faas-Attempts-So-Far"
-DUE = "Faas-Due"
-#: Where a delayed message goes back to: "call" (the calls stream) or "callback".
-BACK = "Faas-Back"
-
-
-def _attempts(headers: Any) -> int:
-    try:
-        return max(0, int((headers or {}).get(ATTEMPTS, 0)))
-    except (TypeError, ValueError):
-        return 0
 
 #: How long a call for an inactive function waits before it is looked at again.
 INACTIVE_RECHECK = 5.0
 #: How long a pull request waits on the server for messages before it expires.
 PULL_EXPIRES = 2.0
-#: Tries of a step after the function ran (0.5 s apart) before leaving it to redelivery.
-PERSIST = 40
 #: Keys of the two loops that are not a function's (function names have no "_").
 CALLBACKS = "_callbacks"
 DELAYED = "_delayed"
@@ -97,7 +75,7 @@ class Loop:
         self.bind_args: tuple = ()   # stream, durable, subject, limit, ack wait
 
 
-class Worker:
+class Worker(Steps):
     """Pull loops for every function of the route table, and the callback loop."""
 
     def __init__(self, service: Any, context: Any, random_: Callable[[], float] = random.random) -> None:
@@ -383,7 +361,7 @@ class Worker:
         # a first delivery has no attempts yet (a retried dead letter is published anew,
         # its record reset): only a redelivery needs its count read back
         # a call back from the delayed stream carries its attempts so far
-        prior = _attempts(msg.headers)
+        prior = attempts_so_far(msg.headers)
         record = None
         if int(msg.metadata.num_delivered) > 1:
             record = await self.bridge.call(self.js.get_status, call.function, call.call_id)
@@ -419,132 +397,3 @@ class Worker:
             await self._publish_callback(call, outcome, answer.body)
         await self._persist(self.js.ack, msg)
         self.metrics.async_done.labels(call.function, state).inc()
-
-    async def _delay(self, msg: Any, call: Any, attempts: int, due: float,
-                     back: str = "call") -> None:
-        """Move a call (``back="call"``) or a callback (``"callback"``) to the delayed
-        stream until ``due``: a negative acknowledgement with a delay would keep it
-        counted in its consumer's max_ack_pending for the whole backoff, and a few
-        failing calls (or callbacks to one dead receiver) would stop all the others."""
-        headers = dict(msg.headers or {})
-        headers[ATTEMPTS] = str(attempts)
-        headers[DUE] = repr(due)
-        headers[BACK] = back
-        # once per stored message, even if this node dies before acknowledging it (the
-        # stream sequence: a dead letter retried later is a new message, not a duplicate)
-        key = self.names.call_key(call.function, call.call_id)
-        headers["Nats-Msg-Id"] = f"{key}.{back}.d{int(msg.metadata.sequence.stream)}"
-        await self._persist(self.js.publish,
-                            self.names.delayed_subject(call.function, call.call_id),
-                            msg.data or b"", headers, self.config.timeout)
-        await self._persist(self.js.ack, msg)
-
-    async def _release(self, msg: Any) -> None:
-        """A delayed call: put back until it is due, then queued again (the calls
-        stream de-duplicates a second release of the same attempt)."""
-        headers = dict(msg.headers or {})
-        try:
-            due = float(headers.pop(DUE))
-            back = headers.pop(BACK, "call")
-            function = self.names.function_of_delayed(msg.subject)
-            call_id = headers["Faas-Call-Id"]
-        except (KeyError, ValueError):
-            log.warn("dropping a delayed call faastwist cannot read: {subject}",
-                     subject=msg.subject)
-            await self.bridge.call(self.js.ack, msg)
-            return
-        wait = due - self.reactor.seconds()
-        if wait > 0.01:
-            await self.bridge.call(self.js.nak, msg, wait)
-            return
-        key = self.names.call_key(function, call_id)
-        headers["Nats-Msg-Id"] = f"{key}.r{int(msg.metadata.sequence.stream)}"
-        subject = (self.names.callback_subject(function, call_id) if back == "callback"
-                   else self.names.call_subject(function, call_id))
-        await self._persist(self.js.publish, subject, msg.data or b"", headers,
-                            self.config.timeout)
-        await self._persist(self.js.ack, msg)
-
-    async def _persist(self, function: Any, *args: Any) -> Any:
-        """A step after the function ran, repeated while NATS is away (up to PERSIST
-        tries): giving up would leave the message to be redelivered, and the function
-        to run again, only after the ack wait."""
-        for attempt in range(PERSIST):
-            try:
-                return await self.bridge.call(function, *args)
-            except Exception as exc:
-                if attempt == PERSIST - 1 or not self.running:
-                    raise
-                log.debug("queue step {step} failed ({error}); again", step=function.__name__,
-                          error=str(exc))
-                await deferLater(self.reactor, 0.5, lambda: None)
-
-    async def _dead(self, msg: Any, call: Any, outcome: Outcome, body: bytes = b"") -> None:
-        """Store the call in the dead letters (its request body, the last outcome)."""
-        headers = call_headers(call, dedup=False)
-        headers.update(outcome_headers(outcome))
-        await self._persist(self.js.publish, self.names.dead_subject(call.function, call.call_id),
-                            call.body, headers, self.config.timeout)
-        await self._status(call, "dead", outcome.attempts, outcome.status or None,
-                           reason=outcome.reason)
-        if call.callback and outcome.attempts:
-            await self._publish_callback(call, outcome, body)
-        await self._persist(self.js.ack, msg)
-        self.metrics.async_dead.labels(call.function).inc()
-        self.metrics.async_done.labels(call.function, "dead").inc()
-        log.info("call {call_id} of {function} moved to the dead letters: {reason}",
-                 call_id=call.call_id, function=call.function, reason=outcome.reason)
-
-    async def _publish_callback(self, call: Any, outcome: Outcome, body: bytes) -> None:
-        headers = call_headers(call, dedup=False)
-        headers.update(outcome_headers(outcome))
-        await self._persist(self.js.publish,
-                            self.names.callback_subject(call.function, call.call_id),
-                            body, headers, self.config.timeout)
-
-    async def _status(self, call: Any, state: str, attempts: int, last_status: Any,
-                      reason: str = "", **extra: Any) -> None:
-        record = status_record(call, state, self.reactor.seconds(), attempts, last_status,
-                               reason, **extra)
-        await self._persist(self.js.put_status, call.function, call.call_id, record)
-
-    # -- callbacks -----------------------------------------------------------------------
-
-    async def _deliver(self, msg: Any) -> None:
-        try:
-            call = read_call(msg.headers, msg.data)
-            outcome = read_outcome(msg.headers)
-        except BadMessage as exc:
-            log.warn("dropping a callback faastwist cannot read: {error}", error=str(exc))
-            await self.bridge.call(self.js.ack, msg)
-            return
-        # deliveries so far: those before a backoff travel with the message
-        delivery = _attempts(msg.headers) + int(msg.metadata.num_delivered)
-        counter = self.metrics.async_callbacks
-        try:
-            status = await self.service.sender.send(call.callback or "", call.call_id,
-                                                    call.function, outcome, call.body)
-        except CallbackRefused as exc:
-            counter.labels(call.function, "refused").inc()
-            log.warn("callback of {call_id} to {url} refused: {error}", call_id=call.call_id,
-                     url=call.callback, error=str(exc))
-            await self._callback_result(call, {"error": str(exc), "attempts": delivery})
-            await self.bridge.call(self.js.ack, msg)
-            return
-        decision = decide(status, delivery, self.config.max_attempts)
-        if decision is Decision.RETRY:
-            counter.labels(call.function, "retried").inc()
-            due = self.reactor.seconds() + self.backoff.delay(delivery, self.random())
-            await self._delay(msg, call, delivery, due, back="callback")
-            return
-        counter.labels(call.function, "delivered" if decision is Decision.DONE else "failed").inc()
-        await self._callback_result(call, {"status": status, "attempts": delivery})
-        await self.bridge.call(self.js.ack, msg)
-
-    async def _callback_result(self, call: Any, result: dict[str, Any]) -> None:
-        record = await self.bridge.call(self.js.get_status, call.function, call.call_id)
-        if record is None:
-            return
-        record["callback"] = result
-        await self.bridge.call(self.js.put_status, call.function, call.call_id, record)
-
