@@ -105,7 +105,7 @@ bench-coldstart: install
 
 bench-async: install system-deps
 	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
-	$(BIN)/python bench/async.py
+	$(BIN)/python bench/async.py --enqueue
 
 clean:
 	rm -rf $(VENV) build *.egg-info data test-artifacts .coverage .coverage.*

@@ -1,10 +1,19 @@
-"""Asynchronous invocations: how fast calls are queued, and how fast they run.
+"""Asynchronous invocations: how fast queued calls run, and how fast calls are queued.
 
-    PYTHONPATH=. .venv/bin/python bench/async.py [--duration 10] [--connections 16]
+    PYTHONPATH=. .venv/bin/python bench/async.py [--calls 240] [--concurrency 8]
+        [--sleep-ms 300] [--enqueue [--duration 10] [--connections 16]]
 
-Starts a real ``twistd -n faasgate`` node (process provider, embedded etcd, embedded
-nats-server, access log off) with ``conf/functions/echo.py`` as function ``echo``
-(one replica kept, ``asyncConcurrency: 32``), then, in one run:
+Throughput (always): real ``twistd -n faasgate`` nodes (process provider, each its own
+embedded etcd; one node with its embedded nats-server, then three nodes sharing one
+nats-server) run a function that sleeps ``--sleep-ms`` per call with
+``asyncConcurrency: --concurrency``. ``--calls`` calls are queued at once (spread over the
+nodes' gates) and the time until every one has completed (the nodes'
+``faastwist_async_completed_total``) gives calls/s, printed against the bound
+``asyncConcurrency x 1/latency`` (asyncConcurrency is cluster-wide: the same bound for one
+node and for three).
+
+Enqueue (``--enqueue``, needs wrk): one node with ``conf/functions/echo.py`` as function
+``echo`` (one replica kept, ``asyncConcurrency: 32``), then, in one run:
 
 1. sync: wrk at c16 POSTing through the gate (X-FaaS-Func-Name), requests/s, p50/p99;
 2. enqueue: the same with ``X-FaaS-Async: true`` (each 202 is answered only after
@@ -25,6 +34,7 @@ import platform
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -42,15 +52,16 @@ TWISTD = Path(sys.executable).parent / "twistd"
 FUNCTION_PYTHON = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
 
 
-#: the node's admin token (read from the file the node writes on its first start)
-TOKEN: list[str] = []
+#: admin tokens by admin port (read from the file a node writes on its first start)
+TOKENS: dict[int, str] = {}
 
 
 def http(method: str, url: str, body: bytes | None = None,
          headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     sent = dict(headers or {})
-    if TOKEN:
-        sent["Authorization"] = f"Bearer {TOKEN[0]}"
+    port = urllib.request.urlparse(url).port
+    if port in TOKENS:
+        sent["Authorization"] = f"Bearer {TOKENS[port]}"
     request = urllib.request.Request(url, body, sent, method=method)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
@@ -59,16 +70,19 @@ def http(method: str, url: str, body: bytes | None = None,
         return error.code, error.read()
 
 
-def start_node(workdir: Path) -> tuple[subprocess.Popen, int, int]:
+def start_node(workdir: Path, nats_url: str = "") -> tuple[subprocess.Popen, int, int]:
+    workdir.mkdir(parents=True, exist_ok=True)
     gate, admin = free_port(), free_port()
     config = {
         "name": "bench", "provider": "process", "syncInterval": "1s",
+        "nodeId": workdir.name,
         "httpServer": {"port": gate, "address": "127.0.0.1", "accessLog": False},
         "admin": {"port": admin, "address": "127.0.0.1",
                   "auth": {"tokensFile": str(workdir / "admin-tokens")}},
         "etcd": {"dataDir": str(workdir / "etcd")},
         "process": {"dataDir": str(workdir / "data")},
-        "queue": {"dataDir": str(workdir / "nats")},
+        "queue": {"dataDir": str(workdir / "nats"),
+                  **({"natsURLs": [nats_url]} if nats_url else {})},
     }
     (workdir / "controller.yaml").write_text(json.dumps(config))
     log = open(workdir / "node.log", "ab")
@@ -80,7 +94,7 @@ def start_node(workdir: Path) -> tuple[subprocess.Popen, int, int]:
     while time.monotonic() < deadline:
         try:
             if http("GET", f"http://127.0.0.1:{admin}/readyz")[0] == 200:
-                TOKEN.append((workdir / "admin-tokens.admin").read_text().strip())
+                TOKENS[admin] = (workdir / "admin-tokens.admin").read_text().strip()
                 return node, gate, admin
         except OSError:
             pass
@@ -88,7 +102,7 @@ def start_node(workdir: Path) -> tuple[subprocess.Popen, int, int]:
             break
         time.sleep(0.2)
     stop(node)
-    raise SystemExit(f"the node did not start; see {workdir / 'node.log'}")
+    raise SystemExit(f"the node did not start:\n{(workdir / 'node.log').read_text()[-3000:]}")
 
 
 def stop(node: subprocess.Popen) -> None:
@@ -123,14 +137,14 @@ def base_url(admin: int) -> str:
     return f"http://127.0.0.1:{admin}/apis/v2/faas/bench"
 
 
-def wait_state(admin: int, state: str) -> None:
+def wait_state(admin: int, state: str, name: str = "echo") -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        _, body = http("GET", f"{base_url(admin)}/echo", headers={"Accept": "application/json"})
+        _, body = http("GET", f"{base_url(admin)}/{name}", headers={"Accept": "application/json"})
         if json.loads(body)["status"]["state"] == state:
             return
         time.sleep(0.2)
-    raise SystemExit(f"echo did not become {state}")
+    raise SystemExit(f"{name} did not become {state}")
 
 
 def operate(admin: int, action: str, state: str) -> None:
@@ -177,13 +191,145 @@ def drain_rate(admin: int, queued: int, timeout: float = 300.0) -> tuple[float, 
     return (count - start_count) / elapsed, elapsed
 
 
+# -- throughput: queued calls of a slow function, one node and three ----------------------
+
+SLOW_FUNCTION = ROOT / "tests" / "support" / "asyncfn.py"
+
+
+def start_nats(workdir: Path) -> tuple[subprocess.Popen, str]:
+    """A shared nats-server with JetStream for the three-node run."""
+    binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    port = free_port()
+    log = open(workdir / "nats.log", "ab")
+    server = subprocess.Popen([binary, "-js", "-sd", str(workdir / "js"), "-a", "127.0.0.1",
+                               "-p", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return server, f"nats://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)
+    stop(server)
+    raise SystemExit(f"nats-server did not start; see {workdir / 'nats.log'}")
+
+
+def deploy_slow(admin: int, workdir: Path, concurrency: int, calls: int) -> Path:
+    """The test suite's async function (``/slow?ms=N`` sleeps N ms) as ``slow``; its
+    state folder (most calls seen at once) is returned."""
+    script = workdir / "fn" / "asyncfn.py"
+    script.parent.mkdir(exist_ok=True)
+    shutil.copy(SLOW_FUNCTION, script)
+    script.chmod(0o644)
+    state = Path(tempfile.mkdtemp(prefix="faastwist-bench-slow-"))
+    state.chmod(0o777)  # the function runs as an unprivileged user
+    spec = {"name": "slow", "command": [FUNCTION_PYTHON, str(script)],
+            "env": {"STATE_DIR": str(state)}, "readinessPath": "/healthz", "minReplica": 1,
+            "asyncConcurrency": concurrency, "maxQueued": max(1000, calls)}
+    status, body = http("POST", base_url(admin), json.dumps(spec).encode(),
+                        {"Content-Type": "application/json"})
+    assert status == 201, body
+    wait_state(admin, "active", "slow")
+    return state
+
+
+def completed_of(admin: int, function: str) -> float:
+    _, body = http("GET", f"http://127.0.0.1:{admin}/metrics")
+    return sum(float(m.group(1)) for m in re.finditer(
+        rb'faastwist_async_completed_total\{function_name="%s",outcome="\w+"\} ([\d.e+]+)'
+        % function.encode(), body))
+
+
+def throughput(nodes: list[tuple[int, int]], calls: int, sleep_ms: int) -> tuple[float, float]:
+    """Queue ``calls`` calls over the nodes' gates at once; (calls/s from the first
+    call queued to the last completed, seconds)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def enqueue(i: int) -> int:
+        gate = nodes[i % len(nodes)][0]
+        return http("POST", f"http://127.0.0.1:{gate}/async-function/slow/slow?ms={sleep_ms}",
+                    b"x")[0]
+
+    before = sum(completed_of(admin, "slow") for _, admin in nodes)
+    start = time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(enqueue, range(calls)))
+    if any(code != 202 for code in codes):
+        raise SystemExit(f"not every call was queued: {sorted(set(codes))}")
+    deadline = start + 30 + calls * sleep_ms / 1000
+    done = 0.0
+    while done < calls and time.monotonic() < deadline:
+        time.sleep(0.05)
+        done = sum(completed_of(admin, "slow") for _, admin in nodes) - before
+    elapsed = time.monotonic() - start
+    if done < calls:
+        raise SystemExit(f"only {done:.0f} of {calls} calls completed in {elapsed:.0f}s")
+    return calls / elapsed, elapsed
+
+
+def run_throughput(args: argparse.Namespace) -> list[tuple[int, float, float, int]]:
+    """(nodes, calls/s, seconds, most calls at once on one node) for one and three nodes."""
+    rows = []
+    for count in (1, 3):
+        workdir = Path(tempfile.mkdtemp(prefix=f"faastwist-bench-async{count}-"))
+        procs: list[subprocess.Popen] = []
+        states: list[Path] = []
+        try:
+            url = ""
+            if count > 1:
+                server, url = start_nats(workdir)
+                procs.append(server)
+            nodes = []
+            for i in range(count):
+                node, gate, admin = start_node(workdir / f"n{i}", url)
+                procs.append(node)
+                nodes.append((gate, admin))
+            for i, (_, admin) in enumerate(nodes):
+                states.append(deploy_slow(admin, workdir / f"n{i}", args.concurrency,
+                                          args.calls))
+            throughput(nodes, max(args.concurrency * 2, 16), args.sleep_ms)  # warm-up
+            rate, seconds = throughput(nodes, args.calls, args.sleep_ms)
+            most = max(int((s / "max-concurrent").read_text() or 0) for s in states)
+            rows.append((count, rate, seconds, most))
+        finally:
+            for proc in reversed(procs):
+                stop(proc)
+            for state in states:
+                shutil.rmtree(state, ignore_errors=True)
+            shutil.rmtree(workdir, ignore_errors=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=240, help="calls queued per run")
+    parser.add_argument("--concurrency", type=int, default=8, help="asyncConcurrency")
+    parser.add_argument("--sleep-ms", type=int, default=300, help="each call's latency")
+    parser.add_argument("--enqueue", action="store_true",
+                        help="also measure enqueueing with wrk (sync vs 202)")
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=16)
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        raise SystemExit("async: wrk is required (apt-get install wrk)")
+    if args.enqueue and shutil.which("wrk") is None:
+        raise SystemExit("async: --enqueue needs wrk (apt-get install wrk)")
+    rows = run_throughput(args)
+    bound = args.concurrency * 1000 / args.sleep_ms
+    print(f"interpreter: {platform.python_implementation()} {platform.python_version()} "
+          f"({sys.executable}); {os.cpu_count()} cores; load average "
+          f"{os.getloadavg()[0]:.1f}")
+    print(f"throughput: asyncConcurrency {args.concurrency} (cluster-wide), calls of "
+          f"{args.sleep_ms} ms, {args.calls} calls queued at once")
+    print(f"{'nodes':<7}{'calls/s':>9}{'bound':>9}{'of bound':>10}{'seconds':>9}"
+          f"{'most at once':>14}")
+    for count, rate, seconds, most in rows:
+        print(f"{count:<7}{rate:>9.1f}{bound:>9.1f}{rate / bound:>10.0%}{seconds:>9.1f}"
+              f"{most:>14}")
+    if args.enqueue:
+        run_enqueue(args)
+
+
+def run_enqueue(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="faastwist-bench-async-"))
     node, gate, admin = start_node(workdir)
     try:
@@ -198,9 +344,7 @@ def main() -> None:
     finally:
         stop(node)
         shutil.rmtree(workdir, ignore_errors=True)
-    print(f"interpreter: {platform.python_implementation()} {platform.python_version()} "
-          f"({sys.executable}); {os.cpu_count()} cores; wrk -c{args.connections} "
-          f"-d{args.duration}s")
+    print(f"enqueue: wrk -c{args.connections} -d{args.duration}s")
     print(f"{'':<22}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
     for label, row in (("sync (200)", sync), ("enqueue (202)", enqueue)):
         print(f"{label:<22}{row['rps']:>10.0f}{row['p50']:>10.2f}{row['p99']:>10.2f}")

@@ -146,6 +146,10 @@ class QueueConfig:
     backoff_max: float = 300.0
     status_ttl: float = 24 * 3600.0
     timeout: float = 5.0
+    max_bytes: int = 2**30
+    max_queued: int = 1000
+    ack_wait: float = 5.0
+    monitor_port: int = 0
 
     @property
     def embedded(self) -> bool:
@@ -427,12 +431,20 @@ def _read_queue(reader: FieldReader, base: Path) -> QueueConfig:
         backoff_max=reader.duration("backoffMax", 300.0, minimum=0.001),
         status_ttl=reader.duration("statusTTL", 24 * 3600.0, minimum=60.0),
         timeout=reader.duration("timeout", 5.0, minimum=0.001),
+        max_bytes=reader.size("maxBytes", 2**30),
+        max_queued=reader.integer("maxQueued", 1000, 1, 10_000_000),
+        ack_wait=reader.duration("ackWait", 5.0, minimum=0.5),
+        monitor_port=reader.integer("monitorPort", 0, 0, 65535),
     )
     if config.max_body_size > 64 * 2**20:
         raise reader.fail("maxBodySize", "must be at most 64Mi (a queued call is one NATS "
                                          "message)")
     if config.backoff_base > config.backoff_max:
         raise reader.fail("backoffBase", "must not exceed backoffMax")
+    if config.max_bytes < 4 * (config.max_body_size + 128 * 1024):
+        raise reader.fail("maxBytes", f"must hold at least four calls of maxBodySize "
+                                      f"({4 * (config.max_body_size + 128 * 1024)} bytes), "
+                                      f"got {config.max_bytes}")
     return config
 
 

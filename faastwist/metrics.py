@@ -277,6 +277,10 @@ class Metrics:
         self.async_accepted = Counter(
             "faastwist_async_accepted", "Calls stored in the queue (202 answered)",
             ["function_name"], registry=r)
+        self.async_refused = Counter(
+            "faastwist_async_refused", "Calls the queue refused: the function at its "
+            "maxQueued (function-full, 429) or the queue at queue.maxBytes (queue-full, 507)",
+            ["function_name", "reason"], registry=r)
         self.async_done = Counter(
             "faastwist_async_completed", "Queued calls finished, by outcome",
             ["function_name", "outcome"], registry=r)

@@ -349,7 +349,8 @@ class FaasNode(Service):
             return
         from faastwist.queue.embedded import EmbeddedNats, EmbeddedNatsError
 
-        self.embedded_nats = EmbeddedNats(self.reactor, queue.data_dir, queue.max_body_size)
+        self.embedded_nats = EmbeddedNats(self.reactor, queue.data_dir, queue.max_body_size,
+                                          monitor_port=queue.monitor_port)
         try:
             self._start_child("embedded nats-server", self.embedded_nats)
         except EmbeddedNatsError as exc:

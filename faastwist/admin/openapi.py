@@ -83,6 +83,9 @@ _SCHEMAS: dict[str, Any] = {
                                                 "(0: queue.concurrency)"},
             "maxAttempts": {"type": "integer", "minimum": 0, "maximum": 100,
                             "description": "attempts per queued call (0: queue.maxAttempts)"},
+            "maxQueued": {"type": "integer", "minimum": 0, "maximum": 10_000_000,
+                          "description": "calls that may wait in the queue, beyond them 429 "
+                                         "(0: queue.maxQueued)"},
         },
         "example": {"name": "sleeper", "command": ["sleep", "600"], "minReplica": 0,
                     "maxReplica": 1},

@@ -50,6 +50,17 @@ class QueueUnavailable(Exception):
     """The queue could not store a call (NATS unreachable, timeout): answer 503."""
 
 
+class QueueFull(Exception):
+    """The queue will not store a call: the function has ``maxQueued`` calls waiting
+    (429), or the queue's streams are at ``queue.maxBytes`` (507)."""
+
+    def __init__(self, code: int, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
 class Enqueuer(TypingProtocol):
     """What the gate needs of the queue."""
 
@@ -59,7 +70,7 @@ class Enqueuer(TypingProtocol):
         """Raise ValueError (its message for the client) for an unacceptable URL."""
 
     def submit(self, call: QueuedCall) -> Deferred[Any]:
-        """Fires once the call is stored; fails with QueueUnavailable otherwise."""
+        """Fires once the call is stored; fails with QueueFull or QueueUnavailable."""
 
 
 class Accept:
@@ -110,6 +121,11 @@ class Accept:
 
     def _not_stored(self, failure: Failure) -> None:
         if self.exchange.done:
+            return
+        if failure.check(QueueFull):
+            full = failure.value
+            self.exchange.reply_error(GateError(full.code, full.message,
+                                                retry_after=full.retry_after))
             return
         self.exchange.reply_error(GateError(
             503, f"the queue could not store the call: {failure.getErrorMessage()}",

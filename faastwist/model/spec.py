@@ -329,6 +329,8 @@ class FunctionSpec:
     # asynchronous invocations (0: the controller's queue.concurrency / maxAttempts)
     async_concurrency: int = 0
     max_attempts: int = 0
+    #: calls of this function that may wait in the queue (0: queue.maxQueued)
+    max_queued: int = 0
     #: ``digest()``, computed once (the reconciler compares it for every function on
     #: every pass); not a field of the spec: no init, no comparison, no repr
     _digest: str | None = attrs.field(default=None, init=False, eq=False, repr=False)
@@ -365,6 +367,7 @@ class FunctionSpec:
             rate_limit=reader.section("rateLimit", _read_rate_limit),
             async_concurrency=reader.integer("asyncConcurrency", 0, 0, 10000),
             max_attempts=reader.integer("maxAttempts", 0, 0, 100),
+            max_queued=reader.integer("maxQueued", 0, 0, 10_000_000),
         )
         reader.finish()
         for key in spec.env:
@@ -435,6 +438,8 @@ class FunctionSpec:
             out["asyncConcurrency"] = self.async_concurrency
         if self.max_attempts:
             out["maxAttempts"] = self.max_attempts
+        if self.max_queued:
+            out["maxQueued"] = self.max_queued
         return out
 
     @property

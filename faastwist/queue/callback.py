@@ -11,7 +11,7 @@ redirect the callback. HTTPS still verifies the certificate against the host nam
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, Callable, Iterable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
@@ -39,16 +39,27 @@ _DROPPED = {h.decode() for h in HOP_BY_HOP} | {"content-length", "transfer-encod
                                                 "x-function-status", "x-duration-seconds"}
 
 
+Resolver = Callable[[str, int], Iterable[Any]]
+
+
+def _getaddrinfo(host: str, port: int) -> list[Any]:
+    return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+
+
 @implementer(IAgentEndpointFactory)
 class _Pinned:
-    """Connects to the checked address, whatever the URL's host resolves to now."""
+    """Connects to the checked address, whatever the URL's host resolves to now; the
+    rules are applied again here, where the connection is made."""
 
-    def __init__(self, reactor: Any, address: str, timeout: float) -> None:
+    def __init__(self, reactor: Any, address: str, timeout: float,
+                 rules: CallbackRules) -> None:
         self.reactor = reactor
         self.address = address
         self.timeout = timeout
+        self.rules = rules
 
     def endpointForURI(self, uri: Any) -> Any:
+        check_target(self.address, uri.port, self.rules)
         kind = TCP6ClientEndpoint if ":" in self.address else TCP4ClientEndpoint
         endpoint = kind(self.reactor, self.address, uri.port, timeout=self.timeout)
         if uri.scheme == b"https":
@@ -75,19 +86,23 @@ class CallbackSender:
     """Delivers callbacks; ``send`` fires with the HTTP status (NO_ANSWER when there was
     none) or fails with CallbackRefused."""
 
-    def __init__(self, reactor: Any, rules: CallbackRules, timeout: float) -> None:
+    def __init__(self, reactor: Any, rules: CallbackRules, timeout: float,
+                 resolver: Resolver = _getaddrinfo) -> None:
         self.reactor = reactor
         self.rules = rules
         self.timeout = timeout
+        #: getaddrinfo's shape: (host, port) -> [(family, type, proto, name, sockaddr)]
+        self.resolver = resolver
         self.pool = HTTPConnectionPool(reactor, persistent=False)
 
     async def resolve(self, url: str) -> tuple[str, int]:
         """The checked address and port for ``url`` (CallbackRefused otherwise)."""
         scheme, host, port = split_callback_url(url)
 
+        resolver = self.resolver
+
         def lookup() -> list[str]:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            return [info[4][0] for info in infos]
+            return [str(info[4][0]) for info in resolver(host, port)]
 
         d = deferToThreadPool(self.reactor, self.reactor.getThreadPool(), lookup)
         d.addTimeout(self.timeout, self.reactor)
@@ -103,15 +118,22 @@ class CallbackSender:
 
     async def send(self, url: str, call_id: str, function: str, outcome: Outcome,
                    body: bytes) -> int:
-        address, _ = await self.resolve(url)
-        agent = Agent.usingEndpointFactory(self.reactor, _Pinned(self.reactor, address,
-                                                                 self.timeout), self.pool)
+        try:
+            address, _ = await self.resolve(url)
+        except CallbackRefused:
+            raise
+        except Exception:
+            return NO_ANSWER  # the resolver timed out or failed for now: retried
+        pinned = _Pinned(self.reactor, address, self.timeout, self.rules)
+        agent = Agent.usingEndpointFactory(self.reactor, pinned, self.pool)
         d: Deferred[Any] = agent.request(b"POST", url.encode("ascii"),
                                          callback_headers(call_id, function, outcome),
                                          BytesProducer(body))
         d.addTimeout(self.timeout, self.reactor)
         try:
             response = await d
+        except CallbackRefused:
+            raise
         except Exception:
             return NO_ANSWER  # refused, reset, timed out, TLS failed: retried
         read = readBody(response)

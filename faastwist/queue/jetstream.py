@@ -11,11 +11,17 @@ Per controller ``C``:
 - stream ``FAAS_CALLBACKS_C``, subjects ``faas.C.callback.{function}.{callId}``: answers
   waiting to be POSTed to their X-Callback-Url (so a failing callback is retried
   without running the function again); one durable consumer ``callbacks``.
+- stream ``FAAS_DELAYED_C``, subjects ``faas.C.delayed.{function}.{callId}``: calls
+  waiting for their next attempt (header ``Faas-Due``), moved out of the calls stream
+  so that a call in its backoff does not hold one of its function's
+  ``max_ack_pending`` slots; one durable consumer ``delayed`` puts each back into the
+  calls stream when it is due.
 - stream ``FAAS_DEAD_C`` (limits retention, kept until retried or purged), subjects
   ``faas.C.dead.{function}.{callId}``: calls that used up their attempts, expired
   waiting for an inactive function, or whose function was deleted.
-- key-value bucket ``FAAS_STATUS_C``: one JSON record per call id (state, attempts,
-  last status and time), expiring after ``queue.statusTTL``.
+- key-value bucket ``FAAS_STATUS_C``: one JSON record per call, keyed
+  ``{function}.{callId}`` (state, attempts, last status and time), expiring after
+  ``queue.statusTTL``.
 
 Every function here is a coroutine run on the bridge's loop; this module does not
 import asyncio itself (bridge.py is the only one that does).
@@ -24,15 +30,15 @@ import asyncio itself (bridge.py is the only one that does).
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable
 
+import attrs
 import nats
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import APIError, KeyNotFoundError, NotFoundError
 
 DUPLICATE_WINDOW = 120.0
-FETCH_WAIT = 2.0
 
 
 class Names:
@@ -42,6 +48,7 @@ class Names:
         self.controller = controller
         self.calls = f"FAAS_CALLS_{controller}"
         self.callbacks = f"FAAS_CALLBACKS_{controller}"
+        self.delayed = f"FAAS_DELAYED_{controller}"
         self.dead = f"FAAS_DEAD_{controller}"
         self.status = f"FAAS_STATUS_{controller}"
 
@@ -52,8 +59,15 @@ class Names:
         """The function a call's subject names (``faas.C.call.{function}.{callId}``)."""
         return subject[len(self.controller) + 11:].partition(".")[0]
 
+    def function_of_delayed(self, subject: str) -> str:
+        """The function a delayed call's subject names."""
+        return subject[len(self.controller) + 14:].partition(".")[0]
+
     def callback_subject(self, function: str, call_id: str = ">") -> str:
         return f"faas.{self.controller}.callback.{function}.{call_id}"
+
+    def delayed_subject(self, function: str, call_id: str = ">") -> str:
+        return f"faas.{self.controller}.delayed.{function}.{call_id}"
 
     def dead_subject(self, function: str, call_id: str = ">") -> str:
         return f"faas.{self.controller}.dead.{function}.{call_id}"
@@ -62,13 +76,40 @@ class Names:
     def consumer(function: str) -> str:
         return f"call-{function}"
 
+    @staticmethod
+    def call_key(function: str, call_id: str) -> str:
+        """A call's identity: its id within its function (the status record's key and
+        JetStream's de-duplication id). The same X-Call-Id sent to two functions is two
+        calls; keyed by the id alone, the second was dropped as a duplicate."""
+        return f"{function}.{call_id}"
+
+
+@attrs.frozen
+class StreamLimits:
+    """What the server enforces on the controller's streams (``queue.maxBytes``):
+    the calls and callbacks streams refuse a new message when full (discard new: a
+    queued call is never dropped to make room); the dead letters drop their oldest."""
+
+    max_bytes: int = -1
+
+
+#: JetStream's error codes for a stream that is full (bytes, messages, storage).
+FULL_ERRORS = frozenset({10077, 10047, 10027})
+
+
+def is_full(exc: BaseException) -> bool:
+    """Whether a publish failed because the stream or the server's storage is full."""
+    return isinstance(exc, APIError) and getattr(exc, "err_code", None) in FULL_ERRORS
+
 
 class JetStream:
     """One NATS connection and the controller's streams, consumers and bucket."""
 
     def __init__(self, urls: list[str], names: Names, status_ttl: float,
-                 on_state: Any = None, token: str | None = None) -> None:
+                 on_state: Any = None, token: str | None = None,
+                 limits: StreamLimits = StreamLimits()) -> None:
         self.urls = urls
+        self.limits = limits
         #: the embedded server's client token (None: the URLs carry any credentials)
         self.token = token
         self.names = names
@@ -77,7 +118,7 @@ class JetStream:
         self.nc: Any = None
         self.js: Any = None
         self.kv: Any = None
-        self._subs: dict[str, Any] = {}
+        self._consumers: dict[str, tuple[str, str]] = {}   # key -> (stream, durable)
         self._wake_sub: Any = None
 
     # -- connection and set-up -----------------------------------------------------------
@@ -104,10 +145,15 @@ class JetStream:
             token=self.token)
         self.js = self.nc.jetstream(timeout=connect_timeout)
         n = self.names
-        await self._ensure_stream(n.calls, [n.call_subject("*")], api.RetentionPolicy.WORK_QUEUE)
+        new, old = api.DiscardPolicy.NEW, api.DiscardPolicy.OLD
+        await self._ensure_stream(n.calls, [n.call_subject("*")],
+                                  api.RetentionPolicy.WORK_QUEUE, new)
         await self._ensure_stream(n.callbacks, [n.callback_subject("*")],
-                                  api.RetentionPolicy.WORK_QUEUE)
-        await self._ensure_stream(n.dead, [n.dead_subject("*")], api.RetentionPolicy.LIMITS)
+                                  api.RetentionPolicy.WORK_QUEUE, new)
+        await self._ensure_stream(n.delayed, [n.delayed_subject("*")],
+                                  api.RetentionPolicy.WORK_QUEUE, new)
+        await self._ensure_stream(n.dead, [n.dead_subject("*")], api.RetentionPolicy.LIMITS,
+                                  old)
         try:
             self.kv = await self.js.key_value(n.status)
         except (NotFoundError, Exception):
@@ -119,15 +165,30 @@ class JetStream:
         return int(self.nc.max_payload)
 
     async def _ensure_stream(self, name: str, subjects: list[str],
-                             retention: api.RetentionPolicy) -> None:
+                             retention: api.RetentionPolicy,
+                             discard: api.DiscardPolicy) -> None:
+        """Create the stream, or bring an existing one's limits to the configured ones
+        (a stream made by an older version, or before ``queue.maxBytes`` changed)."""
+        limits = self.limits
         try:
-            await self.js.stream_info(name)
-            return
+            info = await self.js.stream_info(name)
         except NotFoundError:
-            pass
-        await self.js.add_stream(name=name, subjects=subjects, retention=retention,
-                                 storage=api.StorageType.FILE,
-                                 duplicate_window=DUPLICATE_WINDOW)
+            await self.js.add_stream(name=name, subjects=subjects, retention=retention,
+                                     storage=api.StorageType.FILE,
+                                     duplicate_window=DUPLICATE_WINDOW,
+                                     max_bytes=limits.max_bytes, discard=discard)
+            return
+        config = info.config
+        if (config.max_bytes, api.DiscardPolicy(config.discard)) != (limits.max_bytes,
+                                                                      discard):
+            config.max_bytes = limits.max_bytes
+            config.discard = discard
+            await self.js.update_stream(config)
+
+    async def stream_limits(self, name: str) -> tuple[int, str]:
+        """(max_bytes, discard policy) the server holds for ``name``."""
+        config = (await self.js.stream_info(name)).config
+        return int(config.max_bytes), api.DiscardPolicy(config.discard).value
 
     @property
     def connected(self) -> bool:
@@ -149,20 +210,17 @@ class JetStream:
 
     async def bind(self, key: str, stream: str, durable: str, subject: str,
                    max_ack_pending: int, ack_wait: float) -> None:
-        """Create or update the durable pull consumer and bind a subscription to it."""
+        """Create or update the durable pull consumer that ``pull(key, ...)`` asks."""
         config = api.ConsumerConfig(
             durable_name=durable, filter_subject=subject, ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=ack_wait, max_deliver=-1, max_ack_pending=max_ack_pending,
             deliver_policy=api.DeliverPolicy.ALL)
         await self.js.add_consumer(stream, config)
-        if key not in self._subs:
-            self._subs[key] = await self.js.pull_subscribe_bind(durable=durable, stream=stream)
+        self._consumers[key] = (stream, durable)
 
     async def unbind(self, key: str, stream: str | None = None,
                      durable: str | None = None) -> None:
-        sub = self._subs.pop(key, None)
-        if sub is not None:
-            await sub.unsubscribe()
+        self._consumers.pop(key, None)
         if stream and durable:
             try:
                 await self.js.delete_consumer(stream, durable)
@@ -195,18 +253,63 @@ class JetStream:
             return None
         return _enqueued(msg.headers)
 
+    async def queued(self, function: str) -> int:
+        """Calls of ``function`` stored in the calls stream (waiting or running): from
+        its consumer when it exists (one small answer), else from the stream's
+        per-subject counts (before any node bound the consumer)."""
+        n = self.names
+        try:
+            info = await self.js.consumer_info(n.calls, n.consumer(function))
+            return int(info.num_pending) + int(info.num_ack_pending)
+        except NotFoundError:
+            pass
+        info = await self.js.stream_info(n.calls, subjects_filter=n.call_subject(function))
+        return sum(int(c) for c in (info.state.subjects or {}).values())
+
     async def consumer_names(self, stream: str) -> list[str]:
         return [info.name for info in await self.js.consumers_info(stream)]
 
-    async def fetch(self, key: str, batch: int, wait: float = FETCH_WAIT) -> list[Any]:
-        """Up to ``batch`` messages, waiting at most ``wait`` for the first; [] if none."""
-        sub = self._subs.get(key)
-        if sub is None:
-            return []
+    async def pull(self, key: str, batch: int, expires: float,
+                   deliver: Callable[[Any], None]) -> int:
+        """One pull request for up to ``batch`` messages of ``key``'s consumer, each
+        handed to ``deliver`` the moment it arrives (nats-py's fetch returned only
+        with a full batch or at its timeout, holding the first messages meanwhile:
+        they counted against max_ack_pending while nothing ran). Ends when the batch
+        is delivered, the request expires (``expires`` seconds) or the server ends it
+        (a status message); the number delivered."""
+        consumer = self._consumers.get(key)
+        if consumer is None:
+            return 0
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        got = 0
         try:
-            return await sub.fetch(batch, timeout=wait)
-        except (NatsTimeout, TimeoutError):  # nats-py raises either when none came
-            return []
+            request = {"batch": batch, "expires": int(expires * 1e9)}
+            await self.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{consumer[0]}.{consumer[1]}",
+                                  json.dumps(request).encode(), reply=inbox)
+            while got < batch:
+                try:
+                    msg = await sub.next_msg(timeout=expires + 2.0)
+                except (NatsTimeout, TimeoutError):
+                    break
+                status = (msg.headers or {}).get("Status")
+                if status == "100":
+                    continue  # a heartbeat
+                if status is not None:
+                    break  # 404 no messages, 408 expired, 409 consumer gone or changed
+                got += 1
+                deliver(msg)
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception:
+                pass  # the connection is gone: so is the subscription
+        return got
+
+    @staticmethod
+    async def progress(msg: Any) -> None:
+        """Tell the server the call is still running: its ack wait starts again."""
+        await msg.in_progress()
 
     @staticmethod
     async def ack(msg: Any) -> None:
@@ -265,9 +368,9 @@ class JetStream:
 
     # -- status records --------------------------------------------------------------------
 
-    async def get_status(self, call_id: str) -> dict[str, Any] | None:
+    async def get_status(self, function: str, call_id: str) -> dict[str, Any] | None:
         try:
-            entry = await self.kv.get(call_id)
+            entry = await self.kv.get(Names.call_key(function, call_id))
         except KeyNotFoundError:
             return None
         if not entry.value:
@@ -278,8 +381,9 @@ class JetStream:
             return None
         return record if isinstance(record, dict) else None
 
-    async def put_status(self, call_id: str, record: dict[str, Any]) -> None:
-        await self.kv.put(call_id, json.dumps(record, separators=(",", ":")).encode())
+    async def put_status(self, function: str, call_id: str, record: dict[str, Any]) -> None:
+        value = json.dumps(record, separators=(",", ":")).encode()
+        await self.kv.put(Names.call_key(function, call_id), value)
 
 
 def _enqueued(headers: dict[str, str] | None) -> float | None:

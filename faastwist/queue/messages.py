@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 
 from faastwist.gate.accept import QueuedCall
+from faastwist.queue.jetstream import Names
 
 
 class BadMessage(Exception):
@@ -33,8 +34,9 @@ def call_headers(call: QueuedCall, dedup: bool = True) -> dict[str, str]:
         headers["Faas-Callback"] = call.callback
     if dedup:
         # JetStream drops a second publish with the same id within its duplicate
-        # window: a client that re-sends its X-Call-Id after a lost 202 queues once
-        headers["Nats-Msg-Id"] = call.call_id
+        # window: a client that re-sends its X-Call-Id after a lost 202 queues once;
+        # the id is scoped by the function (one stream holds every function's calls)
+        headers["Nats-Msg-Id"] = Names.call_key(call.function, call.call_id)
     return headers
 
 

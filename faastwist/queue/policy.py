@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 from email.utils import parsedate_to_datetime
 from enum import Enum
-from typing import Iterable
+from typing import Any, Iterable
 from urllib.parse import urlsplit
 
 import attrs
@@ -15,10 +15,17 @@ import attrs
 #: Status used for "no HTTP answer at all" (connection refused, reset, timeout).
 NO_ANSWER = 0
 #: Addresses a callback may never reach, whatever the allow-list says: cloud metadata
-#: services (AWS, GCP, Azure, Alibaba on 169.254.0.0/16; AWS's IPv6 fd00:ec2::254) and
-#: link-local ranges in general.
-ALWAYS_DENIED = tuple(ipaddress.ip_network(n) for n in (
-    "169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128", "100.100.100.200/32"))
+#: services (AWS, GCP, Azure on 169.254.169.254; AWS ECS's 169.254.170.2 and IPv6
+#: fd00:ec2::254; Alibaba's 100.100.100.200).
+NEVER = tuple(ipaddress.ip_network(n) for n in (
+    "169.254.169.254/32", "169.254.170.2/32", "fd00:ec2::254/128", "100.100.100.200/32"))
+#: This host and its link: loopback, "this host" (0.0.0.0/8 and :: reach the local
+#: machine on Linux), link-local. Refused unless queue.callbackAllow lists the address:
+#: a function listens on loopback, and a callback there would bypass its key.
+LOCAL = tuple(ipaddress.ip_network(n) for n in (
+    "127.0.0.0/8", "0.0.0.0/8", "169.254.0.0/16", "::1/128", "::/128", "fe80::/10"))
+#: IPv6 forms that carry an IPv4 address the kernel may use: IPv4-compatible (::a.b.c.d).
+_V4_COMPATIBLE = ipaddress.ip_network("::/96")
 
 
 class Outcome(str, Enum):
@@ -136,8 +143,12 @@ def refuse_callback_url(url: str, rules: CallbackRules) -> None:
     sent (what they resolve to may change)."""
     try:
         _, host, port = split_callback_url(url)
+        name = host.lower().rstrip(".")
+        if name == "localhost" or name.endswith(".localhost"):
+            check_target("127.0.0.1", port, rules)  # RFC 6761: always loopback
+            return
         try:
-            ipaddress.ip_address(host)
+            ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:
             return
         check_target(host, port, rules)
@@ -145,24 +156,88 @@ def refuse_callback_url(url: str, rules: CallbackRules) -> None:
         raise ValueError(f"X-Callback-Url: {exc}") from None
 
 
-def check_target(address: str, port: int, rules: CallbackRules) -> None:
-    """Refuse (CallbackRefused) a resolved callback address the rules do not allow."""
+def _plain(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The address a connection would reach: scope id dropped, IPv4-mapped
+    (::ffff:a.b.c.d) and IPv4-compatible (::a.b.c.d) forms as their IPv4 address."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         raise CallbackRefused(f"{address!r} is not an IP address") from None
-    mapped = getattr(ip, "ipv4_mapped", None)
-    if mapped is not None:
-        ip = mapped
-    for network in ALWAYS_DENIED:
-        if ip.version == network.version and ip in network:
-            raise CallbackRefused(f"callbacks to {ip} ({network}, link-local or cloud "
-                                  f"metadata) are never allowed")
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
+        if ip in _V4_COMPATIBLE and int(ip) > 1:
+            return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip
+
+
+def _within(ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+            networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> Any:
+    return next((n for n in networks if ip.version == n.version and ip in n), None)
+
+
+def check_target(address: str, port: int, rules: CallbackRules) -> None:
+    """Refuse (CallbackRefused) a resolved callback address the rules do not allow:
+    cloud metadata never; this node's admin, etcd and NATS ports never; loopback,
+    this host's own addresses and link-local only when queue.callbackAllow lists
+    them; anything else only within queue.callbackAllow when it is set."""
+    ip = _plain(address)
+    never = _within(ip, NEVER)
+    if never is not None:
+        raise CallbackRefused(f"callbacks to {ip} ({never}, cloud metadata) are never "
+                              f"allowed")
     if ip.is_multicast:
         raise CallbackRefused(f"callbacks to the multicast address {ip} are not allowed")
-    own = ip.is_loopback or ip.is_unspecified or str(ip) in rules.local_addresses
+    local = _within(ip, LOCAL)
+    own = local is not None or str(ip) in rules.local_addresses
     if own and port in rules.node_ports:
         raise CallbackRefused(f"callbacks to this node's own admin, etcd or NATS port "
                               f"({ip}:{port}) are not allowed")
-    if rules.allow and not any(ip.version == n.version and ip in n for n in rules.allow):
+    allowed = _within(ip, rules.allow) is not None
+    if own and not allowed:
+        what = f"{local}, loopback, this host or link-local" if local else "this host"
+        raise CallbackRefused(f"callbacks to {ip} ({what}) are refused unless "
+                              f"queue.callbackAllow lists it")
+    if rules.allow and not allowed:
         raise CallbackRefused(f"{ip} is not in queue.callbackAllow")
+
+
+# -- queue quotas --------------------------------------------------------------------------
+
+class Admission(str, Enum):
+    ADMIT = "admit"        # under the function's maxQueued by a count fresh enough
+    COUNT = "count"        # the count is unknown or stale: ask the server first
+    FULL = "full"          # at or over maxQueued by a fresh count: 429
+
+
+class QueuedCounts:
+    """How many calls each function has queued, as this node knows it: the server's
+    count (``counted``) plus the calls this node stored since (``stored``). A count
+    older than ``fresh`` seconds is asked again before a call is admitted, so the
+    limit holds exactly on one node and, across nodes, within what the others store
+    in ``fresh`` seconds; a refusal needs no round trip (a flood of calls to a full
+    function costs the queue nothing)."""
+
+    def __init__(self, fresh: float = 1.0) -> None:
+        self.fresh = fresh
+        self._counts: dict[str, tuple[int, float]] = {}   # function -> (count, when)
+
+    def take(self, function: str, limit: int, now: float) -> Admission:
+        """Admit one call (counted at once, before it is stored: calls being
+        published together cannot all slip under the limit), or say why not."""
+        entry = self._counts.get(function)
+        if entry is None or now - entry[1] >= self.fresh or now < entry[1]:
+            return Admission.COUNT
+        if entry[0] >= limit:
+            return Admission.FULL
+        self._counts[function] = (entry[0] + 1, entry[1])
+        return Admission.ADMIT
+
+    def counted(self, function: str, count: int, now: float) -> None:
+        """The server's count of ``function``'s calls, asked at ``now``."""
+        self._counts[function] = (count, now)
+
+    def forget(self, older_than: float) -> None:
+        """Drop counts taken before ``older_than`` (functions no longer called)."""
+        for name in [n for n, (_, when) in self._counts.items() if when < older_than]:
+            del self._counts[name]

@@ -17,13 +17,14 @@ from typing import Any
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from faastwist.config import QueueConfig
-from faastwist.gate.accept import QueuedCall, QueueUnavailable
+from faastwist.gate.accept import QueuedCall, QueueFull, QueueUnavailable
 from faastwist.metrics import Metrics
 from faastwist.queue.bridge import AsyncioBridge
 from faastwist.queue.callback import CallbackSender
-from faastwist.queue.jetstream import JetStream, Names
+from faastwist.queue.jetstream import JetStream, Names, StreamLimits, is_full
 from faastwist.queue.messages import (
     BadMessage,
     call_headers,
@@ -31,11 +32,20 @@ from faastwist.queue.messages import (
     read_outcome,
     status_record,
 )
-from faastwist.queue.policy import CallbackRules, parse_networks, refuse_callback_url
+from faastwist.queue.policy import (
+    Admission,
+    CallbackRules,
+    QueuedCounts,
+    parse_networks,
+    refuse_callback_url,
+)
 
 log = Logger(namespace="faastwist.queue")
 
 METRICS_INTERVAL = 5.0
+#: Retry-After of a 429 for a function at its maxQueued, and of a 507 for a full queue.
+FULL_RETRY_AFTER = 1
+STORAGE_RETRY_AFTER = 30
 
 
 def local_addresses() -> frozenset[str]:
@@ -71,6 +81,8 @@ class QueueService:
         self._measured: set[str] = set()   # functions whose queue gauges are not zero
         self._meter: LoopingCall | None = None
         self._connecting = False
+        self.counts = QueuedCounts()
+        self._counting: dict[str, list[Deferred[None]]] = {}
 
     # -- start and stop ------------------------------------------------------------------
 
@@ -89,7 +101,8 @@ class QueueService:
             self.sender.rules = self.rules
             token = embedded.token
         self.js = JetStream(urls, self.names, self.config.status_ttl, self._connection,
-                            token=token)
+                            token=token,
+                            limits=StreamLimits(max_bytes=self.config.max_bytes))
         try:
             await self._connect()
         except Exception as exc:
@@ -165,20 +178,64 @@ class QueueService:
     def submit(self, call: QueuedCall) -> Deferred[Any]:
         js = self.js
         if js is None or not js.connected:
-            d: Deferred[Any] = Deferred()
-            d.errback(QueueUnavailable("NATS is not connected"))
+            return _failed(QueueUnavailable("NATS is not connected"))
+        return ensureDeferred(self._submit(js, call))
+
+    async def _submit(self, js: JetStream, call: QueuedCall) -> int:
+        """Admit the call against its function's ``maxQueued`` (asking the server for
+        the count when this node's is stale), then publish it; a full stream
+        (``queue.maxBytes``) is 507, a full function 429."""
+        function = call.function
+        route = self.routes.lookup(function)
+        limit = (route.spec.max_queued if route is not None else 0) or self.config.max_queued
+        admission = self.counts.take(function, limit, self.reactor.seconds())
+        if admission is Admission.COUNT:
+            await self._count(js, function)
+            admission = self.counts.take(function, limit, self.reactor.seconds())
+        if admission is not Admission.ADMIT:
+            self.metrics.async_refused.labels(function, "function-full").inc()
+            raise QueueFull(429, f"function {function} has {limit} calls queued, its limit "
+                                 f"(maxQueued in its spec, else queue.maxQueued); try "
+                                 f"again later", FULL_RETRY_AFTER)
+        try:
+            seq = await self.bridge.call(js.publish, self.names.call_subject(function,
+                                                                             call.call_id),
+                                         call.body, call_headers(call), self.config.timeout)
+        except Exception as exc:
+            if is_full(exc):
+                self.metrics.async_refused.labels(function, "queue-full").inc()
+                raise QueueFull(507, "the queue is full (queue.maxBytes); try again later",
+                                STORAGE_RETRY_AFTER) from None
+            raise QueueUnavailable(str(exc) or type(exc).__name__) from None
+        self.metrics.async_accepted.labels(function).inc()
+        return int(seq)
+
+    def _count(self, js: JetStream, function: str) -> Deferred[None]:
+        """Ask the server how many calls ``function`` has queued; callers that need the
+        count while it is being asked share the one request."""
+        waiters = self._counting.get(function)
+        d: Deferred[None] = Deferred()
+        if waiters is not None:
+            waiters.append(d)
             return d
-        d = self.bridge.call(js.publish, self.names.call_subject(call.function, call.call_id),
-                             call.body, call_headers(call), self.config.timeout)
+        waiters = self._counting[function] = [d]
+        asked = self.reactor.seconds()
 
-        def stored(seq: int) -> int:
-            self.metrics.async_accepted.labels(call.function).inc()
-            return seq
+        def done(result: Any) -> None:
+            del self._counting[function]
+            if isinstance(result, Failure):
+                error: Failure | None = Failure(QueueUnavailable(
+                    f"cannot count the queued calls: {result.getErrorMessage()}"))
+            else:
+                error = None
+                self.counts.counted(function, int(result), asked)
+            for waiter in waiters:
+                if error is None:
+                    waiter.callback(None)
+                else:
+                    waiter.errback(error)
 
-        def failed(failure: Any) -> None:
-            raise QueueUnavailable(failure.getErrorMessage() or failure.type.__name__)
-
-        d.addCallbacks(stored, failed)
+        self.bridge.call(js.queued, function).addBoth(done)
         return d
 
     # -- visibility (the admin API) ------------------------------------------------------
@@ -190,7 +247,7 @@ class QueueService:
 
     async def status(self, function: str, call_id: str) -> dict[str, Any] | None:
         js = self._require()
-        record = await self.bridge.call(js.get_status, call_id)
+        record = await self.bridge.call(js.get_status, function, call_id)
         if record is not None and record.get("function") == function:
             if record.get("state") == "dead":
                 record.update(await self._dead_details(function, call_id) or {})
@@ -227,7 +284,7 @@ class QueueService:
             return None
         call = read_call(msg.headers, msg.data)
         record = status_record(call, "queued", time.time(), 0, None, "", retried=True)
-        await self.bridge.call(js.put_status, call.call_id, record)
+        await self.bridge.call(js.put_status, function, call.call_id, record)
         await self.bridge.call(js.publish, self.names.call_subject(function, call_id),
                                call.body, call_headers(call, dedup=False), self.config.timeout)
         await self.bridge.call(js.delete_message, self.names.dead, int(msg.seq))
@@ -250,6 +307,7 @@ class QueueService:
         if js is None or not js.connected:
             return
         now = time.time()
+        self.counts.forget(self.reactor.seconds() - 60.0)
         try:
             subjects = await self.bridge.call(js.backlog, self.names.calls,
                                               self.names.call_subject("*"))
@@ -283,3 +341,9 @@ def _dead_entry(msg: Any) -> dict[str, Any] | None:
                           outcome.attempts, outcome.status or None, outcome.reason)
     entry["deadAt"] = entry.pop("updated")
     return entry
+
+
+def _failed(error: Exception) -> Deferred[Any]:
+    d: Deferred[Any] = Deferred()
+    d.errback(error)
+    return d

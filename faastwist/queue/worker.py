@@ -2,22 +2,26 @@
 
 Every node runs one pull loop per function on the function's durable consumer (shared
 by all nodes: each message goes to one of them) and one loop on the callbacks
-consumer. A loop asks for at most as many messages as it has free slots, and the
-consumer's ``max_ack_pending`` (the function's ``asyncConcurrency``) bounds the calls
-in flight across the cluster, so a slow function only ever waits for itself.
+consumer. A loop asks for as many messages as it has free slots, runs each the moment
+it arrives and asks again as soon as a request ends, so while calls wait the calls in
+flight stay at the limit; the consumer's ``max_ack_pending`` (the function's
+``asyncConcurrency``) bounds them across the cluster, so a slow function only ever
+waits for itself.
 
 A function's loop runs only while it has work: it is woken when a call of the function
 is published (a plain subscription on the calls' subjects), when a call it put back is
 due, and by a sweep every ``SWEEP_INTERVAL`` that finds the functions with stored calls
 (redeliveries after a node died); it binds its consumer the first time it is woken, and
-goes idle after a fetch that found nothing. With 10,000 functions, a loop each always
+goes idle after a pull request that found nothing. With 10,000 functions, a loop each always
 waiting in a fetch was 5,000 fetches a second, and the node never became ready.
 
 A call is acknowledged only after its outcome is stored (the status record, the
-callback message, the dead letter): a node that dies mid-call leaves the message
-unacknowledged, and JetStream redelivers it after the ack wait (at least once). A
-retry is a negative acknowledgement with a delay; attempts are counted in the call's
-status record, so waiting for an inactive function does not use them up.
+callback message, the dead letter). While it runs, the node tells the server so
+every third of ``queue.ackWait`` (an in-progress acknowledgement): a node that dies
+mid-call leaves the message unacknowledged, and JetStream redelivers it one ack wait
+later (at least once), whatever the function's timeout. A retry waits in the delayed
+stream (``steps.py``); attempts are counted in the call's status record and travel
+with a delayed call, so waiting for an inactive function does not use them up.
 """
 
 from __future__ import annotations
@@ -26,35 +30,28 @@ import random
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from faastwist.gate.routes import Route
 from faastwist.model.fsm import State
 from faastwist.queue.local import Answer, invoke
-from faastwist.queue.messages import (
-    BadMessage,
-    Outcome,
-    call_headers,
-    outcome_headers,
-    read_call,
-    read_outcome,
-    status_record,
-)
-from faastwist.queue.policy import Backoff, CallbackRefused, Outcome as Decision, decide
-from faastwist.queue.policy import parse_retry_after
+from faastwist.queue.messages import BadMessage, Outcome, read_call
+from faastwist.queue.policy import Backoff, Outcome as Decision, decide, parse_retry_after
+from faastwist.queue.steps import Steps, attempts_so_far
 
 log = Logger(namespace="faastwist.queue")
 
+
 #: How long a call for an inactive function waits before it is looked at again.
 INACTIVE_RECHECK = 5.0
-#: How long a fetch waits for the first message.
-FETCH_WAIT = 2.0
-#: Ack wait beyond the function's own timeout (the outcome still has to be stored).
-ACK_MARGIN = 10.0
-#: Tries of a step after the function ran (0.5 s apart) before leaving it to redelivery.
-PERSIST = 40
-CALLBACKS = "callbacks"
+#: How long a pull request waits on the server for messages before it expires.
+PULL_EXPIRES = 2.0
+#: Keys of the two loops that are not a function's (function names have no "_").
+CALLBACKS = "_callbacks"
+DELAYED = "_delayed"
+#: Delayed calls handled at once by a node (each is a quick republish or put-back).
+DELAYED_CONCURRENCY = 64
 #: How often the node looks for functions with stored calls and wakes their loops.
 SWEEP_INTERVAL = 5.0
 
@@ -78,7 +75,7 @@ class Loop:
         self.bind_args: tuple = ()   # stream, durable, subject, limit, ack wait
 
 
-class Worker:
+class Worker(Steps):
     """Pull loops for every function of the route table, and the callback loop."""
 
     def __init__(self, service: Any, context: Any, random_: Callable[[], float] = random.random) -> None:
@@ -114,9 +111,14 @@ class Worker:
         loop = self.loops[CALLBACKS] = Loop(CALLBACKS, self.config.callback_concurrency,
                                             self._deliver)
         names = self.names
-        loop.bind_args = (names.callbacks, CALLBACKS, names.callback_subject("*"),
-                          self.config.callback_concurrency,
-                          self.config.callback_timeout + ACK_MARGIN)
+        loop.bind_args = (names.callbacks, "callbacks", names.callback_subject("*"),
+                          self.config.callback_concurrency, self.config.ack_wait)
+        self._bind(loop)
+        # calls waiting for their next attempt: max_ack_pending without a useful bound
+        # (a delayed call put back until it is due holds a slot of this consumer only)
+        loop = self.loops[DELAYED] = Loop(DELAYED, DELAYED_CONCURRENCY, self._release)
+        loop.bind_args = (names.delayed, "delayed", names.delayed_subject("*"), 1_000_000,
+                          self.config.ack_wait)
         self._bind(loop)
         reactor = self.reactor
         self.bridge.call(self.js.watch_calls,
@@ -137,7 +139,8 @@ class Worker:
         """Drain the calls of a function that is gone into the dead letters."""
         loop = self.loops[name] = Loop(name, self.config.concurrency, self._run)
         loop.bind_args = (self.names.calls, self.names.consumer(name),
-                          self.names.call_subject(name), self.config.concurrency, ACK_MARGIN)
+                          self.names.call_subject(name), self.config.concurrency,
+                          self.config.ack_wait)
         loop.wanted = True
         self._bind(loop)
 
@@ -214,7 +217,7 @@ class Worker:
                 self._settings.pop(name, None)
             return
         concurrency = route.spec.async_concurrency or self.config.concurrency
-        settings = (concurrency, route.timeout + ACK_MARGIN)
+        settings = (concurrency, self.config.ack_wait)
         if loop is not None and self._settings.get(name) == settings:
             return
         self._settings[name] = settings
@@ -245,6 +248,9 @@ class Worker:
         d.addCallbacks(bound, failed)
 
     def _pull(self, loop: Loop) -> None:
+        """Ask for as many messages as the loop has free slots; each runs the moment it
+        arrives, and the next request goes out as soon as this one ends, so the calls
+        in flight stay at the limit while there are calls to run."""
         if not self.running or loop.pulling or not loop.bound:
             return
         free = loop.limit - loop.inflight
@@ -252,19 +258,38 @@ class Worker:
             return
         loop.pulling = True
         loop.wanted = False
-        d = self.bridge.call(self.js.fetch, loop.key, free, FETCH_WAIT,
-                             timeout=FETCH_WAIT * 2 + 5)
-        d.addCallbacks(self._fetched, self._fetch_failed, (loop,), None, (loop,))
+        reactor = self.reactor
 
-    def _fetched(self, messages: list[Any], loop: Loop) -> None:
+        def deliver(msg: Any) -> None:  # on the bridge's loop thread
+            reactor.callFromThread(self._dispatch, loop, msg)
+
+        d = self.bridge.call(self.js.pull, loop.key, free, PULL_EXPIRES, deliver,
+                             timeout=PULL_EXPIRES + 5)
+        d.addCallbacks(self._pulled, self._fetch_failed, (loop,), None, (loop,))
+
+    def _dispatch(self, loop: Loop, msg: Any) -> None:
+        """Run one delivered message, telling the server it is in progress every third
+        of the ack wait: a node that dies leaves its calls to be redelivered after one
+        ack wait (``queue.ackWait``), not after the function's whole timeout."""
+        if not self.running:
+            self.bridge.call(self.js.nak, msg, 0).addErrback(lambda _: None)
+            return
+        loop.inflight += 1
+        ticker = LoopingCall(self._progress, msg)
+        ticker.clock = self.reactor
+        ticker.start(self.config.ack_wait / 3, now=False)
+        d = ensureDeferred(loop.handler(msg))
+        d.addErrback(lambda f, k=loop.key: log.failure(
+            "queued message of {consumer} failed", f, consumer=k))
+        d.addBoth(self._handled, loop, ticker)
+
+    def _progress(self, msg: Any) -> None:
+        self.bridge.call(self.js.progress, msg).addErrback(lambda f: log.debug(
+            "in-progress acknowledgement failed: {error}", error=f.getErrorMessage()))
+
+    def _pulled(self, count: int, loop: Loop) -> None:
         loop.pulling = False
-        for msg in messages:
-            loop.inflight += 1
-            d = ensureDeferred(loop.handler(msg))
-            d.addErrback(lambda f, k=loop.key: log.failure(
-                "queued message of {consumer} failed", f, consumer=k))
-            d.addBoth(self._handled, loop)
-        if loop.key != CALLBACKS and not messages:
+        if loop.key not in (CALLBACKS, DELAYED) and not count:
             if self.routes.lookup(loop.key) is None:
                 self._maybe_retire(loop)
                 return
@@ -272,7 +297,9 @@ class Worker:
                 return  # idle until a call is published or the sweep finds one
         self._pull(loop)
 
-    def _handled(self, _: Any, loop: Loop) -> None:
+    def _handled(self, _: Any, loop: Loop, ticker: LoopingCall) -> None:
+        if ticker.running:
+            ticker.stop()
         loop.inflight -= 1
         self._pull(loop)
 
@@ -333,10 +360,12 @@ class Worker:
             return
         # a first delivery has no attempts yet (a retried dead letter is published anew,
         # its record reset): only a redelivery needs its count read back
+        # a call back from the delayed stream carries its attempts so far
+        prior = attempts_so_far(msg.headers)
         record = None
         if int(msg.metadata.num_delivered) > 1:
-            record = await self.bridge.call(self.js.get_status, call.call_id)
-        attempts = int((record or {}).get("attempts", 0)) + 1
+            record = await self.bridge.call(self.js.get_status, call.function, call.call_id)
+        attempts = max(prior, int((record or {}).get("attempts", 0))) + 1
         await self._status(call, "running", attempts, (record or {}).get("lastStatus"))
         gauge = self.metrics.async_inflight.labels(call.function)
         gauge.inc()
@@ -352,10 +381,9 @@ class Worker:
             retry_after = parse_retry_after(dict(answer.headers).get(b"retry-after"),
                                             self.reactor.seconds())
             delay = self.backoff.delay(attempts, self.random(), retry_after)
-            await self._status(call, "queued", attempts, answer.status,
-                               nextAttempt=self.reactor.seconds() + delay)
-            await self._persist(self.js.nak, msg, delay)
-            self._wake_later(call.function, delay)
+            due = self.reactor.seconds() + delay
+            await self._status(call, "queued", attempts, answer.status, nextAttempt=due)
+            await self._delay(msg, call, attempts, due)
             self.metrics.async_retries.labels(call.function).inc()
             return
         if decision is Decision.DEAD:
@@ -369,85 +397,3 @@ class Worker:
             await self._publish_callback(call, outcome, answer.body)
         await self._persist(self.js.ack, msg)
         self.metrics.async_done.labels(call.function, state).inc()
-
-    async def _persist(self, function: Any, *args: Any) -> Any:
-        """A step after the function ran, repeated while NATS is away (up to PERSIST
-        tries): giving up would leave the message to be redelivered, and the function
-        to run again, only after the ack wait."""
-        for attempt in range(PERSIST):
-            try:
-                return await self.bridge.call(function, *args)
-            except Exception as exc:
-                if attempt == PERSIST - 1 or not self.running:
-                    raise
-                log.debug("queue step {step} failed ({error}); again", step=function.__name__,
-                          error=str(exc))
-                await deferLater(self.reactor, 0.5, lambda: None)
-
-    async def _dead(self, msg: Any, call: Any, outcome: Outcome, body: bytes = b"") -> None:
-        """Store the call in the dead letters (its request body, the last outcome)."""
-        headers = call_headers(call, dedup=False)
-        headers.update(outcome_headers(outcome))
-        await self._persist(self.js.publish, self.names.dead_subject(call.function, call.call_id),
-                            call.body, headers, self.config.timeout)
-        await self._status(call, "dead", outcome.attempts, outcome.status or None,
-                           reason=outcome.reason)
-        if call.callback and outcome.attempts:
-            await self._publish_callback(call, outcome, body)
-        await self._persist(self.js.ack, msg)
-        self.metrics.async_dead.labels(call.function).inc()
-        self.metrics.async_done.labels(call.function, "dead").inc()
-        log.info("call {call_id} of {function} moved to the dead letters: {reason}",
-                 call_id=call.call_id, function=call.function, reason=outcome.reason)
-
-    async def _publish_callback(self, call: Any, outcome: Outcome, body: bytes) -> None:
-        headers = call_headers(call, dedup=False)
-        headers.update(outcome_headers(outcome))
-        await self._persist(self.js.publish,
-                            self.names.callback_subject(call.function, call.call_id),
-                            body, headers, self.config.timeout)
-
-    async def _status(self, call: Any, state: str, attempts: int, last_status: Any,
-                      reason: str = "", **extra: Any) -> None:
-        record = status_record(call, state, self.reactor.seconds(), attempts, last_status,
-                               reason, **extra)
-        await self._persist(self.js.put_status, call.call_id, record)
-
-    # -- callbacks -----------------------------------------------------------------------
-
-    async def _deliver(self, msg: Any) -> None:
-        try:
-            call = read_call(msg.headers, msg.data)
-            outcome = read_outcome(msg.headers)
-        except BadMessage as exc:
-            log.warn("dropping a callback faastwist cannot read: {error}", error=str(exc))
-            await self.bridge.call(self.js.ack, msg)
-            return
-        delivery = int(msg.metadata.num_delivered)
-        counter = self.metrics.async_callbacks
-        try:
-            status = await self.service.sender.send(call.callback or "", call.call_id,
-                                                    call.function, outcome, call.body)
-        except CallbackRefused as exc:
-            counter.labels(call.function, "refused").inc()
-            log.warn("callback of {call_id} to {url} refused: {error}", call_id=call.call_id,
-                     url=call.callback, error=str(exc))
-            await self._callback_result(call, {"error": str(exc), "attempts": delivery})
-            await self.bridge.call(self.js.ack, msg)
-            return
-        decision = decide(status, delivery, self.config.max_attempts)
-        if decision is Decision.RETRY:
-            counter.labels(call.function, "retried").inc()
-            await self.bridge.call(self.js.nak, msg, self.backoff.delay(delivery, self.random()))
-            return
-        counter.labels(call.function, "delivered" if decision is Decision.DONE else "failed").inc()
-        await self._callback_result(call, {"status": status, "attempts": delivery})
-        await self.bridge.call(self.js.ack, msg)
-
-    async def _callback_result(self, call: Any, result: dict[str, Any]) -> None:
-        record = await self.bridge.call(self.js.get_status, call.call_id)
-        if record is None:
-            return
-        record["callback"] = result
-        await self.bridge.call(self.js.put_status, call.call_id, record)
-

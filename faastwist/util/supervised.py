@@ -270,11 +270,17 @@ class SupervisedChild(Service, metaclass=ABCMeta):
         self._timers.fired("health")
         if self._transport is None or self.url is None:
             return
+        self._probe().addCallback(self._health_result)
+
+    def _probe(self) -> Deferred[bool]:
+        """Whether the child is healthy now (never fails): by default its HTTP health
+        endpoint; a child without one (nats-server with its monitoring port off)
+        overrides this."""
         d = self._agent.request(b"GET", self._health_url().encode())
         d.addTimeout(1.0, self.reactor)
         d.addCallback(readBody)
         d.addCallbacks(self._health_answer, lambda _: False)
-        d.addCallback(self._health_result)
+        return d
 
     def _health_answer(self, body: bytes) -> bool:
         try:

@@ -16,6 +16,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from faastwist.gate.accept import QueueFull
 from faastwist.gate.decisions import RETRY_AFTER_NOT_ACTIVE
 from faastwist.metrics import Metrics
 from faastwist.providers.base import NoCapacity
@@ -145,10 +146,15 @@ class WorkerLink:
                      problem=str(exc))
             self.send({"op": "reply", "id": ident, "ok": False, "message": str(exc)})
             return
+        def refused(failure: Any) -> None:
+            reply = {"op": "reply", "id": ident, "ok": False,
+                     "message": failure.getErrorMessage()}
+            if failure.check(QueueFull):  # 429 or 507 with its Retry-After, not a 503
+                reply.update(code=failure.value.code, retryAfter=failure.value.retry_after)
+            self.send(reply)
+
         queue.submit(call).addCallbacks(
-            lambda _: self.send({"op": "reply", "id": ident, "ok": True}),
-            lambda f: self.send({"op": "reply", "id": ident, "ok": False,
-                                 "message": f.getErrorMessage()}))
+            lambda _: self.send({"op": "reply", "id": ident, "ok": True}), refused)
 
     def _counts(self, message: Message) -> None:
         try:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import attrs
 from twisted.internet.defer import Deferred
 
-from faastwist.gate.accept import QueuedCall, QueueUnavailable
+from faastwist.gate.accept import QueuedCall, QueueFull, QueueUnavailable
 from faastwist.model.spec import FunctionSpec
 from faastwist.providers.base import NoCapacity, Upstream
 from faastwist.queue.policy import CallbackRules, parse_networks, refuse_callback_url
@@ -165,7 +165,11 @@ class RemoteQueue:
 
         def answered(reply: Message) -> None:
             if not reply.get("ok"):
-                raise QueueUnavailable(str(reply.get("message") or "not stored"))
+                message = str(reply.get("message") or "not stored")
+                code, retry_after = reply.get("code"), reply.get("retryAfter")
+                if code in (429, 507) and type(retry_after) is int and 0 <= retry_after <= 3600:
+                    raise QueueFull(code, message, retry_after)
+                raise QueueUnavailable(message)
 
         def down(failure: Any) -> None:
             failure.trap(ChannelDown)

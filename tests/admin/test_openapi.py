@@ -72,6 +72,7 @@ def test_the_spec_schema_names_every_top_level_spec_field() -> None:
             "requestAdaptor": {"host": "h"}, "timeout": "5s", "command": ["true"],
             "env": {"A": "b"}, "mode": "fork", "readinessPath": "/r",
             "rateLimit": {"rps": 5, "burst": 10}, "asyncConcurrency": 2, "maxAttempts": 3,
+            "maxQueued": 10,
             "envProcess": "cat", "labels": {"a": "b"}, "annotations": {"c": "d"},
             "constraints": ["x == y"], "secrets": ["s"], "readOnlyRootFilesystem": True}
     FunctionSpec.from_dict(full)   # a real spec, so the list below is the spec's

@@ -23,7 +23,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.nats]
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
-FAST_RETRIES = {"backoffBase": "50ms", "backoffMax": "200ms"}
+# the callback receiver listens on loopback, refused unless listed
+FAST_RETRIES = {"backoffBase": "50ms", "backoffMax": "200ms", "callbackAllow": ["127.0.0.1"]}
 
 
 def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> Any:
@@ -421,5 +422,116 @@ def test_calls_for_an_inactive_function_expire_after_max_age(
         assert entry["attempts"] == 0
         assert node.json("GET", f"/fn/async/{call_id}")[1]["state"] == "dead"
         assert call_id not in callbacks.received  # it never ran: no callback
+    finally:
+        assert node.stop() in (0, -signal.SIGTERM), node.log()
+
+
+def test_anonymous_calls_to_a_stopped_function_are_bounded(tmp_path: Path) -> None:
+    """The issue's attack: anonymous 1 MiB calls to stopped functions. Each function
+    keeps at most its maxQueued (429 after), the whole queue at most queue.maxBytes
+    (507 after); every refusal says why with Retry-After, nothing refused is stored."""
+    node = node_for(tmp_path, maxQueued=5, maxBytes="8Mi").start()
+    try:
+        for name in ("a", "b"):
+            deploy(node, tmp_path, name)
+            assert node.json("PUT", f"/{name}/stop")[0] == 200
+            wait_for(lambda: node.json("GET", f"/{name}")[1]["status"]["state"] == "inactive")
+        body = b"x" * (2**20 - 1024)
+        codes = [enqueue(node, "a/ok", body)[0] for _ in range(8)]
+        assert codes == [202] * 5 + [429] * 3
+        status, headers, answer = enqueue(node, "a/ok", body)
+        assert (status, headers["retry-after"]) == (429, "1")
+        assert json.loads(answer)["message"].startswith("function a has 5 calls queued")
+        # b fills what is left of the 8 MiB stream: then the queue itself is full
+        codes = [enqueue(node, "b/ok", body)[0] for _ in range(4)]
+        assert codes[:2] == [202, 202] and codes[-1] == 507, codes
+        status, headers, answer = enqueue(node, "b/ok", body)
+        assert (status, headers["retry-after"]) == (507, "30")
+        assert "queue.maxBytes" in json.loads(answer)["message"]
+        metrics = http("GET", f"{node.admin_root}/metrics")[2].decode()
+        assert 'faastwist_async_refused_total{function_name="a",reason="function-full"} 4.0' \
+            in metrics
+    finally:
+        assert node.stop() in (0, -signal.SIGTERM), node.log()
+
+
+def test_a_killed_nodes_calls_run_on_another_node_after_one_ack_wait(tmp_path: Path) -> None:
+    """Node a runs every slot of a slow function when it is SIGKILLed: node b runs those
+    calls again one queue.ackWait later (a's in-progress acknowledgements stopped), not
+    after the function's timeout (the issue measured slots taken for ~70 s)."""
+    from tests.support.nats import NatsProcess
+
+    nats = NatsProcess(str(tmp_path / "nats"))
+    nats.start()
+    a = node_for(tmp_path, "a", natsURLs=[nats.url], ackWait="2s")
+    b = node_for(tmp_path, "b", natsURLs=[nats.url], ackWait="2s")
+    try:
+        a.start()
+        state = deploy(a, tmp_path, "slow", asyncConcurrency=4)
+        ids = [enqueue(a, "slow/slow?ms=12000", b"")[1]["x-call-id"] for _ in range(4)]
+        log = state / "calls.log"
+        runs = lambda: log.read_text().split() if log.exists() else []  # noqa: E731
+        wait_for(lambda: sorted(runs()) == sorted(ids), what="a runs all four")
+        b.start()
+        deploy(b, tmp_path, "slow", asyncConcurrency=4)
+        # b's start and deploy take longer than ackWait: a kept its calls meanwhile with
+        # in-progress acknowledgements (none was delivered again)
+        assert sorted(runs()) == sorted(ids), "a call ran twice while its node lived"
+        a.process.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        a.process.wait(10)
+        wait_for(lambda: sorted(runs()) == sorted(ids * 2), timeout=30,
+                 what="b runs a's four calls")
+        assert time.monotonic() - killed < 2.0 + 3.0
+    finally:
+        codes = [node.stop() for node in (b, a)]
+        nats.stop()
+    assert codes[0] in (0, -signal.SIGTERM)
+
+
+def test_a_call_in_its_backoff_does_not_hold_its_functions_slot(
+        tmp_path: Path, callbacks: Callbacks) -> None:
+    """asyncConcurrency 1 and a call that fails with a 10-20 s backoff: the function's
+    next call runs at once (the failing one waits in the delayed stream, not in the
+    consumer's only max_ack_pending slot), and the failing one is tried again later
+    with its attempts counted."""
+    node = node_for(tmp_path, backoffBase="10s", backoffMax="20s", maxAttempts=2).start()
+    try:
+        deploy(node, tmp_path, "one", asyncConcurrency=1)
+        failing = enqueue(node, "one/fail", b"", X_Callback_Url=callbacks.url)[1]["x-call-id"]
+        wait_for(lambda: node.json("GET", f"/one/async/{failing}")[1].get("attempts") == 1
+                 and node.json("GET", f"/one/async/{failing}")[1]["state"] == "queued",
+                 what="the first attempt failed")
+        started = time.monotonic()
+        quick = enqueue(node, "one/ok", b"q", X_Callback_Url=callbacks.url)[1]["x-call-id"]
+        assert callbacks.first(quick)[1] == b"echo:q"
+        assert time.monotonic() - started < 5.0, "the quick call waited for the backoff"
+        got, _ = callbacks.first(failing)   # the second (last) attempt, then dead
+        assert got["x-faas-attempts"] == "2"
+        assert node.json("GET", f"/one/async/{failing}")[1]["state"] == "dead"
+    finally:
+        assert node.stop() in (0, -signal.SIGTERM), node.log()
+
+
+def test_a_callback_in_its_backoff_does_not_hold_the_callback_slot(
+        tmp_path: Path, callbacks: Callbacks) -> None:
+    """callbackConcurrency 1 and a receiver that is down (10-20 s backoff): another
+    call's callback is still delivered at once."""
+    from faastwist.util.ports import free_port
+
+    node = node_for(tmp_path, backoffBase="10s", backoffMax="20s",
+                    callbackConcurrency=1).start()
+    try:
+        deploy(node, tmp_path, "fn")
+        down = f"http://127.0.0.1:{free_port()}/nobody"
+        lost = enqueue(node, "fn/ok", b"", X_Callback_Url=down)[1]["x-call-id"]
+        retried = 'faastwist_async_callbacks_total{function_name="fn",result="retried"} 1.0'
+        wait_for(lambda: retried in http("GET", f"{node.admin_root}/metrics")[2].decode(),
+                 what="the first callback try failed")
+        started = time.monotonic()
+        quick = enqueue(node, "fn/ok", b"q", X_Callback_Url=callbacks.url)[1]["x-call-id"]
+        assert callbacks.first(quick)[1] == b"echo:q"
+        assert time.monotonic() - started < 5.0, "the callback waited for another's backoff"
+        assert lost not in callbacks.received
     finally:
         assert node.stop() in (0, -signal.SIGTERM), node.log()

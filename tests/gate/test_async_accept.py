@@ -3,6 +3,7 @@ nats-server: 202 only once stored, and every refusal with its code."""
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -48,6 +49,8 @@ def gate(request: Any, nats_server: Any) -> Any:
     store = MemoryStore()
     for name, state in (("fn", State.ACTIVE), ("off", State.INACTIVE)):
         store.create(FunctionSpec(name=name, image="x"), FunctionStatus(name, state))
+    store.create(FunctionSpec(name="few", image="x", max_queued=2),
+                 FunctionStatus("few", State.INACTIVE))
     routes = RouteTable(store, reactor)
     routes.startService()
     queue = QueueService(QueueConfig(nats_urls=(nats_server.url,), timeout=1.0,
@@ -158,3 +161,50 @@ async def test_the_workers_replay_is_not_asked_for_the_key_again(gate) -> None:
     answer = await invoke(service.context, call, 1000)
     # the fake provider's upstream (port 80) answers or refuses; the gate's 401 never comes
     assert answer.status not in (400, 401), answer
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_function_at_its_max_queued_is_429_with_retry_after(gate) -> None:
+    """The issue's attack (anonymous calls to a stopped function, kept for a day) is
+    bounded by the function's maxQueued: the third call of "few" is refused, stored
+    nowhere, and the other functions still queue."""
+    service, queue, _ = gate
+    url = "http://127.0.0.1:%d/async-function/" % service.address()[1]
+    for _ in range(2):
+        assert (await curl(url + "few", "-d", "x"))[0] == 202
+    status, headers, body = await curl(url + "few", "-d", "x")
+    assert status == 429 and headers["retry-after"] == "1", body
+    assert json.loads(body) == {
+        "code": 429, "message": "function few has 2 calls queued, its limit (maxQueued in "
+                                "its spec, else queue.maxQueued); try again later"}
+    stored = await queue.bridge.call(queue.js.list_messages, queue.names.calls,
+                                     queue.names.call_subject("few"), 10)
+    assert len(stored) == 2
+    assert (await curl(url + "fn", "-d", "x"))[0] == 202
+    # a count older than a second is asked again: still full, still nothing stored
+    await deferLater(reactor, 1.05, lambda: None)
+    assert (await curl(url + "few", "-d", "x"))[0] == 429
+    # one call gone from the queue (the server's count drops): admitted again
+    await queue.bridge.call(queue.js.delete_message, queue.names.calls, int(stored[0].seq))
+    await deferLater(reactor, 1.05, lambda: None)
+    assert (await curl(url + "few", "-d", "x"))[0] == 202
+    assert (await curl(url + "few", "-d", "x"))[0] == 429
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_same_call_id_on_two_functions_is_two_calls(gate) -> None:
+    service, queue, _ = gate
+    url = "http://127.0.0.1:%d/async-function/" % service.address()[1]
+    for name in ("fn", "off", "fn"):
+        status, headers, _ = await curl(url + name, "-H", "X-Call-Id: shared-1", "-d", name)
+        assert (status, headers["x-call-id"]) == (202, "shared-1")
+    for name in ("fn", "off"):
+        msg = await queue.bridge.call(queue.js.last_message, queue.names.calls,
+                                      queue.names.call_subject(name, "shared-1"))
+        assert msg is not None and msg.data == name.encode()
+        assert (await queue.status(name, "shared-1"))["function"] == name
+    # the same id again to the same function: still de-duplicated (stored once)
+    stored = await queue.bridge.call(queue.js.list_messages, queue.names.calls,
+                                     queue.names.call_subject("*"), 10)
+    assert sorted(m.subject for m in stored) == ["faas.ctl.call.fn.shared-1",
+                                                 "faas.ctl.call.off.shared-1"]

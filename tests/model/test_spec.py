@@ -221,7 +221,8 @@ def test_async_fields_round_trip_and_are_checked():
     assert "asyncConcurrency" not in FunctionSpec.from_dict({"name": "f"}).to_dict()
     for data, path in (({"asyncConcurrency": -1}, "asyncConcurrency"),
                        ({"maxAttempts": 101}, "maxAttempts"),
-                       ({"maxAttempts": "x"}, "maxAttempts")):
+                       ({"maxAttempts": "x"}, "maxAttempts"),
+                       ({"maxQueued": -1}, "maxQueued: must be 0-10000000")):
         with pytest.raises(SpecError, match=path):
             FunctionSpec.from_dict({"name": "f", **data})
 
@@ -243,7 +244,7 @@ FULL = {
     "labels": {"team": "a"}, "annotations": {"note": "x"},
     "constraints": ["node.platform.os == linux"], "secrets": ["db-pass", "api.key_2"],
     "readOnlyRootFilesystem": True, "rateLimit": {"rps": 2.5, "burst": 7},
-    "asyncConcurrency": 3, "maxAttempts": 9,
+    "asyncConcurrency": 3, "maxAttempts": 9, "maxQueued": 50,
 }
 
 
@@ -265,7 +266,7 @@ def test_every_field_is_read_from_its_own_key_and_written_back_to_it():
         labels={"team": "a"}, annotations={"note": "x"},
         constraints=("node.platform.os == linux",), secrets=("db-pass", "api.key_2"),
         read_only_root_filesystem=True, rate_limit=RateLimit(2.5, 7), async_concurrency=3,
-        max_attempts=9)
+        max_attempts=9, max_queued=50)
     assert spec.to_dict() == {
         "name": "full-1", "image": "img:2", "port": 8080, "autoScaleType": "rps",
         "autoScaleValue": "2.5", "minReplica": 2, "maxReplica": 5, "limitCPU": "2",
@@ -280,7 +281,7 @@ def test_every_field_is_read_from_its_own_key_and_written_back_to_it():
         "labels": {"team": "a"}, "annotations": {"note": "x"},
         "constraints": ["node.platform.os == linux"], "secrets": ["db-pass", "api.key_2"],
         "readOnlyRootFilesystem": True, "rateLimit": {"rps": 2.5, "burst": 7},
-        "asyncConcurrency": 3, "maxAttempts": 9}
+        "asyncConcurrency": 3, "maxAttempts": 9, "maxQueued": 50}
     assert FunctionSpec.from_dict(spec.to_dict()) == spec
 
 
@@ -295,7 +296,7 @@ DEFAULTS = FunctionSpec(
     request_cpu="", request_memory="", request_adaptor=EMPTY_ADAPTOR, timeout=60.0,
     command=(), env={}, mode=ProcessMode.HTTP, readiness_path="", env_process="", labels={},
     annotations={}, constraints=(), secrets=(), read_only_root_filesystem=False,
-    rate_limit=None, async_concurrency=0, max_attempts=0)
+    rate_limit=None, async_concurrency=0, max_attempts=0, max_queued=0)
 
 
 def test_every_default_exactly_from_a_document_and_in_code():

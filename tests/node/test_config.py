@@ -250,10 +250,16 @@ def test_queue_defaults_and_overrides(tmp_path):
     assert queue.data_dir == str(tmp_path / "data" / "nats")
     assert (queue.max_age, queue.max_body_size, queue.max_attempts, queue.concurrency) == (
         86400.0, 2**20, 5, 8)
+    assert (queue.max_bytes, queue.max_queued, queue.ack_wait, queue.monitor_port) == (
+        2**30, 1000, 5.0, 0)
     queue = ControllerConfig.from_dict({"queue": {
         "natsURLs": ["nats://10.0.0.1:4222", "tls://n2:4222"], "maxAge": "1h",
         "maxBodySize": "4Mi", "maxAttempts": 3, "concurrency": 2,
-        "callbackAllow": ["10.0.0.0/8", "2001:db8::1"], "backoffBase": "100ms"}}, tmp_path).queue
+        "callbackAllow": ["10.0.0.0/8", "2001:db8::1"], "backoffBase": "100ms",
+        "maxBytes": "64Mi", "maxQueued": 20, "ackWait": "2s", "monitorPort": 8222}},
+        tmp_path).queue
+    assert (queue.max_bytes, queue.max_queued, queue.ack_wait, queue.monitor_port) == (
+        64 * 2**20, 20, 2.0, 8222)
     assert queue.embedded is False
     assert queue.nats_urls == ("nats://10.0.0.1:4222", "tls://n2:4222")
     assert (queue.max_age, queue.max_body_size, queue.max_attempts, queue.concurrency,
@@ -269,6 +275,10 @@ def test_queue_defaults_and_overrides(tmp_path):
     ({"maxBodySize": "1Gi"}, "queue.maxBodySize: must be at most 64Mi"),
     ({"backoffBase": "10m", "backoffMax": "1m"}, "queue.backoffBase: must not exceed"),
     ({"maxAge": "0s"}, "queue.maxAge"),
+    ({"maxBytes": "2Mi"}, "queue.maxBytes: must hold at least four calls of maxBodySize"),
+    ({"maxQueued": 0}, "queue.maxQueued: must be 1-10000000"),
+    ({"ackWait": "100ms"}, "queue.ackWait"),
+    ({"monitorPort": 70000}, "queue.monitorPort: must be 0-65535"),
     ({"bogus": 1}, "queue.bogus: unknown field"),
 ])
 def test_queue_errors_name_the_key(tmp_path, queue, message):
@@ -334,7 +344,8 @@ def _documented_defaults(base: str, node_id: str) -> "ControllerConfig":
             enabled=True, nats_urls=(), data_dir=f"{base}data/nats", max_age=86400.0,
             max_body_size=2**20, max_attempts=5, concurrency=8, callback_concurrency=32,
             callback_timeout=10.0, callback_allow=(), backoff_base=1.0, backoff_max=300.0,
-            status_ttl=86400.0, timeout=5.0))
+            status_ttl=86400.0, timeout=5.0, max_bytes=2**30, max_queued=1000, ack_wait=5.0,
+            monitor_port=0))
 
 
 def test_every_default_exactly_from_the_file_and_in_code(tmp_path):
@@ -375,7 +386,8 @@ def test_every_key_is_read_from_its_own_name(tmp_path):
                   "maxAge": "2h", "maxBodySize": "4Ki", "maxAttempts": 3, "concurrency": 2,
                   "callbackConcurrency": 4, "callbackTimeout": "2s",
                   "callbackAllow": ["10.0.0.0/8"], "backoffBase": "2s", "backoffMax": "1m",
-                  "statusTTL": "1h", "timeout": "4s"},
+                  "statusTTL": "1h", "timeout": "4s", "maxBytes": "5Mi", "maxQueued": 7,
+                  "ackWait": "3s", "monitorPort": 8223},
     }
     base = f"{tmp_path}/"
     assert ControllerConfig.from_dict(data, tmp_path) == ControllerConfig(
@@ -405,7 +417,8 @@ def test_every_key_is_read_from_its_own_name(tmp_path):
             enabled=False, nats_urls=("nats://10.0.0.2:4222",), data_dir=base + "n",
             max_age=7200.0, max_body_size=4096, max_attempts=3, concurrency=2,
             callback_concurrency=4, callback_timeout=2.0, callback_allow=("10.0.0.0/8",),
-            backoff_base=2.0, backoff_max=60.0, status_ttl=3600.0, timeout=4.0))
+            backoff_base=2.0, backoff_max=60.0, status_ttl=3600.0, timeout=4.0,
+            max_bytes=5 * 2**20, max_queued=7, ack_wait=3.0, monitor_port=8223))
 
 
 @pytest.mark.parametrize("section, key, lowest, highest", [
@@ -418,6 +431,7 @@ def test_every_key_is_read_from_its_own_name(tmp_path):
     ("queue", "concurrency", 1, 10000), ("queue", "callbackConcurrency", 1, 10000),
     ("queue", "callbackTimeout", "1ms", None), ("queue", "backoffBase", "1ms", None),
     ("queue", "statusTTL", "60s", None), ("queue", "timeout", "1ms", None),
+    ("queue", "maxQueued", 1, 10_000_000), ("queue", "monitorPort", 0, 65535),
 ])
 def test_the_bounds_themselves_are_accepted(tmp_path, section, key, lowest, highest):
     """README's ranges are inclusive; one step past either end is refused, naming it."""

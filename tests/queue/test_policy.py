@@ -89,6 +89,11 @@ RULES = CallbackRules(node_ports=frozenset({2381, 2379, 4222}),
     ("fe80::1", 80), ("::ffff:169.254.169.254", 80), ("100.100.100.200", 80),
     ("127.0.0.1", 2381), ("127.0.0.5", 2379), ("::1", 4222), ("0.0.0.0", 2381),
     ("10.1.2.3", 4222), ("224.0.0.1", 80),
+    # every loopback, this-host and link-local form, on any port
+    ("127.0.0.1", 8080), ("127.255.255.254", 80), ("::1", 80), ("::ffff:127.0.0.1", 8080),
+    ("::127.0.0.1", 8080), ("0.0.0.0", 8080), ("0.1.2.3", 80), ("::", 80),
+    ("fe80::1%eth0", 8080), ("febf::1", 80), ("169.254.1.1", 80), ("10.1.2.3", 80),
+    ("::ffff:7f00:1", 80), ("::ffff:0.0.0.0", 80),
 ])
 def test_refused_targets(address: str, port: int) -> None:
     with pytest.raises(CallbackRefused):
@@ -96,7 +101,7 @@ def test_refused_targets(address: str, port: int) -> None:
 
 
 @pytest.mark.parametrize("address,port", [
-    ("127.0.0.1", 8080), ("10.1.2.3", 80), ("93.184.216.34", 443), ("2001:db8::1", 80),
+    ("10.1.2.4", 80), ("93.184.216.34", 443), ("2001:db8::1", 80), ("fec0::1", 80),
     ("10.9.9.9", 2381),   # another machine's port 2381 is not this node's admin
 ])
 def test_allowed_targets(address: str, port: int) -> None:
@@ -111,6 +116,25 @@ def test_allow_list_restricts_to_its_networks() -> None:
         check_target("192.168.1.1", 80, rules)
     with pytest.raises(CallbackRefused, match="metadata"):  # never, even if allowed
         check_target("169.254.169.254", 80, CallbackRules(allow=parse_networks(["0.0.0.0/0"])))
+
+
+def test_loopback_and_link_local_only_when_the_allow_list_names_them() -> None:
+    loopback = CallbackRules(allow=parse_networks(["127.0.0.1/32", "::1"]),
+                             node_ports=frozenset({2381}))
+    check_target("127.0.0.1", 8080, loopback)
+    check_target("::ffff:127.0.0.1", 8080, loopback)
+    check_target("::1", 8080, loopback)
+    for address in ("127.0.0.2", "0.0.0.0", "169.254.1.1"):   # not listed
+        with pytest.raises(CallbackRefused):
+            check_target(address, 8080, loopback)
+    with pytest.raises(CallbackRefused, match="own admin"):   # the node's ports never
+        check_target("127.0.0.1", 2381, loopback)
+    link = CallbackRules(allow=parse_networks(["169.254.10.0/24", "fe80::/10"]))
+    check_target("169.254.10.7", 80, link)
+    check_target("fe80::2%eth0", 80, link)
+    with pytest.raises(CallbackRefused, match="never"):
+        check_target("169.254.169.254", 80, CallbackRules(
+            allow=parse_networks(["169.254.0.0/16"])))
     with pytest.raises(ValueError, match="'nope'"):
         parse_networks(["nope"])
 
@@ -150,9 +174,11 @@ def test_networks_may_be_written_with_host_bits_set() -> None:
     assert str(caught.value) == "'nope' is not an IP address or CIDR network"
 
 
-def test_default_rules_allow_any_ordinary_target() -> None:
-    check_target("127.0.0.1", 2381, CallbackRules())
+def test_default_rules_allow_ordinary_targets_but_not_this_host() -> None:
     check_target("10.1.2.3", 80, CallbackRules())
+    check_target("93.184.216.34", 2381, CallbackRules())
+    with pytest.raises(CallbackRefused, match="unless queue.callbackAllow lists it"):
+        check_target("127.0.0.1", 8080, CallbackRules())
 
 
 @pytest.mark.parametrize("url, parts", [
@@ -186,9 +212,15 @@ def test_callback_urls_refused_with_the_reason(url: str, message: str) -> None:
 @pytest.mark.parametrize("address, port, rules, message", [
     ("example.com", 80, RULES, "'example.com' is not an IP address"),
     ("fe80::1%eth0", 80, RULES,
-     "callbacks to fe80::1 (fe80::/10, link-local or cloud metadata) are never allowed"),
-    ("::ffff:169.254.169.254", 80, RULES, "callbacks to 169.254.169.254 (169.254.0.0/16, "
-                                          "link-local or cloud metadata) are never allowed"),
+     "callbacks to fe80::1 (fe80::/10, loopback, this host or link-local) are refused "
+     "unless queue.callbackAllow lists it"),
+    ("::ffff:169.254.169.254", 80, RULES, "callbacks to 169.254.169.254 (169.254.169.254/32, "
+                                          "cloud metadata) are never allowed"),
+    ("::ffff:127.0.0.1", 80, RULES, "callbacks to 127.0.0.1 (127.0.0.0/8, loopback, this "
+                                    "host or link-local) are refused unless "
+                                    "queue.callbackAllow lists it"),
+    ("10.1.2.3", 80, RULES, "callbacks to 10.1.2.3 (this host) are refused unless "
+                            "queue.callbackAllow lists it"),
     ("224.0.0.1", 80, RULES, "callbacks to the multicast address 224.0.0.1 are not allowed"),
     ("127.0.0.1", 2381, RULES, "callbacks to this node's own admin, etcd or NATS port "
                                "(127.0.0.1:2381) are not allowed"),
@@ -211,5 +243,11 @@ def test_refuse_callback_url_at_accept_time() -> None:
         refuse_callback_url("http://127.0.0.1:2381/x", RULES)
     with pytest.raises(ValueError, match=r"^X-Callback-Url: callbacks to 169\.254\.169\.254"):
         refuse_callback_url("http://169.254.169.254/latest", RULES)
-    assert refuse_callback_url("http://127.0.0.1:8080/x", RULES) is None      # not a node port
-    assert refuse_callback_url("http://localhost:2381/x", RULES) is None      # a name: at send
+    for url in ("http://127.0.0.1:8080/x", "http://[::1]:8080/", "http://[::ffff:127.0.0.1]/",
+                "http://0.0.0.0:8080/", "http://localhost:8080/", "http://a.localhost./",
+                "http://[fe80::1%25eth0]/"):
+        with pytest.raises(ValueError, match=r"^X-Callback-Url: callbacks to .* unless "):
+            refuse_callback_url(url, RULES)
+    assert refuse_callback_url("http://127.0.0.1:8080/x", CallbackRules(
+        allow=parse_networks(["127.0.0.0/8"]))) is None
+    assert refuse_callback_url("http://example.com:2381/x", RULES) is None    # a name: at send

@@ -42,6 +42,9 @@ class NoRoutes:
     def names(self) -> list[str]:
         return []
 
+    def lookup(self, name: str) -> None:
+        return None
+
 
 def call(call_id: str, function: str = "fn") -> QueuedCall:
     return QueuedCall(function=function, call_id=call_id, method="POST", target="/x?y=1",
@@ -66,6 +69,66 @@ async def test_embedded_server_restarts_on_the_same_url_and_stops(tmp_path) -> N
         pid = server.pid
         await server.stopService()
     assert pid is not None and not alive(pid)
+
+
+def listening_ports(pid: int) -> set[int]:
+    """TCP ports in LISTEN state owned by process ``pid`` (from /proc)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        with open(f"/proc/{pid}/net/{table}") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+@pytest_twisted.ensureDeferred
+async def test_embedded_monitoring_port_is_off_unless_configured(tmp_path) -> None:
+    """Functions share the node's loopback: by default the embedded server listens on
+    its client port only (health is asked over the client protocol, with the token);
+    queue.monitorPort opens the monitoring endpoint on loopback."""
+    from faastwist.util.ports import free_port
+
+    server = EmbeddedNats(reactor, str(tmp_path / "off"), 2**20)
+    server.startService()
+    try:
+        url = await server.ready()
+        assert listening_ports(server.pid) == {int(url.rsplit(":", 1)[1])}
+        assert "http" not in (tmp_path / "off" / "nats.conf").read_text()
+    finally:
+        await server.stopService()
+    monitor = free_port()
+    server = EmbeddedNats(reactor, str(tmp_path / "on"), 2**20, monitor_port=monitor)
+    server.startService()
+    try:
+        url = await server.ready()
+        assert listening_ports(server.pid) == {int(url.rsplit(":", 1)[1]), monitor}
+        assert server.ports == (int(url.rsplit(":", 1)[1]), monitor)
+    finally:
+        await server.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_embedded_health_needs_jetstream_and_the_token(tmp_path) -> None:
+    """The health probe is a real JetStream request: with a wrong token it fails."""
+    server = EmbeddedNats(reactor, str(tmp_path / "nats"), 2**20)
+    server.startService()
+    try:
+        await server.ready()
+        assert await server._probe() is True
+        (tmp_path / "nats" / "client.token").write_text("wrong\n")
+        assert await server._probe() is False
+    finally:
+        await server.stopService()
 
 
 @pytest_twisted.ensureDeferred
@@ -140,3 +203,66 @@ async def test_submit_status_and_refusal_while_nats_is_away(nats_server) -> None
         assert (await queue.status("fn", "c1"))["state"] == "queued"  # survived the kill
     finally:
         await queue.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_queue_max_bytes_is_a_stream_limit_and_a_full_queue_is_507(nats_server) -> None:
+    """queue.maxBytes is enforced by JetStream itself (discard new on the calls and
+    callbacks, discard old on the dead letters), set on existing streams too; a call
+    the full stream refuses is a QueueFull 507, never a 202 and never a dropped call."""
+    from faastwist.gate.accept import QueueFull
+    from faastwist.queue.jetstream import Names
+
+    names = Names("ctl")
+    queue = None
+
+    async def old_stream() -> tuple[int, str]:
+        """The calls stream as an older version made it: no limits."""
+        import nats
+        from nats.js import api
+
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        await js.add_stream(name=names.calls, subjects=[names.call_subject("*")],
+                            retention=api.RetentionPolicy.WORK_QUEUE)
+        config = (await js.stream_info(names.calls)).config
+        await nc.close()
+        return config.max_bytes, api.DiscardPolicy(config.discard).value
+
+    try:
+        bridge_owner = QueueService(QueueConfig(nats_urls=(nats_server.url,)), "ctl",
+                                    reactor, Metrics(), NoRoutes(), set())
+        bridge_owner.bridge.startService()
+        assert await bridge_owner.bridge.call(old_stream) == (-1, "old")
+        await bridge_owner.bridge.stopService()
+
+        mib = 2**20
+        config = QueueConfig(nats_urls=(nats_server.url,), timeout=2.0, max_bytes=3 * mib,
+                             max_body_size=mib)
+        queue = QueueService(config, "ctl", reactor, Metrics(), NoRoutes(), set())
+        await queue.start()
+        js = queue.js
+        assert await queue.bridge.call(js.stream_limits, names.calls) == (3 * mib, "new")
+        assert await queue.bridge.call(js.stream_limits, names.callbacks) == (3 * mib, "new")
+        assert await queue.bridge.call(js.stream_limits, names.dead) == (3 * mib, "old")
+        body = b"x" * (mib - 4096)
+        stored = []
+        for i in range(3):
+            stored.append(await queue.submit(attrs_evolve(call(f"big{i}"), body=body)))
+        with pytest.raises(QueueFull) as refused:
+            await queue.submit(attrs_evolve(call("big3"), body=body))
+        assert (refused.value.code, refused.value.retry_after) == (507, 30)
+        assert "queue.maxBytes" in refused.value.message
+        waiting = await queue.bridge.call(js.list_messages, names.calls,
+                                          names.call_subject("fn"), 10)
+        assert [m.subject.rsplit(".", 1)[1] for m in waiting] == ["big0", "big1", "big2"]
+        assert queue.metrics.async_refused.labels("fn", "queue-full")._value.get() == 1
+    finally:
+        if queue is not None:
+            await queue.stop()
+
+
+def attrs_evolve(value, **changes):
+    import attrs
+
+    return attrs.evolve(value, **changes)

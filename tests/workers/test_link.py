@@ -13,7 +13,7 @@ from typing import Any
 from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 
-from faastwist.gate.accept import QueuedCall, QueueUnavailable
+from faastwist.gate.accept import QueuedCall, QueueFull, QueueUnavailable
 from faastwist.gate.decisions import RETRY_AFTER_NOT_ACTIVE
 from faastwist.gate.routes import Route
 from faastwist.metrics import Metrics
@@ -211,13 +211,53 @@ def test_queued_calls_are_stored_by_the_main_process() -> None:
     assert down[0].check(QueueUnavailable)
 
 
+class Full:
+    """A queue that refuses as a full one does."""
+
+    def __init__(self, code: int, retry_after: int) -> None:
+        self.code = code
+        self.retry_after = retry_after
+
+    def submit(self, call: QueuedCall) -> Any:
+        from twisted.internet.defer import fail
+
+        return fail(QueueFull(self.code, f"full {self.code}", self.retry_after))
+
+
+def test_a_full_queue_is_429_or_507_in_the_worker_too() -> None:
+    """A worker's call refused by maxQueued or maxBytes keeps its code and Retry-After
+    across the channel (not a 503); a reply with another code stays a 503."""
+    node = Node()
+    worker = node.worker()
+    queue = RemoteQueue(worker.calls, 1024, 5.0, CallbackRules())
+    call = QueuedCall(function="fn", call_id="c-1", method="POST", target="/", headers=(),
+                      client_ip="127.0.0.1", body=b"x", callback=None, enqueued=1.0)
+    for code, retry_after in ((429, 1), (507, 30)):
+        node.queue = Full(code, retry_after)
+        got: list = []
+        queue.submit(call).addBoth(got.append)
+        worker.pipe.pump()
+        assert got[0].check(QueueFull), got
+        assert (got[0].value.code, got[0].value.retry_after, got[0].value.message) == (
+            code, retry_after, f"full {code}")
+    # a code or Retry-After the worker does not expect is not trusted: a 503
+    for code, retry_after in ((500, 1), (429, "1"), (429, 10**9), (200, 1)):
+        node.queue = Full(code, retry_after)  # type: ignore[arg-type]
+        got = []
+        queue.submit(call).addBoth(got.append)
+        worker.pipe.pump()
+        assert got[0].check(QueueUnavailable) and not got[0].check(QueueFull), (code, got)
+    worker.close()
+
+
 def test_callback_urls_are_checked_in_the_worker_with_the_queues_rules() -> None:
     node = Node()
     queue = RemoteQueue(node.worker().calls, 1024, 5.0,
                         CallbackRules(node_ports=frozenset({2381})))
     queue.check_callback("http://example.com/hook")  # a name: checked when sent
-    queue.check_callback("http://127.0.0.1:9000/hook")
-    for bad in ("http://127.0.0.1:2381/apis", "ftp://x/y"):
+    queue.check_callback("http://10.0.0.9:9000/hook")
+    for bad in ("http://127.0.0.1:2381/apis", "ftp://x/y", "http://127.0.0.1:9000/hook",
+                "http://[::ffff:127.0.0.1]:9000/"):
         try:
             queue.check_callback(bad)
         except ValueError as exc:
