@@ -64,9 +64,12 @@ class LocalConverger(Service):
         self._loop: LoopingCall | None = None
         self._owed: set[str] | None = None  # active at start, not yet served here
         self._deploys = 0  # deploys of the current full pass
-        #: the observation last reported per function: a provider that answers an
-        #: unchanged state with the same object is not re-encoded and compared
-        self._reported: dict[str, Any] = {}
+        #: the observation last reported per function, with its epoch: a provider that
+        #: answers an unchanged state with the same object is not re-encoded and compared
+        self._reported: dict[str, tuple[Any, int | None]] = {}
+        #: per function, the status epoch this node last acted on (converged from); a
+        #: report names it, so the leader knows what intent the observation follows
+        self._acted: dict[str, int] = {}
         self._quiet = True  # the first pass: deploy everything, report afterwards
         self._held: dict[str, None] = {}  # what the first pass did not report yet
         self._first: list[Deferred[None]] | None = []  # first_pass() waiters (None: done)
@@ -114,6 +117,7 @@ class LocalConverger(Service):
             if name in self._busy or self._action(name) is not None:
                 self.want(name)   # reports once it converged
             else:
+                self._acted_on(name)   # nothing to do for the route as it is
                 self.report(name)
         except Exception:
             # one function's failure must not end the pass (nor, in the first one,
@@ -230,7 +234,15 @@ class LocalConverger(Service):
             return Action.DELETE
         return action
 
+    def _acted_on(self, name: str) -> None:
+        route = self.routes.lookup(name)
+        if route is None:
+            self._acted.pop(name, None)
+        else:
+            self._acted[name] = route.status.epoch
+
     def _converge(self, name: str) -> Deferred[None] | None:
+        self._acted_on(name)   # what follows acts on the route as it is now
         route = self.routes.lookup(name)
         runtime = self.provider.runtimes.get(name)
         if route is None:
@@ -287,10 +299,13 @@ class LocalConverger(Service):
             return
         observe = getattr(self.provider, "observe_runtime", None)   # with its user, limits
         observation = observe(runtime) if observe is not None else runtime.observe()
-        if self._reported.get(name) is observation:
+        # -1: not acted on yet (a replica the gate started on demand); never a verdict
+        epoch = self._acted.get(name, -1)
+        last = self._reported.get(name)
+        if last is not None and last[0] is observation and last[1] == epoch:
             return  # the provider answered with the very object it gave last time
-        self._reported[name] = observation
-        self.session.report(name, Report.of(self.session.node_id, observation))
+        self._reported[name] = (observation, epoch)
+        self.session.report(name, Report.of(self.session.node_id, observation, epoch))
 
 
 def _inflight(runtime: Any) -> int:

@@ -77,6 +77,10 @@ def plan(record: FunctionRecord, observation: Observation | None, now: float,
     if state is State.DESTROYED:
         # deleted over the admin API but the record is still there: remove what runs
         return Plan(None if observation is None else Action.DELETE)
+    if observation is not None and observation.epoch not in (None, status.epoch):
+        # the nodes' reports were made before the operator's latest event (a ready
+        # from before a stop, read after the start that followed): no verdict on it
+        return Plan()
     wants_running = state in (State.INITIAL, State.ACTIVE, State.FAILED) or (
         state is State.INACTIVE and status.start_pending)
     if observation is None:
