@@ -43,8 +43,8 @@ from faastwist.admin.logstream import OneInstance, send_logs
 from faastwist.admin.openfaas_model import deployment_to_spec, function_status, read_secret
 from faastwist.admin import writes
 from faastwist.admin.rollout import rolled
-from faastwist.admin.writes import (ANSWERED, Settle, answer, listing_revision,
-                                    record_revision, settled)
+from faastwist.admin.writes import (ANSWERED, SecretInUse, Settle, answer,
+                                    listing_revision, record_revision, settled)
 from faastwist.metrics import Metrics
 from faastwist.model.fsm import Event, FunctionStatus, State, apply_event
 from faastwist.model.spec import FunctionSpec
@@ -353,8 +353,17 @@ class OpenFaaSAPI:
 
     @app.route("/system/secrets", methods=["DELETE"])
     async def delete_secret(self, request: Any) -> bytes:
+        """A secret that functions name is not deleted (409 naming them): their next
+        start would fail. (A deploy racing this delete can still name it; that function
+        then reports the missing secret as its own error, see cluster/local.py.)"""
         name = self._name_field(self._document(request), "name")
-        await self._timed(self._secret_store().delete(name))
+        store = self._secret_store()
+        listing = await self._timed(self.store.list())
+        users = sorted(n for n, r in listing.records.items()
+                       if name in r.spec.secrets and r.status.state is not State.DESTROYED)
+        if users:
+            raise SecretInUse(name, users)
+        await self._timed(store.delete(name))
         return self._accepted(request)
 
     # -- the rest ----------------------------------------------------------------------

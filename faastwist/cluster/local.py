@@ -34,6 +34,7 @@ from faastwist.cluster.reports import Report
 from faastwist.cluster.session import NodeSession
 from faastwist.lifecycle.reconciler import PROVIDER_CALLS, Action, plan
 from faastwist.model.fsm import Event, State
+from faastwist.providers.base import ProviderRejected
 from faastwist.store.base import FunctionRecord
 
 log = Logger()
@@ -70,6 +71,10 @@ class LocalConverger(Service):
         #: per function, the status epoch this node last acted on (converged from); a
         #: report names it, so the leader knows what intent the observation follows
         self._acted: dict[str, int] = {}
+        #: functions the provider refused to run as their route says (a secret that
+        #: does not exist): (spec digest, why); reported as this node's error, so the
+        #: function fails saying why, and /readyz does not wait for it
+        self._rejected: dict[str, tuple[str, str]] = {}
         self._quiet = True  # the first pass: deploy everything, report afterwards
         self._held: dict[str, None] = {}  # what the first pass did not report yet
         self._first: list[Deferred[None]] | None = []  # first_pass() waiters (None: done)
@@ -173,6 +178,8 @@ class LocalConverger(Service):
             self._owed.discard(name)
         elif runtime is not None and runtime.observe().event in (Event.READY, Event.ERROR):
             self._owed.discard(name)
+        elif name in self._rejected:
+            self._owed.discard(name)   # it failed: that is its answer, not the node's
 
     # -- convergence -----------------------------------------------------------------
     def _route_changed(self, name: str, route: Any) -> None:
@@ -198,6 +205,7 @@ class LocalConverger(Service):
             return
         self._dirty.discard(name)
         d = maybeDeferred(self._converge, name)
+        d.addCallback(lambda _: self._rejected.pop(name, None))   # it runs as it should
         d.addErrback(self._not_converged, name)
         d.addCallback(lambda _: self._converged(name))
 
@@ -215,6 +223,11 @@ class LocalConverger(Service):
 
     def _not_converged(self, failure: Any, name: str) -> None:
         failure.trap(Exception)
+        route = self.routes.lookup(name)
+        if failure.check(ProviderRejected) and route is not None:
+            # the function cannot run here as it is (a secret it names is gone): its
+            # error, in its status; tried again every interval and on every change
+            self._rejected[name] = (route.spec.digest(), failure.getErrorMessage())
         log.warn("function {name}: local convergence failed ({error}); retried in "
                  "{interval}s", name=name, error=failure.getErrorMessage(),
                  interval=self.interval)
@@ -293,6 +306,13 @@ class LocalConverger(Service):
             self._held[name] = None
             return
         runtime = self.provider.runtimes.get(name)
+        rejected = self._rejected.get(name)
+        if rejected is not None:
+            self._reported.pop(name, None)
+            self.session.report(name, Report(self.session.node_id, rejected[0], False,
+                                             Event.ERROR, rejected[1],
+                                             epoch=self._acted.get(name, -1)))
+            return
         if runtime is None:
             self._reported.pop(name, None)
             self.session.report(name, None)

@@ -115,6 +115,12 @@ def plan(record: FunctionRecord, observation: Observation | None, now: float,
         return Plan(message=prefix + observation.message,
                     ext_data={**observation.ext_data,
                               ROLLOUT_KEY: "failed" if failed else "in progress"})
+    if (state is State.FAILED and event is Event.READY
+            and observation.ext_data.get("replicas") == "0"):
+        # "ready" scaled to zero has run nothing: no evidence the failure is over (a
+        # node restart forgets a crash loop; the function must not come back active
+        # by itself). A replica that becomes ready, or the operator's update, is.
+        return Plan()
     events: tuple[Event, ...] = (event,)
     if state is State.FAILED and event is Event.READY:
         events = (Event.READY, Event.READY)  # failed -> initial -> active: recovered
