@@ -55,9 +55,9 @@ from faastwist.admin.rollout import rolled
 from faastwist.admin.writes import (ANSWERED, Settle, answer, listing_revision,
                                     record_revision, settled)
 from faastwist.admin import writes
-from faastwist.model.fsm import Event, FunctionStatus, InvalidEvent, apply_event
+from faastwist.model.fsm import Event, FunctionStatus, apply_event
 from faastwist.model.keys import new_key
-from faastwist.providers.base import LogSource, ProviderError
+from faastwist.providers.base import LogSource
 from faastwist.model.spec import FunctionSpec, SpecError
 from faastwist.util.slices import Slicer
 from faastwist.store.base import (
@@ -395,15 +395,14 @@ class AdminAPI:
         """Remove the function from the store; the reconciler removes what the provider runs."""
         record = await self._store(self.store.get(fn))
         now = self.wall_clock()
-        destroyed: list[FunctionStatus] = []
-
-        def check(current: FunctionRecord) -> None:
-            destroyed[:] = [apply_event(current.status, Event.DELETE, now)]
-        record = await writes.delete(self.store, record, check, self._store)
-        destroyed_status = destroyed[0]
+        # the FSM's check (409 while active) on whatever record is deleted
+        record = await writes.delete(self.store, record,
+                                     lambda r: apply_event(r.status, Event.DELETE, now),
+                                     self._store)
         self._kick(fn)
+        destroyed = apply_event(record.status, Event.DELETE, now)
         return respond(request, 200, {"spec": record.spec.to_dict(),
-                                           "status": status_document(destroyed_status)})
+                                      "status": status_document(destroyed)})
 
     # -- invocation keys: shown once, stored as SHA-256 only -------------------------
     @controller_route(app, FUNCTION + "/keys", "POST")
