@@ -358,6 +358,10 @@ class Replica:
         self._probe_call = self.reactor.callLater(delay, self._probe)
 
 
+#: seconds between two scans of /proc for a group's living members (see group_gone)
+GROUP_SCAN_INTERVAL = 0.05
+
+
 def group_gone(reactor: IReactorTime, pgid: int | None, timeout: float = 2.0) -> Deferred[None]:
     """SIGKILL what is left of a group whose leader exited; fires once it is empty
     (or after ``timeout``: a member stuck in the kernel must not hang a shutdown)."""
@@ -367,6 +371,7 @@ def group_gone(reactor: IReactorTime, pgid: int | None, timeout: float = 2.0) ->
         return done
     signal_group_only(pgid, signal.SIGKILL)
     deadline = reactor.seconds() + timeout
+    scan = [reactor.seconds()]   # when /proc may be read next (it costs a read per process)
 
     def check() -> None:
         try:
@@ -374,9 +379,11 @@ def group_gone(reactor: IReactorTime, pgid: int | None, timeout: float = 2.0) ->
         except (ProcessLookupError, PermissionError):
             done.callback(None)
             return
-        if not group_has_living(pgid):
-            done.callback(None)   # only zombies left: dead, waiting for init to reap
-            return
+        if reactor.seconds() >= scan[0]:
+            scan[0] = reactor.seconds() + GROUP_SCAN_INTERVAL
+            if not group_has_living(pgid):
+                done.callback(None)   # only zombies left: dead, waiting for init to reap
+                return
         if reactor.seconds() >= deadline:
             log.warn("process group {pgid} still has members after SIGKILL", pgid=pgid)
             done.callback(None)

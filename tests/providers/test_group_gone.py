@@ -39,3 +39,31 @@ def test_this_process_group_is_alive_on_the_real_proc() -> None:
     import os
 
     assert group_has_living(os.getpgrp())
+
+
+def test_a_group_of_one_zombie_is_gone_at_once() -> None:
+    """A real group whose only member is a zombie (a child not reaped yet): the stop
+    is done at once, not after the 2 s bound (that is what a stop waited for here)."""
+    import subprocess
+    import time
+
+    from twisted.internet.task import Clock
+
+    from faastwist.providers.replica import group_gone
+
+    child = subprocess.Popen(["/bin/true"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not _zombie(child.pid):
+            assert time.monotonic() < deadline, "the child never exited"
+            time.sleep(0.01)
+        fired: list[None] = []
+        group_gone(Clock(), child.pid).addCallback(fired.append)
+        assert fired == [None]
+    finally:
+        child.wait()
+
+
+def _zombie(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
