@@ -17,7 +17,7 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from twisted.application.service import IService, Service
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, TimeoutError, ensureDeferred
 from twisted.internet.interfaces import IReactorTCP
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -35,6 +35,10 @@ log = Logger()
 
 #: seconds the reconciler waits at most for the local converger's first pass
 WARMUP_LIMIT = 120.0
+#: seconds an API answer waits at most for this node's gate to reflect what it says
+#: (read-your-writes; a watch that lags longer than this is an etcd problem, and the
+#: answer then goes out rather than hang: logged)
+SETTLE_LIMIT = 2.0
 
 
 class _WatchedRecords(Mapping[str, Any]):
@@ -396,7 +400,7 @@ class FaasNode(Service):
         self.admin = AdminAPI(self.store, self.config.name, self.provider.check_spec,
                               self.reconciler.kick, self.reactor, admin.max_body_size,
                               log_source=log_source, cache=self._cached_records,
-                              node_id=self.node_id)
+                              node_id=self.node_id, settle=self.settle)
         self._push("admin list writer", self.admin.close)
         checks = {"etcd": self.store.check, "watch": self._routes_current,
                   "provider": self._provider_ready}
@@ -455,7 +459,8 @@ class FaasNode(Service):
                            self.reactor, versions, self.namespace,
                            max_body_size=self.config.admin.max_body_size, secrets=self.secrets,
                            slicer=self.admin.slicer,   # the admin port's lists: one budget
-                           parser=self.admin.parser)   # and one pool of parsing threads
+                           parser=self.admin.parser,   # and one pool of parsing threads
+                           settle=self.settle)
 
     def _guard(self, root: Any) -> Any:
         """Put the Host/Origin/credential checks in front of the admin port's root."""
@@ -551,6 +556,28 @@ class FaasNode(Service):
             raise StartupError(str(exc)) from None
         except Exception as exc:
             raise StartupError(f"httpServer.workers: the workers did not start: {exc}") from None
+
+    def settle(self, revision: int) -> Deferred[None]:
+        """Fires once this node's gate (the route table, and every gate worker's)
+        reflects the store at ``revision``, or after ``SETTLE_LIMIT``: an API answer
+        that reports a state waits for it, so the gate of the node that answered never
+        contradicts it. With the process provider the FSM turns active only after every
+        node, this one included, acted on the latest start (cluster/reports.py)."""
+        from twisted.internet.defer import DeferredList
+
+        waits = [self.routes.reached(revision)]
+        if self.workers is not None:
+            waits.append(self.workers.reached(revision))
+        done = DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
+
+        def late(failure: Any) -> None:
+            failure.trap(TimeoutError)
+            log.warn("the gate has not reached store revision {revision} after {limit}s "
+                     "(it is at {current}); answering anyway", revision=revision,
+                     limit=SETTLE_LIMIT, current=self.routes.revision)
+        done.addTimeout(SETTLE_LIMIT, self.reactor)
+        done.addErrback(late)
+        return done
 
     def _workers_ready(self) -> None:
         if self.workers is not None:

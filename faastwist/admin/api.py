@@ -17,7 +17,7 @@ import time
 from typing import Any, Callable, Mapping, TypeVar
 
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -54,10 +54,13 @@ from faastwist.admin.codec import (
 from faastwist.admin.listbody import LineCache, list_pieces, stream
 from faastwist.admin.logstream import send_logs
 from faastwist.admin.parsing import BodyParser
-from faastwist.admin.rollout import rollout
-from faastwist.model.fsm import Event, FunctionStatus, InvalidEvent, apply_event
+from faastwist.admin.rollout import rolled
+from faastwist.admin.writes import (ANSWERED, Settle, answer, listing_revision,
+                                    record_revision, settled)
+from faastwist.admin import writes
+from faastwist.model.fsm import Event, FunctionStatus, apply_event
 from faastwist.model.keys import new_key
-from faastwist.providers.base import LogSource, ProviderError
+from faastwist.providers.base import LogSource
 from faastwist.model.spec import FunctionSpec, SpecError
 from faastwist.util.slices import Slicer
 from faastwist.store.base import (
@@ -85,8 +88,7 @@ DEFAULT_PAGE = 100
 STREAM_THRESHOLD = 200
 DEFAULT_READ_TIMEOUT = 2.0
 STALE_HEADER = "X-FaaS-Stale"
-RETRY_WINDOW = 600.0
-STATUS_RACE_RETRIES = 2  # an operator event re-applied after losing to a status-only write  # how long a create of unknown outcome is recognised when retried
+RETRY_WINDOW = 600.0  # how long a create of unknown outcome is recognised when retried
 
 
 def controller_route(app: Klein, url: str, method: str) -> Callable[[Handler], Handler]:
@@ -145,7 +147,8 @@ class AdminAPI:
                  store_timeout: float = DEFAULT_STORE_TIMEOUT,
                  cache: Callable[[], Mapping[str, FunctionRecord]] | None = None,
                  read_timeout: float = DEFAULT_READ_TIMEOUT, node_id: str = "this node",
-                 slicer: Slicer | None = None, parser: BodyParser | None = None) -> None:
+                 slicer: Slicer | None = None, parser: BodyParser | None = None,
+                 settle: Settle | None = None) -> None:
         self.store = store
         #: parses spec bodies off the reactor (shared with the OpenFaaS API)
         self.parser = parser if parser is not None else BodyParser(clock)
@@ -164,6 +167,8 @@ class AdminAPI:
         self._unknown: dict[str, tuple[FunctionSpec, float]] = {}  # creates of unknown outcome
         self.read_timeout = read_timeout
         self.node_id = node_id
+        #: waits until this node's gate reflects a revision (read-your-writes)
+        self.settle = settle
 
     def resource(self) -> IResource:
         """The API as a resource tree root (its own paths start at ``/``)."""
@@ -238,6 +243,10 @@ class AdminAPI:
         del self._unknown[spec.name]
         return record
 
+    def _settled(self, record: FunctionRecord) -> Deferred[FunctionRecord]:
+        """``record`` once this node's gate routes as it says."""
+        return ensureDeferred(settled(self.settle, record_revision(record), record))
+
     def _stale_record(self, name: str) -> FunctionRecord:
         record = self.cache().get(name) if self.cache is not None else None
         if record is None:
@@ -282,6 +291,7 @@ class AdminAPI:
         except AlreadyExists:
             record = await self._retried_create(spec)
         self._kick(spec.name)
+        record = await self._settled(record)
         return respond(request, 201, record_document(record),
                             {"Location": self._location(version, controller, spec.name)})
 
@@ -310,6 +320,7 @@ class AdminAPI:
                     return await self.respond_list(request, self.cache(), stale=True)
                 listing = await self._store(self.store.list())
                 records = listing.records
+                await settled(self.settle, listing_revision(listing.records), None)
             return await self.respond_list(request, records)
         limit = parse_limit(params.get("limit"), DEFAULT_PAGE)
         after, revision = "", 0
@@ -337,7 +348,7 @@ class AdminAPI:
         if stale:
             return self._stale(request, dict(record_document(self._stale_record(fn)),
                                              stale=True))
-        return respond(request, 200, record_document(record))
+        return respond(request, 200, record_document(await self._settled(record)))
 
     @controller_route(app, FUNCTION + "/status", "GET")
     async def get_status(self, request: IRequest, version: str, controller: str, fn: str) -> bytes:
@@ -345,7 +356,7 @@ class AdminAPI:
         if stale:
             return self._stale(request, dict(status_document(self._stale_record(fn).status),
                                              stale=True))
-        return respond(request, 200, status_document(record.status))
+        return respond(request, 200, status_document((await self._settled(record)).status))
 
     @controller_route(app, FUNCTION, "PUT")
     async def update(self, request: IRequest, version: str, controller: str, fn: str) -> bytes:
@@ -355,9 +366,12 @@ class AdminAPI:
             raise ApiError(409, f"name: the body names function {spec.name} but the URL names "
                                 f"{fn}; a function cannot be renamed (create {spec.name} and "
                                 f"delete {fn} instead)")
-        updated = await self._apply(record, Event.UPDATE, spec)
+        now = self.wall_clock()
+        updated = await writes.write(
+            self.store, record, lambda r: (spec, apply_event(r.status, Event.UPDATE, now)),
+            self._store)
         self._kick(fn)
-        return respond(request, 200, record_document(updated))
+        return respond(request, 200, record_document(await self._settled(updated)))
 
     @controller_route(app, FUNCTION + "/rollout", "PUT")
     async def rollout(self, request: IRequest, version: str, controller: str, fn: str) -> bytes:
@@ -368,31 +382,21 @@ class AdminAPI:
             raise ApiError(409, f"name: the body names function {spec.name} but the URL names "
                                 f"{fn}; a function cannot be renamed")
         record = await self._store(self.store.get(fn))
-        updated = await self._store(rollout(self.store, record, spec, self.wall_clock()))
+        now = self.wall_clock()
+        updated = await writes.write(self.store, record, lambda r: rolled(r, spec, now),
+                                     self._store)
         self._kick(fn)
-        return respond(request, 200, record_document(updated))
-
-    async def _apply(self, record: FunctionRecord, event: Event,
-                     spec: FunctionSpec | None = None) -> FunctionRecord:
-        """Apply an operator event; when the compare-and-swap loses to a status-only write
-        (the leader recording a node's readiness), read again and re-apply, since the
-        operator's intent does not depend on it. A changed spec is a real conflict."""
-        for attempt in range(STATUS_RACE_RETRIES + 1):
-            status = apply_event(record.status, event, self.wall_clock())
-            try:
-                return await self._store(self.store.update(record, spec=spec, status=status))
-            except Conflict:
-                fresh = await self._store(self.store.get(record.name))
-                if attempt == STATUS_RACE_RETRIES or fresh.spec_revision != record.spec_revision:
-                    raise
-                record = fresh
-        raise AssertionError("unreachable")
+        return respond(request, 200, record_document(await self._settled(updated)))
 
     async def _operator_event(self, request: IRequest, fn: str, event: Event) -> bytes:
+        """Start or stop (admin/writes.py: re-applied after a status-only race)."""
         record = await self._store(self.store.get(fn))
-        updated = await self._apply(record, event)
+        now = self.wall_clock()
+        updated = await writes.write(
+            self.store, record, lambda r: (None, apply_event(r.status, event, now)),
+            self._store)
         self._kick(fn)
-        return respond(request, 200, record_document(updated))
+        return respond(request, 200, record_document(await self._settled(updated)))
 
     @controller_route(app, FUNCTION + "/start", "PUT")
     def start(self, request: IRequest, version: str, controller: str, fn: str) -> Any:
@@ -406,19 +410,15 @@ class AdminAPI:
     async def delete(self, request: IRequest, version: str, controller: str, fn: str) -> bytes:
         """Remove the function from the store; the reconciler removes what the provider runs."""
         record = await self._store(self.store.get(fn))
-        for attempt in range(STATUS_RACE_RETRIES + 1):
-            destroyed = apply_event(record.status, Event.DELETE, self.wall_clock())
-            try:
-                await self._store(self.store.delete(record))
-                break
-            except Conflict:   # see _apply: a status-only write is not a conflict of intent
-                fresh = await self._store(self.store.get(fn))
-                if attempt == STATUS_RACE_RETRIES or fresh.spec_revision != record.spec_revision:
-                    raise
-                record = fresh
+        now = self.wall_clock()
+        # the FSM's check (409 while active) on whatever record is deleted
+        record = await writes.delete(self.store, record,
+                                     lambda r: apply_event(r.status, Event.DELETE, now),
+                                     self._store)
         self._kick(fn)
+        destroyed = apply_event(record.status, Event.DELETE, now)
         return respond(request, 200, {"spec": record.spec.to_dict(),
-                                           "status": status_document(destroyed)})
+                                      "status": status_document(destroyed)})
 
     # -- invocation keys: shown once, stored as SHA-256 only -------------------------
     @controller_route(app, FUNCTION + "/keys", "POST")
@@ -502,29 +502,11 @@ class AdminAPI:
         exc = failure.value
         return respond_error(request, exc.code, exc.message, exc.headers)
 
-    @app.handle_errors(SpecError)
-    def _spec_error(self, request: IRequest, failure: Failure) -> bytes:
-        return respond_error(request, 400, str(failure.value))
-
-    @app.handle_errors(NotFound)
-    def _not_found(self, request: IRequest, failure: Failure) -> bytes:
-        return respond_error(request, 404, str(failure.value))
-
-    @app.handle_errors(AlreadyExists, Conflict, InvalidEvent)
-    def _conflict(self, request: IRequest, failure: Failure) -> bytes:
-        return respond_error(request, 409, str(failure.value))
-
-    @app.handle_errors(OutcomeUnknown)
-    def _outcome_unknown(self, request: IRequest, failure: Failure) -> bytes:
-        return respond_error(request, 503, f"outcome unknown: {failure.value}")
-
-    @app.handle_errors(StoreUnavailable)
-    def _store_unavailable(self, request: IRequest, failure: Failure) -> bytes:
-        return respond_error(request, 503, f"function store unavailable: {failure.value}")
-
-    @app.handle_errors(ProviderError)
-    def _provider_error(self, request: IRequest, failure: Failure) -> bytes:
-        return respond_error(request, 502, f"the provider could not be asked: {failure.value}")
+    @app.handle_errors(*ANSWERED)
+    def _domain_error(self, request: IRequest, failure: Failure) -> bytes:
+        """The one table (admin/writes.py) both APIs answer domain errors from."""
+        code, message, headers = answer(failure.value)  # type: ignore[misc]
+        return respond_error(request, code, message, headers)
 
     @app.handle_errors(HTTPException)
     def _routing_error(self, request: IRequest, failure: Failure) -> bytes:

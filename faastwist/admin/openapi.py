@@ -104,6 +104,9 @@ _SCHEMAS: dict[str, Any] = {
             "startPending": {"type": "boolean"},
             "created": {"type": "string", "nullable": True,
                         "description": "RFC 3339 time of the function's creation"},
+            "epoch": {"type": "integer",
+                      "description": "counts the operator's events; nodes report the "
+                                     "epoch they acted on"},
         },
     },
     "FunctionRecord": {

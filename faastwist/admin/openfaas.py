@@ -42,13 +42,15 @@ from faastwist.admin.listbody import STEP, stream
 from faastwist.admin.logstream import OneInstance, send_logs
 from faastwist.admin.openfaas_model import deployment_to_spec, function_status, read_secret
 from faastwist.admin.parsing import BodyParser
-from faastwist.admin.rollout import rollout
+from faastwist.admin import writes
+from faastwist.admin.rollout import rolled
+from faastwist.admin.writes import (ANSWERED, SecretInUse, Settle, answer,
+                                    listing_revision, record_revision, settled)
 from faastwist.metrics import Metrics
-from faastwist.model.fsm import Event, FunctionStatus, InvalidEvent, State, apply_event
-from faastwist.model.spec import FunctionSpec, SpecError
+from faastwist.model.fsm import Event, FunctionStatus, State, apply_event
+from faastwist.model.spec import FunctionSpec
 from faastwist.providers.base import LogLine, LogSource, Observation, ProviderError
-from faastwist.store.base import AlreadyExists, Conflict, FunctionStore, NotFound, StoreUnavailable
-from faastwist.store.secrets import SecretExists, SecretNotFound
+from faastwist.store.base import FunctionRecord, FunctionStore
 from faastwist.util.slices import Slicer
 
 log = Logger()
@@ -95,7 +97,8 @@ class OpenFaaSAPI:
                  namespace: str,
                  max_body_size: int = 1 << 20, store_timeout: float = STORE_TIMEOUT,
                  wall_clock: Callable[[], float] = time.time, secrets: Any = None,
-                 slicer: Slicer | None = None, parser: BodyParser | None = None) -> None:
+                 slicer: Slicer | None = None, parser: BodyParser | None = None,
+                 settle: Settle | None = None) -> None:
         self.store = store
         #: parses bodies off the reactor (the node shares the Easegress API's)
         self.parser = parser if parser is not None else BodyParser(clock)
@@ -110,6 +113,8 @@ class OpenFaaSAPI:
         self.store_timeout = store_timeout
         self.wall_clock = wall_clock
         self.slicer = slicer if slicer is not None else Slicer(clock)
+        #: waits until this node's gate reflects a revision (read-your-writes)
+        self.settle = settle
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -124,6 +129,10 @@ class OpenFaaSAPI:
                 raise ApiError(code, f"{what} did not answer within {limit:g}s")
             return result
         return d.addTimeout(limit, self.clock, onTimeoutCancel=on_timeout)
+
+    def _settled(self, record: FunctionRecord) -> Any:
+        """``record`` once this node's gate routes as it says."""
+        return settled(self.settle, record_revision(record), record)
 
     @staticmethod
     def _json(request: Any, code: int, data: Any) -> bytes:
@@ -199,6 +208,7 @@ class OpenFaaSAPI:
     async def list_functions(self, request: Any) -> bytes:
         self._check_namespace_param(request)
         listing = await self._timed(self.store.list())
+        await settled(self.settle, listing_revision(listing.records), None)
         observed = await self._observe(None)
         invocations = self._invocations()
         names = sorted(listing.records)
@@ -234,7 +244,7 @@ class OpenFaaSAPI:
     @app.route("/system/function/<name>", methods=["GET"])
     async def get_function(self, request: Any, name: str) -> bytes:
         self._check_namespace_param(request)
-        record = await self._timed(self.store.get(name))
+        record = await self._settled(await self._timed(self.store.get(name)))
         observed = await self._observe([name])
         return self._json(request, 200, self._status(record.spec, record.status,
                                                      observed.get(name), self._invocations()))
@@ -263,8 +273,9 @@ class OpenFaaSAPI:
         self.provider.check_spec(spec)
         await self._check_secrets(spec)
         status = FunctionStatus.initial(spec.name, self.wall_clock())
-        await self._timed(self.store.create(spec, status))
+        record = await self._timed(self.store.create(spec, status))
         self.kick(spec.name)
+        await self._settled(record)
         return self._accepted(request)
 
     @app.route("/system/functions", methods=["PUT"])
@@ -275,8 +286,13 @@ class OpenFaaSAPI:
         spec = deployment_to_spec(document, self.namespace, record.spec)
         self.provider.check_spec(spec)
         await self._check_secrets(spec)
-        await self._timed(rollout(self.store, record, spec, self.wall_clock()))
+        now = self.wall_clock()
+        # the spec was merged from the record read above: a spec changed since is a
+        # conflict; a status write (a node's report) is not (admin/writes.py)
+        updated = await writes.write(self.store, record, lambda r: rolled(r, spec, now),
+                                     self._timed)
         self.kick(name)
+        await self._settled(updated)
         return self._accepted(request)
 
     @app.route("/system/functions", methods=["DELETE"])
@@ -284,7 +300,7 @@ class OpenFaaSAPI:
         """Stop and delete in one: the reconciler removes what the provider runs."""
         name = self._name_field(await self._document(request), "functionName")
         record = await self._timed(self.store.get(name))
-        await self._timed(self.store.delete(record))
+        await writes.delete(self.store, record, lambda r: None, self._timed)
         self.kick(name)
         return self._accepted(request)
 
@@ -302,17 +318,24 @@ class OpenFaaSAPI:
         if isinstance(replicas, bool) or not isinstance(replicas, int) or not 0 <= replicas <= 1000:
             raise ApiError(400, f"replicas: must be a whole number 0-1000, got {replicas!r}")
         record = await self._timed(self.store.get(name))
-        spec = record.spec
-        maximum = spec.max_replica
-        if maximum and replicas > maximum:
-            maximum = replicas
-        spec = attrs.evolve(spec, min_replica=replicas, max_replica=maximum)
-        status = record.status
-        if status.state is State.INACTIVE and replicas > 0 and not status.start_pending:
-            status = apply_event(status, Event.START, self.wall_clock())
-        if spec != record.spec or status != record.status:
-            await self._timed(self.store.update(record, spec=spec, status=status))
+        now = self.wall_clock()
+
+        def scaled(current: FunctionRecord) -> tuple[FunctionSpec, FunctionStatus] | None:
+            spec = current.spec
+            maximum = spec.max_replica
+            if maximum and replicas > maximum:
+                maximum = replicas
+            spec = attrs.evolve(spec, min_replica=replicas, max_replica=maximum)
+            status = current.status
+            if status.state is State.INACTIVE and replicas > 0 and not status.start_pending:
+                status = apply_event(status, Event.START, now)
+            if spec == current.spec and status == current.status:
+                return None
+            return spec, status
+        updated = await writes.write(self.store, record, scaled, self._timed)
+        if updated is not record:
             self.kick(name)
+        await self._settled(updated)
         return self._accepted(request)
 
     # -- secrets (values go in, never out) ----------------------------------------------
@@ -340,8 +363,17 @@ class OpenFaaSAPI:
 
     @app.route("/system/secrets", methods=["DELETE"])
     async def delete_secret(self, request: Any) -> bytes:
+        """A secret that functions name is not deleted (409 naming them): their next
+        start would fail. (A deploy racing this delete can still name it; that function
+        then reports the missing secret as its own error, see cluster/local.py.)"""
         name = self._name_field(await self._document(request), "name")
-        await self._timed(self._secret_store().delete(name))
+        store = self._secret_store()
+        listing = await self._timed(self.store.list())
+        users = sorted(n for n, r in listing.records.items()
+                       if name in r.spec.secrets and r.status.state is not State.DESTROYED)
+        if users:
+            raise SecretInUse(name, users)
+        await self._timed(store.delete(name))
         return self._accepted(request)
 
     # -- the rest ----------------------------------------------------------------------
@@ -393,22 +425,13 @@ class OpenFaaSAPI:
             request.setHeader(key.encode(), value.encode())
         return self._json(request, exc.code, {"code": exc.code, "message": exc.message})
 
-    @app.handle_errors(SpecError)
-    def _spec_error(self, request: Any, failure: Failure) -> bytes:
-        return self._json(request, 400, {"code": 400, "message": str(failure.value)})
-
-    @app.handle_errors(NotFound, SecretNotFound)
-    def _not_found(self, request: Any, failure: Failure) -> bytes:
-        return self._json(request, 404, {"code": 404, "message": str(failure.value)})
-
-    @app.handle_errors(AlreadyExists, Conflict, InvalidEvent, SecretExists)
-    def _conflict(self, request: Any, failure: Failure) -> bytes:
-        return self._json(request, 409, {"code": 409, "message": str(failure.value)})
-
-    @app.handle_errors(StoreUnavailable)
-    def _unavailable(self, request: Any, failure: Failure) -> bytes:
-        return self._json(request, 503, {"code": 503, "message":
-                                         f"function store unavailable: {failure.value}"})
+    @app.handle_errors(*ANSWERED)
+    def _domain_error(self, request: Any, failure: Failure) -> bytes:
+        """The one table (admin/writes.py) both APIs answer domain errors from."""
+        code, message, headers = answer(failure.value)  # type: ignore[misc]
+        for key, value in headers.items():
+            request.setHeader(key.encode(), value.encode())
+        return self._json(request, code, {"code": code, "message": message})
 
     @app.handle_errors(HTTPException)
     def _routing(self, request: Any, failure: Failure) -> bytes:

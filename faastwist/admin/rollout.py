@@ -13,21 +13,31 @@ from __future__ import annotations
 import attrs
 from twisted.internet.defer import Deferred, succeed
 
-from faastwist.model.fsm import ROLLOUT_KEY, Event, State, apply_event
+from faastwist.model.fsm import ROLLOUT_KEY, Event, FunctionStatus, State, apply_event
 from faastwist.model.spec import FunctionSpec
 from faastwist.store.base import FunctionRecord, FunctionStore
 
-def rollout(store: FunctionStore, record: FunctionRecord, spec: FunctionSpec,
-            now: float) -> Deferred[FunctionRecord]:
-    """Write ``spec``; an active function stays active (InvalidEvent if destroyed)."""
+def rolled(record: FunctionRecord, spec: FunctionSpec, now: float
+           ) -> tuple[FunctionSpec, FunctionStatus] | None:
+    """The spec and status a rollout of ``spec`` writes over ``record`` (None: nothing
+    to write); an active function stays active (InvalidEvent if destroyed)."""
     status = record.status
     if status.state is State.ACTIVE:
         if spec == record.spec:
-            return succeed(record)
+            return None
         ext = dict(status.ext_data)
         ext[ROLLOUT_KEY] = "in progress"
         status = attrs.evolve(status, message=f"rolling out a new version ({spec.digest()})",
-                              ext_data=ext, updated=now)
+                              ext_data=ext, updated=now, epoch=status.epoch + 1)
     else:
         status = apply_event(status, Event.UPDATE, now)
-    return store.update(record, spec=spec, status=status)
+    return spec, status
+
+
+def rollout(store: FunctionStore, record: FunctionRecord, spec: FunctionSpec,
+            now: float) -> Deferred[FunctionRecord]:
+    """Write ``spec`` once (a lost race is the caller's: admin/writes.py re-reads)."""
+    wanted = rolled(record, spec, now)
+    if wanted is None:
+        return succeed(record)
+    return store.update(record, spec=wanted[0], status=wanted[1])

@@ -34,6 +34,7 @@ from faastwist.cluster.reports import Report
 from faastwist.cluster.session import NodeSession
 from faastwist.lifecycle.reconciler import PROVIDER_CALLS, Action, plan
 from faastwist.model.fsm import Event, State
+from faastwist.providers.base import ProviderRejected
 from faastwist.store.base import FunctionRecord
 
 log = Logger()
@@ -64,9 +65,16 @@ class LocalConverger(Service):
         self._loop: LoopingCall | None = None
         self._owed: set[str] | None = None  # active at start, not yet served here
         self._deploys = 0  # deploys of the current full pass
-        #: the observation last reported per function: a provider that answers an
-        #: unchanged state with the same object is not re-encoded and compared
-        self._reported: dict[str, Any] = {}
+        #: the observation last reported per function, with its epoch: a provider that
+        #: answers an unchanged state with the same object is not re-encoded and compared
+        self._reported: dict[str, tuple[Any, int | None]] = {}
+        #: per function, the status epoch this node last acted on (converged from); a
+        #: report names it, so the leader knows what intent the observation follows
+        self._acted: dict[str, int] = {}
+        #: functions the provider refused to run as their route says (a secret that
+        #: does not exist): (spec digest, why); reported as this node's error, so the
+        #: function fails saying why, and /readyz does not wait for it
+        self._rejected: dict[str, tuple[str, str]] = {}
         self._quiet = True  # the first pass: deploy everything, report afterwards
         self._held: dict[str, None] = {}  # what the first pass did not report yet
         self._first: list[Deferred[None]] | None = []  # first_pass() waiters (None: done)
@@ -114,6 +122,7 @@ class LocalConverger(Service):
             if name in self._busy or self._action(name) is not None:
                 self.want(name)   # reports once it converged
             else:
+                self._acted_on(name)   # nothing to do for the route as it is
                 self.report(name)
         except Exception:
             # one function's failure must not end the pass (nor, in the first one,
@@ -169,6 +178,8 @@ class LocalConverger(Service):
             self._owed.discard(name)
         elif runtime is not None and runtime.observe().event in (Event.READY, Event.ERROR):
             self._owed.discard(name)
+        elif name in self._rejected:
+            self._owed.discard(name)   # it failed: that is its answer, not the node's
 
     # -- convergence -----------------------------------------------------------------
     def _route_changed(self, name: str, route: Any) -> None:
@@ -194,6 +205,7 @@ class LocalConverger(Service):
             return
         self._dirty.discard(name)
         d = maybeDeferred(self._converge, name)
+        d.addCallback(lambda _: self._rejected.pop(name, None))   # it runs as it should
         d.addErrback(self._not_converged, name)
         d.addCallback(lambda _: self._converged(name))
 
@@ -211,6 +223,11 @@ class LocalConverger(Service):
 
     def _not_converged(self, failure: Any, name: str) -> None:
         failure.trap(Exception)
+        route = self.routes.lookup(name)
+        if failure.check(ProviderRejected) and route is not None:
+            # the function cannot run here as it is (a secret it names is gone): its
+            # error, in its status; tried again every interval and on every change
+            self._rejected[name] = (route.spec.digest(), failure.getErrorMessage())
         log.warn("function {name}: local convergence failed ({error}); retried in "
                  "{interval}s", name=name, error=failure.getErrorMessage(),
                  interval=self.interval)
@@ -230,7 +247,15 @@ class LocalConverger(Service):
             return Action.DELETE
         return action
 
+    def _acted_on(self, name: str) -> None:
+        route = self.routes.lookup(name)
+        if route is None:
+            self._acted.pop(name, None)
+        else:
+            self._acted[name] = route.status.epoch
+
     def _converge(self, name: str) -> Deferred[None] | None:
+        self._acted_on(name)   # what follows acts on the route as it is now
         route = self.routes.lookup(name)
         runtime = self.provider.runtimes.get(name)
         if route is None:
@@ -281,16 +306,26 @@ class LocalConverger(Service):
             self._held[name] = None
             return
         runtime = self.provider.runtimes.get(name)
+        rejected = self._rejected.get(name)
+        if rejected is not None:
+            self._reported.pop(name, None)
+            self.session.report(name, Report(self.session.node_id, rejected[0], False,
+                                             Event.ERROR, rejected[1],
+                                             epoch=self._acted.get(name, -1)))
+            return
         if runtime is None:
             self._reported.pop(name, None)
             self.session.report(name, None)
             return
         observe = getattr(self.provider, "observe_runtime", None)   # with its user, limits
         observation = observe(runtime) if observe is not None else runtime.observe()
-        if self._reported.get(name) is observation:
+        # -1: not acted on yet (a replica the gate started on demand); never a verdict
+        epoch = self._acted.get(name, -1)
+        last = self._reported.get(name)
+        if last is not None and last[0] is observation and last[1] == epoch:
             return  # the provider answered with the very object it gave last time
-        self._reported[name] = observation
-        self.session.report(name, Report.of(self.session.node_id, observation))
+        self._reported[name] = (observation, epoch)
+        self.session.report(name, Report.of(self.session.node_id, observation, epoch))
 
 
 def _inflight(runtime: Any) -> int:

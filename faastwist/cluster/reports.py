@@ -6,8 +6,9 @@ has one answer per node. Each node writes its observation to
 vanish); the leader folds the reports of the *live* nodes (those whose
 ``.../node/{id}`` key exists) into one Observation for the FSM:
 
-- every live node reported the same spec digest and stop state, else nothing is
-  concluded yet (``event`` None);
+- every live node reported the same spec digest, stop state and status epoch (the
+  operator's intent it acted on), else nothing is concluded yet (``event`` None): a
+  report written before the latest start or stop says nothing about it;
 - any node in error -> error, the message naming the node(s);
 - every live node ready -> ready;
 - any node without a verdict yet -> nothing concluded; otherwise (some pending) -> pending.
@@ -44,28 +45,34 @@ class Report:
     ext_data: Mapping[str, str] = attrs.field(factory=dict)
     #: a rolling update is not live on this node but the previous version serves there
     serving_previous: bool = False
+    #: the status epoch this node had acted on when it observed (None: a node that
+    #: does not say, from before epochs: taken as agreeing)
+    epoch: int | None = None
 
     @classmethod
-    def of(cls, node: str, observation: Observation) -> "Report":
+    def of(cls, node: str, observation: Observation, epoch: int | None = None) -> "Report":
         return cls(node, observation.digest, observation.stopped, observation.event,
                    observation.message, dict(observation.ext_data),
-                   observation.serving_previous)
+                   observation.serving_previous, epoch)
 
     def encode(self) -> bytes:
         return json.dumps({"node": self.node, "digest": self.digest, "stopped": self.stopped,
                            "event": None if self.event is None else self.event.value,
                            "message": self.message, "extData": dict(self.ext_data),
-                           "servingPrevious": self.serving_previous},
+                           "servingPrevious": self.serving_previous,
+                           "epoch": self.epoch},
                           sort_keys=True).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> "Report":
         doc = json.loads(data)
         event = doc.get("event")
+        epoch = doc.get("epoch")
         return cls(str(doc["node"]), str(doc.get("digest", "")), bool(doc.get("stopped")),
                    None if event is None else Event(event), str(doc.get("message", "")),
                    {str(k): str(v) for k, v in (doc.get("extData") or {}).items()},
-                   bool(doc.get("servingPrevious", False)))
+                   bool(doc.get("servingPrevious", False)),
+                   None if epoch is None else int(epoch))
 
     @property
     def verdict(self) -> str:
@@ -89,15 +96,18 @@ def aggregate(name: str, reports: Mapping[str, Report], live: Sequence[str]) -> 
     if counts and all(c is not None and c.isdigit() for c in counts):
         ext["replicas"] = str(min(int(c) for c in counts))  # the fewest any gate has
     _carry(ext, list(present.values()))
-    agreed = (len(present) == len(live)
+    epochs = {r.epoch for r in present.values() if r.epoch is not None}
+    epoch = max(epochs) if epochs else None
+    agreed = (len(present) == len(live) and len(epochs) <= 1
               and all(r.digest == first.digest and r.stopped == first.stopped
                       for r in present.values()))
     if not agreed:
         missing = sorted(set(live) - set(present))
         why = f"waiting for {', '.join(missing)}" if missing else "nodes are converging"
-        return Observation(name, first.digest, first.stopped, None, why, ext)
+        return Observation(name, first.digest, first.stopped, None, why, ext, epoch=epoch)
     if first.stopped:
-        return Observation(name, first.digest, True, None, "stopped on every node", ext)
+        return Observation(name, first.digest, True, None, "stopped on every node", ext,
+                           epoch=epoch)
     failed = [r for r in present.values() if r.event is Event.ERROR]
     if failed:
         ext.update(failed[0].ext_data)  # the first failing node's details, unprefixed
@@ -106,16 +116,18 @@ def aggregate(name: str, reports: Mapping[str, Report], live: Sequence[str]) -> 
                 ext[f"{report.node}.{key}"] = value
         message = "; ".join(f"node {r.node}: {r.message}" for r in failed)
         return Observation(name, first.digest, False, Event.ERROR, message, ext,
-                           serving_previous=all(r.serving_previous for r in failed))
+                           serving_previous=all(r.serving_previous for r in failed),
+                           epoch=epoch)
     if all(r.event is Event.READY for r in present.values()):
         return Observation(name, first.digest, False, Event.READY,
-                           f"ready on {len(present)} of {len(live)} nodes", ext)
+                           f"ready on {len(present)} of {len(live)} nodes", ext, epoch=epoch)
     if any(r.event is None for r in present.values()):
-        return Observation(name, first.digest, False, None, "starting", ext)
+        return Observation(name, first.digest, False, None, "starting", ext, epoch=epoch)
     pending = [r for r in present.values() if r.event is Event.PENDING]
     message = "; ".join(f"node {r.node}: {r.message}" for r in pending)
     return Observation(name, first.digest, False, Event.PENDING, message, ext,
-                       serving_previous=all(r.serving_previous for r in pending))
+                       serving_previous=all(r.serving_previous for r in pending),
+                       epoch=epoch)
 
 
 #: what each node says about how it runs the function (its user, its sandbox, how limits

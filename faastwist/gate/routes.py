@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -85,6 +86,9 @@ class RouteTable(Service):
         self._delay = retry_interval
         self._generation = 0
         self._listeners: list[Listener] = []
+        #: the store revision the table reflects (a listing's, then each watch batch's)
+        self.revision = 0
+        self._waiters: list[tuple[int, Deferred[None]]] = []
 
     # -- queries ---------------------------------------------------------------------
 
@@ -99,6 +103,31 @@ class RouteTable(Service):
         admin API answers, marked stale, when etcd has no quorum)."""
         return {name: (spec, self._statuses[name]) for name, spec in self._specs.items()
                 if name in self._statuses}
+
+    def reached(self, revision: int) -> Deferred[None]:
+        """Fires once the table reflects the store at ``revision`` or later (at once if
+        it does): an API answer waits for it, so the gate of the node that answered
+        never contradicts what it said (read-your-writes)."""
+        done: Deferred[None] = Deferred(self._forget_waiter)
+        if revision <= self.revision:
+            done.callback(None)
+        else:
+            self._waiters.append((revision, done))
+        return done
+
+    def _forget_waiter(self, done: Deferred[None]) -> None:
+        self._waiters = [(r, d) for r, d in self._waiters if d is not done]
+
+    def _advance(self, revision: int) -> None:
+        if revision <= self.revision:
+            return
+        self.revision = revision
+        if not self._waiters:
+            return
+        due = [d for r, d in self._waiters if r <= revision]
+        self._waiters = [(r, d) for r, d in self._waiters if r > revision]
+        for done in due:
+            done.callback(None)
 
     def subscribe(self, listener: Listener) -> None:
         """Call ``listener(name, route_or_None)`` whenever a function's route changes."""
@@ -197,6 +226,7 @@ class RouteTable(Service):
             for name, route in changed:
                 self._notify(name, route)
             self.synced = True
+            self._advance(listing.revision)
             log.info("route table synced: {count} functions, {active} active",
                      count=len(routes), active=sum(1 for r in routes.values() if r.active))
             then()
@@ -225,6 +255,8 @@ class RouteTable(Service):
             touched.add(change.name)
         for name in touched:
             self._rebuild(name)
+        if changes:
+            self._advance(max(change.revision for change in changes))
 
     def _rebuild(self, name: str) -> None:
         current = self._routes.get(name)

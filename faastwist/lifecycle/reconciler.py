@@ -77,6 +77,10 @@ def plan(record: FunctionRecord, observation: Observation | None, now: float,
     if state is State.DESTROYED:
         # deleted over the admin API but the record is still there: remove what runs
         return Plan(None if observation is None else Action.DELETE)
+    if observation is not None and observation.epoch not in (None, status.epoch):
+        # the nodes' reports were made before the operator's latest event (a ready
+        # from before a stop, read after the start that followed): no verdict on it
+        return Plan()
     wants_running = state in (State.INITIAL, State.ACTIVE, State.FAILED) or (
         state is State.INACTIVE and status.start_pending)
     if observation is None:
@@ -111,6 +115,12 @@ def plan(record: FunctionRecord, observation: Observation | None, now: float,
         return Plan(message=prefix + observation.message,
                     ext_data={**observation.ext_data,
                               ROLLOUT_KEY: "failed" if failed else "in progress"})
+    if (state is State.FAILED and event is Event.READY
+            and observation.ext_data.get("replicas") == "0"):
+        # "ready" scaled to zero has run nothing: no evidence the failure is over (a
+        # node restart forgets a crash loop; the function must not come back active
+        # by itself). A replica that becomes ready, or the operator's update, is.
+        return Plan()
     events: tuple[Event, ...] = (event,)
     if state is State.FAILED and event is Event.READY:
         events = (Event.READY, Event.READY)  # failed -> initial -> active: recovered

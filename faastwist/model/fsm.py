@@ -92,6 +92,10 @@ class FunctionStatus:
     updated: float = 0.0
     start_pending: bool = False
     created: float = 0.0  # when the function was created (OpenFaaS's createdAt)
+    #: counts the operator's events (start, stop, update, delete, rollouts): a node's
+    #: report names the epoch it acted on, so the leader never takes a report made
+    #: before the latest intent (the state as it was before a stop) for a verdict on it
+    epoch: int = 0
 
     @classmethod
     def initial(cls, name: str, now: float) -> "FunctionStatus":
@@ -107,6 +111,7 @@ class FunctionStatus:
             "updated": self.updated,
             "startPending": self.start_pending,
             "created": self.created,
+            "epoch": self.epoch,
         }
 
     @classmethod
@@ -121,6 +126,7 @@ class FunctionStatus:
             updated=float(data.get("updated", 0.0)),
             start_pending=bool(data.get("startPending", False)),
             created=float(data.get("created", 0.0)),
+            epoch=int(data.get("epoch", 0) or 0),
         )
 
 
@@ -140,9 +146,10 @@ def apply_event(status: FunctionStatus, event: Event, now: float, *,
         start_pending = False
     elif event is Event.PENDING and status.state is State.INACTIVE:
         start_pending = False
+    epoch = status.epoch + 1 if event in OPERATOR_EVENTS else status.epoch
     if (new_state is status.state and event is status.event and message is None
             and ext_data is None and start_pending == status.start_pending
-            and now == status.updated):
+            and now == status.updated and epoch == status.epoch):
         return status  # nothing changes: no copy (the reconciler's pass, per function)
     return attrs.evolve(
         status,
@@ -152,4 +159,5 @@ def apply_event(status: FunctionStatus, event: Event, now: float, *,
         ext_data=status.ext_data if ext_data is None else dict(ext_data),
         updated=now,
         start_pending=start_pending,
+        epoch=epoch,
     )

@@ -58,6 +58,9 @@ class Observation:
     #: a rolling update is not live (yet, or failed) but the previous version still
     #: serves: an active function stays active, with the reason in its status
     serving_previous: bool = False
+    #: the status epoch every node acted on before observing this (node-local
+    #: providers); None: not tied to one (a provider observed directly)
+    epoch: int | None = None
 
 
 @attrs.frozen

@@ -358,6 +358,10 @@ class Replica:
         self._probe_call = self.reactor.callLater(delay, self._probe)
 
 
+#: seconds between two scans of /proc for a group's living members (see group_gone)
+GROUP_SCAN_INTERVAL = 0.05
+
+
 def group_gone(reactor: IReactorTime, pgid: int | None, timeout: float = 2.0) -> Deferred[None]:
     """SIGKILL what is left of a group whose leader exited; fires once it is empty
     (or after ``timeout``: a member stuck in the kernel must not hang a shutdown)."""
@@ -367,6 +371,7 @@ def group_gone(reactor: IReactorTime, pgid: int | None, timeout: float = 2.0) ->
         return done
     signal_group_only(pgid, signal.SIGKILL)
     deadline = reactor.seconds() + timeout
+    scan = [reactor.seconds()]   # when /proc may be read next (it costs a read per process)
 
     def check() -> None:
         try:
@@ -374,6 +379,11 @@ def group_gone(reactor: IReactorTime, pgid: int | None, timeout: float = 2.0) ->
         except (ProcessLookupError, PermissionError):
             done.callback(None)
             return
+        if reactor.seconds() >= scan[0]:
+            scan[0] = reactor.seconds() + GROUP_SCAN_INTERVAL
+            if not group_has_living(pgid):
+                done.callback(None)   # only zombies left: dead, waiting for init to reap
+                return
         if reactor.seconds() >= deadline:
             log.warn("process group {pgid} still has members after SIGKILL", pgid=pgid)
             done.callback(None)
@@ -381,6 +391,30 @@ def group_gone(reactor: IReactorTime, pgid: int | None, timeout: float = 2.0) ->
         reactor.callLater(0.01, check)
     check()
     return done
+
+
+def group_has_living(pgid: int, proc: str = "/proc") -> bool:
+    """Whether process group ``pgid`` has a member that is not a zombie. A sandboxed
+    replica's children are reparented to init when it exits, and an init that reaps
+    late (a container's) left a stop waiting ~2 s for zombies: a start after a stop
+    waited with it. True when ``proc`` cannot be read (then only the kernel knows)."""
+    try:
+        entries = os.listdir(proc)
+    except OSError:
+        return True
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"{proc}/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue   # gone meanwhile
+        # "pid (comm) S ppid pgrp ...": comm may hold spaces and parentheses
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
+            return True
+    return False
 
 
 def signal_group_only(pgid: int, sig: int) -> None:

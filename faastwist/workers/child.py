@@ -88,6 +88,8 @@ class Worker:
                 self.provider.lost(message)
         elif op == "reload":
             self.reload()
+        elif op == "reach":
+            self.reach(message)
         else:
             log.warn("gate worker: unknown message {op}", op=op)
 
@@ -189,6 +191,21 @@ class Worker:
         delta = self.reporter.delta()
         if delta:
             self.channel.send({"op": "counts", "counts": delta})
+
+    def reach(self, message: Message) -> None:
+        """Answer ``reached`` once this worker's routes reflect the revision asked for
+        (the node's API answer waits for it: read-your-writes)."""
+        ident, revision = message.get("id"), message.get("revision")
+        if not isinstance(revision, int) or isinstance(revision, bool):
+            log.warn("gate worker: reach without a revision")
+            return
+
+        def answer(_: object) -> None:
+            self.channel.send({"op": "reached", "id": ident})
+        if self.routes is None:
+            answer(None)
+            return
+        self.routes.reached(revision).addCallback(answer)
 
     def reload(self) -> None:
         if self.gate is None:

@@ -45,10 +45,12 @@ class WorkerLink:
         self.acquiring: dict[int, Deferred[Any]] = {}
         self.active: dict[str, int] = {}
         self._next_lease = 0
+        self._reach: dict[int, Deferred[None]] = {}   # "reach" asked, not yet "reached"
+        self._next_reach = 0
         self._handlers: dict[str, Callable[[Message], None]] = {
             "ready": self.on_ready, "failed": lambda m: self.on_failed(str(m.get("message"))),
             "acquire": self._acquire, "cancel": self._cancel, "release": self._release,
-            "enqueue": self._enqueue, "counts": self._counts,
+            "enqueue": self._enqueue, "counts": self._counts, "reached": self._reached,
         }
 
     def send(self, message: Message) -> bool:
@@ -131,6 +133,24 @@ class WorkerLink:
         if lease is not None:
             lease.release()
 
+    # -- read-your-writes ---------------------------------------------------------------
+    def reached(self, revision: int) -> Deferred[None]:
+        """Fires once the worker's route table reflects ``revision`` (at once when the
+        worker is gone: a gate that is not there contradicts nothing)."""
+        done: Deferred[None] = Deferred(lambda d: self._reach.pop(ident, None))
+        self._next_reach += 1
+        ident = self._next_reach
+        if not self.send({"op": "reach", "id": ident, "revision": revision}):
+            done.callback(None)
+            return done
+        self._reach[ident] = done
+        return done
+
+    def _reached(self, message: Message) -> None:
+        done = self._reach.pop(message.get("id"), None)  # type: ignore[arg-type]
+        if done is not None:
+            done.callback(None)
+
     # -- queue and counts --------------------------------------------------------------
     def _enqueue(self, message: Message) -> None:
         ident = message.get("id")
@@ -172,4 +192,7 @@ class WorkerLink:
         leases, self.leases = self.leases, {}
         for lease in leases.values():
             lease.release()
+        reach, self._reach = self._reach, {}
+        for done in reach.values():
+            done.callback(None)
         forget_active(self.metrics, self.active)

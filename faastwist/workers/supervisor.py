@@ -278,6 +278,11 @@ class WorkerPool(Service):
             if slot.link is not None:
                 slot.link.send({"op": "reload"})
 
+    def reached(self, revision: int) -> Deferred[Any]:
+        """Fires once every serving worker's route table reflects ``revision``."""
+        return DeferredList([slot.link.reached(revision) for slot in self.slots
+                             if slot.ready and slot.link is not None], consumeErrors=True)
+
     def check(self) -> None:
         """For /readyz: every worker serves."""
         down = [str(slot.index) for slot in self.slots if not slot.ready]

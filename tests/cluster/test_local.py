@@ -225,3 +225,36 @@ def test_the_provider_observes_every_runtime_a_chunk_per_turn(tmp_path: Path,
         assert [sorted(s) for s in small] == [["o001"]]   # one chunk: at once
     finally:
         local.stop()
+
+
+def test_a_function_the_provider_refuses_is_its_error_not_the_nodes(tmp_path: Path) -> None:
+    """A function naming a secret that does not exist: the node reports its error (the
+    leader fails the function, saying why) and /readyz does not wait for it (measured
+    on commit 15642f0: 503 for minutes after a restart, the status still "ready")."""
+    from faastwist.model.fsm import Event
+
+    local = Local(tmp_path, ["fine"])
+    clock, routes, provider, converger = local.parts()
+    store = routes.store
+    spec = FunctionSpec.from_dict({"name": "lacks", "mode": "fork", "command": ["/bin/cat"],
+                                   "secrets": ["nope"]})
+    store.create(spec, FunctionStatus("lacks", State.ACTIVE))
+    provider.secrets = None   # no secret store: every secret is missing
+    try:
+        converger.startService()
+        for _ in range(4):
+            turn(clock)
+        converger.check()   # ready: "fine" serves, "lacks" has its answer
+        report = local.session.reports["lacks"]
+        assert report.event is Event.ERROR and report.digest == spec.digest()
+        assert "secrets" in report.message and "lacks" not in provider.runtimes
+        assert local.session.reports["fine"].event is Event.READY
+        # the next try succeeds once the function names no missing secret
+        record = store.get("lacks").result
+        store.update(record, spec=FunctionSpec.from_dict(
+            {"name": "lacks", "mode": "fork", "command": ["/bin/cat"]}))
+        for _ in range(4):
+            turn(clock)
+        assert local.session.reports["lacks"].event is Event.READY
+    finally:
+        local.stop()

@@ -387,3 +387,31 @@ def test_a_stale_listing_does_not_reset_the_retry_backoff() -> None:
     clock.advance(0.5)                 # listing 2
     store.refuse(2)
     assert [c.getTime() - clock.seconds() for c in clock.getDelayedCalls()] == [1.0]
+
+
+def test_reached_fires_once_the_table_reflects_a_revision() -> None:
+    """An API answer waits for this (read-your-writes): it fires after the route
+    changed, never before, and at once for a revision already applied."""
+    store = HeldStore()
+    store.create(spec("a"), FunctionStatus("a", State.ACTIVE))
+    table = started(store)
+    early: list[State | None] = []
+    table.reached(1).addCallback(lambda _: early.append(table.lookup("a")))
+    assert early == []                      # not listed yet
+    store.answer(0)
+    assert early and early[0] is not None and early[0].active
+    record = store.get("a").result
+    seen: list[State] = []
+    table.reached(record.status_revision + 1).addCallback(
+        lambda _: seen.append(table.lookup("a").state))
+    cancelled = table.reached(record.status_revision + 5)
+    cancelled.addErrback(lambda f: None)
+    cancelled.cancel()                     # a client that gave up is forgotten
+    assert seen == []
+    set_state(store, "a", Event.STOP)      # the write of that revision
+    assert seen == [State.INACTIVE]
+    assert table.revision == record.status_revision + 1
+    done: list[None] = []
+    table.reached(1).addCallback(done.append)
+    assert done == [None]
+    assert table._waiters == []

@@ -744,3 +744,31 @@ def test_a_warm_up_that_timed_out_starts_the_passes_too(world: World) -> None:
         assert world.provider.verbs("deploy") == ["a"]
     finally:
         result(reconciler.stopService())
+
+
+def test_a_failed_function_scaled_to_zero_is_not_recovered_by_a_ready_that_ran_nothing() -> None:
+    """A node restart forgets a crash loop, and a function scaled to zero then looks
+    ready without running anything: the failed state stays as it was (measured on
+    commit 15642f0: it came back active). A replica that became ready is evidence."""
+    fn = spec()
+    record = _record(State.FAILED)
+    vacuous = attrs.evolve(_obs(event=Event.READY),
+                           ext_data={"replicas": "0", "desired": "0"})
+    assert plan(record, vacuous, 0.0, 120.0) == Plan()
+    real = attrs.evolve(vacuous, ext_data={"replicas": "1", "desired": "1"})
+    assert plan(record, real, 0.0, 120.0).events == (Event.READY, Event.READY)
+    # an active function scaled to zero is simply ready
+    assert plan(_record(State.ACTIVE), vacuous, 0.0, 120.0).events == (Event.READY,)
+    assert fn.name == record.name
+
+
+def test_observations_of_an_older_epoch_conclude_nothing() -> None:
+    """The leader's fold says which epoch every node acted on: a verdict made before
+    the operator's latest event (a ready from before a stop) is no verdict on it."""
+    fn = spec()
+    record = FunctionRecord(fn, FunctionStatus(fn.name, State.INACTIVE, start_pending=True,
+                                               epoch=4))
+    assert plan(record, attrs.evolve(_obs(event=Event.READY), epoch=3), 0.0, 120.0) == Plan()
+    assert plan(record, attrs.evolve(_obs(event=Event.READY), epoch=4), 0.0,
+                120.0).events == (Event.READY,)
+    assert plan(record, _obs(event=Event.READY), 0.0, 120.0).events == (Event.READY,)

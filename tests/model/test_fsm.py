@@ -147,3 +147,18 @@ def test_only_an_event_that_changes_nothing_returns_the_same_record() -> None:
     pending = attrs.evolve(ready, start_pending=True)
     assert apply_event(pending, Event.READY, 5.0).start_pending is False
     assert apply_event(ready, Event.READY, 6.0).updated == 6.0
+
+
+def test_the_epoch_counts_the_operators_events_only() -> None:
+    """Nodes report the epoch they acted on; the leader takes a verdict only from
+    reports of the current one, so only the operator's intent may move it."""
+    status = FunctionStatus.initial("f", 1.0)
+    assert status.epoch == 0
+    for event, epoch in ((Event.READY, 0), (Event.STOP, 1), (Event.PENDING, 1),
+                         (Event.UPDATE, 2), (Event.READY, 2), (Event.STOP, 3),
+                         (Event.START, 4), (Event.READY, 4), (Event.ERROR, 4)):
+        status = apply_event(status, event, 2.0)
+        assert status.epoch == epoch, event
+    assert FunctionStatus.from_dict(status.to_dict()) == status
+    older = {k: v for k, v in status.to_dict().items() if k != "epoch"}
+    assert FunctionStatus.from_dict(older).epoch == 0   # a record from before epochs

@@ -326,3 +326,38 @@ def test_malformed_messages_from_a_worker_are_logged_and_dropped() -> None:
     worker.pipe.pump()
     assert replies[0]["ok"] is False and "call.body is missing" in replies[0]["message"]
     assert node.queue.calls == [] and node.runtime.inflight == 0
+
+
+def test_the_api_waits_for_each_workers_routes_to_reach_a_revision() -> None:
+    """Read-your-writes with gate workers: ``reached`` is answered by the worker once
+    its own route table (fed by its own watch) reflects the revision."""
+    from faastwist.gate.routes import RouteTable
+    from faastwist.model.fsm import FunctionStatus, State
+    from faastwist.store.memory import MemoryStore
+    from faastwist.workers.child import Worker as Child
+
+    node = Node()
+    link = WorkerLink(0, node.routes, node.provider, node.metrics, lambda: None,
+                      node.ready.append, node.ready.append)
+    child = Child(node.clock, 0)
+    store = MemoryStore()
+    child.routes = RouteTable(store, node.clock)
+    child.routes.startService()
+    pipe = Pipe(child.channel, link.channel)
+    record = store.create(function_spec(name="g"), FunctionStatus("g", State.ACTIVE)).result
+    reached: list[None] = []
+    link.reached(record.status_revision + 1).addCallback(reached.append)
+    pipe.pump()
+    assert reached == []                                 # the worker is behind
+    store.update(record, status=FunctionStatus("g", State.INACTIVE))
+    pipe.pump()
+    assert reached == [None]
+    behind: list[None] = []
+    link.reached(99).addCallback(behind.append)
+    pipe.pump()
+    child.stopping = True   # (its own reaction to a lost channel is tested elsewhere)
+    pipe.close()                                         # the worker died
+    assert behind == [None] and link._reach == {}
+    gone: list[None] = []
+    link.reached(100).addCallback(gone.append)           # a channel that is down
+    assert gone == [None]
