@@ -11,7 +11,7 @@ Contracts (as OpenFaaS's templates document them):
 
 * ``http``: ``handle(event, context)``; ``event.body`` (bytes), ``.headers``
   (case-insensitive), ``.method``, ``.query`` (first value per key, ``getlist``),
-  ``.path``; ``context.hostname``. It returns ``{"statusCode", "body", "headers"}``: a
+  ``.path``; ``context.hostname`` ($HOSTNAME, else the host name). It returns ``{"statusCode", "body", "headers"}``: a
   dict body is JSON (compact, sorted keys, a newline, ``application/json``), anything
   else ``str(body)`` as ``text/html; charset=utf-8`` unless the headers say otherwise;
   ``None`` is an empty 200; a str is the body of a 200.
@@ -28,6 +28,7 @@ import io
 import json
 import os
 import site
+import socket
 import sys
 import threading
 import traceback
@@ -94,7 +95,8 @@ class Event:
 
 class Context:
     def __init__(self):
-        self.hostname = os.getenv("HOSTNAME", "localhost")
+        # a container's HOSTNAME; the sandbox's host name where none is set
+        self.hostname = os.getenv("HOSTNAME") or socket.gethostname() or "localhost"
 
 
 def http_response(result):
@@ -176,8 +178,8 @@ class Runner:
 def make_handler(runner):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
-        server_version = "faastwist-runner"
-        sys_version = ""
+        def version_string(self):
+            return "faastwist-runner"
 
         def log_message(self, format, *args):   # the gate logs requests
             pass
