@@ -33,10 +33,11 @@ class Template:
     contract: str            # the runner's argument (which handler contract)
     handler_file: str        # the file a handler folder must hold
     deps_file: str           # requirements.txt / package.json
+    folder: str = ""         # the scaffold's folder when not named after ``lang``
 
     @property
     def scaffold(self) -> str:
-        return os.path.join(HERE, "scaffold", self.lang)
+        return os.path.join(HERE, "scaffold", self.folder or self.lang)
 
     @property
     def runner_path(self) -> str:
@@ -63,6 +64,8 @@ TEMPLATES: Mapping[str, Template] = {
         Template("python3", Runtime.PYTHON, "python.py", "classic", "handler.py",
                  "requirements.txt"),
         Template("node", Runtime.NODE, "node.js", "http", "handler.js", "package.json"),
+        Template("node20", Runtime.NODE, "node.js", "http", "handler.js", "package.json",
+                 "node"),
     )
 }
 
