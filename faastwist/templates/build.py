@@ -239,13 +239,13 @@ class Builder:
             return
         if not os.path.isfile(deps_file):
             return
-        deps = self._writable(os.path.join(work, "deps"), identity)
-        for name in ("package.json", "package-lock.json", "npm-shrinkwrap.json"):
-            source = os.path.join(work, "function", name)
-            if os.path.isfile(source):
-                _copy(source, os.path.join(deps, name), 0o644)
-                if identity.switch:
-                    os.chown(os.path.join(deps, name), identity.uid, identity.gid)
+        # npm installs into the handler folder itself, as on OpenFaaS (``file:``
+        # dependencies stay relative to it): that copy becomes the build uid's
+        deps = os.path.join(work, "function")
+        if identity.switch:
+            for current, dirs, names in os.walk(deps):
+                for entry in [current] + [os.path.join(current, n) for n in names]:
+                    os.chown(entry, identity.uid, identity.gid, follow_symlinks=False)
         npm = shutil.which("npm", path=ROOT_PATH)
         if npm is None:
             raise BuildError(f"{function.name}: {template.deps_file} needs npm, which is "

@@ -4,8 +4,9 @@ new`` -> a handler written as OpenFaaS's docs write them -> ``up`` -> calls thro
 an error a developer can act on while the running version keeps serving.
 
 Dependencies come from the machine's local package index (``file:///opt/pypi/simple``,
-named in requirements.txt), so no test needs the network; the tests that install one
-are deselected with the reason printed when that index is missing.
+named in requirements.txt), so no test needs the network; the tests that need it
+(marker ``localindex``) or Debian's nodejs (``nodejs``) are deselected with the reason
+in the report header where it is missing.
 """
 
 from __future__ import annotations
@@ -22,14 +23,11 @@ from typing import Iterator
 import pytest
 
 from tests.support.cli import cli_env, wait_for
+from tests.support.facilities import LOCAL_INDEX
 from tests.support.node import FaasNodeProcess, http
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.sandbox]
 
-LOCAL_INDEX = "/opt/pypi/simple"
-HAS_SIX = os.path.isfile(os.path.join(LOCAL_INDEX, "six", "index.html"))
-needs_local_index = pytest.mark.skipif(
-    not HAS_SIX, reason=f"no local package index with six at {LOCAL_INDEX}")
 
 # python3-http, in the style of OpenFaaS's docs: JSON in and out, status codes, headers,
 # the query string, a dependency
@@ -127,7 +125,7 @@ def wait_answer(node: FaasNodeProcess, name: str, status: int, path: str = "") -
     wait_for(check, timeout=90, interval=0.3)
 
 
-@needs_local_index
+@pytest.mark.localindex
 def test_python3_http_template_new_up_change_remove(node: FaasNodeProcess,
                                                      project: tuple[Path, Path]) -> None:
     folder, builds = project
@@ -209,6 +207,81 @@ def test_python3_classic_template(node: FaasNodeProcess, project: tuple[Path, Pa
     wait_answer(node, "tpl-classic", 404)
 
 
+# node, in the style of OpenFaaS's docs: JSON in and out, status, headers, query; a
+# dependency from package.json (a file: package, so npm needs no registry)
+NODE_HANDLER_V1 = """'use strict'
+const greet = require('greet')
+
+module.exports = async (event, context) => {
+  if (event.method === 'POST') {
+    if (!Array.isArray(event.body.numbers)) {
+      return context.status(422).fail('numbers must be a list')
+    }
+    const sum = event.body.numbers.reduce((a, b) => a + b, 0)
+    return context
+      .status(201)
+      .headers({ 'Content-Type': 'application/json', 'X-Agent': event.headers['x-agent'] })
+      .succeed({ sum })
+  }
+  return { greeting: greet(event.query.name || 'world'), path: event.path, body: event.body }
+}
+"""
+
+NODE_HANDLER_V2 = """module.exports = async (event, context) => {
+  return context.status(200).headers({ 'Content-Type': 'text/plain' }).succeed('version 2')
+}
+"""
+
+
+@pytest.mark.nodejs
+def test_node_template_new_up_change_remove(node: FaasNodeProcess,
+                                            project: tuple[Path, Path]) -> None:
+    folder, builds = project
+    ok(cli(node, folder, "new", "tpl-node", "--lang", "node"))
+    handler = folder / "tpl-node"
+    library = handler / "lib" / "greet"
+    library.mkdir(parents=True)
+    (library / "package.json").write_text('{"name": "greet", "version": "1.0.0"}')
+    (library / "index.js").write_text("module.exports = (name) => 'hello ' + name\n")
+    package = json.loads((handler / "package.json").read_text())
+    package["dependencies"] = {"greet": "file:./lib/greet"}
+    (handler / "package.json").write_text(json.dumps(package))
+    (handler / "handler.js").write_text(NODE_HANDLER_V1)
+
+    out = ok(cli(node, folder, "up", "--build-dir", str(builds)))
+    assert "tpl-node: built" in out and "function tpl-node created" in out
+    wait_answer(node, "tpl-node", 200)
+    status, headers, body = call(node, "tpl-node", "/a/b?name=ada")
+    assert status == 200
+    # an object answer is JSON.stringify'd and sent as a string (Express: text/html)
+    assert headers["Content-Type"] == "text/html; charset=utf-8"
+    assert json.loads(body) == {"greeting": "hello ada", "path": "/a/b", "body": {}}
+    status, headers, body = call(node, "tpl-node", "", "POST", b'{"numbers": [2, 3]}',
+                                 {"Content-Type": "application/json", "X-Agent": "t"})
+    assert (status, json.loads(body)) == (201, {"sum": 5})
+    assert headers["Content-Type"] == "application/json; charset=utf-8"
+    assert headers["X-Agent"] == "t"
+    status, _, body = call(node, "tpl-node", "", "POST", b'{"numbers": 1}',
+                           {"Content-Type": "application/json"})
+    assert (status, body) == (422, b"numbers must be a list")
+
+    (handler / "handler.js").write_text("module.exports = async (event, context) => {\n")
+    done = cli(node, folder, "up", "--build-dir", str(builds))
+    assert done.returncode == 1
+    assert "tpl-node/handler.js, line 2: SyntaxError" in done.stderr, done.stderr
+
+    (handler / "handler.js").write_text(NODE_HANDLER_V2)
+    out = ok(cli(node, folder, "up", "--build-dir", str(builds)))
+    assert "function tpl-node updated" in out
+    wait_answer(node, "tpl-node", 200)
+    def updated() -> bool:
+        return call(node, "tpl-node")[2] == b"version 2"
+    wait_for(updated, timeout=60)
+    ok(cli(node, folder, "remove"))
+    wait_answer(node, "tpl-node", 404)
+
+
+@pytest.mark.localindex
 def test_build_failures_name_the_problem_and_keep_the_version_serving(
         node: FaasNodeProcess, project: tuple[Path, Path]) -> None:
     folder, builds = project

@@ -2,9 +2,9 @@
 //
 // It runs as the function, inside its sandbox, started as `node index.js` from the
 // build folder (`faastwist build` copies this file there): Node's standard library only.
-// The handler (`function/handler.js`) is required once per replica; dependencies
-// installed from its package.json are in `deps/node_modules`, added to the module
-// search path here. An HTTP server on 127.0.0.1:$PORT calls it per request:
+// The handler (`function/handler.js`) is required once per replica, with the
+// dependencies of its package.json in `function/node_modules` (as on OpenFaaS). An HTTP
+// server on 127.0.0.1:$PORT calls it per request:
 //
 //   module.exports = async (event, context) =>
 //     context.status(200).headers({...}).succeed(body)      // or .fail(err)
@@ -25,7 +25,6 @@
 
 const http = require('http')
 const path = require('path')
-const Module = require('module')
 
 const ROOT = __dirname
 const HANDLER = path.join(ROOT, 'function', 'handler.js')
@@ -55,8 +54,6 @@ function where (err) {
 }
 
 function load () {
-  process.env.NODE_PATH = path.join(ROOT, 'deps', 'node_modules')
-  Module._initPaths()
   let handler
   try {
     handler = require(HANDLER)
