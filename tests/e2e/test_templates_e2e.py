@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -172,10 +173,25 @@ def test_python3_http_template_new_up_change_remove(node: FaasNodeProcess,
     out = ok(cli(node, folder, "up", "--build-dir", str(builds)))   # nothing changed
     assert "tpl-http: unchanged" in out and "function tpl-http unchanged" in out
 
+    # the new version rolls out under load: every call answers, old or new
     (folder / "tpl-http" / "handler.py").write_text(HTTP_HANDLER_V2)
-    out = ok(cli(node, folder, "up", "--build-dir", str(builds)))
-    assert "tpl-http: built" in out and "function tpl-http updated" in out
-    wait_answer(node, "tpl-http", 202)
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            seen.append(call(node, "tpl-http")[0])
+
+    caller = threading.Thread(target=load)
+    caller.start()
+    try:
+        out = ok(cli(node, folder, "up", "--build-dir", str(builds)))
+        assert "tpl-http: built" in out and "function tpl-http updated" in out
+        wait_answer(node, "tpl-http", 202)
+    finally:
+        stop.set()
+        caller.join()
+    assert set(seen) <= {200, 202} and 200 in seen, sorted(set(seen))
     status, headers, body = call(node, "tpl-http")
     assert (status, body, headers["Content-Type"]) == (202, b"version 2", "text/plain")
     assert node.json("GET", "/tpl-http")[1]["spec"]["annotations"][
