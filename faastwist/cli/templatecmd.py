@@ -24,9 +24,10 @@ _file_option = click.option("-f", "--yaml", "path", default="stack.yml", show_de
                             metavar="FILE", help="The stack file (OpenFaaS's stack.yml).")
 _filter_option = click.option("--filter", "only", metavar="NAME",
                               help="Only this function of the stack file.")
-_dir_option = click.option("--build-dir", metavar="DIR",
-                           help=f"Where builds go [default: /var/lib/faastwist/builds as "
-                                f"root, else ./build beside the stack file].")
+_dir_option = click.option("--build-dir", metavar="DIR", envvar="FAASTWIST_BUILD_DIR",
+                           help="Where builds go [env FAASTWIST_BUILD_DIR; default: "
+                                "/var/lib/faastwist/builds as root, else ./build beside "
+                                "the stack file].")
 _range_option = click.option("--uid-range", default="200000-265535", show_default=True,
                              metavar="FIRST-LAST",
                              help="The node's process.uidRange: builds run as the uid the "
@@ -172,10 +173,12 @@ def _same(old: dict[str, Any], new: dict[str, Any]) -> bool:
 @click.command()
 @_file_option
 @_filter_option
+@_dir_option
 @click.pass_obj
-def remove(obj: CliContext, path: str, only: str | None) -> None:
-    """Stop and delete the stack file's functions."""
-    _, functions = _stack(path, only)
+def remove(obj: CliContext, path: str, only: str | None, build_dir: str | None) -> None:
+    """Stop and delete the stack file's functions, and their builds."""
+    stack, functions = _stack(path, only)
+    root = build_dir or default_root(stack.folder)
     client = obj.client
     missing = 0
     for function in functions:
@@ -192,6 +195,7 @@ def remove(obj: CliContext, path: str, only: str | None) -> None:
         if state == "active":
             client.call("PUT", client.path(function.name, "stop"))
         client.call("DELETE", client.path(function.name))
+        shutil.rmtree(os.path.join(os.path.abspath(root), function.name), ignore_errors=True)
         click.echo(f"function {function.name} removed")
     if missing == len(functions):
         raise click.exceptions.Exit(1)

@@ -197,8 +197,9 @@ def test_python3_http_template_new_up_change_remove(node: FaasNodeProcess,
     assert node.json("GET", "/tpl-http")[1]["spec"]["annotations"][
         "faastwist.io/digest"] != first_digest
 
-    out = ok(cli(node, folder, "remove"))
+    out = ok(cli(node, folder, "remove", "--build-dir", str(builds)))
     assert "function tpl-http removed" in out
+    assert not (builds / "tpl-http").exists()   # its builds go with it
     wait_answer(node, "tpl-http", 404)
     assert cli(node, folder, "remove").returncode == 1   # nothing left to remove
 
