@@ -11,9 +11,11 @@ from typing import Any
 import click
 
 from faastwist.cli.client import CliContext, CommandFailed, InputError
+from faastwist.cli.token import NODE_CONFIG_ENV
 from faastwist.model.spec import FunctionSpec, SpecError, check_name
 from faastwist.templates import known, template_for
-from faastwist.templates.build import BuildError, Builder, BuildResult, default_root, prune
+from faastwist.templates.build import (DEFAULT_UID_RANGE, BuildError, Builder, BuildResult,
+                                       default_root, prune)
 from faastwist.templates.stack import (Stack, StackError, StackFunction, add_function,
                                        deployment, load_stack)
 
@@ -28,10 +30,11 @@ _dir_option = click.option("--build-dir", metavar="DIR", envvar="FAASTWIST_BUILD
                            help="Where builds go [env FAASTWIST_BUILD_DIR; default: "
                                 "/var/lib/faastwist/builds as root, else ./build beside "
                                 "the stack file].")
-_range_option = click.option("--uid-range", default="200000-265535", show_default=True,
-                             metavar="FIRST-LAST",
+_range_option = click.option("--uid-range", metavar="FIRST-LAST",
                              help="The node's process.uidRange: builds run as the uid the "
-                                  "node gives the function.")
+                                  "node gives the function [default: the node config's "
+                                  "(--node-config / FAASTWIST_NODE_CONFIG), else "
+                                  "200000-265535].")
 
 
 @click.command()
@@ -72,10 +75,30 @@ def _stack(path: str, only: str | None) -> tuple[Stack, list[StackFunction]]:
     return stack, functions
 
 
+def _uid_range(given: str | None) -> str:
+    """``--uid-range``, else the node config's ``process.uidRange``, else the default."""
+    if given:
+        return given
+    root = click.get_current_context().find_root()
+    node_config = root.params.get("node_config") or os.environ.get(NODE_CONFIG_ENV)
+    if node_config:
+        from faastwist.config import ConfigError, load_config
+
+        try:
+            return load_config(node_config).process.uid_range
+        except ConfigError as exc:
+            raise InputError(f"--node-config {node_config}: {exc}") from None
+    return DEFAULT_UID_RANGE
+
+
 def _build_all(stack: Stack, functions: list[StackFunction], build_dir: str | None,
-               uid_range: str) -> list[BuildResult]:
-    builder = Builder(build_dir or default_root(stack.folder), uid_range=uid_range,
-                      say=lambda text: click.echo(text, err=True))
+               uid_range: str | None) -> list[BuildResult]:
+    try:
+        builder = Builder(build_dir or default_root(stack.folder),
+                          uid_range=_uid_range(uid_range),
+                          say=lambda text: click.echo(text, err=True))
+    except ValueError as exc:   # UserError of a bad range
+        raise InputError(f"--uid-range: {exc}") from None
     results = []
     for function in functions:
         try:
@@ -98,7 +121,7 @@ def _build_all(stack: Stack, functions: list[StackFunction], build_dir: str | No
 @_filter_option
 @_dir_option
 @_range_option
-def build(path: str, only: str | None, build_dir: str | None, uid_range: str) -> None:
+def build(path: str, only: str | None, build_dir: str | None, uid_range: str | None) -> None:
     """Build the stack file's functions: runner, handler and dependencies."""
     stack, functions = _stack(path, only)
     _build_all(stack, functions, build_dir, uid_range)
@@ -132,7 +155,7 @@ def spec_for(stack: Stack, function: StackFunction, result: BuildResult) -> dict
 @_range_option
 @click.pass_obj
 def up(obj: CliContext, path: str, only: str | None, build_dir: str | None,
-       uid_range: str) -> None:
+       uid_range: str | None) -> None:
     """Build, then create each function or roll out its new version."""
     stack, functions = _stack(path, only)
     results = _build_all(stack, functions, build_dir, uid_range)

@@ -2,8 +2,8 @@
 
 Per function ``{root}/{name}/{digest}/`` (the digest covers the template's runner, the
 interpreter and every file of the handler folder): ``index.py``/``index.js`` (the
-runner), ``function/`` (the handler folder's files) and ``venv/`` or ``deps/`` (the
-dependencies). An existing folder for the same digest is the build: nothing is redone.
+runner), ``function/`` (the handler folder's files; for node with its ``node_modules``)
+and, for Python, ``venv/`` (the dependencies). An existing folder for the same digest is the build: nothing is redone.
 Builds go to a new folder and are renamed into place when complete, so a failed build
 never touches the version that serves.
 
