@@ -70,8 +70,9 @@ def default_root(stack_folder: str) -> str:
 
 
 def _files(folder: str) -> list[tuple[str, str]]:
-    """(relative, absolute) of every regular file under ``folder``, sorted; a link or
-    a special file is an error (nothing is copied through a link)."""
+    """(relative, absolute) of every regular file under ``folder``, sorted; a link is
+    an error (nothing is copied through a link), and so is a file that others may not
+    read (the CLI runs as root: it never publishes what a file's mode keeps private)."""
     out: list[tuple[str, str]] = []
     for current, dirs, names in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if d not in SKIPPED)
@@ -85,6 +86,12 @@ def _files(folder: str) -> list[tuple[str, str]]:
                                  f"only (copy the file into the handler folder)")
             if not stat.S_ISREG(info.st_mode):
                 continue
+            if not info.st_mode & stat.S_IROTH:
+                # the build folder is readable by every function uid: a file its own
+                # mode keeps from others (a key, a root-only file) is not copied there
+                raise BuildError(f"{path}: mode {stat.S_IMODE(info.st_mode):04o} keeps "
+                                 f"it from other users, and the function's uid must read "
+                                 f"it; chmod o+r it, or keep it out of the handler folder")
             if info.st_size > MAX_FILE:
                 raise BuildError(f"{path}: larger than {MAX_FILE} bytes")
             if not entry.endswith(".pyc"):

@@ -240,6 +240,11 @@ def test_digest_follows_content_and_links_are_refused(tmp_path: Path) -> None:
     assert digest_of(template_for("python3"), "/usr/bin/python3",
                      _files(str(folder))) != digest_of(template, "/usr/bin/python3",
                                                        _files(str(folder)))
+    (folder / "key.pem").write_text("secret")
+    os.chmod(folder / "key.pem", 0o600)
+    with pytest.raises(BuildError, match="key.pem: mode 0600 keeps it from other users"):
+        _files(str(folder))
+    os.unlink(folder / "key.pem")
     os.symlink("/etc/shadow", folder / "data.txt")
     with pytest.raises(BuildError, match="data.txt: is a symbolic link"):
         _files(str(folder))
