@@ -18,6 +18,7 @@ function's launch (isolation.launch_prefix, sandbox.Layout).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -199,6 +200,18 @@ class Builder:
         self.prepare_root(identity)
         home = os.path.join(self.root, function.name)
         _own_folder(home, 0o711)
+        lock = os.open(os.path.join(home, ".lock"),
+                       os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)   # two builds of one function take turns
+            return self._build(function, template, interpreter, files, digest, identity,
+                               home, started)
+        finally:
+            os.close(lock)
+
+    def _build(self, function: StackFunction, template: Template, interpreter: str,
+               files: Sequence[tuple[str, str]], digest: str, identity: Identity,
+               home: str, started: float) -> BuildResult:
         final = os.path.join(home, digest[:24])
         runner = os.path.join(final, "index.py" if template.runtime is Runtime.PYTHON
                               else "index.js")

@@ -248,3 +248,41 @@ def test_digest_follows_content_and_links_are_refused(tmp_path: Path) -> None:
     os.symlink("/etc/shadow", folder / "data.txt")
     with pytest.raises(BuildError, match="data.txt: is a symbolic link"):
         _files(str(folder))
+
+
+@pytest.mark.process
+@pytest.mark.sandbox
+def test_two_builds_of_one_function_take_turns(tmp_path: Path) -> None:
+    """Two ``faastwist build`` runs at once (two terminals, a CI retry): one builds, the
+    other finds the finished build; neither sees the other's half-made folder."""
+    import tempfile
+    import threading
+
+    from faastwist.templates.build import Builder
+
+    root = Path(tempfile.mkdtemp(prefix="faastwist-builds-", dir="/tmp"))
+    os.chmod(root, 0o711)
+    try:
+        (tmp_path / "fn").mkdir()
+        (tmp_path / "fn" / "handler.py").write_text("def handle(event, context):\n  pass\n")
+        path = _stack(tmp_path, {"lang": "python3-http", "handler": "./fn"})
+        stack = load_stack(str(path))
+        results, errors = [], []
+
+        def build() -> None:
+            try:
+                results.append(Builder(str(root)).build(stack, stack.functions[0]))
+            except Exception as exc:   # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=build) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert sorted(r.skipped for r in results) == [False, True]
+        assert results[0].folder == results[1].folder
+        assert os.path.isfile(os.path.join(results[0].folder, "build.json"))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
