@@ -56,6 +56,9 @@ def test_query_keeps_first_values_and_lists() -> None:
     query = runner_module().Query([("a", "1"), ("b", "2"), ("a", "3")])
     assert query == {"a": "1", "b": "2"} and query["a"] == "1"
     assert query.getlist("a") == ["1", "3"] and query.getlist("z") == []
+    assert query.get("a", type=int) == 1 and query.get("z", 7) == 7
+    assert query.get("b", -1, type=lambda v: int(v) * 10) == 20
+    assert type(query)([("n", "x")]).get("n", 5, type=int) == 5   # not a number: default
 
 
 def _serve(tmp_path: Path, handler: str, contract: str):

@@ -80,6 +80,18 @@ class Query(dict):
             self._lists.setdefault(key, []).append(value)
             self.setdefault(key, value)
 
+    def get(self, key, default=None, type=None):
+        """werkzeug's ``args.get(key, default, type=int)``: a value ``type`` cannot
+        convert gives ``default``."""
+        if key not in self:
+            return default
+        if type is None:
+            return self[key]
+        try:
+            return type(self[key])
+        except (TypeError, ValueError):
+            return default
+
     def getlist(self, key):
         return list(self._lists.get(key, []))
 
