@@ -158,6 +158,9 @@ def up(obj: CliContext, path: str, only: str | None, build_dir: str | None,
        uid_range: str | None) -> None:
     """Build, then create each function or roll out its new version."""
     stack, functions = _stack(path, only)
+    for function in functions:   # a bad entry fails before any build
+        spec_for(stack, function, BuildResult(function.name, function.lang, "0" * 64, "/",
+                                              ("/usr/bin/true",), True))
     results = _build_all(stack, functions, build_dir, uid_range)
     client = obj.client
     for function, result in zip(functions, results):

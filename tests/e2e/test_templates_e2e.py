@@ -350,6 +350,12 @@ def test_stack_file_errors_name_the_key(project: tuple[Path, Path]) -> None:
         "version: 1.0\nfunctions:\n  f1:\n    lang: python3\n    handler: ./f1\n"
         "    limitz: {}\n")
     assert "functions.f1.limitz: unknown key" in cli(None, folder, "build").stderr
+    (folder / "stack.yml").write_text(
+        "version: 1.0\nfunctions:\n  f1:\n    lang: python3\n    handler: ./f1\n"
+        "    labels: {com.openfaas.scale.min: lots}\n")
+    done = cli(None, folder, "up")   # refused before any build or call
+    assert done.returncode == 2
+    assert "labels.com.openfaas.scale.min: must be a whole number" in done.stderr, done.stderr
     ok(cli(None, folder, "new", "f2", "--lang", "python3"))   # appends to the file
     assert "already exists" in cli(None, folder, "new", "f2", "--lang",
                                                   "python3").stderr
