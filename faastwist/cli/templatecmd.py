@@ -44,7 +44,8 @@ _range_option = click.option("--uid-range", metavar="FIRST-LAST",
 @_file_option
 @click.pass_obj
 def new(obj: CliContext, name: str, lang: str, path: str) -> None:
-    """Write a handler folder ./NAME from a template and add NAME to the stack file."""
+    """Write a handler folder NAME (beside the stack file) from a template and add NAME
+    to the stack file (made when missing)."""
     try:
         check_name(name, "NAME")
     except SpecError as exc:
