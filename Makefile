@@ -48,6 +48,10 @@ system-deps:
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	command -v xz >/dev/null || missing="$$missing xz-utils"; \
 	command -v bwrap >/dev/null || missing="$$missing bubblewrap"; \
+	[ -x /usr/bin/node ] || missing="$$missing nodejs"; \
+	[ -x /usr/bin/npm ] || missing="$$missing npm"; \
+	/usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	/usr/bin/python3 -m pip --version >/dev/null 2>&1 || missing="$$missing python3-pip"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \

@@ -7,7 +7,8 @@ from typing import Iterator
 
 import pytest
 
-from tests.support.facilities import sandbox_unavailable
+from tests.support.facilities import (local_index_unavailable, nodejs_unavailable,
+                                      sandbox_unavailable)
 from tests.support.k8s import ENV_VAR, Envtest, envtest_unavailable
 from tests.support.properties import load_profile
 
@@ -15,12 +16,17 @@ from tests.support.properties import load_profile
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Without FAASTWIST_ENVTEST the ``envtest`` tests are deselected (counted as such),
     not skipped: a skip would look like a test that ran and had nothing to check. The
-    same for the ``sandbox`` tests where no sandbox can be made (tests/support/facilities)."""
+    same for the ``sandbox`` tests where no sandbox can be made, the ``nodejs`` ones without
+    Debian's nodejs/npm and the ``localindex`` ones without the local package index
+    (tests/support/facilities)."""
     missing = set()
     if not os.environ.get(ENV_VAR):
         missing.add("envtest")
     if any(item.get_closest_marker("sandbox") for item in items) and sandbox_unavailable():
         missing.add("sandbox")
+    for marker, why in (("nodejs", nodejs_unavailable), ("localindex", local_index_unavailable)):
+        if any(item.get_closest_marker(marker) for item in items) and why():
+            missing.add(marker)
     deselected = [item for item in items
                   if any(item.get_closest_marker(marker) for marker in missing)]
     if deselected:
@@ -35,6 +41,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     reason = sandbox_unavailable()
     lines.append(f"the sandbox tests are deselected: {reason}" if reason
                  else "function sandboxes can be made: the sandbox tests run")
+    for marker, why in (("nodejs", nodejs_unavailable), ("localindex", local_index_unavailable)):
+        reason = why()
+        if reason:
+            lines.append(f"the {marker} tests are deselected: {reason}")
     return lines
 
 # Hypothesis: no per-example deadline (tests/support/properties.py says why); the

@@ -16,6 +16,7 @@ from faastwist.cli.asynccmd import async_commands
 from faastwist.cli.commands import COMMANDS, duration_option
 from faastwist.cli.token import token as token_commands
 from faastwist.cli.keys import key as key_commands
+from faastwist.cli.templatecmd import TEMPLATE_COMMANDS
 
 __all__ = ["main", "cli", "CliContext", "CommandFailed", "InputError"]
 
@@ -66,6 +67,8 @@ for _command in COMMANDS:
 cli.add_command(token_commands)
 cli.add_command(async_commands)
 cli.add_command(key_commands)
+for _command in TEMPLATE_COMMANDS:
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,6 +60,7 @@ class Layout:
     secrets: str | None = None        # bound read-only at OPENFAAS_SECRETS_PATH
     disk: int = 128 * 2**20           # bytes of HOME (and of /tmp)
     network: Network = Network.HOST
+    writable: tuple[str, ...] = ()    # bound read-write at their own path (builds only)
 
 
 @attrs.frozen
@@ -109,6 +110,8 @@ def bwrap_options(layout: Layout, env: Mapping[str, str]) -> list[str]:
         options += ["--ro-bind", layout.code, layout.code]
     for folder in layout.node_binds:
         options += ["--ro-bind", folder, folder]
+    for folder in layout.writable:
+        options += ["--bind", folder, folder]
     if layout.secrets is not None:
         options += ["--ro-bind", layout.secrets, OPENFAAS_SECRETS_PATH]
     for folder in layout.hidden:   # last: the mounts made inside them stay as they are

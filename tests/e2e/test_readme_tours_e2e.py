@@ -7,10 +7,12 @@ as ``make run`` does; only the two port numbers of the tour are replaced by free
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -82,3 +84,33 @@ def test_cli_tour(tour_node: FaasNodeProcess) -> None:
     assert "V3 Body is" in output and "1 6 19" in output, output
     assert "HTTP 503 from echo" in output, output
     assert "deleted" in output, output
+
+
+@pytest.mark.sandbox
+def test_templates_tour(tour_node: FaasNodeProcess) -> None:
+    """``new``, ``up``, curl, ``remove`` as the README shows them (builds in a folder of
+    the test's that every function uid may pass through)."""
+    lines = [line[2:].split("  #")[0] for line in
+             code_block_after("Templates: write a handler").splitlines()
+             if line.startswith("$ ")]
+    assert lines[1:] == ["faastwist new hello --lang python3-http",
+                         "faastwist up -f stack.yml",
+                         "curl http://127.0.0.1:10083/function/hello",
+                         "faastwist remove -f stack.yml"]
+    builds = Path(tempfile.mkdtemp(prefix="faastwist-tour-builds-", dir="/tmp"))
+    os.chmod(builds, 0o711)
+    prelude = f'faastwist() {{ {sys.executable} -m faastwist.cli "$@"; }}\n'
+    # the node answers once its replica is up: the curl line waits for it as a user would
+    script = "\n".join(lines).replace(
+        "curl ", "for i in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:10083/"
+                 "function/hello && break; sleep 0.2; done; curl -s ")
+    try:
+        output = run(prelude + localise(script, tour_node) + "\n", tour_node,
+                     FAASTWIST_SERVER=tour_node.admin_root, FAASTWIST_GATE=tour_node.gate_url,
+                     FAASTWIST_BUILD_DIR=str(builds))
+    finally:
+        shutil.rmtree(builds, ignore_errors=True)
+    assert "function hello (python3-http)" in output, output
+    assert "function hello created" in output, output
+    assert "Hello from faastwist!" in output, output
+    assert "function hello removed" in output, output

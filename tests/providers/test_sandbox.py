@@ -79,6 +79,16 @@ def test_mount_order_read_only_system_then_private_places() -> None:
                      (LAYOUT.node_binds[0], LAYOUT.node_binds[0]),
                      (LAYOUT.secrets, OPENFAAS_SECRETS_PATH)]
     assert _pairs(options, "--chdir") == [LAYOUT.home]
+    assert "--bind" not in options   # a function writes only its HOME and /tmp
+
+
+def test_a_build_writes_only_its_dependency_folder() -> None:
+    """``faastwist build``: the dependency folder goes read-write on top of the read-only
+    build folder (so after it), and nowhere else."""
+    layout = Layout(home="/b/fn/.home", binds=("/b/fn/new",), writable=("/b/fn/new/venv",))
+    options = bwrap_options(layout, {})
+    assert _pairs(options, "--bind") == ["/b/fn/new/venv"]
+    assert options.index("--bind") > options.index("/b/fn/new")
 
 
 def test_without_bubblewrap_env_is_cleared_too() -> None:

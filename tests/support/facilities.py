@@ -30,3 +30,21 @@ def sandbox_unavailable() -> str | None:
     if probe.returncode != 0:
         return f"bwrap cannot make namespaces here: {probe.stderr.decode(errors='replace')}"
     return None
+
+
+#: a package index on this machine's disk (pip's configured extra index here)
+LOCAL_INDEX = "/opt/pypi/simple"
+
+
+def nodejs_unavailable() -> str | None:
+    """Why the node template cannot be built here (None: it can)."""
+    missing = [name for name in ("/usr/bin/node", "/usr/bin/npm") if not os.access(name, os.X_OK)]
+    return f"{' and '.join(missing)} missing (Debian's nodejs, npm)" if missing else None
+
+
+def local_index_unavailable() -> str | None:
+    """Why dependency tests cannot install offline here (None: they can): they name the
+    local index in requirements.txt and need ``six`` in it, so no test needs the network."""
+    if not os.path.isfile(os.path.join(LOCAL_INDEX, "six", "index.html")):
+        return f"no local package index with six at {LOCAL_INDEX}"
+    return None
