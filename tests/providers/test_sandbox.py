@@ -231,7 +231,8 @@ def test_the_whole_argv_for_one_layout() -> None:
 
 def test_defaults_and_descriptions() -> None:
     assert attrs_fields(Layout(home="/h")) == {
-        "home": "/h", "code": None, "binds": (), "node_binds": (), "hidden": (), "secrets": None,
+        "home": "/h", "code": None, "binds": (), "node_binds": (), "writable": (), "hidden": (),
+        "secrets": None,
         "disk": 128 * 2**20, "network": Network.HOST}
     assert (Network("host"), Network("none")) == (Network.HOST, Network.NONE)
     assert Sandbox(None).reason == "" and not Sandbox(None).available
