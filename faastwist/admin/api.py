@@ -52,6 +52,7 @@ from faastwist.admin.codec import (
 from faastwist.admin.listbody import LineCache, list_pieces, stream
 from faastwist.admin.logstream import send_logs
 from faastwist.admin.rollout import rollout
+from faastwist.kube.guard import check_writable
 from faastwist.model.fsm import Event, FunctionStatus, InvalidEvent, apply_event
 from faastwist.model.keys import new_key
 from faastwist.providers.base import LogSource, ProviderError
@@ -353,6 +354,7 @@ class AdminAPI:
             raise ApiError(409, f"name: the body names function {spec.name} but the URL names "
                                 f"{fn}; a function cannot be renamed")
         record = await self._store(self.store.get(fn))
+        check_writable(record)
         updated = await self._store(rollout(self.store, record, spec, self.wall_clock()))
         self._kick(fn)
         return respond(request, 200, record_document(updated))
@@ -362,11 +364,14 @@ class AdminAPI:
         """Apply an operator event; when the compare-and-swap loses to a status-only write
         (the leader recording a node's readiness), read again and re-apply, since the
         operator's intent does not depend on it. A changed spec is a real conflict."""
+        check_writable(record)
         for attempt in range(STATUS_RACE_RETRIES + 1):
             status = apply_event(record.status, event, self.wall_clock())
             try:
                 return await self._store(self.store.update(record, spec=spec, status=status))
-            except Conflict:
+            except Conflict as exc:
+                if not exc.retryable:
+                    raise
                 fresh = await self._store(self.store.get(record.name))
                 if attempt == STATUS_RACE_RETRIES or fresh.spec_revision != record.spec_revision:
                     raise
@@ -391,12 +396,15 @@ class AdminAPI:
     async def delete(self, request: IRequest, version: str, controller: str, fn: str) -> bytes:
         """Remove the function from the store; the reconciler removes what the provider runs."""
         record = await self._store(self.store.get(fn))
+        check_writable(record)
         for attempt in range(STATUS_RACE_RETRIES + 1):
             destroyed = apply_event(record.status, Event.DELETE, self.wall_clock())
             try:
                 await self._store(self.store.delete(record))
                 break
-            except Conflict:   # see _apply: a status-only write is not a conflict of intent
+            except Conflict as exc:   # see _apply: a status-only write is not a conflict of intent
+                if not exc.retryable:
+                    raise
                 fresh = await self._store(self.store.get(fn))
                 if attempt == STATUS_RACE_RETRIES or fresh.spec_revision != record.spec_revision:
                     raise

@@ -10,6 +10,8 @@ the admin API, OpenFaaS's ``PUT /system/functions`` and the CLI's ``update``.
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 import attrs
 from twisted.internet.defer import Deferred, succeed
 
@@ -18,7 +20,7 @@ from faastwist.model.spec import FunctionSpec
 from faastwist.store.base import FunctionRecord, FunctionStore
 
 def rollout(store: FunctionStore, record: FunctionRecord, spec: FunctionSpec,
-            now: float) -> Deferred[FunctionRecord]:
+            now: float, fence: Sequence[Any] = ()) -> Deferred[FunctionRecord]:
     """Write ``spec``; an active function stays active (InvalidEvent if destroyed)."""
     status = record.status
     if status.state is State.ACTIVE:
@@ -30,4 +32,4 @@ def rollout(store: FunctionStore, record: FunctionRecord, spec: FunctionSpec,
                               ext_data=ext, updated=now)
     else:
         status = apply_event(status, Event.UPDATE, now)
-    return store.update(record, spec=spec, status=status)
+    return store.update(record, spec=spec, status=status, fence=fence)
