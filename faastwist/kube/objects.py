@@ -207,7 +207,25 @@ def same_status(current: Mapping[str, Any] | None, wanted: Mapping[str, Any]) ->
     """Whether ``current`` already says what ``wanted`` does (extra keys aside)."""
     if not isinstance(current, Mapping):
         return False
-    return all(current.get(key) == value for key, value in wanted.items())
+    return patch_body(current) == patch_body(wanted) or all(
+        current.get(key) in (None, "") if value in (None, "") else
+        _without_empty(current.get(key)) == _without_empty(value)
+        for key, value in wanted.items())
+
+
+def _without_empty(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _without_empty(v) for k, v in value.items() if v not in (None, "")}
+    if isinstance(value, list):
+        return [_without_empty(v) for v in value]
+    return value
+
+
+def patch_body(status: Mapping[str, Any]) -> dict[str, Any]:
+    """``status`` as a merge patch: an empty text removes the key (null), since the
+    apiserver's JSON does not keep "" apart from null here."""
+    return {key: (None if value == "" else _without_empty(value))
+            for key, value in status.items()}
 
 
 def export_object(spec: FunctionSpec, namespace: str) -> dict[str, Any]:

@@ -66,12 +66,14 @@ class FunctionWatch(Service):
     def leadership_changed(self, leader: bool) -> None:
         if leader and self.running and not self.leading:
             self.leading = True
+            self.sync.active = True
             log.info("leading: watching Function objects")
             self._loop = LoopingCall(self._resync)
             self._loop.clock = self.clock
             self._loop.start(self.resync, now=True)
         elif not leader and self.leading:
             self.leading = False
+            self.sync.active = False
             if self._loop is not None and self._loop.running:
                 self._loop.stop()
             for call in self._retry.values():
@@ -84,6 +86,7 @@ class FunctionWatch(Service):
             self.listed.clear()
             self.versions.clear()
             self.sync.objects.clear()
+            self.sync.gone.clear()
 
     def function_changed(self, name: str) -> None:
         """A function's record changed in the store: its object's status may be due."""
@@ -120,7 +123,9 @@ class FunctionWatch(Service):
                 if ref.flavour is resource.flavour and ref not in seen]
         for ref in gone:
             del self.sync.objects[ref]
+            self.sync.gone.add(ref)
         self.sync.objects.update(seen)
+        self.sync.gone.difference_update(seen)
         self.listed.add(resource)
         self.versions[resource] = str((listing.get("metadata") or {}).get("resourceVersion")
                                       or "")
@@ -164,8 +169,9 @@ class FunctionWatch(Service):
             if owner in owners or (self.namespace and namespace != self.namespace):
                 continue
             ref = ObjectRef(resource.flavour, namespace, name)
-            if ref not in self.sync.objects:
-                self.sync.schedule(ref)   # no object: its handling collects the function
+            if ref not in self.sync.objects and self.leading:
+                self.sync.gone.add(ref)   # not in the listing: its function goes
+                self.sync.schedule(ref)
 
     def _watch(self, resource: Resource) -> None:
         old = self.streams.pop(resource, None)
@@ -196,8 +202,10 @@ class FunctionWatch(Service):
         ref = ref_of(resource, obj)
         if kind == "DELETED":
             self.sync.objects.pop(ref, None)
+            self.sync.gone.add(ref)
         elif kind in ("ADDED", "MODIFIED"):
             self.sync.objects[ref] = obj
+            self.sync.gone.discard(ref)
         else:
             return
         self.sync.schedule(ref)

@@ -23,6 +23,7 @@ from faastwist.kube.objects import (
     ObjectRef,
     Resource,
     owner_of,
+    patch_body,
     same_status,
     spec_from_object,
     status_of_problem,
@@ -61,7 +62,13 @@ class FunctionSync:
         self.observe = observe
         self.finalizer_timeout = finalizer_timeout
         self.wall_clock = wall_clock
+        #: the objects as last listed or watched
         self.objects: dict[ObjectRef, dict[str, Any]] = {}
+        #: objects seen deleted (a watch event, or missing from a list): their
+        #: functions go; an object merely not known is never taken for deleted
+        self.gone: set[ObjectRef] = set()
+        #: set while this node leads and the watch runs; nothing is written otherwise
+        self.active = False
         self._busy: set[ObjectRef] = set()
         self._again: set[ObjectRef] = set()
         self._warned: dict[ObjectRef, tuple[int, str]] = {}
@@ -84,10 +91,10 @@ class FunctionSync:
         if failure.check(_Changed):
             return
         if failure.check(KubeError) or failure.check(StoreError, NotLeader):
-            log.warn("Function {ref}: {error}; the next resync retries", ref=ref.owner,
+            log.warn("{ref}: {error}; the next resync retries", ref=ref.owner,
                      error=failure.getErrorMessage())
             return
-        log.failure("Function {ref} could not be applied", failure, ref=ref.owner)
+        log.failure("{ref} could not be applied", failure, ref=ref.owner)
 
     def _done(self, _: Any, ref: ObjectRef) -> None:
         self._busy.discard(ref)
@@ -110,11 +117,13 @@ class FunctionSync:
 
     # -- one object ------------------------------------------------------------------
     async def _handle(self, ref: ObjectRef) -> None:
-        if not self.is_leader():
+        if not (self.active and self.is_leader()):
             return
         obj = self.objects.get(ref)
         if obj is None:
-            await self.collect(ref)
+            if ref in self.gone:
+                self.gone.discard(ref)
+                await self.collect(ref)
             return
         metadata = obj.get("metadata") or {}
         finalizers = list(metadata.get("finalizers") or ())
@@ -126,7 +135,11 @@ class FunctionSync:
             obj = await self._patch(ref, obj, {"finalizers": finalizers + [FINALIZER]})
         try:
             spec = spec_from_object(ref, obj)
-            self.check_spec(spec)
+            try:
+                self.check_spec(spec)
+            except SpecError as exc:  # the provider names the spec's field
+                raise SpecError(f"spec.{exc.path}" if exc.path else "spec",
+                                exc.problem) from None
         except SpecError as exc:
             await self._problem(ref, obj, "InvalidSpec", f"invalid: {exc}")
             return
@@ -136,7 +149,7 @@ class FunctionSync:
             record = await self.store.create(spec, FunctionStatus.initial(spec.name, now),
                                              fence=self.fence())
             self.writes += 1
-            log.info("Function {ref}: created function {name}", ref=ref.owner, name=spec.name)
+            log.info("{ref}: created function {name}", ref=ref.owner, name=spec.name)
             self.kick(spec.name)
         elif owner_of(record.spec) != ref.owner:
             owner = owner_of(record.spec) or "the REST API"
@@ -147,7 +160,7 @@ class FunctionSync:
         elif record.spec != spec:
             record = await rollout(self.store, record, spec, now, self.fence())
             self.writes += 1
-            log.info("Function {ref}: rolling out {digest}", ref=ref.owner,
+            log.info("{ref}: rolling out {digest}", ref=ref.owner,
                      digest=spec.digest())
             self.kick(spec.name)
         self._warned.pop(ref, None)
@@ -194,7 +207,7 @@ class FunctionSync:
         version = (obj.get("metadata") or {}).get("resourceVersion")
         try:
             written = await self.api.patch_status(ref.resource, ref.namespace, ref.name, {
-                "metadata": {"resourceVersion": version}, "status": status})
+                "metadata": {"resourceVersion": version}, "status": patch_body(status)})
         except KubeError as exc:
             if exc.status in (404, 409):
                 raise _Changed() from None
@@ -209,7 +222,7 @@ class FunctionSync:
             try:
                 observed = (await self.observe([record.name])).get(record.name)
             except Exception as exc:
-                log.info("Function {ref}: no replica counts from the provider ({error})",
+                log.info("{ref}: no replica counts from the provider ({error})",
                          ref=ref.owner, error=str(exc))
                 observed = None
             if observed is not None:
@@ -229,7 +242,7 @@ class FunctionSync:
         if self._warned.get(ref) == (generation, message):
             return
         self._warned[ref] = (generation, message)
-        log.warn("Function {ref}: {message}", ref=ref.owner, message=message)
+        log.warn("{ref}: {message}", ref=ref.owner, message=message)
         await self._event(ref, obj, reason, message)
 
     async def _event(self, ref: ObjectRef, obj: dict[str, Any], reason: str,
@@ -248,7 +261,7 @@ class FunctionSync:
         try:
             await self.api.create_event(ref.namespace, body)
         except KubeError as exc:  # the condition says it already: an Event is a courtesy
-            log.info("Function {ref}: Event not written ({error})", ref=ref.owner,
+            log.info("{ref}: Event not written ({error})", ref=ref.owner,
                      error=str(exc))
 
     # -- going away ------------------------------------------------------------------
@@ -264,20 +277,21 @@ class FunctionSync:
         except Exception as exc:
             if not overdue:
                 raise
-            log.warn("Function {ref}: deleted after {timeout}s without removing its "
+            log.warn("{ref}: deleted after {timeout}s without removing its "
                      "function ({error}); a later resync removes it", ref=ref.owner,
                      timeout=self.finalizer_timeout, error=str(exc))
         await self._patch(ref, obj, {"finalizers": [f for f in finalizers if f != FINALIZER]})
-        log.info("Function {ref}: released", ref=ref.owner)
+        log.info("{ref}: released", ref=ref.owner)
 
     async def collect(self, ref: ObjectRef) -> None:
         """Delete the function ``ref`` owns, if it still exists and is still its."""
         record = await self._get(ref.name)
-        if record is None or owner_of(record.spec) != ref.owner or not self.is_leader():
+        if record is None or owner_of(record.spec) != ref.owner or not (
+                self.active and self.is_leader()):
             return
         await self.store.delete(record, fence=self.fence())
         self.writes += 1
-        log.info("Function {ref}: deleted function {name}", ref=ref.owner, name=ref.name)
+        log.info("{ref}: deleted function {name}", ref=ref.owner, name=ref.name)
         self.kick(ref.name)
 
     def owned_functions(self, records: Mapping[str, FunctionRecord],
