@@ -5,6 +5,8 @@ columns fill in, the REST API refuses writes to it, deleting the object removes 
 
 from __future__ import annotations
 
+import shutil
+import textwrap
 import time
 
 import pytest
@@ -15,10 +17,18 @@ from kubernetes.client.rest import ApiException
 from faastwist.kube.schema import MANAGED_BY
 from tests.kube.envtest_world import install_shipped_manifests
 from tests.support.cli import echo_app, run_cli
-from tests.support.node import FaasNodeProcess, http
+from tests.support.node import ROOT, FaasNodeProcess, http
 from tests.support.process import PYTHON as FUNCTION_PYTHON
 
 pytestmark = [pytest.mark.envtest, pytest.mark.e2e, pytest.mark.process, pytest.mark.slow]
+
+
+def readme_manifest() -> dict:
+    """The Function object of the README's ``kubectl apply -f -`` example."""
+    text = (ROOT / "README.rst").read_text()
+    start = text.index("kubectl apply -f - <<'EOF'\n") + len("kubectl apply -f - <<'EOF'\n")
+    block = text[start:text.index("\n    EOF\n", start)]
+    return yaml.safe_load(textwrap.dedent(block))
 
 
 def wait_until(check, timeout: float = 30.0, what: str = ""):
@@ -38,15 +48,19 @@ def test_kubectl_apply_serves_through_the_gate_and_delete_removes_it(envtest, tm
     objects = kube_client.CustomObjectsApi(api_client)
     namespace = "fn-e2e"
     core.create_namespace({"metadata": {"name": namespace}})
+    # the README's command is relative to the node's folder, as with `make run`
+    shutil.copytree(ROOT / "conf" / "functions", tmp_path / "node" / "conf" / "functions")
     node = FaasNodeProcess(tmp_path / "node", provider="process", controller="kubectl",
                            extra={"kubernetes": {"functions": "watch", "namespace": namespace,
                                                  "kubeconfig": envtest.kubeconfig}})
     node.start()
     try:
-        manifest = {"apiVersion": "faastwist.io/v1", "kind": "Function",
-                    "metadata": {"name": "echo", "namespace": namespace},
-                    "spec": {"command": [FUNCTION_PYTHON, str(echo_app())],
-                             "minReplica": 1, "maxReplica": 1}}
+        manifest = readme_manifest()
+        assert manifest["metadata"]["name"] == "echo"
+        manifest["metadata"]["namespace"] = namespace
+        # the function's user must be able to run the interpreter (tests/support/process)
+        assert manifest["spec"]["command"][0] == "python3"
+        manifest["spec"]["command"][0] = FUNCTION_PYTHON
         objects.create_namespaced_custom_object("faastwist.io", "v1", namespace,
                                                 "functions", manifest)
 
