@@ -51,6 +51,7 @@ class FunctionWatch(Service):
         self._loop: LoopingCall | None = None
         self._missing: set[Resource] = set()
         self._retry: dict[Resource, Any] = {}
+        self._delays: dict[Resource, float] = {}
 
     def startService(self) -> None:
         super().startService()
@@ -100,6 +101,27 @@ class FunctionWatch(Service):
         for resource in self.resources:
             if resource not in self.streams and resource not in self._retry:
                 self._list(resource)
+        if self.sync.observe is None or not self.sync.objects:
+            self._handle_all()
+            return
+        # one observation of every function for the whole pass (for Knative one LIST,
+        # instead of a GET per object)
+        taken = self.sync.wall_clock()
+        d = self.sync.observe(None)
+
+        def observed(result: Any) -> None:
+            self.sync.snapshot = (self.clock.seconds(), taken, dict(result))
+            self._handle_all()
+
+        def failed(failure: Any) -> None:
+            log.info("resync without the provider's replica counts: {error}",
+                     error=failure.getErrorMessage())
+            self._handle_all()
+        d.addCallbacks(observed, failed)
+
+    def _handle_all(self) -> None:
+        if not self.leading:
+            return
         for ref in list(self.sync.objects):
             self.sync.schedule(ref)
 
@@ -127,6 +149,7 @@ class FunctionWatch(Service):
         self.sync.objects.update(seen)
         self.sync.gone.difference_update(seen)
         self.listed.add(resource)
+        self._delays.pop(resource, None)
         self.versions[resource] = str((listing.get("metadata") or {}).get("resourceVersion")
                                       or "")
         for ref in list(seen) + gone:
@@ -153,11 +176,16 @@ class FunctionWatch(Service):
         self._later(resource, self._list)
 
     def _later(self, resource: Resource, what: Any) -> None:
+        """Try again after a delay that doubles while failures last (up to ``resync``),
+        so a missing permission or a down apiserver costs one call per interval."""
+        delay = self._delays.get(resource, RETRY_DELAY / 2) * 2
+        self._delays[resource] = delay = min(delay, max(self.resync, RETRY_DELAY))
+
         def run() -> None:
             self._retry.pop(resource, None)
             if self.leading:
                 what(resource)
-        self._retry[resource] = self.clock.callLater(RETRY_DELAY, run)
+        self._retry[resource] = self.clock.callLater(delay, run)
 
     async def _collect_orphans(self, resource: Resource, present: set[ObjectRef]) -> None:
         """Delete functions whose owning object is not in the listing (deleted while no

@@ -39,6 +39,10 @@ from faastwist.util.times import parse_rfc3339
 log = Logger()
 
 
+#: seconds a resync's observation of every function stands for the objects it handles
+SNAPSHOT_AGE = 2.0
+
+
 class _Changed(Exception):
     """The object changed under a conditional write: its watch event runs it again."""
 
@@ -73,6 +77,9 @@ class FunctionSync:
         self._again: set[ObjectRef] = set()
         self._warned: dict[ObjectRef, tuple[int, str]] = {}
         self._idle: list[Deferred[None]] = []
+        #: (clock time, wall time, observations) of the last resync's one observe of
+        #: every function
+        self.snapshot: tuple[float, float, dict[str, Any]] | None = None
         #: store and Kubernetes writes made (the tests count them: no duplicate work)
         self.writes = 0
 
@@ -218,15 +225,22 @@ class FunctionSync:
     async def _write_status(self, ref: ObjectRef, obj: dict[str, Any],
                             record: FunctionRecord) -> None:
         ext, stopped = None, False
-        if self.observe is not None:
+        snapshot = self.snapshot
+        if (snapshot is not None and self.clock.seconds() - snapshot[0] < SNAPSHOT_AGE
+                and record.status.updated <= snapshot[1]):
+            # taken after the function's last state change: it still tells the truth
+            observed = snapshot[2].get(record.name)
+        elif self.observe is not None:
             try:
                 observed = (await self.observe([record.name])).get(record.name)
             except Exception as exc:
                 log.info("{ref}: no replica counts from the provider ({error})",
                          ref=ref.owner, error=str(exc))
                 observed = None
-            if observed is not None:
-                ext, stopped = observed.ext_data, observed.stopped
+        else:
+            observed = None
+        if observed is not None:
+            ext, stopped = observed.ext_data, observed.stopped
         generation = int((obj.get("metadata") or {}).get("generation") or 0)
         status = status_of_record(record.spec, record.status, generation, ext, stopped,
                                   obj.get("status"), self.wall_clock())

@@ -88,7 +88,8 @@ class World:
 
     def __init__(self, server: Envtest, store: MemoryStore | None = None,
                  namespace: str | None = None, check_spec: Callable[[Any], None] | None = None,
-                 finalizer_timeout: float = 300.0) -> None:
+                 finalizer_timeout: float = 300.0,
+                 observe: Callable[[Any], Any] | None = None) -> None:
         install_shipped_manifests(server)
         self.server = server
         self.api_client = server.api_client()
@@ -106,7 +107,7 @@ class World:
                                   finalizer_timeout=finalizer_timeout)
         self.watch: FunctionWatch = build_watch(
             config, "", self.store, reactor, check_spec=self.check_spec,
-            kick=self.kicks.append, leader=self.leader, observe=None, resync=3600.0,
+            kick=self.kicks.append, leader=self.leader, observe=observe, resync=3600.0,
             api_client=server.api_client())
         self.leader.listeners.append(self.watch.leadership_changed)
         self._store_watch = self.store.watch(

@@ -9,6 +9,7 @@ import time
 
 import pytest
 import pytest_twisted
+from twisted.internet.defer import succeed
 from kubernetes import client as kube_client
 from kubernetes.client.rest import ApiException
 
@@ -16,6 +17,7 @@ from faastwist.kube.objects import FAASTWIST, OPENFAAS
 from faastwist.kube.schema import FINALIZER, MANAGED_BY
 from faastwist.model.fsm import Event, FunctionStatus, State, apply_event
 from faastwist.model.spec import FunctionSpec
+from faastwist.providers.base import Observation
 from tests.kube.envtest_world import World, install_shipped_manifests, wait_for, world  # noqa: F401
 from tests.kube.test_schema import FULL
 
@@ -112,6 +114,34 @@ def test_apply_update_delete_a_function_with_status_written_back(world):
     w.delete("hello")
     yield wait_for(lambda: w.get("hello") is None, what="object gone")
     assert w.function("hello") is None
+
+
+@pytest_twisted.inlineCallbacks
+def test_replica_counts_come_from_the_provider_one_observation_per_resync(world):
+    calls: list = []
+
+    def observe(names):
+        calls.append(names)
+        return succeed({name: Observation(name, ext_data={"replicas": "2", "desired": "3"})
+                        for name in (names or ("one", "two"))})
+    w = world(observe=observe)
+    w.start()
+    for name in ("one", "two"):
+        w.apply(name, HELLO)
+    yield wait_for(lambda: w.function("one") and w.function("two"), what="both")
+    for name in ("one", "two"):
+        _activate(w, name)
+    yield wait_for(lambda: all(w.status(n).get("replicas") == "2/3" for n in ("one", "two")),
+                   what="the provider's counts")
+    assert w.status("one")["readyReplicas"] == 2 and w.status("one")["desiredReplicas"] == 3
+    assert ["one"] in calls and ["two"] in calls   # a state change asks about its function
+    yield w.watch.sync.settled()
+    calls.clear()
+    writes = w.watch.sync.writes
+    w.watch._resync()
+    yield w.watch.sync.settled()
+    assert calls == [None]          # the pass: one observation of every function
+    assert w.watch.sync.writes == writes
 
 
 @pytest_twisted.inlineCallbacks
