@@ -410,9 +410,9 @@ class FaasNode(Service):
 
         admin, http = self.config.admin, self.config.http_server
         log_source = self.provider if isinstance(self.provider, LogSource) else None
-        from faastwist.kube.guard import ManagedGuard
+        from faastwist.store.owned import ManagedGuard
 
-        # the APIs may not write functions a Kubernetes object owns (kube/guard.py)
+        # the APIs may not write functions a Kubernetes object owns (store/owned.py)
         self.api_store = ManagedGuard(self.store)
         self.admin = AdminAPI(self.api_store, self.config.name, self.provider.check_spec,
                               self.reconciler.kick, self.reactor, admin.max_body_size,

@@ -52,7 +52,7 @@ from faastwist.admin.codec import (
 from faastwist.admin.listbody import LineCache, list_pieces, stream
 from faastwist.admin.logstream import send_logs
 from faastwist.admin.rollout import rollout
-from faastwist.kube.guard import check_writable
+from faastwist.store.owned import check_writable
 from faastwist.model.fsm import Event, FunctionStatus, InvalidEvent, apply_event
 from faastwist.model.keys import new_key
 from faastwist.providers.base import LogSource, ProviderError

@@ -4,5 +4,8 @@ watch that makes the store match the objects (and writes their status back).
 ``schema`` generates the CRD from the function spec's record; ``objects`` turns objects
 into specs and records into status and objects (pure); ``kubeapi`` runs the client calls
 and the watch streams on threads it owns; ``sync`` decides and writes on the reactor;
-``service`` starts it on the leader; ``guard`` keeps the REST APIs off owned functions.
+``service`` starts it on the leader. The REST APIs keep off owned functions through
+``faastwist.store.owned``.
 """
+
+__all__ = ["kubeapi", "objects", "schema", "service", "sync"]

@@ -21,6 +21,7 @@ import attrs
 import yaml
 
 from faastwist.model import spec as spec_model
+from faastwist.store.owned import MANAGED_BY  # noqa: F401 (the kube package's name for it)
 
 GROUP = "faastwist.io"
 VERSION = "v1"
@@ -29,8 +30,6 @@ PLURAL = "functions"
 SINGULAR = "function"
 SHORT_NAMES = ("fn",)
 FINALIZER = "faastwist.io/function"
-#: the spec annotation that marks a function as owned by an object ("Function ns/name")
-MANAGED_BY = "faastwist.io/managed-by"
 
 #: attrs field name -> wire key, where it is not the plain camelCase
 _WIRE = {"limit_cpu": "limitCPU", "limit_memory": "limitMemory",

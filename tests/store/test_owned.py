@@ -1,5 +1,5 @@
 """The REST APIs may read but not write a function a Function object owns, and may not
-forge ownership (kube/guard.py), through the admin API and OpenFaaS's."""
+forge ownership (store/owned.py), through the admin API and OpenFaaS's."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from treq.testing import StubTreq
 
 from faastwist.admin.openfaas import OpenFaaSAPI, Versions
-from faastwist.kube.guard import ManagedGuard
+from faastwist.store.owned import ManagedGuard
 from faastwist.kube.objects import Flavour, ObjectRef, spec_from_object
 from faastwist.kube.schema import MANAGED_BY
 from faastwist.metrics import Metrics

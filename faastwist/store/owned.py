@@ -15,10 +15,13 @@ from typing import Any, Sequence
 
 from twisted.internet.defer import Deferred, fail
 
-from faastwist.kube.schema import MANAGED_BY
 from faastwist.model.fsm import FunctionStatus
 from faastwist.model.spec import FunctionSpec, SpecError
 from faastwist.store.base import Conflict, FunctionRecord
+
+#: the spec annotation that marks a function as owned by a Kubernetes object
+#: ("Function ns/name"); faastwist/kube/ writes it
+MANAGED_BY = "faastwist.io/managed-by"
 
 
 class Managed(Conflict):
