@@ -21,6 +21,10 @@ from faastwist.model.spec import FunctionSpec, SpecError, check_name
 from faastwist.util.times import format_rfc3339
 
 
+#: longest message written to an object's status (a provider's error can be long)
+MAX_MESSAGE = 2048
+
+
 class Flavour(str, enum.Enum):
     FAASTWIST = "faastwist"
     OPENFAAS = "openfaas"
@@ -180,6 +184,7 @@ def status_of_record(spec: FunctionSpec, status: FunctionStatus, generation: int
     """The object's status for the function it owns."""
     ready, desired = replicas_of(spec, status, ext, stopped)
     state = status.state
+    status = attrs.evolve(status, message=status.message[:MAX_MESSAGE])
     if state is State.ACTIVE:
         condition = ready_condition("True", "Active", status.message, previous, now)
     elif state is State.FAILED:
@@ -198,6 +203,7 @@ def status_of_problem(reason: str, message: str, generation: int,
                       previous: Mapping[str, Any] | None, now: float,
                       state: str = "invalid") -> dict[str, Any]:
     """The status of an object faastwist does not run (invalid spec, name taken)."""
+    message = message[:MAX_MESSAGE]
     return {"state": state, "replicas": "0/0", "readyReplicas": 0, "desiredReplicas": 0,
             "message": message, "lastEvent": "", "observedGeneration": generation,
             "conditions": [ready_condition("False", reason, message, previous, now)]}

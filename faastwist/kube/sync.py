@@ -182,6 +182,8 @@ class FunctionSync:
     async def _patch(self, ref: ObjectRef, obj: dict[str, Any],
                      metadata: dict[str, Any]) -> dict[str, Any]:
         """A merge patch of ``metadata`` at the resourceVersion ``obj`` was read at."""
+        if not (self.active and self.is_leader()):
+            raise _Changed()   # not leading any more: the next leader does it
         version = (obj.get("metadata") or {}).get("resourceVersion")
         try:
             written = await self.api.patch(ref.resource, ref.namespace, ref.name, {
