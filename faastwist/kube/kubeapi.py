@@ -95,6 +95,7 @@ class KubeAPI:
         for stream in list(self._streams):
             stream.close()
         self.pool.stop()  # calls in flight end within the timeout
+        self.api_client.close()
 
     def _call(self, what: str, method: Callable[..., Any], *args: Any,
               **kwargs: Any) -> Deferred[Any]:
