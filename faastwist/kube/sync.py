@@ -30,7 +30,7 @@ from faastwist.kube.objects import (
     status_of_record,
 )
 from faastwist.kube.schema import FINALIZER
-from faastwist.model.fsm import FunctionStatus
+from faastwist.model.fsm import FunctionStatus, InvalidEvent
 from faastwist.model.spec import FunctionSpec, SpecError
 from faastwist.store.base import FunctionRecord, FunctionStore, NotFound, StoreError
 from faastwist.store.leader import NotLeader
@@ -97,7 +97,9 @@ class FunctionSync:
     def _failed(self, failure: Any, ref: ObjectRef) -> None:
         if failure.check(_Changed):
             return
-        if failure.check(KubeError) or failure.check(StoreError, NotLeader):
+        # a lost compare-and-swap (Conflict) needs no retry here: the write that won
+        # changed the function, and that change runs this object again
+        if failure.check(KubeError, StoreError, NotLeader, InvalidEvent):
             log.warn("{ref}: {error}; the next resync retries", ref=ref.owner,
                      error=failure.getErrorMessage())
             return

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 
+import attrs
 import pytest
 import pytest_twisted
 from twisted.internet.defer import succeed
@@ -18,6 +19,7 @@ from faastwist.kube.schema import FINALIZER, MANAGED_BY
 from faastwist.model.fsm import Event, FunctionStatus, State, apply_event
 from faastwist.model.spec import FunctionSpec
 from faastwist.providers.base import Observation
+from faastwist.store.memory import MemoryStore
 from tests.kube.envtest_world import World, install_shipped_manifests, wait_for, world  # noqa: F401
 from tests.kube.test_schema import FULL
 
@@ -142,6 +144,36 @@ def test_replica_counts_come_from_the_provider_one_observation_per_resync(world)
     yield w.watch.sync.settled()
     assert calls == [None]          # the pass: one observation of every function
     assert w.watch.sync.writes == writes
+
+
+class RacingStore(MemoryStore):
+    """Before the next spec write, a status-only write lands first (the reconciler
+    recording a provider event), so the watch's compare-and-swap loses once."""
+
+    race = 0
+
+    def update(self, expected, spec=None, status=None, fence=()):
+        if spec is not None and self.race:
+            self.race -= 1
+            current = self._records[expected.name]
+            super().update(current, status=attrs.evolve(current.status,
+                                                        updated=current.status.updated + 1))
+        return super().update(expected, spec=spec, status=status, fence=fence)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_rollout_that_loses_to_the_reconciler_is_retried_at_once(world):
+    store = RacingStore("faascontroller")
+    w = world(store=store)
+    w.start()
+    w.apply("racy", HELLO)
+    yield wait_for(lambda: w.status("racy").get("state") == "initial", what="applied")
+    store.race = 2
+    w.patch_spec("racy", {"image": "dev.local/hello:2"})
+    # no resync runs (an hour away): the winning write's own change runs it again
+    yield wait_for(lambda: w.function("racy").spec.image == "dev.local/hello:2",
+                   what="the rollout after two lost races")
+    assert store.race == 0
 
 
 @pytest_twisted.inlineCallbacks
