@@ -52,6 +52,9 @@ class FunctionWatch(Service):
         self._missing: set[Resource] = set()
         self._retry: dict[Resource, Any] = {}
         self._delays: dict[Resource, float] = {}
+        self._listing: set[Resource] = set()
+        #: counts terms of leadership: an answer to an earlier one is dropped
+        self.term = 0
 
     def startService(self) -> None:
         super().startService()
@@ -67,6 +70,7 @@ class FunctionWatch(Service):
     def leadership_changed(self, leader: bool) -> None:
         if leader and self.running and not self.leading:
             self.leading = True
+            self.term += 1
             self.sync.active = True
             log.info("leading: watching Function objects")
             self._loop = LoopingCall(self._resync)
@@ -81,6 +85,7 @@ class FunctionWatch(Service):
                 if call.active():
                     call.cancel()
             self._retry.clear()
+            self._listing.clear()
             for stream in self.streams.values():
                 stream.close()
             self.streams.clear()
@@ -126,13 +131,24 @@ class FunctionWatch(Service):
             self.sync.schedule(ref)
 
     def _list(self, resource: Resource) -> None:
+        if resource in self._listing:
+            return   # one list at a time per kind
         self.lists += 1
+        self._listing.add(resource)
+        term = self.term
         d = self.api.list(resource, self.namespace)
+
+        def answered(result: Any) -> Any:
+            if not (self.leading and self.term == term):
+                return None
+            self._listing.discard(resource)
+            return result
+        d.addBoth(answered)
         d.addCallbacks(self._listed, self._list_failed, (resource,), None, (resource,))
 
-    def _listed(self, listing: dict[str, Any], resource: Resource) -> None:
-        if not self.leading:
-            return
+    def _listed(self, listing: dict[str, Any] | None, resource: Resource) -> None:
+        if listing is None:
+            return   # an answer to an earlier term of leadership
         if resource in self._missing:
             self._missing.discard(resource)
             log.info("{kind}.{group} objects are watched", kind=resource.kind,
@@ -160,9 +176,11 @@ class FunctionWatch(Service):
         self._watch(resource)
 
     def _list_failed(self, failure: Any, resource: Resource) -> None:
-        if not self.leading:
+        if not failure.check(KubeError):
+            log.failure("listing {kind}.{group} failed", failure, kind=resource.kind,
+                        group=resource.group)
+            self._later(resource, self._list)
             return
-        failure.trap(KubeError)
         exc = failure.value
         if exc.status == 404:
             if resource not in self._missing:
