@@ -15,7 +15,8 @@ from typing import Any, Mapping
 import attrs
 
 from faastwist.admin.openfaas_model import deployment_to_spec, function_status
-from faastwist.kube.schema import GROUP, KIND, MANAGED_BY, PLURAL, VERSION
+from faastwist.kube.schema import GROUP, KIND, PLURAL, VERSION
+from faastwist.store.owned import MANAGED_BY
 from faastwist.model.fsm import FunctionStatus, State
 from faastwist.model.spec import FunctionSpec, SpecError, check_name
 from faastwist.util.times import format_rfc3339

@@ -21,7 +21,6 @@ import attrs
 import yaml
 
 from faastwist.model import spec as spec_model
-from faastwist.store.owned import MANAGED_BY  # noqa: F401 (the kube package's name for it)
 
 GROUP = "faastwist.io"
 VERSION = "v1"

@@ -15,7 +15,8 @@ from kubernetes import client as kube_client
 from kubernetes.client.rest import ApiException
 
 from faastwist.kube.objects import FAASTWIST, OPENFAAS
-from faastwist.kube.schema import FINALIZER, MANAGED_BY
+from faastwist.kube.schema import FINALIZER
+from faastwist.store.owned import MANAGED_BY
 from faastwist.model.fsm import Event, FunctionStatus, State, apply_event
 from faastwist.model.spec import FunctionSpec
 from faastwist.providers.base import Observation

@@ -14,7 +14,7 @@ import yaml
 from kubernetes import client as kube_client
 from kubernetes.client.rest import ApiException
 
-from faastwist.kube.schema import MANAGED_BY
+from faastwist.store.owned import MANAGED_BY
 from tests.kube.envtest_world import install_shipped_manifests
 from tests.support.cli import echo_app, run_cli
 from tests.support.node import ROOT, FaasNodeProcess, http

@@ -15,7 +15,7 @@ from faastwist.kube.objects import (
     status_of_problem,
     status_of_record,
 )
-from faastwist.kube.schema import MANAGED_BY
+from faastwist.store.owned import MANAGED_BY
 from faastwist.model.fsm import Event, FunctionStatus, apply_event
 from faastwist.model.spec import FunctionSpec, SpecError
 

@@ -13,7 +13,7 @@ from treq.testing import StubTreq
 from faastwist.admin.openfaas import OpenFaaSAPI, Versions
 from faastwist.store.owned import ManagedGuard
 from faastwist.kube.objects import Flavour, ObjectRef, spec_from_object
-from faastwist.kube.schema import MANAGED_BY
+from faastwist.store.owned import MANAGED_BY
 from faastwist.metrics import Metrics
 from faastwist.model.fsm import Event, FunctionStatus, apply_event
 from faastwist.store.memory import MemoryStore
