@@ -89,7 +89,8 @@ class World:
     def __init__(self, server: Envtest, store: MemoryStore | None = None,
                  namespace: str | None = None, check_spec: Callable[[Any], None] | None = None,
                  finalizer_timeout: float = 300.0,
-                 observe: Callable[[Any], Any] | None = None) -> None:
+                 observe: Callable[[Any], Any] | None = None,
+                 node_client: Any = None) -> None:
         install_shipped_manifests(server)
         self.server = server
         self.api_client = server.api_client()
@@ -108,7 +109,7 @@ class World:
         self.watch: FunctionWatch = build_watch(
             config, "", self.store, reactor, check_spec=self.check_spec,
             kick=self.kicks.append, leader=self.leader, observe=observe, resync=3600.0,
-            api_client=server.api_client())
+            api_client=node_client or server.api_client())
         self.leader.listeners.append(self.watch.leadership_changed)
         self._store_watch = self.store.watch(
             0, lambda changes: [self.watch.function_changed(c.name) for c in changes],

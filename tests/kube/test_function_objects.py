@@ -70,6 +70,33 @@ def test_shipped_manifests_apply_and_the_crd_keeps_a_full_spec_whole(envtest):
                                                 "full-spec")
 
 
+def as_service_account(envtest, account: str):
+    """An API client acting as ``system:serviceaccount:faastwist:ACCOUNT`` (the
+    apiserver runs with RBAC; the admin token may impersonate)."""
+    api_client = envtest.api_client()
+    api_client.set_default_header("Impersonate-User",
+                                  f"system:serviceaccount:faastwist:{account}")
+    return api_client
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_shipped_rbac_is_all_the_watch_needs(world, envtest):
+    install_shipped_manifests(envtest)
+    stranger = kube_client.CustomObjectsApi(as_service_account(envtest, "nobody"))
+    with pytest.raises(ApiException) as refused:   # impersonation is in force
+        stranger.list_cluster_custom_object("faastwist.io", "v1", "functions")
+    assert refused.value.status == 403
+    w = world(node_client=as_service_account(envtest, "faastwist"))
+    w.start()
+    w.apply("rbac", HELLO)                       # list, watch, finalizer patch, create
+    yield wait_for(lambda: w.status("rbac").get("state") == "initial", what="status")
+    w.apply("rbac-bad", {"image": "x", "limitCPU": "lots"})
+    yield wait_for(lambda: w.events("rbac-bad"), what="an Event")   # events: create
+    w.delete("rbac")                             # finalizer removal
+    yield wait_for(lambda: w.get("rbac") is None, what="released")
+    assert w.function("rbac") is None
+
+
 def _activate(world: World, name: str) -> None:
     """What the reconciler does once the provider says ready."""
     record = world.function(name)
