@@ -97,6 +97,32 @@ def test_the_shipped_rbac_is_all_the_watch_needs(world, envtest):
     assert w.function("rbac") is None
 
 
+@pytest_twisted.inlineCallbacks
+def test_the_shipped_rbac_is_all_the_knative_provider_needs(envtest):
+    from twisted.internet import reactor
+
+    from faastwist.config import KnativeConfig
+    from faastwist.providers.knative import KnativeProvider
+
+    install_shipped_manifests(envtest)
+    config = KnativeConfig(namespace="default", timeout=5.0, kubeconfig=envtest.kubeconfig)
+    provider = KnativeProvider(config, "rbacctl", reactor,
+                               api_client=as_service_account(envtest, "faastwist"))
+    provider.startService()
+    try:
+        yield provider.check()
+        spec = FunctionSpec.from_dict({"name": "rbac-ksvc", "image": "dev.local/x:1"})
+        yield provider.deploy(spec)
+        observed = yield provider.observe()
+        assert "rbac-ksvc" in observed
+        yield provider.stop(spec)
+        yield provider.delete("rbac-ksvc")
+        assert "rbac-ksvc" not in (yield provider.observe())
+        assert (yield provider.read_logs("rbac-ksvc")) == []   # pods and logs: readable
+    finally:
+        provider.stopService()
+
+
 def _activate(world: World, name: str) -> None:
     """What the reconciler does once the provider says ready."""
     record = world.function(name)
