@@ -63,6 +63,22 @@ class KnativeConfig:
 
 
 @attrs.frozen
+class KubernetesConfig:
+    """``kubernetes``: functions as Function objects (faastwist/kube/)."""
+
+    functions: str = "off"          # off | watch
+    namespace: str = "default"      # "": every namespace
+    kubeconfig: str = ""            # "": knative.kubeconfig, else in-cluster config
+    timeout: float = 2.0
+    finalizer_timeout: float = 300.0
+    openfaas: bool = True           # also openfaas.com/v1 Functions, when installed
+
+    @property
+    def watch(self) -> bool:
+        return self.functions == "watch"
+
+
+@attrs.frozen
 class EtcdConfig:
     endpoints: tuple[str, ...] = ()
     data_dir: str = "./data/etcd"
@@ -170,6 +186,7 @@ class ControllerConfig:
     admin: AdminConfig = AdminConfig()
     secrets: SecretsConfig = SecretsConfig()
     queue: QueueConfig = QueueConfig()
+    kubernetes: KubernetesConfig = KubernetesConfig()
 
     @classmethod
     def from_dict(cls, data: object, base_dir: Path | None = None) -> "ControllerConfig":
@@ -201,6 +218,7 @@ class ControllerConfig:
             secrets=reader.section("secrets", lambda r: SecretsConfig(
                 key_file=_path(r.string("keyFile", "./data/secrets.key"), base))),
             queue=reader.section("queue", lambda r: _read_queue(r, base)),
+            kubernetes=reader.section("kubernetes", lambda r: _read_kubernetes(r, base)),
         )
         reader.finish()
         check_anonymous(config)
@@ -269,6 +287,23 @@ def _read_knative(reader: FieldReader, base: Path) -> KnativeConfig:
         namespace=namespace,
         timeout=reader.duration("timeout", 2.0, minimum=0.001),
         kubeconfig=_path(reader.string("kubeconfig", ""), base),
+    )
+
+
+def _read_kubernetes(reader: FieldReader, base: Path) -> KubernetesConfig:
+    namespace = reader.string("namespace", "default")
+    if namespace:
+        try:
+            check_name(namespace)
+        except SpecError as exc:
+            raise reader.fail("namespace", exc.problem) from None
+    return KubernetesConfig(
+        functions=reader.choice("functions", ("off", "watch"), "off"),
+        namespace=namespace,
+        kubeconfig=_path(reader.string("kubeconfig", ""), base),
+        timeout=reader.duration("timeout", 2.0, minimum=0.001),
+        finalizer_timeout=reader.duration("finalizerTimeout", 300.0, minimum=1.0),
+        openfaas=reader.boolean("openfaas", True),
     )
 
 

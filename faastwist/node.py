@@ -108,6 +108,8 @@ class FaasNode(Service):
         self.auth_files: Any = None
         self.admin_tls: Any = None
         self.queue: Any = None
+        self.kube: Any = None      # the Function objects' watch (kubernetes.functions)
+        self.api_store: Any = None
         self.etcd_endpoints: list[str] = []
         self.etcd_tls_files: Any = None  # the embedded etcd's CA and client certificate
 
@@ -166,6 +168,7 @@ class FaasNode(Service):
         await self._start_routes()
         self._start_session()
         self._start_reconciler()
+        self._start_kubernetes()
         await self._start_queue()
         self._start_admin()
         self._start_gate()
@@ -321,6 +324,21 @@ class FaasNode(Service):
         self._start_child("reconciler", self.reconciler)
         self._start_child("leader election", self.leader)
 
+    def _start_kubernetes(self) -> None:
+        """``kubernetes.functions: watch``: the leader applies Function objects."""
+        if not self.config.kubernetes.watch:
+            return
+        from faastwist.kube.service import build_watch
+
+        self.kube = build_watch(self.config.kubernetes, self.config.knative.kubeconfig,
+                                self.store, self.reactor, check_spec=self.provider.check_spec,
+                                kick=self.reconciler.kick, leader=self.leader,
+                                observe=self.reconciler.provider.observe,
+                                resync=self.config.sync_interval)
+        self.leader.add_listener(self.kube.leadership_changed)
+        self.routes.subscribe(lambda name, route: self.kube.function_changed(name))
+        self._start_child("kubernetes functions", self.kube)
+
     def _reports_changed(self, name: str | None) -> None:
         if name is not None:
             self.reconciler.kick(name)
@@ -397,7 +415,11 @@ class FaasNode(Service):
 
         admin, http = self.config.admin, self.config.http_server
         log_source = self.provider if isinstance(self.provider, LogSource) else None
-        self.admin = AdminAPI(self.store, self.config.name, self.provider.check_spec,
+        from faastwist.store.owned import ManagedGuard
+
+        # the APIs may not write functions a Kubernetes object owns (store/owned.py)
+        self.api_store = ManagedGuard(self.store)
+        self.admin = AdminAPI(self.api_store, self.config.name, self.provider.check_spec,
                               self.reconciler.kick, self.reactor, admin.max_body_size,
                               log_source=log_source, cache=self._cached_records,
                               node_id=self.node_id, settle=self.settle)
@@ -455,7 +477,7 @@ class FaasNode(Service):
 
         versions = Versions(orchestration=self.config.provider,
                             sha=source_revision(os.path.dirname(__file__)))
-        return OpenFaaSAPI(self.store, self.provider, self.reconciler.kick, self.metrics,
+        return OpenFaaSAPI(self.api_store, self.provider, self.reconciler.kick, self.metrics,
                            self.reactor, versions, self.namespace,
                            max_body_size=self.config.admin.max_body_size, secrets=self.secrets,
                            slicer=self.admin.slicer,   # the admin port's lists: one budget

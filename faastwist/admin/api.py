@@ -59,6 +59,7 @@ from faastwist.admin.writes import (ANSWERED, Settle, answer, listing_revision,
                                     record_revision, settled)
 from faastwist.admin import writes
 from faastwist.model.fsm import Event, FunctionStatus, apply_event
+from faastwist.store.owned import check_writable
 from faastwist.model.keys import new_key
 from faastwist.providers.base import LogSource
 from faastwist.model.spec import FunctionSpec, SpecError
@@ -382,6 +383,7 @@ class AdminAPI:
             raise ApiError(409, f"name: the body names function {spec.name} but the URL names "
                                 f"{fn}; a function cannot be renamed")
         record = await self._store(self.store.get(fn))
+        check_writable(record)
         now = self.wall_clock()
         updated = await writes.write(self.store, record, lambda r: rolled(r, spec, now),
                                      self._store)
@@ -391,6 +393,7 @@ class AdminAPI:
     async def _operator_event(self, request: IRequest, fn: str, event: Event) -> bytes:
         """Start or stop (admin/writes.py: re-applied after a status-only race)."""
         record = await self._store(self.store.get(fn))
+        check_writable(record)
         now = self.wall_clock()
         updated = await writes.write(
             self.store, record, lambda r: (None, apply_event(r.status, event, now)),
@@ -410,6 +413,7 @@ class AdminAPI:
     async def delete(self, request: IRequest, version: str, controller: str, fn: str) -> bytes:
         """Remove the function from the store; the reconciler removes what the provider runs."""
         record = await self._store(self.store.get(fn))
+        check_writable(record)
         now = self.wall_clock()
         # the FSM's check (409 while active) on whatever record is deleted
         record = await writes.delete(self.store, record,

@@ -10,6 +10,8 @@ the admin API, OpenFaaS's ``PUT /system/functions`` and the CLI's ``update``.
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 import attrs
 from twisted.internet.defer import Deferred, succeed
 
@@ -35,9 +37,10 @@ def rolled(record: FunctionRecord, spec: FunctionSpec, now: float
 
 
 def rollout(store: FunctionStore, record: FunctionRecord, spec: FunctionSpec,
-            now: float) -> Deferred[FunctionRecord]:
-    """Write ``spec`` once (a lost race is the caller's: admin/writes.py re-reads)."""
+            now: float, fence: Sequence[Any] = ()) -> Deferred[FunctionRecord]:
+    """Write ``spec`` once (a lost race is the caller's: admin/writes.py re-reads);
+    ``fence``: the leader's compares (kube/sync.py writes as the leader)."""
     wanted = rolled(record, spec, now)
     if wanted is None:
         return succeed(record)
-    return store.update(record, spec=wanted[0], status=wanted[1])
+    return store.update(record, spec=wanted[0], status=wanted[1], fence=fence)

@@ -107,8 +107,8 @@ async def write(store: FunctionStore, record: FunctionRecord, change: Change,
         spec, status = wanted
         try:
             return await timed(store.update(record, spec=spec, status=status))
-        except Conflict:
-            if attempt == WRITE_ATTEMPTS - 1:
+        except Conflict as exc:
+            if not exc.retryable or attempt == WRITE_ATTEMPTS - 1:
                 raise
             record = await timed(store.get(record.name))
             if record.spec_revision != basis:
@@ -127,8 +127,8 @@ async def delete(store: FunctionStore, record: FunctionRecord,
         try:
             await timed(store.delete(record))
             return record
-        except Conflict:
-            if attempt == WRITE_ATTEMPTS - 1:
+        except Conflict as exc:   # store/owned.py's Managed is never worth a re-read
+            if not exc.retryable or attempt == WRITE_ATTEMPTS - 1:
                 raise
             record = await timed(store.get(record.name))
             if record.spec_revision != basis:

@@ -14,6 +14,7 @@ import click
 from faastwist.cli.client import CliContext, CommandFailed, InputError
 from faastwist.cli.asynccmd import async_commands
 from faastwist.cli.commands import COMMANDS, duration_option
+from faastwist.cli.export import export as export_command
 from faastwist.cli.token import token as token_commands
 from faastwist.cli.keys import key as key_commands
 from faastwist.cli.templatecmd import TEMPLATE_COMMANDS
@@ -64,6 +65,7 @@ def cli(ctx: click.Context, server: str | None, controller: str | None, token: s
 
 for _command in COMMANDS:
     cli.add_command(_command)
+cli.add_command(export_command)
 cli.add_command(token_commands)
 cli.add_command(async_commands)
 cli.add_command(key_commands)

@@ -39,6 +39,9 @@ class AlreadyExists(StoreError):
 class Conflict(StoreError):
     """A compare-and-swap lost: someone else wrote the function since it was read."""
 
+    #: whether reading again and retrying can succeed (False: the write is refused)
+    retryable = True
+
     def __init__(self, name: str) -> None:
         super().__init__(f"function {name} was changed concurrently; read it again and retry")
         self.name = name
@@ -123,8 +126,10 @@ class FunctionStore(Protocol):
 
     controller: str
 
-    def create(self, spec: FunctionSpec, status: FunctionStatus) -> Deferred[FunctionRecord]:
-        """Write both keys if the function does not exist, else AlreadyExists."""
+    def create(self, spec: FunctionSpec, status: FunctionStatus,
+               fence: Sequence[Any] = ()) -> Deferred[FunctionRecord]:
+        """Write both keys if the function does not exist, else AlreadyExists (Fenced
+        when a leader's ``fence`` comparisons fail)."""
 
     def get(self, name: str) -> Deferred[FunctionRecord]:
         """The function by exact name, else NotFound."""

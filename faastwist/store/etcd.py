@@ -257,12 +257,12 @@ class EtcdStore:
                               status_kv.mod_revision)
 
     @_counted("create")
-    def create(self, spec: FunctionSpec, status: FunctionStatus):
+    def create(self, spec: FunctionSpec, status: FunctionStatus, fence: Sequence[Any] = ()):
         spec_key, status_key = self._keys(spec.name)
-        txn = Transaction(compare=[CompCreated(spec_key, "==", 0)],
+        txn = Transaction(compare=[CompCreated(spec_key, "==", 0)] + list(fence),
                           success=[OpSet(spec_key, encode_spec(spec)),
                                    OpSet(status_key, encode_status(status))],
-                          failure=[OpGet(spec_key), OpGet(status_key)])
+                          failure=[OpGet(spec_key)] + self._fence_reads(fence))
         try:
             try:
                 result = yield self.submit("create", txn)
@@ -273,7 +273,10 @@ class EtcdStore:
                         return current  # it was applied
                     raise AlreadyExists(spec.name) from None
                 result = yield self.submit("create", txn)  # it was not: once more
-        except Failed:
+        except Failed as failed:
+            lost = self._lost_race(spec.name, failed, fence)
+            if isinstance(lost, Fenced):
+                raise lost from None
             raise AlreadyExists(spec.name) from None
         revision = result.header.revision
         return FunctionRecord(spec, status, revision, revision)

@@ -62,7 +62,8 @@ class MemoryStore:
             if watch.active:
                 watch.on_changes(changes)
 
-    def create(self, spec: FunctionSpec, status: FunctionStatus) -> Deferred[FunctionRecord]:
+    def create(self, spec: FunctionSpec, status: FunctionStatus,
+               fence: Sequence[Any] = ()) -> Deferred[FunctionRecord]:
         try:
             self._check()
             if spec.name in self._records:

@@ -591,3 +591,31 @@ def test_config_defaults(tmp_path: Path) -> None:
     config = ControllerConfig.from_dict({"provider": "process"}, tmp_path).process
     assert (config.uid_range, config.disk_limit, config.pids_limit, config.network) == (
         "200000-265535", 128 * 2**20, 512, "host")
+
+
+def test_kubernetes_section_defaults_paths_and_errors(tmp_path):
+    config = ControllerConfig.from_dict(None, tmp_path)
+    assert config.kubernetes.functions == "off" and not config.kubernetes.watch
+    assert config.kubernetes.namespace == "default"
+    assert config.kubernetes.finalizer_timeout == 300.0 and config.kubernetes.openfaas
+    config = ControllerConfig.from_dict({"kubernetes": {
+        "functions": "watch", "namespace": "", "kubeconfig": "kube/config",
+        "finalizerTimeout": "90s", "openfaas": False}}, tmp_path)
+    assert config.kubernetes.watch and config.kubernetes.namespace == ""
+    assert config.kubernetes.kubeconfig == str(tmp_path / "kube" / "config")
+    assert config.kubernetes.finalizer_timeout == 90.0 and not config.kubernetes.openfaas
+    for section, key in (({"functions": "on"}, "kubernetes.functions"),
+                         ({"namespace": "Not_A_Label"}, "kubernetes.namespace"),
+                         ({"finalizerTimeout": "0s"}, "kubernetes.finalizerTimeout"),
+                         ({"watch": True}, "kubernetes.watch")):
+        with pytest.raises(ConfigError) as caught:
+            ControllerConfig.from_dict({"kubernetes": section}, tmp_path)
+        assert str(caught.value).startswith(key + ":"), caught.value
+
+
+def test_kubernetes_watch_without_credentials_is_a_config_error_naming_the_key(tmp_path):
+    from faastwist.kube.kubeapi import load_api_client
+
+    with pytest.raises(ConfigError) as caught:
+        load_api_client(str(tmp_path / "missing"))
+    assert str(caught.value).startswith("kubernetes.kubeconfig: cannot load")

@@ -745,6 +745,19 @@ def test_a_fenced_write_is_refused_naming_the_holder_and_a_stale_one_is_a_confli
         with pytest.raises(Fenced) as caught:
             yield store.update(record, status=status("fenced", State.FAILED), fence=fence)
         assert str(caught.value) == refused("\ufffdnode")
+        # a fenced create (the Function watch's): refused as Fenced, not AlreadyExists
+        with pytest.raises(Fenced) as caught:
+            yield store.create(spec("fenced-new"), status("fenced-new"), fence=fence)
+        assert str(caught.value) == refused("\ufffdnode")
+        with pytest.raises(NotFound):
+            yield store.get("fenced-new")
+        now_held = etcd_server.put(leader_key, b"node-a")
+        holding = [CompModified(leader_key, "==", now_held),
+                   CompValue(leader_key, "==", b"node-a")]
+        created = yield store.create(spec("fenced-new"), status("fenced-new"), fence=holding)
+        assert created.name == "fenced-new"
+        with pytest.raises(AlreadyExists):   # the fence holds: the name is what failed
+            yield store.create(spec("fenced-new"), status("fenced-new"), fence=holding)
         etcd_server.delete(leader_key)
         with pytest.raises(Fenced) as caught:
             yield store.delete(record, fence=fence)
