@@ -367,6 +367,7 @@ class AdminAPI:
             raise ApiError(409, f"name: the body names function {spec.name} but the URL names "
                                 f"{fn}; a function cannot be renamed (create {spec.name} and "
                                 f"delete {fn} instead)")
+        check_writable(record)
         now = self.wall_clock()
         updated = await writes.write(
             self.store, record, lambda r: (spec, apply_event(r.status, Event.UPDATE, now)),
