@@ -156,9 +156,10 @@ class OpenFaaSAPI:
                                 f"only, got {namespace!r}")
         return value
 
-    def _invocations(self) -> dict[str, float]:
-        """Invocations per function, every status code, from the gate's plain counters."""
-        return {name: float(sum(cell[0] for cell in counts.codes.values()))
+    def _invocations(self) -> dict[str, int]:
+        """Invocations per function, every status code, from the gate's plain counters
+        (a whole number: clients decode it as one)."""
+        return {name: int(sum(cell[0] for cell in counts.codes.values()))
                 for name, counts in list(self.metrics.gate.functions.items())}
 
     async def _observe(self, names: list[str] | None) -> Mapping[str, Observation]:
@@ -172,7 +173,7 @@ class OpenFaaSAPI:
             return {}
 
     def _status(self, spec: FunctionSpec, status: FunctionStatus,
-                observation: Observation | None, invocations: Mapping[str, float]) -> dict:
+                observation: Observation | None, invocations: Mapping[str, int]) -> dict:
         available = desired = None
         if observation is not None and not observation.stopped:
             ext = observation.ext_data
@@ -182,7 +183,7 @@ class OpenFaaSAPI:
                 desired = int(ext["desired"])
         elif observation is not None:
             available = desired = 0
-        return function_status(spec, status, self.namespace, invocations.get(spec.name, 0.0),
+        return function_status(spec, status, self.namespace, invocations.get(spec.name, 0),
                                available, desired)
 
     # -- functions ---------------------------------------------------------------------
@@ -206,7 +207,7 @@ class OpenFaaSAPI:
 
     def _list_pieces(self, records: Mapping[str, Any], names: list[str],
                      observed: Mapping[str, Observation],
-                     invocations: Mapping[str, float]) -> Iterator[bytes]:
+                     invocations: Mapping[str, int]) -> Iterator[bytes]:
         """``[{...}, {...}]``, one piece per ``STEP`` functions (destroyed ones left out)."""
         yield b"["
         separator = ""
@@ -231,7 +232,7 @@ class OpenFaaSAPI:
                                                      observed.get(name), self._invocations()))
 
     def _check_namespace_param(self, request: Any) -> None:
-        params = query_params(request.uri, ("namespace",))
+        params = query_params(request.uri, ("namespace",), strict=False)
         namespace = params.get("namespace", "")
         if namespace not in ("", self.namespace):
             raise ApiError(400, f"namespace: this gate serves namespace {self.namespace} "
@@ -354,7 +355,7 @@ class OpenFaaSAPI:
     @app.route("/system/logs", methods=["GET"])
     async def logs(self, request: Any) -> Any:
         params = query_params(request.uri, ("name", "namespace", "instance", "tail", "since",
-                                            "follow"))
+                                            "follow"), strict=False)
         name = params.get("name", "")
         if not name:
             raise ApiError(400, "name: is required (the function whose logs to read)")
