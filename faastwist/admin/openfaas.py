@@ -328,6 +328,11 @@ class OpenFaaSAPI:
             await self._timed(store.create(name, value))
         else:
             await self._timed(store.replace(name, value))
+            # running functions that name it get the new file now (other nodes at
+            # their next refresh); OpenFaaS on Kubernetes refreshes mounted secrets too
+            refresh = getattr(self.provider, "refresh_secrets", None)
+            if refresh is not None:
+                refresh()
         return self._accepted(request)
 
     @app.route("/system/secrets", methods=["DELETE"])

@@ -118,8 +118,9 @@ def aggregate(name: str, reports: Mapping[str, Report], live: Sequence[str]) -> 
                        serving_previous=all(r.serving_previous for r in pending))
 
 
-#: what each node says about how it runs the function (its user, how limits apply)
-_SHARED = ("user", "memoryLimit", "cpuLimit")
+#: what each node says about how it runs the function (its user, how limits apply, its
+#: autoscaler's last decision)
+_SHARED = ("user", "memoryLimit", "cpuLimit", "lastScale")
 
 
 def _carry(ext: dict[str, str], reports: list[Report]) -> None:

@@ -41,6 +41,7 @@ from faastwist.providers.base import (
 )
 from faastwist.providers.logfile import FunctionLog, read_lines
 from faastwist.providers.secretfiles import SECRETS_DIR_VAR, SecretFiles, find_bwrap
+from faastwist.providers.secretsync import SecretSync
 from faastwist.providers.watchdogd import (
     DEFAULT_TIMEOUT_VAR,
     FORK_PREFIX_VAR,
@@ -80,6 +81,10 @@ OBSERVE_CHUNK = 1000
 
 LOG_MAX_BYTES = 10 * 2**20
 SCALE_INTERVAL = 1.0
+#: how often a node looks for secrets changed since it wrote them into running
+#: functions' folders (one keys-only etcd read; OpenFaaS on Kubernetes: the kubelet's
+#: sync, about a minute); a secret updated through this node's API is written at once
+SECRET_REFRESH = 5.0
 
 Runtime = Union[HttpRuntime, ForkRuntime]
 
@@ -101,7 +106,8 @@ class ProcessProvider(Service):
                  stage_roots: Sequence[str] | None = None,
                  reserved_ports: Collection[int] | Callable[[], Collection[int]] = (),
                  tools: Tools | None = None,
-                 cgroups: Cgroups | None | str = "detect", sandbox: bool = True) -> None:
+                 cgroups: Cgroups | None | str = "detect", sandbox: bool = True,
+                 secret_refresh: float = SECRET_REFRESH) -> None:
         self.config = config
         self.controller = controller
         self.reactor = reactor
@@ -148,9 +154,13 @@ class ProcessProvider(Service):
         self._described: dict[str, tuple[Observation, Observation]] = {}
         #: where the functions' secrets come from (the node sets it); None: no secrets
         self.secrets: SecretStore | None = None
+        self.secret_refresh = secret_refresh
+        self._secret_loop: LoopingCall | None = None
         self.secret_files = SecretFiles(
             Path(self.functions_dir) / ".secrets", self.identity,
             find_bwrap(launch_prefix(self.identity, tools=self.tools)) if sandbox else None)
+        self.secret_sync = SecretSync(self.reactor, self.threads, self.secret_files,
+                                      self.runtimes)
 
     # -- service ---------------------------------------------------------------------
     def startService(self) -> None:
@@ -170,11 +180,15 @@ class ProcessProvider(Service):
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self.reactor
         self._loop.start(self.scale_interval, now=False)
+        self._secret_loop = LoopingCall(self.refresh_secrets)
+        self._secret_loop.clock = self.reactor
+        self._secret_loop.start(self.secret_refresh, now=False)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        for loop in (self._loop, self._secret_loop):
+            if loop is not None and loop.running:
+                loop.stop()
         stops = [runtime.stop() for runtime in self.runtimes.values()]
         count = sum(len(runtime.pids()) for runtime in self.runtimes.values())
         if count:
@@ -433,17 +447,19 @@ class ProcessProvider(Service):
         secret that does not exist is a ProviderRejected (the function fails, saying so)."""
         if not spec.secrets:
             if self.secret_files.path(spec.name) is not None:
-                return deferToThreadPool(self.reactor, self.threads,
-                                         self.secret_files.remove, spec.name)
+                return self.secret_sync.remove(spec.name)
             return succeed(None)
 
         def rejected(failure: Failure) -> None:
             failure.trap(StoreError)
             raise ProviderRejected(f"secrets: {failure.getErrorMessage()}")
-        d = reveal_deferred(self.secrets, spec.secrets)
-        d.addCallback(lambda values: deferToThreadPool(
-            self.reactor, self.threads, self.secret_files.write, spec.name, values))
+        d = reveal_deferred(self.secrets, spec.secrets, revisions=True)
+        d.addCallback(lambda found: self.secret_sync.write(spec.name, found))
         return d.addCallbacks(lambda _: None, rejected)
+
+    def refresh_secrets(self) -> Deferred[None]:
+        """Rewrite the files of running functions whose secrets changed (secretsync.py)."""
+        return self.secret_sync.refresh(self.secrets)
 
     def deploy(self, spec: FunctionSpec) -> Deferred[None]:
         return self._secrets_ready(spec).addCallback(lambda _: self._deploy(spec))
@@ -498,6 +514,8 @@ class ProcessProvider(Service):
         self._announced.pop(name, None)
         stopping = runtime.stop() if runtime is not None else succeed(None)
         self._staged.pop(name, None)
+
+        self.secret_sync.forget(name)
 
         def remove_logs(_: object) -> None:
             remove_home(self.home(name))
