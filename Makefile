@@ -53,6 +53,16 @@ system-deps:
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
 
+# alert-driven autoscaling's end-to-end test runs Debian's Prometheus and AlertManager
+monitoring-deps:
+	@missing=""; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v prometheus-alertmanager >/dev/null || missing="$$missing prometheus-alertmanager"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing (for the autoscaling test)"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
 # the console's end-to-end test drives Debian's chromium; `make run` does not need it
 browser-deps:
 	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
@@ -63,7 +73,7 @@ browser-deps:
 run: install system-deps
 	$(BIN)/twistd -n --pidfile= faasgate --config $(CONFIG)
 
-test: install system-deps browser-deps
+test: install system-deps browser-deps monitoring-deps
 	rm -f .coverage .coverage.*
 	COVERAGE_FILE=$(CURDIR)/.coverage $(BIN)/pytest $(COVERAGE) $(PYTEST_ARGS)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Iterator
 
 import pytest
@@ -11,21 +12,38 @@ from tests.support.k8s import ENV_VAR, Envtest, envtest_unavailable
 from tests.support.properties import load_profile
 
 
+#: what the ``monitoring`` tests run (``make monitoring-deps`` installs them)
+MONITORING = ("prometheus", "prometheus-alertmanager")
+
+
+def monitoring_missing() -> list[str]:
+    return [name for name in MONITORING if shutil.which(name) is None]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Without FAASTWIST_ENVTEST the ``envtest`` tests are deselected (counted as such),
-    not skipped: a skip would look like a test that ran and had nothing to check."""
-    if os.environ.get(ENV_VAR):
-        return
-    deselected = [item for item in items if item.get_closest_marker("envtest")]
+    not skipped: a skip would look like a test that ran and had nothing to check. The
+    same for the ``monitoring`` tests without Prometheus and AlertManager."""
+    markers = [] if os.environ.get(ENV_VAR) else ["envtest"]
+    if monitoring_missing():
+        markers.append("monitoring")
+    deselected = [item for item in items
+                  if any(item.get_closest_marker(marker) for marker in markers)]
     if deselected:
-        items[:] = [item for item in items if not item.get_closest_marker("envtest")]
+        dropped = {id(item) for item in deselected}
+        items[:] = [item for item in items if id(item) not in dropped]
         config.hook.pytest_deselected(items=deselected)
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    if os.environ.get(ENV_VAR):
-        return f"{ENV_VAR}={os.environ[ENV_VAR]}: the envtest tests run"
-    return f"{ENV_VAR} is not set: the envtest tests are deselected"
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    lines = [f"{ENV_VAR}={os.environ[ENV_VAR]}: the envtest tests run"
+             if os.environ.get(ENV_VAR)
+             else f"{ENV_VAR} is not set: the envtest tests are deselected"]
+    missing = monitoring_missing()
+    if missing:
+        lines.append(f"no {' '.join(missing)} (make monitoring-deps): the monitoring tests "
+                     f"are deselected")
+    return lines
 
 # Hypothesis: no per-example deadline (tests/support/properties.py says why); the
 # mutation runner selects its own profile there

@@ -430,3 +430,7 @@ class OpenFaaSAPI:
                     path=request.path.decode("latin-1"))
         return self._json(request, 500, {"code": 500, "message":
                                          "internal error; the node's log has the details"})
+
+
+# the alert webhook's route (AlertManager -> /system/alert) lives in its own module
+from faastwist.admin import alerts as _alerts  # noqa: E402,F401

@@ -107,12 +107,14 @@ def test_deploy_round_trips_every_field_and_invokes_with_cat(node):
     deploy(node, "catfn", **fields)
     got = function(node, "catfn")
     for key, value in fields.items():
+        if key == "labels":   # faas-netes's label on top of the deployment's
+            value = {**value, "faas_function": "catfn"}
         assert got[key] == value, key
     assert got["name"] == "catfn" and got["image"] == "ghcr.io/openfaas/alpine:latest"
     assert got["replicas"] == 1 and got["availableReplicas"] == 1
     assert got["createdAt"].endswith("Z") and "T" in got["createdAt"]
     listed = {f["name"]: f for f in json.loads(call(node, "GET", "/system/functions")[2])}
-    assert listed["catfn"]["labels"] == fields["labels"]
+    assert listed["catfn"]["labels"] == {**fields["labels"], "faas_function": "catfn"}
     before = got["invocationCount"]
     code, headers, data = call(node, "POST", "/function/catfn", b"hello openfaas",
                                {"X-Call-Id": "my-call-1"})
@@ -271,7 +273,7 @@ def test_update_through_openfaas_and_easegress_created_function(node, tmp_path: 
     assert code == 202, data
     wait_for(lambda: call(node, "GET", "/function/updfn")[2] == b"two\n", timeout=40)
     got = function(node, "updfn")
-    assert got["image"] == "img:2" and got["labels"] == {"v": "2"}
+    assert got["image"] == "img:2" and got["labels"] == {"v": "2", "faas_function": "updfn"}
     assert node.json("GET", "/updfn")[1]["status"]["state"] == "active"
     remove(node, "updfn")
     # created through the Easegress-style API, listed and deleted through OpenFaaS's
