@@ -8,7 +8,7 @@ Prometheus evaluates ``APIHighInvocationRate`` over the gate's
 returns to the function's min (model/scaling.py). Replicas are set the way
 ``/system/scale-function`` sets them (minReplica, no restart), and the function's own
 min is kept in the label ``com.openfaas.scale.min`` (added if absent), which is where
-OpenFaaS reads it from too. Routed on ``OpenFaaSAPI.app``, so it is authenticated like
+OpenFaaS reads it from too. Routed by ``OpenFaaSAPI``, so it is authenticated like
 every ``/system/*`` route; unknown functions are skipped, as OpenFaaS does.
 """
 
@@ -20,7 +20,6 @@ import attrs
 from twisted.logger import Logger
 
 from faastwist.admin.codec import ApiError
-from faastwist.admin.openfaas import OpenFaaSAPI
 from faastwist.admin.openfaas_model import SCALE_MIN, SCALE_ZERO, _flag, _replicas
 from faastwist.model.fsm import State
 from faastwist.model.scaling import AlertStatus, alert_step, factor
@@ -28,7 +27,6 @@ from faastwist.model.spec import SpecError
 from faastwist.store.base import Conflict, NotFound
 
 log = Logger()
-app = OpenFaaSAPI.app
 
 #: the webhook payload version AlertManager (0.x) sends
 PAYLOAD_VERSION = "4"
@@ -81,7 +79,7 @@ def own_min(labels: Any) -> int:
     return 0 if _flag(labels, SCALE_ZERO) else 1
 
 
-async def _apply(api: OpenFaaSAPI, alert: Alert) -> dict[str, Any]:
+async def _apply(api: Any, alert: Alert) -> dict[str, Any]:
     name, _, namespace = alert.function.partition(".")
     if not name:
         return {"function": alert.function, "skipped": "no function_name label"}
@@ -123,8 +121,7 @@ async def _apply(api: OpenFaaSAPI, alert: Alert) -> dict[str, Any]:
                         f"applied; AlertManager will send it again")
 
 
-@app.route("/system/alert", methods=["POST"])
-async def system_alert(self: OpenFaaSAPI, request: Any) -> bytes:
-    alerts = read_alerts(self._document(request))
-    results = [await _apply(self, alert) for alert in alerts]
-    return self._json(request, 200, {"alerts": results})
+async def handle_alerts(api: Any, document: Any) -> dict[str, Any]:
+    """Apply a webhook payload's alerts in order (``api``: the OpenFaaSAPI); what each
+    did, for the answer."""
+    return {"alerts": [await _apply(api, alert) for alert in read_alerts(document)]}

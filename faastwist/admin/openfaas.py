@@ -38,6 +38,7 @@ from faastwist.admin.codec import (
     query_params,
     read_body,
 )
+from faastwist.admin.alerts import handle_alerts
 from faastwist.admin.listbody import STEP, stream
 from faastwist.admin.logstream import OneInstance, send_logs
 from faastwist.admin.openfaas_model import deployment_to_spec, function_status, read_secret
@@ -342,6 +343,11 @@ class OpenFaaSAPI:
         return self._accepted(request)
 
     # -- the rest ----------------------------------------------------------------------
+    @app.route("/system/alert", methods=["POST"])
+    async def alert(self, request: Any) -> bytes:
+        """AlertManager's webhook: alert-driven autoscaling (admin/alerts.py)."""
+        return self._json(request, 200, await handle_alerts(self, self._document(request)))
+
     @app.route("/system/info", methods=["GET"])
     def info(self, request: Any) -> bytes:
         versions = self.versions
@@ -431,6 +437,3 @@ class OpenFaaSAPI:
         return self._json(request, 500, {"code": 500, "message":
                                          "internal error; the node's log has the details"})
 
-
-# the alert webhook's route (AlertManager -> /system/alert) lives in its own module
-from faastwist.admin import alerts as _alerts  # noqa: E402,F401
