@@ -124,6 +124,15 @@ class SecretsConfig:
 
 
 @attrs.frozen
+class StoreConfig:
+    """The function store's catalogue, served at /system/store (OpenFaaS store format):
+    ``url`` (fetched) or ``file``; neither: the shipped catalogue."""
+
+    url: str = ""
+    file: str = ""
+
+
+@attrs.frozen
 class QueueConfig:
     """Asynchronous invocations on NATS JetStream (see README, "Asynchronous invocations")."""
 
@@ -161,6 +170,7 @@ class ControllerConfig:
     admin: AdminConfig = AdminConfig()
     secrets: SecretsConfig = SecretsConfig()
     queue: QueueConfig = QueueConfig()
+    store: StoreConfig = StoreConfig()
 
     @classmethod
     def from_dict(cls, data: object, base_dir: Path | None = None) -> "ControllerConfig":
@@ -192,6 +202,7 @@ class ControllerConfig:
             secrets=reader.section("secrets", lambda r: SecretsConfig(
                 key_file=_path(r.string("keyFile", "./data/secrets.key"), base))),
             queue=reader.section("queue", lambda r: _read_queue(r, base)),
+            store=reader.section("store", lambda r: _read_store(r, base)),
         )
         reader.finish()
         return config
@@ -369,6 +380,16 @@ def _read_admin(reader: FieldReader, base: Path) -> AdminConfig:
             f"reaches the port run commands on this machine; use tokens, or set "
             f"admin.allowInsecure: true if you mean it")
     return config
+
+
+def _read_store(reader: FieldReader, base: Path) -> StoreConfig:
+    url = reader.string("url", "")
+    file = reader.string("file", "")
+    if url and not url.startswith(("http://", "https://")):
+        raise reader.fail("url", f"must be an http:// or https:// URL, got {url!r}")
+    if url and file:
+        raise reader.fail("file", "give store.url or store.file, not both")
+    return StoreConfig(url=url, file=_path(file, base) if file else "")
 
 
 def _read_queue(reader: FieldReader, base: Path) -> QueueConfig:

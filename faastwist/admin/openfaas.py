@@ -85,8 +85,9 @@ class OpenFaaSAPI:
                  namespace: str,
                  max_body_size: int = 1 << 20, store_timeout: float = STORE_TIMEOUT,
                  wall_clock: Callable[[], float] = time.time, secrets: Any = None,
-                 slicer: Slicer | None = None) -> None:
+                 slicer: Slicer | None = None, catalogue: Any = None) -> None:
         self.store = store
+        self.catalogue = catalogue   # the function store (faastwist.catalogue)
         self.secrets = secrets
         self.provider = provider
         self.kick = kick
@@ -343,6 +344,20 @@ class OpenFaaSAPI:
         return self._accepted(request)
 
     # -- the rest ----------------------------------------------------------------------
+    @app.route("/system/store", methods=["GET"])
+    async def function_store(self, request: Any) -> bytes:
+        """The function store's catalogue, for faas-cli ``store list/deploy --url`` and
+        ``faastwist store`` (open: admin/guard.py)."""
+        from faastwist.catalogue import CatalogueError
+
+        if self.catalogue is None:
+            raise ApiError(404, "this node serves no function store")
+        try:
+            catalogue = await self.catalogue.load()
+        except CatalogueError as exc:
+            raise ApiError(502, f"the function store is unavailable: {exc}") from None
+        return self._json(request, 200, catalogue)
+
     @app.route("/system/alert", methods=["POST"])
     async def alert(self, request: Any) -> bytes:
         """AlertManager's webhook: alert-driven autoscaling (admin/alerts.py)."""

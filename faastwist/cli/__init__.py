@@ -16,6 +16,7 @@ from faastwist.cli.asynccmd import async_commands
 from faastwist.cli.commands import COMMANDS, duration_option
 from faastwist.cli.token import token as token_commands
 from faastwist.cli.keys import key as key_commands
+from faastwist.cli.storecmd import store_commands
 
 __all__ = ["main", "cli", "CliContext", "CommandFailed", "InputError"]
 
@@ -66,6 +67,7 @@ for _command in COMMANDS:
 cli.add_command(token_commands)
 cli.add_command(async_commands)
 cli.add_command(key_commands)
+cli.add_command(store_commands)
 
 
 def main(argv: list[str] | None = None) -> int:
