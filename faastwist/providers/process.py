@@ -70,7 +70,8 @@ from faastwist.providers.limits import (Cgroup, Cgroups, Limits, detect_cgroups,
 from faastwist.providers.replica import ExitInfo, Replica
 from faastwist.providers.runtime import HttpRuntime, Tuning
 from faastwist.providers.watchdog import ForkRuntime, Watchdog
-from faastwist.model.spec import FunctionSpec, ProcessMode, SpecError
+from faastwist.model.spec import AutoScaleType, FunctionSpec, ProcessMode, SpecError
+from faastwist.providers.cpusample import group_cpu_seconds
 from faastwist.util.ports import free_port
 from faastwist.util.users import Identity, resolve_identity
 
@@ -141,6 +142,7 @@ class ProcessProvider(Service):
         self.functions_dir, self.passthrough = functions_root(config.data_dir, self.identity,
                                                               self.token)
         self.runtimes: dict[str, Runtime] = {}
+        self._cpu_sample: dict[int, float] | None = None
         self.logs: dict[str, FunctionLog] = {}
         self._staged: dict[str, tuple[tuple[str, ...], Staging]] = {}
         self.threads = ThreadPool(minthreads=0, maxthreads=2, name="process-provider")
@@ -213,6 +215,7 @@ class ProcessProvider(Service):
         return DeferredList(stops, consumeErrors=True).addCallback(finish)
 
     def _tick(self) -> None:
+        self._cpu_sample = None   # one /proc pass per tick, for every cpu-scaled function
         for runtime in list(self.runtimes.values()):
             try:
                 runtime.tick()
@@ -353,7 +356,19 @@ class ProcessProvider(Service):
     def _new_runtime(self, spec: FunctionSpec) -> Runtime:
         if spec.mode is ProcessMode.FORK:
             return ForkRuntime(spec, self.tuning, self._make_watchdog, self._changed)
-        return HttpRuntime(spec, self.reactor, self.tuning, self._make_replica, self._changed)
+        return HttpRuntime(spec, self.reactor, self.tuning, self._make_replica, self._changed,
+                           cpu_meter=self._cpu_meter)
+
+    def _cpu_meter(self, groups: Collection[int]) -> Mapping[int, float]:
+        """CPU seconds of ``groups`` from this tick's one pass over /proc (made for the
+        groups of every cpu-scaled function at the first ask)."""
+        if self._cpu_sample is None:
+            wanted = [pid for runtime in self.runtimes.values()
+                      if getattr(runtime, "kind", None) is AutoScaleType.CPU
+                      for pid in runtime.pids()]
+            self._cpu_sample = group_cpu_seconds([*wanted, *groups])
+        return {group: self._cpu_sample[group] for group in groups
+                if group in self._cpu_sample}
 
     def _changed(self, name: str, ready: int) -> None:
         self.metrics.replicas[name] = ready

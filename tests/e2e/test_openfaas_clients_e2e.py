@@ -196,3 +196,27 @@ def test_rps_labels_drive_the_built_in_autoscaler(node):
     assert re.match(r"\d -> [23]: rps: [\d.]+ req/s, target 2 per replica", scaled), scaled
     assert "function rpsfn: scaling from 1 to" in node.log_path.read_text()
     remove(node, "rpsfn")
+
+
+def test_cpu_label_scales_on_the_replicas_measured_cpu(node):
+    """type cpu, target 200 millicores: a request that burns a CPU second makes the
+    replica's process group report ~1000m (its reaped child), so replicas grow."""
+    labels = {"com.openfaas.scale.type": "cpu", "com.openfaas.scale.target": "200",
+              "com.openfaas.scale.target-proportion": "1", "com.openfaas.scale.max": "3"}
+    burn = "sh -c 'timeout 1 sh -c \"while :; do :; done\"; echo burnt'"
+    body = {"service": "cpufn", "envProcess": burn, "labels": labels}
+    assert call(node, "POST", "/system/functions", body)[0] == 202
+    wait_for(lambda: status(node, "cpufn").get("availableReplicas") == 1, timeout=40)
+    _, record = node.json("GET", "/cpufn")
+    assert (record["spec"]["autoScaleType"], record["spec"]["autoScaleValue"]) == ("cpu", "200")
+    for _ in range(3):
+        code, data = call(node, "POST", "/function/cpufn", b"")
+        assert (code, data) == (200, b"burnt\n")
+        if status(node, "cpufn").get("replicas", 1) >= 2:
+            break
+    wait_for(lambda: status(node, "cpufn").get("replicas", 0) >= 2, timeout=10)
+    wait_for(lambda: "cpu:" in node.json("GET", "/cpufn")[1]["status"]
+             .get("extData", {}).get("lastScale", ""), timeout=10)
+    scaled = node.json("GET", "/cpufn")[1]["status"]["extData"]["lastScale"]
+    assert re.match(r"1 -> [23]: cpu: \d+\.\d millicores, target 200 per replica", scaled), scaled
+    remove(node, "cpufn")
