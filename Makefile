@@ -26,7 +26,7 @@ UNIT_MARKERS := not etcd and not envtest and not slow and not process and not e2
 export PYTHONPATH := $(CURDIR)
 
 
-.PHONY: run test unit mutate install system-deps browser-deps bench bench-gate bench-workers bench-scale bench-reconcile bench-coldstart bench-async clean
+.PHONY: run test unit mutate install system-deps browser-deps monitoring-deps bench bench-gate bench-workers bench-scale bench-reconcile bench-coldstart bench-async clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
