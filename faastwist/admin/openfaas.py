@@ -451,4 +451,3 @@ class OpenFaaSAPI:
                     path=request.path.decode("latin-1"))
         return self._json(request, 500, {"code": 500, "message":
                                          "internal error; the node's log has the details"})
-
