@@ -20,15 +20,19 @@ from typing import Any, Callable, Mapping
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 log = Logger()
 
-__all__ = ["CACHE_TTL", "MAX_SIZE", "SHIPPED", "Catalogue", "CatalogueError",
+__all__ = ["CACHE_TTL", "FAILURE_TTL", "MAX_SIZE", "SHIPPED", "Catalogue", "CatalogueError",
            "check_catalogue", "deployment", "find"]
 
 SHIPPED = Path(__file__).with_name("functions.json")
 MAX_SIZE = 4 * 2**20
 CACHE_TTL = 60.0
+#: a failed load is answered from memory this long: anonymous GETs cannot make the node
+#: hammer store.url
+FAILURE_TTL = 10.0
 FETCH_TIMEOUT = 10.0
 #: the platform keys faas-cli looks an image up by (``store list --platform``)
 PLATFORMS = ("x86_64", "arm64", "armhf")
@@ -121,6 +125,9 @@ class Catalogue:
         self._fetch = fetch or self._get
         self.clock = clock
         self._cached: tuple[float, dict[str, Any]] | None = None
+        self._failed: tuple[float, CatalogueError] | None = None
+        self._loading: Deferred[dict[str, Any]] | None = None
+        self._waiters: list[Deferred[dict[str, Any]]] = []
 
     @property
     def source(self) -> str:
@@ -129,25 +136,48 @@ class Catalogue:
 
     async def load(self) -> dict[str, Any]:
         """The checked catalogue (cached ``CACHE_TTL``; a store.url that fails keeps
-        serving its last good copy)."""
+        serving its last good copy). Concurrent callers share one load, and a failure
+        is remembered for ``FAILURE_TTL``."""
         now = self.clock()
         if self._cached is not None and now - self._cached[0] < CACHE_TTL:
             return self._cached[1]
+        if self._failed is not None and now - self._failed[0] < FAILURE_TTL:
+            if self._cached is not None:
+                return self._cached[1]
+            raise self._failed[1]
+        waiter: Deferred[dict[str, Any]] = Deferred()
+        self._waiters.append(waiter)   # before the load starts: it may finish at once
+        if self._loading is None:
+            self._loading = Deferred.fromCoroutine(self._load(now))
+            self._loading.addBoth(self._loaded)
+        return await waiter
+
+    def _loaded(self, result: Any) -> None:
+        self._loading = None
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+    async def _load(self, now: float) -> dict[str, Any]:
         try:
             if self.url:
                 data = await self._fetch(self.url)
             else:
                 data = await deferToThread(_read_file, Path(self.file))
             catalogue = check_catalogue(data, self.source)
-        except CatalogueError:
-            if self._cached is not None:
-                log.warn("{source} unusable; serving its last good copy", source=self.source)
-                return self._cached[1]
-            raise
         except Exception as exc:
+            error = exc if isinstance(exc, CatalogueError) else CatalogueError(
+                f"{self.source}: {exc}")
+            self._failed = (now, error)
             if self._cached is not None:
+                log.warn("{source} unusable ({error}); serving its last good copy",
+                         source=self.source, error=str(error))
                 return self._cached[1]
-            raise CatalogueError(f"{self.source}: {exc}") from None
+            raise error from None
+        self._failed = None
         self._cached = (now, catalogue)
         return catalogue
 

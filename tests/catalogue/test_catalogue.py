@@ -11,6 +11,7 @@ from twisted.internet.defer import fail, succeed
 
 from faastwist.catalogue import (
     CACHE_TTL,
+    FAILURE_TTL,
     MAX_SIZE,
     SHIPPED,
     Catalogue,
@@ -100,10 +101,45 @@ async def test_store_url_is_cached_and_a_failure_keeps_the_last_good_copy() -> N
     assert names(await catalogue.load()) == ["one"] and len(fetched) == 1   # cached
     now[0] += 2
     assert names(await catalogue.load()) == ["one"]       # refused: last good copy
+    assert names(await catalogue.load()) == ["one"] and len(fetched) == 2   # remembered
+    now[0] += FAILURE_TTL
     assert names(await catalogue.load()) == ["one"]       # broken: last good copy
-    assert names(await catalogue.load()) == ["two"]
-    first = Catalogue(url="http://store.local/f.json",
-                      fetch=lambda url: fail(OSError("connection refused")))
-    with pytest.raises(CatalogueError, match="store.url http://store.local/f.json: "
-                                             "connection refused"):
-        await first.load()
+    now[0] += FAILURE_TTL
+    assert names(await catalogue.load()) == ["two"] and len(fetched) == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_a_good_copy_a_failure_is_an_error_remembered_a_while() -> None:
+    """Anonymous GETs of /system/store cannot make the node fetch store.url on each."""
+    now, fetched = [0.0], []
+
+    def fetch(url: str):
+        fetched.append(url)
+        return fail(OSError("connection refused"))
+    catalogue = Catalogue(url="http://store.local/f.json", fetch=fetch, clock=lambda: now[0])
+    for _ in range(3):
+        with pytest.raises(CatalogueError, match="store.url http://store.local/f.json: "
+                                                 "connection refused"):
+            await catalogue.load()
+    assert len(fetched) == 1
+    now[0] += FAILURE_TTL
+    with pytest.raises(CatalogueError):
+        await catalogue.load()
+    assert len(fetched) == 2
+
+
+def test_concurrent_loads_share_one_fetch() -> None:
+    from twisted.internet.defer import Deferred, ensureDeferred
+
+    pending: list[Deferred] = []
+
+    def fetch(url: str) -> Deferred:
+        pending.append(Deferred())
+        return pending[-1]
+    catalogue = Catalogue(url="http://store.local/f.json", fetch=fetch, clock=lambda: 0.0)
+    results: list = []
+    for _ in range(5):
+        ensureDeferred(catalogue.load()).addBoth(results.append)
+    assert len(pending) == 1 and results == []
+    pending[0].callback(doc({"name": "one"}))
+    assert [[f["name"] for f in r["functions"]] for r in results] == [["one"]] * 5
