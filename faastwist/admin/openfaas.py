@@ -353,10 +353,13 @@ class OpenFaaSAPI:
         if self.catalogue is None:
             raise ApiError(404, "this node serves no function store")
         try:
-            catalogue = await self.catalogue.load()
+            body = await self.catalogue.body()
         except CatalogueError as exc:
             raise ApiError(502, f"the function store is unavailable: {exc}") from None
-        return self._json(request, 200, catalogue)
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return body
 
     @app.route("/system/alert", methods=["POST"])
     async def alert(self, request: Any) -> bytes:

@@ -128,6 +128,7 @@ class Catalogue:
         self._failed: tuple[float, CatalogueError] | None = None
         self._loading: Deferred[dict[str, Any]] | None = None
         self._waiters: list[Deferred[dict[str, Any]]] = []
+        self._encoded: tuple[dict[str, Any], bytes] | None = None
 
     @property
     def source(self) -> str:
@@ -151,6 +152,14 @@ class Catalogue:
             self._loading = Deferred.fromCoroutine(self._load(now))
             self._loading.addBoth(self._loaded)
         return await waiter
+
+    async def body(self) -> bytes:
+        """``load()`` as JSON bytes, encoded once per catalogue (the route is open: a
+        4 MiB catalogue is not encoded again for each anonymous GET)."""
+        catalogue = await self.load()
+        if self._encoded is None or self._encoded[0] is not catalogue:
+            self._encoded = (catalogue, json.dumps(catalogue).encode())
+        return self._encoded[1]
 
     def _loaded(self, result: Any) -> None:
         self._loading = None

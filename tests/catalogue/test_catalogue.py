@@ -75,7 +75,11 @@ def test_find_by_name_or_title_and_the_deployment_sent() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_store_file_and_the_shipped_default(tmp_path) -> None:
-    assert (await Catalogue().load()) == check_catalogue(SHIPPED.read_bytes(), "shipped")
+    shipped = Catalogue()
+    assert (await shipped.load()) == check_catalogue(SHIPPED.read_bytes(), "shipped")
+    body = await shipped.body()
+    assert json.loads(body) == await shipped.load()
+    assert (await shipped.body()) is body          # encoded once while it is cached
     own = tmp_path / "catalogue.json"
     own.write_bytes(doc({"name": "mine", "fprocess": "cat"}))
     catalogue = Catalogue(file=str(own))
