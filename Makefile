@@ -26,7 +26,7 @@ UNIT_MARKERS := not etcd and not envtest and not slow and not process and not e2
 export PYTHONPATH := $(CURDIR)
 
 
-.PHONY: run test unit mutate install system-deps browser-deps bench bench-gate bench-workers bench-scale bench-reconcile bench-coldstart bench-async clean
+.PHONY: run test unit mutate install system-deps browser-deps monitoring-deps bench bench-gate bench-workers bench-scale bench-reconcile bench-coldstart bench-async clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,16 @@ system-deps:
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
 
+# alert-driven autoscaling's end-to-end test runs Debian's Prometheus and AlertManager
+monitoring-deps:
+	@missing=""; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v prometheus-alertmanager >/dev/null || missing="$$missing prometheus-alertmanager"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing (for the autoscaling test)"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
 # the console's end-to-end test drives Debian's chromium; `make run` does not need it
 browser-deps:
 	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
@@ -67,7 +77,7 @@ browser-deps:
 run: install system-deps
 	$(BIN)/twistd -n --pidfile= faasgate --config $(CONFIG)
 
-test: install system-deps browser-deps
+test: install system-deps browser-deps monitoring-deps
 	rm -f .coverage .coverage.*
 	COVERAGE_FILE=$(CURDIR)/.coverage $(BIN)/pytest $(COVERAGE) $(PYTEST_ARGS)
 

@@ -145,6 +145,15 @@ class SecretsConfig:
 
 
 @attrs.frozen
+class StoreConfig:
+    """The function store's catalogue, served at /system/store (OpenFaaS store format):
+    ``url`` (fetched) or ``file``; neither: the shipped catalogue."""
+
+    url: str = ""
+    file: str = ""
+
+
+@attrs.frozen
 class QueueConfig:
     """Asynchronous invocations on NATS JetStream (see README, "Asynchronous invocations")."""
 
@@ -187,6 +196,7 @@ class ControllerConfig:
     secrets: SecretsConfig = SecretsConfig()
     queue: QueueConfig = QueueConfig()
     kubernetes: KubernetesConfig = KubernetesConfig()
+    store: StoreConfig = StoreConfig()
 
     @classmethod
     def from_dict(cls, data: object, base_dir: Path | None = None) -> "ControllerConfig":
@@ -219,6 +229,7 @@ class ControllerConfig:
                 key_file=_path(r.string("keyFile", "./data/secrets.key"), base))),
             queue=reader.section("queue", lambda r: _read_queue(r, base)),
             kubernetes=reader.section("kubernetes", lambda r: _read_kubernetes(r, base)),
+            store=reader.section("store", lambda r: _read_store(r, base)),
         )
         reader.finish()
         check_anonymous(config)
@@ -437,6 +448,16 @@ def check_anonymous(config: "ControllerConfig") -> None:
                 f"{role} on the non-loopback {key} {address!r}{relay} lets anyone who "
                 f"reaches that port {_ANONYMOUS_EXPOSURE[role]}; use tokens, or set "
                 f"admin.allowInsecure: true if you mean it")
+
+
+def _read_store(reader: FieldReader, base: Path) -> StoreConfig:
+    url = reader.string("url", "")
+    file = reader.string("file", "")
+    if url and not url.startswith(("http://", "https://")):
+        raise reader.fail("url", f"must be an http:// or https:// URL, got {url!r}")
+    if url and file:
+        raise reader.fail("file", "give store.url or store.file, not both")
+    return StoreConfig(url=url, file=_path(file, base) if file else "")
 
 
 def _read_queue(reader: FieldReader, base: Path) -> QueueConfig:

@@ -477,12 +477,15 @@ class FaasNode(Service):
 
         versions = Versions(orchestration=self.config.provider,
                             sha=source_revision(os.path.dirname(__file__)))
+        from faastwist.catalogue import Catalogue
+
+        catalogue = Catalogue(self.config.store.url, self.config.store.file, self.reactor)
         return OpenFaaSAPI(self.api_store, self.provider, self.reconciler.kick, self.metrics,
                            self.reactor, versions, self.namespace,
                            max_body_size=self.config.admin.max_body_size, secrets=self.secrets,
                            slicer=self.admin.slicer,   # the admin port's lists: one budget
                            parser=self.admin.parser,   # and one pool of parsing threads
-                           settle=self.settle)
+                           settle=self.settle, catalogue=catalogue)
 
     def _guard(self, root: Any) -> Any:
         """Put the Host/Origin/credential checks in front of the admin port's root."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Iterator
 
 import pytest
@@ -13,24 +14,36 @@ from tests.support.k8s import ENV_VAR, Envtest, envtest_unavailable
 from tests.support.properties import load_profile
 
 
+#: what the ``monitoring`` tests run (``make monitoring-deps`` installs them)
+MONITORING = ("prometheus", "prometheus-alertmanager")
+
+
+def monitoring_missing() -> list[str]:
+    return [name for name in MONITORING if shutil.which(name) is None]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Without FAASTWIST_ENVTEST the ``envtest`` tests are deselected (counted as such),
     not skipped: a skip would look like a test that ran and had nothing to check. The
     same for the ``sandbox`` tests where no sandbox can be made, the ``nodejs`` ones without
     Debian's nodejs/npm and the ``localindex`` ones without the local package index
-    (tests/support/facilities)."""
+    (tests/support/facilities), the ``monitoring`` ones without Prometheus and
+    AlertManager."""
     missing = set()
     if not os.environ.get(ENV_VAR):
         missing.add("envtest")
     if any(item.get_closest_marker("sandbox") for item in items) and sandbox_unavailable():
         missing.add("sandbox")
+    if monitoring_missing():
+        missing.add("monitoring")
     for marker, why in (("nodejs", nodejs_unavailable), ("localindex", local_index_unavailable)):
         if any(item.get_closest_marker(marker) for item in items) and why():
             missing.add(marker)
     deselected = [item for item in items
                   if any(item.get_closest_marker(marker) for marker in missing)]
     if deselected:
-        items[:] = [item for item in items if item not in deselected]
+        dropped = {id(item) for item in deselected}
+        items[:] = [item for item in items if id(item) not in dropped]
         config.hook.pytest_deselected(items=deselected)
 
 
@@ -45,6 +58,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         reason = why()
         if reason:
             lines.append(f"the {marker} tests are deselected: {reason}")
+    missing = monitoring_missing()
+    if missing:
+        lines.append(f"no {' '.join(missing)} (make monitoring-deps): the monitoring tests "
+                     f"are deselected")
     return lines
 
 # Hypothesis: no per-example deadline (tests/support/properties.py says why); the

@@ -18,9 +18,23 @@ from typing import Any
 from faastwist.admin.api import FUNCTION, AdminAPI, controller_route
 from faastwist.admin.codec import ApiError, query_params, respond
 from faastwist.model.spec import SpecError, check_name
+from faastwist.util.times import format_rfc3339
 
 CALL_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 app = AdminAPI.app
+#: a record's times: epoch seconds in the queue, RFC 3339 in answers (as every time the
+#: API shows)
+TIMES = ("enqueued", "updated", "deadAt")
+
+
+def present(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` as the API shows it: its times as RFC 3339 text."""
+    out = dict(record)
+    for key in TIMES:
+        value = out.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = format_rfc3339(value)
+    return out
 
 
 def _queue(api: AdminAPI, fn: str, call_id: str | None = None) -> Any:
@@ -55,7 +69,7 @@ async def async_status(self: AdminAPI, request: Any, version: str, controller: s
     if record is None:
         raise ApiError(404, f"no call {call_id} of function {fn} (unknown, or its record "
                             f"expired: queue.statusTTL)")
-    return respond(request, 200, record)
+    return respond(request, 200, present(record))
 
 
 @controller_route(app, FUNCTION + "/async/<call_id>/retry", "POST")
@@ -65,7 +79,7 @@ async def async_retry(self: AdminAPI, request: Any, version: str, controller: st
     record = await _ask(self, queue.retry(fn, call_id))
     if record is None:
         raise ApiError(404, f"no dead letter {call_id} of function {fn}")
-    return respond(request, 202, record)
+    return respond(request, 202, present(record))
 
 
 @controller_route(app, FUNCTION + "/async", "GET")
@@ -77,7 +91,8 @@ async def async_dead_letters(self: AdminAPI, request: Any, version: str, control
     if not raw.isdigit() or not 1 <= int(raw) <= 10000:
         raise ApiError(400, "limit: must be a number from 1 to 10000")
     entries = await _ask(self, queue.dead_letters(fn, int(raw)))
-    return respond(request, 200, {"function": fn, "deadLetters": entries})
+    return respond(request, 200, {"function": fn,
+                                  "deadLetters": [present(e) for e in entries]})
 
 
 @controller_route(app, FUNCTION + "/async", "DELETE")

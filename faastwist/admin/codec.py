@@ -346,8 +346,10 @@ def _one_line(exc: BaseException) -> str:
 
 # -- query parameters ----------------------------------------------------------------
 
-def query_params(uri: bytes, known: Iterable[str]) -> dict[str, str]:
-    """The first value of each parameter of ``uri``; an unknown one is an error naming it.
+def query_params(uri: bytes, known: Iterable[str], strict: bool = True) -> dict[str, str]:
+    """The first value of each parameter of ``uri``; an unknown one is an error naming it
+    (``strict``) or left out (OpenFaaS's API: its clients send parameters its gateway
+    ignores, e.g. faas-cli's ``usage=1``).
 
     Parsed here rather than taken from ``request.args`` because Twisted drops a bare
     flag like ``?follow`` (no ``=``), which users of ``kubectl logs -f`` habits send.
@@ -361,6 +363,8 @@ def query_params(uri: bytes, known: Iterable[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in pairs:
         if key not in known:
+            if not strict:
+                continue
             raise ApiError(400, f"{key}: unknown query parameter (known: {', '.join(known)})")
         out.setdefault(key, value)
     return out

@@ -12,8 +12,9 @@ console, and whatever is mounted later) passes the same checks in the same order
 2. A write (not GET/HEAD/OPTIONS) with a foreign ``Origin``: 403 (cross-site pages).
 3. Credentials (``faastwist.auth.authorizer``): 401 with ``WWW-Authenticate``, or 403
    for a read token on a write. Open without credentials: ``/healthz``, ``/readyz``,
-   the OpenAPI document, the console's static files (the page asks for the token), and
-   ``/metrics`` when ``admin.auth.metricsOpen`` is true.
+   the OpenAPI document, the console's static files (the page asks for the token), the
+   function store's catalogue (``/system/store``), and ``/metrics`` when
+   ``admin.auth.metricsOpen`` is true.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ OPEN: frozenset[tuple[str, ...]] = PROBES | frozenset({
     ("apis", "v2", "faas", "openapi.json"),
     ("console",), ("console", ""), ("console", "index.html"), ("console", "app.js"),
     ("console", "style.css"), ("console", "config.json"),
+    # the function store's catalogue: faas-cli's `store list --url` sends no credentials
+    ("system", "store"),
 })
 METRICS = ("metrics",)
 

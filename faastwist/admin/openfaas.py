@@ -38,6 +38,7 @@ from faastwist.admin.codec import (
     query_params,
     read_body,
 )
+from faastwist.admin.alerts import handle_alerts
 from faastwist.admin.listbody import STEP, stream
 from faastwist.admin.logstream import OneInstance, send_logs
 from faastwist.admin.openfaas_model import deployment_to_spec, function_status, read_secret
@@ -98,8 +99,9 @@ class OpenFaaSAPI:
                  max_body_size: int = 1 << 20, store_timeout: float = STORE_TIMEOUT,
                  wall_clock: Callable[[], float] = time.time, secrets: Any = None,
                  slicer: Slicer | None = None, parser: BodyParser | None = None,
-                 settle: Settle | None = None) -> None:
+                 settle: Settle | None = None, catalogue: Any = None) -> None:
         self.store = store
+        self.catalogue = catalogue   # the function store (faastwist.catalogue)
         #: parses bodies off the reactor (the node shares the Easegress API's)
         self.parser = parser if parser is not None else BodyParser(clock)
         self.secrets = secrets
@@ -174,9 +176,10 @@ class OpenFaaSAPI:
                                 f"only, got {namespace!r}")
         return value
 
-    def _invocations(self) -> dict[str, float]:
-        """Invocations per function, every status code, from the gate's plain counters."""
-        return {name: float(sum(cell[0] for cell in counts.codes.values()))
+    def _invocations(self) -> dict[str, int]:
+        """Invocations per function, every status code, from the gate's plain counters
+        (a whole number: clients decode it as one)."""
+        return {name: int(sum(cell[0] for cell in counts.codes.values()))
                 for name, counts in list(self.metrics.gate.functions.items())}
 
     async def _observe(self, names: list[str] | None) -> Mapping[str, Observation]:
@@ -190,7 +193,7 @@ class OpenFaaSAPI:
             return {}
 
     def _status(self, spec: FunctionSpec, status: FunctionStatus,
-                observation: Observation | None, invocations: Mapping[str, float]) -> dict:
+                observation: Observation | None, invocations: Mapping[str, int]) -> dict:
         available = desired = None
         if observation is not None and not observation.stopped:
             ext = observation.ext_data
@@ -200,7 +203,7 @@ class OpenFaaSAPI:
                 desired = int(ext["desired"])
         elif observation is not None:
             available = desired = 0
-        return function_status(spec, status, self.namespace, invocations.get(spec.name, 0.0),
+        return function_status(spec, status, self.namespace, invocations.get(spec.name, 0),
                                available, desired)
 
     # -- functions ---------------------------------------------------------------------
@@ -225,7 +228,7 @@ class OpenFaaSAPI:
 
     def _list_pieces(self, records: Mapping[str, Any], names: list[str],
                      observed: Mapping[str, Observation],
-                     invocations: Mapping[str, float]) -> Iterator[bytes]:
+                     invocations: Mapping[str, int]) -> Iterator[bytes]:
         """``[{...}, {...}]``, one piece per ``STEP`` functions (destroyed ones left out)."""
         yield b"["
         separator = ""
@@ -250,7 +253,7 @@ class OpenFaaSAPI:
                                                      observed.get(name), self._invocations()))
 
     def _check_namespace_param(self, request: Any) -> None:
-        params = query_params(request.uri, ("namespace",))
+        params = query_params(request.uri, ("namespace",), strict=False)
         namespace = params.get("namespace", "")
         if namespace not in ("", self.namespace):
             raise ApiError(400, f"namespace: this gate serves namespace {self.namespace} "
@@ -359,6 +362,11 @@ class OpenFaaSAPI:
             await self._timed(store.create(name, value))
         else:
             await self._timed(store.replace(name, value))
+            # running functions that name it get the new file now (other nodes at
+            # their next refresh); OpenFaaS on Kubernetes refreshes mounted secrets too
+            refresh = getattr(self.provider, "refresh_secrets", None)
+            if refresh is not None:
+                refresh()
         return self._accepted(request)
 
     @app.route("/system/secrets", methods=["DELETE"])
@@ -377,6 +385,28 @@ class OpenFaaSAPI:
         return self._accepted(request)
 
     # -- the rest ----------------------------------------------------------------------
+    @app.route("/system/store", methods=["GET"])
+    async def function_store(self, request: Any) -> bytes:
+        """The function store's catalogue, for faas-cli ``store list/deploy --url`` and
+        ``faastwist store`` (open: admin/guard.py)."""
+        from faastwist.catalogue import CatalogueError
+
+        if self.catalogue is None:
+            raise ApiError(404, "this node serves no function store")
+        try:
+            body = await self.catalogue.body()
+        except CatalogueError as exc:
+            raise ApiError(502, f"the function store is unavailable: {exc}") from None
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return body
+
+    @app.route("/system/alert", methods=["POST"])
+    async def alert(self, request: Any) -> bytes:
+        """AlertManager's webhook: alert-driven autoscaling (admin/alerts.py)."""
+        return self._json(request, 200, await handle_alerts(self, self._document(request)))
+
     @app.route("/system/info", methods=["GET"])
     def info(self, request: Any) -> bytes:
         versions = self.versions
@@ -395,7 +425,7 @@ class OpenFaaSAPI:
     @app.route("/system/logs", methods=["GET"])
     async def logs(self, request: Any) -> Any:
         params = query_params(request.uri, ("name", "namespace", "instance", "tail", "since",
-                                            "follow"))
+                                            "follow"), strict=False)
         name = params.get("name", "")
         if not name:
             raise ApiError(400, "name: is required (the function whose logs to read)")

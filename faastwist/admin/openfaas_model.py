@@ -5,7 +5,9 @@ the one every function gets; its errors are renamed to the deployment's field na
 (``limits.memory``, ``envVars.exec_timeout``, ``service``). Every field a client sends
 is kept in the spec as given and returned as given. The scaling labels
 ``com.openfaas.scale.min``/``max``/``zero`` become minReplica/maxReplica (OpenFaaS's
-default minimum is one replica; ``zero: true`` lets an idle function go to zero).
+default minimum is one replica; ``zero: true`` lets an idle function go to zero, after
+starting at one), and ``.type``/``.target``/``.target-proportion`` autoScaleType and
+autoScaleValue (``faastwist.model.scaling``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Mapping
 import attrs
 
 from faastwist.model.fsm import FunctionStatus, State
+from faastwist.model.scaling import scale_settings
 from faastwist.model.spec import SECRET_NAME, FunctionSpec, SpecError
 from faastwist.providers.watchdogenv import read_settings
 from faastwist.store.secrets import MAX_SECRET_SIZE
@@ -26,6 +29,8 @@ from faastwist.util.times import format_rfc3339
 SCALE_MIN = "com.openfaas.scale.min"
 SCALE_MAX = "com.openfaas.scale.max"
 SCALE_ZERO = "com.openfaas.scale.zero"
+#: the label faas-netes puts on every function's pods and reports in FunctionStatus
+FUNCTION_LABEL = "faas_function"
 DEFAULT_NAMESPACE = "openfaas-fn"
 #: the margin by which the gate's timeout outlasts the watchdog's own, so the
 #: watchdog's answer (its 500 naming exec_timeout) reaches the client
@@ -97,9 +102,11 @@ def deployment_to_spec(document: Any, namespace: str,
     requests = _resources(reader, "requests")
     env = reader.string_map("envVars", {})
     data: dict[str, Any] = dict(base.to_dict()) if base is not None else {}
+    scale_type, scale_value = scale_settings(labels)
     for key in ("image", "envProcess", "labels", "annotations", "constraints", "secrets",
                 "readOnlyRootFilesystem", "env", "limitMemory", "limitCPU",
-                "requestMemory", "requestCPU", "minReplica", "maxReplica"):
+                "requestMemory", "requestCPU", "minReplica", "maxReplica", "autoScaleType",
+                "autoScaleValue"):
         data.pop(key, None)
     data["name"] = service
     data.update({
@@ -113,6 +120,9 @@ def deployment_to_spec(document: Any, namespace: str,
         "readOnlyRootFilesystem": reader.boolean("readOnlyRootFilesystem", False),
         "minReplica": 0 if _flag(labels, SCALE_ZERO) else _replicas(labels, SCALE_MIN, 1),
         "maxReplica": _replicas(labels, SCALE_MAX, 0),
+        # com.openfaas.scale.type/.target/.target-proportion (model/scaling.py)
+        "autoScaleType": scale_type.value,
+        "autoScaleValue": scale_value,
     })
     for ours, resources, field in (("limitMemory", limits, "memory"),
                                    ("limitCPU", limits, "cpu"),
@@ -135,12 +145,15 @@ def deployment_to_spec(document: Any, namespace: str,
 
 
 def function_status(spec: FunctionSpec, status: FunctionStatus, namespace: str,
-                    invocations: float, available: int | None,
+                    invocations: int, available: int | None,
                     desired: int | None) -> dict[str, Any]:
     """OpenFaaS's FunctionStatus: the deployment's fields as given, then the counts.
 
-    ``available``/``desired`` come from the provider when it knows them; otherwise a
-    running function counts its minReplica (at least one) and a stopped one zero.
+    ``labels`` and ``annotations`` are always there (clients dereference them), the
+    labels with faas-netes's ``faas_function: <name>``. ``available``/``desired`` come
+    from the provider when it knows them; otherwise a function that is meant to run
+    counts its minReplica (at least one) from the moment it is deployed, as faas-netes
+    reports a Deployment's desired count at once, and a stopped one zero.
     """
     out: dict[str, Any] = {"name": spec.name, "image": spec.image, "namespace": namespace}
     if spec.env_process:
@@ -151,10 +164,8 @@ def function_status(spec: FunctionSpec, status: FunctionStatus, namespace: str,
         out["constraints"] = list(spec.constraints)
     if spec.secrets:
         out["secrets"] = list(spec.secrets)
-    if spec.labels:
-        out["labels"] = dict(spec.labels)
-    if spec.annotations:
-        out["annotations"] = dict(spec.annotations)
+    out["labels"] = {FUNCTION_LABEL: spec.name, **spec.labels}
+    out["annotations"] = dict(spec.annotations)
     for key, memory, cpu in (("limits", spec.limit_memory, spec.limit_cpu),
                              ("requests", spec.request_memory, spec.request_cpu)):
         resources = {k: v for k, v in (("memory", memory), ("cpu", cpu)) if v}
@@ -162,15 +173,15 @@ def function_status(spec: FunctionSpec, status: FunctionStatus, namespace: str,
             out[key] = resources
     if spec.read_only_root_filesystem:
         out["readOnlyRootFilesystem"] = True
-    running = status.state is State.ACTIVE or (status.state is State.INACTIVE
-                                                and status.start_pending)
+    stopped = status.state is State.DESTROYED or (status.state is State.INACTIVE
+                                                   and not status.start_pending)
     if desired is None:
-        desired = max(spec.min_replica, 1) if running else 0
+        desired = 0 if stopped else max(spec.min_replica, 1)
     if available is None or status.state is not State.ACTIVE:
         # only an active function gets traffic: a ready replica of one that is not
         # active yet is not available to a caller
         available = desired if status.state is State.ACTIVE else 0
-    out["invocationCount"] = invocations
+    out["invocationCount"] = int(invocations)
     out["replicas"] = desired
     out["availableReplicas"] = available
     out["createdAt"] = format_rfc3339(status.created or status.updated)
@@ -178,7 +189,8 @@ def function_status(spec: FunctionSpec, status: FunctionStatus, namespace: str,
 
 
 def read_secret(document: Any, namespace: str) -> tuple[str, bytes]:
-    """``(name, value)`` of an OpenFaaS Secret: ``value`` (text) or ``rawValue`` (base64)."""
+    """``(name, value)`` of an OpenFaaS Secret: ``rawValue`` (base64) when given, else
+    ``value`` (text)."""
     reader = FieldReader(document, "", SpecError)
     name = reader.string("name")
     if not SECRET_NAME.match(name):
@@ -190,9 +202,7 @@ def read_secret(document: Any, namespace: str) -> tuple[str, bytes]:
                                      f"{given_namespace!r}")
     value = reader.string("value", "")
     raw = reader.string("rawValue", "")
-    if value and raw:
-        raise SpecError("rawValue", "give value or rawValue, not both")
-    if raw:
+    if raw:   # faas-cli's --from-file sends both; faas-netes takes rawValue then
         try:
             data = base64.b64decode(raw, validate=True)
         except (binascii.Error, ValueError):

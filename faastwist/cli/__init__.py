@@ -18,6 +18,7 @@ from faastwist.cli.export import export as export_command
 from faastwist.cli.token import token as token_commands
 from faastwist.cli.keys import key as key_commands
 from faastwist.cli.templatecmd import TEMPLATE_COMMANDS
+from faastwist.cli.storecmd import store_commands
 
 __all__ = ["main", "cli", "CliContext", "CommandFailed", "InputError"]
 
@@ -71,6 +72,7 @@ cli.add_command(async_commands)
 cli.add_command(key_commands)
 for _command in TEMPLATE_COMMANDS:
     cli.add_command(_command)
+cli.add_command(store_commands)
 
 
 def main(argv: list[str] | None = None) -> int:

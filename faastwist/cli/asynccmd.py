@@ -10,11 +10,27 @@ import click
 
 from faastwist.cli.client import CliContext
 from faastwist.cli.output import dump, human_age, table
+from faastwist.util.times import parse_rfc3339
 
 
 @click.group(name="async")
 def async_commands() -> None:
     """Asynchronous calls: status, dead letters, retry, purge."""
+
+
+def _seconds(value: object, default: float) -> float:
+    """Epoch seconds of a record's time: RFC 3339 text (what the API shows), or a number
+    (an older node)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            found = parse_rfc3339(value)
+        except ValueError:
+            found = None
+        if found is not None:
+            return found
+    return default
 
 
 @async_commands.command(name="get")
@@ -45,7 +61,7 @@ def list_dead(obj: CliContext, name: str, output: str, limit: int) -> None:
         return
     now = time.time()
     rows = [[e.get("callId", ""), str(e.get("attempts", "")),
-             str(e.get("lastStatus", "-")), human_age(now - float(e.get("deadAt") or now)),
+             str(e.get("lastStatus", "-")), human_age(now - _seconds(e.get("deadAt"), now)),
              e.get("reason", "")] for e in data.get("deadLetters", [])]
     click.echo(table(rows, ["CALL ID", "ATTEMPTS", "LAST", "AGE", "REASON"]))
 

@@ -131,8 +131,9 @@ def aggregate(name: str, reports: Mapping[str, Report], live: Sequence[str]) -> 
 
 
 #: what each node says about how it runs the function (its user, its sandbox, how limits
-#: apply)
-_SHARED = ("user", "sandbox", "memoryLimit", "cpuLimit", "pidsLimit", "diskLimit", "network")
+#: apply, its autoscaler's last decision)
+_SHARED = ("user", "sandbox", "memoryLimit", "cpuLimit", "pidsLimit", "diskLimit", "network",
+           "lastScale")
 
 
 def _carry(ext: dict[str, str], reports: list[Report]) -> None:

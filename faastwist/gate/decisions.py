@@ -210,6 +210,9 @@ def resolve(head: RequestHead, namespace: bytes = b"") -> tuple[str, bytes]:
         if name:
             raise GateError(400, f"{prefix.decode()}{name}: {name!r} is not a function "
                                  f"name (a DNS-1123 label)")
+        # OpenFaaS's route needs a name: an empty one (``/function/.openfaas-fn``) is
+        # no route, 404, as its gateway answers
+        raise GateError(404, f"{prefix.decode()}: no function named in the path")
     raise GateError(400, "no function named: send the X-FaaS-Func-Name header or call "
                          "/function/{name}/...")
 

@@ -472,9 +472,6 @@ class FunctionSpec:
                                            "watchdog does) or command (an argv list of an "
                                            "HTTP server, e.g. [python3, app.py]); the process "
                                            "provider runs commands and does not pull images")
-            if self.auto_scale_type is AutoScaleType.CPU:
-                raise SpecError("autoScaleType", "cpu is not supported by the process provider; "
-                                                 "use rps or concurrency")
 
 
 #: libyaml's safe loader and dumper where PyYAML was built with it: tens of times faster,

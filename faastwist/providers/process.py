@@ -12,7 +12,6 @@ their own folder with an environment of their own (``faastwist.providers.isolati
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -44,6 +43,7 @@ from faastwist.providers.classicwatchdog import SETTINGS_VAR
 from faastwist.providers.launch import Launcher
 from faastwist.providers.sandbox import Network
 from faastwist.providers.secretfiles import SecretFiles
+from faastwist.providers.secretsync import SecretSync
 from faastwist.providers.watchdogenv import fprocess_argv, read_settings, settings_json
 from faastwist.store.base import StoreError
 from faastwist.store.secrets import SecretStore, reveal_deferred
@@ -54,7 +54,8 @@ from faastwist.providers.limits import (Cgroup, Cgroups, Limits, detect_cgroups,
 from faastwist.providers.replica import ExitInfo, Replica
 from faastwist.providers.runtime import HttpRuntime, Tuning
 from faastwist.providers.watchdog import ForkRuntime, Watchdog
-from faastwist.model.spec import FunctionSpec, ProcessMode, SpecError
+from faastwist.model.spec import AutoScaleType, FunctionSpec, ProcessMode, SpecError
+from faastwist.providers.cpusample import group_cpu_seconds
 from faastwist.util.ports import free_port
 from faastwist.util.users import Identity
 
@@ -65,6 +66,10 @@ OBSERVE_CHUNK = 1000
 
 LOG_MAX_BYTES = 10 * 2**20
 SCALE_INTERVAL = 1.0
+#: how often a node looks for secrets changed since it wrote them into running
+#: functions' folders (one keys-only etcd read; OpenFaaS on Kubernetes: the kubelet's
+#: sync, about a minute); a secret updated through this node's API is written at once
+SECRET_REFRESH = 5.0
 
 Runtime = Union[HttpRuntime, ForkRuntime]
 
@@ -86,7 +91,8 @@ class ProcessProvider(Service):
                  stage_roots: Sequence[str] | None = None,
                  reserved_ports: Collection[int] | Callable[[], Collection[int]] = (),
                  tools: Tools | None = None,
-                 cgroups: Cgroups | None | str = "detect", sandbox: bool = True) -> None:
+                 cgroups: Cgroups | None | str = "detect", sandbox: bool = True,
+                 secret_refresh: float = SECRET_REFRESH) -> None:
         self.config = config
         self.controller = controller
         self.reactor = reactor
@@ -122,6 +128,7 @@ class ProcessProvider(Service):
         self.scale_interval = scale_interval
         self.functions_dir = self.launcher.functions_dir
         self.runtimes: dict[str, Runtime] = {}
+        self._cpu_sample: dict[int, float] | None = None
         self.logs: dict[str, FunctionLog] = {}
         self.threads = ThreadPool(minthreads=0, maxthreads=2, name="process-provider")
         self._loop: LoopingCall | None = None
@@ -134,8 +141,12 @@ class ProcessProvider(Service):
         self._described: dict[str, tuple[Observation, Observation]] = {}
         #: where the functions' secrets come from (the node sets it); None: no secrets
         self.secrets: SecretStore | None = None
+        self.secret_refresh = secret_refresh
+        self._secret_loop: LoopingCall | None = None
         self.secret_files = SecretFiles(Path(self.functions_dir) / ".secrets",
                                         self.launcher.identity_of)
+        self.secret_sync = SecretSync(self.reactor, self.threads, self.secret_files,
+                                      self.runtimes)
 
     # -- service ---------------------------------------------------------------------
     def startService(self) -> None:
@@ -158,11 +169,15 @@ class ProcessProvider(Service):
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self.reactor
         self._loop.start(self.scale_interval, now=False)
+        self._secret_loop = LoopingCall(self.refresh_secrets)
+        self._secret_loop.clock = self.reactor
+        self._secret_loop.start(self.secret_refresh, now=False)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        for loop in (self._loop, self._secret_loop):
+            if loop is not None and loop.running:
+                loop.stop()
         stops = [runtime.stop() for runtime in self.runtimes.values()]
         count = sum(len(runtime.pids()) for runtime in self.runtimes.values())
         if count:
@@ -179,6 +194,7 @@ class ProcessProvider(Service):
         return DeferredList(stops, consumeErrors=True).addCallback(finish)
 
     def _tick(self) -> None:
+        self._cpu_sample = None   # one /proc pass per tick, for every cpu-scaled function
         for runtime in list(self.runtimes.values()):
             try:
                 runtime.tick()
@@ -295,7 +311,19 @@ class ProcessProvider(Service):
     def _new_runtime(self, spec: FunctionSpec) -> Runtime:
         if spec.mode is ProcessMode.FORK:
             return ForkRuntime(spec, self.tuning, self._make_watchdog, self._changed)
-        return HttpRuntime(spec, self.reactor, self.tuning, self._make_replica, self._changed)
+        return HttpRuntime(spec, self.reactor, self.tuning, self._make_replica, self._changed,
+                           cpu_meter=self._cpu_meter)
+
+    def _cpu_meter(self, groups: Collection[int]) -> Mapping[int, float]:
+        """CPU seconds of ``groups`` from this tick's one pass over /proc (made for the
+        groups of every cpu-scaled function at the first ask)."""
+        if self._cpu_sample is None:
+            wanted = [pid for runtime in self.runtimes.values()
+                      if getattr(runtime, "kind", None) is AutoScaleType.CPU
+                      for pid in runtime.pids()]
+            self._cpu_sample = group_cpu_seconds([*wanted, *groups])
+        return {group: self._cpu_sample[group] for group in groups
+                if group in self._cpu_sample}
 
     def _changed(self, name: str, ready: int) -> None:
         self.metrics.replicas[name] = ready
@@ -390,17 +418,19 @@ class ProcessProvider(Service):
         secret that does not exist is a ProviderRejected (the function fails, saying so)."""
         if not spec.secrets:
             if self.secret_files.path(spec.name) is not None:
-                return deferToThreadPool(self.reactor, self.threads,
-                                         self.secret_files.remove, spec.name)
+                return self.secret_sync.remove(spec.name)
             return succeed(None)
 
         def rejected(failure: Failure) -> None:
             failure.trap(StoreError)
             raise ProviderRejected(f"secrets: {failure.getErrorMessage()}")
-        d = reveal_deferred(self.secrets, spec.secrets)
-        d.addCallback(lambda values: deferToThreadPool(
-            self.reactor, self.threads, self.secret_files.write, spec.name, values))
+        d = reveal_deferred(self.secrets, spec.secrets, revisions=True)
+        d.addCallback(lambda found: self.secret_sync.write(spec.name, found))
         return d.addCallbacks(lambda _: None, rejected)
+
+    def refresh_secrets(self) -> Deferred[None]:
+        """Rewrite the files of running functions whose secrets changed (secretsync.py)."""
+        return self.secret_sync.refresh(self.secrets)
 
     def deploy(self, spec: FunctionSpec) -> Deferred[None]:
         return self._secrets_ready(spec).addCallback(lambda _: self._deploy(spec))
@@ -454,6 +484,8 @@ class ProcessProvider(Service):
         runtime = self.runtimes.pop(name, None)
         self._announced.pop(name, None)
         stopping = runtime.stop() if runtime is not None else succeed(None)
+
+        self.secret_sync.forget(name)
 
         def remove_logs(_: object) -> None:
             self.launcher.remove(name)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Callable
+from typing import Callable, Collection, Mapping
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -22,9 +22,28 @@ from twisted.logger import Logger
 from faastwist.model.fsm import Event
 from faastwist.providers.base import NoCapacity, Observation, UpstreamLease
 from faastwist.providers.replica import ExitInfo, Replica
+from faastwist.model.scaling import autoscaling_on
 from faastwist.model.spec import AutoScaleType, FunctionSpec
+from faastwist.providers.cpusample import group_cpu_seconds
 
 log = Logger()
+
+#: OpenFaaS's label: an idle function may go to zero (it still starts at one replica)
+SCALE_ZERO = "com.openfaas.scale.zero"
+CpuMeter = Callable[[Collection[int]], Mapping[int, float]]
+
+
+@attrs.frozen
+class ScaleDecision:
+    """The autoscaler's last change of a function's replica count, and why."""
+
+    at: float
+    old: int
+    new: int
+    why: str
+
+    def describe(self) -> str:
+        return f"{self.old} -> {self.new}: {self.why}"
 
 
 @attrs.frozen
@@ -89,8 +108,12 @@ class HttpRuntime:
     """One HTTP-mode function: its replicas and everything that decides their number."""
 
     def __init__(self, spec: FunctionSpec, clock: IReactorTime, tuning: Tuning,
-                 factory: ReplicaFactory, on_change: Callable[[str, int], None]) -> None:
+                 factory: ReplicaFactory, on_change: Callable[[str, int], None],
+                 cpu_meter: CpuMeter = group_cpu_seconds) -> None:
         self.spec = spec
+        self.cpu_meter = cpu_meter
+        self.cpu_seen: dict[int, float] = {}   # process group -> CPU seconds at last tick
+        self.last_scale: ScaleDecision | None = None
         self.clock = clock
         self.tuning = tuning
         self.factory = factory
@@ -122,7 +145,13 @@ class HttpRuntime:
         self.digest = self.spec.digest()
         self.minimum, self.maximum = replica_bounds(self.spec, self.tuning)
         self.scale_value = float(self.spec.auto_scale_value)
-        self.by_concurrency = self.spec.auto_scale_type is AutoScaleType.CONCURRENCY
+        self.kind = self.spec.auto_scale_type
+        #: com.openfaas.scale.factor 0: the count stays at min (scale from zero still works)
+        self.autoscale = autoscaling_on(self.spec)
+        self.by_concurrency = self.kind is AutoScaleType.CONCURRENCY and self.autoscale
+        zero = self.spec.labels.get(SCALE_ZERO, "").strip().lower() in ("true", "1")
+        #: OpenFaaS starts a scale-to-zero function at one replica and idles it down
+        self.initial = max(self.minimum, 1) if zero and self.maximum else self.minimum
 
     # -- operator actions -------------------------------------------------------------
     def deploy(self) -> Deferred[None]:
@@ -141,7 +170,7 @@ class HttpRuntime:
         self.error = None
         self.oom_kills = 0
         self.history.clear()
-        self.target = self.minimum
+        self.target = self.initial
         self._fill()
         self._report()
 
@@ -174,10 +203,9 @@ class HttpRuntime:
             target = max(self.minimum, min(self.target, self.maximum))
             if self.minimum < old.min_replica:
                 target = self.minimum   # scaled down: idle replicas go now
-            if target > self.target:
-                self._want(target)
-            elif target < self.target:
-                self._shrink(target)
+            if target != self.target:
+                self._decide(target, f"replica bounds changed to {self.minimum}-"
+                                     f"{self.maximum} (a scale request or an alert)")
             self.settled = len(self.ready) >= self.minimum or self.settled
             self._report()
             return succeed(None)
@@ -325,7 +353,10 @@ class HttpRuntime:
         if self.inflight > self.peak:
             self.peak = self.inflight
             if self.by_concurrency:
-                self._want(math.ceil(self.inflight / self.scale_value))
+                wanted = min(math.ceil(self.inflight / self.scale_value), self.maximum)
+                if wanted > self.target:
+                    self._decide(wanted, f"capacity: {self.inflight} in flight, target "
+                                         f"{self.scale_value:g} per replica")
         lease = ProcessLease(self, replica)
         self.leases.setdefault(replica, set()).add(lease)
         return lease
@@ -384,36 +415,61 @@ class HttpRuntime:
         return max(1, math.ceil(min(self.tuning.cold_start_timeout, 30.0) / 6))
 
     # -- periodic --------------------------------------------------------------------------
+    def _load(self, elapsed: float) -> tuple[float, str]:
+        """The load since the last tick in the unit of the scaling type, and its name."""
+        if self.kind is AutoScaleType.CONCURRENCY:
+            return float(self.peak), "in flight"
+        if self.kind is AutoScaleType.CPU:
+            groups = [r.pid for r in self.replicas + self.retiring
+                      if r.alive and r.pid is not None]
+            now = self.cpu_meter(groups)
+            used = sum(max(0.0, seconds - self.cpu_seen.get(group, seconds))
+                       for group, seconds in now.items())
+            self.cpu_seen = dict(now)
+            return used / max(elapsed, 1e-3) * 1000, "millicores"
+        return self.requests / max(elapsed, 1e-3), "req/s"
+
+    def _decide(self, count: int, why: str) -> None:
+        """Change the target to ``count``; the decision shows in extData and the log."""
+        old = self.target
+        if count == old:
+            return
+        self.last_scale = ScaleDecision(self.clock.seconds(), old, count, why)
+        log.info("function {name}: scaling from {old} to {new} replicas: {why}",
+                 name=self.spec.name, old=old, new=count, why=why)
+        if count > old:
+            self._want(count)
+        else:
+            self._shrink(count)
+
     def tick(self) -> None:
         """Autoscale and idle-to-zero, from the load seen since the last tick."""
         now = self.clock.seconds()
         elapsed, self.last_tick = now - self.last_tick, now
         if self.stopped:
             return
-        if self.by_concurrency:
-            demand = math.ceil(self.peak / self.scale_value)
-        else:
-            demand = math.ceil(self.requests / max(elapsed, 1e-3) / self.scale_value)
+        load, unit = self._load(elapsed)
+        demand = math.ceil(load / self.scale_value) if self.autoscale else 0
         self.requests, self.peak = 0, self.inflight
         self.history.append((now, demand))
         while self.history and now - self.history[0][0] > self.tuning.scale_down_delay:
             self.history.popleft()
         desired = max(d for _, d in self.history)
+        why = (f"{self.kind.value}: {load:.1f} {unit}, target {self.scale_value:g} per "
+               f"replica (highest need of the last {self.tuning.scale_down_delay:g}s: "
+               f"{desired})")
         if self.minimum == 0 and self.target > 0:
             idle = (self.inflight == 0 and not self.waiters
                     and now - self.last_activity >= self.tuning.idle_timeout)
             if idle:
-                log.info("function {name}: idle for {seconds:g}s, scaling to zero",
-                         name=self.spec.name, seconds=now - self.last_activity)
                 self.history.clear()
                 desired = 0
+                why = f"idle for {now - self.last_activity:g}s, scaling to zero"
             else:
                 desired = max(desired, 1)
         desired = max(self.minimum, min(desired, self.maximum))
-        if desired > self.target:
-            self._want(desired)
-        elif desired < self.target:
-            self._shrink(desired)
+        if desired != self.target:
+            self._decide(desired, why)
 
     # -- reporting --------------------------------------------------------------------------
     def error_message(self) -> str:
@@ -446,6 +502,8 @@ class HttpRuntime:
             message = (f"{ready} of {self.target} replicas ready" if self.target
                        else "scaled to zero; the first request starts a replica")
             ext = {"replicas": str(ready), "desired": str(self.target)}
+            if self.last_scale is not None:
+                ext["lastScale"] = self.last_scale.describe()
             if self.oom_kills:
                 ext.update(oomKills=str(self.oom_kills), reason="OOM")
             return Observation(name, digest, event=Event.READY, message=message,

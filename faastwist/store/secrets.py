@@ -115,27 +115,45 @@ class SecretStore:
             raise SecretNotFound(name) from None
 
     @inlineCallbacks
-    def reveal(self, names: Iterable[str]):
-        """``{name: value}`` for ``names``; SecretNotFound for the first one missing."""
+    def revisions(self):
+        """``{name: etcd mod revision}`` of every secret, values left out: what a node
+        polls to notice that a secret it wrote into functions' folders changed."""
+        txn = Transaction(success=[OpGet(KeySet(self.base, prefix=True), keys_only=True)])
+        result = yield self.store.submit("secret_revisions", txn, idempotent=True)
+        return {kv.key[len(self.base):].decode("utf-8", "replace"): int(kv.mod_revision or 0)
+                for kv in result.responses[0].kvs}
+
+    @inlineCallbacks
+    def reveal_revisions(self, names: Iterable[str]):
+        """``{name: (value, mod revision)}`` for ``names``; SecretNotFound for the first
+        one missing."""
         wanted = list(dict.fromkeys(names))
         if not wanted:
             return {}
         txn = Transaction(success=[OpGet(self._key(name)) for name in wanted])
         result = yield self.store.submit("secret_get", txn, idempotent=True)
-        out: dict[str, bytes] = {}
+        out: dict[str, tuple[bytes, int]] = {}
         for name, response in zip(wanted, result.responses):
             if not response.kvs:
                 raise SecretNotFound(name)
             try:
-                out[name] = self.box.decrypt(response.kvs[0].value)
+                value = self.box.decrypt(response.kvs[0].value)
             except InvalidToken:
                 raise StoreError(f"secret {name} cannot be decrypted with this node's key "
                                  f"(secrets.keyFile differs between nodes?)") from None
+            out[name] = (value, int(response.kvs[0].mod_revision or 0))
         return out
 
+    def reveal(self, names: Iterable[str]) -> Deferred:
+        """``{name: value}`` for ``names``; SecretNotFound for the first one missing."""
+        return self.reveal_revisions(names).addCallback(
+            lambda found: {name: value for name, (value, _) in found.items()})
 
-def reveal_deferred(secrets: SecretStore | None, names: Iterable[str]) -> Deferred:
-    """``reveal`` that also works without a secret store (no names: nothing to do)."""
+
+def reveal_deferred(secrets: SecretStore | None, names: Iterable[str],
+                    revisions: bool = False) -> Deferred:
+    """``reveal`` (or ``reveal_revisions``) that also works without a secret store (no
+    names: nothing to do)."""
     from twisted.internet.defer import fail, succeed
 
     names = list(names)
@@ -143,4 +161,4 @@ def reveal_deferred(secrets: SecretStore | None, names: Iterable[str]) -> Deferr
         return succeed({})
     if secrets is None:
         return fail(StoreError("secrets are not available on this node"))
-    return secrets.reveal(names)
+    return secrets.reveal_revisions(names) if revisions else secrets.reveal(names)

@@ -318,3 +318,43 @@ def test_console_pages_and_searches_instead_of_listing_everything(browser, cli_n
     finally:
         with ThreadPoolExecutor(8) as writers:
             list(writers.map(remove, names))
+
+
+def test_console_deploys_from_the_store(browser, cli_node) -> None:
+    """The store panel lists /system/store and deploys an entry through /system/functions;
+    the API's refusal shows inline, and an entry without fprocess is refused in the page."""
+    page = Page(browser, ARTIFACTS)
+    browser.get(f"{cli_node.admin_root}/console/")
+    page.wait("the page to boot", lambda: page.css("body[data-ready=true]"))
+    page.wait("the token prompt", lambda: page.el("token-input").is_displayed())
+    page.fill("token-input", cli_node.token)
+    page.el("token-input").submit()
+    page.wait("server info", lambda: "provider process" in page.text("server-info"))
+    page.click("btn-store")
+
+    def entries() -> list[str]:
+        return [r.get_attribute("data-name") for r in page.css("#store-list tbody tr")]
+    listed = page.wait("the catalogue", entries)
+    assert {"sha256sum", "uppercase", "wordcount"} <= set(listed)
+    page.css('#store-list tr[data-name="uppercase"] button')[0].click()
+    page.wait("uppercase listed", lambda: page.row_state("uppercase"))
+    page.wait("uppercase active", lambda: page.row_state("uppercase") == "active", 40)
+    page.wait("the notice", lambda: "deployed from the store" in page.text("detail-notice"))
+    assert page.text("detail-name") == "uppercase"
+    assert "tr a-z A-Z" in page.text("detail-spec")
+    page.shot("store-deployed")
+    code, _, data = http("POST", f"{cli_node.gate_url}/function/uppercase", b"shout",
+                         auth=False)
+    assert (code, data) == (200, b"SHOUT")
+    # again: the API's 409, inline in the store panel
+    page.click("btn-store")
+    page.wait("the catalogue again", entries)
+    page.css('#store-list tr[data-name="uppercase"] button')[0].click()
+    message = page.wait("the store error", lambda: visible_error(page, "store-error"))
+    assert message.startswith("cannot deploy uppercase here:") and "exists" in message
+    refusal = browser.execute_script(
+        "try { storeDeployment({name: 'nodeinfo', fprocess: ''}); return ''; }"
+        " catch (err) { return err.message; }")
+    assert refusal.startswith("store entry nodeinfo has no fprocess")
+    http("DELETE", f"{cli_node.admin_root}/system/functions",
+         json.dumps({"functionName": "uppercase"}))

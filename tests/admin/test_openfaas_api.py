@@ -142,3 +142,70 @@ def test_a_large_function_list_is_written_a_step_per_turn_in_the_same_form() -> 
     assert [f["name"] for f in listed] == [f"f{i:04d}" for i in range(count) if i != 5]
     assert listed[0]["namespace"] == NS
     assert done[0] == ("[" + ", ".join(json.dumps(f) for f in listed) + "]").encode()
+
+
+def alert(name: str, status: str) -> dict:
+    return {"version": "4", "status": status, "receiver": "faastwist",
+            "alerts": [{"status": status, "labels": {"alertname": "APIHighInvocationRate",
+                                                     "function_name": name}}]}
+
+
+def active(world: World, body: dict) -> None:
+    assert world.request("POST", "/system/functions", body)[0] == 202
+    record = fired(world.store.get(body["service"]))
+    fired(world.store.update(record, status=apply_event(record.status, Event.READY, 1.7e9)))
+
+
+def test_alerts_step_up_to_max_and_resolve_to_the_functions_own_min(world: World) -> None:
+    active(world, {"service": "hot", "image": "img", "envProcess": "cat",
+                   "labels": {"com.openfaas.scale.max": "4"}})
+    steps = [world.request("POST", "/system/alert", alert("hot.openfaas-fn", "firing"))
+             for _ in range(4)]
+    assert [(code, body["alerts"][0]["to"]) for code, body in steps] == [
+        (200, 2), (200, 3), (200, 4), (200, 4)]
+    record = fired(world.store.get("hot"))
+    # min raised, the function's own min kept where OpenFaaS reads it
+    assert record.spec.min_replica == 4
+    assert record.spec.labels["com.openfaas.scale.min"] == "1"
+    code, got = world.request("GET", "/system/function/hot")
+    assert got["replicas"] == 4
+    code, body = world.request("POST", "/system/alert", alert("hot", "resolved"))
+    assert code == 200 and body["alerts"][0] == {
+        "function": "hot", "from": 4, "to": 1, "why": "alert resolved: back to min"}
+    assert fired(world.store.get("hot")).spec.min_replica == 1
+
+
+def test_an_alert_is_reapplied_after_a_racing_write(world: World) -> None:
+    """A status write between the alert's read and its write: read again, apply again."""
+    active(world, {"service": "race", "image": "img", "envProcess": "cat",
+                   "labels": {"com.openfaas.scale.max": "10"}})
+    store, real_get, raced, reads = world.store, world.store.get, [], []
+
+    def get(name: str) -> Deferred:
+        reads.append(name)
+        record = fired(real_get(name))
+        if not raced:   # another writer (the reconciler) wins once
+            raced.append(True)
+            fired(store.update(record, status=apply_event(record.status, Event.READY,
+                                                           1.8e9)))
+        from twisted.internet.defer import succeed
+        return succeed(record)
+    store.get = get
+    code, body = world.request("POST", "/system/alert", alert("race", "firing"))
+    assert code == 200 and body["alerts"][0]["to"] == 3 and raced == [True]
+    assert reads == ["race", "race"]   # the stale write lost (409 inside), read again
+    store.get = real_get
+    assert fired(store.get("race")).spec.min_replica == 3
+
+
+def test_alerts_for_stopped_or_unknown_functions_change_nothing(world: World) -> None:
+    active(world, {"service": "idle", "image": "img", "envProcess": "cat"})
+    record = fired(world.store.get("idle"))
+    fired(world.store.update(record, status=apply_event(record.status, Event.STOP, 1.7e9)))
+    code, body = world.request("POST", "/system/alert", alert("idle", "firing"))
+    assert code == 200 and body["alerts"][0] == {"function": "idle",
+                                                 "skipped": "function is inactive"}
+    code, body = world.request("POST", "/system/alert", alert("", "firing"))
+    assert body["alerts"][0]["skipped"] == "no function_name label"
+    assert fired(world.store.get("idle")).spec.min_replica == 1
+    assert world.kicks.count("idle") == 1   # the deploy's only

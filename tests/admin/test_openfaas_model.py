@@ -33,11 +33,14 @@ def test_every_field_round_trips_as_given() -> None:
     status = function_status(spec, FunctionStatus("fn1", State.ACTIVE, created=1.5e9),
                              NS, 7.0, 2, 2)
     for key, value in FULL.items():
-        if key not in ("service", "network"):
+        if key not in ("service", "network", "labels"):
             assert status[key] == value, key
+    # faas-netes's label on top of the deployment's own
+    assert status["labels"] == {**FULL["labels"], "faas_function": "fn1"}
     assert status["name"] == "fn1"
     assert (status["replicas"], status["availableReplicas"], status["invocationCount"]) == (
-        2, 2, 7.0)
+        2, 2, 7)
+    assert type(status["invocationCount"]) is int
     assert status["createdAt"] == "2017-07-14T02:40:00.000Z"
     # and through the store's encoding
     again = FunctionSpec.from_dict(spec.to_dict())
@@ -50,9 +53,30 @@ def test_defaults_and_scale_labels() -> None:
     zero = deployment_to_spec({"service": "f", "labels": {"com.openfaas.scale.zero": "true"}},
                               NS)
     assert zero.min_replica == 0
-    status = function_status(spec, FunctionStatus("f", State.INACTIVE), NS, 0.0, None, None)
+    status = function_status(spec, FunctionStatus("f", State.INACTIVE), NS, 0, None, None)
     assert (status["replicas"], status["availableReplicas"]) == (0, 0)
-    assert "labels" not in status and status["image"] == "i"
+    # both maps always, even when the deployment gave none
+    assert status["labels"] == {"faas_function": "f"} and status["annotations"] == {}
+    assert status["image"] == "i"
+
+
+@pytest.mark.parametrize("state, pending, desired", [
+    (State.INITIAL, False, 2), (State.FAILED, False, 2), (State.ACTIVE, False, 2),
+    (State.INACTIVE, True, 2), (State.INACTIVE, False, 0), (State.DESTROYED, False, 0)])
+def test_replicas_is_the_desired_count_from_the_deploy_on(state: State, pending: bool,
+                                                          desired: int) -> None:
+    """faas-netes reports a Deployment's desired count at once; clients check it right
+    after the 202, before the provider observed anything."""
+    spec = deployment_to_spec({"service": "f", "labels": {"com.openfaas.scale.min": "2"}}, NS)
+    status = function_status(spec, FunctionStatus("f", state, start_pending=pending), NS, 0,
+                             None, None)
+    assert status["replicas"] == desired
+    assert status["availableReplicas"] == (desired if state is State.ACTIVE else 0)
+    zero = deployment_to_spec({"service": "f", "labels": {"com.openfaas.scale.zero": "true"}},
+                              NS)
+    status = function_status(zero, FunctionStatus("f", state, start_pending=pending), NS, 0,
+                             None, None)
+    assert status["replicas"] == min(desired, 1)   # starts at one, idles down later
 
 
 def test_an_update_keeps_what_openfaas_cannot_name() -> None:
@@ -93,9 +117,11 @@ def test_secret_bodies() -> None:
     assert read_secret({"name": "a", "value": "v"}, NS) == ("a", b"v")
     raw = base64.b64encode(b"\x00\xff").decode()
     assert read_secret({"name": "a", "rawValue": raw, "namespace": NS}, NS) == ("a", b"\x00\xff")
+    # faas-cli's `secret create --from-file` sends both: rawValue wins, as in faas-netes
+    both = {"name": "a", "value": "\ufffd", "rawValue": raw}
+    assert read_secret(both, NS) == ("a", b"\x00\xff")
     for body, field in (({"value": "v"}, "name"), ({"name": "../x", "value": "v"}, "name"),
                         ({"name": "a"}, "value"), ({"name": "a", "rawValue": "!!"}, "rawValue"),
-                        ({"name": "a", "value": "v", "rawValue": raw}, "rawValue"),
                         ({"name": "a", "value": "v", "namespace": "x"}, "namespace")):
         with pytest.raises(SpecError) as caught:
             read_secret(body, NS)

@@ -442,3 +442,12 @@ def test_progress_spinner_on_a_terminal() -> None:
     frames = stream.getvalue().split("\r")
     assert frames[1].startswith("| a: initial [") and frames[2].startswith("/ a: initial [")
     assert stream.getvalue().endswith("\r")
+
+
+def test_async_list_reads_rfc3339_and_epoch_times() -> None:
+    """The API shows a dead letter's deadAt as RFC 3339 (older nodes: epoch seconds)."""
+    from faastwist.cli.asynccmd import _seconds
+
+    assert _seconds("2026-12-07T19:00:00.500Z", 0.0) == 1796670000.5
+    assert _seconds(1796670000.5, 0.0) == 1796670000.5
+    assert _seconds("2026-02-30T00:00:00Z", 7.0) == 7.0 and _seconds(None, 7.0) == 7.0

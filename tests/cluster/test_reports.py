@@ -156,3 +156,15 @@ def test_cluster_view_folds_a_chunk_per_reactor_turn_and_reuses_unchanged_folds(
     clock.advance(0)
     assert third["f0000"] is not observed["f0000"]
     assert third["f0000"].message == "ready on 2 of 2 nodes"   # n2's report no longer counts
+
+
+def test_each_nodes_last_scaling_decision_is_kept() -> None:
+    folded = aggregate("f", by_node(
+        report("n0", lastScale="1 -> 2: rps: 60.0 req/s, target 45 per replica"),
+        report("n1"), report("n2", lastScale="2 -> 1: alert resolved")), LIVE)
+    ext = folded.ext_data
+    assert ext["n0.lastScale"] == "1 -> 2: rps: 60.0 req/s, target 45 per replica"
+    assert ext["n2.lastScale"] == "2 -> 1: alert resolved" and "lastScale" not in ext
+    alike = aggregate("f", by_node(*(report(n, lastScale="1 -> 0: idle") for n in LIVE)),
+                      LIVE)
+    assert alike.ext_data["lastScale"] == "1 -> 0: idle"

@@ -4,6 +4,7 @@ nats-server (or sharing one), real function processes, a real callback receiver.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import sys
@@ -174,6 +175,9 @@ def test_accept_run_callback_retry_and_dead_letters(tmp_path: Path, callbacks: C
         assert (got["x-function-status"], got["x-faas-attempts"], payload) == ("200", "3", b"try 3")
         status, record = node.json("GET", f"/fn/async/{flaky}")
         assert status == 200 and record["state"] == "succeeded" and record["attempts"] == 3
+        # times as RFC 3339 text, as every time the API shows (README)
+        for key in ("enqueued", "updated"):
+            assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", record[key]), record
         # always 500: five attempts, then a dead letter (and a callback saying so)
         status, headers, _ = enqueue(node, "fn/fail", b"payload", X_Callback_Url=callbacks.url)
         dead = headers["x-call-id"]
@@ -183,6 +187,7 @@ def test_accept_run_callback_retry_and_dead_letters(tmp_path: Path, callbacks: C
         assert status == 200
         entry = next(e for e in listing["deadLetters"] if e["callId"] == dead)
         assert entry["attempts"] == 5 and entry["lastStatus"] == 500
+        assert entry["deadAt"].endswith("Z") and entry["enqueued"].endswith("Z"), entry
         assert node.json("GET", f"/fn/async/{dead}")[1]["state"] == "dead"
         # retry re-queues it: five fresh attempts, dead again, a second callback
         status, record = node.json("POST", f"/fn/async/{dead}/retry")

@@ -114,3 +114,16 @@ def test_templates_tour(tour_node: FaasNodeProcess) -> None:
     assert "function hello created" in output, output
     assert "Hello from faastwist!" in output, output
     assert "function hello removed" in output, output
+
+
+def test_openfaas_tour(tour_node: FaasNodeProcess) -> None:
+    """README's OpenFaaS tour: each '# -> ' comment is what the command before it prints."""
+    script = code_block_after("An OpenFaaS tour")
+    expected = [line.split("# -> ", 1)[1] for line in script.splitlines()
+                if line.startswith("# -> ")]
+    output = run(localise(script, tour_node), tour_node)
+    printed = output.splitlines()
+    wanted = []
+    for line in expected:
+        wanted += ["202", "202"] if line == "202 (twice)" else [line]
+    assert printed == wanted, output

@@ -81,7 +81,7 @@ def test_resolve_by_function_path(target: bytes, expected: tuple[str, bytes]) ->
 
 
 @pytest.mark.parametrize("target, header", [
-    (b"/", None), (b"/function/", None), (b"/functions/fn", None),
+    (b"/", None), (b"/functions/fn", None),
     (b"/", b""), (b"/", b"UPPER"), (b"/", b"a" * 64), (b"/function/-bad/x", None),
 ])
 def test_resolve_refuses_with_400(target: bytes, header: bytes | None) -> None:
@@ -362,6 +362,11 @@ def test_resolve_accepts(target, headers, namespace, expected) -> None:
      "/function/fn.prod: 'fn.prod' is not a function name (a DNS-1123 label)"),
     (b"/function/fn.dev/x", [], b"prod", 404,
      "namespace 'dev' not found; this gate serves prod"),
+    # OpenFaaS answers 404 for a /function/ path without a name
+    (b"/function/.prod", [], b"prod", 404, "/function/: no function named in the path"),
+    (b"/function/", [], b"", 404, "/function/: no function named in the path"),
+    (b"/function/?x=1", [], b"", 404, "/function/: no function named in the path"),
+    (b"/async-function//x", [], b"", 404, "/async-function/: no function named in the path"),
     (b"/other", [], b"", 400,
      "no function named: send the X-FaaS-Func-Name header or call /function/{name}/..."),
 ])

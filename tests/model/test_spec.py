@@ -114,9 +114,9 @@ def test_provider_specific_checks():
         FunctionSpec.from_dict({"name": "f"}).check_for_provider("knative")
     with pytest.raises(SpecError, match="command: is required for the process provider"):
         FunctionSpec.from_dict({"name": "f", "image": "i"}).check_for_provider("process")
-    with pytest.raises(SpecError, match="autoScaleType: cpu is not supported"):
-        FunctionSpec.from_dict({"name": "f", "command": ["x"], "autoScaleType": "cpu"}
-                               ).check_for_provider("process")
+    # cpu: the process provider measures its replicas' process groups
+    FunctionSpec.from_dict({"name": "f", "command": ["x"], "autoScaleType": "cpu"}
+                           ).check_for_provider("process")
     with pytest.raises(SpecError, match="command: is only for the process provider"):
         FunctionSpec.from_dict({"name": "f", "image": "i", "command": ["x"]}
                                ).check_for_provider("knative")
@@ -526,8 +526,6 @@ def test_provider_messages_exactly():
         "deployment needs envProcess (run once per request, as OpenFaaS's watchdog does) or "
         "command (an argv list of an HTTP server, e.g. [python3, app.py]); the process "
         "provider runs commands and does not pull images")
-    assert problem("process", command=["x"], autoScaleType="cpu") == (
-        "autoScaleType: cpu is not supported by the process provider; use rps or concurrency")
     assert problem("knative") == "image: is required for the knative provider"
     assert problem("knative", image="i", command=["x"]) == (
         "command: is only for the process provider")

@@ -316,7 +316,8 @@ def test_http_workers_errors_name_the_key(tmp_path, value):
 def _documented_defaults(base: str, node_id: str) -> "ControllerConfig":
     """Every default README documents, written out (paths under ``base``)."""
     from faastwist.config import (AdminConfig, AuthConfig, EtcdConfig, HTTPServerConfig,
-                                  KnativeConfig, ProcessConfig, QueueConfig, SecretsConfig)
+                                  KnativeConfig, ProcessConfig, QueueConfig, SecretsConfig,
+                                  StoreConfig)
 
     return ControllerConfig(
         name="faascontroller", kind="FaaSController", node_id=node_id, provider="knative",
@@ -345,7 +346,8 @@ def _documented_defaults(base: str, node_id: str) -> "ControllerConfig":
             max_body_size=2**20, max_attempts=5, concurrency=8, callback_concurrency=32,
             callback_timeout=10.0, callback_allow=(), backoff_base=1.0, backoff_max=300.0,
             status_ttl=86400.0, timeout=5.0, max_bytes=2**30, max_queued=1000, ack_wait=5.0,
-            monitor_port=0))
+            monitor_port=0),
+        store=StoreConfig(url="", file=""))
 
 
 def test_every_default_exactly_from_the_file_and_in_code(tmp_path):
@@ -361,7 +363,8 @@ def test_every_key_is_read_from_its_own_name(tmp_path):
     """Each key set to a value that is not its default comes back exactly where it
     belongs (a misspelt key name in the reader would leave the default)."""
     from faastwist.config import (AdminConfig, AuthConfig, EtcdConfig, HTTPServerConfig,
-                                  KnativeConfig, ProcessConfig, QueueConfig, SecretsConfig)
+                                  KnativeConfig, ProcessConfig, QueueConfig, SecretsConfig,
+                                  StoreConfig)
 
     user = "nobody"   # a user functions may run as (never root), on any Debian
     data = {
@@ -388,6 +391,7 @@ def test_every_key_is_read_from_its_own_name(tmp_path):
                   "callbackAllow": ["10.0.0.0/8"], "backoffBase": "2s", "backoffMax": "1m",
                   "statusTTL": "1h", "timeout": "4s", "maxBytes": "5Mi", "maxQueued": 7,
                   "ackWait": "3s", "monitorPort": 8223},
+        "store": {"file": "catalogue.json"},
     }
     base = f"{tmp_path}/"
     assert ControllerConfig.from_dict(data, tmp_path) == ControllerConfig(
@@ -418,7 +422,23 @@ def test_every_key_is_read_from_its_own_name(tmp_path):
             max_age=7200.0, max_body_size=4096, max_attempts=3, concurrency=2,
             callback_concurrency=4, callback_timeout=2.0, callback_allow=("10.0.0.0/8",),
             backoff_base=2.0, backoff_max=60.0, status_ttl=3600.0, timeout=4.0,
-            max_bytes=5 * 2**20, max_queued=7, ack_wait=3.0, monitor_port=8223))
+            max_bytes=5 * 2**20, max_queued=7, ack_wait=3.0, monitor_port=8223),
+        store=StoreConfig(url="", file=base + "catalogue.json"))
+    url = "https://store.example/functions.json"
+    assert ControllerConfig.from_dict({"store": {"url": url}}, tmp_path).store == StoreConfig(
+        url=url, file="")
+
+
+@pytest.mark.parametrize("store, message", [
+    ({"url": "ftp://x/f.json"}, "store.url: must be an http:// or https:// URL"),
+    ({"url": "https://x/f.json", "file": "f.json"},
+     "store.file: give store.url or store.file, not both"),
+    ({"path": "f.json"}, "store.path"),
+])
+def test_store_errors_name_the_key(tmp_path, store, message):
+    with pytest.raises(ConfigError) as info:
+        ControllerConfig.from_dict({"store": store}, tmp_path)
+    assert str(info.value).startswith(message), str(info.value)
 
 
 @pytest.mark.parametrize("section, key, lowest, highest", [

@@ -418,8 +418,7 @@ def test_check_spec_names_the_field(providers):
     provider = providers()
     with pytest.raises(SpecError, match="command.*required"):
         provider.check_spec(function_spec(command=[]))
-    with pytest.raises(SpecError, match="autoScaleType.*cpu is not supported"):
-        provider.check_spec(function_spec(autoScaleType="cpu"))
+    provider.check_spec(function_spec(autoScaleType="cpu"))   # measured per process group
     with pytest.raises(SpecError, match="command.*'no-such-program-x': no such executable"):
         provider.check_spec(function_spec(command=["no-such-program-x"]))
     with pytest.raises(SpecError, match="command.*no such executable relative to"):

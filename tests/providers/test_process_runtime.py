@@ -350,3 +350,128 @@ def test_a_replica_exit_tells_every_request_on_it_at_once():
     for lease in leases[1:]:
         lease.release()                       # releasing after the loss is harmless
     assert runtime.inflight == 0 and runtime.leases.get(dying) is None
+
+
+# -- OpenFaaS's scaling labels, as deployment_to_spec maps them -----------------------
+
+def openfaas_runtime(clock: Clock, factory: FakeFactory, labels: dict, cpu_meter=None,
+                     tuning=None):
+    from faastwist.admin.openfaas_model import deployment_to_spec
+
+    spec = deployment_to_spec({"service": "fn", "envProcess": "cat", "labels": labels},
+                              "openfaas-fn")
+    spec = spec.__class__.from_dict({**spec.to_dict(), "command": ["x"], "envProcess": ""})
+    extra = {} if cpu_meter is None else {"cpu_meter": cpu_meter}
+    runtime = HttpRuntime(spec, clock, tuning or fast_tuning(), factory, lambda *_: None,
+                          **extra)
+    runtime.deploy()
+    for replica in factory.made:
+        replica.become_ready()
+    return runtime
+
+
+def test_openfaas_defaults_scale_on_rps_at_90_percent_of_50():
+    """No labels: rps, target 50, proportion 0.9 -> 45 req/s per replica."""
+    clock, factory = Clock(), FakeFactory()
+    runtime = openfaas_runtime(clock, factory, {"com.openfaas.scale.max": "5"})
+    assert (runtime.kind.value, runtime.scale_value, runtime.target) == ("rps", 45.0, 1)
+    for _ in range(45):
+        runtime.acquire().release()
+    clock.advance(1)
+    runtime.tick()
+    assert runtime.target == 1 and runtime.last_scale is None   # 45 fits one replica
+    for _ in range(46):
+        runtime.acquire().release()
+    clock.advance(1)
+    runtime.tick()
+    assert runtime.target == 2
+    decision = runtime.last_scale
+    assert (decision.old, decision.new) == (1, 2)
+    assert decision.describe().startswith("1 -> 2: rps: 46.0 req/s, target 45 per replica")
+    for replica in factory.live():
+        replica.become_ready()
+    observed = runtime.observe().ext_data
+    assert observed["lastScale"] == decision.describe() and observed["desired"] == "2"
+
+
+def test_capacity_type_and_target_proportion_labels():
+    clock, factory = Clock(), FakeFactory()
+    runtime = openfaas_runtime(clock, factory, {
+        "com.openfaas.scale.type": "capacity", "com.openfaas.scale.target": "5",
+        "com.openfaas.scale.target-proportion": "0.8", "com.openfaas.scale.max": "10"})
+    assert (runtime.kind.value, runtime.scale_value) == ("concurrency", 4.0)
+    leases = [runtime.acquire() for _ in range(9)]     # 9 in flight / 4 -> 3 replicas
+    assert runtime.target == 3
+    assert runtime.last_scale.describe() == ("2 -> 3: capacity: 9 in flight, target 4 "
+                                             "per replica")
+    for lease in leases:
+        lease.release()
+
+
+def test_cpu_type_uses_the_replicas_process_group_cpu():
+    """cpu: millicores over the tick from the meter, target 500m * 0.9 = 450m."""
+    clock, factory = Clock(), FakeFactory()
+    seconds = {"used": 0.0}
+    asked: list[list[int]] = []
+
+    def meter(groups):
+        asked.append(sorted(groups))
+        return {group: seconds["used"] for group in groups}
+    runtime = openfaas_runtime(clock, factory, {
+        "com.openfaas.scale.type": "cpu", "com.openfaas.scale.target": "500",
+        "com.openfaas.scale.max": "4"}, cpu_meter=meter)
+    assert (runtime.kind.value, runtime.scale_value) == ("cpu", 450.0)
+    clock.advance(1)
+    runtime.tick()                                     # first sample: baseline
+    assert runtime.target == 1 and asked == [[factory.made[0].pid]]
+    seconds["used"] = 1.2                              # 1.2 CPU s in 1 s: 1200m -> 3
+    clock.advance(1)
+    runtime.tick()
+    assert runtime.target == 3
+    assert "cpu: 1200.0 millicores, target 450 per replica" in runtime.last_scale.why
+    for replica in factory.live():
+        replica.become_ready()
+    clock.advance(1)
+    runtime.tick()                                     # no CPU since: back to min
+    assert runtime.target == 1
+
+
+def test_factor_zero_turns_autoscaling_off_but_not_scale_from_zero():
+    clock, factory = Clock(), FakeFactory()
+    runtime = openfaas_runtime(clock, factory, {"com.openfaas.scale.factor": "0",
+                                                "com.openfaas.scale.max": "5",
+                                                "com.openfaas.scale.target": "1"})
+    leases = [runtime.acquire() for _ in range(10)]
+    clock.advance(1)
+    runtime.tick()
+    assert runtime.target == 1 and runtime.last_scale is None
+    for lease in leases:
+        lease.release()
+
+
+def test_scale_zero_label_starts_at_one_then_idles_to_zero():
+    clock, factory = Clock(), FakeFactory()
+    runtime = openfaas_runtime(clock, factory, {"com.openfaas.scale.zero": "true"},
+                               tuning=fast_tuning(idle_timeout=30))
+    assert runtime.minimum == 0 and runtime.target == 1 and len(factory.live()) == 1
+    clock.advance(29)
+    runtime.tick()
+    assert runtime.target == 1
+    clock.advance(1)
+    runtime.tick()
+    assert runtime.target == 0 and factory.live() == []
+    assert runtime.last_scale.describe() == "1 -> 0: idle for 30s, scaling to zero"
+    # without the label, min 0 stays at zero until a request
+    clock2, factory2 = Clock(), FakeFactory()
+    make_runtime(clock2, factory2, minReplica=0, maxReplica=3)
+    assert factory2.made == []
+
+
+def test_a_bounds_change_is_a_recorded_decision():
+    clock, factory = Clock(), FakeFactory()
+    runtime, _ = make_runtime(clock, factory, minReplica=1, maxReplica=4)
+    runtime.update(function_spec(minReplica=3, maxReplica=4))
+    assert runtime.target == 3
+    assert runtime.last_scale.describe().startswith("1 -> 3: replica bounds changed to 3-4")
+    runtime.update(function_spec(minReplica=1, maxReplica=4))
+    assert runtime.target == 1

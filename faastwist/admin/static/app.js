@@ -469,6 +469,61 @@ async function submitEditor(event) {
   }
 }
 
+/* ---- the function store: OpenFaaS's catalogue at /system/store, deployed through
+ * /system/functions with the body faas-cli's `store deploy` sends ---- */
+function storeDeployment(entry) {
+  if (!entry.fprocess) {
+    throw new ApiError("store entry " + entry.name + " has no fprocess: it needs its " +
+                       "container image, and this provider runs processes, not images", 400);
+  }
+  const images = entry.images || {};
+  const body = { service: entry.name, envProcess: entry.fprocess,
+                 image: images.x86_64 || Object.values(images)[0] || "store/" + entry.name };
+  if (entry.environment && Object.keys(entry.environment).length) body.envVars = entry.environment;
+  if (entry.labels && Object.keys(entry.labels).length) body.labels = entry.labels;
+  if (entry.annotations && Object.keys(entry.annotations).length) body.annotations = entry.annotations;
+  if (entry.readOnlyRootFilesystem) body.readOnlyRootFilesystem = true;
+  return body;
+}
+
+async function deployFromStore(entry) {
+  showError("store-error", "");
+  try {
+    await api("POST", "/system/functions", JSON.stringify(storeDeployment(entry)),
+              "application/json");
+  } catch (err) {
+    showError("store-error", "cannot deploy " + entry.name + " here: " + err.message);
+    return;
+  }
+  $("store-panel").hidden = true;
+  await refresh();
+  select(entry.name);
+  notice("function " + entry.name + " deployed from the store");
+}
+
+async function openStore() {
+  $("store-panel").hidden = false;
+  showError("store-error", "");
+  const body = $("store-list").tBodies[0];
+  body.replaceChildren();
+  let catalogue;
+  try {
+    catalogue = await api("GET", "/system/store");
+  } catch (err) {
+    showError("store-error", err.message);
+    return;
+  }
+  body.replaceChildren(...(catalogue.functions || []).map((entry) => {
+    const button = el("button", { type: "button", class: "link" }, "Deploy");
+    button.addEventListener("click", () => deployFromStore(entry));
+    return el("tr", { "data-name": entry.name },
+      el("td", { class: "name", title: entry.title || "" }, entry.name),
+      el("td", { class: "image" }, entry.fprocess || "(image only)"),
+      el("td", {}, entry.description || ""),
+      el("td", {}, button));
+  }));
+}
+
 /* ---- invoke (relayed to the gate by /console/invoke/{name}/...) ---- */
 async function invoke(event) {
   event.preventDefault();
@@ -537,6 +592,8 @@ async function boot() {
     loadInfo();
   });
   $("btn-new").addEventListener("click", () => openEditor(null));
+  $("btn-store").addEventListener("click", openStore);
+  $("btn-store-close").addEventListener("click", () => { $("store-panel").hidden = true; });
   $("btn-edit").addEventListener("click", () => openEditor(state.selected));
   $("btn-editor-close").addEventListener("click", () => { $("create-panel").hidden = true; });
   $("editor-form").addEventListener("submit", submitEditor);
