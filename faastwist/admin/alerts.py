@@ -110,7 +110,9 @@ async def _apply(api: Any, alert: Alert) -> dict[str, Any]:
             return {"function": name, "from": current, "to": current, "why": step.why}
         try:
             await api._timed(api.store.update(record, spec=new_spec))
-        except Conflict:
+        except Conflict as exc:
+            if not exc.retryable:   # a function a Kubernetes object owns (store/owned.py)
+                raise
             continue   # another writer won: read again and apply to what it wrote
         api.kick(name)
         log.info("alert {status} for {name}: scaling from {old} to {new} replicas ({why})",

@@ -405,7 +405,7 @@ class OpenFaaSAPI:
     @app.route("/system/alert", methods=["POST"])
     async def alert(self, request: Any) -> bytes:
         """AlertManager's webhook: alert-driven autoscaling (admin/alerts.py)."""
-        return self._json(request, 200, await handle_alerts(self, self._document(request)))
+        return self._json(request, 200, await handle_alerts(self, await self._document(request)))
 
     @app.route("/system/info", methods=["GET"])
     def info(self, request: Any) -> bytes:

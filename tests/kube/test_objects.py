@@ -70,7 +70,7 @@ def test_status_follows_the_state_and_keeps_its_transition_time():
     spec = FunctionSpec.from_dict({"name": "hello", "image": "x", "minReplica": 2})
     initial = FunctionStatus.initial("hello", 100.0)
     first = status_of_record(spec, initial, 1, None, False, None, 100.0)
-    assert first["state"] == "initial" and first["replicas"] == "0/0"
+    assert first["state"] == "initial" and first["replicas"] == "0/2"   # desired at once, as OpenFaaS reports it
     assert first["conditions"][0]["status"] == "Unknown"
     active = apply_event(initial, Event.READY, 110.0)
     second = status_of_record(spec, active, 1, None, False, first, 110.0)

@@ -28,7 +28,7 @@ FULL = {
     "readinessPath": "/ready", "envProcess": "cat", "labels": {"team": "a"},
     "annotations": {"note": "b"}, "constraints": ["x=y"], "secrets": ["s1"],
     "readOnlyRootFilesystem": True, "rateLimit": {"rps": 5, "burst": 10},
-    "asyncConcurrency": 2, "maxAttempts": 3,
+    "asyncConcurrency": 2, "maxAttempts": 3, "maxQueued": 50,
 }
 
 
