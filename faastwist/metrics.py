@@ -262,6 +262,10 @@ class Metrics:
             registry=r)
         self.watch_reconnects = Counter(
             "faastwist_store_watch_reconnects", "Store watch restarts", registry=r)
+        self.etcd_misses = Counter(
+            "faastwist_etcd_member_misses",
+            "Calls an etcd member did not answer (refused, timeout, no_leader, error)",
+            ["endpoint", "reason"], registry=r)
         self.leader = Gauge(
             "faastwist_leader", "1 when this node runs the reconciler", registry=r)
         # asynchronous invocations
