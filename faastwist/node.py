@@ -17,7 +17,7 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from twisted.application.service import IService, Service
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, ensureDeferred
 from twisted.internet.interfaces import IReactorTCP
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -35,6 +35,8 @@ log = Logger()
 
 #: seconds the reconciler waits at most for the local converger's first pass
 WARMUP_LIMIT = 120.0
+#: seconds /apis/v2/faas/info waits for etcd to say who leads
+INFO_READ_TIMEOUT = 1.5
 
 
 class _WatchedRecords(Mapping[str, Any]):
@@ -453,7 +455,8 @@ class FaasNode(Service):
         return OpenFaaSAPI(self.store, self.provider, self.reconciler.kick, self.metrics,
                            self.reactor, versions, self.namespace,
                            max_body_size=self.config.admin.max_body_size, secrets=self.secrets,
-                           slicer=self.admin.slicer)   # the admin port's lists: one budget
+                           slicer=self.admin.slicer,   # the admin port's lists: one budget
+                           cache=self._cached_records)
 
     def _guard(self, root: Any) -> Any:
         """Put the Host/Origin/credential checks in front of the admin port's root."""
@@ -562,15 +565,29 @@ class FaasNode(Service):
             self.converger.check()
         return self.provider.check()
 
-    def _cluster_info(self) -> dict[str, Any]:
+    async def _cluster_info(self) -> dict[str, Any]:
+        """Who leads, as etcd says now (the key as last watched can name a node whose
+        lease nobody can keep alive: during a quorum loss nobody leads), and the nodes."""
+        from faastwist.store.base import StoreError
+
         members = self.session.members if self.session is not None else {}
-        holder = self.node_id if self.leader.is_leader() else self.leader.holder
+        body: dict[str, Any] = {}
+        holder = None
+        if self.leader.is_leader():
+            holder = self.node_id
+        else:
+            try:
+                holder = await self.leader.read_holder().addTimeout(INFO_READ_TIMEOUT,
+                                                                    self.reactor)
+            except (StoreError, CancelledError, TimeoutError) as exc:
+                body["leaderError"] = (f"no leader known: etcd did not answer "
+                                       f"({str(exc) or type(exc).__name__})")
         leader = None
         if holder is not None:
             leader = {"id": holder, "admin": members.get(holder, {}).get("admin")}
         nodes = [{"id": node, "admin": record.get("admin"), "gate": record.get("gate")}
                  for node, record in sorted(members.items())]
-        return {"leaderNode": leader, "nodes": nodes}
+        return {"leaderNode": leader, "nodes": nodes, **body}
 
     def _routes_current(self) -> None:
         if not self.routes.synced:

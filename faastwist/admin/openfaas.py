@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import attrs
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -58,6 +58,10 @@ T = TypeVar("T")
 
 STORE_TIMEOUT = 10.0
 OBSERVE_TIMEOUT = 3.0
+#: how long the list waits for the store before it answers from the watch cache
+#: (with encoding, within the 2 s the control plane promises without a quorum)
+READ_TIMEOUT = 1.5
+STALE_HEADER = b"X-FaaS-Stale"
 
 
 @attrs.frozen
@@ -84,8 +88,13 @@ class OpenFaaSAPI:
                  namespace: str,
                  max_body_size: int = 1 << 20, store_timeout: float = STORE_TIMEOUT,
                  wall_clock: Callable[[], float] = time.time, secrets: Any = None,
-                 slicer: Slicer | None = None) -> None:
+                 slicer: Slicer | None = None,
+                 cache: Callable[[], Mapping[str, Any]] | None = None,
+                 read_timeout: float = READ_TIMEOUT) -> None:
         self.store = store
+        #: the watch-fed functions the list answers from when the store has no quorum
+        self.cache = cache
+        self.read_timeout = read_timeout
         self.secrets = secrets
         self.provider = provider
         self.kick = kick
@@ -188,14 +197,21 @@ class OpenFaaSAPI:
     # -- functions ---------------------------------------------------------------------
     @app.route("/system/functions", methods=["GET"])
     async def list_functions(self, request: Any) -> bytes:
+        """Every function; without a store quorum, from this node's watch cache (as the
+        admin list does): each item and the answer marked stale, instead of a 503."""
         self._check_namespace_param(request)
-        listing = await self._timed(self.store.list())
+        stale = not await self._store_answers()
+        if stale:
+            records: Mapping[str, Any] = self.cache()  # type: ignore[misc]
+            request.setHeader(STALE_HEADER, b"true")
+        else:
+            records = (await self._timed(self.store.list())).records
         observed = await self._observe(None)
         invocations = self._invocations()
-        names = sorted(listing.records)
+        names = sorted(records)
         request.setResponseCode(200)
         request.setHeader(b"content-type", b"application/json")
-        pieces = self._list_pieces(listing.records, names, observed, invocations)
+        pieces = self._list_pieces(records, names, observed, invocations, stale)
         if len(names) < STREAM_THRESHOLD:
             body = b"".join(pieces)
             request.setHeader(b"content-length", b"%d" % len(body))
@@ -206,7 +222,7 @@ class OpenFaaSAPI:
 
     def _list_pieces(self, records: Mapping[str, Any], names: list[str],
                      observed: Mapping[str, Observation],
-                     invocations: Mapping[str, float]) -> Iterator[bytes]:
+                     invocations: Mapping[str, float], stale: bool = False) -> Iterator[bytes]:
         """``[{...}, {...}]``, one piece per ``STEP`` functions (destroyed ones left out)."""
         yield b"["
         separator = ""
@@ -215,8 +231,10 @@ class OpenFaaSAPI:
             for name in names[start:start + STEP]:
                 r = records[name]
                 if r.status.state is not State.DESTROYED:
-                    parts.append(json.dumps(self._status(r.spec, r.status, observed.get(name),
-                                                         invocations)))
+                    item = self._status(r.spec, r.status, observed.get(name), invocations)
+                    if stale:
+                        item["stale"] = True
+                    parts.append(json.dumps(item))
             if parts:
                 yield (separator + ", ".join(parts)).encode()
                 separator = ", "
@@ -229,6 +247,19 @@ class OpenFaaSAPI:
         observed = await self._observe([name])
         return self._json(request, 200, self._status(record.spec, record.status,
                                                      observed.get(name), self._invocations()))
+
+    async def _store_answers(self) -> bool:
+        """Whether a quick quorum read succeeds within ``read_timeout`` (always True
+        without a cache to fall back on: the list then waits, and fails, as any read)."""
+        if self.cache is None:
+            return True
+        try:
+            await self.store.check().addTimeout(self.read_timeout, self.clock)
+        except (StoreUnavailable, CancelledError, TimeoutError) as exc:
+            log.warn("function list answered from the watch cache: the store did not "
+                     "answer ({error})", error=str(exc) or type(exc).__name__)
+            return False
+        return True
 
     def _check_namespace_param(self, request: Any) -> None:
         params = query_params(request.uri, ("namespace",))
