@@ -254,6 +254,10 @@ class Metrics:
         self.reconcile_errors = Counter(
             "faastwist_reconcile_errors", "Reconcile passes that ended with an error",
             ["kind"], registry=r)
+        self.reconcile_retried = Counter(
+            "faastwist_reconcile_retried",
+            "Reconcile steps or passes an expected store condition left to the next pass "
+            "(conflict, not_found, unavailable)", ["kind"], registry=r)
         self.provider_calls = Counter(
             "faastwist_provider_api_calls", "Provider API calls", ["verb", "code"],
             registry=r)
