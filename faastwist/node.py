@@ -155,6 +155,8 @@ class FaasNode(Service):
     async def _start(self) -> None:
         from faastwist.sdnotify import SystemdNotifier
 
+        # first: a second node on these folders stops here, before it touches them
+        self._lock_folders()
         # before anything spawns children: it takes NOTIFY_SOCKET out of their environment
         self.notifier = SystemdNotifier(self.reactor)
         self.notifier.startService()
@@ -175,6 +177,27 @@ class FaasNode(Service):
         self.notifier.ready(f"serving: gate {self.config.http_server.address}:"
                             f"{self.config.http_server.port}, admin {self.config.admin.address}:"
                             f"{self.config.admin.port}")
+
+    def _lock_folders(self) -> None:
+        """Hold the data folders this node owns (util/folderlock.py) until it stops."""
+        from faastwist.util.folderlock import FolderInUse, lock_folder
+
+        config = self.config
+        folders = []
+        if config.provider == "process":
+            folders.append(("process.dataDir", config.process.data_dir))
+        if config.etcd.embedded:
+            folders.append(("etcd.dataDir", config.etcd.data_dir))
+        if config.queue.enabled and config.queue.embedded:
+            folders.append(("queue.dataDir", config.queue.data_dir))
+        for key, folder in folders:
+            try:
+                lock = lock_folder(folder, key)
+            except FolderInUse as exc:
+                raise StartupError(str(exc)) from None
+            except OSError as exc:
+                raise StartupError(f"{key}: cannot lock {folder}: {exc}") from None
+            self._push(f"the lock on {key}", lock.release)
 
     async def _start_store(self) -> None:
         from faastwist.store.etcd import EtcdStore
