@@ -171,12 +171,29 @@ class FaasNode(Service):
         self._start_gate()
         await self._start_workers()
         self._attach_queue()
-        # popped first at shut-down: STOPPING=1 and /readyz 503 before anything stops
+        # popped first at shut-down: STOPPING=1 and /readyz 503 before anything stops,
+        # then the drain delay while the gate still serves
+        self._push("drain delay", self._drain_delay)
         self._push("systemd notifier", self.notifier.stopService)
         self._push("readiness", self.ops.mark_stopping)
         self.notifier.ready(f"serving: gate {self.config.http_server.address}:"
                             f"{self.config.http_server.port}, admin {self.config.admin.address}:"
                             f"{self.config.admin.port}")
+
+    def _drain_delay(self) -> Deferred[None] | None:
+        """/readyz says 503 from now on; for httpServer.drainDelay the gate keeps
+        serving (each answer closing its connection) before it stops accepting, so a
+        load balancer polling /readyz takes this node out without a failed request."""
+        delay = self.config.http_server.drain_delay
+        if self.gate is not None:
+            self.gate.begin_drain()
+        if self.workers is not None:
+            self.workers.begin_drain()
+        if delay <= 0:
+            return None
+        log.info("draining: /readyz answers 503 for {delay}s (httpServer.drainDelay) "
+                 "before the gate stops accepting", delay=delay)
+        return deferLater(self.reactor, delay, lambda: None)
 
     def _lock_folders(self) -> None:
         """Hold the data folders this node owns (util/folderlock.py) until it stops."""

@@ -88,6 +88,9 @@ class Worker:
                 self.provider.lost(message)
         elif op == "reload":
             self.reload()
+        elif op == "drain":
+            if self.gate is not None:
+                self.gate.begin_drain()
         else:
             log.warn("gate worker: unknown message {op}", op=op)
 

@@ -278,6 +278,12 @@ class WorkerPool(Service):
             if slot.link is not None:
                 slot.link.send({"op": "reload"})
 
+    def begin_drain(self) -> None:
+        """The drain delay begins: every worker's answers say Connection: close."""
+        for slot in self.slots:
+            if slot.link is not None:
+                slot.link.send({"op": "drain"})
+
     def check(self) -> None:
         """For /readyz: every worker serves."""
         down = [str(slot.index) for slot in self.slots if not slot.ready]
