@@ -242,11 +242,28 @@ class OpenFaaSAPI:
 
     @app.route("/system/function/<name>", methods=["GET"])
     async def get_function(self, request: Any, name: str) -> bytes:
+        """One function; without a store quorum, from the watch cache, marked stale."""
         self._check_namespace_param(request)
-        record = await self._timed(self.store.get(name))
+        stale = False
+        if self.cache is None:
+            record = await self._timed(self.store.get(name))
+        else:
+            try:
+                record = await self.store.get(name).addTimeout(self.read_timeout, self.clock)
+            except (StoreUnavailable, CancelledError, TimeoutError) as exc:
+                log.warn("function {name} answered from the watch cache: the store did not "
+                         "answer ({error})", name=name, error=str(exc) or type(exc).__name__)
+                record = self.cache().get(name)
+                if record is None:
+                    raise NotFound(name) from None
+                stale = True
+                request.setHeader(STALE_HEADER, b"true")
         observed = await self._observe([name])
-        return self._json(request, 200, self._status(record.spec, record.status,
-                                                     observed.get(name), self._invocations()))
+        document = self._status(record.spec, record.status, observed.get(name),
+                                self._invocations())
+        if stale:
+            document["stale"] = True
+        return self._json(request, 200, document)
 
     async def _store_answers(self) -> bool:
         """Whether a quick quorum read succeeds within ``read_timeout`` (always True

@@ -152,6 +152,9 @@ class _Hung(MemoryStore):
     def check(self) -> Deferred[None]:
         return Deferred()
 
+    def get(self, name: str) -> Deferred:
+        return Deferred()
+
 
 @pytest.mark.parametrize("hung", [False, True], ids=["unavailable", "silent"])
 def test_without_quorum_the_list_answers_from_the_watch_cache_marked_stale(hung: bool) -> None:
@@ -160,7 +163,7 @@ def test_without_quorum_the_list_answers_from_the_watch_cache_marked_stale(hung:
     store = _Hung("ctl") if hung else MemoryStore("ctl")
     fired(store.create(FunctionSpec(name="cached", image="img", env_process="cat"),
                        FunctionStatus.initial("cached", 1.7e9)))
-    cache = {"cached": fired(store.get("cached"))}
+    cache = {"cached": fired(MemoryStore.get(store, "cached"))}
     clock = Clock()
     api = OpenFaaSAPI(store, FakeProvider(), lambda name: None, Metrics(), clock,
                       Versions("process", "abc"), NS, wall_clock=lambda: 1.7e9,
@@ -187,6 +190,16 @@ def test_without_quorum_the_list_answers_from_the_watch_cache_marked_stale(hung:
     assert response.headers.getRawHeaders("X-FaaS-Stale") == ["true"]
     listed = json.loads(fired(response.content()))
     assert [(f["name"], f["stale"]) for f in listed] == [("cached", True)]
+    # one function too; one the cache does not have is 404
+    one = http.get("http://admin/system/function/cached")
+    missing = http.get("http://admin/system/function/other")
+    clock.advance(1.5)
+    http.flush()
+    response = fired(one)
+    assert response.code == 200 and response.headers.getRawHeaders("X-FaaS-Stale") == ["true"]
+    document = json.loads(fired(response.content()))
+    assert (document["name"], document["stale"]) == ("cached", True)
+    assert fired(missing).code == 404
     # no cache to fall back on: the store's own error, 503
     bare = OpenFaaSAPI(MemoryStore("ctl"), FakeProvider(), lambda name: None, Metrics(), clock,
                        Versions("process", "abc"), NS)

@@ -291,6 +291,9 @@ def test_quorum_loss_gates_serve_reads_are_stale_and_readyz_names_etcd(
                               f"{node.admin_root}/system/functions")
         assert headers.get("x-faas-stale") == "true"
         assert [(f["name"], f["stale"]) for f in json.loads(body)] == [("q", True)]
+        headers, body = check("GET /system/function/q (stale)", 200, "GET",
+                              f"{node.admin_root}/system/function/q")
+        assert headers.get("x-faas-stale") == "true" and json.loads(body)["stale"] is True
         check("info", 200, "GET", f"{node.admin_root}/apis/v2/faas/info")
         _, body = check("admin create", 503, "POST", node.admin_url,
                         spec(cluster, f"new{index}"), "application/yaml")
