@@ -37,7 +37,15 @@ from txaioetcd import (
     Transaction,
 )
 
-from faastwist.store.failover import HEDGE_AFTER, Members, Miss, Round, RoundFailed, describe
+from faastwist.store.failover import (
+    HEDGE_AFTER,
+    LostLeader,
+    Members,
+    Miss,
+    Round,
+    RoundFailed,
+    describe,
+)
 from faastwist.model.fsm import FunctionStatus
 from faastwist.model.keys import KeySet as FunctionKeys
 from faastwist.metrics import Metrics
@@ -103,7 +111,7 @@ def _miss_kind(miss: Miss) -> str:
         return "timeout"
     if isinstance(miss.reason, ConnectError):
         return "refused"
-    if NO_LEADER in str(getattr(miss.reason, "message", "")):
+    if isinstance(miss.reason, LostLeader) or NO_LEADER in str(getattr(miss.reason, "message", "")):
         return "no_leader"
     return "error"
 
@@ -213,6 +221,15 @@ class EtcdStore:
         """The member the next call goes to first."""
         return self.members.active
 
+    def _leaderless(self, endpoint: str) -> Deferred:
+        """True when the member says it has no leader (its status, asked with the
+        hasleader requirement, fails with "no leader")."""
+        d = self._http.post(f"{endpoint}{self.api_prefix}/maintenance/status", {})
+
+        def failed(failure: Any) -> bool:
+            return bool(failure.check(EtcdHttpError)) and NO_LEADER in failure.value.message
+        return d.addCallbacks(lambda _: False, failed)
+
     def _count_miss(self, miss: Miss) -> None:
         self.metrics.etcd_misses.labels(miss.endpoint, _miss_kind(miss)).inc()
 
@@ -242,7 +259,7 @@ class EtcdStore:
             yield self.connect()
         attempt = Round(self.reactor, self.members, request, self.timeout,
                         self._judge(op, idempotent), HEDGE_AFTER if idempotent else None,
-                        self._count_miss)
+                        self._count_miss, self._leaderless)
         try:
             result = yield attempt.start()
         except RoundFailed as exc:

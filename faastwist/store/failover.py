@@ -27,6 +27,16 @@ SUSPECT_FOR = 30.0
 HEDGE_AFTER = 0.75
 
 
+class LostLeader(Exception):
+    """The member said it has no leader while the call was pending there (a write's
+    outcome is then unknown: the entry may still commit once a quorum is back)."""
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__("etcdserver: no leader (the member lost it while the call was "
+                         "pending)")
+        self.endpoint = endpoint
+
+
 class AttemptTimedOut(Exception):
     """A member did not answer within the attempt's timeout (or another answered first)."""
 
@@ -118,8 +128,16 @@ class Round:
     def __init__(self, clock: IReactorTime, members: Members,
                  request: Callable[[str], Deferred], timeout: float, judge: Judge,
                  hedge_after: float | None = None,
-                 observe: Callable[[Miss], None] | None = None) -> None:
+                 observe: Callable[[Miss], None] | None = None,
+                 leaderless: Callable[[str], Deferred] | None = None) -> None:
         self.clock = clock
+        #: ``leaderless(url)`` fires True when the member says it has no leader: asked
+        #: every HEDGE_AFTER while a call is pending there (a member that loses its
+        #: quorum holds calls already accepted for its own request timeout)
+        self.leaderless = leaderless
+        self._probes: dict[str, IDelayedCall] = {}
+        self._asking: dict[str, Deferred] = {}
+        self._lost: set[str] = set()
         #: sees every miss, those of members outrun or cut short by a cancel too
         self.observe = observe
         self.members = members
@@ -160,6 +178,7 @@ class Round:
         timer = self.clock.callLater(self.timeout, self._expire, url)
         self._flying[url] = (attempt, timer)
         self._started[url] = self.clock.seconds()
+        self._arm_probe(url)
         self._arm_hedge()
         attempt.addBoth(self._settled, url)
 
@@ -170,6 +189,35 @@ class Round:
         if self.hedge_after is not None and self._waiting and not self._over:
             self._hedge = self.clock.callLater(self.hedge_after, self._next)
 
+    def _arm_probe(self, url: str) -> None:
+        if self.leaderless is not None and url in self._flying and not self._over:
+            self._probes[url] = self.clock.callLater(HEDGE_AFTER, self._probe, url)
+
+    def _probe(self, url: str) -> None:
+        self._probes.pop(url, None)
+        if url not in self._flying or self._over:
+            return
+        try:
+            asked = self.leaderless(url)  # type: ignore[misc]
+        except Exception:
+            return
+        asked.addTimeout(self.timeout, self.clock)
+        self._asking[url] = asked
+
+        def answered(lost: Any) -> None:
+            self._asking.pop(url, None)
+            if url not in self._flying or self._over:
+                return
+            if lost is True:
+                self._lost.add(url)
+                self._flying[url][0].cancel()
+            else:
+                self._arm_probe(url)
+        def failed(_: Any) -> None:
+            self._asking.pop(url, None)
+            self._arm_probe(url)
+        asked.addCallbacks(answered, failed)
+
     def _expire(self, url: str) -> None:
         self._timed_out.add(url)
         self._flying[url][0].cancel()
@@ -178,6 +226,9 @@ class Round:
         _, timer = self._flying.pop(url)
         if timer.active():
             timer.cancel()
+        probe = self._probes.pop(url, None)
+        if probe is not None and probe.active():
+            probe.cancel()
         if self._over:
             return None  # cancelled by the caller, or outrun by another member
         if not isinstance(result, Failure):
@@ -185,7 +236,12 @@ class Round:
             self._finish(result)
             return None
         timed_out = url in self._timed_out
-        reason = AttemptTimedOut(url, self.timeout) if timed_out else result.value
+        if timed_out:
+            reason: BaseException = AttemptTimedOut(url, self.timeout)
+        elif url in self._lost:
+            reason = LostLeader(url)
+        else:
+            reason = result.value
         miss = Miss(url, reason, timed_out)
         self._misses.append(miss)
         if self.observe is not None:
@@ -216,6 +272,12 @@ class Round:
         answering becomes a suspect (it is as slow as one a reader hedges past)."""
         if self._hedge is not None and self._hedge.active():
             self._hedge.cancel()
+        for probe in self._probes.values():
+            if probe.active():
+                probe.cancel()
+        self._probes.clear()
+        for asked in list(self._asking.values()):
+            asked.cancel()  # its errback finds the round over
         now = self.clock.seconds()
         for url, (attempt, _) in list(self._flying.items()):
             waited = now - self._started[url]

@@ -270,3 +270,68 @@ def test_a_request_that_raises_is_that_members_miss() -> None:
     assert asked == URLS_LIST and outcome == []
     clock.advance(1.0)
     assert "cannot build a request for http://a" in str(outcome[0].value)
+
+
+class Probes:
+    """``leaderless(url)``: each probe a Deferred the test answers."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, Deferred]] = []
+
+    def __call__(self, url: str) -> Deferred:
+        d: Deferred = Deferred()
+        self.asked.append((url, d))
+        return d
+
+
+def test_a_member_that_loses_its_leader_with_a_call_pending_ends_it_early() -> None:
+    """etcd holds a call it accepted before losing its quorum for its own request
+    timeout; asked every HEDGE_AFTER whether it still has a leader, the round learns
+    it sooner, and a write's outcome is then unknown (not "not applied")."""
+    from faastwist.store.failover import LostLeader
+
+    clock, wire, probes = Clock(), Wire(), Probes()
+    members = Members(URLS, clock, 0)
+    misses: list[Miss] = []
+
+    class Unknown(Exception):
+        pass
+
+    def writes(miss: Miss) -> None:
+        misses.append(miss)
+        raise Unknown(str(miss.reason))
+
+    outcome: list = []
+    Round(clock, members, wire.request, 5.0, writes, None, None,
+          probes).start().addBoth(outcome.append)
+    clock.advance(HEDGE_AFTER)
+    assert [url for url, _ in probes.asked] == ["http://a"]
+    probes.asked[0][1].callback(False)          # still has a leader: asked again later
+    clock.advance(HEDGE_AFTER)
+    assert len(probes.asked) == 2
+    probes.asked[1][1].errback(ConnectionRefusedError())  # the probe failed: again later
+    clock.advance(HEDGE_AFTER)
+    assert len(probes.asked) == 3 and outcome == []
+    probes.asked[2][1].callback(True)           # no leader now
+    assert wire.cancelled == ["http://a"]
+    assert outcome[0].check(Unknown) and isinstance(misses[0].reason, LostLeader)
+    assert not misses[0].timed_out and clock.seconds() == 3 * HEDGE_AFTER < 5.0
+    assert "no leader" in str(outcome[0].value)
+    clock.advance(60)
+    assert len(probes.asked) == 3 and wire.asked == ["http://a"]
+
+
+def test_no_probe_outlives_its_attempt() -> None:
+    clock, wire, probes = Clock(), Wire(), Probes()
+    members = Members(URLS, clock, 0)
+    outcome: list = []
+    Round(clock, members, wire.request, 5.0, move_on, HEDGE_AFTER, None,
+          probes).start().addBoth(outcome.append)
+    clock.advance(HEDGE_AFTER)  # a is probed, and b asked (hedged)
+    assert [url for url, _ in probes.asked] == ["http://a"]
+    wire.attempts["http://b"].callback("b answers")
+    assert probes.asked[0][1].called  # the probe in flight was cancelled with the round
+    probes.asked[0][1].callback(True)  # and an answer now changes nothing
+    assert outcome == ["b answers"] and wire.cancelled == ["http://a"]
+    clock.advance(60)
+    assert len(probes.asked) == 1
