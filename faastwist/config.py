@@ -49,6 +49,9 @@ class HTTPServerConfig:
     max_connections: int = 10240
     max_body_size: int = 128 * 2**20
     shutdown_timeout: float = 30.0
+    #: on SIGTERM, /readyz is 503 this long before the gate stops accepting, so that a
+    #: load balancer's health checks take the node out first
+    drain_delay: float = 5.0
     access_log: bool = True
     workers: int = 1                   # gate processes on the port (SO_REUSEPORT)
 
@@ -262,6 +265,7 @@ def _read_http(reader: FieldReader, base: Path) -> HTTPServerConfig:
         max_connections=reader.integer("maxConnections", 10240, 1, 1_000_000),
         max_body_size=reader.size("maxBodySize", 128 * 2**20),
         shutdown_timeout=reader.duration("shutdownTimeout", 30.0),
+        drain_delay=reader.duration("drainDelay", 5.0),
         access_log=reader.boolean("accessLog", True),
         workers=_read_workers(reader),
     )

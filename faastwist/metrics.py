@@ -254,6 +254,10 @@ class Metrics:
         self.reconcile_errors = Counter(
             "faastwist_reconcile_errors", "Reconcile passes that ended with an error",
             ["kind"], registry=r)
+        self.reconcile_retried = Counter(
+            "faastwist_reconcile_retried",
+            "Reconcile steps or passes an expected store condition left to the next pass "
+            "(conflict, not_found, unavailable)", ["kind"], registry=r)
         self.provider_calls = Counter(
             "faastwist_provider_api_calls", "Provider API calls", ["verb", "code"],
             registry=r)
@@ -262,6 +266,10 @@ class Metrics:
             registry=r)
         self.watch_reconnects = Counter(
             "faastwist_store_watch_reconnects", "Store watch restarts", registry=r)
+        self.etcd_misses = Counter(
+            "faastwist_etcd_member_misses",
+            "Calls an etcd member did not answer (refused, timeout, no_leader, error)",
+            ["endpoint", "reason"], registry=r)
         self.leader = Gauge(
             "faastwist_leader", "1 when this node runs the reconciler", registry=r)
         # asynchronous invocations

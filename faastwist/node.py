@@ -17,7 +17,7 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from twisted.application.service import IService, Service
-from twisted.internet.defer import Deferred, TimeoutError, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, ensureDeferred
 from twisted.internet.interfaces import IReactorTCP
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -39,6 +39,9 @@ WARMUP_LIMIT = 120.0
 #: (read-your-writes; a watch that lags longer than this is an etcd problem, and the
 #: answer then goes out rather than hang: logged)
 SETTLE_LIMIT = 2.0
+
+#: seconds /apis/v2/faas/info waits for etcd to say who leads
+INFO_READ_TIMEOUT = 1.5
 
 
 class _WatchedRecords(Mapping[str, Any]):
@@ -159,6 +162,8 @@ class FaasNode(Service):
     async def _start(self) -> None:
         from faastwist.sdnotify import SystemdNotifier
 
+        # first: a second node on these folders stops here, before it touches them
+        self._lock_folders()
         # before anything spawns children: it takes NOTIFY_SOCKET out of their environment
         self.notifier = SystemdNotifier(self.reactor)
         self.notifier.startService()
@@ -174,12 +179,50 @@ class FaasNode(Service):
         self._start_gate()
         await self._start_workers()
         self._attach_queue()
-        # popped first at shut-down: STOPPING=1 and /readyz 503 before anything stops
+        # popped first at shut-down: STOPPING=1 and /readyz 503 before anything stops,
+        # then the drain delay while the gate still serves
+        self._push("drain delay", self._drain_delay)
         self._push("systemd notifier", self.notifier.stopService)
         self._push("readiness", self.ops.mark_stopping)
         self.notifier.ready(f"serving: gate {self.config.http_server.address}:"
                             f"{self.config.http_server.port}, admin {self.config.admin.address}:"
                             f"{self.config.admin.port}")
+
+    def _drain_delay(self) -> Deferred[None] | None:
+        """/readyz says 503 from now on; for httpServer.drainDelay the gate keeps
+        serving (each answer closing its connection) before it stops accepting, so a
+        load balancer polling /readyz takes this node out without a failed request."""
+        delay = self.config.http_server.drain_delay
+        if self.gate is not None:
+            self.gate.begin_drain()
+        if self.workers is not None:
+            self.workers.begin_drain()
+        if delay <= 0:
+            return None
+        log.info("draining: /readyz answers 503 for {delay}s (httpServer.drainDelay) "
+                 "before the gate stops accepting", delay=delay)
+        return deferLater(self.reactor, delay, lambda: None)
+
+    def _lock_folders(self) -> None:
+        """Hold the data folders this node owns (util/folderlock.py) until it stops."""
+        from faastwist.util.folderlock import FolderInUse, lock_folder
+
+        config = self.config
+        folders = []
+        if config.provider == "process":
+            folders.append(("process.dataDir", config.process.data_dir))
+        if config.etcd.embedded:
+            folders.append(("etcd.dataDir", config.etcd.data_dir))
+        if config.queue.enabled and config.queue.embedded:
+            folders.append(("queue.dataDir", config.queue.data_dir))
+        for key, folder in folders:
+            try:
+                lock = lock_folder(folder, key)
+            except FolderInUse as exc:
+                raise StartupError(str(exc)) from None
+            except OSError as exc:
+                raise StartupError(f"{key}: cannot lock {folder}: {exc}") from None
+            self._push(f"the lock on {key}", lock.release)
 
     async def _start_store(self) -> None:
         from faastwist.store.etcd import EtcdStore
@@ -485,7 +528,8 @@ class FaasNode(Service):
                            max_body_size=self.config.admin.max_body_size, secrets=self.secrets,
                            slicer=self.admin.slicer,   # the admin port's lists: one budget
                            parser=self.admin.parser,   # and one pool of parsing threads
-                           settle=self.settle, catalogue=catalogue)
+                           settle=self.settle, catalogue=catalogue,
+                           cache=self._cached_records)
 
     def _guard(self, root: Any) -> Any:
         """Put the Host/Origin/credential checks in front of the admin port's root."""
@@ -616,15 +660,29 @@ class FaasNode(Service):
             self.converger.check()
         return self.provider.check()
 
-    def _cluster_info(self) -> dict[str, Any]:
+    async def _cluster_info(self) -> dict[str, Any]:
+        """Who leads, as etcd says now (the key as last watched can name a node whose
+        lease nobody can keep alive: during a quorum loss nobody leads), and the nodes."""
+        from faastwist.store.base import StoreError
+
         members = self.session.members if self.session is not None else {}
-        holder = self.node_id if self.leader.is_leader() else self.leader.holder
+        body: dict[str, Any] = {}
+        holder = None
+        if self.leader.is_leader():
+            holder = self.node_id
+        else:
+            try:
+                holder = await self.leader.read_holder().addTimeout(INFO_READ_TIMEOUT,
+                                                                    self.reactor)
+            except (StoreError, CancelledError, TimeoutError) as exc:
+                body["leaderError"] = (f"no leader known: etcd did not answer "
+                                       f"({str(exc) or type(exc).__name__})")
         leader = None
         if holder is not None:
             leader = {"id": holder, "admin": members.get(holder, {}).get("admin")}
         nodes = [{"id": node, "admin": record.get("admin"), "gate": record.get("gate")}
                  for node, record in sorted(members.items())]
-        return {"leaderNode": leader, "nodes": nodes}
+        return {"leaderNode": leader, "nodes": nodes, **body}
 
     def _routes_current(self) -> None:
         if not self.routes.synced:

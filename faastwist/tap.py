@@ -76,7 +76,13 @@ def makeService(options: Options) -> IService:
         # stop the services that did start (the embedded etcd among them), then exit 1:
         # twistd itself has no way to set a non-zero exit status
         reactor.addSystemEventTrigger("after", "shutdown", _exit_non_zero)
-        reactor.stop()
+        if reactor.running:
+            reactor.stop()
+        else:
+            # a start that fails before twistd runs the reactor (the data folder's lock,
+            # an etcd that refuses at once): reactor.stop() would raise, and the node
+            # hung without serving; stop as soon as it runs instead
+            reactor.callWhenRunning(reactor.stop)
 
     top = MultiService()
     node = FaasNode(options.controller_config, reactor, on_fatal)

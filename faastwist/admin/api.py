@@ -87,7 +87,7 @@ DEFAULT_STORE_TIMEOUT = 10.0
 DEFAULT_PAGE = 100
 #: functions from which a list is streamed in reactor slices (one JSON line each)
 STREAM_THRESHOLD = 200
-DEFAULT_READ_TIMEOUT = 2.0
+DEFAULT_READ_TIMEOUT = 1.5  # a stale answer, encoding included, within 2 s
 STALE_HEADER = "X-FaaS-Stale"
 RETRY_WINDOW = 600.0  # how long a create of unknown outcome is recognised when retried
 

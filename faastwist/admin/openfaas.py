@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import attrs
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -62,6 +62,10 @@ T = TypeVar("T")
 
 STORE_TIMEOUT = 10.0
 OBSERVE_TIMEOUT = 3.0
+#: how long the list waits for the store before it answers from the watch cache
+#: (with encoding, within the 2 s the control plane promises without a quorum)
+READ_TIMEOUT = 1.5
+STALE_HEADER = b"X-FaaS-Stale"
 
 
 @attrs.frozen
@@ -99,11 +103,16 @@ class OpenFaaSAPI:
                  max_body_size: int = 1 << 20, store_timeout: float = STORE_TIMEOUT,
                  wall_clock: Callable[[], float] = time.time, secrets: Any = None,
                  slicer: Slicer | None = None, parser: BodyParser | None = None,
-                 settle: Settle | None = None, catalogue: Any = None) -> None:
+                 settle: Settle | None = None, catalogue: Any = None,
+                 cache: Callable[[], Mapping[str, Any]] | None = None,
+                 read_timeout: float = READ_TIMEOUT) -> None:
         self.store = store
         self.catalogue = catalogue   # the function store (faastwist.catalogue)
         #: parses bodies off the reactor (the node shares the Easegress API's)
         self.parser = parser if parser is not None else BodyParser(clock)
+        #: the watch-fed functions the list answers from when the store has no quorum
+        self.cache = cache
+        self.read_timeout = read_timeout
         self.secrets = secrets
         self.provider = provider
         self.kick = kick
@@ -209,15 +218,23 @@ class OpenFaaSAPI:
     # -- functions ---------------------------------------------------------------------
     @app.route("/system/functions", methods=["GET"])
     async def list_functions(self, request: Any) -> bytes:
+        """Every function; without a store quorum, from this node's watch cache (as the
+        admin list does): each item and the answer marked stale, instead of a 503."""
         self._check_namespace_param(request)
-        listing = await self._timed(self.store.list())
-        await settled(self.settle, listing_revision(listing.records), None)
+        stale = not await self._store_answers()
+        if stale:
+            records: Mapping[str, Any] = self.cache()  # type: ignore[misc]
+            request.setHeader(STALE_HEADER, b"true")
+        else:
+            listing = await self._timed(self.store.list())
+            await settled(self.settle, listing_revision(listing.records), None)
+            records = listing.records
         observed = await self._observe(None)
         invocations = self._invocations()
-        names = sorted(listing.records)
+        names = sorted(records)
         request.setResponseCode(200)
         request.setHeader(b"content-type", b"application/json")
-        pieces = self._list_pieces(listing.records, names, observed, invocations)
+        pieces = self._list_pieces(records, names, observed, invocations, stale)
         if len(names) < STREAM_THRESHOLD:
             body = b"".join(pieces)
             request.setHeader(b"content-length", b"%d" % len(body))
@@ -228,7 +245,7 @@ class OpenFaaSAPI:
 
     def _list_pieces(self, records: Mapping[str, Any], names: list[str],
                      observed: Mapping[str, Observation],
-                     invocations: Mapping[str, int]) -> Iterator[bytes]:
+                     invocations: Mapping[str, int], stale: bool = False) -> Iterator[bytes]:
         """``[{...}, {...}]``, one piece per ``STEP`` functions (destroyed ones left out)."""
         yield b"["
         separator = ""
@@ -237,8 +254,10 @@ class OpenFaaSAPI:
             for name in names[start:start + STEP]:
                 r = records[name]
                 if r.status.state is not State.DESTROYED:
-                    parts.append(json.dumps(self._status(r.spec, r.status, observed.get(name),
-                                                         invocations)))
+                    item = self._status(r.spec, r.status, observed.get(name), invocations)
+                    if stale:
+                        item["stale"] = True
+                    parts.append(json.dumps(item))
             if parts:
                 yield (separator + ", ".join(parts)).encode()
                 separator = ", "
@@ -246,11 +265,43 @@ class OpenFaaSAPI:
 
     @app.route("/system/function/<name>", methods=["GET"])
     async def get_function(self, request: Any, name: str) -> bytes:
+        """One function; without a store quorum, from the watch cache, marked stale."""
         self._check_namespace_param(request)
-        record = await self._settled(await self._timed(self.store.get(name)))
+        stale = False
+        if self.cache is None:
+            record = await self._timed(self.store.get(name))
+        else:
+            try:
+                record = await self.store.get(name).addTimeout(self.read_timeout, self.clock)
+            except (StoreUnavailable, CancelledError, TimeoutError) as exc:
+                log.warn("function {name} answered from the watch cache: the store did not "
+                         "answer ({error})", name=name, error=str(exc) or type(exc).__name__)
+                record = self.cache().get(name)
+                if record is None:
+                    raise NotFound(name) from None
+                stale = True
+                request.setHeader(STALE_HEADER, b"true")
+        if not stale:   # what this answer says, this node's gate does (read-your-writes)
+            record = await self._settled(record)
         observed = await self._observe([name])
-        return self._json(request, 200, self._status(record.spec, record.status,
-                                                     observed.get(name), self._invocations()))
+        document = self._status(record.spec, record.status, observed.get(name),
+                                self._invocations())
+        if stale:
+            document["stale"] = True
+        return self._json(request, 200, document)
+
+    async def _store_answers(self) -> bool:
+        """Whether a quick quorum read succeeds within ``read_timeout`` (always True
+        without a cache to fall back on: the list then waits, and fails, as any read)."""
+        if self.cache is None:
+            return True
+        try:
+            await self.store.check().addTimeout(self.read_timeout, self.clock)
+        except (StoreUnavailable, CancelledError, TimeoutError) as exc:
+            log.warn("function list answered from the watch cache: the store did not "
+                     "answer ({error})", error=str(exc) or type(exc).__name__)
+            return False
+        return True
 
     def _check_namespace_param(self, request: Any) -> None:
         params = query_params(request.uri, ("namespace",), strict=False)

@@ -17,7 +17,13 @@ from typing import Any, Callable, Mapping
 
 from klein import Klein
 from prometheus_client.exposition import generate_latest
-from twisted.internet.defer import Deferred, DeferredList, TimeoutError, maybeDeferred
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    TimeoutError,
+    ensureDeferred,
+    maybeDeferred,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.internet.threads import deferToThreadPool
@@ -66,7 +72,7 @@ class OpsAPI:
 
     def __init__(self, metrics: Metrics, checks: Mapping[str, Check],
                  info: Callable[[], Mapping[str, Any]], clock: IReactorTime,
-                 check_timeout: float = 2.0,
+                 check_timeout: float = 1.5,  # /readyz answers within 2 s
                  openapi: Mapping[str, Any] | None = None) -> None:
         self.metrics = metrics
         self.openapi = json.dumps(openapi, indent=1).encode() if openapi is not None else None
@@ -143,8 +149,9 @@ class OpsAPI:
 
     @app.route("/apis/v2/faas/info", methods=["GET"])
     @app.route("/apis/v1/faas/info", methods=["GET"], endpoint="info_v1")
-    def info_endpoint(self, request: IRequest) -> bytes:
-        return respond(request, 200, dict(self.info()))
+    def info_endpoint(self, request: IRequest) -> Deferred[bytes]:
+        return maybeDeferred(self.info).addCallback(
+            lambda body: respond(request, 200, dict(body)))
 
     # -- readiness ---------------------------------------------------------------------
     def readiness(self) -> Deferred[dict[str, Any]]:
@@ -184,18 +191,22 @@ class OpsAPI:
 
 def node_info(version: str, provider: str, controller: str, node: str,
               started_at: float, is_leader: Callable[[], bool],
-              cluster: Callable[[], Mapping[str, Any]] | None = None,
-              wall_clock: Callable[[], float] = time.time) -> Callable[[], dict[str, Any]]:
+              cluster: Callable[[], Any] | None = None,
+              wall_clock: Callable[[], float] = time.time) -> Callable[[], Any]:
     """The callable OpsAPI's ``info`` wants, built from what the node knows; ``cluster``
-    adds which node leads (``leaderNode``: id and admin address) and the live ``nodes``."""
-    def info() -> dict[str, Any]:
+    adds which node leads (``leaderNode``: id and admin address) and the live ``nodes``
+    (a mapping, or a Deferred or coroutine of one: who leads is read from the store)."""
+    def info() -> Any:
         body = {"name": "faastwist", "version": version, "provider": provider,
                 "controller": controller, "node": node,
                 "uptimeSeconds": round(max(0.0, wall_clock() - started_at), 3),
                 "leader": bool(is_leader())}
-        if cluster is not None:
-            body.update(cluster())
-        return body
+        if cluster is None:
+            return body
+        extra = cluster()
+        if isinstance(extra, Mapping):
+            return {**body, **extra}
+        return ensureDeferred(extra).addCallback(lambda more: {**body, **more})
     return info
 
 

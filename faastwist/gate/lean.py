@@ -130,11 +130,10 @@ class LeanProtocol(Protocol):
         if exchange is not None:
             exchange.client_lost()
 
-    def drain(self) -> None:
-        """The gate is stopping: close now if idle, else after the current response."""
-        self.closing = True
-        if self.exchange is None and not self.in_head:
-            self.transport.loseConnection()
+    def busy(self) -> bool:
+        """A request is being read, answered or waits its turn (the gate's shutdown
+        closes idle connections only)."""
+        return self.exchange is not None or self.in_head or bool(self.queue)
 
     def dataReceived(self, data: bytes) -> None:
         if self.failed or (self.closing and self.exchange is None):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.internet.interfaces import IReactorTime
@@ -19,6 +20,7 @@ class ConnectionLimit:
         self.maximum = maximum
         self.open: set[Any] = set()
         self.refused = 0
+        self._gone_waiters: list[tuple[set[Any], Deferred]] = []
 
     def admit(self, connection: Any) -> bool:
         if len(self.open) >= self.maximum:
@@ -29,6 +31,22 @@ class ConnectionLimit:
 
     def leave(self, connection: Any) -> None:
         self.open.discard(connection)
+        if self._gone_waiters:
+            for waiting, d in list(self._gone_waiters):
+                waiting.discard(connection)
+                if not waiting:
+                    self._gone_waiters.remove((waiting, d))
+                    d.callback(None)
+
+    def wait_gone(self, connections: Any) -> Deferred:
+        """Fires when none of ``connections`` is open any more."""
+        waiting = set(connections) & self.open
+        d: Deferred = Deferred()
+        if not waiting:
+            d.callback(None)
+        else:
+            self._gone_waiters.append((waiting, d))
+        return d
 
 
 def over_limit_response(maximum: int) -> bytes:
@@ -67,8 +85,16 @@ class RejectProtocol(Protocol):
 
 
 class _CountedConnection(ProtocolWrapper):
-    def drain(self) -> None:
-        """twisted.web connections finish their request (Connection: close)."""
+    """A twisted.web connection, counted against maxConnections."""
+
+    def busy(self) -> bool:
+        """A request is being read or answered (HTTP/1.1), or a stream is open (h2)."""
+        channel = self.wrappedProtocol
+        channel = getattr(channel, "_channel", channel)  # twisted.web's 1.1-or-2 wrapper
+        requests = getattr(channel, "requests", None)
+        if requests is not None:
+            return bool(requests)
+        return bool(getattr(channel, "streams", None))
 
 
 class LimitingFactory(WrappingFactory):

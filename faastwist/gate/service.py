@@ -4,8 +4,11 @@ Plain HTTP is served by the lean HTTP/1.1 transport (lean.py); HTTPS by the
 twisted.web resource (web.py), with HTTP/2 offered through ALPN when the h2
 package is installed. Both hand each request to an ``Exchange`` (exchange.py), so the
 answers are the same. The service enforces maxConnections (a connection over the limit
-gets a 503 and is closed; the others are unaffected) and shuts down gracefully: stop
-accepting, let in-flight requests finish (bounded by shutdownTimeout), then close.
+gets a 503 and is closed; the others are unaffected) and shuts down gracefully: first
+(``begin_drain``, for the node's drain delay) every answer closes its connection while
+the port still accepts; then stop accepting, answer what was received and what arrives
+on open connections meanwhile (with ``Connection: close``) until nothing is in flight
+(bounded by shutdownTimeout), then close the connections left, idle ones included.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ from faastwist.gate.upstream import UpstreamPool
 from faastwist.util.fdreserve import FdReserve, SheddingListener, guard_listener
 
 log = Logger(namespace="faastwist.gate")
+
+#: after the drain, how long a request that arrived as the gate closed may take to be
+#: answered, and a closing connection to flush, before it is aborted
+STRAGGLER_GRACE = 2.0
 
 class GateService(Service):
     """Listens on httpServer and proxies every request to its function's upstream.
@@ -134,6 +141,14 @@ class GateService(Service):
                  "in this burst; the admin port keeps {held} in reserve)", count=count,
                  held=len(self.fd_reserve.held) if self.fd_reserve else 0)
 
+    def begin_drain(self) -> None:
+        """The node is going (httpServer.drainDelay): keep accepting and serving, but
+        every answer says ``Connection: close``, so clients and load balancers move
+        their connections away before the listener closes."""
+        if not self.context.draining:
+            self.context.draining = True
+            log.info("gate draining: every answer closes its connection")
+
     def stopService(self) -> Deferred:
         super().stopService()
         if self._refill is not None and self._refill.running:
@@ -146,8 +161,8 @@ class GateService(Service):
             listening = port.stopListening()
         else:
             listening = None
-        for connection in list(self.limit.open):
-            connection.drain()
+        # idle connections stay open: a request already on the wire is answered (with
+        # Connection: close); what is left is closed once nothing is in flight
         inflight = context.inflight
         if inflight:
             log.info("gate draining {count} in-flight requests", count=inflight)
@@ -170,22 +185,41 @@ class GateService(Service):
         waiting.chainDeferred(stopped)
         return stopped
 
-    def _close_connections(self, abort: bool) -> None:
-        """Close every client connection: flushing what is written when nothing is in
-        flight any more (and aborting after a grace period), at once otherwise."""
-        open_transports = [c.transport for c in list(self.limit.open)
-                           if getattr(c, "transport", None) is not None]
-        for transport in open_transports:
-            if abort:
-                transport.abortConnection()
-            else:
-                transport.loseConnection()
-        if open_transports and not abort:
-            def straggling() -> None:
-                for transport in open_transports:
-                    if getattr(transport, "connected", False):
-                        transport.abortConnection()
-            self.reactor.callLater(2.0, straggling)
+    def _close_connections(self, abort: bool) -> Deferred | None:
+        """Close the client connections: at once when the drain timed out; else the
+        idle ones now (flushing what is written, aborting after a grace period), and
+        one whose request arrived in the last moment once it is answered (its answer
+        says Connection: close), within the same grace."""
+        connections = [c for c in list(self.limit.open)
+                       if getattr(c, "transport", None) is not None]
+        if abort:
+            for connection in connections:
+                connection.transport.abortConnection()
+            self._stopped()
+            return None
+        busy = [c for c in connections if getattr(c, "busy", lambda: False)()]
+        for connection in connections:
+            if connection not in busy:
+                connection.transport.loseConnection()
+
+        def straggling() -> None:
+            for connection in connections:
+                if getattr(connection.transport, "connected", False):
+                    connection.transport.abortConnection()
+        if connections:
+            self.reactor.callLater(STRAGGLER_GRACE, straggling)
+        if not busy:
+            self._stopped()
+            return None
+        log.info("gate shutdown: answering {count} requests that arrived as it closed",
+                 count=len(busy))
+        # each closes itself after its answer (Connection: close); straggling() ends
+        # the rest
+        waiting = self.limit.wait_gone(busy)
+        waiting.addTimeout(STRAGGLER_GRACE, self.reactor)
+        return waiting.addBoth(lambda _: self._stopped())
+
+    def _stopped(self) -> None:
         self.pool.close()
         self.context.stop()
         log.info("gate stopped")

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, DeferredLock, fail, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
@@ -29,7 +29,14 @@ from faastwist.providers.base import (
     ProviderError,
     ProviderRejected,
 )
-from faastwist.store.base import Conflict, Fenced, FunctionRecord, FunctionStore, NotFound
+from faastwist.store.base import (
+    Conflict,
+    Fenced,
+    FunctionRecord,
+    FunctionStore,
+    NotFound,
+    StoreUnavailable,
+)
 
 log = Logger(namespace="faastwist.reconciler")  # stable: operators filter on it
 
@@ -178,6 +185,10 @@ class Reconciler(Service):
         self.last_error: str | None = None
         self._transition_counters: dict[tuple, Any] = {}
         self._stopping = False
+        #: why the pass under way ends early (the store away, the lease lost): set by a
+        #: function's step, acted on by the pass at its next step
+        self._ended: Exception | None = None
+        self._bugs = 0  # functions whose step failed by a bug in the pass under way
         #: passes wait for ``warmup`` (the node's own functions deployed and reported):
         #: at a 10,000-function start-up a pass judging reports that are not written
         #: yet only competed with the deploys for the CPU, and kicked itself again
@@ -267,15 +278,24 @@ class Reconciler(Service):
 
     @inlineCallbacks
     def _guarded_pass(self, names: Sequence[str] | None):
+        """One pass; what ends it is an expected outcome (logged in one line, counted,
+        retried next pass) unless it is a bug (``internal``, with its traceback)."""
         started = self.clock.seconds()
+        self._ended = None
+        self._bugs = 0
         try:
             if not self.is_leader():
                 return
             yield self._pass(names)
-            self.last_error = None
+            self.last_error = "unexpected error" if self._bugs else None
         except (LeadershipLost, Fenced) as exc:
             log.info("reconcile pass stopped: this node no longer leads ({error})",
                      error=str(exc) or "lease lost")
+        except StoreUnavailable as exc:
+            self.last_error = str(exc)
+            self._retried("unavailable")
+            log.warn("reconcile pass ended, the store is unavailable; the next pass "
+                     "retries: {error}", error=str(exc))
         except ProviderError as exc:
             self.last_error = str(exc)
             self.metrics.reconcile_errors.labels("provider").inc()
@@ -296,25 +316,31 @@ class Reconciler(Service):
         slice_end = clock.seconds() + SLICE
         # up to WINDOW functions converge at once: each may wait for an etcd write
         # (an fsync), and 10,000 of them one after the other took minutes on a busy disk
-        window: list[tuple[FunctionRecord, Deferred[None]]] = []
-        for record in records.values():
-            if clock.seconds() > slice_end:
-                yield deferLater(clock, 0, lambda: None)
-                slice_end = clock.seconds() + SLICE
-                if self._stopping:
-                    break  # shutting down: the next start's first pass goes on from here
-            self._require_leader()
-            try:
-                converging = self._converge(record, observed.get(record.name))
-            except Exception as exc:
-                self._function_failed(record, exc)
-                continue
-            if converging is not None:
-                window.append((record, converging))
-                if len(window) >= WINDOW:
-                    yield self._settled(*window.pop(0))
-        for entry in window:
-            yield self._settled(*entry)
+        window: list[Deferred[None]] = []  # each never fails (see _settled)
+        try:
+            for record in records.values():
+                if clock.seconds() > slice_end:
+                    yield deferLater(clock, 0, lambda: None)
+                    slice_end = clock.seconds() + SLICE
+                    if self._stopping:
+                        break  # shutting down: the next start's first pass goes on here
+                if self._ended is not None:
+                    break
+                self._require_leader()
+                try:
+                    converging = self._converge(record, observed.get(record.name))
+                except Exception as exc:
+                    converging = fail(exc)
+                if converging is not None:
+                    window.append(self._settled(record, converging))
+                    if len(window) >= WINDOW:
+                        yield window.pop(0)
+        finally:
+            # what is in flight finishes (or fails) before the pass ends, whatever ends it
+            for settling in window:
+                yield settling
+        if self._ended is not None:
+            raise self._ended
         wanted = set(records)
         for name in self._orphans(observed, wanted, names):
             self._require_leader()
@@ -330,21 +356,43 @@ class Reconciler(Service):
     def _settled(self, record: FunctionRecord, converging: Deferred[None]) -> Deferred[None]:
         """``converging`` with its failure handled (logged, counted): never fails."""
         def failed(failure: Any) -> None:
-            self._function_failed(record, failure.value)
+            try:
+                self._function_failed(record, failure.value)
+            except Exception:
+                # a bug: counted, with its traceback; the other functions go on
+                self._bugs += 1
+                self.metrics.reconcile_errors.labels("internal").inc()
+                log.failure("function {name}: reconcile step failed", failure,
+                            name=record.name)
         return converging.addErrback(failed)
 
+    def _retried(self, kind: str) -> None:
+        self.metrics.reconcile_retried.labels(kind).inc()
+
     def _function_failed(self, record: FunctionRecord, exc: BaseException) -> None:
+        """An expected outcome of one function's step, logged in one line (a store
+        condition ending the pass is logged once, by the pass); anything else raises."""
         if isinstance(exc, ProviderConflict):
             log.info("function {name}: {error}", name=record.name, error=str(exc))
         elif isinstance(exc, ProviderError):
             self.metrics.reconcile_errors.labels("provider").inc()
             log.warn("function {name}: provider call failed, retrying next pass: {error}",
                      name=record.name, error=str(exc))
+        elif isinstance(exc, (LeadershipLost, Fenced, StoreUnavailable)):
+            # the lease is lost, or the store away (its answer for this write unknown
+            # too): the pass ends at its next step and the next one reads afresh
+            if self._ended is None:
+                self._ended = exc  # type: ignore[assignment]
+        elif isinstance(exc, NotFound):
+            self._retried("not_found")
+            log.info("function {name} was deleted during the pass; next pass takes it",
+                     name=record.name)
         elif isinstance(exc, Conflict):
+            self._retried("conflict")
             log.info("function {name} changed during the pass; next pass takes it",
                      name=record.name)
         else:
-            raise exc  # a bug: the pass fails and says so (see _guarded_pass)
+            raise exc
 
     @staticmethod
     def _orphans(observed: Mapping[str, Observation], wanted: set[str],

@@ -5,8 +5,9 @@ Every access is one etcd transaction: a get reads both keys exactly (never a pre
 read, so ``demo`` is not confused with ``demo10``) at one revision; writes compare the
 mod revisions of *both* keys, so an admin update racing a reconciler write never both
 win; a failed compare reads the spec key in the same round trip to tell NotFound from
-Conflict. Several endpoints: a call moves on to the next one when the current one
-cannot be reached.
+Conflict. Several endpoints: one call is one round over the members
+(store/failover.py): each at most once, readers hedged past a silent member, a member
+that timed out tried last for a while, a caller's cancel the end of the round.
 """
 
 from __future__ import annotations
@@ -16,15 +17,14 @@ import functools
 from typing import Any, Callable, Sequence
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, inlineCallbacks
-from twisted.internet.error import ConnectError, TimeoutError
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.error import ConnectError
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
 from twisted.internet.interfaces import IReactorTCP
 from txaioetcd._lease import Lease
 from txaioetcd import (
-    Client,
     CompCreated,
     CompModified,
     CompValue,
@@ -37,7 +37,15 @@ from txaioetcd import (
     Transaction,
 )
 
-from faastwist.store.etcdtls import TLSClient
+from faastwist.store.failover import (
+    HEDGE_AFTER,
+    LostLeader,
+    Members,
+    Miss,
+    Round,
+    RoundFailed,
+    describe,
+)
 from faastwist.model.fsm import FunctionStatus
 from faastwist.model.keys import KeySet as FunctionKeys
 from faastwist.metrics import Metrics
@@ -59,11 +67,13 @@ from faastwist.store.base import (
     encode_status,
 )
 from faastwist.store.etcdcompat import (
+    NO_LEADER,
     EtcdHttp,
     EtcdHttpError,
-    IncompatibleEtcd,
+    GatewayClient,
     LeaseApi,
     apply_api_prefix,
+    member_agent,
     probe_api_prefix,
 )
 from faastwist.store.etcdlist import EtcdLists, b64, decoded, prefix_end, range_ops
@@ -79,16 +89,31 @@ POOLED_CONNECTIONS = 24
 _TRANSIENT_CODES = frozenset({4, 14})
 
 
-def _describe(exc: BaseException | None, timeout: float) -> str:
-    """A one-line reason; twisted.web wraps a cancelled request in ResponseNeverReceived."""
-    reasons = getattr(exc, "reasons", None)
-    if reasons:
-        exc = reasons[0].value
-    if isinstance(exc, (CancelledError, TimeoutError)):
-        return f"no answer within {timeout:g}s"
-    if exc is None:
-        return "no endpoint tried"
-    return str(exc) or type(exc).__name__
+def _transient(exc: EtcdError | EtcdHttpError) -> bool:
+    """etcd's "try again or elsewhere": the codes, a gateway 5xx, or its own deadline
+    (a write that outlived etcd's request timeout comes back as code 2, Unknown)."""
+    message = str(exc.message)
+    return (exc.code in _TRANSIENT_CODES
+            or (isinstance(exc, EtcdHttpError) and exc.status >= 500)
+            or "deadline exceeded" in message or "timed out" in message)
+
+
+def _not_applied(exc: BaseException) -> bool:
+    """Whether a write surely did not reach etcd's log (safe to send elsewhere)."""
+    if isinstance(exc, ConnectError):
+        return True
+    message = getattr(exc, "message", None)
+    return isinstance(exc, (EtcdError, EtcdHttpError)) and NO_LEADER in str(message)
+
+
+def _miss_kind(miss: Miss) -> str:
+    if miss.timed_out:
+        return "timeout"
+    if isinstance(miss.reason, ConnectError):
+        return "refused"
+    if isinstance(miss.reason, LostLeader) or NO_LEADER in str(getattr(miss.reason, "message", "")):
+        return "no_leader"
+    return "error"
 
 
 def _result_label(exc: BaseException) -> str:
@@ -144,15 +169,12 @@ class EtcdStore:
         self._http = EtcdHttp(reactor, tls=tls)
         self._lease: LeaseApi | None = None
         # one connection per stream, never pooled
-        self._watch_agent = (Agent(reactor, contextFactory=tls) if tls is not None
-                             else Agent(reactor))
-        self._clients = {e: (Client(reactor, url=e, timeout=timeout, pool=_pool(reactor))
-                             if tls is None
-                             else TLSClient(reactor, e, timeout, tls, pool=_pool(reactor)))
+        self._watch_agent = member_agent(reactor, tls)
+        self._clients = {e: GatewayClient(reactor, e, _pool(reactor), tls)
                          for e in self.endpoints}
         # nodes start at different endpoints (the caller passes a node-specific index),
         # so losing one member does not hit every node's connection at once
-        self._active = start_index % len(self.endpoints)
+        self.members = Members(tuple(self.endpoints), reactor, start_index)
         self._watches: set[EtcdWatch] = set()
         #: lists and pages (decoded in reactor slices: ``slicer``, else the store's own)
         self.lists = EtcdLists(self, slicer if slicer is not None else Slicer(reactor))
@@ -180,68 +202,73 @@ class EtcdStore:
     @_counted("connect")
     def connect(self):
         """Find a reachable endpoint and the JSON gateway it serves; StoreUnavailable if none."""
-        problems = []
-        for offset in range(len(self.endpoints)):
-            index = (self._active + offset) % len(self.endpoints)
-            endpoint = self.endpoints[index]
-            try:
-                api_prefix = yield probe_api_prefix(self._http, endpoint, self.timeout)
-            except IncompatibleEtcd as exc:
-                problems.append(str(exc))
-                continue
-            except Exception as exc:
-                problems.append(f"{endpoint}: {_describe(exc, self.timeout)}")
-                continue
-            apply_api_prefix(api_prefix)
-            self.api_prefix = api_prefix
-            self._lease = LeaseApi(self._http, api_prefix)
-            self._active = index
-            log.info("etcd store {controller} connected to {endpoint} ({api})",
-                     controller=self.controller, endpoint=endpoint, api=api_prefix)
-            return None
-        raise StoreUnavailable("cannot use etcd: " + "; ".join(problems))
+        probe = Round(self.reactor, self.members,
+                      lambda endpoint: probe_api_prefix(self._http, endpoint),
+                      self.timeout, lambda miss: None, HEDGE_AFTER, self._count_miss)
+        try:
+            api_prefix = yield probe.start()
+        except RoundFailed as exc:
+            raise StoreUnavailable(f"cannot use etcd: {exc}") from None
+        apply_api_prefix(api_prefix)
+        self.api_prefix = api_prefix
+        self._lease = LeaseApi(self._http, api_prefix)
+        log.info("etcd store {controller} connected to {endpoint} ({api})",
+                 controller=self.controller, endpoint=self.members.active, api=api_prefix)
+        return None
+
+    @property
+    def active_endpoint(self) -> str:
+        """The member the next call goes to first."""
+        return self.members.active
+
+    def _leaderless(self, endpoint: str) -> Deferred:
+        """True when the member says it has no leader (its status, asked with the
+        hasleader requirement, fails with "no leader")."""
+        d = self._http.post(f"{endpoint}{self.api_prefix}/maintenance/status", {})
+
+        def failed(failure: Any) -> bool:
+            return bool(failure.check(EtcdHttpError)) and NO_LEADER in failure.value.message
+        return d.addCallbacks(lambda _: False, failed)
+
+    def _count_miss(self, miss: Miss) -> None:
+        self.metrics.etcd_misses.labels(miss.endpoint, _miss_kind(miss)).inc()
+
+    def _judge(self, op: str, idempotent: bool) -> Callable[[Miss], None]:
+        """How a member's failure ends or continues a round (store/failover.py)."""
+        def judge(miss: Miss) -> None:
+            exc = miss.reason
+            if isinstance(exc, (EtcdError, EtcdHttpError)):
+                if not _transient(exc):
+                    raise StoreError(f"etcd refused {op}: {exc.message}") from None
+            elif isinstance(exc, (Failed, StoreError)):
+                raise exc  # an answer: the compare failed, or one of ours
+            if idempotent or _not_applied(exc):
+                return  # the next member
+            # a write that may have been applied: retrying it could turn its own
+            # success into a Conflict
+            raise OutcomeUnknown(
+                f"etcd {op}: outcome unknown (sent to {miss.endpoint}, no answer: "
+                f"{describe(exc)}); read the function again before retrying") from None
+        return judge
 
     @inlineCallbacks
     def _call(self, op: str, request: Callable[[str], Deferred], idempotent: bool):
-        """Run ``request(endpoint)`` with a timeout, moving to the next endpoint when the
-        current one is unreachable. A write moves on only when it surely was not sent
-        (connection refused); retrying a write that may have been applied could turn
-        its own success into a Conflict."""
+        """One round of ``request(endpoint)`` over the members (store/failover.py):
+        each at most once, a reader hedged past a silent one; a cancel ends it."""
         if self.api_prefix is None:
             yield self.connect()
-        last: BaseException | None = None
-        count = len(self.endpoints)
-        for offset in range(count):
-            index = (self._active + offset) % count
-            d = request(self.endpoints[index])
-            d.addTimeout(self.timeout, self.reactor)
-            try:
-                result = yield d
-            except (Failed, NotFound, AlreadyExists, Conflict):
-                raise
-            except (EtcdError, EtcdHttpError) as exc:
-                if exc.code not in _TRANSIENT_CODES and not (
-                        isinstance(exc, EtcdHttpError) and exc.status >= 500):
-                    raise StoreError(f"etcd refused {op}: {exc.message}") from None
-                last = exc
-            except Exception as exc:
-                last = exc
-            else:
-                self._active = index
-                return result
-            self._active = (index + 1) % count
-            if not (idempotent or isinstance(last, ConnectError)):
-                raise OutcomeUnknown(
-                    f"etcd {op}: outcome unknown (sent to {self.endpoints[index]}, no answer: "
-                    f"{_describe(last, self.timeout)}); read the function again before "
-                    f"retrying") from None
-        raise StoreUnavailable(f"etcd {op} failed ({', '.join(self.endpoints)}): "
-                               f"{_describe(last, self.timeout)}")
+        attempt = Round(self.reactor, self.members, request, self.timeout,
+                        self._judge(op, idempotent), HEDGE_AFTER if idempotent else None,
+                        self._count_miss, self._leaderless)
+        try:
+            result = yield attempt.start()
+        except RoundFailed as exc:
+            raise StoreUnavailable(f"etcd {op} failed: {exc}") from None
+        return result
 
     def submit(self, op: str, txn: Transaction, idempotent: bool = False) -> Deferred:
         """One transaction; txaioetcd.Failed when its compare fails."""
-        return self._call(op, lambda e: self._clients[e].submit(txn, timeout=self.timeout),
-                          idempotent)
+        return self._call(op, lambda e: self._clients[e].submit(txn), idempotent)
 
     # records
 
@@ -477,8 +504,7 @@ class EtcdStore:
         ops = range_ops(bounds, limit, revision)
 
         def request(endpoint: str) -> Deferred:
-            return self._http.post(f"{endpoint}{self.api_prefix}/kv/txn", {"success": ops},
-                                   self.timeout)
+            return self._http.post(f"{endpoint}{self.api_prefix}/kv/txn", {"success": ops})
 
         def parsed(answer: dict) -> list:
             out = []
@@ -504,8 +530,7 @@ class EtcdStore:
                for p in prefixes]
 
         def request(endpoint: str) -> Deferred:
-            return self._http.post(f"{endpoint}{self.api_prefix}/kv/txn", {"success": ops},
-                                   self.timeout)
+            return self._http.post(f"{endpoint}{self.api_prefix}/kv/txn", {"success": ops})
 
         def parsed(answer: dict) -> tuple[list[list[KeyValue]], int]:
             out = []
@@ -526,7 +551,7 @@ class EtcdStore:
         """A raw resumable watch on ``[key, range_end)`` (the leader election uses it)."""
         if self.api_prefix is None:
             raise StoreError("EtcdStore.connect() must succeed before a watch starts")
-        endpoints = self.endpoints[self._active:] + self.endpoints[:self._active]
+        endpoints = self.members.order()
         watch: EtcdWatch
 
         def lost(reason: Exception) -> None:
@@ -572,16 +597,16 @@ class EtcdStore:
 
     def lease_grant(self, ttl: int) -> Deferred:
         """``(lease_id, granted_ttl)``."""
-        return self._call("lease_grant", lambda e: self._lease.grant(e, ttl, self.timeout), False)
+        return self._call("lease_grant", lambda e: self._lease.grant(e, ttl), False)
 
     def lease_keepalive(self, lease_id: int) -> Deferred:
         """The remaining TTL; 0 when the lease has expired."""
         return self._call("lease_keepalive",
-                          lambda e: self._lease.keepalive(e, lease_id, self.timeout), True)
+                          lambda e: self._lease.keepalive(e, lease_id), True)
 
     def lease_revoke(self, lease_id: int) -> Deferred:
         return self._call("lease_revoke",
-                          lambda e: self._lease.revoke(e, lease_id, self.timeout), True)
+                          lambda e: self._lease.revoke(e, lease_id), True)
 
     def close(self) -> Deferred:
         """Stop every watch and drop pooled connections."""

@@ -137,8 +137,7 @@ class EtcdLists:
         body = {"success": ops}
 
         def request(endpoint: str) -> Deferred:
-            return store._http.post(f"{endpoint}{store.api_prefix}/kv/txn", body,
-                                    store.timeout)
+            return store._http.post(f"{endpoint}{store.api_prefix}/kv/txn", body)
 
         def compacted(failure: Any) -> Any:
             failure.trap(StoreError)

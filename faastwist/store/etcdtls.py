@@ -17,13 +17,8 @@ import os
 from pathlib import Path
 
 import attrs
-import treq
-from twisted.internet.defer import inlineCallbacks
-from twisted.internet.interfaces import IReactorTCP
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
-from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
-from txaioetcd import Client
 from zope.interface import implementer
 
 VALID_DAYS = 3650
@@ -63,25 +58,6 @@ class _ClientPolicy:
     def creatorForNetloc(self, hostname: bytes, port: int) -> object:
         return optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._ca,
                                    clientCertificate=self._client)
-
-
-class TLSClient(Client):
-    """txaioetcd's Client presenting the node's client certificate: txaioetcd (18.10.2,
-    its last release) builds its Agent without a TLS policy and posts through treq's
-    global one, so both go through an Agent with ``tls`` here."""
-
-    def __init__(self, reactor: IReactorTCP, url: str, timeout: float,
-                 tls: IPolicyForHTTPS, pool: HTTPConnectionPool | None = None) -> None:
-        super().__init__(reactor, url=url, timeout=timeout, pool=pool)
-        self._agent = Agent(reactor, contextFactory=tls, pool=self._pool)
-        self._clock = reactor
-
-    @inlineCallbacks
-    def _post(self, url: object, data: object, timeout: float | None) -> object:
-        self._stats.log_post(url, data, timeout)
-        response = yield treq.post(url, json=data, timeout=(timeout or self._timeout),
-                                   agent=self._agent, reactor=self._clock)
-        return (yield treq.json_content(response))
 
 
 def ensure_tls(data_dir: str) -> EtcdTLS:

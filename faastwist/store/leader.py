@@ -100,6 +100,17 @@ class LeaderElection(Service):
         """Call ``listener(is_leader)`` on every change of leadership."""
         self._listeners.append(listener)
 
+    def read_holder(self) -> Deferred:
+        """Who holds the leader key now (None: nobody), by a quorum read: without a
+        quorum it fails, and nobody can hold the key longer than its lease. ``holder``
+        is left alone (the watch orders its updates; a read could overtake one)."""
+        d = self.store.submit("leader_read", Transaction(success=[OpGet(self.key)]), True)
+
+        def holder(result: Any) -> str | None:
+            kvs = result.responses[0].kvs
+            return kvs[0].value.decode("utf-8", "replace") if kvs else None
+        return d.addCallback(holder)
+
     def fence(self) -> list:
         """The comparisons that make a write conditional on this node still leading:
         the key holds our id *and* was last written by our campaign (a later holder,

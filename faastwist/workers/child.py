@@ -90,6 +90,9 @@ class Worker:
             self.reload()
         elif op == "reach":
             self.reach(message)
+        elif op == "drain":
+            if self.gate is not None:
+                self.gate.begin_drain()
         else:
             log.warn("gate worker: unknown message {op}", op=op)
 

@@ -283,6 +283,12 @@ class WorkerPool(Service):
         return DeferredList([slot.link.reached(revision) for slot in self.slots
                              if slot.ready and slot.link is not None], consumeErrors=True)
 
+    def begin_drain(self) -> None:
+        """The drain delay begins: every worker's answers say Connection: close."""
+        for slot in self.slots:
+            if slot.link is not None:
+                slot.link.send({"op": "drain"})
+
     def check(self) -> None:
         """For /readyz: every worker serves."""
         down = [str(slot.index) for slot in self.slots if not slot.ready]

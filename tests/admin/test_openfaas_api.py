@@ -15,7 +15,8 @@ from treq.testing import StubTreq
 
 from faastwist.admin.openfaas import OpenFaaSAPI, Versions
 from faastwist.metrics import Metrics
-from faastwist.model.fsm import Event, State, apply_event
+from faastwist.model.fsm import Event, FunctionStatus, State, apply_event
+from faastwist.model.spec import FunctionSpec
 from faastwist.store.memory import MemoryStore
 from faastwist.testing.provider import FakeProvider
 
@@ -209,3 +210,66 @@ def test_alerts_for_stopped_or_unknown_functions_change_nothing(world: World) ->
     assert body["alerts"][0]["skipped"] == "no function_name label"
     assert fired(world.store.get("idle")).spec.min_replica == 1
     assert world.kicks.count("idle") == 1   # the deploy's only
+
+
+class _Hung(MemoryStore):
+    """A store whose quorum reads never answer (a member that lost quorum, before
+    etcd says so): only the caller's deadline ends them."""
+
+    def check(self) -> Deferred[None]:
+        return Deferred()
+
+    def get(self, name: str) -> Deferred:
+        return Deferred()
+
+
+@pytest.mark.parametrize("hung", [False, True], ids=["unavailable", "silent"])
+def test_without_quorum_the_list_answers_from_the_watch_cache_marked_stale(hung: bool) -> None:
+    """As the admin list does: no 503, the watch-fed records, each and the answer marked
+    stale; a store that does not answer is given read_timeout (1.5 s), no more."""
+    store = _Hung("ctl") if hung else MemoryStore("ctl")
+    fired(store.create(FunctionSpec(name="cached", image="img", env_process="cat"),
+                       FunctionStatus.initial("cached", 1.7e9)))
+    cache = {"cached": fired(MemoryStore.get(store, "cached"))}
+    clock = Clock()
+    api = OpenFaaSAPI(store, FakeProvider(), lambda name: None, Metrics(), clock,
+                      Versions("process", "abc"), NS, wall_clock=lambda: 1.7e9,
+                      cache=lambda: cache)
+    http = StubTreq(api.resource())
+    if hung:
+        d = http.get("http://admin/system/functions")
+        answered: list = []
+        d.addBoth(lambda r: answered.append(r) or r)
+        clock.advance(1.499)
+        http.flush()
+        assert answered == []
+        clock.advance(0.001)
+        http.flush()
+    else:
+        fresh = fired(http.get("http://admin/system/functions"))
+        assert fresh.code == 200 and fresh.headers.getRawHeaders("X-FaaS-Stale") is None
+        assert "stale" not in json.loads(fired(fresh.content()))[0]
+        store.available = False
+        d = http.get("http://admin/system/functions")
+        http.flush()
+    response = fired(d)
+    assert response.code == 200
+    assert response.headers.getRawHeaders("X-FaaS-Stale") == ["true"]
+    listed = json.loads(fired(response.content()))
+    assert [(f["name"], f["stale"]) for f in listed] == [("cached", True)]
+    # one function too; one the cache does not have is 404
+    one = http.get("http://admin/system/function/cached")
+    missing = http.get("http://admin/system/function/other")
+    clock.advance(1.5)
+    http.flush()
+    response = fired(one)
+    assert response.code == 200 and response.headers.getRawHeaders("X-FaaS-Stale") == ["true"]
+    document = json.loads(fired(response.content()))
+    assert (document["name"], document["stale"]) == ("cached", True)
+    assert fired(missing).code == 404
+    # no cache to fall back on: the store's own error, 503
+    bare = OpenFaaSAPI(MemoryStore("ctl"), FakeProvider(), lambda name: None, Metrics(), clock,
+                       Versions("process", "abc"), NS)
+    bare.store.available = False
+    response = fired(StubTreq(bare.resource()).get("http://admin/system/functions"))
+    assert response.code == 503

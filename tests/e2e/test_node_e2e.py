@@ -124,6 +124,37 @@ def test_sigterm_and_restart_lose_nothing(tmp_path: Path) -> None:
     assert pids_running(echo.name) == []
 
 
+def test_a_second_node_on_the_same_folders_exits_1_at_once(tmp_path: Path) -> None:
+    """``make run`` twice in one folder: the second exits 1 with one clear line (it
+    hung, after "data/etcd is in use"), and the first serves on, untouched."""
+    import subprocess
+
+    node = FaasNodeProcess(tmp_path / "node", provider="process").start()
+    second = None
+    try:
+        began = time.monotonic()
+        second = subprocess.Popen(node.command(), cwd=node.workdir, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, start_new_session=True,
+                                  env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        output, _ = second.communicate(timeout=60)
+        took = time.monotonic() - began
+        text = output.decode("utf-8", "replace")
+        assert second.returncode == 1, text
+        assert (f"faasgate: process.dataDir: {tmp_path / 'node' / 'data'} is in use by "
+                f"another faasgate (pid {node.process.pid} since ") in text
+        assert "Traceback" not in text
+        print(f"second node on the same folders: exit 1 after {took:.2f}s (interpreter "
+              f"start included)")
+        assert took < 15.0
+        assert node.json("GET", "")[0] == 200
+        assert http("GET", f"{node.admin_root}/readyz")[0] == 200
+    finally:
+        if second is not None and second.poll() is None:
+            os.killpg(second.pid, signal.SIGKILL)
+            second.wait()
+        assert node.stop() in (0, -signal.SIGTERM), node.log()
+
+
 @pytest.mark.envtest
 def test_the_seed_tour_against_a_real_kube_apiserver(tmp_path: Path, envtest) -> None:
     """The Easegress tour with provider knative, over HTTP: the ksvc is really created

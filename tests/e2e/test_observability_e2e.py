@@ -54,9 +54,11 @@ DOCUMENTED = {
     "faastwist_fsm_transitions": "counter",
     "faastwist_reconcile_pass_seconds": "histogram",
     "faastwist_reconcile_errors": "counter",
+    "faastwist_reconcile_retried": "counter",
     "faastwist_provider_api_calls": "counter",
     "faastwist_store_operations": "counter",
     "faastwist_store_watch_reconnects": "counter",
+    "faastwist_etcd_member_misses": "counter",
     "faastwist_leader": "gauge",
 }
 

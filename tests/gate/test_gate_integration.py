@@ -480,6 +480,27 @@ async def test_graceful_shutdown_is_bounded(make_gate: Any) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_shutdown_answers_a_request_still_arriving_and_closes_idle_ones(
+        make_gate: Any) -> None:
+    """Nothing in flight when the gate stops: a connection whose request head is half
+    read is answered once the rest comes (Connection: close), an idle one is closed."""
+    gate = make_gate()
+    idle = await raw_client(gate)
+    assert (await idle.request("/warm"))[0] == 200
+    arriving = await raw_client(gate)
+    arriving.transport.write(b"GET /late HTTP/1.1\r\nHost: gate\r\n")
+    await eventually(lambda: any(c.busy() for c in gate.service.limit.open))
+    stopped = gate.service.stopService()
+    await idle.closed()
+    arriving.transport.write(b"X-FaaS-Func-Name: demo10\r\n\r\n")
+    status, headers, body = await arriving.next_response()
+    assert status == 200 and headers["connection"] == "close"
+    assert json.loads(body)["path"] == "/late"
+    await arriving.closed()
+    await stopped
+
+
+@pytest_twisted.ensureDeferred
 async def test_concurrent_requests(make_gate: Any) -> None:
     gate = make_gate()
     results = await DeferredList([

@@ -772,3 +772,126 @@ def test_observations_of_an_older_epoch_conclude_nothing() -> None:
     assert plan(record, attrs.evolve(_obs(event=Event.READY), epoch=4), 0.0,
                 120.0).events == (Event.READY,)
     assert plan(record, _obs(event=Event.READY), 0.0, 120.0).events == (Event.READY,)
+
+
+# -- store conditions are expected outcomes, not bugs --------------------------------------
+
+@pytest.fixture
+def logged() -> Any:
+    """Every log event published while the test runs."""
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+def retried(w: World, kind: str) -> float:
+    return w.metrics.registry.get_sample_value(
+        "faastwist_reconcile_retried_total", {"kind": kind}) or 0.0
+
+
+def tracebacks(events: list[dict]) -> list[dict]:
+    return [e for e in events if "log_failure" in e]
+
+
+class _DeletedWhileWriting(MemoryStore):
+    """The admin deletes ``victim`` between the pass's read and its status write."""
+
+    def __init__(self, victim: str) -> None:
+        super().__init__("c1")
+        self.victim = victim
+
+    def update(self, expected: FunctionRecord, spec: FunctionSpec | None = None,
+               status: FunctionStatus | None = None, **kwargs: Any) -> Deferred:
+        if expected.name == self.victim:
+            result(super().delete(result(self.get(self.victim))))
+        return super().update(expected, spec, status, **kwargs)
+
+
+def test_a_status_write_racing_a_delete_is_counted_and_the_pass_goes_on(logged) -> None:
+    clock = Clock()
+    store = _DeletedWhileWriting("f1")
+    provider, metrics = FakeProvider(), Metrics()
+    w = World(clock, store, provider, metrics,
+              Reconciler(store, provider, clock, INTERVAL, metrics, wall_clock=clock.seconds))
+    for name in ("f0", "f1", "f2"):
+        w.create(spec(name))
+    result(w.reconciler.run_pass())
+    assert [w.status(n).message for n in ("f0", "f2")] == ["deploying", "deploying"]
+    assert retried(w, "not_found") == 1 and w.errors("internal") == 0
+    assert w.reconciler.last_error is None
+    assert tracebacks(logged) == []
+    assert any("f1 was deleted during the pass" in (e.get("log_format") or "").replace(
+        "{name}", e.get("name", "")) for e in logged)
+    # the next pass removes what the provider still runs for it
+    result(w.reconciler.run_pass())
+    assert provider.verbs("delete") == ["f1"]
+
+
+class _QuorumLostMidPass(MemoryStore):
+    """The store goes away at the pass's first status write (etcd lost its quorum)."""
+
+    lose = True
+
+    def update(self, expected: FunctionRecord, spec: FunctionSpec | None = None,
+               status: FunctionStatus | None = None, **kwargs: Any) -> Deferred:
+        if self.lose:
+            self.lose, self.available = False, False
+        return super().update(expected, spec, status, **kwargs)
+
+
+def test_the_store_going_away_ends_the_pass_once_counted_without_a_traceback(logged) -> None:
+    clock = Clock()
+    store = _QuorumLostMidPass("c1")
+    provider, metrics = FakeProvider(), Metrics()
+    w = World(clock, store, provider, metrics,
+              Reconciler(store, provider, clock, INTERVAL, metrics, wall_clock=clock.seconds))
+    for name in ("f0", "f1", "f2"):
+        w.create(spec(name))
+    result(w.reconciler.run_pass())
+    # one provider call, its write refused: the pass stopped there (no more calls to a
+    # provider whose outcome could not be recorded)
+    assert provider.verbs("deploy") == ["f0"]
+    assert retried(w, "unavailable") == 1
+    assert w.errors("internal") == 0 and tracebacks(logged) == []
+    assert "memory store marked unavailable" in w.reconciler.last_error
+    warnings = [e for e in logged if e.get("log_level") is not None
+                and e["log_level"].name == "warn"]
+    assert len(warnings) == 1
+    # the read of the next pass fails too: counted again, one line again
+    result(w.reconciler.run_pass())
+    assert retried(w, "unavailable") == 2 and tracebacks(logged) == []
+    # back: the next pass converges everything
+    store.available = True
+    result(w.reconciler.run_pass())
+    assert provider.verbs("deploy") == ["f0", "f1", "f2"]  # f0 once: it was deployed
+    assert [w.status(n).message for n in ("f1", "f2")] == ["deploying"] * 2
+    assert w.reconciler.last_error is None
+
+
+class _BrokenWrite(MemoryStore):
+    def update(self, expected: FunctionRecord, spec: FunctionSpec | None = None,
+               status: FunctionStatus | None = None, **kwargs: Any) -> Deferred:
+        if expected.name == "f1":
+            raise TypeError("a bug in the write path")
+        return super().update(expected, spec, status, **kwargs)
+
+
+def test_only_a_real_bug_is_internal_with_its_traceback_and_the_others_go_on(logged) -> None:
+    clock = Clock()
+    store = _BrokenWrite("c1")
+    provider, metrics = FakeProvider(), Metrics()
+    w = World(clock, store, provider, metrics,
+              Reconciler(store, provider, clock, INTERVAL, metrics, wall_clock=clock.seconds))
+    for name in ("f0", "f1", "f2"):
+        w.create(spec(name))
+    result(w.reconciler.run_pass())
+    assert [w.status(n).message for n in ("f0", "f2")] == ["deploying", "deploying"]
+    assert w.errors("internal") == 1 and w.reconciler.last_error == "unexpected error"
+    failures = tracebacks(logged)
+    assert len(failures) == 1 and failures[0]["log_failure"].check(TypeError)
+    assert failures[0]["name"] == "f1"
+    for kind in ("not_found", "conflict", "unavailable"):
+        assert retried(w, kind) == 0

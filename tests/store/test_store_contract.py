@@ -587,7 +587,7 @@ def test_a_hung_endpoint_times_out_and_the_next_endpoint_serves(etcd_server):
         yield store.connect()
         record = yield store.create(spec("a"), status("a"))
         assert (yield store.get("a")) == record
-        assert store.endpoints[store._active] == etcd_server.client_url
+        assert store.active_endpoint == etcd_server.client_url
         yield store.close()
         yield lonely.close()
     finally:

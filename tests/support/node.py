@@ -110,7 +110,8 @@ class FaasNodeProcess:
             "name": controller,
             "provider": provider,
             "syncInterval": "1s",
-            "httpServer": {"port": self.gate_port, "address": "127.0.0.1"},
+            # no drain delay unless a test asks for one (each stop would wait for it)
+            "httpServer": {"port": self.gate_port, "address": "127.0.0.1", "drainDelay": "0s"},
             "admin": {"port": self.admin_port, "address": "127.0.0.1"},
             "etcd": {"endpoints": etcd_endpoints or [], "dataDir": str(self.workdir / "etcd")},
             "process": {"dataDir": str(self.workdir / "data")},
