@@ -51,7 +51,7 @@ from faastwist.metrics import Metrics
 from faastwist.model.fsm import Event, FunctionStatus, State, apply_event
 from faastwist.model.spec import FunctionSpec
 from faastwist.providers.base import LogLine, LogSource, Observation, ProviderError
-from faastwist.store.base import FunctionRecord, FunctionStore
+from faastwist.store.base import FunctionRecord, FunctionStore, NotFound, StoreUnavailable
 from faastwist.util.slices import Slicer
 
 log = Logger()
