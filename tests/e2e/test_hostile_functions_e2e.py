@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.support.node import FaasNodeProcess, http
-from tests.support.process import PYTHON
+from tests.support.process import PYTHON, function_pids
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.sandbox]
 
@@ -176,22 +176,6 @@ def _create(node: FaasNodeProcess, spec: dict) -> None:
     assert status == 201, body
 
 
-def _pids_of(function: str) -> list[int]:
-    """Host pids of processes running with the function's environment."""
-    found = []
-    mark = f"FAASTWIST_FUNCTION={function}".encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if mark in f.read().split(b"\0"):
-                    found.append(int(entry))
-        except OSError:
-            continue
-    return found
-
-
 def _with_cmdline(argument: str) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
@@ -247,7 +231,7 @@ def test_a_planted_module_is_never_imported_by_root(hostile: FaasNodeProcess) ->
     assert status == 200, body
     assert json.loads(body)["watchdog_uid"] == first["watchdog_uid"]
     assert not marker.exists()
-    for pid in _pids_of("planter"):
+    for pid in function_pids("planter"):
         assert _uid(pid) == first["watchdog_uid"]
 
 
@@ -301,7 +285,7 @@ def test_no_function_reaches_another_and_no_daemon_outlives_its_function(
                    "secrets": ["holder-key"], "env": {"DAEMON_MARK": "600.4242"}})
     status, body = _invoke(node, "holder")
     assert (status, body) == (200, b"holder-secret-value")
-    holder_pid = max(_pids_of("holder"))
+    holder_pid = max(function_pids("holder"))
     daemons = _wait(lambda: _with_cmdline("600.4242"), what="the holder's daemon")
     snoop = _write(node.workdir, "snoop.py", SNOOP)
     _create(node, {"name": "snoop", "command": [PYTHON, snoop], "mode": "fork",
