@@ -48,6 +48,7 @@ system-deps:
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	command -v xz >/dev/null || missing="$$missing xz-utils"; \
 	command -v bwrap >/dev/null || missing="$$missing bubblewrap"; \
+	command -v kubectl >/dev/null || missing="$$missing kubernetes-client"; \
 	[ -x /usr/bin/node ] || missing="$$missing nodejs"; \
 	[ -x /usr/bin/npm ] || missing="$$missing npm"; \
 	/usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \

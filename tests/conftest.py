@@ -36,6 +36,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         missing.add("sandbox")
     if monitoring_missing():
         missing.add("monitoring")
+    if shutil.which("kubectl") is None:
+        missing.add("kubectl")
     for marker, why in (("nodejs", nodejs_unavailable), ("localindex", local_index_unavailable)):
         if any(item.get_closest_marker(marker) for item in items) and why():
             missing.add(marker)
@@ -58,6 +60,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         reason = why()
         if reason:
             lines.append(f"the {marker} tests are deselected: {reason}")
+    if shutil.which("kubectl") is None:
+        lines.append("no kubectl (Debian's kubernetes-client): the kubectl tests are deselected")
     missing = monitoring_missing()
     if missing:
         lines.append(f"no {' '.join(missing)} (make monitoring-deps): the monitoring tests "

@@ -143,7 +143,8 @@ def crd_manifest() -> dict[str, Any]:
 
 
 def rbac_manifests(namespace: str = "faastwist", account: str = "faastwist") -> list[dict]:
-    """A ServiceAccount and the ClusterRole(Binding) the node needs: the Function
+    """The node's Namespace and ServiceAccount (so that ``kubectl apply -f`` of the file
+    works on a cluster that has neither) and the ClusterRole(Binding) it needs: the Function
     objects (watch, status, finalizers), OpenFaaS's when installed, Events, and what
     the Knative provider writes (Services, Secrets, pod logs)."""
     rules = [
@@ -164,6 +165,7 @@ def rbac_manifests(namespace: str = "faastwist", account: str = "faastwist") -> 
         {"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list"]},
     ]
     return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
         {"apiVersion": "v1", "kind": "ServiceAccount",
          "metadata": {"name": account, "namespace": namespace}},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",

@@ -33,13 +33,7 @@ def install_shipped_manifests(server: Envtest) -> None:
     if server.kubeconfig in _installed:
         return
     api_client = server.api_client()
-    core = kube_client.CoreV1Api(api_client)
-    try:
-        core.create_namespace({"metadata": {"name": "faastwist"}})
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-    for name in ("crd.yaml", "rbac.yaml"):
+    for name in ("crd.yaml", "rbac.yaml"):   # rbac.yaml makes its namespace too
         kube_utils.create_from_yaml(api_client, str(ROOT / "deploy" / "kubernetes" / name))
     extensions = kube_client.ApiextensionsV1Api(api_client)
     deadline = time.monotonic() + 20

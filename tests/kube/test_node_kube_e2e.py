@@ -6,6 +6,7 @@ columns fill in, the REST API refuses writes to it, deleting the object removes 
 from __future__ import annotations
 
 import shutil
+import subprocess
 import textwrap
 import time
 
@@ -114,5 +115,52 @@ def test_kubectl_apply_serves_through_the_gate_and_delete_removes_it(envtest, tm
             "faastwist.io", "v1", namespace, "functions", exported, dry_run="All")
         assert kept["spec"] == exported["spec"]
         assert run_cli(node, "export", "--crd", "nosuch").returncode == 1
+    finally:
+        node.stop()
+
+
+@pytest.mark.kubectl
+def test_the_readme_kubectl_commands_verbatim(envtest, tmp_path):
+    """The README's commands with the real kubectl: apply the shipped manifests and the
+    Function, ``kubectl get fn`` shows it active 1/1 while the gate serves it, ``kubectl
+    delete fn echo`` removes it (the finalizer holds the object until it is gone)."""
+    kubectl = [shutil.which("kubectl"), "--kubeconfig", envtest.kubeconfig,
+               "--request-timeout", "20s"]
+    namespace = "fn-kubectl"
+
+    def run(*args: str, stdin: str | None = None) -> str:
+        done = subprocess.run([*kubectl, *args], input=stdin, capture_output=True, text=True,
+                              timeout=60, cwd=ROOT)
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+        return done.stdout
+    text = (ROOT / "README.rst").read_text()
+    assert "kubectl apply -f deploy/kubernetes/crd.yaml -f deploy/kubernetes/rbac.yaml" in text
+    run("apply", "-f", "deploy/kubernetes/crd.yaml", "-f", "deploy/kubernetes/rbac.yaml")
+    run("create", "namespace", namespace)
+    shutil.copytree(ROOT / "conf" / "functions", tmp_path / "node" / "conf" / "functions")
+    node = FaasNodeProcess(tmp_path / "node", provider="process", controller="kubectl2",
+                           extra={"kubernetes": {"functions": "watch", "namespace": namespace,
+                                                 "kubeconfig": envtest.kubeconfig}})
+    node.start()
+    try:
+        manifest = readme_manifest()
+        manifest["spec"]["command"][0] = FUNCTION_PYTHON   # one the function's uid may run
+        assert manifest["metadata"].pop("namespace") == "default"   # the test's own instead
+        run("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(manifest))
+
+        def listed() -> list[str]:
+            rows = run("get", "fn", "-n", namespace).splitlines()
+            return rows[1].split() if len(rows) == 2 else []
+        header = run("get", "fn", "-n", namespace).splitlines()[0].split()
+        assert header == ["NAME", "STATE", "REPLICAS", "AGE"]
+        row = wait_until(lambda: (lambda r: r if r[1:3] == ["active", "1/1"] else None)(
+            listed() or ["", "", ""]), 60, "kubectl get fn: echo active 1/1")
+        assert row[0] == "echo"
+        status, _, body = http("POST", f"{node.gate_url}/", b"hello",
+                               {"X-FaaS-Func-Name": "echo"}, timeout=5)
+        assert status == 200 and b"hello" in body
+        run("delete", "fn", "echo", "-n", namespace, "--timeout", "30s")
+        assert node.json("GET", "/echo")[0] == 404
+        assert run("get", "fn", "-n", namespace, "--ignore-not-found").strip() == ""
     finally:
         node.stop()
