@@ -41,6 +41,14 @@ class EtcdCluster:
         binary = require_etcd()
         self.members = [EtcdProcess(str(workdir / f"m{i}"), binary, f"m{i}", ELECTION_ARGS)
                         for i in range(size)]
+        # each member asked the OS for free ports on its own, and a port given back is
+        # soon given again: two members once shared a peer port ("initial cluster ...
+        # has duplicate url", the cluster never formed). Every port distinct:
+        taken: set[int] = set()
+        for member in self.members:
+            while {member.client_port, member.peer_port} & taken:
+                member._choose_ports()
+            taken |= {member.client_port, member.peer_port}
         initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         for member in self.members:
             member.initial_cluster = initial
