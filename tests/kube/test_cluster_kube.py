@@ -4,9 +4,6 @@ against the real kube-apiserver: only the leader applies objects, and after its
 
 from __future__ import annotations
 
-import base64
-import json
-import urllib.request
 
 import pytest
 from kubernetes import client as kube_client
@@ -27,20 +24,8 @@ CAT = {"envProcess": "cat", "minReplica": 1, "maxReplica": 1}
 
 def spec_revision(cluster: Cluster, name: str) -> int:
     """The etcd mod revision of the function's spec key (0: absent)."""
-    key = f"/faas/faascontroller/spec/{name}"
-    for member in cluster.etcd.members:
-        if not member.alive:
-            continue
-        body = json.dumps({"key": base64.b64encode(key.encode()).decode()}).encode()
-        request = urllib.request.Request(member.client_url + "/v3/kv/range", body,
-                                         {"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=3) as response:
-                kvs = json.loads(response.read()).get("kvs") or []
-        except OSError:
-            continue
-        return int(kvs[0]["mod_revision"]) if kvs else 0
-    raise RuntimeError("no etcd member answered")
+    record = cluster.etcd.range_one(f"/faas/faascontroller/spec/{name}")
+    return int(record["mod_revision"]) if record is not None else 0
 
 
 def echoes(cluster: Cluster, name: str) -> bool:

@@ -82,7 +82,8 @@ class EtcdCluster:
         for member in self.members:
             member.stop()
 
-    def get(self, key: str) -> bytes | None:
+    def range_one(self, key: str) -> dict | None:
+        """The key's record as the first live member answers it (None: absent)."""
         import base64
         for member in self.members:
             if not member.alive:
@@ -95,7 +96,7 @@ class EtcdCluster:
                     kvs = json.loads(response.read()).get("kvs") or []
             except OSError:
                 continue
-            return base64.b64decode(kvs[0]["value"]) if kvs else None
+            return kvs[0] if kvs else None
         raise RuntimeError("no etcd member answered")
 
 
