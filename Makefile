@@ -26,7 +26,7 @@ UNIT_MARKERS := not etcd and not envtest and not slow and not process and not e2
 export PYTHONPATH := $(CURDIR)
 
 
-.PHONY: run test unit mutate install system-deps browser-deps monitoring-deps bench bench-gate bench-workers bench-scale bench-reconcile bench-coldstart bench-async clean
+.PHONY: run test unit docs mutate install system-deps browser-deps monitoring-deps bench bench-gate bench-workers bench-scale bench-reconcile bench-coldstart bench-async clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -78,9 +78,14 @@ browser-deps:
 run: install system-deps
 	$(BIN)/twistd -n --pidfile= faasgate --config $(CONFIG)
 
-test: install system-deps browser-deps monitoring-deps
+test: install system-deps browser-deps monitoring-deps docs
 	rm -f .coverage .coverage.*
 	COVERAGE_FILE=$(CURDIR)/.coverage $(BIN)/pytest $(COVERAGE) $(PYTEST_ARGS)
+
+# the documentation in docs/ as HTML (docs/_build/html); -W: a warning (a broken
+# reference, a malformed table) fails the build, and so `make test`
+docs: $(VENV)/.deps
+	$(BIN)/sphinx-build -q -W --keep-going -b html docs docs/_build/html
 
 # mutation testing of the decision modules against their unit tests (mutmut's mutants)
 mutate: $(VENV)/.deps
@@ -123,4 +128,4 @@ bench-async: install system-deps
 	$(BIN)/python bench/async.py --enqueue
 
 clean:
-	rm -rf $(VENV) build *.egg-info data test-artifacts .coverage .coverage.*
+	rm -rf $(VENV) build *.egg-info data test-artifacts docs/_build .coverage .coverage.*

@@ -1,4 +1,6 @@
-"""The README's curl and CLI tours, pasted as they are, on a node with authentication on.
+"""The documented tours, pasted as they are, on a node with authentication on: the
+README's curl tour, the CLI and templates tours of ``docs/cli.rst`` and the OpenFaaS tour
+of ``docs/openfaas.rst``.
 
 The node runs in a folder laid out like the repository (``conf/`` with the example
 functions, ``data/`` for state) and creates its own tokens file there on first start,
@@ -18,19 +20,10 @@ from typing import Iterator
 
 import pytest
 
+from tests.support.docs import code_block_after
 from tests.support.node import ROOT, FaasNodeProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-
-README = (ROOT / "README.rst").read_text()
-
-
-def code_block_after(heading: str) -> str:
-    """The first code block after ``heading``, dedented."""
-    section = README[README.index(heading):]
-    match = re.search(r"\.\. code-block:: \w+\n\n((?:   .*\n|\n)+)", section)
-    assert match, f"no code block after {heading}"
-    return "\n".join(line[3:] for line in match.group(1).splitlines()) + "\n"
 
 
 @pytest.fixture
@@ -62,7 +55,7 @@ def run(script: str, node: FaasNodeProcess, **env: str) -> str:
 
 
 def test_curl_tour(tour_node: FaasNodeProcess) -> None:
-    script = code_block_after("A tour with curl")
+    script = code_block_after("README", "A tour with curl")
     assert "TOKEN=$(cat data/admin-tokens.admin)" in script
     output = run(localise(script, tour_node), tour_node)
     # a refusal is {code: 401, ...}; a bare "401" also matches timestamps ("...43.401Z")
@@ -76,7 +69,7 @@ def test_curl_tour(tour_node: FaasNodeProcess) -> None:
 
 def test_cli_tour(tour_node: FaasNodeProcess) -> None:
     lines = [line[2:].split("  #")[0] for line in
-             code_block_after("Operating with the CLI").splitlines() if line.startswith("$ ")]
+             code_block_after("cli", "Operating with the CLI").splitlines() if line.startswith("$ ")]
     assert lines[0] == "export FAASTWIST_NODE_CONFIG=conf/controller.yaml"
     prelude = f'faastwist() {{ {sys.executable} -m faastwist.cli "$@"; }}\n'
     output = run(prelude + "\n".join(lines) + "\n", tour_node,
@@ -90,10 +83,10 @@ def test_cli_tour(tour_node: FaasNodeProcess) -> None:
 
 @pytest.mark.sandbox
 def test_templates_tour(tour_node: FaasNodeProcess) -> None:
-    """``new``, ``up``, curl, ``remove`` as the README shows them (builds in a folder of
+    """``new``, ``up``, curl, ``remove`` as docs/cli.rst shows them (builds in a folder of
     the test's that every function uid may pass through)."""
     lines = [line[2:].split("  #")[0] for line in
-             code_block_after("Templates: write a handler").splitlines()
+             code_block_after("cli", "Templates: write a handler").splitlines()
              if line.startswith("$ ")]
     assert lines[1:] == ["faastwist new hello --lang python3-http",
                          "faastwist up -f stack.yml",
@@ -119,8 +112,8 @@ def test_templates_tour(tour_node: FaasNodeProcess) -> None:
 
 
 def test_openfaas_tour(tour_node: FaasNodeProcess) -> None:
-    """README's OpenFaaS tour: each '# -> ' comment is what the command before it prints."""
-    script = code_block_after("An OpenFaaS tour")
+    """docs/openfaas.rst's tour: each '# -> ' comment is what the command before it prints."""
+    script = code_block_after("openfaas", "An OpenFaaS tour")
     expected = [line.split("# -> ", 1)[1] for line in script.splitlines()
                 if line.startswith("# -> ")]
     output = run(localise(script, tour_node), tour_node)

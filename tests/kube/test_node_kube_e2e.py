@@ -18,6 +18,7 @@ from kubernetes.client.rest import ApiException
 from faastwist.store.owned import MANAGED_BY
 from tests.kube.envtest_world import install_shipped_manifests
 from tests.support.cli import echo_app, run_cli
+from tests.support.docs import page
 from tests.support.node import ROOT, FaasNodeProcess, http
 from tests.support.process import PYTHON as FUNCTION_PYTHON
 
@@ -25,8 +26,8 @@ pytestmark = [pytest.mark.envtest, pytest.mark.e2e, pytest.mark.process, pytest.
 
 
 def readme_manifest() -> dict:
-    """The Function object of the README's ``kubectl apply -f -`` example."""
-    text = (ROOT / "README.rst").read_text()
+    """The Function object of docs/kubernetes.rst's ``kubectl apply -f -`` example."""
+    text = page("kubernetes")
     start = text.index("kubectl apply -f - <<'EOF'\n") + len("kubectl apply -f - <<'EOF'\n")
     block = text[start:text.index("\n    EOF\n", start)]
     return yaml.safe_load(textwrap.dedent(block))
@@ -49,7 +50,7 @@ def test_kubectl_apply_serves_through_the_gate_and_delete_removes_it(envtest, tm
     objects = kube_client.CustomObjectsApi(api_client)
     namespace = "fn-e2e"
     core.create_namespace({"metadata": {"name": namespace}})
-    # the README's command is relative to the node's folder, as with `make run`
+    # the documented command is relative to the node's folder, as with `make run`
     shutil.copytree(ROOT / "conf" / "functions", tmp_path / "node" / "conf" / "functions")
     node = FaasNodeProcess(tmp_path / "node", provider="process", controller="kubectl",
                            extra={"kubernetes": {"functions": "watch", "namespace": namespace,
@@ -120,8 +121,8 @@ def test_kubectl_apply_serves_through_the_gate_and_delete_removes_it(envtest, tm
 
 
 @pytest.mark.kubectl
-def test_the_readme_kubectl_commands_verbatim(envtest, tmp_path):
-    """The README's commands with the real kubectl: apply the shipped manifests and the
+def test_the_documented_kubectl_commands_verbatim(envtest, tmp_path):
+    """docs/kubernetes.rst's commands with the real kubectl: apply the shipped manifests and the
     Function, ``kubectl get fn`` shows it active 1/1 while the gate serves it, ``kubectl
     delete fn echo`` removes it (the finalizer holds the object until it is gone)."""
     kubectl = [shutil.which("kubectl"), "--kubeconfig", envtest.kubeconfig,
@@ -133,7 +134,7 @@ def test_the_readme_kubectl_commands_verbatim(envtest, tmp_path):
                               timeout=60, cwd=ROOT)
         assert done.returncode == 0, (args, done.stdout, done.stderr)
         return done.stdout
-    text = (ROOT / "README.rst").read_text()
+    text = page("kubernetes")
     assert "kubectl apply -f deploy/kubernetes/crd.yaml -f deploy/kubernetes/rbac.yaml" in text
     run("apply", "-f", "deploy/kubernetes/crd.yaml", "-f", "deploy/kubernetes/rbac.yaml")
     run("create", "namespace", namespace)
