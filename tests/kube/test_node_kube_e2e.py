@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import textwrap
 import time
 
 import pytest
@@ -18,19 +17,21 @@ from kubernetes.client.rest import ApiException
 from faastwist.store.owned import MANAGED_BY
 from tests.kube.envtest_world import install_shipped_manifests
 from tests.support.cli import echo_app, run_cli
-from tests.support.docs import page
+from tests.support.docs import code_block_after
 from tests.support.node import ROOT, FaasNodeProcess, http
 from tests.support.process import PYTHON as FUNCTION_PYTHON
 
 pytestmark = [pytest.mark.envtest, pytest.mark.e2e, pytest.mark.process, pytest.mark.slow]
 
 
+KUBECTL_BLOCK = ("kubernetes", "Functions as Kubernetes objects")
+
+
 def readme_manifest() -> dict:
     """The Function object of docs/kubernetes.rst's ``kubectl apply -f -`` example."""
-    text = page("kubernetes")
-    start = text.index("kubectl apply -f - <<'EOF'\n") + len("kubectl apply -f - <<'EOF'\n")
-    block = text[start:text.index("\n    EOF\n", start)]
-    return yaml.safe_load(textwrap.dedent(block))
+    block = code_block_after(*KUBECTL_BLOCK)
+    start = block.index("kubectl apply -f - <<'EOF'\n") + len("kubectl apply -f - <<'EOF'\n")
+    return yaml.safe_load(block[start:block.index("\nEOF\n", start)])
 
 
 def wait_until(check, timeout: float = 30.0, what: str = ""):
@@ -134,8 +135,12 @@ def test_the_documented_kubectl_commands_verbatim(envtest, tmp_path):
                               timeout=60, cwd=ROOT)
         assert done.returncode == 0, (args, done.stdout, done.stderr)
         return done.stdout
-    text = page("kubernetes")
-    assert "kubectl apply -f deploy/kubernetes/crd.yaml -f deploy/kubernetes/rbac.yaml" in text
+    commands = [line.split("  #")[0].rstrip() for line in
+                code_block_after("kubernetes", "Functions as Kubernetes objects").splitlines()
+                if line.startswith("kubectl ")]
+    assert commands == [
+        "kubectl apply -f deploy/kubernetes/crd.yaml -f deploy/kubernetes/rbac.yaml",
+        "kubectl apply -f - <<'EOF'", "kubectl get fn", "kubectl delete fn echo"]
     run("apply", "-f", "deploy/kubernetes/crd.yaml", "-f", "deploy/kubernetes/rbac.yaml")
     run("create", "namespace", namespace)
     shutil.copytree(ROOT / "conf" / "functions", tmp_path / "node" / "conf" / "functions")
