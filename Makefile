@@ -52,10 +52,13 @@ PREFIX ?= /opt/faastwist
 SYSCONFDIR ?= /etc
 BINDIR ?= /usr/local/bin
 UNITDIR ?= /etc/systemd/system
+# (without this Makefile's PYTHONPATH: the installed copy only)
 install-service: system-deps
 	test -x $(PREFIX)/bin/python || $(PYTHON) -m venv $(PREFIX)
-	$(PREFIX)/bin/pip install -q .
-	$(PREFIX)/bin/pip install -q --no-deps --force-reinstall .
+	env -u PYTHONPATH $(PREFIX)/bin/pip install -q .
+	env -u PYTHONPATH $(PREFIX)/bin/pip install -q --no-deps --force-reinstall .
+	# write twistd's plugin cache now: under ProtectSystem=strict the node cannot
+	env -u PYTHONPATH $(PREFIX)/bin/twistd --help >/dev/null
 	install -d $(BINDIR) $(UNITDIR)
 	ln -sfn $(PREFIX)/bin/faastwist $(BINDIR)/faastwist
 	sed -e 's#/opt/faastwist/#$(PREFIX)/#g' -e 's#/etc/faastwist/#$(SYSCONFDIR)/faastwist/#g' \

@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from tests.support.covered import coverage_env, measuring
+from tests.support.facilities import sandbox_unavailable
 from tests.support.node import ROOT, http, node_port
 from tests.support.process import PYTHON
 
@@ -143,8 +144,9 @@ def test_systemd_analyze_refuses_a_broken_unit(tmp_path):
 @pytest.fixture
 def root():
     """The folder the unit's paths map into: passable for function users, as / is
-    (pytest's tmp_path is 0700: function folders would then go elsewhere)."""
-    path = Path(tempfile.mkdtemp(prefix="faastwist-unit-"))
+    (pytest's tmp_path is 0700: function folders would then go elsewhere), and not
+    under /tmp, which the node's PrivateTmp hides."""
+    path = Path(tempfile.mkdtemp(prefix="faastwist-unit-", dir="/var/tmp"))
     path.chmod(0o711)
     yield path
     for folder in path.rglob("*"):   # the read-only config folder, made writable again
@@ -154,8 +156,9 @@ def root():
 
 
 @pytest.fixture
-def notify_socket(tmp_path):
-    path = str(tmp_path / "notify")
+def notify_socket(root):
+    """systemd's end of sd_notify (outside /tmp, as /run/systemd/notify is)."""
+    path = str(root / "notify")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(path)
     yield path, sock
@@ -179,20 +182,33 @@ def wait_notify(sock: socket.socket, want: bytes, timeout: float, process) -> li
     raise AssertionError(f"no {want!r} from faasgate in {timeout}s; got {seen}")
 
 
-def systemd_like_command(argv: list[str], etc: Path) -> list[str]:
-    """ExecStart as systemd would run it for this unit, as far as this machine allows."""
+def systemd_like_command(argv: list[str], state: Path) -> list[str]:
+    """ExecStart as systemd would run it for this unit, as far as this machine allows:
+    as root, in a mount namespace of its own where, as ProtectSystem=strict leaves it,
+    only the StateDirectory is writable (root ignores mode bits, not a read-only
+    mount), /tmp is an empty tmpfs (PrivateTmp=yes), and with no_new_privs
+    (NoNewPrivileges=yes). Not emulated: ProtectHome (this venv's interpreter lives
+    under /root) and the cgroup delegation."""
     if measuring():   # tests/support/covered: the same twistd, measured
         argv = [sys.executable, "-m", "tests.support.covered", *argv[1:]]
     if os.geteuid() != 0:
         return argv
-    # ProtectSystem=strict makes /etc read-only, also for root; NoNewPrivileges=yes
-    ro = (f"mount --bind {shlex.quote(str(etc))} {shlex.quote(str(etc))} && "
-          f"mount -o remount,bind,ro {shlex.quote(str(etc))} && exec \"$@\"")
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", ro, "faasgate",
-            "setpriv", "--no-new-privs", *argv]
+    writable = [state]
+    if os.environ.get("COVERAGE_FILE"):   # where a measured node saves its data
+        writable.append(Path(os.environ["COVERAGE_FILE"]).parent)
+    script = "set -e\n"
+    for folder in writable:
+        script += f"mount --bind {shlex.quote(str(folder))} {shlex.quote(str(folder))}\n"
+    script += ("mount -o remount,bind,ro /\n"
+               "mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp\n"
+               'exec "$@"\n')
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+            "faasgate", "setpriv", "--no-new-privs", *argv]
 
 
 def test_the_node_starts_as_the_unit_starts_it(tmp_path, root, notify_socket):
+    """The shipped unit and /etc config, started as systemd starts them; a function
+    call in its own uid and sandbox; all state in the data folder; a clean stop."""
     installed = Installed(root)
     unit_text = installed.rewrite(UNIT.read_text())
     unit = installed.units / "faasgate.service"
@@ -227,7 +243,7 @@ def test_the_node_starts_as_the_unit_starts_it(tmp_path, root, notify_socket):
            "STATE_DIRECTORY": str(installed.state), "INVOCATION_ID": os.urandom(16).hex(),
            "PYTHONPATH": str(ROOT), **coverage_env()}
     log = open(tmp_path / "faasgate.log", "wb")
-    process = subprocess.Popen(systemd_like_command(argv, installed.etc),
+    process = subprocess.Popen(systemd_like_command(argv, installed.state),
                                cwd=one(service, "WorkingDirectory"), env=env, stdout=log,
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                start_new_session=True, umask=0o022)
@@ -276,6 +292,8 @@ def test_the_node_starts_as_the_unit_starts_it(tmp_path, root, notify_socket):
         if os.geteuid() == 0:
             # a function may pass through the data folder, not list it
             assert installed.state.stat().st_mode & 0o777 == 0o711
+        if sandbox_unavailable() is None:   # the hardening kept bubblewrap working
+            assert "sandbox: bubblewrap" in (tmp_path / "faasgate.log").read_text()
 
         # systemctl stop: SIGTERM to the main process; STOPPING=1, then a clean exit
         process.send_signal(signal.SIGTERM)
