@@ -42,8 +42,10 @@ UNIT = ROOT / "conf" / "faasgate.service"
 ETC_CONFIG = ROOT / "conf" / "etc" / "controller.yaml"
 #: systemd's PATH for system services (Debian 12, merged /usr)
 SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-#: what the sandbox does as a function: its uid, and its body upper-cased
-FUNCTION = "import os, sys; sys.stdout.write(f'{os.getuid()} ' + sys.stdin.read().upper())"
+#: what the sandbox does as a function: its uid, its secret (where OpenFaaS functions
+#: read it) and its body upper-cased
+FUNCTION = ("import os, sys; secret = open('/var/openfaas/secrets/unit-secret').read(); "
+            "sys.stdout.write(f'{os.getuid()} {secret} ' + sys.stdin.read().upper())")
 
 
 def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
@@ -182,12 +184,14 @@ def wait_notify(sock: socket.socket, want: bytes, timeout: float, process) -> li
     raise AssertionError(f"no {want!r} from faasgate in {timeout}s; got {seen}")
 
 
-def systemd_like_command(argv: list[str], state: Path) -> list[str]:
+def systemd_like_command(argv: list[str], state: Path, pre: list[str]) -> list[str]:
     """ExecStart as systemd would run it for this unit, as far as this machine allows:
     as root, in a mount namespace of its own where, as ProtectSystem=strict leaves it,
     only the StateDirectory is writable (root ignores mode bits, not a read-only
     mount), /tmp is an empty tmpfs (PrivateTmp=yes), and with no_new_privs
-    (NoNewPrivileges=yes). Not emulated: ProtectHome (this venv's interpreter lives
+    (NoNewPrivileges=yes). ``pre``: the unit's ``ExecStartPre=+`` commands, run with
+    full privileges before that, on a machine that has no /var/openfaas yet (an empty
+    tmpfs hides this one's). Not emulated: ProtectHome (this venv's interpreter lives
     under /root) and the cgroup delegation."""
     if measuring():   # tests/support/covered: the same twistd, measured
         argv = [sys.executable, "-m", "tests.support.covered", *argv[1:]]
@@ -197,6 +201,12 @@ def systemd_like_command(argv: list[str], state: Path) -> list[str]:
     if os.environ.get("COVERAGE_FILE"):   # where a measured node saves its data
         writable.append(Path(os.environ["COVERAGE_FILE"]).parent)
     script = "set -e\n"
+    fresh = os.path.isdir("/var/openfaas")
+    if fresh:
+        script += "mount -t tmpfs -o mode=0755 tmpfs /var/openfaas\n"
+    script += "".join(f"{command}\n" for command in pre)
+    if fresh:
+        script += "mount -o remount,ro /var/openfaas\n"
     for folder in writable:
         script += f"mount --bind {shlex.quote(str(folder))} {shlex.quote(str(folder))}\n"
     script += ("mount -o remount,bind,ro /\n"
@@ -243,7 +253,9 @@ def test_the_node_starts_as_the_unit_starts_it(tmp_path, root, notify_socket):
            "STATE_DIRECTORY": str(installed.state), "INVOCATION_ID": os.urandom(16).hex(),
            "PYTHONPATH": str(ROOT), **coverage_env()}
     log = open(tmp_path / "faasgate.log", "wb")
-    process = subprocess.Popen(systemd_like_command(argv, installed.state),
+    pre = [value[1:] for value in service.get("ExecStartPre", [])]
+    assert all(value.startswith("+") for value in service.get("ExecStartPre", []))
+    process = subprocess.Popen(systemd_like_command(argv, installed.state, pre),
                                cwd=one(service, "WorkingDirectory"), env=env, stdout=log,
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                start_new_session=True, umask=0o022)
@@ -262,7 +274,12 @@ def test_the_node_starts_as_the_unit_starts_it(tmp_path, root, notify_socket):
         token = (installed.state / "admin-tokens.admin").read_text().strip()
         auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/yaml",
                 "Accept": "application/json"}
-        spec = {"name": "shout", "mode": "fork", "command": [PYTHON, "-c", FUNCTION]}
+        status, _, body = http("POST", f"{admin}/system/secrets",
+                               json.dumps({"name": "unit-secret", "value": "s3cret"}),
+                               {**auth, "Content-Type": "application/json"})
+        assert status in (200, 201, 202), body
+        spec = {"name": "shout", "mode": "fork", "command": [PYTHON, "-c", FUNCTION],
+                "secrets": ["unit-secret"]}
         status, _, body = http("POST", f"{admin}/apis/v2/faas/faascontroller/",
                                yaml.safe_dump(spec), auth)
         assert status == 201, body
@@ -274,8 +291,8 @@ def test_the_node_starts_as_the_unit_starts_it(tmp_path, root, notify_socket):
                 break
             time.sleep(0.3)
         assert status == 200, body
-        uid, answer = body.decode().split(" ", 1)
-        assert answer == "HELLO UNIT"
+        uid, secret, answer = body.decode().split(" ", 2)
+        assert (secret, answer) == ("s3cret", "HELLO UNIT")
         if os.geteuid() == 0:   # a root node: each function its own uid from uidRange
             low, high = map(int, config["process"]["uidRange"].split("-"))
             assert low <= int(uid) <= high
