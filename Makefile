@@ -26,7 +26,7 @@ UNIT_MARKERS := not etcd and not envtest and not slow and not process and not e2
 export PYTHONPATH := $(CURDIR)
 
 
-.PHONY: run test unit docs mutate install system-deps browser-deps monitoring-deps bench bench-gate bench-workers bench-scale bench-reconcile bench-coldstart bench-async clean
+.PHONY: run test unit docs mutate install install-service system-deps browser-deps monitoring-deps bench bench-gate bench-workers bench-scale bench-reconcile bench-coldstart bench-async clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,9 +36,40 @@ $(VENV)/.deps: setup.cfg setup.py pyproject.toml | $(BIN)/python
 	touch $@
 
 # a regular (non-editable) install: it is what puts twisted/plugins/faasgate.py where
-# twistd finds it; re-run every time so the installed plugin and metadata stay current
-install: $(VENV)/.deps
+# twistd finds it (and the faastwist CLI into $(BIN)); redone only when a file of the
+# package changed since the last one (the stamp), so `make run` starts at once
+PACKAGE_FILES := $(shell find faastwist twisted -type f ! -name '*.pyc' ! -name dropin.cache ! -path '*/__pycache__/*')
+$(VENV)/.installed: $(VENV)/.deps $(PACKAGE_FILES) setup.cfg setup.py pyproject.toml MANIFEST.in
 	$(BIN)/pip install -q --no-deps --force-reinstall .
+	touch $@
+
+install: $(VENV)/.installed
+
+# faastwist as a system service (as root): a venv in PREFIX with the package, the CLI
+# on the PATH, the unit, and /etc/faastwist/controller.yaml when there is none yet
+# (docs: operations). The unit names PREFIX and SYSCONFDIR as installed.
+PREFIX ?= /opt/faastwist
+SYSCONFDIR ?= /etc
+BINDIR ?= /usr/local/bin
+UNITDIR ?= /etc/systemd/system
+# (without this Makefile's PYTHONPATH: the installed copy only)
+install-service: system-deps
+	test -x $(PREFIX)/bin/python || $(PYTHON) -m venv $(PREFIX)
+	env -u PYTHONPATH $(PREFIX)/bin/pip install -q .
+	env -u PYTHONPATH $(PREFIX)/bin/pip install -q --no-deps --force-reinstall .
+	# write twistd's plugin cache now: under ProtectSystem=strict the node cannot
+	env -u PYTHONPATH $(PREFIX)/bin/twistd --help >/dev/null
+	install -d $(BINDIR) $(UNITDIR)
+	ln -sfn $(PREFIX)/bin/faastwist $(BINDIR)/faastwist
+	sed -e 's#/opt/faastwist/#$(PREFIX)/#g' -e 's#/etc/faastwist/#$(SYSCONFDIR)/faastwist/#g' \
+	  conf/faasgate.service > $(UNITDIR)/faasgate.service
+	chmod 0644 $(UNITDIR)/faasgate.service
+	install -d -m 0755 $(SYSCONFDIR)/faastwist
+	test -e $(SYSCONFDIR)/faastwist/controller.yaml || \
+	  install -m 0644 conf/etc/controller.yaml $(SYSCONFDIR)/faastwist/controller.yaml
+	@if [ -d /run/systemd/system ] && [ "$(UNITDIR)" = /etc/systemd/system ]; then \
+	  systemctl daemon-reload; fi
+	@echo "installed; start it with: systemctl enable --now faasgate"
 
 system-deps:
 	@missing=""; \
@@ -49,6 +80,7 @@ system-deps:
 	command -v xz >/dev/null || missing="$$missing xz-utils"; \
 	command -v bwrap >/dev/null || missing="$$missing bubblewrap"; \
 	command -v kubectl >/dev/null || missing="$$missing kubernetes-client"; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	[ -x /usr/bin/node ] || missing="$$missing nodejs"; \
 	[ -x /usr/bin/npm ] || missing="$$missing npm"; \
 	/usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
@@ -76,6 +108,7 @@ browser-deps:
 	fi
 
 run: install system-deps
+	@echo "faasgate: state in ./data (make clean removes it); the CLI is $(BIN)/faastwist"
 	$(BIN)/twistd -n --pidfile= faasgate --config $(CONFIG)
 
 test: install system-deps browser-deps monitoring-deps docs
@@ -128,4 +161,4 @@ bench-async: install system-deps
 	$(BIN)/python bench/async.py --enqueue
 
 clean:
-	rm -rf $(VENV) build *.egg-info data test-artifacts docs/_build .coverage .coverage.*
+	rm -rf $(VENV) build *.egg-info data conf/data test-artifacts docs/_build .coverage .coverage.*

@@ -1,7 +1,15 @@
 """The controller config (controller.yaml): Easegress's FaaSController keys plus ours.
 
 A missing key takes the default documented in README.rst; a partial section keeps the
-defaults of its other keys; relative paths are taken from the file's folder.
+defaults of its other keys; relative paths are taken from the file's folder, except
+``dataDir``'s (see ``_data_dir``).
+
+Everything the node writes defaults under one data folder, ``dataDir``: ``etcd/``,
+``nats/``, ``admin-tokens``, ``secrets.key`` and the process provider's folders. So a
+config folder may be read-only (``/etc/faastwist`` under systemd's
+``ProtectSystem=strict``), and removing the data folder removes all state. Each of the
+older keys (``etcd.dataDir``, ``process.dataDir``, ``queue.dataDir``,
+``secrets.keyFile``, ``admin.auth.tokensFile``) still wins when set.
 """
 
 from __future__ import annotations
@@ -184,6 +192,11 @@ class QueueConfig:
         return not self.nats_urls
 
 
+#: ``dataDir``'s default: ``data`` in the node's working directory (``make run``'s is the
+#: repository; the systemd unit's is its StateDirectory, /var/lib/faastwist)
+DATA_DIR = "./data"
+
+
 @attrs.frozen
 class ControllerConfig:
     name: str = "faascontroller"
@@ -200,11 +213,14 @@ class ControllerConfig:
     queue: QueueConfig = QueueConfig()
     kubernetes: KubernetesConfig = KubernetesConfig()
     store: StoreConfig = StoreConfig()
+    #: the folder every data path defaults under (absolute once read from a file)
+    data_dir: str = DATA_DIR
 
     @classmethod
     def from_dict(cls, data: object, base_dir: Path | None = None) -> "ControllerConfig":
         base = base_dir or Path.cwd()
         reader = FieldReader(data, "", ConfigError)
+        data_dir = _data_dir(reader)
         name = reader.string("name", "faascontroller")
         try:
             check_name(name)
@@ -225,14 +241,15 @@ class ControllerConfig:
             sync_interval=reader.duration("syncInterval", 10.0, minimum=0.1),
             http_server=reader.section("httpServer", lambda r: _read_http(r, base)),
             knative=reader.section("knative", lambda r: _read_knative(r, base)),
-            etcd=reader.section("etcd", lambda r: _read_etcd(r, base)),
-            process=reader.section("process", lambda r: _read_process(r, base)),
-            admin=reader.section("admin", lambda r: _read_admin(r, base)),
+            etcd=reader.section("etcd", lambda r: _read_etcd(r, base, data_dir)),
+            process=reader.section("process", lambda r: _read_process(r, base, data_dir)),
+            admin=reader.section("admin", lambda r: _read_admin(r, base, data_dir)),
             secrets=reader.section("secrets", lambda r: SecretsConfig(
-                key_file=_path(r.string("keyFile", "./data/secrets.key"), base))),
-            queue=reader.section("queue", lambda r: _read_queue(r, base)),
+                key_file=_data_path(r, "keyFile", base, data_dir / "secrets.key", "file"))),
+            queue=reader.section("queue", lambda r: _read_queue(r, base, data_dir)),
             kubernetes=reader.section("kubernetes", lambda r: _read_kubernetes(r, base)),
             store=reader.section("store", lambda r: _read_store(r, base)),
+            data_dir=str(data_dir),
         )
         reader.finish()
         check_anonymous(config)
@@ -244,6 +261,30 @@ def _path(value: str, base: Path) -> str:
         return value
     expanded = Path(os.path.expanduser(value))
     return str(expanded if expanded.is_absolute() else (base / expanded).resolve())
+
+
+def _data_dir(reader: FieldReader) -> Path:
+    """``dataDir``, absolute. A relative one is taken from the working directory, not
+    from the file's folder: its default ``./data`` must mean the same written out or
+    left out, and the file's folder is the wrong place for state (``/etc/faastwist`` is
+    read-only under the shipped unit, whose working directory is its StateDirectory)."""
+    value = reader.string("dataDir", DATA_DIR)
+    if not value.strip():
+        raise reader.fail("dataDir", "must be a folder path (default ./data)")
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() else (Path.cwd() / path).resolve()
+
+
+def _data_path(reader: FieldReader, key: str, base: Path, default: Path,
+               kind: str = "folder") -> str:
+    """A data path key: set, it is taken from the file's folder as before; unset, it
+    lies under ``dataDir``. An explicitly empty value is an error naming the key."""
+    value = reader.string(key, None)
+    if value is None:
+        return str(default)
+    if not value.strip():
+        raise reader.fail(key, f"must be a {kind} path (leave it out for {default})")
+    return _path(value, base)
 
 
 def _read_http(reader: FieldReader, base: Path) -> HTTPServerConfig:
@@ -322,7 +363,7 @@ def _read_kubernetes(reader: FieldReader, base: Path) -> KubernetesConfig:
     )
 
 
-def _read_etcd(reader: FieldReader, base: Path) -> EtcdConfig:
+def _read_etcd(reader: FieldReader, base: Path, data_dir: Path) -> EtcdConfig:
     endpoints = reader.string_list("endpoints", ())
     for endpoint in endpoints:
         if not endpoint.startswith(("http://", "https://")):
@@ -332,18 +373,18 @@ def _read_etcd(reader: FieldReader, base: Path) -> EtcdConfig:
         raise reader.fail("prefix", f"must start with '/', got {prefix!r}")
     return EtcdConfig(
         endpoints=tuple(e.rstrip("/") for e in endpoints),
-        data_dir=_path(reader.string("dataDir", "./data/etcd"), base),
+        data_dir=_data_path(reader, "dataDir", base, data_dir / "etcd"),
         prefix=prefix,
         timeout=reader.duration("timeout", 5.0, minimum=0.001),
         lease_ttl=reader.duration("leaseTTL", 10.0, minimum=1.0),
     )
 
 
-def _read_process(reader: FieldReader, base: Path) -> ProcessConfig:
+def _read_process(reader: FieldReader, base: Path, data_dir: Path) -> ProcessConfig:
     config = ProcessConfig(
         idle_timeout=reader.duration("idleTimeout", 300.0),
         cold_start_timeout=reader.duration("coldStartTimeout", 30.0, minimum=0.001),
-        data_dir=_path(reader.string("dataDir", "./data"), base),
+        data_dir=_data_path(reader, "dataDir", base, data_dir),
         user=reader.string("user", ""),
         group=reader.string("group", ""),
         config_dir=str(base.resolve()),
@@ -394,10 +435,8 @@ def _read_basic(reader: FieldReader, base: Path) -> tuple[str, str]:
     return files[0], files[1]
 
 
-def _read_auth(reader: FieldReader, base: Path) -> AuthConfig:
-    tokens_file = _path(reader.string("tokensFile", "./data/admin-tokens"), base)
-    if not tokens_file:
-        raise reader.fail("tokensFile", "must be a file path")
+def _read_auth(reader: FieldReader, base: Path, data_dir: Path) -> AuthConfig:
+    tokens_file = _data_path(reader, "tokensFile", base, data_dir / "admin-tokens", "file")
     user_file, password_file = reader.section("basicAuth", lambda r: _read_basic(r, base))
     return AuthConfig(
         tokens_file=tokens_file,
@@ -408,12 +447,12 @@ def _read_auth(reader: FieldReader, base: Path) -> AuthConfig:
     )
 
 
-def _read_admin(reader: FieldReader, base: Path) -> AdminConfig:
+def _read_admin(reader: FieldReader, base: Path, data_dir: Path) -> AdminConfig:
     config = AdminConfig(
         port=reader.integer("port", 2381, 1, 65535),
         address=reader.string("address", "127.0.0.1"),
         max_body_size=reader.size("maxBodySize", 2**20),
-        auth=reader.section("auth", lambda r: _read_auth(r, base)),
+        auth=reader.section("auth", lambda r: _read_auth(r, base, data_dir)),
         allow_insecure=reader.boolean("allowInsecure", False),
         allowed_hosts=reader.string_list("allowedHosts", ()),
         allowed_origins=reader.string_list("allowedOrigins", ()),
@@ -464,7 +503,7 @@ def _read_store(reader: FieldReader, base: Path) -> StoreConfig:
     return StoreConfig(url=url, file=_path(file, base) if file else "")
 
 
-def _read_queue(reader: FieldReader, base: Path) -> QueueConfig:
+def _read_queue(reader: FieldReader, base: Path, data_dir: Path) -> QueueConfig:
     urls = reader.string_list("natsURLs", ())
     for url in urls:
         if not url.startswith(("nats://", "tls://")):
@@ -479,7 +518,7 @@ def _read_queue(reader: FieldReader, base: Path) -> QueueConfig:
     config = QueueConfig(
         enabled=reader.boolean("enabled", True),
         nats_urls=tuple(urls),
-        data_dir=_path(reader.string("dataDir", "./data/nats"), base),
+        data_dir=_data_path(reader, "dataDir", base, data_dir / "nats"),
         max_age=reader.duration("maxAge", 24 * 3600.0, minimum=1.0),
         max_body_size=reader.size("maxBodySize", 2**20),
         max_attempts=reader.integer("maxAttempts", 5, 1, 100),

@@ -12,6 +12,13 @@ from tests.support.covered import coverage_env
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(autouse=True)
+def _run_in_tmp_path(tmp_path, monkeypatch):
+    """dataDir's default is ``./data`` in the working directory: here the test's folder,
+    which is also the config folder most tests pass (so defaults land in tmp_path/data)."""
+    monkeypatch.chdir(tmp_path)
+
+
 def test_empty_document_gives_every_default(tmp_path):
     config = ControllerConfig.from_dict(None, tmp_path)
     assert config.name == "faascontroller" and config.provider == "knative"
@@ -286,11 +293,85 @@ def test_queue_errors_name_the_key(tmp_path, queue, message):
         ControllerConfig.from_dict({"queue": queue}, tmp_path)
 
 
-def test_make_run_keeps_its_tokens_where_the_readme_tour_reads_them():
-    # README: TOKEN=$(cat data/admin-tokens.admin) from the repository root
+def test_make_run_keeps_its_tokens_where_the_readme_tour_reads_them(monkeypatch):
+    # README: TOKEN=$(cat data/admin-tokens.admin) from the repository root, where
+    # `make run` starts the node; all of its state is under data/ (`make clean`)
+    monkeypatch.chdir(ROOT)
     config = load_config(ROOT / "conf" / "controller.yaml")
-    assert config.admin.auth.tokens_file == str(ROOT / "data" / "admin-tokens")
+    data = ROOT / "data"
+    assert config.admin.auth.tokens_file == str(data / "admin-tokens")
     assert config.admin.auth.anonymous == "none"
+    assert (config.data_dir, config.process.data_dir) == (str(data), str(data))
+    assert (config.etcd.data_dir, config.queue.data_dir, config.secrets.key_file) == (
+        str(data / "etcd"), str(data / "nats"), str(data / "secrets.key"))
+
+
+def test_every_data_path_defaults_under_data_dir(tmp_path, monkeypatch):
+    """One folder holds all state; a relative dataDir is taken from the working
+    directory (not the config's folder, which may be read-only /etc/faastwist)."""
+    conf, work = tmp_path / "etc", tmp_path / "work"
+    conf.mkdir()
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for text, data in (("", work / "data"), ("dataDir: ./data\n", work / "data"),
+                       ("dataDir: state\n", work / "state"),
+                       ("dataDir: /srv/ft/\n", Path("/srv/ft")),
+                       (f"dataDir: {tmp_path}/abs\n", tmp_path / "abs")):
+        (conf / "c.yaml").write_text(text)
+        config = load_config(conf / "c.yaml")
+        assert config.data_dir == str(data), text
+        assert (config.etcd.data_dir, config.queue.data_dir, config.process.data_dir,
+                config.secrets.key_file, config.admin.auth.tokens_file) == (
+            str(data / "etcd"), str(data / "nats"), str(data),
+            str(data / "secrets.key"), str(data / "admin-tokens")), text
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (conf / "c.yaml").write_text("dataDir: ~/ft\n")
+    assert load_config(conf / "c.yaml").data_dir == str(tmp_path / "home" / "ft")
+
+
+def test_each_data_path_key_still_wins_from_the_files_folder(tmp_path, monkeypatch):
+    """The older keys keep working when set: relative to the config file, as before."""
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    monkeypatch.chdir(tmp_path)
+    (conf / "c.yaml").write_text(
+        "dataDir: /var/lib/ft\n"
+        "etcd: {dataDir: e}\nqueue: {dataDir: ../n}\nprocess: {dataDir: /srv/p}\n"
+        "secrets: {keyFile: k/s.key}\nadmin: {auth: {tokensFile: t}}\n")
+    config = load_config(conf / "c.yaml")
+    assert config.data_dir == "/var/lib/ft"
+    assert (config.etcd.data_dir, config.queue.data_dir, config.process.data_dir,
+            config.secrets.key_file, config.admin.auth.tokens_file) == (
+        str(conf / "e"), str(tmp_path / "n"), "/srv/p", str(conf / "k" / "s.key"),
+        str(conf / "t"))
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"dataDir": ""}, "dataDir: must be a folder path"),
+    ({"dataDir": "  "}, "dataDir: must be a folder path"),
+    ({"dataDir": 7}, "dataDir: must be a string"),
+    ({"etcd": {"dataDir": ""}}, "etcd.dataDir: must be a folder path (leave it out for "),
+    ({"queue": {"dataDir": ""}}, "queue.dataDir: must be a folder path"),
+    ({"process": {"dataDir": ""}}, "process.dataDir: must be a folder path"),
+    ({"secrets": {"keyFile": ""}}, "secrets.keyFile: must be a file path"),
+    ({"admin": {"auth": {"tokensFile": ""}}}, "admin.auth.tokensFile: must be a file path"),
+])
+def test_data_path_errors_name_the_key(tmp_path, data, message):
+    with pytest.raises(ConfigError) as info:
+        ControllerConfig.from_dict(data, tmp_path)
+    assert str(info.value).startswith(message)
+
+
+def test_shipped_etc_config_keeps_all_state_in_var_lib(tmp_path, monkeypatch):
+    """conf/etc/controller.yaml (for /etc/faastwist/) is valid and writes nothing beside
+    itself: every data path under /var/lib/faastwist, wherever the node starts."""
+    monkeypatch.chdir(tmp_path)
+    config = load_config(ROOT / "conf" / "etc" / "controller.yaml")
+    data = Path("/var/lib/faastwist")
+    assert config.data_dir == str(data) and config.provider == "process"
+    for path in (config.etcd.data_dir, config.queue.data_dir, config.process.data_dir,
+                 config.secrets.key_file, config.admin.auth.tokens_file):
+        assert Path(path) == data or data in Path(path).parents, path
 
 
 def test_http_workers_default_auto_and_range(tmp_path, monkeypatch):
@@ -313,8 +394,9 @@ def test_http_workers_errors_name_the_key(tmp_path, value):
     assert str(info.value).startswith("httpServer.workers: must be an integer 1-64 or auto")
 
 
-def _documented_defaults(base: str, node_id: str) -> "ControllerConfig":
-    """Every default README documents, written out (paths under ``base``)."""
+def _documented_defaults(base: str, node_id: str, data: str) -> "ControllerConfig":
+    """Every default README documents, written out (config folder ``base``, data folder
+    ``data``)."""
     from faastwist.config import (AdminConfig, AuthConfig, EtcdConfig, HTTPServerConfig,
                                   KnativeConfig, ProcessConfig, QueueConfig, SecretsConfig,
                                   StoreConfig)
@@ -329,34 +411,36 @@ def _documented_defaults(base: str, node_id: str) -> "ControllerConfig":
             shutdown_timeout=30.0, access_log=True),
         knative=KnativeConfig(network_layer_url="http://127.0.0.1", host_suffix="example.com",
                               namespace="default", timeout=2.0, kubeconfig=""),
-        etcd=EtcdConfig(endpoints=(), data_dir=f"{base}data/etcd", prefix="/faas",
+        etcd=EtcdConfig(endpoints=(), data_dir=f"{data}/etcd", prefix="/faas",
                         timeout=5.0, lease_ttl=10.0),
         process=ProcessConfig(idle_timeout=300.0, cold_start_timeout=30.0,
-                              data_dir=f"{base}data", user="", group="",
+                              data_dir=data, user="", group="",
                               config_dir=base.rstrip("/") if base != "./" else ""),
         admin=AdminConfig(
             port=2381, address="127.0.0.1", max_body_size=2**20,
-            auth=AuthConfig(tokens_file=f"{base}data/admin-tokens", basic_user_file="",
+            auth=AuthConfig(tokens_file=f"{data}/admin-tokens", basic_user_file="",
                             basic_password_file="", anonymous="none", metrics_open=False),
             allow_insecure=False, allowed_hosts=(), allowed_origins=(), https=False,
             cert_file="", key_file=""),
-        secrets=SecretsConfig(key_file=f"{base}data/secrets.key"),
+        secrets=SecretsConfig(key_file=f"{data}/secrets.key"),
         queue=QueueConfig(
-            enabled=True, nats_urls=(), data_dir=f"{base}data/nats", max_age=86400.0,
+            enabled=True, nats_urls=(), data_dir=f"{data}/nats", max_age=86400.0,
             max_body_size=2**20, max_attempts=5, concurrency=8, callback_concurrency=32,
             callback_timeout=10.0, callback_allow=(), backoff_base=1.0, backoff_max=300.0,
             status_ttl=86400.0, timeout=5.0, max_bytes=2**30, max_queued=1000, ack_wait=5.0,
             monitor_port=0),
-        store=StoreConfig(url="", file=""))
+        store=StoreConfig(url="", file=""), data_dir=data)
 
 
 def test_every_default_exactly_from_the_file_and_in_code(tmp_path):
-    """An empty controller.yaml gives each documented default (paths from the file's
-    folder), and so does building the config in code (paths left relative)."""
-    config = ControllerConfig.from_dict(None, tmp_path)
-    assert config == _documented_defaults(f"{tmp_path}/", config.node_id)
+    """An empty controller.yaml gives each documented default (data paths under the
+    working directory's data/), and so does building the config in code (paths left
+    relative)."""
+    config = ControllerConfig.from_dict(None, tmp_path / "etc")
+    assert config == _documented_defaults(f"{tmp_path}/etc/", config.node_id,
+                                          f"{tmp_path}/data")
     built = ControllerConfig()
-    assert built == _documented_defaults("./", built.node_id)
+    assert built == _documented_defaults("./", built.node_id, "./data")
 
 
 def test_every_key_is_read_from_its_own_name(tmp_path):
@@ -368,7 +452,7 @@ def test_every_key_is_read_from_its_own_name(tmp_path):
 
     user = "nobody"   # a user functions may run as (never root), on any Debian
     data = {
-        "name": "ctl2", "nodeId": "node-7", "provider": "process", "syncInterval": "3s",
+        "name": "ctl2", "nodeId": "node-7", "dataDir": "d", "provider": "process", "syncInterval": "3s",
         "httpServer": {"port": 9001, "address": "127.0.0.2", "keepAlive": False,
                        "keepAliveTimeout": "7s", "headerTimeout": "3s",
                        "bodyIdleTimeout": "4s", "https": False, "certFile": "c.pem",
@@ -423,7 +507,7 @@ def test_every_key_is_read_from_its_own_name(tmp_path):
             callback_concurrency=4, callback_timeout=2.0, callback_allow=("10.0.0.0/8",),
             backoff_base=2.0, backoff_max=60.0, status_ttl=3600.0, timeout=4.0,
             max_bytes=5 * 2**20, max_queued=7, ack_wait=3.0, monitor_port=8223),
-        store=StoreConfig(url="", file=base + "catalogue.json"))
+        store=StoreConfig(url="", file=base + "catalogue.json"), data_dir=base + "d")
     url = "https://store.example/functions.json"
     assert ControllerConfig.from_dict({"store": {"url": url}}, tmp_path).store == StoreConfig(
         url=url, file="")
@@ -518,7 +602,8 @@ def test_tls_and_basic_auth_files_must_exist_and_keep_their_roles(tmp_path):
             ({"admin": {"auth": {"basicAuth": {"userFile": "user", "passwordFile": "no"}}}},
              f"admin.auth.basicAuth.passwordFile: no such file: {tmp_path / 'no'}"),
             ({"admin": {"auth": {"tokensFile": ""}}},
-             "admin.auth.tokensFile: must be a file path"),
+             "admin.auth.tokensFile: must be a file path (leave it out for "
+             f"{tmp_path / 'data' / 'admin-tokens'})"),
             ({"admin": {"allowedOrigins": ["https://ops.example:8443/x"]}},
              "admin.allowedOrigins: must be origins like https://ops.example:8443 (scheme, "
              "host, optional port), got 'https://ops.example:8443/x'"),

@@ -32,6 +32,15 @@ def sandbox_unavailable() -> str | None:
     return None
 
 
+def systemd_unavailable() -> str | None:
+    """Why the shipped unit cannot be checked here (None: it can): ``systemd-analyze
+    verify`` reads it (Debian's systemd package; ``make system-deps`` installs it). No
+    running systemd is needed: the test starts the node the way the unit says."""
+    if shutil.which("systemd-analyze") is None:
+        return "systemd-analyze is not installed (Debian's systemd; make system-deps)"
+    return None
+
+
 #: a package index on this machine's disk (pip's configured extra index here)
 LOCAL_INDEX = "/opt/pypi/simple"
 
