@@ -47,7 +47,8 @@ BUILD_NPROC = 1024
 BUILD_TIMEOUT = 900.0
 TAIL = 15
 PASSED_ENV = re.compile(r"^(PIP_|npm_config_|NPM_CONFIG_)|^(https?_proxy|no_proxy|"
-                        r"HTTPS?_PROXY|NO_PROXY)$")
+                        r"HTTPS?_PROXY|NO_PROXY|GOPROXY|GONOPROXY|GOPRIVATE|GONOSUMDB|"
+                        r"GOSUMDB|GOINSECURE)$")
 
 
 class BuildError(Exception):
@@ -107,8 +108,11 @@ def digest_of(template: Template, interpreter: str, files: Sequence[tuple[str, s
     for part in (FORMAT, template.lang, os.path.realpath(interpreter),
                  f"{info.st_size}:{info.st_mtime_ns}"):
         hasher.update(part.encode() + b"\0")
-    with open(template.runner_path, "rb") as file:
-        hasher.update(file.read() + b"\0")
+    for rel, path in template.runner_files():
+        with open(path, "rb") as file:
+            data = file.read()
+        hasher.update((f"{rel}\0" if template.runtime is Runtime.GO else "").encode()
+                      + data + b"\0")
     for rel, path in files:
         with open(path, "rb") as file:
             data = file.read()
@@ -116,7 +120,7 @@ def digest_of(template: Template, interpreter: str, files: Sequence[tuple[str, s
     return hasher.hexdigest()
 
 
-def _copy(source: str, target: str, mode: int) -> None:
+def copy_file(source: str, target: str, mode: int) -> None:
     """A regular file copied without following a link at either end."""
     fd_in = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
     with os.fdopen(fd_in, "rb") as reader:
@@ -215,36 +219,45 @@ class Builder:
         final = os.path.join(home, digest[:24])
         runner = os.path.join(final, "index.py" if template.runtime is Runtime.PYTHON
                               else "index.js")
-        command = ((interpreter, "-I", runner, template.contract)
-                   if template.runtime is Runtime.PYTHON else (interpreter, runner))
+        if template.runtime is Runtime.PYTHON:
+            command: tuple[str, ...] = (interpreter, "-I", runner, template.contract)
+        elif template.runtime is Runtime.GO:
+            command = (os.path.join(final, "function", golang.BINARY),)
+        else:
+            command = (interpreter, runner)
         if os.path.isfile(os.path.join(final, "build.json")):
             return BuildResult(function.name, function.lang, digest, final, command, True)
         work = os.path.join(home, ".new-" + digest[:24])
         shutil.rmtree(work, ignore_errors=True)
         os.mkdir(work, 0o755)
         try:
-            self._assemble(template, function, files, work, runner)
-            self._dependencies(template, function, identity, home, work, interpreter)
-            self._check(template, function, identity, home, work, interpreter)
+            if template.runtime is Runtime.GO:
+                golang.assemble(self, template, function, files, work, identity,
+                                interpreter)
+                golang.build_binary(self, template, function, identity, home, work, interpreter)
+            else:
+                self._assemble(template, function, files, work, runner)
+                self._dependencies(template, function, identity, home, work, interpreter)
+                self._check(template, function, identity, home, work, interpreter)
             with open(os.path.join(work, "build.json"), "w") as file:
                 json.dump({"name": function.name, "lang": function.lang, "digest": digest,
                            "command": list(command)}, file)
             os.rename(work, final)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            remove_tree(work)
         return BuildResult(function.name, function.lang, digest, final, command, False,
                            time.monotonic() - started)
 
     def _assemble(self, template: Template, function: StackFunction,
                   files: Sequence[tuple[str, str]], work: str, runner: str) -> None:
-        _copy(template.runner_path, os.path.join(work, os.path.basename(runner)), 0o444)
+        copy_file(template.runner_path, os.path.join(work, os.path.basename(runner)), 0o444)
         target = os.path.join(work, "function")
         os.mkdir(target, 0o755)
         for rel, path in files:
             folder = os.path.dirname(os.path.join(target, rel))
             os.makedirs(folder, 0o755, exist_ok=True)
             executable = os.stat(path).st_mode & 0o100
-            _copy(path, os.path.join(target, rel), 0o555 if executable else 0o444)
+            copy_file(path, os.path.join(target, rel), 0o555 if executable else 0o444)
 
     def _dependencies(self, template: Template, function: StackFunction, identity: Identity,
                       home: str, work: str, interpreter: str) -> None:
@@ -277,8 +290,8 @@ class Builder:
                                  binds=(work,))
         if code != 0:
             raise BuildError(f"{function.name}: npm could not install the dependencies of "
-                             f"{_shown(function, template.deps_file)}; its last lines:\n"
-                             + _tail(output))
+                             f"{shown(function, template.deps_file)}; its last lines:\n"
+                             + tail(output))
 
     def _pip(self, function: StackFunction, identity: Identity, home: str,
              interpreter: str, venv: str, requirements: str, work: str) -> None:
@@ -294,8 +307,8 @@ class Builder:
                      or re.findall(r"Invalid requirement: '?([^'\s]+)", output))
             what = found[-1] if found else "the requirements"
             raise BuildError(f"{function.name}: pip could not install {what} (from "
-                             f"{_shown(function, 'requirements.txt')}); its last lines:\n"
-                             + _tail(output))
+                             f"{shown(function, 'requirements.txt')}); its last lines:\n"
+                             + tail(output))
 
     def _check(self, template: Template, function: StackFunction, identity: Identity,
                home: str, work: str, interpreter: str) -> None:
@@ -309,7 +322,7 @@ class Builder:
             lines = [line for line in output.strip().splitlines() if line.strip()]
             problem = lines[-1] if lines else f"exit status {code}"
             if problem.startswith("function/"):
-                problem = _shown(function, problem[len("function/"):])
+                problem = shown(function, problem[len("function/"):])
             raise BuildError(f"{function.name}: the handler does not load: {problem}")
 
     # -- the sandbox ---------------------------------------------------------------------
@@ -320,9 +333,11 @@ class Builder:
         return path
 
     def _run(self, name: str, identity: Identity, home: str, argv: Sequence[str],
-             writable: Sequence[str], what: str,
-             binds: Sequence[str] = ()) -> tuple[int, str]:
-        """``argv`` as ``identity`` in its sandbox; (exit status, stdout+stderr)."""
+             writable: Sequence[str], what: str, binds: Sequence[str] = (),
+             env_extra: Mapping[str, str] | None = None,
+             cwd: str | None = None) -> tuple[int, str]:
+        """``argv`` as ``identity`` in its sandbox, in ``cwd`` (default its HOME);
+        (exit status, stdout+stderr)."""
         sandbox = self.sandbox(identity)
         mount = os.path.join(home, ".home")
         _own_folder(mount, 0o755)
@@ -330,10 +345,11 @@ class Builder:
             os.chown(mount, identity.uid, identity.gid)
             os.chmod(mount, 0o700)
         env = {"PATH": ROOT_PATH, "HOME": mount, "LANG": "C.UTF-8", "USER": identity.user,
-               **self.passed}
+               **self.passed, **(env_extra or {})}
         layout = Layout(home=mount, binds=tuple(binds), writable=tuple(writable),
                         disk=BUILD_DISK)
-        inner = ["/bin/sh", "-c", 'umask 022 && exec "$@"', "sh", *argv]
+        inner = ["/bin/sh", "-c", 'umask 022 && cd -- "$1" && shift && exec "$@"', "sh",
+                 cwd or mount, *argv]
         prefix = launch_prefix(identity, {"RLIMIT_NPROC": BUILD_NPROC} if identity.switch
                                else {})
         full = [*prefix, *sandbox.wrap(layout, env, inner)]
@@ -353,7 +369,7 @@ def _has_requirements(path: str) -> bool:
         return any(line.strip() and not line.strip().startswith("#") for line in file)
 
 
-def _shown(function: StackFunction, rel: str) -> str:
+def shown(function: StackFunction, rel: str) -> str:
     """A handler-folder file as the developer knows it (relative to the current folder
     when it is below it)."""
     path = os.path.join(function.handler, rel)
@@ -361,9 +377,31 @@ def _shown(function: StackFunction, rel: str) -> str:
     return os.path.relpath(path, here) if path.startswith(here + os.sep) else path
 
 
-def _tail(output: str) -> str:
+def tail(output: str) -> str:
     lines = [line for line in output.rstrip().splitlines() if line.strip()]
     return "\n".join("  " + line for line in lines[-TAIL:])
+
+
+def remove_tree(path: str) -> None:
+    """``rmtree`` that also removes read-only folders (Go's module cache makes its
+    folders 0555) where they are this user's own: only when not root, since a root
+    process never changes a mode inside a build uid's folder; root needs no mode."""
+    def retry(function: Callable[..., object], failed: str, _: object) -> None:
+        if os.geteuid() == 0:
+            return
+        try:
+            parent = os.path.dirname(failed)
+            if not os.path.islink(parent):
+                os.chmod(parent, 0o700)
+            if os.path.isdir(failed) and not os.path.islink(failed):
+                os.chmod(failed, 0o700)
+                shutil.rmtree(failed, onerror=lambda *args: None)
+            else:
+                function(failed)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=retry)
 
 
 def prune(root: str, name: str, keep: Sequence[str]) -> None:
@@ -377,4 +415,8 @@ def prune(root: str, name: str, keep: Sequence[str]) -> None:
         path = os.path.join(home, entry)
         if path not in keep and not entry.startswith(".") and os.path.isdir(path) \
                 and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path)
+
+
+# last: golang.py builds on this module's helpers
+from faastwist.templates import golang  # noqa: E402

@@ -289,3 +289,42 @@ def test_two_builds_of_one_function_take_turns(tmp_path: Path) -> None:
         assert os.path.isfile(os.path.join(results[0].folder, "build.json"))
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_go_mod_is_adapted_to_the_installed_go() -> None:
+    from faastwist.templates.golang import adapt_go_mod
+
+    data, asked = adapt_go_mod(b"module handler/function\n\ngo 1.24.0\n\ntoolchain go1.24.2\n"
+                               b"\nrequire x.org/y v1.0.0\n", (1, 19))
+    assert asked == "1.24.0"
+    assert data == b"module handler/function\n\ngo 1.19\n\n\nrequire x.org/y v1.0.0\n"
+    assert adapt_go_mod(b"module m\n\ngo 1.18\n", (1, 19)) == (b"module m\n\ngo 1.18\n", None)
+    assert adapt_go_mod(b"module m\ngo 1.22\ntoolchain go1.22.1\n", (1, 22)) == \
+        (b"module m\ngo 1.22\ntoolchain go1.22.1\n", None)
+
+
+@pytest.mark.parametrize("lang, output, expected", [
+    ("golang-middleware", "# handler/function\n./handler.go:7:2: undefined: nope\n",
+     "fn/handler.go:7:2: undefined: nope"),
+    ("golang-middleware", "# handler/function/faastwist_main\nfaastwist_main/"
+     "contract_middleware.go:12:35: undefined: function.Handle\n",
+     "fn/handler.go: package function defines no func Handle(w http.ResponseWriter, "
+     "r *http.Request)"),
+    ("golang-http", "# handler/function/faastwist_main\nfaastwist_main/contract_http.go:36:"
+     "17: cannot use req (variable of type handler.Request) as string value in argument",
+     "the runner does not build: cannot use req"),
+    ("golang-middleware", "faastwist_main/contract_middleware.go:12:35: cannot use "
+     "function.Handle (value of type func(w http.ResponseWriter)) as http.HandlerFunc value "
+     "in variable declaration", "fn/handler.go: Handle is func(w http.ResponseWriter); the "
+     "golang-middleware template calls func Handle(w http.ResponseWriter, r *http.Request)"),
+    ("golang-middleware", "go: example.com/x@v1.0.0: module lookup disabled by GOPROXY=off",
+     "go: example.com/x@v1.0.0: module lookup disabled by GOPROXY=off"),
+])
+def test_go_build_output_names_the_developers_file(tmp_path: Path, monkeypatch, lang: str,
+                                                   output: str, expected: str) -> None:
+    from faastwist.templates.golang import problem
+    from faastwist.templates.stack import StackFunction
+
+    monkeypatch.chdir(tmp_path)
+    function = StackFunction("fn", lang, str(tmp_path / "fn"), {})
+    assert expected in problem(template_for(lang), function, output)
