@@ -8,8 +8,8 @@ from typing import Iterator
 
 import pytest
 
-from tests.support.facilities import (local_index_unavailable, nodejs_unavailable,
-                                      sandbox_unavailable)
+from tests.support.facilities import (golang_unavailable, local_index_unavailable,
+                                      nodejs_unavailable, sandbox_unavailable)
 from tests.support.k8s import ENV_VAR, Envtest, envtest_unavailable
 from tests.support.properties import load_profile
 
@@ -26,7 +26,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Without FAASTWIST_ENVTEST the ``envtest`` tests are deselected (counted as such),
     not skipped: a skip would look like a test that ran and had nothing to check. The
     same for the ``sandbox`` tests where no sandbox can be made, the ``nodejs`` ones without
-    Debian's nodejs/npm and the ``localindex`` ones without the local package index
+    Debian's nodejs/npm, the ``golang`` ones without Debian's golang-go and the
+    ``localindex`` ones without the local package index
     (tests/support/facilities), the ``monitoring`` ones without Prometheus and
     AlertManager."""
     missing = set()
@@ -38,7 +39,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         missing.add("monitoring")
     if shutil.which("kubectl") is None:
         missing.add("kubectl")
-    for marker, why in (("nodejs", nodejs_unavailable), ("localindex", local_index_unavailable)):
+    for marker, why in (("nodejs", nodejs_unavailable), ("golang", golang_unavailable),
+                        ("localindex", local_index_unavailable)):
         if any(item.get_closest_marker(marker) for item in items) and why():
             missing.add(marker)
     deselected = [item for item in items
@@ -56,7 +58,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     reason = sandbox_unavailable()
     lines.append(f"the sandbox tests are deselected: {reason}" if reason
                  else "function sandboxes can be made: the sandbox tests run")
-    for marker, why in (("nodejs", nodejs_unavailable), ("localindex", local_index_unavailable)):
+    for marker, why in (("nodejs", nodejs_unavailable), ("golang", golang_unavailable),
+                        ("localindex", local_index_unavailable)):
         reason = why()
         if reason:
             lines.append(f"the {marker} tests are deselected: {reason}")
