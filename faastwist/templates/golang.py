@@ -187,16 +187,18 @@ def problem(template: Template, function: StackFunction, output: str) -> str:
             continue
         path, row, column, message = found.groups()
         if path.startswith(MAIN + "/"):
-            if "undefined: function.Handle" in message or "has no field or method" in message:
+            if "undefined: function.Handle" in message:
                 return f"{handler}: package function defines no {want}"
-            typed = re.search(r"cannot use function\.Handle \((?:value of )?type ([^)]*\)?[^)]*)\)",
+            typed = re.search(r"cannot use function\.Handle \(value of type (.*)\) as ",
                               message)
             if typed:
                 return (f"{handler}: Handle is {typed.group(1).strip()}; the "
                         f"{template.lang} template calls {want}")
-            if "is a program, not an importable package" in message or \
-                    "cannot import" in message:
+            if "is a program, not an importable package" in message:
                 return f"{handler}: the handler's package must be package function"
+            if "function.Handle" in message or path.endswith(f"contract_{template.contract}.go"):
+                return (f"{handler}: Handle does not fit the {template.lang} template, which "
+                        f"calls {want} ({message})")
             return f"{function.name}: the runner does not build: {message}"
         return f"{shown(function, path)}:{row}:{column}: {message}"
     for line in output.splitlines():
