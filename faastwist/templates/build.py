@@ -33,7 +33,8 @@ import attrs
 
 from faastwist.providers.isolation import launch_prefix
 from faastwist.providers.sandbox import ROOT_PATH, Layout, Sandbox, detect_sandbox
-from faastwist.templates import Runtime, Template, template_for
+from faastwist.templates import Runtime, Template, golang, template_for
+from faastwist.templates.files import BuildError, copy_file, shown, tail
 from faastwist.templates.stack import Stack, StackFunction
 from faastwist.util.users import Identity, UidRange, account_exists, resolve_identity
 
@@ -45,14 +46,9 @@ MAX_FILE = 64 * 2**20
 BUILD_DISK = 2 * 2**30
 BUILD_NPROC = 1024
 BUILD_TIMEOUT = 900.0
-TAIL = 15
 PASSED_ENV = re.compile(r"^(PIP_|npm_config_|NPM_CONFIG_)|^(https?_proxy|no_proxy|"
                         r"HTTPS?_PROXY|NO_PROXY|GOPROXY|GONOPROXY|GOPRIVATE|GONOSUMDB|"
                         r"GOSUMDB|GOINSECURE)$")
-
-
-class BuildError(Exception):
-    """A build failed; the message says what to fix."""
 
 
 @attrs.frozen
@@ -118,16 +114,6 @@ def digest_of(template: Template, interpreter: str, files: Sequence[tuple[str, s
             data = file.read()
         hasher.update(f"{rel}\0{len(data)}\0".encode() + data)
     return hasher.hexdigest()
-
-
-def copy_file(source: str, target: str, mode: int) -> None:
-    """A regular file copied without following a link at either end."""
-    fd_in = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd_in, "rb") as reader:
-        fd_out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd_out, "wb") as writer:
-            shutil.copyfileobj(reader, writer)
-            os.fchmod(writer.fileno(), mode)
 
 
 def _own_folder(path: str, mode: int) -> None:
@@ -264,7 +250,7 @@ class Builder:
         deps_file = os.path.join(work, "function", template.deps_file)
         if template.runtime is Runtime.PYTHON:
             venv = self._writable(os.path.join(work, "venv"), identity)
-            self._run(function.name, identity, home, [interpreter, "-m", "venv",
+            self.run(function.name, identity, home, [interpreter, "-m", "venv",
                                                       "--without-pip", venv], (venv,), "venv",
                       binds=(work,))
             if os.path.isfile(deps_file) and _has_requirements(deps_file):
@@ -284,7 +270,7 @@ class Builder:
             raise BuildError(f"{function.name}: {template.deps_file} needs npm, which is "
                              f"not installed here")
         lock = os.path.isfile(os.path.join(deps, "package-lock.json"))
-        code, output = self._run(function.name, identity, home,
+        code, output = self.run(function.name, identity, home,
                                  [npm, "ci" if lock else "install", "--omit=dev",
                                   "--no-audit", "--no-fund", "--prefix", deps], (deps,), "npm",
                                  binds=(work,))
@@ -298,7 +284,7 @@ class Builder:
         argv = [interpreter, "-m", "pip", "--python", os.path.join(venv, "bin", "python"),
                 "install", "--no-input", "--disable-pip-version-check", "--no-warn-script-location",
                 "-r", requirements]
-        code, output = self._run(function.name, identity, home, argv, (venv,), "pip",
+        code, output = self.run(function.name, identity, home, argv, (venv,), "pip",
                                  binds=(work,))
         if code != 0:
             found = (re.findall(r"No matching distribution found for (\S+)", output)
@@ -316,7 +302,7 @@ class Builder:
                               else "index.js")
         argv = ([interpreter, "-I", runner, template.contract, "--check"]
                 if template.runtime is Runtime.PYTHON else [interpreter, runner, "--check"])
-        code, output = self._run(function.name, identity, home, argv, (), "check",
+        code, output = self.run(function.name, identity, home, argv, (), "check",
                                  binds=(work,))
         if code != 0:
             lines = [line for line in output.strip().splitlines() if line.strip()]
@@ -332,7 +318,7 @@ class Builder:
             os.chown(path, identity.uid, identity.gid)
         return path
 
-    def _run(self, name: str, identity: Identity, home: str, argv: Sequence[str],
+    def run(self, name: str, identity: Identity, home: str, argv: Sequence[str],
              writable: Sequence[str], what: str, binds: Sequence[str] = (),
              env_extra: Mapping[str, str] | None = None,
              cwd: str | None = None) -> tuple[int, str]:
@@ -369,19 +355,6 @@ def _has_requirements(path: str) -> bool:
         return any(line.strip() and not line.strip().startswith("#") for line in file)
 
 
-def shown(function: StackFunction, rel: str) -> str:
-    """A handler-folder file as the developer knows it (relative to the current folder
-    when it is below it)."""
-    path = os.path.join(function.handler, rel)
-    here = os.getcwd()
-    return os.path.relpath(path, here) if path.startswith(here + os.sep) else path
-
-
-def tail(output: str) -> str:
-    lines = [line for line in output.rstrip().splitlines() if line.strip()]
-    return "\n".join("  " + line for line in lines[-TAIL:])
-
-
 def remove_tree(path: str) -> None:
     """``rmtree`` that also removes read-only folders (Go's module cache makes its
     folders 0555) where they are this user's own: only when not root, since a root
@@ -416,7 +389,3 @@ def prune(root: str, name: str, keep: Sequence[str]) -> None:
         if path not in keep and not entry.startswith(".") and os.path.isdir(path) \
                 and not os.path.islink(path):
             remove_tree(path)
-
-
-# last: golang.py builds on this module's helpers
-from faastwist.templates import golang  # noqa: E402

@@ -31,16 +31,24 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from typing import TYPE_CHECKING, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 from faastwist.providers.sandbox import ROOT_PATH
 from faastwist.templates import Template
-from faastwist.templates.build import BuildError, copy_file, shown, tail
+from faastwist.templates.files import BuildError, copy_file, shown, tail
 from faastwist.templates.stack import StackFunction
 from faastwist.util.users import Identity
 
-if TYPE_CHECKING:
-    from faastwist.templates.build import Builder
+
+class Builder(Protocol):
+    """What this module needs of build.Builder (which imports this module)."""
+
+    say: Callable[[str], None]
+
+    def run(self, name: str, identity: Identity, home: str, argv: Sequence[str],
+             writable: Sequence[str], what: str, binds: Sequence[str] = (),
+             env_extra: Mapping[str, str] | None = None,
+             cwd: str | None = None) -> tuple[int, str]: ...
 
 BINARY = ".handler"
 MAIN = "faastwist_main"
@@ -167,7 +175,7 @@ def build_binary(builder: Builder, template: Template, function: StackFunction,
     env = {"GOCACHE": os.path.join(cache, "cache"), "GOPATH": os.path.join(cache, "path"),
            "GOFLAGS": "-mod=vendor" if vendored else "-mod=mod",
            "GOTOOLCHAIN": "local", "GOTELEMETRY": "off", "GO111MODULE": "on"}
-    code, output = builder._run(function.name, identity, home,
+    code, output = builder.run(function.name, identity, home,
                                 [go, "build", "-ldflags=-s -w", "-o", BINARY,
                                  f"./{MAIN}"], (folder, cache), "go build", binds=(work,),
                                 env_extra=env, cwd=folder)
