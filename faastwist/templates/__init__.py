@@ -3,8 +3,9 @@
 A template is a scaffold (what ``faastwist new`` writes into the handler folder) and a
 runner written here (``runners/``) that implements the template's handler contract as
 OpenFaaS documents it and serves it over HTTP on ``$PORT``, as the function, in its
-sandbox. ``faastwist build`` (build.py) puts runner, handler and dependencies into a
-build folder; stack.py reads and writes OpenFaaS's ``stack.yml``.
+sandbox. ``faastwist build`` (build.py; golang.py for the Go templates, which compile
+the runner with the handler) puts runner, handler and dependencies into a build folder;
+stack.py reads and writes OpenFaaS's ``stack.yml``.
 """
 
 from __future__ import annotations

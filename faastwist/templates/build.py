@@ -2,18 +2,21 @@
 
 Per function ``{root}/{name}/{digest}/`` (the digest covers the template's runner, the
 interpreter and every file of the handler folder): ``index.py``/``index.js`` (the
-runner), ``function/`` (the handler folder's files; for node with its ``node_modules``)
-and, for Python, ``venv/`` (the dependencies). An existing folder for the same digest is the build: nothing is redone.
+runner), ``function/`` (the handler folder's files; for node with its ``node_modules``;
+for Go with the runner's package and the compiled ``.handler``, golang.py) and, for
+Python, ``venv/`` (the dependencies). An existing folder for the same digest is the
+build: nothing is redone.
 Builds go to a new folder and are renamed into place when complete, so a failed build
 never touches the version that serves.
 
 Who does what: this process (root on a node) only copies the developer's regular files
 (never a link) and makes folders; everything that runs code of the function's (pip with
-its setup scripts, npm with its install scripts, the handler's import check) runs as an
-unprivileged uid from ``process.uidRange`` (the same hash of the name the node uses),
-inside bubblewrap with the network shared (so the registry is reachable), a tmpfs HOME,
-``/`` read-only and only the dependency folder writable: the same building blocks as a
-function's launch (isolation.launch_prefix, sandbox.Layout).
+its setup scripts, npm with its install scripts, the handler's import check, go build)
+runs as an unprivileged uid from ``process.uidRange`` (the same hash of the name the
+node uses), inside bubblewrap with the network shared (so the registry is reachable), a
+tmpfs HOME, ``/`` read-only and only the dependency folder writable (for Go also the
+function's build cache): the same building blocks as a function's launch
+(isolation.launch_prefix, sandbox.Layout).
 """
 
 from __future__ import annotations
