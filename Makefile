@@ -83,6 +83,7 @@ system-deps:
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	[ -x /usr/bin/node ] || missing="$$missing nodejs"; \
 	[ -x /usr/bin/npm ] || missing="$$missing npm"; \
+	[ -x /usr/bin/go ] || missing="$$missing golang-go"; \
 	/usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	/usr/bin/python3 -m pip --version >/dev/null 2>&1 || missing="$$missing python3-pip"; \
 	if [ -n "$$missing" ]; then \

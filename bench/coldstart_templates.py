@@ -4,7 +4,8 @@
 
 Starts a process-provider node (``tests/support/node.py``, as root with bubblewrap: the
 functions run in their sandboxes), deploys with ``faastwist up`` a ``python3-http``
-function and a ``node`` one (when Debian's nodejs is installed), both scaled to zero
+function, a ``node`` one (when Debian's nodejs is installed) and the two Go templates
+(when Debian's golang-go is), all scaled to zero
 (``com.openfaas.scale.zero``), and with the admin API a plain function running
 ``conf/functions/echo.py`` (a hand-written ``http.server``) also scaled to zero. Per run
 it waits until no process of the function is left (idle timeout 0.3 s), then times one request
@@ -82,7 +83,9 @@ def main() -> None:
     try:
         project = work / "project"
         project.mkdir()
-        langs = ["python3-http"] + (["node"] if os.access("/usr/bin/node", os.X_OK) else [])
+        langs = (["python3-http"] + (["node"] if os.access("/usr/bin/node", os.X_OK) else [])
+                 + (["golang-middleware", "golang-http"] if os.access("/usr/bin/go", os.X_OK)
+                    else []))
         stack = STACK + "".join(
             f"  t-{lang}:\n    lang: {lang}\n    handler: ./t-{lang}\n"
             f"    labels: {{com.openfaas.scale.zero: 'true'}}\n" for lang in langs)
@@ -109,7 +112,7 @@ def main() -> None:
         print(f"cold start through the gate, {args.runs} runs, interpreter "
               f"{sys.version.split()[0]} (driver), /usr/bin/python3 (functions)")
         for name, times in results.items():
-            print(f"  {name:14s} median {statistics.median(times) * 1000:7.1f} ms  "
+            print(f"  {name:20s} median {statistics.median(times) * 1000:7.1f} ms  "
                   f"min {min(times) * 1000:7.1f}  max {max(times) * 1000:7.1f}")
     finally:
         node.stop()

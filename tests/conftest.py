@@ -8,8 +8,9 @@ from typing import Iterator
 
 import pytest
 
-from tests.support.facilities import (local_index_unavailable, nodejs_unavailable,
-                                      sandbox_unavailable, systemd_unavailable)
+from tests.support.facilities import (golang_unavailable, local_index_unavailable,
+                                      nodejs_unavailable, sandbox_unavailable,
+                                      systemd_unavailable)
 from tests.support.k8s import ENV_VAR, Envtest, envtest_unavailable
 from tests.support.properties import load_profile
 
@@ -26,9 +27,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Without FAASTWIST_ENVTEST the ``envtest`` tests are deselected (counted as such),
     not skipped: a skip would look like a test that ran and had nothing to check. The
     same for the ``sandbox`` tests where no sandbox can be made, the ``nodejs`` ones without
-    Debian's nodejs/npm, the ``localindex`` ones without the local package index and the
-    ``systemd`` ones without systemd-analyze (tests/support/facilities), the
-    ``monitoring`` ones without Prometheus and AlertManager."""
+    Debian's nodejs/npm, the ``golang`` ones without Debian's golang-go, the ``localindex``
+    ones without the local package index and the ``systemd`` ones without systemd-analyze
+    (tests/support/facilities), the ``monitoring`` ones without Prometheus and
+    AlertManager."""
     missing = set()
     if not os.environ.get(ENV_VAR):
         missing.add("envtest")
@@ -38,8 +40,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         missing.add("monitoring")
     if shutil.which("kubectl") is None:
         missing.add("kubectl")
-    for marker, why in (("nodejs", nodejs_unavailable), ("localindex", local_index_unavailable),
-                        ("systemd", systemd_unavailable)):
+    for marker, why in (("nodejs", nodejs_unavailable), ("golang", golang_unavailable),
+                        ("localindex", local_index_unavailable), ("systemd", systemd_unavailable)):
         if any(item.get_closest_marker(marker) for item in items) and why():
             missing.add(marker)
     deselected = [item for item in items
@@ -57,8 +59,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     reason = sandbox_unavailable()
     lines.append(f"the sandbox tests are deselected: {reason}" if reason
                  else "function sandboxes can be made: the sandbox tests run")
-    for marker, why in (("nodejs", nodejs_unavailable), ("localindex", local_index_unavailable),
-                        ("systemd", systemd_unavailable)):
+    for marker, why in (("nodejs", nodejs_unavailable), ("golang", golang_unavailable),
+                        ("localindex", local_index_unavailable), ("systemd", systemd_unavailable)):
         reason = why()
         if reason:
             lines.append(f"the {marker} tests are deselected: {reason}")

@@ -15,7 +15,7 @@ from faastwist.cli.token import NODE_CONFIG_ENV
 from faastwist.model.spec import FunctionSpec, SpecError, check_name
 from faastwist.templates import known, template_for
 from faastwist.templates.build import (DEFAULT_UID_RANGE, BuildError, Builder, BuildResult,
-                                       default_root, prune)
+                                       default_root, prune, remove_tree)
 from faastwist.templates.stack import (Stack, StackError, StackFunction, add_function,
                                        deployment, load_stack)
 
@@ -222,7 +222,7 @@ def remove(obj: CliContext, path: str, only: str | None, build_dir: str | None) 
         if state == "active":
             client.call("PUT", client.path(function.name, "stop"))
         client.call("DELETE", client.path(function.name))
-        shutil.rmtree(os.path.join(os.path.abspath(root), function.name), ignore_errors=True)
+        remove_tree(os.path.join(os.path.abspath(root), function.name))
         click.echo(f"function {function.name} removed")
     if missing == len(functions):
         raise click.exceptions.Exit(1)

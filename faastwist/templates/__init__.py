@@ -3,8 +3,9 @@
 A template is a scaffold (what ``faastwist new`` writes into the handler folder) and a
 runner written here (``runners/``) that implements the template's handler contract as
 OpenFaaS documents it and serves it over HTTP on ``$PORT``, as the function, in its
-sandbox. ``faastwist build`` (build.py) puts runner, handler and dependencies into a
-build folder; stack.py reads and writes OpenFaaS's ``stack.yml``.
+sandbox. ``faastwist build`` (build.py; golang.py for the Go templates, which compile
+the runner with the handler) puts runner, handler and dependencies into a build folder;
+stack.py reads and writes OpenFaaS's ``stack.yml``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 class Runtime(str, enum.Enum):
     PYTHON = "python"
     NODE = "node"
+    GO = "go"
 
 
 @attrs.frozen
@@ -29,10 +31,10 @@ class Template:
 
     lang: str
     runtime: Runtime
-    runner: str              # file in runners/
-    contract: str            # the runner's argument (which handler contract)
+    runner: str              # file (Go: folder) in runners/
+    contract: str            # the runner's argument (Go: its adapter), the handler contract
     handler_file: str        # the file a handler folder must hold
-    deps_file: str           # requirements.txt / package.json
+    deps_file: str           # requirements.txt / package.json / go.mod
     folder: str = ""         # the scaffold's folder when not named after ``lang``
 
     @property
@@ -47,7 +49,19 @@ class Template:
         """The interpreter the runner needs on this machine (None: not installed)."""
         if self.runtime is Runtime.PYTHON:
             return _first_executable("/usr/bin/python3")
+        if self.runtime is Runtime.GO:
+            return _first_executable("/usr/bin/go")   # Debian's golang-go
         return _first_executable("/usr/bin/node", "/usr/bin/nodejs")
+
+    def runner_files(self) -> list[tuple[str, str]]:
+        """(relative, absolute) of the runner's files (Go: main.go, this contract's
+        adapter and, for golang-http, the request/response types in sdk/)."""
+        if self.runtime is not Runtime.GO:
+            return [(self.runner, self.runner_path)]
+        names = ["main.go", f"contract_{self.contract}.go"]
+        if self.contract == "http":
+            names += ["sdk/go.mod", "sdk/handler.go"]
+        return [(name, os.path.join(self.runner_path, name)) for name in names]
 
 
 def _first_executable(*paths: str) -> str | None:
@@ -66,6 +80,9 @@ TEMPLATES: Mapping[str, Template] = {
         Template("node", Runtime.NODE, "node.js", "http", "handler.js", "package.json"),
         Template("node20", Runtime.NODE, "node.js", "http", "handler.js", "package.json",
                  "node"),
+        Template("golang-middleware", Runtime.GO, "go", "middleware", "handler.go",
+                 "go.mod"),
+        Template("golang-http", Runtime.GO, "go", "http", "handler.go", "go.mod"),
     )
 }
 

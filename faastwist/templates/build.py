@@ -2,18 +2,21 @@
 
 Per function ``{root}/{name}/{digest}/`` (the digest covers the template's runner, the
 interpreter and every file of the handler folder): ``index.py``/``index.js`` (the
-runner), ``function/`` (the handler folder's files; for node with its ``node_modules``)
-and, for Python, ``venv/`` (the dependencies). An existing folder for the same digest is the build: nothing is redone.
+runner), ``function/`` (the handler folder's files; for node with its ``node_modules``;
+for Go with the runner's package and the compiled ``.handler``, golang.py) and, for
+Python, ``venv/`` (the dependencies). An existing folder for the same digest is the
+build: nothing is redone.
 Builds go to a new folder and are renamed into place when complete, so a failed build
 never touches the version that serves.
 
 Who does what: this process (root on a node) only copies the developer's regular files
 (never a link) and makes folders; everything that runs code of the function's (pip with
-its setup scripts, npm with its install scripts, the handler's import check) runs as an
-unprivileged uid from ``process.uidRange`` (the same hash of the name the node uses),
-inside bubblewrap with the network shared (so the registry is reachable), a tmpfs HOME,
-``/`` read-only and only the dependency folder writable: the same building blocks as a
-function's launch (isolation.launch_prefix, sandbox.Layout).
+its setup scripts, npm with its install scripts, the handler's import check, go build)
+runs as an unprivileged uid from ``process.uidRange`` (the same hash of the name the
+node uses), inside bubblewrap with the network shared (so the registry is reachable), a
+tmpfs HOME, ``/`` read-only and only the dependency folder writable (for Go also the
+function's build cache): the same building blocks as a function's launch
+(isolation.launch_prefix, sandbox.Layout).
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ import attrs
 
 from faastwist.providers.isolation import launch_prefix
 from faastwist.providers.sandbox import ROOT_PATH, Layout, Sandbox, detect_sandbox
-from faastwist.templates import Runtime, Template, template_for
+from faastwist.templates import Runtime, Template, golang, template_for
+from faastwist.templates.files import BuildError, copy_file, shown, tail
 from faastwist.templates.stack import Stack, StackFunction
 from faastwist.util.users import Identity, UidRange, account_exists, resolve_identity
 
@@ -45,13 +49,9 @@ MAX_FILE = 64 * 2**20
 BUILD_DISK = 2 * 2**30
 BUILD_NPROC = 1024
 BUILD_TIMEOUT = 900.0
-TAIL = 15
 PASSED_ENV = re.compile(r"^(PIP_|npm_config_|NPM_CONFIG_)|^(https?_proxy|no_proxy|"
-                        r"HTTPS?_PROXY|NO_PROXY)$")
-
-
-class BuildError(Exception):
-    """A build failed; the message says what to fix."""
+                        r"HTTPS?_PROXY|NO_PROXY|GOPROXY|GONOPROXY|GOPRIVATE|GONOSUMDB|"
+                        r"GOSUMDB|GOINSECURE)$")
 
 
 @attrs.frozen
@@ -107,23 +107,16 @@ def digest_of(template: Template, interpreter: str, files: Sequence[tuple[str, s
     for part in (FORMAT, template.lang, os.path.realpath(interpreter),
                  f"{info.st_size}:{info.st_mtime_ns}"):
         hasher.update(part.encode() + b"\0")
-    with open(template.runner_path, "rb") as file:
-        hasher.update(file.read() + b"\0")
+    for rel, path in template.runner_files():
+        with open(path, "rb") as file:
+            data = file.read()
+        hasher.update((f"{rel}\0" if template.runtime is Runtime.GO else "").encode()
+                      + data + b"\0")
     for rel, path in files:
         with open(path, "rb") as file:
             data = file.read()
         hasher.update(f"{rel}\0{len(data)}\0".encode() + data)
     return hasher.hexdigest()
-
-
-def _copy(source: str, target: str, mode: int) -> None:
-    """A regular file copied without following a link at either end."""
-    fd_in = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd_in, "rb") as reader:
-        fd_out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd_out, "wb") as writer:
-            shutil.copyfileobj(reader, writer)
-            os.fchmod(writer.fileno(), mode)
 
 
 def _own_folder(path: str, mode: int) -> None:
@@ -215,43 +208,52 @@ class Builder:
         final = os.path.join(home, digest[:24])
         runner = os.path.join(final, "index.py" if template.runtime is Runtime.PYTHON
                               else "index.js")
-        command = ((interpreter, "-I", runner, template.contract)
-                   if template.runtime is Runtime.PYTHON else (interpreter, runner))
+        if template.runtime is Runtime.PYTHON:
+            command: tuple[str, ...] = (interpreter, "-I", runner, template.contract)
+        elif template.runtime is Runtime.GO:
+            command = (os.path.join(final, "function", golang.BINARY),)
+        else:
+            command = (interpreter, runner)
         if os.path.isfile(os.path.join(final, "build.json")):
             return BuildResult(function.name, function.lang, digest, final, command, True)
         work = os.path.join(home, ".new-" + digest[:24])
         shutil.rmtree(work, ignore_errors=True)
         os.mkdir(work, 0o755)
         try:
-            self._assemble(template, function, files, work, runner)
-            self._dependencies(template, function, identity, home, work, interpreter)
-            self._check(template, function, identity, home, work, interpreter)
+            if template.runtime is Runtime.GO:
+                golang.assemble(self, template, function, files, work, identity,
+                                interpreter)
+                golang.build_binary(self, template, function, identity, home, work, interpreter)
+            else:
+                self._assemble(template, function, files, work, runner)
+                self._dependencies(template, function, identity, home, work, interpreter)
+                self._check(template, function, identity, home, work, interpreter)
             with open(os.path.join(work, "build.json"), "w") as file:
                 json.dump({"name": function.name, "lang": function.lang, "digest": digest,
                            "command": list(command)}, file)
             os.rename(work, final)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            remove_tree(work)
         return BuildResult(function.name, function.lang, digest, final, command, False,
                            time.monotonic() - started)
 
     def _assemble(self, template: Template, function: StackFunction,
                   files: Sequence[tuple[str, str]], work: str, runner: str) -> None:
-        _copy(template.runner_path, os.path.join(work, os.path.basename(runner)), 0o444)
+        copy_file(template.runner_path, os.path.join(work, os.path.basename(runner)), 0o444)
         target = os.path.join(work, "function")
         os.mkdir(target, 0o755)
         for rel, path in files:
             folder = os.path.dirname(os.path.join(target, rel))
             os.makedirs(folder, 0o755, exist_ok=True)
             executable = os.stat(path).st_mode & 0o100
-            _copy(path, os.path.join(target, rel), 0o555 if executable else 0o444)
+            copy_file(path, os.path.join(target, rel), 0o555 if executable else 0o444)
 
     def _dependencies(self, template: Template, function: StackFunction, identity: Identity,
                       home: str, work: str, interpreter: str) -> None:
         deps_file = os.path.join(work, "function", template.deps_file)
         if template.runtime is Runtime.PYTHON:
             venv = self._writable(os.path.join(work, "venv"), identity)
-            self._run(function.name, identity, home, [interpreter, "-m", "venv",
+            self.run(function.name, identity, home, [interpreter, "-m", "venv",
                                                       "--without-pip", venv], (venv,), "venv",
                       binds=(work,))
             if os.path.isfile(deps_file) and _has_requirements(deps_file):
@@ -271,21 +273,21 @@ class Builder:
             raise BuildError(f"{function.name}: {template.deps_file} needs npm, which is "
                              f"not installed here")
         lock = os.path.isfile(os.path.join(deps, "package-lock.json"))
-        code, output = self._run(function.name, identity, home,
+        code, output = self.run(function.name, identity, home,
                                  [npm, "ci" if lock else "install", "--omit=dev",
                                   "--no-audit", "--no-fund", "--prefix", deps], (deps,), "npm",
                                  binds=(work,))
         if code != 0:
             raise BuildError(f"{function.name}: npm could not install the dependencies of "
-                             f"{_shown(function, template.deps_file)}; its last lines:\n"
-                             + _tail(output))
+                             f"{shown(function, template.deps_file)}; its last lines:\n"
+                             + tail(output))
 
     def _pip(self, function: StackFunction, identity: Identity, home: str,
              interpreter: str, venv: str, requirements: str, work: str) -> None:
         argv = [interpreter, "-m", "pip", "--python", os.path.join(venv, "bin", "python"),
                 "install", "--no-input", "--disable-pip-version-check", "--no-warn-script-location",
                 "-r", requirements]
-        code, output = self._run(function.name, identity, home, argv, (venv,), "pip",
+        code, output = self.run(function.name, identity, home, argv, (venv,), "pip",
                                  binds=(work,))
         if code != 0:
             found = (re.findall(r"No matching distribution found for (\S+)", output)
@@ -294,8 +296,8 @@ class Builder:
                      or re.findall(r"Invalid requirement: '?([^'\s]+)", output))
             what = found[-1] if found else "the requirements"
             raise BuildError(f"{function.name}: pip could not install {what} (from "
-                             f"{_shown(function, 'requirements.txt')}); its last lines:\n"
-                             + _tail(output))
+                             f"{shown(function, 'requirements.txt')}); its last lines:\n"
+                             + tail(output))
 
     def _check(self, template: Template, function: StackFunction, identity: Identity,
                home: str, work: str, interpreter: str) -> None:
@@ -303,13 +305,13 @@ class Builder:
                               else "index.js")
         argv = ([interpreter, "-I", runner, template.contract, "--check"]
                 if template.runtime is Runtime.PYTHON else [interpreter, runner, "--check"])
-        code, output = self._run(function.name, identity, home, argv, (), "check",
+        code, output = self.run(function.name, identity, home, argv, (), "check",
                                  binds=(work,))
         if code != 0:
             lines = [line for line in output.strip().splitlines() if line.strip()]
             problem = lines[-1] if lines else f"exit status {code}"
             if problem.startswith("function/"):
-                problem = _shown(function, problem[len("function/"):])
+                problem = shown(function, problem[len("function/"):])
             raise BuildError(f"{function.name}: the handler does not load: {problem}")
 
     # -- the sandbox ---------------------------------------------------------------------
@@ -319,10 +321,12 @@ class Builder:
             os.chown(path, identity.uid, identity.gid)
         return path
 
-    def _run(self, name: str, identity: Identity, home: str, argv: Sequence[str],
-             writable: Sequence[str], what: str,
-             binds: Sequence[str] = ()) -> tuple[int, str]:
-        """``argv`` as ``identity`` in its sandbox; (exit status, stdout+stderr)."""
+    def run(self, name: str, identity: Identity, home: str, argv: Sequence[str],
+             writable: Sequence[str], what: str, binds: Sequence[str] = (),
+             env_extra: Mapping[str, str] | None = None,
+             cwd: str | None = None) -> tuple[int, str]:
+        """``argv`` as ``identity`` in its sandbox, in ``cwd`` (default its HOME);
+        (exit status, stdout+stderr)."""
         sandbox = self.sandbox(identity)
         mount = os.path.join(home, ".home")
         _own_folder(mount, 0o755)
@@ -330,10 +334,11 @@ class Builder:
             os.chown(mount, identity.uid, identity.gid)
             os.chmod(mount, 0o700)
         env = {"PATH": ROOT_PATH, "HOME": mount, "LANG": "C.UTF-8", "USER": identity.user,
-               **self.passed}
+               **self.passed, **(env_extra or {})}
         layout = Layout(home=mount, binds=tuple(binds), writable=tuple(writable),
                         disk=BUILD_DISK)
-        inner = ["/bin/sh", "-c", 'umask 022 && exec "$@"', "sh", *argv]
+        inner = ["/bin/sh", "-c", 'umask 022 && cd -- "$1" && shift && exec "$@"', "sh",
+                 cwd or mount, *argv]
         prefix = launch_prefix(identity, {"RLIMIT_NPROC": BUILD_NPROC} if identity.switch
                                else {})
         full = [*prefix, *sandbox.wrap(layout, env, inner)]
@@ -353,17 +358,26 @@ def _has_requirements(path: str) -> bool:
         return any(line.strip() and not line.strip().startswith("#") for line in file)
 
 
-def _shown(function: StackFunction, rel: str) -> str:
-    """A handler-folder file as the developer knows it (relative to the current folder
-    when it is below it)."""
-    path = os.path.join(function.handler, rel)
-    here = os.getcwd()
-    return os.path.relpath(path, here) if path.startswith(here + os.sep) else path
+def remove_tree(path: str) -> None:
+    """``rmtree`` that also removes read-only folders (Go's module cache makes its
+    folders 0555) where they are this user's own: only when not root, since a root
+    process never changes a mode inside a build uid's folder; root needs no mode."""
+    def retry(function: Callable[..., object], failed: str, _: object) -> None:
+        if os.geteuid() == 0:
+            return
+        try:
+            parent = os.path.dirname(failed)
+            if not os.path.islink(parent):
+                os.chmod(parent, 0o700)
+            if os.path.isdir(failed) and not os.path.islink(failed):
+                os.chmod(failed, 0o700)
+                shutil.rmtree(failed, onerror=lambda *args: None)
+            else:
+                function(failed)
+        except OSError:
+            pass
 
-
-def _tail(output: str) -> str:
-    lines = [line for line in output.rstrip().splitlines() if line.strip()]
-    return "\n".join("  " + line for line in lines[-TAIL:])
+    shutil.rmtree(path, onerror=retry)
 
 
 def prune(root: str, name: str, keep: Sequence[str]) -> None:
@@ -377,4 +391,4 @@ def prune(root: str, name: str, keep: Sequence[str]) -> None:
         path = os.path.join(home, entry)
         if path not in keep and not entry.startswith(".") and os.path.isdir(path) \
                 and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path)

@@ -358,3 +358,56 @@ def test_console_deploys_from_the_store(browser, cli_node) -> None:
     assert refusal.startswith("store entry nodeinfo has no fprocess")
     http("DELETE", f"{cli_node.admin_root}/system/functions",
          json.dumps({"functionName": "uppercase"}))
+
+
+def test_console_shows_template_and_digest(browser, cli_node, tmp_path: Path) -> None:
+    """A function `faastwist up` deployed shows its template (lang) and build digest as
+    fields of its row and of its detail; a plain function shows none."""
+    digest = "ab12" * 16
+    built = echo_spec(tmp_path, "tplfn", annotations={
+        "faastwist.io/lang": "golang-middleware", "faastwist.io/digest": digest,
+        "team": "x"}).read_text()
+    plain = echo_spec(tmp_path, "plainfn").read_text()
+    for text in (built, plain):
+        code, _, body = http("POST", cli_node.admin_url, text,
+                             headers={"Content-Type": "application/yaml"})
+        assert code == 201, body
+    page = Page(browser, ARTIFACTS)
+    try:
+        browser.get(f"{cli_node.admin_root}/console/")
+        page.wait("the page to boot", lambda: page.css("body[data-ready=true]"))
+        page.wait("the token prompt", lambda: page.el("token-input").is_displayed())
+        page.fill("token-input", cli_node.token)
+        page.el("token-input").submit()
+
+        def cell(name: str) -> Any:
+            cells = page.css(f'#functions tr[data-name="{name}"] td.template')
+            return cells[0] if cells else None
+        page.wait("tplfn listed", lambda: cell("tplfn") is not None)
+        page.wait("its template cell", lambda: cell("tplfn").text
+                  == f"golang-middleware {digest[:12]}")
+        assert cell("tplfn").get_attribute("data-lang") == "golang-middleware"
+        assert cell("tplfn").get_attribute("data-digest") == digest
+        assert cell("tplfn").get_attribute("title") == f"digest {digest}"
+        page.wait("plainfn listed", lambda: cell("plainfn") is not None)
+        assert cell("plainfn").text == "-" and cell("plainfn").get_attribute("data-lang") == ""
+        headings = [th.text for th in page.css("#functions thead th")]
+        assert headings[headings.index("Replicas") + 1] == "Template"
+
+        browser.get(f"{cli_node.admin_root}/console/#tplfn")
+        page.wait("the detail view", lambda: page.el("detail").is_displayed()
+                  and page.text("detail-name") == "tplfn")
+        page.wait("the template fields", lambda: page.el("detail-template-box").is_displayed())
+        fields = dict(zip([dt.text for dt in page.css("#detail-template dt")],
+                          [dd.text for dd in page.css("#detail-template dd")]))
+        assert fields == {"lang": "golang-middleware", "digest": digest}
+        page.shot("template")
+        browser.get(f"{cli_node.admin_root}/console/#plainfn")
+        page.wait("the plain detail", lambda: page.text("detail-name") == "plainfn"
+                  and page.css("#detail-badge[data-state]"))
+        page.wait("no template fields", lambda: not page.el("detail-template-box").is_displayed())
+        assert csp_reports(browser) == []
+    finally:
+        for name in ("tplfn", "plainfn"):
+            http("PUT", f"{cli_node.admin_url}/{name}/stop")
+            http("DELETE", f"{cli_node.admin_url}/{name}")

@@ -5,7 +5,8 @@ an error a developer can act on while the running version keeps serving.
 
 Dependencies come from the machine's local package index (``file:///opt/pypi/simple``,
 named in requirements.txt), so no test needs the network; the tests that need it
-(marker ``localindex``) or Debian's nodejs (``nodejs``) are deselected with the reason
+(marker ``localindex``), Debian's nodejs (``nodejs``) or Debian's Go (``golang``) are
+deselected with the reason
 in the report header where it is missing.
 """
 
@@ -101,11 +102,11 @@ def project(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
 
 
 def cli(node: FaasNodeProcess | None, project: Path, *args: str,
-        timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        timeout: float = 300, **extra: str) -> subprocess.CompletedProcess[str]:
     home = project.parent / "home"
     home.mkdir(exist_ok=True)
     return subprocess.run([sys.executable, "-m", "faastwist.cli", *args], cwd=project,
-                          env=cli_env(node, home), capture_output=True, text=True,
+                          env=cli_env(node, home, **extra), capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -337,6 +338,250 @@ def test_build_failures_name_the_problem_and_keep_the_version_serving(
     status, _, body = call(node, "tpl-fail")
     assert (status, body) == (200, serving)
     ok(cli(node, folder, "remove"))
+
+
+# golang-middleware, as OpenFaaS's README writes it: the handler reads the body, the
+# query, headers, answers JSON with a status and headers; init() runs once per replica.
+# Its dependency is a module of its own folder (a replace directive), so the build needs
+# no network: the test builds with GOPROXY=off.
+GO_HANDLER_V1 = """package function
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+
+	"example.com/greet"
+)
+
+var loads int
+
+func init() {
+	loads++
+}
+
+type sumRequest struct {
+	Numbers []float64 `json:"numbers"`
+}
+
+func Handle(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodGet {
+		query := r.URL.Query()
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("X-Version", "1")
+		w.WriteHeader(http.StatusOK)
+		json.NewEncoder(w).Encode(map[string]interface{}{
+			"greeting": greet.Hello(query.Get("name")),
+			"tags":     query["tag"],
+			"path":     r.URL.Path,
+			"loads":    loads,
+		})
+		return
+	}
+	var input []byte
+	if r.Body != nil {
+		defer r.Body.Close()
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		input = body
+	}
+	var req sumRequest
+	if err := json.Unmarshal(input, &req); err != nil {
+		http.Error(w, fmt.Sprintf("not JSON: %s", r.Header.Get("Content-Type")),
+			http.StatusBadRequest)
+		return
+	}
+	sum := 0.0
+	for _, n := range req.Numbers {
+		sum += n
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Location", "/things/1")
+	w.WriteHeader(http.StatusCreated)
+	json.NewEncoder(w).Encode(map[string]interface{}{"sum": sum, "agent": r.Header.Get("X-Agent")})
+}
+"""
+
+GO_MOD = """module handler/function
+
+go 1.19
+
+require example.com/greet v0.0.0
+
+replace example.com/greet => ./greet
+"""
+
+GO_HANDLER_V2 = """package function
+
+import "net/http"
+
+func Handle(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain")
+	w.WriteHeader(http.StatusAccepted)
+	w.Write([]byte("version 2"))
+}
+"""
+
+
+@pytest.mark.golang
+def test_golang_middleware_template_new_up_change_remove(node: FaasNodeProcess,
+                                                         project: tuple[Path, Path]) -> None:
+    folder, builds = project
+    out = ok(cli(node, folder, "new", "tpl-go", "--lang", "golang-middleware"))
+    assert "tpl-go/handler.go" in out
+    assert "lang: golang-middleware" in (folder / "stack.yml").read_text()
+    handler = folder / "tpl-go"
+    (handler / "greet").mkdir()
+    (handler / "greet" / "go.mod").write_text("module example.com/greet\n\ngo 1.19\n")
+    (handler / "greet" / "greet.go").write_text(
+        'package greet\n\nfunc Hello(name string) string {\n\tif name == "" {\n'
+        '\t\tname = "world"\n\t}\n\treturn "hello " + name\n}\n')
+    (handler / "go.mod").write_text(GO_MOD)
+    (handler / "handler.go").write_text(GO_HANDLER_V1)
+
+    out = ok(cli(node, folder, "up", "--build-dir", str(builds), GOPROXY="off"))
+    assert "tpl-go: built" in out and "function tpl-go created" in out
+    wait_answer(node, "tpl-go", 200)
+
+    status, headers, body = call(node, "tpl-go", "/items/7?name=ada&tag=a&tag=b")
+    assert status == 200, body
+    assert (headers["Content-Type"], headers["X-Version"]) == ("application/json", "1")
+    assert json.loads(body) == {"greeting": "hello ada", "tags": ["a", "b"],
+                                "path": "/items/7", "loads": 1}
+    # the same function through the gate's routing header
+    status, _, body = http("GET", f"{node.gate_url}/other/path?name=bob",
+                           headers={"X-FaaS-Func-Name": "tpl-go"}, timeout=30)
+    assert status == 200 and json.loads(body)["greeting"] == "hello bob"
+    assert json.loads(body)["path"] == "/other/path"
+
+    status, headers, body = call(node, "tpl-go", method="POST",
+                                 body=b'{"numbers": [1, 2, 3.5]}',
+                                 headers={"Content-Type": "application/json",
+                                          "X-Agent": "tests"})
+    assert status == 201, body
+    assert headers["Location"] == "/things/1"
+    assert json.loads(body) == {"sum": 6.5, "agent": "tests"}
+    status, headers, body = call(node, "tpl-go", method="POST", body=b"nope",
+                                 headers={"Content-Type": "text/plain"})
+    assert (status, body) == (400, b"not JSON: text/plain\n")   # http.Error's newline
+    assert headers["Content-Type"] == "text/plain; charset=utf-8"
+
+    record = node.json("GET", "/tpl-go")[1]
+    assert record["spec"]["annotations"]["faastwist.io/lang"] == "golang-middleware"
+    first_digest = record["spec"]["annotations"]["faastwist.io/digest"]
+    assert record["spec"]["command"] == [
+        str(builds / "tpl-go" / first_digest[:24] / "function" / ".handler")]
+
+    # build failures: named, and the running version keeps serving
+    (handler / "handler.go").write_text(GO_HANDLER_V1.replace("sum := 0.0", "sum := "))
+    done = cli(node, folder, "up", "--build-dir", str(builds), GOPROXY="off")
+    assert done.returncode == 1
+    line = GO_HANDLER_V1.split("\n").index("\tsum := 0.0") + 2   # the error is on the next
+    assert f"tpl-go/handler.go:{line}:" in done.stderr and "syntax error" in done.stderr, \
+        done.stderr
+    (handler / "handler.go").write_text(GO_HANDLER_V1.replace("func Handle(", "func Handler("))
+    done = cli(node, folder, "up", "--build-dir", str(builds), GOPROXY="off")
+    assert done.returncode == 1
+    assert ("tpl-go/handler.go: package function defines no func Handle(w "
+            "http.ResponseWriter, r *http.Request)") in done.stderr, done.stderr
+    assert call(node, "tpl-go", "?name=still")[0] == 200
+    assert node.json("GET", "/tpl-go")[1]["spec"]["annotations"][
+        "faastwist.io/digest"] == first_digest
+
+    # the new version rolls out under load: every call answers, old or new
+    (handler / "handler.go").write_text(GO_HANDLER_V2)
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            seen.append(call(node, "tpl-go")[0])
+
+    caller = threading.Thread(target=load)
+    caller.start()
+    try:
+        out = ok(cli(node, folder, "up", "--build-dir", str(builds), GOPROXY="off"))
+        assert "tpl-go: built" in out and "function tpl-go updated" in out
+        wait_answer(node, "tpl-go", 202)
+    finally:
+        stop.set()
+        caller.join()
+    assert set(seen) <= {200, 202} and 200 in seen, sorted(set(seen))
+    status, headers, body = call(node, "tpl-go")
+    assert (status, body, headers["Content-Type"]) == (202, b"version 2", "text/plain")
+
+    out = ok(cli(node, folder, "remove", "--build-dir", str(builds)))
+    assert "function tpl-go removed" in out
+    assert not (builds / "tpl-go").exists()
+    wait_answer(node, "tpl-go", 404)
+
+
+# golang-http as OpenFaaS's README and `faas-cli new` write it, unmodified: its go.mod
+# asks for Go 1.24 and requires the templates SDK (built offline with the runner's copy)
+GO_HTTP_MOD = """module handler/function
+
+go 1.24.0
+
+require github.com/openfaas/templates-sdk/go-http v0.0.0-20220408082716-5981c545cb03
+"""
+
+GO_HTTP_HANDLER = """package function
+
+import (
+	"fmt"
+	"net/http"
+	"net/url"
+
+	handler "github.com/openfaas/templates-sdk/go-http"
+)
+
+// Handle a function invocation
+func Handle(req handler.Request) (handler.Response, error) {
+	var err error
+
+	if req.Method == http.MethodPost && len(req.Body) == 0 {
+		return handler.Response{
+			Body: []byte("the input was invalid"),
+		}, fmt.Errorf("invalid input")
+	}
+	query, _ := url.ParseQuery(req.QueryString)
+	message := fmt.Sprintf("Hello %s, input was: %s, agent: %s",
+		query.Get("name"), string(req.Body), req.Header.Get("X-Agent"))
+
+	return handler.Response{
+		Body:       []byte(message),
+		StatusCode: http.StatusAccepted,
+		Header:     http.Header{"X-Served-By": []string{"golang-http"}},
+	}, err
+}
+"""
+
+
+@pytest.mark.golang
+def test_golang_http_template_runs_openfaas_handler_unmodified(
+        node: FaasNodeProcess, project: tuple[Path, Path]) -> None:
+    folder, builds = project
+    ok(cli(node, folder, "new", "tpl-gohttp", "--lang", "golang-http"))
+    handler = folder / "tpl-gohttp"
+    (handler / "go.mod").write_text(GO_HTTP_MOD)
+    (handler / "handler.go").write_text(GO_HTTP_HANDLER)
+    done = cli(node, folder, "up", "--build-dir", str(builds), GOPROXY="off")
+    out = ok(done)
+    assert "asks for go 1.24.0; building with the installed go" in done.stderr
+    assert "function tpl-gohttp created" in out
+    wait_answer(node, "tpl-gohttp", 202)
+    status, headers, body = call(node, "tpl-gohttp", "?name=ada", "PUT", b"data",
+                                 {"X-Agent": "t"})
+    assert (status, body) == (202, b"Hello ada, input was: data, agent: t")
+    assert headers["X-Served-By"] == "golang-http"
+    status, _, body = call(node, "tpl-gohttp", "", "POST", b"")
+    assert (status, body) == (500, b"the input was invalid")
+    ok(cli(node, folder, "remove"))
+    wait_answer(node, "tpl-gohttp", 404)
 
 
 def test_stack_file_errors_name_the_key(project: tuple[Path, Path]) -> None:

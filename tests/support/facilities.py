@@ -51,6 +51,14 @@ def nodejs_unavailable() -> str | None:
     return f"{' and '.join(missing)} missing (Debian's nodejs, npm)" if missing else None
 
 
+def golang_unavailable() -> str | None:
+    """Why the Go templates cannot be built here (None: they can). Where go is
+    installed the tests run, and a broken toolchain fails them."""
+    if not os.access("/usr/bin/go", os.X_OK):
+        return "/usr/bin/go missing (Debian's golang-go)"
+    return None
+
+
 def local_index_unavailable() -> str | None:
     """Why dependency tests cannot install offline here (None: they can): they name the
     local index in requirements.txt and need ``six`` in it, so no test needs the network."""

@@ -289,3 +289,122 @@ def test_two_builds_of_one_function_take_turns(tmp_path: Path) -> None:
         assert os.path.isfile(os.path.join(results[0].folder, "build.json"))
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_go_mod_is_adapted_to_the_installed_go() -> None:
+    from faastwist.templates.golang import adapt_go_mod
+
+    data, asked = adapt_go_mod(b"module handler/function\n\ngo 1.24.0\n\ntoolchain go1.24.2\n"
+                               b"\nrequire x.org/y v1.0.0\n", (1, 19))
+    assert asked == "1.24.0"
+    assert data == b"module handler/function\n\ngo 1.19\n\n\nrequire x.org/y v1.0.0\n"
+    assert adapt_go_mod(b"module m\n\ngo 1.18\n", (1, 19)) == (b"module m\n\ngo 1.18\n", None)
+    assert adapt_go_mod(b"module m\ngo 1.22\ntoolchain go1.22.1\n", (1, 22)) == \
+        (b"module m\ngo 1.22\ntoolchain go1.22.1\n", None)
+
+
+@pytest.mark.parametrize("lang, output, expected", [
+    ("golang-middleware", "# handler/function\n./handler.go:7:2: undefined: nope\n",
+     "fn/handler.go:7:2: undefined: nope"),
+    ("golang-middleware", "# handler/function/faastwist_main\nfaastwist_main/"
+     "contract_middleware.go:12:35: undefined: function.Handle\n",
+     "fn/handler.go: package function defines no func Handle(w http.ResponseWriter, "
+     "r *http.Request)"),
+    ("golang-http", "# handler/function/faastwist_main\nfaastwist_main/contract_http.go:36:"
+     "17: cannot use req (variable of type handler.Request) as string value in argument",
+     "fn/handler.go: Handle does not fit the golang-http template, which calls func "
+     "Handle(req handler.Request) (handler.Response, error) (cannot use req"),
+    ("golang-middleware", "faastwist_main/contract_middleware.go:12:35: cannot use "
+     "function.Handle (value of type func(w http.ResponseWriter)) as http.HandlerFunc value "
+     "in variable declaration", "fn/handler.go: Handle is func(w http.ResponseWriter); the "
+     "golang-middleware template calls func Handle(w http.ResponseWriter, r *http.Request)"),
+    ("golang-middleware", "go: example.com/x@v1.0.0: module lookup disabled by GOPROXY=off",
+     "go: example.com/x@v1.0.0: module lookup disabled by GOPROXY=off"),
+])
+def test_go_build_output_names_the_developers_file(tmp_path: Path, monkeypatch, lang: str,
+                                                   output: str, expected: str) -> None:
+    from faastwist.templates.golang import problem
+    from faastwist.templates.stack import StackFunction
+
+    monkeypatch.chdir(tmp_path)
+    function = StackFunction("fn", lang, str(tmp_path / "fn"), {})
+    assert expected in problem(template_for(lang), function, output)
+
+
+GO_RUNNER_HANDLER = """package function
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"time"
+)
+
+func Handle(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/slow" {
+		fmt.Fprintln(os.Stderr, "slow call started")
+		time.Sleep(time.Second)
+		w.Write([]byte("done"))
+		return
+	}
+	data, err := os.ReadFile("./static/file.txt")
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Write(data)
+}
+"""
+
+
+@pytest.mark.process
+@pytest.mark.golang
+def test_go_runner_serves_from_the_handler_folder_and_drains_on_sigterm(
+        tmp_path: Path) -> None:
+    """The runner alone (built here as the test's user, no sandbox): it listens on
+    $PORT, works from the handler folder (./static as on OpenFaaS) and, on SIGTERM,
+    answers the call it has before it exits 0."""
+    import signal
+    import threading
+
+    from faastwist.templates.golang import BINARY, MAIN
+
+    template = template_for("golang-middleware")
+    folder = tmp_path / "function"
+    (folder / "static").mkdir(parents=True)
+    (folder / "static" / "file.txt").write_text("static data")
+    (folder / "go.mod").write_text("module handler/function\n\ngo 1.19\n")
+    (folder / "handler.go").write_text(GO_RUNNER_HANDLER)
+    (folder / MAIN).mkdir()
+    for rel, path in template.runner_files():
+        shutil.copy(path, folder / MAIN / rel)
+    done = subprocess.run(["/usr/bin/go", "build", "-o", BINARY, f"./{MAIN}"], cwd=folder,
+                          capture_output=True, text=True, timeout=600,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+                               "GOCACHE": str(tmp_path / "cache"), "GOFLAGS": "-mod=mod",
+                               "GOPATH": str(tmp_path / "gopath"), "GOPROXY": "off",
+                               "GOTOOLCHAIN": "local"})
+    assert done.returncode == 0, done.stderr
+    port = free_port()
+    process = subprocess.Popen([str(folder / BINARY)], cwd="/",
+                               env={"PORT": str(port), "PATH": "/usr/bin:/bin"},
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert "golang-middleware listening on 127.0.0.1:" in process.stderr.readline()
+        assert _request(port, "GET", "/")[0::2] == (200, b"static data")
+        answers: list[tuple[int, dict, bytes]] = []
+        caller = threading.Thread(target=lambda: answers.append(_request(port, "GET",
+                                                                         "/slow")))
+        caller.start()
+        assert process.stderr.readline().strip() == "slow call started"
+        process.send_signal(signal.SIGTERM)
+        caller.join(30)
+        assert [(status, body) for status, _, body in answers] == [(200, b"done")]
+        assert process.wait(30) == 0
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        process.stderr.close()

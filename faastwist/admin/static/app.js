@@ -191,6 +191,16 @@ function kv(target, entries) {
   }
 }
 
+/* The template and build digest of a function `faastwist up` deployed (its annotations
+ * faastwist.io/lang and faastwist.io/digest), or null. */
+function templateOf(spec) {
+  const annotations = (spec && spec.annotations) || {};
+  const lang = annotations["faastwist.io/lang"];
+  if (typeof lang !== "string" || !lang) return null;
+  const digest = annotations["faastwist.io/digest"];
+  return { lang, digest: typeof digest === "string" ? digest : "" };
+}
+
 /* ---- the list ---- */
 function recordsOf(data) {
   if (Array.isArray(data)) return data;
@@ -212,11 +222,16 @@ function renderList() {
     if (command.length) command[0] = command[0].split("/").pop() || command[0];
     const image = spec.image || command.join(" ") || "-";
     const at = stamp(status);
+    const built = templateOf(spec);
     const row = el("tr", { "data-name": name, class: name === state.selected ? "selected" : "" },
       el("td", { class: "name" }, el("a", { href: "#" + encodeURIComponent(name) }, name)),
       el("td", {}, badge(status)),
       el("td", {}, status.event || "-"),
       el("td", {}, replicas),
+      el("td", { class: "template", title: built ? "digest " + built.digest : "",
+                 "data-lang": built ? built.lang : "", "data-digest": built ? built.digest : "" },
+         built ? built.lang : "-",
+         built && built.digest ? el("span", { class: "digest muted" }, " " + built.digest.slice(0, 12)) : ""),
       el("td", { class: "image", title: image }, image),
       el("td", {}, at ? age(now - at) : "-"));
     return row;
@@ -366,6 +381,9 @@ function renderDetail() {
     ["start requested", status.startPending ? "yes" : "no"],
     ["updated", updated !== null ? new Date(updated * 1000).toLocaleString() : ""],
   ]);
+  const built = templateOf(spec);
+  $("detail-template-box").hidden = !built;
+  if (built) kv("detail-template", [["lang", built.lang], ["digest", built.digest]]);
   const ext = Object.entries(status.extData || {});
   kv("detail-ext", ext.length ? ext : [["(none)", ""]]);
   const text = dumpYaml(spec);
