@@ -119,7 +119,7 @@ test: install system-deps browser-deps monitoring-deps docs
 # the documentation in docs/ as HTML (docs/_build/html); -W: a warning (a broken
 # reference, a malformed table) fails the build, and so `make test`
 docs: $(VENV)/.deps
-	$(BIN)/sphinx-build -q -W --keep-going -b html docs docs/_build/html
+	$(BIN)/sphinx-build -q -E -W --keep-going -b html docs docs/_build/html
 
 # mutation testing of the decision modules against their unit tests (mutmut's mutants)
 mutate: $(VENV)/.deps

@@ -9,12 +9,14 @@ as ``make run`` does; only the two port numbers of the tour are replaced by free
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -22,7 +24,7 @@ import pytest
 
 from tests.support.docs import (code_block_after, expected_output, matches, printed,
                                 transcript)
-from tests.support.node import ROOT, FaasNodeProcess
+from tests.support.node import ROOT, FaasNodeProcess, http
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -151,3 +153,53 @@ def test_function_store_transcript(tour_node: FaasNodeProcess) -> None:
     invoked."""
     steps = transcript(code_block_after("openfaas", "Function store"))
     assert_transcript(steps, run_transcript(steps, tour_node))
+
+
+def test_backup_and_restore_of_a_single_node(tmp_path: Path) -> None:
+    """docs/operations.rst's backup and restore, on a node whose every path is under
+    ``data/``: after the restore the function, its state and a sealed secret are back
+    (a function reads the secret's value, so the key file came back with etcd)."""
+    data = tmp_path / "data"
+    node = FaasNodeProcess(tmp_path, extra={
+        "etcd": {"dataDir": str(data / "etcd")},
+        "admin": {"auth": {"tokensFile": str(data / "admin-tokens")}},
+        "process": {"dataDir": str(data)}, "secrets": {"keyFile": str(data / "secrets.key")},
+        "queue": {"dataDir": str(data / "nats")}})
+    backup = code_block_after("operations", "Backing up a single node")
+    restore = code_block_after("operations", "Restoring a single node")
+    echo = (ROOT / "conf" / "echo.yaml").read_text().replace(
+        "conf/functions/echo.py", str(ROOT / "conf" / "functions" / "echo.py"))
+    node.start()
+    try:
+        assert node.json("POST", "", echo)[0] == 201
+        status, _, _ = http("POST", f"{node.admin_root}/system/secrets",
+                            b'{"name": "api-key", "value": "s3cret"}')
+        assert status == 202
+        wait_for_state(node, "echo", "active")
+    finally:
+        node.stop()
+    assert run(backup, node) == ""
+    shutil.rmtree(data)   # everything comes back from the archive
+    assert run(restore, node) == ""
+    node.start()
+    try:
+        wait_for_state(node, "echo", "active")
+        status, _, _ = http("POST", f"{node.admin_root}/system/functions", json.dumps({
+            "service": "reader", "image": "x", "secrets": ["api-key"],
+            "envProcess": 'sh -c "cat $FAASTWIST_SECRETS_DIR/api-key"'}).encode())
+        assert status == 202
+        wait_for_state(node, "reader", "active")
+        status, _, body = http("GET", f"{node.gate_url}/function/reader", timeout=30)
+        assert (status, body) == (200, b"s3cret")
+    finally:
+        node.stop()
+
+
+def wait_for_state(node: FaasNodeProcess, name: str, state: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = node.json("GET", f"/{name}")
+        if status == 200 and body["status"]["state"] == state:
+            return
+        assert time.monotonic() < deadline, (name, status, body)
+        time.sleep(0.2)

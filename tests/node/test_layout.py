@@ -143,8 +143,8 @@ def test_every_package_declares_its_public_names() -> None:
 def test_every_test_file_lives_in_a_folder_named_for_what_it_tests() -> None:
     folders = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
     # node: the top-level modules (tap, node, config, ...), packaging and this layout;
-    # e2e: whole nodes as real processes; docs: the pages in docs/ against the code
-    allowed = folders | {"node", "e2e", "docs"}
+    # e2e: whole nodes as real processes
+    allowed = folders | {"node", "e2e"}
     misplaced = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")
                        if p.parent.name not in allowed or p.parent.parent != ROOT / "tests")
     assert misplaced == []

@@ -28,12 +28,16 @@ RUN_BY = {
     ("openfaas", "Function store"): (TOURS, "test_function_store_transcript"),
     ("async", "An async tour"): (TOURS, "test_async_tour"),
     ("gate", "Invocation keys and rate limits"): (TOURS, "test_invocation_keys_transcript"),
+    ("operations", "Backing up a single node"):
+        (TOURS, "test_backup_and_restore_of_a_single_node"),
+    ("operations", "Restoring a single node"):
+        (TOURS, "test_backup_and_restore_of_a_single_node"),
     ("kubernetes", "Functions as Kubernetes objects"):
         (KUBE, "test_the_documented_kubectl_commands_verbatim"),
 }
 
 #: what a line of a block that is not a command block may not start with
-COMMANDS = re.compile(r"\$ |(curl|kubectl|faastwist|faas-cli|twistd|make|journalctl|systemctl|"
+COMMANDS = re.compile(r"\$ |(curl|tar|kubectl|faastwist|faas-cli|twistd|make|journalctl|systemctl|"
                       r"etcdctl|prometheus|mkdir|chmod|export|sudo|python3?)( |$)")
 
 
