@@ -72,6 +72,18 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
         await deferLater(reactor, 0.02, lambda: None)
 
 
+async def logged_texts(provider: ProcessProvider, name: str, *wanted: str,
+                       timeout: float = 10.0) -> list[str]:
+    """The function's log lines once every wanted line is among them (or at the timeout):
+    a replica's output is read from its pipe by the reactor, after its answer."""
+    deadline = reactor.seconds() + timeout
+    while True:
+        texts = [line.text for line in await provider.read_logs(name)]
+        if all(text in texts for text in wanted) or reactor.seconds() > deadline:
+            return texts
+        await deferLater(reactor, 0.02, lambda: None)
+
+
 async def observed(provider: ProcessProvider, name: str):
     return (await provider.observe([name]))[name]
 
@@ -167,8 +179,7 @@ async def test_fork_mode_stdin_stdout_and_headers(providers):
                                {"X-Custom-Header": "v1"})
     assert code == 200
     assert body.decode().splitlines() == ["ABC", "POST /some/path x=1", "v1 hello"]
-    lines = await provider.read_logs("upper")
-    assert [l.text for l in lines] == ["handled"]
+    assert await logged_texts(provider, "upper", "handled") == ["handled"]
     # the example function from conf/
     wordcount = function_spec(name="wordcount", command=[PYTHON, WORDCOUNT], mode="fork")
     await provider.deploy(wordcount)
@@ -507,8 +518,10 @@ async def test_envprocess_replicas_are_watchdog_processes(providers):
     code, body, response = await call(provider, spec, "/", b"hello")
     assert (code, body) == (200, b"HELLO")
     assert response.headers.getRawHeaders("content-type") == ["text/x-upper"]
-    texts = [line.text for line in await provider.read_logs("wd")]
-    assert "Forking fprocess." in texts and "HELLO" in texts   # write_debug logs the output
+    # write_debug logs the output; it reaches the log through the replica's pipe, which
+    # the node reads after the answer went out (under load, a moment later)
+    texts = await logged_texts(provider, "wd", "Forking fprocess.", "HELLO")
+    assert "Forking fprocess." in texts and "HELLO" in texts
     assert any(t.startswith("Wrote 5 Bytes - Duration: ") for t in texts)
     with pytest.raises(SpecError, match="envProcess.*no-such-tool"):
         provider.check_spec(function_spec(name="x", command=[], envProcess="no-such-tool -x"))
