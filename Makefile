@@ -26,7 +26,7 @@ UNIT_MARKERS := not etcd and not envtest and not slow and not process and not e2
 export PYTHONPATH := $(CURDIR)
 
 
-.PHONY: run test unit docs mutate install install-service system-deps browser-deps monitoring-deps bench bench-gate bench-workers bench-scale bench-reconcile bench-coldstart bench-async clean
+.PHONY: run test unit docs mutate install install-service service-deps system-deps browser-deps monitoring-deps bench bench-gate bench-workers bench-scale bench-reconcile bench-coldstart bench-async clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,9 +52,11 @@ PREFIX ?= /opt/faastwist
 SYSCONFDIR ?= /etc
 BINDIR ?= /usr/local/bin
 UNITDIR ?= /etc/systemd/system
+# Debian's interpreter: one under /root or /home (pyenv) is hidden by ProtectHome=yes
+SERVICE_PYTHON ?= /usr/bin/python3
 # (without this Makefile's PYTHONPATH: the installed copy only)
-install-service: system-deps
-	test -x $(PREFIX)/bin/python || $(PYTHON) -m venv $(PREFIX)
+install-service: service-deps
+	test -x $(PREFIX)/bin/python || $(SERVICE_PYTHON) -m venv $(PREFIX)
 	env -u PYTHONPATH $(PREFIX)/bin/pip install -q .
 	env -u PYTHONPATH $(PREFIX)/bin/pip install -q --no-deps --force-reinstall .
 	# write twistd's plugin cache now: under ProtectSystem=strict the node cannot
@@ -86,6 +88,19 @@ system-deps:
 	[ -x /usr/bin/go ] || missing="$$missing golang-go"; \
 	/usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	/usr/bin/python3 -m pip --version >/dev/null 2>&1 || missing="$$missing python3-pip"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+# what a service node runs (install-service): not the test tools of system-deps
+service-deps:
+	@missing=""; \
+	command -v etcd >/dev/null || missing="$$missing etcd-server"; \
+	command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing="$$missing nats-server"; \
+	command -v bwrap >/dev/null || missing="$$missing bubblewrap"; \
+	command -v setpriv >/dev/null || missing="$$missing util-linux"; \
+	/usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \

@@ -10,6 +10,10 @@ paths map to folders of the test: /opt/faastwist -> a prefix whose bin/ is this 
 /etc/faastwist -> the config folder, /var/lib/faastwist -> the data folder. Beyond the
 unit's text: PYTHONPATH (this tree's code over the venv's installed copy); what it
 emulates of the unit's hardening is in ``systemd_like_command``.
+
+With ``FAASTWIST_INSTALLED_PREFIX`` set to what ``make install-service PREFIX=...`` made,
+the test runs that installed copy instead, without PYTHONPATH and with ProtectHome too
+(its interpreter is Debian's, not one under /root).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ pytestmark = [pytest.mark.systemd, pytest.mark.process, pytest.mark.e2e, pytest.
 
 UNIT = ROOT / "conf" / "faasgate.service"
 ETC_CONFIG = ROOT / "conf" / "etc" / "controller.yaml"
+#: a venv made by `make install-service PREFIX=...` to run instead of this tree
+INSTALLED = os.environ.get("FAASTWIST_INSTALLED_PREFIX", "")
 #: systemd's PATH for system services (Debian 12, merged /usr)
 SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: what the sandbox does as a function: its uid, its secret (where OpenFaaS functions
@@ -109,7 +115,8 @@ class Installed:
     def __init__(self, root: Path) -> None:
         self.prefix = root / "opt" / "faastwist"
         self.prefix.mkdir(parents=True)
-        (self.prefix / "bin").symlink_to(Path(sys.executable).parent)
+        (self.prefix / "bin").symlink_to(Path(INSTALLED) / "bin" if INSTALLED
+                                         else Path(sys.executable).parent)
         self.etc = root / "etc" / "faastwist"
         self.etc.mkdir(parents=True)
         self.state = root / "var" / "lib" / "faastwist"
@@ -167,15 +174,17 @@ def notify_socket(root):
 
 
 def wait_notify(sock: socket.socket, want: bytes, timeout: float, process) -> list[bytes]:
-    """The datagrams up to and including one that holds ``want``."""
+    """The datagrams up to and including one that holds ``want``. What was sent before
+    the process ended still counts (a node may send STOPPING=1 and exit at once)."""
     seen = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert process.poll() is None, f"faasgate exited with {process.returncode}"
-        sock.settimeout(min(1.0, max(0.01, deadline - time.monotonic())))
+        exited = process.poll() is not None
+        sock.settimeout(0.05 if exited else min(1.0, max(0.01, deadline - time.monotonic())))
         try:
             message = sock.recv(4096)
         except socket.timeout:
+            assert not exited, f"faasgate exited with {process.returncode} before {want!r}"
             continue
         seen.append(message)
         if want in message.split(b"\n"):
@@ -188,11 +197,11 @@ def systemd_like_command(argv: list[str], state: Path, pre: list[str]) -> list[s
     as root, in a mount namespace of its own where, as ProtectSystem=strict leaves it,
     only the StateDirectory is writable (root ignores mode bits, not a read-only
     mount), /tmp is an empty tmpfs (PrivateTmp=yes), and with no_new_privs
-    (NoNewPrivileges=yes). ``pre``: the unit's ``ExecStartPre=+`` commands, run with
-    full privileges before that, on a machine that has no /var/openfaas yet (an empty
-    tmpfs hides this one's). Not emulated: ProtectHome (this venv's interpreter lives
-    under /root) and the cgroup delegation."""
-    if measuring():   # tests/support/covered: the same twistd, measured
+    (NoNewPrivileges=yes); ProtectHome=yes too for an installed copy (this venv's
+    interpreter may live under /root). ``pre``: the unit's ``ExecStartPre=+`` commands,
+    run with full privileges before all that, on a machine that has no /var/openfaas
+    yet (an empty tmpfs hides this one's). Not emulated: the cgroup delegation."""
+    if measuring() and not INSTALLED:   # tests/support/covered: the same twistd, measured
         argv = [sys.executable, "-m", "tests.support.covered", *argv[1:]]
     writable = [state]
     if os.environ.get("COVERAGE_FILE"):   # where a measured node saves its data
@@ -206,6 +215,10 @@ def systemd_like_command(argv: list[str], state: Path, pre: list[str]) -> list[s
         script += "mount -o remount,ro /var/openfaas\n"
     for folder in writable:
         script += f"mount --bind {shlex.quote(str(folder))} {shlex.quote(str(folder))}\n"
+    if INSTALLED:
+        script += "".join(f"mount -t tmpfs -o mode=0755 tmpfs {hidden}\n"
+                          for hidden in ("/root", "/home", "/run/user")
+                          if os.path.isdir(hidden))
     script += ("mount -o remount,bind,ro /\n"
                "mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp\n"
                'exec "$@"\n')
@@ -249,7 +262,7 @@ def test_the_node_starts_as_the_unit_starts_it(tmp_path, root, notify_socket):
     env = {"PATH": SYSTEMD_PATH, **unit_environment(service),
            "NOTIFY_SOCKET": path, "WATCHDOG_USEC": str(int(watchdog[1]) * 10**6),
            "STATE_DIRECTORY": str(installed.state), "INVOCATION_ID": os.urandom(16).hex(),
-           "PYTHONPATH": str(ROOT), **coverage_env()}
+           **({} if INSTALLED else {"PYTHONPATH": str(ROOT), **coverage_env()})}
     log = open(tmp_path / "faasgate.log", "wb")
     pre = [value[1:] for value in service.get("ExecStartPre", [])]
     assert all(value.startswith("+") for value in service.get("ExecStartPre", []))
