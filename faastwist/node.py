@@ -26,7 +26,12 @@ from twisted.web.server import Site
 from faastwist import __version__
 from faastwist.config import ConfigError, ControllerConfig
 from faastwist.metrics import Metrics
-from faastwist.providers.base import ChangeNotifier, LogSource
+from faastwist.providers.registry import (
+    ProviderContext,
+    ProviderParts,
+    WorkerLeases,
+    kind_of,
+)
 from faastwist.util.fdreserve import FdReserve, ReservedListener, guard_listener
 from faastwist.util.heap import StartupCollector
 
@@ -87,6 +92,8 @@ class FaasNode(Service):
         self.on_fatal = on_fatal
         self.started_at = reactor.seconds()
         self.node_id = config.node_id
+        self.kind = kind_of(config)   # the provider as the registry declares it
+        self.parts: ProviderParts | None = None   # the built provider and its capabilities
         self.session: Any = None
         self.converger: Any = None
         self._stack: list[tuple[str, Callable[[], Any]]] = []  # what to stop, in order
@@ -209,8 +216,9 @@ class FaasNode(Service):
 
         config = self.config
         folders = []
-        if config.provider == "process":
-            folders.append(("process.dataDir", config.process.data_dir))
+        provider_data = self.kind.data_dir(config)
+        if provider_data is not None:
+            folders.append(provider_data)
         if config.etcd.embedded:
             folders.append(("etcd.dataDir", config.etcd.data_dir))
         if config.queue.enabled and config.queue.embedded:
@@ -285,22 +293,15 @@ class FaasNode(Service):
         return ports
 
     def _start_provider(self) -> None:
-        if self.config.provider == "knative":
-            from faastwist.providers.knative import KnativeProvider
-
-            self.provider = KnativeProvider(self.config.knative, self.config.name,
-                                            self.reactor, self.metrics)
-        else:
-            from faastwist.providers.process import ProcessProvider
-
-            self.provider = ProcessProvider(self.config.process, self.config.name,
-                                            self.reactor, self.metrics,
-                                            reserved_ports=self.node_ports)
-        if isinstance(self.provider, ChangeNotifier):
+        parts = self.parts = self.kind.build(ProviderContext(
+            self.config, self.reactor, self.metrics, reserved_ports=self.node_ports))
+        self.provider = parts.provider
+        if parts.changes is not None:
             # readiness and crash loops reach this node's report (and so the leader's
             # FSM) at once, not at the next sync
-            self.provider.on_change = self._provider_changed
-        self.provider.secrets = self.secrets
+            parts.changes.on_change = self._provider_changed
+        if parts.secrets is not None:
+            parts.secrets.secrets = self.secrets
         self._start_child("provider", self.provider)
 
     def _provider_changed(self, name: str) -> None:
@@ -312,7 +313,7 @@ class FaasNode(Service):
     @property
     def node_local(self) -> bool:
         """Functions run on every node (process provider), not in a shared cluster."""
-        return self.config.provider == "process"
+        return self.kind.node_local
 
     def _start_session(self) -> None:
         from faastwist.cluster.local import LocalConverger
@@ -457,7 +458,7 @@ class FaasNode(Service):
         from faastwist.admin.ops import OpsAPI, compose, node_info
 
         admin, http = self.config.admin, self.config.http_server
-        log_source = self.provider if isinstance(self.provider, LogSource) else None
+        log_source = self.parts.logs if self.parts is not None else None
         from faastwist.store.owned import ManagedGuard
 
         # the APIs may not write functions a Kubernetes object owns (store/owned.py)
@@ -509,10 +510,7 @@ class FaasNode(Service):
     @property
     def namespace(self) -> str:
         """The one namespace OpenFaaS clients see: Knative's, or OpenFaaS's default."""
-        if self.config.provider == "knative":
-            return self.config.knative.namespace
-        from faastwist.admin.openfaas_model import DEFAULT_NAMESPACE
-        return DEFAULT_NAMESPACE
+        return self.kind.namespace(self.config)
 
     def _openfaas_api(self) -> Any:
         from faastwist.admin.openfaas import OpenFaaSAPI, Versions
@@ -523,13 +521,18 @@ class FaasNode(Service):
         from faastwist.catalogue import Catalogue
 
         catalogue = Catalogue(self.config.store.url, self.config.store.file, self.reactor)
+        parts = self.parts
         return OpenFaaSAPI(self.api_store, self.provider, self.reconciler.kick, self.metrics,
                            self.reactor, versions, self.namespace,
                            max_body_size=self.config.admin.max_body_size, secrets=self.secrets,
                            slicer=self.admin.slicer,   # the admin port's lists: one budget
                            parser=self.admin.parser,   # and one pool of parsing threads
                            settle=self.settle, catalogue=catalogue,
-                           cache=self._cached_records)
+                           cache=self._cached_records,
+                           log_source=parts.logs if parts is not None else None,
+                           refresh_secrets=(parts.secrets.refresh_secrets
+                                            if parts is not None and parts.secrets is not None
+                                            else None))
 
     def _guard(self, root: Any) -> Any:
         """Put the Host/Origin/credential checks in front of the admin port's root."""
@@ -615,7 +618,8 @@ class FaasNode(Service):
         system = self.gate.context.system_lease.upstream
         setup = worker_setup(self.config, self.etcd_endpoints, (system.host, system.port),
                              self.namespace, self.queue, json_lines, self.etcd_tls_files)
-        provider = None if self.config.provider == "knative" else self.provider
+        # None: the workers route by themselves (the registry's LOCAL_ROUTING)
+        provider = self.provider if self.kind.worker_leases is WorkerLeases.FROM_NODE else None
         self.workers = WorkerPool(http.workers, setup, self.reactor, self.routes, provider,
                                   self.metrics, lambda: self.queue, sink, http.shutdown_timeout)
         self._push("gate workers", self.workers.stopService)

@@ -105,7 +105,8 @@ class OpenFaaSAPI:
                  slicer: Slicer | None = None, parser: BodyParser | None = None,
                  settle: Settle | None = None, catalogue: Any = None,
                  cache: Callable[[], Mapping[str, Any]] | None = None,
-                 read_timeout: float = READ_TIMEOUT) -> None:
+                 read_timeout: float = READ_TIMEOUT, log_source: LogSource | None = None,
+                 refresh_secrets: Callable[[], object] | None = None) -> None:
         self.store = store
         self.catalogue = catalogue   # the function store (faastwist.catalogue)
         #: parses bodies off the reactor (the node shares the Easegress API's)
@@ -115,6 +116,9 @@ class OpenFaaSAPI:
         self.read_timeout = read_timeout
         self.secrets = secrets
         self.provider = provider
+        #: the provider's optional capabilities (providers/registry.py ProviderParts)
+        self.log_source = log_source
+        self.refresh_secrets = refresh_secrets
         self.kick = kick
         self.metrics = metrics
         self.clock = clock
@@ -415,9 +419,8 @@ class OpenFaaSAPI:
             await self._timed(store.replace(name, value))
             # running functions that name it get the new file now (other nodes at
             # their next refresh); OpenFaaS on Kubernetes refreshes mounted secrets too
-            refresh = getattr(self.provider, "refresh_secrets", None)
-            if refresh is not None:
-                refresh()
+            if self.refresh_secrets is not None:
+                self.refresh_secrets()
         return self._accepted(request)
 
     @app.route("/system/secrets", methods=["DELETE"])
@@ -483,7 +486,8 @@ class OpenFaaSAPI:
         if params.get("namespace", "") not in ("", self.namespace):
             raise ApiError(400, f"namespace: this gate serves namespace {self.namespace} only")
         await self._timed(self.store.get(name))
-        if not isinstance(self.provider, LogSource):
+        logs = self.log_source
+        if logs is None:
             raise ApiError(501, "function logs are not available from this provider")
         raw_tail = params.get("tail")
         tail = None if raw_tail and raw_tail.startswith("-") else parse_tail(raw_tail)  # -1: all
@@ -494,7 +498,7 @@ class OpenFaaSAPI:
 
         def shape(line: LogLine) -> dict[str, Any]:
             return {**line.to_dict(), "namespace": namespace}
-        source = self.provider if not instance else OneInstance(self.provider, instance)
+        source = logs if not instance else OneInstance(logs, instance)
         return await send_logs(request, source, name, tail, since, follow,
                                lambda d: self._timed(d, "the log source", 504), shape)
 

@@ -236,8 +236,7 @@ class Exchange:
             lease.release()
             return
         self.lease = lease
-        if hasattr(lease, "on_lost"):   # a local replica: its death ends this at once
-            lease.on_lost = self.upstream_lost
+        lease.notify_lost(self.upstream_lost)   # a local replica's death ends this at once
         route = self.route
         upstream = lease.upstream
         cached = route.cache.get("upstream")

@@ -23,6 +23,7 @@ from faastwist.providers.base import (
     Upstream,
 )
 from faastwist.model.spec import FunctionSpec
+from faastwist.providers.registry import check_spec_for
 
 
 @attrs.define
@@ -88,7 +89,7 @@ class FakeProvider:
         return succeed(None)
 
     def check_spec(self, spec: FunctionSpec) -> None:
-        spec.check_for_provider("knative")
+        check_spec_for("knative", spec)
 
     def observe(self, names: Sequence[str] | None = None) -> Deferred[dict[str, Observation]]:
         try:

@@ -35,8 +35,11 @@ from twisted.logger import (
     textFileLogObserver,
 )
 
-from faastwist.config import HTTPServerConfig, KnativeConfig
+from faastwist.config import HTTPServerConfig
+from faastwist.providers import registry
+from faastwist.providers.registry import WorkerLeases
 from faastwist.workers.channel import Calls, Channel, ChannelFactory, Message
+from faastwist.workers.remote import RemoteProvider
 
 log = Logger(namespace="faastwist.workers")
 
@@ -68,6 +71,7 @@ class Worker:
         self.store: Any = None
         self.routes: Any = None
         self.provider: Any = None
+        self.remote: RemoteProvider | None = None   # the leases come from the node
         self.reporter: Any = None
         self.ticker: LoopingCall | None = None
         self.setup_done = False
@@ -84,8 +88,8 @@ class Worker:
         elif op == "reply":
             self.calls.answer(message)
         elif op == "lost":
-            if self.provider is not None and hasattr(self.provider, "lost"):
-                self.provider.lost(message)
+            if self.remote is not None:
+                self.remote.lost(message)
         elif op == "reload":
             self.reload()
         elif op == "reach":
@@ -104,8 +108,8 @@ class Worker:
 
     def channel_lost(self, why: str) -> None:
         self.calls.fail_all("the control channel closed")
-        if self.provider is not None and hasattr(self.provider, "channel_lost"):
-            self.provider.channel_lost()
+        if self.remote is not None:
+            self.remote.channel_lost()
         if not self.stopping:
             log.warn("gate worker {index}: the node's main process is gone ({why}); "
                      "stopping", index=self.index, why=why)
@@ -120,7 +124,7 @@ class Worker:
         from faastwist.store.etcd import EtcdStore
         from faastwist.workers.counts import CountsReporter
         from faastwist.workers.listen import listen_reuseport
-        from faastwist.workers.remote import RemoteProvider, RemoteQueue
+        from faastwist.workers.remote import RemoteQueue
 
         sink = self._start_logging(bool(setup.get("logJson")))
         http = HTTPServerConfig(**setup["http"])
@@ -142,12 +146,12 @@ class Worker:
             if self.reactor.seconds() > deadline:
                 raise RuntimeError("the route table could not be loaded from etcd")
             await deferLater(self.reactor, 0.05, lambda: None)
-        if setup["provider"] == "knative":
-            from faastwist.providers.kourier import KnativeRouting
-
-            self.provider = KnativeRouting(KnativeConfig(**setup["knative"]))
+        kind = registry.get(setup["provider"])
+        if kind.worker_leases is WorkerLeases.LOCAL_ROUTING:
+            self.provider = kind.routing_for_worker(setup["routing"])
         else:
-            self.provider = RemoteProvider(self.calls, float(setup["acquireTimeout"]))
+            self.provider = self.remote = RemoteProvider(self.calls,
+                                                         float(setup["acquireTimeout"]))
         self.gate = GateService(
             http, self.routes, self.provider, self.reactor, metrics,
             access_log=http.access_log, access=AccessLog(self.reactor, sink, sink is not None

@@ -61,6 +61,9 @@ class RemoteLease:
         if provider is not None:
             provider.released(self)
 
+    def notify_lost(self, callback: Callable[[str], None]) -> None:
+        self.on_lost = callback
+
     def lost(self, why: str) -> None:
         on_lost, self.on_lost = self.on_lost, None
         if on_lost is not None:

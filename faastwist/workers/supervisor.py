@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 
 from faastwist.config import ControllerConfig
 from faastwist.metrics import Metrics
+from faastwist.providers.registry import WorkerLeases, kind_of
 from faastwist.workers.channel import ChannelFactory, Message
 from faastwist.workers.link import WorkerLink
 from faastwist.workers.listen import check_free
@@ -57,12 +58,16 @@ def worker_setup(config: ControllerConfig, etcd_endpoints: list[str], admin: tup
     """Everything a worker needs, as its first message (minus its index).
     ``etcd_tls``: the embedded etcd's ``EtcdTLS`` (its files; the worker runs as the
     node's user and presents the node's client certificate)."""
+    kind = kind_of(config)
     setup: Message = {
         "op": "setup", "name": config.name, "http": attrs.asdict(config.http_server),
         "etcd": {"endpoints": list(etcd_endpoints), "prefix": config.etcd.prefix,
                  "timeout": config.etcd.timeout,
                  "tls": attrs.asdict(etcd_tls) if etcd_tls is not None else None},
-        "provider": config.provider, "knative": attrs.asdict(config.knative),
+        "provider": config.provider,
+        # the provider's settings when the worker routes by itself (providers/registry.py)
+        "routing": (attrs.asdict(kind.settings(config))
+                    if kind.worker_leases is WorkerLeases.LOCAL_ROUTING else None),
         "acquireTimeout": config.process.cold_start_timeout + 10.0,
         "system": {"host": admin[0], "port": admin[1], "scheme": config.admin.scheme,
                    "namespace": namespace},

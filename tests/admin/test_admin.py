@@ -27,6 +27,7 @@ from faastwist.admin.api import AdminAPI
 from faastwist.model.fsm import Event, State, apply_event
 from faastwist.providers.base import LogLine
 from faastwist.model.spec import FunctionSpec
+from faastwist.providers.registry import check_spec_for
 from faastwist.store.base import FunctionRecord
 from faastwist.store.memory import MemoryStore
 
@@ -39,11 +40,11 @@ DEMO10 = (Path(__file__).resolve().parents[2] / "conf" / "function.yaml").read_b
 
 
 def knative_check(spec: FunctionSpec) -> None:
-    spec.check_for_provider("knative")
+    check_spec_for("knative", spec)
 
 
 def process_check(spec: FunctionSpec) -> None:
-    spec.check_for_provider("process")
+    check_spec_for("process", spec)
 
 
 def spec_yaml(name: str, image: str = "dev.local/app:1", **extra: Any) -> bytes:
