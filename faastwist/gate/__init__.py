@@ -18,6 +18,8 @@ its own layer:
    (the twisted.web transport: HTTPS, HTTP/2), whose connections (slow-client
    timeouts) are ``webchannel``'s.
 8. ``service``: the ``GateService`` that listens and drains.
+9. ``assembly``: the one way a gate is put together (route table loaded, relay, access
+   log), for the node and its gate workers.
 """
 
 from faastwist.gate.context import GateContext

@@ -25,7 +25,7 @@ import sys
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import LoopingCall
 from twisted.logger import (
     FilteringLogObserver,
     LogLevel,
@@ -35,11 +35,10 @@ from twisted.logger import (
     textFileLogObserver,
 )
 
-from faastwist.config import HTTPServerConfig
 from faastwist.providers import registry
 from faastwist.providers.registry import WorkerLeases
 from faastwist.workers.channel import Calls, Channel, ChannelFactory, Message
-from faastwist.workers.remote import RemoteProvider
+from faastwist.workers.remote import RemoteProvider, RemoteQueue
 
 log = Logger(namespace="faastwist.workers")
 
@@ -116,53 +115,37 @@ class Worker:
             self.stop_reactor()
 
     # -- start ---------------------------------------------------------------------------
-    async def start(self, setup: Message) -> None:
-        from faastwist.gate.accesslog import AccessLog
-        from faastwist.gate.routes import RouteTable
-        from faastwist.gate.service import GateService
+    async def start(self, message: Message) -> None:
+        from faastwist.gate.assembly import build_gate, load_routes
         from faastwist.metrics import Metrics
         from faastwist.store.etcd import EtcdStore
         from faastwist.workers.counts import CountsReporter
         from faastwist.workers.listen import listen_reuseport
-        from faastwist.workers.remote import RemoteQueue
+        from faastwist.workers.setup import WorkerSetup
 
-        sink = self._start_logging(bool(setup.get("logJson")))
-        http = HTTPServerConfig(**setup["http"])
+        setup = WorkerSetup.from_message(message)
+        sink = self._start_logging(setup.log_json)
+        http = setup.http
         metrics = Metrics()
-        etcd = setup["etcd"]
-        tls = None
-        if etcd.get("tls"):
-            from faastwist.store.etcdtls import EtcdTLS
-
-            tls = EtcdTLS(**etcd["tls"]).policy()
-        self.store = EtcdStore(self.reactor, etcd["endpoints"], etcd["prefix"], setup["name"],
-                               float(etcd["timeout"]), metrics, start_index=self.index,
-                               tls=tls)
+        etcd = setup.etcd
+        self.store = EtcdStore(self.reactor, list(etcd.endpoints), etcd.prefix, setup.name,
+                               etcd.timeout, metrics, start_index=self.index,
+                               tls=etcd.tls.policy() if etcd.tls is not None else None)
         await self.store.connect()
-        self.routes = RouteTable(self.store, self.reactor, metrics)
-        self.routes.startService()
-        deadline = self.reactor.seconds() + float(etcd["timeout"]) * 4
-        while not self.routes.synced:
-            if self.reactor.seconds() > deadline:
-                raise RuntimeError("the route table could not be loaded from etcd")
-            await deferLater(self.reactor, 0.05, lambda: None)
-        kind = registry.get(setup["provider"])
+        self.routes = await load_routes(self.store, self.reactor, metrics, etcd.timeout * 4)
+        kind = registry.get(setup.provider)
         if kind.worker_leases is WorkerLeases.LOCAL_ROUTING:
-            self.provider = kind.routing_for_worker(setup["routing"])
+            assert setup.routing is not None
+            self.provider = kind.routing_for_worker(setup.routing)
         else:
-            self.provider = self.remote = RemoteProvider(self.calls,
-                                                         float(setup["acquireTimeout"]))
-        self.gate = GateService(
-            http, self.routes, self.provider, self.reactor, metrics,
-            access_log=http.access_log, access=AccessLog(self.reactor, sink, sink is not None
-                                                         and bool(setup.get("logJson"))),
+            self.provider = self.remote = RemoteProvider(self.calls, setup.acquire_timeout)
+        self.gate = build_gate(
+            http, self.routes, self.provider, self.reactor, metrics, setup.system,
+            sink=sink, json_lines=sink is not None and setup.log_json,
             listen=lambda factory: listen_reuseport(self.reactor, http.address, http.port,
                                                     factory))
-        system = setup["system"]
-        self.gate.context.serve_system(system["host"], int(system["port"]),
-                                       system["namespace"], scheme=system["scheme"])
-        if setup.get("queue"):
-            self.gate.context.queue = RemoteQueue.from_setup(self.calls, setup["queue"])
+        if setup.queue is not None:
+            self.gate.context.queue = RemoteQueue.from_setup(self.calls, setup.queue)
         self.gate.startService()
         self.reporter = CountsReporter(metrics)
         self.ticker = LoopingCall(self.report)
