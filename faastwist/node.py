@@ -499,7 +499,6 @@ class FaasNode(Service):
         self._push("queue workers", self.queue.stop_worker)
 
     def _start_admin(self) -> None:
-        from faastwist.admin import asyncapi  # noqa: F401 (adds the async-call routes)
         from faastwist.admin.api import AdminAPI
         from faastwist.admin.codec import bounded_request_factory
         from faastwist.admin.console import ConsoleResource, gate_url_for, mount_console

@@ -25,7 +25,6 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from faastwist import __version__
 from faastwist.admin.codec import (
@@ -45,8 +44,8 @@ from faastwist.admin.openfaas_model import deployment_to_spec, function_status, 
 from faastwist.admin.parsing import BodyParser
 from faastwist.admin import writes
 from faastwist.admin.rollout import rolled
-from faastwist.admin.writes import (ANSWERED, SecretInUse, Settle, answer,
-                                    listing_revision, record_revision, settled)
+from faastwist.admin.errors import SecretInUse, error_answer
+from faastwist.admin.writes import Settle, listing_revision, record_revision, settled
 from faastwist.metrics import Metrics
 from faastwist.model.fsm import Event, FunctionStatus, State, apply_event
 from faastwist.model.spec import FunctionSpec
@@ -503,41 +502,11 @@ class OpenFaaSAPI:
                                lambda d: self._timed(d, "the log source", 504), shape)
 
     # -- errors --------------------------------------------------------------------------
-    @app.handle_errors(ApiError)
-    def _api_error(self, request: Any, failure: Failure) -> bytes:
-        exc = failure.value
-        for key, value in exc.headers.items():
-            request.setHeader(key.encode(), value.encode())
-        return self._json(request, exc.code, {"code": exc.code, "message": exc.message})
-
-    @app.handle_errors(*ANSWERED)
-    def _domain_error(self, request: Any, failure: Failure) -> bytes:
-        """The one table (admin/writes.py) both APIs answer domain errors from."""
-        code, message, headers = answer(failure.value)  # type: ignore[misc]
+    # -- errors: one table for both APIs (admin/errors.py) ---------------------------------
+    @app.handle_errors(Exception)
+    def _error(self, request: Any, failure: Failure) -> bytes:
+        code, message, headers = error_answer(failure, request.method, request.path,
+                                              "OpenFaaS API")
         for key, value in headers.items():
             request.setHeader(key.encode(), value.encode())
         return self._json(request, code, {"code": code, "message": message})
-
-    @app.handle_errors(HTTPException)
-    def _routing(self, request: Any, failure: Failure) -> bytes:
-        exc = failure.value
-        method, path = request.method.decode("latin-1"), request.path.decode("latin-1")
-        if isinstance(exc, MethodNotAllowed):
-            allowed = ", ".join(sorted(exc.valid_methods or ()))
-            request.setHeader(b"allow", allowed.encode())
-            return self._json(request, 405, {"code": 405, "message":
-                                             f"method {method} is not allowed on {path}; "
-                                             f"allowed: {allowed}"})
-        if exc.code == 404:
-            return self._json(request, 404, {"code": 404, "message":
-                                             f"no such route: {method} {path}"})
-        return self._json(request, exc.code or 500, {"code": exc.code,
-                                                     "message": exc.description or exc.name})
-
-    @app.handle_errors(Exception)
-    def _unexpected(self, request: Any, failure: Failure) -> bytes:
-        log.failure("OpenFaaS API request {method} {path} failed", failure,
-                    method=request.method.decode("latin-1"),
-                    path=request.path.decode("latin-1"))
-        return self._json(request, 500, {"code": 500, "message":
-                                         "internal error; the node's log has the details"})

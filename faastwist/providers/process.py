@@ -44,7 +44,7 @@ from faastwist.providers.launch import Launcher
 from faastwist.providers.sandbox import Network
 from faastwist.providers.secretfiles import SecretFiles
 from faastwist.providers.secretsync import SecretSync
-from faastwist.providers.watchdogenv import fprocess_argv, read_settings, settings_json
+from faastwist.model.watchdogenv import fprocess_argv, read_settings, settings_json
 from faastwist.store.base import StoreError
 from faastwist.store.secrets import SecretStore, reveal_deferred
 from faastwist.providers.orphans import GATE_PID_VAR, OWNER_VAR, kill_orphans, owner_token
