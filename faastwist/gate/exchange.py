@@ -1,11 +1,11 @@
 """One proxied request: route lookup, lease, upstream head, streamed bodies both ways.
 
 An ``Exchange`` carries one request from a client transport (the lean HTTP/1.1
-protocol in gate_fast.py, or the twisted.web resource in gate_web.py, which serves
-HTTPS and HTTP/2) to an upstream connection and back, with back-pressure in both
-directions, the per-function timeout (end to end: lease, connect, response), metrics
-and the access log. The transports implement the small ``Downstream`` interface, so
-both make the same decisions (gate_core.py) and give the same answers.
+protocol in lean.py, or the twisted.web resource in web.py, which serves HTTPS and
+HTTP/2) to an upstream connection and back, with back-pressure in both directions,
+the per-function timeout (end to end: lease, connect, response), metrics and the
+access log. The transports implement the small ``Downstream`` interface, so both make
+the same decisions (decisions.py, wire.py) and give the same answers.
 """
 
 from __future__ import annotations
