@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from faastwist.admin.ops import OpsAPI
     from faastwist.auth.authorizer import Authorizer
     from faastwist.auth.reload import AuthFiles
-    from faastwist.cluster.local import LocalConverger
+    from faastwist.cluster.converger import LocalConverger
     from faastwist.cluster.session import NodeSession
     from faastwist.gate.assembly import SystemRelay
     from faastwist.gate.routes import RouteTable
@@ -366,7 +366,7 @@ class FaasNode(Service):
         return self.kind.node_local
 
     def _start_session(self) -> None:
-        from faastwist.cluster.local import LocalConverger
+        from faastwist.cluster.converger import LocalConverger
         from faastwist.cluster.session import NodeSession
 
         admin, http = self.config.admin, self.config.http_server

@@ -426,7 +426,7 @@ class OpenFaaSAPI:
     async def delete_secret(self, request: Any) -> bytes:
         """A secret that functions name is not deleted (409 naming them): their next
         start would fail. (A deploy racing this delete can still name it; that function
-        then reports the missing secret as its own error, see cluster/local.py.)"""
+        then reports the missing secret as its own error, see cluster/converger.py.)"""
         name = self._name_field(await self._document(request), "name")
         store = self._secret_store()
         listing = await self._timed(self.store.list())

@@ -14,8 +14,9 @@ its own layer:
 4. ``routes`` (the route table, fed by the store's watch) and ``upstream`` (the pooled
    upstream client).
 5. ``context``: what every exchange shares (routes, provider, pool, clock, metrics);
-   ``accept``: queueing an asynchronous call (the exchange is passed in, not imported).
-6. ``exchange``: one proxied request, transport-independent; ``limits``:
+   ``asynccall``: accepting an asynchronous call (the exchange is passed in, not
+   imported).
+6. ``exchange``: one proxied request, transport-independent; ``connlimit``:
    maxConnections and the 503 past it; ``webchannel``: twisted.web's connections with
    the slow-client timeouts.
 7. ``lean`` (the lean HTTP/1.1 transport) and ``web`` (the twisted.web transport:

@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from faastwist.gate.accept import Accept, begin_async
+from faastwist.gate.asynccall import Accept, begin_async
 from faastwist.gate.access import TokenBucket, key_allowed, presented_key, retry_after
 from faastwist.gate.context import GateContext
 from faastwist.metrics import FunctionCounts

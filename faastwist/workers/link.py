@@ -16,7 +16,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from faastwist.gate.accept import QueueFull
+from faastwist.gate.asynccall import QueueFull
 from faastwist.gate.decisions import RETRY_AFTER_NOT_ACTIVE
 from faastwist.metrics import Metrics
 from faastwist.providers.base import NoCapacity

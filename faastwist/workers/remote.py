@@ -22,7 +22,7 @@ from typing import Any, Callable
 import attrs
 from twisted.internet.defer import Deferred
 
-from faastwist.gate.accept import QueuedCall, QueueFull, QueueUnavailable
+from faastwist.gate.asynccall import QueuedCall, QueueFull, QueueUnavailable
 from faastwist.model.spec import FunctionSpec
 from faastwist.providers.base import NoCapacity, Upstream
 from faastwist.queue.policy import CallbackRules, parse_networks, refuse_callback_url
