@@ -135,7 +135,7 @@ class FaasNode(Service):
         self.node_id = config.node_id
         self.kind = kind_of(config)   # the provider as the registry declares it
         self.parts: ProviderParts | None = None   # the built provider and its capabilities
-        self.session: NodeSession | None = None
+        self.session: NodeSession = None  # type: ignore[assignment]
         self.converger: LocalConverger | None = None
         self._stack: list[tuple[str, Callable[[], Any]]] = []  # what to stop, in order
         self.ready: Deferred[None] = Deferred()
@@ -149,7 +149,7 @@ class FaasNode(Service):
         self.reconciler: Reconciler = None  # type: ignore[assignment]
         self.leader: LeaderElection = None  # type: ignore[assignment]
         self.admin: AdminAPI = None  # type: ignore[assignment]
-        self.gate: GateService | None = None
+        self.gate: GateService = None  # type: ignore[assignment]
         self.workers: WorkerPool | None = None  # the gate worker processes (httpServer.workers > 1)
         self.admin_port: Any = None   # IListeningPort
         self.ops: OpsAPI = None  # type: ignore[assignment]
@@ -423,14 +423,13 @@ class FaasNode(Service):
             return
         from faastwist.kube.service import build_watch
 
-        self.kube = build_watch(self.config.kubernetes, self.config.knative.kubeconfig,
-                                self.store, self.reactor, check_spec=self.provider.check_spec,
-                                kick=self.reconciler.kick, leader=self.leader,
-                                observe=self.reconciler.provider.observe,
-                                resync=self.config.sync_interval)
-        self.leader.add_listener(self.kube.leadership_changed)
-        self.routes.subscribe(lambda name, route: self.kube.function_changed(name))
-        self._start_child("kubernetes functions", self.kube)
+        kube = self.kube = build_watch(
+            self.config.kubernetes, self.config.knative.kubeconfig, self.store, self.reactor,
+            check_spec=self.provider.check_spec, kick=self.reconciler.kick, leader=self.leader,
+            observe=self.reconciler.provider.observe, resync=self.config.sync_interval)
+        self.leader.add_listener(kube.leadership_changed)
+        self.routes.subscribe(lambda name, route: kube.function_changed(name))
+        self._start_child("kubernetes functions", kube)
 
     def _reports_changed(self, name: str | None) -> None:
         if name is not None:
