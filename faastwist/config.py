@@ -33,7 +33,6 @@ class ConfigError(FieldError):
     """The controller config is invalid; twistd prints one line and exits non-zero."""
 
 
-PROVIDERS = ("knative", "process")
 NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
@@ -237,7 +236,8 @@ class ControllerConfig:
             name=name,
             kind=kind,
             node_id=node_id,
-            provider=reader.choice("provider", PROVIDERS, "knative"),
+            # checked against providers/registry.py where a node is built (kind_of)
+            provider=reader.string("provider", "knative"),
             sync_interval=reader.duration("syncInterval", 10.0, minimum=0.1),
             http_server=reader.section("httpServer", lambda r: _read_http(r, base)),
             knative=reader.section("knative", lambda r: _read_knative(r, base)),

@@ -13,9 +13,10 @@ import socket
 import time
 import zlib
 from collections.abc import Awaitable, Iterator, Mapping
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlsplit
 
+import attrs
 from twisted.application.service import IService, Service
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, ensureDeferred
 from twisted.internet.interfaces import IReactorTCP
@@ -26,9 +27,40 @@ from twisted.web.server import Site
 from faastwist import __version__
 from faastwist.config import ConfigError, ControllerConfig
 from faastwist.metrics import Metrics
-from faastwist.providers.base import ChangeNotifier, LogSource
+from faastwist.providers.registry import (
+    ProviderContext,
+    ProviderParts,
+    WorkerLeases,
+    kind_of,
+)
 from faastwist.util.fdreserve import FdReserve, ReservedListener, guard_listener
 from faastwist.util.heap import StartupCollector
+
+if TYPE_CHECKING:
+    from faastwist.admin.api import AdminAPI
+    from faastwist.admin.openfaas import OpenFaaSAPI
+    from faastwist.admin.ops import OpsAPI
+    from faastwist.auth.authorizer import Authorizer
+    from faastwist.auth.reload import AuthFiles
+    from faastwist.cluster.converger import LocalConverger
+    from faastwist.cluster.session import NodeSession
+    from faastwist.gate.assembly import SystemRelay
+    from faastwist.gate.routes import RouteTable
+    from faastwist.gate.service import GateService
+    from faastwist.kube.service import FunctionWatch
+    from faastwist.lifecycle.reconciler import Reconciler
+    from faastwist.providers.base import Provider
+    from faastwist.queue.embedded import EmbeddedNats
+    from faastwist.queue.service import QueueService
+    from faastwist.sdnotify import SystemdNotifier
+    from faastwist.store.embedded import EmbeddedEtcd
+    from faastwist.store.etcd import EtcdStore
+    from faastwist.store.etcdtls import EtcdTLS
+    from faastwist.store.leader import LeaderElection
+    from faastwist.store.owned import ManagedGuard
+    from faastwist.store.secrets import SecretStore
+    from faastwist.util.tls import ReloadableTLS
+    from faastwist.workers.supervisor import WorkerPool
 
 log = Logger()
 
@@ -70,6 +102,18 @@ class StartupError(Exception):
     """The node cannot start (etcd never became healthy, a port is taken...)."""
 
 
+@attrs.frozen
+class NodeParts:
+    """Parts a node takes as given instead of building them from its config: tests
+    build a whole node in one process on a store of their own (the test etcd) and a
+    ``FakeProvider``. None: the config's (its etcd, embedded or not; the registry's
+    provider)."""
+
+    #: connected, and closed by whoever made it (the node closes only its own)
+    store: EtcdStore | None = None
+    provider: ProviderParts | None = None
+
+
 class FaasNode(Service):
     """The whole node as one IService for twistd.
 
@@ -80,41 +124,46 @@ class FaasNode(Service):
     name = "faasgate"
 
     def __init__(self, config: ControllerConfig, reactor: IReactorTCP,
-                 on_fatal: Callable[[str], None] | None = None) -> None:
+                 on_fatal: Callable[[str], None] | None = None,
+                 parts: NodeParts = NodeParts()) -> None:
         self.config = config
-        self.reactor = reactor
+        self.reactor: Any = reactor   # IReactorTCP, Time, Process, FromThreads: see above
+        self.given = parts
         self.metrics = Metrics()
         self.on_fatal = on_fatal
         self.started_at = reactor.seconds()
         self.node_id = config.node_id
-        self.session: Any = None
-        self.converger: Any = None
+        self.kind = kind_of(config)   # the provider as the registry declares it
+        self.parts: ProviderParts | None = None   # the built provider and its capabilities
+        self.session: NodeSession = None  # type: ignore[assignment]
+        self.converger: LocalConverger | None = None
         self._stack: list[tuple[str, Callable[[], Any]]] = []  # what to stop, in order
         self.ready: Deferred[None] = Deferred()
-        self.store: Any = None
-        self.embedded_etcd: Any = None
-        self.embedded_nats: Any = None
+        # set in start-up order; read only once their step ran
+        self.store: EtcdStore = None  # type: ignore[assignment]
+        self.embedded_etcd: EmbeddedEtcd | None = None
+        self.embedded_nats: EmbeddedNats | None = None
         self.fd_reserve = FdReserve()
-        self.provider: Any = None
-        self.routes: Any = None
-        self.reconciler: Any = None
-        self.leader: Any = None
-        self.admin: Any = None
-        self.gate: Any = None
-        self.workers: Any = None  # the gate worker processes (httpServer.workers > 1)
-        self.admin_port: Any = None
-        self.ops: Any = None
-        self.notifier: Any = None
-        self.openfaas: Any = None
-        self.secrets: Any = None
-        self.authorizer: Any = None
-        self.auth_files: Any = None
-        self.admin_tls: Any = None
-        self.queue: Any = None
-        self.kube: Any = None      # the Function objects' watch (kubernetes.functions)
-        self.api_store: Any = None
+        self.provider: Provider = None  # type: ignore[assignment]
+        self.routes: RouteTable = None  # type: ignore[assignment]
+        self.reconciler: Reconciler = None  # type: ignore[assignment]
+        self.leader: LeaderElection = None  # type: ignore[assignment]
+        self.admin: AdminAPI = None  # type: ignore[assignment]
+        self.gate: GateService = None  # type: ignore[assignment]
+        self.workers: WorkerPool | None = None  # the gate worker processes (httpServer.workers > 1)
+        self.admin_port: Any = None   # IListeningPort
+        self.ops: OpsAPI = None  # type: ignore[assignment]
+        self.notifier: SystemdNotifier = None  # type: ignore[assignment]
+        self.openfaas: OpenFaaSAPI | None = None
+        self.secrets: SecretStore | None = None
+        self.authorizer: Authorizer | None = None
+        self.auth_files: AuthFiles | None = None
+        self.admin_tls: ReloadableTLS | None = None
+        self.queue: QueueService | None = None
+        self.kube: FunctionWatch | None = None  # the Function objects' watch (kubernetes.functions)
+        self.api_store: ManagedGuard = None  # type: ignore[assignment]
         self.etcd_endpoints: list[str] = []
-        self.etcd_tls_files: Any = None  # the embedded etcd's CA and client certificate
+        self.etcd_tls_files: EtcdTLS | None = None  # the embedded etcd's CA and client certificate
 
     # -- helpers ---------------------------------------------------------------------
     def _push(self, what: str, stop: Callable[[], Any]) -> None:
@@ -209,8 +258,9 @@ class FaasNode(Service):
 
         config = self.config
         folders = []
-        if config.provider == "process":
-            folders.append(("process.dataDir", config.process.data_dir))
+        provider_data = self.kind.data_dir(config)
+        if provider_data is not None:
+            folders.append(provider_data)
         if config.etcd.embedded:
             folders.append(("etcd.dataDir", config.etcd.data_dir))
         if config.queue.enabled and config.queue.embedded:
@@ -230,6 +280,11 @@ class FaasNode(Service):
 
         etcd = self.config.etcd
         endpoints = list(etcd.endpoints)
+        if self.given.store is not None:
+            self.store = self.given.store
+            self.etcd_endpoints = list(self.store.endpoints)
+            self._load_secrets()
+            return
         etcd_tls = None
         if etcd.embedded:
             from faastwist.store.embedded import EmbeddedEtcd
@@ -257,6 +312,9 @@ class FaasNode(Service):
             raise StartupError(f"etcd at {', '.join(endpoints)} is not reachable: {exc}")
         self._push("store", self.store.close)
         self.etcd_endpoints = endpoints
+        self._load_secrets()
+
+    def _load_secrets(self) -> None:
         from faastwist.store.secrets import KeyFileError, SecretStore, load_key
 
         try:
@@ -285,22 +343,15 @@ class FaasNode(Service):
         return ports
 
     def _start_provider(self) -> None:
-        if self.config.provider == "knative":
-            from faastwist.providers.knative import KnativeProvider
-
-            self.provider = KnativeProvider(self.config.knative, self.config.name,
-                                            self.reactor, self.metrics)
-        else:
-            from faastwist.providers.process import ProcessProvider
-
-            self.provider = ProcessProvider(self.config.process, self.config.name,
-                                            self.reactor, self.metrics,
-                                            reserved_ports=self.node_ports)
-        if isinstance(self.provider, ChangeNotifier):
+        parts = self.parts = self.given.provider or self.kind.build(ProviderContext(
+            self.config, self.reactor, self.metrics, reserved_ports=self.node_ports))
+        self.provider = parts.provider
+        if parts.changes is not None:
             # readiness and crash loops reach this node's report (and so the leader's
             # FSM) at once, not at the next sync
-            self.provider.on_change = self._provider_changed
-        self.provider.secrets = self.secrets
+            parts.changes.on_change = self._provider_changed
+        if parts.secrets is not None:
+            parts.secrets.secrets = self.secrets
         self._start_child("provider", self.provider)
 
     def _provider_changed(self, name: str) -> None:
@@ -312,10 +363,10 @@ class FaasNode(Service):
     @property
     def node_local(self) -> bool:
         """Functions run on every node (process provider), not in a shared cluster."""
-        return self.config.provider == "process"
+        return self.kind.node_local
 
     def _start_session(self) -> None:
-        from faastwist.cluster.local import LocalConverger
+        from faastwist.cluster.converger import LocalConverger
         from faastwist.cluster.session import NodeSession
 
         admin, http = self.config.admin, self.config.http_server
@@ -331,15 +382,14 @@ class FaasNode(Service):
             self._start_child("local converger", self.converger)
 
     async def _start_routes(self) -> None:
-        from faastwist.gate.routes import RouteTable
+        from faastwist.gate.assembly import RoutesNotLoaded, load_routes
 
-        self.routes = RouteTable(self.store, self.reactor, self.metrics)
-        self._start_child("route table", self.routes)
-        deadline = self.reactor.seconds() + self.config.etcd.timeout * 4
-        while not self.routes.synced:
-            if self.reactor.seconds() > deadline:
-                raise StartupError("the route table could not be loaded from etcd")
-            await deferLater(self.reactor, 0.05, lambda: None)
+        try:
+            self.routes = await load_routes(self.store, self.reactor, self.metrics,
+                                            self.config.etcd.timeout * 4)
+        except RoutesNotLoaded as exc:
+            raise StartupError(str(exc)) from None
+        self._push("route table", self.routes.stopService)
 
     def _start_reconciler(self) -> None:
         from faastwist.lifecycle.reconciler import Reconciler
@@ -373,14 +423,13 @@ class FaasNode(Service):
             return
         from faastwist.kube.service import build_watch
 
-        self.kube = build_watch(self.config.kubernetes, self.config.knative.kubeconfig,
-                                self.store, self.reactor, check_spec=self.provider.check_spec,
-                                kick=self.reconciler.kick, leader=self.leader,
-                                observe=self.reconciler.provider.observe,
-                                resync=self.config.sync_interval)
-        self.leader.add_listener(self.kube.leadership_changed)
-        self.routes.subscribe(lambda name, route: self.kube.function_changed(name))
-        self._start_child("kubernetes functions", self.kube)
+        kube = self.kube = build_watch(
+            self.config.kubernetes, self.config.knative.kubeconfig, self.store, self.reactor,
+            check_spec=self.provider.check_spec, kick=self.reconciler.kick, leader=self.leader,
+            observe=self.reconciler.provider.observe, resync=self.config.sync_interval)
+        self.leader.add_listener(kube.leadership_changed)
+        self.routes.subscribe(lambda name, route: kube.function_changed(name))
+        self._start_child("kubernetes functions", kube)
 
     def _reports_changed(self, name: str | None) -> None:
         if name is not None:
@@ -449,7 +498,6 @@ class FaasNode(Service):
         self._push("queue workers", self.queue.stop_worker)
 
     def _start_admin(self) -> None:
-        from faastwist.admin import asyncapi  # noqa: F401 (adds the async-call routes)
         from faastwist.admin.api import AdminAPI
         from faastwist.admin.codec import bounded_request_factory
         from faastwist.admin.console import ConsoleResource, gate_url_for, mount_console
@@ -457,7 +505,7 @@ class FaasNode(Service):
         from faastwist.admin.ops import OpsAPI, compose, node_info
 
         admin, http = self.config.admin, self.config.http_server
-        log_source = self.provider if isinstance(self.provider, LogSource) else None
+        log_source = self.parts.logs if self.parts is not None else None
         from faastwist.store.owned import ManagedGuard
 
         # the APIs may not write functions a Kubernetes object owns (store/owned.py)
@@ -509,10 +557,7 @@ class FaasNode(Service):
     @property
     def namespace(self) -> str:
         """The one namespace OpenFaaS clients see: Knative's, or OpenFaaS's default."""
-        if self.config.provider == "knative":
-            return self.config.knative.namespace
-        from faastwist.admin.openfaas_model import DEFAULT_NAMESPACE
-        return DEFAULT_NAMESPACE
+        return self.kind.namespace(self.config)
 
     def _openfaas_api(self) -> Any:
         from faastwist.admin.openfaas import OpenFaaSAPI, Versions
@@ -523,13 +568,18 @@ class FaasNode(Service):
         from faastwist.catalogue import Catalogue
 
         catalogue = Catalogue(self.config.store.url, self.config.store.file, self.reactor)
+        parts = self.parts
         return OpenFaaSAPI(self.api_store, self.provider, self.reconciler.kick, self.metrics,
                            self.reactor, versions, self.namespace,
                            max_body_size=self.config.admin.max_body_size, secrets=self.secrets,
                            slicer=self.admin.slicer,   # the admin port's lists: one budget
                            parser=self.admin.parser,   # and one pool of parsing threads
                            settle=self.settle, catalogue=catalogue,
-                           cache=self._cached_records)
+                           cache=self._cached_records,
+                           log_source=parts.logs if parts is not None else None,
+                           refresh_secrets=(parts.secrets.refresh_secrets
+                                            if parts is not None and parts.secrets is not None
+                                            else None))
 
     def _guard(self, root: Any) -> Any:
         """Put the Host/Origin/credential checks in front of the admin port's root."""
@@ -580,23 +630,25 @@ class FaasNode(Service):
                 log.error("the {what} certificate was not reloaded, the previous one stays: "
                           "{error}", what=what, error=str(exc))
 
+    def system_relay(self) -> SystemRelay:
+        """The admin listener as the gate relays /system/* to it (its guard, with the
+        credentials, Host and Origin checks, applies to what is relayed)."""
+        from faastwist.gate.assembly import SystemRelay
+
+        admin = self.admin_port.getHost()
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(admin.host, admin.host)
+        return SystemRelay(host, admin.port, self.config.admin.scheme, self.namespace)
+
     def _start_gate(self) -> None:
-        from faastwist.gate.accesslog import AccessLog
-        from faastwist.gate.service import GateService
+        from faastwist.gate.assembly import build_gate
         from faastwist.logformat import access_sink
 
         http = self.config.http_server
         sink, json_lines = access_sink()
         # with worker processes this gate does not listen: it runs the queue's calls
-        self.gate = GateService(http, self.routes, self.provider, self.reactor, self.metrics,
-                                access_log=http.access_log, fd_reserve=self.fd_reserve,
-                                access=AccessLog(self.reactor, sink, json_lines),
-                                serve=http.workers == 1)
-        admin = self.admin_port.getHost()
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(admin.host, admin.host)
-        # the admin port's guard (credentials, Host, Origin) applies to what is relayed
-        self.gate.context.serve_system(host, admin.port, self.namespace,
-                                       scheme=self.config.admin.scheme)
+        self.gate = build_gate(http, self.routes, self.provider, self.reactor, self.metrics,
+                               self.system_relay(), sink=sink, json_lines=json_lines,
+                               fd_reserve=self.fd_reserve, serve=http.workers == 1)
         try:
             self.gate.startService()
         except Exception as exc:
@@ -609,13 +661,14 @@ class FaasNode(Service):
         if http.workers == 1:
             return
         from faastwist.logformat import access_sink
-        from faastwist.workers.supervisor import WorkerPool, WorkerStartError, worker_setup
+        from faastwist.workers.setup import worker_setup
+        from faastwist.workers.supervisor import WorkerPool, WorkerStartError
 
         sink, json_lines = access_sink()
-        system = self.gate.context.system_lease.upstream
-        setup = worker_setup(self.config, self.etcd_endpoints, (system.host, system.port),
-                             self.namespace, self.queue, json_lines, self.etcd_tls_files)
-        provider = None if self.config.provider == "knative" else self.provider
+        setup = worker_setup(self.config, self.etcd_endpoints, self.system_relay(),
+                             self.queue, json_lines, self.etcd_tls_files)
+        # None: the workers route by themselves (the registry's LOCAL_ROUTING)
+        provider = self.provider if self.kind.worker_leases is WorkerLeases.FROM_NODE else None
         self.workers = WorkerPool(http.workers, setup, self.reactor, self.routes, provider,
                                   self.metrics, lambda: self.queue, sink, http.shutdown_timeout)
         self._push("gate workers", self.workers.stopService)

@@ -36,8 +36,11 @@ class Options(usage.Options):
         from faastwist.logformat import use_log_format
 
         use_log_format(self, self["log-format"])
+        from faastwist.providers.registry import kind_of
+
         try:
             config = load_config(self["config"])
+            kind_of(config)
         except ConfigError as exc:
             # one line naming the key, not twistd's usage dump: the operator fixes a file
             raise SystemExit(f"faasgate: config error: {exc}") from None

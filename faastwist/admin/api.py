@@ -12,7 +12,6 @@ unless ``Accept`` prefers ``application/json``; errors are ``{code, message}``.
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import Any, Callable, Mapping, TypeVar
 
@@ -24,8 +23,6 @@ from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
-from werkzeug.routing import RequestRedirect
 
 from faastwist.admin.codec import (
     JSON_TYPE,
@@ -55,7 +52,10 @@ from faastwist.admin.listbody import LineCache, list_pieces, stream
 from faastwist.admin.logstream import send_logs
 from faastwist.admin.parsing import BodyParser
 from faastwist.admin.rollout import rolled
-from faastwist.admin.writes import (ANSWERED, Settle, answer, listing_revision,
+from faastwist.admin.asyncapi import add_async_routes
+from faastwist.admin.errors import error_answer
+from faastwist.admin.routing import BASE, FUNCTION, controller_route
+from faastwist.admin.writes import (Settle, listing_revision,
                                     record_revision, settled)
 from faastwist.admin import writes
 from faastwist.model.fsm import Event, FunctionStatus, apply_event
@@ -80,8 +80,6 @@ T = TypeVar("T")
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 MAX_KEYS = 10     # per function: enough for rotation, not a user database
-BASE = "/apis/<any(v1, v2):version>/faas/<controller>"
-FUNCTION = BASE + "/<fn>"
 DEFAULT_MAX_BODY_SIZE = 1 << 20
 DEFAULT_STORE_TIMEOUT = 10.0
 DEFAULT_PAGE = 100
@@ -90,26 +88,6 @@ STREAM_THRESHOLD = 200
 DEFAULT_READ_TIMEOUT = 1.5  # a stale answer, encoding included, within 2 s
 STALE_HEADER = "X-FaaS-Stale"
 RETRY_WINDOW = 600.0  # how long a create of unknown outcome is recognised when retried
-
-
-def controller_route(app: Klein, url: str, method: str) -> Callable[[Handler], Handler]:
-    """``app.route`` for a path under ``BASE`` that first checks its ``controller``.
-
-    A name other than this server's controller is a 404 naming both, raised before the
-    handler runs, so no handler repeats the check (and none can forget it).
-    """
-    def decorate(handler: Handler) -> Handler:
-        @functools.wraps(handler)
-        def checked(self: AdminAPI, request: IRequest, *, controller: str, **kwargs: str) -> Any:
-            if controller != self.controller:
-                raise ApiError(404, f"controller {controller} not found; this server runs "
-                                    f"controller {self.controller}")
-            return handler(self, request, controller=controller, **kwargs)
-        route = app.route(url, methods=[method], strict_slashes=False)
-        return route(checked)  # type: ignore[return-value]
-    return decorate
-
-
 
 
 def parse_spec(body: bytes, content_type: str | None, default_name: str | None,
@@ -501,40 +479,14 @@ class AdminAPI:
         return await send_logs(request, source, fn, tail, since, follow,
                                lambda d: self._timed(d, "the log source", 504))
 
-    # -- errors (first matching handler wins, so the catch-all comes last) --------------
-    @app.handle_errors(ApiError)
-    def _api_error(self, request: IRequest, failure: Failure) -> bytes:
-        exc = failure.value
-        return respond_error(request, exc.code, exc.message, exc.headers)
-
-    @app.handle_errors(*ANSWERED)
-    def _domain_error(self, request: IRequest, failure: Failure) -> bytes:
-        """The one table (admin/writes.py) both APIs answer domain errors from."""
-        code, message, headers = answer(failure.value)  # type: ignore[misc]
+    # -- errors: one table for both APIs (admin/errors.py) ---------------------------------
+    @app.handle_errors(Exception)
+    def _error(self, request: IRequest, failure: Failure) -> bytes:
+        code, message, headers = error_answer(failure, request.method, request.path, "admin")
         return respond_error(request, code, message, headers)
 
-    @app.handle_errors(HTTPException)
-    def _routing_error(self, request: IRequest, failure: Failure) -> bytes:
-        exc = failure.value
-        method = request.method.decode("latin-1")
-        path = request.path.decode("latin-1")
-        if isinstance(exc, MethodNotAllowed):
-            allowed = ", ".join(sorted(exc.valid_methods or ()))
-            return respond_error(request, 405, f"method {method} is not allowed on {path}; "
-                                            f"allowed: {allowed}", {"Allow": allowed})
-        if isinstance(exc, RequestRedirect):
-            return respond_error(request, exc.code, f"moved to {exc.new_url}",
-                              {"Location": exc.new_url})
-        if exc.code == 404:
-            return respond_error(request, 404, f"no such route: {method} {path}")
-        return respond_error(request, exc.code or 500, exc.description or exc.name)
-
-    @app.handle_errors(Exception)
-    def _unexpected(self, request: IRequest, failure: Failure) -> bytes:
-        log.failure("admin request {method} {path} failed", failure,
-                    method=request.method.decode("latin-1"),
-                    path=request.path.decode("latin-1"))
-        return respond_error(request, 500, "internal error; the controller log has the details")
+    # the async-call routes, registered here (not by importing their module)
+    add_async_routes(app)
 
 
 class _Utf8Guard(Resource):

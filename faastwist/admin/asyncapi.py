@@ -1,7 +1,8 @@
 """Admin routes for asynchronous calls: a call's status, the dead letters, retry, purge.
 
-Registered on ``AdminAPI.app`` (so they share its controller check, error mapping and
-whatever guards wrap the admin resource); the queue is reached through
+``add_async_routes`` registers them on ``AdminAPI``'s Klein app (api.py calls it where
+it defines its own routes), so they share its controller check, error answers and
+whatever guards wrap the admin resource; the queue is reached through
 ``AdminAPI.async_calls``, set by the node when async invocations are on (503 when not).
 
 - ``GET    {function}/async/{callId}``        the call's state, attempts, last status
@@ -13,18 +14,29 @@ whatever guards wrap the admin resource); the queue is reached through
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Protocol
 
-from faastwist.admin.api import FUNCTION, AdminAPI, controller_route
+from klein import Klein
+from twisted.internet.defer import Deferred
+
 from faastwist.admin.codec import ApiError, query_params, respond
+from faastwist.admin.routing import FUNCTION, controller_route
 from faastwist.model.spec import SpecError, check_name
 from faastwist.util.times import format_rfc3339
 
 CALL_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-app = AdminAPI.app
 #: a record's times: epoch seconds in the queue, RFC 3339 in answers (as every time the
 #: API shows)
 TIMES = ("enqueued", "updated", "deadAt")
+
+
+class AdminAPI(Protocol):
+    """What these routes use of ``api.AdminAPI`` (which imports this module)."""
+
+    controller: str
+    async_calls: Any   # queue.service.QueueService, or None
+
+    def _timed(self, d: Deferred[Any], what: str, code: int) -> Deferred[Any]: ...
 
 
 def present(record: dict[str, Any]) -> dict[str, Any]:
@@ -44,7 +56,7 @@ def _queue(api: AdminAPI, fn: str, call_id: str | None = None) -> Any:
         raise ApiError(400, str(exc)) from None
     if call_id is not None and not CALL_ID.match(call_id):
         raise ApiError(400, "callId: must be 1-128 letters, digits, '-' or '_'")
-    queue = getattr(api, "async_calls", None)
+    queue = api.async_calls
     if queue is None:
         raise ApiError(503, "asynchronous invocations are not enabled on this node")
     return queue
@@ -61,7 +73,6 @@ async def _ask(api: AdminAPI, coroutine: Any) -> Any:
         raise ApiError(503, f"the queue is unavailable: {exc}") from None
 
 
-@controller_route(app, FUNCTION + "/async/<call_id>", "GET")
 async def async_status(self: AdminAPI, request: Any, version: str, controller: str, fn: str,
                        call_id: str) -> bytes:
     queue = _queue(self, fn, call_id)
@@ -72,7 +83,6 @@ async def async_status(self: AdminAPI, request: Any, version: str, controller: s
     return respond(request, 200, present(record))
 
 
-@controller_route(app, FUNCTION + "/async/<call_id>/retry", "POST")
 async def async_retry(self: AdminAPI, request: Any, version: str, controller: str, fn: str,
                       call_id: str) -> bytes:
     queue = _queue(self, fn, call_id)
@@ -82,7 +92,6 @@ async def async_retry(self: AdminAPI, request: Any, version: str, controller: st
     return respond(request, 202, present(record))
 
 
-@controller_route(app, FUNCTION + "/async", "GET")
 async def async_dead_letters(self: AdminAPI, request: Any, version: str, controller: str,
                              fn: str) -> bytes:
     queue = _queue(self, fn)
@@ -95,9 +104,21 @@ async def async_dead_letters(self: AdminAPI, request: Any, version: str, control
                                   "deadLetters": [present(e) for e in entries]})
 
 
-@controller_route(app, FUNCTION + "/async", "DELETE")
 async def async_purge(self: AdminAPI, request: Any, version: str, controller: str,
                       fn: str) -> bytes:
     queue = _queue(self, fn)
     await _ask(self, queue.purge(fn))
     return respond(request, 200, {"function": fn, "purged": True})
+
+
+def add_async_routes(app: Klein) -> None:
+    """Register the routes above on ``app`` (the admin API's)."""
+    for url, method, handler in (
+            (FUNCTION + "/async/<call_id>", "GET", async_status),
+            (FUNCTION + "/async/<call_id>/retry", "POST", async_retry),
+            (FUNCTION + "/async", "GET", async_dead_letters),
+            (FUNCTION + "/async", "DELETE", async_purge)):
+        controller_route(app, url, method)(handler)
+
+
+__all__ = ["add_async_routes", "present"]

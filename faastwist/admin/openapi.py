@@ -158,6 +158,8 @@ def _build() -> dict[str, Any]:
         {"name": "follow", "in": "query", "schema": {"type": "boolean", "enum": [False]},
          "description": "true streams new lines until the client goes (not fuzzed)"},
     ]
+    call_id = {"name": "call_id", "in": "path", "required": True,
+               "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"}}
     paths: dict[str, Any] = {
         base: {
             "get": _operation("listFunctions", "every function with its status",
@@ -207,6 +209,24 @@ def _build() -> dict[str, Any]:
                          "schema": {"type": "string", "maxLength": 64}},
                         {"name": "open", "in": "query", "schema": {"type": "boolean"},
                          "description": "true: the last key may go, opening the function"}])},
+        f"{function}/async/{{call_id}}": {"get": _operation(
+            "asyncCallStatus", "an asynchronous call's state, attempts and last status",
+            {"200": _answer("the call", {"type": "object"})}, 400, 404, 503,
+            parameters=[call_id])},
+        f"{function}/async/{{call_id}}/retry": {"post": _operation(
+            "retryDeadLetter", "queue a dead letter again",
+            {"202": _answer("the call", {"type": "object"})}, 400, 404, 503,
+            parameters=[call_id])},
+        f"{function}/async": {
+            "get": _operation("deadLetters", "the function's dead letters",
+                              {"200": _answer("the dead letters", {"type": "object"})},
+                              400, 404, 503, parameters=[
+                                  {"name": "limit", "in": "query",
+                                   "schema": {"type": "integer", "minimum": 1,
+                                              "maximum": 10000}}]),
+            "delete": _operation("purgeDeadLetters", "purge the function's dead letters",
+                                 {"200": _answer("done", {"type": "object"})}, 400, 404, 503),
+        },
         f"{PREFIX}/info": {"get": _operation(
             "info", "this node: version, provider, controller, leader",
             {"200": _answer("the node", _ref("Info"))})},

@@ -25,7 +25,6 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from faastwist import __version__
 from faastwist.admin.codec import (
@@ -45,8 +44,8 @@ from faastwist.admin.openfaas_model import deployment_to_spec, function_status, 
 from faastwist.admin.parsing import BodyParser
 from faastwist.admin import writes
 from faastwist.admin.rollout import rolled
-from faastwist.admin.writes import (ANSWERED, SecretInUse, Settle, answer,
-                                    listing_revision, record_revision, settled)
+from faastwist.admin.errors import SecretInUse, error_answer
+from faastwist.admin.writes import Settle, listing_revision, record_revision, settled
 from faastwist.metrics import Metrics
 from faastwist.model.fsm import Event, FunctionStatus, State, apply_event
 from faastwist.model.spec import FunctionSpec
@@ -105,7 +104,8 @@ class OpenFaaSAPI:
                  slicer: Slicer | None = None, parser: BodyParser | None = None,
                  settle: Settle | None = None, catalogue: Any = None,
                  cache: Callable[[], Mapping[str, Any]] | None = None,
-                 read_timeout: float = READ_TIMEOUT) -> None:
+                 read_timeout: float = READ_TIMEOUT, log_source: LogSource | None = None,
+                 refresh_secrets: Callable[[], object] | None = None) -> None:
         self.store = store
         self.catalogue = catalogue   # the function store (faastwist.catalogue)
         #: parses bodies off the reactor (the node shares the Easegress API's)
@@ -115,6 +115,9 @@ class OpenFaaSAPI:
         self.read_timeout = read_timeout
         self.secrets = secrets
         self.provider = provider
+        #: the provider's optional capabilities (providers/registry.py ProviderParts)
+        self.log_source = log_source
+        self.refresh_secrets = refresh_secrets
         self.kick = kick
         self.metrics = metrics
         self.clock = clock
@@ -415,16 +418,15 @@ class OpenFaaSAPI:
             await self._timed(store.replace(name, value))
             # running functions that name it get the new file now (other nodes at
             # their next refresh); OpenFaaS on Kubernetes refreshes mounted secrets too
-            refresh = getattr(self.provider, "refresh_secrets", None)
-            if refresh is not None:
-                refresh()
+            if self.refresh_secrets is not None:
+                self.refresh_secrets()
         return self._accepted(request)
 
     @app.route("/system/secrets", methods=["DELETE"])
     async def delete_secret(self, request: Any) -> bytes:
         """A secret that functions name is not deleted (409 naming them): their next
         start would fail. (A deploy racing this delete can still name it; that function
-        then reports the missing secret as its own error, see cluster/local.py.)"""
+        then reports the missing secret as its own error, see cluster/converger.py.)"""
         name = self._name_field(await self._document(request), "name")
         store = self._secret_store()
         listing = await self._timed(self.store.list())
@@ -483,7 +485,8 @@ class OpenFaaSAPI:
         if params.get("namespace", "") not in ("", self.namespace):
             raise ApiError(400, f"namespace: this gate serves namespace {self.namespace} only")
         await self._timed(self.store.get(name))
-        if not isinstance(self.provider, LogSource):
+        logs = self.log_source
+        if logs is None:
             raise ApiError(501, "function logs are not available from this provider")
         raw_tail = params.get("tail")
         tail = None if raw_tail and raw_tail.startswith("-") else parse_tail(raw_tail)  # -1: all
@@ -494,46 +497,16 @@ class OpenFaaSAPI:
 
         def shape(line: LogLine) -> dict[str, Any]:
             return {**line.to_dict(), "namespace": namespace}
-        source = self.provider if not instance else OneInstance(self.provider, instance)
+        source = logs if not instance else OneInstance(logs, instance)
         return await send_logs(request, source, name, tail, since, follow,
                                lambda d: self._timed(d, "the log source", 504), shape)
 
     # -- errors --------------------------------------------------------------------------
-    @app.handle_errors(ApiError)
-    def _api_error(self, request: Any, failure: Failure) -> bytes:
-        exc = failure.value
-        for key, value in exc.headers.items():
-            request.setHeader(key.encode(), value.encode())
-        return self._json(request, exc.code, {"code": exc.code, "message": exc.message})
-
-    @app.handle_errors(*ANSWERED)
-    def _domain_error(self, request: Any, failure: Failure) -> bytes:
-        """The one table (admin/writes.py) both APIs answer domain errors from."""
-        code, message, headers = answer(failure.value)  # type: ignore[misc]
+    # -- errors: one table for both APIs (admin/errors.py) ---------------------------------
+    @app.handle_errors(Exception)
+    def _error(self, request: Any, failure: Failure) -> bytes:
+        code, message, headers = error_answer(failure, request.method, request.path,
+                                              "OpenFaaS API")
         for key, value in headers.items():
             request.setHeader(key.encode(), value.encode())
         return self._json(request, code, {"code": code, "message": message})
-
-    @app.handle_errors(HTTPException)
-    def _routing(self, request: Any, failure: Failure) -> bytes:
-        exc = failure.value
-        method, path = request.method.decode("latin-1"), request.path.decode("latin-1")
-        if isinstance(exc, MethodNotAllowed):
-            allowed = ", ".join(sorted(exc.valid_methods or ()))
-            request.setHeader(b"allow", allowed.encode())
-            return self._json(request, 405, {"code": 405, "message":
-                                             f"method {method} is not allowed on {path}; "
-                                             f"allowed: {allowed}"})
-        if exc.code == 404:
-            return self._json(request, 404, {"code": 404, "message":
-                                             f"no such route: {method} {path}"})
-        return self._json(request, exc.code or 500, {"code": exc.code,
-                                                     "message": exc.description or exc.name})
-
-    @app.handle_errors(Exception)
-    def _unexpected(self, request: Any, failure: Failure) -> bytes:
-        log.failure("OpenFaaS API request {method} {path} failed", failure,
-                    method=request.method.decode("latin-1"),
-                    path=request.path.decode("latin-1"))
-        return self._json(request, 500, {"code": 500, "message":
-                                         "internal error; the node's log has the details"})

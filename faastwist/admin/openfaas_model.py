@@ -21,7 +21,7 @@ import attrs
 from faastwist.model.fsm import FunctionStatus, State
 from faastwist.model.scaling import scale_settings
 from faastwist.model.spec import SECRET_NAME, FunctionSpec, SpecError
-from faastwist.providers.watchdogenv import read_settings
+from faastwist.model.watchdogenv import read_settings
 from faastwist.store.secrets import MAX_SECRET_SIZE
 from faastwist.util.fields import FieldReader
 from faastwist.util.times import format_rfc3339
@@ -31,7 +31,6 @@ SCALE_MAX = "com.openfaas.scale.max"
 SCALE_ZERO = "com.openfaas.scale.zero"
 #: the label faas-netes puts on every function's pods and reports in FunctionStatus
 FUNCTION_LABEL = "faas_function"
-DEFAULT_NAMESPACE = "openfaas-fn"
 #: the margin by which the gate's timeout outlasts the watchdog's own, so the
 #: watchdog's answer (its 500 naming exec_timeout) reaches the client
 TIMEOUT_MARGIN = 1.0

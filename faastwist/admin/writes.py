@@ -14,10 +14,8 @@ function the same way:
   refuses the event (the FSM's 409);
 - **503 "outcome unknown"** when the store took a write and never answered.
 
-``ANSWERS`` maps the domain errors to ``(code, message)`` for both APIs (each had a
-copy, and they drifted: OpenFaaS answered an unknown outcome as "unavailable" and a
-provider error as 500). ``Settle`` is how an answer waits for this node's gate
-(read-your-writes, see ``node.py``).
+The errors of a write are answered from ``admin/errors.py`` by both APIs. ``Settle`` is
+how an answer waits for this node's gate (read-your-writes, see ``node.py``).
 """
 
 from __future__ import annotations
@@ -26,20 +24,9 @@ from typing import Any, Callable, Mapping, Optional, TypeVar
 
 from twisted.internet.defer import Deferred
 
-from faastwist.admin.codec import ApiError
-from faastwist.model.fsm import FunctionStatus, InvalidEvent
-from faastwist.model.spec import FunctionSpec, SpecError
-from faastwist.providers.base import ProviderError
-from faastwist.store.base import (
-    AlreadyExists,
-    Conflict,
-    FunctionRecord,
-    FunctionStore,
-    NotFound,
-    OutcomeUnknown,
-    StoreUnavailable,
-)
-from faastwist.store.secrets import SecretExists, SecretNotFound
+from faastwist.model.fsm import FunctionStatus
+from faastwist.model.spec import FunctionSpec
+from faastwist.store.base import Conflict, FunctionRecord, FunctionStore
 
 T = TypeVar("T")
 
@@ -55,43 +42,6 @@ Change = Callable[[FunctionRecord], Optional[tuple[Optional[FunctionSpec],
 #: ``settle(revision)``: fires once this node's gate reflects the store at ``revision``.
 Settle = Callable[[int], "Deferred[None]"]
 Timed = Callable[["Deferred[Any]"], "Deferred[Any]"]
-
-
-class SecretInUse(Exception):
-    """A secret that functions name cannot be deleted (409 naming them)."""
-
-    def __init__(self, name: str, users: list[str]) -> None:
-        shown = ", ".join(users[:10]) + (f" and {len(users) - 10} more"
-                                         if len(users) > 10 else "")
-        super().__init__(f"secret {name} is used by function(s) {shown}; remove it from "
-                         f"their secrets (or delete them) first")
-        self.name = name
-        self.users = users
-
-
-#: (exception types, code, message) for every domain error; first match wins.
-ANSWERS: tuple[tuple[tuple[type[BaseException], ...], int, Callable[[BaseException], str]], ...] = (
-    ((SpecError,), 400, str),
-    ((NotFound, SecretNotFound), 404, str),
-    ((AlreadyExists, Conflict, InvalidEvent, SecretExists, SecretInUse), 409, str),
-    ((OutcomeUnknown,), 503, lambda e: f"outcome unknown: {e}"),
-    ((StoreUnavailable,), 503, lambda e: f"function store unavailable: {e}"),
-    ((ProviderError,), 502, lambda e: f"the provider could not be asked: {e}"),
-)
-
-#: Every type ``answer`` knows (for a Klein ``handle_errors``).
-ANSWERED: tuple[type[BaseException], ...] = tuple(
-    kind for kinds, _, _ in ANSWERS for kind in kinds)
-
-
-def answer(exc: BaseException) -> tuple[int, str, dict[str, str]] | None:
-    """``(code, message, headers)`` for a domain error or an ApiError; None: a bug."""
-    if isinstance(exc, ApiError):
-        return exc.code, exc.message, exc.headers
-    for kinds, code, message in ANSWERS:
-        if isinstance(exc, kinds):
-            return code, message(exc), {}
-    return None
 
 
 async def write(store: FunctionStore, record: FunctionRecord, change: Change,
@@ -156,5 +106,5 @@ def listing_revision(records: Mapping[str, FunctionRecord]) -> int:
     return max((record_revision(r) for r in records.values()), default=0)
 
 
-__all__ = ["ANSWERED", "ANSWERS", "Change", "SecretInUse", "Settle", "WRITE_ATTEMPTS",
-           "answer", "delete", "listing_revision", "record_revision", "settled", "write"]
+__all__ = ["Change", "Settle", "WRITE_ATTEMPTS", "delete", "listing_revision",
+           "record_revision", "settled", "write"]

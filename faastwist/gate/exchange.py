@@ -1,11 +1,11 @@
 """One proxied request: route lookup, lease, upstream head, streamed bodies both ways.
 
 An ``Exchange`` carries one request from a client transport (the lean HTTP/1.1
-protocol in gate_fast.py, or the twisted.web resource in gate_web.py, which serves
-HTTPS and HTTP/2) to an upstream connection and back, with back-pressure in both
-directions, the per-function timeout (end to end: lease, connect, response), metrics
-and the access log. The transports implement the small ``Downstream`` interface, so
-both make the same decisions (gate_core.py) and give the same answers.
+protocol in lean.py, or the twisted.web resource in web.py, which serves HTTPS and
+HTTP/2) to an upstream connection and back, with back-pressure in both directions,
+the per-function timeout (end to end: lease, connect, response), metrics and the
+access log. The transports implement the small ``Downstream`` interface, so both make
+the same decisions (decisions.py, wire.py) and give the same answers.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from faastwist.gate.accept import Accept, begin_async
+from faastwist.gate.asynccall import Accept, begin_async
 from faastwist.gate.access import TokenBucket, key_allowed, presented_key, retry_after
 from faastwist.gate.context import GateContext
 from faastwist.metrics import FunctionCounts
@@ -236,8 +236,7 @@ class Exchange:
             lease.release()
             return
         self.lease = lease
-        if hasattr(lease, "on_lost"):   # a local replica: its death ends this at once
-            lease.on_lost = self.upstream_lost
+        lease.notify_lost(self.upstream_lost)   # a local replica's death ends this at once
         route = self.route
         upstream = lease.upstream
         cached = route.cache.get("upstream")

@@ -28,7 +28,7 @@ from zope.interface import implementer
 from faastwist.gate.context import GateContext
 from faastwist.gate.exchange import Exchange
 from faastwist.gate.decisions import GateError, RequestHead, error_headers
-from faastwist.gate.limits import ConnectionLimit, RejectProtocol
+from faastwist.gate.connlimit import ConnectionLimit, RejectProtocol
 from faastwist.gate.wire import (
     LINGER,
     error_body,

@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from faastwist.config import HTTPServerConfig
 from faastwist.gate.accesslog import AccessLog
 from faastwist.gate.context import GateContext
-from faastwist.gate.limits import ConnectionLimit, LimitingFactory, over_limit_response
+from faastwist.gate.connlimit import ConnectionLimit, LimitingFactory, over_limit_response
 from faastwist.metrics import Metrics
 from faastwist.util.tls import ReloadableTLS
 from faastwist.providers.base import Provider

@@ -41,7 +41,7 @@ class UpstreamHandler(TypingProtocol):
 
     def upstream_response(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
                           length: int | None, bodyless: bool) -> None:
-        """``headers`` are already filtered (gate_core.filter_response)."""
+        """``headers`` are already filtered (wire.filter_response)."""
 
     def upstream_data(self, data: bytes) -> None: ...
 

@@ -2,7 +2,7 @@
 
 Validation is strict and every error names its field (``requestAdaptor.path.regexpReplace.regexp:
 does not compile``). The same record serves the Knative and the process providers;
-``check_for_provider`` adds what only one of them requires.
+what only one of them requires is that provider's rule (``providers/registry.py``).
 """
 
 from __future__ import annotations
@@ -456,22 +456,6 @@ class FunctionSpec:
             digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]
             object.__setattr__(self, "_digest", digest)  # frozen: a cache, not a change
         return digest
-
-    def check_for_provider(self, provider: str) -> None:
-        """Refuse what the chosen provider cannot run, naming the field."""
-        if provider == "knative":
-            if not self.image:
-                raise SpecError("image", "is required for the knative provider")
-            if self.command:
-                raise SpecError("command", "is only for the process provider")
-        elif provider == "process":
-            if not self.command and not self.env_process:
-                raise SpecError("command", "is required for the process provider when "
-                                           "envProcess is not set: a deployment needs "
-                                           "envProcess (run once per request, as OpenFaaS's "
-                                           "watchdog does) or command (an argv list of an "
-                                           "HTTP server, e.g. [python3, app.py]); the process "
-                                           "provider runs commands and does not pull images")
 
 
 #: libyaml's safe loader and dumper where PyYAML was built with it: tens of times faster,

@@ -8,7 +8,7 @@ upstream per request (which may wait while a replica starts from zero).
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -84,6 +84,11 @@ class UpstreamLease(Protocol):
 
     def release(self) -> None: ...
 
+    def notify_lost(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(why)`` if the upstream dies while the lease is held (a local
+        replica exited: the request ends at once); a lease on an upstream the node does
+        not run never calls it."""
+
 
 @attrs.frozen
 class StaticLease:
@@ -93,6 +98,9 @@ class StaticLease:
 
     def release(self) -> None:
         return None
+
+    def notify_lost(self, callback: Callable[[str], None]) -> None:
+        return None  # shared by every request to the function: nothing to tell
 
 
 class Provider(Protocol):
@@ -104,9 +112,10 @@ class Provider(Protocol):
     Every call that talks to the backend returns a Deferred and never blocks the
     reactor. A provider is also an ``IService``: the node starts and stops it.
 
-    Optional capabilities are separate protocols, checked with ``isinstance``:
-    ``ChangeNotifier`` (it reports changes between reconcile passes) and ``LogSource``
-    (it serves function logs).
+    Optional capabilities are separate protocols that the provider's registry entry
+    hands out typed with it (``registry.ProviderParts``): ``ChangeNotifier`` (it
+    reports changes between reconcile passes), ``LogSource`` (it serves function logs)
+    and ``SecretConsumer`` (it gives functions their secrets).
     """
 
     kind: str
@@ -157,7 +166,6 @@ class LogLine:
                 "timestamp": stamp.isoformat().replace("+00:00", "Z"), "text": self.text}
 
 
-@runtime_checkable
 class ChangeNotifier(Protocol):
     """A provider that notices changes on its own (a replica became ready, a crash loop).
 
@@ -168,7 +176,6 @@ class ChangeNotifier(Protocol):
     on_change: Callable[[str], None] | None
 
 
-@runtime_checkable
 class LogSource(Protocol):
     """Function logs for the admin API's ``/{fn}/logs`` (a provider may offer it)."""
 
@@ -178,3 +185,14 @@ class LogSource(Protocol):
 
     def follow_logs(self, name: str, on_line: Callable[[LogLine], None]) -> Callable[[], None]:
         """Call ``on_line`` for each new line until the returned function is called."""
+
+
+class SecretConsumer(Protocol):
+    """A provider that hands functions their secrets (read from the node's secret store,
+    which the node sets once it has it)."""
+
+    secrets: Any   # store.secrets.SecretStore, or None: no secrets
+
+    def refresh_secrets(self) -> Deferred[None] | None:
+        """A secret was replaced: give running functions the new value now (None: the
+        provider gives secrets only when it deploys or updates a function)."""

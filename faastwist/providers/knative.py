@@ -41,6 +41,7 @@ from faastwist.providers.base import (
 )
 from faastwist.providers.knative_logs import KnativeLogs
 from faastwist.providers.kourier import KnativeRouting
+from faastwist.providers.registry import KNATIVE, ProviderContext, ProviderParts
 from faastwist.model.spec import FunctionSpec
 
 log = Logger()
@@ -262,7 +263,12 @@ class KnativeProvider(Service):
 
     # -- Provider ----------------------------------------------------------------------
     def check_spec(self, spec: FunctionSpec) -> None:
-        spec.check_for_provider("knative")
+        KNATIVE.check_spec(spec)
+
+    def refresh_secrets(self) -> None:
+        """A replaced secret reaches the Kubernetes Secret at the function's next deploy
+        or update (a running revision keeps what it mounted)."""
+        return None
 
     def observe(self, names: Sequence[str] | None = None) -> Deferred[dict[str, Observation]]:
         if names is None:
@@ -457,3 +463,10 @@ class KnativeProvider(Service):
                              limit=1)
         except _ApiFailure as exc:
             raise self._as_error(exc) from None
+
+
+def build(context: ProviderContext) -> ProviderParts:
+    """The registry's factory (registry.KNATIVE)."""
+    config = context.config
+    provider = KnativeProvider(config.knative, config.name, context.reactor, context.metrics)
+    return ProviderParts(provider, logs=provider, secrets=provider)

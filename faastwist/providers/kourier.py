@@ -8,6 +8,8 @@ delegates its ``acquire`` here, and tests and the benchmark use it on its own.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from faastwist.config import KnativeConfig
@@ -51,3 +53,9 @@ class KnativeRouting:
 
     def forget(self, name: str) -> None:
         self._leases.pop(name, None)
+
+
+def routing_from_settings(settings: Mapping[str, Any]) -> KnativeRouting:
+    """A gate worker's lease source (registry.KNATIVE): the knative section's settings,
+    as the worker's setup message carries them."""
+    return KnativeRouting(KnativeConfig(**settings))

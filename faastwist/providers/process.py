@@ -44,7 +44,7 @@ from faastwist.providers.launch import Launcher
 from faastwist.providers.sandbox import Network
 from faastwist.providers.secretfiles import SecretFiles
 from faastwist.providers.secretsync import SecretSync
-from faastwist.providers.watchdogenv import fprocess_argv, read_settings, settings_json
+from faastwist.model.watchdogenv import fprocess_argv, read_settings, settings_json
 from faastwist.store.base import StoreError
 from faastwist.store.secrets import SecretStore, reveal_deferred
 from faastwist.providers.orphans import GATE_PID_VAR, OWNER_VAR, kill_orphans, owner_token
@@ -54,6 +54,7 @@ from faastwist.providers.limits import (Cgroup, Cgroups, Limits, detect_cgroups,
 from faastwist.providers.replica import ExitInfo, Replica
 from faastwist.providers.runtime import HttpRuntime, Tuning
 from faastwist.providers.watchdog import ForkRuntime, Watchdog
+from faastwist.providers.registry import PROCESS, ProviderContext, ProviderParts
 from faastwist.model.spec import AutoScaleType, FunctionSpec, ProcessMode, SpecError
 from faastwist.providers.cpusample import group_cpu_seconds
 from faastwist.util.ports import free_port
@@ -357,7 +358,7 @@ class ProcessProvider(Service):
 
     # -- Provider ---------------------------------------------------------------------
     def check_spec(self, spec: FunctionSpec) -> None:
-        spec.check_for_provider("process")
+        PROCESS.check_spec(spec)
         if spec.port is not None and (spec.min_replica > 1 or spec.max_replica > 1):
             raise SpecError("port", "a fixed port fits one replica: leave port unset (each "
                                     "replica then gets a free port as $PORT) or set "
@@ -552,3 +553,11 @@ def _after(first: Deferred[None] | None, then: Callable[[], Deferred[None]]) -> 
     if first is None:
         return then()
     return first.addCallback(lambda _: then())
+
+
+def build(context: ProviderContext) -> ProviderParts:
+    """The registry's factory (registry.PROCESS)."""
+    config = context.config
+    provider = ProcessProvider(config.process, config.name, context.reactor, context.metrics,
+                               reserved_ports=context.reserved_ports)
+    return ProviderParts(provider, logs=provider, changes=provider, secrets=provider)

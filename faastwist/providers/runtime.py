@@ -91,6 +91,9 @@ class ProcessLease:
         self._runtime: HttpRuntime | None = runtime
         self._replica = replica
 
+    def notify_lost(self, callback: Callable[[str], None]) -> None:
+        self.on_lost = callback
+
     def lost(self, why: str) -> None:
         on_lost, self.on_lost = self.on_lost, None
         if on_lost is not None and self._runtime is not None:

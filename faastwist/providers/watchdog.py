@@ -42,7 +42,7 @@ from faastwist.providers.replica import (
     signal_group,
 )
 from faastwist.providers.runtime import Tuning
-from faastwist.providers.watchdogenv import (
+from faastwist.model.watchdogenv import (
     DEFAULT_CONTENT_TYPE,
     WatchdogSettings,
     header_env,

@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from faastwist.gate.accept import QueuedCall
+from faastwist.gate.asynccall import QueuedCall
 from faastwist.queue.jetstream import Names
 
 

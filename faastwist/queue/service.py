@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from faastwist.config import QueueConfig
-from faastwist.gate.accept import QueuedCall, QueueFull, QueueUnavailable
+from faastwist.gate.asynccall import QueuedCall, QueueFull, QueueUnavailable
 from faastwist.metrics import Metrics
 from faastwist.queue.bridge import AsyncioBridge
 from faastwist.queue.callback import CallbackSender
@@ -168,7 +168,7 @@ class QueueService:
         await self.bridge.stopService()
         await self.sender.close()
 
-    # -- accepting (gate.accept.Enqueuer) ------------------------------------------------
+    # -- accepting (gate.asynccall.Enqueuer) ------------------------------------------------
 
     def check_callback(self, url: str) -> None:
         """Refuse a malformed callback URL, or a literal address the rules forbid;

@@ -35,7 +35,7 @@ from twisted.logger import Logger
 
 from faastwist.gate.routes import Route
 from faastwist.model.fsm import State
-from faastwist.queue.local import Answer, invoke
+from faastwist.queue.replay import Answer, invoke
 from faastwist.queue.messages import BadMessage, Outcome, read_call
 from faastwist.queue.policy import Backoff, Outcome as Decision, decide, parse_retry_after
 from faastwist.queue.steps import Steps, attempts_so_far

@@ -23,6 +23,7 @@ from faastwist.providers.base import (
     Upstream,
 )
 from faastwist.model.spec import FunctionSpec
+from faastwist.providers.registry import check_spec_for
 
 
 @attrs.define
@@ -37,6 +38,8 @@ class Running:
 
 
 class FakeProvider:
+    """A Provider; a node starts and stops it like the real ones (``startService``)."""
+
     kind = "fake"
 
     def __init__(self) -> None:
@@ -45,6 +48,15 @@ class FakeProvider:
         self.available = True
         self.reject: dict[str, str] = {}         # name -> refusal message for writes
         self.conflict_once: set[str] = set()     # names whose next write loses a race
+        self.upstream = ("127.0.0.1", 80)        # where acquire sends every function
+        self.started = False
+
+    # -- the node's start and stop: nothing runs in the background ----------------------
+    def startService(self) -> None:
+        self.started = True
+
+    def stopService(self) -> None:
+        self.started = False
 
     # -- test controls -----------------------------------------------------------------
     def report(self, name: str, event: Event | None, message: str = "",
@@ -88,7 +100,7 @@ class FakeProvider:
         return succeed(None)
 
     def check_spec(self, spec: FunctionSpec) -> None:
-        spec.check_for_provider("knative")
+        check_spec_for("knative", spec)
 
     def observe(self, names: Sequence[str] | None = None) -> Deferred[dict[str, Observation]]:
         try:
@@ -122,7 +134,8 @@ class FakeProvider:
         return succeed(None)
 
     def acquire(self, spec: FunctionSpec) -> StaticLease:
-        return StaticLease(Upstream("http", "127.0.0.1", 80, f"{spec.name}.fake"))
+        host, port = self.upstream
+        return StaticLease(Upstream("http", host, port, f"{spec.name}.fake"))
 
     def check(self) -> Deferred[None]:
         if not self.available:

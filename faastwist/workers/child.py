@@ -25,7 +25,7 @@ import sys
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import LoopingCall
 from twisted.logger import (
     FilteringLogObserver,
     LogLevel,
@@ -35,8 +35,10 @@ from twisted.logger import (
     textFileLogObserver,
 )
 
-from faastwist.config import HTTPServerConfig, KnativeConfig
+from faastwist.providers import registry
+from faastwist.providers.registry import WorkerLeases
 from faastwist.workers.channel import Calls, Channel, ChannelFactory, Message
+from faastwist.workers.remote import RemoteProvider, RemoteQueue
 
 log = Logger(namespace="faastwist.workers")
 
@@ -68,6 +70,7 @@ class Worker:
         self.store: Any = None
         self.routes: Any = None
         self.provider: Any = None
+        self.remote: RemoteProvider | None = None   # the leases come from the node
         self.reporter: Any = None
         self.ticker: LoopingCall | None = None
         self.setup_done = False
@@ -84,8 +87,8 @@ class Worker:
         elif op == "reply":
             self.calls.answer(message)
         elif op == "lost":
-            if self.provider is not None and hasattr(self.provider, "lost"):
-                self.provider.lost(message)
+            if self.remote is not None:
+                self.remote.lost(message)
         elif op == "reload":
             self.reload()
         elif op == "reach":
@@ -104,61 +107,45 @@ class Worker:
 
     def channel_lost(self, why: str) -> None:
         self.calls.fail_all("the control channel closed")
-        if self.provider is not None and hasattr(self.provider, "channel_lost"):
-            self.provider.channel_lost()
+        if self.remote is not None:
+            self.remote.channel_lost()
         if not self.stopping:
             log.warn("gate worker {index}: the node's main process is gone ({why}); "
                      "stopping", index=self.index, why=why)
             self.stop_reactor()
 
     # -- start ---------------------------------------------------------------------------
-    async def start(self, setup: Message) -> None:
-        from faastwist.gate.accesslog import AccessLog
-        from faastwist.gate.routes import RouteTable
-        from faastwist.gate.service import GateService
+    async def start(self, message: Message) -> None:
+        from faastwist.gate.assembly import build_gate, load_routes
         from faastwist.metrics import Metrics
         from faastwist.store.etcd import EtcdStore
         from faastwist.workers.counts import CountsReporter
         from faastwist.workers.listen import listen_reuseport
-        from faastwist.workers.remote import RemoteProvider, RemoteQueue
+        from faastwist.workers.setup import WorkerSetup
 
-        sink = self._start_logging(bool(setup.get("logJson")))
-        http = HTTPServerConfig(**setup["http"])
+        setup = WorkerSetup.from_message(message)
+        sink = self._start_logging(setup.log_json)
+        http = setup.http
         metrics = Metrics()
-        etcd = setup["etcd"]
-        tls = None
-        if etcd.get("tls"):
-            from faastwist.store.etcdtls import EtcdTLS
-
-            tls = EtcdTLS(**etcd["tls"]).policy()
-        self.store = EtcdStore(self.reactor, etcd["endpoints"], etcd["prefix"], setup["name"],
-                               float(etcd["timeout"]), metrics, start_index=self.index,
-                               tls=tls)
+        etcd = setup.etcd
+        self.store = EtcdStore(self.reactor, list(etcd.endpoints), etcd.prefix, setup.name,
+                               etcd.timeout, metrics, start_index=self.index,
+                               tls=etcd.tls.policy() if etcd.tls is not None else None)
         await self.store.connect()
-        self.routes = RouteTable(self.store, self.reactor, metrics)
-        self.routes.startService()
-        deadline = self.reactor.seconds() + float(etcd["timeout"]) * 4
-        while not self.routes.synced:
-            if self.reactor.seconds() > deadline:
-                raise RuntimeError("the route table could not be loaded from etcd")
-            await deferLater(self.reactor, 0.05, lambda: None)
-        if setup["provider"] == "knative":
-            from faastwist.providers.kourier import KnativeRouting
-
-            self.provider = KnativeRouting(KnativeConfig(**setup["knative"]))
+        self.routes = await load_routes(self.store, self.reactor, metrics, etcd.timeout * 4)
+        kind = registry.get(setup.provider)
+        if kind.worker_leases is WorkerLeases.LOCAL_ROUTING:
+            assert setup.routing is not None
+            self.provider = kind.routing_for_worker(setup.routing)
         else:
-            self.provider = RemoteProvider(self.calls, float(setup["acquireTimeout"]))
-        self.gate = GateService(
-            http, self.routes, self.provider, self.reactor, metrics,
-            access_log=http.access_log, access=AccessLog(self.reactor, sink, sink is not None
-                                                         and bool(setup.get("logJson"))),
+            self.provider = self.remote = RemoteProvider(self.calls, setup.acquire_timeout)
+        self.gate = build_gate(
+            http, self.routes, self.provider, self.reactor, metrics, setup.system,
+            sink=sink, json_lines=sink is not None and setup.log_json,
             listen=lambda factory: listen_reuseport(self.reactor, http.address, http.port,
                                                     factory))
-        system = setup["system"]
-        self.gate.context.serve_system(system["host"], int(system["port"]),
-                                       system["namespace"], scheme=system["scheme"])
-        if setup.get("queue"):
-            self.gate.context.queue = RemoteQueue.from_setup(self.calls, setup["queue"])
+        if setup.queue is not None:
+            self.gate.context.queue = RemoteQueue.from_setup(self.calls, setup.queue)
         self.gate.startService()
         self.reporter = CountsReporter(metrics)
         self.ticker = LoopingCall(self.report)

@@ -16,7 +16,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from faastwist.gate.accept import QueueFull
+from faastwist.gate.asynccall import QueueFull
 from faastwist.gate.decisions import RETRY_AFTER_NOT_ACTIVE
 from faastwist.metrics import Metrics
 from faastwist.providers.base import NoCapacity
@@ -107,8 +107,8 @@ class WorkerLink:
         self._next_lease += 1
         number = self._next_lease
         self.leases[number] = lease
-        if hasattr(lease, "on_lost"):  # a local replica: tell the worker when it dies
-            lease.on_lost = lambda why: self.send({"op": "lost", "lease": number, "why": why})
+        # a local replica: tell the worker when it dies
+        lease.notify_lost(lambda why: self.send({"op": "lost", "lease": number, "why": why}))
         self.send({"op": "reply", "id": ident, "lease": number,
                    "upstream": upstream_fields(lease.upstream)})
 

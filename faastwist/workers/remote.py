@@ -22,11 +22,12 @@ from typing import Any, Callable
 import attrs
 from twisted.internet.defer import Deferred
 
-from faastwist.gate.accept import QueuedCall, QueueFull, QueueUnavailable
+from faastwist.gate.asynccall import QueuedCall, QueueFull, QueueUnavailable
 from faastwist.model.spec import FunctionSpec
 from faastwist.providers.base import NoCapacity, Upstream
 from faastwist.queue.policy import CallbackRules, parse_networks, refuse_callback_url
 from faastwist.workers.channel import Calls, ChannelDown, Message
+from faastwist.workers.setup import QueueAccess
 
 #: Retry-After when the main process cannot be asked
 RETRY_AFTER_DOWN = 1
@@ -60,6 +61,9 @@ class RemoteLease:
         self.on_lost = None
         if provider is not None:
             provider.released(self)
+
+    def notify_lost(self, callback: Callable[[str], None]) -> None:
+        self.on_lost = callback
 
     def lost(self, why: str) -> None:
         on_lost, self.on_lost = self.on_lost, None
@@ -150,11 +154,10 @@ class RemoteQueue:
         self.rules = rules
 
     @classmethod
-    def from_setup(cls, calls: Calls, setup: dict[str, Any]) -> "RemoteQueue":
-        rules = CallbackRules(parse_networks(setup["callbackAllow"]),
-                              frozenset(int(p) for p in setup["nodePorts"]),
-                              frozenset(setup["localAddresses"]))
-        return cls(calls, int(setup["maxBodySize"]), float(setup["timeout"]), rules)
+    def from_setup(cls, calls: Calls, setup: QueueAccess) -> "RemoteQueue":
+        rules = CallbackRules(parse_networks(list(setup.callback_allow)),
+                              frozenset(setup.node_ports), frozenset(setup.local_addresses))
+        return cls(calls, setup.max_body_size, setup.timeout, rules)
 
     def check_callback(self, url: str) -> None:
         """The queue's own check (a literal address the rules forbid is refused)."""

@@ -25,7 +25,6 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall
@@ -33,11 +32,11 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from faastwist.config import ControllerConfig
 from faastwist.metrics import Metrics
 from faastwist.workers.channel import ChannelFactory, Message
 from faastwist.workers.link import WorkerLink
 from faastwist.workers.listen import check_free
+from faastwist.workers.setup import WorkerSetup
 
 log = Logger(namespace="faastwist.workers")
 
@@ -50,32 +49,6 @@ MAX_LOG_LINE = 1 << 20
 
 class WorkerStartError(Exception):
     """A worker could not start serving (its message says why)."""
-
-
-def worker_setup(config: ControllerConfig, etcd_endpoints: list[str], admin: tuple[str, int],
-                 namespace: str, queue: Any, log_json: bool, etcd_tls: Any = None) -> Message:
-    """Everything a worker needs, as its first message (minus its index).
-    ``etcd_tls``: the embedded etcd's ``EtcdTLS`` (its files; the worker runs as the
-    node's user and presents the node's client certificate)."""
-    setup: Message = {
-        "op": "setup", "name": config.name, "http": attrs.asdict(config.http_server),
-        "etcd": {"endpoints": list(etcd_endpoints), "prefix": config.etcd.prefix,
-                 "timeout": config.etcd.timeout,
-                 "tls": attrs.asdict(etcd_tls) if etcd_tls is not None else None},
-        "provider": config.provider, "knative": attrs.asdict(config.knative),
-        "acquireTimeout": config.process.cold_start_timeout + 10.0,
-        "system": {"host": admin[0], "port": admin[1], "scheme": config.admin.scheme,
-                   "namespace": namespace},
-        "logJson": log_json, "queue": None,
-    }
-    if queue is not None:
-        rules = queue.rules
-        setup["queue"] = {"maxBodySize": queue.max_body_size,
-                          "timeout": config.queue.timeout + 5.0,
-                          "callbackAllow": [str(n) for n in rules.allow],
-                          "nodePorts": sorted(rules.node_ports),
-                          "localAddresses": sorted(rules.local_addresses)}
-    return setup
 
 
 class _Slot:
@@ -124,7 +97,7 @@ class WorkerPool(Service):
 
     name = "gate workers"
 
-    def __init__(self, count: int, setup: Message, reactor: Any, routes: Any, provider: Any,
+    def __init__(self, count: int, setup: WorkerSetup, reactor: Any, routes: Any, provider: Any,
                  metrics: Metrics, queue: Callable[[], Any],
                  sink: Callable[[str], None] | None, shutdown_timeout: float,
                  start_timeout: float = 60.0) -> None:
@@ -144,12 +117,12 @@ class WorkerPool(Service):
     def start(self) -> Deferred[Any]:
         """Start every worker; fires when all serve, fails with WorkerStartError."""
         self.startService()
-        http = self.setup["http"]
+        http = self.setup.http
         try:
-            check_free(http["address"], http["port"])
+            check_free(http.address, http.port)
         except OSError as exc:
-            raise WorkerStartError(f"httpServer.port: cannot listen on {http['address']}:"
-                                   f"{http['port']}: {exc.strerror or exc}") from None
+            raise WorkerStartError(f"httpServer.port: cannot listen on {http.address}:"
+                                   f"{http.port}: {exc.strerror or exc}") from None
         waits = [self._spawn(slot) for slot in self.slots]
         done = DeferredList(waits, fireOnOneErrback=True, consumeErrors=True)
         done.addErrback(lambda f: f.value.subFailure)  # the first worker's failure
@@ -184,7 +157,7 @@ class WorkerPool(Service):
             theirs.close()
         slot.pid = slot.process.pid
         slot.started = self.reactor.seconds()
-        link.send({**self.setup, "index": slot.index})
+        link.send({**self.setup.to_message(), "index": slot.index})
         return starting
 
     def _ready(self, slot: _Slot, link: WorkerLink, message: Message) -> None:

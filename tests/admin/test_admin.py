@@ -27,6 +27,7 @@ from faastwist.admin.api import AdminAPI
 from faastwist.model.fsm import Event, State, apply_event
 from faastwist.providers.base import LogLine
 from faastwist.model.spec import FunctionSpec
+from faastwist.providers.registry import check_spec_for
 from faastwist.store.base import FunctionRecord
 from faastwist.store.memory import MemoryStore
 
@@ -39,11 +40,11 @@ DEMO10 = (Path(__file__).resolve().parents[2] / "conf" / "function.yaml").read_b
 
 
 def knative_check(spec: FunctionSpec) -> None:
-    spec.check_for_provider("knative")
+    check_spec_for("knative", spec)
 
 
 def process_check(spec: FunctionSpec) -> None:
-    spec.check_for_provider("process")
+    check_spec_for("process", spec)
 
 
 def spec_yaml(name: str, image: str = "dev.local/app:1", **extra: Any) -> bytes:
@@ -550,6 +551,8 @@ CONTROLLER_ROUTES = [
     ("PUT", "/demo10/start"), ("PUT", "/demo10/stop"), ("GET", "/demo10/status"),
     ("GET", "/demo10/logs"), ("PUT", "/demo10/rollout"), ("POST", "/demo10/keys"),
     ("GET", "/demo10/keys"), ("DELETE", "/demo10/keys/k1"),
+    ("GET", "/demo10/async/c1"), ("POST", "/demo10/async/c1/retry"), ("GET", "/demo10/async"),
+    ("DELETE", "/demo10/async"),
 ]
 
 
@@ -558,7 +561,7 @@ def test_the_controller_check_covers_every_api_route() -> None:
     below covers it): a new route cannot skip the controller check unnoticed."""
     prefix = "/apis/<any(v1, v2):version>/faas/<controller>"
     routes = {(method, rule.rule[len(prefix):].replace("<fn>", "demo10")
-               .replace("<key_id>", "k1"))
+               .replace("<key_id>", "k1").replace("<call_id>", "c1"))
               for rule in AdminAPI.app.url_map.iter_rules() if rule.rule.startswith(prefix)
               for method in rule.methods - {"HEAD", "OPTIONS"}}
     assert routes == set(CONTROLLER_ROUTES)
@@ -833,7 +836,7 @@ def test_unexpected_error_is_500_without_a_traceback() -> None:
         globalLogPublisher.removeObserver(events.append)
     assert reply.code == 500
     assert reply.data == {"code": 500,
-                          "message": "internal error; the controller log has the details"}
+                          "message": "internal error; the node's log has the details"}
     assert b"Traceback" not in reply.body and b"exploded" not in reply.body
     failures = [e for e in events if "log_failure" in e]
     assert any(e["log_failure"].check(RuntimeError) for e in failures)
@@ -1158,3 +1161,13 @@ def test_at_most_ten_keys(admin: Admin) -> None:
         assert admin.request("POST", "/demo10/keys").code == 201
     refused = admin.request("POST", "/demo10/keys", headers={"Accept": "application/json"})
     assert refused.code == 409 and "revoke one first" in refused.data["message"]
+
+
+def test_the_async_call_routes_are_registered_with_the_api_itself(admin: Admin) -> None:
+    """admin/api.py registers them (no import elsewhere adds them; the controller check
+    covers them: CONTROLLER_ROUTES): without a queue 503, a bad call id 400 naming it."""
+    reply = admin.request("GET", "/demo10/async", headers={"Accept": "application/json"})
+    assert (reply.code, reply.data) == (503, {
+        "code": 503, "message": "asynchronous invocations are not enabled on this node"})
+    reply = admin.request("GET", "/demo10/async/bad%20id", headers={"Accept": "application/json"})
+    assert reply.code == 400 and reply.data["message"].startswith("callId:")

@@ -23,6 +23,7 @@ from faastwist.auth.origin import OriginPolicy
 from faastwist.auth.tokens import Role, TokenEntry, hash_token
 from faastwist.metrics import Metrics
 from faastwist.model.spec import FunctionSpec
+from faastwist.providers.registry import check_spec_for
 from faastwist.store.memory import MemoryStore
 from tests.admin.test_admin import fired
 
@@ -33,7 +34,7 @@ PWNED = b"name: pwned\ncommand: [sh, -c, \"id > pwned.txt\"]\n"
 
 
 def process_check(spec: FunctionSpec) -> None:
-    spec.check_for_provider("process")
+    check_spec_for("process", spec)
 
 
 class Node:

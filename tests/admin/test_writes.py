@@ -21,7 +21,8 @@ from treq.testing import StubTreq
 from faastwist.admin import writes
 from faastwist.admin.codec import ApiError
 from faastwist.admin.openfaas import OpenFaaSAPI, Versions
-from faastwist.admin.writes import ANSWERS, WRITE_ATTEMPTS, SecretInUse, answer
+from faastwist.admin.errors import ANSWERS, SecretInUse, answer
+from faastwist.admin.writes import WRITE_ATTEMPTS
 from faastwist.metrics import Metrics
 from faastwist.model.fsm import Event, FunctionStatus, InvalidEvent, State, apply_event
 from faastwist.model.spec import FunctionSpec, SpecError

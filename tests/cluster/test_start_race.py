@@ -18,7 +18,7 @@ import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
-from faastwist.cluster.local import LocalConverger
+from faastwist.cluster.converger import LocalConverger
 from faastwist.cluster.reports import Report, aggregate
 from faastwist.gate.routes import RouteTable
 from faastwist.lifecycle.reconciler import plan

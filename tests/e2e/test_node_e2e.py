@@ -2,7 +2,8 @@
 
 The control plane's promise: everything lives in etcd, so SIGTERM and a new start lose
 nothing - not a function, not a state, not a pending start - and no function process
-outlives the node that ran it.
+outlives the node that ran it. (The Easegress tour on Knative, which needs no node
+process, runs in-process: tests/node/test_node_inprocess.py.)
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from typing import Any
 import pytest
 import yaml
 
-from faastwist.testing.knative import FakeKnative
-from faastwist.util.ports import free_port
 from tests.support.node import FaasNodeProcess, http
 
 pytestmark = pytest.mark.slow
@@ -152,80 +151,4 @@ def test_a_second_node_on_the_same_folders_exits_1_at_once(tmp_path: Path) -> No
         if second is not None and second.poll() is None:
             os.killpg(second.pid, signal.SIGKILL)
             second.wait()
-        assert node.stop() in (0, -signal.SIGTERM), node.log()
-
-
-@pytest.mark.envtest
-def test_the_seed_tour_against_a_real_kube_apiserver(tmp_path: Path, envtest) -> None:
-    """The Easegress tour with provider knative, over HTTP: the ksvc is really created
-    (and validated by the CRD schema); demo10 stays initial until the tests' fake
-    Knative controller reports it ready, then it is active within two sync intervals."""
-    from kubernetes import client as kube_client
-
-    namespace = "e2e-tour"
-    core = kube_client.CoreV1Api(envtest.api_client())
-    try:
-        core.create_namespace({"metadata": {"name": namespace}})
-    except kube_client.ApiException as exc:
-        assert exc.status == 409
-    custom = kube_client.CustomObjectsApi(envtest.api_client())
-
-    def ksvc() -> dict | None:
-        try:
-            return custom.get_namespaced_custom_object(
-                "serving.knative.dev", "v1", namespace, "services", "demo10")
-        except kube_client.ApiException as exc:
-            assert exc.status == 404
-            return None
-
-    node = FaasNodeProcess(tmp_path / "node", provider="knative", controller="tour", extra={
-        "knative": {"kubeconfig": envtest.kubeconfig, "namespace": namespace,
-                    "networkLayerURL": f"http://127.0.0.1:{free_port()}"}}).start()
-    try:
-        body = (ROOT / "conf" / "function.yaml").read_bytes()
-        status, headers, _ = http("POST", node.admin_url, body,
-                                  {"Content-Type": "text/vnd.yaml"})
-        assert status == 201
-        assert headers["Location"] == "/apis/v2/faas/tour/demo10"
-        status, text = http("GET", f"{node.admin_url}/demo10")[::2]
-        assert status == 200 and yaml.safe_load(text)["status"]["state"] == "initial"
-        status, _, text = http("POST", node.admin_url, body, {"Content-Type": "text/vnd.yaml"})
-        assert status == 409 and yaml.safe_load(text) == {
-            "code": 409, "message": "function demo10 already exists"}
-        status, _, text = http("PUT", f"{node.admin_url}/demo10/stop")
-        assert status == 409 and yaml.safe_load(text) == {
-            "code": 409, "message": "invalid event: stop, current state: initial"}
-        created = wait_for(ksvc, what="the Knative Service")
-        annotations = created["spec"]["template"]["metadata"]["annotations"]
-        assert annotations["autoscaling.knative.dev/metric"] == "rps"
-        assert annotations["autoscaling.knative.dev/target"] == "111"
-        assert created["metadata"]["labels"] == {"faastwist.io/controller": "tour"}
-
-        # Knative (the tests' fake controller) says ready: active within two sync
-        # intervals (tests/support/node.py runs the node with syncInterval 1s)
-        knative = FakeKnative(envtest.api_client(), namespace=namespace)
-        knative.mark("demo10", "ready")
-        marked = time.monotonic()
-        wait_for(lambda: state_of(node, "demo10") == "active", timeout=10, what="active")
-        assert time.monotonic() - marked < 2.0
-        status, _, body = http("POST", f"{node.gate_url}/tomcat/job/api", b"{}",
-                               {"X-FaaS-Func-Name": "demo10"})
-        assert status == 502  # routed to networkLayerURL, where nothing listens in this test
-        assert node.json("PUT", "/demo10/stop")[0] == 200
-        wait_for(lambda: (ksvc() or {}).get("spec", {}).get("template", {}).get(
-            "metadata", {}).get("annotations", {}).get(
-            "autoscaling.knative.dev/min-scale") == "0", what="min-scale 0")
-        assert node.json("PUT", "/demo10/start")[0] == 200
-        wait_for(lambda: ksvc()["spec"]["template"]["metadata"]["annotations"][
-            "autoscaling.knative.dev/min-scale"] == "1", what="min-scale restored")
-        knative.mark("demo10", "ready")
-        wait_for(lambda: state_of(node, "demo10") == "active", timeout=10, what="restarted")
-        assert node.json("DELETE", "/demo10")[1] == {
-            "code": 409, "message": "invalid event: delete, current state: active"}
-        assert node.json("PUT", "/demo10/stop")[0] == 200
-        status, _, text = http("DELETE", f"{node.admin_url}/demo10")
-        assert status == 200
-        assert http("GET", f"{node.admin_url}/demo10")[0] == 404
-        wait_for(lambda: ksvc() is None, what="the Knative Service to go")
-    finally:
         assert node.stop() in (0, -signal.SIGTERM), node.log()

@@ -226,7 +226,7 @@ def test_adaptor_values_cannot_break_the_request_line_or_the_host() -> None:
 
 
 def test_the_max_connections_answer_is_a_503_with_retry_after_1_and_close() -> None:
-    from faastwist.gate.limits import over_limit_response
+    from faastwist.gate.connlimit import over_limit_response
 
     body = b'{"code": 503, "message": "too many connections (maxConnections is 3); retry"}'
     assert over_limit_response(3) == (

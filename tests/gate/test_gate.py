@@ -16,6 +16,7 @@ from faastwist.providers.base import NoCapacity
 from faastwist.gate.routes import RouteTable
 from faastwist.gate.adaptor import compile_adaptor
 from faastwist.model.spec import HeaderAdaptor, RequestAdaptor, SpecError
+from faastwist.providers.registry import check_spec_for
 
 from tests.support.gate import MemoryGate, function
 
@@ -586,7 +587,7 @@ def test_a_stop_through_the_admin_api_makes_the_very_next_request_503(gate: Memo
 
     kicked: list[str] = []
     admin = AdminAPI(gate.store, "faascontroller",
-                     check_spec=lambda spec: spec.check_for_provider("knative"),
+                     check_spec=lambda spec: check_spec_for("knative", spec),
                      kick=kicked.append, clock=gate.clock)
     admin_client = StubTreq(admin.resource())
     assert invoke(gate).code == 200

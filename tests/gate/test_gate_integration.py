@@ -32,6 +32,7 @@ from faastwist.providers.base import StaticLease, Upstream
 from faastwist.providers.kourier import KnativeRouting
 from faastwist.gate.routes import RouteTable
 from faastwist.model.spec import FunctionSpec
+from faastwist.providers.registry import check_spec_for
 from faastwist.store.etcd import EtcdStore
 from faastwist.store.memory import MemoryStore
 from faastwist.util.ports import free_port
@@ -601,7 +602,7 @@ async def test_a_stop_through_the_admin_api_makes_the_very_next_gate_request_503
     gate = make_gate(store=any_store)
     await routes_loaded(gate)
     admin = AdminAPI(gate.store, "faascontroller",
-                     check_spec=lambda spec: spec.check_for_provider("knative"),
+                     check_spec=lambda spec: check_spec_for("knative", spec),
                      kick=lambda name: None, clock=reactor)
     port = reactor.listenTCP(0, admin.site(), interface="127.0.0.1")
     try:
@@ -629,7 +630,7 @@ async def test_a_stop_acts_on_the_next_request_of_an_already_open_connection(
     gate = make_gate(store=any_store)
     await routes_loaded(gate)
     admin = AdminAPI(gate.store, "faascontroller",
-                     check_spec=lambda spec: spec.check_for_provider("knative"),
+                     check_spec=lambda spec: check_spec_for("knative", spec),
                      kick=lambda name: None, clock=reactor)
     port = reactor.listenTCP(0, admin.site(), interface="127.0.0.1")
     try:

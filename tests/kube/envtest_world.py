@@ -18,6 +18,7 @@ from twisted.internet.task import deferLater
 from faastwist.config import KubernetesConfig
 from faastwist.kube.objects import FAASTWIST
 from faastwist.kube.service import FunctionWatch, build_watch
+from faastwist.providers.registry import check_spec_for
 from faastwist.store.leader import NotLeader
 from faastwist.store.memory import MemoryStore
 from tests.support.k8s import Envtest
@@ -97,7 +98,7 @@ class World:
         self.store = store if store is not None else MemoryStore("faascontroller")
         self.kicks: list[str] = []
         self.leader = Leader()
-        self.check_spec = check_spec or (lambda spec: spec.check_for_provider("knative"))
+        self.check_spec = check_spec or (lambda spec: check_spec_for("knative", spec))
         config = KubernetesConfig(functions="watch", namespace=namespace, timeout=5.0,
                                   finalizer_timeout=finalizer_timeout)
         self.watch: FunctionWatch = build_watch(

@@ -13,6 +13,7 @@ from faastwist.model.spec import (
     AutoScaleType, FunctionSpec, HeaderAdaptor, PathAdaptor, ProcessMode, RateLimit,
     RegexpReplace, RequestAdaptor, SpecError, spec_from_yaml, spec_to_yaml,
 )
+from faastwist.providers.registry import check_spec_for
 from tests.support.properties import examples
 
 # the seed's demo10 spec (Easegress's FaaSFunction example), as shipped in conf/
@@ -29,7 +30,7 @@ def test_demo10_parses_with_every_field():
     assert (spec.request_cpu, spec.request_memory) == ("80m", "20Mi")
     assert spec.request_adaptor.header.set == {"X-Func1": "func-demo-10"}
     assert spec.timeout == 60.0
-    spec.check_for_provider("knative")
+    check_spec_for("knative", spec)
 
 
 def test_defaults():
@@ -111,16 +112,16 @@ def test_document_must_be_a_mapping():
 
 def test_provider_specific_checks():
     with pytest.raises(SpecError, match="image: is required for the knative provider"):
-        FunctionSpec.from_dict({"name": "f"}).check_for_provider("knative")
+        check_spec_for("knative", FunctionSpec.from_dict({"name": "f"}))
     with pytest.raises(SpecError, match="command: is required for the process provider"):
-        FunctionSpec.from_dict({"name": "f", "image": "i"}).check_for_provider("process")
+        check_spec_for("process", FunctionSpec.from_dict({"name": "f", "image": "i"}))
     # cpu: the process provider measures its replicas' process groups
-    FunctionSpec.from_dict({"name": "f", "command": ["x"], "autoScaleType": "cpu"}
-                           ).check_for_provider("process")
+    check_spec_for("process", FunctionSpec.from_dict({"name": "f", "command": ["x"],
+                                                      "autoScaleType": "cpu"}))
     with pytest.raises(SpecError, match="command: is only for the process provider"):
-        FunctionSpec.from_dict({"name": "f", "image": "i", "command": ["x"]}
-                               ).check_for_provider("knative")
-    FunctionSpec.from_dict({"name": "f", "command": ["x"]}).check_for_provider("process")
+        check_spec_for("knative", FunctionSpec.from_dict({"name": "f", "image": "i",
+                                                          "command": ["x"]}))
+    check_spec_for("process", FunctionSpec.from_dict({"name": "f", "command": ["x"]}))
 
 
 def test_digest_changes_with_the_spec_and_only_with_it():
@@ -518,7 +519,7 @@ def _yaml_error(text: str) -> SpecError:
 def test_provider_messages_exactly():
     def problem(provider: str, **fields) -> str:
         with pytest.raises(SpecError) as info:
-            FunctionSpec.from_dict({"name": "f", **fields}).check_for_provider(provider)
+            check_spec_for(provider, FunctionSpec.from_dict({"name": "f", **fields}))
         return str(info.value)
 
     assert problem("process", image="i") == (
@@ -529,7 +530,7 @@ def test_provider_messages_exactly():
     assert problem("knative") == "image: is required for the knative provider"
     assert problem("knative", image="i", command=["x"]) == (
         "command: is only for the process provider")
-    FunctionSpec.from_dict({"name": "f", "envProcess": "cat"}).check_for_provider("process")
+    check_spec_for("process", FunctionSpec.from_dict({"name": "f", "envProcess": "cat"}))
 
 
 @pytest.mark.parametrize("key", ["LD_PRELOAD", "LD_LIBRARY_PATH", "ld_audit", "PYTHONPATH",

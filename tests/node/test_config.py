@@ -59,7 +59,6 @@ def test_easegress_controller_document_is_accepted(tmp_path):
     ({"httpServer": {"http3": True}}, "httpServer.http3: is not supported"),
     ({"httpServer": {"https": True}}, "httpServer.certFile: is required when https is true"),
     ({"httpServer": {"keepAliveTimeout": "1 minute"}}, "httpServer.keepAliveTimeout: expected"),
-    ({"provider": "lambda"}, "provider: must be one of knative, process"),
     ({"kind": "Pipeline"}, "kind: must be FaaSController"),
     ({"name": "Bad_Name"}, "name: must be a DNS-1123 label"),
     ({"syncInterval": "0s"}, "syncInterval: must be at least 0.1s"),
@@ -117,6 +116,19 @@ def test_twistd_exits_non_zero_with_one_line_naming_the_key(tmp_path):
              **coverage_env()})
     assert result.returncode != 0
     assert result.stderr.strip() == "faasgate: config error: httpServer.port: must be 1-65535, got 0"
+
+
+def test_an_unknown_provider_is_a_config_error_naming_the_key(tmp_path):
+    """The provider registry checks the name where a node is built (twistd's options):
+    one line naming the key, exit non-zero."""
+    from faastwist.tap import Options
+
+    bad = tmp_path / "c.yaml"
+    bad.write_text("provider: lambda\n")
+    with pytest.raises(SystemExit) as info:
+        Options().parseOptions(["--config", str(bad)])
+    assert str(info.value) == ("faasgate: config error: provider: must be one of knative, "
+                               "process, got 'lambda'")
 
 
 def test_node_id_and_lease_ttl() -> None:

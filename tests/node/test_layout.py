@@ -148,3 +148,73 @@ def test_every_test_file_lives_in_a_folder_named_for_what_it_tests() -> None:
     misplaced = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")
                        if p.parent.name not in allowed or p.parent.parent != ROOT / "tests")
     assert misplaced == []
+
+
+def provider_name_comparisons(source: str, names: set[str]) -> list[int]:
+    """Lines where a provider name (a string literal, alone or in a tuple/list/set) is
+    compared (``==``, ``!=``, ``in``, ``is``...) or matched (``case "knative":``)."""
+    def names_in(node: ast.AST) -> bool:
+        if isinstance(node, ast.Constant):
+            return node.value in names
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return any(names_in(element) for element in node.elts)
+        return False
+
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            if any(names_in(operand) for operand in [node.left, *node.comparators]):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.MatchValue) and names_in(node.value):
+            lines.append(node.lineno)
+    return sorted(lines)
+
+
+def test_the_comparison_finder_sees_every_form() -> None:
+    names = {"knative", "process"}
+    source = ('if p == "knative": pass\n'
+              'if ("process"\n    != p): pass\n'
+              'x = p in ("knative", "other")\n'
+              'y = "knative" if p is "process" else None\n'
+              'match p:\n    case "process": pass\n'
+              'z = {"knative": 1}\n'                 # a key, not a comparison
+              'w = p == "knativeish"\n')
+    assert provider_name_comparisons(source, names) == [1, 2, 4, 5, 7]
+
+
+def test_no_provider_name_is_compared_outside_the_providers_package() -> None:
+    """The node asks the provider registry (providers/registry.py) what a provider
+    does; only providers/ knows them by name."""
+    from faastwist.providers.registry import KINDS
+
+    names = set(KINDS)
+    offenders = {
+        str(path.relative_to(ROOT)): found
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if PACKAGE / "providers" not in path.parents
+        for found in [provider_name_comparisons(path.read_text(), names)] if found}
+    assert offenders == {}
+
+
+def test_the_provider_registry_lists_every_provider_module() -> None:
+    """Every module of providers/ that implements the Provider interface (a class with
+    its lifecycle methods) is a registered provider's factory module, and every
+    registered reference resolves."""
+    import importlib
+
+    from faastwist.providers.registry import KINDS
+
+    registered = {kind.modules[0] for kind in KINDS.values()}
+    implementing = set()
+    for path in sorted((PACKAGE / "providers").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                methods = {item.name for item in node.body if isinstance(item, ast.FunctionDef)}
+                if {"check_spec", "observe", "deploy", "delete", "acquire"} <= methods and "Protocol" not in {
+                        getattr(base, "id", None) for base in node.bases}:
+                    implementing.add(module_name(path))
+    assert implementing == registered
+    for kind in KINDS.values():
+        for ref in [kind.factory] + ([kind.worker_routing] if kind.worker_routing else []):
+            module, _, attribute = ref.partition(":")
+            assert callable(getattr(importlib.import_module(module), attribute)), ref

@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.task import deferLater
 
 from faastwist.model.fsm import Event
-from faastwist.providers.base import ChangeNotifier, LogLine, LogSource, NoCapacity
+from faastwist.providers.base import LogLine, NoCapacity
 from faastwist.providers.orphans import GATE_PID_VAR, OWNER_VAR, find_orphans
 from faastwist.providers.process import ProcessProvider
 from faastwist.model.spec import SpecError
@@ -99,14 +99,19 @@ async def call(provider: ProcessProvider, spec, path: str = "/", body: bytes = b
         lease.release()
 
 
-def test_declares_its_optional_capabilities(providers) -> None:
-    """The node wires on_change and the log endpoint by these isinstance checks."""
-    from faastwist.testing.provider import FakeProvider
+def test_declares_its_optional_capabilities(tmp_path: Path) -> None:
+    """The node wires on_change, the log endpoints and the secret store from what the
+    registry's factory hands out typed with the provider (no probing of the object)."""
+    from faastwist.config import ControllerConfig, ProcessConfig
+    from faastwist.metrics import Metrics
+    from faastwist.providers.registry import PROCESS, ProviderContext
 
-    provider = providers()
-    assert isinstance(provider, ChangeNotifier) and isinstance(provider, LogSource)
-    fake = FakeProvider()
-    assert not isinstance(fake, ChangeNotifier) and not isinstance(fake, LogSource)
+    config = ControllerConfig(provider="process",
+                              process=ProcessConfig(data_dir=str(tmp_path / "data")))
+    parts = PROCESS.build(ProviderContext(config, reactor, Metrics()))
+    assert isinstance(parts.provider, ProcessProvider)
+    assert parts.changes is parts.provider and parts.logs is parts.provider
+    assert parts.secrets is parts.provider
 
 
 @pytest_twisted.ensureDeferred

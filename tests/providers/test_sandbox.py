@@ -27,7 +27,7 @@ from faastwist.providers.sandbox import (
     root_env,
 )
 from faastwist.providers.secretfiles import SecretFiles
-from faastwist.providers.watchdogenv import header_env
+from faastwist.model.watchdogenv import header_env
 from faastwist.util.users import UidRange, UserError, account_exists, resolve_identity
 
 LAYOUT = Layout(home="/data/functions/f/home", code="/data/functions/f/code",

@@ -13,7 +13,7 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
 from faastwist.config import QueueConfig
-from faastwist.gate.accept import QueuedCall, QueueUnavailable
+from faastwist.gate.asynccall import QueuedCall, QueueUnavailable
 from faastwist.metrics import Metrics
 from faastwist.queue.embedded import EmbeddedNats
 from faastwist.queue.service import QueueService
@@ -210,7 +210,7 @@ async def test_queue_max_bytes_is_a_stream_limit_and_a_full_queue_is_507(nats_se
     """queue.maxBytes is enforced by JetStream itself (discard new on the calls and
     callbacks, discard old on the dead letters), set on existing streams too; a call
     the full stream refuses is a QueueFull 507, never a 202 and never a dropped call."""
-    from faastwist.gate.accept import QueueFull
+    from faastwist.gate.asynccall import QueueFull
     from faastwist.queue.jetstream import Names
 
     names = Names("ctl")

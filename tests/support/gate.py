@@ -267,6 +267,9 @@ class _CountedLease:
         self.done = True
         self.owner.released += 1
 
+    def notify_lost(self, callback: Any) -> None:
+        return None
+
 
 def function(name: str, **fields: Any) -> FunctionSpec:
     return FunctionSpec.from_dict({"name": name, "image": "example/fn", **fields})

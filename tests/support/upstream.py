@@ -4,7 +4,7 @@ Like many function servers it is Python's ``http.server`` (threads, keep-alive).
 echoes what it received, streams slowly, sends or swallows large bodies without
 holding them, and counts connections, so tests can see keep-alive reuse and aborts.
 
-    python tests/gate_upstream.py            # prints the port it listens on, then serves
+    python tests/support/upstream.py         # prints the port it listens on, then serves
 
 Paths: ``/stats``; ``/bytes/{n}`` (n bytes with Content-Length); ``/stream/{chunks}/
 {delay_ms}`` (chunked, one chunk per delay); ``/sleep/{ms}``; ``/hold`` (a byte every

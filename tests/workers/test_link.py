@@ -13,7 +13,7 @@ from typing import Any
 from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 
-from faastwist.gate.accept import QueuedCall, QueueFull, QueueUnavailable
+from faastwist.gate.asynccall import QueuedCall, QueueFull, QueueUnavailable
 from faastwist.gate.decisions import RETRY_AFTER_NOT_ACTIVE
 from faastwist.gate.routes import Route
 from faastwist.metrics import Metrics

@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from faastwist.gate.accept import QueuedCall
+from faastwist.gate.asynccall import QueuedCall
 from faastwist.gate.context import GateContext
 from faastwist.gate.decisions import FUNC_HEADER, RequestHead
 from faastwist.gate.exchange import Exchange

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from faastwist.model.spec import FunctionSpec, SpecError
-from faastwist.providers.watchdogenv import header_env, read_settings
+from faastwist.model.watchdogenv import header_env, read_settings
 
 
 def spec(**env: str) -> FunctionSpec:

@@ -147,9 +147,9 @@ async def test_a_keyed_function_needs_its_key_to_queue_and_the_key_is_not_stored
 
 @pytest_twisted.ensureDeferred
 async def test_the_workers_replay_is_not_asked_for_the_key_again(gate) -> None:
-    from faastwist.gate.accept import QueuedCall
+    from faastwist.gate.asynccall import QueuedCall
     from faastwist.model.keys import KeySet, new_key
-    from faastwist.queue.local import invoke
+    from faastwist.queue.replay import invoke
 
     service, _, _ = gate
     _, entry = new_key("2026-01-01T00:00:00Z")

@@ -10,8 +10,8 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
-from faastwist.cluster import local as local_module
-from faastwist.cluster.local import LocalConverger, NotServing
+from faastwist.cluster import converger as converger_module
+from faastwist.cluster.converger import LocalConverger, NotServing
 from faastwist.gate.routes import RouteTable
 from faastwist.model.fsm import FunctionStatus, State
 from faastwist.model.spec import FunctionSpec
@@ -62,7 +62,7 @@ class Local:
 
 
 def test_full_pass_deploys_everything_a_chunk_per_reactor_turn(tmp_path: Path) -> None:
-    count = local_module.CHUNK * 3 + 7
+    count = converger_module.CHUNK * 3 + 7
     local = Local(tmp_path, [f"f{i:04d}" for i in range(count)])
     clock, routes, provider, converger = local.parts()
     session = local.session
@@ -73,11 +73,11 @@ def test_full_pass_deploys_everything_a_chunk_per_reactor_turn(tmp_path: Path) -
         try:
             converger.check()
         except NotServing as exc:
-            owed = count - local_module.CHUNK
-            named = [f"f{i:04d}" for i in range(local_module.CHUNK,
-                                                local_module.CHUNK + local_module.NAMED)]
+            owed = count - converger_module.CHUNK
+            named = [f"f{i:04d}" for i in range(converger_module.CHUNK,
+                                                converger_module.CHUNK + converger_module.NAMED)]
             assert str(exc) == (f"not yet serving {', '.join(named)} and "
-                                f"{owed - local_module.NAMED} more")
+                                f"{owed - converger_module.NAMED} more")
         else:
             raise AssertionError("ready before the functions were deployed")
         first = converger.first_pass()
@@ -92,7 +92,7 @@ def test_full_pass_deploys_everything_a_chunk_per_reactor_turn(tmp_path: Path) -
             reported.append(len(session.reports))
             assert not fired
             turn(clock)
-        chunk = local_module.CHUNK
+        chunk = converger_module.CHUNK
         assert seen == [chunk, 2 * chunk, 3 * chunk] + [count] * 3
         assert reported == [0, 0, 0, chunk, 2 * chunk, 3 * chunk]
         turn(clock)
@@ -116,14 +116,14 @@ def test_full_pass_deploys_everything_a_chunk_per_reactor_turn(tmp_path: Path) -
 
 
 def test_a_stopped_converger_ends_its_pass_at_the_next_chunk(tmp_path: Path) -> None:
-    local = Local(tmp_path, [f"g{i:04d}" for i in range(local_module.CHUNK * 2)])
+    local = Local(tmp_path, [f"g{i:04d}" for i in range(converger_module.CHUNK * 2)])
     clock, routes, provider, converger = local.parts()
     try:
         converger.startService()
-        assert len(provider.runtimes) == local_module.CHUNK
+        assert len(provider.runtimes) == converger_module.CHUNK
         converger.stopService()
         turn(clock)
-        assert len(provider.runtimes) == local_module.CHUNK
+        assert len(provider.runtimes) == converger_module.CHUNK
     finally:
         local.stop()
 
