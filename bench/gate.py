@@ -340,6 +340,47 @@ def child_path() -> str:
     return os.pathsep.join(dict.fromkeys(paths))
 
 
+def two_write(args: argparse.Namespace, processes: Processes, workdir: Path,
+              env: dict[str, str], start_proxy: Any) -> None:
+    """A function that writes its head and body in two sends (Python's unbuffered
+    ``http.server``, Nagle on) against one that writes once, through the gate and
+    through nginx: with delayed ACKs on the proxy's side the two-write function costs
+    ~40 ms per request; the gate ACKs at once (TCP_QUICKACK) and must stay within 1 ms
+    of the one-write function at p50."""
+    print(f"interpreter: Python {sys.version.split()[0]} ({sys.executable}); machine: "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the start",
+          flush=True)
+    results: dict[str, dict[int, dict[str, float]]] = {}
+    for kind in ("one", "two"):
+        server = processes.start([sys.executable, str(ROOT / "tests/support/twowrite.py"),
+                                  kind], stdout=subprocess.PIPE)
+        assert server.stdout is not None
+        function_port = int(server.stdout.readline())
+        for proxy in ("nginx", "gate"):
+            process, port = start_proxy(proxy, extra=["--access-log"] if proxy == "gate"
+                                        else None, upstream=function_port)
+            run_wrk(port, 1, 1.0)
+            label = f"{proxy}, {kind}-write"
+            results[label] = {}
+            for connections in args.concurrency or (1, 16):
+                results[label][connections] = run_wrk(port, connections, args.duration)
+            processes.stop(process)
+        processes.stop(server)
+    print(f"two-write function (head and body in two sends) vs one-write, through each "
+          f"proxy; wrk -t1, {args.duration:g}s per run; the function is http.server "
+          f"(threads), so req/s is the function's; load average at the end "
+          f"{os.getloadavg()[0]:.2f}")
+    print(table(results))
+    for proxy in ("nginx", "gate"):
+        for c in results[f"{proxy}, one-write"]:
+            one = results[f"{proxy}, one-write"][c]["p50_ms"]
+            two = results[f"{proxy}, two-write"][c]["p50_ms"]
+            verdict = "ok" if two - one <= 1.0 else "OVER 1 ms"
+            print(f"{proxy} c{c}: p50 two-write - one-write = {two - one:+.2f} ms ({verdict})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
 #: (row, proxy, concurrency levels); "gate" rows have the access log on
 ROWS = [
     ("nginx", "nginx", (1, 16, 256, 1024)),
@@ -363,7 +404,8 @@ def main() -> None:
                         help="with --profile: the access log on")
     parser.add_argument("--only", nargs="*", default=None,
                         help="rows to measure (default: all): " + ", ".join(r[0] for r in ROWS)
-                             + ", gate-web (the twisted.web transport on plain HTTP)")
+                             + ", gate-web (the twisted.web transport on plain HTTP), "
+                             "two-write (a function writing head and body apart, alone)")
     parser.add_argument("--functions", type=int, default=10000,
                         help="functions in the route table of the '10k functions' row")
     parser.add_argument("--python", help="the other interpreter (default: Debian's "
@@ -398,15 +440,17 @@ def main() -> None:
         env = dict(os.environ, PYTHONPATH=child_path(), BENCH_GATE_LOG=str(workdir / "gate-log"))
 
         def start_proxy(name: str, python: str = sys.executable,
-                        extra: list[str] | None = None) -> tuple[subprocess.Popen, int]:
+                        extra: list[str] | None = None,
+                        upstream: int | None = None) -> tuple[subprocess.Popen, int]:
             port = free_port()
+            target = upstream or upstream_port
             if name == "nginx":
-                process = nginx(processes, workdir, "proxy", NGINX_PROXY.format(
-                    upstream=upstream_port, port=port, function=FUNCTION, host=HOST), port)
+                process = nginx(processes, workdir, f"proxy-{port}", NGINX_PROXY.format(
+                    upstream=target, port=port, function=FUNCTION, host=HOST), port)
             else:
                 log = open(workdir / f"{name}.log", "wb")
                 process = processes.start([python, __file__, f"serve-{name}", str(port),
-                                           str(upstream_port), *(extra or [])], env=env,
+                                           str(target), *(extra or [])], env=env,
                                           stdout=log, stderr=subprocess.STDOUT)
                 wait_listening(port, process, timeout=60)
             check(port)
@@ -423,6 +467,10 @@ def main() -> None:
             print(profile_calls(prof, requests))
             if os.environ.get("BENCH_KEEP_PROFILE"):
                 shutil.copy(prof, os.environ["BENCH_KEEP_PROFILE"])
+            return
+
+        if args.only and "two-write" in args.only:
+            two_write(args, processes, workdir, env, start_proxy)
             return
 
         here = interpreter_info(sys.executable)
