@@ -257,7 +257,7 @@ class LeanProtocol(Protocol):
         if version not in SPOKEN_VERSIONS:   # llhttp also passes 0.9 and 2.0
             raise UnsupportedVersion(unsupported_version_message(version))
         head = RequestHead(parser.get_method(), self.url, self.headers, self.client_ip,
-                           b"http", version == "1.1")
+                           self.factory.scheme, version == "1.1")
         keep = parser.should_keep_alive()
         if self.exchange is None and not self.queue:
             self._start(head, keep)
@@ -453,6 +453,8 @@ class LeanFactory(Factory):
         self.header_timeout = header_timeout
         self.body_idle_timeout = body_idle_timeout
         self.reject = reject
+        #: what X-Forwarded-Proto says (https when TLS is in front: gate/tls.py)
+        self.scheme = b"http"
         self._sweeper: LoopingCall | None = None
 
     def startFactory(self) -> None:
