@@ -177,8 +177,12 @@ class TLSServerProtocol(Protocol):
             return   # re-entered (a resume from within the inner protocol): the loop goes on
         self._reading = True
         try:
-            read = self.tls.read   # type: ignore[union-attr]
+            tls = self.tls
+            read = tls.read   # type: ignore[union-attr]
+            incoming = self._incoming
             while not self.paused and not self.lost:
+                if not incoming.pending and not tls.pending():   # type: ignore[union-attr]
+                    break   # all read (no SSLWantReadError raised and caught per request)
                 try:
                     data = read(READ_SIZE)
                 except ssl.SSLWantReadError:
