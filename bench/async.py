@@ -126,7 +126,10 @@ def deploy(admin: int, workdir: Path) -> None:
     shutil.copy(ROOT / "conf" / "functions" / "echo.py", echo)
     echo.chmod(0o644)
     spec = {"name": "echo", "command": [FUNCTION_PYTHON, str(echo)],
-            "readinessPath": "/healthz", "minReplica": 1, "asyncConcurrency": 32}
+            "readinessPath": "/healthz", "minReplica": 1, "asyncConcurrency": 32,
+            # every call wrk queues is stored (the default maxQueued, 1000, would turn
+            # the rest into 429s and measure refusing instead of queueing)
+            "maxQueued": 10_000_000}
     status, body = http("POST", base_url(admin), json.dumps(spec).encode(),
                         {"Content-Type": "application/json"})
     assert status == 201, body
@@ -310,9 +313,16 @@ def main() -> None:
                         help="also measure enqueueing with wrk (sync vs 202)")
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--no-throughput", action="store_true",
+                        help="with --enqueue: skip the throughput runs (enqueue alone)")
     args = parser.parse_args()
     if args.enqueue and shutil.which("wrk") is None:
         raise SystemExit("async: --enqueue needs wrk (apt-get install wrk)")
+    if args.enqueue and args.no_throughput:
+        print(f"interpreter: {sys.version} ({sys.executable}); {os.cpu_count()} cores; "
+              f"load average {os.getloadavg()[0]:.1f}")
+        run_enqueue(args)
+        return
     rows = run_throughput(args)
     bound = args.concurrency * 1000 / args.sleep_ms
     print(f"interpreter: {platform.python_implementation()} {platform.python_version()} "
