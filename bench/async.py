@@ -22,6 +22,9 @@ Enqueue (``--enqueue``, needs wrk): one node with ``conf/functions/echo.py`` as 
    measures accepting alone; then it is started and the workers drain the queue:
    completed calls per second from the node's ``faastwist_async_completed_total``.
 
+``--enqueue --no-throughput`` runs the enqueue part alone; ``BENCH_ASYNC_PROFILE=FILE``
+runs the node's reactor thread under cProfile (twistd ``--profile``, stats to FILE).
+
 The node (and with it etcd, nats-server and the function) is stopped by pid at the end.
 """
 
@@ -86,7 +89,9 @@ def start_node(workdir: Path, nats_url: str = "") -> tuple[subprocess.Popen, int
     }
     (workdir / "controller.yaml").write_text(json.dumps(config))
     log = open(workdir / "node.log", "ab")
-    node = subprocess.Popen([str(TWISTD), "-n", "--pidfile=", "faasgate", "--config",
+    profile = os.environ.get("BENCH_ASYNC_PROFILE")   # the reactor thread, cProfile
+    flags = [f"--profile={profile}", "--profiler=cprofile", "--savestats"] if profile else []
+    node = subprocess.Popen([str(TWISTD), "-n", "--pidfile=", *flags, "faasgate", "--config",
                              str(workdir / "controller.yaml")], stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True,
                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
