@@ -442,16 +442,20 @@ def https(args: argparse.Namespace, processes: Processes, workdir: Path,
           env: dict[str, str], start_proxy: Any, upstream_port: int) -> None:
     """HTTPS: the gate (httpServer.https, access log on) against nginx with TLS (same
     certificate, keep-alive, access log on), at c16 over kept-alive connections, and
-    the handshake rate (``Connection: close``: one TLS handshake per request)."""
-    print(f"interpreter: {sys.version} ({sys.executable}); machine: {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.2f} at the start", flush=True)
+    the handshake rate (``Connection: close``: one TLS handshake per request); the
+    twisted.web transport with TLS and the gate in cleartext alongside, for scale."""
+    python = args.python or sys.executable   # the gates' interpreter (--python)
+    info = interpreter_info(python)
+    print(f"interpreter of the gates: Python {info['version']} ({info['executable']}): "
+          f"{info['build']}; machine: {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.2f} at the start", flush=True)
     cert, key = make_certificate(workdir)
     results: dict[str, dict[int, dict[str, float]]] = {}
     ports: dict[str, int] = {}
     # all three listen at once and their runs alternate, so load from elsewhere on a
     # shared machine falls on each alike; "gate-web" is twisted.web with pyOpenSSL (what
     # httpServer.https ran on before the lean transport took TLS)
-    for proxy in ("nginx", "gate", "gate-web"):
+    for proxy in ("nginx", "gate", "gate-web", "gate-cleartext"):
         port = ports[proxy] = free_port()
         if proxy == "nginx":
             nginx(processes, workdir, "tls", NGINX_TLS_PROXY.format(
@@ -459,20 +463,27 @@ def https(args: argparse.Namespace, processes: Processes, workdir: Path,
                 key=key, dir=workdir), port)
             continue
         log = open(workdir / f"{proxy}-tls.log", "wb")
+        tls = [] if proxy == "gate-cleartext" else ["--tls", cert, key]
         process = processes.start(
-            [sys.executable, __file__, "serve-gate", str(port), str(upstream_port),
-             "--access-log", "--tls", cert, key],
+            [python, __file__, "serve-gate", str(port), str(upstream_port),
+             "--access-log", *tls],
             env=dict(env, BENCH_GATE_TRANSPORT="web" if proxy == "gate-web" else "lean"),
             stdout=log, stderr=subprocess.STDOUT)
         wait_listening(port, process, timeout=60)
     for proxy, port in ports.items():
-        check_tls(port)
-        run_wrk(port, 16, 1.0, scheme="https")
+        scheme = "http" if proxy == "gate-cleartext" else "https"
+        check(port) if scheme == "http" else check_tls(port)
+        run_wrk(port, 16, 1.0, scheme=scheme)
     for _ in range(max(1, args.repeat)):
         for proxy, port in ports.items():
+            scheme = "http" if proxy == "gate-cleartext" else "https"
             for label, close in ((f"{proxy}-tls", False), (f"{proxy}-tls handshakes", True)):
+                if scheme == "http":
+                    label = label.replace("-tls", "")
+                    if close:
+                        continue   # (a new TCP connection per request: not this table's)
                 for connections in args.concurrency or (16,):
-                    run = run_wrk(port, connections, args.duration, scheme="https", close=close)
+                    run = run_wrk(port, connections, args.duration, scheme=scheme, close=close)
                     best = results.setdefault(label, {}).get(connections)
                     if best is None or run["rps"] > best["rps"]:
                         results[label][connections] = run

@@ -59,7 +59,12 @@ class ReloadableServerContext:
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
         # the chain after the leaf in certFile is sent too (as the pyOpenSSL path does)
-        context.load_cert_chain(self.cert_file, self.key_file)
+        try:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        except (ssl.SSLError, OSError) as exc:
+            # ssl's own message names neither file ("[SSL] PEM lib")
+            raise ValueError(f"cannot load the certificate {self.cert_file} with the key "
+                             f"{self.key_file}: {exc}") from None
         context.set_alpn_protocols(self.protocols)
         return context
 
