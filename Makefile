@@ -150,6 +150,8 @@ bench-gate: install
 	@command -v nginx >/dev/null && command -v wrk >/dev/null || { \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light wrk; }
 	$(BIN)/python bench/gate.py $(BENCH_GATE_ARGS)
+	$(BIN)/python bench/gate.py --only two-write
+	$(BIN)/python bench/gate.py --only https --repeat 2
 
 # httpServer.workers: N gate worker processes against nginx with N workers (N = 1, 2, cores)
 bench-workers: install system-deps

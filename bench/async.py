@@ -22,6 +22,9 @@ Enqueue (``--enqueue``, needs wrk): one node with ``conf/functions/echo.py`` as 
    measures accepting alone; then it is started and the workers drain the queue:
    completed calls per second from the node's ``faastwist_async_completed_total``.
 
+``--enqueue --no-throughput`` runs the enqueue part alone; ``BENCH_ASYNC_PROFILE=FILE``
+runs the node's reactor thread under cProfile (twistd ``--profile``, stats to FILE).
+
 The node (and with it etcd, nats-server and the function) is stopped by pid at the end.
 """
 
@@ -86,7 +89,9 @@ def start_node(workdir: Path, nats_url: str = "") -> tuple[subprocess.Popen, int
     }
     (workdir / "controller.yaml").write_text(json.dumps(config))
     log = open(workdir / "node.log", "ab")
-    node = subprocess.Popen([str(TWISTD), "-n", "--pidfile=", "faasgate", "--config",
+    profile = os.environ.get("BENCH_ASYNC_PROFILE")   # the reactor thread, cProfile
+    flags = [f"--profile={profile}", "--profiler=cprofile", "--savestats"] if profile else []
+    node = subprocess.Popen([str(TWISTD), "-n", "--pidfile=", *flags, "faasgate", "--config",
                              str(workdir / "controller.yaml")], stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True,
                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
@@ -126,7 +131,10 @@ def deploy(admin: int, workdir: Path) -> None:
     shutil.copy(ROOT / "conf" / "functions" / "echo.py", echo)
     echo.chmod(0o644)
     spec = {"name": "echo", "command": [FUNCTION_PYTHON, str(echo)],
-            "readinessPath": "/healthz", "minReplica": 1, "asyncConcurrency": 32}
+            "readinessPath": "/healthz", "minReplica": 1, "asyncConcurrency": 32,
+            # every call wrk queues is stored (the default maxQueued, 1000, would turn
+            # the rest into 429s and measure refusing instead of queueing)
+            "maxQueued": 10_000_000}
     status, body = http("POST", base_url(admin), json.dumps(spec).encode(),
                         {"Content-Type": "application/json"})
     assert status == 201, body
@@ -310,9 +318,16 @@ def main() -> None:
                         help="also measure enqueueing with wrk (sync vs 202)")
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--no-throughput", action="store_true",
+                        help="with --enqueue: skip the throughput runs (enqueue alone)")
     args = parser.parse_args()
     if args.enqueue and shutil.which("wrk") is None:
         raise SystemExit("async: --enqueue needs wrk (apt-get install wrk)")
+    if args.enqueue and args.no_throughput:
+        print(f"interpreter: {sys.version} ({sys.executable}); {os.cpu_count()} cores; "
+              f"load average {os.getloadavg()[0]:.1f}")
+        run_enqueue(args)
+        return
     rows = run_throughput(args)
     bound = args.concurrency * 1000 / args.sleep_ms
     print(f"interpreter: {platform.python_implementation()} {platform.python_version()} "

@@ -57,7 +57,8 @@ BODY = "hello from demo10"
 # -- the proxies, as child processes ------------------------------------------------------
 
 def serve_gate(port: int, upstream_port: int, access_log: bool, profile: str | None,
-               transport: str = "lean", functions: int = 1) -> None:
+               transport: str = "lean", functions: int = 1,
+               tls: tuple[str, str] | None = None) -> None:
     """The gate with every feature on, as the benchmark's child process."""
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver, LogLevel
@@ -97,7 +98,12 @@ def serve_gate(port: int, upstream_port: int, access_log: bool, profile: str | N
     provider = KnativeRouting(KnativeConfig(
         network_layer_url=f"http://127.0.0.1:{upstream_port}",
         namespace="default", host_suffix="example.com"))
-    service = GateService(HTTPServerConfig(port=port, address="127.0.0.1"), routes, provider,
+    if tls is not None:
+        server_config = HTTPServerConfig(port=port, address="127.0.0.1", https=True,
+                                         cert_file=tls[0], key_file=tls[1])
+    else:
+        server_config = HTTPServerConfig(port=port, address="127.0.0.1")
+    service = GateService(server_config, routes, provider,
                           reactor, Metrics(), access_log=access_log, transport=transport,
                           access=AccessLog(reactor, write, json=False))
     service.startService()
@@ -249,10 +255,12 @@ def check(port: int) -> None:
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
-def run_wrk(port: int, connections: int, duration: float) -> dict[str, float]:
+def run_wrk(port: int, connections: int, duration: float, scheme: str = "http",
+            close: bool = False) -> dict[str, float]:
+    extra = ["-H", "Connection: close"] if close else []
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "-H",
-         f"X-FaaS-Func-Name: {FUNCTION}", f"http://127.0.0.1:{port}/bench"],
+         f"X-FaaS-Func-Name: {FUNCTION}", *extra, f"{scheme}://127.0.0.1:{port}/bench"],
         capture_output=True, text=True, timeout=duration + 30, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     latency = {}
@@ -340,6 +348,158 @@ def child_path() -> str:
     return os.pathsep.join(dict.fromkeys(paths))
 
 
+def two_write(args: argparse.Namespace, processes: Processes, workdir: Path,
+              env: dict[str, str], start_proxy: Any) -> None:
+    """A function that writes its head and body in two sends (Python's unbuffered
+    ``http.server``, Nagle on) against one that writes once, through the gate and
+    through nginx: with delayed ACKs on the proxy's side the two-write function costs
+    ~40 ms per request; the gate ACKs at once (TCP_QUICKACK) and must stay within 1 ms
+    of the one-write function at p50."""
+    print(f"interpreter: Python {sys.version.split()[0]} ({sys.executable}); machine: "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the start",
+          flush=True)
+    results: dict[str, dict[int, dict[str, float]]] = {}
+    for kind in ("one", "two"):
+        server = processes.start([sys.executable, str(ROOT / "tests/support/twowrite.py"),
+                                  kind], stdout=subprocess.PIPE)
+        assert server.stdout is not None
+        function_port = int(server.stdout.readline())
+        for proxy in ("nginx", "gate"):
+            process, port = start_proxy(proxy, extra=["--access-log"] if proxy == "gate"
+                                        else None, upstream=function_port)
+            run_wrk(port, 1, 1.0)
+            label = f"{proxy}, {kind}-write"
+            results[label] = {}
+            for connections in args.concurrency or (1, 16):
+                results[label][connections] = run_wrk(port, connections, args.duration)
+            processes.stop(process)
+        processes.stop(server)
+    print(f"two-write function (head and body in two sends) vs one-write, through each "
+          f"proxy; wrk -t1, {args.duration:g}s per run; the function is http.server "
+          f"(threads), so req/s is the function's; load average at the end "
+          f"{os.getloadavg()[0]:.2f}")
+    print(table(results))
+    for proxy in ("nginx", "gate"):
+        for c in results[f"{proxy}, one-write"]:
+            one = results[f"{proxy}, one-write"][c]["p50_ms"]
+            two = results[f"{proxy}, two-write"][c]["p50_ms"]
+            verdict = "ok" if two - one <= 1.0 else "OVER 1 ms"
+            print(f"{proxy} c{c}: p50 two-write - one-write = {two - one:+.2f} ms ({verdict})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+NGINX_TLS_PROXY = """
+    upstream functions {{ server 127.0.0.1:{upstream}; keepalive 128; }}
+    map $http_x_faas_func_name $function_host {{ {function} {host}; default ""; }}
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        access_log {dir}/nginx-tls.access.log;
+        location / {{
+            if ($function_host = "") {{ return 404; }}
+            proxy_pass http://functions;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $function_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }}
+    }}
+"""
+
+
+def make_certificate(workdir: Path) -> tuple[str, str]:
+    """One self-signed ECDSA P-256 certificate for 127.0.0.1, for every TLS proxy."""
+    cert, key = workdir / "cert.pem", workdir / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return str(cert), str(key)
+
+
+def check_tls(port: int) -> None:
+    import ssl
+
+    context = ssl._create_unverified_context()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw) as s:
+            s.sendall(f"GET /check HTTP/1.1\r\nHost: bench\r\nX-FaaS-Func-Name: {FUNCTION}"
+                      f"\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while True:
+                piece = s.recv(65536)
+                if not piece:
+                    break
+                data += piece
+    if not data.startswith(b"HTTP/1.1 200") or not data.endswith(BODY.encode()):
+        raise RuntimeError(f"TLS proxy on {port} answered {data[:200]!r}")
+
+
+def https(args: argparse.Namespace, processes: Processes, workdir: Path,
+          env: dict[str, str], start_proxy: Any, upstream_port: int) -> None:
+    """HTTPS: the gate (httpServer.https, access log on) against nginx with TLS (same
+    certificate, keep-alive, access log on), at c16 over kept-alive connections, and
+    the handshake rate (``Connection: close``: one TLS handshake per request); the
+    twisted.web transport with TLS and the gate in cleartext alongside, for scale."""
+    python = args.python or sys.executable   # the gates' interpreter (--python)
+    info = interpreter_info(python)
+    print(f"interpreter of the gates: Python {info['version']} ({info['executable']}): "
+          f"{info['build']}; machine: {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.2f} at the start", flush=True)
+    cert, key = make_certificate(workdir)
+    results: dict[str, dict[int, dict[str, float]]] = {}
+    ports: dict[str, int] = {}
+    # all three listen at once and their runs alternate, so load from elsewhere on a
+    # shared machine falls on each alike; "gate-web" is twisted.web with pyOpenSSL (what
+    # httpServer.https ran on before the lean transport took TLS)
+    for proxy in ("nginx", "gate", "gate-web", "gate-cleartext"):
+        port = ports[proxy] = free_port()
+        if proxy == "nginx":
+            nginx(processes, workdir, "tls", NGINX_TLS_PROXY.format(
+                upstream=upstream_port, port=port, function=FUNCTION, host=HOST, cert=cert,
+                key=key, dir=workdir), port)
+            continue
+        log = open(workdir / f"{proxy}-tls.log", "wb")
+        tls = [] if proxy == "gate-cleartext" else ["--tls", cert, key]
+        process = processes.start(
+            [python, __file__, "serve-gate", str(port), str(upstream_port),
+             "--access-log", *tls],
+            env=dict(env, BENCH_GATE_TRANSPORT="web" if proxy == "gate-web" else "lean"),
+            stdout=log, stderr=subprocess.STDOUT)
+        wait_listening(port, process, timeout=60)
+    for proxy, port in ports.items():
+        scheme = "http" if proxy == "gate-cleartext" else "https"
+        check(port) if scheme == "http" else check_tls(port)
+        run_wrk(port, 16, 1.0, scheme=scheme)
+    for _ in range(max(1, args.repeat)):
+        for proxy, port in ports.items():
+            scheme = "http" if proxy == "gate-cleartext" else "https"
+            for label, close in ((f"{proxy}-tls", False), (f"{proxy}-tls handshakes", True)):
+                if scheme == "http":
+                    label = label.replace("-tls", "")
+                    if close:
+                        continue   # (a new TCP connection per request: not this table's)
+                for connections in args.concurrency or (16,):
+                    run = run_wrk(port, connections, args.duration, scheme=scheme, close=close)
+                    best = results.setdefault(label, {}).get(connections)
+                    if best is None or run["rps"] > best["rps"]:
+                        results[label][connections] = run
+    print(f"HTTPS, TLS 1.3 (wrk's OpenSSL), one ECDSA P-256 certificate, access logs on, "
+          f"wrk -t1, {args.duration:g}s per run, best of {max(1, args.repeat)}; "
+          f"'handshakes': Connection: close (a new TLS connection per request); load "
+          f"average at the end {os.getloadavg()[0]:.2f}")
+    for label, by_c in sorted(results.items(), key=lambda item: "handshakes" in item[0]):
+        base = results["nginx-tls handshakes" if "handshakes" in label else "nginx-tls"]
+        for c, r in by_c.items():
+            print(f"{label:<26}c{c:<4}{r['rps']:>9.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
+                  f"p99 {r['p99_ms']:7.2f} ms   {r['rps'] / base[c]['rps']:5.2f} of nginx")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
 #: (row, proxy, concurrency levels); "gate" rows have the access log on
 ROWS = [
     ("nginx", "nginx", (1, 16, 256, 1024)),
@@ -363,7 +523,9 @@ def main() -> None:
                         help="with --profile: the access log on")
     parser.add_argument("--only", nargs="*", default=None,
                         help="rows to measure (default: all): " + ", ".join(r[0] for r in ROWS)
-                             + ", gate-web (the twisted.web transport on plain HTTP)")
+                             + ", gate-web (the twisted.web transport on plain HTTP), "
+                             "two-write (a function writing head and body apart, alone), "
+                             "https (HTTPS and handshakes against nginx with TLS, alone)")
     parser.add_argument("--functions", type=int, default=10000,
                         help="functions in the route table of the '10k functions' row")
     parser.add_argument("--python", help="the other interpreter (default: Debian's "
@@ -377,8 +539,15 @@ def main() -> None:
             profile = sys.argv[sys.argv.index("--profile") + 1] if "--profile" in sys.argv else None
             functions = (int(sys.argv[sys.argv.index("--functions") + 1])
                          if "--functions" in sys.argv else 1)
-            serve_gate(port, upstream, "--access-log" in sys.argv, profile,
-                       "web" if mode == "serve-gate-web" else "lean", functions)
+            tls = None
+            if "--tls" in sys.argv:
+                at = sys.argv.index("--tls")
+                tls = (sys.argv[at + 1], sys.argv[at + 2])
+            transport = "web" if mode == "serve-gate-web" else "lean"
+            if tls is not None:
+                transport = os.environ.get("BENCH_GATE_TRANSPORT", "auto")
+            serve_gate(port, upstream, "--access-log" in sys.argv, profile, transport,
+                       functions, tls)
         else:
             serve_twisted(port, upstream)
         return
@@ -398,15 +567,17 @@ def main() -> None:
         env = dict(os.environ, PYTHONPATH=child_path(), BENCH_GATE_LOG=str(workdir / "gate-log"))
 
         def start_proxy(name: str, python: str = sys.executable,
-                        extra: list[str] | None = None) -> tuple[subprocess.Popen, int]:
+                        extra: list[str] | None = None,
+                        upstream: int | None = None) -> tuple[subprocess.Popen, int]:
             port = free_port()
+            target = upstream or upstream_port
             if name == "nginx":
-                process = nginx(processes, workdir, "proxy", NGINX_PROXY.format(
-                    upstream=upstream_port, port=port, function=FUNCTION, host=HOST), port)
+                process = nginx(processes, workdir, f"proxy-{port}", NGINX_PROXY.format(
+                    upstream=target, port=port, function=FUNCTION, host=HOST), port)
             else:
                 log = open(workdir / f"{name}.log", "wb")
                 process = processes.start([python, __file__, f"serve-{name}", str(port),
-                                           str(upstream_port), *(extra or [])], env=env,
+                                           str(target), *(extra or [])], env=env,
                                           stdout=log, stderr=subprocess.STDOUT)
                 wait_listening(port, process, timeout=60)
             check(port)
@@ -423,6 +594,13 @@ def main() -> None:
             print(profile_calls(prof, requests))
             if os.environ.get("BENCH_KEEP_PROFILE"):
                 shutil.copy(prof, os.environ["BENCH_KEEP_PROFILE"])
+            return
+
+        if args.only and "https" in args.only:
+            https(args, processes, workdir, env, start_proxy, upstream_port)
+            return
+        if args.only and "two-write" in args.only:
+            two_write(args, processes, workdir, env, start_proxy)
             return
 
         here = interpreter_info(sys.executable)

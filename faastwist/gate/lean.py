@@ -33,7 +33,10 @@ from faastwist.gate.wire import (
     LINGER,
     error_body,
     head_lines,
+    no_delay,
+    quick_ack,
     reason,
+    tcp_socket,
     unsupported_version_message,
     write_now,
 )
@@ -100,6 +103,7 @@ class LeanProtocol(Protocol):
         self.lost = False
         self.pending_head = b""
         self.direct = False
+        self.socket: Any = None
         self.last_active = 0.0
         self.body_producer = self
         self._pauses = Pause.NONE
@@ -116,10 +120,8 @@ class LeanProtocol(Protocol):
     def connectionMade(self) -> None:
         transport = self.transport
         self.direct = isinstance(transport, tcp.Connection)
-        try:
-            transport.setTcpNoDelay(True)
-        except (AttributeError, OSError):
-            pass
+        self.socket = tcp_socket(transport)
+        no_delay(self.socket)
         self.last_active = self.head_began = self.factory.clock.seconds()
 
     def connectionLost(self, reason: Any = None) -> None:
@@ -165,6 +167,11 @@ class LeanProtocol(Protocol):
                 self._malformed(unsupported_version_message(None), 505)
                 return
             self._malformed(f"malformed HTTP request: {exc}")
+            return
+        if self.in_head or self.receiving is not None:
+            # a request still incomplete after this read: ACK it now (wire.quick_ack),
+            # so a client that sends head and body apart is not held by a delayed ACK
+            quick_ack(self.socket)
 
     def _malformed(self, message: str, code: int = 400) -> None:
         """The input cannot be parsed further: 400 (505 for an HTTP version the gate
@@ -250,7 +257,7 @@ class LeanProtocol(Protocol):
         if version not in SPOKEN_VERSIONS:   # llhttp also passes 0.9 and 2.0
             raise UnsupportedVersion(unsupported_version_message(version))
         head = RequestHead(parser.get_method(), self.url, self.headers, self.client_ip,
-                           b"http", version == "1.1")
+                           self.factory.scheme, version == "1.1")
         keep = parser.should_keep_alive()
         if self.exchange is None and not self.queue:
             self._start(head, keep)
@@ -446,6 +453,8 @@ class LeanFactory(Factory):
         self.header_timeout = header_timeout
         self.body_idle_timeout = body_idle_timeout
         self.reject = reject
+        #: what X-Forwarded-Proto says (https when TLS is in front: gate/tls.py)
+        self.scheme = b"http"
         self._sweeper: LoopingCall | None = None
 
     def startFactory(self) -> None:

@@ -1,8 +1,8 @@
 """The traffic gate service: listens on httpServer and proxies to the functions.
 
-Plain HTTP is served by the lean HTTP/1.1 transport (lean.py); HTTPS by the
-twisted.web resource (web.py), with HTTP/2 offered through ALPN when the h2
-package is installed. Both hand each request to an ``Exchange`` (exchange.py), so the
+HTTP/1.1 is served by the lean transport (lean.py), over TLS too (tls.py: the standard
+library's ssl on memory BIOs); HTTP/2, offered through ALPN over TLS when the h2
+package is installed, by the twisted.web resource (web.py). Both hand each request to an ``Exchange`` (exchange.py), so the
 answers are the same. The service enforces maxConnections (a connection over the limit
 gets a 503 and is closed; the others are unaffected) and shuts down gracefully: first
 (``begin_drain``, for the node's drain delay) every answer closes its connection while
@@ -28,7 +28,7 @@ from faastwist.gate.accesslog import AccessLog
 from faastwist.gate.context import GateContext
 from faastwist.gate.connlimit import ConnectionLimit, LimitingFactory, over_limit_response
 from faastwist.metrics import Metrics
-from faastwist.util.tls import ReloadableTLS
+from faastwist.util.tls import ReloadableTLS, default_protocols
 from faastwist.providers.base import Provider
 from faastwist.gate.routes import RouteTable
 from faastwist.gate.upstream import UpstreamPool
@@ -43,8 +43,9 @@ STRAGGLER_GRACE = 2.0
 class GateService(Service):
     """Listens on httpServer and proxies every request to its function's upstream.
 
-    ``transport``: ``auto`` (lean HTTP/1.1 for plain HTTP, twisted.web for HTTPS),
-    ``lean`` or ``web`` (tests run the same behaviour tests over both).
+    ``transport``: ``auto`` or ``lean`` (the lean HTTP/1.1 transport, with TLS when
+    httpServer.https; HTTP/2 through ALPN on twisted.web), or ``web`` (twisted.web for
+    everything, TLS by pyOpenSSL; tests run the same behaviour tests over both).
     """
 
     name = "gate"
@@ -66,7 +67,7 @@ class GateService(Service):
                                    access=access)
         self.limit = ConnectionLimit(config.max_connections)
         self.port: IListeningPort | None = None
-        self.tls: ReloadableTLS | None = None
+        self.tls: Any = None   # ReloadableServerContext (lean) or ReloadableTLS (web)
         #: descriptors held for the admin port (the node's); the gate sheds before them
         self.fd_reserve = fd_reserve
         self._refill: Any = None
@@ -79,32 +80,44 @@ class GateService(Service):
     def kind(self) -> str:
         """Which transport serves (lean or web)."""
         if self.transport == "auto":
-            return "web" if self.config.https else "lean"
+            return "lean"
         return self.transport
 
     def build_factory(self) -> Factory:
         config = self.config
         if self.kind == "lean":
             from faastwist.gate.lean import LeanFactory
-            factory: Factory = LeanFactory(self.context, self.limit, self.reactor,
-                                           config.keep_alive_timeout,
-                                           over_limit_response(self.limit.maximum),
-                                           header_timeout=config.header_timeout,
-                                           body_idle_timeout=config.body_idle_timeout)
-        else:
-            from faastwist.gate.web import GateResource, GateSite
-            site = GateSite(GateResource(self.context), reactor=self.reactor,
-                            timeout=config.keep_alive_timeout or None,
-                            header_timeout=config.header_timeout,
-                            body_idle_timeout=config.body_idle_timeout)
-            factory = LimitingFactory(site, self.limit, self.reactor)
+            lean = LeanFactory(self.context, self.limit, self.reactor,
+                               config.keep_alive_timeout,
+                               over_limit_response(self.limit.maximum),
+                               header_timeout=config.header_timeout,
+                               body_idle_timeout=config.body_idle_timeout)
+            if not config.https:
+                return lean
+            # HTTPS on the lean transport (gate/tls.py); HTTP/2, when ALPN chooses it,
+            # on twisted.web's channel
+            from faastwist.gate.tls import ReloadableServerContext, TLSServerFactory
+            lean.scheme = b"https"
+            protocols = default_protocols()
+            self.tls = ReloadableServerContext(config.cert_file, config.key_file, protocols)
+            return TLSServerFactory(self.tls, lean, self.reactor, config.header_timeout,
+                                    h2=self._web_factory() if b"h2" in protocols else None)
+        factory = self._web_factory()
         if config.https:
-            if self.kind == "lean":
-                raise ValueError("https is served by the twisted.web transport, not lean")
             from twisted.protocols.tls import TLSMemoryBIOFactory
             self.tls = ReloadableTLS(config.cert_file, config.key_file)
             factory = TLSMemoryBIOFactory(self.tls, False, factory)
         return factory
+
+    def _web_factory(self) -> Factory:
+        """The twisted.web transport (HTTP/1.1 and HTTP/2), counted in maxConnections."""
+        from faastwist.gate.web import GateResource, GateSite
+        config = self.config
+        site = GateSite(GateResource(self.context), reactor=self.reactor,
+                        timeout=config.keep_alive_timeout or None,
+                        header_timeout=config.header_timeout,
+                        body_idle_timeout=config.body_idle_timeout)
+        return LimitingFactory(site, self.limit, self.reactor)
 
     def reload_tls(self) -> None:
         """Load the certificate files again for new connections (SIGHUP); open

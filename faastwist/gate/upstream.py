@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from faastwist.gate.wire import filter_response, write_now
+from faastwist.gate.wire import filter_response, no_delay, quick_ack, tcp_socket, write_now
 
 log = Logger()
 
@@ -75,6 +75,7 @@ class UpstreamConnection(Protocol):
         self._close_delimited = False
         self._reset_parser = False
         self.direct = False
+        self._socket: Any = None
 
     # -- used by the exchange ----------------------------------------------------------
 
@@ -132,10 +133,8 @@ class UpstreamConnection(Protocol):
     def connectionMade(self) -> None:
         self.connected = True
         self.direct = isinstance(self.transport, tcp.Connection)
-        try:
-            self.transport.setTcpNoDelay(True)
-        except (AttributeError, OSError):
-            pass
+        self._socket = tcp_socket(self.transport)
+        no_delay(self._socket)
 
     def dataReceived(self, data: bytes) -> None:
         self._got_bytes = True
@@ -156,6 +155,10 @@ class UpstreamConnection(Protocol):
         if self._reset_parser:
             self._reset_parser = False
             self._parser = httptools.HttpResponseParser(self)
+        if self.handler is not None and quick_ack(self._socket):
+            # the response is not complete: ACK now, or a server that wrote its head
+            # and body in two sends waits for our delayed ACK (wire.quick_ack)
+            self.pool.quick_acks += 1
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.connected = False
@@ -281,6 +284,8 @@ class UpstreamPool:
         self._endpoints: dict[Origin, Any] = {}
         self._sweeper: LoopingCall | None = None
         self.connects = 0
+        #: reads that left a response incomplete and were ACKed at once (wire.quick_ack)
+        self.quick_acks = 0
 
     def start(self) -> None:
         if self._sweeper is None:

@@ -9,6 +9,7 @@ here once.
 from __future__ import annotations
 
 import json
+import socket
 from http import HTTPStatus
 from typing import Any, Iterable, Sequence
 
@@ -114,3 +115,48 @@ def write_now(transport: Any, data: bytes) -> None:
         return
     if sent < len(data):
         transport.write(data[sent:])
+
+
+#: Linux's TCP_QUICKACK (None elsewhere: there the delayed ACK stays as the kernel has it)
+TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
+
+
+def tcp_socket(transport: Any) -> socket.socket | None:
+    """The TCP socket under ``transport``, through wrappers (TLS, the connection limit)
+    that keep the real transport as their ``transport``; None when there is none."""
+    for _ in range(4):
+        sock = getattr(transport, "socket", None)
+        if isinstance(sock, socket.socket):
+            return sock
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            return None
+    return None
+
+
+def no_delay(sock: socket.socket | None) -> None:
+    """TCP_NODELAY: a small write (a response's last bytes, a request's head) is sent at
+    once instead of waiting for the peer's ACK of the previous one."""
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+def quick_ack(sock: socket.socket | None) -> bool:
+    """ACK what was read now, not after the delayed-ACK timer (40 ms on Linux).
+
+    Called after a read that left a message incomplete: a peer that writes a head and
+    then a body in two sends with Nagle's algorithm on (Python's ``http.server``
+    unbuffered, for one) holds the body until the head is ACKed, and a delayed ACK
+    turns that into a 40 ms stall per request. Setting TCP_QUICKACK sends the pending
+    ACK at once (and the kernel clears the flag again by itself, so it is set per read).
+    """
+    if sock is None or TCP_QUICKACK is None:
+        return False
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_QUICKACK, 1)
+    except OSError:
+        return False
+    return True

@@ -206,6 +206,19 @@ class JetStream:
         ack = await self.js.publish(subject, payload, timeout=timeout, headers=headers)
         return int(ack.seq)
 
+    async def ack_inbox(self, on_ack: Callable[[Any], Any]) -> str:
+        """Subscribe ``on_ack`` to a fresh inbox's subjects; the prefix a publish's
+        reply subject starts with (queue.publisher: acks of many publishes on one
+        subscription)."""
+        prefix = self.nc.new_inbox() + "."
+        await self.nc.subscribe(prefix + "*", cb=on_ack)
+        return prefix
+
+    async def send(self, subject: str, payload: bytes, headers: dict[str, str],
+                   reply: str) -> None:
+        """Publish without waiting: JetStream's ack goes to ``reply``."""
+        await self.nc.publish(subject, payload, reply=reply, headers=headers)
+
     # -- consuming -------------------------------------------------------------------------
 
     async def bind(self, key: str, stream: str, durable: str, subject: str,

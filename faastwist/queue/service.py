@@ -23,6 +23,7 @@ from faastwist.config import QueueConfig
 from faastwist.gate.asynccall import QueuedCall, QueueFull, QueueUnavailable
 from faastwist.metrics import Metrics
 from faastwist.queue.bridge import AsyncioBridge
+from faastwist.queue.publisher import Publisher
 from faastwist.queue.callback import CallbackSender
 from faastwist.queue.jetstream import JetStream, Names, StreamLimits, is_full
 from faastwist.queue.messages import (
@@ -70,6 +71,9 @@ class QueueService:
         self.routes = routes
         self.names = Names(controller)
         self.bridge = AsyncioBridge(reactor, config.timeout)
+        self.publisher = Publisher(self.bridge, reactor, config.timeout)
+        #: the accepted-calls counter per function (a labels() lookup per call costs)
+        self._accepted: dict[str, Any] = {}
         self.embedded: Any = None
         self.js: JetStream | None = None
         self.max_body_size = config.max_body_size
@@ -116,6 +120,7 @@ class QueueService:
         assert self.js is not None
         max_payload = await self.bridge.call(self.js.connect, self.config.timeout,
                                              timeout=self.config.timeout * 3)
+        await self.bridge.call(self.publisher.start, self.js)
         room = max_payload - 128 * 1024
         if room < self.max_body_size:
             log.warn("the NATS server's max_payload ({payload}) leaves room for bodies of "
@@ -176,39 +181,57 @@ class QueueService:
         refuse_callback_url(url, self.rules)
 
     def submit(self, call: QueuedCall) -> Deferred[Any]:
-        js = self.js
-        if js is None or not js.connected:
-            return _failed(QueueUnavailable("NATS is not connected"))
-        return ensureDeferred(self._submit(js, call))
-
-    async def _submit(self, js: JetStream, call: QueuedCall) -> int:
         """Admit the call against its function's ``maxQueued`` (asking the server for
         the count when this node's is stale), then publish it; a full stream
-        (``queue.maxBytes``) is 507, a full function 429."""
+        (``queue.maxBytes``) is 507, a full function 429. Plain Deferreds, no coroutine:
+        this runs once per accepted call."""
+        js = self.js
+        if js is None or not js.connected or not self.publisher.ready:
+            return _failed(QueueUnavailable("NATS is not connected"))
         function = call.function
         route = self.routes.lookup(function)
         limit = (route.spec.max_queued if route is not None else 0) or self.config.max_queued
         admission = self.counts.take(function, limit, self.reactor.seconds())
         if admission is Admission.COUNT:
-            await self._count(js, function)
-            admission = self.counts.take(function, limit, self.reactor.seconds())
+            return ensureDeferred(self._submit_counted(js, call, limit))
         if admission is not Admission.ADMIT:
-            self.metrics.async_refused.labels(function, "function-full").inc()
-            raise QueueFull(429, f"function {function} has {limit} calls queued, its limit "
-                                 f"(maxQueued in its spec, else queue.maxQueued); try "
-                                 f"again later", FULL_RETRY_AFTER)
-        try:
-            seq = await self.bridge.call(js.publish, self.names.call_subject(function,
-                                                                             call.call_id),
-                                         call.body, call_headers(call), self.config.timeout)
-        except Exception as exc:
-            if is_full(exc):
-                self.metrics.async_refused.labels(function, "queue-full").inc()
-                raise QueueFull(507, "the queue is full (queue.maxBytes); try again later",
-                                STORAGE_RETRY_AFTER) from None
-            raise QueueUnavailable(str(exc) or type(exc).__name__) from None
-        self.metrics.async_accepted.labels(function).inc()
-        return int(seq)
+            return _failed(self._function_full(function, limit))
+        return self._publish(call)
+
+    async def _submit_counted(self, js: JetStream, call: QueuedCall, limit: int) -> int:
+        function = call.function
+        await self._count(js, function)
+        if self.counts.take(function, limit, self.reactor.seconds()) is not Admission.ADMIT:
+            raise self._function_full(function, limit)
+        return await self._publish(call)
+
+    def _function_full(self, function: str, limit: int) -> QueueFull:
+        self.metrics.async_refused.labels(function, "function-full").inc()
+        return QueueFull(429, f"function {function} has {limit} calls queued, its limit "
+                              f"(maxQueued in its spec, else queue.maxQueued); try "
+                              f"again later", FULL_RETRY_AFTER)
+
+    def _publish(self, call: QueuedCall) -> Deferred[Any]:
+        function = call.function
+        d = self.publisher.publish(self.names.call_subject(function, call.call_id),
+                                   call.body, call_headers(call))
+        return d.addCallbacks(self._published, self._not_published, (function,), None,
+                              (function,))
+
+    def _published(self, seq: int, function: str) -> int:
+        counter = self._accepted.get(function)
+        if counter is None:
+            counter = self._accepted[function] = self.metrics.async_accepted.labels(function)
+        counter.inc()
+        return seq
+
+    def _not_published(self, failure: Failure, function: str) -> Failure:
+        exc = failure.value
+        if is_full(exc):
+            self.metrics.async_refused.labels(function, "queue-full").inc()
+            return Failure(QueueFull(507, "the queue is full (queue.maxBytes); try again "
+                                          "later", STORAGE_RETRY_AFTER))
+        return Failure(QueueUnavailable(str(exc) or type(exc).__name__))
 
     def _count(self, js: JetStream, function: str) -> Deferred[None]:
         """Ask the server how many calls ``function`` has queued; callers that need the

@@ -84,11 +84,11 @@ class Client:
             return True
 
 
-@pytest.mark.parametrize("transport", ["lean", "web", "workers"])
+@pytest.mark.parametrize("transport", ["lean", "tls", "workers"])
 def test_sigterm_drains_before_the_listener_closes(tmp_path: Path, transport: str) -> None:
     """``workers``: two gate worker processes (lean) serve the port; the node tells
     them when the drain begins."""
-    tls = transport == "web"
+    tls = transport == "tls"   # the lean transport behind TLS (gate/tls.py)
     http_server: dict[str, Any] = {"drainDelay": f"{DRAIN:g}s"}
     if transport == "workers":
         http_server["workers"] = 2

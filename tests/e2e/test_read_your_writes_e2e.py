@@ -2,7 +2,7 @@
 
 Once the API of a node said ``active``, that node's gate serves: start, stop, scale,
 update and rollout are each followed, as soon as the API reports the state, by an
-invocation on the same node, 100 times, over the lean transport, twisted.web (HTTPS)
+invocation on the same node, 100 times, over the lean transport, HTTPS (lean behind TLS)
 and gate worker processes. Measured on commit 15642f0 (before the fix): after a stop
 and a start the API said ``active`` within 35-55 ms while the gate answered ``503
 function echo is stopped`` for another 1.0-2.0 s (the leader folded the node's report

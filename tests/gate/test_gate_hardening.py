@@ -18,15 +18,74 @@ import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
-from tests.gate.test_gate_integration import make_gate, upstream  # noqa: F401
+from tests.gate.test_gate_integration import upstream  # noqa: F401
 
 pytestmark = pytest.mark.slow
 STATUS = re.compile(rb"HTTP/1\.1 (\d{3}) ")
 
 
-def exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+@pytest.fixture(params=["lean", "web", "lean-tls"])
+def make_gate(request: Any, upstream: Any, tmp_path: Any) -> Any:  # noqa: F811
+    """Every case on both transports, and on the lean one over TLS (httpServer.https):
+    TLS must keep every rule of the cleartext path."""
+    from twisted.internet import reactor
+
+    from faastwist.gate.routes import RouteTable
+    from faastwist.gate.service import GateService
+    from faastwist.metrics import Metrics
+    from faastwist.model.fsm import FunctionStatus
+    from faastwist.store.memory import MemoryStore
+    from faastwist.util.ports import free_port
+    from tests.gate.test_gate_integration import FUNCTIONS, GateUnderTest, Routing
+    from tests.support.gate import gate_config
+    from tests.support.tls import self_signed
+
+    made: list[Any] = []
+    tls = request.param == "lean-tls"
+
+    def make(**config: Any) -> Any:
+        store = MemoryStore()
+        for spec, state in FUNCTIONS:
+            store.create(spec, FunctionStatus(spec.name, state))
+        routes = RouteTable(store, reactor)
+        routes.startService()
+        if tls:
+            cert, key = self_signed(tmp_path / f"tls{len(made)}")
+            config.update(https=True, cert_file=cert, key_file=key)
+        service = GateService(gate_config(**config), routes,
+                              Routing(upstream.url, free_port()), reactor, Metrics(),
+                              access_log=False, transport=request.param.split("-")[0])
+        service.startService()
+        made.append(service)
+        gate = GateUnderTest(service, store, routes)
+        gate.tls = tls  # type: ignore[attr-defined]
+        return gate
+
+    yield make
+    for service in made:
+        if service.running:
+            pytest_twisted.blockon(service.stopService())
+
+
+def connect(port: int, tls: bool, timeout: float) -> socket.socket:
+    """A TCP connection to the gate; TLS (HTTP/1.1 by ALPN) when the gate is HTTPS."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    if not tls:
+        return sock
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["http/1.1"])
+    return context.wrap_socket(sock)
+
+
+def exchange(port: int, data: bytes, timeout: float = 5.0, tls: bool = False) -> bytes:
     """Send ``data``, read until the gate closes (or ``timeout``): all it sent."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+    import ssl
+
+    with connect(port, tls, timeout) as sock:
         sock.sendall(data)
         received = b""
         deadline = time.monotonic() + timeout
@@ -35,7 +94,10 @@ def exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
                 chunk = sock.recv(65536)
             except socket.timeout:
                 break
-            except ConnectionResetError:
+            except ssl.SSLEOFError:       # closed without close_notify: still a close
+                received += b"<EOF>"
+                break
+            except (ConnectionResetError, ssl.SSLError):
                 received += b"<RESET>"
                 break
             if not chunk:
@@ -46,7 +108,7 @@ def exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
 
 
 async def send(gate: Any, data: bytes, timeout: float = 5.0) -> bytes:
-    return await deferToThread(exchange, gate.port, data, timeout)
+    return await deferToThread(exchange, gate.port, data, timeout, getattr(gate, "tls", False))
 
 
 def statuses(raw: bytes) -> list[int]:
@@ -147,17 +209,18 @@ async def test_a_body_after_head_or_204_never_becomes_a_response(make_gate: Any,
         assert statuses(raw) == [200] and b"smuggled" not in raw, raw
 
 
-def slow_client(port: int, first: bytes, wait: float) -> tuple[bytes, float]:
+def slow_client(port: int, first: bytes, wait: float, tls: bool = False
+                ) -> tuple[bytes, float]:
     """Send ``first``, then nothing; returns what came back and when the gate closed."""
     started = time.monotonic()
-    with socket.create_connection(("127.0.0.1", port), timeout=wait + 5) as sock:
+    with connect(port, tls, wait + 5) as sock:
         if first:
             sock.sendall(first)
         received = b""
         while True:
             try:
                 chunk = sock.recv(65536)
-            except (socket.timeout, ConnectionResetError):
+            except OSError:   # a timeout, a reset, a TLS error
                 break
             if not chunk:
                 break
@@ -171,7 +234,7 @@ def slow_client(port: int, first: bytes, wait: float) -> tuple[bytes, float]:
 async def test_a_slow_head_is_cut_at_header_timeout_while_others_are_served(
         make_gate: Any, first: bytes) -> None:
     gate = make_gate(header_timeout=0.6)
-    slow = deferToThread(slow_client, gate.port, first, 5.0)
+    slow = deferToThread(slow_client, gate.port, first, 5.0, gate.tls)
     for _ in range(3):   # others are served meanwhile
         raw = await send(gate, request(extra="Connection: close\r\n"))
         assert statuses(raw) == [200], raw
@@ -186,7 +249,8 @@ async def test_a_stalled_body_is_cut_at_body_idle_timeout_while_others_are_serve
         make_gate: Any) -> None:
     gate = make_gate(body_idle_timeout=0.6)
     slow = deferToThread(slow_client, gate.port,
-                         request("POST", extra="Content-Length: 10\r\n") + b"abc", 5.0)
+                         request("POST", extra="Content-Length: 10\r\n") + b"abc", 5.0,
+                         gate.tls)
     for _ in range(3):   # others are served meanwhile
         raw = await send(gate, request(extra="Connection: close\r\n"))
         assert statuses(raw) == [200], raw
@@ -280,14 +344,15 @@ async def test_upstream_framing_doubt_closes_that_upstream_connection(make_gate:
         assert statuses(raw) == [200] and b"smuggled" not in raw, raw
 
 
-# -- slow clients over TLS: HTTP/1.1 and HTTP/2 (the twisted.web transport) --------------------
+# -- slow clients over TLS: HTTP/1.1 (lean or twisted.web) and HTTP/2 (twisted.web) --------------------
 
 HEAD, BODY = 1.0, 1.5   # long enough for the other clients' requests on a loaded machine
 
 
-@pytest.fixture
-def tls_gate(upstream: Any, tmp_path: Any) -> Any:
-    """An HTTPS gate (HTTP/2 through ALPN) with short head and body timeouts."""
+@pytest.fixture(params=["lean", "web"])
+def tls_gate(request: Any, upstream: Any, tmp_path: Any) -> Any:
+    """An HTTPS gate (HTTP/2 through ALPN on twisted.web; HTTP/1.1 on the lean
+    transport or twisted.web) with short head and body timeouts."""
     from twisted.internet import reactor
 
     from faastwist.gate.routes import RouteTable
@@ -309,9 +374,9 @@ def tls_gate(upstream: Any, tmp_path: Any) -> Any:
     service = GateService(gate_config(https=True, cert_file=cert, key_file=key,
                                       header_timeout=HEAD, body_idle_timeout=BODY),
                           routes, Routing(upstream.url, free_port()), reactor, Metrics(),
-                          access_log=False)
+                          access_log=False, transport=request.param)
     service.startService()
-    assert service.kind == "web"
+    assert service.kind == request.param
     yield service.address()[1]
     pytest_twisted.blockon(service.stopService())
 

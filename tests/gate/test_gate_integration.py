@@ -512,10 +512,10 @@ async def test_concurrent_requests(make_gate: Any) -> None:
     assert paths == sorted(f"/c/{i}" for i in range(12))
 
 
-# -- HTTPS and HTTP/2 (the twisted.web transport) ---------------------------------------------
+# -- HTTPS (lean or twisted.web) and HTTP/2 (twisted.web, through ALPN) ---------------------------------------------
 
-@pytest.fixture
-def tls_gate(upstream: UpstreamProcess, tmp_path: Any) -> Any:
+@pytest.fixture(params=["lean", "web"])
+def tls_gate(request: Any, upstream: UpstreamProcess, tmp_path: Any) -> Any:
     cert, key = self_signed(tmp_path)
     store = MemoryStore()
     store.create(FunctionSpec(name="demo10", image="x"), FunctionStatus("demo10", State.ACTIVE))
@@ -524,9 +524,9 @@ def tls_gate(upstream: UpstreamProcess, tmp_path: Any) -> Any:
     service = GateService(gate_config(https=True, cert_file=cert, key_file=key,
                                       max_body_size=6 * MB), routes,
                           Routing(upstream.url, free_port()), reactor, Metrics(),
-                          access_log=False)
+                          access_log=False, transport=request.param)
     service.startService()
-    assert service.kind == "web"
+    assert service.kind == request.param
     yield f"https://127.0.0.1:{service.address()[1]}"
     pytest_twisted.blockon(service.stopService())
 
