@@ -15,7 +15,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
 
 from faastwist.config import QueueConfig
-from faastwist.gate.accept import QueueUnavailable
+from faastwist.gate.asynccall import QueueUnavailable
 from faastwist.metrics import Metrics
 from faastwist.queue.service import QueueService
 from tests.queue.test_queue_nats import NoRoutes, call, wait_for
