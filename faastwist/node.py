@@ -240,21 +240,23 @@ class FaasNode(Service):
                 tls = self.etcd_tls_files = ensure_tls(etcd.data_dir)
                 etcd_tls = tls.policy()
             except (OSError, ValueError) as exc:
-                raise StartupError(f"embedded etcd TLS files in {etcd.data_dir}/tls: {exc}")
+                raise StartupError(
+                    f"embedded etcd TLS files in {etcd.data_dir}/tls: {exc}") from exc
             embedded = EmbeddedEtcd(self.reactor, etcd.data_dir, tls=tls)
             self.embedded_etcd = embedded
             self._start_child("embedded etcd", embedded)
             try:
                 endpoints = [await embedded.ready()]
             except Exception as exc:
-                raise StartupError(f"embedded etcd in {etcd.data_dir} did not start: {exc}")
+                raise StartupError(
+                    f"embedded etcd in {etcd.data_dir} did not start: {exc}") from exc
         self.store = EtcdStore(self.reactor, endpoints, etcd.prefix, self.config.name,
                                etcd.timeout, self.metrics,
                                start_index=zlib.crc32(self.node_id.encode()), tls=etcd_tls)
         try:
             await self.store.connect()
         except StoreUnavailable as exc:
-            raise StartupError(f"etcd at {', '.join(endpoints)} is not reachable: {exc}")
+            raise StartupError(f"etcd at {', '.join(endpoints)} is not reachable: {exc}") from exc
         self._push("store", self.store.close)
         self.etcd_endpoints = endpoints
         from faastwist.store.secrets import KeyFileError, SecretStore, load_key
@@ -402,7 +404,7 @@ class FaasNode(Service):
             await self.queue.start(self.embedded_nats)
         except Exception as exc:
             raise StartupError(f"queue: the embedded nats-server in {queue.data_dir} did not "
-                               f"start: {exc}")
+                               f"start: {exc}") from exc
         finally:
             self._push("queue connection", self.queue.stop)
 
@@ -419,7 +421,7 @@ class FaasNode(Service):
         try:
             self._start_child("embedded nats-server", self.embedded_nats)
         except EmbeddedNatsError as exc:
-            raise StartupError(f"queue: {exc}")
+            raise StartupError(f"queue: {exc}") from exc
 
     def _own_ports(self) -> set[int]:
         """The node's ports a callback must never reach: admin, etcd (client and peer)."""
@@ -500,7 +502,8 @@ class FaasNode(Service):
         try:
             self.admin_port = self.reactor.listenTCP(admin.port, site, interface=admin.address)
         except Exception as exc:
-            raise StartupError(f"admin.port: cannot listen on {admin.address}:{admin.port}: {exc}")
+            raise StartupError(
+                f"admin.port: cannot listen on {admin.address}:{admin.port}: {exc}") from exc
         # out of descriptors (gate connections), the admin port still accepts: it spends
         # descriptors held back from the start
         guard_listener(self.admin_port, lambda sock: ReservedListener(sock, self.fd_reserve))
@@ -600,7 +603,8 @@ class FaasNode(Service):
         try:
             self.gate.startService()
         except Exception as exc:
-            raise StartupError(f"httpServer.port: cannot listen on {http.address}:{http.port}: {exc}")
+            raise StartupError(
+                f"httpServer.port: cannot listen on {http.address}:{http.port}: {exc}") from exc
         self._push("gate", self.gate.stopService)
 
     async def _start_workers(self) -> None:

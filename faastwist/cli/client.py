@@ -107,7 +107,7 @@ def check_url(value: str, what: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InputError(f"{what}: must be an http:// or https:// URL, got {value!r}")
     try:
-        parts.port
+        _ = parts.port  # a bad port raises ValueError only when read
     except ValueError:
         raise InputError(f"{what}: bad port in {value!r}") from None
     return value.rstrip("/")

@@ -484,7 +484,7 @@ _SAFE_DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 def spec_from_yaml(text: str | bytes) -> FunctionSpec:
     """Parse YAML (which includes JSON) into a spec, as SpecError on any problem."""
     try:
-        data = yaml.load(text, Loader=_SAFE_LOADER)
+        data = yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         raise SpecError("", f"body is not valid YAML or JSON: {exc}") from None
     except RecursionError:

@@ -29,7 +29,6 @@ import os
 import shutil
 import stat
 import sys
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import attrs

@@ -18,7 +18,6 @@ import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
-from tests.gate.test_gate_integration import make_gate, upstream  # noqa: F401
 
 pytestmark = pytest.mark.slow
 STATUS = re.compile(rb"HTTP/1\.1 (\d{3}) ")

@@ -295,7 +295,7 @@ def test_make_run_keeps_its_tokens_where_the_readme_tour_reads_them():
 
 def test_http_workers_default_auto_and_range(tmp_path, monkeypatch):
     assert ControllerConfig.from_dict(None, tmp_path).http_server.workers == 1
-    read = lambda value: ControllerConfig.from_dict(  # noqa: E731
+    read = lambda value: ControllerConfig.from_dict(
         {"httpServer": {"workers": value}}, tmp_path).http_server.workers
     assert read(2) == 2 and read(64) == 64
     monkeypatch.setattr("os.cpu_count", lambda: 6)
