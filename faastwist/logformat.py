@@ -95,7 +95,7 @@ def event_as_dict(event: LogEvent) -> dict[str, Any]:
         fields = {key: value for key, value in fields.items() if _encodable(value)}
     record.update(fields)
     if failure is not None:
-        record["exception"] = f"{failure.type.__qualname__}: {failure.getErrorMessage()}"
+        record["exception"] = f"{type(failure.value).__qualname__}: {failure.getErrorMessage()}"
         record["traceback"] = failure.getTraceback()
     return record
 

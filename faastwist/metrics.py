@@ -208,7 +208,7 @@ class _ErrorView:
         counts = self.gate.counts(name)
 
         def apply(amount: float) -> None:
-            counts.errors[kind] = counts.errors.get(kind, 0) + amount
+            counts.errors[kind] = counts.errors.get(kind, 0) + int(amount)
         return _Child(apply)
 
 

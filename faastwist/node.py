@@ -18,7 +18,6 @@ from urllib.parse import urlsplit
 
 from twisted.application.service import IService, Service
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, ensureDeferred
-from twisted.internet.interfaces import IReactorTCP
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.server import Site
@@ -29,6 +28,7 @@ from faastwist.metrics import Metrics
 from faastwist.providers.base import ChangeNotifier, LogSource
 from faastwist.util.fdreserve import FdReserve, ReservedListener, guard_listener
 from faastwist.util.heap import StartupCollector
+from faastwist.util.reactor import IFullReactor
 
 log = Logger()
 
@@ -79,7 +79,7 @@ class FaasNode(Service):
 
     name = "faasgate"
 
-    def __init__(self, config: ControllerConfig, reactor: IReactorTCP,
+    def __init__(self, config: ControllerConfig, reactor: IFullReactor,
                  on_fatal: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.reactor = reactor

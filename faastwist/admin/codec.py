@@ -49,7 +49,7 @@ _CHARSETS = {"utf-8", "utf8", "us-ascii", "ascii"}
 _BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
+class _Loader(_BaseLoader):
     """The safe loader, refusing a key that appears twice in one mapping (YAML says
     keys are unique; PyYAML keeps the last one, so a typo'd second ``command`` would
     silently win). Merge keys (``<<``) may still be overridden, as YAML intends."""
@@ -222,8 +222,9 @@ class BoundedRequest(Request):
         self._stored += len(data)
         if self._stored > self.max_body_size:
             self.body_too_large = True
-            self.content.seek(0)
-            self.content.truncate()
+            if self.content is not None:  # gotLength made it
+                self.content.seek(0)
+                self.content.truncate()
             return
         super().handleContentChunk(data)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 from urllib.parse import quote
 
 from twisted.internet.defer import Deferred
@@ -23,7 +23,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.iweb import IRequest
 from twisted.internet.interfaces import IReactorTime
 
@@ -192,7 +192,8 @@ class ConsoleResource(Resource):
             gone.append(True)
             calling.cancel()
 
-        request.notifyFinish().addErrback(disconnected)
+        # twisted.web's Request (IRequest omits notifyFinish)
+        cast(Request, request).notifyFinish().addErrback(disconnected)
         return NOT_DONE_YET
 
     def _read(self, response: IResponse, request: IRequest, started: float,

@@ -70,7 +70,7 @@ class SecretInUse(Exception):
 
 
 #: (exception types, code, message) for every domain error; first match wins.
-ANSWERS: tuple[tuple[tuple[type[BaseException], ...], int, Callable[[BaseException], str]], ...] = (
+ANSWERS: tuple[tuple[tuple[type[Exception], ...], int, Callable[[BaseException], str]], ...] = (
     ((SpecError,), 400, str),
     ((NotFound, SecretNotFound), 404, str),
     ((AlreadyExists, Conflict, InvalidEvent, SecretExists, SecretInUse), 409, str),
@@ -80,7 +80,7 @@ ANSWERS: tuple[tuple[tuple[type[BaseException], ...], int, Callable[[BaseExcepti
 )
 
 #: Every type ``answer`` knows (for a Klein ``handle_errors``).
-ANSWERED: tuple[type[BaseException], ...] = tuple(
+ANSWERED: tuple[type[Exception], ...] = tuple(
     kind for kinds, _, _ in ANSWERS for kind in kinds)
 
 

@@ -128,13 +128,13 @@ class AuthFiles(Service):
             log.failure("checking the admin auth files failed")
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # Twisted's Service is unannotated
         self._poll = LoopingCall(self.poll)
         self._poll.clock = self.clock
         self._poll.start(self.poll_interval, now=False)
 
     def stopService(self) -> Any:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]  # Twisted's Service is unannotated
         if self._poll is not None and self._poll.running:
             self._poll.stop()
         self._poll = None

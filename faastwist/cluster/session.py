@@ -13,13 +13,13 @@ overwrites its old keys.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any, Callable, Generator
 
 from twisted.application.service import Service
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 
-from faastwist.cluster.reports import Report
+from faastwist.cluster.reports import Report, Reports
 from faastwist.store.etcd import EtcdStore, prefix_end
 from faastwist.store.etcdwatch import KeyEvent
 from faastwist.util.timers import NamedTimers
@@ -88,7 +88,7 @@ class NodeSession(Service):
         return sorted(self.members)
 
     @inlineCallbacks
-    def read_reports(self):
+    def read_reports(self) -> Generator[Deferred[Any], Any, Reports]:
         """A fresh read for the leader: (reports by fn by node, live node ids), in pages
         of ``REPORT_PAGE`` at one revision, each parsed as it comes (10,000 reports in
         one answer were one reactor turn of ~0.1 s, every pass)."""
@@ -109,13 +109,13 @@ class NodeSession(Service):
 
     # -- service ---------------------------------------------------------------------
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # Twisted's Service is unannotated
         self._establish()
         self._list_and_watch()
 
     @inlineCallbacks
-    def stopService(self):
-        super().stopService()
+    def stopService(self) -> Generator[Deferred[Any], Any, None]:
+        super().stopService()  # type: ignore[no-untyped-call]  # Twisted's Service is unannotated
         self._timers.cancel_all()
         for watch in self._watches:
             watch.cancel()
@@ -137,7 +137,7 @@ class NodeSession(Service):
         d.addErrback(self._establish_failed)
 
     @inlineCallbacks
-    def _grant_and_register(self):
+    def _grant_and_register(self) -> Generator[Deferred[Any], Any, None]:
         lease_id, granted = yield self.store.lease_grant(self.ttl)
         if not self.running:
             yield self.store.lease_revoke(lease_id)

@@ -13,13 +13,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from faastwist.gate.access import TokenBucket
 from faastwist.gate.accesslog import AccessLog
 from faastwist.gate.decisions import CallIds
 from faastwist.gate.routes import Route, RouteTable
 from faastwist.gate.upstream import UpstreamPool
 from faastwist.metrics import FunctionCounts, Metrics
 from faastwist.model.fsm import FunctionStatus, State
-from faastwist.model.spec import FunctionSpec
+from faastwist.model.spec import FunctionSpec, RateLimit
 from faastwist.providers.base import Provider, StaticLease, Upstream
 
 log = Logger(namespace="faastwist.gate")
@@ -61,9 +62,9 @@ class GateContext:
         self.queue: Any = None  # an accept.Enqueuer when async invocations are on
         self.draining = False
         self.inflight = 0
-        self._idle_waiters: list[Deferred] = []
+        self._idle_waiters: list[Deferred[None]] = []
         #: function -> (its rateLimit, its token bucket on this node)
-        self.buckets: dict[str, tuple[Any, Any]] = {}
+        self.buckets: dict[str, tuple[RateLimit, TokenBucket]] = {}
         #: exchange -> when its function's timeout passes; swept every TICK seconds
         #: (cheaper per request than a DelayedCall each: no heap, no cancel)
         self.deadlines: dict[Expiring, float] = {}
@@ -112,9 +113,9 @@ class GateContext:
                             function=exchange.name)
                 self.deadlines.pop(exchange, None)
 
-    def wait_idle(self) -> Deferred:
+    def wait_idle(self) -> Deferred[None]:
         """Fires when no exchange is in flight."""
-        d: Deferred = Deferred()
+        d: Deferred[None] = Deferred()
         if self.inflight == 0:
             d.callback(None)
         else:

@@ -37,6 +37,7 @@ from faastwist.gate.wire import (
     unsupported_version_message,
     write_now,
 )
+from faastwist.util.reactor import IStreamTransport
 
 log = Logger()
 
@@ -81,6 +82,9 @@ class _Queued:
 class LeanProtocol(Protocol):
     """One client connection; serves its requests one at a time, in order."""
 
+    #: connected before any method here runs (faastwist/util/reactor.py)
+    transport: IStreamTransport
+
     def __init__(self, factory: "LeanFactory", client_ip: str) -> None:
         self.factory = factory
         self.context = factory.context
@@ -101,7 +105,7 @@ class LeanProtocol(Protocol):
         self.pending_head = b""
         self.direct = False
         self.last_active = 0.0
-        self.body_producer = self
+        self.body_producer: IPushProducer = self
         self._pauses = Pause.NONE
         self.starting = False
         self.head_began = 0.0               # when the head being read began (or the connect)

@@ -136,11 +136,11 @@ class RouteTable(Service):
     # -- service ---------------------------------------------------------------------
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # Twisted's Service is unannotated
         self._sync()
 
     def stopService(self) -> None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]  # Twisted's Service is unannotated
         self._generation += 1
         if self._watch is not None:
             self._watch.cancel()

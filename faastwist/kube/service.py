@@ -10,10 +10,10 @@ that stops leading closes its streams at once and forgets what it saw.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 from twisted.application.service import Service
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -144,7 +144,8 @@ class FunctionWatch(Service):
             self._listing.discard(resource)
             return result
         d.addBoth(answered)
-        d.addCallbacks(self._listed, self._list_failed, (resource,), None, (resource,))
+        d.addCallbacks(self._listed, self._list_failed, callbackArgs=(resource,),
+                       errbackArgs=(resource,))
 
     def _listed(self, listing: dict[str, Any] | None, resource: Resource) -> None:
         if listing is None:
@@ -271,7 +272,8 @@ class FunctionWatch(Service):
 def build_watch(config: KubernetesConfig, fallback_kubeconfig: str, store: Any,
                 reactor: Any, *, check_spec: Callable[[Any], None],
                 kick: Callable[[str], None], leader: Any,
-                observe: Callable[[list[str]], Any] | None, resync: float,
+                observe: Callable[[Sequence[str] | None], Deferred[Mapping[str, Any]]] | None,
+                resync: float,
                 api_client: Any = None) -> FunctionWatch:
     """The service for ``kubernetes.functions: watch``: credentials from
     ``kubernetes.kubeconfig``, else ``fallback_kubeconfig`` (knative's), else the

@@ -53,7 +53,8 @@ class FunctionSync:
     def __init__(self, api: KubeAPI, store: FunctionStore, clock: IReactorTime, *,
                  check_spec: Callable[[FunctionSpec], None], kick: Callable[[str], None],
                  fence: Callable[[], Sequence[Any]], is_leader: Callable[[], bool],
-                 observe: Callable[[list[str]], Deferred[Mapping[str, Any]]] | None = None,
+                 observe: Callable[[Sequence[str] | None],
+                                   Deferred[Mapping[str, Any]]] | None = None,
                  finalizer_timeout: float = 300.0,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.api = api

@@ -80,7 +80,8 @@ class Upstream:
 class UpstreamLease(Protocol):
     """One request's hold on an upstream; ``release`` when the response is done."""
 
-    upstream: Upstream
+    @property
+    def upstream(self) -> Upstream: ...   # read-only: a frozen lease qualifies
 
     def release(self) -> None: ...
 

@@ -26,7 +26,6 @@ from twisted.internet.defer import Deferred, fail, inlineCallbacks
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
-from twisted.internet.interfaces import IReactorFromThreads
 
 from faastwist.config import ConfigError, KnativeConfig
 from faastwist.metrics import Metrics
@@ -42,6 +41,7 @@ from faastwist.providers.base import (
 from faastwist.providers.knative_logs import KnativeLogs
 from faastwist.providers.kourier import KnativeRouting
 from faastwist.model.spec import FunctionSpec
+from faastwist.util.reactor import IFullReactor
 
 log = Logger()
 
@@ -128,7 +128,7 @@ class KnativeProvider(Service):
     kind = "knative"
     name = "provider"
 
-    def __init__(self, config: KnativeConfig, controller: str, reactor: IReactorFromThreads,
+    def __init__(self, config: KnativeConfig, controller: str, reactor: IFullReactor,
                  metrics: Metrics | None = None,
                  api_client: kube_client.ApiClient | None = None,
                  max_threads: int = 4, max_log_streams: int = 8) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import base64
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, List, Sequence  # List: EtcdStore has a method named list
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
@@ -22,7 +22,6 @@ from twisted.internet.error import ConnectError
 from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
-from twisted.internet.interfaces import IReactorTCP
 from txaioetcd._lease import Lease
 from txaioetcd import (
     CompCreated,
@@ -79,6 +78,7 @@ from faastwist.store.etcdcompat import (
 from faastwist.store.etcdlist import EtcdLists, b64, decoded, prefix_end, range_ops
 from faastwist.store.etcdwatch import EtcdWatch, KeyEvent
 from faastwist.util.slices import Slicer
+from faastwist.util.reactor import IFullReactor
 
 log = Logger()
 
@@ -148,7 +148,7 @@ def _counted(op: str) -> Callable:
 class EtcdStore:
     """FunctionStore of one controller on an etcd cluster; call ``connect()`` first."""
 
-    def __init__(self, reactor: IReactorTCP, endpoints: Sequence[str], prefix: str, controller: str,
+    def __init__(self, reactor: IFullReactor, endpoints: Sequence[str], prefix: str, controller: str,
                  timeout: float, metrics: Metrics | None = None, start_index: int = 0,
                  tls: IPolicyForHTTPS | None = None, slicer: Slicer | None = None) -> None:
         if not endpoints:
@@ -354,14 +354,14 @@ class EtcdStore:
         page = yield self.lists.page(after, limit, revision, prefix)
         return page
 
-    def _guard(self, expected: FunctionRecord) -> tuple[bytes, bytes, list]:
+    def _guard(self, expected: FunctionRecord) -> tuple[bytes, bytes, List[Any]]:
         spec_key, status_key = self._keys(expected.name)
         return spec_key, status_key, [
             CompModified(spec_key, "==", expected.spec_revision),
             CompModified(status_key, "==", expected.status_revision)]
 
     @staticmethod
-    def _fence_reads(fence: Sequence[Any]) -> list:
+    def _fence_reads(fence: Sequence[Any]) -> List[Any]:
         return [OpGet(fence[0].key)] if fence else []
 
     @staticmethod
@@ -546,7 +546,7 @@ class EtcdStore:
     # watches
 
     def watch_keys(self, key: bytes, range_end: bytes | None, after_revision: int,
-                   on_events: Callable[[list[KeyEvent]], None],
+                   on_events: Callable[[List[KeyEvent]], None],
                    on_lost: Callable[[Exception], None]) -> EtcdWatch:
         """A raw resumable watch on ``[key, range_end)`` (the leader election uses it)."""
         if self.api_prefix is None:
@@ -578,14 +578,19 @@ class EtcdStore:
                 value: FunctionSpec | FunctionStatus | FunctionKeys | None = None
                 if event.value is not None:
                     try:
-                        decode = {"spec": decode_spec, "status": decode_status,
-                                  "keys": FunctionKeys.decode}[kind]
-                        value = decode(event.value)
+                        if kind == "spec":
+                            value = decode_spec(event.value)
+                        elif kind == "status":
+                            value = decode_status(event.value)
+                        else:
+                            value = FunctionKeys.decode(event.value)
                     except Exception:
                         log.failure("skipping unreadable {kind} of {name} at revision {revision}",
                                     kind=kind, name=name, revision=event.mod_revision)
                         continue
-                changes.append(Change(name, kind, value, event.mod_revision))  # type: ignore[arg-type]
+                # parse_key's kind is spec, status or keys (Change's Literal)
+                changes.append(Change(name, kind, value,  # type: ignore[arg-type]
+                                      event.mod_revision))
             if changes:
                 on_changes(changes)
 
@@ -595,18 +600,23 @@ class EtcdStore:
 
     # leases (leader election)
 
+    def _lease_api(self) -> LeaseApi:
+        if self._lease is None:  # made by connect()
+            raise StoreUnavailable("the etcd store is not connected yet")
+        return self._lease
+
     def lease_grant(self, ttl: int) -> Deferred:
         """``(lease_id, granted_ttl)``."""
-        return self._call("lease_grant", lambda e: self._lease.grant(e, ttl), False)
+        return self._call("lease_grant", lambda e: self._lease_api().grant(e, ttl), False)
 
     def lease_keepalive(self, lease_id: int) -> Deferred:
         """The remaining TTL; 0 when the lease has expired."""
         return self._call("lease_keepalive",
-                          lambda e: self._lease.keepalive(e, lease_id), True)
+                          lambda e: self._lease_api().keepalive(e, lease_id), True)
 
     def lease_revoke(self, lease_id: int) -> Deferred:
         return self._call("lease_revoke",
-                          lambda e: self._lease.revoke(e, lease_id), True)
+                          lambda e: self._lease_api().revoke(e, lease_id), True)
 
     def close(self) -> Deferred:
         """Stop every watch and drop pooled connections."""
@@ -618,7 +628,7 @@ class EtcdStore:
         return DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)
 
 
-def _pool(reactor: IReactorTCP) -> HTTPConnectionPool:
+def _pool(reactor: IFullReactor) -> HTTPConnectionPool:
     """Persistent connections to one endpoint: as many kept as writes run at once (the
     reconciler has 16 in flight, the session 4); Twisted keeps 2 by default, so every
     other request opened and closed a connection of its own."""

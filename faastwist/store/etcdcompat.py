@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from typing import Any
+from typing import Any, Generator
 
 import treq
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
@@ -33,13 +33,13 @@ from twisted.web.client import (
 )
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IPolicyForHTTPS
-from twisted.internet.interfaces import IReactorTCP
 
 from txaioetcd import Client
 from zope.interface import implementer
 
 from faastwist.util.bodyproducer import BytesProducer
 from faastwist.store.base import StoreError
+from faastwist.util.reactor import IFullReactor
 
 log = Logger()
 
@@ -62,7 +62,7 @@ _JSON_HEADERS = Headers({b"Content-Type": [b"application/json"]})
 #: that has lost its leader answers "etcdserver: no leader" at once instead of holding
 #: the call until its own request timeout (measured on 3.4: 6 s, then "request timed
 #: out" for a read and "context deadline exceeded" for a write)
-REQUIRE_LEADER = {"Grpc-Metadata-hasleader": ["true"]}
+REQUIRE_LEADER: dict[bytes | str, list[bytes | str]] = {"Grpc-Metadata-hasleader": ["true"]}
 _LEADER_HEADERS = Headers({b"Content-Type": [b"application/json"],
                            b"Grpc-Metadata-hasleader": [b"true"]})
 #: what etcd answers when the member has no leader: the call was not applied
@@ -92,7 +92,7 @@ class _MemberEndpoints:
     HostnameEndpoint reports a refused connection only at its next attempt tick (0.3 s
     later, measured), so every dead member cost each call 0.3 s."""
 
-    def __init__(self, reactor: IReactorTCP, tls: IPolicyForHTTPS | None) -> None:
+    def __init__(self, reactor: IFullReactor, tls: IPolicyForHTTPS | None) -> None:
         self.reactor = reactor
         self.tls = tls
 
@@ -111,7 +111,7 @@ class _MemberEndpoints:
         return endpoint
 
 
-def member_agent(reactor: IReactorTCP, tls: IPolicyForHTTPS | None = None,
+def member_agent(reactor: IFullReactor, tls: IPolicyForHTTPS | None = None,
                  pool: HTTPConnectionPool | None = None) -> IAgent:
     """An Agent for etcd member URLs (with the node's TLS policy when given)."""
     return Agent.usingEndpointFactory(reactor, _MemberEndpoints(reactor, tls), pool=pool)
@@ -120,7 +120,7 @@ def member_agent(reactor: IReactorTCP, tls: IPolicyForHTTPS | None = None,
 class EtcdHttp:
     """JSON POSTs to etcd's gRPC gateway, on the injected reactor, with a timeout each."""
 
-    def __init__(self, reactor: IReactorTCP, agent: IAgent | None = None,
+    def __init__(self, reactor: IFullReactor, agent: IAgent | None = None,
                  tls: IPolicyForHTTPS | None = None) -> None:
         self.reactor = reactor
         self._pool: HTTPConnectionPool | None = None
@@ -175,15 +175,19 @@ class GatewayClient(Client):
     treq's global pool and TLS policy) with the "hasleader" requirement; the caller
     bounds each call (the timeout argument txaioetcd passes along is ignored)."""
 
-    def __init__(self, reactor: IReactorTCP, url: str, pool: HTTPConnectionPool,
+    def __init__(self, reactor: IFullReactor, url: str, pool: HTTPConnectionPool,
                  tls: IPolicyForHTTPS | None = None) -> None:
         super().__init__(reactor, url=url, pool=pool)
         self._agent = member_agent(reactor, tls, pool)
         self._clock = reactor
 
     @inlineCallbacks
-    def _post(self, url: object, data: object, timeout: float | None) -> object:
-        response = yield treq.post(url, json=data, agent=self._agent, reactor=self._clock,
+    def _post(self, url: str, data: object,
+              timeout: float | None) -> Generator[Deferred[Any], Any, Any]:
+        # treq wants its own reactor interface, which IFullReactor provides but does not
+        # name; the JSON answer is Any (treq.json_content's)
+        response = yield treq.post(url, json=data, agent=self._agent,
+                                   reactor=self._clock,  # type: ignore[arg-type]
                                    headers=REQUIRE_LEADER)
         return (yield treq.json_content(response))
 

@@ -19,7 +19,7 @@ list reads everything again. Decoding runs in reactor slices (``Slicer``).
 from __future__ import annotations
 
 import base64
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, List, Sequence  # List: a method is named list
 
 import attrs
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -151,8 +151,9 @@ class EtcdLists:
         names = self._names
         for kv in kvs:
             key = kv.get("key", "")
-            parsed = names.get(key, False)
-            if parsed is False:
+            if key in names:
+                parsed = names[key]
+            else:
                 parsed = self.store.parse_key(base64.b64decode(key))
                 if len(names) >= _MEMO_MAX:
                     names.clear()
@@ -274,7 +275,7 @@ class EtcdLists:
         listing = yield self._everything()
         return listing
 
-    def _bases(self) -> list[bytes]:
+    def _bases(self) -> List[bytes]:
         return [self.store.key(kind, "") for kind in ("spec", "status", "keys")]
 
     def _keys(self, kvs: Sequence[dict]) -> tuple[dict[str, FunctionKeys], set[str]]:

@@ -21,6 +21,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
+from faastwist.util.failures import error_of
+
 #: A member that timed out is tried last for this long.
 SUSPECT_FOR = 30.0
 #: A reader asks the next member too after this long without an answer.
@@ -241,7 +243,7 @@ class Round:
         elif url in self._lost:
             reason = LostLeader(url)
         else:
-            reason = result.value
+            reason = error_of(result)
         miss = Miss(url, reason, timed_out)
         self._misses.append(miss)
         if self.observe is not None:

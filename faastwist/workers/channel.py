@@ -26,6 +26,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from faastwist.util.reactor import IStreamTransport
+
 log = Logger(namespace="faastwist.workers")
 
 #: the longest line accepted: a queued call's body (queue.maxBodySize is at most 64Mi)
@@ -116,6 +118,9 @@ def decode(line: bytes) -> Message:
 
 class Channel(Protocol):
     """Reads and writes messages; ``on_message`` gets each, ``on_lost`` the end."""
+
+    #: connected before any method here runs (faastwist/util/reactor.py)
+    transport: IStreamTransport
 
     def __init__(self, on_message: Callable[[Message], None],
                  on_lost: Callable[[str], None] | None = None,

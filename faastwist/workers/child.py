@@ -270,9 +270,14 @@ def main(argv: list[str] | None = None) -> None:
     reactor.adoptStreamConnection(CONTROL_FD, socket.AF_UNIX,  # type: ignore[attr-defined]
                                   ChannelFactory(worker.channel))
     os.close(CONTROL_FD)  # the reactor holds a duplicate
-    reactor.callLater(60.0, lambda: None if worker.setup_done else (  # type: ignore[attr-defined]
-        sys.stderr.write("no setup message within 60s\n"), worker.stop_reactor()))
-    reactor.run(installSignalHandlers=False)  # type: ignore[attr-defined]
+    def no_setup() -> None:
+        if not worker.setup_done:
+            sys.stderr.write("no setup message within 60s\n")
+            worker.stop_reactor()
+
+    reactor.callLater(60.0, no_setup)
+    # the real reactor's run takes it; IReactorCore's declaration does not
+    reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
 
 
 if __name__ == "__main__":

@@ -116,8 +116,9 @@ class WorkerLink:
         self.acquiring.pop(ident, None)
         if failure.check(CancelledError):
             return  # the worker gave up on it
-        if failure.check(NoCapacity):
-            self._refuse(ident, str(failure.value), failure.value.retry_after)
+        error = failure.value
+        if isinstance(error, NoCapacity):
+            self._refuse(ident, str(error), error.retry_after)
             return
         log.failure("the provider could not give an upstream for {function}", failure,
                     function=name)
@@ -137,7 +138,10 @@ class WorkerLink:
     def reached(self, revision: int) -> Deferred[None]:
         """Fires once the worker's route table reflects ``revision`` (at once when the
         worker is gone: a gate that is not there contradicts nothing)."""
-        done: Deferred[None] = Deferred(lambda d: self._reach.pop(ident, None))
+        def forget(_: Deferred[None]) -> None:
+            self._reach.pop(ident, None)
+
+        done: Deferred[None] = Deferred(forget)
         self._next_reach += 1
         ident = self._next_reach
         if not self.send({"op": "reach", "id": ident, "revision": revision}):
