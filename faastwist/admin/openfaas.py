@@ -105,7 +105,7 @@ class OpenFaaSAPI:
                  wall_clock: Callable[[], float] = time.time, secrets: Any = None,
                  slicer: Slicer | None = None, parser: BodyParser | None = None,
                  settle: Settle | None = None, catalogue: Any = None,
-                 cache: Callable[[], Mapping[str, Any]] | None = None,
+                 cache: Callable[[], Mapping[str, FunctionRecord]] | None = None,
                  read_timeout: float = READ_TIMEOUT) -> None:
         self.store = store
         self.catalogue = catalogue   # the function store (faastwist.catalogue)
@@ -223,8 +223,9 @@ class OpenFaaSAPI:
         admin list does): each item and the answer marked stale, instead of a 503."""
         self._check_namespace_param(request)
         stale = not await self._store_answers()
-        if stale:
-            records: Mapping[str, Any] = self.cache()  # type: ignore[misc]
+        records: Mapping[str, FunctionRecord]
+        if stale and self.cache is not None:  # only a cache makes the store's answer optional
+            records = self.cache()
             request.setHeader(STALE_HEADER, b"true")
         else:
             listing = await self._timed(self.store.list())

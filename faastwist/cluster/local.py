@@ -30,13 +30,14 @@ from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, suc
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from faastwist.cluster.reports import Report
 from faastwist.cluster.session import NodeSession
-from faastwist.gate.routes import RouteTable
+from faastwist.gate.routes import Route, RouteTable
 from faastwist.lifecycle.reconciler import PROVIDER_CALLS, Action, plan
 from faastwist.model.fsm import Event, State
-from faastwist.providers.base import ProviderRejected
+from faastwist.providers.base import Observation, ProviderRejected
 from faastwist.store.base import FunctionRecord
 
 log = Logger()
@@ -55,6 +56,8 @@ class NotServing(Exception):
 class LocalConverger(Service):
     name = "local-converger"
 
+    # provider: a node-local one (its ``runtimes``); Any until the provider registry
+    # (issue 23) gives node-local providers a protocol
     def __init__(self, routes: RouteTable, provider: Any, session: NodeSession,
                  clock: IReactorTime, interval: float) -> None:
         self.routes = routes
@@ -69,7 +72,7 @@ class LocalConverger(Service):
         self._deploys = 0  # deploys of the current full pass
         #: the observation last reported per function, with its epoch: a provider that
         #: answers an unchanged state with the same object is not re-encoded and compared
-        self._reported: dict[str, tuple[Any, int | None]] = {}
+        self._reported: dict[str, tuple[Observation, int | None]] = {}
         #: per function, the status epoch this node last acted on (converged from); a
         #: report names it, so the leader knows what intent the observation follows
         self._acted: dict[str, int] = {}
@@ -188,7 +191,7 @@ class LocalConverger(Service):
             owed.discard(name)   # it failed: that is its answer, not the node's
 
     # -- convergence -----------------------------------------------------------------
-    def _route_changed(self, name: str, route: Any) -> None:
+    def _route_changed(self, name: str, route: Route | None) -> None:
         if self._owed:
             self._settle_owed(name)
         self.want(name)
@@ -215,7 +218,7 @@ class LocalConverger(Service):
         d.addErrback(self._not_converged, name)
         d.addCallback(lambda _: self._converged(name))
 
-        def failed(failure: Any) -> None:
+        def failed(failure: Failure) -> None:
             self._busy.discard(name)
             log.failure("converging {name} failed", failure, name=name)
         d.addErrback(failed)
@@ -227,7 +230,7 @@ class LocalConverger(Service):
         else:
             self._busy.discard(name)
 
-    def _not_converged(self, failure: Any, name: str) -> None:
+    def _not_converged(self, failure: Failure, name: str) -> None:
         failure.trap(Exception)
         route = self.routes.lookup(name)
         if failure.check(ProviderRejected) and route is not None:

@@ -17,11 +17,13 @@ from typing import Any, Callable, Generator
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from faastwist.cluster.reports import Report, Reports
 from faastwist.store.etcd import EtcdStore, prefix_end
-from faastwist.store.etcdwatch import KeyEvent
+from faastwist.store.etcdwatch import EtcdWatch, KeyEvent
 from faastwist.util.timers import NamedTimers
 
 log = Logger()
@@ -39,7 +41,7 @@ DECODED_MAX = 100_000
 class NodeSession(Service):
     name = "node-session"
 
-    def __init__(self, reactor: Any, store: EtcdStore, node_id: str, ttl: float,
+    def __init__(self, reactor: IReactorTime, store: EtcdStore, node_id: str, ttl: float,
                  record: dict[str, Any]) -> None:
         self.reactor = reactor
         self.store = store
@@ -62,7 +64,7 @@ class NodeSession(Service):
         self._sending: set[str] = set()        # reports whose write is in flight
         self._writes = 0                       # report transactions in flight
         self._timers = NamedTimers(reactor)
-        self._watches: list[Any] = []
+        self._watches: list[EtcdWatch] = []
         self._listeners: list[Callable[[str | None], None]] = []
         self._failures = 0
 
@@ -185,7 +187,7 @@ class NodeSession(Service):
             for name in sorted(self._dirty):
                 self._flush(name)
 
-        def failed(failure: Any) -> None:
+        def failed(failure: Failure) -> None:
             if lease == self.lease_id and self.running:
                 self._timers.later("keepalive", min(1.0, self.ttl / 3.0), self._keepalive)
         d.addCallbacks(refreshed, failed)
@@ -230,20 +232,20 @@ class NodeSession(Service):
         d = self.store.put_many([(self.store.key("report", name, self.node_id), value)
                                  for name, value in batch], lease)
 
-        def done(_: Any) -> None:
+        def done(_: object) -> None:
             if lease == self.lease_id:
                 for name, value in batch:
                     self._written[name] = value
                     if self._mine.get(name) == value:
                         self._dirty.discard(name)
 
-        def failed(failure: Any) -> None:
+        def failed(failure: Failure) -> None:
             for name, _ in batch:
                 self._written.pop(name, None)
             log.info("{count} reports not written yet ({error}); retried", count=len(batch),
                      error=failure.getErrorMessage())
 
-        def finished(_: Any) -> None:
+        def finished(_: object) -> None:
             self._writes -= 1
             self._sending -= names
             if self._dirty - self._sending and self.lease_id is not None:
@@ -273,7 +275,7 @@ class NodeSession(Service):
                     prefix, prefix_end(prefix), revision, self._events, self._lost))
             self._notify(None)
 
-        def failed(failure: Any) -> None:
+        def failed(failure: Failure) -> None:
             if self.running:
                 self._timers.later("watch", 1.0, self._list_and_watch)
         d = self.store.read_prefixes(self.node_prefix, self.report_prefix)

@@ -109,7 +109,7 @@ class Accept:
         self.chunks = []
         self.queue.submit(call).addCallbacks(self._stored, self._not_stored)
 
-    def _stored(self, _: Any) -> None:
+    def _stored(self, _: object) -> None:
         exchange = self.exchange
         if exchange.done:
             return

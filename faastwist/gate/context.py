@@ -6,13 +6,14 @@ from the transports or the exchange (exchanges register themselves in ``deadline
 
 from __future__ import annotations
 
-from typing import Any, Protocol as TypingProtocol
+from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from faastwist.gate.accept import Enqueuer
 from faastwist.gate.access import TokenBucket
 from faastwist.gate.accesslog import AccessLog
 from faastwist.gate.decisions import CallIds
@@ -59,7 +60,7 @@ class GateContext:
         #: where access-log lines go (buffered to the log's stream, or log events)
         self.access = access if access is not None else AccessLog(clock)
         self.call_ids = call_ids or CallIds()
-        self.queue: Any = None  # an accept.Enqueuer when async invocations are on
+        self.queue: Enqueuer | None = None  # when async invocations are on
         self.draining = False
         self.inflight = 0
         self._idle_waiters: list[Deferred[None]] = []
@@ -132,7 +133,7 @@ class GateContext:
     def function_metrics(self, route: Route) -> FunctionCounts:
         """The function's plain counters (kept by name, not per route version, so the
         in-flight count survives a route change); cached on the route."""
-        found = route.cache.get("counts")
+        found = route.cache.counts
         if found is None:
-            found = route.cache["counts"] = self.metrics.gate.counts(route.name)
+            found = route.cache.counts = self.metrics.gate.counts(route.name)
         return found

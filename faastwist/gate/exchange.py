@@ -36,7 +36,7 @@ from faastwist.gate.decisions import (
 from faastwist.gate.wire import CALL_ID, error_body, reason as status_reason
 from faastwist.providers.base import NoCapacity, UpstreamLease
 from faastwist.gate.routes import Route
-from faastwist.gate.upstream import UpstreamConnection, classify_connect_error
+from faastwist.gate.upstream import Origin, UpstreamConnection, classify_connect_error
 from faastwist.model.spec import RateLimit
 
 log = Logger()
@@ -99,7 +99,7 @@ class Exchange:
         self.lease: Any = None
         self.waiting: Deferred[UpstreamLease] | None = None
         self.conn: UpstreamConnection | None = None
-        self.origin: Any = None
+        self.origin: Origin | None = None
         self.head_bytes = b""
         self.body_override: bytes | None = None
         self.pending: list[bytes] = []
@@ -241,9 +241,9 @@ class Exchange:
         route = self.route
         assert route is not None  # set by begin before the lease is asked for
         upstream = lease.upstream
-        cached = route.cache.get("upstream")
+        cached = route.cache.upstream
         if cached is None or cached[0] is not upstream:
-            cached = route.cache["upstream"] = (
+            cached = route.cache.upstream = (
                 upstream, (upstream.scheme, upstream.host, upstream.port),
                 (upstream.host_header or f"{upstream.host}:{upstream.port}").encode())
         self.origin = cached[1]
@@ -405,14 +405,15 @@ class Exchange:
         if self.done:
             return
         conn = self.conn
+        origin = self.origin
         if (retryable and not self.retried and self.sent is not None and conn is not None
-                and not self.responded):
+                and origin is not None and not self.responded):
             # a pooled connection the upstream had closed meanwhile: send again, once
             self.retried = True
             self._detach_upstream()
             conn.release(False)
             self.conn = None
-            d = self.context.pool.connect(self.origin)
+            d = self.context.pool.connect(origin)
             d.addCallbacks(self._connected, self._connect_failed)
             return
         self._upstream_error(kind, detail)

@@ -18,7 +18,7 @@ from typing import Any
 
 import httptools
 from twisted.internet import tcp
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -126,7 +126,7 @@ class LeanProtocol(Protocol):
             pass
         self.last_active = self.head_began = self.factory.clock.seconds()
 
-    def connectionLost(self, reason: Any = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.lost = True
         self.factory.limit.leave(self)
         self.queue = []
@@ -466,7 +466,7 @@ class LeanFactory(Factory):
             self._sweeper.stop()
         self._sweeper = None
 
-    def buildProtocol(self, addr: Any) -> Protocol:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
         protocol = LeanProtocol(self, getattr(addr, "host", ""))
         if not self.limit.admit(protocol):
 

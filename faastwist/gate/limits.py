@@ -7,7 +7,8 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
-from twisted.internet.interfaces import IDelayedCall, IProtocolFactory, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocolFactory, IReactorTime
+from twisted.python.failure import Failure
 
 from faastwist.gate.decisions import GateError, error_headers
 from faastwist.gate.wire import error_body, head_lines, reason
@@ -79,7 +80,7 @@ class RejectProtocol(Protocol):
             self.response = b""
             self.transport.loseConnection()
 
-    def connectionLost(self, reason: Any = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.timer = None
@@ -113,7 +114,7 @@ class LimitingFactory(WrappingFactory):
 
     # a refused connection gets a RejectProtocol, not a wrapper: the listener needs only
     # an IProtocol (WrappingFactory's annotation is narrower than its contract)
-    def buildProtocol(self, addr: Any) -> Protocol | None:  # type: ignore[override]
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override]
         protocol = super().buildProtocol(addr)
         if protocol is None:
             return None

@@ -11,7 +11,7 @@ shares one pool; idle connections are closed after ``idle_timeout`` by one sweep
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol as TypingProtocol, cast
+from typing import Callable, Protocol as TypingProtocol, cast
 
 import httptools
 from twisted.internet import endpoints, tcp
@@ -22,8 +22,8 @@ from twisted.internet.error import (
     DNSLookupError,
     TimeoutError as ConnectTimeout,
 )
-from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IAddress, IPushProducer, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -161,7 +161,7 @@ class UpstreamConnection(Protocol):
             self._reset_parser = False
             self._parser = httptools.HttpResponseParser(self)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected = False
         self.pool._forget(self)
         handler = self.handler
@@ -263,7 +263,7 @@ class _ConnectionFactory(Factory):
         self.pool = pool
         self.origin = origin
 
-    def buildProtocol(self, addr: Any) -> UpstreamConnection:
+    def buildProtocol(self, addr: IAddress | None) -> UpstreamConnection:
         return UpstreamConnection(self.pool, self.origin)
 
 

@@ -29,7 +29,7 @@ from faastwist.gate.webchannel import BodyWatch, body_message, gate_channel, res
 try:
     from twisted.web._http2 import H2Stream
 except ImportError:  # pragma: no cover - h2 not installed
-    H2Stream = None  # type: ignore[assignment,misc]
+    H2Stream = None  # type: ignore[assignment,misc]  # a None stand-in for the class
 
 _FRAMING = (b"content-length", b"transfer-encoding")
 log = Logger(namespace="faastwist.gate")

@@ -46,7 +46,7 @@ try:
     import h2.exceptions
     from twisted.web._http2 import H2Connection
 except ImportError:  # pragma: no cover - h2 not installed
-    H2Connection = None  # type: ignore[assignment,misc]
+    H2Connection = None  # type: ignore[assignment,misc]  # a None stand-in for the class
 
 log = Logger(namespace="faastwist.gate")
 
@@ -180,9 +180,14 @@ class GateChannel(http.HTTPChannel):
         # a new request's head begins (bytes buffered behind a request being handled
         # come back through here when that request is done)
         if (data and self._gate_head is None and not self._handlingRequest
-                and self._HTTPChannel__first_line):  # type: ignore[attr-defined]
+                and self._first_line()):
             self._arm_head()
         super().dataReceived(data)
+
+    def _first_line(self) -> bool:
+        """Whether the next line is a request line: HTTPChannel's private ``__first_line``
+        (name-mangled, undeclared), read where the head timer and the 505 need it."""
+        return bool(getattr(self, "_HTTPChannel__first_line", False))
 
     def allHeadersReceived(self) -> None:
         _cancel(self._gate_head)
@@ -192,7 +197,7 @@ class GateChannel(http.HTTPChannel):
     def lineReceived(self, line: bytes) -> None:
         # a request line of another HTTP version: 505 {code, message} and close
         # (twisted.web would answer a bare 400)
-        if line and self.persistent and self._HTTPChannel__first_line:  # type: ignore[attr-defined]
+        if line and self.persistent and self._first_line():
             version = other_version(line)
             if version is not None:
                 self._refuse_version(version)
@@ -316,7 +321,7 @@ if H2Connection is not None:
             super().connectionLost(reason, _cancelTimeouts)
 
 else:  # pragma: no cover
-    GateH2Connection = None  # type: ignore[assignment,misc]
+    GateH2Connection = None  # type: ignore[assignment,misc]  # a None stand-in for the class
 
 
 class GateChannelSwitch(http._GenericHTTPChannelProtocol):

@@ -219,7 +219,7 @@ class Reconciler(Service):
         # wait for a pass in progress so no provider call outlives the service
         return self._lock.acquire().addCallback(lambda lock: lock.release())
 
-    def _warmed(self, result: Any) -> None:
+    def _warmed(self, result: object) -> None:
         self._warm = True
         self._kicked.clear()  # the full pass below looks at every function
         if self.running and self.is_leader():

@@ -277,10 +277,10 @@ class EtcdStore:
         if status_kv is None:
             # a spec without status (written by hand): the FSM starts afresh; the first
             # update compares the missing status key's mod revision as 0
-            return FunctionRecord(spec, FunctionStatus.initial(name, 0.0),  # type: ignore[arg-type]
+            return FunctionRecord(spec, FunctionStatus.initial(name, 0.0),
                                   spec_kv.mod_revision, 0)
         status = decoded("status", status_kv.value, lambda: status_kv.key)
-        return FunctionRecord(spec, status, spec_kv.mod_revision,  # type: ignore[arg-type]
+        return FunctionRecord(spec, status, spec_kv.mod_revision,
                               status_kv.mod_revision)
 
     @_counted("create")

@@ -19,7 +19,7 @@ list reads everything again. Decoding runs in reactor slices (``Slicer``).
 from __future__ import annotations
 
 import base64
-from typing import Any, Callable, Iterator, List, Sequence  # List: a method is named list
+from typing import Any, Callable, Iterator, List, Literal, Sequence, overload  # List: see list()
 
 import attrs
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -84,6 +84,14 @@ def range_ops(bounds: Sequence[tuple[bytes, bytes]], limit: int, revision: int,
             op["count_only"] = True
         ops.append({"request_range": op})
     return ops
+
+
+@overload
+def decoded(kind: Literal["spec"], value: bytes, key: Callable[[], bytes]) -> FunctionSpec: ...
+
+
+@overload
+def decoded(kind: Literal["status"], value: bytes, key: Callable[[], bytes]) -> FunctionStatus: ...
 
 
 def decoded(kind: str, value: bytes, key: Callable[[], bytes]) -> FunctionSpec | FunctionStatus:
@@ -165,10 +173,12 @@ class EtcdLists:
     def _record(self, name: str, spec_kv: dict | None, status_kv: dict | None,
                 previous: FunctionRecord | None) -> FunctionRecord:
         """The record from what was read (``None``: unchanged since ``previous``)."""
+        if spec_kv is None and previous is None:
+            raise StoreError(f"function {name}: neither its spec nor a listing before")
         if spec_kv is not None:
             spec_revision = int(spec_kv.get("mod_revision", 0))
         else:
-            assert previous is not None
+            assert previous is not None  # (checked above; for the type checker)
             spec_revision = previous.spec_revision
         if status_kv is not None:
             status_revision = int(status_kv.get("mod_revision", 0))
@@ -179,9 +189,12 @@ class EtcdLists:
         if found is not None:
             return found
         key = self.store.key
-        spec = (decoded("spec", base64.b64decode(spec_kv.get("value", "")),
-                        lambda: key("spec", name))
-                if spec_kv is not None else previous.spec)  # type: ignore[union-attr]
+        if spec_kv is not None:
+            spec = decoded("spec", base64.b64decode(spec_kv.get("value", "")),
+                           lambda: key("spec", name))
+        else:
+            assert previous is not None  # (checked above)
+            spec = previous.spec
         if status_kv is not None:
             status = decoded("status", base64.b64decode(status_kv.get("value", "")),
                              lambda: key("status", name))
@@ -191,7 +204,7 @@ class EtcdLists:
             # a spec without status (written by hand): the FSM starts afresh; the first
             # update compares the missing status key's mod revision as 0
             status = FunctionStatus.initial(name, 0.0)
-        record = FunctionRecord(spec, status, spec_revision, status_revision)  # type: ignore[arg-type]
+        record = FunctionRecord(spec, status, spec_revision, status_revision)
         if status_revision:   # a made-up status is not worth keeping
             if len(memo) >= _MEMO_MAX:
                 memo.clear()
@@ -341,7 +354,7 @@ class EtcdLists:
                           if int(kv.get("create_revision", 0)) > snapshot.revision)
             if more or count != before + created:
                 return None
-        (spec_kvs, _, _), (status_kvs, _, _), (key_kvs, _, _) = ranges
+        (spec_kvs, spec_count, _), (status_kvs, status_count, _), (key_kvs, key_count, _) = ranges
         old = snapshot.records
         specs, statuses = self._by_name(spec_kvs), self._by_name(status_kvs)
         items = []
@@ -360,5 +373,4 @@ class EtcdLists:
             fresh, unreadable = self._keys(key_kvs)
             keys = {name: value for name, value in keys.items() if name not in unreadable}
             keys.update(fresh)
-        return self._remember(records, keys, revision,
-                              tuple(count for _, count, _ in ranges))  # type: ignore[arg-type]
+        return self._remember(records, keys, revision, (spec_count, status_count, key_count))

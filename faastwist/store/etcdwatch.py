@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import readBody
@@ -98,7 +98,7 @@ class _LineStream(Protocol):
         if isinstance(message, dict):
             self._on_message(message)
 
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._buffer.strip():
             self._line(self._buffer)
             self._buffer = b""

@@ -199,8 +199,11 @@ class Round:
         self._probes.pop(url, None)
         if url not in self._flying or self._over:
             return
+        leaderless = self.leaderless
+        if leaderless is None:   # (probes are armed only with it)
+            return
         try:
-            asked = self.leaderless(url)  # type: ignore[misc]
+            asked = leaderless(url)
         except Exception:
             return
         asked.addTimeout(self.timeout, self.clock)

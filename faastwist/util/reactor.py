@@ -15,12 +15,12 @@ from typing import cast
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import (IConsumer, IListeningPort, IPushProducer, IReactorCore,
                                          IReactorPluggableNameResolver, IReactorProcess,
-                                         IReactorTCP, IReactorThreads, IReactorTime,
-                                         ITCPTransport)
+                                         IReactorSocket, IReactorTCP, IReactorThreads,
+                                         IReactorTime, ITCPTransport)
 
 
 class IFullReactor(IReactorCore, IReactorTime, IReactorTCP, IReactorProcess, IReactorThreads,
-                   IReactorPluggableNameResolver):
+                   IReactorPluggableNameResolver, IReactorSocket):
     """The interfaces Twisted's default (epoll) reactor provides that faastwist uses."""
 
 

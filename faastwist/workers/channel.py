@@ -37,6 +37,13 @@ MAX_LENGTH = 96 * 2**20
 Message = dict[str, Any]
 
 
+def ident_of(message: Message, key: str) -> int:
+    """A message's integer reference (a call or lease ident); -1, which names nothing,
+    when it is missing or not an integer."""
+    value = message.get(key)
+    return value if isinstance(value, int) else -1
+
+
 class ChannelDown(Exception):
     """The other process is gone (or never answered in time)."""
 
@@ -185,7 +192,7 @@ class Channel(Protocol):
         self.transport.loseConnection()
         return d
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.connected_ = False
         waiters, self._closed = self._closed, []
         for d in waiters:

@@ -36,6 +36,7 @@ from twisted.logger import (
 )
 
 from faastwist.config import HTTPServerConfig, KnativeConfig
+from faastwist.util.reactor import IFullReactor
 from faastwist.workers.channel import Calls, Channel, ChannelFactory, Message
 
 log = Logger(namespace="faastwist.workers")
@@ -59,7 +60,7 @@ def die_with_parent(parent: int) -> None:
 class Worker:
     """One worker's life: setup, serve, drain."""
 
-    def __init__(self, reactor: Any, index: int) -> None:
+    def __init__(self, reactor: IFullReactor, index: int) -> None:
         self.reactor = reactor
         self.index = index
         self.channel = Channel(self.received, self.channel_lost)
@@ -252,23 +253,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--index", type=int, default=0)
     args = parser.parse_args(argv)
     die_with_parent(args.parent)
-    from twisted.internet import reactor
+    from faastwist.util.reactor import global_reactor
+    reactor = global_reactor()
 
     worker = Worker(reactor, args.index)
 
     def on_sighup(signum: int, frame: object) -> None:
-        reactor.callFromThread(worker.reload)  # type: ignore[attr-defined]
+        reactor.callFromThread(worker.reload)
 
     def on_stop(signum: int, frame: object) -> None:
         # the node's SIGTERM and a terminal's or systemd's signal to the whole group may
         # both arrive: the first one drains, the others change nothing
-        reactor.callFromThread(worker.stop_reactor)  # type: ignore[attr-defined]
+        reactor.callFromThread(worker.stop_reactor)
 
     signal.signal(signal.SIGHUP, on_sighup)
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
-    reactor.adoptStreamConnection(CONTROL_FD, socket.AF_UNIX,  # type: ignore[attr-defined]
-                                  ChannelFactory(worker.channel))
+    # declared to take a ServerFactory; any IProtocolFactory works (as for listenTCP)
+    reactor.adoptStreamConnection(CONTROL_FD, socket.AF_UNIX,
+                                  ChannelFactory(worker.channel))  # type: ignore[arg-type]
     os.close(CONTROL_FD)  # the reactor holds a duplicate
     def no_setup() -> None:
         if not worker.setup_done:

@@ -20,7 +20,7 @@ from faastwist.gate.accept import QueueFull
 from faastwist.gate.decisions import RETRY_AFTER_NOT_ACTIVE
 from faastwist.metrics import Metrics
 from faastwist.providers.base import NoCapacity
-from faastwist.workers.channel import Channel, Message
+from faastwist.workers.channel import Channel, Message, ident_of
 from faastwist.workers.counts import apply_delta, forget_active
 from faastwist.workers.remote import call_from_message, upstream_fields
 
@@ -125,12 +125,12 @@ class WorkerLink:
         self._refuse(ident, f"no upstream for function {name}: {failure.getErrorMessage()}", 5)
 
     def _cancel(self, message: Message) -> None:
-        waiting = self.acquiring.pop(message.get("id"), None)  # type: ignore[arg-type]
+        waiting = self.acquiring.pop(ident_of(message, "id"), None)
         if waiting is not None:
             waiting.cancel()
 
     def _release(self, message: Message) -> None:
-        lease = self.leases.pop(message.get("lease"), None)  # type: ignore[arg-type]
+        lease = self.leases.pop(ident_of(message, "lease"), None)
         if lease is not None:
             lease.release()
 
@@ -151,7 +151,7 @@ class WorkerLink:
         return done
 
     def _reached(self, message: Message) -> None:
-        done = self._reach.pop(message.get("id"), None)  # type: ignore[arg-type]
+        done = self._reach.pop(ident_of(message, "id"), None)
         if done is not None:
             done.callback(None)
 
