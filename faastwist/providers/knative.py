@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Generator, Mapping, Sequence
 
 import urllib3
 from kubernetes import client as kube_client
@@ -245,7 +245,7 @@ class KnativeProvider(Service):
             "deletionTimestamp")
 
     @inlineCallbacks
-    def _get(self, name: str):
+    def _get(self, name: str) -> Generator[Deferred[Any], Any, dict[str, Any] | None]:
         """The ksvc ``name`` if it exists and is ours, else None."""
         try:
             obj = yield self._call("get", name, self.api.get_namespaced_custom_object, name)
@@ -270,7 +270,7 @@ class KnativeProvider(Service):
         return self._observe_some(list(names))
 
     @inlineCallbacks
-    def _observe_all(self):
+    def _observe_all(self) -> Generator[Deferred[Any], Any, dict[str, Observation]]:
         selector = ksvc.label_selector(self.controller)
         kwargs: dict[str, Any] = {"label_selector": selector}
         if self._fresh_as_of:
@@ -295,7 +295,7 @@ class KnativeProvider(Service):
         return {name: ksvc.observe_ksvc(obj) for name, obj in seen.items()}
 
     @inlineCallbacks
-    def _observe_some(self, names: list[str]):
+    def _observe_some(self, names: list[str]) -> Generator[Deferred[Any], Any, dict[str, Observation]]:
         out: dict[str, Observation] = {}
         for name in names:
             obj = yield self._get(name)
@@ -304,7 +304,7 @@ class KnativeProvider(Service):
         return out
 
     @inlineCallbacks
-    def _sync_secrets(self, spec: FunctionSpec):
+    def _sync_secrets(self, spec: FunctionSpec) -> Generator[Deferred[Any], Any, None]:
         """Write the Kubernetes Secrets ``spec`` mounts (one key each, named after the
         secret, labelled with the controller) from the encrypted store, before the
         revision that mounts them; a missing secret is a ProviderRejected."""
@@ -339,7 +339,7 @@ class KnativeProvider(Service):
                                     f"{_transport_message(exc)}") from None
 
     @inlineCallbacks
-    def deploy(self, spec: FunctionSpec):
+    def deploy(self, spec: FunctionSpec) -> Generator[Deferred[Any], Any, None]:
         yield self._sync_secrets(spec)
         body = ksvc.build_ksvc(spec, self.controller, self.config.namespace)
         try:
@@ -355,7 +355,7 @@ class KnativeProvider(Service):
         self._remember(created)
 
     @inlineCallbacks
-    def _already_exists(self, name: str, exc: _ApiFailure):
+    def _already_exists(self, name: str, exc: _ApiFailure) -> Generator[Deferred[Any], Any, None]:
         """A create found the name taken: by us (a race: next pass sees it) or not."""
         try:
             obj = yield self._call("get", name, self.api.get_namespaced_custom_object, name)
@@ -371,7 +371,8 @@ class KnativeProvider(Service):
                                f"{self.config.namespace} and is managed by {by}") from None
 
     @inlineCallbacks
-    def _rewrite(self, verb: str, spec: FunctionSpec, stopped: bool | None):
+    def _rewrite(self, verb: str, spec: FunctionSpec,
+                 stopped: bool | None) -> Generator[Deferred[Any], Any, None]:
         """PUT the ksvc with the spec's template at the resourceVersion last seen;
         ``stopped`` None keeps the ksvc's current stopped state."""
         current = self._seen.get(spec.name)
@@ -409,7 +410,7 @@ class KnativeProvider(Service):
         return self._rewrite("start", spec, False)
 
     @inlineCallbacks
-    def delete(self, name: str):
+    def delete(self, name: str) -> Generator[Deferred[Any], Any, None]:
         """Delete the ksvc ``name`` if it is ours. The reconciler may ask for a name it has
         not observed (a kicked function the store no longer has): a ksvc of that name that
         another controller or a person manages is left alone. The delete carries the uid
@@ -450,7 +451,7 @@ class KnativeProvider(Service):
         return self.logs.follow_logs(name, on_line)
 
     @inlineCallbacks
-    def check(self):
+    def check(self) -> Generator[Deferred[Any], Any, None]:
         """The API answers, the credentials work and the ksvc resource exists."""
         try:
             yield self._call("check", "services", self.api.list_namespaced_custom_object,

@@ -19,7 +19,7 @@ import math
 import re
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Generator, Iterable, Iterator
 
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import ReadTimeoutError
@@ -189,7 +189,8 @@ class KnativeLogs:
 
     # -- LogSource -----------------------------------------------------------------------
     @inlineCallbacks
-    def read_logs(self, name: str, tail: int | None = None, since: float | None = None):
+    def read_logs(self, name: str, tail: int | None = None,
+                  since: float | None = None) -> Generator[Deferred[Any], Any, list[LogLine]]:
         """Recent lines of every pod of ``name``, oldest first (ProviderError when the
         Kubernetes API cannot be asked)."""
         try:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Callable, Collection, Mapping, Sequence, Union
+from typing import Any, Callable, Collection, Generator, Mapping, Sequence, Union
 
 import attrs
 
@@ -389,7 +389,8 @@ class ProcessProvider(Service):
         self.launcher.plan(spec)
 
     @inlineCallbacks
-    def observe(self, names: Sequence[str] | None = None):
+    def observe(self, names: Sequence[str] | None = None
+                ) -> Generator[Deferred[Any], Any, dict[str, Observation]]:
         """Every runtime's observation (or those of ``names``), ``OBSERVE_CHUNK`` per
         reactor turn: OpenFaaS's list of 10,000 functions asks for all of them."""
         wanted = list(self.runtimes if names is None else names)

@@ -133,7 +133,7 @@ class EtcdHttp:
 
     @inlineCallbacks
     def post(self, url: str, body: dict[str, Any], timeout: float | None = None,
-             require_leader: bool = True):
+             require_leader: bool = True) -> Generator[Deferred[Any], Any, dict[str, Any]]:
         """POST ``body`` as JSON; the parsed JSON answer, or EtcdHttpError. Without
         ``timeout`` the caller bounds the call (store/failover.py cancels it)."""
         d = self.agent.request(b"POST", url.encode(),
@@ -193,7 +193,8 @@ class GatewayClient(Client):
 
 
 @inlineCallbacks
-def probe_api_prefix(http: EtcdHttp, endpoint: str, timeout: float | None = None):
+def probe_api_prefix(http: EtcdHttp, endpoint: str,
+                     timeout: float | None = None) -> Generator[Deferred[Any], Any, str]:
     """The first of API_PREFIXES that ``endpoint`` serves (maintenance/status answers).
 
     Connection errors propagate (the endpoint is down, not incompatible).
@@ -247,7 +248,8 @@ class LeaseApi:
         self.api_prefix = api_prefix
 
     @inlineCallbacks
-    def grant(self, endpoint: str, ttl: int, timeout: float | None = None):
+    def grant(self, endpoint: str, ttl: int,
+              timeout: float | None = None) -> Generator[Deferred[Any], Any, tuple[int, int]]:
         """A new lease: ``(lease_id, granted_ttl)``; etcd may raise a too-short TTL."""
         data = yield self.http.post(f"{endpoint}{self.api_prefix}/lease/grant",
                                     {"TTL": int(ttl), "ID": 0}, timeout)
@@ -256,7 +258,8 @@ class LeaseApi:
         return int(data["ID"]), int(data.get("TTL", ttl))
 
     @inlineCallbacks
-    def keepalive(self, endpoint: str, lease_id: int, timeout: float | None = None):
+    def keepalive(self, endpoint: str, lease_id: int,
+                  timeout: float | None = None) -> Generator[Deferred[Any], Any, int]:
         """Refresh the lease; the remaining TTL, 0 when the lease no longer exists."""
         data = yield self.http.post(f"{endpoint}{self.api_prefix}/lease/keepalive",
                                     {"ID": str(lease_id)}, timeout)
@@ -266,7 +269,8 @@ class LeaseApi:
         return int(result.get("TTL", 0))
 
     @inlineCallbacks
-    def revoke(self, endpoint: str, lease_id: int, timeout: float | None = None):
+    def revoke(self, endpoint: str, lease_id: int,
+               timeout: float | None = None) -> Generator[Deferred[Any], Any, None]:
         """Revoke the lease (deleting its keys); a lease already gone is fine."""
         try:
             yield self.http.post(f"{endpoint}{self.api_prefix}/lease/revoke",

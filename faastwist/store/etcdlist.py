@@ -19,7 +19,8 @@ list reads everything again. Decoding runs in reactor slices (``Slicer``).
 from __future__ import annotations
 
 import base64
-from typing import Any, Callable, Iterator, List, Literal, Sequence, overload  # List: see list()
+from typing import (  # List: see list()
+    Any, Callable, Generator, Iterator, List, Literal, Sequence, overload)
 
 import attrs
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -112,6 +113,10 @@ def _ranges_of(answer: dict) -> tuple[int, list[tuple[list[dict], int, bool]]]:
         out.append((found.get("kvs") or [], int(found.get("count") or 0),
                     bool(found.get("more"))))
     return int(answer.get("header", {}).get("revision", 0)), out
+
+
+#: what _decode decodes: (name, spec kv, status kv, the record listed before)
+_Item = tuple[str, "dict[str, Any] | None", "dict[str, Any] | None", "FunctionRecord | None"]
 
 
 @attrs.frozen
@@ -211,8 +216,7 @@ class EtcdLists:
             memo[(name, spec_revision, status_revision)] = record
         return record
 
-    def _decode(self, items: list[tuple[str, dict | None, dict | None,
-                                        FunctionRecord | None]]) -> Deferred[dict]:
+    def _decode(self, items: List[_Item]) -> Deferred[dict[str, FunctionRecord]]:
         """Records of ``(name, spec kv, status kv, previous)``, DECODE_STEP per step."""
         out: dict[str, FunctionRecord] = {}
 
@@ -224,7 +228,8 @@ class EtcdLists:
         return self.slicer.run(steps()).addCallback(lambda _: out)
 
     @inlineCallbacks
-    def _raw_chunk(self, after: bytes, limit: int, revision: int, prefix: bytes):
+    def _raw_chunk(self, after: bytes, limit: int, revision: int,
+                   prefix: bytes) -> Generator[Deferred[Any], Any, tuple[List[_Item], int, int, bytes]]:
         """Up to ``limit`` functions after the name ``after`` (raw), and their statuses,
         not yet decoded: ``(items for _decode, revision, remaining, last raw name)``.
 
@@ -246,13 +251,14 @@ class EtcdLists:
                 [(status_base + first.encode(), status_base + last.encode() + b"\0")], 0,
                 revision), revision)
             statuses = self._by_name(_ranges_of(answer)[1][0][0])
-        items = [(name, kv, statuses.get(name), None) for name, kv in specs.items()]
+        items: List[_Item] = [(name, kv, statuses.get(name), None) for name, kv in specs.items()]
         last_raw = (base64.b64decode(spec_kvs[-1].get("key", ""))[len(spec_base):]
                     if spec_kvs else after)
         return items, revision, max(total - len(spec_kvs), 0), last_raw
 
     @inlineCallbacks
-    def _chunk(self, after: bytes, limit: int, revision: int, prefix: bytes):
+    def _chunk(self, after: bytes, limit: int, revision: int, prefix: bytes
+               ) -> Generator[Deferred[Any], Any, tuple[dict[str, FunctionRecord], int, int, bytes]]:
         """``_raw_chunk`` with its records decoded: ``(records, revision, remaining,
         last raw name)``."""
         items, revision, remaining, last = yield self._raw_chunk(after, limit, revision, prefix)
@@ -260,7 +266,7 @@ class EtcdLists:
         return records, revision, remaining, last
 
     @inlineCallbacks
-    def page(self, after: str, limit: int, revision: int, prefix: str):
+    def page(self, after: str, limit: int, revision: int, prefix: str) -> Generator[Deferred[Any], Any, Page]:
         """Specs in name order from after ``after``, and the statuses of the same names,
         at one revision; read ``LIST_PAGE`` at a time."""
         if limit < 1:
@@ -277,7 +283,7 @@ class EtcdLists:
     # -- every function ----------------------------------------------------------------
 
     @inlineCallbacks
-    def list(self):
+    def list(self) -> Generator[Deferred[Any], Any, Listing]:
         """Every function at one revision: what changed since the last listing when
         that is enough, else everything."""
         snapshot = self._snapshot
@@ -312,7 +318,7 @@ class EtcdLists:
                        {name: value for name, value in keys.items() if name in records})
 
     @inlineCallbacks
-    def _everything(self):
+    def _everything(self) -> Generator[Deferred[Any], Any, Listing]:
         self.full_reads += 1
         records: dict[str, FunctionRecord] = {}
         raw = yield self._raw_chunk(b"", LIST_PAGE, 0, b"")
@@ -342,7 +348,7 @@ class EtcdLists:
         return self._remember(records, keys, revision, (specs, statuses, key_count))
 
     @inlineCallbacks
-    def _since(self, snapshot: _Snapshot):
+    def _since(self, snapshot: _Snapshot) -> Generator[Deferred[Any], Any, Listing | None]:
         """The listing now, from ``snapshot`` and the keys modified after it; None when
         that is not enough (see the module's docstring)."""
         answer = yield self._txn(range_ops([(base, prefix_end(base)) for base in self._bases()],
