@@ -26,7 +26,7 @@ UNIT_MARKERS := not etcd and not envtest and not slow and not process and not e2
 export PYTHONPATH := $(CURDIR)
 
 
-.PHONY: run test unit docs mutate install install-service service-deps system-deps browser-deps monitoring-deps bench bench-gate bench-workers bench-scale bench-reconcile bench-coldstart bench-async clean
+.PHONY: run test unit lint docs mutate install install-service service-deps system-deps browser-deps monitoring-deps bench bench-gate bench-workers bench-scale bench-reconcile bench-coldstart bench-async clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -127,7 +127,7 @@ run: install system-deps
 	@echo "faasgate: state in ./data (make clean removes it); the CLI is $(BIN)/faastwist"
 	$(BIN)/twistd -n --pidfile= faasgate --config $(CONFIG)
 
-test: install system-deps browser-deps monitoring-deps docs
+test: lint install system-deps browser-deps monitoring-deps docs
 	rm -f .coverage .coverage.*
 	COVERAGE_FILE=$(CURDIR)/.coverage $(BIN)/pytest $(COVERAGE) $(PYTEST_ARGS)
 
@@ -140,8 +140,15 @@ docs: $(VENV)/.deps
 mutate: $(VENV)/.deps
 	$(BIN)/python .ci/mutate.py $(MUTATE_ARGS)
 
+# ruff (its small rule set) and mypy (strict on the decision packages), both configured in
+# pyproject.toml (docs/development.rst); `make unit` and `make test` run it first. mypy's
+# cache is .mypy_cache in the tree (ignored by git): a second run takes a few seconds
+lint: $(VENV)/.deps
+	$(BIN)/ruff check faastwist tests bench twisted
+	$(BIN)/mypy
+
 # the fast tier only: needs the venv, nothing else (runs as any user)
-unit: $(VENV)/.deps
+unit: lint $(VENV)/.deps
 	$(BIN)/pytest -m "$(UNIT_MARKERS)" $(PYTEST_ARGS)
 
 bench: bench-gate bench-workers bench-scale bench-reconcile bench-coldstart bench-async

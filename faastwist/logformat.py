@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import IO, Any, Callable, Mapping
+from typing import IO, Any, Callable
 
 from twisted.logger import FileLogObserver, ILogObserver, LogEvent, formatEvent
 from twisted.python import usage
@@ -95,7 +95,7 @@ def event_as_dict(event: LogEvent) -> dict[str, Any]:
         fields = {key: value for key, value in fields.items() if _encodable(value)}
     record.update(fields)
     if failure is not None:
-        record["exception"] = f"{failure.type.__qualname__}: {failure.getErrorMessage()}"
+        record["exception"] = f"{type(failure.value).__qualname__}: {failure.getErrorMessage()}"
         record["traceback"] = failure.getTraceback()
     return record
 
@@ -146,9 +146,9 @@ def _open_destination() -> IO[Any]:
 
     if not signal.getsignal(signal.SIGUSR1):
         def rotate(signum: int, frame: Any) -> None:
-            from twisted.internet import reactor
+            from faastwist.util.reactor import global_reactor
 
-            reactor.callFromThread(logfile.rotate)  # type: ignore[attr-defined]
+            global_reactor().callFromThread(logfile.rotate)
         signal.signal(signal.SIGUSR1, rotate)
     return logfile
 
@@ -196,7 +196,7 @@ def use_log_format(options: usage.Options, log_format: str) -> None:
     if log_format not in LOG_FORMATS:
         raise usage.UsageError(f"--log-format must be one of {', '.join(LOG_FORMATS)}, "
                                f"got {log_format!r}")
-    parent: Mapping[str, Any] | None = getattr(options, "parent", None)
+    parent: usage.Options | None = getattr(options, "parent", None)  # twistd's options
     if parent is None:
         return  # not under twistd (a test building the service directly)
     if parent.get("logger"):
@@ -216,5 +216,5 @@ def use_log_format(options: usage.Options, log_format: str) -> None:
         _destination = "twistd.log"  # where twistd itself would write as a daemon
     else:
         _destination = None
-    parent["logger"] = (  # type: ignore[index]
+    parent["logger"] = (
         FACTORY_NAME if log_format == "json" else TEXT_FACTORY_NAME)

@@ -164,10 +164,14 @@ class _CounterView:
     def labels(self, name: str, code: str | None = None) -> _Child:
         counts = self.gate.counts(name)
         if self.field == "invocations":
+            if code is None:
+                raise TypeError("invocations are labelled with their status code")
+            status = int(code)
+
             def apply(amount: float) -> None:
-                cell = counts.codes.get(int(code))  # type: ignore[arg-type]
+                cell = counts.codes.get(status)
                 if cell is None:
-                    cell = counts.codes[int(code)] = [0, 0.0] + [0] * len(BUCKETS)  # type: ignore[arg-type]
+                    cell = counts.codes[status] = [0, 0.0] + [0] * len(BUCKETS)
                 cell[0] += amount
             return _Child(apply)
         field = self.field
@@ -208,7 +212,7 @@ class _ErrorView:
         counts = self.gate.counts(name)
 
         def apply(amount: float) -> None:
-            counts.errors[kind] = counts.errors.get(kind, 0) + amount
+            counts.errors[kind] = counts.errors.get(kind, 0) + int(amount)
         return _Child(apply)
 
 

@@ -13,13 +13,12 @@ import socket
 import time
 import zlib
 from collections.abc import Awaitable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 from urllib.parse import urlsplit
 
 import attrs
-from twisted.application.service import IService, Service
+from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, ensureDeferred
-from twisted.internet.interfaces import IReactorTCP
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.server import Site
@@ -35,6 +34,7 @@ from faastwist.providers.registry import (
 )
 from faastwist.util.fdreserve import FdReserve, ReservedListener, guard_listener
 from faastwist.util.heap import StartupCollector
+from faastwist.util.reactor import IFullReactor
 
 if TYPE_CHECKING:
     from faastwist.admin.api import AdminAPI
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from faastwist.gate.service import GateService
     from faastwist.kube.service import FunctionWatch
     from faastwist.lifecycle.reconciler import Reconciler
-    from faastwist.providers.base import Provider
+    from faastwist.providers.base import ServiceProvider
     from faastwist.queue.embedded import EmbeddedNats
     from faastwist.queue.service import QueueService
     from faastwist.sdnotify import SystemdNotifier
@@ -102,6 +102,15 @@ class StartupError(Exception):
     """The node cannot start (etcd never became healthy, a port is taken...)."""
 
 
+class Child(Protocol):
+    """What the node starts and stops in order: an ``IService``, or a provider (a typing
+    protocol, which mypy cannot see as providing the zope interface)."""
+
+    def startService(self) -> None: ...
+
+    def stopService(self) -> object: ...
+
+
 @attrs.frozen
 class NodeParts:
     """Parts a node takes as given instead of building them from its config: tests
@@ -123,11 +132,11 @@ class FaasNode(Service):
 
     name = "faasgate"
 
-    def __init__(self, config: ControllerConfig, reactor: IReactorTCP,
+    def __init__(self, config: ControllerConfig, reactor: IFullReactor,
                  on_fatal: Callable[[str], None] | None = None,
                  parts: NodeParts = NodeParts()) -> None:
         self.config = config
-        self.reactor: Any = reactor   # IReactorTCP, Time, Process, FromThreads: see above
+        self.reactor = reactor
         self.given = parts
         self.metrics = Metrics()
         self.on_fatal = on_fatal
@@ -135,16 +144,16 @@ class FaasNode(Service):
         self.node_id = config.node_id
         self.kind = kind_of(config)   # the provider as the registry declares it
         self.parts: ProviderParts | None = None   # the built provider and its capabilities
-        self.session: NodeSession = None  # type: ignore[assignment]
         self.converger: LocalConverger | None = None
         self._stack: list[tuple[str, Callable[[], Any]]] = []  # what to stop, in order
         self.ready: Deferred[None] = Deferred()
         # set in start-up order; read only once their step ran
+        self.session: NodeSession = None  # type: ignore[assignment]
         self.store: EtcdStore = None  # type: ignore[assignment]
         self.embedded_etcd: EmbeddedEtcd | None = None
         self.embedded_nats: EmbeddedNats | None = None
         self.fd_reserve = FdReserve()
-        self.provider: Provider = None  # type: ignore[assignment]
+        self.provider: ServiceProvider = None  # type: ignore[assignment]
         self.routes: RouteTable = None  # type: ignore[assignment]
         self.reconciler: Reconciler = None  # type: ignore[assignment]
         self.leader: LeaderElection = None  # type: ignore[assignment]
@@ -169,7 +178,7 @@ class FaasNode(Service):
     def _push(self, what: str, stop: Callable[[], Any]) -> None:
         self._stack.append((what, stop))
 
-    def _start_child(self, what: str, service: IService) -> None:
+    def _start_child(self, what: str, service: Child) -> None:
         service.startService()
         self._push(what, service.stopService)
 
@@ -295,21 +304,23 @@ class FaasNode(Service):
                 tls = self.etcd_tls_files = ensure_tls(etcd.data_dir)
                 etcd_tls = tls.policy()
             except (OSError, ValueError) as exc:
-                raise StartupError(f"embedded etcd TLS files in {etcd.data_dir}/tls: {exc}")
+                raise StartupError(
+                    f"embedded etcd TLS files in {etcd.data_dir}/tls: {exc}") from exc
             embedded = EmbeddedEtcd(self.reactor, etcd.data_dir, tls=tls)
             self.embedded_etcd = embedded
             self._start_child("embedded etcd", embedded)
             try:
                 endpoints = [await embedded.ready()]
             except Exception as exc:
-                raise StartupError(f"embedded etcd in {etcd.data_dir} did not start: {exc}")
+                raise StartupError(
+                    f"embedded etcd in {etcd.data_dir} did not start: {exc}") from exc
         self.store = EtcdStore(self.reactor, endpoints, etcd.prefix, self.config.name,
                                etcd.timeout, self.metrics,
                                start_index=zlib.crc32(self.node_id.encode()), tls=etcd_tls)
         try:
             await self.store.connect()
         except StoreUnavailable as exc:
-            raise StartupError(f"etcd at {', '.join(endpoints)} is not reachable: {exc}")
+            raise StartupError(f"etcd at {', '.join(endpoints)} is not reachable: {exc}") from exc
         self._push("store", self.store.close)
         self.etcd_endpoints = endpoints
         self._load_secrets()
@@ -451,7 +462,7 @@ class FaasNode(Service):
             await self.queue.start(self.embedded_nats)
         except Exception as exc:
             raise StartupError(f"queue: the embedded nats-server in {queue.data_dir} did not "
-                               f"start: {exc}")
+                               f"start: {exc}") from exc
         finally:
             self._push("queue connection", self.queue.stop)
 
@@ -468,7 +479,7 @@ class FaasNode(Service):
         try:
             self._start_child("embedded nats-server", self.embedded_nats)
         except EmbeddedNatsError as exc:
-            raise StartupError(f"queue: {exc}")
+            raise StartupError(f"queue: {exc}") from exc
 
     def _own_ports(self) -> set[int]:
         """The node's ports a callback must never reach: admin, etcd (client and peer)."""
@@ -548,7 +559,8 @@ class FaasNode(Service):
         try:
             self.admin_port = self.reactor.listenTCP(admin.port, site, interface=admin.address)
         except Exception as exc:
-            raise StartupError(f"admin.port: cannot listen on {admin.address}:{admin.port}: {exc}")
+            raise StartupError(
+                f"admin.port: cannot listen on {admin.address}:{admin.port}: {exc}") from exc
         # out of descriptors (gate connections), the admin port still accepts: it spends
         # descriptors held back from the start
         guard_listener(self.admin_port, lambda sock: ReservedListener(sock, self.fd_reserve))
@@ -652,7 +664,8 @@ class FaasNode(Service):
         try:
             self.gate.startService()
         except Exception as exc:
-            raise StartupError(f"httpServer.port: cannot listen on {http.address}:{http.port}: {exc}")
+            raise StartupError(
+                f"httpServer.port: cannot listen on {http.address}:{http.port}: {exc}") from exc
         self._push("gate", self.gate.stopService)
 
     async def _start_workers(self) -> None:

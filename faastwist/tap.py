@@ -70,9 +70,10 @@ def _exit_non_zero() -> None:
 
 def makeService(options: Options) -> IService:
     """The only place that touches the global reactor."""
-    from twisted.internet import reactor
-
     from faastwist.node import FaasNode
+    from faastwist.util.reactor import global_reactor
+
+    reactor = global_reactor()
 
     def on_fatal(message: str) -> None:
         sys.stderr.write(f"faasgate: {message}\n")

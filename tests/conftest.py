@@ -14,6 +14,18 @@ from tests.support.facilities import (golang_unavailable, local_index_unavailabl
 from tests.support.k8s import ENV_VAR, Envtest, envtest_unavailable
 from tests.support.properties import load_profile
 
+# The fixtures of the support modules (real etcd, nats-server, a CLI node, a node
+# cluster) for every test module that names one: registered once here, not imported
+# into each module (an import a test's parameter then shadows: ruff's F811)
+# (etcd first: cluster imports it, and a module imported before its registration is not
+# assertion-rewritten)
+pytest_plugins = (
+    "tests.support.etcd",
+    "tests.support.nats",
+    "tests.support.cli",
+    "tests.support.cluster",
+)
+
 
 #: what the ``monitoring`` tests run (``make monitoring-deps`` installs them)
 MONITORING = ("prometheus", "prometheus-alertmanager")

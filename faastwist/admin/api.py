@@ -196,7 +196,7 @@ class AdminAPI:
     def _store(self, d: Deferred[T]) -> Deferred[T]:
         return self._timed(d, "the function store", 503)
 
-    async def _read(self, read: Callable[[], Deferred[T]]) -> tuple[T | None, bool]:
+    async def _read(self, read: Callable[[], Deferred[T]]) -> tuple[T, bool] | tuple[None, bool]:
         """``(result, False)`` from the store; ``(None, True)`` when the store did not
         answer within ``read_timeout`` and a watch-fed cache can answer instead."""
         if self.cache is None:
@@ -294,7 +294,7 @@ class AdminAPI:
                 # on a busy node, and the cache was then encoded, in block YAML, on
                 # the reactor (measured: 19-27 s, every gate request stalled meanwhile)
                 _, stale = await self._read(self.store.check)
-                if stale:
+                if stale and self.cache is not None:  # only a cache makes a read stale
                     request.setHeader(STALE_HEADER.encode(), b"true")
                     return await self.respond_list(request, self.cache(), stale=True)
                 listing = await self._store(self.store.list())
@@ -324,7 +324,7 @@ class AdminAPI:
     async def get_function(self, request: IRequest, version: str, controller: str,
                            fn: str) -> bytes:
         record, stale = await self._read(lambda: self.store.get(fn))
-        if stale:
+        if record is None:  # stale
             return self._stale(request, dict(record_document(self._stale_record(fn)),
                                              stale=True))
         return respond(request, 200, record_document(await self._settled(record)))
@@ -332,7 +332,7 @@ class AdminAPI:
     @controller_route(app, FUNCTION + "/status", "GET")
     async def get_status(self, request: IRequest, version: str, controller: str, fn: str) -> bytes:
         record, stale = await self._read(lambda: self.store.get(fn))
-        if stale:
+        if record is None:  # stale
             return self._stale(request, dict(status_document(self._stale_record(fn).status),
                                              stale=True))
         return respond(request, 200, status_document((await self._settled(record)).status))

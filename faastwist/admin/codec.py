@@ -49,7 +49,7 @@ _CHARSETS = {"utf-8", "utf8", "us-ascii", "ascii"}
 _BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
+class _Loader(_BaseLoader):
     """The safe loader, refusing a key that appears twice in one mapping (YAML says
     keys are unique; PyYAML keeps the last one, so a typo'd second ``command`` would
     silently win). Merge keys (``<<``) may still be overridden, as YAML intends."""
@@ -222,8 +222,9 @@ class BoundedRequest(Request):
         self._stored += len(data)
         if self._stored > self.max_body_size:
             self.body_too_large = True
-            self.content.seek(0)
-            self.content.truncate()
+            if self.content is not None:  # gotLength made it
+                self.content.seek(0)
+                self.content.truncate()
             return
         super().handleContentChunk(data)
 
@@ -331,7 +332,7 @@ def decode_body(body: bytes, content_type: str | None,
     else:
         try:
             _check_depth(text)
-            document = yaml.load(text, Loader=_Loader)
+            document = yaml.load(text, Loader=_Loader)  # noqa: S506 (_Loader is a SafeLoader)
         except ApiError:
             raise
         except Exception as exc:  # any parser failure is the body's fault, not ours

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 from urllib.parse import quote
 
 from twisted.internet.defer import Deferred
@@ -192,7 +192,8 @@ class ConsoleResource(Resource):
             gone.append(True)
             calling.cancel()
 
-        request.notifyFinish().addErrback(disconnected)
+        # twisted.web's Request (IRequest omits notifyFinish)
+        cast(Request, request).notifyFinish().addErrback(disconnected)
         return NOT_DONE_YET
 
     def _read(self, response: IResponse, request: IRequest, started: float,

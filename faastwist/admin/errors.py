@@ -30,6 +30,7 @@ from faastwist.store.base import (
     StoreUnavailable,
 )
 from faastwist.store.secrets import SecretExists, SecretNotFound
+from faastwist.util.failures import error_of
 
 log = Logger()
 
@@ -92,7 +93,7 @@ def routing_answer(exc: HTTPException, method: str, path: str) -> Answer:
 def error_answer(failure: Failure, method: bytes, path: bytes, api: str) -> Answer:
     """The answer to any error a request handler raised; a bug is logged (``api`` names
     the API in the log line) and answered ``UNEXPECTED``."""
-    exc = failure.value
+    exc = error_of(failure)
     known = answer(exc)
     if known is not None:
         return known

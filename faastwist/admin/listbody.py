@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import json
 from operator import is_
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence, cast
 
 from twisted.internet.task import NotPaused, SchedulerStopped, TaskFinished, TaskStopped
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 from zope.interface import implementer
 
 from faastwist.admin.codec import record_document
@@ -158,8 +159,10 @@ async def stream(request: IRequest, slicer: Slicer, pieces: Iterable[bytes],
 
     task = slicer.cooperate(steps())
     producer = _Producer(task)
-    request.registerProducer(producer, True)
-    gone = request.notifyFinish()
+    # the admin site's request is twisted.web's (IRequest omits producers, notifyFinish)
+    web = cast(Request, request)
+    web.registerProducer(producer, True)
+    gone = web.notifyFinish()
     gone.addErrback(lambda _: producer.stopProducing())
     try:
         await task.whenDone()

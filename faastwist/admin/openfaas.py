@@ -103,7 +103,7 @@ class OpenFaaSAPI:
                  wall_clock: Callable[[], float] = time.time, secrets: Any = None,
                  slicer: Slicer | None = None, parser: BodyParser | None = None,
                  settle: Settle | None = None, catalogue: Any = None,
-                 cache: Callable[[], Mapping[str, Any]] | None = None,
+                 cache: Callable[[], Mapping[str, FunctionRecord]] | None = None,
                  read_timeout: float = READ_TIMEOUT, log_source: LogSource | None = None,
                  refresh_secrets: Callable[[], object] | None = None) -> None:
         self.store = store
@@ -225,8 +225,9 @@ class OpenFaaSAPI:
         admin list does): each item and the answer marked stale, instead of a 503."""
         self._check_namespace_param(request)
         stale = not await self._store_answers()
-        if stale:
-            records: Mapping[str, Any] = self.cache()  # type: ignore[misc]
+        records: Mapping[str, FunctionRecord]
+        if stale and self.cache is not None:  # only a cache makes the store's answer optional
+            records = self.cache()
             request.setHeader(STALE_HEADER, b"true")
         else:
             listing = await self._timed(self.store.list())
@@ -279,9 +280,10 @@ class OpenFaaSAPI:
             except (StoreUnavailable, CancelledError, TimeoutError) as exc:
                 log.warn("function {name} answered from the watch cache: the store did not "
                          "answer ({error})", name=name, error=str(exc) or type(exc).__name__)
-                record = self.cache().get(name)
-                if record is None:
+                cached = self.cache().get(name)
+                if cached is None:
                     raise NotFound(name) from None
+                record = cached
                 stale = True
                 request.setHeader(STALE_HEADER, b"true")
         if not stale:   # what this answer says, this node's gate does (read-your-writes)

@@ -35,6 +35,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from faastwist.admin.codec import error_body, respond, respond_error
 from faastwist.metrics import Metrics
+from faastwist.util.failures import error_as
 
 log = Logger()
 
@@ -58,7 +59,7 @@ def _describe(failure: Failure, timeout: float) -> str:
     if failure.check(TimeoutError):
         return f"timed out after {timeout:g}s"
     message = failure.getErrorMessage()
-    return message or failure.type.__name__
+    return message or type(failure.value).__name__
 
 
 class OpsAPI:
@@ -94,7 +95,7 @@ class OpsAPI:
     # -- errors ------------------------------------------------------------------------
     @app.handle_errors(HTTPException)
     def http_error(self, request: IRequest, failure: Failure) -> bytes:
-        error = failure.value
+        error = error_as(failure, HTTPException)
         if isinstance(error, MethodNotAllowed) and error.valid_methods:
             allowed = ", ".join(sorted(error.valid_methods))
             request.setHeader(b"Allow", allowed.encode())
@@ -106,7 +107,7 @@ class OpsAPI:
 
     # -- endpoints ---------------------------------------------------------------------
     @app.route("/metrics", methods=["GET"])
-    def scrape(self, request: IRequest) -> bytes:
+    def scrape(self, request: IRequest) -> bytes | Deferred[bytes]:
         # Always the classic text format, even when Prometheus offers OpenMetrics:
         # OpenFaaS's bare-named gateway_function_invocation_started (see metrics.py)
         # cannot sit beside its counter family in OpenMetrics.
@@ -119,6 +120,7 @@ class OpsAPI:
         if self._pool is None:
             self._pool = ThreadPool(minthreads=0, maxthreads=1, name="metrics-scrape")
             self._pool.start()
+        # the node's reactor (a test's Clock returned above): also IReactorFromThreads
         return deferToThreadPool(self.clock, self._pool,  # type: ignore[arg-type]
                                  generate_latest, self.metrics.registry)
 

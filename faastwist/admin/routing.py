@@ -34,6 +34,8 @@ def controller_route(app: Klein, url: str, method: str) -> Callable[[Handler], H
                                     f"controller {self.controller}")
             return handler(self, request, controller=controller, **kwargs)
         route = app.route(url, methods=[method], strict_slashes=False)
+        # Klein's route() is typed to return its own wrapper type; what it returns is
+        # `checked`, which calls as a Handler
         return route(checked)  # type: ignore[return-value]
     return decorate
 

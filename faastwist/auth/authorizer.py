@@ -110,7 +110,7 @@ class Authorizer:
 
     def authenticate(self, authorization: str | None) -> Decision:
         """The caller's role, or a 401 naming what was wrong with the credentials."""
-        if not presents_credentials(authorization):
+        if authorization is None or not presents_credentials(authorization):
             if self.anonymous is None:
                 how = "Authorization: Bearer TOKEN"
                 if self.basic is not None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
@@ -74,7 +73,7 @@ class AuthFiles(Service):
         self.tokens_file = tokens_file
         self.basic_files = (basic_user_file, basic_password_file)
         self.poll_interval = poll_interval
-        self._stamps: tuple[Any, ...] = ()
+        self._stamps: tuple[tuple[float, int, int] | None, ...] = ()
         self._poll: LoopingCall | None = None
 
     def _paths(self) -> tuple[str, ...]:
@@ -128,13 +127,13 @@ class AuthFiles(Service):
             log.failure("checking the admin auth files failed")
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # Twisted's Service is unannotated
         self._poll = LoopingCall(self.poll)
         self._poll.clock = self.clock
         self._poll.start(self.poll_interval, now=False)
 
-    def stopService(self) -> Any:
-        super().stopService()
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]  # Twisted's Service is unannotated
         if self._poll is not None and self._poll.running:
             self._poll.stop()
         self._poll = None

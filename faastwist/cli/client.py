@@ -107,7 +107,7 @@ def check_url(value: str, what: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InputError(f"{what}: must be an http:// or https:// URL, got {value!r}")
     try:
-        parts.port
+        _ = parts.port  # a bad port raises ValueError only when read
     except ValueError:
         raise InputError(f"{what}: bad port in {value!r}") from None
     return value.rstrip("/")
@@ -207,8 +207,9 @@ def error_message(reply: Reply) -> tuple[str, Any]:
         return str(data["message"]), data.get("code")
     text = reply.body.decode("utf-8", errors="replace").strip()
     reason = http.client.responses.get(reply.status, "")
-    if text.startswith("<") and _TITLE.search(text):
-        parts = [_TITLE.search(text).group(1)]  # type: ignore[union-attr]
+    title = _TITLE.search(text) if text.startswith("<") else None
+    if title is not None:
+        parts = [title.group(1)]
         paragraph = _PARAGRAPH.search(text)
         if paragraph:
             parts.append(paragraph.group(1))

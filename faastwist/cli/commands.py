@@ -32,9 +32,10 @@ def _complete_names(ctx: click.Context, param: click.Parameter, incomplete: str)
         if client is None:
             from faastwist.cli.client import AdminClient, load_settings
 
-            flags = {k: root.params.get(k) for k in ("server", "controller", "token", "gate",
-                                                     "timeout")}
-            client = AdminClient(load_settings(**flags))
+            params = root.params
+            client = AdminClient(load_settings(
+                params.get("server"), params.get("controller"), params.get("token"),
+                params.get("gate"), params.get("timeout")))
         records = records_of(client.call("GET", client.path()))
     except Exception:
         return []

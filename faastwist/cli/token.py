@@ -68,9 +68,7 @@ class _Files:
 
 
 def _fail(exc: Exception) -> click.ClickException:
-    error = click.ClickException(str(exc))
-    error.exit_code = 1
-    return error
+    return click.ClickException(str(exc))  # exit status 1
 
 
 @click.group("token")

@@ -23,18 +23,21 @@ reconciler starts to judge them.
 from __future__ import annotations
 
 import heapq
-from typing import Any
+from typing import Any, Callable, Generator
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from faastwist.cluster.reports import Report
 from faastwist.cluster.session import NodeSession
+from faastwist.gate.routes import Route, RouteTable
 from faastwist.lifecycle.reconciler import PROVIDER_CALLS, Action, plan
 from faastwist.model.fsm import Event, State
-from faastwist.providers.base import ProviderRejected
+from faastwist.providers.base import Observation, ProviderRejected
 from faastwist.store.base import FunctionRecord
 
 log = Logger()
@@ -53,8 +56,10 @@ class NotServing(Exception):
 class LocalConverger(Service):
     name = "local-converger"
 
-    def __init__(self, routes: Any, provider: Any, session: NodeSession, clock: Any,
-                 interval: float) -> None:
+    # provider: a node-local one (its ``runtimes``); Any until the provider registry
+    # (issue 23) gives node-local providers a protocol
+    def __init__(self, routes: RouteTable, provider: Any, session: NodeSession,
+                 clock: IReactorTime, interval: float) -> None:
         self.routes = routes
         self.provider = provider
         self.session = session
@@ -67,7 +72,7 @@ class LocalConverger(Service):
         self._deploys = 0  # deploys of the current full pass
         #: the observation last reported per function, with its epoch: a provider that
         #: answers an unchanged state with the same object is not re-encoded and compared
-        self._reported: dict[str, tuple[Any, int | None]] = {}
+        self._reported: dict[str, tuple[Observation, int | None]] = {}
         #: per function, the status epoch this node last acted on (converged from); a
         #: report names it, so the leader knows what intent the observation follows
         self._acted: dict[str, int] = {}
@@ -81,7 +86,7 @@ class LocalConverger(Service):
 
     # -- service ---------------------------------------------------------------------
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # Twisted's Service is unannotated
         self._owed = {name for name in self.routes.names()
                       if (route := self.routes.lookup(name)) is not None and route.active}
         self.routes.subscribe(self._route_changed)
@@ -90,7 +95,7 @@ class LocalConverger(Service):
         self._loop.start(self.interval, now=True)
 
     def stopService(self) -> None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]  # Twisted's Service is unannotated
         if self._loop is not None and self._loop.running:
             self._loop.stop()
 
@@ -104,7 +109,7 @@ class LocalConverger(Service):
         return waiter
 
     @inlineCallbacks
-    def converge_all(self):
+    def converge_all(self) -> Generator[Deferred[Any], Any, None]:
         """Look at every function, ``CHUNK`` per reactor turn: 10,000 of them in one
         turn held the gate for a second at start-up, and ~0.1 s every interval after."""
         names = sorted(set(self.routes.names()) | set(self.provider.runtimes))
@@ -130,7 +135,7 @@ class LocalConverger(Service):
             log.failure("converging {name} failed", name=name)
 
     @inlineCallbacks
-    def _report_held(self):
+    def _report_held(self) -> Generator[Deferred[Any], Any, None]:
         """The end of the first pass: report what it held back, ``CHUNK`` per turn."""
         self._quiet = False
         held, self._held = list(self._held), {}
@@ -142,7 +147,8 @@ class LocalConverger(Service):
                 waiter.callback(None)
 
     @inlineCallbacks
-    def _chunked(self, names: list[str], step: Any):
+    def _chunked(self, names: list[str],
+                 step: Callable[[str], None]) -> Generator[Deferred[Any], Any, bool]:
         """``step(name)`` for each of ``names``, ``CHUNK`` per reactor turn; False when
         the service stopped before the end."""
         for start in range(0, len(names), CHUNK):
@@ -172,17 +178,20 @@ class LocalConverger(Service):
 
     def _settle_owed(self, name: str) -> None:
         """``name`` is no longer owed once it is not active or this node served it."""
+        owed = self._owed
+        if owed is None:
+            return
         route = self.routes.lookup(name)
         runtime = self.provider.runtimes.get(name)
         if route is None or not route.active:
-            self._owed.discard(name)
+            owed.discard(name)
         elif runtime is not None and runtime.observe().event in (Event.READY, Event.ERROR):
-            self._owed.discard(name)
+            owed.discard(name)
         elif name in self._rejected:
-            self._owed.discard(name)   # it failed: that is its answer, not the node's
+            owed.discard(name)   # it failed: that is its answer, not the node's
 
     # -- convergence -----------------------------------------------------------------
-    def _route_changed(self, name: str, route: Any) -> None:
+    def _route_changed(self, name: str, route: Route | None) -> None:
         if self._owed:
             self._settle_owed(name)
         self.want(name)
@@ -209,7 +218,7 @@ class LocalConverger(Service):
         d.addErrback(self._not_converged, name)
         d.addCallback(lambda _: self._converged(name))
 
-        def failed(failure: Any) -> None:
+        def failed(failure: Failure) -> None:
             self._busy.discard(name)
             log.failure("converging {name} failed", failure, name=name)
         d.addErrback(failed)
@@ -221,7 +230,7 @@ class LocalConverger(Service):
         else:
             self._busy.discard(name)
 
-    def _not_converged(self, failure: Any, name: str) -> None:
+    def _not_converged(self, failure: Failure, name: str) -> None:
         failure.trap(Exception)
         route = self.routes.lookup(name)
         if failure.check(ProviderRejected) and route is not None:
@@ -274,7 +283,8 @@ class LocalConverger(Service):
 
     def _delete(self, name: str) -> Deferred[None]:
         log.info("function {name}: deleting the local replicas", name=name)
-        return self.provider.delete(name)
+        deleted: Deferred[None] = self.provider.delete(name)
+        return deleted
 
     def _call(self, action: Action, record: FunctionRecord) -> Deferred[None]:
         if action is Action.DEPLOY:
@@ -287,7 +297,7 @@ class LocalConverger(Service):
         return PROVIDER_CALLS[action](self.provider, record)
 
     @inlineCallbacks
-    def _drain(self, name: str, timeout: float):
+    def _drain(self, name: str, timeout: float) -> Generator[Deferred[Any], Any, None]:
         """Wait until the requests in flight on ``name`` finish, at most ``timeout``."""
         runtime = self.provider.runtimes.get(name)
         deadline = self.clock.seconds() + timeout

@@ -13,15 +13,17 @@ overwrites its old keys.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any, Callable, Generator
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from faastwist.cluster.reports import Report
+from faastwist.cluster.reports import Report, Reports
 from faastwist.store.etcd import EtcdStore, prefix_end
-from faastwist.store.etcdwatch import KeyEvent
+from faastwist.store.etcdwatch import EtcdWatch, KeyEvent
 from faastwist.util.timers import NamedTimers
 
 log = Logger()
@@ -39,7 +41,7 @@ DECODED_MAX = 100_000
 class NodeSession(Service):
     name = "node-session"
 
-    def __init__(self, reactor: Any, store: EtcdStore, node_id: str, ttl: float,
+    def __init__(self, reactor: IReactorTime, store: EtcdStore, node_id: str, ttl: float,
                  record: dict[str, Any]) -> None:
         self.reactor = reactor
         self.store = store
@@ -62,7 +64,7 @@ class NodeSession(Service):
         self._sending: set[str] = set()        # reports whose write is in flight
         self._writes = 0                       # report transactions in flight
         self._timers = NamedTimers(reactor)
-        self._watches: list[Any] = []
+        self._watches: list[EtcdWatch] = []
         self._listeners: list[Callable[[str | None], None]] = []
         self._failures = 0
 
@@ -88,7 +90,7 @@ class NodeSession(Service):
         return sorted(self.members)
 
     @inlineCallbacks
-    def read_reports(self):
+    def read_reports(self) -> Generator[Deferred[Any], Any, Reports]:
         """A fresh read for the leader: (reports by fn by node, live node ids), in pages
         of ``REPORT_PAGE`` at one revision, each parsed as it comes (10,000 reports in
         one answer were one reactor turn of ~0.1 s, every pass)."""
@@ -109,13 +111,13 @@ class NodeSession(Service):
 
     # -- service ---------------------------------------------------------------------
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # Twisted's Service is unannotated
         self._establish()
         self._list_and_watch()
 
     @inlineCallbacks
-    def stopService(self):
-        super().stopService()
+    def stopService(self) -> Generator[Deferred[Any], Any, None]:
+        super().stopService()  # type: ignore[no-untyped-call]  # Twisted's Service is unannotated
         self._timers.cancel_all()
         for watch in self._watches:
             watch.cancel()
@@ -137,7 +139,7 @@ class NodeSession(Service):
         d.addErrback(self._establish_failed)
 
     @inlineCallbacks
-    def _grant_and_register(self):
+    def _grant_and_register(self) -> Generator[Deferred[Any], Any, None]:
         lease_id, granted = yield self.store.lease_grant(self.ttl)
         if not self.running:
             yield self.store.lease_revoke(lease_id)
@@ -185,7 +187,7 @@ class NodeSession(Service):
             for name in sorted(self._dirty):
                 self._flush(name)
 
-        def failed(failure: Any) -> None:
+        def failed(failure: Failure) -> None:
             if lease == self.lease_id and self.running:
                 self._timers.later("keepalive", min(1.0, self.ttl / 3.0), self._keepalive)
         d.addCallbacks(refreshed, failed)
@@ -230,20 +232,20 @@ class NodeSession(Service):
         d = self.store.put_many([(self.store.key("report", name, self.node_id), value)
                                  for name, value in batch], lease)
 
-        def done(_: Any) -> None:
+        def done(_: object) -> None:
             if lease == self.lease_id:
                 for name, value in batch:
                     self._written[name] = value
                     if self._mine.get(name) == value:
                         self._dirty.discard(name)
 
-        def failed(failure: Any) -> None:
+        def failed(failure: Failure) -> None:
             for name, _ in batch:
                 self._written.pop(name, None)
             log.info("{count} reports not written yet ({error}); retried", count=len(batch),
                      error=failure.getErrorMessage())
 
-        def finished(_: Any) -> None:
+        def finished(_: object) -> None:
             self._writes -= 1
             self._sending -= names
             if self._dirty - self._sending and self.lease_id is not None:
@@ -273,7 +275,7 @@ class NodeSession(Service):
                     prefix, prefix_end(prefix), revision, self._events, self._lost))
             self._notify(None)
 
-        def failed(failure: Any) -> None:
+        def failed(failure: Failure) -> None:
             if self.running:
                 self._timers.later("watch", 1.0, self._list_and_watch)
         d = self.store.read_prefixes(self.node_prefix, self.report_prefix)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 import time
-from json.encoder import encode_basestring_ascii as _quote  # type: ignore[attr-defined]
+from json.encoder import encode_basestring_ascii as _quote
 from typing import Callable
 
 from twisted.internet.interfaces import IReactorTime

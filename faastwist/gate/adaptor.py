@@ -56,16 +56,16 @@ def go_replacement(template: str) -> Callable[[Any], str]:
     parts.append((False, template[position:]))
 
     def expand(found: Any) -> str:   # an RE2 match (the re module's shape)
-        out = []
+        out: list[str] = []
         for is_group, part in parts:
             if not is_group:
-                out.append(part)  # type: ignore[arg-type]
+                out.append(str(part))
                 continue
             try:
                 out.append(found.group(part) or "")
             except (IndexError, KeyError):
                 out.append("")
-        return "".join(out)  # type: ignore[arg-type]
+        return "".join(out)
 
     return expand
 

@@ -8,11 +8,10 @@ and the provider (or, in a worker, its lease source).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import attrs
-from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.task import deferLater
 
 from faastwist.config import HTTPServerConfig
@@ -21,7 +20,9 @@ from faastwist.gate.routes import RouteTable
 from faastwist.gate.service import GateService
 from faastwist.metrics import Metrics
 from faastwist.providers.base import Provider
+from faastwist.store.base import FunctionStore
 from faastwist.util.fdreserve import FdReserve
+from faastwist.util.reactor import IFullReactor
 
 #: how often start-up looks whether the route table has listed the store
 SYNC_POLL = 0.05
@@ -42,7 +43,8 @@ class SystemRelay:
     namespace: str
 
 
-async def load_routes(store: Any, reactor: Any, metrics: Metrics, limit: float) -> RouteTable:
+async def load_routes(store: FunctionStore, reactor: IFullReactor, metrics: Metrics,
+                      limit: float) -> RouteTable:
     """A started route table that has listed the store; RoutesNotLoaded after
     ``limit`` seconds (the table is stopped then)."""
     routes = RouteTable(store, reactor, metrics)
@@ -56,11 +58,11 @@ async def load_routes(store: Any, reactor: Any, metrics: Metrics, limit: float) 
     return routes
 
 
-def build_gate(http: HTTPServerConfig, routes: RouteTable, provider: Provider, reactor: Any,
-               metrics: Metrics, system: SystemRelay, *,
+def build_gate(http: HTTPServerConfig, routes: RouteTable, provider: Provider,
+               reactor: IFullReactor, metrics: Metrics, system: SystemRelay, *,
                sink: Callable[[str], None] | None, json_lines: bool,
                fd_reserve: FdReserve | None = None, serve: bool = True,
-               listen: Callable[[Factory], IListeningPort] | None = None) -> GateService:
+               listen: Callable[[IProtocolFactory], IListeningPort] | None = None) -> GateService:
     """The gate over ``routes`` (not started: the caller starts it when it may listen).
     ``serve`` False: it runs the queue's calls without listening (workers serve)."""
     gate = GateService(http, routes, provider, reactor, metrics, access_log=http.access_log,

@@ -109,7 +109,7 @@ class Accept:
         self.chunks = []
         self.queue.submit(call).addCallbacks(self._stored, self._not_stored)
 
-    def _stored(self, _: Any) -> None:
+    def _stored(self, _: object) -> None:
         exchange = self.exchange
         if exchange.done:
             return
@@ -122,8 +122,8 @@ class Accept:
     def _not_stored(self, failure: Failure) -> None:
         if self.exchange.done:
             return
-        if failure.check(QueueFull):
-            full = failure.value
+        full = failure.value
+        if isinstance(full, QueueFull):
             self.exchange.reply_error(GateError(full.code, full.message,
                                                 retry_after=full.retry_after))
             return

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocolFactory, IReactorTime
+from twisted.python.failure import Failure
 
 from faastwist.gate.decisions import GateError, error_headers
 from faastwist.gate.wire import error_body, head_lines, reason
@@ -20,7 +21,7 @@ class ConnectionLimit:
         self.maximum = maximum
         self.open: set[Any] = set()
         self.refused = 0
-        self._gone_waiters: list[tuple[set[Any], Deferred]] = []
+        self._gone_waiters: list[tuple[set[Any], Deferred[None]]] = []
 
     def admit(self, connection: Any) -> bool:
         if len(self.open) >= self.maximum:
@@ -38,10 +39,10 @@ class ConnectionLimit:
                     self._gone_waiters.remove((waiting, d))
                     d.callback(None)
 
-    def wait_gone(self, connections: Any) -> Deferred:
+    def wait_gone(self, connections: Any) -> Deferred[None]:
         """Fires when none of ``connections`` is open any more."""
         waiting = set(connections) & self.open
-        d: Deferred = Deferred()
+        d: Deferred[None] = Deferred()
         if not waiting:
             d.callback(None)
         else:
@@ -67,18 +68,19 @@ class RejectProtocol(Protocol):
         self.response = response
         self.clock = clock
         self.grace = grace
-        self.timer: Any = None
+        self.timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
         self.timer = self.clock.callLater(self.grace, self.transport.loseConnection)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.response:
+        if self.response and self.transport is not None:
             self.transport.write(self.response)
             self.response = b""
             self.transport.loseConnection()
 
-    def connectionLost(self, reason: Any = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.timer = None
@@ -103,13 +105,16 @@ class LimitingFactory(WrappingFactory):
     protocol = _CountedConnection
     noisy = False
 
-    def __init__(self, wrapped: Factory, limit: ConnectionLimit, clock: IReactorTime) -> None:
+    def __init__(self, wrapped: IProtocolFactory, limit: ConnectionLimit,
+                 clock: IReactorTime) -> None:
         super().__init__(wrapped)
         self.limit = limit
         self.clock = clock
         self.reject = over_limit_response(limit.maximum)
 
-    def buildProtocol(self, addr: Any) -> Protocol | None:
+    # a refused connection gets a RejectProtocol, not a wrapper: the listener needs only
+    # an IProtocol (WrappingFactory's annotation is narrower than its contract)
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override]
         protocol = super().buildProtocol(addr)
         if protocol is None:
             return None

@@ -6,20 +6,22 @@ from the transports or the exchange (exchanges register themselves in ``deadline
 
 from __future__ import annotations
 
-from typing import Any, Protocol as TypingProtocol
+from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from faastwist.gate.asynccall import Enqueuer
+from faastwist.gate.access import TokenBucket
 from faastwist.gate.accesslog import AccessLog
 from faastwist.gate.decisions import CallIds
 from faastwist.gate.routes import Route, RouteTable
 from faastwist.gate.upstream import UpstreamPool
 from faastwist.metrics import FunctionCounts, Metrics
 from faastwist.model.fsm import FunctionStatus, State
-from faastwist.model.spec import FunctionSpec
+from faastwist.model.spec import FunctionSpec, RateLimit
 from faastwist.providers.base import Provider, StaticLease, Upstream
 
 log = Logger(namespace="faastwist.gate")
@@ -58,12 +60,12 @@ class GateContext:
         #: where access-log lines go (buffered to the log's stream, or log events)
         self.access = access if access is not None else AccessLog(clock)
         self.call_ids = call_ids or CallIds()
-        self.queue: Any = None  # an accept.Enqueuer when async invocations are on
+        self.queue: Enqueuer | None = None  # when async invocations are on
         self.draining = False
         self.inflight = 0
-        self._idle_waiters: list[Deferred] = []
+        self._idle_waiters: list[Deferred[None]] = []
         #: function -> (its rateLimit, its token bucket on this node)
-        self.buckets: dict[str, tuple[Any, Any]] = {}
+        self.buckets: dict[str, tuple[RateLimit, TokenBucket]] = {}
         #: exchange -> when its function's timeout passes; swept every TICK seconds
         #: (cheaper per request than a DelayedCall each: no heap, no cancel)
         self.deadlines: dict[Expiring, float] = {}
@@ -112,9 +114,9 @@ class GateContext:
                             function=exchange.name)
                 self.deadlines.pop(exchange, None)
 
-    def wait_idle(self) -> Deferred:
+    def wait_idle(self) -> Deferred[None]:
         """Fires when no exchange is in flight."""
-        d: Deferred = Deferred()
+        d: Deferred[None] = Deferred()
         if self.inflight == 0:
             d.callback(None)
         else:
@@ -131,7 +133,7 @@ class GateContext:
     def function_metrics(self, route: Route) -> FunctionCounts:
         """The function's plain counters (kept by name, not per route version, so the
         in-flight count survives a route change); cached on the route."""
-        found = route.cache.get("counts")
+        found = route.cache.counts
         if found is None:
-            found = route.cache["counts"] = self.metrics.gate.counts(route.name)
+            found = route.cache.counts = self.metrics.gate.counts(route.name)
         return found

@@ -103,7 +103,7 @@ def classify(head: RequestHead) -> None:
     if head.method in REFUSED_METHODS:
         raise GateError(405, f"{head.method.decode('latin-1')} is not served by the gate",
                         close=True)
-    coding = None
+    coding: bytes | None = None
     host_seen = False
     for name, value in head.headers:
         if name not in _ACTED:
@@ -137,7 +137,7 @@ def classify(head: RequestHead) -> None:
             head.expect_continue = value.lower() == b"100-continue"
     if head.http11 and not host_seen:
         raise GateError(400, "Host: an HTTP/1.1 request must carry it", close=True)
-    if head.chunked:
+    if coding is not None:  # head.chunked
         codings = [c.strip().lower() for c in coding.split(b",") if c.strip()]
         if not codings or codings[-1] != b"chunked" or codings.count(b"chunked") != 1:
             # RFC 9112 6.3: the body's length cannot be known: 400, then close

@@ -34,9 +34,10 @@ from faastwist.gate.decisions import (
     upstream_head,
 )
 from faastwist.gate.wire import CALL_ID, error_body, reason as status_reason
-from faastwist.providers.base import NoCapacity
+from faastwist.providers.base import NoCapacity, UpstreamLease
 from faastwist.gate.routes import Route
-from faastwist.gate.upstream import UpstreamConnection, classify_connect_error
+from faastwist.gate.upstream import Origin, UpstreamConnection, classify_connect_error
+from faastwist.model.spec import RateLimit
 
 log = Logger()
 
@@ -96,9 +97,9 @@ class Exchange:
         self.name = ""
         self.target = head.target
         self.lease: Any = None
-        self.waiting: Deferred | None = None
+        self.waiting: Deferred[UpstreamLease] | None = None
         self.conn: UpstreamConnection | None = None
-        self.origin: Any = None
+        self.origin: Origin | None = None
         self.head_bytes = b""
         self.body_override: bytes | None = None
         self.pending: list[bytes] = []
@@ -136,7 +137,7 @@ class Exchange:
             if not head.chunked and not head.content_length:
                 self.body_complete = True
             if head.func is None and context.system is not None and is_system(head.target):
-                self._begin_system()
+                self._begin_system(context.system)
                 return
             self.name, self.target = resolve(head, context.namespace)
             route = context.routes.lookup(self.name)
@@ -147,7 +148,7 @@ class Exchange:
             if route.key_digests and not self.replay:
                 self._check_key(route)
             if route.rate_limit is not None and not self.replay:
-                self._check_rate(route)
+                self._check_rate(route.rate_limit)
             if head.async_call:  # queued, even for an inactive function
                 self.accept = begin_async(self, route)
                 if self.accept is not None and self.body_complete:
@@ -180,9 +181,9 @@ class Exchange:
         else:
             self._leased(lease)
 
-    def _begin_system(self) -> None:
+    def _begin_system(self, route: Route) -> None:
         """OpenFaaS's API on the gate's port: relayed to the admin listener."""
-        route = self.route = self.context.system
+        self.route = route
         self.name = route.name
         self.context.deadlines[self] = self.started + route.timeout
         self._leased(self.context.system_lease)
@@ -199,8 +200,7 @@ class Exchange:
                             if key is None else f"function {self.name}: the key is not valid")
         head.headers = [h for h in head.headers if h[0] != header]
 
-    def _check_rate(self, route: Route) -> None:
-        limit = route.rate_limit
+    def _check_rate(self, limit: RateLimit) -> None:
         context = self.context
         entry = context.buckets.get(self.name)
         now = context.clock.seconds()
@@ -218,12 +218,12 @@ class Exchange:
         self.waiting = None
         if self.done:
             return
-        if failure.check(NoCapacity):
-            error = failure.value
+        error = failure.value
+        if isinstance(error, NoCapacity):
             self.reply_error(GateError(503, str(error), retry_after=error.retry_after))
             return
-        if failure.check(GateError):
-            self.reply_error(failure.value)
+        if isinstance(error, GateError):
+            self.reply_error(error)
             return
         log.failure("provider could not give an upstream for {function}", failure,
                     function=self.name)
@@ -238,10 +238,11 @@ class Exchange:
         self.lease = lease
         lease.notify_lost(self.upstream_lost)   # a local replica's death ends this at once
         route = self.route
+        assert route is not None  # set by begin before the lease is asked for
         upstream = lease.upstream
-        cached = route.cache.get("upstream")
+        cached = route.cache.upstream
         if cached is None or cached[0] is not upstream:
-            cached = route.cache["upstream"] = (
+            cached = route.cache.upstream = (
                 upstream, (upstream.scheme, upstream.host, upstream.port),
                 (upstream.host_header or f"{upstream.host}:{upstream.port}").encode())
         self.origin = cached[1]
@@ -389,6 +390,7 @@ class Exchange:
         if not self.producing_down and (self.response_length is None
                                         or self.bytes_out < self.response_length):
             self.producing_down = True
+            assert self.conn is not None  # the data comes from it
             self.down.register_producer(self.conn)
 
     def upstream_done(self) -> None:
@@ -402,14 +404,15 @@ class Exchange:
         if self.done:
             return
         conn = self.conn
+        origin = self.origin
         if (retryable and not self.retried and self.sent is not None and conn is not None
-                and not self.responded):
+                and origin is not None and not self.responded):
             # a pooled connection the upstream had closed meanwhile: send again, once
             self.retried = True
             self._detach_upstream()
             conn.release(False)
             self.conn = None
-            d = self.context.pool.connect(self.origin)
+            d = self.context.pool.connect(origin)
             d.addCallbacks(self._connected, self._connect_failed)
             return
         self._upstream_error(kind, detail)

@@ -18,7 +18,7 @@ from typing import Any
 
 import httptools
 from twisted.internet import tcp
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -40,6 +40,7 @@ from faastwist.gate.wire import (
     unsupported_version_message,
     write_now,
 )
+from faastwist.util.reactor import IStreamTransport
 
 log = Logger()
 
@@ -84,6 +85,9 @@ class _Queued:
 class LeanProtocol(Protocol):
     """One client connection; serves its requests one at a time, in order."""
 
+    #: connected before any method here runs (faastwist/util/reactor.py)
+    transport: IStreamTransport
+
     def __init__(self, factory: "LeanFactory", client_ip: str) -> None:
         self.factory = factory
         self.context = factory.context
@@ -105,7 +109,7 @@ class LeanProtocol(Protocol):
         self.direct = False
         self.socket: Any = None
         self.last_active = 0.0
-        self.body_producer = self
+        self.body_producer: IPushProducer = self
         self._pauses = Pause.NONE
         self.starting = False
         self.head_began = 0.0               # when the head being read began (or the connect)
@@ -124,7 +128,7 @@ class LeanProtocol(Protocol):
         no_delay(self.socket)
         self.last_active = self.head_began = self.factory.clock.seconds()
 
-    def connectionLost(self, reason: Any = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.lost = True
         self.factory.limit.leave(self)
         self.queue = []
@@ -471,7 +475,7 @@ class LeanFactory(Factory):
             self._sweeper.stop()
         self._sweeper = None
 
-    def buildProtocol(self, addr: Any) -> Protocol:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
         protocol = LeanProtocol(self, getattr(addr, "host", ""))
         if not self.limit.admit(protocol):
 

@@ -11,18 +11,21 @@ path is one dict lookup.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from faastwist.model.fsm import FunctionStatus, State
 from faastwist.model.keys import KeySet
 from faastwist.gate.adaptor import CompiledAdaptor, compile_adaptor
-from faastwist.metrics import Metrics
+from faastwist.gate.upstream import Origin
+from faastwist.metrics import FunctionCounts, Metrics
 from faastwist.model.spec import FunctionSpec
+from faastwist.providers.base import Upstream
 from faastwist.store.base import Change, FunctionStore, Listing, WatchHandle
 
 log = Logger()
@@ -31,6 +34,18 @@ _NO_KEYS = KeySet()
 #: Routes built per reactor turn when the whole table is rebuilt.
 CHUNK = 500
 _NO_DIGESTS: frozenset[bytes] = frozenset()
+
+
+class RouteCache:
+    """The per-function hot-path objects the gate keeps on a route (a new route version
+    starts empty)."""
+
+    __slots__ = ("upstream", "counts")
+
+    def __init__(self) -> None:
+        #: the lease's upstream, its origin and its Host header, made once per upstream
+        self.upstream: tuple[Upstream, Origin, bytes] | None = None
+        self.counts: FunctionCounts | None = None
 
 
 class Route:
@@ -54,7 +69,7 @@ class Route:
         self.active = status.state is State.ACTIVE
         self.adaptor: CompiledAdaptor | None = compile_adaptor(spec.request_adaptor)
         self.timeout = spec.timeout
-        self.cache: dict[Any, Any] = {}
+        self.cache = RouteCache()
 
     def __repr__(self) -> str:
         return f"<Route {self.name} {self.state.value}>"
@@ -136,11 +151,11 @@ class RouteTable(Service):
     # -- service ---------------------------------------------------------------------
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # Twisted's Service is unannotated
         self._sync()
 
     def stopService(self) -> None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]  # Twisted's Service is unannotated
         self._generation += 1
         if self._watch is not None:
             self._watch.cancel()
@@ -173,7 +188,7 @@ class RouteTable(Service):
                 lambda changes: self._changed(generation, changes),
                 lambda reason: self._lost(generation, reason))
 
-        def failed(failure: Any) -> None:
+        def failed(failure: Failure) -> None:
             if generation != self._generation or not self.running:
                 return
             log.warn("cannot list functions for the route table ({error}); retrying in "
@@ -237,21 +252,22 @@ class RouteTable(Service):
             return
         touched: set[str] = set()
         for change in changes:
+            value = change.value   # of the type its kind says (a deletion: None)
             if change.kind == "keys":
-                if change.value is None:
+                if value is None:
                     self._keys.pop(change.name, None)
-                else:
-                    self._keys[change.name] = change.value  # type: ignore[assignment]
+                elif isinstance(value, KeySet):
+                    self._keys[change.name] = value
             elif change.kind == "spec":
-                if change.value is None:
+                if value is None:
                     self._specs.pop(change.name, None)
-                else:
-                    self._specs[change.name] = change.value  # type: ignore[assignment]
+                elif isinstance(value, FunctionSpec):
+                    self._specs[change.name] = value
             else:
-                if change.value is None:
+                if value is None:
                     self._statuses.pop(change.name, None)
-                else:
-                    self._statuses[change.name] = change.value  # type: ignore[assignment]
+                elif isinstance(value, FunctionStatus):
+                    self._statuses[change.name] = value
             touched.add(change.name)
         for name in touched:
             self._rebuild(name)

@@ -13,14 +13,13 @@ on open connections meanwhile (with ``Connection: close``) until nothing is in f
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.python.failure import Failure
-from twisted.internet.interfaces import IListeningPort, IReactorTCP
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import Logger
 
 from faastwist.config import HTTPServerConfig
@@ -33,6 +32,10 @@ from faastwist.providers.base import Provider
 from faastwist.gate.routes import RouteTable
 from faastwist.gate.upstream import UpstreamPool
 from faastwist.util.fdreserve import FdReserve, SheddingListener, guard_listener
+from faastwist.util.reactor import IFullReactor, tcp_address
+
+if TYPE_CHECKING:
+    from faastwist.gate.tls import ReloadableServerContext
 
 log = Logger(namespace="faastwist.gate")
 
@@ -51,11 +54,11 @@ class GateService(Service):
     name = "gate"
 
     def __init__(self, config: HTTPServerConfig, routes: RouteTable, provider: Provider,
-                 reactor: IReactorTCP, metrics: Metrics, access_log: bool,
+                 reactor: IFullReactor, metrics: Metrics, access_log: bool,
                  pool: UpstreamPool | None = None, transport: str = "auto",
                  fd_reserve: FdReserve | None = None, access: AccessLog | None = None,
                  serve: bool = True,
-                 listen: Callable[[Factory], IListeningPort] | None = None) -> None:
+                 listen: Callable[[IProtocolFactory], IListeningPort] | None = None) -> None:
         if transport not in ("auto", "lean", "web"):
             raise ValueError(f"transport must be auto, lean or web, got {transport!r}")
         self.config = config
@@ -67,10 +70,11 @@ class GateService(Service):
                                    access=access)
         self.limit = ConnectionLimit(config.max_connections)
         self.port: IListeningPort | None = None
-        self.tls: Any = None   # ReloadableServerContext (lean) or ReloadableTLS (web)
+        #: the certificates SIGHUP reloads: the lean transport's or twisted.web's
+        self.tls: ReloadableServerContext | ReloadableTLS | None = None
         #: descriptors held for the admin port (the node's); the gate sheds before them
         self.fd_reserve = fd_reserve
-        self._refill: Any = None
+        self._refill: LoopingCall | None = None
         #: False: no listener (the node's worker processes serve the port; this gate
         #: runs the queue's calls); ``listen``: how to listen (a worker's SO_REUSEPORT)
         self.serve = serve
@@ -83,7 +87,7 @@ class GateService(Service):
             return "lean"
         return self.transport
 
-    def build_factory(self) -> Factory:
+    def build_factory(self) -> IProtocolFactory:
         config = self.config
         if self.kind == "lean":
             from faastwist.gate.lean import LeanFactory
@@ -109,7 +113,7 @@ class GateService(Service):
             factory = TLSMemoryBIOFactory(self.tls, False, factory)
         return factory
 
-    def _web_factory(self) -> Factory:
+    def _web_factory(self) -> IProtocolFactory:
         """The twisted.web transport (HTTP/1.1 and HTTP/2), counted in maxConnections."""
         from faastwist.gate.web import GateResource, GateSite
         config = self.config
@@ -126,7 +130,7 @@ class GateService(Service):
             self.tls.reload()
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # Twisted's Service is unannotated
         self.context.draining = False
         self.context.start()
         self.pool.start()
@@ -135,16 +139,20 @@ class GateService(Service):
         if self.listen is not None:
             self.port = self.listen(self.build_factory())
         else:
-            self.port = self.reactor.listenTCP(self.config.port, self.build_factory(),
-                                               backlog=1024, interface=self.config.address)
+            # listenTCP is annotated ServerFactory, but takes any IProtocolFactory (Twisted's
+            # own WrappingFactory, TLS included, is none)
+            self.port = self.reactor.listenTCP(
+                self.config.port, self.build_factory(),  # type: ignore[arg-type]
+                backlog=1024, interface=self.config.address)
         if self.fd_reserve is None:
             self.fd_reserve = FdReserve()
+        reserve = self.fd_reserve
         guard_listener(self.port, lambda sock: SheddingListener(
-            sock, self.fd_reserve, lambda count: self._shedding(count)))
-        self._refill = LoopingCall(self.fd_reserve.refill)
+            sock, reserve, lambda count: self._shedding(count)))
+        self._refill = LoopingCall(reserve.refill)
         self._refill.clock = self.reactor
         self._refill.start(1.0, now=False)
-        host = self.port.getHost()
+        host = tcp_address(self.port)
         log.info("gate listening on {address}:{port} ({transport}{tls})",
                  address=host.host, port=host.port, transport=self.kind,
                  tls=", TLS" if self.config.https else "")
@@ -162,14 +170,14 @@ class GateService(Service):
             self.context.draining = True
             log.info("gate draining: every answer closes its connection")
 
-    def stopService(self) -> Deferred:
-        super().stopService()
+    def stopService(self) -> Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]  # Twisted's Service is unannotated
         if self._refill is not None and self._refill.running:
             self._refill.stop()
         context = self.context
         context.draining = True
         port, self.port = self.port, None
-        stopped: Deferred = Deferred()
+        stopped: Deferred[None] = Deferred()
         if port is not None:
             listening = port.stopListening()
         else:
@@ -182,9 +190,9 @@ class GateService(Service):
         waiting = context.wait_idle()
         waiting.addTimeout(self.config.shutdown_timeout, self.reactor)
 
-        def drained(result: Any) -> Deferred:
+        def drained(result: object) -> Deferred[Deferred[None] | None]:
             late = isinstance(result, Failure)
-            if late:
+            if isinstance(result, Failure):
                 result.trap(DeferredTimeout)
                 log.warn("gate shutdown: {count} requests still in flight after "
                          "{timeout}s; closing them", count=context.inflight,
@@ -198,7 +206,7 @@ class GateService(Service):
         waiting.chainDeferred(stopped)
         return stopped
 
-    def _close_connections(self, abort: bool) -> Deferred | None:
+    def _close_connections(self, abort: bool) -> Deferred[None] | None:
         """Close the client connections: at once when the drain timed out; else the
         idle ones now (flushing what is written, aborting after a grace period), and
         one whose request arrived in the last moment once it is answered (its answer
@@ -241,5 +249,5 @@ class GateService(Service):
         """Where the gate listens (the port the OS chose when configured as 0)."""
         if self.port is None:
             raise RuntimeError("the gate is not listening")
-        host = self.port.getHost()
+        host = tcp_address(self.port)
         return host.host, host.port

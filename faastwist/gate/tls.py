@@ -18,22 +18,29 @@ within the head timeout ends the connection (nothing can be answered without one
 from __future__ import annotations
 
 import ssl
-from typing import Any, Sequence
+from typing import Iterable, Sequence
 
 from twisted.internet import tcp
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import (
+    IAddress,
     IConsumer,
+    IDelayedCall,
+    IProducer,
+    IProtocol,
     IProtocolFactory,
     IPushProducer,
     IReactorTime,
     ISSLTransport,
+    ISystemHandle,
     ITransport,
 )
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from faastwist.gate.wire import no_delay, tcp_socket, write_now
+from faastwist.util.reactor import IStreamTransport
 from faastwist.util.tls import default_protocols
 
 #: how much one ``SSLObject.read`` may return (one TLS record holds at most 16 KiB)
@@ -98,21 +105,37 @@ class TLSServerFactory(Factory):
         if self.h2 is not None:
             self.h2.doStop()
 
-    def buildProtocol(self, addr: Any) -> Protocol:
-        return TLSServerProtocol(self, self.lean.buildProtocol(addr), addr)
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
+        if addr is None:
+            # Factory's signature allows None; a listener always passes the peer's address,
+            # which the inner factories (IProtocolFactory) require
+            return None
+        inner = self.lean.buildProtocol(addr)
+        if inner is None:
+            return None   # refused by the lean factory: Twisted closes the connection
+        return TLSServerProtocol(self, inner, addr)
 
 
 @implementer(ITransport, ISSLTransport, IConsumer, IPushProducer)
 class TLSServerProtocol(Protocol):
     """One TLS connection: decrypts into the inner protocol, encrypts its writes."""
 
-    def __init__(self, factory: TLSServerFactory, inner: Protocol, addr: Any) -> None:
+    #: connected before any method here runs (faastwist/util/reactor.py)
+    transport: IStreamTransport
+
+    def __init__(self, factory: TLSServerFactory, inner: IProtocol,
+                 addr: IAddress) -> None:
         self.factory = factory
-        self.inner = inner
+        #: None once the connection is lost (or while ALPN hands it to HTTP/2)
+        self.inner: IProtocol | None = inner
         self.addr = addr
-        self.tls: ssl.SSLObject | None = None
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
+        # the context as it is when the connection is accepted (a reload does not
+        # change an open connection's)
+        self.tls: ssl.SSLObject = factory.tls.context.wrap_bio(self._incoming,
+                                                               self._outgoing,
+                                                               server_side=True)
         self.handshaken = False
         self.direct = False
         self.lost = False
@@ -121,7 +144,7 @@ class TLSServerProtocol(Protocol):
         self.paused = False
         self._reading = False
         self._early: list[bytes] = []     # the inner protocol's writes before the handshake
-        self._timer: Any = None
+        self._timer: IDelayedCall | None = None
 
     # -- the TCP side ------------------------------------------------------------------
 
@@ -129,11 +152,10 @@ class TLSServerProtocol(Protocol):
         transport = self.transport
         self.direct = isinstance(transport, tcp.Connection)
         no_delay(tcp_socket(transport))
-        self.tls = self.factory.tls.context.wrap_bio(self._incoming, self._outgoing,
-                                                     server_side=True)
         self._timer = self.factory.clock.callLater(self.factory.handshake_timeout,
                                                    self._handshake_timed_out)
-        self.inner.makeConnection(self)
+        if self.inner is not None:
+            self.inner.makeConnection(self)
 
     def dataReceived(self, data: bytes) -> None:
         if self.lost:
@@ -141,7 +163,7 @@ class TLSServerProtocol(Protocol):
         self._incoming.write(data)
         if not self.handshaken:
             try:
-                self.tls.do_handshake()   # type: ignore[union-attr]
+                self.tls.do_handshake()
             except ssl.SSLWantReadError:
                 self._flush()
                 return
@@ -165,9 +187,13 @@ class TLSServerProtocol(Protocol):
         if self.negotiatedProtocol == b"h2" and self.factory.h2 is not None:
             # HTTP/2 is twisted.web's: hand the connection to its channel
             lean, self.inner = self.inner, None
-            lean.connectionLost(Failure(ConnectionSwitched()))
-            self.inner = self.factory.h2.buildProtocol(self.addr)
-            self.inner.makeConnection(self)
+            if lean is not None:
+                lean.connectionLost(Failure(ConnectionSwitched()))
+            h2 = self.inner = self.factory.h2.buildProtocol(self.addr)
+            if h2 is None:   # the HTTP/2 factory refused it: nothing can answer
+                self.abortConnection()
+                return
+            h2.makeConnection(self)
         early, self._early = self._early, []
         for data in early:
             self.write(data)
@@ -183,10 +209,10 @@ class TLSServerProtocol(Protocol):
         self._reading = True
         try:
             tls = self.tls
-            read = tls.read   # type: ignore[union-attr]
+            read = tls.read
             incoming = self._incoming
             while not self.paused and not self.lost:
-                if not incoming.pending and not tls.pending():   # type: ignore[union-attr]
+                if not incoming.pending and not tls.pending():
                     break   # all read (no SSLWantReadError raised and caught per request)
                 try:
                     data = read(READ_SIZE)
@@ -199,15 +225,16 @@ class TLSServerProtocol(Protocol):
                     self._flush()
                     self.transport.abortConnection()
                     break
-                if not data:
+                inner = self.inner
+                if not data or inner is None:
                     break
-                self.inner.dataReceived(data)
+                inner.dataReceived(data)
         finally:
             self._reading = False
         if self._outgoing.pending:
             self._flush()
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost = True
         self.connected = 0
         if self._timer is not None and self._timer.active():
@@ -231,13 +258,13 @@ class TLSServerProtocol(Protocol):
             self._early.append(data)
             return
         try:
-            self.tls.write(data)   # type: ignore[union-attr]
+            self.tls.write(data)
         except ssl.SSLError:
             self.transport.abortConnection()
             return
         self._flush()
 
-    def writeSequence(self, data: Sequence[bytes]) -> None:
+    def writeSequence(self, data: Iterable[bytes]) -> None:
         self.write(b"".join(data))
 
     def _flush(self) -> None:
@@ -262,7 +289,7 @@ class TLSServerProtocol(Protocol):
         """Our close_notify, then the TCP close (after what is queued is sent)."""
         self.shut = True
         try:
-            self.tls.unwrap()   # type: ignore[union-attr]
+            self.tls.unwrap()
         except (ssl.SSLError, ValueError):
             pass
         self._flush()
@@ -273,14 +300,14 @@ class TLSServerProtocol(Protocol):
         if not self.lost:
             self.transport.abortConnection()
 
-    def getPeer(self) -> Any:
+    def getPeer(self) -> IPv4Address | IPv6Address:
         return self.transport.getPeer()
 
-    def getHost(self) -> Any:
+    def getHost(self) -> IPv4Address | IPv6Address:
         return self.transport.getHost()
 
-    def getHandle(self) -> Any:
-        return self.transport.getHandle()
+    def getHandle(self) -> object:
+        return ISystemHandle(self.transport).getHandle()
 
     def setTcpNoDelay(self, enabled: bool) -> None:
         self.transport.setTcpNoDelay(enabled)
@@ -288,12 +315,23 @@ class TLSServerProtocol(Protocol):
     def getTcpNoDelay(self) -> bool:
         return self.transport.getTcpNoDelay()
 
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        self.transport.setTcpKeepAlive(enabled)
+
+    def getTcpKeepAlive(self) -> bool:
+        return self.transport.getTcpKeepAlive()
+
+    def loseWriteConnection(self) -> None:
+        """TLS has no half-close a client would understand: close the whole connection
+        (after our close_notify)."""
+        self.loseConnection()
+
     def getPeerCertificate(self) -> None:
         return None    # clients present no certificate to the gate
 
     @property
     def negotiatedProtocol(self) -> bytes | None:
-        chosen = self.tls.selected_alpn_protocol() if self.tls is not None else None
+        chosen = self.tls.selected_alpn_protocol()
         return chosen.encode() if chosen else None
 
     @property
@@ -302,7 +340,7 @@ class TLSServerProtocol(Protocol):
 
     # IConsumer: the inner protocol's producers are paused by the TCP buffer, which is
     # where every write lands at once
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         if not self.lost:
             self.transport.registerProducer(producer, streaming)
 

@@ -11,7 +11,8 @@ shares one pool; idle connections are closed after ``idle_timeout`` by one sweep
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol as TypingProtocol
+import socket
+from typing import Callable, Protocol as TypingProtocol, cast
 
 import httptools
 from twisted.internet import endpoints, tcp
@@ -22,14 +23,15 @@ from twisted.internet.error import (
     DNSLookupError,
     TimeoutError as ConnectTimeout,
 )
-from twisted.internet.interfaces import IPushProducer, IReactorTCP
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IAddress, IPushProducer, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from faastwist.gate.wire import filter_response, no_delay, quick_ack, tcp_socket, write_now
+from faastwist.util.reactor import IFullReactor, IStreamTransport
 
 log = Logger()
 
@@ -56,6 +58,9 @@ class UpstreamHandler(TypingProtocol):
 class UpstreamConnection(Protocol):
     """One persistent connection; serves one exchange at a time."""
 
+    #: connected before any method here runs (faastwist/util/reactor.py)
+    transport: IStreamTransport
+
     def __init__(self, pool: "UpstreamPool", origin: Origin) -> None:
         self.pool = pool
         self.origin = origin
@@ -75,7 +80,7 @@ class UpstreamConnection(Protocol):
         self._close_delimited = False
         self._reset_parser = False
         self.direct = False
-        self._socket: Any = None
+        self._socket: socket.socket | None = None
 
     # -- used by the exchange ----------------------------------------------------------
 
@@ -160,7 +165,7 @@ class UpstreamConnection(Protocol):
             # and body in two sends waits for our delayed ACK (wire.quick_ack)
             self.pool.quick_acks += 1
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected = False
         self.pool._forget(self)
         handler = self.handler
@@ -239,7 +244,7 @@ class UpstreamConnection(Protocol):
 def _describe(reason: Failure | None) -> str:
     if reason is None:
         return "connection closed"
-    return reason.getErrorMessage() or reason.type.__name__
+    return reason.getErrorMessage() or type(reason.value).__name__
 
 
 def classify_connect_error(failure: Failure) -> tuple[str, str]:
@@ -262,17 +267,17 @@ class _ConnectionFactory(Factory):
         self.pool = pool
         self.origin = origin
 
-    def buildProtocol(self, addr: Any) -> UpstreamConnection:
+    def buildProtocol(self, addr: IAddress | None) -> UpstreamConnection:
         return UpstreamConnection(self.pool, self.origin)
 
 
-Connector = Callable[[Origin, Factory], Deferred]
+Connector = Callable[[Origin, "_ConnectionFactory"], Deferred[UpstreamConnection]]
 
 
 class UpstreamPool:
     """Idle connections per origin (LIFO: the warmest first)."""
 
-    def __init__(self, reactor: IReactorTCP, connect_timeout: float = 10.0,
+    def __init__(self, reactor: IFullReactor, connect_timeout: float = 10.0,
                  max_idle_per_origin: int = 256, idle_timeout: float = 50.0,
                  connector: Connector | None = None) -> None:
         self.reactor = reactor
@@ -281,7 +286,7 @@ class UpstreamPool:
         self.idle_timeout = idle_timeout
         self._connector = connector or self._connect_endpoint
         self._idle: dict[Origin, list[UpstreamConnection]] = {}
-        self._endpoints: dict[Origin, Any] = {}
+        self._endpoints: dict[Origin, IStreamClientEndpoint] = {}
         self._sweeper: LoopingCall | None = None
         self.connects = 0
         #: reads that left a response incomplete and were ACKed at once (wire.quick_ack)
@@ -313,12 +318,12 @@ class UpstreamPool:
                 return connection
         return None
 
-    def get(self, origin: Origin) -> Deferred:
+    def get(self, origin: Origin) -> Deferred[UpstreamConnection]:
         """A connection: pooled when one is idle, else new."""
         connection = self.get_idle(origin)
         return succeed(connection) if connection is not None else self.connect(origin)
 
-    def connect(self, origin: Origin) -> Deferred:
+    def connect(self, origin: Origin) -> Deferred[UpstreamConnection]:
         self.connects += 1
         return self._connector(origin, _ConnectionFactory(self, origin))
 
@@ -327,7 +332,8 @@ class UpstreamPool:
             return len(self._idle.get(origin, ()))
         return sum(len(v) for v in self._idle.values())
 
-    def _connect_endpoint(self, origin: Origin, factory: Factory) -> Deferred:
+    def _connect_endpoint(self, origin: Origin,
+                          factory: _ConnectionFactory) -> Deferred[UpstreamConnection]:
         endpoint = self._endpoints.get(origin)
         if endpoint is None:
             scheme, host, port = origin
@@ -337,7 +343,8 @@ class UpstreamPool:
                 from twisted.internet.ssl import optionsForClientTLS
                 endpoint = endpoints.wrapClientTLS(optionsForClientTLS(host), endpoint)
             self._endpoints[origin] = endpoint
-        return endpoint.connect(factory)
+        # connect's Deferred fires with what factory.buildProtocol made
+        return cast("Deferred[UpstreamConnection]", endpoint.connect(factory))
 
     def _put(self, connection: UpstreamConnection) -> None:
         idle = self._idle.setdefault(connection.origin, [])

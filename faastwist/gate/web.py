@@ -14,7 +14,8 @@ from typing import Any
 
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
-from twisted.web import server
+from twisted.python.failure import Failure
+from twisted.web import http, server
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
@@ -28,7 +29,7 @@ from faastwist.gate.webchannel import BodyWatch, body_message, gate_channel, res
 try:
     from twisted.web._http2 import H2Stream
 except ImportError:  # pragma: no cover - h2 not installed
-    H2Stream = None  # type: ignore[assignment,misc]
+    H2Stream = None  # type: ignore[assignment,misc]  # a None stand-in for the class
 
 _FRAMING = (b"content-length", b"transfer-encoding")
 log = Logger(namespace="faastwist.gate")
@@ -91,7 +92,7 @@ class WebDownstream:
     def __init__(self, request: server.Request) -> None:
         self.request = request
         self.h2 = _is_h2(request)
-        self.body_producer = _PauseReading(
+        self.body_producer: IPushProducer = _PauseReading(
             request.channel if self.h2 else request.channel.transport, request)
         self.exchange: Exchange | None = None
 
@@ -137,10 +138,11 @@ class WebDownstream:
             return
         if isinstance(request, StreamingRequest):
             request._gate_stop_watch()
+        channel: Any = request.channel   # an HTTPChannel or an H2Stream (see StreamingRequest)
         if self.h2:
-            request.channel.abortConnection()
+            channel.abortConnection()
         else:
-            request.channel.transport.abortConnection()
+            channel.transport.abortConnection()
 
     def register_producer(self, producer: IPushProducer) -> None:
         if not self.request._disconnected:
@@ -166,6 +168,8 @@ class GateResource(Resource):
     def render(self, request: server.Request) -> Any:
         """A request whose body twisted.web has already read (any Site)."""
         content = request.content
+        if content is None:  # not reached: a Site's request has read its body
+            content = io.BytesIO()
         content.seek(0, io.SEEK_END)
         size = content.tell()
         content.seek(0)
@@ -203,6 +207,10 @@ class GateResource(Resource):
 class StreamingRequest(server.Request):
     """Starts proxying when the head is read instead of when the body is complete."""
 
+    #: an HTTP/1.1 GateChannel or, under HTTP/2, an H2Stream with the same duties under
+    #: other names (twisted.web declares HTTPChannel): the library's duck type
+    channel: Any
+
     gate_length: int | None = None
     gate_exchange: Exchange | None = None
     gate_body_done = False
@@ -223,7 +231,8 @@ class StreamingRequest(server.Request):
         self.content = io.BytesIO()
         channel = self.channel
         if H2Stream is not None and isinstance(channel, H2Stream):
-            method, uri, version = channel.command, channel.path, b"HTTP/2"
+            # (set from the stream's header block, which is complete here)
+            method, uri, version = channel.command or b"", channel.path or b"", b"HTTP/2"
         else:
             method, uri, version = channel._command, channel._path, channel._version
         self.method, self.uri, self.clientproto = method, uri, version
@@ -333,7 +342,7 @@ class StreamingRequest(server.Request):
         if ended is not None:
             ended.addCallback(lambda _: reset_stream(connection, stream_id))
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure) -> None:
         self._gate_stop_watch()
         super().connectionLost(reason)
 
@@ -355,5 +364,5 @@ class GateSite(server.Site):
         #: a request body that does not move this long (while read) is cut
         self.body_idle_timeout = body_idle_timeout
 
-    def log(self, request: server.Request) -> None:
+    def log(self, request: http.Request) -> None:
         return None

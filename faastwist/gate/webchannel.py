@@ -23,10 +23,12 @@ close; ``bodyIdleTimeout``: the request is cut); these classes do the same here:
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http
 
 from faastwist.gate.decisions import GateError, error_headers
@@ -37,13 +39,14 @@ from faastwist.gate.wire import (
     reason,
     unsupported_version_message,
 )
+from faastwist.util.reactor import IStreamTransport
 
 try:
     import h2.errors
     import h2.exceptions
     from twisted.web._http2 import H2Connection
 except ImportError:  # pragma: no cover - h2 not installed
-    H2Connection = None  # type: ignore[assignment,misc]
+    H2Connection = None  # type: ignore[assignment,misc]  # a None stand-in for the class
 
 log = Logger(namespace="faastwist.gate")
 
@@ -150,6 +153,11 @@ def reset_stream(connection: Any, stream_id: int) -> None:
 class GateChannel(http.HTTPChannel):
     """HTTPChannel with the gate's head timeout; pauses hold the body watch."""
 
+    #: connected before any method here runs (faastwist/util/reactor.py)
+    transport: IStreamTransport
+    #: set by the Site's buildProtocol (twisted.web does not declare it)
+    site: http.HTTPFactory
+
     header_timeout = 10.0
     head_began = 0.0
     _gate_head: IDelayedCall | None = None
@@ -172,9 +180,14 @@ class GateChannel(http.HTTPChannel):
         # a new request's head begins (bytes buffered behind a request being handled
         # come back through here when that request is done)
         if (data and self._gate_head is None and not self._handlingRequest
-                and self._HTTPChannel__first_line):  # type: ignore[attr-defined]
+                and self._first_line()):
             self._arm_head()
         super().dataReceived(data)
+
+    def _first_line(self) -> bool:
+        """Whether the next line is a request line: HTTPChannel's private ``__first_line``
+        (name-mangled, undeclared), read where the head timer and the 505 need it."""
+        return bool(getattr(self, "_HTTPChannel__first_line", False))
 
     def allHeadersReceived(self) -> None:
         _cancel(self._gate_head)
@@ -184,7 +197,7 @@ class GateChannel(http.HTTPChannel):
     def lineReceived(self, line: bytes) -> None:
         # a request line of another HTTP version: 505 {code, message} and close
         # (twisted.web would answer a bare 400)
-        if line and self.persistent and self._HTTPChannel__first_line:  # type: ignore[attr-defined]
+        if line and self.persistent and self._first_line():
             version = other_version(line)
             if version is not None:
                 self._refuse_version(version)
@@ -233,7 +246,7 @@ class GateChannel(http.HTTPChannel):
             return None
         return _watch_of(self.requests[-1])
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         _cancel(self._gate_head)
         _cancel(self._gate_abort)
         self._gate_head = self._gate_abort = None
@@ -244,6 +257,8 @@ if H2Connection is not None:
 
     class GateH2Connection(H2Connection):
         """H2Connection that cuts a connection whose header block stalls."""
+
+        transport: IStreamTransport  # connected before any method here runs
 
         header_timeout = 10.0
         head_began: float | None = None
@@ -299,13 +314,14 @@ if H2Connection is not None:
             self.transport.loseConnection()
             self._abortingCall = self._reactor.callLater(LINGER, self.forceAbortClient)
 
-        def connectionLost(self, reason: Any, _cancelTimeouts: bool = True) -> None:
+        def connectionLost(self, reason: Failure = connectionDone,
+                           _cancelTimeouts: bool = True) -> None:
             _cancel(self._gate_head)
             self._gate_head = None
             super().connectionLost(reason, _cancelTimeouts)
 
 else:  # pragma: no cover
-    GateH2Connection = None  # type: ignore[assignment,misc]
+    GateH2Connection = None  # type: ignore[assignment,misc]  # a None stand-in for the class
 
 
 class GateChannelSwitch(http._GenericHTTPChannelProtocol):
@@ -314,30 +330,33 @@ class GateChannelSwitch(http._GenericHTTPChannelProtocol):
     def dataReceived(self, data: bytes) -> None:
         if self._negotiatedProtocol is None and GateH2Connection is not None:
             channel = self._channel
-            if getattr(channel.transport, "negotiatedProtocol", None) == b"h2":
+            if (isinstance(channel, GateChannel)
+                    and getattr(channel.transport, "negotiatedProtocol", None) == b"h2"):
                 self._switch_to_h2(channel)
         super().dataReceived(data)
 
     def _switch_to_h2(self, old: GateChannel) -> None:
         """As twisted.web's switch, with GateH2Connection on the site's clock; the head
         timer carries over (it counts from the connect, TLS handshake included)."""
-        network = old._networkProducer
+        # the connection's transport (HTTPChannel holds it adapted to IPushProducer)
+        network = cast(IStreamTransport, old._networkProducer)
         network.unregisterProducer()
         old.setTimeout(None)
         _cancel(old._gate_head)
         old._gate_head = None
         channel = GateH2Connection(reactor=getattr(self._site, "reactor", None))
-        channel.requestFactory = self._requestFactory
+        # as twisted.web's own switch sets them (attributes its classes do not declare)
+        channel.requestFactory = self._requestFactory  # type: ignore[attr-defined]
         channel.site = self._site
         channel.factory = self._factory
         channel.timeOut = self._timeOut
-        channel.callLater = self._callLater
+        channel.callLater = self._callLater  # type: ignore[method-assign,assignment]
         channel.header_timeout = old.header_timeout
         channel.head_began = old.head_began
         self._channel = channel
         channel.makeConnection(old.transport)
         network.registerProducer(channel, True)
-        self._negotiatedProtocol = b"h2"
+        self._negotiatedProtocol = b"h2"  # type: ignore[assignment]  # declared as None
 
 
 def gate_channel(site: http.HTTPFactory) -> GateChannelSwitch:

@@ -121,7 +121,7 @@ def write_now(transport: Any, data: bytes) -> None:
 TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 
 
-def tcp_socket(transport: Any) -> socket.socket | None:
+def tcp_socket(transport: object) -> socket.socket | None:
     """The TCP socket under ``transport``, through wrappers (TLS, the connection limit)
     that keep the real transport as their ``transport``; None when there is none."""
     for _ in range(4):

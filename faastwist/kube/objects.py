@@ -163,7 +163,7 @@ def replicas_of(spec: FunctionSpec, status: FunctionStatus,
             available = int(ext["replicas"])
         if str(ext.get("desired", "")).isdigit():
             desired = int(ext["desired"])
-    counts = function_status(spec, status, "", 0.0, available, desired)
+    counts = function_status(spec, status, "", 0, available, desired)
     return counts["availableReplicas"], counts["replicas"]
 
 

@@ -21,7 +21,8 @@ from twisted.logger import Logger
 from faastwist.config import KubernetesConfig
 from faastwist.kube.kubeapi import KubeAPI, KubeError, WatchStream, load_api_client
 from faastwist.kube.objects import RESOURCES, ObjectRef, Resource, ref_of
-from faastwist.kube.sync import FunctionSync
+from faastwist.kube.sync import FunctionSync, Observe
+from faastwist.providers.base import Observation
 
 log = Logger()
 
@@ -114,7 +115,7 @@ class FunctionWatch(Service):
         taken = self.sync.wall_clock()
         d = self.sync.observe(None)
 
-        def observed(result: Any) -> None:
+        def observed(result: dict[str, Observation]) -> None:
             self.sync.snapshot = (self.clock.seconds(), taken, dict(result))
             self._handle_all()
 
@@ -144,7 +145,8 @@ class FunctionWatch(Service):
             self._listing.discard(resource)
             return result
         d.addBoth(answered)
-        d.addCallbacks(self._listed, self._list_failed, (resource,), None, (resource,))
+        d.addCallbacks(self._listed, self._list_failed, callbackArgs=(resource,),
+                       errbackArgs=(resource,))
 
     def _listed(self, listing: dict[str, Any] | None, resource: Resource) -> None:
         if listing is None:
@@ -271,7 +273,8 @@ class FunctionWatch(Service):
 def build_watch(config: KubernetesConfig, fallback_kubeconfig: str, store: Any,
                 reactor: Any, *, check_spec: Callable[[Any], None],
                 kick: Callable[[str], None], leader: Any,
-                observe: Callable[[list[str]], Any] | None, resync: float,
+                observe: Observe | None,
+                resync: float,
                 api_client: Any = None) -> FunctionWatch:
     """The service for ``kubernetes.functions: watch``: credentials from
     ``kubernetes.kubeconfig``, else ``fallback_kubeconfig`` (knative's), else the

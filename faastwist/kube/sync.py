@@ -11,7 +11,7 @@ object was read at, so an ex-leader's late write fails instead of undoing a newe
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -32,9 +32,13 @@ from faastwist.kube.objects import (
 from faastwist.kube.schema import FINALIZER
 from faastwist.model.fsm import FunctionStatus, InvalidEvent
 from faastwist.model.spec import FunctionSpec, SpecError
+from faastwist.providers.base import Observation
 from faastwist.store.base import FunctionRecord, FunctionStore, NotFound, StoreError
 from faastwist.store.leader import NotLeader
 from faastwist.util.times import parse_rfc3339
+
+#: the provider's ``observe``: one observation per function it runs (all: names None)
+Observe = Callable[[Optional[Sequence[str]]], Deferred[dict[str, Observation]]]
 
 log = Logger()
 
@@ -53,7 +57,7 @@ class FunctionSync:
     def __init__(self, api: KubeAPI, store: FunctionStore, clock: IReactorTime, *,
                  check_spec: Callable[[FunctionSpec], None], kick: Callable[[str], None],
                  fence: Callable[[], Sequence[Any]], is_leader: Callable[[], bool],
-                 observe: Callable[[list[str]], Deferred[Mapping[str, Any]]] | None = None,
+                 observe: Observe | None = None,
                  finalizer_timeout: float = 300.0,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.api = api
@@ -79,7 +83,7 @@ class FunctionSync:
         self._idle: list[Deferred[None]] = []
         #: (clock time, wall time, observations) of the last resync's one observe of
         #: every function
-        self.snapshot: tuple[float, float, dict[str, Any]] | None = None
+        self.snapshot: tuple[float, float, dict[str, Observation]] | None = None
         #: store and Kubernetes writes made (the tests count them: no duplicate work)
         self.writes = 0
 

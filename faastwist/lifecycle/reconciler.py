@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import enum
 import time
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Generator, Iterable, Mapping, Sequence
 
 import attrs
+from prometheus_client import Counter
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredLock, fail, inlineCallbacks, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from faastwist.model.fsm import ROLLOUT_KEY, Event, FunctionStatus, InvalidEvent, State, apply_event
 from faastwist.metrics import Metrics
@@ -34,9 +36,11 @@ from faastwist.store.base import (
     Fenced,
     FunctionRecord,
     FunctionStore,
+    Listing,
     NotFound,
     StoreUnavailable,
 )
+from faastwist.util.failures import error_of
 
 log = Logger(namespace="faastwist.reconciler")  # stable: operators filter on it
 
@@ -165,7 +169,7 @@ class Reconciler(Service):
                  is_leader: Callable[[], bool] = lambda: True,
                  wall_clock: Callable[[], float] = time.time,
                  start_grace: float = 120.0,
-                 fence: Callable[[], Sequence] = lambda: (),
+                 fence: Callable[[], Sequence[Any]] = lambda: (),  # etcd compares
                  warmup: Deferred[None] | None = None) -> None:
         self.store = store
         self.provider = provider
@@ -179,15 +183,15 @@ class Reconciler(Service):
         self._lock = DeferredLock()
         self._loop: LoopingCall | None = None
         self._kicked: set[str] = set()
-        self._kick_call = None
+        self._kick_call: IDelayedCall | None = None
         self._kick_queued = False   # a kicked pass waits for the lock (see _run_kicked)
         self.passes = 0
         self.last_error: str | None = None
-        self._transition_counters: dict[tuple, Any] = {}
+        self._transition_counters: dict[tuple[State, State, Event], Counter] = {}
         self._stopping = False
         #: why the pass under way ends early (the store away, the lease lost): set by a
         #: function's step, acted on by the pass at its next step
-        self._ended: Exception | None = None
+        self._ended: BaseException | None = None
         self._bugs = 0  # functions whose step failed by a bug in the pass under way
         #: passes wait for ``warmup`` (the node's own functions deployed and reported):
         #: at a 10,000-function start-up a pass judging reports that are not written
@@ -198,14 +202,14 @@ class Reconciler(Service):
 
     # -- service ---------------------------------------------------------------------
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # Twisted's Service is unannotated
         self._stopping = False
         self._loop = LoopingCall(self._scheduled_pass)
         self._loop.clock = self.clock
         self._loop.start(self.interval, now=True)
 
     def stopService(self) -> Deferred[None] | None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]  # Twisted's Service is unannotated
         self._stopping = True
         if self._kick_call is not None and self._kick_call.active():
             self._kick_call.cancel()
@@ -215,7 +219,7 @@ class Reconciler(Service):
         # wait for a pass in progress so no provider call outlives the service
         return self._lock.acquire().addCallback(lambda lock: lock.release())
 
-    def _warmed(self, result: Any) -> None:
+    def _warmed(self, result: object) -> None:
         self._warm = True
         self._kicked.clear()  # the full pass below looks at every function
         if self.running and self.is_leader():
@@ -239,7 +243,7 @@ class Reconciler(Service):
         if not self.is_leader():
             raise LeadershipLost()
 
-    def _fence(self) -> Sequence:
+    def _fence(self) -> Sequence[Any]:
         try:
             return self.fence()
         except Exception as exc:
@@ -277,7 +281,8 @@ class Reconciler(Service):
         return self._lock.run(self._guarded_pass, names)
 
     @inlineCallbacks
-    def _guarded_pass(self, names: Sequence[str] | None):
+    def _guarded_pass(self, names: Sequence[str] | None
+                      ) -> Generator[Deferred[Any], Any, None]:
         """One pass; what ends it is an expected outcome (logged in one line, counted,
         retried next pass) unless it is a bug (``internal``, with its traceback)."""
         started = self.clock.seconds()
@@ -309,7 +314,7 @@ class Reconciler(Service):
             self.metrics.reconcile_seconds.observe(self.clock.seconds() - started)
 
     @inlineCallbacks
-    def _pass(self, names: Sequence[str] | None):
+    def _pass(self, names: Sequence[str] | None) -> Generator[Deferred[Any], Any, None]:
         records = yield self._read(names)
         observed = yield self.provider.observe(names)
         clock = self.clock
@@ -355,9 +360,9 @@ class Reconciler(Service):
 
     def _settled(self, record: FunctionRecord, converging: Deferred[None]) -> Deferred[None]:
         """``converging`` with its failure handled (logged, counted): never fails."""
-        def failed(failure: Any) -> None:
+        def failed(failure: Failure) -> None:
             try:
-                self._function_failed(record, failure.value)
+                self._function_failed(record, error_of(failure))
             except Exception:
                 # a bug: counted, with its traceback; the other functions go on
                 self._bugs += 1
@@ -382,7 +387,7 @@ class Reconciler(Service):
             # the lease is lost, or the store away (its answer for this write unknown
             # too): the pass ends at its next step and the next one reads afresh
             if self._ended is None:
-                self._ended = exc  # type: ignore[assignment]
+                self._ended = exc
         elif isinstance(exc, NotFound):
             self._retried("not_found")
             log.info("function {name} was deleted during the pass; next pass takes it",
@@ -404,7 +409,9 @@ class Reconciler(Service):
         return sorted(scope - wanted)
 
     @inlineCallbacks
-    def _read(self, names: Sequence[str] | None):
+    def _read(self, names: Sequence[str] | None
+              ) -> Generator[Deferred[Any], Any, Mapping[str, FunctionRecord]]:
+        listing: Listing
         if names is None:
             listing = yield self.store.list()
             for name, record in listing.records.items():
@@ -416,11 +423,11 @@ class Reconciler(Service):
             # list, not thousands of reads one after the other
             listing = yield self.store.list()
             for name in names:
-                record = listing.records.get(name)
-                if record is None:
+                found = listing.records.get(name)
+                if found is None:
                     self.metrics.set_state(name, None)
                 else:
-                    records[name] = record
+                    records[name] = found
             return records
         for name in names:
             try:
@@ -439,7 +446,8 @@ class Reconciler(Service):
         return self._act(record, decision)
 
     @inlineCallbacks
-    def _act(self, record: FunctionRecord, decision: Plan):
+    def _act(self, record: FunctionRecord,
+             decision: Plan) -> Generator[Deferred[Any], Any, None]:
         assert decision.action is not None
         action = decision.action.value
         log.info("function {name}: {action}", name=record.name, action=action)
@@ -451,7 +459,9 @@ class Reconciler(Service):
             log.warn("function {name}: {action} refused: {error}", name=record.name,
                      action=action, error=str(exc))
             decision = Plan(events=(Event.ERROR,), message=str(exc))
-        yield self._settle(record, decision)
+        settling = self._settle(record, decision)
+        if settling is not None:
+            yield settling
 
     def _settle(self, record: FunctionRecord, decision: Plan) -> Deferred[None] | None:
         """Apply the plan's events and message to the status; write it if it changed."""

@@ -13,7 +13,7 @@ import math
 import re
 from decimal import Decimal
 from enum import Enum
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import attrs
 import yaml
@@ -167,7 +167,7 @@ NOT_ADAPTABLE_HEADERS = frozenset({
 HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 
 
-def _check_header_names(reader: FieldReader, key: str, names: Any) -> None:
+def _check_header_names(reader: FieldReader, key: str, names: Iterable[str]) -> None:
     for name in names:
         if not HTTP_TOKEN.match(name):
             raise reader.fail(key, f"{name!r} is not a valid header name")
@@ -263,7 +263,7 @@ class RateLimit:
     burst: int
 
     def to_dict(self) -> dict[str, Any]:
-        rps: Any = int(self.rps) if float(self.rps).is_integer() else self.rps
+        rps: int | float = int(self.rps) if float(self.rps).is_integer() else self.rps
         return {"rps": rps, "burst": self.burst}
 
 
@@ -461,14 +461,17 @@ class FunctionSpec:
 #: libyaml's safe loader and dumper where PyYAML was built with it: tens of times faster,
 #: and libyaml refuses nesting past 1000 levels in the scanner (the pure-Python loader
 #: takes seconds of CPU to reach its RecursionError on a 10 KB "[[[[..." document)
-_SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_SAFE_DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+#: libyaml's loader and dumper when PyYAML was built with it (several times faster)
+_SAFE_LOADER: type[yaml.SafeLoader] | type[yaml.CSafeLoader] = getattr(
+    yaml, "CSafeLoader", yaml.SafeLoader)
+_SAFE_DUMPER: type[yaml.SafeDumper] | type[yaml.CSafeDumper] = getattr(
+    yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 def spec_from_yaml(text: str | bytes) -> FunctionSpec:
     """Parse YAML (which includes JSON) into a spec, as SpecError on any problem."""
     try:
-        data = yaml.load(text, Loader=_SAFE_LOADER)
+        data = yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         raise SpecError("", f"body is not valid YAML or JSON: {exc}") from None
     except RecursionError:

@@ -80,7 +80,8 @@ class Upstream:
 class UpstreamLease(Protocol):
     """One request's hold on an upstream; ``release`` when the response is done."""
 
-    upstream: Upstream
+    @property
+    def upstream(self) -> Upstream: ...   # read-only: a frozen lease qualifies
 
     def release(self) -> None: ...
 
@@ -147,6 +148,17 @@ class Provider(Protocol):
 
     def check(self) -> Deferred[None]:
         """Succeeds when the provider's backend answers (for /readyz)."""
+
+
+class ServiceProvider(Provider, Protocol):
+    """A provider the node runs: started and stopped with the node like its services
+    (a worker's ``RemoteProvider`` only routes, so it is a plain ``Provider``)."""
+
+    def startService(self) -> None:
+        """Start the provider's own work (watches, supervisors)."""
+
+    def stopService(self) -> object:
+        """Stop it; a Deferred when stopping takes time (``Service.stopService``)."""
 
 
 @attrs.frozen

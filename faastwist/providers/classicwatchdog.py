@@ -136,7 +136,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _body(self):
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks, size = [], 0
+            chunks: list[bytes] = []
+            size = 0
             while True:
                 line = self.rfile.readline(1024)
                 length = int(line.split(b";")[0].strip() or b"0", 16)

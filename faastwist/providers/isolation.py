@@ -29,7 +29,6 @@ import os
 import shutil
 import stat
 import sys
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import attrs
@@ -83,7 +82,7 @@ def launch_prefix(identity: Identity, rlimits: Mapping[str, int] = {},
         prefix += ["/bin/sh", "-c", _JOIN_CGROUP, cgroup_procs]
     if tools.setsid and tools.setpriv and (tools.prlimit or not rlimits):
         prefix.append(tools.setsid)
-        if rlimits:
+        if rlimits and tools.prlimit:  # (the condition above: prlimit is there)
             prefix.append(tools.prlimit)
             for name, value in sorted(rlimits.items()):
                 option = {"RLIMIT_AS": "--as", "RLIMIT_CPU": "--cpu", "RLIMIT_NPROC": "--nproc"}[name]

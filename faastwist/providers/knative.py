@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Generator, Mapping, Sequence
 
 import urllib3
 from kubernetes import client as kube_client
@@ -26,7 +26,6 @@ from twisted.internet.defer import Deferred, fail, inlineCallbacks
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
-from twisted.internet.interfaces import IReactorFromThreads
 
 from faastwist.config import ConfigError, KnativeConfig
 from faastwist.metrics import Metrics
@@ -43,6 +42,7 @@ from faastwist.providers.knative_logs import KnativeLogs
 from faastwist.providers.kourier import KnativeRouting
 from faastwist.providers.registry import KNATIVE, ProviderContext, ProviderParts
 from faastwist.model.spec import FunctionSpec
+from faastwist.util.reactor import IFullReactor
 
 log = Logger()
 
@@ -129,7 +129,7 @@ class KnativeProvider(Service):
     kind = "knative"
     name = "provider"
 
-    def __init__(self, config: KnativeConfig, controller: str, reactor: IReactorFromThreads,
+    def __init__(self, config: KnativeConfig, controller: str, reactor: IFullReactor,
                  metrics: Metrics | None = None,
                  api_client: kube_client.ApiClient | None = None,
                  max_threads: int = 4, max_log_streams: int = 8) -> None:
@@ -246,7 +246,7 @@ class KnativeProvider(Service):
             "deletionTimestamp")
 
     @inlineCallbacks
-    def _get(self, name: str):
+    def _get(self, name: str) -> Generator[Deferred[Any], Any, dict[str, Any] | None]:
         """The ksvc ``name`` if it exists and is ours, else None."""
         try:
             obj = yield self._call("get", name, self.api.get_namespaced_custom_object, name)
@@ -276,7 +276,7 @@ class KnativeProvider(Service):
         return self._observe_some(list(names))
 
     @inlineCallbacks
-    def _observe_all(self):
+    def _observe_all(self) -> Generator[Deferred[Any], Any, dict[str, Observation]]:
         selector = ksvc.label_selector(self.controller)
         kwargs: dict[str, Any] = {"label_selector": selector}
         if self._fresh_as_of:
@@ -301,7 +301,7 @@ class KnativeProvider(Service):
         return {name: ksvc.observe_ksvc(obj) for name, obj in seen.items()}
 
     @inlineCallbacks
-    def _observe_some(self, names: list[str]):
+    def _observe_some(self, names: list[str]) -> Generator[Deferred[Any], Any, dict[str, Observation]]:
         out: dict[str, Observation] = {}
         for name in names:
             obj = yield self._get(name)
@@ -310,7 +310,7 @@ class KnativeProvider(Service):
         return out
 
     @inlineCallbacks
-    def _sync_secrets(self, spec: FunctionSpec):
+    def _sync_secrets(self, spec: FunctionSpec) -> Generator[Deferred[Any], Any, None]:
         """Write the Kubernetes Secrets ``spec`` mounts (one key each, named after the
         secret, labelled with the controller) from the encrypted store, before the
         revision that mounts them; a missing secret is a ProviderRejected."""
@@ -345,7 +345,7 @@ class KnativeProvider(Service):
                                     f"{_transport_message(exc)}") from None
 
     @inlineCallbacks
-    def deploy(self, spec: FunctionSpec):
+    def deploy(self, spec: FunctionSpec) -> Generator[Deferred[Any], Any, None]:
         yield self._sync_secrets(spec)
         body = ksvc.build_ksvc(spec, self.controller, self.config.namespace)
         try:
@@ -361,7 +361,7 @@ class KnativeProvider(Service):
         self._remember(created)
 
     @inlineCallbacks
-    def _already_exists(self, name: str, exc: _ApiFailure):
+    def _already_exists(self, name: str, exc: _ApiFailure) -> Generator[Deferred[Any], Any, None]:
         """A create found the name taken: by us (a race: next pass sees it) or not."""
         try:
             obj = yield self._call("get", name, self.api.get_namespaced_custom_object, name)
@@ -377,7 +377,8 @@ class KnativeProvider(Service):
                                f"{self.config.namespace} and is managed by {by}") from None
 
     @inlineCallbacks
-    def _rewrite(self, verb: str, spec: FunctionSpec, stopped: bool | None):
+    def _rewrite(self, verb: str, spec: FunctionSpec,
+                 stopped: bool | None) -> Generator[Deferred[Any], Any, None]:
         """PUT the ksvc with the spec's template at the resourceVersion last seen;
         ``stopped`` None keeps the ksvc's current stopped state."""
         current = self._seen.get(spec.name)
@@ -415,7 +416,7 @@ class KnativeProvider(Service):
         return self._rewrite("start", spec, False)
 
     @inlineCallbacks
-    def delete(self, name: str):
+    def delete(self, name: str) -> Generator[Deferred[Any], Any, None]:
         """Delete the ksvc ``name`` if it is ours. The reconciler may ask for a name it has
         not observed (a kicked function the store no longer has): a ksvc of that name that
         another controller or a person manages is left alone. The delete carries the uid
@@ -456,7 +457,7 @@ class KnativeProvider(Service):
         return self.logs.follow_logs(name, on_line)
 
     @inlineCallbacks
-    def check(self):
+    def check(self) -> Generator[Deferred[Any], Any, None]:
         """The API answers, the credentials work and the ksvc resource exists."""
         try:
             yield self._call("check", "services", self.api.list_namespaced_custom_object,

@@ -19,18 +19,19 @@ import math
 import re
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Generator, Iterable, Iterator
 
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import ReadTimeoutError
 from twisted.internet.defer import Deferred, DeferredList, fail, inlineCallbacks
-from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from faastwist.metrics import Metrics
+from faastwist.util.reactor import IFullReactor
 from faastwist.providers.base import LogLine, ProviderError
 
 log = Logger()
@@ -116,7 +117,7 @@ class _Stream:
 class KnativeLogs:
     """LogSource over CoreV1Api for a namespace's Knative revision pods."""
 
-    def __init__(self, core_api_factory: Callable[[], Any], namespace: str, reactor: IReactorFromThreads,
+    def __init__(self, core_api_factory: Callable[[], Any], namespace: str, reactor: IFullReactor,
                  threadpool: ThreadPool, timeout: float, *, clock: IReactorTime | None = None,
                  wall_clock: Callable[[], float] = time.time, poll_interval: float = 5.0,
                  read_timeout: float = 300.0, max_streams: int | None = None,
@@ -188,7 +189,8 @@ class KnativeLogs:
 
     # -- LogSource -----------------------------------------------------------------------
     @inlineCallbacks
-    def read_logs(self, name: str, tail: int | None = None, since: float | None = None):
+    def read_logs(self, name: str, tail: int | None = None,
+                  since: float | None = None) -> Generator[Deferred[Any], Any, list[LogLine]]:
         """Recent lines of every pod of ``name``, oldest first (ProviderError when the
         Kubernetes API cannot be asked)."""
         try:
@@ -205,12 +207,12 @@ class KnativeLogs:
         lines: list[LogLine] = []
         for pod, (ok, value) in zip(readable, results):
             if not ok:
-                exc = value.value
-                if isinstance(exc, ApiException) and exc.status in (400, 404):
+                error = value.value
+                if isinstance(error, ApiException) and error.status in (400, 404):
                     # waiting to start, or gone since the listing: nothing to read
-                    log.debug("no log for pod {pod}: {status}", pod=pod, status=exc.status)
+                    log.debug("no log for pod {pod}: {status}", pod=pod, status=error.status)
                     continue
-                raise _api_error(name, exc)
+                raise _api_error(name, error)
             lines.extend(self._lines(name, pod, value.splitlines()))
         lines.sort(key=lambda line: line.timestamp)
         if since is not None:

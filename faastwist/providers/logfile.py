@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TextIO
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -51,7 +51,7 @@ class RotatingLogFile:
         self.path = path
         self.clock = clock
         self.max_bytes = max_bytes
-        self._file = None
+        self._file: TextIO | None = None
         self._size = 0
         self._flush_call: IDelayedCall | None = None
         self._broken = False

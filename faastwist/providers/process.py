@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Callable, Collection, Mapping, Sequence, Union
+from typing import Any, Callable, Collection, Generator, Mapping, Sequence, Union
 
 import attrs
 
@@ -26,7 +26,6 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-from twisted.internet.interfaces import IReactorProcess
 
 from faastwist.config import ProcessConfig
 from faastwist.metrics import Metrics
@@ -59,6 +58,7 @@ from faastwist.model.spec import AutoScaleType, FunctionSpec, ProcessMode, SpecE
 from faastwist.providers.cpusample import group_cpu_seconds
 from faastwist.util.ports import free_port
 from faastwist.util.users import Identity
+from faastwist.util.reactor import IFullReactor
 
 log = Logger()
 
@@ -82,7 +82,7 @@ class ProcessProvider(Service):
     kind = "process"
     name = "process-provider"
 
-    def __init__(self, config: ProcessConfig, controller: str, reactor: IReactorProcess,
+    def __init__(self, config: ProcessConfig, controller: str, reactor: IFullReactor,
                  metrics: Metrics | None = None, *, workdir: str | None = None,
                  base_env: Mapping[str, str] | None = None, tuning: Tuning | None = None,
                  wall_clock: Callable[[], float] = time.time,
@@ -295,11 +295,16 @@ class ProcessProvider(Service):
         watchdog: Watchdog
         cgroup = self._cgroup(spec, spec.name)
 
+        def current() -> FunctionSpec:
+            if watchdog.spec is None:  # set before the watchdog forks anything
+                raise RuntimeError(f"watchdog for {spec.name} has no spec yet")
+            return watchdog.spec
+
         def env() -> dict[str, str]:
-            return self._env(watchdog.spec, None)
+            return self._env(current(), None)
 
         def launch(env: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
-            spec = watchdog.spec
+            spec = current()
             return self._launch(spec, list(self.launcher.prepare(spec).argv), env, cgroup,
                                 self.launcher.network)
         self.launcher.prepare(spec)   # the folders exist before the first request
@@ -385,7 +390,8 @@ class ProcessProvider(Service):
         self.launcher.plan(spec)
 
     @inlineCallbacks
-    def observe(self, names: Sequence[str] | None = None):
+    def observe(self, names: Sequence[str] | None = None
+                ) -> Generator[Deferred[Any], Any, dict[str, Observation]]:
         """Every runtime's observation (or those of ``names``), ``OBSERVE_CHUNK`` per
         reactor turn: OpenFaaS's list of 10,000 functions asks for all of them."""
         wanted = list(self.runtimes if names is None else names)

@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 import attrs
 
 from faastwist.model.spec import FunctionSpec, SpecError
-from faastwist.providers.base import ChangeNotifier, LogSource, Provider, SecretConsumer
+from faastwist.providers.base import (
+    ChangeNotifier,
+    LogSource,
+    Provider,
+    SecretConsumer,
+    ServiceProvider,
+)
 
 from faastwist.config import ConfigError
 
@@ -61,7 +67,7 @@ class ProviderContext:
 class ProviderParts:
     """A built provider and its optional capabilities (None: it does not offer it)."""
 
-    provider: Provider
+    provider: ServiceProvider
     logs: LogSource | None = None
     changes: ChangeNotifier | None = None
     secrets: SecretConsumer | None = None

@@ -18,13 +18,14 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IProcessTransport, IProtocol, IReactorTime
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol as TCPProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from faastwist.providers.base import LogLine, Upstream
 from faastwist.providers.sockets import owns_listener
+from faastwist.util.reactor import IFullReactor, IStreamTransport
 
 log = Logger()
 
@@ -138,6 +139,8 @@ class _HttpProbe(TCPProtocol):
     HostnameEndpoint, whose name resolution and 0.3s attempt delay would add a
     third of a second to every cold start."""
 
+    transport: IStreamTransport  # connected before connectionMade
+
     def __init__(self, path: str, host: str) -> None:
         self.request = (f"GET {path} HTTP/1.0\r\nHost: {host}\r\n"
                         f"User-Agent: faastwist-probe\r\n\r\n").encode()
@@ -162,7 +165,7 @@ class _HttpProbe(TCPProtocol):
             return
         self.status.errback(ValueError(f"readiness probe got no HTTP status: {line!r}"))
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         if not self.status.called:
             self.status.errback(ValueError("readiness probe: connection closed before a "
                                            "status line"))
@@ -188,7 +191,7 @@ class ReplicaState(str, Enum):
 class Replica:
     """A long-running HTTP server on a loopback port, ready once its probe passes."""
 
-    def __init__(self, reactor: IReactorProcess, function: str, argv: Sequence[str], env: Mapping[str, str],
+    def __init__(self, reactor: IFullReactor, function: str, argv: Sequence[str], env: Mapping[str, str],
                  cwd: str, port: int, readiness_path: str, sink: LogSink,
                  on_ready: Callable[["Replica"], None],
                  on_exit: Callable[["Replica", ExitInfo], None],
@@ -220,7 +223,7 @@ class Replica:
         self.generation = 0
         self.ring: deque[LogLine] = deque(maxlen=ring_size)
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL)
-        self._transport = None
+        self._transport: IProcessTransport | None = None
         self._started_at = 0.0
         self._probe_call: IDelayedCall | None = None
         self._probe_delay = PROBE_FIRST
@@ -292,8 +295,11 @@ class Replica:
         finally:
             # whatever the child left in its group (workers, shells) goes with it, and
             # a stop is done only when the group is empty
-            group_gone(self.reactor, self.pid).addCallback(
-                lambda _: [waiter.callback(None) for waiter in waiters])
+            def release(_: object) -> None:
+                for waiter in waiters:
+                    waiter.callback(None)
+
+            group_gone(self.reactor, self.pid).addCallback(release)
 
     def _line(self, stream: str, text: str) -> None:
         line = self.sink.emit(self.instance, stream, text)
@@ -315,15 +321,18 @@ class Replica:
         attempt.addTimeout(self.probe_timeout, self.reactor)
         attempt.addCallbacks(self._probe_passed, self._probe_failed)
 
-    def _probe_tcp(self) -> Deferred:
+    def _probe_tcp(self) -> Deferred[None]:
         endpoint = TCP4ClientEndpoint(self.reactor, LOOPBACK, self.port,
                                       timeout=self.probe_timeout)
         factory = Factory.forProtocol(TCPProtocol)
         factory.noisy = False   # one probe every few ms must not log two lines each
-        return endpoint.connect(factory).addCallback(
-            lambda proto: proto.transport.loseConnection())
+        def close(proto: IProtocol) -> None:
+            if isinstance(proto, TCPProtocol) and proto.transport is not None:
+                proto.transport.loseConnection()
 
-    def _probe_http(self) -> Deferred:
+        return endpoint.connect(factory).addCallback(close)
+
+    def _probe_http(self) -> Deferred[None]:
         endpoint = TCP4ClientEndpoint(self.reactor, LOOPBACK, self.port,
                                       timeout=self.probe_timeout)
         probe = _HttpProbe(self.readiness_path, self.upstream.host_header)

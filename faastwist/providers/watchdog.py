@@ -23,7 +23,7 @@ from twisted.internet.defer import (
     maybeDeferred,
     succeed,
 )
-from twisted.internet.interfaces import IDelayedCall, IReactorProcess
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -49,15 +49,33 @@ from faastwist.model.watchdogenv import (
     read_settings,
 )
 from faastwist.model.spec import FunctionSpec
+from faastwist.util.reactor import IFullReactor, tcp_address
 
 log = Logger()
 
 MAX_OUTPUT = 64 * 2**20   # a response body is held in memory: a runaway writer is cut off
 
 
+class _QuietSite(Site):
+    """No access log line per fork request: the gate keeps the access log."""
+
+    def log(self, request: object) -> None:
+        return None
+
+
+def _cancelling(result: object, kill: IDelayedCall) -> object:
+    """``result``, the SIGKILL that was to follow it called off."""
+    if kill.active():
+        kill.cancel()
+        return None
+    return result
+
+
 class _ForkProtocol(ProcessProtocol):
     """Collects stdout as the body (stderr too with combine_output); other stderr goes
     to the function log, line by line."""
+
+    transport: IProcessTransport  # spawned before connectionMade
 
     def __init__(self, watchdog: "Watchdog", body: bytes, combine: bool) -> None:
         self.watchdog = watchdog
@@ -125,7 +143,7 @@ class Watchdog:
     request, so an update takes effect on the next request without a restart. In the
     process provider it serves fork-mode functions in-process."""
 
-    def __init__(self, reactor: IReactorProcess, settings: WatchdogSettings,
+    def __init__(self, reactor: IFullReactor, settings: WatchdogSettings,
                  launch: Callable[[Mapping[str, str]], tuple[Sequence[str], Mapping[str, str]]],
                  env: Callable[[], Mapping[str, str]], cwd: str, sink: LogSink,
                  oom: Callable[[int | None, Sequence[str]], bool] | None = None) -> None:
@@ -146,17 +164,17 @@ class Watchdog:
         self.inflight = 0
         self.admitted = 0
         self.served = 0
-        self._port = None
+        self._port: IListeningPort | None = None
         self._limit: DeferredSemaphore | None = None
         self.upstream: Upstream | None = None
 
     def listen(self, port: int = 0, interface: str = LOOPBACK) -> Upstream:
-        site = Site(_ForkResource(self), timeout=self.settings.read_timeout or None)
+        site = _QuietSite(_ForkResource(self), timeout=self.settings.read_timeout or None)
         site.noisy = False
         site.displayTracebacks = False
-        site.log = lambda request: None   # the gate keeps the access log
-        self._port = self.reactor.listenTCP(port, site, interface=interface)
-        port = self._port.getHost().port
+        # listenTCP is annotated ServerFactory[P]; Site's parameter does not line up
+        self._port = self.reactor.listenTCP(port, site, interface=interface)  # type: ignore[arg-type]
+        port = tcp_address(self._port).port
         self.upstream = Upstream("http", interface, port, f"{interface}:{port}")
         return self.upstream
 
@@ -310,7 +328,7 @@ class Watchdog:
         for pid, protocol in list(self.running.items()):
             signal_group(pid, signal.SIGTERM)
             kill = self.reactor.callLater(grace, signal_group, pid, signal.SIGKILL)
-            waits.append(protocol.done.addBoth(lambda r, k=kill: k.cancel() if k.active() else r))
+            waits.append(protocol.done.addBoth(_cancelling, kill))
         return DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
 
 

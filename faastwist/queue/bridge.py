@@ -17,7 +17,7 @@ import asyncio
 import sys
 import threading
 from collections import deque
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable, Coroutine
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -89,7 +89,7 @@ class AsyncioBridge(Service):
         loop.call_soon_threadsafe(loop.stop)
         return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), thread.join, 10.0)
 
-    def call(self, function: Callable[..., Awaitable[Any]], *args: Any,
+    def call(self, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any,
              timeout: float | None = None, **kwargs: Any) -> Deferred[Any]:
         """Run ``function(*args, **kwargs)`` on the loop; a Deferred with its result.
 
@@ -101,7 +101,10 @@ class AsyncioBridge(Service):
             return _failed(BridgeStopped("the asyncio bridge is not running"))
         call = _Call(function, args, kwargs,
                      self.default_timeout if timeout is None else timeout)
-        call.deferred = Deferred(lambda _: loop.call_soon_threadsafe(call.cancel))
+        def cancel(_: Deferred[Any]) -> None:
+            loop.call_soon_threadsafe(call.cancel)
+
+        call.deferred = Deferred(cancel)
         # calls made in one reactor turn cross to the loop with one wake-up
         self._inbox.append(call)
         if not self._inbox_armed:
@@ -170,7 +173,7 @@ class _Call:
     __slots__ = ("function", "args", "kwargs", "limit", "deferred", "task", "timer",
                  "timed_out", "cancelled", "error", "result")
 
-    def __init__(self, function: Callable[..., Awaitable[Any]], args: tuple[Any, ...],
+    def __init__(self, function: Callable[..., Coroutine[Any, Any, Any]], args: tuple[Any, ...],
                  kwargs: dict[str, Any], limit: float) -> None:
         self.function = function
         self.args = args

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.threads import deferToThreadPool
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
@@ -61,7 +62,8 @@ class _Pinned:
     def endpointForURI(self, uri: Any) -> Any:
         check_target(self.address, uri.port, self.rules)
         kind = TCP6ClientEndpoint if ":" in self.address else TCP4ClientEndpoint
-        endpoint = kind(self.reactor, self.address, uri.port, timeout=self.timeout)
+        endpoint: IStreamClientEndpoint = kind(self.reactor, self.address, uri.port,
+                                               timeout=self.timeout)
         if uri.scheme == b"https":
             endpoint = wrapClientTLS(optionsForClientTLS(uri.host.decode("idna")), endpoint)
         return endpoint

@@ -28,6 +28,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
+from faastwist.util.reactor import IStreamTransport
 from faastwist.util.supervised import SupervisedChild, find_binary, persisted_ports
 
 NATS_BINARY_CANDIDATES = ("/usr/sbin/nats-server", "/usr/bin/nats-server",
@@ -141,6 +142,8 @@ class EmbeddedNats(SupervisedChild):
 class _JetStreamProbe(Protocol):
     """One NATS client exchange: CONNECT with the token, ask $JS.API.INFO, and fire
     ``answered`` with whether an account-info answer without an error came back."""
+
+    transport: IStreamTransport  # connected before connectionMade
 
     def __init__(self, token: str) -> None:
         self.token = token

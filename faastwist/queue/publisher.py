@@ -13,6 +13,7 @@ turn). The gate still answers 202 only once JetStream has acknowledged the messa
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import deque
 from typing import Any
@@ -99,7 +100,8 @@ class Publisher:
         while outgoing:
             batch.append(outgoing.popleft())
         if batch:
-            self.bridge.loop.create_task(self._send_batch(batch))  # type: ignore[union-attr]
+            # the running loop (bridge.loop is the reactor side's view, None once stopping)
+            asyncio.get_running_loop().create_task(self._send_batch(batch))
 
     async def _send_batch(self, batch: list[_Publish]) -> None:
         self.batches += 1
@@ -113,7 +115,7 @@ class Publisher:
             except Exception as exc:   # closed, draining, the outbound buffer full
                 if waiting.pop(token, None) is not None:
                     self._finish(publish, exc)
-        self.bridge.loop.call_later(self.timeout, self._expire, batch)  # type: ignore[union-attr]
+        asyncio.get_running_loop().call_later(self.timeout, self._expire, batch)
 
     def _expire(self, batch: list[_Publish]) -> None:
         waiting = self._waiting

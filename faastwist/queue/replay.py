@@ -52,7 +52,7 @@ class _Nothing:
 class MemoryDownstream:
     """An Exchange's client side that keeps the response."""
 
-    body_producer = _Nothing()
+    body_producer: IPushProducer = _Nothing()
 
     def __init__(self, clock: Any, limit: int) -> None:
         self.clock = clock
@@ -130,7 +130,7 @@ def request_head(call: QueuedCall) -> RequestHead:
 def invoke(context: GateContext, call: QueuedCall, limit: int) -> Deferred[Answer]:
     """Run ``call`` through the gate; fires with its Answer (never fails)."""
     down = MemoryDownstream(context.clock, limit)
-    exchange = Exchange(context, down, request_head(call))  # type: ignore[arg-type]
+    exchange = Exchange(context, down, request_head(call))
     exchange.replay = True  # key and rate limit were applied when the call was accepted
     exchange.begin()
     if not exchange.done and not exchange.body_complete:

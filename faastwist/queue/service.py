@@ -40,6 +40,7 @@ from faastwist.queue.policy import (
     parse_networks,
     refuse_callback_url,
 )
+from faastwist.util.failures import error_of
 
 log = Logger(namespace="faastwist.queue")
 
@@ -215,8 +216,8 @@ class QueueService:
         function = call.function
         d = self.publisher.publish(self.names.call_subject(function, call.call_id),
                                    call.body, call_headers(call))
-        return d.addCallbacks(self._published, self._not_published, (function,), None,
-                              (function,))
+        return d.addCallbacks(self._published, self._not_published,
+                              callbackArgs=(function,), errbackArgs=(function,))
 
     def _published(self, seq: int, function: str) -> int:
         counter = self._accepted.get(function)
@@ -226,7 +227,7 @@ class QueueService:
         return seq
 
     def _not_published(self, failure: Failure, function: str) -> Failure:
-        exc = failure.value
+        exc = error_of(failure)
         if is_full(exc):
             self.metrics.async_refused.labels(function, "queue-full").inc()
             return Failure(QueueFull(507, "the queue is full (queue.maxBytes); try again "

@@ -32,6 +32,7 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from faastwist.gate.routes import Route
 from faastwist.model.fsm import State
@@ -54,6 +55,10 @@ DELAYED = "_delayed"
 DELAYED_CONCURRENCY = 64
 #: How often the node looks for functions with stored calls and wakes their loops.
 SWEEP_INTERVAL = 5.0
+
+
+def _log_failure(failure: Failure, consumer: str) -> None:
+    log.failure("queued message of {consumer} failed", failure, consumer=consumer)
 
 
 class Loop:
@@ -279,8 +284,7 @@ class Worker(Steps):
         ticker.clock = self.reactor
         ticker.start(self.config.ack_wait / 3, now=False)
         d = ensureDeferred(loop.handler(msg))
-        d.addErrback(lambda f, k=loop.key: log.failure(
-            "queued message of {consumer} failed", f, consumer=k))
+        d.addErrback(_log_failure, loop.key)
         d.addBoth(self._handled, loop, ticker)
 
     def _progress(self, msg: Any) -> None:

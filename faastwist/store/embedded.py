@@ -17,12 +17,12 @@ import os
 import signal
 from typing import Any
 
-from twisted.internet.interfaces import IReactorProcess
 from twisted.logger import Logger
 from twisted.web.client import Agent
 
 from faastwist.store.etcdtls import EtcdTLS
 from faastwist.util.supervised import SupervisedChild, find_binary, persisted_ports
+from faastwist.util.reactor import IFullReactor
 
 log = Logger()
 
@@ -88,7 +88,7 @@ class EmbeddedEtcd(SupervisedChild):
     first_backoff = 0.5
     health_interval = 0.1
 
-    def __init__(self, reactor: IReactorProcess, data_dir: str, etcd_binary: str | None = None,
+    def __init__(self, reactor: IFullReactor, data_dir: str, etcd_binary: str | None = None,
                  startup_timeout: float = 30.0, *, stop_grace: float = 10.0,
                  max_backoff: float = 30.0, tls: EtcdTLS | None = None) -> None:
         super().__init__(reactor, data_dir, LOG_FILE, startup_timeout=startup_timeout,

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import base64
 import functools
-from typing import Any, Callable, Sequence
+from typing import (  # List: EtcdStore has a method named list
+    TYPE_CHECKING, Any, Callable, Generator, List, Sequence, TypeVar)
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.error import ConnectError
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
-from twisted.internet.interfaces import IReactorTCP
 from txaioetcd._lease import Lease
 from txaioetcd import (
     CompCreated,
@@ -56,7 +57,9 @@ from faastwist.store.base import (
     Conflict,
     Expired,
     FunctionRecord,
+    Listing,
     NotFound,
+    Page,
     StoreError,
     Fenced,
     OutcomeUnknown,
@@ -78,7 +81,9 @@ from faastwist.store.etcdcompat import (
 )
 from faastwist.store.etcdlist import EtcdLists, b64, decoded, prefix_end, range_ops
 from faastwist.store.etcdwatch import EtcdWatch, KeyEvent
+from faastwist.util.failures import error_of
 from faastwist.util.slices import Slicer
+from faastwist.util.reactor import IFullReactor
 
 log = Logger()
 
@@ -124,23 +129,33 @@ def _result_label(exc: BaseException) -> str:
     return "error"
 
 
-def _counted(op: str) -> Callable:
+_T = TypeVar("_T")
+if TYPE_CHECKING:
+    from typing import Concatenate, ParamSpec
+
+    _P = ParamSpec("_P")
+
+
+def _counted(op: str) -> Callable[
+        [Callable[Concatenate[EtcdStore, _P], Generator[Deferred[Any], Any, _T]]],
+        Callable[Concatenate[EtcdStore, _P], Deferred[_T]]]:
     """Run the generator method as inlineCallbacks and count its outcome in metrics."""
 
-    def decorate(method: Callable) -> Callable:
+    def decorate(method: Callable[Concatenate[EtcdStore, _P], Generator[Deferred[Any], Any, _T]]
+                 ) -> Callable[Concatenate[EtcdStore, _P], Deferred[_T]]:
         run = inlineCallbacks(method)
 
         @functools.wraps(method)
-        def wrapper(self: "EtcdStore", *args: Any, **kwargs: Any) -> Deferred:
-            def done(result: Any) -> Any:
-                self.metrics.store_operations.labels(op, "ok").inc()
+        def wrapper(store: EtcdStore, /, *args: _P.args, **kwargs: _P.kwargs) -> Deferred[_T]:
+            def done(result: _T) -> _T:
+                store.metrics.store_operations.labels(op, "ok").inc()
                 return result
 
-            def failed(failure: Any) -> Any:
-                self.metrics.store_operations.labels(op, _result_label(failure.value)).inc()
+            def failed(failure: Failure) -> Failure:
+                store.metrics.store_operations.labels(op, _result_label(error_of(failure))).inc()
                 return failure
 
-            return run(self, *args, **kwargs).addCallbacks(done, failed)
+            return run(store, *args, **kwargs).addCallbacks(done, failed)
         return wrapper
     return decorate
 
@@ -148,7 +163,7 @@ def _counted(op: str) -> Callable:
 class EtcdStore:
     """FunctionStore of one controller on an etcd cluster; call ``connect()`` first."""
 
-    def __init__(self, reactor: IReactorTCP, endpoints: Sequence[str], prefix: str, controller: str,
+    def __init__(self, reactor: IFullReactor, endpoints: Sequence[str], prefix: str, controller: str,
                  timeout: float, metrics: Metrics | None = None, start_index: int = 0,
                  tls: IPolicyForHTTPS | None = None, slicer: Slicer | None = None) -> None:
         if not endpoints:
@@ -200,7 +215,7 @@ class EtcdStore:
     # connection
 
     @_counted("connect")
-    def connect(self):
+    def connect(self) -> Generator[Deferred[Any], Any, None]:
         """Find a reachable endpoint and the JSON gateway it serves; StoreUnavailable if none."""
         probe = Round(self.reactor, self.members,
                       lambda endpoint: probe_api_prefix(self._http, endpoint),
@@ -252,7 +267,8 @@ class EtcdStore:
         return judge
 
     @inlineCallbacks
-    def _call(self, op: str, request: Callable[[str], Deferred], idempotent: bool):
+    def _call(self, op: str, request: Callable[[str], Deferred[Any]],
+              idempotent: bool) -> Generator[Deferred[Any], Any, Any]:  # txaioetcd's answers: untyped
         """One round of ``request(endpoint)`` over the members (store/failover.py):
         each at most once, a reader hedged past a silent one; a cancel ends it."""
         if self.api_prefix is None:
@@ -266,7 +282,7 @@ class EtcdStore:
             raise StoreUnavailable(f"etcd {op} failed: {exc}") from None
         return result
 
-    def submit(self, op: str, txn: Transaction, idempotent: bool = False) -> Deferred:
+    def submit(self, op: str, txn: Transaction, idempotent: bool = False) -> Deferred[Any]:
         """One transaction; txaioetcd.Failed when its compare fails."""
         return self._call(op, lambda e: self._clients[e].submit(txn), idempotent)
 
@@ -277,14 +293,15 @@ class EtcdStore:
         if status_kv is None:
             # a spec without status (written by hand): the FSM starts afresh; the first
             # update compares the missing status key's mod revision as 0
-            return FunctionRecord(spec, FunctionStatus.initial(name, 0.0),  # type: ignore[arg-type]
+            return FunctionRecord(spec, FunctionStatus.initial(name, 0.0),
                                   spec_kv.mod_revision, 0)
         status = decoded("status", status_kv.value, lambda: status_kv.key)
-        return FunctionRecord(spec, status, spec_kv.mod_revision,  # type: ignore[arg-type]
+        return FunctionRecord(spec, status, spec_kv.mod_revision,
                               status_kv.mod_revision)
 
     @_counted("create")
-    def create(self, spec: FunctionSpec, status: FunctionStatus, fence: Sequence[Any] = ()):
+    def create(self, spec: FunctionSpec, status: FunctionStatus,
+               fence: Sequence[Any] = ()) -> Generator[Deferred[Any], Any, FunctionRecord]:
         spec_key, status_key = self._keys(spec.name)
         txn = Transaction(compare=[CompCreated(spec_key, "==", 0)] + list(fence),
                           success=[OpSet(spec_key, encode_spec(spec)),
@@ -309,7 +326,7 @@ class EtcdStore:
         return FunctionRecord(spec, status, revision, revision)
 
     @inlineCallbacks
-    def _settle(self, name: str):
+    def _settle(self, name: str) -> Generator[Deferred[Any], Any, FunctionRecord | None]:
         """After a write whose answer was lost: the function as it is now (None when
         absent), read on any endpoint; OutcomeUnknown when that read fails too."""
         spec_key, status_key = self._keys(name)
@@ -331,7 +348,7 @@ class EtcdStore:
                 and current.status_revision == expected.status_revision)
 
     @_counted("get")
-    def get(self, name: str):
+    def get(self, name: str) -> Generator[Deferred[Any], Any, FunctionRecord]:
         spec_key, status_key = self._keys(name)
         txn = Transaction(success=[OpGet(spec_key), OpGet(status_key)])
         result = yield self.submit("get", txn, idempotent=True)
@@ -342,7 +359,7 @@ class EtcdStore:
                             status_range.kvs[0] if status_range.kvs else None)
 
     @_counted("list")
-    def list(self):
+    def list(self) -> Generator[Deferred[Any], Any, Listing]:
         """Every function at one revision (see etcdlist: after the first, a list reads
         what changed since the one before)."""
         listing = yield self.lists.list()
@@ -350,18 +367,18 @@ class EtcdStore:
 
     @_counted("list_page")
     def list_page(self, after: str = "", limit: int = 500, revision: int = 0,
-                  prefix: str = ""):
+                  prefix: str = "") -> Generator[Deferred[Any], Any, Page]:
         page = yield self.lists.page(after, limit, revision, prefix)
         return page
 
-    def _guard(self, expected: FunctionRecord) -> tuple[bytes, bytes, list]:
+    def _guard(self, expected: FunctionRecord) -> tuple[bytes, bytes, List[Any]]:
         spec_key, status_key = self._keys(expected.name)
         return spec_key, status_key, [
             CompModified(spec_key, "==", expected.spec_revision),
             CompModified(status_key, "==", expected.status_revision)]
 
     @staticmethod
-    def _fence_reads(fence: Sequence[Any]) -> list:
+    def _fence_reads(fence: Sequence[Any]) -> List[Any]:
         return [OpGet(fence[0].key)] if fence else []
 
     @staticmethod
@@ -379,7 +396,8 @@ class EtcdStore:
 
     @_counted("update")
     def update(self, expected: FunctionRecord, spec: FunctionSpec | None = None,
-               status: FunctionStatus | None = None, fence: Sequence[Any] = ()):
+               status: FunctionStatus | None = None,
+               fence: Sequence[Any] = ()) -> Generator[Deferred[Any], Any, FunctionRecord]:
         name = expected.name
         spec_key, status_key, compare = self._guard(expected)
         compare += list(fence)
@@ -419,7 +437,8 @@ class EtcdStore:
             status_revision=expected.status_revision if status is None else revision)
 
     @_counted("delete")
-    def delete(self, expected: FunctionRecord, fence: Sequence[Any] = ()):
+    def delete(self, expected: FunctionRecord,
+               fence: Sequence[Any] = ()) -> Generator[Deferred[Any], Any, None]:
         spec_key, status_key, compare = self._guard(expected)
         txn = Transaction(compare=compare + list(fence),
                           success=[OpDel(spec_key), OpDel(status_key),
@@ -440,7 +459,7 @@ class EtcdStore:
         return None
 
     @_counted("get_keys")
-    def get_keys(self, name: str):
+    def get_keys(self, name: str) -> Generator[Deferred[Any], Any, tuple[FunctionKeys, int]]:
         txn = Transaction(success=[OpGet(self.key("spec", name)), OpGet(self.key("keys", name))])
         result = yield self.submit("get_keys", txn, idempotent=True)
         spec_range, keys_range = result.responses
@@ -452,7 +471,8 @@ class EtcdStore:
         return FunctionKeys.decode(kv.value), kv.mod_revision
 
     @_counted("put_keys")
-    def put_keys(self, name: str, keys: FunctionKeys, expected_revision: int):
+    def put_keys(self, name: str, keys: FunctionKeys,
+                 expected_revision: int) -> Generator[Deferred[Any], Any, int]:
         spec_key, keys_key = self.key("spec", name), self.key("keys", name)
         txn = Transaction(compare=[CompModified(keys_key, "==", expected_revision),
                                    CompCreated(spec_key, ">", 0)],
@@ -465,7 +485,7 @@ class EtcdStore:
         return result.header.revision
 
     @_counted("check")
-    def check(self):
+    def check(self) -> Generator[Deferred[Any], Any, None]:
         """A linearizable read: it needs a quorum (a member's status answers without one)."""
         if self.api_prefix is None:
             yield self.connect()
@@ -546,7 +566,7 @@ class EtcdStore:
     # watches
 
     def watch_keys(self, key: bytes, range_end: bytes | None, after_revision: int,
-                   on_events: Callable[[list[KeyEvent]], None],
+                   on_events: Callable[[List[KeyEvent]], None],
                    on_lost: Callable[[Exception], None]) -> EtcdWatch:
         """A raw resumable watch on ``[key, range_end)`` (the leader election uses it)."""
         if self.api_prefix is None:
@@ -578,14 +598,19 @@ class EtcdStore:
                 value: FunctionSpec | FunctionStatus | FunctionKeys | None = None
                 if event.value is not None:
                     try:
-                        decode = {"spec": decode_spec, "status": decode_status,
-                                  "keys": FunctionKeys.decode}[kind]
-                        value = decode(event.value)
+                        if kind == "spec":
+                            value = decode_spec(event.value)
+                        elif kind == "status":
+                            value = decode_status(event.value)
+                        else:
+                            value = FunctionKeys.decode(event.value)
                     except Exception:
                         log.failure("skipping unreadable {kind} of {name} at revision {revision}",
                                     kind=kind, name=name, revision=event.mod_revision)
                         continue
-                changes.append(Change(name, kind, value, event.mod_revision))  # type: ignore[arg-type]
+                # parse_key's kind is spec, status or keys (Change's Literal)
+                changes.append(Change(name, kind, value,  # type: ignore[arg-type]
+                                      event.mod_revision))
             if changes:
                 on_changes(changes)
 
@@ -595,18 +620,23 @@ class EtcdStore:
 
     # leases (leader election)
 
+    def _lease_api(self) -> LeaseApi:
+        if self._lease is None:  # made by connect()
+            raise StoreUnavailable("the etcd store is not connected yet")
+        return self._lease
+
     def lease_grant(self, ttl: int) -> Deferred:
         """``(lease_id, granted_ttl)``."""
-        return self._call("lease_grant", lambda e: self._lease.grant(e, ttl), False)
+        return self._call("lease_grant", lambda e: self._lease_api().grant(e, ttl), False)
 
     def lease_keepalive(self, lease_id: int) -> Deferred:
         """The remaining TTL; 0 when the lease has expired."""
         return self._call("lease_keepalive",
-                          lambda e: self._lease.keepalive(e, lease_id), True)
+                          lambda e: self._lease_api().keepalive(e, lease_id), True)
 
     def lease_revoke(self, lease_id: int) -> Deferred:
         return self._call("lease_revoke",
-                          lambda e: self._lease.revoke(e, lease_id), True)
+                          lambda e: self._lease_api().revoke(e, lease_id), True)
 
     def close(self) -> Deferred:
         """Stop every watch and drop pooled connections."""
@@ -618,7 +648,7 @@ class EtcdStore:
         return DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)
 
 
-def _pool(reactor: IReactorTCP) -> HTTPConnectionPool:
+def _pool(reactor: IFullReactor) -> HTTPConnectionPool:
     """Persistent connections to one endpoint: as many kept as writes run at once (the
     reconciler has 16 in flight, the session 4); Twisted keeps 2 by default, so every
     other request opened and closed a connection of its own."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from typing import Any
+from typing import Any, Generator
 
 import treq
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
@@ -33,13 +33,13 @@ from twisted.web.client import (
 )
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IPolicyForHTTPS
-from twisted.internet.interfaces import IReactorTCP
 
 from txaioetcd import Client
 from zope.interface import implementer
 
 from faastwist.util.bodyproducer import BytesProducer
 from faastwist.store.base import StoreError
+from faastwist.util.reactor import IFullReactor
 
 log = Logger()
 
@@ -62,7 +62,7 @@ _JSON_HEADERS = Headers({b"Content-Type": [b"application/json"]})
 #: that has lost its leader answers "etcdserver: no leader" at once instead of holding
 #: the call until its own request timeout (measured on 3.4: 6 s, then "request timed
 #: out" for a read and "context deadline exceeded" for a write)
-REQUIRE_LEADER = {"Grpc-Metadata-hasleader": ["true"]}
+REQUIRE_LEADER: dict[bytes | str, list[bytes | str]] = {"Grpc-Metadata-hasleader": ["true"]}
 _LEADER_HEADERS = Headers({b"Content-Type": [b"application/json"],
                            b"Grpc-Metadata-hasleader": [b"true"]})
 #: what etcd answers when the member has no leader: the call was not applied
@@ -92,7 +92,7 @@ class _MemberEndpoints:
     HostnameEndpoint reports a refused connection only at its next attempt tick (0.3 s
     later, measured), so every dead member cost each call 0.3 s."""
 
-    def __init__(self, reactor: IReactorTCP, tls: IPolicyForHTTPS | None) -> None:
+    def __init__(self, reactor: IFullReactor, tls: IPolicyForHTTPS | None) -> None:
         self.reactor = reactor
         self.tls = tls
 
@@ -111,7 +111,7 @@ class _MemberEndpoints:
         return endpoint
 
 
-def member_agent(reactor: IReactorTCP, tls: IPolicyForHTTPS | None = None,
+def member_agent(reactor: IFullReactor, tls: IPolicyForHTTPS | None = None,
                  pool: HTTPConnectionPool | None = None) -> IAgent:
     """An Agent for etcd member URLs (with the node's TLS policy when given)."""
     return Agent.usingEndpointFactory(reactor, _MemberEndpoints(reactor, tls), pool=pool)
@@ -120,7 +120,7 @@ def member_agent(reactor: IReactorTCP, tls: IPolicyForHTTPS | None = None,
 class EtcdHttp:
     """JSON POSTs to etcd's gRPC gateway, on the injected reactor, with a timeout each."""
 
-    def __init__(self, reactor: IReactorTCP, agent: IAgent | None = None,
+    def __init__(self, reactor: IFullReactor, agent: IAgent | None = None,
                  tls: IPolicyForHTTPS | None = None) -> None:
         self.reactor = reactor
         self._pool: HTTPConnectionPool | None = None
@@ -133,7 +133,7 @@ class EtcdHttp:
 
     @inlineCallbacks
     def post(self, url: str, body: dict[str, Any], timeout: float | None = None,
-             require_leader: bool = True):
+             require_leader: bool = True) -> Generator[Deferred[Any], Any, dict[str, Any]]:
         """POST ``body`` as JSON; the parsed JSON answer, or EtcdHttpError. Without
         ``timeout`` the caller bounds the call (store/failover.py cancels it)."""
         d = self.agent.request(b"POST", url.encode(),
@@ -175,21 +175,26 @@ class GatewayClient(Client):
     treq's global pool and TLS policy) with the "hasleader" requirement; the caller
     bounds each call (the timeout argument txaioetcd passes along is ignored)."""
 
-    def __init__(self, reactor: IReactorTCP, url: str, pool: HTTPConnectionPool,
+    def __init__(self, reactor: IFullReactor, url: str, pool: HTTPConnectionPool,
                  tls: IPolicyForHTTPS | None = None) -> None:
         super().__init__(reactor, url=url, pool=pool)
         self._agent = member_agent(reactor, tls, pool)
         self._clock = reactor
 
     @inlineCallbacks
-    def _post(self, url: object, data: object, timeout: float | None) -> object:
-        response = yield treq.post(url, json=data, agent=self._agent, reactor=self._clock,
+    def _post(self, url: str, data: object,
+              timeout: float | None) -> Generator[Deferred[Any], Any, Any]:
+        # treq wants its own reactor interface, which IFullReactor provides but does not
+        # name; the JSON answer is Any (treq.json_content's)
+        response = yield treq.post(url, json=data, agent=self._agent,
+                                   reactor=self._clock,  # type: ignore[arg-type]
                                    headers=REQUIRE_LEADER)
         return (yield treq.json_content(response))
 
 
 @inlineCallbacks
-def probe_api_prefix(http: EtcdHttp, endpoint: str, timeout: float | None = None):
+def probe_api_prefix(http: EtcdHttp, endpoint: str,
+                     timeout: float | None = None) -> Generator[Deferred[Any], Any, str]:
     """The first of API_PREFIXES that ``endpoint`` serves (maintenance/status answers).
 
     Connection errors propagate (the endpoint is down, not incompatible).
@@ -243,7 +248,8 @@ class LeaseApi:
         self.api_prefix = api_prefix
 
     @inlineCallbacks
-    def grant(self, endpoint: str, ttl: int, timeout: float | None = None):
+    def grant(self, endpoint: str, ttl: int,
+              timeout: float | None = None) -> Generator[Deferred[Any], Any, tuple[int, int]]:
         """A new lease: ``(lease_id, granted_ttl)``; etcd may raise a too-short TTL."""
         data = yield self.http.post(f"{endpoint}{self.api_prefix}/lease/grant",
                                     {"TTL": int(ttl), "ID": 0}, timeout)
@@ -252,7 +258,8 @@ class LeaseApi:
         return int(data["ID"]), int(data.get("TTL", ttl))
 
     @inlineCallbacks
-    def keepalive(self, endpoint: str, lease_id: int, timeout: float | None = None):
+    def keepalive(self, endpoint: str, lease_id: int,
+                  timeout: float | None = None) -> Generator[Deferred[Any], Any, int]:
         """Refresh the lease; the remaining TTL, 0 when the lease no longer exists."""
         data = yield self.http.post(f"{endpoint}{self.api_prefix}/lease/keepalive",
                                     {"ID": str(lease_id)}, timeout)
@@ -262,7 +269,8 @@ class LeaseApi:
         return int(result.get("TTL", 0))
 
     @inlineCallbacks
-    def revoke(self, endpoint: str, lease_id: int, timeout: float | None = None):
+    def revoke(self, endpoint: str, lease_id: int,
+               timeout: float | None = None) -> Generator[Deferred[Any], Any, None]:
         """Revoke the lease (deleting its keys); a lease already gone is fine."""
         try:
             yield self.http.post(f"{endpoint}{self.api_prefix}/lease/revoke",

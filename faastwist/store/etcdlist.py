@@ -19,7 +19,8 @@ list reads everything again. Decoding runs in reactor slices (``Slicer``).
 from __future__ import annotations
 
 import base64
-from typing import Any, Callable, Iterator, Sequence
+from typing import (  # List: see list()
+    Any, Callable, Generator, Iterator, List, Literal, Sequence, overload)
 
 import attrs
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -86,6 +87,14 @@ def range_ops(bounds: Sequence[tuple[bytes, bytes]], limit: int, revision: int,
     return ops
 
 
+@overload
+def decoded(kind: Literal["spec"], value: bytes, key: Callable[[], bytes]) -> FunctionSpec: ...
+
+
+@overload
+def decoded(kind: Literal["status"], value: bytes, key: Callable[[], bytes]) -> FunctionStatus: ...
+
+
 def decoded(kind: str, value: bytes, key: Callable[[], bytes]) -> FunctionSpec | FunctionStatus:
     """A stored spec or status; StoreError naming its key (``key()``, only made then)
     when it cannot be read."""
@@ -104,6 +113,10 @@ def _ranges_of(answer: dict) -> tuple[int, list[tuple[list[dict], int, bool]]]:
         out.append((found.get("kvs") or [], int(found.get("count") or 0),
                     bool(found.get("more"))))
     return int(answer.get("header", {}).get("revision", 0)), out
+
+
+#: what _decode decodes: (name, spec kv, status kv, the record listed before)
+_Item = tuple[str, "dict[str, Any] | None", "dict[str, Any] | None", "FunctionRecord | None"]
 
 
 @attrs.frozen
@@ -151,8 +164,9 @@ class EtcdLists:
         names = self._names
         for kv in kvs:
             key = kv.get("key", "")
-            parsed = names.get(key, False)
-            if parsed is False:
+            if key in names:
+                parsed = names[key]
+            else:
                 parsed = self.store.parse_key(base64.b64decode(key))
                 if len(names) >= _MEMO_MAX:
                     names.clear()
@@ -164,10 +178,12 @@ class EtcdLists:
     def _record(self, name: str, spec_kv: dict | None, status_kv: dict | None,
                 previous: FunctionRecord | None) -> FunctionRecord:
         """The record from what was read (``None``: unchanged since ``previous``)."""
+        if spec_kv is None and previous is None:
+            raise StoreError(f"function {name}: neither its spec nor a listing before")
         if spec_kv is not None:
             spec_revision = int(spec_kv.get("mod_revision", 0))
         else:
-            assert previous is not None
+            assert previous is not None  # (checked above; for the type checker)
             spec_revision = previous.spec_revision
         if status_kv is not None:
             status_revision = int(status_kv.get("mod_revision", 0))
@@ -178,9 +194,12 @@ class EtcdLists:
         if found is not None:
             return found
         key = self.store.key
-        spec = (decoded("spec", base64.b64decode(spec_kv.get("value", "")),
-                        lambda: key("spec", name))
-                if spec_kv is not None else previous.spec)  # type: ignore[union-attr]
+        if spec_kv is not None:
+            spec = decoded("spec", base64.b64decode(spec_kv.get("value", "")),
+                           lambda: key("spec", name))
+        else:
+            assert previous is not None  # (checked above)
+            spec = previous.spec
         if status_kv is not None:
             status = decoded("status", base64.b64decode(status_kv.get("value", "")),
                              lambda: key("status", name))
@@ -190,15 +209,14 @@ class EtcdLists:
             # a spec without status (written by hand): the FSM starts afresh; the first
             # update compares the missing status key's mod revision as 0
             status = FunctionStatus.initial(name, 0.0)
-        record = FunctionRecord(spec, status, spec_revision, status_revision)  # type: ignore[arg-type]
+        record = FunctionRecord(spec, status, spec_revision, status_revision)
         if status_revision:   # a made-up status is not worth keeping
             if len(memo) >= _MEMO_MAX:
                 memo.clear()
             memo[(name, spec_revision, status_revision)] = record
         return record
 
-    def _decode(self, items: list[tuple[str, dict | None, dict | None,
-                                        FunctionRecord | None]]) -> Deferred[dict]:
+    def _decode(self, items: List[_Item]) -> Deferred[dict[str, FunctionRecord]]:
         """Records of ``(name, spec kv, status kv, previous)``, DECODE_STEP per step."""
         out: dict[str, FunctionRecord] = {}
 
@@ -210,7 +228,8 @@ class EtcdLists:
         return self.slicer.run(steps()).addCallback(lambda _: out)
 
     @inlineCallbacks
-    def _raw_chunk(self, after: bytes, limit: int, revision: int, prefix: bytes):
+    def _raw_chunk(self, after: bytes, limit: int, revision: int,
+                   prefix: bytes) -> Generator[Deferred[Any], Any, tuple[List[_Item], int, int, bytes]]:
         """Up to ``limit`` functions after the name ``after`` (raw), and their statuses,
         not yet decoded: ``(items for _decode, revision, remaining, last raw name)``.
 
@@ -232,13 +251,14 @@ class EtcdLists:
                 [(status_base + first.encode(), status_base + last.encode() + b"\0")], 0,
                 revision), revision)
             statuses = self._by_name(_ranges_of(answer)[1][0][0])
-        items = [(name, kv, statuses.get(name), None) for name, kv in specs.items()]
+        items: List[_Item] = [(name, kv, statuses.get(name), None) for name, kv in specs.items()]
         last_raw = (base64.b64decode(spec_kvs[-1].get("key", ""))[len(spec_base):]
                     if spec_kvs else after)
         return items, revision, max(total - len(spec_kvs), 0), last_raw
 
     @inlineCallbacks
-    def _chunk(self, after: bytes, limit: int, revision: int, prefix: bytes):
+    def _chunk(self, after: bytes, limit: int, revision: int, prefix: bytes
+               ) -> Generator[Deferred[Any], Any, tuple[dict[str, FunctionRecord], int, int, bytes]]:
         """``_raw_chunk`` with its records decoded: ``(records, revision, remaining,
         last raw name)``."""
         items, revision, remaining, last = yield self._raw_chunk(after, limit, revision, prefix)
@@ -246,7 +266,7 @@ class EtcdLists:
         return records, revision, remaining, last
 
     @inlineCallbacks
-    def page(self, after: str, limit: int, revision: int, prefix: str):
+    def page(self, after: str, limit: int, revision: int, prefix: str) -> Generator[Deferred[Any], Any, Page]:
         """Specs in name order from after ``after``, and the statuses of the same names,
         at one revision; read ``LIST_PAGE`` at a time."""
         if limit < 1:
@@ -263,7 +283,7 @@ class EtcdLists:
     # -- every function ----------------------------------------------------------------
 
     @inlineCallbacks
-    def list(self):
+    def list(self) -> Generator[Deferred[Any], Any, Listing]:
         """Every function at one revision: what changed since the last listing when
         that is enough, else everything."""
         snapshot = self._snapshot
@@ -274,7 +294,7 @@ class EtcdLists:
         listing = yield self._everything()
         return listing
 
-    def _bases(self) -> list[bytes]:
+    def _bases(self) -> List[bytes]:
         return [self.store.key(kind, "") for kind in ("spec", "status", "keys")]
 
     def _keys(self, kvs: Sequence[dict]) -> tuple[dict[str, FunctionKeys], set[str]]:
@@ -298,7 +318,7 @@ class EtcdLists:
                        {name: value for name, value in keys.items() if name in records})
 
     @inlineCallbacks
-    def _everything(self):
+    def _everything(self) -> Generator[Deferred[Any], Any, Listing]:
         self.full_reads += 1
         records: dict[str, FunctionRecord] = {}
         raw = yield self._raw_chunk(b"", LIST_PAGE, 0, b"")
@@ -328,7 +348,7 @@ class EtcdLists:
         return self._remember(records, keys, revision, (specs, statuses, key_count))
 
     @inlineCallbacks
-    def _since(self, snapshot: _Snapshot):
+    def _since(self, snapshot: _Snapshot) -> Generator[Deferred[Any], Any, Listing | None]:
         """The listing now, from ``snapshot`` and the keys modified after it; None when
         that is not enough (see the module's docstring)."""
         answer = yield self._txn(range_ops([(base, prefix_end(base)) for base in self._bases()],
@@ -340,7 +360,7 @@ class EtcdLists:
                           if int(kv.get("create_revision", 0)) > snapshot.revision)
             if more or count != before + created:
                 return None
-        (spec_kvs, _, _), (status_kvs, _, _), (key_kvs, _, _) = ranges
+        (spec_kvs, spec_count, _), (status_kvs, status_count, _), (key_kvs, key_count, _) = ranges
         old = snapshot.records
         specs, statuses = self._by_name(spec_kvs), self._by_name(status_kvs)
         items = []
@@ -359,5 +379,4 @@ class EtcdLists:
             fresh, unreadable = self._keys(key_kvs)
             keys = {name: value for name, value in keys.items() if name not in unreadable}
             keys.update(fresh)
-        return self._remember(records, keys, revision,
-                              tuple(count for _, count, _ in ranges))  # type: ignore[arg-type]
+        return self._remember(records, keys, revision, (spec_count, status_count, key_count))

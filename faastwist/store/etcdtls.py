@@ -18,6 +18,7 @@ from pathlib import Path
 
 import attrs
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
@@ -55,7 +56,7 @@ class _ClientPolicy:
                                             + Path(tls.client_key).read_bytes())
         self._ca, self._client = ca, client
 
-    def creatorForNetloc(self, hostname: bytes, port: int) -> object:
+    def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
         return optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._ca,
                                    clientCertificate=self._client)
 

@@ -17,8 +17,8 @@ from typing import Any, Callable, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import readBody
@@ -72,6 +72,9 @@ def parse_events(result: dict[str, Any]) -> list[KeyEvent]:
 class _LineStream(Protocol):
     """Feeds each complete newline-terminated JSON message of a streamed body onwards."""
 
+    #: a response body's transport (twisted.web's TransportProxyProducer)
+    transport: IPushProducer | None  # type: ignore[assignment]
+
     def __init__(self, on_message: Callable[[dict], None],
                  on_end: Callable[[Failure], None]) -> None:
         self._on_message = on_message
@@ -95,7 +98,7 @@ class _LineStream(Protocol):
         if isinstance(message, dict):
             self._on_message(message)
 
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._buffer.strip():
             self._line(self._buffer)
             self._buffer = b""
@@ -197,7 +200,7 @@ class EtcdWatch:
         if self._stopped:
             return
         log.warn("etcd watch {url} failed: {error}", url=url, error=failure.getErrorMessage()
-                 or failure.type.__name__)
+                 or type(failure.value).__name__)
         self._schedule_retry()
 
     def _stream_ended(self, reason: Failure) -> None:
@@ -207,7 +210,7 @@ class EtcdWatch:
             return
         if was_connected:
             log.info("etcd watch stream ended ({error}); resuming from revision {revision}",
-                     error=reason.getErrorMessage() or reason.type.__name__,
+                     error=reason.getErrorMessage() or type(reason.value).__name__,
                      revision=self.last_revision + 1)
         self._schedule_retry()
 
@@ -277,6 +280,8 @@ class EtcdWatch:
 
 class _Discard(Protocol):
     """Closes a stream nobody wants any more (a watch cancelled while connecting)."""
+
+    transport: IPushProducer  # type: ignore[assignment]  # a response body's
 
     def connectionMade(self) -> None:
         self.transport.stopProducing()

@@ -21,6 +21,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
+from faastwist.util.failures import error_of
+
 #: A member that timed out is tried last for this long.
 SUSPECT_FOR = 30.0
 #: A reader asks the next member too after this long without an answer.
@@ -197,8 +199,11 @@ class Round:
         self._probes.pop(url, None)
         if url not in self._flying or self._over:
             return
+        leaderless = self.leaderless
+        if leaderless is None:   # (probes are armed only with it)
+            return
         try:
-            asked = self.leaderless(url)  # type: ignore[misc]
+            asked = leaderless(url)
         except Exception:
             return
         asked.addTimeout(self.timeout, self.clock)
@@ -241,7 +246,7 @@ class Round:
         elif url in self._lost:
             reason = LostLeader(url)
         else:
-            reason = result.value
+            reason = error_of(result)
         miss = Miss(url, reason, timed_out)
         self._misses.append(miss)
         if self.observe is not None:

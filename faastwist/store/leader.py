@@ -12,7 +12,7 @@ deletes the key at once; a crashed one's lease expires after ttl).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Generator
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
@@ -125,7 +125,7 @@ class LeaderElection(Service):
         self._campaign()
 
     @inlineCallbacks
-    def stopService(self):
+    def stopService(self) -> Generator[Deferred[Any], Any, None]:
         """Give up leadership at once (revoking the lease deletes the key)."""
         Service.stopService(self)
         self._timers.cancel_all()
@@ -163,7 +163,7 @@ class LeaderElection(Service):
         self._again = False
 
     @inlineCallbacks
-    def _try_once(self):
+    def _try_once(self) -> Generator[Deferred[Any], Any, None]:
         sent = self.reactor.seconds()  # the lease's clock starts no earlier than this
         lease_id, granted = yield self.store.lease_grant(self._granted_ttl)
         if not self.running:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Generator, Iterable
 
 from cryptography.fernet import Fernet, InvalidToken
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -76,7 +76,7 @@ class SecretStore:
         return self.base + name.encode()
 
     @inlineCallbacks
-    def names(self):
+    def names(self) -> Generator[Deferred[Any], Any, list[str]]:
         txn = Transaction(success=[OpGet(KeySet(self.base, prefix=True), keys_only=True)])
         result = yield self.store.submit("secret_list", txn, idempotent=True)
         return sorted(kv.key[len(self.base):].decode("utf-8", "replace")
@@ -86,7 +86,7 @@ class SecretStore:
         return self.box.encrypt(value)
 
     @inlineCallbacks
-    def create(self, name: str, value: bytes):
+    def create(self, name: str, value: bytes) -> Generator[Deferred[Any], Any, None]:
         key = self._key(name)
         txn = Transaction(compare=[CompCreated(key, "==", 0)],
                           success=[OpSet(key, self._seal(value))])
@@ -96,7 +96,7 @@ class SecretStore:
             raise SecretExists(name) from None
 
     @inlineCallbacks
-    def replace(self, name: str, value: bytes):
+    def replace(self, name: str, value: bytes) -> Generator[Deferred[Any], Any, None]:
         key = self._key(name)
         txn = Transaction(compare=[CompVersion(key, ">", 0)],
                           success=[OpSet(key, self._seal(value))])
@@ -106,7 +106,7 @@ class SecretStore:
             raise SecretNotFound(name) from None
 
     @inlineCallbacks
-    def delete(self, name: str):
+    def delete(self, name: str) -> Generator[Deferred[Any], Any, None]:
         key = self._key(name)
         txn = Transaction(compare=[CompVersion(key, ">", 0)], success=[OpDel(key)])
         try:
@@ -115,7 +115,7 @@ class SecretStore:
             raise SecretNotFound(name) from None
 
     @inlineCallbacks
-    def revisions(self):
+    def revisions(self) -> Generator[Deferred[Any], Any, dict[str, int]]:
         """``{name: etcd mod revision}`` of every secret, values left out: what a node
         polls to notice that a secret it wrote into functions' folders changed."""
         txn = Transaction(success=[OpGet(KeySet(self.base, prefix=True), keys_only=True)])
@@ -124,7 +124,8 @@ class SecretStore:
                 for kv in result.responses[0].kvs}
 
     @inlineCallbacks
-    def reveal_revisions(self, names: Iterable[str]):
+    def reveal_revisions(self, names: Iterable[str]
+                         ) -> Generator[Deferred[Any], Any, dict[str, tuple[bytes, int]]]:
         """``{name: (value, mod revision)}`` for ``names``; SecretNotFound for the first
         one missing."""
         wanted = list(dict.fromkeys(names))

@@ -265,7 +265,7 @@ class Builder:
         # dependencies stay relative to it): that copy becomes the build uid's
         deps = os.path.join(work, "function")
         if identity.switch:
-            for current, dirs, names in os.walk(deps):
+            for current, _dirs, names in os.walk(deps):
                 for entry in [current] + [os.path.join(current, n) for n in names]:
                     os.chown(entry, identity.uid, identity.gid, follow_symlinks=False)
         npm = shutil.which("npm", path=ROOT_PATH)

@@ -146,7 +146,7 @@ def assemble(builder: Builder, template: Template, function: StackFunction,
         else:
             copy_file(path, destination, 0o644)
     if identity.switch:
-        for current, dirs, names in os.walk(target):
+        for current, _dirs, names in os.walk(target):
             for entry in [current] + [os.path.join(current, n) for n in names]:
                 os.chown(entry, identity.uid, identity.gid, follow_symlinks=False)
 

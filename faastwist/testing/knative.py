@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable
+from typing import Any, Iterable, List  # List: the class has a method named list
 
 from kubernetes import client as kube_client
 from kubernetes.client.rest import ApiException
@@ -33,12 +33,20 @@ class CallCounter:
             self.urls.append(url)
             return original(method, url, *args, **kwargs)
 
-        rest.request = request
+        rest.request = request  # type: ignore[method-assign]  # a spy on every request sent
 
     def take(self) -> list[tuple[str, str]]:
         """The requests since the last take."""
         out, self.requests = self.requests, []
         return out
+
+
+def _document(answer: object) -> dict[str, Any]:
+    """A custom-object call's answer: the client types it ``object``; it is the decoded
+    JSON document."""
+    if not isinstance(answer, dict):
+        raise TypeError(f"the apiserver answered {answer!r}, not a JSON object")
+    return answer
 
 
 def revision(name: str, generation: int) -> str:
@@ -67,26 +75,26 @@ class FakeKnative:
     # -- reading -----------------------------------------------------------------------
     def get(self, name: str) -> dict[str, Any] | None:
         try:
-            return self.api.get_namespaced_custom_object(
-                ksvc.GROUP, ksvc.VERSION, self.namespace, ksvc.PLURAL, name)
+            return _document(self.api.get_namespaced_custom_object(
+                ksvc.GROUP, ksvc.VERSION, self.namespace, ksvc.PLURAL, name))
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
 
-    def list(self, controller: str | None = None) -> list[dict[str, Any]]:
-        kwargs = {"label_selector": ksvc.label_selector(controller)} if controller else {}
-        return self.api.list_namespaced_custom_object(
-            ksvc.GROUP, ksvc.VERSION, self.namespace, ksvc.PLURAL, **kwargs)["items"]
+    def list(self, controller: str | None = None) -> List[dict[str, Any]]:
+        return self._cache_list(
+            label_selector=ksvc.label_selector(controller) if controller else None)
 
     # -- the watch cache -------------------------------------------------------------------
     # The provider LISTs from the apiserver's watch cache (never older than any ksvc it
     # has seen or written), so a write by someone else, like this fake controller, shows
     # up there a few milliseconds later. The fake waits for that after each of its
     # writes, so the next pass of a test sees them for sure.
-    def _cache_list(self, **kwargs: Any) -> list[dict[str, Any]]:
-        return self.api.list_namespaced_custom_object(
-            ksvc.GROUP, ksvc.VERSION, self.namespace, ksvc.PLURAL, **kwargs)["items"]
+    def _cache_list(self, **kwargs: Any) -> List[dict[str, Any]]:
+        items: List[dict[str, Any]] = _document(self.api.list_namespaced_custom_object(
+            ksvc.GROUP, ksvc.VERSION, self.namespace, ksvc.PLURAL, **kwargs))["items"]
+        return items
 
     def settle(self, *written: dict[str, Any]) -> None:
         """Return once the watch cache holds the newest of the ``written`` objects."""
@@ -106,9 +114,9 @@ class FakeKnative:
     # -- writing status ------------------------------------------------------------------
     def _patch_status(self, obj: dict[str, Any], status: dict[str, Any],
                       settle: bool = True) -> dict[str, Any]:
-        written = self.api.patch_namespaced_custom_object_status(
+        written = _document(self.api.patch_namespaced_custom_object_status(
             ksvc.GROUP, ksvc.VERSION, self.namespace, ksvc.PLURAL, obj["metadata"]["name"],
-            {"status": status})
+            {"status": status}))
         if settle:
             self.settle(written)
         return written
@@ -204,16 +212,16 @@ class FakeKnative:
         self.settle_gone(label_selector=ksvc.label_selector(controller))
 
     def create_raw(self, body: dict[str, Any]) -> dict[str, Any]:
-        created = self.api.create_namespaced_custom_object(
-            ksvc.GROUP, ksvc.VERSION, self.namespace, ksvc.PLURAL, body)
+        created = _document(self.api.create_namespaced_custom_object(
+            ksvc.GROUP, ksvc.VERSION, self.namespace, ksvc.PLURAL, body))
         self.settle(created)
         return created
 
     def touch(self, name: str, labels: dict[str, str]) -> dict[str, Any]:
         """Change metadata (a new resourceVersion, same generation), as another client."""
-        patched = self.api.patch_namespaced_custom_object(
+        patched = _document(self.api.patch_namespaced_custom_object(
             ksvc.GROUP, ksvc.VERSION, self.namespace, ksvc.PLURAL, name,
-            {"metadata": {"labels": labels}})
+            {"metadata": {"labels": labels}}))
         self.settle(patched)
         return patched
 

@@ -8,12 +8,22 @@ unnoticed there).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+import enum
+from typing import Any, Callable, Iterable, Mapping, TypeVar, Union, overload
 
 from faastwist.util.units import UnitError, parse_duration, parse_size
 
 T = TypeVar("T")
-_MISSING: Any = object()
+D = TypeVar("D")
+
+
+class _Missing(enum.Enum):
+    """No default: the field is required (None is a default like any other)."""
+
+    MISSING = "missing"
+
+
+_MISSING = _Missing.MISSING
 
 
 class FieldError(ValueError):
@@ -56,7 +66,8 @@ class FieldReader:
     def fail(self, key: str, problem: str) -> FieldError:
         return self.error(self.child_path(key), problem)
 
-    def raw(self, key: str, default: Any = _MISSING) -> Any:
+    def raw(self, key: str, default: object = _MISSING) -> Any:
+        """The value as the document has it (JSON: Any), or ``default``."""
         self.used.add(key)
         value = self.data.get(key, None)
         if value is None:
@@ -65,7 +76,13 @@ class FieldReader:
             return default
         return value
 
-    def string(self, key: str, default: Any = _MISSING) -> Any:
+    @overload
+    def string(self, key: str, default: _Missing = _MISSING) -> str: ...
+
+    @overload
+    def string(self, key: str, default: D) -> Union[str, D]: ...
+
+    def string(self, key: str, default: object = _MISSING) -> object:
         value = self.raw(key, default)
         if value is default and default is not _MISSING:
             return value
@@ -73,8 +90,16 @@ class FieldReader:
             raise self.fail(key, f"must be a string, got {_type_name(value)}")
         return value
 
-    def integer(self, key: str, default: Any = _MISSING, low: int | None = None,
-                high: int | None = None) -> Any:
+    @overload
+    def integer(self, key: str, default: _Missing = _MISSING, low: int | None = None,
+                high: int | None = None) -> int: ...
+
+    @overload
+    def integer(self, key: str, default: D, low: int | None = None,
+                high: int | None = None) -> Union[int, D]: ...
+
+    def integer(self, key: str, default: object = _MISSING, low: int | None = None,
+                high: int | None = None) -> object:
         value = self.raw(key, default)
         if value is default and default is not _MISSING:
             return value
@@ -88,13 +113,25 @@ class FieldReader:
             raise self.fail(key, f"must be {low}-{high}, got {value}")
         return value
 
-    def boolean(self, key: str, default: Any = _MISSING) -> Any:
+    @overload
+    def boolean(self, key: str, default: _Missing = _MISSING) -> bool: ...
+
+    @overload
+    def boolean(self, key: str, default: D) -> Union[bool, D]: ...
+
+    def boolean(self, key: str, default: object = _MISSING) -> object:
         value = self.raw(key, default)
         if not isinstance(value, bool):
             raise self.fail(key, f"must be true or false, got {_type_name(value)}")
         return value
 
-    def duration(self, key: str, default: Any = _MISSING, minimum: float = 0.0) -> Any:
+    @overload
+    def duration(self, key: str, default: _Missing = _MISSING, minimum: float = 0.0) -> float: ...
+
+    @overload
+    def duration(self, key: str, default: D, minimum: float = 0.0) -> Union[float, D]: ...
+
+    def duration(self, key: str, default: object = _MISSING, minimum: float = 0.0) -> object:
         value = self.raw(key, default)
         if value is default and default is not _MISSING:
             return value
@@ -106,7 +143,13 @@ class FieldReader:
             raise self.fail(key, f"must be at least {minimum:g}s, got {value!r}")
         return seconds
 
-    def size(self, key: str, default: Any = _MISSING) -> Any:
+    @overload
+    def size(self, key: str, default: _Missing = _MISSING) -> int: ...
+
+    @overload
+    def size(self, key: str, default: D) -> Union[int, D]: ...
+
+    def size(self, key: str, default: object = _MISSING) -> object:
         value = self.raw(key, default)
         if value is default and default is not _MISSING:
             return value
@@ -115,14 +158,26 @@ class FieldReader:
         except UnitError as exc:
             raise self.fail(key, str(exc)) from None
 
-    def choice(self, key: str, choices: Iterable[str], default: Any = _MISSING) -> Any:
+    @overload
+    def choice(self, key: str, choices: Iterable[str], default: _Missing = _MISSING) -> str: ...
+
+    @overload
+    def choice(self, key: str, choices: Iterable[str], default: D) -> Union[str, D]: ...
+
+    def choice(self, key: str, choices: Iterable[str], default: object = _MISSING) -> object:
         value = self.string(key, default)
         options = list(choices)
         if value not in options:
             raise self.fail(key, f"must be one of {', '.join(options)}, got {value!r}")
         return value
 
-    def string_list(self, key: str, default: Any = _MISSING) -> Any:
+    @overload
+    def string_list(self, key: str, default: _Missing = _MISSING) -> tuple[str, ...]: ...
+
+    @overload
+    def string_list(self, key: str, default: D) -> Union[tuple[str, ...], D]: ...
+
+    def string_list(self, key: str, default: object = _MISSING) -> object:
         value = self.raw(key, default)
         if value is default and default is not _MISSING:
             return value
@@ -134,7 +189,13 @@ class FieldReader:
                                  f"must be a string, got {_type_name(item)}")
         return tuple(value)
 
-    def string_map(self, key: str, default: Any = _MISSING) -> Any:
+    @overload
+    def string_map(self, key: str, default: _Missing = _MISSING) -> dict[str, str]: ...
+
+    @overload
+    def string_map(self, key: str, default: D) -> Union[dict[str, str], D]: ...
+
+    def string_map(self, key: str, default: object = _MISSING) -> object:
         value = self.raw(key, default)
         if value is default and default is not _MISSING:
             return value

@@ -73,7 +73,7 @@ class _Protocol(ProcessProtocol):
     def __init__(self, owner: "SupervisedChild") -> None:
         self.owner = owner
 
-    def processEnded(self, reason: Failure) -> None:  # type: ignore[override]
+    def processEnded(self, reason: Failure) -> None:
         self.owner._ended(self, reason)
 
 
@@ -278,9 +278,7 @@ class SupervisedChild(Service, metaclass=ABCMeta):
         overrides this."""
         d = self._agent.request(b"GET", self._health_url().encode())
         d.addTimeout(1.0, self.reactor)
-        d.addCallback(readBody)
-        d.addCallbacks(self._health_answer, lambda _: False)
-        return d
+        return d.addCallback(readBody).addCallbacks(self._health_answer, lambda _: False)
 
     def _health_answer(self, body: bytes) -> bool:
         try:

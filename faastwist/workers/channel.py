@@ -26,6 +26,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from faastwist.util.reactor import IStreamTransport
+
 log = Logger(namespace="faastwist.workers")
 
 #: the longest line accepted: a queued call's body (queue.maxBodySize is at most 64Mi)
@@ -33,6 +35,13 @@ log = Logger(namespace="faastwist.workers")
 MAX_LENGTH = 96 * 2**20
 
 Message = dict[str, Any]
+
+
+def ident_of(message: Message, key: str) -> int:
+    """A message's integer reference (a call or lease ident); -1, which names nothing,
+    when it is missing or not an integer."""
+    value = message.get(key)
+    return value if isinstance(value, int) else -1
 
 
 class ChannelDown(Exception):
@@ -117,6 +126,9 @@ def decode(line: bytes) -> Message:
 class Channel(Protocol):
     """Reads and writes messages; ``on_message`` gets each, ``on_lost`` the end."""
 
+    #: connected before any method here runs (faastwist/util/reactor.py)
+    transport: IStreamTransport
+
     def __init__(self, on_message: Callable[[Message], None],
                  on_lost: Callable[[str], None] | None = None,
                  max_length: int = MAX_LENGTH) -> None:
@@ -180,7 +192,7 @@ class Channel(Protocol):
         self.transport.loseConnection()
         return d
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.connected_ = False
         waiters, self._closed = self._closed, []
         for d in waiters:

@@ -37,6 +37,7 @@ from twisted.logger import (
 
 from faastwist.providers import registry
 from faastwist.providers.registry import WorkerLeases
+from faastwist.util.reactor import IFullReactor
 from faastwist.workers.channel import Calls, Channel, ChannelFactory, Message
 from faastwist.workers.remote import RemoteProvider, RemoteQueue
 
@@ -61,7 +62,7 @@ def die_with_parent(parent: int) -> None:
 class Worker:
     """One worker's life: setup, serve, drain."""
 
-    def __init__(self, reactor: Any, index: int) -> None:
+    def __init__(self, reactor: IFullReactor, index: int) -> None:
         self.reactor = reactor
         self.index = index
         self.channel = Channel(self.received, self.channel_lost)
@@ -239,27 +240,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--index", type=int, default=0)
     args = parser.parse_args(argv)
     die_with_parent(args.parent)
-    from twisted.internet import reactor
+    from faastwist.util.reactor import global_reactor
+    reactor = global_reactor()
 
     worker = Worker(reactor, args.index)
 
     def on_sighup(signum: int, frame: object) -> None:
-        reactor.callFromThread(worker.reload)  # type: ignore[attr-defined]
+        reactor.callFromThread(worker.reload)
 
     def on_stop(signum: int, frame: object) -> None:
         # the node's SIGTERM and a terminal's or systemd's signal to the whole group may
         # both arrive: the first one drains, the others change nothing
-        reactor.callFromThread(worker.stop_reactor)  # type: ignore[attr-defined]
+        reactor.callFromThread(worker.stop_reactor)
 
     signal.signal(signal.SIGHUP, on_sighup)
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
-    reactor.adoptStreamConnection(CONTROL_FD, socket.AF_UNIX,  # type: ignore[attr-defined]
-                                  ChannelFactory(worker.channel))
+    # declared to take a ServerFactory; any IProtocolFactory works (as for listenTCP)
+    reactor.adoptStreamConnection(CONTROL_FD, socket.AF_UNIX,
+                                  ChannelFactory(worker.channel))  # type: ignore[arg-type]
     os.close(CONTROL_FD)  # the reactor holds a duplicate
-    reactor.callLater(60.0, lambda: None if worker.setup_done else (  # type: ignore[attr-defined]
-        sys.stderr.write("no setup message within 60s\n"), worker.stop_reactor()))
-    reactor.run(installSignalHandlers=False)  # type: ignore[attr-defined]
+    def no_setup() -> None:
+        if not worker.setup_done:
+            sys.stderr.write("no setup message within 60s\n")
+            worker.stop_reactor()
+
+    reactor.callLater(60.0, no_setup)
+    # the real reactor's run takes it; IReactorCore's declaration does not
+    reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
 
 
 if __name__ == "__main__":

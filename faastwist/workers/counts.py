@@ -50,10 +50,11 @@ class CountsReporter:
             if old[:4] == now[:4] and old[4] == f.codes and old[5] == f.errors:
                 continue
             entry: dict[str, Any] = {}
-            for key, index in (("s", 0), ("a", 1), ("i", 2), ("o", 3)):
-                if now[index] != old[index]:
-                    entry[key] = now[index] - old[index]
-            codes = {}
+            for key, current, sent in (("s", now[0], old[0]), ("a", now[1], old[1]),
+                                       ("i", now[2], old[2]), ("o", now[3], old[3])):
+                if current != sent:
+                    entry[key] = current - sent
+            codes: dict[str, list[Any]] = {}
             for code, cell in f.codes.items():
                 previous = old[4].get(code)
                 if previous != cell:

@@ -20,7 +20,7 @@ from faastwist.gate.asynccall import QueueFull
 from faastwist.gate.decisions import RETRY_AFTER_NOT_ACTIVE
 from faastwist.metrics import Metrics
 from faastwist.providers.base import NoCapacity
-from faastwist.workers.channel import Channel, Message
+from faastwist.workers.channel import Channel, Message, ident_of
 from faastwist.workers.counts import apply_delta, forget_active
 from faastwist.workers.remote import call_from_message, upstream_fields
 
@@ -116,20 +116,21 @@ class WorkerLink:
         self.acquiring.pop(ident, None)
         if failure.check(CancelledError):
             return  # the worker gave up on it
-        if failure.check(NoCapacity):
-            self._refuse(ident, str(failure.value), failure.value.retry_after)
+        error = failure.value
+        if isinstance(error, NoCapacity):
+            self._refuse(ident, str(error), error.retry_after)
             return
         log.failure("the provider could not give an upstream for {function}", failure,
                     function=name)
         self._refuse(ident, f"no upstream for function {name}: {failure.getErrorMessage()}", 5)
 
     def _cancel(self, message: Message) -> None:
-        waiting = self.acquiring.pop(message.get("id"), None)  # type: ignore[arg-type]
+        waiting = self.acquiring.pop(ident_of(message, "id"), None)
         if waiting is not None:
             waiting.cancel()
 
     def _release(self, message: Message) -> None:
-        lease = self.leases.pop(message.get("lease"), None)  # type: ignore[arg-type]
+        lease = self.leases.pop(ident_of(message, "lease"), None)
         if lease is not None:
             lease.release()
 
@@ -137,7 +138,10 @@ class WorkerLink:
     def reached(self, revision: int) -> Deferred[None]:
         """Fires once the worker's route table reflects ``revision`` (at once when the
         worker is gone: a gate that is not there contradicts nothing)."""
-        done: Deferred[None] = Deferred(lambda d: self._reach.pop(ident, None))
+        def forget(_: Deferred[None]) -> None:
+            self._reach.pop(ident, None)
+
+        done: Deferred[None] = Deferred(forget)
         self._next_reach += 1
         ident = self._next_reach
         if not self.send({"op": "reach", "id": ident, "revision": revision}):
@@ -147,7 +151,7 @@ class WorkerLink:
         return done
 
     def _reached(self, message: Message) -> None:
-        done = self._reach.pop(message.get("id"), None)  # type: ignore[arg-type]
+        done = self._reach.pop(ident_of(message, "id"), None)
         if done is not None:
             done.callback(None)
 

@@ -26,7 +26,7 @@ from faastwist.gate.asynccall import QueuedCall, QueueFull, QueueUnavailable
 from faastwist.model.spec import FunctionSpec
 from faastwist.providers.base import NoCapacity, Upstream
 from faastwist.queue.policy import CallbackRules, parse_networks, refuse_callback_url
-from faastwist.workers.channel import Calls, ChannelDown, Message
+from faastwist.workers.channel import Calls, ChannelDown, Message, ident_of
 from faastwist.workers.setup import QueueAccess
 
 #: Retry-After when the main process cannot be asked
@@ -109,7 +109,7 @@ class RemoteProvider:
 
     def lost(self, message: Message) -> None:
         """The main process saw the lease's replica die."""
-        lease = self.leases.get(message.get("lease"))  # type: ignore[arg-type]
+        lease = self.leases.get(ident_of(message, "lease"))
         if lease is not None:
             lease.lost(str(message.get("why") or "the replica exited"))
 

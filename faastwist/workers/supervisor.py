@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, FirstError
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
@@ -37,6 +37,7 @@ from faastwist.workers.channel import ChannelFactory, Message
 from faastwist.workers.link import WorkerLink
 from faastwist.workers.listen import check_free
 from faastwist.workers.setup import WorkerSetup
+from faastwist.util.failures import error_as
 
 log = Logger(namespace="faastwist.workers")
 
@@ -66,6 +67,11 @@ class _Slot:
         self.starting: Deferred[None] | None = None
         self.replacing = False  # a restart, not the node's start: failures retry
         self.ended: list[Deferred[None]] = []
+
+
+def _first_failure(failure: Failure) -> Failure:
+    """The failure of the first worker that failed to start (DeferredList wraps it)."""
+    return error_as(failure, FirstError).subFailure
 
 
 class _WorkerProcess(ProcessProtocol):
@@ -125,7 +131,7 @@ class WorkerPool(Service):
                                    f"{http.port}: {exc.strerror or exc}") from None
         waits = [self._spawn(slot) for slot in self.slots]
         done = DeferredList(waits, fireOnOneErrback=True, consumeErrors=True)
-        done.addErrback(lambda f: f.value.subFailure)  # the first worker's failure
+        done.addErrback(_first_failure)
         return done.addTimeout(self.start_timeout, self.reactor)
 
     def _env(self) -> dict[str, str]:

@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
-import yaml
 
-from tests.support.cli import cli_node, echo_spec  # noqa: F401 (fixture)
+from tests.support.cli import echo_spec
 from tests.support.node import ROOT, http
 
 pytestmark = pytest.mark.slow

@@ -99,7 +99,7 @@ async def test_store_url_is_cached_and_a_failure_keeps_the_last_good_copy() -> N
         fetched.append(url)
         return answers.pop(0)
     catalogue = Catalogue(url="http://store.local/f.json", fetch=fetch, clock=lambda: now[0])
-    names = lambda c: [f["name"] for f in c["functions"]]  # noqa: E731
+    names = lambda c: [f["name"] for f in c["functions"]]
     assert names(await catalogue.load()) == ["one"]
     now[0] += CACHE_TTL - 1
     assert names(await catalogue.load()) == ["one"] and len(fetched) == 1   # cached

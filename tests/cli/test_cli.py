@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.cli import cli_env, cli_node, echo_spec, run_cli, wait_for  # noqa: F401
+from tests.support.cli import cli_env, echo_spec, run_cli, wait_for
 from faastwist.cli.output import Progress, human_age, list_rows, table
 from faastwist.util.ports import free_port
 from tests.support.node import ROOT

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli import cli_node, echo_spec, run_cli, wait_for  # noqa: F401
+from tests.support.cli import echo_spec, run_cli, wait_for
 from tests.support.node import http
 
 pytestmark = pytest.mark.slow

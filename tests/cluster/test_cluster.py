@@ -179,7 +179,6 @@ def test_sigstopped_leader_writes_nothing_and_every_gate_serves_the_update(
         wait_for(lambda: state(others[1], "code") == "active", 5, what="code active again")
     finally:
         os.kill(leader.process.pid, signal.SIGCONT)
-    resumed = time.monotonic()
     took = wait_for(lambda: serves(leader, "code", "v2"), 5, what="v2 on the ex-leader")
     print(f"SIGSTOP/SIGCONT: update served by the live gates, then by the ex-leader "
           f"{took:.2f}s after SIGCONT ({time.monotonic() - updated:.1f}s after the update)")
@@ -204,7 +203,7 @@ def test_killing_the_etcd_member_a_node_uses_fails_no_admin_write(cluster: Clust
         results.append(("create", name, node.json("POST", "", yaml.safe_dump(
             {"name": name, "mode": "fork", "command": ["/bin/echo", name]}))[0]))
     for i in range(6):
-        wait_for(lambda: state(cluster.nodes[0], f"w{i}") == "active", 10, what=f"w{i} active")
+        wait_for(lambda i=i: state(cluster.nodes[0], f"w{i}") == "active", 10, what=f"w{i} active")
     for i, node in enumerate(cluster.nodes * 2):
         results.append(("stop", f"w{i}", node.json("PUT", f"/w{(i + 1) % 6}/stop")[0]))
     print(f"etcd member {used} killed: admin writes {[r[2] for r in results]}")

@@ -18,7 +18,7 @@ from faastwist.cluster.session import NodeSession
 from faastwist.metrics import Metrics
 from faastwist.model.fsm import Event
 from faastwist.store.etcd import EtcdStore
-from tests.support.etcd import etcd_server, unique_prefix  # noqa: F401 (fixture)
+from tests.support.etcd import unique_prefix
 
 pytestmark = pytest.mark.etcd
 

@@ -301,7 +301,7 @@ def test_kill_9_the_node_with_calls_queued_loses_none(tmp_path: Path, callbacks:
     assert done_before < 200, "every call finished before the kill: the test proves nothing"
     again = node_for(tmp_path).start()
     try:
-        missing = lambda: [c for c in accepted if c not in callbacks.received]  # noqa: E731
+        missing = lambda: [c for c in accepted if c not in callbacks.received]
         wait_for(lambda: not missing(), timeout=90, what="every callback after the restart")
     finally:
         assert again.stop() in (0, -signal.SIGTERM), again.log()
@@ -330,13 +330,13 @@ def test_kill_9_nats_mid_run_loses_no_202(tmp_path: Path, callbacks: Callbacks) 
         accepted, refused = result["accepted"], result["refused"]
         assert refused, "NATS was down and no call was refused: the test proves nothing"
         assert set(refused) <= {503}, refused
-        missing = lambda: [c for c in accepted if c not in callbacks.received]  # noqa: E731
+        missing = lambda: [c for c in accepted if c not in callbacks.received]
         try:
             wait_for(lambda: not missing(), timeout=45, what="a callback for every 202")
         except AssertionError:
             lost = missing()
             raise AssertionError(f"{len(lost)} of {len(accepted)} lost: " + repr(
-                [node.json("GET", f"/fn/async/{c}") for c in lost[:5]]))
+                [node.json("GET", f"/fn/async/{c}") for c in lost[:5]])) from None
     finally:
         code = node.stop()
         nats.stop()
@@ -440,7 +440,7 @@ def test_anonymous_calls_to_a_stopped_function_are_bounded(tmp_path: Path) -> No
         for name in ("a", "b"):
             deploy(node, tmp_path, name)
             assert node.json("PUT", f"/{name}/stop")[0] == 200
-            wait_for(lambda: node.json("GET", f"/{name}")[1]["status"]["state"] == "inactive")
+            wait_for(lambda name=name: node.json("GET", f"/{name}")[1]["status"]["state"] == "inactive")
         body = b"x" * (2**20 - 1024)
         codes = [enqueue(node, "a/ok", body)[0] for _ in range(8)]
         assert codes == [202] * 5 + [429] * 3
@@ -475,7 +475,7 @@ def test_a_killed_nodes_calls_run_on_another_node_after_one_ack_wait(tmp_path: P
         state = deploy(a, tmp_path, "slow", asyncConcurrency=4)
         ids = [enqueue(a, "slow/slow?ms=12000", b"")[1]["x-call-id"] for _ in range(4)]
         log = state / "calls.log"
-        runs = lambda: log.read_text().split() if log.exists() else []  # noqa: E731
+        runs = lambda: log.read_text().split() if log.exists() else []
         wait_for(lambda: sorted(runs()) == sorted(ids), what="a runs all four")
         b.start()
         deploy(b, tmp_path, "slow", asyncConcurrency=4)

@@ -7,7 +7,6 @@ function with limitCPU 0.2 gets about 0.2 of a core, measured from /proc.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -99,7 +98,7 @@ def test_memory_and_cpu_limits_are_enforced_and_reported(tmp_path: Path) -> None
             status, body = node.json("POST", "", yaml.safe_dump(spec))
             assert status == 201, body
         for name in ("eat", "spin"):
-            wait_for(lambda: http("GET", f"{node.gate_url}/function/{name}/")[0] == 200,
+            wait_for(lambda name=name: http("GET", f"{node.gate_url}/function/{name}/")[0] == 200,
                      timeout=40)
 
         # CPU: about 0.2 of a core over 3 s of wall time, though it would take a whole one

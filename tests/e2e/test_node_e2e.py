@@ -8,7 +8,6 @@ process, runs in-process: tests/node/test_node_inprocess.py.)
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -83,7 +82,7 @@ def test_sigterm_and_restart_lose_nothing(tmp_path: Path) -> None:
             "/bin/sh", "-c", f"echo boom >&2; exit 3 # {echo.name}"], "minReplica": 1})
         assert node.json("POST", "", broken)[0] == 201
         for name in ("served", "held", "starting"):
-            wait_for(lambda: state_of(node, name) == "active", what=f"{name} active")
+            wait_for(lambda name=name: state_of(node, name) == "active", what=f"{name} active")
         wait_for(lambda: state_of(node, "broken") == "failed", what="broken failed")
         assert node.json("PUT", "/held/stop")[0] == 200
         assert node.json("PUT", "/starting/stop")[0] == 200

@@ -82,7 +82,7 @@ def test_every_shipped_function_deploys_from_the_cli_and_runs(node):
         assert done.returncode == 0, done.stderr
         assert f"{name}: deploying from the store" in done.stdout
     for name in names:
-        wait_for(lambda: ready(node, name), timeout=40)
+        wait_for(lambda name=name: ready(node, name), timeout=40)
     for name, expected in EXPECTED.items():
         assert invoke(node, name, b"hello store\n") == (200, expected), name
     assert invoke(node, "base64-decode", b"aGVsbG8=") == (200, b"hello")

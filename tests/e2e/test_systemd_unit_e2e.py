@@ -275,8 +275,9 @@ def test_the_node_starts_as_the_unit_starts_it(tmp_path, root, notify_socket):
         start = float(re.fullmatch(r"(\d+)s", one(service, "TimeoutStartSec"))[1])
         try:
             wait_notify(sock, b"READY=1", start, process)
-        except AssertionError:
-            raise AssertionError((tmp_path / "faasgate.log").read_text(errors="replace")[-4000:])
+        except AssertionError as exc:
+            log_tail = (tmp_path / "faasgate.log").read_text(errors="replace")[-4000:]
+            raise AssertionError(log_tail) from exc
         admin = f"http://127.0.0.1:{admin_port}"
         status, _, body = http("GET", f"{admin}/readyz")
         assert status == 200, body

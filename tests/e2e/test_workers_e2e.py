@@ -152,7 +152,7 @@ def test_two_workers_serve_one_port_with_one_view(tmp_path: Path, state_root: Pa
                                      else None)(worker_pids(node.process.pid)),
                             what="a new worker")
         wait_for(lambda: http("GET", f"{node.admin_root}/readyz")[0] == 200, what="ready")
-        for i in range(20):
+        for _ in range(20):
             assert call(node, body=b"again")[0] == 200
         wait_for(lambda: metric(node, INVOKED) == 82, what="82 invocations counted")
         assert "exited unexpectedly (signal 9)" in node.log_path.read_text()

@@ -24,7 +24,6 @@ from faastwist.queue.service import QueueService
 from faastwist.store.memory import MemoryStore
 from faastwist.testing.provider import FakeProvider
 from tests.support.gate import gate_config
-from tests.support.nats import nats_server  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.nats
 

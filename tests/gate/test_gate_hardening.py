@@ -18,14 +18,13 @@ import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
-from tests.gate.test_gate_integration import upstream  # noqa: F401
 
 pytestmark = pytest.mark.slow
 STATUS = re.compile(rb"HTTP/1\.1 (\d{3}) ")
 
 
 @pytest.fixture(params=["lean", "web", "lean-tls"])
-def make_gate(request: Any, upstream: Any, tmp_path: Any) -> Any:  # noqa: F811
+def make_gate(request: Any, upstream: Any, tmp_path: Any) -> Any:
     """Every case on both transports, and on the lean one over TLS (httpServer.https):
     TLS must keep every rule of the cleartext path."""
     from twisted.internet import reactor

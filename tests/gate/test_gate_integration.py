@@ -37,7 +37,7 @@ from faastwist.store.etcd import EtcdStore
 from faastwist.store.memory import MemoryStore
 from faastwist.util.ports import free_port
 
-from tests.support.etcd import etcd_server, unique_prefix  # noqa: F401 (fixture)
+from tests.support.etcd import unique_prefix
 from tests.support.gate import UpstreamProcess, gate_config, rss_bytes
 from tests.support.tls import self_signed
 

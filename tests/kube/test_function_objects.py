@@ -21,7 +21,7 @@ from faastwist.model.fsm import Event, FunctionStatus, State, apply_event
 from faastwist.model.spec import FunctionSpec
 from faastwist.providers.base import Observation
 from faastwist.store.memory import MemoryStore
-from tests.kube.envtest_world import World, install_shipped_manifests, wait_for, world  # noqa: F401
+from tests.kube.envtest_world import World, install_shipped_manifests, wait_for
 from tests.kube.test_schema import FULL
 
 pytestmark = [pytest.mark.envtest]

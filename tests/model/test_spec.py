@@ -444,7 +444,7 @@ def test_the_bounds_themselves_are_accepted(data):
 
 
 def test_rate_limit_burst_defaults_to_one_second_of_rps():
-    read = lambda limit: FunctionSpec.from_dict({"name": "f", "rateLimit": limit}).rate_limit  # noqa: E731
+    read = lambda limit: FunctionSpec.from_dict({"name": "f", "rateLimit": limit}).rate_limit
     assert read({"rps": 0.5}) == RateLimit(0.5, 1)
     assert read({"rps": 3.2}) == RateLimit(3.2, 4)
     assert read({"rps": 20}) == RateLimit(20.0, 20)

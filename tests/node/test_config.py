@@ -388,7 +388,7 @@ def test_shipped_etc_config_keeps_all_state_in_var_lib(tmp_path, monkeypatch):
 
 def test_http_workers_default_auto_and_range(tmp_path, monkeypatch):
     assert ControllerConfig.from_dict(None, tmp_path).http_server.workers == 1
-    read = lambda value: ControllerConfig.from_dict(  # noqa: E731
+    read = lambda value: ControllerConfig.from_dict(
         {"httpServer": {"workers": value}}, tmp_path).http_server.workers
     assert read(2) == 2 and read(64) == 64
     monkeypatch.setattr("os.cpu_count", lambda: 6)

@@ -88,7 +88,7 @@ def test_legacy_events_are_rendered_once() -> None:
     try:
         legacy.msg("old style %d" % 7, system="HTTPChannel,0,127.0.0.1")
         try:
-            1 / 0
+            _ = 1 / 0
         except ZeroDivisionError:
             legacy.err(None, "while serving")
     finally:

@@ -20,7 +20,6 @@ from faastwist.providers.registry import ProviderParts
 from faastwist.testing.knative import FakeKnative
 from faastwist.testing.provider import FakeProvider
 from faastwist.util.ports import free_port
-from tests.support.etcd import etcd_server  # noqa: F401 (fixture)
 from tests.support.inprocess import InProcessNode, wait_for
 
 pytestmark = [pytest.mark.etcd]

@@ -182,7 +182,7 @@ def test_demo10_becomes_active_within_two_sync_intervals(cluster: Cluster):
     cluster.knative.reconcile(cluster.controller)  # Knative: the revision is ready
     for interval in range(2):
         cluster.clock.advance(cluster.reconciler.interval)
-        yield wait_for(lambda: cluster.reconciler.passes == 3 + interval)
+        yield wait_for(lambda interval=interval: cluster.reconciler.passes == 3 + interval)
         status = yield cluster.state("demo10")
         if status.state is State.ACTIVE:
             break

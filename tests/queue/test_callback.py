@@ -26,7 +26,7 @@ class Receiver(Resource):
         super().__init__()
         self.got: list[tuple[bytes, bytes, bytes]] = []
 
-    def render_POST(self, request) -> bytes:  # noqa: N802 (twisted's name)
+    def render_POST(self, request) -> bytes:
         self.got.append((request.getHeader(b"host"), request.getHeader(b"x-call-id"),
                          request.content.read()))
         return b"ok"

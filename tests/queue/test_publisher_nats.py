@@ -19,7 +19,6 @@ from faastwist.gate.asynccall import QueueUnavailable
 from faastwist.metrics import Metrics
 from faastwist.queue.service import QueueService
 from tests.queue.test_queue_nats import NoRoutes, call, wait_for
-from tests.support.nats import nats_server  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.nats
 

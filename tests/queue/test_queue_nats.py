@@ -17,7 +17,6 @@ from faastwist.gate.asynccall import QueuedCall, QueueUnavailable
 from faastwist.metrics import Metrics
 from faastwist.queue.embedded import EmbeddedNats
 from faastwist.queue.service import QueueService
-from tests.support.nats import nats_server  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.nats
 

@@ -18,7 +18,6 @@ from faastwist.config import QueueConfig
 from faastwist.metrics import Metrics
 from faastwist.queue.service import QueueService
 from faastwist.queue.worker import Loop, Worker
-from tests.support.nats import nats_server  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.nats
 

@@ -25,7 +25,7 @@ from faastwist.store.etcd import EtcdStore
 from faastwist.store.failover import HEDGE_AFTER, Members
 from faastwist.util.ports import free_port
 from tests.support.cluster import EtcdCluster
-from tests.support.etcd import EtcdProcess, etcd_server, unique_prefix  # noqa: F401
+from tests.support.etcd import unique_prefix
 
 pytestmark = pytest.mark.etcd
 
@@ -65,7 +65,7 @@ def fresh_start(store: EtcdStore, first: int) -> None:
 
 
 @pytest_twisted.inlineCallbacks
-def test_every_member_is_tried_and_the_callers_deadline_holds(etcd_server, silent):  # noqa: F811
+def test_every_member_is_tried_and_the_callers_deadline_holds(etcd_server, silent):
     silent_url, silent_factory = silent
     refused = f"http://127.0.0.1:{free_port()}"
     endpoints = [silent_url, refused, etcd_server.client_url]
@@ -116,7 +116,7 @@ def test_every_member_is_tried_and_the_callers_deadline_holds(etcd_server, silen
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_write_that_timed_out_is_read_back_and_sent_elsewhere(etcd_server, silent):  # noqa: F811
+def test_a_write_that_timed_out_is_read_back_and_sent_elsewhere(etcd_server, silent):
     """A write the silent member swallowed: its outcome is read on another member (it
     was not applied), then it is sent again, to a member that answers."""
     silent_url, silent_factory = silent

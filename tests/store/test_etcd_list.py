@@ -21,7 +21,7 @@ from faastwist.model.spec import FunctionSpec
 from faastwist.store.base import encode_spec, encode_status
 from faastwist.store.etcd import EtcdStore
 from faastwist.util.slices import Slicer
-from tests.support.etcd import EtcdProcess, etcd_server, unique_prefix  # noqa: F401
+from tests.support.etcd import EtcdProcess, unique_prefix
 from tests.support.turns import turn
 
 pytestmark = pytest.mark.etcd
@@ -42,7 +42,7 @@ def keys(*ids: str) -> KeySet:
 
 
 @pytest.fixture
-def stores(etcd_server: EtcdProcess, monkeypatch: pytest.MonkeyPatch):  # noqa: F811
+def stores(etcd_server: EtcdProcess, monkeypatch: pytest.MonkeyPatch):
     """``(store, fresh)``: the store under test and a factory of stores that have never
     listed (their list reads everything); pages of 8 functions."""
     monkeypatch.setattr(etcdlist_module, "LIST_PAGE", 8)
@@ -220,7 +220,7 @@ def test_random_changes_between_lists(stores):
 
 
 @pytest_twisted.inlineCallbacks
-def test_records_are_decoded_a_step_per_turn_of_the_stores_slicer(etcd_server,  # noqa: F811
+def test_records_are_decoded_a_step_per_turn_of_the_stores_slicer(etcd_server,
                                                                   monkeypatch):
     monkeypatch.setattr(etcdlist_module, "LIST_PAGE", 500)
     clock = Clock()
@@ -254,7 +254,7 @@ def test_records_are_decoded_a_step_per_turn_of_the_stores_slicer(etcd_server,  
 
 
 @pytest_twisted.inlineCallbacks
-def test_the_next_page_is_read_while_this_one_is_decoded(etcd_server,  # noqa: F811
+def test_the_next_page_is_read_while_this_one_is_decoded(etcd_server,
                                                          monkeypatch):
     monkeypatch.setattr(etcdlist_module, "LIST_PAGE", 2 * etcdlist_module.DECODE_STEP)
     clock = Clock()

@@ -10,7 +10,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock, deferLater
 
-from tests.support.etcd import EtcdProcess, etcd_process, etcd_server, unique_prefix  # noqa: F401
+from tests.support.etcd import EtcdProcess, unique_prefix
 from faastwist.metrics import Metrics
 from faastwist.store.etcd import EtcdStore
 from faastwist.store.leader import AlwaysLeader, LeaderElection

@@ -21,7 +21,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from faastwist.util.ports import free_port
-from tests.support.etcd import EtcdProcess, etcd_process, etcd_server, unique_prefix  # noqa: F401
+from tests.support.etcd import EtcdProcess, unique_prefix
 from faastwist.model.fsm import FunctionStatus, State
 from faastwist.metrics import Metrics
 from faastwist.model.spec import FunctionSpec

@@ -1,7 +1,7 @@
 """Shared by the CLI and console end-to-end tests: a real faasgate node, a small
 function to run on it, and the ``faastwist`` CLI run as a subprocess.
 
-    from tests.support.cli import cli_node, echo_spec, run_cli   # noqa: F401 (fixture)
+    from tests.support.cli import echo_spec, run_cli   # cli_node: tests/conftest.py
 
     def test_x(cli_node, tmp_path):
         spec = echo_spec(tmp_path, "x1")

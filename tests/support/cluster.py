@@ -3,7 +3,7 @@ nodes on loopback, every process started and stopped by pid.
 
 Usage::
 
-    from tests.support.cluster import cluster  # noqa: F401 (fixture)
+    # the fixture is registered for every module in tests/conftest.py
 
     @pytest.mark.cluster
     def test_x(cluster):

@@ -2,7 +2,7 @@
 
 Use from another test module::
 
-    from tests.support.etcd import EtcdProcess, etcd_server, etcd_process  # noqa: F401 (fixtures)
+    from tests.support.etcd import EtcdProcess  # the fixtures: tests/conftest.py
 
     @pytest.mark.etcd
     def test_something(etcd_server):   # one etcd per module, shared; use your own prefix

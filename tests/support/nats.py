@@ -1,6 +1,6 @@
 """A real nats-server with JetStream for tests, on free loopback ports.
 
-    from tests.support.nats import nats_server  # noqa: F401 (fixture)
+    # the fixture is registered for every module in tests/conftest.py
 
     @pytest.mark.nats
     def test_something(nats_server):

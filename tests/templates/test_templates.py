@@ -79,7 +79,7 @@ def _serve(tmp_path: Path, handler: str, contract: str):
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                raise AssertionError(process.stderr.read().decode())
+                raise AssertionError(process.stderr.read().decode()) from None
             time.sleep(0.05)
     return process, port
 

@@ -55,7 +55,7 @@ def load_handler(contract):
         site.addsitedir(folder)
     sys.path.insert(0, ROOT)
     try:
-        from function import handler
+        from function import handler  # type: ignore[import-not-found]  # the user's, at run time
     except SyntaxError as exc:
         where = os.path.relpath(exc.filename or "function/handler.py", ROOT)
         return None, f"{where}, line {exc.lineno}: SyntaxError: {exc.msg}"
@@ -75,7 +75,7 @@ class Query(dict):
 
     def __init__(self, pairs):
         super().__init__()
-        self._lists = {}
+        self._lists: dict[str, list[str]] = {}
         for key, value in pairs:
             self._lists.setdefault(key, []).append(value)
             self.setdefault(key, value)
@@ -198,7 +198,8 @@ def make_handler(runner):
 
         def _read_body(self):
             if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-                chunks, total = [], 0
+                chunks: list[bytes] = []
+                total = 0
                 while True:
                     size = int(self.rfile.readline(1024).split(b";")[0].strip() or b"0", 16)
                     if size == 0:

@@ -1,1 +1,0 @@
-from tests.support.cluster import cluster  # noqa: F401 (fixture)
