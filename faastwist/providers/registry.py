@@ -36,6 +36,7 @@ from faastwist.config import ConfigError
 if TYPE_CHECKING:
     from faastwist.config import ControllerConfig
     from faastwist.metrics import Metrics
+    from faastwist.util.reactor import IFullReactor
 
 #: the namespace OpenFaaS clients see when the provider has none of its own
 #: (OpenFaaS's default for functions)
@@ -57,7 +58,7 @@ class ProviderContext:
     """What a provider is built from."""
 
     config: ControllerConfig
-    reactor: Any   # timers, threads and processes: IReactorTime & IReactorProcess & ...
+    reactor: IFullReactor   # timers, threads and processes
     metrics: Metrics
     #: this node's own ports, read when a spec is checked (a function may not claim one)
     reserved_ports: Callable[[], Collection[int]] = frozenset

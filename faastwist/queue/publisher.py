@@ -20,8 +20,10 @@ from typing import Any
 
 from nats.js.errors import APIError, NoStreamResponseError
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
 
 from faastwist.queue.bridge import AsyncioBridge, BridgeStopped, BridgeTimeout
+from faastwist.queue.jetstream import JetStream
 
 
 class _Publish:
@@ -42,11 +44,12 @@ class _Publish:
 class Publisher:
     """``publish`` from the reactor; fires with the stream sequence once acked."""
 
-    def __init__(self, bridge: AsyncioBridge, reactor: Any, timeout: float) -> None:
+    def __init__(self, bridge: AsyncioBridge, reactor: IReactorFromThreads,
+                 timeout: float) -> None:
         self.bridge = bridge
         self.reactor = reactor
         self.timeout = timeout
-        self.js: Any = None                  # queue.jetstream.JetStream (send, ack inbox)
+        self.js: JetStream | None = None     # set on the loop once the ack inbox is up
         self._prefix = ""                    # the ack subscription's subject prefix
         self._count = 0
         self._outgoing: deque[_Publish] = deque()
@@ -57,7 +60,7 @@ class Publisher:
         #: runs of PUBs sent (one per loop wake-up that found publishes waiting)
         self.batches = 0
 
-    async def start(self, js: Any) -> None:
+    async def start(self, js: JetStream) -> None:
         """On the loop: subscribe to this publisher's acks (nats-py renews the
         subscription after a reconnect)."""
         self._prefix = await js.ack_inbox(self._on_ack)
@@ -104,8 +107,13 @@ class Publisher:
             asyncio.get_running_loop().create_task(self._send_batch(batch))
 
     async def _send_batch(self, batch: list[_Publish]) -> None:
+        js = self.js
+        if js is None:   # publish() queues nothing before start(); never unset after
+            for publish in batch:
+                self._finish(publish, BridgeStopped("the publisher is not started"))
+            return
         self.batches += 1
-        send, prefix, waiting = self.js.send, self._prefix, self._waiting
+        send, prefix, waiting = js.send, self._prefix, self._waiting
         for publish in batch:
             self._count += 1
             token = publish.token = str(self._count)

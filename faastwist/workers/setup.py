@@ -9,7 +9,7 @@ uses, the admin relay, the queue's callback rules); the worker reads it back wit
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -18,6 +18,9 @@ from faastwist.gate.assembly import SystemRelay
 from faastwist.providers.registry import WorkerLeases, kind_of
 from faastwist.store.etcdtls import EtcdTLS
 from faastwist.workers.channel import Message
+
+if TYPE_CHECKING:   # the worker itself runs no queue (nats-py is not imported there)
+    from faastwist.queue.service import QueueService
 
 
 @attrs.frozen
@@ -77,7 +80,7 @@ class WorkerSetup:
 
 
 def worker_setup(config: ControllerConfig, etcd_endpoints: list[str], system: SystemRelay,
-                 queue: Any, log_json: bool, etcd_tls: EtcdTLS | None = None) -> WorkerSetup:
+                 queue: QueueService | None, log_json: bool, etcd_tls: EtcdTLS | None = None) -> WorkerSetup:
     """Everything a worker needs (minus its index). ``queue``: the node's QueueService
     or None."""
     kind = kind_of(config)
