@@ -209,7 +209,8 @@ def private_tmp(writable: list[Path], hold: Path) -> str:
                    f"mount --bind {shlex.quote(str(folder))} {target}\n")
         if not rw:
             script += f"mount -o remount,bind,ro {target}\n"
-    return script + f"mount --move {shlex.quote(str(hold))} /tmp\n"
+    # -n: with / read-only, mount(8) cannot record a moved mount in its table
+    return script + f"mount -n --move {shlex.quote(str(hold))} /tmp\n"
 
 
 def systemd_like_command(argv: list[str], state: Path, pre: list[str],
