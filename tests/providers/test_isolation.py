@@ -29,7 +29,7 @@ from faastwist.providers.isolation import (
     search_path,
 )
 from faastwist.util.users import UserError, can_access, resolve_identity
-from tests.providers.test_process_provider import call, providers, wait_for  # noqa: F401
+from tests.providers.test_process import call, providers, wait_for  # noqa: F401
 from tests.support.process import PYTHON, REPO, function_spec, make_provider, write_script
 
 ECHO = str(REPO / "conf" / "functions" / "echo.py")

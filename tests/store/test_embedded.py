@@ -79,7 +79,7 @@ def store_for(url: str) -> EtcdStore:
 
 @pytest.mark.etcd
 @pytest_twisted.inlineCallbacks
-def test_embedded_etcd_serves_survives_kill_9_and_stops_cleanly(services, tmp_path):
+def test_embedded_serves_survives_kill_9_and_stops_cleanly(services, tmp_path):
     require_etcd()
     data_dir = str(tmp_path / "etcd")
     service = start(services, data_dir)

@@ -318,7 +318,7 @@ async def test_sigterm_ignored_means_sigkill_after_the_grace(providers):
     # without the sandbox: under bubblewrap its monitor dies of the SIGTERM and takes
     # the function with it at once (its parent-death signal), so no grace is spent
     # (this test passed there only while a stop also waited ~2 s for the zombies a
-    # late-reaping init leaves; see test_group_gone.py)
+    # late-reaping init leaves; see test_replica.py)
     provider = providers(tuning=fast_tuning(stop_grace=0.3), sandbox=False)
     spec = function_spec(name="stubborn", minReplica=1, command=[
         PYTHON, "-c",
