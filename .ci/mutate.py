@@ -287,7 +287,8 @@ def make_mutants(path: str, source: str, functions: tuple[str, ...]) -> list[Mut
         mutated_source, count = mutate(Context(source=source, mutation_id=mutation_id,
                                                filename=path))
         assert count == 1, mutation_id
-        if shape is not None and _shape(mutated_source) == shape:
+        if (shape is not None and ":" in original_lines[number - 1]
+                and _shape(mutated_source) == shape):
             continue
         mutated_lines = mutated_source.split("\n")
         # a mutation changes one line, or deletes/joins it: show what became of it

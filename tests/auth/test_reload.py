@@ -87,3 +87,25 @@ def test_a_file_others_may_write_is_refused(tmp_path: Path) -> None:
         AuthFiles(Authorizer(), clock, str(path)).load()
     path.chmod(0o644)                                    # readable by others is fine
     assert files.reload() is True
+
+
+@pytest.mark.parametrize("mode", [0o620, 0o602, 0o660, 0o606])
+def test_a_file_the_group_or_others_may_write_is_refused_either_way(
+        tmp_path: Path, mode: int) -> None:
+    """Group write alone is as bad as world write: a group member could add a token."""
+    path = tmp_path / "admin-tokens"
+    AuthFiles(Authorizer(), Clock(), str(path)).load()
+    path.chmod(mode)
+    with pytest.raises(TokenFileError, match=f"mode {mode:04o}"):
+        AuthFiles(Authorizer(), Clock(), str(path)).load()
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o604, 0o400])
+def test_a_file_only_its_owner_may_write_is_loaded(tmp_path: Path, mode: int) -> None:
+    path = tmp_path / "admin-tokens"
+    AuthFiles(Authorizer(), Clock(), str(path)).load()
+    token = read_admin_token(path)
+    path.chmod(mode)
+    auth = Authorizer()
+    AuthFiles(auth, Clock(), str(path)).load()
+    assert auth.check(bearer(token), True).allowed

@@ -87,3 +87,17 @@ def test_add_refuses_a_broken_file(tmp_path: Path) -> None:
     with pytest.raises(TokenFileError, match="line 1"):
         add_token(path, Role.ADMIN)
     assert path.read_text() == "admin nothex\n"
+
+
+def test_revoking_another_token_keeps_the_plain_admin_copy(tmp_path: Path) -> None:
+    """Only the revoked token's own copy goes: revoking a read token must not take the
+    same-machine clients' admin token with it."""
+    path = tmp_path / "admin-tokens"
+    first = ensure_tokens_file(path)
+    _, reader = add_token(path, Role.READ)
+    _, other_admin = add_token(path, Role.ADMIN)
+    revoke_token(path, reader.id)
+    revoke_token(path, other_admin.id)
+    assert read_admin_token(path) == first
+    assert (path.parent / (path.name + ADMIN_TOKEN_SUFFIX)).exists()
+    assert [e.digest for e in read_tokens(path)] == [hash_token(first)]
