@@ -494,6 +494,25 @@ async def test_fork_mode_listens_only_once_asked(providers):
 
 
 @pytest_twisted.ensureDeferred
+async def test_envprocess_forks_run_as_the_function_user_never_root(providers):
+    """The classic watchdog and every fprocess it forks run as the function's user:
+    the privilege drop wraps the envProcess replica like any other (as root, the
+    function's uid; else the node's own, which is not root either)."""
+    provider = providers()
+    spec = function_spec(name="wd-who", command=[], envProcess="sh -c 'id -u; id -g; id -G'",
+                         minReplica=1)
+    provider.check_spec(spec)
+    await provider.deploy(spec)
+    await wait_for(lambda: provider.runtimes["wd-who"].ready)
+    code, body, _ = await call(provider, spec, "/", b"")
+    assert code == 200, body
+    uid, gid, groups = body.decode().split("\n")[:3]
+    identity = provider.launcher.identity_of("wd-who")
+    assert (int(uid), int(gid)) == (identity.uid, identity.gid)
+    assert int(uid) != 0 and int(gid) != 0 and "0" not in groups.split()
+
+
+@pytest_twisted.ensureDeferred
 async def test_envprocess_replicas_are_watchdog_processes(providers):
     """An envProcess function without a command: each replica is a watchdog process
     that runs envProcess once per request (OpenFaaS's classic contract)."""

@@ -63,7 +63,6 @@ OWN_TEST_PENDING: dict[str, tuple[str, ...]] = {
     "faastwist/gate/adaptor.py": ('tests/gate/test_decisions.py', 'tests/gate/test_gate.py'),
     "faastwist/gate/context.py": ('tests/node/test_log_namespaces.py',),
     "faastwist/gate/exchange.py": (),
-    "faastwist/gate/lean.py": (),
     "faastwist/gate/limits.py": ('tests/gate/test_decisions.py',),
     "faastwist/gate/service.py": (
         "tests/gate/test_async_accept.py",
