@@ -34,7 +34,7 @@ from tests.support.process import PYTHON, REPO, function_spec, make_provider, wr
 
 ECHO = str(REPO / "conf" / "functions" / "echo.py")
 
-as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
+as_root = pytest.mark.root   # deselected when not root (tests/conftest.py)
 SECRETS = {"FAASTWIST_ADMIN_TOKEN": "s3cret-token", "NOTIFY_SOCKET": "/run/systemd/notify",
            "PYTHONPATH": "/node/only", "AWS_SECRET_ACCESS_KEY": "aws-secret"}
 

@@ -257,15 +257,13 @@ reactor.run()
 
 
 @pytest.mark.etcd
+@pytest.mark.setpriv   # deselected without setpriv (no parent-death signal)
 def test_a_sigkilled_parent_leaves_no_etcd_behind(tmp_path):
     """The parent-death signal (setpriv) takes etcd down with a crashed faastwist."""
-    import shutil
     import subprocess
     import time
 
     require_etcd()
-    if shutil.which("setpriv") is None:
-        pytest.skip("no setpriv: no parent-death signal on this system")
     parent = subprocess.Popen([sys.executable, "-c", _PARENT, str(tmp_path / "etcd")],
                               stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     etcd_pid = None
