@@ -195,12 +195,8 @@ OWN_TEST_PENDING: dict[str, tuple[str, ...]] = {
         "tests/providers/test_process.py",
         "tests/store/test_owned.py",
     ),
-    "faastwist/util/__init__.py": (),
-    "faastwist/util/bodyproducer.py": (),
     "faastwist/util/fdreserve.py": ('tests/gate/test_gate_hardening.py',),
     "faastwist/util/fields.py": (),
-    "faastwist/util/linear.py": (),
-    "faastwist/util/revision.py": (),
     "faastwist/util/users.py": (
         "tests/providers/test_isolation.py",
         "tests/providers/test_sandbox.py",
