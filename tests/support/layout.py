@@ -114,7 +114,6 @@ OWN_TEST_PENDING: dict[str, tuple[str, ...]] = {
     "faastwist/providers/secretfiles.py": ('tests/providers/test_sandbox.py',),
     "faastwist/providers/secretsync.py": (),
     "faastwist/providers/sockets.py": ('tests/providers/test_isolation.py',),
-    "faastwist/providers/watchdog.py": (),
     "faastwist/queue/embedded.py": ('tests/queue/test_queue_nats.py',),
     "faastwist/queue/jetstream.py": (
         "tests/queue/test_names.py",
