@@ -255,7 +255,10 @@ def test_codes_for_bad_and_unknown_requests(node):
         got, _, data = call(node, "POST", "/system/functions",
                             {"service": "form", "envProcess": "cat"},
                             {"Content-Type": kind, "Origin": node.gate_url})
-        assert got in (403, 415), data
+        # the relay hands /system/* to the admin port's guard, to which a page of the
+        # gate's origin is another site (another port): 403 before the body is looked
+        # at; the form type's own 415 is tests/admin/test_openfaas.py's
+        assert got == 403 and "cross-site writes are refused" in json.loads(data)["message"], data
     # JSON with a Content-Type too; the duplicate deploy is a conflict
     body = json.dumps({"service": "dup", "envProcess": "cat"})
     for _ in range(2):
