@@ -115,6 +115,8 @@ def test_memory_and_cpu_limits_are_enforced_and_reported(tmp_path: Path) -> None
         eater_cgroups = v1_folders(eater) if mechanism == "cgroup v1" else []
         assert all(f.is_dir() for f in eater_cgroups), eater_cgroups
         code, _, _ = http("GET", f"{node.gate_url}/function/eat/eat", timeout=30)
+        # both by the spec: 502 when the kernel kills the replica under the request, 503
+        # when the gate already knows it gone and none is ready; never a 200 or a hang
         assert code in (502, 503), code
 
         def oom_reported() -> dict | None:

@@ -105,3 +105,19 @@ def test_the_finder_tells_polls_from_fixed_sleeps(tmp_path) -> None:
     found = [(function, call) for _, function, call, _ in hygiene.uses(tmp_path, tmp_path)]
     assert found == [("", "pytest.mark.skipif"), ("b", "time.sleep(1.0)"),
                      ("c", "time.sleep(2)"), ("d", "pytest.skip('no')")]
+
+
+def test_an_assertion_that_accepts_two_answers_says_why() -> None:
+    """An assertion of two status codes passes on either: only where both are right by the
+    spec, with a comment on the line or just above saying why."""
+    import re
+
+    pattern = re.compile(r"assert .*\bin \(\d{3}, \d{3}")
+    bare = []
+    for path in sorted((hygiene.ROOT / "tests").rglob("*.py")):
+        lines = path.read_text().splitlines()
+        for number, line in enumerate(lines):
+            if pattern.search(line) and "#" not in line and not (
+                    number and lines[number - 1].strip().startswith("#")):
+                bare.append(f"{path.relative_to(hygiene.ROOT)}:{number + 1}: {line.strip()}")
+    assert bare == []
