@@ -126,3 +126,52 @@ def test_secret_bodies() -> None:
         with pytest.raises(SpecError) as caught:
             read_secret(body, NS)
         assert str(caught.value).startswith(field + ":")
+
+
+RENAMED = [("limitMemory", "limits.memory"), ("limitCPU", "limits.cpu"),
+           ("requestMemory", "requests.memory"), ("requestCPU", "requests.cpu"),
+           ("env", "envVars"), ("name", "service"),
+           ("minReplica", "labels.com.openfaas.scale.min"),
+           ("maxReplica", "labels.com.openfaas.scale.max")]
+
+
+@pytest.mark.parametrize("ours, theirs", RENAMED)
+def test_a_spec_error_names_the_field_as_the_deployment_calls_it(ours: str,
+                                                                  theirs: str) -> None:
+    from faastwist.admin.openfaas_model import _rename
+
+    assert str(_rename(SpecError(ours, "bad"))) == f"{theirs}: bad"
+    assert str(_rename(SpecError(ours + ".inner", "bad"))) == f"{theirs}.inner: bad"
+    assert str(_rename(SpecError(ours + "X", "bad"))) == f"{ours}X: bad"   # not a child
+    assert str(_rename(SpecError("image", "bad"))) == "image: bad"
+
+
+@pytest.mark.parametrize("value, replicas", [("0", 0), ("1000", 1000), (" 7 ", 7)])
+def test_scale_labels_take_whole_numbers_up_to_1000(value: str, replicas: int) -> None:
+    spec = deployment_to_spec({"service": "f", "image": "i", "labels": {
+        "com.openfaas.scale.min": value, "com.openfaas.scale.max": "1000"}}, NS)
+    assert spec.min_replica == replicas
+
+
+@pytest.mark.parametrize("value", ["1001", "-1", "1.5", "many"])
+def test_a_scale_label_out_of_range_is_named_with_its_value(value: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        deployment_to_spec({"service": "f", "image": "i",
+                            "labels": {"com.openfaas.scale.max": value}}, NS)
+    assert str(caught.value) == (f"labels.com.openfaas.scale.max: must be a whole number "
+                                 f"0-1000, got {value!r}")
+
+
+@pytest.mark.parametrize("value, zero", [("true", True), ("1", True), ("TRUE ", True),
+                                         ("false", False), ("0", False)])
+def test_the_scale_to_zero_label_is_a_boolean(value: str, zero: bool) -> None:
+    spec = deployment_to_spec({"service": "f", "image": "i", "labels": {
+        "com.openfaas.scale.zero": value, "com.openfaas.scale.min": "2"}}, NS)
+    assert spec.min_replica == (0 if zero else 2)
+
+
+def test_a_scale_to_zero_label_of_another_word_is_named() -> None:
+    with pytest.raises(SpecError) as caught:
+        deployment_to_spec({"service": "f", "image": "i",
+                            "labels": {"com.openfaas.scale.zero": "yes"}}, NS)
+    assert str(caught.value) == "labels.com.openfaas.scale.zero: must be true or false, got 'yes'"
