@@ -164,7 +164,11 @@ def test_watchdog_limits_failures_and_logs(node):
     first: list[int] = []
     worker = threading.Thread(target=lambda: first.append(call(node, "GET", "/function/busyfn")[0]))
     worker.start()
-    time.sleep(0.8)
+
+    def forked() -> bool:   # the watchdog logs it as it starts the first call's process
+        logs = call(node, "GET", "/system/logs?name=busyfn&tail=50")[2].decode()
+        return "Forking fprocess." in logs
+    wait_for(forked, 10)    # the first call is in flight
     code, _, data = call(node, "GET", "/function/busyfn")
     worker.join()
     assert code == 429 and b"Max concurrent requests: 1" in data

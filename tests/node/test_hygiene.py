@@ -70,8 +70,6 @@ PENDING: dict[tuple[str, str, str], str] = {
      "time.sleep(0.3)"): "waits for the request to reach the function",
     ("tests/e2e/test_observability_e2e.py", "test_access_log_switched_off",
      "time.sleep(0.3)"): "shows that no access line was written",
-    ("tests/e2e/test_openfaas_e2e.py", "test_watchdog_limits_failures_and_logs",
-     "time.sleep(0.8)"): "waits for the first request to be in flight",
     ("tests/e2e/test_workers_e2e.py", "test_two_workers_serve_one_port_with_one_view",
      "time.sleep(2.5)"): "shows that later reports count nothing twice",
 }
