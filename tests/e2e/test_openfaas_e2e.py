@@ -292,10 +292,10 @@ def test_update_through_openfaas_and_easegress_created_function(node, tmp_path: 
     wait_for(lambda: node.json("GET", "/egfn")[0] == 404)
 
 
+@pytest.mark.sandbox   # OpenFaaS's secrets path and the hiding are the sandbox's
 def test_secrets_are_written_encrypted_and_read_by_the_function_that_names_them(node):
     import base64
     import os
-    import shutil
     import stat
 
     code, _, data = call(node, "POST", "/system/secrets", {"name": "db-pass",
@@ -340,20 +340,18 @@ def test_secrets_are_written_encrypted_and_read_by_the_function_that_names_them(
     [folder] = [p for root in roots if root.is_dir() for p in root.iterdir()
                 if p.name.startswith("secfn-")]
     assert stat.S_IMODE(os.stat(folder / "db-pass").st_mode) == 0o400
-    sandboxed = shutil.which("bwrap") is not None
-    if sandboxed:   # bubblewrap: OpenFaaS's path, and the node's folders are hidden
-        deploy(node, "pathfn", envProcess="cat /var/openfaas/secrets/db-pass",
-               secrets=["db-pass"])
-        assert call(node, "GET", "/function/pathfn")[2] == b"s3cret-Value-42"
-        remove(node, "pathfn")
+    # the sandbox: OpenFaaS's path, and the node's folders are hidden
+    deploy(node, "pathfn", envProcess="cat /var/openfaas/secrets/db-pass",
+           secrets=["db-pass"])
+    assert call(node, "GET", "/function/pathfn")[2] == b"s3cret-Value-42"
+    remove(node, "pathfn")
     # another function gets no secrets folder, and cannot read the one of secfn even
     # when it knows its path (it runs as the same user: the sandbox hides it)
     spy = f"sh -c 'echo \"[$FAASTWIST_SECRETS_DIR]\"; cat {folder}/db-pass'"
     deploy(node, "othfn", envProcess=spy)
     code, _, data = call(node, "GET", "/function/othfn")
     assert data.startswith(b"[]\n")
-    if sandboxed:
-        assert code == 500 and b"No such file" in data and b"s3cret" not in data
+    assert code == 500 and b"No such file" in data and b"s3cret" not in data
     # an updated secret reaches the running function, its files refreshed in place
     assert call(node, "PUT", "/system/secrets", {"name": "db-pass", "value": "rotated"})[0] == 202
     wait_for(lambda: call(node, "GET", "/function/secfn")[2] == b"rotateddb-pass\n", timeout=15)
