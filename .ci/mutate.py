@@ -116,7 +116,8 @@ TARGETS = (
            marks="etcd and not slow"),
     # the sandbox's argv (its order is the isolation) and the uid per function
     Target("faastwist/providers/sandbox.py", ("tests/providers/test_sandbox.py",)),
-    Target("faastwist/util/users.py", ("tests/providers/test_sandbox.py",),
+    Target("faastwist/util/users.py",
+           ("tests/util/test_users.py", "tests/providers/test_sandbox.py"),
            functions=("parse", "uid_for", "identity", "account_exists")),
 )
 

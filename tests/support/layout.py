@@ -199,10 +199,6 @@ OWN_TEST_PENDING: dict[str, tuple[str, ...]] = {
     ),
     "faastwist/util/fdreserve.py": ('tests/gate/test_gate_hardening.py',),
     "faastwist/util/fields.py": (),
-    "faastwist/util/users.py": (
-        "tests/providers/test_isolation.py",
-        "tests/providers/test_sandbox.py",
-    ),
     "faastwist/workers/child.py": ('tests/workers/test_link.py',),
     "faastwist/workers/remote.py": ('tests/workers/test_link.py',),
 }
