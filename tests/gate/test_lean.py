@@ -106,3 +106,55 @@ def test_a_resumed_body_that_then_stalls_is_cut_a_timeout_after_the_resume(
     assert b"HTTP/1.1 408" not in client.answered
     client.advance(6)
     assert b"HTTP/1.1 408" in client.answered
+
+
+GET = b"GET /echo/%d HTTP/1.1\r\nHost: gate\r\nX-FaaS-Func-Name: demo10\r\n\r\n"
+
+
+def test_a_head_that_does_not_arrive_is_cut_at_header_timeout(
+        gate: MemoryGate, factory: LeanFactory) -> None:
+    client = Client(gate, factory)
+    client.send(b"GET /echo HTTP/1.1\r\nHost: ga")
+    client.advance(HEAD - 3)
+    assert client.answered == b""
+    client.advance(6)
+    assert client.answered.startswith(b"HTTP/1.1 408 ")
+    assert b"the request head did not arrive within 10s (headerTimeout)" in client.answered
+    assert client.transport.disconnecting
+
+
+def test_an_idle_kept_alive_connection_is_closed_after_keep_alive_timeout(
+        gate: MemoryGate, factory: LeanFactory) -> None:
+    client = Client(gate, factory)
+    client.send(GET % 1)
+    assert client.answered.startswith(b"HTTP/1.1 200 ")
+    client.advance(KEEP - 3)
+    assert not client.transport.disconnecting
+    client.send(GET % 2)                         # a request: the idle clock starts again
+    assert client.answered.count(b"HTTP/1.1 200 ") == 2
+    client.advance(KEEP - 3)
+    assert not client.transport.disconnecting
+    client.advance(6)
+    assert client.transport.disconnecting
+    assert client.answered.count(b"HTTP/1.1 ") == 2   # closed without a word
+
+
+def test_pipelined_requests_are_answered_in_order(gate: MemoryGate,
+                                                  factory: LeanFactory) -> None:
+    client = Client(gate, factory)
+    client.send(GET % 1 + GET % 2 + GET % 3)
+    answered = client.answered
+    assert answered.count(b"HTTP/1.1 200 ") == 3
+    firsts = [answered.index(b'"/echo/%d"' % n) for n in (1, 2, 3)]
+    assert firsts == sorted(firsts)
+    assert [r["uri"] for r in gate.upstream.requests] == ["/echo/1", "/echo/2", "/echo/3"]
+
+
+def test_a_broken_chunked_body_is_400_then_close(gate: MemoryGate,
+                                                 factory: LeanFactory) -> None:
+    client = Client(gate, factory)
+    client.send(b"POST /echo HTTP/1.1\r\nHost: gate\r\nX-FaaS-Func-Name: demo10\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n")
+    assert client.answered.startswith(b"HTTP/1.1 400 ")
+    assert b"connection: close" in client.answered.lower()
+    assert client.transport.disconnecting
