@@ -111,8 +111,13 @@ TARGETS = (
     Target("faastwist/gate/exchange.py", ("tests/gate/test_access.py", "tests/gate/test_gate.py"),
            functions=("_check_key", "_check_rate")),
     Target("faastwist/queue/policy.py", ("tests/queue/test_policy.py",)),
-    # a node's session: its lease and keys in a real etcd (~1 s a child)
+    # a node's session, etcd's paged listing and the leader's election: only a real etcd
+    # reaches them (~1 s a child)
     Target("faastwist/cluster/session.py", ("tests/cluster/test_session.py",),
+           marks="etcd and not slow"),
+    Target("faastwist/store/etcdlist.py", ("tests/store/test_etcdlist.py",),
+           marks="etcd and not slow"),
+    Target("faastwist/store/leader.py", ("tests/store/test_leader.py",),
            marks="etcd and not slow"),
     # the sandbox's argv (its order is the isolation) and the uid per function
     Target("faastwist/providers/sandbox.py", ("tests/providers/test_sandbox.py",)),
