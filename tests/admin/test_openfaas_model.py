@@ -239,3 +239,20 @@ def test_secret_refusals_are_exact_and_the_size_limit_is_inclusive() -> None:
         assert str(caught.value) == message
     assert read_secret({"name": "s", "value": "x" * MAX_SECRET_SIZE}, NS) == (
         "s", b"x" * MAX_SECRET_SIZE)
+
+
+def test_an_active_functions_available_count_is_the_gates_own() -> None:
+    from faastwist.admin.openfaas_model import DEFAULT_NAMESPACE
+
+    assert DEFAULT_NAMESPACE == "openfaas-fn"               # faas-cli's default
+    spec = deployment_to_spec({"service": "f", "image": "i"}, NS)
+    active = function_status(spec, FunctionStatus("f", State.ACTIVE), NS, 0, 1, 3)
+    assert (active["replicas"], active["availableReplicas"]) == (3, 1)
+    starting = function_status(spec, FunctionStatus("f", State.INITIAL), NS, 0, 2, 3)
+    assert starting["availableReplicas"] == 0                # not active: no traffic
+
+
+def test_a_resource_that_is_not_a_quantity_is_named() -> None:
+    with pytest.raises(SpecError) as caught:
+        deployment_to_spec({"service": "f", "image": "i", "limits": {"memory": [1]}}, NS)
+    assert str(caught.value) == "limits.memory: must be a quantity like 128Mi or 100m, got [1]"
