@@ -189,6 +189,8 @@ class Mutant:
     original: str
     mutated: str
     status: str = ""
+    #: on a line no test of the target runs: not run, a survivor
+    unreached: bool = False
 
     def key(self) -> tuple[str, str, str]:
         return self.path, self.original.strip(), self.mutated.strip()
@@ -457,8 +459,7 @@ def run_target(target: Target, works: list[Path], equivalents: dict) -> Score:
           f"{' '.join(target.tests) or 'none (no own test file)'}", flush=True)
     if not score.mutants or not target.tests:
         for mutant in score.mutants:
-            mutant.status = SURVIVED
-        score.unreached = len(score.mutants)
+            mutant.status, mutant.unreached = SURVIVED, True
         return settle(score, equivalents, began)
     os.environ.pop("COVERAGE_FILE", None)
     by_line, baseline = coverage_by_line(works[0], target)
@@ -466,8 +467,7 @@ def run_target(target: Target, works: list[Path], equivalents: dict) -> Score:
     if by_line is None:
         print(f"{target.name}: none of its tests is in -m '{target.marks}'", flush=True)
         for mutant in score.mutants:
-            mutant.status = SURVIVED
-        score.unreached = len(score.mutants)
+            mutant.status, mutant.unreached = SURVIVED, True
         return settle(score, equivalents, began)
     share_test_cache(works)
     timeout = max(60.0, 4 * baseline)
@@ -476,7 +476,7 @@ def run_target(target: Target, works: list[Path], equivalents: dict) -> Score:
     for mutant in score.mutants:
         if target.traced and not reached(mutant.line, by_line, starts):
             mutant.status = SURVIVED
-            score.unreached += 1
+            mutant.unreached = True
         else:
             queue.append((mutant, False))
     running: dict[int, tuple[Mutant, Path, float, bool]] = {}
@@ -534,6 +534,7 @@ def settle(score: Score, equivalents: dict, began: float) -> Score:
     for mutant in score.survivors:
         if mutant.key() in equivalents:
             mutant.status = "equivalent"
+    score.unreached = sum(m.unreached for m in score.survivors)
     score.seconds = time.monotonic() - began
     return score
 
