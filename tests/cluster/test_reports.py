@@ -235,3 +235,82 @@ def test_messages_of_waiting_stopped_failed_and_pending_folds() -> None:
                                      report("n2")), LIVE)
     assert (pending.stopped, pending.event, pending.message) == (
         False, Event.PENDING, "node n0: pulling; node n1: queued")
+
+
+def test_every_shared_detail_is_kept_once_when_alike_and_per_node_when_not() -> None:
+    shared = {"user": "u", "sandbox": "bwrap", "memoryLimit": "128Mi", "cpuLimit": "500m",
+              "pidsLimit": "64", "diskLimit": "1Gi", "network": "none", "lastScale": "1 -> 2"}
+    alike = aggregate("f", by_node(*(report(n, **shared) for n in LIVE)), LIVE)
+    assert {k: alike.ext_data[k] for k in shared} == shared
+    apart = aggregate("f", by_node(report("n0", **shared), report("n1"), report("n2")), LIVE)
+    for key, value in shared.items():
+        assert key not in apart.ext_data and apart.ext_data[f"n0.{key}"] == value
+
+
+def test_oom_kills_add_up_and_garbage_counts_nothing() -> None:
+    folded = aggregate("f", by_node(report("n0", oomKills="2"), report("n1", oomKills="x"),
+                                    report("n2")), LIVE)
+    assert (folded.ext_data["oomKills"], folded.ext_data["reason"]) == ("2", "OOM")
+
+
+def test_the_fold_yields_every_chunk_of_500_functions() -> None:
+    from twisted.internet.task import Clock
+
+    from faastwist.cluster import reports as reports_module
+
+    class Local:
+        kind = "process"
+
+    assert reports_module.CHUNK == 500
+    clock = Clock()
+    reports = {f"f{i:04d}": by_node(report("n0")) for i in range(500)}
+    view = ClusterView(Local(), lambda: succeed((reports, ["n0"])), clock)
+    observed: dict = {}
+    view.observe().addCallback(observed.update)
+    assert len(observed) == 500                 # one chunk: no turn given back
+    reports["f0500"] = by_node(report("n0"))
+    later: dict = {}
+    view.observe().addCallback(later.update)
+    assert later == {}
+    clock.advance(0)
+    assert len(later) == 501 and later["f0500"].event is Event.READY
+    assert view.kind == "process"
+    no_clock = ClusterView(Local(), lambda: succeed((reports, ["n0"])))
+    whole: dict = {}
+    no_clock.observe().addCallback(whole.update)
+    assert len(whole) == 501                    # without a clock: all in one go
+
+
+def test_observing_some_names_keeps_the_others_folded() -> None:
+    class Local:
+        kind = "process"
+
+        def acquire(self, spec):
+            return ("lease", spec)
+
+        def check(self):
+            return succeed("checked")
+
+        def check_spec(self, spec):
+            self.checked = spec
+
+    reports = {"f": by_node(report("n0")), "g": by_node(report("n0"))}
+    local = Local()
+    view = ClusterView(local, lambda: succeed((reports, ["n0"])))
+    first: dict = {}
+    view.observe().addCallback(first.update)
+    some: dict = {}
+    view.observe(["f"]).addCallback(some.update)
+    again: dict = {}
+    view.observe().addCallback(again.update)
+    assert again["f"] is first["f"] and again["g"] is first["g"]   # g still remembered
+    done: list = []
+    for write in (view.update, view.stop, view.start):
+        write(None).addCallback(done.append)
+    assert done == [None, None, None]
+    assert view.acquire("spec") == ("lease", "spec")
+    view.check_spec("spec")
+    assert local.checked == "spec"
+    checked: list = []
+    view.check().addCallback(checked.append)
+    assert checked == ["checked"]
