@@ -151,3 +151,22 @@ def test_another_error_class_is_raised_for_every_problem() -> None:
         reader.section("s", lambda s: s.string("x"))
     with pytest.raises(SpecError):
         FieldReader([], "", SpecError)
+
+
+def test_a_present_value_is_read_even_when_a_default_is_given() -> None:
+    reader = FieldReader({"i": "+7", "t": "500ms", "s": "2Ki", "l": ["a"], "m": {"k": 1},
+                          "x": "X7", "map": {"a": 1}}, "")
+    assert reader.integer("i", 0) == 7
+    assert reader.duration("t", 9.0) == 0.5                    # no minimum by default
+    assert reader.size("s", 0) == 2048
+    assert reader.string_list("l", ()) == ("a",)
+    assert reader.string_map("m", {}) == {"k": "1"}
+    assert problem(lambda: reader.integer("x")) == "x: must be an integer, got a string"
+    assert problem(lambda: reader.string("map")) == "map: must be a string, got a mapping"
+
+
+def test_a_missing_value_is_the_default_as_given_never_parsed() -> None:
+    reader = FieldReader({}, "")
+    for read in (reader.integer, reader.duration, reader.size, reader.string_list,
+                 reader.string_map, reader.string):
+        assert read("none", None) is None
