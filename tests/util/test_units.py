@@ -108,3 +108,10 @@ def test_sizes_are_whole_bytes() -> None:
     assert str(caught.value) == "must not be negative, got -1"
     with pytest.raises(UnitError):
         parse_size(True)
+
+
+def test_zero_is_a_value_not_a_refusal() -> None:
+    assert parse_duration(0) == 0.0 and parse_duration(0.0) == 0.0
+    assert parse_quantity("0") == 0 and parse_quantity("0Mi") == 0
+    assert parse_size(0) == 0
+    assert format_duration(1) == "1s" and format_duration(0) == "0s"
