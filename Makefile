@@ -18,7 +18,9 @@ export FAASTWIST_ENVTEST
 # (91.8% on 29 Nov 2026, rounded down; README, Development)
 COVERAGE_FLOOR_NO_ENVTEST ?= 91
 COVERAGE_FLOOR := $(if $(FAASTWIST_ENVTEST),,--cov-fail-under=$(COVERAGE_FLOOR_NO_ENVTEST))
-# `make mutate MUTATE_ARGS="gate/adaptor -j 1"`: some modules, fewer jobs (.ci/mutate.py)
+# `make mutate`: every module of faastwist/, each against its own test file (.ci/mutate.py);
+# `make mutate MUTATE_ARGS="gate/adaptor -j 1"`: some modules, fewer jobs;
+# `MUTATE_ARGS="--shard 2/4"`: the second of four equal parts (one per CI job)
 MUTATE_ARGS ?=
 # the fast tier: no root, no apt, no external process (markers in setup.cfg)
 UNIT_MARKERS := not etcd and not envtest and not slow and not process and not e2e and not nats and not cluster and not sandbox

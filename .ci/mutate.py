@@ -16,8 +16,15 @@ why it cannot change behaviour, in ``.ci/mutants-equivalent.txt``; listed surviv
 subtracted. The score is killed / (mutants - listed equivalents); under GOAL in any
 module the run fails and prints the survivors in the file's format.
 
-    python .ci/mutate.py                 # every module in TARGETS
+Every module of ``faastwist/`` is a target: against its own test file
+(``tests/<package>/test_<module>.py``, tests/support/layout.py says which) unless
+TARGETS names it with other tests or marks; TARGETS also holds narrower targets (some
+functions of a module against the tests that pin their decisions), run besides the
+whole module. A module of imports only, or with no mutant, is not run.
+
+    python .ci/mutate.py                 # every target
     python .ci/mutate.py gate/adaptor    # the targets whose path contains the word
+    python .ci/mutate.py --shard 2/4     # the second of four parts of equal weight (CI)
     python .ci/mutate.py --list          # the targets and their tests
 """
 
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import runpy
 import gc
 import importlib.metadata
 import os
@@ -41,6 +49,14 @@ EQUIVALENT_FILE = ROOT / ".ci" / "mutants-equivalent.txt"
 GOAL = 90.0
 #: the unit tier (as `make unit`): no external process, no real etcd or apiserver
 UNIT = "not etcd and not envtest and not slow and not process and not e2e and not nats and not cluster"
+#: which test file is a module's own (shared with tests/node/test_layout.py); loaded by
+#: path: importing the ``tests`` package here would make every child import it from
+#: the checkout instead of its copy
+LAYOUT = runpy.run_path(str(ROOT / "tests" / "support" / "layout.py"))
+#: modules whose annotations are read at run time (kube/schema.py builds the CRD from the
+#: spec records' type hints): their annotation-only mutants count; everywhere else
+#: (``from __future__ import annotations``) an annotation is never evaluated
+ANNOTATIONS_READ = frozenset({"faastwist/model/spec.py"})
 
 
 @dataclass(frozen=True)
@@ -57,8 +73,20 @@ class Target:
     #: a module another branch brings: absent here, it is listed as such, not an error
     optional: bool = False
 
+    @property
+    def name(self) -> str:
+        return f"{self.path}:{','.join(self.functions)}" if self.functions else self.path
 
-# To add a module: one line, with the fastest tests that exercise it.
+    @property
+    def traced(self) -> bool:
+        """Every test runs in the child (the unit tier): a line coverage saw no test run
+        is run by none, so its mutants survive without running anything."""
+        return self.marks == UNIT
+
+
+# Every module is mutated against its own test file (automatic). A line here, for a whole
+# module (no ``functions``), replaces that: other or more tests, other marks; with
+# ``functions``, it is a narrower target besides the whole module.
 TARGETS = (
     Target("faastwist/model/fsm.py", ("tests/model/test_fsm.py",)),
     Target("faastwist/model/spec.py", ("tests/model/test_spec.py",)),
@@ -83,11 +111,60 @@ TARGETS = (
     Target("faastwist/gate/exchange.py", ("tests/gate/test_access.py", "tests/gate/test_gate.py"),
            functions=("_check_key", "_check_rate")),
     Target("faastwist/queue/policy.py", ("tests/queue/test_policy.py",)),
+    # a node's session, etcd's paged listing and the leader's election: only a real etcd
+    # reaches them (~1 s a child)
+    Target("faastwist/cluster/session.py", ("tests/cluster/test_session.py",),
+           marks="etcd and not slow"),
+    Target("faastwist/store/etcdlist.py", ("tests/store/test_etcdlist.py",),
+           marks="etcd and not slow"),
+    Target("faastwist/store/leader.py", ("tests/store/test_leader.py",),
+           marks="etcd and not slow"),
     # the sandbox's argv (its order is the isolation) and the uid per function
     Target("faastwist/providers/sandbox.py", ("tests/providers/test_sandbox.py",)),
-    Target("faastwist/util/users.py", ("tests/providers/test_sandbox.py",),
+    Target("faastwist/util/users.py",
+           ("tests/util/test_users.py", "tests/providers/test_sandbox.py"),
            functions=("parse", "uid_for", "identity", "account_exists")),
 )
+
+def all_targets() -> list[Target]:
+    """TARGETS, and for every other module of the package the whole module against its
+    own test file; modules of imports only (a package's re-exports) and those that need
+    no test of their own (tests/support/layout.py says why) are left out."""
+    whole = {t.path for t in TARGETS if not t.functions}
+    found = list(TARGETS)
+    for module in LAYOUT["modules"]():
+        if (module in whole or module in LAYOUT["WITHOUT_OWN_TEST"]
+                or LAYOUT["only_reexports"]((ROOT / module).read_text())):
+            continue
+        own = LAYOUT["own_test_file"](module)
+        # until a module has its own file: the tests that import it today
+        tests = (own,) if (ROOT / own).exists() else LAYOUT["OWN_TEST_PENDING"].get(module, ())
+        found.append(Target(module, tuple(tests)))
+    return sorted(found, key=lambda t: t.name)
+
+
+def weight(target: Target) -> int:
+    """About how long a target takes, to cut a run into shards of equal work: the lines
+    it mutates (its mutants without running mutmut's parser over every module)."""
+    path = ROOT / target.path
+    if not path.exists():
+        return 0
+    source = path.read_text()
+    code = {n for n, line in enumerate(source.split("\n"), 1) if line.strip()}
+    return len(mutable_lines(source, target.functions) & code)
+
+
+def shard(targets: list[Target], index: int, count: int) -> list[Target]:
+    """The ``index``-th (1-based) of ``count`` parts of equal weight, the same parts on
+    every machine (heaviest first, each to the lightest part so far)."""
+    parts: list[list[Target]] = [[] for _ in range(count)]
+    loads = [0] * count
+    for target in sorted(targets, key=lambda t: (-weight(t), t.name)):
+        lightest = loads.index(min(loads))
+        parts[lightest].append(target)
+        loads[lightest] += weight(target)
+    return sorted(parts[index - 1], key=lambda t: t.name)
+
 
 #: imported once in the parent, shared by every forked child (never faastwist itself,
 #: and never twisted.internet.reactor: pytest-twisted installs the reactor in the child)
@@ -112,6 +189,8 @@ class Mutant:
     original: str
     mutated: str
     status: str = ""
+    #: on a line no test of the target runs: not run, a survivor
+    unreached: bool = False
 
     def key(self) -> tuple[str, str, str]:
         return self.path, self.original.strip(), self.mutated.strip()
@@ -126,6 +205,8 @@ class Score:
     target: Target
     mutants: list[Mutant] = field(default_factory=list)
     equivalent: int = 0
+    #: survivors on lines no test runs (not run: nothing could kill them)
+    unreached: int = 0
     seconds: float = 0.0
 
     @property
@@ -183,11 +264,32 @@ def statement_starts(source: str) -> dict[int, int]:
     return starts
 
 
+def _shape(source: str) -> str | None:
+    """The module's syntax tree without its annotations (None: not Python)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.arg):
+            node.annotation = None
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            node.returns = None
+        elif isinstance(node, ast.AnnAssign):
+            node.annotation = None  # type: ignore[assignment]
+    return ast.dump(tree)
+
+
 def make_mutants(path: str, source: str, functions: tuple[str, ...]) -> list[Mutant]:
+    """mutmut's mutants of the allowed lines, less those that only change an annotation
+    where annotations are never evaluated (``from __future__ import annotations``, and
+    nothing reads the hints: ANNOTATIONS_READ): Python cannot tell them apart."""
     from mutmut import Context, list_mutations, mutate
 
     allowed = mutable_lines(source, functions)
     original_lines = source.split("\n")
+    shape = (_shape(source) if path not in ANNOTATIONS_READ
+             and "from __future__ import annotations" in source else None)
     mutants = []
     for mutation_id in list_mutations(Context(source=source, filename=path)):
         number = mutation_id.line_number + 1
@@ -196,6 +298,9 @@ def make_mutants(path: str, source: str, functions: tuple[str, ...]) -> list[Mut
         mutated_source, count = mutate(Context(source=source, mutation_id=mutation_id,
                                                filename=path))
         assert count == 1, mutation_id
+        if (shape is not None and ":" in original_lines[number - 1]
+                and _shape(mutated_source) == shape):
+            continue
         mutated_lines = mutated_source.split("\n")
         # a mutation changes one line, or deletes/joins it: show what became of it
         changed = mutated_lines[number - 1] if len(mutated_lines) == len(original_lines) else ""
@@ -298,11 +403,11 @@ def finish(pid: int, started: float, timeout: float, block: bool) -> str | None:
     return None
 
 
-def coverage_by_line(work: Path, target: Target) -> tuple[dict[int, list[str]], float]:
+def coverage_by_line(work: Path, target: Target) -> tuple[dict[int, list[str]] | None, float]:
     """Run the target's tests once on the original module, with coverage contexts: which
     tests run each line (pytest node ids), and how long the run took."""
     data_file = work / ".coverage.mutate"
-    module = target.path[:-3].replace("/", ".")
+    module = target.path[:-3].replace("/", ".").removesuffix(".__init__")  # a package
     started = time.monotonic()
     os.environ["COVERAGE_FILE"] = str(data_file)
     # no floor here: setup.cfg's fail_under is for the whole suite, not one module
@@ -310,6 +415,8 @@ def coverage_by_line(work: Path, target: Target) -> tuple[dict[int, list[str]], 
                        "--cov-report=", "--cov-fail-under=0", *target.tests], cache=True)
     status = finish(pid, started, 900, block=True)
     elapsed = time.monotonic() - started
+    if status == NOT_RUN:  # none of its tests is in the target's marks: none runs
+        return None, elapsed
     if status != SURVIVED:
         raise SystemExit(f"mutate: the tests of {target.path} fail without any mutant: "
                          f"pytest -m '{target.marks}' {' '.join(target.tests)}")
@@ -348,15 +455,30 @@ def run_target(target: Target, works: list[Path], equivalents: dict) -> Score:
     began = time.monotonic()
     source = (works[0] / target.path).read_text()
     score.mutants = make_mutants(target.path, source, target.functions)
-    print(f"{target.path}: {len(score.mutants)} mutants, tests: {' '.join(target.tests)}",
-          flush=True)
+    print(f"{target.name}: {len(score.mutants)} mutants, tests: "
+          f"{' '.join(target.tests) or 'none (no own test file)'}", flush=True)
+    if not score.mutants or not target.tests:
+        for mutant in score.mutants:
+            mutant.status, mutant.unreached = SURVIVED, True
+        return settle(score, equivalents, began)
     os.environ.pop("COVERAGE_FILE", None)
     by_line, baseline = coverage_by_line(works[0], target)
     os.environ.pop("COVERAGE_FILE", None)
+    if by_line is None:
+        print(f"{target.name}: none of its tests is in -m '{target.marks}'", flush=True)
+        for mutant in score.mutants:
+            mutant.status, mutant.unreached = SURVIVED, True
+        return settle(score, equivalents, began)
     share_test_cache(works)
     timeout = max(60.0, 4 * baseline)
     starts = statement_starts(source)
-    queue = [(mutant, False) for mutant in score.mutants]  # (mutant, with whole test files)
+    queue = []  # (mutant, with whole test files)
+    for mutant in score.mutants:
+        if target.traced and not reached(mutant.line, by_line, starts):
+            mutant.status = SURVIVED
+            mutant.unreached = True
+        else:
+            queue.append((mutant, False))
     running: dict[int, tuple[Mutant, Path, float, bool]] = {}
     free = list(works)
     done = 0
@@ -389,9 +511,10 @@ def run_target(target: Target, works: list[Path], equivalents: dict) -> Score:
                     elif not whole:
                         queue.insert(0, (mutant, True))
                     else:
-                        raise SystemExit(f"mutate: pytest could not run the tests of "
-                                         f"{target.path} (exit code 4 or 5) for the mutant "
-                                         f"on line {mutant.line}:\n{mutant.block()}")
+                        # the whole files ran on the original (the baseline): that they
+                        # cannot even be collected now (a conftest's import broken, say)
+                        # is the mutant's doing
+                        record(mutant, KILLED)
             time.sleep(0.01)
     finally:
         for pid in running:
@@ -403,12 +526,22 @@ def run_target(target: Target, works: list[Path], equivalents: dict) -> Score:
         for work in works:
             (work / target.path).write_text(source)
     print(flush=True)
+    return settle(score, equivalents, began)
+
+
+def settle(score: Score, equivalents: dict, began: float) -> Score:
     score.equivalent = sum(m.key() in equivalents for m in score.survivors)
     for mutant in score.survivors:
         if mutant.key() in equivalents:
             mutant.status = "equivalent"
+    score.unreached = sum(m.unreached for m in score.survivors)
     score.seconds = time.monotonic() - began
     return score
+
+
+def reached(line: int, by_line: dict[int, list[str]], starts: dict[int, int]) -> bool:
+    """Whether any test ran the mutant's line or its statement's first line."""
+    return any(number in by_line for number in {line, starts.get(line, line)})
 
 
 def copy_tree(work: Path) -> None:
@@ -430,14 +563,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the targets and stop")
     parser.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1,
                         help="mutants tested at once (default: one per CPU)")
+    parser.add_argument("--shard", metavar="I/N", type=shard_arg,
+                        help="run the I-th of N parts of equal weight (1-based), e.g. one "
+                             "per CI job; the parts of N runs cover every target once")
+    parser.add_argument("--rst", metavar="FILE", type=Path,
+                        help="also write the per-module table as reStructuredText")
     args = parser.parse_args(argv)
-    targets = [t for t in TARGETS if not args.only or any(w in t.path for w in args.only)]
+    targets = [t for t in all_targets() if not args.only or any(w in t.name for w in args.only)]
+    if args.shard:
+        targets = shard(targets, *args.shard)
     if not targets:
         parser.error(f"no target matches {args.only}")
     if args.list:
         for target in targets:
-            scope = f" (only {', '.join(target.functions)})" if target.functions else ""
-            print(f"{target.path}{scope}: {' '.join(target.tests)}")
+            marks = "" if target.marks == UNIT else f" [-m {target.marks}]"
+            print(f"{target.name}: {' '.join(target.tests) or '(no own test file)'}{marks}")
         return 0
     equivalents = read_equivalents(EQUIVALENT_FILE)
     # a SIGTERM (make interrupted, CI's time out) still stops every child and cleans up
@@ -478,25 +618,54 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         os.chdir(ROOT)
         shutil.rmtree(top, ignore_errors=True)
+    if args.rst:
+        args.rst.write_text(rst_table(scores))
     return report(scores, absent, equivalents)
 
 
+def shard_arg(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard: I/N, two integers (got {text!r})")
+    if not 1 <= index <= count:
+        raise argparse.ArgumentTypeError(f"--shard: I from 1 to N (got {text!r})")
+    return index, count
+
+
+def rst_table(scores: list[Score]) -> str:
+    """The per-module table, for the docs (``--rst FILE``)."""
+    rows = [("module", "mutants", "killed", "equivalent", "survived", "unreached", "score")]
+    for s in scores:
+        rows.append((f"``{s.target.name}``", str(len(s.mutants)), str(s.killed),
+                     str(s.equivalent), str(len(s.survivors)), str(s.unreached),
+                     f"{s.percent:.1f}%"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    rule = " ".join("=" * w for w in widths)
+    lines = [rule, " ".join(c.ljust(w) for c, w in zip(rows[0], widths)).rstrip(), rule]
+    lines += [" ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows[1:]]
+    return "\n".join(lines + [rule, ""])
+
+
 def summary(s: Score) -> None:
-    print(f"{s.target.path}: {len(s.mutants)} mutants, {s.killed} killed, {s.equivalent} "
-          f"equivalent, {len(s.survivors)} survived: {s.percent:.1f}% in {s.seconds:.0f}s",
-          flush=True)
+    unreached = f" ({s.unreached} on lines no test runs)" if s.unreached else ""
+    print(f"{s.target.name}: {len(s.mutants)} mutants, {s.killed} killed, {s.equivalent} "
+          f"equivalent, {len(s.survivors)} survived{unreached}: {s.percent:.1f}% in "
+          f"{s.seconds:.0f}s", flush=True)
     for mutant in s.survivors:
         print(f"# line {mutant.line}\n{mutant.block()}", flush=True)
 
 
 def report(scores: list[Score], absent: list[str], equivalents: dict) -> int:
-    print(f"\n{'module':<36} {'mutants':>7} {'killed':>6} {'equiv':>5} {'survived':>8} "
-          f"{'score':>6} {'time':>6}")
+    width = max([36] + [len(s.target.name) for s in scores])
+    print(f"\n{'module':<{width}} {'mutants':>7} {'killed':>6} {'equiv':>5} {'survived':>8} "
+          f"{'unrun':>5} {'score':>6} {'time':>6}")
     for s in scores:
-        print(f"{s.target.path:<36} {len(s.mutants):>7} {s.killed:>6} {s.equivalent:>5} "
-              f"{len(s.survivors):>8} {s.percent:>5.1f}% {s.seconds:>5.0f}s")
+        print(f"{s.target.name:<{width}} {len(s.mutants):>7} {s.killed:>6} {s.equivalent:>5} "
+              f"{len(s.survivors):>8} {s.unreached:>5} {s.percent:>5.1f}% {s.seconds:>5.0f}s"
+              f"{'' if s.target.tests else '  (no own test file)'}")
     for path in absent:
-        print(f"{path:<36} not in this tree")
+        print(f"{path:<{width}} not in this tree")
     failing = [s for s in scores if s.percent < GOAL]
     survivors = [m for s in scores for m in s.survivors]
     if survivors:
@@ -513,7 +682,7 @@ def report(scores: list[Score], absent: list[str], equivalents: dict) -> int:
         for path, original, mutated in stale:
             print(f"  {path}: {original}  ->  {mutated}")
     if failing:
-        print(f"\nunder {GOAL:g}%: {', '.join(s.target.path for s in failing)}")
+        print(f"\nunder {GOAL:g}%: {', '.join(s.target.name for s in failing)}")
         return 1
     print(f"\nevery module at or over {GOAL:g}% of its mutants killed")
     return 0

@@ -8,8 +8,11 @@ from typing import Iterator
 
 import pytest
 
-from tests.support.facilities import (golang_unavailable, local_index_unavailable,
-                                      nodejs_unavailable, sandbox_unavailable,
+from tests.support.facilities import (browser_unavailable, cgroups_unavailable,
+                                      etcd_unavailable, golang_unavailable,
+                                      installed_unavailable, local_index_unavailable,
+                                      nats_unavailable, nodejs_unavailable, root_unavailable,
+                                      sandbox_unavailable, setpriv_unavailable,
                                       systemd_unavailable)
 from tests.support.k8s import ENV_VAR, Envtest, envtest_unavailable
 from tests.support.properties import load_profile
@@ -35,6 +38,16 @@ def monitoring_missing() -> list[str]:
     return [name for name in MONITORING if shutil.which(name) is None]
 
 
+#: marker -> why its facility is missing here (None: present); checked only when a
+#: collected test carries the marker. ``cluster`` tests start an etcd cluster.
+FACILITIES = (("nodejs", nodejs_unavailable), ("golang", golang_unavailable),
+              ("localindex", local_index_unavailable), ("systemd", systemd_unavailable),
+              ("etcd", etcd_unavailable), ("cluster", etcd_unavailable),
+              ("nats", nats_unavailable), ("cgroups", cgroups_unavailable),
+              ("browser", browser_unavailable), ("installed", installed_unavailable),
+              ("setpriv", setpriv_unavailable), ("root", root_unavailable))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Without FAASTWIST_ENVTEST the ``envtest`` tests are deselected (counted as such),
     not skipped: a skip would look like a test that ran and had nothing to check. The
@@ -42,7 +55,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     Debian's nodejs/npm, the ``golang`` ones without Debian's golang-go, the ``localindex``
     ones without the local package index and the ``systemd`` ones without systemd-analyze
     (tests/support/facilities), the ``monitoring`` ones without Prometheus and
-    AlertManager."""
+    AlertManager, and every other marker of FACILITIES without its facility. A test's
+    helpers fail (never skip) when the facility is missing: the marker is missing."""
     missing = set()
     if not os.environ.get(ENV_VAR):
         missing.add("envtest")
@@ -52,8 +66,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         missing.add("monitoring")
     if shutil.which("kubectl") is None:
         missing.add("kubectl")
-    for marker, why in (("nodejs", nodejs_unavailable), ("golang", golang_unavailable),
-                        ("localindex", local_index_unavailable), ("systemd", systemd_unavailable)):
+    for marker, why in FACILITIES:
         if any(item.get_closest_marker(marker) for item in items) and why():
             missing.add(marker)
     deselected = [item for item in items
@@ -71,8 +84,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     reason = sandbox_unavailable()
     lines.append(f"the sandbox tests are deselected: {reason}" if reason
                  else "function sandboxes can be made: the sandbox tests run")
-    for marker, why in (("nodejs", nodejs_unavailable), ("golang", golang_unavailable),
-                        ("localindex", local_index_unavailable), ("systemd", systemd_unavailable)):
+    for marker, why in FACILITIES:
         reason = why()
         if reason:
             lines.append(f"the {marker} tests are deselected: {reason}")

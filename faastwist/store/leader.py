@@ -93,8 +93,15 @@ class LeaderElection(Service):
     # public
 
     def is_leader(self) -> bool:
-        """True while this node holds the key and its lease cannot have expired yet."""
-        return self._leader and self.reactor.seconds() < self._valid_until
+        """True while this node holds the key and its lease cannot have expired yet.
+
+        The first caller to see the lease's time run out steps this node down, so the
+        listeners and the ``faastwist_leader`` gauge never say "leader" while this says
+        not (a reactor that ran late could otherwise answer False here long before the
+        expiry timer fires); the expiry timer does the same when nobody asks."""
+        if self._leader and self.reactor.seconds() >= self._valid_until:
+            self._step_down("its lease may have expired: no keep-alive answer in time")
+        return self._leader
 
     def add_listener(self, listener: Callable[[bool], None]) -> None:
         """Call ``listener(is_leader)`` on every change of leadership."""
@@ -219,6 +226,7 @@ class LeaderElection(Service):
         self._set_leader(True)
         self._ensure_watch(result.header.revision)
         self._timers.later("keepalive", granted / 3.0, self._keepalive)
+        self._expire_at(self._valid_until)
         log.info("{node} {how} of {controller} (lease {lease}, ttl {ttl}s)", how=how,
                  node=self.node_id, controller=self.store.controller, lease=lease_id, ttl=granted)
 
@@ -252,6 +260,7 @@ class LeaderElection(Service):
                 return
             self._valid_until = sent + remaining
             self._timers.later("keepalive", self._granted_ttl / 3.0, self._keepalive)
+            self._expire_at(self._valid_until)
 
         def failed(failure: Any) -> None:
             if lease == self._lease_id and self._leader:
@@ -262,12 +271,20 @@ class LeaderElection(Service):
         log.warn("{node} is no longer the leader of {controller}: {reason}",
                  node=self.node_id, controller=self.store.controller, reason=reason)
         self._timers.cancel("keepalive")
+        self._timers.cancel("expiry")
         self._set_leader(False)
         lease, self._lease_id = self._lease_id, None
         if lease is not None:
             # so that the key goes now rather than at expiry; fails quietly when etcd is away
             self.store.lease_revoke(lease).addErrback(lambda _: None)
         self._timers.later("campaign", self._backoff(), self._campaign)
+
+    def _expire_at(self, deadline: float) -> None:
+        """Step down when the lease's time runs out without a keep-alive answer."""
+        def expired() -> None:
+            self._timers.fired("expiry")
+            self.is_leader()
+        self._timers.later("expiry", max(0.0, deadline - self.reactor.seconds()), expired)
 
     def _set_leader(self, leader: bool) -> None:
         if leader == self._leader:

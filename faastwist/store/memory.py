@@ -18,6 +18,7 @@ from faastwist.store.base import (
     AlreadyExists,
     Change,
     Conflict,
+    Expired,
     FunctionRecord,
     Listing,
     NotFound,
@@ -51,6 +52,8 @@ class MemoryStore:
         self._history: list[Change] = []
         self._watches: list[_MemoryWatch] = []
         self.writes = 0
+        #: pages at an older revision fail as etcd's do once compacted (test hook: compact)
+        self.compacted = 0
 
     def _check(self) -> None:
         if not self.available:
@@ -98,11 +101,13 @@ class MemoryStore:
     def list_page(self, after: str = "", limit: int = 500, revision: int = 0,
                   prefix: str = "") -> Deferred[Page]:
         """A page of the current records (memory keeps no history: ``revision`` only
-        comes back in the page, as etcd's would)."""
+        comes back in the page, as etcd's would; Expired below ``compact``'s revision)."""
         try:
             self._check()
         except Exception as exc:
             return fail(exc)
+        if 0 < revision < self.compacted:
+            return fail(Expired(f"revision {revision} was compacted (at {self.compacted})"))
         names = sorted(n for n in self._records if n > after and n.startswith(prefix))
         chosen = names[:limit]
         return succeed(Page({n: self._records[n] for n in chosen}, revision or self.revision,
@@ -187,6 +192,10 @@ class MemoryStore:
             on_changes(backlog)
         self._watches.append(handle)
         return handle
+
+    def compact(self) -> None:
+        """Test hook: forget the history before now, as etcd's compaction does."""
+        self.compacted = self.revision
 
     def lose_watches(self, reason: Exception) -> None:
         """Test hook: end every watch as a compaction would."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,41 +21,29 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from tests.support.cli import echo_spec
+from tests.support.facilities import (CHROMEDRIVER, CHROMIUM, browser_unavailable,
+                                      find_program)
 from tests.support.node import ROOT, http
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.browser]  # deselected without a browser
 
 ARTIFACTS = ROOT / "test-artifacts"
 BROWSER_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run",
                  "--disable-quic", "--disable-dev-shm-usage", "--window-size=1400,1000")
-INSTALL_HINT = "apt-get install -y chromium chromium-driver (make test installs them)"
-
-
-def find(*candidates: str) -> str | None:
-    for candidate in candidates:
-        found = shutil.which(candidate) if "/" not in candidate else (
-            candidate if os.access(candidate, os.X_OK) else None)
-        if found:
-            return found
-    return None
 
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
     """A headless Chromium session with a fresh profile; quit (and its driver stopped by
     pid) at teardown."""
-    chromium = find("/usr/bin/chromium", "chromium")
-    driver_path = find("/usr/bin/chromedriver", "chromedriver")
-    if chromium is None or driver_path is None:
-        pytest.skip(f"no headless browser: chromium={chromium}, chromedriver={driver_path}; "
-                    f"{INSTALL_HINT}")
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.options import Options
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.skip("selenium is not installed (pip install .[test])")
+    # found: without them the browser marker deselects these tests (tests/conftest.py);
+    # selenium is a test dependency: an ImportError here is a broken install, a failure
+    chromium, driver_path = find_program(*CHROMIUM), find_program(*CHROMEDRIVER)
+    assert chromium is not None and driver_path is not None, browser_unavailable()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
     options = Options()
     options.binary_location = chromium
     for flag in BROWSER_FLAGS:

@@ -25,7 +25,7 @@ from faastwist.metrics import Metrics
 from faastwist.model.spec import FunctionSpec
 from faastwist.providers.registry import check_spec_for
 from faastwist.store.memory import MemoryStore
-from tests.admin.test_admin import fired
+from tests.admin.test_api import fired
 
 ADMIN, READ = "tok-admin", "tok-read"
 ROOT = "http://127.0.0.1:2381"

@@ -15,7 +15,7 @@ from faastwist.admin.api import AdminAPI
 from faastwist.admin.openapi import document
 from faastwist.admin.ops import OpsAPI
 from faastwist.metrics import Metrics
-from tests.admin.test_admin import fired
+from tests.admin.test_api import fired
 
 
 def test_the_document_is_valid_openapi_3() -> None:
@@ -93,7 +93,7 @@ def _check(name: str, instance: object) -> None:
 
 def test_real_answers_match_the_documented_schemas() -> None:
     # the fast tier's guard against drift; the e2e fuzzer checks every operation
-    from tests.admin.test_admin import Admin
+    from tests.admin.test_api import Admin
 
     admin = Admin()
     json_accept = {"Accept": "application/json"}

@@ -19,7 +19,7 @@ from faastwist.admin import api as api_module, openfaas as openfaas_module
 from faastwist.admin.api import AdminAPI
 from faastwist.admin.codec import ApiError
 from faastwist.admin.parsing import BodyParser
-from tests.admin.test_admin import fired
+from tests.admin.test_api import fired
 
 SPEC = b"name: demo\nimage: i\n"
 

@@ -168,3 +168,149 @@ def test_each_nodes_last_scaling_decision_is_kept() -> None:
     alike = aggregate("f", by_node(*(report(n, lastScale="1 -> 0: idle") for n in LIVE)),
                       LIVE)
     assert alike.ext_data["lastScale"] == "1 -> 0: idle"
+
+
+def test_a_report_travels_as_sorted_json_and_back_whole() -> None:
+    whole = Report("n1", "d9", False, Event.PENDING, "pulling", {"replicas": "2"}, True, 7)
+    data = whole.encode()
+    assert data == (b'{"digest": "d9", "epoch": 7, "event": "pending", "extData": '
+                    b'{"replicas": "2"}, "message": "pulling", "node": "n1", '
+                    b'"servingPrevious": true, "stopped": false}')
+    assert Report.decode(data) == whole
+    stopped = Report("n2", "d1", True, None)
+    assert Report.decode(stopped.encode()) == stopped
+
+
+def test_an_older_nodes_report_takes_the_defaults() -> None:
+    """A node from before a field existed leaves it out: the field's neutral value."""
+    old = Report.decode(b'{"node": "n0"}')
+    assert old == Report("n0", "", False, None, "", {}, False, None)
+    assert old.message == "" and old.serving_previous is False and old.epoch is None
+
+
+def test_verdicts_name_what_a_node_sees() -> None:
+    assert report("n0", stopped=True).verdict == "stopped"
+    assert report("n0", None).verdict == "starting"
+    assert report("n0", Event.ERROR).verdict == "error"
+
+
+def test_each_nodes_message_or_verdict_is_in_ext_data() -> None:
+    folded = aggregate("f", by_node(report("n0", message="pulling image"), report("n1")),
+                       ["n0", "n1"])
+    assert folded.ext_data["node.n0"] == "pulling image"
+    assert folded.ext_data["node.n1"] == "ready"
+
+
+def test_nodes_on_different_epochs_are_converging_with_the_newest_epoch() -> None:
+    reports = by_node(Report("n0", "d1", False, Event.READY, epoch=3),
+                      Report("n1", "d1", False, Event.READY, epoch=4),
+                      Report("n2", "d1", False, Event.READY))        # says no epoch
+    folded = aggregate("f", reports, LIVE)
+    assert folded.event is None and folded.message == "nodes are converging"
+    assert folded.epoch == 4
+    same = by_node(Report("n0", "d1", False, Event.READY, epoch=4),
+                   Report("n1", "d1", False, Event.READY, epoch=4),
+                   Report("n2", "d1", False, Event.READY))
+    agreed = aggregate("f", same, LIVE)
+    assert agreed.event is Event.READY and agreed.epoch == 4
+    assert agreed.ext_data["node.n2"] == "ready"        # no message given: the verdict
+
+
+def test_messages_of_waiting_stopped_failed_and_pending_folds() -> None:
+    assert aggregate("f", by_node(report("n0")), LIVE).message == "waiting for n1, n2"
+    stopped = aggregate("f", by_node(*(report(n, None, stopped=True) for n in LIVE)), LIVE)
+    assert (stopped.stopped, stopped.event, stopped.message) == (
+        True, None, "stopped on every node")
+    failed = aggregate("f", by_node(report("n0", Event.ERROR, message="crashed"),
+                                    report("n1", Event.ERROR, message="oom"),
+                                    report("n2")), LIVE)
+    assert (failed.stopped, failed.event, failed.message) == (
+        False, Event.ERROR, "node n0: crashed; node n1: oom")
+    ready = aggregate("f", by_node(*(report(n) for n in LIVE)), LIVE)
+    assert ready.stopped is False
+    starting = aggregate("f", by_node(report("n0", None), report("n1"), report("n2")), LIVE)
+    assert (starting.stopped, starting.event, starting.message) == (False, None, "starting")
+    pending = aggregate("f", by_node(report("n0", Event.PENDING, message="pulling"),
+                                     report("n1", Event.PENDING, message="queued"),
+                                     report("n2")), LIVE)
+    assert (pending.stopped, pending.event, pending.message) == (
+        False, Event.PENDING, "node n0: pulling; node n1: queued")
+
+
+def test_every_shared_detail_is_kept_once_when_alike_and_per_node_when_not() -> None:
+    shared = {"user": "u", "sandbox": "bwrap", "memoryLimit": "128Mi", "cpuLimit": "500m",
+              "pidsLimit": "64", "diskLimit": "1Gi", "network": "none", "lastScale": "1 -> 2"}
+    alike = aggregate("f", by_node(*(report(n, **shared) for n in LIVE)), LIVE)
+    assert {k: alike.ext_data[k] for k in shared} == shared
+    apart = aggregate("f", by_node(report("n0", **shared), report("n1"), report("n2")), LIVE)
+    for key, value in shared.items():
+        assert key not in apart.ext_data and apart.ext_data[f"n0.{key}"] == value
+
+
+def test_oom_kills_add_up_and_garbage_counts_nothing() -> None:
+    folded = aggregate("f", by_node(report("n0", oomKills="2"), report("n1", oomKills="x"),
+                                    report("n2")), LIVE)
+    assert (folded.ext_data["oomKills"], folded.ext_data["reason"]) == ("2", "OOM")
+
+
+def test_the_fold_yields_every_chunk_of_500_functions() -> None:
+    from twisted.internet.task import Clock
+
+    from faastwist.cluster import reports as reports_module
+
+    class Local:
+        kind = "process"
+
+    assert reports_module.CHUNK == 500
+    clock = Clock()
+    reports = {f"f{i:04d}": by_node(report("n0")) for i in range(500)}
+    view = ClusterView(Local(), lambda: succeed((reports, ["n0"])), clock)
+    observed: dict = {}
+    view.observe().addCallback(observed.update)
+    assert len(observed) == 500                 # one chunk: no turn given back
+    reports["f0500"] = by_node(report("n0"))
+    later: dict = {}
+    view.observe().addCallback(later.update)
+    assert later == {}
+    clock.advance(0)
+    assert len(later) == 501 and later["f0500"].event is Event.READY
+    assert view.kind == "process"
+    no_clock = ClusterView(Local(), lambda: succeed((reports, ["n0"])))
+    whole: dict = {}
+    no_clock.observe().addCallback(whole.update)
+    assert len(whole) == 501                    # without a clock: all in one go
+
+
+def test_observing_some_names_keeps_the_others_folded() -> None:
+    class Local:
+        kind = "process"
+
+        def acquire(self, spec):
+            return ("lease", spec)
+
+        def check(self):
+            return succeed("checked")
+
+        def check_spec(self, spec):
+            self.checked = spec
+
+    reports = {"f": by_node(report("n0")), "g": by_node(report("n0"))}
+    local = Local()
+    view = ClusterView(local, lambda: succeed((reports, ["n0"])))
+    first: dict = {}
+    view.observe().addCallback(first.update)
+    some: dict = {}
+    view.observe(["f"]).addCallback(some.update)
+    again: dict = {}
+    view.observe().addCallback(again.update)
+    assert again["f"] is first["f"] and again["g"] is first["g"]   # g still remembered
+    done: list = []
+    for write in (view.update, view.stop, view.start):
+        write(None).addCallback(done.append)
+    assert done == [None, None, None]
+    assert view.acquire("spec") == ("lease", "spec")
+    view.check_spec("spec")
+    assert local.checked == "spec"
+    checked: list = []
+    view.check().addCallback(checked.append)
+    assert checked == ["checked"]

@@ -65,6 +65,10 @@ def test_curl_tour(tour_node: FaasNodeProcess) -> None:
     assert printed(output) == expected_output(script), output
 
 
+#: the lines `faastwist wait` prints off a terminal while it waits (cli/output.Progress)
+PROGRESS = re.compile(r"waiting for \S+ to be \w+: ")
+
+
 def run_transcript(steps: list[tuple[str, list[str]]], node: FaasNodeProcess,
                    **env: str) -> list[list[str]]:
     """Runs a transcript's commands in one shell (the ``faastwist`` of the tree under
@@ -83,6 +87,10 @@ def run_transcript(steps: list[tuple[str, list[str]]], node: FaasNodeProcess,
         return re.split(r"^@@\d+$", stream, flags=re.M)[1:]
     outputs = []
     for out, err in zip(parts(result.stdout), parts(result.stderr)):
+        # `wait`'s progress: on a terminal (what the pages show) a spinner line that the
+        # final answer erases; off a terminal one plain line per state seen, which only
+        # a slow start shows
+        err = "\n".join(line for line in err.splitlines() if not PROGRESS.match(line))
         text = (out + "\n" + err).replace(f"127.0.0.1:{node.admin_port}", "127.0.0.1:2381")
         text = text.replace(f"127.0.0.1:{node.gate_port}", "127.0.0.1:10083")
         outputs.append([line.rstrip() for line in text.splitlines() if line.strip()])

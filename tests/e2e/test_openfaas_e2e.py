@@ -164,7 +164,11 @@ def test_watchdog_limits_failures_and_logs(node):
     first: list[int] = []
     worker = threading.Thread(target=lambda: first.append(call(node, "GET", "/function/busyfn")[0]))
     worker.start()
-    time.sleep(0.8)
+
+    def forked() -> bool:   # the watchdog logs it as it starts the first call's process
+        logs = call(node, "GET", "/system/logs?name=busyfn&tail=50")[2].decode()
+        return "Forking fprocess." in logs
+    wait_for(forked, 10)    # the first call is in flight
     code, _, data = call(node, "GET", "/function/busyfn")
     worker.join()
     assert code == 429 and b"Max concurrent requests: 1" in data
@@ -255,7 +259,10 @@ def test_codes_for_bad_and_unknown_requests(node):
         got, _, data = call(node, "POST", "/system/functions",
                             {"service": "form", "envProcess": "cat"},
                             {"Content-Type": kind, "Origin": node.gate_url})
-        assert got in (403, 415), data
+        # the relay hands /system/* to the admin port's guard, to which a page of the
+        # gate's origin is another site (another port): 403 before the body is looked
+        # at; the form type's own 415 is tests/admin/test_openfaas.py's
+        assert got == 403 and "cross-site writes are refused" in json.loads(data)["message"], data
     # JSON with a Content-Type too; the duplicate deploy is a conflict
     body = json.dumps({"service": "dup", "envProcess": "cat"})
     for _ in range(2):
@@ -285,10 +292,10 @@ def test_update_through_openfaas_and_easegress_created_function(node, tmp_path: 
     wait_for(lambda: node.json("GET", "/egfn")[0] == 404)
 
 
+@pytest.mark.sandbox   # OpenFaaS's secrets path and the hiding are the sandbox's
 def test_secrets_are_written_encrypted_and_read_by_the_function_that_names_them(node):
     import base64
     import os
-    import shutil
     import stat
 
     code, _, data = call(node, "POST", "/system/secrets", {"name": "db-pass",
@@ -333,20 +340,18 @@ def test_secrets_are_written_encrypted_and_read_by_the_function_that_names_them(
     [folder] = [p for root in roots if root.is_dir() for p in root.iterdir()
                 if p.name.startswith("secfn-")]
     assert stat.S_IMODE(os.stat(folder / "db-pass").st_mode) == 0o400
-    sandboxed = shutil.which("bwrap") is not None
-    if sandboxed:   # bubblewrap: OpenFaaS's path, and the node's folders are hidden
-        deploy(node, "pathfn", envProcess="cat /var/openfaas/secrets/db-pass",
-               secrets=["db-pass"])
-        assert call(node, "GET", "/function/pathfn")[2] == b"s3cret-Value-42"
-        remove(node, "pathfn")
+    # the sandbox: OpenFaaS's path, and the node's folders are hidden
+    deploy(node, "pathfn", envProcess="cat /var/openfaas/secrets/db-pass",
+           secrets=["db-pass"])
+    assert call(node, "GET", "/function/pathfn")[2] == b"s3cret-Value-42"
+    remove(node, "pathfn")
     # another function gets no secrets folder, and cannot read the one of secfn even
     # when it knows its path (it runs as the same user: the sandbox hides it)
     spy = f"sh -c 'echo \"[$FAASTWIST_SECRETS_DIR]\"; cat {folder}/db-pass'"
     deploy(node, "othfn", envProcess=spy)
     code, _, data = call(node, "GET", "/function/othfn")
     assert data.startswith(b"[]\n")
-    if sandboxed:
-        assert code == 500 and b"No such file" in data and b"s3cret" not in data
+    assert code == 500 and b"No such file" in data and b"s3cret" not in data
     # an updated secret reaches the running function, its files refreshed in place
     assert call(node, "PUT", "/system/secrets", {"name": "db-pass", "value": "rotated"})[0] == 202
     wait_for(lambda: call(node, "GET", "/function/secfn")[2] == b"rotateddb-pass\n", timeout=15)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from faastwist.templates import TEMPLATES, Runtime
-from tests.e2e.test_doc_tours_e2e import localise, run, tour_node  # noqa: F401
+from tests.e2e.test_doc_tours_e2e import localise, run
 from tests.support.node import ROOT, FaasNodeProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.sandbox]
@@ -53,7 +53,7 @@ def test_the_tour_is_what_the_issue_promises() -> None:
 
 @pytest.mark.parametrize("lang", [pytest.param(lang, marks=MARKS[template.runtime])
                                   for lang, template in sorted(TEMPLATES.items())])
-def test_template_tour(tour_node: FaasNodeProcess, lang: str) -> None:  # noqa: F811
+def test_template_tour(tour_node: FaasNodeProcess, lang: str) -> None:
     lines = [line.replace(f"--lang {TOUR_LANG}", f"--lang {lang}")
              for line in tour_commands()]
     url = "http://127.0.0.1:10083/function/hello"

@@ -30,7 +30,6 @@ from faastwist.model.fsm import FunctionStatus, State
 from faastwist.model.spec import FunctionSpec
 from faastwist.providers.kourier import KnativeRouting
 from faastwist.store.memory import MemoryStore
-from faastwist.util.ports import free_port  # noqa: F401
 
 from tests.gate.test_gate_integration import RawClient
 from tests.support.gate import gate_config

@@ -29,12 +29,12 @@ from faastwist.providers.isolation import (
     search_path,
 )
 from faastwist.util.users import UserError, can_access, resolve_identity
-from tests.providers.test_process_provider import call, wait_for
+from tests.providers.test_process import call, wait_for
 from tests.support.process import PYTHON, REPO, function_spec, make_provider, write_script
 
 ECHO = str(REPO / "conf" / "functions" / "echo.py")
 
-as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
+as_root = pytest.mark.root   # deselected when not root (tests/conftest.py)
 SECRETS = {"FAASTWIST_ADMIN_TOKEN": "s3cret-token", "NOTIFY_SOCKET": "/run/systemd/notify",
            "PYTHONPATH": "/node/only", "AWS_SECRET_ACCESS_KEY": "aws-secret"}
 
@@ -88,11 +88,11 @@ def _check(report: dict, provider, name: str) -> None:
     for key in SECRETS:
         assert key not in env, key
     assert report["uid"] == provider.launcher.identity_of(name).uid
-    if os.geteuid() == 0:
-        assert report["uid"] != 0 and report["gid"] != 0 and 0 not in report["groups"]
-        assert not report["log"] and not report["token"]
-        # the sandbox shows an empty folder in its place; without it, a closed one
-        assert report["data"] == ([] if provider.launcher.sandbox.available else None)
+    assert report["uid"] != 0 and report["gid"] != 0 and 0 not in report["groups"]
+    assert not report["log"] and not report["token"]
+    # the sandbox shows an empty folder in place of the node's data folder
+    assert provider.launcher.sandbox.available
+    assert report["data"] == []
     assert report["cwd"] == provider.home(name) == env["HOME"]
     assert {k for k in env if not k.startswith("Http_")} <= {"PATH", "HOME", "USER", "LOGNAME", "PYTHONUNBUFFERED", "PORT",
                         "PROBE_DATA", "FAASTWIST_FUNCTION", "FAASTWIST_OWNER",
@@ -101,12 +101,13 @@ def _check(report: dict, provider, name: str) -> None:
     # its home is its own, 0700: a tmpfs in the sandbox (the folder on the host is the
     # node's mount point), else the folder itself
     assert report["home"] == [report["uid"], 0o700]
-    if provider.launcher.sandbox.available:
-        home = os.stat(provider.home(name))
-        assert (home.st_uid, home.st_mode & 0o777) == (os.geteuid(), 0o755)
+    home = os.stat(provider.home(name))
+    assert (home.st_uid, home.st_mode & 0o777) == (os.geteuid(), 0o755)
 
 
 @pytest.mark.slow
+@pytest.mark.root      # root drops to the function's user; deselected otherwise
+@pytest.mark.sandbox   # in a sandbox, where the node's folders are hidden
 @pytest_twisted.ensureDeferred
 async def test_http_and_fork_functions_run_unprivileged_with_a_clean_environment(
         providers, tmp_path):
@@ -126,17 +127,15 @@ async def test_http_and_fork_functions_run_unprivileged_with_a_clean_environment
         code, body, _ = await call(provider, spec)
         assert code == 200, body
         _check(json.loads(body), provider, spec.name)
-    if os.geteuid() == 0:
-        staged = Path(provider.launcher.folders("who-http").code) / "report_http.py"
-        assert staged.read_text() == Path(http_script).read_text()
+    staged = Path(provider.launcher.folders("who-http").code) / "report_http.py"
+    assert staged.read_text() == Path(http_script).read_text()
     await provider.delete("who-http")
     assert not os.path.exists(provider.home("who-http"))
     # pytest's tmp is closed to the function user: the folders are scratch under
     # /var/lib/faastwist, gone when the provider stops
-    assert provider.functions_dir.startswith("/var/lib/faastwist/") == (os.geteuid() == 0)
+    assert provider.functions_dir.startswith("/var/lib/faastwist/")
     await provider.stopService()
-    if os.geteuid() == 0:
-        assert not os.path.exists(provider.functions_dir)
+    assert not os.path.exists(provider.functions_dir)
 
 
 @as_root

@@ -11,7 +11,7 @@ import pytest_twisted
 from faastwist.model.fsm import Event
 from faastwist.providers.limits import (Cgroup, CgroupTree, CgroupV1Tree, Limits, limits_for,
                                         looks_oom)
-from tests.providers.test_process_provider import call, observed, wait_for
+from tests.providers.test_process import call, observed, wait_for
 from tests.support.process import PYTHON, fast_tuning, function_spec
 
 

@@ -157,7 +157,28 @@ def test_is_leader_turns_false_when_no_keepalive_confirms_the_lease(etcd_server)
         # time passes on the election's clock without any keep-alive answer yet:
         # the lease may have expired on etcd's side, so this node must not act as leader
         clock.advance(TTL + 0.1)
+        # the expiry timer stepped it down: listeners and the gauge said so at once
+        assert gauge(node) == 0 and cluster.changes["node-a"] == [True, False]
         assert not node.is_leader()
+    finally:
+        yield cluster.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_whoever_sees_the_lease_run_out_first_steps_the_node_down(etcd_server):
+    """A reactor that runs late reaches callers before the expiry timer: is_leader()
+    answering False must already have told the listeners and the gauge (CI once saw
+    leaders() empty while faastwist_leader still said 1)."""
+    clock = Clock()
+    clock.advance(reactor.seconds())
+    cluster = Cluster(etcd_server, ["node-a"], clock=clock)
+    yield cluster.start()
+    (node,) = cluster.nodes
+    try:
+        yield wait_for(node.is_leader, what="the single node leading")
+        clock.rightNow += TTL + 0.1   # time passed; no timer of the election has run yet
+        assert not node.is_leader()
+        assert gauge(node) == 0 and cluster.changes["node-a"] == [True, False]
     finally:
         yield cluster.stop()
 

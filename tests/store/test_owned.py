@@ -18,7 +18,7 @@ from faastwist.metrics import Metrics
 from faastwist.model.fsm import Event, FunctionStatus, apply_event
 from faastwist.store.memory import MemoryStore
 from faastwist.testing.provider import FakeProvider
-from tests.admin.test_admin import Admin, fired
+from tests.admin.test_api import Admin, fired
 
 OWNER = "Function default/owned"
 

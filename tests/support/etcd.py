@@ -52,10 +52,12 @@ def etcd_binary() -> str | None:
 
 
 def require_etcd() -> str:
-    """The etcd binary, or skip the calling test with the reason."""
+    """The etcd binary. Without one the ``etcd`` and ``cluster`` tests are deselected
+    (tests/conftest.py): a test that gets here without it lacks that marker."""
     binary = etcd_binary()
     if binary is None:
-        pytest.skip("no etcd binary (apt-get install -y etcd-server)")
+        pytest.fail("no etcd binary, and this test is not marked etcd (or cluster), "
+                    "the marker that deselects it then")
     return binary
 
 

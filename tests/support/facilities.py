@@ -65,3 +65,97 @@ def local_index_unavailable() -> str | None:
     if not os.path.isfile(os.path.join(LOCAL_INDEX, "six", "index.html")):
         return f"no local package index with six at {LOCAL_INDEX}"
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def etcd_unavailable() -> str | None:
+    """Why the ``etcd`` (and ``cluster``) tests cannot run here (None: they can)."""
+    from tests.support.etcd import etcd_binary
+
+    return None if etcd_binary() else "no etcd binary (apt-get install -y etcd-server)"
+
+
+@functools.lru_cache(maxsize=None)
+def nats_unavailable() -> str | None:
+    """Why the ``nats`` tests cannot run here (None: they can)."""
+    from faastwist.queue.embedded import find_nats_binary
+
+    return (None if find_nats_binary()
+            else "no nats-server binary (apt-get install -y nats-server)")
+
+
+def cgroup_v2_usable() -> bool:
+    """The node's cgroup v2 test (CgroupTree.detect), without its side effects (it moves
+    the caller): a delegated v2 folder of ours with memory and cpu."""
+    from pathlib import Path
+
+    base = Path("/sys/fs/cgroup")
+    lines = Path("/proc/self/cgroup").read_text().splitlines()
+    own = next((line[3:] for line in lines if line.startswith("0::")), None)
+    if own is None or not (base / "cgroup.controllers").exists():
+        return False
+    folder = base / own.lstrip("/")
+    return (os.access(folder, os.W_OK) and {"memory", "cpu"}
+            <= set((folder / "cgroup.controllers").read_text().split()))
+
+
+@functools.lru_cache(maxsize=None)
+def cgroups_unavailable() -> str | None:
+    """Why the node could make no cgroup here (None: v2 or v1 works): the ``cgroups``
+    tests (limits enforced by the kernel) need one; rlimits apply without."""
+    if cgroup_v2_usable():
+        return None
+    from faastwist.providers.limits import CgroupV1Tree
+
+    probe = CgroupV1Tree.detect(f"probe{os.getpid()}")
+    if probe is None:
+        return "this machine lets the node create no cgroup (neither v2 nor v1)"
+    probe.close()
+    return None
+
+
+#: a headless browser for the console tests (Debian's chromium and its driver)
+CHROMIUM = ("/usr/bin/chromium", "chromium")
+CHROMEDRIVER = ("/usr/bin/chromedriver", "chromedriver")
+
+
+def find_program(*candidates: str) -> str | None:
+    for candidate in candidates:
+        found = shutil.which(candidate) if "/" not in candidate else (
+            candidate if os.access(candidate, os.X_OK) else None)
+        if found:
+            return found
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def browser_unavailable() -> str | None:
+    """Why the ``browser`` tests cannot run here (None: they can). selenium is one of
+    the test dependencies: without it the install is broken, and the tests fail."""
+    chromium, driver = find_program(*CHROMIUM), find_program(*CHROMEDRIVER)
+    if chromium is None or driver is None:
+        return (f"no headless browser (chromium={chromium}, chromedriver={driver}): "
+                f"apt-get install -y chromium chromium-driver")
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def installed_unavailable() -> str | None:
+    """Why the ``installed`` tests (the console script) cannot run here: faastwist is
+    used from the working tree, not installed into this environment (make install)."""
+    from importlib.metadata import entry_points
+
+    if "faastwist" not in {ep.name for ep in entry_points(group="console_scripts")}:
+        return "faastwist is not installed into this environment (make install)"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def setpriv_unavailable() -> str | None:
+    """Why the ``setpriv`` tests (a parent-death signal) cannot run here."""
+    return None if shutil.which("setpriv") else "no setpriv (util-linux)"
+
+
+def root_unavailable() -> str | None:
+    """Why the ``root`` tests (switching users) cannot run here."""
+    return None if os.geteuid() == 0 else "not root: switching to a function's user needs root"

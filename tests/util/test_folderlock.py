@@ -54,3 +54,58 @@ def test_a_symlink_planted_as_the_lock_file_is_not_followed(tmp_path: Path) -> N
     with pytest.raises(OSError):
         lock_folder(str(tmp_path), "process.dataDir")
     assert target.read_text() == "keep me"
+
+
+def test_the_lock_file_says_who_holds_it_and_since_when(tmp_path: Path) -> None:
+    import re
+    import stat
+
+    lock = lock_folder(str(tmp_path), "store.dataDir")
+    try:
+        path = tmp_path / ".faasgate.lock"
+        assert LOCK_FILE == ".faasgate.lock" and path.exists()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644 & ~current_umask()
+        text = path.read_text()
+        assert re.fullmatch(rf"pid {os.getpid()} since \d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ\n",
+                            text), text
+    finally:
+        lock.release()
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_a_stale_longer_holder_line_is_replaced_whole(tmp_path: Path) -> None:
+    (tmp_path / LOCK_FILE).write_text("x" * 300 + "\n")    # left by an older, dead holder
+    lock = lock_folder(str(tmp_path), "store.dataDir")
+    try:
+        assert (tmp_path / LOCK_FILE).read_text().startswith(f"pid {os.getpid()} since ")
+        assert "x" not in (tmp_path / LOCK_FILE).read_text()
+    finally:
+        lock.release()
+
+
+def test_the_refusal_quotes_the_holder_line_or_says_it_is_unknown(tmp_path: Path) -> None:
+    import fcntl
+
+    path = tmp_path / LOCK_FILE
+    path.write_text("")
+    holder = os.open(path, os.O_RDWR)                        # another holder, silent
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        with pytest.raises(FolderInUse) as caught:
+            lock_folder(str(tmp_path), "store.dataDir")
+        assert str(caught.value) == (
+            f"store.dataDir: {tmp_path} is in use by another faasgate (holder unknown); "
+            f"two nodes cannot share a data folder: stop that one, or give this node "
+            f"folders of its own")
+        os.pwrite(holder, ("h" * 150 + "\xe9" + "h" * 100).encode("latin-1"), 0)
+        with pytest.raises(FolderInUse) as caught:         # long, and not UTF-8
+            lock_folder(str(tmp_path), "store.dataDir")
+        quoted = "h" * 150 + "\ufffd" + "h" * 49            # its first 200 bytes
+        assert f"({quoted}); " in str(caught.value)
+    finally:
+        os.close(holder)

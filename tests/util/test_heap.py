@@ -36,7 +36,7 @@ def test_the_collector_is_off_while_held_and_on_with_a_frozen_heap_after() -> No
         assert not gc.isenabled() and collector.held
         built = [Held() for _ in range(50)]
         frozen = collector.release()
-        assert gc.isenabled() and not collector.held
+        assert gc.isenabled() and collector.held is False
         assert frozen == gc.get_freeze_count() >= 50
         tracked = {id(o) for o in gc.get_objects()}
         assert not any(id(o) in tracked for o in built)
@@ -56,7 +56,7 @@ def test_the_hold_ends_by_itself_after_its_limit() -> None:
         clock.advance(29.9)
         assert not gc.isenabled()
         clock.advance(0.1)               # start-up never finished: on again anyway
-        assert gc.isenabled() and not collector.held
+        assert gc.isenabled() and collector.held is False
         assert not clock.getDelayedCalls()
     finally:
         gc.enable()
@@ -69,7 +69,7 @@ def test_a_collector_someone_turned_off_stays_off() -> None:
     gc.disable()
     try:
         collector.hold()
-        assert not collector.held and not clock.getDelayedCalls()
+        assert collector.held is False and not clock.getDelayedCalls()
         collector.release()
         assert not gc.isenabled()        # not ours to turn on
     finally:

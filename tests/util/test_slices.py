@@ -91,3 +91,17 @@ def test_stop_ends_every_task() -> None:
     slicer.run(counting(done, "late", 1)).addErrback(late.append)
     turn(clock)
     assert done == ["t0"] and late[0].check(SchedulerStopped)  # type: ignore[attr-defined]
+
+
+def test_the_default_budget_is_two_milliseconds_a_turn() -> None:
+    """SLICE: short enough that requests in flight wait at most ~2 ms a turn."""
+    clock = Clock()
+    slicer = Slicer(clock)
+    done: list[str] = []
+    slicer.run(counting(done, "s", 6, clock, cost=0.0009))
+    per_turn = []
+    while len(done) < 6:
+        before = len(done)
+        assert turn(clock) == 1
+        per_turn.append(len(done) - before)
+    assert per_turn == [3, 3]                # 0.9 ms each: the third passes 2 ms

@@ -166,61 +166,6 @@ async def test_logs_tail_since_and_follow(providers):
 
 
 @pytest_twisted.ensureDeferred
-async def test_fork_mode_stdin_stdout_and_headers(providers):
-    provider = providers()
-    script = (
-        "import os, sys\n"
-        "data = sys.stdin.read()\n"
-        "print(data.upper())\n"
-        "print(os.environ['Http_Method'], os.environ['Http_Path'], os.environ['Http_Query'])\n"
-        "print(os.environ['Http_X_Custom_Header'], os.environ['GREETING'])\n"
-        "sys.stderr.write('handled\\n')\n")
-    spec = function_spec(name="upper", command=[PYTHON, "-c", script], mode="fork",
-                         env={"GREETING": "hello"})
-    await provider.deploy(spec)
-    assert (await observed(provider, "upper")).event is Event.READY
-    code, body, _ = await call(provider, spec, "/some/path?x=1", b"abc",
-                               {"X-Custom-Header": "v1"})
-    assert code == 200
-    assert body.decode().splitlines() == ["ABC", "POST /some/path x=1", "v1 hello"]
-    assert await logged_texts(provider, "upper", "handled") == ["handled"]
-    # the example function from conf/
-    wordcount = function_spec(name="wordcount", command=[PYTHON, WORDCOUNT], mode="fork")
-    await provider.deploy(wordcount)
-    code, body, response = await call(provider, wordcount, "/", b"one two\nthree\n")
-    assert (code, body) == (200, b"2 3 14\n")
-    assert response.headers.getRawHeaders("content-type") == ["text/plain; charset=utf-8"]
-    assert provider.pids("wordcount") == []          # no process between requests
-
-
-@pytest_twisted.ensureDeferred
-async def test_fork_mode_failure_and_timeout(providers, monkeypatch):
-    monkeypatch.setattr("faastwist.providers.watchdog.MAX_OUTPUT", 10_000)
-    provider = providers()
-    chatty = function_spec(name="chatty", mode="fork", command=[
-        PYTHON, "-c", "import sys\nwhile True: sys.stdout.write('x' * 4096)"])
-    await provider.deploy(chatty)
-    code, body, _ = await call(provider, chatty)
-    assert code == 500 and b"wrote more than 10000 bytes to stdout" in body
-    failing = function_spec(name="failing", mode="fork", command=[
-        PYTHON, "-c", "import sys; sys.stderr.write('bad input\\n'); sys.exit(4)"])
-    await provider.deploy(failing)
-    code, body, _ = await call(provider, failing)
-    assert code == 500 and b"exit code 4" in body and b"bad input" in body
-    slow = function_spec(name="slow", mode="fork", timeout="300ms",
-                         command=[PYTHON, "-c", "import time; time.sleep(30)"])
-    await provider.deploy(slow)
-    lease = provider.acquire(slow)
-    request = treq.get(lease.upstream.origin.decode() + "/")
-    await wait_for(lambda: provider.pids("slow"))
-    pid = provider.pids("slow")[0]
-    response = await request
-    assert response.code == 504
-    assert b"timed out after 0.3s" in await treq.content(response)
-    await wait_for(lambda: not alive(pid))
-
-
-@pytest_twisted.ensureDeferred
 async def test_scale_from_zero_holds_first_request_then_idles_to_zero(providers):
     provider = providers(tuning=fast_tuning(idle_timeout=0.5), scale_interval=0.1)
     spec = function_spec(name="echo", command=[PYTHON, ECHO], readinessPath="/healthz")
@@ -333,7 +278,7 @@ async def test_sigterm_ignored_means_sigkill_after_the_grace(providers):
     # without the sandbox: under bubblewrap its monitor dies of the SIGTERM and takes
     # the function with it at once (its parent-death signal), so no grace is spent
     # (this test passed there only while a stop also waited ~2 s for the zombies a
-    # late-reaping init leaves; see test_group_gone.py)
+    # late-reaping init leaves; see test_replica.py)
     provider = providers(tuning=fast_tuning(stop_grace=0.3), sandbox=False)
     spec = function_spec(name="stubborn", minReplica=1, command=[
         PYTHON, "-c",
@@ -492,20 +437,22 @@ async def test_a_request_before_the_first_deploy_deploys_the_function(providers)
 
 
 @pytest_twisted.ensureDeferred
-async def test_fork_mode_listens_only_once_asked(providers):
+async def test_envprocess_forks_run_as_the_function_user_never_root(providers):
+    """The classic watchdog and every fprocess it forks run as the function's user:
+    the privilege drop wraps the envProcess replica like any other (as root, the
+    function's uid; else the node's own, which is not root either)."""
     provider = providers()
-    spec = function_spec(name="wc", mode="fork", command=["/usr/bin/wc", "-c"])
+    spec = function_spec(name="wd-who", command=[], envProcess="sh -c 'id -u; id -g; id -G'",
+                         minReplica=1)
+    provider.check_spec(spec)
     await provider.deploy(spec)
-    runtime = provider.runtimes["wc"]
-    assert runtime.watchdog is None                   # deployed and ready, no socket yet
-    (observation,) = (await provider.observe(["wc"])).values()
-    assert observation.event is Event.READY
-    lease = provider.acquire(spec)
-    response = await treq.post(lease.upstream.origin.decode(), data=b"12345")
-    assert (await treq.content(response)).strip() == b"5"
-    assert runtime.watchdog is not None and provider.acquire(spec) is lease
-    await provider.stop(spec)
-    assert runtime.watchdog is None
+    await wait_for(lambda: provider.runtimes["wd-who"].ready)
+    code, body, _ = await call(provider, spec, "/", b"")
+    assert code == 200, body
+    uid, gid, groups = body.decode().split("\n")[:3]
+    identity = provider.launcher.identity_of("wd-who")
+    assert (int(uid), int(gid)) == (identity.uid, identity.gid)
+    assert int(uid) != 0 and int(gid) != 0 and "0" not in groups.split()
 
 
 @pytest_twisted.ensureDeferred

@@ -273,3 +273,21 @@ def test_without_quorum_the_list_answers_from_the_watch_cache_marked_stale(hung:
     bare.store.available = False
     response = fired(StubTreq(bare.resource()).get("http://admin/system/functions"))
     assert response.code == 503
+
+
+@pytest.mark.parametrize("kind", ["text/plain", "application/x-www-form-urlencoded",
+                                  "text/plain; charset=utf-8"])
+def test_what_an_html_form_can_send_is_refused_from_a_browser(world: World, kind: str) -> None:
+    """A page (it sends Origin) could make a browser post a form with cached
+    credentials: 415 naming the type. curl -d (no Origin) sends form-urlencoded JSON:
+    read as JSON."""
+    body = {"service": "form", "image": "img", "envProcess": "cat"}
+    code, answer = world.request("POST", "/system/functions", body,
+                                 {"Content-Type": kind, "Origin": "http://127.0.0.1:8080"})
+    bare = kind.split(";")[0]
+    assert (code, answer) == (415, {"code": 415, "message": (
+        f"Content-Type {bare} is not accepted: send JSON (application/json, or no "
+        f"Content-Type)")})
+    assert world.kicks == []
+    assert world.request("POST", "/system/functions", body, {"Content-Type": kind})[0] == 202
+    assert world.kicks == ["form"]
