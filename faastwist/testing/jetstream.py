@@ -1,0 +1,644 @@
+"""An in-memory JetStream for Clock-driven queue tests: the interface of
+``faastwist.queue.jetstream.JetStream`` (what the rest of ``queue/`` calls), over a fake
+server that keeps streams, durable pull consumers and the status bucket.
+
+What it does as nats-server does (tests/queue/test_jetstream_contract.py runs the same
+cases against both): a publish with a ``Nats-Msg-Id`` seen within the duplicate window
+is stored once and answers the first one's sequence; a full stream refuses new messages
+(discard new) or drops its oldest (discard old); a pull request delivers up to its batch
+the moment messages are there and ends at its expiry; a consumer never has more than
+``max_ack_pending`` messages unacknowledged; a message not acknowledged within the ack
+wait comes back (an in-progress acknowledgement starts the wait again, a negative one
+brings it back after its delay); an acknowledged message leaves a work-queue stream;
+status records expire after the bucket's TTL.
+
+Time is the Clock's; results of a ``FakeBridge`` call come back on a later tick, as the
+real bridge's come back through ``callFromThread``. Nothing in the node imports this.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Any, Callable
+
+import attrs
+from nats.errors import ConnectionClosedError, MsgAlreadyAckdError
+from nats.js.errors import APIError, NotFoundError
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from faastwist.queue.bridge import BridgeStopped, BridgeTimeout
+from faastwist.queue.jetstream import DUPLICATE_WINDOW, Names, StreamLimits
+
+#: nats-server's default max_payload (1 MiB)
+MAX_PAYLOAD = 2**20
+#: JetStream's error code for "maximum bytes exceeded" (a stream full, discard new)
+BYTES_EXCEEDED = 10077
+
+
+class ThreadlessClock(Clock):
+    """A Clock that is also the reactor's ``callFromThread`` (on its next tick)."""
+
+    def callFromThread(self, f: Callable[..., Any], *args: Any, **kw: Any) -> None:  # noqa: N802
+        self.callLater(0, f, *args, **kw)
+
+
+def settle(clock: Clock, rounds: int = 200) -> None:
+    """Run every call due now (results, deliveries), round after round, until none is."""
+    for _ in range(rounds):
+        if not any(c.getTime() <= clock.seconds() for c in clock.getDelayedCalls()):
+            return
+        clock.advance(0)
+
+
+def run_for(clock: Clock, seconds: float, step: float = 0.05) -> None:
+    """Let ``seconds`` of Clock time pass in small steps, settling after each."""
+    end = clock.seconds() + seconds
+    settle(clock)
+    while clock.seconds() < end - 1e-9:
+        clock.advance(min(step, end - clock.seconds()))
+        settle(clock)
+
+
+class FakeBridge:
+    """``AsyncioBridge`` on a Clock: ``call`` runs the coroutine function as a Twisted
+    coroutine; its result is delivered on a later tick, bounded by its timeout."""
+
+    def __init__(self, clock: Clock, default_timeout: float = 5.0) -> None:
+        self.clock = clock
+        self.default_timeout = default_timeout
+        self.running = False
+        self.calls: list[str] = []  # names of the functions called, in order
+
+    def startService(self) -> None:  # noqa: N802 (Service's name)
+        self.running = True
+
+    def stopService(self) -> Deferred[None]:  # noqa: N802
+        self.running = False
+        d: Deferred[None] = Deferred()
+        d.callback(None)
+        return d
+
+    def call(self, function: Callable[..., Any], *args: Any, timeout: float | None = None,
+             **kwargs: Any) -> Deferred[Any]:
+        if not self.running:
+            return fail(BridgeStopped("the asyncio bridge is not running"))
+        self.calls.append(getattr(function, "__name__", "call"))
+        limit = self.default_timeout if timeout is None else timeout
+        inner = ensureDeferred(function(*args, **kwargs))
+        outer: Deferred[Any] = Deferred(lambda _: inner.cancel())
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            inner.cancel()
+
+        timer = self.clock.callLater(limit, expire)
+
+        def done(result: Any) -> None:
+            if timer.active():
+                timer.cancel()
+            if isinstance(result, Failure) and result.check(CancelledError):
+                name = getattr(function, "__name__", "call")
+                result = Failure(BridgeTimeout(f"{name} did not finish within {limit:g}s")
+                                 if expired else BridgeStopped("the call was cancelled"))
+            self.clock.callLater(0, _fire, outer, result)
+
+        inner.addBoth(done)
+        return outer
+
+
+def _fire(d: Deferred[Any], result: Any) -> None:
+    if d.called:
+        return
+    if isinstance(result, Failure):
+        d.errback(result)
+    else:
+        d.callback(result)
+
+
+# -- the server ------------------------------------------------------------------------------
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: ``*`` one token, ``>`` one or more at the end."""
+    want, got = pattern.split("."), subject.split(".")
+    for index, token in enumerate(want):
+        if token == ">":
+            return len(got) > index
+        if index >= len(got) or (token != "*" and token != got[index]):
+            return False
+    return len(want) == len(got)
+
+
+@attrs.frozen
+class Sequence:
+    stream: int
+    consumer: int = 0
+
+
+@attrs.frozen
+class Metadata:
+    sequence: Sequence
+    num_delivered: int
+
+
+@attrs.define
+class Stored:
+    """A message as a stream keeps it (and as a direct get returns it)."""
+
+    subject: str
+    data: bytes
+    headers: dict[str, str] | None
+    seq: int
+    time: datetime.datetime
+    size: int
+
+
+@attrs.define(eq=False)
+class Delivered:
+    """A message handed to a pull request: what ``JetStream.ack`` and friends take."""
+
+    subject: str
+    data: bytes
+    headers: dict[str, str] | None
+    metadata: Metadata
+    consumer: "Consumer"
+    acked: bool = False   # acknowledged or negatively: nats-py refuses a second one
+
+    def settle(self) -> None:
+        self.consumer.server._check()
+        if self.acked:
+            raise MsgAlreadyAckdError(self)
+        self.acked = True
+
+    @property
+    def seq(self) -> int:
+        return self.metadata.sequence.stream
+
+
+def message_size(subject: str, headers: dict[str, str] | None, data: bytes) -> int:
+    """What a file-store stream counts against its max_bytes (record header, subject,
+    headers as NATS encodes them, payload, checksum)."""
+    encoded = 0
+    if headers:
+        encoded = len("NATS/1.0\r\n\r\n") + sum(len(k) + len(v) + 4 for k, v in headers.items())
+    return 22 + len(subject) + encoded + len(data) + 8
+
+
+@attrs.define(eq=False)
+class Stream:
+    name: str
+    subjects: list[str]
+    work_queue: bool
+    discard_new: bool
+    max_bytes: int
+    messages: dict[int, Stored] = attrs.field(factory=dict)
+    last_seq: int = 0
+    dedupe: dict[str, tuple[int, float]] = attrs.field(factory=dict)
+    consumers: dict[str, "Consumer"] = attrs.field(factory=dict)
+
+    def takes(self, subject: str) -> bool:
+        return any(subject_matches(p, subject) for p in self.subjects)
+
+    @property
+    def bytes(self) -> int:
+        return sum(m.size for m in self.messages.values())
+
+    def matching(self, subject: str) -> list[Stored]:
+        return [m for m in self.messages.values() if subject_matches(subject, m.subject)]
+
+
+@attrs.define(eq=False)
+class Pull:
+    batch: int
+    deliver: Callable[[Any], None]
+    done: Deferred[int]
+    timer: Any = None
+    got: int = 0
+
+
+@attrs.define(eq=False)
+class Pending:
+    deliveries: int
+    timer: Any = None
+    due: bool = False   # waiting to be redelivered now
+
+
+@attrs.define(eq=False)
+class Consumer:
+    server: "FakeNats"
+    stream: Stream
+    durable: str
+    filter_subject: str
+    ack_wait: float
+    max_ack_pending: int
+    delivered: int = 0                               # stream floor of first deliveries
+    pending: dict[int, Pending] = attrs.field(factory=dict)
+    pulls: list[Pull] = attrs.field(factory=list)
+    deleted: bool = False
+
+    # -- counts as consumer info shows them
+    def num_pending(self) -> int:
+        return sum(1 for m in self.stream.messages.values()
+                   if m.seq > self.delivered and subject_matches(self.filter_subject, m.subject))
+
+    def ack_floor(self) -> int:
+        return min(self.pending) - 1 if self.pending else self.delivered
+
+    # -- deliveries
+    def _next(self) -> int | None:
+        due = sorted(seq for seq, p in self.pending.items() if p.due)
+        for seq in due:
+            if seq in self.stream.messages:
+                return seq
+            self._drop(seq)
+        if len(self.pending) >= self.max_ack_pending:
+            return None
+        for seq in sorted(self.stream.messages):
+            message = self.stream.messages[seq]
+            if seq > self.delivered and subject_matches(self.filter_subject, message.subject):
+                return seq
+        return None
+
+    def dispatch(self) -> None:
+        while self.pulls and not self.deleted:
+            seq = self._next()
+            if seq is None:
+                return
+            pull = self.pulls[0]
+            entry = self.pending.get(seq)
+            if entry is None:
+                entry = self.pending[seq] = Pending(0)
+                self.delivered = max(self.delivered, seq)
+            entry.deliveries += 1
+            entry.due = False
+            self._arm(seq, entry, self.ack_wait)
+            stored = self.stream.messages[seq]
+            msg = Delivered(stored.subject, stored.data,
+                            dict(stored.headers) if stored.headers else None,
+                            Metadata(Sequence(seq), entry.deliveries), self)
+            pull.got += 1
+            if pull.got >= pull.batch:
+                self._end(pull)
+            pull.deliver(msg)
+
+    def _arm(self, seq: int, entry: Pending, delay: float) -> None:
+        if entry.timer is not None and entry.timer.active():
+            entry.timer.cancel()
+        entry.timer = self.server.clock.callLater(delay, self._redeliver, seq)
+
+    def _redeliver(self, seq: int) -> None:
+        entry = self.pending.get(seq)
+        if entry is not None:
+            entry.timer = None
+            entry.due = True
+            self.dispatch()
+
+    def _drop(self, seq: int) -> None:
+        entry = self.pending.pop(seq, None)
+        if entry is not None and entry.timer is not None and entry.timer.active():
+            entry.timer.cancel()
+
+    def _end(self, pull: Pull) -> None:
+        if pull in self.pulls:
+            self.pulls.remove(pull)
+        if pull.timer is not None and pull.timer.active():
+            pull.timer.cancel()
+        if not pull.done.called:
+            pull.done.callback(pull.got)
+
+    def ack(self, seq: int) -> None:
+        if seq not in self.pending:
+            return
+        self._drop(seq)
+        if self.stream.work_queue:
+            self.stream.messages.pop(seq, None)
+        self.dispatch()
+
+    def nak(self, seq: int, delay: float) -> None:
+        entry = self.pending.get(seq)
+        if entry is None:
+            return
+        if delay > 0:
+            self._arm(seq, entry, delay)
+        else:
+            if entry.timer is not None and entry.timer.active():
+                entry.timer.cancel()
+            entry.due = True
+            self.dispatch()
+
+    def progress(self, seq: int) -> None:
+        entry = self.pending.get(seq)
+        if entry is not None and not entry.due:
+            self._arm(seq, entry, self.ack_wait)
+
+    def delete(self) -> None:
+        self.deleted = True
+        for seq in list(self.pending):
+            self._drop(seq)
+        for pull in list(self.pulls):
+            self._end(pull)
+
+
+class FakeNats:
+    """One JetStream server (shared by the clients of every "node" of a test)."""
+
+    def __init__(self, clock: Clock, max_payload: int = MAX_PAYLOAD) -> None:
+        self.clock = clock
+        self.max_payload = max_payload
+        self.up = True
+        self.streams: dict[str, Stream] = {}
+        self.buckets: dict[str, dict[str, tuple[bytes, float]]] = {}
+        self.bucket_ttl: dict[str, float] = {}
+        self.clients: list[FakeJetStream] = []
+        self.watchers: list[tuple[str, Callable[[str], None]]] = []
+
+    def client(self, urls: list[str], names: Names, status_ttl: float, on_state: Any = None,
+               token: str | None = None, limits: StreamLimits = StreamLimits()) -> "FakeJetStream":
+        """``JetStream``'s constructor: pass ``server.client`` where a JetStream is made."""
+        js = FakeJetStream(self, urls, names, status_ttl, on_state, token, limits)
+        self.clients.append(js)
+        return js
+
+    # -- outages
+    def stop(self) -> None:
+        """The server goes away: every client is disconnected until ``start``."""
+        self.up = False
+        for js in self.clients:
+            if js.is_connected and js.on_state:
+                js.on_state("disconnected")
+
+    def start(self) -> None:
+        self.up = True
+        for js in self.clients:
+            if js.is_connected and js.on_state:
+                js.on_state("connected")
+
+    # -- what the tests look at
+    def stream(self, name: str) -> Stream:
+        return self.streams[name]
+
+    def subjects(self, stream: str) -> list[str]:
+        return [m.subject for _, m in sorted(self.streams[stream].messages.items())]
+
+    def consumer(self, stream: str, durable: str) -> Consumer:
+        return self.streams[stream].consumers[durable]
+
+    # -- operations
+    def _check(self) -> None:
+        if not self.up:
+            raise ConnectionClosedError()
+
+    def publish(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> int:
+        self._check()
+        stream = next((s for s in self.streams.values() if s.takes(subject)), None)
+        if stream is None:
+            raise NotFoundError(code=503, description="no responders: no stream takes "
+                                + subject)
+        now = self.clock.seconds()
+        stream.dedupe = {k: v for k, v in stream.dedupe.items()
+                         if now - v[1] < DUPLICATE_WINDOW}
+        msg_id = (headers or {}).get("Nats-Msg-Id")
+        if msg_id and msg_id in stream.dedupe:
+            return stream.dedupe[msg_id][0]
+        size = message_size(subject, headers, payload)
+        if stream.max_bytes >= 0:
+            if stream.discard_new and stream.bytes + size > stream.max_bytes:
+                raise APIError(code=503, err_code=BYTES_EXCEEDED,
+                               description="maximum bytes exceeded", stream=stream.name)
+            while stream.messages and stream.bytes + size > stream.max_bytes:
+                stream.messages.pop(min(stream.messages))
+        stream.last_seq += 1
+        seq = stream.last_seq
+        stream.messages[seq] = Stored(subject, bytes(payload), dict(headers) if headers else None,
+                                      seq, datetime.datetime.fromtimestamp(
+                                          now, tz=datetime.timezone.utc), size)
+        if msg_id:
+            stream.dedupe[msg_id] = (seq, now)
+        for pattern, on_message in list(self.watchers):
+            if subject_matches(pattern, subject):
+                self.clock.callLater(0, on_message, subject)
+        for consumer in list(stream.consumers.values()):
+            consumer.dispatch()
+        return seq
+
+
+class FakeJetStream:
+    """``faastwist.queue.jetstream.JetStream`` over a ``FakeNats``: the same coroutines,
+    the same answers, on the test's Clock."""
+
+    def __init__(self, server: FakeNats, urls: list[str], names: Names, status_ttl: float,
+                 on_state: Any = None, token: str | None = None,
+                 limits: StreamLimits = StreamLimits()) -> None:
+        self.server = server
+        self.urls = urls
+        self.names = names
+        self.status_ttl = status_ttl
+        self.on_state = on_state
+        self.token = token
+        self.limits = limits
+        self.is_connected = False
+        self.closed = False
+        self._consumers: dict[str, tuple[str, str]] = {}
+        self._watching = False
+
+    # -- connection and set-up
+    async def connect(self, connect_timeout: float) -> int:
+        server = self.server
+        server._check()
+        n, limit = self.names, self.limits.max_bytes
+        for name, subject, work, new in ((n.calls, n.call_subject("*"), True, True),
+                                         (n.callbacks, n.callback_subject("*"), True, True),
+                                         (n.delayed, n.delayed_subject("*"), True, True),
+                                         (n.dead, n.dead_subject("*"), False, False)):
+            stream = server.streams.get(name)
+            if stream is None:
+                server.streams[name] = Stream(name, [subject], work, new, limit)
+            else:
+                stream.max_bytes, stream.discard_new = limit, new
+        if n.status not in server.buckets:
+            server.buckets[n.status] = {}
+            server.bucket_ttl[n.status] = self.status_ttl
+        self.is_connected = True
+        self.closed = False
+        if self.on_state:
+            self.on_state("connected")
+        return server.max_payload
+
+    async def stream_limits(self, name: str) -> tuple[int, str]:
+        self.server._check()
+        stream = self.server.streams[name]
+        return stream.max_bytes, "new" if stream.discard_new else "old"
+
+    @property
+    def connected(self) -> bool:
+        return self.is_connected and self.server.up
+
+    async def close(self) -> None:
+        self.is_connected = False
+        self.closed = True
+        self.server.watchers = [w for w in self.server.watchers if w[1] != self._on_call]
+
+    def _live(self) -> FakeNats:
+        if not self.is_connected:
+            raise ConnectionClosedError()
+        self.server._check()
+        return self.server
+
+    # -- publishing
+    async def publish(self, subject: str, payload: bytes, headers: dict[str, str],
+                      timeout: float) -> int:
+        server = self._live()
+        if len(payload) > server.max_payload:
+            raise APIError(code=400, description="maximum payload exceeded")
+        return server.publish(subject, payload, headers)
+
+    # -- consuming
+    async def bind(self, key: str, stream: str, durable: str, subject: str,
+                   max_ack_pending: int, ack_wait: float) -> None:
+        server = self._live()
+        target = server.streams[stream]
+        consumer = target.consumers.get(durable)
+        if consumer is None:
+            consumer = target.consumers[durable] = Consumer(
+                server, target, durable, subject, ack_wait, max_ack_pending)
+        else:
+            consumer.ack_wait, consumer.max_ack_pending = ack_wait, max_ack_pending
+        self._consumers[key] = (stream, durable)
+        consumer.dispatch()
+
+    async def unbind(self, key: str, stream: str | None = None,
+                     durable: str | None = None) -> None:
+        self._consumers.pop(key, None)
+        if stream and durable:
+            consumer = self._live().streams[stream].consumers.pop(durable, None)
+            if consumer is not None:
+                consumer.delete()
+
+    async def watch_calls(self, on_function: Any) -> None:
+        server = self._live()
+        self._on_function = on_function
+        if not self._watching:
+            self._watching = True
+            server.watchers.append((self.names.call_subject("*"), self._on_call))
+
+    def _on_call(self, subject: str) -> None:
+        if self.connected:
+            self._on_function(self.names.function_of_call(subject))
+
+    async def backlog(self, stream: str, subjects: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for message in self._live().streams[stream].matching(subjects):
+            counts[message.subject] = counts.get(message.subject, 0) + 1
+        return counts
+
+    async def oldest(self, stream: str, subject: str) -> float | None:
+        found = self._live().streams[stream].matching(subject)
+        if not found:
+            return None
+        return _enqueued(min(found, key=lambda m: m.seq).headers)
+
+    async def queued(self, function: str) -> int:
+        n = self.names
+        calls = self._live().streams[n.calls]
+        consumer = calls.consumers.get(n.consumer(function))
+        if consumer is not None:
+            return consumer.num_pending() + len(consumer.pending)
+        return len(calls.matching(n.call_subject(function)))
+
+    async def consumer_names(self, stream: str) -> list[str]:
+        return list(self._live().streams[stream].consumers)
+
+    async def pull(self, key: str, batch: int, expires: float,
+                   deliver: Callable[[Any], None]) -> int:
+        consumer_key = self._consumers.get(key)
+        if consumer_key is None:
+            return 0
+        server = self._live()
+        consumer = server.streams[consumer_key[0]].consumers.get(consumer_key[1])
+        if consumer is None:
+            return 0
+        pull = Pull(batch, deliver, Deferred(lambda _: consumer._end(pull)))
+        pull.timer = server.clock.callLater(expires, consumer._end, pull)
+        consumer.pulls.append(pull)
+        consumer.dispatch()
+        return await pull.done
+
+    @staticmethod
+    async def progress(msg: Any) -> None:
+        msg.consumer.server._check()
+        msg.consumer.progress(msg.seq)
+
+    @staticmethod
+    async def ack(msg: Any) -> None:
+        msg.settle()
+        msg.consumer.ack(msg.seq)
+
+    @staticmethod
+    async def nak(msg: Any, delay: float) -> None:
+        msg.settle()
+        msg.consumer.nak(msg.seq, delay)
+
+    async def pending(self, stream: str, durable: str) -> tuple[int, int, float | None]:
+        target = self._live().streams[stream]
+        consumer = target.consumers.get(durable)
+        if consumer is None:
+            raise NotFoundError(code=404, description="consumer not found")
+        oldest = None
+        waiting, inflight = consumer.num_pending(), len(consumer.pending)
+        if waiting or inflight:
+            floor = consumer.ack_floor()
+            later = [m for m in target.matching(consumer.filter_subject) if m.seq > floor]
+            if later:
+                oldest = _enqueued(min(later, key=lambda m: m.seq).headers)
+        return waiting, inflight, oldest
+
+    # -- lookups
+    async def last_message(self, stream: str, subject: str) -> Any:
+        found = self._live().streams[stream].matching(subject)
+        return max(found, key=lambda m: m.seq) if found else None
+
+    async def list_messages(self, stream: str, subject: str, limit: int) -> list[Any]:
+        found = sorted(self._live().streams[stream].matching(subject), key=lambda m: m.seq)
+        return found[:limit]
+
+    async def delete_message(self, stream: str, seq: int) -> None:
+        self._live().streams[stream].messages.pop(seq, None)
+
+    async def purge(self, stream: str, subject: str) -> bool:
+        target = self._live().streams[stream]
+        for message in target.matching(subject):
+            del target.messages[message.seq]
+        return True
+
+    # -- status records
+    def _bucket(self) -> dict[str, tuple[bytes, float]]:
+        server = self._live()
+        bucket = server.buckets[self.names.status]
+        ttl, now = server.bucket_ttl[self.names.status], server.clock.seconds()
+        for key in [k for k, (_, put) in bucket.items() if now - put >= ttl]:
+            del bucket[key]
+        return bucket
+
+    async def get_status(self, function: str, call_id: str) -> dict[str, Any] | None:
+        entry = self._bucket().get(Names.call_key(function, call_id))
+        if entry is None or not entry[0]:
+            return None
+        try:
+            record = json.loads(entry[0])
+        except ValueError:
+            return None
+        return record if isinstance(record, dict) else None
+
+    async def put_status(self, function: str, call_id: str, record: dict[str, Any]) -> None:
+        value = json.dumps(record, separators=(",", ":")).encode()
+        self._bucket()[Names.call_key(function, call_id)] = (value, self.server.clock.seconds())
+
+
+def _enqueued(headers: dict[str, str] | None) -> float | None:
+    try:
+        return float((headers or {}).get("Faas-Enqueued", ""))
+    except ValueError:
+        return None
