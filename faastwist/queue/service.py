@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import LoopingCall, deferLater
@@ -63,13 +63,17 @@ class QueueService:
     """Owns the bridge, the NATS connection and the workers; the gate's Enqueuer."""
 
     def __init__(self, config: QueueConfig, controller: str, reactor: Any, metrics: Metrics,
-                 routes: Any, node_ports: set[int]) -> None:
+                 routes: Any, node_ports: set[int], bridge: Any = None,
+                 jetstream: Callable[..., Any] = JetStream) -> None:
+        """``bridge`` and ``jetstream`` (a JetStream's constructor): the real ones unless
+        a test passes faastwist.testing.jetstream's fakes."""
         self.config = config
         self.reactor = reactor
         self.metrics = metrics
         self.routes = routes
         self.names = Names(controller)
-        self.bridge = AsyncioBridge(reactor, config.timeout)
+        self.bridge = bridge if bridge is not None else AsyncioBridge(reactor, config.timeout)
+        self._jetstream = jetstream
         self.embedded: Any = None
         self.js: JetStream | None = None
         self.max_body_size = config.max_body_size
@@ -100,7 +104,7 @@ class QueueService:
                                        self.rules.local_addresses)
             self.sender.rules = self.rules
             token = embedded.token
-        self.js = JetStream(urls, self.names, self.config.status_ttl, self._connection,
+        self.js = self._jetstream(urls, self.names, self.config.status_ttl, self._connection,
                             token=token,
                             limits=StreamLimits(max_bytes=self.config.max_bytes))
         try:

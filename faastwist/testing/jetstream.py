@@ -165,10 +165,11 @@ class Delivered:
     headers: dict[str, str] | None
     metadata: Metadata
     consumer: "Consumer"
+    client: "FakeJetStream"   # the connection it came on: acknowledged through it
     acked: bool = False   # acknowledged or negatively: nats-py refuses a second one
 
-    def settle(self) -> None:
-        self.consumer.server._check()
+    def settle(self, operation: str) -> None:
+        self.client._live().enter(operation, self.subject)
         if self.acked:
             raise MsgAlreadyAckdError(self)
         self.acked = True
@@ -215,6 +216,7 @@ class Pull:
     batch: int
     deliver: Callable[[Any], None]
     done: Deferred[int]
+    client: "FakeJetStream"
     timer: Any = None
     got: int = 0
 
@@ -278,7 +280,7 @@ class Consumer:
             stored = self.stream.messages[seq]
             msg = Delivered(stored.subject, stored.data,
                             dict(stored.headers) if stored.headers else None,
-                            Metadata(Sequence(seq), entry.deliveries), self)
+                            Metadata(Sequence(seq), entry.deliveries), self, pull.client)
             pull.got += 1
             if pull.got >= pull.batch:
                 self._end(pull)
@@ -354,6 +356,20 @@ class FakeNats:
         self.bucket_ttl: dict[str, float] = {}
         self.clients: list[FakeJetStream] = []
         self.watchers: list[tuple[str, Callable[[str], None]]] = []
+        #: (operation, what) of every write, in order: publish (subject), ack, nak and
+        #: progress (the message's subject), put_status ("{key} {state}")
+        self.journal: list[tuple[str, str]] = []
+        #: operation -> predicate of ``what``: while it holds, the operation fails as a
+        #: lost connection would (what a test uses to cut NATS off for one step)
+        self.refusing: dict[str, Callable[[str], bool]] = {}
+
+    def enter(self, operation: str, what: str) -> None:
+        """One write by a client: refused while the server is down or a test says so."""
+        self._check()
+        refuse = self.refusing.get(operation)
+        if refuse is not None and refuse(what):
+            raise ConnectionClosedError()
+        self.journal.append((operation, what))
 
     def client(self, urls: list[str], names: Names, status_ttl: float, on_state: Any = None,
                token: str | None = None, limits: StreamLimits = StreamLimits()) -> "FakeJetStream":
@@ -493,6 +509,7 @@ class FakeJetStream:
         server = self._live()
         if len(payload) > server.max_payload:
             raise APIError(code=400, description="maximum payload exceeded")
+        server.enter("publish", subject)
         return server.publish(subject, payload, headers)
 
     # -- consuming
@@ -560,7 +577,7 @@ class FakeJetStream:
         consumer = server.streams[consumer_key[0]].consumers.get(consumer_key[1])
         if consumer is None:
             return 0
-        pull = Pull(batch, deliver, Deferred(lambda _: consumer._end(pull)))
+        pull = Pull(batch, deliver, Deferred(lambda _: consumer._end(pull)), self)
         pull.timer = server.clock.callLater(expires, consumer._end, pull)
         consumer.pulls.append(pull)
         consumer.dispatch()
@@ -568,17 +585,17 @@ class FakeJetStream:
 
     @staticmethod
     async def progress(msg: Any) -> None:
-        msg.consumer.server._check()
+        msg.client._live().enter("progress", msg.subject)
         msg.consumer.progress(msg.seq)
 
     @staticmethod
     async def ack(msg: Any) -> None:
-        msg.settle()
+        msg.settle("ack")
         msg.consumer.ack(msg.seq)
 
     @staticmethod
     async def nak(msg: Any, delay: float) -> None:
-        msg.settle()
+        msg.settle("nak")
         msg.consumer.nak(msg.seq, delay)
 
     async def pending(self, stream: str, durable: str) -> tuple[int, int, float | None]:
@@ -634,6 +651,8 @@ class FakeJetStream:
 
     async def put_status(self, function: str, call_id: str, record: dict[str, Any]) -> None:
         value = json.dumps(record, separators=(",", ":")).encode()
+        key = Names.call_key(function, call_id)
+        self.server.enter("put_status", f"{key} {record.get('state')}")
         self._bucket()[Names.call_key(function, call_id)] = (value, self.server.clock.seconds())
 
 

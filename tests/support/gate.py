@@ -275,8 +275,8 @@ def function(name: str, **fields: Any) -> FunctionSpec:
 class MemoryGate:
     """Store, routes, provider, pool and the gate resource, all on one Clock."""
 
-    def __init__(self, max_body_size: int = 2**20) -> None:
-        self.clock = Clock()
+    def __init__(self, max_body_size: int = 2**20, clock: Clock | None = None) -> None:
+        self.clock = clock if clock is not None else Clock()
         self.store = MemoryStore()
         self.metrics = Metrics()
         self.routes = RouteTable(self.store, self.clock, self.metrics)
