@@ -11,7 +11,6 @@ start, the node still starts: accepting answers 503 until the connection is up.
 from __future__ import annotations
 
 import socket
-import time
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -260,7 +259,7 @@ class QueueService:
                                      self.names.call_subject(function, call_id))
         if msg is not None:
             call = read_call(msg.headers, b"")
-            return status_record(call, "queued", time.time())
+            return status_record(call, "queued", self.reactor.seconds())
         dead = await self._dead_details(function, call_id)
         if dead is not None:
             return dead
@@ -287,7 +286,7 @@ class QueueService:
         if msg is None:
             return None
         call = read_call(msg.headers, msg.data)
-        record = status_record(call, "queued", time.time(), 0, None, "", retried=True)
+        record = status_record(call, "queued", self.reactor.seconds(), 0, None, "", retried=True)
         await self.bridge.call(js.put_status, function, call.call_id, record)
         await self.bridge.call(js.publish, self.names.call_subject(function, call_id),
                                call.body, call_headers(call, dedup=False), self.config.timeout)
@@ -310,7 +309,7 @@ class QueueService:
         js = self.js
         if js is None or not js.connected:
             return
-        now = time.time()
+        now = self.reactor.seconds()
         self.counts.forget(self.reactor.seconds() - 60.0)
         try:
             subjects = await self.bridge.call(js.backlog, self.names.calls,

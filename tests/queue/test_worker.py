@@ -86,7 +86,7 @@ def test_the_callback_is_stored_before_the_acknowledgement(node) -> None:
     [(url, call_id, fn, outcome, body)] = node.receiver.sent
     assert (url, call_id, fn, outcome.status, outcome.attempts, outcome.reason) == (
         HOOK, "c1", "fn", 200, 1, "")
-    assert body == node.gate.upstream.requests[0]["body"].encode() or body  # echo's answer
+    assert body == b"status"   # the function's answer
     record = node.record("fn", "c1")
     assert record["callback"] == {"status": 200, "attempts": 1}
     assert record["callbackUrl"] == HOOK

@@ -1,0 +1,260 @@
+"""The node's queue service on one Clock over the in-memory JetStream (held to the real
+nats-server by test_jetstream_contract.py): accepting calls (dedupe, maxQueued 429,
+full queue 507, 503 while NATS is away), what the admin API shows (status, dead
+letters, retry, purge), the queue gauges, start-up against a server that is down or
+has a small max_payload."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.defer import ensureDeferred
+
+from faastwist.gate.accept import QueueFull, QueueUnavailable
+from faastwist.model.fsm import State
+from faastwist.queue.messages import Outcome, call_headers, outcome_headers
+from faastwist.queue.service import METRICS_INTERVAL
+from faastwist.testing.jetstream import FakeNats
+from tests.support.queue import QueueNode
+
+
+@pytest.fixture
+def node() -> QueueNode:
+    made = QueueNode(max_queued=3).start(attach=False)
+    return made
+
+
+def accepted(node: QueueNode, fn: str = "fn") -> float:
+    return node.gate.counter("faastwist_async_accepted_total", {"function_name": fn})
+
+
+def refused(node: QueueNode, reason: str, fn: str = "fn") -> float:
+    return node.gate.counter("faastwist_async_refused_total",
+                             {"function_name": fn, "reason": reason})
+
+
+def dead_letter(node: QueueNode, call_id: str, fn: str = "fn", reason: str = "why",
+                status: int = 503, attempts: int = 5) -> None:
+    call = node.call(call_id, fn=fn, callback="http://hook.example/x")
+    headers = call_headers(call, dedup=False)
+    headers.update(outcome_headers(Outcome(status, attempts, 0.5, reason=reason)))
+    node.wait(node.bridge.call(node.queue.js.publish, node.queue.names.dead_subject(fn, call_id),
+                               call.body, headers, 1.0))
+
+
+# -- accepting -----------------------------------------------------------------------------
+
+def test_a_call_is_stored_once_per_call_id_and_function(node) -> None:
+    first = node.submit("c1")
+    assert node.submit("c1") == first          # the client re-sent it: stored once
+    assert node.submit("c1", fn="other") == first + 1   # another function's call
+    assert node.subjects("calls") == ["faas.ctl.call.fn.c1", "faas.ctl.call.other.c1"]
+    [stored] = node.stored("calls")[:1]
+    assert stored.data == b"hello" and stored.headers["Nats-Msg-Id"] == "fn.c1"
+    assert accepted(node) == 2
+
+
+def test_a_function_at_its_max_queued_is_refused_with_429(node) -> None:
+    node.add("fn", maxQueued=2)
+    node.submit("c1")
+    node.submit("c2")
+    with pytest.raises(QueueFull) as full:
+        node.submit("c3")
+    assert (full.value.code, full.value.retry_after) == (429, 1)
+    assert "function fn has 2 calls queued" in full.value.message
+    assert "maxQueued" in full.value.message
+    assert refused(node, "function-full") == 1
+    assert node.subjects("calls") == ["faas.ctl.call.fn.c1", "faas.ctl.call.fn.c2"]
+
+
+def test_without_a_spec_limit_queue_max_queued_applies(node) -> None:
+    for index in range(3):
+        node.submit(f"c{index}", fn="nospec")
+    with pytest.raises(QueueFull, match="function nospec has 3 calls queued"):
+        node.submit("c3", fn="nospec")
+
+
+def test_the_count_is_asked_from_the_server_once_for_calls_arriving_together(node) -> None:
+    for index in range(2):   # stored by another node: this one only knows from the server
+        node.wait(node.bridge.call(node.queue.js.publish, node.queue.names.call_subject(
+            "fn", f"x{index}"), b"", {}, 1.0))
+    results = [node.queue.submit(node.call(f"c{index}")) for index in range(3)]
+    node.settle()
+    assert node.bridge.calls.count("queued") == 1
+    outcomes = []
+    for d in results:
+        d.addBoth(outcomes.append)
+    assert isinstance(outcomes[0], int)
+    assert [o.value.code for o in outcomes[1:]] == [429, 429]
+    # a second later the count is asked again (others may have taken calls off)
+    node.run_for(1.0)
+    with pytest.raises(QueueFull):
+        node.submit("c9")
+    assert node.bridge.calls.count("queued") == 2
+
+
+def test_a_count_that_cannot_be_asked_is_503(node) -> None:
+    node.queue.js.queued = _failing  # type: ignore[method-assign]
+    with pytest.raises(QueueUnavailable, match="cannot count the queued calls"):
+        node.submit("c1")
+
+
+async def _failing(function: str) -> int:
+    raise ConnectionError("gone")
+
+
+def test_a_full_queue_is_507(node) -> None:
+    small = QueueNode(max_bytes=2500).start(attach=False)
+    small.submit("c1", body=b"b" * 1000)
+    small.submit("c2", body=b"b" * 1000)
+    with pytest.raises(QueueFull) as full:
+        small.submit("c3", body=b"b" * 1000)
+    assert (full.value.code, full.value.retry_after) == (507, 30)
+    assert "queue.maxBytes" in full.value.message
+    assert refused(small, "queue-full") == 1 and accepted(small) == 2
+
+
+def test_while_nats_is_away_calls_are_refused_with_503(node) -> None:
+    node.server.refusing["publish"] = lambda what: True
+    with pytest.raises(QueueUnavailable, match="ConnectionClosedError|connection closed"):
+        node.submit("c1")
+    del node.server.refusing["publish"]
+    node.server.stop()
+    with pytest.raises(QueueUnavailable, match="NATS is not connected"):
+        node.submit("c2")
+    with pytest.raises(QueueUnavailable):
+        node.status("fn", "c1")
+    node.server.start()
+    node.submit("c3")
+    assert accepted(node) == 1
+
+
+def test_callback_urls_are_checked_at_accept_time(node) -> None:
+    with pytest.raises(ValueError, match="X-Callback-Url: .*admin"):
+        node.queue.check_callback("http://127.0.0.1:2381/x")
+    with pytest.raises(ValueError, match="metadata"):
+        node.queue.check_callback("http://169.254.169.254/latest")
+    node.queue.check_callback("http://hook.example/x")  # a name: checked when sent
+
+
+# -- what the admin API shows --------------------------------------------------------------
+
+def test_status_of_a_call_queued_recorded_dead_or_unknown(node) -> None:
+    node.clock.advance(1000)
+    node.submit("c1", enqueued=990.0)
+    queued = node.status("fn", "c1")
+    assert (queued["state"], queued["callId"], queued["enqueued"], queued["updated"]) == (
+        "queued", "c1", 990.0, 1000.0)
+    assert node.status("other", "c1") is None and node.status("fn", "nope") is None
+    node.wait(node.bridge.call(node.queue.js.put_status, "fn", "c1",
+                               {"callId": "c1", "function": "fn", "state": "running"}))
+    assert node.status("fn", "c1")["state"] == "running"
+    # a record under the key that names another function is not this call's
+    node.wait(node.bridge.call(node.queue.js.put_status, "fn", "c2",
+                               {"callId": "c2", "function": "other", "state": "running"}))
+    assert node.status("fn", "c2") is None
+    dead_letter(node, "c3", reason="no attempts left (5 of 5)")
+    dead = node.status("fn", "c3")
+    assert (dead["state"], dead["reason"], dead["attempts"], dead["lastStatus"]) == (
+        "dead", "no attempts left (5 of 5)", 5, 503)
+    assert dead["deadAt"] == 1000.0 and dead["callbackUrl"] == "http://hook.example/x"
+    # a record saying dead gets the dead letter's details
+    node.wait(node.bridge.call(node.queue.js.put_status, "fn", "c3",
+                               {"callId": "c3", "function": "fn", "state": "dead"}))
+    assert node.status("fn", "c3")["reason"] == "no attempts left (5 of 5)"
+
+
+def test_dead_letters_are_listed_retried_and_purged(node) -> None:
+    node.clock.advance(50)
+    for call_id in ("d1", "d2", "d3"):
+        dead_letter(node, call_id)
+    dead_letter(node, "o1", fn="other")
+    node.wait(node.bridge.call(node.queue.js.publish, node.queue.names.dead_subject("fn", "junk"),
+                               b"", {}, 1.0))
+    listed = node.wait(ensureDeferred(node.queue.dead_letters("fn")))
+    assert [e["callId"] for e in listed] == ["d1", "d2", "d3"]    # the unreadable one left out
+    assert [e["callId"] for e in node.wait(ensureDeferred(
+        node.queue.dead_letters("fn", limit=2)))] == ["d1", "d2"]
+    record = node.wait(ensureDeferred(node.queue.retry("fn", "d2")))
+    assert (record["state"], record["attempts"], record["retried"]) == ("queued", 0, True)
+    assert node.record("fn", "d2") == record
+    assert node.subjects("calls") == ["faas.ctl.call.fn.d2"]
+    assert "Nats-Msg-Id" not in node.stored("calls")[0].headers  # a new call, not a duplicate
+    assert [e["callId"] for e in node.wait(ensureDeferred(node.queue.dead_letters("fn")))] == [
+        "d1", "d3"]
+    assert node.wait(ensureDeferred(node.queue.retry("fn", "d2"))) is None
+    node.wait(ensureDeferred(node.queue.purge("fn")))
+    assert node.subjects("dead") == ["faas.ctl.dead.other.o1"]
+
+
+# -- gauges --------------------------------------------------------------------------------
+
+def test_the_gauges_show_the_backlog_and_the_oldest_call(node) -> None:
+    node.clock.advance(100)
+    node.queue.attach(node.gate.context)
+    node.queue.worker.stop()    # the calls stay queued
+    node.submit("c1", enqueued=70.0)
+    node.submit("c2", enqueued=90.0)
+    node.submit("o1", fn="other", enqueued=95.0)
+    node.run_for(METRICS_INTERVAL + 0.1)
+    gauge = node.gate.metrics.registry.get_sample_value
+    assert gauge("faastwist_async_queued", {"function_name": "fn"}) == 2
+    assert gauge("faastwist_async_oldest_seconds", {"function_name": "fn"}) == pytest.approx(35.0, abs=0.1)
+    assert gauge("faastwist_async_queued", {"function_name": "other"}) == 1
+    node.wait(ensureDeferred(node.queue.purge("fn")))   # (the dead letters: no change)
+    node.wait(node.bridge.call(node.queue.js.purge, node.queue.names.calls,
+                               node.queue.names.call_subject("fn")))
+    node.run_for(METRICS_INTERVAL)
+    assert gauge("faastwist_async_queued", {"function_name": "fn"}) == 0
+    assert gauge("faastwist_async_oldest_seconds", {"function_name": "fn"}) == 0
+    assert gauge("faastwist_async_queued", {"function_name": "other"}) == 1
+    node.queue.stop_worker()
+    node.run_for(METRICS_INTERVAL * 2)
+    assert not node.queue._meter.running
+
+
+# -- start and stop ------------------------------------------------------------------------
+
+def test_a_small_max_payload_lowers_the_body_limit() -> None:
+    node = QueueNode(max_body_size=2**20)
+    node.server.max_payload = 512 * 1024
+    node.start(attach=False)
+    assert node.queue.max_body_size == 384 * 1024
+    roomy = QueueNode(max_body_size=2**20)
+    roomy.server.max_payload = 8 * 2**20
+    roomy.start(attach=False)
+    assert roomy.queue.max_body_size == 2**20
+
+
+def test_an_external_nats_down_at_start_is_waited_for() -> None:
+    node = QueueNode()
+    node.server.stop()
+    node.start()                      # the node starts anyway
+    assert not node.queue.js.connected and not node.worker.running
+    with pytest.raises(QueueUnavailable):
+        node.submit("c1")
+    node.run_for(5.0)
+    node.server.start()
+    node.run_for(2.5)                 # the next try (every 2 s) connects
+    assert node.queue.js.connected and node.worker.running
+    node.add("fn")
+    node.submit("c1", target="/status/200")
+    node.run_for(1.0)
+    assert node.record("fn", "c1")["state"] == "succeeded"
+
+
+def test_stop_closes_the_connection_and_the_bridge(node) -> None:
+    js = node.queue.js
+    node.wait(ensureDeferred(node.queue.stop()))
+    assert node.queue.js is None and js.closed and not node.bridge.running
+    with pytest.raises(QueueUnavailable):
+        node.submit("c1")
+
+
+def test_a_shared_server_serves_two_nodes() -> None:
+    server_node = QueueNode().start()
+    other = QueueNode(server=server_node.server, gate=server_node.gate).start(attach=False)
+    server_node.add("fn", state=State.ACTIVE)
+    other.submit("c1", fn="fn")   # the other node's call wakes this node's loop
+    server_node.run_for(1.0)
+    assert server_node.record("fn", "c1")["state"] == "succeeded"
+    assert isinstance(server_node.server, FakeNats)
