@@ -106,12 +106,20 @@ def test_a_retryable_answer_waits_in_the_delayed_stream_and_runs_again(node) -> 
     assert delayed.subject == "faas.ctl.delayed.fn.c1"
     assert (delayed.headers[ATTEMPTS], delayed.headers[BACK]) == ("1", "call")
     assert float(delayed.headers[DUE]) == record["nextAttempt"]
+    # recorded, moved to the delayed stream, then acknowledged (never the other way)
+    assert node.journal("put_status", "publish", "ack")[-3:] == [
+        ("put_status", "fn.c1 queued"), ("publish", "faas.ctl.delayed.fn.c1"),
+        ("ack", "faas.ctl.call.fn.c1")]
     assert len(node.gate.upstream.requests) == 1
     node.run_for(0.3)
     assert len(node.gate.upstream.requests) == 1    # not before it is due
     node.run_for(0.3)
     assert len(node.gate.upstream.requests) == 2
     assert node.record("fn", "c1")["attempts"] == 2
+    # when due: back into the calls stream, then the delayed copy acknowledged
+    released = node.journal("publish", "ack", "nak")
+    moved = released.index(("publish", "faas.ctl.call.fn.c1"), 1)
+    assert released[moved + 1] == ("ack", "faas.ctl.delayed.fn.c1")
 
 
 def test_a_call_that_uses_up_its_attempts_is_a_dead_letter_with_its_reason(node) -> None:
@@ -131,6 +139,13 @@ def test_a_call_that_uses_up_its_attempts_is_a_dead_letter_with_its_reason(node)
     assert outcome.reason == "no attempts left (3 of 3)"
     assert node.subjects("calls") == [] and node.subjects("delayed") == []
     assert node.gate.counter("faastwist_async_dead_letters_total", {"function_name": "fn"}) == 1
+    # the last attempt's message is acknowledged only after the dead letter, its record
+    # and its callback are stored
+    journal = node.server.journal
+    last_run = len(journal) - 1 - journal[::-1].index(("put_status", "fn.c1 running"))
+    assert [entry for entry in journal[last_run + 1:] if "delayed" not in entry[1]][:4] == [
+        ("publish", "faas.ctl.dead.fn.c1"), ("put_status", "fn.c1 dead"),
+        ("publish", "faas.ctl.callback.fn.c1"), ("ack", "faas.ctl.call.fn.c1")]
 
 
 def test_the_spec_s_max_attempts_wins(node) -> None:
