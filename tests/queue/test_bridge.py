@@ -10,7 +10,11 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from faastwist.queue.bridge import AsyncioBridge, BridgeStopped, BridgeTimeout
+import sys
+
+from twisted.internet.threads import deferToThread
+
+from faastwist.queue.bridge import SWITCH_INTERVAL, AsyncioBridge, BridgeStopped, BridgeTimeout
 
 
 @pytest.fixture
@@ -66,3 +70,93 @@ async def test_stopped_bridge_refuses_and_stop_cancels_what_runs(bridge) -> None
         await pending
     with pytest.raises(BridgeStopped):
         await bridge.call(hang)
+
+
+@pytest_twisted.ensureDeferred
+async def test_calls_of_one_turn_start_in_order_and_each_gets_its_own_result(bridge) -> None:
+    started: list[int] = []
+
+    async def work(n: int) -> int:
+        started.append(n)
+        await asyncio.sleep(0)
+        return n * n
+
+    pending = [bridge.call(work, n) for n in range(50)]
+    assert [await d for d in pending] == [n * n for n in range(50)]
+    assert started == list(range(50))
+    assert not bridge._inbox and not bridge._outbox
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancelling_a_call_cancels_its_coroutine(bridge) -> None:
+    from twisted.internet.defer import CancelledError
+
+    running = threading.Event()
+    seen: list[str] = []
+
+    async def hang() -> None:
+        running.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    d = bridge.call(hang, timeout=30)
+    await deferToThread(running.wait, 5)
+    d.cancel()
+    with pytest.raises(CancelledError):
+        await d
+    await bridge.call(asyncio.sleep, 0)   # a later call's result: the loop went on
+    for _ in range(100):
+        if seen:
+            break
+        await bridge.call(asyncio.sleep, 0.01)
+    assert seen == ["cancelled"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_cancelled_before_it_started_never_runs(bridge) -> None:
+    from twisted.internet.defer import CancelledError
+
+    ran: list[int] = []
+
+    async def work() -> None:
+        ran.append(1)
+
+    d = bridge.call(work)
+    d.cancel()   # the same turn: still in the inbox
+    with pytest.raises(CancelledError):
+        await d
+    await bridge.call(asyncio.sleep, 0)
+    assert ran == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_function_that_fails_before_its_coroutine_and_the_default_timeout() -> None:
+    service = AsyncioBridge(reactor, default_timeout=0.2)
+    service.startService()
+    try:
+        def not_async(x: int) -> None:
+            raise TypeError(f"bad {x}")
+
+        with pytest.raises(TypeError, match="bad 3"):
+            await service.call(not_async, 3)
+
+        async def hang() -> None:
+            await asyncio.sleep(60)
+
+        with pytest.raises(BridgeTimeout, match="within 0.2s"):
+            await service.call(hang)
+        assert sys.getswitchinterval() <= SWITCH_INTERVAL
+    finally:
+        await service.stopService()
+    assert service.loop is None
+    assert await service.stopService() is None   # stopping twice: nothing to do
+
+
+def test_stopping_a_bridge_that_never_started() -> None:
+    service = AsyncioBridge(reactor)
+    done: list = []
+    service.stopService().addCallback(done.append)
+    assert done == [None]

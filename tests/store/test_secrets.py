@@ -51,7 +51,8 @@ def test_a_new_key_file_is_0600_whatever_the_umask(tmp_path) -> None:
     assert stat.S_IMODE((tmp_path / "node.key").stat().st_mode) == 0o600
 
 
-@pytest.mark.parametrize("mode", [0o640, 0o604, 0o620, 0o602, 0o644, 0o660, 0o610, 0o601])
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o620, 0o602, 0o644, 0o660, 0o610, 0o601],
+                         ids=oct)
 def test_a_key_file_others_may_read_or_write_is_refused(tmp_path, mode) -> None:
     path = tmp_path / "node.key"
     path.write_bytes(Fernet.generate_key() + b"\n")
@@ -63,7 +64,7 @@ def test_a_key_file_others_may_read_or_write_is_refused(tmp_path, mode) -> None:
     assert f"(mode {mode:o})" in message and "chmod 600" in message
 
 
-@pytest.mark.parametrize("mode", [0o600, 0o400])
+@pytest.mark.parametrize("mode", [0o600, 0o400], ids=oct)
 def test_a_key_file_only_its_owner_may_read_is_accepted(tmp_path, mode) -> None:
     path = tmp_path / "node.key"
     key = Fernet.generate_key()
