@@ -116,23 +116,6 @@ async def test_cancelling_a_call_cancels_its_coroutine(bridge) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_call_cancelled_before_it_started_never_runs(bridge) -> None:
-    from twisted.internet.defer import CancelledError
-
-    ran: list[int] = []
-
-    async def work() -> None:
-        ran.append(1)
-
-    d = bridge.call(work)
-    d.cancel()   # the same turn: still in the inbox
-    with pytest.raises(CancelledError):
-        await d
-    await bridge.call(asyncio.sleep, 0)
-    assert ran == []
-
-
-@pytest_twisted.ensureDeferred
 async def test_a_function_that_fails_before_its_coroutine_and_the_default_timeout() -> None:
     service = AsyncioBridge(reactor, default_timeout=0.2)
     service.startService()
