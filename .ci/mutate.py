@@ -87,6 +87,17 @@ TARGETS = (
     Target("faastwist/providers/sandbox.py", ("tests/providers/test_sandbox.py",)),
     Target("faastwist/util/users.py", ("tests/providers/test_sandbox.py",),
            functions=("parse", "uid_for", "identity", "account_exists")),
+    # the queue's I/O modules, Clock-driven on the in-memory JetStream (faastwist/testing/
+    # jetstream.py, itself held to nats-server by the contract suite); the secret store's
+    # transactions against the real etcd (one per child, ~1 s)
+    Target("faastwist/queue/worker.py", ("tests/queue/test_worker.py",)),
+    Target("faastwist/queue/steps.py", ("tests/queue/test_worker.py",)),
+    Target("faastwist/queue/service.py", ("tests/queue/test_service.py",)),
+    Target("faastwist/queue/callback.py", ("tests/queue/test_callback.py",)),
+    Target("faastwist/queue/bridge.py", ("tests/queue/test_bridge.py",)),
+    Target("faastwist/store/secrets.py", ("tests/store/test_secrets.py",),
+           marks="not envtest and not slow and not process and not e2e and not nats"),
+    Target("faastwist/testing/jetstream.py", ("tests/queue/test_jetstream_contract.py",)),
 )
 
 #: imported once in the parent, shared by every forked child (never faastwist itself,
