@@ -90,7 +90,8 @@ TARGETS = (
     # the queue's I/O modules, Clock-driven on the in-memory JetStream (faastwist/testing/
     # jetstream.py, itself held to nats-server by the contract suite); the secret store's
     # transactions against the real etcd (one per child, ~1 s)
-    Target("faastwist/queue/worker.py", ("tests/queue/test_worker.py",)),
+    Target("faastwist/queue/worker.py", ("tests/queue/test_worker.py",
+                                          "tests/queue/test_service.py")),
     Target("faastwist/queue/steps.py", ("tests/queue/test_worker.py",)),
     Target("faastwist/queue/service.py", ("tests/queue/test_service.py",)),
     Target("faastwist/queue/callback.py", ("tests/queue/test_callback.py",)),

@@ -282,9 +282,9 @@ class Consumer:
                             dict(stored.headers) if stored.headers else None,
                             Metadata(Sequence(seq), entry.deliveries), self, pull.client)
             pull.got += 1
+            pull.deliver(msg)   # before the request ends, as the real client hands them
             if pull.got >= pull.batch:
                 self._end(pull)
-            pull.deliver(msg)
 
     def _arm(self, seq: int, entry: Pending, delay: float) -> None:
         if entry.timer is not None and entry.timer.active():
@@ -357,11 +357,16 @@ class FakeNats:
         self.clients: list[FakeJetStream] = []
         self.watchers: list[tuple[str, Callable[[str], None]]] = []
         #: (operation, what) of every write, in order: publish (subject), ack, nak and
-        #: progress (the message's subject), put_status ("{key} {state}")
+        #: progress (the message's subject), put_status ("{key} {state}"), bind and pull
+        #: (the durable)
         self.journal: list[tuple[str, str]] = []
         #: operation -> predicate of ``what``: while it holds, the operation fails as a
         #: lost connection would (what a test uses to cut NATS off for one step)
         self.refusing: dict[str, Callable[[str], bool]] = {}
+        #: (durable, batch, expires) of every pull request, and (subject, delay) of every
+        #: negative acknowledgement, in order
+        self.pull_requests: list[tuple[str, int, float]] = []
+        self.naks: list[tuple[str, float]] = []
 
     def enter(self, operation: str, what: str) -> None:
         """One write by a client: refused while the server is down or a test says so."""
@@ -516,6 +521,7 @@ class FakeJetStream:
     async def bind(self, key: str, stream: str, durable: str, subject: str,
                    max_ack_pending: int, ack_wait: float) -> None:
         server = self._live()
+        server.enter("bind", durable)
         target = server.streams[stream]
         consumer = target.consumers.get(durable)
         if consumer is None:
@@ -574,9 +580,11 @@ class FakeJetStream:
         if consumer_key is None:
             return 0
         server = self._live()
+        server.enter("pull", consumer_key[1])
         consumer = server.streams[consumer_key[0]].consumers.get(consumer_key[1])
         if consumer is None:
             return 0
+        server.pull_requests.append((consumer_key[1], batch, expires))
         pull = Pull(batch, deliver, Deferred(lambda _: consumer._end(pull)), self)
         pull.timer = server.clock.callLater(expires, consumer._end, pull)
         consumer.pulls.append(pull)
@@ -596,6 +604,7 @@ class FakeJetStream:
     @staticmethod
     async def nak(msg: Any, delay: float) -> None:
         msg.settle("nak")
+        msg.client.server.naks.append((msg.subject, delay))
         msg.consumer.nak(msg.seq, delay)
 
     async def pending(self, stream: str, durable: str) -> tuple[int, int, float | None]:

@@ -10,7 +10,16 @@ import pytest
 
 from faastwist.model.fsm import State
 from faastwist.queue.steps import ATTEMPTS, BACK, DUE
-from faastwist.queue.worker import CALLBACKS, DELAYED, INACTIVE_RECHECK, SWEEP_INTERVAL
+from faastwist.queue.worker import (
+    CALLBACKS,
+    DELAYED,
+    DELAYED_CONCURRENCY,
+    INACTIVE_RECHECK,
+    PULL_EXPIRES,
+    SWEEP_INTERVAL,
+    Worker,
+)
+from tests.support.gate import function as function_spec
 from tests.support.queue import QueueNode
 
 HOOK = "http://hook.example/done"
@@ -143,7 +152,8 @@ def test_a_call_that_uses_up_its_attempts_is_a_dead_letter_with_its_reason(node)
     # and its callback are stored
     journal = node.server.journal
     last_run = len(journal) - 1 - journal[::-1].index(("put_status", "fn.c1 running"))
-    assert [entry for entry in journal[last_run + 1:] if "delayed" not in entry[1]][:4] == [
+    assert [entry for entry in journal[last_run + 1:] if "delayed" not in entry[1]
+            and entry[0] not in ("pull", "bind", "progress")][:4] == [
         ("publish", "faas.ctl.dead.fn.c1"), ("put_status", "fn.c1 dead"),
         ("publish", "faas.ctl.callback.fn.c1"), ("ack", "faas.ctl.call.fn.c1")]
 
@@ -303,3 +313,316 @@ def test_a_stopped_worker_runs_nothing_more(node) -> None:
     assert node.gate.upstream.requests == []
     assert node.subjects("calls") == ["faas.ctl.call.fn.c1"]
     assert CALLBACKS in node.worker.loops and DELAYED in node.worker.loops
+
+
+# -- consumers and pull requests -----------------------------------------------------------
+
+def test_the_consumers_and_their_settings(node) -> None:
+    names = node.queue.names
+    callbacks = node.server.consumer(names.callbacks, "callbacks")
+    assert (callbacks.filter_subject, callbacks.max_ack_pending, callbacks.ack_wait) == (
+        "faas.ctl.callback.*.>", 32, 3.0)
+    delayed = node.server.consumer(names.delayed, "delayed")
+    assert (delayed.filter_subject, delayed.max_ack_pending, delayed.ack_wait) == (
+        "faas.ctl.delayed.*.>", 1_000_000, 3.0)
+    # a function's consumer is made the first time a call of it is there, not before
+    node.add("two", asyncConcurrency=2)
+    assert sorted(node.server.stream(names.calls).consumers) == []
+    node.submit("c1", fn="two")
+    node.settle()
+    consumer = node.server.consumer(names.calls, "call-two")
+    assert (consumer.filter_subject, consumer.max_ack_pending, consumer.ack_wait) == (
+        "faas.ctl.call.two.>", 2, 3.0)
+    assert sorted(node.server.stream(names.calls).consumers) == ["call-two"]
+
+
+def test_pull_requests_ask_for_the_free_slots_and_expire_on_the_server(node) -> None:
+    assert ("callbacks", 32, PULL_EXPIRES) in node.server.pull_requests
+    assert ("delayed", DELAYED_CONCURRENCY, PULL_EXPIRES) in node.server.pull_requests
+    assert (PULL_EXPIRES, DELAYED_CONCURRENCY) == (2.0, 64)
+    node.add("two", asyncConcurrency=3, timeout="60s")
+    node.submit("c1", fn="two", target="/hang")
+    node.submit("c2", fn="two", target="/hang")
+    node.run_for(0.1)
+    asked = [(batch, expires) for durable, batch, expires in node.server.pull_requests
+             if durable == "call-two"]
+    # one request for the 3 free slots: each call runs as it arrives
+    assert asked == [(3, 2.0)] and len(node.gate.upstream.hanging) == 2
+    node.submit("c3", fn="two", target="/hang")
+    # at the limit: no request at all (never one for zero messages)
+    node.run_for(PULL_EXPIRES * 3)
+    asked = [batch for durable, batch, _ in node.server.pull_requests if durable == "call-two"]
+    assert asked == [3] and len(node.gate.upstream.hanging) == 3
+    node.gate.upstream.hanging[0].finish()
+    node.run_for(0.1)
+    asked = [batch for durable, batch, _ in node.server.pull_requests if durable == "call-two"]
+    assert asked == [3, 1]      # one slot free: a request for one
+
+
+def test_an_idle_function_s_loop_asks_once_then_waits_to_be_woken(node) -> None:
+    node.add("idle")
+    node.worker.wake("idle")
+    node.run_for(PULL_EXPIRES * 5)
+    assert [d for d, _, _ in node.server.pull_requests if d == "call-idle"] == ["call-idle"]
+    # woken while its request is out: no second request meanwhile, one right after
+    node.worker.wake("idle")
+    node.settle()
+    node.worker.wake("idle")
+    node.settle()
+    assert [d for d, _, _ in node.server.pull_requests if d == "call-idle"] == ["call-idle"] * 2
+    node.run_for(PULL_EXPIRES + 0.1)
+    assert [d for d, _, _ in node.server.pull_requests if d == "call-idle"] == ["call-idle"] * 3
+    node.run_for(PULL_EXPIRES * 5)
+    assert [d for d, _, _ in node.server.pull_requests if d == "call-idle"] == ["call-idle"] * 3
+
+
+def test_the_sweep_runs_at_start_and_every_interval(node) -> None:
+    node.queue._meter.stop()    # it asks for the backlog too
+    assert node.bridge.calls.count("backlog") == 1
+    node.run_for(SWEEP_INTERVAL - 0.1)
+    assert node.bridge.calls.count("backlog") == 1
+    node.run_for(0.2)
+    assert node.bridge.calls.count("backlog") == 2
+    node.run_for(SWEEP_INTERVAL)
+    assert (node.bridge.calls.count("backlog"), SWEEP_INTERVAL) == (3, 5.0)
+
+
+def test_a_failed_bind_is_tried_again_a_second_later_or_when_woken(node) -> None:
+    node.add("fb")
+    failures = [1]
+
+    def once(durable: str) -> bool:
+        if durable == "call-fb" and failures:
+            failures.pop()
+            return True
+        return False
+    node.server.refusing["bind"] = once
+    node.worker.wake("fb")
+    node.settle()
+    calls = node.server.stream(node.queue.names.calls).consumers
+    assert "call-fb" not in calls
+    node.run_for(0.9)
+    assert "call-fb" not in calls
+    node.run_for(0.2)
+    assert "call-fb" in calls
+    # a failed bind and a wake before the retry: bound at once
+    node.add("fw")
+    failures.append(1)
+    node.server.refusing["bind"] = lambda d: d == "call-fw" and bool(failures) and (
+        failures.pop() or True)
+    node.worker.wake("fw")
+    node.settle()
+    assert "call-fw" not in calls
+    node.run_for(0.3)
+    node.worker.wake("fw")
+    node.settle()
+    assert "call-fw" in calls
+    assert node.bridge.calls.count("bind") == 2 + 2 + 2   # callbacks, delayed, two each
+
+
+def test_two_wakes_while_binding_bind_once(node) -> None:
+    node.add("w")
+    binds = node.bridge.calls.count("bind")
+    node.worker.wake("w")
+    node.worker.wake("w")
+    node.settle()
+    assert node.bridge.calls.count("bind") == binds + 1
+
+
+def test_a_failed_pull_is_asked_again_a_second_later(node) -> None:
+    node.add("fp")
+    refused = [1]
+    node.server.refusing["pull"] = lambda d: d == "call-fp" and bool(refused) and (
+        refused.pop() or True)
+    node.submit("c1", fn="fp", target="/status/200")
+    node.run_for(0.9)
+    assert node.gate.upstream.requests == []
+    node.run_for(0.2)
+    assert len(node.gate.upstream.requests) == 1
+
+
+def test_a_message_delivered_after_stop_is_given_back_at_once(node) -> None:
+    node.add("late")
+    node.worker.wake("late")
+    node.settle()              # its pull request waits on the server
+    node.worker.stop()
+    node.submit("c1", fn="late")
+    node.settle()
+    # given back at once, each time the request still open on the server brings it
+    assert node.server.naks and set(node.server.naks) == {("faas.ctl.call.late.c1", 0)}
+    assert node.gate.upstream.requests == []
+
+
+def test_stop_before_start_and_stop_cancels_what_waits() -> None:
+    node = QueueNode().start(attach=False)
+    worker = Worker(node.queue, node.gate.context)
+    worker.stop()   # never started: nothing to stop
+    assert not worker.running
+    node.queue.attach(node.gate.context)
+    node.add("idle", state=State.INACTIVE)
+    node.submit("c1", fn="idle")
+    node.run_for(0.5)
+    wake = node.queue.worker._wakes["idle"]
+    node.queue.stop_worker()
+    assert not wake.active() and node.queue.worker._wakes == {}
+    assert not node.queue.worker._sweeper.running
+
+
+# -- when a call is looked at again --------------------------------------------------------
+
+def test_an_inactive_function_s_call_is_looked_at_again_after_the_recheck(node) -> None:
+    node.add("idle", state=State.INACTIVE)
+    node.submit("c1", fn="idle")
+    node.settle()
+    first = node.clock.seconds()
+    assert node.server.naks == [("faas.ctl.call.idle.c1", INACTIVE_RECHECK)]
+    wake = node.worker._wakes["idle"]
+    assert wake.getTime() == pytest.approx(first + INACTIVE_RECHECK + 0.05)
+    node.run_for(1.0)
+    node.worker._wake_later("idle", INACTIVE_RECHECK)   # a later one: the earlier stays
+    assert node.worker._wakes["idle"] is wake and wake.active()
+    node.run_for(INACTIVE_RECHECK)
+    assert [s for s, _ in node.server.naks].count("faas.ctl.call.idle.c1") == 2
+    assert INACTIVE_RECHECK == 5.0
+
+
+def test_an_earlier_wake_replaces_a_later_one(node) -> None:
+    node.add("idle", state=State.INACTIVE)
+    node.worker._wake_later("idle", 10.0)
+    later = node.worker._wakes["idle"]
+    node.worker._wake_later("idle", 2.0)
+    assert not later.active()
+    assert node.worker._wakes["idle"].getTime() == pytest.approx(node.clock.seconds() + 2.05)
+
+
+def test_the_default_jitter_is_random_within_the_backoff() -> None:
+    node = QueueNode(backoff_base=1.0).start()
+    node.add("fn")
+    node.submit("c1", target="/status/503")
+    node.settle()
+    wait = node.record("fn", "c1")["nextAttempt"] - node.clock.seconds()
+    assert 0.5 <= wait < 1.0
+
+
+def test_a_retry_after_longer_than_the_backoff_sets_the_next_attempt(node) -> None:
+    node.submit("c1", target="/retry-after/30")
+    node.settle()
+    record = node.record("fn", "c1")
+    assert record["nextAttempt"] == pytest.approx(node.clock.seconds() + 30.0)
+    node.run_for(29.0)
+    assert len(node.gate.upstream.requests) == 1
+    node.run_for(2.0)
+    assert len(node.gate.upstream.requests) == 2
+
+
+def test_a_400_is_a_failure_and_a_399_a_success(node) -> None:
+    node.submit("c1", target="/status/400")
+    node.submit("c2", target="/status/399")
+    node.run_for(0.5)
+    assert node.record("fn", "c1")["state"] == "failed"
+    assert node.record("fn", "c2")["state"] == "succeeded"
+
+
+def test_a_first_delivery_reads_no_record(node) -> None:
+    node.submit("c1", target="/status/200")
+    node.run_for(0.5)
+    assert node.bridge.calls.count("get_status") == 0
+
+
+def test_a_redelivery_counts_on_from_the_record_and_keeps_the_last_status() -> None:
+    a = QueueNode(ack_wait=3.0).start()
+    a.add("slow", timeout="60s")
+    a.submit("c1", fn="slow", target="/hang")
+    a.run_for(0.5)
+    a.queue.stop_worker()
+    a.wait(a.bridge.call(a.queue.js.close))
+    b = QueueNode(server=a.server, gate=a.gate, ack_wait=3.0).start()
+    b.wait(b.bridge.call(b.queue.js.put_status, "slow", "c1", {
+        "callId": "c1", "function": "slow", "state": "running", "attempts": 3,
+        "lastStatus": 502}))
+    states_before = len(b.journal("put_status"))
+    b.run_for(3.0 + SWEEP_INTERVAL)
+    running = [w for _, w in b.journal("put_status")[states_before:]]
+    assert running[0] == "slow.c1 running"
+    record = b.record("slow", "c1")
+    assert (record["attempts"], record["lastStatus"], record["state"]) == (4, 502, "running")
+
+
+# -- functions that are gone ---------------------------------------------------------------
+
+def test_max_age_is_a_bound_a_call_may_reach(node) -> None:
+    node.add("idle", state=State.INACTIVE)
+    node.submit("c1", fn="idle", enqueued=node.clock.seconds() - node.config.max_age)
+    node.run_for(0.5)
+    assert node.record("idle", "c1") is None   # exactly maxAge old: still waiting
+    node.submit("c2", fn="idle", enqueued=node.clock.seconds() - node.config.max_age - 0.01)
+    node.run_for(0.5)
+    record = node.record("idle", "c2")
+    assert record["reason"] == ("function idle was not active within queue.maxAge "
+                                "(state: inactive)")
+    [dead] = node.stored("dead")
+    assert (dead.headers["Faas-Status"], dead.headers["Faas-Attempts"],
+            dead.headers["Faas-Duration"]) == ("0", "0", "0.000000")
+
+
+def test_a_deleted_function_s_dead_letter_has_no_status_and_no_callback(node) -> None:
+    node.add("gone", state=State.INACTIVE)
+    node.submit("c1", fn="gone", callback=HOOK)
+    node.delete("gone")
+    node.run_for(INACTIVE_RECHECK + 1)
+    record = node.record("gone", "c1")
+    assert (record["state"], record["attempts"], record["reason"]) == (
+        "dead", 0, "function deleted")
+    assert "lastStatus" not in record
+    [dead] = node.stored("dead")
+    assert (dead.headers["Faas-Status"], dead.headers["Faas-Attempts"],
+            dead.headers["Faas-Duration"]) == ("0", "0", "0.000000")
+    assert node.receiver.sent == [] and node.subjects("callbacks") == []
+
+
+def test_a_function_never_woken_leaves_no_loop_when_deleted(node) -> None:
+    node.add("quiet")
+    assert "quiet" in node.worker.loops
+    node.delete("quiet")
+    assert "quiet" not in node.worker.loops and "quiet" not in node.worker._settings
+
+
+def test_a_settings_change_rebinds_a_consumer_in_use_and_a_status_change_does_not(node) -> None:
+    node.add("fn2", asyncConcurrency=2)
+    node.submit("c1", fn="fn2")
+    node.run_for(0.5)
+    loop = node.worker.loops["fn2"]
+    binds = node.bridge.calls.count("bind")
+    node.set_state("fn2", State.ACTIVE)     # the status changed, not the settings
+    assert node.bridge.calls.count("bind") == binds
+    record = node.wait(node.gate.store.get("fn2"))
+    node.wait(node.gate.store.update(record, spec=function_spec("fn2", asyncConcurrency=5)))
+    node.settle()
+    assert node.worker.loops["fn2"] is loop and loop.limit == 5
+    assert node.bridge.calls.count("bind") == binds + 1
+    assert node.server.consumer(node.queue.names.calls, "call-fn2").max_ack_pending == 5
+
+
+def test_consumers_of_functions_gone_while_no_node_ran_are_drained_at_start() -> None:
+    first = QueueNode().start(attach=False)
+    js, names = first.queue.js, first.queue.names
+    first.wait(first.bridge.call(js.bind, "old", names.calls, "call-old",
+                                 names.call_subject("old"), 8, 3.0))
+    first.submit("c1", fn="old")
+    node = QueueNode(server=first.server, gate=first.gate).start()
+    node.run_for(1.0)
+    assert node.record("old", "c1")["reason"] == "function deleted"
+    node.run_for(PULL_EXPIRES * 2)
+    assert "call-old" not in node.server.stream(names.calls).consumers
+
+
+def test_calls_of_a_function_with_no_route_are_dead_on_the_second_sweep(node) -> None:
+    node.wait(node.queue.submit(node.call("c1", fn="ghost")))
+    node.settle()
+    assert "ghost" not in node.worker.loops
+    node.run_for(SWEEP_INTERVAL * 2 + 0.1)    # seen by two sweeps: adopted
+    node.run_for(0.5)
+    assert node.record("ghost", "c1")["reason"] == "function deleted"
+    node.run_for(PULL_EXPIRES * 2)
+    assert "ghost" not in node.worker.loops
+    assert "call-ghost" not in node.server.stream(node.queue.names.calls).consumers

@@ -176,6 +176,7 @@ class EchoResource(Resource):
     """What a function would answer, driven by the path.
 
     ``/hang``: never answers; ``/reset``: drops the connection; ``/status/{code}``;
+    ``/retry-after/{seconds}``: 503 with that Retry-After;
     ``/hop``: a response with hop-by-hop headers; ``/chunks``: three chunks, one per
     clock second; anything else: JSON of method, uri, headers (all values) and body.
     """
@@ -203,6 +204,10 @@ class EchoResource(Resource):
         if path == "/reset":
             request.channel.transport.abortConnection()
             return server.NOT_DONE_YET
+        if path.startswith("/retry-after/"):
+            request.setResponseCode(503)
+            request.setHeader(b"retry-after", path.rsplit("/", 1)[1].encode())
+            return b"later"
         if path.startswith("/status/"):
             request.setResponseCode(int(path.rsplit("/", 1)[1]))
             return b"status"
