@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from faastwist.model.fsm import State
+from faastwist.queue.messages import Outcome
 from faastwist.queue.steps import ATTEMPTS, BACK, DUE
 from faastwist.queue.worker import (
     CALLBACKS,
@@ -626,3 +627,168 @@ def test_calls_of_a_function_with_no_route_are_dead_on_the_second_sweep(node) ->
     node.run_for(PULL_EXPIRES * 2)
     assert "ghost" not in node.worker.loops
     assert "call-ghost" not in node.server.stream(node.queue.names.calls).consumers
+
+
+# -- the steps after a call ran (steps.py) -------------------------------------------------
+
+def test_a_step_is_tried_every_half_second_forty_times_then_left_to_redelivery(node) -> None:
+    tries: list[float] = []
+
+    def count(what: str) -> bool:
+        if what == "fn.c1 succeeded":
+            tries.append(node.clock.seconds())
+            return True
+        return False
+    node.server.refusing["put_status"] = count
+    node.submit("c1", target="/status/200")
+    node.run_for(0.2)
+    started = tries[0]
+    node.run_for(10.0)
+    # half a second apart (plus the step of this test's clock)
+    assert all(0.5 <= b - a <= 0.56 for a, b in zip(tries, tries[1:]))
+    node.run_for(11.0)   # (before the ack wait after the last try ends)
+    assert len(tries) == 40 and 19.5 <= tries[-1] - started <= 21.0
+    assert node.journal("ack") == []   # given up: the call waits for its redelivery
+    consumer = node.server.consumer(node.queue.names.calls, "call-fn")
+    assert len(consumer.pending) == 1
+
+
+def test_a_stopped_worker_stops_trying_a_step(node) -> None:
+    tries: list[float] = []
+    node.server.refusing["put_status"] = lambda what: what.endswith("succeeded") and (
+        tries.append(1) or True)
+    node.submit("c1", target="/status/200")
+    node.run_for(1.1)
+    assert len(tries) == 3
+    node.worker.stop()
+    node.run_for(5.0)
+    assert len(tries) == 4   # the try under way when it stopped, then none
+
+
+def delayed(node: QueueNode, call_id: str, due: float, back: str = "call",
+            drop: str = "") -> None:
+    call = node.call(call_id, callback=HOOK if back == "callback" else None)
+    from faastwist.queue.messages import call_headers
+
+    headers = call_headers(call, dedup=False)
+    headers.update({ATTEMPTS: "2", DUE: repr(due), BACK: back})
+    headers.pop(drop, None)
+    node.wait(node.bridge.call(node.queue.js.publish,
+                               node.queue.names.delayed_subject("fn", call_id),
+                               call.body, headers, 1.0))
+
+
+def test_a_delayed_call_due_now_goes_back_at_once_with_its_attempts(node) -> None:
+    node.submit("x", target="/hang")  # something to make the clock's start visible
+    delayed(node, "c1", node.clock.seconds() + 0.005)
+    node.settle()
+    assert [s for s, _ in node.server.naks if "delayed" in s] == []
+    back = [m for m in node.server.journal if m == ("publish", "faas.ctl.call.fn.c1")]
+    assert back == [("publish", "faas.ctl.call.fn.c1")]
+    node.run_for(0.5)
+    record = node.record("fn", "c1")
+    assert (record["state"], record["attempts"]) == ("succeeded", 3)   # 2 before, this one
+
+
+def test_a_delayed_call_waits_until_due_and_is_released_once(node) -> None:
+    delayed(node, "c1", node.clock.seconds() + 3.0)
+    node.settle()
+    [(subject, wait)] = node.server.naks
+    assert subject == "faas.ctl.delayed.fn.c1" and wait == pytest.approx(3.0)
+    node.run_for(2.9)
+    assert node.gate.upstream.requests == []
+    node.run_for(0.3)
+    assert len(node.gate.upstream.requests) == 1
+    [released] = [m for m in node.stored("calls")] or [None]
+    assert released is None   # ran and acknowledged
+    publishes = [w for op, w in node.journal("publish") if w == "faas.ctl.call.fn.c1"]
+    assert publishes == ["faas.ctl.call.fn.c1"]
+
+
+def test_the_ids_that_make_moves_happen_once(node) -> None:
+    node.submit("c1", target="/status/503")
+    node.settle()
+    [waiting] = node.stored("delayed")
+    assert waiting.headers["Nats-Msg-Id"] == "fn.c1.call.d1"
+    node.run_for(1.0)
+    [again] = [m for m in node.server.stream(node.queue.names.calls).dedupe
+               if m.startswith("fn.c1.r")]
+    assert again == "fn.c1.r1"
+
+
+def test_a_delayed_callback_goes_back_to_the_callbacks(node) -> None:
+    node.queue.worker.stop()
+    delayed(node, "c1", 0.0, back="callback")
+    node.queue.worker.running = True
+    node.queue.worker.wake(DELAYED)
+    node.queue.worker._pull(node.worker.loops[DELAYED])
+    node.run_for(0.5)
+    assert ("publish", "faas.ctl.callback.fn.c1") in node.server.journal
+    [(url, call_id, _, outcome, _)] = node.receiver.sent
+    assert (url, call_id) == (HOOK, "c1")
+
+
+@pytest.mark.parametrize("drop", [DUE, "Faas-Call-Id"])
+def test_a_delayed_message_faastwist_cannot_read_is_dropped(node, drop) -> None:
+    delayed(node, "c1", 0.0, drop=drop)
+    node.run_for(0.5)
+    assert node.subjects("delayed") == [] and node.subjects("calls") == []
+    assert ("ack", "faas.ctl.delayed.fn.c1") in node.server.journal
+
+
+def test_a_callback_faastwist_cannot_read_is_dropped(node) -> None:
+    node.wait(node.bridge.call(node.queue.js.publish,
+                               node.queue.names.callback_subject("fn", "c1"), b"",
+                               {"Faas-Call-Id": "c1"}, 1.0))
+    node.run_for(0.5)
+    assert node.receiver.sent == [] and node.subjects("callbacks") == []
+
+
+def test_a_callback_whose_record_expired_writes_none(node) -> None:
+    from faastwist.queue.messages import call_headers, outcome_headers
+
+    call = node.call("c1", callback=HOOK)
+    headers = call_headers(call, dedup=False)
+    headers.update(outcome_headers(Outcome(200, 1, 0.1)))
+    node.wait(node.bridge.call(node.queue.js.publish,
+                               node.queue.names.callback_subject("fn", "c1"), b"answer",
+                               headers, 1.0))
+    node.run_for(0.5)
+    assert len(node.receiver.sent) == 1
+    assert node.journal("put_status") == [] and node.record("fn", "c1") is None
+
+
+def test_callback_deliveries_count_on_from_before_their_backoff(node) -> None:
+    node.receiver.status = 500
+    node.submit("c1", target="/status/200", callback=HOOK)
+    node.run_for(0.2)
+    [waiting] = node.stored("delayed")
+    assert (waiting.headers[ATTEMPTS], waiting.headers[BACK]) == ("1", "callback")
+    assert waiting.headers["Nats-Msg-Id"] == "fn.c1.callback.d1"
+    node.run_for(0.6)
+    [waiting] = node.stored("delayed")
+    assert waiting.headers[ATTEMPTS] == "2"
+
+
+def test_a_pull_request_the_server_never_ends_is_given_up_and_asked_again(node) -> None:
+    """The bridge bounds a pull at its expiry plus 5 s; a second later the loop asks
+    again (a server that lost the request must not stall the function)."""
+    from twisted.internet.defer import Deferred
+
+    real = node.queue.js.pull
+    hung: list[float] = []
+
+    async def hang_once(key, batch, expires, deliver):
+        if key == "hp" and not hung:
+            hung.append(node.clock.seconds())
+            await Deferred()   # never answered
+        return await real(key, batch, expires, deliver)
+    node.queue.js.pull = hang_once
+    node.add("hp")
+    node.submit("c1", fn="hp", target="/status/200")
+    node.settle()
+    assert hung == [node.clock.seconds()]
+    node.run_for(PULL_EXPIRES + 5 + 0.9)
+    assert node.gate.upstream.requests == []
+    node.run_for(0.3)
+    assert len(node.gate.upstream.requests) == 1
