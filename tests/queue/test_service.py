@@ -258,3 +258,132 @@ def test_a_shared_server_serves_two_nodes() -> None:
     server_node.run_for(1.0)
     assert server_node.record("fn", "c1")["state"] == "succeeded"
     assert isinstance(server_node.server, FakeNats)
+
+
+# -- the callback rules the service builds -------------------------------------------------
+
+def test_local_addresses_are_what_the_host_name_resolves_to(monkeypatch) -> None:
+    import socket
+
+    from faastwist.queue import service
+
+    expected = {str(info[4][0]) for info in socket.getaddrinfo(socket.gethostname(), None)}
+    assert service.local_addresses() == frozenset(expected)
+
+    def unresolvable(*args):
+        raise socket.gaierror(socket.EAI_NONAME, "unknown")
+    monkeypatch.setattr(service.socket, "getaddrinfo", unresolvable)
+    assert service.local_addresses() == frozenset()
+
+
+def test_callback_allow_and_the_node_s_ports_make_the_rules() -> None:
+    node = QueueNode(callback_allow=("127.0.0.0/8",)).start(attach=False)
+    node.queue.check_callback("http://127.0.0.1:8080/x")       # allowed by the list
+    with pytest.raises(ValueError, match="own admin"):
+        node.queue.check_callback("http://127.0.0.1:2381/x")   # the node's port: never
+    with pytest.raises(ValueError, match="not in queue.callbackAllow"):
+        node.queue.check_callback("http://203.0.113.9/x")
+    assert node.queue.sender is node.receiver
+
+
+class Embedded:
+    """What the service asks of the embedded nats-server (queue/embedded.py)."""
+
+    def __init__(self, ports: tuple[int, ...], fails: bool = False) -> None:
+        self.ports = ports
+        self.token = "the-token"
+        self.fails = fails
+
+    async def ready(self) -> str:
+        return "nats://127.0.0.1:4222"
+
+
+def test_the_embedded_server_s_url_token_and_ports() -> None:
+    node = QueueNode()
+    node.wait(ensureDeferred(node.queue.start(Embedded((4222, 8222, 0)))))
+    js = node.queue.js
+    assert (js.urls, js.token) == (["nats://127.0.0.1:4222"], "the-token")
+    assert js.limits.max_bytes == node.config.max_bytes
+    assert js.status_ttl == node.config.status_ttl
+    # its ports are the node's own: no callback may reach them on this host
+    for port in (4222, 8222, 2381):
+        with pytest.raises(ValueError, match="own admin, etcd or NATS port"):
+            node.queue.check_callback(f"http://127.0.0.1:{port}/x")
+    assert node.queue.sender.rules is node.queue.rules
+    assert node.queue.rules.node_ports == frozenset({4222, 8222, 2381})
+
+
+def test_an_embedded_server_that_cannot_be_reached_stops_the_start() -> None:
+    node = QueueNode()
+    node.server.stop()
+    with pytest.raises(Exception):
+        node.wait(ensureDeferred(node.queue.start(Embedded((4222,)))))
+
+
+def test_max_payload_leaves_128_kib_for_headers() -> None:
+    exact = QueueNode(max_body_size=2**20)
+    exact.server.max_payload = 2**20 + 128 * 1024
+    exact.start(attach=False)
+    assert exact.queue.max_body_size == 2**20
+    tiny = QueueNode(max_body_size=2**20)
+    tiny.server.max_payload = 64 * 1024
+    tiny.start(attach=False)
+    assert tiny.queue.max_body_size == 0
+
+
+def test_the_connection_is_tried_again_every_two_seconds() -> None:
+    node = QueueNode()
+    node.server.stop()
+    node.start()
+    tries = node.bridge.calls.count("connect")
+    node.run_for(1.9)
+    assert node.bridge.calls.count("connect") == tries
+    node.run_for(0.2)
+    assert node.bridge.calls.count("connect") == tries + 1
+    node.run_for(2.0)
+    assert node.bridge.calls.count("connect") == tries + 2
+
+
+def test_connection_changes_are_logged_on_the_reactor_thread(node) -> None:
+    from twisted.logger import globalLogPublisher
+
+    seen: list[dict] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        node.server.stop()
+        node.server.start()
+        node.settle()
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    states = [e.get("state") for e in seen if e.get("log_format") == "NATS connection {state}"]
+    assert states == ["disconnected", "connected"]
+
+
+def test_counts_not_asked_for_a_minute_are_forgotten(node) -> None:
+    node.queue.attach(node.gate.context)
+    node.submit("c1", fn="a")
+    assert "a" in node.queue.counts._counts
+    node.run_for(METRICS_INTERVAL * 12 + 0.5)
+    assert "a" not in node.queue.counts._counts
+
+
+def test_a_stale_count_is_asked_again_and_the_function_s_limit_holds(node) -> None:
+    node.add("fn", maxQueued=1)
+    node.submit("c1")
+    with pytest.raises(QueueFull):
+        node.submit("c2")
+    # the call is taken off the queue by a worker elsewhere: a second later it is known
+    node.wait(node.bridge.call(node.queue.js.purge, node.queue.names.calls,
+                               node.queue.names.call_subject("fn")))
+    node.run_for(0.5)
+    with pytest.raises(QueueFull):
+        node.submit("c3")          # the count is still fresh
+    node.run_for(0.6)
+    node.submit("c4")
+
+
+def test_a_status_record_of_a_dead_call_keeps_its_fields(node) -> None:
+    dead_letter(node, "c1", reason="gone", status=0, attempts=0)
+    entry = node.status("fn", "c1")
+    assert "lastStatus" not in entry and entry["attempts"] == 0
+    assert node.wait(ensureDeferred(node.queue.dead_letters("nope"))) == []
