@@ -181,3 +181,71 @@ async def test_no_answer_and_lookups_that_fail() -> None:
         raise OSError("resolver crashed")
     sender = CallbackSender(reactor, LOOPBACK_ALLOWED, 5.0, broken)
     assert await sender.send("http://hook.example/x", "c1", "fn", OUTCOME, b"") == NO_ANSWER
+
+
+@pytest.mark.parametrize("name", ["Connection", "Keep-Alive", "Transfer-Encoding",
+                                  "Content-Length", "X-Call-Id", "X-Function-Name",
+                                  "X-Function-Status", "X-Duration-Seconds", "Upgrade",
+                                  "Proxy-Authenticate", "TE", "Trailer"])
+def test_the_function_s_framing_and_our_own_headers_are_not_passed_on(name) -> None:
+    outcome = Outcome(200, 1, 0.5, ((name, "from-the-function"), ("x-kept", "1")))
+    headers = callback_headers("c1", "fn", outcome)
+    assert b"from-the-function" not in b"".join(
+        v for _, values in headers.getAllRawHeaders() for v in values)
+    assert headers.getRawHeaders("x-kept") == ["1"]
+
+
+def test_the_connection_goes_to_the_address_family_and_tls_of_the_url() -> None:
+    from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+    from twisted.web.client import URI
+
+    rules = CallbackRules(allow=parse_networks(["127.0.0.1/32", "::1/128"]))
+    four = _Pinned(reactor, "127.0.0.1", 1.5, rules).endpointForURI(
+        URI.fromBytes(b"http://hook.example:8080/x"))
+    assert isinstance(four, TCP4ClientEndpoint)
+    assert (four._host, four._port, four._timeout) == ("127.0.0.1", 8080, 1.5)
+    six = _Pinned(reactor, "::1", 1.5, rules).endpointForURI(
+        URI.fromBytes(b"http://hook.example:8080/x"))
+    assert isinstance(six, TCP6ClientEndpoint) and six._host == "::1"
+    tls = _Pinned(reactor, "127.0.0.1", 1.5, rules).endpointForURI(
+        URI.fromBytes(b"https://hook.example/x"))
+    assert not isinstance(tls, TCP4ClientEndpoint)
+    assert tls._wrappedEndpoint._port == 443      # TLS over the pinned address
+    assert tls._wrappedEndpoint._host == "127.0.0.1"
+
+
+class Silent(Resource):
+    isLeaf = True
+
+    def render_POST(self, request):  # noqa: N802
+        from twisted.web.server import NOT_DONE_YET
+
+        self.request = request
+        return NOT_DONE_YET
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_receiver_that_never_answers_is_no_answer_within_the_timeout() -> None:
+    port = reactor.listenTCP(0, Site(Silent()), interface="127.0.0.1")
+    sender = CallbackSender(reactor, LOOPBACK_ALLOWED, 0.3, resolver(["127.0.0.1"]))
+    try:
+        started = reactor.seconds()
+        status = await sender.send(f"http://hook.example:{port.getHost().port}/x", "c1", "fn",
+                                   OUTCOME, b"")
+        assert status == NO_ANSWER and reactor.seconds() - started < 2.0
+    finally:
+        await sender.close()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_resolver_that_hangs_is_no_answer_within_the_timeout() -> None:
+    import time
+
+    def slow(host: str, port: int):
+        time.sleep(1.0)
+        return []
+    sender = CallbackSender(reactor, LOOPBACK_ALLOWED, 0.2, slow)
+    started = reactor.seconds()
+    assert await sender.send("http://hook.example/x", "c1", "fn", OUTCOME, b"") == NO_ANSWER
+    assert reactor.seconds() - started < 0.9
