@@ -608,7 +608,9 @@ class FakeJetStream:
         msg.consumer.nak(msg.seq, delay)
 
     async def pending(self, stream: str, durable: str) -> tuple[int, int, float | None]:
-        target = self._live().streams[stream]
+        server = self._live()
+        server.enter("pending", durable)
+        target = server.streams[stream]
         consumer = target.consumers.get(durable)
         if consumer is None:
             raise NotFoundError(code=404, description="consumer not found")

@@ -792,3 +792,86 @@ def test_a_pull_request_the_server_never_ends_is_given_up_and_asked_again(node) 
     assert node.gate.upstream.requests == []
     node.run_for(0.3)
     assert len(node.gate.upstream.requests) == 1
+
+
+# -- loops of functions that exist, and of those that are gone -----------------------------
+
+def test_a_consumer_found_at_start_for_a_function_this_node_has_keeps_its_settings() -> None:
+    first = QueueNode().start(attach=False)
+    js, names = first.queue.js, first.queue.names
+    first.wait(first.bridge.call(js.bind, "fn", names.calls, "call-fn",
+                                 names.call_subject("fn"), 8, 3.0))
+    node = QueueNode(server=first.server, gate=first.gate)
+    node.add("fn", asyncConcurrency=2)
+    node.start()
+    node.run_for(0.5)
+    assert node.worker.loops["fn"].limit == 2
+    node.submit("c1", target="/status/200")
+    node.run_for(0.5)
+    assert node.record("fn", "c1")["state"] == "succeeded"
+
+
+def test_a_sweep_that_ends_after_stop_adopts_nothing(node) -> None:
+    node.wait(node.queue.submit(node.call("c1", fn="ghost")))
+    node.run_for(SWEEP_INTERVAL + 0.1)        # seen once
+    assert node.worker._absent == {"ghost"}
+    node.worker._sweep()                      # seen twice, but the answer comes after stop
+    node.worker.stop()
+    node.run_for(1.0)
+    assert "ghost" not in node.worker.loops
+    assert "call-ghost" not in node.server.stream(node.queue.names.calls).consumers
+
+
+def test_a_status_change_keeps_the_consumer_as_it_is(node) -> None:
+    node.add("st", asyncConcurrency=2)
+    node.submit("c1", fn="st")
+    node.run_for(0.5)
+    binds = node.bridge.calls.count("bind")
+    node.set_state("st", State.INACTIVE)
+    node.set_state("st", State.ACTIVE)
+    assert node.bridge.calls.count("bind") == binds
+
+
+def test_the_callback_loop_asks_again_as_soon_as_a_request_ends(node) -> None:
+    node.run_for(PULL_EXPIRES * 4 + 0.3)
+    asked = [d for d, _, _ in node.server.pull_requests if d == "callbacks"]
+    assert len(asked) == 5      # at 0, 2, 4, 6, 8 s: always one waiting on the server
+
+
+def test_a_call_published_as_a_deleted_function_s_loop_looks_is_not_lost(node) -> None:
+    from faastwist.queue.messages import call_headers
+
+    real = node.queue.js.pull
+    published: list[int] = []
+
+    async def then_publish(key, batch, expires, deliver):
+        got = await real(key, batch, expires, deliver)
+        if key == "gone" and not published:   # between the empty request and the look
+            published.append(node.server.publish(
+                node.queue.names.call_subject("gone", "c1"), b"",
+                call_headers(node.call("c1", fn="gone"), dedup=False)))
+        return got
+    node.queue.js.pull = then_publish
+    node.add("gone")
+    node.worker.wake("gone")
+    node.settle()
+    node.delete("gone")
+    node.run_for(PULL_EXPIRES + 1.0)
+    assert published
+    assert node.record("gone", "c1")["reason"] == "function deleted"
+
+
+def test_a_failed_look_at_a_deleted_function_s_consumer_is_tried_a_second_later(node) -> None:
+    node.add("gone")
+    node.worker.wake("gone")
+    node.settle()
+    node.delete("gone")
+    refused = [1]
+    node.server.refusing["pending"] = lambda d: d == "call-gone" and bool(refused) and (
+        refused.pop() or True)
+    node.run_for(PULL_EXPIRES + 0.05)   # the request ends empty; the look fails
+    asked = len([d for d, _, _ in node.server.pull_requests if d == "call-gone"])
+    node.run_for(0.9)
+    assert len([d for d, _, _ in node.server.pull_requests if d == "call-gone"]) == asked
+    node.run_for(0.2)
+    assert len([d for d, _, _ in node.server.pull_requests if d == "call-gone"]) == asked + 1
