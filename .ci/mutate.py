@@ -98,6 +98,7 @@ TARGETS = (
     Target("faastwist/queue/bridge.py", ("tests/queue/test_bridge.py",)),
     Target("faastwist/store/secrets.py", ("tests/store/test_secrets.py",),
            marks="not envtest and not slow and not process and not e2e and not nats"),
+    Target("faastwist/testing/nats.py", ("tests/queue/test_jetstream_contract.py",)),
     Target("faastwist/testing/jetstream.py", ("tests/queue/test_jetstream_contract.py",)),
 )
 
