@@ -73,7 +73,6 @@ class QueueService:
         self.names = Names(controller)
         self.bridge = bridge if bridge is not None else AsyncioBridge(reactor, config.timeout)
         self._jetstream = jetstream
-        self.embedded: Any = None
         self.js: JetStream | None = None
         self.max_body_size = config.max_body_size
         self.node_ports = set(node_ports)
@@ -83,7 +82,6 @@ class QueueService:
         self.worker: Any = None
         self._measured: set[str] = set()   # functions whose queue gauges are not zero
         self._meter: LoopingCall | None = None
-        self._connecting = False
         self.counts = QueuedCounts()
         self._counting: dict[str, list[Deferred[None]]] = {}
 
@@ -96,7 +94,6 @@ class QueueService:
         urls = list(self.config.nats_urls)
         token = None
         if embedded is not None:
-            self.embedded = embedded
             urls = [await embedded.ready()]
             self.node_ports.update(p for p in embedded.ports if p)
             self.rules = CallbackRules(self.rules.allow, frozenset(self.node_ports),
