@@ -26,11 +26,13 @@ class Receiver(Resource):
         super().__init__()
         self.got: list[tuple[bytes, bytes, bytes]] = []
         self.headers: list = []
+        self.clients: list[int] = []
         self.status = 200
 
     def render_POST(self, request) -> bytes:  # noqa: N802 (twisted's name)
         self.got.append((request.getHeader(b"host"), request.getHeader(b"x-call-id"),
                          request.content.read()))
+        self.clients.append(request.getClientAddress().port)
         self.headers.append(request.requestHeaders)
         request.setResponseCode(self.status)
         return b"ok"
@@ -171,11 +173,13 @@ async def test_no_answer_and_lookups_that_fail() -> None:
     def unknown(host: str, port: int):
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
     sender = CallbackSender(reactor, LOOPBACK_ALLOWED, 5.0, unknown)
-    with pytest.raises(CallbackRefused, match="cannot resolve nowhere.example"):
+    with pytest.raises(CallbackRefused) as refused:
         await sender.send("http://nowhere.example/x", "c1", "fn", OUTCOME, b"")
+    assert str(refused.value) == "cannot resolve nowhere.example: Name or service not known"
     sender = CallbackSender(reactor, LOOPBACK_ALLOWED, 5.0, resolver([]))
-    with pytest.raises(CallbackRefused, match="empty.example has no address"):
+    with pytest.raises(CallbackRefused) as refused:
         await sender.send("http://empty.example/x", "c1", "fn", OUTCOME, b"")
+    assert str(refused.value) == "empty.example has no address"
 
     def broken(host: str, port: int):
         raise OSError("resolver crashed")
@@ -249,3 +253,17 @@ async def test_a_resolver_that_hangs_is_no_answer_within_the_timeout() -> None:
     started = reactor.seconds()
     assert await sender.send("http://hook.example/x", "c1", "fn", OUTCOME, b"") == NO_ANSWER
     assert reactor.seconds() - started < 0.9
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_callback_has_a_connection_of_its_own(receiver) -> None:
+    """No connection is kept: each callback connects to the address checked for it."""
+    resource, port = receiver
+    sender = CallbackSender(reactor, LOOPBACK_ALLOWED, 5.0, resolver(["127.0.0.1"]))
+    try:
+        for call_id in ("c1", "c2"):
+            assert await sender.send(f"http://hook.example:{port}/x", call_id, "fn", OUTCOME,
+                                     b"") == 200
+    finally:
+        await sender.close()
+    assert len(set(resource.clients)) == 2
