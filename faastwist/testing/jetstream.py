@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 
 from faastwist.queue.bridge import BridgeStopped, BridgeTimeout
 from faastwist.queue.jetstream import Names, StreamLimits
-from faastwist.testing.nats import Consumer, FakeNats, Pull, Stream, subject_matches
+from faastwist.testing.nats import Consumer, Pull, Server, Stream, subject_matches
 
 __all__ = ["FakeBridge", "FakeJetStream", "FakeNats", "ThreadlessClock", "run_for", "settle",
            "subject_matches"]
@@ -116,11 +116,23 @@ def _fire(d: Deferred[Any], result: Any) -> None:
         d.callback(result)
 
 
+class FakeNats(Server):
+    """The in-memory server (testing/nats.py); ``client`` is what a test passes where a
+    ``JetStream`` is made: ``QueueService(..., jetstream=server.client)``."""
+
+    def client(self, urls: list[str], names: Names, status_ttl: float, on_state: Any = None,
+               token: str | None = None,
+               limits: StreamLimits = StreamLimits()) -> "FakeJetStream":
+        js = FakeJetStream(self, urls, names, status_ttl, on_state, token, limits)
+        self.clients.append(js)
+        return js
+
+
 class FakeJetStream:
     """``faastwist.queue.jetstream.JetStream`` over a ``FakeNats``: the same coroutines,
     the same answers, on the test's Clock."""
 
-    def __init__(self, server: FakeNats, urls: list[str], names: Names, status_ttl: float,
+    def __init__(self, server: Server, urls: list[str], names: Names, status_ttl: float,
                  on_state: Any = None, token: str | None = None,
                  limits: StreamLimits = StreamLimits()) -> None:
         self.server = server
@@ -172,7 +184,7 @@ class FakeJetStream:
         self.closed = True
         self.server.watchers = [w for w in self.server.watchers if w[1] != self._on_call]
 
-    def _live(self) -> FakeNats:
+    def _live(self) -> Server:
         if not self.is_connected:
             raise ConnectionClosedError()
         self.server._check()

@@ -8,7 +8,7 @@ bucket, all on a Clock. Tests look at it directly (``journal``, ``pull_requests`
 from __future__ import annotations
 
 import datetime
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import attrs
 from nats.errors import ConnectionClosedError, MsgAlreadyAckdError
@@ -16,10 +16,7 @@ from nats.js.errors import APIError, NotFoundError
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from faastwist.queue.jetstream import DUPLICATE_WINDOW, Names, StreamLimits
-
-if TYPE_CHECKING:
-    from faastwist.testing.jetstream import FakeJetStream
+from faastwist.queue.jetstream import DUPLICATE_WINDOW
 
 #: nats-server's default max_payload (1 MiB)
 MAX_PAYLOAD = 2**20
@@ -71,7 +68,7 @@ class Delivered:
     headers: dict[str, str] | None
     metadata: Metadata
     consumer: "Consumer"
-    client: "FakeJetStream"   # the connection it came on: acknowledged through it
+    client: Any   # the connection it came on: acknowledged through it
     acked: bool = False   # acknowledged or negatively: nats-py refuses a second one
 
     def settle(self, operation: str) -> None:
@@ -122,7 +119,7 @@ class Pull:
     batch: int
     deliver: Callable[[Any], None]
     done: Deferred[int]
-    client: "FakeJetStream"
+    client: Any
     timer: Any = None
     got: int = 0
 
@@ -136,7 +133,7 @@ class Pending:
 
 @attrs.define(eq=False)
 class Consumer:
-    server: "FakeNats"
+    server: "Server"
     stream: Stream
     durable: str
     filter_subject: str
@@ -250,17 +247,18 @@ class Consumer:
             self._end(pull)
 
 
-class FakeNats:
+class Server:
     """One JetStream server (shared by the clients of every "node" of a test)."""
 
     def __init__(self, clock: Clock, max_payload: int = MAX_PAYLOAD) -> None:
+        """Clients (testing.jetstream.FakeJetStream) register in ``clients``."""
         self.clock = clock
         self.max_payload = max_payload
         self.up = True
         self.streams: dict[str, Stream] = {}
         self.buckets: dict[str, dict[str, tuple[bytes, float]]] = {}
         self.bucket_ttl: dict[str, float] = {}
-        self.clients: list[FakeJetStream] = []
+        self.clients: list[Any] = []
         self.watchers: list[tuple[str, Callable[[str], None]]] = []
         #: (operation, what) of every write, in order: publish (subject), ack, nak and
         #: progress (the message's subject), put_status ("{key} {state}"), bind and pull
@@ -281,15 +279,6 @@ class FakeNats:
         if refuse is not None and refuse(what):
             raise ConnectionClosedError()
         self.journal.append((operation, what))
-
-    def client(self, urls: list[str], names: Names, status_ttl: float, on_state: Any = None,
-               token: str | None = None, limits: StreamLimits = StreamLimits()) -> "FakeJetStream":
-        """``JetStream``'s constructor: pass ``server.client`` where a JetStream is made."""
-        from faastwist.testing.jetstream import FakeJetStream
-
-        js = FakeJetStream(self, urls, names, status_ttl, on_state, token, limits)
-        self.clients.append(js)
-        return js
 
     # -- outages
     def stop(self) -> None:
