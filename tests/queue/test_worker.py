@@ -7,6 +7,7 @@ acknowledgements, the concurrency bound, inactive and deleted functions."""
 from __future__ import annotations
 
 import pytest
+from twisted.internet.defer import ensureDeferred
 
 from faastwist.model.fsm import State
 from faastwist.queue.messages import Outcome
@@ -570,6 +571,7 @@ def test_a_deleted_function_s_dead_letter_has_no_status_and_no_callback(node) ->
     node.add("gone", state=State.INACTIVE)
     node.submit("c1", fn="gone", callback=HOOK)
     node.delete("gone")
+    assert "gone" in node.worker.loops    # bound: kept to drain its calls
     node.run_for(INACTIVE_RECHECK + 1)
     record = node.record("gone", "c1")
     assert (record["state"], record["attempts"], record["reason"]) == (
@@ -855,6 +857,7 @@ def test_a_call_published_as_a_deleted_function_s_loop_looks_is_not_lost(node) -
     node.add("gone")
     node.worker.wake("gone")
     node.settle()
+    node.server.watchers.clear()   # no wake-up by the publication: the look must see it
     node.delete("gone")
     node.run_for(PULL_EXPIRES + 1.0)
     assert published
@@ -875,3 +878,83 @@ def test_a_failed_look_at_a_deleted_function_s_consumer_is_tried_a_second_later(
     assert len([d for d, _, _ in node.server.pull_requests if d == "call-gone"]) == asked
     node.run_for(0.2)
     assert len([d for d, _, _ in node.server.pull_requests if d == "call-gone"]) == asked + 1
+
+
+# -- what the steps store, exactly ---------------------------------------------------------
+
+def test_the_delayed_stream_s_header_names_are_a_stored_format(node) -> None:
+    node.submit("c1", target="/status/503")
+    node.settle()
+    [waiting] = node.stored("delayed")
+    assert waiting.headers["Faas-Attempts-So-Far"] == "1"
+    assert waiting.headers["Faas-Back"] == "call"
+    assert float(waiting.headers["Faas-Due"]) == node.record("fn", "c1")["nextAttempt"]
+
+
+def test_a_delayed_message_without_its_way_back_goes_to_the_calls(node) -> None:
+    delayed(node, "c1", 0.0, drop=BACK)
+    node.run_for(0.5)
+    assert node.record("fn", "c1")["state"] == "succeeded"
+
+
+def test_unreadable_attempts_count_as_none(node) -> None:
+    call = node.call("c1")
+    from faastwist.queue.messages import call_headers
+
+    headers = call_headers(call, dedup=False)
+    headers.update({ATTEMPTS: "many", DUE: "0.0", BACK: "call"})
+    node.wait(node.bridge.call(node.queue.js.publish,
+                               node.queue.names.delayed_subject("fn", "c1"), b"x", headers, 1.0))
+    node.run_for(0.5)
+    assert node.record("fn", "c1")["attempts"] == 1
+
+
+def test_an_empty_body_stays_empty_through_a_retry(node) -> None:
+    node.submit("c1", target="/status/503", body=b"")
+    node.run_for(1.0)
+    assert [r["body"] for r in node.gate.upstream.requests] == ["", ""]
+
+
+def test_a_call_that_dies_again_after_a_retry_has_its_dead_letter_and_callback(node) -> None:
+    node.add("once", maxAttempts=1)
+    node.submit("c1", fn="once", target="/status/500", callback=HOOK)
+    node.run_for(1.0)
+    assert [m.subject for m in node.stored("dead")] == ["faas.ctl.dead.once.c1"]
+    node.wait(ensureDeferred(node.queue.retry("once", "c1")))
+    node.run_for(1.0)
+    # within JetStream's duplicate window: still stored, still called back
+    assert [m.subject for m in node.stored("dead")] == ["faas.ctl.dead.once.c1"]
+    assert node.record("once", "c1")["state"] == "dead"
+    assert len(node.receiver.sent) == 2
+    assert node.gate.counter("faastwist_async_completed_total",
+                             {"function_name": "once", "outcome": "dead"}) == 2
+
+
+def test_records_carry_no_reason_unless_there_is_one(node) -> None:
+    node.submit("c1", target="/status/200")
+    node.run_for(0.5)
+    assert "reason" not in node.record("fn", "c1")
+
+
+def test_callback_results_are_counted_by_kind(node) -> None:
+    node.submit("c1", target="/status/200", callback=HOOK)
+    node.run_for(0.5)
+    node.receiver.refuse = "no"
+    node.submit("c2", target="/status/200", callback=HOOK)
+    node.run_for(0.5)
+    count = node.gate.counter
+    assert count("faastwist_async_callbacks_total",
+                 {"function_name": "fn", "result": "delivered"}) == 1
+    assert count("faastwist_async_callbacks_total",
+                 {"function_name": "fn", "result": "refused"}) == 1
+
+
+def test_a_callback_message_without_a_url_is_sent_to_none(node) -> None:
+    from faastwist.queue.messages import call_headers, outcome_headers
+
+    headers = call_headers(node.call("c1"), dedup=False)
+    headers.update(outcome_headers(Outcome(200, 1, 0.1)))
+    node.wait(node.bridge.call(node.queue.js.publish,
+                               node.queue.names.callback_subject("fn", "c1"), b"", headers, 1.0))
+    node.run_for(0.5)
+    assert [url for url, *_ in node.receiver.sent] == [""]
