@@ -25,6 +25,7 @@ from faastwist.store.secrets import (
     load_key,
     reveal_deferred,
 )
+from faastwist.store.secrets import MAX_SECRET_SIZE
 from tests.support.etcd import etcd_server, unique_prefix  # noqa: F401 (fixture)
 
 
@@ -77,8 +78,9 @@ def test_a_key_file_that_is_not_a_key_names_the_key(tmp_path) -> None:
     path = tmp_path / "node.key"
     path.write_bytes(b"not a fernet key\n")
     path.chmod(0o600)
-    with pytest.raises(KeyFileError, match=f"secrets.keyFile: {path}: "):
+    with pytest.raises(KeyFileError) as refused:
         load_key(str(path))
+    assert str(refused.value).startswith(f"secrets.keyFile: {path}: ")
 
 
 def test_a_key_file_that_cannot_be_made_names_the_key(tmp_path) -> None:
@@ -93,7 +95,8 @@ def test_without_a_secret_store_only_no_names_can_be_revealed() -> None:
     reveal_deferred(None, []).addCallback(done.append)
     assert done == [{}]
     reveal_deferred(None, ["db"]).addErrback(done.append)
-    assert done[1].check(StoreError) and "not available" in done[1].getErrorMessage()
+    assert done[1].check(StoreError)
+    assert done[1].getErrorMessage() == "secrets are not available on this node"
 
 
 # -- the store, against a real etcd --------------------------------------------------------
@@ -137,13 +140,16 @@ async def test_secrets_are_sealed_in_etcd_and_revealed_by_name(secrets) -> None:
 @pytest.mark.etcd
 @pytest_twisted.ensureDeferred
 async def test_create_replace_delete_and_what_is_missing(secrets) -> None:
-    with pytest.raises(SecretNotFound, match="secret db not found"):
+    with pytest.raises(SecretNotFound) as missing:
         await secrets.replace("db", b"x")
+    assert (str(missing.value), missing.value.name) == ("secret db not found", "db")
     with pytest.raises(SecretNotFound):
         await secrets.delete("db")
     await secrets.create("db", b"one")
-    with pytest.raises(SecretExists, match="secret db already exists"):
+    with pytest.raises(SecretExists) as exists:
         await secrets.create("db", b"two")
+    assert (str(exists.value), exists.value.name) == (
+        "secret db already exists; update it with PUT", "db")
     first = (await secrets.revisions())["db"]
     await secrets.replace("db", b"two")
     assert await secrets.reveal(["db"]) == {"db": b"two"}
@@ -162,7 +168,54 @@ async def test_create_replace_delete_and_what_is_missing(secrets) -> None:
 async def test_a_secret_sealed_with_another_key_says_so(secrets) -> None:
     await secrets.create("db", b"hunter2")
     other = SecretStore(secrets.store, Fernet(Fernet.generate_key()))
-    with pytest.raises(StoreError, match="cannot be decrypted with this node's key"):
+    with pytest.raises(StoreError) as sealed:
         await other.reveal(["db"])
+    assert str(sealed.value) == ("secret db cannot be decrypted with this node's key "
+                                 "(secrets.keyFile differs between nodes?)")
+    assert await reveal_deferred(secrets, ["db"]) == {"db": b"hunter2"}
     assert await reveal_deferred(secrets, ["db"], revisions=True) == {
         "db": (b"hunter2", (await secrets.revisions())["db"])}
+
+
+def test_a_secret_s_value_is_at_most_512_kib() -> None:
+    assert MAX_SECRET_SIZE == 512 * 1024   # what the admin API accepts (OpenFaaS: 512 KiB)
+
+
+@pytest.mark.etcd
+@pytest_twisted.ensureDeferred
+async def test_what_each_operation_asks_etcd(secrets) -> None:
+    """Listing reads names only (never the sealed values); reads may be retried on
+    another member, writes never (their fate may be unknown); each has its own name."""
+    asked: list[tuple[str, bool, bool | None]] = []
+    submit = secrets.store.submit
+
+    def spy(op, txn, idempotent=False):
+        keys_only = getattr(txn.success[0], "keys_only", None) if txn.success else None
+        asked.append((op, idempotent, keys_only))
+        return submit(op, txn, idempotent=idempotent)
+    secrets.store.submit = spy
+    await secrets.create("db", b"one")
+    await secrets.delete("db")        # a secret written once can be deleted
+    await secrets.create("db", b"one")
+    await secrets.replace("db", b"two")
+    await secrets.names()
+    await secrets.revisions()
+    await secrets.reveal(["db"])
+    assert [(op, idem) for op, idem, _ in asked] == [
+        ("secret_create", False), ("secret_delete", False), ("secret_create", False),
+        ("secret_update", False), ("secret_list", True), ("secret_revisions", True),
+        ("secret_get", True)]
+    assert [keys for op, _, keys in asked if op in ("secret_list", "secret_revisions")] == [
+        True, True]
+
+
+@pytest.mark.etcd
+@pytest_twisted.ensureDeferred
+async def test_a_key_that_is_not_utf8_is_listed_with_a_replacement(secrets) -> None:
+    key = secrets.base + b"bad\xff"
+    body = json.dumps({"key": base64.b64encode(key).decode(),
+                       "value": base64.b64encode(b"x").decode()}).encode()
+    urllib.request.urlopen(urllib.request.Request(f"{secrets.etcd_url}/v3/kv/put", body),
+                           timeout=5).read()
+    assert await secrets.names() == ["bad\ufffd"]
+    assert list(await secrets.revisions()) == ["bad\ufffd"]
