@@ -70,9 +70,12 @@ async def test_stopped_bridge_refuses_and_stop_cancels_what_runs(bridge) -> None
         await asyncio.sleep(60)
 
     pending = bridge.call(hang, timeout=30)
+    loop = bridge.loop
     await within(bridge.stopService())
-    with pytest.raises(BridgeStopped):
+    with pytest.raises(BridgeStopped) as stopped:
         await within(pending)
+    assert str(stopped.value) == "the call was cancelled"
+    assert loop.is_closed()   # the cancelled call was gathered, then the loop closed
     with pytest.raises(BridgeStopped):
         await within(bridge.call(hang))
 
@@ -193,3 +196,70 @@ async def test_a_timeout_names_a_callable_without_a_name(bridge) -> None:
     with pytest.raises(BridgeTimeout) as timed_out:
         await within(bridge.call(functools.partial(hang, 60), timeout=0.05))
     assert str(timed_out.value) == "call did not finish within 0.05s"
+
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bridge_never_started_refuses_calls() -> None:
+    service = AsyncioBridge(reactor)
+    assert service.default_timeout == 5.0
+
+    async def work() -> None:
+        pass
+
+    with pytest.raises(BridgeStopped) as refused:
+        await within(service.call(work))
+    assert str(refused.value) == "the asyncio bridge is not running"
+
+
+@pytest_twisted.ensureDeferred
+async def test_calls_and_results_cross_in_batches(bridge) -> None:
+    import time
+
+    crossings = {"in": 0, "out": 0}
+    start_calls, deliver = bridge._start_calls, bridge._deliver_results
+
+    def counted_in() -> None:
+        crossings["in"] += 1
+        start_calls()
+
+    def counted_out() -> None:
+        crossings["out"] += 1
+        deliver()
+    bridge._start_calls, bridge._deliver_results = counted_in, counted_out
+
+    async def block() -> None:
+        time.sleep(0.2)   # holds the loop: the next calls wait in the inbox together
+
+    async def work(n: int) -> int:
+        return n
+
+    first = bridge.call(block)
+    await deferToThread(time.sleep, 0.05)
+    pending = [bridge.call(work, n) for n in range(50)]
+    time.sleep(0.5)   # holds the reactor: the results wait in the outbox together
+    assert [await within(d) for d in pending] == list(range(50))
+    await within(first)
+    assert crossings["in"] <= 3 and crossings["out"] <= 3, crossings
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_that_fails_to_start_does_not_hold_up_the_others(bridge) -> None:
+    import time
+
+    async def block() -> None:
+        time.sleep(0.2)
+
+    def not_async() -> None:
+        raise TypeError("no coroutine")
+
+    async def work() -> str:
+        return "done"
+
+    first = bridge.call(block)
+    await deferToThread(time.sleep, 0.05)
+    bad, good = bridge.call(not_async), bridge.call(work)   # one batch
+    with pytest.raises(TypeError):
+        await within(bad)
+    assert await within(good) == "done"
+    await within(first)
