@@ -98,8 +98,9 @@ TARGETS = (
     Target("faastwist/queue/bridge.py", ("tests/queue/test_bridge.py",)),
     Target("faastwist/store/secrets.py", ("tests/store/test_secrets.py",),
            marks="not envtest and not slow and not process and not e2e and not nats"),
-    Target("faastwist/testing/nats.py", ("tests/queue/test_jetstream_contract.py",)),
-    Target("faastwist/testing/jetstream.py", ("tests/queue/test_jetstream_contract.py",)),
+    # not yet: the in-memory JetStream (faastwist/testing/nats.py, jetstream.py) scored
+    # 67% and 57% against its contract suite alone (7 Dec 2026): message-size accounting,
+    # the duplicate window's expiry and the outage hooks need contract cases first
 )
 
 #: imported once in the parent, shared by every forked child (never faastwist itself,
