@@ -18,10 +18,13 @@ real bridge's come back through ``callFromThread``. Nothing in the node imports 
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any, Callable
 
-from nats.errors import ConnectionClosedError
+import attrs
+from nats.errors import ConnectionClosedError, MaxPayloadError
+from nats.errors import Error as NatsError
 from nats.js.errors import APIError, NotFoundError
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail
 from twisted.internet.task import Clock
@@ -68,12 +71,16 @@ class FakeBridge:
         self.default_timeout = default_timeout
         self.running = False
         self.calls: list[str] = []  # names of the functions called, in order
+        #: the "loop" (queue.publisher posts to it), None while stopped as the real one
+        self.loop: ClockLoop | None = None
 
     def startService(self) -> None:  # noqa: N802 (Service's name)
         self.running = True
+        self.loop = ClockLoop(self.clock)
 
     def stopService(self) -> Deferred[None]:  # noqa: N802
         self.running = False
+        self.loop = None
         d: Deferred[None] = Deferred()
         d.callback(None)
         return d
@@ -105,6 +112,36 @@ class FakeBridge:
 
         inner.addBoth(done)
         return outer
+
+
+class ClockLoop:
+    """The part of an asyncio loop ``queue.publisher`` uses, on a Clock (a
+    ``FakeBridge``'s ``loop`` while it runs)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    def call_soon_threadsafe(self, f: Callable[..., Any], *args: Any) -> None:
+        self.clock.callLater(0, f, *args)
+
+    def call_later(self, delay: float, f: Callable[..., Any], *args: Any) -> Any:
+        return self.clock.callLater(delay, f, *args)
+
+    def create_task(self, coroutine: Any) -> Deferred[Any]:
+        return ensureDeferred(coroutine)
+
+
+@attrs.frozen
+class Reply:
+    """A message on a reply subject, as a subscription's callback gets it."""
+
+    subject: str
+    data: bytes
+    headers: dict[str, str] | None
+
+
+def _run(on_message: Callable[[Any], Any], msg: Any) -> None:
+    ensureDeferred(on_message(msg))
 
 
 def _fire(d: Deferred[Any], result: Any) -> None:
@@ -146,6 +183,8 @@ class FakeJetStream:
         self.closed = False
         self._consumers: dict[str, tuple[str, str]] = {}
         self._watching = False
+        self._inboxes: dict[str, Callable[[Any], Any]] = {}   # prefix -> on_ack
+        self._buffered: list[tuple[str, bytes, dict[str, str], str]] = []
 
     # -- connection and set-up
     async def connect(self, connect_timeout: float) -> int:
@@ -198,6 +237,70 @@ class FakeJetStream:
             raise APIError(code=400, description="maximum payload exceeded")
         server.enter("publish", subject)
         return server.publish(subject, payload, headers)
+
+    async def ack_inbox(self, on_ack: Callable[[Any], Any]) -> str:
+        """A fresh inbox whose subjects ``on_ack`` receives (queue.publisher)."""
+        server = self._live()
+        if not inspect.iscoroutinefunction(on_ack):
+            raise NatsError("nats: must use coroutine for subscriptions")
+        server.inboxes += 1
+        prefix = f"_INBOX.fake{server.inboxes}."
+        self._inboxes[prefix] = on_ack
+        return prefix
+
+    async def send(self, subject: str, payload: bytes, headers: dict[str, str],
+                   reply: str) -> None:
+        """Publish without waiting; JetStream's answer goes to ``reply`` on a later tick
+        as nats-server sends it: ``{"stream", "seq"}`` (``"duplicate": true`` for a
+        message id seen within the window), ``{"error": {code, err_code, description}}``
+        for a full stream, a no-responders status (``Status: 503``, no body) when no
+        stream takes the subject. While the server is away the message waits in the
+        client's buffer, as nats-py's does while it reconnects."""
+        if self.closed or not self.is_connected:
+            raise ConnectionClosedError()
+        if len(payload) > self.server.max_payload:
+            raise MaxPayloadError()
+        if not self.server.up:
+            self._buffered.append((subject, payload, headers, reply))
+            return
+        self._store(subject, payload, headers, reply)
+
+    def flush(self) -> None:
+        """The server is back: what was buffered goes out, in order."""
+        buffered, self._buffered = self._buffered, []
+        for subject, payload, headers, reply in buffered:
+            if self.closed or not self.is_connected:
+                return
+            try:
+                self._store(subject, payload, headers, reply)
+            except ConnectionClosedError:
+                pass   # refused by the test: lost, as on a broken connection
+
+    def _store(self, subject: str, payload: bytes, headers: dict[str, str],
+               reply: str) -> None:
+        server = self.server
+        server.enter("publish", subject)
+        answer: dict[str, Any]
+        try:
+            seq, duplicate = server.store(subject, payload, headers)
+        except NotFoundError:
+            self._reply(reply, b"", {"Status": "503"})
+            return
+        except APIError as exc:
+            answer = {"error": {"code": exc.code, "err_code": exc.err_code,
+                                "description": exc.description}}
+        else:
+            answer = {"stream": next(s.name for s in server.streams.values()
+                                     if s.takes(subject)), "seq": seq}
+            if duplicate:
+                answer["duplicate"] = True
+        self._reply(reply, json.dumps(answer).encode(), None)
+
+    def _reply(self, subject: str, data: bytes, headers: dict[str, str] | None) -> None:
+        for client in self.server.clients:
+            for prefix, on_ack in client._inboxes.items():
+                if subject.startswith(prefix) and not client.closed:
+                    self.server.clock.callLater(0, _run, on_ack, Reply(subject, data, headers))
 
     # -- consuming
     async def bind(self, key: str, stream: str, durable: str, subject: str,

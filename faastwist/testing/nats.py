@@ -271,6 +271,7 @@ class Server:
         #: negative acknowledgement, in order
         self.pull_requests: list[tuple[str, int, float]] = []
         self.naks: list[tuple[str, float]] = []
+        self.inboxes = 0   # ack inboxes handed out (their names)
 
     def enter(self, operation: str, what: str) -> None:
         """One write by a client: refused while the server is down or a test says so."""
@@ -293,6 +294,8 @@ class Server:
         for js in self.clients:
             if js.is_connected and js.on_state:
                 js.on_state("connected")
+        for js in self.clients:
+            js.flush()   # what a client buffered while reconnecting goes out now
 
     # -- what the tests look at
     def stream(self, name: str) -> Stream:
@@ -310,6 +313,11 @@ class Server:
             raise ConnectionClosedError()
 
     def publish(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> int:
+        return self.store(subject, payload, headers)[0]
+
+    def store(self, subject: str, payload: bytes,
+              headers: dict[str, str] | None) -> tuple[int, bool]:
+        """(sequence, whether it was a duplicate) of a published message."""
         self._check()
         stream = next((s for s in self.streams.values() if s.takes(subject)), None)
         if stream is None:
@@ -320,7 +328,7 @@ class Server:
                          if now - v[1] < DUPLICATE_WINDOW}
         msg_id = (headers or {}).get("Nats-Msg-Id")
         if msg_id and msg_id in stream.dedupe:
-            return stream.dedupe[msg_id][0]
+            return stream.dedupe[msg_id][0], True
         size = message_size(subject, headers, payload)
         if stream.max_bytes >= 0:
             if stream.discard_new and stream.bytes + size > stream.max_bytes:
@@ -340,4 +348,4 @@ class Server:
                 self.clock.callLater(0, on_message, subject)
         for consumer in list(stream.consumers.values()):
             consumer.dispatch()
-        return seq
+        return seq, False

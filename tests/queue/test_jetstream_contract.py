@@ -18,7 +18,10 @@ from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import deferLater
 
-from nats.errors import MsgAlreadyAckdError
+import json
+
+from nats.errors import ConnectionClosedError, Error as NatsError, MaxPayloadError, MsgAlreadyAckdError
+from nats.js.errors import APIError
 
 from faastwist.queue.bridge import AsyncioBridge
 from faastwist.queue.jetstream import JetStream, Names, StreamLimits, is_full
@@ -206,6 +209,105 @@ async def test_a_full_stream_refuses_new_messages_and_the_dead_drop_their_oldest
     for call_id in ("d1", "d2", "d3"):
         await env.do(js.publish, n.dead_subject("fn", call_id), body, headers(call_id), 2.0)
     assert ids(await env.do(js.list_messages, n.dead, n.dead_subject("fn"), 10)) == ["d2", "d3"]
+
+
+# -- sending without waiting (queue.publisher: acks on one inbox) -----------------------------
+
+class Acks:
+    """An ack inbox's callback: what came on its reply subjects, in order."""
+
+    def __init__(self) -> None:
+        self.got: dict[str, tuple[bytes, dict[str, str] | None]] = {}
+
+    async def on_ack(self, msg: Any) -> None:
+        self.got[msg.subject] = (msg.data, dict(msg.headers) if msg.headers else None)
+
+    async def wait(self, env: Env, count: int) -> None:
+        """Until ``count`` answers came (each send is answered: a positive event)."""
+        for _ in range(250):
+            if len(self.got) >= count:
+                break
+            await env.pause(0.02)
+        assert len(self.got) == count
+
+
+def answer(data: bytes) -> Any:
+    """What queue.publisher makes of an answer: the sequence, or the error raised."""
+    ack = json.loads(data)
+    if ack.get("error"):
+        try:
+            APIError.from_error(ack["error"])
+        except APIError as exc:
+            return exc
+    return int(ack["seq"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sent_message_is_acknowledged_on_its_reply_subject(env) -> None:
+    js = await env.client()
+    acks = Acks()
+    prefix = await env.do(js.ack_inbox, acks.on_ack)
+    n = js.names
+    for token, call_id in (("1", "c1"), ("2", "c2"), ("3", "c1")):
+        await env.do(js.send, n.call_subject("fn", call_id), b"x", headers(call_id),
+                     prefix + token)
+    await acks.wait(env, 3)
+    first, second, again = (json.loads(acks.got[prefix + t][0]) for t in "123")
+    assert {k: first[k] for k in ("stream", "seq")} == {"stream": n.calls, "seq": first["seq"]}
+    assert second["seq"] == first["seq"] + 1 and not second.get("duplicate")
+    assert again["seq"] == first["seq"] and again["duplicate"] is True   # stored once
+    assert [answer(acks.got[prefix + t][0]) for t in "123"] == [
+        first["seq"], first["seq"] + 1, first["seq"]]
+    stored = await env.do(js.list_messages, n.calls, n.call_subject("fn"), 10)
+    assert ids(stored) == ["c1", "c2"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_stream_answers_a_sent_message_with_its_error(env) -> None:
+    js = await env.client("small", max_bytes=2500)
+    acks = Acks()
+    prefix = await env.do(js.ack_inbox, acks.on_ack)
+    body = b"b" * 1000
+    for call_id in ("c1", "c2", "c3"):
+        await env.do(js.send, js.names.call_subject("fn", call_id), body, headers(call_id),
+                     prefix + call_id)
+    await acks.wait(env, 3)
+    results = [answer(acks.got[prefix + c][0]) for c in ("c1", "c2", "c3")]
+    assert results[1] == results[0] + 1
+    assert is_full(results[2]) and results[2].code == 503
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_subject_no_stream_takes_is_answered_no_responders(env) -> None:
+    js = await env.client()
+    acks = Acks()
+    prefix = await env.do(js.ack_inbox, acks.on_ack)
+    await env.do(js.send, "faas.ctl.nowhere.c1", b"x", headers("c1"), prefix + "1")
+    await acks.wait(env, 1)
+    data, got = acks.got[prefix + "1"]
+    assert data == b"" and got is not None and got.get("Status") == "503"
+
+
+@pytest_twisted.ensureDeferred
+async def test_acks_are_taken_by_a_coroutine_function_only(env) -> None:
+    js = await env.client()
+    with pytest.raises(NatsError):
+        await env.do(js.ack_inbox, lambda msg: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sending_on_a_closed_connection_or_too_large_a_body_fails_at_once(env) -> None:
+    js = await env.client()
+    acks = Acks()
+    prefix = await env.do(js.ack_inbox, acks.on_ack)
+    max_payload = await env.do(js.connect, 2.0)
+    with pytest.raises(MaxPayloadError):
+        await env.do(js.send, js.names.call_subject("fn", "big"), b"x" * (max_payload + 1),
+                     headers("big"), prefix + "1")
+    await env.do(js.close)
+    with pytest.raises(ConnectionClosedError):
+        await env.do(js.send, js.names.call_subject("fn", "c1"), b"x", headers("c1"),
+                     prefix + "2")
 
 
 # -- pull consumers --------------------------------------------------------------------------
