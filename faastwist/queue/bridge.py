@@ -22,9 +22,7 @@ from typing import Any, Callable, Coroutine
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 
-log = Logger()
 
 #: The interpreter's thread switch interval while a bridge runs (seconds).
 SWITCH_INTERVAL = 0.0005

@@ -93,6 +93,9 @@ class StreamLimits:
     max_bytes: int = -1
 
 
+#: JetStream's error code for a message sequence a stream does not hold.
+SEQUENCE_NOT_FOUND = 10043
+
 #: JetStream's error codes for a stream that is full (bytes, messages, storage).
 FULL_ERRORS = frozenset({10077, 10047, 10027})
 
@@ -371,10 +374,15 @@ class JetStream:
         return out
 
     async def delete_message(self, stream: str, seq: int) -> None:
+        """Delete one message; one already gone is fine (nats-server 2.9 answers
+        400 "sequence not found" for it, not 404)."""
         try:
             await self.js.delete_msg(stream, seq)
         except NotFoundError:
             pass
+        except APIError as exc:
+            if getattr(exc, "err_code", None) != SEQUENCE_NOT_FOUND:
+                raise
 
     async def purge(self, stream: str, subject: str) -> bool:
         return bool(await self.js.purge_stream(stream, subject=subject))

@@ -13,17 +13,37 @@ turn). The gate still answers 202 only once JetStream has acknowledged the messa
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import deque
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, Callable, Protocol
 
 from nats.js.errors import APIError, NoStreamResponseError
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
 
-from faastwist.queue.bridge import AsyncioBridge, BridgeStopped, BridgeTimeout
+from faastwist.queue.bridge import BridgeStopped, BridgeTimeout
 from faastwist.queue.jetstream import JetStream
+
+
+class Loop(Protocol):
+    """The part of an asyncio loop the publisher posts to (``AbstractEventLoop``; on a
+    Clock, faastwist.testing.jetstream's ``ClockLoop``)."""
+
+    def call_soon_threadsafe(self, callback: Callable[[], object]) -> object: ...
+
+    def call_later(self, delay: float, callback: Callable[[list[_Publish]], object],
+                   batch: list[_Publish], /) -> object: ...
+
+    def create_task(self, coroutine: Coroutine[Any, Any, None], /) -> object: ...
+
+
+class Bridge(Protocol):
+    """What the publisher needs of ``AsyncioBridge`` (or of the tests' ``FakeBridge``)."""
+
+    @property
+    def loop(self) -> Loop | None:
+        """The running loop; None while the bridge is stopped."""
 
 
 class _Publish:
@@ -44,7 +64,7 @@ class _Publish:
 class Publisher:
     """``publish`` from the reactor; fires with the stream sequence once acked."""
 
-    def __init__(self, bridge: AsyncioBridge, reactor: IReactorFromThreads,
+    def __init__(self, bridge: Bridge, reactor: IReactorFromThreads,
                  timeout: float) -> None:
         self.bridge = bridge
         self.reactor = reactor
@@ -102,16 +122,16 @@ class Publisher:
         batch = []
         while outgoing:
             batch.append(outgoing.popleft())
-        if batch:
-            # the running loop (bridge.loop is the reactor side's view, None once stopping)
-            asyncio.get_running_loop().create_task(self._send_batch(batch))
-
-    async def _send_batch(self, batch: list[_Publish]) -> None:
-        js = self.js
-        if js is None:   # publish() queues nothing before start(); never unset after
-            for publish in batch:
-                self._finish(publish, BridgeStopped("the publisher is not started"))
+        if not batch:
             return
+        loop, js = self.bridge.loop, self.js
+        if loop is None or js is None:   # the bridge stopped since publish() posted this
+            for publish in batch:
+                self._finish(publish, BridgeStopped("the asyncio bridge is not running"))
+            return
+        loop.create_task(self._send_batch(batch, loop, js))
+
+    async def _send_batch(self, batch: list[_Publish], loop: Loop, js: JetStream) -> None:
         self.batches += 1
         send, prefix, waiting = js.send, self._prefix, self._waiting
         for publish in batch:
@@ -123,7 +143,7 @@ class Publisher:
             except Exception as exc:   # closed, draining, the outbound buffer full
                 if waiting.pop(token, None) is not None:
                     self._finish(publish, exc)
-        asyncio.get_running_loop().call_later(self.timeout, self._expire, batch)
+        loop.call_later(self.timeout, self._expire, batch)
 
     def _expire(self, batch: list[_Publish]) -> None:
         waiting = self._waiting

@@ -11,8 +11,7 @@ start, the node still starts: accepting answers 503 until the connection is up.
 from __future__ import annotations
 
 import socket
-import time
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import LoopingCall, deferLater
@@ -65,17 +64,20 @@ class QueueService:
     """Owns the bridge, the NATS connection and the workers; the gate's Enqueuer."""
 
     def __init__(self, config: QueueConfig, controller: str, reactor: Any, metrics: Metrics,
-                 routes: Any, node_ports: set[int]) -> None:
+                 routes: Any, node_ports: set[int], bridge: Any = None,
+                 jetstream: Callable[..., Any] = JetStream) -> None:
+        """``bridge`` and ``jetstream`` (a JetStream's constructor): the real ones unless
+        a test passes faastwist.testing.jetstream's fakes."""
         self.config = config
         self.reactor = reactor
         self.metrics = metrics
         self.routes = routes
         self.names = Names(controller)
-        self.bridge = AsyncioBridge(reactor, config.timeout)
+        self.bridge = bridge if bridge is not None else AsyncioBridge(reactor, config.timeout)
+        self._jetstream = jetstream
         self.publisher = Publisher(self.bridge, reactor, config.timeout)
         #: the accepted-calls counter per function (a labels() lookup per call costs)
         self._accepted: dict[str, Any] = {}
-        self.embedded: Any = None
         self.js: JetStream | None = None
         self.max_body_size = config.max_body_size
         self.node_ports = set(node_ports)
@@ -85,7 +87,6 @@ class QueueService:
         self.worker: Any = None
         self._measured: set[str] = set()   # functions whose queue gauges are not zero
         self._meter: LoopingCall | None = None
-        self._connecting = False
         self.counts = QueuedCounts()
         self._counting: dict[str, list[Deferred[None]]] = {}
 
@@ -98,14 +99,13 @@ class QueueService:
         urls = list(self.config.nats_urls)
         token = None
         if embedded is not None:
-            self.embedded = embedded
             urls = [await embedded.ready()]
             self.node_ports.update(p for p in embedded.ports if p)
             self.rules = CallbackRules(self.rules.allow, frozenset(self.node_ports),
                                        self.rules.local_addresses)
             self.sender.rules = self.rules
             token = embedded.token
-        self.js = JetStream(urls, self.names, self.config.status_ttl, self._connection,
+        self.js = self._jetstream(urls, self.names, self.config.status_ttl, self._connection,
                             token=token,
                             limits=StreamLimits(max_bytes=self.config.max_bytes))
         try:
@@ -280,7 +280,7 @@ class QueueService:
                                      self.names.call_subject(function, call_id))
         if msg is not None:
             call = read_call(msg.headers, b"")
-            return status_record(call, "queued", time.time())
+            return status_record(call, "queued", self.reactor.seconds())
         dead = await self._dead_details(function, call_id)
         if dead is not None:
             return dead
@@ -307,7 +307,7 @@ class QueueService:
         if msg is None:
             return None
         call = read_call(msg.headers, msg.data)
-        record = status_record(call, "queued", time.time(), 0, None, "", retried=True)
+        record = status_record(call, "queued", self.reactor.seconds(), 0, None, "", retried=True)
         await self.bridge.call(js.put_status, function, call.call_id, record)
         await self.bridge.call(js.publish, self.names.call_subject(function, call_id),
                                call.body, call_headers(call, dedup=False), self.config.timeout)
@@ -330,7 +330,7 @@ class QueueService:
         js = self.js
         if js is None or not js.connected:
             return
-        now = time.time()
+        now = self.reactor.seconds()
         self.counts.forget(self.reactor.seconds() - 60.0)
         try:
             subjects = await self.bridge.call(js.backlog, self.names.calls,

@@ -382,8 +382,10 @@ class Worker(Steps):
         decision = decide(answer.status, attempts, max_attempts)
         outcome = Outcome(answer.status, attempts, answer.duration, headers)
         if decision is Decision.RETRY:
-            retry_after = parse_retry_after(dict(answer.headers).get(b"retry-after"),
-                                            self.reactor.seconds())
+            # header names come as the function sent them ("Retry-After")
+            retry_after = parse_retry_after(
+                next((v for n, v in answer.headers if n.lower() == b"retry-after"), None),
+                self.reactor.seconds())
             delay = self.backoff.delay(attempts, self.random(), retry_after)
             due = self.reactor.seconds() + delay
             await self._status(call, "queued", attempts, answer.status, nextAttempt=due)

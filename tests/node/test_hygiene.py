@@ -39,6 +39,17 @@ JUSTIFIED: dict[tuple[str, str, str], str] = {
         "a coroutine that never ends in time: what the bridge's timeout must cut",
     ("tests/queue/test_bridge.py", "work", "asyncio.sleep(0.01)"):
         "a coroutine that yields once: the call must cross the loop's thread",
+    ("tests/queue/test_bridge.py", "block", "time.sleep(0.2)"):
+        "a coroutine that holds the loop's thread: the calls behind it must wait for it",
+    ("tests/queue/test_bridge.py", "test_calls_and_results_cross_in_batches",
+     "time.sleep(0.5)"):
+        "holds the reactor: the results the loop finishes meanwhile must cross back together",
+    ("tests/queue/test_bridge.py", "hang", "asyncio.sleep(seconds)"):
+        "a coroutine that never ends in time (60s asked): what the bridge's timeout must cut",
+    ("tests/queue/test_bridge.py", "work", "asyncio.sleep(0)"):
+        "a coroutine that yields to the loop once: the calls of a turn interleave on it",
+    ("tests/queue/test_callback.py", "slow", "time.sleep(1.0)"):
+        "a resolver that hangs (on the resolver's thread): what the callback timeout must cut",
     ("tests/support/asyncfn.py", "do_POST",
      'time.sleep(int(parse_qs(url.query).get("ms", ["200"])[0]) / 1000)'):
         "a slow function (?ms=N): the work the queue waits for",

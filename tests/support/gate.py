@@ -176,6 +176,7 @@ class EchoResource(Resource):
     """What a function would answer, driven by the path.
 
     ``/hang``: never answers; ``/reset``: drops the connection; ``/status/{code}``;
+    ``/retry-after/{seconds}``: 503 with that Retry-After;
     ``/hop``: a response with hop-by-hop headers; ``/chunks``: three chunks, one per
     clock second; anything else: JSON of method, uri, headers (all values) and body.
     """
@@ -203,6 +204,10 @@ class EchoResource(Resource):
         if path == "/reset":
             request.channel.transport.abortConnection()
             return server.NOT_DONE_YET
+        if path.startswith("/retry-after/"):
+            request.setResponseCode(503)
+            request.setHeader(b"retry-after", path.rsplit("/", 1)[1].encode())
+            return b"later"
         if path.startswith("/status/"):
             request.setResponseCode(int(path.rsplit("/", 1)[1]))
             return b"status"
@@ -278,8 +283,8 @@ def function(name: str, **fields: Any) -> FunctionSpec:
 class MemoryGate:
     """Store, routes, provider, pool and the gate resource, all on one Clock."""
 
-    def __init__(self, max_body_size: int = 2**20) -> None:
-        self.clock = Clock()
+    def __init__(self, max_body_size: int = 2**20, clock: Clock | None = None) -> None:
+        self.clock = clock if clock is not None else Clock()
         self.store = MemoryStore()
         self.metrics = Metrics()
         self.routes = RouteTable(self.store, self.clock, self.metrics)

@@ -134,13 +134,7 @@ OWN_TEST_PENDING: dict[str, tuple[str, ...]] = {
         "tests/queue/test_callback.py",
         "tests/queue/test_queue_nats.py",
     ),
-    "faastwist/queue/service.py": (
-        "tests/gate/test_asynccall.py",
-        "tests/queue/test_queue_nats.py",
-        "tests/queue/test_worker_nats.py",
-    ),
     "faastwist/queue/steps.py": (),
-    "faastwist/queue/worker.py": ('tests/queue/test_worker_nats.py',),
     "faastwist/store/base.py": (
         "tests/admin/test_api.py",
         "tests/admin/test_listbody.py",
@@ -185,10 +179,6 @@ OWN_TEST_PENDING: dict[str, tuple[str, ...]] = {
         "tests/store/test_owned.py",
         "tests/store/test_store_contract.py",
         "tests/workers/test_link.py",
-    ),
-    "faastwist/store/secrets.py": (
-        "tests/admin/test_writes.py",
-        "tests/providers/test_knative_envtest.py",
     ),
     "faastwist/tap.py": (),
     "faastwist/templates/build.py": ('tests/templates/test_templates.py',),
