@@ -592,6 +592,13 @@ async def routes_loaded(gate: GateUnderTest, timeout: float = 10.0) -> None:
         await deferLater(reactor, 0.01, lambda: None)
 
 
+def gate_settle(gate: GateUnderTest) -> Any:
+    """The read-your-writes barrier the node gives its admin API (FaasNode.settle): an
+    answer waits until this gate's route table reached the write's revision. Without it,
+    on etcd, the stop's 200 can overtake the watch event that tells the gate."""
+    return lambda revision: gate.routes.reached(revision).addTimeout(10, reactor)
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_stop_through_the_admin_api_makes_the_very_next_gate_request_503(
         make_gate: Any, any_store: Any) -> None:
@@ -603,7 +610,7 @@ async def test_a_stop_through_the_admin_api_makes_the_very_next_gate_request_503
     await routes_loaded(gate)
     admin = AdminAPI(gate.store, "faascontroller",
                      check_spec=lambda spec: check_spec_for("knative", spec),
-                     kick=lambda name: None, clock=reactor)
+                     kick=lambda name: None, clock=reactor, settle=gate_settle(gate))
     port = reactor.listenTCP(0, admin.site(), interface="127.0.0.1")
     try:
         admin_url = f"http://127.0.0.1:{port.getHost().port}/apis/v2/faas/faascontroller"
@@ -631,7 +638,7 @@ async def test_a_stop_acts_on_the_next_request_of_an_already_open_connection(
     await routes_loaded(gate)
     admin = AdminAPI(gate.store, "faascontroller",
                      check_spec=lambda spec: check_spec_for("knative", spec),
-                     kick=lambda name: None, clock=reactor)
+                     kick=lambda name: None, clock=reactor, settle=gate_settle(gate))
     port = reactor.listenTCP(0, admin.site(), interface="127.0.0.1")
     try:
         admin_url = f"http://127.0.0.1:{port.getHost().port}/apis/v2/faas/faascontroller"
