@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from typing import Iterator
 
 import pytest
+import pytest_twisted
 
 from tests.support.facilities import (browser_unavailable, cgroups_unavailable,
                                       etcd_unavailable, golang_unavailable,
@@ -95,6 +97,27 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         lines.append(f"no {' '.join(missing)} (make monitoring-deps): the monitoring tests "
                      f"are deselected")
     return lines
+
+def reactor_stopped() -> str | None:
+    """Why the test reactor (pytest-twisted's greenlet) is gone, or None while it runs.
+    Every test, plain ones too, runs through that greenlet: once it is dead each test
+    would fail alike, so the run ends at once instead, naming the cause."""
+    greenlet = pytest_twisted._instances.gr_twisted
+    if greenlet is None or not greenlet.dead:
+        return None
+    number = getattr(pytest_twisted._instances.reactor, "_exitSignal", None)
+    if number is not None:
+        return (f"the test reactor stopped on {signal.Signals(number).name}: someone "
+                f"signalled the pytest process itself")
+    return "the test reactor stopped (reactor.stop() or an exception out of its loop)"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    reason = reactor_stopped()
+    if reason:
+        pytest.exit(f"{reason}; stopping before {item.nodeid}", returncode=3)
+
 
 # Hypothesis: no per-example deadline (tests/support/properties.py says why); the
 # mutation runner selects its own profile there

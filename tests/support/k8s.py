@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from kubernetes import client as kube_client
 from kubernetes import config as kube_config
@@ -21,6 +22,19 @@ from kubernetes import config as kube_config
 from faastwist.util.ports import port_is_free
 
 ENV_VAR = "FAASTWIST_ENVTEST"
+
+#: (connect, read) seconds for a test's own apiserver call that names no timeout: the
+#: client's default is none, and a call that never returns hangs the whole run
+TEST_REQUEST_TIMEOUT = (10.0, 60.0)
+
+
+class TimedApiClient(kube_client.ApiClient):
+    """An ApiClient whose calls without ``_request_timeout`` get TEST_REQUEST_TIMEOUT
+    (the product's calls always name theirs, so they are unchanged)."""
+
+    def call_api(self, *args: Any, _request_timeout: Any = None, **kwargs: Any) -> Any:
+        return super().call_api(*args, _request_timeout=_request_timeout or
+                                TEST_REQUEST_TIMEOUT, **kwargs)
 
 
 def envtest_unavailable() -> str | None:
@@ -142,5 +156,5 @@ class Envtest:
         configuration = kube_client.Configuration()
         kube_config.load_kube_config(config_file=self.kubeconfig,
                                      client_configuration=configuration)
-        return kube_client.ApiClient(configuration)
+        return TimedApiClient(configuration)
 
