@@ -40,8 +40,6 @@ WITHOUT_OWN_TEST: dict[str, str] = {
 OWN_TEST_PENDING: dict[str, tuple[str, ...]] = {
     # modules that came with the provider registry, the gate assembly, the Go templates
     # (issue 23, 28): tested through the files named until they have their own
-    "faastwist/admin/errors.py": ("tests/admin/test_writes.py", "tests/admin/test_api.py",
-                                  "tests/admin/test_openfaas.py"),
     "faastwist/admin/routing.py": ("tests/admin/test_api.py",),
     "faastwist/gate/assembly.py": ("tests/node/test_node_inprocess.py",
                                    "tests/e2e/test_workers_e2e.py"),
