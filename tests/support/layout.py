@@ -40,7 +40,6 @@ WITHOUT_OWN_TEST: dict[str, str] = {
 OWN_TEST_PENDING: dict[str, tuple[str, ...]] = {
     # modules that came with the provider registry, the gate assembly, the Go templates
     # (issue 23, 28): tested through the files named until they have their own
-    "faastwist/admin/routing.py": ("tests/admin/test_api.py",),
     "faastwist/gate/assembly.py": ("tests/node/test_node_inprocess.py",
                                    "tests/e2e/test_workers_e2e.py"),
     "faastwist/providers/registry.py": ("tests/node/test_layout.py", "tests/node/test_config.py"),
