@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pytest
 import pytest_twisted
 from klein import Klein
 from treq.testing import StubTreq
