@@ -84,14 +84,6 @@ OWN_TEST_PENDING: dict[str, tuple[str, ...]] = {
     "faastwist/kube/kubeapi.py": ('tests/node/test_config.py',),
     "faastwist/kube/service.py": ('tests/kube/test_watch_retry.py',),
     "faastwist/kube/sync.py": (),
-    "faastwist/model/keys.py": (
-        "tests/admin/test_api.py",
-        "tests/gate/test_access.py",
-        "tests/gate/test_asynccall.py",
-        "tests/gate/test_gate.py",
-        "tests/store/test_etcdlist.py",
-        "tests/store/test_store_contract.py",
-    ),
     "faastwist/node.py": ('tests/node/test_log_namespaces.py',),
     "faastwist/providers/base.py": (
         "tests/admin/test_api.py",
