@@ -69,7 +69,6 @@ OWN_TEST_PENDING: dict[str, tuple[str, ...]] = {
     "faastwist/gate/context.py": ("tests/gate/test_gate.py", "tests/node/test_log_namespaces.py"),
     "faastwist/gate/exchange.py": (
         "tests/gate/test_gate.py", "tests/gate/test_lean.py", "tests/gate/test_webchannel.py"),
-    "faastwist/gate/connlimit.py": ('tests/gate/test_decisions.py',),
     "faastwist/gate/service.py": (
         "tests/gate/test_asynccall.py",
         "tests/gate/test_gate_hardening.py",
