@@ -64,7 +64,6 @@ OWN_TEST_PENDING: dict[str, tuple[str, ...]] = {
     "faastwist/cli/output.py": ('tests/cli/test_cli.py',),
     "faastwist/cli/storecmd.py": (),
     "faastwist/cli/templatecmd.py": ('tests/templates/test_templates.py',),
-    "faastwist/cli/token.py": (),
     "faastwist/gate/adaptor.py": ('tests/gate/test_decisions.py', 'tests/gate/test_gate.py'),
     "faastwist/gate/context.py": ("tests/gate/test_gate.py", "tests/node/test_log_namespaces.py"),
     "faastwist/gate/exchange.py": (
