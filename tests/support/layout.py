@@ -47,7 +47,6 @@ OWN_TEST_PENDING: dict[str, tuple[str, ...]] = {
     "faastwist/templates/golang.py": ("tests/templates/test_templates.py",),
     "faastwist/workers/setup.py": ("tests/workers/test_supervisor.py",
                                    "tests/e2e/test_workers_e2e.py"),
-    "faastwist/admin/alerts.py": (),
     "faastwist/admin/asyncapi.py": (),
     "faastwist/admin/codec.py": (
         "tests/admin/test_api.py",
