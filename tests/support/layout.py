@@ -99,7 +99,6 @@ OWN_TEST_PENDING: dict[str, tuple[str, ...]] = {
         "tests/workers/test_link.py",
     ),
     "faastwist/providers/classicwatchdog.py": ('tests/providers/test_sandbox.py',),
-    "faastwist/providers/cpusample.py": ('tests/model/test_scaling.py',),
     "faastwist/providers/knative.py": (
         "tests/kube/test_function_objects.py",
         "tests/providers/test_knative_envtest.py",
