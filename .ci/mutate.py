@@ -119,6 +119,10 @@ TARGETS = (
            marks="etcd and not slow"),
     Target("faastwist/store/leader.py", ("tests/store/test_leader.py",),
            marks="etcd and not slow"),
+    # the sweep of a dead gate's children: found on a /proc tree the test writes, killed
+    # for real (a child process or two per test run, well under a second)
+    Target("faastwist/providers/orphans.py", ("tests/providers/test_orphans.py",),
+           marks="not envtest and not slow and not e2e and not nats and not etcd"),
     # the sandbox's argv (its order is the isolation) and the uid per function
     Target("faastwist/providers/sandbox.py", ("tests/providers/test_sandbox.py",)),
     Target("faastwist/util/users.py",

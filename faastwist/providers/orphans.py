@@ -68,7 +68,9 @@ def kill_orphans(token: str, proc: Path = Path("/proc")) -> list[int]:
     for pid in orphans:
         try:
             group = os.getpgid(pid)
-            if group != mine:
+            # never group 0 (what a kernel thread reports; killpg(0) is the caller's own
+            # group) or 1 (init's), never the sweeper's own group: then the pid alone
+            if group > 1 and group != mine:
                 os.killpg(group, signal.SIGKILL)
             else:
                 os.kill(pid, signal.SIGKILL)
