@@ -114,10 +114,6 @@ OWN_TEST_PENDING: dict[str, tuple[str, ...]] = {
         "tests/queue/test_queue_nats.py",
     ),
     "faastwist/queue/replay.py": ('tests/gate/test_asynccall.py',),
-    "faastwist/queue/messages.py": (
-        "tests/queue/test_callback.py",
-        "tests/queue/test_queue_nats.py",
-    ),
     "faastwist/queue/steps.py": (),
     "faastwist/store/base.py": (
         "tests/admin/test_api.py",
