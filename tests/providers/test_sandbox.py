@@ -26,7 +26,6 @@ from faastwist.providers.sandbox import (
     in_place_folders,
     root_env,
 )
-from faastwist.providers.secretfiles import SecretFiles
 from faastwist.model.watchdogenv import header_env
 from faastwist.util.users import resolve_identity
 
@@ -155,18 +154,6 @@ def test_prepare_folders_takes_back_what_someone_else_left(tmp_path: Path) -> No
     assert (tmp_path / "victim-folder" / "keep").read_text() == "x"
     assert oct(os.stat(folders.root).st_mode & 0o777) == "0o711"
     assert oct(os.stat(folders.code).st_mode & 0o777) == "0o755"
-
-
-def test_secret_files_never_follow_a_planted_link(tmp_path: Path) -> None:
-    victim = tmp_path / "victim"
-    victim.write_text("precious")
-    files = SecretFiles(tmp_path / "secrets")
-    folder = Path(files.write("f", {"key": b"one"}))
-    (folder / ".key.new").symlink_to(victim)
-    files.write("f", {"key": b"two"})
-    assert (folder / "key").read_bytes() == b"two" and victim.read_text() == "precious"
-    assert oct(folder.stat().st_mode & 0o777) == "0o755"
-    assert oct((folder / "key").stat().st_mode & 0o777) == "0o400"
 
 
 def test_the_classic_watchdog_names_headers_as_watchdogenv_does() -> None:

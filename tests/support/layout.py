@@ -105,7 +105,6 @@ OWN_TEST_PENDING: dict[str, tuple[str, ...]] = {
     ),
     "faastwist/providers/kourier.py": ('tests/gate/test_gate_integration.py',),
     "faastwist/providers/launch.py": (),
-    "faastwist/providers/secretfiles.py": ('tests/providers/test_sandbox.py',),
     "faastwist/providers/secretsync.py": (),
     "faastwist/providers/sockets.py": ('tests/providers/test_isolation.py',),
     "faastwist/queue/embedded.py": ('tests/queue/test_queue_nats.py',),
