@@ -284,21 +284,6 @@ async def test_readiness_needs_the_replicas_own_listener(providers):
     await wait_for(lambda: provider.runtimes["own"].ready)
 
 
-def test_owns_listener_through_proc():
-    import socket as socketlib
-
-    from faastwist.providers.sockets import listening_inodes, owns_listener
-
-    with socketlib.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        port = listener.getsockname()[1]
-        assert listening_inodes(port) == {os.fstat(listener.fileno()).st_ino}
-        assert owns_listener(os.getpgrp(), port) is True
-        assert owns_listener(os.getpgrp() + 1_000_000, port) is False
-    assert owns_listener(os.getpgrp(), port) is False
-
-
 @pytest.mark.sandbox
 @pytest.mark.slow
 @pytest_twisted.ensureDeferred

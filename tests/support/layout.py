@@ -106,7 +106,6 @@ OWN_TEST_PENDING: dict[str, tuple[str, ...]] = {
     "faastwist/providers/kourier.py": ('tests/gate/test_gate_integration.py',),
     "faastwist/providers/launch.py": (),
     "faastwist/providers/secretsync.py": (),
-    "faastwist/providers/sockets.py": ('tests/providers/test_isolation.py',),
     "faastwist/queue/embedded.py": ('tests/queue/test_queue_nats.py',),
     "faastwist/queue/jetstream.py": (
         "tests/queue/test_names.py",
