@@ -172,7 +172,6 @@ OWN_TEST_PENDING: dict[str, tuple[str, ...]] = {
         "tests/providers/test_process.py",
         "tests/store/test_owned.py",
     ),
-    "faastwist/util/fdreserve.py": ('tests/gate/test_gate_hardening.py',),
     "faastwist/workers/child.py": ('tests/workers/test_link.py',),
     "faastwist/workers/remote.py": ('tests/workers/test_link.py',),
 }
