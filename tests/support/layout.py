@@ -103,7 +103,6 @@ OWN_TEST_PENDING: dict[str, tuple[str, ...]] = {
         "tests/kube/test_function_objects.py",
         "tests/providers/test_knative_envtest.py",
     ),
-    "faastwist/providers/kourier.py": ('tests/gate/test_gate_integration.py',),
     "faastwist/providers/launch.py": (),
     "faastwist/providers/secretsync.py": (),
     "faastwist/queue/embedded.py": ('tests/queue/test_queue_nats.py',),
