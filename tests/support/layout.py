@@ -134,7 +134,6 @@ OWN_TEST_PENDING: dict[str, tuple[str, ...]] = {
         "tests/store/test_store_contract.py",
     ),
     "faastwist/store/etcdcompat.py": ('tests/store/test_store_contract.py',),
-    "faastwist/store/etcdtls.py": ('tests/store/test_embedded.py',),
     "faastwist/store/memory.py": (
         "tests/admin/test_api.py",
         "tests/admin/test_guard.py",
