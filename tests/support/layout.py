@@ -159,7 +159,6 @@ OWN_TEST_PENDING: dict[str, tuple[str, ...]] = {
     "faastwist/tap.py": (),
     "faastwist/templates/build.py": ('tests/templates/test_templates.py',),
     "faastwist/templates/runners/python.py": (),
-    "faastwist/templates/stack.py": ('tests/templates/test_templates.py',),
     "faastwist/testing/knative.py": ('tests/providers/test_knative_envtest.py',),
     "faastwist/testing/provider.py": (
         "tests/admin/test_openfaas.py",
