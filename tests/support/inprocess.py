@@ -41,14 +41,33 @@ from twisted.internet.defer import Deferred
 
 from faastwist.config import ControllerConfig
 from faastwist.node import FaasNode, NodeParts
+from faastwist.providers.registry import ProviderParts
+from faastwist.store.memory import MemoryStore
+from faastwist.testing.provider import FakeProvider
 from tests.support.etcd import unique_prefix
 from tests.support.node import write_tokens_file
 
 
 class InProcessNode:
-    def __init__(self, workdir: Path, *, etcd_endpoints: list[str], provider: str = "process",
+    def __init__(self, workdir: Path, *, etcd_endpoints: list[str] | None = None,
+                 store: str = "etcd", provider: str = "process",
                  controller: str = "faascontroller", extra: dict[str, Any] | None = None,
                  parts: NodeParts = NodeParts(), reactor: Any = None) -> None:
+        """``store``: "etcd" (the test etcd at ``etcd_endpoints``) or "memory" (a
+        ``MemoryStore``, ``self.store``, with the memory leader, session and secrets:
+        ``NodeParts.in_memory``). ``provider``: a provider name from the registry, or
+        "fake": a ``FakeProvider`` (``self.fake``) in a node configured for knative."""
+        self.fake: FakeProvider | None = None
+        if provider == "fake":
+            self.fake = FakeProvider()
+            provider = "knative"
+            parts = attrs.evolve(parts, provider=ProviderParts(self.fake))
+        self.store: MemoryStore | None = None
+        if store == "memory":
+            self.store = MemoryStore(controller)
+            parts = NodeParts.in_memory(self.store, parts.provider)
+        elif store != "etcd" or not etcd_endpoints:
+            raise ValueError(f"store: etcd (with etcd_endpoints) or memory, not {store!r}")
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.controller = controller
@@ -57,7 +76,7 @@ class InProcessNode:
             "name": controller, "provider": provider, "syncInterval": "1s",
             "httpServer": {"address": "127.0.0.1", "drainDelay": "0s"},
             "admin": {"address": "127.0.0.1"},
-            "etcd": {"endpoints": list(etcd_endpoints), "prefix": unique_prefix("node")},
+            "etcd": {"endpoints": list(etcd_endpoints or ()), "prefix": unique_prefix("node")},
             "process": {"dataDir": str(self.workdir / "data")},
             "queue": {"enabled": False},
         }
