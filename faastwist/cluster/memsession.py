@@ -5,7 +5,8 @@ What a client sees is what it sees of ``NodeSession`` (cluster/session.py) on on
 after start the node is live with its record and listeners hear ``None``; a report
 reaches ``read_reports`` at once and the listeners on the next reactor turn (etcd's come
 back through its watch, never inside ``report``); at stop the node and its reports go,
-as they go with a revoked lease. tests/cluster/test_memsession.py holds both to one
+as they go with a revoked lease, and a start publishes what the node reported again
+(the reports a node makes before its session registered are published once it has). tests/cluster/test_memsession.py holds both to one
 contract.
 """
 
@@ -42,8 +43,6 @@ class MemorySession(Service):
         self._listeners.append(listener)
 
     def report(self, name: str, report: Report | None) -> None:
-        if not self.running:
-            return   # a stopped session publishes nothing (its lease is gone)
         if report is None:
             if self._mine.pop(name, None) is None:
                 return
@@ -51,12 +50,16 @@ class MemorySession(Service):
             return
         else:
             self._mine[name] = report
-        self._notify(name)
+        if self.running:
+            self._notify(name)
 
     def live(self) -> list[str]:
         return sorted(self.members)
 
     def read_reports(self) -> Deferred[Reports]:
+        """What the cluster holds: nothing while stopped (no lease, no reports)."""
+        if not self.running:
+            return succeed(({}, []))
         reports = {name: {self.node_id: report} for name, report in self._mine.items()}
         return succeed((reports, self.live()))
 
@@ -64,13 +67,14 @@ class MemorySession(Service):
         super().startService()  # type: ignore[no-untyped-call]  # Twisted's Service is unannotated
         self.members = {self.node_id: dict(self.record)}
         self._notify(None)
+        for name in self._mine:
+            self._notify(name)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]  # Twisted's Service is unannotated
         self._timers.cancel_all()
         self._changed.clear()
         self.members = {}
-        self._mine = {}
         return succeed(None)
 
     def _notify(self, name: str | None) -> None:
