@@ -293,3 +293,28 @@ async def test_the_seed_tour_against_a_real_kube_apiserver(tmp_path: Path, envte
         assert node.fatal == []
     finally:
         await node.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_memory_node_refuses_gate_workers_naming_the_key(tmp_path: Path) -> None:
+    """Gate workers are processes that watch etcd: nothing for them to reach here."""
+    from faastwist.node import StartupError
+
+    node = InProcessNode(tmp_path, store="memory", provider="fake",
+                         extra={"httpServer": {"workers": 2}})
+    with pytest.raises(StartupError) as refused:
+        await node.start()
+    assert str(refused.value) == ("httpServer.workers: 2 gate workers need etcd (they "
+                                  "watch it); this node's store is in its own memory")
+    assert node.fatal and "httpServer.workers" in node.fatal[0]
+    await node.node.stopService()   # what start-up had started
+    assert not node.node.running
+
+
+def test_a_store_of_ones_own_comes_with_its_parts() -> None:
+    from faastwist.node import NodeParts
+    from faastwist.store.memory import MemoryStore
+
+    with pytest.raises(ValueError, match="comes with the leader, session and secrets"):
+        NodeParts(store=MemoryStore())
+    assert NodeParts.in_memory().store is not None
