@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from faastwist.auth.authorizer import Authorizer
     from faastwist.auth.reload import AuthFiles
     from faastwist.cluster.converger import LocalConverger
-    from faastwist.cluster.session import NodeSession
+    from faastwist.cluster.session import ClusterSession
     from faastwist.gate.assembly import SystemRelay
     from faastwist.gate.routes import RouteTable
     from faastwist.gate.service import GateService
@@ -56,9 +56,11 @@ if TYPE_CHECKING:
     from faastwist.store.embedded import EmbeddedEtcd
     from faastwist.store.etcd import EtcdStore
     from faastwist.store.etcdtls import EtcdTLS
-    from faastwist.store.leader import LeaderElection
+    from faastwist.store.base import NodeStore
+    from faastwist.store.leader import Leadership
+    from faastwist.store.memory import MemoryStore
     from faastwist.store.owned import ManagedGuard
-    from faastwist.store.secrets import SecretStore
+    from faastwist.store.secrets import Secrets
     from faastwist.util.tls import ReloadableTLS
     from faastwist.workers.supervisor import WorkerPool
 
@@ -112,15 +114,71 @@ class Child(Protocol):
 
 
 @attrs.frozen
+class PartContext:
+    """What a part made for a node (``NodeParts``' factories) gets from the node."""
+
+    config: ControllerConfig
+    reactor: IFullReactor
+    metrics: Metrics
+    node_id: str
+    #: the node's record in the cluster (its addresses, pid, version)
+    record: Mapping[str, Any]
+
+
+def _parts_need_their_store(parts: NodeParts, attribute: Any, store: Any) -> None:
+    if store is not None and None in (parts.leader, parts.session, parts.secrets):
+        raise ValueError("NodeParts: a store of one's own comes with the leader, session "
+                         "and secrets made for it (the etcd ones need the node's EtcdStore)")
+
+
+@attrs.frozen
 class NodeParts:
-    """Parts a node takes as given instead of building them from its config: tests
-    build a whole node in one process on a store of their own (the test etcd) and a
-    ``FakeProvider``. None: the config's (its etcd, embedded or not; the registry's
-    provider)."""
+    """Parts a node takes as given instead of building them from its config (Synapse's
+    ``HomeServer`` builders are the model): tests build a whole node in one process on
+    a ``MemoryStore`` and a ``FakeProvider`` (``NodeParts.in_memory``). None: the
+    config's (its etcd, embedded or not, and the etcd leader election, node session and
+    secret store on it; the registry's provider)."""
 
     #: connected, and closed by whoever made it (the node closes only its own)
-    store: EtcdStore | None = None
+    store: NodeStore | None = attrs.field(default=None,
+                                          validator=_parts_need_their_store)
     provider: ProviderParts | None = None
+    leader: Callable[[PartContext], Leadership] | None = None
+    session: Callable[[PartContext], ClusterSession] | None = None
+    #: KeyFileError (secrets.keyFile) stops the start-up with its message
+    secrets: Callable[[PartContext], Secrets] | None = None
+
+    @classmethod
+    def in_memory(cls, store: MemoryStore | None = None,
+                  provider: ProviderParts | None = None) -> NodeParts:
+        """A node alone on ``store`` (a new ``MemoryStore`` by default): it always
+        leads, it is the only live node, and its secrets are sealed with the key file's
+        box on the store. Gate workers need etcd (the node refuses them)."""
+        from faastwist.cluster.memsession import MemorySession
+        from faastwist.store.leader import AlwaysLeader
+        from faastwist.store.memory import MemoryStore
+        from faastwist.store.secrets import MemorySecrets, load_key
+
+        held = store if store is not None else MemoryStore()
+        return cls(store=held, provider=provider,
+                   leader=lambda ctx: AlwaysLeader(ctx.node_id, ctx.metrics),
+                   session=lambda ctx: MemorySession(ctx.reactor, ctx.node_id, ctx.record),
+                   secrets=lambda ctx: MemorySecrets(held, load_key(
+                       ctx.config.secrets.key_file)))
+
+
+def etcd_parts(store: EtcdStore) -> NodeParts:
+    """The parts production builds on the node's etcd store."""
+    from faastwist.cluster.session import NodeSession
+    from faastwist.store.leader import LeaderElection
+    from faastwist.store.secrets import SecretStore, load_key
+
+    return NodeParts(
+        leader=lambda ctx: LeaderElection(ctx.reactor, store, ctx.node_id,
+                                          ttl=ctx.config.etcd.lease_ttl, metrics=ctx.metrics),
+        session=lambda ctx: NodeSession(ctx.reactor, store, ctx.node_id,
+                                        ctx.config.etcd.lease_ttl, dict(ctx.record)),
+        secrets=lambda ctx: SecretStore(store, load_key(ctx.config.secrets.key_file)))
 
 
 class FaasNode(Service):
@@ -148,15 +206,17 @@ class FaasNode(Service):
         self._stack: list[tuple[str, Callable[[], Any]]] = []  # what to stop, in order
         self.ready: Deferred[None] = Deferred()
         # set in start-up order; read only once their step ran
-        self.session: NodeSession = None  # type: ignore[assignment]
-        self.store: EtcdStore = None  # type: ignore[assignment]
+        self.session: ClusterSession = None  # type: ignore[assignment]
+        self.store: NodeStore = None  # type: ignore[assignment]
+        # the leader, session and secrets factories: the given ones, else etcd's
+        self.built: NodeParts = parts
         self.embedded_etcd: EmbeddedEtcd | None = None
         self.embedded_nats: EmbeddedNats | None = None
         self.fd_reserve = FdReserve()
         self.provider: ServiceProvider = None  # type: ignore[assignment]
         self.routes: RouteTable = None  # type: ignore[assignment]
         self.reconciler: Reconciler = None  # type: ignore[assignment]
-        self.leader: LeaderElection = None  # type: ignore[assignment]
+        self.leader: Leadership = None  # type: ignore[assignment]
         self.admin: AdminAPI = None  # type: ignore[assignment]
         self.gate: GateService = None  # type: ignore[assignment]
         self.workers: WorkerPool | None = None  # the gate worker processes (httpServer.workers > 1)
@@ -164,7 +224,7 @@ class FaasNode(Service):
         self.ops: OpsAPI = None  # type: ignore[assignment]
         self.notifier: SystemdNotifier = None  # type: ignore[assignment]
         self.openfaas: OpenFaaSAPI | None = None
-        self.secrets: SecretStore | None = None
+        self.secrets: Secrets | None = None
         self.authorizer: Authorizer | None = None
         self.auth_files: AuthFiles | None = None
         self.admin_tls: ReloadableTLS | None = None
@@ -270,7 +330,7 @@ class FaasNode(Service):
         provider_data = self.kind.data_dir(config)
         if provider_data is not None:
             folders.append(provider_data)
-        if config.etcd.embedded:
+        if config.etcd.embedded and self.given.store is None:
             folders.append(("etcd.dataDir", config.etcd.data_dir))
         if config.queue.enabled and config.queue.embedded:
             folders.append(("queue.dataDir", config.queue.data_dir))
@@ -314,22 +374,36 @@ class FaasNode(Service):
             except Exception as exc:
                 raise StartupError(
                     f"embedded etcd in {etcd.data_dir} did not start: {exc}") from exc
-        self.store = EtcdStore(self.reactor, endpoints, etcd.prefix, self.config.name,
-                               etcd.timeout, self.metrics,
-                               start_index=zlib.crc32(self.node_id.encode()), tls=etcd_tls)
+        store = EtcdStore(self.reactor, endpoints, etcd.prefix, self.config.name,
+                          etcd.timeout, self.metrics,
+                          start_index=zlib.crc32(self.node_id.encode()), tls=etcd_tls)
+        self.store = store
         try:
-            await self.store.connect()
+            await store.connect()
         except StoreUnavailable as exc:
             raise StartupError(f"etcd at {', '.join(endpoints)} is not reachable: {exc}") from exc
-        self._push("store", self.store.close)
+        self._push("store", store.close)
         self.etcd_endpoints = endpoints
+        etcd_built = etcd_parts(store)
+        given = self.given
+        self.built = attrs.evolve(given, leader=given.leader or etcd_built.leader,
+                                  session=given.session or etcd_built.session,
+                                  secrets=given.secrets or etcd_built.secrets)
         self._load_secrets()
 
-    def _load_secrets(self) -> None:
-        from faastwist.store.secrets import KeyFileError, SecretStore, load_key
+    def part_context(self) -> PartContext:
+        admin, http = self.config.admin, self.config.http_server
+        return PartContext(self.config, self.reactor, self.metrics, self.node_id,
+                           {"admin": f"{admin.address}:{admin.port}",
+                            "gate": f"{http.address}:{http.port}",
+                            "pid": os.getpid(), "version": __version__})
 
+    def _load_secrets(self) -> None:
+        from faastwist.store.secrets import KeyFileError
+
+        assert self.built.secrets is not None   # given with the store, or etcd's
         try:
-            self.secrets = SecretStore(self.store, load_key(self.config.secrets.key_file))
+            self.secrets = self.built.secrets(self.part_context())
         except KeyFileError as exc:
             raise StartupError(str(exc)) from None
 
@@ -378,14 +452,9 @@ class FaasNode(Service):
 
     def _start_session(self) -> None:
         from faastwist.cluster.converger import LocalConverger
-        from faastwist.cluster.session import NodeSession
 
-        admin, http = self.config.admin, self.config.http_server
-        self.session = NodeSession(self.reactor, self.store, self.node_id,
-                                   self.config.etcd.lease_ttl,
-                                   {"admin": f"{admin.address}:{admin.port}",
-                                    "gate": f"{http.address}:{http.port}",
-                                    "pid": os.getpid(), "version": __version__})
+        assert self.built.session is not None   # given with the store, or etcd's
+        self.session = self.built.session(self.part_context())
         self._start_child("node session", self.session)
         if self.node_local:
             self.converger = LocalConverger(self.routes, self.provider, self.session,
@@ -404,10 +473,9 @@ class FaasNode(Service):
 
     def _start_reconciler(self) -> None:
         from faastwist.lifecycle.reconciler import Reconciler
-        from faastwist.store.leader import LeaderElection
 
-        self.leader = LeaderElection(self.reactor, self.store, self.node_id,
-                                     ttl=self.config.etcd.lease_ttl, metrics=self.metrics)
+        assert self.built.leader is not None   # given with the store, or etcd's
+        self.leader = self.built.leader(self.part_context())
         provider: Any = self.provider
         if self.node_local:
             from faastwist.cluster.reports import ClusterView
@@ -673,6 +741,9 @@ class FaasNode(Service):
         http = self.config.http_server
         if http.workers == 1:
             return
+        if not self.etcd_endpoints:
+            raise StartupError(f"httpServer.workers: {http.workers} gate workers need etcd "
+                               f"(they watch it); this node's store is in its own memory")
         from faastwist.logformat import access_sink
         from faastwist.workers.setup import worker_setup
         from faastwist.workers.supervisor import WorkerPool, WorkerStartError

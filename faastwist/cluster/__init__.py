@@ -4,6 +4,8 @@ FSM's events (the leader's view). Layered above store/, providers/ and lifecycle
 
 from faastwist.cluster.converger import LocalConverger
 from faastwist.cluster.reports import ClusterView, Report, aggregate
-from faastwist.cluster.session import NodeSession
+from faastwist.cluster.memsession import MemorySession
+from faastwist.cluster.session import ClusterSession, NodeSession
 
-__all__ = ["ClusterView", "LocalConverger", "NodeSession", "Report", "aggregate"]
+__all__ = ["ClusterSession", "ClusterView", "LocalConverger", "MemorySession", "NodeSession",
+           "Report", "aggregate"]

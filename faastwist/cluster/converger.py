@@ -33,7 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from faastwist.cluster.reports import Report
-from faastwist.cluster.session import NodeSession
+from faastwist.cluster.session import ClusterSession
 from faastwist.gate.routes import Route, RouteTable
 from faastwist.lifecycle.reconciler import PROVIDER_CALLS, Action, plan
 from faastwist.model.fsm import Event, State
@@ -58,7 +58,7 @@ class LocalConverger(Service):
 
     # provider: a node-local one (its ``runtimes``); Any until the provider registry
     # (issue 23) gives node-local providers a protocol
-    def __init__(self, routes: RouteTable, provider: Any, session: NodeSession,
+    def __init__(self, routes: RouteTable, provider: Any, session: ClusterSession,
                  clock: IReactorTime, interval: float) -> None:
         self.routes = routes
         self.provider = provider

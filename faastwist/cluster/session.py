@@ -13,7 +13,7 @@ overwrites its old keys.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Generator
+from typing import Any, Callable, Generator, Mapping, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -36,6 +36,36 @@ REPORT_WRITES = 4
 REPORT_PAGE = 1000
 #: Decoded reports kept (cleared when full).
 DECODED_MAX = 100_000
+
+
+class ClusterSession(Protocol):
+    """What the node, the local converger and the leader's ClusterView use of a node
+    session: the etcd one (``NodeSession``) or a node's alone on a memory store
+    (cluster/memsession.py); tests/cluster/test_memsession.py holds both to it."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def members(self) -> Mapping[str, Mapping[str, Any]]:
+        """Live node id -> its record (``admin``, ``gate``...), as last seen."""
+
+    def startService(self) -> None: ...
+
+    def stopService(self) -> Deferred[None] | None: ...
+
+    def report(self, name: str, report: Report | None) -> None:
+        """Publish (or, with None, withdraw) this node's observation of ``name``."""
+
+    def live(self) -> list[str]:
+        """The live node ids, sorted."""
+
+    def read_reports(self) -> Deferred[Reports]:
+        """A fresh read: (reports by function by node, live node ids)."""
+
+    def on_reports_changed(self, listener: Callable[[str | None], None]) -> None:
+        """``listener(fn)`` when a report of ``fn`` changed; ``listener(None)`` when
+        the set of live nodes changed."""
 
 
 class NodeSession(Service):

@@ -203,7 +203,7 @@ class SecretConsumer(Protocol):
     """A provider that hands functions their secrets (read from the node's secret store,
     which the node sets once it has it)."""
 
-    secrets: Any   # store.secrets.SecretStore, or None: no secrets
+    secrets: Any   # store.secrets.Secrets, or None: no secrets
 
     def refresh_secrets(self) -> Deferred[None] | None:
         """A secret was replaced: give running functions the new value now (None: the

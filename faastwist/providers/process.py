@@ -45,7 +45,7 @@ from faastwist.providers.secretfiles import SecretFiles
 from faastwist.providers.secretsync import SecretSync
 from faastwist.model.watchdogenv import fprocess_argv, read_settings, settings_json
 from faastwist.store.base import StoreError
-from faastwist.store.secrets import SecretStore, reveal_deferred
+from faastwist.store.secrets import Secrets, reveal_deferred
 from faastwist.providers.orphans import GATE_PID_VAR, OWNER_VAR, kill_orphans, owner_token
 from faastwist.providers.isolation import Tools
 from faastwist.providers.limits import (Cgroup, Cgroups, Limits, detect_cgroups, limits_for,
@@ -141,7 +141,7 @@ class ProcessProvider(Service):
         #: name -> (a runtime's observation, it with user and limits): see observe_runtime
         self._described: dict[str, tuple[Observation, Observation]] = {}
         #: where the functions' secrets come from (the node sets it); None: no secrets
-        self.secrets: SecretStore | None = None
+        self.secrets: Secrets | None = None
         self.secret_refresh = secret_refresh
         self._secret_loop: LoopingCall | None = None
         self.secret_files = SecretFiles(Path(self.functions_dir) / ".secrets",

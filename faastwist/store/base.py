@@ -170,6 +170,15 @@ class FunctionStore(Protocol):
         the function deletes its keys."""
 
 
+class NodeStore(FunctionStore, Protocol):
+    """A FunctionStore as a node holds it (node.py: ``NodeParts.store``)."""
+
+    @property
+    def endpoints(self) -> Sequence[str]:
+        """Where other processes (the gate workers) reach this store; empty: only this
+        process can (a ``MemoryStore``)."""
+
+
 def encode_spec(spec: FunctionSpec) -> bytes:
     return json.dumps(spec.to_dict(), sort_keys=True).encode()
 

@@ -12,7 +12,7 @@ deletes the key at once; a crashed one's lease expires after ttl).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Generator
+from typing import Any, Callable, Generator, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
@@ -24,6 +24,7 @@ from txaioetcd._lease import Lease
 from faastwist.metrics import Metrics
 from faastwist.store.etcd import EtcdStore
 from faastwist.store.etcdwatch import EtcdWatch, KeyEvent
+from faastwist.store.memory import MemoryFence
 from faastwist.util.timers import NamedTimers
 
 log = Logger()
@@ -33,33 +34,82 @@ class NotLeader(Exception):
     """A leader-only step was about to run on a node that does not (or no longer) lead."""
 
 
+class Leadership(Protocol):
+    """What the node, the reconciler, the Function watch and /apis/v2/faas/info use of a
+    leader election: the etcd one (``LeaderElection``) or a single node's
+    (``AlwaysLeader``); tests/store/test_leader_contract.py holds both to it."""
+
+    def startService(self) -> None: ...
+
+    def stopService(self) -> Deferred[None] | None: ...
+
+    def is_leader(self) -> bool:
+        """Whether this node may act as leader now."""
+
+    def fence(self) -> list[Any]:
+        """The conditions the store checks on a leader's write (NotLeader when this
+        node does not lead)."""
+
+    def add_listener(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener(is_leader)`` on every change of leadership."""
+
+    def read_holder(self) -> Deferred[str | None]:
+        """Who leads now (None: nobody)."""
+
+
 class AlwaysLeader(Service):
-    """The single node of a memory-store setup always runs the reconciler."""
+    """The leader of a node alone on a ``MemoryStore``: it leads while it runs.
+
+    Each start is a new term; its fence (``MemoryFence``) holds for that term only, so a
+    write fenced before a stop is refused as etcd refuses one after the lease went."""
 
     name = "leader-election"
 
-    def __init__(self, metrics: Metrics | None = None) -> None:
+    def __init__(self, node_id: str, metrics: Metrics | None = None) -> None:
+        self.node_id = node_id
         self.metrics = metrics
+        self.term = 0   # 0: not leading; each start a new one
+        self._terms = 0
+        self._listeners: list[Callable[[bool], None]] = []
 
     def startService(self) -> None:
         Service.startService(self)
-        if self.metrics is not None:
-            self.metrics.leader.set(1)
+        self._terms += 1
+        self.term = self._terms
+        self._changed(True)
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
-        if self.metrics is not None:
-            self.metrics.leader.set(0)
+        self.term = 0
+        self._changed(False)
         return succeed(None)
 
+    def _changed(self, leader: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.leader.set(1 if leader else 0)
+        for listener in list(self._listeners):
+            try:
+                listener(leader)
+            except Exception:
+                log.failure("leadership listener failed")
+
     def is_leader(self) -> bool:
-        return self.running == 1
+        return bool(self.running)
 
     def add_listener(self, listener: Callable[[bool], None]) -> None:
-        """Leadership never changes while running; nothing to report."""
+        """Called with True at start and False at stop (the only changes)."""
+        self._listeners.append(listener)
 
-    def fence(self) -> list:
-        return []
+    def read_holder(self) -> Deferred[str | None]:
+        return succeed(self.node_id if self.running else None)
+
+    def _now(self) -> tuple[int, str | None]:
+        return self.term, (self.node_id if self.running else None)
+
+    def fence(self) -> list[Any]:
+        if not self.is_leader():
+            raise NotLeader(f"{self.node_id} is not the leader (holder: None)")
+        return [MemoryFence(self.term, self._now)]
 
 
 class LeaderElection(Service):
@@ -107,7 +157,7 @@ class LeaderElection(Service):
         """Call ``listener(is_leader)`` on every change of leadership."""
         self._listeners.append(listener)
 
-    def read_holder(self) -> Deferred:
+    def read_holder(self) -> Deferred[str | None]:
         """Who holds the leader key now (None: nobody), by a quorum read: without a
         quorum it fails, and nobody can hold the key longer than its lease. ``holder``
         is left alone (the watch orders its updates; a read could overtake one)."""
@@ -118,7 +168,7 @@ class LeaderElection(Service):
             return kvs[0].value.decode("utf-8", "replace") if kvs else None
         return d.addCallback(holder)
 
-    def fence(self) -> list:
+    def fence(self) -> list[Any]:
         """The comparisons that make a write conditional on this node still leading:
         the key holds our id *and* was last written by our campaign (a later holder,
         even one with our id after a restart, wrote it at a newer revision)."""

@@ -19,12 +19,35 @@ from faastwist.store.base import (
     Change,
     Conflict,
     Expired,
+    Fenced,
     FunctionRecord,
     Listing,
     NotFound,
     Page,
     StoreUnavailable,
 )
+
+
+@attrs.frozen
+class MemoryFence:
+    """A leader's write condition on a memory store (``AlwaysLeader.fence``): it holds
+    while ``now()`` still gives ``term`` (the term and the holder now; etcd's fence
+    compares the leader key's revision and value the same way)."""
+
+    term: int
+    now: Callable[[], tuple[int, str | None]]
+
+
+def _check_fence(fence: Sequence[Any]) -> None:
+    """Fenced when a ``MemoryFence``'s term ended (other conditions, tests' tokens or
+    etcd's comparisons, have nothing to compare against here)."""
+    for condition in fence:
+        if not isinstance(condition, MemoryFence):
+            continue
+        term, holder = condition.now()
+        if term != condition.term:
+            raise Fenced(f"not written: this node no longer holds the leader key "
+                         f"(its holder: {holder or 'none'})")
 
 
 @attrs.define
@@ -54,6 +77,10 @@ class MemoryStore:
         self.writes = 0
         #: pages at an older revision fail as etcd's do once compacted (test hook: compact)
         self.compacted = 0
+        #: where other processes reach this store: none (gate workers need etcd)
+        self.endpoints: tuple[str, ...] = ()
+        #: sealed secrets by name, with their revision (store/secrets.py MemorySecrets)
+        self.secrets: dict[str, tuple[bytes, int]] = {}
 
     def _check(self) -> None:
         if not self.available:
@@ -69,6 +96,7 @@ class MemoryStore:
                fence: Sequence[Any] = ()) -> Deferred[FunctionRecord]:
         try:
             self._check()
+            _check_fence(fence)
             if spec.name in self._records:
                 raise AlreadyExists(spec.name)
         except Exception as exc:
@@ -126,6 +154,8 @@ class MemoryStore:
     def update(self, expected: FunctionRecord, spec: FunctionSpec | None = None,
                status: FunctionStatus | None = None, fence: Sequence[Any] = ()) -> Deferred[FunctionRecord]:
         try:
+            self._check()
+            _check_fence(fence)
             current = self._current(expected)
         except Exception as exc:
             return fail(exc)
@@ -147,6 +177,8 @@ class MemoryStore:
 
     def delete(self, expected: FunctionRecord, fence: Sequence[Any] = ()) -> Deferred[None]:
         try:
+            self._check()
+            _check_fence(fence)
             self._current(expected)
         except Exception as exc:
             return fail(exc)

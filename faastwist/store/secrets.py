@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Generator, Iterable
+from typing import TYPE_CHECKING, Any, Generator, Iterable, Protocol
 
 from cryptography.fernet import Fernet, InvalidToken
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -21,6 +21,9 @@ from txaioetcd import CompCreated, CompVersion, KeySet, OpDel, OpGet, OpSet, Tra
 from txaioetcd import Failed
 
 from faastwist.store.base import StoreError
+
+if TYPE_CHECKING:
+    from faastwist.store.memory import MemoryStore
 
 MAX_SECRET_SIZE = 512 * 1024
 
@@ -62,6 +65,41 @@ def load_key(path: str) -> Fernet:
         return Fernet(file.read_bytes().strip())
     except (OSError, ValueError) as exc:
         raise KeyFileError(f"secrets.keyFile: {path}: {exc}") from None
+
+
+class Secrets(Protocol):
+    """What the OpenFaaS API (/system/secrets) and the providers use of a secret store:
+    the etcd one (``SecretStore``) or a memory store's (``MemorySecrets``);
+    tests/store/test_secrets_contract.py holds both to it."""
+
+    def names(self) -> Deferred[list[str]]:
+        """Every secret's name, sorted."""
+
+    def create(self, name: str, value: bytes) -> Deferred[None]:
+        """SecretExists when it exists."""
+
+    def replace(self, name: str, value: bytes) -> Deferred[None]:
+        """SecretNotFound when it does not exist."""
+
+    def delete(self, name: str) -> Deferred[None]:
+        """SecretNotFound when it does not exist."""
+
+    def revisions(self) -> Deferred[dict[str, int]]:
+        """``{name: revision}``: a value changed when its revision did."""
+
+    def reveal_revisions(self, names: Iterable[str]) -> Deferred[dict[str, tuple[bytes, int]]]:
+        """``{name: (value, revision)}``; SecretNotFound for the first one missing."""
+
+    def reveal(self, names: Iterable[str]) -> Deferred[dict[str, bytes]]:
+        """``{name: value}``; SecretNotFound for the first one missing."""
+
+
+def _unseal(box: Fernet, name: str, sealed: bytes) -> bytes:
+    try:
+        return box.decrypt(sealed)
+    except InvalidToken:
+        raise StoreError(f"secret {name} cannot be decrypted with this node's key "
+                         f"(secrets.keyFile differs between nodes?)") from None
 
 
 class SecretStore:
@@ -137,21 +175,85 @@ class SecretStore:
         for name, response in zip(wanted, result.responses):
             if not response.kvs:
                 raise SecretNotFound(name)
-            try:
-                value = self.box.decrypt(response.kvs[0].value)
-            except InvalidToken:
-                raise StoreError(f"secret {name} cannot be decrypted with this node's key "
-                                 f"(secrets.keyFile differs between nodes?)") from None
+            value = _unseal(self.box, name, response.kvs[0].value)
             out[name] = (value, int(response.kvs[0].mod_revision or 0))
         return out
 
-    def reveal(self, names: Iterable[str]) -> Deferred:
+    def reveal(self, names: Iterable[str]) -> Deferred[dict[str, bytes]]:
         """``{name: value}`` for ``names``; SecretNotFound for the first one missing."""
-        return self.reveal_revisions(names).addCallback(
-            lambda found: {name: value for name, (value, _) in found.items()})
+        return _values(self.reveal_revisions(names))
 
 
-def reveal_deferred(secrets: SecretStore | None, names: Iterable[str],
+def _values(found: Deferred[dict[str, tuple[bytes, int]]]) -> Deferred[dict[str, bytes]]:
+    return found.addCallback(lambda pairs: {name: value for name, (value, _) in pairs.items()})
+
+
+class MemorySecrets:
+    """The secrets of a node on a ``MemoryStore``, sealed with the same Fernet box as
+    in etcd and kept on the store (``MemoryStore.secrets``): two of them over one store
+    see each other's, and each write takes a store revision, as in etcd."""
+
+    def __init__(self, store: MemoryStore, box: Fernet) -> None:
+        self.store = store
+        self.box = box
+
+    def _run(self, step: Any, *args: Any) -> Deferred[Any]:
+        from twisted.internet.defer import fail, succeed
+
+        try:
+            self.store._check()
+            return succeed(step(*args))
+        except Exception as exc:
+            return fail(exc)
+
+    def _write(self, name: str, value: bytes) -> None:
+        self.store.revision += 1
+        self.store.secrets[name] = (self.box.encrypt(value), self.store.revision)
+
+    def names(self) -> Deferred[list[str]]:
+        return self._run(lambda: sorted(self.store.secrets))
+
+    def create(self, name: str, value: bytes) -> Deferred[None]:
+        def create() -> None:
+            if name in self.store.secrets:
+                raise SecretExists(name)
+            self._write(name, value)
+        return self._run(create)
+
+    def replace(self, name: str, value: bytes) -> Deferred[None]:
+        def replace() -> None:
+            if name not in self.store.secrets:
+                raise SecretNotFound(name)
+            self._write(name, value)
+        return self._run(replace)
+
+    def delete(self, name: str) -> Deferred[None]:
+        def delete() -> None:
+            if self.store.secrets.pop(name, None) is None:
+                raise SecretNotFound(name)
+            self.store.revision += 1
+        return self._run(delete)
+
+    def revisions(self) -> Deferred[dict[str, int]]:
+        return self._run(lambda: {name: revision for name, (_, revision)
+                                  in sorted(self.store.secrets.items())})
+
+    def reveal_revisions(self, names: Iterable[str]) -> Deferred[dict[str, tuple[bytes, int]]]:
+        def reveal() -> dict[str, tuple[bytes, int]]:
+            out: dict[str, tuple[bytes, int]] = {}
+            for name in dict.fromkeys(names):
+                if name not in self.store.secrets:
+                    raise SecretNotFound(name)
+                sealed, revision = self.store.secrets[name]
+                out[name] = (_unseal(self.box, name, sealed), revision)
+            return out
+        return self._run(reveal)
+
+    def reveal(self, names: Iterable[str]) -> Deferred[dict[str, bytes]]:
+        return _values(self.reveal_revisions(names))
+
+
+def reveal_deferred(secrets: Secrets | None, names: Iterable[str],
                     revisions: bool = False) -> Deferred:
     """``reveal`` (or ``reveal_revisions``) that also works without a secret store (no
     names: nothing to do)."""

@@ -50,6 +50,8 @@ class FakeProvider:
         self.conflict_once: set[str] = set()     # names whose next write loses a race
         self.upstream = ("127.0.0.1", 80)        # where acquire sends every function
         self.started = False
+        #: a backend ready as soon as it is told (every write's verdict: READY at once)
+        self.ready_at_once = False
 
     # -- the node's start and stop: nothing runs in the background ----------------------
     def startService(self) -> None:
@@ -88,16 +90,20 @@ class FakeProvider:
             if verb == "deploy":
                 if current is not None:
                     raise ProviderConflict(f"{spec.name} exists")
-                self.running[spec.name] = Running(spec.digest())
+                self.running[spec.name] = Running(spec.digest(), event=self._verdict())
             else:
                 if current is None:
                     raise ProviderConflict(f"{spec.name} is gone")
                 keep = current.stopped if stopped is None else stopped
                 # a new template: the backend has to look at it again
-                self.running[spec.name] = Running(spec.digest(), stopped=keep)
+                self.running[spec.name] = Running(spec.digest(), stopped=keep,
+                                                  event=self._verdict())
         except Exception as exc:
             return fail(exc)
         return succeed(None)
+
+    def _verdict(self) -> Event | None:
+        return Event.READY if self.ready_at_once else None
 
     def check_spec(self, spec: FunctionSpec) -> None:
         check_spec_for("knative", spec)

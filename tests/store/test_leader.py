@@ -185,7 +185,7 @@ def test_whoever_sees_the_lease_run_out_first_steps_the_node_down(etcd_server):
 
 def test_always_leader_follows_its_service_state():
     metrics = Metrics()
-    leader = AlwaysLeader(metrics)
+    leader = AlwaysLeader("node-a", metrics)
     assert not leader.is_leader()
     leader.startService()
     assert leader.is_leader()
