@@ -71,15 +71,20 @@ def test_faas_clis_file_reads_with_every_key_it_knows(tmp_path: Path) -> None:
         ("other", "node", str(tmp_path / "other"))]
     assert stack.functions[0].document["build_args"] == {"ADDITIONAL_PACKAGE": "gcc"}
     assert TOP_KEYS == {"version", "provider", "functions", "configuration"}
-    assert {"lang", "handler", "image", "environment_file", "build_secrets",
-            "readonly_root_filesystem"} <= FUNCTION_KEYS and len(FUNCTION_KEYS) == 19
+    assert FUNCTION_KEYS == {
+        "lang", "handler", "image", "fprocess", "environment", "environment_file",
+        "secrets", "labels", "annotations", "limits", "requests", "constraints",
+        "readonly_root_filesystem", "namespace", "skip_build", "build_args",
+        "build_options", "platforms", "build_secrets"}
 
 
 def test_the_environment_merges_files_first_then_the_entrys_own(tmp_path: Path) -> None:
-    (tmp_path / "env.yml").write_text("environment:\n  retries: 1\n  from_file: yes\n")
+    (tmp_path / "env.yml").write_text("environment:\n  retries: 1\n  from_file: yes\n"
+                                      "  enabled: false\n")
     stack = load_stack(write(tmp_path, FAAS_CLI_STACK))
     assert environment(stack, stack.functions[0]) == {
-        "retries": "3", "from_file": "true", "write_debug": "true", "empty": ""}
+        "retries": "3", "from_file": "true", "enabled": "false", "write_debug": "true",
+        "empty": ""}
     assert environment(stack, stack.functions[1]) == {}
 
 
@@ -137,7 +142,7 @@ def test_an_unreadable_or_invalid_file_is_refused_by_name(tmp_path: Path) -> Non
         load_stack(bad)
 
 
-def test_a_stack_file_is_read_only_up_to_4_mib(tmp_path: Path,
+def test_stack_and_environment_files_are_read_only_up_to_their_caps(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """A stack file is small: a huge one is cut (and then fails to parse), never read
     whole into memory. The size asked of the read is what is checked (parsing 4 MiB of
@@ -161,8 +166,11 @@ def test_a_stack_file_is_read_only_up_to_4_mib(tmp_path: Path,
             asked.append(size)
             return self.file.read(size)
     monkeypatch.setattr(stack_module, "open", Recording, raising=False)
-    load_stack(write(tmp_path, "functions:\n  f: {lang: node, handler: ./f}\n"))
-    assert asked == [4 * 2**20 + 1]
+    (tmp_path / "env.yml").write_text("environment: {A: 1}\n")
+    stack = load_stack(write(tmp_path, "functions:\n  f: {lang: node, handler: ./f,"
+                                       " environment_file: [env.yml]}\n"))
+    environment(stack, stack.functions[0])
+    assert asked == [4 * 2**20 + 1, 2**20]     # the stack file, then an environment file
 
 
 @pytest.mark.parametrize(("entry", "message"), [
