@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import shutil
 import signal
-import sys
-import threading
-import traceback
-from types import CoroutineType, GeneratorType
-from typing import Generator, Iterator
+from typing import Iterator
 
-import greenlet
 
 import pytest
 import pytest_twisted
@@ -124,47 +118,6 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     reason = reactor_stopped()
     if reason:
         pytest.exit(f"{reason}; stopping before {item.nodeid}", returncode=3)
-
-
-#: seconds before pytest-timeout's limit (setup.cfg) at which a still-running test gets its
-#: greenlets' stacks printed: pytest-timeout prints threads only, and a test waiting for
-#: a Deferred is a suspended greenlet while the reactor's sits in epoll
-GREENLET_REPORT_AHEAD = 20.0
-
-
-def greenlet_report(nodeid: str) -> str:
-    """Where each suspended greenlet (the test's, the reactor's) stands."""
-    lines = [f"{nodeid} is still running; its greenlets, and the tests' suspended "
-             f"generators and coroutines (a test waiting on a Deferred):"]
-    tests = os.path.dirname(os.path.abspath(__file__))
-    for found in gc.get_objects():
-        if isinstance(found, greenlet.greenlet) and found.gr_frame is not None:
-            lines.append(f"--- greenlet {found!r}")
-            lines.extend(traceback.format_stack(found.gr_frame))
-        if not isinstance(found, (GeneratorType, CoroutineType)):
-            continue
-        frame = found.gi_frame if isinstance(found, GeneratorType) else found.cr_frame
-        if frame is not None and frame.f_code.co_filename.startswith(tests):
-            lines.append(f"--- suspended at {frame.f_code.co_filename}:{frame.f_lineno} "
-                         f"in {frame.f_code.co_name}")
-    return "\n".join(lines)
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, None]:
-    limit = item.config.getini("timeout")
-    timer = None
-    if limit and float(limit) > GREENLET_REPORT_AHEAD:
-        timer = threading.Timer(float(limit) - GREENLET_REPORT_AHEAD,
-                                lambda: print(greenlet_report(item.nodeid), file=sys.__stderr__,
-                                              flush=True))
-        timer.daemon = True
-        timer.start()
-    try:
-        yield
-    finally:
-        if timer is not None:
-            timer.cancel()
 
 
 # Hypothesis: no per-example deadline (tests/support/properties.py says why); the
