@@ -4,10 +4,8 @@ text while the log keeps the traceback."""
 
 from __future__ import annotations
 
-from typing import Any
 
 import pytest
-from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from werkzeug.exceptions import BadRequest, HTTPException, MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
@@ -34,6 +32,7 @@ from faastwist.store.base import (
     StoreUnavailable,
 )
 from faastwist.store.secrets import SecretExists, SecretNotFound
+from tests.support.logcapture import logged
 
 
 @pytest.mark.parametrize(("error", "code", "message"), [
@@ -125,15 +124,6 @@ def failure_of(error: BaseException) -> Failure:
         raise error
     except BaseException:
         return Failure()
-
-
-def logged(call: Any) -> tuple[Any, list[dict[str, Any]]]:
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        return call(), events
-    finally:
-        globalLogPublisher.removeObserver(events.append)  # type: ignore[arg-type]
 
 
 def test_a_bug_is_a_500_that_hides_its_text_and_logs_its_traceback() -> None:

@@ -9,10 +9,8 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
-from twisted.logger import globalLogPublisher
 
 from faastwist.providers.orphans import (
     GATE_PID_VAR,
@@ -21,6 +19,7 @@ from faastwist.providers.orphans import (
     kill_orphans,
     owner_token,
 )
+from tests.support.logcapture import logged
 
 
 def test_the_owner_token_names_controller_and_data_folder(tmp_path: Path) -> None:
@@ -86,15 +85,6 @@ def test_a_bare_name_without_a_value_does_not_override_the_real_one(tmp_path: Pa
     (folder / "environ").write_bytes(b"FAASTWIST_OWNER=tok\0FAASTWIST_GATE_PID=77\0"
                                      b"FAASTWIST_GATE_PID\0")
     assert find_orphans("tok", proc) == []
-
-
-def logged(call: Any) -> tuple[Any, list[dict[str, Any]]]:
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        return call(), events
-    finally:
-        globalLogPublisher.removeObserver(events.append)  # type: ignore[arg-type]
 
 
 @pytest.mark.process
